@@ -1,0 +1,76 @@
+"""The `newsletter` command: a thin layer over the core modules.
+
+Only click and the standard library are imported at module level here and in the
+`cli.*` modules, so `newsletter --help` stays fast; commands import the core lazily.
+A `NewsletterError` from the core becomes a one-line message and exit code 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from newsletter import __version__
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+
+class NewsletterGroup(click.Group):
+    """Turns domain errors into one-line click errors; never shows a traceback for them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from newsletter.errors import NewsletterError
+
+        try:
+            return super().invoke(ctx)
+        except NewsletterError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
+
+@click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="newsletter")
+@click.option(
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="NEWSLETTER_PROJECT",
+    help="The project folder (default: the nearest folder holding newsletter.toml).",
+)
+@click.pass_context
+def main(ctx: click.Context, project_dir: Path | None) -> None:
+    """Write an email newsletter in Markdown, preview it, keep the list, send it safely.
+
+    \b
+    Example:
+        newsletter init my-letter && cd my-letter
+        newsletter build issues/*.md
+    """
+    ctx.obj = {"project_dir": project_dir}
+
+
+def get_project(ctx: click.Context | None = None) -> Project:
+    """The current project, loaded once per invocation."""
+    from newsletter.project import Project
+
+    ctx = (ctx or click.get_current_context()).find_root()
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    if "project" not in obj:
+        obj["project"] = Project.find(explicit=obj.get("project_dir"))
+        ctx.obj = obj
+    return obj["project"]
+
+
+def _register() -> None:
+    from newsletter.cli import authoring, preview, sending, serving, subscribers
+
+    for module in (authoring, preview, subscribers, sending, serving):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

@@ -1,0 +1,57 @@
+"""The one exception family.
+
+Every message names the file, line or address involved and says how to fix it,
+because the CLI prints it as a single line with no traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NewsletterError(Exception):
+    """A problem the user can fix. The CLI prints `str(error)` and exits 1."""
+
+
+def located(path: Path | str, line: int | None, message: str) -> str:
+    """Format `file:line: message`, the shape every located error uses."""
+    where = str(path) if line is None else f"{path}:{line}"
+    return f"{where}: {message}"
+
+
+class ConfigError(NewsletterError):
+    """newsletter.toml is missing, unreadable or invalid."""
+
+
+class IssueError(NewsletterError):
+    """An issue file has bad front matter, Markdown or template syntax."""
+
+    def __init__(self, path: Path | str, line: int | None, message: str):
+        super().__init__(located(path, line, message))
+        self.path = Path(path)
+        self.line = line
+        self.reason = message
+
+
+class RenderError(IssueError):
+    """A template (built-in or the project's) failed to render."""
+
+
+class StoreError(NewsletterError):
+    """The subscriber database refused an operation (bad address, unknown subscriber...)."""
+
+
+class ImportFileError(StoreError):
+    """A subscriber import file cannot be read at all (single bad rows are rejects, not errors)."""
+
+
+class SendError(NewsletterError):
+    """A send could not start or had to stop; the message says how to resume."""
+
+
+class TransportError(SendError):
+    """The mail transport (SendGrid or the outbox) failed."""
+
+
+class TokenError(NewsletterError):
+    """A signed token is forged, altered or expired."""

@@ -1,0 +1,278 @@
+"""A newsletter project: a folder holding `newsletter.toml`, `issues/` and optional `templates/`.
+
+The config is validated against `SCHEMA`: a missing required key, a wrong type or an
+unknown key is a one-line `ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from newsletter.errors import ConfigError
+
+CONFIG_NAME = "newsletter.toml"
+
+#: The languages we have footer and page wording for.
+LANGUAGES = ("de", "en")
+
+SENDGRID_HOSTS = {
+    "global": "https://api.sendgrid.com",
+    "eu": "https://api.eu.sendgrid.com",
+}
+
+# section -> key -> (type, default). A default of REQUIRED makes the key mandatory.
+REQUIRED = object()
+SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
+    "newsletter": {
+        "name": (str, REQUIRED),
+        "from_email": (str, REQUIRED),
+        "from_name": (str, None),  # default: name
+        "reply_to": (str, None),  # default: from_email
+        "postal_address": (str, REQUIRED),
+        "base_url": (str, None),
+        "language": (str, "en"),
+    },
+    "database": {
+        "url": (str, "sqlite:///newsletter.db"),
+    },
+    "sendgrid": {
+        "region": (str, "global"),
+        "timeout": ((int, float), 30.0),  # seconds, for every API request
+        "batch_size": (int, 1000),  # personalizations per request (SendGrid's maximum)
+        "concurrency": (int, 4),  # requests in flight at once
+        "max_retries": (int, 5),
+        "unsubscribe_group_id": (int, None),  # optional SendGrid ASM group
+    },
+    "theme": {
+        "brand_color": (str, "#1a56db"),
+        "background_color": (str, "#f4f4f5"),
+        "text_color": (str, "#1f2937"),
+        "font_family": (str, "-apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"),
+        "logo_url": (str, None),
+        "logo_alt": (str, None),
+        "logo_width": (int, 120),
+        "web_font_name": (str, None),  # only with web_font_url: adds a <link> for that font
+        "web_font_url": (str, None),
+    },
+    "replies": {
+        "domain": (str, None),  # Inbound Parse domain: sends use reply+TOKEN@domain
+        "forward": (bool, True),  # forward each reply to reply_to as well
+    },
+    "subscribe": {
+        "double_opt_in": (bool, True),
+        "rate_limit_per_hour": (int, 10),  # POST /subscribe per IP
+        "redirect_url": (str, None),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated `newsletter.toml`: `config.section("theme")["brand_color"]`."""
+
+    path: Path
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.sections[name]
+
+    # The keys every part of the tool reads, typed for convenience.
+    @property
+    def name(self) -> str:
+        return self.sections["newsletter"]["name"]
+
+    @property
+    def from_email(self) -> str:
+        return self.sections["newsletter"]["from_email"]
+
+    @property
+    def from_name(self) -> str:
+        return self.sections["newsletter"]["from_name"] or self.name
+
+    @property
+    def reply_to(self) -> str:
+        return self.sections["newsletter"]["reply_to"] or self.from_email
+
+    @property
+    def postal_address(self) -> str:
+        return self.sections["newsletter"]["postal_address"]
+
+    @property
+    def base_url(self) -> str | None:
+        url = self.sections["newsletter"]["base_url"]
+        return url.rstrip("/") if url else None
+
+    @property
+    def language(self) -> str:
+        return self.sections["newsletter"]["language"]
+
+    @property
+    def theme(self) -> dict[str, Any]:
+        return self.sections["theme"]
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+    if isinstance(expected, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in expected)
+    return names.get(expected, expected.__name__)
+
+
+def _matches(value: Any, expected: type | tuple[type, ...]) -> bool:
+    # bool is an int in Python; a config `true` must not pass as a number.
+    if isinstance(value, bool):
+        return expected is bool or (isinstance(expected, tuple) and bool in expected)
+    return isinstance(value, expected)
+
+
+def parse_config(path: Path) -> Config:
+    """Read and validate a `newsletter.toml`."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run `newsletter init` to create a project") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already says "(at line N, column M)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+    sections: dict[str, dict[str, Any]] = {}
+    for section in raw:
+        if section not in SCHEMA:
+            known = ", ".join(f"[{s}]" for s in SCHEMA)
+            raise ConfigError(f"{path}: unknown section [{section}]; known sections: {known}")
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{path}: `{section}` must be a [{section}] table")
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        for key in given:
+            if key not in keys:
+                known = ", ".join(keys)
+                raise ConfigError(
+                    f"{path}: unknown key `{key}` in [{section}]; known keys: {known}"
+                )
+        values: dict[str, Any] = {}
+        for key, (expected, default) in keys.items():
+            if key not in given:
+                if default is REQUIRED:
+                    raise ConfigError(
+                        f"{path}: missing required key `{key}` in [{section}]; add {key} = \"...\""
+                    )
+                values[key] = default
+                continue
+            value = given[key]
+            if not _matches(value, expected):
+                raise ConfigError(
+                    f"{path}: [{section}] {key} must be {_type_name(expected)}, "
+                    f"not {type(value).__name__} {value!r}"
+                )
+            values[key] = value
+        sections[section] = values
+
+    newsletter = sections["newsletter"]
+    if newsletter["language"] not in LANGUAGES:
+        raise ConfigError(
+            f"{path}: [newsletter] language {newsletter['language']!r} is not supported; "
+            f"use one of: {', '.join(LANGUAGES)}"
+        )
+    if sections["sendgrid"]["region"] not in SENDGRID_HOSTS:
+        raise ConfigError(
+            f"{path}: [sendgrid] region {sections['sendgrid']['region']!r} is not known; "
+            f"use one of: {', '.join(SENDGRID_HOSTS)}"
+        )
+    if not 1 <= sections["sendgrid"]["batch_size"] <= 1000:
+        raise ConfigError(f"{path}: [sendgrid] batch_size must be between 1 and 1000")
+    for key in ("from_email", "reply_to"):
+        address = newsletter[key]
+        if address is not None and "@" not in address:
+            raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
+    base_url = newsletter["base_url"]
+    if base_url is not None and not base_url.startswith(("https://", "http://")):
+        raise ConfigError(
+            f"{path}: [newsletter] base_url {base_url!r} must start with https://"
+        )
+    return Config(path=path, sections=sections)
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project folder and its validated config."""
+
+    root: Path
+    config: Config
+
+    @classmethod
+    def load(cls, root: Path) -> Project:
+        root = root.resolve()
+        return cls(root=root, config=parse_config(root / CONFIG_NAME))
+
+    @classmethod
+    def find(cls, explicit: Path | None = None, start: Path | None = None) -> Project:
+        """`--project DIR`, else the nearest folder upwards holding newsletter.toml."""
+        if explicit is not None:
+            if not (explicit / CONFIG_NAME).is_file():
+                raise ConfigError(
+                    f"{explicit}: no {CONFIG_NAME} here; run `newsletter init {explicit}` first"
+                )
+            return cls.load(explicit)
+        here = (start or Path.cwd()).resolve()
+        for folder in (here, *here.parents):
+            if (folder / CONFIG_NAME).is_file():
+                return cls.load(folder)
+        raise ConfigError(
+            f"{here}: no {CONFIG_NAME} in this folder or above; "
+            "run `newsletter init` or pass --project DIR"
+        )
+
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / "issues"
+
+    @property
+    def templates_dir(self) -> Path:
+        """The project's own templates, which override built-in ones of the same name."""
+        return self.root / "templates"
+
+    @property
+    def database_url(self) -> str:
+        """`NEWSLETTER_DATABASE_URL`, else `[database] url`; a relative SQLite path is
+        relative to the project folder."""
+        url = os.environ.get("NEWSLETTER_DATABASE_URL") or self.config.section("database")["url"]
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            path = Path(url[len(prefix) :])
+            if not path.is_absolute():
+                return prefix + str(self.root / path)
+        return url
+
+    def issue_path(self, name: str | Path) -> Path:
+        """Resolve an ISSUE argument: a path, or a name in issues/ with or without `.md`."""
+        given = Path(name)
+        candidates = [given, self.root / given]
+        if given.suffix != ".md":
+            candidates += [Path(f"{given}.md"), self.issues_dir / f"{given}.md"]
+        candidates.append(self.issues_dir / given)
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate.resolve()
+        raise ConfigError(
+            f"{name}: no such issue; give a file path or a name in {self.issues_dir}"
+        )
+
+
+def builtin_templates_dir() -> Path:
+    """The built-in templates: inside the installed wheel, else the source checkout's."""
+    packaged = Path(__file__).parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def sendgrid_host(config: Config) -> str:
+    """`SENDGRID_API_HOST` (tests point it at a local server), else the region's host."""
+    return os.environ.get("SENDGRID_API_HOST") or SENDGRID_HOSTS[config.section("sendgrid")["region"]]

@@ -1,0 +1,1 @@
+"""The subscriber database: SQLAlchemy Core over SQLite or PostgreSQL."""

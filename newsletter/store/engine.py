@@ -1,0 +1,72 @@
+"""Open the project's database (SQLite by default, PostgreSQL by URL) and migrate it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from newsletter.errors import StoreError
+from newsletter.store.migrations import migrate
+
+_engines: dict[str, Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL makes NORMAL safe against corruption; a crash may lose only the last commit.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for `url`, migrated to the current schema. Cached per URL per process."""
+    if url in _engines:
+        return _engines[url]
+    if url.startswith("postgresql://"):
+        # psycopg 3 is the driver we ship in the `postgres` extra.
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    try:
+        engine = create_engine(url, future=True)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(
+            f"database URL {redact(url)!r} is not usable ({exc}); "
+            "use sqlite:///FILE or postgresql://USER@HOST/DB"
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"database URL {redact(url)!r} needs the {exc.name} module; "
+            "pip install 'newsletter[postgres]'"
+        ) from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        migrate(engine)
+    except OperationalError as exc:
+        raise StoreError(
+            f"cannot open database {redact(url)}: {exc.orig}; check [database] url "
+            "or NEWSLETTER_DATABASE_URL"
+        ) from None
+    _engines[url] = engine
+    return engine
+
+
+def dispose_all() -> None:
+    """Close every cached engine (tests, and processes that fork)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()

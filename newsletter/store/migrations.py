@@ -1,0 +1,62 @@
+"""Named schema migration steps, each recorded in `schema_migrations` (as llm does).
+
+An older database upgrades itself on first use. Append new steps; never edit or
+reorder old ones, because databases in the field have recorded them by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, inspect, select
+
+from newsletter.store import schema
+
+Step = Callable[[Connection], None]
+
+
+def m001_initial(conn: Connection) -> None:
+    """Subscribers, tags, issues, sends, the delivery ledger, events and replies."""
+    schema.metadata.create_all(
+        conn,
+        tables=[
+            schema.subscribers,
+            schema.subscriber_tags,
+            schema.issues,
+            schema.sends,
+            schema.deliveries,
+            schema.events,
+            schema.replies,
+        ],
+    )
+
+
+#: In order. A step runs once per database, inside the same transaction as its record.
+STEPS: list[tuple[str, Step]] = [
+    ("m001_initial", m001_initial),
+]
+
+
+def applied(conn: Connection) -> set[str]:
+    if not inspect(conn).has_table("schema_migrations"):
+        return set()
+    return set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Run the steps this database has not had yet; return their names."""
+    ran: list[str] = []
+    with engine.begin() as conn:
+        schema.schema_migrations.create(conn, checkfirst=True)
+        done = applied(conn)
+    for name, step in STEPS:
+        if name in done:
+            continue
+        with engine.begin() as conn:
+            step(conn)
+            conn.execute(
+                schema.schema_migrations.insert().values(name=name, applied_at=datetime.now(UTC))
+            )
+        ran.append(name)
+    return ran

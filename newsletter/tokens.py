@@ -1,0 +1,88 @@
+"""Signed tokens for unsubscribe, confirmation and reply addresses (itsdangerous).
+
+Unsubscribe tokens never expire: the law wants the links in old issues to keep working.
+Each purpose has its own salt, so a token made for one cannot be used for another.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+from newsletter.errors import NewsletterError, TokenError
+
+SECRET_ENV = "NEWSLETTER_SECRET_KEY"
+# Used only where nothing can be sent for real (build, preview, outbox): links made with it
+# look right but the server will not accept them.
+_DEVELOPMENT_KEY = "newsletter-development-key-not-secret"
+_warned = False
+
+UNSUBSCRIBE = "unsubscribe"
+CONFIRM = "confirm"
+REPLY = "reply"
+
+
+def secret_key(required: bool = True) -> str:
+    """The signing key from the environment; never from a file."""
+    key = os.environ.get(SECRET_ENV)
+    if key:
+        return key
+    if required:
+        raise NewsletterError(
+            f"{SECRET_ENV} is not set; set it to a long random string "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    global _warned
+    if not _warned:
+        print(
+            f"Warning: {SECRET_ENV} is not set; unsubscribe links use a development key "
+            "and will not work on a real server.",
+            file=sys.stderr,
+        )
+        _warned = True
+    return _DEVELOPMENT_KEY
+
+
+@dataclass(frozen=True)
+class SubscriberToken:
+    subscriber_id: int
+    issue_id: int | None
+
+
+def make_token(purpose: str, subscriber_id: int, issue_id: int | None = None, *, key: str) -> str:
+    return URLSafeSerializer(key, salt=purpose).dumps([subscriber_id, issue_id])
+
+
+def read_token(purpose: str, token: str, *, key: str, max_age: int | None = None) -> SubscriberToken:
+    """Check the signature (and age, for expiring purposes); raise TokenError if bad."""
+    try:
+        if max_age is None:
+            value = URLSafeSerializer(key, salt=purpose).loads(token)
+        else:
+            value = URLSafeTimedSerializer(key, salt=purpose).loads(token, max_age=max_age)
+    except SignatureExpired:
+        raise TokenError("this link has expired; ask for a new one") from None
+    except BadSignature:
+        raise TokenError("this link is not valid; it may have been altered or cut short") from None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], int)
+        or not (value[1] is None or isinstance(value[1], int))
+    ):
+        raise TokenError("this link is not valid")
+    return SubscriberToken(subscriber_id=value[0], issue_id=value[1])
+
+
+def make_timed_token(purpose: str, subscriber_id: int, issue_id: int | None = None, *, key: str) -> str:
+    """For confirmations, which should expire (checked with `read_token(..., max_age=...)`)."""
+    return URLSafeTimedSerializer(key, salt=purpose).dumps([subscriber_id, issue_id])
+
+
+def unsubscribe_url(base_url: str | None, subscriber_id: int, issue_id: int | None, *, key: str) -> str:
+    """`base_url/unsubscribe/TOKEN`; without a base_url, a placeholder host that says so."""
+    base = (base_url or "https://set-base_url-in-newsletter.toml.invalid").rstrip("/")
+    return f"{base}/unsubscribe/{make_token(UNSUBSCRIBE, subscriber_id, issue_id, key=key)}"

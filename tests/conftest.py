@@ -1,0 +1,122 @@
+"""Shared fixtures: real projects in tmp dirs, real databases, the real CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from newsletter.cli import main
+
+CONFIG = """\
+[newsletter]
+name = "Jens' Briefing"
+from_email = "jens@example.com"
+from_name = "Jens"
+reply_to = "jens@example.com"
+postal_address = "Musterstraße 1, 10115 Berlin, Germany"
+base_url = "https://news.example.com"
+language = "de"
+
+[database]
+url = "sqlite:///newsletter.db"
+
+[sendgrid]
+region = "global"
+"""
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_ISSUE = REPO / "issues" / "2024-07-meta-ki-creator.md"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TEST_SECRET = "test-secret-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's keys or database; each gets a known secret."""
+    for name in (
+        "SENDGRID_API_KEY",
+        "SENDGRID_API_HOST",
+        "NEWSLETTER_DATABASE_URL",
+        "SENDGRID_WEBHOOK_PUBLIC_KEY",
+        "NEWSLETTER_INBOUND_SECRET",
+        "NEWSLETTER_PROJECT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", TEST_SECRET)
+    yield
+    from newsletter.store.engine import dispose_all
+
+    dispose_all()
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Callable[..., Path]:
+    """Write a project folder; `make_project(config=..., issues={"x.md": "..."})`."""
+
+    def make(
+        config: str = CONFIG,
+        issues: dict[str, str] | None = None,
+        templates: dict[str, str] | None = None,
+        name: str = "project",
+    ) -> Path:
+        root = tmp_path / name
+        (root / "issues").mkdir(parents=True, exist_ok=True)
+        (root / "newsletter.toml").write_text(config, encoding="utf-8")
+        for filename, text in (issues or {}).items():
+            (root / "issues" / filename).write_text(text, encoding="utf-8")
+        if templates:
+            (root / "templates").mkdir(exist_ok=True)
+            for filename, text in templates.items():
+                (root / "templates" / filename).write_text(text, encoding="utf-8")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def project(make_project: Callable[..., Path]) -> Path:
+    """A project holding the example issue."""
+    root = make_project()
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(
+        EXAMPLE_ISSUE.read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    return root
+
+
+@pytest.fixture
+def cli() -> Callable[..., Result]:
+    """Run the real CLI in-process: `cli(project, "build", "x.md")`."""
+
+    def run(project_dir: Path | None, *args: str, input: str | None = None) -> Result:
+        argv = (["--project", str(project_dir)] if project_dir else []) + list(args)
+        return CliRunner().invoke(main, argv, input=input, catch_exceptions=False)
+
+    return run
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get("NEWSLETTER_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each engine: SQLite always, PostgreSQL when
+    NEWSLETTER_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    url = _postgres_url()
+    if not url:
+        pytest.skip("NEWSLETTER_TEST_POSTGRES_URL is not set")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    yield url
