@@ -161,7 +161,7 @@ def parse_config(path: Path) -> Config:
             if key not in given:
                 if default is REQUIRED:
                     raise ConfigError(
-                        f"{path}: missing required key `{key}` in [{section}]; add {key} = \"...\""
+                        f'{path}: missing required key `{key}` in [{section}]; add {key} = "..."'
                     )
                 values[key] = default
                 continue
@@ -193,9 +193,7 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
-        raise ConfigError(
-            f"{path}: [newsletter] base_url {base_url!r} must start with https://"
-        )
+        raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")
     return Config(path=path, sections=sections)
 
 
@@ -260,9 +258,7 @@ class Project:
         for candidate in candidates:
             if candidate.is_file():
                 return candidate.resolve()
-        raise ConfigError(
-            f"{name}: no such issue; give a file path or a name in {self.issues_dir}"
-        )
+        raise ConfigError(f"{name}: no such issue; give a file path or a name in {self.issues_dir}")
 
 
 def builtin_templates_dir() -> Path:
@@ -275,4 +271,6 @@ def builtin_templates_dir() -> Path:
 
 def sendgrid_host(config: Config) -> str:
     """`SENDGRID_API_HOST` (tests point it at a local server), else the region's host."""
-    return os.environ.get("SENDGRID_API_HOST") or SENDGRID_HOSTS[config.section("sendgrid")["region"]]
+    return (
+        os.environ.get("SENDGRID_API_HOST") or SENDGRID_HOSTS[config.section("sendgrid")["region"]]
+    )

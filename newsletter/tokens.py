@@ -56,7 +56,9 @@ def make_token(purpose: str, subscriber_id: int, issue_id: int | None = None, *,
     return URLSafeSerializer(key, salt=purpose).dumps([subscriber_id, issue_id])
 
 
-def read_token(purpose: str, token: str, *, key: str, max_age: int | None = None) -> SubscriberToken:
+def read_token(
+    purpose: str, token: str, *, key: str, max_age: int | None = None
+) -> SubscriberToken:
     """Check the signature (and age, for expiring purposes); raise TokenError if bad."""
     try:
         if max_age is None:
@@ -77,12 +79,22 @@ def read_token(purpose: str, token: str, *, key: str, max_age: int | None = None
     return SubscriberToken(subscriber_id=value[0], issue_id=value[1])
 
 
-def make_timed_token(purpose: str, subscriber_id: int, issue_id: int | None = None, *, key: str) -> str:
+def make_timed_token(
+    purpose: str, subscriber_id: int, issue_id: int | None = None, *, key: str
+) -> str:
     """For confirmations, which should expire (checked with `read_token(..., max_age=...)`)."""
     return URLSafeTimedSerializer(key, salt=purpose).dumps([subscriber_id, issue_id])
 
 
-def unsubscribe_url(base_url: str | None, subscriber_id: int, issue_id: int | None, *, key: str) -> str:
+def unsubscribe_url(
+    base_url: str | None, subscriber_id: int, issue_id: int | None, *, key: str
+) -> str:
     """`base_url/unsubscribe/TOKEN`; without a base_url, a placeholder host that says so."""
     base = (base_url or "https://set-base_url-in-newsletter.toml.invalid").rstrip("/")
     return f"{base}/unsubscribe/{make_token(UNSUBSCRIBE, subscriber_id, issue_id, key=key)}"
+
+
+def reply_address(domain: str, issue_id: int, *, key: str) -> str:
+    """`reply+TOKEN@domain` for an issue. SendGrid sets Reply-To per message, not per
+    personalization, so the token names the issue and the sender names the subscriber."""
+    return f"reply+{make_token(REPLY, 0, issue_id, key=key)}@{domain}"

@@ -29,10 +29,13 @@ def test_contract_config_loads_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (CONFIG.replace('name = "Jens\' Briefing"\n', ""), "missing required key `name` in [newsletter]"),
-        (CONFIG + "\n[theme]\nlogo_width = \"wide\"\n", "[theme] logo_width must be a whole number"),
+        (
+            CONFIG.replace('name = "Jens\' Briefing"\n', ""),
+            "missing required key `name` in [newsletter]",
+        ),
+        (CONFIG + '\n[theme]\nlogo_width = "wide"\n', "[theme] logo_width must be a whole number"),
         (CONFIG.replace("[sendgrid]", "[sendgrid]\nfoo = 1"), "unknown key `foo` in [sendgrid]"),
-        (CONFIG + "\n[smtp]\nhost = \"x\"\n", "unknown section [smtp]"),
+        (CONFIG + '\n[smtp]\nhost = "x"\n', "unknown section [smtp]"),
         (CONFIG.replace('language = "de"', 'language = "fr"'), "language 'fr' is not supported"),
         (CONFIG.replace('region = "global"', 'region = "mars"'), "region 'mars' is not known"),
         ("[newsletter\nname=1", "invalid TOML"),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from newsletter.errors import StoreError
 from newsletter.store.migrations import migrate
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
 
 _engines: dict[str, Engine] = {}
 
@@ -70,3 +73,8 @@ def dispose_all() -> None:
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
+
+
+def project_engine(project: Project) -> Engine:
+    """The engine for a project's database (`NEWSLETTER_DATABASE_URL` or `[database] url`)."""
+    return open_engine(project.database_url)

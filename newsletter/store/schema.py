@@ -167,3 +167,9 @@ replies = Table(
 )
 Index("ix_replies_issue", replies.c.issue_id)
 Index("ix_replies_from_email", replies.c.from_email)
+
+# SendGrid echoes custom_args as top-level keys of each webhook event; these name the
+# rows an event belongs to.
+CUSTOM_ARG_ISSUE = "newsletter_issue_id"
+CUSTOM_ARG_SUBSCRIBER = "newsletter_subscriber_id"
+CUSTOM_ARG_SEND = "newsletter_send_id"
