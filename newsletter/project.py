@@ -67,6 +67,11 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "rate_limit_per_hour": (int, 10),  # POST /subscribe per IP
         "redirect_url": (str, None),
     },
+    "serve": {
+        "max_body_bytes": (int, 1_000_000),  # forms and the Event Webhook (413 above)
+        "max_inbound_bytes": (int, 30_000_000),  # Inbound Parse, attachments included
+        "confirm_max_age_days": (int, 7),  # how long a confirmation link works
+    },
 }
 
 
