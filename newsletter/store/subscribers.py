@@ -1,0 +1,474 @@
+"""Subscribers: the public API the CLI, the senders and the web endpoints build on.
+
+Plain SQLAlchemy Core functions over an Engine (or, where noted, a Connection, so a caller
+can make a status change part of its own transaction). Addresses are normalized with
+`normalize_email`; `email_key` (lower-cased) makes an address unique whatever its case.
+
+Tag filters (`tags=`) match a subscriber who has ANY of the given tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.errors import StoreError
+from newsletter.store.emails import email_key, normalize_email
+from newsletter.store.schema import (
+    STATUSES,
+    deliveries,
+    events,
+    replies,
+    subscriber_tags,
+    subscribers,
+)
+
+__all__ = [
+    "STATUSES",
+    "Subscriber",
+    "add_subscriber",
+    "add_tags",
+    "count_subscribers",
+    "find_subscriber",
+    "forget_subscriber",
+    "get_subscriber",
+    "iter_subscribers",
+    "normalize_email",
+    "normalize_tags",
+    "remove_tags",
+    "set_status",
+    "update_subscriber",
+]
+
+#: Statuses that an import or a form must never turn back into `subscribed` on its own.
+STOPPED = ("unsubscribed", "bounced", "complained")
+
+#: Rows fetched per round trip when streaming; keeps memory flat for any list size.
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str | None
+    first_name: str | None
+    last_name: str | None
+    status: str
+    tags: tuple[str, ...]
+    fields: dict[str, Any] = field(hash=False)
+    source: str | None
+    created_at: datetime
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    unsubscribe_reason: str | None
+    updated_at: datetime | None = None
+
+    def template_context(self) -> dict[str, Any]:
+        """What templates see as `subscriber` (no status or timestamps)."""
+        return {
+            "id": self.id,
+            "email": self.email,
+            "name": self.name,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "fields": dict(self.fields),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (ISO 8601 times), as `show` and `export` print it."""
+        return {
+            "id": self.id,
+            "email": self.email,
+            "name": self.name,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "status": self.status,
+            "tags": list(self.tags),
+            "fields": dict(self.fields),
+            "source": self.source,
+            "created_at": _iso(self.created_at),
+            "confirmed_at": _iso(self.confirmed_at),
+            "unsubscribed_at": _iso(self.unsubscribed_at),
+            "unsubscribe_reason": self.unsubscribe_reason,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_status(status: str) -> str:
+    if status not in STATUSES:
+        raise StoreError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    return status
+
+
+def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """Stripped, non-empty, unique tags in their given order."""
+    seen: dict[str, None] = {}
+    for tag in tags:
+        tag = tag.strip()
+        if not tag:
+            continue
+        if len(tag) > 100:
+            raise StoreError(f"tag {tag[:20]!r}... is longer than 100 characters; shorten it")
+        seen.setdefault(tag, None)
+    return tuple(seen)
+
+
+def _from_row(row: Any, tags: Sequence[str]) -> Subscriber:
+    return Subscriber(
+        id=row.id,
+        email=row.email,
+        name=row.name,
+        first_name=row.first_name,
+        last_name=row.last_name,
+        status=row.status,
+        tags=tuple(sorted(tags)),
+        fields=dict(row.fields or {}),
+        source=row.source,
+        created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        confirmed_at=_aware(row.confirmed_at),
+        unsubscribed_at=_aware(row.unsubscribed_at),
+        unsubscribe_reason=row.unsubscribe_reason,
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _tags_for(conn: Connection, ids: Sequence[int]) -> dict[int, list[str]]:
+    result: dict[int, list[str]] = {i: [] for i in ids}
+    if ids:
+        query = select(subscriber_tags.c.subscriber_id, subscriber_tags.c.tag).where(
+            subscriber_tags.c.subscriber_id.in_(ids)
+        )
+        for sid, tag in conn.execute(query):
+            result[sid].append(tag)
+    return result
+
+
+def _load(conn: Connection, where: Any) -> Subscriber | None:
+    row = conn.execute(select(subscribers).where(where)).first()
+    if row is None:
+        return None
+    return _from_row(row, _tags_for(conn, [row.id])[row.id])
+
+
+def _key_of(email: str) -> str:
+    """The lookup key of a user-given address; invalid addresses cannot be on the list."""
+    try:
+        return email_key(normalize_email(email))
+    except StoreError:
+        return email.strip().lower()
+
+
+def find_subscriber(engine: Engine | Connection, email: str) -> Subscriber | None:
+    """The subscriber with this address, whatever its case, or None."""
+    with _connect(engine) as conn:
+        return _load(conn, subscribers.c.email_key == _key_of(email))
+
+
+def get_subscriber(engine: Engine | Connection, subscriber_id: int) -> Subscriber | None:
+    with _connect(engine) as conn:
+        return _load(conn, subscribers.c.id == subscriber_id)
+
+
+class _connect:
+    """`with _connect(x) as conn`: a new transaction for an Engine, or the given Connection."""
+
+    def __init__(self, target: Engine | Connection):
+        self.target = target
+        self._ctx: Any = None
+
+    def __enter__(self) -> Connection:
+        if isinstance(self.target, Connection):
+            return self.target
+        self._ctx = self.target.begin()
+        return self._ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def add_subscriber(
+    engine: Engine | Connection,
+    email: str,
+    *,
+    name: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
+    tags: Iterable[str] = (),
+    fields: dict[str, Any] | None = None,
+    status: str = "subscribed",
+    source: str | None = "cli",
+) -> Subscriber:
+    """Add a new subscriber. StoreError if the address is invalid or already on the list."""
+    check_status(status)
+    address = normalize_email(email)
+    key = email_key(address)
+    tag_list = normalize_tags(tags)
+    stamp = now()
+    values = {
+        "email": address,
+        "email_key": key,
+        "name": name or None,
+        "first_name": first_name or None,
+        "last_name": last_name or None,
+        "status": status,
+        "fields": dict(fields or {}),
+        "source": source,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "confirmed_at": stamp if status == "subscribed" else None,
+        "unsubscribed_at": stamp if status in STOPPED else None,
+    }
+    try:
+        with _connect(engine) as conn:
+            if conn.execute(select(subscribers.c.id).where(subscribers.c.email_key == key)).first():
+                raise StoreError(_exists_message(address))
+            new_id = conn.execute(insert(subscribers).values(**values)).inserted_primary_key[0]
+            if tag_list:
+                conn.execute(
+                    insert(subscriber_tags),
+                    [{"subscriber_id": new_id, "tag": t} for t in tag_list],
+                )
+            loaded = _load(conn, subscribers.c.id == new_id)
+    except IntegrityError:
+        # Someone added the same address between our check and our insert.
+        raise StoreError(_exists_message(address)) from None
+    assert loaded is not None
+    return loaded
+
+
+def _exists_message(address: str) -> str:
+    return (
+        f"{address} is already on the list; see it with `newsletter subscribers show {address}` "
+        "or change it with `subscribers tag`"
+    )
+
+
+def update_subscriber(
+    engine: Engine | Connection,
+    subscriber_id: int,
+    *,
+    name: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
+    fields: dict[str, Any] | None = None,
+) -> None:
+    """Set the given names; merge `fields` into the custom fields. None leaves a value alone."""
+    with _connect(engine) as conn:
+        values: dict[str, Any] = {"updated_at": now()}
+        for column, value in (("name", name), ("first_name", first_name), ("last_name", last_name)):
+            if value is not None:
+                values[column] = value or None
+        if fields:
+            current = conn.execute(
+                select(subscribers.c.fields).where(subscribers.c.id == subscriber_id)
+            ).scalar_one_or_none()
+            values["fields"] = {**(current or {}), **fields}
+        conn.execute(update(subscribers).where(subscribers.c.id == subscriber_id).values(**values))
+
+
+def status_values(
+    status: str, *, reason: str | None = None, stamp: datetime | None = None
+) -> dict[str, Any]:
+    """The column values that go with a new status (shared by set_status and the importer).
+
+    `subscribed` sets confirmed_at (kept if already set: use coalesce) and clears the
+    unsubscribe; unsubscribed/bounced/complained set unsubscribed_at and the reason.
+    """
+    stamp = stamp or now()
+    values: dict[str, Any] = {"status": status, "updated_at": stamp}
+    if status == "subscribed":
+        values["unsubscribed_at"] = None
+        values["unsubscribe_reason"] = None
+        values["confirmed_at"] = func.coalesce(subscribers.c.confirmed_at, stamp)
+    elif status in STOPPED:
+        values["unsubscribed_at"] = stamp
+        values["unsubscribe_reason"] = reason
+    return values
+
+
+def set_status(
+    conn_or_engine: Engine | Connection,
+    subscriber_id: int,
+    status: str,
+    *,
+    reason: str | None = None,
+) -> None:
+    """Change a subscriber's status (see `status_values` for the timestamps it sets).
+
+    Setting the status someone already has changes nothing, so a repeated webhook
+    keeps the first unsubscribe time.
+    """
+    check_status(status)
+    with _connect(conn_or_engine) as conn:
+        conn.execute(
+            update(subscribers)
+            .where(and_(subscribers.c.id == subscriber_id, subscribers.c.status != status))
+            .values(**status_values(status, reason=reason))
+        )
+
+
+def _require(conn: Connection, email: str) -> int:
+    sid = conn.execute(
+        select(subscribers.c.id).where(subscribers.c.email_key == _key_of(email))
+    ).scalar_one_or_none()
+    if sid is None:
+        raise StoreError(
+            f"{email} is not on the list; check the address with `newsletter subscribers list`"
+        )
+    return sid
+
+
+def add_tags(engine: Engine | Connection, email: str, tags: Iterable[str]) -> Subscriber:
+    """Give the subscriber these tags (tags they have already stay as they are)."""
+    wanted = normalize_tags(tags)
+    with _connect(engine) as conn:
+        sid = _require(conn, email)
+        have = set(_tags_for(conn, [sid])[sid])
+        new = [t for t in wanted if t not in have]
+        if new:
+            conn.execute(insert(subscriber_tags), [{"subscriber_id": sid, "tag": t} for t in new])
+            conn.execute(
+                update(subscribers).where(subscribers.c.id == sid).values(updated_at=now())
+            )
+        loaded = _load(conn, subscribers.c.id == sid)
+    assert loaded is not None
+    return loaded
+
+
+def remove_tags(engine: Engine | Connection, email: str, tags: Iterable[str]) -> Subscriber:
+    """Take these tags from the subscriber (tags they do not have are ignored)."""
+    unwanted = normalize_tags(tags)
+    with _connect(engine) as conn:
+        sid = _require(conn, email)
+        if unwanted:
+            gone = conn.execute(
+                delete(subscriber_tags).where(
+                    subscriber_tags.c.subscriber_id == sid, subscriber_tags.c.tag.in_(unwanted)
+                )
+            ).rowcount
+            if gone:
+                conn.execute(
+                    update(subscribers).where(subscribers.c.id == sid).values(updated_at=now())
+                )
+        loaded = _load(conn, subscribers.c.id == sid)
+    assert loaded is not None
+    return loaded
+
+
+def _filters(status: str | None, tags: Iterable[str]) -> list[Any]:
+    conditions: list[Any] = []
+    if status is not None:
+        conditions.append(subscribers.c.status == check_status(status))
+    tag_list = normalize_tags(tags)
+    if tag_list:
+        # ANY of the tags; EXISTS walks the (tag, subscriber_id) index per row.
+        conditions.append(
+            exists().where(
+                subscriber_tags.c.subscriber_id == subscribers.c.id,
+                subscriber_tags.c.tag.in_(tag_list),
+            )
+        )
+    return conditions
+
+
+def iter_subscribers(
+    engine: Engine,
+    *,
+    status: str | None = None,
+    tags: Iterable[str] = (),
+    after_id: int = 0,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[Subscriber]:
+    """Subscribers in id order, streamed page by page (keyset pagination, constant memory).
+
+    `tags`: subscribers who have ANY of them. `after_id`: start after this id (resume).
+    Each page is its own short read, so a long consumer never holds a transaction open.
+    """
+    conditions = _filters(status, tags)
+    last = after_id
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(subscribers)
+                .where(subscribers.c.id > last, *conditions)
+                .order_by(subscribers.c.id)
+                .limit(page_size)
+            ).all()
+            if not rows:
+                return
+            tag_map = _tags_for(conn, [r.id for r in rows])
+        for row in rows:
+            yield _from_row(row, tag_map[row.id])
+        last = rows[-1].id
+        if len(rows) < page_size:
+            return
+
+
+def count_subscribers(
+    engine: Engine | Connection, *, status: str | None = None, tags: Iterable[str] = ()
+) -> int:
+    """How many subscribers match (same filters as `iter_subscribers`)."""
+    tag_list = normalize_tags(tags)
+    with _connect(engine) as conn:
+        if tag_list:
+            # Count distinct ids from the tag index; join subscribers only to check status.
+            query = select(func.count(func.distinct(subscriber_tags.c.subscriber_id))).where(
+                subscriber_tags.c.tag.in_(tag_list)
+            )
+            if status is not None:
+                query = query.join_from(
+                    subscriber_tags,
+                    subscribers,
+                    subscribers.c.id == subscriber_tags.c.subscriber_id,
+                ).where(subscribers.c.status == check_status(status))
+            return int(conn.execute(query).scalar_one())
+        query = select(func.count()).select_from(subscribers)
+        if status is not None:
+            query = query.where(subscribers.c.status == check_status(status))
+        return int(conn.execute(query).scalar_one())
+
+
+def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
+    """Erase the person (GDPR): their row, tags, deliveries, events and replies, including
+    replies matched only by address. True if anything was deleted."""
+    key = _key_of(email)
+    with _connect(engine) as conn:
+        sid = conn.execute(
+            select(subscribers.c.id).where(subscribers.c.email_key == key)
+        ).scalar_one_or_none()
+        removed = 0
+        # Delete explicitly rather than trusting ON DELETE CASCADE alone: a SQLite
+        # connection opened without foreign_keys=ON would otherwise leave rows behind.
+        if sid is not None:
+            for table in (subscriber_tags, deliveries, events, replies):
+                conn.execute(delete(table).where(table.c.subscriber_id == sid))
+            removed += conn.execute(delete(subscribers).where(subscribers.c.id == sid)).rowcount
+        removed += conn.execute(
+            delete(replies).where(
+                or_(func.lower(replies.c.from_email) == key, replies.c.from_email == email.strip())
+            )
+        ).rowcount
+    return removed > 0
