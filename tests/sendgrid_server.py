@@ -1,0 +1,507 @@
+"""A fake SendGrid v3 API on 127.0.0.1: real HTTP, for tests and benchmarks.
+
+It speaks the endpoints the tool uses and enforces SendGrid's documented limits, so a
+request that passes here has the shape SendGrid accepts. Nothing leaves the machine.
+
+In a test (pytest fixture `sendgrid_server` in tests that import it, or by hand)::
+
+    from tests.sendgrid_server import FakeSendGrid
+
+    with FakeSendGrid(api_key="SG.test", verified_senders=["jens@example.com"]) as server:
+        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
+        monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
+        ...
+        server.messages          # every accepted /v3/mail/send payload (dict), plus "_message_id"
+        server.recipients()      # the addresses of every accepted personalization, in order
+        server.requests          # every /v3/mail/send request: {"status", "body" (dict|None)}
+        server.inject("429", count=2, reset_in=1)   # next 2 mail requests: 429 + X-RateLimit-Reset
+        server.inject("500", count=1)               # next request: 500 (also "502", "503")
+        server.inject("drop", count=1)              # read the body, record it as sent, close the
+                                                    # socket without answering (record=False: not sent)
+        server.inject("delay", count=3, seconds=0.5)  # answer the next 3 after a pause
+        server.delay = 0.2                          # pause before every mail request
+        server.suppressions["bounces"] = [{"email": ..., "created": 1700000000, "reason": ...}]
+        server.batches           # batch ids created by POST /v3/mail/batch
+        server.scheduled_sends   # {batch_id: "pause" | "cancel"} from POST /v3/user/scheduled_sends
+
+As a separate process (the kill -9 test, the benchmark)::
+
+    python -m tests.sendgrid_server --port 0 --log FILE [--key KEY] [--sender ADDR]... [--delay S]
+
+prints `PORT <n>` on its first line of stdout once it listens, appends one JSON line per
+accepted mail request to FILE (the payload plus "_message_id"), and keeps nothing in memory.
+`POST /__fake__/inject` with JSON {"kind", "count", ...} and `POST /__fake__/delay` with
+{"seconds"} control a running process the same way as `inject()` and `delay` above.
+
+Endpoints:
+- `POST /v3/mail/send`: 401 (bad key), 403 (from address not in `verified_senders`), 413 (over
+  30 MB), 400 with `{"errors": [{"message", "field", "help"}]}` for every limit broken
+  (personalizations 1..1000, recipients <= 1000 and unique, substitutions < 10,000 bytes per
+  personalization, custom_args < 10,000 bytes, string values, categories <= 10 unique <= 255
+  chars, content text/plain first then text/html, reply_to xor reply_to_list, reserved headers,
+  send_at <= 72 h ahead, asm groups); 202 with `X-Message-Id`, or 200 in sandbox mode (not recorded).
+- `POST /v3/mail/batch`: 201 `{"batch_id"}`.
+- `POST /v3/user/scheduled_sends` `{"batch_id", "status": "pause"|"cancel"}`: 201 and the body.
+- `GET /v3/suppression/{unsubscribes,bounces,spam_reports,invalid_emails}?limit=&offset=`:
+  a JSON array page of `suppressions[name]` (SendGrid's shapes: `{"email", "created", ...}`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+MAX_BYTES = 30 * 1024 * 1024
+RESERVED_HEADERS = {
+    "x-sg-id",
+    "x-sg-eid",
+    "received",
+    "dkim-signature",
+    "content-type",
+    "content-transfer-encoding",
+    "to",
+    "from",
+    "subject",
+    "reply-to",
+    "cc",
+    "bcc",
+}
+SUPPRESSION_LISTS = ("unsubscribes", "bounces", "spam_reports", "invalid_emails")
+
+
+def _error(message: str, field: str | None = None, help: str | None = None) -> dict[str, Any]:
+    return {"message": message, "field": field, "help": help}
+
+
+def validate_mail(body: Any, now: float | None = None) -> list[dict[str, Any]]:
+    """Every limit of SendGrid's Mail Send API that a request breaks (empty list: valid)."""
+    errors: list[dict[str, Any]] = []
+    if not isinstance(body, dict):
+        return [_error("The request body must be a JSON object.")]
+    now = time.time() if now is None else now
+    personalizations = body.get("personalizations")
+    if not isinstance(personalizations, list) or not personalizations:
+        errors.append(_error("The personalizations field is required.", "personalizations"))
+        personalizations = []
+    if len(personalizations) > 1000:
+        errors.append(
+            _error("The personalizations field must have 1000 or fewer items.", "personalizations")
+        )
+    seen: set[str] = set()
+    count = 0
+    message_args = body.get("custom_args") or {}
+    for i, p in enumerate(personalizations):
+        where = f"personalizations.{i}"
+        if not isinstance(p, dict):
+            errors.append(_error("Each personalization must be an object.", where))
+            continue
+        to = p.get("to")
+        if not isinstance(to, list) or not to:
+            errors.append(
+                _error("The to array is required for all personalization objects.", f"{where}.to")
+            )
+            to = []
+        for key in ("to", "cc", "bcc"):
+            for j, r in enumerate(p.get(key) or []):
+                email = r.get("email") if isinstance(r, dict) else None
+                if not isinstance(email, str) or "@" not in email:
+                    errors.append(
+                        _error("Does not contain a valid address.", f"{where}.{key}.{j}.email")
+                    )
+                    continue
+                count += 1
+                if email.lower() in seen:
+                    errors.append(
+                        _error(
+                            "Each email address in the personalization block should be unique "
+                            "between to, cc, and bcc.",
+                            f"{where}.{key}.{j}.email",
+                        )
+                    )
+                seen.add(email.lower())
+        subs = p.get("substitutions") or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in subs.items()):
+            errors.append(_error("Substitution values must be strings.", f"{where}.substitutions"))
+        elif len(json.dumps(subs, ensure_ascii=False).encode()) >= 10000:
+            errors.append(
+                _error(
+                    "The substitutions must total less than 10000 bytes.", f"{where}.substitutions"
+                )
+            )
+        args = {**message_args, **(p.get("custom_args") or {})}
+        if not all(isinstance(v, str) for v in args.values()):
+            errors.append(_error("Custom arg values must be strings.", f"{where}.custom_args"))
+        elif len(json.dumps(args, ensure_ascii=False).encode()) >= 10000:
+            errors.append(
+                _error("The custom_args must total less than 10000 bytes.", f"{where}.custom_args")
+            )
+        for name in p.get("headers") or {}:
+            if name.lower() in RESERVED_HEADERS:
+                errors.append(_error(f"The header {name} is reserved.", f"{where}.headers"))
+        if "send_at" in p:
+            errors.extend(_check_send_at(p["send_at"], f"{where}.send_at", now))
+    if count > 1000:
+        errors.append(
+            _error("The total number of recipients must be 1000 or fewer.", "personalizations")
+        )
+    sender = body.get("from")
+    if not isinstance(sender, dict) or not isinstance(sender.get("email"), str):
+        errors.append(_error("The from object must be provided for every email send.", "from"))
+    if not body.get("subject") and not all(
+        isinstance(p, dict) and p.get("subject") for p in personalizations
+    ):
+        errors.append(_error("The subject is required.", "subject"))
+    content = body.get("content")
+    if not isinstance(content, list) or not content:
+        errors.append(_error("The content value must be a non-empty array.", "content"))
+    else:
+        types = [c.get("type") if isinstance(c, dict) else None for c in content]
+        for i, c in enumerate(content):
+            if not isinstance(c, dict) or not isinstance(c.get("value"), str) or not c["value"]:
+                errors.append(
+                    _error("The content value must be a non-empty string.", f"content.{i}.value")
+                )
+        if "text/plain" in types and types[0] != "text/plain":
+            errors.append(_error("If present, text/plain must be first.", "content"))
+        if (
+            "text/html" in types
+            and "text/plain" in types
+            and types.index("text/html") < types.index("text/plain")
+        ):
+            errors.append(_error("text/html must come after text/plain.", "content"))
+    if "reply_to" in body and "reply_to_list" in body:
+        errors.append(_error("reply_to and reply_to_list are mutually exclusive.", "reply_to"))
+    categories = body.get("categories") or []
+    if len(categories) > 10:
+        errors.append(_error("Too many categories: at most 10.", "categories"))
+    if len(set(categories)) != len(categories):
+        errors.append(_error("The categories must be unique.", "categories"))
+    if any(not isinstance(c, str) or len(c) > 255 for c in categories):
+        errors.append(
+            _error("Each category must be a string of at most 255 characters.", "categories")
+        )
+    for name in body.get("headers") or {}:
+        if name.lower() in RESERVED_HEADERS:
+            errors.append(_error(f"The header {name} is reserved.", "headers"))
+    if "send_at" in body:
+        errors.extend(_check_send_at(body["send_at"], "send_at", now))
+    asm = body.get("asm")
+    if asm is not None:
+        if not isinstance(asm, dict) or not isinstance(asm.get("group_id"), int):
+            errors.append(_error("asm.group_id must be an integer.", "asm.group_id"))
+        elif len(asm.get("groups_to_display") or []) > 25:
+            errors.append(
+                _error(
+                    "asm.groups_to_display must have 25 or fewer items.", "asm.groups_to_display"
+                )
+            )
+    return errors
+
+
+def _check_send_at(value: Any, field: str, now: float) -> list[dict[str, Any]]:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return [_error("send_at must be a Unix timestamp.", field)]
+    if value > now + 72 * 3600:
+        return [_error("send_at cannot be more than 72 hours in the future.", field)]
+    return []
+
+
+class FakeSendGrid:
+    """The server; see the module docstring."""
+
+    def __init__(
+        self,
+        api_key: str = "SG.test-key",
+        verified_senders: list[str] | tuple[str, ...] = ("jens@example.com",),
+        log_path: Path | str | None = None,
+        port: int = 0,
+        delay: float = 0.0,
+    ) -> None:
+        self.api_key = api_key
+        self.verified_senders = {s.lower() for s in verified_senders}
+        self.log_path = Path(log_path) if log_path else None
+        self.delay = delay
+        self.messages: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.batches: list[str] = []
+        self.scheduled_sends: dict[str, str] = {}
+        self.suppressions: dict[str, list[dict[str, Any]]] = {
+            name: [] for name in SUPPRESSION_LISTS
+        }
+        self.suppression_requests: list[str] = []
+        self._faults: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None  # noqa: SIM115
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeSendGrid:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._log:
+            self._log.close()
+
+    def __enter__(self) -> FakeSendGrid:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def inject(self, kind: str, count: int = 1, **params: Any) -> None:
+        """Fault for the next `count` mail requests: "429" (reset_in=seconds), "500"/"502"/"503",
+        "drop" (record=True), "delay" (seconds=...)."""
+        with self._lock:
+            for _ in range(count):
+                self._faults.append({"kind": kind, **params})
+
+    def next_fault(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def record(self, body: dict[str, Any], message_id: str) -> None:
+        entry = {**body, "_message_id": message_id}
+        with self._lock:
+            if self._log:
+                self._log.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                self._log.flush()
+            else:
+                self.messages.append(entry)
+
+    def recipients(self) -> list[str]:
+        """Every accepted personalization's first `to` address, in the order received."""
+        return [p["to"][0]["email"] for m in self.messages for p in m["personalizations"]]
+
+
+def _handler_for(server: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def _send(
+            self, status: int, body: Any = None, headers: dict[str, str] | None = None
+        ) -> None:
+            data = b"" if body is None else json.dumps(body).encode()
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if data:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            if self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                return True
+            self._send(
+                401,
+                {
+                    "errors": [
+                        _error("The provided authorization grant is invalid, expired, or revoked")
+                    ]
+                },
+            )
+            return False
+
+        def _read_json(self) -> tuple[bytes, Any]:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                return raw, json.loads(raw or b"null")
+            except ValueError:
+                return raw, None
+
+        def do_GET(self) -> None:  # noqa: N802
+            parts = urlsplit(self.path)
+            name = parts.path.removeprefix("/v3/suppression/")
+            if not parts.path.startswith("/v3/suppression/") or name not in SUPPRESSION_LISTS:
+                self._send(404, {"errors": [_error("not found")]})
+                return
+            if not self._authorized():
+                return
+            query = parse_qs(parts.query)
+            limit = int(query.get("limit", ["500"])[0])
+            offset = int(query.get("offset", ["0"])[0])
+            server.suppression_requests.append(self.path)
+            self._send(200, server.suppressions[name][offset : offset + limit])
+
+        def do_POST(self) -> None:  # noqa: N802
+            path = urlsplit(self.path).path
+            if path == "/__fake__/inject":
+                _, body = self._read_json()
+                body = dict(body)
+                server.inject(body.pop("kind"), body.pop("count", 1), **body)
+                self._send(200, {"ok": True})
+                return
+            if path == "/__fake__/delay":
+                _, body = self._read_json()
+                server.delay = float(body["seconds"])
+                self._send(200, {"ok": True})
+                return
+            if path == "/v3/mail/send":
+                self._mail_send()
+                return
+            raw, body = self._read_json()
+            if path == "/v3/mail/batch":
+                if not self._authorized():
+                    return
+                batch_id = uuid.uuid4().hex
+                server.batches.append(batch_id)
+                self._send(201, {"batch_id": batch_id})
+            elif path == "/v3/user/scheduled_sends":
+                if not self._authorized():
+                    return
+                if (
+                    not isinstance(body, dict)
+                    or body.get("status") not in ("pause", "cancel")
+                    or not body.get("batch_id")
+                ):
+                    self._send(
+                        400,
+                        {
+                            "errors": [
+                                _error("batch_id and status pause|cancel are required", "status")
+                            ]
+                        },
+                    )
+                    return
+                server.scheduled_sends[body["batch_id"]] = body["status"]
+                self._send(201, body)
+            else:
+                self._send(404, {"errors": [_error("not found")]})
+
+        def _mail_send(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            fault = server.next_fault()
+            entry: dict[str, Any] = {"body": body, "status": None}
+            with server._lock:
+                if server.log_path is None:
+                    server.requests.append(entry)
+            if server.delay:
+                time.sleep(server.delay)
+            if fault and fault["kind"] == "delay":
+                time.sleep(float(fault.get("seconds", 1.0)))
+                fault = None
+            if self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                entry["status"] = 401
+                self._authorized()
+                return
+            if length > MAX_BYTES:
+                entry["status"] = 413
+                self._send(413, {"errors": [_error("The request is larger than 30 MB.")]})
+                return
+            if fault and fault["kind"] == "429":
+                entry["status"] = 429
+                reset = int(time.time() + float(fault.get("reset_in", 1)))
+                self._send(
+                    429,
+                    {"errors": [_error("too many requests")]},
+                    {
+                        "X-RateLimit-Limit": "600",
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Reset": str(reset),
+                    },
+                )
+                return
+            if fault and fault["kind"] in ("500", "502", "503"):
+                entry["status"] = int(fault["kind"])
+                self._send(int(fault["kind"]), {"errors": [_error("internal error")]})
+                return
+            errors = validate_mail(body)
+            if errors:
+                entry["status"] = 400
+                self._send(400, {"errors": errors})
+                return
+            sender = body["from"]["email"].lower()
+            if sender not in server.verified_senders:
+                entry["status"] = 403
+                self._send(
+                    403,
+                    {
+                        "errors": [
+                            _error(
+                                "The from address does not match a verified Sender Identity. Mail "
+                                "cannot be sent until this error is resolved. Visit "
+                                "https://sendgrid.com/docs/for-developers/sending-email/sender-identity/ "
+                                "to see the Sender Identity requirements",
+                                "from",
+                            )
+                        ]
+                    },
+                )
+                return
+            if ((body.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable"):
+                entry["status"] = 200
+                self._send(200)
+                return
+            message_id = uuid.uuid4().hex[:22]
+            if fault and fault["kind"] == "drop":
+                entry["status"] = "dropped"
+                if fault.get("record", True):
+                    server.record(body, message_id)
+                self.close_connection = True
+                return
+            server.record(body, message_id)
+            entry["status"] = 202
+            self._send(202, None, {"X-Message-Id": message_id})
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A fake SendGrid v3 API on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--log", required=True, help="append accepted mail requests here (JSON lines)"
+    )
+    parser.add_argument("--key", default="SG.test-key")
+    parser.add_argument("--sender", action="append", default=None)
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    server = FakeSendGrid(
+        api_key=args.key,
+        verified_senders=args.sender or ["jens@example.com"],
+        log_path=args.log,
+        port=args.port,
+        delay=args.delay,
+    )
+    print(f"PORT {server.port}", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
