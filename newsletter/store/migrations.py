@@ -32,9 +32,15 @@ def m001_initial(conn: Connection) -> None:
     )
 
 
+def m002_send_leases(conn: Connection) -> None:
+    """The per-issue send lease (who is sending, last heartbeat)."""
+    schema.send_leases.create(conn, checkfirst=True)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
+    ("m002_send_leases", m002_send_leases),
 ]
 
 

@@ -173,3 +173,16 @@ Index("ix_replies_from_email", replies.c.from_email)
 CUSTOM_ARG_ISSUE = "newsletter_issue_id"
 CUSTOM_ARG_SUBSCRIBER = "newsletter_subscriber_id"
 CUSTOM_ARG_SEND = "newsletter_send_id"
+
+# One row per issue while a real send of it runs: the guard against two sends of one issue at
+# once, and how `--resume` knows the previous sender is gone (pid + host + heartbeat).
+send_leases = Table(
+    "send_leases",
+    metadata,
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
+    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), nullable=False),
+    Column("owner", String(36), nullable=False),  # random per process: compare-and-swap key
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)
