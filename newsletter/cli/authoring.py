@@ -1,7 +1,156 @@
-"""Commands of this area (filled in by its issue)."""
+"""Authoring commands: init, new, build, check."""
 
 from __future__ import annotations
 
+import datetime
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+
+def _shown(path: Path) -> str:
+    """A path relative to the current folder when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@click.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="My Newsletter", show_default=True, help="The newsletter's name.")
+@click.option(
+    "--language",
+    type=click.Choice(["de", "en"]),
+    default="en",
+    show_default=True,
+    help="Default language of issues (footer wording).",
+)
+def init(directory: Path, name: str, language: str) -> None:
+    """Create a project folder with a sample issue; never overwrites.
+
+    Writes newsletter.toml, issues/ with a sample issue and templates/README.md.
+    Refuses when DIRECTORY already holds a newsletter.toml; keeps any existing file.
+
+    \b
+    Example:
+        newsletter init my-letter --name "Jens' Briefing" --language de
+    """
+    from newsletter.scaffold import init_project
+
+    created, kept = init_project(directory, name, language)
+    for path in created:
+        click.echo(f"created {_shown(path)}")
+    for path in kept:
+        click.echo(f"kept existing {_shown(path)}")
+    click.echo(
+        f"Next: edit {_shown(directory / 'newsletter.toml')}, then `newsletter build ISSUE`."
+    )
+
+
+@click.command()
+@click.argument("title")
+@click.option(
+    "--date",
+    "date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="The issue's date (default: today).",
+)
+@click.option(
+    "--language", type=click.Choice(["de", "en"]), default=None, help="Default: the project's."
+)
+def new(title: str, date: datetime.datetime | None, language: str | None) -> None:
+    """Create issues/<date>-<slug>.md from TITLE; never overwrites.
+
+    \b
+    Example:
+        newsletter new "Grüße aus Köln"     # issues/2024-07-02-gruesse-aus-koeln.md
+    """
+    from newsletter.cli import get_project
+    from newsletter.scaffold import new_issue
+
+    project = get_project()
+    path = new_issue(
+        project.issues_dir,
+        title,
+        language or project.config.language,
+        date.date() if date else None,
+    )
+    click.echo(_shown(path))
+
+
+@click.command()
+@click.argument("issue")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the files (default: build/ in the project).",
+)
+def build(issue: str, output: Path | None) -> None:
+    """Render ISSUE to HTML and plain-text files for a sample subscriber.
+
+    Writes DIR/<slug>.html and DIR/<slug>.txt and prints both paths.
+
+    \b
+    Example:
+        newsletter build issues/2024-07-meta-ki-creator.md -o build
+    """
+    from newsletter.cli import get_project
+    from newsletter.render import SAMPLE_SUBSCRIBER, render_file, sample_unsubscribe_url
+    from newsletter.scaffold import write_file_atomic
+
+    project = get_project()
+    rendered = render_file(project, project.issue_path(issue))
+    html, text = rendered.personalize(SAMPLE_SUBSCRIBER, sample_unsubscribe_url(project))
+    folder = output if output is not None else project.root / "build"
+    html_path = folder / f"{rendered.issue.slug}.html"
+    text_path = folder / f"{rendered.issue.slug}.txt"
+    try:
+        write_file_atomic(html_path, html)
+        write_file_atomic(text_path, text)
+    except OSError as exc:
+        raise click.ClickException(
+            f"{folder}: cannot write ({exc.strerror}); choose another -o DIR"
+        ) from None
+    click.echo(_shown(html_path))
+    click.echo(_shown(text_path))
+
+
+@click.command()
+@click.argument("issue")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
+def check(issue: str, strict: bool) -> None:
+    """List problems in ISSUE before you send it.
+
+    Prints each as file:line: error|warning: message.
+
+    Exits 1 when there are errors (with --strict, warnings too).
+
+    \b
+    Example:
+        newsletter check issues/2024-07-meta-ki-creator.md --strict
+    """
+    from newsletter.check import check_issue
+    from newsletter.cli import get_project
+
+    project = get_project()
+    path = project.issue_path(issue)
+    findings = check_issue(project, path)
+    for finding in findings:
+        where = _shown(finding.path) + (f":{finding.line}" if finding.line else "")
+        click.echo(f"{where}: {finding.severity}: {finding.message}")
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    if not findings:
+        click.echo(f"{_shown(path)}: no problems found")
+        return
+    click.echo(f"{errors} error(s), {warnings} warning(s)", err=True)
+    if errors or (strict and warnings):
+        raise SystemExit(1)
+
+
+COMMANDS: list[click.Command] = [init, new, build, check]

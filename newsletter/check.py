@@ -1,0 +1,312 @@
+"""`newsletter check`: find what would go wrong with an issue before anyone receives it.
+
+`check_issue` never raises for a broken issue: a file that cannot be loaded or rendered
+is reported as an error finding with its file and line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from newsletter.errors import IssueError
+
+if TYPE_CHECKING:
+    from newsletter.issue import Issue
+    from newsletter.project import Project
+    from newsletter.render import RenderedIssue
+
+#: Gmail clips a message whose HTML is larger than about 102 KB.
+GMAIL_WARN_BYTES = 90 * 1000
+GMAIL_CLIP_BYTES = 102 * 1000
+SUBJECT_MAX_CHARS = 78
+LOCAL_HOSTS = ("localhost", "localhost.localdomain", "0.0.0.0")
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Literal["error", "warning"]
+    message: str
+    path: Path
+    line: int | None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else f"{self.path}"
+        return f"{where}: {self.severity}: {self.message}"
+
+
+def check_issue(project: Project, path: Path) -> list[Finding]:
+    """Every problem found in an issue, errors first, in file order."""
+    from newsletter.issue import load_issue
+    from newsletter.render import render_issue
+
+    path = Path(path)
+    findings: list[Finding] = []
+    try:
+        issue = load_issue(project, path)
+    except IssueError as exc:
+        return [Finding("error", exc.reason, exc.path, exc.line)]
+
+    findings += _front_matter(issue)
+    findings += _links_and_images(issue)
+    try:
+        rendered = render_issue(project, issue)
+    except IssueError as exc:
+        findings.append(Finding("error", exc.reason, exc.path, exc.line))
+    else:
+        findings += _expressions(rendered)
+        findings += _template_and_size(project, rendered)
+    return sorted(findings, key=lambda f: (f.severity != "error", str(f.path), f.line or 0))
+
+
+def _front_matter(issue: Issue) -> list[Finding]:
+    found = []
+    subject_line = issue.key_line("subject") or issue.key_line("title")
+    if not issue.subject.strip():
+        found.append(Finding("error", "the subject is empty; write one", issue.path, subject_line))
+    elif len(issue.subject) > SUBJECT_MAX_CHARS:
+        found.append(
+            Finding(
+                "warning",
+                f"the subject has {len(issue.subject)} characters; mail apps cut it "
+                f"after about {SUBJECT_MAX_CHARS}: shorten it",
+                issue.path,
+                subject_line,
+            )
+        )
+    if "{{" in issue.subject:
+        found.append(
+            Finding(
+                "error",
+                "the subject cannot hold {{ ... }} fields; write it without them",
+                issue.path,
+                subject_line,
+            )
+        )
+    if not issue.preheader:
+        found.append(
+            Finding(
+                "warning",
+                "no preheader; add `preheader: ...` (inboxes show it after the subject; "
+                "the first paragraph is used meanwhile)",
+                issue.path,
+                1,
+            )
+        )
+    return found
+
+
+def _url_problem(url: str, kind: str) -> tuple[Literal["error", "warning"], str] | None:
+    from newsletter.personalize import TOKEN_RE
+
+    if url.startswith(("mailto:", "tel:")):
+        return None
+    if url.startswith("#"):
+        return ("warning", f"{kind} {url!r} points inside the page; many mail apps ignore it")
+    parts = urlsplit(TOKEN_RE.sub("x", url))
+    if not parts.scheme or not parts.netloc:
+        return ("error", f"{kind} {url!r} is relative; use a full https:// URL")
+    host = (parts.hostname or "").lower()
+    local = host in LOCAL_HOSTS or host.endswith(".localhost")
+    try:
+        local = local or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, not an IP address
+        local = local or False
+    if local:
+        return ("error", f"{kind} {url!r} points to this computer; readers cannot open it")
+    if parts.scheme != "https":
+        return ("warning", f"{kind} {url!r} is not https; use https://")
+    return None
+
+
+def _links_and_images(issue: Issue) -> list[Finding]:
+    from newsletter.markdown import iter_inline, parse
+    from newsletter.personalize import extract_expressions
+
+    try:
+        body, _ = extract_expressions(issue.path, issue.body, issue.body_line)
+    except IssueError:
+        return []  # reported by the render
+    tokens, _ = parse(body)
+    found = []
+    for token, line in iter_inline(tokens):
+        at = issue.body_line + line if line is not None else None
+        if token.type == "image":
+            src = str(token.attrGet("src") or "")
+            alt = token.content or ""
+            if not alt.strip():
+                found.append(
+                    Finding(
+                        "warning",
+                        f"image {src!r} has no alt text; write ![what it shows]({src})",
+                        issue.path,
+                        at,
+                    )
+                )
+            problem = _url_problem(src, "image")
+            if problem:
+                found.append(Finding(problem[0], problem[1], issue.path, at))
+        elif token.type == "link_open":
+            problem = _url_problem(str(token.attrGet("href") or ""), "link")
+            if problem:
+                found.append(Finding(problem[0], problem[1], issue.path, at))
+        elif (
+            token.type == "html_inline"
+            and "<img" in token.content.lower()
+            and "alt=" not in token.content.lower()
+        ):
+            found.append(
+                Finding("warning", 'an <img> has no alt text; add alt="..."', issue.path, at)
+            )
+    return found
+
+
+def _expressions(rendered: RenderedIssue) -> list[Finding]:
+    """Evaluate each field for the sample subscriber (must work) and for one with no
+    fields at all (should still read well: needs a default)."""
+    from jinja2 import UndefinedError
+
+    from newsletter.personalize import subscriber_view
+    from newsletter.render import SAMPLE_SUBSCRIBER
+
+    found = []
+    path = rendered.issue.path
+    sample = {**rendered.context, "subscriber": subscriber_view(SAMPLE_SUBSCRIBER)}
+    empty = {**rendered.context, "subscriber": subscriber_view({})}
+    for expression in rendered.expressions:
+        label = f"{{{{ {expression.source} }}}}"
+        try:
+            expression.evaluate(sample)
+        except UndefinedError as exc:
+            if "subscriber" in expression.source and "'subscriber'" not in str(exc):
+                message = (
+                    f"{label}: {exc.message}; subscribers without it see nothing there: "
+                    'add | default("...")'
+                )
+                found.append(Finding("warning", message, path, expression.line))
+            else:
+                found.append(
+                    Finding(
+                        "error",
+                        f"{label}: {exc.message}; use subscriber.<field>, issue.<key> or newsletter.name",
+                        path,
+                        expression.line,
+                    )
+                )
+            continue
+        except Exception as exc:
+            found.append(
+                Finding("error", f"{label}: {exc}; fix the expression", path, expression.line)
+            )
+            continue
+        try:
+            expression.evaluate(empty)
+        except UndefinedError as exc:
+            found.append(
+                Finding(
+                    "warning",
+                    f"{label}: subscribers without this field see nothing there ({exc.message}); "
+                    'add | default("...")',
+                    path,
+                    expression.line,
+                )
+            )
+        except Exception as exc:
+            found.append(
+                Finding(
+                    "warning",
+                    f'{label} fails for a subscriber without fields ({exc}); add | default("...")',
+                    path,
+                    expression.line,
+                )
+            )
+    return found
+
+
+def _template_and_size(project: Project, rendered: RenderedIssue) -> list[Finding]:
+    import html as html_lib
+
+    from newsletter.personalize import UNSUBSCRIBE_HTML_KEY, UNSUBSCRIBE_TEXT_KEY
+    from newsletter.render import (
+        HTML_TEMPLATE,
+        SAMPLE_SUBSCRIBER,
+        TEXT_TEMPLATE,
+        sample_unsubscribe_url,
+    )
+
+    found: list[Finding] = []
+    html_where = _template_path(project, ("footer.mjml.j2", HTML_TEMPLATE))
+    text_where = _template_path(project, ("footer.txt.j2", TEXT_TEMPLATE))
+    address = project.config.postal_address
+    if UNSUBSCRIBE_HTML_KEY not in rendered.html:
+        found.append(
+            _template_finding(
+                html_where,
+                'the HTML has no unsubscribe link; keep <a href="{{ unsubscribe_url }}"> in the footer',
+            )
+        )
+    if address not in rendered.html and html_lib.escape(address) not in rendered.html:
+        found.append(
+            _template_finding(
+                html_where,
+                "the HTML lacks the postal address; keep {{ newsletter.postal_address }} in the footer",
+            )
+        )
+    if UNSUBSCRIBE_TEXT_KEY not in rendered.text:
+        found.append(
+            _template_finding(
+                text_where, "the text part has no unsubscribe link; keep {{ unsubscribe_url }}"
+            )
+        )
+    if address not in rendered.text:
+        found.append(
+            _template_finding(
+                text_where,
+                "the text part lacks the postal address; keep {{ newsletter.postal_address }}",
+            )
+        )
+    html, _ = rendered.personalize(SAMPLE_SUBSCRIBER, sample_unsubscribe_url(project))
+    size = len(html.encode("utf-8"))
+    path = rendered.issue.path
+    if size > GMAIL_CLIP_BYTES:
+        found.append(
+            Finding(
+                "error",
+                f"the HTML is {size / 1000:.0f} KB; Gmail clips messages over about 102 KB "
+                "(and hides the unsubscribe link): shorten the issue or split it",
+                path,
+                None,
+            )
+        )
+    elif size > GMAIL_WARN_BYTES:
+        found.append(
+            Finding(
+                "warning",
+                f"the HTML is {size / 1000:.0f} KB; Gmail clips messages over about 102 KB: "
+                "consider shortening it",
+                path,
+                None,
+            )
+        )
+    return found
+
+
+def _template_path(project: Project, names: tuple[str, ...]) -> Path:
+    """The project's template to blame: its footer, else its layout, else the built-in one."""
+    from newsletter.project import builtin_templates_dir
+
+    for name in names:
+        if (project.templates_dir / name).is_file():
+            return project.templates_dir / name
+    return builtin_templates_dir() / names[0]
+
+
+def _template_finding(where: Path, message: str) -> Finding:
+    return Finding("error", message, where, None)
+
+
+def format_findings(findings: list[Any]) -> list[str]:
+    return [str(f) for f in findings]

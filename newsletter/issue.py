@@ -1,0 +1,208 @@
+"""An issue file: YAML front matter between `---` lines, then the Markdown body.
+
+`load_issue` validates the front matter and raises `IssueError(path, line, ...)` whose
+line points into the file, so `file:line` lands on the offending key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from newsletter.errors import IssueError
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+# `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
+DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
+KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language")
+FENCE = "---"
+
+# German letters that Unicode decomposition would turn into a bare vowel.
+_TRANSLITERATE = str.maketrans(
+    {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss", "ẞ": "SS"}
+)
+
+
+def slugify(text: str, max_length: int = 60) -> str:
+    """`Grüße aus Köln – Teil 2` -> `gruesse-aus-koeln-teil-2`."""
+    text = unicodedata.normalize("NFKD", text.translate(_TRANSLITERATE))
+    text = text.encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+    if len(slug) > max_length:
+        slug = slug[:max_length].rsplit("-", 1)[0] or slug[:max_length]
+    return slug
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A validated issue file."""
+
+    path: Path
+    title: str
+    subject: str
+    preheader: str | None
+    date: datetime.date | None
+    slug: str
+    language: str
+    body: str
+    body_line: int  # 1-based line of the body's first line in the file
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def key_line(self, key: str) -> int | None:
+        """The line of a front matter key in the file, for findings about it."""
+        return front_matter_key_line(self.path, key)
+
+
+def front_matter_key_line(path: Path, key: str) -> int | None:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    pattern = re.compile(rf"^{re.escape(key)}\s*:")
+    for number, line in enumerate(lines[1:], start=2):
+        if line.rstrip() in (FENCE, "..."):
+            return None
+        if pattern.match(line):
+            return number
+    return None
+
+
+def split_front_matter(path: Path, text: str) -> tuple[str, str, int]:
+    """Return (yaml_text, body, body_line); raise IssueError if there is no front matter."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].rstrip("\r\n").strip() != FENCE:
+        raise IssueError(
+            path,
+            1,
+            "no front matter; start the file with a `---` line, then `title: ...`, then `---`",
+        )
+    for index in range(1, len(lines)):
+        if lines[index].rstrip("\r\n").rstrip() in (FENCE, "..."):
+            yaml_text = "".join(lines[1:index])
+            body = "".join(lines[index + 1 :])
+            return yaml_text, body, index + 2
+    raise IssueError(path, 1, "front matter is not closed; add a `---` line after it")
+
+
+def _parse_yaml(path: Path, yaml_text: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(yaml_text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        # The YAML starts on line 2 of the file; marks are 0-based.
+        line = mark.line + 2 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise IssueError(
+            path,
+            line,
+            f"invalid YAML in the front matter: {problem}; "
+            'quote values that contain ": " or start with a special character',
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise IssueError(path, 2, "the front matter must be `key: value` lines (title: ...)")
+    return data
+
+
+def _text(path: Path, data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise IssueError(
+            path, front_matter_key_line(path, key), f"`{key}` must be text, not a list or mapping"
+        )
+    return str(value).strip()
+
+
+def load_issue(project: Project, path: Path) -> Issue:
+    """Read and validate an issue file."""
+    from newsletter.project import LANGUAGES
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IssueError(
+            path, None, "no such file; check the path or run `newsletter new`"
+        ) from None
+    except UnicodeDecodeError:
+        raise IssueError(path, None, "is not UTF-8 text; save the file as UTF-8") from None
+    text = text.removeprefix("\ufeff")
+    yaml_text, body, body_line = split_front_matter(path, text)
+    data = _parse_yaml(path, yaml_text)
+
+    def line(key: str) -> int | None:
+        return front_matter_key_line(path, key) or 1
+
+    title = _text(path, data, "title")
+    if not title:
+        raise IssueError(
+            path,
+            line("title") if "title" in data else 1,
+            "missing title; add `title: ...` to the front matter",
+        )
+    subject = _text(path, data, "subject")
+    if subject is None:
+        subject = title
+    preheader = _text(path, data, "preheader") or None
+
+    raw_date = data.get("date")
+    date: datetime.date | None
+    if raw_date is None:
+        date = None
+    elif isinstance(raw_date, datetime.datetime):
+        date = raw_date.date()
+    elif isinstance(raw_date, datetime.date):
+        date = raw_date
+    else:
+        try:
+            date = datetime.date.fromisoformat(str(raw_date).strip())
+        except ValueError:
+            raise IssueError(
+                path,
+                line("date"),
+                f"bad date {raw_date!r}; write it as YYYY-MM-DD, e.g. 2024-07-02",
+            ) from None
+
+    slug = _text(path, data, "slug")
+    if slug is None:
+        slug = slugify(DATE_PREFIX_RE.sub("", path.stem)) or slugify(title)
+    elif not SLUG_RE.match(slug):
+        raise IssueError(
+            path,
+            line("slug"),
+            f"bad slug {slug!r}; use lowercase letters, digits and single hyphens, "
+            f"e.g. {slugify(slug) or 'my-issue'!r}",
+        )
+
+    language = _text(path, data, "language") or project.config.language
+    if language not in LANGUAGES:
+        raise IssueError(
+            path,
+            line("language"),
+            f"unknown language {language!r}; use one of: {', '.join(LANGUAGES)}",
+        )
+
+    return Issue(
+        path=path,
+        title=title,
+        subject=subject,
+        preheader=preheader,
+        date=date,
+        slug=slug,
+        language=language,
+        body=body,
+        body_line=body_line,
+        meta=dict(data),
+    )

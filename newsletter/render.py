@@ -1,0 +1,302 @@
+"""Render an issue: Markdown -> Jinja2 MJML template -> mjml-python -> premailer -> HTML,
+plus a plain-text part from the same Markdown tokens.
+
+The render runs once per issue. Per-recipient fields stay as substitution keys in
+`RenderedIssue.html` / `.text`; `substitutions()` gives one recipient's values (what
+SendGrid's `substitutions` needs) and `personalize()` applies them locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from markupsafe import Markup
+
+from newsletter.errors import RenderError
+from newsletter.issue import Issue, load_issue
+from newsletter.personalize import (
+    MAX_URL_CHARS,
+    TOKEN_RE,
+    UNSUBSCRIBE_HTML_KEY,
+    UNSUBSCRIBE_TEXT_KEY,
+    UNSUBSCRIBE_TOKEN,
+    Expression,
+    extract_expressions,
+    html_value,
+    strip_tokens,
+    subscriber_view,
+)
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+#: Who `build` and `preview` render for.
+SAMPLE_SUBSCRIBER: dict[str, Any] = {
+    "id": 0,
+    "email": "leser@example.com",
+    "name": "Alex Beispiel",
+    "first_name": "Alex",
+    "last_name": "Beispiel",
+    "fields": {},
+}
+
+#: Footer wording by issue language.
+STRINGS: dict[str, dict[str, str]] = {
+    "de": {
+        "unsubscribe": "Abmelden",
+        "view_in_browser": "Im Browser ansehen",
+        "reason": "Du bekommst diese E-Mail, weil du diesen Newsletter abonniert hast.",
+        "image": "Bild",
+    },
+    "en": {
+        "unsubscribe": "Unsubscribe",
+        "view_in_browser": "View in browser",
+        "reason": "You are receiving this email because you subscribed to this newsletter.",
+        "image": "Image",
+    },
+}
+
+HTML_TEMPLATE = "email.mjml.j2"
+TEXT_TEMPLATE = "email.txt.j2"
+PREHEADER_CHARS = 140
+
+_KEY_RE = re.compile(r"%%nl:[ht]:(?:\d+|unsubscribe)%%")
+
+
+def apply_substitutions(text: str, substitutions: Mapping[str, str]) -> str:
+    """Replace every key by its value, in one pass (as SendGrid does)."""
+    return _KEY_RE.sub(lambda m: substitutions.get(m.group(0), m.group(0)), text)
+
+
+def _clean_value(value: str) -> str:
+    # A value must never contain a key that a second pass could expand.
+    return value.replace("%%", "%")
+
+
+@dataclass
+class RenderedIssue:
+    """An issue rendered once, with per-recipient substitution keys in html and text."""
+
+    issue: Issue
+    subject: str
+    preheader: str
+    html: str  # final inlined HTML, containing per-recipient keys
+    text: str  # final plain text, containing per-recipient keys
+    expressions: list[Expression] = field(default_factory=list, repr=False)
+    context: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def substitutions(self, subscriber: Mapping[str, Any], unsubscribe_url: str) -> dict[str, str]:
+        """Key -> value for one recipient, for the HTML keys (escaped) and text keys (raw)."""
+        context = {**self.context, "subscriber": subscriber_view(subscriber)}
+        result: dict[str, str] = {}
+        for expression in self.expressions:
+            value = _clean_value(expression.value(context))
+            result[expression.html_key] = html_value(value)
+            result[expression.text_key] = value
+        url = _clean_value(unsubscribe_url[:MAX_URL_CHARS])
+        result[UNSUBSCRIBE_HTML_KEY] = html_value(url)
+        result[UNSUBSCRIBE_TEXT_KEY] = url
+        return result
+
+    def personalize(self, subscriber: Mapping[str, Any], unsubscribe_url: str) -> tuple[str, str]:
+        """(html, text) for one recipient."""
+        subs = self.substitutions(subscriber, unsubscribe_url)
+        return apply_substitutions(self.html, subs), apply_substitutions(self.text, subs)
+
+
+def sample_unsubscribe_url(project: Project) -> str:
+    """The unsubscribe link `build` and `preview` show (not a working token)."""
+    base = project.config.base_url
+    return f"{base}/unsubscribe/example" if base else "https://example.com/unsubscribe/example"
+
+
+def view_url(project: Project, issue: Issue) -> str | None:
+    base = project.config.base_url
+    return f"{base}/issues/{issue.slug}" if base else None
+
+
+_environments: dict[tuple[str, str], jinja2.Environment] = {}
+
+
+def _autoescape(name: str | None) -> bool:
+    return name is None or not name.endswith(".txt.j2")
+
+
+def template_environment(project: Project) -> jinja2.Environment:
+    """The project's templates first, then the built-in ones; cached (Jinja reloads on change)."""
+    from newsletter.project import builtin_templates_dir
+
+    key = (str(project.templates_dir), str(builtin_templates_dir()))
+    env = _environments.get(key)
+    if env is None:
+        env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(
+                [jinja2.FileSystemLoader(key[0]), jinja2.FileSystemLoader(key[1])]
+            ),
+            autoescape=_autoescape,
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+        )
+        _environments[key] = env
+    return env
+
+
+def _template_error(exc: Exception, fallback: str) -> RenderError:
+    """A RenderError naming the template file and line."""
+    import traceback
+
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        where = exc.filename or exc.name or fallback
+        return RenderError(where, exc.lineno, f"template error: {exc.message}; fix the template")
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return RenderError(
+            fallback, None, f"template {exc.name!r} not found; add it to the project's templates/"
+        )
+    where, line = fallback, None
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename.endswith(".j2"):
+            where, line = frame.filename, frame.lineno
+            break
+    message = getattr(exc, "message", None) or str(exc)
+    return RenderError(where, line, f"template error: {message}; fix the template")
+
+
+def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
+        raise _template_error(exc, name) from None
+
+
+def _first_paragraph(tokens: list[Any]) -> str:
+    for index, token in enumerate(tokens):
+        if token.type == "paragraph_open":
+            inline = tokens[index + 1]
+            words = "".join(
+                c.content if c.type in ("text", "code_inline") else " "
+                for c in inline.children or []
+                if c.type in ("text", "code_inline", "softbreak", "hardbreak")
+            )
+            text = strip_tokens(words)
+            if text:
+                return text
+    return ""
+
+
+def _shorten(text: str, limit: int = PREHEADER_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+
+
+def _premailer(html: str) -> str:
+    from premailer import Premailer
+
+    return Premailer(
+        html,
+        allow_network=False,
+        keep_style_tags=False,
+        disable_leftover_css=False,
+        remove_classes=False,
+        strip_important=False,
+        cssutils_logging_level=logging.CRITICAL,
+        disable_validation=True,
+        # `height="auto"` is not a valid attribute; the CSS already says it.
+        disable_basic_attributes=["height", "width"],
+    ).transform()
+
+
+def render_issue(project: Project, issue: Issue) -> RenderedIssue:
+    """Render an issue once: HTML and text with per-recipient keys."""
+    import mjml
+
+    from newsletter.markdown import parse, render_html
+    from newsletter.plaintext import render_text
+
+    config = project.config
+    body, expressions = extract_expressions(issue.path, issue.body, issue.body_line)
+    tokens, md_env = parse(body)
+    content = render_html(tokens, md_env)
+    preheader = _shorten(
+        strip_tokens(re.sub(r"\{\{.*?\}\}", "", issue.preheader))
+        if issue.preheader
+        else _first_paragraph(tokens)
+    )
+    strings = STRINGS[issue.language]
+    theme = dict(config.theme)
+    font_family = theme["font_family"]
+    if theme.get("web_font_name") and theme.get("web_font_url"):
+        font_family = f"'{theme['web_font_name']}', {font_family}"
+    newsletter = {
+        "name": config.name,
+        "postal_address": config.postal_address,
+        "base_url": config.base_url,
+        "from_name": config.from_name,
+        "from_email": config.from_email,
+    }
+    issue_vars = {
+        "title": issue.title,
+        "subject": issue.subject,
+        "date": issue.date,
+        "slug": issue.slug,
+        "language": issue.language,
+        "meta": issue.meta,
+    }
+    context: dict[str, Any] = {
+        "subject": issue.subject,
+        "preheader": preheader,
+        "language": issue.language,
+        "issue": issue_vars,
+        "newsletter": newsletter,
+        "theme": theme,
+        "font_family": font_family,
+        "strings": strings,
+        "view_url": view_url(project, issue),
+        "unsubscribe_url": UNSUBSCRIBE_TOKEN,
+    }
+    env = template_environment(project)
+    source = _render_template(env, HTML_TEMPLATE, {**context, "content": Markup(content)})
+    fonts = (
+        {theme["web_font_name"]: theme["web_font_url"]}
+        if theme.get("web_font_name") and theme.get("web_font_url")
+        else {}
+    )
+    try:
+        html = mjml.mjml2html(source, fonts=fonts)
+    except Exception as exc:  # mjml-python raises plain exceptions for bad markup
+        raise RenderError(
+            HTML_TEMPLATE, None, f"MJML could not render the template: {exc}; fix the template"
+        ) from None
+    html = _premailer(html)
+    if not html.lstrip().lower().startswith("<!doctype"):
+        html = "<!doctype html>\n" + html
+
+    text_body = render_text(tokens, image_label=strings["image"])
+    text = _render_template(env, TEXT_TEMPLATE, {**context, "body": text_body})
+
+    html = TOKEN_RE.sub(lambda m: _key(m.group(1), "h"), html)
+    text = TOKEN_RE.sub(lambda m: _key(m.group(1), "t"), text)
+    return RenderedIssue(
+        issue=issue,
+        subject=issue.subject,
+        preheader=preheader,
+        html=html,
+        text=text,
+        expressions=expressions,
+        context={"issue": issue_vars, "newsletter": newsletter},
+    )
+
+
+def _key(name: str, part: str) -> str:
+    return f"%%nl:{part}:{'unsubscribe' if name == 'unsub' else name}%%"
+
+
+def render_file(project: Project, path: Path) -> RenderedIssue:
+    """Load and render an issue file."""
+    return render_issue(project, load_issue(project, path))

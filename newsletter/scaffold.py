@@ -1,0 +1,169 @@
+"""`newsletter init` and `newsletter new`: create files, never overwrite one."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from pathlib import Path
+
+from newsletter.errors import ConfigError, IssueError, NewsletterError
+from newsletter.issue import slugify
+
+CONFIG_TEMPLATE = """\
+# The newsletter's settings. Every key is described in docs/authoring.md.
+[newsletter]
+name = {name}
+from_email = "you@example.com"          # a sender verified in SendGrid
+from_name = {name}
+postal_address = "Street 1, 12345 City, Country"   # required by law in every email
+# base_url = "https://news.example.com"  # where `newsletter serve` is reachable
+language = "{language}"
+
+[database]
+url = "sqlite:///newsletter.db"
+
+[sendgrid]
+region = "global"                        # or "eu"
+
+[theme]
+brand_color = "#1a56db"
+# logo_url = "https://news.example.com/logo.png"
+"""
+
+TEMPLATES_README = """\
+# Overriding templates
+
+A file here replaces the built-in template of the same name. Start from a copy of the
+built-in one (run `python -c "import newsletter.project as p; print(p.builtin_templates_dir())"`
+to find them):
+
+- `email.mjml.j2`: the MJML layout of the HTML part (`{{ content }}` is the issue).
+- `footer.mjml.j2`: the footer of the HTML part.
+- `content.css.j2`: styles for the issue's content (inlined into every element).
+- `responsive.css.j2`: `@media` and dark-mode rules (kept in `<style>`).
+- `email.txt.j2`, `footer.txt.j2`: the plain-text part.
+
+Keep the postal address (`{{ newsletter.postal_address }}`) and the unsubscribe link
+(`<a href="{{ unsubscribe_url }}">`) in both footers: `newsletter check` reports an error
+when either is missing.
+"""
+
+SAMPLE_BODY = {
+    "de": (
+        'Hallo {{ subscriber.first_name | default("zusammen") }},\n\n'
+        "hier steht der Text der Ausgabe. **Markdown** funktioniert: Listen, Zitate, "
+        "Tabellen und [Links](https://example.com).\n\n"
+        "## Eine Überschrift\n\n"
+        "- ein Punkt\n- noch ein Punkt\n\n"
+        "> „Ein Zitat.“\n\n"
+        "Bis bald!\n"
+    ),
+    "en": (
+        'Hi {{ subscriber.first_name | default("there") }},\n\n'
+        "This is where the issue's text goes. **Markdown** works: lists, quotes, "
+        "tables and [links](https://example.com).\n\n"
+        "## A heading\n\n"
+        "- one point\n- another point\n\n"
+        "> “A quote.”\n\n"
+        "See you soon!\n"
+    ),
+}
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write a file atomically, failing if it exists (a hard link cannot clobber)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def write_file_atomic(path: Path, text: str) -> None:
+    """Replace a file's content atomically (readers see the old or the new file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def issue_text(title: str, language: str, date: datetime.date, slug: str) -> str:
+    import yaml
+
+    front = yaml.safe_dump(
+        {"title": title, "preheader": "", "date": date, "slug": slug, "language": language},
+        allow_unicode=True,
+        sort_keys=False,
+        width=1000,
+    )
+    front = front.replace("preheader: ''", "preheader:  # the line inboxes show after the subject")
+    return f"---\n{front}---\n\n{SAMPLE_BODY[language]}"
+
+
+def init_project(directory: Path, name: str, language: str) -> tuple[list[Path], list[Path]]:
+    """Scaffold a project; return (created, kept) paths. Refuse if a project is already there."""
+    from newsletter.project import CONFIG_NAME, LANGUAGES
+
+    if language not in LANGUAGES:
+        raise ConfigError(
+            f"language {language!r} is not supported; use one of: {', '.join(LANGUAGES)}"
+        )
+    config = directory / CONFIG_NAME
+    if config.exists():
+        raise ConfigError(
+            f"{config}: a project already exists here; edit it, or pass another folder to `newsletter init`"
+        )
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory}: is a file; give a folder for the new project")
+    today = datetime.date.today()
+    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    first_title = "Willkommen" if language == "de" else "Welcome"
+    files = {
+        config: CONFIG_TEMPLATE.format(name=quoted, language=language),
+        directory / "issues" / f"{today.isoformat()}-{slugify(first_title)}.md": issue_text(
+            first_title, language, today, slugify(first_title)
+        ),
+        directory / "templates" / "README.md": TEMPLATES_README,
+    }
+    created, kept = [], []
+    for path, text in files.items():
+        try:
+            write_new_file(path, text)
+        except FileExistsError:
+            kept.append(path)
+            continue
+        except OSError as exc:
+            raise NewsletterError(
+                f"{path}: cannot write ({exc.strerror}); check the folder's permissions"
+            ) from None
+        created.append(path)
+    return created, kept
+
+
+def new_issue(
+    issues_dir: Path, title: str, language: str, date: datetime.date | None = None
+) -> Path:
+    """Create `issues/<date>-<slug>.md`; never overwrite."""
+    date = date or datetime.date.today()
+    slug = slugify(title)
+    if not slug:
+        raise IssueError(
+            issues_dir,
+            None,
+            f"title {title!r} has no letters or digits for a file name; use another title",
+        )
+    path = issues_dir / f"{date.isoformat()}-{slug}.md"
+    try:
+        write_new_file(path, issue_text(title.strip(), language, date, slug))
+    except FileExistsError:
+        raise IssueError(path, None, "already exists; edit it, or choose another title") from None
+    return path
