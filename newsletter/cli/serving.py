@@ -1,7 +1,192 @@
-"""Commands of this area (filled in by its issue)."""
+"""Commands of the web side: serve, replies, stats, sync."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import click
 
-COMMANDS: list[click.Command] = []
+from newsletter.cli import get_project
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(host: str, port: int) -> None:
+    """Run the web endpoints: unsubscribe, subscribe/confirm, SendGrid webhooks.
+
+    Binds 127.0.0.1 by default; put it behind an HTTPS reverse proxy (docs/serve.md).
+
+    \b
+    Example:
+        export NEWSLETTER_SECRET_KEY=...  SENDGRID_WEBHOOK_PUBLIC_KEY=...
+        newsletter serve --port 8000
+    """
+    import logging
+
+    import uvicorn
+
+    from newsletter import tokens
+    from newsletter.web import create_app
+
+    tokens.secret_key(required=True)  # refuse to start without it
+    project = get_project()
+    if host not in LOOPBACK:
+        click.echo(
+            f"Warning: binding {host} makes the server reachable from other machines; "
+            "serve it behind an HTTPS reverse proxy.",
+            err=True,
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(project)
+    click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
+    # access_log=False: uvicorn's access log prints full paths, i.e. tokens and secrets.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", server_header=False)
+
+
+def _when(value: object) -> str:
+    from datetime import datetime
+
+    return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else str(value)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--issue", "issue_name", help="Only replies to this issue (slug, file or path).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_context
+def replies(ctx: click.Context, issue_name: str | None, fmt: str) -> None:
+    """List readers' replies (received through SendGrid Inbound Parse).
+
+    \b
+    Example:
+        newsletter replies --issue meta-ki-creator
+        newsletter replies show 3
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from newsletter.replies import list_replies, strip_terminal_controls
+    from newsletter.stats import find_issue
+    from newsletter.store.engine import project_engine
+
+    project = get_project()
+    engine = project_engine(project)
+    issue_id = find_issue(project, engine, issue_name).id if issue_name else None
+    rows = list_replies(engine, issue_id)
+    if fmt == "json":
+        click.echo(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("No replies yet.")
+        return
+    click.echo(f"{'ID':>4}  {'RECEIVED':16}  {'FROM':32}  {'ISSUE':24}  SUBJECT")
+    for row in rows:
+        line = (
+            f"{row.id:>4}  {_when(row.received_at):16}  {row.from_email[:32]:32}  "
+            f"{(row.issue_slug or '-')[:24]:24}  {row.subject[:60]}"
+        )
+        click.echo(strip_terminal_controls(line))
+
+
+@replies.command("show")
+@click.argument("reply_id", type=int)
+def replies_show(reply_id: int) -> None:
+    """Show one reply as plain text (HTML or script in it is shown literally).
+
+    \b
+    Example:
+        newsletter replies show 3
+    """
+    from newsletter.replies import get_reply, strip_terminal_controls
+    from newsletter.store.engine import project_engine
+
+    row = get_reply(project_engine(get_project()), reply_id)
+    sender = f"{row.from_name} <{row.from_email}>" if row.from_name else row.from_email
+    lines = [
+        f"From:     {sender}",
+        f"Subject:  {row.subject}",
+        f"Received: {_when(row.received_at)}",
+        f"Issue:    {row.issue_slug or '-'}",
+    ]
+    if row.attachments:
+        names = ", ".join(f"{a.get('name')} ({a.get('size')} bytes)" for a in row.attachments)
+        lines.append(f"Attached: {names}")
+    if row.spam_score:
+        lines.append(f"Spam:     {row.spam_score}")
+    lines += ["", row.text]
+    click.echo(strip_terminal_controls("\n".join(lines)))
+
+
+@click.command()
+@click.argument("issue")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def stats(issue: str, fmt: str) -> None:
+    """Show what happened to a sent issue: delivered, opened, clicked, replied...
+
+    Counts are unique subscribers; rates are over recipients (delivered, bounced,
+    dropped) or over delivered (opened, clicked, unsubscribed, complained, replied).
+
+    \b
+    Example:
+        newsletter stats meta-ki-creator
+        newsletter stats meta-ki-creator --format json
+    """
+    from newsletter.stats import find_issue, issue_stats
+    from newsletter.store.engine import project_engine
+
+    project = get_project()
+    engine = project_engine(project)
+    ref = find_issue(project, engine, issue)
+    result = issue_stats(engine, ref.id)
+    if fmt == "json":
+        click.echo(json.dumps({"issue": ref.slug, **result}, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{ref.title} ({ref.slug})")
+    counts, rates, bases = result["counts"], result["rates"], result["rate_bases"]
+    click.echo(f"  {'recipients':14}{counts['recipients']:>8}")
+    for stat in (
+        "delivered",
+        "bounced",
+        "dropped",
+        "opened",
+        "clicked",
+        "unsubscribed",
+        "complained",
+        "replied",
+    ):
+        rate = rates[stat]
+        shown = f"{rate * 100:6.1f} %" if rate is not None else "     - "
+        click.echo(f"  {stat:14}{counts[stat]:>8}  {shown}  of {bases[stat]}")
+
+
+@click.command()
+def sync() -> None:
+    """Pull SendGrid's unsubscribes, bounces, spam reports and invalid emails into the list.
+
+    \b
+    Example:
+        SENDGRID_API_KEY=... newsletter sync
+    """
+    from newsletter.store.engine import project_engine
+    from newsletter.sync import LISTS
+    from newsletter.sync import sync as run_sync
+
+    project = get_project()
+    result = run_sync(project, project_engine(project))
+    for name, status in LISTS.items():
+        click.echo(
+            f"{name:15} {result.fetched[name]:>6} at SendGrid, {result.matched[name]:>6} on the list, "
+            f"{result.changed[name]:>6} now {status}"
+        )
+    sys.stdout.flush()
+
+
+COMMANDS: list[click.Command] = [serve, replies, stats, sync]

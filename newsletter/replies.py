@@ -1,0 +1,424 @@
+"""Readers' replies from SendGrid Inbound Parse: decode, match to subscriber and issue, store.
+
+We keep only what the author needs to read a reply: sender, subject, plain text (HTML is
+reduced to text, never stored or shown as HTML), received time, and attachment names and
+sizes (never their contents).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.header import decode_header, make_header
+from email.utils import getaddresses, parseaddr
+from html.parser import HTMLParser
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, select
+
+from newsletter import tokens
+from newsletter.errors import NewsletterError, StoreError, TokenError
+from newsletter.store import schema
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+log = logging.getLogger("newsletter.replies")
+
+#: Replies that say only this (quotes and signature aside) unsubscribe their sender.
+UNSUBSCRIBE_WORDS = {"unsubscribe", "abmelden", "stop"}
+
+_REPLY_ADDRESS = re.compile(r"reply\+([A-Za-z0-9_.\-]+)@", re.IGNORECASE)
+_SUBJECT_PREFIX = re.compile(
+    r"^\s*(re|aw|wg|fw|fwd|sv|antw|rif)\s*(\[\d+\])?\s*:\s*", re.IGNORECASE
+)
+# Lines that start the quoted original in common mail clients (English and German).
+_QUOTE_START = re.compile(
+    r"^\s*(On .+wrote:|Am .+schrieb.*:|-{2,}\s*(Original Message|Ursprüngliche Nachricht)\s*-{2,}"
+    r"|(From|Von):\s.+)\s*$",
+    re.IGNORECASE,
+)
+# C0/C1 control characters except tab and newline: they could drive a terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class InboundAttachment:
+    field: str
+    filename: str
+    size: int
+
+
+@dataclass
+class RawInbound:
+    """The Inbound Parse form as bytes, before decoding."""
+
+    fields: dict[str, bytes]
+    attachments: list[InboundAttachment] = field(default_factory=list)
+
+
+@dataclass
+class Inbound:
+    from_email: str
+    from_name: str | None
+    recipients: list[str]
+    subject: str
+    text: str
+    spam_score: str | None
+    attachments: list[dict[str, Any]]
+
+
+@dataclass
+class StoredReply:
+    id: int
+    subscriber_id: int | None
+    issue_id: int | None
+    unsubscribed: bool
+
+
+class _TextExtractor(HTMLParser):
+    """HTML to plain text: keeps text and line breaks, drops scripts, styles and all markup."""
+
+    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip += 1
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    text = "".join(parser.parts)
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    try:
+        codec = codecs.lookup(charset or "utf-8").name
+    except LookupError:
+        codec = "utf-8"
+    return raw.decode(codec, errors="replace")
+
+
+def _header_text(value: str) -> str:
+    """Decode RFC 2047 words (=?UTF-8?Q?...?=) if a header still has them."""
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return value
+
+
+def decode(raw: RawInbound) -> Inbound:
+    """Decode each field with the charset SendGrid names for it in `charsets`."""
+    try:
+        charsets = json.loads(raw.fields.get("charsets", b"{}").decode("utf-8", "replace"))
+    except ValueError:
+        charsets = {}
+    if not isinstance(charsets, dict):
+        charsets = {}
+
+    def get(name: str) -> str:
+        value = raw.fields.get(name)
+        if value is None:
+            return ""
+        charset = charsets.get(name)
+        return _decode(value, charset if isinstance(charset, str) else None)
+
+    from_name, from_email = parseaddr(_header_text(get("from")))
+    if not from_email or "@" not in from_email:
+        # The SMTP envelope sender, when the From header is unusable.
+        try:
+            envelope = json.loads(get("envelope") or "{}")
+        except ValueError:
+            envelope = {}
+        sender = envelope.get("from") if isinstance(envelope, dict) else None
+        from_email = sender if isinstance(sender, str) else ""
+    recipients = [address for _, address in getaddresses([get("to"), get("cc")]) if address]
+    try:
+        envelope = json.loads(get("envelope") or "{}")
+    except ValueError:
+        envelope = {}
+    if isinstance(envelope, dict) and isinstance(envelope.get("to"), list):
+        recipients += [a for a in envelope["to"] if isinstance(a, str)]
+
+    text = get("text")
+    if not text.strip() and get("html").strip():
+        text = html_to_text(get("html"))
+    info: dict[str, Any] = {}
+    try:
+        parsed = json.loads(get("attachment-info") or "{}")
+        if isinstance(parsed, dict):
+            info = parsed
+    except ValueError:
+        pass
+    attachments = []
+    for item in raw.attachments:
+        meta = info.get(item.field)
+        name = item.filename
+        if isinstance(meta, dict) and isinstance(meta.get("filename"), str):
+            name = meta["filename"]
+        attachments.append({"name": _clean(name)[:255], "size": item.size})
+    spam = get("spam_score").strip() or None
+    return Inbound(
+        from_email=from_email.strip()[:320],
+        from_name=(_clean(from_name).strip()[:200] or None),
+        recipients=recipients,
+        subject=_clean(_header_text(get("subject"))).strip(),
+        text=_clean(text),
+        spam_score=spam[:20] if spam else None,
+        attachments=attachments,
+    )
+
+
+def _clean(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; CR LF becomes LF.
+    return value.replace("\x00", "").replace("\r\n", "\n")
+
+
+def strip_terminal_controls(value: str) -> str:
+    """What `replies show` prints: the text with control characters (escape codes) removed."""
+    return _CONTROL.sub("", value)
+
+
+def new_text(text: str) -> str:
+    """The reply's own words: without quoted lines, the quoted original and the signature."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        if line.rstrip() == "--" or _QUOTE_START.match(line):
+            break
+        if line.lstrip().startswith(">"):
+            continue
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def is_unsubscribe_request(text: str) -> bool:
+    words = new_text(text).strip().strip(".!。 \n\t").casefold()
+    return unicodedata.normalize("NFC", words) in UNSUBSCRIBE_WORDS
+
+
+def normalize_subject(subject: str) -> str:
+    previous = None
+    while previous != subject:
+        previous = subject
+        subject = _SUBJECT_PREFIX.sub("", subject)
+    return " ".join(subject.split()).casefold()
+
+
+def _issue_from_address(recipients: list[str], key: str) -> int | None:
+    for address in recipients:
+        found = _REPLY_ADDRESS.search(address)
+        if not found:
+            continue
+        try:
+            issue_id = tokens.read_token(tokens.REPLY, found.group(1), key=key).issue_id
+        except TokenError:
+            continue
+        if issue_id is not None:
+            return issue_id
+    return None
+
+
+def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
+    """Match the reply to its issue and subscriber, store it, and apply an unsubscribe request."""
+    key = tokens.secret_key()
+    now = datetime.now(UTC)
+    unsubscribed = False
+    with engine.begin() as conn:
+        subscriber_id = conn.execute(
+            select(schema.subscribers.c.id).where(
+                schema.subscribers.c.email_key == inbound.from_email.lower()
+            )
+        ).scalar()
+        issue_id = _issue_from_address(inbound.recipients, key)
+        if (
+            issue_id is not None
+            and conn.execute(
+                select(schema.issues.c.id).where(schema.issues.c.id == issue_id)
+            ).scalar()
+            is None
+        ):
+            issue_id = None
+        if issue_id is None and inbound.subject:
+            wanted = normalize_subject(inbound.subject)
+            sent = select(schema.sends.c.issue_id)
+            candidates = conn.execute(
+                select(schema.issues.c.id, schema.issues.c.subject)
+                .where(schema.issues.c.id.in_(sent))
+                .order_by(schema.issues.c.id.desc())
+            ).all()
+            matching = [row.id for row in candidates if normalize_subject(row.subject) == wanted]
+            if subscriber_id is not None and len(matching) > 1:
+                received = set(
+                    conn.execute(
+                        select(schema.deliveries.c.issue_id).where(
+                            schema.deliveries.c.subscriber_id == subscriber_id
+                        )
+                    ).scalars()
+                )
+                matching = [i for i in matching if i in received] or matching
+            issue_id = matching[0] if matching else None
+        reply_id = conn.execute(
+            schema.replies.insert().values(
+                subscriber_id=subscriber_id,
+                issue_id=issue_id,
+                from_email=inbound.from_email or "(unknown)",
+                from_name=inbound.from_name,
+                subject=inbound.subject,
+                text=inbound.text,
+                attachments=inbound.attachments,
+                spam_score=inbound.spam_score,
+                received_at=now,
+            )
+        ).inserted_primary_key[0]
+        if subscriber_id is not None and is_unsubscribe_request(inbound.text):
+            from newsletter.events import apply_status, record
+
+            unsubscribed = apply_status(conn, [subscriber_id], "unsubscribed", "reply", now) > 0
+            if unsubscribed:
+                record(
+                    conn,
+                    f"reply:unsubscribe:{reply_id}",
+                    "unsubscribe",
+                    subscriber_id=subscriber_id,
+                    issue_id=issue_id,
+                    detail={"via": "reply"},
+                )
+    return StoredReply(
+        id=int(reply_id), subscriber_id=subscriber_id, issue_id=issue_id, unsubscribed=unsubscribed
+    )
+
+
+def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None:
+    """Send the author a copy at `reply_to` (as plain text; the reader's HTML is never relayed)."""
+    from html import escape
+
+    from newsletter.sending.single import send_transactional
+
+    sender = (
+        f"{inbound.from_name} <{inbound.from_email}>" if inbound.from_name else inbound.from_email
+    )
+    about = f" ({issue_title})" if issue_title else ""
+    intro = f"Reply from {sender}{about}:"
+    attachments = "".join(
+        f"\n[attachment: {a['name']}, {a['size']} bytes]" for a in inbound.attachments
+    )
+    text = f"{intro}\n\n{inbound.text}{attachments}\n"
+    html = f'<p>{escape(intro)}</p><pre style="white-space:pre-wrap">{escape(inbound.text + attachments)}</pre>'
+    send_transactional(
+        project, project.config.reply_to, f"Fwd: {inbound.subject or '(no subject)'}", html, text
+    )
+
+
+def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
+    """The whole Inbound Parse step: decode, store, maybe forward."""
+    inbound = decode(raw)
+    stored = store(project, engine, inbound)
+    replies_config = project.config.section("replies")
+    if replies_config["domain"] and replies_config["forward"]:
+        title = None
+        if stored.issue_id is not None:
+            with engine.connect() as conn:
+                title = conn.execute(
+                    select(schema.issues.c.title).where(schema.issues.c.id == stored.issue_id)
+                ).scalar()
+        try:
+            forward(project, inbound, title)
+        except NewsletterError as exc:
+            # The reply is stored; a failed copy must not make SendGrid post it again.
+            log.warning("could not forward reply %s to reply_to: %s", stored.id, type(exc).__name__)
+    return stored
+
+
+@dataclass
+class ReplyRow:
+    id: int
+    received_at: datetime
+    from_email: str
+    from_name: str | None
+    subject: str
+    text: str
+    issue_slug: str | None
+    subscriber_id: int | None
+    attachments: list[dict[str, Any]]
+    spam_score: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": self.received_at.isoformat(),
+            "from_email": self.from_email,
+            "from_name": self.from_name,
+            "subject": self.subject,
+            "issue": self.issue_slug,
+            "subscriber_id": self.subscriber_id,
+            "text": self.text,
+            "attachments": self.attachments,
+            "spam_score": self.spam_score,
+        }
+
+
+def _rows(engine: Engine, where: Any = None) -> list[ReplyRow]:
+    r, i = schema.replies, schema.issues
+    query = (
+        select(r, i.c.slug)
+        .select_from(r.outerjoin(i, r.c.issue_id == i.c.id))
+        .order_by(r.c.received_at, r.c.id)
+    )
+    if where is not None:
+        query = query.where(where)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        ReplyRow(
+            id=row.id,
+            received_at=row.received_at
+            if row.received_at.tzinfo
+            else row.received_at.replace(tzinfo=UTC),
+            from_email=row.from_email,
+            from_name=row.from_name,
+            subject=row.subject,
+            text=row.text,
+            issue_slug=row.slug,
+            subscriber_id=row.subscriber_id,
+            attachments=list(row.attachments or []),
+            spam_score=row.spam_score,
+        )
+        for row in rows
+    ]
+
+
+def list_replies(engine: Engine, issue_id: int | None = None) -> list[ReplyRow]:
+    return _rows(engine, None if issue_id is None else schema.replies.c.issue_id == issue_id)
+
+
+def get_reply(engine: Engine, reply_id: int) -> ReplyRow:
+    rows = _rows(engine, schema.replies.c.id == reply_id)
+    if not rows:
+        raise StoreError(f"no reply with id {reply_id}; list them with `newsletter replies`")
+    return rows[0]

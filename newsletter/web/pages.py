@@ -1,0 +1,113 @@
+"""The pages of `newsletter serve`: Jinja templates in templates/web/, wording in German and English."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from newsletter.project import LANGUAGES, Project, builtin_templates_dir
+
+TEXT: dict[str, dict[str, str]] = {
+    "de": {
+        "unsubscribe_title": "Newsletter abbestellen",
+        "unsubscribe_lead": "Möchtest du „{name}“ wirklich abbestellen?",
+        "unsubscribe_button": "Abbestellen",
+        "unsubscribed_title": "Abgemeldet",
+        "unsubscribed_lead": "Du bekommst „{name}“ nicht mehr. Schade, dass du gehst!",
+        "resubscribe_hint": "Versehentlich abgemeldet?",
+        "resubscribe_button": "Wieder anmelden",
+        "resubscribed_title": "Wieder angemeldet",
+        "resubscribed_lead": "Willkommen zurück! Du bekommst „{name}“ wieder.",
+        "bounced_lead": "Diese Adresse ist bei uns als unzustellbar vermerkt. Melde dich bitte neu an.",
+        "invalid_title": "Ungültiger Link",
+        "invalid_lead": "Dieser Link ist ungültig. Vielleicht wurde er beim Kopieren gekürzt – "
+        "nutze bitte den Link aus der E-Mail.",
+        "expired_lead": "Dieser Bestätigungslink ist abgelaufen. Melde dich bitte noch einmal an.",
+        "gone_title": "Nicht mehr gespeichert",
+        "gone_lead": "Zu diesem Link sind keine Daten mehr gespeichert. Du bekommst keine E-Mails von uns.",
+        "subscribe_title": "Fast geschafft",
+        "subscribe_lead": "Danke! Wir haben dir eine E-Mail geschickt. Bitte bestätige darin deine Anmeldung.",
+        "subscribe_direct_lead": "Danke für deine Anmeldung!",
+        "subscribe_invalid": "Diese E-Mail-Adresse scheint nicht zu stimmen. Bitte prüfe sie.",
+        "rate_limited": "Zu viele Anmeldungen von hier. Bitte versuche es später noch einmal.",
+        "confirmed_title": "Anmeldung bestätigt",
+        "confirmed_lead": "Danke! Du bekommst ab jetzt „{name}“.",
+        "confirm_button": "Anmeldung bestätigen",
+        "confirm_subject": "Bitte bestätige deine Anmeldung zu „{name}“",
+        "confirm_hello": "Hallo {person},",
+        "confirm_hello_anonymous": "Hallo,",
+        "confirm_body": "bitte bestätige mit einem Klick, dass du „{name}“ bekommen möchtest:",
+        "confirm_ignore": "Wenn du dich nicht angemeldet hast, ignoriere diese E-Mail einfach; "
+        "dann bekommst du nichts weiter von uns.",
+        "too_large": "Die Anfrage ist zu groß.",
+        "not_found": "Diese Seite gibt es nicht.",
+    },
+    "en": {
+        "unsubscribe_title": "Unsubscribe",
+        "unsubscribe_lead": "Do you really want to unsubscribe from “{name}”?",
+        "unsubscribe_button": "Unsubscribe",
+        "unsubscribed_title": "Unsubscribed",
+        "unsubscribed_lead": "You will no longer receive “{name}”. Sorry to see you go!",
+        "resubscribe_hint": "Unsubscribed by mistake?",
+        "resubscribe_button": "Subscribe again",
+        "resubscribed_title": "Subscribed again",
+        "resubscribed_lead": "Welcome back! You will receive “{name}” again.",
+        "bounced_lead": "Mail to this address bounced. Please sign up again.",
+        "invalid_title": "Invalid link",
+        "invalid_lead": "This link is not valid. It may have been cut short when copied – "
+        "please use the link from the email.",
+        "expired_lead": "This confirmation link has expired. Please sign up again.",
+        "gone_title": "No longer stored",
+        "gone_lead": "We no longer hold any data for this link. You will not get email from us.",
+        "subscribe_title": "Almost done",
+        "subscribe_lead": "Thank you! We sent you an email. Please confirm your subscription there.",
+        "subscribe_direct_lead": "Thank you for subscribing!",
+        "subscribe_invalid": "This email address does not look right. Please check it.",
+        "rate_limited": "Too many sign-ups from here. Please try again later.",
+        "confirmed_title": "Subscription confirmed",
+        "confirmed_lead": "Thank you! You will receive “{name}” from now on.",
+        "confirm_button": "Confirm subscription",
+        "confirm_subject": "Please confirm your subscription to “{name}”",
+        "confirm_hello": "Hello {person},",
+        "confirm_hello_anonymous": "Hello,",
+        "confirm_body": "please confirm with one click that you want to receive “{name}”:",
+        "confirm_ignore": "If you did not sign up, just ignore this email; "
+        "you will not hear from us again.",
+        "too_large": "The request is too large.",
+        "not_found": "This page does not exist.",
+    },
+}
+
+
+def text(language: str | None, fallback: str) -> dict[str, str]:
+    return TEXT[language if language in LANGUAGES else fallback]
+
+
+@lru_cache(maxsize=8)
+def _environment(project_templates: str, builtin: str) -> Environment:
+    # A project may override any page by placing templates/web/NAME in its own folder.
+    return Environment(
+        loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
+        autoescape=select_autoescape(["html"], default_for_string=True),
+        undefined=StrictUndefined,
+    )
+
+
+def environment(project: Project) -> Environment:
+    return _environment(str(project.templates_dir), str(builtin_templates_dir()))
+
+
+def render(project: Project, name: str, language: str | None, **context: Any) -> str:
+    """Render templates/web/NAME with the wording `t` of `language` (else the config's)."""
+    lang = language if language in LANGUAGES else project.config.language
+    template = environment(project).get_template(f"web/{name}")
+    return template.render(
+        t=TEXT[lang],
+        lang=lang,
+        newsletter_name=project.config.name,
+        postal_address=project.config.postal_address,
+        theme=project.config.theme,
+        **context,
+    )
