@@ -1,7 +1,444 @@
-"""Commands of this area (filled in by its issue)."""
+"""`newsletter subscribers ...`: keep the list (add, remove, list, count, show, tag,
+untag, import, export). The work lives in `newsletter.store`; this only parses options."""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from newsletter.cli import get_project
+
+STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
+
+
+def _engine() -> Any:
+    from newsletter.store.engine import project_engine
+
+    return project_engine(get_project())
+
+
+def _fields(pairs: tuple[str, ...]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--field")
+        fields[key.strip()] = value
+    return fields
+
+
+def _mapping(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
+    mapping = []
+    for pair in pairs:
+        column, sep, target = pair.partition("=")
+        if not sep or not column.strip():
+            raise click.BadParameter(
+                f"{pair!r} is not COLUMN=FIELD (e.g. --map Vorname=first_name)",
+                param_hint="--map",
+            )
+        mapping.append((column.strip(), target.strip()))
+    return mapping
+
+
+@contextmanager
+def _quiet_broken_pipe() -> Iterator[None]:
+    """`subscribers list | head` closes the pipe early; stop quietly, like other tools."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
+@click.group("subscribers")
+def subscribers() -> None:
+    """Keep the subscriber list: add, import, list, tag, export, remove.
+
+    \b
+    Example:
+        newsletter subscribers add anna@example.com --first-name Anna --tag leser
+        newsletter subscribers import mailchimp.csv --dry-run
+        newsletter subscribers list --tag leser | head
+    """
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", help="Full name.")
+@click.option("--first-name", help="First name (templates: {{ subscriber.first_name }}).")
+@click.option("--last-name", help="Last name.")
+@click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
+@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field.")
+@click.option(
+    "--status", type=click.Choice(STATUS_CHOICES), default="subscribed", show_default=True
+)
+@click.option(
+    "--confirm",
+    is_flag=True,
+    help="Add as unconfirmed and email a confirmation link (double opt-in).",
+)
+def add(
+    email: str,
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    tags: tuple[str, ...],
+    fields: tuple[str, ...],
+    status: str,
+    confirm: bool,
+) -> None:
+    """Add one subscriber; the address must not be on the list yet.
+
+    \b
+    Example:
+        newsletter subscribers add jörg@example.de --first-name Jörg --tag vip \\
+            --field stadt=Köln
+    """
+    from newsletter.store.subscribers import add_subscriber
+
+    engine = _engine()
+    subscriber = add_subscriber(
+        engine,
+        email,
+        name=name,
+        first_name=first_name,
+        last_name=last_name,
+        tags=tags,
+        fields=_fields(fields),
+        status="unconfirmed" if confirm else status,
+        source="cli",
+    )
+    if confirm:
+        from newsletter.optin import send_confirmation
+
+        send_confirmation(get_project(), engine, subscriber)
+        click.echo(f"added {subscriber.email} (unconfirmed); confirmation email sent")
+        return
+    click.echo(f"added {subscriber.email} ({subscriber.status})")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.option("--forget", is_flag=True, help="Erase the person and all data about them (GDPR).")
+@click.option("--reason", help="Why they left (kept with the unsubscribe).")
+def remove(email: str, forget: bool, reason: str | None) -> None:
+    """Unsubscribe someone; with --forget, erase them and every row about them.
+
+    \b
+    Example:
+        newsletter subscribers remove anna@example.com --reason "asked by email"
+        newsletter subscribers remove anna@example.com --forget
+    """
+    from newsletter.errors import StoreError
+    from newsletter.store.subscribers import find_subscriber, forget_subscriber, set_status
+
+    engine = _engine()
+    if forget:
+        if not forget_subscriber(engine, email):
+            raise StoreError(f"{email} is not on the list and has no replies; nothing to erase")
+        click.echo(f"erased {email} and all data about them")
+        return
+    subscriber = find_subscriber(engine, email)
+    if subscriber is None:
+        raise StoreError(
+            f"{email} is not on the list; check the address with `newsletter subscribers list`"
+        )
+    if subscriber.status == "unsubscribed":
+        click.echo(f"{subscriber.email} was already unsubscribed")
+        return
+    set_status(engine, subscriber.id, "unsubscribed", reason=reason or "removed by the author")
+    click.echo(f"unsubscribed {subscriber.email}")
+
+
+def _table_line(subscriber: Any) -> str:
+    name = subscriber.name or " ".join(
+        part for part in (subscriber.first_name, subscriber.last_name) if part
+    )
+    return (
+        f"{subscriber.id:>7}  {subscriber.email:<40}  {subscriber.status:<12}  "
+        f"{name[:30]:<30}  {', '.join(subscriber.tags)}"
+    ).rstrip()
+
+
+@subscribers.command("list")
+@click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only this status.")
+@click.option("--tag", "tags", multiple=True, help="Only people with this tag (any of several).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+def list_(status: str | None, tags: tuple[str, ...], fmt: str) -> None:
+    """List subscribers in id order, streamed (a table, CSV or JSON).
+
+    With several --tag options, a subscriber matches when they have ANY of them.
+
+    \b
+    Example:
+        newsletter subscribers list --status subscribed --tag leser | head
+        newsletter subscribers list --format json > list.json
+    """
+    from newsletter.store.exporter import json_chunks, write_csv
+    from newsletter.store.subscribers import iter_subscribers
+
+    engine = _engine()
+    out = click.get_text_stream("stdout")
+    with _quiet_broken_pipe():
+        if fmt == "csv":
+            write_csv(out, engine, status=status, tags=tags)
+        elif fmt == "json":
+            for chunk in json_chunks(iter_subscribers(engine, status=status, tags=tags)):
+                out.write(chunk)
+        else:
+            click.echo(f"{'ID':>7}  {'EMAIL':<40}  {'STATUS':<12}  {'NAME':<30}  TAGS")
+            for subscriber in iter_subscribers(engine, status=status, tags=tags):
+                click.echo(_table_line(subscriber))
+
+
+@subscribers.command("count")
+@click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only this status.")
+@click.option("--tag", "tags", multiple=True, help="Only people with this tag (any of several).")
+def count(status: str | None, tags: tuple[str, ...]) -> None:
+    """Print how many subscribers match.
+
+    \b
+    Example:
+        newsletter subscribers count --status subscribed --tag leser
+    """
+    from newsletter.store.subscribers import count_subscribers
+
+    click.echo(count_subscribers(_engine(), status=status, tags=tags))
+
+
+@subscribers.command("show")
+@click.argument("email")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def show(email: str, fmt: str) -> None:
+    """Show everything stored about one subscriber.
+
+    \b
+    Example:
+        newsletter subscribers show anna@example.com
+    """
+    import json
+
+    from newsletter.errors import StoreError
+    from newsletter.store.subscribers import find_subscriber
+
+    subscriber = find_subscriber(_engine(), email)
+    if subscriber is None:
+        raise StoreError(
+            f"{email} is not on the list; check the address with `newsletter subscribers list`"
+        )
+    data = subscriber.to_dict()
+    if fmt == "json":
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    for key, value in data.items():
+        if key == "tags":
+            value = ", ".join(value)
+        elif key == "fields":
+            for name, field_value in value.items():
+                click.echo(f"{'field ' + name + ':':<20} {field_value}")
+            continue
+        click.echo(f"{key + ':':<20} {'' if value is None else value}")
+
+
+@subscribers.command("tag")
+@click.argument("email")
+@click.argument("tags", nargs=-1, required=True)
+def tag(email: str, tags: tuple[str, ...]) -> None:
+    """Give a subscriber one or more tags.
+
+    \b
+    Example:
+        newsletter subscribers tag anna@example.com vip leser
+    """
+    from newsletter.store.subscribers import add_tags
+
+    subscriber = add_tags(_engine(), email, tags)
+    click.echo(f"{subscriber.email}: {', '.join(subscriber.tags) or '(no tags)'}")
+
+
+@subscribers.command("untag")
+@click.argument("email")
+@click.argument("tags", nargs=-1, required=True)
+def untag(email: str, tags: tuple[str, ...]) -> None:
+    """Take one or more tags from a subscriber.
+
+    \b
+    Example:
+        newsletter subscribers untag anna@example.com vip
+    """
+    from newsletter.store.subscribers import remove_tags
+
+    subscriber = remove_tags(_engine(), email, tags)
+    click.echo(f"{subscriber.email}: {', '.join(subscriber.tags) or '(no tags)'}")
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--tag", "tags", multiple=True, help="Tag everyone imported; repeat for more.")
+@click.option("--dry-run", is_flag=True, help="Only count what would change; change nothing.")
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="COLUMN=FIELD",
+    help="Read COLUMN as FIELD (email, name, first_name, last_name, tags, status, "
+    "created_at, ignore, or a custom field name).",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write rows that could not be imported here (CSV with line and reason).",
+)
+@click.option(
+    "--resubscribe",
+    is_flag=True,
+    help="Subscribe everyone in the file, even people who unsubscribed, bounced or complained.",
+)
+@click.option("--source", help="Source recorded for new subscribers (default import:FORMAT).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def import_(
+    file: Path,
+    tags: tuple[str, ...],
+    dry_run: bool,
+    mapping: tuple[str, ...],
+    rejects: Path | None,
+    resubscribe: bool,
+    source: str | None,
+    quiet: bool,
+) -> None:
+    """Import a CSV export from Mailchimp, Substack, Buttondown, Ghost, listmonk or a sheet.
+
+    The format, encoding (UTF-8, Windows-1252) and delimiter (, ; tab) are detected.
+    Duplicates are merged; running the same import again changes nothing. Nobody who
+    unsubscribed, bounced or complained is subscribed again unless --resubscribe.
+
+    \b
+    Example:
+        newsletter subscribers import members.csv --dry-run
+        newsletter subscribers import members.csv --tag mailchimp --rejects rejects.csv
+        newsletter subscribers import liste.csv --map "Anrede=salutation"
+    """
+    from newsletter.store.importer import import_file
+
+    engine = _engine()
+    show_bar = not quiet and sys.stderr.isatty()
+    progress: Callable[[int, int], None] | None = None
+    bar: Any = None
+    if show_bar:
+        bar = click.progressbar(
+            length=max(file.stat().st_size if file.is_file() else 1, 1),
+            label="Importing",
+            file=sys.stderr,
+        )
+        done = 0
+
+        def progress(read: int, total: int) -> None:
+            nonlocal done
+            bar.update(read - done)
+            done = read
+
+    try:
+        result = import_file(
+            engine,
+            file,
+            tags=tags,
+            dry_run=dry_run,
+            mapping=_mapping(mapping),
+            rejects_path=rejects,
+            resubscribe=resubscribe,
+            source=source,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    for reject in result.rejects:
+        where = f"{file}:{reject.line}"
+        click.echo(f"{where}: rejected: {reject.reason}", err=True)
+    if result.rejected > len(result.rejects):
+        click.echo(f"... and {result.rejected - len(result.rejects)} more rejected rows", err=True)
+    delimiter = {",": "comma", ";": "semicolon", "\t": "tab", "": "JSON"}[result.delimiter]
+    click.echo(
+        f"{file}: {result.format} format, {result.encoding}, {delimiter}; {result.rows} rows"
+    )
+    prefix = "would be " if dry_run else ""
+    click.echo(
+        f"new: {result.new}, {prefix}updated: {result.updated}, unchanged: {result.unchanged}, "
+        f"rejected: {result.rejected}, duplicates merged: {result.duplicates}"
+        if not dry_run
+        else f"dry run, nothing changed: new: {result.new}, updated: {result.updated}, "
+        f"unchanged: {result.unchanged}, rejected: {result.rejected}, "
+        f"duplicates merged: {result.duplicates}"
+    )
+    if result.kept_stopped:
+        click.echo(
+            f"{result.kept_stopped} unsubscribed/bounced/complained people were left as they "
+            "are; --resubscribe subscribes them again"
+        )
+    if rejects is not None and result.rejected:
+        click.echo(f"rejected rows written to {rejects}")
+
+
+@subscribers.command("export")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file (default: standard output).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only this status.")
+@click.option("--tag", "tags", multiple=True, help="Only people with this tag (any of several).")
+def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, ...]) -> None:
+    """Export the whole list with every field, as CSV or JSON (streamed).
+
+    CSV cells that a spreadsheet would run as formulas get a leading apostrophe.
+    `subscribers import` reads both formats back.
+
+    \b
+    Example:
+        newsletter subscribers export -o list.csv
+        newsletter subscribers export --format json > list.json
+    """
+    from newsletter.store.exporter import write_csv, write_json
+
+    engine = _engine()
+    write = write_csv if fmt == "csv" else write_json
+    if output is None:
+        with _quiet_broken_pipe():
+            write(click.get_text_stream("stdout"), engine, status=status, tags=tags)
+        return
+    # Write next to the target and rename, so a crash never leaves half a file.
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as handle:
+            written = write(handle, engine, status=status, tags=tags)
+        partial.replace(output)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise click.ClickException(f"{output}: cannot write it ({exc.strerror})") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    click.echo(f"exported {written} subscribers to {output}", err=True)
+
+
+COMMANDS: list[click.Command] = [subscribers]

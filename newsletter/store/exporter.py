@@ -1,0 +1,115 @@
+"""`subscribers export` and `list`: stream the list as CSV or JSON in constant memory.
+
+CSV has one column per custom field (`fields.NAME`), found by a first streaming pass;
+a cell that a spreadsheet would run as a formula (starting with = + - @, tab or CR)
+gets a leading apostrophe, and so does a cell that starts with an apostrophe, so
+`subscribers import` can undo it exactly. JSON is an array written one object at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
+
+from sqlalchemy import Engine, select
+
+from newsletter.store.formats import FIELD_PREFIX, OWN_COLUMNS
+from newsletter.store.schema import subscribers
+from newsletter.store.subscribers import Subscriber, iter_subscribers
+
+_DANGEROUS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def neutralize(value: str) -> str:
+    """Defuse spreadsheet formula injection (OWASP): prefix an apostrophe."""
+    if value and value[0] in _DANGEROUS:
+        return "'" + value
+    return value
+
+
+def field_names(
+    engine: Engine, *, status: str | None = None, tags: Iterable[str] = ()
+) -> list[str]:
+    """Every custom field name in use, sorted (a streaming pass over the fields column)."""
+    names: set[str] = set()
+    if status is None and not tuple(tags):
+        with engine.connect() as conn:
+            result = conn.execution_options(yield_per=2000).execute(select(subscribers.c.fields))
+            for (fields,) in result:
+                if fields:
+                    names.update(fields)
+        return sorted(names)
+    for subscriber in iter_subscribers(engine, status=status, tags=tags):
+        names.update(subscriber.fields)
+    return sorted(names)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def csv_header(fields: list[str]) -> list[str]:
+    return [*OWN_COLUMNS, *(FIELD_PREFIX + name for name in fields)]
+
+
+def csv_row(subscriber: Subscriber, fields: list[str]) -> list[str]:
+    data = subscriber.to_dict()
+    row = [_cell(data[column]) for column in OWN_COLUMNS if column != "tags"]
+    row.insert(OWN_COLUMNS.index("tags"), ", ".join(subscriber.tags))
+    row += [_cell(subscriber.fields.get(name)) for name in fields]
+    return [neutralize(cell) for cell in row]
+
+
+def write_csv(
+    out: TextIO,
+    engine: Engine,
+    *,
+    status: str | None = None,
+    tags: Iterable[str] = (),
+) -> int:
+    """Write the (filtered) list as CSV; returns the number of subscribers written."""
+    tags = tuple(tags)
+    fields = field_names(engine, status=status, tags=tags)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(csv_header(fields))
+    count = 0
+    for subscriber in iter_subscribers(engine, status=status, tags=tags):
+        writer.writerow(csv_row(subscriber, fields))
+        count += 1
+    return count
+
+
+def json_chunks(subscribers_: Iterator[Subscriber]) -> Iterator[str]:
+    """A JSON array, one object per line, produced lazily."""
+    yield "["
+    first = True
+    for subscriber in subscribers_:
+        yield ("\n" if first else ",\n") + json.dumps(subscriber.to_dict(), ensure_ascii=False)
+        first = False
+    yield "\n]\n" if not first else "]\n"
+
+
+def write_json(
+    out: TextIO,
+    engine: Engine,
+    *,
+    status: str | None = None,
+    tags: Iterable[str] = (),
+) -> int:
+    count = 0
+
+    def counted() -> Iterator[Subscriber]:
+        nonlocal count
+        for subscriber in iter_subscribers(engine, status=status, tags=tags):
+            count += 1
+            yield subscriber
+
+    for chunk in json_chunks(counted()):
+        out.write(chunk)
+    return count
