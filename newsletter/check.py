@@ -175,7 +175,9 @@ def _expressions(rendered: RenderedIssue) -> list[Finding]:
     found = []
     path = rendered.issue.path
     sample = {**rendered.context, "subscriber": subscriber_view(SAMPLE_SUBSCRIBER)}
-    empty = {**rendered.context, "subscriber": subscriber_view({})}
+    # Every subscriber has an id and an email; anything else may be missing.
+    bare = {"id": SAMPLE_SUBSCRIBER["id"], "email": SAMPLE_SUBSCRIBER["email"]}
+    empty = {**rendered.context, "subscriber": subscriber_view(bare)}
     for expression in rendered.expressions:
         label = f"{{{{ {expression.source} }}}}"
         try:

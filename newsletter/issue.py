@@ -10,6 +10,7 @@ import datetime
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,15 +92,33 @@ def split_front_matter(path: Path, text: str) -> tuple[str, str, int]:
     raise IssueError(path, 1, "front matter is not closed; add a `---` line after it")
 
 
+@lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that leaves an impossible date (2024-13-45) as text for us to report."""
+
+    def timestamp(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        try:
+            return yaml.SafeLoader.construct_yaml_timestamp(loader, node)  # type: ignore[arg-type]
+        except ValueError:
+            return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", timestamp)
+    return Loader
+
+
 def _parse_yaml(path: Path, yaml_text: str) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(yaml_text)
+        data = yaml.load(yaml_text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         # The YAML starts on line 2 of the file; marks are 0-based.
-        line = mark.line + 2 if mark is not None else 1
+        last = max(1, len(yaml_text.rstrip().splitlines()))
+        line = min(mark.line, last - 1) + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise IssueError(
             path,

@@ -232,7 +232,7 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
     theme = dict(config.theme)
     font_family = theme["font_family"]
     if theme.get("web_font_name") and theme.get("web_font_url"):
-        font_family = f"'{theme['web_font_name']}', {font_family}"
+        font_family = f"{theme['web_font_name']}, {font_family}"
     newsletter = {
         "name": config.name,
         "postal_address": config.postal_address,
@@ -261,6 +261,10 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
         "unsubscribe_url": UNSUBSCRIBE_TOKEN,
     }
     env = template_environment(project)
+    first_block = next((t for t in tokens if t.type.endswith("_open") or t.block), None)
+    context["content_has_title"] = bool(
+        first_block is not None and first_block.type == "heading_open" and first_block.tag == "h1"
+    )
     source = _render_template(env, HTML_TEMPLATE, {**context, "content": Markup(content)})
     fonts = (
         {theme["web_font_name"]: theme["web_font_url"]}

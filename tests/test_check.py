@@ -1,0 +1,109 @@
+"""`newsletter check`: every finding, with its file and line, and the exit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from newsletter.check import check_issue
+from newsletter.project import Project
+from tests.conftest import EXAMPLE_ISSUE
+
+GOOD_FRONT = "---\ntitle: Gut\npreheader: Kurz und gut\n---\n"
+
+
+def findings_for(make_project: Callable[..., Path], text: str, **kw):
+    root = make_project(issues={"x.md": text}, **kw)
+    return root, check_issue(Project.load(root), root / "issues" / "x.md")
+
+
+def test_example_issue_is_clean(project: Path, cli) -> None:
+    result = cli(project, "check", EXAMPLE_ISSUE.name, "--strict")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{project / 'issues' / EXAMPLE_ISSUE.name}: no problems found"
+
+
+def test_images_and_links(make_project: Callable[..., Path], cli) -> None:
+    body = (
+        "Intro.\n\n"
+        "![](https://example.com/a.png)\n\n"  # line 7: no alt
+        "![Logo](/logo.png)\n\n"  # line 9: relative image
+        "[local](http://localhost:8000/x) and\n"  # line 11: localhost
+        "[plain](http://example.com/y)\n\n"  # line 12: not https
+        "[rel](page.html) [ip](https://127.0.0.1/z) [ok](https://example.com) [mail](mailto:a@b.de)\n"  # 14
+    )
+    root, found = findings_for(make_project, GOOD_FRONT + body)
+    got = {(f.severity, f.line, f.message.split(";")[0]) for f in found}
+    assert got == {
+        ("warning", 7, "image 'https://example.com/a.png' has no alt text"),
+        ("error", 9, "image '/logo.png' is relative"),
+        ("error", 11, "link 'http://localhost:8000/x' points to this computer"),
+        ("warning", 12, "link 'http://example.com/y' is not https"),
+        ("error", 14, "link 'page.html' is relative"),
+        ("error", 14, "link 'https://127.0.0.1/z' points to this computer"),
+    }
+    result = cli(root, "check", "x")
+    assert result.exit_code == 1
+    assert f"{root / 'issues' / 'x.md'}:9: error: image '/logo.png' is relative" in result.output
+
+
+def test_warnings_exit_zero_unless_strict(make_project: Callable[..., Path], cli) -> None:
+    root = make_project(issues={"x.md": "---\ntitle: Ohne Preheader\n---\nText.\n"})
+    result = cli(root, "check", "x")
+    assert result.exit_code == 0
+    assert "x.md:1: warning: no preheader" in result.output
+    assert cli(root, "check", "x", "--strict").exit_code == 1
+
+
+def test_subject_empty_and_long(make_project: Callable[..., Path]) -> None:
+    _, found = findings_for(make_project, '---\ntitle: T\nsubject: ""\npreheader: p\n---\nx\n')
+    assert [(f.severity, f.line) for f in found] == [("error", 3)]
+    assert "subject is empty" in found[0].message
+    long = (
+        "Ein sehr langer Betreff, der in keinem Posteingang mehr vollständig angezeigt wird, sicher"
+    )
+    _, found = findings_for(make_project, f"---\ntitle: T\npreheader: p\nsubject: {long}\n---\nx\n")
+    assert [(f.severity, f.line) for f in found] == [("warning", 4)]
+    assert f"{len(long)} characters" in found[0].message
+
+
+def test_fields_without_default_warn_and_unknown_names_error(
+    make_project: Callable[..., Path],
+) -> None:
+    body = (
+        'Hallo {{ subscriber.first_name | default("du") }},\n'  # line 5: fine
+        "Firma: {{ subscriber.company }}\n"  # line 6: no default
+        "{{ subscibrer.first_name }}\n"  # line 7: typo
+        "{{ subscriber.email }}\n"  # line 8: email is always there
+    )
+    _, found = findings_for(make_project, GOOD_FRONT + body)
+    assert [(f.severity, f.line) for f in found] == [("error", 7), ("warning", 6)]
+    assert "subscribers without" in found[1].message and 'default("...")' in found[1].message
+    assert "subscibrer" in found[0].message
+
+
+def test_custom_template_without_address_or_unsubscribe(make_project: Callable[..., Path]) -> None:
+    footer = "<mj-section><mj-column><mj-text>Tschüss</mj-text></mj-column></mj-section>\n"
+    root, found = findings_for(
+        make_project, GOOD_FRONT + "x\n", templates={"footer.mjml.j2": footer}
+    )
+    messages = [(f.severity, f.path.name, f.message.split(";")[0]) for f in found]
+    assert messages == [
+        ("error", "footer.mjml.j2", "the HTML has no unsubscribe link"),
+        ("error", "footer.mjml.j2", "the HTML lacks the postal address"),
+    ]
+
+
+def test_gmail_clipping_thresholds(make_project: Callable[..., Path]) -> None:
+    paragraph = "Ein Absatz mit genug Text, um die Mail groß zu machen. " * 10 + "\n\n"
+    _, found = findings_for(make_project, GOOD_FRONT + paragraph * 140)
+    assert [f.severity for f in found] == ["warning"]
+    assert "Gmail clips" in found[0].message
+    _, found = findings_for(make_project, GOOD_FRONT + paragraph * 200)
+    assert [f.severity for f in found] == ["error"]
+    assert "KB" in found[0].message
+
+
+def test_broken_issue_is_reported_not_raised(make_project: Callable[..., Path]) -> None:
+    _, found = findings_for(make_project, "---\ntitle: [\n---\nx\n")
+    assert len(found) == 1 and found[0].severity == "error" and found[0].line == 2

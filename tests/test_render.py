@@ -1,0 +1,320 @@
+"""Rendering the example issue and other Markdown into the HTML and text parts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from newsletter.personalize import UNSUBSCRIBE_HTML_KEY, UNSUBSCRIBE_TEXT_KEY
+from newsletter.project import Project
+from newsletter.render import SAMPLE_SUBSCRIBER, RenderedIssue, render_file
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
+
+UNSUBSCRIBE = "https://news.example.com/unsubscribe/TOKEN123"
+INFLUENCERS = [
+    "Lu do Magalu (7,2 Mio.)",
+    "Lil Miquela (2,5 Mio.)",
+    "Leya Love (545 K.)",
+    "Aitana Lopez (325 K.)",
+    "Rozy (175 K.)",
+    "…",
+]
+
+
+@pytest.fixture
+def example(project: Path) -> RenderedIssue:
+    return render_file(Project.load(project), project / "issues" / EXAMPLE_ISSUE.name)
+
+
+@pytest.fixture
+def example_html(example: RenderedIssue) -> BeautifulSoup:
+    html, _ = example.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    return BeautifulSoup(html, "html.parser")
+
+
+def render_body(
+    make_project: Callable[..., Path], body: str, front: str = "", **kw
+) -> RenderedIssue:
+    text = f"---\ntitle: Test issue\npreheader: A test\n{front}---\n{body}"
+    root = make_project(issues={"test.md": text}, **kw)
+    return render_file(Project.load(root), root / "issues" / "test.md")
+
+
+def test_example_structure(example_html: BeautifulSoup) -> None:
+    soup = example_html
+    assert soup.html["lang"] == "de"
+    assert soup.title.get_text() == "Meta, KI und das Ende der Creator?"
+    assert [h.get_text() for h in soup.find_all("h2")] == [
+        "Warum entwickelt Meta generative KI?",
+        "Aber was steckt dahinter?",
+        "Virtuelle Influencer und die Zukunft des Contents",
+        "Was bedeutet das für Creator und Influencer?",
+        "Fazit: Ein möglicher Paradigmenwechsel",
+    ]
+    assert soup.find("h1").get_text() == "Warum Metas KI Creator verdrängen könnte"
+    items = soup.find("ul").find_all("li")
+    assert [li.get_text() for li in items] == INFLUENCERS
+    quote = soup.find("blockquote")
+    assert quote.get_text().strip().startswith("“I think individual Creators (and Publishers)")
+    # "Meta.ai" is text in the article, not a link.
+    assert "Meta.ai" in soup.get_text()
+    assert not [a for a in soup.find_all("a") if "meta.ai" in a.get("href", "").lower()]
+
+
+def test_example_styles_inline_and_no_links(
+    example: RenderedIssue, example_html: BeautifulSoup
+) -> None:
+    soup = example_html
+    assert soup.find("link") is None
+    assert "http://" not in example.html.replace("http://www.w3.org", "")
+    for tag in ("h2", "p", "li", "blockquote"):
+        for element in soup.find_all(tag):
+            assert element.get("style"), f"<{tag}> has no inline style"
+    assert "border-left:4px solid #1a56db" in soup.find("blockquote")["style"]
+    # Only @media rules (or a <style media=...>) remain in <style>.
+    for style in soup.find_all("style"):
+        if style.get("media"):
+            continue
+        css = re.sub(r"/\*.*?\*/", "", style.get_text(), flags=re.S)
+        outside_media = re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*\s*\}", "", css).strip()
+        assert outside_media == "", outside_media
+    assert "prefers-color-scheme: dark" in example.html
+    assert "max-width:600px" in example.html
+
+
+def test_example_preheader_and_footer(example_html: BeautifulSoup) -> None:
+    soup = example_html
+    hidden = soup.body.find("div")
+    assert "display:none" in hidden["style"]
+    assert hidden.get_text().strip() == "Was 40 Milliarden Dollar für Influencer bedeuten"
+    text = soup.get_text()
+    assert "Jens' Briefing" in text
+    assert "Musterstraße 1, 10115 Berlin, Germany" in text
+    unsubscribe = soup.find("a", string="Abmelden")
+    assert unsubscribe["href"] == UNSUBSCRIBE
+    view = soup.find("a", string="Im Browser ansehen")
+    assert view["href"] == "https://news.example.com/issues/meta-ki-creator"
+
+
+def test_example_personalized_greeting(example: RenderedIssue) -> None:
+    html, text = example.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    assert "Hallo Alex," in html and text.startswith("Hallo Alex,")
+    html, text = example.personalize(
+        {"id": 7, "email": "x@example.com", "first_name": ""}, UNSUBSCRIBE
+    )
+    assert "Hallo zusammen," in html and text.startswith("Hallo zusammen,")
+    # The keys are in the unpersonalized parts, once per part.
+    assert UNSUBSCRIBE_HTML_KEY in example.html and UNSUBSCRIBE_TEXT_KEY in example.text
+    assert "%%" not in html and "%%" not in text
+
+
+def test_example_text_part(example: RenderedIssue) -> None:
+    _, text = example.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    assert "Warum entwickelt Meta generative KI?\n------------------------------------\n" in text
+    assert "\n".join(f"- {item}" for item in INFLUENCERS) in text
+    assert "> “I think individual Creators (and Publishers) tend to overestimate" in text
+    assert "<" not in text.replace("<b>", "")
+    assert all(len(line) <= 72 for line in text.splitlines())
+    footer = text[text.index("\n-- \n") :]
+    assert "Musterstraße 1, 10115 Berlin, Germany" in footer
+    assert f"Abmelden: {UNSUBSCRIBE}" in footer
+    assert "Im Browser ansehen: https://news.example.com/issues/meta-ki-creator" in footer
+    for word in ("ä", "ö", "ü", "ß", "…", "“", "”"):
+        assert word in text
+
+
+def test_german_typography_survives(make_project: Callable[..., Path]) -> None:
+    sample = "„Grüße“ – ‚äöüß‘ … ÄÖÜ ẞ"
+    rendered = render_body(make_project, f"{sample}\n", front="language: de\n")
+    html, text = rendered.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    assert sample in BeautifulSoup(html, "html.parser").get_text()
+    assert sample in text
+
+
+def test_markdown_features(make_project: Callable[..., Path]) -> None:
+    body = """\
+Plain www.example.org and https://example.com/a?b=1 and Meta.ai and jens@example.com.
+
+| Name | Zahl |
+|:-----|-----:|
+| Äpfel | 3 |
+
+~~alt~~ and a note[^1].
+
+![Ein Bild](https://example.com/bild.png)
+
+```
+code   kept
+```
+
+[^1]: The footnote text.
+"""
+    rendered = render_body(make_project, body)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    hrefs = [a["href"] for a in soup.find_all("a")]
+    assert "https://www.example.org" in hrefs
+    assert "https://example.com/a?b=1" in hrefs
+    assert not any("meta.ai" in h.lower() or h.startswith("mailto:jens") for h in hrefs)
+    table = soup.find("table", style=re.compile("overflow-x:auto"))
+    assert table is not None and "display:block" in table["style"]
+    assert soup.find("s").get_text() == "alt"
+    assert "The footnote text." in soup.get_text()
+    image = soup.find("img", alt="Ein Bild")
+    assert image["src"] == "https://example.com/bild.png"
+    assert "max-width:100%" in image["style"] and "height:auto" in image["style"]
+    pre = soup.find("pre")
+    assert "overflow-x:auto" in pre["style"] and "code   kept" in pre.get_text()
+
+    text = rendered.text
+    assert "Name  | Zahl\n------+-----\nÄpfel |    3" in text
+    assert "[Bild: Ein Bild] [1]" in text and "[1] https://example.com/bild.png" in text
+    assert "    code   kept" in text
+
+
+def test_text_links_are_numbered_references(make_project: Callable[..., Path]) -> None:
+    long_url = "https://example.com/" + "a" * 90
+    body = f"Read [the article](https://example.com/one) and [more](https://example.com/two), then [again](https://example.com/one).\n\nAlso {long_url} here.\n"
+    text = render_body(make_project, body).text
+    assert "Read the article [1] and more [2], then again [1]." in text
+    assert "[1] https://example.com/one\n[2] https://example.com/two" in text
+    assert long_url in text  # never broken across lines
+
+
+def test_headings_lists_quotes_in_text(make_project: Callable[..., Path]) -> None:
+    body = "# Title\n\n### Small\n\n1. one\n2. two\n   - inner\n\n> quoted\n> line\n"
+    text = render_body(make_project, body).text
+    assert "Title\n=====\n" in text
+    assert "### Small" in text
+    assert "1. one\n2. two\n   - inner" in text
+    assert "> quoted line" in text
+
+
+def test_english_footer(make_project: Callable[..., Path]) -> None:
+    rendered = render_body(make_project, "Hello.\n", front="language: en\n")
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    assert soup.html["lang"] == "en"
+    assert soup.find("a", string="Unsubscribe")["href"] == UNSUBSCRIBE_HTML_KEY
+    assert soup.find("a", string="View in browser")
+    assert "Unsubscribe: " + UNSUBSCRIBE_TEXT_KEY in rendered.text
+
+
+def test_no_view_in_browser_without_base_url(make_project: Callable[..., Path]) -> None:
+    config = CONFIG.replace('base_url = "https://news.example.com"\n', "")
+    rendered = render_body(make_project, "Hello.\n", config=config)
+    assert "Im Browser ansehen" not in rendered.html
+    assert "Im Browser ansehen" not in rendered.text
+    assert UNSUBSCRIBE_HTML_KEY in rendered.html
+
+
+def test_preheader_falls_back_to_first_paragraph(make_project: Callable[..., Path]) -> None:
+    text = (
+        '---\ntitle: T\n---\nHallo {{ subscriber.first_name | default("du") }}, hier ist **neu**.\n'
+    )
+    root = make_project(issues={"t.md": text})
+    rendered = render_file(Project.load(root), root / "issues" / "t.md")
+    assert rendered.preheader == "Hallo, hier ist neu."
+    assert "nlsubst" not in rendered.html
+
+
+def test_theme_from_config(make_project: Callable[..., Path]) -> None:
+    config = (
+        CONFIG
+        + """
+[theme]
+brand_color = "#ff6601"
+background_color = "#eeeeef"
+text_color = "#111111"
+font_family = "Georgia, serif"
+logo_url = "https://news.example.com/logo.png"
+logo_alt = "Jens Logo"
+logo_width = 90
+"""
+    )
+    rendered = render_body(make_project, "A [link](https://example.com).\n\n> q\n", config=config)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    assert "color:#ff6601" in soup.find("a", string="link")["style"]
+    assert "#ff6601" in soup.find("blockquote")["style"]
+    assert "#eeeeef" in soup.body["style"]
+    assert "Georgia, serif" in rendered.html
+    logo = soup.find("img", alt="Jens Logo")
+    assert logo["src"] == "https://news.example.com/logo.png" and logo["width"] == "90"
+    assert soup.find("link") is None
+
+
+def test_web_font_only_when_configured(make_project: Callable[..., Path]) -> None:
+    config = (
+        CONFIG
+        + '\n[theme]\nweb_font_name = "Inter"\nweb_font_url = "https://fonts.example.com/inter.css"\n'
+    )
+    soup = BeautifulSoup(render_body(make_project, "Hi.\n", config=config).html, "html.parser")
+    assert [link["href"] for link in soup.find_all("link")] == [
+        "https://fonts.example.com/inter.css"
+    ]
+
+
+def test_project_template_overrides_builtin(make_project: Callable[..., Path]) -> None:
+    footer = """\
+<mj-section><mj-column><mj-text css-class="custom-footer">
+  <p>Eigener Fuß: {{ newsletter.postal_address }} <a href="{{ unsubscribe_url }}">Tschüss</a></p>
+</mj-text></mj-column></mj-section>
+"""
+    rendered = render_body(make_project, "Hi.\n", templates={"footer.mjml.j2": footer})
+    html, _ = rendered.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    soup = BeautifulSoup(html, "html.parser")
+    assert soup.find("a", string="Tschüss")["href"] == UNSUBSCRIBE
+    assert "Eigener Fuß: Musterstraße 1" in soup.get_text()
+    assert "Abmelden" not in html  # the built-in footer is gone
+    assert "Abmelden: " in rendered.text  # the text footer was not overridden
+
+
+def test_personalization_escaping_and_fields(make_project: Callable[..., Path]) -> None:
+    body = (
+        'Hi {{ subscriber.first_name | default("du") }} from {{ subscriber.company | default("?") }} '
+        "({{ subscriber.fields.plan | upper }}) {{ subscriber.email }}\n\n"
+        "[Profil](https://example.com/p?id={{ subscriber.id }})\n"
+    )
+    rendered = render_body(make_project, body)
+    person = {
+        "id": 42,
+        "email": "tom@example.com",
+        "name": None,
+        "first_name": '<b>Tom & "Jerry"</b>',
+        "last_name": None,
+        "fields": {"company": "ACME <Ltd>", "plan": "pro"},
+    }
+    html, text = rendered.personalize(person, UNSUBSCRIBE)
+    soup = BeautifulSoup(html, "html.parser")
+    assert 'Hi <b>Tom & "Jerry"</b> from ACME <Ltd> (PRO) tom@example.com' in soup.get_text()
+    assert soup.find("b") is None
+    assert 'Hi <b>Tom & "Jerry"</b> from ACME <Ltd> (PRO) tom@example.com' in text
+    assert soup.find("a", string="Profil")["href"] == "https://example.com/p?id=42"
+    # A subscriber without the fields: defaults apply; no default renders empty, never crashes.
+    html, text = rendered.personalize({"id": 1, "email": "a@example.com"}, UNSUBSCRIBE)
+    assert text.startswith("Hi du from ? () a@example.com")
+
+
+def test_substitution_values_cannot_inject_keys(make_project: Callable[..., Path]) -> None:
+    rendered = render_body(make_project, "Hi {{ subscriber.first_name }}.\n")
+    person = {"id": 1, "email": "a@example.com", "first_name": UNSUBSCRIBE_HTML_KEY + "x" * 20_000}
+    subs = rendered.substitutions(person, UNSUBSCRIBE)
+    assert all(len(v.encode()) < 10_000 for v in subs.values())
+    html, _ = rendered.personalize(person, UNSUBSCRIBE)
+    assert html.count(UNSUBSCRIBE) == 1
+
+
+def test_render_makes_no_network_access(
+    example: RenderedIssue, monkeypatch: pytest.MonkeyPatch, project: Path
+) -> None:
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rendering tried to open a network connection")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    again = render_file(Project.load(project), project / "issues" / EXAMPLE_ISSUE.name)
+    assert again.html == example.html
