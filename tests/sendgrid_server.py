@@ -16,6 +16,7 @@ In a test (pytest fixture `sendgrid_server` in tests that import it, or by hand)
         server.requests          # every /v3/mail/send request: {"status", "body" (dict|None)}
         server.inject("429", count=2, reset_in=1)   # next 2 mail requests: 429 + X-RateLimit-Reset
         server.inject("500", count=1)               # next request: 500 (also "502", "503")
+        server.inject("400", errors=[{"message", "field"}])  # next request: 400 with these
         server.inject("drop", count=1)              # read the body, record it as sent, close the
                                                     # socket without answering (record=False: not sent)
         server.inject("delay", count=3, seconds=0.5)  # answer the next 3 after a pause
@@ -431,6 +432,10 @@ def _handler_for(server: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
                         "X-RateLimit-Reset": str(reset),
                     },
                 )
+                return
+            if fault and fault["kind"] == "400":
+                entry["status"] = 400
+                self._send(400, {"errors": fault.get("errors") or [_error("bad request")]})
                 return
             if fault and fault["kind"] in ("500", "502", "503"):
                 entry["status"] = int(fault["kind"])

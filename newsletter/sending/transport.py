@@ -291,7 +291,8 @@ def write_eml(directory: Path, stem: str, msg: EmailMessage) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     # An address with a non-ASCII local part needs SMTPUTF8; everything else stays 7-bit headers.
     ascii_only = all(a.username.isascii() for h in ("From", "To") for a in msg[h].addresses)
-    data = msg.as_bytes(policy=SMTP if ascii_only else SMTPUTF8)
+    # Long headers (List-Unsubscribe) stay on one line: some readers keep the fold's space.
+    data = msg.as_bytes(policy=(SMTP if ascii_only else SMTPUTF8).clone(max_line_length=998))
     n = 1
     while True:
         path = directory / (f"{stem}.eml" if n == 1 else f"{stem}-{n}.eml")

@@ -1,0 +1,465 @@
+"""The per-recipient send ledger (`deliveries`) and the per-issue send lease.
+
+The rules that make a send crash-safe:
+- A batch's rows are committed as `in_flight` BEFORE its request goes out, then become
+  `accepted` (with the X-Message-Id), `failed` (SendGrid said no) or `uncertain` (the answer
+  was lost). UNIQUE(issue_id, subscriber_id) means a person can never get a second row.
+- Only the process holding the issue's lease sends it. A lease whose process is gone (same host
+  and pid dead, or no heartbeat for LEASE_STALE_SECONDS) may be taken over; its leftover
+  `in_flight` rows then become `uncertain`, because nobody knows whether SendGrid took them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.errors import SendError
+from newsletter.store.schema import (
+    deliveries,
+    issues,
+    send_leases,
+    sends,
+    subscriber_tags,
+    subscribers,
+)
+
+LEASE_STALE_SECONDS = 120
+HEARTBEAT_SECONDS = 10
+#: States a plain `--resume` sends to again (SendGrid refused them; nothing went out).
+RETRYABLE = ("failed",)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:
+    """The issue's row id (created on its first send)."""
+    with engine.begin() as conn:
+        found = conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar()
+        if found is not None:
+            conn.execute(
+                update(issues).where(issues.c.id == found).values(title=title, subject=subject)
+            )
+            return int(found)
+        try:
+            with conn.begin_nested():
+                result = conn.execute(
+                    insert(issues).values(
+                        slug=slug,
+                        title=title,
+                        subject=subject,
+                        language=language,
+                        created_at=now(),
+                    )
+                )
+                return int(result.inserted_primary_key[0])
+        except IntegrityError:
+            return int(conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar_one())
+
+
+def find_issue_id(engine: Engine, slug: str) -> int | None:
+    with engine.connect() as conn:
+        return conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar()
+
+
+def create_send(
+    engine: Engine,
+    issue_id: int,
+    *,
+    transport: str,
+    segment: Sequence[str],
+    dry_run: bool,
+    status: str = "sending",
+    batch_id: str | None = None,
+    send_at: datetime | None = None,
+) -> int:
+    with engine.begin() as conn:
+        result = conn.execute(
+            insert(sends).values(
+                issue_id=issue_id,
+                status=status,
+                transport=transport,
+                segment=list(segment),
+                dry_run=dry_run,
+                batch_id=batch_id,
+                send_at=send_at,
+                started_at=now(),
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def finish_send(engine: Engine, send_id: int, status: str, error: str | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(sends)
+            .where(sends.c.id == send_id)
+            .values(status=status, error=error, finished_at=now())
+        )
+
+
+def set_send_error(engine: Engine, send_id: int, error: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(sends).where(sends.c.id == send_id).values(error=error))
+
+
+# --- the lease ------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Lease:
+    """This process's right to send an issue; keeps itself alive with a heartbeat thread."""
+
+    engine: Engine
+    issue_id: int
+    send_id: int
+    owner: str
+    taken_over_send: int | None = None  # the dead sender's send id, if any
+    _stop: threading.Event | None = None
+    _thread: threading.Thread | None = None
+
+    def start_heartbeat(self, interval: float = HEARTBEAT_SECONDS) -> None:
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            assert self._stop is not None
+            while not self._stop.wait(interval):
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        update(send_leases)
+                        .where(send_leases.c.owner == self.owner)
+                        .values(heartbeat_at=now())
+                    )
+
+        self._thread = threading.Thread(target=beat, name="send-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self.engine.begin() as conn:
+            conn.execute(delete(send_leases).where(send_leases.c.owner == self.owner))
+
+
+def _stale(row: Any, host: str) -> bool:
+    heartbeat = _aware(row.heartbeat_at)
+    if heartbeat is None or now() - heartbeat > timedelta(seconds=LEASE_STALE_SECONDS):
+        return True
+    return row.host == host and not _pid_alive(row.pid)
+
+
+def acquire_lease(engine: Engine, issue_id: int, send_id: int, slug: str) -> Lease:
+    """Take the issue's lease, or raise if a live process holds it."""
+    host, pid, owner = socket.gethostname(), os.getpid(), uuid.uuid4().hex
+    values = {"send_id": send_id, "owner": owner, "host": host, "pid": pid, "heartbeat_at": now()}
+    for _ in range(5):
+        with engine.begin() as conn:
+            row = conn.execute(
+                select(send_leases).where(send_leases.c.issue_id == issue_id)
+            ).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(send_leases).values(issue_id=issue_id, **values))
+                    return Lease(engine, issue_id, send_id, owner)
+                except IntegrityError:
+                    continue  # someone else just took it: look again
+            if not _stale(row, host):
+                seen = int((now() - _aware(row.heartbeat_at)).total_seconds())  # type: ignore[operator]
+                raise SendError(
+                    f"another send of {slug} is running (send {row.send_id}, pid {row.pid} on "
+                    f"{row.host}, last heartbeat {seen}s ago); wait for it to finish, or check "
+                    f"`newsletter sends {slug}`"
+                )
+            # Compare-and-swap on the old owner: of two resumers, exactly one wins.
+            result = conn.execute(
+                update(send_leases)
+                .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == row.owner)
+                .values(**values)
+            )
+            if result.rowcount == 1:
+                conn.execute(
+                    update(sends)
+                    .where(sends.c.id == row.send_id, sends.c.status == "sending")
+                    .values(status="stopped", error="the sending process died", finished_at=now())
+                )
+                return Lease(engine, issue_id, send_id, owner, taken_over_send=row.send_id)
+    raise SendError(f"could not take the send lease of {slug}; try again")
+
+
+def lease_holder(engine: Engine, issue_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(send_leases).where(send_leases.c.issue_id == issue_id)).first()
+
+
+def in_flight_to_uncertain(engine: Engine, issue_id: int) -> int:
+    """After taking over from a dead sender: its in-flight rows may or may not have gone out."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.issue_id == issue_id, deliveries.c.state == "in_flight")
+            .values(
+                state="uncertain",
+                error="the sending process stopped while this request was in flight",
+                updated_at=now(),
+            )
+        )
+        return int(result.rowcount or 0)
+
+
+# --- ledger rows -----------------------------------------------------------------------------
+
+
+def has_rows(engine: Engine, issue_id: int) -> bool:
+    with engine.connect() as conn:
+        return (
+            conn.execute(
+                select(deliveries.c.id).where(deliveries.c.issue_id == issue_id).limit(1)
+            ).first()
+            is not None
+        )
+
+
+def states_for(engine: Engine, issue_id: int, ids: Sequence[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(deliveries.c.subscriber_id, deliveries.c.state).where(
+                deliveries.c.issue_id == issue_id,
+                deliveries.c.subscriber_id.between(min(ids), max(ids)),
+            )
+        ).all()
+    return {r.subscriber_id: r.state for r in rows}
+
+
+def claim(
+    engine: Engine,
+    issue_id: int,
+    send_id: int,
+    batch_no: int,
+    new_ids: Sequence[int],
+    again_ids: Sequence[int],
+) -> None:
+    """Record a batch as in flight, in one transaction, before its request goes out.
+
+    `new_ids` get new rows; `again_ids` (failed, or uncertain on --include-uncertain) are moved
+    to this send. A unique-key clash means someone else recorded the person: stop."""
+    stamp = now()
+    with engine.begin() as conn:
+        if new_ids:
+            conn.execute(
+                insert(deliveries),
+                [
+                    {
+                        "issue_id": issue_id,
+                        "subscriber_id": sid,
+                        "send_id": send_id,
+                        "state": "in_flight",
+                        "batch_no": batch_no,
+                        "updated_at": stamp,
+                    }
+                    for sid in new_ids
+                ],
+            )
+        if again_ids:
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.issue_id == issue_id,
+                    deliveries.c.subscriber_id.in_(list(again_ids)),
+                )
+                .values(
+                    state="in_flight",
+                    send_id=send_id,
+                    batch_no=batch_no,
+                    error=None,
+                    message_id=None,
+                    updated_at=stamp,
+                )
+            )
+
+
+def record(
+    engine: Engine,
+    issue_id: int,
+    ids: Sequence[int],
+    state: str,
+    *,
+    message_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id.in_(list(ids)))
+            .values(state=state, message_id=message_id, error=error, updated_at=now())
+        )
+
+
+def record_failed_new(
+    engine: Engine, issue_id: int, send_id: int, batch_no: int, failures: dict[int, str]
+) -> None:
+    """Recipients refused before sending (e.g. substitutions over SendGrid's limit)."""
+    stamp = now()
+    with engine.begin() as conn:
+        for sid, error in failures.items():
+            updated = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == sid)
+                .values(state="failed", error=error, send_id=send_id, updated_at=stamp)
+            )
+            if not updated.rowcount:
+                conn.execute(
+                    insert(deliveries).values(
+                        issue_id=issue_id,
+                        subscriber_id=sid,
+                        send_id=send_id,
+                        state="failed",
+                        batch_no=batch_no,
+                        error=error,
+                        updated_at=stamp,
+                    )
+                )
+
+
+def remove_send_rows(engine: Engine, send_id: int) -> int:
+    """A cancelled scheduled send: its people never got the issue, so a later send may go."""
+    with engine.begin() as conn:
+        result = conn.execute(delete(deliveries).where(deliveries.c.send_id == send_id))
+        return int(result.rowcount or 0)
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def _segment(tags: Iterable[str]) -> list[Any]:
+    tag_list = list(tags)
+    conditions: list[Any] = [subscribers.c.status == "subscribed"]
+    if tag_list:
+        conditions.append(
+            exists().where(
+                subscriber_tags.c.subscriber_id == subscribers.c.id,
+                subscriber_tags.c.tag.in_(tag_list),
+            )
+        )
+    return conditions
+
+
+def count_to_reach(
+    engine: Engine, issue_id: int, tags: Iterable[str], include_uncertain: bool = False
+) -> int:
+    """Subscribed people (of the segment) a `--resume` would send to."""
+    states = [*RETRYABLE, *(["uncertain"] if include_uncertain else [])]
+    done = exists().where(
+        deliveries.c.issue_id == issue_id,
+        deliveries.c.subscriber_id == subscribers.c.id,
+        deliveries.c.state.not_in(states),
+    )
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(subscribers).where(*_segment(tags), ~done)
+            ).scalar_one()
+        )
+
+
+def counts_by_state(engine: Engine, *, issue_id: int | None = None) -> dict[int, dict[str, int]]:
+    """send id -> state -> rows, for `sends`."""
+    query = select(deliveries.c.send_id, deliveries.c.state, func.count()).group_by(
+        deliveries.c.send_id, deliveries.c.state
+    )
+    if issue_id is not None:
+        query = query.where(deliveries.c.issue_id == issue_id)
+    result: dict[int, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for send_id, state, n in conn.execute(query):
+            result.setdefault(send_id, {})[state] = n
+    return result
+
+
+def issue_counts(engine: Engine, issue_id: int) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(deliveries.c.state, func.count())
+            .where(deliveries.c.issue_id == issue_id)
+            .group_by(deliveries.c.state)
+        ).all()
+    return {state: n for state, n in rows}
+
+
+def list_sends(engine: Engine, issue_id: int | None = None) -> list[Any]:
+    query = (
+        select(sends, issues.c.slug)
+        .join(issues, issues.c.id == sends.c.issue_id)
+        .order_by(sends.c.id)
+    )
+    if issue_id is not None:
+        query = query.where(sends.c.issue_id == issue_id)
+    with engine.connect() as conn:
+        return list(conn.execute(query).all())
+
+
+def latest_scheduled(engine: Engine, issue_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(sends)
+            .where(sends.c.issue_id == issue_id, sends.c.status == "scheduled")
+            .order_by(sends.c.id.desc())
+        ).first()
+
+
+def iter_deliveries(engine: Engine, issue_id: int, page_size: int = 1000) -> Iterator[Any]:
+    """Every ledger row of an issue with the address, by subscriber id (keyset, streamed)."""
+    last = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    deliveries.c.subscriber_id,
+                    subscribers.c.email,
+                    deliveries.c.state,
+                    deliveries.c.send_id,
+                    deliveries.c.message_id,
+                    deliveries.c.error,
+                    deliveries.c.updated_at,
+                )
+                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                .where(and_(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id > last))
+                .order_by(deliveries.c.subscriber_id)
+                .limit(page_size)
+            ).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].subscriber_id

@@ -1,0 +1,428 @@
+"""`newsletter send`, `sends` and `cancel` through the real CLI, against the fake SendGrid
+server over real HTTP (SENDGRID_API_HOST), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import html
+import json
+import re
+from email import policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from newsletter.project import Project
+from newsletter.sending.payload import apply_substitutions
+from newsletter.store.engine import open_engine
+from newsletter.store.schema import (
+    CUSTOM_ARG_ISSUE,
+    CUSTOM_ARG_SEND,
+    CUSTOM_ARG_SUBSCRIBER,
+    deliveries,
+    sends,
+)
+from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
+from tests.sendgrid_server import FakeSendGrid
+
+KEY = "SG.test-key-do-not-print"
+ISSUE = EXAMPLE_ISSUE.stem
+SLUG = "meta-ki-creator"
+TOM = '<b>Tom & "Jerry"</b>'
+
+
+@pytest.fixture
+def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    return database_url
+
+
+@pytest.fixture
+def sg(monkeypatch: pytest.MonkeyPatch):
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
+        monkeypatch.setenv("NEWSLETTER_SEND_BACKOFF", "0.01")
+        yield server
+
+
+def add_people(project: Path, n: int, start: int = 0, **kw) -> list[str]:
+    engine = open_engine(Project.load(project).database_url)
+    emails = []
+    for i in range(start, start + n):
+        add_subscriber(engine, f"leser{i}@example.org", first_name=f"Leser{i}", **kw)
+        emails.append(f"leser{i}@example.org")
+    return emails
+
+
+def ledger_states(project: Path) -> dict[str, int]:
+    engine = open_engine(Project.load(project).database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.state)).scalars().all()
+    out: dict[str, int] = {}
+    for s in rows:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+def with_config(extra: str) -> str:
+    return CONFIG.replace('region = "global"\n', 'region = "global"\n' + extra)
+
+
+@pytest.fixture
+def small_batches(make_project) -> Path:
+    root = make_project(config=with_config("batch_size = 3\nconcurrency = 2\nmax_retries = 2\n"))
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    return root
+
+
+# --- what each recipient gets ------------------------------------------------------------------
+
+
+def test_send_payload_per_recipient(project, db, sg, cli):
+    engine = open_engine(Project.load(project).database_url)
+    add_subscriber(engine, "tom@example.org", first_name=TOM, name="Tom")
+    add_subscriber(engine, "jörg@example.org", first_name="Jörg")
+    add_subscriber(engine, "gone@example.org", first_name="Gone", status="unsubscribed")
+    result = cli(project, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Recipients: 2 subscribed" in result.output
+    assert "2 accepted by SendGrid" in result.output
+    assert KEY not in result.output
+    assert sorted(sg.recipients()) == ["jörg@example.org", "tom@example.org"]
+    [message] = sg.messages
+    assert message["from"] == {"email": "jens@example.com", "name": "Jens"}
+    assert message["reply_to"] == {"email": "jens@example.com"}
+    assert SLUG in message["categories"]
+    assert [c["type"] for c in message["content"]] == ["text/plain", "text/html"]
+    for p in message["personalizations"]:
+        unsub = p["headers"]["List-Unsubscribe"]
+        assert re.fullmatch(r"<https://news\.example\.com/unsubscribe/[\w.-]+>", unsub)
+        assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert set(p["custom_args"]) == {CUSTOM_ARG_ISSUE, CUSTOM_ARG_SUBSCRIBER, CUSTOM_ARG_SEND}
+        # The footer link is the same URL as the header, per recipient.
+        text = apply_substitutions(message["content"][0]["value"], p["substitutions"])
+        page = apply_substitutions(message["content"][1]["value"], p["substitutions"])
+        assert unsub[1:-1] in text and html.escape(unsub[1:-1]) in page
+    # The ledger: everyone accepted, with SendGrid's message id.
+    engine = open_engine(Project.load(project).database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.state, deliveries.c.message_id)).all()
+    assert {(r.state, r.message_id) for r in rows} == {("accepted", message["_message_id"])}
+
+
+def test_escaping_in_both_parts(project, db, sg, cli):
+    engine = open_engine(Project.load(project).database_url)
+    add_subscriber(engine, "tom@example.org", first_name=TOM)
+    assert cli(project, "send", ISSUE, "--yes").exit_code == 0
+    [p] = sg.messages[0]["personalizations"]
+    text = apply_substitutions(sg.messages[0]["content"][0]["value"], p["substitutions"])
+    page = apply_substitutions(sg.messages[0]["content"][1]["value"], p["substitutions"])
+    assert f"Hallo {TOM}," in text
+    assert "Hallo &lt;b&gt;Tom &amp; &#34;Jerry&#34;&lt;/b&gt;," in page or (
+        "Hallo &lt;b&gt;Tom &amp; &quot;Jerry&quot;&lt;/b&gt;," in page
+    )
+    assert "<b>Tom" not in page
+    assert "täglich" in page and "Überblick" in text  # umlauts survive
+
+
+def test_outbox_without_key_writes_eml(project, db, cli):
+    engine = open_engine(Project.load(project).database_url)
+    add_subscriber(engine, "tom@example.org", first_name=TOM)
+    add_subscriber(engine, "jörg@example.org", first_name="Jörg")
+    result = cli(project, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "SENDGRID_API_KEY is not set" in result.output
+    files = sorted((project / "outbox").glob("*.eml"))
+    assert len(files) == 2
+    by_to = {}
+    for f in files:
+        msg = email.message_from_bytes(f.read_bytes(), policy=policy.default)
+        by_to[str(msg["To"])] = msg
+    msg = by_to["tom@example.org"]
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert msg["Subject"] == "Meta, KI und das Ende der Creator?"
+    assert msg["Reply-To"] == "jens@example.com"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["List-Unsubscribe"].startswith("<https://news.example.com/unsubscribe/")
+    assert msg["Message-ID"] and msg["Date"] and msg["MIME-Version"] == "1.0"
+    text = msg.get_body(("plain",)).get_content()
+    page = msg.get_body(("html",)).get_content()
+    assert f"Hallo {TOM}," in text and "<b>Tom" not in page and "&lt;b&gt;Tom &amp;" in page
+    assert "außerhalb" in text and "täglich" in page
+    assert "Hallo Jörg," in by_to["jörg@example.org"].get_body(("plain",)).get_content()
+    # The outbox keeps no ledger, so a real send can still go out; `sends` lists it.
+    assert ledger_states(project) == {}
+    listing = cli(project, "sends")
+    assert "outbox" in listing.output and SLUG in listing.output
+
+
+def test_outbox_dir_option(project, db, sg, cli, tmp_path):
+    add_people(project, 2)
+    result = cli(project, "send", ISSUE, "--yes", "--outbox", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").glob("*.eml"))) == 2
+    assert sg.requests == []
+
+
+def test_test_send_records_nothing(project, db, sg, cli):
+    engine = open_engine(Project.load(project).database_url)
+    add_subscriber(engine, "tom@example.org", first_name="Tomasz")
+    result = cli(project, "send", ISSUE, "--test", "tom@example.org", "--test", "x@example.org")
+    assert result.exit_code == 0, result.output
+    assert [m["subject"] for m in sg.messages] == ["[Test] Meta, KI und das Ende der Creator?"] * 2
+    texts = [
+        apply_substitutions(m["content"][0]["value"], m["personalizations"][0]["substitutions"])
+        for m in sg.messages
+    ]
+    assert "Hallo Tomasz," in texts[0]
+    assert "Hallo Alex," in texts[1]  # the sample subscriber
+    assert ledger_states(project) == {}
+    assert cli(project, "send", ISSUE, "--yes").exit_code == 0  # a real send is not blocked
+
+
+def test_dry_run_uses_sandbox_and_records_no_deliveries(project, db, sg, cli):
+    add_people(project, 3)
+    result = cli(project, "send", ISSUE, "--dry-run", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "sandbox" in result.output
+    assert [r["status"] for r in sg.requests] == [200]
+    assert sg.requests[0]["body"]["mail_settings"] == {"sandbox_mode": {"enable": True}}
+    assert sg.messages == [] and ledger_states(project) == {}
+
+
+def test_tag_segment_is_counted(project, db, sg, cli):
+    add_people(project, 2, tags=["vip"])
+    add_people(project, 3, start=10)
+    result = cli(project, "send", ISSUE, "--tag", "vip", "--yes")
+    assert "Recipients: 2 subscribed tagged vip" in result.output
+    assert sorted(sg.recipients()) == ["leser0@example.org", "leser1@example.org"]
+
+
+def test_refuses_without_tty_and_yes(project, db, sg, cli):
+    add_people(project, 1)
+    result = cli(project, "send", ISSUE)
+    assert result.exit_code == 1
+    assert "--yes" in result.output and sg.requests == []
+
+
+def test_confirmation_no_sends_nothing(project, db, sg, cli, monkeypatch):
+    add_people(project, 1)
+    monkeypatch.setattr("newsletter.cli.sending._interactive", lambda: True)
+    result = cli(project, "send", ISSUE, input="n\n")
+    assert result.exit_code == 1 and "Aborted" in result.output
+    assert sg.requests == []
+
+
+def test_check_errors_stop_the_send(make_project, db, sg, cli):
+    bad = EXAMPLE_ISSUE.read_text("utf-8").replace(
+        "{{ subscriber.first_name", "{{ subscriber.first_name }"
+    )
+    root = make_project(issues={"bad.md": bad})
+    add_people(root, 1)
+    result = cli(root, "send", "bad", "--yes")
+    assert result.exit_code == 1
+    assert "error" in result.output and "bad.md" in result.output
+    assert sg.requests == []
+
+
+# --- batching, sending twice, resume -----------------------------------------------------------
+
+
+def test_batches_and_second_send_refuses(small_batches, db, sg, cli):
+    add_people(small_batches, 7)
+    assert cli(small_batches, "send", ISSUE, "--yes").exit_code == 0
+    assert [len(m["personalizations"]) for m in sg.messages] == [3, 3, 1] or sorted(
+        len(m["personalizations"]) for m in sg.messages
+    ) == [1, 3, 3]
+    assert sorted(sg.recipients()) == sorted(f"leser{i}@example.org" for i in range(7))
+    again = cli(small_batches, "send", ISSUE, "--yes")
+    assert again.exit_code == 1
+    assert "already sent" in again.output and "every subscriber" in again.output
+    add_people(small_batches, 2, start=100)
+    again = cli(small_batches, "send", ISSUE, "--yes")
+    assert "use --resume to reach the 2 people who have not had it" in again.output
+    resumed = cli(small_batches, "send", ISSUE, "--resume", "--yes")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Recipients: 2" in resumed.output
+    recipients = sg.recipients()
+    assert len(recipients) == len(set(recipients)) == 9
+    assert ledger_states(small_batches) == {"accepted": 9}
+
+
+def test_unsubscribed_after_start_not_resent(small_batches, db, sg, cli):
+    add_people(small_batches, 4)
+    sg.inject("500", count=6)  # two batches, three tries each
+    result = cli(small_batches, "send", ISSUE, "--yes")
+    assert result.exit_code == 1
+    assert "--resume" in result.output and "500" in result.output
+    engine = open_engine(Project.load(small_batches).database_url)
+    set_status(engine, find_subscriber(engine, "leser0@example.org").id, "unsubscribed")
+    resumed = cli(small_batches, "send", ISSUE, "--resume", "--yes")
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in (1, 2, 3)]
+
+
+def test_429_waits_and_5xx_retries(small_batches, db, sg, cli):
+    add_people(small_batches, 3)
+    sg.inject("429", reset_in=0)
+    sg.inject("503")
+    result = cli(small_batches, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in sg.requests] == [429, 503, 202]
+    assert len(sg.recipients()) == 3
+
+
+def test_dropped_answer_is_uncertain_and_resent_only_deliberately(small_batches, db, sg, cli):
+    add_people(small_batches, 6)
+    sg.inject("drop")  # first batch: SendGrid took it, the answer was lost
+    result = cli(small_batches, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "3 uncertain" in result.output and "--include-uncertain" in result.output
+    assert ledger_states(small_batches) == {"accepted": 3, "uncertain": 3}
+    listing = cli(small_batches, "sends", ISSUE)
+    assert listing.output.count("uncertain") >= 3
+    assert "--resume --include-uncertain" in listing.output
+    plain = cli(small_batches, "send", ISSUE, "--resume", "--yes")
+    assert "Nobody to send to" in plain.output
+    assert len(sg.recipients()) == 6
+    deliberate = cli(small_batches, "send", ISSUE, "--resume", "--include-uncertain", "--yes")
+    assert deliberate.exit_code == 0, deliberate.output
+    assert ledger_states(small_batches) == {"accepted": 6}
+    assert len(sg.recipients()) == 9  # the 3 uncertain ones, a second time, as asked
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_bad_key(project, db, sg, cli, monkeypatch):
+    add_people(project, 2)
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.wrong-key-secret")
+    result = cli(project, "send", ISSUE, "--yes")
+    assert result.exit_code == 1
+    assert "SendGrid rejected the API key (check SENDGRID_API_KEY)" in result.output
+    assert "SG.wrong-key-secret" not in result.output
+    assert "Traceback" not in result.output
+    assert ledger_states(project) == {"failed": 2}
+    # After fixing the key, --resume sends to the failed ones.
+    monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+    assert cli(project, "send", ISSUE, "--resume", "--yes").exit_code == 0
+    assert ledger_states(project) == {"accepted": 2}
+
+
+def test_unverified_sender(make_project, db, sg, cli):
+    root = make_project(
+        config=CONFIG.replace('from_email = "jens@example.com"', 'from_email = "nope@example.net"')
+    )
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    add_people(root, 1)
+    result = cli(root, "send", ISSUE, "--yes")
+    assert result.exit_code == 1
+    assert "nope@example.net" in result.output and "verified sender" in result.output
+
+
+def test_field_errors_listed(project, db, sg, cli):
+    add_people(project, 2)
+    sg.inject(
+        "400",
+        errors=[
+            {
+                "message": "Invalid type. Expected: string",
+                "field": "personalizations.0.substitutions",
+            },
+            {"message": "The subject is too long", "field": "subject"},
+        ],
+    )
+    result = cli(project, "send", ISSUE, "--yes")
+    assert result.exit_code == 1
+    assert "SendGrid rejected the request (400)" in result.output
+    assert "personalizations.0.substitutions: Invalid type" in result.output
+    assert "subject: The subject is too long" in result.output
+    assert ledger_states(project) == {"failed": 2}
+
+
+def test_network_down(project, db, cli, monkeypatch):
+    add_people(project, 2)
+    monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+    monkeypatch.setenv("SENDGRID_API_HOST", "http://127.0.0.1:9")
+    monkeypatch.setenv("NEWSLETTER_SEND_BACKOFF", "0.001")
+    result = cli(project, "send", ISSUE, "--yes")
+    assert result.exit_code == 1
+    assert "127.0.0.1:9" in result.output and "check the network connection" in result.output
+    assert f"newsletter send {ISSUE} --resume" in result.output
+    assert ledger_states(project) == {"failed": 2}
+
+
+def test_live_lease_refuses_a_second_sender(project, db, sg, cli):
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    from newsletter.sending import ledger
+
+    add_people(project, 1)
+    engine = open_engine(Project.load(project).database_url)
+    issue_id = ledger.ensure_issue(engine, slug=SLUG, title="t", subject="s", language="de")
+    send_id = ledger.create_send(engine, issue_id, transport="sendgrid", segment=[], dry_run=False)
+    # A live process (this one) holds the lease, as another terminal's send would.
+    from newsletter.store.schema import send_leases
+
+    with engine.begin() as conn:
+        conn.execute(
+            send_leases.insert().values(
+                issue_id=issue_id,
+                send_id=send_id,
+                owner="other",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                heartbeat_at=datetime.now(UTC),
+            )
+        )
+    result = cli(project, "send", ISSUE, "--yes")
+    assert result.exit_code == 1 and "another send of meta-ki-creator is running" in result.output
+    assert sg.requests == []
+
+
+# --- scheduling --------------------------------------------------------------------------------
+
+
+def test_schedule_and_cancel(project, db, sg, cli):
+    add_people(project, 2)
+    result = cli(project, "send", ISSUE, "--schedule", "in 2h", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "scheduled for" in result.output
+    [message] = sg.messages
+    assert message["batch_id"] == sg.batches[0]
+    assert 7000 < message["send_at"] - __import__("time").time() < 7300
+    assert cli(project, "send", ISSUE, "--yes").exit_code == 1  # already (scheduled to be) sent
+    cancelled = cli(project, "cancel", ISSUE)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert sg.scheduled_sends == {sg.batches[0]: "cancel"}
+    assert ledger_states(project) == {}
+    engine = open_engine(Project.load(project).database_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(sends.c.status)).scalars().all() == ["cancelled"]
+    # A cancelled send can go out later.
+    assert cli(project, "send", ISSUE, "--yes").exit_code == 0
+    assert ledger_states(project) == {"accepted": 2}
+
+
+@pytest.mark.parametrize(
+    "when", ["in 80h", "2020-01-01T08:00:00+00:00", "2030-01-01T08:00", "soon"]
+)
+def test_schedule_rejects(project, db, sg, cli, when):
+    add_people(project, 1)
+    result = cli(project, "send", ISSUE, "--schedule", when, "--yes")
+    assert result.exit_code == 1 and "--schedule" in result.output
+    assert sg.requests == []
+
+
+def test_sends_json(project, db, sg, cli):
+    add_people(project, 2)
+    cli(project, "send", ISSUE, "--yes")
+    data = json.loads(cli(project, "sends", ISSUE, "--format", "json").output)
+    assert data["sends"][0]["counts"] == {"accepted": 2}
+    assert [r["email"] for r in data["recipients"]] == ["leser0@example.org", "leser1@example.org"]
