@@ -48,14 +48,17 @@ def find_issue(project: Project, engine: Engine, name: str) -> IssueRef:
     with engine.connect() as conn:
         row = conn.execute(select(schema.issues).where(schema.issues.c.slug == slug)).first()
         if row is None:
-            try:
-                from newsletter.issue import load_issue
+            from newsletter.issue import load_issue
 
+            try:
                 slug = load_issue(project, project.issue_path(name)).slug
             except NewsletterError:
-                raise StoreError(
-                    f"{name}: no such issue; give its slug, file name or path"
-                ) from None
+                from newsletter.web import find_issue_file
+
+                if find_issue_file(project, name) is None:
+                    raise StoreError(
+                        f"{name}: no such issue; give its slug, file name or path"
+                    ) from None
             row = conn.execute(select(schema.issues).where(schema.issues.c.slug == slug)).first()
     if row is None:
         raise StoreError(f"{name}: issue {slug!r} has not been sent yet; send it first")

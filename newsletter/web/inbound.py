@@ -80,6 +80,12 @@ async def parse_inbound(content_type: str, stream: AsyncIterator[bytes]) -> RawI
         else:
             fields[name] = bytes(state["data"])  # type: ignore[arg-type]
 
+    ended = False
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
     parser = MultipartParser(
         params[b"boundary"],
         {
@@ -90,6 +96,7 @@ async def parse_inbound(content_type: str, stream: AsyncIterator[bytes]) -> RawI
             "on_header_value": on_header_value,
             "on_header_end": on_header_end,
             "on_headers_finished": on_headers_finished,
+            "on_end": on_end,
         },
     )
     try:
@@ -98,4 +105,9 @@ async def parse_inbound(content_type: str, stream: AsyncIterator[bytes]) -> RawI
         parser.finalize()
     except FormParserError as exc:
         raise InboundFormError("malformed multipart body") from exc
+    # A body cut short ends without its closing boundary.
+    if not ended:
+        raise InboundFormError("incomplete multipart body")
+    if "from" not in fields and "envelope" not in fields:
+        raise InboundFormError("no `from` field; is this SendGrid Inbound Parse (not raw mode)?")
     return RawInbound(fields=fields, attachments=attachments)

@@ -1,0 +1,253 @@
+"""Replies through SendGrid Inbound Parse: real multipart bodies over real HTTP, matched to
+issue and subscriber, listed by `newsletter replies`."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from newsletter import tokens
+from newsletter.project import Project
+from newsletter.store import schema
+from newsletter.store.engine import open_engine
+from newsletter.store.subscribers import add_subscriber, get_subscriber
+from newsletter.web import create_app
+from tests.conftest import CONFIG, FIXTURES, TEST_SECRET
+from tests.test_web_support import live_server, multipart, sent_issue
+
+SECRET = "inbound-secret-3f9a"
+REPLY_TEXT = (FIXTURES / "reply-meta-ki-creator.txt").read_text(encoding="utf-8")
+SUBJECT = "Meta, KI und das Ende der Creator?"
+
+
+@pytest.fixture
+def inbox(make_project, database_url, monkeypatch):
+    """A project with the example issue sent to Anna; returns a poster for replies."""
+    from tests.conftest import EXAMPLE_ISSUE
+
+    def build(extra_config: str = ""):
+        monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+        monkeypatch.setenv("NEWSLETTER_INBOUND_SECRET", SECRET)
+        root = make_project(
+            CONFIG + extra_config,
+            issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text(encoding="utf-8")},
+        )
+        proj = Project.load(root)
+        engine = open_engine(proj.database_url)
+        anna = add_subscriber(engine, "anna.mueller@example.de", name="Anna Müller")
+        issue_id = sent_issue(engine, [anna.id])
+        return proj, engine, anna, issue_id
+
+    return build
+
+
+def fields(
+    text: str,
+    *,
+    to: str = "jens@example.com",
+    subject: str = "Re: " + SUBJECT,
+    sender: str = "Anna Müller <anna.mueller@example.de>",
+    charset: str = "UTF-8",
+    html: str | None = None,
+) -> dict[str, bytes | str]:
+    """The fields SendGrid's Inbound Parse posts (parsed mode)."""
+    data: dict[str, bytes | str] = {
+        "headers": f"From: {sender}\nTo: {to}\nSubject: {subject}\n",
+        "from": sender,
+        "to": to,
+        "subject": subject,
+        "text": text.encode(charset),
+        "envelope": json.dumps({"to": [to], "from": "anna.mueller@example.de"}),
+        "charsets": json.dumps(
+            {"to": "UTF-8", "from": "UTF-8", "subject": "UTF-8", "text": charset, "html": charset}
+        ),
+        "spam_score": "0.1",
+        "SPF": "pass",
+        "sender_ip": "203.0.113.5",
+        "attachments": "0",
+    }
+    if html is not None:
+        data["html"] = html.encode(charset)
+    return data
+
+
+def post(base: str, data, files=(), secret: str = SECRET) -> httpx.Response:
+    body, content_type = multipart(data, list(files))
+    return httpx.post(
+        f"{base}/webhooks/sendgrid/inbound/{secret}",
+        content=body,
+        headers={"Content-Type": content_type},
+    )
+
+
+def stored(engine) -> list:
+    with engine.connect() as conn:
+        return conn.execute(select(schema.replies).order_by(schema.replies.c.id)).all()
+
+
+def test_fixture_reply_matched_by_subject_and_listed(inbox, cli):
+    proj, engine, anna, issue_id = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        response = post(base, fields(REPLY_TEXT))
+    assert response.status_code == 200, response.text
+    [row] = stored(engine)
+    assert row.issue_id == issue_id and row.subscriber_id == anna.id
+    assert row.from_email == "anna.mueller@example.de" and row.from_name == "Anna Müller"
+    assert row.text == REPLY_TEXT.replace("\r\n", "\n")
+    assert "“sozialen”" in row.text and "weiß" in row.text
+    assert row.subject == "Re: " + SUBJECT
+
+    listing = cli(proj.root, "replies")
+    assert listing.exit_code == 0
+    assert "anna.mueller@example.de" in listing.output and "meta-ki-creator" in listing.output
+    assert cli(proj.root, "replies", "--issue", "meta-ki-creator").output == listing.output
+    shown = cli(proj.root, "replies", "show", str(row.id))
+    assert "Hallo Jens," in shown.output and "“sozialen” Aspekt" in shown.output
+    as_json = json.loads(cli(proj.root, "replies", "--format", "json").output)
+    assert as_json[0]["text"] == row.text and as_json[0]["issue"] == "meta-ki-creator"
+    stats = json.loads(cli(proj.root, "stats", "meta-ki-creator", "--format", "json").output)
+    assert stats["counts"]["replied"] == 1
+    assert not (proj.root / "outbox").exists()  # no [replies] domain: nothing forwarded
+
+
+def test_reply_address_token_matches_issue_and_author_gets_a_copy(inbox):
+    proj, engine, anna, issue_id = inbox('\n[replies]\ndomain = "replies.example.com"\n')
+    address = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)
+    # The reader changed the subject: only the address can tell the issue.
+    data = fields(REPLY_TEXT, to=address, subject="Frage zu deinem Artikel")
+    attachment = ("attachment1", "Bild – Köln.jpg", b"\xff\xd8" + b"x" * 4998)
+    data["attachments"] = "1"
+    data["attachment-info"] = json.dumps(
+        {"attachment1": {"filename": "Bild – Köln.jpg", "type": "image/jpeg"}}, ensure_ascii=False
+    )
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data, [attachment]).status_code == 200
+    [row] = stored(engine)
+    assert row.issue_id == issue_id and row.subscriber_id == anna.id
+    assert row.attachments == [{"name": "Bild – Köln.jpg", "size": 5000}]
+    [copy] = list((proj.root / "outbox").glob("*.eml"))
+    mail = email.message_from_bytes(copy.read_bytes(), policy=email.policy.default)
+    assert mail["To"] == "jens@example.com"
+    body = mail.get_body(("plain",)).get_content()
+    assert "anna.mueller@example.de" in body and "“sozialen”" in body
+    assert "Bild – Köln.jpg" in body
+
+
+def test_forged_reply_token_falls_back_to_subject(inbox):
+    proj, engine, _, issue_id = inbox(
+        '\n[replies]\ndomain = "replies.example.com"\nforward = false\n'
+    )
+    forged = tokens.reply_address("replies.example.com", issue_id + 5, key="attacker")
+    with live_server(create_app(proj, engine)) as base:
+        assert (
+            post(base, fields("Danke!", to=forged, subject="AW: Re: " + SUBJECT)).status_code == 200
+        )
+        assert post(base, fields("Hm", to=forged, subject="Etwas anderes")).status_code == 200
+    first, second = stored(engine)
+    assert first.issue_id == issue_id
+    assert second.issue_id is None
+    assert not (proj.root / "outbox").exists()
+
+
+def test_charsets_field_decodes_each_part(inbox):
+    proj, engine, _, _ = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        response = post(base, fields(REPLY_TEXT, charset="windows-1252"))
+    assert response.status_code == 200
+    [row] = stored(engine)
+    assert row.text == REPLY_TEXT and "“sozialen”" in row.text
+
+
+def test_html_only_reply_is_reduced_to_text_and_never_shown_raw(inbox, cli):
+    proj, engine, _, _ = inbox()
+    html = (
+        "<html><head><style>p{color:red}</style><script>alert('x')</script></head><body>"
+        "<p>Hallo Jens,</p><p>sch&ouml;ner <b>Artikel</b> &bdquo;wirklich&ldquo;!</p>"
+        "<img src=x onerror=alert(1)></body></html>"
+    )
+    literal = "Ich schreibe <script>alert(1)</script> und \x1b[31mrot\x1b[0m\x07 hier."
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, fields("", html=html)).status_code == 200
+        assert post(base, fields(literal)).status_code == 200
+    first, second = stored(engine)
+    assert first.text == "Hallo Jens,\n\nschöner Artikel „wirklich“!"
+    assert "<" not in first.text and "alert" not in first.text
+    shown = cli(proj.root, "replies", "show", str(second.id)).output
+    assert "<script>alert(1)</script>" in shown  # shown literally, as text
+    assert "\x1b" not in shown and "\x07" not in shown and "rot" in shown
+    listing = cli(proj.root, "replies").output
+    assert "\x1b" not in listing
+
+
+@pytest.mark.parametrize(
+    ("text", "unsubscribes"),
+    [
+        ("Abmelden", True),
+        ("  STOP!\n\n-- \nAnna Müller\nBerlin", True),
+        ("unsubscribe\n\nAm 02.07.2024 schrieb Jens <jens@example.com>:\n> Hallo zusammen,", True),
+        ("abmelden\n> Wenn du abmelden willst, antworte mit abmelden", True),
+        ("Bitte nicht abmelden, tolle Ausgabe!", False),
+        ("> abmelden", False),
+    ],
+)
+def test_reply_saying_only_unsubscribe_unsubscribes(inbox, text, unsubscribes):
+    proj, engine, anna, _ = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, fields(text)).status_code == 200
+    expected = "unsubscribed" if unsubscribes else "subscribed"
+    assert get_subscriber(engine, anna.id).status == expected
+    assert len(stored(engine)) == 1
+
+
+def test_reply_from_a_stranger_is_kept_but_unsubscribes_nobody(inbox):
+    proj, engine, anna, issue_id = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        post(base, fields("stop", sender="Eve <eve@example.org>"))
+    [row] = stored(engine)
+    assert row.subscriber_id is None and row.issue_id == issue_id
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+
+
+def test_wrong_or_unset_secret_is_404_and_stores_nothing(inbox, monkeypatch):
+    proj, engine, _, _ = inbox()
+    app = create_app(proj, engine)
+    with live_server(app) as base:
+        assert post(base, fields("x"), secret="wrong").status_code == 404
+        assert post(base, fields("x"), secret=SECRET[:-1]).status_code == 404
+        assert post(base, fields("x"), secret=SECRET + "x").status_code == 404
+        monkeypatch.delenv("NEWSLETTER_INBOUND_SECRET")
+        assert post(base, fields("x")).status_code == 404
+        assert post(base, fields("x"), secret="").status_code in (404, 405)
+    assert stored(engine) == []
+
+
+def test_malformed_and_oversized_inbound_bodies(inbox):
+    proj, engine, _, _ = inbox("\n[serve]\nmax_inbound_bytes = 100000\n")
+    with live_server(create_app(proj, engine)) as base:
+        url = f"{base}/webhooks/sendgrid/inbound/{SECRET}"
+        assert (
+            httpx.post(url, content=b"hello", headers={"Content-Type": "text/plain"}).status_code
+            == 400
+        )
+        bad = httpx.post(
+            url,
+            content=b"--b\r\nnonsense",
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert bad.status_code == 400
+        big = ("attachment1", "big.bin", b"0" * 200_000)
+        assert post(base, fields("x"), [big]).status_code == 413
+    assert stored(engine) == []
+
+
+def test_replies_cli_without_replies_and_unknown_id(project, cli):
+    assert cli(project, "replies").output.strip() == "No replies yet."
+    result = cli(project, "replies", "show", "42")
+    assert result.exit_code == 1 and "no reply with id 42" in result.output
+    unknown = cli(project, "replies", "--issue", "nope")
+    assert unknown.exit_code == 1 and "nope" in unknown.output
