@@ -22,6 +22,15 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_chromium() -> None:
+    """Skip (or on CI fail) the calling test when chromium or Playwright is missing."""
+    try:
+        chromium_path()
+        sync_playwright()
+    except BrowserError as exc:
+        _unavailable(str(exc))
+
+
 @contextmanager
 def chromium() -> Iterator[Any]:
     """One headless chromium (a Playwright Browser); reuse it for a whole module."""

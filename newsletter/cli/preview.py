@@ -43,6 +43,7 @@ def preview(issue: str, port: int, host: str, no_open: bool, as_email: str | Non
         newsletter preview issues/2024-07-meta-ki-creator.md
         newsletter preview meta-ki-creator --port 9000 --no-open --as anna@example.com
     """
+    import contextlib
     import threading
     import webbrowser
 
@@ -75,7 +76,9 @@ def preview(issue: str, port: int, host: str, no_open: bool, as_email: str | Non
     if not no_open:
         # A console browser may block; never let that hold up the server.
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-    PreviewServer(app).run(sockets=[sock])
+    # uvicorn re-raises the Ctrl-C it handled; stopping is what the user asked for.
+    with contextlib.suppress(KeyboardInterrupt):
+        PreviewServer(app).run(sockets=[sock])
     click.echo("Preview stopped.")
 
 
