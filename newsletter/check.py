@@ -86,6 +86,18 @@ def _front_matter(issue: Issue) -> list[Finding]:
                 subject_line,
             )
         )
+    from newsletter.issue import KNOWN_KEYS
+
+    for key in issue.meta:
+        if key not in KNOWN_KEYS:
+            found.append(
+                Finding(
+                    "warning",
+                    f"unknown front matter key `{key}` is ignored; known keys: {', '.join(KNOWN_KEYS)}",
+                    issue.path,
+                    issue.key_line(str(key)),
+                )
+            )
     if not issue.preheader:
         found.append(
             Finding(

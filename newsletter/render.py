@@ -9,6 +9,7 @@ SendGrid's `substitutions` needs) and `personalize()` applies them locally.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def view_url(project: Project, issue: Issue) -> str | None:
     return f"{base}/issues/{issue.slug}" if base else None
 
 
-_environments: dict[tuple[str, str], jinja2.Environment] = {}
+_environments: dict[tuple[str, str, tuple[str, ...]], jinja2.Environment] = {}
 
 
 def _autoescape(name: str | None) -> bool:
@@ -132,9 +133,17 @@ def template_environment(project: Project) -> jinja2.Environment:
     """The project's templates first, then the built-in ones; cached (Jinja reloads on change)."""
     from newsletter.project import builtin_templates_dir
 
-    key = (str(project.templates_dir), str(builtin_templates_dir()))
+    try:
+        overrides = tuple(sorted(os.listdir(project.templates_dir)))
+    except OSError:
+        overrides = ()
+    # Jinja notices edits to a template it loaded, not a new override beside it: the
+    # list of the project's templates is part of the key.
+    key = (str(project.templates_dir), str(builtin_templates_dir()), overrides)
     env = _environments.get(key)
     if env is None:
+        if len(_environments) > 32:
+            _environments.clear()
         env = jinja2.Environment(
             loader=jinja2.ChoiceLoader(
                 [jinja2.FileSystemLoader(key[0]), jinja2.FileSystemLoader(key[1])]

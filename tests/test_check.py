@@ -107,3 +107,11 @@ def test_gmail_clipping_thresholds(make_project: Callable[..., Path]) -> None:
 def test_broken_issue_is_reported_not_raised(make_project: Callable[..., Path]) -> None:
     _, found = findings_for(make_project, "---\ntitle: [\n---\nx\n")
     assert len(found) == 1 and found[0].severity == "error" and found[0].line == 2
+
+
+def test_unknown_front_matter_key(make_project: Callable[..., Path]) -> None:
+    _, found = findings_for(
+        make_project, "---\ntitle: T\npreheder: Tippfehler\npreheader: p\n---\nx\n"
+    )
+    assert [(f.severity, f.line) for f in found] == [("warning", 3)]
+    assert "unknown front matter key `preheder`" in found[0].message

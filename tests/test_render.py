@@ -318,3 +318,17 @@ def test_render_makes_no_network_access(
     monkeypatch.setattr(socket.socket, "connect", refuse)
     again = render_file(Project.load(project), project / "issues" / EXAMPLE_ISSUE.name)
     assert again.html == example.html
+
+
+def test_new_override_is_picked_up_by_a_running_process(make_project: Callable[..., Path]) -> None:
+    root = make_project(issues={"t.md": "---\ntitle: T\n---\nHi.\n"})
+    project = Project.load(root)
+    assert "Abmelden" in render_file(project, root / "issues" / "t.md").html
+    (root / "templates").mkdir()
+    (root / "templates" / "footer.mjml.j2").write_text(
+        '<mj-section><mj-column><mj-text><a href="{{ unsubscribe_url }}">Weg</a> '
+        "{{ newsletter.postal_address }}</mj-text></mj-column></mj-section>\n",
+        encoding="utf-8",
+    )
+    html = render_file(project, root / "issues" / "t.md").html
+    assert "Weg</a>" in html and "Abmelden" not in html
