@@ -295,7 +295,7 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
                 spam_score=inbound.spam_score,
                 received_at=now,
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key[0]  # type: ignore[index]
         if subscriber_id is not None and is_unsubscribe_request(inbound.text):
             from newsletter.events import apply_status, record
 

@@ -72,7 +72,7 @@ def issue_stats(engine: Engine, issue_id: int) -> dict[str, Any]:
         recipients = conn.execute(
             select(func.count()).where(d.c.issue_id == issue_id, d.c.state.in_(SENT_STATES))
         ).scalar_one()
-        per_event = dict(
+        per_event: dict[str, int] = dict(
             conn.execute(
                 select(e.c.event, func.count(distinct(e.c.subscriber_id)))
                 .where(e.c.issue_id == issue_id, e.c.subscriber_id.is_not(None))
@@ -91,10 +91,11 @@ def issue_stats(engine: Engine, issue_id: int) -> dict[str, Any]:
         ).scalar_one()
     counts: dict[str, int] = {"recipients": int(recipients)}
     for stat, names in EVENTS_FOR.items():
-        counts[stat] = sum(int(per_event.get(n, 0)) for n in names)
+        counts[stat] = 0
+        for name in names:
+            counts[stat] += int(per_event.get(name, 0))
     counts["unsubscribed"] = int(unsubscribed)
     counts["replied"] = int(replied)
-    # The ledger knows deliveries even when events came in before the issue row matched.
     delivered = counts["delivered"]
     rates: dict[str, float | None] = {}
     for stat in OVER_RECIPIENTS:

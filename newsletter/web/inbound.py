@@ -8,6 +8,7 @@ Attachment contents are counted, never kept: only their names and sizes are stor
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -21,23 +22,29 @@ class InboundFormError(ValueError):
     pass
 
 
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None
+    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+
 async def parse_inbound(content_type: str, stream: AsyncIterator[bytes]) -> RawInbound:
     kind, params = parse_options_header(content_type)
     if kind != b"multipart/form-data" or b"boundary" not in params:
         raise InboundFormError("expected multipart/form-data")
     fields: dict[str, bytes] = {}
     attachments: list[InboundAttachment] = []
-    state: dict[str, object] = {}
+    part = _Part()
     header_name = bytearray()
     header_value = bytearray()
     disposition = b""
 
     def on_part_begin() -> None:
-        nonlocal disposition
+        nonlocal disposition, part
         disposition = b""
-        state.clear()
-        state["data"] = bytearray()
-        state["size"] = 0
+        part = _Part()
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header_name.extend(data[start:end])
@@ -57,28 +64,25 @@ async def parse_inbound(content_type: str, stream: AsyncIterator[bytes]) -> RawI
         name = options.get(b"name")
         if name is None:
             raise InboundFormError("a part has no name")
-        state["name"] = name.decode("utf-8", "replace")
+        part.name = name.decode("utf-8", "replace")
         if b"filename" in options:
-            state["filename"] = options[b"filename"].decode("utf-8", "replace")
+            part.filename = options[b"filename"].decode("utf-8", "replace")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        if "filename" in state:
-            state["size"] = int(state["size"]) + (end - start)  # type: ignore[call-overload]
+        if part.filename is not None:
+            part.size += end - start  # attachment contents are counted, not kept
         else:
-            state["data"].extend(data[start:end])  # type: ignore[union-attr]
+            part.data.extend(data[start:end])
 
     def on_part_end() -> None:
         if len(fields) + len(attachments) >= MAX_FIELDS:
             raise InboundFormError("too many parts")
-        name = str(state["name"])
-        if "filename" in state:
+        if part.filename is not None:
             attachments.append(
-                InboundAttachment(
-                    field=name, filename=str(state["filename"]), size=int(state["size"])
-                )  # type: ignore[call-overload]
+                InboundAttachment(field=part.name, filename=part.filename, size=part.size)
             )
         else:
-            fields[name] = bytes(state["data"])  # type: ignore[arg-type]
+            fields[part.name] = bytes(part.data)
 
     ended = False
 
