@@ -255,7 +255,9 @@ class FakeSendGrid:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeSendGrid:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
