@@ -221,3 +221,16 @@ def test_screenshot_per_width(live, page, tmp_path: Path) -> None:
     assert png_size(tmp_path / "desktop.png")[0] == 1280
     # The centred frame may sit on a half pixel, which the clip rounds outwards.
     assert png_size(tmp_path / "phone-email.png")[0] in (375, 376)
+
+
+def test_reload_keeps_the_scroll_position(live, page) -> None:
+    server, issue = live
+    page.goto(server.url)
+    expect(email_body(page)).to_contain_text("Wir alle nutzen Facebook")
+    page.evaluate("window.scrollTo(0, 1500)")
+    assert page.evaluate("window.scrollY") == 1500
+    original = issue.read_text(encoding="utf-8")
+    save(issue, original.replace("Wir alle nutzen Facebook", "Wir alle nutzen Bluesky"))
+    expect(email_body(page)).to_contain_text("Wir alle nutzen Bluesky", timeout=RELOAD_TIMEOUT_MS)
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.scrollY") == 1500
