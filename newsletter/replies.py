@@ -133,8 +133,46 @@ def _header_text(value: str) -> str:
         return value
 
 
+def _from_mime(raw: RawInbound) -> RawInbound:
+    """Raw mode ("POST the raw, full MIME message"): turn the `email` field into the parsed
+    mode's fields, so both settings of Inbound Parse work."""
+    import email
+    import email.policy
+
+    message = email.message_from_bytes(raw.fields["email"], policy=email.policy.default)
+    fields: dict[str, bytes] = {}
+    for name in ("from", "to", "cc", "subject"):
+        value = message.get(name)
+        if value is not None:
+            fields[name] = str(value).encode("utf-8")
+    attachments: list[InboundAttachment] = []
+    for number, part in enumerate(message.iter_attachments(), start=1):  # type: ignore[attr-defined]
+        payload = part.get_payload(decode=True) or b""
+        attachments.append(
+            InboundAttachment(
+                field=f"attachment{number}",
+                filename=part.get_filename() or f"attachment{number}",
+                size=len(payload),
+            )
+        )
+    for kind in ("plain", "html"):
+        body = message.get_body(preferencelist=(kind,))  # type: ignore[attr-defined]
+        if body is not None:
+            try:
+                content = body.get_content()
+            except (LookupError, UnicodeDecodeError):
+                content = body.get_payload(decode=True).decode("utf-8", "replace")
+            fields["text" if kind == "plain" else "html"] = content.encode("utf-8")
+    for name in ("envelope", "spam_score"):
+        if name in raw.fields:
+            fields[name] = raw.fields[name]
+    return RawInbound(fields=fields, attachments=attachments)
+
+
 def decode(raw: RawInbound) -> Inbound:
     """Decode each field with the charset SendGrid names for it in `charsets`."""
+    if "email" in raw.fields and "from" not in raw.fields:
+        raw = _from_mime(raw)
     try:
         charsets = json.loads(raw.fields.get("charsets", b"{}").decode("utf-8", "replace"))
     except ValueError:

@@ -3,6 +3,7 @@ ECDSA P-256 key made here), against SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -213,6 +214,8 @@ def test_unsigned_forged_or_stale_posts_get_403_and_change_nothing(
         body = body.replace(b"spamreport", b"delivered!")
     elif change == "garbage_signature":
         headers["X-Twilio-Email-Event-Webhook-Signature"] = "not*base64=="
+    elif change == "not_der":  # valid base64, not an ECDSA signature: the helper raises
+        headers["X-Twilio-Email-Event-Webhook-Signature"] = base64.b64encode(b"hello").decode()
     elif change == "stale":
         headers = signer.headers(body, timestamp=int(time.time()) - 11 * 60)
     elif change == "future":

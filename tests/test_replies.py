@@ -251,3 +251,40 @@ def test_replies_cli_without_replies_and_unknown_id(project, cli):
     assert result.exit_code == 1 and "no reply with id 42" in result.output
     unknown = cli(project, "replies", "--issue", "nope")
     assert unknown.exit_code == 1 and "nope" in unknown.output
+
+
+def test_raw_mode_full_mime_message_is_understood(inbox):
+    from email.message import EmailMessage
+
+    proj, engine, anna, issue_id = inbox()
+    message = EmailMessage()
+    message["From"] = "Anna Müller <anna.mueller@example.de>"
+    message["To"] = "jens@example.com"
+    message["Subject"] = "AW: " + SUBJECT
+    message.set_content(REPLY_TEXT, charset="utf-8")
+    message.add_attachment(
+        b"%PDF" + b"0" * 96, maintype="application", subtype="pdf", filename="Notizen.pdf"
+    )
+    data = {"email": message.as_bytes(), "envelope": json.dumps({"to": ["jens@example.com"]})}
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.issue_id == issue_id and row.subscriber_id == anna.id
+    assert row.from_name == "Anna Müller" and "“sozialen”" in row.text
+    assert row.attachments == [{"name": "Notizen.pdf", "size": 100}]
+
+
+def test_forwarded_copy_never_relays_the_readers_html(inbox):
+    proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
+    with live_server(create_app(proj, engine)) as base:
+        assert (
+            post(
+                base, fields("Hi <script>alert(1)</script> <img src=x onerror=alert(2)>")
+            ).status_code
+            == 200
+        )
+    [copy] = list((proj.root / "outbox").glob("*.eml"))
+    mail = email.message_from_bytes(copy.read_bytes(), policy=email.policy.default)
+    html = mail.get_body(("html",)).get_content()
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -112,6 +112,6 @@ async def parse_inbound(content_type: str, stream: AsyncIterator[bytes]) -> RawI
     # A body cut short ends without its closing boundary.
     if not ended:
         raise InboundFormError("incomplete multipart body")
-    if "from" not in fields and "envelope" not in fields:
+    if not fields.keys() & {"from", "envelope", "email"}:
         raise InboundFormError("no `from` field; is this SendGrid Inbound Parse (not raw mode)?")
     return RawInbound(fields=fields, attachments=attachments)
