@@ -161,7 +161,8 @@ def _from_mime(raw: RawInbound) -> RawInbound:
             try:
                 content = body.get_content()
             except (LookupError, UnicodeDecodeError):
-                content = body.get_payload(decode=True).decode("utf-8", "replace")
+                payload = body.get_payload(decode=True)
+                content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
             fields["text" if kind == "plain" else "html"] = content.encode("utf-8")
     for name in ("envelope", "spam_score"):
         if name in raw.fields:
