@@ -163,17 +163,27 @@ def _template_error(exc: Exception, fallback: str) -> RenderError:
     if isinstance(exc, jinja2.TemplateSyntaxError):
         where = exc.filename or exc.name or fallback
         return RenderError(where, exc.lineno, f"template error: {exc.message}; fix the template")
-    if isinstance(exc, jinja2.TemplateNotFound):
-        return RenderError(
-            fallback, None, f"template {exc.name!r} not found; add it to the project's templates/"
-        )
     where, line = fallback, None
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if frame.filename.endswith(".j2"):
             where, line = frame.filename, frame.lineno
             break
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return RenderError(
+            where, line, f"template {exc.name!r} not found; add it to the project's templates/"
+        )
     message = getattr(exc, "message", None) or str(exc)
     return RenderError(where, line, f"template error: {message}; fix the template")
+
+
+def _mjml_source_name(project: Project) -> Path:
+    """The template to blame for invalid MJML: the project's own, else the built-in layout."""
+    from newsletter.project import builtin_templates_dir
+
+    for name in (HTML_TEMPLATE, "footer.mjml.j2"):
+        if (project.templates_dir / name).is_file():
+            return project.templates_dir / name
+    return builtin_templates_dir() / HTML_TEMPLATE
 
 
 def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
@@ -284,7 +294,9 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
         html = mjml.mjml2html(source, fonts=fonts)
     except Exception as exc:  # mjml-python raises plain exceptions for bad markup
         raise RenderError(
-            HTML_TEMPLATE, None, f"MJML could not render the template: {exc}; fix the template"
+            _mjml_source_name(project),
+            None,
+            f"MJML could not render the templates: {exc}; check that every tag is closed",
         ) from None
     html = _premailer(html)
     if not html.lstrip().lower().startswith("<!doctype"):

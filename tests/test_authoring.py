@@ -174,3 +174,32 @@ def test_help_lists_commands_and_each_has_an_example() -> None:
         assert result.exit_code == 0
         assert "Example:" in result.output, name
         assert "newsletter " + name in result.output.split("Example:")[1]
+
+
+@pytest.mark.parametrize(
+    ("footer", "where", "message"),
+    [
+        (
+            "<mj-section>\n{% include 'nope.j2' %}\n</mj-section>\n",
+            "footer.mjml.j2:2",
+            "'nope.j2' not found",
+        ),
+        (
+            "<mj-section><mj-column><mj-text><p>open</mj-text></mj-column></mj-section>\n",
+            "footer.mjml.j2",
+            "MJML could not render",
+        ),
+        ("<mj-section>\n{% if %}\n</mj-section>\n", "footer.mjml.j2:2", "template error"),
+    ],
+)
+def test_bad_custom_templates(
+    make_project: Callable[..., Path], cli, footer: str, where: str, message: str
+) -> None:
+    root = make_project(
+        issues={"x.md": "---\ntitle: X\n---\nHi\n"}, templates={"footer.mjml.j2": footer}
+    )
+    result = cli(root, "build", "x")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {root / 'templates' / where}: ")
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (root / "build").exists()

@@ -334,3 +334,14 @@ def test_new_override_is_picked_up_by_a_running_process(make_project: Callable[.
     )
     html = render_file(project, root / "issues" / "t.md").html
     assert "Weg</a>" in html and "Abmelden" not in html
+
+
+def test_subject_title_and_preheader_are_escaped_once(make_project: Callable[..., Path]) -> None:
+    text = '---\ntitle: "Tom & Jerry\'s <Show> „Grüße“"\npreheader: "A & B <c>"\n---\nBody.\n'
+    root = make_project(issues={"t.md": text})
+    rendered = render_file(Project.load(root), root / "issues" / "t.md")
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    assert soup.title.get_text() == "Tom & Jerry's <Show> „Grüße“"
+    assert soup.find("h1").get_text() == "Tom & Jerry's <Show> „Grüße“"
+    assert soup.body.find("div").get_text().strip() == "A & B <c>"
+    assert rendered.text.startswith("Tom & Jerry's <Show> „Grüße“\n")
