@@ -50,6 +50,7 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
     except IssueError as exc:
         return [Finding("error", exc.reason, exc.path, exc.line)]
 
+    findings += _config(project)
     findings += _front_matter(issue)
     findings += _links_and_images(issue)
     try:
@@ -60,6 +61,33 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
         findings += _expressions(rendered)
         findings += _template_and_size(project, rendered)
     return sorted(findings, key=lambda f: (f.severity != "error", str(f.path), f.line or 0))
+
+
+def _config(project: Project) -> list[Finding]:
+    """The example values `init` wrote must not reach readers."""
+    from newsletter.scaffold import PLACEHOLDER_ADDRESS, PLACEHOLDER_EMAIL
+
+    config = project.config
+    found = []
+    if config.postal_address == PLACEHOLDER_ADDRESS:
+        found.append(
+            Finding(
+                "warning",
+                "[newsletter] postal_address is still the example; put in your real address",
+                config.path,
+                None,
+            )
+        )
+    if config.from_email == PLACEHOLDER_EMAIL:
+        found.append(
+            Finding(
+                "warning",
+                "[newsletter] from_email is still the example; use your verified sender address",
+                config.path,
+                None,
+            )
+        )
+    return found
 
 
 def _front_matter(issue: Issue) -> list[Finding]:

@@ -10,13 +10,17 @@ from pathlib import Path
 from newsletter.errors import ConfigError, IssueError, NewsletterError
 from newsletter.issue import slugify
 
+#: What `init` writes until the author puts in their own; `check` warns about them.
+PLACEHOLDER_ADDRESS = "Street 1, 12345 City, Country"
+PLACEHOLDER_EMAIL = "you@example.com"
+
 CONFIG_TEMPLATE = """\
 # The newsletter's settings. Every key is described in docs/authoring.md.
 [newsletter]
 name = {name}
-from_email = "you@example.com"          # a sender verified in SendGrid
+from_email = "{email}"          # a sender verified in SendGrid
 from_name = {name}
-postal_address = "Street 1, 12345 City, Country"   # required by law in every email
+postal_address = "{address}"   # required by law in every email
 # base_url = "https://news.example.com"  # where `newsletter serve` is reachable
 language = "{language}"
 
@@ -128,7 +132,9 @@ def init_project(directory: Path, name: str, language: str) -> tuple[list[Path],
     quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     first_title = "Willkommen" if language == "de" else "Welcome"
     files = {
-        config: CONFIG_TEMPLATE.format(name=quoted, language=language),
+        config: CONFIG_TEMPLATE.format(
+            name=quoted, language=language, email=PLACEHOLDER_EMAIL, address=PLACEHOLDER_ADDRESS
+        ),
         directory / "issues" / f"{today.isoformat()}-{slugify(first_title)}.md": issue_text(
             first_title, language, today, slugify(first_title)
         ),

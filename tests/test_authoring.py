@@ -24,6 +24,10 @@ def test_init_scaffolds_a_project_that_builds(tmp_path: Path, cli) -> None:
     assert "Overriding templates" in (target / "templates" / "README.md").read_text(
         encoding="utf-8"
     )
+    checked = cli(target, "check", str(issues[0]))
+    assert checked.exit_code == 0
+    assert "postal_address is still the example" in checked.output
+    assert "from_email is still the example" in checked.output
     built = cli(target, "build", str(issues[0]))
     assert built.exit_code == 0, built.output
     html = (target / "build" / "willkommen.html").read_text(encoding="utf-8")
