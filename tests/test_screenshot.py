@@ -51,6 +51,7 @@ def test_screenshot_of_a_broken_issue_is_a_one_line_error(
 
 
 def test_missing_chromium_says_how_to_install_it(project: Path, cli, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("NEWSLETTER_CHROMIUM", raising=False)
     monkeypatch.setattr(browser_module, "DEFAULT_CHROMIUM", str(tmp_path / "no-chromium"))
     monkeypatch.setenv("PATH", str(tmp_path))
     result = cli(project, "screenshot", EXAMPLE_ISSUE.name, "-o", str(tmp_path / "shots"))
