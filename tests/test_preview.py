@@ -287,3 +287,16 @@ def test_watcher_rerenders_on_save_and_on_atomic_rename(
     temporary.write_text(good.replace("Wir alle nutzen", "Wir alle teilen"), encoding="utf-8")
     temporary.replace(example)
     wait_for(watching, lambda s: "Wir alle teilen" in s["html"])
+
+
+def test_jinja_error_in_the_body_names_the_issue_line(project: Path, example: Path) -> None:
+    good = example.read_text(encoding="utf-8")
+    broken = good.replace("Heute möchte ich", "{% if %} Heute möchte ich")
+    line = next(n for n, text in enumerate(broken.splitlines(), 1) if "{% if %}" in text)
+    with client_for(project, example) as client:
+        example.write_text(broken, encoding="utf-8")
+        state = rerender(client)
+        soup = page_of(client)
+    assert state["error"]["path"] == f"issues/{example.name}"
+    assert state["error"]["line"] == line
+    assert soup.select_one("#error-where").text == f"issues/{example.name}, line {line}"
