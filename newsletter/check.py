@@ -7,6 +7,7 @@ is reported as an error finding with its file and line.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -193,14 +194,42 @@ def _links_and_images(issue: Issue) -> list[Finding]:
             problem = _url_problem(str(token.attrGet("href") or ""), "link")
             if problem:
                 found.append(Finding(problem[0], problem[1], issue.path, at))
-        elif (
-            token.type == "html_inline"
-            and "<img" in token.content.lower()
-            and "alt=" not in token.content.lower()
-        ):
-            found.append(
-                Finding("warning", 'an <img> has no alt text; add alt="..."', issue.path, at)
-            )
+        elif token.type == "html_inline":
+            found += _raw_html(issue, token.content, at)
+    for token in tokens:
+        if token.type == "html_block" and token.map:
+            found += _raw_html(issue, token.content, issue.body_line + token.map[0])
+    return found
+
+
+_TAG_RE = re.compile(r"<(img|a)\b([^>]*)>", re.IGNORECASE)
+_ATTR_RE = re.compile(r"""\b(src|href|alt)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", re.IGNORECASE)
+
+
+def _raw_html(issue: Issue, html: str, first_line: int | None) -> list[Finding]:
+    """The same checks for <img> and <a> written as HTML in the Markdown."""
+    found = []
+    for tag in _TAG_RE.finditer(html):
+        at = first_line + html.count("\n", 0, tag.start()) if first_line is not None else None
+        attrs = {
+            m.group(1).lower(): m.group(2).strip("\"'") for m in _ATTR_RE.finditer(tag.group(2))
+        }
+        if tag.group(1).lower() == "img":
+            if not attrs.get("alt", "").strip():
+                found.append(
+                    Finding(
+                        "warning",
+                        'an <img> has no alt text; add alt="what it shows"',
+                        issue.path,
+                        at,
+                    )
+                )
+            url, kind = attrs.get("src", ""), "image"
+        else:
+            url, kind = attrs.get("href", ""), "link"
+        problem = _url_problem(url, kind) if url else None
+        if problem:
+            found.append(Finding(problem[0], problem[1], issue.path, at))
     return found
 
 

@@ -115,3 +115,18 @@ def test_unknown_front_matter_key(make_project: Callable[..., Path]) -> None:
     )
     assert [(f.severity, f.line) for f in found] == [("warning", 3)]
     assert "unknown front matter key `preheder`" in found[0].message
+
+
+def test_raw_html_images_and_links(make_project: Callable[..., Path]) -> None:
+    body = (
+        "Text with <img src='https://example.com/a.png'> inline.\n\n"  # line 5
+        "<div>\n"  # line 7
+        '<a href="http://localhost/x">local</a>\n'  # line 8
+        '<img src="https://example.com/b.png" alt="B">\n'
+        "</div>\n"
+    )
+    _, found = findings_for(make_project, GOOD_FRONT + body)
+    assert [(f.severity, f.line, f.message.split(";")[0]) for f in found] == [
+        ("error", 8, "link 'http://localhost/x' points to this computer"),
+        ("warning", 5, "an <img> has no alt text"),
+    ]
