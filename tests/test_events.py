@@ -329,3 +329,17 @@ def test_log_has_route_templates_but_no_secrets_or_addresses(setup, signer, capl
         signer.public_key,
     ):
         assert secret not in text
+
+
+def test_database_trouble_answers_503_so_sendgrid_retries(project, signer, caplog):
+    from sqlalchemy import text
+
+    proj = Project.load(project)
+    engine = open_engine(proj.database_url)  # SQLite
+    body = body_of([event("open", "x@example.de")])
+    app = create_app(proj, engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE events"))  # stands in for a broken or locked database
+    with live_server(app) as base:
+        response = httpx.post(base + URL, content=body, headers=signer.headers(body))
+    assert response.status_code == 503 and response.headers["retry-after"] == "60"

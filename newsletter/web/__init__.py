@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -316,7 +317,14 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
             batch = events.parse(body)
         except events.PayloadError as exc:
             return PlainTextResponse(f"Bad request: {exc}\n", status_code=400)
-        result = await run_in_threadpool(events.ingest, db, batch)
+        try:
+            result = await run_in_threadpool(events.ingest, db, batch)
+        except OperationalError as exc:
+            # Database busy or down: 503 makes SendGrid retry later (it does for 24 hours).
+            log.error("event ingest failed: %s", type(exc.orig).__name__)
+            return PlainTextResponse(
+                "Try again later\n", status_code=503, headers={"Retry-After": "60"}
+            )
         return PlainTextResponse(f"ok: {result.stored} stored, {result.duplicates} duplicates\n")
 
     # --- SendGrid Inbound Parse --------------------------------------------------------
@@ -333,7 +341,13 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
             raw = await parse_inbound(request.headers.get("content-type", ""), request.stream())
         except InboundFormError as exc:
             return PlainTextResponse(f"Bad request: {exc}\n", status_code=400)
-        stored = await run_in_threadpool(replies.receive, project, db, raw)
+        try:
+            stored = await run_in_threadpool(replies.receive, project, db, raw)
+        except OperationalError as exc:
+            log.error("storing a reply failed: %s", type(exc.orig).__name__)
+            return PlainTextResponse(
+                "Try again later\n", status_code=503, headers={"Retry-After": "60"}
+            )
         return PlainTextResponse(f"ok: reply {stored.id}\n")
 
     # --- web version of an issue ---------------------------------------------------------
