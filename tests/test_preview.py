@@ -300,3 +300,14 @@ def test_jinja_error_in_the_body_names_the_issue_line(project: Path, example: Pa
     assert state["error"]["path"] == f"issues/{example.name}"
     assert state["error"]["line"] == line
     assert soup.select_one("#error-where").text == f"issues/{example.name}, line {line}"
+
+
+def test_a_burst_of_saves_renders_once_or_twice(watching: TestClient, example: Path) -> None:
+    state = watching.app.state.hub.state  # type: ignore[attr-defined]
+    good = example.read_text(encoding="utf-8")
+    before = state.renders
+    for n in range(10):
+        example.write_text(good.replace("Wir alle nutzen", f"Entwurf {n}:"), encoding="utf-8")
+    wait_for(watching, lambda s: "Entwurf 9:" in s["html"])
+    time.sleep(0.3)  # anything still queued would render by now
+    assert 1 <= state.renders - before <= 2

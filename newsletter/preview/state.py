@@ -182,6 +182,7 @@ class PreviewState:
         self.issue_path = issue_path
         self.subscriber = subscriber
         self.snapshot = Snapshot()
+        self.renders = 0  # how many times the pipeline ran (bursts of saves count once)
         self._lock = threading.Lock()
 
     def refresh(self, forget_templates: bool = False) -> Snapshot:
@@ -194,6 +195,7 @@ class PreviewState:
             if forget_templates:
                 forget_compiled_templates(self.project_root)
             version = self.snapshot.version + 1
+            self.renders += 1
             try:
                 snapshot = render_snapshot(
                     self.project_root, self.issue_path, self.subscriber, version
