@@ -66,6 +66,10 @@ def test_page_shows_the_email_as_an_inbox_would(live, page) -> None:
     expect(email_body(page)).to_contain_text("Menschen außerhalb der EU")
     expect(email_body(page)).to_contain_text("Hallo Alex")  # the sample subscriber
     expect(page.locator("#error")).to_be_hidden()
+    assert page.locator("#email").evaluate("f => f.clientWidth") >= 600
+    # Desktop stays desktop in a narrow window (the stage scrolls instead).
+    page.set_viewport_size({"width": 700, "height": 900})
+    assert page.locator("#email").evaluate("f => f.clientWidth") >= 600
 
 
 def test_phone_width_has_no_horizontal_overflow(live, page, tmp_path: Path) -> None:
