@@ -52,13 +52,13 @@ STRINGS: dict[str, dict[str, str]] = {
     "de": {
         "unsubscribe": "Abmelden",
         "view_in_browser": "Im Browser ansehen",
-        "reason": "Du bekommst diese E-Mail, weil du diesen Newsletter abonniert hast.",
+        "reason": "Du bekommst diese E-Mail, weil du „{name}“ abonniert hast.",
         "image": "Bild",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
         "view_in_browser": "View in browser",
-        "reason": "You are receiving this email because you subscribed to this newsletter.",
+        "reason": "You are receiving this email because you subscribed to “{name}”.",
         "image": "Image",
     },
 }
@@ -247,7 +247,7 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
         if issue.preheader
         else _first_paragraph(tokens)
     )
-    strings = STRINGS[issue.language]
+    strings = {k: v.format(name=config.name) for k, v in STRINGS[issue.language].items()}
     theme = dict(config.theme)
     font_family = theme["font_family"]
     if theme.get("web_font_name") and theme.get("web_font_url"):

@@ -27,7 +27,7 @@ def _shown(path: Path) -> str:
     help="Default language of issues (footer wording).",
 )
 def init(directory: Path, name: str, language: str) -> None:
-    """Create a project folder with a sample issue; never overwrites.
+    """Create a project with a sample issue; never overwrites.
 
     Writes newsletter.toml, issues/ with a sample issue and templates/README.md.
     Refuses when DIRECTORY already holds a newsletter.toml; keeps any existing file.
@@ -91,9 +91,10 @@ def new(title: str, date: datetime.datetime | None, language: str | None) -> Non
     help="Folder for the files (default: build/ in the project).",
 )
 def build(issue: str, output: Path | None) -> None:
-    """Render ISSUE to HTML and plain-text files for a sample subscriber.
+    """Render ISSUE to an HTML and a text file, as a reader sees it.
 
-    Writes DIR/<slug>.html and DIR/<slug>.txt and prints both paths.
+    Writes DIR/<slug>.html and DIR/<slug>.txt, personalized for a sample
+    subscriber, and prints both paths.
 
     \b
     Example:
