@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -92,6 +93,16 @@ def unsubscribe_url(
     """`base_url/unsubscribe/TOKEN`; without a base_url, a placeholder host that says so."""
     base = (base_url or "https://set-base_url-in-newsletter.toml.invalid").rstrip("/")
     return f"{base}/unsubscribe/{make_token(UNSUBSCRIBE, subscriber_id, issue_id, key=key)}"
+
+
+def unsubscribe_url_maker(
+    base_url: str | None, issue_id: int | None, *, key: str
+) -> Callable[[int], str]:
+    """`unsubscribe_url` for many subscribers of one issue: builds the serializer once
+    (a bulk send makes one URL per recipient). Same URLs as `unsubscribe_url`."""
+    base = (base_url or "https://set-base_url-in-newsletter.toml.invalid").rstrip("/")
+    serializer = URLSafeSerializer(key, salt=UNSUBSCRIBE)
+    return lambda subscriber_id: f"{base}/unsubscribe/{serializer.dumps([subscriber_id, issue_id])}"
 
 
 def reply_address(domain: str, issue_id: int, *, key: str) -> str:

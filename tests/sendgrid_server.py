@@ -28,6 +28,7 @@ In a test (pytest fixture `sendgrid_server` in tests that import it, or by hand)
 As a separate process (the kill -9 test, the benchmark)::
 
     python -m tests.sendgrid_server --port 0 --log FILE [--key KEY] [--sender ADDR]... [--delay S]
+                                    [--log-recipients-only]
 
 prints `PORT <n>` on its first line of stdout once it listens, appends one JSON line per
 accepted mail request to FILE (the payload plus "_message_id"), and keeps nothing in memory.
@@ -226,8 +227,10 @@ class FakeSendGrid:
         log_path: Path | str | None = None,
         port: int = 0,
         delay: float = 0.0,
+        log_recipients_only: bool = False,
     ) -> None:
         self.api_key = api_key
+        self.log_recipients_only = log_recipients_only
         self.verified_senders = {s.lower() for s in verified_senders}
         self.log_path = Path(log_path) if log_path else None
         self.delay = delay
@@ -286,6 +289,11 @@ class FakeSendGrid:
 
     def record(self, body: dict[str, Any], message_id: str) -> None:
         entry = {**body, "_message_id": message_id}
+        if self.log_recipients_only:
+            entry = {
+                "_message_id": message_id,
+                "personalizations": [{"to": p["to"]} for p in body["personalizations"]],
+            }
         with self._lock:
             if self._log:
                 self._log.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -493,6 +501,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", default="SG.test-key")
     parser.add_argument("--sender", action="append", default=None)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument(
+        "--log-recipients-only", action="store_true", help="log only each personalization's `to`"
+    )
     args = parser.parse_args(argv)
     server = FakeSendGrid(
         api_key=args.key,
@@ -500,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         log_path=args.log,
         port=args.port,
         delay=args.delay,
+        log_recipients_only=args.log_recipients_only,
     )
     print(f"PORT {server.port}", flush=True)
     try:

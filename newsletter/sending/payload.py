@@ -100,15 +100,23 @@ def _size(value: Mapping[str, str]) -> int:
     return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
 
 
+def _surely_small(values: Mapping[str, str], limit: int) -> bool:
+    # JSON-escaped UTF-8 is at most 6 bytes a character (+6 per pair for quotes and ": ,"):
+    # below that bound the exact (slower) size does not matter.
+    chars = sum(len(k) + len(v) + 1 for k, v in values.items())
+    return 6 * chars + 2 < limit
+
+
 def personalization_problem(p: Mapping[str, Any]) -> str | None:
     """Why SendGrid would refuse this personalization (too-large fields), or None."""
     subs = p.get("substitutions") or {}
-    if _size(subs) >= MAX_SUBSTITUTION_BYTES:
+    if not _surely_small(subs, MAX_SUBSTITUTION_BYTES) and _size(subs) >= MAX_SUBSTITUTION_BYTES:
         return (
             f"the personal values for {p['to'][0]['email']} exceed SendGrid's "
             f"{MAX_SUBSTITUTION_BYTES}-byte substitution limit; shorten that subscriber's fields"
         )
-    if _size(p.get("custom_args") or {}) >= MAX_CUSTOM_ARGS_BYTES:
+    args = p.get("custom_args") or {}
+    if not _surely_small(args, MAX_CUSTOM_ARGS_BYTES) and _size(args) >= MAX_CUSTOM_ARGS_BYTES:
         return f"custom_args for {p['to'][0]['email']} exceed {MAX_CUSTOM_ARGS_BYTES} bytes"
     return None
 

@@ -214,7 +214,7 @@ def run_send(
 ) -> SendReport:
     """Send the issue to the segment (or, with --resume, to whoever has not had it)."""
     from newsletter.store.engine import project_engine
-    from newsletter.tokens import secret_key, unsubscribe_url
+    from newsletter.tokens import secret_key, unsubscribe_url_maker
 
     engine = project_engine(project)
     rendered = prepared.rendered
@@ -261,8 +261,7 @@ def run_send(
             options,
             report,
             issue_id,
-            key,
-            unsubscribe_url,
+            unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
             reply_to_for(project, issue_id),
             batch_id,
             progress,
@@ -290,8 +289,7 @@ def _send_batches(
     options: SendOptions,
     report: SendReport,
     issue_id: int,
-    key: str,
-    unsubscribe_url: Callable[..., str],
+    unsubscribe_url: Callable[[int], str],
     reply_to: str,
     batch_id: str | None,
     progress: Callable[[SendReport], None] | None,
@@ -308,7 +306,6 @@ def _send_batches(
         batch_id=batch_id,
     )
     rendered = prepared.rendered
-    base_url = project.config.base_url
     use_ledger = report.ledger
     send_id = report.send_id
     pending: dict[Future[Outcome], tuple[int, list[int]]] = {}
@@ -375,7 +372,7 @@ def _send_batches(
             for sub, has_row in _candidates(engine, issue_id, options, use_ledger):
                 if report.error:
                     break
-                url = unsubscribe_url(base_url, sub.id, issue_id, key=key)
+                url = unsubscribe_url(sub.id)
                 p = personalization(
                     email=sub.email,
                     name=sub.name,

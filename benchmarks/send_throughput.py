@@ -1,0 +1,154 @@
+"""Send throughput and memory: `newsletter send` to N subscribers through the fake SendGrid
+server running as a separate process on 127.0.0.1.
+
+    python benchmarks/send_throughput.py                  # 100,000 recipients
+    python benchmarks/send_throughput.py --count 1000000  # one big run
+    python benchmarks/send_throughput.py --curve          # 100k, 250k, 500k, 1M: memory curve
+
+Prints, per run: recipients, wall time of the whole `newsletter send --yes` process (start-up,
+check, render, streaming, HTTP, ledger), recipients/s, and that process's peak RSS (wait4).
+Targets: 100,000 in <= 10 s (>= 10,000/s), peak RSS <= 150 MB, flat as the list grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import CONFIG, EXAMPLE_ISSUE  # noqa: E402
+
+KEY = "SG.benchmark-key"
+
+
+def make_project(root: Path, count: int) -> str:
+    from sqlalchemy import insert
+
+    from newsletter.store.engine import dispose_all, open_engine
+    from newsletter.store.schema import subscribers
+
+    (root / "issues").mkdir(parents=True)
+    (root / "newsletter.toml").write_text(CONFIG, "utf-8")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    url = f"sqlite:///{root / 'newsletter.db'}"
+    engine = open_engine(url)
+    stamp = datetime.now(UTC)
+    chunk = 10000
+    with engine.begin() as conn:
+        for start in range(0, count, chunk):
+            conn.execute(
+                insert(subscribers),
+                [
+                    {
+                        "email": f"leser{i}@example.org",
+                        "email_key": f"leser{i}@example.org",
+                        "name": f"Leser Nummer {i}",
+                        "first_name": "Jörg" if i % 2 else '<b>Tom & "Jerry"</b>',
+                        "last_name": "Müller",
+                        "status": "subscribed",
+                        "fields": {},
+                        "source": "benchmark",
+                        "created_at": stamp,
+                        "updated_at": stamp,
+                    }
+                    for i in range(start, min(start + chunk, count))
+                ],
+            )
+    dispose_all()
+    return url
+
+
+def start_server(log: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sendgrid_server", "--port", "0", "--log", str(log),
+         "--key", KEY, "--log-recipients-only"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def count_logged(log: Path) -> tuple[int, int]:
+    people = requests = 0
+    with open(log, encoding="utf-8") as f:
+        for line in f:
+            requests += 1
+            people += len(json.loads(line)["personalizations"])
+    return people, requests
+
+
+def run(count: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="send-bench-"))
+    try:
+        t = time.perf_counter()
+        url = make_project(tmp / "project", count)
+        insert_s = time.perf_counter() - t
+        log = tmp / "sendgrid.log"
+        server, host = start_server(log)
+        env = {
+            **os.environ,
+            "SENDGRID_API_KEY": KEY,
+            "SENDGRID_API_HOST": host,
+            "NEWSLETTER_SECRET_KEY": "benchmark-secret",
+            "NEWSLETTER_DATABASE_URL": url,
+        }
+        try:
+            t = time.perf_counter()
+            child = subprocess.Popen(
+                [sys.executable, "-m", "newsletter", "--project", str(tmp / "project"), "send",
+                 EXAMPLE_ISSUE.stem, "--yes", "--quiet"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            output = child.stdout.read()  # type: ignore[union-attr]
+            _, status, usage = os.wait4(child.pid, 0)
+            seconds = time.perf_counter() - t
+        finally:
+            server.terminate()
+            server.wait()
+        if status != 0:
+            raise SystemExit(f"send failed:\n{output}")
+        people, requests = count_logged(log)
+        assert people == count, (people, count)
+        return {
+            "recipients": count,
+            "requests": requests,
+            "insert_s": insert_s,
+            "seconds": seconds,
+            "per_second": count / seconds,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--curve", action="store_true", help="100k, 250k, 500k and 1M")
+    args = parser.parse_args()
+    counts = [100_000, 250_000, 500_000, 1_000_000] if args.curve else [args.count]
+    print(
+        f"{'recipients':>10} {'requests':>8} {'send s':>7} {'recipients/s':>12} {'peak RSS MB':>11}"
+    )
+    for n in counts:
+        r = run(n)
+        print(
+            f"{r['recipients']:>10,} {r['requests']:>8} {r['seconds']:>7.2f} "
+            f"{r['per_second']:>12,.0f} {r['cpu_s']:>6.2f} {r['peak_rss_mb']:>11.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
