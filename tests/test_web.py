@@ -254,3 +254,29 @@ def test_oversized_form_gets_413(site):
     response = client.post("/subscribe", data={"email": "a@example.de", "name": "x" * 1_100_000})
     assert response.status_code == 413
     assert find_subscriber(engine, "a@example.de") is None
+
+
+def test_unexpected_errors_are_a_bare_500_and_logged_without_details(project, caplog):
+    import logging
+
+    from sqlalchemy import text
+
+    proj = Project.load(project)
+    engine = open_engine(proj.database_url)
+    anna = add_subscriber(engine, "anna.geheim@example.de")
+    token = unsubscribe_token(anna.id, None)
+    client = TestClient(create_app(proj, engine), raise_server_exceptions=False)
+    with engine.begin() as conn:
+        conn.execute(text("PRAGMA foreign_keys=OFF"))
+        conn.execute(text("DROP TABLE subscribers"))  # something nobody planned for
+    caplog.set_level(logging.INFO)
+    response = client.post(f"/unsubscribe/{token}")
+    assert response.status_code == 500 and response.text == "Internal Server Error\n"
+    server_log = "\n".join(
+        f"{r.getMessage()} {r.exc_text or ''}"
+        for r in caplog.records
+        if not r.name.startswith(("httpx", "httpcore"))  # the test client's own log
+    )
+    assert "unhandled OperationalError" in server_log
+    assert "POST /unsubscribe/{token} 500" in server_log
+    assert token not in server_log and "subscribers" not in server_log

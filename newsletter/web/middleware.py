@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.routing import Match, Router
@@ -104,10 +106,28 @@ class RequestLogMiddleware:
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["started"] = True
             await send(message)
 
         try:
             await self.app(scope, receive, recording_send)
+        except Exception as exc:
+            # Exception messages may hold personal data (SQL parameters, addresses), so the
+            # log gets the type and where it happened, not the message; the client a bare 500.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "unhandled %s at %s:%s", type(exc).__name__, Path(frame.filename).name, frame.lineno
+            )
+            if not status.get("started"):
+                status["code"] = 500
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"Internal Server Error\n"})
         finally:
             log.info(
                 "%s %s %s %.1fms",
