@@ -19,29 +19,21 @@ from newsletter.errors import StoreError
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 # Domain labels: letters, digits, inner hyphens; the TLD is 2-63 letters. Labels containing
 # "--" are left to email-validator (xn-- punycode must be decoded to Unicode).
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_FAST = re.compile(rf"({_ATEXT}+(?:\.{_ATEXT}+)*)@((?:{_LABEL}\.)+[a-z]{{2,63}})")
-_SPECIAL = tuple(SPECIAL_USE_DOMAIN_NAMES)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_FAST = re.compile(rf"({_ATEXT}{{1,64}}(?:\.{_ATEXT}+)*)@((?:{_LABEL}\.)+([A-Za-z]{{2,63}}))")
+_SPECIAL = frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def _fast(address: str) -> str | None:
     """The normalized address if it is plainly valid, else None (ask email-validator)."""
-    if len(address) > 254:
-        return None
-    at = address.rfind("@")
-    if at < 1 or at > 64:  # local part of 1..64 characters
-        return None
-    candidate = address[:at] + "@" + address[at + 1 :].lower()
-    match = _FAST.fullmatch(candidate)
-    if match is None:
+    match = _FAST.fullmatch(address)
+    if match is None or len(address) > 254 or match.end(1) > 64:
         return None
     domain = match.group(2)
-    if "--" in domain:
+    # Punycode (xn--) must be decoded by email-validator; reserved TLDs are refused by it.
+    if "--" in domain or match.group(3).lower() in _SPECIAL:
         return None
-    for special in _SPECIAL:
-        if domain == special or domain.endswith("." + special):
-            return None
-    return candidate
+    return address[: match.start(2)] + domain.lower()
 
 
 def normalize_email(address: str) -> str:

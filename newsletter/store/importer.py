@@ -23,7 +23,9 @@ import csv
 import io
 import itertools
 import json
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, func, select, text, update
 
 from newsletter.errors import ImportFileError, StoreError
+from newsletter.store.emails import _fast as _fast_email
 from newsletter.store.emails import normalize_email
 from newsletter.store.formats import (
     OWN_COLUMNS,
@@ -47,7 +50,7 @@ from newsletter.store.schema import STATUSES, subscriber_tags, subscribers
 from newsletter.store.subscribers import STOPPED, normalize_tags
 
 #: Rows per transaction: big enough for executemany to pay off, small enough to bound memory.
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 20_000
 #: Rejects kept in memory for the report; all of them go to the rejects file.
 REPORT_REJECTS = 1000
 #: Bound parameters per IN (...) lookup, under every engine's limit.
@@ -199,35 +202,56 @@ def _plan(fmt: Format, headings: list[str]) -> list[tuple[int, str]]:
 
 
 def _incoming_from_values(
-    line: int, values: Iterable[tuple[str, str]], fmt: Format
+    line: int, values: list[tuple[str, str]], fmt: Format
 ) -> Incoming | Reject:
-    """Build an Incoming from (target, value) pairs; email first."""
-    inc: Incoming | None = None
+    """Build an Incoming from (target, value) pairs, email first (JSON rows)."""
+    plan = [(i, target) for i, (target, _) in enumerate(values)]
+    return _incoming_from_row(line, [v for _, v in values], plan, fmt)
+
+
+def _incoming_from_row(
+    line: int, row: list[str], plan: list[tuple[int, str]], fmt: Format
+) -> Incoming | Reject:
+    """Build an Incoming from a CSV row; `plan[0]` is the email column. This is the hot
+    loop of a large import, so the common targets are handled inline."""
+    n = len(row)
+    index, target = plan[0]
+    if target != "email":
+        return Reject(line, "", "the file has no email column")
     unquote = fmt.unquote_formulas
-    for target, raw in values:
-        value = raw.strip()
-        if unquote:
-            value = _unquote(value)
-        if inc is None:
-            if target != "email":
-                return Reject(line, "", "the file has no email column")
-            if not value:
-                return Reject(line, "", "no email address in this row")
-            try:
-                address = normalize_email(value)
-            except StoreError as exc:
-                reason = str(exc)
-                return Reject(line, value, reason)
-            inc = Incoming(line, address, address.lower(), status=fmt.file_status)
+    value = row[index].strip() if index < n else ""
+    if unquote:
+        value = _unquote(value)
+    if not value:
+        return Reject(line, "", "no email address in this row")
+    address = _fast_email(value)
+    if address is None:
+        try:
+            address = normalize_email(value)
+        except StoreError as exc:
+            return Reject(line, value, str(exc))
+    inc = Incoming(line, address, address.lower(), status=fmt.file_status)
+    for index, target in plan[1:]:
+        if index >= n:
             continue
+        value = row[index].strip()
         if not value:
             continue
-        try:
-            _apply(inc, target, value)
-        except ValueError as exc:
-            return Reject(line, inc.email, str(exc))
-    if inc is None:
-        return Reject(line, "", "no email address in this row")
+        if unquote:
+            value = _unquote(value)
+        if target == "first_name":
+            inc.first_name = value
+        elif target == "last_name":
+            inc.last_name = value
+        elif target == "tags" and "," not in value:
+            if len(value) > 100:
+                return Reject(line, address, f"tag {value[:20]!r}... is longer than 100 characters")
+            inc.tags.add(value)
+        else:
+            try:
+                _apply(inc, target, value)
+            except (ValueError, StoreError) as exc:
+                return Reject(line, address, str(exc))
     return inc
 
 
@@ -342,9 +366,7 @@ def _csv_rows(
                     row,
                 )
                 continue
-            n = len(row)
-            values = [(target, row[i] if i < n else "") for i, target in plan]
-            yield line, _incoming_from_values(line, values, fmt), row
+            yield line, _incoming_from_row(line, row, plan, fmt), row
 
     return headings, fmt, rows()
 
@@ -568,35 +590,43 @@ def import_file(
 
         with engine.connect() as probe:
             initially_empty = probe.execute(select(subscribers.c.id).limit(1)).first() is None
-        new_keys: set[str] = set()
+        new_keys: set[int] = set()
 
-        chunk: dict[str, Incoming] = {}
-        for line, item, row in rows:
-            result.rows += 1
-            if isinstance(item, Reject):
-                result.reject(item.line, item.email, item.reason)
-                if reject_writer is not None:
-                    reject_writer.writerow([*row, line, item.reason])
-                continue
-            if extra_tags:
-                item.tags |= extra_tags
-            earlier = chunk.get(item.key)
-            if earlier is not None:
-                _merge(earlier, item)
-                result.duplicates += 1
-            else:
-                chunk[item.key] = item
-            if len(chunk) >= chunk_rows:
-                _write_chunk(
-                    engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
-                )
-                chunk = {}
-                if progress is not None:
-                    progress(counter.count if not is_json else total, total)
-        if chunk:
+        merged = 0
+
+        def chunks() -> Iterator[dict[str, Incoming]]:
+            # Runs in the reader thread: parse, reject, merge duplicates within a chunk.
+            nonlocal merged
+            chunk: dict[str, Incoming] = {}
+            for line, item, row in rows:
+                result.rows += 1
+                if isinstance(item, Reject):
+                    result.reject(item.line, item.email, item.reason)
+                    if reject_writer is not None:
+                        reject_writer.writerow([*row, line, item.reason])
+                    continue
+                if extra_tags:
+                    item.tags |= extra_tags
+                earlier = chunk.get(item.key)
+                if earlier is not None:
+                    _merge(earlier, item)
+                    merged += 1
+                else:
+                    chunk[item.key] = item
+                if len(chunk) >= chunk_rows:
+                    yield chunk
+                    chunk = {}
+            if chunk:
+                yield chunk
+
+        # Parsing (Python) overlaps with SQLite's inserts (which release the GIL).
+        for chunk in _prefetch(chunks()):
             _write_chunk(
                 engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
             )
+            if progress is not None:
+                progress(counter.count if not is_json else total, total)
+        result.duplicates += merged
         if progress is not None:
             progress(total, total)
     except UnicodeDecodeError as exc:  # pragma: no cover - detect_encoding checked the file
@@ -611,99 +641,97 @@ def import_file(
     return result
 
 
+def _prefetch(source: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """Iterate `source` in a background thread, at most `depth` items ahead (bounded
+    memory); its exceptions are raised here."""
+    done = object()
+    box: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in source:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer
+            put(_Failure(exc))
+
+    thread = threading.Thread(target=run, name="import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = box.get()
+            if item is done:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    exc: BaseException
+
+
 def _write_chunk(
     engine: Engine,
     chunk: dict[str, Incoming],
     result: ImportResult,
-    new_keys: set[str],
+    new_keys: set[int],
     initially_empty: bool,
     resubscribe: bool,
     source_name: str,
     fmt: Format,
 ) -> None:
-    """Merge one chunk into the database in one transaction (or only count it: dry run)."""
+    """Merge one chunk into the database in one transaction (or only count it: dry run).
+
+    `new_keys` holds hash(email_key) of every address this run added. It is only a
+    hint: a hit is checked against the database (a real run), so a hash collision can
+    cost a lookup but never a wrong merge. With a list that was empty at the start,
+    misses need no lookup at all, which is what makes a first big import fast.
+    """
     literal_times = fmt.name.startswith("newsletter")
     stamp = datetime.now(UTC)
+    dry_run = result.dry_run
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
-            # Which keys may already be in the database?
-            lookup = [k for k in chunk if k in new_keys] if initially_empty else list(chunk)
-            if result.dry_run:
-                # Nothing of this run is in the database; repeats of new rows are duplicates.
-                repeats = [k for k in lookup if k in new_keys]
-                result.duplicates += len(repeats)
-                lookup = [k for k in lookup if k not in new_keys]
-            current = _fetch_current(conn, lookup) if lookup else {}
-
             writer = _Writer(conn)
-            fresh = [
-                inc
-                for key, inc in chunk.items()
-                if key not in current and not (result.dry_run and key in new_keys)
-            ]
-            if fresh:
-                ids = [0] * len(fresh) if result.dry_run else writer.allocate_ids(len(fresh))
-                stamp_db = writer.time(stamp)
-                rows: list[tuple[Any, ...]] = []
-                tag_rows: list[tuple[int, str]] = []
-                for sid, inc in zip(ids, fresh, strict=True):
-                    status = _resolve_status(None, inc.status, resubscribe)
-                    created = inc.created_at or stamp
-                    if literal_times:
-                        confirmed = inc.confirmed_at
-                        unsubscribed = inc.unsubscribed_at
-                    else:
-                        confirmed = inc.confirmed_at or (
-                            created if status == "subscribed" else None
-                        )
-                        unsubscribed = inc.unsubscribed_at or (stamp if status in STOPPED else None)
-                    rows.append(
-                        (
-                            sid,
-                            inc.email,
-                            inc.key,
-                            inc.name,
-                            inc.first_name,
-                            inc.last_name,
-                            status,
-                            json.dumps(inc.fields, ensure_ascii=False) if inc.fields else "{}",
-                            inc.source or source_name,
-                            stamp_db if inc.created_at is None else writer.time(created),
-                            stamp_db,
-                            writer.time(confirmed),
-                            writer.time(unsubscribed),
-                            inc.reason if status in STOPPED else None,
-                        )
-                    )
-                    for tag in inc.tags:
-                        tag_rows.append((sid, tag))
-                    new_keys.add(inc.key)
-                result.new += len(fresh)
-                if not result.dry_run:
-                    writer.insert(rows, tag_rows)
+            lookup = list(chunk)
+            if initially_empty:
+                lookup = [k for k in lookup if hash(k) in new_keys]
+            if dry_run:
+                # Nothing of this run is in the database; repeats of new rows are duplicates.
+                repeats = {k for k in lookup if hash(k) in new_keys}
+                result.duplicates += len(repeats)
+                lookup = [k for k in lookup if k not in repeats]
+            else:
+                repeats = set()
+            found: set[str] = set()
+            for start in range(0, len(lookup), LOOKUP_BATCH):
+                current = _fetch_current(conn, lookup[start : start + LOOKUP_BATCH])
+                found.update(current)
+                _update_existing(conn, writer, chunk, current, result, new_keys, resubscribe, stamp)
 
-            for key, record in current.items():
-                inc = chunk[key]
-                values, more_tags, kept_stop = _changes(record, inc, resubscribe, stamp)
-                repeat = key in new_keys
-                if repeat:
-                    result.duplicates += 1
-                elif values or more_tags:
-                    result.updated += 1
-                else:
-                    result.unchanged += 1
-                if kept_stop and not repeat:
-                    result.kept_stopped += 1
-                if result.dry_run or not (values or more_tags):
-                    continue
-                values["updated_at"] = stamp
-                conn.execute(
-                    update(subscribers).where(subscribers.c.id == record["id"]).values(**values)
+            fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
+            if fresh:
+                _insert_fresh(
+                    writer, fresh, result, new_keys, resubscribe, source_name, stamp, literal_times
                 )
-                if more_tags:
-                    writer.insert([], [(record["id"], tag) for tag in sorted(more_tags)])
-            if result.dry_run:
+            if dry_run:
                 transaction.rollback()
             else:
                 transaction.commit()
@@ -711,3 +739,85 @@ def _write_chunk(
             if transaction.is_active:
                 transaction.rollback()
             raise
+
+
+def _insert_fresh(
+    writer: _Writer,
+    fresh: list[Incoming],
+    result: ImportResult,
+    new_keys: set[int],
+    resubscribe: bool,
+    source_name: str,
+    stamp: datetime,
+    literal_times: bool,
+) -> None:
+    ids = [0] * len(fresh) if result.dry_run else writer.allocate_ids(len(fresh))
+    stamp_db = writer.time(stamp)
+    time = writer.time
+    rows: list[tuple[Any, ...]] = []
+    tag_rows: list[tuple[int, str]] = []
+    for sid, inc in zip(ids, fresh, strict=True):
+        status = _resolve_status(None, inc.status, resubscribe)
+        stopped = status in STOPPED
+        created = inc.created_at or stamp
+        if literal_times:
+            confirmed, unsubscribed = inc.confirmed_at, inc.unsubscribed_at
+        else:
+            confirmed = inc.confirmed_at or (created if status == "subscribed" else None)
+            unsubscribed = inc.unsubscribed_at or (stamp if stopped else None)
+        created_db = stamp_db if created is stamp else time(created)
+        rows.append(
+            (
+                sid,
+                inc.email,
+                inc.key,
+                inc.name,
+                inc.first_name,
+                inc.last_name,
+                status,
+                json.dumps(inc.fields, ensure_ascii=False) if inc.fields else "{}",
+                inc.source or source_name,
+                created_db,
+                stamp_db,
+                created_db if confirmed is created else time(confirmed),
+                stamp_db if unsubscribed is stamp else time(unsubscribed),
+                inc.reason if stopped else None,
+            )
+        )
+        for tag in inc.tags:
+            tag_rows.append((sid, tag))
+        new_keys.add(hash(inc.key))
+    result.new += len(fresh)
+    if not result.dry_run:
+        writer.insert(rows, tag_rows)
+
+
+def _update_existing(
+    conn: Connection,
+    writer: _Writer,
+    chunk: dict[str, Incoming],
+    current: dict[str, dict[str, Any]],
+    result: ImportResult,
+    new_keys: set[int],
+    resubscribe: bool,
+    stamp: datetime,
+) -> None:
+    for key, record in current.items():
+        inc = chunk[key]
+        values, more_tags, kept_stop = _changes(record, inc, resubscribe, stamp)
+        # An address this run added earlier (a duplicate further down the file).
+        repeat = hash(key) in new_keys
+        if repeat:
+            result.duplicates += 1
+        elif values or more_tags:
+            result.updated += 1
+        else:
+            result.unchanged += 1
+        if kept_stop and not repeat:
+            result.kept_stopped += 1
+        if result.dry_run or not (values or more_tags):
+            continue
+        values["updated_at"] = stamp
+        conn.execute(update(subscribers).where(subscribers.c.id == record["id"]).values(**values))
+        if more_tags:
+            writer.insert([], [(record["id"], tag) for tag in sorted(more_tags)])
