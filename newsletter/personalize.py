@@ -88,9 +88,13 @@ class Expression:
 
 @lru_cache(maxsize=1)
 def expression_environment() -> jinja2.Environment:
+    """The environment that compiles body expressions."""
     # Values are escaped per part afterwards (HTML-escaped in the HTML, raw in the text),
-    # so the expressions themselves render without autoescape.
-    return jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)
+    # so the expressions themselves render without autoescape. The sandbox keeps an issue
+    # file from reaching Python internals (`subscriber.__class__`).
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
 
 
 def extract_expressions(path: Path, body: str, body_line: int) -> tuple[str, list[Expression]]:

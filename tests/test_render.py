@@ -348,3 +348,10 @@ def test_subject_title_and_preheader_are_escaped_once(make_project: Callable[...
     assert soup.find("h1").get_text() == "Tom & Jerry's <Show> „Grüße“"
     assert soup.body.find("div").get_text().rstrip("\u034f\u200c\xa0 ") == "A & B <c>"
     assert rendered.text.startswith("Tom & Jerry's <Show> „Grüße“\n")
+
+
+def test_body_expressions_are_sandboxed(make_project: Callable[..., Path]) -> None:
+    rendered = render_body(make_project, "X{{ subscriber.__class__ }}{{ subscriber._values }}X\n")
+    html, text = rendered.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    assert "\nXX\n" in text
+    assert "FieldView" not in html and "leser@example.com" not in html
