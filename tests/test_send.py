@@ -426,3 +426,31 @@ def test_sends_json(project, db, sg, cli):
     data = json.loads(cli(project, "sends", ISSUE, "--format", "json").output)
     assert data["sends"][0]["counts"] == {"accepted": 2}
     assert [r["email"] for r in data["recipients"]] == ["leser0@example.org", "leser1@example.org"]
+
+
+def test_parallel_workers_build_the_same_messages(small_batches, db, sg, cli, monkeypatch):
+    add_people(small_batches, 8)
+    monkeypatch.setenv("NEWSLETTER_SEND_PARALLEL_FROM", "1")
+    result = cli(small_batches, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    parallel = {p["to"][0]["email"]: p for m in sg.messages for p in m["personalizations"]}
+    assert sorted(parallel) == sorted(f"leser{i}@example.org" for i in range(8))
+    assert ledger_states(small_batches) == {"accepted": 8}
+    # Inline, for a second issue file with the same content: same values per person.
+    text = EXAMPLE_ISSUE.read_text("utf-8").replace("slug: meta-ki-creator", "slug: zwei")
+    (small_batches / "issues" / "zwei.md").write_text(text, "utf-8")
+    monkeypatch.setenv("NEWSLETTER_SEND_PARALLEL_FROM", "1000000")
+    sg.messages.clear()
+    assert cli(small_batches, "send", "zwei", "--yes").exit_code == 0
+    for m in sg.messages:
+        for p in m["personalizations"]:
+            twin = parallel[p["to"][0]["email"]]
+            assert p["substitutions"].keys() == twin["substitutions"].keys()
+            personal = {k: v for k, v in p["substitutions"].items() if "unsubscribe" not in k}
+            assert personal and personal == {
+                k: v for k, v in twin["substitutions"].items() if "unsubscribe" not in k
+            }
+            assert (
+                p["custom_args"][CUSTOM_ARG_SUBSCRIBER]
+                == twin["custom_args"][CUSTOM_ARG_SUBSCRIBER]
+            )

@@ -51,7 +51,10 @@ def server_process(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_send_then_resume(make_project, database_url, server_process, cli, monkeypatch):
+@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "workers"])
+def test_kill_9_mid_send_then_resume(
+    make_project, database_url, server_process, cli, monkeypatch, parallel
+):
     url, log = server_process
     root = make_project(config=CONFIG.replace(
         'region = "global"\n', 'region = "global"\nbatch_size = 10\nconcurrency = 2\n'
@@ -70,6 +73,8 @@ def test_kill_9_mid_send_then_resume(make_project, database_url, server_process,
         "SENDGRID_API_HOST": url,
         "NEWSLETTER_SECRET_KEY": TEST_SECRET,
         "NEWSLETTER_DATABASE_URL": database_url,
+        # "workers": personalize in forked worker processes, as for a big list.
+        "NEWSLETTER_SEND_PARALLEL_FROM": "1" if parallel else "1000000000",
     }
     child = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--project", str(root), "send", EXAMPLE_ISSUE.stem, "--yes"],

@@ -148,6 +148,7 @@ def send(
         resume=resume,
         include_uncertain=include_uncertain,
         send_at=send_at,
+        expected=count,
     )
     report = sender.run_send(
         project, prepared, transport, options, progress=progress, batch_id=batch_id

@@ -7,6 +7,7 @@ sends write no delivery rows, so they never block the real send, but are listed 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ class SendOptions:
     resume: bool = False
     include_uncertain: bool = False
     send_at: datetime | None = None
+    #: How many recipients the caller counted (big lists are personalized in parallel).
+    expected: int = 0
 
 
 @dataclass
@@ -250,9 +253,19 @@ def run_send(
         except SendError as exc:
             ledger.finish_send(engine, send_id, "failed", str(exc))
             raise
-        lease.start_heartbeat()
-        report.marked_uncertain = ledger.in_flight_to_uncertain(engine, issue_id)
+    builder = Builder(
+        rendered,
+        unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
+        issue_id,
+        send_id,
+    )
+    pool = None
     try:
+        # Fork the workers (if any) before the heartbeat thread starts.
+        pool = start_pool(builder, options.expected)
+        if lease is not None:
+            lease.start_heartbeat()
+            report.marked_uncertain = ledger.in_flight_to_uncertain(engine, issue_id)
         _send_batches(
             project,
             engine,
@@ -261,7 +274,8 @@ def run_send(
             options,
             report,
             issue_id,
-            unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
+            builder,
+            pool,
             reply_to_for(project, issue_id),
             batch_id,
             progress,
@@ -271,6 +285,8 @@ def run_send(
         ledger.finish_send(engine, send_id, "stopped", report.error)
         raise
     finally:
+        if pool is not None:
+            pool.terminate()
         if lease is not None:
             lease.release()
     if report.error:
@@ -289,7 +305,8 @@ def _send_batches(
     options: SendOptions,
     report: SendReport,
     issue_id: int,
-    unsubscribe_url: Callable[[int], str],
+    builder: Builder,
+    pool: Any,
     reply_to: str,
     batch_id: str | None,
     progress: Callable[[SendReport], None] | None,
@@ -305,7 +322,6 @@ def _send_batches(
         send_at=options.send_at,
         batch_id=batch_id,
     )
-    rendered = prepared.rendered
     use_ledger = report.ledger
     send_id = report.send_id
     pending: dict[Future[Outcome], tuple[int, list[int]]] = {}
@@ -367,29 +383,30 @@ def _send_batches(
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             settle(done)
 
+    def take(built: list[Built]) -> None:
+        for sid, has_row, p, problem in built:
+            if p is None:
+                refused[sid] = problem or "refused"
+                continue
+            batch.append(p)
+            (again_ids if has_row else new_ids).append(sid)
+            if len(batch) >= batch_size:
+                submit(executor)
+
+    waiting: deque[Any] = deque()  # pool results, oldest first: bounded, so memory stays flat
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
         try:
-            for sub, has_row in _candidates(engine, issue_id, options, use_ledger):
+            for page in _pages(_candidates(engine, issue_id, options, use_ledger), batch_size):
                 if report.error:
                     break
-                url = unsubscribe_url(sub.id)
-                p = personalization(
-                    email=sub.email,
-                    name=sub.name,
-                    substitutions=rendered.substitutions(sub.template_context(), url),
-                    unsubscribe_url=url,
-                    issue_id=issue_id,
-                    subscriber_id=sub.id,
-                    send_id=send_id,
-                )
-                problem = personalization_problem(p)
-                if problem:
-                    refused[sub.id] = problem
+                if pool is None:
+                    take(builder.build(page))
                     continue
-                batch.append(p)
-                (again_ids if has_row else new_ids).append(sub.id)
-                if len(batch) >= batch_size:
-                    submit(executor)
+                waiting.append(pool.apply_async(_build_in_worker, (page,)))
+                while len(waiting) > BUILD_AHEAD and not report.error:
+                    take(waiting.popleft().get())
+            while waiting and not report.error:
+                take(waiting.popleft().get())
             if not report.error:
                 submit(executor)
         finally:
@@ -397,6 +414,80 @@ def _send_batches(
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 settle(done)
+
+
+#: (subscriber id, has a ledger row, personalization or None, why refused)
+Built = tuple[int, bool, "dict[str, Any] | None", "str | None"]
+#: Pages handed to build processes ahead of the sender: enough to keep them busy.
+BUILD_AHEAD = 3
+#: Lists at least this long are personalized by worker processes (fork) on multi-core machines;
+#: the environment variable lets tests run the parallel path on small lists.
+PARALLEL_ENV = "NEWSLETTER_SEND_PARALLEL_FROM"
+PARALLEL_FROM = 20000
+
+
+@dataclass
+class Builder:
+    """Turns a page of subscribers into personalizations (in this process or a forked worker)."""
+
+    rendered: RenderedIssue
+    unsubscribe_url: Callable[[int], str]
+    issue_id: int
+    send_id: int
+
+    def build(self, page: list[tuple[int, str, str | None, dict[str, Any], bool]]) -> list[Built]:
+        out: list[Built] = []
+        for sid, address, name, context, has_row in page:
+            url = self.unsubscribe_url(sid)
+            p = personalization(
+                email=address,
+                name=name,
+                substitutions=self.rendered.substitutions(context, url),
+                unsubscribe_url=url,
+                issue_id=self.issue_id,
+                subscriber_id=sid,
+                send_id=self.send_id,
+            )
+            problem = personalization_problem(p)
+            out.append((sid, has_row, None if problem else p, problem))
+        return out
+
+
+# Set before the worker pool forks, so workers inherit the rendered issue without pickling it.
+_BUILDER: Builder | None = None
+
+
+def _build_in_worker(page: list[tuple[int, str, str | None, dict[str, Any], bool]]) -> list[Built]:
+    assert _BUILDER is not None
+    return _BUILDER.build(page)
+
+
+def _pages(
+    candidates: Iterator[tuple[Any, bool]], size: int
+) -> Iterator[list[tuple[int, str, str | None, dict[str, Any], bool]]]:
+    page: list[tuple[int, str, str | None, dict[str, Any], bool]] = []
+    for sub, has_row in candidates:
+        page.append((sub.id, sub.email, sub.name, sub.template_context(), has_row))
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def start_pool(builder: Builder, expected: int) -> Any:
+    """Worker processes for a big list on a multi-core machine, else None (build inline).
+
+    Forked before any sending thread starts; workers only compute, never touch the database."""
+    global _BUILDER
+    cpus = os.cpu_count() or 1
+    threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
+    if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
+        return None
+    import multiprocessing
+
+    _BUILDER = builder
+    return multiprocessing.get_context("fork").Pool(min(cpus, 4))
 
 
 def send_test(
