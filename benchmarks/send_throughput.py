@@ -6,7 +6,9 @@ server running as a separate process on 127.0.0.1.
     python benchmarks/send_throughput.py --curve          # 100k, 250k, 500k, 1M: memory curve
 
 Prints, per run: recipients, wall time of the whole `newsletter send --yes` process (start-up,
-check, render, streaming, HTTP, ledger), recipients/s, and that process's peak RSS (wait4).
+check, render, streaming, HTTP, ledger), recipients/s, CPU seconds (with its worker processes),
+the largest peak RSS of any one of those processes (wait4), and the peak PSS of all of them
+together (sampled; shared pages counted once) -- the memory the send really takes.
 Targets: 100,000 in <= 10 s (>= 10,000/s), peak RSS <= 150 MB, flat as the list grows.
 """
 
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +81,42 @@ def start_server(log: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+class MemorySampler(threading.Thread):
+    """Peak PSS (proportional set size: shared pages counted once) of the send process and
+    its worker processes together, sampled every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kb = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _tree(self.pid)))
+
+
 def count_logged(log: Path) -> tuple[int, int]:
     people = requests = 0
     with open(log, encoding="utf-8") as f:
@@ -109,9 +148,12 @@ def run(count: int) -> dict[str, float]:
                  EXAMPLE_ISSUE.stem, "--yes", "--quiet"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
+            sampler = MemorySampler(child.pid)
+            sampler.start()
             output = child.stdout.read()  # type: ignore[union-attr]
             _, status, usage = os.wait4(child.pid, 0)
             seconds = time.perf_counter() - t
+            sampler.done.set()
         finally:
             server.terminate()
             server.wait()
@@ -127,6 +169,7 @@ def run(count: int) -> dict[str, float]:
             "per_second": count / seconds,
             "peak_rss_mb": usage.ru_maxrss / 1024,
             "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_pss_mb": sampler.peak_kb / 1024,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -139,13 +182,15 @@ def main() -> None:
     args = parser.parse_args()
     counts = [100_000, 250_000, 500_000, 1_000_000] if args.curve else [args.count]
     print(
-        f"{'recipients':>10} {'requests':>8} {'send s':>7} {'recipients/s':>12} {'peak RSS MB':>11}"
+        f"{'recipients':>10} {'requests':>8} {'send s':>7} {'recipients/s':>12} {'CPU s':>6} "
+        f"{'max RSS MB':>10} {'peak PSS MB (all procs)':>23}"
     )
     for n in counts:
         r = run(n)
         print(
             f"{r['recipients']:>10,} {r['requests']:>8} {r['seconds']:>7.2f} "
-            f"{r['per_second']:>12,.0f} {r['cpu_s']:>6.2f} {r['peak_rss_mb']:>11.1f}",
+            f"{r['per_second']:>12,.0f} {r['cpu_s']:>6.2f} {r['peak_rss_mb']:>10.1f} "
+            f"{r['peak_pss_mb']:>23.1f}",
             flush=True,
         )
 

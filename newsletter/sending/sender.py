@@ -484,9 +484,13 @@ def start_pool(builder: Builder, expected: int) -> Any:
     threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
         return None
+    import gc
     import multiprocessing
 
     _BUILDER = builder
+    # Move what is loaded so far out of the collector's reach: the workers' GC then does not
+    # write to (and so copy) every inherited page.
+    gc.freeze()
     return multiprocessing.get_context("fork").Pool(min(cpus, 4))
 
 
