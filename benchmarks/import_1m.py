@@ -16,7 +16,6 @@ import argparse
 import csv
 import os
 import random
-
 import shutil
 import subprocess
 import sys
@@ -60,9 +59,9 @@ def generate(path: Path, rows: int) -> None:
             writer.writerow([f"{local}@{rng.choice(DOMAINS)}", first, last, TAGS[i % len(TAGS)]])
 
 
-def run(cmd: list[str], cwd: Path, stdout: int | None = subprocess.DEVNULL) -> tuple[float, str]:
+def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
@@ -100,8 +99,10 @@ def main() -> None:
     if not source.exists():
         t = time.perf_counter()
         generate(source, args.rows)
-        print(f"generated {source.name} ({source.stat().st_size / 1e6:.1f} MB) in "
-              f"{time.perf_counter() - t:.1f} s")
+        print(
+            f"generated {source.name} ({source.stat().st_size / 1e6:.1f} MB) in "
+            f"{time.perf_counter() - t:.1f} s"
+        )
 
     work = Path(tempfile.mkdtemp(prefix="newsletter-bench-", dir=DATA))
     (work / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
@@ -151,7 +152,6 @@ def main() -> None:
         shutil.rmtree(work)
     else:
         print(f"kept {work}")
-
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""`subscribers export`: every field, formula-safe CSV, and a round trip through import."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from newsletter.store.engine import open_engine
+from newsletter.store.exporter import neutralize, write_csv, write_json
+from newsletter.store.importer import import_file
+from newsletter.store.subscribers import (
+    add_subscriber,
+    find_subscriber,
+    iter_subscribers,
+    set_status,
+)
+
+
+@pytest.fixture
+def engine(database_url: str):
+    return open_engine(database_url)
+
+
+def fill(engine, *, typed_fields: bool) -> None:
+    add_subscriber(
+        engine,
+        "Jörg.Müller@example.de",
+        name="Jörg „der Große“ Müller",
+        first_name="Jörg",
+        last_name="Müller",
+        tags=["leser", "früh dabei"],
+        fields={"stadt": "Köln", "zitat": "‚Moin‘ – …", **({"kunde": True, "n": 3} if typed_fields else {})},
+        source="import:mailchimp",
+    )  # fmt: skip
+    add_subscriber(
+        engine, "=1+2@example.com", name="@SUM(A1)", first_name="-Minus", last_name="+Plus"
+    )
+    add_subscriber(engine, "quote@example.com", name="'zitiert", fields={"formel": "=HYPERLINK(1)"})
+    add_subscriber(engine, "neu@example.com", status="unconfirmed", source="form")
+    for address, status, reason in (
+        ("weg@example.com", "unsubscribed", "zu viele Mails"),
+        ("bounce@example.com", "bounced", "550 5.1.1 unknown user"),
+        ("spam@example.com", "complained", None),
+    ):
+        person = add_subscriber(engine, address, tags=["alt"])
+        set_status(engine, person.id, status, reason=reason)
+
+
+def listed(engine) -> list[dict]:
+    return [{k: v for k, v in s.to_dict().items() if k != "id"} for s in iter_subscribers(engine)]
+
+
+def test_neutralize() -> None:
+    assert [neutralize(v) for v in ["=1", "+1", "-1", "@x", "\tx", "'x", "x=1", ""]] == [
+        "'=1",
+        "'+1",
+        "'-1",
+        "'@x",
+        "'\tx",
+        "''x",
+        "x=1",
+        "",
+    ]
+
+
+def test_csv_has_every_field_and_no_live_formulas(engine) -> None:
+    fill(engine, typed_fields=False)
+    out = io.StringIO()
+    assert write_csv(out, engine) == 7
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(rows[0]) == [
+        "email",
+        "name",
+        "first_name",
+        "last_name",
+        "status",
+        "tags",
+        "source",
+        "created_at",
+        "confirmed_at",
+        "unsubscribed_at",
+        "unsubscribe_reason",
+        "fields.formel",
+        "fields.stadt",
+        "fields.zitat",
+    ]
+    jörg = rows[0]
+    assert jörg["name"] == "Jörg „der Große“ Müller"
+    assert jörg["tags"] == "früh dabei, leser"
+    assert jörg["fields.zitat"] == "‚Moin‘ – …"
+    evil = rows[1]
+    assert (evil["email"], evil["name"], evil["first_name"], evil["last_name"]) == (
+        "'=1+2@example.com",
+        "'@SUM(A1)",
+        "'-Minus",
+        "'+Plus",
+    )
+    assert rows[2]["fields.formel"] == "'=HYPERLINK(1)"
+    for row in rows:
+        for value in row.values():
+            assert not value or value[0] not in "=+-@\t\r", value
+    weg = rows[4]
+    assert (weg["status"], weg["unsubscribe_reason"]) == ("unsubscribed", "zu viele Mails")
+    assert datetime.fromisoformat(weg["unsubscribed_at"]).tzinfo is not None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_export_then_import_into_an_empty_list_gives_the_same_list(
+    engine, tmp_path, fmt, database_url
+) -> None:
+    fill(engine, typed_fields=fmt == "json")  # CSV cells are text; JSON keeps types
+    path = tmp_path / f"list.{fmt}"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        (write_csv if fmt == "csv" else write_json)(handle, engine)
+    original = listed(engine)
+
+    other = open_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    result = import_file(other, path)
+    assert (result.new, result.rejected, result.kept_stopped) == (7, 0, 0)
+    assert listed(other) == original
+    assert find_subscriber(other, "=1+2@example.com").name == "@SUM(A1)"
+    # And importing the export into the list it came from changes nothing.
+    again = import_file(engine, path)
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 7)
+
+
+def test_json_is_a_streamed_array(engine) -> None:
+    out = io.StringIO()
+    assert write_json(out, engine) == 0
+    assert json.loads(out.getvalue()) == []
+    fill(engine, typed_fields=True)
+    out = io.StringIO()
+    assert write_json(out, engine, status="subscribed") == 3
+    data = json.loads(out.getvalue())
+    assert [d["email"] for d in data] == [
+        "Jörg.Müller@example.de",
+        "=1+2@example.com",
+        "quote@example.com",
+    ]
+    assert all(d["status"] == "subscribed" for d in data)
+    assert data[0]["fields"]["kunde"] is True
+    created = datetime.fromisoformat(data[0]["created_at"])
+    assert created.tzinfo is not None and created <= datetime.now(UTC)

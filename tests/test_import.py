@@ -1,0 +1,390 @@
+"""`subscribers import`: formats, encodings, statuses, rejects, duplicates, crash safety."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from newsletter.errors import ImportFileError
+from newsletter.store import importer, schema
+from newsletter.store.engine import open_engine
+from newsletter.store.importer import import_file
+from newsletter.store.subscribers import (
+    add_subscriber,
+    count_subscribers,
+    find_subscriber,
+    iter_subscribers,
+    set_status,
+)
+
+from .conftest import FIXTURES
+
+IMPORTS = FIXTURES / "imports"
+
+
+@pytest.fixture
+def engine(database_url: str):
+    return open_engine(database_url)
+
+
+def everyone(engine) -> dict[str, dict]:
+    return {
+        s.email: {k: v for k, v in s.to_dict().items() if k != "id"}
+        for s in iter_subscribers(engine)
+    }
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+# --- the services' exports --------------------------------------------------------------
+
+
+def test_mailchimp_exports(engine) -> None:
+    result = import_file(engine, IMPORTS / "mailchimp_subscribed.csv")
+    assert (result.format, result.new, result.rejected) == ("mailchimp", 3, 0)
+    jens = find_subscriber(engine, "jens.mueller@example.de")
+    assert (jens.first_name, jens.last_name, jens.status) == ("Jens", "Müller", "subscribed")
+    assert jens.tags == ("Früh dabei", "Leser")
+    assert jens.fields == {"Address": "Musterstraße 1, 10115 Berlin"}  # a merge field
+    assert jens.created_at.isoformat() == "2023-02-05T19:28:23+00:00"  # OPTIN_TIME
+    assert find_subscriber(engine, "anna.schmidt@example.de").fields["notes"] == "mag „Zitate“"
+    assert find_subscriber(engine, "zoë@beispiel.de").last_name == "Ärger"
+
+    unsub = import_file(engine, IMPORTS / "mailchimp_unsubscribed.csv")
+    assert (unsub.format, unsub.new, unsub.updated) == ("mailchimp-unsubscribed", 1, 1)
+    anna = find_subscriber(engine, "anna.schmidt@example.de")
+    assert anna.status == "unsubscribed" and anna.unsubscribe_reason == "SPAM"
+    assert anna.unsubscribed_at.isoformat() == "2024-03-01T12:00:00+00:00"
+    weg = find_subscriber(engine, "weg@example.de")
+    assert weg.status == "unsubscribed" and weg.unsubscribe_reason == "NORMAL"
+
+    cleaned = import_file(engine, IMPORTS / "mailchimp_cleaned.csv")
+    assert cleaned.format == "mailchimp-cleaned"
+    assert find_subscriber(engine, "kaputt@example.de").status == "bounced"
+
+    # The subscribed export again does not bring Anna back.
+    again = import_file(engine, IMPORTS / "mailchimp_subscribed.csv")
+    assert (again.new, again.updated, again.unchanged, again.kept_stopped) == (0, 0, 3, 1)
+    assert find_subscriber(engine, "anna.schmidt@example.de").status == "unsubscribed"
+
+
+def test_substack_email_disabled_means_unsubscribed(engine) -> None:
+    result = import_file(engine, IMPORTS / "substack.csv")
+    assert (result.format, result.new) == ("substack", 3)
+    assert find_subscriber(engine, "lea@example.de").status == "subscribed"
+    assert find_subscriber(engine, "lea@example.de").fields["substack_plan"] == "monthly"
+    gone = find_subscriber(engine, "nicht.mehr@example.com")
+    assert gone.status == "unsubscribed" and gone.unsubscribed_at is not None
+    assert count_subscribers(engine, status="subscribed") == 2
+
+
+def test_buttondown_types_tags_and_metadata(engine) -> None:
+    result = import_file(engine, IMPORTS / "buttondown.csv")
+    assert (result.format, result.new) == ("buttondown", 3)
+    ben = find_subscriber(engine, "ben@example.de")
+    assert ben.tags == ("leser", "tech")
+    assert ben.fields == {"notes": "kennt Jens", "stadt": "München"}
+    assert find_subscriber(engine, "gone@example.de").status == "unsubscribed"
+    assert find_subscriber(engine, "neu@example.de").status == "unconfirmed"
+
+
+def test_ghost_labels_and_email_opt_out(engine) -> None:
+    result = import_file(engine, IMPORTS / "ghost.csv")
+    assert (result.format, result.new) == ("ghost", 2)
+    clara = find_subscriber(engine, "clara@example.de")
+    assert (clara.name, clara.status, clara.tags) == (
+        "Clara Schäfer",
+        "subscribed",
+        ("Newsletter", "VIP"),
+    )
+    otto = find_subscriber(engine, "otto@example.de")
+    assert otto.status == "unsubscribed"
+    assert otto.fields == {"note": "schrieb „danke“"}  # no Stripe ids copied
+
+
+def test_listmonk_attributes_and_blocklist(engine) -> None:
+    result = import_file(engine, IMPORTS / "listmonk.csv")
+    assert (result.format, result.new) == ("listmonk", 2)
+    ida = find_subscriber(engine, "ida@example.de")
+    assert ida.fields == {"stadt": "Hamburg", "kunde": True}
+    assert ida.name == "Ida Groß"
+    assert find_subscriber(engine, "blocked@example.de").status == "unsubscribed"
+
+
+def test_excel_windows_1252_with_semicolons(engine) -> None:
+    result = import_file(engine, IMPORTS / "excel_de_semicolon.csv")
+    assert (result.format, result.encoding, result.delimiter) == ("generic", "cp1252", ";")
+    jürgen = find_subscriber(engine, "jürgen@example.de")
+    assert (jürgen.first_name, jürgen.last_name) == ("Jürgen", "Weiß")
+    assert jürgen.fields == {"Stadt": "Köln"}
+
+
+def test_utf8_bom_and_tabs(engine) -> None:
+    result = import_file(engine, IMPORTS / "bom_tab.tsv")
+    assert (result.encoding, result.delimiter, result.new) == ("utf-8-sig", "\t", 1)
+    tab = find_subscriber(engine, "tab@example.de")
+    assert (tab.name, tab.tags) == ("Tabea Tab", ("leser", "neu"))
+
+
+@pytest.mark.parametrize(
+    "heading", ["email", "E-Mail", "E-Mail-Adresse", "Email Address", "mail", "EMAIL_ADDRESS"]
+)
+def test_generic_email_headings(engine, tmp_path, heading) -> None:
+    source = write(tmp_path / "x.csv", f"Vorname,{heading}\nÜmit,uemit@example.de\n")
+    result = import_file(engine, source)
+    assert (result.format, result.new) == ("generic", 1)
+    assert find_subscriber(engine, "uemit@example.de").first_name == "Ümit"
+
+
+# --- rows, duplicates, statuses -----------------------------------------------------------
+
+
+def test_bad_rows_are_rejected_with_line_and_reason(engine, tmp_path) -> None:
+    rejects = tmp_path / "rejects.csv"
+    result = import_file(engine, IMPORTS / "bad_rows.csv", rejects_path=rejects)
+    assert (result.new, result.rejected, result.duplicates) == (2, 3, 1)
+    assert [(r.line, r.email) for r in result.rejects] == [
+        (3, "kein-at-zeichen.de"),
+        (4, ""),
+        (7, "jemand@localhost"),
+    ]
+    assert "must have an @-sign" in result.rejects[0].reason
+    assert result.rejects[1].reason == "no email address in this row"
+    with rejects.open(encoding="utf-8") as handle:
+        written = list(csv.DictReader(handle))
+    assert [(r["email"], r["line"]) for r in written] == [
+        ("kein-at-zeichen.de", "3"),
+        ("", "4"),
+        ("jemand@localhost", "7"),
+    ]
+    assert all(r["reason"] for r in written)
+    # The duplicate's later values fill in and override.
+    doppelt = find_subscriber(engine, "doppelt@example.de")
+    assert (doppelt.first_name, doppelt.last_name) == ("Erst", "Nochmal")
+    assert count_subscribers(engine) == 2
+
+
+def test_a_row_with_too_many_columns_is_rejected(engine, tmp_path) -> None:
+    source = write(
+        tmp_path / "x.csv", "email,name\na@example.com,Anna\nb@example.com,Müller, Ben\n"
+    )
+    result = import_file(engine, source)
+    assert result.new == 1
+    assert (
+        result.rejects[0].line == 3 and "3 columns but the header has 2" in result.rejects[0].reason
+    )
+
+
+def test_multiline_cells_keep_line_numbers(engine, tmp_path) -> None:
+    source = write(
+        tmp_path / "x.csv",
+        'email,notes\na@example.com,"zwei\nZeilen"\nkaputt,x\n',
+    )
+    result = import_file(engine, source)
+    assert result.rejects[0].line == 4
+    assert find_subscriber(engine, "a@example.com").fields == {"notes": "zwei\nZeilen"}
+
+
+def test_running_the_same_import_again_changes_nothing(engine) -> None:
+    for name in ("mailchimp_subscribed.csv", "ghost.csv", "listmonk.csv", "buttondown.csv"):
+        import_file(engine, IMPORTS / name, tags=["import"])
+    before = everyone(engine)
+    with engine.connect() as conn:
+        stamps = conn.execute(select(schema.subscribers.c.updated_at)).scalars().all()
+    for name in ("mailchimp_subscribed.csv", "ghost.csv", "listmonk.csv", "buttondown.csv"):
+        again = import_file(engine, IMPORTS / name, tags=["import"])
+        assert (again.new, again.updated) == (0, 0), name
+    assert everyone(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(select(schema.subscribers.c.updated_at)).scalars().all() == stamps
+
+
+def test_stopped_people_are_never_resubscribed_without_the_flag(engine, tmp_path) -> None:
+    add_subscriber(engine, "weg@example.de", status="subscribed")
+    person = add_subscriber(engine, "bounce@example.de")
+    set_status(engine, person.id, "bounced", reason="550")
+    add_subscriber(engine, "spam@example.de", status="complained")
+    source = write(
+        tmp_path / "x.csv",
+        "email,status\nweg@example.de,unsubscribed\nbounce@example.de,subscribed\n"
+        "spam@example.de,\nneu@example.de,abgemeldet\n",
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.updated, result.unchanged, result.kept_stopped) == (1, 1, 2, 2)
+    statuses = {e: d["status"] for e, d in everyone(engine).items()}
+    assert statuses == {
+        "weg@example.de": "unsubscribed",
+        "bounce@example.de": "bounced",
+        "spam@example.de": "complained",
+        "neu@example.de": "unsubscribed",
+    }
+    assert find_subscriber(engine, "bounce@example.de").unsubscribe_reason == "550"
+
+    again = import_file(engine, source, resubscribe=True)
+    assert again.updated == 4
+    assert {d["status"] for d in everyone(engine).values()} == {"subscribed"}
+    assert find_subscriber(engine, "bounce@example.de").unsubscribed_at is None
+
+
+def test_duplicates_across_chunks_are_merged_and_dry_run_agrees(engine, tmp_path, monkeypatch):
+    lines = ["email,first name,tags"]
+    for i in range(7):
+        lines.append(f"p{i}@example.com,P{i},t{i}")
+    lines += ["P1@EXAMPLE.com,Paula,extra", "p5@example.com,,more", "p1@example.com,,"]
+    source = write(tmp_path / "x.csv", "\n".join(lines) + "\n")
+    dry = import_file(engine, source, dry_run=True, chunk_rows=3)
+    assert count_subscribers(engine) == 0
+    real = import_file(engine, source, chunk_rows=3)
+    counts = lambda r: (r.new, r.updated, r.unchanged, r.rejected, r.duplicates)  # noqa: E731
+    assert counts(dry) == counts(real) == (7, 0, 0, 0, 3)
+    assert count_subscribers(engine) == 7
+    p1 = find_subscriber(engine, "p1@example.com")
+    assert (p1.first_name, p1.tags) == ("Paula", ("extra", "t1"))
+    assert find_subscriber(engine, "p5@example.com").tags == ("more", "t5")
+
+
+def test_dry_run_on_a_full_list_counts_without_changing(engine, tmp_path) -> None:
+    add_subscriber(engine, "a@example.com", first_name="A")
+    add_subscriber(engine, "b@example.com", first_name="B")
+    before = everyone(engine)
+    source = write(
+        tmp_path / "x.csv", "email,first name\na@example.com,A\nb@example.com,Bea\nc@x.de,C\nbad,\n"
+    )
+    dry = import_file(engine, source, dry_run=True)
+    assert (dry.new, dry.updated, dry.unchanged, dry.rejected) == (1, 1, 1, 1)
+    assert everyone(engine) == before
+
+
+def test_map_overrides_the_detected_columns(engine, tmp_path) -> None:
+    source = write(tmp_path / "x.csv", "Kontakt;Rufname;Geheim;Anrede\nk@example.de;Kai;x;Herr\n")
+    with pytest.raises(ImportFileError, match="no email column"):
+        import_file(engine, source)
+    result = import_file(
+        engine,
+        source,
+        mapping=[("kontakt", "email"), ("Rufname", "first_name"), ("Geheim", "ignore"),
+                 ("Anrede", "salutation")],
+    )  # fmt: skip
+    assert result.new == 1
+    kai = find_subscriber(engine, "k@example.de")
+    assert (kai.first_name, kai.fields) == ("Kai", {"salutation": "Herr"})
+    with pytest.raises(ImportFileError, match="the file has no column 'Telefon'"):
+        import_file(engine, source, mapping=[("Telefon", "phone"), ("kontakt", "email")])
+
+
+def test_extra_tags_and_source(engine, tmp_path) -> None:
+    source = write(tmp_path / "x.csv", "email\na@example.com\n")
+    import_file(engine, source, tags=["2024", "messe"], source="messe-stand")
+    a = find_subscriber(engine, "a@example.com")
+    assert (a.tags, a.source) == (("2024", "messe"), "messe-stand")
+
+
+# --- files that cannot be read ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"\x00\x01\x02binary\x00", "is a binary file"),
+        (b"PK\x03\x04rest-of-a-workbook", "unzip it or save the sheet as CSV"),
+        ("email\na@example.com\n".encode("utf-16"), "is UTF-16 text"),
+        (b"name,city\nAnna,Berlin\n", "no email column among name, city"),
+        (b"\x81\x8d\x8f\x90\x9d\n", "neither UTF-8 nor Windows-1252"),
+    ],
+)
+def test_unreadable_files_are_one_line_errors(engine, tmp_path, content, message) -> None:
+    source = tmp_path / "list.csv"
+    source.write_bytes(content)
+    with pytest.raises(ImportFileError, match=message) as info:
+        import_file(engine, source)
+    assert str(info.value).startswith(f"{source}: ")
+    assert "\n" not in str(info.value)
+    assert count_subscribers(engine) == 0
+
+
+def test_missing_file(engine, tmp_path) -> None:
+    with pytest.raises(ImportFileError, match=r"missing\.csv: no such file; check the path"):
+        import_file(engine, tmp_path / "missing.csv")
+
+
+# --- crash safety ----------------------------------------------------------------------
+
+
+def test_a_crash_leaves_whole_chunks_and_a_rerun_finishes(engine, tmp_path, monkeypatch):
+    source = write(
+        tmp_path / "x.csv",
+        "email,tags\n" + "".join(f"p{i}@example.com,t{i % 2}\n" for i in range(10)),
+    )
+    real_insert = importer._Writer.insert
+    calls = {"n": 0}
+
+    def crashing_insert(self, rows, tags):
+        calls["n"] += 1
+        real_insert(self, rows, tags)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the second chunk's rows went in
+
+    monkeypatch.setattr(importer._Writer, "insert", crashing_insert)
+    with pytest.raises(KeyboardInterrupt):
+        import_file(engine, source, chunk_rows=4)
+    monkeypatch.setattr(importer._Writer, "insert", real_insert)
+
+    # The first chunk is there, whole; the second was rolled back.
+    assert [s.email for s in iter_subscribers(engine)] == [f"p{i}@example.com" for i in range(4)]
+    with engine.connect() as conn:
+        tagged = conn.execute(select(func.count()).select_from(schema.subscriber_tags)).scalar()
+    assert tagged == 4
+    result = import_file(engine, source, chunk_rows=4)
+    assert (result.new, result.unchanged) == (6, 4)
+    assert count_subscribers(engine) == 10
+    assert count_subscribers(engine, tags=["t1"]) == 5
+
+
+# --- through the CLI -------------------------------------------------------------------
+
+
+def test_cli_import_reports_counts_and_rejects(cli, project, tmp_path) -> None:
+    source = tmp_path / "bad_rows.csv"
+    shutil.copy(IMPORTS / "bad_rows.csv", source)
+    rejects = tmp_path / "rejects.csv"
+    dry = cli(project, "subscribers", "import", str(source), "--dry-run")
+    assert dry.exit_code == 0
+    assert "dry run, nothing changed: new: 2, updated: 0, unchanged: 0, rejected: 3" in dry.output
+    result = cli(project, "subscribers", "import", str(source), "--rejects", str(rejects))
+    assert result.exit_code == 0
+    assert (
+        f"{source}:3: rejected: 'kein-at-zeichen.de' is not a valid email address" in result.output
+    )
+    assert f"{source}:4: rejected: no email address in this row" in result.output
+    assert f"{source}: generic format, utf-8, comma; 6 rows" in result.output
+    assert "new: 2, updated: 0, unchanged: 0, rejected: 3, duplicates merged: 1" in result.output
+    assert "Importing" not in result.output  # no progress bar off a terminal
+    assert rejects.exists()
+    again = cli(project, "subscribers", "import", str(source), "--tag", "neu")
+    assert "new: 0, updated: 2, unchanged: 0" in again.output
+    assert cli(project, "subscribers", "count", "--tag", "neu").output == "2\n"
+
+
+def test_cli_import_errors_are_one_line(cli, project, tmp_path) -> None:
+    missing = cli(project, "subscribers", "import", str(tmp_path / "nope.csv"))
+    assert missing.exit_code == 1
+    assert missing.output == f"Error: {tmp_path / 'nope.csv'}: no such file; check the path\n"
+    bad_map = cli(project, "subscribers", "import", str(IMPORTS / "ghost.csv"), "--map", "x")
+    assert bad_map.exit_code == 2 and "COLUMN=FIELD" in bad_map.output
+
+
+def test_progress_callback_reaches_the_file_size(engine) -> None:
+    seen: list[tuple[int, int]] = []
+    import_file(
+        engine, IMPORTS / "mailchimp_subscribed.csv", progress=lambda a, b: seen.append((a, b))
+    )
+    size = (IMPORTS / "mailchimp_subscribed.csv").stat().st_size
+    assert seen[-1] == (size, size)

@@ -1,0 +1,186 @@
+"""The `subscribers` commands, driven through the real CLI on a real SQLite file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+
+import click
+import pytest
+
+from newsletter.cli.subscribers import subscribers as group
+
+
+def rows(project) -> list[tuple]:
+    with sqlite3.connect(project / "newsletter.db") as conn:
+        return conn.execute(
+            "SELECT email, status, first_name FROM subscribers ORDER BY id"
+        ).fetchall()
+
+
+def test_add_show_list_count(cli, project) -> None:
+    result = cli(
+        project,
+        "subscribers", "add", "Jörg@Example.DE",
+        "--first-name", "Jörg", "--last-name", "Weiß",
+        "--tag", "leser", "--tag", "vip", "--field", "stadt=Köln", "--field", "gruß=„Moin“",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output == "added Jörg@example.de (subscribed)\n"
+    assert rows(project) == [("Jörg@example.de", "subscribed", "Jörg")]
+
+    cli(project, "subscribers", "add", "ben@example.com", "--status", "unconfirmed")
+    shown = cli(project, "subscribers", "show", "jörg@example.de")
+    assert shown.exit_code == 0
+    assert "first_name:          Jörg" in shown.output
+    assert "field gruß:          „Moin“" in shown.output
+    assert "tags:                leser, vip" in shown.output
+    data = json.loads(
+        cli(project, "subscribers", "show", "JÖRG@example.de", "--format", "json").output
+    )
+    assert data["fields"] == {"stadt": "Köln", "gruß": "„Moin“"}
+
+    table = cli(project, "subscribers", "list").output.splitlines()
+    assert table[0].split() == ["ID", "EMAIL", "STATUS", "NAME", "TAGS"]
+    assert "Jörg@example.de" in table[1] and "Jörg Weiß" in table[1] and "leser, vip" in table[1]
+    assert "ben@example.com" in table[2] and "unconfirmed" in table[2]
+    only = cli(project, "subscribers", "list", "--status", "unconfirmed").output.splitlines()
+    assert len(only) == 2 and "ben@example.com" in only[1]
+
+    assert cli(project, "subscribers", "count").output == "2\n"
+    assert cli(project, "subscribers", "count", "--tag", "vip").output == "1\n"
+    assert cli(project, "subscribers", "count", "--status", "subscribed").output == "1\n"
+
+
+def test_list_formats_stream_csv_and_json(cli, project) -> None:
+    for i in range(3):
+        cli(project, "subscribers", "add", f"r{i}@example.com", "--tag", "t" if i else "u")
+    out = cli(project, "subscribers", "list", "--tag", "t", "--format", "csv").output
+    parsed = list(csv.DictReader(io.StringIO(out)))
+    assert [r["email"] for r in parsed] == ["r1@example.com", "r2@example.com"]
+    data = json.loads(cli(project, "subscribers", "list", "--format", "json").output)
+    assert [d["email"] for d in data] == ["r0@example.com", "r1@example.com", "r2@example.com"]
+    assert (
+        json.loads(cli(project, "subscribers", "list", "--tag", "none", "--format", "json").output)
+        == []
+    )
+
+
+def test_add_twice_and_bad_address_are_one_line_errors(cli, project) -> None:
+    cli(project, "subscribers", "add", "anna@example.com")
+    again = cli(project, "subscribers", "add", "ANNA@example.com")
+    assert again.exit_code == 1
+    assert again.output.startswith("Error: ANNA@example.com is already on the list")
+    assert again.output.count("\n") == 1
+    bad = cli(project, "subscribers", "add", "anna@@example.com")
+    assert bad.exit_code == 1 and "is not a valid email address" in bad.output
+    assert "Traceback" not in bad.output
+    field = cli(project, "subscribers", "add", "x@example.com", "--field", "nokey")
+    assert field.exit_code == 2 and "KEY=VALUE" in field.output
+    assert rows(project) == [("anna@example.com", "subscribed", None)]
+
+
+def test_tag_untag(cli, project) -> None:
+    cli(project, "subscribers", "add", "anna@example.com", "--tag", "a")
+    assert cli(project, "subscribers", "tag", "anna@example.com", "b", "c").output == (
+        "anna@example.com: a, b, c\n"
+    )
+    assert cli(project, "subscribers", "untag", "anna@example.com", "a", "c").output == (
+        "anna@example.com: b\n"
+    )
+    missing = cli(project, "subscribers", "tag", "nobody@example.com", "x")
+    assert missing.exit_code == 1 and "nobody@example.com is not on the list" in missing.output
+
+
+def test_remove_unsubscribes_and_forget_erases(cli, project) -> None:
+    cli(project, "subscribers", "add", "anna@example.com")
+    cli(project, "subscribers", "add", "ben@example.com")
+    result = cli(project, "subscribers", "remove", "Anna@example.com", "--reason", "per Mail")
+    assert result.output == "unsubscribed anna@example.com\n"
+    with sqlite3.connect(project / "newsletter.db") as conn:
+        row = conn.execute(
+            "SELECT status, unsubscribe_reason, unsubscribed_at FROM subscribers "
+            "WHERE email_key = 'anna@example.com'"
+        ).fetchone()
+    assert row[0] == "unsubscribed" and row[1] == "per Mail" and row[2]
+    forgot = cli(project, "subscribers", "remove", "ben@example.com", "--forget")
+    assert forgot.exit_code == 0 and "erased ben@example.com" in forgot.output
+    assert [r[0] for r in rows(project)] == ["anna@example.com"]
+    missing = cli(project, "subscribers", "remove", "ben@example.com")
+    assert missing.exit_code == 1 and "ben@example.com is not on the list" in missing.output
+
+
+def test_show_unknown_and_bad_status(cli, project) -> None:
+    result = cli(project, "subscribers", "show", "nobody@example.com")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: nobody@example.com is not on the list; check the address with "
+        "`newsletter subscribers list`\n"
+    )
+    assert cli(project, "subscribers", "count", "--status", "active").exit_code == 2
+
+
+def test_export_to_file_and_stdout(cli, project, tmp_path) -> None:
+    cli(project, "subscribers", "add", "anna@example.com", "--name", '=HYPERLINK("x")')
+    target = tmp_path / "out.csv"
+    result = cli(project, "subscribers", "export", "-o", str(target))
+    assert result.exit_code == 0
+    assert "exported 1 subscribers" in result.output
+    assert not (tmp_path / "out.csv.partial").exists()
+    row = next(csv.DictReader(target.open(encoding="utf-8")))
+    assert row["name"] == '\'=HYPERLINK("x")'
+    as_json = json.loads(cli(project, "subscribers", "export", "--format", "json").output)
+    assert as_json[0]["name"] == '=HYPERLINK("x")'  # JSON is not a spreadsheet: kept as is
+
+
+def test_every_command_has_a_summary_and_an_example() -> None:
+    commands: dict[str, click.Command] = {"subscribers": group, **group.commands}
+    expected = {
+        "subscribers",
+        "add",
+        "remove",
+        "list",
+        "count",
+        "show",
+        "tag",
+        "untag",
+        "import",
+        "export",
+    }
+    assert expected <= set(commands)
+    for name, command in commands.items():
+        assert command.help and command.help.strip().splitlines()[0], name
+        assert "Example:" in command.help, name
+
+
+def test_cli_module_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, newsletter.cli.subscribers;"
+        "print(any(m.startswith(('sqlalchemy', 'email_validator')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_list_into_a_closed_pipe_stops_quietly(cli, project, tmp_path, fmt) -> None:
+    import subprocess
+    import sys
+
+    # More output than a pipe buffer holds, so `head` really closes the pipe early.
+    source = tmp_path / "many.csv"
+    source.write_text(
+        "email\n" + "".join(f"reader{i}@example.com\n" for i in range(3000)), encoding="utf-8"
+    )
+    assert cli(project, "subscribers", "import", str(source)).exit_code == 0
+    base = [sys.executable, "-m", "newsletter", "--project", str(project), "subscribers"]
+    shell = f"{' '.join(base)} list --format {fmt} | head -n 1"
+    done = subprocess.run(shell, shell=True, capture_output=True, text=True)
+    assert done.returncode == 0
+    assert len(done.stdout.splitlines()) == 1
+    assert done.stderr == ""
