@@ -24,7 +24,7 @@ from newsletter.store.schema import (
     sends,
 )
 from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
-from tests.conftest import CONFIG, EXAMPLE_ISSUE
+from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
 from tests.sendgrid_server import FakeSendGrid
 
 KEY = "SG.test-key-do-not-print"
@@ -454,3 +454,43 @@ def test_parallel_workers_build_the_same_messages(small_batches, db, sg, cli, mo
                 p["custom_args"][CUSTOM_ARG_SUBSCRIBER]
                 == twin["custom_args"][CUSTOM_ARG_SUBSCRIBER]
             )
+
+
+def test_reply_domain_and_unsubscribe_group(make_project, db, sg, cli):
+    config = (
+        with_config("unsubscribe_group_id = 4242\n") + '\n[replies]\ndomain = "reply.example.com"\n'
+    )
+    root = make_project(config=config)
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    add_people(root, 1)
+    result = cli(root, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    [message] = sg.messages
+    reply = message["reply_to"]["email"]
+    assert reply.startswith("reply+") and reply.endswith("@reply.example.com")
+    assert f"Reply-To:   {reply}" in result.output
+    assert message["asm"] == {"group_id": 4242}
+    from newsletter.tokens import REPLY, read_token
+
+    token = reply[len("reply+") : reply.index("@")]
+    issue_id = int(message["personalizations"][0]["custom_args"][CUSTOM_ARG_ISSUE])
+    assert read_token(REPLY, token, key=TEST_SECRET).issue_id == issue_id
+
+
+def test_schedule_needs_sendgrid(project, db, cli):
+    add_people(project, 1)
+    result = cli(project, "send", ISSUE, "--schedule", "in 2h", "--yes")
+    assert result.exit_code == 1 and "SENDGRID_API_KEY" in result.output
+    assert not (project / "outbox").exists()
+
+
+def test_cancel_without_scheduled_send(project, db, sg, cli):
+    result = cli(project, "cancel", ISSUE)
+    assert result.exit_code == 1 and "no scheduled send" in result.output
+
+
+def test_every_command_documented(cli):
+    from newsletter.cli.sending import COMMANDS
+
+    for command in COMMANDS:
+        assert "Example:" in (command.help or ""), command.name

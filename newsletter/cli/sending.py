@@ -101,6 +101,16 @@ def send(
 
     engine = project_engine(project)
     issue_id = ledger.find_issue_id(engine, prepared.slug)
+    if issue_id is None and project.config.section("replies")["domain"]:
+        # The signed Reply-To names the issue's id: record the issue to show the real address.
+        rendered = prepared.rendered
+        issue_id = ledger.ensure_issue(
+            engine,
+            slug=prepared.slug,
+            title=rendered.issue.title,
+            subject=rendered.subject,
+            language=rendered.issue.language,
+        )
     use_ledger = transport.name == "sendgrid" and not dry_run
     if use_ledger and issue_id is not None:
         opts = sender.SendOptions(tags=tags, resume=resume)

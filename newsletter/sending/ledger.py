@@ -70,7 +70,7 @@ def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, languag
                         created_at=now(),
                     )
                 )
-                return int(result.inserted_primary_key[0])
+                return int(result.inserted_primary_key[0])  # type: ignore[index]
         except IntegrityError:
             return int(conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar_one())
 
@@ -104,7 +104,7 @@ def create_send(
                 started_at=now(),
             )
         )
-        return int(result.inserted_primary_key[0])
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 def finish_send(engine: Engine, send_id: int, status: str, error: str | None = None) -> None:
