@@ -158,6 +158,7 @@ def test_outbox_without_key_writes_eml(project, db, cli):
     assert ledger_states(project) == {}
     listing = cli(project, "sends")
     assert "outbox" in listing.output and SLUG in listing.output
+    assert "written 2" in listing.output
 
 
 def test_outbox_dir_option(project, db, sg, cli, tmp_path):
@@ -425,6 +426,7 @@ def test_sends_json(project, db, sg, cli):
     cli(project, "send", ISSUE, "--yes")
     data = json.loads(cli(project, "sends", ISSUE, "--format", "json").output)
     assert data["sends"][0]["counts"] == {"accepted": 2}
+    assert data["sends"][0]["recipients"] == 2
     assert [r["email"] for r in data["recipients"]] == ["leser0@example.org", "leser1@example.org"]
 
 

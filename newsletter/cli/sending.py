@@ -223,6 +223,7 @@ def sends(issue: str | None, fmt: str) -> None:
             return
     rows = ledger.list_sends(engine, issue_id)
     counts = ledger.counts_by_state(engine, issue_id=issue_id)
+    sums = ledger.totals(engine)
     if fmt == "json":
         out = [
             {
@@ -235,6 +236,16 @@ def sends(issue: str | None, fmt: str) -> None:
                 "segment": r.segment,
                 "send_at": r.send_at.isoformat() if r.send_at else None,
                 "counts": counts.get(r.id, {}),
+                "recipients": sums[r.id].recipients if r.id in sums else None,
+                "handed_over": (
+                    {
+                        "accepted": sums[r.id].accepted,
+                        "failed": sums[r.id].failed,
+                        "uncertain": sums[r.id].uncertain,
+                    }
+                    if r.id in sums
+                    else None
+                ),
                 "error": r.error,
             }
             for r in rows
@@ -264,9 +275,18 @@ def sends(issue: str | None, fmt: str) -> None:
     for r in rows:
         transport = r.transport + (" dry-run" if r.dry_run else "")
         c = counts.get(r.id, {})
-        shown = ", ".join(f"{state} {n}" for state, n in sorted(c.items())) or (
-            "no ledger (outbox/dry run)" if r.transport == "outbox" or r.dry_run else "-"
-        )
+        t = sums.get(r.id)
+        if c:
+            shown = ", ".join(f"{state} {n}" for state, n in sorted(c.items()))
+        elif t is not None:
+            # Outbox and dry-run sends keep no ledger rows: their totals are all there is.
+            label = "written" if r.transport == "outbox" else "validated (sandbox)"
+            done = {label: t.accepted, "failed": t.failed, "uncertain": t.uncertain}
+            shown = ", ".join(f"{k} {n}" for k, n in done.items() if n) or "none handed over"
+        else:
+            shown = "-"
+        if t is not None and r.status == "sending":
+            shown += f" (of {t.recipients})"
         click.echo(
             f"{r.id:>4}  {r.slug[:28]:<28} {r.started_at:%Y-%m-%d %H:%M} "
             f"{r.status:<10} {transport:<16} {shown}"

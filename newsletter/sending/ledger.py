@@ -28,6 +28,7 @@ from newsletter.store.schema import (
     deliveries,
     issues,
     send_leases,
+    send_totals,
     sends,
     subscriber_tags,
     subscribers,
@@ -119,6 +120,29 @@ def finish_send(engine: Engine, send_id: int, status: str, error: str | None = N
 def set_send_error(engine: Engine, send_id: int, error: str) -> None:
     with engine.begin() as conn:
         conn.execute(update(sends).where(sends.c.id == send_id).values(error=error))
+
+
+def start_totals(engine: Engine, send_id: int, recipients: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(send_totals).values(send_id=send_id, recipients=recipients, updated_at=now())
+        )
+
+
+def update_totals(
+    engine: Engine, send_id: int, *, accepted: int, failed: int, uncertain: int
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(send_totals)
+            .where(send_totals.c.send_id == send_id)
+            .values(accepted=accepted, failed=failed, uncertain=uncertain, updated_at=now())
+        )
+
+
+def totals(engine: Engine) -> dict[int, Any]:
+    with engine.connect() as conn:
+        return {r.send_id: r for r in conn.execute(select(send_totals))}
 
 
 # --- the lease ------------------------------------------------------------------------------

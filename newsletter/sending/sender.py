@@ -246,6 +246,7 @@ def run_send(
         send_at=options.send_at,
     )
     report = SendReport(send_id, transport.name, transport.where, use_ledger)
+    ledger.start_totals(engine, send_id, options.expected)
     lease = None
     if use_ledger:
         try:
@@ -352,6 +353,13 @@ def _send_batches(
                 report.errors.append(outcome.error)
             if outcome.fatal and not report.error:
                 report.error = outcome.error
+            ledger.update_totals(
+                engine,
+                send_id,
+                accepted=report.accepted,
+                failed=report.failed,
+                uncertain=report.uncertain,
+            )
             if progress:
                 progress(report)
 

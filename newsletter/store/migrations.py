@@ -37,10 +37,16 @@ def m002_send_leases(conn: Connection) -> None:
     schema.send_leases.create(conn, checkfirst=True)
 
 
+def m003_send_totals(conn: Connection) -> None:
+    """Per-send totals, so outbox and dry-run sends show what they did."""
+    schema.send_totals.create(conn, checkfirst=True)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
     ("m002_send_leases", m002_send_leases),
+    ("m003_send_totals", m003_send_totals),
 ]
 
 

@@ -186,3 +186,16 @@ send_leases = Table(
     Column("pid", Integer, nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )
+
+# Per-send totals (planned recipients and outcomes), written by the sender as it goes; the only
+# record of what outbox and dry-run sends did, since those keep no deliveries rows.
+send_totals = Table(
+    "send_totals",
+    metadata,
+    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
+    Column("recipients", Integer, nullable=False, default=0),  # counted before sending
+    Column("accepted", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("uncertain", Integer, nullable=False, default=0),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
