@@ -96,10 +96,12 @@ def test_kill_9_mid_send_then_resume(
     monkeypatch.setenv("SENDGRID_API_KEY", KEY)
     monkeypatch.setenv("SENDGRID_API_HOST", url)
 
+    dead = cli(root, "sends")
+    assert "its process is gone" in dead.output and "--resume" in dead.output
     again = cli(root, "send", EXAMPLE_ISSUE.stem, "--yes")
     assert again.exit_code == 1 and "--resume" in again.output
 
-    result = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--yes")
+    result = cli(root, "send", "meta-ki-creator", "--resume", "--yes")  # the slug works too
     assert result.exit_code == 0, result.output
     assert "were in flight when the previous send stopped" in result.output
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -78,7 +79,7 @@ def send(
     from newsletter.store.subscribers import count_subscribers
 
     project = get_project()
-    path = project.issue_path(issue)
+    path = _issue_path(project, issue)
     if include_uncertain and not resume:
         raise click.UsageError("--include-uncertain goes with --resume")
     send_at = parse_when(when) if when else None
@@ -224,6 +225,7 @@ def sends(issue: str | None, fmt: str) -> None:
     rows = ledger.list_sends(engine, issue_id)
     counts = ledger.counts_by_state(engine, issue_id=issue_id)
     sums = ledger.totals(engine)
+    live = ledger.live_sends(engine)
     if fmt == "json":
         out = [
             {
@@ -293,6 +295,13 @@ def sends(issue: str | None, fmt: str) -> None:
         )
         if r.error:
             click.echo(f"      {r.error}")
+        if (
+            r.status == "sending"
+            and r.transport == "sendgrid"
+            and not r.dry_run
+            and r.id not in live
+        ):
+            click.echo(f"      its process is gone; run `newsletter send {r.slug} --resume`")
     if issue_id is None:
         return
     click.echo()
@@ -350,17 +359,32 @@ def _interactive() -> bool:
     return sys.stdin.isatty()
 
 
-def _slug(project: object, issue: str) -> str:
-    """An ISSUE argument as a slug: the issue file's slug if it exists, else the name itself."""
+def _issue_path(project: Any, issue: str) -> Path:
+    """An ISSUE argument: a file path or name in issues/ (see Project.issue_path), or a slug."""
     from newsletter.errors import NewsletterError
-
-    try:
-        path = project.issue_path(issue)  # type: ignore[attr-defined]
-    except NewsletterError:
-        return issue
     from newsletter.issue import load_issue
 
-    return load_issue(project, path).slug  # type: ignore[arg-type]
+    try:
+        return project.issue_path(issue)  # type: ignore[no-any-return]
+    except NewsletterError:
+        for candidate in sorted(project.issues_dir.glob("*.md")):
+            try:
+                if load_issue(project, candidate).slug == issue:
+                    return candidate
+            except NewsletterError:
+                continue
+        raise
+
+
+def _slug(project: Any, issue: str) -> str:
+    """An ISSUE argument as a slug: the issue file's slug if it exists, else the name itself."""
+    from newsletter.errors import NewsletterError
+    from newsletter.issue import load_issue
+
+    try:
+        return load_issue(project, _issue_path(project, issue)).slug
+    except NewsletterError:
+        return issue
 
 
 COMMANDS: list[click.Command] = [send, sends, cancel]

@@ -241,6 +241,14 @@ def acquire_lease(engine: Engine, issue_id: int, send_id: int, slug: str) -> Lea
     raise SendError(f"could not take the send lease of {slug}; try again")
 
 
+def live_sends(engine: Engine) -> set[int]:
+    """Ids of sends whose process still holds its lease (alive, heartbeat fresh)."""
+    host = socket.gethostname()
+    with engine.connect() as conn:
+        rows = conn.execute(select(send_leases)).all()
+    return {r.send_id for r in rows if not _stale(r, host)}
+
+
 def lease_holder(engine: Engine, issue_id: int) -> Any:
     with engine.connect() as conn:
         return conn.execute(select(send_leases).where(send_leases.c.issue_id == issue_id)).first()
