@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import itertools
 import json
@@ -29,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,6 +83,7 @@ class Incoming:
         "unsubscribed_at",
         "reason",
         "source",
+        "simple",
     )
 
     def __init__(self, line: int, email: str, key: str, status: str | None = None):
@@ -98,6 +101,8 @@ class Incoming:
         self.unsubscribed_at: datetime | None = None
         self.reason: str | None = None
         self.source: str | None = None
+        #: Only address, first/last name and tags: the bulk path can insert it column-wise.
+        self.simple = status is None
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,8 @@ def _incoming_from_row(
                 return Reject(line, address, f"tag {value[:20]!r}... is longer than 100 characters")
             inc.tags.add(value)
         else:
+            if target != "tags":
+                inc.simple = False
             try:
                 _apply(inc, target, value)
             except (ValueError, StoreError) as exc:
@@ -336,6 +343,7 @@ def _merge(into: Incoming, other: Incoming) -> None:
             setattr(into, attr, value)
     into.tags |= other.tags
     into.fields.update(other.fields)
+    into.simple = into.simple and other.simple
     if other.status is not None and into.status not in STOPPED:
         into.status = other.status
     into.created_at = into.created_at or other.created_at
@@ -423,8 +431,9 @@ def _json_rows(
                     tags = _split_tags(tags)
                 result.tags.update(normalize_tags(str(t) for t in tags))
                 fields = item.get("fields") or {}
-                if isinstance(fields, dict):
+                if isinstance(fields, dict) and fields:
                     result.fields.update(fields)
+                    result.simple = False
             yield number, result, [str(item.get("email") or "")]
 
     return headings, fmt, rows()
@@ -594,7 +603,45 @@ def import_file(
     `progress(bytes_read, total_bytes)` is called after each chunk.
     Raises ImportFileError if the file cannot be read at all; bad rows are rejects.
     """
-    path = Path(path)
+    # A big import makes millions of small acyclic objects; the cyclic garbage collector
+    # would rescan them over and over (a third of the run time) and find nothing. So it is
+    # off, older objects are frozen out of its sight, and every ten chunks end with one
+    # collection of the few cycles they left behind (SQLAlchemy makes some).
+    collecting = gc.isenabled()
+    gc.disable()
+    gc.freeze()
+    try:
+        return _import_file(
+            engine,
+            Path(path),
+            tags=tags,
+            dry_run=dry_run,
+            mapping=mapping,
+            rejects_path=rejects_path,
+            resubscribe=resubscribe,
+            source=source,
+            progress=progress,
+            chunk_rows=chunk_rows,
+        )
+    finally:
+        gc.unfreeze()
+        if collecting:
+            gc.enable()
+
+
+def _import_file(
+    engine: Engine,
+    path: Path,
+    *,
+    tags: Iterable[str],
+    dry_run: bool,
+    mapping: Iterable[tuple[str, str]],
+    rejects_path: Path | str | None,
+    resubscribe: bool,
+    source: str | None,
+    progress: Callable[[int, int], None] | None,
+    chunk_rows: int,
+) -> ImportResult:
     extra_tags = set(normalize_tags(tags))
     result = ImportResult(path=path, dry_run=dry_run)
     encoding = detect_encoding(path)
@@ -655,11 +702,13 @@ def import_file(
             if chunk:
                 yield chunk
 
-        # Parsing (Python) overlaps with SQLite's inserts (which release the GIL).
-        for chunk in _prefetch(chunks()):
+        for number, chunk in enumerate(chunks(), start=1):
             _write_chunk(
                 engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
             )
+            del chunk
+            if number % 10 == 0:
+                gc.collect()
             if progress is not None:
                 progress(counter.count if not is_json else total, total)
         result.duplicates += merged
@@ -793,7 +842,36 @@ def _insert_fresh(
     rows: list[tuple[Any, ...]] = []
     tag_rows: list[tuple[int, str]] = []
     short_rows: list[tuple[Any, ...]] = []
-    for sid, inc in zip(ids, fresh, strict=True):
+    # The common case (address, names, tags; nothing else) goes column-wise: zip builds
+    # the rows in C, several times faster than a Python loop over a million rows.
+    simple = [inc for inc in fresh if inc.simple]
+    if len(simple) == len(fresh):
+        simple_ids, rest = ids, []
+    else:
+        simple_ids = [sid for sid, inc in zip(ids, fresh, strict=True) if inc.simple]
+        rest = [(sid, inc) for sid, inc in zip(ids, fresh, strict=True) if not inc.simple]
+    if simple:
+        short_rows = list(
+            zip(
+                simple_ids,
+                [inc.email for inc in simple],
+                [inc.key for inc in simple],
+                [inc.first_name for inc in simple],
+                [inc.last_name for inc in simple],
+                repeat("subscribed"),
+                repeat("{}"),
+                repeat(source_name),
+                repeat(stamp_db),
+                repeat(stamp_db),
+                repeat(stamp_db),
+                strict=False,
+            )
+        )
+        tag_rows = [
+            (sid, tag) for sid, inc in zip(simple_ids, simple, strict=True) for tag in inc.tags
+        ]
+        new_keys.update([hash(inc.key) for inc in simple])
+    for sid, inc in rest:
         status = _resolve_status(None, inc.status, resubscribe)
         stopped = status in STOPPED
         created = inc.created_at or stamp
