@@ -24,9 +24,7 @@ import gc
 import io
 import itertools
 import json
-import queue
 import re
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,7 +46,7 @@ from newsletter.store.formats import (
     detect_format,
     sniff_delimiter,
 )
-from newsletter.store.schema import STATUSES, subscriber_tags, subscribers
+from newsletter.store.schema import STATUSES, subscribers
 from newsletter.store.subscribers import STOPPED, normalize_tags
 
 #: Rows per transaction: big enough for executemany to pay off, small enough to bound memory.
@@ -522,26 +520,51 @@ class _Writer:
 
 
 def _fetch_current(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]]:
-    """Current rows (and tags) of these keys, by key."""
+    """What the merge needs of the current rows (and tags) of these keys, by key.
+
+    Driver-level SQL without result processing: a re-import looks up every row, and
+    parsing times and JSON nobody compares would double its cost. `fields` stays raw
+    (JSON text on SQLite) until a row from the file actually brings fields.
+    """
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(keys), LOOKUP_BATCH):
         batch = keys[start : start + LOOKUP_BATCH]
-        rows = conn.execute(select(subscribers).where(subscribers.c.email_key.in_(batch))).all()
+        marks = ", ".join([mark] * len(batch))
+        rows = conn.exec_driver_sql(
+            "SELECT id, email_key, name, first_name, last_name, status, fields, "
+            f"confirmed_at IS NULL FROM subscribers WHERE email_key IN ({marks})",
+            tuple(batch),
+        ).all()
         by_id: dict[int, dict[str, Any]] = {}
-        for row in rows:
-            record = dict(row._mapping)
-            record["tags"] = set()
-            found[row.email_key] = record
-            by_id[row.id] = record
+        for sid, key, name, first, last, status, fields, unconfirmed in rows:
+            record = {
+                "id": sid,
+                "name": name,
+                "first_name": first,
+                "last_name": last,
+                "status": status,
+                "fields": fields,
+                "unconfirmed": bool(unconfirmed),
+                "tags": set(),
+            }
+            found[key] = record
+            by_id[sid] = record
         if by_id:
-            tag_rows = conn.execute(
-                select(subscriber_tags.c.subscriber_id, subscriber_tags.c.tag).where(
-                    subscriber_tags.c.subscriber_id.in_(list(by_id))
-                )
+            marks = ", ".join([mark] * len(by_id))
+            tag_rows = conn.exec_driver_sql(
+                f"SELECT subscriber_id, tag FROM subscriber_tags WHERE subscriber_id IN ({marks})",
+                tuple(by_id),
             )
             for sid, tag in tag_rows:
                 by_id[sid]["tags"].add(tag)
     return found
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = json.loads(value) if value else {}
+    return dict(value or {})
 
 
 def _resolve_status(current: str | None, incoming: str | None, resubscribe: bool) -> str:
@@ -566,8 +589,9 @@ def _changes(
         if value and value != current[column]:
             values[column] = value
     if inc.fields:
-        merged = {**(current["fields"] or {}), **inc.fields}
-        if merged != (current["fields"] or {}):
+        have = _json_object(current["fields"])
+        merged = {**have, **inc.fields}
+        if merged != have:
             values["fields"] = merged
     status = _resolve_status(current["status"], inc.status, resubscribe)
     kept_stop = current["status"] in STOPPED and inc.status not in STOPPED and not resubscribe
@@ -576,7 +600,7 @@ def _changes(
         if status == "subscribed":
             values["unsubscribed_at"] = None
             values["unsubscribe_reason"] = None
-            if current["confirmed_at"] is None:
+            if current["unconfirmed"]:
                 values["confirmed_at"] = inc.confirmed_at or stamp
         elif status in STOPPED:
             values["unsubscribed_at"] = inc.unsubscribed_at or stamp
@@ -724,51 +748,6 @@ def _import_file(
         if reject_file is not None:
             reject_file.close()
     return result
-
-
-def _prefetch(source: Iterator[Any], depth: int = 1) -> Iterator[Any]:
-    """Iterate `source` in a background thread, at most `depth` items ahead (bounded
-    memory); its exceptions are raised here."""
-    done = object()
-    box: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in source:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as exc:  # handed to the consumer
-            put(_Failure(exc))
-
-    thread = threading.Thread(target=run, name="import-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = box.get()
-            if item is done:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-@dataclass(frozen=True)
-class _Failure:
-    exc: BaseException
 
 
 def _write_chunk(
