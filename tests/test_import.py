@@ -388,3 +388,55 @@ def test_progress_callback_reaches_the_file_size(engine) -> None:
     )
     size = (IMPORTS / "mailchimp_subscribed.csv").stat().st_size
     assert seen[-1] == (size, size)
+
+
+# --- the forked reader process (used for big files) ------------------------------------
+
+
+@pytest.mark.skipif(not importer._can_fork(), reason="needs fork")
+def test_reader_process_gives_the_same_result(engine, tmp_path) -> None:
+    lines = ["email;Vorname;tags"]
+    for i in range(30):
+        lines.append(f"p{i}@example.com;Pä{i};t{i % 3}")
+    lines += ["kaputt;X;", "P3@example.com;Paula;neu", "anna@example.com;Anna;"]
+    source = write(tmp_path / "x.csv", "\n".join(lines) + "\n", encoding="cp1252")
+    rejects_serial, rejects_parallel = tmp_path / "r1.csv", tmp_path / "r2.csv"
+    other = open_engine(f"sqlite:///{tmp_path / 'serial.db'}")
+    serial = import_file(other, source, chunk_rows=7, parallel=False, rejects_path=rejects_serial)
+    seen: list[int] = []
+    parallel = import_file(
+        engine,
+        source,
+        chunk_rows=7,
+        parallel=True,
+        rejects_path=rejects_parallel,
+        progress=lambda done, total: seen.append(done),
+    )
+    fields = ("rows", "new", "updated", "unchanged", "rejected", "duplicates", "format", "encoding")
+    assert [getattr(parallel, f) for f in fields] == [getattr(serial, f) for f in fields]
+    assert [getattr(parallel, f) for f in fields[:6]] == [33, 31, 0, 0, 1, 1]
+    assert parallel.rejects == serial.rejects and parallel.rejects[0].line == 32
+    assert rejects_parallel.read_text(encoding="utf-8") == rejects_serial.read_text(
+        encoding="utf-8"
+    )
+    assert everyone(engine) == everyone(other) or _same_but_times(everyone(engine), everyone(other))
+    assert find_subscriber(engine, "p3@example.com").tags == ("neu", "t0")
+    assert seen[-1] == source.stat().st_size
+
+
+def _same_but_times(a: dict, b: dict) -> bool:
+    strip = lambda d: {  # noqa: E731
+        k: {f: v for f, v in row.items() if not f.endswith("_at")} for k, row in d.items()
+    }
+    return strip(a) == strip(b)
+
+
+@pytest.mark.skipif(not importer._can_fork(), reason="needs fork")
+def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
+    # A runaway quoted cell (over csv's field limit) in the second chunk.
+    source = write(
+        tmp_path / "x.csv", 'email,name\na@example.com,A\nb@example.com,"' + "x" * 200_000 + "\n"
+    )
+    with pytest.raises(ImportFileError, match="not a readable CSV file.*field larger"):
+        import_file(engine, source, parallel=True, chunk_rows=1)
+    assert [s.email for s in iter_subscribers(engine)] == ["a@example.com"]

@@ -24,6 +24,7 @@ import gc
 import io
 import itertools
 import json
+import multiprocessing
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -621,6 +622,7 @@ def import_file(
     source: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    parallel: bool | None = None,
 ) -> ImportResult:
     """Import a CSV (or our JSON export) into the list; see the module docstring.
 
@@ -646,6 +648,7 @@ def import_file(
             source=source,
             progress=progress,
             chunk_rows=chunk_rows,
+            parallel=parallel,
         )
     finally:
         gc.unfreeze()
@@ -665,6 +668,7 @@ def _import_file(
     source: str | None,
     progress: Callable[[int, int], None] | None,
     chunk_rows: int,
+    parallel: bool | None,
 ) -> ImportResult:
     extra_tags = set(normalize_tags(tags))
     result = ImportResult(path=path, dry_run=dry_run)
@@ -679,6 +683,7 @@ def _import_file(
     counter = _CountingReader(raw)
     handle = io.TextIOWrapper(io.BufferedReader(counter, 1 << 20), encoding=encoding, newline="")
     reject_file: IO[str] | None = None
+    reader: _ReaderStream | None = None
     try:
         if is_json:
             headings, fmt, rows = _json_rows(path, encoding)
@@ -702,7 +707,7 @@ def _import_file(
         merged = 0
 
         def chunks() -> Iterator[dict[str, Incoming]]:
-            # Runs in the reader thread: parse, reject, merge duplicates within a chunk.
+            # Parse, reject, merge duplicates within a chunk (in the reader process, if any).
             nonlocal merged
             chunk: dict[str, Incoming] = {}
             for line, item, row in rows:
@@ -726,7 +731,21 @@ def _import_file(
             if chunk:
                 yield chunk
 
-        for number, chunk in enumerate(chunks(), start=1):
+        def finish() -> tuple[int, int, list[Reject], int]:
+            if reject_file is not None:
+                reject_file.flush()
+            return result.rows, result.rejected, result.rejects, merged
+
+        if parallel is None:
+            parallel = not is_json and total >= PARALLEL_BYTES and _can_fork()
+        if parallel:
+            if reject_file is not None:
+                reject_file.flush()  # the reader process writes the rest
+            reader = _ReaderStream(chunks, lambda: counter.count, finish, path)
+            stream: Iterator[tuple[dict[str, Incoming], int]] = iter(reader)
+        else:
+            stream = ((chunk, counter.count) for chunk in chunks())
+        for number, (chunk, done) in enumerate(stream, start=1):
             _write_chunk(
                 engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
             )
@@ -734,7 +753,10 @@ def _import_file(
             if number % 10 == 0:
                 gc.collect()
             if progress is not None:
-                progress(counter.count if not is_json else total, total)
+                progress(done if not is_json else total, total)
+        if reader is not None:
+            assert reader.stats is not None
+            result.rows, result.rejected, result.rejects, merged = reader.stats
         result.duplicates += merged
         if progress is not None:
             progress(total, total)
@@ -743,11 +765,111 @@ def _import_file(
     except csv.Error as exc:
         raise ImportFileError(f"{path}: not a readable CSV file ({exc}); export it again") from None
     finally:
+        if reader is not None:
+            reader.close()
         handle.close()
         raw.close()
         if reject_file is not None:
             reject_file.close()
     return result
+
+
+#: Files at least this big are parsed in a forked reader process while this one writes.
+PARALLEL_BYTES = 8 << 20
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+class _ReaderStream:
+    """Chunks parsed by a forked child process, sent through a pipe.
+
+    Parsing (Python) and SQLite's inserts then run on two cores instead of taking turns.
+    The pipe holds at most about one chunk, so memory stays bounded. The child inherits
+    the open file and the parser by fork, and sends back compact tuples, not objects.
+    """
+
+    def __init__(
+        self,
+        chunks: Callable[[], Iterator[dict[str, Incoming]]],
+        position: Callable[[], int],
+        finish: Callable[[], tuple[int, int, list[Reject], int]],
+        path: Path,
+    ):
+        self.path = path
+        self.stats: tuple[int, int, list[Reject], int] | None = None
+        context = multiprocessing.get_context("fork")
+        self.receive, send = context.Pipe(duplex=False)
+
+        def run() -> None:
+            try:
+                for chunk in chunks():
+                    send.send(("chunk", _pack(chunk), position()))
+                send.send(("done", finish()))
+            except BaseException as exc:  # handed to the parent, which raises it
+                with contextlib.suppress(Exception):
+                    send.send(("error", exc))
+            finally:
+                send.close()
+
+        self.process = context.Process(target=run, name="newsletter-import-reader", daemon=True)
+        self.process.start()
+        send.close()
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int]]:
+        try:
+            while True:
+                try:
+                    kind, payload, *rest = self.receive.recv()
+                except EOFError:
+                    raise StoreError(
+                        f"{self.path}: the import's reader process stopped unexpectedly; "
+                        "run the same import again (it continues where it stopped)"
+                    ) from None
+                if kind == "chunk":
+                    yield _unpack(payload), rest[0]
+                elif kind == "done":
+                    self.stats = payload
+                    return
+                else:
+                    raise payload
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.receive.closed:
+            return
+        self.receive.close()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+
+
+def _pack(chunk: dict[str, Incoming]) -> tuple[list[tuple[Any, ...]], list[Incoming]]:
+    """Simple subscribers as plain tuples (cheap to pickle); the rest as objects."""
+    simple = [
+        (inc.line, inc.email, inc.key, inc.first_name, inc.last_name, tuple(inc.tags))
+        for inc in chunk.values()
+        if inc.simple
+    ]
+    others = [inc for inc in chunk.values() if not inc.simple]
+    return simple, others
+
+
+def _unpack(packed: tuple[list[tuple[Any, ...]], list[Incoming]]) -> dict[str, Incoming]:
+    simple, others = packed
+    chunk: dict[str, Incoming] = {}
+    for line, email, key, first, last, tags in simple:
+        inc = Incoming(line, email, key)
+        inc.first_name = first
+        inc.last_name = last
+        if tags:
+            inc.tags = set(tags)
+        chunk[key] = inc
+    for inc in others:
+        chunk[inc.key] = inc
+    return chunk
 
 
 def _write_chunk(
