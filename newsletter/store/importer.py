@@ -702,7 +702,8 @@ def _import_file(
 
         with engine.connect() as probe:
             initially_empty = probe.execute(select(subscribers.c.id).limit(1)).first() is None
-        new_keys: set[int] = set()
+        # Exact where counts depend on it; a 16 MB bit set for a first big import.
+        new_keys = _KeyFilter(exact=dry_run or not initially_empty)
 
         merged = 0
 
@@ -772,6 +773,45 @@ def _import_file(
         if reject_file is not None:
             reject_file.close()
     return result
+
+
+class _KeyFilter:
+    """The addresses this run added, by hash: a set of hashes (exact), or a bit set.
+
+    The bit set (2**27 bits, 16 MB) answers "maybe" for about 1 in 130 unknown keys at a
+    million entries; a "maybe" only costs a database lookup, which gives the truth. It is
+    used for a first import into an empty list, where every key found in the database
+    was added by this run; dry runs and merges into a full list use the exact set.
+    """
+
+    BITS = 27
+
+    def __init__(self, exact: bool):
+        self.exact: set[int] | None = set() if exact else None
+        self.bits = bytearray(0 if exact else 1 << (self.BITS - 3))
+        self.mask = (1 << self.BITS) - 1
+
+    def add(self, key: str) -> None:
+        if self.exact is not None:
+            self.exact.add(hash(key))
+        else:
+            h = hash(key) & self.mask
+            self.bits[h >> 3] |= 1 << (h & 7)
+
+    def update(self, keys: Iterable[str]) -> None:
+        if self.exact is not None:
+            self.exact.update(map(hash, keys))
+            return
+        bits, mask = self.bits, self.mask
+        for key in keys:
+            h = hash(key) & mask
+            bits[h >> 3] |= 1 << (h & 7)
+
+    def __contains__(self, key: str) -> bool:
+        if self.exact is not None:
+            return hash(key) in self.exact
+        h = hash(key) & self.mask
+        return bool(self.bits[h >> 3] & (1 << (h & 7)))
 
 
 #: Files at least this big are parsed in a forked reader process while this one writes.
@@ -876,7 +916,7 @@ def _write_chunk(
     engine: Engine,
     chunk: dict[str, Incoming],
     result: ImportResult,
-    new_keys: set[int],
+    new_keys: _KeyFilter,
     initially_empty: bool,
     resubscribe: bool,
     source_name: str,
@@ -884,7 +924,7 @@ def _write_chunk(
 ) -> None:
     """Merge one chunk into the database in one transaction (or only count it: dry run).
 
-    `new_keys` holds hash(email_key) of every address this run added. It is only a
+    `new_keys` knows (by hash) every address this run added. It is only a
     hint: a hit is checked against the database (a real run), so a hash collision can
     cost a lookup but never a wrong merge. With a list that was empty at the start,
     misses need no lookup at all, which is what makes a first big import fast.
@@ -898,10 +938,10 @@ def _write_chunk(
             writer = _Writer(conn)
             lookup = list(chunk)
             if initially_empty:
-                lookup = [k for k in lookup if hash(k) in new_keys]
+                lookup = [k for k in lookup if k in new_keys]
             if dry_run:
                 # Nothing of this run is in the database; repeats of new rows are duplicates.
-                repeats = {k for k in lookup if hash(k) in new_keys}
+                repeats = {k for k in lookup if k in new_keys}
                 result.duplicates += len(repeats)
                 lookup = [k for k in lookup if k not in repeats]
             else:
@@ -931,7 +971,7 @@ def _insert_fresh(
     writer: _Writer,
     fresh: list[Incoming],
     result: ImportResult,
-    new_keys: set[int],
+    new_keys: _KeyFilter,
     resubscribe: bool,
     source_name: str,
     stamp: datetime,
@@ -971,7 +1011,7 @@ def _insert_fresh(
         tag_rows = [
             (sid, tag) for sid, inc in zip(simple_ids, simple, strict=True) for tag in inc.tags
         ]
-        new_keys.update([hash(inc.key) for inc in simple])
+        new_keys.update([inc.key for inc in simple])
     for sid, inc in rest:
         status = _resolve_status(None, inc.status, resubscribe)
         stopped = status in STOPPED
@@ -1021,7 +1061,7 @@ def _insert_fresh(
             )
         for tag in inc.tags:
             tag_rows.append((sid, tag))
-        new_keys.add(hash(inc.key))
+        new_keys.add(inc.key)
     result.new += len(fresh)
     if not result.dry_run:
         writer.insert(rows, tag_rows, short_rows)
@@ -1033,7 +1073,7 @@ def _update_existing(
     chunk: dict[str, Incoming],
     current: dict[str, dict[str, Any]],
     result: ImportResult,
-    new_keys: set[int],
+    new_keys: _KeyFilter,
     resubscribe: bool,
     stamp: datetime,
 ) -> None:
@@ -1041,7 +1081,7 @@ def _update_existing(
         inc = chunk[key]
         values, more_tags, kept_stop = _changes(record, inc, resubscribe, stamp)
         # An address this run added earlier (a duplicate further down the file).
-        repeat = hash(key) in new_keys
+        repeat = key in new_keys
         if repeat:
             result.duplicates += 1
         elif values or more_tags:
