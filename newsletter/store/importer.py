@@ -634,6 +634,7 @@ def import_file(
     # off, older objects are frozen out of its sight, and every ten chunks end with one
     # collection of the few cycles they left behind (SQLAlchemy makes some).
     collecting = gc.isenabled()
+    frozen_before = gc.get_freeze_count() > 0  # someone else (a sender) froze objects
     gc.disable()
     gc.freeze()
     try:
@@ -652,6 +653,8 @@ def import_file(
         )
     finally:
         gc.unfreeze()
+        if frozen_before:
+            gc.freeze()
         if collecting:
             gc.enable()
 
