@@ -371,10 +371,10 @@ def detect_encoding(path: Path) -> str:
         except UnicodeDecodeError:
             pass
         handle.seek(0)
-        decoder = codecs.getincrementaldecoder("cp1252")()
+        windows = codecs.getincrementaldecoder("cp1252")()
         try:
             while block := handle.read(1 << 20):
-                decoder.decode(block)
+                windows.decode(block)
         except UnicodeDecodeError:
             raise ImportFileError(
                 f"{path}: is neither UTF-8 nor Windows-1252 text; save it as CSV UTF-8"

@@ -245,7 +245,9 @@ def add_subscriber(
         with _connect(engine) as conn:
             if conn.execute(select(subscribers.c.id).where(subscribers.c.email_key == key)).first():
                 raise StoreError(_exists_message(address))
-            new_id = conn.execute(insert(subscribers).values(**values)).inserted_primary_key[0]
+            inserted = conn.execute(insert(subscribers).values(**values)).inserted_primary_key
+            assert inserted is not None
+            new_id = inserted[0]
             if tag_list:
                 conn.execute(
                     insert(subscriber_tags),
