@@ -900,16 +900,28 @@ def _pack(chunk: dict[str, Incoming]) -> tuple[list[tuple[Any, ...]], list[Incom
     return simple, others
 
 
-def _unpack(packed: tuple[list[tuple[Any, ...]], list[Incoming]]) -> dict[str, Incoming]:
+def _simple_tuple(inc: Incoming) -> tuple[Any, ...]:
+    return (inc.line, inc.email, inc.key, inc.first_name, inc.last_name, tuple(inc.tags))
+
+
+def _is_simple(item: Any) -> bool:
+    return type(item) is tuple or bool(item.simple)
+
+
+def _as_incoming(item: Any) -> Incoming:
+    if type(item) is not tuple:
+        return item  # type: ignore[no-any-return]
+    line, email, key, first, last, tags = item
+    inc = Incoming(line, email, key)
+    inc.first_name, inc.last_name, inc.tags = first, last, set(tags)
+    return inc
+
+
+def _unpack(packed: tuple[list[tuple[Any, ...]], list[Incoming]]) -> dict[str, Any]:
     simple, others = packed
-    chunk: dict[str, Incoming] = {}
-    for line, email, key, first, last, tags in simple:
-        inc = Incoming(line, email, key)
-        inc.first_name = first
-        inc.last_name = last
-        if tags:
-            inc.tags = set(tags)
-        chunk[key] = inc
+    # Simple rows stay tuples: building a million objects here would cost this process
+    # (the one that writes) a second; they become Incoming only if a merge needs them.
+    chunk: dict[str, Any] = {item[2]: item for item in simple}
     for inc in others:
         chunk[inc.key] = inc
     return chunk
@@ -972,7 +984,7 @@ def _write_chunk(
 
 def _insert_fresh(
     writer: _Writer,
-    fresh: list[Incoming],
+    fresh: list[Any],
     result: ImportResult,
     new_keys: _KeyFilter,
     resubscribe: bool,
@@ -987,21 +999,27 @@ def _insert_fresh(
     tag_rows: list[tuple[int, str]] = []
     short_rows: list[tuple[Any, ...]] = []
     # The common case (address, names, tags; nothing else) goes column-wise: zip builds
-    # the rows in C, several times faster than a Python loop over a million rows.
-    simple = [inc for inc in fresh if inc.simple]
-    if len(simple) == len(fresh):
+    # the rows in C, several times faster than a Python loop over a million rows. Such
+    # rows come as packed tuples (line, email, key, first, last, tags) from the reader
+    # process, or as Incoming objects marked simple.
+    packed = [
+        item if type(item) is tuple else _simple_tuple(item)  # type: ignore[arg-type]
+        for item in fresh
+        if type(item) is tuple or item.simple
+    ]
+    if len(packed) == len(fresh):
         simple_ids, rest = ids, []
     else:
-        simple_ids = [sid for sid, inc in zip(ids, fresh, strict=True) if inc.simple]
-        rest = [(sid, inc) for sid, inc in zip(ids, fresh, strict=True) if not inc.simple]
-    if simple:
+        simple_ids = [sid for sid, inc in zip(ids, fresh, strict=True) if _is_simple(inc)]
+        rest = [(sid, inc) for sid, inc in zip(ids, fresh, strict=True) if not _is_simple(inc)]
+    if packed:
         short_rows = list(
             zip(
                 simple_ids,
-                [inc.email for inc in simple],
-                [inc.key for inc in simple],
-                [inc.first_name for inc in simple],
-                [inc.last_name for inc in simple],
+                [item[1] for item in packed],
+                [item[2] for item in packed],
+                [item[3] for item in packed],
+                [item[4] for item in packed],
                 repeat("subscribed"),
                 repeat("{}"),
                 repeat(source_name),
@@ -1012,9 +1030,9 @@ def _insert_fresh(
             )
         )
         tag_rows = [
-            (sid, tag) for sid, inc in zip(simple_ids, simple, strict=True) for tag in inc.tags
+            (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
         ]
-        new_keys.update([inc.key for inc in simple])
+        new_keys.update([item[2] for item in packed])
     for sid, inc in rest:
         status = _resolve_status(None, inc.status, resubscribe)
         stopped = status in STOPPED
@@ -1081,7 +1099,7 @@ def _update_existing(
     stamp: datetime,
 ) -> None:
     for key, record in current.items():
-        inc = chunk[key]
+        inc = _as_incoming(chunk[key])
         values, more_tags, kept_stop = _changes(record, inc, resubscribe, stamp)
         # An address this run added earlier (a duplicate further down the file).
         repeat = key in new_keys
