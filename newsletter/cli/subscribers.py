@@ -377,15 +377,11 @@ def import_(
     click.echo(
         f"{file}: {result.format} format, {result.encoding}, {delimiter}; {result.rows} rows"
     )
-    prefix = "would be " if dry_run else ""
-    click.echo(
-        f"new: {result.new}, {prefix}updated: {result.updated}, unchanged: {result.unchanged}, "
+    counts = (
+        f"new: {result.new}, updated: {result.updated}, unchanged: {result.unchanged}, "
         f"rejected: {result.rejected}, duplicates merged: {result.duplicates}"
-        if not dry_run
-        else f"dry run, nothing changed: new: {result.new}, updated: {result.updated}, "
-        f"unchanged: {result.unchanged}, rejected: {result.rejected}, "
-        f"duplicates merged: {result.duplicates}"
     )
+    click.echo(f"dry run, nothing changed: {counts}" if dry_run else counts)
     if result.kept_stopped:
         click.echo(
             f"{result.kept_stopped} unsubscribed/bounced/complained people were left as they "
