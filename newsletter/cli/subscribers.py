@@ -118,8 +118,14 @@ def add(
     )
     if confirm:
         from newsletter.optin import send_confirmation
+        from newsletter.store.subscribers import forget_subscriber
 
-        send_confirmation(get_project(), engine, subscriber)
+        try:
+            send_confirmation(get_project(), engine, subscriber)
+        except BaseException:
+            # No confirmation went out: take the new row back, so a retry can add it again.
+            forget_subscriber(engine, subscriber.email)
+            raise
         click.echo(f"added {subscriber.email} (unconfirmed); confirmation email sent")
         return
     click.echo(f"added {subscriber.email} ({subscriber.status})")
