@@ -440,3 +440,29 @@ def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
     with pytest.raises(ImportFileError, match="not a readable CSV file.*field larger"):
         import_file(engine, source, parallel=True, chunk_rows=1)
     assert [s.email for s in iter_subscribers(engine)] == ["a@example.com"]
+
+
+def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_path, monkeypatch):
+    """The subscribe form may add an address between the import's lookups and inserts."""
+    source = write(tmp_path / "x.csv", "email,first name\na@example.com,A\nb@example.com,Bea\n")
+    real_allocate = importer._Writer.allocate_ids
+    calls = {"n": 0}
+
+    def allocate_then_race(self, n):
+        ids = real_allocate(self, n)
+        calls["n"] += 1
+        if calls["n"] == 1:  # another program commits b@ (and takes an id) right now
+            add_subscriber(engine, "B@example.com", status="unconfirmed", source="form")
+        return ids
+
+    monkeypatch.setattr(importer._Writer, "allocate_ids", allocate_then_race)
+    result = import_file(engine, source)
+    assert (result.new, result.updated, result.unchanged) == (1, 1, 0)
+    b = find_subscriber(engine, "b@example.com")
+    assert (b.email, b.source, b.first_name, b.status) == (
+        "B@example.com",
+        "form",
+        "Bea",
+        "unconfirmed",
+    )
+    assert [s.email for s in iter_subscribers(engine)] == ["B@example.com", "a@example.com"]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import ImportFileError, StoreError
 from newsletter.store.emails import _fast as _fast_email
@@ -945,6 +946,43 @@ def _write_chunk(
     misses need no lookup at all, which is what makes a first big import fast.
     """
     literal_times = fmt.name.startswith("newsletter")
+    counters = ("new", "updated", "unchanged", "duplicates", "kept_stopped")
+    before = [getattr(result, name) for name in counters]
+    for attempt in range(1, 4):
+        added: list[str] = []
+        try:
+            # After a clash, look every key up: someone else added some meanwhile.
+            _write_chunk_once(
+                engine, chunk, result, new_keys, added, initially_empty and attempt == 1,
+                resubscribe, source_name, literal_times,
+            )  # fmt: skip
+        except IntegrityError:
+            # Another program (the subscribe form, say) added one of these addresses or
+            # took an id between our lookups and our inserts. The chunk was rolled back;
+            # count it again from scratch.
+            for name, value in zip(counters, before, strict=True):
+                setattr(result, name, value)
+            if attempt == 3:
+                raise StoreError(
+                    f"{result.path}: other writers kept changing the list during the import; "
+                    "run the same import again (it continues where it stopped)"
+                ) from None
+            continue
+        new_keys.update(added)
+        return
+
+
+def _write_chunk_once(
+    engine: Engine,
+    chunk: dict[str, Any],
+    result: ImportResult,
+    new_keys: _KeyFilter,
+    added: list[str],
+    skip_lookups: bool,
+    resubscribe: bool,
+    source_name: str,
+    literal_times: bool,
+) -> None:
     stamp = datetime.now(UTC)
     dry_run = result.dry_run
     with engine.connect() as conn:
@@ -952,7 +990,7 @@ def _write_chunk(
         try:
             writer = _Writer(conn)
             lookup = list(chunk)
-            if initially_empty:
+            if skip_lookups:
                 lookup = [k for k in lookup if k in new_keys]
             if dry_run:
                 # Nothing of this run is in the database; repeats of new rows are duplicates.
@@ -970,7 +1008,7 @@ def _write_chunk(
             fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
             if fresh:
                 _insert_fresh(
-                    writer, fresh, result, new_keys, resubscribe, source_name, stamp, literal_times
+                    writer, fresh, result, added, resubscribe, source_name, stamp, literal_times
                 )
             if dry_run:
                 transaction.rollback()
@@ -986,7 +1024,7 @@ def _insert_fresh(
     writer: _Writer,
     fresh: list[Any],
     result: ImportResult,
-    new_keys: _KeyFilter,
+    added: list[str],
     resubscribe: bool,
     source_name: str,
     stamp: datetime,
@@ -1032,7 +1070,7 @@ def _insert_fresh(
         tag_rows = [
             (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
         ]
-        new_keys.update([item[2] for item in packed])
+        added.extend([item[2] for item in packed])
     for sid, inc in rest:
         status = _resolve_status(None, inc.status, resubscribe)
         stopped = status in STOPPED
@@ -1082,7 +1120,7 @@ def _insert_fresh(
             )
         for tag in inc.tags:
             tag_rows.append((sid, tag))
-        new_keys.add(inc.key)
+        added.append(inc.key)
     result.new += len(fresh)
     if not result.dry_run:
         writer.insert(rows, tag_rows, short_rows)
