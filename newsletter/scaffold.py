@@ -15,7 +15,7 @@ PLACEHOLDER_ADDRESS = "Street 1, 12345 City, Country"
 PLACEHOLDER_EMAIL = "you@example.com"
 
 CONFIG_TEMPLATE = """\
-# The newsletter's settings. Every key is described in docs/authoring.md.
+# The newsletter's settings. Every key is described in the README of newsletter (Writing and rendering issues).
 [newsletter]
 name = {name}
 from_email = "{email}"          # a sender verified in SendGrid

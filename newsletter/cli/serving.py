@@ -18,7 +18,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def serve(host: str, port: int) -> None:
     """Run the web endpoints: unsubscribe, subscribe/confirm, SendGrid webhooks.
 
-    Binds 127.0.0.1 by default; put it behind an HTTPS reverse proxy (docs/serve.md).
+    Binds 127.0.0.1 by default; put it behind an HTTPS reverse proxy (README: "Deploying behind HTTPS").
 
     \b
     Example:

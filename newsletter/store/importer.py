@@ -4,7 +4,7 @@ The file is read as a stream and written in chunks, each chunk its own transacti
 crash or Ctrl-C leaves the old list plus whole chunks of the new one, never half a row;
 running the import again finishes the job and changes nothing that was already done.
 
-Rules (see docs/subscribers.md):
+Rules (see the README, "Subscribers"):
 - duplicates (in the file, or against the list) are merged, never doubled: names and
   custom fields from the file fill in and override, tags are added;
 - statuses from the file count (Substack's email_disabled, Mailchimp's unsubscribed and
