@@ -194,6 +194,10 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
 
 
 def _first_paragraph(tokens: list[Any]) -> str:
+    """The first paragraph's text, for a preheader. A paragraph holding personal fields
+    (a greeting such as "Hallo {{ subscriber.first_name }},") says little once they are
+    stripped, so the first paragraph without them is preferred."""
+    fallback = ""
     for index, token in enumerate(tokens):
         if token.type == "paragraph_open":
             inline = tokens[index + 1]
@@ -203,9 +207,10 @@ def _first_paragraph(tokens: list[Any]) -> str:
                 if c.type in ("text", "code_inline", "softbreak", "hardbreak")
             )
             text = strip_tokens(words)
-            if text:
+            if text and not TOKEN_RE.search(words):
                 return text
-    return ""
+            fallback = fallback or text
+    return fallback
 
 
 def _shorten(text: str, limit: int = PREHEADER_CHARS) -> str:

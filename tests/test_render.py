@@ -225,6 +225,17 @@ def test_preheader_falls_back_to_first_paragraph(make_project: Callable[..., Pat
     assert "nlsubst" not in rendered.html
 
 
+def test_preheader_skips_a_personal_greeting(make_project: Callable[..., Path]) -> None:
+    text = (
+        "---\ntitle: T\n---\n"
+        'Hallo {{ subscriber.first_name | default("zusammen") }},\n\n'
+        "Heute geht es um „KI“ und Creator.\n"
+    )
+    root = make_project(issues={"t.md": text})
+    rendered = render_file(Project.load(root), root / "issues" / "t.md")
+    assert rendered.preheader == "Heute geht es um „KI“ und Creator."
+
+
 def test_theme_from_config(make_project: Callable[..., Path]) -> None:
     config = (
         CONFIG

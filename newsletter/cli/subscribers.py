@@ -198,7 +198,7 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str) -> None:
     from newsletter.store.subscribers import iter_subscribers
 
     engine = _engine()
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     with _quiet_broken_pipe():
         if fmt == "csv":
             write_csv(out, engine, status=status, tags=tags)
@@ -426,7 +426,7 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
     write = write_csv if fmt == "csv" else write_json
     if output is None:
         with _quiet_broken_pipe():
-            write(click.get_text_stream("stdout"), engine, status=status, tags=tags)
+            write(sys.stdout, engine, status=status, tags=tags)
         return
     # Write next to the target and rename, so a crash never leaves half a file.
     partial = output.with_name(output.name + ".partial")

@@ -58,10 +58,10 @@ class PreviewHub:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def rerender(self, forget_templates: bool = False) -> Snapshot:
+    async def rerender(self) -> Snapshot:
         """Render in a worker thread, tell the pages, then refresh the check findings."""
         self._loop = asyncio.get_running_loop()
-        snapshot = await anyio.to_thread.run_sync(self.state.refresh, forget_templates)
+        snapshot = await anyio.to_thread.run_sync(self.state.refresh)
         self._publish()
         self._schedule_findings()
         return snapshot
@@ -154,7 +154,7 @@ def create_preview_app(
             files = WatchedFiles(project.root, issue_path)
 
             async def changed(changes: set[tuple[Change, str]]) -> None:
-                await hub.rerender(forget_templates=files.templates_added_or_removed(changes))
+                await hub.rerender()
 
             watcher = asyncio.create_task(watch(files, changed, hub.closing))
         try:

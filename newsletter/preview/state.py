@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 import time
@@ -147,15 +146,6 @@ def render_snapshot(
     )
 
 
-def forget_compiled_templates(project_root: Path) -> None:
-    """Drop the pipeline's compiled templates so the next render looks the files up again."""
-    from newsletter.render import template_environment
-
-    # A broken newsletter.toml is reported by the render itself.
-    with contextlib.suppress(NewsletterError, AttributeError):
-        template_environment(Project.load(project_root)).cache.clear()  # type: ignore[union-attr]
-
-
 def check_findings(project_root: Path, issue_path: Path) -> list[Finding]:
     """`newsletter check`'s findings for the issue, for the list beside the email."""
     from newsletter.check import check_issue
@@ -185,15 +175,13 @@ class PreviewState:
         self.renders = 0  # how many times the pipeline ran (bursts of saves count once)
         self._lock = threading.Lock()
 
-    def refresh(self, forget_templates: bool = False) -> Snapshot:
+    def refresh(self) -> Snapshot:
         """Render again; on failure keep the last good content and attach the error.
 
-        `forget_templates` after a template file was added or removed: Jinja notices edits
-        to the files it loaded, not a new project template that now overrides a built-in one.
+        A template added to or removed from the project's templates/ is picked up by
+        `render.template_environment`, whose cache key lists those files.
         """
         with self._lock:
-            if forget_templates:
-                forget_compiled_templates(self.project_root)
             version = self.snapshot.version + 1
             self.renders += 1
             try:

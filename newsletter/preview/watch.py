@@ -56,14 +56,6 @@ class WatchedFiles:
     def watch_filter(self, change: Change, path: str) -> bool:
         return self._default(change, path) and self.matters(path)
 
-    def templates_added_or_removed(self, changes: set[tuple[Change, str]]) -> bool:
-        """A template file appeared or went: cached template lookups may now be wrong."""
-        return any(
-            change != Change.modified
-            and any(Path(path).is_relative_to(top) for top in self.template_dirs)
-            for change, path in changes
-        )
-
 
 async def watch(
     files: WatchedFiles,
