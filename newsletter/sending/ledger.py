@@ -30,9 +30,9 @@ from newsletter.store.schema import (
     send_leases,
     send_totals,
     sends,
-    subscriber_tags,
     subscribers,
 )
+from newsletter.store.subscribers import segment_filters
 
 LEASE_STALE_SECONDS = 120
 HEARTBEAT_SECONDS = 10
@@ -395,19 +395,6 @@ def remove_send_rows(engine: Engine, send_id: int) -> int:
 # --- reporting -------------------------------------------------------------------------------
 
 
-def _segment(tags: Iterable[str]) -> list[Any]:
-    tag_list = list(tags)
-    conditions: list[Any] = [subscribers.c.status == "subscribed"]
-    if tag_list:
-        conditions.append(
-            exists().where(
-                subscriber_tags.c.subscriber_id == subscribers.c.id,
-                subscriber_tags.c.tag.in_(tag_list),
-            )
-        )
-    return conditions
-
-
 def count_to_reach(
     engine: Engine, issue_id: int, tags: Iterable[str], include_uncertain: bool = False
 ) -> int:
@@ -421,7 +408,9 @@ def count_to_reach(
     with engine.connect() as conn:
         return int(
             conn.execute(
-                select(func.count()).select_from(subscribers).where(*_segment(tags), ~done)
+                select(func.count())
+                .select_from(subscribers)
+                .where(*segment_filters("subscribed", tags), ~done)
             ).scalar_one()
         )
 

@@ -380,7 +380,8 @@ def remove_tags(engine: Engine | Connection, email: str, tags: Iterable[str]) ->
     return loaded
 
 
-def _filters(status: str | None, tags: Iterable[str]) -> list[Any]:
+def segment_filters(status: str | None, tags: Iterable[str]) -> list[Any]:
+    """WHERE conditions on `subscribers` for a status and ANY of the tags (list, count, send)."""
     conditions: list[Any] = []
     if status is not None:
         conditions.append(subscribers.c.status == check_status(status))
@@ -409,7 +410,7 @@ def iter_subscribers(
     `tags`: subscribers who have ANY of them. `after_id`: start after this id (resume).
     Each page is its own short read, so a long consumer never holds a transaction open.
     """
-    conditions = _filters(status, tags)
+    conditions = segment_filters(status, tags)
     last = after_id
     while True:
         with engine.connect() as conn:
