@@ -314,6 +314,22 @@ def test_bad_key(project, db, sg, cli, monkeypatch):
     assert ledger_states(project) == {"accepted": 2}
 
 
+def test_plain_send_after_a_send_that_reached_nobody_retries_it(project, db, sg, cli, monkeypatch):
+    people = add_people(project, 2)
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.wrong-key-secret")
+    assert cli(project, "send", ISSUE, "--yes").exit_code == 1
+    monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+    # Nobody has the issue, so the send is not "already sent": it goes out to everyone.
+    result = cli(project, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "already sent" not in result.output
+    assert ledger_states(project) == {"accepted": 2}
+    assert sorted(sg.recipients()) == sorted(people)
+    # Now someone has it: a plain send refuses again.
+    again = cli(project, "send", ISSUE, "--yes")
+    assert again.exit_code == 1 and "already sent" in again.output
+
+
 def test_unverified_sender(make_project, db, sg, cli):
     root = make_project(
         config=CONFIG.replace('from_email = "jens@example.com"', 'from_email = "nope@example.net"')

@@ -10,7 +10,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -163,12 +163,19 @@ class SendReport:
         return self.accepted + self.failed + self.uncertain
 
 
-def refuse_if_already_sent(engine: Engine, issue_id: int, slug: str, options: SendOptions) -> None:
+def refuse_if_already_sent(
+    engine: Engine, issue_id: int, slug: str, options: SendOptions
+) -> SendOptions:
+    """A plain send of an issue that someone has (or may have) refuses, saying how to reach
+    the rest. If every earlier attempt failed (a wrong key, the network down), nobody has
+    it, so the send goes on and retries them, as `--resume` would."""
     if options.resume or not ledger.has_rows(engine, issue_id):
-        return
+        return options
     counts = ledger.issue_counts(engine, issue_id)
-    todo = ledger.count_to_reach(engine, issue_id, options.tags)
     had = sum(n for s, n in counts.items() if s not in ledger.RETRYABLE)
+    if had == 0:
+        return replace(options, resume=True)
+    todo = ledger.count_to_reach(engine, issue_id, options.tags)
     hint = (
         f"use --resume to reach the {todo} people who have not had it"
         if todo
@@ -233,7 +240,7 @@ def run_send(
     use_ledger = transport.name == "sendgrid" and not options.dry_run
     key = secret_key(required=use_ledger)
     if use_ledger:
-        refuse_if_already_sent(engine, issue_id, issue.slug, options)
+        options = refuse_if_already_sent(engine, issue_id, issue.slug, options)
     status = "scheduled" if options.send_at and use_ledger else "sending"
     send_id = ledger.create_send(
         engine,
