@@ -79,6 +79,16 @@ def _config(project: Project) -> list[Finding]:
                 None,
             )
         )
+    if config.base_url is None:
+        found.append(
+            Finding(
+                "warning",
+                "[newsletter] base_url is not set, so unsubscribe links lead nowhere; set it to "
+                "where `newsletter serve` is reachable (a real send refuses without it)",
+                config.path,
+                None,
+            )
+        )
     if config.from_email == PLACEHOLDER_EMAIL:
         found.append(
             Finding(

@@ -512,3 +512,16 @@ def test_every_command_documented(cli):
 
     for command in COMMANDS:
         assert "Example:" in (command.help or ""), command.name
+
+
+def test_real_send_refuses_without_base_url(make_project, db, sg, cli):
+    root = make_project(config=CONFIG.replace('base_url = "https://news.example.com"\n', ""))
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    add_people(root, 2)
+    result = cli(root, "send", ISSUE, "--yes")
+    assert result.exit_code == 1
+    assert "base_url is not set" in result.output and "newsletter.toml" in result.output
+    assert sg.recipients() == [] and ledger_states(root) == {}
+    # `check` says so ahead of time; the outbox still works for a look at the messages.
+    assert "base_url is not set" in cli(root, "check", ISSUE).output
+    assert cli(root, "send", ISSUE, "--outbox", str(root / "out"), "--yes").exit_code == 0

@@ -113,6 +113,8 @@ def send(
             language=rendered.issue.language,
         )
     use_ledger = transport.name == "sendgrid" and not dry_run
+    if use_ledger:
+        sender.refuse_without_base_url(project)
     if use_ledger and issue_id is not None:
         opts = sender.SendOptions(tags=tags, resume=resume)
         sender.refuse_if_already_sent(engine, issue_id, prepared.slug, opts)

@@ -163,6 +163,15 @@ class SendReport:
         return self.accepted + self.failed + self.uncertain
 
 
+def refuse_without_base_url(project: Project) -> None:
+    """Readers must be able to leave (RFC 8058, CAN-SPAM): no real send with dead links."""
+    if project.config.base_url is None:
+        raise SendError(
+            f"{project.config.path}: [newsletter] base_url is not set, so the unsubscribe links "
+            "would lead nowhere; set base_url to where `newsletter serve` is reachable"
+        )
+
+
 def refuse_if_already_sent(
     engine: Engine, issue_id: int, slug: str, options: SendOptions
 ) -> SendOptions:
@@ -238,6 +247,8 @@ def run_send(
     )
     # Outbox and dry-run sends keep no ledger: they must not block the real send.
     use_ledger = transport.name == "sendgrid" and not options.dry_run
+    if use_ledger:
+        refuse_without_base_url(project)
     key = secret_key(required=use_ledger)
     if use_ledger:
         options = refuse_if_already_sent(engine, issue_id, issue.slug, options)
