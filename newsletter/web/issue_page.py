@@ -6,14 +6,44 @@ no one's data; its unsubscribe link is a neutral `#`, since the page names nobod
 
 from __future__ import annotations
 
+import logging
 import threading
+from functools import partial
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from newsletter.errors import NewsletterError
 from newsletter.project import Project
+from newsletter.web.context import Context
+
+log = logging.getLogger("newsletter.web")
 
 # (path, mtime) -> html; rendering an issue costs far more than serving it.
 _cache: dict[tuple[str, float], str] = {}
 _lock = threading.Lock()
+
+
+def routes(ctx: Context) -> list[Route]:
+    return [Route("/issues/{slug}", partial(issue_page, ctx), methods=["GET"])]
+
+
+def find_issue_file(project: Project, slug: str) -> Path | None:
+    """The issue in issues/ whose slug (front matter, else file name) is `slug`."""
+    from newsletter.issue import load_issue
+
+    if not slug or "/" in slug or slug.startswith("."):
+        return None
+    for path in sorted(project.issues_dir.glob("*.md")):
+        try:
+            if load_issue(project, path).slug == slug:
+                return path
+        except NewsletterError:
+            continue
+    return None
 
 
 def render_public(project: Project, path: Path) -> str:
@@ -30,3 +60,23 @@ def render_public(project: Project, path: Path) -> str:
             _cache.clear()
         _cache[key] = html
     return html
+
+
+def _render_slug(project: Project, slug: str) -> str | None:
+    path = find_issue_file(project, slug)
+    if path is None:
+        return None
+    return render_public(project, path)
+
+
+async def issue_page(ctx: Context, request: Request) -> Response:
+    """GET /issues/{slug}: the issue as a web page, or 404."""
+    try:
+        html = await run_in_threadpool(_render_slug, ctx.project, request.path_params["slug"])
+    except NewsletterError as exc:
+        log.error("issue page failed: %s", type(exc).__name__)
+        html = None
+    if html is None:
+        t = ctx.text(None)
+        return ctx.message(None, "invalid_title", t["not_found"], 404)
+    return HTMLResponse(html, headers={"X-Content-Type-Options": "nosniff"})

@@ -1,0 +1,154 @@
+"""The unsubscribe link from every email: the confirmation page, one-click unsubscribe, resubscribe."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
+
+from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from newsletter import events, tokens
+from newsletter.errors import TokenError
+from newsletter.web.context import Context
+
+if TYPE_CHECKING:
+    from newsletter.store.subscribers import Subscriber
+
+T = TypeVar("T")
+# Runs in the token's transaction with its subscriber; must not return None (that means "gone").
+Action = Callable[[Connection, "Subscriber", tokens.SubscriberToken], T]
+
+
+def routes(ctx: Context) -> list[Route]:
+    return [
+        Route("/unsubscribe/{token}", partial(unsubscribe_page, ctx), methods=["GET"]),
+        Route("/unsubscribe/{token}", partial(unsubscribe, ctx), methods=["POST"]),
+        Route("/resubscribe/{token}", partial(resubscribe, ctx), methods=["POST"]),
+    ]
+
+
+def _for_token(ctx: Context, token: str, action: Action[T]) -> tuple[T | None, str | None]:
+    """(`action`'s result, or None if the subscriber is no longer stored; the issue's language)."""
+    from newsletter.store.subscribers import get_subscriber
+
+    found = tokens.read_token(tokens.UNSUBSCRIBE, token, key=tokens.secret_key())
+    language = ctx.issue_language(found.issue_id)
+    with ctx.engine.begin() as conn:
+        subscriber = get_subscriber(conn, found.subscriber_id)
+        if subscriber is None:
+            return None, language
+        return action(conn, subscriber, found), language
+
+
+async def _with_subscriber(
+    ctx: Context,
+    request: Request,
+    action: Action[T],
+    respond: Callable[[str, T, str | None], Response],
+) -> Response:
+    """Run `action` for the path's token off the event loop, then `respond(token, result, language)`;
+    a bad token gets the invalid-link page, a deleted subscriber the gone page."""
+    token = request.path_params["token"]
+    try:
+        result, language = await run_in_threadpool(_for_token, ctx, token, action)
+    except TokenError:
+        return ctx.invalid_link()
+    if result is None:
+        return ctx.gone(language)
+    return respond(token, result, language)
+
+
+def _unsubscribed_page(ctx: Context, token: str, language: str | None) -> Response:
+    t = ctx.text(language)
+    return ctx.page(
+        "page.html",
+        language,
+        title=t["unsubscribed_title"],
+        lead=t["unsubscribed_lead"].format(name=ctx.config.name),
+        form_action=None,
+        secondary_action=f"/resubscribe/{token}",
+        secondary_hint=t["resubscribe_hint"],
+        secondary_button=t["resubscribe_button"],
+    )
+
+
+def _current(conn: Connection, subscriber: Subscriber, found: tokens.SubscriberToken) -> Subscriber:
+    return subscriber
+
+
+async def unsubscribe_page(ctx: Context, request: Request) -> Response:
+    """GET: the unsubscribe button, or the unsubscribed page for someone already out."""
+
+    def respond(token: str, subscriber: Subscriber, language: str | None) -> Response:
+        if subscriber.status in ("unsubscribed", "bounced", "complained"):
+            return _unsubscribed_page(ctx, token, language)
+        t = ctx.text(language)
+        return ctx.page(
+            "page.html",
+            language,
+            title=t["unsubscribe_title"],
+            lead=t["unsubscribe_lead"].format(name=ctx.config.name),
+            form_action=f"/unsubscribe/{token}",
+            button=t["unsubscribe_button"],
+            secondary_action=None,
+        )
+
+    return await _with_subscriber(ctx, request, _current, respond)
+
+
+def _unsubscribe(conn: Connection, subscriber: Subscriber, found: tokens.SubscriberToken) -> bool:
+    """Idempotent: a second POST changes nothing."""
+    if events.apply_status(conn, [subscriber.id], "unsubscribed", "link", datetime.now(UTC)):
+        # Counted in `stats` like SendGrid's unsubscribe events.
+        events.record(
+            conn,
+            f"web:unsubscribe:{subscriber.id}:{found.issue_id}:{int(time.time())}",
+            "unsubscribe",
+            subscriber_id=subscriber.id,
+            issue_id=found.issue_id,
+            detail={"via": "link"},
+        )
+    return True
+
+
+async def unsubscribe(ctx: Context, request: Request) -> Response:
+    """POST: unsubscribe, then show the unsubscribed page."""
+    # RFC 8058: any body (List-Unsubscribe=One-Click or the page's empty form) will do.
+    return await _with_subscriber(
+        ctx,
+        request,
+        _unsubscribe,
+        lambda token, _done, language: _unsubscribed_page(ctx, token, language),
+    )
+
+
+def _resubscribe(conn: Connection, subscriber: Subscriber, found: tokens.SubscriberToken) -> str:
+    """The subscriber's status afterwards."""
+    from newsletter.store.subscribers import set_status
+
+    # The token proves the address, so no second opt-in; a dead address stays bounced.
+    if subscriber.status in ("unsubscribed", "unconfirmed", "complained"):
+        set_status(conn, subscriber.id, "subscribed")
+        return "subscribed"
+    return subscriber.status
+
+
+async def resubscribe(ctx: Context, request: Request) -> Response:
+    """POST from the unsubscribed page: subscribe again."""
+
+    def respond(token: str, status: str, language: str | None) -> Response:
+        t = ctx.text(language)
+        if status == "bounced":
+            return ctx.message(language, "unsubscribed_title", t["bounced_lead"], 200)
+        return ctx.message(
+            language, "resubscribed_title", t["resubscribed_lead"].format(name=ctx.config.name), 200
+        )
+
+    return await _with_subscriber(ctx, request, _resubscribe, respond)
