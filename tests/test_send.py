@@ -427,6 +427,16 @@ def test_schedule_and_cancel(project, db, sg, cli):
     assert ledger_states(project) == {"accepted": 2}
 
 
+def test_cancel_too_close_to_send_at_refuses(project, db, sg, cli):
+    add_people(project, 1)
+    assert cli(project, "send", ISSUE, "--schedule", "in 5m", "--yes").exit_code == 0
+    result = cli(project, "cancel", ISSUE)
+    assert result.exit_code == 1
+    assert "too late to cancel" in result.output and "10 minutes" in result.output
+    assert sg.scheduled_sends == {}  # SendGrid was not asked
+    assert ledger_states(project) == {"accepted": 1}  # the ledger still says it goes out
+
+
 @pytest.mark.parametrize(
     "when", ["in 80h", "2020-01-01T08:00:00+00:00", "2030-01-01T08:00", "soon"]
 )

@@ -332,28 +332,15 @@ def cancel(issue: str) -> None:
         newsletter send 2024-07-meta-ki-creator --schedule "in 2h" --yes
         newsletter cancel 2024-07-meta-ki-creator
     """
-    import os
-
-    from newsletter.errors import SendError
-    from newsletter.sending import ledger
-    from newsletter.sending.transport import SendGridTransport
-    from newsletter.store.engine import project_engine
+    from newsletter.sending.schedule import cancel_scheduled
 
     project = get_project()
-    engine = project_engine(project)
     slug = _slug(project, issue)
-    issue_id = ledger.find_issue_id(engine, slug)
-    row = ledger.latest_scheduled(engine, issue_id) if issue_id is not None else None
-    if row is None:
-        raise SendError(f"{slug} has no scheduled send to cancel (see `newsletter sends {slug}`)")
-    key = os.environ.get("SENDGRID_API_KEY")
-    if not key:
-        raise SendError("cancelling a scheduled send needs SendGrid: set SENDGRID_API_KEY")
-    if row.batch_id:
-        SendGridTransport.from_project(project, key).cancel_scheduled(row.batch_id)
-    removed = ledger.remove_send_rows(engine, row.id)
-    ledger.finish_send(engine, row.id, "cancelled")
-    click.echo(f"Cancelled send {row.id} of {slug} ({removed} recipients); it can be sent again.")
+    done = cancel_scheduled(project, slug)
+    click.echo(
+        f"Cancelled send {done.send_id} of {slug} ({done.recipients} recipients); "
+        "it can be sent again."
+    )
 
 
 def _interactive() -> bool:

@@ -1,14 +1,23 @@
-"""`--schedule WHEN`: an ISO 8601 time with a timezone, or "in 2h" / "in 30m" / "in 1d"."""
+"""Scheduled sends: `--schedule WHEN` (an ISO 8601 time with a timezone, or "in 2h" / "in 30m" /
+"in 1d") and `newsletter cancel`."""
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from newsletter.errors import SendError
 
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
 #: SendGrid accepts send_at at most 72 hours ahead.
 MAX_AHEAD = timedelta(hours=72)
+#: SendGrid cancels or pauses a scheduled batch only this long before its send_at.
+CANCEL_NOTICE = timedelta(minutes=10)
 _RELATIVE = re.compile(r"^\s*in\s+(\d+)\s*(m|min|mins|minutes?|h|hours?|d|days?)\s*$", re.I)
 
 
@@ -40,3 +49,41 @@ def parse_when(when: str, *, now: datetime | None = None) -> datetime:
             f"--schedule {when!r} is more than 72 hours ahead; SendGrid cannot schedule that far"
         )
     return moment
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    send_id: int
+    recipients: int
+
+
+def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None) -> Cancelled:
+    """Cancel the issue's latest scheduled send at SendGrid and forget its ledger rows, so the
+    issue can be sent again later."""
+    from newsletter.sending import ledger
+    from newsletter.sending.transport import SendGridTransport
+    from newsletter.store.engine import project_engine
+
+    engine = project_engine(project)
+    issue_id = ledger.find_issue_id(engine, slug)
+    row = ledger.latest_scheduled(engine, issue_id) if issue_id is not None else None
+    if row is None:
+        raise SendError(f"{slug} has no scheduled send to cancel (see `newsletter sends {slug}`)")
+    key = os.environ.get("SENDGRID_API_KEY")
+    if not key:
+        raise SendError("cancelling a scheduled send needs SendGrid: set SENDGRID_API_KEY")
+    if row.send_at is not None:
+        # SQLite hands back the stored UTC time without its zone.
+        send_at = row.send_at if row.send_at.tzinfo else row.send_at.replace(tzinfo=UTC)
+        now = now or datetime.now(UTC)
+        if send_at - now < CANCEL_NOTICE:
+            when = send_at.strftime("%Y-%m-%d %H:%M UTC")
+            raise SendError(
+                f"too late to cancel send {row.id} of {slug}: it goes out at {when}, and SendGrid "
+                "cancels only up to 10 minutes before; see `newsletter sends` afterwards"
+            )
+    if row.batch_id:
+        SendGridTransport.from_project(project, key).cancel_scheduled(row.batch_id)
+    removed = ledger.remove_send_rows(engine, row.id)
+    ledger.finish_send(engine, row.id, "cancelled")
+    return Cancelled(send_id=row.id, recipients=removed)
