@@ -248,6 +248,23 @@ def test_web_version_of_an_issue_is_anonymous(site):
     assert client.get("/issues/..%2Fnewsletter.toml").status_code == 404
 
 
+def test_web_version_follows_a_new_template_without_a_restart(site):
+    proj, engine, _, _ = site
+    client = TestClient(create_app(proj, engine))
+    assert "Eigene Fußzeile" not in client.get("/issues/meta-ki-creator").text
+    from newsletter.project import builtin_templates_dir
+
+    footer = (builtin_templates_dir() / "footer.mjml.j2").read_text(encoding="utf-8")
+    proj.templates_dir.mkdir(exist_ok=True)
+    (proj.templates_dir / "footer.mjml.j2").write_text(
+        footer.replace(
+            "{{ newsletter.postal_address }}", "Eigene Fußzeile · {{ newsletter.postal_address }}"
+        ),
+        encoding="utf-8",
+    )
+    assert "Eigene Fußzeile" in client.get("/issues/meta-ki-creator").text
+
+
 def test_oversized_form_gets_413(site):
     proj, engine, _, _ = site
     client = TestClient(create_app(proj, engine))

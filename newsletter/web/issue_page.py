@@ -22,8 +22,9 @@ from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
 
-# (path, mtime) -> html; rendering an issue costs far more than serving it.
-_cache: dict[tuple[str, float], str] = {}
+# (issue file, its mtime, the project's templates and theirs) -> html: rendering an issue
+# costs far more than serving it, and an edit to either must show without a restart.
+_cache: dict[tuple[object, ...], str] = {}
 _lock = threading.Lock()
 
 
@@ -49,7 +50,13 @@ def find_issue_file(project: Project, slug: str) -> Path | None:
 def render_public(project: Project, path: Path) -> str:
     from newsletter.render import render_file
 
-    key = (str(path), path.stat().st_mtime)
+    try:
+        templates = tuple(
+            sorted((t.name, t.stat().st_mtime) for t in project.templates_dir.iterdir())
+        )
+    except OSError:
+        templates = ()
+    key = (str(path), path.stat().st_mtime, templates)
     with _lock:
         cached = _cache.get(key)
     if cached is not None:
