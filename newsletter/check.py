@@ -144,7 +144,7 @@ def _front_matter(issue: Issue) -> list[Finding]:
                 "no preheader; add `preheader: ...` (inboxes show it after the subject; "
                 "the first paragraph is used meanwhile)",
                 issue.path,
-                1,
+                issue.key_line("preheader") or 1,  # an empty `preheader:` line, else the top
             )
         )
     return found

@@ -53,6 +53,9 @@ def test_warnings_exit_zero_unless_strict(make_project: Callable[..., Path], cli
     assert result.exit_code == 0
     assert "x.md:1: warning: no preheader" in result.output
     assert cli(root, "check", "x", "--strict").exit_code == 1
+    # An empty `preheader:` key is pointed at.
+    (root / "issues" / "y.md").write_text("---\ntitle: T\npreheader:\n---\nText.\n", "utf-8")
+    assert "y.md:3: warning: no preheader" in cli(root, "check", "y").output
 
 
 def test_subject_empty_and_long(make_project: Callable[..., Path]) -> None:
