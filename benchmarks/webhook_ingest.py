@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from newsletter.events import sign_for_tests  # noqa: E402
 from newsletter.store import schema  # noqa: E402
+from tests.test_web_support import sent_issue, sign_events  # noqa: E402
 
 CONFIG = """\
 [newsletter]
@@ -76,34 +76,7 @@ def seed(root: Path, subscribers: int) -> int:
                 for i in range(1, subscribers + 1)
             ],
         )
-        issue_id = conn.execute(
-            schema.issues.insert().values(
-                slug="bench", title="Bench", subject="Bench", language="de", created_at=now
-            )
-        ).inserted_primary_key[0]
-        send_id = conn.execute(
-            schema.sends.insert().values(
-                issue_id=issue_id,
-                status="done",
-                transport="sendgrid",
-                segment=[],
-                dry_run=False,
-                started_at=now,
-            )
-        ).inserted_primary_key[0]
-        conn.execute(
-            schema.deliveries.insert(),
-            [
-                {
-                    "issue_id": issue_id,
-                    "subscriber_id": i,
-                    "send_id": send_id,
-                    "state": "accepted",
-                    "updated_at": now,
-                }
-                for i in range(1, subscribers + 1)
-            ],
-        )
+    issue_id = sent_issue(engine, list(range(1, subscribers + 1)), slug="bench", title="Bench")
     engine.dispose()
     return int(issue_id)
 
@@ -226,7 +199,7 @@ def main() -> None:
                     ts = str(int(time.time()))
                     headers = {
                         "Content-Type": "application/json",
-                        "X-Twilio-Email-Event-Webhook-Signature": sign_for_tests(key, body, ts),
+                        "X-Twilio-Email-Event-Webhook-Signature": sign_events(key, body, ts),
                         "X-Twilio-Email-Event-Webhook-Timestamp": ts,
                     }
                     t0 = time.perf_counter()
@@ -243,7 +216,7 @@ def main() -> None:
                         url,
                         content=body,
                         headers={
-                            "X-Twilio-Email-Event-Webhook-Signature": sign_for_tests(key, body, ts),
+                            "X-Twilio-Email-Event-Webhook-Signature": sign_events(key, body, ts),
                             "X-Twilio-Email-Event-Webhook-Timestamp": ts,
                         },
                     )

@@ -7,7 +7,6 @@ SendGrid's bursts on SQLite as well as PostgreSQL.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
@@ -373,13 +372,3 @@ def record(
 def count_events(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(schema.events)).scalar_one())
-
-
-def sign_for_tests(private_key: Any, body: bytes, timestamp: str) -> str:
-    """SendGrid's signature over timestamp + body (used by tests and the benchmark)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return base64.b64encode(
-        private_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    ).decode()
