@@ -23,6 +23,8 @@ SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
 DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
 KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language")
+# Characters XML (so MJML) rejects; a word processor's paste brings e.g. U+000B.
+CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 FENCE = "---"
 
 # German letters that Unicode decomposition would turn into a bare vowel.
@@ -144,6 +146,19 @@ def _text(path: Path, data: dict[str, Any], key: str) -> str | None:
     return str(value).strip()
 
 
+def _reject_control(path: Path, line: int | None, text: str) -> None:
+    found = CONTROL_RE.search(text)
+    if found:
+        if line is not None:
+            line += text.count("\n", 0, found.start())
+        raise IssueError(
+            path,
+            line,
+            f"control character U+{ord(found.group()):04X} in the text; delete it "
+            "(pasted text brings them along)",
+        )
+
+
 def load_issue(project: Project, path: Path) -> Issue:
     """Read and validate an issue file."""
     from newsletter.project import LANGUAGES
@@ -158,8 +173,12 @@ def load_issue(project: Project, path: Path) -> Issue:
     except UnicodeDecodeError:
         raise IssueError(path, None, "is not UTF-8 text; save the file as UTF-8") from None
     text = text.removeprefix("\ufeff")
+    _reject_control(path, 1, text)
     yaml_text, body, body_line = split_front_matter(path, text)
     data = _parse_yaml(path, yaml_text)
+    for key in ("title", "subject", "preheader"):
+        if isinstance(data.get(key), str):
+            _reject_control(path, front_matter_key_line(path, key), data[key])
 
     def line(key: str) -> int | None:
         return front_matter_key_line(path, key) or 1

@@ -115,6 +115,17 @@ BAD_ISSUES = {
         6,
         "template error",
     ),
+    # Word pastes a vertical tab for a line break; MJML cannot parse control characters.
+    "control character in the body": (
+        "---\ntitle: X\n---\nLine one\n\nZeile\x0bumbruch\n",
+        6,
+        "control character U+000B",
+    ),
+    "control character in a value": (
+        '---\ntitle: X\npreheader: "a\\x01b"\n---\nBody\n',
+        3,
+        "control character U+0001",
+    ),
     "jinja unclosed": ("---\ntitle: X\n---\nHi {{ subscriber.first_name\n", 4, "unclosed"),
     "jinja block": ("---\ntitle: X\n---\n\n{% if x %}y{% endif %}\n", 5, "only {{ ... }}"),
     "unknown filter": (
