@@ -184,3 +184,58 @@ def test_list_into_a_closed_pipe_stops_quietly(cli, project, tmp_path, fmt) -> N
     assert done.returncode == 0
     assert len(done.stdout.splitlines()) == 1
     assert done.stderr == ""
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def test_a_file_that_is_not_a_database_is_one_line(cli, project) -> None:
+    (project / "newsletter.db").write_bytes(b"not a database\n" * 500)
+    line = _one_line_error(cli(project, "subscribers", "count"))
+    assert "newsletter.db" in line and "not a database" in line
+
+
+def test_a_malformed_database_url_is_one_line_without_the_password(
+    cli, project, monkeypatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "postgresql://jens:s3cret@db.invalid:port/news")
+    line = _one_line_error(cli(project, "subscribers", "count"))
+    assert "s3cret" not in line and "database URL" in line
+
+
+def test_an_unreachable_postgresql_is_one_line_without_the_password(
+    cli, project, monkeypatch
+) -> None:
+    pytest.importorskip("psycopg")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "postgresql://jens:s3cret@127.0.0.1:1/news")
+    line = _one_line_error(cli(project, "subscribers", "count"))
+    assert "s3cret" not in line and "127.0.0.1" in line
+
+
+def test_a_damaged_table_is_one_line_without_sql_or_addresses(cli, project, tmp_path) -> None:
+    source = tmp_path / "list.csv"
+    source.write_text(
+        "email\n" + "".join(f"reader{i}@example.com\n" for i in range(50)), encoding="utf-8"
+    )
+    assert cli(project, "subscribers", "import", str(source)).exit_code == 0
+    from newsletter.store.engine import dispose_all
+
+    dispose_all()
+    db = project / "newsletter.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name='subscribers'")
+        page = root.fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(db, "r+b") as handle:  # overwrite the subscribers table's first page
+        handle.seek((page - 1) * size)
+        handle.write(b"\xff" * size)
+    result = cli(project, "subscribers", "list")  # the table's heading is already out
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].startswith("Error: database error: ")
+    assert "malformed" in result.output
+    assert "SELECT" not in result.output and "reader" not in result.output

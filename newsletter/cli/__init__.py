@@ -7,6 +7,7 @@ A `NewsletterError` from the core becomes a one-line message and exit code 1.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,28 @@ class NewsletterGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except Exception as exc:
+            message = _database_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+def _database_error(exc: Exception) -> str | None:
+    """A database failure mid-command (locked, damaged, connection lost) as one line:
+    a traceback would show SQL and subscribers' addresses."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    from newsletter.store.engine import database_error
+
+    return (
+        f"database error: {database_error(exc)}; if another program is using the database, "
+        "retry when it is done, else check [database] url or NEWSLETTER_DATABASE_URL"
+    )
 
 
 @click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from newsletter.errors import StoreError
 from newsletter.store.migrations import migrate
@@ -32,8 +32,13 @@ def redact(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<invalid database URL>"
+
+
+def database_error(exc: DBAPIError) -> str:
+    """A driver's error as one line, without the SQL statement or its parameters."""
+    return " ".join(str(exc.orig).split())
 
 
 def open_engine(url: str) -> Engine:
@@ -45,7 +50,7 @@ def open_engine(url: str) -> Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
         engine = create_engine(url, future=True)
-    except (ArgumentError, NoSuchModuleError) as exc:
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:  # ValueError: a bad port
         raise StoreError(
             f"database URL {redact(url)!r} is not usable ({exc}); "
             "use sqlite:///FILE or postgresql://USER@HOST/DB"
@@ -59,9 +64,10 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         migrate(engine)
-    except OperationalError as exc:
+    except DBAPIError as exc:  # unreachable, refused, or not a database at all
+        engine.dispose()
         raise StoreError(
-            f"cannot open database {redact(url)}: {exc.orig}; check [database] url "
+            f"cannot open database {redact(url)}: {database_error(exc)}; check [database] url "
             "or NEWSLETTER_DATABASE_URL"
         ) from None
     _engines[url] = engine
