@@ -302,28 +302,51 @@ def claim(
     batch_no: int,
     new_ids: Sequence[int],
     again_ids: Sequence[int],
+    *,
+    owner: str | None = None,
+    slug: str = "the issue",
 ) -> None:
     """Record a batch as in flight, in one transaction, before its request goes out.
 
     `new_ids` get new rows; `again_ids` (failed, or uncertain on --include-uncertain) are moved
-    to this send. A unique-key clash means someone else recorded the person: stop."""
+    to this send. With `owner`, the lease is checked (and its row locked) in the same
+    transaction: a sender that stalled and was taken over must not send alongside the new
+    owner. A unique-key clash means someone else recorded the person: stop."""
     stamp = now()
     with engine.begin() as conn:
-        if new_ids:
-            conn.execute(
-                insert(deliveries),
-                [
-                    {
-                        "issue_id": issue_id,
-                        "subscriber_id": sid,
-                        "send_id": send_id,
-                        "state": "in_flight",
-                        "batch_no": batch_no,
-                        "updated_at": stamp,
-                    }
-                    for sid in new_ids
-                ],
+        if owner is not None:
+            held = conn.execute(
+                update(send_leases)
+                .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == owner)
+                .values(heartbeat_at=stamp)
             )
+            if held.rowcount != 1:
+                raise SendError(
+                    f"another process took over the send of {slug} (this one stalled for over "
+                    f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
+                )
+        if new_ids:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        insert(deliveries),
+                        [
+                            {
+                                "issue_id": issue_id,
+                                "subscriber_id": sid,
+                                "send_id": send_id,
+                                "state": "in_flight",
+                                "batch_no": batch_no,
+                                "updated_at": stamp,
+                            }
+                            for sid in new_ids
+                        ],
+                    )
+            except IntegrityError:
+                raise SendError(
+                    f"another send of {slug} recorded some of this batch's recipients first; "
+                    f"this one stops, see `newsletter sends {slug}`"
+                ) from None
         if again_ids:
             conn.execute(
                 update(deliveries)

@@ -298,6 +298,7 @@ def run_send(
             reply_to_for(project, issue_id),
             batch_id,
             progress,
+            lease.owner if lease is not None else None,
         )
     except BaseException as exc:
         report.error = report.error or f"interrupted ({type(exc).__name__})"
@@ -329,6 +330,7 @@ def _send_batches(
     reply_to: str,
     batch_id: str | None,
     progress: Callable[[SendReport], None] | None,
+    owner: str | None = None,
 ) -> None:
     section = project.config.section("sendgrid")
     batch_size: int = section["batch_size"]
@@ -399,7 +401,16 @@ def _send_batches(
         batch_no += 1
         ids = new_ids + again_ids
         if use_ledger:
-            ledger.claim(engine, issue_id, send_id, batch_no, new_ids, again_ids)
+            ledger.claim(
+                engine,
+                issue_id,
+                send_id,
+                batch_no,
+                new_ids,
+                again_ids,
+                owner=owner,
+                slug=prepared.slug,
+            )
         future = executor.submit(transport.post_mail, request_body(base, list(batch)))
         pending[future] = (batch_no, ids)
         batch.clear()

@@ -1,0 +1,65 @@
+"""A sender that lost its lease (it stalled past LEASE_STALE_SECONDS and a `--resume` took over)
+must stop before its next batch, not keep sending alongside the new owner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from newsletter.errors import SendError
+from newsletter.project import Project
+from newsletter.sending import sender
+from newsletter.sending.transport import SendGridTransport
+from newsletter.store.engine import open_engine
+from newsletter.store.schema import deliveries, send_leases, sends
+from newsletter.store.subscribers import add_subscriber
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
+from tests.sendgrid_server import FakeSendGrid
+
+KEY = "SG.lease-test-key"
+
+
+@pytest.fixture
+def root(make_project, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    config = CONFIG.replace(
+        'region = "global"\n', 'region = "global"\nbatch_size = 2\nconcurrency = 1\n'
+    )
+    root = make_project(config=config)
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    return root
+
+
+def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
+    project = Project.load(root)
+    engine = open_engine(project.database_url)
+    for i in range(6):
+        add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
+        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
+        transport = SendGridTransport.from_project(project, KEY)
+        prepared = sender.prepare(project, root / "issues" / EXAMPLE_ISSUE.name)
+
+        def take_over(report: sender.SendReport) -> None:
+            # What a resumer does to a lease it judges stale: compare-and-swap the owner.
+            with engine.begin() as conn:
+                conn.execute(update(send_leases).values(owner="the-resumer", pid=1))
+
+        with pytest.raises(SendError, match="took over") as caught:
+            sender.run_send(
+                project, prepared, transport, sender.SendOptions(expected=6), progress=take_over
+            )
+        assert KEY not in str(caught.value)
+        # With concurrency 1 batch 1 settles before batch 2 is claimed: after the takeover
+        # nothing more goes out.
+        assert sorted(sg.recipients()) == ["leser0@example.org", "leser1@example.org"]
+    with engine.connect() as conn:
+        states = conn.execute(select(deliveries.c.state)).scalars().all()
+        status = conn.execute(select(sends.c.status)).scalar_one()
+        lease_owner = conn.execute(select(send_leases.c.owner)).scalar_one()
+    assert sorted(states) == ["accepted"] * 2
+    assert status == "stopped"
+    # The new owner's lease is left alone.
+    assert lease_owner == "the-resumer"
