@@ -239,3 +239,19 @@ def test_a_damaged_table_is_one_line_without_sql_or_addresses(cli, project, tmp_
     assert result.output.splitlines()[-1].startswith("Error: database error: ")
     assert "malformed" in result.output
     assert "SELECT" not in result.output and "reader" not in result.output
+
+
+def test_control_characters_in_a_name_stay_on_their_table_row(cli, project) -> None:
+    # An import or the subscribe form may store a multi-line name or a terminal escape.
+    name = "Jörg\nWeiß\x1b]0;pwned\x07 „Ö“"
+    assert cli(project, "subscribers", "add", "j@example.de", "--name", name).exit_code == 0
+    table = cli(project, "subscribers", "list").output.splitlines()
+    assert len(table) == 2
+    assert "Jörg Weiß ]0;pwned „Ö“" in table[1]
+    assert not any(ord(c) < 32 for c in table[1])
+    shown = cli(project, "subscribers", "show", "j@example.de").output
+    assert "name:                Jörg Weiß ]0;pwned „Ö“\n" in shown
+    stored = json.loads(
+        cli(project, "subscribers", "show", "j@example.de", "--format", "json").output
+    )
+    assert stored["name"] == name  # stored as given; only the terminal view is cleaned

@@ -4,6 +4,7 @@ untag, import, export). The work lives in `newsletter.store`; this only parses o
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -164,13 +165,23 @@ def remove(email: str, forget: bool, reason: str | None) -> None:
     click.echo(f"unsubscribed {subscriber.email}")
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def _one_line(value: Any) -> str:
+    """A stored value for the terminal: newlines and escape sequences (from an import or
+    the subscribe form) would break the table or drive the terminal."""
+    return " ".join(_CONTROL_RE.sub(" ", str(value)).split())
+
+
 def _table_line(subscriber: Any) -> str:
-    name = subscriber.name or " ".join(
-        part for part in (subscriber.first_name, subscriber.last_name) if part
+    name = _one_line(
+        subscriber.name
+        or " ".join(part for part in (subscriber.first_name, subscriber.last_name) if part)
     )
     return (
         f"{subscriber.id:>7}  {subscriber.email:<40}  {subscriber.status:<12}  "
-        f"{name[:30]:<30}  {', '.join(subscriber.tags)}"
+        f"{name[:30]:<30}  {_one_line(', '.join(subscriber.tags))}"
     ).rstrip()
 
 
@@ -257,9 +268,9 @@ def show(email: str, fmt: str) -> None:
             value = ", ".join(value)
         elif key == "fields":
             for name, field_value in value.items():
-                click.echo(f"{'field ' + name + ':':<20} {field_value}")
+                click.echo(f"{'field ' + _one_line(name) + ':':<20} {_one_line(field_value)}")
             continue
-        click.echo(f"{key + ':':<20} {'' if value is None else value}")
+        click.echo(f"{key + ':':<20} {'' if value is None else _one_line(value)}")
 
 
 @subscribers.command("tag")
