@@ -69,3 +69,13 @@ def test_wrong_newsletter_chromium_is_named(project: Path, cli, monkeypatch, tmp
         f"Error: NEWSLETTER_CHROMIUM={tmp_path / 'chrome-gibt-es-nicht'}: no such program; "
         "point it at a Chromium or Chrome binary\n"
     )
+
+
+def test_an_unusable_output_folder_is_a_one_line_error(project: Path, cli, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    result = cli(project, "screenshot", EXAMPLE_ISSUE.name, "-o", str(blocker / "shots"))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {blocker / 'shots'}: cannot write")
+    assert "-o DIR" in result.output
+    assert len(result.output.strip().splitlines()) == 1

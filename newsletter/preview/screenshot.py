@@ -55,7 +55,12 @@ def screenshot_html(
     max_height: int | None = None,
 ) -> list[Path]:
     """Write `<stem>-<width>.png` for each width, full page (or clipped to `max_height`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NewsletterError(
+            f"{out_dir}: cannot write ({exc.strerror}); choose another -o DIR"
+        ) from None
     written = []
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
