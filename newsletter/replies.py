@@ -119,10 +119,10 @@ def html_to_text(html: str) -> str:
 
 def _decode(raw: bytes, charset: str | None) -> str:
     try:
-        codec = codecs.lookup(charset or "utf-8").name
+        return raw.decode(codecs.lookup(charset or "utf-8").name, errors="replace")
     except LookupError:
-        codec = "utf-8"
-    return raw.decode(codec, errors="replace")
+        # Unknown, or a bytes-to-bytes codec (rot13, base64, hex) that a sender may declare.
+        return raw.decode("utf-8", errors="replace")
 
 
 def _header_text(value: str) -> str:

@@ -163,6 +163,21 @@ def test_charsets_field_decodes_each_part(inbox):
     assert row.text == REPLY_TEXT and "“sozialen”" in row.text
 
 
+@pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "x-no-such-charset"])
+def test_a_charset_that_is_no_text_encoding_still_stores_the_reply(inbox, charset):
+    # Anyone can write to the reply address and declare any charset; SendGrid passes the name
+    # on in `charsets`. A 500 would make SendGrid retry for days and the reply never arrive.
+    proj, engine, _, _ = inbox()
+    data = fields("Schöne Grüße – Anna", charset="utf-8")
+    data["charsets"] = json.dumps({"text": charset, "subject": charset, "from": "UTF-8"})
+    with live_server(create_app(proj, engine)) as base:
+        response = post(base, data)
+    assert response.status_code == 200, response.text
+    [row] = stored(engine)
+    assert row.text == "Schöne Grüße – Anna"
+    assert row.subject == "Re: " + SUBJECT
+
+
 def test_html_only_reply_is_reduced_to_text_and_never_shown_raw(inbox, cli):
     proj, engine, _, _ = inbox()
     html = (
