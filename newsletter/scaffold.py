@@ -168,8 +168,14 @@ def new_issue(
             f"title {title!r} has no letters or digits for a file name; use another title",
         )
     path = issues_dir / f"{date.isoformat()}-{slug}.md"
+    if issues_dir.exists() and not issues_dir.is_dir():
+        raise IssueError(issues_dir, None, "is not a folder; rename it so issues can go in issues/")
     try:
         write_new_file(path, issue_text(title.strip(), language, date, slug))
     except FileExistsError:
         raise IssueError(path, None, "already exists; edit it, or choose another title") from None
+    except OSError as exc:
+        raise IssueError(
+            path, None, f"cannot write ({exc.strerror}); check the folder's permissions"
+        ) from None
     return path

@@ -65,6 +65,18 @@ def test_new_creates_dated_slugged_issue_and_never_overwrites(project: Path, cli
     assert cli(project, "check", str(path)).exit_code == 0
 
 
+def test_new_when_issues_is_not_a_folder(make_project: Callable[..., Path], cli) -> None:
+    root = make_project()
+    (root / "issues").rmdir()
+    (root / "issues").write_text("notes\n", encoding="utf-8")
+    result = cli(root, "new", "Hallo", "--date", "2024-08-01")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {root / 'issues'}: is not a folder; rename it so issues can go in issues/\n"
+    )
+    assert (root / "issues").read_text(encoding="utf-8") == "notes\n"
+
+
 def test_new_defaults_to_today(project: Path, cli) -> None:
     result = cli(project, "new", "Hello")
     today = datetime.date.today().isoformat()
