@@ -121,6 +121,8 @@ def init_project(directory: Path, name: str, language: str) -> tuple[list[Path],
         raise ConfigError(
             f"language {language!r} is not supported; use one of: {', '.join(LANGUAGES)}"
         )
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # TOML strings cannot hold them
+        raise ConfigError("--name must be one line of text, without control characters")
     config = directory / CONFIG_NAME
     if config.exists():
         raise ConfigError(

@@ -34,6 +34,14 @@ def test_init_scaffolds_a_project_that_builds(tmp_path: Path, cli) -> None:
     assert "Hallo Alex," in html and "Abmelden" in html
 
 
+def test_init_refuses_a_name_that_would_break_the_config(tmp_path: Path, cli) -> None:
+    target = tmp_path / "letter"
+    result = cli(None, "init", str(target), "--name", "Jens\nBriefing")
+    assert result.exit_code == 1
+    assert result.output == "Error: --name must be one line of text, without control characters\n"
+    assert not target.exists()
+
+
 def test_init_never_overwrites(tmp_path: Path, cli) -> None:
     target = tmp_path / "letter"
     (target / "templates").mkdir(parents=True)
