@@ -222,9 +222,9 @@ def decode(raw: RawInbound) -> Inbound:
         if isinstance(meta, dict) and isinstance(meta.get("filename"), str):
             name = meta["filename"]
         attachments.append({"name": _clean(name)[:255], "size": item.size})
-    spam = get("spam_score").strip() or None
+    spam = _clean(get("spam_score")).strip() or None
     return Inbound(
-        from_email=from_email.strip()[:320],
+        from_email=_clean(from_email).strip()[:320],
         from_name=(_clean(from_name).strip()[:200] or None),
         recipients=recipients,
         subject=_clean(_header_text(get("subject"))).strip(),

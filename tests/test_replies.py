@@ -178,6 +178,19 @@ def test_a_charset_that_is_no_text_encoding_still_stores_the_reply(inbox, charse
     assert row.subject == "Re: " + SUBJECT
 
 
+def test_nul_characters_in_the_sender_address_do_not_make_a_500(inbox):
+    # PostgreSQL text cannot hold NUL; the reply must still be stored (not retried for days).
+    proj, engine, _, _ = inbox()
+    data = fields("Danke!", sender="Anna <anna.mu\x00eller@example.de>")
+    data["envelope"] = json.dumps({"to": ["jens@example.com"], "from": "x\u0000@example.de"})
+    data["spam_score"] = "0.\x001"
+    with live_server(create_app(proj, engine)) as base:
+        response = post(base, data)
+    assert response.status_code == 200, response.text
+    [row] = stored(engine)
+    assert row.from_email == "anna.mueller@example.de" and row.text == "Danke!"
+
+
 def test_html_only_reply_is_reduced_to_text_and_never_shown_raw(inbox, cli):
     proj, engine, _, _ = inbox()
     html = (
