@@ -63,3 +63,48 @@ def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
     assert status == "stopped"
     # The new owner's lease is left alone.
     assert lease_owner == "the-resumer"
+
+
+def test_heartbeat_survives_a_dropped_database_connection(database_url):
+    """A PostgreSQL restart (or a killed connection) must not kill the heartbeat thread: else
+    a long send looks dead after LEASE_STALE_SECONDS and a --resume may take it over."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from newsletter.sending import ledger
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs a server whose connections can be killed")
+    engine = open_engine(database_url)
+    issue_id = ledger.ensure_issue(engine, slug="hb", title="t", subject="s", language="de")
+    send_id = ledger.create_send(engine, issue_id, transport="sendgrid", segment=[], dry_run=False)
+    lease = ledger.acquire_lease(engine, issue_id, send_id, "hb")
+    crashed: list[BaseException] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: crashed.append(args.exc_value)  # type: ignore[assignment]
+    try:
+        lease.start_heartbeat(interval=0.05)
+        time.sleep(0.2)
+        # Kill every other connection to the database, as a server restart would.
+        with open_engine(database_url).connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        time.sleep(0.5)
+        engine.pool.dispose()  # this thread's pooled connections were killed too
+        with engine.connect() as conn:
+            before = conn.execute(select(send_leases.c.heartbeat_at)).scalar_one()
+        time.sleep(0.3)
+        with engine.connect() as conn:
+            after = conn.execute(select(send_leases.c.heartbeat_at)).scalar_one()
+        assert lease._thread is not None and lease._thread.is_alive(), crashed
+        assert after > before
+    finally:
+        threading.excepthook = previous_hook
+        lease.release()
+    assert crashed == []

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
 from newsletter.store.schema import (
@@ -176,12 +176,17 @@ class Lease:
         def beat() -> None:
             assert self._stop is not None
             while not self._stop.wait(interval):
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        update(send_leases)
-                        .where(send_leases.c.owner == self.owner)
-                        .values(heartbeat_at=now())
-                    )
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(
+                            update(send_leases)
+                            .where(send_leases.c.owner == self.owner)
+                            .values(heartbeat_at=now())
+                        )
+                except SQLAlchemyError:
+                    # A dropped connection or a busy database: beat again next time rather
+                    # than die silently and let the lease go stale mid-send.
+                    continue
 
         self._thread = threading.Thread(target=beat, name="send-lease-heartbeat", daemon=True)
         self._thread.start()
