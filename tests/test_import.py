@@ -192,6 +192,21 @@ def test_multiline_cells_keep_line_numbers(engine, tmp_path) -> None:
     assert find_subscriber(engine, "a@example.com").fields == {"notes": "zwei\nZeilen"}
 
 
+def test_an_unclosed_quote_is_rejected_not_swallowing_the_rest(engine, tmp_path) -> None:
+    # Without the check the rest of the file became one note of Jörg's, silently.
+    source = write(
+        tmp_path / "x.csv",
+        'email,notes\na@example.com,"zwei\nZeilen"\n'
+        'jörg@example.de,"kaputt\nb@example.com,x\nc@example.com,y\n',
+    )
+    result = import_file(engine, source)
+    assert result.new == 1
+    assert [(r.line, r.email) for r in result.rejects] == [(4, "jörg@example.de")]
+    assert "never closed" in result.rejects[0].reason
+    assert "lines 4-6" in result.rejects[0].reason
+    assert find_subscriber(engine, "jörg@example.de") is None
+
+
 def test_running_the_same_import_again_changes_nothing(engine) -> None:
     for name in ("mailchimp_subscribed.csv", "ghost.csv", "listmonk.csv", "buttondown.csv"):
         import_file(engine, IMPORTS / name, tags=["import"])

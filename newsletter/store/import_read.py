@@ -307,6 +307,17 @@ def _merge(into: Incoming, other: Incoming) -> None:
     into.unsubscribed_at = other.unsubscribed_at or into.unsubscribed_at
 
 
+def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
+    """Did this record (several lines) end at the end of the file inside a quoted value?
+    csv's lenient mode reads the rest of the file into that value without a word."""
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
 def _csv_rows(
     handle: io.TextIOWrapper, path: Path, result: ImportResult, mapping: list[tuple[str, str]]
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
@@ -317,8 +328,16 @@ def _csv_rows(
         raise ImportFileError(f"{path}: the file is empty; export the list again")
     delimiter = sniff_delimiter(first)
     result.delimiter = delimiter
-    reader = csv.reader(itertools.chain([first], handle), delimiter=delimiter)
+    record: list[str] = []  # the lines of the record being read, to check its quotes
+
+    def lines() -> Iterator[str]:
+        for text in itertools.chain([first], handle):
+            record.append(text)
+            yield text
+
+    reader = csv.reader(lines(), delimiter=delimiter)
     headings = [h.strip() for h in next(reader)]
+    record.clear()
     fmt = detect_format(headings)
     apply_map(fmt, mapping, path)
     if "email" not in fmt.targets.values():
@@ -334,6 +353,20 @@ def _csv_rows(
         for row in reader:
             line = last + 1
             last = reader.line_num
+            raw = record[:] if last > line else None
+            record.clear()
+            if raw is not None and _unclosed_quote(raw, delimiter):
+                yield (
+                    line,
+                    Reject(
+                        line,
+                        row[plan[0][0]].strip() if plan[0][0] < len(row) else "",
+                        f"a quote opened here is never closed, so lines {line}-{last} were "
+                        "read as one row; close the quote and import again",
+                    ),
+                    row,
+                )
+                continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
             if len(row) > width and any(cell.strip() for cell in row[width:]):
