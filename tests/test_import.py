@@ -207,6 +207,18 @@ def test_an_unclosed_quote_is_rejected_not_swallowing_the_rest(engine, tmp_path)
     assert find_subscriber(engine, "jörg@example.de") is None
 
 
+def test_a_nul_character_past_the_first_block_rejects_its_row(engine, tmp_path) -> None:
+    # The first 64 KB are checked for binary files; a NUL further down reached the
+    # database (PostgreSQL then refused the whole import).
+    rows = "".join(f"leser{i}@example.com,Leser {i}\n" for i in range(5000))
+    source = write(tmp_path / "x.csv", f"email,name\n{rows}jörg@example.de,J\x00rg\n")
+    result = import_file(engine, source)
+    assert result.new == 5000
+    assert [(r.line, r.email) for r in result.rejects] == [(5002, "jörg@example.de")]
+    assert "NUL" in result.rejects[0].reason
+    assert find_subscriber(engine, "jörg@example.de") is None
+
+
 def test_running_the_same_import_again_changes_nothing(engine) -> None:
     for name in ("mailchimp_subscribed.csv", "ghost.csv", "listmonk.csv", "buttondown.csv"):
         import_file(engine, IMPORTS / name, tags=["import"])

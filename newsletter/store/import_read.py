@@ -329,10 +329,13 @@ def _csv_rows(
     delimiter = sniff_delimiter(first)
     result.delimiter = delimiter
     record: list[str] = []  # the lines of the record being read, to check its quotes
+    nul: list[bool] = []  # set when the record holds a NUL, which PostgreSQL refuses
 
     def lines() -> Iterator[str]:
         for text in itertools.chain([first], handle):
             record.append(text)
+            if "\x00" in text:
+                nul.append(True)
             yield text
 
     reader = csv.reader(lines(), delimiter=delimiter)
@@ -355,6 +358,20 @@ def _csv_rows(
             last = reader.line_num
             raw = record[:] if last > line else None
             record.clear()
+            if nul:
+                nul.clear()
+                yield (
+                    line,
+                    Reject(
+                        line,
+                        row[plan[0][0]].strip().replace("\x00", "")
+                        if plan[0][0] < len(row)
+                        else "",
+                        "contains a NUL character; remove it (the file may be damaged)",
+                    ),
+                    row,
+                )
+                continue
             if raw is not None and _unclosed_quote(raw, delimiter):
                 yield (
                     line,
