@@ -535,3 +535,14 @@ def test_real_send_refuses_without_base_url(make_project, db, sg, cli):
     # `check` says so ahead of time; the outbox still works for a look at the messages.
     assert "base_url is not set" in cli(root, "check", ISSUE).output
     assert cli(root, "send", ISSUE, "--outbox", str(root / "out"), "--yes").exit_code == 0
+
+
+def test_test_copy_of_an_issue_whose_slug_is_test(make_project, db, sg, cli):
+    # `issues/test.md` (a natural first try) has the slug "test": the test copy's extra
+    # "test" category must not repeat it, SendGrid refuses duplicate categories.
+    text = EXAMPLE_ISSUE.read_text("utf-8").replace("slug: meta-ki-creator\n", "slug: test\n")
+    root = make_project(issues={"test.md": text})
+    result = cli(root, "send", "test", "--test", "me@example.org")
+    assert result.exit_code == 0, result.output
+    [message] = sg.messages
+    assert message["categories"].count("test") == 1

@@ -553,7 +553,8 @@ def send_test(
         subject=f"[Test] {prepared.rendered.subject}",
         reply_to=reply_to_for(project, issue_id),
     )
-    base["categories"] = [*base["categories"], "test"][:10]
+    # An issue whose slug is "test" has the category already: SendGrid refuses duplicates.
+    base["categories"] = list(dict.fromkeys([*base["categories"], "test"]))[:10]
     lines = []
     for address in addresses:
         known = find_subscriber(engine, address)
