@@ -108,3 +108,49 @@ def test_heartbeat_survives_a_dropped_database_connection(database_url):
         threading.excepthook = previous_hook
         lease.release()
     assert crashed == []
+
+
+def test_resume_after_a_crash_in_the_last_batch_takes_over(root, cli, monkeypatch):
+    """Killed while its last batch was in flight: everyone has a row, so nobody is left
+    to send to, yet --resume must still take over, so those rows become uncertain (and
+    --include-uncertain can reach them) instead of staying in flight forever."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    from newsletter.sending import ledger
+
+    project = Project.load(root)
+    engine = open_engine(project.database_url)
+    people = [add_subscriber(engine, f"leser{i}@example.org", first_name="Leser") for i in range(2)]
+    issue_id = ledger.ensure_issue(
+        engine, slug="meta-ki-creator", title="t", subject="s", language="de"
+    )
+    send_id = ledger.create_send(engine, issue_id, transport="sendgrid", segment=[], dry_run=False)
+    ledger.claim(engine, issue_id, send_id, 1, [p.id for p in people], [])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with engine.begin() as conn:
+        conn.execute(
+            send_leases.insert().values(
+                issue_id=issue_id,
+                send_id=send_id,
+                owner="killed",
+                host=socket.gethostname(),
+                pid=dead.pid,
+                heartbeat_at=datetime.now(UTC),
+            )
+        )
+    assert not os.path.exists(f"/proc/{dead.pid}")
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
+        resumed = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--yes")
+        assert resumed.exit_code == 0, resumed.output
+        assert "2 recipients were in flight" in resumed.output
+        assert "its process is gone" not in cli(root, "sends").output
+        covered = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--include-uncertain", "--yes")
+        assert covered.exit_code == 0, covered.output
+        assert sorted(sg.recipients()) == ["leser0@example.org", "leser1@example.org"]

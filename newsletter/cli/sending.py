@@ -134,10 +134,19 @@ def send(
     click.echo(f"Transport:  {transport.name} ({transport.where}){' [dry run]' if dry_run else ''}")
     if send_at:
         click.echo(f"Scheduled:  {send_at.isoformat()}")
-    if count == 0:
+    # Killed during its last batch: nobody is left, but --resume must still take over so
+    # those in-flight rows become uncertain (and --include-uncertain can reach them).
+    stranded = (
+        use_ledger
+        and resume
+        and issue_id is not None
+        and count == 0
+        and ledger.issue_counts(engine, issue_id).get("in_flight", 0) > 0
+    )
+    if count == 0 and not stranded:
         click.echo("Nobody to send to.")
         return
-    if not yes:
+    if not yes and not stranded:
         if not _interactive():
             raise SendError(
                 f"not sending without confirmation: no terminal to ask on; add --yes to {what} "
