@@ -219,6 +219,25 @@ def test_a_nul_character_past_the_first_block_rejects_its_row(engine, tmp_path) 
     assert find_subscriber(engine, "jörg@example.de") is None
 
 
+def test_a_too_long_name_rejects_its_row_only(engine, tmp_path) -> None:
+    # PostgreSQL refused the whole import over one name longer than its column.
+    source = write(
+        tmp_path / "x.csv",
+        "email,first_name,name,unsubscribe_reason\n"
+        f"a@example.com,{'ä' * 101},,\n"
+        f"b@example.com,,{'ö' * 201},\n"
+        f"c@example.com,Jörg,,{'x' * 300}\n",
+    )
+    result = import_file(engine, source)
+    assert [(r.line, r.email) for r in result.rejects] == [
+        (2, "a@example.com"),
+        (3, "b@example.com"),
+    ]
+    assert "first_name is longer than 100 characters" in result.rejects[0].reason
+    assert "name is longer than 200 characters" in result.rejects[1].reason
+    assert result.new == 1 and find_subscriber(engine, "c@example.com").first_name == "Jörg"
+
+
 def test_running_the_same_import_again_changes_nothing(engine) -> None:
     for name in ("mailchimp_subscribed.csv", "ghost.csv", "listmonk.csv", "buttondown.csv"):
         import_file(engine, IMPORTS / name, tags=["import"])

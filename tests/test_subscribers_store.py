@@ -212,3 +212,25 @@ def test_forget_erases_every_row_about_the_person(engine) -> None:
         assert replies == ["ben@example.com"]
         assert conn.execute(select(func.count()).select_from(schema.issues)).scalar() == 1
     assert forget_subscriber(engine, "anna@example.com") is False
+
+
+def test_too_long_names_are_refused_the_same_on_every_database(engine) -> None:
+    # PostgreSQL enforces the column lengths, SQLite does not: refuse before either sees it.
+    with pytest.raises(StoreError, match="name is longer than 200 characters"):
+        add_subscriber(engine, "a@example.com", name="ä" * 201)
+    with pytest.raises(StoreError, match="first_name is longer than 100 characters"):
+        add_subscriber(engine, "a@example.com", first_name="ß" * 101)
+    assert count_subscribers(engine) == 0
+    added = add_subscriber(engine, "a@example.com", name="ä" * 200, last_name="ö" * 100)
+    assert added.name == "ä" * 200
+    from newsletter.store.subscribers import update_subscriber
+
+    with pytest.raises(StoreError, match="last_name is longer than 100 characters"):
+        update_subscriber(engine, added.id, last_name="x" * 101)
+
+
+def test_a_long_unsubscribe_reason_is_cut_to_fit(engine) -> None:
+    added = add_subscriber(engine, "a@example.com")
+    reason = "550 5.1.1 „Postfach unbekannt“ – " + "x" * 300
+    set_status(engine, added.id, "bounced", reason=reason)
+    assert get_subscriber(engine, added.id).unsubscribe_reason == reason[:200]

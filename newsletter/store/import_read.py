@@ -33,7 +33,12 @@ from newsletter.store.formats import (
     sniff_delimiter,
 )
 from newsletter.store.schema import STATUSES
-from newsletter.store.subscribers import STOPPED, normalize_tags
+from newsletter.store.subscribers import (
+    REASON_CHARS,
+    STOPPED,
+    check_name_lengths,
+    normalize_tags,
+)
 
 if TYPE_CHECKING:
     from newsletter.store.importer import ImportResult
@@ -221,9 +226,9 @@ def _incoming_from_row(
             continue
         if unquote:
             value = _unquote(value)
-        if target == "first_name":
+        if target == "first_name" and len(value) <= NAME_CHARS:
             inc.first_name = value
-        elif target == "last_name":
+        elif target == "last_name" and len(value) <= NAME_CHARS:
             inc.last_name = value
         elif target == "tags" and "," not in value:
             if len(value) > 100:
@@ -239,7 +244,13 @@ def _incoming_from_row(
     return inc
 
 
+SOURCE_CHARS = 100  # subscribers.source
+NAME_CHARS = 100  # first_name, last_name: longer ones go through _apply's check
+
+
 def _apply(inc: Incoming, target: str, value: str) -> None:
+    if target in ("first_name", "last_name", "name"):
+        check_name_lengths(**{target: value})
     if target == "first_name":
         inc.first_name = value
     elif target == "last_name":
@@ -266,9 +277,9 @@ def _apply(inc: Incoming, target: str, value: str) -> None:
     elif target == "unsubscribed_at":
         inc.unsubscribed_at = parse_time(value)
     elif target == "unsubscribe_reason":
-        inc.reason = value
+        inc.reason = value[:REASON_CHARS]
     elif target == "source":
-        inc.source = value
+        inc.source = value[:SOURCE_CHARS]
     elif target == "stopped_if_true":
         if value.lower() in _TRUE:
             inc.status = "unsubscribed"

@@ -209,6 +209,15 @@ class _connect:
             self._ctx.__exit__(*exc)
 
 
+def check_name_lengths(**names: str | None) -> None:
+    """StoreError for a name longer than its column (PostgreSQL enforces the length,
+    SQLite would keep it: refuse it the same way on both)."""
+    for column, value in names.items():
+        limit = getattr(subscribers.c[column].type, "length", None)
+        if value and limit and len(value) > limit:
+            raise StoreError(f"{column} is longer than {limit} characters; shorten it")
+
+
 def add_subscriber(
     engine: Engine | Connection,
     email: str,
@@ -223,6 +232,7 @@ def add_subscriber(
 ) -> Subscriber:
     """Add a new subscriber. StoreError if the address is invalid or already on the list."""
     check_status(status)
+    check_name_lengths(name=name, first_name=first_name, last_name=last_name)
     address = normalize_email(email)
     key = email_key(address)
     tag_list = normalize_tags(tags)
@@ -278,6 +288,7 @@ def update_subscriber(
     fields: dict[str, Any] | None = None,
 ) -> None:
     """Set the given names; merge `fields` into the custom fields. None leaves a value alone."""
+    check_name_lengths(name=name, first_name=first_name, last_name=last_name)
     with _connect(engine) as conn:
         values: dict[str, Any] = {"updated_at": now()}
         for column, value in (("name", name), ("first_name", first_name), ("last_name", last_name)):
@@ -289,6 +300,9 @@ def update_subscriber(
             ).scalar_one_or_none()
             values["fields"] = {**(current or {}), **fields}
         conn.execute(update(subscribers).where(subscribers.c.id == subscriber_id).values(**values))
+
+
+REASON_CHARS = 200  # subscribers.unsubscribe_reason
 
 
 def status_values(
@@ -307,7 +321,8 @@ def status_values(
         values["confirmed_at"] = func.coalesce(subscribers.c.confirmed_at, stamp)
     elif status in STOPPED:
         values["unsubscribed_at"] = stamp
-        values["unsubscribe_reason"] = reason
+        # A bounce's SMTP answer can be longer than the column.
+        values["unsubscribe_reason"] = reason[:REASON_CHARS] if reason else reason
     return values
 
 
