@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from newsletter.errors import IssueError
@@ -387,7 +387,3 @@ def _template_path(project: Project, names: tuple[str, ...]) -> Path:
 
 def _template_finding(where: Path, message: str) -> Finding:
     return Finding("error", message, where, None)
-
-
-def format_findings(findings: list[Any]) -> list[str]:
-    return [str(f) for f in findings]

@@ -22,8 +22,7 @@ from __future__ import annotations
 import codecs
 import csv
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import ImportFileError
@@ -121,7 +120,6 @@ class Format:
     file_status: str | None = None
     #: Our own export neutralizes formula cells with a leading "'"; undo that on import.
     unquote_formulas: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 MAILCHIMP_SYSTEM = {
@@ -390,6 +388,3 @@ def sniff_delimiter(header_line: str) -> str:
         if len(row) > best_count:
             best, best_count = delimiter, len(row)
     return best
-
-
-Progress = Callable[[int], None]
