@@ -255,3 +255,23 @@ def test_control_characters_in_a_name_stay_on_their_table_row(cli, project) -> N
         cli(project, "subscribers", "show", "j@example.de", "--format", "json").output
     )
     assert stored["name"] == name  # stored as given; only the terminal view is cleaned
+
+
+def test_export_and_rejects_into_an_unusable_folder_are_one_line_errors(
+    cli, project, tmp_path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    assert cli(project, "subscribers", "add", "a@example.com").exit_code == 0
+    exported = cli(project, "subscribers", "export", "-o", str(blocker / "list.csv"))
+    line = _one_line_error(exported)
+    assert line.startswith(f"Error: {blocker / 'list.csv'}: cannot write it")
+
+    source = tmp_path / "list.csv"
+    source.write_text("email\nkein-at-zeichen\nb@example.com\n", encoding="utf-8")
+    imported = cli(
+        project, "subscribers", "import", str(source), "--rejects", str(blocker / "r.csv")
+    )
+    line = _one_line_error(imported)
+    assert line.startswith(f"Error: {blocker / 'r.csv'}: cannot write")
+    assert rows(project) == [("a@example.com", "subscribed", None)]  # nothing imported

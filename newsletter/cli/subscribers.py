@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +408,12 @@ def import_(
         click.echo(f"rejected rows written to {rejects}")
 
 
+def _remove_quietly(path: Path) -> None:
+    """Remove a partial file, if there is one (its folder may not even exist)."""
+    with suppress(OSError):
+        path.unlink()
+
+
 @subscribers.command("export")
 @click.option(
     "-o",
@@ -446,10 +452,10 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
             written = write(handle, engine, status=status, tags=tags)
         partial.replace(output)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        _remove_quietly(partial)
         raise click.ClickException(f"{output}: cannot write it ({exc.strerror})") from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _remove_quietly(partial)
         raise
     click.echo(f"exported {written} subscribers to {output}", err=True)
 

@@ -188,7 +188,12 @@ def _import_file(
             source_name = source or "import"
         reject_writer = None
         if rejects_path is not None:
-            reject_file = Path(rejects_path).open("w", encoding="utf-8", newline="")  # noqa: SIM115
+            try:
+                reject_file = Path(rejects_path).open("w", encoding="utf-8", newline="")  # noqa: SIM115
+            except OSError as exc:
+                raise ImportFileError(
+                    f"{rejects_path}: cannot write ({exc.strerror}); choose another --rejects FILE"
+                ) from None
             reject_writer = csv.writer(reject_file)
             reject_writer.writerow([*headings, "line", "reason"])
 
