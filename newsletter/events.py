@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from newsletter.errors import NewsletterError
 from newsletter.store import schema
@@ -367,8 +367,3 @@ def record(
             }
         ],
     )
-
-
-def count_events(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(schema.events)).scalar_one())

@@ -117,11 +117,6 @@ def finish_send(engine: Engine, send_id: int, status: str, error: str | None = N
         )
 
 
-def set_send_error(engine: Engine, send_id: int, error: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(sends).where(sends.c.id == send_id).values(error=error))
-
-
 def start_totals(engine: Engine, send_id: int, recipients: int) -> None:
     with engine.begin() as conn:
         conn.execute(
@@ -252,11 +247,6 @@ def live_sends(engine: Engine) -> set[int]:
     with engine.connect() as conn:
         rows = conn.execute(select(send_leases)).all()
     return {r.send_id for r in rows if not _stale(r, host)}
-
-
-def lease_holder(engine: Engine, issue_id: int) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(select(send_leases).where(send_leases.c.issue_id == issue_id)).first()
 
 
 def in_flight_to_uncertain(engine: Engine, issue_id: int) -> int:

@@ -120,7 +120,6 @@ class SendGridTransport:
         self.backoff = backoff_base() if backoff is None else backoff
         self._sleep = sleep
         self._client = sendgrid.SendGridAPIClient(api_key, host=self.host)
-        self._lock = threading.Lock()
 
     @classmethod
     def from_project(
