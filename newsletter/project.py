@@ -137,7 +137,7 @@ def _matches(value: Any, expected: type | tuple[type, ...]) -> bool:
 def parse_config(path: Path) -> Config:
     """Read and validate a `newsletter.toml`."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Windows editors add a BOM
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run `newsletter init` to create a project") from None
     except UnicodeDecodeError:

@@ -63,3 +63,12 @@ def test_project_found_from_a_subfolder(tmp_path: Path) -> None:
     write(tmp_path, CONFIG)
     (tmp_path / "issues").mkdir()
     assert Project.find(start=tmp_path / "issues").root == tmp_path.resolve()
+
+
+def test_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Windows editors often save UTF-8 with a BOM; issue files already accept it.
+    path = tmp_path / "newsletter.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + CONFIG.encode("utf-8"))
+    config = parse_config(path)
+    assert config.name == "Jens' Briefing"
+    assert config.postal_address == "Musterstraße 1, 10115 Berlin, Germany"
