@@ -157,7 +157,10 @@ def _url_problem(url: str, kind: str) -> tuple[Literal["error", "warning"], str]
         return None
     if url.startswith("#"):
         return ("warning", f"{kind} {url!r} points inside the page; many mail apps ignore it")
-    parts = urlsplit(TOKEN_RE.sub("x", url))
+    try:
+        parts = urlsplit(TOKEN_RE.sub("x", url))
+    except ValueError:  # e.g. an unclosed [ of an IPv6 host
+        return ("error", f"{kind} {url!r} is not a valid URL; fix it")
     if not parts.scheme or not parts.netloc:
         return ("error", f"{kind} {url!r} is relative; use a full https:// URL")
     host = (parts.hostname or "").lower()

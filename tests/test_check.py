@@ -133,3 +133,12 @@ def test_raw_html_images_and_links(make_project: Callable[..., Path]) -> None:
         ("error", 8, "link 'http://localhost/x' points to this computer"),
         ("warning", 5, "an <img> has no alt text"),
     ]
+
+
+def test_a_malformed_url_is_a_finding_not_a_crash(make_project: Callable[..., Path], cli) -> None:
+    body = "Text.\n\n<a href='http://[::1'>b</a>\n"  # line 7
+    root, found = findings_for(make_project, GOOD_FRONT + body)
+    got = {(f.severity, f.line, f.message.split(";")[0]) for f in found}
+    assert got == {("error", 7, "link 'http://[::1' is not a valid URL")}
+    result = cli(root, "check", "x")
+    assert result.exit_code == 1 and "Traceback" not in result.output
