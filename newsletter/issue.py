@@ -177,8 +177,9 @@ def load_issue(project: Project, path: Path) -> Issue:
     yaml_text, body, body_line = split_front_matter(path, text)
     data = _parse_yaml(path, yaml_text)
     for key in ("title", "subject", "preheader"):
-        if isinstance(data.get(key), str):
-            _reject_control(path, front_matter_key_line(path, key), data[key])
+        value = data.get(key)
+        if isinstance(value, str) and CONTROL_RE.search(value):  # an escape such as "\v"
+            _reject_control(path, front_matter_key_line(path, key), value)
 
     def line(key: str) -> int | None:
         return front_matter_key_line(path, key) or 1
