@@ -301,7 +301,8 @@ def run_send(
             lease.owner if lease is not None else None,
         )
     except BaseException as exc:
-        report.error = report.error or f"interrupted ({type(exc).__name__})"
+        reason = str(exc) if isinstance(exc, SendError) else f"interrupted ({type(exc).__name__})"
+        report.error = report.error or reason
         ledger.finish_send(engine, send_id, "stopped", report.error)
         raise
     finally:
