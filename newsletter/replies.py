@@ -369,8 +369,20 @@ def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None
     )
     text = f"{intro}\n\n{inbound.text}{attachments}\n"
     html = f'<p>{escape(intro)}</p><pre style="white-space:pre-wrap">{escape(inbound.text + attachments)}</pre>'
+    from newsletter.store.emails import normalize_email
+
+    try:
+        # Answering the copy should reach the reader, not the author's own address.
+        reader: str | None = normalize_email(inbound.from_email)
+    except NewsletterError:
+        reader = None
     send_transactional(
-        project, project.config.reply_to, f"Fwd: {inbound.subject or '(no subject)'}", html, text
+        project,
+        project.config.reply_to,
+        f"Fwd: {inbound.subject or '(no subject)'}",
+        html,
+        text,
+        reply_to=reader,
     )
 
 

@@ -138,6 +138,26 @@ def test_reply_address_token_matches_issue_and_author_gets_a_copy(inbox):
     assert "Bild – Köln.jpg" in body
 
 
+def test_answering_the_forwarded_copy_reaches_the_reader(inbox):
+    # The copy comes from and goes to the author: without Reply-To set to the reader,
+    # pressing "reply" on it writes to the author's own address.
+    proj, engine, _, issue_id = inbox('\n[replies]\ndomain = "replies.example.com"\n')
+    address = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, fields(REPLY_TEXT, to=address)).status_code == 200
+        stranger = fields("Hallo", to=address, sender="kein Absender")
+        stranger["envelope"] = json.dumps({"to": [address]})
+        assert post(base, stranger).status_code == 200
+    first, second = sorted((proj.root / "outbox").glob("*.eml"))
+    mails = [
+        email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+        for f in (first, second)
+    ]
+    reply_tos = sorted(str(m["Reply-To"]) for m in mails)
+    # Without a usable sender address, the copy keeps the configured reply_to.
+    assert reply_tos == ["anna.mueller@example.de", "jens@example.com"]
+
+
 def test_forged_reply_token_falls_back_to_subject(inbox):
     proj, engine, _, issue_id = inbox(
         '\n[replies]\ndomain = "replies.example.com"\nforward = false\n'

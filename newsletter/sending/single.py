@@ -32,13 +32,15 @@ def send_transactional(
     text: str,
     *,
     headers: dict[str, str] | None = None,
+    reply_to: str | None = None,
 ) -> str:
-    """Send one message to `to`; return where it went (for a log line or a page)."""
+    """Send one message to `to`; return where it went (for a log line or a page).
+    `reply_to` defaults to the configured one."""
     config = project.config
     base = message_base(
         from_email=config.from_email,
         from_name=config.from_name,
-        reply_to=config.reply_to,
+        reply_to=reply_to or config.reply_to,
         subject=subject,
         text=text,
         html=html,
