@@ -70,3 +70,45 @@ def test_steps_are_named_in_order(step) -> None:
     names = [name for name, _ in migrations.STEPS]
     number = int(step[1:4])
     assert names.index(step) == number - 1
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_path) -> None:
+    # `serve` and a cron `sync` may both be first to use a fresh database.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from newsletter.store.engine import open_engine; "
+        "from newsletter.store.subscribers import count_subscribers; "
+        "print(count_subscribers(open_engine(sys.argv[1])))"
+    )
+    for _ in range(3):
+        if database_url.startswith("sqlite"):
+            for leftover in tmp_path.glob("test.db*"):
+                leftover.unlink()
+        else:
+            engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+            with engine.begin() as conn:
+                from sqlalchemy import text
+
+                conn.execute(text("DROP SCHEMA public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+            engine.dispose()
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, database_url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        results = [run.communicate(timeout=60) for run in runs]
+        assert [(out, err) for out, err in results] == [("0\n", "")] * 4
+        engine = open_engine(database_url)
+        with engine.connect() as conn:
+            names = list(conn.execute(select(schema.schema_migrations.c.name)).scalars())
+        assert sorted(names) == sorted(name for name, _ in migrations.STEPS)
+        from newsletter.store.engine import dispose_all
+
+        dispose_all()

@@ -6,10 +6,12 @@ reorder old ones, because databases in the field have recorded them by name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.store import schema
 
@@ -56,8 +58,24 @@ def applied(conn: Connection) -> set[str]:
     return set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
 
 
-def migrate(engine: Engine) -> list[str]:
-    """Run the steps this database has not had yet; return their names."""
+def migrate(engine: Engine, attempts: int = 10) -> list[str]:
+    """Run the steps this database has not had yet; return their names.
+
+    Two processes opening a new database at once race to create the same tables; the
+    loser's step rolls back, so it tries again and finds the steps done.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _migrate(engine)
+        except DBAPIError as exc:
+            lost_race = isinstance(exc, IntegrityError) or "already exists" in str(exc.orig)
+            if not lost_race or attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _migrate(engine: Engine) -> list[str]:
     ran: list[str] = []
     with engine.begin() as conn:
         schema.schema_migrations.create(conn, checkfirst=True)
