@@ -154,3 +154,50 @@ def test_resume_after_a_crash_in_the_last_batch_takes_over(root, cli, monkeypatc
         covered = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--include-uncertain", "--yes")
         assert covered.exit_code == 0, covered.output
         assert sorted(sg.recipients()) == ["leser0@example.org", "leser1@example.org"]
+
+
+def test_an_event_that_beats_the_answer_is_not_overwritten(root, cli, monkeypatch):
+    """SendGrid may deliver (or bounce) and post the event before its answer to our request is
+    settled: the ledger must keep "delivered"/"bounced", not fall back to "accepted"."""
+    import threading
+    import time
+
+    from newsletter import events
+    from newsletter.store.schema import CUSTOM_ARG_ISSUE, CUSTOM_ARG_SUBSCRIBER
+
+    project = Project.load(root)
+    engine = open_engine(project.database_url)
+    for i in range(2):
+        add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
+        sg.inject("delay", seconds=1.0)  # the answer to the (only) request comes late
+
+        def events_first() -> None:
+            deadline = time.monotonic() + 10
+            while not sg.requests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            batch = []
+            for n, p in enumerate(sg.requests[0]["body"]["personalizations"]):
+                batch.append(
+                    {
+                        "event": "delivered" if n == 0 else "bounce",
+                        "type": "bounce",
+                        "sg_event_id": f"early-{n}",
+                        "email": p["to"][0]["email"],
+                        "timestamp": int(time.time()),
+                        CUSTOM_ARG_ISSUE: p["custom_args"][CUSTOM_ARG_ISSUE],
+                        CUSTOM_ARG_SUBSCRIBER: p["custom_args"][CUSTOM_ARG_SUBSCRIBER],
+                    }
+                )
+            events.ingest(engine, batch)
+
+        early = threading.Thread(target=events_first)
+        early.start()
+        result = cli(root, "send", EXAMPLE_ISSUE.stem, "--yes")
+        early.join()
+        assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        states = sorted(conn.execute(select(deliveries.c.state)).scalars())
+    assert states == ["bounced", "delivered"]

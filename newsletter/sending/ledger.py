@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, case, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
@@ -368,12 +368,28 @@ def record(
     *,
     message_id: str | None = None,
     error: str | None = None,
+    send_id: int | None = None,
 ) -> None:
+    # Only rows still in flight take the outcome: an event (delivered, bounced, dropped) may
+    # have arrived before SendGrid's answer was settled, and a takeover may have made them
+    # uncertain; both say more than "accepted".
+    pending = deliveries.c.state == "in_flight"
+    # With `send_id`: rows a later send has claimed since (after a takeover) are not ours.
+    mine = [] if send_id is None else [deliveries.c.send_id == send_id]
     with engine.begin() as conn:
         conn.execute(
             update(deliveries)
-            .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id.in_(list(ids)))
-            .values(state=state, message_id=message_id, error=error, updated_at=now())
+            .where(
+                deliveries.c.issue_id == issue_id,
+                deliveries.c.subscriber_id.in_(list(ids)),
+                *mine,
+            )
+            .values(
+                state=case((pending, state), else_=deliveries.c.state),
+                error=case((pending, error), else_=deliveries.c.error),
+                message_id=message_id,
+                updated_at=now(),
+            )
         )
 
 

@@ -363,6 +363,7 @@ def _send_batches(
                     outcome.state,
                     message_id=outcome.message_id,
                     error=outcome.error,
+                    send_id=send_id,
                 )
             if outcome.state == "accepted":
                 report.accepted += len(ids)
