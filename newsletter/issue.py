@@ -35,10 +35,7 @@ _TRANSLITERATE = str.maketrans(
 
 def slugify(text: str, max_length: int = 60) -> str:
     """`Grüße aus Köln – Teil 2` -> `gruesse-aus-koeln-teil-2`."""
-    # NFC first: a decomposed "u" + U+0308 (macOS) must become "ue" as well.
-    text = unicodedata.normalize(
-        "NFKD", unicodedata.normalize("NFC", text).translate(_TRANSLITERATE)
-    )
+    text = unicodedata.normalize("NFKD", text.translate(_TRANSLITERATE))
     text = text.encode("ascii", "ignore").decode("ascii").lower()
     slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
     if len(slug) > max_length:

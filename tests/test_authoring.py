@@ -238,12 +238,3 @@ def test_bad_custom_templates(
     assert result.output.startswith(f"Error: {root / 'templates' / where}: ")
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (root / "build").exists()
-
-
-def test_decomposed_umlauts_slug_like_composed_ones(make_project: Callable[..., Path], cli) -> None:
-    # macOS may hand over "ü" as "u" + U+0308 (file names on HFS+, some pasted text).
-    import unicodedata
-
-    title = unicodedata.normalize("NFD", "Grüße aus Köln")
-    result = cli(make_project(), "new", title, "--date", "2024-08-01")
-    assert result.output.strip().endswith("issues/2024-08-01-gruesse-aus-koeln.md")
