@@ -23,8 +23,9 @@ SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
 DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
 KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language")
-# Characters XML (so MJML) rejects; a word processor's paste brings e.g. U+000B.
-CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters MJML's XML parser rejects; a word processor's paste brings e.g. U+000B.
+# (NUL is not among them: markdown-it already turns it into U+FFFD.)
+CONTROL_RE = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 FENCE = "---"
 
 # German letters that Unicode decomposition would turn into a bare vowel.
