@@ -238,6 +238,14 @@ def test_a_too_long_name_rejects_its_row_only(engine, tmp_path) -> None:
     assert result.new == 1 and find_subscriber(engine, "c@example.com").first_name == "Jörg"
 
 
+def test_an_unclosed_quote_in_the_header_is_one_line(engine, tmp_path) -> None:
+    source = write(tmp_path / "x.csv", '"email,name\na@example.com,Anna\n')
+    with pytest.raises(ImportFileError) as caught:
+        import_file(engine, source)
+    assert "\n" not in str(caught.value)
+    assert "quote" in str(caught.value) and "never closed" in str(caught.value)
+
+
 def test_running_the_same_import_again_changes_nothing(engine) -> None:
     for name in ("mailchimp_subscribed.csv", "ghost.csv", "listmonk.csv", "buttondown.csv"):
         import_file(engine, IMPORTS / name, tags=["import"])

@@ -351,6 +351,10 @@ def _csv_rows(
 
     reader = csv.reader(lines(), delimiter=delimiter)
     headings = [h.strip() for h in next(reader)]
+    if reader.line_num > 1 and _unclosed_quote(record, delimiter):
+        raise ImportFileError(
+            f"{path}: a quote in the header row is never closed; close it and import again"
+        )
     record.clear()
     fmt = detect_format(headings)
     apply_map(fmt, mapping, path)
