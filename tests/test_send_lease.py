@@ -201,3 +201,34 @@ def test_an_event_that_beats_the_answer_is_not_overwritten(root, cli, monkeypatc
     with engine.connect() as conn:
         states = sorted(conn.execute(select(deliveries.c.state)).scalars())
     assert states == ["bounced", "delivered"]
+
+
+def test_people_who_leave_while_the_send_runs_are_not_sent_to(root, monkeypatch):
+    """Recipients are read ahead of their batch: someone who unsubscribes in the meantime
+    gets nothing, and someone forgotten (`remove --forget`) does not stop the send."""
+    from newsletter.store.subscribers import find_subscriber, forget_subscriber, set_status
+
+    project = Project.load(root)
+    engine = open_engine(project.database_url)
+    for i in range(6):
+        add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
+        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
+        transport = SendGridTransport.from_project(project, KEY)
+        prepared = sender.prepare(project, root / "issues" / EXAMPLE_ISSUE.name)
+        left = []
+
+        def leave(report: sender.SendReport) -> None:
+            if not left:  # after the first batch: all six were read long ago
+                set_status(engine, find_subscriber(engine, "leser3@example.org").id, "unsubscribed")
+                forget_subscriber(engine, "leser4@example.org")
+                left.append(True)
+
+        report = sender.run_send(
+            project, prepared, transport, sender.SendOptions(expected=6), progress=leave
+        )
+        assert report.error is None
+        assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in (0, 1, 2, 5)]
+    with engine.connect() as conn:
+        states = sorted(conn.execute(select(deliveries.c.state)).scalars())
+    assert states == ["accepted"] * 4

@@ -300,8 +300,10 @@ def claim(
     *,
     owner: str | None = None,
     slug: str = "the issue",
-) -> None:
+) -> set[int]:
     """Record a batch as in flight, in one transaction, before its request goes out.
+    Returns the ids claimed: those still subscribed (people read ahead of their batch may
+    have unsubscribed or been forgotten since; they get no row and no mail).
 
     `new_ids` get new rows; `again_ids` (failed, or uncertain on --include-uncertain) are moved
     to this send. With `owner`, the lease is checked (and its row locked) in the same
@@ -320,6 +322,16 @@ def claim(
                     f"another process took over the send of {slug} (this one stalled for over "
                     f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
                 )
+        kept = set(
+            conn.execute(
+                select(subscribers.c.id).where(
+                    subscribers.c.id.in_([*new_ids, *again_ids]),
+                    subscribers.c.status == "subscribed",
+                )
+            ).scalars()
+        )
+        new_ids = [sid for sid in new_ids if sid in kept]
+        again_ids = [sid for sid in again_ids if sid in kept]
         if new_ids:
             try:
                 with conn.begin_nested():
@@ -358,6 +370,7 @@ def claim(
                     updated_at=stamp,
                 )
             )
+    return kept
 
 
 def record(

@@ -387,6 +387,7 @@ def _send_batches(
 
     batch_no = 0
     batch: list[dict[str, Any]] = []
+    batch_sids: list[int] = []  # the subscriber of each personalization in `batch`
     new_ids: list[int] = []
     again_ids: list[int] = []
     refused: dict[int, str] = {}
@@ -402,8 +403,9 @@ def _send_batches(
             return
         batch_no += 1
         ids = new_ids + again_ids
+        people = list(batch)
         if use_ledger:
-            ledger.claim(
+            kept = ledger.claim(
                 engine,
                 issue_id,
                 send_id,
@@ -413,9 +415,15 @@ def _send_batches(
                 owner=owner,
                 slug=prepared.slug,
             )
-        future = executor.submit(transport.post_mail, request_body(base, list(batch)))
-        pending[future] = (batch_no, ids)
+            if len(kept) < len(ids):
+                # Unsubscribed or forgotten since they were read: they get nothing.
+                people = [p for p, sid in zip(batch, batch_sids, strict=True) if sid in kept]
+                ids = [sid for sid in ids if sid in kept]
+        if people:
+            future = executor.submit(transport.post_mail, request_body(base, people))
+            pending[future] = (batch_no, ids)
         batch.clear()
+        batch_sids.clear()
         new_ids.clear()
         again_ids.clear()
         while len(pending) >= concurrency:
@@ -428,6 +436,7 @@ def _send_batches(
                 refused[sid] = problem or "refused"
                 continue
             batch.append(p)
+            batch_sids.append(sid)
             (again_ids if has_row else new_ids).append(sid)
             if len(batch) >= batch_size:
                 submit(executor)
