@@ -112,3 +112,10 @@ def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_
         from newsletter.store.engine import dispose_all
 
         dispose_all()
+
+
+def test_open_engine_reuses_one_engine_per_url(database_url) -> None:
+    # A postgresql:// URL used to miss the cache every time: a new pool and a migration
+    # check on each call.
+    first = open_engine(database_url)
+    assert open_engine(database_url) is first

@@ -43,11 +43,11 @@ def database_error(exc: DBAPIError) -> str:
 
 def open_engine(url: str) -> Engine:
     """An engine for `url`, migrated to the current schema. Cached per URL per process."""
-    if url in _engines:
-        return _engines[url]
     if url.startswith("postgresql://"):
         # psycopg 3 is the driver we ship in the `postgres` extra.
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url in _engines:
+        return _engines[url]
     try:
         engine = create_engine(url, future=True)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:  # ValueError: a bad port
