@@ -248,6 +248,18 @@ def test_web_version_of_an_issue_is_anonymous(site):
     assert client.get("/issues/..%2Fnewsletter.toml").status_code == 404
 
 
+def test_web_version_of_an_unsent_draft_is_not_served(site):
+    proj, engine, _, _ = site
+    draft = proj.issues_dir / "2024-08-entwurf.md"
+    draft.write_text(
+        "---\ntitle: Geheimer Entwurf\nslug: entwurf\n---\nNoch nicht fertig.\n", "utf-8"
+    )
+    client = TestClient(create_app(proj, engine))
+    page = client.get("/issues/entwurf")
+    assert page.status_code == 404 and "Noch nicht fertig" not in page.text
+    assert client.get("/issues/meta-ki-creator").status_code == 200  # the sent one is served
+
+
 def test_web_version_follows_a_new_template_without_a_restart(site):
     proj, engine, _, _ = site
     client = TestClient(create_app(proj, engine))

@@ -11,6 +11,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -69,7 +70,28 @@ def render_public(project: Project, path: Path) -> str:
     return html
 
 
-def _render_slug(project: Project, slug: str) -> str | None:
+def _published(engine: Engine, slug: str) -> bool:
+    """Has the issue gone out (a real or outbox send, not a dry run, not cancelled)? Drafts
+    stay private even when their slug can be guessed."""
+    from sqlalchemy import exists, select
+
+    from newsletter.store.schema import issues, sends
+
+    query = select(
+        exists().where(
+            issues.c.slug == slug,
+            sends.c.issue_id == issues.c.id,
+            sends.c.dry_run.is_(False),
+            sends.c.status != "cancelled",
+        )
+    )
+    with engine.connect() as conn:
+        return bool(conn.execute(query).scalar())
+
+
+def _render_slug(project: Project, engine: Engine, slug: str) -> str | None:
+    if not _published(engine, slug):
+        return None
     path = find_issue_file(project, slug)
     if path is None:
         return None
@@ -79,7 +101,9 @@ def _render_slug(project: Project, slug: str) -> str | None:
 async def issue_page(ctx: Context, request: Request) -> Response:
     """GET /issues/{slug}: the issue as a web page, or 404."""
     try:
-        html = await run_in_threadpool(_render_slug, ctx.project, request.path_params["slug"])
+        html = await run_in_threadpool(
+            _render_slug, ctx.project, ctx.engine, request.path_params["slug"]
+        )
     except NewsletterError as exc:
         log.error("issue page failed: %s", type(exc).__name__)
         html = None
