@@ -119,3 +119,95 @@ def test_open_engine_reuses_one_engine_per_url(database_url) -> None:
     # check on each call.
     first = open_engine(database_url)
     assert open_engine(database_url) is first
+
+
+def test_a_forgotten_subscribers_id_is_never_given_again(database_url, tmp_path) -> None:
+    from newsletter.store.importer import import_file
+    from newsletter.store.subscribers import add_subscriber, forget_subscriber
+
+    engine = open_engine(database_url)
+    add_subscriber(engine, "anna@example.de")
+    newest = add_subscriber(engine, "bernd@example.de")
+    assert forget_subscriber(engine, "bernd@example.de")
+    # Old unsubscribe links and late SendGrid events name `newest.id`: nobody may get it.
+    assert add_subscriber(engine, "carla@example.de").id > newest.id
+    assert forget_subscriber(engine, "carla@example.de")
+    csv_file = tmp_path / "neu.csv"
+    csv_file.write_text("email\ndora@example.de\n", encoding="utf-8")
+    import_file(engine, csv_file)
+    dora = find_subscriber(engine, "dora@example.de")
+    assert dora is not None and dora.id > newest.id + 1
+
+
+def test_an_old_sqlite_database_gets_ids_that_are_never_reused(tmp_path) -> None:
+    from sqlalchemy import MetaData, func, text
+
+    from newsletter.store.subscribers import add_subscriber, forget_subscriber
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    # The first schema: `subscribers` without AUTOINCREMENT, m001-m003 recorded.
+    legacy = MetaData()
+    for table in schema.metadata.sorted_tables:
+        table.to_metadata(legacy)
+    legacy.tables["subscribers"].dialect_options["sqlite"]["autoincrement"] = False
+    old = create_engine(url)
+    legacy.create_all(old)
+    now = datetime(2024, 7, 2, 8, 30, tzinfo=UTC)
+    with old.begin() as conn:
+        assert (
+            "AUTOINCREMENT"
+            not in conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'subscribers'")
+            ).scalar_one()
+        )
+        for name in ("m001_initial", "m002_send_leases", "m003_send_totals"):
+            conn.execute(insert(schema.schema_migrations).values(name=name, applied_at=now))
+        for i in (1, 2, 3):
+            conn.execute(
+                insert(schema.subscribers).values(
+                    id=i, email=f"leser{i}@example.de", email_key=f"leser{i}@example.de",
+                    first_name="Jürgen", status="subscribed", fields={"stadt": "Köln"},
+                    created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+            conn.execute(insert(schema.subscriber_tags).values(subscriber_id=i, tag="leser"))
+        issue_id = conn.execute(
+            insert(schema.issues).values(
+                slug="x", title="X", subject="X", language="de", created_at=now
+            )
+        ).inserted_primary_key[0]
+        send_id = conn.execute(
+            insert(schema.sends).values(
+                issue_id=issue_id, status="done", transport="sendgrid", segment=[],
+                dry_run=False, started_at=now,
+            )
+        ).inserted_primary_key[0]  # fmt: skip
+        for i in (1, 2, 3):
+            conn.execute(
+                insert(schema.deliveries).values(
+                    issue_id=issue_id, subscriber_id=i, send_id=send_id, state="accepted",
+                    updated_at=now,
+                )
+            )  # fmt: skip
+    old.dispose()
+
+    engine = open_engine(url)  # runs m004: the rebuild
+    with engine.connect() as conn:
+        assert (
+            "AUTOINCREMENT"
+            in conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'subscribers'")
+            ).scalar_one()
+        )
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        tags = conn.execute(select(func.count()).select_from(schema.subscriber_tags)).scalar()
+        rows = conn.execute(select(func.count()).select_from(schema.deliveries)).scalar()
+        indexes = {i["name"] for i in inspect(conn).get_indexes("subscribers")}
+    assert (tags, rows) == (3, 3), "the rebuild lost rows that point at subscribers"
+    assert "ix_subscribers_status" in indexes
+    assert find_subscriber(engine, "leser1@example.de").fields == {"stadt": "Köln"}
+    # Foreign keys point at the rebuilt table: forgetting cascades, and ids move on.
+    assert forget_subscriber(engine, "leser3@example.de")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.deliveries)).scalar() == 2
+    assert add_subscriber(engine, "neu@example.de").id == 4

@@ -49,7 +49,9 @@ def open_engine(url: str) -> Engine:
     if url in _engines:
         return _engines[url]
     try:
-        engine = create_engine(url, future=True)
+        # A server-side database may have restarted since a pooled connection was made:
+        # check each one before use, so one-click unsubscribes never meet a dead connection.
+        engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:  # ValueError: a bad port
         raise StoreError(
             f"database URL {redact(url)!r} is not usable ({exc}); "
@@ -63,7 +65,9 @@ def open_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        migrate(engine)
+        if migrate(engine) and engine.dialect.name == "sqlite":
+            # A step may have switched foreign keys off on its connection: start afresh.
+            engine.dispose()
     except DBAPIError as exc:  # unreachable, refused, or not a database at all
         engine.dispose()
         raise StoreError(

@@ -91,9 +91,16 @@ class _Writer:
                 {"n": n},
             ).scalars()
             return sorted(rows)
-        # SQLite (and others): ids follow the largest one; the chunk's transaction holds
-        # the write lock from its first insert, and a clash would roll the chunk back.
+        # SQLite (and others): ids follow the largest one ever given (AUTOINCREMENT keeps it in
+        # sqlite_sequence, so a forgotten person's id never comes back); the chunk's
+        # transaction holds the write lock from its first insert, and a clash would roll the
+        # chunk back.
         start = self.conn.execute(select(func.coalesce(func.max(subscribers.c.id), 0))).scalar_one()
+        if self.dialect == "sqlite":
+            used = self.conn.exec_driver_sql(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'subscribers'"
+            ).scalar()
+            start = max(start, used or 0)
         return list(range(start + 1, start + 1 + n))
 
     def insert(

@@ -44,11 +44,48 @@ def m003_send_totals(conn: Connection) -> None:
     schema.send_totals.create(conn, checkfirst=True)
 
 
+def m004_store_ids_never_reused(conn: Connection) -> None:
+    """On SQLite, rebuild `subscribers` as AUTOINCREMENT so an id is never handed out twice
+    (PostgreSQL's sequences never reuse one). Databases created since have it already."""
+    if conn.dialect.name != "sqlite":
+        return
+    current = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscribers'"
+    ).scalar_one()
+    if "AUTOINCREMENT" in current.upper():
+        return
+    # SQLite cannot change a primary key in place: its documented rebuild. Foreign keys must
+    # be off, or dropping the old table would delete every tag, delivery and event with it.
+    # (The pragma works here because pysqlite opens no transaction before the first write;
+    # `open_engine` drops this connection afterwards so the pragma comes back on.)
+    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    if conn.exec_driver_sql("PRAGMA foreign_keys").scalar() != 0:
+        raise RuntimeError("could not turn off foreign keys to rebuild the subscribers table")
+    from sqlalchemy import MetaData
+    from sqlalchemy.schema import CreateTable
+
+    rebuilt = schema.subscribers.to_metadata(MetaData(), name="subscribers_rebuilt")
+    columns = ", ".join(c.name for c in schema.subscribers.columns)
+    conn.exec_driver_sql("DROP TABLE IF EXISTS subscribers_rebuilt")  # left by a crash
+    conn.execute(CreateTable(rebuilt))
+    conn.exec_driver_sql(
+        f"INSERT INTO subscribers_rebuilt ({columns}) SELECT {columns} FROM subscribers"
+    )
+    conn.exec_driver_sql("DROP TABLE subscribers")
+    conn.exec_driver_sql("ALTER TABLE subscribers_rebuilt RENAME TO subscribers")
+    for index in schema.subscribers.indexes:
+        index.create(conn)
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise RuntimeError(f"rebuilding subscribers broke {len(broken)} references")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
     ("m002_send_leases", m002_send_leases),
     ("m003_send_totals", m003_send_totals),
+    ("m004_store_ids_never_reused", m004_store_ids_never_reused),
 ]
 
 

@@ -55,6 +55,9 @@ subscribers = Table(
     Column("confirmed_at", DateTime(timezone=True)),
     Column("unsubscribed_at", DateTime(timezone=True)),
     Column("unsubscribe_reason", String(200)),
+    # SQLite would otherwise give the newest subscriber's id to the next one after
+    # `remove --forget`, and the forgotten person's links and late events would reach them.
+    sqlite_autoincrement=True,
 )
 Index("ix_subscribers_status", subscribers.c.status)
 
