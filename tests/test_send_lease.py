@@ -235,3 +235,26 @@ def test_people_who_leave_while_the_send_runs_are_not_sent_to(root, monkeypatch)
     with engine.connect() as conn:
         states = sorted(conn.execute(select(deliveries.c.state)).scalars())
     assert states == ["accepted"] * 4
+
+
+def test_recording_a_batch_looks_rows_up_by_the_unique_key(tmp_path) -> None:
+    """Each batch's answer is recorded by (issue, subscriber): a plan that walks the whole
+    send instead makes a million-recipient send quadratic."""
+    from sqlalchemy import event as sa_event
+
+    from newsletter.sending import ledger
+    from newsletter.store.engine import open_engine
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'plan.db'}")
+    statements: list[tuple[str, object]] = []
+    sa_event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, params, *rest: statements.append((sql, params)),
+    )
+    ledger.record(engine, 1, [1, 2, 3], "accepted", message_id="m", send_id=7)
+    [(update_sql, params)] = [s for s in statements if s[0].lstrip().upper().startswith("UPDATE")]
+    with engine.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + update_sql, params).all()
+    detail = " ".join(str(row[-1]) for row in plan)
+    assert "sqlite_autoindex_deliveries" in detail and "ix_deliveries_send_state" not in detail

@@ -388,7 +388,10 @@ def record(
     # uncertain; both say more than "accepted".
     pending = deliveries.c.state == "in_flight"
     # With `send_id`: rows a later send has claimed since (after a takeover) are not ours.
-    mine = [] if send_id is None else [deliveries.c.send_id == send_id]
+    # `send_id + 0` keeps that test out of index choice: on `send_id` alone SQLite would walk
+    # every row of the send for each batch (quadratic in the list), not the unique
+    # (issue_id, subscriber_id) index.
+    mine = [] if send_id is None else [deliveries.c.send_id + 0 == send_id]
     with engine.begin() as conn:
         conn.execute(
             update(deliveries)
