@@ -366,6 +366,11 @@ def _csv_rows(
     plan = _plan(fmt, headings)
     width = len(headings)
 
+    def reject(line: int, row: list[str], reason: str) -> Reject:
+        """A rejected row, named by its address cell (as far as the row has one)."""
+        email = row[plan[0][0]].strip().replace("\x00", "") if plan[0][0] < len(row) else ""
+        return Reject(line, email, reason)
+
     def rows() -> Iterator[tuple[int, Incoming | Reject, list[str]]]:
         last = reader.line_num
         for row in reader:
@@ -375,43 +380,24 @@ def _csv_rows(
             record.clear()
             if nul:
                 nul.clear()
-                yield (
-                    line,
-                    Reject(
-                        line,
-                        row[plan[0][0]].strip().replace("\x00", "")
-                        if plan[0][0] < len(row)
-                        else "",
-                        "contains a NUL character; remove it (the file may be damaged)",
-                    ),
-                    row,
-                )
+                reason = "contains a NUL character; remove it (the file may be damaged)"
+                yield line, reject(line, row, reason), row
                 continue
             if raw is not None and _unclosed_quote(raw, delimiter):
-                yield (
-                    line,
-                    Reject(
-                        line,
-                        row[plan[0][0]].strip() if plan[0][0] < len(row) else "",
-                        f"a quote opened here is never closed, so lines {line}-{last} were "
-                        "read as one row; close the quote and import again",
-                    ),
-                    row,
+                reason = (
+                    f"a quote opened here is never closed, so lines {line}-{last} were "
+                    "read as one row; close the quote and import again"
                 )
+                yield line, reject(line, row, reason), row
                 continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
             if len(row) > width and any(cell.strip() for cell in row[width:]):
-                yield (
-                    line,
-                    Reject(
-                        line,
-                        row[plan[0][0]].strip() if plan[0][0] < len(row) else "",
-                        f"{len(row)} columns but the header has {width}; "
-                        "quote values that contain the delimiter",
-                    ),
-                    row,
+                reason = (
+                    f"{len(row)} columns but the header has {width}; "
+                    "quote values that contain the delimiter"
                 )
+                yield line, reject(line, row, reason), row
                 continue
             yield line, _incoming_from_row(line, row, plan, fmt), row
 
