@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from newsletter.errors import ConfigError, IssueError, NewsletterError
@@ -75,29 +77,28 @@ SAMPLE_BODY = {
 }
 
 
-def write_new_file(path: Path, text: str) -> None:
-    """Write a file atomically, failing if it exists (a hard link cannot clobber)."""
+def _write_beside(path: Path, text: str, finish: Callable[[str, Path], None]) -> None:
+    """Write `text` to a temporary file beside `path`, then `finish(tmp, path)` puts it in
+    place; the temporary file never outlives the call."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
-        os.link(tmp, path)
+        finish(tmp, path)
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # gone already after os.replace
+            os.unlink(tmp)
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write a file atomically, failing if it exists (a hard link cannot clobber)."""
+    _write_beside(path, text, os.link)
 
 
 def write_file_atomic(path: Path, text: str) -> None:
     """Replace a file's content atomically (readers see the old or the new file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _write_beside(path, text, os.replace)
 
 
 def issue_text(title: str, language: str, date: datetime.date, slug: str) -> str:
