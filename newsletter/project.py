@@ -66,11 +66,19 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "double_opt_in": (bool, True),
         "rate_limit_per_hour": (int, 10),  # POST /subscribe per IP
         "redirect_url": (str, None),
+        # Shown on the form, its confirmation page and mail; its hash goes with each
+        # consent record. Default: a text per language naming the newsletter.
+        "consent_text": (str, None),
+        "require_checkbox": (bool, False),  # an unticked consent box the reader must tick
     },
     "serve": {
         "max_body_bytes": (int, 1_000_000),  # forms and the Event Webhook (413 above)
         "max_inbound_bytes": (int, 30_000_000),  # Inbound Parse, attachments included
         "confirm_max_age_days": (int, 7),  # how long a confirmation link works
+    },
+    "privacy": {
+        "store_full_ip": (bool, False),  # else the last octet / last 80 bits are zeroed
+        "keep_events_days": (int, 365),  # webhook events and automatic replies
     },
 }
 
@@ -196,6 +204,8 @@ def parse_config(path: Path) -> Config:
         address = newsletter[key]
         if address is not None and "@" not in address:
             raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
+    if sections["privacy"]["keep_events_days"] < 1:
+        raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")

@@ -105,7 +105,7 @@ def test_remove_unsubscribes_and_forget_erases(cli, project) -> None:
             "WHERE email_key = 'anna@example.com'"
         ).fetchone()
     assert row[0] == "unsubscribed" and row[1] == "per Mail" and row[2]
-    forgot = cli(project, "subscribers", "remove", "ben@example.com", "--forget")
+    forgot = cli(project, "subscribers", "remove", "ben@example.com", "--forget", "--yes")
     assert forgot.exit_code == 0 and "erased ben@example.com" in forgot.output
     assert [r[0] for r in rows(project)] == ["anna@example.com"]
     missing = cli(project, "subscribers", "remove", "ben@example.com")

@@ -86,6 +86,20 @@ def subscribers() -> None:
     is_flag=True,
     help="Add as unconfirmed and email a confirmation link (double opt-in).",
 )
+@click.option(
+    "--source",
+    default="cli",
+    show_default=True,
+    help="Who added them or where their consent came from, kept as evidence "
+    '(e.g. --source "Visitenkarte, Messe 2024").',
+)
+@click.option(
+    "--consent",
+    "consent_text",
+    metavar="TEXT",
+    help="The consent text the person agreed to, kept with its date as evidence "
+    '(e.g. --consent "Ja, ich möchte den Newsletter erhalten.").',
+)
 def add(
     email: str,
     name: str | None,
@@ -95,27 +109,34 @@ def add(
     fields: tuple[str, ...],
     status: str,
     confirm: bool,
+    source: str,
+    consent_text: str | None,
 ) -> None:
     """Add one subscriber; the address must not be on the list yet.
+
+    Who added them (--source), when, and the consent text (--consent) are kept as
+    consent evidence (`subscribers show`). An address erased with `remove --forget` is
+    refused: only a new double opt-in through the sign-up form brings it back.
 
     \b
     Example:
         newsletter subscribers add jörg@example.de --first-name Jörg --tag vip \\
-            --field stadt=Köln
+            --field stadt=Köln --source "Messe 2024" --consent "Ja, bitte."
     """
-    from newsletter.store.subscribers import add_subscriber
+    from newsletter.privacy import add_by_author
 
     engine = _engine()
-    subscriber = add_subscriber(
+    subscriber = add_by_author(
         engine,
         email,
+        source=source,
+        consent_text=consent_text,
         name=name,
         first_name=first_name,
         last_name=last_name,
         tags=tags,
         fields=_fields(fields),
         status="unconfirmed" if confirm else status,
-        source="cli",
     )
     if confirm:
         from newsletter.optin import send_confirmation
@@ -134,24 +155,53 @@ def add(
 
 @subscribers.command("remove")
 @click.argument("email")
-@click.option("--forget", is_flag=True, help="Erase the person and all data about them (GDPR).")
+@click.option(
+    "--forget",
+    is_flag=True,
+    help="Erase the person and all data about them (GDPR Art. 17); cannot be undone.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before --forget (for scripts).")
 @click.option("--reason", help="Why they left (kept with the unsubscribe).")
-def remove(email: str, forget: bool, reason: str | None) -> None:
+def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
     """Unsubscribe someone; with --forget, erase them and every row about them.
+
+    --forget keeps only a keyed hash of the address (suppression list), so `add` and
+    imports refuse it later; a new double opt-in through the sign-up form lifts that.
+    It asks first; without a terminal it needs --yes.
 
     \b
     Example:
         newsletter subscribers remove anna@example.com --reason "asked by email"
-        newsletter subscribers remove anna@example.com --forget
+        newsletter subscribers remove anna@example.com --forget --yes
     """
     from newsletter.errors import StoreError
-    from newsletter.store.subscribers import find_subscriber, forget_subscriber, set_status
+    from newsletter.store.subscribers import find_subscriber, set_status
 
     engine = _engine()
     if forget:
-        if not forget_subscriber(engine, email):
-            raise StoreError(f"{email} is not on the list and has no replies; nothing to erase")
-        click.echo(f"erased {email} and all data about them")
+        from newsletter.privacy import erase
+
+        if not yes:
+            if not sys.stdin.isatty():
+                raise click.ClickException(
+                    f"--forget erases {email} for good and cannot be undone; "
+                    "run it in a terminal to confirm, or add --yes"
+                )
+            click.confirm(
+                f"Erase {email} and everything stored about them? This cannot be undone.",
+                abort=True,
+            )
+        erased = erase(engine, email)
+        if erased.was_stored:
+            click.echo(
+                f"erased {erased.email} and all data about them; a keyed hash of the address "
+                "is kept so that imports and `add` skip it"
+            )
+        else:
+            click.echo(
+                f"nothing was stored about {erased.email}; suppressed the address so that "
+                "imports and `add` skip it"
+            )
         return
     subscriber = find_subscriber(engine, email)
     if subscriber is None:
@@ -195,7 +245,14 @@ def _table_line(subscriber: Any) -> str:
     default="table",
     show_default=True,
 )
-def list_(status: str | None, tags: tuple[str, ...], fmt: str) -> None:
+@click.option(
+    "--no-consent-evidence",
+    "no_evidence",
+    is_flag=True,
+    help="Only people whose consent you cannot prove (no confirmed double opt-in, no "
+    "consent text, no opt-in data from an import).",
+)
+def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool) -> None:
     """List subscribers in id order, streamed (a table, CSV or JSON).
 
     With several --tag options, a subscriber matches when they have ANY of them.
@@ -204,21 +261,36 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str) -> None:
     Example:
         newsletter subscribers list --status subscribed --tag leser | head
         newsletter subscribers list --format json > list.json
+        newsletter subscribers list --status subscribed --no-consent-evidence
     """
-    from newsletter.store.exporter import json_chunks, write_csv
+    import csv
+
+    from newsletter.store.exporter import csv_header, csv_row, json_chunks, write_csv
     from newsletter.store.subscribers import iter_subscribers
 
     engine = _engine()
     out = sys.stdout
+
+    def matching() -> Iterator[Any]:
+        return iter_subscribers(
+            engine, status=status, tags=tags, without_consent_evidence=no_evidence
+        )
+
     with _quiet_broken_pipe():
-        if fmt == "csv":
+        if fmt == "csv" and not no_evidence:
             write_csv(out, engine, status=status, tags=tags)
+        elif fmt == "csv":
+            fields = sorted({name for subscriber in matching() for name in subscriber.fields})
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(csv_header(fields))
+            for subscriber in matching():
+                writer.writerow(csv_row(subscriber, fields))
         elif fmt == "json":
-            for chunk in json_chunks(iter_subscribers(engine, status=status, tags=tags)):
+            for chunk in json_chunks(matching()):
                 out.write(chunk)
         else:
             click.echo(f"{'ID':>7}  {'EMAIL':<40}  {'STATUS':<12}  {'NAME':<30}  TAGS")
-            for subscriber in iter_subscribers(engine, status=status, tags=tags):
+            for subscriber in matching():
                 click.echo(_table_line(subscriber))
 
 
@@ -252,15 +324,20 @@ def show(email: str, fmt: str) -> None:
     import json
 
     from newsletter.errors import StoreError
+    from newsletter.store.consent import records_for
     from newsletter.store.subscribers import find_subscriber
 
-    subscriber = find_subscriber(_engine(), email)
+    engine = _engine()
+    subscriber = find_subscriber(engine, email)
     if subscriber is None:
         raise StoreError(
             f"{email} is not on the list; check the address with `newsletter subscribers list`"
         )
+    with engine.connect() as conn:
+        evidence = records_for(conn, subscriber.id)
     data = subscriber.to_dict()
     if fmt == "json":
+        data["consent"] = [record.to_dict() for record in evidence]
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     for key, value in data.items():
@@ -271,6 +348,67 @@ def show(email: str, fmt: str) -> None:
                 click.echo(f"{'field ' + _one_line(name) + ':':<20} {_one_line(field_value)}")
             continue
         click.echo(f"{key + ':':<20} {'' if value is None else _one_line(value)}")
+    _show_evidence(evidence)
+
+
+def _show_evidence(evidence: list[Any]) -> None:
+    """The consent records, oldest first, one block each."""
+    if not any(record.proves_consent for record in evidence):
+        click.echo("consent:             NO EVIDENCE (consent cannot be proven)")
+    else:
+        click.echo("consent:             proven")
+    for record in evidence:
+        when = record.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        proof = " (proves consent)" if record.proves_consent else ""
+        click.echo(f"  {when}  {record.kind}{proof}")
+        for label, value in (
+            ("source", record.source),
+            ("ip", record.ip),
+            ("user agent", record.user_agent),
+            ("page", record.page_url),
+            ("consent text", record.consent_text),
+            ("text hash", record.consent_text_hash),
+            *((name, value) for name, value in record.details.items()),
+        ):
+            if value not in (None, ""):
+                click.echo(f"    {label + ':':<16} {_one_line(value)}")
+
+
+@subscribers.command("export-person")
+@click.argument("email")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file (default: standard output).",
+)
+def export_person(email: str, output: Path | None) -> None:
+    """Write everything stored about one person as one JSON document (GDPR Art. 15).
+
+    The subscriber row, tags, fields, consent records and the texts they agreed to,
+    deliveries, events, replies and every other row that refers to them.
+
+    \b
+    Example:
+        newsletter subscribers export-person anna@example.com -o anna.json
+    """
+    import json
+
+    from newsletter.store.person import export_person as collect
+
+    document = json.dumps(collect(_engine(), email), ensure_ascii=False, indent=2) + "\n"
+    if output is None:
+        with _quiet_broken_pipe():
+            sys.stdout.write(document)
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        partial.write_text(document, encoding="utf-8")
+        partial.replace(output)
+    except OSError as exc:
+        _remove_quietly(partial)
+        raise click.ClickException(f"{output}: cannot write it ({exc.strerror})") from None
+    click.echo(f"wrote everything stored about {email} to {output}", err=True)
 
 
 @subscribers.command("tag")

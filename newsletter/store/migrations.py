@@ -80,12 +80,22 @@ def m004_store_ids_never_reused(conn: Connection) -> None:
         raise RuntimeError(f"rebuilding subscribers broke {len(broken)} references")
 
 
+def m006_consent_records(conn: Connection) -> None:
+    """Consent evidence per subscriber, the consent texts shown, and the suppression list
+    of erased addresses (keyed hashes only)."""
+    schema.metadata.create_all(
+        conn,
+        tables=[schema.consent_records, schema.consent_texts, schema.suppressions],
+    )
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
     ("m002_send_leases", m002_send_leases),
     ("m003_send_totals", m003_send_totals),
     ("m004_store_ids_never_reused", m004_store_ids_never_reused),
+    ("m006_consent_records", m006_consent_records),
 ]
 
 

@@ -202,3 +202,52 @@ send_totals = Table(
     Column("uncertain", Integer, nullable=False, default=0),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# How each person came onto the list (GDPR Art. 7(1): the author must be able to prove consent).
+# One row per event: a form signup, its confirmation, an `add` by the author, an import.
+# Owned by `newsletter.store.consent`.
+consent_records = Table(
+    "consent_records",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(32), nullable=False),  # signup | confirmation | added | import
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # Truncated (last octet / last 80 bits zeroed) unless [privacy] store_full_ip = true.
+    Column("ip", String(64)),
+    Column("user_agent", String(500)),
+    Column("page_url", Text),
+    Column("consent_text_hash", String(64)),  # sha256 of the consent text shown
+    Column("source", String(200)),  # "form", "cli", --source, "import:mailchimp <file>"...
+    # Whether this record on its own proves consent (a confirmed double opt-in, an author's
+    # add with the consent text, an import carrying the export's opt-in time or IP).
+    Column("proves_consent", Boolean, nullable=False, default=False),
+    Column("details", JSON, nullable=False, default=dict),
+)
+Index("ix_consent_records_subscriber", consent_records.c.subscriber_id)
+
+# Every consent text ever shown, by its hash, so a hash in a record can be shown as the words.
+consent_texts = Table(
+    "consent_texts",
+    metadata,
+    Column("text_hash", String(64), primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("first_used_at", DateTime(timezone=True), nullable=False),
+)
+
+# Addresses erased on request (GDPR Art. 17) that must not come back through `add` or an
+# import: only an HMAC of the normalized address (keyed with NEWSLETTER_SECRET_KEY), never
+# the address. A new double opt-in through the form lifts it. Owned by
+# `newsletter.store.suppressions`.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email_hash", String(64), primary_key=True),
+    Column("reason", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

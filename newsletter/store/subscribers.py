@@ -14,15 +14,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.store.emails import email_key, normalize_email
 from newsletter.store.schema import (
     STATUSES,
-    deliveries,
-    events,
+    metadata,
     replies,
     subscriber_tags,
     subscribers,
@@ -42,6 +54,7 @@ __all__ = [
     "normalize_tags",
     "remove_tags",
     "set_status",
+    "tables_referencing_subscribers",
     "update_subscriber",
 ]
 
@@ -229,8 +242,13 @@ def add_subscriber(
     fields: dict[str, Any] | None = None,
     status: str = "subscribed",
     source: str | None = "cli",
+    allow_suppressed: bool = False,
 ) -> Subscriber:
-    """Add a new subscriber. StoreError if the address is invalid or already on the list."""
+    """Add a new subscriber. StoreError if the address is invalid or already on the list;
+    SuppressedError if it was erased on request (unless `allow_suppressed`: the form's
+    double opt-in, whose confirmation lifts the suppression)."""
+    from newsletter.store import suppressions
+
     check_status(status)
     check_name_lengths(name=name, first_name=first_name, last_name=last_name)
     address = normalize_email(email)
@@ -255,6 +273,8 @@ def add_subscriber(
         with _connect(engine) as conn:
             if conn.execute(select(subscribers.c.id).where(subscribers.c.email_key == key)).first():
                 raise StoreError(_exists_message(address))
+            if not allow_suppressed:
+                suppressions.refuse_if_suppressed(conn, address)
             inserted = conn.execute(insert(subscribers).values(**values)).inserted_primary_key
             assert inserted is not None
             new_id = inserted[0]
@@ -419,13 +439,19 @@ def iter_subscribers(
     tags: Iterable[str] = (),
     after_id: int = 0,
     page_size: int = PAGE_SIZE,
+    without_consent_evidence: bool = False,
 ) -> Iterator[Subscriber]:
     """Subscribers in id order, streamed page by page (keyset pagination, constant memory).
 
     `tags`: subscribers who have ANY of them. `after_id`: start after this id (resume).
+    `without_consent_evidence`: only people with no consent record that proves consent.
     Each page is its own short read, so a long consumer never holds a transaction open.
     """
     conditions = segment_filters(status, tags)
+    if without_consent_evidence:
+        from newsletter.store.consent import has_evidence
+
+        conditions.append(~has_evidence())
     last = after_id
     while True:
         with engine.connect() as conn:
@@ -469,9 +495,25 @@ def count_subscribers(
         return int(conn.execute(query).scalar_one())
 
 
+def tables_referencing_subscribers() -> list[tuple[Table, Column[Any]]]:
+    """Every table with a foreign key to `subscribers.id`, and that column; dependents
+    first, so deleting in this order never trips another table's foreign key.
+
+    `forget_subscriber` and `export-person` walk this, so a new table about people is
+    erased and exported without anyone remembering to add it."""
+    found: list[tuple[Table, Column[Any]]] = []
+    for table in reversed(metadata.sorted_tables):
+        for fk in table.foreign_keys:
+            if fk.column is subscribers.c.id:
+                found.append((table, fk.parent))
+    return found
+
+
 def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
-    """Erase the person (GDPR): their row, tags, deliveries, events and replies, including
-    replies matched only by address. True if anything was deleted."""
+    """Erase the person (GDPR): their row and every row that references it (tags,
+    deliveries, events, replies, consent records...), plus replies matched only by
+    address. True if anything was deleted. (`newsletter.privacy.erase` also suppresses
+    the address; this alone is for taking back a row that was just added.)"""
     key = _key_of(email)
     with _connect(engine) as conn:
         sid = conn.execute(
@@ -481,8 +523,8 @@ def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
         # Delete explicitly rather than trusting ON DELETE CASCADE alone: a SQLite
         # connection opened without foreign_keys=ON would otherwise leave rows behind.
         if sid is not None:
-            for table in (subscriber_tags, deliveries, events, replies):
-                conn.execute(delete(table).where(table.c.subscriber_id == sid))
+            for table, column in tables_referencing_subscribers():
+                conn.execute(delete(table).where(column == sid))
             removed += conn.execute(delete(subscribers).where(subscribers.c.id == sid)).rowcount
         removed += conn.execute(
             delete(replies).where(

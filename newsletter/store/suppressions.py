@@ -1,0 +1,136 @@
+"""The suppression list: addresses erased on request that must not come back (owns
+`suppressions`).
+
+Only a keyed hash of the normalized address is kept (HMAC-SHA256 with
+NEWSLETTER_SECRET_KEY), so the list cannot be read back as addresses, not even by
+guessing common ones without the key. `subscribers add` and imports refuse a suppressed
+address; only a new double opt-in through the form lifts it. A new secret key makes the
+old hashes unmatchable: keep the key when you rotate nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, delete, insert, select
+
+from newsletter import tokens
+from newsletter.errors import StoreError
+from newsletter.store.emails import email_key, normalize_email
+from newsletter.store.schema import suppressions
+
+ERASED = "erased on request"
+
+#: Hashes looked up per query when checking many addresses (an import chunk).
+LOOKUP_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Suppression:
+    reason: str
+    created_at: datetime
+
+
+class SuppressedError(StoreError):
+    """The address was erased on request and may not be added back by the author."""
+
+
+def suppressed_message(address: str) -> str:
+    return (
+        f"{address} was erased on request and is suppressed; only a new double opt-in "
+        "through the sign-up form lifts that"
+    )
+
+
+def _lookup_key(address: str) -> str:
+    try:
+        return email_key(normalize_email(address))
+    except StoreError:
+        return address.strip().lower()
+
+
+def address_hash(address: str, *, key: str | None = None) -> str:
+    """The keyed hash stored for `address` (normalized and lower-cased first)."""
+    secret = (key or tokens.secret_key()).encode("utf-8")
+    message = b"suppression\x00" + _lookup_key(address).encode("utf-8")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def suppress(conn: Connection, address: str, reason: str = ERASED) -> None:
+    """Add the address (as its hash); one already there keeps its first date and reason."""
+    digest = address_hash(address)
+    if conn.execute(
+        select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+    ).first():
+        return
+    conn.execute(
+        insert(suppressions).values(
+            email_hash=digest, reason=reason[:200], created_at=datetime.now(UTC)
+        )
+    )
+
+
+def _empty(conn: Connection) -> bool:
+    # Checked first so that a list nobody was ever erased from needs no secret key.
+    return conn.execute(select(suppressions.c.email_hash).limit(1)).first() is None
+
+
+def find(conn: Connection, address: str) -> Suppression | None:
+    if _empty(conn):
+        return None
+    row = conn.execute(
+        select(suppressions.c.reason, suppressions.c.created_at).where(
+            suppressions.c.email_hash == address_hash(address)
+        )
+    ).first()
+    if row is None:
+        return None
+    created = row.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return Suppression(reason=row.reason, created_at=created)
+
+
+def refuse_if_suppressed(conn: Connection, address: str) -> None:
+    """SuppressedError naming the address when it is on the suppression list."""
+    if find(conn, address) is not None:
+        raise SuppressedError(suppressed_message(address))
+
+
+def suppressed_among(conn: Connection, addresses: Iterable[str]) -> set[str]:
+    """Which of `addresses` are suppressed (for bulk callers such as the importer)."""
+    if _empty(conn):
+        return set()
+    key = tokens.secret_key()
+    by_hash: dict[str, list[str]] = {}
+    for address in addresses:
+        by_hash.setdefault(address_hash(address, key=key), []).append(address)
+    found: set[str] = set()
+    hashes = list(by_hash)
+    for start in range(0, len(hashes), LOOKUP_CHUNK):
+        chunk = hashes[start : start + LOOKUP_CHUNK]
+        for digest in conn.execute(
+            select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(chunk))
+        ).scalars():
+            found.update(by_hash[digest])
+    return found
+
+
+def lift(conn: Connection, address: str) -> bool:
+    """Remove the address from the list (after a new double opt-in); True if it was there."""
+    if _empty(conn):
+        return False
+    removed = conn.execute(
+        delete(suppressions).where(suppressions.c.email_hash == address_hash(address))
+    ).rowcount
+    return bool(removed)
+
+
+def count(conn: Connection) -> int:
+    from sqlalchemy import func
+
+    return int(conn.execute(select(func.count()).select_from(suppressions)).scalar_one())
