@@ -1,17 +1,58 @@
-"""Double opt-in: the confirmation mail and the link that confirms a subscription."""
+"""Double opt-in: the sign-up, the confirmation mail and the confirmation itself, each
+with the consent evidence the law asks for (UWG §7, GDPR Art. 7(1)).
+
+- `signup`: the form's POST. Adds the person as unconfirmed (or subscribed with single
+  opt-in) and stores a `signup` consent record: time, truncated IP, user agent, the page
+  the form was on and the hash of the consent text shown.
+- `confirm`: the POST from the confirmation page. Works once, and only for an unconfirmed
+  person with a link newer than their last confirmation; stores a `confirmation` record
+  (which proves consent) and lifts a suppression from an earlier erasure.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select
 
 from newsletter import tokens
 from newsletter.errors import ConfigError, StoreError
+from newsletter.store import consent, suppressions
 
 if TYPE_CHECKING:
-    from newsletter.project import Project
+    from newsletter.project import Config, Project
     from newsletter.store.subscribers import Subscriber
+
+#: The consent text when `[subscribe] consent_text` is not set: what the reader agrees
+#: to, naming the newsletter and how to leave.
+DEFAULT_CONSENT_TEXT = {
+    "de": "Ja, ich möchte den Newsletter „{name}“ per E-Mail erhalten. Meine E-Mail-Adresse "
+    "wird nur dafür verwendet. Ich kann mich jederzeit über den Abmeldelink in jeder Ausgabe "
+    "oder per Antwort an den Absender wieder abmelden.",
+    "en": "Yes, I want to receive the newsletter “{name}” by email. My email address is used "
+    "for nothing else. I can unsubscribe at any time with the link in every issue or by "
+    "replying to the sender.",
+}
+
+
+def consent_text(config: Config, language: str | None = None) -> str:
+    """`[subscribe] consent_text`, else the default text in `language` (else the config's)."""
+    configured = config.section("subscribe")["consent_text"]
+    if configured and configured.strip():
+        return str(configured).strip()
+    lang = language if language in DEFAULT_CONSENT_TEXT else config.language
+    return DEFAULT_CONSENT_TEXT.get(lang, DEFAULT_CONSENT_TEXT["en"]).format(name=config.name)
+
+
+@dataclass(frozen=True)
+class Visit:
+    """Who submitted a form or pressed a button, as far as the request tells."""
+
+    ip: str | None
+    user_agent: str | None
+    page_url: str | None = None
 
 
 def confirm_url(project: Project, subscriber_id: int) -> str:
@@ -28,8 +69,8 @@ def confirm_url(project: Project, subscriber_id: int) -> str:
 def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) -> str:
     """Mail `subscriber` a link that confirms the subscription; return where it went.
 
-    The mail goes through the same transport as everything else (SendGrid when
-    SENDGRID_API_KEY is set, else an .eml in outbox/).
+    The mail shows the consent text, and goes through the same transport as everything
+    else (SendGrid when SENDGRID_API_KEY is set, else an .eml in outbox/).
     """
     from newsletter.sending.single import send_transactional
     from newsletter.web.pages import TEXT, render
@@ -38,27 +79,200 @@ def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) 
     language = project.config.language
     person = subscriber.first_name or subscriber.name or ""
     subject = TEXT[language]["confirm_subject"].format(name=project.config.name)
-    context = {"confirm_url": url, "person": person, "subject": subject}
+    context = {
+        "confirm_url": url,
+        "person": person,
+        "subject": subject,
+        "consent_text": consent_text(project.config, language),
+    }
     html = render(project, "confirm_email.html", language, **context)
     text = render(project, "confirm_email.txt", language, **context)
     return send_transactional(project, subscriber.email, subject, html, text)
 
 
-def confirm(project: Project, engine: Engine, token: str) -> Subscriber | None:
-    """Subscribe the person a confirmation token names; None if they were forgotten since.
+def _record_visit(
+    conn: Connection,
+    config: Config,
+    subscriber_id: int,
+    kind: str,
+    visit: Visit,
+    text: str,
+    *,
+    proves: bool,
+    details: dict[str, object],
+) -> None:
+    from newsletter.privacy import store_full_ip
 
-    Raises TokenError for a forged, altered or expired token."""
+    consent.record(
+        conn,
+        subscriber_id,
+        kind,
+        ip=consent.truncate_ip(visit.ip, keep_full=store_full_ip(config)),
+        user_agent=visit.user_agent,
+        page_url=visit.page_url,
+        consent_text_hash=consent.remember_text(conn, text),
+        source="form",
+        proves_consent=proves,
+        details=details,
+    )
+
+
+def signup(
+    project: Project,
+    engine: Engine,
+    email: str,
+    name: str | None,
+    visit: Visit,
+    *,
+    language: str | None = None,
+    checkbox: bool = False,
+) -> None:
+    """The sign-up form's work. The requester learns nothing about who is on the list:
+    the caller answers the same whatever happens here.
+
+    A new person is added (unconfirmed with double opt-in) and mailed a link; an
+    unconfirmed or unsubscribed one becomes unconfirmed and gets a new link; a
+    subscribed, bounced or complained one is left alone (the latter two come back only
+    through their own "subscribe again" link). A suppressed address may sign up again
+    only with double opt-in: its confirmation lifts the suppression.
+    """
+    from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
+
+    config = project.config
+    double = config.section("subscribe")["double_opt_in"]
+    text = consent_text(config, language)
+    details: dict[str, object] = {"double_opt_in": double}
+    if config.section("subscribe")["require_checkbox"]:
+        details["checkbox_ticked"] = checkbox
+    mail_to: Subscriber | None = None
+    try:
+        with engine.begin() as conn:
+            existing = find_subscriber(conn, email)
+            if existing is None:
+                if not double and suppressions.find(conn, email) is not None:
+                    return  # erased on request: only a confirmed double opt-in brings it back
+                subscriber = add_subscriber(
+                    conn,
+                    email,
+                    name=name or None,
+                    status="unconfirmed" if double else "subscribed",
+                    source="form",
+                    allow_suppressed=double,
+                )
+            elif existing.status in ("unconfirmed", "unsubscribed"):
+                subscriber = existing
+                set_status(conn, existing.id, "unconfirmed" if double else "subscribed")
+            else:
+                return
+            _record_visit(
+                conn,
+                config,
+                subscriber.id,
+                consent.SIGNUP,
+                visit,
+                text,
+                proves=False,
+                details=details,
+            )
+            mail_to = subscriber if double else None
+    except StoreError:
+        return  # added by a concurrent request: treat as existing
+    if mail_to is not None:
+        send_confirmation(project, engine, mail_to)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the confirmation page says: `confirmed` (now or before), `spent` (the link was
+    used or superseded, or the person left since), `gone` (erased)."""
+
+    outcome: str
+    subscriber: Subscriber | None = None
+
+
+def check_link(project: Project, token: str) -> tokens.SubscriberToken:
+    """The token's subscriber; TokenError for a forged, altered or expired link."""
+    max_age = project.config.section("serve")["confirm_max_age_days"] * 86400
+    return tokens.read_token(tokens.CONFIRM, token, key=tokens.secret_key(), max_age=max_age)
+
+
+def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
+    from sqlalchemy import func
+
+    from newsletter.store.schema import consent_records
+
+    value = conn.execute(
+        select(func.max(consent_records.c.occurred_at)).where(
+            consent_records.c.subscriber_id == subscriber_id,
+            consent_records.c.kind == consent.CONFIRMATION,
+        )
+    ).scalar()
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confirmation:
+    """Subscribe the person a confirmation token names (POST only: mail scanners fetch
+    links with GET and must confirm nobody). Raises TokenError for a bad or expired token.
+
+    A link works once and only while the person is unconfirmed: a link older than their
+    last confirmation never confirms again, so an old mail cannot bring back someone who
+    unsubscribed, bounced or complained since."""
     from newsletter.store.subscribers import get_subscriber, set_status
 
-    max_age = project.config.section("serve")["confirm_max_age_days"] * 86400
-    found = tokens.read_token(tokens.CONFIRM, token, key=tokens.secret_key(), max_age=max_age)
+    found = check_link(project, token)
+    issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=tokens.secret_key())
     with engine.begin() as conn:
         subscriber = get_subscriber(conn, found.subscriber_id)
         if subscriber is None:
-            return None
-        if subscriber.status != "subscribed":
-            set_status(conn, subscriber.id, "subscribed", reason=None)
-    return subscriber
+            return Confirmation("gone")
+        if subscriber.status == "subscribed":
+            return Confirmation("confirmed", subscriber)
+        if subscriber.status != "unconfirmed":
+            return Confirmation("spent", subscriber)
+        last = _last_confirmation(conn, subscriber.id)
+        # Token times have whole seconds: a link made before that second is spent.
+        if last is not None and issued < last.replace(microsecond=0):
+            return Confirmation("spent", subscriber)
+        set_status(conn, subscriber.id, "subscribed", reason=None)
+        _record_visit(
+            conn,
+            project.config,
+            subscriber.id,
+            consent.CONFIRMATION,
+            visit,
+            consent_text(project.config),
+            proves=True,
+            details={"link_sent_at": issued.isoformat()},
+        )
+        suppressions.lift(conn, subscriber.email)
+    return Confirmation("confirmed", subscriber)
 
 
-__all__ = ["send_confirmation", "confirm", "confirm_url", "StoreError"]
+def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
+    """What a GET of the link shows, changing nothing (TokenError for a bad link)."""
+    from newsletter.store.subscribers import get_subscriber
+
+    found = check_link(project, token)
+    subscriber = get_subscriber(engine, found.subscriber_id)
+    if subscriber is None:
+        return Confirmation("gone")
+    if subscriber.status == "unconfirmed":
+        return Confirmation("pending", subscriber)
+    if subscriber.status == "subscribed":
+        return Confirmation("confirmed", subscriber)
+    return Confirmation("spent", subscriber)
+
+
+__all__ = [
+    "DEFAULT_CONSENT_TEXT",
+    "Confirmation",
+    "Visit",
+    "confirm",
+    "confirm_url",
+    "consent_text",
+    "link_state",
+    "send_confirmation",
+    "signup",
+]

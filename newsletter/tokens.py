@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -85,6 +86,17 @@ def make_timed_token(
 ) -> str:
     """For confirmations, which should expire (checked with `read_token(..., max_age=...)`)."""
     return URLSafeTimedSerializer(key, salt=purpose).dumps([subscriber_id, issue_id])
+
+
+def timed_token_issued_at(purpose: str, token: str, *, key: str) -> datetime:
+    """When a timed token was made; call `read_token` first (this checks only the signature)."""
+    try:
+        _value, issued = URLSafeTimedSerializer(key, salt=purpose).loads(
+            token, return_timestamp=True
+        )
+    except BadSignature:
+        raise TokenError("this link is not valid; it may have been altered or cut short") from None
+    return issued.astimezone(UTC)
 
 
 def unsubscribe_url(

@@ -150,10 +150,15 @@ def test_subscribe_double_opt_in_over_http(site):
         html = mail.get_body(("html",)).get_content()
         assert link in html and "Hallo Jörg „Jo“ Neu," in text
 
-        confirmed = httpx.get(base + link)
+        # GET (what a mail scanner fetches) shows the button and changes nothing.
+        page = httpx.get(base + link)
+        assert page.status_code == 200 and "Anmeldung bestätigen" in page.text
+        assert BeautifulSoup(page.text, "html.parser").find("form")["method"] == "post"
+        assert find_subscriber(engine, person.email).status == "unconfirmed"
+        confirmed = httpx.post(base + link)
         assert confirmed.status_code == 200 and "Anmeldung bestätigt" in confirmed.text
         assert find_subscriber(engine, person.email).status == "subscribed"
-        assert httpx.post(base + link).status_code == 200  # POST works too, idempotent
+        assert httpx.post(base + link).status_code == 200  # a second press: still confirmed
 
 
 def test_subscribe_does_not_reveal_or_touch_existing_subscribers(site):
@@ -230,7 +235,7 @@ def test_subscribers_add_confirm_sends_the_same_mail(project, cli):
     link = re.search(
         r"https://news\.example\.com(/confirm/\S+)", mail.get_body(("plain",)).get_content()
     ).group(1)
-    assert TestClient(create_app(proj, engine)).get(link).status_code == 200
+    assert TestClient(create_app(proj, engine)).post(link).status_code == 200
     assert find_subscriber(engine, "cli.person@example.de").status == "subscribed"
 
 

@@ -41,6 +41,18 @@ TEXT: dict[str, dict[str, str]] = {
         "confirm_body": "bitte bestätige mit einem Klick, dass du „{name}“ bekommen möchtest:",
         "confirm_ignore": "Wenn du dich nicht angemeldet hast, ignoriere diese E-Mail einfach; "
         "dann bekommst du nichts weiter von uns.",
+        "confirm_page_lead": "Noch ein Klick: Bestätige bitte, dass du „{name}“ bekommen möchtest.",
+        "confirm_spent_lead": "Dieser Bestätigungslink ist schon benutzt oder nicht mehr gültig. "
+        "Wenn du „{name}“ bekommen möchtest, melde dich bitte neu an.",
+        "confirm_consent_intro": "Du stimmst damit zu:",
+        "signup_title": "Newsletter abonnieren",
+        "signup_lead": "Trag dich ein, um „{name}“ per E-Mail zu bekommen.",
+        "signup_email": "E-Mail-Adresse",
+        "signup_name": "Name (freiwillig)",
+        "signup_button": "Anmelden",
+        "signup_checkbox_required": "Bitte setze den Haken, wenn du einverstanden bist.",
+        "imprint": "Impressum",
+        "privacy": "Datenschutz",
         "too_large": "Die Anfrage ist zu groß.",
         "not_found": "Diese Seite gibt es nicht.",
     },
@@ -75,6 +87,18 @@ TEXT: dict[str, dict[str, str]] = {
         "confirm_body": "please confirm with one click that you want to receive “{name}”:",
         "confirm_ignore": "If you did not sign up, just ignore this email; "
         "you will not hear from us again.",
+        "confirm_page_lead": "One more click: please confirm that you want to receive “{name}”.",
+        "confirm_spent_lead": "This confirmation link has been used already or is no longer "
+        "valid. If you want to receive “{name}”, please sign up again.",
+        "confirm_consent_intro": "By confirming you agree:",
+        "signup_title": "Subscribe to the newsletter",
+        "signup_lead": "Sign up to receive “{name}” by email.",
+        "signup_email": "Email address",
+        "signup_name": "Name (optional)",
+        "signup_button": "Subscribe",
+        "signup_checkbox_required": "Please tick the box if you agree.",
+        "imprint": "Imprint",
+        "privacy": "Privacy",
         "too_large": "The request is too large.",
         "not_found": "This page does not exist.",
     },
@@ -103,11 +127,15 @@ def render(project: Project, name: str, language: str | None, **context: Any) ->
     """Render templates/web/NAME with the wording `t` of `language` (else the config's)."""
     lang = language if language in LANGUAGES else project.config.language
     template = environment(project).get_template(f"web/{name}")
+    newsletter = project.config.section("newsletter")
+    context.setdefault("consent_text", None)
     return template.render(
         t=TEXT[lang],
         lang=lang,
         newsletter_name=project.config.name,
         postal_address=project.config.postal_address,
+        imprint_url=newsletter.get("imprint_url"),
+        privacy_url=newsletter.get("privacy_url"),
         theme=project.config.theme,
         **context,
     )
