@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from bs4 import BeautifulSoup
 from sqlalchemy import select
 from starlette.testclient import TestClient

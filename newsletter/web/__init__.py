@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from newsletter.project import Project
-from newsletter.web import issue_page, subscribe, unsubscribe, webhooks
+from newsletter.web import housekeeping, issue_page, subscribe, unsubscribe, webhooks
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
 from newsletter.web.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -37,7 +37,7 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
         *issue_page.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=housekeeping.lifespan(ctx))
     router = Router(routes=routes)
 
     def limit_for(path: str) -> int:

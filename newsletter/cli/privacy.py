@@ -1,0 +1,43 @@
+"""`newsletter privacy ...`: data minimization (the purge `serve` also runs daily)."""
+
+from __future__ import annotations
+
+import click
+
+from newsletter.cli import get_project
+
+
+@click.group("privacy")
+def privacy() -> None:
+    """Keep only what the list needs.
+
+    \b
+    Example:
+        newsletter privacy purge
+    """
+
+
+@privacy.command("purge")
+def purge() -> None:
+    """Delete webhook events and automatic replies older than [privacy] keep_events_days.
+
+    `serve` does this once a day by itself. The counts `stats` shows are kept as
+    aggregates, so they stay.
+
+    \b
+    Example:
+        newsletter privacy purge
+    """
+    from newsletter.privacy import purge as run_purge
+    from newsletter.store.engine import project_engine
+
+    project = get_project()
+    days = project.config.section("privacy")["keep_events_days"]
+    result = run_purge(project_engine(project), days)
+    click.echo(
+        f"purged {result.events:,} webhook events and {result.automatic_replies:,} automatic "
+        f"replies older than {days} days (before {result.cutoff:%Y-%m-%d})"
+    )
+
+
+COMMANDS: list[click.Command] = [privacy]
