@@ -489,6 +489,7 @@ def import_(
         newsletter subscribers import members.csv --tag mailchimp --rejects rejects.csv
         newsletter subscribers import liste.csv --map "Anrede=salutation"
     """
+    from newsletter.privacy import store_full_ip
     from newsletter.store.importer import import_file
 
     engine = _engine()
@@ -519,6 +520,7 @@ def import_(
             resubscribe=resubscribe,
             source=source,
             progress=progress,
+            keep_full_ip=store_full_ip(get_project().config),
         )
     finally:
         if bar is not None:
@@ -537,6 +539,11 @@ def import_(
         f"rejected: {result.rejected}, duplicates merged: {result.duplicates}"
     )
     click.echo(f"dry run, nothing changed: {counts}" if dry_run else counts)
+    if result.suppressed:
+        click.echo(
+            f"{result.suppressed} rows were not imported: their addresses were erased on request "
+            "(suppressed); only a new double opt-in through the sign-up form brings them back"
+        )
     if result.kept_stopped:
         click.echo(
             f"{result.kept_stopped} unsubscribed/bounced/complained people were left as they "

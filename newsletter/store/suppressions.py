@@ -55,9 +55,15 @@ def _lookup_key(address: str) -> str:
 
 def address_hash(address: str, *, key: str | None = None) -> str:
     """The keyed hash stored for `address` (normalized and lower-cased first)."""
+    return key_hash(_lookup_key(address), key=key)
+
+
+def key_hash(email_key: str, *, key: str | None = None) -> str:
+    """The keyed hash of an address already normalized and lower-cased (`email_key`)."""
     secret = (key or tokens.secret_key()).encode("utf-8")
-    message = b"suppression\x00" + _lookup_key(address).encode("utf-8")
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.new(
+        secret, b"suppression\x00" + email_key.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
 
 
 def suppress(conn: Connection, address: str, reason: str = ERASED) -> None:
@@ -101,14 +107,23 @@ def refuse_if_suppressed(conn: Connection, address: str) -> None:
         raise SuppressedError(suppressed_message(address))
 
 
-def suppressed_among(conn: Connection, addresses: Iterable[str]) -> set[str]:
-    """Which of `addresses` are suppressed (for bulk callers such as the importer)."""
+def any_suppressed(conn: Connection) -> bool:
+    """Whether anything is suppressed at all (bulk callers skip the hashing if not)."""
+    return not _empty(conn)
+
+
+def suppressed_among(
+    conn: Connection, addresses: Iterable[str], *, normalized: bool = False
+) -> set[str]:
+    """Which of `addresses` are suppressed (for bulk callers such as the importer);
+    `normalized`: they are `email_key`s already (skips normalizing each again)."""
     if _empty(conn):
         return set()
     key = tokens.secret_key()
     by_hash: dict[str, list[str]] = {}
     for address in addresses:
-        by_hash.setdefault(address_hash(address, key=key), []).append(address)
+        digest = key_hash(address, key=key) if normalized else address_hash(address, key=key)
+        by_hash.setdefault(digest, []).append(address)
     found: set[str] = set()
     hashes = list(by_hash)
     for start in range(0, len(hashes), LOOKUP_CHUNK):

@@ -4,6 +4,7 @@ A format maps each column of the header to a target:
 
 - `email`, `name`, `first_name`, `last_name`, `source`, `unsubscribe_reason`;
 - `created_at`, `confirmed_at`, `unsubscribed_at` (timestamps);
+- `optin_ip`, `confirm_ip` (Mailchimp's; kept as consent evidence, see `evidence.py`);
 - `tags` (comma-separated), `tags_quoted` (Mailchimp's `"a","b"`), `tags_list`
   (a JSON or Python-style list, or comma-separated);
 - `status` (a word such as subscribed, unsubscribed, enabled, blocklisted, cleaned...);
@@ -125,9 +126,9 @@ class Format:
 MAILCHIMP_SYSTEM = {
     "member_rating": "ignore",
     "optin_time": "created_at",
-    "optin_ip": "ignore",
+    "optin_ip": "optin_ip",
     "confirm_time": "confirmed_at",
-    "confirm_ip": "ignore",
+    "confirm_ip": "confirm_ip",
     "latitude": "ignore",
     "longitude": "ignore",
     "gmtoff": "ignore",

@@ -41,6 +41,8 @@ class Incoming:
         "unsubscribed_at",
         "reason",
         "source",
+        "optin_ip",
+        "confirm_ip",
         "simple",
     )
 
@@ -59,6 +61,8 @@ class Incoming:
         self.unsubscribed_at: datetime | None = None
         self.reason: str | None = None
         self.source: str | None = None
+        self.optin_ip: str | None = None  # the export's own opt-in data (consent evidence)
+        self.confirm_ip: str | None = None
         #: Only address, first/last name and tags: the bulk path can insert it column-wise.
         self.simple = status is None
 
@@ -83,6 +87,7 @@ class ImportResult:
     rejected: int = 0
     duplicates: int = 0  # rows merged into an earlier row of the same file
     kept_stopped: int = 0  # people left unsubscribed/bounced/complained (no --resubscribe)
+    suppressed: int = 0  # rows refused: the address was erased on request
     rejects: list[Reject] = field(default_factory=list)
     dry_run: bool = False
 
@@ -97,7 +102,7 @@ class ImportResult:
 def merge(into: Incoming, other: Incoming) -> None:
     """Fold a later duplicate row into an earlier one: later values win, tags add up,
     and a stop (unsubscribed, bounced, complained) always wins over a subscribe."""
-    for attr in ("name", "first_name", "last_name", "reason", "source"):
+    for attr in ("name", "first_name", "last_name", "reason", "source", "optin_ip", "confirm_ip"):
         value = getattr(other, attr)
         if value:
             setattr(into, attr, value)

@@ -220,6 +220,10 @@ def _apply(inc: Incoming, target: str, value: str) -> None:
         inc.created_at = parse_time(value)
     elif target == "confirmed_at":
         inc.confirmed_at = parse_time(value)
+    elif target == "optin_ip":
+        inc.optin_ip = value[:64]
+    elif target == "confirm_ip":
+        inc.confirm_ip = value[:64]
     elif target == "unsubscribed_at":
         inc.unsubscribed_at = parse_time(value)
     elif target == "unsubscribe_reason":

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 
 from newsletter.errors import ImportFileError
 from newsletter.store.importer.decide import KeyFilter
+from newsletter.store.importer.evidence import consent_policy
 from newsletter.store.importer.formats import detect_encoding
 from newsletter.store.importer.model import ImportResult, Incoming, Reject, merge
 from newsletter.store.importer.read import (
@@ -47,8 +48,12 @@ def import_file(
     progress: Callable[[int, int], None] | None = None,
     chunk_rows: int = CHUNK_ROWS,
     parallel: bool | None = None,
+    keep_full_ip: bool = False,
 ) -> ImportResult:
     """Import a CSV (or our JSON export) into the list; see the module docstring.
+
+    Suppressed addresses (erased on request) are refused and counted; new subscribers get
+    an `import` consent record (IPs from the export truncated unless `keep_full_ip`).
 
     `progress(bytes_read, total_bytes)` is called after each chunk.
     Raises ImportFileError if the file cannot be read at all; bad rows are rejects.
@@ -74,6 +79,7 @@ def import_file(
             progress=progress,
             chunk_rows=chunk_rows,
             parallel=parallel,
+            keep_full_ip=keep_full_ip,
         )
     finally:
         gc.unfreeze()
@@ -96,6 +102,7 @@ def _import_file(
     progress: Callable[[int, int], None] | None,
     chunk_rows: int,
     parallel: bool | None,
+    keep_full_ip: bool = False,
 ) -> ImportResult:
     extra_tags = set(normalize_tags(tags))
     result = ImportResult(path=path, dry_run=dry_run)
@@ -134,6 +141,7 @@ def _import_file(
 
         with engine.connect() as probe:
             initially_empty = probe.execute(select(subscribers.c.id).limit(1)).first() is None
+            policy = consent_policy(probe, path.name, fmt.name, keep_full_ip)
         # Exact where counts depend on it; a 16 MB bit set for a first big import.
         new_keys = KeyFilter(exact=dry_run or not initially_empty)
 
@@ -180,8 +188,9 @@ def _import_file(
             stream = ((chunk, counter.count) for chunk in chunks())
         for number, (chunk, done) in enumerate(stream, start=1):
             write_chunk(
-                engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
-            )
+                engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt,
+                policy,
+            )  # fmt: skip
             del chunk
             if number % 10 == 0:
                 gc.collect()

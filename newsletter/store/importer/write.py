@@ -22,6 +22,12 @@ from newsletter.store.importer.decide import (
     fetch_current,
     resolve_status,
 )
+from newsletter.store.importer.evidence import (
+    ImportConsent,
+    drop_suppressed,
+    record_with_evidence,
+    write_records,
+)
 from newsletter.store.importer.formats import Format
 from newsletter.store.importer.model import (
     ImportResult,
@@ -129,8 +135,12 @@ def write_chunk(
     resubscribe: bool,
     source_name: str,
     fmt: Format,
+    policy: ImportConsent | None = None,
 ) -> None:
     """Merge one chunk into the database in one transaction (or only count it: dry run).
+
+    With a consent `policy`, suppressed addresses are dropped (and counted) first, and each
+    new subscriber gets its `import` consent record.
 
     `new_keys` knows (by hash) every address this run added. It is only a
     hint: a hit is checked against the database (a real run), so a hash collision can
@@ -138,6 +148,9 @@ def write_chunk(
     misses need no lookup at all, which is what makes a first big import fast.
     """
     literal_times = fmt.name.startswith("newsletter")
+    if policy is not None and policy.check_suppressed:
+        with engine.connect() as conn:
+            drop_suppressed(conn, chunk, result, policy)
     counters = ("new", "updated", "unchanged", "duplicates", "kept_stopped")
     before = [getattr(result, name) for name in counters]
     for attempt in range(1, 4):
@@ -146,7 +159,7 @@ def write_chunk(
             # After a clash, look every key up: someone else added some meanwhile.
             _write_chunk_once(
                 engine, chunk, result, new_keys, added, initially_empty and attempt == 1,
-                resubscribe, source_name, literal_times,
+                resubscribe, source_name, literal_times, policy,
             )  # fmt: skip
         except IntegrityError:
             # Another program (the subscribe form, say) added one of these addresses or
@@ -174,6 +187,7 @@ def _write_chunk_once(
     resubscribe: bool,
     source_name: str,
     literal_times: bool,
+    policy: ImportConsent | None,
 ) -> None:
     stamp = datetime.now(UTC)
     dry_run = result.dry_run
@@ -200,8 +214,9 @@ def _write_chunk_once(
             fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
             if fresh:
                 _insert_fresh(
-                    writer, fresh, result, added, resubscribe, source_name, stamp, literal_times
-                )
+                    writer, fresh, result, added, resubscribe, source_name, stamp, literal_times,
+                    policy,
+                )  # fmt: skip
             if dry_run:
                 transaction.rollback()
             else:
@@ -221,6 +236,7 @@ def _insert_fresh(
     source_name: str,
     stamp: datetime,
     literal_times: bool,
+    policy: ImportConsent | None = None,
 ) -> None:
     ids = [0] * len(fresh) if result.dry_run else writer.allocate_ids(len(fresh))
     stamp_db = writer.time(stamp)
@@ -263,7 +279,12 @@ def _insert_fresh(
             (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
         ]
         added.extend([item[2] for item in packed])
+    with_evidence: list[dict[str, Any]] = []
     for sid, inc in rest:
+        if policy is not None:
+            record = record_with_evidence(sid, inc, policy, inc.source or source_name, stamp)
+            if record is not None:
+                with_evidence.append(record)
         status = resolve_status(None, inc.status, resubscribe)
         stopped = status in STOPPED
         created = inc.created_at or stamp
@@ -316,6 +337,8 @@ def _insert_fresh(
     result.new += len(fresh)
     if not result.dry_run:
         writer.insert(rows, tag_rows, short_rows)
+        if policy is not None:
+            write_records(writer.conn, ids, with_evidence, policy, source_name, stamp)
 
 
 def _update_existing(

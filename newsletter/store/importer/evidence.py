@@ -1,0 +1,135 @@
+"""`subscribers import`, consent: what the law asks an import to keep and to refuse.
+
+- Every new subscriber gets an `import` consent record naming the file and its format,
+  with the export's own opt-in data where it has any (Mailchimp's OPTIN_TIME, OPTIN_IP,
+  CONFIRM_TIME, CONFIRM_IP; Substack's created_at), which makes it proof of consent;
+  else it says "imported, no evidence".
+- Addresses erased on request (the suppression list) are not imported; they are counted.
+
+Rows without evidence get their records with one INSERT ... SELECT per chunk, so a big
+plain import pays little for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, insert, literal, select
+
+from newsletter.store import consent, suppressions
+from newsletter.store.importer.model import ImportResult, Incoming
+from newsletter.store.schema import consent_records, subscribers
+
+#: The formats whose exports carry a reader's own opt-in data, and which of it.
+EVIDENCE_FORMATS = ("mailchimp", "substack")
+
+
+@dataclass(frozen=True)
+class ImportConsent:
+    """What one import run needs for consent: the file's name and format, the IP policy,
+    and whether any address is suppressed at all (else nothing needs hashing)."""
+
+    file_name: str
+    format: str
+    keep_full_ip: bool = False
+    check_suppressed: bool = False
+
+    def details(self) -> dict[str, Any]:
+        return {"file": self.file_name, "format": self.format}
+
+
+def consent_policy(conn: Connection, file_name: str, fmt: str, keep_full_ip: bool) -> ImportConsent:
+    return ImportConsent(
+        file_name=file_name,
+        format=fmt,
+        keep_full_ip=keep_full_ip,
+        check_suppressed=suppressions.any_suppressed(conn),
+    )
+
+
+def drop_suppressed(
+    conn: Connection, chunk: dict[str, Any], result: ImportResult, policy: ImportConsent
+) -> None:
+    """Take suppressed addresses out of the chunk (its keys are `email_key`s), counting them."""
+    if not policy.check_suppressed:
+        return
+    for key in suppressions.suppressed_among(conn, list(chunk), normalized=True):
+        del chunk[key]
+        result.suppressed += 1
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def opt_in_data(inc: Incoming, fmt: str) -> dict[str, Any]:
+    """The export's own opt-in data for this row (empty if it has none)."""
+    if fmt == "mailchimp":
+        found = {
+            "optin_time": _iso(inc.created_at),
+            "optin_ip": inc.optin_ip,
+            "confirm_time": _iso(inc.confirmed_at),
+            "confirm_ip": inc.confirm_ip,
+        }
+    elif fmt == "substack":
+        found = {"created_at": _iso(inc.created_at)}
+    else:
+        return {}
+    return {key: value for key, value in found.items() if value}
+
+
+def record_with_evidence(
+    sid: int, inc: Incoming, policy: ImportConsent, source: str, stamp: datetime
+) -> dict[str, Any] | None:
+    """The consent record of a new row that carries opt-in data, else None."""
+    data = opt_in_data(inc, policy.format)
+    if not data:
+        return None
+    for key in ("optin_ip", "confirm_ip"):  # as any IP we keep: truncated unless configured
+        if key in data:
+            data[key] = consent.truncate_ip(data[key], keep_full=policy.keep_full_ip)
+    return consent.record_values(
+        sid,
+        consent.IMPORT,
+        occurred_at=stamp,
+        ip=data.get("confirm_ip") or data.get("optin_ip"),
+        source=source,
+        proves_consent=True,
+        details={**policy.details(), **{k: v for k, v in data.items() if v}},
+    )
+
+
+def write_records(
+    conn: Connection,
+    ids: list[int],
+    with_evidence: list[dict[str, Any]],
+    policy: ImportConsent,
+    source: str,
+    stamp: datetime,
+) -> None:
+    """Consent records for a chunk's new subscribers (`ids`): the given ones with evidence,
+    and "imported, no evidence" for the rest, in one INSERT ... SELECT."""
+    if not ids:
+        return
+    if with_evidence:
+        conn.execute(insert(consent_records), with_evidence)
+    details = {**policy.details(), "evidence": consent.NO_EVIDENCE}
+    conditions = [
+        subscribers.c.id.between(min(ids), max(ids)),
+        # This chunk's rows only: another writer's rows in the id range have other times.
+        subscribers.c.updated_at == stamp,
+    ]
+    if with_evidence:
+        conditions.append(~exists().where(consent_records.c.subscriber_id == subscribers.c.id))
+    columns = ["subscriber_id", "kind", "occurred_at", "source", "proves_consent", "details"]
+    query = select(
+        subscribers.c.id,
+        literal(consent.IMPORT, consent_records.c.kind.type),
+        literal(stamp, consent_records.c.occurred_at.type),
+        literal(source[:200], consent_records.c.source.type),
+        literal(False, consent_records.c.proves_consent.type),
+        literal(details, consent_records.c.details.type),
+    ).where(and_(*conditions))
+    conn.execute(insert(consent_records).from_select(columns, query))
