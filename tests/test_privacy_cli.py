@@ -174,8 +174,8 @@ def _insert_row(conn: Any, table: Table, parents: dict[str, Any]) -> Any:
             parents[parent.name] = _insert_row(conn, parent, parents)
     values = {}
     for column in table.columns:
-        generated = column.primary_key and not column.foreign_keys
-        if generated and isinstance(column.type, Integer):
+        sole_key = list(table.primary_key.columns) == [column]
+        if sole_key and not column.foreign_keys and isinstance(column.type, Integer):
             continue  # autoincrement
         if column.nullable and not column.foreign_keys and not column.primary_key:
             continue
@@ -283,3 +283,44 @@ def test_forget_in_a_terminal_asks_and_no_keeps_everything(cli, proj) -> None:
     code, output = _in_terminal(proj, "y", "subscribers", "remove", "anna@example.com", "--forget")
     assert code == 0 and "erased anna@example.com" in output
     assert find_subscriber(engine_of(proj), "anna@example.com") is None
+
+
+@pytest.fixture
+def future_table() -> Any:
+    """A table someone adds later (sequence progress, say), present for one test only."""
+    from sqlalchemy import Column, ForeignKey
+
+    table = Table(
+        "later_progress",
+        schema.metadata,
+        Column(
+            "subscriber_id",
+            Integer,
+            ForeignKey("subscribers.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        Column("sequence", String(50), primary_key=True),
+        Column("step", Integer, nullable=False),
+        Column("started_at", DateTime(timezone=True)),
+    )
+    yield table
+    schema.metadata.remove(table)
+
+
+def test_a_table_added_later_is_exported_and_erased_without_being_named(
+    cli, proj, future_table
+) -> None:
+    cli(proj, "subscribers", "add", "anna@example.com")
+    engine = engine_of(proj)
+    anna = find_subscriber(engine, "anna@example.com")
+    with engine.begin() as conn:
+        future_table.create(conn)
+        _insert_row(conn, future_table, {"subscribers": anna.id})
+    document = json.loads(cli(proj, "subscribers", "export-person", "anna@example.com").output)
+    [row] = document["tables"]["later_progress"]
+    assert row["subscriber_id"] == anna.id and row["step"] == 1
+    assert (
+        cli(proj, "subscribers", "remove", "anna@example.com", "--forget", "--yes").exit_code == 0
+    )
+    with engine.connect() as conn:
+        assert conn.execute(select(future_table)).all() == []
