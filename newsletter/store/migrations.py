@@ -80,12 +80,21 @@ def m004_store_ids_never_reused(conn: Connection) -> None:
         raise RuntimeError(f"rebuilding subscribers broke {len(broken)} references")
 
 
+def m005_send_recipients_fixed(conn: Connection) -> None:
+    """`sends.up_to_subscriber`: the highest subscriber id when the send was planned, so a
+    send reaches exactly the people counted and confirmed (later sign-ups wait for --resume)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("sends")}
+    if "up_to_subscriber" not in columns:
+        conn.exec_driver_sql("ALTER TABLE sends ADD COLUMN up_to_subscriber INTEGER")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
     ("m002_send_leases", m002_send_leases),
     ("m003_send_totals", m003_send_totals),
     ("m004_store_ids_never_reused", m004_store_ids_never_reused),
+    ("m005_send_recipients_fixed", m005_send_recipients_fixed),
 ]
 
 
