@@ -13,8 +13,8 @@ from newsletter.project import Project
 from newsletter.sending.execute import SendReport, execute
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.plan import SendRequest, plan_send
-from newsletter.store.issues import ensure_issue
 from newsletter.store.engine import open_engine
+from newsletter.store.issues import ensure_issue
 from newsletter.store.schema import deliveries, send_leases, sends
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE

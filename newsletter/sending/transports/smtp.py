@@ -186,6 +186,7 @@ class SmtpTransport:
                     )
                 conn.starttls(context=self._context)
                 conn.ehlo()
+            conn.ehlo_or_helo_if_needed()
             if self.username:
                 conn.login(self.username, self._password or "")
             return conn
