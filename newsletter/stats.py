@@ -65,6 +65,19 @@ def find_issue(project: Project, engine: Engine, name: str) -> IssueRef:
     return IssueRef(id=row.id, slug=row.slug, title=row.title)
 
 
+def handed_over_without_ledger(conn: Any, issue_id: int) -> int:
+    """Recipients of sends through a transport that keeps no ledger (the outbox): their
+    totals, as `sends` shows them (dry runs and cancelled sends reached nobody)."""
+    t, s = schema.send_totals, schema.sends
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(t.c.accepted), 0))
+            .join(s, s.c.id == t.c.send_id)
+            .where(s.c.issue_id == issue_id, s.c.dry_run.is_(False), s.c.status != "cancelled")
+        ).scalar_one()
+    )
+
+
 def issue_stats(engine: Engine, issue_id: int) -> dict[str, Any]:
     """Counts and rates for one issue (see the module docstring for the bases)."""
     e, d, r = schema.events, schema.deliveries, schema.replies
@@ -72,6 +85,8 @@ def issue_stats(engine: Engine, issue_id: int) -> dict[str, Any]:
         recipients = conn.execute(
             select(func.count()).where(d.c.issue_id == issue_id, d.c.state.in_(SENT_STATES))
         ).scalar_one()
+        if not recipients:
+            recipients = handed_over_without_ledger(conn, issue_id)
         per_event: dict[str, int] = dict(
             conn.execute(
                 select(e.c.event, func.count(distinct(e.c.subscriber_id)))
