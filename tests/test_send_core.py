@@ -207,3 +207,44 @@ def test_deliver_sends_each_step_once_through_the_ledger(root, sg):
     assert body["personalizations"][0]["custom_args"]["newsletter_subscriber_id"] == "1"
     with engine.connect() as conn:
         assert set(conn.execute(select(deliveries.c.state)).scalars()) == {"accepted"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "issues/2024-07-meta-ki-creator.md",
+        "2024-07-meta-ki-creator.md",
+        "2024-07-meta-ki-creator",
+        "meta-ki-creator",
+    ],
+)
+def test_every_command_resolves_an_issue_the_same_way(make_project, monkeypatch, tmp_path, cli, name):
+    """A path, a file name with or without .md, or the slug: the same in every command
+    (`newsletter build meta-ki-creator` used to fail while `send meta-ki-creator` worked)."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'r.db'}")
+    root = make_project()
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    add_people(root, 1)
+    monkeypatch.chdir(root)
+    build = cli(root, "build", name, "-o", str(tmp_path / "build"))
+    assert build.exit_code == 0, build.output
+    assert (tmp_path / "build" / "meta-ki-creator.html").exists()
+    assert cli(root, "check", name).exit_code == 0
+    sent = cli(root, "send", name, "--outbox", str(tmp_path / "out"), "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert "meta-ki-creator" in cli(root, "sends", name).output
+    stats = cli(root, "stats", name)
+    assert stats.exit_code == 0, stats.output
+    assert "no scheduled send" in cli(root, "cancel", name).output
+    assert cli(root, "replies", "--issue", name).exit_code == 0
+
+
+def test_a_sent_issue_whose_file_is_gone_is_found_by_its_slug(root, sg, cli):
+    add_people(root, 1)
+    assert cli(root, "send", EXAMPLE_ISSUE.stem, "--yes").exit_code == 0
+    (root / "issues" / EXAMPLE_ISSUE.name).unlink()
+    assert "accepted 1" in cli(root, "sends", "meta-ki-creator").output
+    missing = cli(root, "build", "meta-ki-creator")
+    assert missing.exit_code == 1 and "no such issue" in missing.output
+    nothing = cli(root, "sends", "no-such-issue")
+    assert nothing.exit_code == 1 and "no such issue" in nothing.output
