@@ -4,7 +4,6 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from newsletter.store.importer import import_file
 from newsletter.store.subscribers import add_subscriber, find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG
-from tests.test_web import outbox_messages
+from tests.test_privacy_web import confirm_link
 
 MAILCHIMP = (
     '"Email Address","First Name","Last Name",MEMBER_RATING,OPTIN_TIME,OPTIN_IP,'
@@ -164,8 +163,7 @@ def test_forget_then_reimport_keeps_the_person_out_until_a_new_opt_in(proj, cli,
     # Anna signs up herself and confirms: she is back, and later imports see her again.
     client = TestClient(create_app(proj, engine))
     client.post("/subscribe", data={"email": "Anna@example.de"})
-    text = outbox_messages(proj.root)[-1].get_body(("plain",)).get_content()
-    link = re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
+    link = confirm_link(proj.root)
     assert client.post(link).status_code == 200
     assert find_subscriber(engine, "anna@example.de").status == "subscribed"
     final = cli(proj.root, "subscribers", "import", str(path))

@@ -3,6 +3,8 @@ and in-process, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 import time
 from pathlib import Path
@@ -49,9 +51,13 @@ def records(engine: Any, email: str) -> list[Any]:
         ).all()
 
 
-def confirm_link(root: Path, index: int = -1) -> str:
-    mail = outbox_messages(root)[index]
-    text = mail.get_body(("plain",)).get_content()
+def newest_mail(root: Path) -> Any:
+    newest = max((root / "outbox").glob("*.eml"), key=lambda p: p.stat().st_mtime_ns)
+    return email.message_from_bytes(newest.read_bytes(), policy=email.policy.default)
+
+
+def confirm_link(root: Path) -> str:
+    text = newest_mail(root).get_body(("plain",)).get_content()
     return re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
 
 
