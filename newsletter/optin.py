@@ -212,6 +212,13 @@ def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def _superseded(conn: Connection, subscriber_id: int, issued: datetime) -> bool:
+    """Whether a link made at `issued` is older than the person's last confirmation."""
+    last = _last_confirmation(conn, subscriber_id)
+    # Token times have whole seconds: a link made before that second is spent.
+    return last is not None and issued < last.replace(microsecond=0)
+
+
 def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confirmation:
     """Subscribe the person a confirmation token names (POST only: mail scanners fetch
     links with GET and must confirm nobody). Raises TokenError for a bad or expired token.
@@ -229,11 +236,7 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
             return Confirmation("gone")
         if subscriber.status == "subscribed":
             return Confirmation("confirmed", subscriber)
-        if subscriber.status != "unconfirmed":
-            return Confirmation("spent", subscriber)
-        last = _last_confirmation(conn, subscriber.id)
-        # Token times have whole seconds: a link made before that second is spent.
-        if last is not None and issued < last.replace(microsecond=0):
+        if subscriber.status != "unconfirmed" or _superseded(conn, subscriber.id, issued):
             return Confirmation("spent", subscriber)
         set_status(conn, subscriber.id, "subscribed", reason=None)
         _record_visit(
@@ -255,13 +258,15 @@ def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
     from newsletter.store.subscribers import get_subscriber
 
     found = check_link(project, token)
-    subscriber = get_subscriber(engine, found.subscriber_id)
-    if subscriber is None:
-        return Confirmation("gone")
-    if subscriber.status == "unconfirmed":
-        return Confirmation("pending", subscriber)
-    if subscriber.status == "subscribed":
-        return Confirmation("confirmed", subscriber)
+    issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=tokens.secret_key())
+    with engine.connect() as conn:
+        subscriber = get_subscriber(conn, found.subscriber_id)
+        if subscriber is None:
+            return Confirmation("gone")
+        if subscriber.status == "subscribed":
+            return Confirmation("confirmed", subscriber)
+        if subscriber.status == "unconfirmed" and not _superseded(conn, subscriber.id, issued):
+            return Confirmation("pending", subscriber)
     return Confirmation("spent", subscriber)
 
 
