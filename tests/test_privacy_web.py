@@ -227,3 +227,12 @@ def test_rate_limiter_forgets_idle_clients_and_stays_bounded() -> None:
         limiter.allow("203.0.113.2", now=20_000.0)
     assert len(limiter) == 1
     assert limiter.allow("203.0.113.1", now=20_000.0)  # its hour is over
+
+
+def test_rate_limiter_table_is_bounded_through_its_plain_interface() -> None:
+    """Issue 15 item 7, as the server uses it (real clock, default bound): the old limiter
+    kept all 20,000 clients here."""
+    limiter = RateLimiter(limit=10)
+    for i in range(20_000):
+        assert limiter.allow(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+    assert len(limiter.hits) <= 10_000
