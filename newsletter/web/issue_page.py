@@ -70,27 +70,10 @@ def render_public(project: Project, path: Path) -> str:
     return html
 
 
-def _published(engine: Engine, slug: str) -> bool:
-    """Has the issue gone out (a real or outbox send, not a dry run, not cancelled)? Drafts
-    stay private even when their slug can be guessed."""
-    from sqlalchemy import exists, select
-
-    from newsletter.store.schema import issues, sends
-
-    query = select(
-        exists().where(
-            issues.c.slug == slug,
-            sends.c.issue_id == issues.c.id,
-            sends.c.dry_run.is_(False),
-            sends.c.status != "cancelled",
-        )
-    )
-    with engine.connect() as conn:
-        return bool(conn.execute(query).scalar())
-
-
 def _render_slug(project: Project, engine: Engine, slug: str) -> str | None:
-    if not _published(engine, slug):
+    from newsletter.store.issues import is_published
+
+    if not is_published(engine, slug):
         return None
     path = find_issue_file(project, slug)
     if path is None:
