@@ -59,3 +59,38 @@ def add_readers(project: Path, n: int = 2) -> None:
 def send(cli: Callable[..., Result], project: Path, issue: str, *extra: str) -> Result:
     """`newsletter send ISSUE --yes [extra]` through the real CLI; asserts nothing."""
     return cli(project, "send", issue, "--yes", *extra)
+
+
+ISSUES = {
+    # name: (title, slug, preheader)
+    "2024-07-01-erste": (
+        "Größer, schöner: „Über“ Öl & Ärger",
+        "erste-ausgabe",
+        "Die erste Ausgabe",
+    ),
+    "2024-08-01-zweite": ("Zweite Ausgabe", "zweite-ausgabe", None),
+    "2024-09-01-dritte": ("Dritte Ausgabe – mit Gedankenstrich", "dritte-ausgabe", "Die dritte"),
+    "2024-10-01-entwurf": ("Geheimer Entwurf", "entwurf", "Noch nicht fertig"),
+    "2024-10-02-trocken": ("Nur ein Trockenlauf", "trockenlauf", None),
+    "2024-10-03-outbox": ("Nur im Outbox-Ordner", "nur-outbox", None),
+}
+SENT = ["2024-07-01-erste", "2024-08-01-zweite", "2024-09-01-dritte"]  # in this order
+
+
+def build_archive_project(root: Path, config: str, runner: Callable[..., Result]) -> Path:
+    """A project with three issues sent (oldest first) through the CLI to the fake SendGrid
+    (the caller has set SENDGRID_API_HOST/KEY), a draft, a dry run and an outbox-only send."""
+    (root / "issues").mkdir(parents=True)
+    (root / "newsletter.toml").write_text(config, encoding="utf-8")
+    for name, (title, slug, preheader) in ISSUES.items():
+        write_issue(root, name, issue_text(title, slug, preheader=preheader))
+    add_readers(root, 1)
+    for name in SENT:
+        result = runner(root, "send", name, "--yes")
+        assert result.exit_code == 0, result.output
+    assert runner(root, "send", "2024-10-02-trocken", "--yes", "--dry-run").exit_code == 0
+    outbox = root / "outbox-copy"
+    assert (
+        runner(root, "send", "2024-10-03-outbox", "--yes", "--outbox", str(outbox)).exit_code == 0
+    )
+    return root
