@@ -4,16 +4,24 @@ in this file.)"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from click.testing import CliRunner, Result
 
+from newsletter.cli import main
 from newsletter.project import Project
-from newsletter.store.engine import open_engine
+from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.subscribers import add_subscriber
+from tests.conftest import TEST_SECRET
 from tests.sendgrid_server import FakeSendGrid
+from tests.test_web_serve import _wait
+from tests.test_web_support import free_port
 
 KEY = "SG.archive-test-key"
 
@@ -94,3 +102,46 @@ def build_archive_project(root: Path, config: str, runner: Callable[..., Result]
         runner(root, "send", "2024-10-03-outbox", "--yes", "--outbox", str(outbox)).exit_code == 0
     )
     return root
+
+
+def run_cli(root: Path, *args: str):
+    return CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
+
+
+@contextmanager
+def sent_project(root: Path, config: str) -> Iterator[Path]:
+    with (
+        FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        for name in ("NEWSLETTER_DATABASE_URL", "NEWSLETTER_PROJECT"):
+            mp.delenv(name, raising=False)
+        mp.setenv("SENDGRID_API_KEY", KEY)
+        mp.setenv("SENDGRID_API_HOST", sg.url)
+        mp.setenv("NEWSLETTER_SECRET_KEY", TEST_SECRET)
+        mp.setenv("NEWSLETTER_SEND_BACKOFF", "0.01")
+        build_archive_project(root, config, run_cli)
+        dispose_all()
+    yield root
+
+
+@contextmanager
+def serving(root: Path) -> Iterator[str]:
+    """`newsletter serve` as a real process; yields its base URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "NEWSLETTER_"))}
+    env["NEWSLETTER_SECRET_KEY"] = TEST_SECRET
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--project", str(root), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(base + "/healthz", process)
+        yield base
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)

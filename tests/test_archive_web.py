@@ -5,28 +5,19 @@ stay out; the feed is read by feedparser."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import feedparser
 import httpx
 import pytest
 from bs4 import BeautifulSoup
-from click.testing import CliRunner
 
-from newsletter.cli import main
 from newsletter.project import Project
-from newsletter.store.engine import dispose_all, open_engine
+from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import find_subscriber
-from tests.conftest import CONFIG, TEST_SECRET
-from tests.sendgrid_server import FakeSendGrid
-from tests.test_archive_support import ISSUES, KEY, SENT, build_archive_project
-from tests.test_web_serve import _wait
-from tests.test_web_support import free_port
+from tests.conftest import CONFIG
+from tests.test_archive_support import ISSUES, SENT, sent_project, serving
 
 IMPRINT = "https://jens.example.com/impressum"
 ARCHIVE_CONFIG = CONFIG.replace(
@@ -34,49 +25,6 @@ ARCHIVE_CONFIG = CONFIG.replace(
 )
 NEWEST_FIRST = [ISSUES[name] for name in reversed(SENT)]
 HIDDEN = ["entwurf", "trockenlauf", "nur-outbox"]
-
-
-def run_cli(root: Path, *args: str):
-    return CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
-
-
-@contextmanager
-def sent_project(root: Path, config: str) -> Iterator[Path]:
-    with (
-        FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg,
-        pytest.MonkeyPatch.context() as mp,
-    ):
-        for name in ("NEWSLETTER_DATABASE_URL", "NEWSLETTER_PROJECT"):
-            mp.delenv(name, raising=False)
-        mp.setenv("SENDGRID_API_KEY", KEY)
-        mp.setenv("SENDGRID_API_HOST", sg.url)
-        mp.setenv("NEWSLETTER_SECRET_KEY", TEST_SECRET)
-        mp.setenv("NEWSLETTER_SEND_BACKOFF", "0.01")
-        build_archive_project(root, config, run_cli)
-        dispose_all()
-    yield root
-
-
-@contextmanager
-def serving(root: Path) -> Iterator[str]:
-    """`newsletter serve` as a real process; yields its base URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "NEWSLETTER_"))}
-    env["NEWSLETTER_SECRET_KEY"] = TEST_SECRET
-    process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--project", str(root), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait(base + "/healthz", process)
-        yield base
-    finally:
-        process.terminate()
-        process.communicate(timeout=20)
 
 
 @pytest.fixture(scope="module")
