@@ -21,6 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -191,12 +192,11 @@ def _build(
             emit(
                 f"issues/{entry.slug}/index.html",
                 inputs,
-                lambda e=entry, o=older, n=newer: issue_page(
-                    project, site, e, o, n, "../../"
-                ).encode("utf-8"),
+                partial(_issue_bytes, project, site, entry, older, newer),
             )
         feed_inputs = _digest(
-            common, [(str(e.file.path), e.file.stamp, e.published_at) for e in entries[:FEED_ENTRIES]]
+            common,
+            [(str(e.file.path), e.file.stamp, e.published_at) for e in entries[:FEED_ENTRIES]],
         )
         emit("feed.xml", feed_inputs, lambda: atom_feed(project, site, entries))
         emit("feed.json", feed_inputs, lambda: json_feed(project, site, entries))
@@ -214,12 +214,24 @@ def _build(
         write_if_changed(manifest_path, data)
 
 
+def _issue_bytes(
+    project: Project,
+    site: Site,
+    entry: ArchiveEntry,
+    older: ArchiveEntry | None,
+    newer: ArchiveEntry | None,
+) -> bytes:
+    return issue_page(project, site, entry, older, newer, "../../").encode("utf-8")
+
+
 def _not_found(project: Project, site: Site) -> bytes:
     # Served for any missing path, at any depth: its links must be absolute.
     return not_found_page(project, site, f"{site.public_url}/").encode("utf-8")
 
 
-def _remove_stale(folder: Path, old: dict[str, Any], new: dict[str, Any], report: BuildReport) -> None:
+def _remove_stale(
+    folder: Path, old: dict[str, Any], new: dict[str, Any], report: BuildReport
+) -> None:
     """Pages of issues no longer published (their file was deleted): only files this build
     wrote before, never anything else in the folder."""
     for relative in sorted(set(old) - set(new)):
