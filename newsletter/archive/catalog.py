@@ -8,6 +8,7 @@ that adds up, so each file's summary is cached until the file changes (path, mti
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,16 @@ _summaries: dict[tuple[str, tuple[int, int]], IssueFile | None] = {}
 _lock = threading.Lock()
 
 
-def _summary(project: Project, path: Path, stamp: tuple[int, int]) -> IssueFile | None:
+def _summary(project: Project, location: str, stamp: tuple[int, int]) -> IssueFile | None:
+    key = (location, stamp)
+    try:
+        return _summaries[key]  # a dict read is atomic: no lock on the hot path
+    except KeyError:
+        pass
     from newsletter.issue import load_issue
     from newsletter.render import issue_preheader
 
-    key = (str(path), stamp)
-    with _lock:
-        if key in _summaries:
-            return _summaries[key]
+    path = Path(location)
     try:
         issue = load_issue(project, path)
         found: IssueFile | None = IssueFile(
@@ -92,16 +95,20 @@ def _summary(project: Project, path: Path, stamp: tuple[int, int]) -> IssueFile 
 def issue_files(project: Project) -> dict[str, IssueFile]:
     """slug -> file for every readable issue in issues/ (the first file wins on a clash)."""
     by_slug: dict[str, IssueFile] = {}
+    folder = str(project.issues_dir)
+    # os.scandir and plain strings: the index checks every file on each request, and
+    # pathlib's sorting and globbing cost more than the stat calls themselves.
     try:
-        paths = sorted(project.issues_dir.glob("*.md"))
+        with os.scandir(folder) as listing:
+            found = sorted(
+                (item.name, item.stat())
+                for item in listing
+                if item.name.endswith(".md") and item.is_file()
+            )
     except OSError:
         return by_slug
-    for path in paths:
-        try:
-            info = path.stat()
-        except OSError:
-            continue
-        summary = _summary(project, path, (info.st_mtime_ns, info.st_size))
+    for name, info in found:
+        summary = _summary(project, f"{folder}/{name}", (info.st_mtime_ns, info.st_size))
         if summary is not None and summary.slug not in by_slug:
             by_slug[summary.slug] = summary
     return by_slug
@@ -131,3 +138,35 @@ def neighbours(
             newer = entries[index - 1] if index > 0 else None
             return entry, older, newer
     return None, None, None
+
+
+def export_summaries(files: dict[str, IssueFile]) -> list[list[object]]:
+    """The summaries as JSON-able rows, for `remember_summaries` in a later process (the
+    static build keeps them in its manifest, so an unchanged archive reads no issue file)."""
+    return [
+        [str(f.path), list(f.stamp), f.slug, f.title, f.preheader, f.language]
+        for f in files.values()
+    ]
+
+
+def remember_summaries(rows: list[list[object]]) -> None:
+    """Seed the cache from `export_summaries` rows; a row whose file has since changed is
+    never used, since its (mtime, size) stamp no longer matches."""
+    with _lock:
+        for row in rows:
+            try:
+                location, stamp, slug, title, preheader, language = row
+                key = (str(location), (int(stamp[0]), int(stamp[1])))  # type: ignore[index]
+                _summaries.setdefault(
+                    key,
+                    IssueFile(
+                        Path(str(location)),
+                        key[1],
+                        str(slug),
+                        str(title),
+                        str(preheader),
+                        str(language),
+                    ),
+                )
+            except (TypeError, ValueError, IndexError):
+                continue  # a damaged manifest only costs a re-read

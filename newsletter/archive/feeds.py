@@ -12,7 +12,7 @@ from typing import Any
 
 from newsletter.archive.catalog import ArchiveEntry
 from newsletter.archive.links import Site, tag_uri
-from newsletter.archive.pages import web_version
+from newsletter.archive.pages import config_fingerprint, templates_fingerprint, web_version
 from newsletter.archive.wording import wording
 from newsletter.project import Project
 
@@ -27,8 +27,40 @@ def _feed_id(site: Site) -> str:
     return f"tag:{site.id_host},2000:feed"
 
 
+_cache: dict[tuple[object, ...], bytes] = {}
+
+
+def _cached(
+    kind: str, project: Project, site: Site, entries: list[ArchiveEntry], make: Any
+) -> bytes:
+    """A feed is rebuilt only when its entries, their files or the templates change."""
+    key = (
+        kind,
+        site,
+        tuple((e.file, e.published_at) for e in entries[:FEED_ENTRIES]),
+        templates_fingerprint(project),
+        config_fingerprint(project),
+    )
+    found = _cache.get(key)
+    if found is None:
+        found = make(project, site, entries)
+        if len(_cache) > 64:
+            _cache.clear()
+        _cache[key] = found
+    return found
+
+
 def atom_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> bytes:
     """feed.xml: the newest issues, newest first, with their full HTML content."""
+    return _cached("atom", project, site, entries, _atom_feed)
+
+
+def json_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> bytes:
+    """feed.json: JSON Feed 1.1 (https://jsonfeed.org/version/1.1) of the same entries."""
+    return _cached("json", project, site, entries, _json_feed)
+
+
+def _atom_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> bytes:
     from feedgen.feed import FeedGenerator
 
     config = project.config
@@ -58,8 +90,7 @@ def atom_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> byte
     return bytes(feed.atom_str(pretty=True))
 
 
-def json_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> bytes:
-    """feed.json: JSON Feed 1.1 (https://jsonfeed.org/version/1.1) of the same entries."""
+def _json_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> bytes:
     config = project.config
     items: list[dict[str, Any]] = []
     for entry in entries[:FEED_ENTRIES]:

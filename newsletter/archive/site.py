@@ -29,7 +29,13 @@ from xml.etree import ElementTree
 from sqlalchemy import Engine
 
 from newsletter import __version__
-from newsletter.archive.catalog import ArchiveEntry, archive_entries
+from newsletter.archive.catalog import (
+    ArchiveEntry,
+    archive_entries,
+    export_summaries,
+    issue_files,
+    remember_summaries,
+)
 from newsletter.archive.feeds import FEED_ENTRIES, atom_feed, json_feed
 from newsletter.archive.links import Site, static_site
 from newsletter.archive.pages import (
@@ -130,11 +136,13 @@ def build_site(
             "`newsletter serve` runs)"
         )
     site = static_site(config.base_url, config.section("archive")["site_url"])
+    manifest = _read_manifest(folder)
+    remember_summaries(manifest.get("summaries", []))
     entries = archive_entries(project, engine, now=now)
     report = BuildReport(folder=folder, issues=len(entries))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _build(project, site, entries, folder, report, progress)
+        _build(project, site, entries, folder, manifest.get("files", {}), report, progress)
     except OSError as exc:
         where = exc.filename or folder
         raise SiteError(f"{where}: cannot write ({exc.strerror}); choose another -o DIR") from None
@@ -146,14 +154,10 @@ def _build(
     site: Site,
     entries: list[ArchiveEntry],
     folder: Path,
+    old: dict[str, Any],
     report: BuildReport,
     progress: Callable[[str], None] | None,
 ) -> None:
-    manifest_path = folder / MANIFEST
-    try:
-        old: dict[str, Any] = json.loads(manifest_path.read_text("utf-8")).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        old = {}
     new: dict[str, Any] = {}
     common = (__version__, templates_fingerprint(project), config_fingerprint(project), site)
 
@@ -210,8 +214,17 @@ def _build(
         # Even after Ctrl-C, what was written is recorded (and what was not yet looked at
         # keeps its old record), so the next run picks up where this one stopped.
         files = new if finished else {**old, **new}
-        data = json.dumps({"files": files}, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-        write_if_changed(manifest_path, data)
+        summaries = export_summaries(issue_files(project))
+        data = json.dumps({"files": files, "summaries": summaries}, separators=(",", ":"))
+        write_if_changed(folder / MANIFEST, data.encode("utf-8") + b"\n")
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        found = json.loads((folder / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _issue_bytes(

@@ -65,6 +65,7 @@ def _published_query(now: datetime):  # type: ignore[no-untyped-def]
             )
         )
         .group_by(issues.c.id, issues.c.slug, issues.c.title, issues.c.language)
+        .order_by(published_at.desc(), issues.c.slug)
     )
 
 
@@ -73,19 +74,10 @@ def published_issues(engine: Engine, now: datetime | None = None) -> list[Publis
     moment = _as_utc(now or datetime.now(UTC))
     with engine.connect() as conn:
         rows = conn.execute(_published_query(moment)).all()
-    found = [
-        PublishedIssue(
-            issue_id=int(row.id),
-            slug=row.slug,
-            title=row.title,
-            language=row.language,
-            published_at=_as_utc(row.published_at),
-        )
-        for row in rows
+    return [
+        PublishedIssue(int(issue_id), slug, title, language, _as_utc(published_at))
+        for issue_id, slug, title, language, published_at in rows
     ]
-    found.sort(key=lambda p: p.slug)
-    found.sort(key=lambda p: p.published_at, reverse=True)
-    return found
 
 
 def is_published(engine: Engine, slug: str, now: datetime | None = None) -> bool:
