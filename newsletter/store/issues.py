@@ -156,8 +156,13 @@ def list_sent_issues(engine: Engine) -> list[Any]:
 #: `uncertain` and `in_flight` are not known to have gone out.
 ACCEPTED_STATES = ("accepted", "delivered", "bounced", "dropped")
 
-#: Transports whose sends reach readers. An outbox send only writes .eml files here.
-_PRIVATE_TRANSPORTS = ("outbox",)
+
+def _delivering_transports() -> list[str]:
+    """Transports whose sends reach readers (the outbox only writes .eml files here): asked
+    of the transports' capabilities, never by name."""
+    from newsletter.sending.transports import kinds_that
+
+    return kinds_that(lambda capabilities: capabilities.delivers)
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ def _published_query(now: datetime):  # type: ignore[no-untyped-def]
         .where(
             and_(
                 sends.c.dry_run.is_(False),
-                sends.c.transport.not_in(_PRIVATE_TRANSPORTS),
+                sends.c.transport.in_(_delivering_transports()),
                 sends.c.status != "cancelled",
                 goes_out_at <= now,
                 accepted,
