@@ -11,6 +11,9 @@ template or the config changes.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -29,8 +32,28 @@ _versions: dict[tuple[object, ...], tuple[str, str]] = {}
 _pages: dict[tuple[object, ...], str] = {}
 
 
+#: Set by `templates_frozen()`: one fingerprint for a whole static build instead of a walk
+#: of the template folders per page.
+_frozen: ContextVar[tuple[object, ...] | None] = ContextVar("frozen_templates", default=None)
+
+
+@contextmanager
+def templates_frozen(project: Project) -> Iterator[tuple[object, ...]]:
+    """Within the block, the templates count as unchanged (a build takes seconds)."""
+    token = _frozen.set(None)
+    fingerprint = templates_fingerprint(project)
+    _frozen.set(fingerprint)
+    try:
+        yield fingerprint
+    finally:
+        _frozen.reset(token)
+
+
 def templates_fingerprint(project: Project) -> tuple[object, ...]:
     """Every template file the pages may use, with its mtime: any edit changes it."""
+    frozen = _frozen.get()
+    if frozen is not None:
+        return frozen
     found: list[tuple[str, int]] = []
     for folder in (project.templates_dir, builtin_templates_dir()):
         try:

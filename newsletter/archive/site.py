@@ -17,11 +17,13 @@ import contextlib
 import datetime
 import hashlib
 import json
+import multiprocessing as mp
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -44,6 +46,7 @@ from newsletter.archive.pages import (
     issue_page,
     not_found_page,
     templates_fingerprint,
+    templates_frozen,
 )
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.project import Project
@@ -142,7 +145,8 @@ def build_site(
     report = BuildReport(folder=folder, issues=len(entries))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _build(project, site, entries, folder, manifest.get("files", {}), report, progress)
+        with templates_frozen(project):
+            _build(project, site, entries, folder, manifest.get("files", {}), report, progress)
     except OSError as exc:
         where = exc.filename or folder
         raise SiteError(f"{where}: cannot write ({exc.strerror}); choose another -o DIR") from None
@@ -161,19 +165,22 @@ def _build(
     new: dict[str, Any] = {}
     common = (__version__, templates_fingerprint(project), config_fingerprint(project), site)
 
-    def emit(relative: str, inputs: str | None, make: Callable[[], bytes]) -> None:
-        path = folder / relative
+    def unchanged(relative: str, inputs: str | None) -> bool:
         known = old.get(relative)
         if (
             inputs is not None
             and known is not None
             and known.get("inputs") == inputs
-            and known.get("stat") == _stat_of(path)
+            and known.get("stat") == _stat_of(folder / relative)
         ):
             new[relative] = known
             report.unchanged += 1
-            return
-        if write_if_changed(path, make()):
+            return True
+        return False
+
+    def store(relative: str, inputs: str | None, data: bytes) -> None:
+        path = folder / relative
+        if write_if_changed(path, data):
             report.written.append(relative)
             if progress is not None:
                 progress(relative)
@@ -181,8 +188,13 @@ def _build(
             report.unchanged += 1
         new[relative] = {"inputs": inputs, "stat": _stat_of(path)}
 
+    def emit(relative: str, inputs: str | None, make: Callable[[], bytes]) -> None:
+        if not unchanged(relative, inputs):
+            store(relative, inputs, make())
+
     finished = False
     try:
+        jobs: list[tuple[str, str, PageJob]] = []
         for index, entry in enumerate(entries):
             older = entries[index + 1] if index + 1 < len(entries) else None
             newer = entries[index - 1] if index > 0 else None
@@ -193,11 +205,15 @@ def _build(
                 entry.published_at,
                 [(n.slug, n.title, n.day) if n else None for n in (older, newer)],
             )
-            emit(
-                f"issues/{entry.slug}/index.html",
-                inputs,
-                partial(_issue_bytes, project, site, entry, older, newer),
-            )
+            relative = f"issues/{entry.slug}/index.html"
+            if not unchanged(relative, inputs):
+                jobs.append((relative, inputs, (project, site, entry, older, newer)))
+        pages = _render_pages([job for _r, _i, job in jobs])
+        try:
+            for (relative, inputs, _job), data in zip(jobs, pages, strict=True):
+                store(relative, inputs, data)
+        finally:
+            pages.close()  # on Ctrl-C: cancel the workers' queue at once
         feed_inputs = _digest(
             common,
             [(str(e.file.path), e.file.stamp, e.published_at) for e in entries[:FEED_ENTRIES]],
@@ -215,8 +231,8 @@ def _build(
         # keeps its old record), so the next run picks up where this one stopped.
         files = new if finished else {**old, **new}
         summaries = export_summaries(issue_files(project))
-        data = json.dumps({"files": files, "summaries": summaries}, separators=(",", ":"))
-        write_if_changed(folder / MANIFEST, data.encode("utf-8") + b"\n")
+        record = json.dumps({"files": files, "summaries": summaries}, separators=(",", ":"))
+        write_if_changed(folder / MANIFEST, record.encode("utf-8") + b"\n")
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -227,14 +243,38 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _issue_bytes(
-    project: Project,
-    site: Site,
-    entry: ArchiveEntry,
-    older: ArchiveEntry | None,
-    newer: ArchiveEntry | None,
-) -> bytes:
+PageJob = tuple[Project, Site, ArchiveEntry, ArchiveEntry | None, ArchiveEntry | None]
+
+#: Below this many pages to render, worker processes cost more than they save.
+_PARALLEL_FROM = 24
+
+
+def _issue_bytes(job: PageJob) -> bytes:
+    project, site, entry, older, newer = job
     return issue_page(project, site, entry, older, newer, "../../").encode("utf-8")
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is the parent's to handle (one line, exit 130): workers must not print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _render_pages(jobs: list[PageJob]) -> Generator[bytes, None, None]:
+    """Each job's page, in order. Many pages render in one worker process per CPU (a cold
+    build of hundreds of issues is CPU-bound); results arrive in order, so a Ctrl-C keeps
+    everything written before it."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(jobs) < _PARALLEL_FROM or workers < 2 or "fork" not in mp.get_all_start_methods():
+        for job in jobs:
+            yield _issue_bytes(job)
+        return
+    pool = ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("fork"), initializer=_ignore_sigint
+    )
+    try:
+        yield from pool.map(_issue_bytes, jobs, chunksize=4)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _not_found(project: Project, site: Site) -> bytes:
