@@ -94,6 +94,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "consent_text": (str, None),
         "require_checkbox": (bool, False),  # an unticked consent box the reader must tick
     },
+    "archive": {
+        "enabled": (bool, True),  # the web archive, its feeds and `archive build`
+        "site_url": (str, None),  # where `archive build` output is hosted (default: base_url)
+    },
     "serve": {
         "max_body_bytes": (int, 1_000_000),  # forms and the Event Webhook (413 above)
         "max_inbound_bytes": (int, 30_000_000),  # Inbound Parse, attachments included

@@ -89,9 +89,9 @@ def get_project(ctx: click.Context | None = None) -> Project:
 
 
 def _register() -> None:
-    from newsletter.cli import authoring, preview, privacy, sending, serving, subscribers
+    from newsletter.cli import archive, authoring, preview, privacy, sending, serving, subscribers
 
-    for module in (authoring, preview, subscribers, sending, serving, privacy):
+    for module in (authoring, preview, subscribers, sending, serving, archive, privacy):
         for command in module.COMMANDS:
             main.add_command(command)
 
