@@ -236,3 +236,17 @@ def test_rate_limiter_table_is_bounded_through_its_plain_interface() -> None:
     for i in range(20_000):
         assert limiter.allow(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
     assert len(limiter.hits) <= 10_000
+
+
+def test_the_archive_sign_up_form_shows_the_consent_text_and_checkbox(make_project) -> None:
+    for extra, has_box in (("", False), ("\n[subscribe]\nrequire_checkbox = true\n", True)):
+        # Another base_url per project: the archive caches pages per site, not per config.
+        config = CONFIG.replace("news.example.com", f"news{has_box}.example.com")
+        root = make_project(config + extra, name=f"archive{has_box}")
+        proj = Project.load(root)
+        index = TestClient(create_app(proj, open_engine(proj.database_url))).get("/")
+        assert index.status_code == 200
+        form = BeautifulSoup(index.text, "html.parser").find("form", action="/subscribe")
+        assert DEFAULT_CONSENT_TEXT["de"].format(name="Jens' Briefing") in form.get_text(" ")
+        box = form.find("input", type="checkbox")
+        assert (box is not None) == has_box and (box is None or not box.has_attr("checked"))
