@@ -71,6 +71,11 @@ class Inbound:
     text: str
     spam_score: str | None
     attachments: list[dict[str, Any]]
+    # What proves the sender: SendGrid's SPF verdict (for the envelope sender's domain),
+    # its DKIM verdicts ("{@example.de : pass}") and the SMTP envelope's `from`.
+    spf: str = ""
+    dkim: str = ""
+    envelope_from: str = ""
 
 
 @dataclass
@@ -79,6 +84,15 @@ class StoredReply:
     subscriber_id: int | None
     issue_id: int | None
     unsubscribed: bool
+    #: "verified" | "unverified" | None (see `UNSUBSCRIBE_LABELS`)
+    unsubscribe_request: str | None = None
+
+
+#: How `replies` shows a reply that asks to unsubscribe.
+UNSUBSCRIBE_LABELS = {
+    "verified": "unsubscribed by reply",
+    "unverified": "asks to unsubscribe (unverified)",
+}
 
 
 class _TextExtractor(HTMLParser):
@@ -164,7 +178,7 @@ def _from_mime(raw: RawInbound) -> RawInbound:
                 payload = body.get_payload(decode=True)
                 content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
             fields["text" if kind == "plain" else "html"] = content.encode("utf-8")
-    for name in ("envelope", "spam_score"):
+    for name in ("envelope", "spam_score", "SPF", "dkim"):
         if name in raw.fields:
             fields[name] = raw.fields[name]
     return RawInbound(fields=fields, attachments=attachments)
@@ -188,21 +202,20 @@ def decode(raw: RawInbound) -> Inbound:
         charset = charsets.get(name)
         return _decode(value, charset if isinstance(charset, str) else None)
 
-    from_name, from_email = parseaddr(_header_text(get("from")))
-    if not from_email or "@" not in from_email:
-        # The SMTP envelope sender, when the From header is unusable.
-        try:
-            envelope = json.loads(get("envelope") or "{}")
-        except ValueError:
-            envelope = {}
-        sender = envelope.get("from") if isinstance(envelope, dict) else None
-        from_email = sender if isinstance(sender, str) else ""
-    recipients = [address for _, address in getaddresses([get("to"), get("cc")]) if address]
     try:
         envelope = json.loads(get("envelope") or "{}")
     except ValueError:
         envelope = {}
-    if isinstance(envelope, dict) and isinstance(envelope.get("to"), list):
+    if not isinstance(envelope, dict):
+        envelope = {}
+    sender = envelope.get("from")
+    envelope_from = _clean(sender).strip()[:320] if isinstance(sender, str) else ""
+    from_name, from_email = parseaddr(_header_text(get("from")))
+    if not from_email or "@" not in from_email:
+        # The SMTP envelope sender, when the From header is unusable.
+        from_email = envelope_from
+    recipients = [address for _, address in getaddresses([get("to"), get("cc")]) if address]
+    if isinstance(envelope.get("to"), list):
         recipients += [a for a in envelope["to"] if isinstance(a, str)]
 
     text = get("text")
@@ -231,6 +244,9 @@ def decode(raw: RawInbound) -> Inbound:
         text=_clean(text),
         spam_score=spam[:20] if spam else None,
         attachments=attachments,
+        spf=_clean(get("SPF")).strip()[:40],
+        dkim=_clean(get("dkim"))[:2000],
+        envelope_from=envelope_from,
     )
 
 
@@ -269,18 +285,50 @@ def normalize_subject(subject: str) -> str:
     return " ".join(subject.split()).casefold()
 
 
-def _issue_from_address(recipients: list[str], key: str) -> int | None:
+def _reply_token(recipients: list[str], key: str) -> tokens.SubscriberToken | None:
+    """The first validly signed `reply+TOKEN@` address among the recipients."""
     for address in recipients:
         found = _REPLY_ADDRESS.search(address)
         if not found:
             continue
         try:
-            issue_id = tokens.read_token(tokens.REPLY, found.group(1), key=key).issue_id
+            return tokens.read_token(tokens.REPLY, found.group(1), key=key)
         except TokenError:
             continue
-        if issue_id is not None:
-            return issue_id
     return None
+
+
+# One DKIM verdict in SendGrid's `dkim` field: "{@example.de : pass, @sendgrid.info : fail}".
+_DKIM_VERDICT = re.compile(r"@([A-Za-z0-9.\-]+)\s*:\s*([A-Za-z]+)")
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].strip().strip("<>").rstrip(".").lower()
+
+
+def _aligned(authenticated: str, sender: str) -> bool:
+    """Whether a domain that passed SPF/DKIM vouches for the sender's domain: the same, or
+    one inside the other (DMARC's relaxed alignment without a public-suffix list; a check
+    cannot pass for a bare suffix such as `de`, which publishes no SPF record or DKIM key)."""
+    if not authenticated or not sender:
+        return False
+    return (
+        authenticated == sender
+        or authenticated.endswith("." + sender)
+        or sender.endswith("." + authenticated)
+    )
+
+
+def sender_is_authenticated(inbound: Inbound) -> bool:
+    """SPF passed for the envelope sender's domain, or a DKIM signature passed, for the
+    domain of the From address. A From header alone proves nothing."""
+    domain = _domain(inbound.from_email)
+    if inbound.spf.strip().lower() == "pass" and _aligned(_domain(inbound.envelope_from), domain):
+        return True
+    return any(
+        verdict.lower() == "pass" and _aligned(signer.lower().rstrip("."), domain)
+        for signer, verdict in _DKIM_VERDICT.findall(inbound.dkim)
+    )
 
 
 def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
@@ -288,13 +336,25 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
     key = tokens.secret_key()
     now = datetime.now(UTC)
     unsubscribed = False
+    token = _reply_token(inbound.recipients, key)
     with engine.begin() as conn:
-        subscriber_id = conn.execute(
+        sender_id = conn.execute(
             select(schema.subscribers.c.id).where(
                 schema.subscribers.c.email_key == inbound.from_email.lower()
             )
         ).scalar()
-        issue_id = _issue_from_address(inbound.recipients, key)
+        # Written from an address not on the list (an alias) to the address naming them.
+        token_subscriber = (
+            conn.execute(
+                select(schema.subscribers.c.id).where(
+                    schema.subscribers.c.id == token.subscriber_id
+                )
+            ).scalar()
+            if token is not None and token.subscriber_id
+            else None
+        )
+        subscriber_id = sender_id if sender_id is not None else token_subscriber
+        issue_id = token.issue_id if token is not None else None
         if (
             issue_id is not None
             and conn.execute(
@@ -322,6 +382,15 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
                 )
                 matching = [i for i in matching if i in received] or matching
             issue_id = matching[0] if matching else None
+        unsubscribe_request = None
+        if is_unsubscribe_request(inbound.text):
+            # Only the sender's own copy of the issue, or a sender that SPF/DKIM vouch for,
+            # may unsubscribe: anyone can put a subscriber's address in From.
+            proven = sender_id is not None and (
+                (token is not None and token.subscriber_id == sender_id)
+                or sender_is_authenticated(inbound)
+            )
+            unsubscribe_request = "verified" if proven else "unverified"
         reply_id = conn.execute(
             schema.replies.insert().values(
                 subscriber_id=subscriber_id,
@@ -333,9 +402,10 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
                 attachments=inbound.attachments,
                 spam_score=inbound.spam_score,
                 received_at=now,
+                unsubscribe_request=unsubscribe_request,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
-        if subscriber_id is not None and is_unsubscribe_request(inbound.text):
+        if unsubscribe_request == "verified" and subscriber_id is not None:
             from newsletter.events import apply_status, record
 
             unsubscribed = apply_status(conn, [subscriber_id], "unsubscribed", "reply", now) > 0
@@ -349,7 +419,11 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
                     detail={"via": "reply"},
                 )
     return StoredReply(
-        id=int(reply_id), subscriber_id=subscriber_id, issue_id=issue_id, unsubscribed=unsubscribed
+        id=int(reply_id),
+        subscriber_id=subscriber_id,
+        issue_id=issue_id,
+        unsubscribed=unsubscribed,
+        unsubscribe_request=unsubscribe_request,
     )
 
 
@@ -418,6 +492,18 @@ class ReplyRow:
     subscriber_id: int | None
     attachments: list[dict[str, Any]]
     spam_score: str | None
+    automatic: bool = False
+    unsubscribe_request: str | None = None
+
+    @property
+    def note(self) -> str:
+        """What `replies` shows beside the subject: an unsubscribe request, an auto-reply."""
+        notes = []
+        if self.automatic:
+            notes.append("auto-reply")
+        if self.unsubscribe_request:
+            notes.append(UNSUBSCRIBE_LABELS[self.unsubscribe_request])
+        return ", ".join(notes)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -431,6 +517,8 @@ class ReplyRow:
             "text": self.text,
             "attachments": self.attachments,
             "spam_score": self.spam_score,
+            "automatic": self.automatic,
+            "unsubscribe_request": self.unsubscribe_request,
         }
 
 
@@ -459,6 +547,8 @@ def _rows(engine: Engine, where: Any = None) -> list[ReplyRow]:
             subscriber_id=row.subscriber_id,
             attachments=list(row.attachments or []),
             spam_score=row.spam_score,
+            automatic=bool(row.automatic),
+            unsubscribe_request=row.unsubscribe_request,
         )
         for row in rows
     ]

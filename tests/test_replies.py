@@ -336,3 +336,94 @@ def test_forwarded_copy_never_relays_the_readers_html(inbox):
     html = mail.get_body(("html",)).get_content()
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+# --- Unsubscribe by reply only when the sender is proven (issue 15, item 1) ---
+
+REPLIES_DOMAIN = '\n[replies]\ndomain = "replies.example.com"\nforward = false\n'
+
+
+def unproven(text: str, **kwargs) -> dict[str, bytes | str]:
+    """A reply whose From names Anna but nothing proves it: SPF fails, no DKIM signature."""
+    data = fields(text, **kwargs)
+    data["SPF"] = "fail"
+    data["envelope"] = json.dumps({"to": [kwargs.get("to", "jens@example.com")], "from": ""})
+    return data
+
+
+def test_a_forged_abmelden_is_flagged_unverified_and_unsubscribes_nobody(inbox, cli):
+    proj, engine, anna, _ = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, unproven("abmelden")).status_code == 200
+        # SPF passed, but for the forger's own domain, not for Anna's.
+        spoofed = fields("Abmelden")
+        spoofed["envelope"] = json.dumps({"to": ["jens@example.com"], "from": "x@forger.example"})
+        spoofed["dkim"] = "{@forger.example : pass}"
+        assert post(base, spoofed).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    rows = stored(engine)
+    assert [row.unsubscribe_request for row in rows] == ["unverified", "unverified"]
+    assert all(row.subscriber_id == anna.id for row in rows)
+    listing = cli(proj.root, "replies").output
+    assert listing.count("asks to unsubscribe (unverified)") == 2
+    shown = cli(proj.root, "replies", "show", str(rows[0].id)).output
+    assert "asks to unsubscribe (unverified)" in shown
+    assert "newsletter subscribers remove anna.mueller@example.de" in shown
+    as_json = json.loads(cli(proj.root, "replies", "--format", "json").output)
+    assert as_json[0]["unsubscribe_request"] == "unverified"
+
+
+@pytest.mark.parametrize(
+    ("spf", "envelope_from", "dkim"),
+    [
+        ("pass", "anna.mueller@example.de", ""),  # SPF for Anna's domain
+        ("pass", "bounce@mail.example.de", ""),  # SPF for a subdomain of it
+        ("fail", "", "{@example.de : pass}"),  # DKIM signed by Anna's domain
+        ("softfail", "", "{@sendgrid.info : pass, @example.de : pass}"),
+    ],
+)
+def test_abmelden_from_a_proven_sender_unsubscribes(inbox, cli, spf, envelope_from, dkim):
+    proj, engine, anna, _ = inbox()
+    data = fields("abmelden")
+    data["SPF"] = spf
+    data["envelope"] = json.dumps({"to": ["jens@example.com"], "from": envelope_from})
+    data["dkim"] = dkim
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "unsubscribed"
+    [row] = stored(engine)
+    assert row.unsubscribe_request == "verified"
+    assert "unsubscribed by reply" in cli(proj.root, "replies").output
+
+
+def test_abmelden_to_the_reply_address_naming_the_subscriber_unsubscribes(inbox):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    own = tokens.reply_address_for("replies.example.com", issue_id, anna.id, TEST_SECRET)
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, unproven("abmelden", to=own)).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "unsubscribed"
+    [row] = stored(engine)
+    assert (row.issue_id, row.unsubscribe_request) == (issue_id, "verified")
+
+
+def test_a_reply_address_naming_someone_else_or_nobody_proves_nothing(inbox):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    bob = add_subscriber(engine, "bob@example.org")
+    bobs = tokens.reply_address_for("replies.example.com", issue_id, bob.id, TEST_SECRET)
+    issue_only = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)
+    forged = tokens.reply_address_for("replies.example.com", issue_id, anna.id, "attacker")
+    with live_server(create_app(proj, engine)) as base:
+        for address in (bobs, issue_only, forged):
+            assert post(base, unproven("stop", to=address)).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert get_subscriber(engine, bob.id).status == "subscribed"
+    assert [row.unsubscribe_request for row in stored(engine)] == ["unverified"] * 3
+
+
+def test_reply_address_for_names_issue_and_subscriber():
+    address = tokens.reply_address_for("replies.example.com", 7, 42, TEST_SECRET)
+    local, _, domain = address.partition("@")
+    assert domain == "replies.example.com" and local.startswith("reply+")
+    assert len(local) <= 64  # RFC 5321's limit for the local part
+    token = tokens.read_token(tokens.REPLY, local[len("reply+") :], key=TEST_SECRET)
+    assert (token.issue_id, token.subscriber_id) == (7, 42)

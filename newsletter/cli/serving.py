@@ -91,6 +91,8 @@ def replies(ctx: click.Context, issue_name: str | None, fmt: str) -> None:
             f"{row.id:>4}  {_when(row.received_at):16}  {row.from_email[:32]:32}  "
             f"{(row.issue_slug or '-')[:24]:24}  {row.subject[:60]}"
         )
+        if row.note:
+            line += f"  [{row.note}]"
         click.echo(strip_terminal_controls(line))
 
 
@@ -119,6 +121,16 @@ def replies_show(reply_id: int) -> None:
         lines.append(f"Attached: {names}")
     if row.spam_score:
         lines.append(f"Spam:     {row.spam_score}")
+    if row.automatic:
+        lines.append("Note:     auto-reply (not forwarded, not counted)")
+    if row.unsubscribe_request == "unverified":
+        lines.append(
+            "Note:     asks to unsubscribe (unverified): nothing was changed, since nothing "
+            "proves the sender; if it is really them: "
+            f"newsletter subscribers remove {row.from_email}"
+        )
+    elif row.unsubscribe_request == "verified":
+        lines.append("Note:     unsubscribed by reply")
     lines += ["", row.text]
     click.echo(strip_terminal_controls("\n".join(lines)))
 
