@@ -15,11 +15,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, select, true
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError, StoreError, TokenError
@@ -43,6 +45,15 @@ _QUOTE_START = re.compile(
     r"|(From|Von):\s.+)\s*$",
     re.IGNORECASE,
 )
+# Subjects that out-of-office robots write (German and English mail servers and clients).
+_AUTO_REPLY_SUBJECT = re.compile(
+    r"\b(automatische antwort|abwesenheitsnotiz|abwesenheitsmeldung|automatic reply"
+    r"|auto[- ]?reply|out of (the )?office)\b",
+    re.IGNORECASE,
+)
+# RFC 3834's header, and the older ones that vacation programs and Exchange set.
+_AUTO_REPLY_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress")
+_AUTO_REPLY_PRECEDENCE = {"auto_reply", "bulk", "junk"}
 # C0/C1 control characters except tab and newline: they could drive a terminal.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -76,6 +87,8 @@ class Inbound:
     spf: str = ""
     dkim: str = ""
     envelope_from: str = ""
+    #: An out-of-office or other robot's answer (see `is_auto_reply`).
+    automatic: bool = False
 
 
 @dataclass
@@ -178,6 +191,8 @@ def _from_mime(raw: RawInbound) -> RawInbound:
                 payload = body.get_payload(decode=True)
                 content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
             fields["text" if kind == "plain" else "html"] = content.encode("utf-8")
+    # The header block as sent: what tells an auto-reply (parsed mode posts it as `headers`).
+    fields["headers"] = re.split(rb"\r?\n\r?\n", raw.fields["email"], maxsplit=1)[0]
     for name in ("envelope", "spam_score", "SPF", "dkim"):
         if name in raw.fields:
             fields[name] = raw.fields[name]
@@ -218,6 +233,8 @@ def decode(raw: RawInbound) -> Inbound:
     if isinstance(envelope.get("to"), list):
         recipients += [a for a in envelope["to"] if isinstance(a, str)]
 
+    headers = HeaderParser().parsestr(get("headers"))
+    subject = _clean(_header_text(get("subject"))).strip()
     text = get("text")
     if not text.strip() and get("html").strip():
         text = html_to_text(get("html"))
@@ -240,14 +257,32 @@ def decode(raw: RawInbound) -> Inbound:
         from_email=_clean(from_email).strip()[:320],
         from_name=(_clean(from_name).strip()[:200] or None),
         recipients=recipients,
-        subject=_clean(_header_text(get("subject"))).strip(),
+        subject=subject,
         text=_clean(text),
         spam_score=spam[:20] if spam else None,
         attachments=attachments,
         spf=_clean(get("SPF")).strip()[:40],
         dkim=_clean(get("dkim"))[:2000],
         envelope_from=envelope_from,
+        automatic=is_auto_reply(headers, subject),
     )
+
+
+def is_auto_reply(headers: Message, subject: str) -> bool:
+    """An out-of-office notice, vacation message or other robot's answer: by its headers
+    (RFC 3834 `Auto-Submitted`, `X-Autoreply`, `X-Autorespond`, `Precedence`,
+    Exchange's `X-Auto-Response-Suppress`) or by its subject ("Abwesenheitsnotiz")."""
+
+    def value(name: str) -> str:
+        return str(headers.get(name, "")).strip().lower()
+
+    if value("Auto-Submitted") not in ("", "no"):
+        return True
+    if any(value(name) not in ("", "no", "false") for name in _AUTO_REPLY_HEADERS):
+        return True
+    if value("Precedence") in _AUTO_REPLY_PRECEDENCE:
+        return True
+    return bool(_AUTO_REPLY_SUBJECT.search(subject))
 
 
 def _clean(value: str) -> str:
@@ -383,7 +418,8 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
                 matching = [i for i in matching if i in received] or matching
             issue_id = matching[0] if matching else None
         unsubscribe_request = None
-        if is_unsubscribe_request(inbound.text):
+        # An auto-reply quoting "abmelden" from the issue's footer asks for nothing.
+        if not inbound.automatic and is_unsubscribe_request(inbound.text):
             # Only the sender's own copy of the issue, or a sender that SPF/DKIM vouch for,
             # may unsubscribe: anyone can put a subscriber's address in From.
             proven = sender_id is not None and (
@@ -403,6 +439,7 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
                 spam_score=inbound.spam_score,
                 received_at=now,
                 unsubscribe_request=unsubscribe_request,
+                automatic=inbound.automatic,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
         if unsubscribe_request == "verified" and subscriber_id is not None:
@@ -465,7 +502,8 @@ def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
     inbound = decode(raw)
     stored = store(project, engine, inbound)
     replies_config = project.config.section("replies")
-    if replies_config["domain"] and replies_config["forward"]:
+    # Robots' answers are kept for the record, but nobody needs a copy of them.
+    if replies_config["domain"] and replies_config["forward"] and not inbound.automatic:
         title = None
         if stored.issue_id is not None:
             with engine.connect() as conn:
@@ -554,8 +592,15 @@ def _rows(engine: Engine, where: Any = None) -> list[ReplyRow]:
     ]
 
 
-def list_replies(engine: Engine, issue_id: int | None = None) -> list[ReplyRow]:
-    return _rows(engine, None if issue_id is None else schema.replies.c.issue_id == issue_id)
+def list_replies(
+    engine: Engine, issue_id: int | None = None, *, include_automatic: bool = False
+) -> list[ReplyRow]:
+    """Replies, oldest first; auto-replies only with `include_automatic`."""
+    r = schema.replies
+    conditions = [] if issue_id is None else [r.c.issue_id == issue_id]
+    if not include_automatic:
+        conditions.append(r.c.automatic.is_(False))
+    return _rows(engine, and_(true(), *conditions))
 
 
 def get_reply(engine: Engine, reply_id: int) -> ReplyRow:

@@ -427,3 +427,87 @@ def test_reply_address_for_names_issue_and_subscriber():
     assert len(local) <= 64  # RFC 5321's limit for the local part
     token = tokens.read_token(tokens.REPLY, local[len("reply+") :], key=TEST_SECRET)
     assert (token.issue_id, token.subscriber_id) == (7, 42)
+
+
+# --- Auto-replies are stored, but as robots' (issue 12, item 9) ---
+
+AUTO_REPLIES = sorted((FIXTURES / "auto-replies").glob("*.eml"))
+
+
+def raw_mode(eml: bytes) -> dict[str, bytes | str]:
+    """Inbound Parse with "POST the raw, full MIME message" on."""
+    return {"email": eml, "envelope": json.dumps({"to": ["reply@replies.example.com"]})}
+
+
+def parsed_mode(eml: bytes) -> dict[str, bytes | str]:
+    """Inbound Parse's default: decoded fields, plus the raw header block in `headers`."""
+    message = email.message_from_bytes(eml, policy=email.policy.default)
+    header_block = eml.split(b"\r\n\r\n", 1)[0]
+    return {
+        "headers": header_block,
+        "from": str(message["From"]),
+        "to": str(message["To"]),
+        "subject": str(message["Subject"]),
+        "text": message.get_body(("plain",)).get_content().encode("utf-8"),
+        "envelope": json.dumps({"to": ["reply@replies.example.com"], "from": ""}),
+        "charsets": json.dumps({"subject": "UTF-8", "text": "UTF-8", "from": "UTF-8"}),
+    }
+
+
+@pytest.mark.parametrize("mode", [raw_mode, parsed_mode])
+def test_auto_replies_are_stored_hidden_and_never_forwarded(inbox, cli, mode):
+    proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\nforward = true\n')
+    assert len(AUTO_REPLIES) >= 10
+    with live_server(create_app(proj, engine)) as base:
+        for path in AUTO_REPLIES:
+            response = post(base, mode(path.read_bytes()))
+            assert response.status_code == 200, (path.name, response.text)
+    rows = stored(engine)
+    automatic = {row.from_email: row.automatic for row in rows}
+    assert len(rows) == len(AUTO_REPLIES)
+    assert automatic.pop("anna.mueller@example.de") is False  # the human-* reply
+    robots = [address for address, is_robot in automatic.items() if not is_robot]
+    assert robots == []
+    # Only the human reply is forwarded and listed; --all shows the robots too.
+    [copy] = list((proj.root / "outbox").glob("*.eml"))
+    forwarded = email.message_from_bytes(copy.read_bytes(), policy=email.policy.default)
+    assert "im Urlaub" in forwarded.get_body(("plain",)).get_content()
+    listing = cli(proj.root, "replies").output
+    assert "anna.mueller@example.de" in listing and "klaus.becker" not in listing
+    assert f"{len(AUTO_REPLIES) - 1} auto-replies hidden" in listing
+    everything = cli(proj.root, "replies", "--all").output
+    assert "klaus.becker@firma.example" in everything and "[auto-reply]" in everything
+    assert "Automatische Antwort: Meta, KI" in everything
+    as_json = json.loads(cli(proj.root, "replies", "--all", "--format", "json").output)
+    assert sum(item["automatic"] for item in as_json) == len(AUTO_REPLIES) - 1
+
+
+def test_an_auto_reply_is_never_read_as_abmelden(inbox):
+    proj, engine, anna, _ = inbox()
+    robot = fields("Abmelden")  # SPF passes for Anna's domain: only the header says robot
+    robot["headers"] = (
+        "From: Anna Müller <anna.mueller@example.de>\nAuto-Submitted: auto-replied\n"
+        "Subject: Re: " + SUBJECT + "\n"
+    )
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, robot).status_code == 200
+        assert post(base, fields("stop", subject="Abwesenheitsnotiz")).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert [(row.automatic, row.unsubscribe_request) for row in stored(engine)] == [
+        (True, None),
+        (True, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Auto-Submitted: no", "Precedence: list", "X-Mailer: Outlook 16.0"],
+)
+def test_ordinary_headers_do_not_make_a_reply_automatic(inbox, header):
+    proj, engine, _, _ = inbox()
+    data = fields("Danke, Jens!")
+    data["headers"] = f"From: Anna Müller <anna.mueller@example.de>\n{header}\n"
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.automatic is False

@@ -60,13 +60,22 @@ def _when(value: object) -> str:
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Also list auto-replies (out-of-office notices), which are hidden by default.",
+)
 @click.pass_context
-def replies(ctx: click.Context, issue_name: str | None, fmt: str) -> None:
+def replies(ctx: click.Context, issue_name: str | None, fmt: str, show_all: bool) -> None:
     """List readers' replies (received through SendGrid Inbound Parse).
+
+    Auto-replies ("Abwesenheitsnotiz", "Out of office") are kept but hidden unless --all.
 
     \b
     Example:
         newsletter replies --issue meta-ki-creator
+        newsletter replies --all
         newsletter replies show 3
     """
     if ctx.invoked_subcommand is not None:
@@ -78,14 +87,16 @@ def replies(ctx: click.Context, issue_name: str | None, fmt: str) -> None:
     project = get_project()
     engine = project_engine(project)
     issue_id = find_issue(project, engine, issue_name).id if issue_name else None
-    rows = list_replies(engine, issue_id)
+    every = list_replies(engine, issue_id, include_automatic=True)
+    rows = every if show_all else [row for row in every if not row.automatic]
     if fmt == "json":
         click.echo(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2))
         return
+    hidden = len(every) - len(rows)
     if not rows:
         click.echo("No replies yet.")
-        return
-    click.echo(f"{'ID':>4}  {'RECEIVED':16}  {'FROM':32}  {'ISSUE':24}  SUBJECT")
+    else:
+        click.echo(f"{'ID':>4}  {'RECEIVED':16}  {'FROM':32}  {'ISSUE':24}  SUBJECT")
     for row in rows:
         line = (
             f"{row.id:>4}  {_when(row.received_at):16}  {row.from_email[:32]:32}  "
@@ -94,6 +105,8 @@ def replies(ctx: click.Context, issue_name: str | None, fmt: str) -> None:
         if row.note:
             line += f"  [{row.note}]"
         click.echo(strip_terminal_controls(line))
+    if hidden:
+        click.echo(f"({hidden} auto-replies hidden; `newsletter replies --all` shows them)")
 
 
 @replies.command("show")
