@@ -22,6 +22,7 @@ from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, and_, select, true
+from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError, StoreError, TokenError
@@ -89,6 +90,8 @@ class Inbound:
     envelope_from: str = ""
     #: An out-of-office or other robot's answer (see `is_auto_reply`).
     automatic: bool = False
+    #: The Message-ID header: a replayed post of the same message is stored once.
+    message_id: str | None = None
 
 
 @dataclass
@@ -99,6 +102,8 @@ class StoredReply:
     unsubscribed: bool
     #: "verified" | "unverified" | None (see `UNSUBSCRIBE_LABELS`)
     unsubscribe_request: str | None = None
+    #: Already stored: SendGrid posted the same message (Message-ID) again.
+    duplicate: bool = False
 
 
 #: How `replies` shows a reply that asks to unsubscribe.
@@ -234,7 +239,8 @@ def decode(raw: RawInbound) -> Inbound:
         recipients += [a for a in envelope["to"] if isinstance(a, str)]
 
     headers = HeaderParser().parsestr(get("headers"))
-    subject = _clean(_header_text(get("subject"))).strip()
+    subject = one_line(_header_text(get("subject")))
+    message_id = one_line(str(headers.get("Message-ID", "")))[:998] or None
     text = get("text")
     if not text.strip() and get("html").strip():
         text = html_to_text(get("html"))
@@ -255,7 +261,7 @@ def decode(raw: RawInbound) -> Inbound:
     spam = _clean(get("spam_score")).strip() or None
     return Inbound(
         from_email=_clean(from_email).strip()[:320],
-        from_name=(_clean(from_name).strip()[:200] or None),
+        from_name=(one_line(from_name)[:200] or None),
         recipients=recipients,
         subject=subject,
         text=_clean(text),
@@ -265,6 +271,7 @@ def decode(raw: RawInbound) -> Inbound:
         dkim=_clean(get("dkim"))[:2000],
         envelope_from=envelope_from,
         automatic=is_auto_reply(headers, subject),
+        message_id=message_id,
     )
 
 
@@ -288,6 +295,12 @@ def is_auto_reply(headers: Message, subject: str) -> bool:
 def _clean(value: str) -> str:
     # PostgreSQL text cannot hold NUL; CR LF becomes LF.
     return value.replace("\x00", "").replace("\r\n", "\n")
+
+
+def one_line(value: str) -> str:
+    """A header value as one clean line: an encoded word may decode to CR/LF or other
+    control characters, which must never reach a header we write (the forwarded copy)."""
+    return " ".join(_CONTROL.sub(" ", _clean(value)).split())
 
 
 def strip_terminal_controls(value: str) -> str:
@@ -370,8 +383,46 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
     """Match the reply to its issue and subscriber, store it, and apply an unsubscribe request."""
     key = tokens.secret_key()
     now = datetime.now(UTC)
-    unsubscribed = False
     token = _reply_token(inbound.recipients, key)
+    if inbound.message_id is not None:
+        earlier = _stored_before(engine, inbound.message_id)
+        if earlier is not None:
+            return earlier
+    try:
+        return _store_new(engine, inbound, token, now)
+    except IntegrityError:
+        # The same message posted twice at once: the other post stored it.
+        if inbound.message_id is not None:
+            earlier = _stored_before(engine, inbound.message_id)
+            if earlier is not None:
+                return earlier
+        raise
+
+
+def _stored_before(engine: Engine, message_id: str) -> StoredReply | None:
+    r = schema.replies
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(r.c.id, r.c.subscriber_id, r.c.issue_id, r.c.unsubscribe_request).where(
+                r.c.message_id == message_id
+            )
+        ).first()
+    if row is None:
+        return None
+    return StoredReply(
+        id=row.id,
+        subscriber_id=row.subscriber_id,
+        issue_id=row.issue_id,
+        unsubscribed=False,
+        unsubscribe_request=row.unsubscribe_request,
+        duplicate=True,
+    )
+
+
+def _store_new(
+    engine: Engine, inbound: Inbound, token: tokens.SubscriberToken | None, now: datetime
+) -> StoredReply:
+    unsubscribed = False
     with engine.begin() as conn:
         sender_id = conn.execute(
             select(schema.subscribers.c.id).where(
@@ -440,6 +491,7 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
                 received_at=now,
                 unsubscribe_request=unsubscribe_request,
                 automatic=inbound.automatic,
+                message_id=inbound.message_id,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
         if unsubscribe_request == "verified" and subscriber_id is not None:
@@ -503,6 +555,8 @@ def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
     stored = store(project, engine, inbound)
     replies_config = project.config.section("replies")
     # Robots' answers are kept for the record, but nobody needs a copy of them.
+    if stored.duplicate:
+        return stored  # forwarded (or not) when it first came
     if replies_config["domain"] and replies_config["forward"] and not inbound.automatic:
         title = None
         if stored.issue_id is not None:
@@ -512,7 +566,7 @@ def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
                 ).scalar()
         try:
             forward(project, inbound, title)
-        except NewsletterError as exc:
+        except Exception as exc:
             # The reply is stored; a failed copy must not make SendGrid post it again.
             log.warning("could not forward reply %s to reply_to: %s", stored.id, type(exc).__name__)
     return stored

@@ -511,3 +511,73 @@ def test_ordinary_headers_do_not_make_a_reply_automatic(inbox, header):
         assert post(base, data).status_code == 200
     [row] = stored(engine)
     assert row.automatic is False
+
+
+# --- CR/LF in subjects, and replayed posts (issue 15 item 6, issue 13 item 7) ---
+
+
+def with_message_id(data: dict[str, bytes | str], message_id: str) -> dict[str, bytes | str]:
+    data["headers"] = f"{data['headers']}Message-ID: {message_id}\n"
+    return data
+
+
+def test_a_subject_decoding_to_crlf_is_stored_once_cleaned_and_forwarded(inbox):
+    import base64
+
+    proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
+    injected = base64.b64encode("Frage\r\nBcc: eve@example.org\r\n\r\nHallo".encode()).decode()
+    data = with_message_id(
+        fields("Danke!", subject=f"=?UTF-8?B?{injected}?="), "<crlf-1@example.de>"
+    )
+    with live_server(create_app(proj, engine)) as base:
+        first = post(base, data)
+        again = post(base, data)  # SendGrid retries whatever did not get a 2xx
+    assert (first.status_code, again.status_code) == (200, 200), first.text
+    [row] = stored(engine)
+    assert row.subject == "Frage Bcc: eve@example.org Hallo"
+    [copy] = list((proj.root / "outbox").glob("*.eml"))
+    mail = email.message_from_bytes(copy.read_bytes(), policy=email.policy.default)
+    assert mail["Subject"] == "Fwd: Frage Bcc: eve@example.org Hallo"
+    assert mail["Bcc"] is None
+
+
+@pytest.mark.parametrize("mode", ["parsed", "raw"])
+def test_a_replayed_inbound_post_is_stored_once(inbox, mode):
+    proj, engine, anna, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
+    if mode == "parsed":
+        data = with_message_id(fields("abmelden"), "<CAB=4711@mail.example.de>")
+    else:
+        from email.message import EmailMessage
+
+        message = EmailMessage()
+        message["From"] = "Anna Müller <anna.mueller@example.de>"
+        message["To"] = "jens@example.com"
+        message["Subject"] = "Re: " + SUBJECT
+        message["Message-ID"] = "<CAB=4711@mail.example.de>"
+        message.set_content("abmelden\n")
+        data = {
+            "email": message.as_bytes(),
+            "envelope": json.dumps({"to": ["jens@example.com"], "from": anna.email}),
+            "SPF": "pass",
+        }
+    with live_server(create_app(proj, engine)) as base:
+        responses = [post(base, data) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    [row] = stored(engine)
+    assert row.message_id == "<CAB=4711@mail.example.de>"
+    assert row.unsubscribe_request == "verified"
+    assert get_subscriber(engine, anna.id).status == "unsubscribed"
+    assert len(list((proj.root / "outbox").glob("*.eml"))) == 1  # one copy to the author
+    with engine.connect() as conn:
+        unsubscribes = conn.execute(
+            select(schema.events).where(schema.events.c.event == "unsubscribe")
+        ).all()
+    assert len(unsubscribes) == 1
+
+
+def test_replies_without_a_message_id_are_all_kept(inbox):
+    proj, engine, _, _ = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, fields("Erste")).status_code == 200
+        assert post(base, fields("Zweite")).status_code == 200
+    assert [row.text for row in stored(engine)] == ["Erste", "Zweite"]
