@@ -525,7 +525,7 @@ def test_a_subject_decoding_to_crlf_is_stored_once_cleaned_and_forwarded(inbox):
     import base64
 
     proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
-    injected = base64.b64encode("Frage\r\nBcc: eve@example.org\r\n\r\nHallo".encode()).decode()
+    injected = base64.b64encode(b"Frage\r\nBcc: eve@example.org\r\n\r\nHallo").decode()
     data = with_message_id(
         fields("Danke!", subject=f"=?UTF-8?B?{injected}?="), "<crlf-1@example.de>"
     )
