@@ -33,3 +33,16 @@ def test_a_postgres_scheme_url_is_read_as_postgresql(monkeypatch):
     assert engine_url("postgres://jens@db.example/nl") == "postgresql+psycopg://jens@db.example/nl"
     assert engine_url("postgresql://jens@db.example/nl") == "postgresql+psycopg://jens@db.example/nl"
     assert engine_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_screenshot_without_playwright_names_the_install_command_of_a_clone(
+    project, cli, monkeypatch
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "playwright", None)  # as if the extra were not installed
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)
+    result = cli(project, "screenshot", "2024-07-meta-ki-creator.md")
+    assert result.exit_code == 1
+    assert "pip install -e '.[browser]'" in result.output
+    assert "'newsletter[browser]'" not in result.output  # not on PyPI: that installs nothing
