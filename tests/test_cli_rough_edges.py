@@ -31,7 +31,9 @@ def test_a_postgres_scheme_url_is_read_as_postgresql(monkeypatch):
     from newsletter.store.engine import engine_url
 
     assert engine_url("postgres://jens@db.example/nl") == "postgresql+psycopg://jens@db.example/nl"
-    assert engine_url("postgresql://jens@db.example/nl") == "postgresql+psycopg://jens@db.example/nl"
+    assert (
+        engine_url("postgresql://jens@db.example/nl") == "postgresql+psycopg://jens@db.example/nl"
+    )
     assert engine_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
@@ -46,3 +48,76 @@ def test_screenshot_without_playwright_names_the_install_command_of_a_clone(
     assert result.exit_code == 1
     assert "pip install -e '.[browser]'" in result.output
     assert "'newsletter[browser]'" not in result.output  # not on PyPI: that installs nothing
+
+
+def _run_in_terminal(args: list[str], answer: str, cwd) -> str:
+    """Run the real CLI with a terminal (pty) as stdin/stdout, answer its prompt, return
+    everything it printed."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    main_fd, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", *args],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=cwd,
+        env=env,
+        close_fds=True,
+    )
+    os.close(terminal)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(main_fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not answered and b"]: " in output:
+                os.write(main_fd, answer.encode() + b"\n")
+                answered = True
+            if process.poll() is not None and not ready:
+                break
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(main_fd)
+    return output.decode("utf-8", "replace")
+
+
+def test_init_asks_for_the_language_offering_german(tmp_path):
+    from newsletter.project import Project
+
+    output = _run_in_terminal(["init", "mein-brief"], "de", tmp_path)
+    assert "de = Deutsch" in output and "en = English" in output
+    project = Project.load(tmp_path / "mein-brief")
+    assert project.config.language == "de"
+    assert [p.name for p in project.issues_dir.glob("*.md")][0].endswith("willkommen.md")
+
+
+def test_init_takes_language_without_asking(tmp_path, cli):
+    from newsletter.project import Project
+
+    result = cli(None, "init", str(tmp_path / "brief"), "--language", "de")
+    assert result.exit_code == 0 and "Deutsch" not in result.output
+    assert Project.load(tmp_path / "brief").config.language == "de"
+    # Without a terminal (scripts, CI) nothing is asked: English, as before.
+    quiet = cli(None, "init", str(tmp_path / "letter"))
+    assert quiet.exit_code == 0, quiet.output
+    assert Project.load(tmp_path / "letter").config.language == "en"
