@@ -121,3 +121,55 @@ def test_init_takes_language_without_asking(tmp_path, cli):
     quiet = cli(None, "init", str(tmp_path / "letter"))
     assert quiet.exit_code == 0, quiet.output
     assert Project.load(tmp_path / "letter").config.language == "en"
+
+
+def test_the_test_command_sums_up_skips_one_line_per_reason(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "test_some.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('n', range(40))\n"
+        "def test_pg(n):\n    pytest.skip('NEWSLETTER_TEST_POSTGRES_URL is not set')\n"
+        "@pytest.mark.parametrize('n', range(3))\n"
+        "def test_browser(n):\n    pytest.skip('chromium is not installed')\n"
+        "def test_ok():\n    pass\n",
+        encoding="utf-8",
+    )
+    # The project's own settings (pyproject's addopts) plus its conftest's summary hook.
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\naddopts = " + _project_addopts() + "\n", encoding="utf-8"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.skip_summary", "test_some.py"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout
+    assert [line for line in lines if "SKIPPED" in line] == [
+        "SKIPPED 40: NEWSLETTER_TEST_POSTGRES_URL is not set",
+        "SKIPPED 3: chromium is not installed",
+    ]
+    assert lines[-1].startswith("1 passed, 43 skipped")
+
+
+def _project_addopts() -> str:
+    import tomllib
+
+    from tests.conftest import REPO
+
+    with open(REPO / "pyproject.toml", "rb") as file:
+        return tomllib.load(file)["tool"]["pytest"]["ini_options"]["addopts"]
+
+
+def test_the_suite_loads_the_skip_summary():
+    from tests import conftest, skip_summary
+
+    assert conftest.pytest_terminal_summary is skip_summary.pytest_terminal_summary
