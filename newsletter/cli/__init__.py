@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from newsletter.project import Project
 
 
+#: The shell's convention for a command stopped by SIGINT.
+INTERRUPTED_EXIT_CODE = 130
+INTERRUPTED = "Stopped (Ctrl-C)."
+_ON_INTERRUPT = "newsletter.on_interrupt"
+
+
+def on_interrupt(message: str) -> None:
+    """What the running command prints if Ctrl-C stops it from now on: one line saying what
+    is kept and how to go on. It exits 130 either way."""
+    click.get_current_context().meta[_ON_INTERRUPT] = message
+
+
 PROJECT_HELP = "The project folder (default: the nearest folder holding newsletter.toml)."
 
 
@@ -74,7 +86,9 @@ class NewsletterGroup(click.Group):
         except NewsletterError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            raise click.Abort() from None
+            # One line saying what is kept and how to go on (set by the command), no traceback.
+            click.echo(ctx.meta.get(_ON_INTERRUPT, INTERRUPTED), err=True)
+            ctx.exit(INTERRUPTED_EXIT_CODE)
         except Exception as exc:
             message = _database_error(exc)
             if message is None:

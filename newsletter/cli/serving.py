@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli import get_project, on_interrupt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -44,9 +44,22 @@ def serve(host: str, port: int) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(project)
+    on_interrupt(
+        "Stopped (Ctrl-C). Everything received so far is stored; "
+        "start `newsletter serve` again to go on."
+    )
     click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
-    # access_log=False: uvicorn's access log prints full paths, i.e. tokens and secrets.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # uvicorn's access log prints full paths, i.e. tokens and secrets
+        log_level="warning",  # its start/stop chatter; our own line per request stays
+        server_header=False,
+    )
+    # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
+    # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0).
+    uvicorn.Server(config).run()
 
 
 def _when(value: object) -> str:
@@ -84,6 +97,7 @@ def replies(ctx: click.Context, issue_name: str | None, fmt: str, show_all: bool
     from newsletter.stats import find_issue
     from newsletter.store.engine import project_engine
 
+    on_interrupt("Stopped (Ctrl-C). Listing replies changes nothing.")
     project = get_project()
     engine = project_engine(project)
     issue_id = find_issue(project, engine, issue_name).id if issue_name else None
@@ -204,8 +218,13 @@ def sync() -> None:
     from newsletter.sync import LISTS
     from newsletter.sync import sync as run_sync
 
+    on_interrupt(
+        "Stopped (Ctrl-C) before anything was changed: sync changes the list only once it "
+        "has read every list from SendGrid. Run `newsletter sync` again."
+    )
     project = get_project()
     result = run_sync(project, project_engine(project))
+    on_interrupt("Stopped (Ctrl-C). The list is up to date; only this summary is missing.")
     for name, status in LISTS.items():
         click.echo(
             f"{name:15} {result.fetched[name]:>6} at SendGrid, {result.matched[name]:>6} on the list, "
