@@ -586,6 +586,8 @@ class ReplyRow:
     spam_score: str | None
     automatic: bool = False
     unsubscribe_request: str | None = None
+    #: The address on the list of the subscriber it was matched to (may differ from From).
+    subscriber_email: str | None = None
 
     @property
     def note(self) -> str:
@@ -615,10 +617,12 @@ class ReplyRow:
 
 
 def _rows(engine: Engine, where: Any = None) -> list[ReplyRow]:
-    r, i = schema.replies, schema.issues
+    r, i, s = schema.replies, schema.issues, schema.subscribers
     query = (
-        select(r, i.c.slug)
-        .select_from(r.outerjoin(i, r.c.issue_id == i.c.id))
+        select(r, i.c.slug, s.c.email.label("subscriber_email"))
+        .select_from(
+            r.outerjoin(i, r.c.issue_id == i.c.id).outerjoin(s, r.c.subscriber_id == s.c.id)
+        )
         .order_by(r.c.received_at, r.c.id)
     )
     if where is not None:
@@ -641,6 +645,7 @@ def _rows(engine: Engine, where: Any = None) -> list[ReplyRow]:
             spam_score=row.spam_score,
             automatic=bool(row.automatic),
             unsubscribe_request=row.unsubscribe_request,
+            subscriber_email=row.subscriber_email,
         )
         for row in rows
     ]

@@ -581,3 +581,17 @@ def test_replies_without_a_message_id_are_all_kept(inbox):
         assert post(base, fields("Erste")).status_code == 200
         assert post(base, fields("Zweite")).status_code == 200
     assert [row.text for row in stored(engine)] == ["Erste", "Zweite"]
+
+
+def test_an_alias_writing_to_the_subscribers_reply_address_is_matched_but_not_trusted(inbox, cli):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    own = tokens.reply_address_for("replies.example.com", issue_id, anna.id, TEST_SECRET)
+    alias = fields("abmelden", to=own, sender="Anna <anna@privat.example>")
+    alias["envelope"] = json.dumps({"to": [own], "from": "anna@privat.example"})
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, alias).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    [row] = stored(engine)
+    assert (row.subscriber_id, row.unsubscribe_request) == (anna.id, "unverified")
+    shown = cli(proj.root, "replies", "show", str(row.id)).output
+    assert "newsletter subscribers remove anna.mueller@example.de" in shown

@@ -151,10 +151,14 @@ def replies_show(reply_id: int) -> None:
     if row.automatic:
         lines.append("Note:     auto-reply (not forwarded, not counted)")
     if row.unsubscribe_request == "unverified":
+        then = (
+            f"if it is really them: newsletter subscribers remove {row.subscriber_email}"
+            if row.subscriber_email
+            else "the sender is not on the list"
+        )
         lines.append(
             "Note:     asks to unsubscribe (unverified): nothing was changed, since nothing "
-            "proves the sender; if it is really them: "
-            f"newsletter subscribers remove {row.from_email}"
+            f"proves the sender; {then}"
         )
     elif row.unsubscribe_request == "verified":
         lines.append("Note:     unsubscribed by reply")
