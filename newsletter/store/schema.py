@@ -94,7 +94,7 @@ sends = Table(
     Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), nullable=False),
     # preparing -> sending -> done | stopped | failed; scheduled -> cancelled
     Column("status", String(16), nullable=False),
-    Column("transport", String(16), nullable=False),  # "sendgrid" | "outbox"
+    Column("transport", String(16), nullable=False),  # a transport's kind: "sendgrid", "smtp" ...
     Column("segment", JSON, nullable=False, default=list),  # --tag values
     Column("dry_run", Boolean, nullable=False, default=False),
     Column("batch_id", String(100)),  # SendGrid batch id of a scheduled send
@@ -102,6 +102,8 @@ sends = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("error", Text),
+    # The highest subscriber id when the send was planned: it goes to those counted (m005).
+    Column("up_to_subscriber", Integer),
 )
 
 #: Ledger states. `in_flight` is written before a request goes out; a crash leaves it,
