@@ -227,9 +227,20 @@ def decode(raw: RawInbound) -> Inbound:
         spf=_clean(get("SPF")).strip()[:40],
         dkim=_clean(get("dkim"))[:2000],
         envelope_from=envelope_from,
-        automatic=is_auto_reply(headers, subject),
+        # A mailbox provider's unsubscribe button is machine-made, but the reader's own request.
+        automatic=is_auto_reply(headers, subject) and not is_list_unsubscribe_mail(subject),
         message_id=message_id,
     )
+
+
+#: The subject of the `mailto:` in our List-Unsubscribe header (`?subject=unsubscribe`).
+LIST_UNSUBSCRIBE_SUBJECT = "unsubscribe"
+
+
+def is_list_unsubscribe_mail(subject: str) -> bool:
+    """Mail to the List-Unsubscribe `mailto:` (sent by a mailbox provider's button): its
+    subject is exactly the one the header asks for; a reply would start with "Re:"."""
+    return subject.strip().casefold() == LIST_UNSUBSCRIBE_SUBJECT
 
 
 def is_auto_reply(headers: Message, subject: str) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError
-from newsletter.replies.decode import Inbound, RawInbound, decode
+from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
 from newsletter.store import schema
 
@@ -66,7 +66,11 @@ def new_text(text: str) -> str:
     return "\n".join(kept).strip()
 
 
-def is_unsubscribe_request(text: str) -> bool:
+def is_unsubscribe_request(text: str, subject: str = "") -> bool:
+    """The reply says only "abmelden" (or "unsubscribe", "stop"), or it is mail to the
+    List-Unsubscribe `mailto:`, whatever its body says."""
+    if is_list_unsubscribe_mail(subject):
+        return True
     words = new_text(text).strip().strip(".!。 \n\t").casefold()
     return unicodedata.normalize("NFC", words) in UNSUBSCRIBE_WORDS
 
@@ -170,7 +174,7 @@ def _store_new(
             issue_id = matching[0] if matching else None
         unsubscribe_request = None
         # An auto-reply quoting "abmelden" from the issue's footer asks for nothing.
-        if not inbound.automatic and is_unsubscribe_request(inbound.text):
+        if not inbound.automatic and is_unsubscribe_request(inbound.text, inbound.subject):
             # Only the sender's own copy of the issue, or a sender that SPF/DKIM vouch for,
             # may unsubscribe: anyone can put a subscriber's address in From.
             proven = sender_id is not None and (
