@@ -80,12 +80,31 @@ def m004_store_ids_never_reused(conn: Connection) -> None:
         raise RuntimeError(f"rebuilding subscribers broke {len(broken)} references")
 
 
+def m007_stats_counters(conn: Connection) -> None:
+    """Counters for `stats` and `report`: per issue/day/metric, per link, and list growth
+    (kept by triggers on `subscribers`), filled from the events and subscribers already here.
+    The events index gains subscriber_id, so ingest finds a reader's earlier events."""
+    from newsletter import counters
+
+    for table in (schema.issue_day_counters, schema.link_day_counters, schema.list_counters):
+        table.create(conn, checkfirst=True)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_issue_event")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_events_issue_event_subscriber "
+        "ON events (issue_id, event, subscriber_id)"
+    )
+    counters.seed_list_counters(conn)
+    counters.install_list_triggers(conn)
+    counters.rebuild_in(conn)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
     ("m002_send_leases", m002_send_leases),
     ("m003_send_totals", m003_send_totals),
     ("m004_store_ids_never_reused", m004_store_ids_never_reused),
+    ("m007_stats_counters", m007_stats_counters),
 ]
 
 

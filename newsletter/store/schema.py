@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -152,7 +154,13 @@ events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("detail", JSON, nullable=False, default=dict),  # type, reason, url...: no address
 )
-Index("ix_events_issue_event", events.c.issue_id, events.c.event)
+# (issue, event, subscriber): `stats` per issue, and ingest finding a reader's earlier events.
+Index(
+    "ix_events_issue_event_subscriber",
+    events.c.issue_id,
+    events.c.event,
+    events.c.subscriber_id,
+)
 
 replies = Table(
     "replies",
@@ -201,4 +209,44 @@ send_totals = Table(
     Column("failed", Integer, nullable=False, default=0),
     Column("uncertain", Integer, nullable=False, default=0),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- counters for `stats` and `report` (m007; written by newsletter/counters.py only) -------
+# Aggregates only, never a subscriber id: they outlive the events that `[privacy]
+# keep_events_days` purges, and `stats` reads them instead of millions of event rows.
+
+#: Per issue, UTC day and metric (delivered, bounced, dropped, opened, machine_opened, clicked,
+#: unsubscribed, complained): `readers` counts people whose first such event for the issue fell
+#: on that day (so the sum over days is unique readers); `events` counts every event.
+issue_day_counters = Table(
+    "issue_day_counters",
+    metadata,
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("metric", String(16), primary_key=True),
+    Column("readers", Integer, nullable=False, default=0),
+    Column("events", Integer, nullable=False, default=0),
+)
+
+#: Clicks per issue, UTC day and link (the URL as SendGrid reports it, at most 1000 chars).
+link_day_counters = Table(
+    "link_day_counters",
+    metadata,
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("url", String(1000), primary_key=True),
+    Column("clicks", Integer, nullable=False, default=0),
+)
+
+#: List growth per quarter hour (UTC epoch seconds of its start; every time zone's offset is a
+#: multiple of 15 minutes, so days, weeks and months in `[newsletter] timezone` add up exactly).
+#: Metrics: new_form, new_import, new_added, confirmed, unsubscribed, bounced, complained,
+#: joined and left (into and out of `subscribed`; their running sum is the list's size).
+#: Database triggers on `subscribers` keep it, so every way in or out counts (see counters.py).
+list_counters = Table(
+    "list_counters",
+    metadata,
+    Column("bucket", BigInteger, primary_key=True, autoincrement=False),
+    Column("metric", String(16), primary_key=True),
+    Column("count", Integer, nullable=False, default=0),
 )
