@@ -35,6 +35,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "postal_address": (str, REQUIRED),
         "base_url": (str, None),
         "language": (str, "en"),
+        "timezone": (str, "UTC"),  # IANA name: days, weeks and months of `stats --list`
     },
     "database": {
         "url": (str, "sqlite:///newsletter.db"),
@@ -66,6 +67,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "double_opt_in": (bool, True),
         "rate_limit_per_hour": (int, 10),  # POST /subscribe per IP
         "redirect_url": (str, None),
+    },
+    "tracking": {
+        "opens": (bool, False),  # SendGrid open tracking (a pixel): opens are estimates
+        "clicks": (bool, False),  # SendGrid click tracking (rewritten links)
     },
     "serve": {
         "max_body_bytes": (int, 1_000_000),  # forms and the Event Webhook (413 above)

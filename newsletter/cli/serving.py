@@ -1,4 +1,4 @@
-"""Commands of the web side: serve, replies, stats, sync."""
+"""Commands of the web side: serve, replies, sync."""
 
 from __future__ import annotations
 
@@ -124,50 +124,6 @@ def replies_show(reply_id: int) -> None:
 
 
 @click.command()
-@click.argument("issue")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
-def stats(issue: str, fmt: str) -> None:
-    """Show what happened to a sent issue: delivered, opened, clicked, replied...
-
-    Counts are unique subscribers; rates are over recipients (delivered, bounced,
-    dropped) or over delivered (opened, clicked, unsubscribed, complained, replied).
-
-    \b
-    Example:
-        newsletter stats meta-ki-creator
-        newsletter stats meta-ki-creator --format json
-    """
-    from newsletter.stats import find_issue, issue_stats
-    from newsletter.store.engine import project_engine
-
-    project = get_project()
-    engine = project_engine(project)
-    ref = find_issue(project, engine, issue)
-    result = issue_stats(engine, ref.id)
-    if fmt == "json":
-        click.echo(json.dumps({"issue": ref.slug, **result}, ensure_ascii=False, indent=2))
-        return
-    click.echo(f"{ref.title} ({ref.slug})")
-    counts, rates, bases = result["counts"], result["rates"], result["rate_bases"]
-    click.echo(f"  {'recipients':14}{counts['recipients']:>8}")
-    for stat in (
-        "delivered",
-        "bounced",
-        "dropped",
-        "opened",
-        "clicked",
-        "unsubscribed",
-        "complained",
-        "replied",
-    ):
-        rate = rates[stat]
-        shown = f"{rate * 100:6.1f} %" if rate is not None else "     - "
-        click.echo(f"  {stat:14}{counts[stat]:>8}  {shown}  of {bases[stat]}")
-
-
-@click.command()
 def sync() -> None:
     """Pull SendGrid's unsubscribes, bounces, spam reports and invalid emails into the list.
 
@@ -189,4 +145,4 @@ def sync() -> None:
     sys.stdout.flush()
 
 
-COMMANDS: list[click.Command] = [serve, replies, stats, sync]
+COMMANDS: list[click.Command] = [serve, replies, sync]
