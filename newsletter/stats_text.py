@@ -206,7 +206,7 @@ def issue_detail(
             indent=2,
         )
     if fmt == "csv":
-        lines = [["section", "key", "text", "count", "rate"]]
+        lines: list[list[Any]] = [["section", "key", "text", "count", "rate"]]
         lines.append(["counts", "recipients", "", row.counts["recipients"], ""])
         for s in stats:
             rate = row.rates[s]
