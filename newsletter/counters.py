@@ -231,8 +231,10 @@ class RebuildResult:
 def rebuild(engine: Engine, since: date | None = None) -> RebuildResult:
     """Recompute the issue counters from the stored events, for days >= `since` (all if None).
 
-    Days before `since` keep their counters: their events may have been purged. A reader
-    whose first stored event falls before `since` is already counted there.
+    Days before `since` keep their counters: their events may have been purged. Unique
+    readers are recomputed only for issues whose counters all lie from `since` on; an issue
+    that began before keeps its reader counts (who was counted cannot be told once events are
+    gone), and has its event and link counts recomputed.
     """
     with engine.begin() as conn:
         return rebuild_in(conn, since)
@@ -277,6 +279,25 @@ def rebuild_in(conn: Connection, since: date | None = None) -> RebuildResult:
         ),
         params,
     ).all()
+    # An issue with counters before `since` may have lost events to the purge: who was counted
+    # there cannot be told any more, so its reader counts stay as ingest left them.
+    c = schema.issue_day_counters
+    spanning: set[int] = set()
+    kept: list[Any] = []
+    if since is not None:
+        spanning = set(
+            conn.execute(select(c.c.issue_id).where(c.c.day < since).distinct()).scalars()
+        )
+        kept = (
+            conn.execute(
+                select(c.c.issue_id, c.c.day, c.c.metric, c.c.readers).where(
+                    c.c.day >= since, c.c.issue_id.in_(sorted(spanning)), c.c.readers > 0
+                )
+            ).all()
+            if spanning
+            else []
+        )
+    readers = [r for r in readers if r[0] not in spanning] + list(kept)
     rows: dict[tuple[int, date, str], dict[str, Any]] = {}
     for issue_id, d, m, n in per_day:
         key = (issue_id, _as_date(d), m)
