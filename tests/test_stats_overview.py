@@ -136,7 +136,7 @@ def synthetic_events(people, issues: dict[str, int], seed: int = 14) -> list[dic
         urls = list(LINKS)[:2] if slug == "fruehjahr" else list(LINKS)[1:]
         for person in readers:
 
-            def add(kind: str, when: int = now, **extra) -> None:
+            def add(kind: str, when: int = now, person=person, issue_id=issue_id, **extra) -> None:
                 out.append(
                     event(
                         kind,
