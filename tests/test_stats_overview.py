@@ -133,7 +133,7 @@ def synthetic_events(people, issues: dict[str, int], seed: int = 14) -> list[dic
     now = int(time.time())
     for slug, issue_id in issues.items():
         readers = people if slug == "fruehjahr" else people[:20]
-        urls = list(LINKS)[:2] if slug == "fruehjahr" else list(LINKS)[1:]
+        urls = list(LINKS)[:2] if slug == "fruehjahr" else [*list(LINKS)[2:], list(LINKS)[0]]
         for person in readers:
 
             def add(kind: str, when: int = now, person=person, issue_id=issue_id, **extra) -> None:
