@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, select, text
+from sqlalchemy import Connection, Engine, bindparam, delete, select, text
 
 from newsletter.store import schema
 
@@ -89,17 +89,17 @@ def _utc_day(value: datetime) -> date:
 
 
 def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """Add `rows` to the counters (one statement text for both databases: both know `excluded`)."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    stmt = insert(table)
-    adds = {
-        c.name: table.c[c.name] + stmt.excluded[c.name] for c in table.columns if c.name not in keys
-    }
-    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=adds), rows)
+    names = [c.name for c in table.columns]
+    adds = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in names if n not in keys)
+    statement = text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"VALUES ({', '.join(':' + n for n in names)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {adds}"
+    ).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names))
+    conn.execute(statement, rows)
 
 
 def count_events(conn: Connection, inserted: Iterable[Mapping[str, Any]]) -> None:
@@ -161,6 +161,15 @@ def count_events(conn: Connection, inserted: Iterable[Mapping[str, Any]]) -> Non
     )
 
 
+def _machine_flag(dialect: str) -> Any:
+    """SQL for "this open was a machine's" (read in the database: no JSON decoding here)."""
+    from sqlalchemy import literal_column
+
+    if dialect == "sqlite":
+        return literal_column("json_extract(detail, '$.sg_machine_open') IN (1, 'true', '1')")
+    return literal_column("coalesce((detail->>'sg_machine_open') IN ('true', '1'), false)")
+
+
 def _counted_before(
     conn: Connection, candidates: Mapping[tuple[int, int, str], date], own_ids: set[int]
 ) -> set[tuple[int, int, str]]:
@@ -172,24 +181,30 @@ def _counted_before(
         metrics.add(metric)
     names = sorted({name for metric in metrics for name in EVENTS_FOR_METRIC[metric]})
     e = schema.events
+    machine = _machine_flag(conn.dialect.name)
+    # Event inserts are serialized (SQLite's write lock, INGEST_LOCK on PostgreSQL), so every
+    # event stored before this transaction's has a smaller id.
+    first_own_id = min(own_ids)
     found: set[tuple[int, int, str]] = set()
     for issue_id, subscriber_ids in sorted(wanted.items()):
         ids = sorted(subscriber_ids)
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
             rows = conn.execute(
-                select(e.c.id, e.c.subscriber_id, e.c.event, e.c.detail).where(
+                select(e.c.subscriber_id, e.c.event, machine)
+                .where(
                     e.c.issue_id == issue_id,
-                    e.c.event.in_(names),
                     e.c.subscriber_id.in_(chunk),
+                    e.c.event.in_(names),
+                    e.c.id < first_own_id,
                 )
+                .distinct()
             )
-            for row in rows:
-                if row.id in own_ids:
-                    continue
-                earlier = metric_of(row.event, row.detail or {})
-                if earlier is not None:
-                    found.add((issue_id, row.subscriber_id, earlier))
+            for subscriber_id, name, by_machine in rows:
+                earlier = METRIC_FOR_EVENT[name]
+                if earlier == "opened" and by_machine:
+                    earlier = "machine_opened"
+                found.add((issue_id, subscriber_id, earlier))
     return found
 
 
@@ -288,14 +303,13 @@ def rebuild_in(conn: Connection, since: date | None = None) -> RebuildResult:
         spanning = set(
             conn.execute(select(c.c.issue_id).where(c.c.day < since).distinct()).scalars()
         )
-        kept = (
+    if spanning:
+        kept = list(
             conn.execute(
                 select(c.c.issue_id, c.c.day, c.c.metric, c.c.readers).where(
                     c.c.day >= since, c.c.issue_id.in_(sorted(spanning)), c.c.readers > 0
                 )
-            ).all()
-            if spanning
-            else []
+            )
         )
     readers = [r for r in readers if r[0] not in spanning] + list(kept)
     rows: dict[tuple[int, date, str], dict[str, Any]] = {}

@@ -90,8 +90,8 @@ def m007_stats_counters(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_issue_event")
     conn.exec_driver_sql(
-        "CREATE INDEX IF NOT EXISTS ix_events_issue_event_subscriber "
-        "ON events (issue_id, event, subscriber_id)"
+        "CREATE INDEX IF NOT EXISTS ix_events_issue_subscriber_event "
+        "ON events (issue_id, subscriber_id, event)"
     )
     counters.seed_list_counters(conn)
     counters.install_list_triggers(conn)

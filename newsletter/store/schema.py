@@ -154,12 +154,13 @@ events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("detail", JSON, nullable=False, default=dict),  # type, reason, url...: no address
 )
-# (issue, event, subscriber): `stats` per issue, and ingest finding a reader's earlier events.
+# (issue, subscriber, event): ingest finding a reader's earlier events for an issue, and
+# anything that reads one issue's events.
 Index(
-    "ix_events_issue_event_subscriber",
+    "ix_events_issue_subscriber_event",
     events.c.issue_id,
-    events.c.event,
     events.c.subscriber_id,
+    events.c.event,
 )
 
 replies = Table(
