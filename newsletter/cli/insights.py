@@ -52,7 +52,15 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
         from newsletter.counters import rebuild as rebuild_counters
 
         keep = project.config.sections.get("privacy", {}).get("keep_events_days")
-        done = rebuild_counters(engine, complete_since(keep))
+        try:
+            done = rebuild_counters(engine, complete_since(keep))
+        except KeyboardInterrupt:
+            click.echo(
+                "Interrupted: the counters are as they were (one transaction); "
+                "run `newsletter stats --rebuild` again to recompute them.",
+                err=True,
+            )
+            raise click.exceptions.Exit(130) from None
         since = f"from {done.since}" if done.since else "for every day"
         click.echo(
             f"Rebuilt the counters {since} ({done.issue_rows} issue rows, {done.link_rows} link rows).",
