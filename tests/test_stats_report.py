@@ -5,6 +5,7 @@ Set NEWSLETTER_REPORT_SCREENSHOT=docs/report.png to refresh the README's screens
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -142,8 +143,10 @@ def test_report_fits_phone_and_desktop_without_javascript(report, browser, width
 
 
 def test_report_leaves_auto_replies_out(newsletter, cli, tmp_path):  # noqa: F811
-    if "automatic" not in schema.replies.c:
-        pytest.skip("needs the replies table's `automatic` flag (m008, replies helper)")
+    try:
+        from newsletter.replies.decode import is_auto_reply  # noqa: F401
+    except ImportError:
+        pytest.skip("needs the replies helper's auto-reply detection (issue 12 item 9)")
     proj, engine, people, issues = newsletter
     with live_server(create_app(proj, engine)) as base:
         post_reply(
@@ -158,8 +161,35 @@ def test_report_leaves_auto_replies_out(newsletter, cli, tmp_path):  # noqa: F81
     assert cli(proj.root, "report", "-o", str(out)).exit_code == 0
     page = out.read_text(encoding="utf-8")
     assert "Gern gelesen" in page and "nicht im Büro" not in page
-    import json
-
     data = json.loads(cli(proj.root, "stats", "--format", "json").output)
     replied = {row["issue"]: row["counts"]["replied"] for row in data["issues"]}
     assert replied["fruehjahr"] == 1
+
+
+def test_replies_flagged_automatic_are_not_counted_or_shown(newsletter, cli, tmp_path):  # noqa: F811
+    proj, engine, people, issues = newsletter
+    from datetime import UTC, datetime
+
+    with engine.begin() as conn:
+        for person, automatic, text in (
+            (people[1], True, "Ich bin im Urlaub."),
+            (people[0], False, "Danke, sehr hilfreich"),
+        ):
+            conn.execute(
+                schema.replies.insert().values(
+                    subscriber_id=person.id,
+                    issue_id=issues["sommer"],
+                    from_email=person.email,
+                    subject="Re: Sommer",
+                    text=text,
+                    attachments=[],
+                    received_at=datetime.now(UTC),
+                    automatic=automatic,
+                )
+            )
+    data = json.loads(cli(proj.root, "stats", "--format", "json").output)
+    assert {r["issue"]: r["counts"]["replied"] for r in data["issues"]}["sommer"] == 1
+    out = tmp_path / "r.html"
+    assert cli(proj.root, "report", "-o", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert "Danke, sehr hilfreich" in page and "Urlaub" not in page
