@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
+    parser.add_argument("--skip-rebuild", action="store_true", help="reuse --keep's counters")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,6 +257,8 @@ def main() -> None:
             ("report", ["report", "-o", str(root / "report.html")], 2.0),
             ("newsletter --version", ["--version"], None),
         ]
+        if args.skip_rebuild:
+            commands = commands[1:]
         for label, argv, target in commands:
             walls, cpus = [], []
             for _ in range(args.runs):

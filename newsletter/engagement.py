@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, and_, distinct, func, select
+from sqlalchemy import Engine, and_, distinct, func, select, text
 
 from newsletter.errors import ConfigError
 from newsletter.store import schema
@@ -337,30 +337,41 @@ def list_growth(
 ) -> list[GrowthPeriod]:
     """Growth per day, week (Monday first) or month in `tz`, oldest first, every period from
     the first change to now (quiet ones too, so a chart's axis is even)."""
-    import bisect
-
     c = schema.list_counters
     with engine.connect() as conn:
-        rows = conn.execute(select(c.c.bucket, c.c.metric, c.c.count).order_by(c.c.bucket)).all()
-    if not rows:
-        return []
-    now = now or datetime.now(UTC)
-    first_day = datetime.fromtimestamp(rows[0][0], tz).date()
-    last_day = max(now.astimezone(tz).date(), datetime.fromtimestamp(rows[-1][0], tz).date())
-    periods: list[GrowthPeriod] = []
-    bounds: list[int] = []  # UTC epoch seconds where each period starts
-    start = _period_start(first_day, by)
-    while start <= last_day:
-        periods.append(GrowthPeriod(start, {name: 0 for name in GROWTH_COLUMNS}))
-        bounds.append(int(datetime(start.year, start.month, start.day, tzinfo=tz).timestamp()))
-        start = _next_period(start, by)
+        first, last = conn.execute(select(func.min(c.c.bucket), func.max(c.c.bucket))).one()
+        if first is None:
+            return []
+        now = now or datetime.now(UTC)
+        first_day = datetime.fromtimestamp(first, tz).date()
+        last_day = max(now.astimezone(tz).date(), datetime.fromtimestamp(last, tz).date())
+        periods: list[GrowthPeriod] = []
+        bounds: list[int] = []  # UTC epoch seconds where each period starts
+        start = _period_start(first_day, by)
+        while start <= last_day:
+            periods.append(GrowthPeriod(start, {name: 0 for name in GROWTH_COLUMNS}))
+            bounds.append(int(datetime(start.year, start.month, start.day, tzinfo=tz).timestamp()))
+            start = _next_period(start, by)
+        # The database sums the quarter hours into periods: a range scan per period.
+        ranges = ", ".join(
+            f"({i}, {lo}, {hi})"
+            for i, (lo, hi) in enumerate(zip(bounds, [*bounds[1:], 2**62], strict=True))
+        )
+        rows = conn.execute(
+            text(
+                f"WITH periods (n, lo, hi) AS (VALUES {ranges}) "
+                "SELECT periods.n, list_counters.metric, sum(list_counters.count) "
+                "FROM periods JOIN list_counters "
+                "ON list_counters.bucket >= periods.lo AND list_counters.bucket < periods.hi "
+                "GROUP BY periods.n, list_counters.metric"
+            )
+        ).all()
     net = [0] * len(periods)
-    for bucket, metric, count in rows:
-        index = max(bisect.bisect_right(bounds, bucket) - 1, 0)
+    for index, metric, count in rows:
         if metric in ("joined", "left"):
-            net[index] += count if metric == "joined" else -count
+            net[index] += int(count) if metric == "joined" else -int(count)
         elif metric in periods[index].counts:
-            periods[index].counts[metric] += count
+            periods[index].counts[metric] += int(count)
     size = 0
     for period, change in zip(periods, net, strict=True):
         size += change
