@@ -94,7 +94,8 @@ def generate(root: Path, issues: int, subscribers: int, events: int) -> None:
             if status in ("unsubscribed", "bounced", "complained")
             else None
         )
-        gone = min(gone, now) if gone else None
+        if gone and gone > now:  # leaves in the future: still here today
+            status, gone = "subscribed", None
         rows.append(
             (
                 f"leser{i}@example.de",

@@ -157,14 +157,15 @@ def _style() -> Any:
     )
 
 
-def _chart_options() -> dict[str, Any]:
+def _chart_options(width: int = 800, height: int = 400) -> dict[str, Any]:
+    # The SVG scales to its box; a smaller drawing size makes its text larger on screen.
     return {
         "js": [],
         "disable_xml_declaration": True,
         "explicit_size": False,
         "style": _style(),
-        "width": 800,
-        "height": 400,
+        "width": width,
+        "height": height,
         "legend_at_bottom": True,
         "x_label_rotation": 30,
         "show_minor_x_labels": False,
@@ -177,17 +178,23 @@ def _sparse_labels(labels: list[str], most: int = 12) -> list[str]:
     return labels[::step]
 
 
-def growth_charts(periods: list[engagement.GrowthPeriod], words: dict[str, str]) -> list[Markup]:
+def period_label(period: engagement.GrowthPeriod, by: str) -> str:
+    return period.start.strftime("%Y-%m") if by == "month" else period.start.isoformat()
+
+
+def growth_charts(
+    periods: list[engagement.GrowthPeriod], by: str, words: dict[str, str]
+) -> list[Markup]:
     import pygal
 
     if not periods:
         return []
-    labels = [p.start.isoformat() for p in periods]
-    size = pygal.Line(title=words["size"], show_dots=len(periods) <= 60, **_chart_options())
+    labels = [period_label(p, by) for p in periods]
+    size = pygal.Line(title=words["size"], show_dots=len(periods) <= 60, **_chart_options(560, 360))
     size.x_labels = labels
     size.x_labels_major = _sparse_labels(labels)
     size.add(words["size"], [p.net_size for p in periods])
-    moves = pygal.Bar(title=words["growth"], **_chart_options())
+    moves = pygal.Bar(title=words["growth"], **_chart_options(560, 360))
     moves.x_labels = labels
     moves.x_labels_major = _sparse_labels(labels)
     moves.add(
@@ -278,9 +285,11 @@ def build_report(project: Project, engine: Engine, now: datetime | None = None) 
     tz = engagement.timezone(project)
     opens = engagement.opens_tracked(project)
     issues = engagement.sent_issues(engine)
-    periods = engagement.list_growth(engine, tz, "month")
+    by = "month"
+    periods = engagement.list_growth(engine, tz, by)
     if 0 < len(periods) < 4:
-        periods = engagement.list_growth(engine, tz, "week")
+        by = "week"
+        periods = engagement.list_growth(engine, tz, by)
     files = engagement.issue_files(project) if issues else {}
     top_links = []
     for issue in issues[:LAST_ISSUES_FOR_LINKS]:
@@ -308,7 +317,8 @@ def build_report(project: Project, engine: Engine, now: datetime | None = None) 
         opens=opens,
         issues=issues,
         growth=periods,
-        growth_charts=growth_charts(periods, words),
+        growth_charts=growth_charts(periods, by, words),
+        growth_rows=[(period_label(p, by), p) for p in reversed(periods)][:12],
         rates_chart=rates_chart(issues, tz, words),
         top_links=top_links,
         replies=last_replies(engine),
