@@ -219,7 +219,7 @@ def rates_chart(
     chart = pygal.Line(
         title=words["rates"],
         value_formatter=lambda v: f"{v:.1f} %",
-        **_chart_options(),
+        **_chart_options(800, 340),
     )
     labels = [
         (i.sent_at.astimezone(tz).strftime("%Y-%m-%d") if i.sent_at else i.slug)
