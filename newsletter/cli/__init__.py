@@ -89,9 +89,17 @@ def get_project(ctx: click.Context | None = None) -> Project:
 
 
 def _register() -> None:
-    from newsletter.cli import authoring, insights, preview, sending, serving, subscribers
+    from newsletter.cli import (
+        archive,
+        authoring,
+        insights,
+        preview,
+        sending,
+        serving,
+        subscribers,
+    )
 
-    for module in (authoring, preview, subscribers, sending, serving, insights):
+    for module in (authoring, preview, subscribers, sending, serving, archive, insights):
         for command in module.COMMANDS:
             main.add_command(command)
 
