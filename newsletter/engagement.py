@@ -366,11 +366,14 @@ def list_growth(
                 "GROUP BY periods.n, list_counters.metric"
             )
         ).all()
+    # Joining: new people who arrived subscribed (new_* less unconfirmed_new), and changes
+    # into `subscribed` (a confirmation, a resubscribe); leaving: changes out of it, erasure.
+    sign = {"new_form": 1, "new_import": 1, "new_added": 1, "unconfirmed_new": -1, "joined": 1}
+    sign["left"] = -1
     net = [0] * len(periods)
     for index, metric, count in rows:
-        if metric in ("joined", "left"):
-            net[index] += int(count) if metric == "joined" else -int(count)
-        elif metric in periods[index].counts:
+        net[index] += sign.get(metric, 0) * int(count)
+        if metric in periods[index].counts:
             periods[index].counts[metric] += int(count)
     size = 0
     for period, change in zip(periods, net, strict=True):
