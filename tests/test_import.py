@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from newsletter.errors import ImportFileError
+from newsletter.errors import ImportFileError, StoreError
 from newsletter.store import importer as importer_package
 from newsletter.store import schema
 from newsletter.store.engine import open_engine
@@ -134,6 +134,67 @@ def test_utf8_bom_and_tabs(engine) -> None:
     assert (result.encoding, result.delimiter, result.new) == ("utf-8-sig", "\t", 1)
     tab = find_subscriber(engine, "tab@example.de")
     assert (tab.name, tab.tags) == ("Tabea Tab", ("leser", "neu"))
+
+
+def test_one_windows_1252_line_does_not_garble_the_utf8_rest(engine, tmp_path) -> None:
+    """Issue 15.4: decode line by line; only the line that needs it is read as cp1252."""
+    source = tmp_path / "mixed.csv"
+    source.write_bytes(
+        "email,first name,last name\njörg@example.de,Jörg,Groß\n".encode()
+        + "zoe@example.de,Zoë,Müller\n".encode("cp1252")
+        + "anna@example.de,Anna,Weiß\n".encode()
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.rejected, result.encoding) == (3, 0, "utf-8")
+    assert result.fallback_lines == [3]
+    assert find_subscriber(engine, "jörg@example.de").first_name == "Jörg"
+    assert find_subscriber(engine, "zoe@example.de").last_name == "Müller"
+    assert find_subscriber(engine, "anna@example.de").last_name == "Weiß"
+    assert count_subscribers(engine) == 3  # no "jÃ¶rg@example.de"
+
+
+def test_the_cli_names_each_line_read_as_windows_1252(cli, project, tmp_path) -> None:
+    source = tmp_path / "mixed.csv"
+    source.write_bytes(
+        "email,name\njörg@example.de,Jörg\n".encode() + "zoe@example.de,Zoë\n".encode("cp1252")
+    )
+    result = cli(project, "subscribers", "import", str(source))
+    assert result.exit_code == 0, result.output
+    assert f"{source}:3: not UTF-8, read as Windows-1252; check its umlauts" in result.output
+    assert f"{source}: generic format, utf-8, comma; 2 rows" in result.output
+
+
+def test_a_bad_byte_at_the_end_of_a_bom_file_rejects_that_row_only(engine, tmp_path) -> None:
+    rows = "".join(f"p{i}@example.com,Pä{i}\n" for i in range(40)).encode()
+    source = tmp_path / "bom.csv"
+    # 0x81 is neither UTF-8 nor Windows-1252; 0xff is Windows-1252 (ÿ).
+    source.write_bytes(
+        b"\xef\xbb\xbfemail,name\n" + rows + b"bad@example.com,B\x81d\nyv@example.com,Y\xff\n"
+    )
+    result = import_file(engine, source, chunk_rows=7)
+    assert (result.new, result.rejected) == (41, 1)
+    assert (result.rejects[0].line, result.rejects[0].email) == (42, "bad@example.com")
+    assert "neither UTF-8 nor Windows-1252" in result.rejects[0].reason
+    assert result.fallback_lines == [43]
+    assert find_subscriber(engine, "yv@example.com").name == "Yÿ"
+    assert find_subscriber(engine, "p39@example.com").name == "Pä39"
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_200kb_field_is_a_rejected_row_and_the_rest_is_imported(engine, tmp_path, parallel):
+    if parallel and not import_read.can_fork():
+        pytest.skip("needs fork")
+    head = "".join(f"p{i}@example.com,P{i}\n" for i in range(10))
+    tail = "".join(f"q{i}@example.com,Q{i}\n" for i in range(10))
+    source = write(
+        tmp_path / "x.csv",
+        "email,name\n" + head + 'big@example.com,"' + "x" * 200_000 + '"\n' + tail,
+    )
+    result = import_file(engine, source, chunk_rows=3, parallel=parallel)
+    assert (result.new, result.rejected) == (20, 1)
+    assert (result.rejects[0].line, result.rejects[0].email) == (12, "big@example.com")
+    assert "longer than" in result.rejects[0].reason
+    assert find_subscriber(engine, "q9@example.com") is not None
 
 
 @pytest.mark.parametrize(
@@ -362,7 +423,7 @@ def test_unreadable_files_are_one_line_errors(engine, tmp_path, content, message
     source.write_bytes(content)
     with pytest.raises(ImportFileError, match=message) as info:
         import_file(engine, source)
-    assert str(info.value).startswith(f"{source}: ")
+    assert str(info.value).startswith(f"{source}:")  # the file, and the line if any
     assert "\n" not in str(info.value)
     assert count_subscribers(engine) == 0
 
@@ -490,13 +551,52 @@ def _same_but_times(a: dict, b: dict) -> bool:
 
 @pytest.mark.skipif(not import_read.can_fork(), reason="needs fork")
 def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
-    # A runaway quoted cell (over csv's field limit) in the second chunk.
+    # A runaway quoted cell (over csv's field limit) in the last chunk: a rejected row.
     source = write(
         tmp_path / "x.csv", 'email,name\na@example.com,A\nb@example.com,"' + "x" * 200_000 + "\n"
     )
-    with pytest.raises(ImportFileError, match="not a readable CSV file.*field larger"):
-        import_file(engine, source, parallel=True, chunk_rows=1)
+    result = import_file(engine, source, parallel=True, chunk_rows=1)
+    assert (result.new, result.rejected, result.rejects[0].line) == (1, 1, 3)
     assert [s.email for s in iter_subscribers(engine)] == ["a@example.com"]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_an_import_that_must_stop_says_what_it_wrote_and_where(
+    engine, tmp_path, monkeypatch, parallel
+):
+    if parallel and not import_read.can_fork():
+        pytest.skip("needs fork")
+    source = write(
+        tmp_path / "x.csv", "email\n" + "".join(f"p{i}@example.com\n" for i in range(10))
+    )
+    real_pack = import_read.pack if parallel else None
+    calls = {"n": 0}
+
+    def failing(chunk, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(5, "Input/output error")
+        return real_pack(chunk) if parallel else real_write(chunk, *args)
+
+    if parallel:
+        monkeypatch.setattr(import_read, "pack", failing)
+    else:
+        real_write = import_write.Writer.insert
+
+        def failing_insert(self, *args):  # the disk fails under the third chunk
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError(5, "Input/output error")
+            real_write(self, *args)
+
+        monkeypatch.setattr(import_write.Writer, "insert", failing_insert)
+    with pytest.raises(StoreError) as caught:
+        import_file(engine, source, chunk_rows=4, parallel=parallel)
+    message = str(caught.value)
+    assert "Input/output error" in message
+    assert "8 rows written (lines 2-9)" in message and "stopped at line 10" in message
+    assert "run the same import again" in message
+    assert count_subscribers(engine) == 8
 
 
 def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_path, monkeypatch):

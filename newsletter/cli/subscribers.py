@@ -390,6 +390,11 @@ def import_(
         click.echo(f"{where}: rejected: {reject.reason}", err=True)
     if result.rejected > len(result.rejects):
         click.echo(f"... and {result.rejected - len(result.rejects)} more rejected rows", err=True)
+    for line in result.fallback_lines:
+        click.echo(f"{file}:{line}: not UTF-8, read as Windows-1252; check its umlauts", err=True)
+    if result.fallback_count > len(result.fallback_lines):
+        more = result.fallback_count - len(result.fallback_lines)
+        click.echo(f"... and {more} more lines read as Windows-1252", err=True)
     delimiter = {",": "comma", ";": "semicolon", "\t": "tab", "": "JSON"}[result.delimiter]
     click.echo(
         f"{file}: {result.format} format, {result.encoding}, {delimiter}; {result.rows} rows"

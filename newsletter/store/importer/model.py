@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from newsletter.errors import StoreError
 from newsletter.store.subscribers import STOPPED
 
 #: Rejects kept in memory for the report; all of them go to the rejects file.
@@ -84,6 +85,9 @@ class ImportResult:
     duplicates: int = 0  # rows merged into an earlier row of the same file
     kept_stopped: int = 0  # people left unsubscribed/bounced/complained (no --resubscribe)
     rejects: list[Reject] = field(default_factory=list)
+    #: Lines read as Windows-1252 in a UTF-8 file (the first REPORT_LINES of them).
+    fallback_lines: list[int] = field(default_factory=list)
+    fallback_count: int = 0
     dry_run: bool = False
 
     def reject(self, line: int, email: str, reason: str) -> Reject:
@@ -92,6 +96,23 @@ class ImportResult:
         if len(self.rejects) < REPORT_REJECTS:
             self.rejects.append(item)
         return item
+
+
+class ImportStopped(StoreError):
+    """An import stopped mid-file; the message says what it wrote and how to go on."""
+
+
+@dataclass
+class ReadSummary:
+    """What reading the whole file found, beyond the chunks (sent back by a reader process)."""
+
+    rows: int
+    rejected: int
+    rejects: list[Reject]
+    merged: int  # rows merged into an earlier row of the same chunk
+    encoding: str
+    fallback_lines: list[int]
+    fallback_count: int
 
 
 def merge(into: Incoming, other: Incoming) -> None:

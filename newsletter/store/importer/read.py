@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import itertools
 import json
 import multiprocessing
@@ -18,7 +17,6 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
 
 from newsletter.errors import ImportFileError, StoreError
 from newsletter.store.emails import _fast as _fast_email
@@ -31,7 +29,15 @@ from newsletter.store.importer.formats import (
     detect_format,
     sniff_delimiter,
 )
-from newsletter.store.importer.model import ImportResult, Incoming, Reject, pack, unpack
+from newsletter.store.importer.lines import LineDecoder
+from newsletter.store.importer.model import (
+    ImportResult,
+    Incoming,
+    ReadSummary,
+    Reject,
+    pack,
+    unpack,
+)
 from newsletter.store.schema import STATUSES
 from newsletter.store.subscribers import (
     REASON_CHARS,
@@ -40,23 +46,10 @@ from newsletter.store.subscribers import (
     normalize_tags,
 )
 
+#: csv's own limit on one cell; a longer cell is a rejected row.
+FIELD_CHARS = csv.field_size_limit()
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
-
-
-class CountingReader(io.RawIOBase):
-    """Counts bytes read, so progress can follow the file without seeking."""
-
-    def __init__(self, raw: IO[bytes]):
-        self.raw = raw
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self.raw.readinto(buffer)  # type: ignore[attr-defined]
-        self.count += n or 0
-        return n or 0
 
 
 def parse_time(value: str) -> datetime | None:
@@ -259,31 +252,40 @@ def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
 
 
 def csv_rows(
-    handle: io.TextIOWrapper, path: Path, result: ImportResult, mapping: list[tuple[str, str]]
+    lines: LineDecoder, path: Path, result: ImportResult, mapping: list[tuple[str, str]]
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
-    first = handle.readline()
+    first = next(lines, "")
     while first and not first.strip():
-        first = handle.readline()
+        first = next(lines, "")
     if not first:
         raise ImportFileError(f"{path}: the file is empty; export the list again")
     delimiter = sniff_delimiter(first)
     result.delimiter = delimiter
     record: list[str] = []  # the lines of the record being read, to check its quotes
-    nul: list[bool] = []  # set when the record holds a NUL, which PostgreSQL refuses
+    # Set when the record holds a NUL (which PostgreSQL refuses) or a line in no known
+    # encoding: such a row is rejected.
+    damage: list[str] = []
 
-    def lines() -> Iterator[str]:
-        for text in itertools.chain([first], handle):
+    def numbered_lines() -> Iterator[str]:
+        for text in itertools.chain([first], lines):
             record.append(text)
+            if lines.last_undecodable:
+                damage.append("is neither UTF-8 nor Windows-1252 text; save the file as CSV UTF-8")
             if "\x00" in text:
-                nul.append(True)
+                damage.append("contains a NUL character; remove it (the file may be damaged)")
             yield text
 
-    reader = csv.reader(lines(), delimiter=delimiter)
-    headings = [h.strip() for h in next(reader)]
+    reader = csv.reader(numbered_lines(), delimiter=delimiter)
+    try:
+        headings = [h.strip() for h in next(reader)]
+    except csv.Error as exc:
+        raise ImportFileError(f"{path}: the header row is not readable CSV ({exc})") from None
     if reader.line_num > 1 and _unclosed_quote(record, delimiter):
         raise ImportFileError(
             f"{path}: a quote in the header row is never closed; close it and import again"
         )
+    if damage:
+        raise ImportFileError(f"{path}:1: the header row {damage[0]}")
     record.clear()
     fmt = detect_format(headings)
     apply_map(fmt, mapping, path)
@@ -300,16 +302,42 @@ def csv_rows(
         email = row[plan[0][0]].strip().replace("\x00", "") if plan[0][0] < len(row) else ""
         return Reject(line, email, reason)
 
+    def unreadable(line: int, error: csv.Error) -> tuple[int, Reject, list[str]]:
+        """A record csv gave up on (a cell over its field limit): its first cells, cut."""
+        cells: list[str] = []
+        with contextlib.suppress(csv.Error):
+            cells = next(csv.reader([record[0][:FIELD_CHARS]], delimiter=delimiter), [])
+        cells = [cell[:200] for cell in cells]
+        if "field larger than field limit" in str(error):
+            reason = (
+                f"a cell is longer than {FIELD_CHARS:,} characters (or a quote opened here is "
+                "never closed); shorten it or close the quote"
+            )
+        else:
+            reason = f"not readable CSV ({error}); fix the row"
+        return line, reject(line, cells, reason), cells
+
     def rows() -> Iterator[tuple[int, Incoming | Reject, list[str]]]:
         last = reader.line_num
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                line = last + 1
+                last = reader.line_num
+                yield unreadable(line, exc)
+                record.clear()
+                damage.clear()
+                continue
             line = last + 1
             last = reader.line_num
             raw = record[:] if last > line else None
             record.clear()
-            if nul:
-                nul.clear()
-                reason = "contains a NUL character; remove it (the file may be damaged)"
+            if damage:
+                reason = damage[0]
+                damage.clear()
                 yield line, reject(line, row, reason), row
                 continue
             if raw is not None and _unclosed_quote(raw, delimiter):
@@ -334,11 +362,19 @@ def csv_rows(
 
 
 def json_rows(
-    path: Path, encoding: str
+    path: Path,
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
     """Our own JSON export (an array of objects). Read whole: JSON has no line structure."""
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding=encoding))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ImportFileError(
+            f"{path}:{line}: is not UTF-8 text; `subscribers export --format json` writes UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
     except ValueError as exc:
         raise ImportFileError(f"{path}: is not valid JSON ({exc}); export it again") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
@@ -386,20 +422,20 @@ class ReaderStream:
 
     def __init__(
         self,
-        chunks: Callable[[], Iterator[dict[str, Incoming]]],
+        chunks: Callable[[], Iterator[tuple[dict[str, Incoming], int]]],
         position: Callable[[], int],
-        finish: Callable[[], tuple[int, int, list[Reject], int]],
+        finish: Callable[[], ReadSummary],
         path: Path,
     ):
         self.path = path
-        self.stats: tuple[int, int, list[Reject], int] | None = None
+        self.summary: ReadSummary | None = None
         context = multiprocessing.get_context("fork")
         self.receive, send = context.Pipe(duplex=False)
 
         def run() -> None:
             try:
-                for chunk in chunks():
-                    send.send(("chunk", pack(chunk), position()))
+                for chunk, line in chunks():
+                    send.send(("chunk", pack(chunk), position(), line))
                 send.send(("done", finish()))
             except BaseException as exc:  # handed to the parent, which raises it
                 with contextlib.suppress(Exception):
@@ -411,7 +447,8 @@ class ReaderStream:
         self.process.start()
         send.close()
 
-    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int, int]]:
+        """(chunk, bytes read, last line read) for each chunk, then `summary` is set."""
         try:
             while True:
                 try:
@@ -422,9 +459,9 @@ class ReaderStream:
                         "run the same import again (it continues where it stopped)"
                     ) from None
                 if kind == "chunk":
-                    yield unpack(payload), rest[0]
+                    yield unpack(payload), rest[0], rest[1]
                 elif kind == "done":
-                    self.stats = payload
+                    self.summary = payload
                     return
                 else:
                     raise payload

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import csv
 import gc
-import io
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 
-from newsletter.errors import ImportFileError
+from newsletter.errors import ImportFileError, NewsletterError
+from newsletter.store.engine import database_error
 from newsletter.store.importer.decide import KeyFilter
 from newsletter.store.importer.formats import detect_encoding
-from newsletter.store.importer.model import ImportResult, Incoming, Reject, merge
+from newsletter.store.importer.lines import FALLBACK, LineDecoder
+from newsletter.store.importer.model import (
+    ImportResult,
+    ImportStopped,
+    Incoming,
+    ReadSummary,
+    Reject,
+    merge,
+)
 from newsletter.store.importer.read import (
-    CountingReader,
     ReaderStream,
     can_fork,
     csv_rows,
@@ -99,24 +107,22 @@ def _import_file(
 ) -> ImportResult:
     extra_tags = set(normalize_tags(tags))
     result = ImportResult(path=path, dry_run=dry_run)
-    encoding = detect_encoding(path)
-    result.encoding = encoding
+    result.encoding = detect_encoding(path)
     total = path.stat().st_size
     mapping = list(mapping)
 
     with path.open("rb") as peek:
         is_json = peek.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
     raw = path.open("rb")
-    counter = CountingReader(raw)
-    handle = io.TextIOWrapper(io.BufferedReader(counter, 1 << 20), encoding=encoding, newline="")
+    lines = LineDecoder(raw)
     reject_file: IO[str] | None = None
     reader: ReaderStream | None = None
     try:
         if is_json:
-            headings, fmt, rows = json_rows(path, encoding)
+            headings, fmt, rows = json_rows(path)
             result.delimiter = ""
         else:
-            headings, fmt, rows = csv_rows(handle, path, result, mapping)
+            headings, fmt, rows = csv_rows(lines, path, result, mapping)
         result.format = fmt.name
         source_name = source or f"import:{fmt.name}"
         if fmt.name.startswith("newsletter"):
@@ -139,10 +145,12 @@ def _import_file(
 
         merged = 0
 
-        def chunks() -> Iterator[dict[str, Incoming]]:
+        def chunks() -> Iterator[tuple[dict[str, Incoming], int]]:
             # Parse, reject, merge duplicates within a chunk (in the reader process, if any).
+            # Each chunk comes with the last line read for it.
             nonlocal merged
             chunk: dict[str, Incoming] = {}
+            line = 1
             for line, item, row in rows:
                 result.rows += 1
                 if isinstance(item, Reject):
@@ -159,49 +167,87 @@ def _import_file(
                 else:
                     chunk[item.key] = item
                 if len(chunk) >= chunk_rows:
-                    yield chunk
+                    yield chunk, line
                     chunk = {}
             if chunk:
-                yield chunk
+                yield chunk, line
 
-        def finish() -> tuple[int, int, list[Reject], int]:
+        def finish() -> ReadSummary:
             if reject_file is not None:
                 reject_file.flush()
-            return result.rows, result.rejected, result.rejects, merged
+            encoding = result.encoding if is_json else lines.encoding()
+            mixed = encoding != FALLBACK
+            return ReadSummary(
+                rows=result.rows,
+                rejected=result.rejected,
+                rejects=result.rejects,
+                merged=merged,
+                encoding=encoding,
+                fallback_lines=lines.fallback_lines if mixed else [],
+                fallback_count=lines.fallback_count if mixed else 0,
+            )
 
         if parallel is None:
             parallel = not is_json and total >= PARALLEL_BYTES and can_fork()
         if parallel:
             if reject_file is not None:
                 reject_file.flush()  # the reader process writes the rest
-            reader = ReaderStream(chunks, lambda: counter.count, finish, path)
-            stream: Iterator[tuple[dict[str, Incoming], int]] = iter(reader)
+            reader = ReaderStream(chunks, lambda: lines.bytes_read, finish, path)
+            stream: Iterator[tuple[dict[str, Incoming], int, int]] = iter(reader)
         else:
-            stream = ((chunk, counter.count) for chunk in chunks())
-        for number, (chunk, done) in enumerate(stream, start=1):
-            write_chunk(
-                engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
-            )
-            del chunk
-            if number % 10 == 0:
-                gc.collect()
-            if progress is not None:
-                progress(done if not is_json else total, total)
-        if reader is not None:
-            assert reader.stats is not None
-            result.rows, result.rejected, result.rejects, merged = reader.stats
-        result.duplicates += merged
+            stream = ((chunk, lines.bytes_read, line) for chunk, line in chunks())
+        written_line = 1  # the last line of the last chunk written
+        try:
+            for number, (chunk, done, line) in enumerate(stream, start=1):
+                write_chunk(
+                    engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
+                )
+                written_line = line
+                del chunk
+                if number % 10 == 0:
+                    gc.collect()
+                if progress is not None:
+                    progress(done if not is_json else total, total)
+        except (NewsletterError, OSError, DBAPIError) as exc:
+            raise ImportStopped(_stop_message(path, exc, result, written_line)) from None
+        summary = reader.summary if reader is not None else finish()
+        assert summary is not None
+        result.rows, result.rejected, result.rejects = (
+            summary.rows,
+            summary.rejected,
+            summary.rejects,
+        )
+        result.encoding = summary.encoding
+        result.fallback_lines, result.fallback_count = (
+            summary.fallback_lines,
+            summary.fallback_count,
+        )
+        result.duplicates += summary.merged
         if progress is not None:
             progress(total, total)
-    except UnicodeDecodeError as exc:  # pragma: no cover - detect_encoding checked the file
-        raise ImportFileError(f"{path}: cannot decode as {encoding} ({exc.reason})") from None
-    except csv.Error as exc:
-        raise ImportFileError(f"{path}: not a readable CSV file ({exc}); export it again") from None
     finally:
         if reader is not None:
             reader.close()
-        handle.close()
         raw.close()
         if reject_file is not None:
             reject_file.close()
     return result
+
+
+def _stop_message(path: Path, exc: BaseException, result: ImportResult, written_line: int) -> str:
+    """Why an import stopped mid-file, what it wrote, and how to go on."""
+    if isinstance(exc, DBAPIError):
+        reason = f"database error: {database_error(exc)}"
+    elif isinstance(exc, OSError):
+        reason = f"{exc.strerror or exc}"
+    else:
+        reason = str(exc).removeprefix(f"{path}: ")
+    if result.dry_run:
+        return f"{path}:{written_line + 1}: {reason}; the dry run stopped here"
+    written = result.new + result.updated
+    lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
+    return (
+        f"{path}:{written_line + 1}: {reason}; the import stopped at line {written_line + 1}: "
+        f"{written} rows written ({lines}); run the same import again to continue "
+        "(it changes nothing that is done)"
+    )

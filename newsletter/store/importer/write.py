@@ -160,6 +160,11 @@ def write_chunk(
                     "run the same import again (it continues where it stopped)"
                 ) from None
             continue
+        except BaseException:
+            # The chunk was rolled back: it counts for nothing.
+            for name, value in zip(counters, before, strict=True):
+                setattr(result, name, value)
+            raise
         new_keys.update(added)
         return
 
