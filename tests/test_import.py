@@ -14,7 +14,7 @@ from newsletter.store import importer as importer_package
 from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
-from newsletter.store.importer import read as import_read
+from newsletter.store.importer import process as import_process
 from newsletter.store.importer import write as import_write
 from newsletter.store.subscribers import (
     add_subscriber,
@@ -182,7 +182,7 @@ def test_a_bad_byte_at_the_end_of_a_bom_file_rejects_that_row_only(engine, tmp_p
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_a_200kb_field_is_a_rejected_row_and_the_rest_is_imported(engine, tmp_path, parallel):
-    if parallel and not import_read.can_fork():
+    if parallel and not import_process.can_fork():
         pytest.skip("needs fork")
     head = "".join(f"p{i}@example.com,P{i}\n" for i in range(10))
     tail = "".join(f"q{i}@example.com,Q{i}\n" for i in range(10))
@@ -511,7 +511,7 @@ def test_progress_callback_reaches_the_file_size(engine) -> None:
 # --- the forked reader process (used for big files) ------------------------------------
 
 
-@pytest.mark.skipif(not import_read.can_fork(), reason="needs fork")
+@pytest.mark.skipif(not import_process.can_fork(), reason="needs fork")
 def test_reader_process_gives_the_same_result(engine, tmp_path) -> None:
     lines = ["email;Vorname;tags"]
     for i in range(30):
@@ -549,7 +549,7 @@ def _same_but_times(a: dict, b: dict) -> bool:
     return strip(a) == strip(b)
 
 
-@pytest.mark.skipif(not import_read.can_fork(), reason="needs fork")
+@pytest.mark.skipif(not import_process.can_fork(), reason="needs fork")
 def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
     # A runaway quoted cell (over csv's field limit) in the last chunk: a rejected row.
     source = write(
@@ -564,12 +564,12 @@ def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
 def test_an_import_that_must_stop_says_what_it_wrote_and_where(
     engine, tmp_path, monkeypatch, parallel
 ):
-    if parallel and not import_read.can_fork():
+    if parallel and not import_process.can_fork():
         pytest.skip("needs fork")
     source = write(
         tmp_path / "x.csv", "email\n" + "".join(f"p{i}@example.com\n" for i in range(10))
     )
-    real_pack = import_read.pack if parallel else None
+    real_pack = import_process.pack if parallel else None
     calls = {"n": 0}
 
     def failing(chunk, *args):
@@ -579,7 +579,7 @@ def test_an_import_that_must_stop_says_what_it_wrote_and_where(
         return real_pack(chunk) if parallel else real_write(chunk, *args)
 
     if parallel:
-        monkeypatch.setattr(import_read, "pack", failing)
+        monkeypatch.setattr(import_process, "pack", failing)
     else:
         real_write = import_write.Writer.insert
 
@@ -632,7 +632,7 @@ def test_the_importer_modules_use_each_others_public_names_only() -> None:
     """One package, no private imports between its modules and no cycle (issue 9, item 7)."""
     import ast
 
-    package = Path(import_read.__file__).parent
+    package = Path(import_process.__file__).parent
     graph: dict[str, set[str]] = {}
     private: list[str] = []
     for module in sorted(package.glob("*.py")):

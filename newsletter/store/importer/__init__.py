@@ -17,8 +17,10 @@ ids allocated up front, and addresses take the fast path of `normalize_email`.
 
 The package's modules use each other's public names only, in one direction:
 `formats` (which service's export) and `model` (`Incoming`, `Reject`, `ImportResult`) at
-the bottom; `read` turns the file into rows, `decide` works out what they change in the
-list, `write` writes each chunk; `run` drives them. Callers import from the package.
+the bottom; `lines` decodes the file line by line, `read` turns the lines into rows,
+`process` runs the reading in a child process for big files, `decide` works out what the
+rows change in the list, `write` writes each chunk; `run` drives them. Callers import
+from the package.
 """
 
 from newsletter.store.importer.decide import LOOKUP_BATCH

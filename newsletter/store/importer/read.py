@@ -1,9 +1,8 @@
 """`subscribers import`, reading: an import file into `Incoming` rows (or `Reject`s).
 
 CSV with any delimiter and another service's columns (see `formats`), or our own JSON
-export; tag, time and status cells. Big files are parsed in a forked process
-(`ReaderStream`) that sends each chunk as compact tuples (`model.pack`); the writer
-(`write`) uses those tuples as they are.
+export; tag, time and status cells. The lines come decoded from `lines`; big files are
+read in a forked process (see `process`).
 """
 
 from __future__ import annotations
@@ -12,9 +11,8 @@ import contextlib
 import csv
 import itertools
 import json
-import multiprocessing
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,10 +31,7 @@ from newsletter.store.importer.lines import LineDecoder
 from newsletter.store.importer.model import (
     ImportResult,
     Incoming,
-    ReadSummary,
     Reject,
-    pack,
-    unpack,
 )
 from newsletter.store.schema import STATUSES
 from newsletter.store.subscribers import (
@@ -406,72 +401,3 @@ def json_rows(
             yield number, result, [str(item.get("email") or "")]
 
     return headings, fmt, rows()
-
-
-def can_fork() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
-class ReaderStream:
-    """Chunks parsed by a forked child process, sent through a pipe.
-
-    Parsing (Python) and SQLite's inserts then run on two cores instead of taking turns.
-    The pipe holds at most about one chunk, so memory stays bounded. The child inherits
-    the open file and the parser by fork, and sends back compact tuples, not objects.
-    """
-
-    def __init__(
-        self,
-        chunks: Callable[[], Iterator[tuple[dict[str, Incoming], int]]],
-        position: Callable[[], int],
-        finish: Callable[[], ReadSummary],
-        path: Path,
-    ):
-        self.path = path
-        self.summary: ReadSummary | None = None
-        context = multiprocessing.get_context("fork")
-        self.receive, send = context.Pipe(duplex=False)
-
-        def run() -> None:
-            try:
-                for chunk, line in chunks():
-                    send.send(("chunk", pack(chunk), position(), line))
-                send.send(("done", finish()))
-            except BaseException as exc:  # handed to the parent, which raises it
-                with contextlib.suppress(Exception):
-                    send.send(("error", exc))
-            finally:
-                send.close()
-
-        self.process = context.Process(target=run, name="newsletter-import-reader", daemon=True)
-        self.process.start()
-        send.close()
-
-    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int, int]]:
-        """(chunk, bytes read, last line read) for each chunk, then `summary` is set."""
-        try:
-            while True:
-                try:
-                    kind, payload, *rest = self.receive.recv()
-                except EOFError:
-                    raise StoreError(
-                        f"{self.path}: the import's reader process stopped unexpectedly; "
-                        "run the same import again (it continues where it stopped)"
-                    ) from None
-                if kind == "chunk":
-                    yield unpack(payload), rest[0], rest[1]
-                elif kind == "done":
-                    self.summary = payload
-                    return
-                else:
-                    raise payload
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.receive.closed:
-            return
-        self.receive.close()
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join()

@@ -24,12 +24,8 @@ from newsletter.store.importer.model import (
     Reject,
     merge,
 )
-from newsletter.store.importer.read import (
-    ReaderStream,
-    can_fork,
-    csv_rows,
-    json_rows,
-)
+from newsletter.store.importer.process import ReaderStream, can_fork
+from newsletter.store.importer.read import csv_rows, json_rows
 from newsletter.store.importer.write import write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
