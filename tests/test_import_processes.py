@@ -87,3 +87,133 @@ def test_kill_9_of_an_import_takes_its_reader_process_along(project, tmp_path) -
     finally:
         if alive(reader[0]):
             os.kill(reader[0], signal.SIGKILL)
+
+
+# --- an import next to a real `serve` ----------------------------------------------------
+
+
+@pytest.fixture
+def served(make_project, database_url):
+    """A project on `database_url` with five readers, and its `serve` process on a port."""
+    import httpx
+
+    from newsletter.store.engine import open_engine
+    from newsletter.store.subscribers import add_subscriber
+
+    from .conftest import CONFIG, TEST_SECRET
+    from .test_web_support import free_port
+
+    project = make_project(
+        config=CONFIG.replace('url = "sqlite:///newsletter.db"', f'url = "{database_url}"')
+    )
+    engine = open_engine(database_url)
+    ids = [add_subscriber(engine, f"leserin{i}@example.de").id for i in range(5)]
+    port = free_port()
+    env = environment()
+    env["NEWSLETTER_SECRET_KEY"] = TEST_SECRET
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "newsletter",
+            "--project",
+            str(project),
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(server.stderr.read())
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, 30, "serve to start")
+        yield project, engine, ids, base
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
+
+
+@pytest.mark.parametrize("kind", ["first import", "re-import tagging everyone"])
+def test_one_click_unsubscribes_during_a_big_import_are_all_stored(served, tmp_path, kind):
+    """Issue 15.2: every POST /unsubscribe/<token> during an import is stored, never a 500.
+
+    A re-import that changes every row is the hard case: each of its chunks updates
+    20,000 rows, which used to hold SQLite's write lock longer than the 10 s busy timeout.
+    """
+    import httpx
+
+    from newsletter import tokens
+    from newsletter.store.importer import import_file
+    from newsletter.store.subscribers import get_subscriber
+
+    from .conftest import TEST_SECRET
+
+    project, engine, ids, base = served
+    rows = 250_000 if kind == "first import" else 60_000
+    source = big_csv(tmp_path / "big.csv", rows)
+    extra: list[str] = []
+    if kind != "first import":
+        import_file(engine, source)
+        extra = ["--tag", "neu"]
+    importing = newsletter(project, "subscribers", "import", str(source), "--quiet", *extra)
+    answers: list[tuple[int, float, str]] = []
+    try:
+        time.sleep(3.0)  # chunks are being written now
+        for subscriber_id in ids:
+            token = tokens.make_token(tokens.UNSUBSCRIBE, subscriber_id, None, key=TEST_SECRET)
+            start = time.monotonic()
+            answer = httpx.post(f"{base}/unsubscribe/{token}", timeout=60)
+            answers.append((answer.status_code, time.monotonic() - start, answer.text[:80]))
+            time.sleep(0.3)
+        still_importing = importing.poll() is None
+        out, err = importing.communicate(timeout=600)
+    finally:
+        if importing.poll() is None:
+            importing.kill()
+    assert importing.returncode == 0, err
+    assert (f"new: {rows}" if kind == "first import" else f"updated: {rows}") in out
+    assert still_importing  # the unsubscribes did meet the import
+    assert [code for code, _, _ in answers] == [200] * 5, answers
+    assert [get_subscriber(engine, i).status for i in ids] == ["unsubscribed"] * 5
+
+
+def test_serve_answers_503_with_retry_after_when_the_database_stays_locked(served) -> None:
+    """What still cannot be stored gets 503 + Retry-After (a retry), never a 500."""
+    import sqlite3
+
+    import httpx
+
+    from newsletter import tokens
+    from newsletter.store.subscribers import get_subscriber
+
+    from .conftest import TEST_SECRET
+
+    project, engine, ids, base = served
+    if engine.dialect.name != "sqlite":
+        pytest.skip("a held write lock is SQLite's")
+    token = tokens.make_token(tokens.UNSUBSCRIBE, ids[0], None, key=TEST_SECRET)
+    holder = sqlite3.connect(engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another program holds the write lock, for too long
+    try:
+        answer = httpx.post(f"{base}/unsubscribe/{token}", timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert answer.status_code == 503
+    assert int(answer.headers["Retry-After"]) > 0
+    assert "try again" in answer.text
+    assert get_subscriber(engine, ids[0]).status == "subscribed"
+    assert httpx.post(f"{base}/unsubscribe/{token}", timeout=60).status_code == 200
+    assert get_subscriber(engine, ids[0]).status == "unsubscribed"

@@ -17,6 +17,7 @@ from starlette.routing import Route, Router
 
 from newsletter.project import Project
 from newsletter.web import issue_page, subscribe, unsubscribe, webhooks
+from newsletter.web.busy import EXCEPTION_HANDLERS
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
 from newsletter.web.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -37,7 +38,7 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
         *issue_page.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     router = Router(routes=routes)
 
     def limit_for(path: str) -> int:

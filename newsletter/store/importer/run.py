@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -26,7 +27,7 @@ from newsletter.store.importer.model import (
 )
 from newsletter.store.importer.process import ReaderStream, can_fork
 from newsletter.store.importer.read import csv_rows, json_rows
-from newsletter.store.importer.write import write_chunk
+from newsletter.store.importer.write import Pacer, write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
 
@@ -193,11 +194,17 @@ def _import_file(
         else:
             stream = ((chunk, lines.bytes_read, line) for chunk, line in chunks())
         written_line = 1  # the last line of the last chunk written
+        pacer = Pacer(engine, chunk_rows)
         try:
             for number, (chunk, done, line) in enumerate(stream, start=1):
-                write_chunk(
-                    engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
-                )
+                for part in pacer.parts(chunk):
+                    started = time.perf_counter()
+                    write_chunk(
+                        engine, part, result, new_keys, initially_empty, resubscribe,
+                        source_name, fmt,
+                    )  # fmt: skip
+                    pacer.wrote(len(part), time.perf_counter() - started)
+                    del part
                 written_line = line
                 del chunk
                 if number % 10 == 0:

@@ -1,12 +1,15 @@
 """`subscribers import`, writing: one chunk into the database, fast, in one transaction.
 
 New rows go in with driver-level executemany and ids allocated up front; a clash with
-another writer rolls the chunk back and counts it again.
+another writer rolls the chunk back and counts it again. `Pacer` cuts chunks into
+transactions short enough that other writers (unsubscribes, sign-ups) get their turn.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any
@@ -118,6 +121,53 @@ class Writer:
             self.conn.exec_driver_sql(self.insert_short, short_rows)  # type: ignore[arg-type]
         if tags:
             self.conn.exec_driver_sql(self.insert_tags, tags)  # type: ignore[arg-type]
+
+
+class Pacer:
+    """Keeps the import's write transactions short, so other writers are never shut out.
+
+    A one-click unsubscribe or a sign-up must be stored during a big import. SQLite has
+    one write lock and no queue: a waiting writer sleeps up to 100 ms between tries, for
+    up to its busy timeout (10 s), and a writer that commits and begins again at once
+    can keep it out until it gives up. So each transaction is sized (from the rows per
+    second so far) to hold the lock about TARGET seconds, and on SQLite the import
+    pauses PAUSE seconds (longer than a waiter's longest sleep) after every SHARE
+    seconds of writing. On PostgreSQL short transactions keep row locks short.
+    """
+
+    TARGET = 0.25
+    SHARE = 2.0
+    PAUSE = 0.15
+    FIRST_ROWS = 1000
+    MIN_ROWS = 100
+
+    def __init__(self, engine: Engine, max_rows: int):
+        self.max_rows = max_rows
+        self.rows = min(self.FIRST_ROWS, max_rows)
+        self.pauses = engine.dialect.name == "sqlite"
+        self.writing = 0.0  # seconds written since the last pause
+
+    def parts(self, chunk: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The chunk in pieces of one transaction each (sized anew before each piece)."""
+        if len(chunk) <= self.rows:
+            yield chunk
+            return
+        items = list(chunk.items())
+        start = 0
+        while start < len(items):
+            end = start + self.rows
+            yield dict(items[start:end])
+            start = end
+
+    def wrote(self, rows: int, seconds: float) -> None:
+        """One transaction of `rows` took `seconds`: size the next, and pause if due."""
+        if seconds > 0:
+            fitting = int(rows / seconds * self.TARGET)
+            self.rows = max(self.MIN_ROWS, min(self.max_rows, fitting))
+        self.writing += seconds
+        if self.pauses and self.writing >= self.SHARE:
+            time.sleep(self.PAUSE)
+            self.writing = 0.0
 
 
 def write_chunk(
