@@ -600,29 +600,65 @@ def test_an_import_that_must_stop_says_what_it_wrote_and_where(
 
 
 def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_path, monkeypatch):
-    """The subscribe form may add an address between the import's lookups and inserts."""
+    """The subscribe form may add an address while the import writes a chunk: it waits
+    for the chunk's transaction (which holds the write lock from its lookups on), and
+    either way there is one person, never a failed import."""
+    import threading
+
     source = write(tmp_path / "x.csv", "email,first name\na@example.com,A\nb@example.com,Bea\n")
     real_allocate = import_write.Writer.allocate_ids
-    calls = {"n": 0}
+    outcome: list[str] = []
+
+    def sign_up() -> None:
+        try:
+            add_subscriber(engine, "B@example.com", status="unconfirmed", source="form")
+            outcome.append("added")
+        except StoreError as exc:
+            outcome.append(str(exc))
+
+    form = threading.Thread(target=sign_up)
 
     def allocate_then_race(self, n):
         ids = real_allocate(self, n)
-        calls["n"] += 1
-        if calls["n"] == 1:  # another program commits b@ (and takes an id) right now
-            add_subscriber(engine, "B@example.com", status="unconfirmed", source="form")
+        if not form.is_alive() and not outcome:  # another program signs b@ up right now
+            form.start()
+            form.join(0.5)  # it has to wait for the import's transaction
+            assert form.is_alive()
         return ids
 
     monkeypatch.setattr(import_write.Writer, "allocate_ids", allocate_then_race)
     result = import_file(engine, source)
-    assert (result.new, result.updated, result.unchanged) == (1, 1, 0)
+    form.join(30)
+    assert (result.new, result.updated, result.rejected) == (2, 0, 0)
+    assert len(outcome) == 1 and "already on the list" in outcome[0]
     b = find_subscriber(engine, "b@example.com")
-    assert (b.email, b.source, b.first_name, b.status) == (
-        "B@example.com",
-        "form",
-        "Bea",
-        "unconfirmed",
+    assert (b.email, b.first_name, b.status) == ("b@example.com", "Bea", "subscribed")
+    assert count_subscribers(engine) == 2
+
+
+def test_a_first_import_merges_what_others_added_before_its_lookups(engine, tmp_path, monkeypatch):
+    """A first import skips lookups; a sign-up in the file committed just before a chunk
+    takes the write lock makes that chunk clash, and the retry (with lookups) merges it."""
+    source = write(
+        tmp_path / "x.csv",
+        "email,first name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(8)),
     )
-    assert [s.email for s in iter_subscribers(engine)] == ["B@example.com", "a@example.com"]
+    real_lock = import_write.Writer.lock
+    signed_up: list[str] = []
+
+    def sign_up_then_lock(self):
+        if len(signed_up) < 4:  # before each of the first four transactions
+            address = f"p{len(signed_up) * 2 + 1}@example.com"
+            add_subscriber(engine, address, status="unconfirmed", source="form")
+            signed_up.append(address)
+        real_lock(self)
+
+    monkeypatch.setattr(import_write.Writer, "lock", sign_up_then_lock)
+    result = import_file(engine, source, chunk_rows=2)
+    assert (result.new, result.updated, result.rejected) == (4, 4, 0)
+    assert count_subscribers(engine) == 8
+    assert [find_subscriber(engine, a).first_name for a in signed_up] == ["P1", "P3", "P5", "P7"]
+    assert find_subscriber(engine, "p1@example.com").source == "form"
 
 
 # --- layering ---------------------------------------------------------------------------

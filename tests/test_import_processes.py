@@ -217,3 +217,77 @@ def test_serve_answers_503_with_retry_after_when_the_database_stays_locked(serve
     assert get_subscriber(engine, ids[0]).status == "subscribed"
     assert httpx.post(f"{base}/unsubscribe/{token}", timeout=60).status_code == 200
     assert get_subscriber(engine, ids[0]).status == "unsubscribed"
+
+
+# --- an import next to a steady stream of sign-ups ---------------------------------------
+
+SIGNUPS = """
+import sys, time
+from pathlib import Path
+from sqlalchemy import text
+from newsletter.errors import StoreError
+from newsletter.store.engine import open_engine
+from newsletter.store.subscribers import add_subscriber
+
+engine, stop, log = open_engine(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+added, i = [], 0
+while not stop.exists():
+    # Every other sign-up is someone in the file, a little ahead of the import.
+    if i % 2:
+        with engine.connect() as conn:
+            done = conn.execute(text("SELECT count(*) FROM subscribers")).scalar()
+        address = f"p{done + 2000 + i}.leserin@example.com"
+    else:
+        address = f"signup{i}@example.org"
+    try:
+        add_subscriber(engine, address, status="unconfirmed", source="form")
+        added.append(address)
+    except StoreError:
+        pass  # the import was quicker
+    i += 1
+    time.sleep(1 / 7)
+log.write_text("\\n".join(added))
+"""
+
+
+def test_an_import_succeeds_alongside_a_steady_stream_of_sign_ups(
+    make_project, database_url, tmp_path
+):
+    """Issue 15.11: 120,000 rows imported while people sign up (about 7 a second)."""
+    from sqlalchemy import func, select
+
+    from newsletter.store import schema
+    from newsletter.store.engine import open_engine
+    from newsletter.store.subscribers import add_subscriber, find_subscriber
+
+    from .conftest import CONFIG
+
+    project = make_project(
+        config=CONFIG.replace('url = "sqlite:///newsletter.db"', f'url = "{database_url}"')
+    )
+    engine = open_engine(database_url)
+    add_subscriber(engine, "schon-da@example.de")  # a list that is not empty: merge mode
+    rows = 120_000
+    source = big_csv(tmp_path / "big.csv", rows)
+    stop, log = tmp_path / "stop", tmp_path / "signed-up.txt"
+    signups = subprocess.Popen(
+        [sys.executable, "-c", SIGNUPS, database_url, str(stop), str(log)], env=environment()
+    )
+    try:
+        time.sleep(1.0)
+        importing = newsletter(project, "subscribers", "import", str(source), "--quiet")
+        out, err = importing.communicate(timeout=900)
+    finally:
+        stop.touch()
+        signups.wait(timeout=60)
+    assert importing.returncode == 0, err
+    signed_up = log.read_text().split()
+    from_file = [a for a in signed_up if a.startswith("p") and int(a[1:].split(".")[0]) < rows]
+    assert len(signed_up) > 20 and from_file  # the stream really ran, and met the import
+    assert f"{rows} rows" in out
+    with engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(schema.subscribers)).scalar()
+    assert total == 1 + rows + (len(signed_up) - len(from_file))
+    # Someone who signed up through the form and is in the file: one person, the file's name.
+    person = find_subscriber(engine, from_file[0])
+    assert (person.source, person.first_name) == ("form", f"Jörg{from_file[0][1:].split('.')[0]}")
