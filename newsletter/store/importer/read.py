@@ -33,6 +33,7 @@ from newsletter.store.importer.model import (
     Incoming,
     Reject,
 )
+from newsletter.store.names import clean_name
 from newsletter.store.schema import STATUSES
 from newsletter.store.subscribers import (
     REASON_CHARS,
@@ -161,9 +162,9 @@ def _incoming_from_row(
         if unquote:
             value = _unquote(value)
         if target == "first_name" and len(value) <= NAME_CHARS:
-            inc.first_name = value
+            inc.first_name = value if value.isprintable() else (clean_name(value) or None)
         elif target == "last_name" and len(value) <= NAME_CHARS:
-            inc.last_name = value
+            inc.last_name = value if value.isprintable() else (clean_name(value) or None)
         elif target == "tags" and "," not in value:
             if len(value) > 100:
                 return Reject(line, address, f"tag {value[:20]!r}... is longer than 100 characters")
@@ -184,6 +185,9 @@ NAME_CHARS = 100  # first_name, last_name: longer ones go through _apply's check
 
 def _apply(inc: Incoming, target: str, value: str) -> None:
     if target in ("first_name", "last_name", "name"):
+        value = clean_name(value) or ""
+        if not value:
+            return  # nothing but control characters
         check_name_lengths(**{target: value})
     if target == "first_name":
         inc.first_name = value
