@@ -404,6 +404,47 @@ def test_extra_tags_and_source(engine, tmp_path) -> None:
     assert (a.tags, a.source) == (("2024", "messe"), "messe-stand")
 
 
+# --- custom field names ------------------------------------------------------------------
+
+
+def test_custom_field_names_are_one_field_whatever_their_case(engine, tmp_path) -> None:
+    """Issue 12.12: `Stadt` and `stadt` are one field; the list's spelling wins."""
+    add_subscriber(engine, "anna@example.de", fields={"Stadt": "Köln", "kunde": "ja"})
+    source = write(
+        tmp_path / "x.csv",
+        "email,stadt,KUNDE\nanna@example.de,Berlin,nein\nben@example.de,Hamburg,ja\n",
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.updated) == (1, 1)
+    assert find_subscriber(engine, "anna@example.de").fields == {"Stadt": "Berlin", "kunde": "nein"}
+    assert find_subscriber(engine, "ben@example.de").fields == {"Stadt": "Hamburg", "kunde": "ja"}
+
+
+def test_the_first_spelling_in_a_file_wins_for_a_new_field(engine, tmp_path) -> None:
+    source = write(
+        tmp_path / "x.csv",
+        "email,Lieblingsfarbe,attributes,uuid\n"
+        'a@example.de,blau,"{""LIEBLINGSFARBE"": ""grün"", ""Stadt"": ""Ulm""}",1\n'
+        'b@example.de,rot,"{""stadt"": ""Bonn""}",2\n',
+    )
+    assert import_file(engine, source).format == "listmonk"
+    assert find_subscriber(engine, "a@example.de").fields == {
+        "Lieblingsfarbe": "grün",
+        "Stadt": "Ulm",
+    }
+    assert find_subscriber(engine, "b@example.de").fields == {
+        "Lieblingsfarbe": "rot",
+        "Stadt": "Bonn",
+    }
+    # A later file with another spelling keeps the list's.
+    again = write(
+        tmp_path / "y.csv", "email,LIEBLINGSFARBE\nb@example.de,gelb\nc@example.de,lila\n"
+    )
+    import_file(engine, again)
+    assert find_subscriber(engine, "b@example.de").fields["Lieblingsfarbe"] == "gelb"
+    assert find_subscriber(engine, "c@example.de").fields == {"Lieblingsfarbe": "lila"}
+
+
 # --- files that cannot be read ---------------------------------------------------------
 
 

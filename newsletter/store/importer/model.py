@@ -8,6 +8,7 @@ merge needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -96,6 +97,36 @@ class ImportResult:
         if len(self.rejects) < REPORT_REJECTS:
             self.rejects.append(item)
         return item
+
+
+class FieldNames:
+    """One spelling per custom field name, whatever its case (`Stadt` and `stadt` are one
+    field): the spelling the list already uses, else the first one the file uses.
+
+    `load` gives the list's names; it is called once, when first needed.
+    """
+
+    def __init__(self, load: Callable[[], Iterable[str]] = tuple):
+        self._load: Callable[[], Iterable[str]] | None = load
+        self.spelling: dict[str, str] = {}
+
+    def load(self) -> None:
+        if self._load is not None:
+            load, self._load = self._load, None
+            for name in sorted(load()):  # of two spellings in the list, always the same one
+                self.spelling.setdefault(name.casefold(), name)
+
+    def canonical(self, name: str) -> str:
+        self.load()
+        return self.spelling.setdefault(name.casefold(), name)
+
+
+def same_field(fields: dict[str, Any], name: str) -> str:
+    """The key in `fields` that is `name` but for case, else `name`."""
+    if name in fields:
+        return name
+    folded = name.casefold()
+    return next((key for key in fields if key.casefold() == folded), name)
 
 
 class ImportStopped(StoreError):

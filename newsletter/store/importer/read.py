@@ -29,6 +29,7 @@ from newsletter.store.importer.formats import (
 )
 from newsletter.store.importer.lines import LineDecoder
 from newsletter.store.importer.model import (
+    FieldNames,
     ImportResult,
     Incoming,
     Reject,
@@ -104,14 +105,17 @@ def _status_word(value: str) -> str:
     return status
 
 
-def _plan(fmt: Format, headings: list[str]) -> list[tuple[int, str]]:
-    """(column index, target) for every column that matters, email first."""
+def _plan(fmt: Format, headings: list[str], names: FieldNames) -> list[tuple[int, str]]:
+    """(column index, target) for every column that matters, email first; custom fields
+    under their one spelling (`Stadt` and `stadt` are one field)."""
     plan: list[tuple[int, str]] = []
     have_email = False
     for index, heading in enumerate(headings):
         target = fmt.targets.get(heading, "ignore")
         if target == "ignore":
             continue
+        if target.startswith("field:"):
+            target = "field:" + names.canonical(target[6:])
         if target == "email":
             if have_email:
                 target = "field:" + heading.strip()
@@ -124,15 +128,15 @@ def _plan(fmt: Format, headings: list[str]) -> list[tuple[int, str]]:
 
 
 def _incoming_from_values(
-    line: int, values: list[tuple[str, str]], fmt: Format
+    line: int, values: list[tuple[str, str]], fmt: Format, names: FieldNames
 ) -> Incoming | Reject:
     """Build an Incoming from (target, value) pairs, email first (JSON rows)."""
     plan = [(i, target) for i, (target, _) in enumerate(values)]
-    return _incoming_from_row(line, [v for _, v in values], plan, fmt)
+    return _incoming_from_row(line, [v for _, v in values], plan, fmt, names)
 
 
 def _incoming_from_row(
-    line: int, row: list[str], plan: list[tuple[int, str]], fmt: Format
+    line: int, row: list[str], plan: list[tuple[int, str]], fmt: Format, names: FieldNames
 ) -> Incoming | Reject:
     """Build an Incoming from a CSV row; `plan[0]` is the email column. This is the hot
     loop of a large import, so the common targets are handled inline."""
@@ -173,7 +177,7 @@ def _incoming_from_row(
             if target != "tags":
                 inc.simple = False
             try:
-                _apply(inc, target, value)
+                _apply(inc, target, value, names)
             except (ValueError, StoreError) as exc:
                 return Reject(line, address, str(exc))
     return inc
@@ -183,7 +187,7 @@ SOURCE_CHARS = 100  # subscribers.source
 NAME_CHARS = 100  # first_name, last_name: longer ones go through _apply's check
 
 
-def _apply(inc: Incoming, target: str, value: str) -> None:
+def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
     if target in ("first_name", "last_name", "name"):
         value = clean_name(value) or ""
         if not value:
@@ -233,7 +237,7 @@ def _apply(inc: Incoming, target: str, value: str) -> None:
         except ValueError:
             raise ValueError(f"{value[:40]!r} is not a JSON object") from None
         if isinstance(parsed, dict):
-            inc.fields.update(parsed)
+            inc.fields.update((names.canonical(str(k)), v) for k, v in parsed.items())
     if target in ("tags", "tags_quoted", "tags_list") and inc.tags:
         # Validate lengths once the cell is read.
         normalize_tags(inc.tags)
@@ -251,7 +255,11 @@ def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
 
 
 def csv_rows(
-    lines: LineDecoder, path: Path, result: ImportResult, mapping: list[tuple[str, str]]
+    lines: LineDecoder,
+    path: Path,
+    result: ImportResult,
+    mapping: list[tuple[str, str]],
+    names: FieldNames,
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
     first = next(lines, "")
     while first and not first.strip():
@@ -293,7 +301,9 @@ def csv_rows(
             f"{path}: no email column among {', '.join(h for h in headings if h)[:200]}; "
             "name it 'email' or use --map COLUMN=email"
         )
-    plan = _plan(fmt, headings)
+    if any(t.startswith("field:") or t == "fields_json" for t in fmt.targets.values()):
+        names.load()  # now, before a reader process is forked: it cannot use the database
+    plan = _plan(fmt, headings, names)
     width = len(headings)
 
     def reject(line: int, row: list[str], reason: str) -> Reject:
@@ -355,13 +365,13 @@ def csv_rows(
                 )
                 yield line, reject(line, row, reason), row
                 continue
-            yield line, _incoming_from_row(line, row, plan, fmt), row
+            yield line, _incoming_from_row(line, row, plan, fmt, names), row
 
     return headings, fmt, rows()
 
 
 def json_rows(
-    path: Path,
+    path: Path, names: FieldNames
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
     """Our own JSON export (an array of objects). Read whole: JSON has no line structure."""
     raw = path.read_bytes()
@@ -392,7 +402,7 @@ def json_rows(
                 if value is None or column == "tags":
                     continue
                 values.append((column, str(value)))
-            result = _incoming_from_values(number, values, fmt)
+            result = _incoming_from_values(number, values, fmt, names)
             if isinstance(result, Incoming):
                 tags = item.get("tags") or []
                 if isinstance(tags, str):
@@ -400,7 +410,7 @@ def json_rows(
                 result.tags.update(normalize_tags(str(t) for t in tags))
                 fields = item.get("fields") or {}
                 if isinstance(fields, dict) and fields:
-                    result.fields.update(fields)
+                    result.fields.update((names.canonical(str(k)), v) for k, v in fields.items())
                     result.simple = False
             yield number, result, [str(item.get("email") or "")]
 

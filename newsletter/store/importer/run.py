@@ -14,10 +14,11 @@ from sqlalchemy.exc import DBAPIError
 
 from newsletter.errors import ImportFileError, NewsletterError
 from newsletter.store.engine import database_error
-from newsletter.store.importer.decide import KeyFilter
+from newsletter.store.importer.decide import KeyFilter, existing_field_names
 from newsletter.store.importer.formats import detect_encoding
 from newsletter.store.importer.lines import FALLBACK, LineDecoder
 from newsletter.store.importer.model import (
+    FieldNames,
     ImportResult,
     ImportStopped,
     Incoming,
@@ -115,11 +116,17 @@ def _import_file(
     reject_file: IO[str] | None = None
     reader: ReaderStream | None = None
     try:
+
+        def list_field_names() -> list[str]:
+            with engine.connect() as conn:
+                return existing_field_names(conn)
+
+        names = FieldNames(list_field_names)
         if is_json:
-            headings, fmt, rows = json_rows(path)
+            headings, fmt, rows = json_rows(path, names)
             result.delimiter = ""
         else:
-            headings, fmt, rows = csv_rows(lines, path, result, mapping)
+            headings, fmt, rows = csv_rows(lines, path, result, mapping, names)
         result.format = fmt.name
         source_name = source or f"import:{fmt.name}"
         if fmt.name.startswith("newsletter"):
