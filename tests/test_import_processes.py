@@ -291,3 +291,80 @@ def test_an_import_succeeds_alongside_a_steady_stream_of_sign_ups(
     # Someone who signed up through the form and is in the file: one person, the file's name.
     person = find_subscriber(engine, from_file[0])
     assert (person.source, person.first_name) == ("form", f"Jörg{from_file[0][1:].split('.')[0]}")
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------
+
+
+def ctrl_c(process: subprocess.Popen) -> None:
+    """What a terminal does on Ctrl-C: SIGINT to the whole foreground process group."""
+    os.killpg(process.pid, signal.SIGINT)
+
+
+def test_ctrl_c_during_an_import_says_what_is_kept_and_exits_130(project, tmp_path) -> None:
+    """Issue 12.10: one line (what is kept, how to go on), exit 130, no reader traceback."""
+    import re
+
+    from sqlalchemy import func, select
+
+    from newsletter.project import Project
+    from newsletter.store import schema
+    from newsletter.store.engine import open_engine
+
+    engine = open_engine(Project.load(project).database_url)
+    source = big_csv(tmp_path / "big.csv", 400_000)
+    importing = newsletter(
+        project, "subscribers", "import", str(source), "--quiet", start_new_session=True
+    )
+
+    def written() -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(schema.subscribers)).scalar()
+
+    try:
+        reader = wait_for(lambda: children(importing.pid), 60, "the reader process")
+        wait_for(lambda: written() > 0, 120, "the first rows")
+        ctrl_c(importing)
+        out, err = importing.communicate(timeout=60)
+    finally:
+        if importing.poll() is None:
+            importing.kill()
+    assert importing.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    match = re.search(
+        r"interrupted at line (\d+): (\d+) rows written \(lines 2-(\d+)\) are kept", err
+    )
+    assert match, err
+    assert "run the same import again to continue" in err
+    line, rows, last = (int(g) for g in match.groups())
+    assert rows == written() == last - 1 and line == last + 1
+    wait_for(lambda: not alive(reader[0]), 10, "the reader process to end")
+    # Going on as told finishes the job.
+    again = newsletter(project, "subscribers", "import", str(source), "--quiet")
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert written() == 400_000
+
+
+def test_ctrl_c_during_an_export_leaves_no_half_file_and_exits_130(project, tmp_path) -> None:
+    from newsletter.project import Project
+    from newsletter.store.engine import open_engine
+    from newsletter.store.importer import import_file
+
+    engine = open_engine(Project.load(project).database_url)
+    import_file(engine, big_csv(tmp_path / "big.csv", 150_000))
+    target = tmp_path / "list.csv"
+    exporting = newsletter(
+        project, "subscribers", "export", "-o", str(target), start_new_session=True
+    )
+    partial = target.with_name(target.name + ".partial")
+    try:
+        wait_for(lambda: partial.exists() and partial.stat().st_size > 0, 60, "the export")
+        ctrl_c(exporting)
+        out, err = exporting.communicate(timeout=60)
+    finally:
+        if exporting.poll() is None:
+            exporting.kill()
+    assert exporting.returncode == 130, err
+    assert err.strip() == f"export interrupted; {target} is left as it was; export again"
+    assert not target.exists() and not partial.exists()

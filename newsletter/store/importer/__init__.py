@@ -24,7 +24,14 @@ from the package.
 """
 
 from newsletter.store.importer.decide import LOOKUP_BATCH
-from newsletter.store.importer.model import REPORT_REJECTS, ImportResult, Incoming, Reject
+from newsletter.store.importer.model import (
+    REPORT_REJECTS,
+    ImportInterrupted,
+    ImportResult,
+    ImportStopped,
+    Incoming,
+    Reject,
+)
 from newsletter.store.importer.read import parse_time
 from newsletter.store.importer.run import CHUNK_ROWS, PARALLEL_BYTES, import_file
 
@@ -33,7 +40,9 @@ __all__ = [
     "LOOKUP_BATCH",
     "PARALLEL_BYTES",
     "REPORT_REJECTS",
+    "ImportInterrupted",
     "ImportResult",
+    "ImportStopped",
     "Incoming",
     "Reject",
     "import_file",

@@ -129,6 +129,10 @@ def same_field(fields: dict[str, Any], name: str) -> str:
     return next((key for key in fields if key.casefold() == folded), name)
 
 
+class ImportInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an import: the message says what was kept and how to go on."""
+
+
 class ImportStopped(StoreError):
     """An import stopped mid-file; the message says what it wrote and how to go on."""
 
@@ -180,6 +184,11 @@ def simple_tuple(inc: Incoming) -> tuple[Any, ...]:
 
 def is_simple(item: Any) -> bool:
     return type(item) is tuple or bool(item.simple)
+
+
+def line_of(item: Any) -> int:
+    """The line of an `Incoming` or of its packed tuple."""
+    return item[0] if type(item) is tuple else item.line  # type: ignore[no-any-return]
 
 
 def as_incoming(item: Any) -> Incoming:

@@ -62,6 +62,9 @@ class ReaderStream:
         parent = os.getpid()
 
         def run() -> None:
+            # Ctrl-C reaches the whole process group: the parent handles it (and ends this
+            # process); here it would only print a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             die_with_parent(parent)
             # The reading end is the parent's alone: with a copy open here, a send to a
             # dead parent would wait for a reader forever.

@@ -19,11 +19,13 @@ from newsletter.store.importer.formats import detect_encoding
 from newsletter.store.importer.lines import FALLBACK, LineDecoder
 from newsletter.store.importer.model import (
     FieldNames,
+    ImportInterrupted,
     ImportResult,
     ImportStopped,
     Incoming,
     ReadSummary,
     Reject,
+    line_of,
     merge,
 )
 from newsletter.store.importer.process import ReaderStream, can_fork
@@ -81,6 +83,12 @@ def import_file(
             chunk_rows=chunk_rows,
             parallel=parallel,
         )
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, ImportInterrupted):
+            raise
+        raise ImportInterrupted(
+            f"{path}: import interrupted before any row was written; run it again"
+        ) from None
     finally:
         gc.unfreeze()
         if frozen_before:
@@ -200,7 +208,9 @@ def _import_file(
             stream: Iterator[tuple[dict[str, Incoming], int, int]] = iter(reader)
         else:
             stream = ((chunk, lines.bytes_read, line) for chunk, line in chunks())
-        written_line = 1  # the last line of the last chunk written
+        # Every row up to this line is written. Within a chunk, the rows' first lines
+        # rise, so a written part of it covers the lines up to its last row's.
+        written_line = 1
         pacer = Pacer(engine, chunk_rows)
         try:
             for number, (chunk, done, line) in enumerate(stream, start=1):
@@ -211,6 +221,7 @@ def _import_file(
                         source_name, fmt,
                     )  # fmt: skip
                     pacer.wrote(len(part), time.perf_counter() - started)
+                    written_line = line_of(next(reversed(part.values())))
                     del part
                 written_line = line
                 del chunk
@@ -220,6 +231,8 @@ def _import_file(
                     progress(done if not is_json else total, total)
         except (NewsletterError, OSError, DBAPIError) as exc:
             raise ImportStopped(_stop_message(path, exc, result, written_line)) from None
+        except KeyboardInterrupt:
+            raise ImportInterrupted(_interrupted_message(path, result, written_line)) from None
         summary = reader.summary if reader is not None else finish()
         assert summary is not None
         result.rows, result.rejected, result.rejects = (
@@ -242,6 +255,19 @@ def _import_file(
         if reject_file is not None:
             reject_file.close()
     return result
+
+
+def _interrupted_message(path: Path, result: ImportResult, written_line: int) -> str:
+    """What Ctrl-C kept of an import, and how to go on."""
+    if result.dry_run:
+        return f"{path}: dry run interrupted at line {written_line + 1}; nothing was changed"
+    written = result.new + result.updated
+    lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
+    return (
+        f"{path}: import interrupted at line {written_line + 1}: {written} rows written "
+        f"({lines}) are kept; run the same import again to continue (it changes nothing "
+        "that is done)"
+    )
 
 
 def _stop_message(path: Path, exc: BaseException, result: ImportResult, written_line: int) -> str:
