@@ -34,7 +34,8 @@ from newsletter.store.importer.write import Pacer, write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
 
-#: Rows per transaction: big enough for executemany to pay off, small enough to bound memory.
+#: Rows per chunk (and at most per transaction; `Pacer` makes slow ones smaller): big
+#: enough for executemany to pay off, small enough to bound memory.
 CHUNK_ROWS = 20_000
 
 
@@ -56,10 +57,12 @@ def import_file(
     chunk_rows: int = CHUNK_ROWS,
     parallel: bool | None = None,
 ) -> ImportResult:
-    """Import a CSV (or our JSON export) into the list; see the module docstring.
+    """Import a CSV (or our JSON export) into the list; see the package docstring.
 
     `progress(bytes_read, total_bytes)` is called after each chunk.
     Raises ImportFileError if the file cannot be read at all; bad rows are rejects.
+    ImportStopped if the database or disk fails mid-file, ImportInterrupted on Ctrl-C:
+    both say how many rows were written, up to which line, and how to go on.
     """
     # A big import makes millions of small acyclic objects; the cyclic garbage collector
     # would rescan them over and over (a third of the run time) and find nothing. So it is
