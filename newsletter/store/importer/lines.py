@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import itertools
 from collections.abc import Iterator
 from typing import IO
 
@@ -45,13 +46,11 @@ class LineDecoder:
         self.utf8_seen = False
         self.bom = False
         self.last_undecodable = False
-        self._lines = self._decode()
+        # Lists of lines chained in C: no Python call per line on the fast path.
+        self._lines = itertools.chain.from_iterable(self._decode())
 
     def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._lines)
+        return self._lines
 
     def encoding(self) -> str:
         """What to call the file's encoding in the summary."""
@@ -81,7 +80,7 @@ class LineDecoder:
             rest = data[cut:]
             yield data[:cut]
 
-    def _decode(self) -> Iterator[str]:
+    def _decode(self) -> Iterator[list[str]]:
         for block in self._blocks():
             try:
                 text = block.decode("utf-8")
@@ -92,9 +91,11 @@ class LineDecoder:
                 self.utf8_seen = True
             lines = io.StringIO(text, newline="").readlines()
             self.line += len(lines)
-            yield from lines
+            yield lines
 
-    def _decode_lines(self, block: bytes) -> Iterator[str]:
+    def _decode_lines(self, block: bytes) -> Iterator[list[str]]:
+        """One line at a time, so `last_undecodable` is true exactly while its line is
+        the one being read."""
         for raw in block.splitlines(keepends=True):
             self.line += 1
             try:
@@ -106,10 +107,10 @@ class LineDecoder:
                     text = raw.decode(FALLBACK)
                 except UnicodeDecodeError:
                     self.last_undecodable = True
-                    yield raw.decode(FALLBACK, errors="replace")
+                    yield [raw.decode(FALLBACK, errors="replace")]
                     self.last_undecodable = False
                     continue
                 self.fallback_count += 1
                 if len(self.fallback_lines) < REPORT_LINES:
                     self.fallback_lines.append(self.line)
-            yield text
+            yield [text]

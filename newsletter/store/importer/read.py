@@ -261,9 +261,10 @@ def csv_rows(
     mapping: list[tuple[str, str]],
     names: FieldNames,
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
-    first = next(lines, "")
+    lines_read = iter(lines)
+    first = next(lines_read, "")
     while first and not first.strip():
-        first = next(lines, "")
+        first = next(lines_read, "")
     if not first:
         raise ImportFileError(f"{path}: the file is empty; export the list again")
     delimiter = sniff_delimiter(first)
@@ -274,7 +275,7 @@ def csv_rows(
     damage: list[str] = []
 
     def numbered_lines() -> Iterator[str]:
-        for text in itertools.chain([first], lines):
+        for text in itertools.chain([first], lines_read):
             record.append(text)
             if lines.last_undecodable:
                 damage.append("is neither UTF-8 nor Windows-1252 text; save the file as CSV UTF-8")

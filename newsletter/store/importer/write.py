@@ -143,10 +143,10 @@ class Pacer:
     seconds of writing. On PostgreSQL short transactions keep row locks short.
     """
 
-    TARGET = 0.25
+    TARGET = 0.5
     SHARE = 2.0
     PAUSE = 0.15
-    FIRST_ROWS = 1000
+    FIRST_ROWS = 2000
     MIN_ROWS = 100
 
     def __init__(self, engine: Engine, max_rows: int):
