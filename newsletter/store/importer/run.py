@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import gc
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -219,12 +222,13 @@ def _import_file(
             for number, (chunk, done, line) in enumerate(stream, start=1):
                 for part in pacer.parts(chunk):
                     started = time.perf_counter()
-                    write_chunk(
-                        engine, part, result, new_keys, initially_empty, resubscribe,
-                        source_name, fmt,
-                    )  # fmt: skip
+                    with interrupt_deferred():  # counted as written exactly when committed
+                        write_chunk(
+                            engine, part, result, new_keys, initially_empty, resubscribe,
+                            source_name, fmt,
+                        )  # fmt: skip
+                        written_line = line_of(next(reversed(part.values())))
                     pacer.wrote(len(part), time.perf_counter() - started)
-                    written_line = line_of(next(reversed(part.values())))
                     del part
                 written_line = line
                 del chunk
@@ -258,6 +262,23 @@ def _import_file(
         if reject_file is not None:
             reject_file.close()
     return result
+
+
+@contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done (a transaction is short), so that what
+    an interrupted import reports as written is what was committed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _interrupted_message(path: Path, result: ImportResult, written_line: int) -> str:
