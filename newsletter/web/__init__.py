@@ -3,11 +3,13 @@
 `create_app(project)` builds the Starlette app (the Flask-tutorial factory pattern): tests
 run it in-process or under uvicorn, and `newsletter.web.asgi:app` builds it for gunicorn.
 Database work is synchronous SQLAlchemy, so handlers run it in Starlette's thread pool.
-Each area's module (`unsubscribe`, `subscribe`, `webhooks`, `issue_page`) exposes
+Each area's module (`unsubscribe`, `subscribe`, `webhooks`, `issue_page`, `archive`) exposes
 `routes(ctx)`, taking the shared `Context` (project, database, page helpers).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -16,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from newsletter.project import Project
-from newsletter.web import issue_page, subscribe, unsubscribe, webhooks
+from newsletter.web import archive, issue_page, subscribe, unsubscribe, webhooks
 from newsletter.web.busy import EXCEPTION_HANDLERS
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
@@ -36,9 +38,11 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
         *subscribe.routes(ctx),
         *webhooks.routes(ctx),
         *issue_page.routes(ctx),
+        *archive.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    handlers: dict[Any, Any] = {**archive.exception_handlers(ctx), **EXCEPTION_HANDLERS}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     router = Router(routes=routes)
 
     def limit_for(path: str) -> int:
