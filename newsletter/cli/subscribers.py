@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project
 
 STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
 
@@ -386,7 +386,7 @@ def import_(
         if bar is not None:
             click.echo(err=True)  # end the progress bar's line
         click.echo(str(exc), err=True)
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     finally:
         if bar is not None:
             bar.render_finish()
@@ -457,7 +457,7 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
                 write(sys.stdout, engine, status=status, tags=tags)
         except KeyboardInterrupt:
             click.echo("export interrupted; the output is incomplete; export again", err=True)
-            raise SystemExit(130) from None
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
         return
     # Write next to the target and rename, so a crash never leaves half a file.
     partial = output.with_name(output.name + ".partial")
@@ -471,7 +471,7 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
     except KeyboardInterrupt:
         _remove_quietly(partial)
         click.echo(f"export interrupted; {output} is left as it was; export again", err=True)
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     except BaseException:
         _remove_quietly(partial)
         raise
