@@ -80,12 +80,27 @@ def m004_store_ids_never_reused(conn: Connection) -> None:
         raise RuntimeError(f"rebuilding subscribers broke {len(broken)} references")
 
 
+def m009_sequences(conn: Connection) -> None:
+    """Welcome sequences: step rows, enrollments, schedule fingerprints, runs."""
+    schema.metadata.create_all(
+        conn,
+        tables=[
+            schema.sequence_steps,
+            schema.sequence_enrollments,
+            schema.sequence_state,
+            schema.sequence_runs,
+            schema.sequence_sends,
+        ],
+    )
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
     ("m002_send_leases", m002_send_leases),
     ("m003_send_totals", m003_send_totals),
     ("m004_store_ids_never_reused", m004_store_ids_never_reused),
+    ("m009_sequences", m009_sequences),
 ]
 
 

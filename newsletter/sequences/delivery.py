@@ -1,0 +1,144 @@
+"""The adapter between sequences and the sending code: one step's email for a batch of people,
+handed to the configured transport. Everything sequences know about transports is here.
+
+It renders a step once per run (the same template, masthead, personalization and footer as an
+issue), personalizes it per recipient with the same ids an issue carries (issue id = the
+step's `issues` row), so webhooks, replies and `stats` find the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from newsletter.errors import SendError
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+    from newsletter.render import RenderedIssue
+    from newsletter.sending.transport import Outcome
+    from newsletter.sequences.steps import Step
+
+#: Person = (subscriber id, address, name, template context)
+Person = tuple[int, str, "str | None", "dict[str, Any]"]
+
+
+@dataclass
+class Transport:
+    """The configured transport and what sequences need to know of it."""
+
+    impl: Any
+    name: str
+    where: str
+    batch_size: int
+    concurrency: int
+    note: str | None = None  # why this transport (e.g. the outbox for want of a key)
+
+
+def open_transport(project: Project) -> Transport:
+    """The project's transport, chosen as `newsletter send` chooses it."""
+    from newsletter.sending.sender import choose_transport
+
+    impl, why = choose_transport(project, None)
+    section = project.config.section("sendgrid")
+    return Transport(
+        impl=impl,
+        name=impl.name,
+        where=impl.where,
+        batch_size=int(section["batch_size"]),
+        concurrency=max(1, int(section["concurrency"])),
+        note=why,
+    )
+
+
+def check_can_send(project: Project, transport: Transport) -> None:
+    """Readers must be able to leave: no real send without base_url (unsubscribe links)."""
+    if transport.name != "outbox":
+        from newsletter.sending.sender import refuse_without_base_url
+
+        refuse_without_base_url(project)
+
+
+@dataclass
+class StepMail:
+    """One step rendered for one run, ready to personalize."""
+
+    step: Step
+    rendered: RenderedIssue
+    issue_id: int
+    send_id: int
+    base: dict[str, Any]
+    unsubscribe_url: Any
+
+    def build(self, people: Sequence[Person]) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, str]]:
+        """(subscriber id, personalization) for each person, and the refused ones' reasons."""
+        from newsletter.sending.payload import personalization, personalization_problem
+
+        built: list[tuple[int, dict[str, Any]]] = []
+        refused: dict[int, str] = {}
+        for sid, address, name, context in people:
+            url = self.unsubscribe_url(sid)
+            p = personalization(
+                email=address,
+                name=name,
+                substitutions=self.rendered.substitutions(context, url),
+                unsubscribe_url=url,
+                issue_id=self.issue_id,
+                subscriber_id=sid,
+                send_id=self.send_id,
+            )
+            problem = personalization_problem(p)
+            if problem:
+                refused[sid] = problem
+            else:
+                built.append((sid, p))
+        return built, refused
+
+
+def prepare_step(
+    project: Project, step: Step, issue_id: int, send_id: int, transport: Transport
+) -> StepMail:
+    """Render the step (once per run) and the parts every recipient shares."""
+    from newsletter.render import render_issue
+    from newsletter.sending.payload import message_base
+    from newsletter.sending.sender import reply_to_for
+    from newsletter.tokens import secret_key, unsubscribe_url_maker
+
+    rendered = render_issue(project, step.issue)
+    config = project.config
+    key = secret_key(required=transport.name != "outbox")
+    base = message_base(
+        from_email=config.from_email,
+        from_name=config.from_name,
+        reply_to=reply_to_for(project, issue_id),
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        categories=[step.slug, "sequence", step.sequence],
+        asm_group_id=config.section("sendgrid")["unsubscribe_group_id"],
+    )
+    return StepMail(
+        step=step,
+        rendered=rendered,
+        issue_id=issue_id,
+        send_id=send_id,
+        base=base,
+        unsubscribe_url=unsubscribe_url_maker(config.base_url, issue_id, key=key),
+    )
+
+
+def post(transport: Transport, mail: StepMail, batch: list[dict[str, Any]]) -> Outcome:
+    """Hand one batch (at most `batch_size` recipients) to the transport."""
+    from newsletter.sending.payload import request_body
+
+    return transport.impl.post_mail(request_body(mail.base, batch))  # type: ignore[no-any-return]
+
+
+def uncertain(error: str) -> Outcome:
+    from newsletter.sending.transport import Outcome
+
+    return Outcome("uncertain", error=error)
+
+
+__all__ = ["Transport", "StepMail", "open_transport", "prepare_step", "post", "SendError"]
