@@ -71,7 +71,9 @@ class StepMail:
     base: dict[str, Any]
     unsubscribe_url: Any
 
-    def build(self, people: Sequence[Person]) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, str]]:
+    def build(
+        self, people: Sequence[Person]
+    ) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, str]]:
         """(subscriber id, personalization) for each person, and the refused ones' reasons."""
         from newsletter.sending.payload import personalization, personalization_problem
 

@@ -60,7 +60,9 @@ def _person(engine: Engine, subscriber_id: int) -> tuple[str, set[str]] | None:
             return None
         tags = set(
             conn.execute(
-                select(subscriber_tags.c.tag).where(subscriber_tags.c.subscriber_id == subscriber_id)
+                select(subscriber_tags.c.tag).where(
+                    subscriber_tags.c.subscriber_id == subscriber_id
+                )
             ).scalars()
         )
     return status, tags

@@ -127,7 +127,9 @@ def reap_dead_runs(engine: Engine, wall_now: datetime) -> int:
     """In-flight deliveries of runs whose process is gone become `uncertain`; returns how many."""
     host = socket.gethostname()
     with engine.connect() as conn:
-        rows = conn.execute(select(sequence_runs).where(sequence_runs.c.finished_at.is_(None))).all()
+        rows = conn.execute(
+            select(sequence_runs).where(sequence_runs.c.finished_at.is_(None))
+        ).all()
     reaped = 0
     for row in rows:
         if not _gone(row, host, wall_now):
@@ -232,9 +234,7 @@ class Run:
                 conn.execute(
                     update(sends)
                     .where(sends.c.id.in_(list(self.sends.values())))
-                    .values(
-                        status="stopped" if error else "done", error=error, finished_at=stamp
-                    )
+                    .values(status="stopped" if error else "done", error=error, finished_at=stamp)
                 )
             conn.execute(
                 update(sequence_runs).where(sequence_runs.c.id == self.id).values(finished_at=stamp)
@@ -267,7 +267,9 @@ def _load(project: Project, engine: Engine, report: RunReport, now: datetime) ->
                 f"sequences/{sequence.name}/01-willkommen.md"
             )
             continue
-        report.rescheduled += state.reschedule_if_changed(engine, sequence.name, steps, timezone, now)
+        report.rescheduled += state.reschedule_if_changed(
+            engine, sequence.name, steps, timezone, now
+        )
         loaded.append(_Loaded(sequence, steps, timezone, {}))
     return loaded
 
@@ -380,7 +382,9 @@ def _send_sequence(
                     for start in range(0, len(built), transport.batch_size):
                         chunk = built[start : start + transport.batch_size]
                         ids = [sid for sid, _ in chunk]
-                        future = executor.submit(delivery.post, transport, mail, [p for _, p in chunk])
+                        future = executor.submit(
+                            delivery.post, transport, mail, [p for _, p in chunk]
+                        )
                         pending[future] = (mail, ids, group.following)
                         while len(pending) >= transport.concurrency:
                             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -464,7 +468,13 @@ def _claim(
                 moves.append(_move(row.id, None, None, state.DONE, now))
             else:
                 moves.append(
-                    _move(row.id, following.key, due_at(now, following, timezone_name), state.ACTIVE, now)
+                    _move(
+                        row.id,
+                        following.key,
+                        due_at(now, following, timezone_name),
+                        state.ACTIVE,
+                        now,
+                    )
                 )
             issue_id = item.issue_ids[step.key]
             group = groups.get(step.key)
@@ -605,3 +615,52 @@ def _due_again(
                 )
                 .values(next_step=step.key, next_due_at=when, state=state.ACTIVE)
             )
+
+
+class BackgroundRunner:
+    """`serve --sequences`: `run_due` every `interval` seconds in a thread, until `stop()`.
+    A failing run is logged in one line and tried again at the next tick."""
+
+    def __init__(self, project: Project, *, interval: float = 60.0, clock: Clock = SYSTEM) -> None:
+        self.project = project
+        self.interval = interval
+        self.clock = clock
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sequences", daemon=True)
+
+    def start(self) -> BackgroundRunner:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                report = run_due(self.project, clock=self.clock)
+                if report.total or report.error:
+                    log.info("sequences: %s", summary(report))
+                for error in report.errors:
+                    log.warning("sequences: %s", error)
+            except NewsletterError as exc:
+                log.error("sequences run failed: %s", exc)
+            except SQLAlchemyError as exc:
+                log.error("sequences run failed: database error (%s)", type(exc).__name__)
+            self.runs += 1
+            self._stop.wait(self.interval)
+
+
+def summary(report: RunReport) -> str:
+    """One line: what a run did."""
+    if not report.steps:
+        return "nothing was due"
+    parts = [
+        f"{key}: {s.accepted} sent"
+        + (f", {s.failed} failed" if s.failed else "")
+        + (f", {s.uncertain} uncertain" if s.uncertain else "")
+        for key, s in sorted(report.steps.items())
+    ]
+    return f"{'; '.join(parts)} ({report.transport}, {report.where})"

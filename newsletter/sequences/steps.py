@@ -118,7 +118,9 @@ def load_step(project: Project, sequence: str, path: Path) -> Step:
             f"bad delay {raw_delay!r}; write 0, 30m, 2h, 3d or 1w (after the previous step)",
         )
     hour = issue.meta.get("send_at_hour")
-    if hour is not None and (isinstance(hour, bool) or not isinstance(hour, int) or not 0 <= hour <= 23):
+    if hour is not None and (
+        isinstance(hour, bool) or not isinstance(hour, int) or not 0 <= hour <= 23
+    ):
         raise IssueError(
             path,
             issue.key_line("send_at_hour"),

@@ -277,7 +277,5 @@ sequence_sends = Table(
     "sequence_sends",
     metadata,
     Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
-    Column(
-        "run_id", Integer, ForeignKey("sequence_runs.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("run_id", Integer, ForeignKey("sequence_runs.id", ondelete="CASCADE"), nullable=False),
 )
