@@ -72,8 +72,10 @@ def enroll(
             updated_at=at,
         )
         .on_conflict_do_nothing(index_elements=["sequence", "subscriber_id"])
+        .returning(enrollments.c.id)
     )
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict's rowcount here.
+    return conn.execute(stmt).first() is not None
 
 
 def enroll_existing(
@@ -120,8 +122,9 @@ def enroll_existing(
                 chosen,
             )
             .on_conflict_do_nothing(index_elements=["sequence", "subscriber_id"])
+            .returning(enrollments.c.id)
         )
-        return int(conn.execute(stmt).rowcount or 0)
+        return len(conn.execute(stmt).all())
 
 
 # --- step rows ------------------------------------------------------------------------------
