@@ -22,7 +22,7 @@ from newsletter.sequences.runner import run_due
 from newsletter.sequences.steps import due_at, load_sequence, parse_delay
 from newsletter.store.engine import open_engine
 from newsletter.store.schema import deliveries, sequence_enrollments
-from newsletter.store.subscribers import add_subscriber, add_tags, set_status
+from newsletter.store.subscribers import add_subscriber, set_status
 from tests.conftest import CONFIG
 
 T0 = datetime(2026, 3, 2, 7, 30, tzinfo=UTC)  # a Monday, 08:30 in Berlin
@@ -116,7 +116,10 @@ def test_steps_go_out_in_order_after_their_delays_and_only_once(seq_project):
 
     run(seq_project, T0 + timedelta(hours=2))
     assert Counter(s for _, s in received(seq_project)) == {"Willkommen bei „Jens' Briefing“": 2}
-    assert "Hallo Jörg, schön" in bodies(seq_project, "Willkommen bei „Jens' Briefing“")["jörg@example.de"]
+    assert (
+        "Hallo Jörg, schön"
+        in bodies(seq_project, "Willkommen bei „Jens' Briefing“")["jörg@example.de"]
+    )
 
     # Running again at the same moment sends nothing: idempotent.
     again = run(seq_project, T0 + timedelta(hours=2))
@@ -176,7 +179,9 @@ def test_people_on_the_list_before_get_nothing_unless_started(seq_project, cli):
     run(seq_project, T0 + timedelta(minutes=5))
     assert [a for a, _ in received(seq_project)] == ["alt@example.de"]
     # Starting again finds nobody new.
-    again = cli(seq_project, "sequences", "start", "welcome", "--existing", "--tag", "leser", "--yes")
+    again = cli(
+        seq_project, "sequences", "start", "welcome", "--existing", "--tag", "leser", "--yes"
+    )
     assert "Nobody to start welcome for" in again.output
 
     bare = cli(seq_project, "sequences", "start", "welcome")
@@ -186,7 +191,9 @@ def test_people_on_the_list_before_get_nothing_unless_started(seq_project, cli):
 def test_subscribers_add_starts_the_sequence_but_not_unconfirmed(seq_project, cli):
     result = cli(seq_project, "subscribers", "add", "neu@example.de", "--first-name", "Neu")
     assert result.exit_code == 0 and "started sequence welcome" in result.output
-    unconfirmed = cli(seq_project, "subscribers", "add", "offen@example.de", "--status", "unconfirmed")
+    unconfirmed = cli(
+        seq_project, "subscribers", "add", "offen@example.de", "--status", "unconfirmed"
+    )
     assert "started" not in unconfirmed.output
     ran = cli(seq_project, "sequences", "run", "--now",
               (datetime.now(UTC) + timedelta(minutes=1)).isoformat())  # fmt: skip
@@ -239,7 +246,10 @@ def test_reordering_never_resends_removing_skips_editing_changes_only_for_those_
     tips = bodies(seq_project, "Drei Tipps für den Anfang")
     assert "drei Tipps" in tips["anna@example.de"]  # what Anna got stays as it was
     assert "vier Tipps" in tips["ben@example.de"]  # Ben was waiting: the edited text
-    assert {a for a, s in got if s == "Was andere Leser sagen"} == {"anna@example.de", "ben@example.de"}
+    assert {a for a, s in got if s == "Was andere Leser sagen"} == {
+        "anna@example.de",
+        "ben@example.de",
+    }
 
     # A removed step is skipped for those who have not had it.
     join(seq_project, "cem@example.de", T0 + timedelta(days=21))
@@ -311,7 +321,10 @@ def test_check_runs_check_on_every_step_and_finds_step_problems(seq_project, cli
     bad = cli(seq_project, "sequences", "check")
     assert bad.exit_code == 1
     assert "sequences/welcome/02-tipps.md:4: error: bad delay '3 Tage'" in bad.output
-    assert "sequences/welcome/zwischendurch.md: error: a step's file name starts with its number" in bad.output
+    assert (
+        "sequences/welcome/zwischendurch.md: error: a step's file name starts with its number"
+        in bad.output
+    )
     assert "03-stimmen.md" in bad.output  # the normal check's finding about the local link
     # A run skips the broken sequence, in one line, and sends nothing.
     run_result = cli(seq_project, "sequences", "run")
@@ -329,9 +342,13 @@ def test_config_errors_are_one_line(make_project, cli):
         result = cli(root, "sequences", "list")
         assert result.exit_code == 1 and expected in result.output, result.output
         assert "Traceback" not in result.output
-    root = make_project(CONFIG.replace('language = "de"', 'language = "de"\ntimezone = "Mars/Base"'), name="tz")
+    root = make_project(
+        CONFIG.replace('language = "de"', 'language = "de"\ntimezone = "Mars/Base"'), name="tz"
+    )
     result = cli(root, "sequences", "list")
-    assert result.exit_code == 1 and "timezone 'Mars/Base' is not a known time zone" in result.output
+    assert (
+        result.exit_code == 1 and "timezone 'Mars/Base' is not a known time zone" in result.output
+    )
 
 
 def test_bad_now_is_one_line(seq_project, cli):
