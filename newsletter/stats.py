@@ -44,7 +44,9 @@ def find_issue(project: Project, engine: Engine, name: str) -> IssueRef:
     """An issue that has a row in the database, by slug, file name or path."""
     from newsletter.errors import NewsletterError
 
-    slug = name
+    from newsletter.sequences.steps import step_issue_slug
+
+    slug = step_issue_slug(project, name) or name  # sequences/welcome/01: a sequence step
     with engine.connect() as conn:
         row = conn.execute(select(schema.issues).where(schema.issues.c.slug == slug)).first()
         if row is None:
