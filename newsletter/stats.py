@@ -43,7 +43,6 @@ class IssueRef:
 def find_issue(project: Project, engine: Engine, name: str) -> IssueRef:
     """An issue that has a row in the database, by slug, file name or path."""
     from newsletter.errors import NewsletterError
-
     from newsletter.sequences.steps import step_issue_slug
 
     slug = step_issue_slug(project, name) or name  # sequences/welcome/01: a sequence step

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from newsletter.errors import SendError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from newsletter.project import Project
     from newsletter.render import RenderedIssue
     from newsletter.sending.transport import Outcome
@@ -130,17 +132,50 @@ def prepare_step(
     )
 
 
-def post(transport: Transport, mail: StepMail, batch: list[dict[str, Any]]) -> Outcome:
-    """Hand one batch (at most `batch_size` recipients) to the transport."""
+def post(transport: Transport, mail: StepMail, batch: list[Any]) -> list[Outcome]:
+    """Hand one batch (at most `batch_size` recipients) to the transport: one outcome per
+    recipient, in order."""
     from newsletter.sending.payload import request_body
 
-    return transport.impl.post_mail(request_body(mail.base, batch))  # type: ignore[no-any-return]
+    outcome = transport.impl.post_mail(request_body(mail.base, batch))
+    return [outcome] * len(batch)
 
 
-def uncertain(error: str) -> Outcome:
+def record(engine: Engine, mail: StepMail, ids: Sequence[int], outcomes: Sequence[Outcome]) -> None:
+    """The transport's answers into the ledger (only rows still in flight take them)."""
+    from newsletter.sending import ledger
+
+    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for sid, outcome in zip(ids, outcomes, strict=True):
+        groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
+    for (state, message_id, error), group in groups.items():
+        ledger.record(
+            engine,
+            mail.issue_id,
+            group,
+            state,
+            message_id=message_id,
+            error=error,
+            send_id=mail.send_id,
+        )
+
+
+def record_refused(engine: Engine, mail: StepMail, refused: dict[int, str]) -> None:
+    """People the transport would refuse (a provider limit): failed, with why."""
+    from newsletter.sending import ledger
+
+    for sid, error in refused.items():
+        ledger.record(engine, mail.issue_id, [sid], "failed", error=error, send_id=mail.send_id)
+
+
+def uncertain(error: str, count: int) -> list[Outcome]:
     from newsletter.sending.transport import Outcome
 
-    return Outcome("uncertain", error=error)
+    return [Outcome("uncertain", error=error)] * count
+
+
+def close(transport: Transport) -> None:
+    """Nothing to close for the transports of this version."""
 
 
 __all__ = ["Transport", "StepMail", "open_transport", "prepare_step", "post", "SendError"]

@@ -351,10 +351,10 @@ def _send_sequence(
         for future in done:
             mail, ids, following = pending.pop(future)
             try:
-                outcome = future.result()
+                outcomes = future.result()
             except Exception as exc:  # a bug or an unexpected library error: not known sent
-                outcome = delivery.uncertain(f"unexpected error: {exc}")
-            _record(engine, mail, ids, following, outcome, now, report)
+                outcomes = delivery.uncertain(f"unexpected error: {exc}", len(ids))
+            _record(engine, mail, ids, following, outcomes, now, report)
             if progress:
                 progress(report)
 
@@ -552,43 +552,36 @@ def _record(
     mail: delivery.StepMail,
     ids: list[int],
     following: dict[int, str | None],
-    outcome: Any,
+    outcomes: list[Any],
     now: datetime,
     report: RunReport,
 ) -> None:
-    from newsletter.sending import ledger
-
-    ledger.record(
-        engine,
-        mail.issue_id,
-        ids,
-        outcome.state,
-        message_id=outcome.message_id,
-        error=outcome.error,
-        send_id=mail.send_id,
-    )
+    delivery.record(engine, mail, ids, outcomes)
     counts = report.step(mail.step)
-    if outcome.state == "accepted":
-        counts.accepted += len(ids)
-    elif outcome.state == "failed":
-        counts.failed += len(ids)
-        _due_again(engine, mail.step, ids, following, now + RETRY_AFTER)
-    else:
-        counts.uncertain += len(ids)
-    if outcome.error and outcome.error not in report.errors:
-        report.errors.append(outcome.error)
-    if getattr(outcome, "fatal", False) and not report.error:
-        report.error = outcome.error
+    failed = []
+    for sid, outcome in zip(ids, outcomes, strict=True):
+        if outcome.state == "accepted":
+            counts.accepted += 1
+        elif outcome.state == "failed":
+            counts.failed += 1
+            failed.append(sid)
+        else:
+            counts.uncertain += 1
+        if outcome.error and outcome.error not in report.errors and len(report.errors) < 100:
+            report.errors.append(outcome.error)
+        if outcome.fatal and not report.error:
+            report.error = outcome.error
+    if failed:
+        _due_again(engine, mail.step, failed, following, now + RETRY_AFTER)
 
 
 def _refused(
     engine: Engine, mail: delivery.StepMail, refused: dict[int, str], report: RunReport
 ) -> None:
-    """People the transport would refuse (e.g. fields over its size limit): failed, with why."""
-    from newsletter.sending import ledger
-
-    for sid, error in refused.items():
-        ledger.record(engine, mail.issue_id, [sid], "failed", error=error, send_id=mail.send_id)
+    """People the transport would refuse (e.g. fields over its size limit): failed, with why.
+    They are not due again: the same fields would be refused again."""
+    delivery.record_refused(engine, mail, refused)
+    for error in refused.values():
         if error not in report.errors:
             report.errors.append(error)
     report.step(mail.step).failed += len(refused)
