@@ -455,3 +455,17 @@ def test_preview_resolves_name_slash_step(seq_project):
     assert resolve_step(project, "sequences/welcome/03").key == "stimmen"
     assert step_issue_slug(project, "sequences/welcome/01") == "sequences/welcome/willkommen"
     assert step_issue_slug(project, "meta-ki-creator") is None
+
+
+def test_bulk_unsubscribe_urls_are_the_same_tokens_and_verify():
+    # The sequence runner (and bulk sends) make one URL per recipient with the fast maker.
+    from newsletter import tokens
+
+    key = "k" * 32
+    for issue_id in (7, None):
+        make = tokens.unsubscribe_url_maker("https://news.example.com", issue_id, key=key)
+        for sid in (0, 1, 4711, 10**12):
+            url = make(sid)
+            assert url == tokens.unsubscribe_url("https://news.example.com", sid, issue_id, key=key)
+            token = tokens.read_token(tokens.UNSUBSCRIBE, url.rsplit("/", 1)[1], key=key)
+            assert (token.subscriber_id, token.issue_id) == (sid, issue_id)

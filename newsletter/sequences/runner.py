@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import NewsletterError
@@ -524,20 +524,29 @@ def _claim(
                     updated_at=run.wall.now(),
                 )
             )
-        if moves:
+        _apply_moves(conn, moves, run.wall.now())
+    return list(groups.values())
+
+
+def _apply_moves(conn: Connection, moves: list[dict[str, Any]], stamp: datetime) -> None:
+    """One UPDATE per distinct new schedule: in one run, everyone sent the same step moves on
+    to the same next step at the same time, so a batch is typically one statement."""
+    same: dict[tuple[Any, ...], list[int]] = {}
+    for m in moves:
+        same.setdefault((m["s"], m["d"], m["st"], m["sent"]), []).append(m["eid"])
+    for (step, due, new_state, sent), ids in same.items():
+        for start in range(0, len(ids), 900):
             conn.execute(
                 update(e)
-                .where(e.c.id == bindparam("eid"))
+                .where(e.c.id.in_(ids[start : start + 900]))
                 .values(
-                    next_step=bindparam("s"),
-                    next_due_at=bindparam("d"),
-                    state=bindparam("st"),
-                    last_sent_at=bindparam("sent"),
-                    updated_at=run.wall.now(),
-                ),
-                moves,
+                    next_step=step,
+                    next_due_at=due,
+                    state=new_state,
+                    last_sent_at=sent,
+                    updated_at=stamp,
+                )
             )
-    return list(groups.values())
 
 
 def _move(
