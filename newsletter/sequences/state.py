@@ -22,7 +22,6 @@ from newsletter.store.schema import (
     sequence_steps,
     subscribers,
 )
-from newsletter.store.subscribers import segment_filters
 
 ACTIVE, DONE, STOPPED = "active", "done", "stopped"
 
@@ -89,6 +88,8 @@ def enroll_existing(
 ) -> int:
     """`sequences start NAME --existing`: everyone subscribed now (with any of `tags`) who was
     never in the sequence starts it at `at`. One INSERT ... SELECT; returns how many."""
+    from newsletter.store.subscribers import segment_filters
+
     next_step, next_due = first_schedule(steps, at, timezone)
     ever = (
         select(enrollments.c.id)

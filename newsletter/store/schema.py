@@ -236,12 +236,17 @@ sequence_enrollments = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("last_sent_at", DateTime(timezone=True)),
     Column("next_step", String(200)),  # a step key; null: work it out at the next run
-    # Null unless active: "what is due" is one range scan of this index.
+    # Null unless active, so finished people drop out of the due index.
     Column("next_due_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("sequence", "subscriber_id", name="uq_sequence_enrollments_person"),
 )
-Index("ix_sequence_enrollments_due", sequence_enrollments.c.next_due_at)
+# "Who is due in this sequence", soonest first, is one range scan (also what a claim walks).
+Index(
+    "ix_sequence_enrollments_due",
+    sequence_enrollments.c.sequence,
+    sequence_enrollments.c.next_due_at,
+)
 Index(
     "ix_sequence_enrollments_step",
     sequence_enrollments.c.sequence,
