@@ -26,7 +26,7 @@ from tests.test_sequences import SEQUENCE, STEP1, write_steps
 
 KEY = "SG.sequence-crash-key"
 #: Small batches so the kill lands mid-run; the setting's section depends on the sending core.
-BATCHES = 'region = "global"\nbatch_size = 100\nconcurrency = 2\n'
+BATCHES = 'region = "global"\n\n[sending]\nbatch_size = 100\nconcurrency = 2\n'
 
 
 def received(log: Path) -> list[str]:

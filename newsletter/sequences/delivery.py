@@ -1,9 +1,14 @@
-"""The adapter between sequences and the sending code: one step's email for a batch of people,
-handed to the configured transport. Everything sequences know about transports is here.
+"""The adapter between sequences and the sending core: one step's email for a batch of people,
+handed to the configured transport (the factory's choice: SendGrid, SMTP or the outbox).
+Everything sequences know about transports is here.
 
-It renders a step once per run (the same template, masthead, personalization and footer as an
-issue), personalizes it per recipient with the same ids an issue carries (issue id = the
-step's `issues` row), so webhooks, replies and `stats` find the step.
+It renders a step once per run (the same template, masthead, personalization, footer and bulk
+headers as an issue) and gives every recipient the ids an issue carries (issue id = the step's
+`issues` row), so webhook events, replies and `stats` find the step.
+
+Why not `newsletter.sending.deliver.deliver()`: a sequence needs the ledger row and the move to
+the person's next step in one transaction with the row lock that keeps a second runner away
+(see `runner.py`), for every transport: the outbox too, or each run would write the step again.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from newsletter.errors import SendError
+from newsletter.sending.ledger import Ledger
+from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.transports import Outcome
+from newsletter.store.schema import CUSTOM_ARG_ISSUE, CUSTOM_ARG_SEND, CUSTOM_ARG_SUBSCRIBER
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter.project import Project
     from newsletter.render import RenderedIssue
-    from newsletter.sending.transport import Outcome
     from newsletter.sequences.steps import Step
 
 #: Person = (subscriber id, address, name, template context)
 Person = tuple[int, str, "str | None", "dict[str, Any]"]
+#: The id every step email carries besides the issue's, for a person reading raw events.
+CUSTOM_ARG_STEP = "newsletter_sequence_step"
 
 
 @dataclass
@@ -39,27 +48,31 @@ class Transport:
 
 
 def open_transport(project: Project) -> Transport:
-    """The project's transport, chosen as `newsletter send` chooses it."""
-    from newsletter.sending.sender import choose_transport
+    """The project's transport, chosen as for `newsletter send` (the one factory)."""
+    from newsletter.sending.factory import choose_transport
 
-    impl, why = choose_transport(project, None)
-    section = project.config.section("sendgrid")
+    chosen = choose_transport(project)
+    impl = chosen.transport
+    section = project.config.section("sending")
     return Transport(
         impl=impl,
-        name=impl.name,
+        name=impl.kind,
         where=impl.where,
-        batch_size=int(section["batch_size"]),
+        batch_size=max(1, min(int(section["batch_size"]), impl.capabilities.max_batch)),
         concurrency=max(1, int(section["concurrency"])),
-        note=why,
+        note=chosen.note,
     )
 
 
 def check_can_send(project: Project, transport: Transport) -> None:
-    """Readers must be able to leave: no real send without base_url (unsubscribe links)."""
-    if transport.name != "outbox":
-        from newsletter.sending.sender import refuse_without_base_url
+    """Readers must be able to leave: no delivering send without base_url (unsubscribe links)."""
+    if transport.impl.capabilities.delivers and project.config.base_url is None:
+        from newsletter.errors import SendError
 
-        refuse_without_base_url(project)
+        raise SendError(
+            f"{project.config.path}: [newsletter] base_url is not set, so the unsubscribe links "
+            "would lead nowhere; set base_url to where `newsletter serve` is reachable"
+        )
 
 
 @dataclass
@@ -70,112 +83,85 @@ class StepMail:
     rendered: RenderedIssue
     issue_id: int
     send_id: int
-    base: dict[str, Any]
+    message: Message
     unsubscribe_url: Any
+    transport: Transport
 
-    def build(
-        self, people: Sequence[Person]
-    ) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, str]]:
-        """(subscriber id, personalization) for each person, and the refused ones' reasons."""
-        from newsletter.sending.payload import personalization, personalization_problem
-
-        built: list[tuple[int, dict[str, Any]]] = []
+    def build(self, people: Sequence[Person]) -> tuple[list[tuple[int, Recipient]], dict[int, str]]:
+        """(subscriber id, recipient) for each person, and the refused ones' reasons."""
+        built: list[tuple[int, Recipient]] = []
         refused: dict[int, str] = {}
+        issue, send, step = str(self.issue_id), str(self.send_id), self.step.slug
+        refuse = self.transport.impl.refuse
         for sid, address, name, context in people:
             url = self.unsubscribe_url(sid)
-            p = personalization(
+            recipient = Recipient(
                 email=address,
                 name=name,
                 substitutions=self.rendered.substitutions(context, url),
                 unsubscribe_url=url,
-                issue_id=self.issue_id,
-                subscriber_id=sid,
-                send_id=self.send_id,
+                ids={
+                    CUSTOM_ARG_ISSUE: issue,
+                    CUSTOM_ARG_SUBSCRIBER: str(sid),
+                    CUSTOM_ARG_SEND: send,
+                    CUSTOM_ARG_STEP: step,
+                },
             )
-            problem = personalization_problem(p)
+            problem = refuse(recipient)
             if problem:
                 refused[sid] = problem
             else:
-                built.append((sid, p))
+                built.append((sid, recipient))
         return built, refused
 
 
 def prepare_step(
     project: Project, step: Step, issue_id: int, send_id: int, transport: Transport
 ) -> StepMail:
-    """Render the step (once per run) and the parts every recipient shares."""
+    """Render the step (once per run) and the message every recipient shares."""
     from newsletter.render import render_issue
-    from newsletter.sending.payload import message_base
-    from newsletter.sending.sender import reply_to_for
+    from newsletter.sending.plan import Prepared, bulk_message, reply_to_for
     from newsletter.tokens import secret_key, unsubscribe_url_maker
 
     rendered = render_issue(project, step.issue)
-    config = project.config
-    key = secret_key(required=transport.name != "outbox")
-    base = message_base(
-        from_email=config.from_email,
-        from_name=config.from_name,
+    message = bulk_message(
+        project,
+        Prepared(step.path, rendered),
         reply_to=reply_to_for(project, issue_id),
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        categories=[step.slug, "sequence", step.sequence],
-        asm_group_id=config.section("sendgrid")["unsubscribe_group_id"],
+        categories=(step.slug, "sequence", step.sequence),
     )
+    key = secret_key(required=transport.impl.capabilities.delivers)
     return StepMail(
         step=step,
         rendered=rendered,
         issue_id=issue_id,
         send_id=send_id,
-        base=base,
-        unsubscribe_url=unsubscribe_url_maker(config.base_url, issue_id, key=key),
+        message=message,
+        unsubscribe_url=unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
+        transport=transport,
     )
 
 
-def post(transport: Transport, mail: StepMail, batch: list[Any]) -> list[Outcome]:
+def post(transport: Transport, mail: StepMail, batch: list[Recipient]) -> list[Outcome]:
     """Hand one batch (at most `batch_size` recipients) to the transport: one outcome per
     recipient, in order."""
-    from newsletter.sending.payload import request_body
-
-    outcome = transport.impl.post_mail(request_body(mail.base, batch))
-    return [outcome] * len(batch)
+    return list(transport.impl.send(Batch(mail.message, batch)))
 
 
 def record(engine: Engine, mail: StepMail, ids: Sequence[int], outcomes: Sequence[Outcome]) -> None:
     """The transport's answers into the ledger (only rows still in flight take them)."""
-    from newsletter.sending import ledger
-
-    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
-    for sid, outcome in zip(ids, outcomes, strict=True):
-        groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
-    for (state, message_id, error), group in groups.items():
-        ledger.record(
-            engine,
-            mail.issue_id,
-            group,
-            state,
-            message_id=message_id,
-            error=error,
-            send_id=mail.send_id,
-        )
+    Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, ids, outcomes)
 
 
 def record_refused(engine: Engine, mail: StepMail, refused: dict[int, str]) -> None:
     """People the transport would refuse (a provider limit): failed, with why."""
-    from newsletter.sending import ledger
-
-    for sid, error in refused.items():
-        ledger.record(engine, mail.issue_id, [sid], "failed", error=error, send_id=mail.send_id)
+    outcomes = [Outcome("failed", error=error) for error in refused.values()]
+    Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, list(refused), outcomes)
 
 
 def uncertain(error: str, count: int) -> list[Outcome]:
-    from newsletter.sending.transport import Outcome
-
-    return [Outcome("uncertain", error=error)] * count
+    return [Outcome("uncertain", error=error) for _ in range(count)]
 
 
 def close(transport: Transport) -> None:
-    """Nothing to close for the transports of this version."""
-
-
-__all__ = ["Transport", "StepMail", "open_transport", "prepare_step", "post", "SendError"]
+    transport.impl.close()

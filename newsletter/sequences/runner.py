@@ -321,6 +321,8 @@ def run_due(
     except BaseException as exc:
         run.finish(report.error or f"interrupted ({type(exc).__name__})")
         raise
+    finally:
+        delivery.close(transport)
     run.finish(report.error)
     return report
 

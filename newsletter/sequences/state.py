@@ -144,7 +144,7 @@ def step_issue_ids(engine: Engine | Connection, sequence: str) -> dict[str, int]
 
 def ensure_step_issue(engine: Engine, step: Step, subject: str) -> int:
     """The step's `issues` row (created on first use; title and subject kept current)."""
-    from newsletter.sending.ledger import ensure_issue
+    from newsletter.store.issues import ensure_issue
 
     issue_id = ensure_issue(
         engine,

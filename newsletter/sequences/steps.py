@@ -231,16 +231,24 @@ def _split(project: Project, name: str) -> tuple[str | None, str | None]:
     return parts[0], parts[1]
 
 
-def step_issue_slug(project: Project, name: str) -> str | None:
-    """The `issues` slug of a step named like `sequences/welcome/01` (for `stats`, `sends`,
-    `replies --issue`), or None when `name` does not name a step."""
+def resolve_step_issue(project: Project, name: str) -> tuple[str, Path | None] | None:
+    """(`issues` slug, step file or None) of a step named like `sequences/welcome/01`,
+    `sequences/welcome/willkommen` or its file's path, for every command that takes ISSUE
+    (`stats`, `sends`, `replies --issue` ...); None when `name` does not name a step."""
     sequence, ref = _split(project, name)
     if sequence is None or ref is None:
         return None
     if not (name.startswith(FOLDER + "/") or name.endswith(".md")):
         return None
     try:
-        return resolve_step(project, name).slug
+        step = resolve_step(project, name)
     except NewsletterError:
         # A removed step still has its history under its key.
-        return step_slug(sequence, ref) if not ref.isdigit() else None
+        return (step_slug(sequence, ref), None) if not ref.isdigit() else None
+    return step.slug, step.path
+
+
+def step_issue_slug(project: Project, name: str) -> str | None:
+    """The `issues` slug of a step named like `sequences/welcome/01`, or None."""
+    found = resolve_step_issue(project, name)
+    return found[0] if found else None
