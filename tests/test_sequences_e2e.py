@@ -143,3 +143,63 @@ def test_signup_confirm_then_steps_through_sendgrid_until_unsubscribe(
     steps = status["sequences"][0]["steps"]
     assert [s["got"] for s in steps] == [1, 1, 0]
     assert status["sequences"][0]["people"] == {"stopped": 1}
+
+
+def test_the_same_over_smtp(make_project, cli, monkeypatch):
+    """Sign up and confirm over HTTP; the confirmation and each step go through a real SMTP
+    server (STARTTLS, AUTH); unsubscribing with a step's one-click header stops the rest."""
+    import email
+    from email.policy import default as default_policy
+
+    from tests.smtp_server import FakeSmtp
+    from tests.test_send_smtp import PASSWORD, smtp_config
+
+    with FakeSmtp(users={"jens": PASSWORD}, tls=True) as smtp:
+        monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", PASSWORD)
+        root = make_project(smtp_config(smtp) + SEQUENCE)
+        write_steps(root, {"01-willkommen.md": STEP1, "02-tipps.md": STEP2, "03-stimmen.md": STEP3})
+        project = Project.load(root)
+        engine = open_engine(project.database_url)
+
+        def mails() -> list[email.message.EmailMessage]:
+            return [
+                email.message_from_bytes(m.data, policy=default_policy)  # type: ignore[misc]
+                for m in smtp.messages
+            ]
+
+        with live_server(create_app(project, engine)) as base:
+            assert (
+                httpx.post(f"{base}/subscribe", data={"email": "jörg@example.de"}).status_code
+                == 200
+            )
+            [confirmation] = mails()
+            text = confirmation.get_body(("plain",)).get_content()
+            link = re.search(r"https://news\.example\.com(/confirm/\S+)", text)
+            assert link is not None
+            assert httpx.post(base + link.group(1)).status_code == 200
+
+            t = datetime.now(UTC) + timedelta(minutes=1)
+            first = cli(root, "sequences", "run", "--now", t.isoformat())
+            assert "welcome/willkommen: 1 sent (smtp" in first.output, first.output
+            welcome = mails()[-1]
+            assert welcome["Subject"] == "Willkommen bei „Jens' Briefing“"
+            assert (
+                "Hallo zusammen, schön, dass du da bist!"
+                in welcome.get_body(("plain",)).get_content()
+            )
+            assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+            cli(root, "sequences", "run", "--now", (t + timedelta(days=3, minutes=1)).isoformat())
+            tips = mails()[-1]
+            assert tips["Subject"] == "Drei Tipps für den Anfang"
+            url = re.search(r"<(https://[^>]+)>", str(tips["List-Unsubscribe"])).group(1)
+            one_click = httpx.post(
+                base + urlsplit(url).path,
+                content=b"List-Unsubscribe=One-Click",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert one_click.status_code == 200
+            cli(root, "sequences", "run", "--now", (t + timedelta(days=30)).isoformat())
+        subjects = [m["Subject"] for m in mails()[1:]]
+        assert subjects == ["Willkommen bei „Jens' Briefing“", "Drei Tipps für den Anfang"]
+        assert smtp.recipients()[1:] == ["jörg@example.de", "jörg@example.de"]
