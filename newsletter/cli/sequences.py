@@ -20,8 +20,11 @@ def _clock(now: str | None) -> Any:
     return FixedClock(parse_now(now)) if now else SYSTEM
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M %Z") if value else "-"
+def _when(value: datetime | None, timezone: str = "UTC") -> str:
+    """A time in the newsletter's timezone ([newsletter] timezone)."""
+    from zoneinfo import ZoneInfo
+
+    return value.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M %Z") if value else "-"
 
 
 NOW_HELP = "Act as if it were this ISO time (catching up after downtime; tests)."
@@ -138,6 +141,7 @@ def status(name: str | None, fmt: str, now: str | None) -> None:
     if not found:
         click.echo("No sequences.")
         return
+    zone = project.config.section("newsletter")["timezone"]
     for seq in found:
         people = ", ".join(f"{n} {s}" for s, n in sorted(seq.people.items())) or "nobody yet"
         shown = seq.trigger or "not enabled"
@@ -152,7 +156,7 @@ def status(name: str | None, fmt: str, now: str | None) -> None:
             label = f"{st.number:02d} {st.key}"[:28]
             click.echo(
                 f"  {label:<28} {st.delay:>6} {st.got:>7} {st.uncertain:>6} {st.failed:>6} "
-                f"{st.waiting:>7} {st.due:>6}  {_when(st.next_due)}"
+                f"{st.waiting:>7} {st.due:>6}  {_when(st.next_due, zone)}"
             )
             if st.waiting_people:
                 more = st.waiting - len(st.waiting_people)
