@@ -469,3 +469,27 @@ def test_bulk_unsubscribe_urls_are_the_same_tokens_and_verify():
             assert url == tokens.unsubscribe_url("https://news.example.com", sid, issue_id, key=key)
             token = tokens.read_token(tokens.UNSUBSCRIBE, url.rsplit("/", 1)[1], key=key)
             assert (token.subscriber_id, token.issue_id) == (sid, issue_id)
+
+
+def test_uncertain_is_not_sent_again_unless_asked(seq_project, monkeypatch, cli):
+    from tests.sendgrid_server import FakeSendGrid
+
+    join(seq_project, "anna@example.de", T0)
+    with FakeSendGrid(api_key="SG.k") as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", "SG.k")
+        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
+        server.inject("drop", count=1)  # taken, then the connection closes unanswered
+        assert run(seq_project, T0).uncertain == 1
+        assert server.recipients() == ["anna@example.de"]
+        assert run(seq_project, T0 + timedelta(minutes=5)).total == 0
+        status = json.loads(cli(seq_project, "sequences", "status", "--format", "json").output)
+        assert status["sequences"][0]["steps"][0]["uncertain"] == 1
+        again = cli(seq_project, "sequences", "run", "--include-uncertain",
+                    "--now", (T0 + timedelta(minutes=6)).isoformat())  # fmt: skip
+        assert again.exit_code == 0, again.output
+        assert "1 uncertain emails are being sent again" in again.output
+        assert server.recipients() == ["anna@example.de", "anna@example.de"]
+        # The schedule goes on from there: step 2 three days later, once.
+        run(seq_project, T0 + timedelta(days=4))
+        run(seq_project, T0 + timedelta(days=4, minutes=1))
+        assert server.recipients() == ["anna@example.de"] * 3

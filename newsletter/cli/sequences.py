@@ -195,7 +195,12 @@ def preview(
 @sequences.command("run")
 @click.option("--now", metavar="ISO", help=NOW_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
-def run(now: str | None, quiet: bool) -> None:
+@click.option(
+    "--include-uncertain",
+    is_flag=True,
+    help="Also send again the steps whose delivery is uncertain (they may have arrived).",
+)
+def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
     """Send every step that is due. Idempotent: safe from cron every minute.
 
     \b
@@ -214,7 +219,9 @@ def run(now: str | None, quiet: bool) -> None:
             click.echo(f"\r{report.total} handed over", nl=False, err=True)
 
     try:
-        report = run_due(project, clock=_clock(now), progress=progress)
+        report = run_due(
+            project, clock=_clock(now), progress=progress, include_uncertain=include_uncertain
+        )
     except KeyboardInterrupt:
         click.echo(
             "\nInterrupted: what was handed over is recorded, emails in flight are uncertain; "
@@ -229,8 +236,11 @@ def run(now: str | None, quiet: bool) -> None:
     if report.reaped:
         click.echo(
             f"{report.reaped} emails were in flight when an earlier run stopped; they are now "
-            "uncertain (not sent again). See `newsletter sequences status`."
+            "uncertain (not sent again). See `newsletter sequences status`; to send them "
+            "again anyway: newsletter sequences run --include-uncertain"
         )
+    if report.retried:
+        click.echo(f"{report.retried} uncertain emails are being sent again.")
     for error in report.errors[:5]:
         click.echo(f"  {error}", err=True)
     if report.error:

@@ -77,6 +77,7 @@ class RunReport:
     finished: int = 0  # people who had every step
     rescheduled: int = 0
     reaped: int = 0  # in-flight deliveries of a dead run, now uncertain
+    retried: int = 0  # uncertain ones sent again (--include-uncertain)
     errors: list[str] = field(default_factory=list)
     error: str | None = None  # the run had to stop (e.g. the transport refused the key)
     note: str | None = None
@@ -295,8 +296,10 @@ def run_due(
     wall: Clock = SYSTEM,
     transport: delivery.Transport | None = None,
     progress: Callable[[RunReport], None] | None = None,
+    include_uncertain: bool = False,
 ) -> RunReport:
-    """Send every due step of every configured sequence (see the module docstring)."""
+    """Send every due step of every configured sequence (see the module docstring). With
+    `include_uncertain`, steps whose delivery is uncertain go out again (on purpose)."""
     from newsletter.store.engine import project_engine
 
     engine = project_engine(project)
@@ -304,6 +307,9 @@ def run_due(
     report = RunReport()
     report.reaped = reap_dead_runs(engine, wall.now())
     loaded = _load(project, engine, report, now)
+    if include_uncertain:
+        for item in loaded:
+            report.retried += state.retry_uncertain(engine, item.config.name, now)
     if not anything_due(engine, [s.config.name for s in loaded], now):
         return report
     transport = transport or delivery.open_transport(project)

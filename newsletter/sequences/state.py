@@ -376,3 +376,41 @@ def sent_counts(engine: Engine, issue_ids: Iterable[int]) -> dict[int, dict[str,
         ):
             out[issue_id][state] = int(n)
     return out
+
+
+def retry_uncertain(engine: Engine, sequence: str, at: datetime) -> int:
+    """`sequences run --include-uncertain`: people whose copy of a step is `uncertain` (the
+    transport may or may not have taken it) get it again: the row becomes `failed` (nothing
+    known sent) and the person is due now, so the run works out their first step not had."""
+    issue_ids = list(step_issue_ids(engine, sequence).values())
+    if not issue_ids:
+        return 0
+    with engine.begin() as conn:
+        people = list(
+            conn.execute(
+                select(deliveries.c.subscriber_id)
+                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                .where(
+                    deliveries.c.issue_id.in_(issue_ids),
+                    deliveries.c.state == "uncertain",
+                    subscribers.c.status == "subscribed",
+                )
+            ).scalars()
+        )
+        for start in range(0, len(people), 900):
+            chunk = people[start : start + 900]
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.issue_id.in_(issue_ids),
+                    deliveries.c.subscriber_id.in_(chunk),
+                    deliveries.c.state == "uncertain",
+                )
+                .values(state="failed", error="uncertain, sent again on request", updated_at=at)
+            )
+            conn.execute(
+                update(enrollments)
+                .where(enrollments.c.sequence == sequence, enrollments.c.subscriber_id.in_(chunk))
+                .values(state=ACTIVE, next_step=None, next_due_at=at, updated_at=at)
+            )
+    return len(people)
