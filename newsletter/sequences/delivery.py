@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from newsletter.sending.ledger import Ledger
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.transports import Outcome
 from newsletter.store.schema import CUSTOM_ARG_ISSUE, CUSTOM_ARG_SEND, CUSTOM_ARG_SUBSCRIBER
@@ -150,11 +149,15 @@ def post(transport: Transport, mail: StepMail, batch: list[Recipient]) -> list[O
 
 def record(engine: Engine, mail: StepMail, ids: Sequence[int], outcomes: Sequence[Outcome]) -> None:
     """The transport's answers into the ledger (only rows still in flight take them)."""
+    from newsletter.sending.ledger import Ledger
+
     Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, ids, outcomes)
 
 
 def record_refused(engine: Engine, mail: StepMail, refused: dict[int, str]) -> None:
     """People the transport would refuse (a provider limit): failed, with why."""
+    from newsletter.sending.ledger import Ledger
+
     outcomes = [Outcome("failed", error=error) for error in refused.values()]
     Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, list(refused), outcomes)
 
