@@ -113,6 +113,8 @@ def test_kill_9_mid_run_then_rerun(make_project, database_url, server_process, c
     assert 1000 <= len(before) < 5000
 
     set_delay(url, 0)
+    # `sends` must not send anyone to `send --resume` for a step: the next run reaps it.
+    assert "--resume" not in cli(root, "sends").output
     monkeypatch.setenv("SENDGRID_API_KEY", KEY)
     monkeypatch.setenv("SENDGRID_API_HOST", url)
     rerun = cli(

@@ -674,3 +674,16 @@ def summary(report: RunReport) -> str:
         for key, s in sorted(report.steps.items())
     ]
     return f"{'; '.join(parts)} ({report.transport}, {report.where})"
+
+
+def sequence_sends_running(engine: Engine) -> set[int]:
+    """Sends of sequence runs not finished yet. `newsletter sends` must not call them dead
+    and suggest `send --resume`: the next `sequences run` reaps a dead one by itself."""
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                select(sequence_sends.c.send_id)
+                .join(sends, sends.c.id == sequence_sends.c.send_id)
+                .where(sends.c.status == "sending")
+            ).scalars()
+        )
