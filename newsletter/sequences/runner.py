@@ -453,6 +453,8 @@ def _claim(
         groups: dict[str, _Claimed] = {}
         new_rows: list[dict[str, Any]] = []
         retry: dict[str, list[int]] = {}
+        upcoming: dict[frozenset[str], tuple[Step | None, datetime | None]] = {}
+        stamp = run.wall.now()
         for row in rows:
             sid = row.subscriber_id
             if row.status != "subscribed":
@@ -471,7 +473,12 @@ def _claim(
                 if due > now:  # the steps changed under this person: not due after all
                     moves.append(_move(row.id, step.key, due, state.ACTIVE, row.last_sent_at))
                     continue
-            following = state.next_after(steps, had[sid] | {step.key})
+            # Most people of a batch had the same steps: work their next one out once.
+            seen = frozenset(had[sid] | {step.key})
+            if seen not in upcoming:
+                nxt = state.next_after(steps, seen)
+                upcoming[seen] = (nxt, due_at(now, nxt, timezone_name) if nxt else None)
+            following, following_due = upcoming[seen]
             if following is None:
                 moves.append(_move(row.id, None, None, state.DONE, now))
             else:
@@ -479,7 +486,7 @@ def _claim(
                     _move(
                         row.id,
                         following.key,
-                        due_at(now, following, timezone_name),
+                        following_due,
                         state.ACTIVE,
                         now,
                     )
@@ -510,7 +517,7 @@ def _claim(
                         "send_id": group.send_id,
                         "state": "in_flight",
                         "batch_no": batch_no,
-                        "updated_at": run.wall.now(),
+                        "updated_at": stamp,
                     }
                 )
         if new_rows:
@@ -529,10 +536,10 @@ def _claim(
                     batch_no=batch_no,
                     error=None,
                     message_id=None,
-                    updated_at=run.wall.now(),
+                    updated_at=stamp,
                 )
             )
-        _apply_moves(conn, moves, run.wall.now())
+        _apply_moves(conn, moves, stamp)
     return list(groups.values())
 
 

@@ -7,6 +7,7 @@ schedule that did not change leaves the rows as they were.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any
 
@@ -191,7 +192,7 @@ def had_steps(
     return had_and_failed(conn, issue_to_key, subscriber_ids)[0]
 
 
-def next_after(steps: Sequence[Step], had: set[str]) -> Step | None:
+def next_after(steps: Sequence[Step], had: AbstractSet[str]) -> Step | None:
     """The first step (in the current order) this person has not had."""
     for step in steps:
         if step.key not in had:
