@@ -76,6 +76,15 @@ def test_signup_confirm_then_steps_through_sendgrid_until_unsubscribe(
         assert "/issues/" not in step1["content"][1]["value"]
         assert "Musterstraße 1" in step1["content"][0]["value"]  # the footer
 
+        # A welcome email is personal mail: not in the public archive or its feed.
+        for path in ("/", "/feed.xml"):
+            page = httpx.get(base + path)
+            assert page.status_code == 200 and "Willkommen bei" not in page.text, path
+        from newsletter.store.issues import is_published, published_issues
+
+        assert not is_published(engine, "sequences/welcome/willkommen")
+        assert published_issues(engine) == []
+
         # Running again (cron, a minute later) sends nothing twice.
         again = cli(root, "sequences", "run", "--now", (t + timedelta(minutes=1)).isoformat())
         assert again.exit_code == 0 and len(step_messages(sendgrid)) == 1

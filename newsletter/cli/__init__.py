@@ -89,9 +89,17 @@ def get_project(ctx: click.Context | None = None) -> Project:
 
 
 def _register() -> None:
-    from newsletter.cli import authoring, preview, sending, sequences, serving, subscribers
+    from newsletter.cli import (
+        archive,
+        authoring,
+        preview,
+        sending,
+        sequences,
+        serving,
+        subscribers,
+    )
 
-    for module in (authoring, preview, subscribers, sending, serving, sequences):
+    for module in (authoring, preview, subscribers, sending, serving, archive, sequences):
         for command in module.COMMANDS:
             main.add_command(command)
 
