@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.store.emails import email_key, normalize_email
+from newsletter.store.names import clean_name
 from newsletter.store.schema import (
     STATUSES,
     deliveries,
@@ -233,6 +234,7 @@ def add_subscriber(
 ) -> Subscriber:
     """Add a new subscriber. StoreError if the address is invalid or already on the list."""
     check_status(status)
+    name, first_name, last_name = clean_name(name), clean_name(first_name), clean_name(last_name)
     check_name_lengths(name=name, first_name=first_name, last_name=last_name)
     address = normalize_email(email)
     key = email_key(address)
@@ -289,6 +291,7 @@ def update_subscriber(
     fields: dict[str, Any] | None = None,
 ) -> None:
     """Set the given names; merge `fields` into the custom fields. None leaves a value alone."""
+    name, first_name, last_name = clean_name(name), clean_name(first_name), clean_name(last_name)
     check_name_lengths(name=name, first_name=first_name, last_name=last_name)
     with _connect(engine) as conn:
         values: dict[str, Any] = {"updated_at": now()}
