@@ -134,13 +134,15 @@ def _front_matter(issue: Issue) -> list[Finding]:
             )
         )
     from newsletter.issue import KNOWN_KEYS
+    from newsletter.sequences.steps import STEP_KEYS, is_step_path
 
+    known = KNOWN_KEYS + (STEP_KEYS if is_step_path(issue.path) else ())
     for key in issue.meta:
-        if key not in KNOWN_KEYS:
+        if key not in known:
             found.append(
                 Finding(
                     "warning",
-                    f"unknown front matter key `{key}` is ignored; known keys: {', '.join(KNOWN_KEYS)}",
+                    f"unknown front matter key `{key}` is ignored; known keys: {', '.join(known)}",
                     issue.path,
                     issue.key_line(str(key)),
                 )

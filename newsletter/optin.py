@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from newsletter import tokens
 from newsletter.errors import ConfigError, StoreError
+from newsletter.sequences import hooks as sequences
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -58,6 +59,7 @@ def confirm(project: Project, engine: Engine, token: str) -> Subscriber | None:
             return None
         if subscriber.status != "subscribed":
             set_status(conn, subscriber.id, "subscribed", reason=None)
+    sequences.joined(project, engine, subscriber.id)  # welcome sequences start here
     return subscriber
 
 

@@ -119,6 +119,8 @@ def sample_unsubscribe_url(project: Project) -> str:
 
 def view_url(project: Project, issue: Issue) -> str | None:
     base = project.config.base_url
+    if "/" in issue.slug:  # a sequence step (sequences/<name>/<key>) has no web page
+        return None
     return f"{base}/issues/{issue.slug}" if base else None
 
 

@@ -153,11 +153,12 @@ def _register() -> None:
         insights,
         preview,
         sending,
+        sequences,
         serving,
         subscribers,
     )
 
-    for module in (authoring, preview, subscribers, sending, serving, archive, insights):
+    for module in (authoring, preview, subscribers, sending, serving, archive, insights, sequences):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -129,7 +129,10 @@ def add(
             raise
         click.echo(f"added {subscriber.email} (unconfirmed); confirmation email sent")
         return
-    click.echo(f"added {subscriber.email} ({subscriber.status})")
+    from newsletter.sequences.hooks import joined
+
+    started = joined(get_project(), engine, subscriber.id)
+    click.echo(f"added {subscriber.email} ({subscriber.status})" + _started(started))
 
 
 @subscribers.command("remove")
@@ -283,10 +286,20 @@ def tag(email: str, tags: tuple[str, ...]) -> None:
     Example:
         newsletter subscribers tag anna@example.com vip leser
     """
+    from newsletter.sequences.hooks import tagged
     from newsletter.store.subscribers import add_tags
 
-    subscriber = add_tags(_engine(), email, tags)
-    click.echo(f"{subscriber.email}: {', '.join(subscriber.tags) or '(no tags)'}")
+    engine = _engine()
+    subscriber = add_tags(engine, email, tags)
+    started = tagged(get_project(), engine, subscriber.id, tags)
+    click.echo(
+        f"{subscriber.email}: {', '.join(subscriber.tags) or '(no tags)'}" + _started(started)
+    )
+
+
+def _started(sequences: list[str]) -> str:
+    """What `add` and `tag` say when a welcome sequence starts for the person."""
+    return f"; started sequence {', '.join(sequences)}" if sequences else ""
 
 
 @subscribers.command("untag")

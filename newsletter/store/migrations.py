@@ -123,6 +123,20 @@ def m008_reply_flags(conn: Connection) -> None:
             index.create(conn)
 
 
+def m009_sequences(conn: Connection) -> None:
+    """Welcome sequences: step rows, enrollments, schedule fingerprints, runs."""
+    schema.metadata.create_all(
+        conn,
+        tables=[
+            schema.sequence_steps,
+            schema.sequence_enrollments,
+            schema.sequence_state,
+            schema.sequence_runs,
+            schema.sequence_sends,
+        ],
+    )
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -132,6 +146,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m005_send_recipients_fixed", m005_send_recipients_fixed),
     ("m007_stats_counters", m007_stats_counters),
     ("m008_reply_flags", m008_reply_flags),
+    ("m009_sequences", m009_sequences),
 ]
 
 

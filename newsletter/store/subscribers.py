@@ -25,6 +25,7 @@ from newsletter.store.schema import (
     deliveries,
     events,
     replies,
+    sequence_enrollments,
     subscriber_tags,
     subscribers,
 )
@@ -484,7 +485,7 @@ def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
         # Delete explicitly rather than trusting ON DELETE CASCADE alone: a SQLite
         # connection opened without foreign_keys=ON would otherwise leave rows behind.
         if sid is not None:
-            for table in (subscriber_tags, deliveries, events, replies):
+            for table in (subscriber_tags, deliveries, events, replies, sequence_enrollments):
                 conn.execute(delete(table).where(table.c.subscriber_id == sid))
             removed += conn.execute(delete(subscribers).where(subscribers.c.id == sid)).rowcount
         removed += conn.execute(

@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from newsletter.errors import NewsletterError, StoreError, TokenError
+from newsletter.sequences import hooks as sequences
 from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
@@ -68,6 +69,8 @@ def _subscribe(ctx: Context, email: str, name: str) -> None:
             return  # added by a concurrent request: treat as existing
         if double:
             send_confirmation(ctx.project, db, subscriber)
+        else:
+            sequences.joined(ctx.project, db, subscriber.id)
         return
     # Never tell the requester whether the address is known: same answer either way.
     if existing.status == "subscribed":
@@ -77,6 +80,7 @@ def _subscribe(ctx: Context, email: str, name: str) -> None:
             send_confirmation(ctx.project, db, existing)
         else:
             set_status(db, existing.id, "subscribed")
+            sequences.joined(ctx.project, db, existing.id)
     # bounced / complained: only the person's own resubscribe link brings them back.
 
 
