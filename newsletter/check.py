@@ -53,7 +53,7 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
 
     findings += _config(project)
     findings += _front_matter(issue)
-    findings += _links_and_images(issue)
+    findings += _links_and_images(issue, project.config.theme.get("image_width"))
     try:
         rendered = render_issue(project, issue)
     except IssueError as exc:
@@ -176,8 +176,8 @@ def _url_problem(url: str, kind: str) -> tuple[Literal["error", "warning"], str]
     return None
 
 
-def _links_and_images(issue: Issue) -> list[Finding]:
-    from newsletter.markdown import iter_inline, parse
+def _links_and_images(issue: Issue, image_width: int | None = None) -> list[Finding]:
+    from newsletter.markdown import COLUMN_WIDTH, image_size, iter_inline, parse
     from newsletter.personalize import extract_expressions
 
     try:
@@ -200,6 +200,17 @@ def _links_and_images(issue: Issue) -> list[Finding]:
                         at,
                     )
                 )
+            if not image_size(token, image_width).known:
+                found.append(
+                    Finding(
+                        "warning",
+                        f"image {src!r} has no size, so Outlook shows it {COLUMN_WIDTH} px wide; "
+                        f"write ![{alt}]({src}){{width=600 height=400}} with its real size "
+                        "(or set [theme] image_width)",
+                        issue.path,
+                        at,
+                    )
+                )
             problem = _url_problem(src, "image")
             if problem:
                 found.append(Finding(problem[0], problem[1], issue.path, at))
@@ -216,7 +227,7 @@ def _links_and_images(issue: Issue) -> list[Finding]:
 
 
 _TAG_RE = re.compile(r"<(img|a)\b([^>]*)>", re.IGNORECASE)
-_ATTR_RE = re.compile(r"""\b(src|href|alt)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", re.IGNORECASE)
+_ATTR_RE = re.compile(r"""\b(src|href|alt|width)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", re.IGNORECASE)
 
 
 def _raw_html(issue: Issue, html: str, first_line: int | None) -> list[Finding]:
@@ -233,6 +244,15 @@ def _raw_html(issue: Issue, html: str, first_line: int | None) -> list[Finding]:
                     Finding(
                         "warning",
                         'an <img> has no alt text; add alt="what it shows"',
+                        issue.path,
+                        at,
+                    )
+                )
+            if not attrs.get("width", "").strip():
+                found.append(
+                    Finding(
+                        "warning",
+                        'an <img> has no width, so Outlook shows it at full size; add width="600"',
                         issue.path,
                         at,
                     )

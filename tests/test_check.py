@@ -7,7 +7,7 @@ from pathlib import Path
 
 from newsletter.check import check_issue
 from newsletter.project import Project
-from tests.conftest import EXAMPLE_ISSUE
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
 
 GOOD_FRONT = "---\ntitle: Gut\npreheader: Kurz und gut\n---\n"
 
@@ -26,8 +26,8 @@ def test_example_issue_is_clean(project: Path, cli) -> None:
 def test_images_and_links(make_project: Callable[..., Path], cli) -> None:
     body = (
         "Intro.\n\n"
-        "![](https://example.com/a.png)\n\n"  # line 7: no alt
-        "![Logo](/logo.png)\n\n"  # line 9: relative image
+        "![](https://example.com/a.png){width=300}\n\n"  # line 7: no alt
+        "![Logo](/logo.png \"120x40\")\n\n"  # line 9: relative image
         "[local](http://localhost:8000/x) and\n"  # line 11: localhost
         "[plain](http://example.com/y)\n\n"  # line 12: not https
         "[rel](page.html) [ip](https://127.0.0.1/z) [ok](https://example.com) [mail](mailto:a@b.de)\n"  # 14
@@ -122,10 +122,10 @@ def test_unknown_front_matter_key(make_project: Callable[..., Path]) -> None:
 
 def test_raw_html_images_and_links(make_project: Callable[..., Path]) -> None:
     body = (
-        "Text with <img src='https://example.com/a.png'> inline.\n\n"  # line 5
+        "Text with <img src='https://example.com/a.png' width='20'> inline.\n\n"  # line 5
         "<div>\n"  # line 7
         '<a href="http://localhost/x">local</a>\n'  # line 8
-        '<img src="https://example.com/b.png" alt="B">\n'
+        '<img src="https://example.com/b.png" alt="B" width="100">\n'
         "</div>\n"
     )
     _, found = findings_for(make_project, GOOD_FRONT + body)
@@ -142,3 +142,21 @@ def test_a_malformed_url_is_a_finding_not_a_crash(make_project: Callable[..., Pa
     assert got == {("error", 7, "link 'http://[::1' is not a valid URL")}
     result = cli(root, "check", "x")
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_image_without_a_size_warns(make_project: Callable[..., Path]) -> None:
+    body = (
+        "![Sized](https://example.com/a.png){width=1200 height=800}\n\n"  # line 5
+        '![Titled](https://example.com/b.png "300x200")\n\n'  # line 7
+        "![Unsized](https://example.com/c.png)\n\n"  # line 9
+        '<img src="https://example.com/d.png" alt="Raw">\n'  # line 11
+    )
+    _, found = findings_for(make_project, GOOD_FRONT + body)
+    assert [(f.severity, f.line) for f in found] == [("warning", 9), ("warning", 11)]
+    assert "image 'https://example.com/c.png' has no size" in found[0].message
+    assert "{width=600 height=400}" in found[0].message
+    assert "<img> has no width" in found[1].message
+    # A default width in the config is a size: no warning for the Markdown image.
+    config = CONFIG + "\n[theme]\nimage_width = 400\n"
+    _, found = findings_for(make_project, GOOD_FRONT + body, config=config)
+    assert [(f.severity, f.line) for f in found] == [("warning", 11)]

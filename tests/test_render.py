@@ -366,3 +366,26 @@ def test_body_expressions_are_sandboxed(make_project: Callable[..., Path]) -> No
     html, text = rendered.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
     assert "\nXX\n" in text
     assert "FieldView" not in html and "leser@example.com" not in html
+
+
+def test_images_get_a_width_capped_at_the_column(make_project: Callable[..., Path]) -> None:
+    body = (
+        "![Wide](https://example.com/wide.png){width=1200 height=800}\n\n"
+        '![Titled](https://example.com/small.png "300x200")\n\n'
+        "![Unsized](https://example.com/unsized.png)\n"
+    )
+    rendered = render_body(make_project, body)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    sizes = {img["alt"]: (img.get("width"), img.get("height")) for img in soup.find_all("img")}
+    assert sizes == {
+        "Wide": ("552", "368"),  # 1200x800 scaled to the 552 px column
+        "Titled": ("300", "200"),
+        "Unsized": ("552", None),
+    }
+    assert not soup.find("img", title=True)  # a size in the title is no tooltip
+    for img in soup.find_all("img"):
+        assert "max-width:100%" in img["style"].replace(" ", "")
+    config = CONFIG + "\n[theme]\nimage_width = 400\n"
+    rendered = render_body(make_project, body, config=config)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    assert soup.find("img", alt="Unsized")["width"] == "400"
