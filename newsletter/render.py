@@ -246,7 +246,7 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
     config = project.config
     body, expressions = extract_expressions(issue.path, issue.body, issue.body_line)
     tokens, md_env = parse(body)
-    content = render_html(tokens, md_env)
+    content = render_html(tokens, md_env, config.theme.get("image_width"))
     preheader = _shorten(
         strip_tokens(re.sub(r"\{\{.*?\}\}", "", issue.preheader))
         if issue.preheader
@@ -303,7 +303,9 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
             None,
             f"MJML could not render the templates: {exc}; check that every tag is closed",
         ) from None
-    html = _premailer(html)
+    # mjml gives every mj-text `word-break: break-word`, which every cell and paragraph
+    # inherits: it splits ordinary words ("Plattf|orm") in a narrow table cell.
+    html = _premailer(html.replace("word-break:break-word;", ""))
     if not html.lstrip().lower().startswith("<!doctype"):
         html = "<!doctype html>\n" + html
 
