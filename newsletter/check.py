@@ -89,6 +89,17 @@ def _config(project: Project) -> list[Finding]:
                 None,
             )
         )
+    from newsletter.colors import theme_contrast_problems
+
+    for key, problem in theme_contrast_problems(config.theme):
+        found.append(
+            Finding(
+                "warning",
+                f"[theme] {key}: {problem}; pick a colour with more contrast",
+                config.path,
+                None,
+            )
+        )
     if config.from_email == PLACEHOLDER_EMAIL:
         found.append(
             Finding(

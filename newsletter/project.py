@@ -197,6 +197,15 @@ def parse_config(path: Path) -> Config:
         address = newsletter[key]
         if address is not None and "@" not in address:
             raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
+    from newsletter.colors import THEME_COLORS, parse_color
+
+    for key in THEME_COLORS:
+        color = sections["theme"][key]
+        if parse_color(color) is None:
+            raise ConfigError(
+                f"{path}: [theme] {key} {color!r} is not a CSS colour; "
+                'write it as hex, e.g. "#1a56db", or as a CSS colour name such as "teal"'
+            )
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")

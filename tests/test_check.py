@@ -160,3 +160,31 @@ def test_image_without_a_size_warns(make_project: Callable[..., Path]) -> None:
     config = CONFIG + "\n[theme]\nimage_width = 400\n"
     _, found = findings_for(make_project, GOOD_FRONT + body, config=config)
     assert [(f.severity, f.line) for f in found] == [("warning", 11)]
+
+
+def test_theme_colours_below_aa_warn(make_project: Callable[..., Path]) -> None:
+    config = CONFIG + '\n[theme]\nbrand_color = "#7dd3fc"\nbackground_color = "#6b7280"\n'
+    root, found = findings_for(make_project, GOOD_FRONT + "Text.\n", config=config)
+    messages = {f.message.split(":")[0]: f for f in found}
+    assert set(messages) == {"[theme] brand_color", "[theme] background_color"}
+    brand = messages["[theme] brand_color"]
+    assert brand.severity == "warning" and brand.path == root / "newsletter.toml"
+    assert "links (#7dd3fc) on the white card (#ffffff) has a contrast of 1.67:1" in brand.message
+    assert "4.5:1" in brand.message
+    # The defaults and the example project's colours pass.
+    _, found = findings_for(make_project, GOOD_FRONT + "Text.\n")
+    assert found == []
+
+
+def test_a_theme_colour_that_is_no_css_colour_is_a_config_error(
+    make_project: Callable[..., Path], cli
+) -> None:
+    config = CONFIG + '\n[theme]\nbrand_color = "blau"\n'
+    root = make_project(config=config, issues={"x.md": GOOD_FRONT + "Text.\n"})
+    result = cli(root, "check", "x")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {root / 'newsletter.toml'}: [theme] brand_color 'blau' is not a CSS colour; "
+        'write it as hex, e.g. "#1a56db", or as a CSS colour name such as "teal"'
+    ]
+    assert "Traceback" not in result.output
