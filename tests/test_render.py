@@ -88,8 +88,12 @@ def test_example_styles_inline_and_no_links(
 
 def test_example_preheader_and_footer(example_html: BeautifulSoup) -> None:
     soup = example_html
-    hidden = soup.body.find("div")
+    hidden = soup.body.find("div", class_="nl-preheader")
     assert "display:none" in hidden["style"]
+    # Hidden without a tiny font in the background's colour (SpamAssassin's
+    # HTML_FONT_LOW_CONTRAST), and still the first text an inbox finds.
+    assert "color" not in hidden["style"] and "font-size" not in hidden["style"]
+    assert soup.body.get_text().lstrip().startswith("Was 40 Milliarden Dollar")
     # The preheader, then invisible filler so inboxes show nothing after it.
     filler = "\u034f\u200c\xa0 "
     assert hidden.get_text().rstrip(filler) == "Was 40 Milliarden Dollar für Influencer bedeuten"
@@ -357,7 +361,7 @@ def test_subject_title_and_preheader_are_escaped_once(make_project: Callable[...
     soup = BeautifulSoup(rendered.html, "html.parser")
     assert soup.title.get_text() == "Tom & Jerry's <Show> „Grüße“"
     assert soup.find("h1").get_text() == "Tom & Jerry's <Show> „Grüße“"
-    assert soup.body.find("div").get_text().rstrip("\u034f\u200c\xa0 ") == "A & B <c>"
+    assert soup.body.find("div", class_="nl-preheader").get_text().rstrip("\u034f\u200c\xa0 ") == "A & B <c>"
     assert rendered.text.startswith("Tom & Jerry's <Show> „Grüße“\n")
 
 
