@@ -101,6 +101,11 @@ def markdown() -> MarkdownIt:
     md.use(footnote_plugin)
     md.use(attrs_plugin, after=("image",))
     md.add_render_rule("image", _render_image)
+    md.add_render_rule("footnote_ref", _footnote_ref)
+    md.add_render_rule("footnote_block_open", _footnote_block_open)
+    md.add_render_rule("footnote_block_close", _footnote_block_close)
+    md.add_render_rule("footnote_open", _footnote_open)
+    md.add_render_rule("footnote_anchor", _footnote_anchor)
     md.linkify = ExplicitLinkify().set({"fuzzy_email": False})
     return md
 
@@ -110,6 +115,40 @@ def parse(body: str) -> tuple[list[Token], dict[str, Any]]:
     env: dict[str, Any] = {}
     tokens = markdown().parse(body, env)
     return tokens, env
+
+
+# Footnotes for mail clients: Gmail, Outlook and Yahoo ignore `id` targets (so anchors
+# also carry `name`), and Outlook and Yahoo drop the styling of a <section>.
+def _footnote_ref(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
+    n = tokens[idx].meta["id"] + 1
+    sub = tokens[idx].meta.get("subId", 0)
+    ref = f"fnref{n}" + (f"-{sub}" if sub else "")
+    return (
+        f'<sup class="footnote-ref"><a href="#fn{n}" id="{ref}" name="{ref}">{n}</a></sup>'
+    )
+
+
+def _footnote_block_open(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
+    return '<hr class="footnotes-sep">\n<div class="footnotes">\n<ol class="footnotes-list">\n'
+
+
+def _footnote_block_close(
+    self: Any, tokens: list[Token], idx: int, options: Any, env: Any
+) -> str:
+    return "</ol>\n</div>\n"
+
+
+def _footnote_open(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
+    n = tokens[idx].meta["id"] + 1
+    return f'<li id="fn{n}" class="footnote-item"><a name="fn{n}"></a>'
+
+
+def _footnote_anchor(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
+    n = tokens[idx].meta["id"] + 1
+    sub = tokens[idx].meta.get("subId", 0)
+    ref = f"fnref{n}" + (f"-{sub}" if sub else "")
+    # ↩ with U+FE0E, so iOS does not draw it as an emoji.
+    return f' <a href="#{ref}" class="footnote-backref">\u21a9\ufe0e</a>'
 
 
 def render_html(

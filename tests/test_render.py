@@ -164,7 +164,7 @@ code   kept
 """
     rendered = render_body(make_project, body)
     soup = BeautifulSoup(rendered.html, "html.parser")
-    hrefs = [a["href"] for a in soup.find_all("a")]
+    hrefs = [a["href"] for a in soup.find_all("a", href=True)]
     assert "https://www.example.org" in hrefs
     assert "https://example.com/a?b=1" in hrefs
     assert not any("meta.ai" in h.lower() or h.startswith("mailto:jens") for h in hrefs)
@@ -197,7 +197,7 @@ def test_headings_lists_quotes_in_text(make_project: Callable[..., Path]) -> Non
     body = "# Title\n\n### Small\n\n1. one\n2. two\n   - inner\n\n> quoted\n> line\n"
     text = render_body(make_project, body).text
     assert "Title\n=====\n" in text
-    assert "### Small" in text
+    assert "Small\n~~~~~\n" in text and "###" not in text
     assert "1. one\n2. two\n   - inner" in text
     assert "> quoted line" in text
 
@@ -393,3 +393,30 @@ def test_images_get_a_width_capped_at_the_column(make_project: Callable[..., Pat
     rendered = render_body(make_project, body, config=config)
     soup = BeautifulSoup(rendered.html, "html.parser")
     assert soup.find("img", alt="Unsized")["width"] == "400"
+
+
+def test_footnotes_work_in_mail_clients(make_project: Callable[..., Path]) -> None:
+    body = (
+        "Meta investiert[^geld] in KI, sagt [The Verge](https://www.theverge.com/x).[^zitat]\n\n"
+        "#### Vierte Ebene\n\n"
+        "###### Sechste Ebene\n\n"
+        "[^geld]: Bis zu 40 Milliarden Dollar, laut [Meta](https://about.meta.com/).\n"
+        "[^zitat]: Ein Interview.\n"
+    )
+    rendered = render_body(make_project, body)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    assert soup.find("section") is None
+    # Every in-page link lands on an anchor that has a `name` (Gmail, Outlook, Yahoo).
+    targets = [a["href"][1:] for a in soup.find_all("a", href=re.compile("^#"))]
+    assert len(targets) == 4
+    for target in targets:
+        assert soup.find("a", attrs={"name": target}) is not None, target
+    assert "footnotes" in soup.find("div", class_="footnotes")["class"]
+
+    text = rendered.text
+    assert "[^" not in text
+    assert "Meta investiert¹ in KI, sagt The Verge [1].²" in text
+    assert "¹ Bis zu 40 Milliarden Dollar, laut Meta [2]." in text
+    assert "² Ein Interview." in text
+    assert "[1] https://www.theverge.com/x\n[2] https://about.meta.com/" in text
+    assert "\nVierte Ebene\n" in text and "\nSechste Ebene\n" in text and "#" not in text
