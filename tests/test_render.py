@@ -420,3 +420,8 @@ def test_footnotes_work_in_mail_clients(make_project: Callable[..., Path]) -> No
     assert "² Ein Interview." in text
     assert "[1] https://www.theverge.com/x\n[2] https://about.meta.com/" in text
     assert "\nVierte Ebene\n" in text and "\nSechste Ebene\n" in text and "#" not in text
+
+
+def test_unsubscribe_link_is_never_click_tracked(example_html: BeautifulSoup) -> None:
+    [link] = example_html.find_all("a", href=UNSUBSCRIBE)
+    assert link["clicktracking"] == "off"  # SendGrid's switch: it never rewrites this link
