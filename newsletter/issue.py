@@ -26,6 +26,9 @@ KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language")
 # Characters MJML's XML parser rejects; a word processor's paste brings e.g. U+000B.
 # (NUL is not among them: markdown-it already turns it into U+FFFD.)
 CONTROL_RE = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# A line break inside a one-line value ("subject: \"Hi\\r\\nBcc: x@y.z\"", a `|` block) would
+# split the Subject header, or inject another one.
+LINE_BREAK_RE = re.compile("[\r\n\x85\u2028\u2029]")
 FENCE = "---"
 
 # German letters that Unicode decomposition would turn into a bare vowel.
@@ -181,6 +184,13 @@ def load_issue(project: Project, path: Path) -> Issue:
         value = data.get(key)
         if isinstance(value, str) and CONTROL_RE.search(value):  # an escape such as "\v"
             _reject_control(path, front_matter_key_line(path, key), value)
+        if isinstance(value, str) and LINE_BREAK_RE.search(value.strip()):
+            raise IssueError(
+                path,
+                front_matter_key_line(path, key),
+                f"`{key}` holds a line break; it becomes a one-line mail header: "
+                "write it on one line",
+            )
 
     def line(key: str) -> int | None:
         return front_matter_key_line(path, key) or 1

@@ -188,3 +188,26 @@ def test_a_theme_colour_that_is_no_css_colour_is_a_config_error(
         'write it as hex, e.g. "#1a56db", or as a CSS colour name such as "teal"'
     ]
     assert "Traceback" not in result.output
+
+
+def test_line_breaks_in_subject_title_or_preheader_are_errors(
+    make_project: Callable[..., Path], cli
+) -> None:
+    cases = {
+        "s.md": '---\ntitle: T\npreheader: p\nsubject: "Hallo\\r\\nBcc: x@y.z"\n---\nText.\n',
+        "t.md": "---\npreheader: p\ntitle: |\n  Zeile eins\n  Zeile zwei\n---\nText.\n",
+        "p.md": '---\ntitle: T\n\npreheader: "eins\\nzwei"\n---\nText.\n',
+    }
+    root = make_project(issues=cases)
+    project = Project.load(root)
+    expected = {"s.md": ("subject", 4), "t.md": ("title", 3), "p.md": ("preheader", 4)}
+    for name, (key, line) in expected.items():
+        [finding] = check_issue(project, root / "issues" / name)
+        assert (finding.severity, finding.line) == ("error", line), finding
+        assert finding.message.startswith(f"`{key}` holds a line break"), finding
+    result = cli(root, "check", "s")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{root / 'issues' / 's.md'}:4: error: `subject` holds a line break" in result.output
+    result = cli(root, "send", "s", "--test", "jens@example.com")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "`subject` holds a line break" in result.output
