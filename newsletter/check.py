@@ -52,6 +52,7 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
         return [Finding("error", exc.reason, exc.path, exc.line)]
 
     findings += _config(project)
+    findings += _imprint(project, issue)
     findings += _front_matter(issue)
     findings += _links_and_images(issue, project.config.theme.get("image_width"))
     try:
@@ -109,6 +110,35 @@ def _config(project: Project) -> list[Finding]:
                 None,
             )
         )
+    return found
+
+
+def _imprint(project: Project, issue: Issue) -> list[Finding]:
+    """German law (§ 5 DDG) asks every commercial email for an imprint; elsewhere it is good
+    practice. The privacy policy link is checked only when given."""
+    config = project.config
+    found = []
+    imprint = config.section("newsletter")["imprint_url"]
+    if not imprint:
+        found.append(
+            Finding(
+                "error" if issue.language == "de" else "warning",
+                "[newsletter] imprint_url is not set"
+                + (
+                    ", and a German newsletter must link its Impressum in every email"
+                    if issue.language == "de"
+                    else "; readers expect an imprint (legal notice) link in the footer"
+                )
+                + ': add imprint_url = "https://example.com/impressum"',
+                config.path,
+                None,
+            )
+        )
+    for key in ("imprint_url", "privacy_url"):
+        url = config.section("newsletter")[key]
+        problem = _url_problem(url, f"[newsletter] {key}") if url else None
+        if problem:
+            found.append(Finding(problem[0], problem[1], config.path, None))
     return found
 
 
@@ -369,6 +399,19 @@ def _template_and_size(project: Project, rendered: RenderedIssue) -> list[Findin
                 html_where,
                 "the HTML lacks the postal address; keep {{ newsletter.postal_address }} in the footer",
             )
+        )
+    imprint = project.config.section("newsletter")["imprint_url"]
+    if imprint and html_lib.escape(imprint) not in rendered.html:
+        found.append(
+            _template_finding(
+                html_where,
+                "the HTML has no imprint link; keep "
+                '<a href="{{ newsletter.imprint_url }}"> in the footer',
+            )
+        )
+    if imprint and imprint not in rendered.text:
+        found.append(
+            _template_finding(text_where, "the text part lacks {{ newsletter.imprint_url }}")
         )
     if UNSUBSCRIBE_TEXT_KEY not in rendered.text:
         found.append(

@@ -35,6 +35,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "postal_address": (str, REQUIRED),
         "base_url": (str, None),
         "language": (str, "en"),
+        "imprint_url": (str, None),  # Impressum: linked in the footer of emails and pages
+        "privacy_url": (str, None),  # privacy policy: linked next to it
     },
     "database": {
         "url": (str, "sqlite:///newsletter.db"),

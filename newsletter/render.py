@@ -54,12 +54,16 @@ STRINGS: dict[str, dict[str, str]] = {
         "view_in_browser": "Im Browser ansehen",
         "reason": "Du bekommst diese E-Mail, weil du „{name}“ abonniert hast.",
         "image": "Bild",
+        "imprint": "Impressum",
+        "privacy": "Datenschutz",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
         "view_in_browser": "View in browser",
         "reason": "You are receiving this email because you subscribed to “{name}”.",
         "image": "Image",
+        "imprint": "Imprint",
+        "privacy": "Privacy policy",
     },
 }
 
@@ -263,6 +267,8 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
         "base_url": config.base_url,
         "from_name": config.from_name,
         "from_email": config.from_email,
+        "imprint_url": config.section("newsletter")["imprint_url"],
+        "privacy_url": config.section("newsletter")["privacy_url"],
     }
     issue_vars = {
         "title": issue.title,
@@ -305,7 +311,9 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
         ) from None
     # mjml gives every mj-text `word-break: break-word`, which every cell and paragraph
     # inherits: it splits ordinary words ("Plattf|orm") in a narrow table cell.
-    html = _premailer(html.replace("word-break:break-word;", ""))
+    html = html.replace("word-break:break-word;", "")
+
+    html = _premailer(html)
     if not html.lstrip().lower().startswith("<!doctype"):
         html = "<!doctype html>\n" + html
 

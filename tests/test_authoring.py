@@ -25,7 +25,10 @@ def test_init_scaffolds_a_project_that_builds(tmp_path: Path, cli) -> None:
         encoding="utf-8"
     )
     checked = cli(target, "check", str(issues[0]))
-    assert checked.exit_code == 0
+    # A German newsletter must link its Impressum: the one error until the author adds it.
+    assert checked.exit_code == 1
+    assert "error: [newsletter] imprint_url is not set" in checked.output
+    assert "# imprint_url = " in config
     assert "postal_address is still the example" in checked.output
     assert "from_email is still the example" in checked.output
     built = cli(target, "build", str(issues[0]))

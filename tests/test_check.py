@@ -27,7 +27,7 @@ def test_images_and_links(make_project: Callable[..., Path], cli) -> None:
     body = (
         "Intro.\n\n"
         "![](https://example.com/a.png){width=300}\n\n"  # line 7: no alt
-        "![Logo](/logo.png \"120x40\")\n\n"  # line 9: relative image
+        '![Logo](/logo.png "120x40")\n\n'  # line 9: relative image
         "[local](http://localhost:8000/x) and\n"  # line 11: localhost
         "[plain](http://example.com/y)\n\n"  # line 12: not https
         "[rel](page.html) [ip](https://127.0.0.1/z) [ok](https://example.com) [mail](mailto:a@b.de)\n"  # 14
@@ -94,6 +94,7 @@ def test_custom_template_without_address_or_unsubscribe(make_project: Callable[.
     assert messages == [
         ("error", "footer.mjml.j2", "the HTML has no unsubscribe link"),
         ("error", "footer.mjml.j2", "the HTML lacks the postal address"),
+        ("error", "footer.mjml.j2", "the HTML has no imprint link"),
     ]
 
 
@@ -211,3 +212,25 @@ def test_line_breaks_in_subject_title_or_preheader_are_errors(
     result = cli(root, "send", "s", "--test", "jens@example.com")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "`subject` holds a line break" in result.output
+
+
+def test_imprint_missing_is_an_error_in_german_and_a_warning_in_english(
+    make_project: Callable[..., Path], cli
+) -> None:
+    without = CONFIG.replace('imprint_url = "https://news.example.com/impressum"\n', "")
+    assert "imprint_url" not in without
+    english = GOOD_FRONT.replace("---\n", "---\nlanguage: en\n", 1)
+    root = make_project(
+        config=without, issues={"de.md": GOOD_FRONT + "Text.\n", "en.md": english + "Text.\n"}
+    )
+    project = Project.load(root)
+    [german] = check_issue(project, root / "issues" / "de.md")
+    assert (german.severity, german.path, german.line) == ("error", root / "newsletter.toml", None)
+    assert german.message.startswith("[newsletter] imprint_url is not set, and a German newsletter")
+    assert 'add imprint_url = "https://example.com/impressum"' in german.message
+    [english_finding] = check_issue(project, root / "issues" / "en.md")
+    assert english_finding.severity == "warning"
+    assert english_finding.message.startswith("[newsletter] imprint_url is not set")
+    result = cli(root, "check", "de")
+    assert result.exit_code == 1 and "error: [newsletter] imprint_url is not set" in result.output
+    assert cli(root, "check", "en").exit_code == 0

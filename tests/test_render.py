@@ -361,7 +361,10 @@ def test_subject_title_and_preheader_are_escaped_once(make_project: Callable[...
     soup = BeautifulSoup(rendered.html, "html.parser")
     assert soup.title.get_text() == "Tom & Jerry's <Show> „Grüße“"
     assert soup.find("h1").get_text() == "Tom & Jerry's <Show> „Grüße“"
-    assert soup.body.find("div", class_="nl-preheader").get_text().rstrip("\u034f\u200c\xa0 ") == "A & B <c>"
+    assert (
+        soup.body.find("div", class_="nl-preheader").get_text().rstrip("\u034f\u200c\xa0 ")
+        == "A & B <c>"
+    )
     assert rendered.text.startswith("Tom & Jerry's <Show> „Grüße“\n")
 
 
@@ -425,3 +428,22 @@ def test_footnotes_work_in_mail_clients(make_project: Callable[..., Path]) -> No
 def test_unsubscribe_link_is_never_click_tracked(example_html: BeautifulSoup) -> None:
     [link] = example_html.find_all("a", href=UNSUBSCRIBE)
     assert link["clicktracking"] == "off"  # SendGrid's switch: it never rewrites this link
+
+
+def test_imprint_and_privacy_links_in_both_footers(make_project: Callable[..., Path]) -> None:
+    config = CONFIG.replace(
+        'imprint_url = "https://news.example.com/impressum"\n',
+        'imprint_url = "https://jens.example/impressum"\n'
+        'privacy_url = "https://jens.example/datenschutz"\n',
+    )
+    rendered = render_body(make_project, "Text.\n", config=config)
+    html, text = rendered.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    footer = BeautifulSoup(html, "html.parser").find(class_="nl-footer-text")
+    links = {a.get_text(): a["href"] for a in footer.find_all("a")}
+    assert links["Impressum"] == "https://jens.example/impressum"
+    assert links["Datenschutz"] == "https://jens.example/datenschutz"
+    assert "Impressum: https://jens.example/impressum\n" in text
+    assert "Datenschutz: https://jens.example/datenschutz\n" in text
+    english = render_body(make_project, "Text.\n", front="language: en\n", config=config)
+    assert "Imprint: https://jens.example/impressum" in english.text
+    assert "Privacy policy: https://jens.example/datenschutz" in english.text
