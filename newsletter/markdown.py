@@ -123,18 +123,14 @@ def _footnote_ref(self: Any, tokens: list[Token], idx: int, options: Any, env: A
     n = tokens[idx].meta["id"] + 1
     sub = tokens[idx].meta.get("subId", 0)
     ref = f"fnref{n}" + (f"-{sub}" if sub else "")
-    return (
-        f'<sup class="footnote-ref"><a href="#fn{n}" id="{ref}" name="{ref}">{n}</a></sup>'
-    )
+    return f'<sup class="footnote-ref"><a href="#fn{n}" id="{ref}" name="{ref}">{n}</a></sup>'
 
 
 def _footnote_block_open(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
     return '<hr class="footnotes-sep">\n<div class="footnotes">\n<ol class="footnotes-list">\n'
 
 
-def _footnote_block_close(
-    self: Any, tokens: list[Token], idx: int, options: Any, env: Any
-) -> str:
+def _footnote_block_close(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
     return "</ol>\n</div>\n"
 
 
@@ -151,9 +147,7 @@ def _footnote_anchor(self: Any, tokens: list[Token], idx: int, options: Any, env
     return f' <a href="#{ref}" class="footnote-backref">\u21a9\ufe0e</a>'
 
 
-def render_html(
-    tokens: list[Token], env: dict[str, Any], image_width: int | None = None
-) -> str:
+def render_html(tokens: list[Token], env: dict[str, Any], image_width: int | None = None) -> str:
     """HTML of the tokens; `image_width` is the config's width for images without a size."""
     md = markdown()
     env["image_width"] = image_width

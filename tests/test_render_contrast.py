@@ -89,9 +89,11 @@ def low_contrast_inline(html: str) -> list[tuple[str, float]]:
         if not string.strip() or _hidden(string.parent):
             continue
         fg = _inline_color(string.parent, ("color",), None) or (0.0, 0.0, 0.0)
-        bg = _inline_color(
-            string.parent, ("background-color", "background"), "bgcolor"
-        ) or (1.0, 1.0, 1.0)
+        bg = _inline_color(string.parent, ("background-color", "background"), "bgcolor") or (
+            1.0,
+            1.0,
+            1.0,
+        )
         ratio = contrast_ratio(fg, bg)
         if ratio < AA_CONTRAST:
             failures.append((string.strip()[:40], round(ratio, 2)))
