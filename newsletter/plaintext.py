@@ -22,6 +22,8 @@ _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 def footnote_mark(number: int) -> str:
     """`¹`, `¹²`: a footnote's number, which cannot be mistaken for a link reference `[1]`."""
     return str(number).translate(_SUPERSCRIPT)
+
+
 _TAG_RE = re.compile(r"<[^>]+>")
 
 
