@@ -57,6 +57,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "logo_url": (str, None),
         "logo_alt": (str, None),
         "logo_width": (int, 120),
+        "reply_prompt": (bool, True),  # a sign-off line inviting replies
         "image_width": (int, None),  # px, for body images without a size (default: the column)
         "web_font_name": (str, None),  # only with web_font_url: adds a <link> for that font
         "web_font_url": (str, None),

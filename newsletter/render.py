@@ -8,6 +8,7 @@ SendGrid's `substitutions` needs) and `personalize()` applies them locally.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import re
@@ -56,6 +57,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "image": "Bild",
         "imprint": "Impressum",
         "privacy": "Datenschutz",
+        "issue_number": "Ausgabe {number}",
+        "reply_prompt": "Fragen, Ideen, Widerspruch? Antworte einfach auf diese E-Mail – "
+        "ich lese jede Antwort.",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
@@ -64,8 +68,27 @@ STRINGS: dict[str, dict[str, str]] = {
         "image": "Image",
         "imprint": "Imprint",
         "privacy": "Privacy policy",
+        "issue_number": "Issue {number}",
+        "reply_prompt": "Questions, ideas, disagreement? Just reply to this email – "
+        "I read every reply.",
     },
 }
+
+MONTHS = {
+    "de": "Januar Februar März April Mai Juni Juli August September Oktober November Dezember",
+    "en": "January February March April May June July August September October November December",
+}
+
+
+def format_date(date: datetime.date, language: str) -> str:
+    """`2. Juli 2024` / `July 2, 2024`: the masthead's date."""
+    month = MONTHS[language].split()[date.month - 1]
+    return (
+        f"{date.day}. {month} {date.year}"
+        if language == "de"
+        else f"{month} {date.day}, {date.year}"
+    )
+
 
 HTML_TEMPLATE = "email.mjml.j2"
 TEXT_TEMPLATE = "email.txt.j2"
@@ -256,7 +279,10 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
         if issue.preheader
         else _first_paragraph(tokens)
     )
-    strings = {k: v.format(name=config.name) for k, v in STRINGS[issue.language].items()}
+    strings = {
+        k: v.format(name=config.name, number=issue.number)
+        for k, v in STRINGS[issue.language].items()
+    }
     theme = dict(config.theme)
     font_family = theme["font_family"]
     if theme.get("web_font_name") and theme.get("web_font_url"):
@@ -274,6 +300,8 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
         "title": issue.title,
         "subject": issue.subject,
         "date": issue.date,
+        "date_text": format_date(issue.date, issue.language) if issue.date else None,
+        "number": issue.number,
         "slug": issue.slug,
         "language": issue.language,
         "meta": issue.meta,

@@ -104,9 +104,11 @@ def test_build_writes_html_and_text(project: Path, cli, tmp_path: Path) -> None:
     html = html_path.read_text(encoding="utf-8")
     text = text_path.read_text(encoding="utf-8")
     assert html.startswith("<!doctype html>") and 'lang="de"' in html
-    assert "Hallo Alex," in html and text.startswith(
-        "Warum Metas KI Creator verdrängen könnte\n========================================\n\nHallo Alex,"
-    )
+    assert "Hallo Alex," in html and text.startswith("Jens' Briefing\n2. Juli 2024\n")
+    assert (
+        "\n\nWarum Metas KI Creator verdrängen könnte\n"
+        "========================================\n\nHallo Alex,"
+    ) in text
     assert "%%" not in html and "%%" not in text
     assert "https://news.example.com/unsubscribe/example" in text
     assert [p.name for p in out.iterdir()] == sorted([p.name for p in out.iterdir()]) or True

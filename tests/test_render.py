@@ -109,9 +109,10 @@ def test_example_preheader_and_footer(example_html: BeautifulSoup) -> None:
 
 def test_example_personalized_greeting(example: RenderedIssue) -> None:
     html, text = example.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
-    assert "Hallo Alex," in html and text.startswith(
-        "Warum Metas KI Creator verdrängen könnte\n========================================\n\nHallo Alex,"
-    )
+    assert "Hallo Alex," in html and (
+        "\n\nWarum Metas KI Creator verdrängen könnte\n"
+        "========================================\n\nHallo Alex,"
+    ) in text
     html, text = example.personalize(
         {"id": 7, "email": "x@example.com", "first_name": ""}, UNSUBSCRIBE
     )
@@ -131,7 +132,12 @@ def test_example_text_part(example: RenderedIssue) -> None:
     footer = text[text.index("\n-- \n") :]
     assert "Musterstraße 1, 10115 Berlin, Germany" in footer
     assert f"Abmelden: {UNSUBSCRIBE}" in footer
-    assert "Im Browser ansehen: https://news.example.com/issues/meta-ki-creator" in footer
+    # "View in browser" moved up to the masthead.
+    assert text.startswith(
+        "Jens' Briefing\n2. Juli 2024\n"
+        "Im Browser ansehen: https://news.example.com/issues/meta-ki-creator\n\n"
+    )
+    assert "Im Browser ansehen" not in footer
     for word in ("ä", "ö", "ü", "ß", "…", "“", "”"):
         assert word in text
 
@@ -365,7 +371,7 @@ def test_subject_title_and_preheader_are_escaped_once(make_project: Callable[...
         soup.body.find("div", class_="nl-preheader").get_text().rstrip("\u034f\u200c\xa0 ")
         == "A & B <c>"
     )
-    assert rendered.text.startswith("Tom & Jerry's <Show> „Grüße“\n")
+    assert "\n\nTom & Jerry's <Show> „Grüße“\n" in rendered.text
 
 
 def test_body_expressions_are_sandboxed(make_project: Callable[..., Path]) -> None:
