@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -17,6 +18,7 @@ from newsletter.errors import IssueError
 
 if TYPE_CHECKING:
     from newsletter.issue import Issue
+    from newsletter.personalize import Expression
     from newsletter.project import Project
     from newsletter.render import RenderedIssue
 
@@ -60,8 +62,11 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
     except IssueError as exc:
         findings.append(Finding("error", exc.reason, exc.path, exc.line))
     else:
-        findings += _expressions(rendered)
+        nobody = _fields_nobody_has(project, rendered)
+        findings += [_nobody_finding(rendered, e, field, "error") for e, field in nobody]
+        findings += _expressions(rendered, skip={e.index for e, _ in nobody})
         findings += _template_and_size(project, rendered)
+    findings += _duplicate_slugs(project, issue)
     return sorted(findings, key=lambda f: (f.severity != "error", str(f.path), f.line or 0))
 
 
@@ -307,7 +312,107 @@ def _raw_html(issue: Issue, html: str, first_line: int | None) -> list[Finding]:
     return found
 
 
-def _expressions(rendered: RenderedIssue) -> list[Finding]:
+def fields_nobody_has(project: Project, rendered: RenderedIssue) -> list[Finding]:
+    """Warnings for `build`: each custom field that no subscriber has."""
+    return [
+        _nobody_finding(rendered, e, field, "warning")
+        for e, field in _fields_nobody_has(project, rendered)
+    ]
+
+
+def _nobody_finding(
+    rendered: RenderedIssue,
+    expression: Expression,
+    field: str,
+    severity: Literal["error", "warning"],
+) -> Finding:
+    return Finding(
+        severity,
+        f"{{{{ {expression.source} }}}}: no subscriber has a field `{field}`, so "
+        "everyone would see nothing there; check its spelling against the "
+        "columns you imported (`newsletter subscribers show EMAIL` lists them)",
+        rendered.issue.path,
+        expression.line,
+    )
+
+
+def _fields_nobody_has(project: Project, rendered: RenderedIssue) -> list[tuple[Expression, str]]:
+    """(expression, field) for a custom field that no subscriber in the database has: a
+    typo, or an import that named the column differently. Nothing while the list is empty."""
+    from newsletter.personalize import BUILTIN_FIELDS
+
+    wanted = {
+        field
+        for expression in rendered.expressions
+        for field in expression.fields
+        if field not in BUILTIN_FIELDS
+    }
+    if not wanted:
+        return []
+    in_use = _custom_fields_in_use(project, wanted)
+    if in_use is None:
+        return []
+    return [
+        (expression, field)
+        for expression in rendered.expressions
+        for field in expression.fields
+        if field in wanted and field not in in_use
+    ]
+
+
+def _custom_fields_in_use(project: Project, names: set[str]) -> set[str] | None:
+    """The names some subscriber has; None when there is no list to ask."""
+    from newsletter.errors import NewsletterError
+    from newsletter.store.engine import open_engine
+    from newsletter.store.subscribers import count_subscribers, custom_fields_in_use
+
+    url = project.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        return None  # no database yet: checking must not create one
+    try:
+        engine = open_engine(url)
+        if count_subscribers(engine) == 0:
+            return None
+        return custom_fields_in_use(engine, sorted(names))
+    except NewsletterError:
+        return None  # `send` reports an unreachable database in its own words
+
+
+def _duplicate_slugs(project: Project, issue: Issue) -> list[Finding]:
+    """Two files in issues/ with one slug share one web page, one ledger and one `stats`."""
+    from newsletter.errors import NewsletterError
+    from newsletter.issue import load_issue
+
+    found = []
+    for other in sorted(project.issues_dir.glob("*.md")):
+        if other.resolve() == issue.path.resolve():
+            continue
+        try:
+            slug = load_issue(project, other).slug
+        except NewsletterError:
+            continue
+        if slug == issue.slug:
+            found.append(
+                Finding(
+                    "warning",
+                    f"{other.name} has the same slug `{slug}`; sends, stats and the web version "
+                    "would mix them up: give one of them its own `slug:`",
+                    issue.path,
+                    issue.key_line("slug") or 1,
+                )
+            )
+    return found
+
+
+def _missing_field(expression: Expression, message: str) -> str:
+    """`the field `company``: named from the expression, never Jinja's internals
+    ("'FieldView object' has no attribute ...")."""
+    fields = expression.fields
+    named = [f for f in fields if f"'{f}'" in message] or fields
+    return f"the field `{named[0]}`" if named else "this field"
+
+
+def _expressions(rendered: RenderedIssue, skip: Collection[int] = ()) -> list[Finding]:
     """Evaluate each field for the sample subscriber (must work) and for one with no
     fields at all (should still read well: needs a default)."""
     from jinja2 import UndefinedError
@@ -322,14 +427,16 @@ def _expressions(rendered: RenderedIssue) -> list[Finding]:
     bare = {"id": SAMPLE_SUBSCRIBER["id"], "email": SAMPLE_SUBSCRIBER["email"]}
     empty = {**rendered.context, "subscriber": subscriber_view(bare)}
     for expression in rendered.expressions:
+        if expression.index in skip:
+            continue
         label = f"{{{{ {expression.source} }}}}"
         try:
             expression.evaluate(sample)
         except UndefinedError as exc:
             if "subscriber" in expression.source and "'subscriber'" not in str(exc):
                 message = (
-                    f"{label}: {exc.message}; subscribers without it see nothing there: "
-                    'add | default("...")'
+                    f"{label}: subscribers without {_missing_field(expression, str(exc))} "
+                    'see nothing there: add | default("...")'
                 )
                 found.append(Finding("warning", message, path, expression.line))
             else:
@@ -353,8 +460,8 @@ def _expressions(rendered: RenderedIssue) -> list[Finding]:
             found.append(
                 Finding(
                     "warning",
-                    f"{label}: subscribers without this field see nothing there ({exc.message}); "
-                    'add | default("...")',
+                    f"{label}: subscribers without {_missing_field(expression, str(exc))} "
+                    'see nothing there: add | default("...")',
                     path,
                     expression.line,
                 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from newsletter.check import check_issue
 from newsletter.project import Project
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
@@ -234,3 +236,66 @@ def test_imprint_missing_is_an_error_in_german_and_a_warning_in_english(
     result = cli(root, "check", "de")
     assert result.exit_code == 1 and "error: [newsletter] imprint_url is not set" in result.output
     assert cli(root, "check", "en").exit_code == 0
+
+
+def test_a_field_nobody_has_is_named(
+    make_project: Callable[..., Path], cli, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = (
+        'Hallo {{ subscriber.first_name | default("du") }},\n'  # line 5: built-in
+        'aus {{ subscriber.stadt | default("deiner Stadt") }}\n'  # line 6: Stadt is in use
+        'bei {{ subscriber.firma | default("deiner Firma") }}\n'  # line 7: nobody has firma
+        "{{ subscriber.fields.plz }}\n"  # line 8: nobody has it, no default either
+    )
+    root = make_project(issues={"x.md": GOOD_FRONT + body})
+    project = Project.load(root)
+    # No database yet, or an empty list: nothing to compare with, no error.
+    assert [f.severity for f in check_issue(project, root / "issues" / "x.md")] == ["warning"]
+    assert not (root / "newsletter.db").exists()
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    assert [f.severity for f in check_issue(project, root / "issues" / "x.md")] == ["warning"]
+    for args in (
+        ["a@example.com", "--field", "stadt=Köln"],
+        ["b@example.com", "--field", "stadt=", "--field", "plz="],
+    ):
+        assert cli(root, "subscribers", "add", *args).exit_code == 0
+    found = check_issue(project, root / "issues" / "x.md")
+    assert [(f.severity, f.line) for f in found] == [("error", 7), ("error", 8)]
+    assert found[0].message.startswith(
+        '{{ subscriber.firma | default("deiner Firma") }}: no subscriber has a field `firma`'
+    )
+    assert "`plz`" in found[1].message  # an empty value is no value
+    result = cli(root, "check", "x")
+    assert result.exit_code == 1 and "FieldView" not in result.output
+    built = cli(root, "build", "x")
+    assert built.exit_code == 0
+    assert f"{root / 'issues' / 'x.md'}:7: warning: " in built.output
+    assert "no subscriber has a field `firma`" in built.output
+    assert "FieldView" not in built.output and "has no attribute" not in built.output
+
+
+def test_missing_fields_are_named_without_jinja_internals(
+    make_project: Callable[..., Path],
+) -> None:
+    _, found = findings_for(make_project, GOOD_FRONT + "{{ subscriber.first_name }}\n")
+    [finding] = found
+    assert finding.message == (
+        "{{ subscriber.first_name }}: subscribers without the field `first_name` see nothing "
+        'there: add | default("...")'
+    )
+
+
+def test_two_files_with_one_slug_warn(make_project: Callable[..., Path]) -> None:
+    root = make_project(
+        issues={
+            "2024-07-hallo.md": GOOD_FRONT + "Eins.\n",
+            "2024-08-hallo.md": GOOD_FRONT + "Zwei.\n",
+            "anders.md": "---\ntitle: A\npreheader: p\nslug: hallo\n---\nDrei.\n",
+            "eigen.md": GOOD_FRONT + "Vier.\n",
+        }
+    )
+    found = check_issue(Project.load(root), root / "issues" / "anders.md")
+    assert [(f.severity, f.line) for f in found] == [("warning", 4), ("warning", 4)]
+    assert found[0].message.startswith("2024-07-hallo.md has the same slug `hallo`")
+    assert found[1].message.startswith("2024-08-hallo.md has the same slug `hallo`")
+    assert check_issue(Project.load(root), root / "issues" / "eigen.md") == []
