@@ -43,6 +43,12 @@ class Finding:
 
 def check_issue(project: Project, path: Path) -> list[Finding]:
     """Every problem found in an issue, errors first, in file order."""
+    return check_and_render(project, path)[0]
+
+
+def check_and_render(project: Project, path: Path) -> tuple[list[Finding], RenderedIssue | None]:
+    """`check_issue`, and the rendered issue it looked at (None if it could not render): a
+    send checks and renders once."""
     from newsletter.issue import load_issue
     from newsletter.render import render_issue
 
@@ -51,12 +57,13 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
     try:
         issue = load_issue(project, path)
     except IssueError as exc:
-        return [Finding("error", exc.reason, exc.path, exc.line)]
+        return [Finding("error", exc.reason, exc.path, exc.line)], None
 
     findings += _config(project)
     findings += _imprint(project, issue)
     findings += _front_matter(issue)
     findings += _links_and_images(issue, project.config.theme.get("image_width"))
+    rendered: RenderedIssue | None = None
     try:
         rendered = render_issue(project, issue)
     except IssueError as exc:
@@ -67,7 +74,8 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
         findings += _expressions(rendered, skip={e.index for e, _ in nobody})
         findings += _template_and_size(project, rendered)
     findings += _duplicate_slugs(project, issue)
-    return sorted(findings, key=lambda f: (f.severity != "error", str(f.path), f.line or 0))
+    ordered = sorted(findings, key=lambda f: (f.severity != "error", str(f.path), f.line or 0))
+    return ordered, rendered
 
 
 def _config(project: Project) -> list[Finding]:

@@ -44,10 +44,31 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "sendgrid": {
         "region": (str, "global"),
         "timeout": ((int, float), 30.0),  # seconds, for every API request
-        "batch_size": (int, 1000),  # personalizations per request (SendGrid's maximum)
-        "concurrency": (int, 4),  # requests in flight at once
-        "max_retries": (int, 5),
+        # Deprecated here (read, with a warning): they moved to [sending].
+        "batch_size": (int, None),
+        "concurrency": (int, None),
+        "max_retries": (int, None),
         "unsubscribe_group_id": (int, None),  # optional SendGrid ASM group
+    },
+    "sending": {
+        "transport": (str, None),  # "sendgrid" | "smtp" | "outbox"; default: SendGrid
+        "batch_size": (int, 1000),  # recipients per request (capped by the transport)
+        "concurrency": (int, 4),  # requests (SMTP: connections) at once
+        "max_retries": (int, 5),
+    },
+    "smtp": {
+        "host": (str, None),
+        "port": (int, None),  # default: 587 (starttls), 465 (tls), 25 (none)
+        "security": (str, "starttls"),  # "starttls" | "tls" | "none"
+        "username": (str, None),  # the password: NEWSLETTER_SMTP_PASSWORD
+        "rate": ((int, float), None),  # at most this many messages per second
+        "max_per_connection": (int, 100),  # then a fresh connection
+        "timeout": ((int, float), 30.0),  # seconds, per SMTP command
+        "ca_file": (str, None),  # a CA certificate to trust (a private server)
+    },
+    "tracking": {
+        "opens": (bool, False),  # the provider's open pixel
+        "clicks": (bool, False),  # the provider's link rewriting
     },
     "theme": {
         "brand_color": (str, "#1a56db"),
@@ -85,6 +106,8 @@ class Config:
 
     path: Path
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Deprecated keys that were read (one line each, for the commands to show).
+    warnings: tuple[str, ...] = ()
 
     def section(self, name: str) -> dict[str, Any]:
         return self.sections[name]
@@ -194,8 +217,16 @@ def parse_config(path: Path) -> Config:
             f"{path}: [sendgrid] region {sections['sendgrid']['region']!r} is not known; "
             f"use one of: {', '.join(SENDGRID_HOSTS)}"
         )
-    if not 1 <= sections["sendgrid"]["batch_size"] <= 1000:
-        raise ConfigError(f"{path}: [sendgrid] batch_size must be between 1 and 1000")
+    warnings = _move_deprecated_sending_keys(path, raw, sections)
+    if not 1 <= sections["sending"]["batch_size"] <= 1000:
+        raise ConfigError(f"{path}: [sending] batch_size must be between 1 and 1000")
+    if sections["sending"]["concurrency"] < 1:
+        raise ConfigError(f"{path}: [sending] concurrency must be at least 1")
+    if sections["smtp"]["security"] not in ("starttls", "tls", "none"):
+        raise ConfigError(
+            f"{path}: [smtp] security {sections['smtp']['security']!r} is not known; "
+            "use starttls, tls or none"
+        )
     for key in ("from_email", "reply_to"):
         address = newsletter[key]
         if address is not None and "@" not in address:
@@ -212,7 +243,31 @@ def parse_config(path: Path) -> Config:
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")
-    return Config(path=path, sections=sections)
+    return Config(path=path, sections=sections, warnings=tuple(warnings))
+
+
+#: Keys that moved from [sendgrid] to [sending].
+MOVED_TO_SENDING = ("batch_size", "concurrency", "max_retries")
+
+
+def _move_deprecated_sending_keys(
+    path: Path, raw: dict[str, Any], sections: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Old `[sendgrid] batch_size/concurrency/max_retries` still work, with a warning; a key
+    given under [sending] wins."""
+    warnings = []
+    given = raw.get("sending", {})
+    for key in MOVED_TO_SENDING:
+        old = sections["sendgrid"][key]
+        if old is None:
+            continue
+        if key not in given:
+            sections["sending"][key] = old
+        warnings.append(
+            f"{path}: [sendgrid] {key} is deprecated; move it to [sending] {key}"
+            + (" (the [sending] value is used)" if key in given else "")
+        )
+    return warnings
 
 
 @dataclass(frozen=True)

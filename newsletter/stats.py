@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, distinct, func, select
 
-from newsletter.errors import StoreError
+from newsletter.errors import NewsletterError, StoreError
 from newsletter.store import schema
 
 if TYPE_CHECKING:
@@ -41,28 +41,32 @@ class IssueRef:
 
 
 def find_issue(project: Project, engine: Engine, name: str) -> IssueRef:
-    """An issue that has a row in the database, by slug, file name or path."""
-    from newsletter.errors import NewsletterError
+    """An issue that has a row in the database, by slug, file name or path (the one
+    resolver every command uses)."""
+    from newsletter.store.issues import find_issue as issue_row
+    from newsletter.store.issues import resolve_issue
 
-    slug = name
-    with engine.connect() as conn:
-        row = conn.execute(select(schema.issues).where(schema.issues.c.slug == slug)).first()
-        if row is None:
-            from newsletter.issue import load_issue
-
-            try:
-                slug = load_issue(project, project.issue_path(name)).slug
-            except NewsletterError:
-                from newsletter.web import find_issue_file
-
-                if find_issue_file(project, name) is None:
-                    raise StoreError(
-                        f"{name}: no such issue; give its slug, file name or path"
-                    ) from None
-            row = conn.execute(select(schema.issues).where(schema.issues.c.slug == slug)).first()
+    try:
+        slug = resolve_issue(project, name, engine).slug
+    except NewsletterError:
+        raise StoreError(f"{name}: no such issue; give its slug, file name or path") from None
+    row = issue_row(engine, slug)
     if row is None:
         raise StoreError(f"{name}: issue {slug!r} has not been sent yet; send it first")
     return IssueRef(id=row.id, slug=row.slug, title=row.title)
+
+
+def handed_over_without_ledger(conn: Any, issue_id: int) -> int:
+    """Recipients of sends through a transport that keeps no ledger (the outbox): their
+    totals, as `sends` shows them (dry runs and cancelled sends reached nobody)."""
+    t, s = schema.send_totals, schema.sends
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(t.c.accepted), 0))
+            .join(s, s.c.id == t.c.send_id)
+            .where(s.c.issue_id == issue_id, s.c.dry_run.is_(False), s.c.status != "cancelled")
+        ).scalar_one()
+    )
 
 
 def issue_stats(engine: Engine, issue_id: int) -> dict[str, Any]:
@@ -72,6 +76,8 @@ def issue_stats(engine: Engine, issue_id: int) -> dict[str, Any]:
         recipients = conn.execute(
             select(func.count()).where(d.c.issue_id == issue_id, d.c.state.in_(SENT_STATES))
         ).scalar_one()
+        if not recipients:
+            recipients = handed_over_without_ledger(conn, issue_id)
         per_event: dict[str, int] = dict(
             conn.execute(
                 select(e.c.event, func.count(distinct(e.c.subscriber_id)))

@@ -7,23 +7,19 @@ subscribers to unsubscribed / bounced / complained / bounced (never to a weaker 
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Engine, select
 
-from newsletter.errors import ConfigError, TransportError
+from newsletter.errors import ConfigError
 from newsletter.events import apply_status
 from newsletter.store import schema
 
 if TYPE_CHECKING:
     from newsletter.project import Project
 
-API_KEY_ENV = "SENDGRID_API_KEY"
 #: SendGrid list -> the status it means
 LISTS = {
     "unsubscribes": "unsubscribed",
@@ -41,65 +37,22 @@ class SyncResult:
     changed: dict[str, int] = field(default_factory=dict)  # of them, whose status changed
 
 
-def _fetch(client: Any, name: str, timeout: float, page_size: int) -> list[str]:
-    from python_http_client.exceptions import HTTPError
-
-    endpoint = getattr(client.client.suppression, name)
-    addresses: list[str] = []
-    offset = 0
-    while True:
-        try:
-            response = endpoint.get(
-                query_params={"limit": page_size, "offset": offset}, timeout=timeout
-            )
-        except HTTPError as exc:
-            if exc.status_code == 401:
-                raise TransportError(
-                    "SendGrid rejected the API key (check SENDGRID_API_KEY)"
-                ) from None
-            if exc.status_code == 403:
-                raise TransportError(
-                    f"SendGrid refused to read the {name} list (403); give the API key "
-                    "the Suppressions read permission"
-                ) from None
-            raise TransportError(
-                f"SendGrid answered {exc.status_code} for the {name} list; try again later"
-            ) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TransportError(
-                f"cannot reach SendGrid ({reason}); check the network or SENDGRID_API_HOST"
-            ) from None
-        try:
-            page = json.loads(response.body or b"[]")
-        except ValueError:
-            raise TransportError(f"SendGrid sent a {name} page that is not JSON") from None
-        if not isinstance(page, list):
-            raise TransportError(f"SendGrid sent a {name} page that is not a list")
-        addresses += [
-            item["email"]
-            for item in page
-            if isinstance(item, dict) and isinstance(item.get("email"), str)
-        ]
-        if len(page) < page_size:
-            return addresses
-        offset += page_size
-
-
 def sync(project: Project, engine: Engine, *, page_size: int = PAGE_SIZE) -> SyncResult:
-    from sendgrid import SendGridAPIClient
+    from newsletter.sending.factory import choose_transport
+    from newsletter.sending.transports import SuppressionListTransport, kinds_that
 
-    from newsletter.project import sendgrid_host
-
-    key = os.environ.get(API_KEY_ENV)
-    if not key:
+    chosen = choose_transport(project)
+    transport = chosen.transport
+    if not transport.capabilities.suppression_lists:
+        can = ", ".join(kinds_that(lambda c: c.suppression_lists))
+        why = f" ({chosen.note.split(',')[0]})" if chosen.note else ""
         raise ConfigError(
-            f"{API_KEY_ENV} is not set; export your SendGrid API key to sync suppressions"
+            f"`sync` reads suppression lists, which only {can} keeps; the {transport.kind} "
+            f"transport has none{why}"
         )
-    timeout = float(project.config.section("sendgrid")["timeout"])
-    client = SendGridAPIClient(api_key=key, host=sendgrid_host(project.config))
     result = SyncResult()
-    fetched = {name: _fetch(client, name, timeout, page_size) for name in LISTS}
+    lists = cast(SuppressionListTransport, transport)
+    fetched = {name: lists.suppressions(name, page_size) for name in LISTS}
     now = datetime.now(UTC)
     with engine.begin() as conn:
         for name, status in LISTS.items():

@@ -22,7 +22,7 @@ def test_contract_config_loads_with_defaults(tmp_path: Path) -> None:
     assert config.name == "Jens' Briefing"
     assert config.postal_address == "Musterstraße 1, 10115 Berlin, Germany"
     assert config.language == "de"
-    assert config.section("sendgrid")["batch_size"] == 1000
+    assert config.section("sending")["batch_size"] == 1000
     assert config.theme["brand_color"].startswith("#")
 
 
@@ -35,7 +35,7 @@ def test_contract_config_loads_with_defaults(tmp_path: Path) -> None:
         ),
         (CONFIG + '\n[theme]\nlogo_width = "wide"\n', "[theme] logo_width must be a whole number"),
         (CONFIG.replace("[sendgrid]", "[sendgrid]\nfoo = 1"), "unknown key `foo` in [sendgrid]"),
-        (CONFIG + '\n[smtp]\nhost = "x"\n', "unknown section [smtp]"),
+        (CONFIG + '\n[mailer]\nhost = "x"\n', "unknown section [mailer]"),
         (CONFIG.replace('language = "de"', 'language = "fr"'), "language 'fr' is not supported"),
         (CONFIG.replace('region = "global"', 'region = "mars"'), "region 'mars' is not known"),
         ("[newsletter\nname=1", "invalid TOML"),

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from newsletter.project import Project
-from newsletter.sending.payload import apply_substitutions
+from newsletter.sending.message import apply_substitutions
 from newsletter.store.engine import open_engine
 from newsletter.store.schema import (
     CUSTOM_ARG_ISSUE,
@@ -378,12 +378,13 @@ def test_live_lease_refuses_a_second_sender(project, db, sg, cli):
     import socket
     from datetime import UTC, datetime
 
-    from newsletter.sending import ledger
+    from newsletter.sending.ledger import Ledger
+    from newsletter.store.issues import ensure_issue
 
     add_people(project, 1)
     engine = open_engine(Project.load(project).database_url)
-    issue_id = ledger.ensure_issue(engine, slug=SLUG, title="t", subject="s", language="de")
-    send_id = ledger.create_send(engine, issue_id, transport="sendgrid", segment=[], dry_run=False)
+    issue_id = ensure_issue(engine, slug=SLUG, title="t", subject="s", language="de")
+    send_id = Ledger(engine).create_send(issue_id, transport="sendgrid", segment=[], dry_run=False)
     # A live process (this one) holds the lease, as another terminal's send would.
     from newsletter.store.schema import send_leases
 

@@ -10,9 +10,11 @@ from sqlalchemy import select, update
 
 from newsletter.errors import SendError
 from newsletter.project import Project
-from newsletter.sending import sender
-from newsletter.sending.transport import SendGridTransport
+from newsletter.sending.execute import SendReport, execute
+from newsletter.sending.ledger import Ledger
+from newsletter.sending.plan import SendRequest, plan_send
 from newsletter.store.engine import open_engine
+from newsletter.store.issues import ensure_issue
 from newsletter.store.schema import deliveries, send_leases, sends
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
@@ -39,18 +41,16 @@ def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
         add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
     with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
         monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
-        transport = SendGridTransport.from_project(project, KEY)
-        prepared = sender.prepare(project, root / "issues" / EXAMPLE_ISSUE.name)
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        plan = plan_send(project, EXAMPLE_ISSUE.stem, SendRequest())
 
-        def take_over(report: sender.SendReport) -> None:
+        def take_over(report: SendReport) -> None:
             # What a resumer does to a lease it judges stale: compare-and-swap the owner.
             with engine.begin() as conn:
                 conn.execute(update(send_leases).values(owner="the-resumer", pid=1))
 
         with pytest.raises(SendError, match="took over") as caught:
-            sender.run_send(
-                project, prepared, transport, sender.SendOptions(expected=6), progress=take_over
-            )
+            execute(plan, take_over)
         assert KEY not in str(caught.value)
         # With concurrency 1 batch 1 settles before batch 2 is claimed: after the takeover
         # nothing more goes out.
@@ -73,14 +73,13 @@ def test_heartbeat_survives_a_dropped_database_connection(database_url):
 
     from sqlalchemy import text
 
-    from newsletter.sending import ledger
-
     if not database_url.startswith("postgresql"):
         pytest.skip("needs a server whose connections can be killed")
     engine = open_engine(database_url)
-    issue_id = ledger.ensure_issue(engine, slug="hb", title="t", subject="s", language="de")
-    send_id = ledger.create_send(engine, issue_id, transport="sendgrid", segment=[], dry_run=False)
-    lease = ledger.acquire_lease(engine, issue_id, send_id, "hb")
+    ledger = Ledger(engine)
+    issue_id = ensure_issue(engine, slug="hb", title="t", subject="s", language="de")
+    send_id = ledger.create_send(issue_id, transport="sendgrid", segment=[], dry_run=False)
+    lease = ledger.acquire_lease(issue_id, send_id, "hb")
     crashed: list[BaseException] = []
     previous_hook = threading.excepthook
     threading.excepthook = lambda args: crashed.append(args.exc_value)  # type: ignore[assignment]
@@ -120,16 +119,13 @@ def test_resume_after_a_crash_in_the_last_batch_takes_over(root, cli, monkeypatc
     import sys
     from datetime import UTC, datetime
 
-    from newsletter.sending import ledger
-
     project = Project.load(root)
     engine = open_engine(project.database_url)
+    ledger = Ledger(engine)
     people = [add_subscriber(engine, f"leser{i}@example.org", first_name="Leser") for i in range(2)]
-    issue_id = ledger.ensure_issue(
-        engine, slug="meta-ki-creator", title="t", subject="s", language="de"
-    )
-    send_id = ledger.create_send(engine, issue_id, transport="sendgrid", segment=[], dry_run=False)
-    ledger.claim(engine, issue_id, send_id, 1, [p.id for p in people], [])
+    issue_id = ensure_issue(engine, slug="meta-ki-creator", title="t", subject="s", language="de")
+    send_id = ledger.create_send(issue_id, transport="sendgrid", segment=[], dry_run=False)
+    ledger.claim(issue_id, send_id, 1, [p.id for p in people], [])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with engine.begin() as conn:
@@ -217,19 +213,17 @@ def test_people_who_leave_while_the_send_runs_are_not_sent_to(root, monkeypatch)
         add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
     with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
         monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
-        transport = SendGridTransport.from_project(project, KEY)
-        prepared = sender.prepare(project, root / "issues" / EXAMPLE_ISSUE.name)
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        plan = plan_send(project, EXAMPLE_ISSUE.stem, SendRequest())
         left = []
 
-        def leave(report: sender.SendReport) -> None:
+        def leave(report: SendReport) -> None:
             if not left:  # after the first batch: all six were read long ago
                 set_status(engine, find_subscriber(engine, "leser3@example.org").id, "unsubscribed")
                 forget_subscriber(engine, "leser4@example.org")
                 left.append(True)
 
-        report = sender.run_send(
-            project, prepared, transport, sender.SendOptions(expected=6), progress=leave
-        )
+        report = execute(plan, leave)
         assert report.error is None
         assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in (0, 1, 2, 5)]
     with engine.connect() as conn:
@@ -242,7 +236,6 @@ def test_recording_a_batch_looks_rows_up_by_the_unique_key(tmp_path) -> None:
     send instead makes a million-recipient send quadratic."""
     from sqlalchemy import event as sa_event
 
-    from newsletter.sending import ledger
     from newsletter.store.engine import open_engine
 
     engine = open_engine(f"sqlite:///{tmp_path / 'plan.db'}")
@@ -252,7 +245,7 @@ def test_recording_a_batch_looks_rows_up_by_the_unique_key(tmp_path) -> None:
         "before_cursor_execute",
         lambda conn, cursor, sql, params, *rest: statements.append((sql, params)),
     )
-    ledger.record(engine, 1, [1, 2, 3], "accepted", message_id="m", send_id=7)
+    Ledger(engine).record(1, [1, 2, 3], "accepted", message_id="m", send_id=7)
     [(update_sql, params)] = [s for s in statements if s[0].lstrip().upper().startswith("UPDATE")]
     with engine.connect() as conn:
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + update_sql, params).all()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from newsletter.project import Project
-from newsletter.sending.payload import message_base, personalization, request_body
+from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.single import send_transactional
-from newsletter.sending.transport import SendGridTransport
+from newsletter.sending.transports.sendgrid import SendGridTransport, mail_body
 from tests.sendgrid_server import FakeSendGrid, validate_mail
 
 KEY = "SG.test-key"
@@ -25,30 +25,27 @@ def server():
         yield s
 
 
-def body_for(addresses: list[str], **base_kw) -> dict:
-    base = message_base(
-        from_email=base_kw.pop("from_email", "jens@example.com"),
+def body_for(addresses: list[str], **message_kw) -> dict:
+    message = Message(
+        from_email=message_kw.pop("from_email", "jens@example.com"),
         from_name="Jens",
         reply_to="jens@example.com",
         subject="Grüße „zum“ Test",
         text="Hallo -first-",
         html="<p>Hallo -first-</p>",
-        categories=["meta-ki-creator"],
-        **base_kw,
+        categories=("meta-ki-creator",),
+        **message_kw,
     )
-    ps = [
-        personalization(
+    people = [
+        Recipient(
             email=a,
-            name=None,
             substitutions={"-first-": "Jörg"},
             unsubscribe_url=f"https://news.example.com/unsubscribe/t{i}",
-            issue_id=1,
-            subscriber_id=i,
-            send_id=1,
+            ids={"newsletter_issue_id": "1", "newsletter_subscriber_id": str(i)},
         )
         for i, a in enumerate(addresses)
     ]
-    return request_body(base, ps)
+    return mail_body(Batch(message, people))
 
 
 def transport(server: FakeSendGrid, key: str = KEY, **kw) -> SendGridTransport:

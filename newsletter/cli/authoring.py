@@ -103,9 +103,10 @@ def build(issue: str, output: Path | None) -> None:
     from newsletter.cli import get_project
     from newsletter.render import SAMPLE_SUBSCRIBER, render_file, sample_unsubscribe_url
     from newsletter.scaffold import write_file_atomic
+    from newsletter.store.issues import resolve_issue
 
     project = get_project()
-    rendered = render_file(project, project.issue_path(issue))
+    rendered = render_file(project, resolve_issue(project, issue).require_path())
     html, text = rendered.personalize(SAMPLE_SUBSCRIBER, sample_unsubscribe_url(project))
     folder = output if output is not None else project.root / "build"
     html_path = folder / f"{rendered.issue.slug}.html"
@@ -141,9 +142,10 @@ def check(issue: str, strict: bool) -> None:
     """
     from newsletter.check import check_issue
     from newsletter.cli import get_project
+    from newsletter.store.issues import resolve_issue
 
     project = get_project()
-    path = project.issue_path(issue)
+    path = resolve_issue(project, issue).require_path()
     findings = check_issue(project, path)
     for finding in findings:
         where = _shown(finding.path) + (f":{finding.line}" if finding.line else "")

@@ -50,9 +50,10 @@ def preview(issue: str, port: int, host: str, no_open: bool, as_email: str | Non
     from newsletter.preview.app import LOOPBACK_HOSTS, create_preview_app
     from newsletter.preview.server import PreviewServer, bind, is_loopback, url_of
     from newsletter.preview.state import resolve_subscriber
+    from newsletter.store.issues import resolve_issue
 
     project = get_project()
-    issue_path = project.issue_path(issue)
+    issue_path = resolve_issue(project, issue).require_path()
     subscriber = resolve_subscriber(project, as_email) if as_email else None
     loopback = is_loopback(host)
     if not loopback:
@@ -119,9 +120,10 @@ def screenshot(issue: str, out_dir: Path, as_email: str | None, dark: bool, offl
     """
     from newsletter.preview.screenshot import screenshot_issue
     from newsletter.preview.state import resolve_subscriber
+    from newsletter.store.issues import resolve_issue
 
     project = get_project()
-    issue_path = project.issue_path(issue)
+    issue_path = resolve_issue(project, issue).require_path()
     subscriber = resolve_subscriber(project, as_email) if as_email else None
     for path in screenshot_issue(
         project, issue_path, out_dir, subscriber=subscriber, offline=offline, dark=dark

@@ -63,7 +63,8 @@ def send(
     include_uncertain: bool,
     quiet: bool,
 ) -> None:
-    """Send an issue to the subscribers (SendGrid, or the outbox without a key).
+    """Send an issue to the subscribers (through [sending] transport: SendGrid, SMTP, or
+    the outbox).
 
     \b
     Example:
@@ -73,80 +74,51 @@ def send(
         newsletter send 2024-07-meta-ki-creator --resume --yes
     """
     from newsletter.errors import SendError
-    from newsletter.sending import ledger, sender
+    from newsletter.sending.execute import execute, interrupt_on_sigterm
+    from newsletter.sending.plan import SendRequest, plan_send
     from newsletter.sending.schedule import parse_when
-    from newsletter.store.engine import project_engine
-    from newsletter.store.subscribers import count_subscribers
+    from newsletter.sending.single import send_test
 
     project = get_project()
-    path = _issue_path(project, issue)
     if include_uncertain and not resume:
         raise click.UsageError("--include-uncertain goes with --resume")
-    send_at = parse_when(when) if when else None
-    transport, why = sender.choose_transport(project, outbox)
-    if why:
-        click.echo(f"Using the outbox: {why}", err=True)
-    if send_at and transport.name != "sendgrid":
-        raise SendError(
-            "--schedule needs SendGrid: set SENDGRID_API_KEY (the outbox cannot schedule)"
-        )
-
-    prepared = sender.prepare(project, path, run_check=not test_addresses)
-    for warning in prepared.warnings:
+    request = SendRequest(
+        tags=tags,
+        dry_run=dry_run,
+        resume=resume,
+        include_uncertain=include_uncertain,
+        send_at=parse_when(when) if when else None,
+        outbox_dir=outbox,
+        test_copy=bool(test_addresses),
+    )
+    plan = plan_send(project, issue, request)
+    if plan.chosen.note:
+        click.echo(f"Note: {plan.chosen.note}", err=True)
+    for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
-
     if test_addresses:
-        for line in sender.send_test(project, prepared, transport, test_addresses):
+        for line in send_test(plan, test_addresses):
             click.echo(f"Test sent: {line}")
         return
+    if plan.refusal:
+        raise SendError(plan.refusal)
 
-    engine = project_engine(project)
-    issue_id = ledger.find_issue_id(engine, prepared.slug)
-    if issue_id is None and project.config.section("replies")["domain"]:
-        # The signed Reply-To names the issue's id: record the issue to show the real address.
-        rendered = prepared.rendered
-        issue_id = ledger.ensure_issue(
-            engine,
-            slug=prepared.slug,
-            title=rendered.issue.title,
-            subject=rendered.subject,
-            language=rendered.issue.language,
-        )
-    use_ledger = transport.name == "sendgrid" and not dry_run
-    if use_ledger:
-        sender.refuse_without_base_url(project)
-    if use_ledger and issue_id is not None:
-        opts = sender.SendOptions(tags=tags, resume=resume)
-        sender.refuse_if_already_sent(engine, issue_id, prepared.slug, opts)
-    if use_ledger and resume and issue_id is not None:
-        count = ledger.count_to_reach(engine, issue_id, tags, include_uncertain)
-    else:
-        count = count_subscribers(engine, status="subscribed", tags=tags)
+    transport = plan.transport
     config = project.config
     segment = f" tagged {', '.join(tags)}" if tags else ""
     what = "resume" if resume else ("dry run" if dry_run else "send")
-    click.echo(f"Subject:    {prepared.rendered.subject}")
+    click.echo(f"Subject:    {plan.prepared.rendered.subject}")
     click.echo(f"From:       {config.from_name} <{config.from_email}>")
-    click.echo(
-        f"Reply-To:   {sender.reply_to_for(project, issue_id) if issue_id else config.reply_to}"
-    )
-    click.echo(f"Recipients: {count} subscribed{segment}")
-    click.echo(f"Transport:  {transport.name} ({transport.where}){' [dry run]' if dry_run else ''}")
-    if send_at:
-        click.echo(f"Scheduled:  {send_at.isoformat()}")
-    # Killed during its last batch: nobody is left, but --resume must still take over so
-    # those in-flight rows become uncertain (and --include-uncertain can reach them).
-    stranded = (
-        use_ledger
-        and resume
-        and issue_id is not None
-        and count == 0
-        and ledger.issue_counts(engine, issue_id).get("in_flight", 0) > 0
-    )
-    if count == 0 and not stranded:
+    click.echo(f"Reply-To:   {plan.reply_to}")
+    click.echo(f"Recipients: {plan.recipients} subscribed{segment}")
+    click.echo(f"Transport:  {transport.kind} ({transport.where}){' [dry run]' if dry_run else ''}")
+    if plan.send_at:
+        click.echo(f"Scheduled:  {plan.send_at.isoformat()}")
+    if plan.nobody:
         click.echo("Nobody to send to.")
         return
-    if not yes and not stranded:
+    count = plan.recipients
+    if not yes and not plan.stranded:
         if not _interactive():
             raise SendError(
                 f"not sending without confirmation: no terminal to ask on; add --yes to {what} "
@@ -154,55 +126,49 @@ def send(
             )
         click.confirm(f"{what.capitalize()} to {count} recipients?", abort=True)
 
-    batch_id = None
-    if send_at and not dry_run:
-        batch_id = transport.create_batch()  # type: ignore[attr-defined]
-
     show = not quiet and sys.stderr.isatty()
 
-    def progress(report: sender.SendReport) -> None:
+    def progress(report: Any) -> None:
         if show:
             click.echo(f"\r{report.total}/{count} handed over", nl=False, err=True)
 
-    options = sender.SendOptions(
-        tags=tags,
-        dry_run=dry_run,
-        resume=resume,
-        include_uncertain=include_uncertain,
-        send_at=send_at,
-        expected=count,
-    )
-    report = sender.run_send(
-        project, prepared, transport, options, progress=progress, batch_id=batch_id
-    )
+    with interrupt_on_sigterm():
+        report = execute(plan, progress)
     if show:
         click.echo(err=True)
+    resume_command = f"newsletter send {issue} --resume"
+    if report.interrupted:
+        uncertain = f", {report.uncertain} uncertain" if report.uncertain else ""
+        click.echo(
+            f"Interrupted: send {report.send_id} handed over {report.accepted} of {count}"
+            f"{uncertain}, {report.failed} failed; the rest: {resume_command}",
+            err=True,
+        )
+        sys.exit(130)
     if report.marked_uncertain:
         click.echo(
             f"{report.marked_uncertain} recipients were in flight when the previous send stopped; "
             "they are now uncertain (not re-sent)."
         )
-    verb = {"outbox": "written to the outbox", "sendgrid": "accepted by SendGrid"}[report.transport]
-    if dry_run and report.transport == "sendgrid":
-        verb = "validated by SendGrid's sandbox (nothing delivered)"
-    if send_at:
-        verb = f"scheduled for {send_at.isoformat()} (cancel with `newsletter cancel {issue}`)"
+    verb = report.accepted_label
+    if plan.sandbox:
+        verb = "validated by the sandbox (nothing delivered)"
+    if plan.send_at:
+        verb = f"scheduled for {plan.send_at.isoformat()} (cancel with `newsletter cancel {issue}`)"
     click.echo(
         f"Send {report.send_id}: {report.accepted} {verb}"
-        + (f" ({report.where})" if report.transport == "outbox" else "")
+        + ("" if transport.capabilities.delivers else f" ({report.where})")
     )
     if report.failed:
         click.echo(f"{report.failed} failed.")
     if report.uncertain:
         click.echo(
-            f"{report.uncertain} uncertain: SendGrid's answer was lost; they may have it. "
+            f"{report.uncertain} uncertain: the answer was lost; they may have it. "
             f"See `newsletter sends {issue}`; to send to them anyway: "
             f"newsletter send {issue} --resume --include-uncertain"
         )
     if report.error:
-        raise SendError(
-            f"send stopped: {report.error}; fix it, then run `newsletter send {issue} --resume`"
-        )
+        raise SendError(f"send stopped: {report.error}; fix it, then run `{resume_command}`")
     for error in report.errors[:5]:
         click.echo(f"  {error}", err=True)
 
@@ -220,105 +186,55 @@ def sends(issue: str | None, fmt: str) -> None:
     """
     import json
 
-    from newsletter.sending import ledger
+    from newsletter.sending.summary import recipients, send_summaries
     from newsletter.store.engine import project_engine
+    from newsletter.store.issues import find_issue_id, resolve_issue
 
     project = get_project()
     engine = project_engine(project)
     issue_id = None
-    slug = None
     if issue:
-        slug = _slug(project, issue)
-        issue_id = ledger.find_issue_id(engine, slug)
+        slug = resolve_issue(project, issue, engine).slug
+        issue_id = find_issue_id(engine, slug)
         if issue_id is None:
             click.echo(f"{slug} has not been sent yet.")
             return
-    rows = ledger.list_sends(engine, issue_id)
-    counts = ledger.counts_by_state(engine, issue_id=issue_id)
-    sums = ledger.totals(engine)
-    live = ledger.live_sends(engine)
+    summaries = send_summaries(engine, issue_id)
     if fmt == "json":
-        out = [
-            {
-                "id": r.id,
-                "issue": r.slug,
-                "started": r.started_at.isoformat(),
-                "status": r.status,
-                "transport": r.transport,
-                "dry_run": r.dry_run,
-                "segment": r.segment,
-                "send_at": r.send_at.isoformat() if r.send_at else None,
-                "counts": counts.get(r.id, {}),
-                "recipients": sums[r.id].recipients if r.id in sums else None,
-                "handed_over": (
-                    {
-                        "accepted": sums[r.id].accepted,
-                        "failed": sums[r.id].failed,
-                        "uncertain": sums[r.id].uncertain,
-                    }
-                    if r.id in sums
-                    else None
-                ),
-                "error": r.error,
-            }
-            for r in rows
-        ]
+        out = [s.to_json() for s in summaries]
         if issue_id is not None:
-            recipients = [
-                {
-                    "subscriber_id": d.subscriber_id,
-                    "email": d.email,
-                    "state": d.state,
-                    "send_id": d.send_id,
-                    "message_id": d.message_id,
-                    "error": d.error,
-                }
-                for d in ledger.iter_deliveries(engine, issue_id)
-            ]
+            people = [r.__dict__ for r in recipients(engine, issue_id)]
             click.echo(
-                json.dumps({"sends": out, "recipients": recipients}, ensure_ascii=False, indent=2)
+                json.dumps({"sends": out, "recipients": people}, ensure_ascii=False, indent=2)
             )
         else:
             click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    if not rows:
+    if not summaries:
         click.echo("No sends yet.")
         return
     click.echo(f"{'ID':>4}  {'ISSUE':<28} {'STARTED':<17} {'STATUS':<10} {'TRANSPORT':<16} COUNTS")
-    for r in rows:
+    for r in summaries:
         transport = r.transport + (" dry-run" if r.dry_run else "")
-        c = counts.get(r.id, {})
-        t = sums.get(r.id)
-        if c:
-            shown = ", ".join(f"{state} {n}" for state, n in sorted(c.items()))
-        elif t is not None:
-            # Outbox and dry-run sends keep no ledger rows: their totals are all there is.
-            label = "written" if r.transport == "outbox" else "validated (sandbox)"
-            done = {label: t.accepted, "failed": t.failed, "uncertain": t.uncertain}
-            shown = ", ".join(f"{k} {n}" for k, n in done.items() if n) or "none handed over"
-        else:
-            shown = "-"
-        if t is not None and r.status == "sending":
-            shown += f" (of {t.recipients})"
         click.echo(
-            f"{r.id:>4}  {r.slug[:28]:<28} {r.started_at:%Y-%m-%d %H:%M} "
-            f"{r.status:<10} {transport:<16} {shown}"
+            f"{r.id:>4}  {r.issue[:28]:<28} {r.started_at:%Y-%m-%d %H:%M} "
+            f"{r.status:<10} {transport:<16} {r.shown_counts()}"
         )
         if r.error:
             click.echo(f"      {r.error}")
-        if (
-            r.status == "sending"
-            and r.transport == "sendgrid"
-            and not r.dry_run
-            and r.id not in live
-        ):
-            click.echo(f"      its process is gone; run `newsletter send {r.slug} --resume`")
+        if r.process_gone:
+            click.echo(f"      its process is gone; run `newsletter send {r.issue} --resume`")
+        if r.joined_since:
+            click.echo(
+                f"      {r.joined_since} subscribed after this send was planned and have not had "
+                f"it; they get it with `newsletter send {r.issue} --resume`"
+            )
     if issue_id is None:
         return
     click.echo()
     click.echo(f"{'SUBSCRIBER':>10}  {'STATE':<10} {'SEND':>4}  EMAIL")
     uncertain = 0
-    for d in ledger.iter_deliveries(engine, issue_id):
+    for d in recipients(engine, issue_id):
         uncertain += d.state in ("uncertain", "in_flight")
         click.echo(
             f"{d.subscriber_id:>10}  {d.state:<10} {d.send_id:>4}  {d.email}"
@@ -326,8 +242,8 @@ def sends(issue: str | None, fmt: str) -> None:
         )
     if uncertain:
         click.echo(
-            f"\n{uncertain} uncertain: SendGrid may or may not have taken them. To send to them "
-            f"deliberately: newsletter send {issue} --resume --include-uncertain"
+            f"\n{uncertain} uncertain: the provider may or may not have taken them. To send to "
+            f"them deliberately: newsletter send {issue} --resume --include-uncertain"
         )
 
 
@@ -342,9 +258,11 @@ def cancel(issue: str) -> None:
         newsletter cancel 2024-07-meta-ki-creator
     """
     from newsletter.sending.schedule import cancel_scheduled
+    from newsletter.store.engine import project_engine
+    from newsletter.store.issues import resolve_issue
 
     project = get_project()
-    slug = _slug(project, issue)
+    slug = resolve_issue(project, issue, project_engine(project)).slug
     done = cancel_scheduled(project, slug)
     click.echo(
         f"Cancelled send {done.send_id} of {slug} ({done.recipients} recipients); "
@@ -355,34 +273,6 @@ def cancel(issue: str) -> None:
 def _interactive() -> bool:
     """Is there a person at a terminal to answer the confirmation?"""
     return sys.stdin.isatty()
-
-
-def _issue_path(project: Any, issue: str) -> Path:
-    """An ISSUE argument: a file path or name in issues/ (see Project.issue_path), or a slug."""
-    from newsletter.errors import NewsletterError
-    from newsletter.issue import load_issue
-
-    try:
-        return project.issue_path(issue)  # type: ignore[no-any-return]
-    except NewsletterError:
-        for candidate in sorted(project.issues_dir.glob("*.md")):
-            try:
-                if load_issue(project, candidate).slug == issue:
-                    return candidate
-            except NewsletterError:
-                continue
-        raise
-
-
-def _slug(project: Any, issue: str) -> str:
-    """An ISSUE argument as a slug: the issue file's slug if it exists, else the name itself."""
-    from newsletter.errors import NewsletterError
-    from newsletter.issue import load_issue
-
-    try:
-        return load_issue(project, _issue_path(project, issue)).slug
-    except NewsletterError:
-        return issue
 
 
 COMMANDS: list[click.Command] = [send, sends, cancel]

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, and_, case, delete, exists, func, insert, select,
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
+from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
 from newsletter.store.schema import (
     deliveries,
     issues,
@@ -49,95 +50,6 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-
-
-def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:
-    """The issue's row id (created on its first send)."""
-    with engine.begin() as conn:
-        found = conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar()
-        if found is not None:
-            conn.execute(
-                update(issues).where(issues.c.id == found).values(title=title, subject=subject)
-            )
-            return int(found)
-        try:
-            with conn.begin_nested():
-                result = conn.execute(
-                    insert(issues).values(
-                        slug=slug,
-                        title=title,
-                        subject=subject,
-                        language=language,
-                        created_at=now(),
-                    )
-                )
-                return int(result.inserted_primary_key[0])  # type: ignore[index]
-        except IntegrityError:
-            return int(conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar_one())
-
-
-def find_issue_id(engine: Engine, slug: str) -> int | None:
-    with engine.connect() as conn:
-        return conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar()
-
-
-def create_send(
-    engine: Engine,
-    issue_id: int,
-    *,
-    transport: str,
-    segment: Sequence[str],
-    dry_run: bool,
-    status: str = "sending",
-    batch_id: str | None = None,
-    send_at: datetime | None = None,
-) -> int:
-    with engine.begin() as conn:
-        result = conn.execute(
-            insert(sends).values(
-                issue_id=issue_id,
-                status=status,
-                transport=transport,
-                segment=list(segment),
-                dry_run=dry_run,
-                batch_id=batch_id,
-                send_at=send_at,
-                started_at=now(),
-            )
-        )
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
-
-
-def finish_send(engine: Engine, send_id: int, status: str, error: str | None = None) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(sends)
-            .where(sends.c.id == send_id)
-            .values(status=status, error=error, finished_at=now())
-        )
-
-
-def start_totals(engine: Engine, send_id: int, recipients: int) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(send_totals).values(send_id=send_id, recipients=recipients, updated_at=now())
-        )
-
-
-def update_totals(
-    engine: Engine, send_id: int, *, accepted: int, failed: int, uncertain: int
-) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(send_totals)
-            .where(send_totals.c.send_id == send_id)
-            .values(accepted=accepted, failed=failed, uncertain=uncertain, updated_at=now())
-        )
-
-
-def totals(engine: Engine) -> dict[int, Any]:
-    with engine.connect() as conn:
-        return {r.send_id: r for r in conn.execute(select(send_totals))}
 
 
 # --- the lease ------------------------------------------------------------------------------
@@ -202,189 +114,16 @@ def _stale(row: Any, host: str) -> bool:
     return row.host == host and not _pid_alive(row.pid)
 
 
-def acquire_lease(engine: Engine, issue_id: int, send_id: int, slug: str) -> Lease:
-    """Take the issue's lease, or raise if a live process holds it."""
-    host, pid, owner = socket.gethostname(), os.getpid(), uuid.uuid4().hex
-    values = {"send_id": send_id, "owner": owner, "host": host, "pid": pid, "heartbeat_at": now()}
-    for _ in range(5):
-        with engine.begin() as conn:
-            row = conn.execute(
-                select(send_leases).where(send_leases.c.issue_id == issue_id)
-            ).first()
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(insert(send_leases).values(issue_id=issue_id, **values))
-                    return Lease(engine, issue_id, send_id, owner)
-                except IntegrityError:
-                    continue  # someone else just took it: look again
-            if not _stale(row, host):
-                seen = int((now() - _aware(row.heartbeat_at)).total_seconds())  # type: ignore[operator]
-                raise SendError(
-                    f"another send of {slug} is running (send {row.send_id}, pid {row.pid} on "
-                    f"{row.host}, last heartbeat {seen}s ago); wait for it to finish, or check "
-                    f"`newsletter sends {slug}`"
-                )
-            # Compare-and-swap on the old owner: of two resumers, exactly one wins.
-            result = conn.execute(
-                update(send_leases)
-                .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == row.owner)
-                .values(**values)
-            )
-            if result.rowcount == 1:
-                conn.execute(
-                    update(sends)
-                    .where(sends.c.id == row.send_id, sends.c.status == "sending")
-                    .values(status="stopped", error="the sending process died", finished_at=now())
-                )
-                return Lease(engine, issue_id, send_id, owner, taken_over_send=row.send_id)
-    raise SendError(f"could not take the send lease of {slug}; try again")
-
-
-def live_sends(engine: Engine) -> set[int]:
-    """Ids of sends whose process still holds its lease (alive, heartbeat fresh)."""
-    host = socket.gethostname()
-    with engine.connect() as conn:
-        rows = conn.execute(select(send_leases)).all()
-    return {r.send_id for r in rows if not _stale(r, host)}
-
-
-def in_flight_to_uncertain(engine: Engine, issue_id: int) -> int:
-    """After taking over from a dead sender: its in-flight rows may or may not have gone out."""
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(deliveries)
-            .where(deliveries.c.issue_id == issue_id, deliveries.c.state == "in_flight")
-            .values(
-                state="uncertain",
-                error="the sending process stopped while this request was in flight",
-                updated_at=now(),
-            )
-        )
-        return int(result.rowcount or 0)
-
-
-# --- ledger rows -----------------------------------------------------------------------------
-
-
-def has_rows(engine: Engine, issue_id: int) -> bool:
-    with engine.connect() as conn:
-        return (
-            conn.execute(
-                select(deliveries.c.id).where(deliveries.c.issue_id == issue_id).limit(1)
-            ).first()
-            is not None
-        )
-
-
-def states_for(engine: Engine, issue_id: int, ids: Sequence[int]) -> dict[int, str]:
-    if not ids:
-        return {}
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(deliveries.c.subscriber_id, deliveries.c.state).where(
-                deliveries.c.issue_id == issue_id,
-                deliveries.c.subscriber_id.between(min(ids), max(ids)),
-            )
-        ).all()
-    return {r.subscriber_id: r.state for r in rows}
-
-
-def claim(
-    engine: Engine,
-    issue_id: int,
-    send_id: int,
-    batch_no: int,
-    new_ids: Sequence[int],
-    again_ids: Sequence[int],
-    *,
-    owner: str | None = None,
-    slug: str = "the issue",
-) -> set[int]:
-    """Record a batch as in flight, in one transaction, before its request goes out.
-    Returns the ids claimed: those still subscribed (people read ahead of their batch may
-    have unsubscribed or been forgotten since; they get no row and no mail).
-
-    `new_ids` get new rows; `again_ids` (failed, or uncertain on --include-uncertain) are moved
-    to this send. With `owner`, the lease is checked (and its row locked) in the same
-    transaction: a sender that stalled and was taken over must not send alongside the new
-    owner. A unique-key clash means someone else recorded the person: stop."""
-    stamp = now()
-    with engine.begin() as conn:
-        if owner is not None:
-            held = conn.execute(
-                update(send_leases)
-                .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == owner)
-                .values(heartbeat_at=stamp)
-            )
-            if held.rowcount != 1:
-                raise SendError(
-                    f"another process took over the send of {slug} (this one stalled for over "
-                    f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
-                )
-        kept = set(
-            conn.execute(
-                select(subscribers.c.id).where(
-                    subscribers.c.id.in_([*new_ids, *again_ids]),
-                    subscribers.c.status == "subscribed",
-                )
-            ).scalars()
-        )
-        new_ids = [sid for sid in new_ids if sid in kept]
-        again_ids = [sid for sid in again_ids if sid in kept]
-        if new_ids:
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        insert(deliveries),
-                        [
-                            {
-                                "issue_id": issue_id,
-                                "subscriber_id": sid,
-                                "send_id": send_id,
-                                "state": "in_flight",
-                                "batch_no": batch_no,
-                                "updated_at": stamp,
-                            }
-                            for sid in new_ids
-                        ],
-                    )
-            except IntegrityError:
-                raise SendError(
-                    f"another send of {slug} recorded some of this batch's recipients first; "
-                    f"this one stops, see `newsletter sends {slug}`"
-                ) from None
-        if again_ids:
-            conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.issue_id == issue_id,
-                    deliveries.c.subscriber_id.in_(list(again_ids)),
-                )
-                .values(
-                    state="in_flight",
-                    send_id=send_id,
-                    batch_no=batch_no,
-                    error=None,
-                    message_id=None,
-                    updated_at=stamp,
-                )
-            )
-    return kept
-
-
-def record(
-    engine: Engine,
+def _record_statement(
     issue_id: int,
     ids: Sequence[int],
     state: str,
-    *,
-    message_id: str | None = None,
-    error: str | None = None,
-    send_id: int | None = None,
-) -> None:
+    message_id: str | None,
+    error: str | None,
+    send_id: int | None,
+) -> Any:
     # Only rows still in flight take the outcome: an event (delivered, bounced, dropped) may
-    # have arrived before SendGrid's answer was settled, and a takeover may have made them
+    # have arrived before the provider's answer was settled, and a takeover may have made them
     # uncertain; both say more than "accepted".
     pending = deliveries.c.state == "in_flight"
     # With `send_id`: rows a later send has claimed since (after a takeover) are not ours.
@@ -392,145 +131,402 @@ def record(
     # every row of the send for each batch (quadratic in the list), not the unique
     # (issue_id, subscriber_id) index.
     mine = [] if send_id is None else [deliveries.c.send_id + 0 == send_id]
-    with engine.begin() as conn:
-        conn.execute(
-            update(deliveries)
-            .where(
-                deliveries.c.issue_id == issue_id,
-                deliveries.c.subscriber_id.in_(list(ids)),
-                *mine,
-            )
-            .values(
-                state=case((pending, state), else_=deliveries.c.state),
-                error=case((pending, error), else_=deliveries.c.error),
-                message_id=message_id,
-                updated_at=now(),
-            )
+    return (
+        update(deliveries)
+        .where(
+            deliveries.c.issue_id == issue_id,
+            deliveries.c.subscriber_id.in_(list(ids)),
+            *mine,
         )
+        .values(
+            state=case((pending, state), else_=deliveries.c.state),
+            error=case((pending, error), else_=deliveries.c.error),
+            message_id=message_id,
+            updated_at=now(),
+        )
+    )
 
 
-def record_failed_new(
-    engine: Engine, issue_id: int, send_id: int, batch_no: int, failures: dict[int, str]
-) -> None:
-    """Recipients refused before sending (e.g. substitutions over SendGrid's limit)."""
-    stamp = now()
-    with engine.begin() as conn:
-        for sid, error in failures.items():
-            updated = conn.execute(
-                update(deliveries)
-                .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == sid)
-                .values(state="failed", error=error, send_id=send_id, updated_at=stamp)
+class Ledger:
+    """Owns `sends`, `send_totals`, `send_leases` and `deliveries`: every read and write of them
+    goes through here. `Ledger(engine)`; cheap to create."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create_send(
+        self,
+        issue_id: int,
+        *,
+        transport: str,
+        segment: Sequence[str],
+        dry_run: bool,
+        status: str = "sending",
+        batch_id: str | None = None,
+        send_at: datetime | None = None,
+        up_to_subscriber: int | None = None,
+    ) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(sends).values(
+                    issue_id=issue_id,
+                    status=status,
+                    transport=transport,
+                    segment=list(segment),
+                    dry_run=dry_run,
+                    batch_id=batch_id,
+                    send_at=send_at,
+                    up_to_subscriber=up_to_subscriber,
+                    started_at=now(),
+                )
             )
-            if not updated.rowcount:
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def finish_send(self, send_id: int, status: str, error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sends)
+                .where(sends.c.id == send_id)
+                .values(status=status, error=error, finished_at=now())
+            )
+
+    def start_totals(self, send_id: int, recipients: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(send_totals).values(send_id=send_id, recipients=recipients, updated_at=now())
+            )
+
+    def update_totals(self, send_id: int, *, accepted: int, failed: int, uncertain: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(send_totals)
+                .where(send_totals.c.send_id == send_id)
+                .values(accepted=accepted, failed=failed, uncertain=uncertain, updated_at=now())
+            )
+
+    def totals(self) -> dict[int, Any]:
+        with self.engine.connect() as conn:
+            return {r.send_id: r for r in conn.execute(select(send_totals))}
+
+    def acquire_lease(self, issue_id: int, send_id: int, slug: str) -> Lease:
+        """Take the issue's lease, or raise if a live process holds it."""
+        host, pid, owner = socket.gethostname(), os.getpid(), uuid.uuid4().hex
+        values = {
+            "send_id": send_id,
+            "owner": owner,
+            "host": host,
+            "pid": pid,
+            "heartbeat_at": now(),
+        }
+        for _ in range(5):
+            with self.engine.begin() as conn:
+                row = conn.execute(
+                    select(send_leases).where(send_leases.c.issue_id == issue_id)
+                ).first()
+                if row is None:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(insert(send_leases).values(issue_id=issue_id, **values))
+                        return Lease(self.engine, issue_id, send_id, owner)
+                    except IntegrityError:
+                        continue  # someone else just took it: look again
+                if not _stale(row, host):
+                    seen = int((now() - _aware(row.heartbeat_at)).total_seconds())  # type: ignore[operator]
+                    raise SendError(
+                        f"another send of {slug} is running (send {row.send_id}, pid {row.pid} on "
+                        f"{row.host}, last heartbeat {seen}s ago); wait for it to finish, or check "
+                        f"`newsletter sends {slug}`"
+                    )
+                # Compare-and-swap on the old owner: of two resumers, exactly one wins.
+                result = conn.execute(
+                    update(send_leases)
+                    .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == row.owner)
+                    .values(**values)
+                )
+                if result.rowcount == 1:
+                    conn.execute(
+                        update(sends)
+                        .where(sends.c.id == row.send_id, sends.c.status == "sending")
+                        .values(
+                            status="stopped", error="the sending process died", finished_at=now()
+                        )
+                    )
+                    return Lease(self.engine, issue_id, send_id, owner, taken_over_send=row.send_id)
+        raise SendError(f"could not take the send lease of {slug}; try again")
+
+    def running(self, issue_id: int) -> Any:
+        """The lease row of a live sender of this issue (host, pid, send_id), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(send_leases).where(send_leases.c.issue_id == issue_id)
+            ).first()
+        if row is None or _stale(row, socket.gethostname()):
+            return None
+        return row
+
+    def live_sends(self) -> set[int]:
+        """Ids of sends whose process still holds its lease (alive, heartbeat fresh)."""
+        host = socket.gethostname()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(send_leases)).all()
+        return {r.send_id for r in rows if not _stale(r, host)}
+
+    def in_flight_to_uncertain(self, issue_id: int) -> int:
+        """After taking over from a dead sender: its in-flight rows may or may not have gone out."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.issue_id == issue_id, deliveries.c.state == "in_flight")
+                .values(
+                    state="uncertain",
+                    error="the sending process stopped while this request was in flight",
+                    updated_at=now(),
+                )
+            )
+            return int(result.rowcount or 0)
+
+    def has_rows(self, issue_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return (
                 conn.execute(
-                    insert(deliveries).values(
-                        issue_id=issue_id,
-                        subscriber_id=sid,
+                    select(deliveries.c.id).where(deliveries.c.issue_id == issue_id).limit(1)
+                ).first()
+                is not None
+            )
+
+    def states_for(self, issue_id: int, ids: Sequence[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(deliveries.c.subscriber_id, deliveries.c.state).where(
+                    deliveries.c.issue_id == issue_id,
+                    deliveries.c.subscriber_id.between(min(ids), max(ids)),
+                )
+            ).all()
+        return {r.subscriber_id: r.state for r in rows}
+
+    def claim(
+        self,
+        issue_id: int,
+        send_id: int,
+        batch_no: int,
+        new_ids: Sequence[int],
+        again_ids: Sequence[int],
+        *,
+        owner: str | None = None,
+        slug: str = "the issue",
+    ) -> set[int]:
+        """Record a batch as in flight, in one transaction, before its request goes out.
+        Returns the ids claimed: those still subscribed (people read ahead of their batch may
+        have unsubscribed or been forgotten since; they get no row and no mail).
+
+        `new_ids` get new rows; `again_ids` (failed, or uncertain on --include-uncertain) are moved
+        to this send. With `owner`, the lease is checked (and its row locked) in the same
+        transaction: a sender that stalled and was taken over must not send alongside the new
+        owner. A unique-key clash means someone else recorded the person: stop."""
+        stamp = now()
+        with self.engine.begin() as conn:
+            if owner is not None:
+                held = conn.execute(
+                    update(send_leases)
+                    .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == owner)
+                    .values(heartbeat_at=stamp)
+                )
+                if held.rowcount != 1:
+                    raise SendError(
+                        f"another process took over the send of {slug} (this one stalled for over "
+                        f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
+                    )
+            kept = set(
+                conn.execute(
+                    select(subscribers.c.id).where(
+                        subscribers.c.id.in_([*new_ids, *again_ids]),
+                        subscribers.c.status == "subscribed",
+                    )
+                ).scalars()
+            )
+            new_ids = [sid for sid in new_ids if sid in kept]
+            again_ids = [sid for sid in again_ids if sid in kept]
+            if new_ids:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(deliveries),
+                            [
+                                {
+                                    "issue_id": issue_id,
+                                    "subscriber_id": sid,
+                                    "send_id": send_id,
+                                    "state": "in_flight",
+                                    "batch_no": batch_no,
+                                    "updated_at": stamp,
+                                }
+                                for sid in new_ids
+                            ],
+                        )
+                except IntegrityError:
+                    raise SendError(
+                        f"another send of {slug} recorded some of this batch's recipients first; "
+                        f"this one stops, see `newsletter sends {slug}`"
+                    ) from None
+            if again_ids:
+                conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.issue_id == issue_id,
+                        deliveries.c.subscriber_id.in_(list(again_ids)),
+                    )
+                    .values(
+                        state="in_flight",
                         send_id=send_id,
-                        state="failed",
                         batch_no=batch_no,
-                        error=error,
+                        error=None,
+                        message_id=None,
                         updated_at=stamp,
                     )
                 )
+        return kept
 
+    def record(
+        self,
+        issue_id: int,
+        ids: Sequence[int],
+        state: str,
+        *,
+        message_id: str | None = None,
+        error: str | None = None,
+        send_id: int | None = None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_record_statement(issue_id, ids, state, message_id, error, send_id))
 
-def remove_send_rows(engine: Engine, send_id: int) -> int:
-    """A cancelled scheduled send: its people never got the issue, so a later send may go."""
-    with engine.begin() as conn:
-        result = conn.execute(delete(deliveries).where(deliveries.c.send_id == send_id))
-        return int(result.rowcount or 0)
+    def record_outcomes(
+        self, issue_id: int, send_id: int, ids: Sequence[int], outcomes: Sequence[Any]
+    ) -> None:
+        """One outcome per id, all in one transaction: one UPDATE per (state, message id,
+        error), so a SendGrid batch (one answer for all) is one statement."""
+        groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+        for sid, outcome in zip(ids, outcomes, strict=True):
+            groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
+        with self.engine.begin() as conn:
+            for (state, message_id, error), group in groups.items():
+                conn.execute(_record_statement(issue_id, group, state, message_id, error, send_id))
 
-
-# --- reporting -------------------------------------------------------------------------------
-
-
-def count_to_reach(
-    engine: Engine, issue_id: int, tags: Iterable[str], include_uncertain: bool = False
-) -> int:
-    """Subscribed people (of the segment) a `--resume` would send to."""
-    states = [*RETRYABLE, *(["uncertain"] if include_uncertain else [])]
-    done = exists().where(
-        deliveries.c.issue_id == issue_id,
-        deliveries.c.subscriber_id == subscribers.c.id,
-        deliveries.c.state.not_in(states),
-    )
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count())
-                .select_from(subscribers)
-                .where(*segment_filters("subscribed", tags), ~done)
-            ).scalar_one()
-        )
-
-
-def counts_by_state(engine: Engine, *, issue_id: int | None = None) -> dict[int, dict[str, int]]:
-    """send id -> state -> rows, for `sends`."""
-    query = select(deliveries.c.send_id, deliveries.c.state, func.count()).group_by(
-        deliveries.c.send_id, deliveries.c.state
-    )
-    if issue_id is not None:
-        query = query.where(deliveries.c.issue_id == issue_id)
-    result: dict[int, dict[str, int]] = {}
-    with engine.connect() as conn:
-        for send_id, state, n in conn.execute(query):
-            result.setdefault(send_id, {})[state] = n
-    return result
-
-
-def issue_counts(engine: Engine, issue_id: int) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(deliveries.c.state, func.count())
-            .where(deliveries.c.issue_id == issue_id)
-            .group_by(deliveries.c.state)
-        ).all()
-    return {state: n for state, n in rows}
-
-
-def list_sends(engine: Engine, issue_id: int | None = None) -> list[Any]:
-    query = (
-        select(sends, issues.c.slug)
-        .join(issues, issues.c.id == sends.c.issue_id)
-        .order_by(sends.c.id)
-    )
-    if issue_id is not None:
-        query = query.where(sends.c.issue_id == issue_id)
-    with engine.connect() as conn:
-        return list(conn.execute(query).all())
-
-
-def latest_scheduled(engine: Engine, issue_id: int) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(
-            select(sends)
-            .where(sends.c.issue_id == issue_id, sends.c.status == "scheduled")
-            .order_by(sends.c.id.desc())
-        ).first()
-
-
-def iter_deliveries(engine: Engine, issue_id: int, page_size: int = 1000) -> Iterator[Any]:
-    """Every ledger row of an issue with the address, by subscriber id (keyset, streamed)."""
-    last = 0
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    deliveries.c.subscriber_id,
-                    subscribers.c.email,
-                    deliveries.c.state,
-                    deliveries.c.send_id,
-                    deliveries.c.message_id,
-                    deliveries.c.error,
-                    deliveries.c.updated_at,
+    def record_failed_new(
+        self, issue_id: int, send_id: int, batch_no: int, failures: dict[int, str]
+    ) -> None:
+        """Recipients refused before sending (e.g. substitutions over SendGrid's limit)."""
+        stamp = now()
+        with self.engine.begin() as conn:
+            for sid, error in failures.items():
+                updated = conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == sid)
+                    .values(state="failed", error=error, send_id=send_id, updated_at=stamp)
                 )
-                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-                .where(and_(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id > last))
-                .order_by(deliveries.c.subscriber_id)
-                .limit(page_size)
+                if not updated.rowcount:
+                    conn.execute(
+                        insert(deliveries).values(
+                            issue_id=issue_id,
+                            subscriber_id=sid,
+                            send_id=send_id,
+                            state="failed",
+                            batch_no=batch_no,
+                            error=error,
+                            updated_at=stamp,
+                        )
+                    )
+
+    def remove_send_rows(self, send_id: int) -> int:
+        """A cancelled scheduled send: its people never got the issue, so a later send may go."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(deliveries).where(deliveries.c.send_id == send_id))
+            return int(result.rowcount or 0)
+
+    def count_to_reach(
+        self, issue_id: int, tags: Iterable[str], include_uncertain: bool = False
+    ) -> int:
+        """Subscribed people (of the segment) a `--resume` would send to."""
+        states = [*RETRYABLE, *(["uncertain"] if include_uncertain else [])]
+        done = exists().where(
+            deliveries.c.issue_id == issue_id,
+            deliveries.c.subscriber_id == subscribers.c.id,
+            deliveries.c.state.not_in(states),
+        )
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(subscribers)
+                    .where(*segment_filters("subscribed", tags), ~done)
+                ).scalar_one()
+            )
+
+    def counts_by_state(self, *, issue_id: int | None = None) -> dict[int, dict[str, int]]:
+        """send id -> state -> rows, for `sends`."""
+        query = select(deliveries.c.send_id, deliveries.c.state, func.count()).group_by(
+            deliveries.c.send_id, deliveries.c.state
+        )
+        if issue_id is not None:
+            query = query.where(deliveries.c.issue_id == issue_id)
+        result: dict[int, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for send_id, state, n in conn.execute(query):
+                result.setdefault(send_id, {})[state] = n
+        return result
+
+    def issue_counts(self, issue_id: int) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(deliveries.c.state, func.count())
+                .where(deliveries.c.issue_id == issue_id)
+                .group_by(deliveries.c.state)
             ).all()
-        if not rows:
-            return
-        yield from rows
-        last = rows[-1].subscriber_id
+        return {state: n for state, n in rows}
+
+    def list_sends(self, issue_id: int | None = None) -> list[Any]:
+        query = (
+            select(sends, issues.c.slug)
+            .join(issues, issues.c.id == sends.c.issue_id)
+            .order_by(sends.c.id)
+        )
+        if issue_id is not None:
+            query = query.where(sends.c.issue_id == issue_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def latest_scheduled(self, issue_id: int) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(sends)
+                .where(sends.c.issue_id == issue_id, sends.c.status == "scheduled")
+                .order_by(sends.c.id.desc())
+            ).first()
+
+    def iter_deliveries(self, issue_id: int, page_size: int = 1000) -> Iterator[Any]:
+        """Every ledger row of an issue with the address, by subscriber id (keyset, streamed)."""
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(
+                        deliveries.c.subscriber_id,
+                        subscribers.c.email,
+                        deliveries.c.state,
+                        deliveries.c.send_id,
+                        deliveries.c.message_id,
+                        deliveries.c.error,
+                        deliveries.c.updated_at,
+                    )
+                    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                    .where(
+                        and_(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id > last)
+                    )
+                    .order_by(deliveries.c.subscriber_id)
+                    .limit(page_size)
+                ).all()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].subscriber_id

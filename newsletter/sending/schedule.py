@@ -1,13 +1,17 @@
 """Scheduled sends: `--schedule WHEN` (an ISO 8601 time with a timezone, or "in 2h" / "in 30m" /
-"in 1d") and `newsletter cancel`."""
+"in 1d") and `newsletter cancel`.
+
+The schedule (send_at) and the provider's schedule id are stored on the send before its first
+request, so a killed scheduled send stays scheduled: `--resume` keeps both, and `cancel`
+finds every send of the issue that carries them.
+"""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from newsletter.errors import SendError
 
@@ -58,20 +62,24 @@ class Cancelled:
 
 
 def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None) -> Cancelled:
-    """Cancel the issue's latest scheduled send at SendGrid and forget its ledger rows, so the
-    issue can be sent again later."""
-    from newsletter.sending import ledger
-    from newsletter.sending.transport import SendGridTransport
+    """Cancel the issue's scheduled send at the provider and forget its ledger rows (of every
+    send that carries its schedule id: a killed one and its --resume), so the issue can be
+    sent again later."""
+    from sqlalchemy import select
+
+    from newsletter.sending.factory import choose_transport
+    from newsletter.sending.ledger import Ledger
+    from newsletter.sending.transports import SchedulingTransport
     from newsletter.store.engine import project_engine
+    from newsletter.store.issues import find_issue_id
+    from newsletter.store.schema import sends
 
     engine = project_engine(project)
-    issue_id = ledger.find_issue_id(engine, slug)
-    row = ledger.latest_scheduled(engine, issue_id) if issue_id is not None else None
+    ledger = Ledger(engine)
+    issue_id = find_issue_id(engine, slug)
+    row = ledger.latest_scheduled(issue_id) if issue_id is not None else None
     if row is None:
         raise SendError(f"{slug} has no scheduled send to cancel (see `newsletter sends {slug}`)")
-    key = os.environ.get("SENDGRID_API_KEY")
-    if not key:
-        raise SendError("cancelling a scheduled send needs SendGrid: set SENDGRID_API_KEY")
     if row.send_at is not None:
         # SQLite hands back the stored UTC time without its zone.
         send_at = row.send_at if row.send_at.tzinfo else row.send_at.replace(tzinfo=UTC)
@@ -79,11 +87,33 @@ def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None
         if send_at - now < CANCEL_NOTICE:
             when = send_at.strftime("%Y-%m-%d %H:%M UTC")
             raise SendError(
-                f"too late to cancel send {row.id} of {slug}: it goes out at {when}, and SendGrid "
-                "cancels only up to 10 minutes before; see `newsletter sends` afterwards"
+                f"too late to cancel send {row.id} of {slug}: it goes out at {when}, and the "
+                "provider cancels only up to 10 minutes before; see `newsletter sends` afterwards"
             )
     if row.batch_id:
-        SendGridTransport.from_project(project, key).cancel_scheduled(row.batch_id)
-    removed = ledger.remove_send_rows(engine, row.id)
-    ledger.finish_send(engine, row.id, "cancelled")
+        chosen = choose_transport(project)
+        transport = chosen.transport
+        if not transport.capabilities.can_schedule:
+            why = f" ({chosen.note})" if chosen.note else ""
+            raise SendError(
+                f"send {row.id} of {slug} is scheduled with {row.transport}, but the "
+                f"{transport.kind} transport cannot cancel it{why}"
+            )
+        cast(SchedulingTransport, transport).cancel_schedule(row.batch_id)
+    with engine.connect() as conn:
+        same = (
+            conn.execute(
+                select(sends.c.id).where(
+                    sends.c.issue_id == issue_id,
+                    sends.c.status == "scheduled",
+                    sends.c.batch_id == row.batch_id if row.batch_id else sends.c.id == row.id,
+                )
+            )
+            .scalars()
+            .all()
+        )
+    removed = 0
+    for send_id in same:
+        removed += ledger.remove_send_rows(send_id)
+        ledger.finish_send(send_id, "cancelled")
     return Cancelled(send_id=row.id, recipients=removed)

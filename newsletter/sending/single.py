@@ -1,27 +1,22 @@
-"""One-off transactional mail (double-opt-in confirmations and the like).
+"""Single messages outside a bulk send: test copies (`send --test`) and transactional mail.
 
-Through SendGrid when SENDGRID_API_KEY is set, else an .eml in the project's `outbox/`.
-No ledger: these are single messages that the caller can simply send again.
+Both go through the same factory as the bulk send, so SMTP, SendGrid and the outbox all
+work; neither writes the ledger (the caller can simply send again).
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from newsletter.errors import TransportError
-from newsletter.sending.payload import message_base, request_body
-from newsletter.sending.transport import (
-    SendGridTransport,
-    build_eml,
-    safe_name,
-    write_eml,
-)
+from newsletter.errors import SendError, TransportError
+from newsletter.sending.factory import choose_transport
+from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.transports import Outcome, Transport
 
 if TYPE_CHECKING:
     from newsletter.project import Project
-
-API_KEY_ENV = "SENDGRID_API_KEY"
+    from newsletter.sending.plan import SendPlan
 
 
 def send_transactional(
@@ -31,36 +26,73 @@ def send_transactional(
     html: str,
     text: str,
     *,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     reply_to: str | None = None,
+    categories: Sequence[str] = ("transactional",),
 ) -> str:
-    """Send one message to `to`; return where it went (for a log line or a page).
-    `reply_to` defaults to the configured one."""
+    """Send one message to `to` through the project's transport; return where it went (for a
+    log line or a page). `reply_to` defaults to the configured one."""
     config = project.config
-    base = message_base(
+    chosen = choose_transport(project, transactional=True, prefix="transactional-")
+    transport = chosen.transport
+    message = Message(
         from_email=config.from_email,
         from_name=config.from_name,
         reply_to=reply_to or config.reply_to,
         subject=subject,
-        text=text,
         html=html,
-        categories=["transactional"],
+        text=text,
+        categories=tuple(categories),
     )
-    p: dict[str, object] = {"to": [{"email": to}]}
-    if headers:
-        p["headers"] = dict(headers)
-    body = request_body(base, [p])  # type: ignore[list-item]
-    key = os.environ.get(API_KEY_ENV)
-    if not key:
-        path = write_eml(
-            project.root / "outbox",
-            "transactional-" + safe_name(to),
-            build_eml(body, body["personalizations"][0]),
-        )
-        return f"written to {path} ({API_KEY_ENV} is not set)"
-    # A web request is waiting: few retries, not the bulk send's patience.
-    transport = SendGridTransport.from_project(project, key, max_retries=2)
-    outcome = transport.post_mail(body)
-    if outcome.state == "accepted":
-        return f"sent to {to} through SendGrid (message id {outcome.message_id})"
-    raise TransportError(f"mail to {to} not sent: {outcome.error}")
+    try:
+        [outcome] = transport.send(Batch(message, [Recipient(to, headers=dict(headers or {}))]))
+    finally:
+        transport.close()
+    if outcome.state != "accepted":
+        raise TransportError(f"mail to {to} not sent: {outcome.error}")
+    return f"{to}: {describe(transport, outcome)}" + (f" ({chosen.note})" if chosen.note else "")
+
+
+def describe(transport: Transport, outcome: Outcome) -> str:
+    """ "written to PATH" or "accepted by SendGrid (message id X)"."""
+    if not transport.capabilities.delivers:
+        return f"written to {outcome.where}"
+    return f"{transport.accepted_label} (message id {outcome.message_id})"
+
+
+def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
+    """`--test ADDR...`: "[Test] " + subject, personalized as that subscriber if known, else
+    as the sample; records nothing. Returns one line per address."""
+    from newsletter.render import SAMPLE_SUBSCRIBER
+    from newsletter.store.subscribers import find_subscriber
+    from newsletter.tokens import secret_key, unsubscribe_url
+
+    project, engine = plan.project, plan.engine
+    prepared = plan.prepared
+    chosen = choose_transport(project, outbox_dir=plan.request.outbox_dir, prefix="test-")
+    transport = chosen.transport
+    key = secret_key(required=False)
+    # An issue whose slug is "test" has the category already: providers refuse duplicates.
+    categories = tuple(dict.fromkeys([prepared.slug, "newsletter", "test"]))
+    message = plan.message(subject=f"[Test] {prepared.rendered.subject}", categories=categories)
+    lines = []
+    try:
+        for address in addresses:
+            known = find_subscriber(engine, address)
+            context = known.template_context() if known else {**SAMPLE_SUBSCRIBER, "email": address}
+            # Subscriber 0 is nobody: clicking "unsubscribe" in a test copy unsubscribes no one.
+            url = unsubscribe_url(project.config.base_url, 0, plan.issue_id, key=key)
+            recipient = Recipient(
+                email=address,
+                name=known.name if known else None,
+                substitutions=prepared.rendered.substitutions(context, url),
+                unsubscribe_url=url,
+            )
+            [outcome] = transport.send(Batch(message, [recipient]))
+            if outcome.state != "accepted":
+                raise SendError(f"test send to {address} failed: {outcome.error}")
+            who = f"as subscriber {known.email}" if known else "as a sample subscriber"
+            lines.append(f"{address}: {describe(transport, outcome)} ({who})")
+    finally:
+        transport.close()
+    return lines

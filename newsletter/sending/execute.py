@@ -1,0 +1,428 @@
+"""Carrying out a `SendPlan`: stream the planned recipients by id, personalize, batch, a few
+batches in flight, every outcome in the ledger.
+
+The rules that make it crash-safe are the ledger's (see `ledger.py`): a batch is claimed
+`in_flight` before it goes out; only the lease holder sends; a dead sender's in-flight rows
+become `uncertain`. A transport that keeps no ledger (the outbox), and dry runs, write no
+delivery rows, so they never block the real send; `sends` still lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from newsletter.errors import SendError
+from newsletter.sending.ledger import RETRYABLE, Ledger
+from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.transports import Outcome
+from newsletter.store.issues import ensure_issue
+from newsletter.store.schema import CUSTOM_ARG_ISSUE, CUSTOM_ARG_SEND, CUSTOM_ARG_SUBSCRIBER
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from newsletter.render import RenderedIssue
+    from newsletter.sending.plan import SendPlan
+
+
+@dataclass
+class SendReport:
+    send_id: int
+    transport: str
+    where: str
+    ledger: bool
+    accepted_label: str = "accepted"
+    accepted: int = 0
+    failed: int = 0
+    uncertain: int = 0
+    marked_uncertain: int = 0  # in-flight rows of a dead sender, found on resume
+    error: str | None = None
+    errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.accepted + self.failed + self.uncertain
+
+
+#: (subscriber id, has a ledger row, recipient)
+Built = tuple[int, bool, Recipient]
+#: (id, email, name, template context, has a ledger row): one subscriber read for the send.
+Row = tuple[int, str, "str | None", "dict[str, Any]", bool]
+#: Pages handed to build processes ahead of the sender: enough to keep them busy.
+BUILD_AHEAD = 3
+#: Lists at least this long are personalized by worker processes (fork) on multi-core machines;
+#: the environment variable lets tests run the parallel path on small lists.
+PARALLEL_ENV = "NEWSLETTER_SEND_PARALLEL_FROM"
+PARALLEL_FROM = 20000
+PAGE = 1000
+
+
+@dataclass
+class Builder:
+    """Turns a page of subscribers into recipients (in this process or a forked worker)."""
+
+    rendered: RenderedIssue
+    unsubscribe_url: Callable[[int], str]
+    issue_id: int
+    send_id: int
+
+    def build(self, page: list[Row]) -> list[Built]:
+        out: list[Built] = []
+        issue, send = str(self.issue_id), str(self.send_id)
+        for sid, address, name, context, has_row in page:
+            url = self.unsubscribe_url(sid)
+            recipient = Recipient(
+                email=address,
+                name=name,
+                substitutions=self.rendered.substitutions(context, url),
+                unsubscribe_url=url,
+                ids={
+                    CUSTOM_ARG_ISSUE: issue,
+                    CUSTOM_ARG_SUBSCRIBER: str(sid),
+                    CUSTOM_ARG_SEND: send,
+                },
+            )
+            out.append((sid, has_row, recipient))
+        return out
+
+
+# Set before the worker pool forks, so workers inherit the rendered issue without pickling it.
+_BUILDER: Builder | None = None
+
+
+def _build_in_worker(page: list[Row]) -> list[Built]:
+    assert _BUILDER is not None
+    return _BUILDER.build(page)
+
+
+def start_pool(builder: Builder, expected: int) -> Any:
+    """Worker processes for a big list on a multi-core machine, else None (build inline).
+
+    Forked before any sending thread starts; workers only compute, never touch the database."""
+    global _BUILDER
+    cpus = os.cpu_count() or 1
+    threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
+    if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
+        return None
+    import gc
+    import multiprocessing
+
+    _BUILDER = builder
+    # Move what is loaded so far out of the collector's reach: the workers' GC then does not
+    # write to (and so copy) every inherited page.
+    gc.freeze()
+    return multiprocessing.get_context("fork").Pool(min(cpus, 4), initializer=_worker_init)
+
+
+def _worker_init() -> None:
+    # Ctrl-C and SIGTERM are the parent's to handle: a worker must not print a traceback.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _rows(
+    engine: Engine,
+    plan: SendPlan,
+    issue_id: int,
+    check_rows: bool,
+    again: set[str],
+) -> Iterator[list[Row]]:
+    """Pages of the planned recipients (subscribed, in the segment, id <= up_to_id), by id:
+    plain rows, not objects; those who already have the issue left out."""
+    from sqlalchemy import select
+
+    from newsletter.store.schema import deliveries, subscribers
+    from newsletter.store.subscribers import segment_filters
+
+    s = subscribers.c
+    conditions = segment_filters("subscribed", plan.request.tags)
+    last = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(s.id, s.email, s.name, s.first_name, s.last_name, s.fields)
+                .where(s.id > last, s.id <= plan.up_to_id, *conditions)
+                .order_by(s.id)
+                .limit(PAGE)
+            ).all()
+            if not rows:
+                return
+            states: dict[int, str] = {}
+            if check_rows:
+                states = dict(
+                    conn.execute(
+                        select(deliveries.c.subscriber_id, deliveries.c.state).where(
+                            deliveries.c.issue_id == issue_id,
+                            deliveries.c.subscriber_id.between(rows[0].id, rows[-1].id),
+                        )
+                    ).all()
+                )
+        page: list[Row] = []
+        for sid, email, name, first, last_name, fields in rows:
+            state = states.get(sid)
+            if state is not None and state not in again:
+                continue
+            context = {
+                "id": sid,
+                "email": email,
+                "name": name,
+                "first_name": first,
+                "last_name": last_name,
+                "fields": dict(fields or {}),
+            }
+            page.append((sid, email, name, context, state is not None))
+        if page:
+            yield page
+        last = rows[-1].id
+        if len(rows) < PAGE:
+            return
+
+
+def execute(
+    plan: SendPlan,
+    progress: Callable[[SendReport], None] | None = None,
+) -> SendReport:
+    """Carry out the plan. Raises SendError for a refusal or a lost lease; a stop midway
+    (bad key, retries exhausted) is in `report.error`, with what was settled."""
+    from newsletter.tokens import secret_key, unsubscribe_url_maker
+
+    if plan.refusal:
+        raise SendError(plan.refusal)
+    project, engine, transport = plan.project, plan.engine, plan.transport
+    ledger = Ledger(engine)
+    rendered = plan.prepared.rendered
+    issue = rendered.issue
+    issue_id = plan.issue_id or ensure_issue(
+        engine,
+        slug=issue.slug,
+        title=issue.title,
+        subject=rendered.subject,
+        language=issue.language,
+    )
+    use_ledger = plan.uses_ledger
+    key = secret_key(required=use_ledger)
+    if plan.send_at is not None and plan.schedule_id is None and not plan.request.dry_run:
+        plan.schedule_id = transport.create_schedule()
+    scheduled = plan.send_at is not None and use_ledger
+    # The schedule and its id are on the send before the first request: a killed scheduled
+    # send stays scheduled (and cancellable), and --resume keeps them.
+    send_id = ledger.create_send(
+        issue_id,
+        transport=transport.kind,
+        segment=plan.request.tags,
+        dry_run=plan.request.dry_run,
+        status="scheduled" if scheduled else "sending",
+        batch_id=plan.schedule_id,
+        send_at=plan.send_at,
+        up_to_subscriber=plan.up_to_id,
+    )
+    report = SendReport(
+        send_id, transport.kind, transport.where, use_ledger, transport.accepted_label
+    )
+    ledger.start_totals(send_id, plan.recipients)
+    lease = None
+    if use_ledger:
+        try:
+            lease = ledger.acquire_lease(issue_id, send_id, issue.slug)
+        except SendError as exc:
+            ledger.finish_send(send_id, "failed", str(exc))
+            raise
+    builder = Builder(
+        rendered,
+        unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
+        issue_id,
+        send_id,
+    )
+    message = plan.message()
+    pool = None
+    try:
+        # Fork the workers (if any) before the heartbeat thread starts.
+        pool = start_pool(builder, plan.recipients)
+        if lease is not None:
+            lease.start_heartbeat()
+            report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
+        _send_batches(plan, ledger, message, report, issue_id, builder, pool, lease, progress)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (see `interrupt_on_sigterm`): what was in flight is settled
+        # (`_send_batches` waits for it); say so in the report instead of a traceback.
+        report.interrupted = True
+        report.error = report.error or "interrupted"
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, SendError) else f"stopped ({type(exc).__name__})"
+        report.error = report.error or reason
+        ledger.finish_send(send_id, "scheduled" if scheduled else "stopped", report.error)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+        transport.close()
+        if lease is not None:
+            lease.release()
+    if report.error:
+        # A scheduled send that stopped midway stays scheduled: what went out is at the
+        # provider under its schedule id, and `cancel` must find it.
+        ledger.finish_send(send_id, "scheduled" if scheduled else "stopped", report.error)
+    else:
+        ledger.finish_send(send_id, "scheduled" if scheduled else "done", None)
+    return report
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Within: SIGTERM (systemd, docker, `kill`) stops a send like Ctrl-C does, so what was
+    handed over is settled instead of being left in flight."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _send_batches(
+    plan: SendPlan,
+    ledger: Ledger,
+    message: Message,
+    report: SendReport,
+    issue_id: int,
+    builder: Builder,
+    pool: Any,
+    lease: Any,
+    progress: Callable[[SendReport], None] | None,
+) -> None:
+    transport = plan.transport
+    section = plan.project.config.section("sending")
+    batch_size = max(1, min(section["batch_size"], transport.capabilities.max_batch))
+    concurrency = max(1, section["concurrency"])
+    use_ledger = report.ledger
+    send_id = report.send_id
+    owner = lease.owner if lease is not None else None
+    slug = plan.slug
+    pending: dict[Future[list[Outcome]], list[int]] = {}
+
+    def settle(done: set[Future[list[Outcome]]]) -> None:
+        for future in done:
+            ids = pending.pop(future)
+            try:
+                outcomes = future.result()
+            except Exception as exc:  # a bug or an unexpected library error: not known sent
+                outcomes = [Outcome("uncertain", error=f"unexpected error: {exc}")] * len(ids)
+            if use_ledger:
+                ledger.record_outcomes(issue_id, send_id, ids, outcomes)
+            for outcome in outcomes:
+                if outcome.state == "accepted":
+                    report.accepted += 1
+                elif outcome.state == "failed":
+                    report.failed += 1
+                else:
+                    report.uncertain += 1
+                known = outcome.error in report.errors
+                if outcome.error and not known and len(report.errors) < 100:
+                    report.errors.append(outcome.error)
+                if outcome.fatal and not report.error:
+                    report.error = outcome.error
+            ledger.update_totals(
+                send_id,
+                accepted=report.accepted,
+                failed=report.failed,
+                uncertain=report.uncertain,
+            )
+            if progress:
+                progress(report)
+
+    batch_no = 0
+    batch: list[Recipient] = []
+    batch_sids: list[int] = []
+    new_ids: list[int] = []
+    again_ids: list[int] = []
+    refused: dict[int, str] = {}
+
+    def submit(executor: ThreadPoolExecutor) -> None:
+        nonlocal batch_no
+        if use_ledger and refused:
+            ledger.record_failed_new(issue_id, send_id, batch_no, dict(refused))
+        report.failed += len(refused)
+        report.errors.extend(e for e in refused.values() if e not in report.errors)
+        refused.clear()
+        if not batch:
+            return
+        batch_no += 1
+        ids = list(batch_sids)
+        people = list(batch)
+        if use_ledger:
+            kept = ledger.claim(
+                issue_id, send_id, batch_no, new_ids, again_ids, owner=owner, slug=slug
+            )
+            if len(kept) < len(ids):
+                # Unsubscribed or forgotten since they were read: they get nothing.
+                people = [p for p, sid in zip(batch, batch_sids, strict=True) if sid in kept]
+                ids = [sid for sid in ids if sid in kept]
+        if people:
+            future = executor.submit(transport.send, Batch(message, people))
+            pending[future] = ids
+        batch.clear()
+        batch_sids.clear()
+        new_ids.clear()
+        again_ids.clear()
+        while len(pending) >= concurrency:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            settle(done)
+
+    def take(built: list[Built]) -> None:
+        for sid, has_row, recipient in built:
+            problem = transport.refuse(recipient)
+            if problem:
+                refused[sid] = problem
+                continue
+            batch.append(recipient)
+            batch_sids.append(sid)
+            (again_ids if has_row else new_ids).append(sid)
+            if len(batch) >= batch_size:
+                submit(executor)
+
+    again = {*RETRYABLE, *(["uncertain"] if plan.request.include_uncertain else [])}
+    check_rows = use_ledger and ledger.has_rows(issue_id)
+    pages = _rows(plan.engine, plan, issue_id, check_rows, again)
+    waiting: deque[Any] = deque()  # pool results, oldest first: bounded, so memory stays flat
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
+        try:
+            for page in pages:
+                if report.error:
+                    break
+                if pool is None:
+                    take(builder.build(page))
+                    continue
+                waiting.append(pool.apply_async(_build_in_worker, (page,)))
+                while len(waiting) > BUILD_AHEAD and not report.error:
+                    take(waiting.popleft().get())
+            while waiting and not report.error:
+                take(waiting.popleft().get())
+            if not report.error:
+                submit(executor)
+        finally:
+            # Whatever happened (Ctrl-C included), settle what is in flight so the ledger
+            # says what we know.
+            while pending:
+                try:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    continue  # a second Ctrl-C: still settle, the answers are on their way
+                settle(done)

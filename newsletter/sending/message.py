@@ -1,0 +1,121 @@
+"""The neutral message model: what every transport is given, with no provider in it.
+
+A `Message` is what all recipients of one send share (from, reply-to, subject, both bodies,
+headers, categories, ids); a `Recipient` is one person's part (address, name, the values
+for the per-recipient keys in the bodies, their unsubscribe URL, ids). A `Batch` is a message
+plus up to a transport's `max_batch` recipients. Transports turn a batch into their own
+wire form (a SendGrid v3 body, one SMTP message per recipient, one .eml per recipient).
+
+`ids` are opaque string pairs that come back with the provider's events (for SendGrid: the
+`custom_args`), so a webhook event can be matched to an issue, a send, a subscriber, or a
+sequence step. They are never put into a message's headers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+#: RFC 8058 one-click unsubscribe.
+ONE_CLICK = "List-Unsubscribe=One-Click"
+#: ASCII control characters (CR, LF, NUL ...) never belong in a header value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clean_header(value: str) -> str:
+    """A header value with control characters (CR/LF header injection) replaced by a space."""
+    return _CONTROL.sub(" ", value).strip()
+
+
+@dataclass(frozen=True)
+class Message:
+    """What every recipient of a send shares."""
+
+    from_email: str
+    from_name: str
+    subject: str
+    html: str
+    text: str
+    reply_to: str | None = None
+    #: Headers for everyone (List-Id, Precedence, Feedback-ID, ...).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Tags for grouping in the provider's statistics (issue slug, "newsletter", "test").
+    categories: tuple[str, ...] = ()
+    #: Ids every recipient's events carry back (e.g. a sequence step).
+    ids: Mapping[str, str] = field(default_factory=dict)
+    #: `mailto:` address for List-Unsubscribe besides the URL (replies routed via a domain).
+    unsubscribe_mailto: str | None = None
+    #: Deliver later (only transports that `can_schedule`), grouped under `schedule_id`.
+    send_at: datetime | None = None
+    schedule_id: str | None = None
+    #: Validate, deliver nothing (only transports that `has_sandbox`).
+    sandbox: bool = False
+    #: Settings the provider may apply to links and opens; both off unless asked.
+    track_opens: bool = False
+    track_clicks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One person's part of a message."""
+
+    email: str
+    name: str | None = None
+    #: key in `html`/`text`/`subject` -> this person's value.
+    substitutions: Mapping[str, str] = field(default_factory=dict)
+    unsubscribe_url: str | None = None
+    ids: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Batch:
+    message: Message
+    recipients: list[Recipient]
+
+
+def apply_substitutions(value: str, substitutions: Mapping[str, str]) -> str:
+    """Replace each key by its value in one pass (so a value is never expanded again)."""
+    if not substitutions:
+        return value
+    keys = sorted(substitutions, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(k) for k in keys))
+    return pattern.sub(lambda m: substitutions[m.group(0)], value)
+
+
+def unsubscribe_headers(message: Message, recipient: Recipient) -> dict[str, str]:
+    """List-Unsubscribe (the URL, and the mailto when replies go through a domain) with
+    RFC 8058's one-click Post header, for one recipient."""
+    targets = []
+    if recipient.unsubscribe_url:
+        targets.append(f"<{recipient.unsubscribe_url}>")
+    if message.unsubscribe_mailto:
+        targets.append(f"<mailto:{message.unsubscribe_mailto}?subject=unsubscribe>")
+    headers: dict[str, str] = {}
+    if targets:
+        headers["List-Unsubscribe"] = ", ".join(targets)
+        if recipient.unsubscribe_url:
+            headers["List-Unsubscribe-Post"] = ONE_CLICK
+    for name, value in recipient.headers.items():
+        headers[name] = clean_header(value)
+    return headers
+
+
+def recipient_headers(message: Message, recipient: Recipient) -> dict[str, str]:
+    """Every extra header one recipient's copy carries, on every transport: the message's
+    (List-Id, Precedence, Feedback-ID ...), then the unsubscribe headers and the recipient's."""
+    headers = {name: clean_header(value) for name, value in message.headers.items()}
+    headers.update(unsubscribe_headers(message, recipient))
+    return headers
+
+
+def personal_parts(message: Message, recipient: Recipient) -> tuple[str, str, str]:
+    """(subject, text, html) for one recipient, substitutions applied."""
+    subs = recipient.substitutions
+    return (
+        clean_header(apply_substitutions(message.subject, subs)),
+        apply_substitutions(message.text, subs),
+        apply_substitutions(message.html, subs),
+    )

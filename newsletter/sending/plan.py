@@ -1,0 +1,382 @@
+"""Planning a send: everything decided and checked once, before anyone is asked or mailed.
+
+`plan_send(project, "ISSUE", SendRequest(...))` loads, checks and renders the issue once,
+chooses the transport (the factory), counts the recipients and fixes who they are (the
+subscribers up to the highest id at planning time: people who join during the send wait for
+`--resume` or the next issue), and says what stops it (`refusal`) and what to look at
+(`warnings`). `execute(plan, progress)` in `execute.py` carries it out. The CLI only shows
+the plan, asks, and shows progress.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from newsletter.errors import SendError
+from newsletter.sending.factory import Chosen, choose_transport
+from newsletter.sending.ledger import RETRYABLE, Ledger
+from newsletter.sending.message import Message
+from newsletter.sending.transports import kinds_that
+from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from newsletter.project import Project
+    from newsletter.render import RenderedIssue
+
+
+@dataclass
+class Prepared:
+    """An issue loaded, checked and rendered once."""
+
+    path: Path
+    rendered: RenderedIssue
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        return self.rendered.issue.slug
+
+
+def _finding(f: Any) -> str:
+    where = f"{Path(f.path).name}:{f.line}" if getattr(f, "line", None) else Path(f.path).name
+    return f"{where}: {f.message}"
+
+
+def prepare(project: Project, path: Path, *, run_check: bool = True) -> Prepared:
+    """Load, check (errors stop the send) and render the issue, once."""
+    if not run_check:
+        from newsletter.issue import load_issue
+        from newsletter.render import render_issue
+
+        return Prepared(path, render_issue(project, load_issue(project, path)))
+    from newsletter.check import check_and_render
+
+    findings, rendered = check_and_render(project, path)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors or rendered is None:
+        listed = "; ".join(_finding(f) for f in errors)
+        raise SendError(
+            f"{len(errors)} error(s) in the issue, fix them first "
+            f"(`newsletter check {path.name}`): {listed}"
+        )
+    warnings = [_finding(f) for f in findings if f.severity != "error"]
+    return Prepared(path=path, rendered=rendered, warnings=warnings)
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """What the person asked for (the flags of `newsletter send`)."""
+
+    tags: Sequence[str] = ()
+    dry_run: bool = False
+    resume: bool = False
+    include_uncertain: bool = False
+    send_at: datetime | None = None
+    outbox_dir: Path | None = None
+    #: `--test ADDRESS`: no check, no counting, no refusal; only the message is needed.
+    test_copy: bool = False
+
+
+@dataclass
+class SendPlan:
+    project: Project
+    engine: Engine
+    prepared: Prepared
+    chosen: Chosen
+    request: SendRequest
+    #: People the send goes to (counted now, fixed by `up_to_id`).
+    recipients: int
+    #: The highest subscriber id at planning time: later sign-ups wait for --resume.
+    up_to_id: int
+    reply_to: str
+    issue_id: int | None
+    warnings: list[str] = field(default_factory=list)
+    #: Why the send must not go out (one line), or None.
+    refusal: str | None = None
+    #: `--resume` after a kill in the last batch: nobody is left, but the dead sender's
+    #: in-flight rows must still be taken over (and become uncertain).
+    stranded: bool = False
+    #: A scheduled send being resumed keeps its time and schedule id.
+    send_at: datetime | None = None
+    schedule_id: str | None = None
+
+    @property
+    def transport(self) -> Any:
+        return self.chosen.transport
+
+    @property
+    def uses_ledger(self) -> bool:
+        return self.transport.capabilities.keeps_ledger and not self.request.dry_run
+
+    @property
+    def sandbox(self) -> bool:
+        return self.request.dry_run and self.transport.capabilities.has_sandbox
+
+    @property
+    def slug(self) -> str:
+        return self.prepared.slug
+
+    @property
+    def nobody(self) -> bool:
+        return self.recipients == 0 and not self.stranded
+
+    def message(self, *, subject: str | None = None, categories: Sequence[str] = ()) -> Message:
+        return bulk_message(
+            self.project,
+            self.prepared,
+            reply_to=self.reply_to,
+            subject=subject,
+            categories=categories or (self.slug, "newsletter"),
+            sandbox=self.sandbox,
+            send_at=self.send_at,
+            schedule_id=self.schedule_id,
+        )
+
+
+def reply_to_for(project: Project, issue_id: int | None) -> str:
+    """`[replies] domain` routes replies through a signed address naming the issue."""
+    from newsletter.tokens import reply_address, secret_key
+
+    domain = project.config.section("replies")["domain"]
+    if domain and issue_id is not None:
+        return reply_address(domain, issue_id, key=secret_key(required=True))
+    return project.config.reply_to
+
+
+def bulk_headers(project: Project, slug: str) -> dict[str, str]:
+    """The bulk-mail headers every transport sets: List-Id (RFC 2919, from the name and
+    base_url's host), Precedence: bulk (out-of-office robots stay quiet), Feedback-ID
+    (Gmail's feedback loop: campaign:list:type:sender)."""
+    from email.header import Header
+
+    config = project.config
+    host = urlsplit(config.base_url or "").hostname or config.from_email.rpartition("@")[2]
+    label = re.sub(r"[^a-z0-9]+", "-", config.name.lower()).strip("-") or "newsletter"
+    name = config.name.replace("\\", "").replace('"', "")
+    phrase = f'"{name}"' if name.isascii() else Header(name, "utf-8").encode()
+    return {
+        "List-Id": f"{phrase} <{label}.{host}>",
+        "Precedence": "bulk",
+        "Feedback-ID": f"{slug}:{label}:newsletter:{host}",
+    }
+
+
+def bulk_message(
+    project: Project,
+    prepared: Prepared,
+    *,
+    reply_to: str,
+    subject: str | None = None,
+    categories: Sequence[str] = (),
+    sandbox: bool = False,
+    send_at: datetime | None = None,
+    schedule_id: str | None = None,
+) -> Message:
+    config = project.config
+    rendered = prepared.rendered
+    tracking = config.section("tracking")
+    domain = config.section("replies")["domain"]
+    headers = bulk_headers(project, prepared.slug)
+    return Message(
+        from_email=config.from_email,
+        from_name=config.from_name,
+        reply_to=reply_to,
+        subject=subject or rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        headers=headers,
+        categories=tuple(categories),
+        unsubscribe_mailto=reply_to if domain and reply_to.endswith("@" + domain) else None,
+        send_at=send_at,
+        schedule_id=schedule_id,
+        sandbox=sandbox,
+        track_opens=tracking["opens"],
+        track_clicks=tracking["clicks"],
+    )
+
+
+def max_subscriber_id(engine: Engine) -> int:
+    from sqlalchemy import func, select
+
+    from newsletter.store.schema import subscribers
+
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.max(subscribers.c.id))).scalar() or 0)
+
+
+def count_recipients(
+    engine: Engine,
+    tags: Sequence[str],
+    up_to_id: int,
+    issue_id: int | None = None,
+    again: Sequence[str] = (),
+) -> int:
+    """Subscribed people (of the segment, id <= up_to_id); with `issue_id`, only those with
+    no ledger row for it or one in an `again` state (who a --resume reaches)."""
+    from sqlalchemy import exists, func, select
+
+    from newsletter.store.schema import deliveries, subscribers
+    from newsletter.store.subscribers import segment_filters
+
+    conditions = [*segment_filters("subscribed", tags), subscribers.c.id <= up_to_id]
+    if issue_id is not None:
+        done = exists().where(
+            deliveries.c.issue_id == issue_id,
+            deliveries.c.subscriber_id == subscribers.c.id,
+            deliveries.c.state.not_in(list(again)),
+        )
+        conditions.append(~done)
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(subscribers).where(*conditions)
+            ).scalar_one()
+        )
+
+
+def already_sent_refusal(
+    ledger: Ledger, issue_id: int, slug: str, request: SendRequest, up_to_id: int
+) -> tuple[str | None, bool]:
+    """(refusal, resume): a plain send of an issue that someone has (or may have) refuses,
+    saying how to reach the rest. If every earlier attempt failed (a wrong key, the network
+    down), nobody has it, so the send goes on as a --resume would."""
+    if request.resume or not ledger.has_rows(issue_id):
+        return None, request.resume
+    counts = ledger.issue_counts(issue_id)
+    had = sum(n for s, n in counts.items() if s not in RETRYABLE)
+    if had == 0:
+        return None, True
+    todo = count_recipients(ledger.engine, request.tags, up_to_id, issue_id, RETRYABLE)
+    hint = (
+        f"use --resume to reach the {todo} people who have not had it"
+        if todo
+        else "every subscriber (of this segment) has had it already"
+    )
+    uncertain = counts.get("uncertain", 0) + counts.get("in_flight", 0)
+    extra = f"; {uncertain} are uncertain (see `newsletter sends {slug}`)" if uncertain else ""
+    return f"{slug} was already sent ({had} recorded); {hint}{extra}", False
+
+
+def plan_send(project: Project, issue: str | Path, request: SendRequest) -> SendPlan:
+    """Decide everything about a send; raises SendError only when there is nothing to plan
+    (the issue is broken), else puts the reason into `refusal`."""
+    from newsletter.store.engine import project_engine
+
+    resolved = resolve_issue(project, issue)
+    path = resolved.require_path()
+    engine = project_engine(project)
+    chosen = choose_transport(project, outbox_dir=request.outbox_dir)
+    prepared = prepare(project, path, run_check=not request.test_copy)
+    ledger = Ledger(engine)
+    warnings = list(project.config.warnings) + list(prepared.warnings)
+    if chosen.note:
+        warnings.insert(0, chosen.note)
+
+    issue_id = find_issue_id(engine, prepared.slug)
+    if issue_id is None and project.config.section("replies")["domain"]:
+        # The signed Reply-To names the issue's id: record the issue to show the real address.
+        rendered = prepared.rendered
+        issue_id = ensure_issue(
+            engine,
+            slug=prepared.slug,
+            title=rendered.issue.title,
+            subject=rendered.subject,
+            language=rendered.issue.language,
+        )
+    up_to_id = max_subscriber_id(engine)
+    plan = SendPlan(
+        project=project,
+        engine=engine,
+        prepared=prepared,
+        chosen=chosen,
+        request=request,
+        recipients=0,
+        up_to_id=up_to_id,
+        reply_to=reply_to_for(project, issue_id),
+        issue_id=issue_id,
+        warnings=warnings,
+        send_at=request.send_at,
+    )
+    if request.test_copy:
+        return plan
+    plan.refusal = _refusal(plan)
+    if plan.refusal:
+        return plan
+    resume = request.resume
+    if plan.uses_ledger and issue_id is not None:
+        running = ledger.running(issue_id)
+        if running is not None:
+            plan.refusal = (
+                f"another send of {prepared.slug} is running (send {running.send_id}, pid "
+                f"{running.pid} on {running.host}); wait for it to finish, or check "
+                f"`newsletter sends {prepared.slug}`"
+            )
+            return plan
+        plan.refusal, resume = already_sent_refusal(
+            ledger, issue_id, prepared.slug, request, up_to_id
+        )
+        if plan.refusal:
+            return plan
+        if request.resume and request.send_at is None:
+            earlier = ledger.latest_scheduled(issue_id)
+            if earlier is not None:
+                plan.send_at = _aware(earlier.send_at)
+                plan.schedule_id = earlier.batch_id
+    if plan.uses_ledger and resume and issue_id is not None:
+        again = [*RETRYABLE, *(["uncertain"] if request.include_uncertain else [])]
+        plan.recipients = count_recipients(engine, request.tags, up_to_id, issue_id, again)
+        plan.stranded = (
+            plan.recipients == 0 and ledger.issue_counts(issue_id).get("in_flight", 0) > 0
+        )
+    else:
+        plan.recipients = count_recipients(engine, request.tags, up_to_id)
+    plan.request = _with_resume(request, resume)
+    return plan
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _with_resume(request: SendRequest, resume: bool) -> SendRequest:
+    from dataclasses import replace
+
+    return request if request.resume == resume else replace(request, resume=resume)
+
+
+def _refusal(plan: SendPlan) -> str | None:
+    project, request = plan.project, plan.request
+    caps = plan.transport.capabilities
+    kind = plan.transport.kind
+    if request.include_uncertain and not request.resume:
+        return "--include-uncertain goes with --resume"
+    if request.send_at is not None and not caps.can_schedule:
+        can = ", ".join(kinds_that(lambda c: c.can_schedule)) or "none"
+        return (
+            f"--schedule needs a transport that can schedule ({can}); the {kind} transport "
+            "cannot" + (f" ({plan.chosen.note})" if plan.chosen.note else "")
+        )
+    if request.dry_run and caps.delivers and not caps.has_sandbox:
+        return (
+            f"--dry-run needs a transport with a sandbox ({', '.join(kinds_that(lambda c: c.has_sandbox))}); "
+            f"the {kind} transport would deliver: use --outbox DIR to look at the messages instead"
+        )
+    if plan.uses_ledger and project.config.base_url is None:
+        # Readers must be able to leave (RFC 8058, CAN-SPAM): no real send with dead links.
+        return (
+            f"{project.config.path}: [newsletter] base_url is not set, so the unsubscribe links "
+            "would lead nowhere; set base_url to where `newsletter serve` is reachable"
+        )
+    return None

@@ -1,0 +1,159 @@
+"""Typed summaries of sends for `newsletter sends` (and anything else that reports on them).
+
+`send_summaries(engine, issue_id=None)` gives one `SendSummary` per send, with the ledger's
+counts (or, for a transport that keeps no ledger and dry runs, the send's own totals), whether
+its process is gone, and how many people joined after it was planned (they wait for
+`--resume`). `recipients(engine, issue_id)` streams each recipient's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, exists, func, select
+
+from newsletter.sending.ledger import Ledger
+from newsletter.sending.transports import capabilities_of
+from newsletter.store.schema import deliveries, subscribers
+from newsletter.store.subscribers import segment_filters
+
+
+@dataclass(frozen=True)
+class SendSummary:
+    id: int
+    issue: str
+    issue_id: int
+    started_at: datetime
+    status: str
+    transport: str
+    dry_run: bool
+    segment: list[str]
+    send_at: datetime | None
+    error: str | None
+    #: ledger state -> rows of this send (empty for a send without ledger)
+    counts: dict[str, int] = field(default_factory=dict)
+    #: planned recipients (None for sends older than the totals)
+    recipients: int | None = None
+    #: what was handed over: accepted / failed / uncertain
+    handed_over: dict[str, int] | None = None
+    keeps_ledger: bool = True
+    #: its process died mid-send: `--resume` takes over
+    process_gone: bool = False
+    #: subscribed since the send was planned and not sent to (they wait for --resume)
+    joined_since: int = 0
+
+    def shown_counts(self) -> str:
+        """`accepted 2, uncertain 1`, or for a send without ledger `written 2`."""
+        if self.counts:
+            text = ", ".join(f"{state} {n}" for state, n in sorted(self.counts.items()))
+        elif self.handed_over is not None:
+            label = "validated (sandbox)" if self.dry_run else "written"
+            done = {
+                label: self.handed_over["accepted"],
+                **{k: v for k, v in self.handed_over.items() if k != "accepted"},
+            }
+            text = ", ".join(f"{k} {n}" for k, n in done.items() if n) or "none handed over"
+        else:
+            text = "-"
+        if self.recipients is not None and self.status == "sending":
+            text += f" (of {self.recipients})"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "issue": self.issue,
+            "started": self.started_at.isoformat(),
+            "status": self.status,
+            "transport": self.transport,
+            "dry_run": self.dry_run,
+            "segment": self.segment,
+            "send_at": self.send_at.isoformat() if self.send_at else None,
+            "counts": self.counts,
+            "recipients": self.recipients,
+            "handed_over": self.handed_over,
+            "joined_since": self.joined_since,
+            "process_gone": self.process_gone,
+            "error": self.error,
+        }
+
+
+def _joined_since(engine: Engine, row: Any) -> int:
+    if row.up_to_subscriber is None:
+        return 0
+    reached = exists().where(
+        deliveries.c.issue_id == row.issue_id, deliveries.c.subscriber_id == subscribers.c.id
+    )
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(subscribers)
+                .where(
+                    *segment_filters("subscribed", row.segment or []),
+                    subscribers.c.id > row.up_to_subscriber,
+                    ~reached,
+                )
+            ).scalar_one()
+        )
+
+
+def send_summaries(engine: Engine, issue_id: int | None = None) -> list[SendSummary]:
+    ledger = Ledger(engine)
+    rows = ledger.list_sends(issue_id)
+    counts = ledger.counts_by_state(issue_id=issue_id)
+    sums = ledger.totals()
+    live = ledger.live_sends()
+    last_of_issue = {r.issue_id: r.id for r in rows}
+    out = []
+    for r in rows:
+        caps = capabilities_of(r.transport)
+        keeps = bool(caps and caps.keeps_ledger) and not r.dry_run
+        t = sums.get(r.id)
+        unfinished = r.status == "sending" or (r.status == "scheduled" and r.finished_at is None)
+        joined = 0
+        if keeps and last_of_issue[r.issue_id] == r.id and r.status in ("done", "scheduled"):
+            joined = _joined_since(engine, r)
+        out.append(
+            SendSummary(
+                id=r.id,
+                issue=r.slug,
+                issue_id=r.issue_id,
+                started_at=r.started_at,
+                status=r.status,
+                transport=r.transport,
+                dry_run=r.dry_run,
+                segment=list(r.segment or []),
+                send_at=r.send_at,
+                error=r.error,
+                counts=counts.get(r.id, {}),
+                recipients=t.recipients if t is not None else None,
+                handed_over=(
+                    {"accepted": t.accepted, "failed": t.failed, "uncertain": t.uncertain}
+                    if t is not None
+                    else None
+                ),
+                keeps_ledger=keeps,
+                process_gone=keeps and unfinished and r.id not in live,
+                joined_since=joined,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    subscriber_id: int
+    email: str
+    state: str
+    send_id: int
+    message_id: str | None
+    error: str | None
+
+
+def recipients(engine: Engine, issue_id: int) -> Iterator[RecipientState]:
+    for d in Ledger(engine).iter_deliveries(issue_id):
+        yield RecipientState(d.subscriber_id, d.email, d.state, d.send_id, d.message_id, d.error)

@@ -1,0 +1,164 @@
+"""Transports: where a batch of the neutral message goes (see `newsletter.sending.message`).
+
+Every module in this folder defines one transport class and registers it with `@register`;
+the registry imports them all, so a third transport (SES, Postmark ...) is one new file here
+and nothing else. Code outside asks a transport what it can do (`capabilities`), never
+what it is called:
+
+- `max_batch`: most recipients per `send()` call;
+- `keeps_ledger`: its sends write the per-recipient ledger (and so get the already-sent guard,
+  the lease, `--resume`). A transport that delivers must keep it;
+- `can_schedule`: it can deliver at a later time (`Message.send_at`) and cancel that;
+- `has_sandbox`: it can validate without delivering (`Message.sandbox`, for `--dry-run`);
+- `delivers`: it hands mail to someone who delivers it (the outbox only writes files);
+- `suppression_lists`: it can list the provider's unsubscribes/bounces (for `sync`).
+
+A transport answers each `send(batch)` with one `Outcome` per recipient, in order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from newsletter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+    from newsletter.sending.message import Batch, Recipient
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    max_batch: int
+    keeps_ledger: bool
+    can_schedule: bool = False
+    has_sandbox: bool = False
+    delivers: bool = True
+    suppression_lists: bool = False
+
+
+@dataclass
+class Outcome:
+    """What became of one recipient's mail: `accepted`, `failed` or `uncertain`."""
+
+    state: str
+    message_id: str | None = None
+    error: str | None = None
+    #: The send must stop (bad key, unverified sender, bad payload, retries exhausted).
+    fatal: bool = False
+    attempts: int = 1
+    #: Where it went, for a person reading (a file path, a host).
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """What the factory hands a transport besides the project: `[sending]` values and flags."""
+
+    batch_size: int = 1000
+    concurrency: int = 4
+    max_retries: int = 5
+    #: For the outbox: the folder (`--outbox DIR`); None: the project's `outbox/`.
+    directory: Path | None = None
+    #: One message for a waiting web request (a confirmation): few retries, fail fast.
+    transactional: bool = False
+    #: File name prefix for the outbox (test copies, transactional mail).
+    prefix: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    #: "accepted by SendGrid", "written to the outbox": what a handed-over recipient got.
+    accepted_label: ClassVar[str]
+
+    @property
+    def where(self) -> str: ...
+
+    def send(self, batch: Batch) -> list[Outcome]: ...
+
+    def refuse(self, recipient: Recipient) -> str | None:
+        """Why this recipient cannot go through this transport (a provider limit), or None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SchedulingTransport(Transport, Protocol):
+    """What a transport whose `capabilities.can_schedule` is true also has."""
+
+    def create_schedule(self) -> str: ...
+
+    def cancel_schedule(self, schedule_id: str) -> None: ...
+
+
+class SuppressionListTransport(Transport, Protocol):
+    """What a transport whose `capabilities.suppression_lists` is true also has."""
+
+    def suppressions(self, name: str, page_size: int) -> list[str]: ...
+
+
+class TransportClass(Protocol):
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    accepted_label: ClassVar[str]
+
+    @classmethod
+    def unavailable(cls, project: Project) -> str | None:
+        """Why this transport cannot be used now (a missing key), or None."""
+        ...
+
+    @classmethod
+    def from_project(cls, project: Project, settings: TransportSettings) -> Transport: ...
+
+
+_REGISTRY: dict[str, TransportClass] = {}
+_T = TypeVar("_T")
+
+
+def register(cls: _T) -> _T:
+    """Class decorator: make a transport known by its `kind` (the `[sending] transport` value)."""
+    _REGISTRY[cls.kind] = cls  # type: ignore[attr-defined,assignment]
+    return cls
+
+
+_loaded = False
+
+
+def registry() -> dict[str, TransportClass]:
+    """kind -> transport class, every module of this folder loaded."""
+    global _loaded
+    if not _loaded:
+        for info in pkgutil.iter_modules(__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True
+    return dict(_REGISTRY)
+
+
+def transport_class(kind: str, *, where: str = "[sending] transport") -> TransportClass:
+    known = registry()
+    if kind not in known:
+        raise ConfigError(f"{where} {kind!r} is not known; use one of: {', '.join(sorted(known))}")
+    return known[kind]
+
+
+def kinds_that(test: Callable[[Capabilities], bool]) -> list[str]:
+    """The kinds whose capabilities pass `test` (for messages such as "only X can schedule")."""
+    return sorted(kind for kind, cls in registry().items() if test(cls.capabilities))
+
+
+def capabilities_of(kind: str) -> Capabilities | None:
+    """A stored send's transport's capabilities (None for a kind no longer known)."""
+    cls = registry().get(kind)
+    return cls.capabilities if cls else None
+
+
+def iter_classes() -> Iterator[TransportClass]:
+    yield from registry().values()

@@ -1,0 +1,429 @@
+"""SendGrid's v3 API: the neutral batch becomes one Mail Send body with a personalization
+per recipient (`mail_body`), posted through the `sendgrid` package with an explicit timeout.
+
+Answers, as the ledger needs them:
+- 202 (or 200 in sandbox mode): `accepted`, with the `X-Message-Id`.
+- 429: wait until `X-RateLimit-Reset` (capped), retry. 5xx, or a connection refused before
+  the request left: retry with exponential backoff. Both bounded by `max_retries`.
+- other 4xx: `failed` with SendGrid's error; the send stops (the next batch would fail alike).
+- an answer lost after the request went out (timeout, reset, closed): `uncertain`. There is no
+  idempotency key, so it is never retried automatically.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import os
+import socket
+import time
+import urllib.error
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+from newsletter.errors import TransportError
+from newsletter.sending.message import Batch, Message, Recipient, clean_header, unsubscribe_headers
+from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+API_KEY_ENV = "SENDGRID_API_KEY"
+#: Seconds; the first retry waits this long, then twice as long each time. Tests shorten it.
+BACKOFF_ENV = "NEWSLETTER_SEND_BACKOFF"
+#: Never wait longer than this for one 429, whatever X-RateLimit-Reset says.
+MAX_RATE_LIMIT_WAIT = 60.0
+
+#: SendGrid's limits (see shared/reference/sendgrid-and-email.md).
+MAX_PERSONALIZATIONS = 1000
+MAX_SUBSTITUTION_BYTES = 10000
+MAX_CUSTOM_ARGS_BYTES = 10000
+MAX_CATEGORIES = 10
+MAX_CATEGORY_LENGTH = 255
+
+# Errors that prove the request never reached the server: safe to retry.
+_NOT_SENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.ENETDOWN,
+    errno.EADDRNOTAVAIL,
+}
+
+
+def backoff_base() -> float:
+    try:
+        return float(os.environ.get(BACKOFF_ENV, "1.0"))
+    except ValueError:
+        return 1.0
+
+
+# --- the neutral batch as a v3 body -----------------------------------------------------------
+
+
+def unique_categories(categories: tuple[str, ...] | list[str]) -> list[str]:
+    unique: list[str] = []
+    for category in categories:
+        category = category[:MAX_CATEGORY_LENGTH]
+        if category and category not in unique:
+            unique.append(category)
+    return unique[:MAX_CATEGORIES]
+
+
+def message_body(message: Message, *, asm_group_id: int | None = None) -> dict[str, Any]:
+    """Everything of a request except its personalizations; shared by every batch of a send."""
+    body: dict[str, Any] = {
+        "from": {"email": message.from_email, "name": clean_header(message.from_name)},
+        "subject": clean_header(message.subject),
+        # SendGrid wants text/plain first.
+        "content": [
+            {"type": "text/plain", "value": message.text},
+            {"type": "text/html", "value": message.html},
+        ],
+        "categories": unique_categories(message.categories),
+        # Explicit, private by default: our footer is the unsubscribe, links stay as written.
+        "tracking_settings": {
+            "subscription_tracking": {"enable": False},
+            "click_tracking": {"enable": message.track_clicks, "enable_text": False},
+            "open_tracking": {"enable": message.track_opens},
+        },
+    }
+    if message.reply_to:
+        body["reply_to"] = {"email": message.reply_to}
+    if message.headers:
+        body["headers"] = {k: clean_header(v) for k, v in message.headers.items()}
+    if message.ids:
+        body["custom_args"] = dict(message.ids)
+    if asm_group_id is not None:
+        body["asm"] = {"group_id": asm_group_id}
+    if message.sandbox:
+        body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    if message.send_at is not None:
+        body["send_at"] = int(message.send_at.timestamp())
+    if message.schedule_id is not None:
+        body["batch_id"] = message.schedule_id
+    return body
+
+
+def personalization(message: Message, recipient: Recipient) -> dict[str, Any]:
+    """One recipient: address, substitutions, RFC 8058 headers and the ids for webhooks."""
+    to: dict[str, str] = {"email": recipient.email}
+    if recipient.name:
+        to["name"] = clean_header(recipient.name)
+    p: dict[str, Any] = {"to": [to], "substitutions": dict(recipient.substitutions)}
+    headers = unsubscribe_headers(message, recipient)
+    if headers:
+        p["headers"] = headers
+    if recipient.ids:
+        p["custom_args"] = dict(recipient.ids)
+    return p
+
+
+def mail_body(batch: Batch, *, asm_group_id: int | None = None) -> dict[str, Any]:
+    if not 1 <= len(batch.recipients) <= MAX_PERSONALIZATIONS:
+        raise ValueError(f"a request holds 1..{MAX_PERSONALIZATIONS} personalizations")
+    body = message_body(batch.message, asm_group_id=asm_group_id)
+    body["personalizations"] = [personalization(batch.message, r) for r in batch.recipients]
+    return body
+
+
+def _size(value: Mapping[str, str]) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+
+def _surely_small(values: Mapping[str, str], limit: int) -> bool:
+    # JSON-escaped UTF-8 is at most 6 bytes a character (+6 per pair for quotes and ": ,"):
+    # below that bound the exact (slower) size does not matter.
+    chars = sum(len(k) + len(v) + 1 for k, v in values.items())
+    return 6 * chars + 2 < limit
+
+
+def recipient_problem(recipient: Recipient) -> str | None:
+    """Why SendGrid would refuse this recipient (too-large fields), or None."""
+    subs = recipient.substitutions
+    if not _surely_small(subs, MAX_SUBSTITUTION_BYTES) and _size(subs) >= MAX_SUBSTITUTION_BYTES:
+        return (
+            f"the personal values for {recipient.email} exceed SendGrid's "
+            f"{MAX_SUBSTITUTION_BYTES}-byte substitution limit; shorten that subscriber's fields"
+        )
+    args = recipient.ids
+    if not _surely_small(args, MAX_CUSTOM_ARGS_BYTES) and _size(args) >= MAX_CUSTOM_ARGS_BYTES:
+        return f"custom_args for {recipient.email} exceed {MAX_CUSTOM_ARGS_BYTES} bytes"
+    return None
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+def _not_sent(reason: object) -> bool:
+    """A URLError reason that means the connection was never made."""
+    if isinstance(reason, socket.gaierror | ConnectionRefusedError):
+        return True
+    return isinstance(reason, OSError) and reason.errno in _NOT_SENT_ERRNOS
+
+
+def _field_errors(body: bytes | str | None) -> str:
+    """SendGrid's `{"errors": [{"message", "field"}]}` as `field: message; ...`."""
+    try:
+        data = json.loads(body or b"{}")
+        errors = data.get("errors") or []
+        parts = []
+        for e in errors:
+            field = e.get("field")
+            parts.append(f"{field}: {e.get('message')}" if field else str(e.get("message")))
+        if parts:
+            return "; ".join(parts)
+    except (ValueError, AttributeError):
+        pass
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+    return text[:300] or "no details"
+
+
+def sendgrid_host(project: Project) -> str:
+    """`SENDGRID_API_HOST` (tests point it at a local server), else the region's host."""
+    from newsletter.project import sendgrid_host as host_for
+
+    return host_for(project.config)
+
+
+@register
+class SendGridTransport:
+    """SendGrid's v3 API through the `sendgrid` package, with an explicit timeout."""
+
+    kind: ClassVar[str] = "sendgrid"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        max_batch=MAX_PERSONALIZATIONS,
+        keeps_ledger=True,
+        can_schedule=True,
+        has_sandbox=True,
+        suppression_lists=True,
+    )
+    accepted_label: ClassVar[str] = "accepted by SendGrid"
+
+    def __init__(
+        self,
+        api_key: str,
+        host: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        asm_group_id: int | None = None,
+    ) -> None:
+        import sendgrid
+
+        self.host = host.rstrip("/")
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff = backoff_base() if backoff is None else backoff
+        self.asm_group_id = asm_group_id
+        self._sleep = sleep
+        self._client = sendgrid.SendGridAPIClient(api_key, host=self.host)
+
+    @classmethod
+    def unavailable(cls, project: Project) -> str | None:
+        if os.environ.get(API_KEY_ENV):
+            return None
+        return f"{API_KEY_ENV} is not set"
+
+    @classmethod
+    def from_project(cls, project: Project, settings: TransportSettings) -> SendGridTransport:
+        key = os.environ.get(API_KEY_ENV)
+        if not key:
+            raise TransportError(f"{API_KEY_ENV} is not set; export your SendGrid API key")
+        section = project.config.section("sendgrid")
+        return cls(
+            key,
+            sendgrid_host(project),
+            timeout=section["timeout"],
+            # A web request is waiting for a transactional mail: few retries.
+            max_retries=min(settings.max_retries, 2)
+            if settings.transactional
+            else settings.max_retries,
+            asm_group_id=None if settings.transactional else section["unsubscribe_group_id"],
+        )
+
+    @property
+    def where(self) -> str:
+        return urlsplit(self.host).netloc or self.host
+
+    def refuse(self, recipient: Recipient) -> str | None:
+        return recipient_problem(recipient)
+
+    def close(self) -> None:
+        pass
+
+    def send(self, batch: Batch) -> list[Outcome]:
+        outcome = self.post_mail(mail_body(batch, asm_group_id=self.asm_group_id))
+        return [outcome] * len(batch.recipients)
+
+    def _http_error(self, exc: Any, body: dict[str, Any] | None) -> str:
+        code = exc.status_code
+        if code == 401:
+            return "SendGrid rejected the API key (check SENDGRID_API_KEY)"
+        if code == 403:
+            sender = ((body or {}).get("from") or {}).get("email", "the from address")
+            return (
+                f"SendGrid refused to send from {sender}: it is not a verified sender; verify it "
+                "under Settings > Sender Authentication at https://app.sendgrid.com/settings/sender_auth "
+                "or set a verified from_email in newsletter.toml"
+            )
+        if code == 400:
+            return f"SendGrid rejected the request (400): {_field_errors(exc.body)}"
+        if code == 413:
+            return (
+                "SendGrid refused the request as too large (413); shorten the issue or its images"
+            )
+        return f"SendGrid answered {code}: {_field_errors(exc.body)}"
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        query: dict[str, Any] | None = None,
+    ) -> Any:
+        """One API call with retries; returns the response or an `Outcome` for a failure."""
+        from python_http_client.exceptions import HTTPError
+
+        node = self._client.client
+        for part in path.strip("/").split("/")[1:]:  # drop the "v3" the client adds itself
+            node = node._(part)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                kwargs: dict[str, Any] = {"timeout": self.timeout}
+                if body is not None or method == "post":
+                    kwargs["request_body"] = body
+                if query is not None:
+                    kwargs["query_params"] = query
+                response = getattr(node, method)(**kwargs)
+                response.attempts = attempt
+                return response
+            except HTTPError as exc:
+                code = exc.status_code
+                if code == 429 and attempt <= self.max_retries:
+                    self._sleep(self._rate_limit_wait(exc.headers))
+                    continue
+                if code >= 500 and attempt <= self.max_retries:
+                    self._sleep(self.backoff * 2 ** (attempt - 1))
+                    continue
+                message = self._http_error(exc, body)
+                if code == 429 or code >= 500:
+                    message += f" (after {attempt} tries)"
+                return Outcome("failed", error=message, fatal=True, attempts=attempt)
+            except urllib.error.URLError as exc:
+                if _not_sent(exc.reason):
+                    if attempt <= self.max_retries:
+                        self._sleep(self.backoff * 2 ** (attempt - 1))
+                        continue
+                    return Outcome(
+                        "failed",
+                        error=(
+                            f"cannot reach SendGrid at {self.where} ({exc.reason}; tried {attempt} "
+                            "times); check the network connection"
+                        ),
+                        fatal=True,
+                        attempts=attempt,
+                    )
+                return self._lost(exc.reason, attempt)
+            except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
+                return self._lost(exc, attempt)
+
+    def _lost(self, reason: object, attempt: int) -> Outcome:
+        what = "timed out" if isinstance(reason, TimeoutError) else f"was lost ({reason})"
+        return Outcome(
+            "uncertain",
+            error=f"SendGrid's answer {what} after the request was sent; it may have been delivered",
+            attempts=attempt,
+        )
+
+    def _rate_limit_wait(self, headers: Any) -> float:
+        try:
+            reset = float(headers.get("X-RateLimit-Reset"))
+        except (TypeError, ValueError, AttributeError):
+            return self.backoff
+        return min(max(reset - time.time(), 0.0), MAX_RATE_LIMIT_WAIT)
+
+    def post_mail(self, body: dict[str, Any]) -> Outcome:
+        """Post one ready v3 body (the bare client the benchmark compares against uses it)."""
+        result = self._call("post", "/v3/mail/send", body)
+        if isinstance(result, Outcome):
+            return result
+        if result.status_code in (200, 202):
+            return Outcome(
+                "accepted",
+                message_id=result.headers.get("X-Message-Id"),
+                attempts=result.attempts,
+                where=self.where,
+            )
+        return Outcome(
+            "failed", error=f"SendGrid answered {result.status_code} to /v3/mail/send", fatal=True
+        )
+
+    # --- scheduling (capabilities.can_schedule) ---
+
+    def create_schedule(self) -> str:
+        """A batch id that groups a scheduled send so that it can be cancelled."""
+        result = self._call("post", "/v3/mail/batch", None)
+        if isinstance(result, Outcome):
+            raise TransportError(f"could not create a SendGrid batch id: {result.error}")
+        return str(json.loads(result.body)["batch_id"])
+
+    def cancel_schedule(self, schedule_id: str) -> None:
+        result = self._call(
+            "post", "/v3/user/scheduled_sends", {"batch_id": schedule_id, "status": "cancel"}
+        )
+        if isinstance(result, Outcome):
+            raise TransportError(f"SendGrid did not cancel batch {schedule_id}: {result.error}")
+
+    # --- suppression lists (capabilities.suppression_lists) ---
+
+    def suppressions(self, name: str, page_size: int) -> list[str]:
+        """Every address on one of SendGrid's suppression lists, page by page."""
+        from python_http_client.exceptions import HTTPError
+
+        endpoint = getattr(self._client.client.suppression, name)
+        addresses: list[str] = []
+        offset = 0
+        while True:
+            try:
+                response = endpoint.get(
+                    query_params={"limit": page_size, "offset": offset}, timeout=self.timeout
+                )
+            except HTTPError as exc:
+                if exc.status_code == 401:
+                    raise TransportError(
+                        "SendGrid rejected the API key (check SENDGRID_API_KEY)"
+                    ) from None
+                if exc.status_code == 403:
+                    raise TransportError(
+                        f"SendGrid refused to read the {name} list (403); give the API key "
+                        "the Suppressions read permission"
+                    ) from None
+                raise TransportError(
+                    f"SendGrid answered {exc.status_code} for the {name} list; try again later"
+                ) from None
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise TransportError(
+                    f"cannot reach SendGrid ({reason}); check the network or SENDGRID_API_HOST"
+                ) from None
+            try:
+                page = json.loads(response.body or b"[]")
+            except ValueError:
+                raise TransportError(f"SendGrid sent a {name} page that is not JSON") from None
+            if not isinstance(page, list):
+                raise TransportError(f"SendGrid sent a {name} page that is not a list")
+            addresses += [
+                item["email"]
+                for item in page
+                if isinstance(item, dict) and isinstance(item.get("email"), str)
+            ]
+            if len(page) < page_size:
+                return addresses
+            offset += page_size

@@ -1,0 +1,145 @@
+"""The `issues` table, and resolving an ISSUE argument.
+
+- `resolve_issue(project, name)`: what every command that takes ISSUE calls (build, check,
+  preview, screenshot, send, sends, stats, cancel, replies): a path, a file name in
+  `issues/` with or without `.md`, or a slug (from an issue file's front matter, or of an
+  issue that was sent and whose file is gone).
+- `ensure_issue`, `find_issue_id`, `find_issue`, `list_sent_issues`: the table's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.errors import ConfigError, NewsletterError
+from newsletter.store.schema import deliveries, issues, sends
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+# --- core: resolving and the rows (owned by the sending core) ---------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedIssue:
+    """An ISSUE argument: its file (None if only the database knows it) and its slug."""
+
+    name: str
+    slug: str
+    path: Path | None
+
+    def require_path(self) -> Path:
+        if self.path is None:
+            raise ConfigError(
+                f"{self.name}: the issue {self.slug!r} was sent, but its file is no longer in "
+                "issues/; give the file's path"
+            )
+        return self.path
+
+
+def _slug_of(project: Project, path: Path) -> str | None:
+    from newsletter.issue import load_issue
+
+    try:
+        return load_issue(project, path).slug
+    except NewsletterError:
+        return None
+
+
+def resolve_issue(
+    project: Project, name: str | Path, engine: Engine | None = None
+) -> ResolvedIssue:
+    """A path, a file name in issues/ (with or without `.md`), or a slug; with `engine`, also
+    the slug of an issue the database knows whose file is gone."""
+    text = str(name)
+    try:
+        path = project.issue_path(text)
+    except ConfigError:
+        path = None
+    if path is not None:
+        from newsletter.issue import load_issue
+
+        # A broken file is still the issue meant: `check` must be able to report on it.
+        try:
+            return ResolvedIssue(text, load_issue(project, path).slug, path)
+        except NewsletterError:
+            return ResolvedIssue(text, Path(path).stem, path)
+    if project.issues_dir.is_dir():
+        for candidate in sorted(project.issues_dir.glob("*.md")):
+            if _slug_of(project, candidate) == text:
+                return ResolvedIssue(text, text, candidate.resolve())
+    if engine is not None and find_issue_id(engine, text) is not None:
+        return ResolvedIssue(text, text, None)
+    raise ConfigError(
+        f"{text}: no such issue; give a file path, a name in {project.issues_dir} "
+        "(with or without .md), or an issue's slug"
+    )
+
+
+def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:
+    """The issue's row id (created on its first send)."""
+    with engine.begin() as conn:
+        found = conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar()
+        if found is not None:
+            conn.execute(
+                update(issues).where(issues.c.id == found).values(title=title, subject=subject)
+            )
+            return int(found)
+        try:
+            with conn.begin_nested():
+                result = conn.execute(
+                    insert(issues).values(
+                        slug=slug,
+                        title=title,
+                        subject=subject,
+                        language=language,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+                return int(result.inserted_primary_key[0])  # type: ignore[index]
+        except IntegrityError:
+            return int(conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar_one())
+
+
+def find_issue_id(engine: Engine, slug: str) -> int | None:
+    with engine.connect() as conn:
+        return conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar()
+
+
+def find_issue(engine: Engine, slug: str) -> Any:
+    """The issue's row (id, slug, title, subject, language, created_at), or None."""
+    with engine.connect() as conn:
+        return conn.execute(select(issues).where(issues.c.slug == slug)).first()
+
+
+def list_sent_issues(engine: Engine) -> list[Any]:
+    """Issues that went out to someone (a real send, not a dry run or a cancelled schedule),
+    oldest first: rows of `issues` plus `first_sent` (the first such send's start)."""
+    real = (
+        select(sends.c.issue_id, func.min(sends.c.started_at).label("first_sent"))
+        .where(sends.c.dry_run.is_(False), sends.c.status.not_in(("cancelled", "failed")))
+        .group_by(sends.c.issue_id)
+        .subquery()
+    )
+    reached = exists().where(
+        deliveries.c.issue_id == issues.c.id, deliveries.c.state.not_in(("failed", "in_flight"))
+    )
+    ledgerless = exists().where(sends.c.issue_id == issues.c.id, sends.c.status == "done")
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(issues, real.c.first_sent)
+                .join(real, real.c.issue_id == issues.c.id)
+                .where(reached | ledgerless)
+                .order_by(real.c.first_sent, issues.c.id)
+            ).all()
+        )
+
+
+# --- end of the core's block ---------------------------------------------------------------------

@@ -1,0 +1,250 @@
+"""The sending core without click: the plan fixes who is sent to, the neutral message's
+headers on every transport, the outbox's .eml shape, and `deliver` for other features."""
+
+from __future__ import annotations
+
+import email
+import re
+from email import policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from newsletter.project import Project
+from newsletter.sending.execute import execute
+from newsletter.sending.plan import SendRequest, plan_send
+from newsletter.store.engine import open_engine
+from newsletter.store.schema import deliveries
+from newsletter.store.subscribers import add_subscriber
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
+from tests.sendgrid_server import FakeSendGrid
+from tests.smtp_server import FakeSmtp
+
+KEY = "SG.core-test-key"
+REPLIES = '\n[replies]\ndomain = "reply.example.com"\n'
+
+
+@pytest.fixture
+def root(make_project, database_url, monkeypatch) -> Path:
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=CONFIG + "\n[sending]\nbatch_size = 2\nconcurrency = 1\n" + REPLIES)
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    return root
+
+
+@pytest.fixture
+def sg(monkeypatch):
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
+        yield server
+
+
+def add_people(root: Path, n: int, start: int = 0) -> None:
+    engine = open_engine(Project.load(root).database_url)
+    for i in range(start, start + n):
+        add_subscriber(engine, f"leser{i}@example.org", first_name=f"Leser{i}")
+
+
+def test_people_who_join_during_a_send_wait_for_resume(root, sg, cli):
+    """The send goes to the recipients counted and confirmed, not to whoever an import adds
+    while it runs; `sends` says who is waiting and how to reach them."""
+    add_people(root, 4)
+    project = Project.load(root)
+    plan = plan_send(project, EXAMPLE_ISSUE.stem, SendRequest())
+    assert plan.recipients == 4
+    joined: list[bool] = []
+
+    def import_runs(report) -> None:
+        if not joined:
+            add_people(root, 3, start=100)
+            joined.append(True)
+
+    report = execute(plan, import_runs)
+    assert report.accepted == 4 and len(sg.recipients()) == 4
+    assert "leser100@example.org" not in sg.recipients()
+    listing = cli(root, "sends")
+    assert "3 subscribed after this send was planned" in listing.output
+    assert "--resume" in listing.output
+    resumed = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--yes")
+    assert "Recipients: 3" in resumed.output and len(sg.recipients()) == 7
+    assert "subscribed after" not in cli(root, "sends").output
+
+
+def test_bulk_headers_and_tracking_in_the_sendgrid_payload(root, sg):
+    add_people(root, 1)
+    execute(plan_send(Project.load(root), EXAMPLE_ISSUE.stem, SendRequest()))
+    [body] = sg.messages
+    assert body["headers"]["List-Id"] == '"Jens\' Briefing" <jens-briefing.news.example.com>'
+    assert body["headers"]["Precedence"] == "bulk"
+    assert (
+        body["headers"]["Feedback-ID"]
+        == "meta-ki-creator:jens-briefing:newsletter:news.example.com"
+    )
+    [p] = body["personalizations"]
+    url, mailto = p["headers"]["List-Unsubscribe"].split(", ")
+    assert url.startswith("<https://news.example.com/unsubscribe/")
+    assert re.fullmatch(r"<mailto:reply\+[\w.-]+@reply\.example\.com\?subject=unsubscribe>", mailto)
+    assert body["tracking_settings"] == {
+        "subscription_tracking": {"enable": False},
+        "click_tracking": {"enable": False, "enable_text": False},
+        "open_tracking": {"enable": False},
+    }
+
+
+def test_tracking_can_be_turned_on(make_project, sg, monkeypatch, tmp_path):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 't.db'}")
+    root = make_project(config=CONFIG + "\n[tracking]\nopens = true\nclicks = true\n")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    add_people(root, 1)
+    execute(plan_send(Project.load(root), EXAMPLE_ISSUE.stem, SendRequest()))
+    settings = sg.messages[0]["tracking_settings"]
+    assert settings["open_tracking"] == {"enable": True}
+    assert settings["click_tracking"]["enable"] is True
+    assert settings["subscription_tracking"] == {"enable": False}
+
+
+def _raw_headers(data: bytes) -> list[str]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8")
+    return re.split(r"\r\n(?![ \t])", head)
+
+
+def test_outbox_eml_headers_words_and_parts(make_project, monkeypatch, tmp_path, cli):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'o.db'}")
+    long_subject = (
+        "Größere Überraschungen für die Kreativen: Meta, KI und das Ende der Creator-Ökonomie?"
+    )
+    text = EXAMPLE_ISSUE.read_text("utf-8").replace(
+        'subject: "Meta, KI und das Ende der Creator?"', f'subject: "{long_subject}"'
+    )
+    root = make_project(config=CONFIG + REPLIES, issues={EXAMPLE_ISSUE.name: text})
+    add_people(root, 1)
+    engine = open_engine(Project.load(root).database_url)
+    add_subscriber(engine, "bcc@example.org", name="Eve\r\nBcc: victim@example.net")
+    result = cli(root, "send", EXAMPLE_ISSUE.stem, "--yes")
+    assert result.exit_code == 0, result.output
+    files = sorted((root / "outbox").glob("*.eml"))
+    assert len(files) == 2
+    data = files[0].read_bytes()
+    msg = email.message_from_bytes(data, policy=policy.default)
+    assert msg["Subject"] == long_subject
+    words = re.findall(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", data.decode("ascii", "replace"))
+    assert words and max(len(w) for w in words) <= 75
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert "X-Custom-Args" not in msg and "X-Categories" not in msg
+    assert msg["MIME-Version"] == "1.0"
+    assert [part.get("MIME-Version") for part in msg.iter_parts()] == [None, None]
+    assert msg["Precedence"] == "bulk" and msg["List-Id"] and msg["Feedback-ID"]
+    assert "mailto:reply+" in msg["List-Unsubscribe"]
+    # A name with CR/LF does not become a header of its own.
+    eve = email.message_from_bytes(files[1].read_bytes(), policy=policy.default)
+    assert eve["Bcc"] is None and "victim@example.net" in str(eve["To"])
+    assert [h for h in _raw_headers(files[1].read_bytes()) if h.lower().startswith("bcc")] == []
+
+
+def test_bulk_headers_on_smtp(make_project, monkeypatch, tmp_path):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 's.db'}")
+    with FakeSmtp() as smtp:
+        config = (
+            CONFIG
+            + REPLIES
+            + (
+                f'\n[sending]\ntransport = "smtp"\n[smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\n'
+                'security = "none"\n'
+            )
+        )
+        root = make_project(config=config)
+        (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+        add_people(root, 1)
+        report = execute(plan_send(Project.load(root), EXAMPLE_ISSUE.stem, SendRequest()))
+        assert report.accepted == 1
+        msg = email.message_from_bytes(smtp.messages[0].data, policy=policy.default)
+    assert msg["Precedence"] == "bulk"
+    assert msg["List-Id"] == '"Jens\' Briefing" <jens-briefing.news.example.com>'
+    assert msg["Feedback-ID"] == "meta-ki-creator:jens-briefing:newsletter:news.example.com"
+    assert msg["Reply-To"].startswith("reply+") and "mailto:reply+" in msg["List-Unsubscribe"]
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_stats_and_sends_agree_after_an_outbox_send(make_project, monkeypatch, tmp_path, cli):
+    import json
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'a.db'}")
+    root = make_project()
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    add_people(root, 3)
+    assert cli(root, "send", EXAMPLE_ISSUE.stem, "--yes").exit_code == 0
+    assert "written 3" in cli(root, "sends").output
+    stats = cli(root, "stats", EXAMPLE_ISSUE.stem, "--format", "json")
+    assert stats.exit_code == 0, stats.output
+    assert json.loads(stats.output)["counts"]["recipients"] == 3
+
+
+def test_deliver_sends_each_step_once_through_the_ledger(root, sg):
+    from newsletter.sending.deliver import Addressee, deliver
+    from newsletter.sending.message import Message
+
+    add_people(root, 3)
+    project = Project.load(root)
+    engine = open_engine(project.database_url)
+    people = [Addressee(i, f"leser{i - 1}@example.org", None, {}) for i in (1, 2, 3)]
+    message = Message(
+        from_email="jens@example.com",
+        from_name="Jens",
+        subject="Willkommen",
+        html="<p>Hallo</p>",
+        text="Hallo",
+        categories=("welcome",),
+        ids={"newsletter_sequence_step": "welcome/01"},
+    )
+    first = deliver(project, message, people, ledger_slug="sequence:welcome/01")
+    again = deliver(project, message, people, ledger_slug="sequence:welcome/01")
+    assert (first.accepted, again.accepted) == (3, 0)
+    assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in range(3)]
+    body = sg.messages[0]
+    assert body["custom_args"] == {"newsletter_sequence_step": "welcome/01"}
+    assert body["personalizations"][0]["custom_args"]["newsletter_subscriber_id"] == "1"
+    with engine.connect() as conn:
+        assert set(conn.execute(select(deliveries.c.state)).scalars()) == {"accepted"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "issues/2024-07-meta-ki-creator.md",
+        "2024-07-meta-ki-creator.md",
+        "2024-07-meta-ki-creator",
+        "meta-ki-creator",
+    ],
+)
+def test_every_command_resolves_an_issue_the_same_way(make_project, monkeypatch, tmp_path, cli, name):
+    """A path, a file name with or without .md, or the slug: the same in every command
+    (`newsletter build meta-ki-creator` used to fail while `send meta-ki-creator` worked)."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'r.db'}")
+    root = make_project()
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    add_people(root, 1)
+    monkeypatch.chdir(root)
+    build = cli(root, "build", name, "-o", str(tmp_path / "build"))
+    assert build.exit_code == 0, build.output
+    assert (tmp_path / "build" / "meta-ki-creator.html").exists()
+    assert cli(root, "check", name).exit_code == 0
+    sent = cli(root, "send", name, "--outbox", str(tmp_path / "out"), "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert "meta-ki-creator" in cli(root, "sends", name).output
+    stats = cli(root, "stats", name)
+    assert stats.exit_code == 0, stats.output
+    assert "no scheduled send" in cli(root, "cancel", name).output
+    assert cli(root, "replies", "--issue", name).exit_code == 0
+
+
+def test_a_sent_issue_whose_file_is_gone_is_found_by_its_slug(root, sg, cli):
+    add_people(root, 1)
+    assert cli(root, "send", EXAMPLE_ISSUE.stem, "--yes").exit_code == 0
+    (root / "issues" / EXAMPLE_ISSUE.name).unlink()
+    assert "accepted 1" in cli(root, "sends", "meta-ki-creator").output
+    missing = cli(root, "build", "meta-ki-creator")
+    assert missing.exit_code == 1 and "no such issue" in missing.output
+    nothing = cli(root, "sends", "no-such-issue")
+    assert nothing.exit_code == 1 and "no such issue" in nothing.output
