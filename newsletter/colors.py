@@ -51,6 +51,13 @@ def theme_contrast_problems(theme: dict[str, str]) -> list[tuple[str, str]]:
         ("text_color", "the text", theme["text_color"], CARD_BACKGROUND, "the white card"),
         ("brand_color", "links", theme["brand_color"], CARD_BACKGROUND, "the white card"),
         (
+            "text_color",
+            "the masthead's name",
+            theme["text_color"],
+            theme["background_color"],
+            "background_color",
+        ),
+        (
             "background_color",
             "the footer text",
             FOOTER_TEXT,

@@ -169,7 +169,18 @@ def test_theme_colours_below_aa_warn(make_project: Callable[..., Path]) -> None:
     config = CONFIG + '\n[theme]\nbrand_color = "#7dd3fc"\nbackground_color = "#6b7280"\n'
     root, found = findings_for(make_project, GOOD_FRONT + "Text.\n", config=config)
     messages = {f.message.split(":")[0]: f for f in found}
-    assert set(messages) == {"[theme] brand_color", "[theme] background_color"}
+    assert set(messages) == {
+        "[theme] brand_color",
+        "[theme] background_color",
+        "[theme] text_color",
+    }
+    # A dark background makes the masthead's name (text_color) unreadable too.
+    dark = CONFIG + '\n[theme]\nbackground_color = "#111827"\n'
+    _, found = findings_for(make_project, GOOD_FRONT + "Text.\n", config=dark)
+    assert sorted(f.message.split(":")[1].strip() for f in found) == [
+        "the footer text (#52525b) on background_color (#111827) has a contrast of 2.29",
+        "the masthead's name (#1f2937) on background_color (#111827) has a contrast of 1.21",
+    ]
     brand = messages["[theme] brand_color"]
     assert brand.severity == "warning" and brand.path == root / "newsletter.toml"
     assert "links (#7dd3fc) on the white card (#ffffff) has a contrast of 1.67:1" in brand.message
