@@ -92,6 +92,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "rate_limit_per_hour": (int, 10),  # POST /subscribe per IP
         "redirect_url": (str, None),
     },
+    "archive": {
+        "enabled": (bool, True),  # the web archive, its feeds and `archive build`
+        "site_url": (str, None),  # where `archive build` output is hosted (default: base_url)
+    },
     "serve": {
         "max_body_bytes": (int, 1_000_000),  # forms and the Event Webhook (413 above)
         "max_inbound_bytes": (int, 30_000_000),  # Inbound Parse, attachments included
