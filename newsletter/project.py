@@ -35,7 +35,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "postal_address": (str, REQUIRED),
         "base_url": (str, None),
         "language": (str, "en"),
-        "imprint_url": (str, None),
+        "imprint_url": (str, None),  # Impressum: linked in the footer of emails and pages
+        "privacy_url": (str, None),  # privacy policy: linked next to it
         "timezone": (str, "UTC"),  # IANA name: stats periods, sequence steps' send_at_hour
     },
     "database": {
@@ -78,6 +79,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "logo_url": (str, None),
         "logo_alt": (str, None),
         "logo_width": (int, 120),
+        "reply_prompt": (bool, True),  # a sign-off line inviting replies
+        "image_width": (int, None),  # px, for body images without a size (default: the column)
         "web_font_name": (str, None),  # only with web_font_url: adds a <link> for that font
         "web_font_url": (str, None),
     },
@@ -246,6 +249,15 @@ def parse_config(path: Path) -> Config:
         if address is not None and "@" not in address:
             raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
     _check_timezone(path, newsletter["timezone"])
+    from newsletter.colors import THEME_COLORS, parse_color
+
+    for key in THEME_COLORS:
+        color = sections["theme"][key]
+        if parse_color(color) is None:
+            raise ConfigError(
+                f"{path}: [theme] {key} {color!r} is not a CSS colour; "
+                'write it as hex, e.g. "#1a56db", or as a CSS colour name such as "teal"'
+            )
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")

@@ -24,6 +24,7 @@ from_email = "{email}"          # a sender verified in SendGrid
 from_name = {name}
 postal_address = "{address}"   # required by law in every email
 # base_url = "https://news.example.com"  # where `newsletter serve` is reachable
+# imprint_url = "https://news.example.com/impressum"  # linked in every footer; required in Germany
 language = "{language}"
 
 [database]

@@ -134,6 +134,10 @@ def build(issue: str, output: Path | None) -> None:
         ) from None
     click.echo(_shown(html_path))
     click.echo(_shown(text_path))
+    from newsletter.check import fields_nobody_has
+
+    for finding in fields_nobody_has(project, rendered):
+        click.echo(str(finding), err=True)
 
 
 @click.command()

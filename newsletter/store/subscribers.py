@@ -494,3 +494,15 @@ def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
             )
         ).rowcount
     return removed > 0
+
+
+def custom_fields_in_use(engine: Engine | Connection, names: Iterable[str]) -> set[str]:
+    """Which of these custom field names at least one subscriber has a (non-empty) value for."""
+    found = set()
+    with _connect(engine) as conn:
+        for name in names:
+            value = subscribers.c.fields[name].as_string()
+            query = select(subscribers.c.id).where(value.is_not(None), value != "").limit(1)
+            if conn.execute(query).first() is not None:
+                found.add(name)
+    return found
