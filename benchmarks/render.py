@@ -30,6 +30,7 @@ from_email = "jens@example.com"
 postal_address = "Musterstraße 1, 10115 Berlin, Germany"
 base_url = "https://news.example.com"
 language = "de"
+imprint_url = "https://news.example.com/impressum"
 """
 
 

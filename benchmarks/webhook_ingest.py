@@ -1,9 +1,11 @@
 """Event Webhook ingest: a real `newsletter serve` process on loopback, SQLite, signed POSTs
-of 1,000 events each (as SendGrid sends them). Prints events/s, per-POST latency, peak RSS.
+of 1,000 events each (as SendGrid sends them), the `stats` counters maintained as they
+arrive. Prints events/s, events per CPU-second of the server, per-POST latency, peak RSS.
 
     python benchmarks/webhook_ingest.py [--posts 30] [--subscribers 20000] [--profile]
 
-Target: >= 5,000 events/s.
+Target: >= 20,000 events/s with the counters. On a shared, busy machine the wall-clock rate
+is mostly waiting for a core; events per server CPU-second is the steadier figure.
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ def batches(posts: int, subscribers: int, issue_id: int) -> list[bytes]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -194,6 +202,7 @@ def main() -> None:
             try:
                 latencies = []
                 url = base + "/webhooks/sendgrid/events"
+                cpu_before = cpu_seconds(server.pid)
                 start = time.perf_counter()
                 for body in bodies:
                     ts = str(int(time.time()))
@@ -207,6 +216,7 @@ def main() -> None:
                     latencies.append(time.perf_counter() - t0)
                     assert response.status_code == 200, response.text
                 took = time.perf_counter() - start
+                server_cpu = cpu_seconds(server.pid) - cpu_before
                 rss = peak_rss_mb(server.pid)
                 # A replay of everything: all duplicates, nothing stored twice.
                 t0 = time.perf_counter()
@@ -230,7 +240,10 @@ def main() -> None:
     print(
         f"events:           {events:,} in {len(bodies)} signed POSTs of 1,000 (SQLite, one server process)"
     )
-    print(f"throughput:       {events / took:,.0f} events/s  (target >= 5,000)")
+    print(f"throughput:       {events / took:,.0f} events/s  (target >= 20,000)")
+    print(
+        f"server CPU:       {server_cpu:.2f} s = {events / server_cpu:,.0f} events per CPU-second"
+    )
     print(
         f"POST latency:     median {statistics.median(latencies) * 1000:.0f} ms, "
         f"p95 {latencies[int(len(latencies) * 0.95) - 1] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"

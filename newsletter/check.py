@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -17,6 +18,7 @@ from newsletter.errors import IssueError
 
 if TYPE_CHECKING:
     from newsletter.issue import Issue
+    from newsletter.personalize import Expression
     from newsletter.project import Project
     from newsletter.render import RenderedIssue
 
@@ -58,16 +60,20 @@ def check_and_render(project: Project, path: Path) -> tuple[list[Finding], Rende
         return [Finding("error", exc.reason, exc.path, exc.line)], None
 
     findings += _config(project)
+    findings += _imprint(project, issue)
     findings += _front_matter(issue)
-    findings += _links_and_images(issue)
+    findings += _links_and_images(issue, project.config.theme.get("image_width"))
     rendered: RenderedIssue | None = None
     try:
         rendered = render_issue(project, issue)
     except IssueError as exc:
         findings.append(Finding("error", exc.reason, exc.path, exc.line))
     else:
-        findings += _expressions(rendered)
+        nobody = _fields_nobody_has(project, rendered)
+        findings += [_nobody_finding(rendered, e, field, "error") for e, field in nobody]
+        findings += _expressions(rendered, skip={e.index for e, _ in nobody})
         findings += _template_and_size(project, rendered)
+    findings += _duplicate_slugs(project, issue)
     ordered = sorted(findings, key=lambda f: (f.severity != "error", str(f.path), f.line or 0))
     return ordered, rendered
 
@@ -97,6 +103,17 @@ def _config(project: Project) -> list[Finding]:
                 None,
             )
         )
+    from newsletter.colors import theme_contrast_problems
+
+    for key, problem in theme_contrast_problems(config.theme):
+        found.append(
+            Finding(
+                "warning",
+                f"[theme] {key}: {problem}; pick a colour with more contrast",
+                config.path,
+                None,
+            )
+        )
     if config.from_email == PLACEHOLDER_EMAIL:
         found.append(
             Finding(
@@ -106,6 +123,35 @@ def _config(project: Project) -> list[Finding]:
                 None,
             )
         )
+    return found
+
+
+def _imprint(project: Project, issue: Issue) -> list[Finding]:
+    """German law (§ 5 DDG) asks every commercial email for an imprint; elsewhere it is good
+    practice. The privacy policy link is checked only when given."""
+    config = project.config
+    found = []
+    imprint = config.section("newsletter")["imprint_url"]
+    if not imprint:
+        found.append(
+            Finding(
+                "error" if issue.language == "de" else "warning",
+                "[newsletter] imprint_url is not set"
+                + (
+                    ", and a German newsletter must link its Impressum in every email"
+                    if issue.language == "de"
+                    else "; readers expect an imprint (legal notice) link in the footer"
+                )
+                + ': add imprint_url = "https://example.com/impressum"',
+                config.path,
+                None,
+            )
+        )
+    for key in ("imprint_url", "privacy_url"):
+        url = config.section("newsletter")[key]
+        problem = _url_problem(url, f"[newsletter] {key}") if url else None
+        if problem:
+            found.append(Finding(problem[0], problem[1], config.path, None))
     return found
 
 
@@ -134,13 +180,15 @@ def _front_matter(issue: Issue) -> list[Finding]:
             )
         )
     from newsletter.issue import KNOWN_KEYS
+    from newsletter.sequences.steps import STEP_KEYS, is_step_path
 
+    known = KNOWN_KEYS + (STEP_KEYS if is_step_path(issue.path) else ())
     for key in issue.meta:
-        if key not in KNOWN_KEYS:
+        if key not in known:
             found.append(
                 Finding(
                     "warning",
-                    f"unknown front matter key `{key}` is ignored; known keys: {', '.join(KNOWN_KEYS)}",
+                    f"unknown front matter key `{key}` is ignored; known keys: {', '.join(known)}",
                     issue.path,
                     issue.key_line(str(key)),
                 )
@@ -184,8 +232,8 @@ def _url_problem(url: str, kind: str) -> tuple[Literal["error", "warning"], str]
     return None
 
 
-def _links_and_images(issue: Issue) -> list[Finding]:
-    from newsletter.markdown import iter_inline, parse
+def _links_and_images(issue: Issue, image_width: int | None = None) -> list[Finding]:
+    from newsletter.markdown import COLUMN_WIDTH, image_size, iter_inline, parse
     from newsletter.personalize import extract_expressions
 
     try:
@@ -208,6 +256,17 @@ def _links_and_images(issue: Issue) -> list[Finding]:
                         at,
                     )
                 )
+            if not image_size(token, image_width).known:
+                found.append(
+                    Finding(
+                        "warning",
+                        f"image {src!r} has no size, so Outlook shows it {COLUMN_WIDTH} px wide; "
+                        f"write ![{alt}]({src}){{width=600 height=400}} with its real size "
+                        "(or set [theme] image_width)",
+                        issue.path,
+                        at,
+                    )
+                )
             problem = _url_problem(src, "image")
             if problem:
                 found.append(Finding(problem[0], problem[1], issue.path, at))
@@ -224,7 +283,7 @@ def _links_and_images(issue: Issue) -> list[Finding]:
 
 
 _TAG_RE = re.compile(r"<(img|a)\b([^>]*)>", re.IGNORECASE)
-_ATTR_RE = re.compile(r"""\b(src|href|alt)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", re.IGNORECASE)
+_ATTR_RE = re.compile(r"""\b(src|href|alt|width)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", re.IGNORECASE)
 
 
 def _raw_html(issue: Issue, html: str, first_line: int | None) -> list[Finding]:
@@ -245,6 +304,15 @@ def _raw_html(issue: Issue, html: str, first_line: int | None) -> list[Finding]:
                         at,
                     )
                 )
+            if not attrs.get("width", "").strip():
+                found.append(
+                    Finding(
+                        "warning",
+                        'an <img> has no width, so Outlook shows it at full size; add width="600"',
+                        issue.path,
+                        at,
+                    )
+                )
             url, kind = attrs.get("src", ""), "image"
         else:
             url, kind = attrs.get("href", ""), "link"
@@ -254,7 +322,107 @@ def _raw_html(issue: Issue, html: str, first_line: int | None) -> list[Finding]:
     return found
 
 
-def _expressions(rendered: RenderedIssue) -> list[Finding]:
+def fields_nobody_has(project: Project, rendered: RenderedIssue) -> list[Finding]:
+    """Warnings for `build`: each custom field that no subscriber has."""
+    return [
+        _nobody_finding(rendered, e, field, "warning")
+        for e, field in _fields_nobody_has(project, rendered)
+    ]
+
+
+def _nobody_finding(
+    rendered: RenderedIssue,
+    expression: Expression,
+    field: str,
+    severity: Literal["error", "warning"],
+) -> Finding:
+    return Finding(
+        severity,
+        f"{{{{ {expression.source} }}}}: no subscriber has a field `{field}`, so "
+        "everyone would see nothing there; check its spelling against the "
+        "columns you imported (`newsletter subscribers show EMAIL` lists them)",
+        rendered.issue.path,
+        expression.line,
+    )
+
+
+def _fields_nobody_has(project: Project, rendered: RenderedIssue) -> list[tuple[Expression, str]]:
+    """(expression, field) for a custom field that no subscriber in the database has: a
+    typo, or an import that named the column differently. Nothing while the list is empty."""
+    from newsletter.personalize import BUILTIN_FIELDS
+
+    wanted = {
+        field
+        for expression in rendered.expressions
+        for field in expression.fields
+        if field not in BUILTIN_FIELDS
+    }
+    if not wanted:
+        return []
+    in_use = _custom_fields_in_use(project, wanted)
+    if in_use is None:
+        return []
+    return [
+        (expression, field)
+        for expression in rendered.expressions
+        for field in expression.fields
+        if field in wanted and field not in in_use
+    ]
+
+
+def _custom_fields_in_use(project: Project, names: set[str]) -> set[str] | None:
+    """The names some subscriber has; None when there is no list to ask."""
+    from newsletter.errors import NewsletterError
+    from newsletter.store.engine import open_engine
+    from newsletter.store.subscribers import count_subscribers, custom_fields_in_use
+
+    url = project.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        return None  # no database yet: checking must not create one
+    try:
+        engine = open_engine(url)
+        if count_subscribers(engine) == 0:
+            return None
+        return custom_fields_in_use(engine, sorted(names))
+    except NewsletterError:
+        return None  # `send` reports an unreachable database in its own words
+
+
+def _duplicate_slugs(project: Project, issue: Issue) -> list[Finding]:
+    """Two files in issues/ with one slug share one web page, one ledger and one `stats`."""
+    from newsletter.errors import NewsletterError
+    from newsletter.issue import load_issue
+
+    found = []
+    for other in sorted(project.issues_dir.glob("*.md")):
+        if other.resolve() == issue.path.resolve():
+            continue
+        try:
+            slug = load_issue(project, other).slug
+        except NewsletterError:
+            continue
+        if slug == issue.slug:
+            found.append(
+                Finding(
+                    "warning",
+                    f"{other.name} has the same slug `{slug}`; sends, stats and the web version "
+                    "would mix them up: give one of them its own `slug:`",
+                    issue.path,
+                    issue.key_line("slug") or 1,
+                )
+            )
+    return found
+
+
+def _missing_field(expression: Expression, message: str) -> str:
+    """`the field `company``: named from the expression, never Jinja's internals
+    ("'FieldView object' has no attribute ...")."""
+    fields = expression.fields
+    named = [f for f in fields if f"'{f}'" in message] or fields
+    return f"the field `{named[0]}`" if named else "this field"
+
+
+def _expressions(rendered: RenderedIssue, skip: Collection[int] = ()) -> list[Finding]:
     """Evaluate each field for the sample subscriber (must work) and for one with no
     fields at all (should still read well: needs a default)."""
     from jinja2 import UndefinedError
@@ -269,14 +437,16 @@ def _expressions(rendered: RenderedIssue) -> list[Finding]:
     bare = {"id": SAMPLE_SUBSCRIBER["id"], "email": SAMPLE_SUBSCRIBER["email"]}
     empty = {**rendered.context, "subscriber": subscriber_view(bare)}
     for expression in rendered.expressions:
+        if expression.index in skip:
+            continue
         label = f"{{{{ {expression.source} }}}}"
         try:
             expression.evaluate(sample)
         except UndefinedError as exc:
             if "subscriber" in expression.source and "'subscriber'" not in str(exc):
                 message = (
-                    f"{label}: {exc.message}; subscribers without it see nothing there: "
-                    'add | default("...")'
+                    f"{label}: subscribers without {_missing_field(expression, str(exc))} "
+                    'see nothing there: add | default("...")'
                 )
                 found.append(Finding("warning", message, path, expression.line))
             else:
@@ -300,8 +470,8 @@ def _expressions(rendered: RenderedIssue) -> list[Finding]:
             found.append(
                 Finding(
                     "warning",
-                    f"{label}: subscribers without this field see nothing there ({exc.message}); "
-                    'add | default("...")',
+                    f"{label}: subscribers without {_missing_field(expression, str(exc))} "
+                    'see nothing there: add | default("...")',
                     path,
                     expression.line,
                 )
@@ -346,6 +516,19 @@ def _template_and_size(project: Project, rendered: RenderedIssue) -> list[Findin
                 html_where,
                 "the HTML lacks the postal address; keep {{ newsletter.postal_address }} in the footer",
             )
+        )
+    imprint = project.config.section("newsletter")["imprint_url"]
+    if imprint and html_lib.escape(imprint) not in rendered.html:
+        found.append(
+            _template_finding(
+                html_where,
+                "the HTML has no imprint link; keep "
+                '<a href="{{ newsletter.imprint_url }}"> in the footer',
+            )
+        )
+    if imprint and imprint not in rendered.text:
+        found.append(
+            _template_finding(text_where, "the text part lacks {{ newsletter.imprint_url }}")
         )
     if UNSUBSCRIBE_TEXT_KEY not in rendered.text:
         found.append(

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
+from newsletter import counters
 from newsletter.errors import NewsletterError
 from newsletter.store import schema
 
@@ -187,14 +188,24 @@ def _existing_ids(conn: Connection, column: Any, wanted: Iterable[int]) -> set[i
     return found
 
 
-def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) -> None:
+def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert the rows a concurrent POST has not stored meanwhile, count them for `stats`
+    (counters.py) and return how many were new."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    # A concurrent POST of the same events may have won the race since we looked.
-    stmt = insert(schema.events).on_conflict_do_nothing(index_elements=["sg_event_id"])
-    conn.execute(stmt, rows)
+    # A concurrent POST of the same events may have won the race since we looked; RETURNING
+    # names the rows really inserted, so only those are counted.
+    stmt = (
+        insert(schema.events)
+        .on_conflict_do_nothing(index_elements=["sg_event_id"])
+        .returning(schema.events.c.id, schema.events.c.sg_event_id)
+    )
+    inserted = conn.execute(stmt, rows).all()
+    by_key = {row["sg_event_id"]: row for row in rows}
+    counters.count_events(conn, ({**by_key[key], "id": id_} for id_, key in inserted))
+    return len(inserted)
 
 
 def apply_status(
@@ -229,6 +240,7 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
     for event in events:
         unique.setdefault(event["sg_event_id"], event)
     with engine.begin() as conn:
+        counters.serialize_ingest(conn)
         ids = list(unique)
         seen: set[str] = set()
         for start in range(0, len(ids), 900):
@@ -309,8 +321,7 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
             if state and issue_id is not None:
                 ledger[state].add((issue_id, subscriber_id))
 
-        _insert_ignoring_duplicates(conn, rows)
-        result.stored = len(rows)
+        result.stored = _insert_ignoring_duplicates(conn, rows)
         for status in ("unsubscribed", "bounced", "complained"):
             if to_status[status]:
                 result.status_changes[status] = apply_status(
@@ -350,6 +361,7 @@ def record(
 ) -> None:
     """Store one event of our own (a web unsubscribe), ignoring a repeat of the same id."""
     now = datetime.now(UTC)
+    counters.serialize_ingest(conn)
     if issue_id is not None and not _existing_ids(conn, schema.issues.c.id, [issue_id]):
         issue_id = None
     _insert_ignoring_duplicates(

@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
 DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
-KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language")
+KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language", "number")
 # Characters MJML's XML parser rejects; a word processor's paste brings e.g. U+000B.
 # (NUL is not among them: markdown-it already turns it into U+FFFD.)
 CONTROL_RE = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# A line break inside a one-line value ("subject: \"Hi\\r\\nBcc: x@y.z\"", a `|` block) would
+# split the Subject header, or inject another one.
+LINE_BREAK_RE = re.compile("[\r\n\x85\u2028\u2029]")
 FENCE = "---"
 
 # German letters that Unicode decomposition would turn into a bare vowel.
@@ -58,6 +61,7 @@ class Issue:
     body: str
     body_line: int  # 1-based line of the body's first line in the file
     meta: dict[str, Any] = field(default_factory=dict)
+    number: str | None = None  # the issue number the masthead shows ("Ausgabe 12")
 
     def key_line(self, key: str) -> int | None:
         """The line of a front matter key in the file, for findings about it."""
@@ -181,6 +185,13 @@ def load_issue(project: Project, path: Path) -> Issue:
         value = data.get(key)
         if isinstance(value, str) and CONTROL_RE.search(value):  # an escape such as "\v"
             _reject_control(path, front_matter_key_line(path, key), value)
+        if isinstance(value, str) and LINE_BREAK_RE.search(value.strip()):
+            raise IssueError(
+                path,
+                front_matter_key_line(path, key),
+                f"`{key}` holds a line break; it becomes a one-line mail header: "
+                "write it on one line",
+            )
 
     def line(key: str) -> int | None:
         return front_matter_key_line(path, key) or 1
@@ -226,6 +237,12 @@ def load_issue(project: Project, path: Path) -> Issue:
             f"e.g. {slugify(slug) or 'my-issue'!r}",
         )
 
+    number = _text(path, data, "number") or None
+    if number is not None and (len(number) > 20 or LINE_BREAK_RE.search(number)):
+        raise IssueError(
+            path, line("number"), f"bad number {number!r}; write a short one, e.g. `number: 12`"
+        )
+
     language = _text(path, data, "language") or project.config.language
     if language not in LANGUAGES:
         raise IssueError(
@@ -245,4 +262,5 @@ def load_issue(project: Project, path: Path) -> Issue:
         body=body,
         body_line=body_line,
         meta=dict(data),
+        number=number,
     )

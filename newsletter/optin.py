@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, select
 
 from newsletter import tokens
 from newsletter.errors import ConfigError, StoreError
+from newsletter.sequences import hooks as sequences
 from newsletter.store import consent, suppressions
 
 if TYPE_CHECKING:
@@ -179,6 +180,8 @@ def signup(
         return  # added by a concurrent request: treat as existing
     if mail_to is not None:
         send_confirmation(project, engine, mail_to)
+    elif not double:
+        sequences.joined(project, engine, subscriber.id)  # no opt-in step: they joined now
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
             details={"link_sent_at": issued.isoformat()},
         )
         suppressions.lift(conn, subscriber.email)
+    sequences.joined(project, engine, subscriber.id)  # welcome sequences start here
     return Confirmation("confirmed", subscriber)
 
 

@@ -73,6 +73,12 @@ class Expression:
     def text_key(self) -> str:
         return TEXT_KEY.format(n=self.index)
 
+    @property
+    def fields(self) -> list[str]:
+        """The subscriber fields it reads: `subscriber.company` and `subscriber.fields.company`
+        both give "company"."""
+        return subscriber_fields(self.source)
+
     def evaluate(self, context: Mapping[str, Any]) -> str:
         """The value for one recipient; raises jinja2 errors (check reports them)."""
         return self.template.render(context)
@@ -138,6 +144,42 @@ def extract_expressions(path: Path, body: str, body_line: int) -> tuple[str, lis
         line = body_line + rest.count("\n", 0, stray.start())
         raise IssueError(path, line, "unclosed {{ or stray }}; close the expression with }}")
     return rest, expressions
+
+
+#: The fields every subscriber row has; anything else is a custom field.
+BUILTIN_FIELDS = ("id", "email", "name", "first_name", "last_name")
+
+
+def subscriber_fields(source: str) -> list[str]:
+    """The subscriber field names an expression reads, in order, each once."""
+    from jinja2 import nodes
+
+    try:
+        tree = expression_environment().parse("{{ " + source + " }}")
+    except jinja2.TemplateSyntaxError:
+        return []
+
+    def name_of(node: nodes.Node) -> str | None:
+        if isinstance(node, nodes.Getattr):
+            return node.attr
+        if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            return str(node.arg.value)
+        return None
+
+    def is_subscriber(node: nodes.Node | None) -> bool:
+        return isinstance(node, nodes.Name) and node.name == "subscriber"
+
+    found: list[str] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        name = name_of(node)
+        inner = getattr(node, "node", None)
+        if name is None or inner is None:
+            continue
+        direct = is_subscriber(inner) and name != "fields"  # subscriber.company
+        via_fields = name_of(inner) == "fields" and is_subscriber(getattr(inner, "node", None))
+        if (direct or via_fields) and name not in found:
+            found.append(name)
+    return found
 
 
 class FieldView:

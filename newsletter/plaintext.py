@@ -1,8 +1,9 @@
 """The plain-text part, written from the Markdown tokens (not scraped from the HTML).
 
-Headings are underlined (`=` for h1, `-` for h2, `###` for deeper), lists keep their
-markers, quotes get `> `, tables are aligned columns, code is indented, and links become
-numbered references `[1]` listed at the end. Paragraphs wrap at 72 columns; URLs and other
+Headings are underlined (`=` for h1, `-` for h2, `~` for h3; h4 to h6 stand on their own
+line), lists keep their markers, quotes get `> `, tables are aligned columns, code is
+indented, and links become numbered references `[1]` listed at the end. Footnotes are
+numbered apart from them, as superscripts (`Text¹`, then `¹ The note.` below a rule). Paragraphs wrap at 72 columns; URLs and other
 long words are never broken.
 """
 
@@ -15,6 +16,14 @@ from dataclasses import dataclass, field
 from markdown_it.token import Token
 
 WIDTH = 72
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def footnote_mark(number: int) -> str:
+    """`¹`, `¹²`: a footnote's number, which cannot be mistaken for a link reference `[1]`."""
+    return str(number).translate(_SUPERSCRIPT)
+
+
 _TAG_RE = re.compile(r"<[^>]+>")
 
 
@@ -123,7 +132,7 @@ class TextRenderer:
                 label = f"[{self.image_label}: {alt}]" if alt else f"[{self.image_label}]"
                 out.append(f"{label} [{self._link_number(src)}]" if src else label)
             elif kind == "footnote_ref":
-                out.append(f"[^{token.meta['id'] + 1}]")
+                out.append(footnote_mark(token.meta["id"] + 1))
             elif kind == "html_inline":
                 continue
         return "".join(out)
@@ -141,8 +150,10 @@ class TextRenderer:
                     self._emit([text, "=" * len(text)], wrap=False)
                 elif level == 2:
                     self._emit([text, "-" * len(text)], wrap=False)
+                elif level == 3:
+                    self._emit([text, "~" * len(text)], wrap=False)
                 else:
-                    self._emit(["#" * level + " " + text], wrap=False)
+                    self._emit([text])
                 i += 3
                 continue
             if kind == "paragraph_open":
@@ -196,7 +207,7 @@ class TextRenderer:
             elif kind == "footnote_block_open":
                 self._emit(["-" * 8], wrap=False)
             elif kind == "footnote_open":
-                label = f"[^{token.meta['id'] + 1}] "
+                label = footnote_mark(token.meta["id"] + 1) + " "
                 self._stack.append(_Item(label, " " * len(label)))
             elif kind == "footnote_close":
                 self._stack.pop()

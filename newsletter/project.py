@@ -37,6 +37,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "language": (str, "en"),
         "imprint_url": (str, None),  # Impressum: linked in the footer of emails and pages
         "privacy_url": (str, None),  # privacy policy: linked next to it
+        "timezone": (str, "UTC"),  # IANA name: stats periods, sequence steps' send_at_hour
     },
     "database": {
         "url": (str, "sqlite:///newsletter.db"),
@@ -78,6 +79,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "logo_url": (str, None),
         "logo_alt": (str, None),
         "logo_width": (int, 120),
+        "reply_prompt": (bool, True),  # a sign-off line inviting replies
+        "image_width": (int, None),  # px, for body images without a size (default: the column)
         "web_font_name": (str, None),  # only with web_font_url: adds a <link> for that font
         "web_font_url": (str, None),
     },
@@ -102,11 +105,20 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "max_body_bytes": (int, 1_000_000),  # forms and the Event Webhook (413 above)
         "max_inbound_bytes": (int, 30_000_000),  # Inbound Parse, attachments included
         "confirm_max_age_days": (int, 7),  # how long a confirmation link works
+        "run_sequences": (bool, False),  # `serve` also sends due sequence steps (as --sequences)
     },
     "privacy": {
         "store_full_ip": (bool, False),  # else the last octet / last 80 bits are zeroed
         "keep_events_days": (int, 365),  # webhook events and automatic replies
     },
+    # `[sequences.<name>]` tables, one per sequence: their keys are in SEQUENCE_SCHEMA.
+    "sequences": {},
+}
+
+#: The keys of each `[sequences.<name>]` table (`trigger = "subscribed"` or "tagged:<tag>").
+SEQUENCE_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "trigger": (str, REQUIRED),
+    "tag": (str, None),  # with trigger "subscribed": only people with this tag
 }
 
 
@@ -192,6 +204,9 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: `{section}` must be a [{section}] table")
     for section, keys in SCHEMA.items():
         given = raw.get(section, {})
+        if section == "sequences":
+            sections[section] = _sequence_tables(path, given)
+            continue
         for key in given:
             if key not in keys:
                 known = ", ".join(keys)
@@ -243,6 +258,16 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
     if sections["privacy"]["keep_events_days"] < 1:
         raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
+    _check_timezone(path, newsletter["timezone"])
+    from newsletter.colors import THEME_COLORS, parse_color
+
+    for key in THEME_COLORS:
+        color = sections["theme"][key]
+        if parse_color(color) is None:
+            raise ConfigError(
+                f"{path}: [theme] {key} {color!r} is not a CSS colour; "
+                'write it as hex, e.g. "#1a56db", or as a CSS colour name such as "teal"'
+            )
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")
@@ -271,6 +296,55 @@ def _move_deprecated_sending_keys(
             + (" (the [sending] value is used)" if key in given else "")
         )
     return warnings
+
+
+def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`[sequences.<name>]` tables, each checked against SEQUENCE_SCHEMA."""
+    from newsletter.sequences.config import check_sequence_table
+
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in given.items():
+        label = f"sequences.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f'{path}: [sequences] {name} must be a [{label}] table with trigger = "subscribed"'
+            )
+        for key in table:
+            if key not in SEQUENCE_SCHEMA:
+                known = ", ".join(SEQUENCE_SCHEMA)
+                raise ConfigError(f"{path}: unknown key `{key}` in [{label}]; known keys: {known}")
+        values: dict[str, Any] = {}
+        for key, (expected, default) in SEQUENCE_SCHEMA.items():
+            if key not in table:
+                if default is REQUIRED:
+                    raise ConfigError(
+                        f'{path}: missing required key `{key}` in [{label}]; add {key} = "subscribed"'
+                    )
+                values[key] = default
+                continue
+            if not _matches(table[key], expected):
+                raise ConfigError(
+                    f"{path}: [{label}] {key} must be {_type_name(expected)}, "
+                    f"not {type(table[key]).__name__} {table[key]!r}"
+                )
+            values[key] = table[key]
+        problem = check_sequence_table(name, values)
+        if problem:
+            raise ConfigError(f"{path}: [{label}] {problem}")
+        tables[name] = values
+    return tables
+
+
+def _check_timezone(path: Path, name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{path}: [newsletter] timezone {name!r} is not a known time zone; "
+            'use an IANA name such as "Europe/Berlin" or "UTC"'
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ SendGrid's `substitutions` needs) and `personalize()` applies them locally.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import re
@@ -54,14 +55,40 @@ STRINGS: dict[str, dict[str, str]] = {
         "view_in_browser": "Im Browser ansehen",
         "reason": "Du bekommst diese E-Mail, weil du „{name}“ abonniert hast.",
         "image": "Bild",
+        "imprint": "Impressum",
+        "privacy": "Datenschutz",
+        "issue_number": "Ausgabe {number}",
+        "reply_prompt": "Fragen, Ideen, Widerspruch? Antworte einfach auf diese E-Mail – "
+        "ich lese jede Antwort.",
     },
     "en": {
         "unsubscribe": "Unsubscribe",
         "view_in_browser": "View in browser",
         "reason": "You are receiving this email because you subscribed to “{name}”.",
         "image": "Image",
+        "imprint": "Imprint",
+        "privacy": "Privacy policy",
+        "issue_number": "Issue {number}",
+        "reply_prompt": "Questions, ideas, disagreement? Just reply to this email – "
+        "I read every reply.",
     },
 }
+
+MONTHS = {
+    "de": "Januar Februar März April Mai Juni Juli August September Oktober November Dezember",
+    "en": "January February March April May June July August September October November December",
+}
+
+
+def format_date(date: datetime.date, language: str) -> str:
+    """`2. Juli 2024` / `July 2, 2024`: the masthead's date."""
+    month = MONTHS[language].split()[date.month - 1]
+    return (
+        f"{date.day}. {month} {date.year}"
+        if language == "de"
+        else f"{month} {date.day}, {date.year}"
+    )
+
 
 HTML_TEMPLATE = "email.mjml.j2"
 TEXT_TEMPLATE = "email.txt.j2"
@@ -119,6 +146,8 @@ def sample_unsubscribe_url(project: Project) -> str:
 
 def view_url(project: Project, issue: Issue) -> str | None:
     base = project.config.base_url
+    if "/" in issue.slug:  # a sequence step (sequences/<name>/<key>) has no web page
+        return None
     return f"{base}/issues/{issue.slug}" if base else None
 
 
@@ -249,13 +278,16 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
     config = project.config
     body, expressions = extract_expressions(issue.path, issue.body, issue.body_line)
     tokens, md_env = parse(body)
-    content = render_html(tokens, md_env)
+    content = render_html(tokens, md_env, config.theme.get("image_width"))
     preheader = _shorten(
         strip_tokens(re.sub(r"\{\{.*?\}\}", "", issue.preheader))
         if issue.preheader
         else _first_paragraph(tokens)
     )
-    strings = {k: v.format(name=config.name) for k, v in STRINGS[issue.language].items()}
+    strings = {
+        k: v.format(name=config.name, number=issue.number)
+        for k, v in STRINGS[issue.language].items()
+    }
     theme = dict(config.theme)
     font_family = theme["font_family"]
     if theme.get("web_font_name") and theme.get("web_font_url"):
@@ -266,11 +298,15 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
         "base_url": config.base_url,
         "from_name": config.from_name,
         "from_email": config.from_email,
+        "imprint_url": config.section("newsletter")["imprint_url"],
+        "privacy_url": config.section("newsletter")["privacy_url"],
     }
     issue_vars = {
         "title": issue.title,
         "subject": issue.subject,
         "date": issue.date,
+        "date_text": format_date(issue.date, issue.language) if issue.date else None,
+        "number": issue.number,
         "slug": issue.slug,
         "language": issue.language,
         "meta": issue.meta,
@@ -306,6 +342,10 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
             None,
             f"MJML could not render the templates: {exc}; check that every tag is closed",
         ) from None
+    # mjml gives every mj-text `word-break: break-word`, which every cell and paragraph
+    # inherits: it splits ordinary words ("Plattf|orm") in a narrow table cell.
+    html = html.replace("word-break:break-word;", "")
+
     if inline_css:
         html = _premailer(html)
     if not html.lstrip().lower().startswith("<!doctype"):

@@ -24,6 +24,7 @@ from_email = "{email}"          # a sender verified in SendGrid
 from_name = {name}
 postal_address = "{address}"   # required by law in every email
 # base_url = "https://news.example.com"  # where `newsletter serve` is reachable
+# imprint_url = "https://news.example.com/impressum"  # linked in every footer; required in Germany
 language = "{language}"
 
 [database]
@@ -35,6 +36,11 @@ region = "global"                        # or "eu"
 [theme]
 brand_color = "#1a56db"
 # logo_url = "https://news.example.com/logo.png"
+
+# A welcome sequence: sequences/welcome/*.md go to every new subscriber, one after another.
+# Uncomment to enable it, then run `newsletter sequences run` from cron (README: Welcome sequences).
+# [sequences.welcome]
+# trigger = "subscribed"
 """
 
 TEMPLATES_README = """\
@@ -73,6 +79,33 @@ SAMPLE_BODY = {
         "- one point\n- another point\n\n"
         "> “A quote.”\n\n"
         "See you soon!\n"
+    ),
+}
+
+
+#: `init`'s first welcome step (sequences/welcome/01-willkommen.md), off until configured.
+WELCOME_STEP = {
+    "de": (
+        "---\n"
+        "title: Willkommen!\n"
+        "preheader: Schön, dass du da bist – das erwartet dich\n"
+        "delay: 0            # nach der Anmeldung; 2h, 3d für spätere Schritte\n"
+        "# send_at_hour: 9   # erst um 9 Uhr ([newsletter] timezone)\n"
+        "---\n\n"
+        'Hallo {{ subscriber.first_name | default("zusammen") }},\n\n'
+        "schön, dass du dabei bist! Hier steht, was dich erwartet und wie oft du Post bekommst.\n\n"
+        "Antworte einfach auf diese E-Mail, wenn du Fragen hast – ich lese jede Antwort.\n"
+    ),
+    "en": (
+        "---\n"
+        "title: Welcome!\n"
+        "preheader: Glad you are here – what to expect\n"
+        "delay: 0            # after signing up; 2h, 3d for later steps\n"
+        "# send_at_hour: 9   # not before 9 o'clock ([newsletter] timezone)\n"
+        "---\n\n"
+        'Hi {{ subscriber.first_name | default("there") }},\n\n'
+        "glad you are here! This is what to expect, and how often you will hear from me.\n\n"
+        "Just reply to this email if you have a question – I read every reply.\n"
     ),
 }
 
@@ -151,6 +184,7 @@ def init_project(directory: Path, name: str, language: str) -> tuple[list[Path],
             first_title, language, today, slugify(first_title)
         ),
         directory / "templates" / "README.md": TEMPLATES_README,
+        directory / "sequences" / "welcome" / "01-willkommen.md": WELCOME_STEP[language],
     }
     created, kept = [], []
     for path, text in files.items():

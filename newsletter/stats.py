@@ -93,7 +93,10 @@ def issue_stats(engine: Engine, issue_id: int) -> dict[str, Any]:
             )
         ).scalar_one()
         replied = conn.execute(
-            select(func.count(distinct(func.lower(r.c.from_email)))).where(r.c.issue_id == issue_id)
+            select(func.count(distinct(func.lower(r.c.from_email)))).where(
+                r.c.issue_id == issue_id,
+                r.c.automatic.is_not(True),  # auto-replies don't count
+            )
         ).scalar_one()
     counts: dict[str, int] = {"recipients": int(recipients)}
     for stat, names in EVENTS_FOR.items():

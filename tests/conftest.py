@@ -21,6 +21,7 @@ reply_to = "jens@example.com"
 postal_address = "Musterstraße 1, 10115 Berlin, Germany"
 base_url = "https://news.example.com"
 language = "de"
+imprint_url = "https://news.example.com/impressum"
 
 [database]
 url = "sqlite:///newsletter.db"

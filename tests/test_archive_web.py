@@ -21,8 +21,9 @@ from tests.test_archive_support import ISSUES, SENT, sent_project, serving
 
 IMPRINT = "https://jens.example.com/impressum"
 ARCHIVE_CONFIG = CONFIG.replace(
-    'language = "de"\n', f'language = "de"\nimprint_url = "{IMPRINT}"\n'
+    'imprint_url = "https://news.example.com/impressum"\n', f'imprint_url = "{IMPRINT}"\n'
 )
+assert IMPRINT in ARCHIVE_CONFIG
 NEWEST_FIRST = [ISSUES[name] for name in reversed(SENT)]
 HIDDEN = ["entwurf", "trockenlauf", "nur-outbox"]
 
@@ -91,6 +92,12 @@ def test_issue_page_is_anonymous_with_the_archive_footer(archive):
     assert "Du bekommst diese E-Mail" not in text
     assert "Abmelden" not in text
     assert not soup.find("a", href="#") and "nl-web-unsubscribe" not in response.text
+    # The email's masthead stays, without "view in browser" (this is the browser) or its " · ".
+    masthead = soup.find(class_="nl-masthead-text")
+    assert "Jens' Briefing" in masthead.get_text()
+    assert "Im Browser ansehen" not in text and not masthead.find(class_="nl-view-online")
+    meta = masthead.find(class_="nl-masthead-meta")
+    assert meta is None or not meta.get_text().strip().endswith("·")
     # In its place: how to subscribe, the address, the imprint.
     form = soup.find("form")
     assert form["method"] == "post" and form["action"] == "/subscribe"

@@ -25,7 +25,10 @@ def test_init_scaffolds_a_project_that_builds(tmp_path: Path, cli) -> None:
         encoding="utf-8"
     )
     checked = cli(target, "check", str(issues[0]))
-    assert checked.exit_code == 0
+    # A German newsletter must link its Impressum: the one error until the author adds it.
+    assert checked.exit_code == 1
+    assert "error: [newsletter] imprint_url is not set" in checked.output
+    assert "# imprint_url = " in config
     assert "postal_address is still the example" in checked.output
     assert "from_email is still the example" in checked.output
     built = cli(target, "build", str(issues[0]))
@@ -101,9 +104,11 @@ def test_build_writes_html_and_text(project: Path, cli, tmp_path: Path) -> None:
     html = html_path.read_text(encoding="utf-8")
     text = text_path.read_text(encoding="utf-8")
     assert html.startswith("<!doctype html>") and 'lang="de"' in html
-    assert "Hallo Alex," in html and text.startswith(
-        "Warum Metas KI Creator verdrängen könnte\n========================================\n\nHallo Alex,"
-    )
+    assert "Hallo Alex," in html and text.startswith("Jens' Briefing\n2. Juli 2024\n")
+    assert (
+        "\n\nWarum Metas KI Creator verdrängen könnte\n"
+        "========================================\n\nHallo Alex,"
+    ) in text
     assert "%%" not in html and "%%" not in text
     assert "https://news.example.com/unsubscribe/example" in text
     assert [p.name for p in out.iterdir()] == sorted([p.name for p in out.iterdir()]) or True

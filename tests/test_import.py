@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from newsletter.errors import ImportFileError
+from newsletter.errors import ImportFileError, StoreError
 from newsletter.store import importer as importer_package
 from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
-from newsletter.store.importer import read as import_read
+from newsletter.store.importer import process as import_process
 from newsletter.store.importer import write as import_write
 from newsletter.store.subscribers import (
     add_subscriber,
@@ -134,6 +134,67 @@ def test_utf8_bom_and_tabs(engine) -> None:
     assert (result.encoding, result.delimiter, result.new) == ("utf-8-sig", "\t", 1)
     tab = find_subscriber(engine, "tab@example.de")
     assert (tab.name, tab.tags) == ("Tabea Tab", ("leser", "neu"))
+
+
+def test_one_windows_1252_line_does_not_garble_the_utf8_rest(engine, tmp_path) -> None:
+    """Issue 15.4: decode line by line; only the line that needs it is read as cp1252."""
+    source = tmp_path / "mixed.csv"
+    source.write_bytes(
+        "email,first name,last name\njörg@example.de,Jörg,Groß\n".encode()
+        + "zoe@example.de,Zoë,Müller\n".encode("cp1252")
+        + "anna@example.de,Anna,Weiß\n".encode()
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.rejected, result.encoding) == (3, 0, "utf-8")
+    assert result.fallback_lines == [3]
+    assert find_subscriber(engine, "jörg@example.de").first_name == "Jörg"
+    assert find_subscriber(engine, "zoe@example.de").last_name == "Müller"
+    assert find_subscriber(engine, "anna@example.de").last_name == "Weiß"
+    assert count_subscribers(engine) == 3  # no "jÃ¶rg@example.de"
+
+
+def test_the_cli_names_each_line_read_as_windows_1252(cli, project, tmp_path) -> None:
+    source = tmp_path / "mixed.csv"
+    source.write_bytes(
+        "email,name\njörg@example.de,Jörg\n".encode() + "zoe@example.de,Zoë\n".encode("cp1252")
+    )
+    result = cli(project, "subscribers", "import", str(source))
+    assert result.exit_code == 0, result.output
+    assert f"{source}:3: not UTF-8, read as Windows-1252; check its umlauts" in result.output
+    assert f"{source}: generic format, utf-8, comma; 2 rows" in result.output
+
+
+def test_a_bad_byte_at_the_end_of_a_bom_file_rejects_that_row_only(engine, tmp_path) -> None:
+    rows = "".join(f"p{i}@example.com,Pä{i}\n" for i in range(40)).encode()
+    source = tmp_path / "bom.csv"
+    # 0x81 is neither UTF-8 nor Windows-1252; 0xff is Windows-1252 (ÿ).
+    source.write_bytes(
+        b"\xef\xbb\xbfemail,name\n" + rows + b"bad@example.com,B\x81d\nyv@example.com,Y\xff\n"
+    )
+    result = import_file(engine, source, chunk_rows=7)
+    assert (result.new, result.rejected) == (41, 1)
+    assert (result.rejects[0].line, result.rejects[0].email) == (42, "bad@example.com")
+    assert "neither UTF-8 nor Windows-1252" in result.rejects[0].reason
+    assert result.fallback_lines == [43]
+    assert find_subscriber(engine, "yv@example.com").name == "Yÿ"
+    assert find_subscriber(engine, "p39@example.com").name == "Pä39"
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_200kb_field_is_a_rejected_row_and_the_rest_is_imported(engine, tmp_path, parallel):
+    if parallel and not import_process.can_fork():
+        pytest.skip("needs fork")
+    head = "".join(f"p{i}@example.com,P{i}\n" for i in range(10))
+    tail = "".join(f"q{i}@example.com,Q{i}\n" for i in range(10))
+    source = write(
+        tmp_path / "x.csv",
+        "email,name\n" + head + 'big@example.com,"' + "x" * 200_000 + '"\n' + tail,
+    )
+    result = import_file(engine, source, chunk_rows=3, parallel=parallel)
+    assert (result.new, result.rejected) == (20, 1)
+    assert (result.rejects[0].line, result.rejects[0].email) == (12, "big@example.com")
+    assert "longer than" in result.rejects[0].reason
+    assert find_subscriber(engine, "q9@example.com") is not None
 
 
 @pytest.mark.parametrize(
@@ -343,6 +404,47 @@ def test_extra_tags_and_source(engine, tmp_path) -> None:
     assert (a.tags, a.source) == (("2024", "messe"), "messe-stand")
 
 
+# --- custom field names ------------------------------------------------------------------
+
+
+def test_custom_field_names_are_one_field_whatever_their_case(engine, tmp_path) -> None:
+    """Issue 12.12: `Stadt` and `stadt` are one field; the list's spelling wins."""
+    add_subscriber(engine, "anna@example.de", fields={"Stadt": "Köln", "kunde": "ja"})
+    source = write(
+        tmp_path / "x.csv",
+        "email,stadt,KUNDE\nanna@example.de,Berlin,nein\nben@example.de,Hamburg,ja\n",
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.updated) == (1, 1)
+    assert find_subscriber(engine, "anna@example.de").fields == {"Stadt": "Berlin", "kunde": "nein"}
+    assert find_subscriber(engine, "ben@example.de").fields == {"Stadt": "Hamburg", "kunde": "ja"}
+
+
+def test_the_first_spelling_in_a_file_wins_for_a_new_field(engine, tmp_path) -> None:
+    source = write(
+        tmp_path / "x.csv",
+        "email,Lieblingsfarbe,attributes,uuid\n"
+        'a@example.de,blau,"{""LIEBLINGSFARBE"": ""grün"", ""Stadt"": ""Ulm""}",1\n'
+        'b@example.de,rot,"{""stadt"": ""Bonn""}",2\n',
+    )
+    assert import_file(engine, source).format == "listmonk"
+    assert find_subscriber(engine, "a@example.de").fields == {
+        "Lieblingsfarbe": "grün",
+        "Stadt": "Ulm",
+    }
+    assert find_subscriber(engine, "b@example.de").fields == {
+        "Lieblingsfarbe": "rot",
+        "Stadt": "Bonn",
+    }
+    # A later file with another spelling keeps the list's.
+    again = write(
+        tmp_path / "y.csv", "email,LIEBLINGSFARBE\nb@example.de,gelb\nc@example.de,lila\n"
+    )
+    import_file(engine, again)
+    assert find_subscriber(engine, "b@example.de").fields["Lieblingsfarbe"] == "gelb"
+    assert find_subscriber(engine, "c@example.de").fields == {"Lieblingsfarbe": "lila"}
+
+
 # --- files that cannot be read ---------------------------------------------------------
 
 
@@ -362,7 +464,7 @@ def test_unreadable_files_are_one_line_errors(engine, tmp_path, content, message
     source.write_bytes(content)
     with pytest.raises(ImportFileError, match=message) as info:
         import_file(engine, source)
-    assert str(info.value).startswith(f"{source}: ")
+    assert str(info.value).startswith(f"{source}:")  # the file, and the line if any
     assert "\n" not in str(info.value)
     assert count_subscribers(engine) == 0
 
@@ -450,7 +552,7 @@ def test_progress_callback_reaches_the_file_size(engine) -> None:
 # --- the forked reader process (used for big files) ------------------------------------
 
 
-@pytest.mark.skipif(not import_read.can_fork(), reason="needs fork")
+@pytest.mark.skipif(not import_process.can_fork(), reason="needs fork")
 def test_reader_process_gives_the_same_result(engine, tmp_path) -> None:
     lines = ["email;Vorname;tags"]
     for i in range(30):
@@ -488,41 +590,116 @@ def _same_but_times(a: dict, b: dict) -> bool:
     return strip(a) == strip(b)
 
 
-@pytest.mark.skipif(not import_read.can_fork(), reason="needs fork")
+@pytest.mark.skipif(not import_process.can_fork(), reason="needs fork")
 def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
-    # A runaway quoted cell (over csv's field limit) in the second chunk.
+    # A runaway quoted cell (over csv's field limit) in the last chunk: a rejected row.
     source = write(
         tmp_path / "x.csv", 'email,name\na@example.com,A\nb@example.com,"' + "x" * 200_000 + "\n"
     )
-    with pytest.raises(ImportFileError, match="not a readable CSV file.*field larger"):
-        import_file(engine, source, parallel=True, chunk_rows=1)
+    result = import_file(engine, source, parallel=True, chunk_rows=1)
+    assert (result.new, result.rejected, result.rejects[0].line) == (1, 1, 3)
     assert [s.email for s in iter_subscribers(engine)] == ["a@example.com"]
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_an_import_that_must_stop_says_what_it_wrote_and_where(
+    engine, tmp_path, monkeypatch, parallel
+):
+    if parallel and not import_process.can_fork():
+        pytest.skip("needs fork")
+    source = write(
+        tmp_path / "x.csv", "email\n" + "".join(f"p{i}@example.com\n" for i in range(10))
+    )
+    real_pack = import_process.pack if parallel else None
+    calls = {"n": 0}
+
+    def failing(chunk, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(5, "Input/output error")
+        return real_pack(chunk) if parallel else real_write(chunk, *args)
+
+    if parallel:
+        monkeypatch.setattr(import_process, "pack", failing)
+    else:
+        real_write = import_write.Writer.insert
+
+        def failing_insert(self, *args):  # the disk fails under the third chunk
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError(5, "Input/output error")
+            real_write(self, *args)
+
+        monkeypatch.setattr(import_write.Writer, "insert", failing_insert)
+    with pytest.raises(StoreError) as caught:
+        import_file(engine, source, chunk_rows=4, parallel=parallel)
+    message = str(caught.value)
+    assert "Input/output error" in message
+    assert "8 rows written (lines 2-9)" in message and "stopped at line 10" in message
+    assert "run the same import again" in message
+    assert count_subscribers(engine) == 8
+
+
 def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_path, monkeypatch):
-    """The subscribe form may add an address between the import's lookups and inserts."""
+    """The subscribe form may add an address while the import writes a chunk: it waits
+    for the chunk's transaction (which holds the write lock from its lookups on), and
+    either way there is one person, never a failed import."""
+    import threading
+
     source = write(tmp_path / "x.csv", "email,first name\na@example.com,A\nb@example.com,Bea\n")
     real_allocate = import_write.Writer.allocate_ids
-    calls = {"n": 0}
+    outcome: list[str] = []
+
+    def sign_up() -> None:
+        try:
+            add_subscriber(engine, "B@example.com", status="unconfirmed", source="form")
+            outcome.append("added")
+        except StoreError as exc:
+            outcome.append(str(exc))
+
+    form = threading.Thread(target=sign_up)
 
     def allocate_then_race(self, n):
         ids = real_allocate(self, n)
-        calls["n"] += 1
-        if calls["n"] == 1:  # another program commits b@ (and takes an id) right now
-            add_subscriber(engine, "B@example.com", status="unconfirmed", source="form")
+        if not form.is_alive() and not outcome:  # another program signs b@ up right now
+            form.start()
+            form.join(0.5)  # it has to wait for the import's transaction
+            assert form.is_alive()
         return ids
 
     monkeypatch.setattr(import_write.Writer, "allocate_ids", allocate_then_race)
     result = import_file(engine, source)
-    assert (result.new, result.updated, result.unchanged) == (1, 1, 0)
+    form.join(30)
+    assert (result.new, result.updated, result.rejected) == (2, 0, 0)
+    assert len(outcome) == 1 and "already on the list" in outcome[0]
     b = find_subscriber(engine, "b@example.com")
-    assert (b.email, b.source, b.first_name, b.status) == (
-        "B@example.com",
-        "form",
-        "Bea",
-        "unconfirmed",
+    assert (b.email, b.first_name, b.status) == ("b@example.com", "Bea", "subscribed")
+    assert count_subscribers(engine) == 2
+
+
+def test_a_first_import_merges_what_others_added_before_its_lookups(engine, tmp_path, monkeypatch):
+    """A first import skips lookups; a sign-up in the file committed just before a chunk
+    takes the write lock makes that chunk clash, and the retry (with lookups) merges it."""
+    source = write(
+        tmp_path / "x.csv",
+        "email,first name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(8)),
     )
-    assert [s.email for s in iter_subscribers(engine)] == ["B@example.com", "a@example.com"]
+    real_lock = import_write.Writer.lock
+    signed_up: list[str] = []
+
+    def sign_up_then_lock(self):
+        if len(signed_up) < 4:  # before each of the first four transactions
+            address = f"p{len(signed_up) * 2 + 1}@example.com"
+            add_subscriber(engine, address, status="unconfirmed", source="form")
+            signed_up.append(address)
+        real_lock(self)
+
+    monkeypatch.setattr(import_write.Writer, "lock", sign_up_then_lock)
+    result = import_file(engine, source, chunk_rows=2)
+    assert (result.new, result.updated, result.rejected) == (4, 4, 0)
+    assert count_subscribers(engine) == 8
+    assert [find_subscriber(engine, a).first_name for a in signed_up] == ["P1", "P3", "P5", "P7"]
+    assert find_subscriber(engine, "p1@example.com").source == "form"
 
 
 # --- layering ---------------------------------------------------------------------------
@@ -532,7 +709,7 @@ def test_the_importer_modules_use_each_others_public_names_only() -> None:
     """One package, no private imports between its modules and no cycle (issue 9, item 7)."""
     import ast
 
-    package = Path(import_read.__file__).parent
+    package = Path(import_process.__file__).parent
     graph: dict[str, set[str]] = {}
     private: list[str] = []
     for module in sorted(package.glob("*.py")):

@@ -88,8 +88,12 @@ def test_example_styles_inline_and_no_links(
 
 def test_example_preheader_and_footer(example_html: BeautifulSoup) -> None:
     soup = example_html
-    hidden = soup.body.find("div")
+    hidden = soup.body.find("div", class_="nl-preheader")
     assert "display:none" in hidden["style"]
+    # Hidden without a tiny font in the background's colour (SpamAssassin's
+    # HTML_FONT_LOW_CONTRAST), and still the first text an inbox finds.
+    assert "color" not in hidden["style"] and "font-size" not in hidden["style"]
+    assert soup.body.get_text().lstrip().startswith("Was 40 Milliarden Dollar")
     # The preheader, then invisible filler so inboxes show nothing after it.
     filler = "\u034f\u200c\xa0 "
     assert hidden.get_text().rstrip(filler) == "Was 40 Milliarden Dollar für Influencer bedeuten"
@@ -105,9 +109,10 @@ def test_example_preheader_and_footer(example_html: BeautifulSoup) -> None:
 
 def test_example_personalized_greeting(example: RenderedIssue) -> None:
     html, text = example.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
-    assert "Hallo Alex," in html and text.startswith(
-        "Warum Metas KI Creator verdrängen könnte\n========================================\n\nHallo Alex,"
-    )
+    assert "Hallo Alex," in html and (
+        "\n\nWarum Metas KI Creator verdrängen könnte\n"
+        "========================================\n\nHallo Alex,"
+    ) in text
     html, text = example.personalize(
         {"id": 7, "email": "x@example.com", "first_name": ""}, UNSUBSCRIBE
     )
@@ -127,7 +132,12 @@ def test_example_text_part(example: RenderedIssue) -> None:
     footer = text[text.index("\n-- \n") :]
     assert "Musterstraße 1, 10115 Berlin, Germany" in footer
     assert f"Abmelden: {UNSUBSCRIBE}" in footer
-    assert "Im Browser ansehen: https://news.example.com/issues/meta-ki-creator" in footer
+    # "View in browser" moved up to the masthead.
+    assert text.startswith(
+        "Jens' Briefing\n2. Juli 2024\n"
+        "Im Browser ansehen: https://news.example.com/issues/meta-ki-creator\n\n"
+    )
+    assert "Im Browser ansehen" not in footer
     for word in ("ä", "ö", "ü", "ß", "…", "“", "”"):
         assert word in text
 
@@ -160,7 +170,7 @@ code   kept
 """
     rendered = render_body(make_project, body)
     soup = BeautifulSoup(rendered.html, "html.parser")
-    hrefs = [a["href"] for a in soup.find_all("a")]
+    hrefs = [a["href"] for a in soup.find_all("a", href=True)]
     assert "https://www.example.org" in hrefs
     assert "https://example.com/a?b=1" in hrefs
     assert not any("meta.ai" in h.lower() or h.startswith("mailto:jens") for h in hrefs)
@@ -193,7 +203,7 @@ def test_headings_lists_quotes_in_text(make_project: Callable[..., Path]) -> Non
     body = "# Title\n\n### Small\n\n1. one\n2. two\n   - inner\n\n> quoted\n> line\n"
     text = render_body(make_project, body).text
     assert "Title\n=====\n" in text
-    assert "### Small" in text
+    assert "Small\n~~~~~\n" in text and "###" not in text
     assert "1. one\n2. two\n   - inner" in text
     assert "> quoted line" in text
 
@@ -357,8 +367,11 @@ def test_subject_title_and_preheader_are_escaped_once(make_project: Callable[...
     soup = BeautifulSoup(rendered.html, "html.parser")
     assert soup.title.get_text() == "Tom & Jerry's <Show> „Grüße“"
     assert soup.find("h1").get_text() == "Tom & Jerry's <Show> „Grüße“"
-    assert soup.body.find("div").get_text().rstrip("\u034f\u200c\xa0 ") == "A & B <c>"
-    assert rendered.text.startswith("Tom & Jerry's <Show> „Grüße“\n")
+    assert (
+        soup.body.find("div", class_="nl-preheader").get_text().rstrip("\u034f\u200c\xa0 ")
+        == "A & B <c>"
+    )
+    assert "\n\nTom & Jerry's <Show> „Grüße“\n" in rendered.text
 
 
 def test_body_expressions_are_sandboxed(make_project: Callable[..., Path]) -> None:
@@ -366,3 +379,77 @@ def test_body_expressions_are_sandboxed(make_project: Callable[..., Path]) -> No
     html, text = rendered.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
     assert "\nXX\n" in text
     assert "FieldView" not in html and "leser@example.com" not in html
+
+
+def test_images_get_a_width_capped_at_the_column(make_project: Callable[..., Path]) -> None:
+    body = (
+        "![Wide](https://example.com/wide.png){width=1200 height=800}\n\n"
+        '![Titled](https://example.com/small.png "300x200")\n\n'
+        "![Unsized](https://example.com/unsized.png)\n"
+    )
+    rendered = render_body(make_project, body)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    sizes = {img["alt"]: (img.get("width"), img.get("height")) for img in soup.find_all("img")}
+    assert sizes == {
+        "Wide": ("552", "368"),  # 1200x800 scaled to the 552 px column
+        "Titled": ("300", "200"),
+        "Unsized": ("552", None),
+    }
+    assert not soup.find("img", title=True)  # a size in the title is no tooltip
+    for img in soup.find_all("img"):
+        assert "max-width:100%" in img["style"].replace(" ", "")
+    config = CONFIG + "\n[theme]\nimage_width = 400\n"
+    rendered = render_body(make_project, body, config=config)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    assert soup.find("img", alt="Unsized")["width"] == "400"
+
+
+def test_footnotes_work_in_mail_clients(make_project: Callable[..., Path]) -> None:
+    body = (
+        "Meta investiert[^geld] in KI, sagt [The Verge](https://www.theverge.com/x).[^zitat]\n\n"
+        "#### Vierte Ebene\n\n"
+        "###### Sechste Ebene\n\n"
+        "[^geld]: Bis zu 40 Milliarden Dollar, laut [Meta](https://about.meta.com/).\n"
+        "[^zitat]: Ein Interview.\n"
+    )
+    rendered = render_body(make_project, body)
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    assert soup.find("section") is None
+    # Every in-page link lands on an anchor that has a `name` (Gmail, Outlook, Yahoo).
+    targets = [a["href"][1:] for a in soup.find_all("a", href=re.compile("^#"))]
+    assert len(targets) == 4
+    for target in targets:
+        assert soup.find("a", attrs={"name": target}) is not None, target
+    assert "footnotes" in soup.find("div", class_="footnotes")["class"]
+
+    text = rendered.text
+    assert "[^" not in text
+    assert "Meta investiert¹ in KI, sagt The Verge [1].²" in text
+    assert "¹ Bis zu 40 Milliarden Dollar, laut Meta [2]." in text
+    assert "² Ein Interview." in text
+    assert "[1] https://www.theverge.com/x\n[2] https://about.meta.com/" in text
+    assert "\nVierte Ebene\n" in text and "\nSechste Ebene\n" in text and "#" not in text
+
+
+def test_unsubscribe_link_is_never_click_tracked(example_html: BeautifulSoup) -> None:
+    [link] = example_html.find_all("a", href=UNSUBSCRIBE)
+    assert link["clicktracking"] == "off"  # SendGrid's switch: it never rewrites this link
+
+
+def test_imprint_and_privacy_links_in_both_footers(make_project: Callable[..., Path]) -> None:
+    config = CONFIG.replace(
+        'imprint_url = "https://news.example.com/impressum"\n',
+        'imprint_url = "https://jens.example/impressum"\n'
+        'privacy_url = "https://jens.example/datenschutz"\n',
+    )
+    rendered = render_body(make_project, "Text.\n", config=config)
+    html, text = rendered.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
+    footer = BeautifulSoup(html, "html.parser").find(class_="nl-footer-text")
+    links = {a.get_text(): a["href"] for a in footer.find_all("a")}
+    assert links["Impressum"] == "https://jens.example/impressum"
+    assert links["Datenschutz"] == "https://jens.example/datenschutz"
+    assert "Impressum: https://jens.example/impressum\n" in text
+    assert "Datenschutz: https://jens.example/datenschutz\n" in text
+    english = render_body(make_project, "Text.\n", front="language: en\n", config=config)
+    assert "Imprint: https://jens.example/impressum" in english.text
+    assert "Privacy policy: https://jens.example/datenschutz" in english.text

@@ -254,7 +254,8 @@ def test_control_characters_in_a_name_stay_on_their_table_row(cli, project) -> N
     stored = json.loads(
         cli(project, "subscribers", "show", "j@example.de", "--format", "json").output
     )
-    assert stored["name"] == name  # stored as given; only the terminal view is cleaned
+    # Stored as one line: control characters never reach a header (issue 15, item 6).
+    assert stored["name"] == "Jörg Weiß ]0;pwned „Ö“"
 
 
 def test_export_and_rejects_into_an_unusable_folder_are_one_line_errors(

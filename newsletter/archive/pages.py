@@ -214,6 +214,8 @@ def _dress(html: str, *, head: str, top: str, footer: str, own_url: str) -> str:
             if link.get("href") == UNSUBSCRIBE_MARKER:
                 link.drop_tree()
         holder.append(new_footer)
+    for element in doc.find_class("nl-view-online"):  # the masthead's link with its " · "
+        element.drop_tree()
     for link in body.iterfind(".//a"):
         if link.get("href") == own_url:  # "view in browser" on the page itself
             link.drop_tree()

@@ -147,9 +147,29 @@ def get_project(ctx: click.Context | None = None) -> Project:
 
 
 def _register() -> None:
-    from newsletter.cli import archive, authoring, preview, privacy, sending, serving, subscribers
+    from newsletter.cli import (
+        archive,
+        authoring,
+        insights,
+        preview,
+        privacy,
+        sending,
+        sequences,
+        serving,
+        subscribers,
+    )
 
-    for module in (authoring, preview, subscribers, sending, serving, archive, privacy):
+    for module in (
+        authoring,
+        preview,
+        subscribers,
+        sending,
+        serving,
+        archive,
+        insights,
+        sequences,
+        privacy,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

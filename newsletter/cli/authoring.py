@@ -29,7 +29,8 @@ def _shown(path: Path) -> str:
 def init(directory: Path, name: str, language: str | None) -> None:
     """Create a project with a sample issue; never overwrites.
 
-    Writes newsletter.toml, issues/ with a sample issue and templates/README.md.
+    Writes newsletter.toml, issues/ with a sample issue, templates/README.md and a
+    welcome sequence step (sequences/welcome/, off until enabled in newsletter.toml).
     Refuses when DIRECTORY already holds a newsletter.toml; keeps any existing file.
     Without --language it asks for one in a terminal (German or English).
 
@@ -133,6 +134,10 @@ def build(issue: str, output: Path | None) -> None:
         ) from None
     click.echo(_shown(html_path))
     click.echo(_shown(text_path))
+    from newsletter.check import fields_nobody_has
+
+    for finding in fields_nobody_has(project, rendered):
+        click.echo(str(finding), err=True)
 
 
 @click.command()

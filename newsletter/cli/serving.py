@@ -1,4 +1,4 @@
-"""Commands of the web side: serve, replies, stats, sync."""
+"""Commands of the web side: serve, replies, sync."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--sequences",
+    "run_sequences",
+    is_flag=True,
+    default=None,
+    help="Also send due welcome-sequence steps every minute (default: [serve] run_sequences).",
+)
+def serve(host: str, port: int, run_sequences: bool | None) -> None:
     """Run the web endpoints: unsubscribe, subscribe/confirm, SendGrid webhooks.
 
     Binds 127.0.0.1 by default; put it behind an HTTPS reverse proxy (README: "Deploying behind HTTPS").
@@ -24,6 +31,7 @@ def serve(host: str, port: int) -> None:
     Example:
         export NEWSLETTER_SECRET_KEY=...  SENDGRID_WEBHOOK_PUBLIC_KEY=...
         newsletter serve --port 8000
+        newsletter serve --sequences       # and send welcome sequences
     """
     import logging
 
@@ -49,6 +57,14 @@ def serve(host: str, port: int) -> None:
         "start `newsletter serve` again to go on."
     )
     click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
+    runner = None
+    if run_sequences or (
+        run_sequences is None and project.config.section("serve")["run_sequences"]
+    ):
+        from newsletter.sequences.runner import BackgroundRunner
+
+        runner = BackgroundRunner(project).start()
+        click.echo("Sending due sequence steps every minute.", err=True)
     config = uvicorn.Config(
         app,
         host=host,
@@ -57,9 +73,13 @@ def serve(host: str, port: int) -> None:
         log_level="warning",  # its start/stop chatter; our own line per request stays
         server_header=False,
     )
-    # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
-    # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0).
-    uvicorn.Server(config).run()
+    try:
+        # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
+        # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0).
+        uvicorn.Server(config).run()
+    finally:
+        if runner is not None:
+            runner.stop()
 
 
 def _when(value: object) -> str:
@@ -167,50 +187,6 @@ def replies_show(reply_id: int) -> None:
 
 
 @click.command()
-@click.argument("issue")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
-def stats(issue: str, fmt: str) -> None:
-    """Show what happened to a sent issue: delivered, opened, clicked, replied...
-
-    Counts are unique subscribers; rates are over recipients (delivered, bounced,
-    dropped) or over delivered (opened, clicked, unsubscribed, complained, replied).
-
-    \b
-    Example:
-        newsletter stats meta-ki-creator
-        newsletter stats meta-ki-creator --format json
-    """
-    from newsletter.stats import find_issue, issue_stats
-    from newsletter.store.engine import project_engine
-
-    project = get_project()
-    engine = project_engine(project)
-    ref = find_issue(project, engine, issue)
-    result = issue_stats(engine, ref.id)
-    if fmt == "json":
-        click.echo(json.dumps({"issue": ref.slug, **result}, ensure_ascii=False, indent=2))
-        return
-    click.echo(f"{ref.title} ({ref.slug})")
-    counts, rates, bases = result["counts"], result["rates"], result["rate_bases"]
-    click.echo(f"  {'recipients':14}{counts['recipients']:>8}")
-    for stat in (
-        "delivered",
-        "bounced",
-        "dropped",
-        "opened",
-        "clicked",
-        "unsubscribed",
-        "complained",
-        "replied",
-    ):
-        rate = rates[stat]
-        shown = f"{rate * 100:6.1f} %" if rate is not None else "     - "
-        click.echo(f"  {stat:14}{counts[stat]:>8}  {shown}  of {bases[stat]}")
-
-
-@click.command()
 def sync() -> None:
     """Pull SendGrid's unsubscribes, bounces, spam reports and invalid emails into the list.
 
@@ -237,4 +213,4 @@ def sync() -> None:
     sys.stdout.flush()
 
 
-COMMANDS: list[click.Command] = [serve, replies, stats, sync]
+COMMANDS: list[click.Command] = [serve, replies, sync]

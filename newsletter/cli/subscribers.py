@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project
 
 STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
 
@@ -150,7 +150,10 @@ def add(
             raise
         click.echo(f"added {subscriber.email} (unconfirmed); confirmation email sent")
         return
-    click.echo(f"added {subscriber.email} ({subscriber.status})")
+    from newsletter.sequences.hooks import joined
+
+    started = joined(get_project(), engine, subscriber.id)
+    click.echo(f"added {subscriber.email} ({subscriber.status})" + _started(started))
 
 
 @subscribers.command("remove")
@@ -421,10 +424,20 @@ def tag(email: str, tags: tuple[str, ...]) -> None:
     Example:
         newsletter subscribers tag anna@example.com vip leser
     """
+    from newsletter.sequences.hooks import tagged
     from newsletter.store.subscribers import add_tags
 
-    subscriber = add_tags(_engine(), email, tags)
-    click.echo(f"{subscriber.email}: {', '.join(subscriber.tags) or '(no tags)'}")
+    engine = _engine()
+    subscriber = add_tags(engine, email, tags)
+    started = tagged(get_project(), engine, subscriber.id, tags)
+    click.echo(
+        f"{subscriber.email}: {', '.join(subscriber.tags) or '(no tags)'}" + _started(started)
+    )
+
+
+def _started(sequences: list[str]) -> str:
+    """What `add` and `tag` say when a welcome sequence starts for the person."""
+    return f"; started sequence {', '.join(sequences)}" if sequences else ""
 
 
 @subscribers.command("untag")
@@ -490,7 +503,7 @@ def import_(
         newsletter subscribers import liste.csv --map "Anrede=salutation"
     """
     from newsletter.privacy import store_full_ip
-    from newsletter.store.importer import import_file
+    from newsletter.store.importer import ImportInterrupted, import_file
 
     engine = _engine()
     show_bar = not quiet and sys.stderr.isatty()
@@ -522,6 +535,11 @@ def import_(
             progress=progress,
             keep_full_ip=store_full_ip(get_project().config),
         )
+    except ImportInterrupted as exc:
+        if bar is not None:
+            click.echo(err=True)  # end the progress bar's line
+        click.echo(str(exc), err=True)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     finally:
         if bar is not None:
             bar.render_finish()
@@ -530,6 +548,11 @@ def import_(
         click.echo(f"{where}: rejected: {reject.reason}", err=True)
     if result.rejected > len(result.rejects):
         click.echo(f"... and {result.rejected - len(result.rejects)} more rejected rows", err=True)
+    for line in result.fallback_lines:
+        click.echo(f"{file}:{line}: not UTF-8, read as Windows-1252; check its umlauts", err=True)
+    if result.fallback_count > len(result.fallback_lines):
+        more = result.fallback_count - len(result.fallback_lines)
+        click.echo(f"... and {more} more lines read as Windows-1252", err=True)
     delimiter = {",": "comma", ";": "semicolon", "\t": "tab", "": "JSON"}[result.delimiter]
     click.echo(
         f"{file}: {result.format} format, {result.encoding}, {delimiter}; {result.rows} rows"
@@ -587,8 +610,12 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
     engine = _engine()
     write = write_csv if fmt == "csv" else write_json
     if output is None:
-        with _quiet_broken_pipe():
-            write(sys.stdout, engine, status=status, tags=tags)
+        try:
+            with _quiet_broken_pipe():
+                write(sys.stdout, engine, status=status, tags=tags)
+        except KeyboardInterrupt:
+            click.echo("export interrupted; the output is incomplete; export again", err=True)
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
         return
     # Write next to the target and rename, so a crash never leaves half a file.
     partial = output.with_name(output.name + ".partial")
@@ -599,6 +626,10 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
     except OSError as exc:
         _remove_quietly(partial)
         raise click.ClickException(f"{output}: cannot write it ({exc.strerror})") from None
+    except KeyboardInterrupt:
+        _remove_quietly(partial)
+        click.echo(f"export interrupted; {output} is left as it was; export again", err=True)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     except BaseException:
         _remove_quietly(partial)
         raise

@@ -106,7 +106,9 @@ def send_summaries(engine: Engine, issue_id: int | None = None) -> list[SendSumm
     rows = ledger.list_sends(issue_id)
     counts = ledger.counts_by_state(issue_id=issue_id)
     sums = ledger.totals()
-    live = ledger.live_sends()
+    from newsletter.sequences.runner import sequence_sends_running
+
+    live = ledger.live_sends() | sequence_sends_running(engine)  # a sequence run reaps itself
     last_of_issue = {r.issue_id: r.id for r in rows}
     out = []
     for r in rows:

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import ConfigError, NewsletterError
-from newsletter.store.schema import deliveries, issues, sends
+from newsletter.store.schema import deliveries, issues, sends, sequence_steps
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -62,6 +62,11 @@ def resolve_issue(
     """A path, a file name in issues/ (with or without `.md`), or a slug; with `engine`, also
     the slug of an issue the database knows whose file is gone."""
     text = str(name)
+    from newsletter.sequences.steps import resolve_step_issue
+
+    step = resolve_step_issue(project, text)  # sequences/welcome/01: a welcome-sequence step
+    if step is not None:
+        return ResolvedIssue(text, step[0], step[1])
     try:
         path = project.issue_path(text)
     except ConfigError:
@@ -199,6 +204,8 @@ def _published_query(now: datetime):  # type: ignore[no-untyped-def]
                 sends.c.status != "cancelled",
                 goes_out_at <= now,
                 accepted,
+                # A welcome-sequence step is personal mail, never a public issue.
+                ~exists().where(sequence_steps.c.issue_id == issues.c.id),
             )
         )
         .group_by(issues.c.id, issues.c.slug, issues.c.title, issues.c.language)

@@ -97,6 +97,24 @@ def m006_consent_records(conn: Connection) -> None:
     )
 
 
+def m007_stats_counters(conn: Connection) -> None:
+    """Counters for `stats` and `report`: per issue/day/metric, per link, and list growth
+    (kept by triggers on `subscribers`), filled from the events and subscribers already here.
+    The events index gains subscriber_id, so ingest finds a reader's earlier events."""
+    from newsletter import counters
+
+    for table in (schema.issue_day_counters, schema.link_day_counters, schema.list_counters):
+        table.create(conn, checkfirst=True)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_issue_event")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_events_issue_subscriber_event "
+        "ON events (issue_id, subscriber_id, event)"
+    )
+    counters.seed_list_counters(conn)
+    counters.install_list_triggers(conn)
+    counters.rebuild_in(conn)
+
+
 def m008_reply_flags(conn: Connection) -> None:
     """Replies: `automatic` (auto-replies), `unsubscribe_request` ("verified" | "unverified")
     and `message_id` (unique when set, so a replayed Inbound Parse post is stored once).
@@ -114,6 +132,20 @@ def m008_reply_flags(conn: Connection) -> None:
             index.create(conn)
 
 
+def m009_sequences(conn: Connection) -> None:
+    """Welcome sequences: step rows, enrollments, schedule fingerprints, runs."""
+    schema.metadata.create_all(
+        conn,
+        tables=[
+            schema.sequence_steps,
+            schema.sequence_enrollments,
+            schema.sequence_state,
+            schema.sequence_runs,
+            schema.sequence_sends,
+        ],
+    )
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -122,7 +154,9 @@ STEPS: list[tuple[str, Step]] = [
     ("m004_store_ids_never_reused", m004_store_ids_never_reused),
     ("m005_send_recipients_fixed", m005_send_recipients_fixed),
     ("m006_consent_records", m006_consent_records),
+    ("m007_stats_counters", m007_stats_counters),
     ("m008_reply_flags", m008_reply_flags),
+    ("m009_sequences", m009_sequences),
 ]
 
 

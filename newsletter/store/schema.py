@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -155,7 +157,14 @@ events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("detail", JSON, nullable=False, default=dict),  # type, reason, url...: no address
 )
-Index("ix_events_issue_event", events.c.issue_id, events.c.event)
+# (issue, subscriber, event): ingest finding a reader's earlier events for an issue, and
+# anything that reads one issue's events.
+Index(
+    "ix_events_issue_subscriber_event",
+    events.c.issue_id,
+    events.c.subscriber_id,
+    events.c.event,
+)
 
 replies = Table(
     "replies",
@@ -214,6 +223,128 @@ send_totals = Table(
     Column("failed", Integer, nullable=False, default=0),
     Column("uncertain", Integer, nullable=False, default=0),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- counters for `stats` and `report` (m007; written by newsletter/counters.py only) -------
+# Aggregates only, never a subscriber id: they outlive the events that `[privacy]
+# keep_events_days` purges, and `stats` reads them instead of millions of event rows.
+
+#: Per issue, UTC day and metric (delivered, bounced, dropped, opened, machine_opened, clicked,
+#: unsubscribed, complained): `readers` counts people whose first such event for the issue fell
+#: on that day (so the sum over days is unique readers); `events` counts every event.
+issue_day_counters = Table(
+    "issue_day_counters",
+    metadata,
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("metric", String(16), primary_key=True),
+    Column("readers", Integer, nullable=False, default=0),
+    Column("events", Integer, nullable=False, default=0),
+)
+
+#: Clicks per issue, UTC day and link (the URL as SendGrid reports it, at most 1000 chars).
+link_day_counters = Table(
+    "link_day_counters",
+    metadata,
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("url", String(1000), primary_key=True),
+    Column("clicks", Integer, nullable=False, default=0),
+)
+
+#: List growth per quarter hour (UTC epoch seconds of its start; every time zone's offset is a
+#: multiple of 15 minutes, so days, weeks and months in `[newsletter] timezone` add up exactly).
+#: Metrics: new_form, new_import, new_added, confirmed, unsubscribed, bounced, complained,
+#: joined and left (into and out of `subscribed`; their running sum is the list's size).
+#: Database triggers on `subscribers` keep it, so every way in or out counts (see counters.py).
+list_counters = Table(
+    "list_counters",
+    metadata,
+    Column("bucket", BigInteger, primary_key=True, autoincrement=False),
+    Column("metric", String(16), primary_key=True),
+    Column("count", Integer, nullable=False, default=0),
+)
+
+# --- welcome sequences (m009) ----------------------------------------------------------------
+# A step's deliveries are ordinary ledger rows: each step has an `issues` row (slug
+# `sequences/<name>/<key>`); this table says which sequence and step an issue row is.
+sequence_steps = Table(
+    "sequence_steps",
+    metadata,
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
+    Column("sequence", String(100), nullable=False),
+    Column("step_key", String(200), nullable=False),
+    UniqueConstraint("sequence", "step_key", name="uq_sequence_steps_key"),
+)
+
+#: active -> done (had every step) | stopped (unsubscribed, bounced, complained: for good)
+ENROLLMENT_STATES = ("active", "done", "stopped")
+
+# Who is in which sequence, and what they get next when. One row per person per sequence,
+# ever: resubscribing does not restart a sequence.
+sequence_enrollments = Table(
+    "sequence_enrollments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sequence", String(100), nullable=False),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("state", String(16), nullable=False),
+    Column("reason", String(32), nullable=False),  # subscribed | tagged | existing
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_sent_at", DateTime(timezone=True)),
+    Column("next_step", String(200)),  # a step key; null: work it out at the next run
+    # Null unless active, so finished people drop out of the due index.
+    Column("next_due_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("sequence", "subscriber_id", name="uq_sequence_enrollments_person"),
+)
+# "Who is due in this sequence", soonest first, is one range scan (also what a claim walks).
+Index(
+    "ix_sequence_enrollments_due",
+    sequence_enrollments.c.sequence,
+    sequence_enrollments.c.next_due_at,
+)
+Index(
+    "ix_sequence_enrollments_step",
+    sequence_enrollments.c.sequence,
+    sequence_enrollments.c.next_step,
+)
+Index("ix_sequence_enrollments_subscriber", sequence_enrollments.c.subscriber_id)
+
+# Per sequence: the shape of its steps (order, delays, hours) the schedule was worked out for.
+sequence_state = Table(
+    "sequence_state",
+    metadata,
+    Column("sequence", String(100), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Each `sequences run` (or serve's loop) that sent something: who, where, last heartbeat. A run
+# whose process is gone leaves its in-flight deliveries to become `uncertain`.
+sequence_runs = Table(
+    "sequence_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner", String(36), nullable=False, unique=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+)
+
+# Which run made which send (one send per run and step).
+sequence_sends = Table(
+    "sequence_sends",
+    metadata,
+    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
+    Column("run_id", Integer, ForeignKey("sequence_runs.id", ondelete="CASCADE"), nullable=False),
 )
 
 # How each person came onto the list (GDPR Art. 7(1): the author must be able to prove consent).

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.store.emails import email_key, normalize_email
+from newsletter.store.names import clean_name
 from newsletter.store.schema import (
     STATUSES,
     metadata,
@@ -250,6 +251,7 @@ def add_subscriber(
     from newsletter.store import suppressions
 
     check_status(status)
+    name, first_name, last_name = clean_name(name), clean_name(first_name), clean_name(last_name)
     check_name_lengths(name=name, first_name=first_name, last_name=last_name)
     address = normalize_email(email)
     key = email_key(address)
@@ -308,6 +310,7 @@ def update_subscriber(
     fields: dict[str, Any] | None = None,
 ) -> None:
     """Set the given names; merge `fields` into the custom fields. None leaves a value alone."""
+    name, first_name, last_name = clean_name(name), clean_name(first_name), clean_name(last_name)
     check_name_lengths(name=name, first_name=first_name, last_name=last_name)
     with _connect(engine) as conn:
         values: dict[str, Any] = {"updated_at": now()}
@@ -532,3 +535,15 @@ def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
             )
         ).rowcount
     return removed > 0
+
+
+def custom_fields_in_use(engine: Engine | Connection, names: Iterable[str]) -> set[str]:
+    """Which of these custom field names at least one subscriber has a (non-empty) value for."""
+    found = set()
+    with _connect(engine) as conn:
+        for name in names:
+            value = subscribers.c.fields[name].as_string()
+            query = select(subscribers.c.id).where(value.is_not(None), value != "").limit(1)
+            if conn.execute(query).first() is not None:
+                found.add(name)
+    return found

@@ -9,6 +9,8 @@ Each area's module (`unsubscribe`, `subscribe`, `webhooks`, `issue_page`, `archi
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,6 +19,7 @@ from starlette.routing import Route, Router
 
 from newsletter.project import Project
 from newsletter.web import archive, housekeeping, issue_page, subscribe, unsubscribe, webhooks
+from newsletter.web.busy import EXCEPTION_HANDLERS
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
 from newsletter.web.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -38,9 +41,10 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
         *archive.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
+    handlers: dict[Any, Any] = {**archive.exception_handlers(ctx), **EXCEPTION_HANDLERS}
     app = Starlette(
         routes=routes,
-        exception_handlers=archive.exception_handlers(ctx),  # type: ignore[arg-type]
+        exception_handlers=handlers,
         lifespan=housekeeping.lifespan(ctx),
     )
     router = Router(routes=routes)

@@ -17,12 +17,21 @@ ids allocated up front, and addresses take the fast path of `normalize_email`.
 
 The package's modules use each other's public names only, in one direction:
 `formats` (which service's export) and `model` (`Incoming`, `Reject`, `ImportResult`) at
-the bottom; `read` turns the file into rows, `decide` works out what they change in the
-list, `write` writes each chunk; `run` drives them. Callers import from the package.
+the bottom; `lines` decodes the file line by line, `read` turns the lines into rows,
+`process` runs the reading in a child process for big files, `decide` works out what the
+rows change in the list, `write` writes each chunk; `run` drives them. Callers import
+from the package.
 """
 
 from newsletter.store.importer.decide import LOOKUP_BATCH
-from newsletter.store.importer.model import REPORT_REJECTS, ImportResult, Incoming, Reject
+from newsletter.store.importer.model import (
+    REPORT_REJECTS,
+    ImportInterrupted,
+    ImportResult,
+    ImportStopped,
+    Incoming,
+    Reject,
+)
 from newsletter.store.importer.read import parse_time
 from newsletter.store.importer.run import CHUNK_ROWS, PARALLEL_BYTES, import_file
 
@@ -31,7 +40,9 @@ __all__ = [
     "LOOKUP_BATCH",
     "PARALLEL_BYTES",
     "REPORT_REJECTS",
+    "ImportInterrupted",
     "ImportResult",
+    "ImportStopped",
     "Incoming",
     "Reject",
     "import_file",

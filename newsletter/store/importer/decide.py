@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from newsletter.store.importer.model import Incoming
+from newsletter.store.importer.model import Incoming, same_field
 from newsletter.store.subscribers import STOPPED
 
 #: Bound parameters per IN (...) lookup, under every engine's limit.
@@ -101,6 +101,18 @@ def fetch_current(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]
     return found
 
 
+def existing_field_names(conn: Connection) -> list[str]:
+    """Every custom field name in the list (the database walks the JSON, not Python)."""
+    if conn.dialect.name == "sqlite":
+        sql = "SELECT DISTINCT j.key FROM subscribers, json_each(subscribers.fields) AS j"
+    elif conn.dialect.name == "postgresql":
+        sql = "SELECT DISTINCT json_object_keys(fields::json) FROM subscribers"
+    else:  # pragma: no cover - the two engines we support
+        rows = conn.exec_driver_sql("SELECT fields FROM subscribers")
+        return sorted({key for (fields,) in rows for key in _json_object(fields)})
+    return [name for (name,) in conn.exec_driver_sql(sql)]
+
+
 def _json_object(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = json.loads(value) if value else {}
@@ -130,7 +142,8 @@ def changes(
             values[column] = value
     if inc.fields:
         have = _json_object(current["fields"])
-        merged = {**have, **inc.fields}
+        # Onto the spelling this person's fields already use (`stadt` -> `Stadt`).
+        merged = {**have, **{same_field(have, k): v for k, v in inc.fields.items()}}
         if merged != have:
             values["fields"] = merged
     status = resolve_status(current["status"], inc.status, resubscribe)

@@ -333,7 +333,7 @@ def apply_map(fmt: Format, mapping: list[tuple[str, str]], path: Path) -> None:
 
 
 def detect_encoding(path: Path) -> str:
-    """utf-8-sig (BOM), utf-8, or cp1252 as Excel writes it; ImportFileError otherwise."""
+    """utf-8-sig (BOM) or utf-8; ImportFileError for what is not text (ZIP, UTF-16, binary)."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -356,29 +356,8 @@ def detect_encoding(path: Path) -> str:
             raise ImportFileError(f"{path}: is UTF-16 text; save it as CSV UTF-8")
         if b"\x00" in head:
             raise ImportFileError(f"{path}: is a binary file, not CSV; export the list as CSV")
-        if head.startswith(codecs.BOM_UTF8):
-            return "utf-8-sig"
-        # Decode the whole file once, incrementally, so a bad byte near the end
-        # cannot stop an import half-way.
-        handle.seek(0)
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        try:
-            while block := handle.read(1 << 20):
-                decoder.decode(block)
-            decoder.decode(b"", final=True)
-            return "utf-8"
-        except UnicodeDecodeError:
-            pass
-        handle.seek(0)
-        windows = codecs.getincrementaldecoder("cp1252")()
-        try:
-            while block := handle.read(1 << 20):
-                windows.decode(block)
-        except UnicodeDecodeError:
-            raise ImportFileError(
-                f"{path}: is neither UTF-8 nor Windows-1252 text; save it as CSV UTF-8"
-            ) from None
-        return "cp1252"
+        # Lines that are not UTF-8 are decoded one by one as they are read (see `lines`).
+        return "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
 
 
 def sniff_delimiter(header_line: str) -> str:

@@ -8,11 +8,13 @@ merge needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from newsletter.errors import StoreError
 from newsletter.store.subscribers import STOPPED
 
 #: Rejects kept in memory for the report; all of them go to the rejects file.
@@ -89,6 +91,9 @@ class ImportResult:
     kept_stopped: int = 0  # people left unsubscribed/bounced/complained (no --resubscribe)
     suppressed: int = 0  # rows refused: the address was erased on request
     rejects: list[Reject] = field(default_factory=list)
+    #: Lines read as Windows-1252 in a UTF-8 file (the first REPORT_LINES of them).
+    fallback_lines: list[int] = field(default_factory=list)
+    fallback_count: int = 0
     dry_run: bool = False
 
     def reject(self, line: int, email: str, reason: str) -> Reject:
@@ -97,6 +102,57 @@ class ImportResult:
         if len(self.rejects) < REPORT_REJECTS:
             self.rejects.append(item)
         return item
+
+
+class FieldNames:
+    """One spelling per custom field name, whatever its case (`Stadt` and `stadt` are one
+    field): the spelling the list already uses, else the first one the file uses.
+
+    `load` gives the list's names; it is called once, when first needed.
+    """
+
+    def __init__(self, load: Callable[[], Iterable[str]] = tuple):
+        self._load: Callable[[], Iterable[str]] | None = load
+        self.spelling: dict[str, str] = {}
+
+    def load(self) -> None:
+        if self._load is not None:
+            load, self._load = self._load, None
+            for name in sorted(load()):  # of two spellings in the list, always the same one
+                self.spelling.setdefault(name.casefold(), name)
+
+    def canonical(self, name: str) -> str:
+        self.load()
+        return self.spelling.setdefault(name.casefold(), name)
+
+
+def same_field(fields: dict[str, Any], name: str) -> str:
+    """The key in `fields` that is `name` but for case, else `name`."""
+    if name in fields:
+        return name
+    folded = name.casefold()
+    return next((key for key in fields if key.casefold() == folded), name)
+
+
+class ImportInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an import: the message says what was kept and how to go on."""
+
+
+class ImportStopped(StoreError):
+    """An import stopped mid-file; the message says what it wrote and how to go on."""
+
+
+@dataclass
+class ReadSummary:
+    """What reading the whole file found, beyond the chunks (sent back by a reader process)."""
+
+    rows: int
+    rejected: int
+    rejects: list[Reject]
+    merged: int  # rows merged into an earlier row of the same chunk
+    encoding: str
+    fallback_lines: list[int]
+    fallback_count: int
 
 
 def merge(into: Incoming, other: Incoming) -> None:
@@ -133,6 +189,11 @@ def simple_tuple(inc: Incoming) -> tuple[Any, ...]:
 
 def is_simple(item: Any) -> bool:
     return type(item) is tuple or bool(item.simple)
+
+
+def line_of(item: Any) -> int:
+    """The line of an `Incoming` or of its packed tuple."""
+    return item[0] if type(item) is tuple else item.line  # type: ignore[no-any-return]
 
 
 def as_incoming(item: Any) -> Incoming:

@@ -1,24 +1,20 @@
 """`subscribers import`, reading: an import file into `Incoming` rows (or `Reject`s).
 
 CSV with any delimiter and another service's columns (see `formats`), or our own JSON
-export; tag, time and status cells. Big files are parsed in a forked process
-(`ReaderStream`) that sends each chunk as compact tuples (`model.pack`); the writer
-(`write`) uses those tuples as they are.
+export; tag, time and status cells. The lines come decoded from `lines`; big files are
+read in a forked process (see `process`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import itertools
 import json
-import multiprocessing
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
 
 from newsletter.errors import ImportFileError, StoreError
 from newsletter.store.emails import _fast as _fast_email
@@ -31,7 +27,14 @@ from newsletter.store.importer.formats import (
     detect_format,
     sniff_delimiter,
 )
-from newsletter.store.importer.model import ImportResult, Incoming, Reject, pack, unpack
+from newsletter.store.importer.lines import LineDecoder
+from newsletter.store.importer.model import (
+    FieldNames,
+    ImportResult,
+    Incoming,
+    Reject,
+)
+from newsletter.store.names import clean_name
 from newsletter.store.schema import STATUSES
 from newsletter.store.subscribers import (
     REASON_CHARS,
@@ -40,23 +43,10 @@ from newsletter.store.subscribers import (
     normalize_tags,
 )
 
+#: csv's own limit on one cell; a longer cell is a rejected row.
+FIELD_CHARS = csv.field_size_limit()
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
-
-
-class CountingReader(io.RawIOBase):
-    """Counts bytes read, so progress can follow the file without seeking."""
-
-    def __init__(self, raw: IO[bytes]):
-        self.raw = raw
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self.raw.readinto(buffer)  # type: ignore[attr-defined]
-        self.count += n or 0
-        return n or 0
 
 
 def parse_time(value: str) -> datetime | None:
@@ -115,14 +105,17 @@ def _status_word(value: str) -> str:
     return status
 
 
-def _plan(fmt: Format, headings: list[str]) -> list[tuple[int, str]]:
-    """(column index, target) for every column that matters, email first."""
+def _plan(fmt: Format, headings: list[str], names: FieldNames) -> list[tuple[int, str]]:
+    """(column index, target) for every column that matters, email first; custom fields
+    under their one spelling (`Stadt` and `stadt` are one field)."""
     plan: list[tuple[int, str]] = []
     have_email = False
     for index, heading in enumerate(headings):
         target = fmt.targets.get(heading, "ignore")
         if target == "ignore":
             continue
+        if target.startswith("field:"):
+            target = "field:" + names.canonical(target[6:])
         if target == "email":
             if have_email:
                 target = "field:" + heading.strip()
@@ -135,15 +128,15 @@ def _plan(fmt: Format, headings: list[str]) -> list[tuple[int, str]]:
 
 
 def _incoming_from_values(
-    line: int, values: list[tuple[str, str]], fmt: Format
+    line: int, values: list[tuple[str, str]], fmt: Format, names: FieldNames
 ) -> Incoming | Reject:
     """Build an Incoming from (target, value) pairs, email first (JSON rows)."""
     plan = [(i, target) for i, (target, _) in enumerate(values)]
-    return _incoming_from_row(line, [v for _, v in values], plan, fmt)
+    return _incoming_from_row(line, [v for _, v in values], plan, fmt, names)
 
 
 def _incoming_from_row(
-    line: int, row: list[str], plan: list[tuple[int, str]], fmt: Format
+    line: int, row: list[str], plan: list[tuple[int, str]], fmt: Format, names: FieldNames
 ) -> Incoming | Reject:
     """Build an Incoming from a CSV row; `plan[0]` is the email column. This is the hot
     loop of a large import, so the common targets are handled inline."""
@@ -173,9 +166,9 @@ def _incoming_from_row(
         if unquote:
             value = _unquote(value)
         if target == "first_name" and len(value) <= NAME_CHARS:
-            inc.first_name = value
+            inc.first_name = value if value.isprintable() else (clean_name(value) or None)
         elif target == "last_name" and len(value) <= NAME_CHARS:
-            inc.last_name = value
+            inc.last_name = value if value.isprintable() else (clean_name(value) or None)
         elif target == "tags" and "," not in value:
             if len(value) > 100:
                 return Reject(line, address, f"tag {value[:20]!r}... is longer than 100 characters")
@@ -184,7 +177,7 @@ def _incoming_from_row(
             if target != "tags":
                 inc.simple = False
             try:
-                _apply(inc, target, value)
+                _apply(inc, target, value, names)
             except (ValueError, StoreError) as exc:
                 return Reject(line, address, str(exc))
     return inc
@@ -194,8 +187,11 @@ SOURCE_CHARS = 100  # subscribers.source
 NAME_CHARS = 100  # first_name, last_name: longer ones go through _apply's check
 
 
-def _apply(inc: Incoming, target: str, value: str) -> None:
+def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
     if target in ("first_name", "last_name", "name"):
+        value = clean_name(value) or ""
+        if not value:
+            return  # nothing but control characters
         check_name_lengths(**{target: value})
     if target == "first_name":
         inc.first_name = value
@@ -245,7 +241,7 @@ def _apply(inc: Incoming, target: str, value: str) -> None:
         except ValueError:
             raise ValueError(f"{value[:40]!r} is not a JSON object") from None
         if isinstance(parsed, dict):
-            inc.fields.update(parsed)
+            inc.fields.update((names.canonical(str(k)), v) for k, v in parsed.items())
     if target in ("tags", "tags_quoted", "tags_list") and inc.tags:
         # Validate lengths once the cell is read.
         normalize_tags(inc.tags)
@@ -263,31 +259,45 @@ def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
 
 
 def csv_rows(
-    handle: io.TextIOWrapper, path: Path, result: ImportResult, mapping: list[tuple[str, str]]
+    lines: LineDecoder,
+    path: Path,
+    result: ImportResult,
+    mapping: list[tuple[str, str]],
+    names: FieldNames,
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
-    first = handle.readline()
+    lines_read = iter(lines)
+    first = next(lines_read, "")
     while first and not first.strip():
-        first = handle.readline()
+        first = next(lines_read, "")
     if not first:
         raise ImportFileError(f"{path}: the file is empty; export the list again")
     delimiter = sniff_delimiter(first)
     result.delimiter = delimiter
     record: list[str] = []  # the lines of the record being read, to check its quotes
-    nul: list[bool] = []  # set when the record holds a NUL, which PostgreSQL refuses
+    # Set when the record holds a NUL (which PostgreSQL refuses) or a line in no known
+    # encoding: such a row is rejected.
+    damage: list[str] = []
 
-    def lines() -> Iterator[str]:
-        for text in itertools.chain([first], handle):
+    def numbered_lines() -> Iterator[str]:
+        for text in itertools.chain([first], lines_read):
             record.append(text)
+            if lines.last_undecodable:
+                damage.append("is neither UTF-8 nor Windows-1252 text; save the file as CSV UTF-8")
             if "\x00" in text:
-                nul.append(True)
+                damage.append("contains a NUL character; remove it (the file may be damaged)")
             yield text
 
-    reader = csv.reader(lines(), delimiter=delimiter)
-    headings = [h.strip() for h in next(reader)]
+    reader = csv.reader(numbered_lines(), delimiter=delimiter)
+    try:
+        headings = [h.strip() for h in next(reader)]
+    except csv.Error as exc:
+        raise ImportFileError(f"{path}: the header row is not readable CSV ({exc})") from None
     if reader.line_num > 1 and _unclosed_quote(record, delimiter):
         raise ImportFileError(
             f"{path}: a quote in the header row is never closed; close it and import again"
         )
+    if damage:
+        raise ImportFileError(f"{path}:1: the header row {damage[0]}")
     record.clear()
     fmt = detect_format(headings)
     apply_map(fmt, mapping, path)
@@ -296,7 +306,9 @@ def csv_rows(
             f"{path}: no email column among {', '.join(h for h in headings if h)[:200]}; "
             "name it 'email' or use --map COLUMN=email"
         )
-    plan = _plan(fmt, headings)
+    if any(t.startswith("field:") or t == "fields_json" for t in fmt.targets.values()):
+        names.load()  # now, before a reader process is forked: it cannot use the database
+    plan = _plan(fmt, headings, names)
     width = len(headings)
 
     def reject(line: int, row: list[str], reason: str) -> Reject:
@@ -304,16 +316,42 @@ def csv_rows(
         email = row[plan[0][0]].strip().replace("\x00", "") if plan[0][0] < len(row) else ""
         return Reject(line, email, reason)
 
+    def unreadable(line: int, error: csv.Error) -> tuple[int, Reject, list[str]]:
+        """A record csv gave up on (a cell over its field limit): its first cells, cut."""
+        cells: list[str] = []
+        with contextlib.suppress(csv.Error):
+            cells = next(csv.reader([record[0][:FIELD_CHARS]], delimiter=delimiter), [])
+        cells = [cell[:200] for cell in cells]
+        if "field larger than field limit" in str(error):
+            reason = (
+                f"a cell is longer than {FIELD_CHARS:,} characters (or a quote opened here is "
+                "never closed); shorten it or close the quote"
+            )
+        else:
+            reason = f"not readable CSV ({error}); fix the row"
+        return line, reject(line, cells, reason), cells
+
     def rows() -> Iterator[tuple[int, Incoming | Reject, list[str]]]:
         last = reader.line_num
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                line = last + 1
+                last = reader.line_num
+                yield unreadable(line, exc)
+                record.clear()
+                damage.clear()
+                continue
             line = last + 1
             last = reader.line_num
             raw = record[:] if last > line else None
             record.clear()
-            if nul:
-                nul.clear()
-                reason = "contains a NUL character; remove it (the file may be damaged)"
+            if damage:
+                reason = damage[0]
+                damage.clear()
                 yield line, reject(line, row, reason), row
                 continue
             if raw is not None and _unclosed_quote(raw, delimiter):
@@ -332,17 +370,25 @@ def csv_rows(
                 )
                 yield line, reject(line, row, reason), row
                 continue
-            yield line, _incoming_from_row(line, row, plan, fmt), row
+            yield line, _incoming_from_row(line, row, plan, fmt, names), row
 
     return headings, fmt, rows()
 
 
 def json_rows(
-    path: Path, encoding: str
+    path: Path, names: FieldNames
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
     """Our own JSON export (an array of objects). Read whole: JSON has no line structure."""
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding=encoding))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ImportFileError(
+            f"{path}:{line}: is not UTF-8 text; `subscribers export --format json` writes UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
     except ValueError as exc:
         raise ImportFileError(f"{path}: is not valid JSON ({exc}); export it again") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
@@ -361,7 +407,7 @@ def json_rows(
                 if value is None or column == "tags":
                     continue
                 values.append((column, str(value)))
-            result = _incoming_from_values(number, values, fmt)
+            result = _incoming_from_values(number, values, fmt, names)
             if isinstance(result, Incoming):
                 tags = item.get("tags") or []
                 if isinstance(tags, str):
@@ -369,76 +415,8 @@ def json_rows(
                 result.tags.update(normalize_tags(str(t) for t in tags))
                 fields = item.get("fields") or {}
                 if isinstance(fields, dict) and fields:
-                    result.fields.update(fields)
+                    result.fields.update((names.canonical(str(k)), v) for k, v in fields.items())
                     result.simple = False
             yield number, result, [str(item.get("email") or "")]
 
     return headings, fmt, rows()
-
-
-def can_fork() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
-class ReaderStream:
-    """Chunks parsed by a forked child process, sent through a pipe.
-
-    Parsing (Python) and SQLite's inserts then run on two cores instead of taking turns.
-    The pipe holds at most about one chunk, so memory stays bounded. The child inherits
-    the open file and the parser by fork, and sends back compact tuples, not objects.
-    """
-
-    def __init__(
-        self,
-        chunks: Callable[[], Iterator[dict[str, Incoming]]],
-        position: Callable[[], int],
-        finish: Callable[[], tuple[int, int, list[Reject], int]],
-        path: Path,
-    ):
-        self.path = path
-        self.stats: tuple[int, int, list[Reject], int] | None = None
-        context = multiprocessing.get_context("fork")
-        self.receive, send = context.Pipe(duplex=False)
-
-        def run() -> None:
-            try:
-                for chunk in chunks():
-                    send.send(("chunk", pack(chunk), position()))
-                send.send(("done", finish()))
-            except BaseException as exc:  # handed to the parent, which raises it
-                with contextlib.suppress(Exception):
-                    send.send(("error", exc))
-            finally:
-                send.close()
-
-        self.process = context.Process(target=run, name="newsletter-import-reader", daemon=True)
-        self.process.start()
-        send.close()
-
-    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int]]:
-        try:
-            while True:
-                try:
-                    kind, payload, *rest = self.receive.recv()
-                except EOFError:
-                    raise StoreError(
-                        f"{self.path}: the import's reader process stopped unexpectedly; "
-                        "run the same import again (it continues where it stopped)"
-                    ) from None
-                if kind == "chunk":
-                    yield unpack(payload), rest[0]
-                elif kind == "done":
-                    self.stats = payload
-                    return
-                else:
-                    raise payload
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.receive.closed:
-            return
-        self.receive.close()
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join()

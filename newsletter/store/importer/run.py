@@ -4,30 +4,42 @@ from __future__ import annotations
 
 import csv
 import gc
-import io
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 
-from newsletter.errors import ImportFileError
-from newsletter.store.importer.decide import KeyFilter
+from newsletter.errors import ImportFileError, NewsletterError
+from newsletter.store.engine import database_error
+from newsletter.store.importer.decide import KeyFilter, existing_field_names
 from newsletter.store.importer.evidence import consent_policy
 from newsletter.store.importer.formats import detect_encoding
-from newsletter.store.importer.model import ImportResult, Incoming, Reject, merge
-from newsletter.store.importer.read import (
-    CountingReader,
-    ReaderStream,
-    can_fork,
-    csv_rows,
-    json_rows,
+from newsletter.store.importer.lines import FALLBACK, LineDecoder
+from newsletter.store.importer.model import (
+    FieldNames,
+    ImportInterrupted,
+    ImportResult,
+    ImportStopped,
+    Incoming,
+    ReadSummary,
+    Reject,
+    line_of,
+    merge,
 )
-from newsletter.store.importer.write import write_chunk
+from newsletter.store.importer.process import ReaderStream, can_fork
+from newsletter.store.importer.read import csv_rows, json_rows
+from newsletter.store.importer.write import Pacer, write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
 
-#: Rows per transaction: big enough for executemany to pay off, small enough to bound memory.
+#: Rows per chunk (and at most per transaction; `Pacer` makes slow ones smaller): big
+#: enough for executemany to pay off, small enough to bound memory.
 CHUNK_ROWS = 20_000
 
 
@@ -50,13 +62,15 @@ def import_file(
     parallel: bool | None = None,
     keep_full_ip: bool = False,
 ) -> ImportResult:
-    """Import a CSV (or our JSON export) into the list; see the module docstring.
+    """Import a CSV (or our JSON export) into the list; see the package docstring.
 
     Suppressed addresses (erased on request) are refused and counted; new subscribers get
     an `import` consent record (IPs from the export truncated unless `keep_full_ip`).
 
     `progress(bytes_read, total_bytes)` is called after each chunk.
     Raises ImportFileError if the file cannot be read at all; bad rows are rejects.
+    ImportStopped if the database or disk fails mid-file, ImportInterrupted on Ctrl-C:
+    both say how many rows were written, up to which line, and how to go on.
     """
     # A big import makes millions of small acyclic objects; the cyclic garbage collector
     # would rescan them over and over (a third of the run time) and find nothing. So it is
@@ -81,6 +95,12 @@ def import_file(
             parallel=parallel,
             keep_full_ip=keep_full_ip,
         )
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, ImportInterrupted):
+            raise
+        raise ImportInterrupted(
+            f"{path}: import interrupted before any row was written; run it again"
+        ) from None
     finally:
         gc.unfreeze()
         if frozen_before:
@@ -106,24 +126,28 @@ def _import_file(
 ) -> ImportResult:
     extra_tags = set(normalize_tags(tags))
     result = ImportResult(path=path, dry_run=dry_run)
-    encoding = detect_encoding(path)
-    result.encoding = encoding
+    result.encoding = detect_encoding(path)
     total = path.stat().st_size
     mapping = list(mapping)
 
     with path.open("rb") as peek:
         is_json = peek.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
     raw = path.open("rb")
-    counter = CountingReader(raw)
-    handle = io.TextIOWrapper(io.BufferedReader(counter, 1 << 20), encoding=encoding, newline="")
+    lines = LineDecoder(raw)
     reject_file: IO[str] | None = None
     reader: ReaderStream | None = None
     try:
+
+        def list_field_names() -> list[str]:
+            with engine.connect() as conn:
+                return existing_field_names(conn)
+
+        names = FieldNames(list_field_names)
         if is_json:
-            headings, fmt, rows = json_rows(path, encoding)
+            headings, fmt, rows = json_rows(path, names)
             result.delimiter = ""
         else:
-            headings, fmt, rows = csv_rows(handle, path, result, mapping)
+            headings, fmt, rows = csv_rows(lines, path, result, mapping, names)
         result.format = fmt.name
         source_name = source or f"import:{fmt.name}"
         if fmt.name.startswith("newsletter"):
@@ -147,10 +171,12 @@ def _import_file(
 
         merged = 0
 
-        def chunks() -> Iterator[dict[str, Incoming]]:
+        def chunks() -> Iterator[tuple[dict[str, Incoming], int]]:
             # Parse, reject, merge duplicates within a chunk (in the reader process, if any).
+            # Each chunk comes with the last line read for it.
             nonlocal merged
             chunk: dict[str, Incoming] = {}
+            line = 1
             for line, item, row in rows:
                 result.rows += 1
                 if isinstance(item, Reject):
@@ -167,50 +193,129 @@ def _import_file(
                 else:
                     chunk[item.key] = item
                 if len(chunk) >= chunk_rows:
-                    yield chunk
+                    yield chunk, line
                     chunk = {}
             if chunk:
-                yield chunk
+                yield chunk, line
 
-        def finish() -> tuple[int, int, list[Reject], int]:
+        def finish() -> ReadSummary:
             if reject_file is not None:
                 reject_file.flush()
-            return result.rows, result.rejected, result.rejects, merged
+            encoding = result.encoding if is_json else lines.encoding()
+            mixed = encoding != FALLBACK
+            return ReadSummary(
+                rows=result.rows,
+                rejected=result.rejected,
+                rejects=result.rejects,
+                merged=merged,
+                encoding=encoding,
+                fallback_lines=lines.fallback_lines if mixed else [],
+                fallback_count=lines.fallback_count if mixed else 0,
+            )
 
         if parallel is None:
             parallel = not is_json and total >= PARALLEL_BYTES and can_fork()
         if parallel:
             if reject_file is not None:
                 reject_file.flush()  # the reader process writes the rest
-            reader = ReaderStream(chunks, lambda: counter.count, finish, path)
-            stream: Iterator[tuple[dict[str, Incoming], int]] = iter(reader)
+            reader = ReaderStream(chunks, lambda: lines.bytes_read, finish, path)
+            stream: Iterator[tuple[dict[str, Incoming], int, int]] = iter(reader)
         else:
-            stream = ((chunk, counter.count) for chunk in chunks())
-        for number, (chunk, done) in enumerate(stream, start=1):
-            write_chunk(
-                engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt,
-                policy,
-            )  # fmt: skip
-            del chunk
-            if number % 10 == 0:
-                gc.collect()
-            if progress is not None:
-                progress(done if not is_json else total, total)
-        if reader is not None:
-            assert reader.stats is not None
-            result.rows, result.rejected, result.rejects, merged = reader.stats
-        result.duplicates += merged
+            stream = ((chunk, lines.bytes_read, line) for chunk, line in chunks())
+        # Every row up to this line is written. Within a chunk, the rows' first lines
+        # rise, so a written part of it covers the lines up to its last row's.
+        written_line = 1
+        pacer = Pacer(engine, chunk_rows)
+        try:
+            for number, (chunk, done, line) in enumerate(stream, start=1):
+                for part in pacer.parts(chunk):
+                    started = time.perf_counter()
+                    with interrupt_deferred():  # counted as written exactly when committed
+                        write_chunk(
+                            engine, part, result, new_keys, initially_empty, resubscribe,
+                            source_name, fmt, policy,
+                        )  # fmt: skip
+                        written_line = line_of(next(reversed(part.values())))
+                    pacer.wrote(len(part), time.perf_counter() - started)
+                    del part
+                written_line = line
+                del chunk
+                if number % 10 == 0:
+                    gc.collect()
+                if progress is not None:
+                    progress(done if not is_json else total, total)
+        except (NewsletterError, OSError, DBAPIError) as exc:
+            raise ImportStopped(_stop_message(path, exc, result, written_line)) from None
+        except KeyboardInterrupt:
+            raise ImportInterrupted(_interrupted_message(path, result, written_line)) from None
+        summary = reader.summary if reader is not None else finish()
+        assert summary is not None
+        result.rows, result.rejected, result.rejects = (
+            summary.rows,
+            summary.rejected,
+            summary.rejects,
+        )
+        result.encoding = summary.encoding
+        result.fallback_lines, result.fallback_count = (
+            summary.fallback_lines,
+            summary.fallback_count,
+        )
+        result.duplicates += summary.merged
         if progress is not None:
             progress(total, total)
-    except UnicodeDecodeError as exc:  # pragma: no cover - detect_encoding checked the file
-        raise ImportFileError(f"{path}: cannot decode as {encoding} ({exc.reason})") from None
-    except csv.Error as exc:
-        raise ImportFileError(f"{path}: not a readable CSV file ({exc}); export it again") from None
     finally:
         if reader is not None:
             reader.close()
-        handle.close()
         raw.close()
         if reject_file is not None:
             reject_file.close()
     return result
+
+
+@contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done (a transaction is short), so that what
+    an interrupted import reports as written is what was committed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _interrupted_message(path: Path, result: ImportResult, written_line: int) -> str:
+    """What Ctrl-C kept of an import, and how to go on."""
+    if result.dry_run:
+        return f"{path}: dry run interrupted at line {written_line + 1}; nothing was changed"
+    written = result.new + result.updated
+    lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
+    return (
+        f"{path}: import interrupted at line {written_line + 1}: {written} rows written "
+        f"({lines}) are kept; run the same import again to continue (it changes nothing "
+        "that is done)"
+    )
+
+
+def _stop_message(path: Path, exc: BaseException, result: ImportResult, written_line: int) -> str:
+    """Why an import stopped mid-file, what it wrote, and how to go on."""
+    if isinstance(exc, DBAPIError):
+        reason = f"database error: {database_error(exc)}"
+    elif isinstance(exc, OSError):
+        reason = f"{exc.strerror or exc}"
+    else:
+        reason = str(exc).removeprefix(f"{path}: ")
+    if result.dry_run:
+        return f"{path}:{written_line + 1}: {reason}; the dry run stopped here"
+    written = result.new + result.updated
+    lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
+    return (
+        f"{path}:{written_line + 1}: {reason}; the import stopped at line {written_line + 1}: "
+        f"{written} rows written ({lines}); run the same import again to continue "
+        "(it changes nothing that is done)"
+    )

@@ -1,12 +1,15 @@
 """`subscribers import`, writing: one chunk into the database, fast, in one transaction.
 
 New rows go in with driver-level executemany and ids allocated up front; a clash with
-another writer rolls the chunk back and counts it again.
+another writer rolls the chunk back and counts it again. `Pacer` cuts chunks into
+transactions short enough that other writers (unsubscribes, sign-ups) get their turn.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any
@@ -102,8 +105,7 @@ class Writer:
             return sorted(rows)
         # SQLite (and others): ids follow the largest one ever given (AUTOINCREMENT keeps it in
         # sqlite_sequence, so a forgotten person's id never comes back); the chunk's
-        # transaction holds the write lock from its first insert, and a clash would roll the
-        # chunk back.
+        # transaction holds the write lock (see `lock`), so nobody takes one meanwhile.
         start = self.conn.execute(select(func.coalesce(func.max(subscribers.c.id), 0))).scalar_one()
         if self.dialect == "sqlite":
             used = self.conn.exec_driver_sql(
@@ -111,6 +113,15 @@ class Writer:
             ).scalar()
             start = max(start, used or 0)
         return list(range(start + 1, start + 1 + n))
+
+    def lock(self) -> None:
+        """Take the table's write lock now, for the rest of the transaction."""
+        if self.dialect == "sqlite":
+            # pysqlite begins a deferred transaction only at the first INSERT or UPDATE.
+            self.conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif self.dialect == "postgresql":
+            # Blocks other INSERT/UPDATE/DELETE (briefly: transactions are short), not reads.
+            self.conn.exec_driver_sql("LOCK TABLE subscribers IN SHARE ROW EXCLUSIVE MODE")
 
     def insert(
         self,
@@ -124,6 +135,53 @@ class Writer:
             self.conn.exec_driver_sql(self.insert_short, short_rows)  # type: ignore[arg-type]
         if tags:
             self.conn.exec_driver_sql(self.insert_tags, tags)  # type: ignore[arg-type]
+
+
+class Pacer:
+    """Keeps the import's write transactions short, so other writers are never shut out.
+
+    A one-click unsubscribe or a sign-up must be stored during a big import. SQLite has
+    one write lock and no queue: a waiting writer sleeps up to 100 ms between tries, for
+    up to its busy timeout (10 s), and a writer that commits and begins again at once
+    can keep it out until it gives up. So each transaction is sized (from the rows per
+    second so far) to hold the lock about TARGET seconds, and on SQLite the import
+    pauses PAUSE seconds (longer than a waiter's longest sleep) after every SHARE
+    seconds of writing. On PostgreSQL short transactions keep row locks short.
+    """
+
+    TARGET = 0.5
+    SHARE = 2.0
+    PAUSE = 0.15
+    FIRST_ROWS = 2000
+    MIN_ROWS = 100
+
+    def __init__(self, engine: Engine, max_rows: int):
+        self.max_rows = max_rows
+        self.rows = min(self.FIRST_ROWS, max_rows)
+        self.pauses = engine.dialect.name == "sqlite"
+        self.writing = 0.0  # seconds written since the last pause
+
+    def parts(self, chunk: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The chunk in pieces of one transaction each (sized anew before each piece)."""
+        if len(chunk) <= self.rows:
+            yield chunk
+            return
+        items = list(chunk.items())
+        start = 0
+        while start < len(items):
+            end = start + self.rows
+            yield dict(items[start:end])
+            start = end
+
+    def wrote(self, rows: int, seconds: float) -> None:
+        """One transaction of `rows` took `seconds`: size the next, and pause if due."""
+        if seconds > 0:
+            fitting = int(rows / seconds * self.TARGET)
+            self.rows = max(self.MIN_ROWS, min(self.max_rows, fitting))
+        self.writing += seconds
+        if self.pauses and self.writing >= self.SHARE:
+            time.sleep(self.PAUSE)
+            self.writing = 0.0
 
 
 def write_chunk(
@@ -153,26 +211,39 @@ def write_chunk(
             drop_suppressed(conn, chunk, result, policy)
     counters = ("new", "updated", "unchanged", "duplicates", "kept_stopped")
     before = [getattr(result, name) for name in counters]
-    for attempt in range(1, 4):
+    found_before = -1
+    attempt = 0
+    while True:
+        attempt += 1
         added: list[str] = []
+        found: list[int] = []  # how many of the chunk's addresses the lookups found
         try:
             # After a clash, look every key up: someone else added some meanwhile.
             _write_chunk_once(
-                engine, chunk, result, new_keys, added, initially_empty and attempt == 1,
-                resubscribe, source_name, literal_times, policy,
+                engine, chunk, result, new_keys, added, found,
+                initially_empty and attempt == 1, resubscribe, source_name, literal_times, policy,
             )  # fmt: skip
         except IntegrityError:
-            # Another program (the subscribe form, say) added one of these addresses or
-            # took an id between our lookups and our inserts. The chunk was rolled back;
-            # count it again from scratch.
+            # Another program (the subscribe form, say) added one of these addresses
+            # before this transaction took the write lock, and the lookups were skipped
+            # (a first import). The chunk was rolled back; count it again from scratch.
             for name, value in zip(counters, before, strict=True):
                 setattr(result, name, value)
-            if attempt == 3:
+            # Others adding rows is no reason to give up: each try finds more of them.
+            # A clash that finding more does not explain is.
+            if found and found[0] <= found_before:
                 raise StoreError(
-                    f"{result.path}: other writers kept changing the list during the import; "
-                    "run the same import again (it continues where it stopped)"
+                    f"{result.path}: a row of this chunk clashes with the list in a way the "
+                    "import cannot merge; run the same import again (it continues where it "
+                    "stopped)"
                 ) from None
+            found_before = found[0] if found else found_before
             continue
+        except BaseException:
+            # The chunk was rolled back: it counts for nothing.
+            for name, value in zip(counters, before, strict=True):
+                setattr(result, name, value)
+            raise
         new_keys.update(added)
         return
 
@@ -183,6 +254,7 @@ def _write_chunk_once(
     result: ImportResult,
     new_keys: KeyFilter,
     added: list[str],
+    found_count: list[int],
     skip_lookups: bool,
     resubscribe: bool,
     source_name: str,
@@ -195,6 +267,9 @@ def _write_chunk_once(
         transaction = conn.begin()
         try:
             writer = Writer(conn)
+            # Holding the write lock from the lookups to the commit, no other writer can
+            # add one of these addresses (or take an id) in between.
+            writer.lock()
             lookup = list(chunk)
             if skip_lookups:
                 lookup = [k for k in lookup if k in new_keys]
@@ -211,6 +286,7 @@ def _write_chunk_once(
                 found.update(current)
                 _update_existing(conn, writer, chunk, current, result, new_keys, resubscribe, stamp)
 
+            found_count.append(len(found))
             fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
             if fresh:
                 _insert_fresh(

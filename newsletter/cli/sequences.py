@@ -1,0 +1,299 @@
+"""`newsletter sequences ...`: welcome sequences (list, check, status, preview, run, start).
+The work lives in `newsletter.sequences`; this parses options and prints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from newsletter.cli import get_project
+
+
+def _clock(now: str | None) -> Any:
+    from newsletter.sequences.clock import SYSTEM, FixedClock, parse_now
+
+    return FixedClock(parse_now(now)) if now else SYSTEM
+
+
+def _when(value: datetime | None, timezone: str = "UTC") -> str:
+    """A time in the newsletter's timezone ([newsletter] timezone)."""
+    from zoneinfo import ZoneInfo
+
+    return value.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M %Z") if value else "-"
+
+
+NOW_HELP = "Act as if it were this ISO time (catching up after downtime; tests)."
+
+
+@click.group("sequences")
+def sequences() -> None:
+    """Welcome sequences: emails that go out by themselves after someone subscribes.
+
+    Steps are sequences/NAME/NN-title.md (issue format plus `delay:`); a
+    [sequences.NAME] table in newsletter.toml enables one.
+
+    \b
+    Example:
+        newsletter sequences check
+        newsletter sequences status welcome
+        newsletter sequences run
+    """
+
+
+@sequences.command("list")
+def list_() -> None:
+    """List the sequences, their trigger and their steps.
+
+    \b
+    Example:
+        newsletter sequences list
+    """
+    from newsletter.sequences.status import describe
+    from newsletter.sequences.steps import format_delay
+
+    infos = describe(get_project())
+    if not infos:
+        click.echo("No sequences; add sequences/welcome/01-willkommen.md and [sequences.welcome].")
+        return
+    for info in infos:
+        if info.config is None:
+            how = "not enabled (no [sequences." + info.name + "] in newsletter.toml)"
+        else:
+            how = info.config.describe()
+        click.echo(f"{info.name}: {how}")
+        if info.problem:
+            click.echo(f"  problem: {info.problem}")
+        for step in info.steps:
+            hour = f", at {step.send_at_hour}:00" if step.send_at_hour is not None else ""
+            click.echo(
+                f"  {step.number:02d} {step.key:<24} delay {format_delay(step.delay)}{hour}  "
+                f"{step.issue.subject}"
+            )
+
+
+@sequences.command("check")
+@click.argument("name", required=False)
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
+def check(name: str | None, strict: bool) -> None:
+    """Run `newsletter check` on every step (and check delays, numbering, config).
+
+    \b
+    Example:
+        newsletter sequences check
+        newsletter sequences check welcome --strict
+    """
+    from newsletter.sequences.status import check_sequences
+
+    project = get_project()
+    findings = check_sequences(project, name)
+    for f in findings:
+        where = str(f.path)
+        with contextlib.suppress(ValueError):
+            where = str(f.path.resolve().relative_to(project.root))
+        where += f":{f.line}" if f.line else ""
+        click.echo(f"{where}: {f.severity}: {f.message}")
+    errors = sum(1 for f in findings if f.severity == "error")
+    if not findings:
+        click.echo("sequences: no problems found")
+        return
+    click.echo(f"{errors} error(s), {len(findings) - errors} warning(s)", err=True)
+    if errors or (strict and findings):
+        raise SystemExit(1)
+
+
+@sequences.command("status")
+@click.argument("name", required=False)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--now", metavar="ISO", help=NOW_HELP)
+def status(name: str | None, fmt: str, now: str | None) -> None:
+    """Per sequence and step: how many got it, how many are due, when the next is due, and
+    who is waiting.
+
+    \b
+    Example:
+        newsletter sequences status
+        newsletter sequences status welcome --format json
+    """
+    from newsletter.sequences.status import sequence_status
+    from newsletter.store.engine import project_engine
+
+    project = get_project()
+    at = _clock(now).now()
+    found = sequence_status(
+        project, project_engine(project), at, name, people_limit=None if fmt == "json" else 5
+    )
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {"now": at.isoformat(), "sequences": [s.as_dict() for s in found]},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    if not found:
+        click.echo("No sequences.")
+        return
+    zone = project.config.section("newsletter")["timezone"]
+    for seq in found:
+        people = ", ".join(f"{n} {s}" for s, n in sorted(seq.people.items())) or "nobody yet"
+        shown = seq.trigger or "not enabled"
+        click.echo(f"{seq.name} ({shown}): {people}")
+        if seq.problem:
+            click.echo(f"  problem: {seq.problem}")
+        click.echo(
+            f"  {'STEP':<28} {'DELAY':>6} {'GOT':>7} {'UNCERT':>6} {'FAILED':>6} "
+            f"{'WAITING':>7} {'DUE':>6}  NEXT DUE"
+        )
+        for st in seq.steps:
+            label = f"{st.number:02d} {st.key}"[:28]
+            click.echo(
+                f"  {label:<28} {st.delay:>6} {st.got:>7} {st.uncertain:>6} {st.failed:>6} "
+                f"{st.waiting:>7} {st.due:>6}  {_when(st.next_due, zone)}"
+            )
+            if st.waiting_people:
+                more = st.waiting - len(st.waiting_people)
+                who = ", ".join(p["email"] for p in st.waiting_people)
+                click.echo(f"      waiting: {who}" + (f" and {more} more" if more > 0 else ""))
+        for key, n in sorted(seq.removed_steps.items()):
+            click.echo(f"  (removed step {key}: {n} had it; it is skipped for everyone else)")
+
+
+@sequences.command("preview")
+@click.argument("step")
+@click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--no-open", is_flag=True, help="Do not open the preview in the default browser.")
+@click.option("--as", "as_email", metavar="EMAIL", help="Fill personal fields for this subscriber.")
+@click.pass_context
+def preview(
+    ctx: click.Context, step: str, port: int, host: str, no_open: bool, as_email: str | None
+) -> None:
+    """Open the live preview of one step (NAME/STEP: by number or key).
+
+    \b
+    Example:
+        newsletter sequences preview welcome/01
+        newsletter sequences preview welcome/tipps --no-open
+    """
+    from newsletter.cli.preview import preview as preview_command
+    from newsletter.sequences.status import step_path_for_preview
+
+    path = step_path_for_preview(get_project(), step)
+    ctx.invoke(
+        preview_command, issue=str(path), port=port, host=host, no_open=no_open, as_email=as_email
+    )
+
+
+@sequences.command("run")
+@click.option("--now", metavar="ISO", help=NOW_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
+@click.option(
+    "--include-uncertain",
+    is_flag=True,
+    help="Also send again the steps whose delivery is uncertain (they may have arrived).",
+)
+def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
+    """Send every step that is due. Idempotent: safe from cron every minute.
+
+    \b
+    Example:
+        newsletter sequences run
+        * * * * *  cd /srv/letter && newsletter sequences run --quiet   # crontab
+    """
+    from newsletter.errors import SendError
+    from newsletter.sequences.runner import run_due, summary
+
+    project = get_project()
+    show = not quiet and sys.stderr.isatty()
+
+    def progress(report: Any) -> None:
+        if show:
+            click.echo(f"\r{report.total} handed over", nl=False, err=True)
+
+    try:
+        report = run_due(
+            project, clock=_clock(now), progress=progress, include_uncertain=include_uncertain
+        )
+    except KeyboardInterrupt:
+        click.echo(
+            "\nInterrupted: what was handed over is recorded, emails in flight are uncertain; "
+            "run `newsletter sequences run` again to go on.",
+            err=True,
+        )
+        sys.exit(130)
+    if show and report.total:
+        click.echo(err=True)
+    if report.note:
+        click.echo(f"Using the outbox: {report.note}", err=True)
+    if report.reaped:
+        click.echo(
+            f"{report.reaped} emails were in flight when an earlier run stopped; they are now "
+            "uncertain (not sent again). See `newsletter sequences status`; to send them "
+            "again anyway: newsletter sequences run --include-uncertain"
+        )
+    if report.retried:
+        click.echo(f"{report.retried} uncertain emails are being sent again.")
+    for error in report.errors[:5]:
+        click.echo(f"  {error}", err=True)
+    if report.error:
+        raise SendError(f"sequences run stopped: {report.error}; fix it, then run it again")
+    if not quiet or report.total:
+        click.echo(summary(report))
+    if report.stopped and not quiet:
+        click.echo(f"{report.stopped} left the list since they joined; their sequence ended.")
+
+
+@sequences.command("start")
+@click.argument("name")
+@click.option(
+    "--existing",
+    is_flag=True,
+    help="Start it for subscribers who were on the list before it was enabled.",
+)
+@click.option(
+    "--tag", "tags", multiple=True, help="Only subscribers with this tag (any of several)."
+)
+@click.option("--now", metavar="ISO", help=NOW_HELP)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes: bool) -> None:
+    """Start a sequence for people already on the list (new subscribers start by themselves).
+
+    \b
+    Example:
+        newsletter sequences start welcome --existing --tag leser --yes
+    """
+    from newsletter.errors import NewsletterError
+    from newsletter.sequences.start import count_existing, start_existing
+    from newsletter.store.engine import project_engine
+
+    if not existing:
+        raise click.UsageError(
+            "new subscribers start a sequence by themselves; to start it for those already "
+            "on the list, add --existing"
+        )
+    project = get_project()
+    engine = project_engine(project)
+    count = count_existing(project, engine, name, tags)
+    if count == 0:
+        click.echo(f"Nobody to start {name} for: every subscriber has been in it.")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise NewsletterError(
+                f"not starting without confirmation: no terminal to ask on; add --yes to start "
+                f"{name} for {count} subscribers"
+            )
+        click.confirm(f"Start {name} for {count} subscribers already on the list?", abort=True)
+    started = start_existing(project, engine, name, tags, clock=_clock(now))
+    click.echo(f"Started {name} for {started} subscribers; `newsletter sequences run` sends it.")
+
+
+COMMANDS: list[click.Command] = [sequences]

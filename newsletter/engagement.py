@@ -1,0 +1,398 @@
+"""What `stats` and `report` show, read from the counters (counters.py), never from raw events.
+
+Counts are unique readers per issue. Delivered and bounced are rated over recipients; opened,
+clicked, unsubscribed, complained and replied over delivered (as `stats ISSUE` always has).
+Opens are estimates: Apple Mail and security scanners load the tracking pixel for nobody;
+machine opens (`sg_machine_open`) are left out, and opens are shown only when
+`[tracking] opens = true`. Replies count distinct senders, auto-replies excluded.
+"""
+
+from __future__ import annotations
+
+import html.parser
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Engine, and_, distinct, func, select, text
+
+from newsletter.errors import ConfigError
+from newsletter.store import schema
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+SENT_STATES = ("accepted", "delivered", "bounced", "dropped", "uncertain")
+#: A send that handed mail over (a crashed or stopped one included; not a dry run).
+REAL_SEND_STATES = ("sending", "done", "stopped", "failed")
+OVER_RECIPIENTS = ("delivered", "bounced", "dropped")
+OVER_DELIVERED = ("opened", "clicked", "unsubscribed", "complained", "replied")
+GROWTH_COLUMNS = (
+    "new_form",
+    "new_import",
+    "new_added",
+    "confirmed",
+    "unsubscribed",
+    "bounced",
+    "complained",
+)
+
+
+@dataclass(frozen=True)
+class IssueSummary:
+    """One sent issue's row in `stats` and the report."""
+
+    issue_id: int
+    slug: str
+    title: str
+    sent_at: datetime | None
+    counts: dict[str, int]
+    rates: dict[str, float | None]
+
+    def as_dict(self, opens: bool) -> dict[str, Any]:
+        counts = dict(self.counts)
+        rates = dict(self.rates)
+        if not opens:
+            counts.pop("opened", None)
+            rates.pop("opened", None)
+        return {
+            "issue": self.slug,
+            "title": self.title,
+            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+            "counts": counts,
+            "rates": rates,
+        }
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _metric_totals(engine: Engine, issue_ids: list[int]) -> dict[int, dict[str, int]]:
+    c = schema.issue_day_counters
+    totals: dict[int, dict[str, int]] = {i: {} for i in issue_ids}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(c.c.issue_id, c.c.metric, func.sum(c.c.readers))
+            .where(c.c.issue_id.in_(issue_ids))
+            .group_by(c.c.issue_id, c.c.metric)
+        )
+        for issue_id, metric, readers in rows:
+            totals[issue_id][metric] = int(readers or 0)
+    return totals
+
+
+def _recipients(engine: Engine, issue_ids: list[int]) -> dict[int, int]:
+    """Handed-over messages per issue: the senders' totals, else the ledger's rows."""
+    s, t, d = schema.sends, schema.send_totals, schema.deliveries
+    found: dict[int, int] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(s.c.issue_id, func.sum(t.c.accepted + t.c.uncertain))
+            .join(t, t.c.send_id == s.c.id)
+            .where(s.c.issue_id.in_(issue_ids), s.c.dry_run.is_(False))
+            .group_by(s.c.issue_id)
+        )
+        found = {issue_id: int(n or 0) for issue_id, n in rows}
+        for issue_id in issue_ids:
+            if issue_id in found:
+                continue
+            found[issue_id] = int(
+                conn.execute(
+                    select(func.count()).where(d.c.issue_id == issue_id, d.c.state.in_(SENT_STATES))
+                ).scalar_one()
+            )
+    return found
+
+
+def _replies(engine: Engine, issue_ids: list[int]) -> dict[int, int]:
+    r = schema.replies
+    where = [r.c.issue_id.in_(issue_ids)]
+    if "automatic" in r.c:  # the replies table's auto-reply flag (m008)
+        where.append(r.c.automatic.is_not(True))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(r.c.issue_id, func.count(distinct(func.lower(r.c.from_email))))
+            .where(*where)
+            .group_by(r.c.issue_id)
+        )
+        return {issue_id: int(n) for issue_id, n in rows}
+
+
+def _summaries(
+    engine: Engine, issues: list[tuple[int, str, str, datetime | None]]
+) -> list[IssueSummary]:
+    ids = [i[0] for i in issues]
+    if not ids:
+        return []
+    totals = _metric_totals(engine, ids)
+    recipients = _recipients(engine, ids)
+    replies = _replies(engine, ids)
+    out = []
+    for issue_id, slug, title, sent_at in issues:
+        metrics = totals[issue_id]
+        counts = {"recipients": recipients.get(issue_id, 0)}
+        for metric in (
+            "delivered",
+            "bounced",
+            "dropped",
+            "opened",
+            "clicked",
+            "unsubscribed",
+            "complained",
+        ):
+            counts[metric] = metrics.get(metric, 0)
+        counts["replied"] = replies.get(issue_id, 0)
+        rates: dict[str, float | None] = {}
+        for stat in OVER_RECIPIENTS:
+            rates[stat] = counts[stat] / counts["recipients"] if counts["recipients"] else None
+        for stat in OVER_DELIVERED:
+            rates[stat] = counts[stat] / counts["delivered"] if counts["delivered"] else None
+        out.append(IssueSummary(issue_id, slug, title, _aware(sent_at), counts, rates))
+    return out
+
+
+def sent_issues(engine: Engine, limit: int | None = None) -> list[IssueSummary]:
+    """Every issue with a real send, newest first."""
+    i, s = schema.issues, schema.sends
+    sent_at = func.min(func.coalesce(s.c.send_at, s.c.started_at))
+    query = (
+        select(i.c.id, i.c.slug, i.c.title, sent_at.label("sent_at"))
+        .join(s, and_(s.c.issue_id == i.c.id, s.c.dry_run.is_(False)))
+        .where(s.c.status.in_(REAL_SEND_STATES))
+        .group_by(i.c.id, i.c.slug, i.c.title)
+        .order_by(sent_at.desc(), i.c.id.desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        issues = [(r.id, r.slug, r.title, r.sent_at) for r in conn.execute(query)]
+    return _summaries(engine, issues)
+
+
+def issue_summary(engine: Engine, issue_id: int) -> IssueSummary:
+    """One issue's row, sent or not (an unsent issue has zeros)."""
+    i, s = schema.issues, schema.sends
+    with engine.connect() as conn:
+        row = conn.execute(select(i.c.id, i.c.slug, i.c.title).where(i.c.id == issue_id)).one()
+        sent_at = conn.execute(
+            select(func.min(func.coalesce(s.c.send_at, s.c.started_at))).where(
+                s.c.issue_id == issue_id, s.c.dry_run.is_(False), s.c.status.in_(REAL_SEND_STATES)
+            )
+        ).scalar()
+    return _summaries(engine, [(row.id, row.slug, row.title, sent_at)])[0]
+
+
+# --- one issue: links and unsubscribes per day ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkClicks:
+    url: str
+    text: str | None  # the link's text in the issue, when the issue file is at hand
+    clicks: int
+
+
+def link_clicks(engine: Engine, issue_id: int, limit: int | None = None) -> list[tuple[str, int]]:
+    """(URL, clicks) for an issue, most clicked first."""
+    c = schema.link_day_counters
+    total = func.sum(c.c.clicks)
+    query = (
+        select(c.c.url, total)
+        .where(c.c.issue_id == issue_id)
+        .group_by(c.c.url)
+        .order_by(total.desc(), c.c.url)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        return [(url, int(n)) for url, n in conn.execute(query)]
+
+
+def per_day(engine: Engine, issue_id: int, metric: str) -> list[tuple[date, int]]:
+    """(UTC day, readers whose first `metric` event for the issue fell that day)."""
+    c = schema.issue_day_counters
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(c.c.day, c.c.readers)
+            .where(c.c.issue_id == issue_id, c.c.metric == metric, c.c.readers > 0)
+            .order_by(c.c.day)
+        )
+        return [(day, int(n)) for day, n in rows]
+
+
+class _LinkCollector(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: dict[str, str] = {}
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+            self._text = []
+        elif tag == "img" and self._href is not None:
+            alt = dict(attrs).get("alt")
+            if alt:
+                self._text.append(alt)
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            text = " ".join("".join(self._text).split())
+            if text:
+                self.links.setdefault(self._href, text)
+            self._href = None
+
+
+def issue_files(project: Project) -> dict[str, Path]:
+    """slug -> issue file, for the files in issues/ that load."""
+    from newsletter.errors import NewsletterError
+    from newsletter.issue import load_issue
+
+    found: dict[str, Path] = {}
+    for path in sorted(project.issues_dir.glob("*.md")):
+        try:
+            found.setdefault(load_issue(project, path).slug, path)
+        except NewsletterError:
+            continue
+    return found
+
+
+def link_texts(project: Project, path: Path) -> dict[str, str]:
+    """URL -> the link's text, from the issue's body as rendered into the email."""
+    from newsletter.errors import NewsletterError
+    from newsletter.issue import load_issue
+    from newsletter.markdown import parse, render_html
+    from newsletter.personalize import extract_expressions
+
+    try:
+        issue = load_issue(project, path)
+        body, _ = extract_expressions(issue.path, issue.body, issue.body_line)
+    except NewsletterError:
+        return {}
+    collector = _LinkCollector()
+    collector.feed(render_html(*parse(body)))
+    collector.close()
+    return collector.links
+
+
+def with_texts(clicks: Iterable[tuple[str, int]], texts: dict[str, str]) -> list[LinkClicks]:
+    def text_for(url: str) -> str | None:
+        return texts.get(url) or texts.get(url.rstrip("/")) or texts.get(url + "/")
+
+    return [LinkClicks(url, text_for(url), n) for url, n in clicks]
+
+
+# --- list growth ---------------------------------------------------------------------------
+
+
+def timezone(project: Project) -> ZoneInfo:
+    """`[newsletter] timezone` as a ZoneInfo; ConfigError naming the key when unknown."""
+    name = project.config.section("newsletter").get("timezone") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{project.config.path}: [newsletter] timezone = {name!r} is not a time zone; "
+            'use an IANA name such as "Europe/Berlin" or "UTC"'
+        ) from None
+
+
+@dataclass
+class GrowthPeriod:
+    start: date  # first day of the period, in the newsletter's time zone
+    counts: dict[str, int] = field(default_factory=dict)
+    net_size: int = 0  # subscribed people at the end of the period
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"period": self.start.isoformat(), **self.counts, "net_size": self.net_size}
+
+
+def _period_start(day: date, by: str) -> date:
+    if by == "month":
+        return day.replace(day=1)
+    if by == "week":
+        return day - timedelta(days=day.weekday())
+    return day
+
+
+def _next_period(start: date, by: str) -> date:
+    if by == "month":
+        return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return start + timedelta(days=7 if by == "week" else 1)
+
+
+def list_growth(
+    engine: Engine, tz: ZoneInfo, by: str = "month", now: datetime | None = None
+) -> list[GrowthPeriod]:
+    """Growth per day, week (Monday first) or month in `tz`, oldest first, every period from
+    the first change to now (quiet ones too, so a chart's axis is even)."""
+    c = schema.list_counters
+    with engine.connect() as conn:
+        first, last = conn.execute(select(func.min(c.c.bucket), func.max(c.c.bucket))).one()
+        if first is None:
+            return []
+        now = now or datetime.now(UTC)
+        first_day = datetime.fromtimestamp(first, tz).date()
+        last_day = max(now.astimezone(tz).date(), datetime.fromtimestamp(last, tz).date())
+        periods: list[GrowthPeriod] = []
+        bounds: list[int] = []  # UTC epoch seconds where each period starts
+        start = _period_start(first_day, by)
+        while start <= last_day:
+            periods.append(GrowthPeriod(start, {name: 0 for name in GROWTH_COLUMNS}))
+            bounds.append(int(datetime(start.year, start.month, start.day, tzinfo=tz).timestamp()))
+            start = _next_period(start, by)
+        # The database sums the quarter hours into periods: a range scan per period.
+        ranges = ", ".join(
+            f"({i}, {lo}, {hi})"
+            for i, (lo, hi) in enumerate(zip(bounds, [*bounds[1:], 2**62], strict=True))
+        )
+        rows = conn.execute(
+            text(
+                f"WITH periods (n, lo, hi) AS (VALUES {ranges}) "
+                "SELECT periods.n, list_counters.metric, sum(list_counters.count) "
+                "FROM periods JOIN list_counters "
+                "ON list_counters.bucket >= periods.lo AND list_counters.bucket < periods.hi "
+                "GROUP BY periods.n, list_counters.metric"
+            )
+        ).all()
+    # Joining: new people who arrived subscribed (new_* less unconfirmed_new), and changes
+    # into `subscribed` (a confirmation, a resubscribe); leaving: changes out of it, erasure.
+    sign = {"new_form": 1, "new_import": 1, "new_added": 1, "unconfirmed_new": -1, "joined": 1}
+    sign["left"] = -1
+    net = [0] * len(periods)
+    for index, metric, count in rows:
+        net[index] += sign.get(metric, 0) * int(count)
+        if metric in periods[index].counts:
+            periods[index].counts[metric] += int(count)
+    size = 0
+    for period, change in zip(periods, net, strict=True):
+        size += change
+        period.net_size = size
+    return periods
+
+
+def summary_dicts(rows: list[IssueSummary], opens: bool) -> list[dict[str, Any]]:
+    return [row.as_dict(opens) for row in rows]
+
+
+def growth_dicts(rows: list[GrowthPeriod]) -> list[dict[str, Any]]:
+    return [row.as_dict() for row in rows]
+
+
+def link_dicts(rows: list[LinkClicks]) -> list[dict[str, Any]]:
+    return [asdict(row) for row in rows]
+
+
+def opens_tracked(project: Project) -> bool:
+    return bool(project.config.sections.get("tracking", {}).get("opens", False))

@@ -1,0 +1,337 @@
+"""`newsletter report`: one self-contained HTML page about how the newsletter is doing.
+
+No network and no script: charts are pygal's SVG inlined into the page (its JavaScript
+tooltips are left out, every value is in the tables too), styles are inline, and the page
+follows the reader's dark mode and a phone's width. Wording follows `[newsletter] language`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from markupsafe import Markup
+from sqlalchemy import Engine, select
+
+from newsletter import engagement
+from newsletter.errors import NewsletterError
+from newsletter.store import schema
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+LAST_ISSUES_FOR_LINKS = 5
+LINKS_PER_ISSUE = 5
+LAST_REPLIES = 10
+TEMPLATE = "report.html.j2"
+
+STRINGS: dict[str, dict[str, str]] = {
+    "de": {
+        "title": "Wie läuft der Newsletter?",
+        "generated": "Stand",
+        "growth": "Wachstum der Liste",
+        "size": "Abonnenten",
+        "new": "Neu",
+        "lost": "Abgemeldet, unzustellbar, beschwert",
+        "rates": "Klick- und Antwortrate je Ausgabe",
+        "click_rate": "Klickrate",
+        "reply_rate": "Antwortrate",
+        "top_links": "Meistgeklickte Links der letzten Ausgaben",
+        "link": "Link",
+        "clicks": "Klicks",
+        "no_clicks": "Noch keine Klicks.",
+        "replies": "Letzte Antworten",
+        "sender": "Von",
+        "issue": "Ausgabe",
+        "first_line": "Erste Zeile",
+        "received": "Eingang",
+        "no_replies": "Noch keine Antworten.",
+        "issues": "Alle Ausgaben",
+        "date": "Datum",
+        "recipients": "Empfänger",
+        "delivered": "Zugestellt",
+        "bounced": "Unzustellbar",
+        "unique_clicks": "Klickende",
+        "replied": "Antworten",
+        "unsubscribed": "Abmeldungen",
+        "complained": "Beschwerden",
+        "opened": "Öffnungen*",
+        "open_rate": "Öffnungsrate*",
+        "no_issues": "Noch keine Ausgabe verschickt.",
+        "no_growth": "Noch keine Abonnenten.",
+        "notes": "Raten beziehen sich auf zugestellte E-Mails. Automatische Antworten "
+        "(Abwesenheitsnotizen) zählen nicht.",
+        "opens_note": "* Öffnungen sind Schätzungen: Apple Mail und Virenscanner laden Bilder "
+        "für niemanden; maschinelle Öffnungen sind herausgerechnet.",
+        "period": "Zeitraum",
+        "net_size": "Größe",
+        "chart_note": "Die Werte der Diagramme stehen auch in den Tabellen.",
+    },
+    "en": {
+        "title": "How the newsletter is doing",
+        "generated": "As of",
+        "growth": "List growth",
+        "size": "Subscribers",
+        "new": "New",
+        "lost": "Unsubscribed, bounced, complained",
+        "rates": "Click and reply rate per issue",
+        "click_rate": "Click rate",
+        "reply_rate": "Reply rate",
+        "top_links": "Top links of the last issues",
+        "link": "Link",
+        "clicks": "Clicks",
+        "no_clicks": "No clicks yet.",
+        "replies": "Latest replies",
+        "sender": "From",
+        "issue": "Issue",
+        "first_line": "First line",
+        "received": "Received",
+        "no_replies": "No replies yet.",
+        "issues": "All issues",
+        "date": "Date",
+        "recipients": "Recipients",
+        "delivered": "Delivered",
+        "bounced": "Bounced",
+        "unique_clicks": "Clickers",
+        "replied": "Replies",
+        "unsubscribed": "Unsubscribes",
+        "complained": "Complaints",
+        "opened": "Opens*",
+        "open_rate": "Open rate*",
+        "no_issues": "No issue sent yet.",
+        "no_growth": "No subscribers yet.",
+        "notes": "Rates are over delivered emails. Auto-replies (out of office) are not counted.",
+        "opens_note": "* Opens are estimates: Apple Mail and virus scanners load images for "
+        "nobody; machine opens are left out.",
+        "period": "Period",
+        "net_size": "Size",
+        "chart_note": "The charts' values are in the tables too.",
+    },
+}
+
+
+def _number(value: int, language: str) -> str:
+    text = f"{value:,}"
+    return text.replace(",", ".") if language == "de" else text
+
+
+def _percent(rate: float | None, language: str) -> str:
+    if rate is None:
+        return "–"
+    text = f"{rate * 100:.1f}"
+    return (text.replace(".", ",") + " %") if language == "de" else text + "%"
+
+
+_SCRIPT = re.compile(r"<script\b.*?</script>", re.S)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+
+
+def _svg(chart: Any) -> Markup:
+    """pygal's SVG without its script and comments: nothing that could reach the network."""
+    svg = chart.render(is_unicode=True)
+    return Markup(_COMMENT.sub("", _SCRIPT.sub("", svg)))
+
+
+def _style() -> Any:
+    from pygal.style import Style
+
+    # Transparent, mid-grey text: readable on the light and the dark page alike.
+    return Style(
+        background="transparent",
+        plot_background="transparent",
+        foreground="#8a8f98",
+        foreground_strong="#8a8f98",
+        foreground_subtle="rgba(138,143,152,0.35)",
+        colors=("#2f7dd1", "#e0803a", "#3aa76d", "#c0504d"),
+        font_family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif",
+        label_font_size=14,
+        major_label_font_size=14,
+        legend_font_size=16,
+        title_font_size=18,
+        value_font_size=14,
+    )
+
+
+def _chart_options(width: int = 800, height: int = 400) -> dict[str, Any]:
+    # The SVG scales to its box; a smaller drawing size makes its text larger on screen.
+    return {
+        "js": [],
+        "disable_xml_declaration": True,
+        "explicit_size": False,
+        "style": _style(),
+        "width": width,
+        "height": height,
+        "legend_at_bottom": True,
+        "x_label_rotation": 30,
+        "show_minor_x_labels": False,
+        "truncate_label": 12,
+    }
+
+
+def _sparse_labels(labels: list[str], most: int = 12) -> list[str]:
+    step = max(1, -(-len(labels) // most))
+    return labels[::step]
+
+
+def period_label(period: engagement.GrowthPeriod, by: str) -> str:
+    return period.start.strftime("%Y-%m") if by == "month" else period.start.isoformat()
+
+
+def growth_charts(
+    periods: list[engagement.GrowthPeriod], by: str, words: dict[str, str]
+) -> list[Markup]:
+    import pygal
+
+    if not periods:
+        return []
+    labels = [period_label(p, by) for p in periods]
+    size = pygal.Line(title=words["size"], show_dots=len(periods) <= 60, **_chart_options(560, 360))
+    size.x_labels = labels
+    size.x_labels_major = _sparse_labels(labels)
+    size.add(words["size"], [p.net_size for p in periods])
+    moves = pygal.Bar(title=words["growth"], **_chart_options(560, 360))
+    moves.x_labels = labels
+    moves.x_labels_major = _sparse_labels(labels)
+    moves.add(
+        words["new"],
+        [sum(p.counts[k] for k in ("new_form", "new_import", "new_added")) for p in periods],
+    )
+    moves.add(
+        words["lost"],
+        [-sum(p.counts[k] for k in ("unsubscribed", "bounced", "complained")) for p in periods],
+    )
+    return [_svg(size), _svg(moves)]
+
+
+def rates_chart(
+    issues: list[engagement.IssueSummary], tz: ZoneInfo, words: dict[str, str]
+) -> Markup | None:
+    import pygal
+
+    if not issues:
+        return None
+    oldest_first = list(reversed(issues))
+    chart = pygal.Line(
+        title=words["rates"],
+        value_formatter=lambda v: f"{v:.1f} %",
+        **_chart_options(800, 340),
+    )
+    labels = [
+        (i.sent_at.astimezone(tz).strftime("%Y-%m-%d") if i.sent_at else i.slug)
+        for i in oldest_first
+    ]
+    chart.x_labels = labels
+    chart.x_labels_major = _sparse_labels(labels)
+    chart.add(words["click_rate"], [_rate_value(i.rates["clicked"]) for i in oldest_first])
+    chart.add(words["reply_rate"], [_rate_value(i.rates["replied"]) for i in oldest_first])
+    return _svg(chart)
+
+
+def _rate_value(rate: float | None) -> float | None:
+    return None if rate is None else round(rate * 100, 2)
+
+
+@dataclass(frozen=True)
+class ReplyLine:
+    sender: str
+    issue: str
+    first_line: str
+    received_at: datetime
+
+
+def last_replies(engine: Engine, limit: int = LAST_REPLIES) -> list[ReplyLine]:
+    """The newest replies, auto-replies left out."""
+    r, i = schema.replies, schema.issues
+    query = (
+        select(r.c.from_email, r.c.from_name, r.c.text, r.c.subject, r.c.received_at, i.c.title)
+        .select_from(r.outerjoin(i, i.c.id == r.c.issue_id))
+        .order_by(r.c.received_at.desc(), r.c.id.desc())
+        .limit(limit)
+    )
+    if "automatic" in r.c:  # the replies table's auto-reply flag (m008)
+        query = query.where(r.c.automatic.is_not(True))
+    out = []
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            first = next(
+                (line.strip() for line in (row.text or "").splitlines() if line.strip()),
+                row.subject or "",
+            )
+            received = row.received_at
+            if received.tzinfo is None:
+                received = received.replace(tzinfo=UTC)
+            out.append(
+                ReplyLine(
+                    sender=row.from_name or row.from_email,
+                    issue=row.title or "–",
+                    first_line=first[:200],
+                    received_at=received,
+                )
+            )
+    return out
+
+
+def build_report(project: Project, engine: Engine, now: datetime | None = None) -> str:
+    """The report page as HTML."""
+    from newsletter.project import builtin_templates_dir
+
+    language = project.config.language if project.config.language in STRINGS else "en"
+    words = STRINGS[language]
+    tz = engagement.timezone(project)
+    opens = engagement.opens_tracked(project)
+    issues = engagement.sent_issues(engine)
+    by = "month"
+    periods = engagement.list_growth(engine, tz, by)
+    if 0 < len(periods) < 4:
+        by = "week"
+        periods = engagement.list_growth(engine, tz, by)
+    files = engagement.issue_files(project) if issues else {}
+    top_links = []
+    for issue in issues[:LAST_ISSUES_FOR_LINKS]:
+        clicks = engagement.link_clicks(engine, issue.issue_id, limit=LINKS_PER_ISSUE)
+        if not clicks:
+            continue
+        path = files.get(issue.slug)
+        texts = engagement.link_texts(project, path) if path else {}
+        top_links.append((issue, engagement.with_texts(clicks, texts)))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(builtin_templates_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["number"] = lambda v: _number(int(v), language)
+    env.filters["percent"] = lambda v: _percent(v, language)
+    env.filters["day"] = lambda v: v.astimezone(tz).strftime("%Y-%m-%d") if v else "–"
+    now = now or datetime.now(UTC)
+    return env.get_template(TEMPLATE).render(
+        lang=language,
+        t=words,
+        name=project.config.name,
+        generated=now.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
+        timezone=tz.key,
+        opens=opens,
+        issues=issues,
+        growth=periods,
+        growth_charts=growth_charts(periods, by, words),
+        growth_rows=[(period_label(p, by), p) for p in reversed(periods)][:12],
+        rates_chart=rates_chart(issues, tz, words),
+        top_links=top_links,
+        replies=last_replies(engine),
+    )
+
+
+def write_report(project: Project, engine: Engine, output: Path) -> Path:
+    """Write the page atomically (a half-written report never replaces a good one)."""
+    page = build_report(project, engine)
+    output = output.expanduser()
+    if output.parent and not output.parent.is_dir():
+        raise NewsletterError(f"{output}: folder {output.parent} does not exist; create it first")
+    temporary = output.with_name(f".{output.name}.tmp")
+    temporary.write_text(page, encoding="utf-8")
+    temporary.replace(output)
+    return output

@@ -1,0 +1,53 @@
+"""The clock: the only place in sequences that reads the wall time.
+
+Everything takes a `Clock`; `sequences run --now ISO` and the tests pass a `FixedClock`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+from newsletter.errors import NewsletterError
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware (UTC)."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FixedClock:
+    """A clock that says what it is told (tests, `--now`)."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = aware(at)
+
+    def now(self) -> datetime:
+        return self.at
+
+
+SYSTEM = SystemClock()
+
+
+def aware(value: datetime) -> datetime:
+    """UTC-aware: SQLite hands back naive datetimes, which were written in UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_now(text: str) -> datetime:
+    """`--now`: an ISO 8601 time (`2026-03-01T09:00:00+01:00`; without an offset it is UTC)."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise NewsletterError(
+            f"--now {text!r} is not an ISO time; write e.g. 2026-03-01T09:00:00+01:00"
+        ) from None
+    return aware(value)

@@ -1,0 +1,417 @@
+"""The sequence tables (see `store/schema.py`, m009): enrollments, step rows, schedule shape.
+
+Every write here is idempotent: enrolling twice, registering a step twice or recomputing a
+schedule that did not change leaves the rows as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, case, func, literal, select, update
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.sequences.clock import aware
+from newsletter.sequences.steps import Step, due_at, fingerprint
+from newsletter.store.schema import (
+    deliveries,
+    sequence_enrollments,
+    sequence_state,
+    sequence_steps,
+    subscribers,
+)
+
+ACTIVE, DONE, STOPPED = "active", "done", "stopped"
+
+enrollments = sequence_enrollments
+
+
+def dialect_insert(conn: Connection, table: Any) -> Any:
+    """INSERT with `on_conflict_do_nothing` for the connection's database."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    return insert(table)
+
+
+def first_schedule(
+    steps: Sequence[Step], at: datetime, timezone: str
+) -> tuple[str | None, datetime | None]:
+    """(first step key, when it is due) for someone joining at `at`. Without loadable steps:
+    (None, at), so the next run works it out once the steps are fixed."""
+    if not steps:
+        return None, at
+    return steps[0].key, due_at(at, steps[0], timezone)
+
+
+def enroll(
+    conn: Connection,
+    sequence: str,
+    subscriber_id: int,
+    *,
+    reason: str,
+    at: datetime,
+    next_step: str | None,
+    next_due_at: datetime | None,
+) -> bool:
+    """Put a person into a sequence; False if they were ever in it (no restart)."""
+    stmt = (
+        dialect_insert(conn, enrollments)
+        .values(
+            sequence=sequence,
+            subscriber_id=subscriber_id,
+            state=ACTIVE,
+            reason=reason,
+            started_at=at,
+            next_step=next_step,
+            next_due_at=next_due_at,
+            updated_at=at,
+        )
+        .on_conflict_do_nothing(index_elements=["sequence", "subscriber_id"])
+        .returning(enrollments.c.id)
+    )
+    # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict's rowcount here.
+    return conn.execute(stmt).first() is not None
+
+
+def enroll_existing(
+    engine: Engine,
+    sequence: str,
+    steps: Sequence[Step],
+    timezone: str,
+    *,
+    tags: Iterable[str],
+    at: datetime,
+) -> int:
+    """`sequences start NAME --existing`: everyone subscribed now (with any of `tags`) who was
+    never in the sequence starts it at `at`. One INSERT ... SELECT; returns how many."""
+    from newsletter.store.subscribers import segment_filters
+
+    next_step, next_due = first_schedule(steps, at, timezone)
+    ever = (
+        select(enrollments.c.id)
+        .where(enrollments.c.sequence == sequence, enrollments.c.subscriber_id == subscribers.c.id)
+        .exists()
+    )
+    chosen = select(
+        literal(sequence).label("sequence"),
+        subscribers.c.id,
+        literal(ACTIVE).label("state"),
+        literal("existing").label("reason"),
+        literal(at, enrollments.c.started_at.type).label("started_at"),
+        literal(next_step, enrollments.c.next_step.type).label("next_step"),
+        literal(next_due, enrollments.c.next_due_at.type).label("next_due_at"),
+        literal(at, enrollments.c.updated_at.type).label("updated_at"),
+    ).where(*segment_filters("subscribed", tags), ~ever)
+    with engine.begin() as conn:
+        stmt = (
+            dialect_insert(conn, enrollments)
+            .from_select(
+                [
+                    "sequence",
+                    "subscriber_id",
+                    "state",
+                    "reason",
+                    "started_at",
+                    "next_step",
+                    "next_due_at",
+                    "updated_at",
+                ],
+                chosen,
+            )
+            .on_conflict_do_nothing(index_elements=["sequence", "subscriber_id"])
+            .returning(enrollments.c.id)
+        )
+        return len(conn.execute(stmt).all())
+
+
+# --- step rows ------------------------------------------------------------------------------
+
+
+def step_issue_ids(engine: Engine | Connection, sequence: str) -> dict[str, int]:
+    """step key -> its `issues` id, for every step of `sequence` that ever had a row."""
+    query = select(sequence_steps.c.step_key, sequence_steps.c.issue_id).where(
+        sequence_steps.c.sequence == sequence
+    )
+    if isinstance(engine, Connection):
+        return {k: i for k, i in engine.execute(query)}
+    with engine.connect() as conn:
+        return {k: i for k, i in conn.execute(query)}
+
+
+def ensure_step_issue(engine: Engine, step: Step, subject: str) -> int:
+    """The step's `issues` row (created on first use; title and subject kept current)."""
+    from newsletter.store.issues import ensure_issue
+
+    issue_id = ensure_issue(
+        engine,
+        slug=step.slug,
+        title=step.issue.title,
+        subject=subject,
+        language=step.issue.language,
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            dialect_insert(conn, sequence_steps)
+            .values(issue_id=issue_id, sequence=step.sequence, step_key=step.key)
+            .on_conflict_do_nothing()
+        )
+    return issue_id
+
+
+def had_and_failed(
+    conn: Connection, issue_to_key: dict[int, str], subscriber_ids: Sequence[int]
+) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
+    """subscriber id -> keys of the steps they have (or may have) had, and -> keys of the
+    steps whose sending failed (nothing went out: they may have them again)."""
+    had: dict[int, set[str]] = {sid: set() for sid in subscriber_ids}
+    failed: dict[int, set[str]] = {sid: set() for sid in subscriber_ids}
+    if not issue_to_key or not subscriber_ids:
+        return had, failed
+    for start in range(0, len(subscriber_ids), 900):
+        chunk = list(subscriber_ids[start : start + 900])
+        rows = conn.execute(
+            select(deliveries.c.subscriber_id, deliveries.c.issue_id, deliveries.c.state).where(
+                deliveries.c.issue_id.in_(list(issue_to_key)),
+                deliveries.c.subscriber_id.in_(chunk),
+            )
+        )
+        for sid, issue_id, ledger_state in rows:
+            (failed if ledger_state == "failed" else had)[sid].add(issue_to_key[issue_id])
+    return had, failed
+
+
+def had_steps(
+    conn: Connection, issue_to_key: dict[int, str], subscriber_ids: Sequence[int]
+) -> dict[int, set[str]]:
+    """subscriber id -> keys of the steps they have (or may have) had."""
+    return had_and_failed(conn, issue_to_key, subscriber_ids)[0]
+
+
+def next_after(steps: Sequence[Step], had: AbstractSet[str]) -> Step | None:
+    """The first step (in the current order) this person has not had."""
+    for step in steps:
+        if step.key not in had:
+            return step
+    return None
+
+
+# --- schedule shape ---------------------------------------------------------------------------
+
+
+def reschedule_if_changed(
+    engine: Engine, sequence: str, steps: Sequence[Step], timezone: str, at: datetime
+) -> int:
+    """When the steps' order, delays or hours changed since the schedule was worked out, work
+    out every waiting person's next step and time again. Returns how many were rescheduled.
+
+    A removed step is skipped, a moved one is not sent twice (who had a key keeps it), an edited
+    delay counts from the person's previous step."""
+    shape = fingerprint(list(steps))
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(sequence_state.c.fingerprint).where(sequence_state.c.sequence == sequence)
+        ).scalar()
+    if stored == shape:
+        return 0
+    changed = 0
+    if stored is not None:
+        changed = _reschedule(engine, sequence, steps, timezone, at)
+    with engine.begin() as conn:
+        updated = conn.execute(
+            update(sequence_state)
+            .where(sequence_state.c.sequence == sequence)
+            .values(fingerprint=shape, updated_at=at)
+        ).rowcount
+        if not updated:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        sequence_state.insert().values(
+                            sequence=sequence, fingerprint=shape, updated_at=at
+                        )
+                    )
+            except IntegrityError:
+                pass  # another runner recorded it at the same moment
+    return changed
+
+
+def _reschedule(
+    engine: Engine, sequence: str, steps: Sequence[Step], timezone: str, at: datetime
+) -> int:
+    by_key = {s.key: s for s in steps}
+    issue_to_key = {i: k for k, i in step_issue_ids(engine, sequence).items()}
+    changed = 0
+    last = 0
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(
+                select(
+                    enrollments.c.id,
+                    enrollments.c.subscriber_id,
+                    enrollments.c.started_at,
+                    enrollments.c.last_sent_at,
+                    enrollments.c.next_step,
+                    enrollments.c.next_due_at,
+                )
+                .where(
+                    enrollments.c.sequence == sequence,
+                    enrollments.c.state == ACTIVE,
+                    enrollments.c.id > last,
+                )
+                .order_by(enrollments.c.id)
+                .limit(1000)
+            ).all()
+            if not rows:
+                return changed
+            last = rows[-1].id
+            had = had_steps(conn, issue_to_key, [r.subscriber_id for r in rows])
+            updates = []
+            for row in rows:
+                step = next_after(steps, had[row.subscriber_id])
+                if step is None:
+                    updates.append({"eid": row.id, "s": None, "d": None, "st": DONE})
+                    continue
+                base = aware(row.last_sent_at or row.started_at)
+                due = due_at(base, by_key[step.key], timezone)
+                old_due = aware(row.next_due_at) if row.next_due_at else None
+                if step.key != row.next_step or due != old_due:
+                    updates.append({"eid": row.id, "s": step.key, "d": due, "st": ACTIVE})
+            if updates:
+                _apply(conn, updates, at)
+                changed += len(updates)
+
+
+def _apply(conn: Connection, updates: list[dict[str, Any]], at: datetime) -> None:
+    from sqlalchemy import bindparam
+
+    conn.execute(
+        update(enrollments)
+        .where(enrollments.c.id == bindparam("eid"))
+        .values(
+            next_step=bindparam("s"),
+            next_due_at=bindparam("d"),
+            state=bindparam("st"),
+            updated_at=at,
+        )
+        .execution_options(synchronize_session=False),
+        updates,
+    )
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def enrollment_counts(engine: Engine, sequence: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(enrollments.c.state, func.count())
+            .where(enrollments.c.sequence == sequence)
+            .group_by(enrollments.c.state)
+        ).all()
+    return {state: int(n) for state, n in rows}
+
+
+def waiting_by_step(
+    engine: Engine, sequence: str, now: datetime
+) -> dict[str | None, dict[str, Any]]:
+    """next step key -> {"waiting", "due", "next_due"} for active enrollments."""
+    e = enrollments
+    due = func.sum(case((and_(e.c.next_due_at.is_not(None), e.c.next_due_at <= now), 1), else_=0))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                e.c.next_step,
+                func.count().label("waiting"),
+                due.label("due"),
+                func.min(e.c.next_due_at).label("first_due"),
+            )
+            .where(e.c.sequence == sequence, e.c.state == ACTIVE)
+            .group_by(e.c.next_step)
+        ).all()
+    out: dict[str | None, dict[str, Any]] = {}
+    for row in rows:
+        out[row.next_step] = {
+            "waiting": int(row.waiting),
+            "due": int(row.due or 0),
+            "first_due": aware(row.first_due) if row.first_due else None,
+        }
+    return out
+
+
+def waiting_people(
+    engine: Engine, sequence: str, step_key: str | None, limit: int | None
+) -> list[dict[str, Any]]:
+    """Who waits for `step_key`, soonest first: address and when it is due."""
+    e, s = enrollments, subscribers
+    query = (
+        select(s.c.email, e.c.next_due_at)
+        .join(s, s.c.id == e.c.subscriber_id)
+        .where(e.c.sequence == sequence, e.c.state == ACTIVE, e.c.next_step == step_key)
+        .order_by(e.c.next_due_at, e.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        return [
+            {"email": r.email, "due_at": aware(r.next_due_at) if r.next_due_at else None}
+            for r in conn.execute(query)
+        ]
+
+
+def sent_counts(engine: Engine, issue_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """issue id -> ledger state -> rows."""
+    ids = list(issue_ids)
+    out: dict[int, dict[str, int]] = {i: {} for i in ids}
+    if not ids:
+        return out
+    with engine.connect() as conn:
+        for issue_id, state, n in conn.execute(
+            select(deliveries.c.issue_id, deliveries.c.state, func.count())
+            .where(deliveries.c.issue_id.in_(ids))
+            .group_by(deliveries.c.issue_id, deliveries.c.state)
+        ):
+            out[issue_id][state] = int(n)
+    return out
+
+
+def retry_uncertain(engine: Engine, sequence: str, at: datetime) -> int:
+    """`sequences run --include-uncertain`: people whose copy of a step is `uncertain` (the
+    transport may or may not have taken it) get it again: the row becomes `failed` (nothing
+    known sent) and the person is due now, so the run works out their first step not had."""
+    issue_ids = list(step_issue_ids(engine, sequence).values())
+    if not issue_ids:
+        return 0
+    with engine.begin() as conn:
+        people = list(
+            conn.execute(
+                select(deliveries.c.subscriber_id)
+                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                .where(
+                    deliveries.c.issue_id.in_(issue_ids),
+                    deliveries.c.state == "uncertain",
+                    subscribers.c.status == "subscribed",
+                )
+            ).scalars()
+        )
+        for start in range(0, len(people), 900):
+            chunk = people[start : start + 900]
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.issue_id.in_(issue_ids),
+                    deliveries.c.subscriber_id.in_(chunk),
+                    deliveries.c.state == "uncertain",
+                )
+                .values(state="failed", error="uncertain, sent again on request", updated_at=at)
+            )
+            conn.execute(
+                update(enrollments)
+                .where(enrollments.c.sequence == sequence, enrollments.c.subscriber_id.in_(chunk))
+                .values(state=ACTIVE, next_step=None, next_due_at=at, updated_at=at)
+            )
+    return len(people)

@@ -1,0 +1,113 @@
+"""`subscribers import`, the reader process: big files are parsed in a forked child.
+
+Parsing (Python) and SQLite's inserts then run on two cores instead of taking turns.
+The child must never outlive the import: it asks the kernel for SIGKILL when its parent
+dies (Linux's parent-death signal), and it closes its inherited copy of the pipe's
+reading end, so that a send to a dead parent fails instead of blocking forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from newsletter.errors import StoreError
+from newsletter.store.importer.model import Incoming, ReadSummary, pack, unpack
+
+#: prctl(2) option: the signal this process gets when its parent thread exits.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux; elsewhere the closed
+    pipe ends a blocked send instead)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+class ReaderStream:
+    """Chunks parsed by a forked child process, sent through a pipe.
+
+    The pipe holds at most about one chunk, so memory stays bounded. The child inherits
+    the open file and the parser by fork, and sends back compact tuples, not objects.
+    """
+
+    def __init__(
+        self,
+        chunks: Callable[[], Iterator[tuple[dict[str, Incoming], int]]],
+        position: Callable[[], int],
+        finish: Callable[[], ReadSummary],
+        path: Path,
+    ):
+        self.path = path
+        self.summary: ReadSummary | None = None
+        context = multiprocessing.get_context("fork")
+        self.receive, send = context.Pipe(duplex=False)
+        parent = os.getpid()
+
+        def run() -> None:
+            # Ctrl-C reaches the whole process group: the parent handles it (and ends this
+            # process); here it would only print a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            die_with_parent(parent)
+            # The reading end is the parent's alone: with a copy open here, a send to a
+            # dead parent would wait for a reader forever.
+            self.receive.close()
+            try:
+                for chunk, line in chunks():
+                    send.send(("chunk", pack(chunk), position(), line))
+                send.send(("done", finish()))
+            except BaseException as exc:  # handed to the parent, which raises it
+                with contextlib.suppress(Exception):
+                    send.send(("error", exc))
+            finally:
+                send.close()
+
+        self.process = context.Process(target=run, name="newsletter-import-reader", daemon=True)
+        self.process.start()
+        send.close()
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int, int]]:
+        """(chunk, bytes read, last line read) for each chunk, then `summary` is set."""
+        try:
+            while True:
+                try:
+                    kind, payload, *rest = self.receive.recv()
+                except EOFError:
+                    raise StoreError(
+                        f"{self.path}: the import's reader process stopped unexpectedly; "
+                        "run the same import again (it continues where it stopped)"
+                    ) from None
+                if kind == "chunk":
+                    yield unpack(payload), rest[0], rest[1]
+                elif kind == "done":
+                    self.summary = payload
+                    return
+                else:
+                    raise payload
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.receive.closed:
+            return
+        self.receive.close()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()

@@ -1,0 +1,195 @@
+"""`newsletter report`: one self-contained page, checked in headless Chromium with JavaScript
+off, at phone and desktop width, light and dark, in German and English.
+
+Set NEWSLETTER_REPORT_SCREENSHOT=docs/report.png to refresh the README's screenshot."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from newsletter.project import Project
+from newsletter.store import schema
+from newsletter.store.engine import open_engine
+from newsletter.store.subscribers import add_subscriber
+from newsletter.web import create_app
+from tests.browser import chromium
+from tests.conftest import CONFIG
+from tests.test_stats_overview import (  # noqa: F401  (fixtures)
+    ISSUE_A,
+    LINKS,
+    newsletter,
+    post_events,
+    post_reply,
+    signer,
+    synthetic_events,
+)
+from tests.test_web_support import live_server, sent_issue
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def report(newsletter, signer, cli, tmp_path):  # noqa: F811
+    proj, engine, people, issues = newsletter
+    with live_server(create_app(proj, engine)) as base:
+        post_events(base, signer, synthetic_events(people, issues))
+        post_reply(base, "Leser 1 <leser1@example.de>", "Re: Frühling", "\n  Danke für „KI“!\nmehr")
+        post_reply(base, "Leser 3 <leser3@example.de>", "Re: Sommer", "<b>Schön</b>")
+    out = tmp_path / "report.html"
+    result = cli(proj.root, "report", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {out}" in result.output
+    return out
+
+
+def test_report_is_self_contained_german_and_holds_the_numbers(report, cli):
+    page = report.read_text(encoding="utf-8")
+    assert page.count("<svg") == 3  # list size, growth, click/reply rates
+    assert "<script" not in page and "<link" not in page and "src=" not in page
+    assert not re.search(r"url\(\s*['\"]?https?:", page), "no stylesheet or font from the web"
+    for label in (
+        "Wie läuft der Newsletter?",
+        "Wachstum der Liste",
+        "Klickrate",
+        "Antwortrate",
+        "Meistgeklickte Links der letzten Ausgaben",
+        "Letzte Antworten",
+        "Alle Ausgaben",
+    ):
+        assert label in page, label
+    assert "How the newsletter" not in page
+    assert "Studie über KI" in page and "https://example.com/studie" in page  # link text + URL
+    # The last replies: sender, issue, first line; the reply's HTML is shown as text.
+    assert "Leser 1" in page and "Danke für „KI“!" in page and "Frühjahrsausgabe" in page
+    assert "&lt;b&gt;Schön&lt;/b&gt;" in page and "<b>Schön</b>" not in page
+    assert "Öffnungen sind Schätzungen" in page
+
+
+def test_report_labels_in_english(make_project, database_url, monkeypatch, cli, tmp_path):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(
+        CONFIG.replace('language = "de"', 'language = "en"'), issues={"a.md": ISSUE_A}
+    )
+    engine = open_engine(Project.load(root).database_url)
+    person = add_subscriber(engine, "reader@example.com")
+    sent_issue(engine, [person.id], slug="fruehjahr", title="Spring issue")
+    out = tmp_path / "r.html"
+    assert cli(root, "report", "-o", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    for label in (
+        "How the newsletter is doing",
+        "List growth",
+        "Click rate",
+        "Reply rate",
+        "Top links of the last issues",
+        "Latest replies",
+        "All issues",
+        "No replies yet.",
+    ):
+        assert label in page, label
+    assert "Wie läuft" not in page and "Spring issue" in page
+    assert "Opens are estimates" not in page  # opens are not tracked here
+
+
+def test_report_into_a_missing_folder_is_a_one_line_error(project, cli, tmp_path):
+    result = cli(project, "report", "-o", str(tmp_path / "nope" / "r.html"))
+    assert result.exit_code == 1
+    assert "does not exist; create it first" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [375, 1200])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_report_fits_phone_and_desktop_without_javascript(report, browser, width, scheme):
+    context = browser.new_context(
+        viewport={"width": width, "height": 900}, java_script_enabled=False, color_scheme=scheme
+    )
+    requests: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(report.as_uri())
+        sizes = page.evaluate(
+            """() => ({
+                scroll: document.documentElement.scrollWidth,
+                inner: window.innerWidth,
+                svgs: [...document.querySelectorAll('figure svg')].map(
+                    s => [s.getBoundingClientRect().width, s.getBoundingClientRect().height]),
+                background: getComputedStyle(document.body).backgroundColor,
+            })"""
+        )
+        assert sizes["scroll"] <= sizes["inner"] == width, "the page scrolls sideways"
+        assert len(sizes["svgs"]) == 3
+        for w, h in sizes["svgs"]:
+            assert 0 < w <= width and h > 50
+        red, green, blue = map(int, re.findall(r"\d+", sizes["background"])[:3])
+        assert (red + green + blue < 150) == (scheme == "dark"), sizes["background"]
+        assert [u for u in requests if not u.startswith("file:")] == []
+        screenshot = os.environ.get("NEWSLETTER_REPORT_SCREENSHOT")
+        if screenshot and width == 1200 and scheme == "light":
+            page.set_viewport_size({"width": 1200, "height": 1400})
+            page.screenshot(path=str(Path(screenshot)), full_page=False)
+    finally:
+        context.close()
+
+
+def test_report_leaves_auto_replies_out(newsletter, cli, tmp_path):  # noqa: F811
+    try:
+        from newsletter.replies.decode import is_auto_reply  # noqa: F401
+    except ImportError:
+        pytest.skip("needs the replies helper's auto-reply detection (issue 12 item 9)")
+    proj, engine, people, issues = newsletter
+    with live_server(create_app(proj, engine)) as base:
+        post_reply(
+            base,
+            "Leser 4 <leser4@example.de>",
+            "Abwesenheitsnotiz: Re: Frühling",
+            "Ich bin bis Montag nicht im Büro.",
+            "Auto-Submitted: auto-replied\n",
+        )
+        post_reply(base, "Leser 5 <leser5@example.de>", "Re: Frühling", "Gern gelesen")
+    out = tmp_path / "r.html"
+    assert cli(proj.root, "report", "-o", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert "Gern gelesen" in page and "nicht im Büro" not in page
+    data = json.loads(cli(proj.root, "stats", "--format", "json").output)
+    replied = {row["issue"]: row["counts"]["replied"] for row in data["issues"]}
+    assert replied["fruehjahr"] == 1
+
+
+def test_replies_flagged_automatic_are_not_counted_or_shown(newsletter, cli, tmp_path):  # noqa: F811
+    proj, engine, people, issues = newsletter
+    from datetime import UTC, datetime
+
+    with engine.begin() as conn:
+        for person, automatic, text in (
+            (people[1], True, "Ich bin im Urlaub."),
+            (people[0], False, "Danke, sehr hilfreich"),
+        ):
+            conn.execute(
+                schema.replies.insert().values(
+                    subscriber_id=person.id,
+                    issue_id=issues["sommer"],
+                    from_email=person.email,
+                    subject="Re: Sommer",
+                    text=text,
+                    attachments=[],
+                    received_at=datetime.now(UTC),
+                    automatic=automatic,
+                )
+            )
+    data = json.loads(cli(proj.root, "stats", "--format", "json").output)
+    assert {r["issue"]: r["counts"]["replied"] for r in data["issues"]}["sommer"] == 1
+    out = tmp_path / "r.html"
+    assert cli(proj.root, "report", "-o", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert "Danke, sehr hilfreich" in page and "Urlaub" not in page
