@@ -22,7 +22,13 @@ from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.transports import Outcome
 from newsletter.store.issues import ensure_issue
-from newsletter.store.schema import CUSTOM_ARG_ISSUE, CUSTOM_ARG_SEND, CUSTOM_ARG_SUBSCRIBER
+from newsletter.store.schema import (
+    CUSTOM_ARG_ISSUE,
+    CUSTOM_ARG_SEND,
+    CUSTOM_ARG_SUBSCRIBER,
+    DeliveryState,
+    SubscriberStatus,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -144,7 +150,7 @@ def _rows(
     from newsletter.store.subscribers import segment_filters
 
     s = subscribers.c
-    conditions = segment_filters("subscribed", plan.request.tags)
+    conditions = segment_filters(SubscriberStatus.SUBSCRIBED, plan.request.tags)
     last = 0
     while True:
         with engine.connect() as conn:
@@ -324,13 +330,15 @@ def _send_batches(
             try:
                 outcomes = future.result()
             except Exception as exc:  # a bug or an unexpected library error: not known sent
-                outcomes = [Outcome("uncertain", error=f"unexpected error: {exc}")] * len(ids)
+                outcomes = [
+                    Outcome(DeliveryState.UNCERTAIN, error=f"unexpected error: {exc}")
+                ] * len(ids)
             if use_ledger:
                 ledger.record_outcomes(issue_id, send_id, ids, outcomes)
             for outcome in outcomes:
-                if outcome.state == "accepted":
+                if outcome.state == DeliveryState.ACCEPTED:
                     report.accepted += 1
-                elif outcome.state == "failed":
+                elif outcome.state == DeliveryState.FAILED:
                     report.failed += 1
                 else:
                     report.uncertain += 1
@@ -398,7 +406,10 @@ def _send_batches(
             if len(batch) >= batch_size:
                 submit(executor)
 
-    again = {*RETRYABLE, *(["uncertain"] if plan.request.include_uncertain else [])}
+    again: set[str] = {
+        *RETRYABLE,
+        *([DeliveryState.UNCERTAIN] if plan.request.include_uncertain else []),
+    }
     check_rows = use_ledger and ledger.has_rows(issue_id)
     pages = _rows(plan.engine, plan, issue_id, check_rows, again)
     waiting: deque[Any] = deque()  # pool results, oldest first: bounded, so memory stays flat

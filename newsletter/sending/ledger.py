@@ -26,6 +26,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from newsletter.errors import SendError
 from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
 from newsletter.store.schema import (
+    DeliveryState,
+    SubscriberStatus,
     deliveries,
     issues,
     send_leases,
@@ -38,7 +40,7 @@ from newsletter.store.subscribers import segment_filters
 LEASE_STALE_SECONDS = 120
 HEARTBEAT_SECONDS = 10
 #: States a plain `--resume` sends to again (SendGrid refused them; nothing went out).
-RETRYABLE = ("failed",)
+RETRYABLE = (DeliveryState.FAILED,)
 
 
 def now() -> datetime:
@@ -125,7 +127,7 @@ def _record_statement(
     # Only rows still in flight take the outcome: an event (delivered, bounced, dropped) may
     # have arrived before the provider's answer was settled, and a takeover may have made them
     # uncertain; both say more than "accepted".
-    pending = deliveries.c.state == "in_flight"
+    pending = deliveries.c.state == DeliveryState.IN_FLIGHT
     # With `send_id`: rows a later send has claimed since (after a takeover) are not ours.
     # `send_id + 0` keeps that test out of index choice: on `send_id` alone SQLite would walk
     # every row of the send for each batch (quadratic in the list), not the unique
@@ -276,9 +278,11 @@ class Ledger:
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(deliveries)
-                .where(deliveries.c.issue_id == issue_id, deliveries.c.state == "in_flight")
+                .where(
+                    deliveries.c.issue_id == issue_id, deliveries.c.state == DeliveryState.IN_FLIGHT
+                )
                 .values(
-                    state="uncertain",
+                    state=DeliveryState.UNCERTAIN,
                     error="the sending process stopped while this request was in flight",
                     updated_at=now(),
                 )
@@ -342,7 +346,7 @@ class Ledger:
                 conn.execute(
                     select(subscribers.c.id).where(
                         subscribers.c.id.in_([*new_ids, *again_ids]),
-                        subscribers.c.status == "subscribed",
+                        subscribers.c.status == SubscriberStatus.SUBSCRIBED,
                     )
                 ).scalars()
             )
@@ -358,7 +362,7 @@ class Ledger:
                                     "issue_id": issue_id,
                                     "subscriber_id": sid,
                                     "send_id": send_id,
-                                    "state": "in_flight",
+                                    "state": DeliveryState.IN_FLIGHT,
                                     "batch_no": batch_no,
                                     "updated_at": stamp,
                                 }
@@ -378,7 +382,7 @@ class Ledger:
                         deliveries.c.subscriber_id.in_(list(again_ids)),
                     )
                     .values(
-                        state="in_flight",
+                        state=DeliveryState.IN_FLIGHT,
                         send_id=send_id,
                         batch_no=batch_no,
                         error=None,
@@ -423,7 +427,9 @@ class Ledger:
                 updated = conn.execute(
                     update(deliveries)
                     .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == sid)
-                    .values(state="failed", error=error, send_id=send_id, updated_at=stamp)
+                    .values(
+                        state=DeliveryState.FAILED, error=error, send_id=send_id, updated_at=stamp
+                    )
                 )
                 if not updated.rowcount:
                     conn.execute(
@@ -431,7 +437,7 @@ class Ledger:
                             issue_id=issue_id,
                             subscriber_id=sid,
                             send_id=send_id,
-                            state="failed",
+                            state=DeliveryState.FAILED,
                             batch_no=batch_no,
                             error=error,
                             updated_at=stamp,
@@ -448,7 +454,7 @@ class Ledger:
         self, issue_id: int, tags: Iterable[str], include_uncertain: bool = False
     ) -> int:
         """Subscribed people (of the segment) a `--resume` would send to."""
-        states = [*RETRYABLE, *(["uncertain"] if include_uncertain else [])]
+        states = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if include_uncertain else [])]
         done = exists().where(
             deliveries.c.issue_id == issue_id,
             deliveries.c.subscriber_id == subscribers.c.id,
@@ -459,7 +465,7 @@ class Ledger:
                 conn.execute(
                     select(func.count())
                     .select_from(subscribers)
-                    .where(*segment_filters("subscribed", tags), ~done)
+                    .where(*segment_filters(SubscriberStatus.SUBSCRIBED, tags), ~done)
                 ).scalar_one()
             )
 

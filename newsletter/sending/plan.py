@@ -24,6 +24,7 @@ from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
 from newsletter.sending.transports import kinds_that
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
+from newsletter.store.schema import DeliveryState, SubscriberStatus
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -226,7 +227,7 @@ def count_recipients(
     from newsletter.store.schema import deliveries, subscribers
     from newsletter.store.subscribers import segment_filters
 
-    conditions = [*segment_filters("subscribed", tags), subscribers.c.id <= up_to_id]
+    conditions = [*segment_filters(SubscriberStatus.SUBSCRIBED, tags), subscribers.c.id <= up_to_id]
     if issue_id is not None:
         done = exists().where(
             deliveries.c.issue_id == issue_id,
@@ -331,7 +332,7 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
                 plan.send_at = _aware(earlier.send_at)
                 plan.schedule_id = earlier.batch_id
     if plan.uses_ledger and resume and issue_id is not None:
-        again = [*RETRYABLE, *(["uncertain"] if request.include_uncertain else [])]
+        again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
         plan.recipients = count_recipients(engine, request.tags, up_to_id, issue_id, again)
         plan.stranded = (
             plan.recipients == 0 and ledger.issue_counts(issue_id).get("in_flight", 0) > 0

@@ -13,6 +13,7 @@ from newsletter.errors import SendError, TransportError
 from newsletter.sending.factory import choose_transport
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.transports import Outcome, Transport
+from newsletter.store.schema import DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -48,7 +49,7 @@ def send_transactional(
         [outcome] = transport.send(Batch(message, [Recipient(to, headers=dict(headers or {}))]))
     finally:
         transport.close()
-    if outcome.state != "accepted":
+    if outcome.state != DeliveryState.ACCEPTED:
         raise TransportError(f"mail to {to} not sent: {outcome.error}")
     return f"{to}: {describe(transport, outcome)}" + (f" ({chosen.note})" if chosen.note else "")
 
@@ -89,7 +90,7 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
                 unsubscribe_url=url,
             )
             [outcome] = transport.send(Batch(message, [recipient]))
-            if outcome.state != "accepted":
+            if outcome.state != DeliveryState.ACCEPTED:
                 raise SendError(f"test send to {address} failed: {outcome.error}")
             who = f"as subscriber {known.email}" if known else "as a sample subscriber"
             lines.append(f"{address}: {describe(transport, outcome)} ({who})")

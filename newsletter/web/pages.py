@@ -8,6 +8,7 @@ from typing import Any
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from newsletter.project import LANGUAGES, Project, builtin_templates_dir
+from newsletter.transactional import MAIL_TEXT
 
 TEXT: dict[str, dict[str, str]] = {
     "de": {
@@ -34,13 +35,6 @@ TEXT: dict[str, dict[str, str]] = {
         "rate_limited": "Zu viele Anmeldungen von hier. Bitte versuche es später noch einmal.",
         "confirmed_title": "Anmeldung bestätigt",
         "confirmed_lead": "Danke! Du bekommst ab jetzt „{name}“.",
-        "confirm_button": "Anmeldung bestätigen",
-        "confirm_subject": "Bitte bestätige deine Anmeldung zu „{name}“",
-        "confirm_hello": "Hallo {person},",
-        "confirm_hello_anonymous": "Hallo,",
-        "confirm_body": "bitte bestätige mit einem Klick, dass du „{name}“ bekommen möchtest:",
-        "confirm_ignore": "Wenn du dich nicht angemeldet hast, ignoriere diese E-Mail einfach; "
-        "dann bekommst du nichts weiter von uns.",
         "too_large": "Die Anfrage ist zu groß.",
         "not_found": "Diese Seite gibt es nicht.",
     },
@@ -68,17 +62,15 @@ TEXT: dict[str, dict[str, str]] = {
         "rate_limited": "Too many sign-ups from here. Please try again later.",
         "confirmed_title": "Subscription confirmed",
         "confirmed_lead": "Thank you! You will receive “{name}” from now on.",
-        "confirm_button": "Confirm subscription",
-        "confirm_subject": "Please confirm your subscription to “{name}”",
-        "confirm_hello": "Hello {person},",
-        "confirm_hello_anonymous": "Hello,",
-        "confirm_body": "please confirm with one click that you want to receive “{name}”:",
-        "confirm_ignore": "If you did not sign up, just ignore this email; "
-        "you will not hear from us again.",
         "too_large": "The request is too large.",
         "not_found": "This page does not exist.",
     },
 }
+
+
+# The confirmation mail's wording lives with the mail (a core module); pages may use it too.
+for _language, _words in MAIL_TEXT.items():
+    TEXT[_language] = {**_words, **TEXT[_language]}
 
 
 def text(language: str | None, fallback: str) -> dict[str, str]:

@@ -35,6 +35,7 @@ from newsletter.errors import ConfigError
 from newsletter.sending.message import Batch, Recipient
 from newsletter.sending.mime import copy_for
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
+from newsletter.store.schema import DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -317,7 +318,7 @@ class SmtpTransport:
         try:
             for recipient in batch.recipients:
                 if stop is not None:
-                    outcomes.append(Outcome("failed", error=stop, fatal=True))
+                    outcomes.append(Outcome(DeliveryState.FAILED, error=stop, fatal=True))
                     continue
                 data, msgid, utf8 = copy_for(message, recipient, date=date)
                 attempt = 0
@@ -331,7 +332,10 @@ class SmtpTransport:
                         used += 1
                         outcomes.append(
                             Outcome(
-                                "accepted", message_id=msgid, attempts=attempt, where=self.where
+                                DeliveryState.ACCEPTED,
+                                message_id=msgid,
+                                attempts=attempt,
+                                where=self.where,
                             )
                         )
                         if used >= self.max_per_connection:
@@ -347,7 +351,9 @@ class SmtpTransport:
                             fatal = conn is None  # cannot even keep a connection: stop
                             error = f"{recipient.email}: {reason} (after {attempt} tries)"
                             outcomes.append(
-                                Outcome("failed", error=error, fatal=fatal, attempts=attempt)
+                                Outcome(
+                                    DeliveryState.FAILED, error=error, fatal=fatal, attempts=attempt
+                                )
                             )
                             if fatal:
                                 stop = error
@@ -356,7 +362,7 @@ class SmtpTransport:
                     except _Refused as refused:
                         outcomes.append(
                             Outcome(
-                                "failed",
+                                DeliveryState.FAILED,
                                 error=f"{recipient.email}: {self._clean(str(refused))}",
                                 attempts=attempt,
                             )
@@ -368,7 +374,7 @@ class SmtpTransport:
                             conn = None
                         outcomes.append(
                             Outcome(
-                                "uncertain",
+                                DeliveryState.UNCERTAIN,
                                 message_id=msgid,
                                 error=(
                                     f"the SMTP server {self.where} dropped the connection before "
@@ -383,7 +389,9 @@ class SmtpTransport:
                             conn.close()
                             conn = None
                         stop = self._clean(str(exc))
-                        outcomes.append(Outcome("failed", error=stop, fatal=True, attempts=attempt))
+                        outcomes.append(
+                            Outcome(DeliveryState.FAILED, error=stop, fatal=True, attempts=attempt)
+                        )
                         break
         finally:
             if conn is not None:
