@@ -74,7 +74,7 @@ def send(
         newsletter send 2024-07-meta-ki-creator --resume --yes
     """
     from newsletter.errors import SendError
-    from newsletter.sending.execute import execute, interrupt_on_sigterm
+    from newsletter.sending.execute import execute
     from newsletter.sending.plan import SendRequest, plan_send
     from newsletter.sending.schedule import parse_when
     from newsletter.sending.single import send_test
@@ -132,8 +132,7 @@ def send(
         if show:
             click.echo(f"\r{report.total}/{count} handed over", nl=False, err=True)
 
-    with interrupt_on_sigterm():
-        report = execute(plan, progress)
+    report = execute(plan, progress)  # Ctrl-C / SIGTERM: it stops cleanly, see below
     if show:
         click.echo(err=True)
     resume_command = f"newsletter send {issue} --resume"

@@ -10,6 +10,7 @@ delivery rows, so they never block the real send; `sends` still lists them.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -250,15 +251,22 @@ def execute(
     )
     message = plan.message()
     pool = None
+    stop = threading.Event()
     try:
         # Fork the workers (if any) before the heartbeat thread starts.
         pool = start_pool(builder, plan.recipients)
         if lease is not None:
             lease.start_heartbeat()
             report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
-        _send_batches(plan, ledger, message, report, issue_id, builder, pool, lease, progress)
+        with stop_on_signals(stop):
+            _send_batches(
+                plan, ledger, message, report, issue_id, builder, pool, lease, progress, stop
+            )
+        if stop.is_set():
+            report.interrupted = True
+            report.error = report.error or "interrupted"
     except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM (see `interrupt_on_sigterm`): what was in flight is settled
+        # Ctrl-C outside the main thread's handler: what was in flight is settled
         # (`_send_batches` waits for it); say so in the report instead of a traceback.
         report.interrupted = True
         report.error = report.error or "interrupted"
@@ -283,24 +291,26 @@ def execute(
 
 
 @contextmanager
-def interrupt_on_sigterm() -> Iterator[None]:
-    """Within: SIGTERM (systemd, docker, `kill`) stops a send like Ctrl-C does, so what was
-    handed over is settled instead of being left in flight."""
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Within: Ctrl-C (SIGINT) and SIGTERM (systemd, docker, `kill`) ask the send to stop at
+    the next safe point instead of raising wherever the main thread happens to be: no batch is
+    claimed after that, the requests in flight are settled, so nothing delivered is left
+    `in_flight`. Only in the main thread (signal handlers live there)."""
     import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def ask_to_stop(signum: int, frame: object) -> None:
+        stop.set()
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _send_batches(
@@ -313,6 +323,7 @@ def _send_batches(
     pool: Any,
     lease: Any,
     progress: Callable[[SendReport], None] | None,
+    stop: threading.Event,
 ) -> None:
     transport = plan.transport
     section = plan.project.config.section("sending")
@@ -363,8 +374,17 @@ def _send_batches(
     again_ids: list[int] = []
     refused: dict[int, str] = {}
 
+    def halted() -> bool:
+        return report.error is not None or stop.is_set()
+
     def submit(executor: ThreadPoolExecutor) -> None:
         nonlocal batch_no
+        if stop.is_set():
+            # Asked to stop: claim nothing more; these people are simply not sent to yet.
+            for pending_list in (batch, batch_sids, new_ids, again_ids):
+                pending_list.clear()
+            refused.clear()
+            return
         if use_ledger and refused:
             ledger.record_failed_new(issue_id, send_id, batch_no, dict(refused))
         report.failed += len(refused)
@@ -416,17 +436,17 @@ def _send_batches(
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
         try:
             for page in pages:
-                if report.error:
+                if halted():
                     break
                 if pool is None:
                     take(builder.build(page))
                     continue
                 waiting.append(pool.apply_async(_build_in_worker, (page,)))
-                while len(waiting) > BUILD_AHEAD and not report.error:
+                while len(waiting) > BUILD_AHEAD and not halted():
                     take(waiting.popleft().get())
-            while waiting and not report.error:
+            while waiting and not halted():
                 take(waiting.popleft().get())
-            if not report.error:
+            if not halted():
                 submit(executor)
         finally:
             # Whatever happened (Ctrl-C included), settle what is in flight so the ledger
