@@ -547,3 +547,43 @@ def test_test_copy_of_an_issue_whose_slug_is_test(make_project, db, sg, cli):
     assert result.exit_code == 0, result.output
     [message] = sg.messages
     assert message["categories"].count("test") == 1
+
+
+def test_second_send_during_a_running_one_names_its_host_and_pid(project, db, sg, cli):
+    """Not "N are uncertain, use --resume": the running sender's rows are in flight because it
+    is sending them right now."""
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    from newsletter.sending.ledger import Ledger
+    from newsletter.store.issues import ensure_issue
+    from newsletter.store.schema import send_leases
+
+    people = add_people(project, 3)
+    engine = open_engine(Project.load(project).database_url)
+    ledger = Ledger(engine)
+    issue_id = ensure_issue(engine, slug=SLUG, title="t", subject="s", language="de")
+    send_id = ledger.create_send(issue_id, transport="sendgrid", segment=[], dry_run=False)
+    ids = [find_subscriber(engine, p).id for p in people]
+    ledger.claim(issue_id, send_id, 1, ids[:2], [])
+    ledger.record(issue_id, ids[:1], "accepted", send_id=send_id)
+    with engine.begin() as conn:
+        conn.execute(
+            send_leases.insert().values(
+                issue_id=issue_id,
+                send_id=send_id,
+                owner="other",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                heartbeat_at=datetime.now(UTC),
+            )
+        )
+    for args in ([], ["--resume"]):
+        result = cli(project, "send", ISSUE, "--yes", *args)
+        assert result.exit_code == 1
+        assert f"another send of {SLUG} is running (send {send_id}, pid {os.getpid()} on " in (
+            result.output
+        )
+        assert socket.gethostname() in result.output and "uncertain" not in result.output
+    assert sg.requests == []

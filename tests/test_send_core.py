@@ -218,7 +218,9 @@ def test_deliver_sends_each_step_once_through_the_ledger(root, sg):
         "meta-ki-creator",
     ],
 )
-def test_every_command_resolves_an_issue_the_same_way(make_project, monkeypatch, tmp_path, cli, name):
+def test_every_command_resolves_an_issue_the_same_way(
+    make_project, monkeypatch, tmp_path, cli, name
+):
     """A path, a file name with or without .md, or the slug: the same in every command
     (`newsletter build meta-ki-creator` used to fail while `send meta-ki-creator` worked)."""
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'r.db'}")

@@ -229,3 +229,58 @@ def test_ctrl_c_and_sigterm_settle_what_was_handed_over(
     assert "in_flight" not in state.values()  # settled, not left for a resume to guess
     assert {e for e, s in state.items() if s == "accepted"} == set(got)
     assert status == "stopped" and 30 <= len(got) < PEOPLE
+
+
+@pytest.mark.slow
+def test_killed_scheduled_send_stays_scheduled_and_cancellable(
+    make_project, database_url, server_process, cli, monkeypatch
+):
+    """`send --schedule` killed midway: the schedule and its batch id were stored before the
+    first request, so `--resume` sends the rest with the same send_at and batch id, `sends`
+    says the process is gone, and `cancel` finds the batch and cancels it at SendGrid."""
+    url, log = server_process
+    root = make_project(config=CONFIG + "\n[sending]\nbatch_size = 10\nconcurrency = 2\n")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    engine = open_engine(database_url)
+    for i in range(PEOPLE):
+        add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
+    dispose_all()
+    env = {
+        **os.environ,
+        "SENDGRID_API_KEY": KEY,
+        "SENDGRID_API_HOST": url,
+        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
+        "NEWSLETTER_DATABASE_URL": database_url,
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--project", str(root), "send", EXAMPLE_ISSUE.stem,
+         "--schedule", "in 2h", "--yes"],
+        env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while len(received(log)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None, "the send finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+    monkeypatch.setenv("SENDGRID_API_HOST", url)
+    assert "its process is gone" in cli(root, "sends").output
+    resumed = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--yes")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Scheduled:" in resumed.output and "scheduled for" in resumed.output
+    payloads = [json.loads(line) for line in log.read_text("utf-8").splitlines()]
+    assert len({p["batch_id"] for p in payloads}) == 1
+    assert len({p["send_at"] for p in payloads}) == 1  # the resumed part too
+    got = Counter(received(log))
+    assert max(got.values()) == 1
+    cancelled = cli(root, "cancel", EXAMPLE_ISSUE.stem)
+    assert cancelled.exit_code == 0, cancelled.output
+    with engine.connect() as conn:
+        statuses = set(conn.execute(select(sends.c.status)).scalars())
+        rows = conn.execute(select(deliveries.c.id)).all()
+    assert statuses == {"cancelled"} and rows == []
+    # The fake SendGrid process recorded the cancel of that batch.
+    batches = urllib.request.urlopen(f"{url}/__fake__/state", timeout=5).read()
+    assert payloads[0]["batch_id"] in json.loads(batches)["scheduled_sends"]
