@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
+from typing import NamedTuple
 
 #: RFC 8058 one-click unsubscribe.
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -57,17 +59,20 @@ class Message:
     track_clicks: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """One person's part of a message."""
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class Recipient(NamedTuple):
+    """One person's part of a message. A named tuple: a big send builds one per reader in
+    worker processes and pickles it back, and tuples pickle fastest."""
 
     email: str
     name: str | None = None
     #: key in `html`/`text`/`subject` -> this person's value.
-    substitutions: Mapping[str, str] = field(default_factory=dict)
+    substitutions: Mapping[str, str] = _EMPTY
     unsubscribe_url: str | None = None
-    ids: Mapping[str, str] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)
+    ids: Mapping[str, str] = _EMPTY
+    headers: Mapping[str, str] = _EMPTY
 
 
 @dataclass(frozen=True)
