@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, delete, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, case, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
@@ -408,14 +408,42 @@ class Ledger:
     def record_outcomes(
         self, issue_id: int, send_id: int, ids: Sequence[int], outcomes: Sequence[Any]
     ) -> None:
-        """One outcome per id, all in one transaction: one UPDATE per (state, message id,
-        error), so a SendGrid batch (one answer for all) is one statement."""
+        """One outcome per id, all in one transaction: a SendGrid batch (one answer for all)
+        is one UPDATE; per-recipient answers (SMTP: a Message-ID each) one executemany."""
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for sid, outcome in zip(ids, outcomes, strict=True):
             groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
         with self.engine.begin() as conn:
-            for (state, message_id, error), group in groups.items():
-                conn.execute(_record_statement(issue_id, group, state, message_id, error, send_id))
+            if len(groups) <= 2:
+                for (state, message_id, error), group in groups.items():
+                    conn.execute(
+                        _record_statement(issue_id, group, state, message_id, error, send_id)
+                    )
+                return
+            pending = deliveries.c.state == DeliveryState.IN_FLIGHT
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.issue_id == issue_id,
+                    deliveries.c.subscriber_id == bindparam("sid"),
+                    deliveries.c.send_id + 0 == send_id,
+                )
+                .values(
+                    state=case((pending, bindparam("new_state")), else_=deliveries.c.state),
+                    error=case((pending, bindparam("new_error")), else_=deliveries.c.error),
+                    message_id=bindparam("new_message_id"),
+                    updated_at=now(),
+                ),
+                [
+                    {
+                        "sid": sid,
+                        "new_state": str(outcome.state),
+                        "new_error": outcome.error,
+                        "new_message_id": outcome.message_id,
+                    }
+                    for sid, outcome in zip(ids, outcomes, strict=True)
+                ],
+            )
 
     def record_failed_new(
         self, issue_id: int, send_id: int, batch_no: int, failures: dict[int, str]

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -81,13 +82,17 @@ class Batch:
     recipients: list[Recipient]
 
 
+@lru_cache(maxsize=64)
+def _pattern(keys: frozenset[str]) -> re.Pattern[str]:
+    # Longest first, so a key that is a prefix of another never wins.
+    return re.compile("|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True)))
+
+
 def apply_substitutions(value: str, substitutions: Mapping[str, str]) -> str:
     """Replace each key by its value in one pass (so a value is never expanded again)."""
     if not substitutions:
         return value
-    keys = sorted(substitutions, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(k) for k in keys))
-    return pattern.sub(lambda m: substitutions[m.group(0)], value)
+    return _pattern(frozenset(substitutions)).sub(lambda m: substitutions[m.group(0)], value)
 
 
 def unsubscribe_headers(message: Message, recipient: Recipient) -> dict[str, str]:

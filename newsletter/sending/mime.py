@@ -59,6 +59,14 @@ def _qp(text: str) -> str:
     return binascii.b2a_qp(data, quotetabs=False, istext=True).decode("ascii").replace("\n", CRLF)
 
 
+def _eight_bit(text: str) -> str | None:
+    """The text as an 8bit body (CRLF lines), or None if a line is too long for SMTP (998)."""
+    body = text.replace("\r\n", "\n")
+    if max(map(len, body.split("\n")), default=0) > 998:
+        return None
+    return body.replace("\n", CRLF) + CRLF
+
+
 def message_id(from_email: str) -> str:
     return f"<{uuid.uuid4().hex}@{from_email.rpartition('@')[2] or 'localhost'}>"
 
@@ -69,8 +77,12 @@ def copy_for(
     *,
     date: str | None = None,
     msgid: str | None = None,
+    eight_bit: bool = False,
 ) -> tuple[bytes, str, bool]:
-    """(the complete message, its Message-ID, needs SMTPUTF8) for one recipient."""
+    """(the complete message, its Message-ID, needs SMTPUTF8) for one recipient.
+
+    `eight_bit`: the parts as 8bit UTF-8 where their lines allow (for an SMTP server that
+    offers 8BITMIME: no encoding work, fewer lines); else quoted-printable, 7-bit clean."""
     subject, text, html = personal_parts(message, recipient)
     sender, utf8_from = address(message.from_email, message.from_name)
     to, utf8_to = address(recipient.email, recipient.name)
@@ -91,17 +103,15 @@ def copy_for(
         "MIME-Version: 1.0",
         f'Content-Type: multipart/alternative; boundary="{boundary}"',
         "",
-        f"--{boundary}",
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _qp(text),
-        f"--{boundary}",
-        'Content-Type: text/html; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _qp(html),
-        f"--{boundary}--",
-        "",
     ]
+    for subtype, content in (("plain", text), ("html", html)):
+        raw = _eight_bit(content) if eight_bit else None
+        lines += [
+            f"--{boundary}",
+            f'Content-Type: text/{subtype}; charset="utf-8"',
+            f"Content-Transfer-Encoding: {'8bit' if raw is not None else 'quoted-printable'}",
+            "",
+            raw[:-2] if raw is not None else _qp(content),
+        ]
+    lines += [f"--{boundary}--", ""]
     return CRLF.join(lines).encode("utf-8"), msgid, utf8_from or utf8_to

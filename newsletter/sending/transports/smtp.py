@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.errors import ConfigError
 from newsletter.sending.message import Batch, Recipient
-from newsletter.sending.mime import copy_for
+from newsletter.sending.mime import copy_for, message_id
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.store.schema import DeliveryState
 
@@ -252,10 +252,10 @@ class SmtpTransport:
     # --- one message ---------------------------------------------------------------------------
 
     def _transaction(
-        self, conn: smtplib.SMTP, sender: str, to: str, data: bytes, utf8: bool
+        self, conn: smtplib.SMTP, sender: str, to: str, data: bytes, utf8: bool, eight: bool
     ) -> None:
         """MAIL, RCPT, DATA for one recipient; raises for anything but a 250 at the end."""
-        options = []
+        options = ["BODY=8BITMIME"] if eight else []
         if utf8:
             if not conn.has_extn("smtputf8"):
                 raise _Refused(
@@ -320,15 +320,25 @@ class SmtpTransport:
                 if stop is not None:
                     outcomes.append(Outcome(DeliveryState.FAILED, error=stop, fatal=True))
                     continue
-                data, msgid, utf8 = copy_for(message, recipient, date=date)
+                msgid = message_id(message.from_email)
+                built: tuple[bool, bytes, bool] | None = None
                 attempt = 0
                 while True:
                     attempt += 1
                     try:
                         if conn is None:
                             conn, used = self._take()
+                        # 8bit parts (no encoding, fewer lines) where the server takes them.
+                        eight = conn.has_extn("8bitmime")
+                        if built is None or built[0] != eight:
+                            data, _, utf8 = copy_for(
+                                message, recipient, date=date, msgid=msgid, eight_bit=eight
+                            )
+                            built = (eight, data, utf8)
                         self._pace()
-                        self._transaction(conn, message.from_email, recipient.email, data, utf8)
+                        self._transaction(
+                            conn, message.from_email, recipient.email, built[1], built[2], eight
+                        )
                         used += 1
                         outcomes.append(
                             Outcome(
