@@ -264,6 +264,46 @@ def smtp(count: int) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def smtp_floor(count: int, connections: int = 4) -> dict[str, float]:
+    """The sink's own ceiling: pre-built messages (one issue copy, 8bit as the transport sends
+    them) through `connections` plain smtplib connections, nothing else."""
+    import smtplib
+
+    from newsletter.sending.message import Message, Recipient
+    from newsletter.sending.mime import copy_for
+
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "tests.smtp_server", "--port", "0", "--count-only"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    port = int(sink.stdout.readline().split()[1])  # type: ignore[union-attr]
+    page = (EXAMPLE_ISSUE.read_text("utf-8") * 3)[:25000]
+    message = Message(
+        from_email="jens@example.com", from_name="Jens", subject="Bench", html=page, text=page
+    )
+    data = copy_for(message, Recipient("leser@example.org"), eight_bit=True)[0]
+
+    def work(n: int) -> None:
+        conn = smtplib.SMTP("127.0.0.1", port)
+        for _ in range(n):
+            conn.sendmail("jens@example.com", ["leser@example.org"], data, ["BODY=8BITMIME"])
+        conn.quit()
+
+    threads = [
+        threading.Thread(target=work, args=(count // connections,)) for _ in range(connections)
+    ]
+    t = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - t
+    sink.terminate()
+    sink.communicate(timeout=30)
+    sent = count // connections * connections
+    return {"recipients": sent, "seconds": seconds, "per_second": sent / seconds}
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     ordered = sorted(runs, key=lambda r: r["per_second"])
     return ordered[len(ordered) // 2]
@@ -278,14 +318,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median)")
     args = parser.parse_args()
     if args.bare or args.smtp:
-        what, fn = ("bare client", bare) if args.bare else ("smtp send", smtp)
+        figures = (
+            [("bare client", bare)]
+            if args.bare
+            else [("smtp floor", smtp_floor), ("smtp send", smtp)]
+        )
         count = args.count or (100_000 if args.bare else 10_000)
-        runs = []
-        for _ in range(args.runs):
-            runs.append(fn(count))
-            print(f"{what}: {count:,} in {runs[-1]['seconds']:.2f} s = "
-                  f"{runs[-1]['per_second']:,.0f}/s", flush=True)  # fmt: skip
-        print(f"median: {median_of(runs)['per_second']:,.0f}/s")
+        for what, fn in figures:
+            runs = []
+            for _ in range(args.runs):
+                runs.append(fn(count))
+                print(f"{what}: {count:,} in {runs[-1]['seconds']:.2f} s = "
+                      f"{runs[-1]['per_second']:,.0f}/s", flush=True)  # fmt: skip
+            print(f"{what} median: {median_of(runs)['per_second']:,.0f}/s", flush=True)
         return
     counts = [100_000, 250_000, 500_000, 1_000_000] if args.curve else [args.count or 100_000]
     print(
