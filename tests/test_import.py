@@ -10,9 +10,12 @@ import pytest
 from sqlalchemy import func, select
 
 from newsletter.errors import ImportFileError
-from newsletter.store import importer, schema
+from newsletter.store import importer as importer_package
+from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
+from newsletter.store.importer import read as import_read
+from newsletter.store.importer import write as import_write
 from newsletter.store.subscribers import (
     add_subscriber,
     count_subscribers,
@@ -377,7 +380,7 @@ def test_a_crash_leaves_whole_chunks_and_a_rerun_finishes(engine, tmp_path, monk
         tmp_path / "x.csv",
         "email,tags\n" + "".join(f"p{i}@example.com,t{i % 2}\n" for i in range(10)),
     )
-    real_insert = importer._Writer.insert
+    real_insert = import_write.Writer.insert
     calls = {"n": 0}
 
     def crashing_insert(self, *args):
@@ -386,10 +389,10 @@ def test_a_crash_leaves_whole_chunks_and_a_rerun_finishes(engine, tmp_path, monk
         if calls["n"] == 2:
             raise KeyboardInterrupt  # Ctrl-C after the second chunk's rows went in
 
-    monkeypatch.setattr(importer._Writer, "insert", crashing_insert)
+    monkeypatch.setattr(import_write.Writer, "insert", crashing_insert)
     with pytest.raises(KeyboardInterrupt):
         import_file(engine, source, chunk_rows=4)
-    monkeypatch.setattr(importer._Writer, "insert", real_insert)
+    monkeypatch.setattr(import_write.Writer, "insert", real_insert)
 
     # The first chunk is there, whole; the second was rolled back.
     assert [s.email for s in iter_subscribers(engine)] == [f"p{i}@example.com" for i in range(4)]
@@ -447,7 +450,7 @@ def test_progress_callback_reaches_the_file_size(engine) -> None:
 # --- the forked reader process (used for big files) ------------------------------------
 
 
-@pytest.mark.skipif(not importer._can_fork(), reason="needs fork")
+@pytest.mark.skipif(not import_read.can_fork(), reason="needs fork")
 def test_reader_process_gives_the_same_result(engine, tmp_path) -> None:
     lines = ["email;Vorname;tags"]
     for i in range(30):
@@ -485,7 +488,7 @@ def _same_but_times(a: dict, b: dict) -> bool:
     return strip(a) == strip(b)
 
 
-@pytest.mark.skipif(not importer._can_fork(), reason="needs fork")
+@pytest.mark.skipif(not import_read.can_fork(), reason="needs fork")
 def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
     # A runaway quoted cell (over csv's field limit) in the second chunk.
     source = write(
@@ -499,7 +502,7 @@ def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
 def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_path, monkeypatch):
     """The subscribe form may add an address between the import's lookups and inserts."""
     source = write(tmp_path / "x.csv", "email,first name\na@example.com,A\nb@example.com,Bea\n")
-    real_allocate = importer._Writer.allocate_ids
+    real_allocate = import_write.Writer.allocate_ids
     calls = {"n": 0}
 
     def allocate_then_race(self, n):
@@ -509,7 +512,7 @@ def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_pat
             add_subscriber(engine, "B@example.com", status="unconfirmed", source="form")
         return ids
 
-    monkeypatch.setattr(importer._Writer, "allocate_ids", allocate_then_race)
+    monkeypatch.setattr(import_write.Writer, "allocate_ids", allocate_then_race)
     result = import_file(engine, source)
     assert (result.new, result.updated, result.unchanged) == (1, 1, 0)
     b = find_subscriber(engine, "b@example.com")
@@ -520,3 +523,41 @@ def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_pat
         "unconfirmed",
     )
     assert [s.email for s in iter_subscribers(engine)] == ["B@example.com", "a@example.com"]
+
+
+# --- layering ---------------------------------------------------------------------------
+
+
+def test_the_importer_modules_use_each_others_public_names_only() -> None:
+    """One package, no private imports between its modules and no cycle (issue 9, item 7)."""
+    import ast
+
+    package = Path(import_read.__file__).parent
+    graph: dict[str, set[str]] = {}
+    private: list[str] = []
+    for module in sorted(package.glob("*.py")):
+        name = module.stem
+        graph[name] = set()
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "newsletter.store.importer."
+            ):
+                target = node.module.rsplit(".", 1)[1]
+                graph[name].add(target)
+                private += [
+                    f"{name} imports {target}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_")
+                ]
+    assert private == []
+    assert set(graph) >= {"read", "decide", "write", "formats", "run"}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
+            for nxt in graph.get(start, ())
+        )
+
+    assert [name for name in graph if reaches(name, name, set())] == []
+    # Callers outside the package use its public face.
+    assert {"import_file", "ImportResult", "Reject"} <= set(importer_package.__all__)

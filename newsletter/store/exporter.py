@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine, select
 
-from newsletter.store.formats import FIELD_PREFIX, OWN_COLUMNS
+from newsletter.store.importer.formats import FIELD_PREFIX, OWN_COLUMNS
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import Subscriber, iter_subscribers
 

@@ -88,6 +88,23 @@ def m005_send_recipients_fixed(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE sends ADD COLUMN up_to_subscriber INTEGER")
 
 
+def m008_reply_flags(conn: Connection) -> None:
+    """Replies: `automatic` (auto-replies), `unsubscribe_request` ("verified" | "unverified")
+    and `message_id` (unique when set, so a replayed Inbound Parse post is stored once).
+    Databases whose m001 already made the columns (created from today's schema) skip them."""
+    from sqlalchemy.schema import CreateColumn
+
+    present = {column["name"] for column in inspect(conn).get_columns("replies")}
+    for name in ("automatic", "unsubscribe_request", "message_id"):
+        if name not in present:
+            column_ddl = CreateColumn(schema.replies.c[name]).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE replies ADD COLUMN {column_ddl}")
+    indexes = {index["name"] for index in inspect(conn).get_indexes("replies")}
+    for index in schema.replies.indexes:
+        if index.name == "uq_replies_message_id" and index.name not in indexes:
+            index.create(conn)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -95,6 +112,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m003_send_totals", m003_send_totals),
     ("m004_store_ids_never_reused", m004_store_ids_never_reused),
     ("m005_send_recipients_fixed", m005_send_recipients_fixed),
+    ("m008_reply_flags", m008_reply_flags),
 ]
 
 

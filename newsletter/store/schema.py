@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -186,9 +187,19 @@ replies = Table(
     Column("attachments", JSON, nullable=False, default=list),  # [{"name", "size"}] only
     Column("spam_score", String(20)),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # An out-of-office or other robot's answer: hidden from `replies`, not counted in `stats`,
+    # never forwarded, never read as an unsubscribe (m008).
+    Column("automatic", Boolean, nullable=False, default=False, server_default=false()),
+    # The reply asks to unsubscribe: "verified" (applied) or "unverified" (sender not proven,
+    # nothing changed); null when it asks nothing (m008).
+    Column("unsubscribe_request", String(16)),
+    # The reply's Message-ID header: a replayed Inbound Parse post is stored once (m008).
+    Column("message_id", Text),
 )
 Index("ix_replies_issue", replies.c.issue_id)
 Index("ix_replies_from_email", replies.c.from_email)
+# Unique only among non-null ids: SQLite and PostgreSQL both let a unique index hold many NULLs.
+Index("uq_replies_message_id", replies.c.message_id, unique=True)
 
 # SendGrid echoes custom_args as top-level keys of each webhook event; these name the
 # rows an event belongs to.

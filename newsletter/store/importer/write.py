@@ -9,26 +9,29 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import StoreError
-from newsletter.store.formats import Format
-from newsletter.store.import_changes import (
+from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
-    _changes,
-    _fetch_current,
-    _KeyFilter,
-    _resolve_status,
+    KeyFilter,
+    changes,
+    fetch_current,
+    resolve_status,
 )
-from newsletter.store.import_read import Incoming, _as_incoming, _is_simple, _simple_tuple
+from newsletter.store.importer.formats import Format
+from newsletter.store.importer.model import (
+    ImportResult,
+    Incoming,
+    as_incoming,
+    is_simple,
+    simple_tuple,
+)
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import STOPPED
-
-if TYPE_CHECKING:
-    from newsletter.store.importer import ImportResult
 
 
 def _sqlite_time(value: datetime | None) -> str | None:
@@ -38,7 +41,7 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-class _Writer:
+class Writer:
     """Dialect-aware bulk writes on one connection."""
 
     COLUMNS = (
@@ -117,11 +120,11 @@ class _Writer:
             self.conn.exec_driver_sql(self.insert_tags, tags)  # type: ignore[arg-type]
 
 
-def _write_chunk(
+def write_chunk(
     engine: Engine,
     chunk: dict[str, Incoming],
     result: ImportResult,
-    new_keys: _KeyFilter,
+    new_keys: KeyFilter,
     initially_empty: bool,
     resubscribe: bool,
     source_name: str,
@@ -165,7 +168,7 @@ def _write_chunk_once(
     engine: Engine,
     chunk: dict[str, Any],
     result: ImportResult,
-    new_keys: _KeyFilter,
+    new_keys: KeyFilter,
     added: list[str],
     skip_lookups: bool,
     resubscribe: bool,
@@ -177,7 +180,7 @@ def _write_chunk_once(
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
-            writer = _Writer(conn)
+            writer = Writer(conn)
             lookup = list(chunk)
             if skip_lookups:
                 lookup = [k for k in lookup if k in new_keys]
@@ -190,7 +193,7 @@ def _write_chunk_once(
                 repeats = set()
             found: set[str] = set()
             for start in range(0, len(lookup), LOOKUP_BATCH):
-                current = _fetch_current(conn, lookup[start : start + LOOKUP_BATCH])
+                current = fetch_current(conn, lookup[start : start + LOOKUP_BATCH])
                 found.update(current)
                 _update_existing(conn, writer, chunk, current, result, new_keys, resubscribe, stamp)
 
@@ -210,7 +213,7 @@ def _write_chunk_once(
 
 
 def _insert_fresh(
-    writer: _Writer,
+    writer: Writer,
     fresh: list[Any],
     result: ImportResult,
     added: list[str],
@@ -230,15 +233,15 @@ def _insert_fresh(
     # rows come as packed tuples (line, email, key, first, last, tags) from the reader
     # process, or as Incoming objects marked simple.
     packed = [
-        item if type(item) is tuple else _simple_tuple(item)  # type: ignore[arg-type]
+        item if type(item) is tuple else simple_tuple(item)  # type: ignore[arg-type]
         for item in fresh
         if type(item) is tuple or item.simple
     ]
     if len(packed) == len(fresh):
         simple_ids, rest = ids, []
     else:
-        simple_ids = [sid for sid, inc in zip(ids, fresh, strict=True) if _is_simple(inc)]
-        rest = [(sid, inc) for sid, inc in zip(ids, fresh, strict=True) if not _is_simple(inc)]
+        simple_ids = [sid for sid, inc in zip(ids, fresh, strict=True) if is_simple(inc)]
+        rest = [(sid, inc) for sid, inc in zip(ids, fresh, strict=True) if not is_simple(inc)]
     if packed:
         short_rows = list(
             zip(
@@ -261,7 +264,7 @@ def _insert_fresh(
         ]
         added.extend([item[2] for item in packed])
     for sid, inc in rest:
-        status = _resolve_status(None, inc.status, resubscribe)
+        status = resolve_status(None, inc.status, resubscribe)
         stopped = status in STOPPED
         created = inc.created_at or stamp
         if literal_times:
@@ -317,17 +320,17 @@ def _insert_fresh(
 
 def _update_existing(
     conn: Connection,
-    writer: _Writer,
+    writer: Writer,
     chunk: dict[str, Incoming],
     current: dict[str, dict[str, Any]],
     result: ImportResult,
-    new_keys: _KeyFilter,
+    new_keys: KeyFilter,
     resubscribe: bool,
     stamp: datetime,
 ) -> None:
     for key, record in current.items():
-        inc = _as_incoming(chunk[key])
-        values, more_tags, kept_stop = _changes(record, inc, resubscribe, stamp)
+        inc = as_incoming(chunk[key])
+        values, more_tags, kept_stop = changes(record, inc, resubscribe, stamp)
         # An address this run added earlier (a duplicate further down the file).
         repeat = key in new_keys
         if repeat:

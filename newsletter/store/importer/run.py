@@ -1,24 +1,4 @@
-"""`subscribers import`: read another service's export (or a spreadsheet) into the list.
-
-The file is read as a stream and written in chunks, each chunk its own transaction, so a
-crash or Ctrl-C leaves the old list plus whole chunks of the new one, never half a row;
-running the import again finishes the job and changes nothing that was already done.
-
-Rules (see the README, "Subscribers"):
-- duplicates (in the file, or against the list) are merged, never doubled: names and
-  custom fields from the file fill in and override, tags are added;
-- statuses from the file count (Substack's email_disabled, Mailchimp's unsubscribed and
-  cleaned exports...), but nobody who is unsubscribed, bounced or complained, in the
-  file or in the list, becomes subscribed unless `resubscribe=True`;
-- a row that cannot be imported is a reject with its line number and reason.
-
-For speed (a million rows in seconds) new rows go in with driver-level executemany and
-ids allocated up front, and addresses take the fast path of `normalize_email`.
-
-The work is split in three: `import_read` turns the file into `Incoming` rows,
-`import_changes` decides what they change in the list, `import_write` writes each chunk.
-This module runs them, and every public name stays importable from here.
-"""
+"""`subscribers import`, running: read the file, decide and write chunk by chunk."""
 
 from __future__ import annotations
 
@@ -26,77 +6,32 @@ import csv
 import gc
 import io
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from sqlalchemy import Engine, select
 
 from newsletter.errors import ImportFileError
-from newsletter.store.formats import detect_encoding
-from newsletter.store.import_changes import LOOKUP_BATCH, _KeyFilter
-from newsletter.store.import_read import (
-    Incoming,
-    Reject,
-    _can_fork,
-    _CountingReader,
-    _csv_rows,
-    _json_rows,
-    _merge,
-    _ReaderStream,
-    parse_time,
+from newsletter.store.importer.decide import KeyFilter
+from newsletter.store.importer.formats import detect_encoding
+from newsletter.store.importer.model import ImportResult, Incoming, Reject, merge
+from newsletter.store.importer.read import (
+    CountingReader,
+    ReaderStream,
+    can_fork,
+    csv_rows,
+    json_rows,
 )
-from newsletter.store.import_write import _write_chunk
-from newsletter.store.import_write import _Writer as _Writer  # tests patch its methods here
+from newsletter.store.importer.write import write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
-
-__all__ = [
-    "CHUNK_ROWS",
-    "LOOKUP_BATCH",
-    "PARALLEL_BYTES",
-    "REPORT_REJECTS",
-    "ImportResult",
-    "Incoming",
-    "Reject",
-    "import_file",
-    "parse_time",
-]
 
 #: Rows per transaction: big enough for executemany to pay off, small enough to bound memory.
 CHUNK_ROWS = 20_000
 
 
-#: Rejects kept in memory for the report; all of them go to the rejects file.
-REPORT_REJECTS = 1000
-
-
 #: Files at least this big are parsed in a forked reader process while this one writes.
 PARALLEL_BYTES = 8 << 20
-
-
-@dataclass
-class ImportResult:
-    path: Path
-    format: str = "generic"
-    encoding: str = "utf-8"
-    delimiter: str = ","
-    rows: int = 0
-    new: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    duplicates: int = 0  # rows merged into an earlier row of the same file
-    kept_stopped: int = 0  # people left unsubscribed/bounced/complained (no --resubscribe)
-    rejects: list[Reject] = field(default_factory=list)
-    dry_run: bool = False
-
-    def reject(self, line: int, email: str, reason: str) -> Reject:
-        self.rejected += 1
-        item = Reject(line, email, reason)
-        if len(self.rejects) < REPORT_REJECTS:
-            self.rejects.append(item)
-        return item
 
 
 def import_file(
@@ -172,16 +107,16 @@ def _import_file(
     with path.open("rb") as peek:
         is_json = peek.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
     raw = path.open("rb")
-    counter = _CountingReader(raw)
+    counter = CountingReader(raw)
     handle = io.TextIOWrapper(io.BufferedReader(counter, 1 << 20), encoding=encoding, newline="")
     reject_file: IO[str] | None = None
-    reader: _ReaderStream | None = None
+    reader: ReaderStream | None = None
     try:
         if is_json:
-            headings, fmt, rows = _json_rows(path, encoding)
+            headings, fmt, rows = json_rows(path, encoding)
             result.delimiter = ""
         else:
-            headings, fmt, rows = _csv_rows(handle, path, result, mapping)
+            headings, fmt, rows = csv_rows(handle, path, result, mapping)
         result.format = fmt.name
         source_name = source or f"import:{fmt.name}"
         if fmt.name.startswith("newsletter"):
@@ -200,7 +135,7 @@ def _import_file(
         with engine.connect() as probe:
             initially_empty = probe.execute(select(subscribers.c.id).limit(1)).first() is None
         # Exact where counts depend on it; a 16 MB bit set for a first big import.
-        new_keys = _KeyFilter(exact=dry_run or not initially_empty)
+        new_keys = KeyFilter(exact=dry_run or not initially_empty)
 
         merged = 0
 
@@ -219,7 +154,7 @@ def _import_file(
                     item.tags |= extra_tags
                 earlier = chunk.get(item.key)
                 if earlier is not None:
-                    _merge(earlier, item)
+                    merge(earlier, item)
                     merged += 1
                 else:
                     chunk[item.key] = item
@@ -235,16 +170,16 @@ def _import_file(
             return result.rows, result.rejected, result.rejects, merged
 
         if parallel is None:
-            parallel = not is_json and total >= PARALLEL_BYTES and _can_fork()
+            parallel = not is_json and total >= PARALLEL_BYTES and can_fork()
         if parallel:
             if reject_file is not None:
                 reject_file.flush()  # the reader process writes the rest
-            reader = _ReaderStream(chunks, lambda: counter.count, finish, path)
+            reader = ReaderStream(chunks, lambda: counter.count, finish, path)
             stream: Iterator[tuple[dict[str, Incoming], int]] = iter(reader)
         else:
             stream = ((chunk, counter.count) for chunk in chunks())
         for number, (chunk, done) in enumerate(stream, start=1):
-            _write_chunk(
+            write_chunk(
                 engine, chunk, result, new_keys, initially_empty, resubscribe, source_name, fmt
             )
             del chunk

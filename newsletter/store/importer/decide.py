@@ -1,7 +1,7 @@
 """`subscribers import`, deciding: what a chunk of the file changes in the list.
 
 The current rows of the chunk's addresses, the merge rules for each existing subscriber
-(statuses, names, custom fields, tags), and `_KeyFilter`, the addresses this run added.
+(statuses, names, custom fields, tags), and `KeyFilter`, the addresses this run added.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from newsletter.store.import_read import Incoming
+from newsletter.store.importer.model import Incoming
 from newsletter.store.subscribers import STOPPED
 
 #: Bound parameters per IN (...) lookup, under every engine's limit.
 LOOKUP_BATCH = 500
 
 
-class _KeyFilter:
+class KeyFilter:
     """The addresses this run added, by hash: a set of hashes (exact), or a bit set.
 
     The bit set (2**27 bits, 16 MB) answers "maybe" for about 1 in 130 unknown keys at a
@@ -59,7 +59,7 @@ class _KeyFilter:
         return bool(self.bits[h >> 3] & (1 << (h & 7)))
 
 
-def _fetch_current(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]]:
+def fetch_current(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]]:
     """What the merge needs of the current rows (and tags) of these keys, by key.
 
     Driver-level SQL without result processing: a re-import looks up every row, and
@@ -107,7 +107,7 @@ def _json_object(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
-def _resolve_status(current: str | None, incoming: str | None, resubscribe: bool) -> str:
+def resolve_status(current: str | None, incoming: str | None, resubscribe: bool) -> str:
     if resubscribe:
         return "subscribed"
     if current is None:
@@ -119,7 +119,7 @@ def _resolve_status(current: str | None, incoming: str | None, resubscribe: bool
     return incoming
 
 
-def _changes(
+def changes(
     current: dict[str, Any], inc: Incoming, resubscribe: bool, stamp: datetime
 ) -> tuple[dict[str, Any], set[str], bool]:
     """Column changes and new tags for an existing subscriber; and whether a stop was kept."""
@@ -133,7 +133,7 @@ def _changes(
         merged = {**have, **inc.fields}
         if merged != have:
             values["fields"] = merged
-    status = _resolve_status(current["status"], inc.status, resubscribe)
+    status = resolve_status(current["status"], inc.status, resubscribe)
     kept_stop = current["status"] in STOPPED and inc.status not in STOPPED and not resubscribe
     if status != current["status"]:
         values["status"] = status

@@ -1,9 +1,9 @@
 """`subscribers import`, reading: an import file into `Incoming` rows (or `Reject`s).
 
 CSV with any delimiter and another service's columns (see `formats`), or our own JSON
-export; tag, time and status cells; duplicate rows folded together by `_merge`. Big files
-are parsed in a forked process (`_ReaderStream`) that sends each chunk as compact tuples;
-the writer (`import_write`) uses those tuples as they are.
+export; tag, time and status cells. Big files are parsed in a forked process
+(`ReaderStream`) that sends each chunk as compact tuples (`model.pack`); the writer
+(`write`) uses those tuples as they are.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import json
 import multiprocessing
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from newsletter.errors import ImportFileError, StoreError
 from newsletter.store.emails import _fast as _fast_email
 from newsletter.store.emails import normalize_email
-from newsletter.store.formats import (
+from newsletter.store.importer.formats import (
     OWN_COLUMNS,
     STATUS_WORDS,
     Format,
@@ -32,6 +31,7 @@ from newsletter.store.formats import (
     detect_format,
     sniff_delimiter,
 )
+from newsletter.store.importer.model import ImportResult, Incoming, Reject, pack, unpack
 from newsletter.store.schema import STATUSES
 from newsletter.store.subscribers import (
     REASON_CHARS,
@@ -40,64 +40,10 @@ from newsletter.store.subscribers import (
     normalize_tags,
 )
 
-if TYPE_CHECKING:
-    from newsletter.store.importer import ImportResult
-
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
-class Incoming:
-    """One subscriber as the file describes them (after merging duplicates).
-
-    A plain slotted class with a hand-written __init__: a million of these are made
-    during a big import, and a dataclass's defaults cost measurably more.
-    """
-
-    __slots__ = (
-        "line",
-        "email",
-        "key",
-        "name",
-        "first_name",
-        "last_name",
-        "status",
-        "tags",
-        "fields",
-        "created_at",
-        "confirmed_at",
-        "unsubscribed_at",
-        "reason",
-        "source",
-        "simple",
-    )
-
-    def __init__(self, line: int, email: str, key: str, status: str | None = None):
-        self.line = line
-        self.email = email
-        self.key = key
-        self.status: str | None = status  # None: the file does not say
-        self.name: str | None = None
-        self.first_name: str | None = None
-        self.last_name: str | None = None
-        self.tags: set[str] = set()
-        self.fields: dict[str, Any] = {}
-        self.created_at: datetime | None = None
-        self.confirmed_at: datetime | None = None
-        self.unsubscribed_at: datetime | None = None
-        self.reason: str | None = None
-        self.source: str | None = None
-        #: Only address, first/last name and tags: the bulk path can insert it column-wise.
-        self.simple = status is None
-
-
-@dataclass(frozen=True)
-class Reject:
-    line: int
-    email: str
-    reason: str
-
-
-class _CountingReader(io.RawIOBase):
+class CountingReader(io.RawIOBase):
     """Counts bytes read, so progress can follow the file without seeking."""
 
     def __init__(self, raw: IO[bytes]):
@@ -301,23 +247,6 @@ def _apply(inc: Incoming, target: str, value: str) -> None:
         normalize_tags(inc.tags)
 
 
-def _merge(into: Incoming, other: Incoming) -> None:
-    """Fold a later duplicate row into an earlier one: later values win, tags add up,
-    and a stop (unsubscribed, bounced, complained) always wins over a subscribe."""
-    for attr in ("name", "first_name", "last_name", "reason", "source"):
-        value = getattr(other, attr)
-        if value:
-            setattr(into, attr, value)
-    into.tags |= other.tags
-    into.fields.update(other.fields)
-    into.simple = into.simple and other.simple
-    if other.status is not None and into.status not in STOPPED:
-        into.status = other.status
-    into.created_at = into.created_at or other.created_at
-    into.confirmed_at = into.confirmed_at or other.confirmed_at
-    into.unsubscribed_at = other.unsubscribed_at or into.unsubscribed_at
-
-
 def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
     """Did this record (several lines) end at the end of the file inside a quoted value?
     csv's lenient mode reads the rest of the file into that value without a word."""
@@ -329,7 +258,7 @@ def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
     return False
 
 
-def _csv_rows(
+def csv_rows(
     handle: io.TextIOWrapper, path: Path, result: ImportResult, mapping: list[tuple[str, str]]
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
     first = handle.readline()
@@ -404,7 +333,7 @@ def _csv_rows(
     return headings, fmt, rows()
 
 
-def _json_rows(
+def json_rows(
     path: Path, encoding: str
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
     """Our own JSON export (an array of objects). Read whole: JSON has no line structure."""
@@ -443,11 +372,11 @@ def _json_rows(
     return headings, fmt, rows()
 
 
-def _can_fork() -> bool:
+def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-class _ReaderStream:
+class ReaderStream:
     """Chunks parsed by a forked child process, sent through a pipe.
 
     Parsing (Python) and SQLite's inserts then run on two cores instead of taking turns.
@@ -470,7 +399,7 @@ class _ReaderStream:
         def run() -> None:
             try:
                 for chunk in chunks():
-                    send.send(("chunk", _pack(chunk), position()))
+                    send.send(("chunk", pack(chunk), position()))
                 send.send(("done", finish()))
             except BaseException as exc:  # handed to the parent, which raises it
                 with contextlib.suppress(Exception):
@@ -493,7 +422,7 @@ class _ReaderStream:
                         "run the same import again (it continues where it stopped)"
                     ) from None
                 if kind == "chunk":
-                    yield _unpack(payload), rest[0]
+                    yield unpack(payload), rest[0]
                 elif kind == "done":
                     self.stats = payload
                     return
@@ -509,41 +438,3 @@ class _ReaderStream:
         if self.process.is_alive():
             self.process.terminate()
         self.process.join()
-
-
-def _pack(chunk: dict[str, Incoming]) -> tuple[list[tuple[Any, ...]], list[Incoming]]:
-    """Simple subscribers as plain tuples (cheap to pickle); the rest as objects."""
-    simple = [
-        (inc.line, inc.email, inc.key, inc.first_name, inc.last_name, tuple(inc.tags))
-        for inc in chunk.values()
-        if inc.simple
-    ]
-    others = [inc for inc in chunk.values() if not inc.simple]
-    return simple, others
-
-
-def _simple_tuple(inc: Incoming) -> tuple[Any, ...]:
-    return (inc.line, inc.email, inc.key, inc.first_name, inc.last_name, tuple(inc.tags))
-
-
-def _is_simple(item: Any) -> bool:
-    return type(item) is tuple or bool(item.simple)
-
-
-def _as_incoming(item: Any) -> Incoming:
-    if type(item) is not tuple:
-        return item  # type: ignore[no-any-return]
-    line, email, key, first, last, tags = item
-    inc = Incoming(line, email, key)
-    inc.first_name, inc.last_name, inc.tags = first, last, set(tags)
-    return inc
-
-
-def _unpack(packed: tuple[list[tuple[Any, ...]], list[Incoming]]) -> dict[str, Any]:
-    simple, others = packed
-    # Simple rows stay tuples: building a million objects here would cost this process
-    # (the one that writes) a second; they become Incoming only if a merge needs them.
-    chunk: dict[str, Any] = {item[2]: item for item in simple}
-    for inc in others:
-        chunk[inc.key] = inc
-    return chunk
