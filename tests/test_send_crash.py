@@ -39,6 +39,14 @@ def received(log: Path) -> list[str]:
     return out
 
 
+def in_flight(engine) -> bool:
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(deliveries.c.id).where(deliveries.c.state == "in_flight")).first()
+            is not None
+        )
+
+
 @pytest.fixture
 def smtp_process(tmp_path: Path):
     log = tmp_path / "smtp.log"
@@ -116,6 +124,10 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
     deadline = time.monotonic() + 30
     while len(received(log)) < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
+    # Kill while a request is in flight (on a loaded machine the sender may sit between
+    # batches for a while): that is the case this test is about.
+    while not in_flight(engine) and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert child.poll() is None, "the send finished before it could be killed"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()

@@ -60,8 +60,10 @@ def test_send_then_webhooks_unsubscribe_reply_and_stats(make_project, cli, monke
         )
 
         # Jörg's mail client uses the one-click header.
-        # The URL first; with [replies] domain a mailto: follows (RFC 2369 list).
-        header_url = joerg["headers"]["List-Unsubscribe"].split(",")[0].strip().strip("<>")
+        # A list (RFC 2369): the https URL, and with [replies] domain a mailto: as well.
+        targets = [t.strip().strip("<>") for t in joerg["headers"]["List-Unsubscribe"].split(",")]
+        [header_url] = [t for t in targets if t.startswith("https://")]
+        assert any(t.startswith("mailto:reply+") for t in targets)
         assert header_url.startswith("https://news.example.com/unsubscribe/")
         one_click = httpx.post(
             base + urlsplit(header_url).path,

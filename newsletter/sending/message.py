@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from types import MappingProxyType
 from typing import NamedTuple
 
 #: RFC 8058 one-click unsubscribe.
@@ -60,7 +59,9 @@ class Message:
     track_clicks: bool = False
 
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+#: The default for a recipient without substitutions, ids or headers. A plain dict (a
+#: mappingproxy cannot be pickled to and from worker processes); typed read-only, never changed.
+_EMPTY: Mapping[str, str] = {}
 
 
 class Recipient(NamedTuple):
