@@ -9,6 +9,7 @@ delivery rows, so they never block the real send; `sends` still lists them.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import deque
@@ -58,10 +59,11 @@ class SendReport:
         return self.accepted + self.failed + self.uncertain
 
 
-#: (subscriber id, has a ledger row, recipient)
-Built = tuple[int, bool, Recipient]
-#: (id, email, name, template context, has a ledger row): one subscriber read for the send.
-Row = tuple[int, str, "str | None", "dict[str, Any]", bool]
+#: (subscriber id, has a ledger row, recipient, why the transport refuses them or None)
+Built = tuple[int, bool, Recipient, "str | None"]
+#: (id, email, name, (first name, last name, custom fields as JSON text), has a ledger row):
+#: one subscriber as read for the send; the JSON is parsed by the builder (in parallel).
+Row = tuple[int, str, "str | None", "tuple[str | None, str | None, str | None]", bool]
 #: Pages handed to build processes ahead of the sender: enough to keep them busy.
 BUILD_AHEAD = 3
 #: Lists at least this long are personalized by worker processes (fork) on multi-core machines;
@@ -79,12 +81,23 @@ class Builder:
     unsubscribe_url: Callable[[int], str]
     issue_id: int
     send_id: int
+    #: The transport's check of a recipient against its limits (run here, in parallel).
+    refuse: Callable[[Recipient], str | None]
 
     def build(self, page: list[Row]) -> list[Built]:
         out: list[Built] = []
         issue, send = str(self.issue_id), str(self.send_id)
-        for sid, address, name, context, has_row in page:
+        refuse = self.refuse
+        for sid, address, name, fields, has_row in page:
             url = self.unsubscribe_url(sid)
+            context = {
+                "id": sid,
+                "email": address,
+                "name": name,
+                "first_name": fields[0],
+                "last_name": fields[1],
+                "fields": _custom_fields(fields[2]),
+            }
             recipient = Recipient(
                 email=address,
                 name=name,
@@ -96,8 +109,19 @@ class Builder:
                     CUSTOM_ARG_SEND: send,
                 },
             )
-            out.append((sid, has_row, recipient))
+            out.append((sid, has_row, recipient, refuse(recipient)))
         return out
+
+
+def _custom_fields(raw: Any) -> dict[str, Any]:
+    """The custom fields column as read raw: JSON text (SQLite), or already parsed (psycopg
+    parses json columns itself)."""
+    if isinstance(raw, dict):
+        return dict(raw)
+    if not raw or raw == "{}":
+        return {}
+    value = json.loads(raw)
+    return value if isinstance(value, dict) else {}
 
 
 # Set before the worker pool forks, so workers inherit the rendered issue without pickling it.
@@ -145,7 +169,7 @@ def _rows(
 ) -> Iterator[list[Row]]:
     """Pages of the planned recipients (subscribed, in the segment, id <= up_to_id), by id:
     plain rows, not objects; those who already have the issue left out."""
-    from sqlalchemy import select
+    from sqlalchemy import Text, select, type_coerce
 
     from newsletter.store.schema import deliveries, subscribers
     from newsletter.store.subscribers import segment_filters
@@ -156,7 +180,9 @@ def _rows(
     while True:
         with engine.connect() as conn:
             rows = conn.execute(
-                select(s.id, s.email, s.name, s.first_name, s.last_name, s.fields)
+                select(
+                    s.id, s.email, s.name, s.first_name, s.last_name, type_coerce(s.fields, Text)
+                )
                 .where(s.id > last, s.id <= plan.up_to_id, *conditions)
                 .order_by(s.id)
                 .limit(PAGE)
@@ -178,15 +204,7 @@ def _rows(
             state = states.get(sid)
             if state is not None and state not in again:
                 continue
-            context = {
-                "id": sid,
-                "email": email,
-                "name": name,
-                "first_name": first,
-                "last_name": last_name,
-                "fields": dict(fields or {}),
-            }
-            page.append((sid, email, name, context, state is not None))
+            page.append((sid, email, name, (first, last_name, fields), state is not None))
         if page:
             yield page
         last = rows[-1].id
@@ -248,6 +266,7 @@ def execute(
         unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
         issue_id,
         send_id,
+        transport.refuse,
     )
     message = plan.message()
     pool = None
@@ -415,8 +434,7 @@ def _send_batches(
             settle(done)
 
     def take(built: list[Built]) -> None:
-        for sid, has_row, recipient in built:
-            problem = transport.refuse(recipient)
+        for sid, has_row, recipient, problem in built:
             if problem:
                 refused[sid] = problem
                 continue
