@@ -116,36 +116,55 @@ def _stale(row: Any, host: str) -> bool:
     return row.host == host and not _pid_alive(row.pid)
 
 
-def _record_statement(
+def _placeholder(conn: Any) -> str:
+    """The driver's parameter marker: `?` (sqlite3) or `%s` (psycopg)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _bound_time(conn: Any, stamp: datetime) -> Any:
+    """`stamp` as SQLAlchemy would bind it to `deliveries.updated_at` on this database."""
+    process = deliveries.c.updated_at.type.bind_processor(conn.dialect)
+    return process(stamp) if process else stamp
+
+
+def _record(
+    conn: Any,
     issue_id: int,
     ids: Sequence[int],
     state: str,
     message_id: str | None,
     error: str | None,
     send_id: int | None,
-) -> Any:
-    # Only rows still in flight take the outcome: an event (delivered, bounced, dropped) may
-    # have arrived before the provider's answer was settled, and a takeover may have made them
-    # uncertain; both say more than "accepted".
-    pending = deliveries.c.state == DeliveryState.IN_FLIGHT
-    # With `send_id`: rows a later send has claimed since (after a takeover) are not ours.
-    # `send_id + 0` keeps that test out of index choice: on `send_id` alone SQLite would walk
-    # every row of the send for each batch (quadratic in the list), not the unique
-    # (issue_id, subscriber_id) index.
-    mine = [] if send_id is None else [deliveries.c.send_id + 0 == send_id]
-    return (
-        update(deliveries)
-        .where(
-            deliveries.c.issue_id == issue_id,
-            deliveries.c.subscriber_id.in_(list(ids)),
-            *mine,
-        )
-        .values(
-            state=case((pending, state), else_=deliveries.c.state),
-            error=case((pending, error), else_=deliveries.c.error),
-            message_id=message_id,
-            updated_at=now(),
-        )
+) -> None:
+    """A batch's outcome onto its rows. Only rows still in flight take the state and error:
+    an event (delivered, bounced, dropped) may have arrived before the provider's answer was
+    settled, and a takeover may have made them uncertain; both say more than "accepted".
+    With `send_id`: rows a later send has claimed since (after a takeover) are not ours;
+    `send_id + 0` keeps that test out of index choice (on `send_id` alone SQLite would walk
+    every row of the send for each batch, quadratic in the list, not the unique
+    (issue_id, subscriber_id) index)."""
+    if not ids:
+        return
+    mark = _placeholder(conn)
+    flying = str(DeliveryState.IN_FLIGHT)
+    mine = f" AND send_id + 0 = {mark}" if send_id is not None else ""
+    conn.exec_driver_sql(
+        f"UPDATE deliveries SET "
+        f"state = CASE WHEN state = {mark} THEN {mark} ELSE state END, "
+        f"error = CASE WHEN state = {mark} THEN {mark} ELSE error END, "
+        f"message_id = {mark}, updated_at = {mark} "
+        f"WHERE issue_id = {mark} AND subscriber_id IN ({', '.join([mark] * len(ids))}){mine}",
+        (
+            flying,
+            str(state),
+            flying,
+            error,
+            message_id,
+            _bound_time(conn, now()),
+            issue_id,
+            *ids,
+            *([send_id] if send_id is not None else []),
+        ),
     )
 
 
@@ -342,32 +361,29 @@ class Ledger:
                         f"another process took over the send of {slug} (this one stalled for over "
                         f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
                     )
-            kept = set(
-                conn.execute(
-                    select(subscribers.c.id).where(
-                        subscribers.c.id.in_([*new_ids, *again_ids]),
-                        subscribers.c.status == SubscriberStatus.SUBSCRIBED,
-                    )
-                ).scalars()
-            )
+            # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
+            # and its per-row parameter processing cost more than the database work.
+            ids = [*new_ids, *again_ids]
+            mark = _placeholder(conn)
+            kept = {
+                row[0]
+                for row in conn.exec_driver_sql(
+                    f"SELECT id FROM subscribers WHERE status = {mark} AND id IN "
+                    f"({', '.join([mark] * len(ids))})",
+                    (str(SubscriberStatus.SUBSCRIBED), *ids),
+                )
+            }
             new_ids = [sid for sid in new_ids if sid in kept]
             again_ids = [sid for sid in again_ids if sid in kept]
             if new_ids:
                 try:
                     with conn.begin_nested():
-                        conn.execute(
-                            insert(deliveries),
-                            [
-                                {
-                                    "issue_id": issue_id,
-                                    "subscriber_id": sid,
-                                    "send_id": send_id,
-                                    "state": DeliveryState.IN_FLIGHT,
-                                    "batch_no": batch_no,
-                                    "updated_at": stamp,
-                                }
-                                for sid in new_ids
-                            ],
+                        when = _bound_time(conn, stamp)
+                        state = str(DeliveryState.IN_FLIGHT)
+                        conn.exec_driver_sql(
+                            "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
+                            f"batch_no, updated_at) VALUES ({', '.join([mark] * 6)})",
+                            [(issue_id, sid, send_id, state, batch_no, when) for sid in new_ids],
                         )
                 except IntegrityError:
                     raise SendError(
@@ -403,7 +419,7 @@ class Ledger:
         send_id: int | None = None,
     ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(_record_statement(issue_id, ids, state, message_id, error, send_id))
+            _record(conn, issue_id, ids, state, message_id, error, send_id)
 
     def record_outcomes(
         self, issue_id: int, send_id: int, ids: Sequence[int], outcomes: Sequence[Any]
@@ -416,9 +432,7 @@ class Ledger:
         with self.engine.begin() as conn:
             if len(groups) <= 2:
                 for (state, message_id, error), group in groups.items():
-                    conn.execute(
-                        _record_statement(issue_id, group, state, message_id, error, send_id)
-                    )
+                    _record(conn, issue_id, group, state, message_id, error, send_id)
                 return
             pending = deliveries.c.state == DeliveryState.IN_FLIGHT
             conn.execute(
