@@ -123,7 +123,7 @@ def _placeholder(conn: Any) -> str:
 
 def _bound_time(conn: Any, stamp: datetime) -> Any:
     """`stamp` as SQLAlchemy would bind it to `deliveries.updated_at` on this database."""
-    process = deliveries.c.updated_at.type.bind_processor(conn.dialect)
+    process = deliveries.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     return process(stamp) if process else stamp
 
 
