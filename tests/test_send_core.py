@@ -267,3 +267,37 @@ def test_fast_unsubscribe_tokens_read_back_like_the_slow_ones():
         forged = fast(5).replace("/unsubscribe/", "/unsubscribe/x")
         with pytest.raises(Exception):  # noqa: B017
             read_token(UNSUBSCRIBE, forged.rsplit("/", 1)[1], key="k")
+
+
+def test_memoized_personalization_equals_per_reader_rendering(make_project):
+    """Values are computed once per combination of the fields the body reads: each reader
+    still gets exactly what rendering for them alone gives, their own unsubscribe URL included."""
+    from newsletter.issue import load_issue
+    from newsletter.render import render_issue
+    from newsletter.sending.execute import Personalizer, subscriber_keys_used
+
+    body = (
+        "---\ntitle: T\nslug: t\n---\nHallo {{ subscriber.first_name | default('zusammen') }} "
+        "aus {{ subscriber.stadt | default('?') }}, {{ subscriber['last_name'] | upper }}!\n"
+    )
+    root = make_project(issues={"t.md": body, "r.md": body.replace("slug: t", "slug: r")
+                                .replace("| upper }}", "| upper }} {{ range(3) | random }}")})  # fmt: skip
+    project = Project.load(root)
+    rendered = render_issue(project, load_issue(project, root / "issues" / "t.md"))
+    assert subscriber_keys_used(rendered.expressions) == ("first_name", "last_name", "stadt")
+    randomish = render_issue(project, load_issue(project, root / "issues" / "r.md"))
+    assert subscriber_keys_used(randomish.expressions) is None
+    personalize = Personalizer(rendered)
+    people = [
+        {"id": i, "email": f"p{i}@example.org", "name": None, "first_name": first,
+         "last_name": last, "fields": fields}
+        for i, (first, last, fields) in enumerate(
+            [("Jörg", "Müller", {"stadt": "Köln"}), ("Jörg", "Müller", {"stadt": "Köln"}),
+             ("Jörg", "Meier", {}), ("", None, {"stadt": "Köln"}), (None, None, {}),
+             ("<b>Tom</b>", "&", {"stadt": "Bonn", "x": 1})] * 3
+        )
+    ]  # fmt: skip
+    for person in people:
+        url = f"https://news.example.com/unsubscribe/{person['id']}%%x&y"
+        assert personalize(person, url) == rendered.substitutions(person, url)
+    assert len(personalize.cache) == 5

@@ -73,6 +73,96 @@ PARALLEL_FROM = 20000
 PAGE = 1000
 
 
+_BUILT_IN = ("id", "email", "name", "first_name", "last_name")
+
+
+def subscriber_keys_used(expressions: list[Any]) -> tuple[str, ...] | None:
+    """The subscriber fields the issue's expressions read (`subscriber.first_name`,
+    `subscriber["stadt"]`, `subscriber.fields.x` -> "fields"), or None when an expression
+    uses `subscriber` in any other way, or calls something (a `random` filter): then its
+    value may depend on more than those fields and must be computed per recipient."""
+    from jinja2 import nodes
+
+    from newsletter.personalize import expression_environment
+
+    env = expression_environment()
+    used: set[str] = set()
+    for expression in expressions:
+        tree = env.parse("{{ " + expression.source + " }}")
+        if any(True for _ in tree.find_all(nodes.Call)) or any(
+            f.name == "random" for f in tree.find_all(nodes.Filter)
+        ):
+            return None
+        mentions = sum(1 for n in tree.find_all(nodes.Name) if n.name == "subscriber")
+        reads = 0
+        for node in (*tree.find_all(nodes.Getattr), *tree.find_all(nodes.Getitem)):
+            target: Any = getattr(node, "node", None)
+            if not (isinstance(target, nodes.Name) and target.name == "subscriber"):
+                continue
+            if isinstance(node, nodes.Getattr):
+                used.add(node.attr)
+            elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+                if not isinstance(node.arg.value, str):
+                    return None
+                used.add(node.arg.value)
+            else:
+                return None
+            reads += 1
+        if reads != mentions:
+            return None
+    return tuple(sorted(used))
+
+
+class Personalizer:
+    """`rendered.substitutions(context, url)`, computed once per distinct combination of the
+    fields the expressions read (most readers share a first name with someone), with each
+    reader's own unsubscribe URL filled in. Falls back to per-reader evaluation when the
+    expressions could depend on anything else (see `subscriber_keys_used`)."""
+
+    MAX_CACHED = 20000
+
+    def __init__(self, rendered: RenderedIssue) -> None:
+        self.rendered = rendered
+        self.keys = subscriber_keys_used(rendered.expressions)
+        self.cache: dict[tuple[Any, ...], dict[str, str]] = {}
+
+    def _key(self, context: dict[str, Any]) -> tuple[Any, ...]:
+        fields = context.get("fields") or {}
+        out: list[Any] = []
+        for name in self.keys or ():
+            if name == "fields":
+                out.append(json.dumps(fields, sort_keys=True, default=str))
+                continue
+            value = context.get(name) if name in _BUILT_IN else None
+            if value in (None, ""):
+                value = fields.get(name)
+            out.append(None if value == "" else repr(value))
+        return tuple(out)
+
+    def __call__(self, context: dict[str, Any], url: str) -> dict[str, str]:
+        if self.keys is None:
+            return self.rendered.substitutions(context, url)
+        key = self._key(context)
+        known = self.cache.get(key)
+        if known is None:
+            subs = self.rendered.substitutions(context, url)
+            if len(self.cache) < self.MAX_CACHED:
+                self.cache[key] = subs
+            return subs
+        from newsletter.personalize import (
+            MAX_URL_CHARS,
+            UNSUBSCRIBE_HTML_KEY,
+            UNSUBSCRIBE_TEXT_KEY,
+            html_value,
+        )
+
+        subs = dict(known)
+        clean = url[:MAX_URL_CHARS].replace("%%", "%")
+        subs[UNSUBSCRIBE_HTML_KEY] = html_value(clean)
+        subs[UNSUBSCRIBE_TEXT_KEY] = clean
+        return subs
+
+
 @dataclass
 class Builder:
     """Turns a page of subscribers into recipients (in this process or a forked worker)."""
@@ -84,10 +174,14 @@ class Builder:
     #: The transport's check of a recipient against its limits (run here, in parallel).
     refuse: Callable[[Recipient], str | None]
 
+    def __post_init__(self) -> None:
+        self.personalize = Personalizer(self.rendered)
+
     def build(self, page: list[Row]) -> list[Built]:
         out: list[Built] = []
         issue, send = str(self.issue_id), str(self.send_id)
         refuse = self.refuse
+        personalize = self.personalize
         for sid, address, name, fields, has_row in page:
             url = self.unsubscribe_url(sid)
             context = {
@@ -101,7 +195,7 @@ class Builder:
             recipient = Recipient(
                 email=address,
                 name=name,
-                substitutions=self.rendered.substitutions(context, url),
+                substitutions=personalize(context, url),
                 unsubscribe_url=url,
                 ids={
                     CUSTOM_ARG_ISSUE: issue,
