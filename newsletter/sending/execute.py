@@ -236,6 +236,9 @@ def start_pool(builder: Builder, expected: int) -> Any:
     threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
         return None
+    if builder.personalize.keys is not None and PARALLEL_ENV not in os.environ:
+        # Memoized personalization is cheaper than pickling recipients back from workers.
+        return None
     import gc
     import multiprocessing
 
