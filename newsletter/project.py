@@ -35,6 +35,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "postal_address": (str, REQUIRED),
         "base_url": (str, None),
         "language": (str, "en"),
+        "imprint_url": (str, None),
     },
     "database": {
         "url": (str, "sqlite:///newsletter.db"),
@@ -87,6 +88,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "double_opt_in": (bool, True),
         "rate_limit_per_hour": (int, 10),  # POST /subscribe per IP
         "redirect_url": (str, None),
+    },
+    "archive": {
+        "enabled": (bool, True),  # the web archive, its feeds and `archive build`
+        "site_url": (str, None),  # where `archive build` output is hosted (default: base_url)
     },
     "serve": {
         "max_body_bytes": (int, 1_000_000),  # forms and the Event Webhook (413 above)

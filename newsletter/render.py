@@ -236,8 +236,11 @@ def _premailer(html: str) -> str:
     ).transform()
 
 
-def render_issue(project: Project, issue: Issue) -> RenderedIssue:
-    """Render an issue once: HTML and text with per-recipient keys."""
+def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> RenderedIssue:
+    """Render an issue once: HTML and text with per-recipient keys.
+
+    `inline_css=False` skips premailer (three quarters of the time): a browser applies the
+    <style> rules itself, so the web archive renders without it."""
     import mjml
 
     from newsletter.markdown import parse, render_html
@@ -303,7 +306,8 @@ def render_issue(project: Project, issue: Issue) -> RenderedIssue:
             None,
             f"MJML could not render the templates: {exc}; check that every tag is closed",
         ) from None
-    html = _premailer(html)
+    if inline_css:
+        html = _premailer(html)
     if not html.lstrip().lower().startswith("<!doctype"):
         html = "<!doctype html>\n" + html
 
@@ -327,6 +331,17 @@ def _key(name: str, part: str) -> str:
     return f"%%nl:{part}:{'unsubscribe' if name == 'unsub' else name}%%"
 
 
-def render_file(project: Project, path: Path) -> RenderedIssue:
+def render_file(project: Project, path: Path, *, inline_css: bool = True) -> RenderedIssue:
     """Load and render an issue file."""
-    return render_issue(project, load_issue(project, path))
+    return render_issue(project, load_issue(project, path), inline_css=inline_css)
+
+
+def issue_preheader(issue: Issue) -> str:
+    """The preheader `render_issue` would use, without rendering (for archive listings)."""
+    from newsletter.markdown import parse
+
+    if issue.preheader:
+        return _shorten(strip_tokens(re.sub(r"\{\{.*?\}\}", "", issue.preheader)))
+    body, _expressions = extract_expressions(issue.path, issue.body, issue.body_line)
+    tokens, _env = parse(body)
+    return _shorten(_first_paragraph(tokens))

@@ -77,6 +77,12 @@ SAMPLE_BODY = {
 }
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _write_beside(path: Path, text: str, finish: Callable[[str, Path], None]) -> None:
     """Write `text` to a temporary file beside `path`, then `finish(tmp, path)` puts it in
     place; the temporary file never outlives the call."""
@@ -85,6 +91,9 @@ def _write_beside(path: Path, text: str, finish: Callable[[str, Path], None]) ->
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
+        # mkstemp makes the file 0600; give it the mode any new file gets (0644 under the
+        # usual umask), so a web server can serve `build` output.
+        os.chmod(tmp, 0o666 & ~_umask())
         finish(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):  # gone already after os.replace

@@ -263,18 +263,16 @@ def test_web_version_of_an_unsent_draft_is_not_served(site):
 def test_web_version_follows_a_new_template_without_a_restart(site):
     proj, engine, _, _ = site
     client = TestClient(create_app(proj, engine))
-    assert "Eigene Fußzeile" not in client.get("/issues/meta-ki-creator").text
+    assert "Eigene Zeile" not in client.get("/issues/meta-ki-creator").text
     from newsletter.project import builtin_templates_dir
 
-    footer = (builtin_templates_dir() / "footer.mjml.j2").read_text(encoding="utf-8")
+    # (The email's footer is replaced on the web: the change goes into the layout's card.)
+    layout = (builtin_templates_dir() / "email.mjml.j2").read_text(encoding="utf-8")
     proj.templates_dir.mkdir(exist_ok=True)
-    (proj.templates_dir / "footer.mjml.j2").write_text(
-        footer.replace(
-            "{{ newsletter.postal_address }}", "Eigene Fußzeile · {{ newsletter.postal_address }}"
-        ),
-        encoding="utf-8",
+    (proj.templates_dir / "email.mjml.j2").write_text(
+        layout.replace("{{ content }}", "<p>Eigene Zeile</p>\n{{ content }}"), encoding="utf-8"
     )
-    assert "Eigene Fußzeile" in client.get("/issues/meta-ki-creator").text
+    assert "Eigene Zeile" in client.get("/issues/meta-ki-creator").text
 
 
 def test_oversized_form_gets_413(site):

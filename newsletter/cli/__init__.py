@@ -89,9 +89,9 @@ def get_project(ctx: click.Context | None = None) -> Project:
 
 
 def _register() -> None:
-    from newsletter.cli import authoring, preview, sending, serving, subscribers
+    from newsletter.cli import archive, authoring, preview, sending, serving, subscribers
 
-    for module in (authoring, preview, subscribers, sending, serving):
+    for module in (authoring, preview, subscribers, sending, serving, archive):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -5,6 +5,10 @@
   `issues/` with or without `.md`, or a slug (from an issue file's front matter, or of an
   issue that was sent and whose file is gone).
 - `ensure_issue`, `find_issue_id`, `find_issue`, `list_sent_issues`: the table's rows.
+- `published_issues`, `is_published` (the archive's block): when readers may see an issue
+  on the web. At the scheduled `send_at` of a send, or, for an immediate send, once the
+  provider accepted a first recipient; never for drafts, test copies (they record no send),
+  dry runs, outbox-only sends, cancelled sends, or sends rejected for every recipient.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import ConfigError, NewsletterError
@@ -143,3 +147,81 @@ def list_sent_issues(engine: Engine) -> list[Any]:
 
 
 # --- end of the core's block ---------------------------------------------------------------------
+
+
+# --- publish rule (archive) --------------------------------------------------------------
+
+#: Delivery states that mean the provider took the message (later events included: a
+#: bounce or a drop happens only after SendGrid accepted it). `failed` is a rejection;
+#: `uncertain` and `in_flight` are not known to have gone out.
+ACCEPTED_STATES = ("accepted", "delivered", "bounced", "dropped")
+
+
+def _delivering_transports() -> list[str]:
+    """Transports whose sends reach readers (the outbox only writes .eml files here): asked
+    of the transports' capabilities, never by name."""
+    from newsletter.sending.transports import kinds_that
+
+    return kinds_that(lambda capabilities: capabilities.delivers)
+
+
+@dataclass(frozen=True)
+class PublishedIssue:
+    """An issue that readers may see on the web, and since when."""
+
+    issue_id: int
+    slug: str
+    title: str
+    language: str
+    published_at: datetime  # send_at of a scheduled send, else when the send started
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _published_query(now: datetime):  # type: ignore[no-untyped-def]
+    """(issue id, slug, title, language, publication time) per public issue."""
+    accepted = exists().where(
+        deliveries.c.send_id == sends.c.id,
+        deliveries.c.state.in_(ACCEPTED_STATES),
+    )
+    goes_out_at = func.coalesce(sends.c.send_at, sends.c.started_at)
+    published_at = func.min(goes_out_at).label("published_at")
+    return (
+        select(issues.c.id, issues.c.slug, issues.c.title, issues.c.language, published_at)
+        .join(sends, sends.c.issue_id == issues.c.id)
+        .where(
+            and_(
+                sends.c.dry_run.is_(False),
+                sends.c.transport.in_(_delivering_transports()),
+                sends.c.status != "cancelled",
+                goes_out_at <= now,
+                accepted,
+            )
+        )
+        .group_by(issues.c.id, issues.c.slug, issues.c.title, issues.c.language)
+        .order_by(published_at.desc(), issues.c.slug)
+    )
+
+
+def published_issues(engine: Engine, now: datetime | None = None) -> list[PublishedIssue]:
+    """Every public issue, newest first (ties: by slug, so the order is stable)."""
+    moment = _as_utc(now or datetime.now(UTC))
+    with engine.connect() as conn:
+        rows = conn.execute(_published_query(moment)).all()
+    return [
+        PublishedIssue(int(issue_id), slug, title, language, _as_utc(published_at))
+        for issue_id, slug, title, language, published_at in rows
+    ]
+
+
+def is_published(engine: Engine, slug: str, now: datetime | None = None) -> bool:
+    """Is the issue with this slug public (see the module docstring for the rule)?"""
+    query = _published_query(_as_utc(now or datetime.now(UTC))).where(issues.c.slug == slug)
+    with engine.connect() as conn:
+        return conn.execute(query).first() is not None
+
+
+# --- end of publish rule -------------------------------------------------------------------

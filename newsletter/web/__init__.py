@@ -3,7 +3,7 @@
 `create_app(project)` builds the Starlette app (the Flask-tutorial factory pattern): tests
 run it in-process or under uvicorn, and `newsletter.web.asgi:app` builds it for gunicorn.
 Database work is synchronous SQLAlchemy, so handlers run it in Starlette's thread pool.
-Each area's module (`unsubscribe`, `subscribe`, `webhooks`, `issue_page`) exposes
+Each area's module (`unsubscribe`, `subscribe`, `webhooks`, `issue_page`, `archive`) exposes
 `routes(ctx)`, taking the shared `Context` (project, database, page helpers).
 """
 
@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from newsletter.project import Project
-from newsletter.web import issue_page, subscribe, unsubscribe, webhooks
+from newsletter.web import archive, issue_page, subscribe, unsubscribe, webhooks
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
 from newsletter.web.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -35,9 +35,10 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
         *subscribe.routes(ctx),
         *webhooks.routes(ctx),
         *issue_page.routes(ctx),
+        *archive.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers=archive.exception_handlers(ctx))  # type: ignore[arg-type]
     router = Router(routes=routes)
 
     def limit_for(path: str) -> int:

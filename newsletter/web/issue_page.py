@@ -1,113 +1,66 @@
-"""The web version of an issue ("view in browser"): rendered for an anonymous reader.
+"""The web version of an issue ("view in browser"): /issues/<slug>, for an anonymous reader.
 
-Personal fields fall back to their defaults (`default("zusammen")`), so the page holds
-no one's data; its unsubscribe link is a neutral `#`, since the page names nobody.
+Only published issues are served (`store.issues.is_published`: at the scheduled send_at, or
+once a first recipient was accepted); anything else answers the styled 404 page. The page
+itself comes from `newsletter.archive.pages`: personal fields show their defaults, and the
+email's footer becomes the archive's (how to subscribe, previous/next, address, imprint).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from newsletter.archive import Site, archive_entries, neighbours
 from newsletter.errors import NewsletterError
 from newsletter.project import Project
+from newsletter.web.archive import PUBLIC, enabled, not_found_response, site_for
 from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
 
-# (issue file, its mtime, the project's templates and theirs) -> html: rendering an issue
-# costs far more than serving it, and an edit to either must show without a restart.
-_cache: dict[tuple[object, ...], str] = {}
-_lock = threading.Lock()
-
 
 def routes(ctx: Context) -> list[Route]:
-    return [Route("/issues/{slug}", partial(issue_page, ctx), methods=["GET"])]
+    return [Route("/issues/{slug}", partial(issue_page, ctx), methods=["GET", "HEAD"])]
 
 
 def find_issue_file(project: Project, slug: str) -> Path | None:
     """The issue in issues/ whose slug (front matter, else file name) is `slug`."""
-    from newsletter.issue import load_issue
+    from newsletter.archive.catalog import issue_files
 
     if not slug or "/" in slug or slug.startswith("."):
         return None
-    for path in sorted(project.issues_dir.glob("*.md")):
-        try:
-            if load_issue(project, path).slug == slug:
-                return path
-        except NewsletterError:
-            continue
-    return None
+    found = issue_files(project).get(slug)
+    return found.path if found else None
 
 
-def render_public(project: Project, path: Path) -> str:
-    from newsletter.render import render_file
+def _render_slug(ctx: Context, site: Site, slug: str) -> str | None:
+    from newsletter.archive.pages import issue_page as render_page
 
-    try:
-        templates = tuple(
-            sorted((t.name, t.stat().st_mtime) for t in project.templates_dir.iterdir())
-        )
-    except OSError:
-        templates = ()
-    key = (str(path), path.stat().st_mtime, templates)
-    with _lock:
-        cached = _cache.get(key)
-    if cached is not None:
-        return cached
-    html, _text = render_file(project, path).personalize({}, "#")
-    with _lock:
-        if len(_cache) > 64:
-            _cache.clear()
-        _cache[key] = html
-    return html
-
-
-def _published(engine: Engine, slug: str) -> bool:
-    """Has the issue gone out (a real or outbox send, not a dry run, not cancelled)? Drafts
-    stay private even when their slug can be guessed."""
-    from sqlalchemy import exists, select
-
-    from newsletter.store.schema import issues, sends
-
-    query = select(
-        exists().where(
-            issues.c.slug == slug,
-            sends.c.issue_id == issues.c.id,
-            sends.c.dry_run.is_(False),
-            sends.c.status != "cancelled",
-        )
-    )
-    with engine.connect() as conn:
-        return bool(conn.execute(query).scalar())
-
-
-def _render_slug(project: Project, engine: Engine, slug: str) -> str | None:
-    if not _published(engine, slug):
+    entries = archive_entries(ctx.project, ctx.engine)
+    entry, older, newer = neighbours(entries, slug)
+    if entry is None:
         return None
-    path = find_issue_file(project, slug)
-    if path is None:
-        return None
-    return render_public(project, path)
+    if not enabled(ctx):  # no archive to link to: no previous/next
+        older = newer = None
+    return render_page(ctx.project, site, entry, older, newer, "/", archive=enabled(ctx))
 
 
 async def issue_page(ctx: Context, request: Request) -> Response:
-    """GET /issues/{slug}: the issue as a web page, or 404."""
+    """GET /issues/{slug}: the issue as a web page, or the 404 page."""
     try:
         html = await run_in_threadpool(
-            _render_slug, ctx.project, ctx.engine, request.path_params["slug"]
+            _render_slug, ctx, site_for(ctx, request), request.path_params["slug"]
         )
     except NewsletterError as exc:
         log.error("issue page failed: %s", type(exc).__name__)
         html = None
     if html is None:
-        t = ctx.text(None)
-        return ctx.message(None, "invalid_title", t["not_found"], 404)
-    return HTMLResponse(html, headers={"X-Content-Type-Options": "nosniff"})
+        return await run_in_threadpool(not_found_response, ctx, request)
+    return HTMLResponse(html, headers=PUBLIC)

@@ -1,0 +1,103 @@
+"""Shared by the archive benchmarks: a project with N published issues.
+
+Each issue is the seed article with its own title and slug. The rows are those a finished
+SendGrid send leaves (the issue, a `done` send, one accepted delivery): written directly,
+since pushing 500 sends through the fake SendGrid would time the sender, not the archive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+CONFIG = """\
+[newsletter]
+name = "Jens' Briefing"
+from_email = "jens@example.com"
+from_name = "Jens"
+reply_to = "jens@example.com"
+postal_address = "Musterstraße 1, 10115 Berlin, Germany"
+base_url = "https://news.example.com"
+language = "de"
+
+[database]
+url = "sqlite:///newsletter.db"
+"""
+
+SEED = REPO / "issues" / "2024-07-meta-ki-creator.md"
+
+
+def make_project(root: Path, issues: int) -> Path:
+    from newsletter.project import Project
+    from newsletter.store import schema
+    from newsletter.store.engine import open_engine
+    from newsletter.store.subscribers import add_subscriber
+
+    (root / "issues").mkdir(parents=True)
+    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
+    seed = SEED.read_text(encoding="utf-8")
+    body = seed.split("---\n", 2)[2]
+    engine = open_engine(Project.load(root).database_url)
+    reader = add_subscriber(engine, "leser@example.org", first_name="Jörg")
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        for n in range(issues):
+            slug = f"ausgabe-{n:04d}"
+            title = f"Ausgabe {n}: Warum Metas KI Creator verdrängen könnte"
+            add_issue_file(root, n, slug, title, body)
+            when = start + timedelta(days=n)
+            issue_id = conn.execute(
+                schema.issues.insert().values(
+                    slug=slug, title=title, subject=title, language="de", created_at=when
+                )
+            ).inserted_primary_key[0]
+            send_id = conn.execute(
+                schema.sends.insert().values(
+                    issue_id=issue_id,
+                    status="done",
+                    transport="sendgrid",
+                    segment=[],
+                    dry_run=False,
+                    started_at=when,
+                    finished_at=when,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(
+                schema.deliveries.insert().values(
+                    issue_id=issue_id,
+                    subscriber_id=reader.id,
+                    send_id=send_id,
+                    state="accepted",
+                    batch_no=0,
+                    message_id=f"m{n}",
+                    updated_at=when,
+                )
+            )
+    engine.dispose()
+    return root
+
+
+def add_issue_file(root: Path, n: int, slug: str, title: str, body: str) -> None:
+    front = f'---\ntitle: "{title}"\npreheader: "Was Ausgabe {n} bringt"\nslug: {slug}\n---\n'
+    (root / "issues" / f"{slug}.md").write_text(front + body, encoding="utf-8")
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "NEWSLETTER_"))}
+    env["NEWSLETTER_SECRET_KEY"] = "benchmark-secret-key-0123456789"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -1,0 +1,271 @@
+"""The archive's HTML pages: the index, an issue's web version and the 404 page.
+
+An issue's web version is the email as rendered for sending (the project's templates
+included), for an anonymous reader: personal fields show their defaults, and the email's
+footer ("you receive this email because…", the unsubscribe link) is replaced by the
+archive's: how to subscribe, previous/next links, the postal address and the imprint.
+Rendering costs tens of milliseconds, so each version is cached until the issue file, a
+template or the config changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from newsletter.archive.catalog import ArchiveEntry, IssueFile
+from newsletter.archive.links import Site
+from newsletter.archive.wording import format_date, wording
+from newsletter.project import LANGUAGES, Project, builtin_templates_dir
+
+#: The unsubscribe link of the web version: a marker, removed with the footer.
+UNSUBSCRIBE_MARKER = "#nl-web-unsubscribe"
+
+_lock = threading.Lock()
+_versions: dict[tuple[object, ...], tuple[str, str]] = {}
+_pages: dict[tuple[object, ...], str] = {}
+
+
+#: Set by `templates_frozen()`: one fingerprint for a whole static build instead of a walk
+#: of the template folders per page.
+_frozen: ContextVar[tuple[object, ...] | None] = ContextVar("frozen_templates", default=None)
+
+
+@contextmanager
+def templates_frozen(project: Project) -> Iterator[tuple[object, ...]]:
+    """Within the block, the templates count as unchanged (a build takes seconds)."""
+    token = _frozen.set(None)
+    fingerprint = templates_fingerprint(project)
+    _frozen.set(fingerprint)
+    try:
+        yield fingerprint
+    finally:
+        _frozen.reset(token)
+
+
+def templates_fingerprint(project: Project) -> tuple[object, ...]:
+    """Every template file the pages may use, with its mtime: any edit changes it."""
+    frozen = _frozen.get()
+    if frozen is not None:
+        return frozen
+    found: list[tuple[str, int]] = []
+    for folder in (project.templates_dir, builtin_templates_dir()):
+        try:
+            for path in sorted(folder.rglob("*")):
+                found.append((str(path), path.stat().st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(found)
+
+
+def config_fingerprint(project: Project) -> str:
+    return repr(sorted(project.config.sections.items()))
+
+
+@lru_cache(maxsize=8)
+def _environment(project_templates: str, builtin: str) -> Environment:
+    return Environment(
+        loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
+        autoescape=select_autoescape(["html", "xml"], default_for_string=True),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _render(project: Project, name: str, language: str, **context: Any) -> str:
+    env = _environment(str(project.templates_dir), str(builtin_templates_dir()))
+    config = project.config
+    return env.get_template(f"web/{name}").render(
+        t=wording(language, config.name),
+        lang=language,
+        newsletter_name=config.name,
+        postal_address=config.postal_address,
+        imprint_url=config.section("newsletter").get("imprint_url"),
+        theme=config.theme,
+        **context,
+    )
+
+
+def _language(project: Project, language: str | None) -> str:
+    return language if language in LANGUAGES else project.config.language
+
+
+def _remember(cache: dict[tuple[object, ...], Any], key: tuple[object, ...], value: Any) -> None:
+    with _lock:
+        if len(cache) > 2048:  # bounded: a long-running server sees many edits
+            cache.clear()
+        cache[key] = value
+
+
+def web_version(project: Project, file: IssueFile) -> tuple[str, str]:
+    """(the whole email as an anonymous reader's HTML, the issue's content HTML)."""
+    from newsletter.render import render_file
+
+    key = (str(file.path), file.stamp, templates_fingerprint(project), config_fingerprint(project))
+    with _lock:
+        cached = _versions.get(key)
+    if cached is not None:
+        return cached
+    html, _text = render_file(project, file.path, inline_css=False).personalize(
+        {}, UNSUBSCRIBE_MARKER
+    )
+    result = (html, _content_of(html))
+    _remember(_versions, key, result)
+    return result
+
+
+def _content_of(html: str) -> str:
+    """The issue's own content (the `nl-content` cell), for feeds."""
+    import lxml.html
+
+    doc = lxml.html.document_fromstring(html)
+    cells = doc.find_class("nl-content")
+    if not cells:
+        return ""
+    cell = cells[0]
+    inner = cell[0] if len(cell) == 1 and cell[0].tag == "div" else cell
+    parts = [inner.text or ""]
+    parts += [lxml.html.tostring(child, encoding="unicode") for child in inner]
+    return "".join(parts).strip()
+
+
+def issue_page(
+    project: Project,
+    site: Site,
+    entry: ArchiveEntry,
+    older: ArchiveEntry | None,
+    newer: ArchiveEntry | None,
+    prefix: str,
+    *,
+    archive: bool = True,
+) -> str:
+    """The web version of `entry`, with the archive's header and footer (without links to
+    the archive and its feeds when `archive` is off)."""
+    html, _content = web_version(project, entry.file)
+    key = (
+        html,
+        site,
+        prefix,
+        entry.day,
+        older.slug if older else None,
+        older.title if older else None,
+        newer.slug if newer else None,
+        newer.title if newer else None,
+        archive,
+        templates_fingerprint(project),
+    )
+    with _lock:
+        cached = _pages.get(key)
+    if cached is not None:
+        return cached
+    language = _language(project, entry.language)
+    context = {
+        "links": _links(site, prefix),
+        "issue_url": site.issue_url(entry.slug),
+        "subscribe_action": site.subscribe_action,
+        "date": format_date(entry.day, language),
+        "date_iso": entry.day.isoformat(),
+        "older": _item(site, older, prefix, language) if older else None,
+        "newer": _item(site, newer, prefix, language) if newer else None,
+        "preheader": entry.preheader,
+        "archive": archive,
+    }
+    page = _dress(
+        html,
+        head=_render(project, "archive_head.html", language, **context),
+        top=_render(project, "archive_issue_top.html", language, **context),
+        footer=_render(project, "archive_issue_footer.html", language, **context),
+        own_url=f"{project.config.base_url}/issues/{entry.slug}",
+    )
+    _remember(_pages, key, page)
+    return page
+
+
+def _dress(html: str, *, head: str, top: str, footer: str, own_url: str) -> str:
+    """Put the archive's parts into the email's HTML: `head` into <head>, `top` first in
+    the body, `footer` where the email's footer was (which goes, with its unsubscribe link
+    and "you receive this email because…" line)."""
+    import lxml.html
+
+    doc = lxml.html.document_fromstring(html)
+    for element in lxml.html.fragments_fromstring(head):
+        doc.head.append(element)
+    body = doc.body
+    holder = next(iter(doc.find_class("nl-body")), body)
+    footers = doc.find_class("nl-footer")
+    new_footer = lxml.html.fragment_fromstring(footer)
+    if footers:
+        footers[0].addprevious(new_footer)
+        for old in footers:
+            old.drop_tree()
+    else:
+        # A project's own layout without the nl-footer class: drop its unsubscribe links.
+        for link in body.iterfind(".//a"):
+            if link.get("href") == UNSUBSCRIBE_MARKER:
+                link.drop_tree()
+        holder.append(new_footer)
+    for link in body.iterfind(".//a"):
+        if link.get("href") == own_url:  # "view in browser" on the page itself
+            link.drop_tree()
+    for index, element in enumerate(lxml.html.fragments_fromstring(top)):
+        holder.insert(index, element)
+    return lxml.html.tostring(doc, encoding="unicode", doctype="<!doctype html>") + "\n"
+
+
+def _links(site: Site, prefix: str) -> dict[str, str]:
+    return {
+        "index": site.index_path(prefix),
+        "feed": f"{prefix}feed.xml",
+        "json_feed": f"{prefix}feed.json",
+    }
+
+
+def _item(site: Site, entry: ArchiveEntry, prefix: str, language: str) -> dict[str, str]:
+    return {
+        "title": entry.title,
+        "href": site.issue_path(entry.slug, prefix),
+        "date": format_date(entry.day, language),
+        "date_iso": entry.day.isoformat(),
+        "preheader": entry.preheader,
+    }
+
+
+def index_page(project: Project, site: Site, entries: list[ArchiveEntry], prefix: str) -> str:
+    """The list of published issues, newest first."""
+    language = project.config.language
+    key = ("index", site, prefix, tuple((e.file, e.published_at) for e in entries))
+    with _lock:
+        cached = _pages.get(key + (templates_fingerprint(project),))
+    if cached is not None:
+        return cached
+    page = _render(
+        project,
+        "archive_index.html",
+        language,
+        title=wording(language, project.config.name)["archive_title"],
+        links=_links(site, prefix),
+        canonical=f"{site.public_url}/",
+        subscribe_action=site.subscribe_action,
+        items=[_item(site, e, prefix, language) for e in entries],
+    )
+    _remember(_pages, key + (templates_fingerprint(project),), page)
+    return page
+
+
+def not_found_page(project: Project, site: Site, prefix: str) -> str:
+    """The 404 page, in the newsletter's style and language."""
+    language = project.config.language
+    return _render(
+        project,
+        "archive_404.html",
+        language,
+        title=wording(language, project.config.name)["not_found_title"],
+        links=_links(site, prefix),
+        canonical=None,
+    )
