@@ -374,7 +374,7 @@ def execute(
         if lease is not None:
             lease.start_heartbeat()
             report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
-        with stop_on_signals(stop):
+        with stop_on_signals(stop), _longer_gil_slices():
             _send_batches(
                 plan, ledger, message, report, issue_id, builder, pool, lease, progress, stop
             )
@@ -404,6 +404,26 @@ def execute(
     else:
         ledger.finish_send(send_id, "scheduled" if scheduled else "done", None)
     return report
+
+
+#: Seconds a thread keeps the GIL before it must hand it over (Python's default: 0.005).
+GIL_SLICE = 0.05
+
+
+@contextmanager
+def _longer_gil_slices() -> Iterator[None]:
+    """The builder (main thread) and the senders take turns on the GIL; every forced handover
+    waits for the OS to schedule the other thread, which on a busy machine takes long. Longer
+    slices mean fewer handovers (senders still release it at once while they wait on I/O):
+    measured 1.7x the throughput on the loaded 2-core machine (benchmarks/send_throughput.py)."""
+    import sys
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SLICE)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 @contextmanager
