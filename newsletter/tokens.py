@@ -143,6 +143,26 @@ def _fast_signing_matches(signer: Any) -> bool:
 
 
 def reply_address(domain: str, issue_id: int, *, key: str) -> str:
-    """`reply+TOKEN@domain` for an issue. SendGrid sets Reply-To per message, not per
-    personalization, so the token names the issue and the sender names the subscriber."""
+    """`reply+TOKEN@domain` naming only the issue (subscriber 0: nobody). A reply to it is
+    matched to its issue, but proves nothing about who wrote it."""
     return f"reply+{make_token(REPLY, 0, issue_id, key=key)}@{domain}"
+
+
+def reply_address_for(domain: str, issue_id: int, subscriber_id: int, key: str) -> str:
+    """`reply+TOKEN@domain` naming the issue and the subscriber it was sent to. Only a reply
+    to this address (or one whose SPF/DKIM passed) can unsubscribe by saying "abmelden".
+
+    SendGrid's `reply_to` is per message, not per personalization; a bulk send sets
+    `reply_to` to `reply+{REPLY_TOKEN_TAG}@domain` and each personalization's
+    `substitutions` to `{REPLY_TOKEN_TAG: reply_token_for(...)}` (SendGrid substitutes in
+    reply_to too). Transports that build each message (SMTP, outbox) call this directly."""
+    return f"reply+{reply_token_for(issue_id, subscriber_id, key)}@{domain}"
+
+
+#: The substitution tag a SendGrid bulk send puts in `reply_to` (see `reply_address_for`).
+REPLY_TOKEN_TAG = "%newsletter_reply_token%"
+
+
+def reply_token_for(issue_id: int, subscriber_id: int, key: str) -> str:
+    """The TOKEN of `reply_address_for`, for SendGrid's per-personalization substitutions."""
+    return make_token(REPLY, subscriber_id, issue_id, key=key)

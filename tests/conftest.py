@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from newsletter.cli import main
+from tests.skip_summary import pytest_terminal_summary  # noqa: F401  (a pytest hook)
 
 CONFIG = """\
 [newsletter]

@@ -336,3 +336,295 @@ def test_forwarded_copy_never_relays_the_readers_html(inbox):
     html = mail.get_body(("html",)).get_content()
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+# --- Unsubscribe by reply only when the sender is proven (issue 15, item 1) ---
+
+REPLIES_DOMAIN = '\n[replies]\ndomain = "replies.example.com"\nforward = false\n'
+
+
+def unproven(text: str, **kwargs) -> dict[str, bytes | str]:
+    """A reply whose From names Anna but nothing proves it: SPF fails, no DKIM signature."""
+    data = fields(text, **kwargs)
+    data["SPF"] = "fail"
+    data["envelope"] = json.dumps({"to": [kwargs.get("to", "jens@example.com")], "from": ""})
+    return data
+
+
+def test_a_forged_abmelden_is_flagged_unverified_and_unsubscribes_nobody(inbox, cli):
+    proj, engine, anna, _ = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, unproven("abmelden")).status_code == 200
+        # SPF passed, but for the forger's own domain, not for Anna's.
+        spoofed = fields("Abmelden")
+        spoofed["envelope"] = json.dumps({"to": ["jens@example.com"], "from": "x@forger.example"})
+        spoofed["dkim"] = "{@forger.example : pass}"
+        assert post(base, spoofed).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    rows = stored(engine)
+    assert [row.unsubscribe_request for row in rows] == ["unverified", "unverified"]
+    assert all(row.subscriber_id == anna.id for row in rows)
+    listing = cli(proj.root, "replies").output
+    assert listing.count("asks to unsubscribe (unverified)") == 2
+    shown = cli(proj.root, "replies", "show", str(rows[0].id)).output
+    assert "asks to unsubscribe (unverified)" in shown
+    assert "newsletter subscribers remove anna.mueller@example.de" in shown
+    as_json = json.loads(cli(proj.root, "replies", "--format", "json").output)
+    assert as_json[0]["unsubscribe_request"] == "unverified"
+
+
+@pytest.mark.parametrize(
+    ("spf", "envelope_from", "dkim"),
+    [
+        ("pass", "anna.mueller@example.de", ""),  # SPF for Anna's domain
+        ("pass", "bounce@mail.example.de", ""),  # SPF for a subdomain of it
+        ("fail", "", "{@example.de : pass}"),  # DKIM signed by Anna's domain
+        ("softfail", "", "{@sendgrid.info : pass, @example.de : pass}"),
+    ],
+)
+def test_abmelden_from_a_proven_sender_unsubscribes(inbox, cli, spf, envelope_from, dkim):
+    proj, engine, anna, _ = inbox()
+    data = fields("abmelden")
+    data["SPF"] = spf
+    data["envelope"] = json.dumps({"to": ["jens@example.com"], "from": envelope_from})
+    data["dkim"] = dkim
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "unsubscribed"
+    [row] = stored(engine)
+    assert row.unsubscribe_request == "verified"
+    assert "unsubscribed by reply" in cli(proj.root, "replies").output
+
+
+def test_abmelden_to_the_reply_address_naming_the_subscriber_unsubscribes(inbox):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    own = tokens.reply_address_for("replies.example.com", issue_id, anna.id, TEST_SECRET)
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, unproven("abmelden", to=own)).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "unsubscribed"
+    [row] = stored(engine)
+    assert (row.issue_id, row.unsubscribe_request) == (issue_id, "verified")
+
+
+def test_a_reply_address_naming_someone_else_or_nobody_proves_nothing(inbox):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    bob = add_subscriber(engine, "bob@example.org")
+    bobs = tokens.reply_address_for("replies.example.com", issue_id, bob.id, TEST_SECRET)
+    issue_only = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)
+    forged = tokens.reply_address_for("replies.example.com", issue_id, anna.id, "attacker")
+    with live_server(create_app(proj, engine)) as base:
+        for address in (bobs, issue_only, forged):
+            assert post(base, unproven("stop", to=address)).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert get_subscriber(engine, bob.id).status == "subscribed"
+    assert [row.unsubscribe_request for row in stored(engine)] == ["unverified"] * 3
+
+
+def test_reply_address_for_names_issue_and_subscriber():
+    address = tokens.reply_address_for("replies.example.com", 7, 42, TEST_SECRET)
+    local, _, domain = address.partition("@")
+    assert domain == "replies.example.com" and local.startswith("reply+")
+    assert len(local) <= 64  # RFC 5321's limit for the local part
+    token = tokens.read_token(tokens.REPLY, local[len("reply+") :], key=TEST_SECRET)
+    assert (token.issue_id, token.subscriber_id) == (7, 42)
+
+
+# --- Auto-replies are stored, but as robots' (issue 12, item 9) ---
+
+AUTO_REPLIES = sorted((FIXTURES / "auto-replies").glob("*.eml"))
+
+
+def raw_mode(eml: bytes) -> dict[str, bytes | str]:
+    """Inbound Parse with "POST the raw, full MIME message" on."""
+    return {"email": eml, "envelope": json.dumps({"to": ["reply@replies.example.com"]})}
+
+
+def parsed_mode(eml: bytes) -> dict[str, bytes | str]:
+    """Inbound Parse's default: decoded fields, plus the raw header block in `headers`."""
+    message = email.message_from_bytes(eml, policy=email.policy.default)
+    header_block = eml.split(b"\r\n\r\n", 1)[0]
+    return {
+        "headers": header_block,
+        "from": str(message["From"]),
+        "to": str(message["To"]),
+        "subject": str(message["Subject"]),
+        "text": message.get_body(("plain",)).get_content().encode("utf-8"),
+        "envelope": json.dumps({"to": ["reply@replies.example.com"], "from": ""}),
+        "charsets": json.dumps({"subject": "UTF-8", "text": "UTF-8", "from": "UTF-8"}),
+    }
+
+
+@pytest.mark.parametrize("mode", [raw_mode, parsed_mode])
+def test_auto_replies_are_stored_hidden_and_never_forwarded(inbox, cli, mode):
+    proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\nforward = true\n')
+    assert len(AUTO_REPLIES) >= 10
+    with live_server(create_app(proj, engine)) as base:
+        for path in AUTO_REPLIES:
+            response = post(base, mode(path.read_bytes()))
+            assert response.status_code == 200, (path.name, response.text)
+    rows = stored(engine)
+    automatic = {row.from_email: row.automatic for row in rows}
+    assert len(rows) == len(AUTO_REPLIES)
+    assert automatic.pop("anna.mueller@example.de") is False  # the human-* reply
+    robots = [address for address, is_robot in automatic.items() if not is_robot]
+    assert robots == []
+    # Only the human reply is forwarded and listed; --all shows the robots too.
+    [copy] = list((proj.root / "outbox").glob("*.eml"))
+    forwarded = email.message_from_bytes(copy.read_bytes(), policy=email.policy.default)
+    assert "im Urlaub" in forwarded.get_body(("plain",)).get_content()
+    listing = cli(proj.root, "replies").output
+    assert "anna.mueller@example.de" in listing and "klaus.becker" not in listing
+    assert f"{len(AUTO_REPLIES) - 1} auto-replies hidden" in listing
+    everything = cli(proj.root, "replies", "--all").output
+    assert "klaus.becker@firma.example" in everything and "[auto-reply]" in everything
+    assert "Automatische Antwort: Meta, KI" in everything
+    as_json = json.loads(cli(proj.root, "replies", "--all", "--format", "json").output)
+    assert sum(item["automatic"] for item in as_json) == len(AUTO_REPLIES) - 1
+
+
+def test_an_auto_reply_is_never_read_as_abmelden(inbox):
+    proj, engine, anna, _ = inbox()
+    robot = fields("Abmelden")  # SPF passes for Anna's domain: only the header says robot
+    robot["headers"] = (
+        "From: Anna Müller <anna.mueller@example.de>\nAuto-Submitted: auto-replied\n"
+        "Subject: Re: " + SUBJECT + "\n"
+    )
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, robot).status_code == 200
+        assert post(base, fields("stop", subject="Abwesenheitsnotiz")).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert [(row.automatic, row.unsubscribe_request) for row in stored(engine)] == [
+        (True, None),
+        (True, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Auto-Submitted: no", "Precedence: list", "X-Mailer: Outlook 16.0"],
+)
+def test_ordinary_headers_do_not_make_a_reply_automatic(inbox, header):
+    proj, engine, _, _ = inbox()
+    data = fields("Danke, Jens!")
+    data["headers"] = f"From: Anna Müller <anna.mueller@example.de>\n{header}\n"
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.automatic is False
+
+
+# --- CR/LF in subjects, and replayed posts (issue 15 item 6, issue 13 item 7) ---
+
+
+def with_message_id(data: dict[str, bytes | str], message_id: str) -> dict[str, bytes | str]:
+    data["headers"] = f"{data['headers']}Message-ID: {message_id}\n"
+    return data
+
+
+def test_a_subject_decoding_to_crlf_is_stored_once_cleaned_and_forwarded(inbox):
+    import base64
+
+    proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
+    injected = base64.b64encode(b"Frage\r\nBcc: eve@example.org\r\n\r\nHallo").decode()
+    data = with_message_id(
+        fields("Danke!", subject=f"=?UTF-8?B?{injected}?="), "<crlf-1@example.de>"
+    )
+    with live_server(create_app(proj, engine)) as base:
+        first = post(base, data)
+        again = post(base, data)  # SendGrid retries whatever did not get a 2xx
+    assert (first.status_code, again.status_code) == (200, 200), first.text
+    [row] = stored(engine)
+    assert row.subject == "Frage Bcc: eve@example.org Hallo"
+    [copy] = list((proj.root / "outbox").glob("*.eml"))
+    mail = email.message_from_bytes(copy.read_bytes(), policy=email.policy.default)
+    assert mail["Subject"] == "Fwd: Frage Bcc: eve@example.org Hallo"
+    assert mail["Bcc"] is None
+
+
+@pytest.mark.parametrize("mode", ["parsed", "raw"])
+def test_a_replayed_inbound_post_is_stored_once(inbox, mode):
+    proj, engine, anna, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
+    if mode == "parsed":
+        data = with_message_id(fields("abmelden"), "<CAB=4711@mail.example.de>")
+    else:
+        from email.message import EmailMessage
+
+        message = EmailMessage()
+        message["From"] = "Anna Müller <anna.mueller@example.de>"
+        message["To"] = "jens@example.com"
+        message["Subject"] = "Re: " + SUBJECT
+        message["Message-ID"] = "<CAB=4711@mail.example.de>"
+        message.set_content("abmelden\n")
+        data = {
+            "email": message.as_bytes(),
+            "envelope": json.dumps({"to": ["jens@example.com"], "from": anna.email}),
+            "SPF": "pass",
+        }
+    with live_server(create_app(proj, engine)) as base:
+        responses = [post(base, data) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    [row] = stored(engine)
+    assert row.message_id == "<CAB=4711@mail.example.de>"
+    assert row.unsubscribe_request == "verified"
+    assert get_subscriber(engine, anna.id).status == "unsubscribed"
+    assert len(list((proj.root / "outbox").glob("*.eml"))) == 1  # one copy to the author
+    with engine.connect() as conn:
+        unsubscribes = conn.execute(
+            select(schema.events).where(schema.events.c.event == "unsubscribe")
+        ).all()
+    assert len(unsubscribes) == 1
+
+
+def test_replies_without_a_message_id_are_all_kept(inbox):
+    proj, engine, _, _ = inbox()
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, fields("Erste")).status_code == 200
+        assert post(base, fields("Zweite")).status_code == 200
+    assert [row.text for row in stored(engine)] == ["Erste", "Zweite"]
+
+
+def test_an_alias_writing_to_the_subscribers_reply_address_is_matched_but_not_trusted(inbox, cli):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    own = tokens.reply_address_for("replies.example.com", issue_id, anna.id, TEST_SECRET)
+    alias = fields("abmelden", to=own, sender="Anna <anna@privat.example>")
+    alias["envelope"] = json.dumps({"to": [own], "from": "anna@privat.example"})
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, alias).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    [row] = stored(engine)
+    assert (row.subscriber_id, row.unsubscribe_request) == (anna.id, "unverified")
+    shown = cli(proj.root, "replies", "show", str(row.id)).output
+    assert "newsletter subscribers remove anna.mueller@example.de" in shown
+
+
+# --- List-Unsubscribe's mailto (a mailbox provider's "unsubscribe" button) ---
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ("", ""),
+        ("This message was automatically generated by Gmail.", "Auto-Submitted: auto-generated\n"),
+    ],
+)
+def test_the_list_unsubscribe_mailto_unsubscribes_a_proven_sender(inbox, body, headers):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    address = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)
+    data = fields(body, to=address, subject="unsubscribe")  # <mailto:...?subject=unsubscribe>
+    data["headers"] = f"From: anna.mueller@example.de\nSubject: unsubscribe\n{headers}"
+    data["SPF"] = "none"
+    data["dkim"] = "{@example.de : pass}"
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "unsubscribed"
+    [row] = stored(engine)
+    assert (row.automatic, row.unsubscribe_request) == (False, "verified")
+
+
+def test_a_forged_list_unsubscribe_mailto_changes_nothing(inbox):
+    proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
+    address = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, unproven("", to=address, subject="unsubscribe")).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert stored(engine)[0].unsubscribe_request == "unverified"

@@ -19,8 +19,64 @@ if TYPE_CHECKING:
     from newsletter.project import Project
 
 
+#: The shell's convention for a command stopped by SIGINT.
+INTERRUPTED_EXIT_CODE = 130
+INTERRUPTED = "Stopped (Ctrl-C)."
+_ON_INTERRUPT = "newsletter.on_interrupt"
+
+
+def on_interrupt(message: str) -> None:
+    """What the running command prints if Ctrl-C stops it from now on: one line saying what
+    is kept and how to go on. It exits 130 either way."""
+    click.get_current_context().meta[_ON_INTERRUPT] = message
+
+
+PROJECT_HELP = "The project folder (default: the nearest folder holding newsletter.toml)."
+
+
+def _remember_project(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    """`--project` given after a subcommand: it wins over one given before, and over
+    NEWSLETTER_PROJECT (the project is loaded only when the command body asks for it)."""
+    if value is None:
+        return
+    root = ctx.find_root()
+    obj = root.obj if isinstance(root.obj, dict) else {}
+    obj["project_dir"] = value
+    obj.pop("project", None)
+    root.obj = obj
+
+
+def accept_project_option(command: click.Command) -> None:
+    """Give `command` (and a group's subcommands) its own `--project DIR`, as the README
+    promises: `newsletter build --project DIR x.md` works like `newsletter --project DIR build x.md`."""
+    if command.name != "init" and not any(p.name == "project_dir" for p in command.params):
+        command.params.append(
+            click.Option(
+                ["--project", "project_dir"],
+                type=click.Path(file_okay=False, path_type=Path),
+                expose_value=False,
+                callback=_remember_project,
+                help=PROJECT_HELP,
+            )
+        )
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            accept_project_option(subcommand)
+
+
 class NewsletterGroup(click.Group):
-    """Turns domain errors into one-line click errors; never shows a traceback for them."""
+    """Turns domain errors into one-line click errors; never shows a traceback for them.
+    Every command added to it accepts `--project DIR` after its name too."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        accept_project_option(cmd)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            accept_project_option(command)  # subcommands added to a group after it was added
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         from newsletter.errors import NewsletterError
@@ -30,7 +86,9 @@ class NewsletterGroup(click.Group):
         except NewsletterError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            raise click.Abort() from None
+            # One line saying what is kept and how to go on (set by the command), no traceback.
+            click.echo(ctx.meta.get(_ON_INTERRUPT, INTERRUPTED), err=True)
+            ctx.exit(INTERRUPTED_EXIT_CODE)
         except Exception as exc:
             message = _database_error(exc)
             if message is None:
@@ -62,7 +120,7 @@ def _database_error(exc: Exception) -> str | None:
     "project_dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="NEWSLETTER_PROJECT",
-    help="The project folder (default: the nearest folder holding newsletter.toml).",
+    help=PROJECT_HELP + " Also accepted after the command: newsletter build --project DIR x.md",
 )
 @click.pass_context
 def main(ctx: click.Context, project_dir: Path | None) -> None:

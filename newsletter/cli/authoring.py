@@ -22,21 +22,34 @@ def _shown(path: Path) -> str:
 @click.option(
     "--language",
     type=click.Choice(["de", "en"]),
-    default="en",
-    show_default=True,
-    help="Default language of issues (footer wording).",
+    default=None,
+    help="Default language of issues (footer wording): de or en. Asked when run in a "
+    "terminal; else en.",
 )
-def init(directory: Path, name: str, language: str) -> None:
+def init(directory: Path, name: str, language: str | None) -> None:
     """Create a project with a sample issue; never overwrites.
 
     Writes newsletter.toml, issues/ with a sample issue and templates/README.md.
     Refuses when DIRECTORY already holds a newsletter.toml; keeps any existing file.
+    Without --language it asks for one in a terminal (German or English).
 
     \b
     Example:
         newsletter init my-letter --name "Jens' Briefing" --language de
     """
+    import sys
+
     from newsletter.scaffold import init_project
+
+    if language is None:
+        # Ask only a person at a terminal; a script or CI gets English, as before.
+        language = "en"
+        if sys.stdin.isatty():
+            language = click.prompt(
+                "Language of the issues (de = Deutsch, en = English)",
+                type=click.Choice(["de", "en"]),
+                default="en",
+            )
 
     created, kept = init_project(directory, name, language)
     for path in created:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli import get_project, on_interrupt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -44,9 +44,22 @@ def serve(host: str, port: int) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(project)
+    on_interrupt(
+        "Stopped (Ctrl-C). Everything received so far is stored; "
+        "start `newsletter serve` again to go on."
+    )
     click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
-    # access_log=False: uvicorn's access log prints full paths, i.e. tokens and secrets.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # uvicorn's access log prints full paths, i.e. tokens and secrets
+        log_level="warning",  # its start/stop chatter; our own line per request stays
+        server_header=False,
+    )
+    # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
+    # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0).
+    uvicorn.Server(config).run()
 
 
 def _when(value: object) -> str:
@@ -60,13 +73,22 @@ def _when(value: object) -> str:
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Also list auto-replies (out-of-office notices), which are hidden by default.",
+)
 @click.pass_context
-def replies(ctx: click.Context, issue_name: str | None, fmt: str) -> None:
+def replies(ctx: click.Context, issue_name: str | None, fmt: str, show_all: bool) -> None:
     """List readers' replies (received through SendGrid Inbound Parse).
+
+    Auto-replies ("Abwesenheitsnotiz", "Out of office") are kept but hidden unless --all.
 
     \b
     Example:
         newsletter replies --issue meta-ki-creator
+        newsletter replies --all
         newsletter replies show 3
     """
     if ctx.invoked_subcommand is not None:
@@ -75,23 +97,30 @@ def replies(ctx: click.Context, issue_name: str | None, fmt: str) -> None:
     from newsletter.stats import find_issue
     from newsletter.store.engine import project_engine
 
+    on_interrupt("Stopped (Ctrl-C). Listing replies changes nothing.")
     project = get_project()
     engine = project_engine(project)
     issue_id = find_issue(project, engine, issue_name).id if issue_name else None
-    rows = list_replies(engine, issue_id)
+    every = list_replies(engine, issue_id, include_automatic=True)
+    rows = every if show_all else [row for row in every if not row.automatic]
     if fmt == "json":
         click.echo(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2))
         return
+    hidden = len(every) - len(rows)
     if not rows:
         click.echo("No replies yet.")
-        return
-    click.echo(f"{'ID':>4}  {'RECEIVED':16}  {'FROM':32}  {'ISSUE':24}  SUBJECT")
+    else:
+        click.echo(f"{'ID':>4}  {'RECEIVED':16}  {'FROM':32}  {'ISSUE':24}  SUBJECT")
     for row in rows:
         line = (
             f"{row.id:>4}  {_when(row.received_at):16}  {row.from_email[:32]:32}  "
             f"{(row.issue_slug or '-')[:24]:24}  {row.subject[:60]}"
         )
+        if row.note:
+            line += f"  [{row.note}]"
         click.echo(strip_terminal_controls(line))
+    if hidden:
+        click.echo(f"({hidden} auto-replies hidden; `newsletter replies --all` shows them)")
 
 
 @replies.command("show")
@@ -119,6 +148,20 @@ def replies_show(reply_id: int) -> None:
         lines.append(f"Attached: {names}")
     if row.spam_score:
         lines.append(f"Spam:     {row.spam_score}")
+    if row.automatic:
+        lines.append("Note:     auto-reply (not forwarded, not counted)")
+    if row.unsubscribe_request == "unverified":
+        then = (
+            f"if it is really them: newsletter subscribers remove {row.subscriber_email}"
+            if row.subscriber_email
+            else "the sender is not on the list"
+        )
+        lines.append(
+            "Note:     asks to unsubscribe (unverified): nothing was changed, since nothing "
+            f"proves the sender; {then}"
+        )
+    elif row.unsubscribe_request == "verified":
+        lines.append("Note:     unsubscribed by reply")
     lines += ["", row.text]
     click.echo(strip_terminal_controls("\n".join(lines)))
 
@@ -179,8 +222,13 @@ def sync() -> None:
     from newsletter.sync import LISTS
     from newsletter.sync import sync as run_sync
 
+    on_interrupt(
+        "Stopped (Ctrl-C) before anything was changed: sync changes the list only once it "
+        "has read every list from SendGrid. Run `newsletter sync` again."
+    )
     project = get_project()
     result = run_sync(project, project_engine(project))
+    on_interrupt("Stopped (Ctrl-C). The list is up to date; only this summary is missing.")
     for name, status in LISTS.items():
         click.echo(
             f"{name:15} {result.fetched[name]:>6} at SendGrid, {result.matched[name]:>6} on the list, "

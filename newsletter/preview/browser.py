@@ -75,7 +75,8 @@ def sync_playwright():  # type: ignore[no-untyped-def]
         from playwright.sync_api import sync_playwright as start
     except ImportError:
         raise BrowserError(
-            "Playwright is not installed; run `pip install 'newsletter[browser]'` "
-            "(it uses your system's chromium, no browser download needed)"
+            "Playwright is not installed; in your clone of newsletter run "
+            "`.venv/bin/pip install -e '.[browser]'` (it uses your system's chromium, "
+            "no browser download needed)"
         ) from None
     return start()

@@ -41,21 +41,47 @@ def database_error(exc: DBAPIError) -> str:
     return " ".join(str(exc.orig).split())
 
 
+#: Databases SQLAlchemy knows but the store does not support, by URL scheme.
+_UNSUPPORTED = {
+    "mysql": "MySQL",
+    "mariadb": "MariaDB",
+    "mssql": "Microsoft SQL Server",
+    "oracle": "Oracle",
+}
+_SUPPORTED_HINT = "use sqlite:///FILE or postgresql://USER@HOST/DB"
+
+
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a configured one: psycopg 3 (the driver of the `postgres`
+    extra) for postgresql:// and Heroku-style postgres:// URLs."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def _refuse_unsupported(url: str) -> None:
+    backend = url.partition(":")[0].partition("+")[0].lower()
+    if backend in _UNSUPPORTED:
+        raise StoreError(
+            f"database URL {redact(url)!r}: {_UNSUPPORTED[backend]} is not supported; "
+            + _SUPPORTED_HINT
+        )
+
+
 def open_engine(url: str) -> Engine:
     """An engine for `url`, migrated to the current schema. Cached per URL per process."""
-    if url.startswith("postgresql://"):
-        # psycopg 3 is the driver we ship in the `postgres` extra.
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    url = engine_url(url)
     if url in _engines:
         return _engines[url]
+    _refuse_unsupported(url)
     try:
         # A server-side database may have restarted since a pooled connection was made:
         # check each one before use, so one-click unsubscribes never meet a dead connection.
         engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:  # ValueError: a bad port
         raise StoreError(
-            f"database URL {redact(url)!r} is not usable ({exc}); "
-            "use sqlite:///FILE or postgresql://USER@HOST/DB"
+            f"database URL {redact(url)!r} is not usable ({exc}); " + _SUPPORTED_HINT
         ) from None
     except ModuleNotFoundError as exc:
         raise StoreError(

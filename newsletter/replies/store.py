@@ -1,0 +1,276 @@
+"""Store a decoded reply: match it to its issue and subscriber, store it once (per
+Message-ID), apply a proven "abmelden", and forward a copy of a human's reply to the author.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+
+from newsletter import tokens
+from newsletter.errors import NewsletterError
+from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
+from newsletter.replies.verify import reply_token, sender_is_authenticated
+from newsletter.store import schema
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+log = logging.getLogger("newsletter.replies")
+
+#: Replies that say only this (quotes and signature aside) unsubscribe their sender.
+UNSUBSCRIBE_WORDS = {"unsubscribe", "abmelden", "stop"}
+
+
+_SUBJECT_PREFIX = re.compile(
+    r"^\s*(re|aw|wg|fw|fwd|sv|antw|rif)\s*(\[\d+\])?\s*:\s*", re.IGNORECASE
+)
+
+
+# Lines that start the quoted original in common mail clients (English and German).
+_QUOTE_START = re.compile(
+    r"^\s*(On .+wrote:|Am .+schrieb.*:|-{2,}\s*(Original Message|Ursprüngliche Nachricht)\s*-{2,}"
+    r"|(From|Von):\s.+)\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class StoredReply:
+    id: int
+    subscriber_id: int | None
+    issue_id: int | None
+    unsubscribed: bool
+    #: "verified" | "unverified" | None (see `UNSUBSCRIBE_LABELS`)
+    unsubscribe_request: str | None = None
+    #: Already stored: SendGrid posted the same message (Message-ID) again.
+    duplicate: bool = False
+
+
+def new_text(text: str) -> str:
+    """The reply's own words: without quoted lines, the quoted original and the signature."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        if line.rstrip() == "--" or _QUOTE_START.match(line):
+            break
+        if line.lstrip().startswith(">"):
+            continue
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def is_unsubscribe_request(text: str, subject: str = "") -> bool:
+    """The reply says only "abmelden" (or "unsubscribe", "stop"), or it is mail to the
+    List-Unsubscribe `mailto:`, whatever its body says."""
+    if is_list_unsubscribe_mail(subject):
+        return True
+    words = new_text(text).strip().strip(".!。 \n\t").casefold()
+    return unicodedata.normalize("NFC", words) in UNSUBSCRIBE_WORDS
+
+
+def normalize_subject(subject: str) -> str:
+    previous = None
+    while previous != subject:
+        previous = subject
+        subject = _SUBJECT_PREFIX.sub("", subject)
+    return " ".join(subject.split()).casefold()
+
+
+def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
+    """Match the reply to its issue and subscriber, store it, and apply an unsubscribe request."""
+    key = tokens.secret_key()
+    now = datetime.now(UTC)
+    token = reply_token(inbound.recipients, key)
+    if inbound.message_id is not None:
+        earlier = _stored_before(engine, inbound.message_id)
+        if earlier is not None:
+            return earlier
+    try:
+        return _store_new(engine, inbound, token, now)
+    except IntegrityError:
+        # The same message posted twice at once: the other post stored it.
+        if inbound.message_id is not None:
+            earlier = _stored_before(engine, inbound.message_id)
+            if earlier is not None:
+                return earlier
+        raise
+
+
+def _stored_before(engine: Engine, message_id: str) -> StoredReply | None:
+    r = schema.replies
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(r.c.id, r.c.subscriber_id, r.c.issue_id, r.c.unsubscribe_request).where(
+                r.c.message_id == message_id
+            )
+        ).first()
+    if row is None:
+        return None
+    return StoredReply(
+        id=row.id,
+        subscriber_id=row.subscriber_id,
+        issue_id=row.issue_id,
+        unsubscribed=False,
+        unsubscribe_request=row.unsubscribe_request,
+        duplicate=True,
+    )
+
+
+def _store_new(
+    engine: Engine, inbound: Inbound, token: tokens.SubscriberToken | None, now: datetime
+) -> StoredReply:
+    unsubscribed = False
+    with engine.begin() as conn:
+        sender_id = conn.execute(
+            select(schema.subscribers.c.id).where(
+                schema.subscribers.c.email_key == inbound.from_email.lower()
+            )
+        ).scalar()
+        # Written from an address not on the list (an alias) to the address naming them.
+        token_subscriber = (
+            conn.execute(
+                select(schema.subscribers.c.id).where(
+                    schema.subscribers.c.id == token.subscriber_id
+                )
+            ).scalar()
+            if token is not None and token.subscriber_id
+            else None
+        )
+        subscriber_id = sender_id if sender_id is not None else token_subscriber
+        issue_id = token.issue_id if token is not None else None
+        if (
+            issue_id is not None
+            and conn.execute(
+                select(schema.issues.c.id).where(schema.issues.c.id == issue_id)
+            ).scalar()
+            is None
+        ):
+            issue_id = None
+        if issue_id is None and inbound.subject:
+            wanted = normalize_subject(inbound.subject)
+            sent = select(schema.sends.c.issue_id)
+            candidates = conn.execute(
+                select(schema.issues.c.id, schema.issues.c.subject)
+                .where(schema.issues.c.id.in_(sent))
+                .order_by(schema.issues.c.id.desc())
+            ).all()
+            matching = [row.id for row in candidates if normalize_subject(row.subject) == wanted]
+            if subscriber_id is not None and len(matching) > 1:
+                received = set(
+                    conn.execute(
+                        select(schema.deliveries.c.issue_id).where(
+                            schema.deliveries.c.subscriber_id == subscriber_id
+                        )
+                    ).scalars()
+                )
+                matching = [i for i in matching if i in received] or matching
+            issue_id = matching[0] if matching else None
+        unsubscribe_request = None
+        # An auto-reply quoting "abmelden" from the issue's footer asks for nothing.
+        if not inbound.automatic and is_unsubscribe_request(inbound.text, inbound.subject):
+            # Only the sender's own copy of the issue, or a sender that SPF/DKIM vouch for,
+            # may unsubscribe: anyone can put a subscriber's address in From.
+            proven = sender_id is not None and (
+                (token is not None and token.subscriber_id == sender_id)
+                or sender_is_authenticated(inbound)
+            )
+            unsubscribe_request = "verified" if proven else "unverified"
+        reply_id = conn.execute(
+            schema.replies.insert().values(
+                subscriber_id=subscriber_id,
+                issue_id=issue_id,
+                from_email=inbound.from_email or "(unknown)",
+                from_name=inbound.from_name,
+                subject=inbound.subject,
+                text=inbound.text,
+                attachments=inbound.attachments,
+                spam_score=inbound.spam_score,
+                received_at=now,
+                unsubscribe_request=unsubscribe_request,
+                automatic=inbound.automatic,
+                message_id=inbound.message_id,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+        if unsubscribe_request == "verified" and subscriber_id is not None:
+            from newsletter.events import apply_status, record
+
+            unsubscribed = apply_status(conn, [subscriber_id], "unsubscribed", "reply", now) > 0
+            if unsubscribed:
+                record(
+                    conn,
+                    f"reply:unsubscribe:{reply_id}",
+                    "unsubscribe",
+                    subscriber_id=subscriber_id,
+                    issue_id=issue_id,
+                    detail={"via": "reply"},
+                )
+    return StoredReply(
+        id=int(reply_id),
+        subscriber_id=subscriber_id,
+        issue_id=issue_id,
+        unsubscribed=unsubscribed,
+        unsubscribe_request=unsubscribe_request,
+    )
+
+
+def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None:
+    """Send the author a copy at `reply_to` (as plain text; the reader's HTML is never relayed)."""
+    from html import escape
+
+    from newsletter.sending.single import send_transactional
+
+    sender = (
+        f"{inbound.from_name} <{inbound.from_email}>" if inbound.from_name else inbound.from_email
+    )
+    about = f" ({issue_title})" if issue_title else ""
+    intro = f"Reply from {sender}{about}:"
+    attachments = "".join(
+        f"\n[attachment: {a['name']}, {a['size']} bytes]" for a in inbound.attachments
+    )
+    text = f"{intro}\n\n{inbound.text}{attachments}\n"
+    html = f'<p>{escape(intro)}</p><pre style="white-space:pre-wrap">{escape(inbound.text + attachments)}</pre>'
+    from newsletter.store.emails import normalize_email
+
+    try:
+        # Answering the copy should reach the reader, not the author's own address.
+        reader: str | None = normalize_email(inbound.from_email)
+    except NewsletterError:
+        reader = None
+    send_transactional(
+        project,
+        project.config.reply_to,
+        f"Fwd: {inbound.subject or '(no subject)'}",
+        html,
+        text,
+        reply_to=reader,
+    )
+
+
+def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
+    """The whole Inbound Parse step: decode, store, maybe forward."""
+    inbound = decode(raw)
+    stored = store(project, engine, inbound)
+    replies_config = project.config.section("replies")
+    # Robots' answers are kept for the record, but nobody needs a copy of them.
+    if stored.duplicate:
+        return stored  # forwarded (or not) when it first came
+    if replies_config["domain"] and replies_config["forward"] and not inbound.automatic:
+        title = None
+        if stored.issue_id is not None:
+            with engine.connect() as conn:
+                title = conn.execute(
+                    select(schema.issues.c.title).where(schema.issues.c.id == stored.issue_id)
+                ).scalar()
+        try:
+            forward(project, inbound, title)
+        except Exception as exc:
+            # The reply is stored; a failed copy must not make SendGrid post it again.
+            log.warning("could not forward reply %s to reply_to: %s", stored.id, type(exc).__name__)
+    return stored
