@@ -495,15 +495,19 @@ def test_reply_domain_and_unsubscribe_group(make_project, db, sg, cli):
     result = cli(root, "send", ISSUE, "--yes")
     assert result.exit_code == 0, result.output
     [message] = sg.messages
-    reply = message["reply_to"]["email"]
-    assert reply.startswith("reply+") and reply.endswith("@reply.example.com")
-    assert f"Reply-To:   {reply}" in result.output
-    assert message["asm"] == {"group_id": 4242}
-    from newsletter.tokens import REPLY, read_token
+    from newsletter.tokens import REPLY, REPLY_TOKEN_TAG, read_token
 
-    token = reply[len("reply+") : reply.index("@")]
-    issue_id = int(message["personalizations"][0]["custom_args"][CUSTOM_ARG_ISSUE])
-    assert read_token(REPLY, token, key=TEST_SECRET).issue_id == issue_id
+    # One Reply-To per reader: SendGrid fills the tag from each personalization.
+    assert message["reply_to"]["email"] == f"reply+{REPLY_TOKEN_TAG}@reply.example.com"
+    assert "Reply-To:   reply+TOKEN@reply.example.com" in result.output
+    assert message["asm"] == {"group_id": 4242}
+    [p] = message["personalizations"]
+    token = read_token(REPLY, p["substitutions"][REPLY_TOKEN_TAG], key=TEST_SECRET)
+    assert token.issue_id == int(p["custom_args"][CUSTOM_ARG_ISSUE])
+    assert token.subscriber_id == int(p["custom_args"][CUSTOM_ARG_SUBSCRIBER])
+    assert (
+        f"mailto:reply+{p['substitutions'][REPLY_TOKEN_TAG]}@" in p["headers"]["List-Unsubscribe"]
+    )
 
 
 def test_schedule_needs_sendgrid(project, db, cli):

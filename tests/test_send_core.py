@@ -165,6 +165,13 @@ def test_bulk_headers_on_smtp(make_project, monkeypatch, tmp_path):
     assert msg["Feedback-ID"] == "meta-ki-creator:jens-briefing:newsletter:news.example.com"
     assert msg["Reply-To"].startswith("reply+") and "mailto:reply+" in msg["List-Unsubscribe"]
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The Reply-To (and the mailto) name the issue and this reader: a reply can unsubscribe.
+    from newsletter.tokens import REPLY, read_token
+    from tests.conftest import TEST_SECRET
+
+    token = read_token(REPLY, msg["Reply-To"][len("reply+") :].split("@")[0], key=TEST_SECRET)
+    assert token.subscriber_id == 1 and token.issue_id is not None
+    assert f"<mailto:{msg['Reply-To']}?subject=unsubscribe>" in msg["List-Unsubscribe"]
 
 
 def test_stats_and_sends_agree_after_an_outbox_send(make_project, monkeypatch, tmp_path, cli):

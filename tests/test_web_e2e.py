@@ -74,7 +74,11 @@ def test_send_then_webhooks_unsubscribe_reply_and_stats(make_project, cli, monke
         assert find_subscriber(engine, "jörg@example.de").status == "unsubscribed"
 
         # Anna answers to the Reply-To of the issue.
-        reply_to = message["reply_to"]["email"]
+        # SendGrid fills the per-reader token into the Reply-To from her substitutions.
+        from newsletter.tokens import REPLY_TOKEN_TAG
+
+        tagged = message["reply_to"]["email"]
+        reply_to = tagged.replace(REPLY_TOKEN_TAG, anna["substitutions"][REPLY_TOKEN_TAG])
         assert re.fullmatch(r"reply\+[\w.-]+@replies\.example\.com", reply_to)
         text = (FIXTURES / "reply-meta-ki-creator.txt").read_text(encoding="utf-8")
         data, content_type = multipart(

@@ -109,7 +109,11 @@ def send(
     what = "resume" if resume else ("dry run" if dry_run else "send")
     click.echo(f"Subject:    {plan.prepared.rendered.subject}")
     click.echo(f"From:       {config.from_name} <{config.from_email}>")
-    click.echo(f"Reply-To:   {plan.reply_to}")
+    domain = config.section("replies")["domain"]
+    shown_reply_to = (
+        f"reply+TOKEN@{domain} (a signed token per reader)" if domain else plan.reply_to
+    )
+    click.echo(f"Reply-To:   {shown_reply_to}")
     click.echo(f"Recipients: {plan.recipients} subscribed{segment}")
     click.echo(f"Transport:  {transport.kind} ({transport.where}){' [dry run]' if dry_run else ''}")
     if plan.send_at:

@@ -31,6 +31,7 @@ from newsletter.store.schema import (
     DeliveryState,
     SubscriberStatus,
 )
+from newsletter.tokens import REPLY_TOKEN_TAG
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -173,6 +174,8 @@ class Builder:
     send_id: int
     #: The transport's check of a recipient against its limits (run here, in parallel).
     refuse: Callable[[Recipient], str | None]
+    #: With `[replies] domain`: each reader's signed reply token (`REPLY_TOKEN_TAG` in Reply-To).
+    reply_token: Callable[[int], str] | None = None
 
     def __post_init__(self) -> None:
         self.personalize = Personalizer(self.rendered)
@@ -182,6 +185,7 @@ class Builder:
         issue, send = str(self.issue_id), str(self.send_id)
         refuse = self.refuse
         personalize = self.personalize
+        reply_token = self.reply_token
         for sid, address, name, fields, has_row in page:
             url = self.unsubscribe_url(sid)
             context = {
@@ -195,7 +199,11 @@ class Builder:
             recipient = Recipient(
                 email=address,
                 name=name,
-                substitutions=personalize(context, url),
+                substitutions=(
+                    {**personalize(context, url), REPLY_TOKEN_TAG: reply_token(sid)}
+                    if reply_token is not None
+                    else personalize(context, url)
+                ),
                 unsubscribe_url=url,
                 ids={
                     CUSTOM_ARG_ISSUE: issue,
@@ -315,7 +323,7 @@ def execute(
 ) -> SendReport:
     """Carry out the plan. Raises SendError for a refusal or a lost lease; a stop midway
     (bad key, retries exhausted) is in `report.error`, with what was settled."""
-    from newsletter.tokens import secret_key, unsubscribe_url_maker
+    from newsletter.tokens import REPLY, secret_key, token_maker, unsubscribe_url_maker
 
     if plan.refusal:
         raise SendError(plan.refusal)
@@ -364,6 +372,9 @@ def execute(
         issue_id,
         send_id,
         transport.refuse,
+        token_maker(REPLY, issue_id, key=key)
+        if project.config.section("replies")["domain"]
+        else None,
     )
     message = plan.message()
     pool = None

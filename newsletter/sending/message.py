@@ -103,7 +103,9 @@ def unsubscribe_headers(message: Message, recipient: Recipient) -> dict[str, str
     if recipient.unsubscribe_url:
         targets.append(f"<{recipient.unsubscribe_url}>")
     if message.unsubscribe_mailto:
-        targets.append(f"<mailto:{message.unsubscribe_mailto}?subject=unsubscribe>")
+        # Per recipient: the address may carry a substitution tag (a signed reply token).
+        mailto = apply_substitutions(message.unsubscribe_mailto, recipient.substitutions)
+        targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
     headers: dict[str, str] = {}
     if targets:
         headers["List-Unsubscribe"] = ", ".join(targets)
@@ -120,6 +122,13 @@ def recipient_headers(message: Message, recipient: Recipient) -> dict[str, str]:
     headers = {name: clean_header(value) for name, value in message.headers.items()}
     headers.update(unsubscribe_headers(message, recipient))
     return headers
+
+
+def personal_reply_to(message: Message, recipient: Recipient) -> str | None:
+    """Reply-To for one recipient (it may carry a substitution tag: a signed reply token)."""
+    if not message.reply_to:
+        return None
+    return clean_header(apply_substitutions(message.reply_to, recipient.substitutions))
 
 
 def personal_parts(message: Message, recipient: Recipient) -> tuple[str, str, str]:

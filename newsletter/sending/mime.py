@@ -25,6 +25,7 @@ from newsletter.sending.message import (
     Recipient,
     clean_header,
     personal_parts,
+    personal_reply_to,
     recipient_headers,
 )
 
@@ -92,8 +93,9 @@ def copy_for(
         f"To: {to}",
         f"Subject: {header_value('Subject', subject)}",
     ]
-    if message.reply_to:
-        lines.append(f"Reply-To: {message.reply_to}")
+    reply_to = personal_reply_to(message, recipient)
+    if reply_to:
+        lines.append(f"Reply-To: {reply_to}")
     lines.append(f"Date: {date or formatdate(usegmt=True)}")
     lines.append(f"Message-ID: {msgid}")
     for name, value in recipient_headers(message, recipient).items():

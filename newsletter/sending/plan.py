@@ -133,7 +133,7 @@ class SendPlan:
         return bulk_message(
             self.project,
             self.prepared,
-            reply_to=self.reply_to,
+            reply_to=per_reader_reply_to(self.project) or self.reply_to,
             subject=subject,
             categories=categories or (self.slug, "newsletter"),
             sandbox=self.sandbox,
@@ -150,6 +150,15 @@ def reply_to_for(project: Project, issue_id: int | None) -> str:
     if domain and issue_id is not None:
         return reply_address(domain, issue_id, key=secret_key(required=True))
     return project.config.reply_to
+
+
+def per_reader_reply_to(project: Project) -> str | None:
+    """With `[replies] domain`: Reply-To `reply+TAG@domain`, TAG substituted per reader by a
+    token naming the issue and the reader (`tokens.reply_address_for`); else None."""
+    from newsletter.tokens import REPLY_TOKEN_TAG
+
+    domain = project.config.section("replies")["domain"]
+    return f"reply+{REPLY_TOKEN_TAG}@{domain}" if domain else None
 
 
 def bulk_headers(project: Project, slug: str) -> dict[str, str]:
@@ -196,6 +205,7 @@ def bulk_message(
         headers=headers,
         categories=tuple(categories),
         unsubscribe_mailto=reply_to if domain and reply_to.endswith("@" + domain) else None,
+        # (with a per-reader Reply-To, the mailto carries the same per-reader token)
         send_at=send_at,
         schedule_id=schedule_id,
         sandbox=sandbox,

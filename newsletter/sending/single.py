@@ -66,7 +66,7 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     as the sample; records nothing. Returns one line per address."""
     from newsletter.render import SAMPLE_SUBSCRIBER
     from newsletter.store.subscribers import find_subscriber
-    from newsletter.tokens import secret_key, unsubscribe_url
+    from newsletter.tokens import REPLY_TOKEN_TAG, reply_token_for, secret_key, unsubscribe_url
 
     project, engine = plan.project, plan.engine
     prepared = plan.prepared
@@ -83,10 +83,14 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
             context = known.template_context() if known else {**SAMPLE_SUBSCRIBER, "email": address}
             # Subscriber 0 is nobody: clicking "unsubscribe" in a test copy unsubscribes no one.
             url = unsubscribe_url(project.config.base_url, 0, plan.issue_id, key=key)
+            substitutions = prepared.rendered.substitutions(context, url)
+            if plan.issue_id is not None and project.config.section("replies")["domain"]:
+                # Subscriber 0 again: a reply to a test copy names nobody.
+                substitutions[REPLY_TOKEN_TAG] = reply_token_for(plan.issue_id, 0, key)
             recipient = Recipient(
                 email=address,
                 name=known.name if known else None,
-                substitutions=prepared.rendered.substitutions(context, url),
+                substitutions=substitutions,
                 unsubscribe_url=url,
             )
             [outcome] = transport.send(Batch(message, [recipient]))
