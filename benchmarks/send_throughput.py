@@ -1,15 +1,21 @@
 """Send throughput and memory: `newsletter send` to N subscribers through the fake SendGrid
 server running as a separate process on 127.0.0.1.
 
-    python benchmarks/send_throughput.py                  # 100,000 recipients
-    python benchmarks/send_throughput.py --count 1000000  # one big run
+    python benchmarks/send_throughput.py                  # 100,000 recipients, median of 3
+    python benchmarks/send_throughput.py --count 1000000  # one size
     python benchmarks/send_throughput.py --curve          # 100k, 250k, 500k, 1M: memory curve
+    python benchmarks/send_throughput.py --bare           # the floor: a bare client posting
+                                                          # pre-built 1000-recipient payloads
+    python benchmarks/send_throughput.py --smtp           # SMTP to a local aiosmtpd sink,
+                                                          # 4 connections, messages/s
+    python benchmarks/send_throughput.py --runs 1         # one run per figure instead of 3
 
 Prints, per run: recipients, wall time of the whole `newsletter send --yes` process (start-up,
 check, render, streaming, HTTP, ledger), recipients/s, CPU seconds (with its worker processes),
 the largest peak RSS of any one of those processes (wait4), and the peak PSS of all of them
 together (sampled; shared pages counted once) -- the memory the send really takes.
-Targets: 100,000 in <= 10 s (>= 10,000/s), peak RSS <= 150 MB, flat as the list grows.
+Targets (issue 9): >= 30,000 recipients/s for 100,000 recipients, peak RSS <= 120 MB, flat to
+1 M; SMTP >= 1,000 messages/s with 4 connections. Each figure is the median of `--runs` runs.
 """
 
 from __future__ import annotations
@@ -175,24 +181,176 @@ def run(count: int) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bare(count: int, concurrency: int = 4) -> dict[str, float]:
+    """The floor: pre-built 1000-recipient v3 bodies (built before the clock starts) posted
+    by `concurrency` threads through the same SendGrid client the transport uses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from newsletter.sending.message import Batch, Message, Recipient
+    from newsletter.sending.transports.sendgrid import SendGridTransport, mail_body
+
+    log = Path(tempfile.mkdtemp(prefix="send-bare-")) / "sendgrid.log"
+    server, host = start_server(log)
+    try:
+        page = (EXAMPLE_ISSUE.read_text("utf-8") * 3)[:30000]
+        message = Message(
+            from_email="jens@example.com", from_name="Jens", subject="Bench", html=page, text=page
+        )
+        bodies = []
+        for start in range(0, count, 1000):
+            people = [
+                Recipient(
+                    f"leser{i}@example.org",
+                    substitutions={"%%nl:h:1%%": "Jörg", "%%nl:t:1%%": "Jörg"},
+                    unsubscribe_url=f"https://news.example.com/unsubscribe/{i}.signature",
+                    ids={"newsletter_issue_id": "1", "newsletter_subscriber_id": str(i)},
+                )
+                for i in range(start, min(start + 1000, count))
+            ]
+            bodies.append(mail_body(Batch(message, people)))
+        transport = SendGridTransport(KEY, host, backoff=0.01)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            outcomes = list(pool.map(transport.post_mail, bodies))
+        seconds = time.perf_counter() - t
+        assert all(o.state == "accepted" for o in outcomes)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(log.parent, ignore_errors=True)
+    return {"recipients": count, "seconds": seconds, "per_second": count / seconds}
+
+
+def smtp(count: int) -> dict[str, float]:
+    """`newsletter send` over SMTP (4 connections) to a local aiosmtpd sink in its own process."""
+    tmp = Path(tempfile.mkdtemp(prefix="send-smtp-"))
+    try:
+        url = make_project(tmp / "project", count)
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "tests.smtp_server", "--port", "0", "--count-only"],
+            cwd=REPO, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        port = int(sink.stdout.readline().split()[1])  # type: ignore[union-attr]
+        config = tmp / "project" / "newsletter.toml"
+        config.write_text(
+            config.read_text("utf-8")
+            + '\n[sending]\ntransport = "smtp"\nconcurrency = 4\n'
+            + f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+            + "max_per_connection = 100000\n",
+            "utf-8",
+        )
+        env = {
+            **os.environ,
+            "NEWSLETTER_SECRET_KEY": "benchmark-secret",
+            "NEWSLETTER_DATABASE_URL": url,
+        }
+        try:
+            t = time.perf_counter()
+            child = subprocess.run(
+                [sys.executable, "-m", "newsletter", "--project", str(tmp / "project"), "send",
+                 EXAMPLE_ISSUE.stem, "--yes", "--quiet"],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            seconds = time.perf_counter() - t
+        finally:
+            sink.terminate()
+            received = sink.communicate(timeout=30)[0]
+        if child.returncode != 0:
+            raise SystemExit(f"send failed:\n{child.stdout}{child.stderr}")
+        got = int(received.split("COUNT")[-1].split()[0])
+        assert got == count, (got, count)
+        return {"recipients": count, "seconds": seconds, "per_second": count / seconds}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def smtp_floor(count: int, connections: int = 4) -> dict[str, float]:
+    """The sink's own ceiling: pre-built messages (one issue copy, 8bit as the transport sends
+    them) through `connections` plain smtplib connections, nothing else."""
+    import smtplib
+
+    from newsletter.sending.message import Message, Recipient
+    from newsletter.sending.mime import copy_for
+
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "tests.smtp_server", "--port", "0", "--count-only"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    port = int(sink.stdout.readline().split()[1])  # type: ignore[union-attr]
+    page = (EXAMPLE_ISSUE.read_text("utf-8") * 3)[:25000]
+    message = Message(
+        from_email="jens@example.com", from_name="Jens", subject="Bench", html=page, text=page
+    )
+    data = copy_for(message, Recipient("leser@example.org"), eight_bit=True)[0]
+
+    def work(n: int) -> None:
+        conn = smtplib.SMTP("127.0.0.1", port)
+        for _ in range(n):
+            conn.sendmail("jens@example.com", ["leser@example.org"], data, ["BODY=8BITMIME"])
+        conn.quit()
+
+    threads = [
+        threading.Thread(target=work, args=(count // connections,)) for _ in range(connections)
+    ]
+    t = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - t
+    sink.terminate()
+    sink.communicate(timeout=30)
+    sent = count // connections * connections
+    return {"recipients": sent, "seconds": seconds, "per_second": sent / seconds}
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    ordered = sorted(runs, key=lambda r: r["per_second"])
+    return ordered[len(ordered) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--curve", action="store_true", help="100k, 250k, 500k and 1M")
+    parser.add_argument("--bare", action="store_true", help="the bare-client floor")
+    parser.add_argument("--smtp", action="store_true", help="SMTP to a local aiosmtpd sink")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median)")
     args = parser.parse_args()
-    counts = [100_000, 250_000, 500_000, 1_000_000] if args.curve else [args.count]
+    if args.bare or args.smtp:
+        figures = (
+            [("bare client", bare)]
+            if args.bare
+            else [("smtp floor", smtp_floor), ("smtp send", smtp)]
+        )
+        count = args.count or (100_000 if args.bare else 10_000)
+        for what, fn in figures:
+            runs = []
+            for _ in range(args.runs):
+                runs.append(fn(count))
+                print(f"{what}: {count:,} in {runs[-1]['seconds']:.2f} s = "
+                      f"{runs[-1]['per_second']:,.0f}/s", flush=True)  # fmt: skip
+            print(f"{what} median: {median_of(runs)['per_second']:,.0f}/s", flush=True)
+        return
+    counts = [100_000, 250_000, 500_000, 1_000_000] if args.curve else [args.count or 100_000]
     print(
         f"{'recipients':>10} {'requests':>8} {'send s':>7} {'recipients/s':>12} {'CPU s':>6} "
         f"{'max RSS MB':>10} {'peak PSS MB (all procs)':>23}"
     )
     for n in counts:
-        r = run(n)
-        print(
-            f"{r['recipients']:>10,} {r['requests']:>8} {r['seconds']:>7.2f} "
-            f"{r['per_second']:>12,.0f} {r['cpu_s']:>6.2f} {r['peak_rss_mb']:>10.1f} "
-            f"{r['peak_pss_mb']:>23.1f}",
-            flush=True,
-        )
+        runs = []
+        for _ in range(args.runs if not args.curve or n <= 100_000 else 1):
+            r = run(n)
+            runs.append(r)
+            print(
+                f"{r['recipients']:>10,} {r['requests']:>8} {r['seconds']:>7.2f} "
+                f"{r['per_second']:>12,.0f} {r['cpu_s']:>6.2f} {r['peak_rss_mb']:>10.1f} "
+                f"{r['peak_pss_mb']:>23.1f}",
+                flush=True,
+            )
+        if len(runs) > 1:
+            m = median_of(runs)
+            print(f"{'median':>10} {'':>8} {m['seconds']:>7.2f} {m['per_second']:>12,.0f}")
 
 
 if __name__ == "__main__":

@@ -68,27 +68,12 @@ def confirm_url(project: Project, subscriber_id: int) -> str:
 
 
 def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) -> str:
-    """Mail `subscriber` a link that confirms the subscription; return where it went.
+    """Mail `subscriber` a link that confirms the subscription; return where it went
+    (the mail itself is `newsletter.transactional`'s, through the project's transport)."""
+    from newsletter.transactional import send_confirmation as send_mail
 
-    The mail shows the consent text, and goes through the same transport as everything
-    else (SendGrid when SENDGRID_API_KEY is set, else an .eml in outbox/).
-    """
-    from newsletter.sending.single import send_transactional
-    from newsletter.web.pages import TEXT, render
-
-    url = confirm_url(project, subscriber.id)
-    language = project.config.language
-    person = subscriber.first_name or subscriber.name or ""
-    subject = TEXT[language]["confirm_subject"].format(name=project.config.name)
-    context = {
-        "confirm_url": url,
-        "person": person,
-        "subject": subject,
-        "consent_text": consent_text(project.config, language),
-    }
-    html = render(project, "confirm_email.html", language, **context)
-    text = render(project, "confirm_email.txt", language, **context)
-    return send_transactional(project, subscriber.email, subject, html, text)
+    text = consent_text(project.config, project.config.language)
+    return send_mail(project, subscriber, confirm_url(project, subscriber.id), text)
 
 
 def _record_visit(

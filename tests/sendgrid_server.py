@@ -32,6 +32,7 @@ As a separate process (the kill -9 test, the benchmark)::
 
 prints `PORT <n>` on its first line of stdout once it listens, appends one JSON line per
 accepted mail request to FILE (the payload plus "_message_id"), and keeps nothing in memory.
+`GET /__fake__/state` answers {"batches", "scheduled_sends"};
 `POST /__fake__/inject` with JSON {"kind", "count", ...} and `POST /__fake__/delay` with
 {"seconds"} control a running process the same way as `inject()` and `delay` above.
 
@@ -348,6 +349,11 @@ def _handler_for(server: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802
             parts = urlsplit(self.path)
+            if parts.path == "/__fake__/state":
+                self._send(
+                    200, {"batches": server.batches, "scheduled_sends": server.scheduled_sends}
+                )
+                return
             name = parts.path.removeprefix("/v3/suppression/")
             if not parts.path.startswith("/v3/suppression/") or name not in SUPPRESSION_LISTS:
                 self._send(404, {"errors": [_error("not found")]})

@@ -495,15 +495,19 @@ def test_reply_domain_and_unsubscribe_group(make_project, db, sg, cli):
     result = cli(root, "send", ISSUE, "--yes")
     assert result.exit_code == 0, result.output
     [message] = sg.messages
-    reply = message["reply_to"]["email"]
-    assert reply.startswith("reply+") and reply.endswith("@reply.example.com")
-    assert f"Reply-To:   {reply}" in result.output
-    assert message["asm"] == {"group_id": 4242}
-    from newsletter.tokens import REPLY, read_token
+    from newsletter.tokens import REPLY, REPLY_TOKEN_TAG, read_token
 
-    token = reply[len("reply+") : reply.index("@")]
-    issue_id = int(message["personalizations"][0]["custom_args"][CUSTOM_ARG_ISSUE])
-    assert read_token(REPLY, token, key=TEST_SECRET).issue_id == issue_id
+    # One Reply-To per reader: SendGrid fills the tag from each personalization.
+    assert message["reply_to"]["email"] == f"reply+{REPLY_TOKEN_TAG}@reply.example.com"
+    assert "Reply-To:   reply+TOKEN@reply.example.com" in result.output
+    assert message["asm"] == {"group_id": 4242}
+    [p] = message["personalizations"]
+    token = read_token(REPLY, p["substitutions"][REPLY_TOKEN_TAG], key=TEST_SECRET)
+    assert token.issue_id == int(p["custom_args"][CUSTOM_ARG_ISSUE])
+    assert token.subscriber_id == int(p["custom_args"][CUSTOM_ARG_SUBSCRIBER])
+    assert (
+        f"mailto:reply+{p['substitutions'][REPLY_TOKEN_TAG]}@" in p["headers"]["List-Unsubscribe"]
+    )
 
 
 def test_schedule_needs_sendgrid(project, db, cli):
@@ -547,3 +551,43 @@ def test_test_copy_of_an_issue_whose_slug_is_test(make_project, db, sg, cli):
     assert result.exit_code == 0, result.output
     [message] = sg.messages
     assert message["categories"].count("test") == 1
+
+
+def test_second_send_during_a_running_one_names_its_host_and_pid(project, db, sg, cli):
+    """Not "N are uncertain, use --resume": the running sender's rows are in flight because it
+    is sending them right now."""
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    from newsletter.sending.ledger import Ledger
+    from newsletter.store.issues import ensure_issue
+    from newsletter.store.schema import send_leases
+
+    people = add_people(project, 3)
+    engine = open_engine(Project.load(project).database_url)
+    ledger = Ledger(engine)
+    issue_id = ensure_issue(engine, slug=SLUG, title="t", subject="s", language="de")
+    send_id = ledger.create_send(issue_id, transport="sendgrid", segment=[], dry_run=False)
+    ids = [find_subscriber(engine, p).id for p in people]
+    ledger.claim(issue_id, send_id, 1, ids[:2], [])
+    ledger.record(issue_id, ids[:1], "accepted", send_id=send_id)
+    with engine.begin() as conn:
+        conn.execute(
+            send_leases.insert().values(
+                issue_id=issue_id,
+                send_id=send_id,
+                owner="other",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                heartbeat_at=datetime.now(UTC),
+            )
+        )
+    for args in ([], ["--resume"]):
+        result = cli(project, "send", ISSUE, "--yes", *args)
+        assert result.exit_code == 1
+        assert f"another send of {SLUG} is running (send {send_id}, pid {os.getpid()} on " in (
+            result.output
+        )
+        assert socket.gethostname() in result.output and "uncertain" not in result.output
+    assert sg.requests == []

@@ -165,6 +165,13 @@ def test_bulk_headers_on_smtp(make_project, monkeypatch, tmp_path):
     assert msg["Feedback-ID"] == "meta-ki-creator:jens-briefing:newsletter:news.example.com"
     assert msg["Reply-To"].startswith("reply+") and "mailto:reply+" in msg["List-Unsubscribe"]
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The Reply-To (and the mailto) name the issue and this reader: a reply can unsubscribe.
+    from newsletter.tokens import REPLY, read_token
+    from tests.conftest import TEST_SECRET
+
+    token = read_token(REPLY, msg["Reply-To"][len("reply+") :].split("@")[0], key=TEST_SECRET)
+    assert token.subscriber_id == 1 and token.issue_id is not None
+    assert f"<mailto:{msg['Reply-To']}?subject=unsubscribe>" in msg["List-Unsubscribe"]
 
 
 def test_stats_and_sends_agree_after_an_outbox_send(make_project, monkeypatch, tmp_path, cli):
@@ -250,3 +257,54 @@ def test_a_sent_issue_whose_file_is_gone_is_found_by_its_slug(root, sg, cli):
     assert missing.exit_code == 1 and "no such issue" in missing.output
     nothing = cli(root, "sends", "no-such-issue")
     assert nothing.exit_code == 1 and "no such issue" in nothing.output
+
+
+def test_fast_unsubscribe_tokens_read_back_like_the_slow_ones():
+    import random
+
+    from newsletter.tokens import UNSUBSCRIBE, read_token, unsubscribe_url, unsubscribe_url_maker
+
+    for issue in (None, 7):
+        fast = unsubscribe_url_maker("https://news.example.com", issue, key="k")
+        for sid in [1, 42, 999_999, *random.sample(range(10**7), 200)]:
+            url = fast(sid)
+            assert url == unsubscribe_url("https://news.example.com", sid, issue, key="k")
+            token = read_token(UNSUBSCRIBE, url.rsplit("/", 1)[1], key="k")
+            assert (token.subscriber_id, token.issue_id) == (sid, issue)
+        forged = fast(5).replace("/unsubscribe/", "/unsubscribe/x")
+        with pytest.raises(Exception):  # noqa: B017
+            read_token(UNSUBSCRIBE, forged.rsplit("/", 1)[1], key="k")
+
+
+def test_memoized_personalization_equals_per_reader_rendering(make_project):
+    """Values are computed once per combination of the fields the body reads: each reader
+    still gets exactly what rendering for them alone gives, their own unsubscribe URL included."""
+    from newsletter.issue import load_issue
+    from newsletter.render import render_issue
+    from newsletter.sending.execute import Personalizer, subscriber_keys_used
+
+    body = (
+        "---\ntitle: T\nslug: t\n---\nHallo {{ subscriber.first_name | default('zusammen') }} "
+        "aus {{ subscriber.stadt | default('?') }}, {{ subscriber['last_name'] | upper }}!\n"
+    )
+    root = make_project(issues={"t.md": body, "r.md": body.replace("slug: t", "slug: r")
+                                .replace("| upper }}", "| upper }} {{ range(3) | random }}")})  # fmt: skip
+    project = Project.load(root)
+    rendered = render_issue(project, load_issue(project, root / "issues" / "t.md"))
+    assert subscriber_keys_used(rendered.expressions) == ("first_name", "last_name", "stadt")
+    randomish = render_issue(project, load_issue(project, root / "issues" / "r.md"))
+    assert subscriber_keys_used(randomish.expressions) is None
+    personalize = Personalizer(rendered)
+    people = [
+        {"id": i, "email": f"p{i}@example.org", "name": None, "first_name": first,
+         "last_name": last, "fields": fields}
+        for i, (first, last, fields) in enumerate(
+            [("Jörg", "Müller", {"stadt": "Köln"}), ("Jörg", "Müller", {"stadt": "Köln"}),
+             ("Jörg", "Meier", {}), ("", None, {"stadt": "Köln"}), (None, None, {}),
+             ("<b>Tom</b>", "&", {"stadt": "Bonn", "x": 1})] * 3
+        )
+    ]  # fmt: skip
+    for person in people:
+        url = f"https://news.example.com/unsubscribe/{person['id']}%%x&y"
+        assert personalize(person, url) == rendered.substitutions(person, url)
+    assert len(personalize.cache) == 5

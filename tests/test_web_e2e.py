@@ -60,7 +60,10 @@ def test_send_then_webhooks_unsubscribe_reply_and_stats(make_project, cli, monke
         )
 
         # Jörg's mail client uses the one-click header.
-        header_url = joerg["headers"]["List-Unsubscribe"].strip("<>")
+        # A list (RFC 2369): the https URL, and with [replies] domain a mailto: as well.
+        targets = [t.strip().strip("<>") for t in joerg["headers"]["List-Unsubscribe"].split(",")]
+        [header_url] = [t for t in targets if t.startswith("https://")]
+        assert any(t.startswith("mailto:reply+") for t in targets)
         assert header_url.startswith("https://news.example.com/unsubscribe/")
         one_click = httpx.post(
             base + urlsplit(header_url).path,
@@ -71,7 +74,11 @@ def test_send_then_webhooks_unsubscribe_reply_and_stats(make_project, cli, monke
         assert find_subscriber(engine, "jörg@example.de").status == "unsubscribed"
 
         # Anna answers to the Reply-To of the issue.
-        reply_to = message["reply_to"]["email"]
+        # SendGrid fills the per-reader token into the Reply-To from her substitutions.
+        from newsletter.tokens import REPLY_TOKEN_TAG
+
+        tagged = message["reply_to"]["email"]
+        reply_to = tagged.replace(REPLY_TOKEN_TAG, anna["substitutions"][REPLY_TOKEN_TAG])
         assert re.fullmatch(r"reply\+[\w.-]+@replies\.example\.com", reply_to)
         text = (FIXTURES / "reply-meta-ki-creator.txt").read_text(encoding="utf-8")
         data, content_type = multipart(

@@ -74,7 +74,7 @@ def send(
         newsletter send 2024-07-meta-ki-creator --resume --yes
     """
     from newsletter.errors import SendError
-    from newsletter.sending.execute import execute, interrupt_on_sigterm
+    from newsletter.sending.execute import execute
     from newsletter.sending.plan import SendRequest, plan_send
     from newsletter.sending.schedule import parse_when
     from newsletter.sending.single import send_test
@@ -109,7 +109,11 @@ def send(
     what = "resume" if resume else ("dry run" if dry_run else "send")
     click.echo(f"Subject:    {plan.prepared.rendered.subject}")
     click.echo(f"From:       {config.from_name} <{config.from_email}>")
-    click.echo(f"Reply-To:   {plan.reply_to}")
+    domain = config.section("replies")["domain"]
+    shown_reply_to = (
+        f"reply+TOKEN@{domain} (a signed token per reader)" if domain else plan.reply_to
+    )
+    click.echo(f"Reply-To:   {shown_reply_to}")
     click.echo(f"Recipients: {plan.recipients} subscribed{segment}")
     click.echo(f"Transport:  {transport.kind} ({transport.where}){' [dry run]' if dry_run else ''}")
     if plan.send_at:
@@ -132,8 +136,7 @@ def send(
         if show:
             click.echo(f"\r{report.total}/{count} handed over", nl=False, err=True)
 
-    with interrupt_on_sigterm():
-        report = execute(plan, progress)
+    report = execute(plan, progress)  # Ctrl-C / SIGTERM: it stops cleanly, see below
     if show:
         click.echo(err=True)
     resume_command = f"newsletter send {issue} --resume"

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, delete, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, case, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
 from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
 from newsletter.store.schema import (
+    DeliveryState,
+    SubscriberStatus,
     deliveries,
     issues,
     send_leases,
@@ -38,7 +40,7 @@ from newsletter.store.subscribers import segment_filters
 LEASE_STALE_SECONDS = 120
 HEARTBEAT_SECONDS = 10
 #: States a plain `--resume` sends to again (SendGrid refused them; nothing went out).
-RETRYABLE = ("failed",)
+RETRYABLE = (DeliveryState.FAILED,)
 
 
 def now() -> datetime:
@@ -114,36 +116,55 @@ def _stale(row: Any, host: str) -> bool:
     return row.host == host and not _pid_alive(row.pid)
 
 
-def _record_statement(
+def _placeholder(conn: Any) -> str:
+    """The driver's parameter marker: `?` (sqlite3) or `%s` (psycopg)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _bound_time(conn: Any, stamp: datetime) -> Any:
+    """`stamp` as SQLAlchemy would bind it to `deliveries.updated_at` on this database."""
+    process = deliveries.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return process(stamp) if process else stamp
+
+
+def _record(
+    conn: Any,
     issue_id: int,
     ids: Sequence[int],
     state: str,
     message_id: str | None,
     error: str | None,
     send_id: int | None,
-) -> Any:
-    # Only rows still in flight take the outcome: an event (delivered, bounced, dropped) may
-    # have arrived before the provider's answer was settled, and a takeover may have made them
-    # uncertain; both say more than "accepted".
-    pending = deliveries.c.state == "in_flight"
-    # With `send_id`: rows a later send has claimed since (after a takeover) are not ours.
-    # `send_id + 0` keeps that test out of index choice: on `send_id` alone SQLite would walk
-    # every row of the send for each batch (quadratic in the list), not the unique
-    # (issue_id, subscriber_id) index.
-    mine = [] if send_id is None else [deliveries.c.send_id + 0 == send_id]
-    return (
-        update(deliveries)
-        .where(
-            deliveries.c.issue_id == issue_id,
-            deliveries.c.subscriber_id.in_(list(ids)),
-            *mine,
-        )
-        .values(
-            state=case((pending, state), else_=deliveries.c.state),
-            error=case((pending, error), else_=deliveries.c.error),
-            message_id=message_id,
-            updated_at=now(),
-        )
+) -> None:
+    """A batch's outcome onto its rows. Only rows still in flight take the state and error:
+    an event (delivered, bounced, dropped) may have arrived before the provider's answer was
+    settled, and a takeover may have made them uncertain; both say more than "accepted".
+    With `send_id`: rows a later send has claimed since (after a takeover) are not ours;
+    `send_id + 0` keeps that test out of index choice (on `send_id` alone SQLite would walk
+    every row of the send for each batch, quadratic in the list, not the unique
+    (issue_id, subscriber_id) index)."""
+    if not ids:
+        return
+    mark = _placeholder(conn)
+    flying = str(DeliveryState.IN_FLIGHT)
+    mine = f" AND send_id + 0 = {mark}" if send_id is not None else ""
+    conn.exec_driver_sql(
+        f"UPDATE deliveries SET "
+        f"state = CASE WHEN state = {mark} THEN {mark} ELSE state END, "
+        f"error = CASE WHEN state = {mark} THEN {mark} ELSE error END, "
+        f"message_id = {mark}, updated_at = {mark} "
+        f"WHERE issue_id = {mark} AND subscriber_id IN ({', '.join([mark] * len(ids))}){mine}",
+        (
+            flying,
+            str(state),
+            flying,
+            error,
+            message_id,
+            _bound_time(conn, now()),
+            issue_id,
+            *ids,
+            *([send_id] if send_id is not None else []),
+        ),
     )
 
 
@@ -276,9 +297,11 @@ class Ledger:
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(deliveries)
-                .where(deliveries.c.issue_id == issue_id, deliveries.c.state == "in_flight")
+                .where(
+                    deliveries.c.issue_id == issue_id, deliveries.c.state == DeliveryState.IN_FLIGHT
+                )
                 .values(
-                    state="uncertain",
+                    state=DeliveryState.UNCERTAIN,
                     error="the sending process stopped while this request was in flight",
                     updated_at=now(),
                 )
@@ -338,32 +361,29 @@ class Ledger:
                         f"another process took over the send of {slug} (this one stalled for over "
                         f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
                     )
-            kept = set(
-                conn.execute(
-                    select(subscribers.c.id).where(
-                        subscribers.c.id.in_([*new_ids, *again_ids]),
-                        subscribers.c.status == "subscribed",
-                    )
-                ).scalars()
-            )
+            # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
+            # and its per-row parameter processing cost more than the database work.
+            ids = [*new_ids, *again_ids]
+            mark = _placeholder(conn)
+            kept = {
+                row[0]
+                for row in conn.exec_driver_sql(
+                    f"SELECT id FROM subscribers WHERE status = {mark} AND id IN "
+                    f"({', '.join([mark] * len(ids))})",
+                    (str(SubscriberStatus.SUBSCRIBED), *ids),
+                )
+            }
             new_ids = [sid for sid in new_ids if sid in kept]
             again_ids = [sid for sid in again_ids if sid in kept]
             if new_ids:
                 try:
                     with conn.begin_nested():
-                        conn.execute(
-                            insert(deliveries),
-                            [
-                                {
-                                    "issue_id": issue_id,
-                                    "subscriber_id": sid,
-                                    "send_id": send_id,
-                                    "state": "in_flight",
-                                    "batch_no": batch_no,
-                                    "updated_at": stamp,
-                                }
-                                for sid in new_ids
-                            ],
+                        when = _bound_time(conn, stamp)
+                        state = str(DeliveryState.IN_FLIGHT)
+                        conn.exec_driver_sql(
+                            "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
+                            f"batch_no, updated_at) VALUES ({', '.join([mark] * 6)})",
+                            [(issue_id, sid, send_id, state, batch_no, when) for sid in new_ids],
                         )
                 except IntegrityError:
                     raise SendError(
@@ -378,7 +398,7 @@ class Ledger:
                         deliveries.c.subscriber_id.in_(list(again_ids)),
                     )
                     .values(
-                        state="in_flight",
+                        state=DeliveryState.IN_FLIGHT,
                         send_id=send_id,
                         batch_no=batch_no,
                         error=None,
@@ -399,19 +419,45 @@ class Ledger:
         send_id: int | None = None,
     ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(_record_statement(issue_id, ids, state, message_id, error, send_id))
+            _record(conn, issue_id, ids, state, message_id, error, send_id)
 
     def record_outcomes(
         self, issue_id: int, send_id: int, ids: Sequence[int], outcomes: Sequence[Any]
     ) -> None:
-        """One outcome per id, all in one transaction: one UPDATE per (state, message id,
-        error), so a SendGrid batch (one answer for all) is one statement."""
+        """One outcome per id, all in one transaction: a SendGrid batch (one answer for all)
+        is one UPDATE; per-recipient answers (SMTP: a Message-ID each) one executemany."""
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for sid, outcome in zip(ids, outcomes, strict=True):
             groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
         with self.engine.begin() as conn:
-            for (state, message_id, error), group in groups.items():
-                conn.execute(_record_statement(issue_id, group, state, message_id, error, send_id))
+            if len(groups) <= 2:
+                for (state, message_id, error), group in groups.items():
+                    _record(conn, issue_id, group, state, message_id, error, send_id)
+                return
+            pending = deliveries.c.state == DeliveryState.IN_FLIGHT
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.issue_id == issue_id,
+                    deliveries.c.subscriber_id == bindparam("sid"),
+                    deliveries.c.send_id + 0 == send_id,
+                )
+                .values(
+                    state=case((pending, bindparam("new_state")), else_=deliveries.c.state),
+                    error=case((pending, bindparam("new_error")), else_=deliveries.c.error),
+                    message_id=bindparam("new_message_id"),
+                    updated_at=now(),
+                ),
+                [
+                    {
+                        "sid": sid,
+                        "new_state": str(outcome.state),
+                        "new_error": outcome.error,
+                        "new_message_id": outcome.message_id,
+                    }
+                    for sid, outcome in zip(ids, outcomes, strict=True)
+                ],
+            )
 
     def record_failed_new(
         self, issue_id: int, send_id: int, batch_no: int, failures: dict[int, str]
@@ -423,7 +469,9 @@ class Ledger:
                 updated = conn.execute(
                     update(deliveries)
                     .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == sid)
-                    .values(state="failed", error=error, send_id=send_id, updated_at=stamp)
+                    .values(
+                        state=DeliveryState.FAILED, error=error, send_id=send_id, updated_at=stamp
+                    )
                 )
                 if not updated.rowcount:
                     conn.execute(
@@ -431,7 +479,7 @@ class Ledger:
                             issue_id=issue_id,
                             subscriber_id=sid,
                             send_id=send_id,
-                            state="failed",
+                            state=DeliveryState.FAILED,
                             batch_no=batch_no,
                             error=error,
                             updated_at=stamp,
@@ -448,7 +496,7 @@ class Ledger:
         self, issue_id: int, tags: Iterable[str], include_uncertain: bool = False
     ) -> int:
         """Subscribed people (of the segment) a `--resume` would send to."""
-        states = [*RETRYABLE, *(["uncertain"] if include_uncertain else [])]
+        states = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if include_uncertain else [])]
         done = exists().where(
             deliveries.c.issue_id == issue_id,
             deliveries.c.subscriber_id == subscribers.c.id,
@@ -459,7 +507,7 @@ class Ledger:
                 conn.execute(
                     select(func.count())
                     .select_from(subscribers)
-                    .where(*segment_filters("subscribed", tags), ~done)
+                    .where(*segment_filters(SubscriberStatus.SUBSCRIBED, tags), ~done)
                 ).scalar_one()
             )
 

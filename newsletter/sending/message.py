@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
+from typing import NamedTuple
 
 #: RFC 8058 one-click unsubscribe.
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -57,17 +59,22 @@ class Message:
     track_clicks: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """One person's part of a message."""
+#: The default for a recipient without substitutions, ids or headers. A plain dict (a
+#: mappingproxy cannot be pickled to and from worker processes); typed read-only, never changed.
+_EMPTY: Mapping[str, str] = {}
+
+
+class Recipient(NamedTuple):
+    """One person's part of a message. A named tuple: a big send builds one per reader in
+    worker processes and pickles it back, and tuples pickle fastest."""
 
     email: str
     name: str | None = None
     #: key in `html`/`text`/`subject` -> this person's value.
-    substitutions: Mapping[str, str] = field(default_factory=dict)
+    substitutions: Mapping[str, str] = _EMPTY
     unsubscribe_url: str | None = None
-    ids: Mapping[str, str] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)
+    ids: Mapping[str, str] = _EMPTY
+    headers: Mapping[str, str] = _EMPTY
 
 
 @dataclass(frozen=True)
@@ -76,13 +83,17 @@ class Batch:
     recipients: list[Recipient]
 
 
+@lru_cache(maxsize=64)
+def _pattern(keys: frozenset[str]) -> re.Pattern[str]:
+    # Longest first, so a key that is a prefix of another never wins.
+    return re.compile("|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True)))
+
+
 def apply_substitutions(value: str, substitutions: Mapping[str, str]) -> str:
     """Replace each key by its value in one pass (so a value is never expanded again)."""
     if not substitutions:
         return value
-    keys = sorted(substitutions, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(k) for k in keys))
-    return pattern.sub(lambda m: substitutions[m.group(0)], value)
+    return _pattern(frozenset(substitutions)).sub(lambda m: substitutions[m.group(0)], value)
 
 
 def unsubscribe_headers(message: Message, recipient: Recipient) -> dict[str, str]:
@@ -92,7 +103,9 @@ def unsubscribe_headers(message: Message, recipient: Recipient) -> dict[str, str
     if recipient.unsubscribe_url:
         targets.append(f"<{recipient.unsubscribe_url}>")
     if message.unsubscribe_mailto:
-        targets.append(f"<mailto:{message.unsubscribe_mailto}?subject=unsubscribe>")
+        # Per recipient: the address may carry a substitution tag (a signed reply token).
+        mailto = apply_substitutions(message.unsubscribe_mailto, recipient.substitutions)
+        targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
     headers: dict[str, str] = {}
     if targets:
         headers["List-Unsubscribe"] = ", ".join(targets)
@@ -109,6 +122,13 @@ def recipient_headers(message: Message, recipient: Recipient) -> dict[str, str]:
     headers = {name: clean_header(value) for name, value in message.headers.items()}
     headers.update(unsubscribe_headers(message, recipient))
     return headers
+
+
+def personal_reply_to(message: Message, recipient: Recipient) -> str | None:
+    """Reply-To for one recipient (it may carry a substitution tag: a signed reply token)."""
+    if not message.reply_to:
+        return None
+    return clean_header(apply_substitutions(message.reply_to, recipient.substitutions))
 
 
 def personal_parts(message: Message, recipient: Recipient) -> tuple[str, str, str]:

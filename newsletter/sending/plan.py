@@ -24,6 +24,7 @@ from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
 from newsletter.sending.transports import kinds_that
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
+from newsletter.store.schema import DeliveryState, SubscriberStatus
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -132,7 +133,7 @@ class SendPlan:
         return bulk_message(
             self.project,
             self.prepared,
-            reply_to=self.reply_to,
+            reply_to=per_reader_reply_to(self.project) or self.reply_to,
             subject=subject,
             categories=categories or (self.slug, "newsletter"),
             sandbox=self.sandbox,
@@ -149,6 +150,15 @@ def reply_to_for(project: Project, issue_id: int | None) -> str:
     if domain and issue_id is not None:
         return reply_address(domain, issue_id, key=secret_key(required=True))
     return project.config.reply_to
+
+
+def per_reader_reply_to(project: Project) -> str | None:
+    """With `[replies] domain`: Reply-To `reply+TAG@domain`, TAG substituted per reader by a
+    token naming the issue and the reader (`tokens.reply_address_for`); else None."""
+    from newsletter.tokens import REPLY_TOKEN_TAG
+
+    domain = project.config.section("replies")["domain"]
+    return f"reply+{REPLY_TOKEN_TAG}@{domain}" if domain else None
 
 
 def bulk_headers(project: Project, slug: str) -> dict[str, str]:
@@ -195,6 +205,7 @@ def bulk_message(
         headers=headers,
         categories=tuple(categories),
         unsubscribe_mailto=reply_to if domain and reply_to.endswith("@" + domain) else None,
+        # (with a per-reader Reply-To, the mailto carries the same per-reader token)
         send_at=send_at,
         schedule_id=schedule_id,
         sandbox=sandbox,
@@ -226,7 +237,7 @@ def count_recipients(
     from newsletter.store.schema import deliveries, subscribers
     from newsletter.store.subscribers import segment_filters
 
-    conditions = [*segment_filters("subscribed", tags), subscribers.c.id <= up_to_id]
+    conditions = [*segment_filters(SubscriberStatus.SUBSCRIBED, tags), subscribers.c.id <= up_to_id]
     if issue_id is not None:
         done = exists().where(
             deliveries.c.issue_id == issue_id,
@@ -331,7 +342,7 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
                 plan.send_at = _aware(earlier.send_at)
                 plan.schedule_id = earlier.batch_id
     if plan.uses_ledger and resume and issue_id is not None:
-        again = [*RETRYABLE, *(["uncertain"] if request.include_uncertain else [])]
+        again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
         plan.recipients = count_recipients(engine, request.tags, up_to_id, issue_id, again)
         plan.stranded = (
             plan.recipients == 0 and ledger.issue_counts(issue_id).get("in_flight", 0) > 0

@@ -13,6 +13,7 @@ from newsletter.errors import SendError, TransportError
 from newsletter.sending.factory import choose_transport
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.transports import Outcome, Transport
+from newsletter.store.schema import DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -48,7 +49,7 @@ def send_transactional(
         [outcome] = transport.send(Batch(message, [Recipient(to, headers=dict(headers or {}))]))
     finally:
         transport.close()
-    if outcome.state != "accepted":
+    if outcome.state != DeliveryState.ACCEPTED:
         raise TransportError(f"mail to {to} not sent: {outcome.error}")
     return f"{to}: {describe(transport, outcome)}" + (f" ({chosen.note})" if chosen.note else "")
 
@@ -65,7 +66,7 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     as the sample; records nothing. Returns one line per address."""
     from newsletter.render import SAMPLE_SUBSCRIBER
     from newsletter.store.subscribers import find_subscriber
-    from newsletter.tokens import secret_key, unsubscribe_url
+    from newsletter.tokens import REPLY_TOKEN_TAG, reply_token_for, secret_key, unsubscribe_url
 
     project, engine = plan.project, plan.engine
     prepared = plan.prepared
@@ -82,14 +83,18 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
             context = known.template_context() if known else {**SAMPLE_SUBSCRIBER, "email": address}
             # Subscriber 0 is nobody: clicking "unsubscribe" in a test copy unsubscribes no one.
             url = unsubscribe_url(project.config.base_url, 0, plan.issue_id, key=key)
+            substitutions = prepared.rendered.substitutions(context, url)
+            if plan.issue_id is not None and project.config.section("replies")["domain"]:
+                # Subscriber 0 again: a reply to a test copy names nobody.
+                substitutions[REPLY_TOKEN_TAG] = reply_token_for(plan.issue_id, 0, key)
             recipient = Recipient(
                 email=address,
                 name=known.name if known else None,
-                substitutions=prepared.rendered.substitutions(context, url),
+                substitutions=substitutions,
                 unsubscribe_url=url,
             )
             [outcome] = transport.send(Batch(message, [recipient]))
-            if outcome.state != "accepted":
+            if outcome.state != DeliveryState.ACCEPTED:
                 raise SendError(f"test send to {address} failed: {outcome.error}")
             who = f"as subscriber {known.email}" if known else "as a sample subscriber"
             lines.append(f"{address}: {describe(transport, outcome)} ({who})")

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, exists, func, select
 
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.transports import capabilities_of
-from newsletter.store.schema import deliveries, subscribers
+from newsletter.store.schema import DeliveryState, SubscriberStatus, deliveries, subscribers
 from newsletter.store.subscribers import segment_filters
 
 
@@ -52,8 +52,8 @@ class SendSummary:
         elif self.handed_over is not None:
             label = "validated (sandbox)" if self.dry_run else "written"
             done = {
-                label: self.handed_over["accepted"],
-                **{k: v for k, v in self.handed_over.items() if k != "accepted"},
+                label: self.handed_over[DeliveryState.ACCEPTED],
+                **{k: v for k, v in self.handed_over.items() if k != DeliveryState.ACCEPTED},
             }
             text = ", ".join(f"{k} {n}" for k, n in done.items() if n) or "none handed over"
         else:
@@ -93,7 +93,7 @@ def _joined_since(engine: Engine, row: Any) -> int:
                 select(func.count())
                 .select_from(subscribers)
                 .where(
-                    *segment_filters("subscribed", row.segment or []),
+                    *segment_filters(SubscriberStatus.SUBSCRIBED, row.segment or []),
                     subscribers.c.id > row.up_to_subscriber,
                     ~reached,
                 )

@@ -9,6 +9,8 @@ Changes to this file need a new step in `migrations.py`, never an edit of an old
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -36,8 +38,34 @@ schema_migrations = Table(
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
 
+
 #: Subscriber statuses (see CONTRACT.md); only `subscribed` people receive an issue.
-STATUSES = ("subscribed", "unconfirmed", "unsubscribed", "bounced", "complained")
+class SubscriberStatus(StrEnum):
+    """A subscriber's status. A str enum: the database keeps the plain values, and
+    `SubscriberStatus.SUBSCRIBED == "subscribed"`."""
+
+    SUBSCRIBED = "subscribed"
+    UNCONFIRMED = "unconfirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class DeliveryState(StrEnum):
+    """A ledger row's state. `in_flight` is written before a request goes out; a crash leaves
+    it, and `uncertain` is what it becomes when nobody knows whether the provider took it."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    DROPPED = "dropped"
+
+
+STATUSES = tuple(s.value for s in SubscriberStatus)
 
 subscribers = Table(
     "subscribers",
@@ -108,18 +136,7 @@ sends = Table(
     Column("up_to_subscriber", Integer),
 )
 
-#: Ledger states. `in_flight` is written before a request goes out; a crash leaves it,
-#: and `uncertain` is what it becomes when nobody knows whether SendGrid took it.
-DELIVERY_STATES = (
-    "pending",
-    "in_flight",
-    "accepted",
-    "failed",
-    "uncertain",
-    "delivered",
-    "bounced",
-    "dropped",
-)
+DELIVERY_STATES = tuple(s.value for s in DeliveryState)
 
 deliveries = Table(
     "deliveries",

@@ -8,6 +8,7 @@ from typing import Any
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from newsletter.project import LANGUAGES, Project, builtin_templates_dir
+from newsletter.transactional import MAIL_TEXT
 
 TEXT: dict[str, dict[str, str]] = {
     "de": {
@@ -34,25 +35,15 @@ TEXT: dict[str, dict[str, str]] = {
         "rate_limited": "Zu viele Anmeldungen von hier. Bitte versuche es später noch einmal.",
         "confirmed_title": "Anmeldung bestätigt",
         "confirmed_lead": "Danke! Du bekommst ab jetzt „{name}“.",
-        "confirm_button": "Anmeldung bestätigen",
-        "confirm_subject": "Bitte bestätige deine Anmeldung zu „{name}“",
-        "confirm_hello": "Hallo {person},",
-        "confirm_hello_anonymous": "Hallo,",
-        "confirm_body": "bitte bestätige mit einem Klick, dass du „{name}“ bekommen möchtest:",
-        "confirm_ignore": "Wenn du dich nicht angemeldet hast, ignoriere diese E-Mail einfach; "
-        "dann bekommst du nichts weiter von uns.",
         "confirm_page_lead": "Noch ein Klick: Bestätige bitte, dass du „{name}“ bekommen möchtest.",
         "confirm_spent_lead": "Dieser Bestätigungslink ist schon benutzt oder nicht mehr gültig. "
         "Wenn du „{name}“ bekommen möchtest, melde dich bitte neu an.",
-        "confirm_consent_intro": "Du stimmst damit zu:",
         "signup_title": "Newsletter abonnieren",
         "signup_lead": "Trag dich ein, um „{name}“ per E-Mail zu bekommen.",
         "signup_email": "E-Mail-Adresse",
         "signup_name": "Name (freiwillig)",
         "signup_button": "Anmelden",
         "signup_checkbox_required": "Bitte setze den Haken, wenn du einverstanden bist.",
-        "imprint": "Impressum",
-        "privacy": "Datenschutz",
         "too_large": "Die Anfrage ist zu groß.",
         "not_found": "Diese Seite gibt es nicht.",
     },
@@ -80,29 +71,24 @@ TEXT: dict[str, dict[str, str]] = {
         "rate_limited": "Too many sign-ups from here. Please try again later.",
         "confirmed_title": "Subscription confirmed",
         "confirmed_lead": "Thank you! You will receive “{name}” from now on.",
-        "confirm_button": "Confirm subscription",
-        "confirm_subject": "Please confirm your subscription to “{name}”",
-        "confirm_hello": "Hello {person},",
-        "confirm_hello_anonymous": "Hello,",
-        "confirm_body": "please confirm with one click that you want to receive “{name}”:",
-        "confirm_ignore": "If you did not sign up, just ignore this email; "
-        "you will not hear from us again.",
         "confirm_page_lead": "One more click: please confirm that you want to receive “{name}”.",
         "confirm_spent_lead": "This confirmation link has been used already or is no longer "
         "valid. If you want to receive “{name}”, please sign up again.",
-        "confirm_consent_intro": "By confirming you agree:",
         "signup_title": "Subscribe to the newsletter",
         "signup_lead": "Sign up to receive “{name}” by email.",
         "signup_email": "Email address",
         "signup_name": "Name (optional)",
         "signup_button": "Subscribe",
         "signup_checkbox_required": "Please tick the box if you agree.",
-        "imprint": "Imprint",
-        "privacy": "Privacy",
         "too_large": "The request is too large.",
         "not_found": "This page does not exist.",
     },
 }
+
+
+# The confirmation mail's wording lives with the mail (a core module); pages may use it too.
+for _language, _words in MAIL_TEXT.items():
+    TEXT[_language] = {**_words, **TEXT[_language]}
 
 
 def text(language: str | None, fallback: str) -> dict[str, str]:

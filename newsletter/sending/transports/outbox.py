@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 from newsletter.sending.message import Batch, Recipient
 from newsletter.sending.mime import copy_for
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
-from newsletter.store.schema import CUSTOM_ARG_SUBSCRIBER
+from newsletter.store.schema import CUSTOM_ARG_SUBSCRIBER, DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -88,7 +88,7 @@ class OutboxTransport:
             stem = self.prefix + "-".join(x for x in (sid, safe_name(recipient.email)) if x)
             path = write_new(self.directory, stem, data)
             paths.append(path)
-            outcomes.append(Outcome("accepted", message_id=msgid, where=str(path)))
+            outcomes.append(Outcome(DeliveryState.ACCEPTED, message_id=msgid, where=str(path)))
         with self._lock:
             self.written.extend(paths)
         return outcomes

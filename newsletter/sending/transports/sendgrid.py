@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from newsletter.errors import TransportError
 from newsletter.sending.message import Batch, Message, Recipient, clean_header, unsubscribe_headers
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
+from newsletter.store.schema import DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -315,14 +316,14 @@ class SendGridTransport:
                 message = self._http_error(exc, body)
                 if code == 429 or code >= 500:
                     message += f" (after {attempt} tries)"
-                return Outcome("failed", error=message, fatal=True, attempts=attempt)
+                return Outcome(DeliveryState.FAILED, error=message, fatal=True, attempts=attempt)
             except urllib.error.URLError as exc:
                 if _not_sent(exc.reason):
                     if attempt <= self.max_retries:
                         self._sleep(self.backoff * 2 ** (attempt - 1))
                         continue
                     return Outcome(
-                        "failed",
+                        DeliveryState.FAILED,
                         error=(
                             f"cannot reach SendGrid at {self.where} ({exc.reason}; tried {attempt} "
                             "times); check the network connection"
@@ -337,7 +338,7 @@ class SendGridTransport:
     def _lost(self, reason: object, attempt: int) -> Outcome:
         what = "timed out" if isinstance(reason, TimeoutError) else f"was lost ({reason})"
         return Outcome(
-            "uncertain",
+            DeliveryState.UNCERTAIN,
             error=f"SendGrid's answer {what} after the request was sent; it may have been delivered",
             attempts=attempt,
         )
@@ -356,13 +357,15 @@ class SendGridTransport:
             return result
         if result.status_code in (200, 202):
             return Outcome(
-                "accepted",
+                DeliveryState.ACCEPTED,
                 message_id=result.headers.get("X-Message-Id"),
                 attempts=result.attempts,
                 where=self.where,
             )
         return Outcome(
-            "failed", error=f"SendGrid answered {result.status_code} to /v3/mail/send", fatal=True
+            DeliveryState.FAILED,
+            error=f"SendGrid answered {result.status_code} to /v3/mail/send",
+            fatal=True,
         )
 
     # --- scheduling (capabilities.can_schedule) ---

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.errors import ConfigError
 from newsletter.sending.message import Batch, Recipient
-from newsletter.sending.mime import copy_for
+from newsletter.sending.mime import copy_for, message_id
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
+from newsletter.store.schema import DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -251,10 +252,10 @@ class SmtpTransport:
     # --- one message ---------------------------------------------------------------------------
 
     def _transaction(
-        self, conn: smtplib.SMTP, sender: str, to: str, data: bytes, utf8: bool
+        self, conn: smtplib.SMTP, sender: str, to: str, data: bytes, utf8: bool, eight: bool
     ) -> None:
         """MAIL, RCPT, DATA for one recipient; raises for anything but a 250 at the end."""
-        options = []
+        options = ["BODY=8BITMIME"] if eight else []
         if utf8:
             if not conn.has_extn("smtputf8"):
                 raise _Refused(
@@ -317,21 +318,34 @@ class SmtpTransport:
         try:
             for recipient in batch.recipients:
                 if stop is not None:
-                    outcomes.append(Outcome("failed", error=stop, fatal=True))
+                    outcomes.append(Outcome(DeliveryState.FAILED, error=stop, fatal=True))
                     continue
-                data, msgid, utf8 = copy_for(message, recipient, date=date)
+                msgid = message_id(message.from_email)
+                built: tuple[bool, bytes, bool] | None = None
                 attempt = 0
                 while True:
                     attempt += 1
                     try:
                         if conn is None:
                             conn, used = self._take()
+                        # 8bit parts (no encoding, fewer lines) where the server takes them.
+                        eight = conn.has_extn("8bitmime")
+                        if built is None or built[0] != eight:
+                            data, _, utf8 = copy_for(
+                                message, recipient, date=date, msgid=msgid, eight_bit=eight
+                            )
+                            built = (eight, data, utf8)
                         self._pace()
-                        self._transaction(conn, message.from_email, recipient.email, data, utf8)
+                        self._transaction(
+                            conn, message.from_email, recipient.email, built[1], built[2], eight
+                        )
                         used += 1
                         outcomes.append(
                             Outcome(
-                                "accepted", message_id=msgid, attempts=attempt, where=self.where
+                                DeliveryState.ACCEPTED,
+                                message_id=msgid,
+                                attempts=attempt,
+                                where=self.where,
                             )
                         )
                         if used >= self.max_per_connection:
@@ -347,7 +361,9 @@ class SmtpTransport:
                             fatal = conn is None  # cannot even keep a connection: stop
                             error = f"{recipient.email}: {reason} (after {attempt} tries)"
                             outcomes.append(
-                                Outcome("failed", error=error, fatal=fatal, attempts=attempt)
+                                Outcome(
+                                    DeliveryState.FAILED, error=error, fatal=fatal, attempts=attempt
+                                )
                             )
                             if fatal:
                                 stop = error
@@ -356,7 +372,7 @@ class SmtpTransport:
                     except _Refused as refused:
                         outcomes.append(
                             Outcome(
-                                "failed",
+                                DeliveryState.FAILED,
                                 error=f"{recipient.email}: {self._clean(str(refused))}",
                                 attempts=attempt,
                             )
@@ -368,7 +384,7 @@ class SmtpTransport:
                             conn = None
                         outcomes.append(
                             Outcome(
-                                "uncertain",
+                                DeliveryState.UNCERTAIN,
                                 message_id=msgid,
                                 error=(
                                     f"the SMTP server {self.where} dropped the connection before "
@@ -383,7 +399,9 @@ class SmtpTransport:
                             conn.close()
                             conn = None
                         stop = self._clean(str(exc))
-                        outcomes.append(Outcome("failed", error=stop, fatal=True, attempts=attempt))
+                        outcomes.append(
+                            Outcome(DeliveryState.FAILED, error=stop, fatal=True, attempts=attempt)
+                        )
                         break
         finally:
             if conn is not None:
