@@ -493,3 +493,17 @@ def test_uncertain_is_not_sent_again_unless_asked(seq_project, monkeypatch, cli)
         run(seq_project, T0 + timedelta(days=4))
         run(seq_project, T0 + timedelta(days=4, minutes=1))
         assert server.recipients() == ["anna@example.de"] * 3
+
+
+def test_send_refuses_a_step_but_sends_a_test_copy(seq_project, cli):
+    """A step goes to each reader when due: `send` to the whole list would mail it to everyone."""
+    root = seq_project
+    add_subscriber(open_engine(Project.load(root).database_url), "leser@example.org")
+    refused = cli(root, "send", "sequences/welcome/01", "--yes", "--outbox", str(root / "out"))
+    assert refused.exit_code == 1
+    assert "welcome-sequence step" in refused.output and "sequences run" in refused.output
+    assert "Traceback" not in refused.output and not (root / "out").exists()
+    copy = cli(root, "send", "sequences/welcome/01", "--test", "me@example.org",
+               "--outbox", str(root / "out"))  # fmt: skip
+    assert copy.exit_code == 0, copy.output
+    assert len(list((root / "out").glob("*.eml"))) == 1

@@ -282,6 +282,12 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
     from newsletter.store.engine import project_engine
 
     resolved = resolve_issue(project, issue)
+    if resolved.slug.startswith("sequences/") and not request.test_copy:
+        # A welcome-sequence step goes to each reader at their time, never to the whole list.
+        raise SendError(
+            f"{issue}: this is a welcome-sequence step; `newsletter sequences run` sends it "
+            "to each new reader when it is due (use --test ADDRESS to see a copy)"
+        )
     path = resolved.require_path()
     engine = project_engine(project)
     chosen = choose_transport(project, outbox_dir=request.outbox_dir)
