@@ -78,7 +78,17 @@ def open_engine(url: str) -> Engine:
     try:
         # A server-side database may have restarted since a pooled connection was made:
         # check each one before use, so one-click unsubscribes never meet a dead connection.
-        engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+        # psycopg prepares a statement after 5 runs, and PostgreSQL may then keep one generic
+        # plan for the whole session: planned while a table was small (a seq scan), a
+        # 1000-key lookup stays a seq scan as an import grows the table (2 s a chunk at 250k
+        # rows). Plan each statement afresh instead.
+        connect_args = {"prepare_threshold": None} if url.startswith("postgresql+psycopg") else {}
+        engine = create_engine(
+            url,
+            future=True,
+            pool_pre_ping=not url.startswith("sqlite"),
+            connect_args=connect_args,
+        )
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:  # ValueError: a bad port
         raise StoreError(
             f"database URL {redact(url)!r} is not usable ({exc}); " + _SUPPORTED_HINT
