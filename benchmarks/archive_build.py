@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from archive_setup import SEED, add_issue_file, child_env, make_project
+from archive_setup import SEED, add_issue_file, child_env, make_project, record_sent
 
 
 def children_cpu() -> float:
@@ -52,7 +52,6 @@ def publish_one_more(root: Path, n: int) -> None:
     from datetime import UTC, datetime
 
     from newsletter.project import Project
-    from newsletter.store import schema
     from newsletter.store.engine import open_engine
 
     slug = f"neu-{n}"
@@ -61,32 +60,7 @@ def publish_one_more(root: Path, n: int) -> None:
     engine = open_engine(Project.load(root).database_url)
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        issue_id = conn.execute(
-            schema.issues.insert().values(
-                slug=slug, title=slug, subject=slug, language="de", created_at=now
-            )
-        ).inserted_primary_key[0]
-        send_id = conn.execute(
-            schema.sends.insert().values(
-                issue_id=issue_id,
-                status="done",
-                transport="sendgrid",
-                segment=[],
-                dry_run=False,
-                started_at=now,
-                finished_at=now,
-            )
-        ).inserted_primary_key[0]
-        conn.execute(
-            schema.deliveries.insert().values(
-                issue_id=issue_id,
-                subscriber_id=1,
-                send_id=send_id,
-                state="accepted",
-                batch_no=0,
-                updated_at=now,
-            )
-        )
+        record_sent(conn, slug, slug, now, 1, message_id=None)
     engine.dispose()
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -35,7 +36,6 @@ SEED = REPO / "issues" / "2024-07-meta-ki-creator.md"
 
 def make_project(root: Path, issues: int) -> Path:
     from newsletter.project import Project
-    from newsletter.store import schema
     from newsletter.store.engine import open_engine
     from newsletter.store.subscribers import add_subscriber
 
@@ -52,35 +52,45 @@ def make_project(root: Path, issues: int) -> Path:
             title = f"Ausgabe {n}: Warum Metas KI Creator verdrängen könnte"
             add_issue_file(root, n, slug, title, body)
             when = start + timedelta(days=n)
-            issue_id = conn.execute(
-                schema.issues.insert().values(
-                    slug=slug, title=title, subject=title, language="de", created_at=when
-                )
-            ).inserted_primary_key[0]
-            send_id = conn.execute(
-                schema.sends.insert().values(
-                    issue_id=issue_id,
-                    status="done",
-                    transport="sendgrid",
-                    segment=[],
-                    dry_run=False,
-                    started_at=when,
-                    finished_at=when,
-                )
-            ).inserted_primary_key[0]
-            conn.execute(
-                schema.deliveries.insert().values(
-                    issue_id=issue_id,
-                    subscriber_id=reader.id,
-                    send_id=send_id,
-                    state="accepted",
-                    batch_no=0,
-                    message_id=f"m{n}",
-                    updated_at=when,
-                )
-            )
+            record_sent(conn, slug, title, when, reader.id, message_id=f"m{n}")
     engine.dispose()
     return root
+
+
+def record_sent(
+    conn: Any, slug: str, title: str, when: datetime, subscriber_id: int, message_id: str | None
+) -> None:
+    """The rows a finished SendGrid send leaves: the issue, its send, one accepted delivery
+    (what makes an issue public under the publish rule)."""
+    from newsletter.store import schema
+
+    issue_id = conn.execute(
+        schema.issues.insert().values(
+            slug=slug, title=title, subject=title, language="de", created_at=when
+        )
+    ).inserted_primary_key[0]
+    send_id = conn.execute(
+        schema.sends.insert().values(
+            issue_id=issue_id,
+            status="done",
+            transport="sendgrid",
+            segment=[],
+            dry_run=False,
+            started_at=when,
+            finished_at=when,
+        )
+    ).inserted_primary_key[0]
+    conn.execute(
+        schema.deliveries.insert().values(
+            issue_id=issue_id,
+            subscriber_id=subscriber_id,
+            send_id=send_id,
+            state="accepted",
+            batch_no=0,
+            message_id=message_id,
+            updated_at=when,
+        )
+    )
 
 
 def add_issue_file(root: Path, n: int, slug: str, title: str, body: str) -> None:
