@@ -121,7 +121,7 @@ def test_each_new_row_gets_exactly_one_record_across_chunks(
         encoding="utf-8",
     )
     if parallel:
-        from newsletter.store.importer.read import can_fork
+        from newsletter.store.importer.process import can_fork
 
         if not can_fork():
             pytest.skip("no fork here")

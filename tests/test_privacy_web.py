@@ -191,8 +191,8 @@ def test_required_checkbox_is_unticked_and_enforced(make_project, database_url) 
 
 def test_imprint_and_privacy_links_on_pages_and_in_the_confirmation_mail(make_project) -> None:
     config = CONFIG.replace(
-        'language = "de"\n',
-        'language = "de"\nimprint_url = "https://jens.example.com/impressum"\n'
+        'imprint_url = "https://news.example.com/impressum"\n',
+        'imprint_url = "https://jens.example.com/impressum"\n'
         'privacy_url = "https://jens.example.com/datenschutz"\n',
     )
     root = make_project(config, name="imprint")
