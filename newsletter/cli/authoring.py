@@ -115,9 +115,9 @@ def build(issue: str, output: Path | None) -> None:
         newsletter build issues/2024-07-meta-ki-creator.md -o build
     """
     from newsletter.cli import get_project
+    from newsletter.issue_names import resolve_issue
     from newsletter.render import SAMPLE_SUBSCRIBER, render_file, sample_unsubscribe_url
     from newsletter.scaffold import write_file_atomic
-    from newsletter.store.issues import resolve_issue
 
     project = get_project()
     rendered = render_file(project, resolve_issue(project, issue).require_path())
@@ -156,7 +156,7 @@ def check(issue: str, strict: bool) -> None:
     """
     from newsletter.check import check_issue
     from newsletter.cli import get_project
-    from newsletter.store.issues import resolve_issue
+    from newsletter.issue_names import resolve_issue
 
     project = get_project()
     path = resolve_issue(project, issue).require_path()

@@ -15,80 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from newsletter.errors import ConfigError, NewsletterError
-from newsletter.store.schema import deliveries, issues, sends, sequence_steps
-
-if TYPE_CHECKING:
-    from newsletter.project import Project
-
 # --- core: resolving and the rows (owned by the sending core) ---------------------------------
-
-
-@dataclass(frozen=True)
-class ResolvedIssue:
-    """An ISSUE argument: its file (None if only the database knows it) and its slug."""
-
-    name: str
-    slug: str
-    path: Path | None
-
-    def require_path(self) -> Path:
-        if self.path is None:
-            raise ConfigError(
-                f"{self.name}: the issue {self.slug!r} was sent, but its file is no longer in "
-                "issues/; give the file's path"
-            )
-        return self.path
-
-
-def _slug_of(project: Project, path: Path) -> str | None:
-    from newsletter.issue import load_issue
-
-    try:
-        return load_issue(project, path).slug
-    except NewsletterError:
-        return None
-
-
-def resolve_issue(
-    project: Project, name: str | Path, engine: Engine | None = None
-) -> ResolvedIssue:
-    """A path, a file name in issues/ (with or without `.md`), or a slug; with `engine`, also
-    the slug of an issue the database knows whose file is gone."""
-    text = str(name)
-    from newsletter.sequences.steps import resolve_step_issue
-
-    step = resolve_step_issue(project, text)  # sequences/welcome/01: a welcome-sequence step
-    if step is not None:
-        return ResolvedIssue(text, step[0], step[1])
-    try:
-        path = project.issue_path(text)
-    except ConfigError:
-        path = None
-    if path is not None:
-        from newsletter.issue import load_issue
-
-        # A broken file is still the issue meant: `check` must be able to report on it.
-        try:
-            return ResolvedIssue(text, load_issue(project, path).slug, path)
-        except NewsletterError:
-            return ResolvedIssue(text, Path(path).stem, path)
-    if project.issues_dir.is_dir():
-        for candidate in sorted(project.issues_dir.glob("*.md")):
-            if _slug_of(project, candidate) == text:
-                return ResolvedIssue(text, text, candidate.resolve())
-    if engine is not None and find_issue_id(engine, text) is not None:
-        return ResolvedIssue(text, text, None)
-    raise ConfigError(
-        f"{text}: no such issue; give a file path, a name in {project.issues_dir} "
-        "(with or without .md), or an issue's slug"
-    )
+# Resolving an ISSUE name needs no database (and so no SQLAlchemy import, which `build` would
+# pay for): it lives in newsletter.issue_names, re-exported here.
+from newsletter.issue_names import ResolvedIssue as ResolvedIssue  # noqa: E402
+from newsletter.issue_names import resolve_issue as resolve_issue  # noqa: E402
+from newsletter.store.schema import deliveries, issues, sends, sequence_steps
 
 
 def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:

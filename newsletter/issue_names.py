@@ -1,0 +1,83 @@
+"""Resolving an ISSUE argument (a path, a file name in issues/ with or without `.md`, a slug,
+or a welcome-sequence step such as `sequences/welcome/01`) the same way in every command.
+
+Kept apart from `newsletter.store.issues` (which re-exports it) so that commands that never
+touch the database, `build` and `check`, do not import SQLAlchemy to find a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from newsletter.errors import ConfigError, NewsletterError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from newsletter.project import Project
+
+
+@dataclass(frozen=True)
+class ResolvedIssue:
+    """An ISSUE argument: its file (None if only the database knows it) and its slug."""
+
+    name: str
+    slug: str
+    path: Path | None
+
+    def require_path(self) -> Path:
+        if self.path is None:
+            raise ConfigError(
+                f"{self.name}: the issue {self.slug!r} was sent, but its file is no longer in "
+                "issues/; give the file's path"
+            )
+        return self.path
+
+
+def _slug_of(project: Project, path: Path) -> str | None:
+    from newsletter.issue import load_issue
+
+    try:
+        return load_issue(project, path).slug
+    except NewsletterError:
+        return None
+
+
+def resolve_issue(
+    project: Project, name: str | Path, engine: Engine | None = None
+) -> ResolvedIssue:
+    """A path, a file name in issues/ (with or without `.md`), or a slug; with `engine`, also
+    the slug of an issue the database knows whose file is gone."""
+    text = str(name)
+    from newsletter.sequences.steps import resolve_step_issue
+
+    step = resolve_step_issue(project, text)  # sequences/welcome/01: a welcome-sequence step
+    if step is not None:
+        return ResolvedIssue(text, step[0], step[1])
+    try:
+        path = project.issue_path(text)
+    except ConfigError:
+        path = None
+    if path is not None:
+        from newsletter.issue import load_issue
+
+        # A broken file is still the issue meant: `check` must be able to report on it.
+        try:
+            return ResolvedIssue(text, load_issue(project, path).slug, path)
+        except NewsletterError:
+            return ResolvedIssue(text, Path(path).stem, path)
+    if project.issues_dir.is_dir():
+        for candidate in sorted(project.issues_dir.glob("*.md")):
+            if _slug_of(project, candidate) == text:
+                return ResolvedIssue(text, text, candidate.resolve())
+    if engine is not None:
+        from newsletter.store.issues import find_issue_id
+
+        if find_issue_id(engine, text) is not None:  # sent once; its file is gone
+            return ResolvedIssue(text, text, None)
+    raise ConfigError(
+        f"{text}: no such issue; give a file path, a name in {project.issues_dir} "
+        "(with or without .md), or an issue's slug"
+    )
