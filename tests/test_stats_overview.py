@@ -372,7 +372,12 @@ def test_list_growth_counts_every_way_in_and_out(
             assert response.status_code < 400, response.text
         form1 = find_subscriber(engine, "form1@example.de")
         assert form1 is not None and form1.status == "unconfirmed"
-        optin.confirm(proj, engine, optin.confirm_url(proj, form1.id).rsplit("/", 1)[1])
+        optin.confirm(
+            proj,
+            engine,
+            optin.confirm_url(proj, form1.id).rsplit("/", 1)[1],
+            optin.Visit(ip="203.0.113.7", user_agent="test"),
+        )
         issue_id = sent_issue(engine, [find_subscriber(engine, "neu0@example.de").id])
         gone = [find_subscriber(engine, f"import{i}@example.de") for i in range(3)]
         post_events(
@@ -451,7 +456,7 @@ def test_bad_timezone_is_a_one_line_error(make_project, cli):
     root = make_project(CONFIG.replace('language = "de"', 'language = "de"\ntimezone = "Berlin"'))
     result = cli(root, "stats", "--list")
     assert result.exit_code == 1
-    assert "[newsletter] timezone = 'Berlin' is not a time zone" in result.output
+    assert "[newsletter] timezone 'Berlin' is not a known time zone" in result.output
     assert "Traceback" not in result.output
 
 
