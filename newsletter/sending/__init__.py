@@ -1,6 +1,10 @@
-"""Sending an issue: SendGrid or the outbox, batched, with a crash-safe per-recipient ledger.
+"""Sending: one neutral message, any transport, a crash-safe per-recipient ledger.
 
-- `payload`: SendGrid request dicts.  - `transport`: SendGrid client and outbox.
-- `ledger`: the deliveries ledger and the per-issue lease.  - `sender`: orchestration.
+- `message`: the neutral Message / Recipient / Batch (names no provider).
+- `transports/`: SendGrid, SMTP and the outbox, registered alike, asked what they can do.
+- `factory`: the one place that chooses a transport.  - `mime`: a reader's copy as MIME.
+- `plan` then `execute`: a send decided, then carried out.  - `deliver`: one ready message to
+  given subscribers through the ledger (welcome sequences).
+- `ledger`: deliveries, sends, leases.  - `summary`: what `sends` shows.
 - `schedule`: parsing `--schedule WHEN`.  - `single`: one-off transactional mail.
 """
