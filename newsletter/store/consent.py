@@ -95,37 +95,10 @@ def truncate_ip(address: str | None, *, keep_full: bool = False) -> str | None:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
-def record(
-    conn: Connection,
-    subscriber_id: int,
-    kind: str,
-    *,
-    occurred_at: datetime | None = None,
-    ip: str | None = None,
-    user_agent: str | None = None,
-    page_url: str | None = None,
-    consent_text_hash: str | None = None,
-    source: str | None = None,
-    proves_consent: bool = False,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Store one consent record for the subscriber (in the caller's transaction)."""
-    conn.execute(
-        insert(consent_records).values(
-            **record_values(
-                subscriber_id,
-                kind,
-                occurred_at=occurred_at,
-                ip=ip,
-                user_agent=user_agent,
-                page_url=page_url,
-                consent_text_hash=consent_text_hash,
-                source=source,
-                proves_consent=proves_consent,
-                details=details,
-            )
-        )
-    )
+def record(conn: Connection, subscriber_id: int, kind: str, **fields: Any) -> None:
+    """Store one consent record for the subscriber (in the caller's transaction); `fields`
+    are `record_values`'s keywords."""
+    conn.execute(insert(consent_records).values(**record_values(subscriber_id, kind, **fields)))
 
 
 def record_values(
