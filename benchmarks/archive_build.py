@@ -65,6 +65,9 @@ def publish_one_more(root: Path, n: int) -> None:
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--issues", type=int, default=500)
     args = parser.parse_args()

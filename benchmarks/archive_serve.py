@@ -95,6 +95,9 @@ def one_run(root: Path, requests: int) -> dict[str, float]:
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--issues", type=int, default=500)
     parser.add_argument("--requests", type=int, default=20)

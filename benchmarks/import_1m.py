@@ -114,6 +114,9 @@ def timed_child(cmd: list[str], cwd: Path) -> tuple[float, float, float, str]:
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the project folder")

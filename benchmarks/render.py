@@ -51,6 +51,9 @@ def report(name: str, value: float, unit: str, target: float | None = None) -> N
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     sys.path.insert(0, str(REPO))
     from newsletter.project import Project
     from newsletter.render import SAMPLE_SUBSCRIBER, render_file

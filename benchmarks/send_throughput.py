@@ -310,6 +310,9 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--curve", action="store_true", help="100k, 250k, 500k and 1M")

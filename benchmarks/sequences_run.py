@@ -196,6 +196,9 @@ def once(total: int, due: int, database_url: str | None) -> dict[str, float]:
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--due", type=int, default=10_000)

@@ -230,6 +230,9 @@ def _peak_rss() -> float:
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     parser = argparse.ArgumentParser()
     parser.add_argument("--issues", type=int, default=100)
     parser.add_argument("--subscribers", type=int, default=200_000)

@@ -131,6 +131,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
     parser = argparse.ArgumentParser()
     parser.add_argument("--posts", type=int, default=30)
     parser.add_argument("--subscribers", type=int, default=20000)
