@@ -20,6 +20,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from newsletter.errors import SendError
+from newsletter.personalize import (
+    MAX_URL_CHARS,
+    UNSUBSCRIBE_HTML_KEY,
+    UNSUBSCRIBE_TEXT_KEY,
+    html_value,
+)
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.transports import Outcome
@@ -150,13 +156,6 @@ class Personalizer:
             if len(self.cache) < self.MAX_CACHED:
                 self.cache[key] = subs
             return subs
-        from newsletter.personalize import (
-            MAX_URL_CHARS,
-            UNSUBSCRIBE_HTML_KEY,
-            UNSUBSCRIBE_TEXT_KEY,
-            html_value,
-        )
-
         subs = dict(known)
         clean = url[:MAX_URL_CHARS].replace("%%", "%")
         subs[UNSUBSCRIBE_HTML_KEY] = html_value(clean)
