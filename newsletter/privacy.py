@@ -70,7 +70,9 @@ class Erasure:
 
 def erase(engine: Engine, email: str) -> Erasure:
     """Delete the person and everything linked to them, and suppress the address (its
-    keyed hash, the date and "erased on request"), all in one transaction."""
+    keyed hash, the date and "erased on request"), all in one transaction. A ConfigError
+    before anything is deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
+    suppressions.hashing_key(erasing=True)
     try:
         address = normalize_email(email)
     except StoreError:

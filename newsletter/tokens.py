@@ -39,7 +39,7 @@ def secret_key(required: bool = True) -> str:
     if required:
         raise NewsletterError(
             f"{SECRET_ENV} is not set; set it to a long random string "
-            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     global _warned
     if not _warned:

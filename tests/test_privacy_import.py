@@ -171,3 +171,46 @@ def test_forget_then_reimport_keeps_the_person_out_until_a_new_opt_in(proj, cli,
     assert find_subscriber(engine, "anna@example.de").status == "subscribed"
     kinds = [(r.kind, r.proves_consent) for r in records(engine, "anna@example.de")]
     assert kinds == [("signup", False), ("confirmation", True)]
+
+
+def test_without_the_key_erasure_add_and_import_stop_before_they_start(
+    proj, cli, tmp_path, monkeypatch
+) -> None:
+    path = tmp_path / "subscribed_members_export.csv"
+    path.write_text(MAILCHIMP, encoding="utf-8")
+    assert cli(proj.root, "subscribers", "import", str(path)).exit_code == 0
+    engine = open_engine(proj.database_url)
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY")
+
+    # Erasure stores a keyed hash: without the key it refuses before deleting anything.
+    erased = cli(proj.root, "subscribers", "remove", "anna@example.de", "--forget", "--yes")
+    assert erased.exit_code == 1
+    assert erased.output == (
+        "Error: NEWSLETTER_SECRET_KEY is not set; erasure keeps a keyed hash of the address so "
+        "that no import or `add` brings it back, and needs the key: set it to a long random "
+        "string (python3 -c 'import secrets; print(secrets.token_urlsafe(32))') and keep it\n"
+    )
+    assert find_subscriber(engine, "anna@example.de") is not None
+
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "the-key-anna-was-erased-with")
+    assert (
+        cli(proj.root, "subscribers", "remove", "anna@example.de", "--forget", "--yes").exit_code
+        == 0
+    )
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY")
+
+    # Now every new address must be checked against the erased ones' hashes.
+    missing_key = (
+        "Error: NEWSLETTER_SECRET_KEY is not set; addresses were erased from this list, and "
+        "checking an address against them needs the key they were hashed with: set it to the "
+        "same key as when they were erased\n"
+    )
+    added = cli(proj.root, "subscribers", "add", "neu@example.de")
+    assert (added.exit_code, added.output) == (1, missing_key)
+    rejects = tmp_path / "rejects.csv"
+    for args in (["--dry-run"], ["--rejects", str(rejects)]):
+        again = cli(proj.root, "subscribers", "import", str(path), *args)
+        assert (again.exit_code, again.output) == (1, missing_key)
+    assert not rejects.exists()
+    assert find_subscriber(engine, "anna@example.de") is None
+    assert find_subscriber(engine, "neu@example.de") is None

@@ -183,7 +183,9 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
     engine = _engine()
     if forget:
         from newsletter.privacy import erase
+        from newsletter.store.suppressions import hashing_key
 
+        hashing_key(erasing=True)  # before asking: without the key nothing can be erased
         if not yes:
             if not sys.stdin.isatty():
                 raise click.ClickException(

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, delete, insert, select
 
 from newsletter import tokens
-from newsletter.errors import StoreError
+from newsletter.errors import ConfigError, NewsletterError, StoreError
 from newsletter.store.emails import email_key, normalize_email
 from newsletter.store.schema import suppressions
 
@@ -46,6 +46,28 @@ def suppressed_message(address: str) -> str:
     )
 
 
+def hashing_key(*, erasing: bool = False) -> str:
+    """NEWSLETTER_SECRET_KEY, which the address hashes are made with; if it is not set, a
+    ConfigError saying why this command needs it (`erasing`: to store a hash, else: to
+    check addresses against the hashes already stored)."""
+    try:
+        return tokens.secret_key()
+    except NewsletterError:
+        if erasing:
+            why = (
+                "erasure keeps a keyed hash of the address so that no import or `add` "
+                "brings it back, and needs the key: set it to a long random string (python3 "
+                "-c 'import secrets; print(secrets.token_urlsafe(32))') and keep it"
+            )
+        else:
+            why = (
+                "addresses were erased from this list, and checking an address against "
+                "them needs the key they were hashed with: set it to the same key as when "
+                "they were erased"
+            )
+        raise ConfigError(f"{tokens.SECRET_ENV} is not set; {why}") from None
+
+
 def _lookup_key(address: str) -> str:
     try:
         return email_key(normalize_email(address))
@@ -60,7 +82,7 @@ def address_hash(address: str, *, key: str | None = None) -> str:
 
 def key_hash(email_key: str, *, key: str | None = None) -> str:
     """The keyed hash of an address already normalized and lower-cased (`email_key`)."""
-    secret = (key or tokens.secret_key()).encode("utf-8")
+    secret = (key or hashing_key()).encode("utf-8")
     return hmac.new(
         secret, b"suppression\x00" + email_key.encode("utf-8"), hashlib.sha256
     ).hexdigest()
@@ -68,7 +90,7 @@ def key_hash(email_key: str, *, key: str | None = None) -> str:
 
 def suppress(conn: Connection, address: str, reason: str = ERASED) -> None:
     """Add the address (as its hash); one already there keeps its first date and reason."""
-    digest = address_hash(address)
+    digest = address_hash(address, key=hashing_key(erasing=True))
     if conn.execute(
         select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
     ).first():
@@ -119,7 +141,7 @@ def suppressed_among(
     `normalized`: they are `email_key`s already (skips normalizing each again)."""
     if _empty(conn):
         return set()
-    key = tokens.secret_key()
+    key = hashing_key()
     by_hash: dict[str, list[str]] = {}
     for address in addresses:
         digest = key_hash(address, key=key) if normalized else address_hash(address, key=key)

@@ -41,11 +41,16 @@ class ImportConsent:
 
 
 def consent_policy(conn: Connection, file_name: str, fmt: str, keep_full_ip: bool) -> ImportConsent:
+    """Raises ConfigError if addresses are suppressed and the key to check them is not
+    set: before the first row, since running the import again would not help."""
+    check_suppressed = suppressions.any_suppressed(conn)
+    if check_suppressed:
+        suppressions.hashing_key()
     return ImportConsent(
         file_name=file_name,
         format=fmt,
         keep_full_ip=keep_full_ip,
-        check_suppressed=suppressions.any_suppressed(conn),
+        check_suppressed=check_suppressed,
     )
 
 

@@ -152,6 +152,9 @@ def _import_file(
         source_name = source or f"import:{fmt.name}"
         if fmt.name.startswith("newsletter"):
             source_name = source or "import"
+        with engine.connect() as probe:
+            initially_empty = probe.execute(select(subscribers.c.id).limit(1)).first() is None
+            policy = consent_policy(probe, path.name, fmt.name, keep_full_ip)
         reject_writer = None
         if rejects_path is not None:
             try:
@@ -163,9 +166,6 @@ def _import_file(
             reject_writer = csv.writer(reject_file)
             reject_writer.writerow([*headings, "line", "reason"])
 
-        with engine.connect() as probe:
-            initially_empty = probe.execute(select(subscribers.c.id).limit(1)).first() is None
-            policy = consent_policy(probe, path.name, fmt.name, keep_full_ip)
         # Exact where counts depend on it; a 16 MB bit set for a first big import.
         new_keys = KeyFilter(exact=dry_run or not initially_empty)
 
