@@ -37,8 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+try:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+except ModuleNotFoundError:
+    if __name__ != "__main__":
+        raise
+    # Run by hand after the quick start's plain install: a hint, not a traceback.
+    sys.exit(
+        "aiosmtpd is not installed; in your clone of newsletter run "
+        "`.venv/bin/pip install -e '.[test]'` (the test extra has the fake SMTP server's deps)"
+    )
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:

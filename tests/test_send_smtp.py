@@ -302,3 +302,28 @@ def test_rate_and_connection_reuse(root, smtp, cli, monkeypatch):
     assert took >= 9 / 20  # 10 messages at 20/s: at least 0.45 s
     # 10 messages, at most 3 per connection: at least 4 logins, far fewer than 10.
     assert 4 <= len(smtp.logins) <= 6
+
+
+def test_the_fake_server_without_aiosmtpd_says_how_to_install_it() -> None:
+    # After the quick start's plain `pip install -e .`, aiosmtpd (in the [test] extra) is
+    # missing; `python -m tests.smtp_server` must say so in one line, not with a traceback.
+    import subprocess
+    import sys
+
+    without_aiosmtpd = (
+        "import runpy, sys; sys.modules['aiosmtpd'] = None; "
+        "runpy.run_module('tests.smtp_server', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", without_aiosmtpd, "--port", "0"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "aiosmtpd is not installed; in your clone of newsletter run "
+        "`.venv/bin/pip install -e '.[test]'` (the test extra has the fake SMTP server's deps)\n"
+    )
