@@ -41,7 +41,7 @@ def preview(issue: str, port: int, host: str, no_open: bool, as_email: str | Non
     \b
     Example:
         newsletter preview issues/2024-07-meta-ki-creator.md
-        newsletter preview meta-ki-creator --port 9000 --no-open --as anna@example.com
+        newsletter preview meta-ki-creator --port 9000 --no-open --as anna.schmidt@example.com
     """
     import contextlib
     import threading

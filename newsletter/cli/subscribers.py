@@ -174,8 +174,8 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
 
     \b
     Example:
-        newsletter subscribers remove anna@example.com --reason "asked by email"
-        newsletter subscribers remove anna@example.com --forget --yes
+        newsletter subscribers remove tom@example.org --reason "asked by email"
+        newsletter subscribers remove tom@example.org --forget --yes
     """
     from newsletter.errors import StoreError
     from newsletter.store.subscribers import find_subscriber, set_status
@@ -324,7 +324,7 @@ def show(email: str, fmt: str) -> None:
 
     \b
     Example:
-        newsletter subscribers show anna@example.com
+        newsletter subscribers show anna.schmidt@example.com
     """
     import json
 
@@ -395,7 +395,7 @@ def export_person(email: str, output: Path | None) -> None:
 
     \b
     Example:
-        newsletter subscribers export-person anna@example.com -o anna.json
+        newsletter subscribers export-person anna.schmidt@example.com -o anna.json
     """
     import json
 
@@ -424,7 +424,7 @@ def tag(email: str, tags: tuple[str, ...]) -> None:
 
     \b
     Example:
-        newsletter subscribers tag anna@example.com vip leser
+        newsletter subscribers tag anna.schmidt@example.com vip leser
     """
     from newsletter.sequences.hooks import tagged
     from newsletter.store.subscribers import add_tags
@@ -450,7 +450,7 @@ def untag(email: str, tags: tuple[str, ...]) -> None:
 
     \b
     Example:
-        newsletter subscribers untag anna@example.com vip
+        newsletter subscribers untag anna.schmidt@example.com vip
     """
     from newsletter.store.subscribers import remove_tags
 
