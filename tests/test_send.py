@@ -161,6 +161,22 @@ def test_outbox_without_key_writes_eml(project, db, cli):
     assert "written 2" in listing.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["--test", "jens@example.com"], ["--dry-run", "--yes"], ["--tag", "leser", "--yes"]],
+    ids=["test", "dry-run", "tag"],
+)
+def test_the_outbox_fallback_is_said_once(project, db, cli, args):
+    add_people(project, 1, tags=["leser"])
+    result = cli(project, "send", ISSUE, *args)
+    assert result.exit_code == 0, result.output
+    fallback = [line for line in result.output.splitlines() if "SENDGRID_API_KEY" in line]
+    assert fallback == [
+        f"Note: SENDGRID_API_KEY is not set, so messages go to the outbox folder "
+        f"{project / 'outbox'} (set it, or [sending] transport, to deliver)"
+    ]
+
+
 def test_outbox_dir_option(project, db, sg, cli, tmp_path):
     add_people(project, 2)
     result = cli(project, "send", ISSUE, "--yes", "--outbox", str(tmp_path / "out"))

@@ -293,9 +293,8 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
     chosen = choose_transport(project, outbox_dir=request.outbox_dir)
     prepared = prepare(project, path, run_check=not request.test_copy)
     ledger = Ledger(engine)
+    # The transport's note (e.g. the outbox fallback) is `chosen.note`, shown once as a Note.
     warnings = list(project.config.warnings) + list(prepared.warnings)
-    if chosen.note:
-        warnings.insert(0, chosen.note)
 
     issue_id = find_issue_id(engine, prepared.slug)
     if issue_id is None and project.config.section("replies")["domain"]:
