@@ -146,9 +146,21 @@ def sample_unsubscribe_url(project: Project) -> str:
 
 def view_url(project: Project, issue: Issue) -> str | None:
     base = project.config.base_url
-    if "/" in issue.slug:  # a sequence step (sequences/<name>/<key>) has no web page
-        return None
+    if "/" in issue.slug or is_sequence_step_file(project, issue.path):
+        return None  # a sequence step (sequences/<name>/<key>) has no web page
     return f"{base}/issues/{issue.slug}" if base else None
+
+
+def is_sequence_step_file(project: Project, path: Path) -> bool:
+    """Whether `path` is a step in the project's `sequences/` folder: `preview` and `build`
+    load it as a plain file (slug `01-willkommen`), but it is sent as a step."""
+    from newsletter.sequences.steps import sequences_dir
+
+    try:
+        path.resolve().relative_to(sequences_dir(project).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 _environments: dict[tuple[str, str, tuple[str, ...]], jinja2.Environment] = {}

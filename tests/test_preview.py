@@ -311,3 +311,24 @@ def test_a_burst_of_saves_renders_once_or_twice(watching: TestClient, example: P
     wait_for(watching, lambda s: "Entwurf 9:" in s["html"])
     time.sleep(0.3)  # anything still queued would render by now
     assert 1 <= state.renders - before <= 2
+
+
+def test_a_sequence_step_previews_as_sent_without_a_web_version_link(project: Path) -> None:
+    # `sequences preview welcome/01` opens the step file; it is sent without "view in
+    # browser" (a welcome email has no page under /issues/), so the preview shows none.
+    from newsletter.sequences.status import step_path_for_preview
+    from tests.test_sequences import SEQUENCE, STEP1, write_steps
+
+    config = project / "newsletter.toml"
+    config.write_text(config.read_text(encoding="utf-8") + SEQUENCE, encoding="utf-8")
+    write_steps(project, {"01-willkommen.md": STEP1})
+    step = step_path_for_preview(Project.load(project), "welcome/01")
+
+    with client_for(project, project / "issues" / EXAMPLE_ISSUE.name) as issue:
+        issue_text = issue.get("/email.txt").text
+    assert "Im Browser ansehen: https://news.example.com/issues/meta-ki-creator" in issue_text
+    with client_for(project, step) as welcome:
+        text, html = welcome.get("/email.txt").text, welcome.get("/email.html").text
+    assert "Hallo Alex, schön, dass du da bist!" in text
+    assert "Im Browser ansehen" not in text
+    assert "Im Browser ansehen" not in html and "/issues/" not in html
