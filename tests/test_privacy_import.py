@@ -150,14 +150,14 @@ def test_forget_then_reimport_keeps_the_person_out_until_a_new_opt_in(proj, cli,
         again = cli(proj.root, "subscribers", "import", str(path), *args)
         assert again.exit_code == 0, again.output
         assert (
-            "1 rows were not imported: their addresses were erased on request (suppressed); "
-            "only a new double opt-in through the sign-up form brings them back"
+            "1 row was not imported: its address was erased on request (suppressed); "
+            "only a new double opt-in through the sign-up form brings it back"
         ) in again.output
         assert "new: 0, updated: 0, unchanged: 2" in again.output
     engine = open_engine(proj.database_url)
     assert find_subscriber(engine, "anna@example.de") is None
     resubscribed = cli(proj.root, "subscribers", "import", str(path), "--resubscribe")
-    assert "1 rows were not imported" in resubscribed.output
+    assert "1 row was not imported" in resubscribed.output
     assert find_subscriber(engine, "anna@example.de") is None
 
     # Anna signs up herself and confirms: she is back, and later imports see her again.

@@ -74,8 +74,9 @@ def test_purge_deletes_only_old_raw_events_and_automatic_replies(
     assert result.exit_code == 0, result.output
     cutoff = (datetime.now(UTC) - timedelta(days=365)).date()
     assert result.output.splitlines() == [
-        f"purged 1 webhook events and {1 if 'automatic' in schema.replies.c else 0} automatic "
-        f"replies older than 365 days (before {cutoff:%Y-%m-%d})"
+        f"purged 1 webhook event and "
+        f"{'1 automatic reply' if 'automatic' in schema.replies.c else '0 automatic replies'} "
+        f"older than 365 days (before {cutoff:%Y-%m-%d})"
     ]
     events, replies = left(engine)
     assert events == ["ev-10", "ev-40"]

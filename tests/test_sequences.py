@@ -175,7 +175,7 @@ def test_people_on_the_list_before_get_nothing_unless_started(seq_project, cli):
     result = cli(seq_project, "sequences", "start", "welcome", "--existing", "--tag", "leser",
                  "--yes", "--now", T0.isoformat())  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "Started welcome for 1 subscribers" in result.output
+    assert "Started welcome for 1 subscriber;" in result.output
     run(seq_project, T0 + timedelta(minutes=5))
     assert [a for a, _ in received(seq_project)] == ["alt@example.de"]
     # Starting again finds nobody new.
@@ -398,7 +398,7 @@ def test_inactive_until_configured_and_init_scaffolds_the_step(tmp_path, cli):
         text = config.read_text("utf-8")
         config.write_text(text.replace("# imprint_url = ", "imprint_url = "), "utf-8")
         checked = cli(root, "sequences", "check")
-        assert "error" not in checked.output.replace("0 error(s)", "")
+        assert "error" not in checked.output.replace("0 errors", "")
 
 
 def test_failed_batch_is_due_again_and_then_sent(seq_project, monkeypatch):
@@ -493,7 +493,7 @@ def test_uncertain_is_not_sent_again_unless_asked(seq_project, monkeypatch, cli)
         again = cli(seq_project, "sequences", "run", "--include-uncertain",
                     "--now", (T0 + timedelta(minutes=6)).isoformat())  # fmt: skip
         assert again.exit_code == 0, again.output
-        assert "1 uncertain emails are being sent again" in again.output
+        assert "1 uncertain email is being sent again" in again.output
         assert server.recipients() == ["anna@example.de", "anna@example.de"]
         # The schedule goes on from there: step 2 three days later, once.
         run(seq_project, T0 + timedelta(days=4))

@@ -127,7 +127,7 @@ def test_export_to_file_and_stdout(cli, project, tmp_path) -> None:
     target = tmp_path / "out.csv"
     result = cli(project, "subscribers", "export", "-o", str(target))
     assert result.exit_code == 0
-    assert "exported 1 subscribers" in result.output
+    assert "exported 1 subscriber to" in result.output
     assert not (tmp_path / "out.csv.partial").exists()
     row = next(csv.DictReader(target.open(encoding="utf-8")))
     assert row["name"] == '\'=HYPERLINK("x")'

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from newsletter.wording import plural
+
 
 @click.group()
 def archive() -> None:
@@ -66,7 +68,8 @@ def build(output: Path | None, quiet: bool) -> None:
         sys.exit(130)
     removed = f", {len(report.removed)} removed" if report.removed else ""
     click.echo(
-        f"{folder}: {report.issues} issues; {len(report.written)} files written, "
+        f"{folder}: {plural(report.issues, 'issue')}; "
+        f"{plural(len(report.written), 'file')} written, "
         f"{report.unchanged} unchanged{removed}"
     )
 

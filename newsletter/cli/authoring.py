@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from newsletter.wording import plural
+
 
 def _shown(path: Path) -> str:
     """A path relative to the current folder when it is inside it."""
@@ -169,7 +171,7 @@ def check(issue: str, strict: bool) -> None:
     if not findings:
         click.echo(f"{_shown(path)}: no problems found")
         return
-    click.echo(f"{errors} error(s), {warnings} warning(s)", err=True)
+    click.echo(f"{plural(errors, 'error')}, {plural(warnings, 'warning')}", err=True)
     if errors or (strict and warnings):
         raise SystemExit(1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from newsletter.cli import get_project
+from newsletter.wording import noun, plural
 
 
 @click.group("privacy")
@@ -35,8 +36,9 @@ def purge() -> None:
     days = project.config.section("privacy")["keep_events_days"]
     result = run_purge(project_engine(project), days)
     click.echo(
-        f"purged {result.events:,} webhook events and {result.automatic_replies:,} automatic "
-        f"replies older than {days} days (before {result.cutoff:%Y-%m-%d})"
+        f"purged {result.events:,} webhook {noun(result.events, 'event')} and "
+        f"{result.automatic_replies:,} automatic {noun(result.automatic_replies, 'reply', 'replies')} "
+        f"older than {plural(days, 'day')} (before {result.cutoff:%Y-%m-%d})"
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from newsletter.cli import get_project
+from newsletter.wording import plural
 
 
 @click.command()
@@ -126,9 +127,9 @@ def send(
         if not _interactive():
             raise SendError(
                 f"not sending without confirmation: no terminal to ask on; add --yes to {what} "
-                f"to {count} recipients"
+                f"to {plural(count, 'recipient')}"
             )
-        click.confirm(f"{what.capitalize()} to {count} recipients?", abort=True)
+        click.confirm(f"{what.capitalize()} to {plural(count, 'recipient')}?", abort=True)
 
     show = not quiet and sys.stderr.isatty()
 
@@ -150,8 +151,10 @@ def send(
         sys.exit(130)
     if report.marked_uncertain:
         click.echo(
-            f"{report.marked_uncertain} recipients were in flight when the previous send stopped; "
-            "they are now uncertain (not re-sent)."
+            f"{plural(report.marked_uncertain, 'recipient')} "
+            f"{'was' if report.marked_uncertain == 1 else 'were'} in flight when the previous "
+            f"send stopped; {'it is' if report.marked_uncertain == 1 else 'they are'} now "
+            "uncertain (not re-sent)."
         )
     verb = report.accepted_label
     if plan.sandbox:
@@ -268,7 +271,7 @@ def cancel(issue: str) -> None:
     slug = resolve_issue(project, issue, project_engine(project)).slug
     done = cancel_scheduled(project, slug)
     click.echo(
-        f"Cancelled send {done.send_id} of {slug} ({done.recipients} recipients); "
+        f"Cancelled send {done.send_id} of {slug} ({plural(done.recipients, 'recipient')}); "
         "it can be sent again."
     )
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from newsletter.cli import get_project
+from newsletter.wording import plural
 
 
 def _clock(now: str | None) -> Any:
@@ -101,7 +102,8 @@ def check(name: str | None, strict: bool) -> None:
     if not findings:
         click.echo("sequences: no problems found")
         return
-    click.echo(f"{errors} error(s), {len(findings) - errors} warning(s)", err=True)
+    warnings = len(findings) - errors
+    click.echo(f"{plural(errors, 'error')}, {plural(warnings, 'warning')}", err=True)
     if errors or (strict and findings):
         raise SystemExit(1)
 
@@ -235,12 +237,15 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
         click.echo(f"Using the outbox: {report.note}", err=True)
     if report.reaped:
         click.echo(
-            f"{report.reaped} emails were in flight when an earlier run stopped; they are now "
-            "uncertain (not sent again). See `newsletter sequences status`; to send them "
+            f"{plural(report.reaped, 'email')} {'was' if report.reaped == 1 else 'were'} in "
+            "flight when an earlier run stopped; now uncertain (not sent again). See `newsletter sequences status`; to send them "
             "again anyway: newsletter sequences run --include-uncertain"
         )
     if report.retried:
-        click.echo(f"{report.retried} uncertain emails are being sent again.")
+        click.echo(
+            f"{plural(report.retried, 'uncertain email')} "
+            f"{'is' if report.retried == 1 else 'are'} being sent again."
+        )
     for error in report.errors[:5]:
         click.echo(f"  {error}", err=True)
     if report.error:
@@ -289,11 +294,15 @@ def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes
         if not sys.stdin.isatty():
             raise NewsletterError(
                 f"not starting without confirmation: no terminal to ask on; add --yes to start "
-                f"{name} for {count} subscribers"
+                f"{name} for {plural(count, 'subscriber')}"
             )
-        click.confirm(f"Start {name} for {count} subscribers already on the list?", abort=True)
+        click.confirm(
+            f"Start {name} for {plural(count, 'subscriber')} already on the list?", abort=True
+        )
     started = start_existing(project, engine, name, tags, clock=_clock(now))
-    click.echo(f"Started {name} for {started} subscribers; `newsletter sequences run` sends it.")
+    click.echo(
+        f"Started {name} for {plural(started, 'subscriber')}; `newsletter sequences run` sends it."
+    )
 
 
 COMMANDS: list[click.Command] = [sequences]

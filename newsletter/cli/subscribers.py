@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project
+from newsletter.wording import noun, plural
 
 STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
 
@@ -554,10 +555,11 @@ def import_(
         click.echo(f"{file}:{line}: not UTF-8, read as Windows-1252; check its umlauts", err=True)
     if result.fallback_count > len(result.fallback_lines):
         more = result.fallback_count - len(result.fallback_lines)
-        click.echo(f"... and {more} more lines read as Windows-1252", err=True)
+        click.echo(f"... and {more} more {noun(more, 'line')} read as Windows-1252", err=True)
     delimiter = {",": "comma", ";": "semicolon", "\t": "tab", "": "JSON"}[result.delimiter]
     click.echo(
-        f"{file}: {result.format} format, {result.encoding}, {delimiter}; {result.rows} rows"
+        f"{file}: {result.format} format, {result.encoding}, {delimiter}; "
+        f"{plural(result.rows, 'row')}"
     )
     counts = (
         f"new: {result.new}, updated: {result.updated}, unchanged: {result.unchanged}, "
@@ -566,13 +568,24 @@ def import_(
     click.echo(f"dry run, nothing changed: {counts}" if dry_run else counts)
     if result.suppressed:
         click.echo(
-            f"{result.suppressed} rows were not imported: their addresses were erased on request "
-            "(suppressed); only a new double opt-in through the sign-up form brings them back"
+            (
+                "1 row was not imported: its address was erased on request (suppressed); only "
+                "a new double opt-in through the sign-up form brings it back"
+            )
+            if result.suppressed == 1
+            else f"{result.suppressed} rows were not imported: their addresses were erased on "
+            "request (suppressed); only a new double opt-in through the sign-up form brings "
+            "them back"
         )
     if result.kept_stopped:
         click.echo(
-            f"{result.kept_stopped} unsubscribed/bounced/complained people were left as they "
-            "are; --resubscribe subscribes them again"
+            (
+                "1 unsubscribed/bounced/complained person was left as they are; --resubscribe "
+                "subscribes them again"
+            )
+            if result.kept_stopped == 1
+            else f"{result.kept_stopped} unsubscribed/bounced/complained people were left as "
+            "they are; --resubscribe subscribes them again"
         )
     if rejects is not None and result.rejected:
         click.echo(f"rejected rows written to {rejects}")
@@ -635,7 +648,7 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
     except BaseException:
         _remove_quietly(partial)
         raise
-    click.echo(f"exported {written} subscribers to {output}", err=True)
+    click.echo(f"exported {plural(written, 'subscriber')} to {output}", err=True)
 
 
 COMMANDS: list[click.Command] = [subscribers]

@@ -25,6 +25,7 @@ from newsletter.sending.message import Message
 from newsletter.sending.transports import kinds_that
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
 from newsletter.store.schema import DeliveryState, SubscriberStatus
+from newsletter.wording import plural
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -65,7 +66,7 @@ def prepare(project: Project, path: Path, *, run_check: bool = True) -> Prepared
     if errors or rendered is None:
         listed = "; ".join(_finding(f) for f in errors)
         raise SendError(
-            f"{len(errors)} error(s) in the issue, fix them first "
+            f"{plural(len(errors), 'error')} in the issue, fix them first "
             f"(`newsletter check {path.name}`): {listed}"
         )
     warnings = [_finding(f) for f in findings if f.severity != "error"]
@@ -267,7 +268,7 @@ def already_sent_refusal(
         return None, True
     todo = count_recipients(ledger.engine, request.tags, up_to_id, issue_id, RETRYABLE)
     hint = (
-        f"use --resume to reach the {todo} people who have not had it"
+        f"use --resume to reach the {plural(todo, 'person', 'people')} who have not had it"
         if todo
         else "every subscriber (of this segment) has had it already"
     )

@@ -42,6 +42,7 @@ from newsletter.store.subscribers import (
     check_name_lengths,
     normalize_tags,
 )
+from newsletter.wording import plural
 
 #: csv's own limit on one cell; a longer cell is a rejected row.
 FIELD_CHARS = csv.field_size_limit()
@@ -365,7 +366,7 @@ def csv_rows(
                 continue  # blank line
             if len(row) > width and any(cell.strip() for cell in row[width:]):
                 reason = (
-                    f"{len(row)} columns but the header has {width}; "
+                    f"{len(row)} columns but the header has {plural(width, 'column')}; "
                     "quote values that contain the delimiter"
                 )
                 yield line, reject(line, row, reason), row

@@ -37,6 +37,7 @@ from newsletter.store.importer.read import csv_rows, json_rows
 from newsletter.store.importer.write import Pacer, write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
+from newsletter.wording import plural
 
 #: Rows per chunk (and at most per transaction; `Pacer` makes slow ones smaller): big
 #: enough for executemany to pay off, small enough to bound memory.
@@ -296,7 +297,7 @@ def _interrupted_message(path: Path, result: ImportResult, written_line: int) ->
     written = result.new + result.updated
     lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
     return (
-        f"{path}: import interrupted at line {written_line + 1}: {written} rows written "
+        f"{path}: import interrupted at line {written_line + 1}: {plural(written, 'row')} written "
         f"({lines}) are kept; run the same import again to continue (it changes nothing "
         "that is done)"
     )
@@ -316,6 +317,6 @@ def _stop_message(path: Path, exc: BaseException, result: ImportResult, written_
     lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
     return (
         f"{path}:{written_line + 1}: {reason}; the import stopped at line {written_line + 1}: "
-        f"{written} rows written ({lines}); run the same import again to continue "
+        f"{plural(written, 'row')} written ({lines}); run the same import again to continue "
         "(it changes nothing that is done)"
     )
