@@ -607,3 +607,46 @@ def test_second_send_during_a_running_one_names_its_host_and_pid(project, db, sg
         )
         assert socket.gethostname() in result.output and "uncertain" not in result.output
     assert sg.requests == []
+
+
+def sends_rows(project: Path, cli) -> list[tuple[str, str, str]]:
+    """`newsletter sends` as a user reads it: (STATUS, TRANSPORT, COUNTS) per send."""
+    result = cli(project, "sends")
+    assert result.exit_code == 0, result.output
+    rows = []
+    for line in result.output.splitlines()[1:]:
+        if line.startswith("      "):  # a note under a send
+            continue
+        rest = line[4 + 2 + 29 + 17 :]  # after ID, ISSUE and STARTED
+        rows.append((rest[:10].strip(), rest[11:27].strip(), rest[28:].strip()))
+    return rows
+
+
+def test_sends_says_what_each_send_did(project, db, sg, cli, tmp_path):
+    add_people(project, 2)
+    outbox = str(tmp_path / "out")
+    assert cli(project, "send", ISSUE, "--dry-run", "--outbox", outbox, "--yes").exit_code == 0
+    assert cli(project, "send", ISSUE, "--dry-run", "--yes").exit_code == 0
+    assert cli(project, "send", ISSUE, "--schedule", "in 2h", "--yes").exit_code == 0
+    assert cli(project, "cancel", ISSUE).exit_code == 0
+    # The sender is not verified any more: SendGrid refuses every recipient of the schedule.
+    sg.verified_senders = {"someone-else@example.com"}
+    refused = cli(project, "send", ISSUE, "--schedule", "in 2h", "--yes")
+    assert refused.exit_code == 1
+    assert sends_rows(project, cli) == [
+        ("done", "outbox dry-run", "written 2"),  # it wrote .eml files
+        ("done", "sendgrid dry-run", "validated (sandbox) 2"),
+        ("cancelled", "sendgrid", "cancelled 2"),
+        ("failed", "sendgrid", "failed 2"),  # nothing is scheduled at SendGrid
+    ]
+
+    # Once the cause is fixed, --resume sends them under the schedule they were meant for.
+    sg.verified_senders = {"jens@example.com"}
+    resumed = cli(project, "send", ISSUE, "--resume", "--yes")
+    assert resumed.exit_code == 0, resumed.output
+    assert "scheduled for" in resumed.output
+    assert 7000 < sg.messages[-1]["send_at"] - __import__("time").time() < 7300
+    assert sends_rows(project, cli)[-2:] == [
+        ("failed", "sendgrid", "failed 2"),
+        ("scheduled", "sendgrid", "accepted 2"),
+    ]

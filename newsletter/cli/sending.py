@@ -224,7 +224,7 @@ def sends(issue: str | None, fmt: str) -> None:
         transport = r.transport + (" dry-run" if r.dry_run else "")
         click.echo(
             f"{r.id:>4}  {r.issue[:28]:<28} {r.started_at:%Y-%m-%d %H:%M} "
-            f"{r.status:<10} {transport:<16} {r.shown_counts()}"
+            f"{r.shown_status:<10} {transport:<16} {r.shown_counts()}"
         )
         if r.error:
             click.echo(f"      {r.error}")

@@ -44,13 +44,39 @@ class SendSummary:
     process_gone: bool = False
     #: subscribed since the send was planned and not sent to (they wait for --resume)
     joined_since: int = 0
+    #: a dry run validated by the provider's sandbox (else a dry run wrote files: the outbox)
+    sandbox: bool = False
+    finished_at: datetime | None = None
+
+    @property
+    def shown_status(self) -> str:
+        """The status as it reads. A scheduled send that ended with every recipient failed
+        has nothing at the provider: `failed`. (Stored, it stays `scheduled`, so that
+        `send --resume` keeps its time and schedule id after the cause is fixed.)"""
+        if self.status != "scheduled" or self.finished_at is None:
+            return self.status
+        if self.counts:
+            every_one_failed = set(self.counts) == {DeliveryState.FAILED}
+        else:  # its rows were taken over by a --resume: what this send itself handed over
+            done = self.handed_over or {}
+            every_one_failed = bool(done.get(DeliveryState.FAILED)) and not (
+                done.get(DeliveryState.ACCEPTED) or done.get(DeliveryState.UNCERTAIN)
+            )
+        return "failed" if every_one_failed else self.status
 
     def shown_counts(self) -> str:
-        """`accepted 2, uncertain 1`, or for a send without ledger `written 2`."""
+        """`accepted 2, uncertain 1`; for a send without ledger `written 2` (the outbox, also
+        its dry runs) or `validated (sandbox) 2`; for a cancelled send `cancelled 2` (its
+        ledger rows are gone; the totals say how many were scheduled)."""
         if self.counts:
             text = ", ".join(f"{state} {n}" for state, n in sorted(self.counts.items()))
         elif self.handed_over is not None:
-            label = "validated (sandbox)" if self.dry_run else "written"
+            if self.status == "cancelled":
+                label = "cancelled"
+            elif self.sandbox:
+                label = "validated (sandbox)"
+            else:
+                label = "written"
             done = {
                 label: self.handed_over[DeliveryState.ACCEPTED],
                 **{k: v for k, v in self.handed_over.items() if k != DeliveryState.ACCEPTED},
@@ -67,7 +93,7 @@ class SendSummary:
             "id": self.id,
             "issue": self.issue,
             "started": self.started_at.isoformat(),
-            "status": self.status,
+            "status": self.shown_status,
             "transport": self.transport,
             "dry_run": self.dry_run,
             "segment": self.segment,
@@ -141,6 +167,8 @@ def send_summaries(engine: Engine, issue_id: int | None = None) -> list[SendSumm
                 keeps_ledger=keeps,
                 process_gone=keeps and unfinished and r.id not in live,
                 joined_since=joined,
+                sandbox=bool(r.dry_run and caps and caps.has_sandbox),
+                finished_at=r.finished_at,
             )
         )
     return out
