@@ -35,6 +35,9 @@ class Finding:
     message: str
     path: Path
     line: int | None
+    #: An error only for sending (the Impressum of a German newsletter): `check` and `send`
+    #: treat it as an error, `preview` as a warning while the author is still drafting.
+    before_sending: bool = False
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else f"{self.path}"
@@ -145,6 +148,7 @@ def _imprint(project: Project, issue: Issue) -> list[Finding]:
                 + ': add imprint_url = "https://example.com/impressum"',
                 config.path,
                 None,
+                before_sending=issue.language == "de",
             )
         )
     for key in ("imprint_url", "privacy_url"):

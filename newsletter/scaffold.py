@@ -24,7 +24,8 @@ from_email = "{email}"          # a sender verified in SendGrid
 from_name = {name}
 postal_address = "{address}"   # required by law in every email
 # base_url = "https://news.example.com"  # where `newsletter serve` is reachable
-# imprint_url = "https://news.example.com/impressum"  # linked in every footer; required in Germany
+# imprint_url = "https://news.example.com/impressum"  # your imprint (Impressum), linked in every
+#   footer; REQUIRED before sending in Germany: `check` and `send` refuse a German issue without it
 language = "{language}"
 
 [database]

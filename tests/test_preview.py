@@ -332,3 +332,32 @@ def test_a_sequence_step_previews_as_sent_without_a_web_version_link(project: Pa
     assert "Hallo Alex, schön, dass du da bist!" in text
     assert "Im Browser ansehen" not in text
     assert "Im Browser ansehen" not in html and "/issues/" not in html
+
+
+def test_a_new_german_project_previews_with_the_imprint_as_a_reminder(tmp_path, cli) -> None:
+    # `init --language de` cannot know the author's Impressum. The first preview reminds of
+    # it as a warning; `check` and `send` still refuse, as German law requires the link.
+    assert cli(None, "init", str(tmp_path / "brief"), "--language", "de").exit_code == 0
+    root = tmp_path / "brief"
+    [issue] = (root / "issues").glob("*-willkommen.md")
+    with client_for(root, issue) as client:
+        state = rerender(client)
+    imprint = [f for f in state["findings"] if "imprint_url" in f["message"]]
+    assert imprint == [
+        {
+            "severity": "warning",
+            "message": "needed before sending: [newsletter] imprint_url is not set, and a "
+            "German newsletter must link its Impressum in every email: add imprint_url = "
+            '"https://example.com/impressum"',
+            "where": "newsletter.toml",
+        }
+    ]
+    assert not [f for f in state["findings"] if f["severity"] == "error"]
+
+    checked = cli(root, "check", issue.name)
+    assert checked.exit_code == 1
+    assert "newsletter.toml: error: [newsletter] imprint_url is not set" in checked.output
+    sent = cli(root, "send", issue.name, "--yes")
+    assert sent.exit_code == 1
+    assert "imprint_url is not set, and a German newsletter must link its Impressum" in sent.output
+    assert not (root / "outbox").exists()

@@ -158,7 +158,10 @@ def check_findings(project_root: Path, issue_path: Path) -> list[Finding]:
         where = _relative(path, project_root) if path else ""
         if where and line:
             where = f"{where}, line {line}"
-        findings.append(Finding(str(finding.severity), str(finding.message), where))
+        severity, message = str(finding.severity), str(finding.message)
+        if finding.before_sending:  # a draft may lack it; `check` and `send` insist
+            severity, message = "warning", f"needed before sending: {message}"
+        findings.append(Finding(severity, message, where))
     return findings
 
 
