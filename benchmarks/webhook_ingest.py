@@ -273,7 +273,7 @@ def profile(root: Path, bodies: list[bytes], *, with_counters: bool) -> None:
     profiler.disable()
     took = time.perf_counter() - start
     print(f"in-process ingest: {len(bodies) * 1000 / took:,.0f} events/s (under cProfile)")
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(25)
 
 
 def describe(label: str, runs: list[Run]) -> Run:
