@@ -173,10 +173,14 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
 
 
 def _machine_flag_sql(dialect: str) -> str:
-    """SQL for "this open was a machine's" (read in the database: no JSON decoding here)."""
+    """SQL for "this open was a machine's" (read in the database: no JSON decoding here).
+    Only opens have the flag: other events' rows are not read for it (on SQLite the
+    table row is then never fetched, the index answers)."""
     if dialect == "sqlite":
-        return "json_extract(detail, '$.sg_machine_open') IN (1, 'true', '1')"
-    return "coalesce((detail->>'sg_machine_open') IN ('true', '1'), false)"
+        flag = "json_extract(detail, '$.sg_machine_open') IN (1, 'true', '1')"
+    else:
+        flag = "coalesce((detail->>'sg_machine_open') IN ('true', '1'), false)"
+    return f"CASE WHEN event = 'open' THEN {flag} ELSE false END"
 
 
 def _counted_before(
@@ -192,10 +196,14 @@ def _counted_before(
     mark = raw.placeholder(conn)
     # Event inserts are serialized (SQLite's write lock, INGEST_LOCK on PostgreSQL), so every
     # event stored before this transaction's has a smaller id.
+    # SQLite: `+event` keeps the event out of the index lookup: one seek per reader, whose
+    # few events for the issue are read in a row, not one seek per reader and event name
+    # (2-3x faster). PostgreSQL plans for itself (and has no unary plus on text).
+    event = "+event" if conn.dialect.name == "sqlite" else "event"
     sql = (
         f"SELECT DISTINCT subscriber_id, event, {_machine_flag_sql(conn.dialect.name)} "
         f"FROM events WHERE issue_id = {mark} AND subscriber_id IN ({{}}) "
-        f"AND event IN ({raw.marks(conn, len(names))}) AND id < {mark}"
+        f"AND {event} IN ({raw.marks(conn, len(names))}) AND id < {mark}"
     )
     found: set[tuple[int, int, str]] = set()
     for issue_id, subscriber_ids in sorted(wanted.items()):

@@ -164,9 +164,9 @@ def _occurred(value: Any, fallback: datetime) -> datetime:
     return fallback
 
 
-def _detail(event: dict[str, Any], dumped: dict[tuple[str, ...], str]) -> dict[str, Any]:
-    """The fields of `event` worth keeping, addresses masked. `dumped` memoizes lists of
-    strings (the `category` every event of a send repeats) across one post."""
+def _detail(event: dict[str, Any], dumped: dict[str, str]) -> dict[str, Any]:
+    """The fields of `event` worth keeping, addresses masked. `dumped` memoizes the JSON of
+    lists and objects (the `category` every event of a send repeats) across one post."""
     detail: dict[str, Any] = {}
     for key in DETAIL_KEYS:
         value = event.get(key)
@@ -175,14 +175,14 @@ def _detail(event: dict[str, Any], dumped: dict[tuple[str, ...], str]) -> dict[s
         if isinstance(value, str):
             # No "@", no address: the common case skips the regular expression.
             value = (_ADDRESS.sub("<address>", value) if "@" in value else value)[:1000]
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            memo_key = tuple(value)
-            if memo_key not in dumped:
-                text = json.dumps(value, ensure_ascii=False)
-                dumped[memo_key] = _ADDRESS.sub("<address>", text)[:1000]
-            value = dumped[memo_key]
         elif not isinstance(value, (int, float, bool)):
-            value = _ADDRESS.sub("<address>", json.dumps(value, ensure_ascii=False))[:1000]
+            # Parsed JSON's repr tells its values apart exactly (1, 1.0, True, "1").
+            memo_key = repr(value)
+            text = dumped.get(memo_key)
+            if text is None:
+                text = _ADDRESS.sub("<address>", json.dumps(value, ensure_ascii=False))[:1000]
+                dumped[memo_key] = text
+            value = text
         detail[key] = value
     return detail
 
@@ -192,45 +192,18 @@ def _existing_ids(conn: Connection, table: str, wanted: Iterable[int]) -> set[in
     return {row[0] for row in found}
 
 
+#: An `events` row as the driver takes it, in this order (detail as JSON text, times bound).
 _EVENT_COLUMNS = (
     "sg_event_id, event, subscriber_id, issue_id, sg_message_id, occurred_at, received_at, detail"
 )
+EventRow = tuple[str, str, int | None, int | None, str | None, Any, Any, str]
+#: What the counters need of an event, by sg_event_id: event, issue, subscriber, UTC day, detail.
+Countable = tuple[str, int | None, int | None, date, dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class _NewEvent:
-    """One event to insert: its row's values, bound as the driver takes them, and what the
-    counters need of it."""
-
-    sg_event_id: str
-    event: str
-    subscriber_id: int | None
-    issue_id: int | None
-    sg_message_id: str | None
-    occurred_at: Any  # bound
-    received_at: Any  # bound
-    detail: dict[str, Any]
-    day: date  # UTC day of occurred_at
-
-    def values(self) -> tuple[Any, ...]:
-        return (
-            self.sg_event_id,
-            self.event,
-            self.subscriber_id,
-            self.issue_id,
-            self.sg_message_id,
-            self.occurred_at,
-            self.received_at,
-            json.dumps(self.detail),  # as SQLAlchemy's JSON type serializes it
-        )
-
-    def counted(self, id_: int) -> counters.CountedEvent:
-        return counters.CountedEvent(
-            id_, self.event, self.issue_id, self.subscriber_id, self.day, self.detail
-        )
-
-
-def _insert_ignoring_duplicates(conn: Connection, rows: list[_NewEvent]) -> int:
+def _insert_ignoring_duplicates(
+    conn: Connection, rows: list[EventRow], countable: dict[str, Countable]
+) -> int:
     """Insert the rows a concurrent POST has not stored meanwhile, count them for `stats`
     (counters.py) and return how many were new."""
     # Multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING: a concurrent POST of the same
@@ -239,8 +212,7 @@ def _insert_ignoring_duplicates(conn: Connection, rows: list[_NewEvent]) -> int:
     mark = raw.placeholder(conn)
     row_marks = f"({', '.join([mark] * 7)}, {raw.json_marker(conn)})"
     per_statement = max(min(raw.max_parameters(conn) // 8, 1000), 1)
-    by_key = {row.sg_event_id: row for row in rows}
-    inserted: list[tuple[int, str]] = []
+    inserted: list[Any] = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         inserted.extend(
@@ -248,10 +220,12 @@ def _insert_ignoring_duplicates(conn: Connection, rows: list[_NewEvent]) -> int:
                 f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
                 f"{', '.join([row_marks] * len(chunk))} "
                 "ON CONFLICT (sg_event_id) DO NOTHING RETURNING id, sg_event_id",
-                tuple(value for row in chunk for value in row.values()),
+                tuple([value for row in chunk for value in row]),
             ).all()
         )
-    counters.count_events(conn, (by_key[key].counted(id_) for id_, key in inserted))
+    counters.count_events(
+        conn, (counters.CountedEvent(id_, *countable[key]) for id_, key in inserted)
+    )
     return len(inserted)
 
 
@@ -347,8 +321,9 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
         received_at = bind_time(now)
         # Events of one post share few timestamps: convert each once.
         times: dict[Any, tuple[Any, date]] = {}
-        dumped: dict[tuple[str, ...], str] = {}
-        rows: list[_NewEvent] = []
+        dumped: dict[str, str] = {}
+        rows: list[EventRow] = []
+        countable: dict[str, Countable] = {}
         to_status: dict[str, set[int]] = {status: set() for status in REPLACEABLE}
         ledger: dict[str, set[tuple[int, int]]] = {state: set() for state in LEDGER_REPLACEABLE}
         for event, subscriber_id, issue_id in zip(new, subscriber_of, issue_of, strict=True):
@@ -356,6 +331,7 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
                 subscriber_id = None
             if issue_id not in live_issues:
                 issue_id = None
+            key = event["sg_event_id"]
             name = event["event"][:32]
             stamp = event.get("timestamp")
             # Exact types only: True == 1 as a key, but is no timestamp.
@@ -367,19 +343,20 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
                 if cacheable:
                     times[stamp] = occurred
             message_id = event.get("sg_message_id")
+            detail = _detail(event, dumped)
             rows.append(
-                _NewEvent(
-                    sg_event_id=event["sg_event_id"],
-                    event=name,
-                    subscriber_id=subscriber_id,
-                    issue_id=issue_id,
-                    sg_message_id=message_id[:200] if isinstance(message_id, str) else None,
-                    occurred_at=occurred[0],
-                    received_at=received_at,
-                    detail=_detail(event, dumped),
-                    day=occurred[1],
+                (
+                    key,
+                    name,
+                    subscriber_id,
+                    issue_id,
+                    message_id[:200] if isinstance(message_id, str) else None,
+                    occurred[0],
+                    received_at,
+                    json.dumps(detail),  # as SQLAlchemy's JSON type serializes it
                 )
             )
+            countable[key] = (name, issue_id, subscriber_id, occurred[1], detail)
             if subscriber_id is None:
                 continue
             status = STATUS_FOR_EVENT.get(name)
@@ -390,7 +367,7 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
             if state and issue_id is not None:
                 ledger[state].add((issue_id, subscriber_id))
 
-        result.stored = _insert_ignoring_duplicates(conn, rows)
+        result.stored = _insert_ignoring_duplicates(conn, rows, countable)
         for status in ("unsubscribed", "bounced", "complained"):
             if to_status[status]:
                 result.status_changes[status] = apply_status(
@@ -417,19 +394,10 @@ def record(
     if issue_id is not None and not _existing_ids(conn, "issues", [issue_id]):
         issue_id = None
     bound_now = raw.binder(conn, schema.events.c.occurred_at)(now)
+    detail = detail or {}
+    key = sg_event_id[:100]
     _insert_ignoring_duplicates(
         conn,
-        [
-            _NewEvent(
-                sg_event_id=sg_event_id[:100],
-                event=event,
-                subscriber_id=subscriber_id,
-                issue_id=issue_id,
-                sg_message_id=None,
-                occurred_at=bound_now,
-                received_at=bound_now,
-                detail=detail or {},
-                day=now.date(),
-            )
-        ],
+        [(key, event, subscriber_id, issue_id, None, bound_now, bound_now, json.dumps(detail))],
+        {key: (event, issue_id, subscriber_id, now.date(), detail)},
     )

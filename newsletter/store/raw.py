@@ -65,7 +65,7 @@ def select_in(
 ) -> list[Any]:
     """Rows of `sql`, whose `{}` is replaced by an IN list of `values` (in chunks under the
     parameter limit); `before` and `after` are the parameters either side of the list."""
-    return [row for result in _chunks(conn, sql, values, before, after) for row in result]
+    return [row for result in _chunks(conn, sql, values, before, after) for row in result.all()]
 
 
 def execute_in(
