@@ -201,7 +201,10 @@ def run_server(
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, *entry, "--project", str(root), "serve", "--port", str(port)],
-        env={**os.environ, "SENDGRID_WEBHOOK_PUBLIC_KEY": public},
+        # This checkout's package, wherever the benchmark is started from (a `pip install -e`
+        # of another checkout would otherwise answer `-m newsletter`).
+        env={**os.environ, "SENDGRID_WEBHOOK_PUBLIC_KEY": public, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
