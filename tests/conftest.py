@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,7 +102,29 @@ def cli() -> Callable[..., Result]:
 
 
 def _postgres_url() -> str | None:
-    return os.environ.get("NEWSLETTER_TEST_POSTGRES_URL")
+    url = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # set by pytest-xdist (`pytest -n 2`)
+    return _worker_database(url, worker) if url and worker else url
+
+
+@functools.cache
+def _worker_database(url: str, worker: str) -> str:
+    """Each parallel test process gets its own database next to the given one (tests empty
+    the schema before each test, which must not hit another process's test)."""
+    from sqlalchemy import create_engine, text
+
+    base, _, name = url.rpartition("/")
+    own = f"{name}_{worker}"
+    engine = create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    with engine.connect() as conn:
+        if not conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": own}
+        ).first():
+            conn.execute(text(f'CREATE DATABASE "{own}"'))
+    engine.dispose()
+    return f"{base}/{own}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -7,6 +7,7 @@ except on CI (CI=true), where .ci/run installs node and npm.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -96,27 +97,34 @@ def doiuse_cli() -> Path:
         _unavailable("node and npm are not installed (apt-get install nodejs npm)")
     folder = Path(tempfile.gettempdir()) / f"newsletter-test-doiuse-email-{DOIUSE_VERSION}"
     cli = folder / "node_modules" / "doiuse-email" / "bin" / "cli.js"
-    if not cli.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run(
-                [
-                    npm,
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--silent",
-                    "--prefix",
-                    str(folder),
-                    f"doiuse-email@{DOIUSE_VERSION}",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            _unavailable(f"npm install doiuse-email@{DOIUSE_VERSION} failed: {exc}")
+    folder.mkdir(parents=True, exist_ok=True)
+    # Parallel test processes (`pytest -n 2`) install it once: the others wait for the lock.
+    with open(folder / ".install-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cli.is_file():
+            _npm_install(npm, folder)
     return cli
+
+
+def _npm_install(npm: str, folder: Path) -> None:
+    try:
+        subprocess.run(
+            [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "--prefix",
+                str(folder),
+                f"doiuse-email@{DOIUSE_VERSION}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        _unavailable(f"npm install doiuse-email@{DOIUSE_VERSION} failed: {exc}")
 
 
 def unsupported(html: str, tmp_path: Path) -> dict[str, set[str]]:

@@ -174,7 +174,11 @@ def test_bulk_headers_on_smtp(make_project, monkeypatch, tmp_path):
     assert f"<mailto:{msg['Reply-To']}?subject=unsubscribe>" in msg["List-Unsubscribe"]
 
 
-def test_stats_and_sends_agree_after_an_outbox_send(make_project, monkeypatch, tmp_path, cli):
+def test_an_outbox_send_is_listed_by_sends_but_is_no_send_in_stats(
+    make_project, monkeypatch, tmp_path, cli
+):
+    """The outbox only writes files: `sends` says so, and `stats` (mail that reached readers)
+    counts nobody, as the archive publishes nothing for it."""
     import json
 
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'a.db'}")
@@ -185,7 +189,8 @@ def test_stats_and_sends_agree_after_an_outbox_send(make_project, monkeypatch, t
     assert "written 3" in cli(root, "sends").output
     stats = cli(root, "stats", EXAMPLE_ISSUE.stem, "--format", "json")
     assert stats.exit_code == 0, stats.output
-    assert json.loads(stats.output)["counts"]["recipients"] == 3
+    assert json.loads(stats.output)["counts"]["recipients"] == 0
+    assert json.loads(cli(root, "stats", "--format", "json").output)["issues"] == []
 
 
 def test_deliver_sends_each_step_once_through_the_ledger(root, sg):
