@@ -13,15 +13,16 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
+from json.encoder import encode_basestring_ascii as _encode_string  # json.dumps's own
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine
 
 from newsletter import counters
 from newsletter.errors import NewsletterError
-from newsletter.store import schema
+from newsletter.store import raw, schema
 
 PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -164,47 +165,81 @@ def _occurred(value: Any, fallback: datetime) -> datetime:
     return fallback
 
 
-def _detail(event: dict[str, Any]) -> dict[str, Any]:
+def _detail(
+    event: dict[str, Any], dumped: dict[str, tuple[str, str]]
+) -> tuple[dict[str, Any], str]:
+    """The fields of `event` worth keeping, addresses masked, and their JSON text exactly as
+    `json.dumps` writes it (SQLAlchemy's JSON type writes that), made from parts: one
+    `json.dumps` per event was a tenth of the ingest. `dumped` memoizes the JSON of lists
+    and objects (the `category` every event of a send repeats) across one post."""
     detail: dict[str, Any] = {}
+    parts: list[str] = []
     for key in DETAIL_KEYS:
         value = event.get(key)
         if value is None:
             continue
         if isinstance(value, str):
-            value = _ADDRESS.sub("<address>", value)[:1000]
-        elif not isinstance(value, (int, float, bool)):
-            value = _ADDRESS.sub("<address>", json.dumps(value, ensure_ascii=False))[:1000]
+            # No "@", no address: the common case skips the regular expression.
+            value = (_ADDRESS.sub("<address>", value) if "@" in value else value)[:1000]
+            encoded = _encode_string(value)
+        elif isinstance(value, bool):
+            encoded = "true" if value else "false"
+        elif isinstance(value, int):
+            encoded = int.__repr__(value)
+        elif isinstance(value, float):
+            encoded = json.dumps(value)  # NaN and Infinity as json.dumps spells them
+        else:
+            # Parsed JSON's repr tells its values apart exactly (1, 1.0, True, "1").
+            memo_key = repr(value)
+            memo = dumped.get(memo_key)
+            if memo is None:
+                text = _ADDRESS.sub("<address>", json.dumps(value, ensure_ascii=False))[:1000]
+                memo = dumped[memo_key] = (text, _encode_string(text))
+            value, encoded = memo
         detail[key] = value
-    return detail
+        parts.append(f'"{key}": {encoded}')
+    return detail, "{" + ", ".join(parts) + "}"
 
 
-def _existing_ids(conn: Connection, column: Any, wanted: Iterable[int]) -> set[int]:
-    wanted = list(set(wanted))
-    found: set[int] = set()
-    # Chunks keep under every database's bound-parameter limit.
-    for start in range(0, len(wanted), 900):
-        chunk = wanted[start : start + 900]
-        found.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
-    return found
+def _existing_ids(conn: Connection, table: str, wanted: Iterable[int]) -> set[int]:
+    found = raw.select_in(conn, f"SELECT id FROM {table} WHERE id IN ({{}})", sorted(set(wanted)))
+    return {row[0] for row in found}
 
 
-def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) -> int:
+#: An `events` row as the driver takes it, in this order (detail as JSON text, times bound).
+_EVENT_COLUMNS = (
+    "sg_event_id, event, subscriber_id, issue_id, sg_message_id, occurred_at, received_at, detail"
+)
+EventRow = tuple[str, str, int | None, int | None, str | None, Any, Any, str]
+#: What the counters need of an event, by sg_event_id: event, issue, subscriber, UTC day, detail.
+Countable = tuple[str, int | None, int | None, date, dict[str, Any]]
+
+
+def _insert_ignoring_duplicates(
+    conn: Connection, rows: list[EventRow], countable: dict[str, Countable]
+) -> int:
     """Insert the rows a concurrent POST has not stored meanwhile, count them for `stats`
     (counters.py) and return how many were new."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    # A concurrent POST of the same events may have won the race since we looked; RETURNING
-    # names the rows really inserted, so only those are counted.
-    stmt = (
-        insert(schema.events)
-        .on_conflict_do_nothing(index_elements=["sg_event_id"])
-        .returning(schema.events.c.id, schema.events.c.sg_event_id)
+    # Multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING: a concurrent POST of the same
+    # events may have won the race since we looked; RETURNING names the rows really
+    # inserted, so only those are counted.
+    mark = raw.placeholder(conn)
+    row_marks = f"({', '.join([mark] * 7)}, {raw.json_marker(conn)})"
+    per_statement = max(min(raw.max_parameters(conn) // 8, 1000), 1)
+    inserted: list[Any] = []
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        inserted.extend(
+            conn.exec_driver_sql(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
+                f"{', '.join([row_marks] * len(chunk))} "
+                "ON CONFLICT (sg_event_id) DO NOTHING RETURNING id, sg_event_id",
+                tuple([value for row in chunk for value in row]),
+            ).all()
+        )
+    counters.count_events(
+        conn, (counters.CountedEvent(id_, *countable[key]) for id_, key in inserted)
     )
-    inserted = conn.execute(stmt, rows).all()
-    by_key = {row["sg_event_id"]: row for row in rows}
-    counters.count_events(conn, ({**by_key[key], "id": id_} for id_, key in inserted))
     return len(inserted)
 
 
@@ -212,23 +247,42 @@ def apply_status(
     conn: Connection, subscriber_ids: Iterable[int], status: str, reason: str, now: datetime
 ) -> int:
     """Move subscribers to `status` unless they already have it or a stronger one."""
-    ids = sorted(set(subscriber_ids))
-    changed = 0
-    for start in range(0, len(ids), 900):
-        chunk = ids[start : start + 900]
-        result = conn.execute(
-            update(schema.subscribers)
-            .where(schema.subscribers.c.id.in_(chunk))
-            .where(schema.subscribers.c.status.in_(REPLACEABLE[status]))
-            .values(
-                status=status,
-                updated_at=now,
-                unsubscribed_at=now,
-                unsubscribe_reason=reason[:200],
-            )
+    bind_time = raw.binder(conn, schema.subscribers.c.updated_at)(now)
+    replaceable = REPLACEABLE[status]
+    return raw.execute_in(
+        conn,
+        "UPDATE subscribers SET status = {m}, updated_at = {m}, unsubscribed_at = {m}, "
+        "unsubscribe_reason = {m} WHERE id IN ({{}}) AND status IN ({s})".format(
+            m=raw.placeholder(conn), s=raw.marks(conn, len(replaceable))
+        ),
+        sorted(set(subscriber_ids)),
+        before=(status, bind_time, bind_time, reason[:200]),
+        after=replaceable,
+    )
+
+
+def _update_ledger(
+    conn: Connection, state: str, pairs: set[tuple[int, int]], now: datetime
+) -> None:
+    by_issue: dict[int, list[int]] = {}
+    for issue_id, subscriber_id in pairs:
+        by_issue.setdefault(issue_id, []).append(subscriber_id)
+    replaceable = LEDGER_REPLACEABLE[state]
+    mark = raw.placeholder(conn)
+    sql = (
+        f"UPDATE deliveries SET state = {mark}, updated_at = {mark} "
+        f"WHERE issue_id = {mark} AND subscriber_id IN ({{}}) "
+        f"AND state IN ({raw.marks(conn, len(replaceable))})"
+    )
+    bound_now = raw.binder(conn, schema.deliveries.c.updated_at)(now)
+    for issue_id, subscriber_ids in sorted(by_issue.items()):
+        raw.execute_in(
+            conn,
+            sql,
+            sorted(subscriber_ids),
+            before=(state, bound_now, issue_id),
+            after=replaceable,
         )
-        changed += result.rowcount or 0
-    return changed
 
 
 def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
@@ -241,76 +295,82 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
         unique.setdefault(event["sg_event_id"], event)
     with engine.begin() as conn:
         counters.serialize_ingest(conn)
-        ids = list(unique)
-        seen: set[str] = set()
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            seen.update(
-                conn.execute(
-                    select(schema.events.c.sg_event_id).where(
-                        schema.events.c.sg_event_id.in_(chunk)
-                    )
-                ).scalars()
+        seen = {
+            row[0]
+            for row in raw.select_in(
+                conn, "SELECT sg_event_id FROM events WHERE sg_event_id IN ({})", list(unique)
             )
+        }
         new = [event for key, event in unique.items() if key not in seen]
         result.duplicates = len(events) - len(new)
         if not new:
             return result
 
-        subscriber_of = {
-            key: _int(event.get(schema.CUSTOM_ARG_SUBSCRIBER)) for key, event in unique.items()
-        }
-        issue_of = {key: _int(event.get(schema.CUSTOM_ARG_ISSUE)) for key, event in unique.items()}
+        subscriber_of = [_int(event.get(schema.CUSTOM_ARG_SUBSCRIBER)) for event in new]
+        issue_of = [_int(event.get(schema.CUSTOM_ARG_ISSUE)) for event in new]
         # Events without our custom_args (e.g. sent before they existed): match by address.
-        unmatched = {
-            str(event.get("email", "")).strip().lower()
-            for event in new
-            if subscriber_of[event["sg_event_id"]] is None and isinstance(event.get("email"), str)
-        }
-        by_address: dict[str, int] = {}
-        unmatched_list = [a for a in unmatched if a]
-        for start in range(0, len(unmatched_list), 900):
-            chunk = unmatched_list[start : start + 900]
-            by_address.update(
-                conn.execute(
-                    select(schema.subscribers.c.email_key, schema.subscribers.c.id).where(
-                        schema.subscribers.c.email_key.in_(chunk)
-                    )
-                ).all()
+        address_of = [
+            event["email"].strip().lower()
+            if subscriber_id is None and isinstance(event.get("email"), str)
+            else ""
+            for event, subscriber_id in zip(new, subscriber_of, strict=True)
+        ]
+        unmatched = sorted({address for address in address_of if address})
+        if unmatched:
+            by_address = dict(
+                raw.select_in(
+                    conn, "SELECT email_key, id FROM subscribers WHERE email_key IN ({})", unmatched
+                )
             )
-        for event in new:
-            key = event["sg_event_id"]
-            if subscriber_of[key] is None and isinstance(event.get("email"), str):
-                subscriber_of[key] = by_address.get(event["email"].strip().lower())
+            for i, address in enumerate(address_of):
+                if address:
+                    subscriber_of[i] = by_address.get(address)
         # Ids that point at forgotten people or deleted issues must not break the foreign keys.
         live_subscribers = _existing_ids(
-            conn, schema.subscribers.c.id, (i for i in subscriber_of.values() if i is not None)
+            conn, "subscribers", (i for i in subscriber_of if i is not None)
         )
-        live_issues = _existing_ids(
-            conn, schema.issues.c.id, (i for i in issue_of.values() if i is not None)
-        )
+        live_issues = _existing_ids(conn, "issues", (i for i in issue_of if i is not None))
 
-        rows = []
+        bind_time = raw.binder(conn, schema.events.c.occurred_at)
+        received_at = bind_time(now)
+        # Events of one post share few timestamps: convert each once.
+        times: dict[Any, tuple[Any, date]] = {}
+        dumped: dict[str, tuple[str, str]] = {}
+        rows: list[EventRow] = []
+        countable: dict[str, Countable] = {}
         to_status: dict[str, set[int]] = {status: set() for status in REPLACEABLE}
         ledger: dict[str, set[tuple[int, int]]] = {state: set() for state in LEDGER_REPLACEABLE}
-        for event in new:
+        for event, subscriber_id, issue_id in zip(new, subscriber_of, issue_of, strict=True):
+            if subscriber_id not in live_subscribers:
+                subscriber_id = None
+            if issue_id not in live_issues:
+                issue_id = None
             key = event["sg_event_id"]
             name = event["event"][:32]
-            subscriber_id = subscriber_of[key] if subscriber_of[key] in live_subscribers else None
-            issue_id = issue_of[key] if issue_of[key] in live_issues else None
+            stamp = event.get("timestamp")
+            # Exact types only: True == 1 as a key, but is no timestamp.
+            cacheable = type(stamp) is int or type(stamp) is float
+            occurred = times.get(stamp) if cacheable else None
+            if occurred is None:
+                when = _occurred(stamp, now)
+                occurred = (bind_time(when), when.date())
+                if cacheable:
+                    times[stamp] = occurred
             message_id = event.get("sg_message_id")
+            detail, detail_json = _detail(event, dumped)
             rows.append(
-                {
-                    "sg_event_id": key,
-                    "event": name,
-                    "subscriber_id": subscriber_id,
-                    "issue_id": issue_id,
-                    "sg_message_id": message_id[:200] if isinstance(message_id, str) else None,
-                    "occurred_at": _occurred(event.get("timestamp"), now),
-                    "received_at": now,
-                    "detail": _detail(event),
-                }
+                (
+                    key,
+                    name,
+                    subscriber_id,
+                    issue_id,
+                    message_id[:200] if isinstance(message_id, str) else None,
+                    occurred[0],
+                    received_at,
+                    detail_json,
+                )
             )
+            countable[key] = (name, issue_id, subscriber_id, occurred[1], detail)
             if subscriber_id is None:
                 continue
             status = STATUS_FOR_EVENT.get(name)
@@ -321,32 +381,15 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
             if state and issue_id is not None:
                 ledger[state].add((issue_id, subscriber_id))
 
-        result.stored = _insert_ignoring_duplicates(conn, rows)
+        result.stored = _insert_ignoring_duplicates(conn, rows, countable)
         for status in ("unsubscribed", "bounced", "complained"):
             if to_status[status]:
                 result.status_changes[status] = apply_status(
                     conn, to_status[status], status, f"sendgrid:{status}", now
                 )
         for state in ("delivered", "dropped", "bounced"):
-            pairs = ledger[state]
-            if not pairs:
-                continue
-            by_issue: dict[int, list[int]] = {}
-            for issue_id, subscriber_id in pairs:
-                by_issue.setdefault(issue_id, []).append(subscriber_id)
-            for issue_id, subscriber_ids in sorted(by_issue.items()):
-                for start in range(0, len(subscriber_ids), 900):
-                    conn.execute(
-                        update(schema.deliveries)
-                        .where(schema.deliveries.c.issue_id == issue_id)
-                        .where(
-                            schema.deliveries.c.subscriber_id.in_(
-                                sorted(subscriber_ids)[start : start + 900]
-                            )
-                        )
-                        .where(schema.deliveries.c.state.in_(LEDGER_REPLACEABLE[state]))
-                        .values(state=state, updated_at=now)
-                    )
+            if ledger[state]:
+                _update_ledger(conn, state, ledger[state], now)
     return result
 
 
@@ -362,20 +405,13 @@ def record(
     """Store one event of our own (a web unsubscribe), ignoring a repeat of the same id."""
     now = datetime.now(UTC)
     counters.serialize_ingest(conn)
-    if issue_id is not None and not _existing_ids(conn, schema.issues.c.id, [issue_id]):
+    if issue_id is not None and not _existing_ids(conn, "issues", [issue_id]):
         issue_id = None
+    bound_now = raw.binder(conn, schema.events.c.occurred_at)(now)
+    detail = detail or {}
+    key = sg_event_id[:100]
     _insert_ignoring_duplicates(
         conn,
-        [
-            {
-                "sg_event_id": sg_event_id[:100],
-                "event": event,
-                "subscriber_id": subscriber_id,
-                "issue_id": issue_id,
-                "sg_message_id": None,
-                "occurred_at": now,
-                "received_at": now,
-                "detail": detail or {},
-            }
-        ],
+        [(key, event, subscriber_id, issue_id, None, bound_now, bound_now, json.dumps(detail))],
+        {key: (event, issue_id, subscriber_id, now.date(), detail)},
     )

@@ -277,6 +277,62 @@ def test_sql_like_values_are_stored_as_text(setup, signer):
     assert "1' OR '1'='1" in ids
 
 
+def test_stored_events_read_back_as_sent_on_both_databases(setup, signer):
+    """Ingest writes rows with plain driver SQL: times, JSON details and ids read back through
+    the schema as SendGrid sent them (umlauts, lists, flags, a fractional timestamp), with
+    addresses masked."""
+    from datetime import UTC, datetime
+
+    proj, engine, people, issue_id = setup
+    a, b = people[:2]
+    sent_at = 1_764_000_000.25
+    batch = [
+        event(
+            "open",
+            a.email,
+            issue_id=issue_id,
+            subscriber_id=a.id,
+            timestamp=sent_at,
+            sg_machine_open=True,
+            category=["newsletter", "März „Ausgabe“"],
+            sg_event_id="read-back-1",
+        ),
+        event(
+            "bounce",
+            b.email,
+            issue_id=issue_id,
+            subscriber_id=b.id,
+            type="bounce",
+            reason=f"550 Empfänger <{b.email}> unbekannt",
+            attempt=3,
+            sg_event_id="read-back-2",
+        ),
+    ]
+    body = body_of(batch)
+    with live_server(create_app(proj, engine)) as base:
+        response = httpx.post(base + URL, content=body, headers=signer.headers(body))
+    assert response.text == "ok: 2 stored, 0 duplicates\n"
+    with engine.connect() as conn:
+        rows = {
+            row.sg_event_id: row
+            for row in conn.execute(select(schema.events).order_by(schema.events.c.id))
+        }
+    opened, bounced = rows["read-back-1"], rows["read-back-2"]
+    assert (opened.event, opened.subscriber_id, opened.issue_id) == ("open", a.id, issue_id)
+    assert opened.occurred_at.replace(tzinfo=UTC) == datetime.fromtimestamp(sent_at, UTC)
+    assert opened.detail == {
+        "category": '["newsletter", "März „Ausgabe“"]',
+        "sg_machine_open": True,
+    }
+    assert bounced.detail == {
+        "category": '["newsletter"]',
+        "type": "bounce",
+        "reason": "550 Empfänger <<address>> unbekannt",
+        "attempt": 3,
+    }
+    assert bounced.received_at >= opened.occurred_at
+
+
 def test_oversized_webhook_body_gets_413(setup, signer):
     proj, engine, people, issue_id = setup
     big = [event("open", "x@example.de", padding="ü" * 1000) for _ in range(600)]

@@ -1,0 +1,79 @@
+"""Plain driver SQL for hot paths (webhook ingest, its counters): one statement text per call,
+no SQLAlchemy compilation or per-row bind processing.
+
+SQLAlchemy Core compiles every `select(...).where(x.in_(ids))` afresh for each list length and
+runs each bound value of each row through its type's processor; for a 1,000-event webhook post
+that was more CPU than the database's own work. Values are bound here exactly as SQLAlchemy
+would bind them (`binder`), so rows written either way read back alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Column, Connection
+
+
+def placeholder(conn: Connection) -> str:
+    """The driver's parameter marker: `?` (sqlite3) or `%s` (psycopg)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def marks(conn: Connection, count: int) -> str:
+    """`count` parameter markers, comma-separated (for an IN list or a VALUES row)."""
+    return ", ".join([placeholder(conn)] * count)
+
+
+def json_marker(conn: Connection) -> str:
+    """The marker for a JSON text bound into a JSON column."""
+    return "CAST(%s AS JSON)" if conn.dialect.name == "postgresql" else "?"
+
+
+def max_parameters(conn: Connection) -> int:
+    """How many bound parameters one statement may carry on this database (as SQLAlchemy's
+    own multi-row inserts assume: 999 for old SQLite, 32,766 for SQLite >= 3.32)."""
+    return int(conn.dialect.insertmanyvalues_max_parameters)
+
+
+def binder(conn: Connection, column: Column[Any]) -> Callable[[Any], Any]:
+    """What SQLAlchemy does to a value bound to `column` on this database (e.g. a datetime to
+    SQLite's text format); the identity where it does nothing."""
+    process = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return process if process is not None else _same
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _chunks(
+    conn: Connection, sql: str, values: Sequence[Any], before: Sequence[Any], after: Sequence[Any]
+) -> Iterator[Any]:
+    size = max(max_parameters(conn) - len(before) - len(after) - 10, 1)
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        yield conn.exec_driver_sql(sql.format(marks(conn, len(chunk))), (*before, *chunk, *after))
+
+
+def select_in(
+    conn: Connection,
+    sql: str,
+    values: Sequence[Any],
+    before: Sequence[Any] = (),
+    after: Sequence[Any] = (),
+) -> list[Any]:
+    """Rows of `sql`, whose `{}` is replaced by an IN list of `values` (in chunks under the
+    parameter limit); `before` and `after` are the parameters either side of the list."""
+    return [row for result in _chunks(conn, sql, values, before, after) for row in result.all()]
+
+
+def execute_in(
+    conn: Connection,
+    sql: str,
+    values: Sequence[Any],
+    before: Sequence[Any] = (),
+    after: Sequence[Any] = (),
+) -> int:
+    """Run the statement `sql` (an UPDATE, say) like `select_in`; how many rows it changed."""
+    return sum(result.rowcount or 0 for result in _chunks(conn, sql, values, before, after))
