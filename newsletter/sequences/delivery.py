@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from newsletter.project import Project
     from newsletter.render import RenderedIssue
+    from newsletter.sending.execute import Personalizer
     from newsletter.sequences.steps import Step
 
 #: Person = (subscriber id, address, name, template context)
@@ -85,6 +86,8 @@ class StepMail:
     message: Message
     unsubscribe_url: Any
     transport: Transport
+    #: The bulk send's memoized personalization: most readers share what the step reads.
+    personalize: Personalizer
 
     def build(self, people: Sequence[Person]) -> tuple[list[tuple[int, Recipient]], dict[int, str]]:
         """(subscriber id, recipient) for each person, and the refused ones' reasons."""
@@ -92,12 +95,14 @@ class StepMail:
         refused: dict[int, str] = {}
         issue, send, step = str(self.issue_id), str(self.send_id), self.step.slug
         refuse = self.transport.impl.refuse
+        personalize = self.personalize
+        unsubscribe_url = self.unsubscribe_url
         for sid, address, name, context in people:
-            url = self.unsubscribe_url(sid)
+            url = unsubscribe_url(sid)
             recipient = Recipient(
                 email=address,
                 name=name,
-                substitutions=self.rendered.substitutions(context, url),
+                substitutions=personalize(context, url),
                 unsubscribe_url=url,
                 ids={
                     CUSTOM_ARG_ISSUE: issue,
@@ -119,6 +124,7 @@ def prepare_step(
 ) -> StepMail:
     """Render the step (once per run) and the message every recipient shares."""
     from newsletter.render import render_issue
+    from newsletter.sending.execute import Personalizer
     from newsletter.sending.plan import Prepared, bulk_message, reply_to_for
     from newsletter.tokens import secret_key, unsubscribe_url_maker
 
@@ -138,6 +144,7 @@ def prepare_step(
         message=message,
         unsubscribe_url=unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
         transport=transport,
+        personalize=Personalizer(rendered),
     )
 
 
