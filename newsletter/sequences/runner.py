@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, Text, insert, literal, select, type_coerce, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import NewsletterError
@@ -434,7 +434,8 @@ def _claim(
                 s.c.name,
                 s.c.first_name,
                 s.c.last_name,
-                s.c.fields,
+                # As text: parsed only when a person has custom fields (most have none).
+                type_coerce(s.c.fields, Text).label("fields"),
             )
             .join(s, s.c.id == e.c.subscriber_id)
             .where(
@@ -451,7 +452,7 @@ def _claim(
         had, failed = state.had_and_failed(conn, issue_to_key, [r.subscriber_id for r in rows])
         moves: list[dict[str, Any]] = []
         groups: dict[str, _Claimed] = {}
-        new_rows: list[dict[str, Any]] = []
+        new_rows: dict[str, list[int]] = {}
         retry: dict[str, list[int]] = {}
         upcoming: dict[frozenset[str], tuple[Step | None, datetime | None]] = {}
         stamp = run.wall.now()
@@ -503,25 +504,31 @@ def _claim(
                 "name": row.name,
                 "first_name": row.first_name,
                 "last_name": row.last_name,
-                "fields": dict(row.fields or {}),
+                "fields": delivery.custom_fields(row.fields),
             }
             group.people.append((sid, row.email, row.name, context))
             group.following[sid] = following.key if following else None
             if step.key in failed[sid]:
                 retry.setdefault(step.key, []).append(sid)
             else:
-                new_rows.append(
-                    {
-                        "issue_id": issue_id,
-                        "subscriber_id": sid,
-                        "send_id": group.send_id,
-                        "state": "in_flight",
-                        "batch_no": batch_no,
-                        "updated_at": stamp,
-                    }
+                new_rows.setdefault(step.key, []).append(sid)
+        for key, sids in new_rows.items():
+            # INSERT .. SELECT: only the subscriber differs from row to row, so one statement
+            # with an id list (SQLAlchemy builds the parameters of an executemany row by row).
+            for start in range(0, len(sids), 900):
+                conn.execute(
+                    insert(deliveries).from_select(
+                        ["issue_id", "subscriber_id", "send_id", "state", "batch_no", "updated_at"],
+                        select(
+                            literal(item.issue_ids[key]),
+                            s.c.id,
+                            literal(groups[key].send_id),
+                            literal("in_flight"),
+                            literal(batch_no),
+                            literal(stamp, deliveries.c.updated_at.type),
+                        ).where(s.c.id.in_(sids[start : start + 900])),
+                    )
                 )
-        if new_rows:
-            conn.execute(insert(deliveries), new_rows)
         for key, ids in retry.items():
             conn.execute(
                 update(deliveries)
