@@ -231,7 +231,7 @@ def anything_due(engine: Engine, names: Sequence[str], now: datetime) -> bool:
         )
 
 
-def run(
+def send_due(
     project: Project,
     now: datetime,
     *,
@@ -327,7 +327,7 @@ def _send_sequence(
                         mails[group.step.key] = mail
                         # SQLAlchemy, the renderer and the transport are loaded now: the cyclic
                         # garbage collector need not walk their ~80,000 objects again at every
-                        # full collection while batches come and go (`run` undoes it).
+                        # full collection while batches come and go (`send_due` undoes it).
                         gc.freeze()
                     built, refused = mail.build(group.people)
                     if refused:

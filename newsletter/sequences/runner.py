@@ -102,9 +102,9 @@ def run_due(
     now = clock.now()
     if not include_uncertain and nothing_to_do(project, now):
         return RunReport()
-    from newsletter.sequences.batches import run
+    from newsletter.sequences.batches import send_due
 
-    return run(
+    return send_due(
         project,
         now,
         wall=wall,
