@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, and_, distinct, func, select, text
+from sqlalchemy import Engine, and_, distinct, exists, func, select, text
 
 from newsletter.errors import ConfigError
 from newsletter.store import schema
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from newsletter.project import Project
 
 SENT_STATES = ("accepted", "delivered", "bounced", "dropped", "uncertain")
-#: A send that handed mail over (a crashed or stopped one included; not a dry run).
+#: A send that handed mail over (a crashed or stopped one included; not a dry run, and not one
+#: to the outbox, which only wrote files: see `_real_sends`).
 REAL_SEND_STATES = ("sending", "done", "stopped", "failed")
 OVER_RECIPIENTS = ("delivered", "bounced", "dropped")
 OVER_DELIVERED = ("opened", "clicked", "unsubscribed", "complained", "replied")
@@ -67,6 +68,19 @@ class IssueSummary:
         }
 
 
+def _real_sends() -> Any:
+    """The condition on `sends` for mail that went to readers: not a dry run, through a
+    transport that delivers (asked of its capabilities), and handed over."""
+    from newsletter.sending.transports import kinds_that
+
+    s = schema.sends
+    return and_(
+        s.c.dry_run.is_(False),
+        s.c.transport.in_(kinds_that(lambda capabilities: capabilities.delivers)),
+        s.c.status.in_(REAL_SEND_STATES),
+    )
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
@@ -95,7 +109,7 @@ def _recipients(engine: Engine, issue_ids: list[int]) -> dict[int, int]:
         rows = conn.execute(
             select(s.c.issue_id, func.sum(t.c.accepted + t.c.uncertain))
             .join(t, t.c.send_id == s.c.id)
-            .where(s.c.issue_id.in_(issue_ids), s.c.dry_run.is_(False))
+            .where(s.c.issue_id.in_(issue_ids), _real_sends())
             .group_by(s.c.issue_id)
         )
         found = {issue_id: int(n or 0) for issue_id, n in rows}
@@ -158,13 +172,14 @@ def _summaries(
 
 
 def sent_issues(engine: Engine, limit: int | None = None) -> list[IssueSummary]:
-    """Every issue with a real send, newest first."""
+    """Every issue with a real send, newest first; welcome-sequence steps are not issues
+    (`stats sequences/NAME/STEP` shows one)."""
     i, s = schema.issues, schema.sends
     sent_at = func.min(func.coalesce(s.c.send_at, s.c.started_at))
     query = (
         select(i.c.id, i.c.slug, i.c.title, sent_at.label("sent_at"))
-        .join(s, and_(s.c.issue_id == i.c.id, s.c.dry_run.is_(False)))
-        .where(s.c.status.in_(REAL_SEND_STATES))
+        .join(s, and_(s.c.issue_id == i.c.id, _real_sends()))
+        .where(~exists().where(schema.sequence_steps.c.issue_id == i.c.id))
         .group_by(i.c.id, i.c.slug, i.c.title)
         .order_by(sent_at.desc(), i.c.id.desc())
     )
@@ -182,7 +197,7 @@ def issue_summary(engine: Engine, issue_id: int) -> IssueSummary:
         row = conn.execute(select(i.c.id, i.c.slug, i.c.title).where(i.c.id == issue_id)).one()
         sent_at = conn.execute(
             select(func.min(func.coalesce(s.c.send_at, s.c.started_at))).where(
-                s.c.issue_id == issue_id, s.c.dry_run.is_(False), s.c.status.in_(REAL_SEND_STATES)
+                s.c.issue_id == issue_id, _real_sends()
             )
         ).scalar()
     return _summaries(engine, [(row.id, row.slug, row.title, sent_at)])[0]

@@ -463,3 +463,41 @@ def test_bad_timezone_is_a_one_line_error(make_project, cli):
 def test_stats_list_with_an_issue_is_a_usage_error(project, cli):
     result = cli(project, "stats", "meta-ki-creator", "--list")
     assert result.exit_code == 2 and "leave out ISSUE" in result.output
+
+
+def test_outbox_and_dry_run_sends_are_not_counted_as_sent(
+    make_project, database_url, monkeypatch, cli, tmp_path
+):
+    """An author tries an issue on the outbox and as a dry run before the real send: `stats`
+    counts and dates only the real send, and an issue only ever written to the outbox is no
+    sent issue at all."""
+    from tests.sendgrid_server import FakeSendGrid
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "stats-outbox-test-key")
+    monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
+    root = make_project(
+        CONFIG, issues={"2025-03-fruehjahr.md": ISSUE_A, "2025-06-sommer.md": ISSUE_B}
+    )
+    engine = open_engine(Project.load(root).database_url)
+    for i in range(3):
+        add_subscriber(engine, f"leser{i}@example.de", name=f"Leser {i}")
+    for slug in ("fruehjahr", "sommer"):
+        tried = cli(root, "send", slug, "--outbox", str(tmp_path / f"outbox-{slug}"), "--yes")
+        assert tried.exit_code == 0, tried.output
+    with FakeSendGrid(api_key="SG.stats-key", verified_senders=["jens@example.com"]) as sg:
+        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
+        monkeypatch.setenv("SENDGRID_API_KEY", "SG.stats-key")
+        dry = cli(root, "send", "fruehjahr", "--dry-run", "--yes")
+        assert dry.exit_code == 0, dry.output
+        before_real_send = datetime.now(UTC) - timedelta(seconds=1)
+        sent = cli(root, "send", "fruehjahr", "--yes")
+        assert sent.exit_code == 0, sent.output
+        assert len(sg.recipients()) == 3
+
+    shown = json.loads(cli(root, "stats", "--format", "json").output)["issues"]
+    assert [row["issue"] for row in shown] == ["fruehjahr"]
+    assert shown[0]["counts"]["recipients"] == 3
+    assert datetime.fromisoformat(shown[0]["sent_at"]) >= before_real_send
+    one = json.loads(cli(root, "stats", "fruehjahr", "--format", "json").output)
+    assert datetime.fromisoformat(one["sent_at"]) >= before_real_send

@@ -363,33 +363,49 @@ class Ledger:
                     )
             # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
             # and its per-row parameter processing cost more than the database work.
-            ids = [*new_ids, *again_ids]
             mark = _placeholder(conn)
-            kept = {
-                row[0]
-                for row in conn.exec_driver_sql(
-                    f"SELECT id FROM subscribers WHERE status = {mark} AND id IN "
-                    f"({', '.join([mark] * len(ids))})",
-                    (str(SubscriberStatus.SUBSCRIBED), *ids),
-                )
-            }
-            new_ids = [sid for sid in new_ids if sid in kept]
-            again_ids = [sid for sid in again_ids if sid in kept]
+            subscribed = str(SubscriberStatus.SUBSCRIBED)
+            kept: set[int] = set()
             if new_ids:
+                # One statement checks who is still subscribed and records them.
+                when = _bound_time(conn, stamp)
+                flying = str(DeliveryState.IN_FLIGHT)
+                listed = ", ".join([mark] * len(new_ids))
                 try:
                     with conn.begin_nested():
-                        when = _bound_time(conn, stamp)
-                        state = str(DeliveryState.IN_FLIGHT)
-                        conn.exec_driver_sql(
+                        inserted = conn.exec_driver_sql(
                             "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
-                            f"batch_no, updated_at) VALUES ({', '.join([mark] * 6)})",
-                            [(issue_id, sid, send_id, state, batch_no, when) for sid in new_ids],
-                        )
+                            f"batch_no, updated_at) SELECT {mark}, id, {mark}, {mark}, {mark}, "
+                            f"{mark} FROM subscribers WHERE status = {mark} AND id IN ({listed})",
+                            (issue_id, send_id, flying, batch_no, when, subscribed, *new_ids),
+                        ).rowcount
                 except IntegrityError:
                     raise SendError(
                         f"another send of {slug} recorded some of this batch's recipients first; "
                         f"this one stops, see `newsletter sends {slug}`"
                     ) from None
+                if inserted == len(new_ids):
+                    kept.update(new_ids)
+                else:  # some left since they were read: ours are the rows this batch made
+                    kept.update(
+                        row[0]
+                        for row in conn.exec_driver_sql(
+                            f"SELECT subscriber_id FROM deliveries WHERE issue_id = {mark} AND "
+                            f"subscriber_id IN ({listed}) AND send_id + 0 = {mark} AND "
+                            f"batch_no + 0 = {mark}",
+                            (issue_id, *new_ids, send_id, batch_no),
+                        )
+                    )
+            if again_ids:
+                kept.update(
+                    row[0]
+                    for row in conn.exec_driver_sql(
+                        f"SELECT id FROM subscribers WHERE status = {mark} AND id IN "
+                        f"({', '.join([mark] * len(again_ids))})",
+                        (subscribed, *again_ids),
+                    )
+                )
+                again_ids = [sid for sid in again_ids if sid in kept]
             if again_ids:
                 conn.execute(
                     update(deliveries)
