@@ -513,3 +513,27 @@ def test_send_refuses_a_step_but_sends_a_test_copy(seq_project, cli):
                "--outbox", str(root / "out"))  # fmt: skip
     assert copy.exit_code == 0, copy.output
     assert len(list((root / "out").glob("*.eml"))) == 1
+
+
+def test_custom_fields_and_first_names_are_each_readers_own(seq_project):
+    """The step is personalized once per distinct value it reads, yet everyone gets their own
+    greeting, custom field and unsubscribe link."""
+    write_steps(
+        seq_project,
+        {
+            "01-willkommen.md": STEP1.replace(
+                "schön, dass du da bist!",
+                'Grüße nach {{ subscriber.fields.stadt | default("überall") }}.',
+            )
+        },
+    )
+    join(seq_project, "anna@example.de", T0, first_name="Anna", fields={"stadt": "Köln"})
+    join(seq_project, "jörg@example.de", T0, first_name="Jörg", fields={"stadt": "Görlitz"})
+    join(seq_project, "ina@example.de", T0, first_name="Anna")
+    run(seq_project, T0 + timedelta(minutes=1))
+    got = bodies(seq_project, "Willkommen bei „Jens' Briefing“")
+    assert "Hallo Anna, Grüße nach Köln." in got["anna@example.de"]
+    assert "Hallo Jörg, Grüße nach Görlitz." in got["jörg@example.de"]
+    assert "Hallo Anna, Grüße nach überall." in got["ina@example.de"]
+    links = {a: [w for w in text.split() if "/unsubscribe/" in w] for a, text in got.items()}
+    assert len({tuple(v) for v in links.values()}) == 3 and all(links.values())

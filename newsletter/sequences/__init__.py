@@ -7,6 +7,8 @@
 - `hooks`: the one call each place where people join makes (`enroll_joined`, `enroll_tagged`).
 - `delivery`: hands a batch of one step to the configured transport (the adapter to sending).
 - `runner`: `run_due` sends every due step exactly once; `BackgroundRunner` for `serve`.
+- `precheck`: "nothing to do" from three plain queries, before SQLAlchemy is even loaded.
+- `batches`: the run itself: reaping dead runs, claiming due people, sending, recording.
 - `status`: what `sequences status` shows.
 
 A step is sent through the ledger like an issue: each step has an `issues` row (slug

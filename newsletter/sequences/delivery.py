@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from newsletter.project import Project
     from newsletter.render import RenderedIssue
+    from newsletter.sending.execute import Personalizer
     from newsletter.sequences.steps import Step
 
 #: Person = (subscriber id, address, name, template context)
@@ -85,6 +86,8 @@ class StepMail:
     message: Message
     unsubscribe_url: Any
     transport: Transport
+    #: The bulk send's memoized personalization: most readers share what the step reads.
+    personalize: Personalizer
 
     def build(self, people: Sequence[Person]) -> tuple[list[tuple[int, Recipient]], dict[int, str]]:
         """(subscriber id, recipient) for each person, and the refused ones' reasons."""
@@ -92,12 +95,14 @@ class StepMail:
         refused: dict[int, str] = {}
         issue, send, step = str(self.issue_id), str(self.send_id), self.step.slug
         refuse = self.transport.impl.refuse
+        personalize = self.personalize
+        unsubscribe_url = self.unsubscribe_url
         for sid, address, name, context in people:
-            url = self.unsubscribe_url(sid)
+            url = unsubscribe_url(sid)
             recipient = Recipient(
                 email=address,
                 name=name,
-                substitutions=self.rendered.substitutions(context, url),
+                substitutions=personalize(context, url),
                 unsubscribe_url=url,
                 ids={
                     CUSTOM_ARG_ISSUE: issue,
@@ -114,11 +119,25 @@ class StepMail:
         return built, refused
 
 
+def custom_fields(raw: Any) -> dict[str, Any]:
+    """A subscriber's custom fields as read raw: JSON text (SQLite), or already parsed
+    (psycopg parses json columns itself)."""
+    if isinstance(raw, dict):
+        return dict(raw)
+    if not raw or raw == "{}":
+        return {}
+    import json
+
+    value = json.loads(raw)
+    return value if isinstance(value, dict) else {}
+
+
 def prepare_step(
     project: Project, step: Step, issue_id: int, send_id: int, transport: Transport
 ) -> StepMail:
     """Render the step (once per run) and the message every recipient shares."""
     from newsletter.render import render_issue
+    from newsletter.sending.execute import Personalizer
     from newsletter.sending.plan import Prepared, bulk_message, reply_to_for
     from newsletter.tokens import secret_key, unsubscribe_url_maker
 
@@ -138,6 +157,7 @@ def prepare_step(
         message=message,
         unsubscribe_url=unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
         transport=transport,
+        personalize=Personalizer(rendered),
     )
 
 

@@ -1,0 +1,112 @@
+"""Whether a `sequences run` has anything to do, decided before the run loads SQLAlchemy, the
+transport or the renderer: run from cron every minute, it nearly always finds nothing due, and
+importing SQLAlchemy alone takes longer than the rest of such a run.
+
+Plain DB-API (sqlite3; psycopg for PostgreSQL) and three small read-only queries. It answers
+"nothing to do" only when it is sure of all of:
+- no run is unfinished (a dead one must be reaped; a live one may be sending),
+- every enabled sequence's steps load and have the shape its schedule was worked out for
+  (else waiting people must be rescheduled),
+- nobody is due.
+Anything else, an error included (no database yet, one not migrated, a URL it does not
+know), means "look properly": the full run decides, with SQLAlchemy, as before.
+
+The queries mirror `batches.anything_due`, `batches.reap_dead_runs` and
+`state.reschedule_if_changed` (tables in `store/schema.py`); a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+log = logging.getLogger("newsletter.sequences")
+
+#: How SQLAlchemy writes a DateTime into SQLite (text that sorts as the time does), in UTC as
+#: the store writes every time.
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def nothing_to_do(project: Project, now: datetime) -> bool:
+    """True only when a run at `now` would surely find nothing to reap, reschedule or send."""
+    try:
+        fingerprints = _fingerprints(project)
+        if fingerprints is None:
+            return False
+        return _database_says_nothing(project.database_url, fingerprints, now)
+    except Exception as exc:  # any doubt: the full run looks properly (and reports problems)
+        log.debug("sequences precheck: %s; running in full", type(exc).__name__)
+        return False
+
+
+def _fingerprints(project: Project) -> dict[str, str] | None:
+    """Enabled sequence -> the shape of its steps; None if one does not load or has no steps
+    (the full run reports that)."""
+    from newsletter.sequences.config import configured
+    from newsletter.sequences.steps import fingerprint, load_sequence
+
+    out = {}
+    for sequence in configured(project):
+        steps = load_sequence(project, sequence.name)
+        if not steps:
+            return None
+        out[sequence.name] = fingerprint(steps)
+    return out
+
+
+def _connect(url: str) -> tuple[Any, str, Any] | None:
+    """(DB-API connection, its parameter marker, `now` converter), or None for a URL left to
+    SQLAlchemy."""
+    if url.startswith("sqlite:///") and "?" not in url and url != "sqlite:///:memory:":
+        import sqlite3
+        from urllib.request import pathname2url
+
+        # Read-only: never creates the file (the full run creates and migrates it).
+        uri = f"file:{pathname2url(url[len('sqlite:///') :])}?mode=ro"
+        return (
+            sqlite3.connect(uri, uri=True, timeout=10),
+            "?",
+            lambda t: t.astimezone(UTC).strftime(SQLITE_TIME),
+        )
+    for scheme in ("postgresql://", "postgres://", "postgresql+psycopg://"):
+        if url.startswith(scheme):
+            import psycopg
+
+            return (
+                psycopg.connect("postgresql://" + url[len(scheme) :], autocommit=True),
+                "%s",
+                lambda t: t,
+            )
+    return None
+
+
+def _database_says_nothing(url: str, fingerprints: dict[str, str], now: datetime) -> bool:
+    connected = _connect(url)
+    if connected is None:
+        return False
+    conn, mark, when = connected
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1 FROM sequence_runs WHERE finished_at IS NULL LIMIT 1")
+        if cur.fetchone() is not None:
+            return False
+        cur.execute("SELECT sequence, fingerprint FROM sequence_state")
+        stored = dict(cur.fetchall())
+        if any(stored.get(name) != shape for name, shape in fingerprints.items()):
+            return False
+        names = list(fingerprints)
+        if not names:
+            return True
+        cur.execute(
+            "SELECT 1 FROM sequence_enrollments WHERE state = 'active' "  # state.ACTIVE
+            f"AND next_due_at <= {mark} AND sequence IN ({', '.join([mark] * len(names))}) "
+            "LIMIT 1",
+            [when(now), *names],
+        )
+        return cur.fetchone() is None
+    finally:
+        conn.close()
