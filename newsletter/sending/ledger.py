@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
 from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
+from newsletter.store.raw import binder, placeholder
 from newsletter.store.schema import (
     DeliveryState,
     SubscriberStatus,
@@ -116,15 +117,9 @@ def _stale(row: Any, host: str) -> bool:
     return row.host == host and not _pid_alive(row.pid)
 
 
-def _placeholder(conn: Any) -> str:
-    """The driver's parameter marker: `?` (sqlite3) or `%s` (psycopg)."""
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-
 def _bound_time(conn: Any, stamp: datetime) -> Any:
     """`stamp` as SQLAlchemy would bind it to `deliveries.updated_at` on this database."""
-    process = deliveries.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    return process(stamp) if process else stamp
+    return binder(conn, deliveries.c.updated_at)(stamp)
 
 
 def _record(
@@ -145,7 +140,7 @@ def _record(
     (issue_id, subscriber_id) index)."""
     if not ids:
         return
-    mark = _placeholder(conn)
+    mark = placeholder(conn)
     flying = str(DeliveryState.IN_FLIGHT)
     mine = f" AND send_id + 0 = {mark}" if send_id is not None else ""
     conn.exec_driver_sql(
@@ -363,7 +358,7 @@ class Ledger:
                     )
             # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
             # and its per-row parameter processing cost more than the database work.
-            mark = _placeholder(conn)
+            mark = placeholder(conn)
             subscribed = str(SubscriberStatus.SUBSCRIBED)
             kept: set[int] = set()
             if new_ids:

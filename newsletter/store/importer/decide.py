@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from newsletter.store.importer.model import Incoming, same_field
+from newsletter.store.raw import placeholder
 from newsletter.store.subscribers import STOPPED
 
 #: Bound parameters per IN (...) lookup, under every engine's limit.
@@ -66,7 +67,7 @@ def fetch_current(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]
     parsing times and JSON nobody compares would double its cost. `fields` stays raw
     (JSON text on SQLite) until a row from the file actually brings fields.
     """
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(conn)
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(keys), LOOKUP_BATCH):
         batch = keys[start : start + LOOKUP_BATCH]

@@ -39,6 +39,7 @@ from newsletter.store.importer.model import (
     is_simple,
     simple_tuple,
 )
+from newsletter.store.raw import placeholder
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import STOPPED
 
@@ -74,7 +75,7 @@ class Writer:
     def __init__(self, conn: Connection):
         self.conn = conn
         self.dialect = conn.dialect.name
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        mark = placeholder(conn)
         self.insert_subscribers = (
             f"INSERT INTO subscribers ({', '.join(self.COLUMNS)}) "
             f"VALUES ({', '.join([mark] * len(self.COLUMNS))})"
