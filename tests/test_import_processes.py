@@ -283,7 +283,8 @@ def test_an_import_succeeds_alongside_a_steady_stream_of_sign_ups(
     assert importing.returncode == 0, err
     signed_up = log.read_text().split()
     from_file = [a for a in signed_up if a.startswith("p") and int(a[1:].split(".")[0]) < rows]
-    assert len(signed_up) > 20 and from_file  # the stream really ran, and met the import
+    # The stream ran on during the import (the second before it gives about 7), and met it.
+    assert len(signed_up) > 10 and from_file
     assert f"{rows} rows" in out
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(schema.subscribers)).scalar()
