@@ -9,7 +9,6 @@ SendGrid's `substitutions` needs) and `personalize()` applies them locally.
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ import jinja2
 from markupsafe import Markup
 
 from newsletter.errors import RenderError
+from newsletter.inline_css import with_inlined_css
 from newsletter.issue import Issue, load_issue
 from newsletter.personalize import (
     MAX_URL_CHARS,
@@ -260,23 +260,6 @@ def _shorten(text: str, limit: int = PREHEADER_CHARS) -> str:
     return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
 
 
-def _premailer(html: str) -> str:
-    from premailer import Premailer
-
-    return Premailer(
-        html,
-        allow_network=False,
-        keep_style_tags=False,
-        disable_leftover_css=False,
-        remove_classes=False,
-        strip_important=False,
-        cssutils_logging_level=logging.CRITICAL,
-        disable_validation=True,
-        # `height="auto"` is not a valid attribute; the CSS already says it.
-        disable_basic_attributes=["height", "width"],
-    ).transform()
-
-
 def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> RenderedIssue:
     """Render an issue once: HTML and text with per-recipient keys.
 
@@ -359,7 +342,7 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
     html = html.replace("word-break:break-word;", "")
 
     if inline_css:
-        html = _premailer(html)
+        html = with_inlined_css(html)
     if not html.lstrip().lower().startswith("<!doctype"):
         html = "<!doctype html>\n" + html
 

@@ -37,9 +37,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TEST_SECRET = "test-secret-key-0123456789abcdef"
 
 
+@pytest.fixture(scope="session")
+def inlined_css_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of inlined CSS per test process (never the developer's ~/.cache)."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test sees the developer's keys or database; each gets a known secret."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, inlined_css_cache: Path) -> Iterator[None]:
+    """No test sees the developer's keys, database or cache; each gets a known secret."""
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(inlined_css_cache))
     for name in (
         "SENDGRID_API_KEY",
         "SENDGRID_API_HOST",

@@ -1,0 +1,73 @@
+"""Inlined CSS is remembered on disk by its exact input (newsletter/inline_css.py): an unchanged
+issue renders to the same email without premailer, an edit is never served stale, and a cache
+that cannot be used changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter import inline_css
+from newsletter.project import Project
+from newsletter.render import render_file
+from tests.conftest import EXAMPLE_ISSUE
+
+
+@pytest.fixture
+def example(make_project) -> tuple[Project, Path]:
+    root = make_project(issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")})
+    return Project.load(root), root / "issues" / EXAMPLE_ISSUE.name
+
+
+def entries(folder: Path) -> list[Path]:
+    return sorted((folder / "inlined").glob("*.html"))
+
+
+def test_an_unchanged_issue_renders_the_same_email_from_the_cache(example, tmp_path, monkeypatch):
+    project, issue = example
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "cache"))
+    first = render_file(project, issue)
+    [entry] = entries(tmp_path / "cache")
+    again = render_file(project, issue)
+    assert entries(tmp_path / "cache") == [entry]  # read back, nothing new written
+    assert again.html == first.html and 'style="' in again.html  # the CSS is inlined
+    # A render into an empty cache (premailer runs again) gives the very same email.
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "other"))
+    assert render_file(project, issue).html == first.html
+
+
+def test_an_edit_is_never_served_from_the_cache(example, tmp_path, monkeypatch):
+    project, issue = example
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "cache"))
+    before = render_file(project, issue).html
+    issue.write_text(issue.read_text("utf-8") + "\nEin Nachtrag über Größe.\n", "utf-8")
+    after = render_file(project, issue).html
+    assert "Ein Nachtrag über Größe." in after and "Nachtrag" not in before
+    assert len(entries(tmp_path / "cache")) == 2
+
+
+def test_the_cache_keeps_the_most_recently_used_entries(example, tmp_path, monkeypatch):
+    project, issue = example
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(inline_css, "MAX_ENTRIES", 3)
+    original = issue.read_text("utf-8")
+    for n in range(5):
+        issue.write_text(original + f"\nNachtrag {n}.\n", "utf-8")
+        render_file(project, issue)
+    assert len(entries(tmp_path / "cache")) == 3
+
+
+def test_a_cache_that_cannot_be_used_changes_nothing(example, tmp_path, monkeypatch):
+    project, issue = example
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "fresh"))
+    expected = render_file(project, issue).html
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder", "utf-8")
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(blocked))
+    assert render_file(project, issue).html == expected
+    # A damaged entry is rendered afresh, not shown.
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "fresh"))
+    [entry] = entries(tmp_path / "fresh")
+    entry.write_bytes(b"\xff\xfe broken")
+    assert render_file(project, issue).html == expected
