@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from newsletter.project import Project
 
 SENT_STATES = ("accepted", "delivered", "bounced", "dropped", "uncertain")
-#: A send that handed mail over (a crashed or stopped one included; not a dry run, and not one
-#: to the outbox, which only wrote files: see `_real_sends`).
-REAL_SEND_STATES = ("sending", "done", "stopped", "failed")
+#: A send that handed mail over (a crashed or stopped one included, and a scheduled one, whose
+#: mail the provider holds until its time; not a cancelled one, a dry run, or one to the
+#: outbox, which only wrote files: see `_real_sends`).
+REAL_SEND_STATES = ("sending", "done", "stopped", "failed", "scheduled")
 OVER_RECIPIENTS = ("delivered", "bounced", "dropped")
 OVER_DELIVERED = ("opened", "clicked", "unsubscribed", "complained", "replied")
 GROWTH_COLUMNS = (

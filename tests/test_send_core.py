@@ -313,3 +313,21 @@ def test_memoized_personalization_equals_per_reader_rendering(make_project):
         url = f"https://news.example.com/unsubscribe/{person['id']}%%x&y"
         assert personalize(person, url) == rendered.substitutions(person, url)
     assert len(personalize.cache) == 5
+
+
+def test_stats_count_a_scheduled_send_beside_an_immediate_one(root, sg, cli):
+    """Four readers get the issue now; two who joined later get it by a scheduled --resume
+    (SendGrid holds it until then): six were handed over, and `stats` says six."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    add_people(root, 4)
+    assert cli(root, "send", EXAMPLE_ISSUE.stem, "--yes").exit_code == 0
+    add_people(root, 2, start=100)
+    when = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    later = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--schedule", when, "--yes")
+    assert later.exit_code == 0, later.output
+    one = json.loads(cli(root, "stats", EXAMPLE_ISSUE.stem, "--format", "json").output)
+    assert one["counts"]["recipients"] == 6
+    [row] = json.loads(cli(root, "stats", "--format", "json").output)["issues"]
+    assert row["counts"]["recipients"] == 6
