@@ -8,18 +8,21 @@ with the options and the libraries' installed files, so an edit (or an upgrade) 
 served stale.
 
 Where: `$NEWSLETTER_CACHE_DIR`, else `$XDG_CACHE_HOME/newsletter`, else `~/.cache/newsletter`,
-in `inlined/`; at most `MAX_ENTRIES` files, the least recently used removed first. A cache
-that cannot be read or written is simply not used; deleting the folder is always safe.
+in `inlined/`; at most `MAX_ENTRIES` files, the least recently used removed first. Each file
+starts with a checksum of the rest, so a damaged one is a miss. A cache that cannot be read
+or written is simply not used; deleting the folder is always safe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 MAX_ENTRIES = 400
@@ -34,14 +37,23 @@ def with_inlined_css(html: str) -> str:
         return _premailer(html)
     path = folder / f"{_key(html)}.html"
     try:
-        inlined = path.read_text("utf-8")
-        os.utime(path)  # recently used: pruning keeps it
-        return inlined
+        stored = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError):
-        pass
+        stored = ""
+    # Each entry starts with a checksum of the rest: a file cut short (a crash, a full disk)
+    # or changed by hand is a miss, never an email.
+    checksum, _, inlined = stored.partition("\n")
+    if inlined and checksum == _checksum(inlined):
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: pruning keeps it
+        return inlined
     inlined = _premailer(html)
     _store(folder, path, inlined)
     return inlined
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def cache_folder() -> Path | None:
@@ -50,7 +62,10 @@ def cache_folder() -> Path | None:
         base = Path(configured)
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
-        base = Path(xdg) / "newsletter" if xdg else Path.home() / ".cache" / "newsletter"
+        try:
+            base = Path(xdg) / "newsletter" if xdg else Path.home() / ".cache" / "newsletter"
+        except RuntimeError:  # no home directory (a container with an arbitrary uid)
+            return None
     folder = base / "inlined"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,10 +82,10 @@ def _key(html: str) -> str:
 
 @functools.cache
 def _library_stamp() -> str:
-    """The options and the installed premailer and cssutils (path, size, mtime of their main
-    files: a reinstall or upgrade changes them), found without importing either."""
+    """The options and the installed premailer, cssutils and lxml (path, size, mtime of their
+    main files: a reinstall or upgrade changes them), found without importing them."""
     parts = [OPTIONS]
-    for name in ("premailer.premailer", "cssutils"):
+    for name in ("premailer.premailer", "cssutils", "lxml.etree"):
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec is not None else None
         if origin:
@@ -86,11 +101,17 @@ def _store(folder: Path, path: Path, inlined: str) -> None:
         with tempfile.NamedTemporaryFile(
             "w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False
         ) as file:
-            file.write(inlined)
+            file.write(f"{_checksum(inlined)}\n{inlined}")
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(file.name, path)
         entries = sorted(folder.glob("*.html"), key=lambda p: p.stat().st_mtime)
         for old in entries[: max(len(entries) - MAX_ENTRIES, 0)]:
             old.unlink(missing_ok=True)
+        # Left by a process killed between writing and moving: gone after an hour.
+        for left in folder.glob("*.tmp"):
+            if time.time() - left.stat().st_mtime > 3600:
+                left.unlink(missing_ok=True)
     except OSError:
         pass
 

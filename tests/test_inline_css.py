@@ -66,8 +66,25 @@ def test_a_cache_that_cannot_be_used_changes_nothing(example, tmp_path, monkeypa
     blocked.write_text("not a folder", "utf-8")
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(blocked))
     assert render_file(project, issue).html == expected
-    # A damaged entry is rendered afresh, not shown.
+    # A damaged entry (not UTF-8, cut short by a crash, emptied) is rendered afresh, not shown.
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "fresh"))
     [entry] = entries(tmp_path / "fresh")
-    entry.write_bytes(b"\xff\xfe broken")
-    assert render_file(project, issue).html == expected
+    whole = entry.read_text("utf-8")
+    for damage in (b"\xff\xfe broken", whole[: len(whole) // 2].encode(), b""):
+        entry.write_bytes(damage)
+        assert render_file(project, issue).html == expected
+    assert entry.read_text("utf-8") == whole  # and stored again whole
+
+
+def test_no_home_directory_means_no_cache(example, monkeypatch):
+    """A container run under a uid with no passwd entry and no HOME: rendering works."""
+    project, issue = example
+    for name in ("NEWSLETTER_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert inline_css.cache_folder() is None
+    assert 'style="' in render_file(project, issue).html
