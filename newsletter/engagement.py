@@ -21,6 +21,8 @@ from sqlalchemy import Engine, and_, distinct, exists, func, select, text
 
 from newsletter.errors import ConfigError
 from newsletter.store import schema
+from newsletter.store.issues import delivering_transports
+from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -72,20 +74,12 @@ class IssueSummary:
 def _real_sends() -> Any:
     """The condition on `sends` for mail that went to readers: not a dry run, through a
     transport that delivers (asked of its capabilities), and handed over."""
-    from newsletter.sending.transports import kinds_that
-
     s = schema.sends
     return and_(
         s.c.dry_run.is_(False),
-        s.c.transport.in_(kinds_that(lambda capabilities: capabilities.delivers)),
+        s.c.transport.in_(delivering_transports()),
         s.c.status.in_(REAL_SEND_STATES),
     )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _metric_totals(engine: Engine, issue_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -168,7 +162,7 @@ def _summaries(
             rates[stat] = counts[stat] / counts["recipients"] if counts["recipients"] else None
         for stat in OVER_DELIVERED:
             rates[stat] = counts[stat] / counts["delivered"] if counts["delivered"] else None
-        out.append(IssueSummary(issue_id, slug, title, _aware(sent_at), counts, rates))
+        out.append(IssueSummary(issue_id, slug, title, as_utc(sent_at), counts, rates))
     return out
 
 

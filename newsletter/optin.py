@@ -12,7 +12,7 @@ with the consent evidence the law asks for (UWG §7, GDPR Art. 7(1)).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, select
@@ -21,6 +21,7 @@ from newsletter import tokens
 from newsletter.errors import ConfigError, StoreError
 from newsletter.sequences import hooks as sequences
 from newsletter.store import consent, suppressions
+from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Config, Project
@@ -195,9 +196,7 @@ def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
             consent_records.c.kind == consent.CONFIRMATION,
         )
     ).scalar()
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return as_utc(value)
 
 
 def _superseded(conn: Connection, subscriber_id: int, issued: datetime) -> bool:

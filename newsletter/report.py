@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select
 from newsletter import engagement
 from newsletter.errors import NewsletterError
 from newsletter.store import schema
+from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -262,9 +263,7 @@ def last_replies(engine: Engine, limit: int = LAST_REPLIES) -> list[ReplyLine]:
                 (line.strip() for line in (row.text or "").splitlines() if line.strip()),
                 row.subject or "",
             )
-            received = row.received_at
-            if received.tzinfo is None:
-                received = received.replace(tzinfo=UTC)
+            received = as_utc(row.received_at)
             out.append(
                 ReplyLine(
                     sender=row.from_name or row.from_email,

@@ -50,6 +50,12 @@ MAIL_TEXT: dict[str, dict[str, str]] = {
 }
 
 
+def page_environment(project: Project) -> Environment:
+    """Jinja2 for templates/web/NAME: a project may override any page or mail by placing
+    templates/web/NAME in its own folder (shared with the web pages)."""
+    return _environment(str(project.templates_dir), str(builtin_templates_dir()))
+
+
 @lru_cache(maxsize=8)
 def _environment(project_templates: str, builtin: str) -> Environment:
     return Environment(
@@ -62,16 +68,19 @@ def _environment(project_templates: str, builtin: str) -> Environment:
 def render_mail(project: Project, name: str, language: str | None, **context: Any) -> str:
     """Render templates/web/NAME with the mail wording `t` of `language` (else the config's)."""
     lang = language if language in LANGUAGES else project.config.language
-    env = _environment(str(project.templates_dir), str(builtin_templates_dir()))
-    return env.get_template(f"web/{name}").render(
-        t=MAIL_TEXT[lang],
-        lang=lang,
-        newsletter_name=project.config.name,
-        postal_address=project.config.postal_address,
-        theme=project.config.theme,
-        imprint_url=project.config.section("newsletter")["imprint_url"],
-        privacy_url=project.config.section("newsletter")["privacy_url"],
-        **context,
+    return (
+        page_environment(project)
+        .get_template(f"web/{name}")
+        .render(
+            t=MAIL_TEXT[lang],
+            lang=lang,
+            newsletter_name=project.config.name,
+            postal_address=project.config.postal_address,
+            theme=project.config.theme,
+            imprint_url=project.config.section("newsletter")["imprint_url"],
+            privacy_url=project.config.section("newsletter")["privacy_url"],
+            **context,
+        )
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, and_, select, true
 
 from newsletter.errors import StoreError
 from newsletter.store import schema
+from newsletter.store.times import as_utc
 
 #: How `replies` shows a reply that asks to unsubscribe.
 UNSUBSCRIBE_LABELS = {
@@ -78,9 +79,7 @@ def _rows(engine: Engine, where: Any = None) -> list[ReplyRow]:
     return [
         ReplyRow(
             id=row.id,
-            received_at=row.received_at
-            if row.received_at.tzinfo
-            else row.received_at.replace(tzinfo=UTC),
+            received_at=as_utc(row.received_at),
             from_email=row.from_email,
             from_name=row.from_name,
             subject=row.subject,

@@ -193,7 +193,7 @@ class Builder:
                 "name": name,
                 "first_name": fields[0],
                 "last_name": fields[1],
-                "fields": _custom_fields(fields[2]),
+                "fields": custom_fields(fields[2]),
             }
             recipient = Recipient(
                 email=address,
@@ -214,7 +214,7 @@ class Builder:
         return out
 
 
-def _custom_fields(raw: Any) -> dict[str, Any]:
+def custom_fields(raw: Any) -> dict[str, Any]:
     """The custom fields column as read raw: JSON text (SQLite), or already parsed (psycopg
     parses json columns itself)."""
     if isinstance(raw, dict):

@@ -37,6 +37,7 @@ from newsletter.store.schema import (
     subscribers,
 )
 from newsletter.store.subscribers import segment_filters
+from newsletter.store.times import as_utc
 
 LEASE_STALE_SECONDS = 120
 HEARTBEAT_SECONDS = 10
@@ -48,17 +49,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 # --- the lease ------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Is a process with this id running on this machine?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -111,10 +106,10 @@ class Lease:
 
 
 def _stale(row: Any, host: str) -> bool:
-    heartbeat = _aware(row.heartbeat_at)
+    heartbeat = as_utc(row.heartbeat_at)
     if heartbeat is None or now() - heartbeat > timedelta(seconds=LEASE_STALE_SECONDS):
         return True
-    return row.host == host and not _pid_alive(row.pid)
+    return row.host == host and not process_alive(row.pid)
 
 
 def _bound_time(conn: Any, stamp: datetime) -> Any:
@@ -247,7 +242,7 @@ class Ledger:
                     except IntegrityError:
                         continue  # someone else just took it: look again
                 if not _stale(row, host):
-                    seen = int((now() - _aware(row.heartbeat_at)).total_seconds())  # type: ignore[operator]
+                    seen = int((now() - as_utc(row.heartbeat_at)).total_seconds())  # type: ignore[operator]
                     raise SendError(
                         f"another send of {slug} is running (send {row.send_id}, pid {row.pid} on "
                         f"{row.host}, last heartbeat {seen}s ago); wait for it to finish, or check "

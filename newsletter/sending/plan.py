@@ -25,6 +25,7 @@ from newsletter.sending.message import Message
 from newsletter.sending.transports import kinds_that
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
 from newsletter.store.schema import DeliveryState, SubscriberStatus
+from newsletter.store.times import as_utc
 from newsletter.wording import plural
 
 if TYPE_CHECKING:
@@ -345,7 +346,7 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         if request.resume and request.send_at is None:
             earlier = ledger.latest_scheduled(issue_id)
             if earlier is not None:
-                plan.send_at = _aware(earlier.send_at)
+                plan.send_at = as_utc(earlier.send_at)
                 plan.schedule_id = earlier.batch_id
     if plan.uses_ledger and resume and issue_id is not None:
         again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
@@ -357,14 +358,6 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         plan.recipients = count_recipients(engine, request.tags, up_to_id)
     plan.request = _with_resume(request, resume)
     return plan
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    from datetime import UTC
-
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _with_resume(request: SendRequest, resume: bool) -> SendRequest:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
 from newsletter.errors import SendError
+from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -81,8 +82,7 @@ def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None
     if row is None:
         raise SendError(f"{slug} has no scheduled send to cancel (see `newsletter sends {slug}`)")
     if row.send_at is not None:
-        # SQLite hands back the stored UTC time without its zone.
-        send_at = row.send_at if row.send_at.tzinfo else row.send_at.replace(tzinfo=UTC)
+        send_at = as_utc(row.send_at)
         now = now or datetime.now(UTC)
         if send_at - now < CANCEL_NOTICE:
             when = send_at.strftime("%Y-%m-%d %H:%M UTC")

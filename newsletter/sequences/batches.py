@@ -21,8 +21,10 @@ from sqlalchemy import Connection, Engine, Text, insert, literal, select, type_c
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import NewsletterError
+from newsletter.sending.execute import custom_fields
+from newsletter.sending.ledger import process_alive
 from newsletter.sequences import delivery, state
-from newsletter.sequences.clock import Clock, aware
+from newsletter.sequences.clock import Clock
 from newsletter.sequences.config import SequenceConfig, configured
 from newsletter.sequences.runner import RunReport
 from newsletter.sequences.steps import Step, due_at, load_sequence
@@ -34,6 +36,7 @@ from newsletter.store.schema import (
     sequence_sends,
     subscribers,
 )
+from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -50,20 +53,10 @@ e = sequence_enrollments
 # --- runs and their liveness -------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _gone(row: Any, host: str, wall_now: datetime) -> bool:
-    if wall_now - aware(row.heartbeat_at) > timedelta(seconds=RUN_STALE_SECONDS):
+    if wall_now - as_utc(row.heartbeat_at) > timedelta(seconds=RUN_STALE_SECONDS):
         return True
-    return bool(row.host == host and row.pid != os.getpid() and not _pid_alive(row.pid))
+    return bool(row.host == host and row.pid != os.getpid() and not process_alive(row.pid))
 
 
 def reap_dead_runs(engine: Engine, wall_now: datetime) -> int:
@@ -415,7 +408,7 @@ def _claim(
                     moves.append(_move(row.id, None, None, state.DONE, row.last_sent_at))
                     report.finished += 1
                     continue
-                due = due_at(aware(row.last_sent_at or row.started_at), step, timezone_name)
+                due = due_at(as_utc(row.last_sent_at or row.started_at), step, timezone_name)
                 if due > now:  # the steps changed under this person: not due after all
                     moves.append(_move(row.id, step.key, due, state.ACTIVE, row.last_sent_at))
                     continue
@@ -449,7 +442,7 @@ def _claim(
                 "name": row.name,
                 "first_name": row.first_name,
                 "last_name": row.last_name,
-                "fields": delivery.custom_fields(row.fields),
+                "fields": custom_fields(row.fields),
             }
             group.people.append((sid, row.email, row.name, context))
             group.following[sid] = following.key if following else None

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from newsletter.errors import NewsletterError
+from newsletter.store.times import as_utc
 
 
 class Clock(Protocol):
@@ -26,20 +27,13 @@ class FixedClock:
     """A clock that says what it is told (tests, `--now`)."""
 
     def __init__(self, at: datetime) -> None:
-        self.at = aware(at)
+        self.at = as_utc(at)
 
     def now(self) -> datetime:
         return self.at
 
 
 SYSTEM = SystemClock()
-
-
-def aware(value: datetime) -> datetime:
-    """UTC-aware: SQLite hands back naive datetimes, which were written in UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def parse_now(text: str) -> datetime:
@@ -50,4 +44,4 @@ def parse_now(text: str) -> datetime:
         raise NewsletterError(
             f"--now {text!r} is not an ISO time; write e.g. 2026-03-01T09:00:00+01:00"
         ) from None
-    return aware(value)
+    return as_utc(value)

@@ -119,19 +119,6 @@ class StepMail:
         return built, refused
 
 
-def custom_fields(raw: Any) -> dict[str, Any]:
-    """A subscriber's custom fields as read raw: JSON text (SQLite), or already parsed
-    (psycopg parses json columns itself)."""
-    if isinstance(raw, dict):
-        return dict(raw)
-    if not raw or raw == "{}":
-        return {}
-    import json
-
-    value = json.loads(raw)
-    return value if isinstance(value, dict) else {}
-
-
 def prepare_step(
     project: Project, step: Step, issue_id: int, send_id: int, transport: Transport
 ) -> StepMail:

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from newsletter.sequences.clock import aware
 from newsletter.sequences.steps import Step, due_at, fingerprint
 from newsletter.store.schema import (
     deliveries,
@@ -23,6 +22,7 @@ from newsletter.store.schema import (
     sequence_steps,
     subscribers,
 )
+from newsletter.store.times import as_utc
 
 ACTIVE, DONE, STOPPED = "active", "done", "stopped"
 
@@ -276,9 +276,9 @@ def _reschedule(
                 if step is None:
                     updates.append({"eid": row.id, "s": None, "d": None, "st": DONE})
                     continue
-                base = aware(row.last_sent_at or row.started_at)
+                base = as_utc(row.last_sent_at or row.started_at)
                 due = due_at(base, by_key[step.key], timezone)
-                old_due = aware(row.next_due_at) if row.next_due_at else None
+                old_due = as_utc(row.next_due_at) if row.next_due_at else None
                 if step.key != row.next_step or due != old_due:
                     updates.append({"eid": row.id, "s": step.key, "d": due, "st": ACTIVE})
             if updates:
@@ -338,7 +338,7 @@ def waiting_by_step(
         out[row.next_step] = {
             "waiting": int(row.waiting),
             "due": int(row.due or 0),
-            "first_due": aware(row.first_due) if row.first_due else None,
+            "first_due": as_utc(row.first_due) if row.first_due else None,
         }
     return out
 
@@ -358,7 +358,7 @@ def waiting_people(
         query = query.limit(limit)
     with engine.connect() as conn:
         return [
-            {"email": r.email, "due_at": aware(r.next_due_at) if r.next_due_at else None}
+            {"email": r.email, "due_at": as_utc(r.next_due_at) if r.next_due_at else None}
             for r in conn.execute(query)
         ]
 

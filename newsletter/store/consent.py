@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, exists, insert, select
 
 from newsletter.store.schema import consent_records, consent_texts, subscribers
+from newsletter.store.times import as_utc
 
 #: Kinds of record.
 SIGNUP = "signup"  # the form was submitted (unconfirmed yet, unless single opt-in)
@@ -129,10 +130,6 @@ def record_values(
     }
 
 
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def records_for(conn: Connection, subscriber_id: int) -> list[ConsentRecord]:
     """The subscriber's consent records, oldest first, with the consent texts' words."""
     rows = conn.execute(
@@ -148,7 +145,7 @@ def records_for(conn: Connection, subscriber_id: int) -> list[ConsentRecord]:
     return [
         ConsentRecord(
             kind=row.kind,
-            occurred_at=_aware(row.occurred_at),
+            occurred_at=as_utc(row.occurred_at),
             ip=row.ip,
             user_agent=row.user_agent,
             page_url=row.page_url,

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from newsletter.issue_names import ResolvedIssue as ResolvedIssue  # noqa: E402
 from newsletter.issue_names import resolve_issue as resolve_issue  # noqa: E402
 from newsletter.store.schema import deliveries, issues, sends, sequence_steps
+from newsletter.store.times import as_utc
 
 
 def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:
@@ -99,7 +100,7 @@ def list_sent_issues(engine: Engine) -> list[Any]:
 ACCEPTED_STATES = ("accepted", "delivered", "bounced", "dropped")
 
 
-def _delivering_transports() -> list[str]:
+def delivering_transports() -> list[str]:
     """Transports whose sends reach readers (the outbox only writes .eml files here): asked
     of the transports' capabilities, never by name."""
     from newsletter.sending.transports import kinds_that
@@ -118,11 +119,6 @@ class PublishedIssue:
     published_at: datetime  # send_at of a scheduled send, else when the send started
 
 
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _published_query(now: datetime):  # type: ignore[no-untyped-def]
     """(issue id, slug, title, language, publication time) per public issue."""
     accepted = exists().where(
@@ -137,7 +133,7 @@ def _published_query(now: datetime):  # type: ignore[no-untyped-def]
         .where(
             and_(
                 sends.c.dry_run.is_(False),
-                sends.c.transport.in_(_delivering_transports()),
+                sends.c.transport.in_(delivering_transports()),
                 sends.c.status != "cancelled",
                 goes_out_at <= now,
                 accepted,
@@ -152,18 +148,18 @@ def _published_query(now: datetime):  # type: ignore[no-untyped-def]
 
 def published_issues(engine: Engine, now: datetime | None = None) -> list[PublishedIssue]:
     """Every public issue, newest first (ties: by slug, so the order is stable)."""
-    moment = _as_utc(now or datetime.now(UTC))
+    moment = as_utc(now or datetime.now(UTC))
     with engine.connect() as conn:
         rows = conn.execute(_published_query(moment)).all()
     return [
-        PublishedIssue(int(issue_id), slug, title, language, _as_utc(published_at))
+        PublishedIssue(int(issue_id), slug, title, language, as_utc(published_at))
         for issue_id, slug, title, language, published_at in rows
     ]
 
 
 def is_published(engine: Engine, slug: str, now: datetime | None = None) -> bool:
     """Is the issue with this slug public (see the module docstring for the rule)?"""
-    query = _published_query(_as_utc(now or datetime.now(UTC))).where(issues.c.slug == slug)
+    query = _published_query(as_utc(now or datetime.now(UTC))).where(issues.c.slug == slug)
     with engine.connect() as conn:
         return conn.execute(query).first() is not None
 

@@ -40,6 +40,7 @@ from newsletter.store.schema import (
     subscriber_tags,
     subscribers,
 )
+from newsletter.store.times import as_utc
 
 __all__ = [
     "STATUSES",
@@ -117,15 +118,6 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -160,11 +152,11 @@ def _from_row(row: Any, tags: Sequence[str]) -> Subscriber:
         tags=tuple(sorted(tags)),
         fields=dict(row.fields or {}),
         source=row.source,
-        created_at=_aware(row.created_at),  # type: ignore[arg-type]
-        confirmed_at=_aware(row.confirmed_at),
-        unsubscribed_at=_aware(row.unsubscribed_at),
+        created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+        confirmed_at=as_utc(row.confirmed_at),
+        unsubscribed_at=as_utc(row.unsubscribed_at),
         unsubscribe_reason=row.unsubscribe_reason,
-        updated_at=_aware(row.updated_at),
+        updated_at=as_utc(row.updated_at),
     )
 
 

@@ -22,6 +22,7 @@ from newsletter import tokens
 from newsletter.errors import ConfigError, NewsletterError, StoreError
 from newsletter.store.emails import email_key, normalize_email
 from newsletter.store.schema import suppressions
+from newsletter.store.times import as_utc
 
 ERASED = "erased on request"
 
@@ -117,10 +118,7 @@ def find(conn: Connection, address: str) -> Suppression | None:
     ).first()
     if row is None:
         return None
-    created = row.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return Suppression(reason=row.reason, created_at=created)
+    return Suppression(reason=row.reason, created_at=as_utc(row.created_at))
 
 
 def refuse_if_suppressed(conn: Connection, address: str) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
-from newsletter.project import LANGUAGES, Project, builtin_templates_dir
-from newsletter.transactional import MAIL_TEXT
+from newsletter.project import LANGUAGES, Project
+from newsletter.transactional import MAIL_TEXT, page_environment
 
 TEXT: dict[str, dict[str, str]] = {
     "de": {
@@ -95,24 +92,10 @@ def text(language: str | None, fallback: str) -> dict[str, str]:
     return TEXT[language if language in LANGUAGES else fallback]
 
 
-@lru_cache(maxsize=8)
-def _environment(project_templates: str, builtin: str) -> Environment:
-    # A project may override any page by placing templates/web/NAME in its own folder.
-    return Environment(
-        loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
-        autoescape=select_autoescape(["html"], default_for_string=True),
-        undefined=StrictUndefined,
-    )
-
-
-def environment(project: Project) -> Environment:
-    return _environment(str(project.templates_dir), str(builtin_templates_dir()))
-
-
 def render(project: Project, name: str, language: str | None, **context: Any) -> str:
     """Render templates/web/NAME with the wording `t` of `language` (else the config's)."""
     lang = language if language in LANGUAGES else project.config.language
-    template = environment(project).get_template(f"web/{name}")
+    template = page_environment(project).get_template(f"web/{name}")
     newsletter = project.config.section("newsletter")
     context.setdefault("consent_text", None)
     return template.render(

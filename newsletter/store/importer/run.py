@@ -294,13 +294,17 @@ def _interrupted_message(path: Path, result: ImportResult, written_line: int) ->
     """What Ctrl-C kept of an import, and how to go on."""
     if result.dry_run:
         return f"{path}: dry run interrupted at line {written_line + 1}; nothing was changed"
-    written = result.new + result.updated
-    lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
     return (
-        f"{path}: import interrupted at line {written_line + 1}: {plural(written, 'row')} written "
-        f"({lines}) are kept; run the same import again to continue (it changes nothing "
-        "that is done)"
+        f"{path}: import interrupted at line {written_line + 1}: "
+        f"{_written(result, written_line)} are kept; run the same import again to continue "
+        "(it changes nothing that is done)"
     )
+
+
+def _written(result: ImportResult, written_line: int) -> str:
+    """'N rows written (lines 2-L)': what an import that stopped has kept."""
+    lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
+    return f"{plural(result.new + result.updated, 'row')} written ({lines})"
 
 
 def _stop_message(path: Path, exc: BaseException, result: ImportResult, written_line: int) -> str:
@@ -313,10 +317,8 @@ def _stop_message(path: Path, exc: BaseException, result: ImportResult, written_
         reason = str(exc).removeprefix(f"{path}: ")
     if result.dry_run:
         return f"{path}:{written_line + 1}: {reason}; the dry run stopped here"
-    written = result.new + result.updated
-    lines = f"lines 2-{written_line}" if written_line > 1 else "no lines"
     return (
         f"{path}:{written_line + 1}: {reason}; the import stopped at line {written_line + 1}: "
-        f"{plural(written, 'row')} written ({lines}); run the same import again to continue "
+        f"{_written(result, written_line)}; run the same import again to continue "
         "(it changes nothing that is done)"
     )
