@@ -61,36 +61,11 @@ def record_sent(
     conn: Any, slug: str, title: str, when: datetime, subscriber_id: int, message_id: str | None
 ) -> None:
     """The rows a finished SendGrid send leaves: the issue, its send, one accepted delivery
-    (what makes an issue public under the publish rule)."""
-    from newsletter.store import schema
+    (what makes an issue public under the publish rule); the tests' helper writes them."""
+    from tests.test_web_support import record_sent as record
 
-    issue_id = conn.execute(
-        schema.issues.insert().values(
-            slug=slug, title=title, subject=title, language="de", created_at=when
-        )
-    ).inserted_primary_key[0]
-    send_id = conn.execute(
-        schema.sends.insert().values(
-            issue_id=issue_id,
-            status="done",
-            transport="sendgrid",
-            segment=[],
-            dry_run=False,
-            started_at=when,
-            finished_at=when,
-        )
-    ).inserted_primary_key[0]
-    conn.execute(
-        schema.deliveries.insert().values(
-            issue_id=issue_id,
-            subscriber_id=subscriber_id,
-            send_id=send_id,
-            state="accepted",
-            batch_no=0,
-            message_id=message_id,
-            updated_at=when,
-        )
-    )
+    ids = {subscriber_id: message_id} if message_id else None
+    record(conn, [subscriber_id], slug=slug, title=title, when=when, message_ids=ids)
 
 
 def add_issue_file(root: Path, n: int, slug: str, title: str, body: str) -> None:

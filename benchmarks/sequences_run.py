@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import CONFIG  # noqa: E402
 from tests.test_sequences import SEQUENCE, STEP1, STEP2  # noqa: E402
 
-KEY = "SG.benchmark-key"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from send_throughput import KEY, start_server  # noqa: E402  (the same fake SendGrid)
+
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 # Runs inside the measured process: the CLI's own code path, timed around run_due alone too.
@@ -105,16 +107,6 @@ def make_project(root: Path, url: str, total: int, due: int) -> None:
             )
         )
     dispose_all()
-
-
-def start_server(log: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sendgrid_server", "--port", "0", "--log", str(log),
-         "--key", KEY, "--log-recipients-only"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
 def timed_run(root: Path, env: dict[str, str]) -> dict[str, float]:

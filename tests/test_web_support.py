@@ -117,40 +117,63 @@ def sent_issue(
     language: str = "de",
 ) -> int:
     """Rows as a finished send leaves them: the issue, the send, one accepted delivery each."""
-    now = datetime.now(UTC)
     with engine.begin() as conn:
-        issue_id = conn.execute(
-            schema.issues.insert().values(
-                slug=slug, title=title, subject=subject, language=language, created_at=now
-            )
-        ).inserted_primary_key[0]
-        send_id = conn.execute(
-            schema.sends.insert().values(
-                issue_id=issue_id,
-                status="done",
-                transport="sendgrid",
-                segment=[],
-                dry_run=False,
-                started_at=now,
-                finished_at=now,
-            )
-        ).inserted_primary_key[0]
-        if subscriber_ids:
-            conn.execute(
-                schema.deliveries.insert(),
-                [
-                    {
-                        "issue_id": issue_id,
-                        "subscriber_id": sid,
-                        "send_id": send_id,
-                        "state": "accepted",
-                        "batch_no": 0,
-                        "message_id": f"msg{sid}",
-                        "updated_at": now,
-                    }
-                    for sid in subscriber_ids
-                ],
-            )
+        return record_sent(
+            conn,
+            subscriber_ids,
+            slug=slug,
+            subject=subject,
+            title=title,
+            language=language,
+            when=datetime.now(UTC),
+            message_ids={sid: f"msg{sid}" for sid in subscriber_ids},
+        )
+
+
+def record_sent(
+    conn: Any,
+    subscriber_ids: list[int],
+    *,
+    slug: str,
+    title: str,
+    when: datetime,
+    subject: str | None = None,
+    language: str = "de",
+    message_ids: dict[int, str] | None = None,
+) -> int:
+    """`sent_issue` inside a transaction (the benchmarks write many at once)."""
+    issue_id = conn.execute(
+        schema.issues.insert().values(
+            slug=slug, title=title, subject=subject or title, language=language, created_at=when
+        )
+    ).inserted_primary_key[0]
+    send_id = conn.execute(
+        schema.sends.insert().values(
+            issue_id=issue_id,
+            status="done",
+            transport="sendgrid",
+            segment=[],
+            dry_run=False,
+            started_at=when,
+            finished_at=when,
+        )
+    ).inserted_primary_key[0]
+    if subscriber_ids:
+        conn.execute(
+            schema.deliveries.insert(),
+            [
+                {
+                    "issue_id": issue_id,
+                    "subscriber_id": sid,
+                    "send_id": send_id,
+                    "state": "accepted",
+                    "batch_no": 0,
+                    "message_id": (message_ids or {}).get(sid),
+                    "updated_at": when,
+                }
+                for sid in subscriber_ids
+            ],
+        )
     return int(issue_id)
 
 
