@@ -11,7 +11,7 @@ import pytest
 from newsletter import inline_css
 from newsletter.project import Project
 from newsletter.render import render_file
-from tests.conftest import EXAMPLE_ISSUE
+from tests.conftest import EXAMPLE_ISSUE, REPO
 
 
 @pytest.fixture
@@ -88,3 +88,25 @@ def test_no_home_directory_means_no_cache(example, monkeypatch):
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert inline_css.cache_folder() is None
     assert 'style="' in render_file(project, issue).html
+
+
+def test_a_cached_render_does_not_load_premailer(example, tmp_path):
+    """What the cache saves is premailer's run and its import (cssutils, lxml: a quarter of a
+    second): finding the installed versions for the key must not import them either."""
+    import subprocess
+    import sys
+
+    project, issue = example
+    script = (
+        "import sys; from pathlib import Path; from newsletter.project import Project; "
+        "from newsletter.render import render_file; "
+        f"render_file(Project.load(Path({str(project.root)!r})), Path({str(issue)!r})); "
+        "print('premailer' in sys.modules, 'cssutils' in sys.modules)"
+    )
+    env = {**__import__("os").environ, "NEWSLETTER_CACHE_DIR": str(tmp_path / "cache")}
+    run = [sys.executable, "-c", script]
+    first, again = (
+        subprocess.run(run, env=env, cwd=REPO, capture_output=True, text=True) for _ in "12"
+    )
+    assert first.stdout.split() == ["True", "True"], first.stderr  # an empty cache: it ran
+    assert again.stdout.split() == ["False", "False"], again.stderr
