@@ -85,6 +85,16 @@ def _error(message: str, field: str | None = None, help: str | None = None) -> d
     return {"message": message, "field": field, "help": help}
 
 
+def _too_big(values: dict[str, str], limit: int = 10000) -> bool:
+    """Whether compact UTF-8 JSON of `values` takes `limit` bytes or more, as SendGrid counts.
+    Exact near the limit only: JSON-escaped UTF-8 takes at most 6 bytes a character (and 6
+    more per pair), so a small dict needs no encoding. A benchmark sends 100,000 of them."""
+    chars = sum(map(len, values)) + sum(map(len, values.values())) + len(values)
+    if 6 * chars + 2 < limit:
+        return False
+    return len(json.dumps(values, ensure_ascii=False).encode()) >= limit
+
+
 def validate_mail(body: Any, now: float | None = None) -> list[dict[str, Any]]:
     """Every limit of SendGrid's Mail Send API that a request breaks (empty list: valid)."""
     errors: list[dict[str, Any]] = []
@@ -134,7 +144,7 @@ def validate_mail(body: Any, now: float | None = None) -> list[dict[str, Any]]:
         subs = p.get("substitutions") or {}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in subs.items()):
             errors.append(_error("Substitution values must be strings.", f"{where}.substitutions"))
-        elif len(json.dumps(subs, ensure_ascii=False).encode()) >= 10000:
+        elif _too_big(subs):
             errors.append(
                 _error(
                     "The substitutions must total less than 10000 bytes.", f"{where}.substitutions"
@@ -143,7 +153,7 @@ def validate_mail(body: Any, now: float | None = None) -> list[dict[str, Any]]:
         args = {**message_args, **(p.get("custom_args") or {})}
         if not all(isinstance(v, str) for v in args.values()):
             errors.append(_error("Custom arg values must be strings.", f"{where}.custom_args"))
-        elif len(json.dumps(args, ensure_ascii=False).encode()) >= 10000:
+        elif _too_big(args):
             errors.append(
                 _error("The custom_args must total less than 10000 bytes.", f"{where}.custom_args")
             )

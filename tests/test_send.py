@@ -22,6 +22,7 @@ from newsletter.store.schema import (
     CUSTOM_ARG_SUBSCRIBER,
     deliveries,
     sends,
+    subscribers,
 )
 from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
@@ -126,6 +127,38 @@ def test_escaping_in_both_parts(project, db, sg, cli):
     )
     assert "<b>Tom" not in page
     assert "täglich" in page and "Überblick" in text  # umlauts survive
+
+
+def test_a_reader_over_sendgrids_size_limit_fails_alone(make_project, db, sg, cli):
+    """Six expressions over a 500-character custom field: one reader's values come to about
+    12,000 bytes, over SendGrid's 10,000 for substitutions. They fail, with why; the others
+    in the same batch go out; the ledger says so."""
+    filters = ["", " | upper", " | lower", " | title", " | capitalize"]
+    body = "\n\n".join(f'{{{{ subscriber.fields.bio | default(""){f} }}}}' for f in filters)
+    root = make_project(
+        issues={"gross.md": f"---\ntitle: Groß\n---\n\nHallo {{{{ subscriber.first_name }}}}\n\n{body}\n"}
+    )
+    engine = open_engine(Project.load(root).database_url)
+    add_subscriber(engine, "kurz@example.org", first_name="Kurz", fields={"bio": "Grüße"})
+    add_subscriber(engine, "lang@example.org", first_name="Lang", fields={"bio": "ü" * 500})
+    add_subscriber(engine, "auch@example.org", first_name="Auch", fields={"bio": "Straße"})
+    result = cli(root, "send", "gross", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "2 accepted by SendGrid" in result.output and "1 failed" in result.output
+    assert "lang@example.org" in result.output and "10000-byte substitution limit" in result.output
+    assert sorted(sg.recipients()) == ["auch@example.org", "kurz@example.org"]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(subscribers.c.email, deliveries.c.state, deliveries.c.error).join(
+                subscribers, subscribers.c.id == deliveries.c.subscriber_id
+            )
+        ).all()
+    states = {r.email: (r.state, bool(r.error)) for r in rows}
+    assert states == {
+        "kurz@example.org": ("accepted", False),
+        "lang@example.org": ("failed", True),
+        "auch@example.org": ("accepted", False),
+    }
 
 
 def test_outbox_without_key_writes_eml(project, db, cli):

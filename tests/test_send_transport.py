@@ -13,7 +13,7 @@ import pytest
 from newsletter.project import Project
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.single import send_transactional
-from newsletter.sending.transports.sendgrid import SendGridTransport, mail_body
+from newsletter.sending.transports.sendgrid import SendGridTransport, mail_body, mail_json
 from tests.sendgrid_server import FakeSendGrid, validate_mail
 
 KEY = "SG.test-key"
@@ -25,7 +25,7 @@ def server():
         yield s
 
 
-def body_for(addresses: list[str], **message_kw) -> dict:
+def batch_for(addresses: list[str], **message_kw) -> Batch:
     message = Message(
         from_email=message_kw.pop("from_email", "jens@example.com"),
         from_name="Jens",
@@ -45,7 +45,11 @@ def body_for(addresses: list[str], **message_kw) -> dict:
         )
         for i, a in enumerate(addresses)
     ]
-    return mail_body(Batch(message, people))
+    return Batch(message, people)
+
+
+def body_for(addresses: list[str], **message_kw) -> dict:
+    return mail_body(batch_for(addresses, **message_kw))
 
 
 def transport(server: FakeSendGrid, key: str = KEY, **kw) -> SendGridTransport:
@@ -53,27 +57,27 @@ def transport(server: FakeSendGrid, key: str = KEY, **kw) -> SendGridTransport:
 
 
 def test_accepted_with_message_id(server):
-    outcome = transport(server).post_mail(body_for(["a@example.org", "b@example.org"]))
+    outcome = transport(server).send(batch_for(["a@example.org", "b@example.org"]))[0]
     assert outcome.state == "accepted"
     assert outcome.message_id == server.messages[0]["_message_id"]
     assert server.recipients() == ["a@example.org", "b@example.org"]
 
 
 def test_sandbox_validates_and_records_nothing(server):
-    outcome = transport(server).post_mail(body_for(["a@example.org"], sandbox=True))
+    outcome = transport(server).send(batch_for(["a@example.org"], sandbox=True))[0]
     assert outcome.state == "accepted"
     assert server.messages == []
     assert server.requests[0]["status"] == 200
 
 
 def test_bad_key_message_never_shows_the_key(server):
-    outcome = transport(server, key="SG.wrong-secret").post_mail(body_for(["a@example.org"]))
+    outcome = transport(server, key="SG.wrong-secret").send(batch_for(["a@example.org"]))[0]
     assert (outcome.state, outcome.fatal) == ("failed", True)
     assert outcome.error == "SendGrid rejected the API key (check SENDGRID_API_KEY)"
 
 
 def test_unverified_sender_names_the_address(server):
-    outcome = transport(server).post_mail(body_for(["a@example.org"], from_email="x@nope.de"))
+    outcome = transport(server).send(batch_for(["a@example.org"], from_email="x@nope.de"))[0]
     assert outcome.state == "failed"
     assert "x@nope.de" in outcome.error and "verif" in outcome.error
 
@@ -88,34 +92,34 @@ def test_bad_payload_lists_field_errors(server):
 
 def test_429_waits_and_retries(server):
     server.inject("429", count=2, reset_in=0)
-    outcome = transport(server).post_mail(body_for(["a@example.org"]))
+    outcome = transport(server).send(batch_for(["a@example.org"]))[0]
     assert outcome.state == "accepted" and outcome.attempts == 3
     assert [r["status"] for r in server.requests] == [429, 429, 202]
 
 
 def test_5xx_retries_then_stops(server):
     server.inject("503", count=10)
-    outcome = transport(server, max_retries=2).post_mail(body_for(["a@example.org"]))
+    outcome = transport(server, max_retries=2).send(batch_for(["a@example.org"]))[0]
     assert (outcome.state, outcome.fatal, outcome.attempts) == ("failed", True, 3)
     assert "503" in outcome.error and server.messages == []
 
 
 def test_dropped_answer_is_uncertain(server):
     server.inject("drop")
-    outcome = transport(server).post_mail(body_for(["a@example.org"]))
+    outcome = transport(server).send(batch_for(["a@example.org"]))[0]
     assert outcome.state == "uncertain"
     assert len(server.requests) == 1  # never retried automatically
 
 
 def test_timeout_is_uncertain(server):
     server.inject("delay", seconds=1.0)
-    outcome = transport(server, timeout=0.2).post_mail(body_for(["a@example.org"]))
+    outcome = transport(server, timeout=0.2).send(batch_for(["a@example.org"]))[0]
     assert outcome.state == "uncertain" and "timed out" in outcome.error
 
 
 def test_refused_connection_retries_then_names_host():
     t = SendGridTransport(KEY, "http://127.0.0.1:9", timeout=1, backoff=0.001, max_retries=2)
-    outcome = t.post_mail(body_for(["a@example.org"]))
+    outcome = t.send(batch_for(["a@example.org"]))[0]
     assert (outcome.state, outcome.attempts) == ("failed", 3)
     assert "127.0.0.1:9" in outcome.error and "check the network" in outcome.error
 
@@ -133,6 +137,94 @@ def test_server_enforces_limits():
         "content",
     } <= fields
     assert validate_mail(body_for(["a@example.org"])) == []
+
+
+@pytest.mark.parametrize(("umlauts", "refused"), [(4990, False), (4996, True)])
+def test_server_counts_substitution_bytes_as_sendgrid_does(umlauts, refused):
+    """Near the limit the server counts compact UTF-8 JSON bytes: {"k": "ü…"} is 9 bytes
+    plus 2 per ü (9,989 and 10,001 here)."""
+    body = body_for(["a@example.org"])
+    body["personalizations"][0]["substitutions"] = {"k": "ü" * umlauts}
+    fields = {e["field"] for e in validate_mail(body)}
+    assert ("personalizations.0.substitutions" in fields) is refused
+
+
+AWKWARD = [
+    "Jörg", "„Grüße“", 'Tom & "Jerry" <b>', "back\\slash", "tab\tand\nnewline\r",
+    "\x00nul\x7f", "emoji 🎉 and 𝔘", "\u2028line\u2029", "", " spaced ", "ß" * 50,
+]
+
+
+def awkward_batch(seed: int) -> tuple[Batch, int | None]:
+    """A message and recipients drawn from strings JSON escapes in every way, with every
+    optional part of the body on or off."""
+    import random
+    from datetime import UTC, datetime
+
+    pick = random.Random(seed)
+
+    def text() -> str:
+        return "".join(pick.choice(AWKWARD) for _ in range(pick.randint(0, 3)))
+
+    def mapping() -> dict[str, str]:
+        return {f"%%{text()}{i}%%": text() for i in range(pick.randint(0, 4))}
+
+    message = Message(
+        from_email="jens@example.com",
+        from_name=text(),
+        subject=text() or "Betreff",
+        html=text() or "<p>x</p>",
+        text=text() or "x",
+        reply_to=pick.choice([None, "jens@example.com", "reply+%newsletter_reply_token%@r.de"]),
+        headers=pick.choice([{}, {"List-Id": f"<{text()}.example.com>"}]),
+        categories=tuple(text() for _ in range(pick.randint(0, 3))),
+        ids=pick.choice([{}, {"newsletter_step": "welcome/1"}]),
+        unsubscribe_mailto=pick.choice([None, "reply+%newsletter_reply_token%@r.de"]),
+        send_at=pick.choice([None, datetime(2026, 12, 1, 9, tzinfo=UTC)]),
+        schedule_id=pick.choice([None, "batch-1"]),
+        sandbox=pick.random() < 0.5,
+        track_opens=pick.random() < 0.5,
+        track_clicks=pick.random() < 0.5,
+    )
+    people = [
+        Recipient(
+            email=f"leser{i}@example.org",
+            name=pick.choice([None, "", text()]),
+            substitutions={**mapping(), "%newsletter_reply_token%": text()},
+            unsubscribe_url=pick.choice([None, f"https://news.example.com/u/{text()}"]),
+            ids=pick.choice([{}, mapping()]),
+            headers=pick.choice([{}, {"X-Leser": text()}]),
+        )
+        for i in range(pick.randint(1, 6))
+    ]
+    return Batch(message, people), pick.choice([None, 42])
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_posted_json_is_the_body_json_dumps_would_write(seed):
+    """What a send posts is written directly as JSON text (fast); byte for byte it is what
+    `json.dumps` makes of the body, on umlauts, emoji, quotes, control characters and every
+    optional part."""
+    batch, group = awkward_batch(seed)
+    expected = json.dumps(mail_body(batch, asm_group_id=group)).encode()
+    assert mail_json(batch, asm_group_id=group) == expected
+    assert json.loads(expected)["personalizations"][0]["to"][0]["email"] == "leser0@example.org"
+
+
+def test_the_posted_json_reaches_the_server_intact(server):
+    """German text and typographic quotes arrive as written."""
+    batch = batch_for(["a@example.org"])
+    people = [batch.recipients[0]._replace(name="Jörg „der Leser“ Müller")]
+    [outcome] = transport(server).send(Batch(batch.message, people))
+    assert outcome.state == "accepted"
+    [message] = server.messages
+    assert message["subject"] == "Grüße „zum“ Test"
+    assert message["personalizations"][0]["to"] == [
+        {"email": "a@example.org", "name": "Jörg „der Leser“ Müller"}
+    ]
+    assert message["personalizations"][0]["headers"]["List-Unsubscribe-Post"] == (
+        "List-Unsubscribe=One-Click"
+    )
 
 
 def test_suppression_paging(server):

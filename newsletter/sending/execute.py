@@ -66,8 +66,8 @@ class SendReport:
         return self.accepted + self.failed + self.uncertain
 
 
-#: (subscriber id, has a ledger row, recipient, why the transport refuses them or None)
-Built = tuple[int, bool, Recipient, "str | None"]
+#: (subscriber id, has a ledger row, recipient)
+Built = tuple[int, bool, Recipient]
 #: (id, email, name, (first name, last name, custom fields as JSON text), has a ledger row):
 #: one subscriber as read for the send; the JSON is parsed by the builder (in parallel).
 Row = tuple[int, str, "str | None", "tuple[str | None, str | None, str | None]", bool]
@@ -133,34 +133,64 @@ class Personalizer:
         self.keys = subscriber_keys_used(rendered.expressions)
         self.cache: dict[tuple[Any, ...], dict[str, str]] = {}
 
-    def _key(self, context: dict[str, Any]) -> tuple[Any, ...]:
-        fields = context.get("fields") or {}
+    def _key(self, row: tuple[Any, ...], raw_fields: Any) -> tuple[Any, ...]:
+        """What the expressions read of one reader: `row` is (id, email, name, first_name,
+        last_name), `raw_fields` the custom fields (JSON text or a dict), parsed only when
+        needed: an empty built-in field falls back to the custom field of that name, as in
+        `subscriber_view`."""
         out: list[Any] = []
+        fields: dict[str, Any] | None = None
         for name in self.keys or ():
-            if name == "fields":
-                out.append(json.dumps(fields, sort_keys=True, default=str))
-                continue
-            value = context.get(name) if name in _BUILT_IN else None
-            if value in (None, ""):
+            index = _ROW_INDEX.get(name)
+            value = row[index] if index is not None else None
+            if value is None or value == "":
+                if fields is None:
+                    fields = custom_fields(raw_fields)
+                if name == "fields":
+                    out.append(json.dumps(fields, sort_keys=True, default=str))
+                    continue
                 value = fields.get(name)
             out.append(None if value == "" else repr(value))
         return tuple(out)
 
     def __call__(self, context: dict[str, Any], url: str) -> dict[str, str]:
+        """The substitutions for one reader (a new dict, the caller's to change)."""
         if self.keys is None:
             return self.rendered.substitutions(context, url)
-        key = self._key(context)
-        known = self.cache.get(key)
+        row = tuple(context.get(name) for name in _BUILT_IN)
+        known = self.cache.get(self._key(row, context.get("fields")))
         if known is None:
-            subs = self.rendered.substitutions(context, url)
-            if len(self.cache) < self.MAX_CACHED:
-                self.cache[key] = subs
-            return subs
-        subs = dict(known)
+            return self._remember(context, url, row, context.get("fields"))
+        return self._with_url(known, url)
+
+    def for_row(self, row: tuple[Any, ...], raw_fields: Any, url: str) -> dict[str, str]:
+        """`self(context, url)` for a reader as read for a send (see `_key`), without
+        building their context unless the cache has not seen their like."""
+        if self.keys is not None:
+            known = self.cache.get(self._key(row, raw_fields))
+            if known is not None:
+                return self._with_url(known, url)
+        context = dict(zip(_BUILT_IN, row, strict=True))
+        context["fields"] = custom_fields(raw_fields)
+        if self.keys is None:
+            return self.rendered.substitutions(context, url)
+        return self._remember(context, url, row, raw_fields)
+
+    def _remember(
+        self, context: dict[str, Any], url: str, row: tuple[Any, ...], raw_fields: Any
+    ) -> dict[str, str]:
+        subs = self.rendered.substitutions(context, url)
+        if len(self.cache) < self.MAX_CACHED:
+            self.cache[self._key(row, raw_fields)] = subs
+        return dict(subs)
+
+    @staticmethod
+    def _with_url(known: dict[str, str], url: str) -> dict[str, str]:
         clean = url[:MAX_URL_CHARS].replace("%%", "%")
-        subs[UNSUBSCRIBE_HTML_KEY] = html_value(clean)
-        subs[UNSUBSCRIBE_TEXT_KEY] = clean
-        return subs
+        return {**known, UNSUBSCRIBE_HTML_KEY: html_value(clean), UNSUBSCRIBE_TEXT_KEY: clean}
+
+
+_ROW_INDEX = {name: index for index, name in enumerate(_BUILT_IN)}
 
 
 @dataclass
@@ -171,8 +201,6 @@ class Builder:
     unsubscribe_url: Callable[[int], str]
     issue_id: int
     send_id: int
-    #: The transport's check of a recipient against its limits (run here, in parallel).
-    refuse: Callable[[Recipient], str | None]
     #: With `[replies] domain`: each reader's signed reply token (`REPLY_TOKEN_TAG` in Reply-To).
     reply_token: Callable[[int], str] | None = None
 
@@ -182,36 +210,20 @@ class Builder:
     def build(self, page: list[Row]) -> list[Built]:
         out: list[Built] = []
         issue, send = str(self.issue_id), str(self.send_id)
-        refuse = self.refuse
-        personalize = self.personalize
         reply_token = self.reply_token
-        for sid, address, name, fields, has_row in page:
-            url = self.unsubscribe_url(sid)
-            context = {
-                "id": sid,
-                "email": address,
-                "name": name,
-                "first_name": fields[0],
-                "last_name": fields[1],
-                "fields": custom_fields(fields[2]),
-            }
-            recipient = Recipient(
-                email=address,
-                name=name,
-                substitutions=(
-                    {**personalize(context, url), REPLY_TOKEN_TAG: reply_token(sid)}
-                    if reply_token is not None
-                    else personalize(context, url)
-                ),
-                unsubscribe_url=url,
-                ids={
-                    CUSTOM_ARG_ISSUE: issue,
-                    CUSTOM_ARG_SUBSCRIBER: str(sid),
-                    CUSTOM_ARG_SEND: send,
-                },
-            )
-            out.append((sid, has_row, recipient, refuse(recipient)))
+        personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
+        make = Recipient._make
+        for sid, address, name, (first, last, fields), has_row in page:
+            url = unsubscribe_url(sid)
+            substitutions = personalize((sid, address, name, first, last), fields, url)
+            if reply_token is not None:
+                substitutions[REPLY_TOKEN_TAG] = reply_token(sid)
+            ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
+            out.append((sid, has_row, make((address, name, substitutions, url, ids, _NO_HEADERS))))
         return out
+
+
+_NO_HEADERS: dict[str, str] = {}
 
 
 def custom_fields(raw: Any) -> dict[str, Any]:
@@ -370,7 +382,6 @@ def execute(
         unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
         issue_id,
         send_id,
-        transport.refuse,
         token_maker(REPLY, issue_id, key=key)
         if project.config.section("replies")["domain"]
         else None,
@@ -518,7 +529,6 @@ def _send_batches(
     batch_sids: list[int] = []
     new_ids: list[int] = []
     again_ids: list[int] = []
-    refused: dict[int, str] = {}
 
     def halted() -> bool:
         return report.error is not None or stop.is_set()
@@ -529,13 +539,7 @@ def _send_batches(
             # Asked to stop: claim nothing more; these people are simply not sent to yet.
             for pending_list in (batch, batch_sids, new_ids, again_ids):
                 pending_list.clear()
-            refused.clear()
             return
-        if use_ledger and refused:
-            ledger.record_failed_new(issue_id, send_id, batch_no, dict(refused))
-        report.failed += len(refused)
-        report.errors.extend(e for e in refused.values() if e not in report.errors)
-        refused.clear()
         if not batch:
             return
         batch_no += 1
@@ -561,10 +565,7 @@ def _send_batches(
             settle(done)
 
     def take(built: list[Built]) -> None:
-        for sid, has_row, recipient, problem in built:
-            if problem:
-                refused[sid] = problem
-                continue
+        for sid, has_row, recipient in built:
             batch.append(recipient)
             batch_sids.append(sid)
             (again_ids if has_row else new_ids).append(sid)

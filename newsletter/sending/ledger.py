@@ -465,33 +465,6 @@ class Ledger:
                 ],
             )
 
-    def record_failed_new(
-        self, issue_id: int, send_id: int, batch_no: int, failures: dict[int, str]
-    ) -> None:
-        """Recipients refused before sending (e.g. substitutions over SendGrid's limit)."""
-        stamp = now()
-        with self.engine.begin() as conn:
-            for sid, error in failures.items():
-                updated = conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id == sid)
-                    .values(
-                        state=DeliveryState.FAILED, error=error, send_id=send_id, updated_at=stamp
-                    )
-                )
-                if not updated.rowcount:
-                    conn.execute(
-                        insert(deliveries).values(
-                            issue_id=issue_id,
-                            subscriber_id=sid,
-                            send_id=send_id,
-                            state=DeliveryState.FAILED,
-                            batch_no=batch_no,
-                            error=error,
-                            updated_at=stamp,
-                        )
-                    )
-
     def remove_send_rows(self, send_id: int) -> int:
         """A cancelled scheduled send: its people never got the issue, so a later send may go."""
         with self.engine.begin() as conn:

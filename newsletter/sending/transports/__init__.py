@@ -81,10 +81,15 @@ class Transport(Protocol):
     @property
     def where(self) -> str: ...
 
-    def send(self, batch: Batch) -> list[Outcome]: ...
+    def send(self, batch: Batch) -> list[Outcome]:
+        """One outcome per recipient, in order. A recipient over a provider limit (see
+        `refuse`) gets a failed outcome of their own; the others still go."""
+        ...
 
     def refuse(self, recipient: Recipient) -> str | None:
-        """Why this recipient cannot go through this transport (a provider limit), or None."""
+        """Why this recipient cannot go through this transport (a provider limit), or None.
+        For callers that must know before sending (a sequence step does not retry a
+        refused reader); `send` makes the same check itself."""
         ...
 
     def close(self) -> None: ...
