@@ -5,7 +5,7 @@ server running as a separate process on 127.0.0.1.
     python benchmarks/send_throughput.py --count 1000000  # one size
     python benchmarks/send_throughput.py --curve          # 100k, 250k, 500k, 1M: memory curve
     python benchmarks/send_throughput.py --bare           # the floor: a bare client posting
-                                                          # pre-built 1000-recipient payloads
+                                                          # pre-encoded 1000-recipient payloads
     python benchmarks/send_throughput.py --smtp           # SMTP to a local aiosmtpd sink,
                                                           # 4 connections, messages/s
     python benchmarks/send_throughput.py --runs 1         # one run per figure instead of 3
@@ -182,12 +182,14 @@ def run(count: int) -> dict[str, float]:
 
 
 def bare(count: int, concurrency: int = 4) -> dict[str, float]:
-    """The floor: pre-built 1000-recipient v3 bodies (built before the clock starts) posted
-    by `concurrency` threads through the same SendGrid client the transport uses."""
+    """The floor: 1000-recipient requests, encoded before the clock starts and shaped as a real
+    send's (name, four substitutions, List-Unsubscribe headers, three custom args), posted by
+    `concurrency` threads through the transport's own HTTP call. Only HTTP and the server's
+    work are timed."""
     from concurrent.futures import ThreadPoolExecutor
 
     from newsletter.sending.message import Batch, Message, Recipient
-    from newsletter.sending.transports.sendgrid import SendGridTransport, mail_body
+    from newsletter.sending.transports.sendgrid import SendGridTransport, mail_json
 
     log = Path(tempfile.mkdtemp(prefix="send-bare-")) / "sendgrid.log"
     server, host = start_server(log)
@@ -198,16 +200,28 @@ def bare(count: int, concurrency: int = 4) -> dict[str, float]:
         )
         bodies = []
         for start in range(0, count, 1000):
-            people = [
-                Recipient(
-                    f"leser{i}@example.org",
-                    substitutions={"%%nl:h:1%%": "Jörg", "%%nl:t:1%%": "Jörg"},
-                    unsubscribe_url=f"https://news.example.com/unsubscribe/{i}.signature",
-                    ids={"newsletter_issue_id": "1", "newsletter_subscriber_id": str(i)},
+            people = []
+            for i in range(start, min(start + 1000, count)):
+                url = f"https://news.example.com/unsubscribe/WzEsM{i}.t7AA4rRDlDHfDcpQts2wehlJK9E"
+                people.append(
+                    Recipient(
+                        f"leser{i}@example.org",
+                        name=f"Leser Nummer {i}",
+                        substitutions={
+                            "%%nl:h:0%%": "Jörg",
+                            "%%nl:t:0%%": "Jörg",
+                            "%%nl:h:unsubscribe%%": url,
+                            "%%nl:t:unsubscribe%%": url,
+                        },
+                        unsubscribe_url=url,
+                        ids={
+                            "newsletter_issue_id": "1",
+                            "newsletter_subscriber_id": str(i),
+                            "newsletter_send_id": "1",
+                        },
+                    )
                 )
-                for i in range(start, min(start + 1000, count))
-            ]
-            bodies.append(mail_body(Batch(message, people)))
+            bodies.append(mail_json(Batch(message, people)))
         transport = SendGridTransport(KEY, host, backoff=0.01)
         t = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:

@@ -285,24 +285,26 @@ def _rows(
 ) -> Iterator[list[Row]]:
     """Pages of the planned recipients (subscribed, in the segment, id <= up_to_id), by id:
     plain rows, not objects; those who already have the issue left out."""
-    from sqlalchemy import Text, select, type_coerce
+    from sqlalchemy import Integer, Text, bindparam, select, type_coerce
 
+    from newsletter.store.raw import CompiledQuery
     from newsletter.store.schema import deliveries, subscribers
     from newsletter.store.subscribers import segment_filters
 
     s = subscribers.c
     conditions = segment_filters(SubscriberStatus.SUBSCRIBED, plan.request.tags)
+    statement = (
+        select(s.id, s.email, s.name, s.first_name, s.last_name, type_coerce(s.fields, Text))
+        .where(s.id > bindparam("after", 0, type_=Integer), s.id <= plan.up_to_id, *conditions)
+        .order_by(s.id)
+        .limit(PAGE)
+    )
+    query: CompiledQuery | None = None
     last = 0
     while True:
         with engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    s.id, s.email, s.name, s.first_name, s.last_name, type_coerce(s.fields, Text)
-                )
-                .where(s.id > last, s.id <= plan.up_to_id, *conditions)
-                .order_by(s.id)
-                .limit(PAGE)
-            ).all()
+            query = query or CompiledQuery(conn, statement, "after")
+            rows = query.rows(conn, last)
             if not rows:
                 return
             states: dict[int, str] = {}
@@ -311,7 +313,7 @@ def _rows(
                     conn.execute(
                         select(deliveries.c.subscriber_id, deliveries.c.state).where(
                             deliveries.c.issue_id == issue_id,
-                            deliveries.c.subscriber_id.between(rows[0].id, rows[-1].id),
+                            deliveries.c.subscriber_id.between(rows[0][0], rows[-1][0]),
                         )
                     ).all()
                 )
@@ -323,7 +325,7 @@ def _rows(
             page.append((sid, email, name, (first, last_name, fields), state is not None))
         if page:
             yield page
-        last = rows[-1].id
+        last = rows[-1][0]
         if len(rows) < PAGE:
             return
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Column, Connection
+from sqlalchemy.sql import Executable
 
 
 def placeholder(conn: Connection) -> str:
@@ -77,3 +78,30 @@ def execute_in(
 ) -> int:
     """Run the statement `sql` (an UPDATE, say) like `select_in`; how many rows it changed."""
     return sum(result.rowcount or 0 for result in _chunks(conn, sql, values, before, after))
+
+
+class CompiledQuery:
+    """A SQLAlchemy statement compiled once for this database's driver, then run on the
+    driver's own cursor with one bound value changed per run (`after` for keyset paging):
+    rows come back as the driver's tuples, without SQLAlchemy's per-row objects (a bulk send
+    reads 100,000 rows; the Row objects took more CPU than SQLite)."""
+
+    def __init__(self, conn: Connection, statement: Executable, changing: str) -> None:
+        compiled = statement.compile(
+            dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        self.sql = str(compiled)
+        self.changing = changing
+        self._params = dict(compiled.params)
+        self._order = compiled.positiontup  # positional drivers (sqlite3): in this order
+
+    def rows(self, conn: Connection, value: Any) -> list[tuple[Any, ...]]:
+        params: Any = {**self._params, self.changing: value}
+        if self._order is not None:
+            params = tuple(params[name] for name in self._order)
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self.sql, params)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
