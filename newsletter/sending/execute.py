@@ -68,9 +68,11 @@ class SendReport:
 
 #: (subscriber id, has a ledger row, recipient)
 Built = tuple[int, bool, Recipient]
-#: (id, email, name, (first name, last name, custom fields as JSON text), has a ledger row):
-#: one subscriber as read for the send; the JSON is parsed by the builder (in parallel).
-Row = tuple[int, str, "str | None", "tuple[str | None, str | None, str | None]", bool]
+#: (id, email, name, first name, last name, custom fields as JSON text): one subscriber as
+#: read for the send; the JSON is parsed by the builder (in parallel) when it is needed.
+Row = tuple[int, str, "str | None", "str | None", "str | None", "str | None"]
+#: A page of rows by id, and the ids among them that have a ledger row already (a resume).
+Page = tuple[list[Row], "frozenset[int]"]
 #: Pages handed to build processes ahead of the sender: enough to keep them busy.
 BUILD_AHEAD = 3
 #: Lists at least this long are personalized by worker processes (fork) on multi-core machines;
@@ -207,23 +209,26 @@ class Builder:
     def __post_init__(self) -> None:
         self.personalize = Personalizer(self.rendered)
 
-    def build(self, page: list[Row]) -> list[Built]:
+    def build(self, page: Page) -> list[Built]:
         out: list[Built] = []
         issue, send = str(self.issue_id), str(self.send_id)
         reply_token = self.reply_token
         personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
         make = Recipient._make
-        for sid, address, name, (first, last, fields), has_row in page:
+        rows, with_rows = page
+        for sid, address, name, first, last, fields in rows:
             url = unsubscribe_url(sid)
             substitutions = personalize((sid, address, name, first, last), fields, url)
             if reply_token is not None:
                 substitutions[REPLY_TOKEN_TAG] = reply_token(sid)
             ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
-            out.append((sid, has_row, make((address, name, substitutions, url, ids, _NO_HEADERS))))
+            recipient = make((address, name, substitutions, url, ids, _NO_HEADERS))
+            out.append((sid, sid in with_rows, recipient))
         return out
 
 
 _NO_HEADERS: dict[str, str] = {}
+_NONE: frozenset[int] = frozenset()
 
 
 def custom_fields(raw: Any) -> dict[str, Any]:
@@ -241,7 +246,7 @@ def custom_fields(raw: Any) -> dict[str, Any]:
 _BUILDER: Builder | None = None
 
 
-def _build_in_worker(page: list[Row]) -> list[Built]:
+def _build_in_worker(page: Page) -> list[Built]:
     assert _BUILDER is not None
     return _BUILDER.build(page)
 
@@ -282,7 +287,7 @@ def _rows(
     issue_id: int,
     check_rows: bool,
     again: set[str],
-) -> Iterator[list[Row]]:
+) -> Iterator[Page]:
     """Pages of the planned recipients (subscribed, in the segment, id <= up_to_id), by id:
     plain rows, not objects; those who already have the issue left out."""
     from sqlalchemy import Integer, Text, bindparam, select, type_coerce
@@ -317,15 +322,14 @@ def _rows(
                         )
                     ).all()
                 )
-        page: list[Row] = []
-        for sid, email, name, first, last_name, fields in rows:
-            state = states.get(sid)
-            if state is not None and state not in again:
-                continue
-            page.append((sid, email, name, (first, last_name, fields), state is not None))
-        if page:
-            yield page
         last = rows[-1][0]
+        if states:
+            # Those who have the issue already are left out; those to try again are marked.
+            keep = [row for row in rows if row[0] not in states or states[row[0]] in again]
+            if keep:
+                yield keep, frozenset(row[0] for row in keep if row[0] in states)
+        else:
+            yield rows, _NONE
         if len(rows) < PAGE:
             return
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Column, Connection
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql.expression import Select
 
 
 def placeholder(conn: Connection) -> str:
@@ -86,7 +86,7 @@ class CompiledQuery:
     rows come back as the driver's tuples, without SQLAlchemy's per-row objects (a bulk send
     reads 100,000 rows; the Row objects took more CPU than SQLite)."""
 
-    def __init__(self, conn: Connection, statement: Executable, changing: str) -> None:
+    def __init__(self, conn: Connection, statement: Select[Any], changing: str) -> None:
         compiled = statement.compile(
             dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
         )
@@ -102,6 +102,6 @@ class CompiledQuery:
         cursor = conn.connection.cursor()
         try:
             cursor.execute(self.sql, params)
-            return cursor.fetchall()
+            return list(cursor.fetchall())
         finally:
             cursor.close()
