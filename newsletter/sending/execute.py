@@ -507,8 +507,6 @@ def _send_batches(
                 outcomes = [
                     Outcome(DeliveryState.UNCERTAIN, error=f"unexpected error: {exc}")
                 ] * len(ids)
-            if use_ledger:
-                ledger.record_outcomes(issue_id, send_id, ids, outcomes)
             for outcome in outcomes:
                 if outcome.state == DeliveryState.ACCEPTED:
                     report.accepted += 1
@@ -521,12 +519,13 @@ def _send_batches(
                     report.errors.append(outcome.error)
                 if outcome.fatal and not report.error:
                     report.error = outcome.error
-            ledger.update_totals(
-                send_id,
-                accepted=report.accepted,
-                failed=report.failed,
-                uncertain=report.uncertain,
-            )
+            totals = (report.accepted, report.failed, report.uncertain)
+            if use_ledger:
+                ledger.record_outcomes(issue_id, send_id, ids, outcomes, totals=totals)
+            else:
+                ledger.update_totals(
+                    send_id, accepted=totals[0], failed=totals[1], uncertain=totals[2]
+                )
             if progress:
                 progress(report)
 

@@ -146,6 +146,13 @@ def m009_sequences(conn: Connection) -> None:
     )
 
 
+def m010_no_delivery_message_id_index(conn: Connection) -> None:
+    """Drop the index on `deliveries.message_id`: nothing looks a delivery up by it (events
+    name their issue and reader), and keeping it up to date was half of a bulk send's ledger
+    writes (every row's id goes from none to SendGrid's)."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_message_id")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -157,6 +164,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m007_stats_counters", m007_stats_counters),
     ("m008_reply_flags", m008_reply_flags),
     ("m009_sequences", m009_sequences),
+    ("m010_no_delivery_message_id_index", m010_no_delivery_message_id_index),
 ]
 
 

@@ -159,7 +159,6 @@ deliveries = Table(
     UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
 )
 Index("ix_deliveries_send_state", deliveries.c.send_id, deliveries.c.state)
-Index("ix_deliveries_message_id", deliveries.c.message_id)
 
 events = Table(
     "events",
