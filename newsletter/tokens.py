@@ -6,7 +6,7 @@ Each purpose has its own salt, so a token made for one cannot be used for anothe
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -132,17 +132,23 @@ def token_maker(purpose: str, issue_id: int | None, *, key: str) -> Callable[[in
     if not _fast_signing_matches(signer):
         return lambda subscriber_id: str(serializer.dumps([subscriber_id, issue_id]))
     keyed = hmac.new(signer.derive_key(), digestmod=hashlib.sha1)
+    b2a = binascii.b2a_base64
     tail = "null" if issue_id is None else str(int(issue_id))
 
     def token(subscriber_id: int) -> str:
-        payload = f"[{int(subscriber_id)},{tail}]".encode("ascii")
-        value = base64.urlsafe_b64encode(payload).rstrip(b"=")
+        # URL-safe base64 without padding, as itsdangerous writes it (binascii and one
+        # translate: a bulk send makes one token per reader).
+        payload = f"[{int(subscriber_id)},{tail}]".encode()
+        value = b2a(payload, newline=False).translate(_URLSAFE, b"=")
         mac = keyed.copy()
         mac.update(value)
-        signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
-        return f"{value.decode('ascii')}.{signature.decode('ascii')}"
+        signature = b2a(mac.digest(), newline=False).translate(_URLSAFE, b"=")
+        return (value + b"." + signature).decode()
 
     return token
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _fast_signing_matches(signer: Any) -> bool:

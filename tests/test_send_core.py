@@ -4,6 +4,7 @@ headers on every transport, the outbox's .eml shape, and `deliver` for other fea
 from __future__ import annotations
 
 import email
+import json
 import re
 from email import policy
 from pathlib import Path
@@ -313,6 +314,15 @@ def test_memoized_personalization_equals_per_reader_rendering(make_project):
         url = f"https://news.example.com/unsubscribe/{person['id']}%%x&y"
         assert personalize(person, url) == rendered.substitutions(person, url)
     assert len(personalize.cache) == 5
+    # The bulk send's way in: the row as read (custom fields as JSON text), no context built.
+    rows = Personalizer(rendered)
+    for person in people:
+        url = f"https://news.example.com/unsubscribe/{person['id']}%%x&y"
+        row = tuple(person[k] for k in ("id", "email", "name", "first_name", "last_name"))
+        got = rows.for_row(row, json.dumps(person["fields"]), url)
+        assert got == rendered.substitutions(person, url)
+        got["changed"] = "by the caller"  # a reader's dict is their own: the cache is unharmed
+    assert len(rows.cache) == 5 and all("changed" not in v for v in rows.cache.values())
 
 
 def test_stats_count_a_scheduled_send_beside_an_immediate_one(root, sg, cli):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -496,17 +497,41 @@ def _send_batches(
     send_id = report.send_id
     owner = lease.owner if lease is not None else None
     slug = plan.slug
-    pending: dict[Future[list[Outcome]], list[int]] = {}
+    pending: dict[Future[list[Outcome]], int] = {}
+    totals_written = time.monotonic()
+
+    def deliver(
+        number: int, ids: list[int], people: list[Recipient], new: list[int], again: list[int]
+    ) -> list[Outcome]:
+        """In a sender thread: claim the batch, send it, record what came back. The ledger's
+        database work runs here, beside the builder (SQLite and PostgreSQL's drivers let go of
+        the GIL while they work). A claim that fails (the lease was lost) raises: nothing of
+        this batch was recorded or sent."""
+        if use_ledger:
+            kept = ledger.claim(issue_id, send_id, number, new, again, owner=owner, slug=slug)
+            if len(kept) < len(ids):
+                # Unsubscribed or forgotten since they were read: they get nothing.
+                people = [p for p, sid in zip(people, ids, strict=True) if sid in kept]
+                ids = [sid for sid in ids if sid in kept]
+        if not people:
+            return []
+        try:
+            outcomes = transport.send(Batch(message, people))
+        except Exception as exc:  # a bug or an unexpected library error: not known sent
+            outcomes = [Outcome(DeliveryState.UNCERTAIN, error=f"unexpected error: {exc}")] * len(
+                ids
+            )
+        if use_ledger:
+            ledger.record_outcomes(issue_id, send_id, ids, outcomes)
+        return outcomes
 
     def settle(done: set[Future[list[Outcome]]]) -> None:
+        """Count what the sender threads did (the ledger has it already)."""
+        nonlocal totals_written
         for future in done:
-            ids = pending.pop(future)
-            try:
-                outcomes = future.result()
-            except Exception as exc:  # a bug or an unexpected library error: not known sent
-                outcomes = [
-                    Outcome(DeliveryState.UNCERTAIN, error=f"unexpected error: {exc}")
-                ] * len(ids)
+            pending.pop(future)
+            # A refused claim (the lease was lost) raises SendError here: the send stops.
+            outcomes = future.result()
             for outcome in outcomes:
                 if outcome.state == DeliveryState.ACCEPTED:
                     report.accepted += 1
@@ -519,15 +544,19 @@ def _send_batches(
                     report.errors.append(outcome.error)
                 if outcome.fatal and not report.error:
                     report.error = outcome.error
-            totals = (report.accepted, report.failed, report.uncertain)
-            if use_ledger:
-                ledger.record_outcomes(issue_id, send_id, ids, outcomes, totals=totals)
-            else:
-                ledger.update_totals(
-                    send_id, accepted=totals[0], failed=totals[1], uncertain=totals[2]
-                )
+            # `sends` shows the running totals. With a ledger its rows say who got what, so
+            # the totals are written once a second; without one (the outbox) they are the
+            # only record, so after every batch.
+            if not use_ledger or time.monotonic() - totals_written >= 1.0:
+                write_totals()
+                totals_written = time.monotonic()
             if progress:
                 progress(report)
+
+    def write_totals() -> None:
+        ledger.update_totals(
+            send_id, accepted=report.accepted, failed=report.failed, uncertain=report.uncertain
+        )
 
     batch_no = 0
     batch: list[Recipient] = []
@@ -548,19 +577,10 @@ def _send_batches(
         if not batch:
             return
         batch_no += 1
-        ids = list(batch_sids)
-        people = list(batch)
-        if use_ledger:
-            kept = ledger.claim(
-                issue_id, send_id, batch_no, new_ids, again_ids, owner=owner, slug=slug
-            )
-            if len(kept) < len(ids):
-                # Unsubscribed or forgotten since they were read: they get nothing.
-                people = [p for p, sid in zip(batch, batch_sids, strict=True) if sid in kept]
-                ids = [sid for sid in ids if sid in kept]
-        if people:
-            future = executor.submit(transport.send, Batch(message, people))
-            pending[future] = ids
+        future = executor.submit(
+            deliver, batch_no, list(batch_sids), list(batch), list(new_ids), list(again_ids)
+        )
+        pending[future] = batch_no
         batch.clear()
         batch_sids.clear()
         new_ids.clear()
@@ -608,3 +628,4 @@ def _send_batches(
                 except KeyboardInterrupt:
                     continue  # a second Ctrl-C: still settle, the answers are on their way
                 settle(done)
+            write_totals()
