@@ -136,7 +136,9 @@ def test_a_reader_over_sendgrids_size_limit_fails_alone(make_project, db, sg, cl
     filters = ["", " | upper", " | lower", " | title", " | capitalize"]
     body = "\n\n".join(f'{{{{ subscriber.fields.bio | default(""){f} }}}}' for f in filters)
     root = make_project(
-        issues={"gross.md": f"---\ntitle: Groß\n---\n\nHallo {{{{ subscriber.first_name }}}}\n\n{body}\n"}
+        issues={
+            "gross.md": f"---\ntitle: Groß\n---\n\nHallo {{{{ subscriber.first_name }}}}\n\n{body}\n"
+        }
     )
     engine = open_engine(Project.load(root).database_url)
     add_subscriber(engine, "kurz@example.org", first_name="Kurz", fields={"bio": "Grüße"})

@@ -150,8 +150,17 @@ def test_server_counts_substitution_bytes_as_sendgrid_does(umlauts, refused):
 
 
 AWKWARD = [
-    "Jörg", "„Grüße“", 'Tom & "Jerry" <b>', "back\\slash", "tab\tand\nnewline\r",
-    "\x00nul\x7f", "emoji 🎉 and 𝔘", "\u2028line\u2029", "", " spaced ", "ß" * 50,
+    "Jörg",
+    "„Grüße“",
+    'Tom & "Jerry" <b>',
+    "back\\slash",
+    "tab\tand\nnewline\r",
+    "\x00nul\x7f",
+    "emoji 🎉 and 𝔘",
+    "\u2028line\u2029",
+    "",
+    " spaced ",
+    "ß" * 50,
 ]
 
 

@@ -220,7 +220,8 @@ def mail_json(batch: Batch, *, asm_group_id: int | None = None, shared: str | No
 
 
 def _joined(shared: str, personalizations: list[str]) -> bytes:
-    return f"{shared}, \"personalizations\": [{', '.join(personalizations)}]}}".encode("ascii")
+    people = ", ".join(personalizations)
+    return "".join((shared, ', "personalizations": [', people, "]}")).encode("ascii")
 
 
 def shared_json(message: Message, *, asm_group_id: int | None = None) -> str:
