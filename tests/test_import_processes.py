@@ -169,6 +169,7 @@ def test_one_click_unsubscribes_during_a_big_import_are_all_stored(served, tmp_p
         extra = ["--tag", "neu"]
     importing = newsletter(project, "subscribers", "import", str(source), "--quiet", *extra)
     answers: list[tuple[int, float, str]] = []
+    during: list[bool] = []
     try:
         time.sleep(3.0)  # chunks are being written now
         for subscriber_id in ids:
@@ -176,15 +177,17 @@ def test_one_click_unsubscribes_during_a_big_import_are_all_stored(served, tmp_p
             start = time.monotonic()
             answer = httpx.post(f"{base}/unsubscribe/{token}", timeout=60)
             answers.append((answer.status_code, time.monotonic() - start, answer.text[:80]))
+            # Answered while the import was still writing? (On a loaded machine each POST may
+            # wait out a chunk's write lock, and the import can end before the fifth.)
+            during.append(importing.poll() is None)
             time.sleep(0.3)
-        still_importing = importing.poll() is None
         out, err = importing.communicate(timeout=600)
     finally:
         if importing.poll() is None:
             importing.kill()
     assert importing.returncode == 0, err
     assert (f"new: {rows}" if kind == "first import" else f"updated: {rows}") in out
-    assert still_importing  # the unsubscribes did meet the import
+    assert during[0] and any(during[1:]), during  # the unsubscribes did meet the import
     assert [code for code, _, _ in answers] == [200] * 5, answers
     assert [get_subscriber(engine, i).status for i in ids] == ["unsubscribed"] * 5
 

@@ -117,15 +117,6 @@ def _bound_time(conn: Any, stamp: datetime) -> Any:
     return binder(conn, deliveries.c.updated_at)(stamp)
 
 
-def _update_totals(conn: Any, send_id: int, totals: tuple[int, int, int]) -> None:
-    accepted, failed, uncertain = totals
-    conn.execute(
-        update(send_totals)
-        .where(send_totals.c.send_id == send_id)
-        .values(accepted=accepted, failed=failed, uncertain=uncertain, updated_at=now())
-    )
-
-
 def _record(
     conn: Any,
     issue_id: int,
@@ -218,7 +209,11 @@ class Ledger:
 
     def update_totals(self, send_id: int, *, accepted: int, failed: int, uncertain: int) -> None:
         with self.engine.begin() as conn:
-            _update_totals(conn, send_id, (accepted, failed, uncertain))
+            conn.execute(
+                update(send_totals)
+                .where(send_totals.c.send_id == send_id)
+                .values(accepted=accepted, failed=failed, uncertain=uncertain, updated_at=now())
+            )
 
     def totals(self) -> dict[int, Any]:
         with self.engine.connect() as conn:
@@ -433,24 +428,14 @@ class Ledger:
             _record(conn, issue_id, ids, state, message_id, error, send_id)
 
     def record_outcomes(
-        self,
-        issue_id: int,
-        send_id: int,
-        ids: Sequence[int],
-        outcomes: Sequence[Any],
-        *,
-        totals: tuple[int, int, int] | None = None,
+        self, issue_id: int, send_id: int, ids: Sequence[int], outcomes: Sequence[Any]
     ) -> None:
         """One outcome per id, all in one transaction: a SendGrid batch (one answer for all)
-        is one UPDATE; per-recipient answers (SMTP: a Message-ID each) one executemany.
-        With `totals` (accepted, failed, uncertain): the send's running totals, in the same
-        transaction (one commit per batch, not two)."""
+        is one UPDATE; per-recipient answers (SMTP: a Message-ID each) one executemany."""
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for sid, outcome in zip(ids, outcomes, strict=True):
             groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
         with self.engine.begin() as conn:
-            if totals is not None:
-                _update_totals(conn, send_id, totals)
             if len(groups) <= 2:
                 for (state, message_id, error), group in groups.items():
                     _record(conn, issue_id, group, state, message_id, error, send_id)
