@@ -163,6 +163,35 @@ def test_a_reader_over_sendgrids_size_limit_fails_alone(make_project, db, sg, cl
     }
 
 
+def test_a_reader_whose_fields_cannot_be_encoded_fails_alone(make_project, db, sg, cli):
+    """A lone surrogate (JSON can carry "\\ud800") in a big custom field: that reader is
+    measured and refused over SendGrid's limit; the rest of the batch goes out, nobody is left
+    `uncertain` (found in review: the size check raised, and the whole unsent batch was
+    recorded uncertain)."""
+    filters = ["", " | upper", " | lower", " | title", " | capitalize"]
+    body = "\n\n".join(f'{{{{ subscriber.fields.bio | default(""){f} }}}}' for f in filters)
+    root = make_project(issues={"gross.md": f"---\ntitle: Groß\n---\n\nHallo\n\n{body}\n"})
+    engine = open_engine(Project.load(root).database_url)
+    add_subscriber(engine, "kurz@example.org", fields={"bio": "kurz"})
+    add_subscriber(engine, "lang@example.org", fields={"bio": "\ud800" * 400})
+    add_subscriber(engine, "auch@example.org", fields={"bio": "auch"})
+    result = cli(root, "send", "gross", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "2 accepted by SendGrid" in result.output and "1 failed" in result.output
+    assert sorted(sg.recipients()) == ["auch@example.org", "kurz@example.org"]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(subscribers.c.email, deliveries.c.state).join(
+                subscribers, subscribers.c.id == deliveries.c.subscriber_id
+            )
+        ).all()
+    assert dict(rows) == {
+        "kurz@example.org": "accepted",
+        "lang@example.org": "failed",
+        "auch@example.org": "accepted",
+    }
+
+
 def test_outbox_without_key_writes_eml(project, db, cli):
     engine = open_engine(Project.load(project).database_url)
     add_subscriber(engine, "tom@example.org", first_name=TOM)

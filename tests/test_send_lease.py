@@ -65,6 +65,42 @@ def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
     assert lease_owner == "the-resumer"
 
 
+def test_totals_after_a_lost_lease_count_what_was_accepted(root, monkeypatch):
+    """Four batches in flight when the lease is lost: each sender thread records its batch
+    and adds it to the send's totals in one transaction, so what `sends` and `stats` count
+    agrees with the ledger (found in review: the totals had stayed at 0)."""
+    from newsletter.store.schema import send_totals
+
+    config = root / "newsletter.toml"
+    config.write_text(
+        config.read_text("utf-8").replace("concurrency = 1", "concurrency = 4"), "utf-8"
+    )
+    project = Project.load(root)
+    engine = open_engine(project.database_url)
+    for i in range(40):
+        add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
+        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        plan = plan_send(project, EXAMPLE_ISSUE.stem, SendRequest())
+
+        def take_over(report: SendReport) -> None:
+            with engine.begin() as conn:
+                conn.execute(update(send_leases).values(owner="the-resumer", pid=1))
+
+        with pytest.raises(SendError, match="took over"):
+            execute(plan, take_over)
+        delivered = len(sg.recipients())
+    with engine.connect() as conn:
+        states = conn.execute(select(deliveries.c.state)).scalars().all()
+        accepted, failed, uncertain = conn.execute(
+            select(send_totals.c.accepted, send_totals.c.failed, send_totals.c.uncertain)
+        ).one()
+    assert 2 <= delivered < 40  # some went out before the takeover was seen, not all
+    assert sorted(states) == ["accepted"] * delivered  # nothing claimed is left in flight
+    assert (accepted, failed, uncertain) == (delivered, 0, 0)
+
+
 def test_heartbeat_survives_a_dropped_database_connection(database_url):
     """A PostgreSQL restart (or a killed connection) must not kill the heartbeat thread: else
     a long send looks dead after LEASE_STALE_SECONDS and a --resume may take it over."""

@@ -161,6 +161,8 @@ AWKWARD = [
     "",
     " spaced ",
     "ß" * 50,
+    "   ",  # with the next: names that clean to nothing
+    "\r\n",
 ]
 
 

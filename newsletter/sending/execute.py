@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -498,7 +497,6 @@ def _send_batches(
     owner = lease.owner if lease is not None else None
     slug = plan.slug
     pending: dict[Future[list[Outcome]], int] = {}
-    totals_written = time.monotonic()
 
     def deliver(
         number: int, ids: list[int], people: list[Recipient], new: list[int], again: list[int]
@@ -521,13 +519,16 @@ def _send_batches(
             outcomes = [Outcome(DeliveryState.UNCERTAIN, error=f"unexpected error: {exc}")] * len(
                 ids
             )
+        # What came back, and the send's totals, in one transaction here: `sends` and
+        # `stats` agree with the ledger whenever and however the send stops.
         if use_ledger:
-            ledger.record_outcomes(issue_id, send_id, ids, outcomes)
+            ledger.record_outcomes(issue_id, send_id, ids, outcomes, count=True)
+        else:
+            ledger.count_outcomes(send_id, outcomes)
         return outcomes
 
     def settle(done: set[Future[list[Outcome]]]) -> None:
-        """Count what the sender threads did (the ledger has it already)."""
-        nonlocal totals_written
+        """Count what the sender threads did, for the report (the database has it already)."""
         for future in done:
             pending.pop(future)
             # A refused claim (the lease was lost) raises SendError here: the send stops.
@@ -544,19 +545,8 @@ def _send_batches(
                     report.errors.append(outcome.error)
                 if outcome.fatal and not report.error:
                     report.error = outcome.error
-            # `sends` shows the running totals. With a ledger its rows say who got what, so
-            # the totals are written once a second; without one (the outbox) they are the
-            # only record, so after every batch.
-            if not use_ledger or time.monotonic() - totals_written >= 1.0:
-                write_totals()
-                totals_written = time.monotonic()
             if progress:
                 progress(report)
-
-    def write_totals() -> None:
-        ledger.update_totals(
-            send_id, accepted=report.accepted, failed=report.failed, uncertain=report.uncertain
-        )
 
     batch_no = 0
     batch: list[Recipient] = []
@@ -620,12 +610,17 @@ def _send_batches(
             if not halted():
                 submit(executor)
         finally:
-            # Whatever happened (Ctrl-C included), settle what is in flight so the ledger
-            # says what we know.
+            # Whatever happened (Ctrl-C, a lost lease), wait for what is in flight: each
+            # sender thread records its own batch. The first error is raised after all.
+            failure: BaseException | None = None
             while pending:
                 try:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:
                     continue  # a second Ctrl-C: still settle, the answers are on their way
-                settle(done)
-            write_totals()
+                try:
+                    settle(done)
+                except Exception as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise failure

@@ -117,6 +117,23 @@ def _bound_time(conn: Any, stamp: datetime) -> Any:
     return binder(conn, deliveries.c.updated_at)(stamp)
 
 
+def _add_to_totals(conn: Any, send_id: int, outcomes: Sequence[Any]) -> None:
+    accepted = sum(1 for o in outcomes if o.state == DeliveryState.ACCEPTED)
+    failed = sum(1 for o in outcomes if o.state == DeliveryState.FAILED)
+    uncertain = len(outcomes) - accepted - failed
+    t = send_totals.c
+    conn.execute(
+        update(send_totals)
+        .where(t.send_id == send_id)
+        .values(
+            accepted=t.accepted + accepted,
+            failed=t.failed + failed,
+            uncertain=t.uncertain + uncertain,
+            updated_at=now(),
+        )
+    )
+
+
 def _record(
     conn: Any,
     issue_id: int,
@@ -206,6 +223,12 @@ class Ledger:
             conn.execute(
                 insert(send_totals).values(send_id=send_id, recipients=recipients, updated_at=now())
             )
+
+    def count_outcomes(self, send_id: int, outcomes: Sequence[Any]) -> None:
+        """Add outcomes to the send's totals (a send without ledger rows: the outbox, a dry
+        run)."""
+        with self.engine.begin() as conn:
+            _add_to_totals(conn, send_id, outcomes)
 
     def update_totals(self, send_id: int, *, accepted: int, failed: int, uncertain: int) -> None:
         with self.engine.begin() as conn:
@@ -428,14 +451,24 @@ class Ledger:
             _record(conn, issue_id, ids, state, message_id, error, send_id)
 
     def record_outcomes(
-        self, issue_id: int, send_id: int, ids: Sequence[int], outcomes: Sequence[Any]
+        self,
+        issue_id: int,
+        send_id: int,
+        ids: Sequence[int],
+        outcomes: Sequence[Any],
+        *,
+        count: bool = False,
     ) -> None:
         """One outcome per id, all in one transaction: a SendGrid batch (one answer for all)
-        is one UPDATE; per-recipient answers (SMTP: a Message-ID each) one executemany."""
+        is one UPDATE; per-recipient answers (SMTP: a Message-ID each) one executemany.
+        With `count`, they are added to the send's totals in the same transaction, so what
+        `sends` and `stats` count agrees with the rows, whenever the sender stops."""
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for sid, outcome in zip(ids, outcomes, strict=True):
             groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
         with self.engine.begin() as conn:
+            if count:
+                _add_to_totals(conn, send_id, outcomes)
             if len(groups) <= 2:
                 for (state, message_id, error), group in groups.items():
                     _record(conn, issue_id, group, state, message_id, error, send_id)

@@ -120,8 +120,9 @@ def message_body(message: Message, *, asm_group_id: int | None = None) -> dict[s
 def personalization(message: Message, recipient: Recipient) -> dict[str, Any]:
     """One recipient: address, substitutions, RFC 8058 headers and the ids for webhooks."""
     to: dict[str, str] = {"email": recipient.email}
-    if recipient.name:
-        to["name"] = clean_header(recipient.name)
+    name = clean_header(recipient.name) if recipient.name else ""
+    if name:  # a name of only spaces or control characters is no name
+        to["name"] = name
     p: dict[str, Any] = {"to": [to], "substitutions": dict(recipient.substitutions)}
     headers = unsubscribe_headers(message, recipient)
     if headers:
@@ -166,16 +167,16 @@ def personalization_json(message: Message, recipient: Recipient) -> str:
         # The common case: one template per shape of reader (the same keys in the same order
         # for everyone of a send), its values escaped in C.
         shape = (bool(name), tuple(subs), tuple(ids))
-        template = _TEMPLATES.get(shape)
-        if template is None:
-            template = _TEMPLATES[shape] = _template(*shape)
         values = [recipient.email, name] if name else [recipient.email]
         values += subs.values()
         values.append(f"<{url}>")
         values += ids.values()
         try:
+            template = _TEMPLATES.get(shape)
+            if template is None:
+                template = _TEMPLATES[shape] = _template(*shape)
             return template % tuple(map(_string, values))
-        except TypeError:  # a value that is not a string: json's own rules, below
+        except TypeError:  # a key or value that is not a string: json's own rules, below
             pass
     to = _string(recipient.email)
     if name:
@@ -230,7 +231,8 @@ def shared_json(message: Message, *, asm_group_id: int | None = None) -> str:
 
 
 def _size(value: Mapping[str, str]) -> int:
-    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    # (A lone surrogate, which JSON text can carry, counts as the 3 bytes it takes escaped.)
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def _surely_small(values: Mapping[str, str], limit: int) -> bool:
@@ -371,14 +373,17 @@ class SendGridTransport:
         parts: list[str] = []
         refused: dict[int, Outcome] = {}
         for index, recipient in enumerate(batch.recipients):
-            part = personalization_json(message, recipient)
-            # Each limit is on a piece of this text, and its escaped ASCII is never shorter
-            # than the UTF-8 SendGrid counts: shorter text is within both.
-            if len(part) >= _SMALLEST_LIMIT:
-                problem = recipient_problem(recipient)
-                if problem:
-                    refused[index] = Outcome(DeliveryState.FAILED, error=problem)
-                    continue
+            try:
+                part = personalization_json(message, recipient)
+                # Each limit is on a piece of this text, and its escaped ASCII is never
+                # shorter than the UTF-8 SendGrid counts: shorter text is within both.
+                problem = recipient_problem(recipient) if len(part) >= _SMALLEST_LIMIT else None
+            except (TypeError, ValueError) as exc:
+                # Nothing went out for them: failed (and tried again on --resume), alone.
+                problem = f"the personal values for {recipient.email} cannot be sent ({exc})"
+            if problem:
+                refused[index] = Outcome(DeliveryState.FAILED, error=problem)
+                continue
             parts.append(part)
         if not parts:
             return [refused[index] for index in range(len(batch.recipients))]
