@@ -34,10 +34,12 @@ def root(make_project, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Pa
     return root
 
 
-def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
+def send_and_take_over(root: Path, monkeypatch: pytest.MonkeyPatch, readers: int):
+    """Send to `readers` people; at the first settled batch a `--resume` takes the lease over.
+    Returns (the SendError raised, the addresses the fake SendGrid accepted, the engine)."""
     project = Project.load(root)
     engine = open_engine(project.database_url)
-    for i in range(6):
+    for i in range(readers):
         add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
     with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
         monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
@@ -51,10 +53,15 @@ def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
 
         with pytest.raises(SendError, match="took over") as caught:
             execute(plan, take_over)
-        assert KEY not in str(caught.value)
-        # With concurrency 1 batch 1 settles before batch 2 is claimed: after the takeover
-        # nothing more goes out.
-        assert sorted(sg.recipients()) == ["leser0@example.org", "leser1@example.org"]
+        return caught.value, sorted(sg.recipients()), engine
+
+
+def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
+    error, delivered, engine = send_and_take_over(root, monkeypatch, 6)
+    assert KEY not in str(error)
+    # With concurrency 1 batch 1 settles before batch 2 is claimed: after the takeover
+    # nothing more goes out.
+    assert delivered == ["leser0@example.org", "leser1@example.org"]
     with engine.connect() as conn:
         states = conn.execute(select(deliveries.c.state)).scalars().all()
         status, error = conn.execute(select(sends.c.status, sends.c.error)).one()
@@ -75,30 +82,15 @@ def test_totals_after_a_lost_lease_count_what_was_accepted(root, monkeypatch):
     config.write_text(
         config.read_text("utf-8").replace("concurrency = 1", "concurrency = 4"), "utf-8"
     )
-    project = Project.load(root)
-    engine = open_engine(project.database_url)
-    for i in range(40):
-        add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
-        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        plan = plan_send(project, EXAMPLE_ISSUE.stem, SendRequest())
-
-        def take_over(report: SendReport) -> None:
-            with engine.begin() as conn:
-                conn.execute(update(send_leases).values(owner="the-resumer", pid=1))
-
-        with pytest.raises(SendError, match="took over"):
-            execute(plan, take_over)
-        delivered = len(sg.recipients())
+    _, delivered, engine = send_and_take_over(root, monkeypatch, 40)
     with engine.connect() as conn:
         states = conn.execute(select(deliveries.c.state)).scalars().all()
         accepted, failed, uncertain = conn.execute(
             select(send_totals.c.accepted, send_totals.c.failed, send_totals.c.uncertain)
         ).one()
-    assert 2 <= delivered < 40  # some went out before the takeover was seen, not all
-    assert sorted(states) == ["accepted"] * delivered  # nothing claimed is left in flight
-    assert (accepted, failed, uncertain) == (delivered, 0, 0)
+    assert 2 <= len(delivered) < 40  # some went out before the takeover was seen, not all
+    assert sorted(states) == ["accepted"] * len(delivered)  # nothing is left in flight
+    assert (accepted, failed, uncertain) == (len(delivered), 0, 0)
 
 
 def test_heartbeat_survives_a_dropped_database_connection(database_url):
