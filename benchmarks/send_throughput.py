@@ -37,6 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from archive_serve import cpu_seconds  # noqa: E402
+
 from tests.conftest import CONFIG, EXAMPLE_ISSUE  # noqa: E402
 
 KEY = "SG.benchmark-key"
@@ -87,14 +89,6 @@ def start_server(log: Path) -> tuple[subprocess.Popen[str], str]:
     )  # fmt: skip
     line = proc.stdout.readline()  # type: ignore[union-attr]
     return proc, f"http://127.0.0.1:{int(line.split()[1])}"
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process (the fake server: it shares the two
-    cores, and its time for the same work shows how fast the machine is at the moment)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pss_kb(pid: int) -> int:
@@ -170,7 +164,7 @@ def run(count: int) -> dict[str, float]:
             _, status, usage = os.wait4(child.pid, 0)
             seconds = time.perf_counter() - t
             sampler.done.set()
-            server_cpu = _cpu_seconds(server.pid)
+            server_cpu = cpu_seconds(server.pid)  # the same work: a gauge of the machine
         finally:
             server.terminate()
             server.wait()

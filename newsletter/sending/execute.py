@@ -227,7 +227,7 @@ class Builder:
         return out
 
 
-_NO_HEADERS: dict[str, str] = {}
+_NO_HEADERS = Recipient._field_defaults["headers"]
 _NONE: frozenset[int] = frozenset()
 
 

@@ -29,6 +29,7 @@ from newsletter.sequences.config import SequenceConfig, configured
 from newsletter.sequences.runner import RunReport
 from newsletter.sequences.steps import Step, due_at, load_sequence
 from newsletter.store.schema import (
+    DeliveryState,
     deliveries,
     sends,
     sequence_enrollments,
@@ -83,9 +84,12 @@ def reap_dead_runs(engine: Engine, wall_now: datetime) -> int:
             reaped += int(
                 conn.execute(
                     update(deliveries)
-                    .where(deliveries.c.send_id.in_(send_ids), deliveries.c.state == "in_flight")
+                    .where(
+                        deliveries.c.send_id.in_(send_ids),
+                        deliveries.c.state == DeliveryState.IN_FLIGHT,
+                    )
                     .values(
-                        state="uncertain",
+                        state=DeliveryState.UNCERTAIN,
                         error="the sequence run stopped while this email was in flight",
                         updated_at=wall_now,
                     )
@@ -461,7 +465,7 @@ def _claim(
                             literal(item.issue_ids[key]),
                             s.c.id,
                             literal(groups[key].send_id),
-                            literal("in_flight"),
+                            literal(str(DeliveryState.IN_FLIGHT)),
                             literal(batch_no),
                             literal(stamp, deliveries.c.updated_at.type),
                         ).where(s.c.id.in_(sids[start : start + 900])),
@@ -473,10 +477,10 @@ def _claim(
                 .where(
                     deliveries.c.issue_id == item.issue_ids[key],
                     deliveries.c.subscriber_id.in_(ids),
-                    deliveries.c.state == "failed",
+                    deliveries.c.state == DeliveryState.FAILED,
                 )
                 .values(
-                    state="in_flight",
+                    state=DeliveryState.IN_FLIGHT,
                     send_id=groups[key].send_id,
                     batch_no=batch_no,
                     error=None,
@@ -529,9 +533,9 @@ def _record(
     counts = report.step(mail.step)
     failed = []
     for sid, outcome in zip(ids, outcomes, strict=True):
-        if outcome.state == "accepted":
+        if outcome.state == DeliveryState.ACCEPTED:
             counts.accepted += 1
-        elif outcome.state == "failed":
+        elif outcome.state == DeliveryState.FAILED:
             counts.failed += 1
             failed.append(sid)
         else:

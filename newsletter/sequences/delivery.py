@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.transports import Outcome
-from newsletter.store.schema import CUSTOM_ARG_ISSUE, CUSTOM_ARG_SEND, CUSTOM_ARG_SUBSCRIBER
+from newsletter.store.schema import (
+    CUSTOM_ARG_ISSUE,
+    CUSTOM_ARG_SEND,
+    CUSTOM_ARG_SUBSCRIBER,
+    DeliveryState,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -165,12 +170,12 @@ def record_refused(engine: Engine, mail: StepMail, refused: dict[int, str]) -> N
     """People the transport would refuse (a provider limit): failed, with why."""
     from newsletter.sending.ledger import Ledger
 
-    outcomes = [Outcome("failed", error=error) for error in refused.values()]
+    outcomes = [Outcome(DeliveryState.FAILED, error=error) for error in refused.values()]
     Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, list(refused), outcomes)
 
 
 def uncertain(error: str, count: int) -> list[Outcome]:
-    return [Outcome("uncertain", error=error) for _ in range(count)]
+    return [Outcome(DeliveryState.UNCERTAIN, error=error) for _ in range(count)]
 
 
 def close(transport: Transport) -> None:

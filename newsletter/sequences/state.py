@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter.sequences.steps import Step, due_at, fingerprint
 from newsletter.store.schema import (
+    DeliveryState,
     deliveries,
     sequence_enrollments,
     sequence_state,
@@ -181,7 +182,9 @@ def had_and_failed(
             )
         )
         for sid, issue_id, ledger_state in rows:
-            (failed if ledger_state == "failed" else had)[sid].add(issue_to_key[issue_id])
+            (failed if ledger_state == DeliveryState.FAILED else had)[sid].add(
+                issue_to_key[issue_id]
+            )
     return had, failed
 
 
@@ -393,7 +396,7 @@ def retry_uncertain(engine: Engine, sequence: str, at: datetime) -> int:
                 .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
                 .where(
                     deliveries.c.issue_id.in_(issue_ids),
-                    deliveries.c.state == "uncertain",
+                    deliveries.c.state == DeliveryState.UNCERTAIN,
                     subscribers.c.status == "subscribed",
                 )
             ).scalars()
@@ -405,9 +408,13 @@ def retry_uncertain(engine: Engine, sequence: str, at: datetime) -> int:
                 .where(
                     deliveries.c.issue_id.in_(issue_ids),
                     deliveries.c.subscriber_id.in_(chunk),
-                    deliveries.c.state == "uncertain",
+                    deliveries.c.state == DeliveryState.UNCERTAIN,
                 )
-                .values(state="failed", error="uncertain, sent again on request", updated_at=at)
+                .values(
+                    state=DeliveryState.FAILED,
+                    error="uncertain, sent again on request",
+                    updated_at=at,
+                )
             )
             conn.execute(
                 update(enrollments)

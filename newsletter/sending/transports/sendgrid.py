@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii as _string  # json.dumps's own
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -147,15 +148,6 @@ def mail_body(batch: Batch, *, asm_group_id: int | None = None) -> dict[str, Any
 # send, each reader's part from C-escaped strings. The bytes equal `json.dumps(mail_body())`
 # (a test compares them on awkward input).
 
-_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-
-
-def _json_object(mapping: Mapping[str, str]) -> str:
-    try:
-        return "{" + ", ".join([f"{_string(k)}: {_string(v)}" for k, v in mapping.items()]) + "}"
-    except TypeError:  # a key or value that is not a string: json's own rules
-        return json.dumps(dict(mapping))
-
 
 def personalization_json(message: Message, recipient: Recipient) -> str:
     """`json.dumps(personalization(message, recipient))`."""
@@ -178,16 +170,9 @@ def personalization_json(message: Message, recipient: Recipient) -> str:
             return template % tuple(map(_string, values))
         except TypeError:  # a key or value that is not a string: json's own rules, below
             pass
-    to = _string(recipient.email)
-    if name:
-        to += ', "name": ' + _string(name)
-    out = '{"to": [{"email": ' + to + '}], "substitutions": ' + _json_object(subs)
-    headers = unsubscribe_headers(message, recipient)
-    if headers:
-        out += ', "headers": ' + _json_object(headers)
-    if ids:
-        out += ', "custom_args": ' + _json_object(ids)
-    return out + "}"
+    # Everything else (a mailto or the reader's own headers in List-Unsubscribe, a value that
+    # is not a string) is rare: the dict, as json writes it.
+    return json.dumps(personalization(message, recipient))
 
 
 _TEMPLATES: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], str] = {}
