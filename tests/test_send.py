@@ -347,6 +347,34 @@ def test_unsubscribed_after_start_not_resent(small_batches, db, sg, cli):
     assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in (1, 2, 3)]
 
 
+@pytest.mark.parametrize("workers", [False, True], ids=["threads", "worker-processes"])
+def test_who_leaves_between_being_read_and_claimed_gets_nothing(
+    small_batches, db, sg, cli, monkeypatch, workers
+):
+    """A reader read for the send who unsubscribes before their batch is claimed: the batch
+    goes without them (made again without them, also when a worker process had made it)."""
+    from newsletter.sending.ledger import Ledger
+
+    add_people(small_batches, 6)
+    monkeypatch.setenv("NEWSLETTER_SEND_PARALLEL_FROM", "1" if workers else "1000000")
+    engine = open_engine(Project.load(small_batches).database_url)
+    leaver = find_subscriber(engine, "leser4@example.org").id
+    claim = Ledger.claim
+
+    def unsubscribe_first(self, issue_id, send_id, batch_no, new_ids, *args, **kwargs):
+        if leaver in new_ids:
+            set_status(engine, leaver, "unsubscribed")
+        return claim(self, issue_id, send_id, batch_no, new_ids, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "claim", unsubscribe_first)
+    result = cli(small_batches, "send", ISSUE, "--yes")
+    assert result.exit_code == 0, result.output
+    assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in (0, 1, 2, 3, 5)]
+    assert [len(m["personalizations"]) for m in sg.messages].count(2) == 1
+    assert ledger_states(small_batches) == {"accepted": 5}
+    assert "5 accepted" in result.output
+
+
 def test_429_waits_and_5xx_retries(small_batches, db, sg, cli):
     add_people(small_batches, 3)
     sg.inject("429", reset_in=0)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from newsletter.errors import SendError
 from newsletter.personalize import (
@@ -28,7 +28,7 @@ from newsletter.personalize import (
 )
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Batch, Message, Recipient
-from newsletter.sending.transports import Outcome
+from newsletter.sending.transports import Outcome, PreparingTransport, Transport
 from newsletter.store.issues import ensure_issue
 from newsletter.store.schema import (
     CUSTOM_ARG_ISSUE,
@@ -66,15 +66,13 @@ class SendReport:
         return self.accepted + self.failed + self.uncertain
 
 
-#: (subscriber id, has a ledger row, recipient)
-Built = tuple[int, bool, Recipient]
 #: (id, email, name, first name, last name, custom fields as JSON text): one subscriber as
 #: read for the send; the JSON is parsed by the builder (in parallel) when it is needed.
 Row = tuple[int, str, "str | None", "str | None", "str | None", "str | None"]
 #: A page of rows by id, and the ids among them that have a ledger row already (a resume).
 Page = tuple[list[Row], "frozenset[int]"]
-#: Pages handed to build processes ahead of the sender: enough to keep them busy.
-BUILD_AHEAD = 3
+#: Batches handed to worker processes ahead of the senders: enough to keep them busy.
+PREPARE_AHEAD = 3
 #: Lists at least this long are personalized by worker processes (fork) on multi-core machines;
 #: the environment variable lets tests run the parallel path on small lists.
 PARALLEL_ENV = "NEWSLETTER_SEND_PARALLEL_FROM"
@@ -209,21 +207,20 @@ class Builder:
     def __post_init__(self) -> None:
         self.personalize = Personalizer(self.rendered)
 
-    def build(self, page: Page) -> list[Built]:
-        out: list[Built] = []
+    def build(self, page: Page) -> list[Recipient]:
+        """One recipient per row of the page, in order."""
+        out: list[Recipient] = []
         issue, send = str(self.issue_id), str(self.send_id)
         reply_token = self.reply_token
         personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
         make = Recipient._make
-        rows, with_rows = page
-        for sid, address, name, first, last, fields in rows:
+        for sid, address, name, first, last, fields in page[0]:
             url = unsubscribe_url(sid)
             substitutions = personalize((sid, address, name, first, last), fields, url)
             if reply_token is not None:
                 substitutions[REPLY_TOKEN_TAG] = reply_token(sid)
             ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
-            recipient = make((address, name, substitutions, url, ids, _NO_HEADERS))
-            out.append((sid, sid in with_rows, recipient))
+            out.append(make((address, name, substitutions, url, ids, _NO_HEADERS)))
         return out
 
 
@@ -242,31 +239,57 @@ def custom_fields(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@dataclass
+class Preparer:
+    """A batch of rows made ready for the transport: recipients built, and, for a transport
+    that `prepares`, its request made (JSON for SendGrid). In a sender thread, or in a forked
+    worker process for a big list."""
+
+    builder: Builder
+    transport: Transport
+    message: Message
+
+    def __call__(self, page: Page) -> Any:
+        batch = Batch(self.message, self.builder.build(page))
+        if self.transport.capabilities.prepares:
+            return cast("PreparingTransport", self.transport).prepare(batch)
+        return batch
+
+    def send(self, prepared: Any) -> list[Outcome]:
+        """What `__call__` made, sent: one outcome per recipient, in order."""
+        if self.transport.capabilities.prepares:
+            return cast("PreparingTransport", self.transport).send_prepared(prepared)
+        return self.transport.send(prepared)
+
+
 # Set before the worker pool forks, so workers inherit the rendered issue without pickling it.
-_BUILDER: Builder | None = None
+_PREPARER: Preparer | None = None
 
 
-def _build_in_worker(page: Page) -> list[Built]:
-    assert _BUILDER is not None
-    return _BUILDER.build(page)
+def _prepare_in_worker(page: Page) -> Any:
+    assert _PREPARER is not None
+    return _PREPARER(page)
 
 
-def start_pool(builder: Builder, expected: int) -> Any:
-    """Worker processes for a big list on a multi-core machine, else None (build inline).
-
-    Forked before any sending thread starts; workers only compute, never touch the database."""
-    global _BUILDER
+def start_pool(preparer: Preparer, expected: int) -> Any:
+    """Worker processes for a big list on a multi-core machine, else None (prepare in the
+    sender threads). Forked before any sending thread starts; workers only compute, never
+    touch the database or the network."""
+    global _PREPARER
     cpus = os.cpu_count() or 1
     threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
         return None
-    if builder.personalize.keys is not None and PARALLEL_ENV not in os.environ:
-        # Memoized personalization is cheaper than pickling recipients back from workers.
+    prepares = preparer.transport.capabilities.prepares
+    memoized = preparer.builder.personalize.keys is not None
+    if memoized and not prepares and PARALLEL_ENV not in os.environ:
+        # Memoized personalization is cheaper than pickling recipients back from workers;
+        # a prepared request (bytes) is cheap to pass back.
         return None
     import gc
     import multiprocessing
 
-    _BUILDER = builder
+    _PREPARER = preparer
     # Move what is loaded so far out of the collector's reach: the workers' GC then does not
     # write to (and so copy) every inherited page.
     gc.freeze()
@@ -392,19 +415,17 @@ def execute(
         if project.config.section("replies")["domain"]
         else None,
     )
-    message = plan.message()
+    preparer = Preparer(builder, transport, plan.message())
     pool = None
     stop = threading.Event()
     try:
         # Fork the workers (if any) before the heartbeat thread starts.
-        pool = start_pool(builder, plan.recipients)
+        pool = start_pool(preparer, plan.recipients)
         if lease is not None:
             lease.start_heartbeat()
             report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
         with stop_on_signals(stop), _longer_gil_slices():
-            _send_batches(
-                plan, ledger, message, report, issue_id, builder, pool, lease, progress, stop
-            )
+            _send_batches(plan, ledger, report, issue_id, preparer, pool, lease, progress, stop)
         if stop.is_set():
             report.interrupted = True
             report.error = report.error or "interrupted"
@@ -476,13 +497,34 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _batches(pages: Iterator[Page], size: int) -> Iterator[Page]:
+    """The pages cut into batches of `size` rows (the last may be shorter)."""
+    rows: list[Row] = []
+    with_rows: frozenset[int] = _NONE
+    for page in pages:
+        if not rows and len(page[0]) == size:
+            yield page  # (the usual case: a page is a batch)
+            continue
+        rows += page[0]
+        with_rows |= page[1]
+        while len(rows) >= size:
+            yield _page(rows[:size], with_rows)
+            rows = rows[size:]
+            with_rows = _page(rows, with_rows)[1]  # only the rest's, so it stays small
+    if rows:
+        yield _page(rows, with_rows)
+
+
+def _page(rows: list[Row], with_rows: frozenset[int]) -> Page:
+    return rows, frozenset(row[0] for row in rows if row[0] in with_rows) if with_rows else _NONE
+
+
 def _send_batches(
     plan: SendPlan,
     ledger: Ledger,
-    message: Message,
     report: SendReport,
     issue_id: int,
-    builder: Builder,
+    preparer: Preparer,
     pool: Any,
     lease: Any,
     progress: Callable[[SendReport], None] | None,
@@ -498,23 +540,28 @@ def _send_batches(
     slug = plan.slug
     pending: dict[Future[list[Outcome]], int] = {}
 
-    def deliver(
-        number: int, ids: list[int], people: list[Recipient], new: list[int], again: list[int]
-    ) -> list[Outcome]:
-        """In a sender thread: claim the batch, send it, record what came back. The ledger's
-        database work runs here, beside the builder (SQLite and PostgreSQL's drivers let go of
-        the GIL while they work). A claim that fails (the lease was lost) raises: nothing of
-        this batch was recorded or sent."""
+    def deliver(number: int, batch: Page, prepared: Any) -> list[Outcome]:
+        """In a sender thread: prepare the batch (unless a worker did), claim it, send it,
+        record what came back. The ledger's database work runs here, beside the other
+        threads (SQLite and PostgreSQL's drivers let go of the GIL while they work). A claim
+        that fails (the lease was lost) raises: nothing of this batch was recorded or sent."""
+        rows, with_rows = batch
+        if prepared is None:
+            prepared = preparer(batch)
+        ids = [row[0] for row in rows]
         if use_ledger:
+            new = [sid for sid in ids if sid not in with_rows]
+            again = [sid for sid in ids if sid in with_rows]
             kept = ledger.claim(issue_id, send_id, number, new, again, owner=owner, slug=slug)
             if len(kept) < len(ids):
                 # Unsubscribed or forgotten since they were read: they get nothing.
-                people = [p for p, sid in zip(people, ids, strict=True) if sid in kept]
-                ids = [sid for sid in ids if sid in kept]
-        if not people:
+                rows = [row for row in rows if row[0] in kept]
+                ids = [row[0] for row in rows]
+                prepared = preparer((rows, with_rows)) if rows else None
+        if not ids:
             return []
         try:
-            outcomes = transport.send(Batch(message, people))
+            outcomes = preparer.send(prepared)
         except Exception as exc:  # a bug or an unexpected library error: not known sent
             outcomes = [Outcome(DeliveryState.UNCERTAIN, error=f"unexpected error: {exc}")] * len(
                 ids
@@ -549,66 +596,44 @@ def _send_batches(
                 progress(report)
 
     batch_no = 0
-    batch: list[Recipient] = []
-    batch_sids: list[int] = []
-    new_ids: list[int] = []
-    again_ids: list[int] = []
 
     def halted() -> bool:
         return report.error is not None or stop.is_set()
 
-    def submit(executor: ThreadPoolExecutor) -> None:
+    def submit(executor: ThreadPoolExecutor, batch: Page, prepared: Any) -> None:
         nonlocal batch_no
         if stop.is_set():
             # Asked to stop: claim nothing more; these people are simply not sent to yet.
-            for pending_list in (batch, batch_sids, new_ids, again_ids):
-                pending_list.clear()
-            return
-        if not batch:
             return
         batch_no += 1
-        future = executor.submit(
-            deliver, batch_no, list(batch_sids), list(batch), list(new_ids), list(again_ids)
-        )
-        pending[future] = batch_no
-        batch.clear()
-        batch_sids.clear()
-        new_ids.clear()
-        again_ids.clear()
+        pending[executor.submit(deliver, batch_no, batch, prepared)] = batch_no
         while len(pending) >= concurrency:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             settle(done)
-
-    def take(built: list[Built]) -> None:
-        for sid, has_row, recipient in built:
-            batch.append(recipient)
-            batch_sids.append(sid)
-            (again_ids if has_row else new_ids).append(sid)
-            if len(batch) >= batch_size:
-                submit(executor)
 
     again: set[str] = {
         *RETRYABLE,
         *([DeliveryState.UNCERTAIN] if plan.request.include_uncertain else []),
     }
     check_rows = use_ledger and ledger.has_rows(issue_id)
-    pages = _rows(plan.engine, plan, issue_id, check_rows, again)
-    waiting: deque[Any] = deque()  # pool results, oldest first: bounded, so memory stays flat
+    batches = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
+    # Batches in the worker processes, oldest first: bounded, so memory stays flat.
+    waiting: deque[tuple[Page, Any]] = deque()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
         try:
-            for page in pages:
+            for batch in batches:
                 if halted():
                     break
                 if pool is None:
-                    take(builder.build(page))
+                    submit(executor, batch, None)
                     continue
-                waiting.append(pool.apply_async(_build_in_worker, (page,)))
-                while len(waiting) > BUILD_AHEAD and not halted():
-                    take(waiting.popleft().get())
+                waiting.append((batch, pool.apply_async(_prepare_in_worker, (batch,))))
+                while len(waiting) > PREPARE_AHEAD and not halted():
+                    ready, result = waiting.popleft()
+                    submit(executor, ready, result.get())
             while waiting and not halted():
-                take(waiting.popleft().get())
-            if not halted():
-                submit(executor)
+                ready, result = waiting.popleft()
+                submit(executor, ready, result.get())
         finally:
             # Whatever happened (Ctrl-C, a lost lease), wait for what is in flight: each
             # sender thread records its own batch. The first error is raised after all.

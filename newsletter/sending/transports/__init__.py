@@ -11,7 +11,10 @@ what it is called:
 - `can_schedule`: it can deliver at a later time (`Message.send_at`) and cancel that;
 - `has_sandbox`: it can validate without delivering (`Message.sandbox`, for `--dry-run`);
 - `delivers`: it hands mail to someone who delivers it (the outbox only writes files);
-- `suppression_lists`: it can list the provider's unsubscribes/bounces (for `sync`).
+- `suppression_lists`: it can list the provider's unsubscribes/bounces (for `sync`);
+- `prepares`: `send(batch)` is `send_prepared(prepare(batch))`, where `prepare` does the CPU
+  work without I/O and returns something small to pickle (the request's bytes): a big send
+  prepares batches in worker processes and only posts them (see `PreparingTransport`).
 
 A transport answers each `send(batch)` with one `Outcome` per recipient, in order.
 """
@@ -40,6 +43,7 @@ class Capabilities:
     has_sandbox: bool = False
     delivers: bool = True
     suppression_lists: bool = False
+    prepares: bool = False
 
 
 @dataclass
@@ -101,6 +105,18 @@ class SchedulingTransport(Transport, Protocol):
     def create_schedule(self) -> str: ...
 
     def cancel_schedule(self, schedule_id: str) -> None: ...
+
+
+class PreparingTransport(Transport, Protocol):
+    """What a transport whose `capabilities.prepares` is true also has."""
+
+    def prepare(self, batch: Batch) -> Any:
+        """The batch made ready to go, no I/O (it may run in a forked worker process)."""
+        ...
+
+    def send_prepared(self, prepared: Any) -> list[Outcome]:
+        """`send` of the batch `prepared` was made from."""
+        ...
 
 
 class SuppressionListTransport(Transport, Protocol):

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii as _string  # json.dumps's own
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 from newsletter.errors import TransportError
@@ -241,6 +241,19 @@ def recipient_problem(recipient: Recipient) -> str | None:
     return None
 
 
+class PreparedMail(NamedTuple):
+    """A batch made ready to post (`SendGridTransport.prepare`): small to pass between
+    processes (its JSON as one bytes object)."""
+
+    #: Readers in the batch, refused ones included.
+    size: int
+    sender: str
+    #: The request's JSON; None when every reader was refused.
+    body: bytes | None
+    #: Index in the batch -> the failed outcome of a reader left out of the request.
+    refused: dict[int, Outcome]
+
+
 # --- the client -----------------------------------------------------------------------------
 
 
@@ -286,6 +299,7 @@ class SendGridTransport:
         can_schedule=True,
         has_sandbox=True,
         suppression_lists=True,
+        prepares=True,
     )
     accepted_label: ClassVar[str] = "accepted by SendGrid"
 
@@ -347,9 +361,14 @@ class SendGridTransport:
         pass
 
     def send(self, batch: Batch) -> list[Outcome]:
-        """One request for the batch. A reader over SendGrid's size limits is left out of it
-        and failed alone (`recipient_problem`): checked as their JSON is written, where short
-        text proves them within the limits."""
+        """One request for the batch (see `prepare`)."""
+        return self.send_prepared(self.prepare(batch))
+
+    def prepare(self, batch: Batch) -> PreparedMail:
+        """The request's JSON, and the readers left out of it: one over SendGrid's size
+        limits fails alone (`recipient_problem`), checked as their JSON is written, where
+        short text proves them within the limits. No I/O: a big send runs this in worker
+        processes (`capabilities.prepares`)."""
         message = batch.message
         shared = self._shared
         if shared is None or shared[0] is not message:
@@ -370,12 +389,18 @@ class SendGridTransport:
                 refused[index] = Outcome(DeliveryState.FAILED, error=problem)
                 continue
             parts.append(part)
-        if not parts:
-            return [refused[index] for index in range(len(batch.recipients))]
-        outcome = self.post_mail(_joined(shared[1], parts), sender=message.from_email)
+        body = _joined(shared[1], parts) if parts else None
+        return PreparedMail(len(batch.recipients), message.from_email, body, refused)
+
+    def send_prepared(self, prepared: PreparedMail) -> list[Outcome]:
+        """Post a prepared request: one outcome per reader of its batch, in order."""
+        count, refused = prepared.size, prepared.refused
+        if prepared.body is None:
+            return [refused[index] for index in range(count)]
+        outcome = self.post_mail(prepared.body, sender=prepared.sender)
         if not refused:
-            return [outcome] * len(batch.recipients)
-        return [refused.get(index, outcome) for index in range(len(batch.recipients))]
+            return [outcome] * count
+        return [refused.get(index, outcome) for index in range(count)]
 
     def _http_error(self, exc: Any, sender: str | None) -> str:
         code = exc.status_code
