@@ -131,7 +131,7 @@ def token_maker(purpose: str, issue_id: int | None, *, key: str) -> Callable[[in
     signer = serializer.make_signer(purpose)
     if not _fast_signing_matches(signer):
         return lambda subscriber_id: str(serializer.dumps([subscriber_id, issue_id]))
-    keyed = hmac.new(signer.derive_key(), digestmod=hashlib.sha1)
+    inner, outer = _hmac_sha1_pads(signer.derive_key())
     b2a = binascii.b2a_base64
     tail = "null" if issue_id is None else str(int(issue_id))
 
@@ -140,15 +140,29 @@ def token_maker(purpose: str, issue_id: int | None, *, key: str) -> Callable[[in
         # translate: a bulk send makes one token per reader).
         payload = f"[{int(subscriber_id)},{tail}]".encode()
         value = b2a(payload, newline=False).translate(_URLSAFE, b"=")
-        mac = keyed.copy()
+        mac = inner.copy()
         mac.update(value)
-        signature = b2a(mac.digest(), newline=False).translate(_URLSAFE, b"=")
+        signed = outer.copy()
+        signed.update(mac.digest())
+        signature = b2a(signed.digest(), newline=False).translate(_URLSAFE, b"=")
         return (value + b"." + signature).decode()
 
     return token
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _hmac_sha1_pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA1's inner and outer hashes with the key absorbed (RFC 2104, as the `hmac`
+    module's own pure-Python path builds them): copying two SHA-1 states per token costs a
+    third of copying an `hmac` object (0.8 against 2.7 us, one per reader of a bulk send).
+    The tokens equal `hmac.new`'s and itsdangerous' (a test compares them)."""
+    block = hashlib.sha1().block_size
+    if len(key) > block:
+        key = hashlib.sha1(key).digest()
+    key = key.ljust(block, b"\0")
+    return hashlib.sha1(key.translate(hmac.trans_36)), hashlib.sha1(key.translate(hmac.trans_5C))
 
 
 def _fast_signing_matches(signer: Any) -> bool:

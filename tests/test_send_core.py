@@ -282,6 +282,20 @@ def test_fast_unsubscribe_tokens_read_back_like_the_slow_ones():
             read_token(UNSUBSCRIBE, forged.rsplit("/", 1)[1], key="k")
 
 
+def test_the_fast_tokens_hmac_is_the_hmac_modules():
+    import hashlib
+    import hmac
+
+    from newsletter.tokens import _hmac_sha1_pads
+
+    for key in (b"", b"k", b"x" * 20, b"y" * 64, b"z" * 65, bytes(range(256))):
+        for message in (b"", b"WzQyLDdd", b"m" * 1000):
+            inner, outer = _hmac_sha1_pads(key)
+            inner.update(message)
+            outer.update(inner.digest())
+            assert outer.digest() == hmac.new(key, message, hashlib.sha1).digest()
+
+
 def test_memoized_personalization_equals_per_reader_rendering(make_project):
     """Values are computed once per combination of the fields the body reads: each reader
     still gets exactly what rendering for them alone gives, their own unsubscribe URL included."""
