@@ -109,10 +109,14 @@ def test_example_preheader_and_footer(example_html: BeautifulSoup) -> None:
 
 def test_example_personalized_greeting(example: RenderedIssue) -> None:
     html, text = example.personalize(SAMPLE_SUBSCRIBER, UNSUBSCRIBE)
-    assert "Hallo Alex," in html and (
-        "\n\nWarum Metas KI Creator verdrängen könnte\n"
-        "========================================\n\nHallo Alex,"
-    ) in text
+    assert (
+        "Hallo Alex," in html
+        and (
+            "\n\nWarum Metas KI Creator verdrängen könnte\n"
+            "========================================\n\nHallo Alex,"
+        )
+        in text
+    )
     html, text = example.personalize(
         {"id": 7, "email": "x@example.com", "first_name": ""}, UNSUBSCRIBE
     )
