@@ -89,11 +89,12 @@ def _error(message: str, field: str | None = None, help: str | None = None) -> d
 def _too_big(values: dict[str, str], limit: int = 10000) -> bool:
     """Whether compact UTF-8 JSON of `values` takes `limit` bytes or more, as SendGrid counts.
     Exact near the limit only: JSON-escaped UTF-8 takes at most 6 bytes a character (and 6
-    more per pair), so a small dict needs no encoding. A benchmark sends 100,000 of them."""
+    more per pair), so a small dict needs no encoding. A benchmark sends 100,000 of them.
+    A lone surrogate counts as the 3 bytes it takes, as the client counts it."""
     chars = sum(map(len, values)) + sum(map(len, values.values())) + len(values)
     if 6 * chars + 2 < limit:
         return False
-    return len(json.dumps(values, ensure_ascii=False).encode()) >= limit
+    return len(json.dumps(values, ensure_ascii=False).encode("utf-8", "surrogatepass")) >= limit
 
 
 # The personalizations a send writes are all alike; `_plain_recipients` proves such ones valid
