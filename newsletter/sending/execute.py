@@ -28,7 +28,12 @@ from newsletter.personalize import (
 )
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Batch, Message, Recipient
-from newsletter.sending.transports import Outcome, PreparingTransport, Transport
+from newsletter.sending.transports import (
+    Outcome,
+    PreparingTransport,
+    Transport,
+    outcome_runs,
+)
 from newsletter.store.issues import ensure_issue
 from newsletter.store.schema import (
     CUSTOM_ARG_ISSUE,
@@ -580,13 +585,13 @@ def _send_batches(
             pending.pop(future)
             # A refused claim (the lease was lost) raises SendError here: the send stops.
             outcomes = future.result()
-            for outcome in outcomes:
+            for outcome, times in outcome_runs(outcomes):
                 if outcome.state == DeliveryState.ACCEPTED:
-                    report.accepted += 1
+                    report.accepted += times
                 elif outcome.state == DeliveryState.FAILED:
-                    report.failed += 1
+                    report.failed += times
                 else:
-                    report.uncertain += 1
+                    report.uncertain += times
                 known = outcome.error in report.errors
                 if outcome.error and not known and len(report.errors) < 100:
                     report.errors.append(outcome.error)

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, and_, bindparam, case, delete, exists, func, inse
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
+from newsletter.sending.transports import outcome_runs
 from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
 from newsletter.store.raw import binder, placeholder
 from newsletter.store.schema import (
@@ -118,8 +119,12 @@ def _bound_time(conn: Any, stamp: datetime) -> Any:
 
 
 def _add_to_totals(conn: Any, send_id: int, outcomes: Sequence[Any]) -> None:
-    accepted = sum(1 for o in outcomes if o.state == DeliveryState.ACCEPTED)
-    failed = sum(1 for o in outcomes if o.state == DeliveryState.FAILED)
+    accepted = failed = 0
+    for outcome, times in outcome_runs(outcomes):
+        if outcome.state == DeliveryState.ACCEPTED:
+            accepted += times
+        elif outcome.state == DeliveryState.FAILED:
+            failed += times
     uncertain = len(outcomes) - accepted - failed
     t = send_totals.c
     conn.execute(

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -58,6 +59,14 @@ class Outcome:
     attempts: int = 1
     #: Where it went, for a person reading (a file path, a host).
     where: str | None = None
+
+
+def outcome_runs(outcomes: Sequence[Outcome]) -> Iterator[tuple[Outcome, int]]:
+    """Each outcome with how many times in a row it comes: a request answered as a whole
+    (SendGrid) repeats one Outcome object for its 1000 readers, so counting runs is cheap."""
+    for _, run in groupby(outcomes, key=id):
+        same = list(run)
+        yield same[0], len(same)
 
 
 @dataclass(frozen=True)
