@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import hmac
 import os
 import sys
 from collections.abc import Callable
@@ -162,7 +161,11 @@ def _hmac_sha1_pads(key: bytes) -> tuple[Any, Any]:
     if len(key) > block:
         key = hashlib.sha1(key).digest()
     key = key.ljust(block, b"\0")
-    return hashlib.sha1(key.translate(hmac.trans_36)), hashlib.sha1(key.translate(hmac.trans_5C))
+    return hashlib.sha1(key.translate(_IPAD)), hashlib.sha1(key.translate(_OPAD))
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 def _fast_signing_matches(signer: Any) -> bool:

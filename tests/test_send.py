@@ -375,6 +375,44 @@ def test_who_leaves_between_being_read_and_claimed_gets_nothing(
     assert "5 accepted" in result.output
 
 
+@pytest.mark.parametrize("workers", [False, True], ids=["threads", "worker-processes"])
+def test_a_batch_that_cannot_be_made_again_after_its_claim_fails_and_resumes(
+    small_batches, db, sg, cli, monkeypatch, workers
+):
+    """Claimed, then its remaking (without a reader who left) raises: nothing went out, so
+    its readers are failed (never left in flight, never uncertain) and --resume sends them."""
+    from newsletter.sending.ledger import Ledger
+    from newsletter.sending.transports.sendgrid import SendGridTransport
+
+    add_people(small_batches, 6)
+    monkeypatch.setenv("NEWSLETTER_SEND_PARALLEL_FROM", "1" if workers else "1000000")
+    engine = open_engine(Project.load(small_batches).database_url)
+    leaver = find_subscriber(engine, "leser4@example.org").id
+    claim, prepare = Ledger.claim, SendGridTransport.prepare
+
+    def unsubscribe_first(self, issue_id, send_id, batch_no, new_ids, *args, **kwargs):
+        if leaver in new_ids:
+            set_status(engine, leaver, "unsubscribed")
+        return claim(self, issue_id, send_id, batch_no, new_ids, *args, **kwargs)
+
+    def fails_on_the_smaller_batch(self, batch):
+        if len(batch.recipients) == 2:
+            raise RuntimeError("out of luck")
+        return prepare(self, batch)
+
+    monkeypatch.setattr(Ledger, "claim", unsubscribe_first)
+    monkeypatch.setattr(SendGridTransport, "prepare", fails_on_the_smaller_batch)
+    result = cli(small_batches, "send", ISSUE, "--yes")
+    assert result.exit_code == 1
+    assert "could not prepare a batch: out of luck" in result.output
+    assert ledger_states(small_batches) == {"accepted": 3, "failed": 2}
+    monkeypatch.setattr(SendGridTransport, "prepare", prepare)
+    resumed = cli(small_batches, "send", ISSUE, "--resume", "--yes")
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in (0, 1, 2, 3, 5)]
+    assert ledger_states(small_batches) == {"accepted": 5}
+
+
 def test_429_waits_and_5xx_retries(small_batches, db, sg, cli):
     add_people(small_batches, 3)
     sg.inject("429", reset_in=0)

@@ -181,15 +181,21 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("signum", "parallel"),
-    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
-    ids=["sigterm", "ctrl-c", "ctrl-c-workers"],
+    ("signum", "parallel", "group"),
+    [
+        (signal.SIGTERM, False, False),
+        (signal.SIGINT, False, True),
+        (signal.SIGINT, True, True),
+        (signal.SIGTERM, True, True),
+    ],
+    ids=["sigterm", "ctrl-c", "ctrl-c-workers", "sigterm-group-workers"],
 )
 def test_ctrl_c_and_sigterm_settle_what_was_handed_over(
-    make_project, database_url, server_process, signum, parallel
+    make_project, database_url, server_process, signum, parallel, group
 ):
-    """Stopped by Ctrl-C (the whole process group, workers included) or by SIGTERM (systemd,
-    docker, `kill`): the send settles the requests in flight, prints one line with the resume
+    """Stopped by Ctrl-C (the whole process group, workers included) or by SIGTERM (`kill`,
+    or systemd's stop, which signals the whole group and so kills the workers, maybe with a
+    batch in hand): the send settles the requests in flight, prints one line with the resume
     command and exits 130; nobody delivered is left in flight, no worker prints a traceback."""
     url, log = server_process
     root = make_project(config=CONFIG + "\n[sending]\nbatch_size = 10\nconcurrency = 2\n")
@@ -215,10 +221,10 @@ def test_ctrl_c_and_sigterm_settle_what_was_handed_over(
     while len(received(log)) < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert child.poll() is None, "the send finished before it could be stopped"
-    if signum == signal.SIGINT:
-        os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    if group:
+        os.killpg(child.pid, signum)  # what Ctrl-C in a terminal does, and systemd's stop
     else:
-        os.kill(child.pid, signal.SIGTERM)
+        os.kill(child.pid, signum)
     try:
         out, err = child.communicate(timeout=30)
     except subprocess.TimeoutExpired:

@@ -1,5 +1,6 @@
-"""Carrying out a `SendPlan`: stream the planned recipients by id, personalize, batch, a few
-batches in flight, every outcome in the ledger.
+"""Carrying out a `SendPlan`: stream the planned recipients by id, cut them into batches,
+personalize and prepare each (in worker processes for a big list), a few batches in flight,
+every outcome in the ledger.
 
 The rules that make it crash-safe are the ledger's (see `ledger.py`): a batch is claimed
 `in_flight` before it goes out; only the lease holder sends; a dead sender's in-flight rows
@@ -15,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -254,26 +256,28 @@ class Preparer:
     transport: Transport
     message: Message
 
-    def __call__(self, page: Page) -> Any:
-        batch = Batch(self.message, self.builder.build(page))
+    def __call__(self, batch: Page) -> Any:
+        recipients = self.builder.build(batch)
         if self.transport.capabilities.prepares:
-            return cast("PreparingTransport", self.transport).prepare(batch)
-        return batch
+            return cast("PreparingTransport", self.transport).prepare(
+                Batch(self.message, recipients)
+            )
+        return recipients  # (from a worker: only these are pickled back, not the message)
 
     def send(self, prepared: Any) -> list[Outcome]:
         """What `__call__` made, sent: one outcome per recipient, in order."""
         if self.transport.capabilities.prepares:
             return cast("PreparingTransport", self.transport).send_prepared(prepared)
-        return self.transport.send(prepared)
+        return self.transport.send(Batch(self.message, prepared))
 
 
 # Set before the worker pool forks, so workers inherit the rendered issue without pickling it.
 _PREPARER: Preparer | None = None
 
 
-def _prepare_in_worker(page: Page) -> Any:
+def _prepare_in_worker(batch: Page) -> Any:
     assert _PREPARER is not None
-    return _PREPARER(page)
+    return _PREPARER(batch)
 
 
 def start_pool(preparer: Preparer, expected: int) -> Any:
@@ -298,7 +302,14 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
     # Move what is loaded so far out of the collector's reach: the workers' GC then does not
     # write to (and so copy) every inherited page.
     gc.freeze()
-    return multiprocessing.get_context("fork").Pool(min(cpus, 4), initializer=_worker_init)
+    from concurrent.futures import ProcessPoolExecutor
+
+    # (Not multiprocessing.Pool: a worker killed with the process group, as systemd stops a
+    # service, can die holding the pool's queue lock, and the pool then hangs for good;
+    # this executor notices a dead worker and says so.)
+    return ProcessPoolExecutor(
+        min(cpus, 4), mp_context=multiprocessing.get_context("fork"), initializer=_worker_init
+    )
 
 
 def _worker_init() -> None:
@@ -446,7 +457,7 @@ def execute(
         raise
     finally:
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
         transport.close()
         if lease is not None:
             lease.release()
@@ -465,9 +476,9 @@ GIL_SLICE = 0.05
 
 @contextmanager
 def _longer_gil_slices() -> Iterator[None]:
-    """The builder (main thread) and the senders take turns on the GIL; every forced handover
-    waits for the OS to schedule the other thread, which on a busy machine takes long. Longer
-    slices mean fewer handovers (senders still release it at once while they wait on I/O):
+    """The threads (reading the list, sending, and preparing when no workers do it) take turns
+    on the GIL; every forced handover waits for the OS to schedule the other thread, which on
+    a busy machine takes long. Longer slices mean fewer handovers (senders still release it at once while they wait on I/O):
     measured 1.7x the throughput on the loaded 2-core machine (benchmarks/send_throughput.py)."""
     import sys
 
@@ -512,10 +523,12 @@ def _batches(pages: Iterator[Page], size: int) -> Iterator[Page]:
             continue
         rows += page[0]
         with_rows |= page[1]
-        while len(rows) >= size:
-            yield _page(rows[:size], with_rows)
-            rows = rows[size:]
-            with_rows = _page(rows, with_rows)[1]  # only the rest's, so it stays small
+        start = 0
+        while len(rows) - start >= size:
+            yield _page(rows[start : start + size], with_rows)
+            start += size
+        rows = rows[start:]
+        with_rows = _page(rows, with_rows)[1]  # only the rest's, so it stays small
     if rows:
         yield _page(rows, with_rows)
 
@@ -552,25 +565,32 @@ def _send_batches(
         that fails (the lease was lost) raises: nothing of this batch was recorded or sent."""
         rows, with_rows = batch
         if prepared is None:
-            prepared = preparer(batch)
+            prepared = preparer(batch)  # (raises before anything is claimed: the send stops)
         ids = [row[0] for row in rows]
         if use_ledger:
             new = [sid for sid in ids if sid not in with_rows]
-            again = [sid for sid in ids if sid in with_rows]
-            kept = ledger.claim(issue_id, send_id, number, new, again, owner=owner, slug=slug)
+            retry = [sid for sid in ids if sid in with_rows]
+            kept = ledger.claim(issue_id, send_id, number, new, retry, owner=owner, slug=slug)
             if len(kept) < len(ids):
                 # Unsubscribed or forgotten since they were read: they get nothing.
                 rows = [row for row in rows if row[0] in kept]
                 ids = [row[0] for row in rows]
-                prepared = preparer((rows, with_rows)) if rows else None
+                prepared = None
         if not ids:
             return []
         try:
-            outcomes = preparer.send(prepared)
-        except Exception as exc:  # a bug or an unexpected library error: not known sent
-            outcomes = [Outcome(DeliveryState.UNCERTAIN, error=f"unexpected error: {exc}")] * len(
-                ids
-            )
+            if prepared is None:
+                prepared = preparer((rows, with_rows))
+        except Exception as exc:  # claimed, but nothing went out: failed, sent on --resume
+            outcomes = [
+                Outcome(DeliveryState.FAILED, error=f"could not prepare a batch: {exc}", fatal=True)
+            ] * len(ids)
+        else:
+            try:
+                outcomes = preparer.send(prepared)
+            except Exception as exc:  # a bug or an unexpected library error: not known sent
+                error = f"unexpected error: {exc}"
+                outcomes = [Outcome(DeliveryState.UNCERTAIN, error=error)] * len(ids)
         # What came back, and the send's totals, in one transaction here: `sends` and
         # `stats` agree with the ledger whenever and however the send stops.
         if use_ledger:
@@ -624,6 +644,26 @@ def _send_batches(
     batches = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
     # Batches in the worker processes, oldest first: bounded, so memory stays flat.
     waiting: deque[tuple[Page, Any]] = deque()
+
+    def take_oldest() -> None:
+        """Hand the oldest prepared batch to a sender. Waits in short steps: a SIGTERM to the
+        whole process group kills the workers too, and a batch a dead worker held never
+        comes back; the send must still stop."""
+        ready, result = waiting[0]
+        while not result.done():
+            wait([result], timeout=0.1)
+            if halted():
+                return
+        waiting.popleft()
+        try:
+            prepared = result.result()
+        except BrokenProcessPool:
+            report.error = (
+                report.error or "a worker process stopped (killed?); nothing of its batch was sent"
+            )
+            return
+        submit(executor, ready, prepared)
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
         try:
             for batch in batches:
@@ -632,13 +672,11 @@ def _send_batches(
                 if pool is None:
                     submit(executor, batch, None)
                     continue
-                waiting.append((batch, pool.apply_async(_prepare_in_worker, (batch,))))
+                waiting.append((batch, pool.submit(_prepare_in_worker, batch)))
                 while len(waiting) > PREPARE_AHEAD and not halted():
-                    ready, result = waiting.popleft()
-                    submit(executor, ready, result.get())
+                    take_oldest()
             while waiting and not halted():
-                ready, result = waiting.popleft()
-                submit(executor, ready, result.get())
+                take_oldest()
         finally:
             # Whatever happened (Ctrl-C, a lost lease), wait for what is in flight: each
             # sender thread records its own batch. The first error is raised after all.
