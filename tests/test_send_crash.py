@@ -100,6 +100,13 @@ def test_kill_9_mid_smtp_send_then_resume(
     _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel=False, url=None)
 
 
+def _set_delay(url: str, seconds: float) -> None:
+    """Make the running fake SendGrid pause this long before answering each mail request."""
+    body = json.dumps({"seconds": seconds}).encode()
+    request = urllib.request.Request(f"{url}/__fake__/delay", data=body, method="POST")
+    urllib.request.urlopen(request, timeout=5).read()
+
+
 def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
     (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
@@ -124,6 +131,12 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
     deadline = time.monotonic() + 30
     while len(received(log)) < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
+    if url:
+        # Hold the next requests at the server, so that the batch seen in flight is still in
+        # flight when the kill comes (a 0.3 s answer could arrive in between on a busy
+        # machine, leaving nothing in flight, which is not the case this test is about).
+        _set_delay(url, 10)
+        time.sleep(0.5)  # the requests already at the server get their 0.3 s answers
     # Kill while a request is in flight (on a loaded machine the sender may sit between
     # batches for a while): that is the case this test is about.
     while not in_flight(engine) and time.monotonic() < deadline:
@@ -135,10 +148,7 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
     assert 30 <= len(before) < PEOPLE
 
     if url:
-        # Answer quickly from now on.
-        urllib.request.urlopen(urllib.request.Request(
-            f"{url}/__fake__/delay", data=b'{"seconds": 0}', method="POST"
-        ), timeout=5).read()  # fmt: skip
+        _set_delay(url, 0)  # answer quickly from now on
         monkeypatch.setenv("SENDGRID_API_KEY", KEY)
         monkeypatch.setenv("SENDGRID_API_HOST", url)
 

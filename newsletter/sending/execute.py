@@ -304,20 +304,23 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
     gc.freeze()
     from concurrent.futures import ProcessPoolExecutor
 
-    # (Not multiprocessing.Pool: a worker killed with the process group, as systemd stops a
-    # service, can die holding the pool's queue lock, and the pool then hangs for good;
-    # this executor notices a dead worker and says so.)
+    # (Not multiprocessing.Pool: it replaces a worker that died, say killed by the OOM killer,
+    # and waits for that worker's batch for good; this executor says the pool is broken.)
     return ProcessPoolExecutor(
         min(cpus, 4), mp_context=multiprocessing.get_context("fork"), initializer=_worker_init
     )
 
 
 def _worker_init() -> None:
-    # Ctrl-C and SIGTERM are the parent's to handle: a worker must not print a traceback.
+    # Ctrl-C and SIGTERM are the parent's to handle, also when they reach the whole process
+    # group (a terminal's Ctrl-C, systemd's stop): the parent stops the send and shuts the
+    # workers down after their current batch. A worker killed midway could leave half a
+    # result in the pipe, and the pool would wait for the rest for good. (When the parent
+    # dies, its pipes close and the workers end.)
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _rows(
@@ -646,9 +649,9 @@ def _send_batches(
     waiting: deque[tuple[Page, Any]] = deque()
 
     def take_oldest() -> None:
-        """Hand the oldest prepared batch to a sender. Waits in short steps: a SIGTERM to the
-        whole process group kills the workers too, and a batch a dead worker held never
-        comes back; the send must still stop."""
+        """Hand the oldest prepared batch to a sender. Waits in short steps, so that a stop
+        asked for meanwhile is seen at once; a worker that died (the OOM killer) breaks the
+        pool, which stops the send."""
         ready, result = waiting[0]
         while not result.done():
             wait([result], timeout=0.1)
