@@ -256,9 +256,13 @@ class Preparer:
     transport: Transport
     message: Message
 
+    def __post_init__(self) -> None:
+        # Asked once: does the transport prepare (its CPU work apart from its I/O)?
+        self.prepares = self.transport.capabilities.prepares
+
     def __call__(self, batch: Page) -> Any:
         recipients = self.builder.build(batch)
-        if self.transport.capabilities.prepares:
+        if self.prepares:
             return cast("PreparingTransport", self.transport).prepare(
                 Batch(self.message, recipients)
             )
@@ -266,7 +270,7 @@ class Preparer:
 
     def send(self, prepared: Any) -> list[Outcome]:
         """What `__call__` made, sent: one outcome per recipient, in order."""
-        if self.transport.capabilities.prepares:
+        if self.prepares:
             return cast("PreparingTransport", self.transport).send_prepared(prepared)
         return self.transport.send(Batch(self.message, prepared))
 
@@ -289,7 +293,7 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
     threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
         return None
-    prepares = preparer.transport.capabilities.prepares
+    prepares = preparer.prepares
     memoized = preparer.builder.personalize.keys is not None
     if memoized and not prepares and PARALLEL_ENV not in os.environ:
         # Memoized personalization is cheaper than pickling recipients back from workers;
@@ -481,7 +485,8 @@ GIL_SLICE = 0.05
 def _longer_gil_slices() -> Iterator[None]:
     """The threads (reading the list, sending, and preparing when no workers do it) take turns
     on the GIL; every forced handover waits for the OS to schedule the other thread, which on
-    a busy machine takes long. Longer slices mean fewer handovers (senders still release it at once while they wait on I/O):
+    a busy machine takes long. Longer slices mean fewer handovers (senders still release it at
+    once while they wait on I/O):
     measured 1.7x the throughput on the loaded 2-core machine (benchmarks/send_throughput.py)."""
     import sys
 
