@@ -13,6 +13,7 @@ In a test (pytest fixture `sendgrid_server` in tests that import it, or by hand)
         ...
         server.messages          # every accepted /v3/mail/send payload (dict), plus "_message_id"
         server.recipients()      # the addresses of every accepted personalization, in order
+        copies(server.messages[0])  # what SendGrid makes of each personalization (below)
         server.requests          # every /v3/mail/send request: {"status", "body" (dict|None)}
         server.inject("429", count=2, reset_in=1)   # next 2 mail requests: 429 + X-RateLimit-Reset
         server.inject("500", count=1)               # next request: 500 (also "502", "503")
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 import time
@@ -294,6 +296,36 @@ def _check_send_at(value: Any, field: str, now: float) -> list[dict[str, Any]]:
     if value > now + 72 * 3600:
         return [_error("send_at cannot be more than 72 hours in the future.", field)]
     return []
+
+
+def copies(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """What SendGrid makes of each personalization of a mail request: its `to`, its headers
+    and custom_args (the request's top-level ones merged with the personalization's own, which
+    win), and its subject, reply-to address, text and html with the substitutions made."""
+    out = []
+    for p in body["personalizations"]:
+        subs = p.get("substitutions") or {}
+        content = {c["type"]: c["value"] for c in body.get("content") or []}
+        out.append(
+            {
+                "to": p["to"],
+                "headers": {**(body.get("headers") or {}), **(p.get("headers") or {})},
+                "custom_args": {**(body.get("custom_args") or {}), **(p.get("custom_args") or {})},
+                "subject": substituted(p.get("subject") or body.get("subject") or "", subs),
+                "reply_to": substituted((body.get("reply_to") or {}).get("email") or "", subs),
+                "text": substituted(content.get("text/plain", ""), subs),
+                "html": substituted(content.get("text/html", ""), subs),
+            }
+        )
+    return out
+
+
+def substituted(text: str, subs: dict[str, str]) -> str:
+    # Every key in one pass, the longest first where keys overlap.
+    if not subs:
+        return text
+    keys = sorted(subs, key=len, reverse=True)
+    return re.sub("|".join(map(re.escape, keys)), lambda m: subs[m.group(0)], text)
 
 
 _ONE_TO = '{"to": [{"email": %s}]}'

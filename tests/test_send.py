@@ -26,7 +26,7 @@ from newsletter.store.schema import (
 )
 from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
-from tests.sendgrid_server import FakeSendGrid
+from tests.sendgrid_server import FakeSendGrid, copies
 
 KEY = "SG.test-key-do-not-print"
 ISSUE = EXAMPLE_ISSUE.stem
@@ -98,15 +98,17 @@ def test_send_payload_per_recipient(project, db, sg, cli):
     assert message["reply_to"] == {"email": "jens@example.com"}
     assert SLUG in message["categories"]
     assert [c["type"] for c in message["content"]] == ["text/plain", "text/html"]
-    for p in message["personalizations"]:
-        unsub = p["headers"]["List-Unsubscribe"]
+    for copy in copies(message):
+        unsub = copy["headers"]["List-Unsubscribe"]
         assert re.fullmatch(r"<https://news\.example\.com/unsubscribe/[\w.-]+>", unsub)
-        assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-        assert set(p["custom_args"]) == {CUSTOM_ARG_ISSUE, CUSTOM_ARG_SUBSCRIBER, CUSTOM_ARG_SEND}
+        assert copy["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        ids = copy["custom_args"]
+        assert set(ids) == {CUSTOM_ARG_ISSUE, CUSTOM_ARG_SUBSCRIBER, CUSTOM_ARG_SEND}
         # The footer link is the same URL as the header, per recipient.
-        text = apply_substitutions(message["content"][0]["value"], p["substitutions"])
-        page = apply_substitutions(message["content"][1]["value"], p["substitutions"])
-        assert unsub[1:-1] in text and html.escape(unsub[1:-1]) in page
+        assert unsub[1:-1] in copy["text"] and html.escape(unsub[1:-1]) in copy["html"]
+    # Each reader has their own id; the issue's and the send's are written once, for all.
+    assert len({c["custom_args"][CUSTOM_ARG_SUBSCRIBER] for c in copies(message)}) == 2
+    assert {CUSTOM_ARG_ISSUE, CUSTOM_ARG_SEND} <= set(message["custom_args"])
     # The ledger: everyone accepted, with SendGrid's message id.
     engine = open_engine(Project.load(project).database_url)
     with engine.connect() as conn:
@@ -608,7 +610,11 @@ def test_parallel_workers_build_the_same_messages(small_batches, db, sg, cli, mo
     monkeypatch.setenv("NEWSLETTER_SEND_PARALLEL_FROM", "1")
     result = cli(small_batches, "send", ISSUE, "--yes")
     assert result.exit_code == 0, result.output
-    parallel = {p["to"][0]["email"]: p for m in sg.messages for p in m["personalizations"]}
+    parallel = {
+        p["to"][0]["email"]: (p, copy)
+        for m in sg.messages
+        for p, copy in zip(m["personalizations"], copies(m), strict=True)
+    }
     assert sorted(parallel) == sorted(f"leser{i}@example.org" for i in range(8))
     assert ledger_states(small_batches) == {"accepted": 8}
     # Inline, for a second issue file with the same content: same values per person.
@@ -618,16 +624,16 @@ def test_parallel_workers_build_the_same_messages(small_batches, db, sg, cli, mo
     sg.messages.clear()
     assert cli(small_batches, "send", "zwei", "--yes").exit_code == 0
     for m in sg.messages:
-        for p in m["personalizations"]:
-            twin = parallel[p["to"][0]["email"]]
+        for p, copy in zip(m["personalizations"], copies(m), strict=True):
+            twin, twin_copy = parallel[p["to"][0]["email"]]
             assert p["substitutions"].keys() == twin["substitutions"].keys()
             personal = {k: v for k, v in p["substitutions"].items() if "unsubscribe" not in k}
             assert personal and personal == {
                 k: v for k, v in twin["substitutions"].items() if "unsubscribe" not in k
             }
             assert (
-                p["custom_args"][CUSTOM_ARG_SUBSCRIBER]
-                == twin["custom_args"][CUSTOM_ARG_SUBSCRIBER]
+                copy["custom_args"][CUSTOM_ARG_SUBSCRIBER]
+                == twin_copy["custom_args"][CUSTOM_ARG_SUBSCRIBER]
             )
 
 
@@ -648,9 +654,11 @@ def test_reply_domain_and_unsubscribe_group(make_project, db, sg, cli):
     assert "Reply-To:   reply+TOKEN@reply.example.com" in result.output
     assert message["asm"] == {"group_id": 4242}
     [p] = message["personalizations"]
+    [copy] = copies(message)
     token = read_token(REPLY, p["substitutions"][REPLY_TOKEN_TAG], key=TEST_SECRET)
-    assert token.issue_id == int(p["custom_args"][CUSTOM_ARG_ISSUE])
-    assert token.subscriber_id == int(p["custom_args"][CUSTOM_ARG_SUBSCRIBER])
+    assert token.issue_id == int(copy["custom_args"][CUSTOM_ARG_ISSUE])
+    assert token.subscriber_id == int(copy["custom_args"][CUSTOM_ARG_SUBSCRIBER])
+    assert copy["reply_to"] == f"reply+{p['substitutions'][REPLY_TOKEN_TAG]}@reply.example.com"
     assert (
         f"mailto:reply+{p['substitutions'][REPLY_TOKEN_TAG]}@" in p["headers"]["List-Unsubscribe"]
     )

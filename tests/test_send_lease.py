@@ -18,7 +18,7 @@ from newsletter.store.issues import ensure_issue
 from newsletter.store.schema import deliveries, send_leases, sends
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid
+from tests.sendgrid_server import FakeSendGrid, copies
 
 KEY = "SG.lease-test-key"
 
@@ -203,7 +203,7 @@ def test_an_event_that_beats_the_answer_is_not_overwritten(root, cli, monkeypatc
             while not sg.requests and time.monotonic() < deadline:
                 time.sleep(0.01)
             batch = []
-            for n, p in enumerate(sg.requests[0]["body"]["personalizations"]):
+            for n, p in enumerate(copies(sg.requests[0]["body"])):
                 batch.append(
                     {
                         "event": "delivered" if n == 0 else "bounce",

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from newsletter.project import Project
-from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.message import Batch, Message, Recipient, clean_header, recipient_headers
 from newsletter.sending.single import send_transactional
 from newsletter.sending.transports.sendgrid import SendGridTransport, mail_body, mail_json
-from tests.sendgrid_server import FakeSendGrid, validate_mail
+from tests.sendgrid_server import FakeSendGrid, copies, substituted, validate_mail
 
 KEY = "SG.test-key"
 
@@ -233,9 +233,47 @@ def test_the_posted_json_reaches_the_server_intact(server):
     assert message["personalizations"][0]["to"] == [
         {"email": "a@example.org", "name": "Jörg „der Leser“ Müller"}
     ]
-    assert message["personalizations"][0]["headers"]["List-Unsubscribe-Post"] == (
-        "List-Unsubscribe=One-Click"
-    )
+    [copy] = copies(message)
+    assert copy["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_each_reader_gets_what_the_neutral_message_says(seed):
+    """What every reader of a batch shares (the issue's and the send's ids, the one-click
+    header) is written once at the top of the request; what SendGrid makes of each
+    personalization (top-level headers and custom_args merged with its own) is still exactly
+    that reader's headers, ids, subject, Reply-To and parts, as the SMTP transport writes them."""
+    batch, group = awkward_batch(seed)
+    body = json.loads(mail_json(batch, asm_group_id=group))
+    message = batch.message
+    for copy, reader in zip(copies(body), batch.recipients, strict=True):
+        assert copy["headers"] == recipient_headers(message, reader)
+        assert copy["custom_args"] == {**message.ids, **reader.ids}
+        subs = reader.substitutions
+        assert copy["text"] == substituted(message.text, subs)
+        assert copy["html"] == substituted(message.html, subs)
+        assert copy["subject"] == substituted(clean_header(message.subject), subs)
+        assert copy["reply_to"] == substituted(message.reply_to or "", subs)
+
+
+def test_what_all_readers_share_is_written_once():
+    """A bulk batch: the ids every reader has alike and the one-click header go to the top of
+    the request; only each reader's own id stays in their personalization."""
+    batch = batch_for([f"leser{i}@example.org" for i in range(3)])
+    body = json.loads(mail_json(batch))
+    assert body["custom_args"] == {"newsletter_issue_id": "1"}
+    assert body["headers"] == {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    assert [p["custom_args"] for p in body["personalizations"]] == [
+        {"newsletter_subscriber_id": str(i)} for i in range(3)
+    ]
+    assert all(set(p["headers"]) == {"List-Unsubscribe"} for p in body["personalizations"])
+    # One reader without an unsubscribe URL: nobody's one-click header is lifted.
+    people = [*batch.recipients[:2], batch.recipients[2]._replace(unsubscribe_url=None)]
+    body = json.loads(mail_json(Batch(batch.message, people)))
+    assert "headers" not in body
+    assert [set(p.get("headers", ())) for p in body["personalizations"]] == [
+        {"List-Unsubscribe", "List-Unsubscribe-Post"}
+    ] * 2 + [set()]
 
 
 def test_suppression_paging(server):

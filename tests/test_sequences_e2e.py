@@ -16,7 +16,7 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG
-from tests.sendgrid_server import FakeSendGrid
+from tests.sendgrid_server import FakeSendGrid, copies
 from tests.test_sequences import SEQUENCE, STEP1, STEP2, STEP3, write_steps
 from tests.test_web_support import Signer, body_of, event, live_server, multipart
 
@@ -90,8 +90,9 @@ def test_signup_confirm_then_steps_through_sendgrid_until_unsubscribe(
         assert again.exit_code == 0 and len(step_messages(sendgrid)) == 1
 
         # SendGrid reports delivery and an open; Anna answers the welcome email.
-        events = [event("delivered", "anna@example.de", **p1["custom_args"]),
-                  event("open", "anna@example.de", **p1["custom_args"])]  # fmt: skip
+        [ids] = [copy["custom_args"] for copy in copies(step1)]
+        events = [event("delivered", "anna@example.de", **ids),
+                  event("open", "anna@example.de", **ids)]  # fmt: skip
         body = body_of(events)
         posted = httpx.post(
             f"{base}/webhooks/sendgrid/events", content=body, headers=signer.headers(body)

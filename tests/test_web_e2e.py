@@ -16,7 +16,7 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, FIXTURES
-from tests.sendgrid_server import FakeSendGrid
+from tests.sendgrid_server import FakeSendGrid, copies
 from tests.test_web_support import Signer, body_of, event, live_server, multipart
 
 KEY = "SG.e2e-test-key"
@@ -41,7 +41,7 @@ def test_send_then_webhooks_unsubscribe_reply_and_stats(make_project, cli, monke
         assert result.exit_code == 0, result.output
         [message] = sendgrid.messages
     monkeypatch.delenv("SENDGRID_API_KEY")
-    by_address = {p["to"][0]["email"]: p for p in message["personalizations"]}
+    by_address = {copy["to"][0]["email"]: copy for copy in copies(message)}
     anna, joerg = by_address["anna.mueller@example.de"], by_address["jörg@example.de"]
 
     with live_server(create_app(proj, engine)) as base:
@@ -77,8 +77,8 @@ def test_send_then_webhooks_unsubscribe_reply_and_stats(make_project, cli, monke
         # SendGrid fills the per-reader token into the Reply-To from her substitutions.
         from newsletter.tokens import REPLY_TOKEN_TAG
 
-        tagged = message["reply_to"]["email"]
-        reply_to = tagged.replace(REPLY_TOKEN_TAG, anna["substitutions"][REPLY_TOKEN_TAG])
+        assert REPLY_TOKEN_TAG in message["reply_to"]["email"]
+        reply_to = anna["reply_to"]
         assert re.fullmatch(r"reply\+[\w.-]+@replies\.example\.com", reply_to)
         text = (FIXTURES / "reply-meta-ki-creator.txt").read_text(encoding="utf-8")
         data, content_type = multipart(

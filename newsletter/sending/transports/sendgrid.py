@@ -20,7 +20,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _string  # json.dumps's own
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
@@ -83,8 +83,45 @@ def unique_categories(categories: tuple[str, ...] | list[str]) -> list[str]:
     return unique[:MAX_CATEGORIES]
 
 
-def message_body(message: Message, *, asm_group_id: int | None = None) -> dict[str, Any]:
-    """Everything of a request except its personalizations; shared by every batch of a send."""
+class Shared(NamedTuple):
+    """What every reader of a batch has alike, written once at the request's top level
+    instead of in each personalization: SendGrid gives each personalization the top level's
+    headers and custom_args merged with its own. A bulk send's issue and send ids and its
+    one-click header are a fifth of each personalization (`shared_by_all`)."""
+
+    #: custom_args every reader carries with the same value.
+    ids: tuple[tuple[str, str], ...] = ()
+    #: Every reader has RFC 8058's List-Unsubscribe-Post (an unsubscribe URL, no own headers).
+    one_click: bool = False
+
+
+NOTHING_SHARED = Shared()
+_POST_HEADER = "List-Unsubscribe-Post"
+
+
+def shared_by_all(message: Message, recipients: Sequence[Recipient]) -> Shared:
+    """What `Shared` can lift out of these readers' personalizations."""
+    if not recipients:
+        return NOTHING_SHARED
+    one_click = all(r.unsubscribe_url and not r.headers for r in recipients) and not any(
+        name.lower() == _POST_HEADER.lower() for name in message.headers
+    )
+    ids = []
+    for key, value in recipients[0].ids.items():
+        if (
+            type(key) is str
+            and type(value) is str
+            and {r.ids.get(key) for r in recipients} == {value}
+        ):
+            ids.append((key, value))
+    return Shared(tuple(ids), one_click)
+
+
+def message_body(
+    message: Message, *, asm_group_id: int | None = None, shared: Shared = NOTHING_SHARED
+) -> dict[str, Any]:
+    """Everything of a request except its personalizations; shared by every batch of a send
+    (with what its readers share, `shared`)."""
     body: dict[str, Any] = {
         "from": {"email": message.from_email, "name": clean_header(message.from_name)},
         "subject": clean_header(message.subject),
@@ -103,10 +140,13 @@ def message_body(message: Message, *, asm_group_id: int | None = None) -> dict[s
     }
     if message.reply_to:
         body["reply_to"] = {"email": message.reply_to}
-    if message.headers:
-        body["headers"] = {k: clean_header(v) for k, v in message.headers.items()}
-    if message.ids:
-        body["custom_args"] = dict(message.ids)
+    headers = {k: clean_header(v) for k, v in message.headers.items()}
+    if shared.one_click:
+        headers[_POST_HEADER] = ONE_CLICK
+    if headers:
+        body["headers"] = headers
+    if message.ids or shared.ids:
+        body["custom_args"] = {**message.ids, **dict(shared.ids)}
     if asm_group_id is not None:
         body["asm"] = {"group_id": asm_group_id}
     if message.sandbox:
@@ -118,18 +158,25 @@ def message_body(message: Message, *, asm_group_id: int | None = None) -> dict[s
     return body
 
 
-def personalization(message: Message, recipient: Recipient) -> dict[str, Any]:
-    """One recipient: address, substitutions, RFC 8058 headers and the ids for webhooks."""
+def personalization(
+    message: Message, recipient: Recipient, shared: Shared = NOTHING_SHARED
+) -> dict[str, Any]:
+    """One recipient: address, substitutions, RFC 8058 headers and the ids for webhooks
+    (less what the batch's readers share, `shared`)."""
     to: dict[str, str] = {"email": recipient.email}
     name = clean_header(recipient.name) if recipient.name else ""
     if name:  # a name of only spaces or control characters is no name
         to["name"] = name
     p: dict[str, Any] = {"to": [to], "substitutions": dict(recipient.substitutions)}
     headers = unsubscribe_headers(message, recipient)
+    if shared.one_click:
+        del headers[_POST_HEADER]
     if headers:
         p["headers"] = headers
-    if recipient.ids:
-        p["custom_args"] = dict(recipient.ids)
+    lifted = {key for key, _ in shared.ids}
+    ids = {k: v for k, v in recipient.ids.items() if k not in lifted}
+    if ids:
+        p["custom_args"] = ids
     return p
 
 
@@ -137,8 +184,10 @@ def mail_body(batch: Batch, *, asm_group_id: int | None = None) -> dict[str, Any
     """The v3 body as a dict; what is posted is `mail_json`, these same bytes made faster."""
     if not 1 <= len(batch.recipients) <= MAX_PERSONALIZATIONS:
         raise ValueError(f"a request holds 1..{MAX_PERSONALIZATIONS} personalizations")
-    body = message_body(batch.message, asm_group_id=asm_group_id)
-    body["personalizations"] = [personalization(batch.message, r) for r in batch.recipients]
+    message = batch.message
+    shared = shared_by_all(message, batch.recipients)
+    body = message_body(message, asm_group_id=asm_group_id, shared=shared)
+    body["personalizations"] = [personalization(message, r, shared) for r in batch.recipients]
     return body
 
 
@@ -149,8 +198,10 @@ def mail_body(batch: Batch, *, asm_group_id: int | None = None) -> dict[str, Any
 # (a test compares them on awkward input).
 
 
-def personalization_json(message: Message, recipient: Recipient) -> str:
-    """`json.dumps(personalization(message, recipient))`."""
+def personalization_json(
+    message: Message, recipient: Recipient, shared: Shared = NOTHING_SHARED
+) -> str:
+    """`json.dumps(personalization(message, recipient, shared))`."""
     name = recipient.name
     if name and not (name.isprintable() and not name[0].isspace() and not name[-1].isspace()):
         name = clean_header(name)  # (printable and trimmed: nothing to clean, and faster)
@@ -158,61 +209,73 @@ def personalization_json(message: Message, recipient: Recipient) -> str:
     if url and not message.unsubscribe_mailto and not recipient.headers:
         # The common case: one template per shape of reader (the same keys in the same order
         # for everyone of a send), its values escaped in C.
-        shape = (bool(name), tuple(subs), tuple(ids))
+        shape = (bool(name), tuple(subs), tuple(ids), shared)
         values = [recipient.email, name] if name else [recipient.email]
         values += subs.values()
         values.append(f"<{url}>")
-        values += ids.values()
         try:
-            template = _TEMPLATES.get(shape)
-            if template is None:
-                template = _TEMPLATES[shape] = _template(*shape)
+            known = _TEMPLATES.get(shape)
+            if known is None:
+                if len(_TEMPLATES) > 64:  # (the shared ids differ from send to send)
+                    _TEMPLATES.clear()
+                known = _TEMPLATES[shape] = _template(*shape)
+            template, own_ids = known
+            values += [ids[key] for key in own_ids]
             return template % tuple(map(_string, values))
         except TypeError:  # a key or value that is not a string: json's own rules, below
             pass
     # Everything else (a mailto or the reader's own headers in List-Unsubscribe, a value that
     # is not a string) is rare: the dict, as json writes it.
-    return json.dumps(personalization(message, recipient))
+    return json.dumps(personalization(message, recipient, shared))
 
 
-_TEMPLATES: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], str] = {}
+_TEMPLATES: dict[tuple[bool, tuple[str, ...], tuple[str, ...], Shared], tuple[str, list[str]]] = {}
 
 
-def _template(named: bool, subs: tuple[str, ...], ids: tuple[str, ...]) -> str:
+def _template(
+    named: bool, subs: tuple[str, ...], ids: tuple[str, ...], shared: Shared
+) -> tuple[str, list[str]]:
     """A personalization with `%s` for each (JSON-escaped) value, in `personalization_json`'s
-    order: email, name, substitution values, the List-Unsubscribe value, custom_args values."""
+    order: email, name, substitution values, the List-Unsubscribe value, the values of the
+    custom_args not `shared` (the template's second part names them)."""
 
-    def keys(names: tuple[str, ...]) -> str:
+    def keys(names: tuple[str, ...] | list[str]) -> str:
         # Keys are escaped here, once; a "%" in them must survive the % formatting.
         return "{" + ", ".join(_string(k).replace("%", "%%") + ": %s" for k in names) + "}"
 
+    lifted = {key for key, _ in shared.ids}
+    own_ids = [key for key in ids if key not in lifted]
     out = '{"to": [{"email": %s' + (', "name": %s' if named else "") + '}], "substitutions": '
     out += keys(subs)
-    out += ', "headers": {"List-Unsubscribe": %s, "List-Unsubscribe-Post": "' + ONE_CLICK + '"}'
-    if ids:
-        out += ', "custom_args": ' + keys(ids)
-    return out + "}"
+    out += ', "headers": {"List-Unsubscribe": %s'
+    if not shared.one_click:
+        out += ', "' + _POST_HEADER + '": "' + ONE_CLICK + '"'
+    out += "}"
+    if own_ids:
+        out += ', "custom_args": ' + keys(own_ids)
+    return out + "}", own_ids
 
 
-def mail_json(batch: Batch, *, asm_group_id: int | None = None, shared: str | None = None) -> bytes:
-    """`json.dumps(mail_body(batch)).encode()`; `shared` is `shared_json` of the message, when
-    the caller keeps it from batch to batch."""
+def mail_json(batch: Batch, *, asm_group_id: int | None = None) -> bytes:
+    """`json.dumps(mail_body(batch)).encode()`."""
     if not 1 <= len(batch.recipients) <= MAX_PERSONALIZATIONS:
         raise ValueError(f"a request holds 1..{MAX_PERSONALIZATIONS} personalizations")
     message = batch.message
-    if shared is None:
-        shared = shared_json(message, asm_group_id=asm_group_id)
-    return _joined(shared, [personalization_json(message, r) for r in batch.recipients])
+    shared = shared_by_all(message, batch.recipients)
+    top = shared_json(message, asm_group_id=asm_group_id, shared=shared)
+    return _joined(top, [personalization_json(message, r, shared) for r in batch.recipients])
 
 
-def _joined(shared: str, personalizations: list[str]) -> bytes:
+def _joined(top: str, personalizations: list[str]) -> bytes:
     people = ", ".join(personalizations)
-    return "".join((shared, ', "personalizations": [', people, "]}")).encode("ascii")
+    return "".join((top, ', "personalizations": [', people, "]}")).encode("ascii")
 
 
-def shared_json(message: Message, *, asm_group_id: int | None = None) -> str:
+def shared_json(
+    message: Message, *, asm_group_id: int | None = None, shared: Shared = NOTHING_SHARED
+) -> str:
     """`message_body` as JSON without its closing brace: every batch of a send starts so."""
-    return json.dumps(message_body(message, asm_group_id=asm_group_id))[:-1]
+    return json.dumps(message_body(message, asm_group_id=asm_group_id, shared=shared))[:-1]
 
 
 def _size(value: Mapping[str, str]) -> int:
@@ -324,7 +387,10 @@ class SendGridTransport:
         self._sleep = sleep
         self._client = sendgrid.SendGridAPIClient(api_key, host=self.host)
         self._opener = urllib.request.build_opener()
-        self._shared: tuple[Message, str] | None = None
+        #: The top of the request (`shared_json`) by what the batch's readers share, for the
+        #: message of `_tops_of`.
+        self._tops_of: Message | None = None
+        self._tops: dict[Shared, str] = {}
 
     @classmethod
     def unavailable(cls, project: Project) -> str | None:
@@ -370,15 +436,21 @@ class SendGridTransport:
         short text proves them within the limits. No I/O: a big send runs this in worker
         processes (`capabilities.prepares`)."""
         message = batch.message
-        shared = self._shared
-        if shared is None or shared[0] is not message:
-            # Every batch of a send shares its message: encode that part once.
-            shared = self._shared = (message, shared_json(message, asm_group_id=self.asm_group_id))
+        shared = shared_by_all(message, batch.recipients)
+        if self._tops_of is not message:
+            self._tops_of, self._tops = message, {}
+        top = self._tops.get(shared)
+        if top is None:
+            # Every batch of a send shares its message (and mostly what its readers share):
+            # encode that part once.
+            top = self._tops[shared] = shared_json(
+                message, asm_group_id=self.asm_group_id, shared=shared
+            )
         parts: list[str] = []
         refused: dict[int, Outcome] = {}
         for index, recipient in enumerate(batch.recipients):
             try:
-                part = personalization_json(message, recipient)
+                part = personalization_json(message, recipient, shared)
                 # Each limit is on a piece of this text, and its escaped ASCII is never
                 # shorter than the UTF-8 SendGrid counts: shorter text is within both.
                 problem = recipient_problem(recipient) if len(part) >= _SMALLEST_LIMIT else None
@@ -389,7 +461,7 @@ class SendGridTransport:
                 refused[index] = Outcome(DeliveryState.FAILED, error=problem)
                 continue
             parts.append(part)
-        body = _joined(shared[1], parts) if parts else None
+        body = _joined(top, parts) if parts else None
         return PreparedMail(len(batch.recipients), message.from_email, body, refused)
 
     def send_prepared(self, prepared: PreparedMail) -> list[Outcome]:
