@@ -42,6 +42,19 @@ HTML_KEY = "%%nl:h:{n}%%"
 TEXT_KEY = "%%nl:t:{n}%%"
 UNSUBSCRIBE_HTML_KEY = HTML_KEY.format(n="unsubscribe")
 UNSUBSCRIBE_TEXT_KEY = TEXT_KEY.format(n="unsubscribe")
+_KEY_NAME_RE = re.compile(r"\d+|unsubscribe")
+_HTML_PREFIX, _KEY_END = HTML_KEY.split("{n}")
+
+
+def text_twin(key: str) -> str | None:
+    """The text part's key for the same value as this HTML part's key (`%%nl:h:3%%` ->
+    `%%nl:t:3%%`), or None. The two are as long and differ in one letter, which no other key
+    can overlap (each starts with `%%nl:`): where both values are equal, the HTML part may
+    use the text key instead."""
+    if not (key.startswith(_HTML_PREFIX) and key.endswith(_KEY_END)):
+        return None
+    name = key[len(_HTML_PREFIX) : -len(_KEY_END)]
+    return TEXT_KEY.format(n=name) if _KEY_NAME_RE.fullmatch(name) else None
 
 #: Each substitution value is cut to this many characters: even fully escaped
 #: (6 bytes per character) it stays well under SendGrid's 10,000-byte limit.

@@ -180,12 +180,28 @@ def awkward_batch(seed: int) -> tuple[Batch, int | None]:
     def mapping() -> dict[str, str]:
         return {f"%%{text()}{i}%%": text() for i in range(pick.randint(0, 4))}
 
+    def twins() -> dict[str, str]:
+        # The render's keys for the HTML and the text part: both, equal or not, or one alone.
+        out = {}
+        for name in ("0", "unsubscribe"):
+            value = text()
+            both = {f"%%nl:h:{name}%%": value, f"%%nl:t:{name}%%": value}
+            out.update(
+                pick.choice(
+                    [{}, both, both, {**both, f"%%nl:h:{name}%%": value + "&amp;"}]
+                    + [dict([item]) for item in both.items()]
+                )
+            )
+        return out
+
+    keyed = "<p>%%nl:h:0%% %%nl:t:0%%%%nl:h:unsubscribe%%</p>%%nl:h:0%%"
+
     message = Message(
         from_email="jens@example.com",
         from_name=text(),
         subject=text() or "Betreff",
-        html=text() or "<p>x</p>",
-        text=text() or "x",
+        html=text() + pick.choice(["", keyed]) or "<p>x</p>",
+        text=text() + pick.choice(["", "%%nl:t:0%% %%nl:t:unsubscribe%%"]) or "x",
         reply_to=pick.choice([None, "jens@example.com", "reply+%newsletter_reply_token%@r.de"]),
         headers=pick.choice([{}, {"List-Id": f"<{text()}.example.com>"}]),
         categories=tuple(text() for _ in range(pick.randint(0, 3))),
@@ -201,7 +217,7 @@ def awkward_batch(seed: int) -> tuple[Batch, int | None]:
         Recipient(
             email=f"leser{i}@example.org",
             name=pick.choice([None, "", text()]),
-            substitutions={**mapping(), "%newsletter_reply_token%": text()},
+            substitutions={**mapping(), **twins(), "%newsletter_reply_token%": text()},
             unsubscribe_url=pick.choice([None, f"https://news.example.com/u/{text()}"]),
             ids=pick.choice([{}, mapping()]),
             headers=pick.choice([{}, {"X-Leser": text()}]),
@@ -319,3 +335,52 @@ def test_transactional_through_sendgrid(project: Path, server, monkeypatch):
     assert server.recipients() == ["a@example.org"]
     assert server.messages[0]["_message_id"] in where
     assert not (project / "outbox").exists()
+
+
+def test_a_value_html_leaves_as_it_is_goes_once(project: Path):
+    """An HTML key whose value equals its text twin's for every reader of a batch (a first
+    name like Jörg, an unsubscribe URL without `&`) is not sent twice: the request's HTML part
+    uses the text key. Each reader's copy is still exactly the issue personalized for them."""
+    from newsletter.personalize import HTML_KEY, UNSUBSCRIBE_HTML_KEY
+    from newsletter.render import apply_substitutions, render_file
+    from tests.conftest import EXAMPLE_ISSUE
+
+    rendered = render_file(Project.load(project), project / "issues" / EXAMPLE_ISSUE.name)
+    message = Message(
+        from_email="jens@example.com",
+        from_name="Jens",
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+    )
+    first_name = HTML_KEY.format(n=0)
+    assert first_name in message.html and UNSUBSCRIBE_HTML_KEY in message.html
+
+    def reader(i: int, first: str, base: str = "https://news.example.com") -> Recipient:
+        url = f"{base}/unsubscribe/t{i}"
+        person = {"id": i, "email": f"leser{i}@example.org", "first_name": first}
+        subs = rendered.substitutions(person, url)
+        return Recipient(email=person["email"], substitutions=subs, unsubscribe_url=url)
+
+    alike = [reader(i, "Jörg") for i in range(3)]
+    tom = reader(1, '<b>Tom & "Jerry"</b>')
+    amp = reader(2, "Jörg", base="https://news.example.com/?liste=1&x=2")
+    unlike = [alike[0], tom, amp]
+    bodies = {}
+    for name, people in (("alike", alike), ("unlike", unlike)):
+        body = bodies[name] = json.loads(mail_json(Batch(message, people)))
+        for copy, person in zip(copies(body), people, strict=True):
+            assert copy["html"] == apply_substitutions(message.html, person.substitutions)
+            assert copy["text"] == apply_substitutions(message.text, person.substitutions)
+            assert copy["subject"] == message.subject
+    assert "Hallo Jörg," in copies(bodies["alike"])[0]["html"]
+    assert "Hallo &lt;b&gt;Tom" in copies(bodies["unlike"])[1]["html"]
+    # Alike: neither HTML key is in a personalization or in the HTML part.
+    for p in bodies["alike"]["personalizations"]:
+        assert not {first_name, UNSUBSCRIBE_HTML_KEY} & set(p["substitutions"])
+    assert first_name not in bodies["alike"]["content"][1]["value"]
+    assert UNSUBSCRIBE_HTML_KEY not in bodies["alike"]["content"][1]["value"]
+    # Unlike (Tom's name and a URL with & escape in HTML): both keys go as they were.
+    for p in bodies["unlike"]["personalizations"]:
+        assert {first_name, UNSUBSCRIBE_HTML_KEY} <= set(p["substitutions"])
+    assert bodies["unlike"]["content"][1]["value"] == message.html

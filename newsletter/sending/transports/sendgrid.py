@@ -22,10 +22,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _string  # json.dumps's own
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 from urllib.parse import urlsplit
 
 from newsletter.errors import TransportError
+from newsletter.personalize import text_twin
 from newsletter.sending.message import (
     ONE_CLICK,
     Batch,
@@ -84,15 +85,20 @@ def unique_categories(categories: tuple[str, ...] | list[str]) -> list[str]:
 
 
 class Shared(NamedTuple):
-    """What every reader of a batch has alike, written once at the request's top level
-    instead of in each personalization: SendGrid gives each personalization the top level's
-    headers and custom_args merged with its own. A bulk send's issue and send ids and its
-    one-click header are a fifth of each personalization (`shared_by_all`)."""
+    """What every reader of a batch has alike, written once for the request instead of in
+    each personalization (`shared_by_all`): SendGrid gives each personalization the top
+    level's headers and custom_args merged with its own. A bulk send's issue and send ids,
+    its one-click header and the HTML copy of its unsubscribe URL were a third of each
+    personalization."""
 
     #: custom_args every reader carries with the same value.
     ids: tuple[tuple[str, str], ...] = ()
     #: Every reader has RFC 8058's List-Unsubscribe-Post (an unsubscribe URL, no own headers).
     one_click: bool = False
+    #: HTML-part keys whose value every reader has equal to their text twin's (`text_twin`:
+    #: nothing in it that HTML escapes, as an unsubscribe URL): the request's parts use the
+    #: text key for both, and no personalization carries the HTML key.
+    html_keys: tuple[str, ...] = ()
 
 
 NOTHING_SHARED = Shared()
@@ -114,7 +120,25 @@ def shared_by_all(message: Message, recipients: Sequence[Recipient]) -> Shared:
             and {r.ids.get(key) for r in recipients} == {value}
         ):
             ids.append((key, value))
-    return Shared(tuple(ids), one_click)
+    html_keys = []
+    first = recipients[0].substitutions
+    for key in first:
+        twin = text_twin(key) if type(key) is str else None
+        if twin is not None and all(
+            r.substitutions.get(key, _ABSENT) == r.substitutions.get(twin, _ALSO_ABSENT)
+            for r in recipients
+        ):
+            html_keys.append(key)
+    return Shared(tuple(ids), one_click, tuple(html_keys))
+
+
+_ABSENT, _ALSO_ABSENT = object(), object()
+
+
+def _with_text_keys(text: str, html_keys: tuple[str, ...]) -> str:
+    for key in html_keys:
+        text = text.replace(key, cast("str", text_twin(key)))
+    return text
 
 
 def message_body(
@@ -122,13 +146,14 @@ def message_body(
 ) -> dict[str, Any]:
     """Everything of a request except its personalizations; shared by every batch of a send
     (with what its readers share, `shared`)."""
+    twins = shared.html_keys  # (wherever SendGrid substitutes: subject, parts, Reply-To)
     body: dict[str, Any] = {
         "from": {"email": message.from_email, "name": clean_header(message.from_name)},
-        "subject": clean_header(message.subject),
+        "subject": _with_text_keys(clean_header(message.subject), twins),
         # SendGrid wants text/plain first.
         "content": [
-            {"type": "text/plain", "value": message.text},
-            {"type": "text/html", "value": message.html},
+            {"type": "text/plain", "value": _with_text_keys(message.text, twins)},
+            {"type": "text/html", "value": _with_text_keys(message.html, twins)},
         ],
         "categories": unique_categories(message.categories),
         # Explicit, private by default: our footer is the unsubscribe, links stay as written.
@@ -139,7 +164,7 @@ def message_body(
         },
     }
     if message.reply_to:
-        body["reply_to"] = {"email": message.reply_to}
+        body["reply_to"] = {"email": _with_text_keys(message.reply_to, twins)}
     headers = {k: clean_header(v) for k, v in message.headers.items()}
     if shared.one_click:
         headers[_POST_HEADER] = ONE_CLICK
@@ -167,7 +192,11 @@ def personalization(
     name = clean_header(recipient.name) if recipient.name else ""
     if name:  # a name of only spaces or control characters is no name
         to["name"] = name
-    p: dict[str, Any] = {"to": [to], "substitutions": dict(recipient.substitutions)}
+    subs = recipient.substitutions
+    p: dict[str, Any] = {
+        "to": [to],
+        "substitutions": {k: v for k, v in subs.items() if k not in shared.html_keys},
+    }
     headers = unsubscribe_headers(message, recipient)
     if shared.one_click:
         del headers[_POST_HEADER]
@@ -211,15 +240,15 @@ def personalization_json(
         # for everyone of a send), its values escaped in C.
         shape = (bool(name), tuple(subs), tuple(ids), shared)
         values = [recipient.email, name] if name else [recipient.email]
-        values += subs.values()
-        values.append(f"<{url}>")
         try:
             known = _TEMPLATES.get(shape)
             if known is None:
                 if len(_TEMPLATES) > 64:  # (the shared ids differ from send to send)
                     _TEMPLATES.clear()
                 known = _TEMPLATES[shape] = _template(*shape)
-            template, own_ids = known
+            template, own_subs, own_ids = known
+            values += [subs[key] for key in own_subs] if shared.html_keys else subs.values()
+            values.append(f"<{url}>")
             values += [ids[key] for key in own_ids]
             return template % tuple(map(_string, values))
         except TypeError:  # a key or value that is not a string: json's own rules, below
@@ -229,15 +258,16 @@ def personalization_json(
     return json.dumps(personalization(message, recipient, shared))
 
 
-_TEMPLATES: dict[tuple[bool, tuple[str, ...], tuple[str, ...], Shared], tuple[str, list[str]]] = {}
+_Template = tuple[str, list[str], list[str]]
+_TEMPLATES: dict[tuple[bool, tuple[str, ...], tuple[str, ...], Shared], _Template] = {}
 
 
 def _template(
     named: bool, subs: tuple[str, ...], ids: tuple[str, ...], shared: Shared
-) -> tuple[str, list[str]]:
+) -> _Template:
     """A personalization with `%s` for each (JSON-escaped) value, in `personalization_json`'s
-    order: email, name, substitution values, the List-Unsubscribe value, the values of the
-    custom_args not `shared` (the template's second part names them)."""
+    order: email, name, the values of the substitutions and then of the custom_args not
+    `shared` (the second and third parts name them), the List-Unsubscribe value between."""
 
     def keys(names: tuple[str, ...] | list[str]) -> str:
         # Keys are escaped here, once; a "%" in them must survive the % formatting.
@@ -245,15 +275,16 @@ def _template(
 
     lifted = {key for key, _ in shared.ids}
     own_ids = [key for key in ids if key not in lifted]
+    own_subs = [key for key in subs if key not in shared.html_keys]
     out = '{"to": [{"email": %s' + (', "name": %s' if named else "") + '}], "substitutions": '
-    out += keys(subs)
+    out += keys(own_subs)
     out += ', "headers": {"List-Unsubscribe": %s'
     if not shared.one_click:
         out += ', "' + _POST_HEADER + '": "' + ONE_CLICK + '"'
     out += "}"
     if own_ids:
         out += ', "custom_args": ' + keys(own_ids)
-    return out + "}", own_ids
+    return out + "}", own_subs, own_ids
 
 
 def mail_json(batch: Batch, *, asm_group_id: int | None = None) -> bytes:
