@@ -56,6 +56,7 @@ def text_twin(key: str) -> str | None:
     name = key[len(_HTML_PREFIX) : -len(_KEY_END)]
     return TEXT_KEY.format(n=name) if _KEY_NAME_RE.fullmatch(name) else None
 
+
 #: Each substitution value is cut to this many characters: even fully escaped
 #: (6 bytes per character) it stays well under SendGrid's 10,000-byte limit.
 MAX_VALUE_CHARS = 500
