@@ -135,7 +135,9 @@ def count_logged(log: Path) -> int:
     if not log.exists():
         return 0
     with open(log, encoding="utf-8") as f:
-        return sum(len(json.loads(line)["personalizations"]) for line in f)
+        entries = [json.loads(line) for line in f]
+    assert all(e["repeated"] == 0 for e in entries), "someone got a step twice"
+    return sum(e["recipients"] for e in entries)
 
 
 def reset_postgres(url: str) -> None:

@@ -29,10 +29,14 @@ In a test (pytest fixture `sendgrid_server` in tests that import it, or by hand)
 As a separate process (the kill -9 test, the benchmark)::
 
     python -m tests.sendgrid_server --port 0 --log FILE [--key KEY] [--sender ADDR]... [--delay S]
-                                    [--log-recipients-only]
+                                    [--log-recipients-only | --count-only]
 
 prints `PORT <n>` on its first line of stdout once it listens, appends one JSON line per
 accepted mail request to FILE (the payload plus "_message_id"), and keeps nothing in memory.
+`--log-recipients-only` logs each personalization's `to` only; `--count-only` (benchmarks)
+logs `{"_message_id", "recipients", "repeated"}`: how many addresses the request had, and how
+many of them an earlier accepted request (or this one) had already (ignoring case; the server
+keeps the addresses seen).
 `GET /__fake__/state` answers {"batches", "scheduled_sends"};
 `POST /__fake__/inject` with JSON {"kind", "count", ...} and `POST /__fake__/delay` with
 {"seconds"} control a running process the same way as `inject()` and `delay` above.
@@ -365,9 +369,12 @@ class FakeSendGrid:
         port: int = 0,
         delay: float = 0.0,
         log_recipients_only: bool = False,
+        count_only: bool = False,
     ) -> None:
         self.api_key = api_key
         self.log_recipients_only = log_recipients_only
+        self.count_only = count_only
+        self._seen: set[str] = set()
         self.verified_senders = {s.lower() for s in verified_senders}
         self.log_path = Path(log_path) if log_path else None
         self.delay = delay
@@ -436,7 +443,15 @@ class FakeSendGrid:
             with self._lock:
                 self.messages.append(entry)
             return
-        if self.log_recipients_only:
+        if self.count_only:
+            addresses = [to["email"].lower() for p in body["personalizations"] for to in p["to"]]
+            with self._lock:
+                before = len(self._seen)
+                self._seen.update(addresses)
+                repeated = len(addresses) - (len(self._seen) - before)
+            count = {"_message_id": message_id, "recipients": len(addresses), "repeated": repeated}
+            line = json.dumps(count)
+        elif self.log_recipients_only:
             line = _recipients_json(message_id, body["personalizations"])
         else:
             line = json.dumps({**body, "_message_id": message_id}, ensure_ascii=False)
@@ -652,6 +667,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--log-recipients-only", action="store_true", help="log only each personalization's `to`"
     )
+    parser.add_argument(
+        "--count-only", action="store_true", help="log only how many recipients, and repeats"
+    )
     args = parser.parse_args(argv)
     server = FakeSendGrid(
         api_key=args.key,
@@ -660,6 +678,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         delay=args.delay,
         log_recipients_only=args.log_recipients_only,
+        count_only=args.count_only,
     )
     print(f"PORT {server.port}", flush=True)
     try:

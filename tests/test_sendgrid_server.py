@@ -312,3 +312,22 @@ def test_in_memory_and_full_log_unchanged(tmp_path, recipients_only):
     with FakeSendGrid(log_path=tmp_path / "full.log") as server:
         server.record(body, "mid")
     assert json.loads((tmp_path / "full.log").read_text("utf-8")) == {**body, "_message_id": "mid"}
+
+
+def test_count_only_log_counts_recipients_and_repeats(tmp_path):
+    """--count-only (the benchmarks): a line per accepted request with its number of
+    recipients and how many of them were sent to before, in any case of the address."""
+    log = tmp_path / "sendgrid.log"
+    first = plain_body(random.Random(1), 3)
+    again = plain_body(random.Random(2), 2)
+    again["personalizations"][0]["to"] = [{"email": "neu@example.org"}]
+    again["personalizations"][1]["to"] = [{"email": "LESER0@example.org"}]  # in `first`
+    with FakeSendGrid(log_path=log, count_only=True) as server:
+        server.record(first, "a")
+        server.record(again, "b")
+    with open(log, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    assert lines == [
+        {"_message_id": "a", "recipients": 3, "repeated": 0},
+        {"_message_id": "b", "recipients": 2, "repeated": 1},
+    ]
