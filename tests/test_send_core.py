@@ -4,8 +4,12 @@ headers on every transport, the outbox's .eml shape, and `deliver` for other fea
 from __future__ import annotations
 
 import email
+import gc
 import json
+import os
 import re
+import subprocess
+import sys
 from email import policy
 from pathlib import Path
 
@@ -355,3 +359,63 @@ def test_stats_count_a_scheduled_send_beside_an_immediate_one(root, sg, cli):
     assert one["counts"]["recipients"] == 6
     [row] = json.loads(cli(root, "stats", "--format", "json").output)["issues"]
     assert row["counts"]["recipients"] == 6
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_worker_processes_leave_the_sender_a_core_and_respect_a_cpu_limit():
+    """A big send forks one worker fewer than the cores it may use (the sending process
+    needs one of its own), and none when it may use only one (a container or `taskset`
+    limit, not the host's cores)."""
+    code = (
+        "import os\n"
+        "from newsletter.sending.execute import usable_cpus\n"
+        "cores = sorted(os.sched_getaffinity(0))\n"
+        "print(usable_cpus())\n"
+        "os.sched_setaffinity(0, cores[:1])\n"
+        "print(usable_cpus())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    allowed, limited = map(int, out.stdout.split())
+    assert allowed == len(os.sched_getaffinity(0)) and limited == 1
+
+
+def test_a_big_send_forks_one_worker_fewer_than_the_cores(monkeypatch):
+    """The sending process keeps a core of its own; with one core there are no workers."""
+    from types import SimpleNamespace
+
+    from newsletter.sending import execute as core
+
+    builder = SimpleNamespace(personalize=SimpleNamespace(keys=None))
+    preparer = SimpleNamespace(prepares=True, builder=builder)
+    for cores, workers in ((1, None), (2, 1), (3, 2), (16, 4)):
+        monkeypatch.setattr(core, "usable_cpus", lambda cores=cores: cores)
+        pool = core.start_pool(preparer, expected=100_000)  # type: ignore[arg-type]
+        if workers is None:
+            assert pool is None
+            continue
+        try:
+            assert pool._max_workers == workers
+        finally:
+            pool.shutdown()
+            gc.unfreeze()
+
+
+def test_what_was_frozen_for_the_workers_is_collectable_after_the_send(root, sg, monkeypatch):
+    """The objects frozen before the fork (so the workers do not copy every page) are
+    handed back to the collector when the send is over: a longer-lived process that sends
+    does not keep its garbage for good."""
+    from newsletter.sending import execute as core
+
+    monkeypatch.setattr(core, "usable_cpus", lambda: 2)
+    monkeypatch.setenv("NEWSLETTER_SEND_PARALLEL_FROM", "1")
+    add_people(root, 3)
+    frozen: list[int] = []
+    report = execute(
+        plan_send(Project.load(root), EXAMPLE_ISSUE.stem, SendRequest()),
+        lambda report: frozen.append(gc.get_freeze_count()),
+    )
+    assert report.accepted == 3 and sorted(sg.recipients()) == [
+        f"leser{i}@example.org" for i in range(3)
+    ]
+    assert frozen and min(frozen) > 0  # during the send, with its workers
+    assert gc.get_freeze_count() == 0
