@@ -390,13 +390,13 @@ class Ledger:
                 flying = str(DeliveryState.IN_FLIGHT)
                 listed = ", ".join([mark] * len(new_ids))
                 try:
-                    with conn.begin_nested():
-                        inserted = conn.exec_driver_sql(
-                            "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
-                            f"batch_no, updated_at) SELECT {mark}, id, {mark}, {mark}, {mark}, "
-                            f"{mark} FROM subscribers WHERE status = {mark} AND id IN ({listed})",
-                            (issue_id, send_id, flying, batch_no, when, subscribed, *new_ids),
-                        ).rowcount
+                    # (No savepoint: a clash ends the whole transaction, rolled back below.)
+                    inserted = conn.exec_driver_sql(
+                        "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
+                        f"batch_no, updated_at) SELECT {mark}, id, {mark}, {mark}, {mark}, "
+                        f"{mark} FROM subscribers WHERE status = {mark} AND id IN ({listed})",
+                        (issue_id, send_id, flying, batch_no, when, subscribed, *new_ids),
+                    ).rowcount
                 except IntegrityError:
                     raise SendError(
                         f"another send of {slug} recorded some of this batch's recipients first; "
@@ -468,9 +468,14 @@ class Ledger:
         is one UPDATE; per-recipient answers (SMTP: a Message-ID each) one executemany.
         With `count`, they are added to the send's totals in the same transaction, so what
         `sends` and `stats` count agrees with the rows, whenever the sender stops."""
+        if len(ids) != len(outcomes):
+            raise ValueError("one outcome per id")
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
-        for sid, outcome in zip(ids, outcomes, strict=True):
-            groups.setdefault((outcome.state, outcome.message_id, outcome.error), []).append(sid)
+        start = 0
+        for outcome, times in outcome_runs(outcomes):  # (a SendGrid batch: one run)
+            key = (outcome.state, outcome.message_id, outcome.error)
+            groups.setdefault(key, []).extend(ids[start : start + times])
+            start += times
         with self.engine.begin() as conn:
             if count:
                 _add_to_totals(conn, send_id, outcomes)
