@@ -279,3 +279,23 @@ def test_recording_a_batch_looks_rows_up_by_the_unique_key(tmp_path) -> None:
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + update_sql, params).all()
     detail = " ".join(str(row[-1]) for row in plan)
     assert "sqlite_autoindex_deliveries" in detail and "ix_deliveries_send_state" not in detail
+
+
+def test_a_claim_that_clashes_with_another_sends_rows_stops_and_records_nothing(root):
+    """Two sends of one issue must never both hand a reader over: a claim whose readers
+    another send has recorded already stops with a clear error, and none of its batch is
+    recorded (not even the readers nobody had)."""
+    engine = open_engine(Project.load(root).database_url)
+    people = [add_subscriber(engine, f"leser{i}@example.org").id for i in range(3)]
+    issue = ensure_issue(engine, slug="zwei", title="Zwei", subject="Zwei", language="de")
+    ledger = Ledger(engine)
+    first = ledger.create_send(issue, transport="sendgrid", segment=[], dry_run=False)
+    second = ledger.create_send(issue, transport="sendgrid", segment=[], dry_run=False)
+    assert ledger.claim(issue, first, 1, people[:2], []) == set(people[:2])
+    with pytest.raises(SendError, match="another send of zwei recorded some of this batch"):
+        ledger.claim(issue, second, 1, people[1:], [], slug="zwei")
+    with engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.subscriber_id, deliveries.c.send_id)).all()
+    assert sorted(rows) == [(people[0], first), (people[1], first)]
+    # The connection is usable again: the next claim of the third reader alone works.
+    assert ledger.claim(issue, second, 2, people[2:], [], slug="zwei") == {people[2]}
