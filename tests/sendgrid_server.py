@@ -388,7 +388,13 @@ class FakeSendGrid:
         self.suppression_requests: list[str] = []
         self._faults: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
-        self._log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None  # noqa: SIM115
+        # A lone surrogate (JSON text can carry one) is written as its \uXXXX escape, which
+        # reads back as the same character: the line stays valid JSON in a UTF-8 file.
+        self._log = (
+            open(self.log_path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            if self.log_path
+            else None
+        )
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None

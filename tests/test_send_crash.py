@@ -30,7 +30,10 @@ def received(log: Path) -> list[str]:
     if not log.exists():
         return []
     out = []
-    for line in log.read_text("utf-8").splitlines():
+    # (Lines as the file has them: splitlines would also split at a U+2028 inside a name.)
+    with open(log, encoding="utf-8") as f:
+        lines = list(f)
+    for line in lines:
         entry = json.loads(line)
         if "to" in entry:  # the SMTP server's log: one message per line
             out.extend(entry["to"])

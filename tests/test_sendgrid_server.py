@@ -331,3 +331,16 @@ def test_count_only_log_counts_recipients_and_repeats(tmp_path):
         {"_message_id": "a", "recipients": 3, "repeated": 0},
         {"_message_id": "b", "recipients": 2, "repeated": 1},
     ]
+
+
+def test_the_full_log_keeps_a_lone_surrogate(tmp_path):
+    """JSON text may carry a lone surrogate (a broken import, say); the full log still writes
+    the request, and reads it back as it came."""
+    body = plain_body(random.Random(4), 2)
+    body["personalizations"][0]["to"][0]["name"] = "Jörg \ud800 „Leser“\u2028"
+    log = tmp_path / "full.log"
+    with FakeSendGrid(log_path=log) as server:
+        server.record(body, "mid")
+    with open(log, encoding="utf-8") as f:
+        [line] = list(f)
+    assert json.loads(line) == {**body, "_message_id": "mid"}
