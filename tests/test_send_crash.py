@@ -315,3 +315,67 @@ def test_killed_scheduled_send_stays_scheduled_and_cancellable(
     # The fake SendGrid process recorded the cancel of that batch.
     batches = urllib.request.urlopen(f"{url}/__fake__/state", timeout=5).read()
     assert payloads[0]["batch_id"] in json.loads(batches)["scheduled_sends"]
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The send's forked worker processes (its children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
+def test_a_worker_killed_alone_stops_the_send_then_resume(
+    make_project, database_url, server_process, cli, monkeypatch
+):
+    """The OOM killer takes a worker process, not the sender: the send stops within seconds
+    with one line saying so (exit 1, no traceback); what went out is recorded, nothing is
+    left in flight, and `--resume` sends the rest: everyone gets the issue exactly once."""
+    url, log = server_process
+    root = make_project(config=CONFIG + "\n[sending]\nbatch_size = 10\nconcurrency = 2\n")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    engine = open_engine(Project.load(root).database_url)
+    everyone = {f"leser{i}@example.org" for i in range(PEOPLE)}
+    for address in sorted(everyone):
+        add_subscriber(engine, address, first_name="Leser")
+    dispose_all()
+    env = {
+        **os.environ,
+        "SENDGRID_API_KEY": KEY,
+        "SENDGRID_API_HOST": url,
+        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
+        "NEWSLETTER_DATABASE_URL": database_url,
+        "NEWSLETTER_SEND_PARALLEL_FROM": "1",
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--project", str(root), "send", EXAMPLE_ISSUE.stem, "--yes"],
+        env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while len(received(log)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = _workers_of(child.pid)
+    assert child.poll() is None and workers, "the send finished before its worker was killed"
+    for worker in workers:
+        os.kill(worker, signal.SIGKILL)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 1, output
+    assert "a worker process stopped (killed?)" in output and "--resume" in output
+    assert "Traceback" not in output
+    before = received(log)
+    assert 30 <= len(before) < PEOPLE
+    assert not in_flight(engine)
+
+    monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+    monkeypatch.setenv("SENDGRID_API_HOST", url)
+    result = cli(root, "send", EXAMPLE_ISSUE.stem, "--resume", "--yes")
+    assert result.exit_code == 0, result.output
+    got = Counter(received(log))
+    assert set(got) == everyone and max(got.values()) == 1
+    with engine.connect() as conn:
+        states = set(conn.execute(select(deliveries.c.state)).scalars())
+    assert states == {"accepted"}

@@ -85,6 +85,7 @@ PREPARE_AHEAD = 3
 #: the environment variable lets tests run the parallel path on small lists.
 PARALLEL_ENV = "NEWSLETTER_SEND_PARALLEL_FROM"
 PARALLEL_FROM = 20000
+WORKER_DIED = "a worker process stopped (killed?); nothing of its batches was sent"
 PAGE = 1000
 
 
@@ -678,11 +679,15 @@ def _send_batches(
         try:
             prepared = result.result()
         except BrokenProcessPool:
-            report.error = (
-                report.error or "a worker process stopped (killed?); nothing of its batch was sent"
-            )
+            report.error = report.error or WORKER_DIED
             return
         submit(executor, ready, prepared)
+
+    def prepare_ahead(batch: Page) -> None:
+        try:
+            waiting.append((batch, pool.submit(_prepare_in_worker, batch)))
+        except BrokenProcessPool:  # a worker died since the last batch was taken
+            report.error = report.error or WORKER_DIED
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
         try:
@@ -692,7 +697,7 @@ def _send_batches(
                 if pool is None:
                     submit(executor, batch, None)
                     continue
-                waiting.append((batch, pool.submit(_prepare_in_worker, batch)))
+                prepare_ahead(batch)
                 while len(waiting) > PREPARE_AHEAD and not halted():
                     take_oldest()
             while waiting and not halted():
