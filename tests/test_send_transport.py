@@ -384,3 +384,28 @@ def test_a_value_html_leaves_as_it_is_goes_once(project: Path):
     for p in bodies["unlike"]["personalizations"]:
         assert {first_name, UNSUBSCRIBE_HTML_KEY} <= set(p["substitutions"])
     assert bodies["unlike"]["content"][1]["value"] == message.html
+
+
+def test_ids_too_big_for_sendgrid_fail_each_reader_also_when_all_share_them(server):
+    """custom_args over SendGrid's 10,000 bytes that every reader of a batch has alike (so
+    they would be written once, at the top) still fail each reader alone, as they would one
+    by one: no request goes out to be refused as a whole (which would stop the send)."""
+    batch = batch_for(["a@example.org", "b@example.org", "c@example.org"])
+    big = {"newsletter_note": "x" * 10_001}
+    people = [r._replace(ids={**r.ids, **big}) for r in batch.recipients]
+    outcomes = transport(server).send(Batch(batch.message, people))
+    assert [o.state for o in outcomes] == ["failed"] * 3
+    assert "custom_args for a@example.org exceed 10000 bytes" in (outcomes[0].error or "")
+    assert not any(o.fatal for o in outcomes)
+    assert server.requests == []
+
+
+def test_a_lone_reader_keeps_everything_in_their_personalization():
+    """One reader: lifting would save nothing (and give each lone reader's request a top
+    of its own), so their personalization is written whole."""
+    [reader] = batch_for(["a@example.org"]).recipients
+    body = json.loads(mail_json(batch_for(["a@example.org"])))
+    assert "custom_args" not in body and "headers" not in body
+    [p] = body["personalizations"]
+    assert p["custom_args"] == dict(reader.ids)
+    assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

@@ -320,7 +320,8 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
 
 
 def usable_cpus() -> int:
-    """The cores this process may run on (a container's or `taskset`'s limit, not the host's)."""
+    """The cores this process may run on: a cpuset's or `taskset`'s limit, not the host's
+    (a CPU quota, such as `docker --cpus`, is not seen here)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # (no sched_getaffinity on macOS)

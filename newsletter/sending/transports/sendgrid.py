@@ -106,8 +106,9 @@ _POST_HEADER = "List-Unsubscribe-Post"
 
 
 def shared_by_all(message: Message, recipients: Sequence[Recipient]) -> Shared:
-    """What `Shared` can lift out of these readers' personalizations."""
-    if not recipients:
+    """What `Shared` can lift out of these readers' personalizations (nothing for one reader:
+    it would save no byte, and each lone reader's ids would make a request top of its own)."""
+    if len(recipients) < 2:
         return NOTHING_SHARED
     one_click = all(r.unsubscribe_url and not r.headers for r in recipients) and not any(
         name.lower() == _POST_HEADER.lower() for name in message.headers
@@ -418,10 +419,9 @@ class SendGridTransport:
         self._sleep = sleep
         self._client = sendgrid.SendGridAPIClient(api_key, host=self.host)
         self._opener = urllib.request.build_opener()
-        #: The top of the request (`shared_json`) by what the batch's readers share, for the
-        #: message of `_tops_of`.
-        self._tops_of: Message | None = None
-        self._tops: dict[Shared, str] = {}
+        #: A message, and the tops of its requests (`shared_json`) by what the batch's
+        #: readers share.
+        self._tops: tuple[Message | None, dict[Shared, str]] = (None, {})
 
     @classmethod
     def unavailable(cls, project: Project) -> str | None:
@@ -468,23 +468,30 @@ class SendGridTransport:
         processes (`capabilities.prepares`)."""
         message = batch.message
         shared = shared_by_all(message, batch.recipients)
-        if self._tops_of is not message:
-            self._tops_of, self._tops = message, {}
-        top = self._tops.get(shared)
+        tops = self._tops  # (one read: sender threads prepare side by side)
+        if tops[0] is not message:
+            tops = self._tops = (message, {})
+        top = tops[1].get(shared)
         if top is None:
             # Every batch of a send shares its message (and mostly what its readers share):
             # encode that part once.
-            top = self._tops[shared] = shared_json(
+            if len(tops[1]) > 8:
+                tops[1].clear()
+            top = tops[1][shared] = shared_json(
                 message, asm_group_id=self.asm_group_id, shared=shared
             )
+        # The ids lifted to the top still count towards each reader's custom_args limit.
+        lifted = len(json.dumps(dict(shared.ids))) if shared.ids else 0
         parts: list[str] = []
         refused: dict[int, Outcome] = {}
         for index, recipient in enumerate(batch.recipients):
             try:
                 part = personalization_json(message, recipient, shared)
-                # Each limit is on a piece of this text, and its escaped ASCII is never
-                # shorter than the UTF-8 SendGrid counts: shorter text is within both.
-                problem = recipient_problem(recipient) if len(part) >= _SMALLEST_LIMIT else None
+                # Each limit is on a piece of this text (and the lifted ids), and its escaped
+                # ASCII is never shorter than the UTF-8 SendGrid counts: shorter text is
+                # within both.
+                big = len(part) + lifted >= _SMALLEST_LIMIT
+                problem = recipient_problem(recipient) if big else None
             except (TypeError, ValueError) as exc:
                 # Nothing went out for them: failed (and tried again on --resume), alone.
                 problem = f"the personal values for {recipient.email} cannot be sent ({exc})"
