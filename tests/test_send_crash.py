@@ -110,7 +110,9 @@ def _set_delay(url: str, seconds: float) -> None:
     urllib.request.urlopen(request, timeout=5).read()
 
 
-def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
+def _start_send(root, database_url, monkeypatch, parallel, url, output=subprocess.DEVNULL):
+    """PEOPLE subscribers, then `newsletter send --yes` in its own process: (the process,
+    the engine, everyone's address)."""
     (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
     engine = open_engine(Project.load(root).database_url)
@@ -129,8 +131,13 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
     }
     child = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--project", str(root), "send", EXAMPLE_ISSUE.stem, "--yes"],
-        env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, cwd=root, stdout=output, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    return child, engine, everyone
+
+
+def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
+    child, engine, everyone = _start_send(root, database_url, monkeypatch, parallel, url)
     deadline = time.monotonic() + 30
     while len(received(log)) < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -336,25 +343,9 @@ def test_a_worker_killed_alone_stops_the_send_then_resume(
     left in flight, and `--resume` sends the rest: everyone gets the issue exactly once."""
     url, log = server_process
     root = make_project(config=CONFIG + "\n[sending]\nbatch_size = 10\nconcurrency = 2\n")
-    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
-    engine = open_engine(Project.load(root).database_url)
-    everyone = {f"leser{i}@example.org" for i in range(PEOPLE)}
-    for address in sorted(everyone):
-        add_subscriber(engine, address, first_name="Leser")
-    dispose_all()
-    env = {
-        **os.environ,
-        "SENDGRID_API_KEY": KEY,
-        "SENDGRID_API_HOST": url,
-        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-        "NEWSLETTER_DATABASE_URL": database_url,
-        "NEWSLETTER_SEND_PARALLEL_FROM": "1",
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--project", str(root), "send", EXAMPLE_ISSUE.stem, "--yes"],
-        env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    child, engine, everyone = _start_send(
+        root, database_url, monkeypatch, parallel=True, url=url, output=subprocess.PIPE
+    )
     deadline = time.monotonic() + 30
     while len(received(log)) < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
