@@ -681,8 +681,8 @@ def _send_batches(
             prepared = result.result()
         except BrokenProcessPool:
             report.error = report.error or WORKER_DIED
-            return
-        submit(executor, ready, prepared)
+        else:
+            submit(executor, ready, prepared)
 
     def prepare_ahead(batch: Page) -> None:
         try:

@@ -100,6 +100,11 @@ class Shared(NamedTuple):
     #: text key for both, and no personalization carries the HTML key.
     html_keys: tuple[str, ...] = ()
 
+    @property
+    def id_keys(self) -> frozenset[str]:
+        """The names of the lifted custom_args."""
+        return frozenset(key for key, _ in self.ids)
+
 
 NOTHING_SHARED = Shared()
 _POST_HEADER = "List-Unsubscribe-Post"
@@ -203,7 +208,7 @@ def personalization(
         del headers[_POST_HEADER]
     if headers:
         p["headers"] = headers
-    lifted = {key for key, _ in shared.ids}
+    lifted = shared.id_keys
     ids = {k: v for k, v in recipient.ids.items() if k not in lifted}
     if ids:
         p["custom_args"] = ids
@@ -274,8 +279,7 @@ def _template(
         # Keys are escaped here, once; a "%" in them must survive the % formatting.
         return "{" + ", ".join(_string(k).replace("%", "%%") + ": %s" for k in names) + "}"
 
-    lifted = {key for key, _ in shared.ids}
-    own_ids = [key for key in ids if key not in lifted]
+    own_ids = [key for key in ids if key not in shared.id_keys]
     own_subs = [key for key in subs if key not in shared.html_keys]
     out = '{"to": [{"email": %s' + (', "name": %s' if named else "") + '}], "substitutions": '
     out += keys(own_subs)
