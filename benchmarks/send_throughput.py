@@ -201,7 +201,8 @@ def bare(count: int, concurrency: int = 4) -> dict[str, float]:
     from concurrent.futures import ThreadPoolExecutor
 
     from newsletter.sending.message import Batch, Message, Recipient
-    from newsletter.sending.transports.sendgrid import SendGridTransport, mail_json
+    from newsletter.sending.transports.sendgrid import SendGridTransport
+    from newsletter.sending.transports.sendgrid.body import mail_json
 
     log = Path(tempfile.mkdtemp(prefix="send-bare-")) / "sendgrid.log"
     server, host = start_server(log)

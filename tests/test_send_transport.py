@@ -13,7 +13,8 @@ import pytest
 from newsletter.project import Project
 from newsletter.sending.message import Batch, Message, Recipient, clean_header, recipient_headers
 from newsletter.sending.single import send_transactional
-from newsletter.sending.transports.sendgrid import SendGridTransport, mail_body, mail_json
+from newsletter.sending.transports.sendgrid import SendGridTransport
+from newsletter.sending.transports.sendgrid.body import mail_body, mail_json
 from tests.sendgrid_server import FakeSendGrid, copies, substituted, validate_mail
 
 KEY = "SG.test-key"

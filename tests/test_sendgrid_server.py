@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from newsletter.sending.message import Batch, Message, Recipient
-from newsletter.sending.transports.sendgrid import mail_json
+from newsletter.sending.transports.sendgrid.body import mail_json
 from tests import sendgrid_server
 from tests.sendgrid_server import FakeSendGrid, validate_mail
 
