@@ -174,17 +174,26 @@ def applied(conn: Connection) -> set[str]:
     return set(conn.execute(select(schema.schema_migrations.c.name)).scalars())
 
 
+#: PostgreSQL's deadlock_detected and serialization_failure: one of the racers was rolled back.
+_RACE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
 def migrate(engine: Engine, attempts: int = 10) -> list[str]:
     """Run the steps this database has not had yet; return their names.
 
     Two processes opening a new database at once race to create the same tables; the
-    loser's step rolls back, so it tries again and finds the steps done.
+    loser's step rolls back (a clash, or on PostgreSQL a deadlock between their DDL), so it
+    tries again and finds the steps done.
     """
     for attempt in range(1, attempts + 1):
         try:
             return _migrate(engine)
         except DBAPIError as exc:
-            lost_race = isinstance(exc, IntegrityError) or "already exists" in str(exc.orig)
+            lost_race = (
+                isinstance(exc, IntegrityError)
+                or "already exists" in str(exc.orig)
+                or getattr(exc.orig, "sqlstate", None) in _RACE_SQLSTATES
+            )
             if not lost_race or attempt == attempts:
                 raise
             time.sleep(0.05 * attempt)
