@@ -1,3 +1,3 @@
-from newsletter.cli import main
+from newsletter.cli import run
 
-main(prog_name="newsletter")
+run()

@@ -175,3 +175,17 @@ def _register() -> None:
 
 
 _register()
+
+
+def run() -> None:
+    """The `newsletter` command (console script and `python -m newsletter`)."""
+    import gc
+
+    try:
+        main(prog_name="newsletter")
+    finally:
+        # The process ends here: leave what is left to the operating system. Without this,
+        # the interpreter's last collections walk every object of SQLAlchemy, Jinja and the
+        # rest (0.1-0.15 s of every command). atexit handlers still run; objects freed by
+        # reference counting still close their files and connections.
+        gc.freeze()
