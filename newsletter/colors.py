@@ -5,6 +5,8 @@ Parsing is tinycss2's (CSS Color Level 3: hex, rgb(), hsl(), the named colours).
 
 from __future__ import annotations
 
+import re
+
 #: WCAG AA for normal-size text.
 AA_CONTRAST = 4.5
 
@@ -14,9 +16,17 @@ FOOTER_TEXT = "#52525b"
 
 RGB = tuple[float, float, float]
 
+_PLAIN_HEX = re.compile(r"#([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
+
 
 def parse_color(value: str) -> RGB | None:
     """(r, g, b) in 0..1 for an opaque CSS colour; None for anything else."""
+    plain_hex = _PLAIN_HEX.fullmatch(value)
+    if plain_hex:
+        # `#rgb` or `#rrggbb`, nearly every theme: the values tinycss2 gives, without loading
+        # it (20-60 ms of every command, which validates the project's theme).
+        digits = plain_hex[1] if len(plain_hex[1]) == 6 else "".join(c * 2 for c in plain_hex[1])
+        return (int(digits[0:2], 16) / 255, int(digits[2:4], 16) / 255, int(digits[4:6], 16) / 255)
     from tinycss2.color3 import parse_color as css_color
 
     color = css_color(value)

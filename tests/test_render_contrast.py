@@ -167,3 +167,22 @@ def test_dark_mode_contrast_in_chromium(browser: Any, make_project: Callable[...
         if ratio < AA_CONTRAST:
             failures.append((text, fg, bg, round(ratio, 2)))
     assert failures == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["#1a73e8", "#FFF", "#0b0C0d", "#abc", "#000000", "#Ff00aA", "#12", "#12345", "#1234",
+     "#11223344", " #ffffff", "#ffffff ", "#gggggg", "red", "rgb(10, 20, 30)", "#"],
+)  # fmt: skip
+def test_parse_color_reads_hex_as_tinycss2_does(value: str) -> None:
+    # parse_color reads plain #rgb/#rrggbb itself (tinycss2 is slow to import); tinycss2 is
+    # the reference for every value, those included.
+    from tinycss2.color3 import parse_color as css_color
+
+    reference = css_color(value)
+    expected = (
+        None
+        if reference is None or isinstance(reference, str) or reference.alpha < 1
+        else (reference.red, reference.green, reference.blue)
+    )
+    assert parse_color(value) == expected
