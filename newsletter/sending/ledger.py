@@ -118,14 +118,20 @@ def _bound_time(conn: Any, stamp: datetime) -> Any:
     return binder(conn, deliveries.c.updated_at)(stamp)
 
 
-def _add_to_totals(conn: Any, send_id: int, outcomes: Sequence[Any]) -> None:
-    accepted = failed = 0
+def _state_counts(outcomes: Sequence[Any]) -> dict[str, int]:
+    """How many outcomes end in each state."""
+    counts: dict[str, int] = {}
     for outcome, times in outcome_runs(outcomes):
-        if outcome.state == DeliveryState.ACCEPTED:
-            accepted += times
-        elif outcome.state == DeliveryState.FAILED:
-            failed += times
-    uncertain = len(outcomes) - accepted - failed
+        counts[outcome.state] = counts.get(outcome.state, 0) + times
+    return counts
+
+
+def _add_to_totals(conn: Any, send_id: int, counts: dict[str, int]) -> None:
+    """Add `_state_counts` to the send's totals (every state but accepted and failed is
+    uncertain)."""
+    accepted = counts.get(DeliveryState.ACCEPTED, 0)
+    failed = counts.get(DeliveryState.FAILED, 0)
+    uncertain = sum(counts.values()) - accepted - failed
     t = send_totals.c
     conn.execute(
         update(send_totals)
@@ -233,7 +239,7 @@ class Ledger:
         """Add outcomes to the send's totals (a send without ledger rows: the outbox, a dry
         run)."""
         with self.engine.begin() as conn:
-            _add_to_totals(conn, send_id, outcomes)
+            _add_to_totals(conn, send_id, _state_counts(outcomes))
 
     def update_totals(self, send_id: int, *, accepted: int, failed: int, uncertain: int) -> None:
         with self.engine.begin() as conn:
@@ -478,7 +484,10 @@ class Ledger:
             start += times
         with self.engine.begin() as conn:
             if count:
-                _add_to_totals(conn, send_id, outcomes)
+                counts: dict[str, int] = {}
+                for (state, _, _), group in groups.items():
+                    counts[state] = counts.get(state, 0) + len(group)
+                _add_to_totals(conn, send_id, counts)
             if len(groups) <= 2:
                 for (state, message_id, error), group in groups.items():
                     _record(conn, issue_id, group, state, message_id, error, send_id)
