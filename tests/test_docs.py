@@ -1,8 +1,16 @@
-"""Help is documentation: every command is in the README and its help ends with an example."""
+"""Help is documentation: every command is in the guide, its help ends with an example, the
+command reference is generated from the help, and every command the README and the docs
+show parses as written."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import shlex
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -10,7 +18,11 @@ import pytest
 
 from newsletter.cli import main
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text(encoding="utf-8")
+DOCS = sorted((REPO / "docs").rglob("*.md"))
+# The guide: every page but the generated command reference.
+GUIDE = "\n".join(p.read_text(encoding="utf-8") for p in DOCS if p.parent.name != "reference")
 
 
 def all_commands(
@@ -55,10 +67,84 @@ def test_the_contract_commands_exist() -> None:
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
-def test_command_is_in_the_readme(path: str, command: click.Command) -> None:
+def test_command_is_in_the_guide(path: str, command: click.Command) -> None:
     # A group's subcommands may be documented as "`newsletter subscribers tag ...` / `untag ...`".
     leaf = path.split()[-1]
-    assert f"`{path}" in README or re.search(rf"`{re.escape(leaf)}\b", README), path
+    assert f"`{path}" in GUIDE or re.search(rf"`{re.escape(leaf)}\b", GUIDE), path
+
+
+def test_the_command_reference_is_generated_from_the_help() -> None:
+    checked = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "cli_reference.py"), "--check"], cwd=REPO
+    )
+    assert checked.returncode == 0, "run: python scripts/cli_reference.py"
+
+
+def _shown_commands() -> list[tuple[str, list[str]]]:
+    """(where, command line) for each `newsletter ...` in a shell block of the README or docs."""
+    found = []
+    for path in [REPO / "README.md", *DOCS]:
+        text = path.read_text(encoding="utf-8")
+        for block in re.findall(r"```(?:sh|bash|console)\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+                lexer.whitespace_split = True
+                lexer.commenters = "#"
+                try:
+                    tokens = list(lexer)
+                except ValueError:  # not shell: output shown in a shell block
+                    assert not re.match(r"\s*(\S*/)?newsletter\s", line), f"{path}: {line}"
+                    continue
+                words: list[str] = []
+                redirected = False
+                for word in [*tokens, ";"]:
+                    if word not in ("&&", "||", ";", "|", "&"):
+                        redirected = redirected or word in (">", ">>", "<", "2>")
+                        if not redirected:
+                            words.append(word)
+                        continue
+                    redirected = False
+                    if words and words[0].split("/")[-1] == "newsletter":
+                        found.append((f"{path.relative_to(REPO)}: {shlex.join(words)}", words))
+                    words = []
+    return found
+
+
+SHOWN = _shown_commands()
+
+
+def test_the_docs_show_commands() -> None:
+    assert len(SHOWN) > 40
+
+
+@pytest.mark.parametrize(("where", "line"), SHOWN, ids=[w for w, _ in SHOWN])
+def test_every_command_in_the_docs_parses_as_written(where: str, line: list[str]) -> None:
+    """Each documented command line names a real command with options it has."""
+    context = main.make_context("newsletter", line[1:], resilient_parsing=False)
+    command: click.Command = main
+    while isinstance(command, click.Group):
+        with warnings.catch_warnings():  # Click 8.2 moved protected_args into args
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pending = [*context.protected_args, *context.args]
+        if not pending:
+            break
+        name, sub, rest = command.resolve_command(context, pending)
+        assert sub is not None, where
+        context = sub.make_context(name, rest, parent=context)
+        command = sub
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="MkDocs is not installed")
+def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "site" / "troubleshooting" / "index.html").exists()
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
