@@ -62,7 +62,7 @@ def record_sent(
 ) -> None:
     """The rows a finished SendGrid send leaves: the issue, its send, one accepted delivery
     (what makes an issue public under the publish rule); the tests' helper writes them."""
-    from tests.test_web_support import record_sent as record
+    from tests.support.web import record_sent as record
 
     ids = {subscriber_id: message_id} if message_id else None
     record(conn, [subscriber_id], slug=slug, title=title, when=when, message_ids=ids)

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import CONFIG  # noqa: E402
-from tests.test_sequences import SEQUENCE, STEP1, STEP2  # noqa: E402
+from tests.support.sequences import SEQUENCE, STEP1, STEP2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from send_throughput import KEY, start_server  # noqa: E402  (the same fake SendGrid)

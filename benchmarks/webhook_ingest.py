@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from newsletter.store import schema  # noqa: E402
-from tests.test_web_support import sent_issue, sign_events  # noqa: E402
+from tests.support.web import sent_issue, sign_events  # noqa: E402
 
 CONFIG = """\
 [newsletter]

@@ -13,6 +13,9 @@ from click.testing import CliRunner, Result
 from newsletter.cli import main
 from tests.skip_summary import pytest_terminal_summary  # noqa: F401  (a pytest hook)
 
+# Fixtures shared by several test modules, without one test module importing another.
+pytest_plugins = ["tests.support.stats"]
+
 CONFIG = """\
 [newsletter]
 name = "Jens' Briefing"

@@ -142,3 +142,21 @@ def test_the_scan_sees_each_way_of_writing(tmp_path: Path) -> None:
         "sends",
         "sequence_runs",
     }
+
+
+def test_no_test_module_imports_another() -> None:
+    """Tests (and benchmarks) share through conftest.py and tests/support/, never by importing
+    a test module."""
+    offenders = []
+    for path in sorted([*(REPO / "tests").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            modules = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [("." * node.level) + node.module]
+                modules += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            for module in modules:
+                if module.split(".")[-1].startswith("test_"):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} imports {module}")
+    assert offenders == []

@@ -14,7 +14,7 @@ import pytest
 
 from tests.browser import chromium
 from tests.conftest import CONFIG
-from tests.test_archive_support import run_cli, sent_project, serving
+from tests.support.archive import run_cli, sent_project, serving
 
 pytestmark = pytest.mark.browser
 

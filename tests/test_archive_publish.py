@@ -14,10 +14,10 @@ from newsletter.project import Project
 from newsletter.store.engine import open_engine
 from newsletter.store.issues import is_published, published_issues
 from newsletter.web import create_app
-from tests import test_archive_support as support
 from tests.conftest import EXAMPLE_ISSUE
-from tests.test_archive_support import add_readers, send
-from tests.test_web_support import live_server
+from tests.support import archive as support
+from tests.support.archive import add_readers, send
+from tests.support.web import live_server
 
 ISSUE = EXAMPLE_ISSUE.stem
 SLUG = "meta-ki-creator"

@@ -17,9 +17,9 @@ from bs4 import BeautifulSoup
 from newsletter.project import Project
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
-from tests import test_archive_support as support
 from tests.conftest import CONFIG, TEST_SECRET
-from tests.test_archive_support import (
+from tests.support import archive as support
+from tests.support.archive import (
     ISSUES,
     SENT,
     issue_text,
@@ -27,7 +27,7 @@ from tests.test_archive_support import (
     sent_project,
     write_issue,
 )
-from tests.test_web_support import sent_issue
+from tests.support.web import sent_issue
 
 sg = support.sg  # the fake SendGrid fixture
 

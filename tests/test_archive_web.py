@@ -17,7 +17,7 @@ from newsletter.project import Project
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import find_subscriber
 from tests.conftest import CONFIG
-from tests.test_archive_support import ISSUES, SENT, sent_project, serving
+from tests.support.archive import ISSUES, SENT, sent_project, serving
 
 IMPRINT = "https://jens.example.com/impressum"
 ARCHIVE_CONFIG = CONFIG.replace(

@@ -18,7 +18,7 @@ import pytest
 from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from tests.conftest import REPO, TEST_SECRET
-from tests.test_web_support import free_port
+from tests.support.web import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, forget_subscriber, get_subscriber
 from newsletter.web import create_app
-from tests.test_web_support import Signer, body_of, event, live_server, sent_issue
+from tests.support.web import Signer, body_of, event, live_server, sent_issue
 
 URL = "/webhooks/sendgrid/events"
 

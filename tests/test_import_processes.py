@@ -72,6 +72,14 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def _bytes_written(pid: int) -> int:
+    try:
+        io = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0
+    return int(io.split("wchar:")[1].split()[0])
+
+
 def test_kill_9_of_an_import_takes_its_reader_process_along(project, tmp_path) -> None:
     """Issue 15.5: the forked reader must not outlive a killed import."""
     source = big_csv(tmp_path / "big.csv", 160_000)
@@ -79,7 +87,8 @@ def test_kill_9_of_an_import_takes_its_reader_process_along(project, tmp_path) -
     importing = newsletter(project, "subscribers", "import", str(source), "--quiet")
     reader = wait_for(lambda: children(importing.pid), 60, "the reader process")
     assert isinstance(reader, list) and len(reader) == 1
-    time.sleep(0.5)  # let it fill the pipe, so that it is blocked sending
+    # Let it write more than a pipe holds (64 KiB), so that it is blocked sending.
+    wait_for(lambda: _bytes_written(reader[0]) > 65_536, 60, "the reader to fill the pipe")
     os.kill(importing.pid, signal.SIGKILL)
     importing.wait(timeout=10)
     try:
@@ -99,9 +108,9 @@ def served(make_project, database_url):
 
     from newsletter.store.engine import open_engine
     from newsletter.store.subscribers import add_subscriber
+    from tests.support.web import free_port
 
     from .conftest import CONFIG, TEST_SECRET
-    from .test_web_support import free_port
 
     project = make_project(
         config=CONFIG.replace('url = "sqlite:///newsletter.db"', f'url = "{database_url}"')
@@ -171,7 +180,8 @@ def test_one_click_unsubscribes_during_a_big_import_are_all_stored(served, tmp_p
     answers: list[tuple[int, float, str]] = []
     during: list[bool] = []
     try:
-        time.sleep(3.0)  # chunks are being written now
+        # Chunks are being written now: the first one has landed.
+        wait_for(lambda: _imported_rows(engine, kind) > 0, 120, "the import's first chunk")
         for subscriber_id in ids:
             token = tokens.make_token(tokens.UNSUBSCRIBE, subscriber_id, None, key=TEST_SECRET)
             start = time.monotonic()
@@ -190,6 +200,20 @@ def test_one_click_unsubscribes_during_a_big_import_are_all_stored(served, tmp_p
     assert during[0] and any(during[1:]), during  # the unsubscribes did meet the import
     assert [code for code, _, _ in answers] == [200] * 5, answers
     assert [get_subscriber(engine, i).status for i in ids] == ["unsubscribed"] * 5
+
+
+def _imported_rows(engine, kind: str) -> int:
+    """Rows the import under way has written: new people, or the re-import's new tag."""
+    from sqlalchemy import func, select
+
+    from newsletter.store import schema
+
+    with engine.connect() as conn:
+        if kind == "first import":
+            query = select(func.count()).select_from(schema.subscribers)
+            return conn.execute(query).scalar() - 5  # the five readers served
+        query = select(func.count()).where(schema.subscriber_tags.c.tag == "neu")
+        return conn.execute(query).scalar()
 
 
 def test_serve_answers_503_with_retry_after_when_the_database_stays_locked(served) -> None:
@@ -253,6 +277,16 @@ log.write_text("\\n".join(added))
 """
 
 
+def _form_signups(engine) -> int:
+    from sqlalchemy import func, select
+
+    from newsletter.store import schema
+
+    query = select(func.count()).where(schema.subscribers.c.source == "form")
+    with engine.connect() as conn:
+        return conn.execute(query).scalar()
+
+
 def test_an_import_succeeds_alongside_a_steady_stream_of_sign_ups(
     make_project, database_url, tmp_path
 ):
@@ -277,7 +311,8 @@ def test_an_import_succeeds_alongside_a_steady_stream_of_sign_ups(
         [sys.executable, "-c", SIGNUPS, database_url, str(stop), str(log)], env=environment()
     )
     try:
-        time.sleep(1.0)
+        # The stream is under way before the import starts.
+        wait_for(lambda: _form_signups(engine) >= 3, 60, "the first sign-ups")
         importing = newsletter(project, "subscribers", "import", str(source), "--quiet")
         out, err = importing.communicate(timeout=900)
     finally:

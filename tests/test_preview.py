@@ -317,7 +317,7 @@ def test_a_sequence_step_previews_as_sent_without_a_web_version_link(project: Pa
     # `sequences preview welcome/01` opens the step file; it is sent without "view in
     # browser" (a welcome email has no page under /issues/), so the preview shows none.
     from newsletter.sequences.status import step_path_for_preview
-    from tests.test_sequences import SEQUENCE, STEP1, write_steps
+    from tests.support.sequences import SEQUENCE, STEP1, write_steps
 
     config = project / "newsletter.toml"
     config.write_text(config.read_text(encoding="utf-8") + SEQUENCE, encoding="utf-8")

@@ -20,8 +20,8 @@ from newsletter.store.subscribers import find_subscriber
 from newsletter.web import create_app
 from tests.browser import chromium
 from tests.conftest import CONFIG
-from tests.test_web import outbox_messages
-from tests.test_web_support import live_server
+from tests.support.mail import outbox_messages
+from tests.support.web import live_server
 
 pytestmark = pytest.mark.browser
 

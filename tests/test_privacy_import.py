@@ -18,7 +18,7 @@ from newsletter.store.importer import import_file
 from newsletter.store.subscribers import add_subscriber, find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG
-from tests.test_privacy_web import confirm_link
+from tests.support.mail import confirm_link
 
 MAILCHIMP = (
     '"Email Address","First Name","Last Name",MEMBER_RATING,OPTIN_TIME,OPTIN_IP,'

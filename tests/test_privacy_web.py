@@ -3,11 +3,7 @@ and in-process, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import email
-import email.policy
-import re
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,8 +21,8 @@ from newsletter.store.subscribers import find_subscriber, set_status
 from newsletter.web import create_app
 from newsletter.web.subscribe import RateLimiter
 from tests.conftest import CONFIG, TEST_SECRET
-from tests.test_web import outbox_messages, text_of
-from tests.test_web_support import live_server
+from tests.support.mail import confirm_link, outbox_messages, text_of
+from tests.support.web import live_server
 
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) Testbrowser/1.0"
 
@@ -49,16 +45,6 @@ def records(engine: Any, email: str) -> list[Any]:
             .where(schema.consent_records.c.subscriber_id == person.id)
             .order_by(schema.consent_records.c.id)
         ).all()
-
-
-def newest_mail(root: Path) -> Any:
-    newest = max((root / "outbox").glob("*.eml"), key=lambda p: p.stat().st_mtime_ns)
-    return email.message_from_bytes(newest.read_bytes(), policy=email.policy.default)
-
-
-def confirm_link(root: Path) -> str:
-    text = newest_mail(root).get_body(("plain",)).get_content()
-    return re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
 
 
 def test_signup_and_confirmation_keep_the_evidence(make_project, database_url) -> None:

@@ -22,7 +22,7 @@ import pytest
 from newsletter.project import Project
 from newsletter.render import SAMPLE_SUBSCRIBER, render_file
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.test_render_contrast import EVERYTHING
+from tests.support.render import EVERYTHING
 
 DOIUSE_VERSION = "0.4.1"
 CLIENTS = "gmail.*,outlook.*,apple-mail.*,yahoo.*"

@@ -18,34 +18,7 @@ from newsletter.project import Project
 from newsletter.render import SAMPLE_SUBSCRIBER, render_file
 from tests.browser import chromium
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-
-EVERYTHING = """\
----
-title: Alles, was Text sein kann
-preheader: Kontrast für jede Zeile
----
-Ein Absatz mit [einem Link](https://example.com), **fett**, *kursiv*, `code` und
-~~durchgestrichen~~.[^1]
-
-### Dritte Ebene
-#### Vierte Ebene
-##### Fünfte Ebene
-###### Sechste Ebene
-
-> Ein Zitat mit ~~Streichung~~ und [Link](https://example.com/zitat).
-
-| Plattform | Wachstum |
-|---|---|
-| Instagram | ~~+40 %~~ |
-
-```
-code block
-```
-
-- Punkt mit [Link](https://example.com/punkt)
-
-[^1]: Eine Fußnote mit [Quelle](https://example.com/quelle).
-"""
+from tests.support.render import EVERYTHING
 
 EXAMPLE_THEME = CONFIG + '\n[theme]\nbrand_color = "#0f766e"\n'
 

@@ -18,7 +18,7 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, get_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG, FIXTURES, TEST_SECRET
-from tests.test_web_support import live_server, multipart, sent_issue
+from tests.support.web import live_server, multipart, sent_issue
 
 SECRET = "inbound-secret-3f9a"
 REPLY_TEXT = (FIXTURES / "reply-meta-ki-creator.txt").read_text(encoding="utf-8")

@@ -14,16 +14,14 @@ from email import policy
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from newsletter.project import Project
 from newsletter.sending.execute import execute
 from newsletter.sending.plan import SendRequest, plan_send
 from newsletter.store.engine import open_engine
-from newsletter.store.schema import deliveries
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid, copies
+from tests.sendgrid_server import FakeSendGrid
 from tests.smtp_server import FakeSmtp
 
 KEY = "SG.core-test-key"
@@ -196,34 +194,6 @@ def test_an_outbox_send_is_listed_by_sends_but_is_no_send_in_stats(
     assert stats.exit_code == 0, stats.output
     assert json.loads(stats.output)["counts"]["recipients"] == 0
     assert json.loads(cli(root, "stats", "--format", "json").output)["issues"] == []
-
-
-def test_deliver_sends_each_step_once_through_the_ledger(root, sg):
-    from newsletter.sending.deliver import Addressee, deliver
-    from newsletter.sending.message import Message
-
-    add_people(root, 3)
-    project = Project.load(root)
-    engine = open_engine(project.database_url)
-    people = [Addressee(i, f"leser{i - 1}@example.org", None, {}) for i in (1, 2, 3)]
-    message = Message(
-        from_email="jens@example.com",
-        from_name="Jens",
-        subject="Willkommen",
-        html="<p>Hallo</p>",
-        text="Hallo",
-        categories=("welcome",),
-        ids={"newsletter_sequence_step": "welcome/01"},
-    )
-    first = deliver(project, message, people, ledger_slug="sequence:welcome/01")
-    again = deliver(project, message, people, ledger_slug="sequence:welcome/01")
-    assert (first.accepted, again.accepted) == (3, 0)
-    assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in range(3)]
-    ids = [copy["custom_args"] for body in sg.messages for copy in copies(body)]
-    assert [i["newsletter_sequence_step"] for i in ids] == ["welcome/01"] * 3
-    assert sorted(i["newsletter_subscriber_id"] for i in ids) == ["1", "2", "3"]
-    with engine.connect() as conn:
-        assert set(conn.execute(select(deliveries.c.state)).scalars()) == {"accepted"}
 
 
 @pytest.mark.parametrize(

@@ -18,22 +18,9 @@ from newsletter.store.schema import deliveries, sends
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
 from tests.smtp_server import FakeSmtp
+from tests.support.smtp import PASSWORD, smtp_config
 
 ISSUE = EXAMPLE_ISSUE.stem
-PASSWORD = "geheim-do-not-print"
-
-
-def smtp_config(smtp: FakeSmtp, *, extra: str = "", security: str = "starttls") -> str:
-    ca = f'ca_file = "{smtp.ca_file}"\n' if smtp.ca_file else ""
-    user = 'username = "jens"\n' if smtp.users else ""
-    return (
-        CONFIG
-        + '\n[sending]\ntransport = "smtp"\nbatch_size = 3\nconcurrency = 2\nmax_retries = 2\n'
-        + f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\nsecurity = "{security}"\n'
-        + user
-        + ca
-        + extra
-    )
 
 
 @pytest.fixture

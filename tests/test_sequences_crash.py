@@ -22,7 +22,7 @@ from newsletter.project import Project
 from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.schema import deliveries, subscribers
 from tests.conftest import CONFIG, REPO, TEST_SECRET
-from tests.test_sequences import SEQUENCE, STEP1, write_steps
+from tests.support.sequences import SEQUENCE, STEP1, write_steps
 
 KEY = "SG.sequence-crash-key"
 #: Small batches so the kill lands mid-run; the setting's section depends on the sending core.

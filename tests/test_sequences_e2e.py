@@ -17,8 +17,8 @@ from newsletter.store.subscribers import find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG
 from tests.sendgrid_server import FakeSendGrid, copies
-from tests.test_sequences import SEQUENCE, STEP1, STEP2, STEP3, write_steps
-from tests.test_web_support import Signer, body_of, event, live_server, multipart
+from tests.support.sequences import SEQUENCE, STEP1, STEP2, STEP3, write_steps
+from tests.support.web import Signer, body_of, event, live_server, multipart
 
 KEY = "SG.sequences-e2e"
 
@@ -162,7 +162,7 @@ def test_the_same_over_smtp(make_project, cli, monkeypatch):
     from email.policy import default as default_policy
 
     from tests.smtp_server import FakeSmtp
-    from tests.test_send_smtp import PASSWORD, smtp_config
+    from tests.support.smtp import PASSWORD, smtp_config
 
     with FakeSmtp(users={"jens": PASSWORD}, tls=True) as smtp:
         monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", PASSWORD)

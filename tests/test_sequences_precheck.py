@@ -19,7 +19,7 @@ from newsletter.sequences.precheck import nothing_to_do
 from newsletter.store.engine import open_engine
 from newsletter.store.schema import sequence_runs
 from tests.conftest import CONFIG, REPO
-from tests.test_sequences import SEQUENCE, STEP1, STEP2, T0, join, received, run, write_steps
+from tests.support.sequences import SEQUENCE, STEP1, STEP2, T0, join, received, run, write_steps
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
 from newsletter.web import create_app
 from tests.conftest import TEST_SECRET
-from tests.test_web_support import sent_issue
+from tests.support.web import sent_issue
 
 
 def test_stats_of_an_unsent_or_unknown_issue_is_a_one_line_error(project, cli):

@@ -19,16 +19,8 @@ from newsletter.store.subscribers import add_subscriber
 from newsletter.web import create_app
 from tests.browser import chromium
 from tests.conftest import CONFIG
-from tests.test_stats_overview import (  # noqa: F401  (fixtures)
-    ISSUE_A,
-    LINKS,
-    newsletter,
-    post_events,
-    post_reply,
-    signer,
-    synthetic_events,
-)
-from tests.test_web_support import live_server, sent_issue
+from tests.support.stats import ISSUE_A, post_events, post_reply, synthetic_events
+from tests.support.web import live_server, sent_issue
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ issue: in-process (TestClient) and over real HTTP, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 import time
 from pathlib import Path
@@ -25,7 +23,8 @@ from newsletter.store.subscribers import (
 )
 from newsletter.web import create_app
 from tests.conftest import CONFIG, TEST_SECRET
-from tests.test_web_support import live_server, sent_issue
+from tests.support.mail import outbox_messages, text_of
+from tests.support.web import live_server, sent_issue
 
 
 @pytest.fixture
@@ -40,17 +39,6 @@ def site(project: Path, database_url: str, monkeypatch: pytest.MonkeyPatch):
 
 def unsubscribe_token(subscriber_id: int, issue_id: int | None) -> str:
     return tokens.make_token(tokens.UNSUBSCRIBE, subscriber_id, issue_id, key=TEST_SECRET)
-
-
-def text_of(html: str) -> str:
-    return " ".join(BeautifulSoup(html, "html.parser").get_text(" ").split())
-
-
-def outbox_messages(root: Path) -> list[email.message.EmailMessage]:
-    return [
-        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-        for p in sorted((root / "outbox").glob("*.eml"))
-    ]
 
 
 def test_one_click_unsubscribe_over_http_and_resubscribe(site):

@@ -14,7 +14,7 @@ from newsletter.store.subscribers import add_subscriber, get_subscriber
 from newsletter.web import create_app
 from tests.browser import chromium
 from tests.conftest import TEST_SECRET
-from tests.test_web_support import live_server, sent_issue
+from tests.support.web import live_server, sent_issue
 
 pytestmark = pytest.mark.browser
 

@@ -17,7 +17,7 @@ from newsletter.store.subscribers import add_subscriber, find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, FIXTURES
 from tests.sendgrid_server import FakeSendGrid, copies
-from tests.test_web_support import Signer, body_of, event, live_server, multipart
+from tests.support.web import Signer, body_of, event, live_server, multipart
 
 KEY = "SG.e2e-test-key"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,20 +12,10 @@ import pytest
 
 from newsletter import tokens
 from tests.conftest import TEST_SECRET
-from tests.test_web_support import free_port
-
-
-def _wait(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(process.stderr.read())
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
+from tests.support.web import (
+    free_port,
+    wait_for_server,
+)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -68,7 +57,7 @@ def test_server_process_logs_routes_without_tokens(project: Path, entry: str):
     token = tokens.make_token(tokens.UNSUBSCRIBE, 12345, None, key=TEST_SECRET)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait(base + "/healthz", process)
+        wait_for_server(base + "/healthz", process)
         assert httpx.get(f"{base}/unsubscribe/{token}").status_code == 410  # nobody with id 12345
         assert (
             httpx.post(f"{base}/webhooks/sendgrid/inbound/in-secret-77", content=b"x").status_code
@@ -114,7 +103,7 @@ def test_serve_warns_when_not_on_loopback(project: Path):
         text=True,
     )
     try:
-        _wait(f"http://127.0.0.1:{port}/healthz", process)
+        wait_for_server(f"http://127.0.0.1:{port}/healthz", process)
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=20)

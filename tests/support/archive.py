@@ -20,8 +20,7 @@ from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import TEST_SECRET
 from tests.sendgrid_server import FakeSendGrid
-from tests.test_web_serve import _wait
-from tests.test_web_support import free_port
+from tests.support.web import free_port, wait_for_server
 
 KEY = "SG.archive-test-key"
 
@@ -140,7 +139,7 @@ def serving(root: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(base + "/healthz", process)
+        wait_for_server(base + "/healthz", process)
         yield base
     finally:
         process.terminate()
