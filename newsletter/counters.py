@@ -42,32 +42,10 @@ EVENTS_FOR_METRIC: dict[str, tuple[str, ...]] = {}
 for _event, _metric in METRIC_FOR_EVENT.items():
     EVENTS_FOR_METRIC[_metric] = (*EVENTS_FOR_METRIC.get(_metric, ()), _event)
 EVENTS_FOR_METRIC["machine_opened"] = ("open",)
-METRICS = (
-    "delivered",
-    "bounced",
-    "dropped",
-    "opened",
-    "machine_opened",
-    "clicked",
-    "unsubscribed",
-    "complained",
-)
 #: Key of a PostgreSQL advisory lock that serializes event inserts, so two webhook posts at
 #: once cannot both count the same reader's first click. (SQLite serializes writers anyway.)
 INGEST_LOCK = 7_140_014
 BUCKET_SECONDS = 900
-LIST_METRICS = (
-    "new_form",
-    "new_import",
-    "new_added",
-    "confirmed",
-    "unsubscribed",
-    "bounced",
-    "complained",
-    "unconfirmed_new",
-    "joined",
-    "left",
-)
 
 
 def metric_of(event: str, detail: Mapping[str, Any]) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete
+from sqlalchemy import Engine, delete
 
 from newsletter.errors import StoreError
 from newsletter.store import consent, suppressions
@@ -88,11 +88,6 @@ def erase(engine: Engine, email: str) -> Erasure:
     return Erasure(
         email=subscriber.email if subscriber else address, was_stored=removed, status=status
     )
-
-
-def lift_suppression(conn: Connection, email: str) -> bool:
-    """After a new double opt-in through the form: the address may come back."""
-    return suppressions.lift(conn, email)
 
 
 @dataclass(frozen=True)

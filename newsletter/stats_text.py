@@ -57,19 +57,6 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-OVERVIEW_COLUMNS = [
-    ("date", None),
-    ("issue", None),
-    ("recipients", None),
-    ("delivered", None),
-    ("bounced", None),
-    ("clicked", "clicked"),
-    ("replied", "replied"),
-    ("unsubscribed", None),
-    ("complained", None),
-]
-
-
 def overview(rows: list[IssueSummary], tz: ZoneInfo, opens: bool, fmt: str) -> str:
     """One row per sent issue, newest first."""
     if fmt == "json":

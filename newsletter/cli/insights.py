@@ -76,9 +76,9 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     if issue is None:
         click.echo(stats_text.overview(engagement.sent_issues(engine), tz, opens, fmt))
         return
-    from newsletter.stats import find_issue
+    from newsletter.store.issues import find_sent_issue
 
-    ref = find_issue(project, engine, issue)
+    ref = find_sent_issue(project, engine, issue)
     summary = engagement.issue_summary(engine, ref.id)
     path = engagement.issue_files(project).get(ref.slug)
     texts = engagement.link_texts(project, path) if path else {}

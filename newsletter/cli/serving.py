@@ -114,13 +114,13 @@ def replies(ctx: click.Context, issue_name: str | None, fmt: str, show_all: bool
     if ctx.invoked_subcommand is not None:
         return
     from newsletter.replies import list_replies, strip_terminal_controls
-    from newsletter.stats import find_issue
     from newsletter.store.engine import project_engine
+    from newsletter.store.issues import find_sent_issue
 
     on_interrupt("Stopped (Ctrl-C). Listing replies changes nothing.")
     project = get_project()
     engine = project_engine(project)
-    issue_id = find_issue(project, engine, issue_name).id if issue_name else None
+    issue_id = find_sent_issue(project, engine, issue_name).id if issue_name else None
     every = list_replies(engine, issue_id, include_automatic=True)
     rows = every if show_all else [row for row in every if not row.automatic]
     if fmt == "json":

@@ -3,8 +3,7 @@
 - `message`: the neutral Message / Recipient / Batch (names no provider).
 - `transports/`: SendGrid, SMTP and the outbox, registered alike, asked what they can do.
 - `factory`: the one place that chooses a transport.  - `mime`: a reader's copy as MIME.
-- `plan` then `execute`: a send decided, then carried out.  - `deliver`: one ready message to
-  given subscribers through the ledger (welcome sequences).
+- `plan` then `execute`: a send decided, then carried out.
 - `ledger`: deliveries, sends, leases.  - `summary`: what `sends` shows.
 - `schedule`: parsing `--schedule WHEN`.  - `single`: one-off transactional mail.
 """

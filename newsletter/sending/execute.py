@@ -524,7 +524,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
         yield
         return
 
-    def ask_to_stop(signum: int, frame: object) -> None:
+    def ask_to_stop(_signum: int, _frame: object) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -15,12 +15,12 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, case, delete, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
@@ -37,7 +37,6 @@ from newsletter.store.schema import (
     sends,
     subscribers,
 )
-from newsletter.store.subscribers import segment_filters
 from newsletter.store.times import as_utc
 
 LEASE_STALE_SECONDS = 120
@@ -241,14 +240,6 @@ class Ledger:
         with self.engine.begin() as conn:
             _add_to_totals(conn, send_id, _state_counts(outcomes))
 
-    def update_totals(self, send_id: int, *, accepted: int, failed: int, uncertain: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(send_totals)
-                .where(send_totals.c.send_id == send_id)
-                .values(accepted=accepted, failed=failed, uncertain=uncertain, updated_at=now())
-            )
-
     def totals(self) -> dict[int, Any]:
         with self.engine.connect() as conn:
             return {r.send_id: r for r in conn.execute(select(send_totals))}
@@ -340,18 +331,6 @@ class Ledger:
                 ).first()
                 is not None
             )
-
-    def states_for(self, issue_id: int, ids: Sequence[int]) -> dict[int, str]:
-        if not ids:
-            return {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(deliveries.c.subscriber_id, deliveries.c.state).where(
-                    deliveries.c.issue_id == issue_id,
-                    deliveries.c.subscriber_id.between(min(ids), max(ids)),
-                )
-            ).all()
-        return {r.subscriber_id: r.state for r in rows}
 
     def claim(
         self,
@@ -522,25 +501,6 @@ class Ledger:
         with self.engine.begin() as conn:
             result = conn.execute(delete(deliveries).where(deliveries.c.send_id == send_id))
             return int(result.rowcount or 0)
-
-    def count_to_reach(
-        self, issue_id: int, tags: Iterable[str], include_uncertain: bool = False
-    ) -> int:
-        """Subscribed people (of the segment) a `--resume` would send to."""
-        states = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if include_uncertain else [])]
-        done = exists().where(
-            deliveries.c.issue_id == issue_id,
-            deliveries.c.subscriber_id == subscribers.c.id,
-            deliveries.c.state.not_in(states),
-        )
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(subscribers)
-                    .where(*segment_filters(SubscriberStatus.SUBSCRIBED, tags), ~done)
-                ).scalar_one()
-            )
 
     def counts_by_state(self, *, issue_id: int | None = None) -> dict[int, dict[str, int]]:
         """send id -> state -> rows, for `sends`."""

@@ -6,9 +6,9 @@ It renders a step once per run (the same template, masthead, personalization, fo
 headers as an issue) and gives every recipient the ids an issue carries (issue id = the step's
 `issues` row), so webhook events, replies and `stats` find the step.
 
-Why not `newsletter.sending.deliver.deliver()`: a sequence needs the ledger row and the move to
-the person's next step in one transaction with the row lock that keeps a second runner away
-(see `runner.py`), for every transport: the outbox too, or each run would write the step again.
+A sequence needs the ledger row and the move to the person's next step in one transaction with
+the row lock that keeps a second runner away (see `runner.py`), for every transport: the outbox
+too, or each run would write the step again.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
   preview, screenshot, send, sends, stats, cancel, replies): a path, a file name in
   `issues/` with or without `.md`, or a slug (from an issue file's front matter, or of an
   issue that was sent and whose file is gone).
-- `ensure_issue`, `find_issue_id`, `find_issue`, `list_sent_issues`: the table's rows.
+- `ensure_issue`, `find_issue_id`, `find_issue`: the table's rows; `find_sent_issue(project,
+  engine, name)`: the issue a `stats` or `replies` command names, among those with a row.
 - `published_issues`, `is_published` (the archive's block): when readers may see an issue
   on the web. At the scheduled `send_at` of a send, or, for an immediate send, once the
   provider accepted a first recipient; never for drafts, test copies (they record no send),
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+
+from newsletter.errors import NewsletterError, StoreError
 
 # --- core: resolving and the rows (owned by the sending core) ---------------------------------
 # Resolving an ISSUE name needs no database (and so no SQLAlchemy import, which `build` would
@@ -27,6 +30,9 @@ from newsletter.issue_names import ResolvedIssue as ResolvedIssue  # noqa: E402
 from newsletter.issue_names import resolve_issue as resolve_issue  # noqa: E402
 from newsletter.store.schema import deliveries, issues, sends, sequence_steps
 from newsletter.store.times import as_utc
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
 
 
 def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:
@@ -65,28 +71,24 @@ def find_issue(engine: Engine, slug: str) -> Any:
         return conn.execute(select(issues).where(issues.c.slug == slug)).first()
 
 
-def list_sent_issues(engine: Engine) -> list[Any]:
-    """Issues that went out to someone (a real send, not a dry run or a cancelled schedule),
-    oldest first: rows of `issues` plus `first_sent` (the first such send's start)."""
-    real = (
-        select(sends.c.issue_id, func.min(sends.c.started_at).label("first_sent"))
-        .where(sends.c.dry_run.is_(False), sends.c.status.not_in(("cancelled", "failed")))
-        .group_by(sends.c.issue_id)
-        .subquery()
-    )
-    reached = exists().where(
-        deliveries.c.issue_id == issues.c.id, deliveries.c.state.not_in(("failed", "in_flight"))
-    )
-    ledgerless = exists().where(sends.c.issue_id == issues.c.id, sends.c.status == "done")
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                select(issues, real.c.first_sent)
-                .join(real, real.c.issue_id == issues.c.id)
-                .where(reached | ledgerless)
-                .order_by(real.c.first_sent, issues.c.id)
-            ).all()
-        )
+@dataclass(frozen=True)
+class SentIssue:
+    id: int
+    slug: str
+    title: str
+
+
+def find_sent_issue(project: Project, engine: Engine, name: str) -> SentIssue:
+    """An issue that has a row in the database, by slug, file name or path (the one
+    resolver every command uses)."""
+    try:
+        slug = resolve_issue(project, name, engine).slug
+    except NewsletterError:
+        raise StoreError(f"{name}: no such issue; give its slug, file name or path") from None
+    row = find_issue(engine, slug)
+    if row is None:
+        raise StoreError(f"{name}: issue {slug!r} has not been sent yet; send it first")
+    return SentIssue(id=row.id, slug=row.slug, title=row.title)
 
 
 # --- end of the core's block ---------------------------------------------------------------------

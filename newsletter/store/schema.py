@@ -136,7 +136,6 @@ sends = Table(
     Column("up_to_subscriber", Integer),
 )
 
-DELIVERY_STATES = tuple(s.value for s in DeliveryState)
 
 deliveries = Table(
     "deliveries",
@@ -293,8 +292,6 @@ sequence_steps = Table(
     UniqueConstraint("sequence", "step_key", name="uq_sequence_steps_key"),
 )
 
-#: active -> done (had every step) | stopped (unsubscribed, bounced, complained: for good)
-ENROLLMENT_STATES = ("active", "done", "stopped")
 
 # Who is in which sequence, and what they get next when. One row per person per sequence,
 # ever: resubscribing does not restart a sequence.

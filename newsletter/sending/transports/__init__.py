@@ -188,7 +188,3 @@ def capabilities_of(kind: str) -> Capabilities | None:
     """A stored send's transport's capabilities (None for a kind no longer known)."""
     cls = registry().get(kind)
     return cls.capabilities if cls else None
-
-
-def iter_classes() -> Iterator[TransportClass]:
-    yield from registry().values()

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 BACKOFF_ENV = "NEWSLETTER_SEND_BACKOFF"
-SECURITY = ("starttls", "tls", "none")
 #: Recipients per batch: the unit claimed in the ledger before it goes out. Small, because
 #: SMTP hands them over one by one and a crash leaves a whole batch uncertain.
 MAX_BATCH = 50

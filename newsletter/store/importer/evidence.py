@@ -22,9 +22,6 @@ from newsletter.store import consent, suppressions
 from newsletter.store.importer.model import ImportResult, Incoming
 from newsletter.store.schema import consent_records, subscribers
 
-#: The formats whose exports carry a reader's own opt-in data, and which of it.
-EVIDENCE_FORMATS = ("mailchimp", "substack")
-
 
 @dataclass(frozen=True)
 class ImportConsent:
