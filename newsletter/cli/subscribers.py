@@ -565,6 +565,8 @@ def import_(
         f"new: {result.new}, updated: {result.updated}, unchanged: {result.unchanged}, "
         f"rejected: {result.rejected}, duplicates merged: {result.duplicates}"
     )
+    if result.suppressed:
+        counts += f"; {result.suppressed:,} erased earlier, skipped"
     click.echo(f"dry run, nothing changed: {counts}" if dry_run else counts)
     if result.suppressed:
         click.echo(
@@ -573,7 +575,7 @@ def import_(
                 "a new double opt-in through the sign-up form brings it back"
             )
             if result.suppressed == 1
-            else f"{result.suppressed} rows were not imported: their addresses were erased on "
+            else f"{result.suppressed:,} rows were not imported: their addresses were erased on "
             "request (suppressed); only a new double opt-in through the sign-up form brings "
             "them back"
         )
