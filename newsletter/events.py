@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import binascii
 import json
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from newsletter import counters
 from newsletter.errors import NewsletterError
+from newsletter.masking import mask_addresses
 from newsletter.store import raw, schema
 
 PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
@@ -65,7 +65,6 @@ DETAIL_KEYS = (
     "sg_machine_open",
     "tls",
 )
-_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
 
 
 class WebhookError(NewsletterError):
@@ -179,8 +178,8 @@ def _detail(
         if value is None:
             continue
         if isinstance(value, str):
-            # No "@", no address: the common case skips the regular expression.
-            value = (_ADDRESS.sub("<address>", value) if "@" in value else value)[:1000]
+            # Plain or percent-encoded (a link carrying `subscriber.email | urlencode`).
+            value = mask_addresses(value)[:1000]
             encoded = _encode_string(value)
         elif isinstance(value, bool):
             encoded = "true" if value else "false"
@@ -193,7 +192,7 @@ def _detail(
             memo_key = repr(value)
             memo = dumped.get(memo_key)
             if memo is None:
-                text = _ADDRESS.sub("<address>", json.dumps(value, ensure_ascii=False))[:1000]
+                text = mask_addresses(json.dumps(value, ensure_ascii=False))[:1000]
                 memo = dumped[memo_key] = (text, _encode_string(text))
             value, encoded = memo
         detail[key] = value

@@ -197,7 +197,7 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
                 f"Erase {email} and everything stored about them? This cannot be undone.",
                 abort=True,
             )
-        erased = erase(engine, email)
+        erased = erase(engine, email, outbox=get_project().root / "outbox")
         if erased.was_stored:
             click.echo(
                 f"erased {erased.email} and all data about them; a keyed hash of the address "
@@ -207,6 +207,17 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
             click.echo(
                 f"nothing was stored about {erased.email}; suppressed the address so that "
                 "imports and `add` skip it"
+            )
+        for path in erased.deleted_files:
+            click.echo(f"deleted {path} (a message to or about them)")
+        for path in erased.kept_files:
+            click.echo(f"could not delete {path}: it holds their address; delete it yourself")
+        if erased.compacted is False:
+            click.echo(
+                "Warning: another program (`newsletter serve`?) kept the database busy, so "
+                "copies of the erased rows may remain in its -wal file until it is "
+                "checkpointed; stop it and run the erasure again",
+                err=True,
             )
         return
     subscriber = find_subscriber(engine, email)

@@ -15,12 +15,25 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, case, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
@@ -609,3 +622,29 @@ class Ledger:
                 return
             yield from rows
             last = rows[-1].subscriber_id
+
+    # --- erasure (GDPR Art. 17): a send's error may name the recipient it stopped at ------
+
+    @staticmethod
+    def sends_naming(conn: Connection, names: Callable[[str], bool]) -> list[Any]:
+        """The `sends` rows whose error names the person (`names(error)`), for export-person
+        and erasure; `u42@example.com: cannot reach the SMTP server` names u42."""
+        error = sends.c.error
+        rows = conn.execute(
+            select(sends)
+            .where(
+                or_(error.contains("@", autoescape=True), error.contains("%40", autoescape=True))
+            )
+            .order_by(sends.c.id)
+        ).all()
+        return [row for row in rows if names(row.error)]
+
+    @staticmethod
+    def scrub_send_errors(
+        conn: Connection, names: Callable[[str], bool], redact: Callable[[str], str]
+    ) -> int:
+        """Rewrite each error that names the person with `redact(error)`; how many."""
+        rows = Ledger.sends_naming(conn, names)
+        for row in rows:
+            conn.execute(update(sends).where(sends.c.id == row.id).values(error=redact(row.error)))
+        return len(rows)
