@@ -77,3 +77,12 @@ class AddressMaskingFilter(logging.Filter):
             record.exc_text = mask_addresses(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
+
+
+def mask_log_addresses(*loggers: str) -> None:
+    """Mask addresses in every line the handlers of the root logger and of `loggers` (ones
+    that do not propagate, such as uvicorn's) write: `serve` and its background jobs."""
+    for name in ("", *loggers):
+        for handler in logging.getLogger(name or None).handlers:
+            if not any(isinstance(f, AddressMaskingFilter) for f in handler.filters):
+                handler.addFilter(AddressMaskingFilter())
