@@ -23,6 +23,7 @@ from newsletter import counters
 from newsletter.errors import NewsletterError
 from newsletter.masking import mask_addresses
 from newsletter.store import raw, schema
+from newsletter.store.emails import address_key
 
 PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -309,7 +310,7 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
         issue_of = [_int(event.get(schema.CUSTOM_ARG_ISSUE)) for event in new]
         # Events without our custom_args (e.g. sent before they existed): match by address.
         address_of = [
-            event["email"].strip().lower()
+            (address_key(event["email"]) or event["email"].strip().lower())
             if subscriber_id is None and isinstance(event.get("email"), str)
             else ""
             for event, subscriber_id in zip(new, subscriber_of, strict=True)
