@@ -171,7 +171,10 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
 
     --forget keeps only a keyed hash of the address (suppression list), so `add` and
     imports refuse it later; a new double opt-in through the sign-up form lifts that.
-    It asks first; without a terminal it needs --yes.
+    It also blanks the address in send errors and clicked links (their counts stay),
+    deletes the replies from the address in any spelling and the outbox files addressed
+    to it (and names them), and compacts a SQLite file so no copy is left in it or its
+    -wal. It asks first; without a terminal it needs --yes.
 
     \b
     Example:
@@ -403,7 +406,10 @@ def export_person(email: str, output: Path | None) -> None:
     """Write everything stored about one person as one JSON document (GDPR Art. 15).
 
     The subscriber row, tags, fields, consent records and the texts they agreed to,
-    deliveries, events, replies and every other row that refers to them.
+    deliveries, events, replies and every other row that refers to them; also the rows
+    that name them without a reference: replies from their address in any spelling
+    (punycode, NFD, any case), sends whose error names them, clicked links carrying
+    their address or a value of theirs. These are the rows `remove --forget` erases.
 
     \b
     Example:
