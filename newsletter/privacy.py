@@ -108,7 +108,7 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
                 conn.execute(delete(replies).where(replies.c.id.in_(written))).rowcount > 0
                 or removed
             )
-        Ledger.scrub_send_errors(conn, person.names_text, person.redact_text)
+        Ledger.scrub_errors(conn, person.spellings, person.names_text, person.redact_text)
         scrub_links(conn, person.names_url, person.redact_url)
         status = subscriber.status if subscriber else None
         reason = suppressions.ERASED

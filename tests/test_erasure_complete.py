@@ -124,6 +124,16 @@ def leave_traces(proj: Project, cli: Any) -> tuple[Any, Any, int]:
         "stopped",
         f"{ADDRESS}: cannot reach the SMTP server 127.0.0.1:2525 (after 3 tries)",
     )
+    stopped_at = f"{ADDRESS}: cannot reach the SMTP server 127.0.0.1:2525 (after 3 tries)"
+    with engine.begin() as conn:  # the rows a batch stopped at Jörg leaves: Ben's names him
+        conn.execute(
+            insert(schema.deliveries),
+            [
+                {"issue_id": issue_id, "subscriber_id": sid, "send_id": send_id,
+                 "state": "failed", "error": stopped_at, "updated_at": datetime.now(UTC)}
+                for sid in (jorg.id, ben.id)
+            ],
+        )  # fmt: skip
     other = ledger.create_send(issue_id, transport="smtp", segment=[], dry_run=False)
     ledger.finish_send(other, "stopped", "ben@example.com: 550 mailbox unavailable")
 
@@ -188,11 +198,13 @@ def test_export_lists_every_row_and_forget_leaves_nothing(proj, cli, tmp_path) -
     result = cli(proj.root, "subscribers", "export-person", PUNYCODE, "-o", str(exported))
     assert result.exit_code == 0, result.output
     document = json.loads(exported.read_text(encoding="utf-8"))
+    jorg_id = document["subscriber"]["id"]
     tables = document["tables"]
     assert len(tables["replies"]) == 3
     [send] = tables["sends"]
     assert send["error"].startswith(ADDRESS + ": cannot reach the SMTP server")
     assert sorted(row["clicks"] for row in tables["link_day_counters"]) == [1, 3]
+    assert {row["subscriber_id"] for row in tables["deliveries"]} == {ben.id, jorg_id}
     for row in before:
         table = row.partition(":")[0]
         assert table in tables or table == "subscribers", row
@@ -231,6 +243,9 @@ def test_export_lists_every_row_and_forget_leaves_nothing(proj, cli, tmp_path) -
         "ben@example.com: 550 mailbox unavailable",
     ]
     assert clicks == 5  # the counts stay; only the URLs lose the person
+    with engine.connect() as conn:
+        [bens_row] = conn.execute(select(schema.deliveries)).all()
+    assert (bens_row.subscriber_id, bens_row.error) == (ben.id, errors[0])
     assert all("Zwickelhausen" not in url for url in urls)
     assert any("K%C3%B6ln" in url for url in urls)  # Ben's city is not Jörg's
 

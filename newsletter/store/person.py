@@ -56,15 +56,18 @@ class PersonalData:
 
     key: str
     values: frozenset[str] = frozenset()
+    #: The address as the store holds it, and its key: what a transport wrote in an error.
+    spellings: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, email: str, subscriber: Subscriber | None) -> PersonalData:
         key = address_key(subscriber.email if subscriber else email) or email.strip().lower()
+        spellings = tuple(dict.fromkeys([subscriber.email if subscriber else email.strip(), key]))
         if subscriber is None:
-            return cls(key=key)
+            return cls(key=key, spellings=spellings)
         found: list[Any] = [subscriber.name, subscriber.first_name, subscriber.last_name]
         found += list(subscriber.fields.values())
-        return cls(key=key, values=frozenset(_values(found)))
+        return cls(key=key, values=frozenset(_values(found)), spellings=spellings)
 
     def is_address(self, candidate: str) -> bool:
         return candidate.strip().lower() == self.key or address_key(candidate) == self.key
@@ -108,7 +111,8 @@ def _values(found: Iterable[Any]) -> Iterable[str]:
 
 def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
     """The rows that name the person without a foreign key to them, by table: replies from
-    their address, sends whose error names them, link counters whose URL does."""
+    their address, sends and other readers' deliveries whose error names them (a batch
+    stopped at them), link counters whose URL does."""
     from newsletter.counters import links_naming
     from newsletter.sending.ledger import Ledger
 
@@ -118,9 +122,7 @@ def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
         found["replies"] = list(
             conn.execute(select(replies).where(replies.c.id.in_(written)).order_by(replies.c.id))
         )
-    named = Ledger.sends_naming(conn, person.names_text)
-    if named:
-        found["sends"] = named
+    found.update(Ledger.errors_naming(conn, person.spellings, person.names_text))
     links = links_naming(conn, person.names_url)
     if links:
         found["link_day_counters"] = links
