@@ -218,8 +218,8 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
         if erased.compacted is False:
             click.echo(
                 "Warning: another program (`newsletter serve`?) kept the database busy, so "
-                "copies of the erased rows may remain in its -wal file until it is "
-                "checkpointed; stop it and run the erasure again",
+                "copies of the erased rows may remain in its -wal file; stop that program "
+                "and run the same command again (it compacts the file)",
                 err=True,
             )
         return
