@@ -135,6 +135,10 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
     )
 
 
+#: How long compaction waits for another program's read of the SQLite file.
+COMPACT_WAIT_MS = 2000
+
+
 def compact_sqlite(engine: Engine) -> bool:
     """Move the WAL into the file and truncate it, then VACUUM (which rebuilds the file
     without free pages) and truncate the WAL it wrote: no copy of a deleted row is left in
@@ -144,7 +148,12 @@ def compact_sqlite(engine: Engine) -> bool:
     engine.dispose()  # our own pooled connections would hold the WAL open
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            # A reader (serve) holds the WAL only for a moment; one that holds it longer
+            # gets a warning, not an erasure that hangs.
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {COMPACT_WAIT_MS}")
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+            if busy is None or busy[0] != 0:
+                return False
             conn.exec_driver_sql("VACUUM")
             busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
     except OperationalError:

@@ -256,3 +256,27 @@ def test_export_lists_every_row_and_forget_leaves_nothing(proj, cli, tmp_path) -
     for text in (stats.output, report.read_text(encoding="utf-8")):
         assert not any(n in text for n in NEEDLES), text
     assert "profil?e=<erased>" in stats.output  # the link, its clicks kept, without the person
+
+
+def test_a_reader_holding_the_sqlite_file_gets_a_warning_not_a_silent_copy(
+    make_project, cli
+) -> None:
+    """`serve` in the middle of a read: the WAL cannot be emptied; erasure says so."""
+    import sqlite3
+
+    root = make_project()
+    assert cli(root, "subscribers", "add", "anna@example.com").exit_code == 0
+    reader = sqlite3.connect(root / "newsletter.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM subscribers").fetchone()
+        erased = cli(root, "subscribers", "remove", "anna@example.com", "--forget", "--yes")
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert erased.exit_code == 0, erased.output
+    assert erased.output.startswith("erased anna@example.com and all data about them")
+    assert "Warning: another program (`newsletter serve`?) kept the database busy" in erased.output
+    again = cli(root, "subscribers", "remove", "anna@example.com", "--forget", "--yes")
+    assert "Warning" not in again.output
+    assert b"anna@example.com" not in (root / "newsletter.db").read_bytes()
