@@ -11,7 +11,7 @@ from newsletter.sending.transports import PreparingTransport
 from newsletter.sending.transports.sendgrid import body
 from newsletter.sequences import runner, steps
 from newsletter.store import engine, issues, schema
-from newsletter import markdown, report, tokens
+from newsletter import markdown, masking, report, tokens
 
 # click registers commands by decorator; nothing calls them by name.
 cli_sequences.list_
@@ -30,7 +30,10 @@ decode._TextExtractor.handle_starttag
 decode._TextExtractor.handle_endtag
 decode._TextExtractor.handle_data
 
-# Attributes a library reads: markdown-it's options, uvicorn's server, pygal's chart config.
+# Attributes a library reads: markdown-it's options, uvicorn's server, pygal's chart config,
+# logging's record (the masking filter rewrites what the handler then formats).
+masking._.msg
+masking._.exc_text
 markdown._.linkify
 server._.should_exit
 report._.x_labels

@@ -18,7 +18,7 @@ from the history.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -148,6 +148,40 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
         ],
         ["issue_id", "day", "url"],
     )
+
+
+def links_naming(conn: Connection, names: Callable[[str], bool]) -> list[Any]:
+    """The `link_day_counters` rows whose URL names a person (`names(url)`: their address,
+    plain or percent-encoded, or a value of theirs), for export-person and erasure."""
+    c = schema.link_day_counters
+    rows = conn.execute(select(c).order_by(c.c.issue_id, c.c.day, c.c.url)).all()
+    return [row for row in rows if names(row.url)]
+
+
+def scrub_links(
+    conn: Connection, names: Callable[[str], bool], redact: Callable[[str], str]
+) -> int:
+    """Rewrite each link URL that names the person with `redact(url)`, keeping its clicks
+    (added to a row that has the rewritten URL already); how many rows were rewritten."""
+    c = schema.link_day_counters
+    rows = links_naming(conn, names)
+    for row in rows:
+        conn.execute(
+            delete(c).where(c.c.issue_id == row.issue_id, c.c.day == row.day, c.c.url == row.url)
+        )
+    merged: Counter[tuple[int, date, str]] = Counter()
+    for row in rows:
+        merged[(row.issue_id, _as_date(row.day), redact(row.url)[:1000])] += row.clicks
+    _upsert(
+        conn,
+        c,
+        [
+            {"issue_id": issue_id, "day": day, "url": url, "clicks": clicks}
+            for (issue_id, day, url), clicks in sorted(merged.items())
+        ],
+        ["issue_id", "day", "url"],
+    )
+    return len(rows)
 
 
 def _machine_flag_sql(dialect: str) -> str:

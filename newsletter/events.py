@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import binascii
 import json
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ from sqlalchemy import Connection, Engine
 
 from newsletter import counters
 from newsletter.errors import NewsletterError
+from newsletter.masking import mask_addresses
 from newsletter.store import raw, schema
+from newsletter.store.emails import address_key
 
 PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -65,7 +66,6 @@ DETAIL_KEYS = (
     "sg_machine_open",
     "tls",
 )
-_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
 
 
 class WebhookError(NewsletterError):
@@ -179,8 +179,8 @@ def _detail(
         if value is None:
             continue
         if isinstance(value, str):
-            # No "@", no address: the common case skips the regular expression.
-            value = (_ADDRESS.sub("<address>", value) if "@" in value else value)[:1000]
+            # Plain or percent-encoded (a link carrying `subscriber.email | urlencode`).
+            value = mask_addresses(value)[:1000]
             encoded = _encode_string(value)
         elif isinstance(value, bool):
             encoded = "true" if value else "false"
@@ -193,7 +193,7 @@ def _detail(
             memo_key = repr(value)
             memo = dumped.get(memo_key)
             if memo is None:
-                text = _ADDRESS.sub("<address>", json.dumps(value, ensure_ascii=False))[:1000]
+                text = mask_addresses(json.dumps(value, ensure_ascii=False))[:1000]
                 memo = dumped[memo_key] = (text, _encode_string(text))
             value, encoded = memo
         detail[key] = value
@@ -310,7 +310,7 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
         issue_of = [_int(event.get(schema.CUSTOM_ARG_ISSUE)) for event in new]
         # Events without our custom_args (e.g. sent before they existed): match by address.
         address_of = [
-            event["email"].strip().lower()
+            (address_key(event["email"]) or event["email"].strip().lower())
             if subscriber_id is None and isinstance(event.get("email"), str)
             else ""
             for event, subscriber_id in zip(new, subscriber_of, strict=True)

@@ -2,8 +2,10 @@
 data kept no longer than needed.
 
 - `add_by_author`: `subscribers add`, with who added the person and the consent text.
-- `erase`: `subscribers remove --forget` (GDPR Art. 17); keeps only a keyed hash of the
-  address in the suppression list, so no import brings the person back.
+- `erase`: `subscribers remove --forget` (GDPR Art. 17): deletes every row about the person,
+  rewrites the rows that name them without a key, compacts the SQLite file and deletes the
+  outbox files about them; keeps only a keyed hash of the address in the suppression list,
+  so no import brings the person back.
 - `purge`: `newsletter privacy purge` and `serve`'s daily run: webhook events and
   automatic replies older than `[privacy] keep_events_days`.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete
@@ -66,28 +69,131 @@ class Erasure:
     email: str
     was_stored: bool  # False: nothing was held, the address is only suppressed
     status: str | None  # the status the person had
+    #: Files the tool wrote about the person (outbox copies), deleted.
+    deleted_files: tuple[Path, ...] = ()
+    #: Files about the person that could not be deleted: the user must remove them.
+    kept_files: tuple[Path, ...] = ()
+    #: SQLite only: whether the file was checkpointed and vacuumed, so no copy of the
+    #: deleted rows is left in `-wal` or free pages (None: not SQLite).
+    compacted: bool | None = None
 
 
-def erase(engine: Engine, email: str) -> Erasure:
-    """Delete the person and everything linked to them, and suppress the address (its
-    keyed hash, the date and "erased on request"), all in one transaction. A ConfigError
-    before anything is deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
+def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
+    """Delete the person and everything linked to them, rewrite the rows that name them
+    without a key (a send's error, a clicked link's URL: `store.person.rows_naming`), and
+    suppress the address (its keyed hash, the date and "erased on request"), all in one
+    transaction. Then, on SQLite, checkpoint and vacuum the file, and delete the `.eml`
+    files in `outbox` written to or about the address. A ConfigError before anything is
+    deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
+    from newsletter.counters import scrub_links
+    from newsletter.sending.ledger import Ledger
+    from newsletter.store.person import PersonalData, rows_naming
+
     suppressions.hashing_key(erasing=True)
     try:
         address = normalize_email(email)
     except StoreError:
         address = email.strip()
     with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            # Deleted rows' bytes are overwritten, not just marked free.
+            conn.exec_driver_sql("PRAGMA secure_delete = ON")
         subscriber = find_subscriber(conn, email)
+        person = PersonalData.of(email, subscriber)
+        named = rows_naming(conn, person)
         removed = forget_subscriber(conn, email)
+        written = [row.id for row in named.get("replies", [])]
+        if written:
+            removed = (
+                conn.execute(delete(replies).where(replies.c.id.in_(written))).rowcount > 0
+                or removed
+            )
+        Ledger.scrub_errors(conn, person.spellings, person.names_text, person.redact_text)
+        scrub_links(conn, person.names_url, person.redact_url)
         status = subscriber.status if subscriber else None
         reason = suppressions.ERASED
         if status in STOPPED and status != "unsubscribed":
             reason += f" (address had {status})"
         suppressions.suppress(conn, address, reason)
+    compacted = compact_sqlite(engine) if engine.dialect.name == "sqlite" else None
+    deleted: list[Path] = []
+    kept: list[Path] = []
+    if outbox is not None:
+        for path in files_about(outbox, person.key):
+            try:
+                path.unlink()
+                deleted.append(path)
+            except OSError:
+                kept.append(path)
     return Erasure(
-        email=subscriber.email if subscriber else address, was_stored=removed, status=status
+        email=subscriber.email if subscriber else address,
+        was_stored=removed or bool(named),
+        status=status,
+        deleted_files=tuple(deleted),
+        kept_files=tuple(kept),
+        compacted=compacted,
     )
+
+
+#: How long compaction waits for another program's read of the SQLite file.
+COMPACT_WAIT_MS = 2000
+
+
+def compact_sqlite(engine: Engine) -> bool:
+    """Move the WAL into the file and truncate it, then VACUUM (which rebuilds the file
+    without free pages) and truncate the WAL it wrote: no copy of a deleted row is left in
+    `newsletter.db`, `-wal` or `-shm`. False if another process kept the WAL busy."""
+    from sqlalchemy.exc import OperationalError
+
+    engine.dispose()  # our own pooled connections would hold the WAL open
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            # A reader (serve) holds the WAL only for a moment; one that holds it longer
+            # gets a warning, not an erasure that hangs.
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {COMPACT_WAIT_MS}")
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+            if busy is None or busy[0] != 0:
+                return False
+            conn.exec_driver_sql("VACUUM")
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+    except OperationalError:
+        return False
+    finally:
+        engine.dispose()
+    return busy is not None and busy[0] == 0
+
+
+#: How much of an .eml file is read for its headers.
+_HEADER_BYTES = 64 * 1024
+
+
+def files_about(directory: Path, key: str) -> list[Path]:
+    """The `.eml` files in `directory` (the outbox) addressed to the address `key` in To or
+    Cc (`transactional-<address>.eml`, `test-<address>.eml`, a send's `<id>-<address>.eml`)
+    or Reply-To (the author's copy of their reply). Read from the headers, not the file
+    name: a name keeps only the ASCII of an address, so it cannot tell `jörg@` from `jürg@`."""
+    import re
+    from email.parser import HeaderParser
+    from email.policy import default
+    from email.utils import getaddresses
+
+    from newsletter.store.emails import address_key
+
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.eml")):
+        try:
+            with path.open("rb") as file:
+                head = file.read(_HEADER_BYTES)
+        except OSError:
+            continue
+        block = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0].decode("utf-8", "replace")
+        headers = HeaderParser(policy=default).parsestr(block, headersonly=True)
+        values = [str(v) for name in ("To", "Cc", "Reply-To") for v in headers.get_all(name, [])]
+        if any(address_key(address) == key for _, address in getaddresses(values) if address):
+            found.append(path)
+    return found
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 from newsletter.errors import ConfigError
 from newsletter.events import apply_status
 from newsletter.store import schema
+from newsletter.store.emails import address_key
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -56,7 +57,8 @@ def sync(project: Project, engine: Engine, *, page_size: int = PAGE_SIZE) -> Syn
     now = datetime.now(UTC)
     with engine.begin() as conn:
         for name, status in LISTS.items():
-            keys = sorted({address.strip().lower() for address in fetched[name]})
+            # In the store's one form: SendGrid may list an IDN address in punycode.
+            keys = sorted({address_key(a) or a.strip().lower() for a in fetched[name]})
             result.fetched[name] = len(keys)
             ids: list[int] = []
             for start in range(0, len(keys), 900):

@@ -190,7 +190,8 @@ def reply_address(domain: str, issue_id: int, *, key: str) -> str:
 
 def reply_address_for(domain: str, issue_id: int, subscriber_id: int, key: str) -> str:
     """`reply+TOKEN@domain` naming the issue and the subscriber it was sent to. Only a reply
-    to this address (or one whose SPF/DKIM passed) can unsubscribe by saying "abmelden".
+    to this address (or one whose DKIM and envelope sender prove the From address) can
+    unsubscribe by saying "abmelden".
 
     SendGrid's `reply_to` is per message, not per personalization; a bulk send sets
     `reply_to` to `reply+{REPLY_TOKEN_TAG}@domain` and each personalization's

@@ -51,6 +51,9 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from newsletter.masking import mask_log_addresses
+
+    mask_log_addresses()  # no log line keeps a reader's address
     app = create_app(project)
     on_interrupt(
         "Stopped (Ctrl-C). Everything received so far is stored; "
@@ -73,6 +76,7 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
         log_level="warning",  # its start/stop chatter; our own line per request stays
         server_header=False,
     )
+    mask_log_addresses("uvicorn", "uvicorn.error", "uvicorn.access")  # set up by Config
     try:
         # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
         # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0).

@@ -171,7 +171,10 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
 
     --forget keeps only a keyed hash of the address (suppression list), so `add` and
     imports refuse it later; a new double opt-in through the sign-up form lifts that.
-    It asks first; without a terminal it needs --yes.
+    It also blanks the address in send errors and clicked links (their counts stay),
+    deletes the replies from the address in any spelling and the outbox files addressed
+    to it (and names them), and compacts a SQLite file so no copy is left in it or its
+    -wal. It asks first; without a terminal it needs --yes.
 
     \b
     Example:
@@ -197,7 +200,7 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
                 f"Erase {email} and everything stored about them? This cannot be undone.",
                 abort=True,
             )
-        erased = erase(engine, email)
+        erased = erase(engine, email, outbox=get_project().root / "outbox")
         if erased.was_stored:
             click.echo(
                 f"erased {erased.email} and all data about them; a keyed hash of the address "
@@ -207,6 +210,17 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
             click.echo(
                 f"nothing was stored about {erased.email}; suppressed the address so that "
                 "imports and `add` skip it"
+            )
+        for path in erased.deleted_files:
+            click.echo(f"deleted {path} (a message to or about them)")
+        for path in erased.kept_files:
+            click.echo(f"could not delete {path}: it holds their address; delete it yourself")
+        if erased.compacted is False:
+            click.echo(
+                "Warning: another program (`newsletter serve`?) kept the database busy, so "
+                "copies of the erased rows may remain in its -wal file; stop that program "
+                "and run the same command again (it compacts the file)",
+                err=True,
             )
         return
     subscriber = find_subscriber(engine, email)
@@ -392,7 +406,10 @@ def export_person(email: str, output: Path | None) -> None:
     """Write everything stored about one person as one JSON document (GDPR Art. 15).
 
     The subscriber row, tags, fields, consent records and the texts they agreed to,
-    deliveries, events, replies and every other row that refers to them.
+    deliveries, events, replies and every other row that refers to them; also the rows
+    that name them without a reference: replies from their address in any spelling
+    (punycode, NFD, any case), sends whose error names them, clicked links carrying
+    their address or a value of theirs. These are the rows `remove --forget` erases.
 
     \b
     Example:
@@ -565,6 +582,8 @@ def import_(
         f"new: {result.new}, updated: {result.updated}, unchanged: {result.unchanged}, "
         f"rejected: {result.rejected}, duplicates merged: {result.duplicates}"
     )
+    if result.suppressed:
+        counts += f"; {result.suppressed:,} erased earlier, skipped"
     click.echo(f"dry run, nothing changed: {counts}" if dry_run else counts)
     if result.suppressed:
         click.echo(
@@ -573,7 +592,7 @@ def import_(
                 "a new double opt-in through the sign-up form brings it back"
             )
             if result.suppressed == 1
-            else f"{result.suppressed} rows were not imported: their addresses were erased on "
+            else f"{result.suppressed:,} rows were not imported: their addresses were erased on "
             "request (suppressed); only a new double opt-in through the sign-up form brings "
             "them back"
         )

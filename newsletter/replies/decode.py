@@ -59,9 +59,8 @@ class Inbound:
     text: str
     spam_score: str | None
     attachments: list[dict[str, Any]]
-    # What proves the sender: SendGrid's SPF verdict (for the envelope sender's domain),
-    # its DKIM verdicts ("{@example.de : pass}") and the SMTP envelope's `from`.
-    spf: str = ""
+    # What proves the sender: SendGrid's DKIM verdicts ("{@example.de : pass}") and the SMTP
+    # envelope's `from` (SPF proves nothing at a shared provider, so it is not kept).
     dkim: str = ""
     envelope_from: str = ""
     #: An out-of-office or other robot's answer (see `is_auto_reply`).
@@ -224,7 +223,6 @@ def decode(raw: RawInbound) -> Inbound:
         text=_clean(text),
         spam_score=spam[:20] if spam else None,
         attachments=attachments,
-        spf=_clean(get("SPF")).strip()[:40],
         dkim=_clean(get("dkim"))[:2000],
         envelope_from=envelope_from,
         # A mailbox provider's unsubscribe button is machine-made, but the reader's own request.

@@ -19,6 +19,7 @@ from newsletter.errors import NewsletterError
 from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
 from newsletter.store import schema
+from newsletter.store.emails import address_key
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -128,11 +129,15 @@ def _store_new(
 ) -> StoredReply:
     unsubscribed = False
     with engine.begin() as conn:
-        sender_id = conn.execute(
-            select(schema.subscribers.c.id).where(
-                schema.subscribers.c.email_key == inbound.from_email.lower()
-            )
-        ).scalar()
+        # Compared in the store's one form, so a From in punycode or NFD still finds them.
+        sender_key = address_key(inbound.from_email)
+        sender_id = (
+            conn.execute(
+                select(schema.subscribers.c.id).where(schema.subscribers.c.email_key == sender_key)
+            ).scalar()
+            if sender_key is not None
+            else None
+        )
         # Written from an address not on the list (an alias) to the address naming them.
         token_subscriber = (
             conn.execute(
@@ -175,8 +180,9 @@ def _store_new(
         unsubscribe_request = None
         # An auto-reply quoting "abmelden" from the issue's footer asks for nothing.
         if not inbound.automatic and is_unsubscribe_request(inbound.text, inbound.subject):
-            # Only the sender's own copy of the issue, or a sender that SPF/DKIM vouch for,
-            # may unsubscribe: anyone can put a subscriber's address in From.
+            # Only the sender's own copy of the issue (its signed reply address), or DKIM for
+            # the From address's domain with the From address as envelope sender, may
+            # unsubscribe: anyone can put a subscriber's address in From.
             proven = sender_id is not None and (
                 (token is not None and token.subscriber_id == sender_id)
                 or sender_is_authenticated(inbound)

@@ -1,6 +1,7 @@
 """Who wrote a reply, as far as it can be proven: the signed `reply+TOKEN@` address it was
-sent to, and SendGrid's SPF and DKIM verdicts for the sender's domain. A `From:` header
-alone proves nothing: anyone can write anyone's address there.
+sent to, or SendGrid's DKIM verdict for the From address's domain together with an SMTP
+envelope sender equal to the From address. A `From:` header alone proves nothing: anyone
+can write anyone's address there; nor does SPF, which vouches only for the envelope's domain.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _domain(address: str) -> str:
 
 
 def _aligned(authenticated: str, sender: str) -> bool:
-    """Whether a domain that passed SPF/DKIM vouches for the sender's domain: the same, or
+    """Whether a domain that passed DKIM vouches for the sender's domain: the same, or
     one inside the other (DMARC's relaxed alignment without a public-suffix list; a check
     cannot pass for a bare suffix such as `de`, which publishes no SPF record or DKIM key)."""
     if not authenticated or not sender:
@@ -49,12 +50,28 @@ def _aligned(authenticated: str, sender: str) -> bool:
 
 
 def sender_is_authenticated(inbound: Inbound) -> bool:
-    """SPF passed for the envelope sender's domain, or a DKIM signature passed, for the
-    domain of the From address. A From header alone proves nothing."""
-    domain = _domain(inbound.from_email)
-    if inbound.spf.strip().lower() == "pass" and _aligned(_domain(inbound.envelope_from), domain):
-        return True
+    """A DKIM signature passed for the From address's domain (or one aligned with it) and the
+    SMTP envelope sender is the From address itself.
+
+    SPF alone proves nothing about From: at a shared provider (gmail.com) it passes for any
+    of its users, so `someone.else@gmail.com` could write `From: victim@gmail.com`. DKIM of
+    gmail.com alone does not prove which gmail user wrote either; the provider does enforce
+    the envelope sender of its own users, so both together name the person."""
+    from newsletter.store.emails import address_key
+
+    sender = address_key(inbound.from_email)
+    if sender is None or address_key(inbound.envelope_from) != sender:
+        return False
+    domain = _domain(sender)
     return any(
-        verdict.lower() == "pass" and _aligned(signer.lower().rstrip("."), domain)
+        verdict.lower() == "pass" and _aligned(_idna(signer.lower().rstrip(".")), domain)
         for signer, verdict in _DKIM_VERDICT.findall(inbound.dkim)
     )
+
+
+def _idna(domain: str) -> str:
+    """A signer domain as the address keys spell domains (Unicode, not xn-- punycode)."""
+    try:
+        return domain.encode("ascii").decode("idna") if "xn--" in domain else domain
+    except UnicodeError:
+        return domain

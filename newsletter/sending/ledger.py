@@ -15,12 +15,24 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.errors import SendError
@@ -569,3 +581,54 @@ class Ledger:
                 return
             yield from rows
             last = rows[-1].subscriber_id
+
+    # --- erasure (GDPR Art. 17): an error may name the recipient it stopped at ----------
+
+    @staticmethod
+    def errors_naming(
+        conn: Connection, spellings: Sequence[str], names: Callable[[str], bool]
+    ) -> dict[str, list[Any]]:
+        """The `sends` and `deliveries` rows whose error names the person (`names(error)`),
+        by table, for export-person and erasure. `u42@example.com: cannot reach the SMTP
+        server` is a send's error, and the error of every row its batch had left.
+        `spellings`: the forms a transport wrote the address in (the stored one), which
+        narrow the search of `deliveries` in SQL."""
+        found: dict[str, list[Any]] = {}
+        error = sends.c.error
+        rows = conn.execute(
+            select(sends)
+            .where(
+                or_(error.contains("@", autoescape=True), error.contains("%40", autoescape=True))
+            )
+            .order_by(sends.c.id)
+        ).all()
+        if named := [row for row in rows if names(row.error)]:
+            found["sends"] = named
+        error = deliveries.c.error
+        rows = conn.execute(
+            select(deliveries)
+            .where(or_(*(error.contains(s, autoescape=True) for s in dict.fromkeys(spellings))))
+            .order_by(deliveries.c.id)
+        ).all()
+        if named := [row for row in rows if names(row.error)]:
+            found["deliveries"] = named
+        return found
+
+    @staticmethod
+    def scrub_errors(
+        conn: Connection,
+        spellings: Sequence[str],
+        names: Callable[[str], bool],
+        redact: Callable[[str], str],
+    ) -> int:
+        """Rewrite each error that names the person with `redact(error)`; how many rows."""
+        found = Ledger.errors_naming(conn, spellings, names)
+        for table, rows in (
+            (sends, found.get("sends", [])),
+            (deliveries, found.get("deliveries", [])),
+        ):
+            for row in rows:
+                conn.execute(
+                    update(table).where(table.c.id == row.id).values(error=redact(row.error))
+                )
+        return sum(len(rows) for rows in found.values())

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, select
 
 from newsletter.errors import NewsletterError
+from newsletter.masking import mask_addresses
 from newsletter.sequences import state
 from newsletter.sequences.clock import SYSTEM, Clock
 from newsletter.sequences.config import SequenceConfig, configured
@@ -73,7 +74,7 @@ def _steps(project: Project, sequence: SequenceConfig) -> list[Step]:
         return load_sequence(project, sequence.name)
     except NewsletterError as exc:
         # Joining must not fail over a step being edited: the run works the step out later.
-        log.warning("sequence %s: %s", sequence.name, exc)
+        log.warning("sequence %s: %s", sequence.name, mask_addresses(str(exc)))
         return []
 
 

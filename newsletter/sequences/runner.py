@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from newsletter.errors import NewsletterError
+from newsletter.masking import mask_addresses
 from newsletter.sequences.clock import SYSTEM, Clock
 from newsletter.sequences.precheck import nothing_to_do
 
@@ -143,9 +144,10 @@ class BackgroundRunner:
                 if report.total or report.error:
                     log.info("sequences: %s", summary(report))
                 for error in report.errors:
-                    log.warning("sequences: %s", error)
+                    # A refusal names its recipient ("x@y.de: 550 ..."): logs keep no address.
+                    log.warning("sequences: %s", mask_addresses(error))
             except NewsletterError as exc:
-                log.error("sequences run failed: %s", exc)
+                log.error("sequences run failed: %s", mask_addresses(str(exc)))
             except SQLAlchemyError as exc:
                 log.error("sequences run failed: database error (%s)", type(exc).__name__)
             self.runs += 1

@@ -70,3 +70,14 @@ def normalize_email_slow(address: str) -> str:
 def email_key(normalized: str) -> str:
     """The unique key of a normalized address: lower-cased, so case never doubles a person."""
     return normalized.lower()
+
+
+def address_key(address: str) -> str | None:
+    """The one form addresses are compared in everywhere (the store's `email_key`): the
+    domain as Unicode (punycode `xn--` decoded by IDNA), the whole address in NFC, then
+    lower-cased. `jörg@xn--exmple-cua.de`, its NFD spelling and `Jörg@EXÄMPLE.de` are one
+    key. None for something that is not a valid address."""
+    try:
+        return email_key(normalize_email(address))
+    except StoreError:
+        return None

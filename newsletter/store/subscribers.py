@@ -24,14 +24,13 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import StoreError
-from newsletter.store.emails import email_key, normalize_email
+from newsletter.store.emails import address_key, email_key, normalize_email
 from newsletter.store.names import clean_name
 from newsletter.store.schema import (
     STATUSES,
@@ -521,12 +520,22 @@ def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
             for table, column in tables_referencing_subscribers():
                 conn.execute(delete(table).where(column == sid))
             removed += conn.execute(delete(subscribers).where(subscribers.c.id == sid)).rowcount
-        removed += conn.execute(
-            delete(replies).where(
-                or_(func.lower(replies.c.from_email) == key, replies.c.from_email == email.strip())
-            )
-        ).rowcount
+        written = replies_written_by(conn, key, email)
+        if written:
+            removed += conn.execute(delete(replies).where(replies.c.id.in_(written))).rowcount
     return removed > 0
+
+
+def replies_written_by(conn: Connection, key: str, given: str = "") -> list[int]:
+    """Ids of the replies whose From is this address (`email_key`) in any spelling: punycode
+    or Unicode domain, NFC or NFD, any case. Compared in Python, in the store's one form
+    (`address_key`): SQL's lower() differs between SQLite and PostgreSQL and knows no IDNA."""
+    given = given.strip()
+    found = []
+    for reply_id, sender in conn.execute(select(replies.c.id, replies.c.from_email)):
+        if sender == given or sender.lower() == key or address_key(sender) == key:
+            found.append(reply_id)
+    return found
 
 
 def custom_fields_in_use(engine: Engine | Connection, names: Iterable[str]) -> set[str]:

@@ -231,13 +231,15 @@ def _import_file(
             for number, (chunk, done, line) in enumerate(stream, start=1):
                 for part in pacer.parts(chunk):
                     started = time.perf_counter()
+                    # Taken first: write_chunk drops erased addresses, which may be all of them.
+                    part_line, part_rows = line_of(next(reversed(part.values()))), len(part)
                     with interrupt_deferred():  # counted as written exactly when committed
                         write_chunk(
                             engine, part, result, new_keys, initially_empty, resubscribe,
                             source_name, fmt, policy,
                         )  # fmt: skip
-                        written_line = line_of(next(reversed(part.values())))
-                    pacer.wrote(len(part), time.perf_counter() - started)
+                        written_line = part_line
+                    pacer.wrote(part_rows, time.perf_counter() - started)
                     del part
                 written_line = line
                 del chunk
