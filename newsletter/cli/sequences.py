@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli import get_project, sigterm_like_ctrl_c
 from newsletter.wording import plural
 
 
@@ -221,18 +221,29 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
             click.echo(f"\r{report.total} handed over", nl=False, err=True)
 
     try:
-        report = run_due(
-            project, clock=_clock(now), progress=progress, include_uncertain=include_uncertain
-        )
+        # Before and after the sending, SIGTERM stops like Ctrl-C; while it sends, either
+        # one lets the batches in flight be answered first (see `run_due`).
+        with sigterm_like_ctrl_c():
+            report = run_due(
+                project, clock=_clock(now), progress=progress, include_uncertain=include_uncertain
+            )
     except KeyboardInterrupt:
         click.echo(
-            "\nInterrupted: what was handed over is recorded, emails in flight are uncertain; "
+            "\nInterrupted: what was handed over is recorded; "
             "run `newsletter sequences run` again to go on.",
             err=True,
         )
         sys.exit(130)
     if show and report.total:
         click.echo(err=True)
+    if report.interrupted:
+        click.echo(
+            f"Stopped: {report.accepted} handed over, {report.failed} failed, "
+            f"{report.uncertain} uncertain; nothing is left in flight. The rest go out at the "
+            "next `newsletter sequences run`.",
+            err=True,
+        )
+        sys.exit(130)
     if report.note:
         click.echo(f"Using the outbox: {report.note}", err=True)
     if report.reaped:

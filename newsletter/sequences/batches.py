@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Text, insert, literal, select, type_c
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import NewsletterError
-from newsletter.sending.execute import custom_fields
+from newsletter.sending.execute import custom_fields, stop_on_signals
 from newsletter.sending.ledger import process_alive
 from newsletter.sequences import delivery, state
 from newsletter.sequences.clock import Clock
@@ -236,8 +236,11 @@ def send_due(
     transport: delivery.Transport | None,
     progress: Callable[[RunReport], None] | None,
     include_uncertain: bool,
+    stop: threading.Event,
 ) -> RunReport:
-    """`runner.run_due`'s work, at the schedule time `now`."""
+    """`runner.run_due`'s work, at the schedule time `now`. From the first claim on, Ctrl-C
+    and SIGTERM (in the main thread) set `stop` instead of raising: the run ends once what
+    is in flight is settled."""
     from newsletter.store.engine import project_engine
 
     engine = project_engine(project)
@@ -257,17 +260,19 @@ def send_due(
             item.issue_ids[step.key] = state.ensure_step_issue(engine, step, step.issue.subject)
     run = Run(engine, wall)
     try:
-        for item in loaded:
-            _send_sequence(project, engine, run, transport, item, now, report, progress)
-            if report.error:
-                break
+        with stop_on_signals(stop):
+            for item in loaded:
+                _send_sequence(project, engine, run, transport, item, now, report, progress, stop)
+                if report.error or stop.is_set():
+                    break
     except BaseException as exc:
         run.finish(report.error or f"interrupted ({type(exc).__name__})")
         raise
     finally:
         delivery.close(transport)
         gc.unfreeze()  # `serve` runs on: its loop collects what this run left as usual
-    run.finish(report.error)
+    report.interrupted = stop.is_set()
+    run.finish(report.error or ("interrupted" if report.interrupted else None))
     return report
 
 
@@ -288,6 +293,7 @@ def _send_sequence(
     now: datetime,
     report: RunReport,
     progress: Callable[[RunReport], None] | None,
+    stop: threading.Event,
 ) -> None:
     mails: dict[str, delivery.StepMail] = {}
     pending: dict[Future[Any], tuple[delivery.StepMail, list[int], dict[int, str | None]]] = {}
@@ -306,7 +312,7 @@ def _send_sequence(
 
     with ThreadPoolExecutor(transport.concurrency, thread_name_prefix="sequence") as executor:
         try:
-            while not report.error:
+            while not report.error and not stop.is_set():
                 batch_no += 1
                 claimed = _claim(engine, run, transport, item, now, report, batch_no)
                 if claimed is None:

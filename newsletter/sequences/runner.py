@@ -10,6 +10,9 @@ One run, per configured sequence:
    (UNIQUE issue+subscriber: never a second row) and their enrollment moves on to the next
    step. Then the batch goes to the transport and the ledger records the answer.
 4. A batch the transport refused (nothing went out) is `failed` and due again later.
+5. Ctrl-C or SIGTERM (systemd's restart), or `stop` set by `serve`: no batch is claimed after
+   that, the batches in flight are settled (their answers recorded), and the run ends with
+   `interrupted` set. Nothing it handed over is left `in_flight` for the next run to reap.
 
 The schedule clock (`clock`, i.e. `--now`) decides what is due; the wall clock (`wall`) only
 says whether another runner's process is alive.
@@ -64,6 +67,7 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     error: str | None = None  # the run had to stop (e.g. the transport refused the key)
     note: str | None = None
+    interrupted: bool = False  # stopped early on request (a signal, `serve` stopping)
 
     @property
     def accepted(self) -> int:
@@ -96,9 +100,12 @@ def run_due(
     transport: Transport | None = None,
     progress: Callable[[RunReport], None] | None = None,
     include_uncertain: bool = False,
+    stop: threading.Event | None = None,
 ) -> RunReport:
     """Send every due step of every configured sequence (see the module docstring). With
-    `include_uncertain`, steps whose delivery is uncertain go out again (on purpose)."""
+    `include_uncertain`, steps whose delivery is uncertain go out again (on purpose). Setting
+    `stop` (or, in the main thread, Ctrl-C or SIGTERM) ends the run after the batches in
+    flight are settled."""
     now = clock.now()
     if not include_uncertain and nothing_to_do(project, now):
         return RunReport()
@@ -111,12 +118,20 @@ def run_due(
         transport=transport,
         progress=progress,
         include_uncertain=include_uncertain,
+        stop=stop or threading.Event(),
     )
+
+
+#: How long `serve` waits, when it stops, for the sequence run's batches in flight to be
+#: answered (a transport's own timeouts end them well before; systemd waits 90 s).
+STOP_TIMEOUT = 60.0
 
 
 class BackgroundRunner:
     """`serve --sequences`: `run_due` every `interval` seconds in a thread, until `stop()`.
-    A failing run is logged in one line and tried again at the next tick."""
+    A failing run is logged in one line and tried again at the next tick. `stop()` ends a run
+    in progress the way Ctrl-C ends `sequences run`: nothing more is claimed, what is in
+    flight is settled."""
 
     def __init__(self, project: Project, *, interval: float = 60.0, clock: Clock = SYSTEM) -> None:
         self.project = project
@@ -130,16 +145,22 @@ class BackgroundRunner:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "sequences: the run was still waiting for the transport after %.0f s; "
+                "what it had in flight becomes uncertain at the next run",
+                timeout,
+            )
 
     def _loop(self) -> None:
         from sqlalchemy.exc import SQLAlchemyError
 
         while not self._stop.is_set():
             try:
-                report = run_due(self.project, clock=self.clock)
+                report = run_due(self.project, clock=self.clock, stop=self._stop)
                 if report.total or report.error:
                     log.info("sequences: %s", summary(report))
                 for error in report.errors:
