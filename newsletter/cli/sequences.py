@@ -202,7 +202,12 @@ def preview(
     is_flag=True,
     help="Also send again the steps whose delivery is uncertain (they may have arrived).",
 )
-def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run at a --now more than a day ahead of the system clock (refused without it).",
+)
+def run(now: str | None, quiet: bool, include_uncertain: bool, force: bool) -> None:
     """Send every step that is due. Idempotent: safe from cron every minute.
 
     \b
@@ -225,7 +230,11 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
         # one lets the batches in flight be answered first (see `run_due`).
         with sigterm_like_ctrl_c():
             report = run_due(
-                project, clock=_clock(now), progress=progress, include_uncertain=include_uncertain
+                project,
+                clock=_clock(now),
+                progress=progress,
+                include_uncertain=include_uncertain,
+                force=force,
             )
     except KeyboardInterrupt:
         click.echo(
@@ -251,6 +260,11 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
             f"{plural(report.reaped, 'email')} {'was' if report.reaped == 1 else 'were'} in "
             "flight when an earlier run stopped; now uncertain (not sent again). See `newsletter sequences status`; to send them "
             "again anyway: newsletter sequences run --include-uncertain"
+        )
+    if report.from_the_future:
+        click.echo(
+            f"Rescheduled {plural(report.from_the_future, 'reader')} whose next step a run with "
+            "its clock far ahead had put in the future (their last step counts as sent now)."
         )
     if report.retried:
         click.echo(

@@ -192,7 +192,9 @@ class _Loaded:
     issue_ids: dict[str, int]  # step key -> issues id
 
 
-def _load(project: Project, engine: Engine, report: RunReport, now: datetime) -> list[_Loaded]:
+def _load(
+    project: Project, engine: Engine, report: RunReport, now: datetime, wall_now: datetime
+) -> list[_Loaded]:
     timezone = project.config.section("newsletter")["timezone"]
     loaded = []
     for sequence in configured(project):
@@ -210,6 +212,13 @@ def _load(project: Project, engine: Engine, report: RunReport, now: datetime) ->
         report.rescheduled += state.reschedule_if_changed(
             engine, sequence.name, steps, timezone, now
         )
+        # Against the later of the two clocks: a forced run ahead keeps what it scheduled,
+        # and a catch-up run (`--now` in the past) does not take anyone's next step earlier.
+        from_the_future = state.reschedule_from_the_future(
+            engine, sequence.name, steps, timezone, max(now, wall_now)
+        )
+        report.from_the_future += from_the_future
+        report.rescheduled += from_the_future
         loaded.append(_Loaded(sequence, steps, timezone, {}))
     return loaded
 
@@ -245,8 +254,9 @@ def send_due(
 
     engine = project_engine(project)
     report = RunReport()
-    report.reaped = reap_dead_runs(engine, wall.now())
-    loaded = _load(project, engine, report, now)
+    wall_now = wall.now()
+    report.reaped = reap_dead_runs(engine, wall_now)
+    loaded = _load(project, engine, report, now, wall_now)
     if include_uncertain:
         for item in loaded:
             report.retried += state.retry_uncertain(engine, item.config.name, now)

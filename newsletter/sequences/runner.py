@@ -3,7 +3,9 @@
 One run, per configured sequence:
 1. Runs whose process is gone are reaped: their in-flight deliveries become `uncertain` (the
    transport may have taken them; nobody gets them again unless asked).
-2. If the steps' order, delays or hours changed, waiting people are rescheduled.
+2. If the steps' order, delays or hours changed, waiting people are rescheduled. So are people
+   whose next step is due later than the steps allow: a run whose clock was far ahead (a forced
+   `--now`, a wrong system clock) sent their last step "in the future"; it counts as sent now.
 3. Due enrollments are claimed a batch at a time, in ONE transaction: the rows are locked
    (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so a second runner takes other people; SQLite: the
    write lock, taken first), each person's step is recorded `in_flight` in the ledger
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from newsletter.errors import NewsletterError
-from newsletter.sequences.clock import SYSTEM, Clock
+from newsletter.sequences.clock import SYSTEM, Clock, refuse_far_ahead
 from newsletter.sequences.precheck import nothing_to_do
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class RunReport:
     stopped: int = 0  # people who left the list since they joined: their sequence ends
     finished: int = 0  # people who had every step
     rescheduled: int = 0
+    from_the_future: int = 0  # of those: scheduled by a run whose clock was far ahead
     reaped: int = 0  # in-flight deliveries of a dead run, now uncertain
     retried: int = 0  # uncertain ones sent again (--include-uncertain)
     errors: list[str] = field(default_factory=list)
@@ -101,13 +104,16 @@ def run_due(
     progress: Callable[[RunReport], None] | None = None,
     include_uncertain: bool = False,
     stop: threading.Event | None = None,
+    force: bool = False,
 ) -> RunReport:
     """Send every due step of every configured sequence (see the module docstring). With
     `include_uncertain`, steps whose delivery is uncertain go out again (on purpose). Setting
     `stop` (or, in the main thread, Ctrl-C or SIGTERM) ends the run after the batches in
-    flight are settled."""
+    flight are settled. A `clock` more than a day ahead of `wall` is refused unless `force`."""
     now = clock.now()
-    if not include_uncertain and nothing_to_do(project, now):
+    if not force:
+        refuse_far_ahead(now, wall.now())
+    if not include_uncertain and nothing_to_do(project, now, wall.now()):
         return RunReport()
     from newsletter.sequences.batches import send_due
 

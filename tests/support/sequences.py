@@ -3,10 +3,12 @@ a step, the `[sequences.welcome]` table, and many subscribers due at once."""
 
 from __future__ import annotations
 
+import email
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime
+from email.policy import default as default_policy
 from pathlib import Path
 
 from sqlalchemy import func, insert, select
@@ -83,3 +85,13 @@ def newsletter_process(root: Path, *args: str, **env: str) -> subprocess.Popen[s
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def outbox(root: Path) -> list[tuple[str, str]]:
+    """(address, subject) of every email the outbox transport wrote, in file order."""
+    folder = root / "outbox"
+    out = []
+    for path in sorted(folder.glob("*.eml")) if folder.exists() else []:
+        msg = email.message_from_string(path.read_text("utf-8"), policy=default_policy)
+        out.append((str(msg["To"].addresses[0].addr_spec), str(msg["Subject"])))
+    return out
