@@ -215,7 +215,7 @@ def run(now: str | None, quiet: bool, include_uncertain: bool, force: bool) -> N
         newsletter sequences run
         * * * * *  cd /srv/letter && newsletter sequences run --quiet   # crontab
     """
-    from newsletter.errors import SendError
+    from newsletter.errors import NewsletterError, SendError
     from newsletter.sequences.runner import run_due, summary
 
     project = get_project()
@@ -275,10 +275,39 @@ def run(now: str | None, quiet: bool, include_uncertain: bool, force: bool) -> N
         click.echo(f"  {error}", err=True)
     if report.error:
         raise SendError(f"sequences run stopped: {report.error}; fix it, then run it again")
-    if not quiet or report.total:
+    if (not quiet and not report.held_back) or report.total:
         click.echo(summary(report))
     if report.stopped and not quiet:
         click.echo(f"{report.stopped} left the list since they joined; their sequence ended.")
+    if report.held_back:
+        raise NewsletterError("; ".join(report.held_back))
+
+
+@sequences.command("rename")
+@click.argument("name")
+@click.argument("old")
+@click.argument("new")
+def rename(name: str, old: str, new: str) -> None:
+    """Tell a run that step OLD, whose file was renamed, is the step now called NEW: who
+    had OLD does not get NEW.
+
+    A step's key is its `slug:` or else its file name without the number, so renaming
+    01-hello.md to 01-hallo.md makes `hello` into `hallo`. `sequences check` points this out
+    and `sequences run` holds the sequence back until you run this (or add `slug: hello`).
+
+    \b
+    Example:
+        newsletter sequences rename welcome hello hallo
+    """
+    from newsletter.sequences.renames import rename_step
+    from newsletter.store.engine import project_engine
+
+    project = get_project()
+    had = rename_step(project, project_engine(project), name, old, new)
+    click.echo(
+        f"Renamed {name}/{old} to {name}/{new}: the {plural(had, 'reader')} who had it will "
+        "not get it again."
+    )
 
 
 @sequences.command("start")

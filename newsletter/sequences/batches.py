@@ -26,8 +26,9 @@ from newsletter.sending.ledger import process_alive
 from newsletter.sequences import delivery, state
 from newsletter.sequences.clock import Clock
 from newsletter.sequences.config import SequenceConfig, configured
+from newsletter.sequences.renames import suspected_renames
 from newsletter.sequences.runner import RunReport
-from newsletter.sequences.steps import Step, due_at, load_sequence
+from newsletter.sequences.steps import FOLDER, Step, due_at, load_sequence
 from newsletter.store.schema import (
     DeliveryState,
     deliveries,
@@ -209,6 +210,15 @@ def _load(
                 f"sequences/{sequence.name}/01-willkommen.md"
             )
             continue
+        suspects = suspected_renames(engine, sequence.name, steps)
+        if suspects:  # nothing is sent, rescheduled or recorded until the author says
+            report.held_back += [
+                f"sequence {sequence.name} held back: {FOLDER}/{sequence.name}/"
+                f"{suspect.step.path.name}: {suspect.message()}"
+                for suspect in suspects
+            ]
+            continue
+        state.record_step_numbers(engine, sequence.name, steps)
         report.rescheduled += state.reschedule_if_changed(
             engine, sequence.name, steps, timezone, now
         )

@@ -3,7 +3,8 @@
 One run, per configured sequence:
 1. Runs whose process is gone are reaped: their in-flight deliveries become `uncertain` (the
    transport may have taken them; nobody gets them again unless asked).
-2. If the steps' order, delays or hours changed, waiting people are rescheduled. So are people
+2. A sequence whose step file seems renamed (`renames.py`) is held back, untouched.
+   If the steps' order, delays or hours changed, waiting people are rescheduled. So are people
    whose next step is due later than the steps allow: a run whose clock was far ahead (a forced
    `--now`, a wrong system clock) sent their last step "in the future"; it counts as sent now.
 3. Due enrollments are claimed a batch at a time, in ONE transaction: the rows are locked
@@ -68,6 +69,7 @@ class RunReport:
     reaped: int = 0  # in-flight deliveries of a dead run, now uncertain
     retried: int = 0  # uncertain ones sent again (--include-uncertain)
     errors: list[str] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)  # sequences not run: a step was renamed?
     error: str | None = None  # the run had to stop (e.g. the transport refused the key)
     note: str | None = None
     interrupted: bool = False  # stopped early on request (a signal, `serve` stopping)
@@ -169,7 +171,7 @@ class BackgroundRunner:
                 report = run_due(self.project, clock=self.clock, stop=self._stop)
                 if report.total or report.error:
                     log.info("sequences: %s", summary(report))
-                for error in report.errors:
+                for error in report.errors + report.held_back:
                     log.warning("sequences: %s", error)
             except NewsletterError as exc:
                 log.error("sequences run failed: %s", exc)

@@ -158,10 +158,72 @@ def ensure_step_issue(engine: Engine, step: Step, subject: str) -> int:
     with engine.begin() as conn:
         conn.execute(
             dialect_insert(conn, sequence_steps)
-            .values(issue_id=issue_id, sequence=step.sequence, step_key=step.key)
+            .values(
+                issue_id=issue_id,
+                sequence=step.sequence,
+                step_key=step.key,
+                step_number=step.number,
+            )
             .on_conflict_do_nothing()
         )
     return issue_id
+
+
+def known_steps(engine: Engine, sequence: str) -> dict[str, tuple[int, int | None]]:
+    """step key -> (its `issues` id, its number when a run last saw it), for every step of
+    `sequence` that ever had a row (removed ones too)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                sequence_steps.c.step_key, sequence_steps.c.issue_id, sequence_steps.c.step_number
+            ).where(sequence_steps.c.sequence == sequence)
+        ).all()
+    return {key: (issue_id, number) for key, issue_id, number in rows}
+
+
+def record_step_numbers(engine: Engine, sequence: str, steps: Sequence[Step]) -> None:
+    """Remember each step's current number (for `renames.suspected_renames`); writes only the
+    ones that changed."""
+    known = known_steps(engine, sequence)
+    changed = [
+        {"k": s.key, "n": s.number} for s in steps if s.key in known and known[s.key][1] != s.number
+    ]
+    if not changed:
+        return
+    from sqlalchemy import bindparam
+
+    with engine.begin() as conn:
+        conn.execute(
+            update(sequence_steps)
+            .where(
+                sequence_steps.c.sequence == sequence, sequence_steps.c.step_key == bindparam("k")
+            )
+            .values(step_number=bindparam("n"))
+            .execution_options(synchronize_session=False),
+            changed,
+        )
+
+
+def rename_step_key(engine: Engine, sequence: str, old: str, new: str, slug: str) -> None:
+    """The step `old` is called `new` from now on: its row, its `issues` slug and the people
+    waiting for it. Its ledger rows stay: whoever had `old` has had `new`."""
+    from newsletter.store.issues import rename_issue
+
+    with engine.begin() as conn:
+        issue_id = conn.execute(
+            select(sequence_steps.c.issue_id).where(
+                sequence_steps.c.sequence == sequence, sequence_steps.c.step_key == old
+            )
+        ).scalar_one()
+        conn.execute(
+            update(sequence_steps).where(sequence_steps.c.issue_id == issue_id).values(step_key=new)
+        )
+        rename_issue(conn, issue_id, slug)
+        conn.execute(
+            update(enrollments)
+            .where(enrollments.c.sequence == sequence, enrollments.c.next_step == old)
+            .values(next_step=new)
+        )
 
 
 def had_and_failed(

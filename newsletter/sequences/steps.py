@@ -52,6 +52,11 @@ class Step:
         return self.issue.slug
 
     @property
+    def named_in_front_matter(self) -> bool:
+        """Does the author give its key (`slug:`), rather than the file name?"""
+        return bool(self.issue.meta.get("slug"))
+
+    @property
     def label(self) -> str:
         """`01-willkommen`: how the author names the step."""
         return self.path.stem
