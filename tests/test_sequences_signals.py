@@ -30,7 +30,7 @@ from tests.support.sequences import (
 pytestmark = pytest.mark.slow
 
 KEY = "SG.sequence-signal-key"
-PEOPLE = 400
+PEOPLE = 600
 
 
 def wait_for(condition: Callable[[], bool], what: str, process: subprocess.Popen[str]) -> None:
