@@ -129,3 +129,14 @@ def test_a_catch_up_run_in_the_past_takes_nobody_s_next_step_earlier(root, cli):
     assert caught_up.exit_code == 0, caught_up.output
     assert "Rescheduled" not in caught_up.output
     assert next_due(root, 1) == due
+
+
+def test_start_refuses_a_now_far_ahead_too(root, cli):
+    join(root, "anna@example.de", datetime.now(UTC) - timedelta(hours=1))
+    add_subscriber(open_engine(Project.load(root).database_url), "ben@example.de")
+    refused = cli(
+        root, "sequences", "start", "welcome", "--existing", "--yes", "--now", "2031-01-01"
+    )
+    assert refused.exit_code == 1
+    assert "ahead of the system clock" in refused.output and "add --force" in refused.output
+    assert next_due(root, 2) is None  # Ben was not started

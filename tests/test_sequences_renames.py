@@ -75,6 +75,9 @@ def test_check_warns_and_run_refuses_until_renamed_then_nobody_gets_it_twice(roo
     assert warning in check.output.splitlines()
     assert cli(root, "sequences", "check", "--strict").exit_code == 1
 
+    status = cli(root, "sequences", "status").output
+    assert "  problem: 01-hallo.md: step 01 was 'hello' until now (2 readers had it)" in status
+
     join(root, "cem@example.de")
     held = cli(root, "sequences", "run")
     assert held.exit_code == 1

@@ -321,8 +321,15 @@ def rename(name: str, old: str, new: str) -> None:
     "--tag", "tags", multiple=True, help="Only subscribers with this tag (any of several)."
 )
 @click.option("--now", metavar="ISO", help=NOW_HELP)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start at a --now more than a day ahead of the system clock (refused without it).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes: bool) -> None:
+def start(
+    name: str, existing: bool, tags: tuple[str, ...], now: str | None, force: bool, yes: bool
+) -> None:
     """Start a sequence for people already on the list (new subscribers start by themselves).
 
     \b
@@ -330,6 +337,7 @@ def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes
         newsletter sequences start welcome --existing --tag leser --yes
     """
     from newsletter.errors import NewsletterError
+    from newsletter.sequences.clock import SYSTEM, refuse_far_ahead
     from newsletter.sequences.start import count_existing, start_existing
     from newsletter.store.engine import project_engine
 
@@ -338,6 +346,8 @@ def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes
             "new subscribers start a sequence by themselves; to start it for those already "
             "on the list, add --existing"
         )
+    if not force:  # (their first step would be due only from then on)
+        refuse_far_ahead(_clock(now).now(), SYSTEM.now())
     project = get_project()
     engine = project_engine(project)
     count = count_existing(project, engine, name, tags)

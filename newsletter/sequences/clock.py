@@ -40,16 +40,16 @@ MAX_AHEAD = timedelta(days=1)
 
 
 def refuse_far_ahead(now: datetime, wall_now: datetime) -> None:
-    """A run at a time far ahead of the system clock (a mistyped `--now`) would send every
-    reader their next step and schedule the one after from that time: refuse it."""
+    """A run (or `sequences start`) at a time far ahead of the system clock, a mistyped
+    `--now`, would schedule readers' next steps from that time: refuse it."""
     if now - wall_now <= MAX_AHEAD:
         return
     days = (now - wall_now).days
     raise NewsletterError(
-        f"the run's time {now:%Y-%m-%d %H:%M} UTC is {days} day{'s' if days != 1 else ''} "
-        f"ahead of the system clock ({wall_now:%Y-%m-%d %H:%M} UTC): it would send every "
-        "reader their next step and schedule the one after from then. Check --now (or the "
-        "system clock); to run at that time anyway, add --force"
+        f"--now {now:%Y-%m-%d %H:%M} UTC is {days} day{'s' if days != 1 else ''} ahead of "
+        f"the system clock ({wall_now:%Y-%m-%d %H:%M} UTC): readers' next steps would be "
+        "scheduled from then, and nothing would be due for them until that day. Check --now "
+        "(or the system clock); to go ahead anyway, add --force"
     )
 
 

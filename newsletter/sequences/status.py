@@ -245,13 +245,21 @@ def sequence_status(
                 name=info.name,
                 trigger=info.config.trigger if info.config else None,
                 enabled=info.active,
-                problem=info.problem,
+                problem=info.problem or _held_back(engine, info),
                 people=state.enrollment_counts(engine, info.name),
                 steps=steps,
                 removed_steps=removed,
             )
         )
     return out
+
+
+def _held_back(engine: Engine, info: SequenceInfo) -> str | None:
+    """Why `sequences run` holds this sequence back (a step file seems renamed), if it does."""
+    from newsletter.sequences.renames import suspected_renames
+
+    suspects = suspected_renames(engine, info.name, info.steps) if info.steps else []
+    return "; ".join(f"{s.step.path.name}: {s.message()}" for s in suspects) or None
 
 
 def step_path_for_preview(project: Project, name: str) -> Path:
