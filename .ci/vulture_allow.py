@@ -15,6 +15,7 @@ from newsletter import markdown, masking, report, tokens
 
 # click registers commands by decorator; nothing calls them by name.
 cli_sequences.list_
+cli_sequences.rename
 serving.replies_show
 subscribers.remove
 subscribers.list_

@@ -116,7 +116,12 @@ def test_signup_confirm_then_steps_through_sendgrid_until_unsubscribe(
 
         # Three days later: step 2.
         second = cli(
-            root, "sequences", "run", "--now", (t + timedelta(days=3, minutes=1)).isoformat()
+            root,
+            "sequences",
+            "run",
+            "--now",
+            (t + timedelta(days=3, minutes=1)).isoformat(),
+            "--force",
         )
         assert "welcome/tipps: 1 sent" in second.output, second.output
         step2 = step_messages(sendgrid)[-1]
@@ -135,7 +140,9 @@ def test_signup_confirm_then_steps_through_sendgrid_until_unsubscribe(
         )
         assert one_click.status_code == 200
 
-        third = cli(root, "sequences", "run", "--now", (t + timedelta(days=30)).isoformat())
+        third = cli(
+            root, "sequences", "run", "--now", (t + timedelta(days=30)).isoformat(), "--force"
+        )
         assert third.exit_code == 0
         assert [m["subject"] for m in step_messages(sendgrid)] == [
             "Willkommen bei „Jens' Briefing“",
@@ -199,7 +206,14 @@ def test_the_same_over_smtp(make_project, cli, monkeypatch):
             )
             assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
-            cli(root, "sequences", "run", "--now", (t + timedelta(days=3, minutes=1)).isoformat())
+            cli(
+                root,
+                "sequences",
+                "run",
+                "--now",
+                (t + timedelta(days=3, minutes=1)).isoformat(),
+                "--force",
+            )
             tips = mails()[-1]
             assert tips["Subject"] == "Drei Tipps für den Anfang"
             url = re.search(r"<(https://[^>]+)>", str(tips["List-Unsubscribe"])).group(1)
@@ -209,7 +223,7 @@ def test_the_same_over_smtp(make_project, cli, monkeypatch):
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
             assert one_click.status_code == 200
-            cli(root, "sequences", "run", "--now", (t + timedelta(days=30)).isoformat())
+            cli(root, "sequences", "run", "--now", (t + timedelta(days=30)).isoformat(), "--force")
         subjects = [m["Subject"] for m in mails()[1:]]
         assert subjects == ["Willkommen bei „Jens' Briefing“", "Drei Tipps für den Anfang"]
         assert smtp.recipients()[1:] == ["jörg@example.de", "jörg@example.de"]

@@ -7,7 +7,9 @@ A `NewsletterError` from the core becomes a one-line message and exit code 1.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,32 @@ def on_interrupt(message: str) -> None:
     """What the running command prints if Ctrl-C stops it from now on: one line saying what
     is kept and how to go on. It exits 130 either way."""
     click.get_current_context().meta[_ON_INTERRUPT] = message
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd's stop and restart, docker stop, `kill`), raised where Ctrl-C would be."""
+
+
+@contextlib.contextmanager
+def sigterm_like_ctrl_c() -> Iterator[None]:
+    """Within: SIGTERM stops the command the way Ctrl-C does (one line, exit 130, the same
+    cleanup) instead of killing the process on the spot. Code that settles work in flight
+    (`send`, `sequences run`) installs its own handler for both signals meanwhile."""
+    import signal
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped_by(message: str, exc: KeyboardInterrupt) -> str:
+    """The command's interrupt line, naming SIGTERM when that is what stopped it."""
+    return message.replace("(Ctrl-C)", "(SIGTERM)") if isinstance(exc, Terminated) else message
 
 
 PROJECT_HELP = "The project folder (default: the nearest folder holding newsletter.toml)."
@@ -85,9 +113,9 @@ class NewsletterGroup(click.Group):
             return super().invoke(ctx)
         except NewsletterError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # One line saying what is kept and how to go on (set by the command), no traceback.
-            click.echo(ctx.meta.get(_ON_INTERRUPT, INTERRUPTED), err=True)
+            click.echo(_stopped_by(ctx.meta.get(_ON_INTERRUPT, INTERRUPTED), exc), err=True)
             ctx.exit(INTERRUPTED_EXIT_CODE)
         except Exception as exc:
             message = _database_error(exc)

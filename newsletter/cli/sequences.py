@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli import get_project, sigterm_like_ctrl_c
 from newsletter.wording import plural
 
 
@@ -202,7 +202,12 @@ def preview(
     is_flag=True,
     help="Also send again the steps whose delivery is uncertain (they may have arrived).",
 )
-def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run at a --now more than a day ahead of the system clock (refused without it).",
+)
+def run(now: str | None, quiet: bool, include_uncertain: bool, force: bool) -> None:
     """Send every step that is due. Idempotent: safe from cron every minute.
 
     \b
@@ -210,7 +215,7 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
         newsletter sequences run
         * * * * *  cd /srv/letter && newsletter sequences run --quiet   # crontab
     """
-    from newsletter.errors import SendError
+    from newsletter.errors import NewsletterError, SendError
     from newsletter.sequences.runner import run_due, summary
 
     project = get_project()
@@ -221,18 +226,33 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
             click.echo(f"\r{report.total} handed over", nl=False, err=True)
 
     try:
-        report = run_due(
-            project, clock=_clock(now), progress=progress, include_uncertain=include_uncertain
-        )
+        # Before and after the sending, SIGTERM stops like Ctrl-C; while it sends, either
+        # one lets the batches in flight be answered first (see `run_due`).
+        with sigterm_like_ctrl_c():
+            report = run_due(
+                project,
+                clock=_clock(now),
+                progress=progress,
+                include_uncertain=include_uncertain,
+                force=force,
+            )
     except KeyboardInterrupt:
         click.echo(
-            "\nInterrupted: what was handed over is recorded, emails in flight are uncertain; "
+            "\nInterrupted: what was handed over is recorded; "
             "run `newsletter sequences run` again to go on.",
             err=True,
         )
         sys.exit(130)
     if show and report.total:
         click.echo(err=True)
+    if report.interrupted:
+        click.echo(
+            f"Stopped: {report.accepted} handed over, {report.failed} failed, "
+            f"{report.uncertain} uncertain; nothing is left in flight. The rest go out at the "
+            "next `newsletter sequences run`.",
+            err=True,
+        )
+        sys.exit(130)
     if report.note:
         click.echo(f"Using the outbox: {report.note}", err=True)
     if report.reaped:
@@ -240,6 +260,11 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
             f"{plural(report.reaped, 'email')} {'was' if report.reaped == 1 else 'were'} in "
             "flight when an earlier run stopped; now uncertain (not sent again). See `newsletter sequences status`; to send them "
             "again anyway: newsletter sequences run --include-uncertain"
+        )
+    if report.from_the_future:
+        click.echo(
+            f"Rescheduled {plural(report.from_the_future, 'reader')} whose next step a run with "
+            "its clock far ahead had put in the future (their last step counts as sent now)."
         )
     if report.retried:
         click.echo(
@@ -250,10 +275,39 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
         click.echo(f"  {error}", err=True)
     if report.error:
         raise SendError(f"sequences run stopped: {report.error}; fix it, then run it again")
-    if not quiet or report.total:
+    if (not quiet and not report.held_back) or report.total:
         click.echo(summary(report))
     if report.stopped and not quiet:
         click.echo(f"{report.stopped} left the list since they joined; their sequence ended.")
+    if report.held_back:
+        raise NewsletterError("; ".join(report.held_back))
+
+
+@sequences.command("rename")
+@click.argument("name")
+@click.argument("old")
+@click.argument("new")
+def rename(name: str, old: str, new: str) -> None:
+    """Tell a run that step OLD, whose file was renamed, is the step now called NEW: who
+    had OLD does not get NEW.
+
+    A step's key is its `slug:` or else its file name without the number, so renaming
+    01-hello.md to 01-hallo.md makes `hello` into `hallo`. `sequences check` points this out
+    and `sequences run` holds the sequence back until you run this (or add `slug: hello`).
+
+    \b
+    Example:
+        newsletter sequences rename welcome hello hallo
+    """
+    from newsletter.sequences.renames import rename_step
+    from newsletter.store.engine import project_engine
+
+    project = get_project()
+    had = rename_step(project, project_engine(project), name, old, new)
+    click.echo(
+        f"Renamed {name}/{old} to {name}/{new}: the {plural(had, 'reader')} who had it will "
+        "not get it again."
+    )
 
 
 @sequences.command("start")
@@ -267,8 +321,15 @@ def run(now: str | None, quiet: bool, include_uncertain: bool) -> None:
     "--tag", "tags", multiple=True, help="Only subscribers with this tag (any of several)."
 )
 @click.option("--now", metavar="ISO", help=NOW_HELP)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start at a --now more than a day ahead of the system clock (refused without it).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes: bool) -> None:
+def start(
+    name: str, existing: bool, tags: tuple[str, ...], now: str | None, force: bool, yes: bool
+) -> None:
     """Start a sequence for people already on the list (new subscribers start by themselves).
 
     \b
@@ -276,6 +337,7 @@ def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes
         newsletter sequences start welcome --existing --tag leser --yes
     """
     from newsletter.errors import NewsletterError
+    from newsletter.sequences.clock import SYSTEM, refuse_far_ahead
     from newsletter.sequences.start import count_existing, start_existing
     from newsletter.store.engine import project_engine
 
@@ -284,6 +346,8 @@ def start(name: str, existing: bool, tags: tuple[str, ...], now: str | None, yes
             "new subscribers start a sequence by themselves; to start it for those already "
             "on the list, add --existing"
         )
+    if not force:  # (their first step would be due only from then on)
+        refuse_far_ahead(_clock(now).now(), SYSTEM.now())
     project = get_project()
     engine = project_engine(project)
     count = count_existing(project, engine, name, tags)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from newsletter.cli import get_project, on_interrupt
+from newsletter.cli import get_project, on_interrupt, sigterm_like_ctrl_c
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -79,11 +79,14 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
     mask_log_addresses("uvicorn", "uvicorn.error", "uvicorn.access")  # set up by Config
     try:
         # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
-        # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0).
-        uvicorn.Server(config).run()
+        # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0). It
+        # raises SIGTERM again too: `sigterm_like_ctrl_c` makes that the same line and exit
+        # code instead of the signal's default, which would kill the sequence run mid-batch.
+        with sigterm_like_ctrl_c():
+            uvicorn.Server(config).run()
     finally:
         if runner is not None:
-            runner.stop()
+            runner.stop()  # the run in progress settles what it has in flight, then ends
 
 
 def _when(value: object) -> str:

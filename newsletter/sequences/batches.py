@@ -21,13 +21,14 @@ from sqlalchemy import Connection, Engine, Text, insert, literal, select, type_c
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import NewsletterError
-from newsletter.sending.execute import custom_fields
+from newsletter.sending.execute import custom_fields, stop_on_signals
 from newsletter.sending.ledger import process_alive
 from newsletter.sequences import delivery, state
 from newsletter.sequences.clock import Clock
 from newsletter.sequences.config import SequenceConfig, configured
+from newsletter.sequences.renames import suspected_renames
 from newsletter.sequences.runner import RunReport
-from newsletter.sequences.steps import Step, due_at, load_sequence
+from newsletter.sequences.steps import FOLDER, Step, due_at, load_sequence
 from newsletter.store.schema import (
     DeliveryState,
     deliveries,
@@ -192,7 +193,9 @@ class _Loaded:
     issue_ids: dict[str, int]  # step key -> issues id
 
 
-def _load(project: Project, engine: Engine, report: RunReport, now: datetime) -> list[_Loaded]:
+def _load(
+    project: Project, engine: Engine, report: RunReport, now: datetime, wall_now: datetime
+) -> list[_Loaded]:
     timezone = project.config.section("newsletter")["timezone"]
     loaded = []
     for sequence in configured(project):
@@ -207,9 +210,25 @@ def _load(project: Project, engine: Engine, report: RunReport, now: datetime) ->
                 f"sequences/{sequence.name}/01-willkommen.md"
             )
             continue
+        suspects = suspected_renames(engine, sequence.name, steps)
+        if suspects:  # nothing is sent, rescheduled or recorded until the author says
+            report.held_back += [
+                f"sequence {sequence.name} held back: {FOLDER}/{sequence.name}/"
+                f"{suspect.step.path.name}: {suspect.message()}"
+                for suspect in suspects
+            ]
+            continue
+        state.record_step_numbers(engine, sequence.name, steps)
         report.rescheduled += state.reschedule_if_changed(
             engine, sequence.name, steps, timezone, now
         )
+        # Against the later of the two clocks: a forced run ahead keeps what it scheduled,
+        # and a catch-up run (`--now` in the past) does not take anyone's next step earlier.
+        from_the_future = state.reschedule_from_the_future(
+            engine, sequence.name, steps, timezone, max(now, wall_now)
+        )
+        report.from_the_future += from_the_future
+        report.rescheduled += from_the_future
         loaded.append(_Loaded(sequence, steps, timezone, {}))
     return loaded
 
@@ -236,14 +255,18 @@ def send_due(
     transport: delivery.Transport | None,
     progress: Callable[[RunReport], None] | None,
     include_uncertain: bool,
+    stop: threading.Event,
 ) -> RunReport:
-    """`runner.run_due`'s work, at the schedule time `now`."""
+    """`runner.run_due`'s work, at the schedule time `now`. From the first claim on, Ctrl-C
+    and SIGTERM (in the main thread) set `stop` instead of raising: the run ends once what
+    is in flight is settled."""
     from newsletter.store.engine import project_engine
 
     engine = project_engine(project)
     report = RunReport()
-    report.reaped = reap_dead_runs(engine, wall.now())
-    loaded = _load(project, engine, report, now)
+    wall_now = wall.now()
+    report.reaped = reap_dead_runs(engine, wall_now)
+    loaded = _load(project, engine, report, now, wall_now)
     if include_uncertain:
         for item in loaded:
             report.retried += state.retry_uncertain(engine, item.config.name, now)
@@ -257,17 +280,19 @@ def send_due(
             item.issue_ids[step.key] = state.ensure_step_issue(engine, step, step.issue.subject)
     run = Run(engine, wall)
     try:
-        for item in loaded:
-            _send_sequence(project, engine, run, transport, item, now, report, progress)
-            if report.error:
-                break
+        with stop_on_signals(stop):
+            for item in loaded:
+                _send_sequence(project, engine, run, transport, item, now, report, progress, stop)
+                if report.error or stop.is_set():
+                    break
     except BaseException as exc:
         run.finish(report.error or f"interrupted ({type(exc).__name__})")
         raise
     finally:
         delivery.close(transport)
         gc.unfreeze()  # `serve` runs on: its loop collects what this run left as usual
-    run.finish(report.error)
+    report.interrupted = stop.is_set()
+    run.finish(report.error or ("interrupted" if report.interrupted else None))
     return report
 
 
@@ -288,6 +313,7 @@ def _send_sequence(
     now: datetime,
     report: RunReport,
     progress: Callable[[RunReport], None] | None,
+    stop: threading.Event,
 ) -> None:
     mails: dict[str, delivery.StepMail] = {}
     pending: dict[Future[Any], tuple[delivery.StepMail, list[int], dict[int, str | None]]] = {}
@@ -306,7 +332,7 @@ def _send_sequence(
 
     with ThreadPoolExecutor(transport.concurrency, thread_name_prefix="sequence") as executor:
         try:
-            while not report.error:
+            while not report.error and not stop.is_set():
                 batch_no += 1
                 claimed = _claim(engine, run, transport, item, now, report, batch_no)
                 if claimed is None:

@@ -5,7 +5,7 @@ Everything takes a `Clock`; `sequences run --now ISO` and the tests pass a `Fixe
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from newsletter.errors import NewsletterError
@@ -34,6 +34,23 @@ class FixedClock:
 
 
 SYSTEM = SystemClock()
+
+#: How far the schedule clock (`--now`) may run ahead of the system clock without `--force`.
+MAX_AHEAD = timedelta(days=1)
+
+
+def refuse_far_ahead(now: datetime, wall_now: datetime) -> None:
+    """A run (or `sequences start`) at a time far ahead of the system clock, a mistyped
+    `--now`, would schedule readers' next steps from that time: refuse it."""
+    if now - wall_now <= MAX_AHEAD:
+        return
+    days = (now - wall_now).days
+    raise NewsletterError(
+        f"--now {now:%Y-%m-%d %H:%M} UTC is {days} day{'s' if days != 1 else ''} ahead of "
+        f"the system clock ({wall_now:%Y-%m-%d %H:%M} UTC): readers' next steps would be "
+        "scheduled from then, and nothing would be due for them until that day. Check --now "
+        "(or the system clock); to go ahead anyway, add --force"
+    )
 
 
 def parse_now(text: str) -> datetime:

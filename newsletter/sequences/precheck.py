@@ -7,12 +7,14 @@ Plain DB-API (sqlite3; psycopg for PostgreSQL) and three small read-only queries
 - no run is unfinished (a dead one must be reaped; a live one may be sending),
 - every enabled sequence's steps load and have the shape its schedule was worked out for
   (else waiting people must be rescheduled),
+- nobody's next step is due later than the steps allow (else a run whose clock was far ahead
+  scheduled it, and it must be rescheduled),
 - nobody is due.
 Anything else, an error included (no database yet, one not migrated, a URL it does not
 know), means "look properly": the full run decides, with SQLAlchemy, as before.
 
-The queries mirror `batches.anything_due`, `batches.reap_dead_runs` and
-`state.reschedule_if_changed` (tables in `store/schema.py`); a test keeps them in step.
+The queries mirror `batches.anything_due`, `batches.reap_dead_runs`,
+`state.reschedule_if_changed` and `state.reschedule_from_the_future` (tables in `store/schema.py`); a test keeps them in step.
 """
 
 from __future__ import annotations
@@ -31,30 +33,31 @@ log = logging.getLogger("newsletter.sequences")
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def nothing_to_do(project: Project, now: datetime) -> bool:
-    """True only when a run at `now` would surely find nothing to reap, reschedule or send."""
+def nothing_to_do(project: Project, now: datetime, wall_now: datetime | None = None) -> bool:
+    """True only when a run at `now` (the system clock saying `wall_now`) would surely find
+    nothing to reap, reschedule or send."""
     try:
-        fingerprints = _fingerprints(project)
-        if fingerprints is None:
+        shapes = _shapes(project, max(now, wall_now or datetime.now(UTC)))
+        if shapes is None:
             return False
-        return _database_says_nothing(project.database_url, fingerprints, now)
+        return _database_says_nothing(project.database_url, shapes, now)
     except Exception as exc:  # any doubt: the full run looks properly (and reports problems)
         log.debug("sequences precheck: %s; running in full", type(exc).__name__)
         return False
 
 
-def _fingerprints(project: Project) -> dict[str, str] | None:
-    """Enabled sequence -> the shape of its steps; None if one does not load or has no steps
-    (the full run reports that)."""
+def _shapes(project: Project, reference: datetime) -> dict[str, tuple[str, datetime]] | None:
+    """Enabled sequence -> (the shape of its steps, the latest a next step can be due at
+    `reference`); None if one does not load or has no steps (the full run reports that)."""
     from newsletter.sequences.config import configured
-    from newsletter.sequences.steps import fingerprint, load_sequence
+    from newsletter.sequences.steps import fingerprint, latest_due, load_sequence
 
     out = {}
     for sequence in configured(project):
         steps = load_sequence(project, sequence.name)
         if not steps:
             return None
-        out[sequence.name] = fingerprint(steps)
+        out[sequence.name] = (fingerprint(steps), latest_due(steps, reference))
     return out
 
 
@@ -84,7 +87,9 @@ def _connect(url: str) -> tuple[Any, str, Any] | None:
     return None
 
 
-def _database_says_nothing(url: str, fingerprints: dict[str, str], now: datetime) -> bool:
+def _database_says_nothing(
+    url: str, shapes: dict[str, tuple[str, datetime]], now: datetime
+) -> bool:
     connected = _connect(url)
     if connected is None:
         return False
@@ -96,9 +101,18 @@ def _database_says_nothing(url: str, fingerprints: dict[str, str], now: datetime
             return False
         cur.execute("SELECT sequence, fingerprint FROM sequence_state")
         stored = dict(cur.fetchall())
-        if any(stored.get(name) != shape for name, shape in fingerprints.items()):
+        if any(stored.get(name) != shape for name, (shape, _) in shapes.items()):
             return False
-        names = list(fingerprints)
+        for name, (_, latest) in shapes.items():
+            # An index seek (sequence, next_due_at), however many people are enrolled.
+            cur.execute(
+                "SELECT 1 FROM sequence_enrollments WHERE sequence = "
+                f"{mark} AND next_due_at > {mark} AND state = 'active' LIMIT 1",
+                [name, when(latest)],
+            )
+            if cur.fetchone() is not None:
+                return False
+        names = list(shapes)
         if not names:
             return True
         cur.execute(

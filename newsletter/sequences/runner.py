@@ -3,13 +3,19 @@
 One run, per configured sequence:
 1. Runs whose process is gone are reaped: their in-flight deliveries become `uncertain` (the
    transport may have taken them; nobody gets them again unless asked).
-2. If the steps' order, delays or hours changed, waiting people are rescheduled.
+2. A sequence whose step file seems renamed (`renames.py`) is held back, untouched.
+   If the steps' order, delays or hours changed, waiting people are rescheduled. So are people
+   whose next step is due later than the steps allow: a run whose clock was far ahead (a forced
+   `--now`, a wrong system clock) sent their last step "in the future"; it counts as sent now.
 3. Due enrollments are claimed a batch at a time, in ONE transaction: the rows are locked
    (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so a second runner takes other people; SQLite: the
    write lock, taken first), each person's step is recorded `in_flight` in the ledger
    (UNIQUE issue+subscriber: never a second row) and their enrollment moves on to the next
    step. Then the batch goes to the transport and the ledger records the answer.
 4. A batch the transport refused (nothing went out) is `failed` and due again later.
+5. Ctrl-C or SIGTERM (systemd's restart), or `stop` set by `serve`: no batch is claimed after
+   that, the batches in flight are settled (their answers recorded), and the run ends with
+   `interrupted` set. Nothing it handed over is left `in_flight` for the next run to reap.
 
 The schedule clock (`clock`, i.e. `--now`) decides what is due; the wall clock (`wall`) only
 says whether another runner's process is alive.
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.errors import NewsletterError
 from newsletter.masking import mask_addresses
-from newsletter.sequences.clock import SYSTEM, Clock
+from newsletter.sequences.clock import SYSTEM, Clock, refuse_far_ahead
 from newsletter.sequences.precheck import nothing_to_do
 
 if TYPE_CHECKING:
@@ -60,11 +66,14 @@ class RunReport:
     stopped: int = 0  # people who left the list since they joined: their sequence ends
     finished: int = 0  # people who had every step
     rescheduled: int = 0
+    from_the_future: int = 0  # of those: scheduled by a run whose clock was far ahead
     reaped: int = 0  # in-flight deliveries of a dead run, now uncertain
     retried: int = 0  # uncertain ones sent again (--include-uncertain)
     errors: list[str] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)  # sequences not run: a step was renamed?
     error: str | None = None  # the run had to stop (e.g. the transport refused the key)
     note: str | None = None
+    interrupted: bool = False  # stopped early on request (a signal, `serve` stopping)
 
     @property
     def accepted(self) -> int:
@@ -97,11 +106,17 @@ def run_due(
     transport: Transport | None = None,
     progress: Callable[[RunReport], None] | None = None,
     include_uncertain: bool = False,
+    stop: threading.Event | None = None,
+    force: bool = False,
 ) -> RunReport:
     """Send every due step of every configured sequence (see the module docstring). With
-    `include_uncertain`, steps whose delivery is uncertain go out again (on purpose)."""
+    `include_uncertain`, steps whose delivery is uncertain go out again (on purpose). Setting
+    `stop` (or, in the main thread, Ctrl-C or SIGTERM) ends the run after the batches in
+    flight are settled. A `clock` more than a day ahead of `wall` is refused unless `force`."""
     now = clock.now()
-    if not include_uncertain and nothing_to_do(project, now):
+    if not force:
+        refuse_far_ahead(now, wall.now())
+    if not include_uncertain and nothing_to_do(project, now, wall.now()):
         return RunReport()
     from newsletter.sequences.batches import send_due
 
@@ -112,12 +127,20 @@ def run_due(
         transport=transport,
         progress=progress,
         include_uncertain=include_uncertain,
+        stop=stop or threading.Event(),
     )
+
+
+#: How long `serve` waits, when it stops, for the sequence run's batches in flight to be
+#: answered (a transport's own timeouts end them well before; systemd waits 90 s).
+STOP_TIMEOUT = 60.0
 
 
 class BackgroundRunner:
     """`serve --sequences`: `run_due` every `interval` seconds in a thread, until `stop()`.
-    A failing run is logged in one line and tried again at the next tick."""
+    A failing run is logged in one line and tried again at the next tick. `stop()` ends a run
+    in progress the way Ctrl-C ends `sequences run`: nothing more is claimed, what is in
+    flight is settled."""
 
     def __init__(self, project: Project, *, interval: float = 60.0, clock: Clock = SYSTEM) -> None:
         self.project = project
@@ -131,19 +154,25 @@ class BackgroundRunner:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "sequences: the run was still waiting for the transport after %.0f s; "
+                "what it had in flight becomes uncertain at the next run",
+                timeout,
+            )
 
     def _loop(self) -> None:
         from sqlalchemy.exc import SQLAlchemyError
 
         while not self._stop.is_set():
             try:
-                report = run_due(self.project, clock=self.clock)
+                report = run_due(self.project, clock=self.clock, stop=self._stop)
                 if report.total or report.error:
                     log.info("sequences: %s", summary(report))
-                for error in report.errors:
+                for error in report.errors + report.held_back:
                     # A refusal names its recipient ("x@y.de: 550 ..."): logs keep no address.
                     log.warning("sequences: %s", mask_addresses(error))
             except NewsletterError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from newsletter.sequences.steps import Step, due_at, fingerprint
+from newsletter.sequences.steps import Step, due_at, fingerprint, latest_due
 from newsletter.store.schema import (
     DeliveryState,
     deliveries,
@@ -158,10 +158,72 @@ def ensure_step_issue(engine: Engine, step: Step, subject: str) -> int:
     with engine.begin() as conn:
         conn.execute(
             dialect_insert(conn, sequence_steps)
-            .values(issue_id=issue_id, sequence=step.sequence, step_key=step.key)
+            .values(
+                issue_id=issue_id,
+                sequence=step.sequence,
+                step_key=step.key,
+                step_number=step.number,
+            )
             .on_conflict_do_nothing()
         )
     return issue_id
+
+
+def known_steps(engine: Engine, sequence: str) -> dict[str, tuple[int, int | None]]:
+    """step key -> (its `issues` id, its number when a run last saw it), for every step of
+    `sequence` that ever had a row (removed ones too)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                sequence_steps.c.step_key, sequence_steps.c.issue_id, sequence_steps.c.step_number
+            ).where(sequence_steps.c.sequence == sequence)
+        ).all()
+    return {key: (issue_id, number) for key, issue_id, number in rows}
+
+
+def record_step_numbers(engine: Engine, sequence: str, steps: Sequence[Step]) -> None:
+    """Remember each step's current number (for `renames.suspected_renames`); writes only the
+    ones that changed."""
+    known = known_steps(engine, sequence)
+    changed = [
+        {"k": s.key, "n": s.number} for s in steps if s.key in known and known[s.key][1] != s.number
+    ]
+    if not changed:
+        return
+    from sqlalchemy import bindparam
+
+    with engine.begin() as conn:
+        conn.execute(
+            update(sequence_steps)
+            .where(
+                sequence_steps.c.sequence == sequence, sequence_steps.c.step_key == bindparam("k")
+            )
+            .values(step_number=bindparam("n"))
+            .execution_options(synchronize_session=False),
+            changed,
+        )
+
+
+def rename_step_key(engine: Engine, sequence: str, old: str, new: str, slug: str) -> None:
+    """The step `old` is called `new` from now on: its row, its `issues` slug and the people
+    waiting for it. Its ledger rows stay: whoever had `old` has had `new`."""
+    from newsletter.store.issues import rename_issue
+
+    with engine.begin() as conn:
+        issue_id = conn.execute(
+            select(sequence_steps.c.issue_id).where(
+                sequence_steps.c.sequence == sequence, sequence_steps.c.step_key == old
+            )
+        ).scalar_one()
+        conn.execute(
+            update(sequence_steps).where(sequence_steps.c.issue_id == issue_id).values(step_key=new)
+        )
+        rename_issue(conn, issue_id, slug)
+        conn.execute(
+            update(enrollments)
+            .where(enrollments.c.sequence == sequence, enrollments.c.next_step == old)
+            .values(next_step=new)
+        )
 
 
 def had_and_failed(
@@ -287,6 +349,56 @@ def _reschedule(
             if updates:
                 _apply(conn, updates, at)
                 changed += len(updates)
+
+
+def reschedule_from_the_future(
+    engine: Engine, sequence: str, steps: Sequence[Step], timezone: str, at: datetime
+) -> int:
+    """People whose next step is due later than the steps allow (`steps.latest_due`): a run
+    whose clock was far ahead sent their last step (or enrolled them) "in the future" and
+    scheduled the next from then, so with the clock right again nothing would be due for
+    them until that future. What was sent cannot have been sent after `at`: it counts as sent
+    at `at`, and their next step is due from then. Returns how many were rescheduled.
+
+    (Found through the due index, like everything a run asks of every enrollment.)"""
+    e = enrollments
+    by_key = {s.key: s for s in steps}
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(e.c.id, e.c.started_at, e.c.last_sent_at, e.c.next_step).where(
+                e.c.sequence == sequence,
+                e.c.next_due_at > latest_due(list(steps), at),
+                e.c.state == ACTIVE,
+            )
+        ).all()
+        if not rows:
+            return 0
+        updates = []
+        for row in rows:
+            started = min(as_utc(row.started_at), at)
+            sent = min(as_utc(row.last_sent_at), at) if row.last_sent_at else None
+            step = by_key.get(row.next_step) if row.next_step else None
+            # A step no longer in the folder: the next claim works out which one is next.
+            due = due_at(sent or started, step, timezone) if step else at
+            updates.append(
+                {"eid": row.id, "started": started, "sent": sent, "s": step and step.key, "d": due}
+            )
+        from sqlalchemy import bindparam
+
+        conn.execute(
+            update(e)
+            .where(e.c.id == bindparam("eid"))
+            .values(
+                started_at=bindparam("started"),
+                last_sent_at=bindparam("sent"),
+                next_step=bindparam("s"),
+                next_due_at=bindparam("d"),
+                updated_at=at,
+            )
+            .execution_options(synchronize_session=False),
+            updates,
+        )
+    return len(updates)
 
 
 def _apply(conn: Connection, updates: list[dict[str, Any]], at: datetime) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from newsletter.check import Finding
     from newsletter.project import Project
+    from newsletter.sequences.renames import SuspectedRename
 
 #: Ledger states counted as "got it" (handed over; `uncertain` is listed on its own).
 GOT_STATES = ("accepted", "delivered", "bounced", "dropped")
@@ -106,10 +107,33 @@ def check_sequences(project: Project, name: str | None = None) -> list[Finding]:
             findings.append(
                 Finding("error", info.problem, sequences_dir(project) / info.name, None)
             )
+        if info.steps:
+            findings += [
+                Finding("warning", suspect.message(), suspect.step.path, None)
+                for suspect in _suspected_renames(project, info.name, info.steps)
+            ]
     unique: dict[tuple[str, str, int | None, str], Finding] = {}
     for f in findings:
         unique.setdefault((f.severity, str(f.path), f.line, f.message), f)
     return sorted(unique.values(), key=lambda f: (f.severity != "error", str(f.path), f.line or 0))
+
+
+def _suspected_renames(project: Project, name: str, steps: list[Step]) -> list[SuspectedRename]:
+    """Renamed step files, judged against what the database says was sent (`renames.py`).
+    `check` never creates a database: without one there is nothing a rename could repeat."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from newsletter.sequences.renames import suspected_renames
+    from newsletter.store.engine import project_engine
+
+    url = project.database_url
+    sqlite_file = url[len("sqlite:///") :].split("?")[0] if url.startswith("sqlite:///") else None
+    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists():
+        return []
+    try:
+        return suspected_renames(project_engine(project), name, steps)
+    except SQLAlchemyError:  # no database to compare with: the run itself still checks
+        return []
 
 
 @dataclass
@@ -221,13 +245,21 @@ def sequence_status(
                 name=info.name,
                 trigger=info.config.trigger if info.config else None,
                 enabled=info.active,
-                problem=info.problem,
+                problem=info.problem or _held_back(engine, info),
                 people=state.enrollment_counts(engine, info.name),
                 steps=steps,
                 removed_steps=removed,
             )
         )
     return out
+
+
+def _held_back(engine: Engine, info: SequenceInfo) -> str | None:
+    """Why `sequences run` holds this sequence back (a step file seems renamed), if it does."""
+    from newsletter.sequences.renames import suspected_renames
+
+    suspects = suspected_renames(engine, info.name, info.steps) if info.steps else []
+    return "; ".join(f"{s.step.path.name}: {s.message()}" for s in suspects) or None
 
 
 def step_path_for_preview(project: Project, name: str) -> Path:

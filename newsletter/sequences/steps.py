@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from newsletter.errors import IssueError, NewsletterError
 from newsletter.issue import Issue, load_issue, slugify
+from newsletter.sequences.clock import MAX_AHEAD
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -49,6 +50,11 @@ class Step:
     @property
     def slug(self) -> str:
         return self.issue.slug
+
+    @property
+    def named_in_front_matter(self) -> bool:
+        """Does the author give its key (`slug:`), rather than the file name?"""
+        return bool(self.issue.meta.get("slug"))
 
     @property
     def label(self) -> str:
@@ -190,6 +196,19 @@ def due_at(base: datetime, step: Step, timezone: str) -> datetime:
             return candidate.astimezone(due.tzinfo)
         day += timedelta(days=1)
     raise AssertionError("unreachable")
+
+
+#: The most `send_at_hour` moves a step later: to that hour the next day, an hour more across
+#: a change to or from summer time.
+SEND_HOUR_SLACK = timedelta(days=1, hours=1)
+
+
+def latest_due(steps: list[Step], now: datetime) -> datetime:
+    """The latest time a next step can be due when the previous one was sent by `now` (or by
+    a run up to MAX_AHEAD ahead of it). A next step due later than this was scheduled by a
+    run whose clock was far ahead: a forced `--now`, or a system clock that was wrong."""
+    longest = max((s.delay for s in steps), default=timedelta(0))
+    return now + MAX_AHEAD + longest + SEND_HOUR_SLACK
 
 
 def resolve_step(project: Project, name: str) -> Step:

@@ -4,8 +4,9 @@
   preview, screenshot, send, sends, stats, cancel, replies): a path, a file name in
   `issues/` with or without `.md`, or a slug (from an issue file's front matter, or of an
   issue that was sent and whose file is gone).
-- `ensure_issue`, `find_issue_id`, `find_issue`: the table's rows; `find_sent_issue(project,
-  engine, name)`: the issue a `stats` or `replies` command names, among those with a row.
+- `ensure_issue`, `rename_issue`, `find_issue_id`, `find_issue`: the table's rows;
+  `find_sent_issue(project, engine, name)`: the issue a `stats` or `replies` command names,
+  among those with a row.
 - `published_issues`, `is_published` (the archive's block): when readers may see an issue
   on the web. At the scheduled `send_at` of a send, or, for an immediate send, once the
   provider accepted a first recipient; never for drafts, test copies (they record no send),
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import NewsletterError, StoreError
@@ -58,6 +59,12 @@ def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, languag
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
         except IntegrityError:
             return int(conn.execute(select(issues.c.id).where(issues.c.slug == slug)).scalar_one())
+
+
+def rename_issue(conn: Connection, issue_id: int, slug: str) -> None:
+    """Give an issue row a new slug (a sequence step whose file was renamed); its sends,
+    deliveries, events and replies stay with it."""
+    conn.execute(update(issues).where(issues.c.id == issue_id).values(slug=slug))
 
 
 def find_issue_id(engine: Engine, slug: str) -> int | None:

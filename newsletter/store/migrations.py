@@ -153,6 +153,18 @@ def m010_no_delivery_message_id_index(conn: Connection) -> None:
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_message_id")
 
 
+def m011_sequence_step_numbers(conn: Connection) -> None:
+    """Sequence steps: the number (NN) each step had when a run last saw its file, so a step
+    whose file was renamed is recognised before it goes out again. Databases whose m009
+    already made the column (created from today's schema) skip it."""
+    from sqlalchemy.schema import CreateColumn
+
+    present = {column["name"] for column in inspect(conn).get_columns("sequence_steps")}
+    if "step_number" not in present:
+        column_ddl = CreateColumn(schema.sequence_steps.c.step_number).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE sequence_steps ADD COLUMN {column_ddl}")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -165,6 +177,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m008_reply_flags", m008_reply_flags),
     ("m009_sequences", m009_sequences),
     ("m010_no_delivery_message_id_index", m010_no_delivery_message_id_index),
+    ("m011_sequence_step_numbers", m011_sequence_step_numbers),
 ]
 
 

@@ -289,6 +289,9 @@ sequence_steps = Table(
     Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
     Column("sequence", String(100), nullable=False),
     Column("step_key", String(200), nullable=False),
+    # The step's NN when a run last saw its file (m011; null before): a step that is gone while
+    # a new one sits at its number was probably renamed (`sequences check`, `sequences rename`).
+    Column("step_number", Integer),
     UniqueConstraint("sequence", "step_key", name="uq_sequence_steps_key"),
 )
 

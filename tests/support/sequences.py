@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import email
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from email.policy import default as default_policy
 from pathlib import Path
+
+from sqlalchemy import func, insert, select
 
 from newsletter.project import Project
 from newsletter.sequences import hooks
 from newsletter.sequences.clock import FixedClock
 from newsletter.sequences.runner import run_due
-from newsletter.store.engine import open_engine
+from newsletter.store.engine import dispose_all, open_engine
+from newsletter.store.schema import deliveries, subscribers
 from newsletter.store.subscribers import add_subscriber
+from tests.conftest import REPO, TEST_SECRET
 
 T0 = datetime(2026, 3, 2, 7, 30, tzinfo=UTC)  # a Monday, 08:30 in Berlin
 
@@ -81,3 +88,50 @@ def join(root: Path, address: str, at: datetime, **kw):
 
 def run(root: Path, at: datetime):
     return run_due(Project.load(root), clock=FixedClock(at))
+
+
+def add_people_due(root: Path, people: int) -> set[str]:
+    """`people` subscribers, each with the welcome step due now (started with --existing)."""
+    from newsletter.sequences.start import start_existing
+
+    engine = open_engine(Project.load(root).database_url)
+    stamp = datetime.now(UTC)
+    everyone = {f"leser{i}@example.org" for i in range(people)}
+    with engine.begin() as conn:
+        conn.execute(insert(subscribers), [
+            {"email": a, "email_key": a, "status": "subscribed", "fields": {}, "source": "test",
+             "created_at": stamp, "updated_at": stamp, "confirmed_at": stamp}
+            for a in sorted(everyone)
+        ])  # fmt: skip
+    assert start_existing(Project.load(root), engine, "welcome", ()) == people
+    dispose_all()
+    return everyone
+
+
+def ledger_states(root: Path) -> dict[str, int]:
+    """Ledger state -> rows, over every delivery of the project."""
+    engine = open_engine(Project.load(root).database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(deliveries.c.state, func.count()).group_by(deliveries.c.state)
+        ).all()
+    dispose_all()
+    return {str(state): int(n) for state, n in rows}
+
+
+def newsletter_process(root: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """`newsletter --project ROOT ARGS...` as a real process of this checkout's code."""
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SENDGRID_", "NEWSLETTER_")) or k == "NEWSLETTER_CACHE_DIR"
+    }
+    environment.update(NEWSLETTER_SECRET_KEY=TEST_SECRET, PYTHONPATH=str(REPO), **env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--project", str(root), *args],
+        env=environment,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
