@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
 DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
-KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language", "number")
+KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language", "number", "public")
 # Characters MJML's XML parser rejects; a word processor's paste brings e.g. U+000B.
 # (NUL is not among them: markdown-it already turns it into U+FFFD.)
 CONTROL_RE = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -62,6 +62,9 @@ class Issue:
     body_line: int  # 1-based line of the body's first line in the file
     meta: dict[str, Any] = field(default_factory=dict)
     number: str | None = None  # the issue number the masthead shows ("Ausgabe 12")
+    #: `public: true` publishes a send to a tag on the web archive too; `public: false` keeps
+    #: even a send to the whole list off it; unset, only sends to the whole list publish.
+    public: bool | None = None
 
     def key_line(self, key: str) -> int | None:
         """The line of a front matter key in the file, for findings about it."""
@@ -243,6 +246,15 @@ def load_issue(project: Project, path: Path) -> Issue:
             path, line("number"), f"bad number {number!r}; write a short one, e.g. `number: 12`"
         )
 
+    public = data.get("public")
+    if public is not None and not isinstance(public, bool):
+        raise IssueError(
+            path,
+            line("public"),
+            f"bad public {public!r}; write `public: true` (show it in the web archive even "
+            "when sent to a tag) or `public: false`",
+        )
+
     language = _text(path, data, "language") or project.config.language
     if language not in LANGUAGES:
         raise IssueError(
@@ -263,4 +275,5 @@ def load_issue(project: Project, path: Path) -> Issue:
         body_line=body_line,
         meta=dict(data),
         number=number,
+        public=public,
     )
