@@ -136,6 +136,9 @@ class SmtpTransport:
         section = project.config.section("smtp")
         security = section["security"]
         port = section["port"] or {"starttls": 587, "tls": 465, "none": 25}[security]
+        ca_file = section["ca_file"]
+        if ca_file:
+            _check_ca_file(project, ca_file)
         return cls(
             section["host"],
             int(port),
@@ -407,3 +410,31 @@ class SmtpTransport:
             if conn is not None:
                 self._give_back(conn, used)
         return outcomes
+
+
+#: A CA bundle is a few hundred kilobytes at most.
+_MAX_CA_BYTES = 10 << 20
+
+
+def _check_ca_file(project: Project, ca_file: str) -> None:
+    """`[smtp] ca_file` must be a readable PEM file: a ConfigError naming it, not a
+    traceback from the ssl module (nor a wait on a named pipe)."""
+    from newsletter.files import NotARegularFile, read_regular
+
+    where = f"{project.config.path}: [smtp] ca_file {ca_file!r}"
+    try:
+        pem = read_regular(ca_file, _MAX_CA_BYTES, "CA certificate")
+    except NotARegularFile as exc:
+        if exc.missing:
+            raise ConfigError(
+                f"{where}: no such file; give the path of the server's CA certificate (PEM) "
+                "or remove the key"
+            ) from None
+        raise ConfigError(f"{where}: {exc.reason}") from None
+    try:
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError):
+        raise ConfigError(
+            f"{where}: is not a PEM certificate (-----BEGIN CERTIFICATE-----); "
+            "convert it with `openssl x509 -in FILE -out ca.pem`"
+        ) from None
