@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO
+from tests.conftest import EXAMPLE_ISSUE, REPO
 
 #: A hang shows as this timeout; a working answer takes well under a second plus startup.
 TIMEOUT = 8

@@ -68,6 +68,11 @@ def test_a_send_to_a_tag_is_not_published(project) -> None:
     for where in ("index", "atom", "json"):
         assert "Nur für Zahlende" not in seen[where] and "/issues/paid" not in seen[where]
 
+    site = project / "site"
+    assert run(project, "archive", "build", "-o", str(site)).exit_code == 0
+    assert not (site / "issues" / "paid").exists()
+    assert "Nur für Zahlende" not in (site / "feed.xml").read_text("utf-8")
+
     listing = run(project, "sends")
     assert (
         "web archive: not published (sent to tag me only; add `public: true` to its front "

@@ -103,6 +103,7 @@ class SmtpTransport:
         max_retries: int = 5,
         ca_file: str | None = None,
         backoff: float | None = None,
+        ca_data: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -114,7 +115,7 @@ class SmtpTransport:
         self.max_per_connection = max(1, max_per_connection)
         self.max_retries = max_retries
         self.backoff = _backoff() if backoff is None else backoff
-        self._context = ssl.create_default_context(cafile=ca_file)
+        self._context = ssl.create_default_context(cafile=ca_file, cadata=ca_data)
         self._idle: list[tuple[smtplib.SMTP, int]] = []  # (connection, messages sent on it)
         self._lock = threading.Lock()
         self._next_slot = 0.0
@@ -137,8 +138,6 @@ class SmtpTransport:
         security = section["security"]
         port = section["port"] or {"starttls": 587, "tls": 465, "none": 25}[security]
         ca_file = section["ca_file"]
-        if ca_file:
-            _check_ca_file(project, ca_file)
         return cls(
             section["host"],
             int(port),
@@ -151,7 +150,7 @@ class SmtpTransport:
             max_retries=min(settings.max_retries, 2)
             if settings.transactional
             else settings.max_retries,
-            ca_file=section["ca_file"],
+            ca_data=_read_ca_file(project, ca_file) if ca_file else None,
         )
 
     @property
@@ -416,9 +415,10 @@ class SmtpTransport:
 _MAX_CA_BYTES = 10 << 20
 
 
-def _check_ca_file(project: Project, ca_file: str) -> None:
-    """`[smtp] ca_file` must be a readable PEM file: a ConfigError naming it, not a
-    traceback from the ssl module (nor a wait on a named pipe)."""
+def _read_ca_file(project: Project, ca_file: str) -> str:
+    """The PEM text of `[smtp] ca_file`, read once; a ConfigError naming it when it is
+    missing, not a file or not PEM (not a traceback from the ssl module, nor a wait on a
+    named pipe)."""
     from newsletter.files import NotARegularFile, read_regular
 
     where = f"{project.config.path}: [smtp] ca_file {ca_file!r}"
@@ -432,9 +432,11 @@ def _check_ca_file(project: Project, ca_file: str) -> None:
             ) from None
         raise ConfigError(f"{where}: {exc.reason}") from None
     try:
-        ssl.create_default_context(cadata=pem.decode("ascii"))
+        text = pem.decode("ascii")
+        ssl.create_default_context(cadata=text)
     except (ssl.SSLError, UnicodeDecodeError, ValueError):
         raise ConfigError(
             f"{where}: is not a PEM certificate (-----BEGIN CERTIFICATE-----); "
             "convert it with `openssl x509 -in FILE -out ca.pem`"
         ) from None
+    return text
