@@ -150,7 +150,7 @@ def neighbours(
 
 def export_summaries(files: dict[str, IssueFile]) -> list[list[object]]:
     """The summaries as JSON-able rows, for `remember_summaries` in a later process (the
-    static build keeps them in its manifest, so an unchanged archive reads no issue file)."""
+    static build keeps them in its build state, so an unchanged archive reads no issue file)."""
     return [
         [str(f.path), list(f.stamp), f.slug, f.title, f.preheader, f.language, f.public]
         for f in files.values()
