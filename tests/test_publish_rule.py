@@ -125,3 +125,15 @@ def test_public_must_be_true_or_false(project) -> None:
     assert result.exit_code == 1
     [line] = result.output.strip().splitlines()
     assert f"{issue}:4:" in line and "public: true" in line and "Traceback" not in line
+
+
+def test_public_false_leaves_out_the_view_in_browser_link(project) -> None:
+    """Its web version never exists, so the email does not link to it."""
+    issue = project / "issues" / "2024-07-02-fuer-alle.md"
+    out = project / "build"
+    assert run(project, "build", str(issue), "-o", str(out)).exit_code == 0
+    assert "https://news.example.com/issues/fuer-alle" in (out / "fuer-alle.txt").read_text("utf-8")
+    issue.write_text(OPEN.format(extra="public: false\n"), "utf-8")
+    assert run(project, "build", str(issue), "-o", str(out)).exit_code == 0
+    for name in ("fuer-alle.txt", "fuer-alle.html"):
+        assert "/issues/fuer-alle" not in (out / name).read_text("utf-8"), name
