@@ -2,9 +2,12 @@
 `~/.cache/newsletter`.
 
 What is cached is trusted later (inlined CSS goes into every reader's email; the archive's
-build state names every issue, drafts too), so each subfolder is created 0700 and one that
-another user owns or can write to is not used: a warning says so once, and the work is done
-without the cache. A cache that cannot be created is simply not used.
+build state names every issue, drafts too), so each subfolder is created 0700. One that
+another user owns is not used: a warning says so once, and the work is done without the
+cache. One of ours that others may write to (made under a umask of 002 by an older version)
+is made 0700 again; whatever another user put in it meanwhile is theirs, and `trusted_file`
+refuses every entry that is not this user's own. A cache that cannot be created is simply
+not used.
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ def private_folder(name: str) -> Path | None:
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder.mkdir(mode=0o700, exist_ok=True)
         info = folder.stat()
+        if stat.S_ISDIR(info.st_mode) and _mine(info) and info.st_mode & _WRITABLE_BY_OTHERS:
+            folder.chmod(0o700)
+            info = folder.stat()
     except OSError:
         return None
     if not stat.S_ISDIR(info.st_mode) or not _private(info):
         _warn_once(
             folder,
             f"Warning: {folder}: not used as a cache, since another user owns it or may "
-            f"write to it; remove it or run `chmod 700 {folder}` as its owner.",
+            f"write to it; remove it, or run `chmod 700 {folder}` as its owner.",
         )
         return None
     return folder
@@ -59,9 +65,12 @@ def trusted_file(info: os.stat_result) -> bool:
     return stat.S_ISREG(info.st_mode) and _private(info)
 
 
+def _mine(info: os.stat_result) -> bool:
+    return not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
+
+
 def _private(info: os.stat_result) -> bool:
-    mine = not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
-    return mine and not info.st_mode & _WRITABLE_BY_OTHERS
+    return _mine(info) and not info.st_mode & _WRITABLE_BY_OTHERS
 
 
 def _warn_once(folder: Path, message: str) -> None:

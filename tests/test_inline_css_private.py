@@ -1,7 +1,9 @@
 """The inlined-CSS cache trusts only what this user wrote (issue 28, item 13): the folder is
-created 0700, a folder that another user owns or may write to is not used (with a
-warning), and an entry another user owns or may write to is a miss. Before, an entry
-rewritten with a matching (unkeyed SHA-256) checksum went into every reader's email."""
+created 0700, a folder that another user owns is not used (with a warning), one of ours that
+others could write to is made 0700 again, and an entry another user owns or may write to is
+a miss. Before, an entry
+rewritten with a matching (unkeyed SHA-256) checksum went into every reader's email.
+(Owners are changed with chown: those tests need root, and skip without it.)"""
 
 from __future__ import annotations
 
@@ -43,28 +45,57 @@ def test_a_new_cache_folder_is_private(example, tmp_path, monkeypatch) -> None:
     assert stat.S_IMODE(entry.stat().st_mode) == 0o600
 
 
-def test_a_folder_others_may_write_to_is_not_used(example, tmp_path, monkeypatch) -> None:
-    project, issue = example
-    cache = tmp_path / "shared"
-    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(cache))
-    expected = render_file(project, issue).html
-    [entry] = (cache / "inlined").glob("*.html")
-    (cache / "inlined").chmod(0o777)  # as a shared /tmp folder would be
-    plant(entry)
-
+def render_in_a_process(project: Project, issue: Path, cache: Path) -> subprocess.CompletedProcess:
+    """A fresh process (its own warnings), as a command would render."""
     script = (
         "from pathlib import Path; from newsletter.project import Project; "
         "from newsletter.render import render_file; "
         f"print(render_file(Project.load(Path({str(project.root)!r})), Path({str(issue)!r})).html)"
     )
     env = {**os.environ, "NEWSLETTER_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
-    run = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True
     )
+
+
+def nobody_owns(path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("changing an owner needs root")
+    os.chown(path, 65534, 65534)  # nobody
+
+
+def test_a_folder_another_user_owns_is_not_used(example, tmp_path, monkeypatch) -> None:
+    project, issue = example
+    cache = tmp_path / "shared"
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(cache))
+    expected = render_file(project, issue).html
+    [entry] = (cache / "inlined").glob("*.html")
+    plant(entry)  # with the owner's (this user's) own file, even
+    nobody_owns(cache / "inlined")
+
+    run = render_in_a_process(project, issue, cache)
     assert run.returncode == 0, run.stderr
     assert "evil.example" not in run.stdout and run.stdout.strip() == expected.strip()
     [warning] = run.stderr.splitlines()
     assert str(cache / "inlined") in warning and "chmod 700" in warning
+
+
+def test_our_folder_that_others_could_write_to_is_made_private(example, tmp_path, monkeypatch):
+    """A folder made under umask 002 (group-writable): made 0700 again, and an entry another
+    user put there meanwhile (a file of theirs) is not used."""
+    project, issue = example
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(cache))
+    expected = render_file(project, issue).html
+    [entry] = (cache / "inlined").glob("*.html")
+    (cache / "inlined").chmod(0o777)
+    plant(entry)
+    nobody_owns(entry)
+
+    run = render_in_a_process(project, issue, cache)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert "evil.example" not in run.stdout and run.stdout.strip() == expected.strip()
+    assert stat.S_IMODE((cache / "inlined").stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize("how", ["writable by others", "owned by another user"])
@@ -77,9 +108,7 @@ def test_an_entry_that_is_not_this_users_own_is_a_miss(example, tmp_path, monkey
     if how == "writable by others":
         entry.chmod(0o666)
     else:
-        if os.geteuid() != 0:
-            pytest.skip("changing a file's owner needs root")
-        os.chown(entry, 65534, 65534)  # nobody
+        nobody_owns(entry)
     html = render_file(project, issue).html
     assert "evil.example" not in html and html == expected
     assert "evil.example" not in entry.read_text("utf-8")  # replaced by this user's own
