@@ -7,6 +7,7 @@ is reported as an error finding with its file and line.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -399,7 +400,8 @@ def _duplicate_slugs(project: Project, issue: Issue) -> list[Finding]:
 
     found = []
     for other in sorted(project.issues_dir.glob("*.md")):
-        if other.resolve() == issue.path.resolve():
+        # realpath, not resolve(): a symlink loop in issues/ is skipped, not a crash.
+        if os.path.realpath(other) == os.path.realpath(issue.path):
             continue
         try:
             slug = load_issue(project, other).slug

@@ -8,9 +8,11 @@ with the options and the libraries' installed files, so an edit (or an upgrade) 
 served stale.
 
 Where: `$NEWSLETTER_CACHE_DIR`, else `$XDG_CACHE_HOME/newsletter`, else `~/.cache/newsletter`,
-in `inlined/`; at most `MAX_ENTRIES` files, the least recently used removed first. Each file
-starts with a checksum of the rest, so a damaged one is a miss. A cache that cannot be read
-or written is simply not used; deleting the folder is always safe.
+in `inlined/` (created 0700; see `newsletter.cache`); at most `MAX_ENTRIES` files, the least
+recently used removed first. Each file starts with a checksum of the rest, so a damaged one is
+a miss; an entry another user owns or may write to is a miss too, since the checksum proves
+no origin. A cache that cannot be read or written is simply not used; deleting the folder is
+always safe.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from newsletter.cache import private_folder, trusted_file
+
 MAX_ENTRIES = 400
 #: premailer's options below, as part of the key: change this text when they change.
 OPTIONS = "no-network no-style-tags leftover-css keep-classes keep-important no-validation -hw"
@@ -37,10 +41,7 @@ def with_inlined_css(html: str) -> str:
     if folder is None:
         return _premailer(html)
     path = folder / f"{_key(html)}.html"
-    try:
-        stored = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError):
-        stored = ""
+    stored = _read_entry(path)
     # Each entry starts with a checksum of the rest: a file cut short (a crash, a full disk)
     # or changed by hand is a miss, never an email.
     checksum, _, inlined = stored.partition("\n")
@@ -58,21 +59,22 @@ def _checksum(text: str) -> str:
 
 
 def cache_folder() -> Path | None:
-    configured = os.environ.get("NEWSLETTER_CACHE_DIR")
-    if configured:
-        base = Path(configured)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        try:
-            base = Path(xdg) / "newsletter" if xdg else Path.home() / ".cache" / "newsletter"
-        except RuntimeError:  # no home directory (a container with an arbitrary uid)
-            return None
-    folder = base / "inlined"
+    return private_folder("inlined")
+
+
+def _read_entry(path: Path) -> str:
+    """The entry's text; "" when missing, unreadable or not this user's own regular file."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        return None
-    return folder
+        return ""
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not trusted_file(os.fstat(file.fileno())):
+                return ""
+            return file.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _key(html: str) -> str:

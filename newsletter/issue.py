@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
 DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
-KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language", "number")
+KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language", "number", "public")
 # Characters MJML's XML parser rejects; a word processor's paste brings e.g. U+000B.
 # (NUL is not among them: markdown-it already turns it into U+FFFD.)
 CONTROL_RE = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -30,6 +30,12 @@ CONTROL_RE = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 # split the Subject header, or inject another one.
 LINE_BREAK_RE = re.compile("[\r\n\x85\u2028\u2029]")
 FENCE = "---"
+#: The largest issue file read: a long issue is tens of kilobytes.
+MAX_ISSUE_BYTES = 5 << 20
+#: The longest title, subject or preheader (a subject over 78 is already a `check` warning).
+MAX_LINE_CHARS = 1000
+#: The longest slug (the `issues.slug` column).
+MAX_SLUG_CHARS = 200
 
 # German letters that Unicode decomposition would turn into a bare vowel.
 _TRANSLITERATE = str.maketrans(
@@ -62,6 +68,9 @@ class Issue:
     body_line: int  # 1-based line of the body's first line in the file
     meta: dict[str, Any] = field(default_factory=dict)
     number: str | None = None  # the issue number the masthead shows ("Ausgabe 12")
+    #: `public: true` publishes a send to a tag on the web archive too; `public: false` keeps
+    #: even a send to the whole list off it; unset, only sends to the whole list publish.
+    public: bool | None = None
 
     def key_line(self, key: str) -> int | None:
         """The line of a front matter key in the file, for findings about it."""
@@ -69,9 +78,11 @@ class Issue:
 
 
 def front_matter_key_line(path: Path, key: str) -> int | None:
+    from newsletter.files import NotARegularFile, read_regular
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = read_regular(path, MAX_ISSUE_BYTES).decode("utf-8").splitlines()
+    except (NotARegularFile, UnicodeDecodeError):
         return None
     pattern = re.compile(rf"^{re.escape(key)}\s*:")
     for number, line in enumerate(lines[1:], start=2):
@@ -166,15 +177,20 @@ def _reject_control(path: Path, line: int | None, text: str) -> None:
 
 def load_issue(project: Project, path: Path) -> Issue:
     """Read and validate an issue file."""
+    from newsletter.files import NotARegularFile, read_regular
     from newsletter.project import LANGUAGES
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise IssueError(
-            path, None, "no such file; check the path or run `newsletter new`"
-        ) from None
+        # Universal newlines, as read_text gives them: the parser expects "\n".
+        text = read_regular(path, MAX_ISSUE_BYTES, "issue file").decode("utf-8")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    except NotARegularFile as exc:
+        if exc.missing:
+            raise IssueError(
+                path, None, "no such file; check the path or run `newsletter new`"
+            ) from None
+        raise IssueError(path, None, exc.reason) from None
     except UnicodeDecodeError:
         raise IssueError(path, None, "is not UTF-8 text; save the file as UTF-8") from None
     text = text.removeprefix("\ufeff")
@@ -191,6 +207,13 @@ def load_issue(project: Project, path: Path) -> Issue:
                 front_matter_key_line(path, key),
                 f"`{key}` holds a line break; it becomes a one-line mail header: "
                 "write it on one line",
+            )
+        if isinstance(value, str) and len(value.strip()) > MAX_LINE_CHARS:
+            raise IssueError(
+                path,
+                front_matter_key_line(path, key),
+                f"`{key}` has {len(value.strip()):,} characters; shorten it to at most "
+                f"{MAX_LINE_CHARS:,}",
             )
 
     def line(key: str) -> int | None:
@@ -229,6 +252,12 @@ def load_issue(project: Project, path: Path) -> Issue:
     slug = _text(path, data, "slug")
     if slug is None:
         slug = slugify(DATE_PREFIX_RE.sub("", path.stem)) or slugify(title)
+    elif len(slug) > MAX_SLUG_CHARS:
+        raise IssueError(
+            path,
+            line("slug"),
+            f"the slug has {len(slug):,} characters; shorten it to at most {MAX_SLUG_CHARS}",
+        )
     elif not SLUG_RE.match(slug):
         raise IssueError(
             path,
@@ -241,6 +270,15 @@ def load_issue(project: Project, path: Path) -> Issue:
     if number is not None and (len(number) > 20 or LINE_BREAK_RE.search(number)):
         raise IssueError(
             path, line("number"), f"bad number {number!r}; write a short one, e.g. `number: 12`"
+        )
+
+    public = data.get("public")
+    if public is not None and not isinstance(public, bool):
+        raise IssueError(
+            path,
+            line("public"),
+            f"bad public {public!r}; write `public: true` (show it in the web archive even "
+            "when sent to a tag) or `public: false`",
         )
 
     language = _text(path, data, "language") or project.config.language
@@ -263,4 +301,5 @@ def load_issue(project: Project, path: Path) -> Issue:
         body_line=body_line,
         meta=dict(data),
         number=number,
+        public=public,
     )

@@ -45,12 +45,43 @@ def _slug_of(project: Project, path: Path) -> str | None:
         return None
 
 
+def _refuse_special_files(project: Project, text: str) -> None:
+    """An ISSUE naming something that is there but no file (a FIFO, a device such as
+    /dev/zero, a symlink loop, or a folder named like an issue file) is an IssueError that
+    says what it is; such a thing is never opened."""
+    import os
+
+    from newsletter.errors import IssueError
+    from newsletter.files import NotARegularFile, regular_file
+
+    given = Path(text)
+    candidates = [given, project.root / given]
+    if given.suffix != ".md":
+        candidates += [Path(f"{text}.md"), project.issues_dir / f"{text}.md"]
+    candidates.append(project.issues_dir / given)
+    for candidate in candidates:
+        try:
+            os.lstat(candidate)
+        except (OSError, ValueError):
+            continue  # not there (or not a possible name): the usual lookup explains
+        if os.path.isdir(candidate) and candidate.suffix != ".md":
+            continue  # a folder such as site/ is no issue; a slug may share its name
+        try:
+            regular_file(candidate, "issue's Markdown file")
+        except NotARegularFile as exc:
+            if exc.missing:
+                continue  # a dangling symlink: "no such issue", as before
+            raise IssueError(candidate, None, exc.reason) from None
+        return
+
+
 def resolve_issue(
     project: Project, name: str | Path, engine: Engine | None = None
 ) -> ResolvedIssue:
     """A path, a file name in issues/ (with or without `.md`), or a slug; with `engine`, also
     the slug of an issue the database knows whose file is gone."""
     text = str(name)
+    _refuse_special_files(project, text)
     from newsletter.sequences.steps import resolve_step_issue
 
     step = resolve_step_issue(project, text)  # sequences/welcome/01: a welcome-sequence step

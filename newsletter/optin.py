@@ -57,14 +57,22 @@ class Visit:
     page_url: str | None = None
 
 
-def confirm_url(project: Project, subscriber_id: int) -> str:
+def confirm_url(project: Project, subscriber_id: int, engine: Engine | None = None) -> str:
+    """The person's confirmation link. It carries how many confirmations they have had, so
+    that it stops working once they confirm (with `engine`, the project's database)."""
+    from newsletter.store.engine import open_engine
+
     base = project.config.base_url
     if not base:
         raise ConfigError(
             f"{project.config.path}: [newsletter] base_url is not set; confirmation links "
             'need it: add base_url = "https://news.example.com"'
         )
-    token = tokens.make_timed_token(tokens.CONFIRM, subscriber_id, key=tokens.secret_key())
+    with (engine or open_engine(project.database_url)).connect() as conn:
+        confirmations = consent.count(conn, subscriber_id, consent.CONFIRMATION)
+    token = tokens.make_timed_token(
+        tokens.CONFIRM, subscriber_id, key=tokens.secret_key(), confirmations=confirmations
+    )
     return f"{base}/confirm/{token}"
 
 
@@ -74,7 +82,7 @@ def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) 
     from newsletter.transactional import send_confirmation as send_mail
 
     text = consent_text(project.config, project.config.language)
-    return send_mail(project, subscriber, confirm_url(project, subscriber.id), text)
+    return send_mail(project, subscriber, confirm_url(project, subscriber.id, engine), text)
 
 
 def _record_visit(
@@ -199,11 +207,16 @@ def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
     return as_utc(value)
 
 
-def _superseded(conn: Connection, subscriber_id: int, issued: datetime) -> bool:
-    """Whether a link made at `issued` is older than the person's last confirmation."""
-    last = _last_confirmation(conn, subscriber_id)
-    # Token times have whole seconds: a link made before that second is spent.
-    return last is not None and issued < last.replace(microsecond=0)
+def _superseded(conn: Connection, link: tokens.SubscriberToken, issued: datetime) -> bool:
+    """Whether the link was made before the person's last confirmation: it then carries
+    fewer confirmations than they have had."""
+    if link.confirmations is not None:
+        had = consent.count(conn, link.subscriber_id, consent.CONFIRMATION)
+        return link.confirmations != had
+    # A link made before links carried the count: token times have whole seconds, so one
+    # made in the second of the last confirmation counts as used by it.
+    last = _last_confirmation(conn, link.subscriber_id)
+    return last is not None and issued <= last
 
 
 def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confirmation:
@@ -223,7 +236,7 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
             return Confirmation("gone")
         if subscriber.status == "subscribed":
             return Confirmation("confirmed", subscriber)
-        if subscriber.status != "unconfirmed" or _superseded(conn, subscriber.id, issued):
+        if subscriber.status != "unconfirmed" or _superseded(conn, found, issued):
             return Confirmation("spent", subscriber)
         set_status(conn, subscriber.id, "subscribed", reason=None)
         _record_visit(
@@ -253,7 +266,7 @@ def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
             return Confirmation("gone")
         if subscriber.status == "subscribed":
             return Confirmation("confirmed", subscriber)
-        if subscriber.status == "unconfirmed" and not _superseded(conn, subscriber.id, issued):
+        if subscriber.status == "unconfirmed" and not _superseded(conn, found, issued):
             return Confirmation("pending", subscriber)
     return Confirmation("spent", subscriber)
 

@@ -115,6 +115,29 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "sequences": {},
 }
 
+#: (section, key) -> the smallest and largest value that makes sense. Checked where the config
+#: is read: a huge number otherwise overflows a date or a socket call mid-command, and an
+#: impossible port makes the SMTP transport retry instead of failing.
+RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("sendgrid", "timeout"): (0.1, 600),
+    ("sendgrid", "unsubscribe_group_id"): (1, 2**31 - 1),
+    ("sending", "max_retries"): (0, 100),
+    ("sending", "concurrency"): (1, 256),
+    ("smtp", "port"): (1, 65535),
+    ("smtp", "rate"): (0.001, 100_000),
+    ("smtp", "max_per_connection"): (1, 1_000_000),
+    ("smtp", "timeout"): (0.1, 600),
+    ("theme", "logo_width"): (1, 2000),
+    ("theme", "image_width"): (1, 2000),
+    ("subscribe", "rate_limit_per_hour"): (1, 100_000),
+    ("serve", "max_body_bytes"): (1, 1 << 30),
+    ("serve", "max_inbound_bytes"): (1, 1 << 31),
+    ("serve", "confirm_max_age_days"): (1, 365),
+    ("privacy", "keep_events_days"): (1, 36_500),
+}
+#: The largest newsletter.toml read (a real one is a few kilobytes).
+MAX_CONFIG_BYTES = 1 << 20
+
 #: The keys of each `[sequences.<name>]` table (`trigger = "subscribed"` or "tagged:<tag>").
 SEQUENCE_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "trigger": (str, REQUIRED),
@@ -185,10 +208,17 @@ def _matches(value: Any, expected: type | tuple[type, ...]) -> bool:
 
 def parse_config(path: Path) -> Config:
     """Read and validate a `newsletter.toml`."""
+    from newsletter.files import NotARegularFile, read_regular
+
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Windows editors add a BOM
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; run `newsletter init` to create a project") from None
+        data = read_regular(path, MAX_CONFIG_BYTES, "config file")
+        raw = tomllib.loads(data.decode("utf-8-sig"))  # Windows editors add a BOM
+    except NotARegularFile as exc:
+        if exc.missing:
+            raise ConfigError(
+                f"{path}: not found; run `newsletter init` to create a project"
+            ) from None
+        raise ConfigError(str(exc)) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: is not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
@@ -258,6 +288,7 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
     if sections["privacy"]["keep_events_days"] < 1:
         raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
+    _check_ranges(path, sections)
     _check_timezone(path, newsletter["timezone"])
     from newsletter.colors import THEME_COLORS, parse_color
 
@@ -333,6 +364,16 @@ def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, A
             raise ConfigError(f"{path}: [{label}] {problem}")
         tables[name] = values
     return tables
+
+
+def _check_ranges(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    for (section, key), (low, high) in RANGES.items():
+        value = sections[section][key]
+        if value is not None and not low <= value <= high:  # NaN fails too
+            raise ConfigError(
+                f"{path}: [{section}] {key} = {value!r} is out of range; "
+                f"use a value from {low} to {high}"
+            )
 
 
 def _check_timezone(path: Path, name: str) -> None:

@@ -148,6 +148,8 @@ def view_url(project: Project, issue: Issue) -> str | None:
     base = project.config.base_url
     if "/" in issue.slug or is_sequence_step_file(project, issue.path):
         return None  # a sequence step (sequences/<name>/<key>) has no web page
+    if issue.public is False:
+        return None  # `public: false`: never on the web, so no link to it
     return f"{base}/issues/{issue.slug}" if base else None
 
 

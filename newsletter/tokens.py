@@ -55,6 +55,9 @@ def secret_key(required: bool = True) -> str:
 class SubscriberToken:
     subscriber_id: int
     issue_id: int | None
+    #: Confirmation links only: how many confirmations the person had when the link was
+    #: made (None in links made before links carried it).
+    confirmations: int | None = None
 
 
 def make_token(purpose: str, subscriber_id: int, issue_id: int | None = None, *, key: str) -> str:
@@ -76,19 +79,30 @@ def read_token(
         raise TokenError("this link is not valid; it may have been altered or cut short") from None
     if (
         not isinstance(value, list)
-        or len(value) != 2
-        or not isinstance(value[0], int)
+        or len(value) not in (2, 3)
+        or not all(isinstance(part, int) for part in value[:1] + value[2:])
         or not (value[1] is None or isinstance(value[1], int))
     ):
         raise TokenError("this link is not valid")
-    return SubscriberToken(subscriber_id=value[0], issue_id=value[1])
+    confirmations = value[2] if len(value) == 3 else None
+    return SubscriberToken(value[0], value[1], confirmations)
 
 
 def make_timed_token(
-    purpose: str, subscriber_id: int, issue_id: int | None = None, *, key: str
+    purpose: str,
+    subscriber_id: int,
+    issue_id: int | None = None,
+    *,
+    key: str,
+    confirmations: int | None = None,
 ) -> str:
-    """For confirmations, which should expire (checked with `read_token(..., max_age=...)`)."""
-    return URLSafeTimedSerializer(key, salt=purpose).dumps([subscriber_id, issue_id])
+    """For confirmations, which should expire (checked with `read_token(..., max_age=...)`).
+    `confirmations` (how many the person has had) makes the link single-use at any speed:
+    token times have whole seconds, a count does not."""
+    payload: list[int | None] = [subscriber_id, issue_id]
+    if confirmations is not None:
+        payload.append(confirmations)
+    return URLSafeTimedSerializer(key, salt=purpose).dumps(payload)
 
 
 def timed_token_issued_at(purpose: str, token: str, *, key: str) -> datetime:

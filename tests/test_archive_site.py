@@ -126,7 +126,6 @@ def test_a_second_build_changes_no_file_and_a_new_issue_only_what_it_affects(sen
         "feed.xml",
         "feed.json",
         "sitemap.xml",
-        ".newsletter-archive.json",
     }
 
 

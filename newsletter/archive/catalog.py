@@ -29,6 +29,7 @@ class IssueFile:
     title: str
     preheader: str
     language: str
+    public: bool | None = None  # the front matter's `public:` (see store.issues.publish_rule)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def _summary(project: Project, location: str, stamp: tuple[int, int]) -> IssueFi
             title=issue.title,
             preheader=issue_preheader(issue),
             language=issue.language,
+            public=issue.public,
         )
     except NewsletterError:
         found = None  # a broken file is not listed; `newsletter check` names the problem
@@ -121,11 +123,17 @@ def archive_entries(
     from newsletter.store.issues import published_issues
 
     files = issue_files(project)
+    public = {slug: file.public for slug, file in files.items()}
     return [
         ArchiveEntry(files[p.slug], p.published_at)
-        for p in published_issues(engine, now=now)
+        for p in published_issues(engine, now=now, public=public)
         if p.slug in files
     ]
+
+
+def front_matter_public(project: Project) -> dict[str, bool | None]:
+    """slug -> the issue file's `public:` front matter, for every readable issue file."""
+    return {slug: file.public for slug, file in issue_files(project).items()}
 
 
 def neighbours(
@@ -142,9 +150,9 @@ def neighbours(
 
 def export_summaries(files: dict[str, IssueFile]) -> list[list[object]]:
     """The summaries as JSON-able rows, for `remember_summaries` in a later process (the
-    static build keeps them in its manifest, so an unchanged archive reads no issue file)."""
+    static build keeps them in its build state, so an unchanged archive reads no issue file)."""
     return [
-        [str(f.path), list(f.stamp), f.slug, f.title, f.preheader, f.language]
+        [str(f.path), list(f.stamp), f.slug, f.title, f.preheader, f.language, f.public]
         for f in files.values()
     ]
 
@@ -155,7 +163,7 @@ def remember_summaries(rows: list[list[object]]) -> None:
     with _lock:
         for row in rows:
             try:
-                location, stamp, slug, title, preheader, language = row
+                location, stamp, slug, title, preheader, language, public = row
                 key = (str(location), (int(stamp[0]), int(stamp[1])))  # type: ignore[index]
                 _summaries.setdefault(
                     key,
@@ -166,6 +174,7 @@ def remember_summaries(rows: list[list[object]]) -> None:
                         str(title),
                         str(preheader),
                         str(language),
+                        public if isinstance(public, bool) else None,
                     ),
                 )
             except (TypeError, ValueError, IndexError):

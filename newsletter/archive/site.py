@@ -7,8 +7,10 @@ fetched from the network.
 Idempotent: a file is written only when its bytes change, so an unchanged archive leaves
 every file (and its mtime) alone, and a new issue touches only the pages it affects (itself,
 its neighbour, the index, the feeds, the sitemap). Rendering an issue costs tens of
-milliseconds, so `.newsletter-archive.json` in the folder records what each page was built
-from; a page whose inputs and file are unchanged is not rendered again.
+milliseconds, so a build state records what each page was built from; a page whose inputs
+and file are unchanged is not rendered again. The state names every issue file (drafts too),
+so it is kept in the user's private cache folder (`newsletter.cache`), one file per output
+folder, never in the published folder; without a cache every page is rendered and compared.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ from newsletter.archive.pages import (
     templates_fingerprint,
     templates_frozen,
 )
+from newsletter.cache import private_folder, trusted_file
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.project import Project
 
-MANIFEST = ".newsletter-archive.json"
+#: Where older builds kept their state, published with the site: read once, then removed.
+OLD_MANIFEST = ".newsletter-archive.json"
 #: World-readable, as any web server needs.
 FILE_MODE = 0o644
 
@@ -139,14 +143,31 @@ def build_site(
             "`newsletter serve` runs)"
         )
     site = static_site(config.base_url, config.section("archive")["site_url"])
-    manifest = _read_manifest(folder)
+    state_file = _state_file(folder)
+    manifest = _read_manifest(state_file)
+    # Pages an older build recorded in the folder itself still count as this tool's own.
+    known = manifest.get("files")
+    manifest["files"] = {
+        **_old_manifest_files(folder),
+        **(known if isinstance(known, dict) else {}),
+    }
     remember_summaries(manifest.get("summaries", []))
     entries = archive_entries(project, engine, now=now)
     report = BuildReport(folder=folder, issues=len(entries))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with templates_frozen(project):
-            _build(project, site, entries, folder, manifest.get("files", {}), report, progress)
+            _build(
+                project,
+                site,
+                entries,
+                folder,
+                manifest.get("files", {}),
+                report,
+                progress,
+                state_file,
+            )
+            _remove_old_manifest(folder, report)
     except OSError as exc:
         where = exc.filename or folder
         raise SiteError(f"{where}: cannot write ({exc.strerror}); choose another -o DIR") from None
@@ -161,6 +182,7 @@ def _build(
     old: dict[str, Any],
     report: BuildReport,
     progress: Callable[[str], None] | None,
+    state_file: Path | None,
 ) -> None:
     new: dict[str, Any] = {}
     common = (__version__, templates_fingerprint(project), config_fingerprint(project), site)
@@ -229,18 +251,80 @@ def _build(
     finally:
         # Even after Ctrl-C, what was written is recorded (and what was not yet looked at
         # keeps its old record), so the next run picks up where this one stopped.
-        files = new if finished else {**old, **new}
-        summaries = export_summaries(issue_files(project))
-        record = json.dumps({"files": files, "summaries": summaries}, separators=(",", ":"))
-        write_if_changed(folder / MANIFEST, record.encode("utf-8") + b"\n")
+        if state_file is not None:
+            files = new if finished else {**old, **new}
+            summaries = export_summaries(issue_files(project))
+            record = json.dumps({"files": files, "summaries": summaries}, separators=(",", ":"))
+            _write_state(state_file, record.encode("utf-8") + b"\n")
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
+def _state_file(folder: Path) -> Path | None:
+    """The build state of the output `folder`, in the private cache; None without one."""
+    cache = private_folder("archive")
+    if cache is None:
+        return None
+    name = hashlib.sha256(str(folder.resolve()).encode("utf-8", "surrogatepass")).hexdigest()
+    return cache / f"{name}.json"
+
+
+def _read_manifest(state_file: Path | None) -> dict[str, Any]:
+    if state_file is None:
+        return {}
     try:
-        found = json.loads((folder / MANIFEST).read_text("utf-8"))
+        with state_file.open("rb") as file:
+            if not trusted_file(os.fstat(file.fileno())):
+                return {}
+            found = json.loads(file.read())
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
+
+
+def _write_state(state_file: Path, data: bytes) -> None:
+    """Atomically, 0600 (mkstemp's mode); a cache that cannot be written only costs time."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{state_file.name}.", dir=state_file.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, state_file)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _old_manifest(folder: Path) -> dict[str, Any] | None:
+    """An older build's state in the output folder, when there is one that looks like it."""
+    path = folder / OLD_MANIFEST
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        with path.open("rb") as file:
+            found = json.loads(file.read())
+    except (OSError, ValueError):
+        return None
+    if isinstance(found, dict) and set(found) <= {"files", "summaries"}:
+        return found
+    return None
+
+
+def _old_manifest_files(folder: Path) -> dict[str, Any]:
+    """The pages an older build wrote, so that stale ones are still removed."""
+    found = _old_manifest(folder)
+    files = found.get("files") if found else None
+    return files if isinstance(files, dict) else {}
+
+
+def _remove_old_manifest(folder: Path, report: BuildReport) -> None:
+    """An older build's state lists drafts with their titles and local paths: it goes."""
+    if _old_manifest(folder) is not None:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / OLD_MANIFEST).unlink()
+            report.removed.append(OLD_MANIFEST)
 
 
 PageJob = tuple[Project, Site, ArchiveEntry, ArchiveEntry | None, ArchiveEntry | None]
@@ -288,8 +372,9 @@ def _remove_stale(
     """Pages of issues no longer published (their file was deleted): only files this build
     wrote before, never anything else in the folder."""
     for relative in sorted(set(old) - set(new)):
-        if not relative.startswith("issues/"):
-            continue
+        parts = relative.split("/")
+        if len(parts) != 3 or parts[0] != "issues" or parts[1] in ("", ".", ".."):
+            continue  # only issues/<slug>/index.html pages, never a path out of the folder
         path = folder / relative
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -192,6 +192,7 @@ def sends(issue: str | None, fmt: str) -> None:
     """
     import json
 
+    from newsletter.archive.catalog import front_matter_public
     from newsletter.sending.summary import recipients, send_summaries
     from newsletter.store.engine import project_engine
     from newsletter.store.issues import find_issue_id, resolve_issue
@@ -205,7 +206,7 @@ def sends(issue: str | None, fmt: str) -> None:
         if issue_id is None:
             click.echo(f"{slug} has not been sent yet.")
             return
-    summaries = send_summaries(engine, issue_id)
+    summaries = send_summaries(engine, issue_id, front_matter_public(project))
     if fmt == "json":
         out = [s.to_json() for s in summaries]
         if issue_id is not None:
@@ -228,6 +229,9 @@ def sends(issue: str | None, fmt: str) -> None:
         )
         if r.error:
             click.echo(f"      {r.error}")
+        if r.publish is not None:
+            shown = "published" if r.publish.public else "not published"
+            click.echo(f"      web archive: {shown} ({r.publish.reason})")
         if r.process_gone:
             click.echo(f"      its process is gone; run `newsletter send {r.issue} --resume`")
         if r.joined_since:

@@ -108,7 +108,8 @@ def list_replies(
 
 
 def get_reply(engine: Engine, reply_id: int) -> ReplyRow:
-    rows = _rows(engine, schema.replies.c.id == reply_id)
+    # An id no database column can hold is no reply (not an overflow in the driver).
+    rows = _rows(engine, schema.replies.c.id == reply_id) if 1 <= reply_id < 2**31 else []
     if not rows:
         raise StoreError(f"no reply with id {reply_id}; list them with `newsletter replies`")
     return rows[0]

@@ -31,9 +31,12 @@ def parse_when(when: str, *, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     match = _RELATIVE.match(when)
     if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
+        digits, unit = match.group(1), match.group(2).lower()
         unit_delta = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
-        moment = now + amount * unit_delta[unit[0]]
+        # Checked before multiplying: "in 99999999999999d" overflows a timedelta.
+        if len(digits) > 9 or int(digits) * unit_delta[unit[0]] > MAX_AHEAD:
+            raise SendError(_too_far(when))
+        moment = now + int(digits) * unit_delta[unit[0]]
     else:
         try:
             moment = datetime.fromisoformat(when.strip())
@@ -46,14 +49,23 @@ def parse_when(when: str, *, now: datetime | None = None) -> datetime:
             raise SendError(
                 f"--schedule {when!r} has no timezone; add one, e.g. {when.strip()}+02:00 or Z"
             )
-    moment = moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        raise SendError(_too_far(when) if moment.year > 1 else _in_the_past(when)) from None
     if moment <= now:
-        raise SendError(f"--schedule {when!r} is in the past; give a time in the future")
+        raise SendError(_in_the_past(when))
     if moment - now > MAX_AHEAD:
-        raise SendError(
-            f"--schedule {when!r} is more than 72 hours ahead; SendGrid cannot schedule that far"
-        )
+        raise SendError(_too_far(when))
     return moment
+
+
+def _too_far(when: str) -> str:
+    return f"--schedule {when!r} is more than 72 hours ahead; SendGrid cannot schedule that far"
+
+
+def _in_the_past(when: str) -> str:
+    return f"--schedule {when!r} is in the past; give a time in the future"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ its process is gone, and how many people joined after it was planned (they wait 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,14 @@ from sqlalchemy import Engine, exists, func, select
 
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.transports import capabilities_of
-from newsletter.store.schema import DeliveryState, SubscriberStatus, deliveries, subscribers
+from newsletter.store.issues import PublishRule, publish_rule
+from newsletter.store.schema import (
+    DeliveryState,
+    SubscriberStatus,
+    deliveries,
+    sequence_steps,
+    subscribers,
+)
 from newsletter.store.subscribers import segment_filters
 
 
@@ -47,6 +54,8 @@ class SendSummary:
     #: a dry run validated by the provider's sandbox (else a dry run wrote files: the outbox)
     sandbox: bool = False
     finished_at: datetime | None = None
+    #: whether this send makes its issue public on the web archive, and why
+    publish: PublishRule | None = None
 
     @property
     def shown_status(self) -> str:
@@ -104,6 +113,8 @@ class SendSummary:
             "joined_since": self.joined_since,
             "process_gone": self.process_gone,
             "error": self.error,
+            "published": self.publish.public if self.publish else None,
+            "publish_rule": self.publish.reason if self.publish else None,
         }
 
 
@@ -127,7 +138,19 @@ def _joined_since(engine: Engine, row: Any) -> int:
         )
 
 
-def send_summaries(engine: Engine, issue_id: int | None = None) -> list[SendSummary]:
+def _sequence_step_issues(engine: Engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(sequence_steps.c.issue_id).distinct()).scalars())
+
+
+def send_summaries(
+    engine: Engine,
+    issue_id: int | None = None,
+    front_matter_public: Mapping[str, bool | None] | None = None,
+) -> list[SendSummary]:
+    """`front_matter_public`: slug -> the issue file's `public:` (for the publish rule)."""
+    flags = front_matter_public or {}
+    steps = _sequence_step_issues(engine)
     ledger = Ledger(engine)
     rows = ledger.list_sends(issue_id)
     counts = ledger.counts_by_state(issue_id=issue_id)
@@ -169,6 +192,14 @@ def send_summaries(engine: Engine, issue_id: int | None = None) -> list[SendSumm
                 joined_since=joined,
                 sandbox=bool(r.dry_run and caps and caps.has_sandbox),
                 finished_at=r.finished_at,
+                publish=publish_rule(
+                    segment=list(r.segment or []),
+                    dry_run=r.dry_run,
+                    transport=r.transport,
+                    status=r.status,
+                    sequence_step=r.issue_id in steps,
+                    front_matter_public=flags.get(r.slug),
+                ),
             )
         )
     return out

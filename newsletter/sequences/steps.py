@@ -30,6 +30,8 @@ STEP_KEYS = ("delay", "send_at_hour")
 FILE_RE = re.compile(r"^(\d{1,4})-(.+)\.md$")
 DELAY_RE = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
 UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+#: The longest delay a step may have: ten years (a larger one overflows the date arithmetic).
+MAX_DELAY = timedelta(weeks=520)
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,10 @@ def parse_delay(value: object) -> timedelta | None:
     if text == "0":
         return timedelta(0)
     found = DELAY_RE.match(text)
-    if found is None:
+    if found is None or len(found.group(1)) > 9:
         return None
-    return timedelta(**{UNITS[found.group(2)]: int(found.group(1))})
+    delay = timedelta(**{UNITS[found.group(2)]: int(found.group(1))})
+    return delay if delay <= MAX_DELAY else None
 
 
 def format_delay(delay: timedelta) -> str:
@@ -121,7 +124,8 @@ def load_step(project: Project, sequence: str, path: Path) -> Step:
         raise IssueError(
             path,
             issue.key_line("delay"),
-            f"bad delay {raw_delay!r}; write 0, 30m, 2h, 3d or 1w (after the previous step)",
+            f"bad delay {raw_delay!r}; write 0, 30m, 2h, 3d or 1w (after the previous step), "
+            f"at most {format_delay(MAX_DELAY)}",
         )
     hour = issue.meta.get("send_at_hour")
     if hour is not None and (

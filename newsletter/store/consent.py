@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, insert, select
+from sqlalchemy import Connection, exists, func, insert, select
 
 from newsletter.store.schema import consent_records, consent_texts, subscribers
 from newsletter.store.times import as_utc
@@ -128,6 +128,17 @@ def record_values(
         "proves_consent": proves_consent,
         "details": dict(details or {}),
     }
+
+
+def count(conn: Connection, subscriber_id: int, kind: str) -> int:
+    """How many records of `kind` the subscriber has (confirmation links carry it)."""
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                consent_records.c.subscriber_id == subscriber_id, consent_records.c.kind == kind
+            )
+        ).scalar_one()
+    )
 
 
 def records_for(conn: Connection, subscriber_id: int) -> list[ConsentRecord]:

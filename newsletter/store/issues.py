@@ -10,16 +10,20 @@
 - `published_issues`, `is_published` (the archive's block): when readers may see an issue
   on the web. At the scheduled `send_at` of a send, or, for an immediate send, once the
   provider accepted a first recipient; never for drafts, test copies (they record no send),
-  dry runs, outbox-only sends, cancelled sends, or sends rejected for every recipient.
+  dry runs, outbox-only sends, cancelled sends, or sends rejected for every recipient. Only a
+  send to the whole list publishes, unless the issue's front matter says `public: true` (then
+  a send to a tag does too; `public: false` publishes nothing). `publish_rule` says which
+  rule applies to a send, for `newsletter sends`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import NewsletterError, StoreError
@@ -128,16 +132,25 @@ class PublishedIssue:
     published_at: datetime  # send_at of a scheduled send, else when the send started
 
 
+def _whole_list() -> Any:
+    """A condition on `sends`: it went to the whole list (no --tag)."""
+    return func.coalesce(func.json_array_length(sends.c.segment), 0) == 0
+
+
 def _published_query(now: datetime):  # type: ignore[no-untyped-def]
-    """(issue id, slug, title, language, publication time) per public issue."""
+    """(issue id, slug, title, language, first time out, first time out to the whole list)
+    per issue that really went out to someone by `now`."""
     accepted = exists().where(
         deliveries.c.send_id == sends.c.id,
         deliveries.c.state.in_(ACCEPTED_STATES),
     )
     goes_out_at = func.coalesce(sends.c.send_at, sends.c.started_at)
-    published_at = func.min(goes_out_at).label("published_at")
+    first_out = func.min(goes_out_at).label("first_out")
+    first_to_all = func.min(case((_whole_list(), goes_out_at), else_=None)).label("first_to_all")
     return (
-        select(issues.c.id, issues.c.slug, issues.c.title, issues.c.language, published_at)
+        select(
+            issues.c.id, issues.c.slug, issues.c.title, issues.c.language, first_out, first_to_all
+        )
         .join(sends, sends.c.issue_id == issues.c.id)
         .where(
             and_(
@@ -151,26 +164,76 @@ def _published_query(now: datetime):  # type: ignore[no-untyped-def]
             )
         )
         .group_by(issues.c.id, issues.c.slug, issues.c.title, issues.c.language)
-        .order_by(published_at.desc(), issues.c.slug)
     )
 
 
-def published_issues(engine: Engine, now: datetime | None = None) -> list[PublishedIssue]:
-    """Every public issue, newest first (ties: by slug, so the order is stable)."""
+def published_issues(
+    engine: Engine,
+    now: datetime | None = None,
+    public: Mapping[str, bool | None] | None = None,
+) -> list[PublishedIssue]:
+    """Every public issue, newest first (ties: by slug, so the order is stable). `public`:
+    slug -> the issue file's `public:` front matter (see `publish_rule`)."""
     moment = as_utc(now or datetime.now(UTC))
+    flags = public or {}
     with engine.connect() as conn:
         rows = conn.execute(_published_query(moment)).all()
-    return [
-        PublishedIssue(int(issue_id), slug, title, language, as_utc(published_at))
-        for issue_id, slug, title, language, published_at in rows
-    ]
+    found = []
+    for issue_id, slug, title, language, first_out, first_to_all in rows:
+        flag = flags.get(slug)
+        if flag is False or (flag is None and first_to_all is None):
+            continue
+        at = first_out if flag else first_to_all
+        found.append(PublishedIssue(int(issue_id), slug, title, language, as_utc(at)))
+    found.sort(key=lambda p: p.slug)
+    found.sort(key=lambda p: p.published_at, reverse=True)
+    return found
 
 
-def is_published(engine: Engine, slug: str, now: datetime | None = None) -> bool:
+def is_published(
+    engine: Engine, slug: str, now: datetime | None = None, public: bool | None = None
+) -> bool:
     """Is the issue with this slug public (see the module docstring for the rule)?"""
-    query = _published_query(as_utc(now or datetime.now(UTC))).where(issues.c.slug == slug)
-    with engine.connect() as conn:
-        return conn.execute(query).first() is not None
+    return any(p.slug == slug for p in published_issues(engine, now, {slug: public}))
+
+
+@dataclass(frozen=True)
+class PublishRule:
+    """Whether one send makes its issue public on the web (once it has gone out), and why."""
+
+    public: bool
+    reason: str
+
+
+def publish_rule(
+    *,
+    segment: Sequence[str],
+    dry_run: bool,
+    transport: str,
+    status: str,
+    sequence_step: bool,
+    front_matter_public: bool | None,
+) -> PublishRule:
+    """The rule that applies to a send: only a send to the whole list publishes, unless the
+    issue's front matter says `public: true` (or `public: false`: never)."""
+    if dry_run:
+        return PublishRule(False, "a dry run")
+    if transport not in delivering_transports():
+        return PublishRule(False, f"the {transport} transport reaches no reader")
+    if status == "cancelled":
+        return PublishRule(False, "cancelled")
+    if sequence_step:
+        return PublishRule(False, "a sequence step is personal mail")
+    if front_matter_public is False:
+        return PublishRule(False, "its front matter says `public: false`")
+    if not segment:
+        return PublishRule(True, "sent to the whole list")
+    tags = ", ".join(segment)
+    if front_matter_public:
+        return PublishRule(True, f"sent to tag {tags}; its front matter says `public: true`")
+    return PublishRule(
+        False, f"sent to tag {tags} only; add `public: true` to its front matter to publish it"
+    )
 
 
 # --- end of publish rule -------------------------------------------------------------------

@@ -102,6 +102,7 @@ class SmtpTransport:
         max_retries: int = 5,
         ca_file: str | None = None,
         backoff: float | None = None,
+        ca_data: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -113,7 +114,7 @@ class SmtpTransport:
         self.max_per_connection = max(1, max_per_connection)
         self.max_retries = max_retries
         self.backoff = _backoff() if backoff is None else backoff
-        self._context = ssl.create_default_context(cafile=ca_file)
+        self._context = ssl.create_default_context(cafile=ca_file, cadata=ca_data)
         self._idle: list[tuple[smtplib.SMTP, int]] = []  # (connection, messages sent on it)
         self._lock = threading.Lock()
         self._next_slot = 0.0
@@ -135,6 +136,7 @@ class SmtpTransport:
         section = project.config.section("smtp")
         security = section["security"]
         port = section["port"] or {"starttls": 587, "tls": 465, "none": 25}[security]
+        ca_file = section["ca_file"]
         return cls(
             section["host"],
             int(port),
@@ -147,7 +149,7 @@ class SmtpTransport:
             max_retries=min(settings.max_retries, 2)
             if settings.transactional
             else settings.max_retries,
-            ca_file=section["ca_file"],
+            ca_data=_read_ca_file(project, ca_file) if ca_file else None,
         )
 
     @property
@@ -406,3 +408,34 @@ class SmtpTransport:
             if conn is not None:
                 self._give_back(conn, used)
         return outcomes
+
+
+#: A CA bundle is a few hundred kilobytes at most.
+_MAX_CA_BYTES = 10 << 20
+
+
+def _read_ca_file(project: Project, ca_file: str) -> str:
+    """The PEM text of `[smtp] ca_file`, read once; a ConfigError naming it when it is
+    missing, not a file or not PEM (not a traceback from the ssl module, nor a wait on a
+    named pipe)."""
+    from newsletter.files import NotARegularFile, read_regular
+
+    where = f"{project.config.path}: [smtp] ca_file {ca_file!r}"
+    try:
+        pem = read_regular(ca_file, _MAX_CA_BYTES, "CA certificate")
+    except NotARegularFile as exc:
+        if exc.missing:
+            raise ConfigError(
+                f"{where}: no such file; give the path of the server's CA certificate (PEM) "
+                "or remove the key"
+            ) from None
+        raise ConfigError(f"{where}: {exc.reason}") from None
+    try:
+        text = pem.decode("ascii")
+        ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, UnicodeDecodeError, ValueError):
+        raise ConfigError(
+            f"{where}: is not a PEM certificate (-----BEGIN CERTIFICATE-----); "
+            "convert it with `openssl x509 -in FILE -out ca.pem`"
+        ) from None
+    return text

@@ -334,12 +334,21 @@ def apply_map(fmt: Format, mapping: list[tuple[str, str]], path: Path) -> None:
 
 def detect_encoding(path: Path) -> str:
     """utf-8-sig (BOM) or utf-8; ImportFileError for what is not text (ZIP, UTF-16, binary)."""
+    from newsletter.files import NotARegularFile, regular_file
+
     try:
+        # Looked at before it is opened: a named pipe would wait for a writer forever, and
+        # /dev/zero never ends.
+        regular_file(path, "CSV file")
         handle = path.open("rb")
+    except NotARegularFile as exc:
+        if exc.missing:
+            raise ImportFileError(f"{path}: no such file; check the path") from None
+        if exc.reason.startswith("is a folder"):
+            raise ImportFileError(f"{path}: is a folder; give a CSV file") from None
+        raise ImportFileError(str(exc)) from None
     except FileNotFoundError:
         raise ImportFileError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise ImportFileError(f"{path}: is a folder; give a CSV file") from None
     except OSError as exc:
         raise ImportFileError(
             f"{path}: cannot read it ({exc.strerror}); check its permissions"
@@ -364,7 +373,10 @@ def sniff_delimiter(header_line: str) -> str:
     """The delimiter that splits the header into the most columns (comma on a tie)."""
     best, best_count = ",", 1
     for delimiter in DELIMITERS:
-        row = next(csv.reader([header_line], delimiter=delimiter), [])
+        try:
+            row = next(csv.reader([header_line], delimiter=delimiter), [])
+        except csv.Error:  # one "column" over csv's field limit: not this delimiter
+            continue
         if len(row) > best_count:
             best, best_count = delimiter, len(row)
     return best

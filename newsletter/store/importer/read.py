@@ -46,6 +46,8 @@ from newsletter.wording import plural
 
 #: csv's own limit on one cell; a longer cell is a rejected row.
 FIELD_CHARS = csv.field_size_limit()
+#: The most columns a header may have (exports have tens): each is planned and mapped.
+MAX_COLUMNS = 1000
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
@@ -299,6 +301,11 @@ def csv_rows(
         )
     if damage:
         raise ImportFileError(f"{path}:1: the header row {damage[0]}")
+    if len(headings) > MAX_COLUMNS:
+        raise ImportFileError(
+            f"{path}:1: the header row has {len(headings):,} columns; at most {MAX_COLUMNS:,} "
+            "are read: delete the columns you do not import and try again"
+        )
     record.clear()
     fmt = detect_format(headings)
     apply_map(fmt, mapping, path)
@@ -392,6 +399,11 @@ def json_rows(
         data = json.loads(text)
     except ValueError as exc:
         raise ImportFileError(f"{path}: is not valid JSON ({exc}); export it again") from None
+    except RecursionError:
+        raise ImportFileError(
+            f"{path}: its JSON is nested too deeply to be a subscriber export; "
+            "`subscribers export --format json` writes an array of objects"
+        ) from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise ImportFileError(
             f"{path}: JSON must be an array of subscriber objects, as `subscribers export "
