@@ -62,6 +62,17 @@ def init_secrets(path: Path | None = None) -> Path:
     return path
 
 
+def secrets_hint() -> str:
+    """What `newsletter init` says about the keys."""
+    path = secrets_path()
+    if path.exists():
+        return f"Keys: every command reads {path} (add SENDGRID_API_KEY there if it is missing)."
+    return (
+        f"Keys: `newsletter secrets init` writes {path} (readable only by you) with a new "
+        "NEWSLETTER_SECRET_KEY; every command reads it. Add SENDGRID_API_KEY there."
+    )
+
+
 def read_secrets(path: Path) -> dict[str, str]:
     """NAME -> value of `path`; ConfigError naming the line for one that is not NAME=value."""
     try:

@@ -72,7 +72,8 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     prepared = plan.prepared
     chosen = choose_transport(project, outbox_dir=plan.request.outbox_dir, prefix="test-")
     transport = chosen.transport
-    key = secret_key(required=False)
+    # A test copy through SendGrid or SMTP is a real send: its links must work.
+    key = secret_key(required=transport.capabilities.delivers)
     # An issue whose slug is "test" has the category already: providers refuse duplicates.
     categories = tuple(dict.fromkeys([prepared.slug, "newsletter", "test"]))
     message = plan.message(subject=f"[Test] {prepared.rendered.subject}", categories=categories)
