@@ -65,6 +65,7 @@ def deliver(
 ) -> SendReport:
     """Send `message` to `people` (already chosen by the caller) through the ledger; people
     who have a row for `ledger_slug` already (other than failed) are skipped."""
+    from newsletter.sending.answers import apply_answers
     from newsletter.store.engine import project_engine
     from newsletter.tokens import secret_key, unsubscribe_url_maker
 
@@ -99,6 +100,7 @@ def deliver(
             outcomes = future.result()
             if use_ledger:
                 ledger.record_outcomes(issue_id, send_id, ids, outcomes)
+                apply_answers(engine, caps, issue_id, send_id, ids, outcomes)
             for outcome in outcomes:
                 setattr(report, outcome.state, getattr(report, outcome.state) + 1)
                 if outcome.error and outcome.error not in report.errors:

@@ -570,6 +570,8 @@ def _send_batches(
     progress: Callable[[SendReport], None] | None,
     stop: threading.Event,
 ) -> None:
+    from newsletter.sending.answers import apply_answers
+
     transport = plan.transport
     section = plan.project.config.section("sending")
     batch_size = max(1, min(section["batch_size"], transport.capabilities.max_batch))
@@ -617,6 +619,8 @@ def _send_batches(
         # `stats` agree with the ledger whenever and however the send stops.
         if use_ledger:
             ledger.record_outcomes(issue_id, send_id, ids, outcomes, count=True)
+            # SMTP's 250s and refused addresses, as a provider's events would be.
+            apply_answers(ledger.engine, transport.capabilities, issue_id, send_id, ids, outcomes)
         else:
             ledger.count_outcomes(send_id, outcomes)
         return outcomes
