@@ -431,3 +431,20 @@ def test_table_format_and_help(cli, make_project, secrets):
     assert result.output.rstrip().endswith("(!).") or "problems (✗)" in lines[-1]
     help_text = cli(None, "doctor", "--help").output
     assert "--nameserver HOST[:PORT]" in help_text and "Example:" in help_text
+
+
+def test_an_unreachable_database_is_one_row_and_the_rest_still_shows(
+    cli, make_project, monkeypatch, secrets
+):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nobody listens here once it is closed
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"postgresql://nobody@127.0.0.1:{port}/none")
+    root = make_project(config=CONFIG + RETURN_PATH)
+    with ZoneServer(GOOD_SENDGRID) as dns:
+        result = doctor(cli, root, dns, "--offline", "--format", "json")
+    assert result.exit_code == 1
+    checks = rows(result)
+    assert checks["database"]["status"] == "fail"
+    assert "NEWSLETTER_DATABASE_URL" in checks["database"]["fix"]
+    assert checks["SPF"]["status"] == "ok" and checks["secret key"]["status"] == "ok"

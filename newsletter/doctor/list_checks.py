@@ -24,12 +24,28 @@ def _check(name: str, status: Status, found: str, fix: str | None = None) -> Che
 
 
 def list_checks(project: Project, now: datetime | None = None) -> list[Check]:
-    from newsletter.store.engine import project_engine
+    from sqlalchemy.exc import DBAPIError
 
-    engine = project_engine(project)
+    from newsletter.errors import NewsletterError
+    from newsletter.store.engine import database_error, project_engine
+
     since = ((now or datetime.now(UTC)) - timedelta(days=DAYS)).date()
-    totals = _totals(engine, since)
-    return [*_rates(totals), _consent(engine)]
+    try:
+        engine = project_engine(project)
+        return [*_rates(_totals(engine, since)), _consent(engine)]
+    except NewsletterError as exc:
+        problem = str(exc)
+    except DBAPIError as exc:
+        problem = f"database error: {database_error(exc)}"
+    # The other areas' rows still show: one row says why the list could not be read.
+    return [
+        _check(
+            "database",
+            Status.FAIL,
+            problem,
+            "check [database] url or NEWSLETTER_DATABASE_URL, and that the database is running",
+        )
+    ]
 
 
 def _totals(engine: Engine, since: date) -> dict[str, int]:
