@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from newsletter.errors import NewsletterError
+from newsletter.errors import ConfigError, NewsletterError
 
 DEFAULT_DNS_PORT = 53
 
@@ -71,7 +71,13 @@ class Lookup:
             self.resolver.nameservers = [address]
             self.resolver.port = port
         else:
-            self.resolver = dns.resolver.Resolver()
+            try:
+                self.resolver = dns.resolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                raise ConfigError(
+                    "this machine names no DNS server (/etc/resolv.conf); "
+                    "pass --nameserver HOST[:PORT]"
+                ) from None
         self.resolver.lifetime = timeout
         self.where = nameserver or "the system's DNS resolver"
 
