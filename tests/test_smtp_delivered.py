@@ -6,6 +6,7 @@ event does (through the same `events.ingest`)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,41 @@ def test_report_marks_delivered_as_accepted(cli, root, tmp_path):
     page = out.read_text("utf-8")
     assert "3†" in page
     assert "„zugestellt“ heißt vom Mailserver angenommen" in page
+
+
+WELCOME = """\
+---
+title: Willkommen
+delay: 0
+---
+
+Hallo, schön, dass du da bist!
+"""
+
+
+def test_a_welcome_step_over_smtp_bounces_and_counts_alike(cli, root, smtp):
+    """The sequences' own delivery path applies the answers too."""
+    config = root / "newsletter.toml"
+    config.write_text(
+        config.read_text("utf-8") + '\n[sequences.welcome]\ntrigger = "subscribed"\n', "utf-8"
+    )
+    folder = root / "sequences" / "welcome"
+    folder.mkdir(parents=True)
+    (folder / "01-willkommen.md").write_text(WELCOME, "utf-8")
+    started = cli(root, "sequences", "start", "welcome", "--existing", "--yes")
+    assert started.exit_code == 0, started.output
+    smtp.inject("RCPT", "550 5.1.1 Mailbox unknown", address="carla@example.org")
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    ran = cli(root, "sequences", "run", "--now", later)
+    assert ran.exit_code == 0, ran.output
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [
+        "anna@example.org",
+        "bernd@example.org",
+    ]
+    status, _ = state_of(root)
+    assert status["carla@example.org"] == "bounced"
+    detail = json.loads(
+        cli(root, "stats", "sequences/welcome/willkommen", "--format", "json").output
+    )
+    assert detail["counts"]["delivered"] == 2
+    assert detail["counts"]["bounced"] == 1
