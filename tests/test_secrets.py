@@ -115,7 +115,11 @@ def test_outbox_keeps_the_development_key_marked_as_such(cli, project, config_ho
     assert "Warning: NEWSLETTER_SECRET_KEY is not set; links are signed with a development key" in (
         result.stderr
     )
-    assert list((tmp_path / "out").glob("*.eml"))
+    [written] = list((tmp_path / "out").glob("*.eml"))
+    parsed = email.message_from_bytes(written.read_bytes(), policy=policy.default)
+    assert parsed["X-Newsletter-Development-Key"] == (
+        "links are signed with a development key and will not work on a real server"
+    )
 
 
 def test_secrets_init_writes_a_private_file_once(cli, config_home):
@@ -174,6 +178,7 @@ def test_a_send_signs_with_the_files_key_unless_the_environment_has_one(
     sent = cli(root, "send", ISSUE, "--yes")
     assert sent.exit_code == 0, sent.output
     [message] = smtp.messages
+    assert b"X-Newsletter-Development-Key" not in message.data  # a real key: no mark
     token = unsubscribe_token(message)
     assert tokens.read_token(tokens.UNSUBSCRIBE, token, key=file_key).subscriber_id == 1
 

@@ -30,7 +30,7 @@ from newsletter.personalize import (
     html_value,
 )
 from newsletter.sending.ledger import RETRYABLE, Ledger
-from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import (
     Outcome,
     PreparingTransport,
@@ -451,7 +451,7 @@ def execute(
         if project.config.section("replies")["domain"]
         else None,
     )
-    preparer = Preparer(builder, transport, plan.message())
+    preparer = Preparer(builder, transport, marked_if_development_key(plan.message()))
     pool = None
     stop = threading.Event()
     try:

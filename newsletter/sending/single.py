@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.errors import SendError, TransportError
 from newsletter.sending.factory import choose_transport
-from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import Outcome, Transport
 from newsletter.store.schema import DeliveryState
 
@@ -76,7 +76,9 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     key = secret_key(required=transport.capabilities.delivers)
     # An issue whose slug is "test" has the category already: providers refuse duplicates.
     categories = tuple(dict.fromkeys([prepared.slug, "newsletter", "test"]))
-    message = plan.message(subject=f"[Test] {prepared.rendered.subject}", categories=categories)
+    message = marked_if_development_key(
+        plan.message(subject=f"[Test] {prepared.rendered.subject}", categories=categories)
+    )
     lines = []
     try:
         for address in addresses:
