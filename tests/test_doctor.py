@@ -150,6 +150,32 @@ def test_spf_include_on_the_from_domain_and_two_spf_records(cli, make_project, s
     assert "2 SPF records" in checks["SPF"]["found"]
 
 
+def test_spf_includes_are_followed_and_too_many_lookups_fail(cli, make_project, secrets):
+    root = make_project(config=CONFIG)
+    nested = (
+        GOOD_SENDGRID.replace("include:_spf.google.com", "include:_spf.example.com")
+        + '_spf.example.com. TXT "v=spf1 include:sendgrid.net ip4:192.0.2.0/24 ~all"\n'
+    )
+    with ZoneServer(nested) as dns:
+        checks = rows(doctor(cli, root, dns, "--offline", "--format", "json"))
+    assert checks["SPF"]["status"] == "ok"
+    assert "includes sendgrid.net" in checks["SPF"]["found"]
+
+    chain = "".join(
+        f'n{i}.example.com. TXT "v=spf1 include:n{i + 1}.example.com a mx ~all"\n' for i in range(5)
+    )
+    deep = (
+        GOOD_SENDGRID.replace(
+            "include:_spf.google.com", "include:n0.example.com include:sendgrid.net"
+        )
+        + chain
+    )
+    with ZoneServer(deep) as dns:
+        checks = rows(doctor(cli, root, dns, "--offline", "--format", "json"))
+    assert checks["SPF"]["status"] == "fail"
+    assert "DNS lookups; receivers stop at 10" in checks["SPF"]["found"]
+
+
 def test_return_path_learned_from_sendgrid(cli, make_project, monkeypatch, secrets):
     root = make_project(config=CONFIG)
     with FakeSendGrid() as sendgrid:
