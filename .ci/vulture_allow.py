@@ -2,7 +2,7 @@
 # `.ci/run` runs `vulture newsletter .ci/vulture_allow.py --min-confidence 60`; anything else it
 # reports is dead code: remove it (and any docstring or doc page that describes it).
 # ruff: noqa
-from newsletter.cli import sequences as cli_sequences, serving, subscribers
+from newsletter.cli import doctor as cli_doctor, sequences as cli_sequences, serving, subscribers
 from newsletter.engagement import _LinkCollector
 from newsletter.preview import server, state
 from newsletter.replies import decode
@@ -12,9 +12,11 @@ from newsletter.sending.transports.sendgrid import body
 from newsletter.sequences import runner, steps
 from newsletter.store import engine, issues, schema
 from newsletter import markdown, masking, report, tokens
+from newsletter.doctor import records
 
 # click registers commands by decorator; nothing calls them by name.
 cli_sequences.list_
+cli_doctor.secrets_init
 cli_sequences.rename
 serving.replies_show
 subscribers.remove
@@ -34,6 +36,8 @@ decode._TextExtractor.handle_data
 # Attributes a library reads: markdown-it's options, uvicorn's server, pygal's chart config,
 # logging's record (the masking filter rewrites what the handler then formats).
 masking._.msg
+records._.nameservers  # dnspython's resolver reads them
+records._.lifetime
 masking._.exc_text
 markdown._.linkify
 server._.should_exit

@@ -55,6 +55,15 @@ class IssueSummary:
     sent_at: datetime | None
     counts: dict[str, int]
     rates: dict[str, float | None]
+    #: Sent through a transport that reports no deliveries (SMTP): "delivered" counts the
+    #: messages the mail server accepted (see `sending.answers`).
+    delivered_means_accepted: bool = False
+
+    @property
+    def delivered_means(self) -> str:
+        from newsletter.sending.answers import ACCEPTED_LABEL
+
+        return ACCEPTED_LABEL if self.delivered_means_accepted else "delivered"
 
     def as_dict(self, opens: bool) -> dict[str, Any]:
         counts = dict(self.counts)
@@ -68,6 +77,7 @@ class IssueSummary:
             "sent_at": self.sent_at.isoformat() if self.sent_at else None,
             "counts": counts,
             "rates": rates,
+            "delivered_means": self.delivered_means,
         }
 
 
@@ -80,6 +90,26 @@ def _real_sends() -> Any:
         s.c.transport.in_(delivering_transports()),
         s.c.status.in_(REAL_SEND_STATES),
     )
+
+
+def _accepted_is_delivered(engine: Engine, issue_ids: list[int]) -> set[int]:
+    """Issues with a real send through a transport that reports no deliveries (SMTP), whose
+    acceptance counts as delivered (asked of the transports' capabilities)."""
+    from newsletter.sending.transports import capabilities_of
+
+    s = schema.sends
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(s.c.issue_id, s.c.transport)
+            .where(s.c.issue_id.in_(issue_ids), _real_sends())
+            .distinct()
+        ).all()
+    found = set()
+    for issue_id, kind in rows:
+        capabilities = capabilities_of(kind)
+        if capabilities is not None and not capabilities.reports_delivery:
+            found.add(issue_id)
+    return found
 
 
 def _metric_totals(engine: Engine, issue_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -142,6 +172,7 @@ def _summaries(
     totals = _metric_totals(engine, ids)
     recipients = _recipients(engine, ids)
     replies = _replies(engine, ids)
+    accepted = _accepted_is_delivered(engine, ids)
     out = []
     for issue_id, slug, title, sent_at in issues:
         metrics = totals[issue_id]
@@ -162,7 +193,11 @@ def _summaries(
             rates[stat] = counts[stat] / counts["recipients"] if counts["recipients"] else None
         for stat in OVER_DELIVERED:
             rates[stat] = counts[stat] / counts["delivered"] if counts["delivered"] else None
-        out.append(IssueSummary(issue_id, slug, title, as_utc(sent_at), counts, rates))
+        out.append(
+            IssueSummary(
+                issue_id, slug, title, as_utc(sent_at), counts, rates, issue_id in accepted
+            )
+        )
     return out
 
 

@@ -285,8 +285,12 @@ def _update_ledger(
         )
 
 
-def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
-    """Store new events (deduped on sg_event_id) and apply them, in one transaction."""
+def ingest(
+    engine: Engine, events: list[dict[str, Any]], *, update_ledger: bool = True
+) -> IngestResult:
+    """Store new events (deduped on sg_event_id) and apply them, in one transaction.
+    `update_ledger=False` leaves the deliveries' states alone (an SMTP 250 counts as
+    delivered, but the ledger keeps what the server said: accepted)."""
     result = IngestResult(received=len(events))
     now = datetime.now(UTC)
     # Dedupe within the post first: SendGrid may repeat an event in the same batch.
@@ -377,7 +381,7 @@ def ingest(engine: Engine, events: list[dict[str, Any]]) -> IngestResult:
             # A "blocked" bounce is the receiving server refusing for now, not a dead address.
             if status and not (name == "bounce" and event.get("type") == "blocked"):
                 to_status[status].add(subscriber_id)
-            state = LEDGER_FOR_EVENT.get(name)
+            state = LEDGER_FOR_EVENT.get(name) if update_ledger else None
             if state and issue_id is not None:
                 ledger[state].add((issue_id, subscriber_id))
 

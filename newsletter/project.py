@@ -107,6 +107,14 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "confirm_max_age_days": (int, 7),  # how long a confirmation link works
         "run_sequences": (bool, False),  # `serve` also sends due sequence steps (as --sequences)
     },
+    "doctor": {
+        # `newsletter doctor`: the SendGrid return-path name (em1234.example.com) that carries
+        # SPF with automated security; else learned from SendGrid when SENDGRID_API_KEY is set
+        "return_path": (str, None),
+        "dkim_selectors": (list, None),  # e.g. ["s1", "s2"]; default for SendGrid: s1, s2
+        # the SMTP provider's SPF domain, e.g. "spf.protection.outlook.com"
+        "spf_include": (str, None),
+    },
     "privacy": {
         "store_full_ip": (bool, False),  # else the last octet / last 80 bits are zeroed
         "keep_events_days": (int, 365),  # webhook events and automatic replies
@@ -193,7 +201,13 @@ class Config:
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+    names = {
+        str: "a string",
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+    }
     if isinstance(expected, tuple):
         return " or ".join(names.get(t, t.__name__) for t in expected)
     return names.get(expected, expected.__name__)
@@ -286,6 +300,11 @@ def parse_config(path: Path) -> Config:
         address = newsletter[key]
         if address is not None and "@" not in address:
             raise ConfigError(f"{path}: [newsletter] {key} {address!r} is not an email address")
+    selectors = sections["doctor"]["dkim_selectors"]
+    if selectors is not None and not all(isinstance(s, str) and s for s in selectors):
+        raise ConfigError(
+            f'{path}: [doctor] dkim_selectors must be a list of selector names, e.g. ["s1", "s2"]'
+        )
     if sections["privacy"]["keep_events_days"] < 1:
         raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
     _check_ranges(path, sections)

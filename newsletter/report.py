@@ -67,6 +67,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "no_growth": "Noch keine Abonnenten.",
         "notes": "Raten beziehen sich auf zugestellte E-Mails. Automatische Antworten "
         "(Abwesenheitsnotizen) zählen nicht.",
+        "accepted_note": "† Per SMTP verschickt: „zugestellt“ heißt vom Mailserver angenommen "
+        "(SMTP meldet keine spätere Zustellung); Bounces zählen weiter als unzustellbar.",
         "opens_note": "* Öffnungen sind Schätzungen: Apple Mail und Virenscanner laden Bilder "
         "für niemanden; maschinelle Öffnungen sind herausgerechnet.",
         "period": "Zeitraum",
@@ -107,6 +109,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "no_issues": "No issue sent yet.",
         "no_growth": "No subscribers yet.",
         "notes": "Rates are over delivered emails. Auto-replies (out of office) are not counted.",
+        "accepted_note": "† Sent by SMTP: delivered means accepted by the mail server (SMTP "
+        "reports no later delivery); bounces still count as bounced.",
         "opens_note": "* Opens are estimates: Apple Mail and virus scanners load images for "
         "nobody; machine opens are left out.",
         "period": "Period",

@@ -28,6 +28,12 @@ OPENS_NOTE = (
 )
 
 
+ACCEPTED_NOTE = (
+    "† Sent by SMTP: delivered means accepted by the mail server (SMTP reports no later "
+    "delivery); a bounce still counts as bounced."
+)
+
+
 def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f} %"
 
@@ -127,7 +133,7 @@ def overview(rows: list[IssueSummary], tz: ZoneInfo, opens: bool, fmt: str) -> s
             _day(row.sent_at, tz),
             row.slug[:40],
             str(c["recipients"]),
-            str(c["delivered"]),
+            str(c["delivered"]) + ("†" if row.delivered_means_accepted else ""),
             str(c["bounced"]),
             str(c["clicked"]),
             _pct(r["clicked"]),
@@ -141,6 +147,8 @@ def overview(rows: list[IssueSummary], tz: ZoneInfo, opens: bool, fmt: str) -> s
         table.append(line)
     out = _table(header, table, left=2)
     footnote = "Rates are over delivered; replies exclude auto-replies."
+    if any(row.delivered_means_accepted for row in rows):
+        footnote += f"\n{ACCEPTED_NOTE}"
     return out + "\n\n" + footnote + ("\n" + OPENS_NOTE if opens else "")
 
 
@@ -183,6 +191,7 @@ def issue_detail(
                 },
                 "rates": {s: row.rates[s] for s in stats},
                 "rate_bases": {s: RATE_BASES[s] for s in stats},
+                "delivered_means": row.delivered_means,
                 "opens_are_estimates": opens,
                 "links": link_dicts(links),
                 "unsubscribes_per_day": [
@@ -206,7 +215,10 @@ def issue_detail(
     out = [f"{row.title} ({row.slug})", f"  {'recipients':14}{row.counts['recipients']:>8}"]
     for s in stats:
         label = "opened*" if s == "opened" else s
-        out.append(f"  {label:14}{row.counts[s]:>8}  {_pct(row.rates[s]):>7}  of {RATE_BASES[s]}")
+        line = f"  {label:14}{row.counts[s]:>8}  {_pct(row.rates[s]):>7}  of {RATE_BASES[s]}"
+        if s == "delivered" and row.delivered_means_accepted:
+            line += f" ({row.delivered_means}, until a bounce says otherwise)"
+        out.append(line)
     out += ["", "Clicks per link:"]
     if links:
         out.append(

@@ -30,21 +30,32 @@ CONFIRM = "confirm"
 REPLY = "reply"
 
 
+def secret_key_is_set() -> bool:
+    return bool(os.environ.get(SECRET_ENV))
+
+
+def secret_key_missing(needed_for: str | None = None) -> str:
+    """The one line that says the key is missing and how to get one."""
+    why = f" ({needed_for} needs it: links signed without it are dead)" if needed_for else ""
+    return (
+        f"{SECRET_ENV} is not set{why}; run `newsletter secrets init` to make one in "
+        "~/.config/newsletter/env, or set it to a long random string"
+    )
+
+
 def secret_key(required: bool = True) -> str:
-    """The signing key from the environment; never from a file."""
+    """The signing key from the environment (which the CLI fills from the user's secrets
+    file, see `secrets_file`). Not `required`: the development key, with a warning."""
     key = os.environ.get(SECRET_ENV)
     if key:
         return key
     if required:
-        raise NewsletterError(
-            f"{SECRET_ENV} is not set; set it to a long random string "
-            "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
+        raise NewsletterError(secret_key_missing())
     global _warned
     if not _warned:
         print(
-            f"Warning: {SECRET_ENV} is not set; unsubscribe links use a development key "
-            "and will not work on a real server.",
+            f"Warning: {SECRET_ENV} is not set; links are signed with a development key "
+            "and will not work on a real server (`newsletter secrets init` makes a key).",
             file=sys.stderr,
         )
         _warned = True

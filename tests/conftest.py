@@ -46,10 +46,20 @@ def inlined_css_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session")
+def empty_config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An XDG_CONFIG_HOME without a newsletter/env (never the developer's secrets file)."""
+    return tmp_path_factory.mktemp("config-home")
+
+
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, inlined_css_cache: Path) -> Iterator[None]:
-    """No test sees the developer's keys, database or cache; each gets a known secret."""
+def clean_environment(
+    monkeypatch: pytest.MonkeyPatch, inlined_css_cache: Path, empty_config_home: Path
+) -> Iterator[None]:
+    """No test sees the developer's keys, secrets file, database or cache; each gets a
+    known secret."""
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(inlined_css_cache))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(empty_config_home))
     for name in (
         "SENDGRID_API_KEY",
         "SENDGRID_API_HOST",

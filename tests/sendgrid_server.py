@@ -50,6 +50,7 @@ Endpoints:
   send_at <= 72 h ahead, asm groups); 202 with `X-Message-Id`, or 200 in sandbox mode (not recorded).
 - `POST /v3/mail/batch`: 201 `{"batch_id"}`.
 - `POST /v3/user/scheduled_sends` `{"batch_id", "status": "pause"|"cancel"}`: 201 and the body.
+- `GET /v3/whitelabel/domains`: `server.whitelabel_domains` (see `authenticated_domain`).
 - `GET /v3/suppression/{unsubscribes,bounces,spam_reports,invalid_emails}?limit=&offset=`:
   a JSON array page of `suppressions[name]` (SendGrid's shapes: `{"email", "created", ...}`).
 """
@@ -386,6 +387,9 @@ class FakeSendGrid:
             name: [] for name in SUPPRESSION_LISTS
         }
         self.suppression_requests: list[str] = []
+        #: What `GET /v3/whitelabel/domains` lists: SendGrid's authenticated domains, e.g.
+        #: `authenticated_domain("example.com", "em1234", "u1.wl2.sendgrid.net")`.
+        self.whitelabel_domains: list[dict[str, Any]] = []
         self._faults: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
         # A lone surrogate (JSON text can carry one) is written as its \uXXXX escape, which
@@ -470,6 +474,40 @@ class FakeSendGrid:
         return [p["to"][0]["email"] for m in self.messages for p in m["personalizations"]]
 
 
+def authenticated_domain(domain: str, return_path: str, target: str) -> dict[str, Any]:
+    """One entry of `GET /v3/whitelabel/domains` as SendGrid shows a domain authenticated
+    with automated security: the return-path CNAME and two DKIM CNAMEs, all to `target`."""
+    return {
+        "id": 1,
+        "domain": domain,
+        "subdomain": return_path,
+        "username": "jens",
+        "default": True,
+        "automatic_security": True,
+        "valid": True,
+        "dns": {
+            "mail_cname": {
+                "valid": True,
+                "type": "cname",
+                "host": f"{return_path}.{domain}",
+                "data": target,
+            },
+            "dkim1": {
+                "valid": True,
+                "type": "cname",
+                "host": f"s1._domainkey.{domain}",
+                "data": f"s1.domainkey.{target}",
+            },
+            "dkim2": {
+                "valid": True,
+                "type": "cname",
+                "host": f"s2._domainkey.{domain}",
+                "data": f"s2.domainkey.{target}",
+            },
+        },
+    }
+
+
 def _handler_for(server: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -516,6 +554,10 @@ def _handler_for(server: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
                 self._send(
                     200, {"batches": server.batches, "scheduled_sends": server.scheduled_sends}
                 )
+                return
+            if parts.path == "/v3/whitelabel/domains":
+                if self._authorized():
+                    self._send(200, server.whitelabel_domains)
                 return
             name = parts.path.removeprefix("/v3/suppression/")
             if not parts.path.startswith("/v3/suppression/") or name not in SUPPRESSION_LISTS:

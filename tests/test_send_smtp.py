@@ -115,7 +115,8 @@ def test_4xx_is_retried_and_421_reconnects(root, smtp, cli):
 
 def test_550_fails_that_recipient_only_and_resume_retries_it(root, smtp, cli):
     add_people(root, 4)
-    smtp.inject("RCPT", "550 5.1.1 Mailbox unknown", address="leser2@example.org")
+    # After DATA: at RCPT it would be a hard bounce (tests/test_smtp_delivered.py).
+    smtp.inject("DATA", "550 5.1.1 Mailbox unknown", address="leser2@example.org")
     result = cli(root, "send", ISSUE, "--yes")
     assert result.exit_code == 0, result.output
     assert "3 accepted" in result.output and "1 failed." in result.output

@@ -74,10 +74,13 @@ def _remember_project(ctx: click.Context, _param: click.Parameter, value: Path |
     root.obj = obj
 
 
-def accept_project_option(command: click.Command) -> None:
+def accept_project_option(command: click.Command, top_level: bool = True) -> None:
     """Give `command` (and a group's subcommands) its own `--project DIR`, as the README
-    promises: `newsletter build --project DIR x.md` works like `newsletter --project DIR build x.md`."""
-    if command.name != "init" and not any(p.name == "project_dir" for p in command.params):
+    promises: `newsletter build --project DIR x.md` works like `newsletter --project DIR build x.md`.
+    `newsletter init` makes a project, so it takes none (`secrets init` does)."""
+    if command.name == "init" and top_level:
+        return
+    if not any(p.name == "project_dir" for p in command.params):
         command.params.append(
             click.Option(
                 ["--project", "project_dir"],
@@ -89,7 +92,7 @@ def accept_project_option(command: click.Command) -> None:
         )
     if isinstance(command, click.Group):
         for subcommand in command.commands.values():
-            accept_project_option(subcommand)
+            accept_project_option(subcommand, top_level=False)
 
 
 class NewsletterGroup(click.Group):
@@ -160,6 +163,20 @@ def main(ctx: click.Context, project_dir: Path | None) -> None:
         newsletter build issues/*.md
     """
     ctx.obj = {"project_dir": project_dir}
+    _load_secrets_file()
+
+
+def _load_secrets_file() -> None:
+    """Variables of ~/.config/newsletter/env that the environment does not set (it wins)."""
+    from newsletter.errors import NewsletterError
+    from newsletter.secrets_file import load_secrets, loose_permissions, secrets_path
+
+    try:
+        added = load_secrets()
+    except NewsletterError as exc:
+        raise click.ClickException(str(exc)) from None
+    if added and loose_permissions(secrets_path()):
+        click.echo(f"Warning: {secrets_path()} can be read by others; chmod 600 it", err=True)
 
 
 def get_project(ctx: click.Context | None = None) -> Project:
@@ -178,6 +195,7 @@ def _register() -> None:
     from newsletter.cli import (
         archive,
         authoring,
+        doctor,
         insights,
         preview,
         privacy,
@@ -197,6 +215,7 @@ def _register() -> None:
         insights,
         sequences,
         privacy,
+        doctor,
     ):
         for command in module.COMMANDS:
             main.add_command(command)

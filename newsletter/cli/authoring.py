@@ -62,6 +62,9 @@ def init(directory: Path, name: str, language: str | None) -> None:
     click.echo(
         f"Next: edit {_shown(directory / 'newsletter.toml')}, then `newsletter build ISSUE`."
     )
+    from newsletter.secrets_file import secrets_hint
+
+    click.echo(secrets_hint())
 
 
 @click.command()

@@ -30,7 +30,7 @@ from newsletter.personalize import (
     html_value,
 )
 from newsletter.sending.ledger import RETRYABLE, Ledger
-from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import (
     Outcome,
     PreparingTransport,
@@ -451,7 +451,7 @@ def execute(
         if project.config.section("replies")["domain"]
         else None,
     )
-    preparer = Preparer(builder, transport, plan.message())
+    preparer = Preparer(builder, transport, marked_if_development_key(plan.message()))
     pool = None
     stop = threading.Event()
     try:
@@ -570,6 +570,8 @@ def _send_batches(
     progress: Callable[[SendReport], None] | None,
     stop: threading.Event,
 ) -> None:
+    from newsletter.sending.answers import apply_answers
+
     transport = plan.transport
     section = plan.project.config.section("sending")
     batch_size = max(1, min(section["batch_size"], transport.capabilities.max_batch))
@@ -617,6 +619,8 @@ def _send_batches(
         # `stats` agree with the ledger whenever and however the send stops.
         if use_ledger:
             ledger.record_outcomes(issue_id, send_id, ids, outcomes, count=True)
+            # SMTP's 250s and refused addresses, as a provider's events would be.
+            apply_answers(ledger.engine, transport.capabilities, issue_id, send_id, ids, outcomes)
         else:
             ledger.count_outcomes(send_id, outcomes)
         return outcomes

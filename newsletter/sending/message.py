@@ -59,6 +59,23 @@ class Message:
     track_clicks: bool = False
 
 
+#: Marks a message whose links are signed with the development key (outbox, dry run), so
+#: the .eml file itself says why its unsubscribe link will not work.
+DEVELOPMENT_KEY_HEADER = "X-Newsletter-Development-Key"
+
+
+def marked_if_development_key(message: Message) -> Message:
+    """`message`, with DEVELOPMENT_KEY_HEADER when NEWSLETTER_SECRET_KEY is not set."""
+    from dataclasses import replace
+
+    from newsletter.tokens import secret_key_is_set
+
+    if secret_key_is_set():
+        return message
+    note = "links are signed with a development key and will not work on a real server"
+    return replace(message, headers={**message.headers, DEVELOPMENT_KEY_HEADER: note})
+
+
 #: The default for a recipient without substitutions, ids or headers. A plain dict (a
 #: mappingproxy cannot be pickled to and from worker processes); typed read-only, never changed.
 _EMPTY: Mapping[str, str] = {}

@@ -367,6 +367,8 @@ def _with_resume(request: SendRequest, resume: bool) -> SendRequest:
 
 
 def _refusal(plan: SendPlan) -> str | None:
+    from newsletter.tokens import secret_key_is_set, secret_key_missing
+
     project, request = plan.project, plan.request
     caps = plan.transport.capabilities
     kind = plan.transport.kind
@@ -383,6 +385,10 @@ def _refusal(plan: SendPlan) -> str | None:
             f"--dry-run needs a transport with a sandbox ({', '.join(kinds_that(lambda c: c.has_sandbox))}); "
             f"the {kind} transport would deliver: use --outbox DIR to look at the messages instead"
         )
+    if caps.delivers and not request.dry_run and not secret_key_is_set():
+        # Links signed with the development key would be dead: `serve` checks them with the
+        # real key. The outbox and --dry-run may use it (nothing reaches a reader).
+        return secret_key_missing(f"a real send through {kind}")
     if plan.uses_ledger and project.config.base_url is None:
         # Readers must be able to leave (RFC 8058, CAN-SPAM): no real send with dead links.
         return (

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.errors import SendError, TransportError
 from newsletter.sending.factory import choose_transport
-from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import Outcome, Transport
 from newsletter.store.schema import DeliveryState
 
@@ -72,10 +72,13 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     prepared = plan.prepared
     chosen = choose_transport(project, outbox_dir=plan.request.outbox_dir, prefix="test-")
     transport = chosen.transport
-    key = secret_key(required=False)
+    # A test copy through SendGrid or SMTP is a real send: its links must work.
+    key = secret_key(required=transport.capabilities.delivers)
     # An issue whose slug is "test" has the category already: providers refuse duplicates.
     categories = tuple(dict.fromkeys([prepared.slug, "newsletter", "test"]))
-    message = plan.message(subject=f"[Test] {prepared.rendered.subject}", categories=categories)
+    message = marked_if_development_key(
+        plan.message(subject=f"[Test] {prepared.rendered.subject}", categories=categories)
+    )
     lines = []
     try:
         for address in addresses:

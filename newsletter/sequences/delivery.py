@@ -160,10 +160,14 @@ def post(transport: Transport, mail: StepMail, batch: list[Recipient]) -> list[O
 
 
 def record(engine: Engine, mail: StepMail, ids: Sequence[int], outcomes: Sequence[Outcome]) -> None:
-    """The transport's answers into the ledger (only rows still in flight take them)."""
+    """The transport's answers into the ledger (only rows still in flight take them), and
+    what they mean for the reader (an SMTP 250 is delivered, a refused address bounced)."""
+    from newsletter.sending.answers import apply_answers
     from newsletter.sending.ledger import Ledger
 
     Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, ids, outcomes)
+    capabilities = mail.transport.impl.capabilities
+    apply_answers(engine, capabilities, mail.issue_id, mail.send_id, ids, outcomes)
 
 
 def record_refused(engine: Engine, mail: StepMail, refused: dict[int, str]) -> None:

@@ -11,6 +11,9 @@ what it is called:
 - `can_schedule`: it can deliver at a later time (`Message.send_at`) and cancel that;
 - `has_sandbox`: it can validate without delivering (`Message.sandbox`, for `--dry-run`);
 - `delivers`: it hands mail to someone who delivers it (the outbox only writes files);
+- `reports_delivery`: its provider reports later what became of each message (SendGrid's
+  Event Webhook: delivered, bounce). Without it (SMTP), the server's acceptance is the last
+  word: it counts as delivered until a bounce says otherwise (see `sending.answers`);
 - `suppression_lists`: it can list the provider's unsubscribes/bounces (for `sync`);
 - `prepares`: `send(batch)` is `send_prepared(prepare(batch))`, where `prepare` does the CPU
   work without I/O and returns something small to pickle (the request's bytes): a big send
@@ -43,6 +46,7 @@ class Capabilities:
     can_schedule: bool = False
     has_sandbox: bool = False
     delivers: bool = True
+    reports_delivery: bool = False
     suppression_lists: bool = False
     prepares: bool = False
 
@@ -59,6 +63,9 @@ class Outcome:
     attempts: int = 1
     #: Where it went, for a person reading (a file path, a host).
     where: str | None = None
+    #: The receiving server refused the address itself for good (SMTP: 5xx at RCPT): a
+    #: hard bounce, applied as the provider's bounce event would be.
+    hard_bounce: bool = False
 
 
 def outcome_runs(outcomes: Sequence[Outcome]) -> Iterator[tuple[Outcome, int]]:

@@ -7,11 +7,14 @@ password comes from NEWSLETTER_SMTP_PASSWORD only.
 
 Each `send(batch)` holds one connection (the send runs `concurrency` batches at once, so
 that many connections) and hands over its recipients one after another. Answers:
-- 250 after DATA: `accepted`, with the Message-ID we set.
+- 250 after DATA: `accepted`, with the Message-ID we set; SMTP reports nothing later, so
+  it counts as delivered ("accepted by the mail server") until a bounce says otherwise.
 - 4xx (421 included: reconnect): retried with exponential backoff, at most `max_retries`
   times; then that recipient `failed`.
-- 5xx at RCPT or after DATA: that recipient `failed`; the others go on. 5xx at MAIL FROM:
-  the sender is refused, so every message would be: the send stops.
+- 5xx at RCPT or after DATA: that recipient `failed`; the others go on. A 5xx at RCPT (but
+  a 5.7.x policy answer) is also a hard bounce: the reader is marked bounced, as a SendGrid
+  bounce event would (`sending.answers`). 5xx at MAIL FROM: the sender is refused, so every
+  message would be: the send stops.
 - the connection lost after the message was written, before the server's answer: `uncertain`
   (the server may have queued it), never retried automatically. Lost earlier: nothing was
   queued, so it is retried on a new connection.
@@ -67,6 +70,24 @@ class _Retry(Exception):
 
 class _Refused(Exception):
     """A 5xx for this recipient only."""
+
+    def __init__(self, reason: str, hard_bounce: bool = False) -> None:
+        super().__init__(reason)
+        #: The server refused the address itself (at RCPT), not this message.
+        self.hard_bounce = hard_bounce
+
+
+#: An enhanced status code (RFC 3463) at the start of an answer's text: "5.1.1".
+_ENHANCED = re.compile(r"^\d{3} ([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def hard_bounce(answer: str) -> bool:
+    """Whether a 5xx answer at RCPT says the address is dead. A 5.7.x answer is the server's
+    policy (relaying denied, sender blocked), not the address: like SendGrid's "blocked"
+    bounces it leaves the reader alone (else one misconfigured relay would mark every reader
+    bounced)."""
+    match = _ENHANCED.match(answer)
+    return not (match and match.group(1).startswith("5.7."))
 
 
 def _backoff() -> float:
@@ -307,7 +328,8 @@ class SmtpTransport:
             raise _Retry(f"{_answer(code, text)} at {phase}", reconnect=False)
         if phase == "MAIL FROM":
             return  # the caller names the sender
-        raise _Refused(f"{_answer(code, text)} at {phase}")
+        answer = _answer(code, text)
+        raise _Refused(f"{answer} at {phase}", hard_bounce=phase == "RCPT" and hard_bounce(answer))
 
     def send(self, batch: Batch) -> list[Outcome]:
         message = batch.message
@@ -376,6 +398,7 @@ class SmtpTransport:
                                 DeliveryState.FAILED,
                                 error=f"{recipient.email}: {self._clean(str(refused))}",
                                 attempts=attempt,
+                                hard_bounce=refused.hard_bounce,
                             )
                         )
                         break

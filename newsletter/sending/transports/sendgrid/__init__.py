@@ -126,6 +126,7 @@ class SendGridTransport:
         keeps_ledger=True,
         can_schedule=True,
         has_sandbox=True,
+        reports_delivery=True,
         suppression_lists=True,
         prepares=True,
     )

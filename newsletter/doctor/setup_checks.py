@@ -1,0 +1,138 @@
+"""The setup: base_url is HTTPS and `serve` answers there; the secrets the transport, the
+links and the webhooks need are set. Secret values are never shown, only whether they are set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+
+from newsletter.doctor import Check, Status
+from newsletter.project import Project
+
+HEALTH_TIMEOUT = 5.0
+
+
+def _check(name: str, status: Status, found: str, fix: str | None = None) -> Check:
+    return Check("setup", name, status, found, fix)
+
+
+def setup_checks(project: Project, *, offline: bool) -> list[Check]:
+    return [*_base_url(project, offline), *_secrets(project)]
+
+
+def _base_url(project: Project, offline: bool) -> list[Check]:
+    url = project.config.base_url
+    path = project.config.path
+    if url is None:
+        return [
+            _check(
+                "base_url",
+                Status.FAIL,
+                "not set: unsubscribe links would lead nowhere",
+                f'set [newsletter] base_url = "https://..." in {path} (where `newsletter serve` '
+                "is reachable)",
+            ),
+            _check("serve", Status.SKIP, "no base_url to ask"),
+        ]
+    if url.startswith("https://"):
+        scheme = _check("base_url", Status.OK, url)
+    else:
+        scheme = _check(
+            "base_url",
+            Status.FAIL,
+            f"{url} is not HTTPS",
+            f"serve it over HTTPS (a TLS proxy in front of `newsletter serve`) and set "
+            f'[newsletter] base_url = "https://{url.split("://", 1)[-1]}" in {path}',
+        )
+    return [scheme, _health(url, offline)]
+
+
+def _health(base_url: str, offline: bool) -> Check:
+    if offline:
+        return _check("serve", Status.SKIP, "not asked (--offline)")
+    url = f"{base_url}/healthz"
+    fix = f"start `newsletter serve` where {base_url} points (behind your TLS proxy)"
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as response:  # noqa: S310
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        return _check("serve", Status.FAIL, f"{url} answered {exc.code}", fix)
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return _check("serve", Status.FAIL, f"{url}: no answer ({reason})", fix)
+    took = (time.monotonic() - started) * 1000
+    if status != 200:
+        return _check("serve", Status.FAIL, f"{url} answered {status}", fix)
+    return _check("serve", Status.OK, f"{url} answered 200 in {took:.0f} ms")
+
+
+#: Secrets `serve` needs to take a provider's events, by transport kind.
+EVENT_SECRETS = {
+    "sendgrid": [
+        (
+            "webhook key",
+            "SENDGRID_WEBHOOK_PUBLIC_KEY",
+            "`serve` refuses SendGrid's events (bounces, complaints, unsubscribes)",
+        )
+    ],
+}
+
+
+def _secrets_path() -> str:
+    from newsletter.secrets_file import secrets_path
+
+    return str(secrets_path())
+
+
+def _secret(name: str, variable: str, why: str) -> Check:
+    if os.environ.get(variable):
+        return _check(name, Status.OK, f"{variable} is set")
+    return _check(
+        name,
+        Status.FAIL,
+        f"{variable} is not set: {why}",
+        f"set {variable} in the environment or in {_secrets_path()} "
+        "(`newsletter secrets init` creates that file)",
+    )
+
+
+def _secrets(project: Project) -> list[Check]:
+    from newsletter.doctor.dns_checks import transport_kind
+    from newsletter.sending.transports import transport_class
+
+    checks = [
+        _secret(
+            "secret key",
+            "NEWSLETTER_SECRET_KEY",
+            "a real send refuses to start, and `serve` cannot check unsubscribe links",
+        )
+    ]
+    kind = transport_kind(project)
+    why = transport_class(kind).unavailable(project)
+    if why:
+        checks.append(
+            _check(
+                "transport",
+                Status.FAIL,
+                f"the {kind} transport cannot send: {why}",
+                "set it in the environment or in "
+                f"{_secrets_path()} (`newsletter secrets init` creates that file)",
+            )
+        )
+    else:
+        checks.append(_check("transport", Status.OK, f"the {kind} transport has what it needs"))
+    for name, variable, why in EVENT_SECRETS.get(kind, ()):
+        checks.append(_secret(name, variable, why))
+    if project.config.section("replies")["domain"]:
+        checks.append(
+            _secret(
+                "inbound secret",
+                "NEWSLETTER_INBOUND_SECRET",
+                "`serve` cannot take replies from Inbound Parse",
+            )
+        )
+    return checks
