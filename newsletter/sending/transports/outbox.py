@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 import threading
-from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.sending.message import Batch, Recipient
-from newsletter.sending.mime import copy_for
+from newsletter.sending.mime import copy_for, date_header
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.store.schema import CUSTOM_ARG_SUBSCRIBER, DeliveryState
 
@@ -79,7 +78,7 @@ class OutboxTransport:
         pass
 
     def send(self, batch: Batch) -> list[Outcome]:
-        date = formatdate(usegmt=True)
+        date = date_header()
         outcomes = []
         paths = []
         for recipient in batch.recipients:
