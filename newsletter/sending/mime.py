@@ -17,8 +17,8 @@ from __future__ import annotations
 import binascii
 import contextlib
 import uuid
-from email.header import Header
 from datetime import UTC, datetime
+from email.header import Header
 from email.utils import format_datetime, formataddr
 
 from newsletter.sending.message import (
