@@ -59,6 +59,8 @@ class Outcome:
     attempts: int = 1
     #: Where it went, for a person reading (a file path, a host).
     where: str | None = None
+    #: It took the place of an earlier copy at `where` (the outbox, sending an issue again).
+    replaced: bool = False
 
 
 def outcome_runs(outcomes: Sequence[Outcome]) -> Iterator[tuple[Outcome, int]]:
