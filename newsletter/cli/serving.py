@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
-from newsletter.cli import get_project, on_interrupt
+from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project, on_interrupt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -52,10 +53,11 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(project)
-    on_interrupt(
+    stopped = (
         "Stopped (Ctrl-C). Everything received so far is stored; "
         "start `newsletter serve` again to go on."
     )
+    on_interrupt(stopped)
     click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
     runner = None
     if run_sequences or (
@@ -73,10 +75,28 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
         log_level="warning",  # its start/stop chatter; our own line per request stays
         server_header=False,
     )
+    server = uvicorn.Server(config)
+    uvicorn_exit = server.handle_exit
+    announced = False
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        # The line at the first Ctrl-C, not once the requests still open have finished
+        # (which may take a while, in silence).
+        nonlocal announced
+        if not announced:
+            announced = True
+            click.echo(stopped, err=True)
+        uvicorn_exit(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
     try:
         # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
-        # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0).
-        uvicorn.Server(config).run()
+        # becomes exit 130 (uvicorn.run would swallow it and exit 0).
+        server.run()
+    except KeyboardInterrupt:
+        if not announced:
+            raise  # before the server took over the signal: the group prints the line
+        sys.exit(INTERRUPTED_EXIT_CODE)  # the line is out already
     finally:
         if runner is not None:
             runner.stop()
