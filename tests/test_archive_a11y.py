@@ -10,7 +10,11 @@ from xml.etree import ElementTree
 
 import httpx
 import pytest
+from bs4 import BeautifulSoup
+from starlette.testclient import TestClient
 
+from newsletter.project import Project
+from newsletter.web import create_app
 from tests.browser import chromium
 from tests.conftest import CONFIG
 from tests.support.archive_site import publish, serving
@@ -134,3 +138,34 @@ def test_issue_path_with_slash_redirects_permanently(base):
     response = httpx.get(base + "/issues/erste-ausgabe/?utm=x", follow_redirects=False)
     assert response.status_code == 308
     assert response.headers["location"] == "/issues/erste-ausgabe?utm=x"
+
+
+def test_header_shows_the_logo_with_its_alt_text(cli, make_project, tmp_path):
+    config = (
+        CONFIG
+        + '\n[theme]\nlogo_url = "https://news.example.com/logo.png"\nlogo_alt = "Jens’ Briefing (Logo)"\n'
+    )
+    root = make_project(config=config)
+    out = tmp_path / "site"
+    result = cli(root, "archive", "build", "-o", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    page = BeautifulSoup((out / "404.html").read_text(encoding="utf-8"), "html.parser")
+    home = page.header.find("a", class_="nl-archive-home")
+    assert home.img["src"] == "https://news.example.com/logo.png"
+    assert home.img["alt"] == "Jens’ Briefing (Logo)"
+    assert [a.get_text() for a in page.header.nav.find_all("a")] == ["Archiv", "Feed", "Abonnieren"]
+
+
+def test_issue_page_without_the_archive_links_only_to_subscribing(tmp_path_factory):
+    config = CONFIG + "\n[archive]\nenabled = false\n"
+    root = publish(
+        tmp_path_factory.mktemp("noarchive") / "p", config, dict(list(ISSUES.items())[:1])
+    )
+    with TestClient(create_app(Project.load(root))) as client:
+        response = client.get("/issues/erste-ausgabe")
+    assert response.status_code == 200
+    page = BeautifulSoup(response.text, "html.parser")
+    assert page.header.find("a", class_="nl-archive-home") is None  # no archive to go to
+    assert "Jens' Briefing" in page.header.get_text()
+    assert [a["href"] for a in page.header.find_all("a")] == ["#subscribe"]
+    assert len(page.find_all("main")) == 1
