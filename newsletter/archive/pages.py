@@ -238,6 +238,7 @@ def _dress(html: str, *, head: str, top: str, footer: str, own_url: str) -> str:
     if holder is body:
         main.extend(list(body))
         body.append(main)
+        holder = main
     else:
         holder.addprevious(main)
         main.append(holder)

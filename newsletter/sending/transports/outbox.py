@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 import unicodedata
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -40,9 +40,16 @@ def write_replacing(directory: Path, stem: str, data: bytes) -> tuple[Path, bool
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stem}.eml"
     replaced = path.exists()
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".", suffix=".tmp", delete=False) as f:
-        f.write(data)
-    os.replace(f.name, path)
+    temporary = directory / f".{stem}.{uuid.uuid4().hex}.tmp"
+    # os.open with 0o666: the umask decides the mode, as for any new file.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path, replaced
 
 
