@@ -268,13 +268,14 @@ def test_report_empty_states_speak_the_reports_language(
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("width", [375, 1200])
 def test_report_charts_share_one_font_size_and_tables_fit_or_scroll_in_a_labelled_box(
-    report, browser, width
+    report, browser, width, scheme
 ):
     from tests.support.axe import serious_violations
 
-    context = browser.new_context(viewport={"width": width, "height": 900})
+    context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
     try:
         page = context.new_page()
         page.goto(report.as_uri())
