@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from newsletter.errors import IssueError
 
 if TYPE_CHECKING:
+    from markdown_it.token import Token
+
     from newsletter.issue import Issue
     from newsletter.personalize import Expression
     from newsletter.project import Project
@@ -284,6 +286,56 @@ def _links_and_images(issue: Issue, image_width: int | None = None) -> list[Find
     for token in tokens:
         if token.type == "html_block" and token.map:
             found += _raw_html(issue, token.content, issue.body_line + token.map[0])
+    found += _wide_tables(issue, tokens)
+    return found
+
+
+#: The content column on a 375 px phone (24 px padding each side), and what a table needs
+#: per column beyond its text: the cell's padding (10 px each side) and a border.
+PHONE_COLUMN_PX = 375 - 2 * 24
+_CELL_EXTRA_PX = 21
+#: The average width of a character at the tables' 15 px (system sans-serif).
+_CHAR_PX = 7.5
+
+
+def _wide_tables(issue: Issue, tokens: list[Token]) -> list[Finding]:
+    """A table whose narrowest layout (each column as wide as its longest word) is wider than
+    a phone's column: Outlook for Windows and Yahoo on Android ignore `overflow`, so there
+    it widens the whole email instead of scrolling in its box."""
+    found = []
+    columns: dict[int, int] = {}
+    column = 0
+    start: int | None = None
+    for token in tokens:
+        if token.type == "table_open":
+            columns, start = {}, token.map[0] if token.map else None
+        elif token.type == "tr_open":
+            column = 0
+        elif token.type == "inline" and start is not None and token.children is not None:
+            words = [
+                w
+                for c in token.children
+                if c.type in ("text", "code_inline")
+                for w in c.content.split()
+            ]
+            longest = max((len(w) for w in words), default=0)
+            columns[column] = max(columns.get(column, 0), longest)
+            column += 1
+        elif token.type == "table_close" and start is not None:
+            width = round(sum(n * _CHAR_PX + _CELL_EXTRA_PX for n in columns.values()))
+            if width > PHONE_COLUMN_PX:
+                found.append(
+                    Finding(
+                        "warning",
+                        f"this table of {len(columns)} columns is at least {width} px wide, "
+                        f"more than a phone's {PHONE_COLUMN_PX} px column; Outlook for Windows "
+                        "and Yahoo on Android do not scroll it but widen the whole email: use "
+                        "fewer columns or shorter words, or a list",
+                        issue.path,
+                        issue.body_line + start,
+                    )
+                )
+            start = None
     return found
 
 

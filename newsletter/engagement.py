@@ -427,6 +427,19 @@ def list_growth(
     return periods
 
 
+def list_size_change(
+    engine: Engine, tz: ZoneInfo, days: int = 30, now: datetime | None = None
+) -> tuple[int, int]:
+    """(subscribed people now, the change over the last `days` days)."""
+    now = now or datetime.now(UTC)
+    daily = list_growth(engine, tz, "day", now)
+    if not daily:
+        return 0, 0
+    before = now.astimezone(tz).date() - timedelta(days=days)
+    then = next((p.net_size for p in reversed(daily) if p.start <= before), 0)
+    return daily[-1].net_size, daily[-1].net_size - then
+
+
 def summary_dicts(rows: list[IssueSummary], opens: bool) -> list[dict[str, Any]]:
     return [row.as_dict(opens) for row in rows]
 

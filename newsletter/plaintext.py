@@ -131,6 +131,8 @@ class TextRenderer:
                 src = str(token.attrGet("src") or "")
                 label = f"[{self.image_label}: {alt}]" if alt else f"[{self.image_label}]"
                 out.append(f"{label} [{self._link_number(src)}]" if src else label)
+            elif kind in ("s_open", "s_close"):
+                out.append("~~")  # a struck price (~~49 €~~) must not read as the price
             elif kind == "footnote_ref":
                 out.append(footnote_mark(token.meta["id"] + 1))
             elif kind == "html_inline":

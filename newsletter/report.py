@@ -8,6 +8,7 @@ follows the reader's dark mode and a phone's width. Wording follows `[newsletter
 from __future__ import annotations
 
 import re
+import statistics
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +75,18 @@ STRINGS: dict[str, dict[str, str]] = {
         "period": "Zeitraum",
         "net_size": "Größe",
         "chart_note": "Die Werte der Diagramme stehen auch in den Tabellen.",
+        "no_data": "Noch keine Daten.",
+        "no_rates": "Noch keine zugestellten E-Mails, also noch keine Raten.",
+        "headline": "Auf einen Blick",
+        "list_size": "Abonnenten",
+        "change_30d": "{change} in 30 Tagen",
+        "last_click_rate": "Klickrate der letzten Ausgabe",
+        "last_reply_rate": "Antwortrate der letzten Ausgabe",
+        "median_of": "Median der letzten {n}: {rate}",
+        "table_growth": "Tabelle: Wachstum der Liste",
+        "table_links": "Tabelle: Links von „{title}“",
+        "table_replies": "Tabelle: letzte Antworten",
+        "table_issues": "Tabelle: alle Ausgaben",
     },
     "en": {
         "title": "How the newsletter is doing",
@@ -116,7 +129,40 @@ STRINGS: dict[str, dict[str, str]] = {
         "period": "Period",
         "net_size": "Size",
         "chart_note": "The charts' values are in the tables too.",
+        "no_data": "No data yet.",
+        "no_rates": "No email delivered yet, so no rates yet.",
+        "headline": "At a glance",
+        "list_size": "Subscribers",
+        "change_30d": "{change} in 30 days",
+        "last_click_rate": "Click rate of the last issue",
+        "last_reply_rate": "Reply rate of the last issue",
+        "median_of": "median of the last {n}: {rate}",
+        "table_growth": "Table: list growth",
+        "table_links": "Table: links of “{title}”",
+        "table_replies": "Table: latest replies",
+        "table_issues": "Table: all issues",
     },
+}
+
+
+#: Where a column heading may break (a soft hyphen): the table of all issues fits 1200 px
+#: with its headings on two lines. (Chromium on Linux has no hyphenation dictionaries, so
+#: CSS `hyphens: auto` alone does not break them.)
+_HEADING_BREAKS = {
+    "Empfänger": "Emp\xadfänger",
+    "Zugestellt": "Zu\xadgestellt",
+    "Unzustellbar": "Unzu\xadstell\xadbar",
+    "Klickende": "Klick\xadende",
+    "Klickrate": "Klick\xadrate",
+    "Antworten": "Ant\xadworten",
+    "Antwortrate": "Antwort\xadrate",
+    "Abmeldungen": "Ab\xadmeldungen",
+    "Beschwerden": "Be\xadschwerden",
+    "Öffnungen*": "Öff\xadnungen*",
+    "Öffnungsrate*": "Öffnungs\xadrate*",
+    "Recipients": "Recip\xadients",
+    "Unsubscribes": "Unsub\xadscribes",
+    "Complaints": "Com\xadplaints",
 }
 
 
@@ -142,6 +188,13 @@ def _svg(chart: Any) -> Markup:
     return Markup(_COMMENT.sub("", _SCRIPT.sub("", svg)))
 
 
+#: One font size for every text in every chart, and one drawing size for every chart: the
+#: page shows them all in equal grid tracks (at most 22rem wide), so their text comes out
+#: the same size on screen, and at least 11 px on a 375 px phone (a 309 px track).
+CHART_FONT_PX = 14
+CHART_WIDTH, CHART_HEIGHT = 380, 290
+
+
 def _style() -> Any:
     from pygal.style import Style
 
@@ -154,27 +207,30 @@ def _style() -> Any:
         foreground_subtle="rgba(138,143,152,0.35)",
         colors=("#2f7dd1", "#e0803a", "#3aa76d", "#c0504d"),
         font_family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif",
-        label_font_size=14,
-        major_label_font_size=14,
-        legend_font_size=16,
-        title_font_size=18,
-        value_font_size=14,
+        label_font_size=CHART_FONT_PX,
+        major_label_font_size=CHART_FONT_PX,
+        legend_font_size=CHART_FONT_PX,
+        title_font_size=CHART_FONT_PX,
+        value_font_size=CHART_FONT_PX,
+        tooltip_font_size=CHART_FONT_PX,
+        no_data_font_size=CHART_FONT_PX,
     )
 
 
-def _chart_options(width: int = 800, height: int = 400) -> dict[str, Any]:
-    # The SVG scales to its box; a smaller drawing size makes its text larger on screen.
+def _chart_options(words: dict[str, str]) -> dict[str, Any]:
+    # The SVG scales to its box (every chart's box is as wide: see CHART_FONT_PX).
     return {
         "js": [],
         "disable_xml_declaration": True,
         "explicit_size": False,
         "style": _style(),
-        "width": width,
-        "height": height,
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
         "legend_at_bottom": True,
         "x_label_rotation": 30,
         "show_minor_x_labels": False,
         "truncate_label": 12,
+        "no_data_text": words["no_data"],  # pygal's own is a huge English "No data"
     }
 
 
@@ -195,11 +251,11 @@ def growth_charts(
     if not periods:
         return []
     labels = [period_label(p, by) for p in periods]
-    size = pygal.Line(title=words["size"], show_dots=len(periods) <= 60, **_chart_options(560, 360))
+    size = pygal.Line(title=words["size"], show_dots=len(periods) <= 60, **_chart_options(words))
     size.x_labels = labels
     size.x_labels_major = _sparse_labels(labels)
     size.add(words["size"], [p.net_size for p in periods])
-    moves = pygal.Bar(title=words["growth"], **_chart_options(560, 360))
+    moves = pygal.Bar(title=words["growth"], **_chart_options(words))
     moves.x_labels = labels
     moves.x_labels_major = _sparse_labels(labels)
     moves.add(
@@ -218,13 +274,13 @@ def rates_chart(
 ) -> Markup | None:
     import pygal
 
-    if not issues:
-        return None
+    if not any(i.rates["clicked"] is not None or i.rates["replied"] is not None for i in issues):
+        return None  # nothing delivered yet: the page says so in its language
     oldest_first = list(reversed(issues))
     chart = pygal.Line(
         title=words["rates"],
         value_formatter=lambda v: f"{v:.1f} %",
-        **_chart_options(800, 340),
+        **_chart_options(words),
     )
     labels = [
         (i.sent_at.astimezone(tz).strftime("%Y-%m-%d") if i.sent_at else i.slug)
@@ -239,6 +295,47 @@ def rates_chart(
 
 def _rate_value(rate: float | None) -> float | None:
     return None if rate is None else round(rate * 100, 2)
+
+
+#: The headline compares the last issue with the median of this many (itself included).
+MEDIAN_OF = 10
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The figures on top: the list and the last issue against the ones before."""
+
+    list_size: int
+    change_30d: int
+    last_title: str | None = None
+    compared: int = 0  # how many issues the medians are over
+    click_rate: float | None = None
+    click_median: float | None = None
+    reply_rate: float | None = None
+    reply_median: float | None = None
+
+
+def headline(engine: Engine, tz: ZoneInfo, issues: list[engagement.IssueSummary]) -> Headline:
+    size, change = engagement.list_size_change(engine, tz)
+    if not issues:
+        return Headline(size, change)
+    recent = issues[:MEDIAN_OF]  # newest first
+
+    def median(metric: str) -> float | None:
+        rates = [r for i in recent if (r := i.rates[metric]) is not None]
+        return statistics.median(rates) if rates else None
+
+    last = issues[0]
+    return Headline(
+        size,
+        change,
+        last_title=last.title,
+        compared=len(recent),
+        click_rate=last.rates["clicked"],
+        click_median=median("clicked"),
+        reply_rate=last.rates["replied"],
+        reply_median=median("replied"),
+    )
 
 
 @dataclass(frozen=True)
@@ -310,6 +407,10 @@ def build_report(project: Project, engine: Engine, now: datetime | None = None) 
     env.filters["number"] = lambda v: _number(int(v), language)
     env.filters["percent"] = lambda v: _percent(v, language)
     env.filters["day"] = lambda v: v.astimezone(tz).strftime("%Y-%m-%d") if v else "–"
+    env.filters["heading"] = lambda v: _HEADING_BREAKS.get(v, v)
+    env.filters["signed"] = lambda v: (
+        ("+" if v > 0 else "−" if v < 0 else "±") + _number(abs(int(v)), language)
+    )
     now = now or datetime.now(UTC)
     return env.get_template(TEMPLATE).render(
         lang=language,
@@ -317,6 +418,7 @@ def build_report(project: Project, engine: Engine, now: datetime | None = None) 
         name=project.config.name,
         generated=now.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
         timezone=tz.key,
+        headline=headline(engine, tz, issues),
         opens=opens,
         issues=issues,
         growth=periods,

@@ -85,6 +85,7 @@ SAMPLE_BODY = {
 
 
 #: `init`'s first welcome step (sequences/welcome/01-willkommen.md), off until configured.
+#: No "just reply" line: the layout adds its reply prompt ([theme] reply_prompt) below.
 WELCOME_STEP = {
     "de": (
         "---\n"
@@ -94,8 +95,7 @@ WELCOME_STEP = {
         "# send_at_hour: 9   # erst um 9 Uhr ([newsletter] timezone)\n"
         "---\n\n"
         'Hallo {{ subscriber.first_name | default("zusammen") }},\n\n'
-        "schön, dass du dabei bist! Hier steht, was dich erwartet und wie oft du Post bekommst.\n\n"
-        "Antworte einfach auf diese E-Mail, wenn du Fragen hast – ich lese jede Antwort.\n"
+        "schön, dass du dabei bist! Hier steht, was dich erwartet und wie oft du Post bekommst.\n"
     ),
     "en": (
         "---\n"
@@ -105,8 +105,7 @@ WELCOME_STEP = {
         "# send_at_hour: 9   # not before 9 o'clock ([newsletter] timezone)\n"
         "---\n\n"
         'Hi {{ subscriber.first_name | default("there") }},\n\n'
-        "glad you are here! This is what to expect, and how often you will hear from me.\n\n"
-        "Just reply to this email if you have a question – I read every reply.\n"
+        "glad you are here! This is what to expect, and how often you will hear from me.\n"
     ),
 }
 
@@ -144,11 +143,21 @@ def write_file_atomic(path: Path, text: str) -> None:
     _write_beside(path, text, os.replace)
 
 
-def issue_text(title: str, language: str, date: datetime.date, slug: str) -> str:
+#: The sample issue's preheader (the line inboxes show after the subject): a written one, so
+#: the sample passes `check --strict` once the config is filled in.
+SAMPLE_PREHEADER = {
+    "de": "Worum es in dieser Ausgabe geht, in einem Satz",
+    "en": "What this issue is about, in one sentence",
+}
+
+
+def issue_text(
+    title: str, language: str, date: datetime.date, slug: str, preheader: str = ""
+) -> str:
     import yaml
 
     front = yaml.safe_dump(
-        {"title": title, "preheader": "", "date": date, "slug": slug, "language": language},
+        {"title": title, "preheader": preheader, "date": date, "slug": slug, "language": language},
         allow_unicode=True,
         sort_keys=False,
         width=1000,
@@ -182,7 +191,7 @@ def init_project(directory: Path, name: str, language: str) -> tuple[list[Path],
             name=quoted, language=language, email=PLACEHOLDER_EMAIL, address=PLACEHOLDER_ADDRESS
         ),
         directory / "issues" / f"{today.isoformat()}-{slugify(first_title)}.md": issue_text(
-            first_title, language, today, slugify(first_title)
+            first_title, language, today, slugify(first_title), SAMPLE_PREHEADER[language]
         ),
         directory / "templates" / "README.md": TEMPLATES_README,
         directory / "sequences" / "welcome" / "01-willkommen.md": WELCOME_STEP[language],

@@ -109,7 +109,7 @@ def test_static_site_from_a_folder(browser, static_site, width):
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         page.get_by_role("link", name="Vorherige Ausgabe").click()
         page.wait_for_url(static_site + "/issues/erste-ausgabe/")
-        page.locator("nav.nl-archive-top a").click()
+        page.get_by_role("banner").get_by_role("link", name="Archiv", exact=True).click()
         page.wait_for_url(static_site + "/")
         action = page.locator("form").get_attribute("action")
         assert action == "https://news.example.com/subscribe"

@@ -57,6 +57,20 @@ ALLOWED: dict[str, set[str]] = {
     "outline": {"outlook.windows", "outlook.windows-mail"},
     # Rounded corners of code blocks: square in Outlook for Windows.
     "border-radius": {"outlook.windows", "outlook.windows-mail"},
+    # Hyphenation by the lang (Apple Mail does it): elsewhere words wrap whole, as
+    # before, and overflow-wrap still splits what cannot fit.
+    "hyphens": {
+        "gmail.android",
+        "gmail.desktop-webmail",
+        "gmail.ios",
+        "outlook.android",
+        "outlook.ios",
+        "outlook.windows",
+        "outlook.windows-mail",
+        "yahoo.android",
+        "yahoo.desktop-webmail",
+        "yahoo.ios",
+    },
     # white-space:pre on <pre>, which keeps its spacing there anyway.
     "white-space": {"outlook.windows", "outlook.windows-mail"},
     # Footnote links (#fn1, with name= anchors for the clients that honour them); where a

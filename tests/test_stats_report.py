@@ -19,6 +19,7 @@ from newsletter.store.subscribers import add_subscriber
 from newsletter.web import create_app
 from tests.browser import chromium
 from tests.conftest import CONFIG
+from tests.sendgrid_server import FakeSendGrid
 from tests.support.stats import ISSUE_A, post_events, post_reply, synthetic_events
 from tests.support.web import live_server, sent_issue
 
@@ -185,3 +186,122 @@ def test_replies_flagged_automatic_are_not_counted_or_shown(newsletter, cli, tmp
     assert cli(proj.root, "report", "-o", str(out)).exit_code == 0
     page = out.read_text(encoding="utf-8")
     assert "Danke, sehr hilfreich" in page and "Urlaub" not in page
+
+
+# --- A report that reads at a glance (issue 26, item 7) ---------------------------------
+
+
+def _table_rates(page_html: str) -> dict[str, tuple[str, str]]:
+    """Issue title -> (click rate, reply rate) as the "all issues" table shows them."""
+    from bs4 import BeautifulSoup
+
+    table = BeautifulSoup(page_html, "html.parser").select_one("#issues table")
+    rows = {}
+    for tr in table.select("tbody tr"):
+        cells = [td.get_text(strip=True) for td in tr.find_all("td")]
+        rows[cells[1]] = (cells[6], cells[8])
+    return rows
+
+
+def test_report_opens_with_the_headline_figures(report):
+    from bs4 import BeautifulSoup
+
+    html = report.read_text(encoding="utf-8")
+    soup = BeautifulSoup(html, "html.parser")
+    first = soup.select("main section")[0]
+    assert first["id"] == "glance" and first.h2.get_text() == "Auf einen Blick"
+    figures = {dt.get_text(strip=True): dt.find_next_sibling("dd") for dt in first.select("dl dt")}
+    newest_size = soup.select_one("#growth tbody tr").find_all("td")[-1].get_text(strip=True)
+    size = figures["Abonnenten"]
+    assert size.contents[0].strip() == newest_size
+    assert size.small.get_text() == f"+{newest_size} in 30 Tagen"  # everyone joined today
+    rates = _table_rates(html)
+    last_click, last_reply = rates["Sommerausgabe"]  # the issue sent last
+    click, reply = (
+        figures["Klickrate der letzten Ausgabe"],
+        figures["Antwortrate der letzten Ausgabe"],
+    )
+    assert click.contents[0].strip() == last_click
+    assert reply.contents[0].strip() == last_reply
+
+    def number(text: str) -> float:
+        return float(text.rsplit(": ", 1)[-1].replace(" %", "").replace(",", "."))
+
+    for shown, column in ((click, 0), (reply, 1)):
+        assert shown.small.get_text().startswith("Median der letzten 2: ")
+        # Two issues: the median is the middle of the table's two (rounded) rates.
+        middle = sum(number(r[column]) for r in rates.values()) / 2
+        assert abs(number(shown.small.get_text()) - middle) <= 0.051
+
+
+def test_report_empty_states_speak_the_reports_language(
+    make_project, database_url, monkeypatch, cli, tmp_path
+):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(CONFIG, issues={"a.md": ISSUE_A})
+    out = tmp_path / "leer.html"
+    assert cli(root, "report", "-o", str(out)).exit_code == 0
+    empty = out.read_text(encoding="utf-8")
+    assert "No data" not in empty and "Noch keine Ausgabe verschickt." in empty
+    engine = open_engine(Project.load(root).database_url)
+    person = add_subscriber(engine, "leserin@example.de")
+    # Sent through the fake SendGrid, which has not said "delivered" for anyone yet: no
+    # rates to draw.
+    with FakeSendGrid(api_key="SG.report-key", verified_senders=["jens@example.com"]) as sg:
+        monkeypatch.setenv("SENDGRID_API_KEY", "SG.report-key")
+        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
+        sent = cli(root, "send", "a", "--yes")
+        assert sent.exit_code == 0, sent.output
+    assert cli(root, "report", "-o", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert "No data" not in page
+    assert "Noch keine zugestellten E-Mails, also noch keine Raten." in page
+    assert person.email not in page
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [375, 1200])
+def test_report_charts_share_one_font_size_and_tables_fit_or_scroll_in_a_labelled_box(
+    report, browser, width, scheme
+):
+    from tests.support.axe import serious_violations
+
+    context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
+    try:
+        page = context.new_page()
+        page.goto(report.as_uri())
+        sizes = page.evaluate(
+            """() => [...document.querySelectorAll('figure svg')].map(svg => {
+                const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+                return [...svg.querySelectorAll('text')]
+                    .filter(t => t.textContent.trim() && t.getBoundingClientRect().width > 0)
+                    .map(t => parseFloat(getComputedStyle(t).fontSize) * scale);
+            })"""
+        )
+        assert len(sizes) == 3
+        every = [size for chart in sizes for size in chart]
+        assert max(every) - min(every) < 0.5, sizes  # one font size across the charts
+        assert min(every) >= 11, min(every)
+        boxes = page.evaluate(
+            """() => [...document.querySelectorAll('table')].map(table => {
+                const box = table.parentElement;
+                return {overflows: box.scrollWidth > box.clientWidth + 1,
+                        role: box.getAttribute('role'), label: box.getAttribute('aria-label'),
+                        tabindex: box.getAttribute('tabindex')};
+            })"""
+        )
+        assert boxes
+        for box in boxes:
+            assert (
+                box["role"] == "region"
+                and box["label"].startswith("Tabelle")
+                and box["tabindex"] == "0"
+            )
+        if width == 1200:
+            assert not any(box["overflows"] for box in boxes), boxes
+        else:
+            assert any(box["overflows"] for box in boxes)  # the issues table scrolls in its box
+        assert serious_violations(page) == []
+    finally:
+        context.close()

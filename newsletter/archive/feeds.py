@@ -60,6 +60,21 @@ def json_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> byte
     return _cached("json", project, site, entries, _json_feed)
 
 
+def _feed_content(project: Project, site: Site, entry: ArchiveEntry) -> str:
+    """The issue's content HTML with absolute links: a feed reader shows it away from the
+    page, where `#fn1` (a footnote) or a relative link would lead nowhere."""
+    import lxml.html
+
+    _html, content = web_version(project, entry.file)
+    if not content:
+        return content
+    holder = lxml.html.fragment_fromstring(content, create_parent="div")
+    holder.make_links_absolute(site.issue_url(entry.slug), resolve_base_href=False)
+    parts = [holder.text or ""]
+    parts += [lxml.html.tostring(child, encoding="unicode") for child in holder]
+    return "".join(parts)
+
+
 def _atom_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> bytes:
     from feedgen.feed import FeedGenerator
 
@@ -77,7 +92,7 @@ def _atom_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> byt
     # The newest issue's date, not "now": an unchanged archive gives the same bytes.
     feed.updated(shown[0].published_at if shown else _EPOCH)
     for entry in reversed(shown):  # feedgen prepends: add oldest first
-        _html, content = web_version(project, entry.file)
+        content = _feed_content(project, site, entry)
         item = feed.add_entry()
         item.id(tag_uri(site.id_host, entry.published_at.year, entry.slug))
         item.title(entry.title)
@@ -94,7 +109,7 @@ def _json_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> byt
     config = project.config
     items: list[dict[str, Any]] = []
     for entry in entries[:FEED_ENTRIES]:
-        _html, content = web_version(project, entry.file)
+        content = _feed_content(project, site, entry)
         item: dict[str, Any] = {
             "id": tag_uri(site.id_host, entry.published_at.year, entry.slug),
             "url": site.issue_url(entry.slug),

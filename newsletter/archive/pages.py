@@ -119,9 +119,22 @@ def web_version(project: Project, file: IssueFile) -> tuple[str, str]:
     html, _text = render_file(project, file.path, inline_css=False).personalize(
         {}, UNSUBSCRIBE_MARKER
     )
+    html = _without_reply_prompt(html)
     result = (html, _content_of(html))
     _remember(_versions, key, result)
     return result
+
+
+def _without_reply_prompt(html: str) -> str:
+    """The email's "just reply to this email" line means nothing on the web or in a feed."""
+    if "nl-reply-prompt" not in html:
+        return html
+    import lxml.html
+
+    doc = lxml.html.document_fromstring(html)
+    for element in doc.find_class("nl-reply-prompt"):
+        element.drop_tree()
+    return lxml.html.tostring(doc, encoding="unicode", doctype="<!doctype html>")
 
 
 def _content_of(html: str) -> str:
@@ -170,7 +183,7 @@ def issue_page(
         return cached
     language = _language(project, entry.language)
     context = {
-        "links": _links(site, prefix),
+        "links": _links(site, prefix, subscribe="#subscribe"),
         "issue_url": site.issue_url(entry.slug),
         "subscribe_action": site.subscribe_action,
         "date": format_date(entry.day, language),
@@ -219,16 +232,34 @@ def _dress(html: str, *, head: str, top: str, footer: str, own_url: str) -> str:
     for link in body.iterfind(".//a"):
         if link.get("href") == own_url:  # "view in browser" on the page itself
             link.drop_tree()
-    for index, element in enumerate(lxml.html.fragments_fromstring(top)):
-        holder.insert(index, element)
+    masthead_dated = any(e.text_content().strip() for e in doc.find_class("nl-masthead-meta"))
+    # The email itself is the page's main content; the site header goes before it.
+    main = lxml.html.Element("main")
+    if holder is body:
+        main.extend(list(body))
+        body.append(main)
+        holder = main
+    else:
+        holder.addprevious(main)
+        main.append(holder)
+    position = 0
+    for element in lxml.html.fragments_fromstring(top):
+        if element.tag == "header":
+            main.addprevious(element)
+        elif masthead_dated and "nl-archive-top" in element.get("class", ""):
+            continue  # one date on the page: the masthead's
+        else:
+            holder.insert(position, element)
+            position += 1
     return lxml.html.tostring(doc, encoding="unicode", doctype="<!doctype html>") + "\n"
 
 
-def _links(site: Site, prefix: str) -> dict[str, str]:
+def _links(site: Site, prefix: str, *, subscribe: str) -> dict[str, str]:
     return {
         "index": site.index_path(prefix),
         "feed": f"{prefix}feed.xml",
         "json_feed": f"{prefix}feed.json",
+        "subscribe": subscribe,  # the form on the page, or the sign-up page
     }
 
 
@@ -255,8 +286,9 @@ def index_page(project: Project, site: Site, entries: list[ArchiveEntry], prefix
         "archive_index.html",
         language,
         title=wording(language, project.config.name)["archive_title"],
-        links=_links(site, prefix),
+        links=_links(site, prefix, subscribe="#subscribe"),
         canonical=f"{site.public_url}/",
+        archive=True,
         subscribe_action=site.subscribe_action,
         items=[_item(site, e, prefix, language) for e in entries],
     )
@@ -272,6 +304,7 @@ def not_found_page(project: Project, site: Site, prefix: str) -> str:
         "archive_404.html",
         language,
         title=wording(language, project.config.name)["not_found_title"],
-        links=_links(site, prefix),
+        links=_links(site, prefix, subscribe=site.subscribe_action),
         canonical=None,
+        archive=True,
     )

@@ -72,6 +72,10 @@ def build(output: Path | None, quiet: bool) -> None:
         f"{plural(len(report.written), 'file')} written, "
         f"{report.unchanged} unchanged{removed}"
     )
+    if report.issues == 0:
+        from newsletter.archive.empty import why_empty
+
+        click.echo(f"The archive is empty: {why_empty(project_engine(project))}.")
 
 
 COMMANDS = [archive]

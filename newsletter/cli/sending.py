@@ -98,8 +98,9 @@ def send(
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
     if test_addresses:
+        done = "Test sent" if plan.transport.capabilities.delivers else "Test written"
         for line in send_test(plan, test_addresses):
-            click.echo(f"Test sent: {line}")
+            click.echo(f"{done}: {line}")
         return
     if plan.refusal:
         raise SendError(plan.refusal)
@@ -123,7 +124,7 @@ def send(
         click.echo("Nobody to send to.")
         return
     count = plan.recipients
-    if not yes and not plan.stranded:
+    if not yes and not plan.stranded and not dry_run:  # a dry run delivers nothing: no need
         if not _interactive():
             raise SendError(
                 f"not sending without confirmation: no terminal to ask on; add --yes to {what} "
@@ -165,6 +166,11 @@ def send(
         f"Send {report.send_id}: {report.accepted} {verb}"
         + ("" if transport.capabilities.delivers else f" ({report.where})")
     )
+    if report.replaced:
+        click.echo(
+            f"{plural(report.replaced, 'file')} of an earlier send of this issue "
+            f"{'was' if report.replaced == 1 else 'were'} replaced."
+        )
     if report.failed:
         click.echo(f"{report.failed} failed.")
     if report.uncertain:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from typing import Any
 
 import click
 
-from newsletter.cli import get_project, on_interrupt, sigterm_like_ctrl_c
+from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project, on_interrupt, sigterm_like_ctrl_c
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -55,10 +57,11 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
 
     mask_log_addresses()  # no log line keeps a reader's address
     app = create_app(project)
-    on_interrupt(
+    stopped = (
         "Stopped (Ctrl-C). Everything received so far is stored; "
         "start `newsletter serve` again to go on."
     )
+    on_interrupt(stopped)
     click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
     runner = None
     if run_sequences or (
@@ -77,13 +80,33 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
         server_header=False,
     )
     mask_log_addresses("uvicorn", "uvicorn.error", "uvicorn.access")  # set up by Config
+    server = uvicorn.Server(config)
+    uvicorn_exit = server.handle_exit
+    announced = False
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        # The line at the first Ctrl-C or SIGTERM, not once the requests still open have
+        # finished (which may take a while, in silence).
+        nonlocal announced
+        if not announced:
+            announced = True
+            by_sigterm = sig == signal.SIGTERM
+            click.echo(
+                stopped.replace("(Ctrl-C)", "(SIGTERM)") if by_sigterm else stopped, err=True
+            )
+        uvicorn_exit(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
     try:
-        # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C again, which
-        # becomes our one line and exit 130 (uvicorn.run would swallow it and exit 0). It
-        # raises SIGTERM again too: `sigterm_like_ctrl_c` makes that the same line and exit
-        # code instead of the signal's default, which would kill the sequence run mid-batch.
+        # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C (or SIGTERM)
+        # again, which becomes exit 130 (uvicorn.run would swallow it and exit 0);
+        # `sigterm_like_ctrl_c` keeps SIGTERM's default from killing a sequence run mid-batch.
         with sigterm_like_ctrl_c():
-            uvicorn.Server(config).run()
+            server.run()
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM as `Terminated`
+        if not announced:
+            raise  # before the server took over the signal: the group prints the line
+        sys.exit(INTERRUPTED_EXIT_CODE)  # the line is out already
     finally:
         if runner is not None:
             runner.stop()  # the run in progress settles what it has in flight, then ends

@@ -606,6 +606,12 @@ def import_(
             else f"{result.kept_stopped} unsubscribed/bounced/complained people were left as "
             "they are; --resubscribe subscribes them again"
         )
+    if result.without_evidence:
+        click.echo(
+            f"{plural(result.without_evidence, 'new subscriber')} came without consent evidence "
+            "(no opt-in time or IP in the file): keep the proof of their opt-in elsewhere; "
+            "`newsletter subscribers list --no-consent-evidence` lists them"
+        )
     if rejects is not None and result.rejected:
         click.echo(f"rejected rows written to {rejects}")
 
@@ -628,7 +634,25 @@ def _remove_quietly(path: Path) -> None:
 )
 @click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only this status.")
 @click.option("--tag", "tags", multiple=True, help="Only people with this tag (any of several).")
-def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, ...]) -> None:
+@click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "tab"]),
+    default=None,
+    help="The CSV delimiter (default: a comma; with --excel a semicolon).",
+)
+@click.option(
+    "--excel",
+    is_flag=True,
+    help="CSV for Excel (German and other locales): UTF-8 with BOM, semicolons.",
+)
+def export(
+    output: Path | None,
+    fmt: str,
+    status: str | None,
+    tags: tuple[str, ...],
+    delimiter: str | None,
+    excel: bool,
+) -> None:
     """Export the whole list with every field, as CSV or JSON (streamed).
 
     CSV cells that a spreadsheet would run as formulas get a leading apostrophe.
@@ -637,12 +661,25 @@ def export(output: Path | None, fmt: str, status: str | None, tags: tuple[str, .
     \b
     Example:
         newsletter subscribers export -o list.csv
+        newsletter subscribers export --excel -o liste.csv
         newsletter subscribers export --format json > list.json
     """
-    from newsletter.store.exporter import write_csv, write_json
+    import functools
 
+    from newsletter.store.exporter import EXCEL_DELIMITER, write_csv, write_json
+
+    if fmt == "json" and (delimiter or excel):
+        raise click.UsageError(
+            "--delimiter and --excel are for CSV; leave them out with --format json"
+        )
     engine = _engine()
-    write = write_csv if fmt == "csv" else write_json
+    if delimiter is None:
+        delimiter = EXCEL_DELIMITER if excel else ","
+    write: Any = (
+        functools.partial(write_csv, delimiter="\t" if delimiter == "tab" else delimiter, bom=excel)
+        if fmt == "csv"
+        else write_json
+    )
     if output is None:
         try:
             with _quiet_broken_pipe():

@@ -65,6 +65,7 @@ class SendReport:
     failed: int = 0
     uncertain: int = 0
     marked_uncertain: int = 0  # in-flight rows of a dead sender, found on resume
+    replaced: int = 0  # accepted copies that replaced an earlier one (the outbox)
     error: str | None = None
     errors: list[str] = field(default_factory=list)
     interrupted: bool = False
@@ -634,6 +635,7 @@ def _send_batches(
             for outcome, times in outcome_runs(outcomes):
                 if outcome.state == DeliveryState.ACCEPTED:
                     report.accepted += times
+                    report.replaced += times if outcome.replaced else 0
                 elif outcome.state == DeliveryState.FAILED:
                     report.failed += times
                 else:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import binascii
 import contextlib
 import uuid
+from datetime import UTC, datetime
 from email.header import Header
-from email.utils import formataddr, formatdate
+from email.utils import format_datetime, formataddr
 
 from newsletter.sending.message import (
     Message,
@@ -72,6 +73,12 @@ def message_id(from_email: str) -> str:
     return f"<{uuid.uuid4().hex}@{from_email.rpartition('@')[2] or 'localhost'}>"
 
 
+def date_header() -> str:
+    """Now, for the Date header: `Mon, 07 Dec 2026 09:28:50 +0000` (RFC 5322; the `GMT`
+    zone name is obsolete syntax there)."""
+    return format_datetime(datetime.now(UTC))
+
+
 def copy_for(
     message: Message,
     recipient: Recipient,
@@ -96,7 +103,7 @@ def copy_for(
     reply_to = personal_reply_to(message, recipient)
     if reply_to:
         lines.append(f"Reply-To: {reply_to}")
-    lines.append(f"Date: {date or formatdate(usegmt=True)}")
+    lines.append(f"Date: {date or date_header()}")
     lines.append(f"Message-ID: {msgid}")
     for name, value in recipient_headers(message, recipient).items():
         lines.append(f"{name}: {header_value(name, value)}")

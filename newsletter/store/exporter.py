@@ -66,17 +66,27 @@ def csv_row(subscriber: Subscriber, fields: list[str]) -> list[str]:
     return [neutralize(cell) for cell in row]
 
 
+#: `--excel`: what German Excel opens by double-click with umlauts intact (its list
+#: separator is the semicolon; the BOM tells it the file is UTF-8).
+EXCEL_DELIMITER = ";"
+BOM = "\ufeff"
+
+
 def write_csv(
     out: TextIO,
     engine: Engine,
     *,
     status: str | None = None,
     tags: Iterable[str] = (),
+    delimiter: str = ",",
+    bom: bool = False,
 ) -> int:
     """Write the (filtered) list as CSV; returns the number of subscribers written."""
     tags = tuple(tags)
     fields = field_names(engine, status=status, tags=tags)
-    writer = csv.writer(out, lineterminator="\n")
+    if bom:
+        out.write(BOM)
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
     writer.writerow(csv_header(fields))
     count = 0
     for subscriber in iter_subscribers(engine, status=status, tags=tags):

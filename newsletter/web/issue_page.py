@@ -14,7 +14,7 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from newsletter.archive import Site, archive_entries, neighbours
@@ -27,7 +27,18 @@ log = logging.getLogger("newsletter.web")
 
 
 def routes(ctx: Context) -> list[Route]:
-    return [Route("/issues/{slug}", partial(issue_page, ctx), methods=["GET", "HEAD"])]
+    return [
+        Route("/issues/{slug}", partial(issue_page, ctx), methods=["GET", "HEAD"]),
+        Route("/issues/{slug}/", without_slash, methods=["GET", "HEAD"]),
+    ]
+
+
+async def without_slash(request: Request) -> Response:
+    """/issues/<slug>/ (the static site's form of the link): a permanent redirect, 308,
+    which search engines and caches keep (Starlette's own slash redirect is a 307)."""
+    query = request.url.query
+    target = request.url.path.rstrip("/") + (f"?{query}" if query else "")
+    return RedirectResponse(target, status_code=308)
 
 
 def find_issue_file(project: Project, slug: str) -> Path | None:

@@ -66,6 +66,8 @@ class Outcome:
     #: The receiving server refused the address itself for good (SMTP: 5xx at RCPT): a
     #: hard bounce, applied as the provider's bounce event would be.
     hard_bounce: bool = False
+    #: It took the place of an earlier copy at `where` (the outbox, sending an issue again).
+    replaced: bool = False
 
 
 def outcome_runs(outcomes: Sequence[Outcome]) -> Iterator[tuple[Outcome, int]]:

@@ -7,41 +7,50 @@ so looking at the messages never blocks the real send.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
-from email.utils import formatdate
+import unicodedata
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.sending.message import Batch, Recipient
-from newsletter.sending.mime import copy_for
+from newsletter.sending.mime import copy_for, date_header
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.store.schema import CUSTOM_ARG_SUBSCRIBER, DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.project import Project
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+#: Kept in file names: letters and digits of any script (`jörg@müller.de` stays
+#: readable), and `. _ @ + -`; anything else becomes `_`.
+_UNSAFE = re.compile(r"[^\w.@+-]+")
 #: The recipient id that names the file, if the recipient carries one.
 FILE_ID_KEY = CUSTOM_ARG_SUBSCRIBER
 
 
 def safe_name(text: str) -> str:
-    return _UNSAFE.sub("_", text).strip("._")[:80] or "recipient"
+    return _UNSAFE.sub("_", unicodedata.normalize("NFC", text)).strip("._")[:80] or "recipient"
 
 
-def write_new(directory: Path, stem: str, data: bytes) -> Path:
-    """Write DIR/STEM.eml, never overwriting: STEM-2.eml etc. if taken."""
+def write_replacing(directory: Path, stem: str, data: bytes) -> tuple[Path, bool]:
+    """Write DIR/STEM.eml whole (a temporary file, then a rename), replacing an earlier copy
+    of the same message to the same person; (the path, whether one was replaced)."""
     directory.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        path = directory / (f"{stem}.eml" if n == 1 else f"{stem}-{n}.eml")
-        try:
-            with open(path, "xb") as f:
-                f.write(data)
-            return path
-        except FileExistsError:
-            n += 1
+    path = directory / f"{stem}.eml"
+    replaced = path.exists()
+    temporary = directory / f".{stem}.{uuid.uuid4().hex}.tmp"
+    # os.open with 0o666: the umask decides the mode, as for any new file.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path, replaced
 
 
 @register
@@ -79,16 +88,25 @@ class OutboxTransport:
         pass
 
     def send(self, batch: Batch) -> list[Outcome]:
-        date = formatdate(usegmt=True)
+        date = date_header()
         outcomes = []
         paths = []
+        # Named by what was sent (the issue's slug, a sequence step's) and to whom: sending
+        # the same again replaces those files instead of piling up copies.
+        what = safe_name(batch.message.categories[0]) if batch.message.categories else None
         for recipient in batch.recipients:
             data, msgid, _ = copy_for(batch.message, recipient, date=date)
             sid = recipient.ids.get(FILE_ID_KEY)
-            stem = self.prefix + "-".join(x for x in (sid, safe_name(recipient.email)) if x)
-            path = write_new(self.directory, stem, data)
+            parts = (what, sid, safe_name(recipient.email))
+            path, replaced = write_replacing(
+                self.directory, self.prefix + "-".join(p for p in parts if p), data
+            )
             paths.append(path)
-            outcomes.append(Outcome(DeliveryState.ACCEPTED, message_id=msgid, where=str(path)))
+            outcomes.append(
+                Outcome(
+                    DeliveryState.ACCEPTED, message_id=msgid, where=str(path), replaced=replaced
+                )
+            )
         with self._lock:
             self.written.extend(paths)
         return outcomes

@@ -31,12 +31,11 @@ import socket
 import ssl
 import threading
 import time
-from email.utils import formatdate
 from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.errors import ConfigError
 from newsletter.sending.message import Batch, Recipient
-from newsletter.sending.mime import copy_for, message_id
+from newsletter.sending.mime import copy_for, date_header, message_id
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.store.schema import DeliveryState
 
@@ -333,7 +332,7 @@ class SmtpTransport:
 
     def send(self, batch: Batch) -> list[Outcome]:
         message = batch.message
-        date = formatdate(usegmt=True)
+        date = date_header()
         outcomes: list[Outcome] = []
         conn: smtplib.SMTP | None = None
         used = 0

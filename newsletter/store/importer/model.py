@@ -90,6 +90,7 @@ class ImportResult:
     duplicates: int = 0  # rows merged into an earlier row of the same file
     kept_stopped: int = 0  # people left unsubscribed/bounced/complained (no --resubscribe)
     suppressed: int = 0  # rows refused: the address was erased on request
+    without_evidence: int = 0  # new subscribers whose row had no opt-in data (time, IP)
     rejects: list[Reject] = field(default_factory=list)
     #: Lines read as Windows-1252 in a UTF-8 file (the first REPORT_LINES of them).
     fallback_lines: list[int] = field(default_factory=list)

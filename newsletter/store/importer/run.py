@@ -159,12 +159,15 @@ def _import_file(
         reject_writer = None
         if rejects_path is not None:
             try:
-                reject_file = Path(rejects_path).open("w", encoding="utf-8", newline="")  # noqa: SIM115
+                # As the input was written (its delimiter, a BOM if it had one), so the same
+                # spreadsheet opens the rejects, fixed rows can be pasted back, and re-imported.
+                encoding = "utf-8-sig" if result.encoding == "utf-8-sig" else "utf-8"
+                reject_file = Path(rejects_path).open("w", encoding=encoding, newline="")  # noqa: SIM115
             except OSError as exc:
                 raise ImportFileError(
                     f"{rejects_path}: cannot write ({exc.strerror}); choose another --rejects FILE"
                 ) from None
-            reject_writer = csv.writer(reject_file)
+            reject_writer = csv.writer(reject_file, delimiter=result.delimiter or ",")
             reject_writer.writerow([*headings, "line", "reason"])
 
         # Exact where counts depend on it; a 16 MB bit set for a first big import.

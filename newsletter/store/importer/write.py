@@ -412,6 +412,8 @@ def _insert_fresh(
             tag_rows.append((sid, tag))
         added.append(inc.key)
     result.new += len(fresh)
+    if policy is not None:
+        result.without_evidence += len(fresh) - len(with_evidence)
     if not result.dry_run:
         writer.insert(rows, tag_rows, short_rows)
         if policy is not None:

@@ -1,0 +1,74 @@
+"""The outbox and `send` at the command line: a second send of an issue replaces its files
+(and says so), names keep non-ASCII addresses readable, `--dry-run` asks nothing, and a
+test copy to the outbox is "written", not "sent"."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+from newsletter.project import Project
+from newsletter.store.engine import open_engine
+from newsletter.store.subscribers import add_subscriber
+
+ISSUE = """---
+title: Ausgabe
+slug: ausgabe
+---
+
+Hallo {{ subscriber.first_name | default("zusammen") }}!
+"""
+
+
+def _project(make_project):
+    root = make_project(issues={"ausgabe.md": ISSUE})
+    engine = open_engine(Project.load(root).database_url)
+    add_subscriber(engine, "jörg@müller.example", first_name="Jörg")
+    add_subscriber(engine, "anna@example.org", first_name="Anna")
+    return root
+
+
+def test_second_outbox_send_replaces_the_same_files_and_says_so(cli, make_project, tmp_path):
+    root = _project(make_project)
+    outbox = tmp_path / "outbox"
+    first = cli(root, "send", "ausgabe", "--outbox", str(outbox), "--yes")
+    assert first.exit_code == 0, first.output
+    assert "replaced" not in first.output
+    names = sorted(p.name for p in outbox.iterdir())
+    assert len(names) == 2
+    (outbox / names[0]).write_text("stale", encoding="utf-8")
+    second = cli(root, "send", "ausgabe", "--outbox", str(outbox), "--yes")
+    assert second.exit_code == 0, second.output
+    assert "2 files of an earlier send of this issue were replaced." in second.output
+    assert sorted(p.name for p in outbox.iterdir()) == names  # no -2 copies, no temp files
+    message = email.message_from_bytes(
+        (outbox / names[0]).read_bytes(), policy=email.policy.default
+    )
+    assert message["Subject"] == "Ausgabe"
+
+
+def test_outbox_file_names_keep_non_ascii_addresses_readable(cli, make_project, tmp_path):
+    root = _project(make_project)
+    outbox = tmp_path / "outbox"
+    assert cli(root, "send", "ausgabe", "--outbox", str(outbox), "--yes").exit_code == 0
+    names = sorted(p.name for p in outbox.iterdir())
+    assert any(name.endswith("jörg@müller.example.eml") for name in names), names
+    assert all(name.startswith("ausgabe-") for name in names), names
+
+
+def test_dry_run_never_asks_for_confirmation(cli, make_project, tmp_path):
+    root = _project(make_project)
+    # No --yes, and no terminal (CliRunner's stdin): a real send would refuse here.
+    result = cli(root, "send", "ausgabe", "--dry-run", "--outbox", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert "confirmation" not in result.output and "?" not in result.output
+    assert "2 written" in result.output
+
+
+def test_test_copy_to_the_outbox_says_written(cli, make_project, tmp_path):
+    root = _project(make_project)
+    outbox = tmp_path / "outbox"
+    result = cli(root, "send", "ausgabe", "--test", "ich@example.org", "--outbox", str(outbox))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Test written: ich@example.org: written to ")
+    assert "sent" not in result.output.lower().replace("as a sample subscriber", "")

@@ -1,0 +1,88 @@
+"""The first Ctrl-C to `serve` prints its line at once, even while a request is still open
+(the graceful shutdown waits for it, which used to happen in silence). A real process,
+stopped with a real SIGINT."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, TEST_SECRET
+
+pytestmark = pytest.mark.slow
+
+LINE = (
+    "Stopped (Ctrl-C). Everything received so far is stored; "
+    "start `newsletter serve` again to go on."
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_first_ctrl_c_prints_the_line_while_a_request_is_open(project: Path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "NEWSLETTER_"))}
+    env.update(NEWSLETTER_SECRET_KEY=TEST_SECRET, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "newsletter",
+            "--project",
+            str(project),
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+        # A sign-up whose body has not all arrived yet: the request stays open.
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(
+            b"POST /subscribe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nemail="
+        )
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        seen: list[str] = []
+        until = time.monotonic() + 5
+        assert process.stderr is not None
+        while LINE not in seen and time.monotonic() < until:
+            if select.select([process.stderr], [], [], 0.2)[0]:
+                seen.append(process.stderr.readline().rstrip("\n"))
+        assert LINE in seen, seen
+        assert process.poll() is None  # still waiting for the open request
+        slow.close()
+        _, rest = process.communicate(timeout=30)
+        assert process.returncode == 130
+        assert LINE not in rest and "Traceback" not in rest  # said once
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
