@@ -51,6 +51,16 @@ runner._.runs  # tests/test_sequences.py: the background runner ran
 runner._.rescheduled  # sequences run's report, printed and in JSON
 ledger._.taken_over_send  # a Lease dataclass field: which stale send the lease took over
 
+# The report's headline figures, read by its Jinja template.
+report.Headline.list_size
+report.Headline.change_30d
+report.Headline.last_title
+report.Headline.compared
+report.Headline.click_rate
+report.Headline.click_median
+report.Headline.reply_rate
+report.Headline.reply_median
+
 # Enum members, used by value (the strings stored in the database).
 schema.SubscriberStatus.UNCONFIRMED
 schema.SubscriberStatus.UNSUBSCRIBED
