@@ -108,6 +108,9 @@ class SendSummary:
 
 
 def _joined_since(engine: Engine, row: Any) -> int:
+    """Subscribed (of the segment) and without the issue, after a send that ended without an
+    error: it reached everyone it planned who was still subscribed, so these became
+    subscribed after it was planned, whatever their id (a resubscribe keeps the old one)."""
     if row.up_to_subscriber is None:
         return 0
     reached = exists().where(
@@ -120,7 +123,6 @@ def _joined_since(engine: Engine, row: Any) -> int:
                 .select_from(subscribers)
                 .where(
                     *segment_filters(SubscriberStatus.SUBSCRIBED, row.segment or []),
-                    subscribers.c.id > row.up_to_subscriber,
                     ~reached,
                 )
             ).scalar_one()
@@ -143,7 +145,10 @@ def send_summaries(engine: Engine, issue_id: int | None = None) -> list[SendSumm
         t = sums.get(r.id)
         unfinished = r.status == "sending" or (r.status == "scheduled" and r.finished_at is None)
         joined = 0
-        if keeps and last_of_issue[r.issue_id] == r.id and r.status in ("done", "scheduled"):
+        ended_well = r.status == "done" or (
+            r.status == "scheduled" and r.finished_at is not None and r.error is None
+        )
+        if keeps and last_of_issue[r.issue_id] == r.id and ended_well:
             joined = _joined_since(engine, r)
         out.append(
             SendSummary(
