@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from newsletter.errors import SendError
+from newsletter.errors import SendCancelled, SendError
 from newsletter.personalize import (
     MAX_URL_CHARS,
     UNSUBSCRIBE_HTML_KEY,
@@ -68,6 +68,8 @@ class SendReport:
     error: str | None = None
     errors: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: `newsletter cancel` asked the send to stop: no batch was claimed after that.
+    cancelled: bool = False
 
     @property
     def total(self) -> int:
@@ -467,7 +469,9 @@ def execute(
             report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
         with stop_on_signals(stop), _longer_gil_slices():
             _send_batches(plan, ledger, report, issue_id, preparer, pool, lease, progress, stop)
-        if stop.is_set():
+        if report.cancelled:
+            report.error = report.error or "stopped for `newsletter cancel`"
+        elif stop.is_set():
             report.interrupted = True
             report.error = report.error or "interrupted"
     except KeyboardInterrupt:
@@ -597,7 +601,13 @@ def _send_batches(
         if use_ledger:
             new = [sid for sid in ids if sid not in with_rows]
             retry = [sid for sid in ids if sid in with_rows]
-            kept = ledger.claim(issue_id, send_id, number, new, retry, owner=owner, slug=slug)
+            try:
+                kept = ledger.claim(issue_id, send_id, number, new, retry, owner=owner, slug=slug)
+            except SendCancelled:
+                # `cancel` asked: claim and send nothing more, settle what is in flight.
+                report.cancelled = True
+                stop.set()
+                return []
             if len(kept) < len(ids):
                 # Unsubscribed or forgotten since they were read: they get nothing.
                 rows = [row for row in rows if row[0] in kept]
