@@ -164,6 +164,14 @@ def test_cancel_refuses_in_one_line_while_the_sender_is_stuck_then_completes(
     got = handed_over(log)
     assert len(got) < PEOPLE
     set_delay(url, 0)
+    # Half cancelled: `sends` says so, and a --resume would send under that schedule.
+    listing = cli(root, "sends")
+    assert "cancelling" in listing.output
+    assert "finish with `newsletter cancel meta-ki-creator`" in listing.output
+    resumed = cli(root, "send", ISSUE, "--resume", "--yes")
+    assert resumed.exit_code == 1
+    assert "send 1 of meta-ki-creator is being cancelled" in resumed.output
+    assert handed_over(log) == got
     done = cli(root, "cancel", ISSUE)
     assert done.exit_code == 0, done.output
     assert f"({len(got)} recipients); it can be sent again" in done.output

@@ -233,7 +233,9 @@ def sends(issue: str | None, fmt: str) -> None:
         )
         if r.error:
             click.echo(f"      {r.error}")
-        if r.process_gone:
+        if r.shown_status == "cancelling":
+            click.echo(f"      being cancelled; finish with `newsletter cancel {r.issue}`")
+        elif r.process_gone:
             click.echo(f"      its process is gone; run `newsletter send {r.issue} --resume`")
         if r.joined_since:
             click.echo(

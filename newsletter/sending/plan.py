@@ -379,11 +379,18 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         )
         if plan.refusal:
             return plan
-        if request.resume and request.send_at is None:
-            earlier = ledger.latest_scheduled(issue_id)
-            if earlier is not None:
-                plan.send_at = as_utc(earlier.send_at)
-                plan.schedule_id = earlier.batch_id
+        earlier = ledger.latest_scheduled(issue_id) if request.resume else None
+        if earlier is not None and earlier.cancel_requested_at is not None:
+            # `cancel` stopped its sender but could not finish: carrying on would send
+            # under a schedule the author asked to cancel.
+            plan.refusal = (
+                f"send {earlier.id} of {prepared.slug} is being cancelled; finish with "
+                f"`newsletter cancel {prepared.slug}`, then send it again"
+            )
+            return plan
+        if earlier is not None and request.send_at is None:
+            plan.send_at = as_utc(earlier.send_at)
+            plan.schedule_id = earlier.batch_id
     if plan.uses_ledger and resume and issue_id is not None:
         again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
         plan.planned = planned_recipients(engine, request.tags, up_to_id, issue_id, again)

@@ -47,12 +47,16 @@ class SendSummary:
     #: a dry run validated by the provider's sandbox (else a dry run wrote files: the outbox)
     sandbox: bool = False
     finished_at: datetime | None = None
+    #: `cancel` asked it to stop and has not finished cancelling it (yet)
+    cancel_requested: bool = False
 
     @property
     def shown_status(self) -> str:
         """The status as it reads. A scheduled send that ended with every recipient failed
         has nothing at the provider: `failed`. (Stored, it stays `scheduled`, so that
         `send --resume` keeps its time and schedule id after the cause is fixed.)"""
+        if self.status == "scheduled" and self.cancel_requested:
+            return "cancelling"
         if self.status != "scheduled" or self.finished_at is None:
             return self.status
         if self.counts:
@@ -174,6 +178,7 @@ def send_summaries(engine: Engine, issue_id: int | None = None) -> list[SendSumm
                 joined_since=joined,
                 sandbox=bool(r.dry_run and caps and caps.has_sandbox),
                 finished_at=r.finished_at,
+                cancel_requested=r.cancel_requested_at is not None,
             )
         )
     return out
