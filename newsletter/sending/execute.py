@@ -349,40 +349,43 @@ def _rows(
     check_rows: bool,
     again: set[str],
 ) -> Iterator[Page]:
-    """Pages of the planned recipients (`plan.planned`, the ids fixed at planning time), by id:
-    plain rows, not objects. Those who have left since (unsubscribed, forgotten) are not
-    read; those who already have the issue are left out."""
-    from sqlalchemy import select
+    """Pages of the planned recipients (`plan.planned`, the ids fixed at planning time), by
+    id: plain rows, not objects. Read as a keyset scan of those subscribed (of the segment),
+    then kept only if planned: people who became subscribed since are not sent to, those who
+    left since are not read, and those who already have the issue are left out."""
+    from bisect import bisect_left, bisect_right
 
-    from newsletter.store.raw import marks, placeholder
-    from newsletter.store.schema import deliveries
+    from sqlalchemy import Integer, Text, bindparam, select, type_coerce
+
+    from newsletter.store.raw import CompiledQuery
+    from newsletter.store.schema import deliveries, subscribers
+    from newsletter.store.subscribers import segment_filters
 
     planned = plan.planned
-    subscribed = str(SubscriberStatus.SUBSCRIBED)
-    statements: dict[int, str] = {}  # (by page length: the last page is shorter)
-    # (Old SQLite binds at most 999 parameters.)
-    size = min(PAGE, int(engine.dialect.insertmanyvalues_max_parameters) - 1)
-    for start in range(0, len(planned), size):
+    if not planned:
+        return
+    s = subscribers.c
+    conditions = segment_filters(SubscriberStatus.SUBSCRIBED, plan.request.tags)
+    statement = (
+        select(s.id, s.email, s.name, s.first_name, s.last_name, type_coerce(s.fields, Text))
+        .where(s.id > bindparam("after", 0, type_=Integer), s.id <= planned[-1], *conditions)
+        .order_by(s.id)
+        .limit(PAGE)
+    )
+    query: CompiledQuery | None = None
+    last = 0
+    while True:
         with engine.connect() as conn:
-            ids = planned[start : start + size]
-            sql = statements.get(len(ids))
-            if sql is None:
-                sql = statements[len(ids)] = (
-                    "SELECT id, email, name, first_name, last_name, fields FROM subscribers "
-                    f"WHERE status = {placeholder(conn)} AND id IN ({marks(conn, len(ids))}) "
-                    "ORDER BY id"
-                )
-            # The driver's own cursor: plain tuples, no per-row objects (100,000 rows).
-            cursor = conn.connection.cursor()
-            try:
-                cursor.execute(sql, (subscribed, *ids))
-                rows: list[Row] = list(cursor.fetchall())
-            finally:
-                cursor.close()
-            if not rows:
-                continue
+            query = query or CompiledQuery(conn, statement, "after")
+            read = query.rows(conn, last)
+            if not read:
+                return
+            # This page's share of the plan (both ascending): a range of it, not all of it.
+            first, last = read[0][0], read[-1][0]
+            wanted = set(planned[bisect_left(planned, first) : bisect_right(planned, last)])
+            rows = [row for row in read if row[0] in wanted]
             states: dict[int, str] = {}
-            if check_rows:
+            if check_rows and rows:
                 states = dict(
                     conn.execute(
                         select(deliveries.c.subscriber_id, deliveries.c.state).where(
@@ -396,8 +399,10 @@ def _rows(
             keep = [row for row in rows if row[0] not in states or states[row[0]] in again]
             if keep:
                 yield keep, frozenset(row[0] for row in keep if row[0] in states)
-        else:
+        elif rows:
             yield rows, _NONE
+        if len(read) < PAGE:
+            return
 
 
 def execute(

@@ -283,12 +283,14 @@ def planned_recipients(
     compact array: 100,000 readers take 800 kB."""
     from sqlalchemy import select
 
+    from newsletter.store.raw import driver_rows
     from newsletter.store.schema import subscribers
 
     conditions = _recipient_conditions(tags, up_to_id, issue_id, again)
     statement = select(subscribers.c.id).where(*conditions).order_by(subscribers.c.id)
     with engine.connect() as conn:
-        return array("q", conn.execute(statement).scalars())
+        # The driver's own rows: SQLAlchemy's result objects cost more than the query.
+        return array("q", (row[0] for row in driver_rows(conn, statement)))
 
 
 def already_sent_refusal(
