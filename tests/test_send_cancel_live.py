@@ -96,7 +96,7 @@ def assert_sender_stopped_for_cancel(child: subprocess.Popen) -> None:
     assert child.returncode == 1, (out, err)
     assert "Traceback" not in err
     [line] = [line for line in err.splitlines() if "newsletter cancel" in line]
-    assert line.startswith("Error: send 1 stopped: `newsletter cancel` cancelled it after ")
+    assert line.startswith("Error: send 1 stopped: `newsletter cancel` stopped it after ")
 
 
 def assert_all_agree(root, engine, cli, url: str, got: list[str]) -> None:

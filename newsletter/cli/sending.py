@@ -143,7 +143,7 @@ def send(
     resume_command = f"newsletter send {issue} --resume"
     if report.cancelled:
         raise SendError(
-            f"send {report.send_id} stopped: `newsletter cancel` cancelled it after "
+            f"send {report.send_id} stopped: `newsletter cancel` stopped it after "
             f"{report.accepted} of {count} were handed over; see `newsletter sends {issue}`"
         )
     if report.interrupted:
