@@ -60,8 +60,9 @@ def set_delay(url: str, seconds: float) -> None:
     urllib.request.urlopen(request, timeout=5).read()
 
 
-def start_scheduled_send(make_project, database_url, monkeypatch, url):
-    """PEOPLE subscribers, then `send --schedule "in 2h" --yes` in its own process."""
+def start_scheduled_send(make_project, database_url, monkeypatch, url, parallel=False):
+    """PEOPLE subscribers, then `send --schedule "in 2h" --yes` in its own process (with
+    `parallel`, batches are prepared by forked worker processes, as for a big list)."""
     root = make_project(config=CONFIG + "\n[sending]\nbatch_size = 10\nconcurrency = 2\n")
     (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
@@ -74,7 +75,7 @@ def start_scheduled_send(make_project, database_url, monkeypatch, url):
     env = {
         **os.environ,
         "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-        "NEWSLETTER_SEND_PARALLEL_FROM": "1000000000",
+        "NEWSLETTER_SEND_PARALLEL_FROM": "1" if parallel else "1000000000",
     }
     child = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--project", str(root), "send", ISSUE,
@@ -115,11 +116,14 @@ def assert_all_agree(root, engine, cli, url: str, got: list[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "workers"])
 def test_cancel_stops_the_live_sender_first_then_cancels_at_sendgrid(
-    make_project, database_url, sendgrid_process, cli, monkeypatch
+    make_project, database_url, sendgrid_process, cli, monkeypatch, parallel
 ):
     url, log = sendgrid_process
-    root, engine, child = start_scheduled_send(make_project, database_url, monkeypatch, url)
+    root, engine, child = start_scheduled_send(
+        make_project, database_url, monkeypatch, url, parallel
+    )
     wait_for(log, 30, child)
 
     cancelled = cli(root, "cancel", ISSUE)
