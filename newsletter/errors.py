@@ -49,6 +49,10 @@ class SendError(NewsletterError):
     """A send could not start or had to stop; the message says how to resume."""
 
 
+class SendCancelled(SendError):
+    """`newsletter cancel` asked this send to stop: nothing more is claimed or sent."""
+
+
 class TransportError(SendError):
     """The mail transport (SendGrid or the outbox) failed."""
 

@@ -142,6 +142,11 @@ def send(
     if show:
         click.echo(err=True)
     resume_command = f"newsletter send {issue} --resume"
+    if report.cancelled:
+        raise SendError(
+            f"send {report.send_id} stopped: `newsletter cancel` stopped it after "
+            f"{report.accepted} of {count} were handed over; see `newsletter sends {issue}`"
+        )
     if report.interrupted:
         uncertain = f", {report.uncertain} uncertain" if report.uncertain else ""
         click.echo(
@@ -238,7 +243,9 @@ def sends(issue: str | None, fmt: str) -> None:
         if r.publish is not None:
             shown = "published" if r.publish.public else "not published"
             click.echo(f"      web archive: {shown} ({r.publish.reason})")
-        if r.process_gone:
+        if r.shown_status == "cancelling":
+            click.echo(f"      being cancelled; finish with `newsletter cancel {r.issue}`")
+        elif r.process_gone:
             click.echo(f"      its process is gone; run `newsletter send {r.issue} --resume`")
         if r.joined_since:
             click.echo(
@@ -265,8 +272,20 @@ def sends(issue: str | None, fmt: str) -> None:
 
 @click.command()
 @click.argument("issue")
-def cancel(issue: str) -> None:
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for a process still sending the issue to stop.",
+)
+def cancel(issue: str, wait_seconds: float) -> None:
     """Cancel a scheduled send before it goes out (at least 10 minutes before).
+
+    A `send --schedule` still handing the issue over is stopped first (after its current
+    batch); then the schedule is cancelled at the provider.
 
     \b
     Example:
@@ -279,10 +298,19 @@ def cancel(issue: str) -> None:
 
     project = get_project()
     slug = resolve_issue(project, issue, project_engine(project)).slug
-    done = cancel_scheduled(project, slug)
+
+    def waiting(lease: Any) -> None:
+        click.echo(
+            f"Stopping send {lease.send_id} (pid {lease.pid} on {lease.host}) after its "
+            "current batch...",
+            err=True,
+        )
+
+    done = cancel_scheduled(project, slug, wait=wait_seconds, waiting=waiting)
+    stopped = f"; its sender (pid {done.stopped_pid}) stopped" if done.stopped_pid else ""
     click.echo(
-        f"Cancelled send {done.send_id} of {slug} ({plural(done.recipients, 'recipient')}); "
-        "it can be sent again."
+        f"Cancelled send {done.send_id} of {slug} ({plural(done.recipients, 'recipient')})"
+        f"{stopped}; it can be sent again."
     )
 
 

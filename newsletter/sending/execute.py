@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from newsletter.errors import SendError
+from newsletter.errors import SendCancelled, SendError
 from newsletter.personalize import (
     MAX_URL_CHARS,
     UNSUBSCRIBE_HTML_KEY,
@@ -69,6 +69,8 @@ class SendReport:
     error: str | None = None
     errors: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: `newsletter cancel` asked the send to stop: no batch was claimed after that.
+    cancelled: bool = False
 
     @property
     def total(self) -> int:
@@ -348,19 +350,26 @@ def _rows(
     check_rows: bool,
     again: set[str],
 ) -> Iterator[Page]:
-    """Pages of the planned recipients (subscribed, in the segment, id <= up_to_id), by id:
-    plain rows, not objects; those who already have the issue left out."""
+    """Pages of the planned recipients (`plan.planned`, the ids fixed at planning time), by
+    id: plain rows, not objects. Read as a keyset scan of those subscribed (of the segment),
+    then kept only if planned: people who became subscribed since are not sent to, those who
+    left since are not read, and those who already have the issue are left out."""
+    from bisect import bisect_left, bisect_right
+
     from sqlalchemy import Integer, Text, bindparam, select, type_coerce
 
     from newsletter.store.raw import CompiledQuery
     from newsletter.store.schema import deliveries, subscribers
     from newsletter.store.subscribers import segment_filters
 
+    planned = plan.planned
+    if not planned:
+        return
     s = subscribers.c
     conditions = segment_filters(SubscriberStatus.SUBSCRIBED, plan.request.tags)
     statement = (
         select(s.id, s.email, s.name, s.first_name, s.last_name, type_coerce(s.fields, Text))
-        .where(s.id > bindparam("after", 0, type_=Integer), s.id <= plan.up_to_id, *conditions)
+        .where(s.id > bindparam("after", 0, type_=Integer), s.id <= planned[-1], *conditions)
         .order_by(s.id)
         .limit(PAGE)
     )
@@ -369,11 +378,15 @@ def _rows(
     while True:
         with engine.connect() as conn:
             query = query or CompiledQuery(conn, statement, "after")
-            rows = query.rows(conn, last)
-            if not rows:
+            read = query.rows(conn, last)
+            if not read:
                 return
+            # This page's share of the plan (both ascending): a range of it, not all of it.
+            first, last = read[0][0], read[-1][0]
+            wanted = set(planned[bisect_left(planned, first) : bisect_right(planned, last)])
+            rows = [row for row in read if row[0] in wanted]
             states: dict[int, str] = {}
-            if check_rows:
+            if check_rows and rows:
                 states = dict(
                     conn.execute(
                         select(deliveries.c.subscriber_id, deliveries.c.state).where(
@@ -382,15 +395,14 @@ def _rows(
                         )
                     ).all()
                 )
-        last = rows[-1][0]
         if states:
             # Those who have the issue already are left out; those to try again are marked.
             keep = [row for row in rows if row[0] not in states or states[row[0]] in again]
             if keep:
                 yield keep, frozenset(row[0] for row in keep if row[0] in states)
-        else:
+        elif rows:
             yield rows, _NONE
-        if len(rows) < PAGE:
+        if len(read) < PAGE:
             return
 
 
@@ -463,7 +475,9 @@ def execute(
             report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
         with stop_on_signals(stop), _longer_gil_slices():
             _send_batches(plan, ledger, report, issue_id, preparer, pool, lease, progress, stop)
-        if stop.is_set():
+        if report.cancelled:
+            report.error = report.error or "stopped for `newsletter cancel`"
+        elif stop.is_set():
             report.interrupted = True
             report.error = report.error or "interrupted"
     except KeyboardInterrupt:
@@ -595,7 +609,13 @@ def _send_batches(
         if use_ledger:
             new = [sid for sid in ids if sid not in with_rows]
             retry = [sid for sid in ids if sid in with_rows]
-            kept = ledger.claim(issue_id, send_id, number, new, retry, owner=owner, slug=slug)
+            try:
+                kept = ledger.claim(issue_id, send_id, number, new, retry, owner=owner, slug=slug)
+            except SendCancelled:
+                # `cancel` asked: claim and send nothing more, settle what is in flight.
+                report.cancelled = True
+                stop.set()
+                return []
             if len(kept) < len(ids):
                 # Unsubscribed or forgotten since they were read: they get nothing.
                 rows = [row for row in rows if row[0] in kept]

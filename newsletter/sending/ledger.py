@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from newsletter.errors import SendError
+from newsletter.errors import SendCancelled, SendError
 from newsletter.sending.transports import outcome_runs
 from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
 from newsletter.store.raw import binder, placeholder
@@ -233,11 +233,22 @@ class Ledger:
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def finish_send(self, send_id: int, status: str, error: str | None = None) -> None:
+        """The send's end. A cancelled send stays cancelled: its sender, stopped by `cancel`,
+        may come to say how it ended after `cancel` has finished."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(sends)
-                .where(sends.c.id == send_id)
+                .where(sends.c.id == send_id, sends.c.status != "cancelled")
                 .values(status=status, error=error, finished_at=now())
+            )
+
+    def request_cancel(self, send_ids: Sequence[int]) -> None:
+        """Ask the sends' senders to stop: `claim` refuses every further batch of them."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sends)
+                .where(sends.c.id.in_(list(send_ids)), sends.c.cancel_requested_at.is_(None))
+                .values(cancel_requested_at=now())
             )
 
     def start_totals(self, send_id: int, recipients: int) -> None:
@@ -379,6 +390,17 @@ class Ledger:
             # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
             # and its per-row parameter processing cost more than the database work.
             mark = placeholder(conn)
+            # In the same transaction as the claim: once `cancel` has asked, no batch of this
+            # send goes out (one that was claimed before is settled; `cancel` waits for it).
+            if conn.exec_driver_sql(
+                f"SELECT 1 FROM sends WHERE id = {mark} AND "
+                f"(cancel_requested_at IS NOT NULL OR status = {mark})",
+                (send_id, "cancelled"),
+            ).first():
+                raise SendCancelled(
+                    f"send {send_id} of {slug} was cancelled (`newsletter cancel`); nothing more "
+                    f"goes out, see `newsletter sends {slug}`"
+                )
             subscribed = str(SubscriberStatus.SUBSCRIBED)
             kept: set[int] = set()
             if new_ids:

@@ -9,9 +9,11 @@ finds every send of the issue that carries them.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from newsletter.errors import SendError
 from newsletter.store.times import as_utc
@@ -72,12 +74,33 @@ def _in_the_past(when: str) -> str:
 class Cancelled:
     send_id: int
     recipients: int
+    #: A live sender of it was stopped first (its pid), or None.
+    stopped_pid: int | None = None
 
 
-def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None) -> Cancelled:
+#: How long `cancel` waits for a live sender to stop after its current batch (a batch's
+#: request may be retried for a while: `[sending] max_retries`, `[sendgrid] timeout`).
+STOP_WAIT_SECONDS = 120.0
+
+
+def cancel_scheduled(
+    project: Project,
+    slug: str,
+    *,
+    now: datetime | None = None,
+    wait: float = STOP_WAIT_SECONDS,
+    waiting: Callable[[Any], None] | None = None,
+) -> Cancelled:
     """Cancel the issue's scheduled send at the provider and forget its ledger rows (of every
     send that carries its schedule id: a killed one and its --resume), so the issue can be
-    sent again later."""
+    sent again later.
+
+    A process still sending it is stopped first, through the send: it claims no batch after
+    the request (`Ledger.claim`), settles those in flight and lets go of its lease. Only then
+    is the schedule cancelled at the provider, so nothing is handed over under it afterwards,
+    and the ledger, `sends` and the provider agree. `waiting(lease_row)` is called once while
+    waiting; if the sender has not stopped within `wait` seconds, SendError, and nothing is
+    cancelled yet (the sender still stops at its next batch; run `cancel` again)."""
     from sqlalchemy import select
 
     from newsletter.sending.factory import choose_transport
@@ -91,7 +114,7 @@ def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None
     ledger = Ledger(engine)
     issue_id = find_issue_id(engine, slug)
     row = ledger.latest_scheduled(issue_id) if issue_id is not None else None
-    if row is None:
+    if issue_id is None or row is None:
         raise SendError(f"{slug} has no scheduled send to cancel (see `newsletter sends {slug}`)")
     if row.send_at is not None:
         send_at = as_utc(row.send_at)
@@ -102,7 +125,9 @@ def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None
                 f"too late to cancel send {row.id} of {slug}: it goes out at {when}, and the "
                 "provider cancels only up to 10 minutes before; see `newsletter sends` afterwards"
             )
+    transport = None
     if row.batch_id:
+        # Before a live sender is stopped: a send that cannot be cancelled keeps going.
         chosen = choose_transport(project)
         transport = chosen.transport
         if not transport.capabilities.can_schedule:
@@ -111,7 +136,6 @@ def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None
                 f"send {row.id} of {slug} is scheduled with {row.transport}, but the "
                 f"{transport.kind} transport cannot cancel it{why}"
             )
-        cast(SchedulingTransport, transport).cancel_schedule(row.batch_id)
     with engine.connect() as conn:
         same = (
             conn.execute(
@@ -124,8 +148,39 @@ def cancel_scheduled(project: Project, slug: str, *, now: datetime | None = None
             .scalars()
             .all()
         )
+    running = ledger.running(issue_id)
+    if running is not None and running.send_id not in same:
+        raise SendError(
+            f"send {running.send_id} of {slug} is running now (pid {running.pid} on "
+            f"{running.host}) and is not the scheduled send {row.id}; wait for it to finish"
+        )
+    # Asked before looking for a sender: one that starts claiming a moment from now stops too.
+    ledger.request_cancel(same)
+    if running is not None:
+        if waiting is not None:
+            waiting(running)
+        if not _stopped(ledger, issue_id, wait):
+            raise SendError(
+                f"send {running.send_id} of {slug} is still sending (pid {running.pid} on "
+                f"{running.host}) after {wait:g}s; it stops after its current batch, then run "
+                f"`newsletter cancel {slug}` again to cancel it at the provider"
+            )
+    if transport is not None and row.batch_id:
+        cast(SchedulingTransport, transport).cancel_schedule(row.batch_id)
     removed = 0
     for send_id in same:
         removed += ledger.remove_send_rows(send_id)
         ledger.finish_send(send_id, "cancelled")
-    return Cancelled(send_id=row.id, recipients=removed)
+    return Cancelled(
+        send_id=row.id, recipients=removed, stopped_pid=running.pid if running else None
+    )
+
+
+def _stopped(ledger: Any, issue_id: int, wait: float) -> bool:
+    """Whether the issue's sender let go of its lease (or died) within `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while ledger.running(issue_id) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True

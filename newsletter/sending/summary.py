@@ -56,12 +56,16 @@ class SendSummary:
     finished_at: datetime | None = None
     #: whether this send makes its issue public on the web archive, and why
     publish: PublishRule | None = None
+    #: `cancel` asked it to stop and has not finished cancelling it (yet)
+    cancel_requested: bool = False
 
     @property
     def shown_status(self) -> str:
         """The status as it reads. A scheduled send that ended with every recipient failed
         has nothing at the provider: `failed`. (Stored, it stays `scheduled`, so that
         `send --resume` keeps its time and schedule id after the cause is fixed.)"""
+        if self.status == "scheduled" and self.cancel_requested:
+            return "cancelling"
         if self.status != "scheduled" or self.finished_at is None:
             return self.status
         if self.counts:
@@ -119,6 +123,9 @@ class SendSummary:
 
 
 def _joined_since(engine: Engine, row: Any) -> int:
+    """Subscribed (of the segment) and without the issue, after a send that ended without an
+    error: it reached everyone it planned who was still subscribed, so these became
+    subscribed after it was planned, whatever their id (a resubscribe keeps the old one)."""
     if row.up_to_subscriber is None:
         return 0
     reached = exists().where(
@@ -131,7 +138,6 @@ def _joined_since(engine: Engine, row: Any) -> int:
                 .select_from(subscribers)
                 .where(
                     *segment_filters(SubscriberStatus.SUBSCRIBED, row.segment or []),
-                    subscribers.c.id > row.up_to_subscriber,
                     ~reached,
                 )
             ).scalar_one()
@@ -166,7 +172,10 @@ def send_summaries(
         t = sums.get(r.id)
         unfinished = r.status == "sending" or (r.status == "scheduled" and r.finished_at is None)
         joined = 0
-        if keeps and last_of_issue[r.issue_id] == r.id and r.status in ("done", "scheduled"):
+        ended_well = r.status == "done" or (
+            r.status == "scheduled" and r.finished_at is not None and r.error is None
+        )
+        if keeps and last_of_issue[r.issue_id] == r.id and ended_well:
             joined = _joined_since(engine, r)
         out.append(
             SendSummary(
@@ -200,6 +209,7 @@ def send_summaries(
                     sequence_step=r.issue_id in steps,
                     front_matter_public=flags.get(r.slug),
                 ),
+                cancel_requested=r.cancel_requested_at is not None,
             )
         )
     return out

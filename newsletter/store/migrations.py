@@ -165,6 +165,17 @@ def m011_sequence_step_numbers(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE sequence_steps ADD COLUMN {column_ddl}")
 
 
+def m012_send_cancel_requested(conn: Connection) -> None:
+    """`sends.cancel_requested_at`: `newsletter cancel` marks a send it cancels, and the
+    process sending it (which checks with every batch it claims) stops before the next one,
+    so nothing goes out under a schedule that is being cancelled."""
+    from sqlalchemy.schema import CreateColumn
+
+    if "cancel_requested_at" not in {c["name"] for c in inspect(conn).get_columns("sends")}:
+        column_ddl = CreateColumn(schema.sends.c.cancel_requested_at).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE sends ADD COLUMN {column_ddl}")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -178,6 +189,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m009_sequences", m009_sequences),
     ("m010_no_delivery_message_id_index", m010_no_delivery_message_id_index),
     ("m011_sequence_step_numbers", m011_sequence_step_numbers),
+    ("m012_send_cancel_requested", m012_send_cancel_requested),
 ]
 
 

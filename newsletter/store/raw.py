@@ -80,6 +80,20 @@ def execute_in(
     return sum(result.rowcount or 0 for result in _chunks(conn, sql, values, before, after))
 
 
+def driver_rows(conn: Connection, statement: Select[Any]) -> list[tuple[Any, ...]]:
+    """Every row of `statement`, as the driver's plain tuples (see `CompiledQuery`)."""
+    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params: Any = dict(compiled.params)
+    if compiled.positiontup is not None:  # positional drivers (sqlite3): in this order
+        params = tuple(params[name] for name in compiled.positiontup)
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 class CompiledQuery:
     """A SQLAlchemy statement compiled once for this database's driver, then run on the
     driver's own cursor with one bound value changed per run (`after` for keyset paging):

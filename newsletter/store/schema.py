@@ -134,6 +134,8 @@ sends = Table(
     Column("error", Text),
     # The highest subscriber id when the send was planned: it goes to those counted (m005).
     Column("up_to_subscriber", Integer),
+    # `newsletter cancel` asked the send to stop (m011): its sender claims no further batch.
+    Column("cancel_requested_at", DateTime(timezone=True)),
 )
 
 
