@@ -22,7 +22,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     default=None,
     help="Also send due welcome-sequence steps every minute (default: [serve] run_sequences).",
 )
-def serve(host: str, port: int, run_sequences: bool | None) -> None:
+@click.option(
+    "--fetch-replies",
+    "fetch_every",
+    metavar="INTERVAL",
+    help="Also read replies from the [replies.imap] mailbox this often, e.g. 5m "
+    "(default: [serve] fetch_replies).",
+)
+def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | None) -> None:
     """Run the web endpoints: unsubscribe, subscribe/confirm, SendGrid webhooks.
 
     Binds 127.0.0.1 by default; put it behind an HTTPS reverse proxy (README: "Deploying behind HTTPS").
@@ -32,6 +39,7 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
         export NEWSLETTER_SECRET_KEY=...  SENDGRID_WEBHOOK_PUBLIC_KEY=...
         newsletter serve --port 8000
         newsletter serve --sequences       # and send welcome sequences
+        newsletter serve --fetch-replies 5m   # and read replies from the mailbox
     """
     import logging
 
@@ -51,7 +59,20 @@ def serve(host: str, port: int, run_sequences: bool | None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(project)
+    fetch_replies = None
+    if fetch_every is not None:
+        from newsletter.replies.mailbox import imap_settings
+        from newsletter.sequences.steps import parse_delay
+
+        interval = parse_delay(fetch_every)
+        if interval is None or interval.total_seconds() < 60:
+            raise click.BadParameter(
+                f"{fetch_every!r} is not an interval of a minute or more; e.g. 5m or 1h",
+                param_hint="--fetch-replies",
+            )
+        imap_settings(project)  # refuse to start without [replies.imap]
+        fetch_replies = interval.total_seconds()
+    app = create_app(project, fetch_replies=fetch_replies)
     on_interrupt(
         "Stopped (Ctrl-C). Everything received so far is stored; "
         "start `newsletter serve` again to go on."
@@ -141,6 +162,45 @@ def replies(ctx: click.Context, issue_name: str | None, fmt: str, show_all: bool
         click.echo(strip_terminal_controls(line))
     if hidden:
         click.echo(f"({hidden} auto-replies hidden; `newsletter replies --all` shows them)")
+
+
+@replies.command("fetch")
+@click.option("--dry-run", is_flag=True, help="Say what would be stored; change nothing.")
+def replies_fetch(dry_run: bool) -> None:
+    """Read new replies from the mailbox in [replies.imap] (for authors who send by SMTP).
+
+    Stores each reply to the newsletter once, applies bounce reports, and moves (move_to) or
+    flags what it handled; anything else stays in the mailbox untouched. The password comes
+    from NEWSLETTER_IMAP_PASSWORD.
+
+    \b
+    Example:
+        export NEWSLETTER_IMAP_PASSWORD=...
+        newsletter replies fetch
+    """
+    from newsletter.replies.mailbox import fetch_replies
+    from newsletter.store.engine import project_engine
+
+    on_interrupt(
+        "Stopped (Ctrl-C). What was stored is stored; `newsletter replies fetch` again goes on."
+    )
+    project = get_project()
+    report = fetch_replies(project, project_engine(project), dry_run=dry_run)
+    stored = "would store" if dry_run else "stored"
+    parts = [
+        f"{report.looked_at} {'message' if report.looked_at == 1 else 'messages'} looked at",
+        f"{report.stored} {'reply' if report.stored == 1 else 'replies'} {stored}"
+        + (f" ({report.automatic} automatic)" if report.automatic else ""),
+    ]
+    if report.already_stored:
+        parts.append(f"{report.already_stored} stored before")
+    if report.bounces:
+        parts.append(f"{report.bounces} {'bounce' if report.bounces == 1 else 'bounces'}")
+    if report.unsubscribed:
+        parts.append(f"{report.unsubscribed} unsubscribed by reply")
+    if report.unmatched:
+        parts.append(f"{report.unmatched} left in the mailbox (not replies to the newsletter)")
+    click.echo("; ".join(parts))
 
 
 @replies.command("show")

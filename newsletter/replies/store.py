@@ -83,8 +83,19 @@ def normalize_subject(subject: str) -> str:
     return " ".join(subject.split()).casefold()
 
 
-def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
-    """Match the reply to its issue and subscriber, store it, and apply an unsubscribe request."""
+@dataclass(frozen=True)
+class Match:
+    """Who wrote a reply about which issue, as a mailbox fetch found out (its References)."""
+
+    subscriber_id: int | None
+    issue_id: int | None
+
+
+def store(
+    project: Project, engine: Engine, inbound: Inbound, *, match: Match | None = None
+) -> StoredReply:
+    """Match the reply to its issue and subscriber, store it, and apply an unsubscribe request.
+    `match` is what the caller already knows beyond the reply address and the subject."""
     key = tokens.secret_key()
     now = datetime.now(UTC)
     token = reply_token(inbound.recipients, key)
@@ -93,7 +104,7 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
         if earlier is not None:
             return earlier
     try:
-        return _store_new(engine, inbound, token, now)
+        return _store_new(engine, inbound, token, now, match)
     except IntegrityError:
         # The same message posted twice at once: the other post stored it.
         if inbound.message_id is not None:
@@ -124,7 +135,11 @@ def _stored_before(engine: Engine, message_id: str) -> StoredReply | None:
 
 
 def _store_new(
-    engine: Engine, inbound: Inbound, token: tokens.SubscriberToken | None, now: datetime
+    engine: Engine,
+    inbound: Inbound,
+    token: tokens.SubscriberToken | None,
+    now: datetime,
+    match: Match | None = None,
 ) -> StoredReply:
     unsubscribed = False
     with engine.begin() as conn:
@@ -145,6 +160,9 @@ def _store_new(
         )
         subscriber_id = sender_id if sender_id is not None else token_subscriber
         issue_id = token.issue_id if token is not None else None
+        if match is not None:
+            subscriber_id = subscriber_id if subscriber_id is not None else match.subscriber_id
+            issue_id = issue_id if issue_id is not None else match.issue_id
         if (
             issue_id is not None
             and conn.execute(
