@@ -87,6 +87,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "replies": {
         "domain": (str, None),  # Inbound Parse domain: sends use reply+TOKEN@domain
         "forward": (bool, True),  # forward each reply to reply_to as well
+        "tag": (str, None),  # e.g. "hat-geantwortet": given to a reader on their first reply
     },
     "subscribe": {
         "double_opt_in": (bool, True),
@@ -111,6 +112,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "privacy": {
         "store_full_ip": (bool, False),  # else the last octet / last 80 bits are zeroed
         "keep_events_days": (int, 365),  # webhook events and automatic replies
+        "keep_replies_days": (int, None),  # closed conversations (default: kept)
     },
     # `[sequences.<name>]` tables, one per sequence: their keys are in SEQUENCE_SCHEMA.
     "sequences": {},
@@ -287,6 +289,9 @@ def parse_config(path: Path) -> Config:
             )
         if imap is None:
             raise ConfigError(f"{path}: [serve] fetch_replies needs a [replies.imap] table")
+    keep_replies = sections["privacy"]["keep_replies_days"]
+    if keep_replies is not None and not 1 <= keep_replies <= 36500:
+        raise ConfigError(f"{path}: [privacy] keep_replies_days must be between 1 and 36500")
     if sections["privacy"]["keep_events_days"] < 1:
         raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
     _check_timezone(path, newsletter["timezone"])

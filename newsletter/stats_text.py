@@ -181,8 +181,10 @@ def issue_detail(
     unsubscribes: list[tuple[date, int]],
     opens: bool,
     fmt: str,
+    answered: int = 0,
 ) -> str:
-    """One issue: its counts and rates, clicks per link, unsubscribes per day."""
+    """One issue: its counts and rates, clicks per link, unsubscribes per day, and how many
+    of the readers who replied got an answer."""
     stats = [s for s in STAT_ORDER if s != "opened" or opens]
     if fmt == "json":
         return json.dumps(
@@ -196,6 +198,7 @@ def issue_detail(
                 },
                 "rates": {s: row.rates[s] for s in stats},
                 "rate_bases": {s: RATE_BASES[s] for s in stats},
+                "answered": answered,
                 "opens_are_estimates": opens,
                 "links": link_dicts(links),
                 "unsubscribes_per_day": [
@@ -211,6 +214,7 @@ def issue_detail(
         for s in stats:
             rate = row.rates[s]
             lines.append(["counts", s, "", row.counts[s], "" if rate is None else round(rate, 4)])
+        lines.append(["answers", "answered", "", answered, ""])
         for link in links:
             lines.append(["link", link.url, link.text or "", link.clicks, ""])
         for day, n in unsubscribes:
@@ -220,6 +224,8 @@ def issue_detail(
     for s in stats:
         label = "opened*" if s == "opened" else s
         out.append(f"  {label:14}{row.counts[s]:>8}  {_pct(row.rates[s]):>7}  of {RATE_BASES[s]}")
+        if s == "replied" and row.counts[s]:
+            out.append(f"  {'answered':14}{answered:>8}  of the readers who replied")
     out += ["", "Clicks per link:"]
     if links:
         out.append(

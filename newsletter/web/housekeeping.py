@@ -36,6 +36,16 @@ def purge_job(ctx: Context) -> None:
         result.automatic_replies,
         days,
     )
+    keep_replies = ctx.config.section("privacy")["keep_replies_days"]
+    if keep_replies is not None:
+        from newsletter.replies.threads import purge_closed
+
+        closed = purge_closed(ctx.engine, keep_replies)
+        log.info(
+            "privacy purge: %d closed conversations older than %d days deleted",
+            closed,
+            keep_replies,
+        )
 
 
 def fetch_replies_job(ctx: Context) -> None:
