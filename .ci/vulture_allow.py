@@ -5,7 +5,7 @@
 from newsletter.cli import doctor as cli_doctor, sequences as cli_sequences, serving, subscribers
 from newsletter.engagement import _LinkCollector
 from newsletter.preview import server, state
-from newsletter.replies import decode
+from newsletter.replies import decode, mailbox
 from newsletter.sending import ledger
 from newsletter.sending.transports import PreparingTransport
 from newsletter.sending.transports.sendgrid import body
@@ -19,6 +19,9 @@ cli_sequences.list_
 cli_doctor.secrets_init
 cli_sequences.rename
 serving.replies_show
+serving.replies_fetch
+serving.replies_done
+serving.replies_answer
 subscribers.remove
 subscribers.list_
 subscribers.untag
@@ -32,6 +35,9 @@ _LinkCollector.handle_endtag
 decode._TextExtractor.handle_starttag
 decode._TextExtractor.handle_endtag
 decode._TextExtractor.handle_data
+
+# imap-tools builds each fetched message with the mailbox's email_message_class.
+mailbox._.email_message_class
 
 # Attributes a library reads: markdown-it's options, uvicorn's server, pygal's chart config,
 # logging's record (the masking filter rewrites what the handler then formats).

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, delete
 
 from newsletter.errors import StoreError
+from newsletter.replies.threads import forget_threads
 from newsletter.store import consent, suppressions
 from newsletter.store.emails import normalize_email
 from newsletter.store.schema import events, replies
@@ -108,6 +109,7 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
                 conn.execute(delete(replies).where(replies.c.id.in_(written))).rowcount > 0
                 or removed
             )
+        forget_threads(conn, named)
         Ledger.scrub_errors(conn, person.spellings, person.names_text, person.redact_text)
         scrub_links(conn, person.names_url, person.redact_url)
         status = subscriber.status if subscriber else None

@@ -87,6 +87,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "replies": {
         "domain": (str, None),  # Inbound Parse domain: sends use reply+TOKEN@domain
         "forward": (bool, True),  # forward each reply to reply_to as well
+        "tag": (str, None),  # e.g. "hat-geantwortet": given to a reader on their first reply
     },
     "subscribe": {
         "double_opt_in": (bool, True),
@@ -106,6 +107,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "max_inbound_bytes": (int, 30_000_000),  # Inbound Parse, attachments included
         "confirm_max_age_days": (int, 7),  # how long a confirmation link works
         "run_sequences": (bool, False),  # `serve` also sends due sequence steps (as --sequences)
+        "fetch_replies": (str, None),  # e.g. "5m": `serve` also runs `replies fetch` this often
     },
     "doctor": {
         # `newsletter doctor`: the SendGrid return-path name (em1234.example.com) that carries
@@ -118,6 +120,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "privacy": {
         "store_full_ip": (bool, False),  # else the last octet / last 80 bits are zeroed
         "keep_events_days": (int, 365),  # webhook events and automatic replies
+        "keep_replies_days": (int, None),  # closed conversations (default: kept)
     },
     # `[sequences.<name>]` tables, one per sequence: their keys are in SEQUENCE_SCHEMA.
     "sequences": {},
@@ -145,6 +148,26 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
 }
 #: The largest newsletter.toml read (a real one is a few kilobytes).
 MAX_CONFIG_BYTES = 1 << 20
+
+#: Tables inside a section (`[replies.imap]`): section -> table -> its keys. Absent tables are
+#: None in `config.section("replies")["imap"]`; present ones are checked like a section.
+SUBTABLES: dict[str, dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]] = {
+    "replies": {
+        # Replies from any mailbox: `newsletter replies fetch`. The password comes from
+        # NEWSLETTER_IMAP_PASSWORD.
+        "imap": {
+            "host": (str, REQUIRED),
+            "port": (int, None),  # default: 993 (tls), 143 (starttls)
+            "security": (str, "tls"),  # "tls" | "starttls"
+            "username": (str, REQUIRED),
+            "folder": (str, "INBOX"),
+            "move_to": (str, None),  # processed messages move here; else they are flagged
+            "flag": (str, "$NewsletterFetched"),  # the IMAP keyword that marks them
+            "ca_file": (str, None),  # a CA certificate to trust (a private server)
+            "timeout": ((int, float), 30.0),  # seconds, per IMAP command
+        }
+    },
+}
 
 #: The keys of each `[sequences.<name>]` table (`trigger = "subscribed"` or "tagged:<tag>").
 SEQUENCE_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -251,28 +274,18 @@ def parse_config(path: Path) -> Config:
         if section == "sequences":
             sections[section] = _sequence_tables(path, given)
             continue
-        for key in given:
-            if key not in keys:
-                known = ", ".join(keys)
-                raise ConfigError(
-                    f"{path}: unknown key `{key}` in [{section}]; known keys: {known}"
-                )
-        values: dict[str, Any] = {}
-        for key, (expected, default) in keys.items():
-            if key not in given:
-                if default is REQUIRED:
-                    raise ConfigError(
-                        f'{path}: missing required key `{key}` in [{section}]; add {key} = "..."'
-                    )
-                values[key] = default
-                continue
-            value = given[key]
-            if not _matches(value, expected):
-                raise ConfigError(
-                    f"{path}: [{section}] {key} must be {_type_name(expected)}, "
-                    f"not {type(value).__name__} {value!r}"
-                )
-            values[key] = value
+        tables = SUBTABLES.get(section, {})
+        values = _table_values(
+            path, section, {k: v for k, v in given.items() if k not in tables}, keys
+        )
+        for name, table_keys in tables.items():
+            label = f"{section}.{name}"
+            if name not in given:
+                values[name] = None
+            elif not isinstance(given[name], dict):
+                raise ConfigError(f"{path}: `{name}` in [{section}] must be a [{label}] table")
+            else:
+                values[name] = _table_values(path, label, given[name], table_keys)
         sections[section] = values
 
     newsletter = sections["newsletter"]
@@ -305,6 +318,29 @@ def parse_config(path: Path) -> Config:
         raise ConfigError(
             f'{path}: [doctor] dkim_selectors must be a list of selector names, e.g. ["s1", "s2"]'
         )
+    imap = sections["replies"]["imap"]
+    if imap is not None:
+        if imap["security"] not in ("tls", "starttls"):
+            raise ConfigError(
+                f"{path}: [replies.imap] security {imap['security']!r} is not known; "
+                "use tls or starttls (a mailbox password never travels in the clear)"
+            )
+        if imap["port"] is not None and not 1 <= imap["port"] <= 65535:
+            raise ConfigError(f"{path}: [replies.imap] port {imap['port']} must be 1 to 65535")
+    every = sections["serve"]["fetch_replies"]
+    if every is not None:
+        from newsletter.sequences.steps import parse_delay
+
+        interval = parse_delay(every)
+        if interval is None or interval.total_seconds() < 60:
+            raise ConfigError(
+                f'{path}: [serve] fetch_replies {every!r} is not an interval of a minute or more; write it as "5m", "1h"'
+            )
+        if imap is None:
+            raise ConfigError(f"{path}: [serve] fetch_replies needs a [replies.imap] table")
+    keep_replies = sections["privacy"]["keep_replies_days"]
+    if keep_replies is not None and not 1 <= keep_replies <= 36500:
+        raise ConfigError(f"{path}: [privacy] keep_replies_days must be between 1 and 36500")
     if sections["privacy"]["keep_events_days"] < 1:
         raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
     _check_ranges(path, sections)
@@ -322,6 +358,33 @@ def parse_config(path: Path) -> Config:
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")
     return Config(path=path, sections=sections, warnings=tuple(warnings))
+
+
+def _table_values(
+    path: Path, label: str, given: dict[str, Any], keys: dict[str, tuple[Any, Any]]
+) -> dict[str, Any]:
+    """One table's values, checked against its keys and filled with their defaults."""
+    for key in given:
+        if key not in keys:
+            known = ", ".join(keys)
+            raise ConfigError(f"{path}: unknown key `{key}` in [{label}]; known keys: {known}")
+    values: dict[str, Any] = {}
+    for key, (expected, default) in keys.items():
+        if key not in given:
+            if default is REQUIRED:
+                raise ConfigError(
+                    f'{path}: missing required key `{key}` in [{label}]; add {key} = "..."'
+                )
+            values[key] = default
+            continue
+        value = given[key]
+        if not _matches(value, expected):
+            raise ConfigError(
+                f"{path}: [{label}] {key} must be {_type_name(expected)}, "
+                f"not {type(value).__name__} {value!r}"
+            )
+        values[key] = value
+    return values
 
 
 #: Keys that moved from [sendgrid] to [sending].

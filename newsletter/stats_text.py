@@ -176,8 +176,10 @@ def issue_detail(
     unsubscribes: list[tuple[date, int]],
     opens: bool,
     fmt: str,
+    answered: int = 0,
 ) -> str:
-    """One issue: its counts and rates, clicks per link, unsubscribes per day."""
+    """One issue: its counts and rates, clicks per link, unsubscribes per day, and how many
+    of the readers who replied got an answer."""
     stats = [s for s in STAT_ORDER if s != "opened" or opens]
     if fmt == "json":
         return json.dumps(
@@ -192,6 +194,7 @@ def issue_detail(
                 "rates": {s: row.rates[s] for s in stats},
                 "rate_bases": {s: RATE_BASES[s] for s in stats},
                 "delivered_means": row.delivered_means,
+                "answered": answered,
                 "opens_are_estimates": opens,
                 "links": link_dicts(links),
                 "unsubscribes_per_day": [
@@ -207,6 +210,7 @@ def issue_detail(
         for s in stats:
             rate = row.rates[s]
             lines.append(["counts", s, "", row.counts[s], "" if rate is None else round(rate, 4)])
+        lines.append(["answers", "answered", "", answered, ""])
         for link in links:
             lines.append(["link", link.url, link.text or "", link.clicks, ""])
         for day, n in unsubscribes:
@@ -219,6 +223,8 @@ def issue_detail(
         if s == "delivered" and row.delivered_means_accepted:
             line += f" ({row.delivered_means}, until a bounce says otherwise)"
         out.append(line)
+        if s == "replied" and row.counts[s]:
+            out.append(f"  {'answered':14}{answered:>8}  of the readers who replied")
     out += ["", "Clicks per link:"]
     if links:
         out.append(

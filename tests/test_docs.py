@@ -153,3 +153,23 @@ def test_help_has_a_summary_and_an_example(path: str, command: click.Command) ->
     assert command.get_short_help_str(), path
     if not isinstance(command, click.Group) or path == "newsletter":
         assert "Example" in command.help, f"{path}'s help has no example"
+
+
+def test_every_config_key_is_in_the_configuration_reference() -> None:
+    """docs/reference/configuration.md has a row for each key newsletter.toml may hold."""
+    from newsletter.project import SCHEMA, SEQUENCE_SCHEMA, SUBTABLES
+
+    page = (REPO / "docs" / "reference" / "configuration.md").read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## `\[([\w.<>]+)\]`\n(.*?)(?=^## |\Z)", page, re.S | re.M))
+    wanted = {name: list(keys) for name, keys in SCHEMA.items() if keys}
+    wanted |= {
+        f"{s}.{t}": list(keys) for s, tables in SUBTABLES.items() for t, keys in tables.items()
+    }
+    wanted["sequences.<name>"] = list(SEQUENCE_SCHEMA)
+    missing = [
+        f"[{section}] {key}"
+        for section, keys in wanted.items()
+        for key in keys
+        if key not in SUBTABLES.get(section, {}) and f"| `{key}` |" not in sections.get(section, "")
+    ]
+    assert missing == [], "document these in docs/reference/configuration.md"

@@ -110,8 +110,12 @@ def test_fixture_reply_matched_by_subject_and_listed(inbox, cli):
     assert cli(proj.root, "replies", "--issue", "meta-ki-creator").output == listing.output
     shown = cli(proj.root, "replies", "show", str(row.id))
     assert "Hallo Jens," in shown.output and "“sozialen” Aspekt" in shown.output
+    # `replies` lists conversations (issue 25): one, with this one message.
     as_json = json.loads(cli(proj.root, "replies", "--format", "json").output)
-    assert as_json[0]["text"] == row.text and as_json[0]["issue"] == "meta-ki-creator"
+    assert as_json[0]["issue"] == "meta-ki-creator" and as_json[0]["messages"] == 1
+    assert as_json[0]["first_line"] in row.text and as_json[0]["state"] == "new"
+    thread = json.loads(cli(proj.root, "replies", "show", str(row.id), "--format", "json").output)
+    assert [m["text"] for m in thread["messages"]] == [row.text]
     stats = json.loads(cli(proj.root, "stats", "meta-ki-creator", "--format", "json").output)
     assert stats["counts"]["replied"] == 1
     assert not (proj.root / "outbox").exists()  # no [replies] domain: nothing forwarded
@@ -366,10 +370,11 @@ def test_a_forged_abmelden_is_flagged_unverified_and_unsubscribes_nobody(inbox, 
     rows = stored(engine)
     assert [row.unsubscribe_request for row in rows] == ["unverified", "unverified"]
     assert all(row.subscriber_id == anna.id for row in rows)
+    # One conversation with Anna, holding both requests.
     listing = cli(proj.root, "replies").output
-    assert listing.count("asks to unsubscribe (unverified)") == 2
+    assert listing.count("asks to unsubscribe (unverified)") == 1
     shown = cli(proj.root, "replies", "show", str(rows[0].id)).output
-    assert "asks to unsubscribe (unverified)" in shown
+    assert shown.count("asks to unsubscribe (unverified)") == 2
     assert "newsletter subscribers remove anna.mueller@example.de" in shown
     as_json = json.loads(cli(proj.root, "replies", "--format", "json").output)
     assert as_json[0]["unsubscribe_request"] == "unverified"
@@ -480,7 +485,9 @@ def test_auto_replies_are_stored_hidden_and_never_forwarded(inbox, cli, mode):
     assert f"{len(AUTO_REPLIES) - 1} auto-replies hidden" in listing
     everything = cli(proj.root, "replies", "--all").output
     assert "klaus.becker@firma.example" in everything and "[auto-reply]" in everything
-    assert "Automatische Antwort: Meta, KI" in everything
+    [klaus] = [row for row in rows if row.from_email == "klaus.becker@firma.example"]
+    shown = cli(proj.root, "replies", "show", str(klaus.id)).output
+    assert "Automatische Antwort: Meta, KI" in shown and "auto-reply" in shown
     as_json = json.loads(cli(proj.root, "replies", "--all", "--format", "json").output)
     assert sum(item["automatic"] for item in as_json) == len(AUTO_REPLIES) - 1
 

@@ -20,7 +20,8 @@ def privacy() -> None:
 
 @privacy.command("purge")
 def purge() -> None:
-    """Delete webhook events and automatic replies older than [privacy] keep_events_days.
+    """Delete webhook events and automatic replies older than [privacy] keep_events_days,
+    and closed conversations older than [privacy] keep_replies_days (when set).
 
     `serve` does this once a day by itself. The counts `stats` shows are kept as
     aggregates, so they stay.
@@ -33,13 +34,23 @@ def purge() -> None:
     from newsletter.store.engine import project_engine
 
     project = get_project()
+    engine = project_engine(project)
     days = project.config.section("privacy")["keep_events_days"]
-    result = run_purge(project_engine(project), days)
+    result = run_purge(engine, days)
     click.echo(
         f"purged {result.events:,} webhook {noun(result.events, 'event')} and "
         f"{result.automatic_replies:,} automatic {noun(result.automatic_replies, 'reply', 'replies')} "
         f"older than {plural(days, 'day')} (before {result.cutoff:%Y-%m-%d})"
     )
+    keep_replies = project.config.section("privacy")["keep_replies_days"]
+    if keep_replies is not None:
+        from newsletter.replies.threads import purge_closed
+
+        closed = purge_closed(engine, keep_replies)
+        click.echo(
+            f"purged {closed:,} closed {noun(closed, 'conversation')} with readers "
+            f"older than {plural(keep_replies, 'day')}"
+        )
 
 
 COMMANDS: list[click.Command] = [privacy]

@@ -121,37 +121,52 @@ def _header_text(value: str) -> str:
         return value
 
 
-def _from_mime(raw: RawInbound) -> RawInbound:
-    """Raw mode ("POST the raw, full MIME message"): turn the `email` field into the parsed
-    mode's fields, so both settings of Inbound Parse work."""
-    import email
-    import email.policy
+def _part_text(part: Any) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    try:
+        return payload.decode(part.get_content_charset() or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know
+        return payload.decode("utf-8", "replace")
 
-    message = email.message_from_bytes(raw.fields["email"], policy=email.policy.default)
+
+def _from_mime(raw: RawInbound) -> RawInbound:
+    """Raw mode ("POST the raw, full MIME message", and mail fetched over IMAP): turn the
+    `email` field into the parsed mode's fields, so both work alike. The classic parser
+    policy: header objects cost a hundred times more, and `decode` reads the headers itself."""
+    import email
+
+    message = email.message_from_bytes(raw.fields["email"])
     fields: dict[str, bytes] = {}
     for name in ("from", "to", "cc", "subject"):
         value = message.get(name)
         if value is not None:
-            fields[name] = str(value).encode("utf-8")
+            # 8-bit header bytes come back as surrogates: give back the bytes as sent.
+            fields[name] = str(value).encode("utf-8", "surrogateescape")
     attachments: list[InboundAttachment] = []
-    for number, part in enumerate(message.iter_attachments(), start=1):  # type: ignore[attr-defined]
-        payload = part.get_payload(decode=True) or b""
+    texts: dict[str, str] = {}
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        kind = part.get_content_type()
+        disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
+        filename = part.get_filename()
+        is_body = kind in ("text/plain", "text/html") and disposition != "attachment"
+        if is_body and not (filename and disposition != "inline"):
+            texts.setdefault("text" if kind == "text/plain" else "html", _part_text(part))
+            continue
+        number = len(attachments) + 1
+        payload = part.get_payload(decode=True)
         attachments.append(
             InboundAttachment(
                 field=f"attachment{number}",
-                filename=part.get_filename() or f"attachment{number}",
-                size=len(payload),
+                filename=_header_text(filename) if filename else f"attachment{number}",
+                size=len(payload) if isinstance(payload, bytes) else 0,
             )
         )
-    for kind in ("plain", "html"):
-        body = message.get_body(preferencelist=(kind,))  # type: ignore[attr-defined]
-        if body is not None:
-            try:
-                content = body.get_content()
-            except (LookupError, UnicodeDecodeError):
-                payload = body.get_payload(decode=True)
-                content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-            fields["text" if kind == "plain" else "html"] = content.encode("utf-8")
+    for name, content in texts.items():
+        fields[name] = content.encode("utf-8")
     # The header block as sent: what tells an auto-reply (parsed mode posts it as `headers`).
     fields["headers"] = re.split(rb"\r?\n\r?\n", raw.fields["email"], maxsplit=1)[0]
     for name in ("envelope", "spam_score", "SPF", "dkim"):

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError
+from newsletter.replies import threads
 from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
 from newsletter.store import schema
@@ -84,8 +85,19 @@ def normalize_subject(subject: str) -> str:
     return " ".join(subject.split()).casefold()
 
 
-def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
-    """Match the reply to its issue and subscriber, store it, and apply an unsubscribe request."""
+@dataclass(frozen=True)
+class Match:
+    """Who wrote a reply about which issue, as a mailbox fetch found out (its References)."""
+
+    subscriber_id: int | None
+    issue_id: int | None
+
+
+def store(
+    project: Project, engine: Engine, inbound: Inbound, *, match: Match | None = None
+) -> StoredReply:
+    """Match the reply to its issue and subscriber, store it, and apply an unsubscribe request.
+    `match` is what the caller already knows beyond the reply address and the subject."""
     key = tokens.secret_key()
     now = datetime.now(UTC)
     token = reply_token(inbound.recipients, key)
@@ -94,7 +106,7 @@ def store(project: Project, engine: Engine, inbound: Inbound) -> StoredReply:
         if earlier is not None:
             return earlier
     try:
-        return _store_new(engine, inbound, token, now)
+        return _store_new(engine, inbound, token, now, match)
     except IntegrityError:
         # The same message posted twice at once: the other post stored it.
         if inbound.message_id is not None:
@@ -125,7 +137,11 @@ def _stored_before(engine: Engine, message_id: str) -> StoredReply | None:
 
 
 def _store_new(
-    engine: Engine, inbound: Inbound, token: tokens.SubscriberToken | None, now: datetime
+    engine: Engine,
+    inbound: Inbound,
+    token: tokens.SubscriberToken | None,
+    now: datetime,
+    match: Match | None = None,
 ) -> StoredReply:
     unsubscribed = False
     with engine.begin() as conn:
@@ -150,6 +166,9 @@ def _store_new(
         )
         subscriber_id = sender_id if sender_id is not None else token_subscriber
         issue_id = token.issue_id if token is not None else None
+        if match is not None:
+            subscriber_id = subscriber_id if subscriber_id is not None else match.subscriber_id
+            issue_id = issue_id if issue_id is not None else match.issue_id
         if (
             issue_id is not None
             and conn.execute(
@@ -204,6 +223,20 @@ def _store_new(
                 message_id=inbound.message_id,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
+        thread_id = threads.file_reply(
+            conn,
+            reply_id=int(reply_id),
+            subscriber_id=subscriber_id,
+            issue_id=issue_id,
+            from_email=inbound.from_email or "(unknown)",
+            automatic=inbound.automatic,
+            at=now,
+        )
+        conn.execute(
+            schema.replies.update()
+            .where(schema.replies.c.id == reply_id)
+            .values(thread_id=thread_id)
+        )
         if unsubscribe_request == "verified" and subscriber_id is not None:
             from newsletter.events import apply_status, record
 
@@ -259,10 +292,35 @@ def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None
     )
 
 
+def after_reply(project: Project, engine: Engine, stored: StoredReply, inbound: Inbound) -> None:
+    """What a person's reply does besides being stored: the reader gets `[replies] tag`, and
+    sequences triggered by "replied" (or by that tag) start. Never fails the reply itself."""
+    if stored.duplicate or inbound.automatic or stored.subscriber_id is None or stored.unsubscribed:
+        return
+    from newsletter.sequences import hooks
+    from newsletter.sequences.config import configured
+    from newsletter.store.subscribers import add_tags, get_subscriber
+
+    tag = project.config.section("replies")["tag"]
+    if not tag and not any(s.on_reply for s in configured(hooks.current_project(project))):
+        return  # nothing a reply does here: no look-up per reply
+    try:
+        reader = get_subscriber(engine, stored.subscriber_id)
+        if reader is None:
+            return
+        if tag and tag not in reader.tags:
+            add_tags(engine, reader.email, [tag])
+            hooks.tagged(project, engine, reader.id, [tag])
+        hooks.replied(project, engine, reader.id)
+    except NewsletterError as exc:
+        log.warning("reply %s: tag or sequence not applied: %s", stored.id, exc)
+
+
 def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
     """The whole Inbound Parse step: decode, store, maybe forward."""
     inbound = decode(raw)
     stored = store(project, engine, inbound)
+    after_reply(project, engine, stored, inbound)
     replies_config = project.config.section("replies")
     # Robots' answers are kept for the record, but nobody needs a copy of them.
     if stored.duplicate:

@@ -34,8 +34,6 @@ def send_transactional(
     """Send one message to `to` through the project's transport; return where it went (for a
     log line or a page). `reply_to` defaults to the configured one."""
     config = project.config
-    chosen = choose_transport(project, transactional=True, prefix="transactional-")
-    transport = chosen.transport
     message = Message(
         from_email=config.from_email,
         from_name=config.from_name,
@@ -45,13 +43,24 @@ def send_transactional(
         text=text,
         categories=tuple(categories),
     )
+    _, where = send_one(project, message, Recipient(to, headers=dict(headers or {})))
+    return where
+
+
+def send_one(project: Project, message: Message, recipient: Recipient) -> tuple[Outcome, str]:
+    """One message to one person through the project's transport, outside any ledger:
+    (its outcome, where it went as one line). The outbox names the file by the message's
+    first category and the address (`transactional-<address>.eml`, `answer-<address>.eml`)."""
+    chosen = choose_transport(project, transactional=True)
+    transport = chosen.transport
     try:
-        [outcome] = transport.send(Batch(message, [Recipient(to, headers=dict(headers or {}))]))
+        [outcome] = transport.send(Batch(message, [recipient]))
     finally:
         transport.close()
     if outcome.state != DeliveryState.ACCEPTED:
-        raise TransportError(f"mail to {to} not sent: {outcome.error}")
-    return f"{to}: {describe(transport, outcome)}" + (f" ({chosen.note})" if chosen.note else "")
+        raise TransportError(f"mail to {recipient.email} not sent: {outcome.error}")
+    where = f"{recipient.email}: {describe(transport, outcome)}"
+    return outcome, where + (f" ({chosen.note})" if chosen.note else "")
 
 
 def describe(transport: Transport, outcome: Outcome) -> str:

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 SUBSCRIBED = "subscribed"
 TAGGED_PREFIX = "tagged:"
+#: The trigger of a sequence that starts when a reader first replies to any email.
+REPLIED = "replied"
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 
 
@@ -30,6 +32,10 @@ class SequenceConfig:
         return self.trigger == SUBSCRIBED
 
     @property
+    def on_reply(self) -> bool:
+        return self.trigger == REPLIED
+
+    @property
     def trigger_tag(self) -> str | None:
         """The tag whose adding starts the sequence (trigger "tagged:<tag>"), else None."""
         if self.trigger.startswith(TAGGED_PREFIX):
@@ -39,6 +45,8 @@ class SequenceConfig:
     def describe(self) -> str:
         if self.on_subscribe:
             return "on subscribe" + (f" (tag {self.tag})" if self.tag else "")
+        if self.on_reply:
+            return "when they reply" + (f" (tag {self.tag})" if self.tag else "")
         return f"when tagged {self.trigger_tag}"
 
 
@@ -50,7 +58,7 @@ def check_sequence_table(name: str, values: dict[str, Any]) -> str | None:
             "hyphens, the same as its folder in sequences/"
         )
     trigger = values["trigger"]
-    if trigger == SUBSCRIBED:
+    if trigger in (SUBSCRIBED, REPLIED):
         if values["tag"] is not None and not values["tag"].strip():
             return 'tag is empty; remove it or give a tag, e.g. tag = "kunden"'
         return None
@@ -60,7 +68,7 @@ def check_sequence_table(name: str, values: dict[str, Any]) -> str | None:
         if values["tag"] is not None:
             return 'tag goes with trigger = "subscribed"; with "tagged:<tag>" the tag is in the trigger'
         return None
-    return f'unknown trigger {trigger!r}; use "subscribed" or "tagged:<tag>"'
+    return f'unknown trigger {trigger!r}; use "subscribed", "replied" or "tagged:<tag>"'
 
 
 def configured(project: Project) -> list[SequenceConfig]:

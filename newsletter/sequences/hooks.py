@@ -1,5 +1,6 @@
 """The one call each place where people join makes: `joined` (confirmed double opt-in, a
-form signup, `subscribers add`) and `tagged` (`subscribers tag`).
+form signup, `subscribers add`) and `tagged` (`subscribers tag`); and `replied` (a reader's
+reply was stored).
 
 Only people who are `subscribed` start a sequence, and only once ever per sequence (the
 enrollment row is unique), so a resubscribe never restarts one. The web server reads
@@ -148,3 +149,19 @@ def tagged(
     if person is None or person[0] != "subscribed":
         return []
     return _enroll(project, engine, subscriber_id, chosen, clock)
+
+
+def replied(
+    project: Project, engine: Engine, subscriber_id: int, *, clock: Clock = SYSTEM
+) -> list[str]:
+    """A subscriber replied (a person, not an auto-reply): start the sequences triggered by
+    "replied" (with their tag, if one is set). Once ever per sequence, like any other."""
+    project = current_project(project)
+    wanted = [s for s in configured(project) if s.on_reply]
+    if not wanted:
+        return []
+    person = _person(engine, subscriber_id)
+    if person is None or person[0] != "subscribed":
+        return []
+    chosen = [(s, "replied") for s in wanted if s.tag is None or s.tag in person[1]]
+    return _enroll(project, engine, subscriber_id, chosen, clock) if chosen else []

@@ -176,6 +176,56 @@ def m012_send_cancel_requested(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE sends ADD COLUMN {column_ddl}")
 
 
+def m013_reply_threads(conn: Connection) -> None:
+    """Conversations: `reply_threads`, `reply_answers` and `replies.thread_id`; the replies
+    already stored are put into threads (one per reader and issue, answered by nobody yet)."""
+    from sqlalchemy.schema import CreateColumn
+
+    present = {column["name"] for column in inspect(conn).get_columns("replies")}
+    if "thread_id" not in present:
+        column_ddl = CreateColumn(schema.replies.c.thread_id).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE replies ADD COLUMN {column_ddl}")
+    indexes = {index["name"] for index in inspect(conn).get_indexes("replies")}
+    for index in schema.replies.indexes:
+        if index.name == "ix_replies_thread" and index.name not in indexes:
+            index.create(conn)
+    schema.metadata.create_all(conn, tables=[schema.reply_threads, schema.reply_answers])
+    r, threads = schema.replies, schema.reply_threads
+    rows = conn.execute(
+        select(
+            r.c.id, r.c.subscriber_id, r.c.issue_id, r.c.from_email, r.c.automatic, r.c.received_at
+        )
+        .where(r.c.thread_id.is_(None))
+        .order_by(r.c.id)
+    ).all()
+    found: dict[tuple[object, object], dict[str, object]] = {}
+    for row in rows:
+        who = row.subscriber_id if row.subscriber_id is not None else row.from_email.lower()
+        thread = found.setdefault(
+            (who, row.issue_id),
+            {
+                "id": row.id,
+                "subscriber_id": row.subscriber_id,
+                "issue_id": row.issue_id,
+                "contact": None if row.subscriber_id is not None else row.from_email.lower(),
+                "state": "new",
+                "automatic": True,
+                "messages": 0,
+                "created_at": row.received_at,
+                "last_at": row.received_at,
+                "members": [],
+            },
+        )
+        thread["automatic"] = bool(thread["automatic"]) and bool(row.automatic)
+        thread["messages"] = int(thread["messages"]) + 1  # type: ignore[call-overload]
+        thread["last_at"] = row.received_at
+        thread["members"].append(row.id)  # type: ignore[attr-defined]
+    for thread in found.values():
+        members: list[int] = thread.pop("members")  # type: ignore[assignment]
+        conn.execute(threads.insert().values(**thread))
+        conn.execute(r.update().where(r.c.id.in_(members)).values(thread_id=thread["id"]))
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -190,6 +240,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m010_no_delivery_message_id_index", m010_no_delivery_message_id_index),
     ("m011_sequence_step_numbers", m011_sequence_step_numbers),
     ("m012_send_cancel_requested", m012_send_cancel_requested),
+    ("m013_reply_threads", m013_reply_threads),
 ]
 
 

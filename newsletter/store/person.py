@@ -122,6 +122,9 @@ def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
         found["replies"] = list(
             conn.execute(select(replies).where(replies.c.id.in_(written)).order_by(replies.c.id))
         )
+    from newsletter.replies.threads import threads_naming
+
+    found.update(threads_naming(conn, person.key, written))
     found.update(Ledger.errors_naming(conn, person.spellings, person.names_text))
     links = links_naming(conn, person.names_url)
     if links:

@@ -204,11 +204,51 @@ replies = Table(
     Column("unsubscribe_request", String(16)),
     # The reply's Message-ID header: a replayed Inbound Parse post is stored once (m008).
     Column("message_id", Text),
+    # The conversation it belongs to: `reply_threads.id` (m011).
+    Column("thread_id", Integer),
 )
 Index("ix_replies_issue", replies.c.issue_id)
 Index("ix_replies_from_email", replies.c.from_email)
 # Unique only among non-null ids: SQLite and PostgreSQL both let a unique index hold many NULLs.
 Index("uq_replies_message_id", replies.c.message_id, unique=True)
+Index("ix_replies_thread", replies.c.thread_id)
+
+# A conversation with one reader about one issue (or welcome step): the reader's replies and
+# the author's answers. Its id is the id of its first reply, so `replies show ID` finds it by
+# any of its replies' ids. new (a reply waits) -> answered -> done; a new reply reopens it (m011).
+reply_threads = Table(
+    "reply_threads",
+    metadata,
+    Column("id", Integer, primary_key=True),  # given: the first reply's id
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE")),
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="SET NULL")),
+    # The sender's address, lower-cased, when they are not on the list (else null).
+    Column("contact", String(320)),
+    Column("state", String(12), nullable=False),
+    # Only auto-replies so far (hidden from `replies` unless --all).
+    Column("automatic", Boolean, nullable=False, default=False),
+    Column("messages", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_reply_threads_last", reply_threads.c.last_at)
+Index("ix_reply_threads_subscriber", reply_threads.c.subscriber_id)
+
+# The author's answers (`replies answer`), in their thread (m011).
+reply_answers = Table(
+    "reply_answers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # Erasure removes a reader's answers through subscriber_id; `privacy purge` by thread.
+    Column("thread_id", Integer, ForeignKey("reply_threads.id", ondelete="SET NULL")),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE")),
+    Column("to_email", String(320), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("message_id", Text),  # ours, so the reader's answer to it finds the thread
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_reply_answers_thread", reply_answers.c.thread_id)
 
 # SendGrid echoes custom_args as top-level keys of each webhook event; these name the
 # rows an event belongs to.

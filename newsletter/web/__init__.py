@@ -27,8 +27,12 @@ from newsletter.web.middleware import BodyLimitMiddleware, RequestLogMiddleware
 __all__ = ["create_app", "find_issue_file"]
 
 
-def create_app(project: Project, engine: Engine | None = None) -> Starlette:
-    """The web app for `project`; `engine` defaults to the project's database."""
+def create_app(
+    project: Project, engine: Engine | None = None, *, fetch_replies: float | None = None
+) -> Starlette:
+    """The web app for `project`; `engine` defaults to the project's database. Replies are
+    fetched from the IMAP mailbox every `fetch_replies` seconds (default: `[serve]
+    fetch_replies`, else never)."""
     from newsletter.store.engine import project_engine
 
     ctx = Context(project, engine or project_engine(project))
@@ -45,7 +49,9 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=handlers,
-        lifespan=housekeeping.lifespan(ctx),
+        lifespan=housekeeping.lifespan(
+            ctx, fetch_replies=fetch_replies or _fetch_interval(project)
+        ),
     )
     router = Router(routes=routes)
 
@@ -60,6 +66,16 @@ def create_app(project: Project, engine: Engine | None = None) -> Starlette:
     app.state.project = project
     app.state.engine = ctx.engine
     return app
+
+
+def _fetch_interval(project: Project) -> float | None:
+    every = project.config.section("serve")["fetch_replies"]
+    if every is None:
+        return None
+    from newsletter.sequences.steps import parse_delay
+
+    interval = parse_delay(every)
+    return interval.total_seconds() if interval else None
 
 
 async def health(request: Request) -> Response:

@@ -1,5 +1,6 @@
 """Work `newsletter serve` does on its own, in the background: the daily privacy purge
-(webhook events and automatic replies older than `[privacy] keep_events_days`).
+(webhook events and automatic replies older than `[privacy] keep_events_days`), and, with
+`--fetch-replies` or `[serve] fetch_replies`, reading replies from the IMAP mailbox.
 
 Runs in the app's lifespan, so it happens under uvicorn and gunicorn alike (with several
 workers each runs it; the purge is idempotent). A failure is logged and retried next time.
@@ -16,6 +17,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from newsletter.errors import NewsletterError
 from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
@@ -34,28 +36,63 @@ def purge_job(ctx: Context) -> None:
         result.automatic_replies,
         days,
     )
+    keep_replies = ctx.config.section("privacy")["keep_replies_days"]
+    if keep_replies is not None:
+        from newsletter.replies.threads import purge_closed
+
+        closed = purge_closed(ctx.engine, keep_replies)
+        log.info(
+            "privacy purge: %d closed conversations older than %d days deleted",
+            closed,
+            keep_replies,
+        )
+
+
+def fetch_replies_job(ctx: Context) -> None:
+    from newsletter.replies.mailbox import fetch_replies
+
+    report = fetch_replies(ctx.project, ctx.engine)
+    if report.stored or report.bounces:
+        # Counts only: a reply's words and its sender never go to the log.
+        log.info(
+            "replies fetch: %d stored (%d automatic), %d bounces, %d left in the mailbox",
+            report.stored,
+            report.automatic,
+            report.bounces,
+            report.unmatched,
+        )
 
 
 async def _every(interval: float, job: Callable[[], None], name: str) -> None:
     while True:
         try:
             await run_in_threadpool(job)
-        except Exception as exc:  # keep serving; try again at the next interval
+        except NewsletterError as exc:  # keep serving; try again at the next interval
+            log.error("%s failed: %s", name, exc)
+        except Exception as exc:
             log.error("%s failed: %s", name, type(exc).__name__)
         await asyncio.sleep(interval)
 
 
-def lifespan(ctx: Context, interval: float = DAY) -> Callable[[Any], Any]:
-    """A Starlette lifespan that runs the purge at startup and then every `interval` s."""
+def lifespan(
+    ctx: Context, interval: float = DAY, fetch_replies: float | None = None
+) -> Callable[[Any], Any]:
+    """A Starlette lifespan that runs the purge at startup and then every `interval` s, and
+    `replies fetch` every `fetch_replies` s when that is given."""
 
     @asynccontextmanager
     async def run(app: Any) -> AsyncIterator[None]:
-        task = asyncio.create_task(_every(interval, lambda: purge_job(ctx), "privacy purge"))
+        tasks = [asyncio.create_task(_every(interval, lambda: purge_job(ctx), "privacy purge"))]
+        if fetch_replies:
+            job = _every(fetch_replies, lambda: fetch_replies_job(ctx), "replies fetch")
+            tasks.append(asyncio.create_task(job))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     return run

@@ -34,11 +34,19 @@ def safe_name(text: str) -> str:
     return _UNSAFE.sub("_", unicodedata.normalize("NFC", text)).strip("._")[:80] or "recipient"
 
 
-def write_replacing(directory: Path, stem: str, data: bytes) -> tuple[Path, bool]:
+def write_replacing(
+    directory: Path, stem: str, data: bytes, *, replace: bool = True
+) -> tuple[Path, bool]:
     """Write DIR/STEM.eml whole (a temporary file, then a rename), replacing an earlier copy
-    of the same message to the same person; (the path, whether one was replaced)."""
+    of the same message to the same person; (the path, whether one was replaced). Without
+    `replace` an earlier file stays and this one is STEM-2.eml, -3 ... (single mails: each
+    confirmation or forwarded reply is a message of its own)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stem}.eml"
+    number = 1
+    while not replace and path.exists():
+        number += 1
+        path = directory / f"{stem}-{number}.eml"
     replaced = path.exists()
     temporary = directory / f".{stem}.{uuid.uuid4().hex}.tmp"
     # os.open with 0o666: the umask decides the mode, as for any new file.
@@ -98,8 +106,12 @@ class OutboxTransport:
             data, msgid, _ = copy_for(batch.message, recipient, date=date)
             sid = recipient.ids.get(FILE_ID_KEY)
             parts = (what, sid, safe_name(recipient.email))
+            # A send's copy (it names its reader) replaces an earlier one; a single mail not.
             path, replaced = write_replacing(
-                self.directory, self.prefix + "-".join(p for p in parts if p), data
+                self.directory,
+                self.prefix + "-".join(p for p in parts if p),
+                data,
+                replace=sid is not None,
             )
             paths.append(path)
             outcomes.append(
