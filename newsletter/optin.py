@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, select
@@ -104,6 +105,15 @@ def _record_visit(
     )
 
 
+class SignupOutcome(StrEnum):
+    """What `signup` did; the form answers the same to all of them."""
+
+    MAILED = "mailed"  # a confirmation mail went out
+    JOINED = "joined"  # single opt-in: subscribed at once
+    UNCHANGED = "unchanged"  # already subscribed, bounced, complained or erased: left alone
+    LIMITED = "limited"  # the address had its confirmation mails for now (ADDRESS_LIMITS)
+
+
 def signup(
     project: Project,
     engine: Engine,
@@ -113,7 +123,7 @@ def signup(
     *,
     language: str | None = None,
     checkbox: bool = False,
-) -> None:
+) -> SignupOutcome:
     """The sign-up form's work. The requester learns nothing about who is on the list:
     the caller answers the same whatever happens here.
 
@@ -122,7 +132,14 @@ def signup(
     subscribed, bounced or complained one is left alone (the latter two come back only
     through their own "subscribe again" link). A suppressed address may sign up again
     only with double opt-in: its confirmation lifts the suppression.
+
+    One address gets at most one confirmation mail per 10 minutes and three a day
+    (`signup_guard.ADDRESS_LIMITS`): beyond that nothing changes and nothing is sent, so
+    the form cannot be used to flood someone's mailbox.
     """
+    from newsletter.signup_guard import ADDRESS_LIMITS
+    from newsletter.store.emails import email_key
+    from newsletter.store.signup_limits import Scope, allow
     from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
 
     config = project.config
@@ -137,7 +154,14 @@ def signup(
             existing = find_subscriber(conn, email)
             if existing is None:
                 if not double and suppressions.find(conn, email) is not None:
-                    return  # erased on request: only a confirmed double opt-in brings it back
+                    return SignupOutcome.UNCHANGED  # erased on request: only a double opt-in
+            elif existing.status not in ("unconfirmed", "unsubscribed"):
+                return SignupOutcome.UNCHANGED
+            if double and not allow(
+                conn, Scope.ADDRESS, email_key(email), ADDRESS_LIMITS, secret=tokens.secret_key()
+            ):
+                return SignupOutcome.LIMITED
+            if existing is None:
                 subscriber = add_subscriber(
                     conn,
                     email,
@@ -146,11 +170,9 @@ def signup(
                     source="form",
                     allow_suppressed=double,
                 )
-            elif existing.status in ("unconfirmed", "unsubscribed"):
+            else:
                 subscriber = existing
                 set_status(conn, existing.id, "unconfirmed" if double else "subscribed")
-            else:
-                return
             _record_visit(
                 conn,
                 config,
@@ -163,11 +185,12 @@ def signup(
             )
             mail_to = subscriber if double else None
     except StoreError:
-        return  # added by a concurrent request: treat as existing
+        return SignupOutcome.UNCHANGED  # added by a concurrent request: treat as existing
     if mail_to is not None:
         send_confirmation(project, engine, mail_to)
-    elif not double:
-        sequences.joined(project, engine, subscriber.id)  # no opt-in step: they joined now
+        return SignupOutcome.MAILED
+    sequences.joined(project, engine, subscriber.id)  # no opt-in step: they joined now
+    return SignupOutcome.JOINED
 
 
 @dataclass(frozen=True)
@@ -215,8 +238,12 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
     unsubscribed, bounced or complained since."""
     from newsletter.store.subscribers import get_subscriber, set_status
 
+    from newsletter.store import signup_limits
+    from newsletter.store.emails import email_key
+
+    key = tokens.secret_key()
     found = check_link(project, token)
-    issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=tokens.secret_key())
+    issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=key)
     with engine.begin() as conn:
         subscriber = get_subscriber(conn, found.subscriber_id)
         if subscriber is None:
@@ -237,6 +264,10 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
             details={"link_sent_at": issued.isoformat()},
         )
         suppressions.lift(conn, subscriber.email)
+        # The mails to this address were wanted: they no longer count against its limit.
+        signup_limits.forget(
+            conn, signup_limits.Scope.ADDRESS, email_key(subscriber.email), secret=key
+        )
     sequences.joined(project, engine, subscriber.id)  # welcome sequences start here
     return Confirmation("confirmed", subscriber)
 
@@ -261,6 +292,7 @@ def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
 __all__ = [
     "DEFAULT_CONSENT_TEXT",
     "Confirmation",
+    "SignupOutcome",
     "Visit",
     "confirm",
     "confirm_url",

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
 
 from newsletter.errors import NewsletterError, TokenError
 
@@ -28,6 +34,7 @@ _warned = False
 UNSUBSCRIBE = "unsubscribe"
 CONFIRM = "confirm"
 REPLY = "reply"
+FORM = "signup-form"
 
 
 def secret_key(required: bool = True) -> str:
@@ -100,6 +107,20 @@ def timed_token_issued_at(purpose: str, token: str, *, key: str) -> datetime:
     except BadSignature:
         raise TokenError("this link is not valid; it may have been altered or cut short") from None
     return issued.astimezone(UTC)
+
+
+def form_stamp(*, key: str) -> str:
+    """A signed "shown at" time for the sign-up form's hidden `shown` field."""
+    return TimestampSigner(key, salt=FORM).sign(b"shown").decode()
+
+
+def form_stamp_age(stamp: str, *, key: str, now: float | None = None) -> float:
+    """Seconds since the form with `stamp` was shown; TokenError if it was forged or altered."""
+    try:
+        _value, shown = TimestampSigner(key, salt=FORM).unsign(stamp, return_timestamp=True)
+    except BadSignature:
+        raise TokenError("the sign-up form's time stamp is not valid") from None
+    return (now if now is not None else datetime.now(UTC).timestamp()) - shown.timestamp()
 
 
 def unsubscribe_url(

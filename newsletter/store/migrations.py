@@ -153,6 +153,11 @@ def m010_no_delivery_message_id_index(conn: Connection) -> None:
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_message_id")
 
 
+def m011_signup_attempts(conn: Connection) -> None:
+    """Sign-up limits every `serve` worker shares (per network, per target address)."""
+    schema.signup_attempts.create(conn, checkfirst=True)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -165,6 +170,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m008_reply_flags", m008_reply_flags),
     ("m009_sequences", m009_sequences),
     ("m010_no_delivery_message_id_index", m010_no_delivery_message_id_index),
+    ("m011_signup_attempts", m011_signup_attempts),
 ]
 
 

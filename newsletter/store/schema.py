@@ -411,3 +411,23 @@ suppressions = Table(
     Column("reason", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# Sign-up limits shared by every `serve` worker and process (issue 26 item 4, issue 28 item
+# 6): one row per allowed attempt, kept for a day at most. Only an HMAC of what is limited
+# (an IPv4 address, an IPv6 /64, a target address), never the value itself. Owned by
+# `newsletter.store.signup_limits`.
+signup_attempts = Table(
+    "signup_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False),  # "network" | "address"
+    Column("key_hash", String(64), nullable=False),
+    Column("attempted_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ix_signup_attempts_key",
+    signup_attempts.c.scope,
+    signup_attempts.c.key_hash,
+    signup_attempts.c.attempted_at,
+)
+Index("ix_signup_attempts_time", signup_attempts.c.attempted_at)
