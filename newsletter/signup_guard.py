@@ -51,15 +51,15 @@ class BlockReason(StrEnum):
     ADDRESS = "address"  # too many confirmation mails to one address
 
 
-def network_of(client_ip: str | None) -> str | None:
+def network_of(client_ip: str | None) -> str:
     """What the per-network limit counts: an IPv4 address, or the /64 of an IPv6 one (an
-    IPv4-mapped IPv6 address is its IPv4 address). None for anything else (a Unix socket)."""
-    if not client_ip:
-        return None
+    IPv4-mapped IPv6 address is its IPv4 address). A client without an IP address (a Unix
+    socket) is counted as itself: all of them share one limit."""
+    value = (client_ip or "").strip()
     try:
-        ip = ipaddress.ip_address(client_ip.strip())
+        ip = ipaddress.ip_address(value)
     except ValueError:
-        return None
+        return value or "unknown"
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
@@ -110,8 +110,6 @@ def allow_network(engine: Engine, config: Config, client_ip: str | None) -> bool
     """Whether one more sign-up from this client's network fits the hourly limit (and if
     so, it is counted)."""
     network = network_of(client_ip)
-    if network is None:
-        return True  # no address to count by (a Unix socket behind a proxy)
     with engine.begin() as conn:
         return signup_limits.allow(
             conn, Scope.NETWORK, network, network_limits(config), secret=tokens.secret_key()
