@@ -236,10 +236,9 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
     A link works once and only while the person is unconfirmed: a link older than their
     last confirmation never confirms again, so an old mail cannot bring back someone who
     unsubscribed, bounced or complained since."""
-    from newsletter.store.subscribers import get_subscriber, set_status
-
     from newsletter.store import signup_limits
     from newsletter.store.emails import email_key
+    from newsletter.store.subscribers import get_subscriber, set_status
 
     key = tokens.secret_key()
     found = check_link(project, token)
