@@ -58,14 +58,16 @@ class Visit:
     page_url: str | None = None
 
 
-def confirm_url(project: Project, subscriber_id: int) -> str:
+def confirm_url(project: Project, subscriber: tokens.Ref) -> str:
+    """The link that confirms `subscriber` (their public id; a row id makes an old-style
+    token, still accepted)."""
     base = project.config.base_url
     if not base:
         raise ConfigError(
             f"{project.config.path}: [newsletter] base_url is not set; confirmation links "
             'need it: add base_url = "https://news.example.com"'
         )
-    token = tokens.make_timed_token(tokens.CONFIRM, subscriber_id, key=tokens.secret_key())
+    token = tokens.make_timed_token(tokens.CONFIRM, subscriber, key=tokens.secret_key())
     return f"{base}/confirm/{token}"
 
 
@@ -75,7 +77,7 @@ def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) 
     from newsletter.transactional import send_confirmation as send_mail
 
     text = consent_text(project.config, project.config.language)
-    return send_mail(project, subscriber, confirm_url(project, subscriber.id), text)
+    return send_mail(project, subscriber, confirm_url(project, subscriber.public_id), text)
 
 
 def _record_visit(
@@ -208,6 +210,14 @@ def check_link(project: Project, token: str) -> tokens.SubscriberToken:
     return tokens.read_token(tokens.CONFIRM, token, key=tokens.secret_key(), max_age=max_age)
 
 
+def _linked_subscriber(conn: Connection, found: tokens.SubscriberToken) -> Subscriber | None:
+    from newsletter.store.public_ids import resolve
+    from newsletter.store.subscribers import get_subscriber
+
+    subscriber_id = resolve(conn, found).subscriber_id
+    return None if subscriber_id is None else get_subscriber(conn, subscriber_id)
+
+
 def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
     from sqlalchemy import func
 
@@ -238,13 +248,13 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
     unsubscribed, bounced or complained since."""
     from newsletter.store import signup_limits
     from newsletter.store.emails import email_key
-    from newsletter.store.subscribers import get_subscriber, set_status
+    from newsletter.store.subscribers import set_status
 
     key = tokens.secret_key()
     found = check_link(project, token)
     issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=key)
     with engine.begin() as conn:
-        subscriber = get_subscriber(conn, found.subscriber_id)
+        subscriber = _linked_subscriber(conn, found)
         if subscriber is None:
             return Confirmation("gone")
         if subscriber.status == "subscribed":
@@ -273,12 +283,10 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
 
 def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
     """What a GET of the link shows, changing nothing (TokenError for a bad link)."""
-    from newsletter.store.subscribers import get_subscriber
-
     found = check_link(project, token)
     issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=tokens.secret_key())
     with engine.connect() as conn:
-        subscriber = get_subscriber(conn, found.subscriber_id)
+        subscriber = _linked_subscriber(conn, found)
         if subscriber is None:
             return Confirmation("gone")
         if subscriber.status == "subscribed":

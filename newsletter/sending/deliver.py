@@ -66,6 +66,7 @@ def deliver(
     """Send `message` to `people` (already chosen by the caller) through the ledger; people
     who have a row for `ledger_slug` already (other than failed) are skipped."""
     from newsletter.store.engine import project_engine
+    from newsletter.store.public_ids import issue_public_id, subscriber_public_ids
     from newsletter.tokens import secret_key, unsubscribe_url_maker
 
     engine = project_engine(project)
@@ -85,8 +86,10 @@ def deliver(
         send_id, transport.kind, transport.where, use_ledger, transport.accepted_label
     )
     ledger.start_totals(send_id, len(people))
+    with engine.connect() as conn:
+        issue_public = issue_public_id(conn, issue_id)
     url_for = unsubscribe_url_maker(
-        project.config.base_url, issue_id, key=secret_key(required=use_ledger)
+        project.config.base_url, issue_public, key=secret_key(required=use_ledger)
     )
     lease = ledger.acquire_lease(issue_id, send_id, ledger_slug) if use_ledger else None
     section = project.config.section("sending")
@@ -132,7 +135,12 @@ def deliver(
                         chunk = [p for p in chunk if p.subscriber_id in kept]
                     if not chunk:
                         continue
-                    recipients = [_recipient(p, url_for, issue_id, send_id) for p in chunk]
+                    with engine.connect() as conn:
+                        public = subscriber_public_ids(conn, [p.subscriber_id for p in chunk])
+                    recipients = [
+                        _recipient(p, url_for, public.get(p.subscriber_id), issue_id, send_id)
+                        for p in chunk
+                    ]
                     future = executor.submit(transport.send, Batch(message, recipients))
                     pending[future] = [p.subscriber_id for p in chunk]
                     while len(pending) >= max(1, section["concurrency"]):
@@ -154,13 +162,21 @@ def deliver(
 
 
 def _recipient(
-    person: Addressee, url_for: Callable[[int], str], issue_id: int, send_id: int
+    person: Addressee,
+    url_for: Callable[[int | str], str],
+    public_id: str | None,
+    issue_id: int,
+    send_id: int,
 ) -> Recipient:
+    # The token names the reader by public id, never the row id (which tells the list's size).
+    url = person.unsubscribe_url
+    if url is None and public_id is not None:
+        url = url_for(public_id)
     return Recipient(
         email=person.email,
         name=person.name,
         substitutions=person.substitutions,
-        unsubscribe_url=person.unsubscribe_url or url_for(person.subscriber_id),
+        unsubscribe_url=url,
         ids={
             CUSTOM_ARG_ISSUE: str(issue_id),
             CUSTOM_ARG_SUBSCRIBER: str(person.subscriber_id),
