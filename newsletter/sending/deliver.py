@@ -138,7 +138,13 @@ def deliver(
                     with engine.connect() as conn:
                         public = subscriber_public_ids(conn, [p.subscriber_id for p in chunk])
                     recipients = [
-                        _recipient(p, url_for, public.get(p.subscriber_id), issue_id, send_id)
+                        _recipient(
+                            p,
+                            url_for,
+                            public.get(p.subscriber_id) or p.subscriber_id,
+                            issue_id,
+                            send_id,
+                        )
                         for p in chunk
                     ]
                     future = executor.submit(transport.send, Batch(message, recipients))
@@ -164,14 +170,14 @@ def deliver(
 def _recipient(
     person: Addressee,
     url_for: Callable[[int | str], str],
-    public_id: str | None,
+    ref: int | str | None,
     issue_id: int,
     send_id: int,
 ) -> Recipient:
-    # The token names the reader by public id, never the row id (which tells the list's size).
+    # `ref`: the public id (the row id, which tells the list's size, only if none is set).
     url = person.unsubscribe_url
-    if url is None and public_id is not None:
-        url = url_for(public_id)
+    if url is None and ref is not None:
+        url = url_for(ref)
     return Recipient(
         email=person.email,
         name=person.name,

@@ -77,7 +77,7 @@ class SendReport:
 #: (id, email, name, first name, last name, custom fields as JSON text, public id): one
 #: subscriber as read for the send; the JSON is parsed by the builder (in parallel) when it
 #: is needed; the public id goes into the reader's tokens (never the row id).
-Row = tuple[int, str, "str | None", "str | None", "str | None", "str | None", str]
+Row = tuple[int, str, "str | None", "str | None", "str | None", "str | None", "str | None"]
 #: A page of rows by id, and the ids among them that have a ledger row already (a resume).
 Page = tuple[list[Row], "frozenset[int]"]
 #: Batches handed to worker processes ahead of the senders: enough to keep them busy.
@@ -225,10 +225,13 @@ class Builder:
         personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
         make = Recipient._make
         for sid, address, name, first, last, fields, public_id in page[0]:
-            url = unsubscribe_url(public_id)
+            # A row without a public id (none should be left after m012) gets a token with
+            # its row id: a working unsubscribe link matters more than a hidden count.
+            ref = public_id or sid
+            url = unsubscribe_url(ref)
             substitutions = personalize((sid, address, name, first, last), fields, url)
             if reply_token is not None:
-                substitutions[REPLY_TOKEN_TAG] = reply_token(public_id)
+                substitutions[REPLY_TOKEN_TAG] = reply_token(ref)
             ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
             out.append(make((address, name, substitutions, url, ids, _NO_HEADERS)))
         return out

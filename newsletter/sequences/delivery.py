@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from newsletter.sequences.steps import Step
 
 #: Person = (subscriber id, public id, address, name, template context)
-Person = tuple[int, str, str, "str | None", "dict[str, Any]"]
+Person = tuple[int, "str | None", str, "str | None", "dict[str, Any]"]
 #: The id every step email carries besides the issue's, for a person reading raw events.
 CUSTOM_ARG_STEP = "newsletter_sequence_step"
 
@@ -103,7 +103,8 @@ class StepMail:
         personalize = self.personalize
         unsubscribe_url = self.unsubscribe_url
         for sid, public_id, address, name, context in people:
-            url = unsubscribe_url(public_id)  # never the row id: it tells the list's size
+            # Never the row id, which tells the list's size (unless no public id is set).
+            url = unsubscribe_url(public_id or sid)
             recipient = Recipient(
                 email=address,
                 name=name,

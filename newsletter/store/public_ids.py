@@ -49,7 +49,7 @@ def subscriber_public_ids(conn: Connection, subscriber_ids: list[int]) -> dict[i
             subscribers.c.id.in_(subscriber_ids)
         )
     )
-    return {int(row_id): str(public) for row_id, public in rows}
+    return {int(row_id): str(public) for row_id, public in rows if public}
 
 
 def issue_public_id(conn: Connection, issue_id: int) -> str:
