@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Connection, delete, func, insert, select, text
+from sqlalchemy import Connection, delete, insert, select, text
 
 from newsletter.store.schema import signup_attempts
 
@@ -96,8 +96,3 @@ def forget(conn: Connection, scope: Scope, value: str, *, secret: str) -> None:
     hashed = key_hash(scope, value, secret)
     table = signup_attempts
     conn.execute(delete(table).where(table.c.scope == scope.value, table.c.key_hash == hashed))
-
-
-def count(conn: Connection) -> int:
-    """Attempts on record (tests and `doctor`-style checks)."""
-    return int(conn.execute(select(func.count()).select_from(signup_attempts)).scalar_one())
