@@ -46,6 +46,25 @@ EVENTS_FOR_METRIC["machine_opened"] = ("open",)
 #: once cannot both count the same reader's first click. (SQLite serializes writers anyway.)
 INGEST_LOCK = 7_140_014
 BUCKET_SECONDS = 900
+#: Sign-ups the form turned away (see `newsletter.signup_guard`), per reason; `stats --list`
+#: shows their sum as `blocked`. Nobody is added for them, so no trigger sees them.
+BLOCKED_METRICS = ("blocked_bot", "blocked_domain", "blocked_network", "blocked_address")
+
+
+def count_blocked_signup(conn: Connection, reason: str, now: datetime | None = None) -> None:
+    """Count one blocked sign-up (`reason`: bot, domain, network or address) in its quarter
+    hour of `list_counters`."""
+    metric = f"blocked_{reason}"
+    if metric not in BLOCKED_METRICS:
+        raise ValueError(f"unknown reason for a blocked sign-up: {reason!r}")
+    moment = now or datetime.now(UTC)
+    bucket = int(moment.timestamp()) // BUCKET_SECONDS * BUCKET_SECONDS
+    _upsert(
+        conn,
+        schema.list_counters,
+        [{"bucket": bucket, "metric": metric, "count": 1}],
+        ["bucket", "metric"],
+    )
 
 
 def metric_of(event: str, detail: Mapping[str, Any]) -> str | None:

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, and_, distinct, exists, func, select, text
 
+from newsletter import counters
 from newsletter.errors import ConfigError
 from newsletter.store import schema
 from newsletter.store.issues import delivering_transports
@@ -358,9 +359,19 @@ class GrowthPeriod:
     start: date  # first day of the period, in the newsletter's time zone
     counts: dict[str, int] = field(default_factory=dict)
     net_size: int = 0  # subscribed people at the end of the period
+    #: Sign-ups the form turned away (bots, throwaway domains, limits), and by reason:
+    #: bot, domain, network, address (only those that occurred).
+    blocked: int = 0
+    blocked_by: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"period": self.start.isoformat(), **self.counts, "net_size": self.net_size}
+        return {
+            "period": self.start.isoformat(),
+            **self.counts,
+            "net_size": self.net_size,
+            "blocked": self.blocked,
+            "blocked_by": dict(sorted(self.blocked_by.items())),
+        }
 
 
 def _period_start(day: date, by: str) -> date:
@@ -418,7 +429,12 @@ def list_growth(
     net = [0] * len(periods)
     for index, metric, count in rows:
         net[index] += sign.get(metric, 0) * int(count)
-        if metric in periods[index].counts:
+        if metric in counters.BLOCKED_METRICS:
+            periods[index].blocked += int(count)
+            by_reason = periods[index].blocked_by
+            reason = metric.removeprefix("blocked_")
+            by_reason[reason] = by_reason.get(reason, 0) + int(count)
+        elif metric in periods[index].counts:
             periods[index].counts[metric] += int(count)
     size = 0
     for period, change in zip(periods, net, strict=True):

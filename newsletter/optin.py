@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, select
@@ -57,9 +58,10 @@ class Visit:
     page_url: str | None = None
 
 
-def confirm_url(project: Project, subscriber_id: int, engine: Engine | None = None) -> str:
-    """The person's confirmation link. It carries how many confirmations they have had, so
-    that it stops working once they confirm (with `engine`, the project's database)."""
+def confirm_url(project: Project, subscriber: Subscriber, engine: Engine | None = None) -> str:
+    """The person's confirmation link. It names them by their public id (not the row id) and
+    carries how many confirmations they have had, so that it stops working once they
+    confirm (with `engine`, the project's database)."""
     from newsletter.store.engine import open_engine
 
     base = project.config.base_url
@@ -69,9 +71,12 @@ def confirm_url(project: Project, subscriber_id: int, engine: Engine | None = No
             'need it: add base_url = "https://news.example.com"'
         )
     with (engine or open_engine(project.database_url)).connect() as conn:
-        confirmations = consent.count(conn, subscriber_id, consent.CONFIRMATION)
+        confirmations = consent.count(conn, subscriber.id, consent.CONFIRMATION)
     token = tokens.make_timed_token(
-        tokens.CONFIRM, subscriber_id, key=tokens.secret_key(), confirmations=confirmations
+        tokens.CONFIRM,
+        subscriber.public_id or subscriber.id,
+        key=tokens.secret_key(),
+        confirmations=confirmations,
     )
     return f"{base}/confirm/{token}"
 
@@ -82,7 +87,7 @@ def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) 
     from newsletter.transactional import send_confirmation as send_mail
 
     text = consent_text(project.config, project.config.language)
-    return send_mail(project, subscriber, confirm_url(project, subscriber.id, engine), text)
+    return send_mail(project, subscriber, confirm_url(project, subscriber, engine), text)
 
 
 def _record_visit(
@@ -112,6 +117,15 @@ def _record_visit(
     )
 
 
+class SignupOutcome(StrEnum):
+    """What `signup` did; the form answers the same to all of them."""
+
+    MAILED = "mailed"  # a confirmation mail went out
+    JOINED = "joined"  # single opt-in: subscribed at once
+    UNCHANGED = "unchanged"  # already subscribed, bounced, complained or erased: left alone
+    LIMITED = "limited"  # the address had its confirmation mails for now (ADDRESS_LIMITS)
+
+
 def signup(
     project: Project,
     engine: Engine,
@@ -121,7 +135,7 @@ def signup(
     *,
     language: str | None = None,
     checkbox: bool = False,
-) -> None:
+) -> SignupOutcome:
     """The sign-up form's work. The requester learns nothing about who is on the list:
     the caller answers the same whatever happens here.
 
@@ -130,7 +144,14 @@ def signup(
     subscribed, bounced or complained one is left alone (the latter two come back only
     through their own "subscribe again" link). A suppressed address may sign up again
     only with double opt-in: its confirmation lifts the suppression.
+
+    One address gets at most one confirmation mail per 10 minutes and three a day
+    (`signup_guard.ADDRESS_LIMITS`): beyond that nothing changes and nothing is sent, so
+    the form cannot be used to flood someone's mailbox.
     """
+    from newsletter.signup_guard import ADDRESS_LIMITS
+    from newsletter.store.emails import email_key
+    from newsletter.store.signup_limits import Scope, allow
     from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
 
     config = project.config
@@ -145,7 +166,14 @@ def signup(
             existing = find_subscriber(conn, email)
             if existing is None:
                 if not double and suppressions.find(conn, email) is not None:
-                    return  # erased on request: only a confirmed double opt-in brings it back
+                    return SignupOutcome.UNCHANGED  # erased on request: only a double opt-in
+            elif existing.status not in ("unconfirmed", "unsubscribed"):
+                return SignupOutcome.UNCHANGED
+            if double and not allow(
+                conn, Scope.ADDRESS, email_key(email), ADDRESS_LIMITS, secret=tokens.secret_key()
+            ):
+                return SignupOutcome.LIMITED
+            if existing is None:
                 subscriber = add_subscriber(
                     conn,
                     email,
@@ -154,11 +182,9 @@ def signup(
                     source="form",
                     allow_suppressed=double,
                 )
-            elif existing.status in ("unconfirmed", "unsubscribed"):
+            else:
                 subscriber = existing
                 set_status(conn, existing.id, "unconfirmed" if double else "subscribed")
-            else:
-                return
             _record_visit(
                 conn,
                 config,
@@ -171,11 +197,12 @@ def signup(
             )
             mail_to = subscriber if double else None
     except StoreError:
-        return  # added by a concurrent request: treat as existing
+        return SignupOutcome.UNCHANGED  # added by a concurrent request: treat as existing
     if mail_to is not None:
         send_confirmation(project, engine, mail_to)
-    elif not double:
-        sequences.joined(project, engine, subscriber.id)  # no opt-in step: they joined now
+        return SignupOutcome.MAILED
+    sequences.joined(project, engine, subscriber.id)  # no opt-in step: they joined now
+    return SignupOutcome.JOINED
 
 
 @dataclass(frozen=True)
@@ -193,6 +220,14 @@ def check_link(project: Project, token: str) -> tokens.SubscriberToken:
     return tokens.read_token(tokens.CONFIRM, token, key=tokens.secret_key(), max_age=max_age)
 
 
+def _linked_subscriber(conn: Connection, found: tokens.SubscriberToken) -> Subscriber | None:
+    from newsletter.store.public_ids import resolve
+    from newsletter.store.subscribers import get_subscriber
+
+    subscriber_id = resolve(conn, found).subscriber_id
+    return None if subscriber_id is None else get_subscriber(conn, subscriber_id)
+
+
 def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
     from sqlalchemy import func
 
@@ -207,15 +242,17 @@ def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
     return as_utc(value)
 
 
-def _superseded(conn: Connection, link: tokens.SubscriberToken, issued: datetime) -> bool:
+def _superseded(
+    conn: Connection, subscriber_id: int, link: tokens.SubscriberToken, issued: datetime
+) -> bool:
     """Whether the link was made before the person's last confirmation: it then carries
     fewer confirmations than they have had."""
     if link.confirmations is not None:
-        had = consent.count(conn, link.subscriber_id, consent.CONFIRMATION)
+        had = consent.count(conn, subscriber_id, consent.CONFIRMATION)
         return link.confirmations != had
     # A link made before links carried the count: token times have whole seconds, so one
     # made in the second of the last confirmation counts as used by it.
-    last = _last_confirmation(conn, link.subscriber_id)
+    last = _last_confirmation(conn, subscriber_id)
     return last is not None and issued <= last
 
 
@@ -226,17 +263,20 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
     A link works once and only while the person is unconfirmed: a link older than their
     last confirmation never confirms again, so an old mail cannot bring back someone who
     unsubscribed, bounced or complained since."""
-    from newsletter.store.subscribers import get_subscriber, set_status
+    from newsletter.store import signup_limits
+    from newsletter.store.emails import email_key
+    from newsletter.store.subscribers import set_status
 
+    key = tokens.secret_key()
     found = check_link(project, token)
-    issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=tokens.secret_key())
+    issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=key)
     with engine.begin() as conn:
-        subscriber = get_subscriber(conn, found.subscriber_id)
+        subscriber = _linked_subscriber(conn, found)
         if subscriber is None:
             return Confirmation("gone")
         if subscriber.status == "subscribed":
             return Confirmation("confirmed", subscriber)
-        if subscriber.status != "unconfirmed" or _superseded(conn, found, issued):
+        if subscriber.status != "unconfirmed" or _superseded(conn, subscriber.id, found, issued):
             return Confirmation("spent", subscriber)
         set_status(conn, subscriber.id, "subscribed", reason=None)
         _record_visit(
@@ -250,23 +290,27 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
             details={"link_sent_at": issued.isoformat()},
         )
         suppressions.lift(conn, subscriber.email)
+        # The mails to this address were wanted: they no longer count against its limit.
+        signup_limits.forget(
+            conn, signup_limits.Scope.ADDRESS, email_key(subscriber.email), secret=key
+        )
     sequences.joined(project, engine, subscriber.id)  # welcome sequences start here
     return Confirmation("confirmed", subscriber)
 
 
 def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
     """What a GET of the link shows, changing nothing (TokenError for a bad link)."""
-    from newsletter.store.subscribers import get_subscriber
-
     found = check_link(project, token)
     issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=tokens.secret_key())
     with engine.connect() as conn:
-        subscriber = get_subscriber(conn, found.subscriber_id)
+        subscriber = _linked_subscriber(conn, found)
         if subscriber is None:
             return Confirmation("gone")
         if subscriber.status == "subscribed":
             return Confirmation("confirmed", subscriber)
-        if subscriber.status == "unconfirmed" and not _superseded(conn, found, issued):
+        if subscriber.status == "unconfirmed" and not _superseded(
+            conn, subscriber.id, found, issued
+        ):
             return Confirmation("pending", subscriber)
     return Confirmation("spent", subscriber)
 
@@ -274,6 +318,7 @@ def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
 __all__ = [
     "DEFAULT_CONSENT_TEXT",
     "Confirmation",
+    "SignupOutcome",
     "Visit",
     "confirm",
     "confirm_url",

@@ -91,7 +91,11 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     "subscribe": {
         "double_opt_in": (bool, True),
-        "rate_limit_per_hour": (int, 10),  # POST /subscribe per IP
+        "rate_limit_per_hour": (int, 10),  # POST /subscribe per IPv4 address or IPv6 /64
+        # The served form's POST sooner than this after it was shown is a bot's (0: off).
+        "min_fill_seconds": ((int, float), 2),
+        # Turn away addresses at throwaway-mail domains (the disposable-email-domains list).
+        "block_disposable": (bool, True),
         "redirect_url": (str, None),
         # Shown on the form, its confirmation page and mail; its hash goes with each
         # consent record. Default: a text per language naming the newsletter.

@@ -267,17 +267,31 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
         )
     if fmt == "csv":
         return _csv(
-            ["period", *GROWTH_COLUMNS, "net_size"],
+            ["period", *GROWTH_COLUMNS, "blocked", "net_size"],
             [
-                [p.start.isoformat(), *(p.counts[c] for c in GROWTH_COLUMNS), p.net_size]
+                [
+                    p.start.isoformat(),
+                    *(p.counts[c] for c in GROWTH_COLUMNS),
+                    p.blocked,
+                    p.net_size,
+                ]
                 for p in rows
             ],
         )
     if not rows:
         return "No subscribers yet."
-    header = [by.upper(), *(GROWTH_HEADERS[c] for c in GROWTH_COLUMNS), "NET SIZE"]
+    header = [by.upper(), *(GROWTH_HEADERS[c] for c in GROWTH_COLUMNS), "BLOCKED", "NET SIZE"]
     body = [
-        [p.start.isoformat(), *(str(p.counts[c]) for c in GROWTH_COLUMNS), str(p.net_size)]
+        [
+            p.start.isoformat(),
+            *(str(p.counts[c]) for c in GROWTH_COLUMNS),
+            str(p.blocked),
+            str(p.net_size),
+        ]
         for p in rows
     ]
-    return _table(header, body) + f"\n\nPeriods start in {tz.key}; weeks start on Monday."
+    return (
+        _table(header, body)
+        + f"\n\nPeriods start in {tz.key}; weeks start on Monday. BLOCKED: sign-ups the form"
+        " turned away (bots, throwaway domains, too many from one network or to one address)."
+    )

@@ -9,13 +9,20 @@ from __future__ import annotations
 import binascii
 import hashlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
 
 from newsletter.errors import NewsletterError, TokenError
 
@@ -28,6 +35,7 @@ _warned = False
 UNSUBSCRIBE = "unsubscribe"
 CONFIRM = "confirm"
 REPLY = "reply"
+FORM = "signup-form"
 
 
 def secret_key_is_set() -> bool:
@@ -62,17 +70,82 @@ def secret_key(required: bool = True) -> str:
     return _DEVELOPMENT_KEY
 
 
+#: What a token names a subscriber or an issue by: a random public id (tokens made since
+#: m012), or a sequential row id (older tokens, still honoured: links in old issues must keep
+#: working), or None (nobody, e.g. the issue-only reply address).
+Ref = int | str | None
+
+#: A public id as `store.schema.new_public_id` makes them (URL-safe base64).
+_PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{8,32}")
+PUBLIC_ID_LENGTH = 12
+
+# Compact tokens (public ids only): one character saying which ids follow, then the issue's
+# and the subscriber's public ids (12 characters each), then "." and the signature. No JSON
+# and no base64, so a reply address stays within RFC 5321's 64 characters (59). Tokens made
+# before (JSON with row ids) begin with "W" (base64 of "[") and are read as before.
+_COMPACT_CODES = {(True, True): "1", (True, False): "2", (False, True): "3", (False, False): "4"}
+_COMPACT_PARTS = {code: parts for parts, code in _COMPACT_CODES.items()}
+
+
 @dataclass(frozen=True)
 class SubscriberToken:
-    subscriber_id: int
-    issue_id: int | None
+    """What a token names; `store.public_ids.resolve` turns it into row ids."""
+
+    subscriber: Ref
+    issue: Ref
     #: Confirmation links only: how many confirmations the person had when the link was
     #: made (None in links made before links carried it).
     confirmations: int | None = None
 
 
-def make_token(purpose: str, subscriber_id: int, issue_id: int | None = None, *, key: str) -> str:
-    return URLSafeSerializer(key, salt=purpose).dumps([subscriber_id, issue_id])
+def _is_public(value: Ref) -> bool:
+    return isinstance(value, str) and len(value) == PUBLIC_ID_LENGTH and _is_ref(value)
+
+
+def _compact(subscriber: Ref, issue: Ref) -> str | None:
+    """The compact value for these refs, or None if they need the JSON form (row ids)."""
+    if not all(ref is None or _is_public(ref) for ref in (subscriber, issue)):
+        return None
+    code = _COMPACT_CODES[(issue is not None, subscriber is not None)]
+    return f"{code}{issue or ''}{subscriber or ''}"
+
+
+def _from_compact(value: str) -> SubscriberToken | None:
+    parts = _COMPACT_PARTS.get(value[:1])
+    if parts is None:
+        return None
+    has_issue, has_subscriber = parts
+    rest = value[1:]
+    if len(rest) != PUBLIC_ID_LENGTH * (has_issue + has_subscriber):
+        raise TokenError("this link is not valid")
+    issue = rest[:PUBLIC_ID_LENGTH] if has_issue else None
+    subscriber = rest[-PUBLIC_ID_LENGTH:] if has_subscriber else None
+    if not all(ref is None or _is_public(ref) for ref in (subscriber, issue)):
+        raise TokenError("this link is not valid")
+    return SubscriberToken(subscriber=subscriber, issue=issue)
+
+
+def make_token(purpose: str, subscriber: Ref, issue: Ref = None, *, key: str) -> str:
+    """A token naming `subscriber` and `issue` (pass public ids; row ids make the older
+    JSON form, still read, which tells every reader the list's size)."""
+    serializer = URLSafeSerializer(key, salt=purpose)
+    compact = _compact(subscriber, issue)
+    if compact is None:
+        return serializer.dumps([subscriber, issue])
+    return serializer.make_signer(purpose).sign(compact).decode()
+
+
+def _is_ref(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and _PUBLIC_ID.fullmatch(value) is not None
+
+
+_BAD = "this link is not valid; it may have been altered or cut short"
 
 
 def read_token(
@@ -81,28 +154,33 @@ def read_token(
     """Check the signature (and age, for expiring purposes); raise TokenError if bad."""
     try:
         if max_age is None:
-            value = URLSafeSerializer(key, salt=purpose).loads(token)
+            serializer = URLSafeSerializer(key, salt=purpose)
+            signed = serializer.make_signer(purpose).unsign(token).decode()
+            compact = _from_compact(signed)
+            if compact is not None:
+                return compact
+            value = serializer.loads(token)
         else:
             value = URLSafeTimedSerializer(key, salt=purpose).loads(token, max_age=max_age)
     except SignatureExpired:
         raise TokenError("this link has expired; ask for a new one") from None
-    except BadSignature:
-        raise TokenError("this link is not valid; it may have been altered or cut short") from None
+    except (BadSignature, UnicodeDecodeError):
+        raise TokenError(_BAD) from None
     if (
         not isinstance(value, list)
         or len(value) not in (2, 3)
-        or not all(isinstance(part, int) for part in value[:1] + value[2:])
-        or not (value[1] is None or isinstance(value[1], int))
+        or not all(_is_ref(v) for v in value[:2])
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value[2:])
     ):
         raise TokenError("this link is not valid")
     confirmations = value[2] if len(value) == 3 else None
-    return SubscriberToken(value[0], value[1], confirmations)
+    return SubscriberToken(subscriber=value[0], issue=value[1], confirmations=confirmations)
 
 
 def make_timed_token(
     purpose: str,
-    subscriber_id: int,
-    issue_id: int | None = None,
+    subscriber: Ref,
+    issue: Ref = None,
     *,
     key: str,
     confirmations: int | None = None,
@@ -110,7 +188,7 @@ def make_timed_token(
     """For confirmations, which should expire (checked with `read_token(..., max_age=...)`).
     `confirmations` (how many the person has had) makes the link single-use at any speed:
     token times have whole seconds, a count does not."""
-    payload: list[int | None] = [subscriber_id, issue_id]
+    payload: list[Ref | int] = [subscriber, issue]
     if confirmations is not None:
         payload.append(confirmations)
     return URLSafeTimedSerializer(key, salt=purpose).dumps(payload)
@@ -127,43 +205,65 @@ def timed_token_issued_at(purpose: str, token: str, *, key: str) -> datetime:
     return issued.astimezone(UTC)
 
 
-def unsubscribe_url(
-    base_url: str | None, subscriber_id: int, issue_id: int | None, *, key: str
-) -> str:
-    """`base_url/unsubscribe/TOKEN`; without a base_url, a placeholder host that says so."""
+def form_stamp(*, key: str) -> str:
+    """A signed "shown at" time for the sign-up form's hidden `shown` field."""
+    return TimestampSigner(key, salt=FORM).sign(b"shown").decode()
+
+
+def form_stamp_age(stamp: str, *, key: str, now: float | None = None) -> float:
+    """Seconds since the form with `stamp` was shown; TokenError if it was forged or altered."""
+    try:
+        _value, shown = TimestampSigner(key, salt=FORM).unsign(stamp, return_timestamp=True)
+    except BadSignature:
+        raise TokenError("the sign-up form's time stamp is not valid") from None
+    return (now if now is not None else datetime.now(UTC).timestamp()) - shown.timestamp()
+
+
+def unsubscribe_url(base_url: str | None, subscriber: Ref, issue: Ref, *, key: str) -> str:
+    """`base_url/unsubscribe/TOKEN`; without a base_url, a placeholder host that says so.
+    Pass public ids (`Subscriber.public_id`, the issue's): row ids would tell every reader
+    the list's size."""
     base = (base_url or "https://set-base_url-in-newsletter.toml.invalid").rstrip("/")
-    return f"{base}/unsubscribe/{make_token(UNSUBSCRIBE, subscriber_id, issue_id, key=key)}"
+    return f"{base}/unsubscribe/{make_token(UNSUBSCRIBE, subscriber, issue, key=key)}"
 
 
 def unsubscribe_url_maker(
-    base_url: str | None, issue_id: int | None, *, key: str
-) -> Callable[[int], str]:
+    base_url: str | None, issue: Ref, *, key: str
+) -> Callable[[int | str | None], str]:
     """`unsubscribe_url` for many subscribers of one issue, fast (a bulk send makes one URL
     per recipient): tokens itsdangerous reads back (a test checks), signed with the derived
-    key and the HMAC's key schedule computed once. The payload is never zlib-compressed
-    (itsdangerous tries that on every token; for "[id,issue]" it almost never wins), so a
-    rare token is a few characters longer than `unsubscribe_url`'s; both are valid."""
+    key and the HMAC's key schedule computed once."""
     base = (base_url or "https://set-base_url-in-newsletter.toml.invalid").rstrip("/")
-    token = token_maker(UNSUBSCRIBE, issue_id, key=key)
-    return lambda subscriber_id: f"{base}/unsubscribe/{token(subscriber_id)}"
+    token = token_maker(UNSUBSCRIBE, issue, key=key)
+    return lambda subscriber: f"{base}/unsubscribe/{token(subscriber)}"
 
 
-def token_maker(purpose: str, issue_id: int | None, *, key: str) -> Callable[[int], str]:
-    """`make_token(purpose, subscriber_id, issue_id)` for many subscribers, fast (see
-    `unsubscribe_url_maker`); `read_token` reads both alike."""
+def token_maker(purpose: str, issue: Ref, *, key: str) -> Callable[[int | str | None], str]:
+    """`make_token(purpose, subscriber, issue)` for many subscribers (their public ids), fast
+    (see `unsubscribe_url_maker`): the same tokens, `read_token` reads them alike."""
     serializer = URLSafeSerializer(key, salt=purpose)
     signer = serializer.make_signer(purpose)
-    if not _fast_signing_matches(signer):
-        return lambda subscriber_id: str(serializer.dumps([subscriber_id, issue_id]))
+
+    def slow(subscriber: Ref) -> str:
+        return make_token(purpose, subscriber, issue, key=key)
+
+    if _compact(None, issue) is None or not _fast_signing_matches(signer):
+        return slow
     inner, outer = _hmac_sha1_pads(signer.derive_key())
     b2a = binascii.b2a_base64
-    tail = "null" if issue_id is None else str(int(issue_id))
+    issue_part = issue if isinstance(issue, str) else ""  # _compact checked: public or None
+    with_subscriber = (_COMPACT_CODES[(issue is not None, True)] + issue_part).encode()
+    length = PUBLIC_ID_LENGTH
+    public_id = _PUBLIC_ID.fullmatch
 
-    def token(subscriber_id: int) -> str:
-        # URL-safe base64 without padding, as itsdangerous writes it (binascii and one
-        # translate: a bulk send makes one token per reader).
-        payload = f"[{int(subscriber_id)},{tail}]".encode()
-        value = b2a(payload, newline=False).translate(_URLSAFE, b"=")
+    def token(subscriber: Ref) -> str:
+        # The signature as itsdangerous writes it: URL-safe base64 without padding (binascii
+        # and one translate: a bulk send makes one token per reader).
+        if not (
+            isinstance(subscriber, str) and len(subscriber) == length and public_id(subscriber)
+        ):
+            return slow(subscriber)
+        value = with_subscriber + subscriber.encode()
         mac = inner.copy()
         mac.update(value)
         signed = outer.copy()
@@ -207,13 +307,13 @@ def _fast_signing_matches(signer: Any) -> bool:
     )
 
 
-def reply_address(domain: str, issue_id: int, *, key: str) -> str:
-    """`reply+TOKEN@domain` naming only the issue (subscriber 0: nobody). A reply to it is
-    matched to its issue, but proves nothing about who wrote it."""
-    return f"reply+{make_token(REPLY, 0, issue_id, key=key)}@{domain}"
+def reply_address(domain: str, issue: Ref, *, key: str) -> str:
+    """`reply+TOKEN@domain` naming only the issue (no subscriber). A reply to it is matched
+    to its issue, but proves nothing about who wrote it."""
+    return f"reply+{make_token(REPLY, None, issue, key=key)}@{domain}"
 
 
-def reply_address_for(domain: str, issue_id: int, subscriber_id: int, key: str) -> str:
+def reply_address_for(domain: str, issue: Ref, subscriber: Ref, key: str) -> str:
     """`reply+TOKEN@domain` naming the issue and the subscriber it was sent to. Only a reply
     to this address (or one whose DKIM and envelope sender prove the From address) can
     unsubscribe by saying "abmelden".
@@ -222,13 +322,13 @@ def reply_address_for(domain: str, issue_id: int, subscriber_id: int, key: str) 
     `reply_to` to `reply+{REPLY_TOKEN_TAG}@domain` and each personalization's
     `substitutions` to `{REPLY_TOKEN_TAG: reply_token_for(...)}` (SendGrid substitutes in
     reply_to too). Transports that build each message (SMTP, outbox) call this directly."""
-    return f"reply+{reply_token_for(issue_id, subscriber_id, key)}@{domain}"
+    return f"reply+{reply_token_for(issue, subscriber, key)}@{domain}"
 
 
 #: The substitution tag a SendGrid bulk send puts in `reply_to` (see `reply_address_for`).
 REPLY_TOKEN_TAG = "%newsletter_reply_token%"
 
 
-def reply_token_for(issue_id: int, subscriber_id: int, key: str) -> str:
+def reply_token_for(issue: Ref, subscriber: Ref, key: str) -> str:
     """The TOKEN of `reply_address_for`, for SendGrid's per-personalization substitutions."""
-    return make_token(REPLY, subscriber_id, issue_id, key=key)
+    return make_token(REPLY, subscriber, issue, key=key)

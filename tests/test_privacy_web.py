@@ -19,7 +19,6 @@ from newsletter.store.consent import text_hash
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import find_subscriber, set_status
 from newsletter.web import create_app
-from newsletter.web.subscribe import RateLimiter
 from tests.conftest import CONFIG, TEST_SECRET
 from tests.support.mail import confirm_link, outbox_messages, text_of
 from tests.support.web import live_server
@@ -196,32 +195,6 @@ def test_imprint_and_privacy_links_on_pages_and_in_the_confirmation_mail(make_pr
     assert html.find("a", string="Impressum")["href"] == "https://jens.example.com/impressum"
     text = mail.get_body(("plain",)).get_content()
     assert "Datenschutz: https://jens.example.com/datenschutz" in text
-
-
-def test_rate_limiter_forgets_idle_clients_and_stays_bounded() -> None:
-    """Before: every client that ever signed up stayed in the table (100 MB after 100,000)
-    and the table was scanned whenever it passed 100,000 entries."""
-    limiter = RateLimiter(limit=2, window=3600, max_clients=1000)
-    for i in range(5000):
-        assert limiter.allow(f"198.51.{i // 256}.{i % 256}", now=float(i))
-    assert len(limiter) <= 1000
-    # An hour later everyone has expired: one request leaves only its own client.
-    limiter.allow("203.0.113.1", now=10_000.0)
-    assert limiter.allow("203.0.113.1", now=10_001.0)
-    assert not limiter.allow("203.0.113.1", now=10_002.0)  # the limit still holds
-    for _ in range(20):
-        limiter.allow("203.0.113.2", now=20_000.0)
-    assert len(limiter) == 1
-    assert limiter.allow("203.0.113.1", now=20_000.0)  # its hour is over
-
-
-def test_rate_limiter_table_is_bounded_through_its_plain_interface() -> None:
-    """Issue 15 item 7, as the server uses it (real clock, default bound): the old limiter
-    kept all 20,000 clients here."""
-    limiter = RateLimiter(limit=10)
-    for i in range(20_000):
-        assert limiter.allow(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
-    assert len(limiter.hits) <= 10_000
 
 
 def test_the_archive_sign_up_form_shows_the_consent_text_and_checkbox(make_project) -> None:

@@ -434,7 +434,7 @@ def test_reply_address_for_names_issue_and_subscriber():
     assert domain == "replies.example.com" and local.startswith("reply+")
     assert len(local) <= 64  # RFC 5321's limit for the local part
     token = tokens.read_token(tokens.REPLY, local[len("reply+") :], key=TEST_SECRET)
-    assert (token.issue_id, token.subscriber_id) == (7, 42)
+    assert (token.issue, token.subscriber) == (7, 42)
 
 
 # --- Auto-replies are stored, but as robots' (issue 12, item 9) ---

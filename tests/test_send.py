@@ -656,8 +656,14 @@ def test_reply_domain_and_unsubscribe_group(make_project, db, sg, cli):
     [p] = message["personalizations"]
     [copy] = copies(message)
     token = read_token(REPLY, p["substitutions"][REPLY_TOKEN_TAG], key=TEST_SECRET)
-    assert token.issue_id == int(copy["custom_args"][CUSTOM_ARG_ISSUE])
-    assert token.subscriber_id == int(copy["custom_args"][CUSTOM_ARG_SUBSCRIBER])
+    # The token names both by public id (issue 26 item 5), which resolve to the row ids.
+    from newsletter.store.public_ids import resolve
+
+    assert isinstance(token.subscriber, str) and isinstance(token.issue, str)
+    with open_engine(Project.load(root).database_url).connect() as conn:
+        named = resolve(conn, token)
+    assert named.issue_id == int(copy["custom_args"][CUSTOM_ARG_ISSUE])
+    assert named.subscriber_id == int(copy["custom_args"][CUSTOM_ARG_SUBSCRIBER])
     assert copy["reply_to"] == f"reply+{p['substitutions'][REPLY_TOKEN_TAG]}@reply.example.com"
     assert (
         f"mailto:reply+{p['substitutions'][REPLY_TOKEN_TAG]}@" in p["headers"]["List-Unsubscribe"]

@@ -423,7 +423,7 @@ def test_bulk_unsubscribe_urls_are_the_same_tokens_and_verify():
                     "https://news.example.com", sid, issue_id, key=key
                 )
             token = tokens.read_token(tokens.UNSUBSCRIBE, url.rsplit("/", 1)[1], key=key)
-            assert (token.subscriber_id, token.issue_id) == (sid, issue_id)
+            assert (token.subscriber, token.issue) == (sid, issue_id)
 
 
 def test_uncertain_is_not_sent_again_unless_asked(seq_project, monkeypatch, cli):

@@ -243,7 +243,7 @@ def test_list_growth_counts_every_way_in_and_out(
         optin.confirm(
             proj,
             engine,
-            optin.confirm_url(proj, form1.id).rsplit("/", 1)[1],
+            optin.confirm_url(proj, form1).rsplit("/", 1)[1],
             optin.Visit(ip="203.0.113.7", user_agent="test"),
         )
         issue_id = sent_issue(engine, [find_subscriber(engine, "neu0@example.de").id])

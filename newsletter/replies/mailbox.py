@@ -275,7 +275,11 @@ def _match(
     """Who wrote it about which issue, or None when it is not a reply to the newsletter."""
     token = reply_token(inbound.recipients, tokens.secret_key())
     if token is not None:
-        return Match(subscriber_id=token.subscriber_id or None, issue_id=token.issue_id)
+        from newsletter.store.public_ids import resolve
+
+        with engine.connect() as conn:
+            named = resolve(conn, token)
+        return Match(subscriber_id=named.subscriber_id, issue_id=named.issue_id)
     for referenced in reversed(_referenced_ids(message)):  # the nearest first
         if referenced in sent:
             subscriber_id, issue_id = sent[referenced]

@@ -21,6 +21,7 @@ from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsub
 from newsletter.replies.verify import reply_token, sender_is_authenticated
 from newsletter.store import schema
 from newsletter.store.emails import address_key
+from newsletter.store.public_ids import TokenIds, resolve
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -155,17 +156,18 @@ def _store_new(
             else None
         )
         # Written from an address not on the list (an alias) to the address naming them.
+        named = resolve(conn, token) if token is not None else TokenIds(None, None)
         token_subscriber = (
             conn.execute(
                 select(schema.subscribers.c.id).where(
-                    schema.subscribers.c.id == token.subscriber_id
+                    schema.subscribers.c.id == named.subscriber_id
                 )
             ).scalar()
-            if token is not None and token.subscriber_id
+            if named.subscriber_id is not None
             else None
         )
         subscriber_id = sender_id if sender_id is not None else token_subscriber
-        issue_id = token.issue_id if token is not None else None
+        issue_id = named.issue_id
         if match is not None:
             subscriber_id = subscriber_id if subscriber_id is not None else match.subscriber_id
             issue_id = issue_id if issue_id is not None else match.issue_id
@@ -203,8 +205,7 @@ def _store_new(
             # the From address's domain with the From address as envelope sender, may
             # unsubscribe: anyone can put a subscriber's address in From.
             proven = sender_id is not None and (
-                (token is not None and token.subscriber_id == sender_id)
-                or sender_is_authenticated(inbound)
+                named.subscriber_id == sender_id or sender_is_authenticated(inbound)
             )
             unsubscribe_request = "verified" if proven else "unverified"
         reply_id = conn.execute(

@@ -77,9 +77,10 @@ class SendReport:
         return self.accepted + self.failed + self.uncertain
 
 
-#: (id, email, name, first name, last name, custom fields as JSON text): one subscriber as
-#: read for the send; the JSON is parsed by the builder (in parallel) when it is needed.
-Row = tuple[int, str, "str | None", "str | None", "str | None", "str | None"]
+#: (id, email, name, first name, last name, custom fields as JSON text, public id): one
+#: subscriber as read for the send; the JSON is parsed by the builder (in parallel) when it
+#: is needed; the public id goes into the reader's tokens (never the row id).
+Row = tuple[int, str, "str | None", "str | None", "str | None", "str | None", "str | None"]
 #: A page of rows by id, and the ids among them that have a ledger row already (a resume).
 Page = tuple[list[Row], "frozenset[int]"]
 #: Batches handed to worker processes ahead of the senders: enough to keep them busy.
@@ -210,11 +211,11 @@ class Builder:
     """Turns a page of subscribers into recipients (in this process or a forked worker)."""
 
     rendered: RenderedIssue
-    unsubscribe_url: Callable[[int], str]
+    unsubscribe_url: Callable[[int | str], str]
     issue_id: int
     send_id: int
     #: With `[replies] domain`: each reader's signed reply token (`REPLY_TOKEN_TAG` in Reply-To).
-    reply_token: Callable[[int], str] | None = None
+    reply_token: Callable[[int | str], str] | None = None
 
     def __post_init__(self) -> None:
         self.personalize = Personalizer(self.rendered)
@@ -226,11 +227,14 @@ class Builder:
         reply_token = self.reply_token
         personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
         make = Recipient._make
-        for sid, address, name, first, last, fields in page[0]:
-            url = unsubscribe_url(sid)
+        for sid, address, name, first, last, fields, public_id in page[0]:
+            # A row without a public id (none should be left after m012) gets a token with
+            # its row id: a working unsubscribe link matters more than a hidden count.
+            ref = public_id or sid
+            url = unsubscribe_url(ref)
             substitutions = personalize((sid, address, name, first, last), fields, url)
             if reply_token is not None:
-                substitutions[REPLY_TOKEN_TAG] = reply_token(sid)
+                substitutions[REPLY_TOKEN_TAG] = reply_token(ref)
             ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
             out.append(make((address, name, substitutions, url, ids, _NO_HEADERS)))
         return out
@@ -368,7 +372,15 @@ def _rows(
     s = subscribers.c
     conditions = segment_filters(SubscriberStatus.SUBSCRIBED, plan.request.tags)
     statement = (
-        select(s.id, s.email, s.name, s.first_name, s.last_name, type_coerce(s.fields, Text))
+        select(
+            s.id,
+            s.email,
+            s.name,
+            s.first_name,
+            s.last_name,
+            type_coerce(s.fields, Text),
+            s.public_id,
+        )
         .where(s.id > bindparam("after", 0, type_=Integer), s.id <= planned[-1], *conditions)
         .order_by(s.id)
         .limit(PAGE)
@@ -412,6 +424,7 @@ def execute(
 ) -> SendReport:
     """Carry out the plan. Raises SendError for a refusal or a lost lease; a stop midway
     (bad key, retries exhausted) is in `report.error`, with what was settled."""
+    from newsletter.store.public_ids import issue_public_id
     from newsletter.tokens import REPLY, secret_key, token_maker, unsubscribe_url_maker
 
     if plan.refusal:
@@ -455,12 +468,14 @@ def execute(
         except SendError as exc:
             ledger.finish_send(send_id, "failed", str(exc))
             raise
+    with engine.connect() as conn:
+        issue_public = issue_public_id(conn, issue_id)
     builder = Builder(
         rendered,
-        unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
+        unsubscribe_url_maker(project.config.base_url, issue_public, key=key),
         issue_id,
         send_id,
-        token_maker(REPLY, issue_id, key=key)
+        token_maker(REPLY, issue_public, key=key)
         if project.config.section("replies")["domain"]
         else None,
     )

@@ -149,13 +149,17 @@ class SendPlan:
         )
 
 
-def reply_to_for(project: Project, issue_id: int | None) -> str:
-    """`[replies] domain` routes replies through a signed address naming the issue."""
+def reply_to_for(project: Project, engine: Engine, issue_id: int | None) -> str:
+    """`[replies] domain` routes replies through a signed address naming the issue (by its
+    public id: the row id would tell readers how many issues there were)."""
+    from newsletter.store.public_ids import issue_public_id
     from newsletter.tokens import reply_address, secret_key
 
     domain = project.config.section("replies")["domain"]
     if domain and issue_id is not None:
-        return reply_address(domain, issue_id, key=secret_key(required=True))
+        with engine.connect() as conn:
+            issue = issue_public_id(conn, issue_id)
+        return reply_address(domain, issue, key=secret_key(required=True))
     return project.config.reply_to
 
 
@@ -356,7 +360,7 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         request=request,
         recipients=0,
         up_to_id=up_to_id,
-        reply_to=reply_to_for(project, issue_id),
+        reply_to=reply_to_for(project, engine, issue_id),
         issue_id=issue_id,
         warnings=warnings,
         send_at=request.send_at,

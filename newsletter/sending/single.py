@@ -74,6 +74,7 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     """`--test ADDR...`: "[Test] " + subject, personalized as that subscriber if known, else
     as the sample; records nothing. Returns one line per address."""
     from newsletter.render import SAMPLE_SUBSCRIBER
+    from newsletter.store.public_ids import issue_public_id
     from newsletter.store.subscribers import find_subscriber
     from newsletter.tokens import REPLY_TOKEN_TAG, reply_token_for, secret_key, unsubscribe_url
 
@@ -88,17 +89,21 @@ def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     message = marked_if_development_key(
         plan.message(subject=f"[Test] {prepared.rendered.subject}", categories=categories)
     )
+    issue_public = None
+    if plan.issue_id is not None:
+        with engine.connect() as conn:
+            issue_public = issue_public_id(conn, plan.issue_id)
     lines = []
     try:
         for address in addresses:
             known = find_subscriber(engine, address)
             context = known.template_context() if known else {**SAMPLE_SUBSCRIBER, "email": address}
-            # Subscriber 0 is nobody: clicking "unsubscribe" in a test copy unsubscribes no one.
-            url = unsubscribe_url(project.config.base_url, 0, plan.issue_id, key=key)
+            # No subscriber: clicking "unsubscribe" in a test copy unsubscribes no one.
+            url = unsubscribe_url(project.config.base_url, None, issue_public, key=key)
             substitutions = prepared.rendered.substitutions(context, url)
-            if plan.issue_id is not None and project.config.section("replies")["domain"]:
-                # Subscriber 0 again: a reply to a test copy names nobody.
-                substitutions[REPLY_TOKEN_TAG] = reply_token_for(plan.issue_id, 0, key)
+            if issue_public is not None and project.config.section("replies")["domain"]:
+                # Nobody again: a reply to a test copy names no subscriber.
+                substitutions[REPLY_TOKEN_TAG] = reply_token_for(issue_public, None, key)
             recipient = Recipient(
                 email=address,
                 name=known.name if known else None,

@@ -402,6 +402,7 @@ def _claim(
                 s.c.name,
                 s.c.first_name,
                 s.c.last_name,
+                s.c.public_id,
                 # As text: parsed only when a person has custom fields (most have none).
                 type_coerce(s.c.fields, Text).label("fields"),
             )
@@ -474,7 +475,7 @@ def _claim(
                 "last_name": row.last_name,
                 "fields": custom_fields(row.fields),
             }
-            group.people.append((sid, row.email, row.name, context))
+            group.people.append((sid, row.public_id, row.email, row.name, context))
             group.following[sid] = following.key if following else None
             if step.key in failed[sid]:
                 retry.setdefault(step.key, []).append(sid)

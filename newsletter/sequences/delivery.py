@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from newsletter.sending.execute import Personalizer
     from newsletter.sequences.steps import Step
 
-#: Person = (subscriber id, address, name, template context)
-Person = tuple[int, str, "str | None", "dict[str, Any]"]
+#: Person = (subscriber id, public id, address, name, template context)
+Person = tuple[int, "str | None", str, "str | None", "dict[str, Any]"]
 #: The id every step email carries besides the issue's, for a person reading raw events.
 CUSTOM_ARG_STEP = "newsletter_sequence_step"
 
@@ -102,8 +102,9 @@ class StepMail:
         refuse = self.transport.impl.refuse
         personalize = self.personalize
         unsubscribe_url = self.unsubscribe_url
-        for sid, address, name, context in people:
-            url = unsubscribe_url(sid)
+        for sid, public_id, address, name, context in people:
+            # Never the row id, which tells the list's size (unless no public id is set).
+            url = unsubscribe_url(public_id or sid)
             recipient = Recipient(
                 email=address,
                 name=name,
@@ -131,13 +132,18 @@ def prepare_step(
     from newsletter.render import render_issue
     from newsletter.sending.execute import Personalizer
     from newsletter.sending.plan import Prepared, bulk_message, reply_to_for
+    from newsletter.store.engine import project_engine
+    from newsletter.store.public_ids import issue_public_id
     from newsletter.tokens import secret_key, unsubscribe_url_maker
 
+    engine = project_engine(project)
+    with engine.connect() as conn:
+        issue_public = issue_public_id(conn, issue_id)
     rendered = render_issue(project, step.issue)
     message = bulk_message(
         project,
         Prepared(step.path, rendered),
-        reply_to=reply_to_for(project, issue_id),
+        reply_to=reply_to_for(project, engine, issue_id),
         categories=(step.slug, "sequence", step.sequence),
     )
     key = secret_key(required=transport.impl.capabilities.delivers)
@@ -147,7 +153,7 @@ def prepare_step(
         issue_id=issue_id,
         send_id=send_id,
         message=message,
-        unsubscribe_url=unsubscribe_url_maker(project.config.base_url, issue_id, key=key),
+        unsubscribe_url=unsubscribe_url_maker(project.config.base_url, issue_public, key=key),
         transport=transport,
         personalize=Personalizer(rendered),
     )

@@ -65,7 +65,9 @@ def m004_store_ids_never_reused(conn: Connection) -> None:
     from sqlalchemy.schema import CreateTable
 
     rebuilt = schema.subscribers.to_metadata(MetaData(), name="subscribers_rebuilt")
-    columns = ", ".join(c.name for c in schema.subscribers.columns)
+    # Only the columns the old table has: later steps add theirs (m012: public_id).
+    present = {column["name"] for column in inspect(conn).get_columns("subscribers")}
+    columns = ", ".join(c.name for c in schema.subscribers.columns if c.name in present)
     conn.exec_driver_sql("DROP TABLE IF EXISTS subscribers_rebuilt")  # left by a crash
     conn.execute(CreateTable(rebuilt))
     conn.exec_driver_sql(
@@ -226,6 +228,40 @@ def m013_reply_threads(conn: Connection) -> None:
         conn.execute(r.update().where(r.c.id.in_(members)).values(thread_id=thread["id"]))
 
 
+def m014_signup_attempts(conn: Connection) -> None:
+    """Sign-up limits every `serve` worker shares (per network, per target address)."""
+    schema.signup_attempts.create(conn, checkfirst=True)
+
+
+def m015_public_ids(conn: Connection) -> None:
+    """`public_id` on subscribers and issues: a random identifier that new unsubscribe,
+    confirmation and reply tokens carry instead of the sequential ids (which told every
+    reader the list's size and growth). Existing rows get one each; old tokens keep working
+    (they are read by row id)."""
+    from sqlalchemy import bindparam, update
+    from sqlalchemy.schema import CreateColumn
+
+    for table in (schema.subscribers, schema.issues):
+        present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+        if "public_id" not in present:
+            column_ddl = CreateColumn(table.c.public_id).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column_ddl}")
+        missing = list(
+            conn.execute(select(table.c.id).where(table.c.public_id.is_(None))).scalars()
+        )
+        if missing:
+            conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("row_id"))
+                .values(public_id=bindparam("new_id")),
+                [{"row_id": row_id, "new_id": schema.new_public_id()} for row_id in missing],
+            )
+        indexes = {index["name"] for index in inspect(conn).get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name == f"uq_{table.name}_public_id" and index.name not in indexes:
+                index.create(conn)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -241,6 +277,8 @@ STEPS: list[tuple[str, Step]] = [
     ("m011_sequence_step_numbers", m011_sequence_step_numbers),
     ("m012_send_cancel_requested", m012_send_cancel_requested),
     ("m013_reply_threads", m013_reply_threads),
+    ("m014_signup_attempts", m014_signup_attempts),
+    ("m015_public_ids", m015_public_ids),
 ]
 
 

@@ -9,6 +9,7 @@ Changes to this file need a new step in `migrations.py`, never an edit of an old
 
 from __future__ import annotations
 
+import secrets
 from enum import StrEnum
 
 from sqlalchemy import (
@@ -67,6 +68,15 @@ class DeliveryState(StrEnum):
 
 STATUSES = tuple(s.value for s in SubscriberStatus)
 
+
+def new_public_id() -> str:
+    """A random, opaque identifier (72 bits, 12 URL-safe characters) for links and reply
+    addresses: unlike the sequential row id it tells a reader nothing about the list's size
+    or growth. Short, so a reply address naming issue and reader fits in 64 characters; the
+    token's signature, not the id, is what makes a link unforgeable."""
+    return secrets.token_urlsafe(9)
+
+
 subscribers = Table(
     "subscribers",
     metadata,
@@ -86,11 +96,14 @@ subscribers = Table(
     Column("confirmed_at", DateTime(timezone=True)),
     Column("unsubscribed_at", DateTime(timezone=True)),
     Column("unsubscribe_reason", String(200)),
+    # What tokens carry instead of `id` (m012; random, see `new_public_id`).
+    Column("public_id", String(32), default=new_public_id),
     # SQLite would otherwise give the newest subscriber's id to the next one after
     # `remove --forget`, and the forgotten person's links and late events would reach them.
     sqlite_autoincrement=True,
 )
 Index("ix_subscribers_status", subscribers.c.status)
+Index("uq_subscribers_public_id", subscribers.c.public_id, unique=True)
 
 subscriber_tags = Table(
     "subscriber_tags",
@@ -115,7 +128,10 @@ issues = Table(
     Column("subject", Text, nullable=False),
     Column("language", String(8), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # What tokens carry instead of `id` (m012; random, see `new_public_id`).
+    Column("public_id", String(32), default=new_public_id),
 )
+Index("uq_issues_public_id", issues.c.public_id, unique=True)
 
 sends = Table(
     "sends",
@@ -453,3 +469,23 @@ suppressions = Table(
     Column("reason", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# Sign-up limits shared by every `serve` worker and process (issue 26 item 4, issue 28 item
+# 6): one row per allowed attempt, kept for a day at most. Only an HMAC of what is limited
+# (an IPv4 address, an IPv6 /64, a target address), never the value itself. Owned by
+# `newsletter.store.signup_limits`.
+signup_attempts = Table(
+    "signup_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False),  # "network" | "address"
+    Column("key_hash", String(64), nullable=False),
+    Column("attempted_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ix_signup_attempts_key",
+    signup_attempts.c.scope,
+    signup_attempts.c.key_hash,
+    signup_attempts.c.attempted_at,
+)
+Index("ix_signup_attempts_time", signup_attempts.c.attempted_at)

@@ -82,6 +82,8 @@ class Subscriber:
     unsubscribed_at: datetime | None
     unsubscribe_reason: str | None
     updated_at: datetime | None = None
+    #: The random identifier links and reply addresses carry (never the sequential id).
+    public_id: str | None = None
 
     def template_context(self) -> dict[str, Any]:
         """What templates see as `subscriber` (no status or timestamps)."""
@@ -156,6 +158,7 @@ def _from_row(row: Any, tags: Sequence[str]) -> Subscriber:
         unsubscribed_at=as_utc(row.unsubscribed_at),
         unsubscribe_reason=row.unsubscribe_reason,
         updated_at=as_utc(row.updated_at),
+        public_id=row.public_id,
     )
 
 

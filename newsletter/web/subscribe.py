@@ -1,11 +1,13 @@
-"""The sign-up form and its target, and the double opt-in confirmation page (honeypot,
-rate limit, consent evidence). The work and the evidence live in `newsletter.optin`."""
+"""The sign-up form and its target, and the double opt-in confirmation page (the abuse
+checks of `newsletter.signup_guard`, consent evidence). The work and the evidence live in
+`newsletter.optin`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
-from collections import OrderedDict, deque
 from functools import partial
 
 from starlette.concurrency import run_in_threadpool
@@ -13,9 +15,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from newsletter import tokens
 from newsletter.errors import NewsletterError, StoreError, TokenError
-from newsletter.optin import Visit
+from newsletter.optin import SignupOutcome, Visit
 from newsletter.project import LANGUAGES
+from newsletter.signup_guard import (
+    BlockReason,
+    allow_network,
+    bot_reason,
+    is_disposable,
+    record_blocked,
+)
 from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
@@ -23,56 +33,30 @@ log = logging.getLogger("newsletter.web")
 PAGE_URL_CHARS = 2000
 
 
-class RateLimiter:
-    """At most `limit` hits per key per `window` seconds, in memory (per process).
+class Pace:
+    """Make answers that did no mail take about as long as ones that did: a blocked or
+    unchanged sign-up waits for the typical duration of a real one (a moving average,
+    jittered), so a bot cannot tell from the timing that it was found out."""
 
-    Clients are kept in least-recently-seen order, so expired ones are dropped from the
-    front a few at a time (no scan of the whole table per request), and the table never
-    holds more than `max_clients`: beyond that the longest-idle client is forgotten.
-    """
+    def __init__(self, typical: float = 0.05, at_most: float = 3.0) -> None:
+        self.typical = typical
+        self.at_most = at_most
 
-    def __init__(self, limit: int, window: float = 3600.0, max_clients: int = 10_000) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_clients = max_clients
-        self.hits: OrderedDict[str, deque[float]] = OrderedDict()
+    def observe(self, seconds: float) -> None:
+        self.typical = 0.8 * self.typical + 0.2 * min(seconds, self.at_most)
 
-    def __len__(self) -> int:
-        return len(self.hits)
-
-    def allow(self, key: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        self._expire(now)
-        hits = self.hits.get(key)
-        if hits is None:
-            hits = self.hits[key] = deque(maxlen=self.limit)
-            while len(self.hits) > self.max_clients:
-                self.hits.popitem(last=False)
-        else:
-            self.hits.move_to_end(key)
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        if len(hits) >= self.limit:
-            return False
-        hits.append(now)
-        return True
-
-    def _expire(self, now: float, at_most: int = 100) -> None:
-        # The front is the client seen longest ago; stop at the first one still active.
-        for _ in range(at_most):
-            if not self.hits:
-                return
-            oldest_key, oldest = next(iter(self.hits.items()))
-            if oldest and oldest[-1] > now - self.window:
-                return
-            del self.hits[oldest_key]
+    async def match(self, started: float) -> None:
+        target = self.typical * random.uniform(0.8, 1.2)
+        remaining = target - (time.perf_counter() - started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
 
 
 def routes(ctx: Context) -> list[Route]:
-    limiter = RateLimiter(ctx.config.section("subscribe")["rate_limit_per_hour"])
+    pace = Pace()
     return [
         Route("/subscribe", partial(signup_form, ctx), methods=["GET"]),
-        Route("/subscribe", partial(subscribe, ctx, limiter), methods=["POST"]),
+        Route("/subscribe", partial(subscribe, ctx, pace), methods=["POST"]),
         Route("/confirm/{token}", partial(confirm_page, ctx), methods=["GET"]),
         Route("/confirm/{token}", partial(confirm, ctx), methods=["POST"]),
     ]
@@ -104,6 +88,8 @@ def _form_page(
         error=error,
         email=email,
         given_name=name,
+        # When the form was shown, signed: one sent back sooner than a person can is a bot's.
+        shown=tokens.form_stamp(key=tokens.secret_key()),
     )
 
 
@@ -128,15 +114,17 @@ def _visit(request: Request, page_url: str | None = None) -> Visit:
     )
 
 
-async def subscribe(ctx: Context, limiter: RateLimiter, request: Request) -> Response:
-    """POST from the sign-up form: add the address (unconfirmed with double opt-in)."""
+async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
+    """POST from the sign-up form: add the address (unconfirmed with double opt-in).
+
+    Bots, throwaway domains and sign-ups over a limit (see `newsletter.signup_guard`) get
+    the very answer a real sign-up gets, after about as long, and are counted in
+    `stats --list`; only a person's own mistakes (no address, the box not ticked) are
+    answered as such."""
     from newsletter.optin import signup
 
+    started = time.perf_counter()
     settings = ctx.config.section("subscribe")
-    client = request.client.host if request.client else "unknown"
-    language = ctx.config.language
-    if not limiter.allow(client):
-        return ctx.message(language, "subscribe_title", ctx.text(language)["rate_limited"], 429)
     try:
         form = await request.form(max_files=0, max_fields=20)
     except Exception:  # malformed form bodies of every kind are the client's fault
@@ -145,7 +133,6 @@ async def subscribe(ctx: Context, limiter: RateLimiter, request: Request) -> Res
     t = ctx.text(language)
     email = str(form.get("email") or "").strip()
     name = str(form.get("name") or "").strip()[:200]
-    honeypot = str(form.get("website") or "")
     ticked = str(form.get("consent") or "") != ""
     done = (
         RedirectResponse(settings["redirect_url"], status_code=303)
@@ -157,8 +144,18 @@ async def subscribe(ctx: Context, limiter: RateLimiter, request: Request) -> Res
             200,
         )
     )
-    if honeypot:
-        return done  # a bot: answer as if all went well, store nothing
+
+    async def blocked(reason: BlockReason) -> Response:
+        try:
+            await run_in_threadpool(record_blocked, ctx.engine, reason)
+        except NewsletterError as exc:  # the count is not worth a different answer
+            log.error("counting a blocked sign-up failed: %s", type(exc).__name__)
+        await pace.match(started)
+        return done
+
+    reason = bot_reason(ctx.config, str(form.get("website") or ""), _text(form.get("shown")))
+    if reason is not None:
+        return await blocked(reason)  # store nothing
     if settings["require_checkbox"] and not ticked:
         return _form_page(
             ctx, language, 400, error=t["signup_checkbox_required"], email=email, name=name
@@ -169,9 +166,14 @@ async def subscribe(ctx: Context, limiter: RateLimiter, request: Request) -> Res
         email = normalize_email(email)
     except StoreError:
         return ctx.message(language, "subscribe_title", t["subscribe_invalid"], 400)
+    if is_disposable(ctx.config, email):
+        return await blocked(BlockReason.DOMAIN)
+    client = request.client.host if request.client else None
+    if not await run_in_threadpool(allow_network, ctx.engine, ctx.config, client):
+        return await blocked(BlockReason.NETWORK)
     visit = _visit(request, _page_url(form.get("page"), request.headers.get("referer")))
     try:
-        await run_in_threadpool(
+        outcome = await run_in_threadpool(
             signup,
             ctx.project,
             ctx.engine,
@@ -184,7 +186,17 @@ async def subscribe(ctx: Context, limiter: RateLimiter, request: Request) -> Res
     except NewsletterError as exc:
         log.error("subscribe failed: %s", type(exc).__name__)
         return PlainTextResponse("Please try again later\n", status_code=503)
+    if outcome is SignupOutcome.LIMITED:
+        return await blocked(BlockReason.ADDRESS)
+    if outcome is SignupOutcome.MAILED:
+        pace.observe(time.perf_counter() - started)
+    else:
+        await pace.match(started)  # nothing mailed: as slow as if it had been
     return done
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _answer(ctx: Context, token: str, outcome: str) -> Response:

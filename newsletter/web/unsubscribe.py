@@ -19,11 +19,12 @@ from newsletter.errors import TokenError
 from newsletter.web.context import Context
 
 if TYPE_CHECKING:
+    from newsletter.store.public_ids import TokenIds
     from newsletter.store.subscribers import Subscriber
 
 T = TypeVar("T")
 # Runs in the token's transaction with its subscriber; must not return None (that means "gone").
-Action = Callable[[Connection, "Subscriber", tokens.SubscriberToken], T]
+Action = Callable[[Connection, "Subscriber", "TokenIds"], T]
 
 
 def routes(ctx: Context) -> list[Route]:
@@ -36,15 +37,18 @@ def routes(ctx: Context) -> list[Route]:
 
 def _for_token(ctx: Context, token: str, action: Action[T]) -> tuple[T | None, str | None]:
     """(`action`'s result, or None if the subscriber is no longer stored; the issue's language)."""
+    from newsletter.store.public_ids import resolve
     from newsletter.store.subscribers import get_subscriber
 
     found = tokens.read_token(tokens.UNSUBSCRIBE, token, key=tokens.secret_key())
-    language = ctx.issue_language(found.issue_id)
+    with ctx.engine.connect() as conn:
+        ids = resolve(conn, found)
+    language = ctx.issue_language(ids.issue_id)
     with ctx.engine.begin() as conn:
-        subscriber = get_subscriber(conn, found.subscriber_id)
+        subscriber = None if ids.subscriber_id is None else get_subscriber(conn, ids.subscriber_id)
         if subscriber is None:
             return None, language
-        return action(conn, subscriber, found), language
+        return action(conn, subscriber, ids), language
 
 
 async def _with_subscriber(
@@ -79,7 +83,7 @@ def _unsubscribed_page(ctx: Context, token: str, language: str | None) -> Respon
     )
 
 
-def _current(conn: Connection, subscriber: Subscriber, found: tokens.SubscriberToken) -> Subscriber:
+def _current(conn: Connection, subscriber: Subscriber, found: TokenIds) -> Subscriber:
     return subscriber
 
 
@@ -103,7 +107,7 @@ async def unsubscribe_page(ctx: Context, request: Request) -> Response:
     return await _with_subscriber(ctx, request, _current, respond)
 
 
-def _unsubscribe(conn: Connection, subscriber: Subscriber, found: tokens.SubscriberToken) -> bool:
+def _unsubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> bool:
     """Idempotent: a second POST changes nothing."""
     if events.apply_status(conn, [subscriber.id], "unsubscribed", "link", datetime.now(UTC)):
         # Counted in `stats` like SendGrid's unsubscribe events.
@@ -129,7 +133,7 @@ async def unsubscribe(ctx: Context, request: Request) -> Response:
     )
 
 
-def _resubscribe(conn: Connection, subscriber: Subscriber, found: tokens.SubscriberToken) -> str:
+def _resubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> str:
     """The subscriber's status afterwards."""
     from newsletter.store.subscribers import set_status
 

@@ -40,7 +40,7 @@ from newsletter.store.importer.model import (
     simple_tuple,
 )
 from newsletter.store.raw import placeholder
-from newsletter.store.schema import subscribers
+from newsletter.store.schema import new_public_id, subscribers
 from newsletter.store.subscribers import STOPPED
 
 
@@ -76,13 +76,14 @@ class Writer:
         self.conn = conn
         self.dialect = conn.dialect.name
         mark = placeholder(conn)
+        # Each row gets its random public_id here (see `insert`), last.
+        full = [*self.COLUMNS, "public_id"]
         self.insert_subscribers = (
-            f"INSERT INTO subscribers ({', '.join(self.COLUMNS)}) "
-            f"VALUES ({', '.join([mark] * len(self.COLUMNS))})"
+            f"INSERT INTO subscribers ({', '.join(full)}) VALUES ({', '.join([mark] * len(full))})"
         )
         # Most imported rows have no full name and no unsubscribe: a shorter INSERT
         # without those three columns saves SQLite work on every row.
-        short = [c for c in self.COLUMNS if c not in self.OPTIONAL]
+        short = [c for c in full if c not in self.OPTIONAL]
         self.insert_short = (
             f"INSERT INTO subscribers ({', '.join(short)}) "
             f"VALUES ({', '.join([mark] * len(short))})"
@@ -131,8 +132,10 @@ class Writer:
         short_rows: list[tuple[Any, ...]] | None = None,
     ) -> None:
         if rows:
+            rows = [(*row, new_public_id()) for row in rows]
             self.conn.exec_driver_sql(self.insert_subscribers, rows)  # type: ignore[arg-type]
         if short_rows:
+            short_rows = [(*row, new_public_id()) for row in short_rows]
             self.conn.exec_driver_sql(self.insert_short, short_rows)  # type: ignore[arg-type]
         if tags:
             self.conn.exec_driver_sql(self.insert_tags, tags)  # type: ignore[arg-type]

@@ -1,0 +1,76 @@
+"""Real `newsletter serve` processes for tests that need more than one worker: each one is
+its own OS process with its own memory, sharing only the project's database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read() if process.stderr else "server exited")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
+
+
+@contextmanager
+def serve_process(project: Path, env: dict[str, str]) -> Iterator[str]:
+    """`python -m newsletter --project PROJECT serve --port N`; yield its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "newsletter",
+            "--project",
+            str(project),
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait(base + "/healthz", process)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@contextmanager
+def serve_processes(project: Path, count: int, **extra_env: str) -> Iterator[list[str]]:
+    """`count` serve processes on one project (the variables of this test process, plus
+    `extra_env`); yield their base URLs."""
+    env = {**os.environ, **extra_env}
+    with ExitStack() as stack:
+        yield [stack.enter_context(serve_process(project, env)) for _ in range(count)]
