@@ -115,8 +115,25 @@ def test_ctrl_c_stops_a_long_replies_listing(project: Path, tmp_path: Path):
                 for n in range(3000)
             ],
         )
+        # Each its own conversation, as storing a reply files it (ids 1..3000 in a new list).
+        conn.execute(
+            schema.reply_threads.insert(),
+            [
+                dict(
+                    id=n + 1,
+                    contact=f"leser{n}@example.de",
+                    state="new",
+                    automatic=False,
+                    messages=1,
+                    created_at=now,
+                    last_at=now,
+                )
+                for n in range(3000)
+            ],
+        )
+        conn.execute(schema.replies.update().values(thread_id=schema.replies.c.id))
     engine.dispose()
-    process = _newsletter(project, "replies", env=_env())
+    process = _newsletter(project, "replies", "--limit", "0", env=_env())
     # Once it has printed something it is listing; nobody reads the rest, so it blocks
     # writing (3000 lines are more than a pipe holds) until Ctrl-C.
     assert process.stdout.read(100)

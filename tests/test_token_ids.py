@@ -130,7 +130,8 @@ def test_confirmation_links_name_the_public_id(make_project, database_url, monke
     person = find_subscriber(engine, "neu@example.de")
     payload = link.group(1).rsplit("/", 1)[1].split(".")[0]
     said = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    assert said == f'["{person.public_id}",null]'.encode() and person.id == 6
+    # The public id, no issue, and how many confirmations they had (single use, issue 28).
+    assert said == f'["{person.public_id}",null,0]'.encode() and person.id == 6
     assert client.post(link.group(1)).status_code == 200
     assert find_subscriber(engine, "neu@example.de").status == "subscribed"
 

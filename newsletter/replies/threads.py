@@ -21,6 +21,12 @@ from newsletter.store.times import as_utc
 
 NEW, ANSWERED, DONE = "new", "answered", "done"
 
+#: How `replies` shows a thread with a reply that asks to unsubscribe.
+UNSUBSCRIBE_LABELS = {
+    "verified": "unsubscribed by reply",
+    "unverified": "asks to unsubscribe (unverified)",
+}
+
 t, r, a = schema.reply_threads, schema.replies, schema.reply_answers
 
 
@@ -85,8 +91,6 @@ class ThreadRow:
 
     @property
     def note(self) -> str:
-        from newsletter.replies.listing import UNSUBSCRIBE_LABELS
-
         notes = ["auto-reply"] if self.automatic else []
         if self.unsubscribe_request:
             notes.append(UNSUBSCRIBE_LABELS[self.unsubscribe_request])
@@ -267,6 +271,8 @@ class Thread:
 
 def thread_id_of(engine: Engine, any_id: int) -> int:
     """The thread of a reply id (or a thread id)."""
+    if not 1 <= any_id < 2**31:  # no column holds it: no reply (not an overflow in the driver)
+        raise StoreError(f"no reply with id {any_id}; list them with `newsletter replies`")
     with engine.connect() as conn:
         found = conn.execute(select(r.c.thread_id).where(r.c.id == any_id)).scalar()
         if found is None:
