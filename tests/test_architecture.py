@@ -8,6 +8,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "newsletter"
 PAGE = (REPO / "docs" / "development" / "architecture.md").read_text(encoding="utf-8")
@@ -85,6 +87,7 @@ def test_every_module_is_on_the_page_and_every_listed_one_exists() -> None:
     assert sorted(listed - present) == [], "these are on the page but not in the package"
 
 
+@pytest.mark.slow
 def test_the_table_writers_on_the_page_are_the_ones_in_the_code() -> None:
     documented: dict[str, set[str]] = {}
     for tables_cell, owner_cell, others_cell in _section("Who writes which table"):

@@ -66,6 +66,7 @@ def check_readable(browser: Any, url: str, width: int) -> Any:
     return page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_served_archive_index_and_issue_page(browser, project, width):
     with serving(project) as base:
@@ -86,6 +87,7 @@ def test_served_archive_index_and_issue_page(browser, project, width):
         check_readable(browser, base + "/issues/erste-ausgabe", width).close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_served_404_page(browser, project, width):
     with serving(project) as base:
@@ -99,6 +101,7 @@ def test_served_404_page(browser, project, width):
             page.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_static_site_from_a_folder(browser, static_site, width):
     page = check_readable(browser, static_site + "/", width)

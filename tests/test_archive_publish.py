@@ -36,6 +36,7 @@ def status_of(project: Path, path: str) -> int:
         return httpx.get(base + path).status_code
 
 
+@pytest.mark.slow
 def test_a_send_scheduled_70_hours_ahead_is_not_public_until_then(project, db, sg, cli):
     add_readers(project)
     result = send(cli, project, ISSUE, "--schedule", "in 70h")
@@ -51,6 +52,7 @@ def test_a_send_scheduled_70_hours_ahead_is_not_public_until_then(project, db, s
     assert abs(published.published_at - (later - timedelta(minutes=5))) < timedelta(minutes=2)
 
 
+@pytest.mark.slow
 def test_an_issue_rejected_for_every_recipient_is_not_public(project, db, sg, cli):
     add_readers(project, 3)
     sg.inject("400", errors=[{"message": "The from address is blocked", "field": "from"}])
@@ -65,6 +67,7 @@ def test_an_issue_rejected_for_every_recipient_is_not_public(project, db, sg, cl
     assert status_of(project, f"/issues/{SLUG}") == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [("--dry-run",), ("--outbox", "OUTBOX")])
 def test_dry_runs_and_outbox_sends_are_not_public(project, db, sg, cli, how, tmp_path):
     add_readers(project)

@@ -59,6 +59,7 @@ def soup(path: Path) -> BeautifulSoup:
     return BeautifulSoup(path.read_text("utf-8"), "html.parser")
 
 
+@pytest.mark.slow
 def test_build_writes_the_site_with_relative_links(sent, tmp_path):
     out = tmp_path / "site"
     result = run_cli(sent, "archive", "build", "-o", str(out))
@@ -105,6 +106,7 @@ def test_build_writes_the_site_with_relative_links(sent, tmp_path):
         assert hidden not in sitemap
 
 
+@pytest.mark.slow
 def test_a_second_build_changes_no_file_and_a_new_issue_only_what_it_affects(sent, tmp_path, sg):
     out = tmp_path / "site"
     assert run_cli(sent, "archive", "build", "-o", str(out)).exit_code == 0
@@ -129,6 +131,7 @@ def test_a_second_build_changes_no_file_and_a_new_issue_only_what_it_affects(sen
     }
 
 
+@pytest.mark.slow
 def test_a_deleted_issue_file_removes_its_page(sent, tmp_path):
     out = tmp_path / "site"
     assert run_cli(sent, "archive", "build", "-o", str(out)).exit_code == 0

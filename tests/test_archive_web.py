@@ -43,6 +43,7 @@ def words(soup: BeautifulSoup) -> str:
     return " ".join(soup.get_text(" ").split())
 
 
+@pytest.mark.slow
 def test_index_lists_the_sent_issues_newest_first(archive):
     _root, base = archive
     response = httpx.get(base + "/")
@@ -178,6 +179,7 @@ def test_json_feed(archive):
     assert "Hallo zusammen," in first["content_html"]
 
 
+@pytest.mark.slow
 def test_an_english_newsletter_gets_english_pages(tmp_path, monkeypatch):
     root = tmp_path / "en"
     config = ARCHIVE_CONFIG.replace('language = "de"', 'language = "en"')
@@ -191,6 +193,7 @@ def test_an_english_newsletter_gets_english_pages(tmp_path, monkeypatch):
         assert missing.status_code == 404 and "Page not found" in missing.text
 
 
+@pytest.mark.slow
 def test_archive_disabled_turns_off_index_and_feeds(tmp_path):
     root = tmp_path / "off"
     config = ARCHIVE_CONFIG + "\n[archive]\nenabled = false\n"

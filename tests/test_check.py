@@ -249,6 +249,7 @@ def test_imprint_missing_is_an_error_in_german_and_a_warning_in_english(
     assert cli(root, "check", "en").exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_field_nobody_has_is_named(
     make_project: Callable[..., Path], cli, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

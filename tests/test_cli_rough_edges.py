@@ -123,6 +123,7 @@ def test_init_takes_language_without_asking(tmp_path, cli):
     assert Project.load(tmp_path / "letter").config.language == "en"
 
 
+@pytest.mark.slow
 def test_the_test_command_sums_up_skips_one_line_per_reason(tmp_path):
     import os
     import subprocess

@@ -134,6 +134,7 @@ def test_every_command_in_the_docs_parses_as_written(where: str, line: list[str]
         command = sub
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="MkDocs is not installed")
 def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
     built = subprocess.run(

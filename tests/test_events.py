@@ -56,6 +56,7 @@ def _states(engine, issue_id) -> dict[int, str]:
         )
 
 
+@pytest.mark.slow
 def test_signed_events_update_subscribers_ledger_and_stats(setup, signer, cli, project):
     proj, engine, people, issue_id = setup
     a, b, c, d, e = people
@@ -143,6 +144,7 @@ def test_signed_events_update_subscribers_ledger_and_stats(setup, signer, cli, p
     assert "opened" in table.output and "50.0 %" in table.output and "of delivered" in table.output
 
 
+@pytest.mark.slow
 def test_replayed_post_and_repeated_events_are_stored_once(setup, signer):
     proj, engine, people, issue_id = setup
     a = people[0]
@@ -156,6 +158,7 @@ def test_replayed_post_and_repeated_events_are_stored_once(setup, signer):
     assert _count(engine, schema.events) == 2
 
 
+@pytest.mark.slow
 def test_later_bounce_replay_does_not_undo_a_resubscribe(setup, signer):
     from newsletter.store.subscribers import set_status
 
@@ -169,6 +172,7 @@ def test_later_bounce_replay_does_not_undo_a_resubscribe(setup, signer):
     assert get_subscriber(engine, b.id).status == "subscribed"
 
 
+@pytest.mark.slow
 def test_events_without_custom_args_match_by_address_and_unknown_ids_do_not_crash(setup, signer):
     proj, engine, people, issue_id = setup
     a, b = people[0], people[1]
@@ -186,6 +190,7 @@ def test_events_without_custom_args_match_by_address_and_unknown_ids_do_not_cras
     assert _count(engine, schema.events) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change",
     [
@@ -231,6 +236,7 @@ def test_unsigned_forged_or_stale_posts_get_403_and_change_nothing(
     assert _count(engine, schema.events) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "body",
     [
@@ -253,6 +259,7 @@ def test_malformed_signed_bodies_get_400_never_500(setup, signer, body):
     assert _count(engine, schema.events) == 0
 
 
+@pytest.mark.slow
 def test_sql_like_values_are_stored_as_text(setup, signer):
     proj, engine, people, issue_id = setup
     a = people[0]
@@ -277,6 +284,7 @@ def test_sql_like_values_are_stored_as_text(setup, signer):
     assert "1' OR '1'='1" in ids
 
 
+@pytest.mark.slow
 def test_stored_events_read_back_as_sent_on_both_databases(setup, signer):
     """Ingest writes rows with plain driver SQL: times, JSON details and ids read back through
     the schema as SendGrid sent them (umlauts, lists, flags, a fractional timestamp), with
@@ -333,6 +341,7 @@ def test_stored_events_read_back_as_sent_on_both_databases(setup, signer):
     assert bounced.received_at >= opened.occurred_at
 
 
+@pytest.mark.slow
 def test_oversized_webhook_body_gets_413(setup, signer):
     proj, engine, people, issue_id = setup
     big = [event("open", "x@example.de", padding="ü" * 1000) for _ in range(600)]
@@ -351,6 +360,7 @@ def test_oversized_webhook_body_gets_413(setup, signer):
     assert _count(engine, schema.events) == 0
 
 
+@pytest.mark.slow
 def test_log_has_route_templates_but_no_secrets_or_addresses(setup, signer, caplog, monkeypatch):
     from newsletter import tokens
     from tests.conftest import TEST_SECRET

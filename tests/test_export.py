@@ -67,6 +67,7 @@ def test_neutralize() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_csv_has_every_field_and_no_live_formulas(engine) -> None:
     fill(engine, typed_fields=False)
     out = io.StringIO()
@@ -108,6 +109,7 @@ def test_csv_has_every_field_and_no_live_formulas(engine) -> None:
     assert datetime.fromisoformat(weg["unsubscribed_at"]).tzinfo is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_export_then_import_into_an_empty_list_gives_the_same_list(
     engine, tmp_path, fmt, database_url

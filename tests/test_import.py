@@ -49,6 +49,7 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 # --- the services' exports --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mailchimp_exports(engine) -> None:
     result = import_file(engine, IMPORTS / "mailchimp_subscribed.csv")
     assert (result.format, result.new, result.rejected) == ("mailchimp", 3, 0)
@@ -78,6 +79,7 @@ def test_mailchimp_exports(engine) -> None:
     assert find_subscriber(engine, "anna.schmidt@example.de").status == "unsubscribed"
 
 
+@pytest.mark.slow
 def test_substack_email_disabled_means_unsubscribed(engine) -> None:
     result = import_file(engine, IMPORTS / "substack.csv")
     assert (result.format, result.new) == ("substack", 3)
@@ -88,6 +90,7 @@ def test_substack_email_disabled_means_unsubscribed(engine) -> None:
     assert count_subscribers(engine, status="subscribed") == 2
 
 
+@pytest.mark.slow
 def test_buttondown_types_tags_and_metadata(engine) -> None:
     result = import_file(engine, IMPORTS / "buttondown.csv")
     assert (result.format, result.new) == ("buttondown", 3)
@@ -98,6 +101,7 @@ def test_buttondown_types_tags_and_metadata(engine) -> None:
     assert find_subscriber(engine, "neu@example.de").status == "unconfirmed"
 
 
+@pytest.mark.slow
 def test_ghost_labels_and_email_opt_out(engine) -> None:
     result = import_file(engine, IMPORTS / "ghost.csv")
     assert (result.format, result.new) == ("ghost", 2)
@@ -112,6 +116,7 @@ def test_ghost_labels_and_email_opt_out(engine) -> None:
     assert otto.fields == {"note": "schrieb „danke“"}  # no Stripe ids copied
 
 
+@pytest.mark.slow
 def test_listmonk_attributes_and_blocklist(engine) -> None:
     result = import_file(engine, IMPORTS / "listmonk.csv")
     assert (result.format, result.new) == ("listmonk", 2)
@@ -121,6 +126,7 @@ def test_listmonk_attributes_and_blocklist(engine) -> None:
     assert find_subscriber(engine, "blocked@example.de").status == "unsubscribed"
 
 
+@pytest.mark.slow
 def test_excel_windows_1252_with_semicolons(engine) -> None:
     result = import_file(engine, IMPORTS / "excel_de_semicolon.csv")
     assert (result.format, result.encoding, result.delimiter) == ("generic", "cp1252", ";")
@@ -180,6 +186,7 @@ def test_a_bad_byte_at_the_end_of_a_bom_file_rejects_that_row_only(engine, tmp_p
     assert find_subscriber(engine, "p39@example.com").name == "Pä39"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", [False, True])
 def test_a_200kb_field_is_a_rejected_row_and_the_rest_is_imported(engine, tmp_path, parallel):
     if parallel and not import_process.can_fork():
@@ -197,6 +204,7 @@ def test_a_200kb_field_is_a_rejected_row_and_the_rest_is_imported(engine, tmp_pa
     assert find_subscriber(engine, "q9@example.com") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "heading", ["email", "E-Mail", "E-Mail-Adresse", "Email Address", "mail", "EMAIL_ADDRESS"]
 )
@@ -235,6 +243,7 @@ def test_bad_rows_are_rejected_with_line_and_reason(engine, tmp_path) -> None:
     assert count_subscribers(engine) == 2
 
 
+@pytest.mark.slow
 def test_a_row_with_too_many_columns_is_rejected(engine, tmp_path) -> None:
     source = write(
         tmp_path / "x.csv", "email,name\na@example.com,Anna\nb@example.com,Müller, Ben\n"
@@ -246,6 +255,7 @@ def test_a_row_with_too_many_columns_is_rejected(engine, tmp_path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_multiline_cells_keep_line_numbers(engine, tmp_path) -> None:
     source = write(
         tmp_path / "x.csv",
@@ -256,6 +266,7 @@ def test_multiline_cells_keep_line_numbers(engine, tmp_path) -> None:
     assert find_subscriber(engine, "a@example.com").fields == {"notes": "zwei\nZeilen"}
 
 
+@pytest.mark.slow
 def test_an_unclosed_quote_is_rejected_not_swallowing_the_rest(engine, tmp_path) -> None:
     # Without the check the rest of the file became one note of Jörg's, silently.
     source = write(
@@ -271,6 +282,7 @@ def test_an_unclosed_quote_is_rejected_not_swallowing_the_rest(engine, tmp_path)
     assert find_subscriber(engine, "jörg@example.de") is None
 
 
+@pytest.mark.slow
 def test_a_nul_character_past_the_first_block_rejects_its_row(engine, tmp_path) -> None:
     # The first 64 KB are checked for binary files; a NUL further down reached the
     # database (PostgreSQL then refused the whole import).
@@ -302,6 +314,7 @@ def test_a_too_long_name_rejects_its_row_only(engine, tmp_path) -> None:
     assert result.new == 1 and find_subscriber(engine, "c@example.com").first_name == "Jörg"
 
 
+@pytest.mark.slow
 def test_an_unclosed_quote_in_the_header_is_one_line(engine, tmp_path) -> None:
     source = write(tmp_path / "x.csv", '"email,name\na@example.com,Anna\n')
     with pytest.raises(ImportFileError) as caught:
@@ -310,6 +323,7 @@ def test_an_unclosed_quote_in_the_header_is_one_line(engine, tmp_path) -> None:
     assert "quote" in str(caught.value) and "never closed" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_running_the_same_import_again_changes_nothing(engine) -> None:
     for name in ("mailchimp_subscribed.csv", "ghost.csv", "listmonk.csv", "buttondown.csv"):
         import_file(engine, IMPORTS / name, tags=["import"])
@@ -324,6 +338,7 @@ def test_running_the_same_import_again_changes_nothing(engine) -> None:
         assert conn.execute(select(schema.subscribers.c.updated_at)).scalars().all() == stamps
 
 
+@pytest.mark.slow
 def test_stopped_people_are_never_resubscribed_without_the_flag(engine, tmp_path) -> None:
     add_subscriber(engine, "weg@example.de", status="subscribed")
     person = add_subscriber(engine, "bounce@example.de")
@@ -351,6 +366,7 @@ def test_stopped_people_are_never_resubscribed_without_the_flag(engine, tmp_path
     assert find_subscriber(engine, "bounce@example.de").unsubscribed_at is None
 
 
+@pytest.mark.slow
 def test_duplicates_across_chunks_are_merged_and_dry_run_agrees(engine, tmp_path, monkeypatch):
     lines = ["email,first name,tags"]
     for i in range(7):
@@ -368,6 +384,7 @@ def test_duplicates_across_chunks_are_merged_and_dry_run_agrees(engine, tmp_path
     assert find_subscriber(engine, "p5@example.com").tags == ("more", "t5")
 
 
+@pytest.mark.slow
 def test_dry_run_on_a_full_list_counts_without_changing(engine, tmp_path) -> None:
     add_subscriber(engine, "a@example.com", first_name="A")
     add_subscriber(engine, "b@example.com", first_name="B")
@@ -380,6 +397,7 @@ def test_dry_run_on_a_full_list_counts_without_changing(engine, tmp_path) -> Non
     assert everyone(engine) == before
 
 
+@pytest.mark.slow
 def test_map_overrides_the_detected_columns(engine, tmp_path) -> None:
     source = write(tmp_path / "x.csv", "Kontakt;Rufname;Geheim;Anrede\nk@example.de;Kai;x;Herr\n")
     with pytest.raises(ImportFileError, match="no email column"):
@@ -397,6 +415,7 @@ def test_map_overrides_the_detected_columns(engine, tmp_path) -> None:
         import_file(engine, source, mapping=[("Telefon", "phone"), ("kontakt", "email")])
 
 
+@pytest.mark.slow
 def test_extra_tags_and_source(engine, tmp_path) -> None:
     source = write(tmp_path / "x.csv", "email\na@example.com\n")
     import_file(engine, source, tags=["2024", "messe"], source="messe-stand")
@@ -407,6 +426,7 @@ def test_extra_tags_and_source(engine, tmp_path) -> None:
 # --- custom field names ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_custom_field_names_are_one_field_whatever_their_case(engine, tmp_path) -> None:
     """Issue 12.12: `Stadt` and `stadt` are one field; the list's spelling wins."""
     add_subscriber(engine, "anna@example.de", fields={"Stadt": "Köln", "kunde": "ja"})
@@ -420,6 +440,7 @@ def test_custom_field_names_are_one_field_whatever_their_case(engine, tmp_path) 
     assert find_subscriber(engine, "ben@example.de").fields == {"Stadt": "Hamburg", "kunde": "ja"}
 
 
+@pytest.mark.slow
 def test_the_first_spelling_in_a_file_wins_for_a_new_field(engine, tmp_path) -> None:
     source = write(
         tmp_path / "x.csv",
@@ -448,6 +469,7 @@ def test_the_first_spelling_in_a_file_wins_for_a_new_field(engine, tmp_path) -> 
 # --- files that cannot be read ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -552,6 +574,7 @@ def test_progress_callback_reaches_the_file_size(engine) -> None:
 # --- the forked reader process (used for big files) ------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not import_process.can_fork(), reason="needs fork")
 def test_reader_process_gives_the_same_result(engine, tmp_path) -> None:
     lines = ["email;Vorname;tags"]
@@ -590,6 +613,7 @@ def _same_but_times(a: dict, b: dict) -> bool:
     return strip(a) == strip(b)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not import_process.can_fork(), reason="needs fork")
 def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
     # A runaway quoted cell (over csv's field limit) in the last chunk: a rejected row.
@@ -601,6 +625,7 @@ def test_reader_process_errors_reach_the_caller(engine, tmp_path) -> None:
     assert [s.email for s in iter_subscribers(engine)] == ["a@example.com"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", [False, True])
 def test_an_import_that_must_stop_says_what_it_wrote_and_where(
     engine, tmp_path, monkeypatch, parallel
@@ -640,6 +665,7 @@ def test_an_import_that_must_stop_says_what_it_wrote_and_where(
     assert count_subscribers(engine) == 8
 
 
+@pytest.mark.slow
 def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_path, monkeypatch):
     """The subscribe form may add an address while the import writes a chunk: it waits
     for the chunk's transaction (which holds the write lock from its lookups on), and
@@ -677,6 +703,7 @@ def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_pat
     assert count_subscribers(engine) == 2
 
 
+@pytest.mark.slow
 def test_a_first_import_merges_what_others_added_before_its_lookups(engine, tmp_path, monkeypatch):
     """A first import skips lookups; a sign-up in the file committed just before a chunk
     takes the write lock makes that chunk clash, and the retry (with lookups) merges it."""
@@ -705,6 +732,7 @@ def test_a_first_import_merges_what_others_added_before_its_lookups(engine, tmp_
 # --- layering ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_importer_modules_use_each_others_public_names_only() -> None:
     """One package, no private imports between its modules and no cycle (issue 9, item 7)."""
     import ast

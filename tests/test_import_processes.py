@@ -80,6 +80,7 @@ def _bytes_written(pid: int) -> int:
     return int(io.split("wchar:")[1].split()[0])
 
 
+@pytest.mark.slow
 def test_kill_9_of_an_import_takes_its_reader_process_along(project, tmp_path) -> None:
     """Issue 15.5: the forked reader must not outlive a killed import."""
     source = big_csv(tmp_path / "big.csv", 160_000)
@@ -154,6 +155,7 @@ def served(make_project, database_url):
         server.communicate(timeout=20)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["first import", "re-import tagging everyone"])
 def test_one_click_unsubscribes_during_a_big_import_are_all_stored(served, tmp_path, kind):
     """Issue 15.2: every POST /unsubscribe/<token> during an import is stored, never a 500.
@@ -216,6 +218,7 @@ def _imported_rows(engine, kind: str) -> int:
         return conn.execute(query).scalar()
 
 
+@pytest.mark.slow
 def test_serve_answers_503_with_retry_after_when_the_database_stays_locked(served) -> None:
     """What still cannot be stored gets 503 + Retry-After (a retry), never a 500."""
     import sqlite3
@@ -287,6 +290,7 @@ def _form_signups(engine) -> int:
         return conn.execute(query).scalar()
 
 
+@pytest.mark.slow
 def test_an_import_succeeds_alongside_a_steady_stream_of_sign_ups(
     make_project, database_url, tmp_path
 ):
@@ -340,6 +344,7 @@ def ctrl_c(process: subprocess.Popen) -> None:
     os.killpg(process.pid, signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_an_import_says_what_is_kept_and_exits_130(project, tmp_path) -> None:
     """Issue 12.10: one line (what is kept, how to go on), exit 130, no reader traceback."""
     import re
@@ -385,6 +390,7 @@ def test_ctrl_c_during_an_import_says_what_is_kept_and_exits_130(project, tmp_pa
     assert written() == 400_000
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_an_export_leaves_no_half_file_and_exits_130(project, tmp_path) -> None:
     from newsletter.project import Project
     from newsletter.store.engine import open_engine

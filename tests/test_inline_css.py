@@ -24,6 +24,7 @@ def entries(folder: Path) -> list[Path]:
     return sorted((folder / "inlined").glob("*.html"))
 
 
+@pytest.mark.slow
 def test_an_unchanged_issue_renders_the_same_email_from_the_cache(example, tmp_path, monkeypatch):
     project, issue = example
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "cache"))
@@ -47,6 +48,7 @@ def test_an_edit_is_never_served_from_the_cache(example, tmp_path, monkeypatch):
     assert len(entries(tmp_path / "cache")) == 2
 
 
+@pytest.mark.slow
 def test_the_cache_keeps_the_most_recently_used_entries(example, tmp_path, monkeypatch):
     project, issue = example
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "cache"))
@@ -58,6 +60,7 @@ def test_the_cache_keeps_the_most_recently_used_entries(example, tmp_path, monke
     assert len(entries(tmp_path / "cache")) == 3
 
 
+@pytest.mark.slow
 def test_a_cache_that_cannot_be_used_changes_nothing(example, tmp_path, monkeypatch):
     project, issue = example
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "fresh"))
@@ -90,6 +93,7 @@ def test_no_home_directory_means_no_cache(example, monkeypatch):
     assert 'style="' in render_file(project, issue).html
 
 
+@pytest.mark.slow
 def test_a_cached_render_does_not_load_premailer(example, tmp_path):
     """What the cache saves is premailer's run and its import (cssutils, lxml: a quarter of a
     second): finding the installed versions for the key must not import them either."""

@@ -3,6 +3,7 @@ for nothing); the ledger's rows stay."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import create_engine, inspect, select
 
 from newsletter.store import migrations, schema
@@ -20,6 +21,7 @@ def delivery_indexes(engine) -> set[str]:
         return {index["name"] for index in inspect(conn).get_indexes("deliveries")}
 
 
+@pytest.mark.slow
 def test_an_older_database_loses_the_index_and_keeps_its_deliveries(database_url, monkeypatch):
     old = _raw_engine(database_url)
     monkeypatch.setattr(migrations, "STEPS", migrations.STEPS[:9])

@@ -18,6 +18,7 @@ def _raw_engine(url: str):
     return create_engine(url)
 
 
+@pytest.mark.slow
 def test_an_older_replies_table_gains_the_flags_and_keeps_its_rows(database_url, monkeypatch):
     old = _raw_engine(database_url)
     monkeypatch.setattr(migrations, "STEPS", migrations.STEPS[:4])

@@ -18,6 +18,7 @@ def _raw_engine(url: str):
     return create_engine(url)
 
 
+@pytest.mark.slow
 def test_an_m001_database_upgrades_without_losing_data(database_url, monkeypatch) -> None:
     old = _raw_engine(database_url)
     # Build the database as the first release did: only m001.
@@ -73,6 +74,7 @@ def test_steps_are_named_in_order(step) -> None:
     assert step.startswith(f"m{int(step[1:4]):03d}_")
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_path) -> None:
     # `serve` and a cron `sync` may both be first to use a fresh database.
     import subprocess
@@ -115,6 +117,7 @@ def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_
         dispose_all()
 
 
+@pytest.mark.slow
 def test_open_engine_reuses_one_engine_per_url(database_url) -> None:
     # A postgresql:// URL used to miss the cache every time: a new pool and a migration
     # check on each call.
@@ -122,6 +125,7 @@ def test_open_engine_reuses_one_engine_per_url(database_url) -> None:
     assert open_engine(database_url) is first
 
 
+@pytest.mark.slow
 def test_a_forgotten_subscribers_id_is_never_given_again(database_url, tmp_path) -> None:
     from newsletter.store.importer import import_file
     from newsletter.store.subscribers import add_subscriber, forget_subscriber
@@ -140,6 +144,7 @@ def test_a_forgotten_subscribers_id_is_never_given_again(database_url, tmp_path)
     assert dora is not None and dora.id > newest.id + 1
 
 
+@pytest.mark.slow
 def test_an_old_sqlite_database_gets_ids_that_are_never_reused(tmp_path) -> None:
     from sqlalchemy import MetaData, func, text
 

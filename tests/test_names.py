@@ -29,6 +29,7 @@ def test_clean_name(raw, clean) -> None:
     assert clean_name(raw) == clean
 
 
+@pytest.mark.slow
 def test_the_subscribe_form_stores_a_name_without_cr_lf(project) -> None:
     proj = Project.load(project)
     engine = open_engine(proj.database_url)

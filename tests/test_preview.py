@@ -59,6 +59,7 @@ def page_of(client: TestClient) -> BeautifulSoup:
     return BeautifulSoup(response.text, "html.parser")
 
 
+@pytest.mark.slow
 def test_page_shows_sender_subject_preheader_and_the_email(project: Path, example: Path) -> None:
     with client_for(project, example) as client:
         soup = page_of(client)

@@ -52,6 +52,7 @@ def save(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_page_shows_the_email_as_an_inbox_would(live, page) -> None:
     server, _issue = live
     page.goto(server.url)
@@ -98,6 +99,7 @@ def test_phone_width_has_no_horizontal_overflow(live, page, tmp_path: Path) -> N
     assert png_size(tmp_path / "phone.png")[0] == 1280
 
 
+@pytest.mark.slow
 def test_saving_the_issue_updates_the_open_page(live, page) -> None:
     server, issue = live
     page.goto(server.url)
@@ -184,6 +186,7 @@ def test_plain_text_view(live, page) -> None:
     expect(page.locator("#email")).to_be_visible()
 
 
+@pytest.mark.slow
 def test_dark_view_matches_a_dark_mode_mail_client(live, page, browser, project: Path) -> None:
     server, _issue = live
     page.goto(server.url)
@@ -214,6 +217,7 @@ def test_dark_view_matches_a_dark_mode_mail_client(live, page, browser, project:
     )
 
 
+@pytest.mark.slow
 def test_screenshot_per_width(live, page, tmp_path: Path) -> None:
     server, _issue = live
     page.goto(server.url)

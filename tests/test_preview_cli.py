@@ -47,6 +47,7 @@ def test_loopback_names() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
 
 
+@pytest.mark.slow
 def test_preview_serves_on_a_free_port_and_stops_cleanly_on_ctrl_c(project: Path) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

@@ -32,6 +32,7 @@ def browser() -> Iterator[Any]:
         yield b
 
 
+@pytest.mark.slow
 def test_signup_and_confirmation_click_in_chromium(make_project, database_url, browser) -> None:
     config = CONFIG.replace('url = "sqlite:///newsletter.db"', f'url = "{database_url}"')
     proj = Project.load(make_project(config))

@@ -42,6 +42,7 @@ def engine_of(root: Path) -> Any:
     return open_engine(Project.load(root).database_url)
 
 
+@pytest.mark.slow
 def test_add_keeps_who_when_and_the_consent_text_and_show_prints_it(cli, proj) -> None:
     text = "Ja, ich möchte „Jens' Briefing“ per E-Mail erhalten."
     added = cli(
@@ -77,6 +78,7 @@ def test_add_keeps_who_when_and_the_consent_text_and_show_prints_it(cli, proj) -
     assert "ohne@example.de" in as_csv and "jörg" not in as_csv
 
 
+@pytest.mark.slow
 def test_forget_asks_unless_yes_and_refuses_without_a_terminal(cli, proj) -> None:
     cli(proj, "subscribers", "add", "anna@example.com")
     refused = cli(proj, "subscribers", "remove", "anna@example.com", "--forget")
@@ -88,6 +90,7 @@ def test_forget_asks_unless_yes_and_refuses_without_a_terminal(cli, proj) -> Non
     assert find_subscriber(engine_of(proj), "anna@example.com") is not None
 
 
+@pytest.mark.slow
 def test_forget_keeps_only_a_keyed_hash_and_add_refuses_the_address(cli, proj) -> None:
     cli(proj, "subscribers", "add", "Anna@Example.com", "--tag", "leser", "--consent", "Ja")
     cli(proj, "subscribers", "add", "ben@example.com")
@@ -115,6 +118,7 @@ def test_forget_keeps_only_a_keyed_hash_and_add_refuses_the_address(cli, proj) -
     assert cli(proj, "subscribers", "add", "carla@example.com").exit_code == 0
 
 
+@pytest.mark.slow
 def test_forgetting_a_bounced_or_unknown_address_suppresses_it_too(cli, proj) -> None:
     cli(proj, "subscribers", "add", "tot@example.de", "--status", "bounced")
     assert cli(proj, "subscribers", "remove", "tot@example.de", "--forget", "--yes").exit_code == 0
@@ -127,6 +131,7 @@ def test_forgetting_a_bounced_or_unknown_address_suppresses_it_too(cli, proj) ->
         assert "is suppressed" in cli(proj, "subscribers", "add", address).output
 
 
+@pytest.mark.slow
 def test_the_hash_is_keyed(cli, proj, monkeypatch) -> None:
     """Without the key nobody can test an address against the list."""
     import hashlib
@@ -185,6 +190,7 @@ def _insert_row(conn: Any, table: Table, parents: dict[str, Any]) -> Any:
     return key[0] if key else None
 
 
+@pytest.mark.slow
 def test_export_person_holds_rows_from_every_table_that_references_subscribers(
     cli, proj, tmp_path
 ) -> None:
@@ -272,6 +278,7 @@ def _in_terminal(project: Path, answer: str, *args: str) -> tuple[int, str]:
     return code, output.decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_forget_in_a_terminal_asks_and_no_keeps_everything(cli, proj) -> None:
     cli(proj, "subscribers", "add", "anna@example.com")
     code, output = _in_terminal(proj, "n", "subscribers", "remove", "anna@example.com", "--forget")

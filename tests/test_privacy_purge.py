@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, insert, select
 from starlette.testclient import TestClient
 
@@ -65,6 +66,7 @@ def left(engine: Any) -> tuple[list[str], list[str]]:
     return events, replies
 
 
+@pytest.mark.slow
 def test_purge_deletes_only_old_raw_events_and_automatic_replies(
     make_project, database_url, cli
 ) -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from bs4 import BeautifulSoup
 from sqlalchemy import select
 from starlette.testclient import TestClient
@@ -46,6 +47,7 @@ def records(engine: Any, email: str) -> list[Any]:
         ).all()
 
 
+@pytest.mark.slow
 def test_signup_and_confirmation_keep_the_evidence(make_project, database_url) -> None:
     proj, engine = make_site(make_project, database_url)
     with live_server(create_app(proj, engine)) as base:

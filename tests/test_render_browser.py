@@ -116,6 +116,7 @@ def page_width(page: Any) -> int:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [375, 800])
 def test_example_fits_and_fetches_nothing(browser: Any, project: Path, width: int) -> None:
     rendered = render_file(Project.load(project), project / "issues" / EXAMPLE_ISSUE.name)
@@ -131,6 +132,7 @@ def test_example_fits_and_fetches_nothing(browser: Any, project: Path, width: in
         page.close()
 
 
+@pytest.mark.slow
 def test_wide_content_scrolls_inside_its_own_box_on_a_phone(
     browser: Any, make_project: Callable[..., Path]
 ) -> None:
@@ -159,6 +161,7 @@ def test_wide_content_scrolls_inside_its_own_box_on_a_phone(
         page.close()
 
 
+@pytest.mark.slow
 def test_phone_keeps_words_whole_and_images_in_the_column(
     browser: Any, make_project: Callable[..., Path]
 ) -> None:

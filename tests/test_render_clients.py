@@ -165,6 +165,7 @@ def beyond_allowlist(found: dict[str, set[str]]) -> dict[str, set[str]]:
     return {feature: clients for feature, clients in extra.items() if clients}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["example", "everything"])
 def test_no_unsupported_features_beyond_the_allowlist(
     make_project: Callable[..., Path], tmp_path: Path, which: str

@@ -123,6 +123,7 @@ def browser() -> Iterator[Any]:
         yield browser
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_dark_mode_contrast_in_chromium(browser: Any, make_project: Callable[..., Path]) -> None:
     html = render_everything(make_project, EXAMPLE_THEME)

@@ -140,6 +140,7 @@ def browser() -> Iterator[Any]:
         yield browser
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize(("width", "margin"), [(375, 0), (800, 8)])
 def test_card_has_a_top_margin_at_desktop_width(

@@ -45,6 +45,7 @@ def spam_report(binary: str, message: Path, home: Path) -> tuple[float, str]:
     return float(status.group(1)), output
 
 
+@pytest.mark.slow
 def test_outbox_message_scores_zero_or_below(
     project: Path, cli: Callable[..., Result], tmp_path: Path
 ) -> None:

@@ -92,6 +92,7 @@ def stored(engine) -> list:
         return conn.execute(select(schema.replies).order_by(schema.replies.c.id)).all()
 
 
+@pytest.mark.slow
 def test_fixture_reply_matched_by_subject_and_listed(inbox, cli):
     proj, engine, anna, issue_id = inbox()
     with live_server(create_app(proj, engine)) as base:
@@ -121,6 +122,7 @@ def test_fixture_reply_matched_by_subject_and_listed(inbox, cli):
     assert not (proj.root / "outbox").exists()  # no [replies] domain: nothing forwarded
 
 
+@pytest.mark.slow
 def test_reply_address_token_matches_issue_and_author_gets_a_copy(inbox):
     proj, engine, anna, issue_id = inbox('\n[replies]\ndomain = "replies.example.com"\n')
     address = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)
@@ -144,6 +146,7 @@ def test_reply_address_token_matches_issue_and_author_gets_a_copy(inbox):
     assert "Bild – Köln.jpg" in body
 
 
+@pytest.mark.slow
 def test_answering_the_forwarded_copy_reaches_the_reader(inbox):
     # The copy comes from and goes to the author: without Reply-To set to the reader,
     # pressing "reply" on it writes to the author's own address.
@@ -164,6 +167,7 @@ def test_answering_the_forwarded_copy_reaches_the_reader(inbox):
     assert reply_tos == ["anna.mueller@example.de", "jens@example.com"]
 
 
+@pytest.mark.slow
 def test_forged_reply_token_falls_back_to_subject(inbox):
     proj, engine, _, issue_id = inbox(
         '\n[replies]\ndomain = "replies.example.com"\nforward = false\n'
@@ -180,6 +184,7 @@ def test_forged_reply_token_falls_back_to_subject(inbox):
     assert not (proj.root / "outbox").exists()
 
 
+@pytest.mark.slow
 def test_charsets_field_decodes_each_part(inbox):
     proj, engine, _, _ = inbox()
     with live_server(create_app(proj, engine)) as base:
@@ -189,6 +194,7 @@ def test_charsets_field_decodes_each_part(inbox):
     assert row.text == REPLY_TEXT and "“sozialen”" in row.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "x-no-such-charset"])
 def test_a_charset_that_is_no_text_encoding_still_stores_the_reply(inbox, charset):
     # Anyone can write to the reply address and declare any charset; SendGrid passes the name
@@ -204,6 +210,7 @@ def test_a_charset_that_is_no_text_encoding_still_stores_the_reply(inbox, charse
     assert row.subject == "Re: " + SUBJECT
 
 
+@pytest.mark.slow
 def test_nul_characters_in_the_sender_address_do_not_make_a_500(inbox):
     # PostgreSQL text cannot hold NUL; the reply must still be stored (not retried for days).
     proj, engine, _, _ = inbox()
@@ -217,6 +224,7 @@ def test_nul_characters_in_the_sender_address_do_not_make_a_500(inbox):
     assert row.from_email == "anna.mueller@example.de" and row.text == "Danke!"
 
 
+@pytest.mark.slow
 def test_html_only_reply_is_reduced_to_text_and_never_shown_raw(inbox, cli):
     proj, engine, _, _ = inbox()
     html = (
@@ -238,6 +246,7 @@ def test_html_only_reply_is_reduced_to_text_and_never_shown_raw(inbox, cli):
     assert "\x1b" not in listing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("text", "unsubscribes"),
     [
@@ -258,6 +267,7 @@ def test_reply_saying_only_unsubscribe_unsubscribes(inbox, text, unsubscribes):
     assert len(stored(engine)) == 1
 
 
+@pytest.mark.slow
 def test_reply_from_a_stranger_is_kept_but_unsubscribes_nobody(inbox):
     proj, engine, anna, issue_id = inbox()
     with live_server(create_app(proj, engine)) as base:
@@ -267,6 +277,7 @@ def test_reply_from_a_stranger_is_kept_but_unsubscribes_nobody(inbox):
     assert get_subscriber(engine, anna.id).status == "subscribed"
 
 
+@pytest.mark.slow
 def test_wrong_or_unset_secret_is_404_and_stores_nothing(inbox, monkeypatch):
     proj, engine, _, _ = inbox()
     app = create_app(proj, engine)
@@ -280,6 +291,7 @@ def test_wrong_or_unset_secret_is_404_and_stores_nothing(inbox, monkeypatch):
     assert stored(engine) == []
 
 
+@pytest.mark.slow
 def test_malformed_and_oversized_inbound_bodies(inbox):
     proj, engine, _, _ = inbox("\n[serve]\nmax_inbound_bytes = 100000\n")
     with live_server(create_app(proj, engine)) as base:
@@ -307,6 +319,7 @@ def test_replies_cli_without_replies_and_unknown_id(project, cli):
     assert unknown.exit_code == 1 and "nope" in unknown.output
 
 
+@pytest.mark.slow
 def test_raw_mode_full_mime_message_is_understood(inbox):
     from email.message import EmailMessage
 
@@ -328,6 +341,7 @@ def test_raw_mode_full_mime_message_is_understood(inbox):
     assert row.attachments == [{"name": "Notizen.pdf", "size": 100}]
 
 
+@pytest.mark.slow
 def test_forwarded_copy_never_relays_the_readers_html(inbox):
     proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
     with live_server(create_app(proj, engine)) as base:
@@ -357,6 +371,7 @@ def unproven(text: str, **kwargs) -> dict[str, bytes | str]:
     return data
 
 
+@pytest.mark.slow
 def test_a_forged_abmelden_is_flagged_unverified_and_unsubscribes_nobody(inbox, cli):
     proj, engine, anna, _ = inbox()
     with live_server(create_app(proj, engine)) as base:
@@ -380,6 +395,7 @@ def test_a_forged_abmelden_is_flagged_unverified_and_unsubscribes_nobody(inbox, 
     assert as_json[0]["unsubscribe_request"] == "unverified"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("spf", "envelope_from", "dkim"),
     [
@@ -404,6 +420,7 @@ def test_abmelden_from_a_proven_sender_unsubscribes(inbox, cli, spf, envelope_fr
     assert "unsubscribed by reply" in cli(proj.root, "replies").output
 
 
+@pytest.mark.slow
 def test_abmelden_to_the_reply_address_naming_the_subscriber_unsubscribes(inbox):
     proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
     own = tokens.reply_address_for("replies.example.com", issue_id, anna.id, TEST_SECRET)
@@ -414,6 +431,7 @@ def test_abmelden_to_the_reply_address_naming_the_subscriber_unsubscribes(inbox)
     assert (row.issue_id, row.unsubscribe_request) == (issue_id, "verified")
 
 
+@pytest.mark.slow
 def test_a_reply_address_naming_someone_else_or_nobody_proves_nothing(inbox):
     proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
     bob = add_subscriber(engine, "bob@example.org")
@@ -462,6 +480,7 @@ def parsed_mode(eml: bytes) -> dict[str, bytes | str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [raw_mode, parsed_mode])
 def test_auto_replies_are_stored_hidden_and_never_forwarded(inbox, cli, mode):
     proj, engine, _, _ = inbox('\n[replies]\ndomain = "replies.example.com"\nforward = true\n')
@@ -492,6 +511,7 @@ def test_auto_replies_are_stored_hidden_and_never_forwarded(inbox, cli, mode):
     assert sum(item["automatic"] for item in as_json) == len(AUTO_REPLIES) - 1
 
 
+@pytest.mark.slow
 def test_an_auto_reply_is_never_read_as_abmelden(inbox):
     proj, engine, anna, _ = inbox()
     robot = fields("Abmelden")  # SPF passes for Anna's domain: only the header says robot
@@ -509,6 +529,7 @@ def test_an_auto_reply_is_never_read_as_abmelden(inbox):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "header",
     ["Auto-Submitted: no", "Precedence: list", "X-Mailer: Outlook 16.0"],
@@ -531,6 +552,7 @@ def with_message_id(data: dict[str, bytes | str], message_id: str) -> dict[str, 
     return data
 
 
+@pytest.mark.slow
 def test_a_subject_decoding_to_crlf_is_stored_once_cleaned_and_forwarded(inbox):
     import base64
 
@@ -551,6 +573,7 @@ def test_a_subject_decoding_to_crlf_is_stored_once_cleaned_and_forwarded(inbox):
     assert mail["Bcc"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["parsed", "raw"])
 def test_a_replayed_inbound_post_is_stored_once(inbox, mode):
     proj, engine, anna, _ = inbox('\n[replies]\ndomain = "replies.example.com"\n')
@@ -586,6 +609,7 @@ def test_a_replayed_inbound_post_is_stored_once(inbox, mode):
     assert len(unsubscribes) == 1
 
 
+@pytest.mark.slow
 def test_replies_without_a_message_id_are_all_kept(inbox):
     proj, engine, _, _ = inbox()
     with live_server(create_app(proj, engine)) as base:
@@ -611,6 +635,7 @@ def test_an_alias_writing_to_the_subscribers_reply_address_is_matched_but_not_tr
 # --- List-Unsubscribe's mailto (a mailbox provider's "unsubscribe" button) ---
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "headers"),
     [
@@ -632,6 +657,7 @@ def test_the_list_unsubscribe_mailto_unsubscribes_a_proven_sender(inbox, body, h
     assert (row.automatic, row.unsubscribe_request) == (False, "verified")
 
 
+@pytest.mark.slow
 def test_a_forged_list_unsubscribe_mailto_changes_nothing(inbox):
     proj, engine, anna, issue_id = inbox(REPLIES_DOMAIN)
     address = tokens.reply_address("replies.example.com", issue_id, key=TEST_SECRET)

@@ -18,6 +18,7 @@ def has_chromium() -> None:
     require_chromium()
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_screenshot_writes_desktop_and_phone_pngs(
     has_chromium, project: Path, cli, tmp_path
@@ -50,6 +51,7 @@ def test_screenshot_of_a_broken_issue_is_a_one_line_error(
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_missing_chromium_says_how_to_install_it(project: Path, cli, monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("NEWSLETTER_CHROMIUM", raising=False)
     monkeypatch.setattr(browser_module, "DEFAULT_CHROMIUM", str(tmp_path / "no-chromium"))
@@ -61,6 +63,7 @@ def test_missing_chromium_says_how_to_install_it(project: Path, cli, monkeypatch
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_wrong_newsletter_chromium_is_named(project: Path, cli, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("NEWSLETTER_CHROMIUM", str(tmp_path / "chrome-gibt-es-nicht"))
     result = cli(project, "screenshot", EXAMPLE_ISSUE.name, "-o", str(tmp_path / "shots"))

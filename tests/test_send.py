@@ -82,6 +82,7 @@ def small_batches(make_project) -> Path:
 # --- what each recipient gets ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_send_payload_per_recipient(project, db, sg, cli):
     engine = open_engine(Project.load(project).database_url)
     add_subscriber(engine, "tom@example.org", first_name=TOM, name="Tom")
@@ -116,6 +117,7 @@ def test_send_payload_per_recipient(project, db, sg, cli):
     assert {(r.state, r.message_id) for r in rows} == {("accepted", message["_message_id"])}
 
 
+@pytest.mark.slow
 def test_escaping_in_both_parts(project, db, sg, cli):
     engine = open_engine(Project.load(project).database_url)
     add_subscriber(engine, "tom@example.org", first_name=TOM)
@@ -131,6 +133,7 @@ def test_escaping_in_both_parts(project, db, sg, cli):
     assert "täglich" in page and "Überblick" in text  # umlauts survive
 
 
+@pytest.mark.slow
 def test_a_reader_over_sendgrids_size_limit_fails_alone(make_project, db, sg, cli):
     """Six expressions over a 500-character custom field: one reader's values come to about
     12,000 bytes, over SendGrid's 10,000 for substitutions. They fail, with why; the others
@@ -165,6 +168,7 @@ def test_a_reader_over_sendgrids_size_limit_fails_alone(make_project, db, sg, cl
     }
 
 
+@pytest.mark.slow
 def test_a_reader_whose_fields_cannot_be_encoded_fails_alone(make_project, db, sg, cli):
     """A lone surrogate (JSON can carry "\\ud800") in a big custom field: that reader is
     measured and refused over SendGrid's limit; the rest of the batch goes out, nobody is left
@@ -227,6 +231,7 @@ def test_outbox_without_key_writes_eml(project, db, cli):
     assert "written 2" in listing.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [["--test", "jens@example.com"], ["--dry-run", "--yes"], ["--tag", "leser", "--yes"]],
@@ -336,6 +341,7 @@ def test_batches_and_second_send_refuses(small_batches, db, sg, cli):
     assert ledger_states(small_batches) == {"accepted": 9}
 
 
+@pytest.mark.slow
 def test_unsubscribed_after_start_not_resent(small_batches, db, sg, cli):
     add_people(small_batches, 4)
     sg.inject("500", count=6)  # two batches, three tries each
@@ -349,6 +355,7 @@ def test_unsubscribed_after_start_not_resent(small_batches, db, sg, cli):
     assert sorted(sg.recipients()) == [f"leser{i}@example.org" for i in (1, 2, 3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [False, True], ids=["threads", "worker-processes"])
 def test_who_leaves_between_being_read_and_claimed_gets_nothing(
     small_batches, db, sg, cli, monkeypatch, workers
@@ -377,6 +384,7 @@ def test_who_leaves_between_being_read_and_claimed_gets_nothing(
     assert "5 accepted" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [False, True], ids=["threads", "worker-processes"])
 def test_a_batch_that_cannot_be_made_again_after_its_claim_fails_and_resumes(
     small_batches, db, sg, cli, monkeypatch, workers
@@ -415,6 +423,7 @@ def test_a_batch_that_cannot_be_made_again_after_its_claim_fails_and_resumes(
     assert ledger_states(small_batches) == {"accepted": 5}
 
 
+@pytest.mark.slow
 def test_429_waits_and_5xx_retries(small_batches, db, sg, cli):
     add_people(small_batches, 3)
     sg.inject("429", reset_in=0)
@@ -425,6 +434,7 @@ def test_429_waits_and_5xx_retries(small_batches, db, sg, cli):
     assert len(sg.recipients()) == 3
 
 
+@pytest.mark.slow
 def test_dropped_answer_is_uncertain_and_resent_only_deliberately(small_batches, db, sg, cli):
     add_people(small_batches, 6)
     sg.inject("drop")  # first batch: SendGrid took it, the answer was lost
@@ -509,6 +519,7 @@ def test_field_errors_listed(project, db, sg, cli):
     assert ledger_states(project) == {"failed": 2}
 
 
+@pytest.mark.slow
 def test_network_down(project, db, cli, monkeypatch):
     add_people(project, 2)
     monkeypatch.setenv("SENDGRID_API_KEY", KEY)
@@ -521,6 +532,7 @@ def test_network_down(project, db, cli, monkeypatch):
     assert ledger_states(project) == {"failed": 2}
 
 
+@pytest.mark.slow
 def test_live_lease_refuses_a_second_sender(project, db, sg, cli):
     import os
     import socket
@@ -586,6 +598,7 @@ def test_cancel_too_close_to_send_at_refuses(project, db, sg, cli):
     assert ledger_states(project) == {"accepted": 1}  # the ledger still says it goes out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "when", ["in 80h", "2020-01-01T08:00:00+00:00", "2030-01-01T08:00", "soon"]
 )
@@ -713,6 +726,7 @@ def test_test_copy_of_an_issue_whose_slug_is_test(make_project, db, sg, cli):
     assert message["categories"].count("test") == 1
 
 
+@pytest.mark.slow
 def test_second_send_during_a_running_one_names_its_host_and_pid(project, db, sg, cli):
     """Not "N are uncertain, use --resume": the running sender's rows are in flight because it
     is sending them right now."""
@@ -766,6 +780,7 @@ def sends_rows(project: Path, cli) -> list[tuple[str, str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_sends_says_what_each_send_did(project, db, sg, cli, tmp_path):
     add_people(project, 2)
     outbox = str(tmp_path / "out")

@@ -202,6 +202,7 @@ def test_an_outbox_send_is_listed_by_sends_but_is_no_send_in_stats(
     assert json.loads(cli(root, "stats", "--format", "json").output)["issues"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
@@ -378,6 +379,7 @@ def test_a_big_send_forks_one_worker_fewer_than_the_cores(monkeypatch):
             gc.unfreeze()
 
 
+@pytest.mark.slow
 def test_what_was_frozen_for_the_workers_is_collectable_after_the_send(root, sg, monkeypatch):
     """The objects frozen before the fork (so the workers do not copy every page) are
     handed back to the collector when the send is over: a longer-lived process that sends

@@ -72,6 +72,7 @@ def test_sender_stops_when_its_lease_was_taken_over(root, monkeypatch):
     assert lease_owner == "the-resumer"
 
 
+@pytest.mark.slow
 def test_totals_after_a_lost_lease_count_what_was_accepted(root, monkeypatch):
     """Four batches in flight when the lease is lost: each sender thread records its batch
     and adds it to the send's totals in one transaction, so what `sends` and `stats` count
@@ -93,6 +94,7 @@ def test_totals_after_a_lost_lease_count_what_was_accepted(root, monkeypatch):
     assert (accepted, failed, uncertain) == (len(delivered), 0, 0)
 
 
+@pytest.mark.slow
 def test_heartbeat_survives_a_dropped_database_connection(database_url):
     """A PostgreSQL restart (or a killed connection) must not kill the heartbeat thread: else
     a long send looks dead after LEASE_STALE_SECONDS and a --resume may take it over."""
@@ -137,6 +139,7 @@ def test_heartbeat_survives_a_dropped_database_connection(database_url):
     assert crashed == []
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_in_the_last_batch_takes_over(root, cli, monkeypatch):
     """Killed while its last batch was in flight: everyone has a row, so nobody is left
     to send to, yet --resume must still take over, so those rows become uncertain (and
@@ -180,6 +183,7 @@ def test_resume_after_a_crash_in_the_last_batch_takes_over(root, cli, monkeypatc
         assert sorted(sg.recipients()) == ["leser0@example.org", "leser1@example.org"]
 
 
+@pytest.mark.slow
 def test_an_event_that_beats_the_answer_is_not_overwritten(root, cli, monkeypatch):
     """SendGrid may deliver (or bounce) and post the event before its answer to our request is
     settled: the ledger must keep "delivered"/"bounced", not fall back to "accepted"."""
@@ -230,6 +234,7 @@ def test_an_event_that_beats_the_answer_is_not_overwritten(root, cli, monkeypatc
     assert states == ["bounced", "delivered"]
 
 
+@pytest.mark.slow
 def test_people_who_leave_while_the_send_runs_are_not_sent_to(root, monkeypatch):
     """Recipients are read ahead of their batch: someone who unsubscribes in the meantime
     gets nothing, and someone forgotten (`remove --forget`) does not stop the send."""

@@ -65,6 +65,7 @@ def parsed(message) -> email.message.EmailMessage:
     return email.message_from_bytes(message.data, policy=policy.default)  # type: ignore[return-value]
 
 
+@pytest.mark.slow
 def test_send_over_starttls_with_auth_sets_every_header(root, smtp, cli):
     people = add_people(root, 5)
     result = cli(root, "send", ISSUE, "--yes")
@@ -102,6 +103,7 @@ def test_send_over_starttls_with_auth_sets_every_header(root, smtp, cli):
     assert "smtp" in cli(root, "sends").output
 
 
+@pytest.mark.slow
 def test_4xx_is_retried_and_421_reconnects(root, smtp, cli):
     add_people(root, 3)
     smtp.inject("RCPT", "451 4.7.1 Greylisted, try again later", address="leser0@example.org")
@@ -113,6 +115,7 @@ def test_4xx_is_retried_and_421_reconnects(root, smtp, cli):
     assert set(states(root).values()) == {"accepted"}
 
 
+@pytest.mark.slow
 def test_550_fails_that_recipient_only_and_resume_retries_it(root, smtp, cli):
     add_people(root, 4)
     # After DATA: at RCPT it would be a hard bounce (tests/test_smtp_delivered.py).
@@ -134,6 +137,7 @@ def test_550_fails_that_recipient_only_and_resume_retries_it(root, smtp, cli):
     assert sorted(smtp.recipients()).count("leser2@example.org") == 1
 
 
+@pytest.mark.slow
 def test_4xx_that_never_clears_fails_after_max_retries(root, smtp, cli):
     add_people(root, 2)
     smtp.inject("RCPT", "450 4.2.1 Mailbox busy", count=10, address="leser0@example.org")
@@ -143,6 +147,7 @@ def test_4xx_that_never_clears_fails_after_max_retries(root, smtp, cli):
     assert "after 3 tries" in result.output
 
 
+@pytest.mark.slow
 def test_connection_dropped_after_data_is_uncertain(root, smtp, cli):
     add_people(root, 3)
     smtp.inject("DATA", "drop", address="leser1@example.org")
@@ -162,6 +167,7 @@ def test_connection_dropped_after_data_is_uncertain(root, smtp, cli):
     assert set(states(root).values()) == {"accepted"}
 
 
+@pytest.mark.slow
 def test_wrong_password_is_one_line_without_the_password(root, smtp, cli, monkeypatch):
     add_people(root, 2)
     monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "wrong-secret-password")
@@ -180,6 +186,7 @@ def test_wrong_password_is_one_line_without_the_password(root, smtp, cli, monkey
     assert set(states(root).values()) == {"accepted"}
 
 
+@pytest.mark.slow
 def test_untrusted_certificate_is_a_tls_failure(make_project, smtp, cli, monkeypatch, tmp_path):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'tls.db'}")
     smtp.ca_file = None  # the client no longer trusts the server's self-signed certificate
@@ -193,6 +200,7 @@ def test_untrusted_certificate_is_a_tls_failure(make_project, smtp, cli, monkeyp
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_connection_refused_names_the_server(make_project, cli, monkeypatch, tmp_path):
     from tests.smtp_server import free_port
 
@@ -212,6 +220,7 @@ def test_connection_refused_names_the_server(make_project, cli, monkeypatch, tmp
     assert set(states(root).values()) == {"failed"}
 
 
+@pytest.mark.slow
 def test_sender_refused_stops_the_send(root, smtp, cli):
     add_people(root, 3)
     smtp.inject("MAIL", "553 5.7.1 Sender address rejected: not owned by user jens", count=5)
@@ -222,6 +231,7 @@ def test_sender_refused_stops_the_send(root, smtp, cli):
     assert smtp.messages == [] and "accepted" not in set(states(root).values())
 
 
+@pytest.mark.slow
 def test_schedule_refuses_naming_who_can(root, smtp, cli):
     add_people(root, 1)
     result = cli(root, "send", ISSUE, "--schedule", "in 2h", "--yes")
@@ -231,6 +241,7 @@ def test_schedule_refuses_naming_who_can(root, smtp, cli):
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_test_copy_and_confirmation_mail_go_through_smtp(root, smtp, cli):
     from newsletter.sending.single import send_transactional
 
@@ -257,6 +268,7 @@ def test_missing_password_names_the_variable(root, smtp, cli, monkeypatch):
     assert smtp.messages == []
 
 
+@pytest.mark.slow
 def test_core_send_without_click(root, smtp):
     """Plan, then execute, through the core: no CLI involved."""
     from newsletter.sending.execute import execute

@@ -190,6 +190,7 @@ def outcome(body: Any) -> Any:
         return (type(e).__name__, str(e))
 
 
+@pytest.mark.slow
 def test_quick_and_full_checks_agree(monkeypatch):
     """Seeded random bodies, valid and broken in every way the checks know: the same errors
     (messages, fields, order) with and without the quick path, and whatever the quick path

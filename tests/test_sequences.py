@@ -55,6 +55,7 @@ def bodies(root: Path, subject: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 def test_steps_go_out_in_order_after_their_delays_and_only_once(seq_project):
     join(seq_project, "anna@example.de", T0, first_name="Anna")
     join(seq_project, "jörg@example.de", T0 + timedelta(hours=1), first_name="Jörg")
@@ -84,6 +85,7 @@ def test_steps_go_out_in_order_after_their_delays_and_only_once(seq_project):
     assert len(got) == 6 and max(got.values()) == 1
 
 
+@pytest.mark.slow
 def test_unsubscribing_stops_at_once_and_resubscribing_does_not_restart(seq_project):
     anna = join(seq_project, "anna@example.de", T0)
     run(seq_project, T0)
@@ -426,6 +428,7 @@ def test_bulk_unsubscribe_urls_are_the_same_tokens_and_verify():
             assert (token.subscriber, token.issue) == (sid, issue_id)
 
 
+@pytest.mark.slow
 def test_uncertain_is_not_sent_again_unless_asked(seq_project, monkeypatch, cli):
     from tests.sendgrid_server import FakeSendGrid
 

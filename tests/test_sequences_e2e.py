@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from newsletter.project import Project
 from newsletter.store.engine import open_engine
@@ -33,6 +34,7 @@ def step_messages(server: FakeSendGrid) -> list[dict]:
     return [m for m in server.messages if "sequence" in m.get("categories", [])]
 
 
+@pytest.mark.slow
 def test_signup_confirm_then_steps_through_sendgrid_until_unsubscribe(
     make_project, cli, monkeypatch, database_url
 ):

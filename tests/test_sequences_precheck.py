@@ -34,6 +34,7 @@ def idle(root: Path, at) -> bool:
     return nothing_to_do(Project.load(root), at)
 
 
+@pytest.mark.slow
 def test_nothing_to_do_only_when_the_full_run_would_do_nothing(project):
     join(project, "anna@example.de", T0)  # her first step is due at T0
     before = T0 - timedelta(hours=1)
@@ -57,6 +58,7 @@ def test_nothing_to_do_only_when_the_full_run_would_do_nothing(project):
     assert not idle(project, T0 + timedelta(days=1, hours=1))
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_is_left_to_the_full_run(project):
     run(project, T0)
     assert idle(project, T0)
@@ -94,6 +96,7 @@ def test_no_database_yet_is_left_to_the_full_run_and_not_created(make_project, t
         del os.environ["NEWSLETTER_DATABASE_URL"]
 
 
+@pytest.mark.slow
 def test_a_run_with_nothing_due_does_not_load_sqlalchemy_or_the_transport(project):
     run(project, T0)
     script = (

@@ -60,6 +60,7 @@ def expected_from(events: list[dict], issue_id: int) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_stats_match_events_and_replies_posted_over_http(newsletter, signer, cli):
     proj, engine, people, issues = newsletter
     events = synthetic_events(people, issues)
@@ -123,6 +124,7 @@ def test_opens_are_hidden_unless_tracked(make_project, database_url, monkeypatch
     assert "opens_estimate" not in cli(root, "stats", "--format", "csv").output
 
 
+@pytest.mark.slow
 def test_counters_survive_the_event_purge_and_a_rebuild_keeps_purged_days(newsletter, signer):
     proj, engine, people, issues = newsletter
     old = int((datetime.now(UTC) - timedelta(days=400)).timestamp())
@@ -166,6 +168,7 @@ def test_counters_survive_the_event_purge_and_a_rebuild_keeps_purged_days(newsle
     assert dict(engagement.link_clicks(engine, issue_id)) == {"https://example.com/studie": 7}
 
 
+@pytest.mark.slow
 def test_events_of_one_reader_split_over_posts_count_once(newsletter, signer):
     proj, engine, people, issues = newsletter
     person, issue_id = people[0], issues["sommer"]
@@ -216,6 +219,7 @@ def test_events_of_one_reader_split_over_posts_count_once(newsletter, signer):
     assert engagement.link_clicks(engine, issue_id) == [("https://example.org/podcast", 3)]
 
 
+@pytest.mark.slow
 def test_list_growth_counts_every_way_in_and_out(
     make_project, database_url, monkeypatch, cli, signer, tmp_path
 ):
@@ -289,6 +293,7 @@ def test_list_growth_counts_every_way_in_and_out(
     assert "NEW FORM" in table and "Europe/Berlin" in table
 
 
+@pytest.mark.slow
 def test_growth_periods_follow_the_newsletter_timezone(make_project, database_url, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
     engine = open_engine(Project.load(make_project()).database_url)
@@ -333,6 +338,7 @@ def test_stats_list_with_an_issue_is_a_usage_error(project, cli):
     assert result.exit_code == 2 and "leave out ISSUE" in result.output
 
 
+@pytest.mark.slow
 def test_outbox_and_dry_run_sends_are_not_counted_as_sent(
     make_project, database_url, monkeypatch, cli, tmp_path
 ):

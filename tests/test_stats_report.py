@@ -44,6 +44,7 @@ def report(newsletter, signer, cli, tmp_path):  # noqa: F811
     return out
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_german_and_holds_the_numbers(report, cli):
     page = report.read_text(encoding="utf-8")
     assert page.count("<svg") == 3  # list size, growth, click/reply rates
@@ -99,6 +100,7 @@ def test_report_into_a_missing_folder_is_a_one_line_error(project, cli, tmp_path
     assert "does not exist; create it first" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize("width", [375, 1200])
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -135,6 +137,7 @@ def test_report_fits_phone_and_desktop_without_javascript(report, browser, width
         context.close()
 
 
+@pytest.mark.slow
 def test_report_leaves_auto_replies_out(newsletter, cli, tmp_path):  # noqa: F811
     try:
         from newsletter.replies.decode import is_auto_reply  # noqa: F401
@@ -159,6 +162,7 @@ def test_report_leaves_auto_replies_out(newsletter, cli, tmp_path):  # noqa: F81
     assert replied["fruehjahr"] == 1
 
 
+@pytest.mark.slow
 def test_replies_flagged_automatic_are_not_counted_or_shown(newsletter, cli, tmp_path):  # noqa: F811
     proj, engine, people, issues = newsletter
     from datetime import UTC, datetime

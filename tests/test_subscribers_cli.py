@@ -122,6 +122,7 @@ def test_show_unknown_and_bad_status(cli, project) -> None:
     assert cli(project, "subscribers", "count", "--status", "active").exit_code == 2
 
 
+@pytest.mark.slow
 def test_export_to_file_and_stdout(cli, project, tmp_path) -> None:
     cli(project, "subscribers", "add", "anna@example.com", "--name", '=HYPERLINK("x")')
     target = tmp_path / "out.csv"
@@ -167,6 +168,7 @@ def test_cli_module_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])
 def test_list_into_a_closed_pipe_stops_quietly(cli, project, tmp_path, fmt) -> None:
     import subprocess
@@ -216,6 +218,7 @@ def test_an_unreachable_postgresql_is_one_line_without_the_password(
     assert "s3cret" not in line and "127.0.0.1" in line
 
 
+@pytest.mark.slow
 def test_a_damaged_table_is_one_line_without_sql_or_addresses(cli, project, tmp_path) -> None:
     source = tmp_path / "list.csv"
     source.write_text(

@@ -120,6 +120,7 @@ def test_set_status_inside_a_callers_transaction(engine) -> None:
     assert get_subscriber(engine, subscriber.id).status == "bounced"
 
 
+@pytest.mark.slow
 def test_iter_and_count_filter_by_status_and_any_tag(engine) -> None:
     for i in range(25):
         tags = ["a"] if i % 3 == 0 else ["b"] if i % 3 == 1 else []
@@ -214,6 +215,7 @@ def test_forget_erases_every_row_about_the_person(engine) -> None:
     assert forget_subscriber(engine, "anna@example.com") is False
 
 
+@pytest.mark.slow
 def test_too_long_names_are_refused_the_same_on_every_database(engine) -> None:
     # PostgreSQL enforces the column lengths, SQLite does not: refuse before either sees it.
     with pytest.raises(StoreError, match="name is longer than 200 characters"):

@@ -18,6 +18,7 @@ def sendgrid(monkeypatch):
         yield server
 
 
+@pytest.mark.slow
 def test_sync_applies_every_list_page_by_page(project, cli, sendgrid, database_url, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
     engine = open_engine(Project.load(project).database_url)

@@ -41,6 +41,7 @@ def unsubscribe_token(subscriber_id: int, issue_id: int | None) -> str:
     return tokens.make_token(tokens.UNSUBSCRIBE, subscriber_id, issue_id, key=TEST_SECRET)
 
 
+@pytest.mark.slow
 def test_one_click_unsubscribe_over_http_and_resubscribe(site):
     proj, engine, anna, issue_id = site
     token = unsubscribe_token(anna.id, issue_id)
@@ -73,6 +74,7 @@ def test_one_click_unsubscribe_over_http_and_resubscribe(site):
     assert get_subscriber(engine, anna.id).status == "subscribed"
 
 
+@pytest.mark.slow
 def test_unsubscribe_page_follows_issue_language_then_config(site):
     proj, engine, anna, _ = site
     english = sent_issue(engine, [], slug="in-english", subject="Hello", title="Hi", language="en")
@@ -84,6 +86,7 @@ def test_unsubscribe_page_follows_issue_language_then_config(site):
     assert 'lang="de"' in page.text and "abbestellen" in page.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["altered", "forged", "truncated", "other_purpose", "garbage"])
 def test_forged_or_altered_tokens_get_400_and_change_nothing(site, how):
     proj, engine, anna, issue_id = site
@@ -276,6 +279,7 @@ def test_web_version_follows_a_new_template_without_a_restart(site):
     assert "Eigene Zeile" in client.get("/issues/meta-ki-creator").text
 
 
+@pytest.mark.slow
 def test_oversized_form_gets_413(site):
     proj, engine, _, _ = site
     client = TestClient(create_app(proj, engine))

@@ -25,6 +25,7 @@ def browser() -> Iterator[Any]:
         yield b
 
 
+@pytest.mark.slow
 def test_reader_unsubscribes_and_resubscribes_with_the_buttons(project, browser):
     proj = Project.load(project)
     engine = open_engine(proj.database_url)
