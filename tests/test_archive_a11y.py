@@ -20,7 +20,7 @@ from tests.conftest import CONFIG
 from tests.support.archive_site import publish, serving
 from tests.support.axe import serious_violations
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium and axe-core per page
 
 ISSUES = {
     "2024-07-01-erste.md": """---

@@ -176,6 +176,7 @@ def test_spf_includes_are_followed_and_too_many_lookups_fail(cli, make_project, 
     assert "DNS lookups; receivers stop at 10" in checks["SPF"]["found"]
 
 
+@pytest.mark.slow
 def test_return_path_learned_from_sendgrid(cli, make_project, monkeypatch, secrets):
     root = make_project(config=CONFIG)
     with FakeSendGrid() as sendgrid:
@@ -217,6 +218,7 @@ _dmarc.example.com.          TXT    "v=DMARC1; p=reject"
 """
 
 
+@pytest.mark.slow
 def test_smtp_spf_covers_the_host_and_dkim_selectors(cli, make_project):
     root = make_project(config=SMTP + '\n[doctor]\ndkim_selectors = ["nl"]\n')
     with ZoneServer(SMTP_ZONE) as dns:
@@ -257,6 +259,7 @@ def test_smtp_spf_include(cli, make_project):
     assert checks["SPF"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_dns_server_that_does_not_answer_is_not_a_missing_record(cli, make_project, secrets):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))  # takes the queries, never answers

@@ -258,6 +258,7 @@ def test_export_lists_every_row_and_forget_leaves_nothing(proj, cli, tmp_path) -
     assert "profil?e=<erased>" in stats.output  # the link, its clicks kept, without the person
 
 
+@pytest.mark.slow
 def test_a_reader_holding_the_sqlite_file_gets_a_warning_not_a_silent_copy(
     make_project, cli
 ) -> None:

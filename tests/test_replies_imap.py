@@ -21,6 +21,9 @@ from tests.conftest import CONFIG, EXAMPLE_ISSUE
 from tests.imap_server import Dovecot
 from tests.smtp_server import FakeSmtp
 
+# A real IMAP server or Chromium per test: left out of the quick run.
+pytestmark = pytest.mark.slow
+
 ISSUE = EXAMPLE_ISSUE.stem
 EXAMPLE = {EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text(encoding="utf-8")}
 SMTP_PASSWORD = "smtp-geheim-do-not-print"
