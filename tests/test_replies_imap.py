@@ -408,3 +408,10 @@ def test_serve_refuses_a_fetch_interval_without_a_mailbox(project, cli):
     result = cli(project, "serve", "--fetch-replies", "5m")
     assert result.exit_code == 1
     assert "no [replies.imap] table" in result.output
+
+
+def test_handled_messages_are_named_to_the_server_as_uid_ranges():
+    from newsletter.replies.mailbox import uid_ranges
+
+    assert uid_ranges(["7", "1", "2", "3", "9", "10"]) == "1:3,7,9:10"
+    assert uid_ranges(["42"]) == "42"
