@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from newsletter.counters import BulkInsertTally
 from newsletter.errors import StoreError
 from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
@@ -316,6 +317,10 @@ def _insert_fresh(
     policy: ImportConsent | None = None,
 ) -> None:
     ids = [0] * len(fresh) if result.dry_run else writer.allocate_ids(len(fresh))
+    # List growth is added up for the chunk, not counted by a trigger per inserted row.
+    tally = BulkInsertTally(writer.conn)
+    if not result.dry_run:
+        tally.pause()
     stamp_db = writer.time(stamp)
     time = writer.time
     rows: list[tuple[Any, ...]] = []
@@ -356,6 +361,7 @@ def _insert_fresh(
             (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
         ]
         added.extend([item[2] for item in packed])
+        tally.add(source_name, "subscribed", len(packed))
     with_evidence: list[dict[str, Any]] = []
     for sid, inc in rest:
         if policy is not None:
@@ -363,6 +369,7 @@ def _insert_fresh(
             if record is not None:
                 with_evidence.append(record)
         status = resolve_status(None, inc.status, resubscribe)
+        tally.add(inc.source or source_name, status)
         stopped = status in STOPPED
         created = inc.created_at or stamp
         if literal_times:
@@ -414,6 +421,7 @@ def _insert_fresh(
     result.new += len(fresh)
     if not result.dry_run:
         writer.insert(rows, tag_rows, short_rows)
+        tally.finish()
         if policy is not None:
             write_records(writer.conn, ids, with_evidence, policy, source_name, stamp)
 
