@@ -175,3 +175,29 @@ def test_kill_9_mid_import_then_rerun_counts_everyone_once(
     assert growth(engine) == {"new_import": rows}
     assert triggers(engine) == ALL_TRIGGERS[engine.dialect.name]
     engine.dispose()
+
+
+def test_awkward_values_arrive_as_written(engine, tmp_path) -> None:
+    """PostgreSQL takes the rows through COPY: backslashes, a literal \\N (COPY's NULL), quotes,
+    umlauts and custom fields must arrive exactly as in the file (and so on SQLite)."""
+    source = tmp_path / "awkward.csv"
+    source.write_text(
+        "email,first name,last name,Stadt,tags\n"
+        'jörg@example.de,J\\N,"Mül""ler\\t",Bad Tölz,"„Früh“ dabei"\n'
+        "anna@example.de,\\N,Back\\slash,,leser\n"
+        "plain@example.de,Zoë,Weiß,,\n",
+        encoding="utf-8",
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.rejected) == (3, 0)
+    from newsletter.store.subscribers import find_subscriber
+
+    jorg = find_subscriber(engine, "jörg@example.de")
+    assert (jorg.first_name, jorg.last_name) == ("J\\N", 'Mül"ler\\t')
+    assert jorg.fields == {"Stadt": "Bad Tölz"}
+    assert jorg.tags == ("„Früh“ dabei",)
+    anna = find_subscriber(engine, "anna@example.de")
+    assert (anna.first_name, anna.last_name, anna.fields) == ("\\N", "Back\\slash", {})
+    zoe = find_subscriber(engine, "plain@example.de")
+    assert (zoe.first_name, zoe.last_name, zoe.tags) == ("Zoë", "Weiß", ())
+    assert growth(engine) == {"new_import": 3}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.counters import BulkInsertTally
 from newsletter.errors import StoreError
@@ -131,12 +131,38 @@ class Writer:
         tags: list[tuple[int, str]],
         short_rows: list[tuple[Any, ...]] | None = None,
     ) -> None:
+        if self.dialect == "postgresql":
+            self._copy("subscribers", self.COLUMNS, rows)
+            short = [c for c in self.COLUMNS if c not in self.OPTIONAL]
+            self._copy("subscribers", short, short_rows or [])
+            self._copy("subscriber_tags", ("subscriber_id", "tag"), tags)
+            return
         if rows:
             self.conn.exec_driver_sql(self.insert_subscribers, rows)  # type: ignore[arg-type]
         if short_rows:
             self.conn.exec_driver_sql(self.insert_short, short_rows)  # type: ignore[arg-type]
         if tags:
             self.conn.exec_driver_sql(self.insert_tags, tags)  # type: ignore[arg-type]
+
+    def _copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """PostgreSQL: the rows through COPY, several times faster than an executemany of
+        INSERTs. COPY fires the statement triggers (list growth) and checks the unique key
+        like an INSERT; its errors are raised as SQLAlchemy's, as an INSERT's would be."""
+        if not rows:
+            return
+        import psycopg  # the PostgreSQL driver: only here when the database is PostgreSQL
+
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        driver = self.conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.Error as exc:
+            raise DBAPIError.instance(
+                statement, None, exc, psycopg.Error, dialect=self.conn.dialect
+            ) from exc
 
 
 class Pacer:
