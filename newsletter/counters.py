@@ -172,50 +172,52 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
     )
 
 
-def _machine_flag_sql(dialect: str) -> str:
-    """SQL for "this open was a machine's" (read in the database: no JSON decoding here).
-    Only opens have the flag: other events' rows are not read for it (on SQLite the
-    table row is then never fetched, the index answers)."""
+def _machine_open_sql(dialect: str, detail: str = "detail") -> str:
+    """SQL for "this open was a machine's", true or false (read in the database: no JSON
+    decoding here)."""
     if dialect == "sqlite":
-        flag = "json_extract(detail, '$.sg_machine_open') IN (1, 'true', '1')"
-    else:
-        flag = "coalesce((detail->>'sg_machine_open') IN ('true', '1'), false)"
-    return f"CASE WHEN event = 'open' THEN {flag} ELSE false END"
+        return f"coalesce(json_extract({detail}, '$.sg_machine_open') IN (1, 'true', '1'), 0)"
+    return f"coalesce(({detail}->>'sg_machine_open') IN ('true', '1'), false)"
 
 
 def _counted_before(
     conn: Connection, candidates: Mapping[tuple[int, int, str], date], first_own_id: int
 ) -> set[tuple[int, int, str]]:
-    """The (issue, subscriber, metric) candidates that already had such an event stored."""
-    wanted: dict[int, set[int]] = {}
-    metrics: set[str] = set()
-    for issue_id, subscriber_id, metric in candidates:
-        wanted.setdefault(issue_id, set()).add(subscriber_id)
-        metrics.add(metric)
-    names = sorted({name for metric in metrics for name in EVENTS_FOR_METRIC[metric]})
-    mark = raw.placeholder(conn)
+    """The (issue, subscriber, metric) candidates that already had such an event stored.
+
+    One EXISTS per candidate and event name: an index seek that stops at the first earlier
+    event, so the cost does not grow with how many events a reader already has (a reader
+    with fifty stored events for an issue was read fifty times over by a scan of them all).
+    """
     # Event inserts are serialized (SQLite's write lock, INGEST_LOCK on PostgreSQL), so every
     # event stored before this transaction's has a smaller id.
-    # SQLite: `+event` keeps the event out of the index lookup: one seek per reader, whose
-    # few events for the issue are read in a row, not one seek per reader and event name
-    # (2-3x faster). PostgreSQL plans for itself (and has no unary plus on text).
-    event = "+event" if conn.dialect.name == "sqlite" else "event"
-    sql = (
-        f"SELECT DISTINCT subscriber_id, event, {_machine_flag_sql(conn.dialect.name)} "
-        f"FROM events WHERE issue_id = {mark} AND subscriber_id IN ({{}}) "
-        f"AND {event} IN ({raw.marks(conn, len(names))}) AND id < {mark}"
-    )
+    wanted: list[tuple[int, int, str, str]] = []
+    for issue_id, subscriber_id, metric in candidates:
+        for name in EVENTS_FOR_METRIC[metric]:
+            wanted.append((issue_id, subscriber_id, name, metric))
+    if not wanted:
+        return set()
+    mark = raw.placeholder(conn)
+    # An open counts as "opened" or "machine_opened" by its flag: only opens' rows are read
+    # for it (for other events the index answers).
+    machine = _machine_open_sql(conn.dialect.name, "e.detail")
+    per_row = 4
+    limit = max(1, raw.max_parameters(conn) // per_row - 1)
     found: set[tuple[int, int, str]] = set()
-    for issue_id, subscriber_ids in sorted(wanted.items()):
-        # One query per issue in a post (chunked only past the parameter limit).
-        rows = raw.select_in(
-            conn, sql, sorted(subscriber_ids), before=(issue_id,), after=(*names, first_own_id)
+    for start in range(0, len(wanted), limit):
+        part = wanted[start : start + limit]
+        values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(part))
+        sql = (
+            f"WITH c (issue_id, subscriber_id, event, metric) AS (VALUES {values}) "
+            "SELECT c.issue_id, c.subscriber_id, c.metric FROM c WHERE EXISTS ("
+            "SELECT 1 FROM events e WHERE e.issue_id = c.issue_id "
+            "AND e.subscriber_id = c.subscriber_id AND e.event = c.event "
+            f"AND e.id < {mark} "
+            f"AND (c.event <> 'open' OR (c.metric = 'machine_opened') = {machine}))"
         )
-        for subscriber_id, name, by_machine in rows:
-            earlier = METRIC_FOR_EVENT[name]
-            if earlier == "opened" and by_machine:
-                earlier = "machine_opened"
-            found.add((issue_id, subscriber_id, earlier))
+        params = tuple(value for row in part for value in row) + (first_own_id,)
+        for issue_id, subscriber_id, metric in conn.exec_driver_sql(sql, params):
+            found.add((issue_id, subscriber_id, metric))
     return found
 
 
