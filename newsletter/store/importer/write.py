@@ -84,6 +84,7 @@ class Writer:
         # Most imported rows have no full name and no unsubscribe: a shorter INSERT
         # without those three columns saves SQLite work on every row.
         short = [c for c in self.COLUMNS if c not in self.OPTIONAL]
+        self.short_columns = short  # PostgreSQL's COPY takes the same two column lists
         self.insert_short = (
             f"INSERT INTO subscribers ({', '.join(short)}) "
             f"VALUES ({', '.join([mark] * len(short))})"
@@ -133,8 +134,7 @@ class Writer:
     ) -> None:
         if self.dialect == "postgresql":
             self._copy("subscribers", self.COLUMNS, rows)
-            short = [c for c in self.COLUMNS if c not in self.OPTIONAL]
-            self._copy("subscribers", short, short_rows or [])
+            self._copy("subscribers", self.short_columns, short_rows or [])
             self._copy("subscriber_tags", ("subscriber_id", "tag"), tags)
             return
         if rows:
