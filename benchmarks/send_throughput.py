@@ -9,6 +9,8 @@ server running as a separate process on 127.0.0.1.
     python benchmarks/send_throughput.py --smtp           # SMTP to a local aiosmtpd sink,
                                                           # 4 connections, messages/s
     python benchmarks/send_throughput.py --runs 1         # one run per figure instead of 3
+    python benchmarks/send_throughput.py --versus-bare --runs 5   # send and bare interleaved:
+                                                          # medians and their ratio (issue 27)
 
 Prints, per run: recipients, wall time of the whole `newsletter send --yes` process (start-up,
 check, render, streaming, HTTP, ledger), recipients/s, CPU seconds (with its worker processes)
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -336,6 +339,33 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return ordered[len(ordered) // 2]
 
 
+def versus_bare(count: int, runs: int) -> None:
+    """`newsletter send` against the bare client's ceiling, measured in the same runs: each
+    run is one send and one bare post of `count` recipients, which goes first alternating.
+    Target (issue 27): the ratio of the medians >= 0.40, median of 5."""
+    sends: list[float] = []
+    floors: list[float] = []
+    loads: list[str] = []
+    for n in range(runs):
+        loads.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
+        for step in ("send", "bare") if n % 2 == 0 else ("bare", "send"):
+            if step == "send":
+                sends.append(run(count)["per_second"])
+            else:
+                floors.append(bare(count)["per_second"])
+        print(
+            f"run {n + 1}: send {sends[-1]:,.0f}/s, bare client {floors[-1]:,.0f}/s, "
+            f"ratio {sends[-1] / floors[-1]:.2f}, load {loads[-1]}",
+            flush=True,
+        )
+    send_median, floor_median = statistics.median(sends), statistics.median(floors)
+    print(
+        f"medians of {runs}: send {send_median:,.0f} recipients/s; floor (bare client posting "
+        f"pre-encoded payloads) {floor_median:,.0f}/s; ratio {send_median / floor_median:.2f} "
+        "(target >= 0.40)"
+    )
+
+
 def main() -> None:
     from as_installed import compile_package
 
@@ -346,7 +376,15 @@ def main() -> None:
     parser.add_argument("--bare", action="store_true", help="the bare-client floor")
     parser.add_argument("--smtp", action="store_true", help="SMTP to a local aiosmtpd sink")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median)")
+    parser.add_argument(
+        "--versus-bare",
+        action="store_true",
+        help="send and the bare client alternately, --runs pairs: medians and their ratio",
+    )
     args = parser.parse_args()
+    if args.versus_bare:
+        versus_bare(args.count or 100_000, args.runs)
+        return
     if args.bare or args.smtp:
         figures = (
             [("bare client", bare)]

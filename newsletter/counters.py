@@ -203,50 +203,52 @@ def scrub_links(
     return len(rows)
 
 
-def _machine_flag_sql(dialect: str) -> str:
-    """SQL for "this open was a machine's" (read in the database: no JSON decoding here).
-    Only opens have the flag: other events' rows are not read for it (on SQLite the
-    table row is then never fetched, the index answers)."""
+def _machine_open_sql(dialect: str, detail: str = "detail") -> str:
+    """SQL for "this open was a machine's", true or false (read in the database: no JSON
+    decoding here)."""
     if dialect == "sqlite":
-        flag = "json_extract(detail, '$.sg_machine_open') IN (1, 'true', '1')"
-    else:
-        flag = "coalesce((detail->>'sg_machine_open') IN ('true', '1'), false)"
-    return f"CASE WHEN event = 'open' THEN {flag} ELSE false END"
+        return f"coalesce(json_extract({detail}, '$.sg_machine_open') IN (1, 'true', '1'), 0)"
+    return f"coalesce(({detail}->>'sg_machine_open') IN ('true', '1'), false)"
 
 
 def _counted_before(
     conn: Connection, candidates: Mapping[tuple[int, int, str], date], first_own_id: int
 ) -> set[tuple[int, int, str]]:
-    """The (issue, subscriber, metric) candidates that already had such an event stored."""
-    wanted: dict[int, set[int]] = {}
-    metrics: set[str] = set()
-    for issue_id, subscriber_id, metric in candidates:
-        wanted.setdefault(issue_id, set()).add(subscriber_id)
-        metrics.add(metric)
-    names = sorted({name for metric in metrics for name in EVENTS_FOR_METRIC[metric]})
-    mark = raw.placeholder(conn)
+    """The (issue, subscriber, metric) candidates that already had such an event stored.
+
+    One EXISTS per candidate and event name: an index seek that stops at the first earlier
+    event, so the cost does not grow with how many events a reader already has (a reader
+    with fifty stored events for an issue was read fifty times over by a scan of them all).
+    """
     # Event inserts are serialized (SQLite's write lock, INGEST_LOCK on PostgreSQL), so every
     # event stored before this transaction's has a smaller id.
-    # SQLite: `+event` keeps the event out of the index lookup: one seek per reader, whose
-    # few events for the issue are read in a row, not one seek per reader and event name
-    # (2-3x faster). PostgreSQL plans for itself (and has no unary plus on text).
-    event = "+event" if conn.dialect.name == "sqlite" else "event"
-    sql = (
-        f"SELECT DISTINCT subscriber_id, event, {_machine_flag_sql(conn.dialect.name)} "
-        f"FROM events WHERE issue_id = {mark} AND subscriber_id IN ({{}}) "
-        f"AND {event} IN ({raw.marks(conn, len(names))}) AND id < {mark}"
-    )
+    wanted: list[tuple[int, int, str, str]] = []
+    for issue_id, subscriber_id, metric in candidates:
+        for name in EVENTS_FOR_METRIC[metric]:
+            wanted.append((issue_id, subscriber_id, name, metric))
+    if not wanted:
+        return set()
+    mark = raw.placeholder(conn)
+    # An open counts as "opened" or "machine_opened" by its flag: only opens' rows are read
+    # for it (for other events the index answers).
+    machine = _machine_open_sql(conn.dialect.name, "e.detail")
+    per_row = 4
+    limit = max(1, raw.max_parameters(conn) // per_row - 1)
     found: set[tuple[int, int, str]] = set()
-    for issue_id, subscriber_ids in sorted(wanted.items()):
-        # One query per issue in a post (chunked only past the parameter limit).
-        rows = raw.select_in(
-            conn, sql, sorted(subscriber_ids), before=(issue_id,), after=(*names, first_own_id)
+    for start in range(0, len(wanted), limit):
+        part = wanted[start : start + limit]
+        values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(part))
+        sql = (
+            f"WITH c (issue_id, subscriber_id, event, metric) AS (VALUES {values}) "
+            "SELECT c.issue_id, c.subscriber_id, c.metric FROM c WHERE EXISTS ("
+            "SELECT 1 FROM events e WHERE e.issue_id = c.issue_id "
+            "AND e.subscriber_id = c.subscriber_id AND e.event = c.event "
+            f"AND e.id < {mark} "
+            f"AND (c.event <> 'open' OR (c.metric = 'machine_opened') = {machine}))"
         )
-        for subscriber_id, name, by_machine in rows:
-            earlier = METRIC_FOR_EVENT[name]
-            if earlier == "opened" and by_machine:
-                earlier = "machine_opened"
-            found.add((issue_id, subscriber_id, earlier))
+        params = tuple(value for row in part for value in row) + (first_own_id,)
+        for issue_id, subscriber_id, metric in conn.exec_driver_sql(sql, params):
+            found.add((issue_id, subscriber_id, metric))
     return found
 
 
@@ -408,18 +410,19 @@ def _sqlite_bump(metric_sql: str, condition: str = "1") -> str:
 # SQLite has only row triggers, and each statement a trigger runs costs a few microseconds per
 # row: a bulk import of subscribed people runs exactly one (its `new_*`). Joining by insert is
 # not counted apart: it is the `new_*` rows less `unconfirmed_new` (see engagement.list_growth).
-def _sqlite_triggers() -> list[str]:
+def _sqlite_triggers() -> dict[str, str]:
+    """Each trigger's name and the statement that creates it."""
     new_source = _SOURCE_METRIC.format(row="NEW")
-    return [
-        "CREATE TRIGGER IF NOT EXISTS list_counters_insert AFTER INSERT ON subscribers "
+    bodies = {
+        "list_counters_insert": "AFTER INSERT ON subscribers "
         "WHEN NEW.status IN ('subscribed', 'unconfirmed') BEGIN "
         + _sqlite_bump(new_source)
         + " END",
-        "CREATE TRIGGER IF NOT EXISTS list_counters_insert_unconfirmed AFTER INSERT "
+        "list_counters_insert_unconfirmed": "AFTER INSERT "
         "ON subscribers WHEN NEW.status = 'unconfirmed' BEGIN "
         + _sqlite_bump("'unconfirmed_new'")
         + " END",
-        "CREATE TRIGGER IF NOT EXISTS list_counters_update AFTER UPDATE OF status, confirmed_at "
+        "list_counters_update": "AFTER UPDATE OF status, confirmed_at "
         "ON subscribers WHEN NEW.status IS NOT OLD.status "
         "OR (OLD.confirmed_at IS NULL AND NEW.confirmed_at IS NOT NULL) BEGIN "
         + _sqlite_bump("'confirmed'", "OLD.confirmed_at IS NULL AND NEW.confirmed_at IS NOT NULL")
@@ -430,9 +433,10 @@ def _sqlite_triggers() -> list[str]:
         + _sqlite_bump("'joined'", "NEW.status = 'subscribed' AND OLD.status <> 'subscribed'")
         + _sqlite_bump("'left'", "OLD.status = 'subscribed' AND NEW.status <> 'subscribed'")
         + " END",
-        "CREATE TRIGGER IF NOT EXISTS list_counters_delete AFTER DELETE ON subscribers "
+        "list_counters_delete": "AFTER DELETE ON subscribers "
         "WHEN OLD.status = 'subscribed' BEGIN " + _sqlite_bump("'left'") + " END",
-    ]
+    }
+    return {name: f"CREATE TRIGGER IF NOT EXISTS {name} {body}" for name, body in bodies.items()}
 
 
 # PostgreSQL: statement-level triggers with transition tables, so an import of 200,000 rows
@@ -487,10 +491,82 @@ def _pg_statements() -> list[str]:
     return statements
 
 
+#: The SQLite triggers a bulk insert stands in for (see `BulkInsertTally`).
+_SQLITE_INSERT_TRIGGERS = ("list_counters_insert", "list_counters_insert_unconfirmed")
+
+
+def new_subscriber_metrics(source: str | None, status: str) -> tuple[str, ...]:
+    """The list-growth metrics one inserted subscriber row counts for: what the insert
+    triggers count (`_SOURCE_METRIC`), written in Python."""
+    if status not in ("subscribed", "unconfirmed"):
+        return ()
+    if source == "form":
+        new = "new_form"
+    elif source is not None and source[:6] == "import":
+        new = "new_import"
+    else:
+        new = "new_added"
+    return (new, "unconfirmed_new") if status == "unconfirmed" else (new,)
+
+
+class BulkInsertTally:
+    """List growth for a bulk insert into `subscribers`, added up once instead of per row.
+
+    On SQLite the insert triggers run one upsert per inserted row, a third of an import's
+    insert time. Within the caller's write transaction (which holds SQLite's only write
+    lock, so no other connection can insert meanwhile) `pause` drops them, the caller adds
+    each inserted row's (source, status, how many) here, and `finish` writes the totals and
+    creates the triggers again. DDL is transactional in SQLite: a rollback or a crash brings
+    the triggers back with everything else, and other connections never see them missing.
+
+    PostgreSQL's triggers are per statement already (one upsert per INSERT or COPY), so
+    there the tally stays out of the way: `pause` does nothing and `add` is ignored.
+    """
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.active = False
+        self.counts: Counter[str] = Counter()
+
+    def pause(self) -> None:
+        """Call inside the write transaction, before the inserts."""
+        if self.conn.dialect.name != "sqlite" or self.active:
+            return
+        for name in _SQLITE_INSERT_TRIGGERS:
+            self.conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+        self.active = True
+
+    def add(self, source: str | None, status: str, rows: int = 1) -> None:
+        if self.active:
+            for metric in new_subscriber_metrics(source, status):
+                self.counts[metric] += rows
+
+    def finish(self) -> None:
+        """Write the totals (in the current quarter hour, as the triggers would) and bring
+        the triggers back; in the same transaction as the inserts."""
+        if not self.active:
+            return
+        rows = [(metric, n) for metric, n in sorted(self.counts.items()) if n]
+        if rows:
+            self.conn.exec_driver_sql(
+                "INSERT INTO list_counters (bucket, metric, count) "
+                f"VALUES ({_SQLITE_BUCKET}, ?, ?) "
+                "ON CONFLICT (bucket, metric) DO UPDATE SET count = count + excluded.count",
+                rows,  # type: ignore[arg-type]
+            )
+        statements = _sqlite_triggers()
+        for name in _SQLITE_INSERT_TRIGGERS:
+            self.conn.exec_driver_sql(statements[name])
+        self.active = False
+        self.counts.clear()
+
+
 def install_list_triggers(conn: Connection) -> None:
     """Create (or recreate) the triggers; idempotent. A migration that rebuilds `subscribers`
     must call this again, since dropping a table drops its triggers."""
-    statements = _sqlite_triggers() if conn.dialect.name == "sqlite" else _pg_statements()
+    statements = (
+        list(_sqlite_triggers().values()) if conn.dialect.name == "sqlite" else _pg_statements()
+    )
     for statement in statements:
         conn.exec_driver_sql(statement)
 

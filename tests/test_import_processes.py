@@ -172,7 +172,7 @@ def test_one_click_unsubscribes_during_a_big_import_are_all_stored(served, tmp_p
     from .conftest import TEST_SECRET
 
     project, engine, ids, base = served
-    rows = 250_000 if kind == "first import" else 60_000
+    rows = 400_000 if kind == "first import" else 60_000
     source = big_csv(tmp_path / "big.csv", rows)
     extra: list[str] = []
     if kind != "first import":

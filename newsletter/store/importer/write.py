@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from newsletter.counters import BulkInsertTally
 from newsletter.errors import StoreError
 from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
@@ -78,12 +79,14 @@ class Writer:
         mark = placeholder(conn)
         # Each row gets its random public_id here (see `insert`), last.
         full = [*self.COLUMNS, "public_id"]
+        self.full_columns = full
         self.insert_subscribers = (
             f"INSERT INTO subscribers ({', '.join(full)}) VALUES ({', '.join([mark] * len(full))})"
         )
         # Most imported rows have no full name and no unsubscribe: a shorter INSERT
         # without those three columns saves SQLite work on every row.
         short = [c for c in full if c not in self.OPTIONAL]
+        self.short_columns = short  # PostgreSQL's COPY takes the same two column lists
         self.insert_short = (
             f"INSERT INTO subscribers ({', '.join(short)}) "
             f"VALUES ({', '.join([mark] * len(short))})"
@@ -131,14 +134,40 @@ class Writer:
         tags: list[tuple[int, str]],
         short_rows: list[tuple[Any, ...]] | None = None,
     ) -> None:
+        # Each new subscriber gets a random public id (what their links name).
+        rows = [(*row, new_public_id()) for row in rows]
+        short_rows = [(*row, new_public_id()) for row in short_rows or []]
+        if self.dialect == "postgresql":
+            self._copy("subscribers", self.full_columns, rows)
+            self._copy("subscribers", self.short_columns, short_rows)
+            self._copy("subscriber_tags", ("subscriber_id", "tag"), tags)
+            return
         if rows:
-            rows = [(*row, new_public_id()) for row in rows]
             self.conn.exec_driver_sql(self.insert_subscribers, rows)  # type: ignore[arg-type]
         if short_rows:
-            short_rows = [(*row, new_public_id()) for row in short_rows]
             self.conn.exec_driver_sql(self.insert_short, short_rows)  # type: ignore[arg-type]
         if tags:
             self.conn.exec_driver_sql(self.insert_tags, tags)  # type: ignore[arg-type]
+
+    def _copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """PostgreSQL: the rows through COPY, several times faster than an executemany of
+        INSERTs. COPY fires the statement triggers (list growth) and checks the unique key
+        like an INSERT; its errors are raised as SQLAlchemy's, as an INSERT's would be."""
+        if not rows:
+            return
+        import psycopg  # the PostgreSQL driver: only here when the database is PostgreSQL
+
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        driver = self.conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.Error as exc:
+            raise DBAPIError.instance(
+                statement, None, exc, psycopg.Error, dialect=self.conn.dialect
+            ) from exc
 
 
 class Pacer:
@@ -319,6 +348,10 @@ def _insert_fresh(
     policy: ImportConsent | None = None,
 ) -> None:
     ids = [0] * len(fresh) if result.dry_run else writer.allocate_ids(len(fresh))
+    # List growth is added up for the chunk, not counted by a trigger per inserted row.
+    tally = BulkInsertTally(writer.conn)
+    if not result.dry_run:
+        tally.pause()
     stamp_db = writer.time(stamp)
     time = writer.time
     rows: list[tuple[Any, ...]] = []
@@ -359,6 +392,7 @@ def _insert_fresh(
             (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
         ]
         added.extend([item[2] for item in packed])
+        tally.add(source_name, "subscribed", len(packed))
     with_evidence: list[dict[str, Any]] = []
     for sid, inc in rest:
         if policy is not None:
@@ -366,6 +400,7 @@ def _insert_fresh(
             if record is not None:
                 with_evidence.append(record)
         status = resolve_status(None, inc.status, resubscribe)
+        tally.add(inc.source or source_name, status)
         stopped = status in STOPPED
         created = inc.created_at or stamp
         if literal_times:
@@ -419,6 +454,7 @@ def _insert_fresh(
         result.without_evidence += len(fresh) - len(with_evidence)
     if not result.dry_run:
         writer.insert(rows, tag_rows, short_rows)
+        tally.finish()
         if policy is not None:
             write_records(writer.conn, ids, with_evidence, policy, source_name, stamp)
 

@@ -1,0 +1,109 @@
+"""`newsletter build` as a whole process, side by side with inkletter's `md2html` (the floor).
+
+    python benchmarks/build_vs_inkletter.py [--runs 9] [--inkletter PATH]
+
+inkletter (Markdown -> MJML -> HTML, `pip install inkletter`, best in its own virtualenv) is
+the closest tool that does a part of what `build` does. Each run times, in an order that
+rotates: `inkletter md2html ISSUE -o OUT`; `newsletter build ISSUE` with the inlined-CSS cache
+warm (a user's second build of an issue); and `newsletter build` with that cache cold (an
+empty NEWSLETTER_CACHE_DIR: premailer runs). Prints the medians, each build's ratio to the
+floor, and the load average. Target (issue 27): <= 1.5x inkletter, cold and warm.
+
+Without inkletter, the floor is a bare `python -c` that renders the same file with
+markdown-it-py (which `build` uses as well) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from render import CONFIG, EXAMPLE
+
+REPO = Path(__file__).resolve().parent.parent
+BARE = (
+    "import sys, markdown_it; "
+    "open(sys.argv[2], 'w').write(markdown_it.MarkdownIt().render(open(sys.argv[1]).read()))"
+)
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from as_installed import compile_package
+
+    compile_package()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--inkletter", help="the inkletter command (default: from PATH)")
+    args = parser.parse_args()
+    inkletter = args.inkletter or shutil.which("inkletter")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "issues").mkdir()
+        (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
+        issue = root / "issues" / EXAMPLE.name
+        shutil.copy(EXAMPLE, issue)
+        env = {**os.environ, "NEWSLETTER_PROJECT": str(root), "PYTHONPATH": str(REPO)}
+        warm_cache = root / "cache-warm"
+        build = [sys.executable, "-m", "newsletter", "build", str(issue), "-o", str(root / "out")]
+        if inkletter:
+            floor_name = f"inkletter md2html ({inkletter})"
+            floor = [inkletter, "md2html", str(issue), "-o", str(root / "ink.html")]
+        else:
+            floor_name = "bare python + markdown-it-py (inkletter not found)"
+            floor = [sys.executable, "-c", BARE, str(issue), str(root / "bare.html")]
+
+        def warm() -> float:
+            return timed(build, {**env, "NEWSLETTER_CACHE_DIR": str(warm_cache)})
+
+        def cold() -> float:
+            cache = Path(tempfile.mkdtemp(dir=root))
+            try:
+                return timed(build, {**env, "NEWSLETTER_CACHE_DIR": str(cache)})
+            finally:
+                shutil.rmtree(cache)
+
+        def bare() -> float:
+            return timed(floor, env)
+
+        for step in (warm, bare):  # the OS file cache, .pyc files, the warm CSS cache
+            step()
+        steps = {"floor": bare, "warm": warm, "cold": cold}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        loads = []
+        for run in range(args.runs):
+            loads.append(load())
+            names = list(steps)
+            names = names[run % 3 :] + names[: run % 3]
+            for name in names:
+                times[name].append(steps[name]())
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"whole processes, medians of {args.runs} runs in rotating order:")
+    print(f"  floor, {floor_name}: {medians['floor']:.3f} s")
+    for name, label in (("warm", "CSS cache warm"), ("cold", "CSS cache cold")):
+        print(
+            f"  newsletter build, {label}: {medians[name]:.3f} s = "
+            f"{medians[name] / medians['floor']:.2f}x the floor   (target <= 1.5x)"
+        )
+    print(f"  load average at each run: {'; '.join(loads)}")
+
+
+if __name__ == "__main__":
+    main()
