@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, select
 
 from newsletter.errors import StoreError
 from newsletter.replies.threads import forget_threads
@@ -117,6 +117,13 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
         if status in STOPPED and status != "unsubscribed":
             reason += f" (address had {status})"
         suppressions.suppress(conn, address, reason)
+        # The sign-up limit's keyed hash of the address goes too (it names them, a day long).
+        from newsletter import tokens
+        from newsletter.store import signup_limits
+
+        signup_limits.forget(
+            conn, signup_limits.Scope.ADDRESS, person.key, secret=tokens.secret_key()
+        )
     compacted = compact_sqlite(engine) if engine.dialect.name == "sqlite" else None
     deleted: list[Path] = []
     kept: list[Path] = []
@@ -216,10 +223,17 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
     removed_events = _delete_older(engine, events, events.c.received_at < cutoff)
     removed_replies = 0
     automatic = replies.c.get("automatic")
+    touched: set[int | None] = set()
     if automatic is not None:  # the column arrives with the replies work (m008)
-        removed_replies = _delete_older(
-            engine, replies, automatic.is_(True) & (replies.c.received_at < cutoff)
-        )
+        old = automatic.is_(True) & (replies.c.received_at < cutoff)
+        with engine.connect() as conn:
+            touched = set(conn.execute(select(replies.c.thread_id).where(old)).scalars())
+        removed_replies = _delete_older(engine, replies, old)
+    if removed_replies:
+        from newsletter.replies.threads import settle_threads
+
+        with engine.begin() as conn:
+            settle_threads(conn, touched)  # no empty thread keeps a robot's address
     return PurgeResult(events=removed_events, automatic_replies=removed_replies, cutoff=cutoff)
 
 

@@ -71,7 +71,7 @@ def secret_key(required: bool = True) -> str:
 
 
 #: What a token names a subscriber or an issue by: a random public id (tokens made since
-#: m012), or a sequential row id (older tokens, still honoured: links in old issues must keep
+#: m015), or a sequential row id (older tokens, still honoured: links in old issues must keep
 #: working), or None (nobody, e.g. the issue-only reply address).
 Ref = int | str | None
 

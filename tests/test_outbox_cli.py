@@ -72,3 +72,26 @@ def test_test_copy_to_the_outbox_says_written(cli, make_project, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Test written: ich@example.org: written to ")
     assert "sent" not in result.output.lower().replace("as a sample subscriber", "")
+
+
+def test_a_test_copy_again_replaces_the_last_one_but_single_mails_pile_up(
+    cli, make_project, tmp_path
+):
+    """A test copy is like a send's copy (the same message again); confirmations and
+    forwarded replies are messages of their own, each kept."""
+    from newsletter.sending.single import send_transactional
+
+    root = _project(make_project)
+    outbox = tmp_path / "outbox"
+    for _ in range(2):
+        sent = cli(root, "send", "ausgabe", "--test", "ich@example.org", "--outbox", str(outbox))
+        assert sent.exit_code == 0, sent.output
+    assert [p.name for p in outbox.glob("*.eml")] == ["test-ausgabe-ich@example.org.eml"]
+    project = Project.load(root)
+    for n in range(2):
+        send_transactional(project, "anna@example.org", f"Bestätigung {n}", "<p>x</p>", "x")
+    kept = sorted(p.name for p in (root / "outbox").glob("transactional-*.eml"))
+    assert kept == [
+        "transactional-anna@example.org-2.eml",
+        "transactional-anna@example.org.eml",
+    ]

@@ -263,7 +263,8 @@ def test_replies_stored_before_the_upgrade_are_put_into_threads(database_url, mo
 
     url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     old = create_engine(url)
-    before = [step for step in migrations.STEPS if step[0] != "m013_reply_threads"]
+    names = [name for name, _ in migrations.STEPS]
+    before = migrations.STEPS[: names.index("m013_reply_threads")]
     monkeypatch.setattr(migrations, "STEPS", before)
     migrations.migrate(old)
     with old.begin() as conn:
@@ -402,3 +403,107 @@ def test_erasing_a_sender_not_on_the_list_removes_their_conversation(make_projec
         assert conn.execute(select(reply_answers)).all() == []
     raw = (root / "newsletter.db").read_bytes().lower()
     assert b"fremd@example.org" not in raw
+
+
+def test_an_answers_reply_address_names_public_ids_and_comes_back_to_the_thread(sent, smtp, cli):
+    """No row id in the Reply-To (it would tell the list's size), yet the reader's reply to
+    the answer joins the same thread."""
+    from newsletter import tokens
+    from newsletter.replies.verify import reply_token
+    from newsletter.store.subscribers import find_subscriber
+
+    root, engine, joerg, copy = sent
+    project = Project.load(root)
+    first = reader_writes(project, engine, str(copy["Reply-To"]), "Re: x", "Frage?")
+    assert cli(root, "replies", "answer", str(first), "-m", "Antwort.").exit_code == 0
+    answer = parsed(smtp.messages[-1].data)
+    named = reply_token([str(answer["Reply-To"])], tokens.secret_key())
+    assert named is not None
+    assert named.subscriber == find_subscriber(engine, JOERG).public_id
+    assert isinstance(named.issue, str)
+    again = reader_writes(project, engine, str(answer["Reply-To"]), "Re: Re: x", "Danke.")
+    thread = json.loads(cli(root, "replies", "show", str(again), "--format", "json").output)
+    assert thread["id"] == first
+
+
+def test_erasing_someone_who_wrote_to_a_readers_address_keeps_that_readers_thread(sent, cli):
+    """A friend replies to Jörg's forwarded copy (his signed address): the reply is filed
+    in Jörg's thread. Erasing the friend takes their reply, not Jörg's conversation."""
+    from newsletter.store.schema import replies, reply_threads
+
+    root, engine, joerg, copy = sent
+    project = Project.load(root)
+    first = reader_writes(project, engine, str(copy["Reply-To"]), "Re: x", "Jörg schreibt.")
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = (
+        "freund@example.net",
+        str(copy["Reply-To"]),
+        "Re: x",
+    )
+    message["Message-ID"] = make_msgid()
+    message.set_content("Der Freund schreibt.")
+    receive(project, engine, RawInbound(fields={"email": message.as_bytes()}))
+    exported = json.loads(cli(root, "subscribers", "export-person", "freund@example.net").output)
+    assert "reply_threads" not in exported["tables"]
+    assert [row["text"].strip() for row in exported["tables"]["replies"]] == [
+        "Der Freund schreibt."
+    ]
+
+    erased = cli(root, "subscribers", "remove", "freund@example.net", "--forget", "--yes")
+    assert erased.exit_code == 0, erased.output
+    with engine.connect() as conn:
+        assert [row.text.strip() for row in conn.execute(select(replies))] == ["Jörg schreibt."]
+        assert [(row.id, row.messages) for row in conn.execute(select(reply_threads))] == [
+            (first, 1)
+        ]
+    shown = cli(root, "replies", "show", str(first))
+    assert shown.exit_code == 0 and "Jörg schreibt." in shown.output
+
+
+def test_purging_automatic_replies_leaves_no_empty_thread_with_an_address(make_project, cli):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from newsletter.store.schema import replies, reply_threads
+
+    root = make_project(config=CONFIG, issues=EXAMPLE)
+    engine = open_engine(f"sqlite:///{root / 'newsletter.db'}")
+    project = Project.load(root)
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = (
+        "robot@fremd.example",
+        "jens@example.com",
+        "Abwesend",
+    )
+    message["Auto-Submitted"] = "auto-replied"
+    message["Message-ID"] = make_msgid()
+    message.set_content("Bin weg.")
+    receive(project, engine, RawInbound(fields={"email": message.as_bytes()}))
+    with engine.begin() as conn:
+        conn.execute(update(replies).values(received_at=datetime.now(UTC) - timedelta(days=400)))
+    assert cli(root, "privacy", "purge").exit_code == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(replies)).all() == []
+        assert conn.execute(select(reply_threads)).all() == []
+
+
+def test_a_punycode_sender_is_matched_by_subject_over_imap(sent, cli):
+    """No signed address, no In-Reply-To: a sender whose domain is written in punycode is
+    still found by sender and subject."""
+    from newsletter.replies import decode
+    from newsletter.replies.mailbox import _match
+
+    root, engine, joerg, copy = sent
+    reader = add_subscriber(engine, "leser@müller.de", first_name="Lea")
+    assert cli(root, "send", ISSUE, "--resume", "--yes").exit_code == 0
+    message = EmailMessage()
+    message["From"] = "Lea <leser@xn--mller-kva.de>"
+    message["To"] = "jens@example.com"
+    message["Subject"] = f"AW: {copy['Subject']}"
+    message["Message-ID"] = make_msgid()
+    message.set_content("Hallo!")
+    raw = message.as_bytes()
+    inbound = decode(RawInbound(fields={"email": raw}))
+    found = _match(engine, inbound, email.message_from_bytes(raw), {})
+    assert found is not None and found.subscriber_id == reader.id

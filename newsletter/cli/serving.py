@@ -85,14 +85,6 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
     )
     on_interrupt(stopped)
     click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
-    runner = None
-    if run_sequences or (
-        run_sequences is None and project.config.section("serve")["run_sequences"]
-    ):
-        from newsletter.sequences.runner import BackgroundRunner
-
-        runner = BackgroundRunner(project).start()
-        click.echo("Sending due sequence steps every minute.", err=True)
     config = uvicorn.Config(
         app,
         host=host,
@@ -119,11 +111,14 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
         uvicorn_exit(sig, frame)
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]
+    runner = None
     try:
         # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C (or SIGTERM)
         # again, which becomes exit 130 (uvicorn.run would swallow it and exit 0);
         # `sigterm_like_ctrl_c` keeps SIGTERM's default from killing a sequence run mid-batch.
         with sigterm_like_ctrl_c():
+            # Started here, where SIGTERM already settles it instead of killing a claim.
+            runner = _start_sequences(project, run_sequences)
             server.run()
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM as `Terminated`
         if not announced:
@@ -132,6 +127,20 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
     finally:
         if runner is not None:
             runner.stop()  # the run in progress settles what it has in flight, then ends
+
+
+def _start_sequences(project: Any, run_sequences: bool | None) -> Any:
+    """`serve --sequences` (or [serve] run_sequences): the background runner, started."""
+    if not (
+        run_sequences
+        or (run_sequences is None and project.config.section("serve")["run_sequences"])
+    ):
+        return None
+    from newsletter.sequences.runner import BackgroundRunner
+
+    runner = BackgroundRunner(project).start()
+    click.echo("Sending due sequence steps every minute.", err=True)
+    return runner
 
 
 def _when(value: object) -> str:

@@ -88,9 +88,9 @@ def compose(project: Project, thread: Thread, text: str) -> Draft:
     # The reader's next reply finds this thread by the signed address, as for an issue.
     reply_to = config.reply_to
     domain = config.section("replies")["domain"]
-    if domain and thread.subscriber_id is not None and thread.issue_id is not None:
+    if domain and thread.subscriber_id is not None:
         reply_to = tokens.reply_address_for(
-            domain, thread.issue_id, thread.subscriber_id, tokens.secret_key()
+            domain, thread.issue_public_id, thread.subscriber_public_id, tokens.secret_key()
         )
     message = Message(
         from_email=config.from_email,

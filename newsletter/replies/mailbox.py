@@ -42,6 +42,7 @@ from newsletter.replies.decode import Inbound, RawInbound, decode
 from newsletter.replies.store import Match, after_reply, normalize_subject, store
 from newsletter.replies.verify import reply_token
 from newsletter.store import schema
+from newsletter.store.emails import address_key
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -245,7 +246,8 @@ def _sent_message_ids(engine: Engine, wanted: set[str]) -> dict[str, tuple[int |
     with engine.connect() as conn:
         rows = conn.execute(
             select(d.c.message_id, d.c.subscriber_id, d.c.issue_id).where(
-                d.c.message_id.in_(sorted(wanted))
+                d.c.message_id.in_(sorted(wanted)),
+                d.c.message_id.like("<%"),  # the partial index's own condition: it is used
             )
         ).all()
         # A reader's answer to the author's answer: the same conversation.
@@ -307,9 +309,13 @@ def _match(
         return None
     s, i = schema.subscribers, schema.issues
     with engine.connect() as conn:
-        sender = conn.execute(
-            select(s.c.id).where(s.c.email_key == inbound.from_email.lower())
-        ).scalar()
+        # The store's one form of an address (punycode and NFD spellings find them too).
+        sender_key = address_key(inbound.from_email)
+        sender = (
+            conn.execute(select(s.c.id).where(s.c.email_key == sender_key)).scalar()
+            if sender_key is not None
+            else None
+        )
         if sender is None:
             return None
         received = conn.execute(

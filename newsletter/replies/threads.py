@@ -242,6 +242,9 @@ class Thread:
     reader_status: str | None
     tags: list[str]
     entries: list[Entry]
+    #: What links name them by (never the row ids: those tell a list's size).
+    subscriber_public_id: str | None = None
+    issue_public_id: str | None = None
 
     @property
     def last_reply(self) -> Entry:
@@ -287,7 +290,17 @@ def get_thread(engine: Engine, any_id: int) -> Thread:
     s, i, st = schema.subscribers, schema.issues, schema.subscriber_tags
     with engine.connect() as conn:
         head = conn.execute(
-            select(t, i.c.slug, s.c.email, s.c.name, s.c.first_name, s.c.last_name, s.c.status)
+            select(
+                t,
+                i.c.slug,
+                i.c.public_id.label("issue_public_id"),
+                s.c.email,
+                s.c.name,
+                s.c.first_name,
+                s.c.last_name,
+                s.c.status,
+                s.c.public_id.label("subscriber_public_id"),
+            )
             .select_from(
                 t.outerjoin(i, t.c.issue_id == i.c.id).outerjoin(s, t.c.subscriber_id == s.c.id)
             )
@@ -352,6 +365,8 @@ def get_thread(engine: Engine, any_id: int) -> Thread:
         reader_status=head.status,
         tags=tags,
         entries=entries,
+        subscriber_public_id=head.subscriber_public_id,
+        issue_public_id=head.issue_public_id,
     )
 
 
@@ -447,19 +462,23 @@ def purge_closed(engine: Engine, keep_days: int, *, now: datetime | None = None)
 
 
 def threads_naming(conn: Connection, key: str, reply_ids: list[int]) -> dict[str, list[Any]]:
-    """For export and erasure: the conversations of someone whose replies (`reply_ids`)
-    carry no subscriber id, found by their threads' contact address (`key`), and the
-    answers written to them."""
+    """For export and erasure: the conversations of someone not on the list (no subscriber
+    id), found by their address (`key`) or their replies (`reply_ids`), and the answers
+    written to them. A reply of theirs in another reader's thread (they wrote to a signed
+    address that was forwarded to them) is theirs, the thread is not."""
     from newsletter.store.emails import address_key
 
+    own = and_(t.c.subscriber_id.is_(None))
     threads_of = set(
-        conn.execute(select(r.c.thread_id).where(r.c.id.in_(reply_ids))).scalars()
+        conn.execute(
+            select(r.c.thread_id).join(t, t.c.id == r.c.thread_id).where(r.c.id.in_(reply_ids), own)
+        ).scalars()
         if reply_ids
         else []
-    ) - {None}
+    )
     threads_of |= {
         row.id
-        for row in conn.execute(select(t.c.id, t.c.contact).where(t.c.contact.is_not(None)))
+        for row in conn.execute(select(t.c.id, t.c.contact).where(t.c.contact.is_not(None), own))
         if row.contact == key or address_key(row.contact) == key
     }
     found: dict[str, list[Any]] = {}
@@ -472,10 +491,30 @@ def threads_naming(conn: Connection, key: str, reply_ids: list[int]) -> dict[str
 
 
 def forget_threads(conn: Connection, found: dict[str, list[Any]]) -> None:
-    """Erasure: delete the rows `threads_naming` found."""
+    """Erasure: delete the rows `threads_naming` found, then settle the other readers'
+    threads their replies were taken from (`found["replies"]`)."""
     answers = [row.id for row in found.get("reply_answers", [])]
     if answers:
         conn.execute(delete(a).where(a.c.id.in_(answers)))
     threads = [row.id for row in found.get("reply_threads", [])]
     if threads:
         conn.execute(delete(t).where(t.c.id.in_(threads)))
+    settle_threads(conn, {row.thread_id for row in found.get("replies", [])} - set(threads))
+
+
+def settle_threads(conn: Connection, thread_ids: set[int | None]) -> int:
+    """After some of their replies were deleted (erasure, `privacy purge`): each of these
+    threads counts what it still holds, and one with nothing left goes (an address must not
+    outlive its messages). How many went."""
+    ids = sorted(i for i in thread_ids if i is not None)
+    if not ids:
+        return 0
+    replies_in = select(func.count()).where(r.c.thread_id == t.c.id).scalar_subquery()
+    answers_in = select(func.count()).where(a.c.thread_id == t.c.id).scalar_subquery()
+    gone = conn.execute(delete(t).where(t.c.id.in_(ids), replies_in == 0, answers_in == 0)).rowcount
+    conn.execute(
+        update(t)
+        .where(t.c.id.in_(ids), t.c.messages != replies_in + answers_in)
+        .values(messages=replies_in + answers_in)
+    )
+    return int(gone or 0)

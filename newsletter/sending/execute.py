@@ -228,7 +228,7 @@ class Builder:
         personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
         make = Recipient._make
         for sid, address, name, first, last, fields, public_id in page[0]:
-            # A row without a public id (none should be left after m012) gets a token with
+            # A row without a public id (none should be left after m015) gets a token with
             # its row id: a working unsubscribe link matters more than a hidden count.
             ref = public_id or sid
             url = unsubscribe_url(ref)

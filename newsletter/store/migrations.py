@@ -65,7 +65,7 @@ def m004_store_ids_never_reused(conn: Connection) -> None:
     from sqlalchemy.schema import CreateTable
 
     rebuilt = schema.subscribers.to_metadata(MetaData(), name="subscribers_rebuilt")
-    # Only the columns the old table has: later steps add theirs (m012: public_id).
+    # Only the columns the old table has: later steps add theirs (m015: public_id).
     present = {column["name"] for column in inspect(conn).get_columns("subscribers")}
     columns = ", ".join(c.name for c in schema.subscribers.columns if c.name in present)
     conn.exec_driver_sql("DROP TABLE IF EXISTS subscribers_rebuilt")  # left by a crash
@@ -262,6 +262,19 @@ def m015_public_ids(conn: Connection) -> None:
                 index.create(conn)
 
 
+def m016_message_id_lookups(conn: Connection) -> None:
+    """Indexes for `replies fetch` matching a reply's In-Reply-To: SMTP deliveries'
+    Message-IDs (only those: SendGrid's X-Message-Ids stay out of it) and the answers'."""
+    for table, name in (
+        (schema.deliveries, "ix_deliveries_smtp_message_id"),
+        (schema.reply_answers, "ix_reply_answers_message_id"),
+    ):
+        present = {index["name"] for index in inspect(conn).get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name == name and name not in present:
+                index.create(conn)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -279,6 +292,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m013_reply_threads", m013_reply_threads),
     ("m014_signup_attempts", m014_signup_attempts),
     ("m015_public_ids", m015_public_ids),
+    ("m016_message_id_lookups", m016_message_id_lookups),
 ]
 
 

@@ -1,4 +1,4 @@
-"""From what a token names to row ids: a public id (tokens made since m012) is looked up,
+"""From what a token names to row ids: a public id (tokens made since m015) is looked up,
 a row id (older tokens: links in old issues keep working) is taken as it is.
 
 The lookups read `subscribers` and `issues` by their `public_id` column and write nothing.

@@ -40,25 +40,30 @@ def write_replacing(
     """Write DIR/STEM.eml whole (a temporary file, then a rename), replacing an earlier copy
     of the same message to the same person; (the path, whether one was replaced). Without
     `replace` an earlier file stays and this one is STEM-2.eml, -3 ... (single mails: each
-    confirmation or forwarded reply is a message of its own)."""
+    confirmation or forwarded reply is a message of its own); the name is claimed with a
+    hard link, so two writers at once never take the same one."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stem}.eml"
-    number = 1
-    while not replace and path.exists():
-        number += 1
-        path = directory / f"{stem}-{number}.eml"
-    replaced = path.exists()
     temporary = directory / f".{stem}.{uuid.uuid4().hex}.tmp"
     # os.open with 0o666: the umask decides the mode, as for any new file.
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
+        if replace:
+            replaced = path.exists()
+            os.replace(temporary, path)
+            return path, replaced
+        number = 1
+        while True:
+            try:
+                os.link(temporary, path)  # fails if the name is taken: try the next one
+                return path, False
+            except FileExistsError:
+                number += 1
+                path = directory / f"{stem}-{number}.eml"
+    finally:
         temporary.unlink(missing_ok=True)
-        raise
-    return path, replaced
 
 
 @register
@@ -71,9 +76,11 @@ class OutboxTransport:
     )
     accepted_label: ClassVar[str] = "written to the outbox"
 
-    def __init__(self, directory: Path, prefix: str = "") -> None:
+    def __init__(self, directory: Path, prefix: str = "", *, keep_each: bool = False) -> None:
         self.directory = directory
         self.prefix = prefix
+        #: Single mails (confirmations, forwarded replies, answers): every one is kept.
+        self.keep_each = keep_each
         self.written: list[Path] = []
         self._lock = threading.Lock()
 
@@ -83,7 +90,11 @@ class OutboxTransport:
 
     @classmethod
     def from_project(cls, project: Project, settings: TransportSettings) -> OutboxTransport:
-        return cls(settings.directory or project.root / "outbox", settings.prefix)
+        return cls(
+            settings.directory or project.root / "outbox",
+            settings.prefix,
+            keep_each=settings.transactional,
+        )
 
     @property
     def where(self) -> str:
@@ -106,12 +117,12 @@ class OutboxTransport:
             data, msgid, _ = copy_for(batch.message, recipient, date=date)
             sid = recipient.ids.get(FILE_ID_KEY)
             parts = (what, sid, safe_name(recipient.email))
-            # A send's copy (it names its reader) replaces an earlier one; a single mail not.
+            # A send's copy (and a test copy) replaces an earlier one; a single mail not.
             path, replaced = write_replacing(
                 self.directory,
                 self.prefix + "-".join(p for p in parts if p),
                 data,
-                replace=sid is not None,
+                replace=not self.keep_each,
             )
             paths.append(path)
             outcomes.append(
