@@ -7,10 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG
 from tests.sendgrid_server import FakeSendGrid, authenticated_domain
 from tests.support.dns_server import ZoneServer
+from tests.support.serve_processes import serve_process
 
 ALL_SECRETS = {
     "SENDGRID_API_KEY": "SG.test-key",
@@ -311,41 +308,9 @@ def _free_port() -> int:
 @pytest.fixture
 def running_serve(project: Path):
     """A real `newsletter serve` on 127.0.0.1; yields its base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items()}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "newsletter",
-            "--project",
-            str(project),
-            "serve",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(process.stderr.read() if process.stderr else "serve ended")
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("serve did not start") from None
-                time.sleep(0.1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with serve_process(project, env) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_healthz_of_the_real_serve(cli, project: Path, running_serve: str, secrets):

@@ -3,16 +3,8 @@ published), and `newsletter serve` on it as a real process on loopback."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -22,6 +14,7 @@ from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import TEST_SECRET
 from tests.sendgrid_server import FakeSendGrid
+from tests.support.archive import serving  # noqa: F401  (what the archive tests use)
 
 KEY = "SG.support-archive-key"
 
@@ -54,41 +47,3 @@ def publish(root: Path, config: str, issues: dict[str, str]) -> Path:
             assert result.exit_code == 0, result.output
         dispose_all()
     return root
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serving(root: Path) -> Iterator[str]:
-    """`newsletter serve` on `root` as a real process; yields its base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "NEWSLETTER_"))}
-    env["NEWSLETTER_SECRET_KEY"] = TEST_SECRET
-    process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--project", str(root), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(process.stderr.read() if process.stderr else "serve exited")
-            try:
-                httpx.get(base + "/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("serve did not start") from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        process.communicate(timeout=20)
