@@ -105,11 +105,9 @@ def test_kill_9_of_an_import_takes_its_reader_process_along(project, tmp_path) -
 @pytest.fixture
 def served(make_project, database_url):
     """A project on `database_url` with five readers, and its `serve` process on a port."""
-    import httpx
-
     from newsletter.store.engine import open_engine
     from newsletter.store.subscribers import add_subscriber
-    from tests.support.web import free_port
+    from tests.support.serve_processes import serve_process
 
     from .conftest import CONFIG, TEST_SECRET
 
@@ -118,41 +116,10 @@ def served(make_project, database_url):
     )
     engine = open_engine(database_url)
     ids = [add_subscriber(engine, f"leserin{i}@example.de").id for i in range(5)]
-    port = free_port()
     env = environment()
     env["NEWSLETTER_SECRET_KEY"] = TEST_SECRET
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "newsletter",
-            "--project",
-            str(project),
-            "serve",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(server.stderr.read())
-        try:
-            return httpx.get(base + "/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(up, 30, "serve to start")
+    with serve_process(project, env) as base:
         yield project, engine, ids, base
-    finally:
-        server.terminate()
-        server.communicate(timeout=20)
 
 
 @pytest.mark.slow

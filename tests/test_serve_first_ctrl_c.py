@@ -8,15 +8,13 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import REPO, TEST_SECRET
+from tests.support.serve_processes import start_serve
 
 pytestmark = pytest.mark.slow
 
@@ -26,42 +24,12 @@ LINE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_first_ctrl_c_prints_the_line_while_a_request_is_open(project: Path):
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "NEWSLETTER_"))}
     env.update(NEWSLETTER_SECRET_KEY=TEST_SECRET, PYTHONPATH=str(REPO))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "newsletter",
-            "--project",
-            str(project),
-            "serve",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    process, base = start_serve(project, env)
+    port = int(base.rsplit(":", 1)[1])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
         # A sign-up whose body has not all arrived yet: the request stays open.
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(

@@ -34,9 +34,9 @@ def _wait(url: str, process: subprocess.Popen[str]) -> None:
     raise AssertionError(f"{url} did not answer")
 
 
-@contextmanager
-def serve_process(project: Path, env: dict[str, str]) -> Iterator[str]:
-    """`python -m newsletter --project PROJECT serve --port N`; yield its base URL."""
+def start_serve(project: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`python -m newsletter --project PROJECT serve --port N`, answering /healthz: (the
+    process, its base URL). Its stderr is a pipe the caller may read."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -54,9 +54,21 @@ def serve_process(project: Path, env: dict[str, str]) -> Iterator[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         _wait(base + "/healthz", process)
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    return process, base
+
+
+@contextmanager
+def serve_process(project: Path, env: dict[str, str]) -> Iterator[str]:
+    """`start_serve`, stopped afterwards; yield its base URL."""
+    process, base = start_serve(project, env)
+    try:
         yield base
     finally:
         process.terminate()
