@@ -19,7 +19,8 @@ from sqlalchemy import select
 from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.schema import deliveries, sends
 from newsletter.store.subscribers import add_subscriber
-from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO, TEST_SECRET
+from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
+from tests.support.sendgrid_process import slow_sendgrid
 
 KEY = "SG.cancel-live-key"
 PEOPLE = 120
@@ -30,16 +31,8 @@ ISSUE = EXAMPLE_ISSUE.stem
 def sendgrid_process(tmp_path: Path):
     """The fake SendGrid in its own process, answering each mail request after 0.3 s."""
     log = tmp_path / "sendgrid.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sendgrid_server", "--port", "0", "--log", str(log),
-         "--key", KEY, "--delay", "0.3", "--log-recipients-only"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    assert line.startswith("PORT "), line
-    yield f"http://127.0.0.1:{int(line.split()[1])}", log
-    proc.kill()
-    proc.wait()
+    with slow_sendgrid(log, KEY) as url:
+        yield url, log
 
 
 def handed_over(log: Path) -> list[str]:

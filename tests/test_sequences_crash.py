@@ -16,13 +16,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from newsletter.project import Project
-from newsletter.store.engine import dispose_all, open_engine
+from newsletter.store.engine import open_engine
 from newsletter.store.schema import deliveries, subscribers
 from tests.conftest import CONFIG, REPO, TEST_SECRET
-from tests.support.sequences import SEQUENCE, STEP1, write_steps
+from tests.support.sendgrid_process import slow_sendgrid
+from tests.support.sequences import SEQUENCE, STEP1, add_people_due, write_steps
 
 KEY = "SG.sequence-crash-key"
 #: Small batches so the kill lands mid-run; the setting's section depends on the sending core.
@@ -43,16 +44,8 @@ def received(log: Path) -> list[str]:
 @pytest.fixture
 def server_process(tmp_path: Path):
     log = tmp_path / "sendgrid.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sendgrid_server", "--port", "0", "--log", str(log),
-         "--key", KEY, "--delay", "0.3", "--log-recipients-only"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    assert line.startswith("PORT "), line
-    yield f"http://127.0.0.1:{int(line.split()[1])}", log
-    proc.kill()
-    proc.wait()
+    with slow_sendgrid(log, KEY) as url:
+        yield url, log
 
 
 def set_delay(url: str, seconds: float) -> None:
@@ -66,19 +59,7 @@ def everyone_due(make_project, database_url, monkeypatch, people: int) -> tuple[
     root = make_project(CONFIG.replace('region = "global"\n', BATCHES) + SEQUENCE)
     write_steps(root, {"01-willkommen.md": STEP1})
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
-    engine = open_engine(Project.load(root).database_url)
-    stamp = datetime.now(UTC)
-    everyone = {f"leser{i}@example.org" for i in range(people)}
-    with engine.begin() as conn:
-        conn.execute(insert(subscribers), [
-            {"email": a, "email_key": a, "status": "subscribed", "fields": {}, "source": "test",
-             "created_at": stamp, "updated_at": stamp, "confirmed_at": stamp}
-            for a in sorted(everyone)
-        ])  # fmt: skip
-    from newsletter.sequences.start import start_existing
-
-    assert start_existing(Project.load(root), engine, "welcome", ()) == people
-    dispose_all()
+    everyone = add_people_due(root, people)
     return root, everyone
 
 
