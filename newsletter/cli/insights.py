@@ -86,9 +86,9 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     unsubscribes = engagement.per_day(engine, ref.id, "unsubscribed")
     # Opens show when tracked, or when some were counted while tracking was on.
     show_opens = opens or summary.counts["opened"] > 0
-    from newsletter.replies.threads import answer_counts
+    from newsletter.replies.threads import answered_count
 
-    _, answered = answer_counts(engine, ref.id)
+    answered = answered_count(engine, ref.id)
     click.echo(stats_text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered))
 
 

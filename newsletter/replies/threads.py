@@ -424,20 +424,15 @@ def answered_message_ids(
     return {row.message_id: (row.subscriber_id, row.issue_id) for row in rows}
 
 
-def answer_counts(engine: Engine, issue_id: int) -> tuple[int, int]:
-    """(threads with a person's reply, how many of them were answered) for one issue."""
+def answered_count(engine: Engine, issue_id: int) -> int:
+    """How many of an issue's conversations the author answered (for `stats ISSUE`)."""
     with engine.connect() as conn:
-        threads = conn.execute(
-            select(func.count())
-            .select_from(t)
-            .where(t.c.issue_id == issue_id, t.c.automatic.is_(False))
-        ).scalar_one()
         answered = conn.execute(
             select(func.count(func.distinct(a.c.thread_id)))
             .join(t, t.c.id == a.c.thread_id)
             .where(t.c.issue_id == issue_id)
         ).scalar_one()
-    return int(threads), int(answered)
+    return int(answered)
 
 
 def purge_closed(engine: Engine, keep_days: int, *, now: datetime | None = None) -> int:
