@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, select
 
 from newsletter import tokens
 from newsletter.errors import ConfigError, StoreError
+from newsletter.i18n import LANGUAGES, N_, gettext_for
 from newsletter.sequences import hooks as sequences
 from newsletter.store import consent, suppressions
 from newsletter.store.times import as_utc
@@ -29,15 +30,12 @@ if TYPE_CHECKING:
     from newsletter.store.subscribers import Subscriber
 
 #: The consent text when `[subscribe] consent_text` is not set: what the reader agrees
-#: to, naming the newsletter and how to leave.
-DEFAULT_CONSENT_TEXT = {
-    "de": "Ja, ich möchte den Newsletter „{name}“ per E-Mail erhalten. Meine E-Mail-Adresse "
-    "wird nur dafür verwendet. Ich kann mich jederzeit über den Abmeldelink in jeder Ausgabe "
-    "oder per Antwort an den Absender wieder abmelden.",
-    "en": "Yes, I want to receive the newsletter “{name}” by email. My email address is used "
+#: to, naming the newsletter and how to leave (the msgid; the catalogue has each language's).
+DEFAULT_CONSENT_TEXT = N_(
+    "Yes, I want to receive the newsletter “{name}” by email. My email address is used "
     "for nothing else. I can unsubscribe at any time with the link in every issue or by "
-    "replying to the sender.",
-}
+    "replying to the sender."
+)
 
 
 def consent_text(config: Config, language: str | None = None) -> str:
@@ -45,8 +43,8 @@ def consent_text(config: Config, language: str | None = None) -> str:
     configured = config.section("subscribe")["consent_text"]
     if configured and configured.strip():
         return str(configured).strip()
-    lang = language if language in DEFAULT_CONSENT_TEXT else config.language
-    return DEFAULT_CONSENT_TEXT.get(lang, DEFAULT_CONSENT_TEXT["en"]).format(name=config.name)
+    lang = language if language in LANGUAGES else config.language
+    return gettext_for(lang).gettext(DEFAULT_CONSENT_TEXT).format(name=config.name)
 
 
 @dataclass(frozen=True)

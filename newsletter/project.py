@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from newsletter import i18n
 from newsletter.errors import ConfigError
 
 CONFIG_NAME = "newsletter.toml"
 
-#: The languages we have footer and page wording for.
-LANGUAGES = ("de", "en")
+#: The languages we have footer and page wording for: one per catalogue (newsletter/locale/).
+LANGUAGES = i18n.LANGUAGES
 
 SENDGRID_HOSTS = {
     "global": "https://api.sendgrid.com",

@@ -8,7 +8,6 @@ SendGrid's `substitutions` needs) and `personalize()` applies them locally.
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 from newsletter.errors import RenderError
+from newsletter.i18n import N_, format_date, install, texts
 from newsletter.inline_css import with_inlined_css
 from newsletter.issue import Issue, load_issue
 from newsletter.personalize import (
@@ -48,46 +48,20 @@ SAMPLE_SUBSCRIBER: dict[str, Any] = {
     "fields": {},
 }
 
-#: Footer wording by issue language.
-STRINGS: dict[str, dict[str, str]] = {
-    "de": {
-        "unsubscribe": "Abmelden",
-        "view_in_browser": "Im Browser ansehen",
-        "reason": "Du bekommst diese E-Mail, weil du „{name}“ abonniert hast.",
-        "image": "Bild",
-        "imprint": "Impressum",
-        "privacy": "Datenschutz",
-        "issue_number": "Ausgabe {number}",
-        "reply_prompt": "Fragen, Ideen, Widerspruch? Antworte einfach auf diese E-Mail – "
-        "ich lese jede Antwort.",
-    },
-    "en": {
-        "unsubscribe": "Unsubscribe",
-        "view_in_browser": "View in browser",
-        "reason": "You are receiving this email because you subscribed to “{name}”.",
-        "image": "Image",
-        "imprint": "Imprint",
-        "privacy": "Privacy policy",
-        "issue_number": "Issue {number}",
-        "reply_prompt": "Questions, ideas, disagreement? Just reply to this email – "
-        "I read every reply.",
-    },
+#: The footer's and masthead's texts as `strings.<name>`, for templates that a project copied
+#: before the built-in ones said `{{ _("Unsubscribe") }}`; the wording is the catalogue's.
+STRINGS: dict[str, str] = {
+    "unsubscribe": N_("Unsubscribe"),
+    "view_in_browser": N_("View in browser"),
+    "reason": N_("You are receiving this email because you subscribed to “{name}”."),
+    "image": N_("Image"),
+    "imprint": N_("Imprint"),
+    "privacy": N_("Privacy policy"),
+    "issue_number": N_("Issue {number}"),
+    "reply_prompt": N_(
+        "Questions, ideas, disagreement? Just reply to this email – I read every reply."
+    ),
 }
-
-MONTHS = {
-    "de": "Januar Februar März April Mai Juni Juli August September Oktober November Dezember",
-    "en": "January February March April May June July August September October November December",
-}
-
-
-def format_date(date: datetime.date, language: str) -> str:
-    """`2. Juli 2024` / `July 2, 2024`: the masthead's date."""
-    month = MONTHS[language].split()[date.month - 1]
-    return (
-        f"{date.day}. {month} {date.year}"
-        if language == "de"
-        else f"{month} {date.day}, {date.year}"
-    )
 
 
 HTML_TEMPLATE = "email.mjml.j2"
@@ -165,15 +139,16 @@ def is_sequence_step_file(project: Project, path: Path) -> bool:
     return True
 
 
-_environments: dict[tuple[str, str, tuple[str, ...]], jinja2.Environment] = {}
+_environments: dict[tuple[str, str, tuple[str, ...], str], jinja2.Environment] = {}
 
 
 def _autoescape(name: str | None) -> bool:
     return name is None or not name.endswith(".txt.j2")
 
 
-def template_environment(project: Project) -> jinja2.Environment:
-    """The project's templates first, then the built-in ones; cached (Jinja reloads on change)."""
+def template_environment(project: Project, language: str) -> jinja2.Environment:
+    """The project's templates first, then the built-in ones, speaking `language` (`_()`);
+    cached (Jinja reloads on change)."""
     from newsletter.project import builtin_templates_dir
 
     try:
@@ -182,7 +157,7 @@ def template_environment(project: Project) -> jinja2.Environment:
         overrides = ()
     # Jinja notices edits to a template it loaded, not a new override beside it: the
     # list of the project's templates is part of the key.
-    key = (str(project.templates_dir), str(builtin_templates_dir()), overrides)
+    key = (str(project.templates_dir), str(builtin_templates_dir()), overrides, language)
     env = _environments.get(key)
     if env is None:
         if len(_environments) > 32:
@@ -194,7 +169,9 @@ def template_environment(project: Project) -> jinja2.Environment:
             autoescape=_autoescape,
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
+            extensions=["jinja2.ext.i18n"],
         )
+        install(env, language)
         _environments[key] = env
     return env
 
@@ -281,10 +258,7 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
         if issue.preheader
         else _first_paragraph(tokens)
     )
-    strings = {
-        k: v.format(name=config.name, number=issue.number)
-        for k, v in STRINGS[issue.language].items()
-    }
+    strings = texts(issue.language, STRINGS, name=config.name, number=issue.number)
     theme = dict(config.theme)
     font_family = theme["font_family"]
     if theme.get("web_font_name") and theme.get("web_font_url"):
@@ -320,7 +294,7 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
         "view_url": view_url(project, issue),
         "unsubscribe_url": UNSUBSCRIBE_TOKEN,
     }
-    env = template_environment(project)
+    env = template_environment(project, issue.language)
     first_block = next((t for t in tokens if t.type.endswith("_open") or t.block), None)
     context["content_has_title"] = bool(
         first_block is not None and first_block.type == "heading_open" and first_block.tag == "h1"

@@ -2,7 +2,8 @@
 confirmation; later, welcome mails). A core module: the web app and the CLI call it, it
 imports neither.
 
-- `MAIL_TEXT`: the wording of these mails, per language (the web pages reuse it).
+- `MAIL_TEXT`: the names of these mails' texts (the web pages reuse them); the wording is
+  the catalogue's (`newsletter.i18n`).
 - `render_mail(project, name, language, **context)`: renders `templates/web/NAME` (a project
   may override it in its own `templates/web/`) with autoescaping and StrictUndefined.
 - `send_confirmation(project, subscriber)`: the confirmation mail, through the project's
@@ -16,63 +17,56 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from newsletter.project import LANGUAGES, builtin_templates_dir
+from newsletter.i18n import LANGUAGES, N_, gettext_for, install, texts
+from newsletter.project import builtin_templates_dir
 
 if TYPE_CHECKING:
     from newsletter.project import Project
     from newsletter.store.subscribers import Subscriber
 
-MAIL_TEXT: dict[str, dict[str, str]] = {
-    "de": {
-        "confirm_button": "Anmeldung bestätigen",
-        "confirm_subject": "Bitte bestätige deine Anmeldung zu „{name}“",
-        "confirm_hello": "Hallo {person},",
-        "confirm_hello_anonymous": "Hallo,",
-        "confirm_body": "bitte bestätige mit einem Klick, dass du „{name}“ bekommen möchtest:",
-        "confirm_ignore": "Wenn du dich nicht angemeldet hast, ignoriere diese E-Mail einfach; "
-        "dann bekommst du nichts weiter von uns.",
-        "confirm_consent_intro": "Du stimmst damit zu:",
-        "imprint": "Impressum",
-        "privacy": "Datenschutz",
-    },
-    "en": {
-        "confirm_button": "Confirm subscription",
-        "confirm_subject": "Please confirm your subscription to “{name}”",
-        "confirm_hello": "Hello {person},",
-        "confirm_hello_anonymous": "Hello,",
-        "confirm_body": "please confirm with one click that you want to receive “{name}”:",
-        "confirm_ignore": "If you did not sign up, just ignore this email; "
-        "you will not hear from us again.",
-        "confirm_consent_intro": "By confirming you agree:",
-        "imprint": "Imprint",
-        "privacy": "Privacy",
-    },
+#: The mails' texts as `t.<name>` (placeholders unfilled), for templates that a project copied
+#: before the built-in ones said `{{ _("Imprint") }}`; the wording is the catalogue's.
+MAIL_TEXT: dict[str, str] = {
+    "confirm_button": N_("Confirm subscription"),
+    "confirm_subject": N_("Please confirm your subscription to “{name}”"),
+    "confirm_hello": N_("Hello {person},"),
+    "confirm_hello_anonymous": N_("Hello,"),
+    "confirm_body": N_("please confirm with one click that you want to receive “{name}”:"),
+    "confirm_ignore": N_(
+        "If you did not sign up, just ignore this email; you will not hear from us again."
+    ),
+    "confirm_consent_intro": N_("By confirming you agree:"),
+    "imprint": N_("Imprint"),
+    "privacy": N_("Privacy"),
 }
 
 
-def page_environment(project: Project) -> Environment:
-    """Jinja2 for templates/web/NAME: a project may override any page or mail by placing
-    templates/web/NAME in its own folder (shared with the web pages)."""
-    return _environment(str(project.templates_dir), str(builtin_templates_dir()))
+def page_environment(project: Project, language: str) -> Environment:
+    """Jinja2 for templates/web/NAME in `language`: a project may override any page or mail by
+    placing templates/web/NAME in its own folder (shared with the web pages)."""
+    return _environment(str(project.templates_dir), str(builtin_templates_dir()), language)
 
 
-@lru_cache(maxsize=8)
-def _environment(project_templates: str, builtin: str) -> Environment:
-    return Environment(
+@lru_cache(maxsize=16)
+def _environment(project_templates: str, builtin: str, language: str) -> Environment:
+    env = Environment(
         loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
         autoescape=select_autoescape(["html"], default_for_string=True),
         undefined=StrictUndefined,
+        extensions=["jinja2.ext.i18n"],
     )
+    install(env, language)
+    return env
 
 
 def render_mail(project: Project, name: str, language: str | None, **context: Any) -> str:
     """Render templates/web/NAME with the mail wording `t` of `language` (else the config's)."""
     lang = language if language in LANGUAGES else project.config.language
     return (
-        page_environment(project)
+        page_environment(project, lang)
         .get_template(f"web/{name}")
         .render(
-            t=MAIL_TEXT[lang],
+            t=texts(lang, MAIL_TEXT),
             lang=lang,
             newsletter_name=project.config.name,
             postal_address=project.config.postal_address,
@@ -93,7 +87,9 @@ def send_confirmation(
 
     language = project.config.language
     person = subscriber.first_name or subscriber.name or ""
-    subject = MAIL_TEXT[language]["confirm_subject"].format(name=project.config.name)
+    subject = (
+        gettext_for(language).gettext(MAIL_TEXT["confirm_subject"]).format(name=project.config.name)
+    )
     context = {
         "confirm_url": confirm_url,
         "person": person,

@@ -12,8 +12,12 @@ from typing import Any
 
 from newsletter.archive.catalog import ArchiveEntry
 from newsletter.archive.links import Site, tag_uri
-from newsletter.archive.pages import config_fingerprint, templates_fingerprint, web_version
-from newsletter.archive.wording import wording
+from newsletter.archive.pages import (
+    archive_text,
+    config_fingerprint,
+    templates_fingerprint,
+    web_version,
+)
 from newsletter.project import Project
 
 #: The feed's date while nothing is published (a fixed one keeps the bytes stable).
@@ -83,7 +87,7 @@ def _atom_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> byt
     feed = FeedGenerator()
     feed.id(_feed_id(site))
     feed.title(config.name)
-    feed.subtitle(wording(config.language, config.name)["archive_lead"])
+    feed.subtitle(archive_text(config.language, config.name)["archive_lead"])
     feed.language(config.language)  # xml:lang on <feed>
     feed.author({"name": config.from_name})
     feed.link(href=f"{site.public_url}/", rel="alternate", type="text/html")

@@ -21,9 +21,9 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined,
 
 from newsletter.archive.catalog import ArchiveEntry, IssueFile
 from newsletter.archive.links import Site
-from newsletter.archive.wording import format_date, wording
+from newsletter.i18n import LANGUAGES, N_, format_date, install, texts
 from newsletter.optin import consent_text
-from newsletter.project import LANGUAGES, Project, builtin_templates_dir
+from newsletter.project import Project, builtin_templates_dir
 
 #: The unsubscribe link of the web version: a marker, removed with the footer.
 UNSUBSCRIBE_MARKER = "#nl-web-unsubscribe"
@@ -36,6 +36,40 @@ _pages: dict[tuple[object, ...], str] = {}
 #: Set by `templates_frozen()`: one fingerprint for a whole static build instead of a walk
 #: of the template folders per page.
 _frozen: ContextVar[tuple[object, ...] | None] = ContextVar("frozen_templates", default=None)
+
+
+#: The archive's texts as `t.<name>` ({name} filled in), for templates that a project copied
+#: before the built-in ones said `{{ _("Archive") }}`; the wording is the catalogue's.
+ARCHIVE_TEXT: dict[str, str] = {
+    "archive_title": N_("All issues"),
+    "archive_lead": N_("Every issue of “{name}” so far, to read on the web."),
+    "empty": N_("No issue has been published yet."),
+    "back_to_archive": N_("All issues"),
+    "previous": N_("Previous issue"),
+    "next": N_("Next issue"),
+    "subscribe_heading": N_("Subscribe to “{name}”"),
+    "web_version_note": N_("You are reading the web version."),
+    "subscribe_lead": N_(
+        "Sign up to get every new issue by email. We first send you an email to confirm; you can unsubscribe at any time with one click."
+    ),
+    "email_label": N_("Email address"),
+    "name_label": N_("First name (optional)"),
+    "subscribe_button": N_("Subscribe"),
+    "imprint": N_("Imprint"),
+    "feed": N_("Feed (Atom)"),
+    "site_nav": N_("Site"),
+    "nav_archive": N_("Archive"),
+    "nav_feed": N_("Feed"),
+    "nav_subscribe": N_("Subscribe"),
+    "pager_nav": N_("More issues"),
+    "not_found_title": N_("Page not found"),
+    "not_found_lead": N_("This page does not exist, or it has not been published (yet)."),
+}
+
+
+def archive_text(language: str, newsletter_name: str) -> dict[str, str]:
+    """The archive's texts in `language`, the newsletter's name filled in."""
+    return texts(language, ARCHIVE_TEXT, name=newsletter_name)
 
 
 @contextmanager
@@ -69,21 +103,24 @@ def config_fingerprint(project: Project) -> str:
     return repr(sorted(project.config.sections.items()))
 
 
-@lru_cache(maxsize=8)
-def _environment(project_templates: str, builtin: str) -> Environment:
-    return Environment(
+@lru_cache(maxsize=16)
+def _environment(project_templates: str, builtin: str, language: str) -> Environment:
+    env = Environment(
         loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
         autoescape=select_autoescape(["html", "xml"], default_for_string=True),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
+        extensions=["jinja2.ext.i18n"],
     )
+    install(env, language)
+    return env
 
 
 def _render(project: Project, name: str, language: str, **context: Any) -> str:
-    env = _environment(str(project.templates_dir), str(builtin_templates_dir()))
+    env = _environment(str(project.templates_dir), str(builtin_templates_dir()), language)
     config = project.config
     return env.get_template(f"web/{name}").render(
-        t=wording(language, config.name),
+        t=archive_text(language, config.name),
         lang=language,
         newsletter_name=config.name,
         postal_address=config.postal_address,
@@ -285,7 +322,7 @@ def index_page(project: Project, site: Site, entries: list[ArchiveEntry], prefix
         project,
         "archive_index.html",
         language,
-        title=wording(language, project.config.name)["archive_title"],
+        title=archive_text(language, project.config.name)["archive_title"],
         links=_links(site, prefix, subscribe="#subscribe"),
         canonical=f"{site.public_url}/",
         archive=True,
@@ -303,7 +340,7 @@ def not_found_page(project: Project, site: Site, prefix: str) -> str:
         project,
         "archive_404.html",
         language,
-        title=wording(language, project.config.name)["not_found_title"],
+        title=archive_text(language, project.config.name)["not_found_title"],
         links=_links(site, prefix, subscribe=site.subscribe_action),
         canonical=None,
         archive=True,

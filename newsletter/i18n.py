@@ -1,0 +1,132 @@
+"""The wording readers and authors see, in their language: one gettext catalogue per language.
+
+The texts live in `newsletter/locale/<language>/LC_MESSAGES/newsletter.po` (UTF-8); the msgids
+are the English texts, with `{name}`-style placeholders filled by `str.format`. Babel extracts
+them from the code and the templates (`babel.cfg`) and compiles each `.po` into the `.mo` that
+is read here. A language is a catalogue: `LANGUAGES` lists the folders that hold one.
+
+- `translations(language)`: the catalogue, loaded once per process and language.
+- `texts(language, names)`: `{name: translated msgid}`, for templates that read a dict
+  (`strings`, `t`) and for code that names its texts.
+- `install(env, language)`: Jinja2's i18n extension, so templates say `{{ _("Imprint") }}`.
+- `format_date(day, language)`: Babel's long date, "7. Dezember 2026" / "December 7, 2026".
+
+The `.mo` files are compiled when the package is built or installed (`hatch_build.py`). A
+checkout where a `.po` is newer than its `.mo` (edited, not reinstalled), or that has no `.mo`
+yet, compiles the `.po` in memory instead: the text you read is always the `.po`'s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gettext
+import io
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    import jinja2
+
+DOMAIN = "newsletter"
+LOCALE_DIR = Path(__file__).parent / "locale"
+#: What a missing or unknown language falls back to: the msgids are English.
+SOURCE_LANGUAGE = "en"
+
+
+def catalogue_path(language: str, suffix: str = ".po") -> Path:
+    return LOCALE_DIR / language / "LC_MESSAGES" / f"{DOMAIN}{suffix}"
+
+
+def _languages() -> tuple[str, ...]:
+    try:
+        folders = sorted(p.name for p in LOCALE_DIR.iterdir())
+    except OSError:
+        return (SOURCE_LANGUAGE,)
+    return tuple(name for name in folders if catalogue_path(name).is_file())
+
+
+#: The languages there is wording for: one per catalogue in newsletter/locale/.
+LANGUAGES: tuple[str, ...] = _languages()
+
+
+def N_(message: str) -> str:  # noqa: N802 (gettext's name for "mark for extraction only")
+    """Mark `message` for `pybabel extract` where it is translated later, by name."""
+    return message
+
+
+def NC_(context: str, message: str) -> tuple[str, str]:  # noqa: N802
+    """Mark `message` with its msgctxt (the same English, another German) for extraction
+    (`babel.cfg` declares `NC_:1c,2`); translated later, by name."""
+    return (context, message)
+
+
+@cache
+def translations(language: str) -> gettext.GNUTranslations:
+    """The catalogue of `language`: its `.mo`, or the `.po` compiled in memory when the `.mo`
+    is missing or older (a `.po` edited in a checkout is never shadowed by stale text)."""
+    po, mo = catalogue_path(language), catalogue_path(language, ".mo")
+    if not po.is_file():
+        raise NewsletterError(
+            f"{po}: no wording for language {language!r}; use one of: {', '.join(LANGUAGES)}"
+        )
+    try:
+        fresh = mo.stat().st_mtime >= po.stat().st_mtime
+    except OSError:
+        fresh = False
+    if fresh:
+        with mo.open("rb") as handle:
+            return gettext.GNUTranslations(handle)
+    return gettext.GNUTranslations(io.BytesIO(compile_catalogue(po)))
+
+
+def compile_catalogue(po: Path) -> bytes:
+    """The `.mo` bytes of a `.po` file, as `pybabel compile` writes them (fuzzy entries left
+    out)."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    with po.open("rb") as handle:
+        catalog = read_po(handle, locale=po.parent.parent.name, domain=DOMAIN)
+    out = io.BytesIO()
+    write_mo(out, catalog)
+    return out.getvalue()
+
+
+def gettext_for(language: str) -> gettext.GNUTranslations:
+    """The catalogue of `language`, else of the source language (English)."""
+    return translations(language if language in LANGUAGES else SOURCE_LANGUAGE)
+
+
+def texts(
+    language: str, names: Mapping[str, str | tuple[str, str]], **values: object
+) -> dict[str, str]:
+    """`{name: text}` for `names` (`name -> msgid`, or `name -> (msgctxt, msgid)`), translated
+    into `language`; with `values`, their `{placeholders}` filled in."""
+    catalogue = gettext_for(language)
+    out = {}
+    for name, message in names.items():
+        text = (
+            catalogue.pgettext(*message)
+            if isinstance(message, tuple)
+            else catalogue.gettext(message)
+        )
+        out[name] = text.format(**values) if values else text
+    return out
+
+
+def install(env: jinja2.Environment, language: str) -> None:
+    """Give `env`'s templates `_()`, `gettext()` and `pgettext()` in `language` (the
+    environment needs `extensions=["jinja2.ext.i18n"]`). Old-style callables on purpose: a
+    translation is text, escaped like any other value, not trusted HTML."""
+    env.install_gettext_translations(gettext_for(language), newstyle=False)  # type: ignore[attr-defined]
+
+
+def format_date(day: datetime.date, language: str) -> str:
+    """Babel's long date in `language`: `7. Dezember 2026`, `December 7, 2026`."""
+    from babel.dates import format_date as babel_format_date  # costs 20 ms: only when asked
+
+    return babel_format_date(day, format="long", locale=language)
