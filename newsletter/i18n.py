@@ -125,6 +125,13 @@ def install(env: jinja2.Environment, language: str) -> None:
     env.install_gettext_translations(gettext_for(language), newstyle=False)  # type: ignore[attr-defined]
 
 
+def display_name(language: str) -> str:
+    """The language's name in itself: `Deutsch`, `English` (Babel's locale data)."""
+    from babel import Locale  # costs 15 ms: only when asked
+
+    return str(Locale.parse(language).display_name)
+
+
 def format_date(day: datetime.date, language: str) -> str:
     """Babel's long date in `language`: `7. Dezember 2026`, `December 7, 2026`."""
     from babel.dates import format_date as babel_format_date  # costs 20 ms: only when asked

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from newsletter.errors import ConfigError, IssueError, NewsletterError
+from newsletter.i18n import N_, gettext_for, texts
 from newsletter.issue import slugify
 
 #: What `init` writes until the author puts in their own; `check` warns about them.
@@ -62,52 +63,57 @@ Keep the postal address (`{{ newsletter.postal_address }}`) and the unsubscribe 
 when either is missing.
 """
 
-SAMPLE_BODY = {
-    "de": (
-        'Hallo {{ subscriber.first_name | default("zusammen") }},\n\n'
-        "hier steht der Text der Ausgabe. **Markdown** funktioniert: Listen, Zitate, "
-        "Tabellen und [Links](https://example.com).\n\n"
-        "## Eine Überschrift\n\n"
-        "- ein Punkt\n- noch ein Punkt\n\n"
-        "> „Ein Zitat.“\n\n"
-        "Bis bald!\n"
-    ),
-    "en": (
-        'Hi {{ subscriber.first_name | default("there") }},\n\n'
+#: The sample issue's and the first welcome step's texts (the wording is the catalogue's).
+GREETING = N_('Hi {{ subscriber.first_name | default("there") }},')
+SAMPLE_TEXTS = {
+    "greeting": GREETING,
+    "lead": N_(
         "This is where the issue's text goes. **Markdown** works: lists, quotes, "
-        "tables and [links](https://example.com).\n\n"
-        "## A heading\n\n"
-        "- one point\n- another point\n\n"
-        "> “A quote.”\n\n"
-        "See you soon!\n"
+        "tables and [links](https://example.com)."
     ),
+    "heading": N_("A heading"),
+    "point": N_("one point"),
+    "another_point": N_("another point"),
+    "quote": N_("“A quote.”"),
+    "goodbye": N_("See you soon!"),
 }
+SAMPLE_BODY = """\
+{greeting}
 
+{lead}
+
+## {heading}
+
+- {point}
+- {another_point}
+
+> {quote}
+
+{goodbye}
+"""
 
 #: `init`'s first welcome step (sequences/welcome/01-willkommen.md), off until configured.
 #: No "just reply" line: the layout adds its reply prompt ([theme] reply_prompt) below.
-WELCOME_STEP = {
-    "de": (
-        "---\n"
-        "title: Willkommen!\n"
-        "preheader: Schön, dass du da bist – das erwartet dich\n"
-        "delay: 0            # nach der Anmeldung; 2h, 3d für spätere Schritte\n"
-        "# send_at_hour: 9   # erst um 9 Uhr ([newsletter] timezone)\n"
-        "---\n\n"
-        'Hallo {{ subscriber.first_name | default("zusammen") }},\n\n'
-        "schön, dass du dabei bist! Hier steht, was dich erwartet und wie oft du Post bekommst.\n"
-    ),
-    "en": (
-        "---\n"
-        "title: Welcome!\n"
-        "preheader: Glad you are here – what to expect\n"
-        "delay: 0            # after signing up; 2h, 3d for later steps\n"
-        "# send_at_hour: 9   # not before 9 o'clock ([newsletter] timezone)\n"
-        "---\n\n"
-        'Hi {{ subscriber.first_name | default("there") }},\n\n'
-        "glad you are here! This is what to expect, and how often you will hear from me.\n"
-    ),
+WELCOME_TEXTS = {
+    "title": N_("Welcome!"),
+    "preheader": N_("Glad you are here – what to expect"),
+    "delay_note": N_("after signing up; 2h, 3d for later steps"),
+    "hour_note": N_("not before 9 o'clock ([newsletter] timezone)"),
+    "greeting": GREETING,
+    "lead": N_("glad you are here! This is what to expect, and how often you will hear from me."),
 }
+WELCOME_STEP = """\
+---
+title: {title}
+preheader: {preheader}
+delay: 0            # {delay_note}
+# send_at_hour: 9   # {hour_note}
+---
+
+{greeting}
+
+{lead}
+"""
 
 
 def _umask() -> int:
@@ -143,12 +149,10 @@ def write_file_atomic(path: Path, text: str) -> None:
     _write_beside(path, text, os.replace)
 
 
-#: The sample issue's preheader (the line inboxes show after the subject): a written one, so
-#: the sample passes `check --strict` once the config is filled in.
-SAMPLE_PREHEADER = {
-    "de": "Worum es in dieser Ausgabe geht, in einem Satz",
-    "en": "What this issue is about, in one sentence",
-}
+#: The sample issue's title and preheader (the line inboxes show after the subject): a written
+#: one, so the sample passes `check --strict` once the config is filled in.
+SAMPLE_TITLE = N_("Welcome")
+SAMPLE_PREHEADER = N_("What this issue is about, in one sentence")
 
 
 def issue_text(
@@ -163,7 +167,7 @@ def issue_text(
         width=1000,
     )
     front = front.replace("preheader: ''", "preheader:  # the line inboxes show after the subject")
-    return f"---\n{front}---\n\n{SAMPLE_BODY[language]}"
+    return f"---\n{front}---\n\n{SAMPLE_BODY.format_map(texts(language, SAMPLE_TEXTS))}"
 
 
 def init_project(directory: Path, name: str, language: str) -> tuple[list[Path], list[Path]]:
@@ -185,16 +189,22 @@ def init_project(directory: Path, name: str, language: str) -> tuple[list[Path],
         raise ConfigError(f"{directory}: is a file; give a folder for the new project")
     today = datetime.date.today()
     quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    first_title = "Willkommen" if language == "de" else "Welcome"
+    first_title = gettext_for(language).gettext(SAMPLE_TITLE)
     files = {
         config: CONFIG_TEMPLATE.format(
             name=quoted, language=language, email=PLACEHOLDER_EMAIL, address=PLACEHOLDER_ADDRESS
         ),
         directory / "issues" / f"{today.isoformat()}-{slugify(first_title)}.md": issue_text(
-            first_title, language, today, slugify(first_title), SAMPLE_PREHEADER[language]
+            first_title,
+            language,
+            today,
+            slugify(first_title),
+            gettext_for(language).gettext(SAMPLE_PREHEADER),
         ),
         directory / "templates" / "README.md": TEMPLATES_README,
-        directory / "sequences" / "welcome" / "01-willkommen.md": WELCOME_STEP[language],
+        directory / "sequences" / "welcome" / "01-willkommen.md": WELCOME_STEP.format_map(
+            texts(language, WELCOME_TEXTS)
+        ),
     }
     created, kept = [], []
     for path, text in files.items():

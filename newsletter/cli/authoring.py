@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from newsletter.i18n import LANGUAGES
 from newsletter.wording import plural
 
 
@@ -23,10 +24,10 @@ def _shown(path: Path) -> str:
 @click.option("--name", default="My Newsletter", show_default=True, help="The newsletter's name.")
 @click.option(
     "--language",
-    type=click.Choice(["de", "en"]),
+    type=click.Choice(LANGUAGES),
     default=None,
-    help="Default language of issues (footer wording): de or en. Asked when run in a "
-    "terminal; else en.",
+    help=f"Default language of issues (footer wording): {' or '.join(LANGUAGES)}. Asked when "
+    "run in a terminal; else en.",
 )
 def init(directory: Path, name: str, language: str | None) -> None:
     """Create a project with a sample issue; never overwrites.
@@ -42,6 +43,7 @@ def init(directory: Path, name: str, language: str | None) -> None:
     """
     import sys
 
+    from newsletter.i18n import display_name
     from newsletter.scaffold import init_project
 
     if language is None:
@@ -49,8 +51,10 @@ def init(directory: Path, name: str, language: str | None) -> None:
         language = "en"
         if sys.stdin.isatty():
             language = click.prompt(
-                "Language of the issues (de = Deutsch, en = English)",
-                type=click.Choice(["de", "en"]),
+                "Language of the issues ("
+                + ", ".join(f"{code} = {display_name(code)}" for code in LANGUAGES)
+                + ")",
+                type=click.Choice(LANGUAGES),
                 default="en",
             )
 
@@ -77,7 +81,7 @@ def init(directory: Path, name: str, language: str | None) -> None:
     help="The issue's date (default: today).",
 )
 @click.option(
-    "--language", type=click.Choice(["de", "en"]), default=None, help="Default: the project's."
+    "--language", type=click.Choice(LANGUAGES), default=None, help="Default: the project's."
 )
 def new(title: str, date: datetime.datetime | None, language: str | None) -> None:
     """Create issues/<date>-<slug>.md from TITLE; never overwrites.
