@@ -11,16 +11,19 @@ is read here. A language is a catalogue: `LANGUAGES` lists the folders that hold
 - `install(env, language)`: Jinja2's i18n extension, so templates say `{{ _("Imprint") }}`.
 - `format_date(day, language)`: Babel's long date, "7. Dezember 2026" / "December 7, 2026".
 
-The `.mo` files are compiled when the package is built or installed (`hatch_build.py`). A
-checkout where a `.po` is newer than its `.mo` (edited, not reinstalled), or that has no `.mo`
-yet, compiles the `.po` in memory instead: the text you read is always the `.po`'s.
+The `.mo` files are compiled when the package is built or installed (`hatch_build.py`; the
+wheel ships only them). In a checkout, a `.po` newer than its `.mo` (edited, not
+reinstalled), or without a `.mo` yet, is compiled when it is loaded, and the `.mo` rewritten
+(as Python rewrites a stale `.pyc`): the text shown is always the `.po`'s, never stale.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gettext
 import io
+import os
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -46,7 +49,12 @@ def _languages() -> tuple[str, ...]:
         folders = sorted(p.name for p in LOCALE_DIR.iterdir())
     except OSError:
         return (SOURCE_LANGUAGE,)
-    return tuple(name for name in folders if catalogue_path(name).is_file())
+    # A checkout has the .po files; a wheel only the compiled .mo files.
+    return tuple(
+        name
+        for name in folders
+        if catalogue_path(name).is_file() or catalogue_path(name, ".mo").is_file()
+    )
 
 
 #: The languages there is wording for: one per catalogue in newsletter/locale/.
@@ -66,21 +74,36 @@ def NC_(context: str, message: str) -> tuple[str, str]:  # noqa: N802
 
 @cache
 def translations(language: str) -> gettext.GNUTranslations:
-    """The catalogue of `language`: its `.mo`, or the `.po` compiled in memory when the `.mo`
-    is missing or older (a `.po` edited in a checkout is never shadowed by stale text)."""
+    """The catalogue of `language`, loaded once per process: its `.mo`, or, where the `.mo` is
+    missing or older than the `.po` (a `.po` edited in a checkout), the `.po` compiled anew,
+    so stale text is never shown; the fresh `.mo` is written for the next process."""
     po, mo = catalogue_path(language), catalogue_path(language, ".mo")
+    if mo.is_file() and (not po.is_file() or _mtime(mo) >= _mtime(po)):
+        with mo.open("rb") as handle:
+            return gettext.GNUTranslations(handle)
     if not po.is_file():
         raise NewsletterError(
             f"{po}: no wording for language {language!r}; use one of: {', '.join(LANGUAGES)}"
         )
+    compiled = compile_catalogue(po)
+    _write_quietly(mo, compiled)
+    return gettext.GNUTranslations(io.BytesIO(compiled))
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+def _write_quietly(path: Path, data: bytes) -> None:
+    """Replace `path` atomically (parallel processes may compile at once); where it cannot be
+    written (a read-only install), each process compiles in memory instead."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        fresh = mo.stat().st_mtime >= po.stat().st_mtime
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
     except OSError:
-        fresh = False
-    if fresh:
-        with mo.open("rb") as handle:
-            return gettext.GNUTranslations(handle)
-    return gettext.GNUTranslations(io.BytesIO(compile_catalogue(po)))
+        with contextlib.suppress(OSError):
+            temporary.unlink()
 
 
 def compile_catalogue(po: Path) -> bytes:
