@@ -12,9 +12,11 @@ not used.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 #: Group or others may write: anyone on the machine could plant an entry.
@@ -58,6 +60,45 @@ def private_folder(name: str) -> Path | None:
         )
         return None
     return folder
+
+
+def read_entry(path: Path) -> str:
+    """An entry's text; "" when missing, unreadable, not this user's own regular file, or not
+    whole: each entry starts with a checksum of the rest, so a file cut short (a crash, a full
+    disk) or changed by hand is a miss, never content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return ""
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not trusted_file(os.fstat(file.fileno())):
+                return ""
+            stored = file.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    checksum, _, text = stored.partition("\n")
+    return text if text and checksum == _checksum(text) else ""
+
+
+def write_entry(folder: Path, path: Path, text: str) -> None:
+    """Store `text` at `path` (in `folder`) with its checksum. Another process may store the
+    same entry at once: each writes its own temporary file and moves it into place, so a
+    reader never sees half a file. A cache that cannot be written is not used."""
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False
+        ) as file:
+            file.write(f"{_checksum(text)}\n{text}")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(file.name, path)
+    except OSError:
+        pass
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def trusted_file(info: os.stat_result) -> bool:

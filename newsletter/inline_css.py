@@ -24,11 +24,10 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from newsletter.cache import private_folder, trusted_file
+from newsletter.cache import private_folder, read_entry, write_entry
 
 MAX_ENTRIES = 400
 #: premailer's options below, as part of the key: change this text when they change.
@@ -41,11 +40,8 @@ def with_inlined_css(html: str) -> str:
     if folder is None:
         return _premailer(html)
     path = folder / f"{_key(html)}.html"
-    stored = _read_entry(path)
-    # Each entry starts with a checksum of the rest: a file cut short (a crash, a full disk)
-    # or changed by hand is a miss, never an email.
-    checksum, _, inlined = stored.partition("\n")
-    if inlined and checksum == _checksum(inlined):
+    inlined = read_entry(path)  # a damaged entry is a miss, never an email
+    if inlined:
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: pruning keeps it
         return inlined
@@ -54,27 +50,8 @@ def with_inlined_css(html: str) -> str:
     return inlined
 
 
-def _checksum(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def cache_folder() -> Path | None:
     return private_folder("inlined")
-
-
-def _read_entry(path: Path) -> str:
-    """The entry's text; "" when missing, unreadable or not this user's own regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return ""
-    try:
-        with os.fdopen(fd, "rb") as file:
-            if not trusted_file(os.fstat(file.fileno())):
-                return ""
-            return file.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 def _key(html: str) -> str:
@@ -116,16 +93,8 @@ def _installed_file(package: str, module: str | None) -> str | None:
 
 
 def _store(folder: Path, path: Path, inlined: str) -> None:
+    write_entry(folder, path, inlined)
     try:
-        # Another process may render the same issue at once: each writes its own temporary
-        # file and moves it into place, so a reader never sees half a file.
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False
-        ) as file:
-            file.write(f"{_checksum(inlined)}\n{inlined}")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(file.name, path)
         entries = sorted(folder.glob("*.html"), key=lambda p: p.stat().st_mtime)
         for old in entries[: max(len(entries) - MAX_ENTRIES, 0)]:
             old.unlink(missing_ok=True)
