@@ -77,10 +77,10 @@ def NC_(context: str, message: str) -> tuple[str, str]:  # noqa: N802
 @cache
 def translations(language: str) -> gettext.GNUTranslations:
     """The catalogue of `language`, loaded once per process: its `.mo`, or, where the `.mo` is
-    missing or older than the `.po` (a `.po` edited in a checkout), the `.po` compiled anew,
+    missing or not newer than the `.po` (a `.po` edited in a checkout), the `.po` compiled anew,
     so stale text is never shown; the fresh `.mo` is written for the next process."""
     po, mo = catalogue_path(language), catalogue_path(language, ".mo")
-    if mo.is_file() and (not po.is_file() or _mtime(mo) >= _mtime(po)):
+    if mo.is_file() and (not po.is_file() or _mtime(mo) > _mtime(po)):
         with mo.open("rb") as handle:
             return gettext.GNUTranslations(handle)
     if not po.is_file():
