@@ -217,3 +217,28 @@ def test_a_date_babel_formatted_once_comes_from_the_cache(tmp_path: Path) -> Non
     [entry] = (tmp_path / "dates").iterdir()
     entry.write_text(entry.read_text(encoding="utf-8").replace("März", "Mai"), encoding="utf-8")
     assert run() == ["1. März 2026", "True"]  # a changed entry is a miss, never a wrong date
+
+
+def test_templates_a_project_copied_before_the_catalogues_still_read_their_wording(
+    make_project,
+) -> None:
+    """`strings.<name>` (email) and `t.<name>` (pages) are filled from the catalogue."""
+    old_footer = (
+        "-- \n{{ newsletter.name }}\n{{ newsletter.postal_address }}\n\n{{ strings.reason }}\n"
+        "{{ strings.imprint }}: {{ newsletter.imprint_url }}\n"
+        "{{ strings.unsubscribe }}: {{ unsubscribe_url }}\n"
+    )
+    old_page = "{{ t.unsubscribe_title }} · {{ t.imprint }} · {{ t.signup_button }}"
+    root = make_project(CONFIG, templates={"footer.txt.j2": old_footer})
+    (root / "templates" / "web").mkdir()
+    (root / "templates" / "web" / "page.html").write_text(old_page, encoding="utf-8")
+    issue = root / "issues" / "alt.md"
+    issue.write_text("---\ntitle: Alt\n---\n\nText.\n", encoding="utf-8")
+    project = Project.load(root)
+    text = render_file(project, issue).text
+    assert "Du bekommst diese E-Mail, weil du „Jens' Briefing“ abonniert hast.\n" in text
+    assert "Impressum: https://news.example.com/impressum\nAbmelden: " in text
+    from newsletter.web import pages
+
+    page = pages.render(project, "page.html", "de")
+    assert page == "Newsletter abbestellen · Impressum · Anmelden"
