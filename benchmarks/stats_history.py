@@ -60,7 +60,7 @@ def stamp(value: datetime) -> str:
 
 
 def generate(root: Path, issues: int, subscribers: int, events: int) -> None:
-    from newsletter import counters
+    from newsletter.insights import counters
     from newsletter.project import Project
     from newsletter.store.engine import open_engine
 

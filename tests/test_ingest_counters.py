@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from newsletter import counters, events
+from newsletter import events
+from newsletter.insights import counters
 from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber

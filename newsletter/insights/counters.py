@@ -25,30 +25,19 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, delete, select, text
 
+from newsletter.insights.metrics import (
+    BLOCKED_METRICS,
+    EVENTS_FOR_METRIC,
+    MACHINE_OPENED,
+    METRIC_FOR_EVENT,
+    metric_of,
+)
 from newsletter.store import raw, schema
 
-#: SendGrid event -> the metric it counts for (opens are split by `sg_machine_open`).
-METRIC_FOR_EVENT = {
-    "delivered": "delivered",
-    "bounce": "bounced",
-    "dropped": "dropped",
-    "open": "opened",
-    "click": "clicked",
-    "unsubscribe": "unsubscribed",
-    "group_unsubscribe": "unsubscribed",
-    "spamreport": "complained",
-}
-EVENTS_FOR_METRIC: dict[str, tuple[str, ...]] = {}
-for _event, _metric in METRIC_FOR_EVENT.items():
-    EVENTS_FOR_METRIC[_metric] = (*EVENTS_FOR_METRIC.get(_metric, ()), _event)
-EVENTS_FOR_METRIC["machine_opened"] = ("open",)
 #: Key of a PostgreSQL advisory lock that serializes event inserts, so two webhook posts at
 #: once cannot both count the same reader's first click. (SQLite serializes writers anyway.)
 INGEST_LOCK = 7_140_014
 BUCKET_SECONDS = 900
-#: Sign-ups the form turned away (see `newsletter.signup_guard`), per reason; `stats --list`
-#: shows their sum as `blocked`. Nobody is added for them, so no trigger sees them.
-BLOCKED_METRICS = ("blocked_bot", "blocked_domain", "blocked_network", "blocked_address")
 
 
 def count_blocked_signup(conn: Connection, reason: str, now: datetime | None = None) -> None:
@@ -65,13 +54,6 @@ def count_blocked_signup(conn: Connection, reason: str, now: datetime | None = N
         [{"bucket": bucket, "metric": metric, "count": 1}],
         ["bucket", "metric"],
     )
-
-
-def metric_of(event: str, detail: Mapping[str, Any]) -> str | None:
-    metric = METRIC_FOR_EVENT.get(event)
-    if metric == "opened" and detail.get("sg_machine_open") in (True, 1, "true", "1"):
-        return "machine_opened"
-    return metric
 
 
 def serialize_ingest(conn: Connection) -> None:
@@ -244,7 +226,7 @@ def _counted_before(
             "SELECT 1 FROM events e WHERE e.issue_id = c.issue_id "
             "AND e.subscriber_id = c.subscriber_id AND e.event = c.event "
             f"AND e.id < {mark} "
-            f"AND (c.event <> 'open' OR (c.metric = 'machine_opened') = {machine}))"
+            f"AND (c.event <> 'open' OR (c.metric = '{MACHINE_OPENED}') = {machine}))"
         )
         params = tuple(value for row in part for value in row) + (first_own_id,)
         for issue_id, subscriber_id, metric in conn.exec_driver_sql(sql, params):
@@ -267,7 +249,7 @@ def _metric_case(dialect: str) -> str:
         if event != "open"
     )
     return (
-        f"CASE event WHEN 'open' THEN CASE WHEN {machine} THEN 'machine_opened' "
+        f"CASE event WHEN 'open' THEN CASE WHEN {machine} THEN '{MACHINE_OPENED}' "
         f"ELSE 'opened' END {whens} END"
     )
 
@@ -409,7 +391,7 @@ def _sqlite_bump(metric_sql: str, condition: str = "1") -> str:
 
 # SQLite has only row triggers, and each statement a trigger runs costs a few microseconds per
 # row: a bulk import of subscribed people runs exactly one (its `new_*`). Joining by insert is
-# not counted apart: it is the `new_*` rows less `unconfirmed_new` (see engagement.list_growth).
+# not counted apart: it is the `new_*` rows less `unconfirmed_new` (see queries.list_growth).
 def _sqlite_triggers() -> dict[str, str]:
     """Each trigger's name and the statement that creates it."""
     new_source = _SOURCE_METRIC.format(row="NEW")
