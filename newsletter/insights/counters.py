@@ -92,7 +92,7 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
     """Bump the issue counters for events just inserted in this transaction.
 
     Work is per post, not per event: the deltas are summed here and each counter row gets
-    one upsert; one query finds which readers were counted before.
+    one upsert; one query finds which readers count for the first time.
     """
     per_day: Counter[tuple[int, date, str]] = Counter()
     clicks: Counter[tuple[int, date, str]] = Counter()
@@ -120,11 +120,11 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
                 first[key] = day
     if first_own_id is None:
         return
-    for key in _counted_before(conn, first, first_own_id):
-        first.pop(key, None)
+    new_readers = _first_time(conn, first, first_own_id)
     readers: Counter[tuple[int, date, str]] = Counter()
-    for (issue_id, _, metric), day in first.items():
-        readers[(issue_id, day, metric)] += 1
+    for key in new_readers:
+        issue_id, _, metric = key
+        readers[(issue_id, first[key], metric)] += 1
     _upsert(
         conn,
         schema.issue_day_counters,
@@ -193,14 +193,17 @@ def _machine_open_sql(dialect: str, detail: str = "detail") -> str:
     return f"coalesce(({detail}->>'sg_machine_open') IN ('true', '1'), false)"
 
 
-def _counted_before(
+def _first_time(
     conn: Connection, candidates: Mapping[tuple[int, int, str], date], first_own_id: int
 ) -> set[tuple[int, int, str]]:
-    """The (issue, subscriber, metric) candidates that already had such an event stored.
+    """The (issue, subscriber, metric) candidates that had no such event stored before.
 
-    One EXISTS per candidate and event name: an index seek that stops at the first earlier
+    One NOT EXISTS per candidate and event name: an index seek that stops at the first earlier
     event, so the cost does not grow with how many events a reader already has (a reader
     with fifty stored events for an issue was read fifty times over by a scan of them all).
+    Only the rows without an earlier event come back: a few per post, where most readers of
+    a post were counted before (asking for those instead fetched hundreds of rows per post,
+    an eighth of the counters' time).
     """
     # Event inserts are serialized (SQLite's write lock, INGEST_LOCK on PostgreSQL), so every
     # event stored before this transaction's has a smaller id.
@@ -216,13 +219,15 @@ def _counted_before(
     machine = _machine_open_sql(conn.dialect.name, "e.detail")
     per_row = 4
     limit = max(1, raw.max_parameters(conn) // per_row - 1)
-    found: set[tuple[int, int, str]] = set()
+    # A metric of several events (unsubscribed) is new only when none of them came before:
+    # each of its names must come back.
+    missing: Counter[tuple[int, int, str]] = Counter()
     for start in range(0, len(wanted), limit):
         part = wanted[start : start + limit]
         values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(part))
         sql = (
             f"WITH c (issue_id, subscriber_id, event, metric) AS (VALUES {values}) "
-            "SELECT c.issue_id, c.subscriber_id, c.metric FROM c WHERE EXISTS ("
+            "SELECT c.issue_id, c.subscriber_id, c.metric FROM c WHERE NOT EXISTS ("
             "SELECT 1 FROM events e WHERE e.issue_id = c.issue_id "
             "AND e.subscriber_id = c.subscriber_id AND e.event = c.event "
             f"AND e.id < {mark} "
@@ -230,8 +235,8 @@ def _counted_before(
         )
         params = tuple(value for row in part for value in row) + (first_own_id,)
         for issue_id, subscriber_id, metric in conn.exec_driver_sql(sql, params):
-            found.add((issue_id, subscriber_id, metric))
-    return found
+            missing[(issue_id, subscriber_id, metric)] += 1
+    return {key for key, n in missing.items() if n == len(EVENTS_FOR_METRIC[key[2]])}
 
 
 # --- rebuilding from the events ------------------------------------------------------------
