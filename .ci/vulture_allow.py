@@ -3,7 +3,8 @@
 # reports is dead code: remove it (and any docstring or doc page that describes it).
 # ruff: noqa
 from newsletter.cli import doctor as cli_doctor, sequences as cli_sequences, serving, subscribers
-from newsletter.engagement import _LinkCollector
+from newsletter.insights.queries import _LinkCollector
+from newsletter.insights import report
 from newsletter.preview import server, state
 from newsletter.replies import decode, mailbox
 from newsletter.sending import ledger
@@ -11,7 +12,7 @@ from newsletter.sending.transports import PreparingTransport
 from newsletter.sending.transports.sendgrid import body
 from newsletter.sequences import runner, steps
 from newsletter.store import engine, issues, schema
-from newsletter import markdown, masking, report, tokens
+from newsletter import markdown, masking, tokens
 from newsletter.doctor import records
 
 # click registers commands by decorator; nothing calls them by name.

@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from newsletter import counters  # noqa: E402
+from newsletter.insights import counters  # noqa: E402
 
 
 def _count_nothing(conn: Any, inserted: Any) -> None:

@@ -99,7 +99,7 @@ def seed(root: Path, subscribers: int) -> int:
 def store_events(root: Path, count: int, subscribers: int, issue_id: int) -> None:
     """`count` events already stored (SendGrid's mix, over the last weeks), as a list that has
     sent for a while has them; then the counters rebuilt from them, as `stats --rebuild`."""
-    from newsletter.counters import rebuild
+    from newsletter.insights.counters import rebuild
     from newsletter.project import Project
     from newsletter.store.engine import open_engine
 
@@ -331,8 +331,8 @@ def profile(root: Path, bodies: list[bytes], *, with_counters: bool) -> None:
     import cProfile
     import pstats
 
-    from newsletter import counters
     from newsletter.events import ingest, parse
+    from newsletter.insights import counters
     from newsletter.project import Project
     from newsletter.store.engine import open_engine
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from newsletter import counters
 from newsletter.errors import NewsletterError
+from newsletter.insights import counters
 from newsletter.masking import mask_addresses
 from newsletter.store import raw, schema
 from newsletter.store.emails import address_key

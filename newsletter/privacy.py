@@ -86,7 +86,7 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
     transaction. Then, on SQLite, checkpoint and vacuum the file, and delete the `.eml`
     files in `outbox` written to or about the address. A ConfigError before anything is
     deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
-    from newsletter.counters import scrub_links
+    from newsletter.insights.counters import scrub_links
     from newsletter.sending.ledger import Ledger
     from newsletter.store.person import PersonalData, rows_naming
 

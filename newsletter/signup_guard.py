@@ -28,8 +28,9 @@ from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING
 
-from newsletter import counters, tokens
+from newsletter import tokens
 from newsletter.errors import TokenError
+from newsletter.insights import counters
 from newsletter.store import signup_limits
 from newsletter.store.signup_limits import Limit, Scope
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from newsletter import counters, events
+from newsletter import events
+from newsletter.insights import counters
 from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
@@ -117,3 +118,19 @@ def test_a_machine_open_then_a_human_one_counts_one_of_each(engine) -> None:
     days, _ = snapshot(engine)
     counted = {(row.metric, row.events, row.readers) for row in days}
     assert counted == {("delivered", 50, 1), ("machine_opened", 2, 1), ("opened", 2, 1)}
+
+
+def test_an_unsubscribe_after_a_group_unsubscribe_is_the_same_reader(engine) -> None:
+    """A metric of two events (unsubscribed: unsubscribe and group_unsubscribe) counts a reader
+    once, whichever of its events came first, in separate posts."""
+    reader = add_subscriber(engine, "leser1@example.de").id
+    issue_id = issue(engine, "fruehjahr")
+    now = int(time.time())
+    events.ingest(engine, [event("group_unsubscribe", issue_id, reader, now)])
+    events.ingest(engine, [event("unsubscribe", issue_id, reader, now)])
+    events.ingest(engine, [event("group_unsubscribe", issue_id, reader, now)])
+    days, _ = snapshot(engine)
+    assert {(row.metric, row.events, row.readers) for row in days} == {("unsubscribed", 3, 1)}
+    kept = snapshot(engine)
+    counters.rebuild(engine)
+    assert kept == snapshot(engine)

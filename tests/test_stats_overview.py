@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select
 
-from newsletter import counters, engagement
+from newsletter.insights import counters, metrics, queries
 from newsletter.project import Project
 from newsletter.store import schema
 from newsletter.store.engine import open_engine
@@ -152,7 +152,7 @@ def test_counters_survive_the_event_purge_and_a_rebuild_keeps_purged_days(newsle
     ]
     with live_server(create_app(proj, engine)) as base:
         post_events(base, signer, early + late)
-    before = engagement.issue_summary(engine, issue_id).counts["clicked"]
+    before = queries.issue_summary(engine, issue_id).counts["clicked"]
     assert before == 6  # people 0-5; person 3 clicked twice
     # What `[privacy] keep_events_days = 365` purges: the events, not the counters.
     with engine.begin() as conn:
@@ -161,11 +161,11 @@ def test_counters_survive_the_event_purge_and_a_rebuild_keeps_purged_days(newsle
                 schema.events.c.occurred_at < datetime.now(UTC) - timedelta(days=365)
             )
         )
-    assert engagement.issue_summary(engine, issue_id).counts["clicked"] == 6
+    assert queries.issue_summary(engine, issue_id).counts["clicked"] == 6
     result = counters.rebuild(engine, counters.complete_since(365))
     assert result.since == date.today() - timedelta(days=364)
-    assert engagement.issue_summary(engine, issue_id).counts["clicked"] == 6
-    assert dict(engagement.link_clicks(engine, issue_id)) == {"https://example.com/studie": 7}
+    assert queries.issue_summary(engine, issue_id).counts["clicked"] == 6
+    assert dict(queries.link_clicks(engine, issue_id)) == {"https://example.com/studie": 7}
 
 
 @pytest.mark.slow
@@ -214,9 +214,9 @@ def test_events_of_one_reader_split_over_posts_count_once(newsletter, signer):
                 )
             ],
         )
-    counts = engagement.issue_summary(engine, issue_id).counts
+    counts = queries.issue_summary(engine, issue_id).counts
     assert (counts["clicked"], counts["opened"]) == (1, 1)
-    assert engagement.link_clicks(engine, issue_id) == [("https://example.org/podcast", 3)]
+    assert queries.link_clicks(engine, issue_id) == [("https://example.org/podcast", 3)]
 
 
 @pytest.mark.slow
@@ -275,7 +275,7 @@ def test_list_growth_counts_every_way_in_and_out(
     (period,) = data["periods"]
     today = datetime.now(ZoneInfo("Europe/Berlin")).date()
     assert period["period"] == (today - timedelta(days=today.weekday())).isoformat()
-    assert {k: period[k] for k in engagement.GROWTH_COLUMNS} == {
+    assert {k: period[k] for k in metrics.GROWTH_METRICS} == {
         "new_form": 2,
         "new_import": 5,
         "new_added": 3,
@@ -308,17 +308,17 @@ def test_growth_periods_follow_the_newsletter_timezone(make_project, database_ur
             ],
         )
     now = datetime(2025, 4, 2, tzinfo=UTC)
-    berlin = engagement.list_growth(engine, ZoneInfo("Europe/Berlin"), "week", now=now)
+    berlin = queries.list_growth(engine, ZoneInfo("Europe/Berlin"), "week", now=now)
     assert [(p.start.isoformat(), p.counts["new_form"], p.net_size) for p in berlin] == [
         ("2025-03-24", 0, 5),
         ("2025-03-31", 2, 7),
     ]
-    utc = engagement.list_growth(engine, ZoneInfo("UTC"), "week", now=now)
+    utc = queries.list_growth(engine, ZoneInfo("UTC"), "week", now=now)
     assert [(p.start.isoformat(), p.net_size) for p in utc] == [
         ("2025-03-24", 7),
         ("2025-03-31", 7),
     ]
-    months = engagement.list_growth(engine, ZoneInfo("Europe/Berlin"), "month", now=now)
+    months = queries.list_growth(engine, ZoneInfo("Europe/Berlin"), "month", now=now)
     assert [(p.start.isoformat(), p.net_size) for p in months] == [
         ("2025-03-01", 7),
         ("2025-04-01", 7),

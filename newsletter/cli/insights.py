@@ -41,15 +41,15 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
         newsletter stats --list --by week
         newsletter stats --rebuild
     """
-    from newsletter import engagement, stats_text
+    from newsletter.insights import queries, text
     from newsletter.store.engine import project_engine
 
     project = get_project()
     engine = project_engine(project)
-    tz = engagement.timezone(project)
+    tz = queries.timezone(project)
     if rebuild:
-        from newsletter.counters import complete_since
-        from newsletter.counters import rebuild as rebuild_counters
+        from newsletter.insights.counters import complete_since
+        from newsletter.insights.counters import rebuild as rebuild_counters
 
         keep = project.config.sections.get("privacy", {}).get("keep_events_days")
         try:
@@ -66,30 +66,30 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
             f"Rebuilt the counters {since} ({done.issue_rows} issue rows, {done.link_rows} link rows).",
             err=True,
         )
-    opens = engagement.opens_tracked(project)
+    opens = queries.opens_tracked(project)
     if growth:
         if issue:
             raise click.UsageError("--list shows the whole list; leave out ISSUE")
-        periods = engagement.list_growth(engine, tz, by)
-        click.echo(stats_text.growth(periods, by, tz, fmt))
+        periods = queries.list_growth(engine, tz, by)
+        click.echo(text.growth(periods, by, tz, fmt))
         return
     if issue is None:
-        click.echo(stats_text.overview(engagement.sent_issues(engine), tz, opens, fmt))
+        click.echo(text.overview(queries.sent_issues(engine), tz, opens, fmt))
         return
     from newsletter.store.issues import find_sent_issue
 
     ref = find_sent_issue(project, engine, issue)
-    summary = engagement.issue_summary(engine, ref.id)
-    path = engagement.issue_files(project).get(ref.slug)
-    texts = engagement.link_texts(project, path) if path else {}
-    links = engagement.with_texts(engagement.link_clicks(engine, ref.id), texts)
-    unsubscribes = engagement.per_day(engine, ref.id, "unsubscribed")
+    summary = queries.issue_summary(engine, ref.id)
+    path = queries.issue_files(project).get(ref.slug)
+    texts = queries.link_texts(project, path) if path else {}
+    links = queries.with_texts(queries.link_clicks(engine, ref.id), texts)
+    unsubscribes = queries.per_day(engine, ref.id, "unsubscribed")
     # Opens show when tracked, or when some were counted while tracking was on.
     show_opens = opens or summary.counts["opened"] > 0
     from newsletter.replies.threads import answered_count
 
     answered = answered_count(engine, ref.id)
-    click.echo(stats_text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered))
+    click.echo(text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered))
 
 
 @click.command()
@@ -112,7 +112,7 @@ def report(output: Path, open_it: bool) -> None:
     Example:
         newsletter report -o report.html --open
     """
-    from newsletter.report import write_report
+    from newsletter.insights.report import write_report
     from newsletter.store.engine import project_engine
 
     project = get_project()

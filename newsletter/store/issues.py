@@ -8,9 +8,11 @@
   `find_sent_issue(project, engine, name)`: the issue a `stats` or `replies` command names,
   among those with a row.
 - `published_issues`, `is_published` (the archive's block): when readers may see an issue
-  on the web. At the scheduled `send_at` of a send, or, for an immediate send, once the
-  provider accepted a first recipient; never for drafts, test copies (they record no send),
-  dry runs, outbox-only sends, cancelled sends, or sends rejected for every recipient. Only a
+  on the web. Once a send of it reached readers (`insights.metrics.reached_readers`, the one
+  rule `stats` and `report` count by too): at the scheduled `send_at` of a send, or, for an
+  immediate send, once the provider accepted a first recipient; never for drafts, test copies
+  (they record no send), dry runs, outbox-only sends, cancelled sends, or sends rejected for
+  every recipient. Only a
   send to the whole list publishes, unless the issue's front matter says `public: true` (then
   a send to a tag does too; `public: false` publishes nothing). `publish_rule` says which
   rule applies to a send, for `newsletter sends`.
@@ -23,17 +25,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import NewsletterError, StoreError
+
+# The one rule for "a send that reached readers" lives with the metrics that count by it; the
+# archive publishes by the same rule (an import up from the store into a feature package, of a
+# module that itself needs only the schema).
+from newsletter.insights import metrics
 
 # --- core: resolving and the rows (owned by the sending core) ---------------------------------
 # Resolving an ISSUE name needs no database (and so no SQLAlchemy import, which `build` would
 # pay for): it lives in newsletter.issue_names, re-exported here.
 from newsletter.issue_names import ResolvedIssue as ResolvedIssue  # noqa: E402
 from newsletter.issue_names import resolve_issue as resolve_issue  # noqa: E402
-from newsletter.store.schema import deliveries, issues, sends, sequence_steps
+from newsletter.store.schema import issues, sends
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
@@ -107,19 +114,6 @@ def find_sent_issue(project: Project, engine: Engine, name: str) -> SentIssue:
 
 # --- publish rule (archive) --------------------------------------------------------------
 
-#: Delivery states that mean the provider took the message (later events included: a
-#: bounce or a drop happens only after SendGrid accepted it). `failed` is a rejection;
-#: `uncertain` and `in_flight` are not known to have gone out.
-ACCEPTED_STATES = ("accepted", "delivered", "bounced", "dropped")
-
-
-def delivering_transports() -> list[str]:
-    """Transports whose sends reach readers (the outbox only writes .eml files here): asked
-    of the transports' capabilities, never by name."""
-    from newsletter.sending.transports import kinds_that
-
-    return kinds_that(lambda capabilities: capabilities.delivers)
-
 
 @dataclass(frozen=True)
 class PublishedIssue:
@@ -140,27 +134,20 @@ def _whole_list() -> Any:
 def _published_query(now: datetime):  # type: ignore[no-untyped-def]
     """(issue id, slug, title, language, first time out, first time out to the whole list)
     per issue that really went out to someone by `now`."""
-    accepted = exists().where(
-        deliveries.c.send_id == sends.c.id,
-        deliveries.c.state.in_(ACCEPTED_STATES),
-    )
-    goes_out_at = func.coalesce(sends.c.send_at, sends.c.started_at)
+    goes_out_at = metrics.goes_out_at()
     first_out = func.min(goes_out_at).label("first_out")
     first_to_all = func.min(case((_whole_list(), goes_out_at), else_=None)).label("first_to_all")
     return (
         select(
             issues.c.id, issues.c.slug, issues.c.title, issues.c.language, first_out, first_to_all
         )
-        .join(sends, sends.c.issue_id == issues.c.id)
+        .select_from(issues.join(sends, sends.c.issue_id == issues.c.id))
         .where(
             and_(
-                sends.c.dry_run.is_(False),
-                sends.c.transport.in_(delivering_transports()),
-                sends.c.status != "cancelled",
+                metrics.reached_readers(),
                 goes_out_at <= now,
-                accepted,
                 # A welcome-sequence step is personal mail, never a public issue.
-                ~exists().where(sequence_steps.c.issue_id == issues.c.id),
+                ~metrics.sequence_step(issues.c.id),
             )
         )
         .group_by(issues.c.id, issues.c.slug, issues.c.title, issues.c.language)
@@ -216,12 +203,9 @@ def publish_rule(
 ) -> PublishRule:
     """The rule that applies to a send: only a send to the whole list publishes, unless the
     issue's front matter says `public: true` (or `public: false`: never)."""
-    if dry_run:
-        return PublishRule(False, "a dry run")
-    if transport not in delivering_transports():
-        return PublishRule(False, f"the {transport} transport reaches no reader")
-    if status == "cancelled":
-        return PublishRule(False, "cancelled")
+    no_reader = metrics.reason_no_reader(dry_run=dry_run, transport=transport, status=status)
+    if no_reader is not None:
+        return PublishRule(False, no_reader)
     if sequence_step:
         return PublishRule(False, "a sequence step is personal mail")
     if front_matter_public is False:

@@ -103,7 +103,7 @@ def m007_stats_counters(conn: Connection) -> None:
     """Counters for `stats` and `report`: per issue/day/metric, per link, and list growth
     (kept by triggers on `subscribers`), filled from the events and subscribers already here.
     The events index gains subscriber_id, so ingest finds a reader's earlier events."""
-    from newsletter import counters
+    from newsletter.insights import counters
 
     for table in (schema.issue_day_counters, schema.link_day_counters, schema.list_counters):
         table.create(conn, checkfirst=True)

@@ -113,7 +113,7 @@ def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
     """The rows that name the person without a foreign key to them, by table: replies from
     their address, sends and other readers' deliveries whose error names them (a batch
     stopped at them), link counters whose URL does."""
-    from newsletter.counters import links_naming
+    from newsletter.insights.counters import links_naming
     from newsletter.sending.ledger import Ledger
 
     written = replies_written_by(conn, person.key)

@@ -308,7 +308,7 @@ send_totals = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-# --- counters for `stats` and `report` (m007; written by newsletter/counters.py only) -------
+# --- counters for `stats` and `report` (m007; written by newsletter/insights/counters.py only)
 # Aggregates only, never a subscriber id: they outlive the events that `[privacy]
 # keep_events_days` purges, and `stats` reads them instead of millions of event rows.
 
@@ -339,7 +339,8 @@ link_day_counters = Table(
 #: multiple of 15 minutes, so days, weeks and months in `[newsletter] timezone` add up exactly).
 #: Metrics: new_form, new_import, new_added, confirmed, unsubscribed, bounced, complained,
 #: joined and left (into and out of `subscribed`; their running sum is the list's size).
-#: Database triggers on `subscribers` keep it, so every way in or out counts (see counters.py).
+#: Database triggers on `subscribers` keep it, so every way in or out counts (see
+#: insights/counters.py).
 list_counters = Table(
     "list_counters",
     metadata,

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from newsletter.counters import BulkInsertTally
 from newsletter.errors import StoreError
+from newsletter.insights.counters import BulkInsertTally
 from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
     KeyFilter,

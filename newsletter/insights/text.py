@@ -9,8 +9,8 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from newsletter.engagement import (
-    GROWTH_COLUMNS,
+from newsletter.insights.metrics import GROWTH_METRICS, ISSUE_METRICS, RATE_BASES
+from newsletter.insights.queries import (
     GrowthPeriod,
     IssueSummary,
     LinkClicks,
@@ -152,24 +152,6 @@ def overview(rows: list[IssueSummary], tz: ZoneInfo, opens: bool, fmt: str) -> s
     return out + "\n\n" + footnote + ("\n" + OPENS_NOTE if opens else "")
 
 
-STAT_ORDER = (
-    "delivered",
-    "bounced",
-    "dropped",
-    "opened",
-    "clicked",
-    "unsubscribed",
-    "complained",
-    "replied",
-)
-RATE_BASES = {
-    **{stat: "recipients" for stat in ("delivered", "bounced", "dropped")},
-    **{
-        stat: "delivered" for stat in ("opened", "clicked", "unsubscribed", "complained", "replied")
-    },
-}
-
-
 def issue_detail(
     row: IssueSummary,
     links: list[LinkClicks],
@@ -180,7 +162,7 @@ def issue_detail(
 ) -> str:
     """One issue: its counts and rates, clicks per link, unsubscribes per day, and how many
     of the readers who replied got an answer."""
-    stats = [s for s in STAT_ORDER if s != "opened" or opens]
+    stats = [s for s in ISSUE_METRICS if s != "opened" or opens]
     if fmt == "json":
         return json.dumps(
             {
@@ -267,11 +249,11 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
         )
     if fmt == "csv":
         return _csv(
-            ["period", *GROWTH_COLUMNS, "blocked", "net_size"],
+            ["period", *GROWTH_METRICS, "blocked", "net_size"],
             [
                 [
                     p.start.isoformat(),
-                    *(p.counts[c] for c in GROWTH_COLUMNS),
+                    *(p.counts[c] for c in GROWTH_METRICS),
                     p.blocked,
                     p.net_size,
                 ]
@@ -280,11 +262,11 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
         )
     if not rows:
         return "No subscribers yet."
-    header = [by.upper(), *(GROWTH_HEADERS[c] for c in GROWTH_COLUMNS), "BLOCKED", "NET SIZE"]
+    header = [by.upper(), *(GROWTH_HEADERS[c] for c in GROWTH_METRICS), "BLOCKED", "NET SIZE"]
     body = [
         [
             p.start.isoformat(),
-            *(str(p.counts[c]) for c in GROWTH_COLUMNS),
+            *(str(p.counts[c]) for c in GROWTH_METRICS),
             str(p.blocked),
             str(p.net_size),
         ]

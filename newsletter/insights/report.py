@@ -19,9 +19,10 @@ import jinja2
 from markupsafe import Markup
 from sqlalchemy import Engine, select
 
-from newsletter import engagement, i18n
+from newsletter import i18n
 from newsletter.errors import NewsletterError
 from newsletter.i18n import LANGUAGES, N_, install
+from newsletter.insights import metrics, queries
 from newsletter.store import schema
 from newsletter.store.times import as_utc
 
@@ -140,12 +141,12 @@ def _sparse_labels(labels: list[str], most: int = 12) -> list[str]:
     return labels[::step]
 
 
-def period_label(period: engagement.GrowthPeriod, by: str) -> str:
+def period_label(period: queries.GrowthPeriod, by: str) -> str:
     return period.start.strftime("%Y-%m") if by == "month" else period.start.isoformat()
 
 
 def growth_charts(
-    periods: list[engagement.GrowthPeriod], by: str, words: dict[str, str]
+    periods: list[queries.GrowthPeriod], by: str, words: dict[str, str]
 ) -> list[Markup]:
     import pygal
 
@@ -161,17 +162,17 @@ def growth_charts(
     moves.x_labels_major = _sparse_labels(labels)
     moves.add(
         words["new"],
-        [sum(p.counts[k] for k in ("new_form", "new_import", "new_added")) for p in periods],
+        [sum(p.counts[k] for k in metrics.GROWTH_NEW) for p in periods],
     )
     moves.add(
         words["lost"],
-        [-sum(p.counts[k] for k in ("unsubscribed", "bounced", "complained")) for p in periods],
+        [-sum(p.counts[k] for k in metrics.GROWTH_LOST) for p in periods],
     )
     return [_svg(size), _svg(moves)]
 
 
 def rates_chart(
-    issues: list[engagement.IssueSummary], tz: ZoneInfo, words: dict[str, str]
+    issues: list[queries.IssueSummary], tz: ZoneInfo, words: dict[str, str]
 ) -> Markup | None:
     import pygal
 
@@ -216,8 +217,8 @@ class Headline:
     reply_median: float | None = None
 
 
-def headline(engine: Engine, tz: ZoneInfo, issues: list[engagement.IssueSummary]) -> Headline:
-    size, change = engagement.list_size_change(engine, tz)
+def headline(engine: Engine, tz: ZoneInfo, issues: list[queries.IssueSummary]) -> Headline:
+    size, change = queries.list_size_change(engine, tz)
     if not issues:
         return Headline(size, change)
     recent = issues[:MEDIAN_OF]  # newest first
@@ -283,23 +284,23 @@ def build_report(project: Project, engine: Engine, now: datetime | None = None) 
 
     language = project.config.language if project.config.language in LANGUAGES else "en"
     words = i18n.texts(language, STRINGS)
-    tz = engagement.timezone(project)
-    opens = engagement.opens_tracked(project)
-    issues = engagement.sent_issues(engine)
+    tz = queries.timezone(project)
+    opens = queries.opens_tracked(project)
+    issues = queries.sent_issues(engine)
     by = "month"
-    periods = engagement.list_growth(engine, tz, by)
+    periods = queries.list_growth(engine, tz, by)
     if 0 < len(periods) < 4:
         by = "week"
-        periods = engagement.list_growth(engine, tz, by)
-    files = engagement.issue_files(project) if issues else {}
+        periods = queries.list_growth(engine, tz, by)
+    files = queries.issue_files(project) if issues else {}
     top_links = []
     for issue in issues[:LAST_ISSUES_FOR_LINKS]:
-        clicks = engagement.link_clicks(engine, issue.issue_id, limit=LINKS_PER_ISSUE)
+        clicks = queries.link_clicks(engine, issue.issue_id, limit=LINKS_PER_ISSUE)
         if not clicks:
             continue
         path = files.get(issue.slug)
-        texts = engagement.link_texts(project, path) if path else {}
-        top_links.append((issue, engagement.with_texts(clicks, texts)))
+        texts = queries.link_texts(project, path) if path else {}
+        top_links.append((issue, queries.with_texts(clicks, texts)))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(builtin_templates_dir())),
         autoescape=True,

@@ -1,7 +1,8 @@
 """What `stats` and `report` show, read from the counters (counters.py), never from raw events.
 
-Counts are unique readers per issue. Delivered and bounced are rated over recipients; opened,
-clicked, unsubscribed, complained and replied over delivered (as `stats ISSUE` always has).
+Counts are unique readers per issue, rated over the bases `metrics.RATE_BASES` names (delivered
+and bounced over recipients; opened, clicked, unsubscribed, complained and replied over
+delivered). An issue counts as sent once a send of it reached readers (`metrics.reached_readers`).
 Opens are estimates: Apple Mail and security scanners load the tracking pixel for nobody;
 machine opens (`sg_machine_open`) are left out, and opens are shown only when
 `[tracking] opens = true`. Replies count distinct senders, auto-replies excluded.
@@ -17,33 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, and_, distinct, exists, func, select, text
+from sqlalchemy import Engine, distinct, func, select, text
 
-from newsletter import counters
 from newsletter.errors import ConfigError
+from newsletter.insights import metrics
 from newsletter.store import schema
-from newsletter.store.issues import delivering_transports
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
-
-SENT_STATES = ("accepted", "delivered", "bounced", "dropped", "uncertain")
-#: A send that handed mail over (a crashed or stopped one included, and a scheduled one, whose
-#: mail the provider holds until its time; not a cancelled one, a dry run, or one to the
-#: outbox, which only wrote files: see `_real_sends`).
-REAL_SEND_STATES = ("sending", "done", "stopped", "failed", "scheduled")
-OVER_RECIPIENTS = ("delivered", "bounced", "dropped")
-OVER_DELIVERED = ("opened", "clicked", "unsubscribed", "complained", "replied")
-GROWTH_COLUMNS = (
-    "new_form",
-    "new_import",
-    "new_added",
-    "confirmed",
-    "unsubscribed",
-    "bounced",
-    "complained",
-)
 
 
 @dataclass(frozen=True)
@@ -82,17 +65,6 @@ class IssueSummary:
         }
 
 
-def _real_sends() -> Any:
-    """The condition on `sends` for mail that went to readers: not a dry run, through a
-    transport that delivers (asked of its capabilities), and handed over."""
-    s = schema.sends
-    return and_(
-        s.c.dry_run.is_(False),
-        s.c.transport.in_(delivering_transports()),
-        s.c.status.in_(REAL_SEND_STATES),
-    )
-
-
 def _accepted_is_delivered(engine: Engine, issue_ids: list[int]) -> set[int]:
     """Issues with a real send through a transport that reports no deliveries (SMTP), whose
     acceptance counts as delivered (asked of the transports' capabilities)."""
@@ -102,7 +74,7 @@ def _accepted_is_delivered(engine: Engine, issue_ids: list[int]) -> set[int]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(s.c.issue_id, s.c.transport)
-            .where(s.c.issue_id.in_(issue_ids), _real_sends())
+            .where(s.c.issue_id.in_(issue_ids), metrics.reached_readers())
             .distinct()
         ).all()
     found = set()
@@ -134,8 +106,8 @@ def _recipients(engine: Engine, issue_ids: list[int]) -> dict[int, int]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(s.c.issue_id, func.sum(t.c.accepted + t.c.uncertain))
-            .join(t, t.c.send_id == s.c.id)
-            .where(s.c.issue_id.in_(issue_ids), _real_sends())
+            .select_from(s.join(t, t.c.send_id == s.c.id))
+            .where(s.c.issue_id.in_(issue_ids), metrics.reached_readers())
             .group_by(s.c.issue_id)
         )
         found = {issue_id: int(n or 0) for issue_id, n in rows}
@@ -144,7 +116,9 @@ def _recipients(engine: Engine, issue_ids: list[int]) -> dict[int, int]:
                 continue
             found[issue_id] = int(
                 conn.execute(
-                    select(func.count()).where(d.c.issue_id == issue_id, d.c.state.in_(SENT_STATES))
+                    select(func.count()).where(
+                        d.c.issue_id == issue_id, d.c.state.in_(metrics.HANDED_OVER_STATES)
+                    )
                 ).scalar_one()
             )
     return found
@@ -176,24 +150,15 @@ def _summaries(
     accepted = _accepted_is_delivered(engine, ids)
     out = []
     for issue_id, slug, title, sent_at in issues:
-        metrics = totals[issue_id]
+        counted = totals[issue_id]
         counts = {"recipients": recipients.get(issue_id, 0)}
-        for metric in (
-            "delivered",
-            "bounced",
-            "dropped",
-            "opened",
-            "clicked",
-            "unsubscribed",
-            "complained",
-        ):
-            counts[metric] = metrics.get(metric, 0)
-        counts["replied"] = replies.get(issue_id, 0)
+        for metric in metrics.EVENT_METRICS:
+            counts[metric] = counted.get(metric, 0)
+        counts[metrics.REPLIED] = replies.get(issue_id, 0)
         rates: dict[str, float | None] = {}
-        for stat in OVER_RECIPIENTS:
-            rates[stat] = counts[stat] / counts["recipients"] if counts["recipients"] else None
-        for stat in OVER_DELIVERED:
-            rates[stat] = counts[stat] / counts["delivered"] if counts["delivered"] else None
+        for metric in metrics.ISSUE_METRICS:
+            base = counts[metrics.RATE_BASES[metric]]
+            rates[metric] = counts[metric] / base if base else None
         out.append(
             IssueSummary(
                 issue_id, slug, title, as_utc(sent_at), counts, rates, issue_id in accepted
@@ -206,11 +171,11 @@ def sent_issues(engine: Engine, limit: int | None = None) -> list[IssueSummary]:
     """Every issue with a real send, newest first; welcome-sequence steps are not issues
     (`stats sequences/NAME/STEP` shows one)."""
     i, s = schema.issues, schema.sends
-    sent_at = func.min(func.coalesce(s.c.send_at, s.c.started_at))
+    sent_at = func.min(metrics.goes_out_at())
     query = (
         select(i.c.id, i.c.slug, i.c.title, sent_at.label("sent_at"))
-        .join(s, and_(s.c.issue_id == i.c.id, _real_sends()))
-        .where(~exists().where(schema.sequence_steps.c.issue_id == i.c.id))
+        .select_from(i.join(s, s.c.issue_id == i.c.id))
+        .where(metrics.reached_readers(), ~metrics.sequence_step(i.c.id))
         .group_by(i.c.id, i.c.slug, i.c.title)
         .order_by(sent_at.desc(), i.c.id.desc())
     )
@@ -227,8 +192,8 @@ def issue_summary(engine: Engine, issue_id: int) -> IssueSummary:
     with engine.connect() as conn:
         row = conn.execute(select(i.c.id, i.c.slug, i.c.title).where(i.c.id == issue_id)).one()
         sent_at = conn.execute(
-            select(func.min(func.coalesce(s.c.send_at, s.c.started_at))).where(
-                s.c.issue_id == issue_id, _real_sends()
+            select(func.min(metrics.goes_out_at())).where(
+                s.c.issue_id == issue_id, metrics.reached_readers()
             )
         ).scalar()
     return _summaries(engine, [(row.id, row.slug, row.title, sent_at)])[0]
@@ -405,7 +370,7 @@ def list_growth(
         bounds: list[int] = []  # UTC epoch seconds where each period starts
         start = _period_start(first_day, by)
         while start <= last_day:
-            periods.append(GrowthPeriod(start, {name: 0 for name in GROWTH_COLUMNS}))
+            periods.append(GrowthPeriod(start, {name: 0 for name in metrics.GROWTH_METRICS}))
             bounds.append(int(datetime(start.year, start.month, start.day, tzinfo=tz).timestamp()))
             start = _next_period(start, by)
         # The database sums the quarter hours into periods: a range scan per period.
@@ -424,12 +389,12 @@ def list_growth(
         ).all()
     # Joining: new people who arrived subscribed (new_* less unconfirmed_new), and changes
     # into `subscribed` (a confirmation, a resubscribe); leaving: changes out of it, erasure.
-    sign = {"new_form": 1, "new_import": 1, "new_added": 1, "unconfirmed_new": -1, "joined": 1}
+    sign = {**{new: 1 for new in metrics.GROWTH_NEW}, "unconfirmed_new": -1, "joined": 1}
     sign["left"] = -1
     net = [0] * len(periods)
     for index, metric, count in rows:
         net[index] += sign.get(metric, 0) * int(count)
-        if metric in counters.BLOCKED_METRICS:
+        if metric in metrics.BLOCKED_METRICS:
             periods[index].blocked += int(count)
             by_reason = periods[index].blocked_by
             reason = metric.removeprefix("blocked_")
