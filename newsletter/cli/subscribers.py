@@ -48,6 +48,26 @@ def _mapping(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
     return mapping
 
 
+def segment_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--segment NAME` and `--where EXPR` (see docs/segments.md)."""
+    command = click.option(
+        "--where",
+        metavar="EXPR",
+        help='Only people matching this condition, e.g. --where "tag:leser clicked:last-5".',
+    )(command)
+    return click.option(
+        "--segment", metavar="NAME", help="Only people in this [segments.NAME] of newsletter.toml."
+    )(command)
+
+
+def _segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:
+    from newsletter.segments import conditions_for
+
+    if segment is not None and where is not None:
+        raise click.UsageError("use --segment NAME or --where EXPR, not both")
+    return conditions_for(get_project(), engine, segment=segment, where=where)[1]
+
+
 @contextmanager
 def _quiet_broken_pipe() -> Iterator[None]:
     """`subscribers list | head` closes the pipe early; stop quietly, like other tools."""
@@ -272,7 +292,15 @@ def _table_line(subscriber: Any) -> str:
     help="Only people whose consent you cannot prove (no confirmed double opt-in, no "
     "consent text, no opt-in data from an import).",
 )
-def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool) -> None:
+@segment_options
+def list_(
+    status: str | None,
+    tags: tuple[str, ...],
+    fmt: str,
+    no_evidence: bool,
+    segment: str | None,
+    where: str | None,
+) -> None:
     """List subscribers in id order, streamed (a table, CSV or JSON).
 
     With several --tag options, a subscriber matches when they have ANY of them.
@@ -282,6 +310,7 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool
         newsletter subscribers list --status subscribed --tag leser | head
         newsletter subscribers list --format json > list.json
         newsletter subscribers list --status subscribed --no-consent-evidence
+        newsletter subscribers list --where 'tag:leser -clicked:ever'
     """
     import csv
 
@@ -290,15 +319,20 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool
 
     engine = _engine()
     out = sys.stdout
+    conditions = _segment_where(engine, segment, where)
 
     def matching() -> Iterator[Any]:
         return iter_subscribers(
-            engine, status=status, tags=tags, without_consent_evidence=no_evidence
+            engine,
+            status=status,
+            tags=tags,
+            without_consent_evidence=no_evidence,
+            where=conditions,
         )
 
     with _quiet_broken_pipe():
         if fmt == "csv" and not no_evidence:
-            write_csv(out, engine, status=status, tags=tags)
+            write_csv(out, engine, status=status, tags=tags, where=conditions)
         elif fmt == "csv":
             fields = sorted({name for subscriber in matching() for name in subscriber.fields})
             writer = csv.writer(out, lineterminator="\n")
@@ -317,16 +351,22 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool
 @subscribers.command("count")
 @click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only this status.")
 @click.option("--tag", "tags", multiple=True, help="Only people with this tag (any of several).")
-def count(status: str | None, tags: tuple[str, ...]) -> None:
+@segment_options
+def count(
+    status: str | None, tags: tuple[str, ...], segment: str | None, where: str | None
+) -> None:
     """Print how many subscribers match.
 
     \b
     Example:
         newsletter subscribers count --status subscribed --tag leser
+        newsletter subscribers count --where "status:subscribed clicked:last-5"
     """
     from newsletter.store.subscribers import count_subscribers
 
-    click.echo(count_subscribers(_engine(), status=status, tags=tags))
+    engine = _engine()
+    conditions = _segment_where(engine, segment, where)
+    click.echo(count_subscribers(engine, status=status, tags=tags, where=conditions))
 
 
 @subscribers.command("show")
@@ -645,6 +685,7 @@ def _remove_quietly(path: Path) -> None:
     is_flag=True,
     help="CSV for Excel (German and other locales): UTF-8 with BOM, semicolons.",
 )
+@segment_options
 def export(
     output: Path | None,
     fmt: str,
@@ -652,6 +693,8 @@ def export(
     tags: tuple[str, ...],
     delimiter: str | None,
     excel: bool,
+    segment: str | None,
+    where: str | None,
 ) -> None:
     """Export the whole list with every field, as CSV or JSON (streamed).
 
@@ -663,6 +706,7 @@ def export(
         newsletter subscribers export -o list.csv
         newsletter subscribers export --excel -o liste.csv
         newsletter subscribers export --format json > list.json
+        newsletter subscribers export --segment aktive -o aktive.csv
     """
     import functools
 
@@ -673,6 +717,7 @@ def export(
             "--delimiter and --excel are for CSV; leave them out with --format json"
         )
     engine = _engine()
+    conditions = _segment_where(engine, segment, where)
     if delimiter is None:
         delimiter = EXCEL_DELIMITER if excel else ","
     write: Any = (
@@ -683,7 +728,7 @@ def export(
     if output is None:
         try:
             with _quiet_broken_pipe():
-                write(sys.stdout, engine, status=status, tags=tags)
+                write(sys.stdout, engine, status=status, tags=tags, where=conditions)
         except KeyboardInterrupt:
             click.echo("export interrupted; the output is incomplete; export again", err=True)
             raise SystemExit(INTERRUPTED_EXIT_CODE) from None
@@ -692,7 +737,7 @@ def export(
     partial = output.with_name(output.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8", newline="") as handle:
-            written = write(handle, engine, status=status, tags=tags)
+            written = write(handle, engine, status=status, tags=tags, where=conditions)
         partial.replace(output)
     except OSError as exc:
         _remove_quietly(partial)

@@ -499,3 +499,50 @@ Index(
     signup_attempts.c.attempted_at,
 )
 Index("ix_signup_attempts_time", signup_attempts.c.attempted_at)
+
+# --- segments and sunsetting (m019) ----------------------------------------------------------
+# Per reader, their latest click, human open (no `sg_machine_open`) and reply: when, and the
+# newest issue (by id) it was about. Kept up to date at ingest (events.py, replies) so a
+# segment's engagement terms read one row per reader instead of millions of events. Owned by
+# `newsletter.segments.activity`.
+reader_activity = Table(
+    "reader_activity",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("clicked_at", DateTime(timezone=True)),
+    Column("clicked_issue", Integer),
+    Column("opened_at", DateTime(timezone=True)),
+    Column("opened_issue", Integer),
+    Column("replied_at", DateTime(timezone=True)),
+    Column("replied_issue", Integer),
+)
+
+# Which segment a send went to and its definition when it was planned (`sends` keeps the --tag
+# values in `segment`). Owned by `newsletter.segments.sends`.
+send_segments = Table(
+    "send_segments",
+    metadata,
+    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(100)),  # null: an ad-hoc --where
+    Column("definition", Text, nullable=False),
+)
+
+# `subscribers sunset --ask`: who was asked whether they still want the newsletter, and when
+# they answered "keep sending" (null: not yet). Owned by `newsletter.segments.sunset`.
+sunset_asks = Table(
+    "sunset_asks",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("asked_at", DateTime(timezone=True), nullable=False),
+    Column("kept_at", DateTime(timezone=True)),
+)

@@ -437,14 +437,16 @@ def iter_subscribers(
     after_id: int = 0,
     page_size: int = PAGE_SIZE,
     without_consent_evidence: bool = False,
+    where: Sequence[Any] = (),
 ) -> Iterator[Subscriber]:
     """Subscribers in id order, streamed page by page (keyset pagination, constant memory).
 
     `tags`: subscribers who have ANY of them. `after_id`: start after this id (resume).
     `without_consent_evidence`: only people with no consent record that proves consent.
+    `where`: more conditions on `subscribers` (a segment's, `newsletter.segments`).
     Each page is its own short read, so a long consumer never holds a transaction open.
     """
-    conditions = segment_filters(status, tags)
+    conditions = [*segment_filters(status, tags), *where]
     if without_consent_evidence:
         from newsletter.store.consent import has_evidence
 
@@ -469,11 +471,23 @@ def iter_subscribers(
 
 
 def count_subscribers(
-    engine: Engine | Connection, *, status: str | None = None, tags: Iterable[str] = ()
+    engine: Engine | Connection,
+    *,
+    status: str | None = None,
+    tags: Iterable[str] = (),
+    where: Sequence[Any] = (),
 ) -> int:
     """How many subscribers match (same filters as `iter_subscribers`)."""
     tag_list = normalize_tags(tags)
     with _connect(engine) as conn:
+        if where:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(subscribers)
+                    .where(*segment_filters(status, tag_list), *where)
+                ).scalar_one()
+            )
         if tag_list:
             # Count distinct ids from the tag index; join subscribers only to check status.
             query = select(func.count(func.distinct(subscriber_tags.c.subscriber_id))).where(

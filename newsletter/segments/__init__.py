@@ -1,0 +1,136 @@
+"""Segments: named, saved conditions on the list (`[segments.<name>] where = "…"` in
+newsletter.toml) and ad-hoc ones (`--where "…"`), in one search-box syntax (`syntax.py`),
+compiled to one SQL condition on `subscribers` (`query.py`).
+
+    seg = resolve(project, segment="aktive")           # or where="tag:leser clicked:30d"
+    with engine.connect() as conn:
+        cond = seg.condition(conn, tz)                 # a WHERE condition on subscribers
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, func, select
+
+from newsletter.segments import query, syntax
+from newsletter.segments.syntax import SegmentError
+
+if TYPE_CHECKING:
+    from newsletter.project import Project
+
+__all__ = ["Segment", "SegmentError", "resolve", "defined", "where_label"]
+
+
+def where_label(name: str | None) -> str:
+    """How errors name a definition: `segment "aktive"` or `--where`."""
+    return f'segment "{name}"' if name else "--where"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A parsed condition: a named segment (`name`) or an ad-hoc --where (`name` None)."""
+
+    name: str | None
+    definition: str
+    tree: syntax.Node
+
+    @classmethod
+    def parse(cls, definition: str, name: str | None = None) -> Segment:
+        return cls(name, definition, syntax.parse(definition, where_label(name)))
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name else f"--where {self.definition}"
+
+    def condition(
+        self, conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None
+    ) -> Any:
+        """The WHERE condition on `subscribers` (reads which issues went out, once)."""
+        return query.condition(self.tree, query.context(conn, tz, now))
+
+    def count(
+        self,
+        engine: Engine,
+        tz: ZoneInfo | None = None,
+        *,
+        extra: Sequence[Any] = (),
+        now: datetime | None = None,
+    ) -> int:
+        """How many subscribers (any status, unless the definition or `extra` says) match."""
+        from newsletter.store.schema import subscribers
+
+        with engine.connect() as conn:
+            where = self.condition(conn, tz, now)
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(subscribers).where(where, *extra)
+                ).scalar_one()
+            )
+
+
+def defined(project: Project) -> dict[str, Segment]:
+    """The `[segments.<name>]` of newsletter.toml, parsed (the config load checked them)."""
+    tables = project.config.sections.get("segments", {})
+    return {name: Segment.parse(table["where"], name) for name, table in tables.items()}
+
+
+def resolve(
+    project: Project, *, segment: str | None = None, where: str | None = None
+) -> Segment | None:
+    """The segment a command was given (`--segment NAME` or `--where EXPR`), or None."""
+    if segment is not None and where is not None:
+        raise SegmentError("use --segment NAME or --where EXPR, not both")
+    if where is not None:
+        return Segment.parse(where)
+    if segment is None:
+        return None
+    known = defined(project)
+    if segment not in known:
+        names = ", ".join(sorted(known)) or "none yet"
+        raise SegmentError(
+            f'{project.config.path}: no segment "{segment}" (defined: {names}); add '
+            f'[segments.{segment}] with where = "…"'
+        )
+    return known[segment]
+
+
+def check_config_segment(name: str, where: Any) -> str | None:
+    """What is wrong with one `[segments.<name>]` table's `where`, or None."""
+    if not isinstance(where, str):
+        return f'[segments.{name}] where must be a string, e.g. where = "tag:leser clicked:last-5"'
+    try:
+        syntax.parse(where, where_label(name))
+    except SegmentError as exc:
+        return str(exc)
+    return None
+
+
+def project_timezone(project: Project) -> ZoneInfo:
+    """`[newsletter] timezone`: the days of `joined:>2026-01-01` start at midnight there."""
+    name = project.config.section("newsletter").get("timezone") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):  # the config load checked it; be safe anyway
+        return ZoneInfo("UTC")
+
+
+def conditions_for(
+    project: Project,
+    engine: Engine,
+    *,
+    segment: str | None = None,
+    where: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Segment | None, list[Any]]:
+    """The segment a command was given and its WHERE conditions on `subscribers` (none
+    without --segment/--where), for `subscribers list/count/export`, `send` and the rest."""
+    chosen = resolve(project, segment=segment, where=where)
+    if chosen is None:
+        return None, []
+    with engine.connect() as conn:
+        return chosen, [chosen.condition(conn, project_timezone(project), now)]

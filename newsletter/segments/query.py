@@ -1,0 +1,182 @@
+"""A segment's tree (`syntax.parse`) as one SQL condition on `subscribers`, the same on
+SQLite and PostgreSQL.
+
+Engagement terms read `reader_activity` (one row per reader: latest click, human open and
+reply, and the newest issue each was about) and the ledger's `deliveries`, probed through its
+(issue, subscriber) index: "the last 5 issues sent to the reader" are their newest 5 ledger
+rows (issues in the order they were first recorded, i.e. sent) among the issues that went out
+to readers, welcome-sequence steps left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, and_, exists, false, func, literal, not_, or_, select, true
+
+from newsletter.segments import syntax
+from newsletter.store import schema
+from newsletter.store.consent import has_evidence
+
+#: Ledger states of an issue the reader has received (handed over, not bounced or dropped).
+RECEIVED_STATES = ("accepted", "delivered", "uncertain")
+#: Send statuses of mail that went out to readers (as `stats` counts them).
+REAL_SEND_STATES = ("sending", "done", "stopped", "failed", "scheduled")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a condition is evaluated against: the time, the author's time zone (dates in
+    `joined:` are days there) and the issues that went out, ascending by id."""
+
+    now: datetime
+    tz: ZoneInfo
+    sent_issues: tuple[int, ...]
+
+
+def sent_issue_ids(conn: Connection) -> tuple[int, ...]:
+    """Issues with a real send (not a dry run, through a transport that delivers), welcome
+    steps left out; ascending."""
+    from newsletter.store.issues import delivering_transports
+
+    s = schema.sends
+    query = (
+        select(s.c.issue_id)
+        .where(
+            s.c.dry_run.is_(False),
+            s.c.transport.in_(delivering_transports()),
+            s.c.status.in_(REAL_SEND_STATES),
+            s.c.issue_id.not_in(select(schema.sequence_steps.c.issue_id)),
+        )
+        .distinct()
+        .order_by(s.c.issue_id)
+    )
+    return tuple(conn.execute(query).scalars())
+
+
+def context(conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None) -> Context:
+    return Context(now or datetime.now(UTC), tz or ZoneInfo("UTC"), sent_issue_ids(conn))
+
+
+def condition(node: syntax.Node, ctx: Context) -> Any:
+    """The condition on `subscribers` that `node` describes."""
+    s = schema.subscribers
+    if isinstance(node, syntax.Everyone):
+        return true()
+    if isinstance(node, syntax.And):
+        return and_(*(condition(term, ctx) for term in node.terms))
+    if isinstance(node, syntax.Or):
+        return or_(*(condition(term, ctx) for term in node.terms))
+    if isinstance(node, syntax.Not):
+        return not_(condition(node.term, ctx))
+    if isinstance(node, syntax.Tag):
+        t = schema.subscriber_tags
+        return exists().where(t.c.subscriber_id == s.c.id, t.c.tag == node.name)
+    if isinstance(node, syntax.Field):
+        value = s.c.fields[node.name].as_string()
+        if node.op == "~":
+            return func.lower(value).contains(node.value.lower(), autoescape=True)
+        if node.value == "":
+            return or_(value.is_(None), value == "")
+        return value == node.value
+    if isinstance(node, syntax.Status):
+        return s.c.status == node.status
+    if isinstance(node, syntax.Source):
+        is_import = func.substr(s.c.source, 1, 6) == "import"
+        if node.source == "form":
+            return s.c.source == "form"
+        if node.source == "import":
+            return is_import
+        return or_(s.c.source.is_(None), and_(s.c.source != "form", not_(is_import)))
+    if isinstance(node, syntax.Joined):
+        return _joined(node, ctx)
+    if isinstance(node, syntax.Consent):
+        return has_evidence() if node.proven else not_(has_evidence())
+    if isinstance(node, syntax.Engaged):
+        return engaged(node.kind, ctx, last_issues=node.last_issues, days=node.days)
+    if isinstance(node, syntax.Received):
+        return _received(node.op, node.count, ctx.sent_issues)
+    raise TypeError(f"not a segment term: {node!r}")
+
+
+def _day_start(day: Any, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+def _joined(node: syntax.Joined, ctx: Context) -> Any:
+    created = schema.subscribers.c.created_at
+    if node.op == "within":
+        assert node.days is not None
+        return created >= ctx.now - timedelta(days=node.days)
+    assert node.day is not None
+    start, next_day = _day_start(node.day, ctx.tz), _day_start(node.day + timedelta(1), ctx.tz)
+    return {
+        ">": created >= next_day,
+        ">=": created >= start,
+        "<": created < start,
+        "<=": created < next_day,
+    }[node.op]
+
+
+def engaged(
+    kind: str, ctx: Context, *, last_issues: int | None = None, days: int | None = None
+) -> Any:
+    """A condition on `subscribers`: the reader clicked / opened (a human's open) / replied
+    in their last `last_issues` issues, or in the last `days` days, or ever (neither given).
+
+    Public for the other audience features (resend, subject test) to reuse."""
+    if kind not in ("clicked", "opened", "replied"):
+        raise ValueError(f"unknown engagement {kind!r}")
+    a = schema.reader_activity
+    at, issue = a.c[f"{kind}_at"], a.c[f"{kind}_issue"]
+    mine = a.c.subscriber_id == schema.subscribers.c.id
+    if days is not None:
+        return exists().where(mine, at >= ctx.now - timedelta(days=days))
+    if last_issues is None:
+        return exists().where(mine, at.is_not(None))
+    # The newest engaged issue is among the last N sent to the reader when fewer than N
+    # issues reached them after it.
+    return exists().where(
+        mine,
+        issue.is_not(None),
+        not_(_at_least(last_issues, ctx.sent_issues, after=issue)),
+    )
+
+
+def _at_least(count: int, sent: Sequence[int], after: Any = None) -> Any:
+    """A condition on `subscribers`: the reader received at least `count` of the `sent`
+    issues (only those newer than `after`, if given). Walks the (issue, subscriber) index
+    from the newest issue and stops at the `count`th."""
+    if count <= 0:
+        return true()
+    if not sent:
+        return false()
+    d = schema.deliveries
+    query = select(literal(1)).where(
+        d.c.subscriber_id == schema.subscribers.c.id,
+        d.c.issue_id.in_(list(sent)),
+        d.c.state.in_(RECEIVED_STATES),
+    )
+    if after is not None:
+        query = query.where(d.c.issue_id > after)
+    return exists(query.order_by(d.c.issue_id.desc()).limit(1).offset(count - 1))
+
+
+def received(op: str, count: int, ctx: Context) -> Any:
+    """A condition on `subscribers`: how many issues the reader received compares to
+    `count` (op: >=, >, <=, <, =). Public like `engaged`."""
+    return _received(op, count, ctx.sent_issues)
+
+
+def _received(op: str, count: int, sent: Sequence[int]) -> Any:
+    at_least = {">=": count, ">": count + 1}.get(op)
+    if at_least is not None:
+        return _at_least(at_least, sent)
+    below = {"<": count, "<=": count + 1}.get(op)
+    if below is not None:
+        return not_(_at_least(below, sent))
+    return and_(_at_least(count, sent), not_(_at_least(count + 1, sent)))
