@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project
+from newsletter.cli.segments import segment_options
 from newsletter.wording import noun, plural
 
 STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
@@ -48,24 +49,10 @@ def _mapping(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
     return mapping
 
 
-def segment_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`--segment NAME` and `--where EXPR` (see docs/segments.md)."""
-    command = click.option(
-        "--where",
-        metavar="EXPR",
-        help='Only people matching this condition, e.g. --where "tag:leser clicked:last-5".',
-    )(command)
-    return click.option(
-        "--segment", metavar="NAME", help="Only people in this [segments.NAME] of newsletter.toml."
-    )(command)
-
-
 def _segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:
-    from newsletter.segments import conditions_for
+    from newsletter.cli.segments import segment_where
 
-    if segment is not None and where is not None:
-        raise click.UsageError("use --segment NAME or --where EXPR, not both")
-    return conditions_for(get_project(), engine, segment=segment, where=where)[1]
+    return segment_where(engine, segment, where)
 
 
 @contextmanager

@@ -16,7 +16,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, exists, false, func, literal, not_, or_, select, true
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
 
 from newsletter.segments import syntax
 from newsletter.store import schema
@@ -36,6 +48,7 @@ class Context:
     now: datetime
     tz: ZoneInfo
     sent_issues: tuple[int, ...]
+    dialect: str = "sqlite"
 
 
 def sent_issue_ids(conn: Connection) -> tuple[int, ...]:
@@ -59,7 +72,20 @@ def sent_issue_ids(conn: Connection) -> tuple[int, ...]:
 
 
 def context(conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None) -> Context:
-    return Context(now or datetime.now(UTC), tz or ZoneInfo("UTC"), sent_issue_ids(conn))
+    return Context(
+        now or datetime.now(UTC), tz or ZoneInfo("UTC"), sent_issue_ids(conn), conn.dialect.name
+    )
+
+
+def _field_text(name: str, dialect: str) -> Any:
+    """A custom field's value as text. Spelled out per database with plain string binds
+    (SQLAlchemy's JSON index binds need its bind processors, which a send's raw driver
+    queries skip: `store.raw`)."""
+    fields = schema.subscribers.c.fields
+    if dialect == "postgresql":
+        return fields.op("->>", return_type=String)(literal(name, String))
+    path = f'$."{name}"'  # (the syntax has no way to put a " into a name)
+    return func.json_extract(fields, literal(path, String), type_=String)
 
 
 def condition(node: syntax.Node, ctx: Context) -> Any:
@@ -77,7 +103,7 @@ def condition(node: syntax.Node, ctx: Context) -> Any:
         t = schema.subscriber_tags
         return exists().where(t.c.subscriber_id == s.c.id, t.c.tag == node.name)
     if isinstance(node, syntax.Field):
-        value = s.c.fields[node.name].as_string()
+        value = _field_text(node.name, ctx.dialect)
         if node.op == "~":
             return func.lower(value).contains(node.value.lower(), autoescape=True)
         if node.value == "":
@@ -163,7 +189,9 @@ def _at_least(count: int, sent: Sequence[int], after: Any = None) -> Any:
     )
     if after is not None:
         query = query.where(d.c.issue_id > after)
-    return exists(query.order_by(d.c.issue_id.desc()).limit(1).offset(count - 1))
+    # Correlated to `subscribers` (and `reader_activity`) wherever they are in the query.
+    query = query.correlate_except(d).order_by(d.c.issue_id.desc()).limit(1).offset(count - 1)
+    return exists(query)
 
 
 def received(op: str, count: int, ctx: Context) -> Any:

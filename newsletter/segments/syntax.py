@@ -106,7 +106,20 @@ class Everyone:
     """The empty expression: no condition."""
 
 
-Node = Tag | Field | Status | Source | Joined | Consent | Engaged | Received | Not | And | Or | Everyone
+Node = (
+    Tag
+    | Field
+    | Status
+    | Source
+    | Joined
+    | Consent
+    | Engaged
+    | Received
+    | Not
+    | And
+    | Or
+    | Everyone
+)
 
 
 # --- tokens ------------------------------------------------------------------------------
@@ -138,13 +151,15 @@ def tokenize(source: str, where: str) -> list[Token]:
             tokens.append(Token("-", i + 1, "-"))
             i += 1
             continue
-        start, value, quoted = i, [], set()
+        start = i
+        value: list[str] = []
+        quoted: set[int] = set()
         while i < n and not source[i].isspace() and source[i] not in "()":
             if source[i] == '"':
                 end = source.find('"', i + 1)
                 if end < 0:
                     raise SegmentError(
-                        f"{where}: unclosed quote (at column {i + 1}); close it with \""
+                        f'{where}: unclosed quote (at column {i + 1}); close it with "'
                     )
                 for part in source[i + 1 : end]:
                     quoted.add(len(value))
@@ -276,14 +291,14 @@ def _term(token: Token, fail: Callable[[str, Token | None], SegmentError]) -> No
     if key == "joined":
         if match := _DAYS.fullmatch(value):
             return Joined("within", days=int(match.group(1)))
-        op = next((o for o in (">=", "<=", ">", "<") if value.startswith(o)), None)
-        if op is None:
+        compare = next((o for o in (">=", "<=", ">", "<") if value.startswith(o)), None)
+        if compare is None:
             raise bad("use joined:>2026-01-01, joined:<2026-01-01 or joined:30d")
         try:
-            day = date.fromisoformat(value[len(op) :])
+            day = date.fromisoformat(value[len(compare) :])
         except ValueError:
             raise bad("the date must be YYYY-MM-DD, e.g. joined:>2026-01-01") from None
-        return Joined(op, day=day)
+        return Joined(compare, day=day)
     if key in ENGAGEMENTS:
         if value == "ever":
             return Engaged(key)
