@@ -267,11 +267,12 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
         )
     if fmt == "csv":
         return _csv(
-            ["period", *GROWTH_COLUMNS, "blocked", "net_size"],
+            ["period", *GROWTH_COLUMNS, "inactive", "blocked", "net_size"],
             [
                 [
                     p.start.isoformat(),
                     *(p.counts[c] for c in GROWTH_COLUMNS),
+                    p.inactive,
                     p.blocked,
                     p.net_size,
                 ]
@@ -280,11 +281,18 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
         )
     if not rows:
         return "No subscribers yet."
-    header = [by.upper(), *(GROWTH_HEADERS[c] for c in GROWTH_COLUMNS), "BLOCKED", "NET SIZE"]
+    header = [
+        by.upper(),
+        *(GROWTH_HEADERS[c] for c in GROWTH_COLUMNS),
+        "INACTIVE",
+        "BLOCKED",
+        "NET SIZE",
+    ]
     body = [
         [
             p.start.isoformat(),
             *(str(p.counts[c]) for c in GROWTH_COLUMNS),
+            str(p.inactive),
             str(p.blocked),
             str(p.net_size),
         ]
@@ -292,6 +300,7 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
     ]
     return (
         _table(header, body)
-        + f"\n\nPeriods start in {tz.key}; weeks start on Monday. BLOCKED: sign-ups the form"
+        + f"\n\nPeriods start in {tz.key}; weeks start on Monday. INACTIVE: removed by"
+        " `subscribers sunset --apply` (not in UNSUBSCRIBED). BLOCKED: sign-ups the form"
         " turned away (bots, throwaway domains, too many from one network or to one address)."
     )

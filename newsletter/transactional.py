@@ -1,5 +1,5 @@
 """Transactional mail: single messages the tool sends on a reader's behalf (the double-opt-in
-confirmation; later, welcome mails). A core module: the web app and the CLI call it, it
+confirmation, the sunset's "do you still want it?" mail; later, welcome mails). A core module: the web app and the CLI call it, it
 imports neither.
 
 - `MAIL_TEXT`: the wording of these mails, per language (the web pages reuse it).
@@ -34,6 +34,17 @@ MAIL_TEXT: dict[str, dict[str, str]] = {
         "confirm_consent_intro": "Du stimmst damit zu:",
         "imprint": "Impressum",
         "privacy": "Datenschutz",
+        "keep_subject": "Möchtest du „{name}“ weiter bekommen?",
+        "keep_body": "du hast die letzten Ausgaben von „{name}“ offenbar nicht gelesen. Das ist "
+        "völlig in Ordnung – wir möchten dir nur nichts schicken, was du nicht mehr willst. "
+        "Wenn du den Newsletter weiter bekommen möchtest, genügt ein Klick:",
+        "keep_button": "Ja, bitte weiter senden",
+        "keep_otherwise": "Wenn du nicht klickst, tragen wir dich in {days} Tagen aus. Du kannst "
+        "dich jederzeit wieder anmelden.",
+        "keep_title": "Danke!",
+        "keep_lead": "Schön, dass du dabei bleibst. Du bekommst „{name}“ weiterhin.",
+        "keep_left_lead": "Du bist von „{name}“ abgemeldet und bekommst ihn nicht mehr. Wenn du "
+        "ihn wieder lesen möchtest, melde dich bitte neu an.",
     },
     "en": {
         "confirm_button": "Confirm subscription",
@@ -46,6 +57,17 @@ MAIL_TEXT: dict[str, dict[str, str]] = {
         "confirm_consent_intro": "By confirming you agree:",
         "imprint": "Imprint",
         "privacy": "Privacy",
+        "keep_subject": "Do you still want to receive “{name}”?",
+        "keep_body": "it looks like you have not read the last issues of “{name}”. That is "
+        "perfectly fine – we just do not want to send you anything you no longer want. If you "
+        "would like to keep receiving the newsletter, one click is enough:",
+        "keep_button": "Yes, keep sending",
+        "keep_otherwise": "If you do not click, we will take you off the list in {days} days. "
+        "You can sign up again at any time.",
+        "keep_title": "Thank you!",
+        "keep_lead": "Glad you are staying. You will keep receiving “{name}”.",
+        "keep_left_lead": "You have unsubscribed from “{name}” and no longer receive it. If you "
+        "would like to read it again, please sign up again.",
     },
 }
 

@@ -25,7 +25,7 @@ ISSUE = EXAMPLE_ISSUE.stem
 
 
 def with_segments(where: str, name: str = "aktive") -> str:
-    return CONFIG + f"\n[segments.\"{name}\"]\nwhere = {json.dumps(where, ensure_ascii=False)}\n"
+    return CONFIG + f'\n[segments."{name}"]\nwhere = {json.dumps(where, ensure_ascii=False)}\n'
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,9 @@ def koeln(make_project, database_url, monkeypatch) -> Path:
 def test_send_to_a_segment_reaches_its_subscribed_members_and_says_so(koeln, cli, sendgrid):
     result = cli(koeln, "send", ISSUE, "--segment", "köln", "--yes")
     assert result.exit_code == 0, result.output
-    assert 'Recipients: 2 subscribed in segment köln (field:stadt="Köln" -tag:test)' in result.output
+    assert (
+        'Recipients: 2 subscribed in segment köln (field:stadt="Köln" -tag:test)' in result.output
+    )
     assert sorted(sendgrid.recipients()) == ["anna@example.de", "jörg@example.de"]
     sends = cli(koeln, "sends")
     assert 'to segment köln (field:stadt="Köln" -tag:test)' in sends.output
@@ -130,7 +132,10 @@ def test_send_to_a_segment_reaches_its_subscribed_members_and_says_so(koeln, cli
 
 
 def test_the_definition_shown_is_the_one_the_send_used(koeln, cli, sendgrid):
-    assert cli(koeln, "send", ISSUE, "--where", "tag:nobody OR field:stadt~tölz", "--yes").exit_code == 0
+    assert (
+        cli(koeln, "send", ISSUE, "--where", "tag:nobody OR field:stadt~tölz", "--yes").exit_code
+        == 0
+    )
     config = koeln / "newsletter.toml"
     config.write_text(config.read_text("utf-8").replace("-tag:test", ""), "utf-8")
     sends = cli(koeln, "sends")
@@ -163,6 +168,8 @@ def test_sequences_start_existing_for_a_segment(koeln, cli):
     config.write_text(
         config.read_text("utf-8") + '\n[sequences.willkommen]\ntrigger = "subscribed"\n', "utf-8"
     )
-    result = cli(koeln, "sequences", "start", "willkommen", "--existing", "--segment", "köln", "--yes")
+    result = cli(
+        koeln, "sequences", "start", "willkommen", "--existing", "--segment", "köln", "--yes"
+    )
     assert result.exit_code == 0, result.output
     assert "Started willkommen for 2 subscribers" in result.output

@@ -72,6 +72,9 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
         if issue:
             raise click.UsageError("--list shows the whole list; leave out ISSUE")
         periods = engagement.list_growth(engine, tz, by)
+        from newsletter.segments.sunset import split_inactive
+
+        split_inactive(engine, periods, tz)
         click.echo(stats_text.growth(periods, by, tz, fmt))
         return
     if issue is None:

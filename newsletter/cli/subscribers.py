@@ -739,4 +739,124 @@ def export(
     click.echo(f"exported {plural(written, 'subscriber')} to {output}", err=True)
 
 
+def _days(value: str) -> int:
+    match = re.fullmatch(r"\s*(\d{1,4})\s*d?\s*", value)
+    if match is None:
+        raise click.BadParameter(
+            f"{value!r} is not a number of days, e.g. 14d", param_hint="--grace"
+        )
+    return int(match.group(1))
+
+
+@subscribers.command("sunset")
+@click.option(
+    "--issues",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="Cold: no click, reply or human open in this many of their last issues.",
+)
+@click.option(
+    "--min-days",
+    type=click.IntRange(0, 36500),
+    default=30,
+    show_default=True,
+    help="Cold: on the list for at least this many days.",
+)
+@click.option("--ask", is_flag=True, help='Mail the cold readers a one-click "keep sending" link.')
+@click.option(
+    "--apply",
+    "apply_",
+    is_flag=True,
+    help="Unsubscribe (reason inactive) those asked at least --grace ago who stayed silent.",
+)
+@click.option(
+    "--grace",
+    default="14d",
+    show_default=True,
+    metavar="DAYS",
+    help="How long an asked reader has to answer.",
+)
+@click.option("--dry-run", is_flag=True, help="Only show who it would be; send and change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before --ask or --apply.")
+def sunset(
+    issues: int, min_days: int, ask: bool, apply_: bool, grace: str, dry_run: bool, yes: bool
+) -> None:
+    """List cold readers; --ask mails them a "keep sending" link; --apply removes the silent.
+
+    Cold means: subscribed, no click, no reply and no human open in their last --issues
+    issues, on the list for at least --min-days days, and at least 3 issues received (the
+    segment is printed). Clicking the keep link, or any click or reply, makes a reader
+    active again. The mail is templates/web/keep_email.html and .txt (override them in
+    your project's templates/web/).
+
+    \b
+    Example:
+        newsletter subscribers sunset
+        newsletter subscribers sunset --ask --yes
+        newsletter subscribers sunset --apply --grace 14d
+    """
+    from datetime import timedelta
+
+    from newsletter.segments import sunset as core
+
+    if ask and apply_:
+        raise click.UsageError("--ask and --apply are two steps; run them separately")
+    grace_days = _days(grace)
+    project = get_project()
+    engine = _engine()
+    if apply_:
+        due = core.due(engine, grace=timedelta(days=grace_days))
+        if not due:
+            click.echo(
+                f"Nobody to remove: nobody was asked {grace_days}+ days ago and stayed silent."
+            )
+            return
+        click.echo(f"Asked at least {grace_days} days ago and silent since ({len(due)}):")
+        for person in due:
+            click.echo(f"  {person.email}  (asked {person.asked_at:%Y-%m-%d})")
+        if dry_run:
+            click.echo(
+                f"Dry run: would unsubscribe {plural(len(due), 'reader')} (reason inactive)."
+            )
+            return
+        _confirm(yes, f"Unsubscribe {plural(len(due), 'reader')} as inactive?", "--apply")
+        removed = core.remove(engine, due)
+        click.echo(f"Unsubscribed {plural(removed, 'reader')} (reason inactive).")
+        return
+    cold = core.cold_readers(project, engine, issues=issues, min_days=min_days)
+    click.echo(f"Cold readers: {len(cold)} ({core.cold_definition(issues, min_days)})")
+    asked = core.pending(engine, [r.id for r in cold])
+    for reader in cold:
+        note = "  (asked, no answer yet)" if reader.id in asked else ""
+        click.echo(f"  {reader.email}  (joined {reader.created_at:%Y-%m-%d}){note}")
+    if not ask:
+        if cold:
+            click.echo("Ask them whether they still want it: newsletter subscribers sunset --ask")
+        return
+    to_ask = [r for r in cold if r.id not in asked]
+    if not to_ask:
+        click.echo("Nobody to ask.")
+        return
+    if dry_run:
+        click.echo(f"Dry run: would mail {plural(len(to_ask), 'reader')} a keep link.")
+        return
+    _confirm(yes, f"Mail {plural(len(to_ask), 'reader')} a keep link?", "--ask")
+    for line in core.ask(project, engine, to_ask, grace_days=grace_days):
+        click.echo(f"Asked: {line}")
+    click.echo(
+        f"Those who do not answer within {grace_days} days: newsletter subscribers sunset --apply"
+    )
+
+
+def _confirm(yes: bool, question: str, flag: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.ClickException(
+            f"not going on without confirmation: no terminal to ask on; add --yes to {flag}"
+        )
+    click.confirm(question, abort=True)
+
+
 COMMANDS: list[click.Command] = [subscribers]
