@@ -117,20 +117,3 @@ def project_timezone(project: Project) -> ZoneInfo:
         return ZoneInfo(name)
     except (KeyError, ValueError):  # the config load checked it; be safe anyway
         return ZoneInfo("UTC")
-
-
-def conditions_for(
-    project: Project,
-    engine: Engine,
-    *,
-    segment: str | None = None,
-    where: str | None = None,
-    now: datetime | None = None,
-) -> tuple[Segment | None, list[Any]]:
-    """The segment a command was given and its WHERE conditions on `subscribers` (none
-    without --segment/--where), for `subscribers list/count/export`, `send` and the rest."""
-    chosen = resolve(project, segment=segment, where=where)
-    if chosen is None:
-        return None, []
-    with engine.connect() as conn:
-        return chosen, [chosen.condition(conn, project_timezone(project), now)]
