@@ -2,15 +2,14 @@
 SQLite and PostgreSQL.
 
 Engagement terms read `reader_activity` (one row per reader: latest click, human open and
-reply, and the newest issue each was about) and the ledger's `deliveries`, probed through its
-(issue, subscriber) index: "the last 5 issues sent to the reader" are their newest 5 ledger
-rows (issues in the order they were first recorded, i.e. sent) among the issues that went out
-to readers, welcome-sequence steps left out.
+reply, and the newest issue each was about) and the ledger's `deliveries` through its index by
+reader: "the last 5 issues sent to the reader" are their newest 5 ledger rows in a received
+state (issues in the order they were first recorded, i.e. sent), welcome-sequence steps left
+out. (Dry runs and the outbox keep no ledger rows, so they never count.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +48,8 @@ class Context:
     tz: ZoneInfo
     sent_issues: tuple[int, ...]
     dialect: str = "sqlite"
+    #: The issue rows of welcome-sequence steps: their deliveries are no issues received.
+    sequence_issues: tuple[int, ...] = ()
 
 
 def sent_issue_ids(conn: Connection) -> tuple[int, ...]:
@@ -72,8 +73,13 @@ def sent_issue_ids(conn: Connection) -> tuple[int, ...]:
 
 
 def context(conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None) -> Context:
+    steps = tuple(conn.execute(select(schema.sequence_steps.c.issue_id)).scalars())
     return Context(
-        now or datetime.now(UTC), tz or ZoneInfo("UTC"), sent_issue_ids(conn), conn.dialect.name
+        now or datetime.now(UTC),
+        tz or ZoneInfo("UTC"),
+        sent_issue_ids(conn),
+        conn.dialect.name,
+        steps,
     )
 
 
@@ -125,7 +131,7 @@ def condition(node: syntax.Node, ctx: Context) -> Any:
     if isinstance(node, syntax.Engaged):
         return engaged(node.kind, ctx, last_issues=node.last_issues, days=node.days)
     if isinstance(node, syntax.Received):
-        return _received(node.op, node.count, ctx.sent_issues)
+        return _received(node.op, node.count, ctx)
     raise TypeError(f"not a segment term: {node!r}")
 
 
@@ -159,34 +165,40 @@ def engaged(
         raise ValueError(f"unknown engagement {kind!r}")
     a = schema.reader_activity
     at, issue = a.c[f"{kind}_at"], a.c[f"{kind}_issue"]
-    mine = a.c.subscriber_id == schema.subscribers.c.id
+    # Driven from `reader_activity` (only readers who did something): the database reads
+    # that set once and probes it per subscriber, instead of a subquery per subscriber.
+    engaged_ids = select(a.c.subscriber_id)
     if days is not None:
-        return exists().where(mine, at >= ctx.now - timedelta(days=days))
-    if last_issues is None:
-        return exists().where(mine, at.is_not(None))
-    # The newest engaged issue is among the last N sent to the reader when fewer than N
-    # issues reached them after it.
-    return exists().where(
-        mine,
-        issue.is_not(None),
-        not_(_at_least(last_issues, ctx.sent_issues, after=issue)),
-    )
+        engaged_ids = engaged_ids.where(at >= ctx.now - timedelta(days=days))
+    elif last_issues is None:
+        engaged_ids = engaged_ids.where(at.is_not(None))
+    else:
+        # The newest engaged issue is among the last N sent to the reader when fewer than N
+        # issues reached them after it; certainly so when it is among the last N sent at all
+        # (most engaged readers: no ledger walk for them).
+        older = not_(_at_least(last_issues, ctx, after=issue, reader=a.c.subscriber_id))
+        if len(ctx.sent_issues) >= last_issues:
+            older = or_(issue >= ctx.sent_issues[-last_issues], older)
+        engaged_ids = engaged_ids.where(issue.is_not(None), older)
+    return schema.subscribers.c.id.in_(engaged_ids)
 
 
-def _at_least(count: int, sent: Sequence[int], after: Any = None) -> Any:
-    """A condition on `subscribers`: the reader received at least `count` of the `sent`
-    issues (only those newer than `after`, if given). Walks the (issue, subscriber) index
-    from the newest issue and stops at the `count`th."""
+def _at_least(count: int, ctx: Context, after: Any = None, reader: Any = None) -> Any:
+    """A condition on `subscribers` (or on the table of `reader`, a subscriber id column):
+    the reader received at least `count` issues (only those newer than `after`, if given;
+    welcome steps are no issues). Walks the ledger's index by reader from their newest
+    issue and stops at the `count`th."""
     if count <= 0:
         return true()
-    if not sent:
+    if not ctx.sent_issues:
         return false()
     d = schema.deliveries
     query = select(literal(1)).where(
-        d.c.subscriber_id == schema.subscribers.c.id,
-        d.c.issue_id.in_(list(sent)),
+        d.c.subscriber_id == (schema.subscribers.c.id if reader is None else reader),
         d.c.state.in_(RECEIVED_STATES),
     )
+    if ctx.sequence_issues:
+        query = query.where(d.c.issue_id.not_in(list(ctx.sequence_issues)))
     if after is not None:
         query = query.where(d.c.issue_id > after)
     # Correlated to `subscribers` (and `reader_activity`) wherever they are in the query.
@@ -197,14 +209,14 @@ def _at_least(count: int, sent: Sequence[int], after: Any = None) -> Any:
 def received(op: str, count: int, ctx: Context) -> Any:
     """A condition on `subscribers`: how many issues the reader received compares to
     `count` (op: >=, >, <=, <, =). Public like `engaged`."""
-    return _received(op, count, ctx.sent_issues)
+    return _received(op, count, ctx)
 
 
-def _received(op: str, count: int, sent: Sequence[int]) -> Any:
+def _received(op: str, count: int, ctx: Context) -> Any:
     at_least = {">=": count, ">": count + 1}.get(op)
     if at_least is not None:
-        return _at_least(at_least, sent)
+        return _at_least(at_least, ctx)
     below = {"<": count, "<=": count + 1}.get(op)
     if below is not None:
-        return not_(_at_least(below, sent))
-    return and_(_at_least(count, sent), not_(_at_least(count + 1, sent)))
+        return not_(_at_least(below, ctx))
+    return and_(_at_least(count, ctx), not_(_at_least(count + 1, ctx)))
