@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, func, select
 
-from newsletter.store import schema
+from newsletter.store import raw, schema
 from newsletter.store.times import as_utc
 
 #: Engagement kinds and the event that is each (replies come from the replies table).
@@ -43,42 +42,52 @@ def kind_of_event(event: str, detail: dict[str, Any]) -> str | None:
     return kind
 
 
+#: `reader_activity`'s columns after `subscriber_id`, in the order `note` binds them.
+_COLUMNS = tuple(f"{kind}_{part}" for kind in KINDS for part in ("at", "issue"))
+_AT_INDEX = {kind: 2 * i for i, kind in enumerate(KINDS)}
+#: Keep the newer time (the larger issue) of the stored and the new value; a null on either
+#: side keeps the other.
+_LATER = ", ".join(
+    f"{c} = CASE WHEN reader_activity.{c} IS NULL THEN excluded.{c} "
+    f"WHEN excluded.{c} > reader_activity.{c} THEN excluded.{c} ELSE reader_activity.{c} END"
+    for c in _COLUMNS
+)
+
+
 def note(conn: Connection, activities: Iterable[Activity]) -> int:
     """Fold these into `reader_activity` (latest time and newest issue per reader and kind),
-    one statement for the lot; returns the readers touched."""
-    merged: dict[int, dict[str, Any]] = {}
+    in one plain-SQL upsert per few hundred readers (`store.raw`: a webhook post's hot path);
+    returns the readers touched."""
+    merged: dict[int, list[Any]] = {}
     for activity in activities:
-        row = merged.setdefault(activity.subscriber_id, {"subscriber_id": activity.subscriber_id})
-        at_key, issue_key = f"{activity.kind}_at", f"{activity.kind}_issue"
-        at = as_utc(activity.at)
-        if row.get(at_key) is None or at > row[at_key]:  # type: ignore[operator]
-            row[at_key] = at
-        if activity.issue_id is not None and (row.get(issue_key) or 0) < activity.issue_id:
-            row[issue_key] = activity.issue_id
+        row = merged.get(activity.subscriber_id)
+        if row is None:
+            row = merged[activity.subscriber_id] = [None] * len(_COLUMNS)
+        at_index = _AT_INDEX[activity.kind]
+        if row[at_index] is None or activity.at > row[at_index]:
+            row[at_index] = activity.at
+        issue = activity.issue_id
+        if issue is not None and (row[at_index + 1] is None or issue > row[at_index + 1]):
+            row[at_index + 1] = issue
     if not merged:
         return 0
-    rows = [
-        {
-            "subscriber_id": sid,
-            **{f"{k}_at": row.get(f"{k}_at") for k in KINDS},
-            **{f"{k}_issue": row.get(f"{k}_issue") for k in KINDS},
-        }
-        for sid, row in sorted(merged.items())
-    ]
-    table = schema.reader_activity
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table)
-    later: dict[str, Any] = {}
-    for name in (*(f"{k}_at" for k in KINDS), *(f"{k}_issue" for k in KINDS)):
-        mine, theirs = table.c[name], statement.excluded[name]
-        # The newer (or larger) of the two; a null on either side keeps the other.
-        later[name] = case((mine.is_(None), theirs), (theirs > mine, theirs), else_=mine)
-    per_statement = 500  # 7 values a row: within SQLite's and psycopg's parameter limits
+    bind_time = raw.binder(conn, schema.reader_activity.c.clicked_at)
+    rows = []
+    for sid, row in sorted(merged.items()):
+        for i in range(0, len(row), 2):
+            if row[i] is not None:
+                row[i] = bind_time(as_utc(row[i]))
+        rows.append((sid, *row))
+    width = len(_COLUMNS) + 1
+    row_marks = f"({raw.marks(conn, width)})"
+    per_statement = max(min(raw.max_parameters(conn) // width, 500), 1)
     for start in range(0, len(rows), per_statement):
-        conn.execute(
-            statement.values(rows[start : start + per_statement]).on_conflict_do_update(
-                index_elements=["subscriber_id"], set_=later
-            )
+        chunk = rows[start : start + per_statement]
+        conn.exec_driver_sql(
+            f"INSERT INTO reader_activity (subscriber_id, {', '.join(_COLUMNS)}) VALUES "
+            f"{', '.join([row_marks] * len(chunk))} "
+            f"ON CONFLICT (subscriber_id) DO UPDATE SET {_LATER}",
+            tuple(value for row in chunk for value in row),
         )
     return len(rows)
 
