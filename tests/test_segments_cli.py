@@ -173,3 +173,11 @@ def test_sequences_start_existing_for_a_segment(koeln, cli):
     )
     assert result.exit_code == 0, result.output
     assert "Started willkommen for 2 subscribers" in result.output
+
+
+def test_opened_without_open_tracking_warns(project, cli):
+    result = cli(project, "subscribers", "count", "--where", "-opened:ever")
+    assert result.exit_code == 0
+    assert "Warning: --where uses opened:, but [tracking] opens is off" in result.output
+    quiet = cli(project, "subscribers", "count", "--where", "clicked:ever")
+    assert "Warning" not in quiet.output

@@ -30,7 +30,10 @@ def chosen_segment(segment: str | None, where: str | None) -> Any:
 
     if segment is not None and where is not None:
         raise click.UsageError("use --segment NAME or --where EXPR, not both")
-    return resolve(get_project(), segment=segment, where=where)
+    chosen = resolve(get_project(), segment=segment, where=where)
+    for warning in chosen.warnings(get_project()) if chosen is not None else []:
+        click.echo(f"Warning: {warning}", err=True)
+    return chosen
 
 
 def segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:

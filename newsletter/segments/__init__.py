@@ -43,9 +43,15 @@ class Segment:
     def parse(cls, definition: str, name: str | None = None) -> Segment:
         return cls(name, definition, syntax.parse(definition, where_label(name)))
 
-    @property
-    def label(self) -> str:
-        return self.name if self.name else f"--where {self.definition}"
+    def warnings(self, project: Project) -> list[str]:
+        """What the author should know about the condition (one line each)."""
+        tracking = project.config.sections.get("tracking", {})
+        if "opened" in syntax.engagement_kinds(self.tree) and not tracking.get("opens"):
+            return [
+                f"{where_label(self.name)} uses opened:, but [tracking] opens is off: only opens "
+                "recorded while it was on count (clicks and replies are the surer signals)"
+            ]
+        return []
 
     def condition(
         self, conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None

@@ -327,12 +327,12 @@ def parse(source: str, where: str = "--where") -> Node:
     return _Parser(source, where).parse()
 
 
-def uses_engagement(node: Node) -> bool:
-    """Whether the condition reads engagement (clicks, opens, replies, issues received)."""
-    if isinstance(node, (Engaged, Received)):
-        return True
+def engagement_kinds(node: Node) -> set[str]:
+    """The engagement terms the condition uses: clicked, replied, opened."""
+    if isinstance(node, Engaged):
+        return {node.kind}
     if isinstance(node, Not):
-        return uses_engagement(node.term)
+        return engagement_kinds(node.term)
     if isinstance(node, (And, Or)):
-        return any(uses_engagement(term) for term in node.terms)
-    return False
+        return {kind for term in node.terms for kind in engagement_kinds(term)}
+    return set()
