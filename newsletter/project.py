@@ -460,7 +460,7 @@ def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, A
 def _segment_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`[segments.<name>]` tables, each with a `where` in the segment syntax (parsed here, so
     a mistake shows when any command loads the config)."""
-    from newsletter.segments import check_config_segment
+    from newsletter.segments.syntax import check_config_segment
 
     tables: dict[str, dict[str, Any]] = {}
     for name, table in given.items():

@@ -15,20 +15,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, func, select
-
-from newsletter.segments import query, syntax
-from newsletter.segments.syntax import SegmentError
+from newsletter.segments import syntax
+from newsletter.segments.syntax import SegmentError, where_label
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
     from newsletter.project import Project
 
+# No SQLAlchemy at import time: loading the config parses segments (`syntax`), and commands
+# that find nothing to do must start without it.
+
 __all__ = ["Segment", "SegmentError", "resolve", "defined", "where_label"]
-
-
-def where_label(name: str | None) -> str:
-    """How errors name a definition: `segment "aktive"` or `--where`."""
-    return f'segment "{name}"' if name else "--where"
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,8 @@ class Segment:
         self, conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None
     ) -> Any:
         """The WHERE condition on `subscribers` (reads which issues went out, once)."""
+        from newsletter.segments import query
+
         return query.condition(self.tree, query.context(conn, tz, now))
 
     def count(
@@ -68,6 +68,8 @@ class Segment:
         now: datetime | None = None,
     ) -> int:
         """How many subscribers (any status, unless the definition or `extra` says) match."""
+        from sqlalchemy import func, select
+
         from newsletter.store.schema import subscribers
 
         with engine.connect() as conn:
@@ -103,17 +105,6 @@ def resolve(
             f'[segments.{segment}] with where = "…"'
         )
     return known[segment]
-
-
-def check_config_segment(name: str, where: Any) -> str | None:
-    """What is wrong with one `[segments.<name>]` table's `where`, or None."""
-    if not isinstance(where, str):
-        return f'[segments.{name}] where must be a string, e.g. where = "tag:leser clicked:last-5"'
-    try:
-        syntax.parse(where, where_label(name))
-    except SegmentError as exc:
-        return str(exc)
-    return None
 
 
 def project_timezone(project: Project) -> ZoneInfo:

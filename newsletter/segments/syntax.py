@@ -8,7 +8,8 @@ part of a term may hold spaces and parentheses. `parse` turns the text into a sm
 frozen dataclasses; `newsletter.segments.query` turns the tree into SQL. A mistake is a
 `SegmentError` naming where it is (column, counted from 1) and what the terms are.
 
-A tokenizer and a recursive-descent parser of about a hundred lines: the grammar has four
+It imports no SQLAlchemy (the config load checks segments, and commands such as `sequences
+run` with nothing due must start without it). A tokenizer and a recursive-descent parser of about a hundred lines: the grammar has four
 rules, and hand-made messages that point at the offending term are the point of it.
 """
 
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from datetime import date
 
 from newsletter.errors import NewsletterError
-from newsletter.store.schema import STATUSES
 
 #: What an error about an unknown term lists.
 TERM_HINT = (
@@ -277,6 +277,8 @@ def _term(token: Token, fail: Callable[[str, Token | None], SegmentError]) -> No
             raise bad("nothing to look for after ~ (field:NAME~TEXT)")
         return Field(name, op, text)
     if key == "status":
+        from newsletter.store.schema import STATUSES
+
         if value not in STATUSES:
             raise bad(f"unknown status, use one of {', '.join(STATUSES)}")
         return Status(value)
@@ -336,3 +338,19 @@ def engagement_kinds(node: Node) -> set[str]:
     if isinstance(node, (And, Or)):
         return {kind for term in node.terms for kind in engagement_kinds(term)}
     return set()
+
+
+def where_label(name: str | None) -> str:
+    """How errors name a definition: `segment "aktive"` or `--where`."""
+    return f'segment "{name}"' if name else "--where"
+
+
+def check_config_segment(name: str, where: object) -> str | None:
+    """What is wrong with one `[segments.<name>]` table's `where`, or None."""
+    if not isinstance(where, str):
+        return f'[segments.{name}] where must be a string, e.g. where = "tag:leser clicked:last-5"'
+    try:
+        parse(where, where_label(name))
+    except SegmentError as exc:
+        return str(exc)
+    return None
