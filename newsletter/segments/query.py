@@ -3,9 +3,10 @@ SQLite and PostgreSQL.
 
 Engagement terms read `reader_activity` (one row per reader: latest click, human open and
 reply, and the newest issue each was about) and the ledger's `deliveries` through its index by
-reader: "the last 5 issues sent to the reader" are their newest 5 ledger rows in a received
-state (issues in the order they were first recorded, i.e. sent), welcome-sequence steps left
-out. (Dry runs and the outbox keep no ledger rows, so they never count.)
+reader: "the last 5 issues sent to the reader" are their newest 5 ledger rows, whatever their
+state (a bounce was sent too; issues in the order they were first recorded, i.e. sent),
+welcome-sequence steps left out, and `received:` counts those rows. (Dry runs and the
+outbox keep no ledger rows, so they never count; a cancelled send's rows are deleted.)
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from newsletter.segments import syntax
 from newsletter.store import schema
 from newsletter.store.consent import has_evidence
 
-#: Ledger states of an issue the reader has received (handed over, not bounced or dropped).
-RECEIVED_STATES = ("accepted", "delivered", "uncertain")
 #: Send statuses of mail that went out to readers (as `stats` counts them).
 REAL_SEND_STATES = ("sending", "done", "stopped", "failed", "scheduled")
 
@@ -194,8 +193,7 @@ def _at_least(count: int, ctx: Context, after: Any = None, reader: Any = None) -
         return false()
     d = schema.deliveries
     query = select(literal(1)).where(
-        d.c.subscriber_id == (schema.subscribers.c.id if reader is None else reader),
-        d.c.state.in_(RECEIVED_STATES),
+        d.c.subscriber_id == (schema.subscribers.c.id if reader is None else reader)
     )
     if ctx.sequence_issues:
         query = query.where(d.c.issue_id.not_in(list(ctx.sequence_issues)))
