@@ -22,6 +22,8 @@ from sqlalchemy import Connection, Engine
 from newsletter.errors import NewsletterError
 from newsletter.insights import counters
 from newsletter.masking import mask_addresses
+from newsletter.segments import activity
+from newsletter.segments.activity import Activity
 from newsletter.store import raw, schema
 from newsletter.store.emails import address_key
 
@@ -216,10 +218,14 @@ Countable = tuple[str, int | None, int | None, date, dict[str, Any]]
 
 
 def _insert_ignoring_duplicates(
-    conn: Connection, rows: list[EventRow], countable: dict[str, Countable]
+    conn: Connection,
+    rows: list[EventRow],
+    countable: dict[str, Countable],
+    engaged: dict[str, Activity] | None = None,
 ) -> int:
     """Insert the rows a concurrent POST has not stored meanwhile, count them for `stats`
-    (counters.py) and return how many were new."""
+    (counters.py), note the clicks and human opens among them per reader (`engaged`, for the
+    segments' engagement terms) and return how many were new."""
     # Multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING: a concurrent POST of the same
     # events may have won the race since we looked; RETURNING names the rows really
     # inserted, so only those are counted.
@@ -240,6 +246,8 @@ def _insert_ignoring_duplicates(
     counters.count_events(
         conn, (counters.CountedEvent(id_, *countable[key]) for id_, key in inserted)
     )
+    if engaged:
+        activity.note(conn, (engaged[key] for _, key in inserted if key in engaged))
     return len(inserted)
 
 
@@ -338,10 +346,11 @@ def ingest(
         bind_time = raw.binder(conn, schema.events.c.occurred_at)
         received_at = bind_time(now)
         # Events of one post share few timestamps: convert each once.
-        times: dict[Any, tuple[Any, date]] = {}
+        times: dict[Any, tuple[Any, date, datetime]] = {}
         dumped: dict[str, tuple[str, str]] = {}
         rows: list[EventRow] = []
         countable: dict[str, Countable] = {}
+        engaged: dict[str, Activity] = {}
         to_status: dict[str, set[int]] = {status: set() for status in REPLACEABLE}
         ledger: dict[str, set[tuple[int, int]]] = {state: set() for state in LEDGER_REPLACEABLE}
         for event, subscriber_id, issue_id in zip(new, subscriber_of, issue_of, strict=True):
@@ -357,7 +366,7 @@ def ingest(
             occurred = times.get(stamp) if cacheable else None
             if occurred is None:
                 when = _occurred(stamp, now)
-                occurred = (bind_time(when), when.date())
+                occurred = (bind_time(when), when.date(), when)
                 if cacheable:
                     times[stamp] = occurred
             message_id = event.get("sg_message_id")
@@ -377,6 +386,9 @@ def ingest(
             countable[key] = (name, issue_id, subscriber_id, occurred[1], detail)
             if subscriber_id is None:
                 continue
+            kind = activity.kind_of_event(name, detail)
+            if kind is not None:
+                engaged[key] = Activity(subscriber_id, kind, occurred[2], issue_id)
             status = STATUS_FOR_EVENT.get(name)
             # A "blocked" bounce is the receiving server refusing for now, not a dead address.
             if status and not (name == "bounce" and event.get("type") == "blocked"):
@@ -385,7 +397,7 @@ def ingest(
             if state and issue_id is not None:
                 ledger[state].add((issue_id, subscriber_id))
 
-        result.stored = _insert_ignoring_duplicates(conn, rows, countable)
+        result.stored = _insert_ignoring_duplicates(conn, rows, countable, engaged)
         for status in ("unsubscribed", "bounced", "complained"):
             if to_status[status]:
                 result.status_changes[status] = apply_status(

@@ -129,6 +129,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     # `[sequences.<name>]` tables, one per sequence: their keys are in SEQUENCE_SCHEMA.
     "sequences": {},
+    # `[segments.<name>]` tables, one per saved segment: `where = "tag:leser clicked:last-5"`.
+    "segments": {},
 }
 
 #: (section, key) -> the smallest and largest value that makes sense. Checked where the config
@@ -278,6 +280,9 @@ def parse_config(path: Path) -> Config:
         given = raw.get(section, {})
         if section == "sequences":
             sections[section] = _sequence_tables(path, given)
+            continue
+        if section == "segments":
+            sections[section] = _segment_tables(path, given)
             continue
         tables = SUBTABLES.get(section, {})
         values = _table_values(
@@ -450,6 +455,32 @@ def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, A
         if problem:
             raise ConfigError(f"{path}: [{label}] {problem}")
         tables[name] = values
+    return tables
+
+
+def _segment_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`[segments.<name>]` tables, each with a `where` in the segment syntax (parsed here, so
+    a mistake shows when any command loads the config)."""
+    from newsletter.segments.syntax import check_config_segment
+
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in given.items():
+        label = f"segments.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f'{path}: [segments] {name} must be a [{label}] table with where = "…"'
+            )
+        unknown = [key for key in table if key != "where"]
+        if unknown:
+            raise ConfigError(f"{path}: unknown key `{unknown[0]}` in [{label}]; known keys: where")
+        if "where" not in table:
+            raise ConfigError(
+                f'{path}: missing required key `where` in [{label}]; add where = "tag:NAME"'
+            )
+        problem = check_config_segment(name, table["where"])
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        tables[name] = {"where": table["where"]}
     return tables
 
 

@@ -1,5 +1,5 @@
 """Transactional mail: single messages the tool sends on a reader's behalf (the double-opt-in
-confirmation; later, welcome mails). A core module: the web app and the CLI call it, it
+confirmation, the sunset's "do you still want it?" mail; later, welcome mails). A core module: the web app and the CLI call it, it
 imports neither.
 
 - `MAIL_TEXT`: the names of these mails' texts (the web pages reuse them); the wording is
@@ -38,6 +38,23 @@ MAIL_TEXT: dict[str, str] = {
     "confirm_consent_intro": N_("By confirming you agree:"),
     "imprint": N_("Imprint"),
     "privacy": N_("Privacy"),
+    "keep_subject": N_("Do you still want to receive “{name}”?"),
+    "keep_body": N_(
+        "it looks like you have not read the last issues of “{name}”. That is perfectly fine –"
+        " we just do not want to send you anything you no longer want. If you would like to"
+        " keep receiving the newsletter, one click is enough:"
+    ),
+    "keep_button": N_("Yes, keep sending"),
+    "keep_otherwise": N_(
+        "If you do not click, we will take you off the list in {days} days. You can sign up"
+        " again at any time."
+    ),
+    "keep_title": N_("Thank you!"),
+    "keep_lead": N_("Glad you are staying. You will keep receiving “{name}”."),
+    "keep_left_lead": N_(
+        "You have unsubscribed from “{name}” and no longer receive it. If you would like to"
+        " read it again, please sign up again."
+    ),
 }
 
 

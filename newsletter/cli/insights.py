@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -71,6 +72,9 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
         if issue:
             raise click.UsageError("--list shows the whole list; leave out ISSUE")
         periods = queries.list_growth(engine, tz, by)
+        from newsletter.segments.sunset import split_inactive
+
+        split_inactive(engine, periods, tz)
         click.echo(text.growth(periods, by, tz, fmt))
         return
     if issue is None:
@@ -89,7 +93,28 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     from newsletter.replies.threads import answered_count
 
     answered = answered_count(engine, ref.id)
-    click.echo(text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered))
+    shown = text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered)
+    click.echo(_with_segments(engine, ref.id, shown, fmt))
+
+
+def _with_segments(engine: Any, issue_id: int, text: str, fmt: str) -> str:
+    """The segments the issue's sends went to, as defined when each was planned."""
+    import json
+
+    from newsletter.segments.sends import for_issue
+
+    chosen = for_issue(engine, issue_id)
+    if not chosen or fmt == "csv":
+        return text
+    if fmt == "json":
+        data = json.loads(text)
+        data["segments"] = [
+            {"send": c.send_id, "name": c.name, "where": c.definition} for c in chosen
+        ]
+        return json.dumps(data, ensure_ascii=False, indent=2)
+    title, _, rest = text.partition("\n")
+    lines = [f"  sent to {c.shown} (send {c.send_id})" for c in chosen]
+    return "\n".join([title, *lines, rest])
 
 
 @click.command()

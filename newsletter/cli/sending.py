@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from newsletter.cli import get_project
+from newsletter.cli.segments import chosen_segment, segment_options
 from newsletter.wording import plural
 
 
@@ -52,6 +53,7 @@ from newsletter.wording import plural
     help="With --resume: also re-send to recipients whose delivery is uncertain.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@segment_options
 def send(
     issue: str,
     test_addresses: tuple[str, ...],
@@ -63,6 +65,8 @@ def send(
     resume: bool,
     include_uncertain: bool,
     quiet: bool,
+    segment: str | None,
+    where: str | None,
 ) -> None:
     """Send an issue to the subscribers (through [sending] transport: SendGrid, SMTP, or
     the outbox).
@@ -73,8 +77,11 @@ def send(
         newsletter send 2024-07-meta-ki-creator --dry-run --yes
         newsletter send 2024-07-meta-ki-creator --yes
         newsletter send 2024-07-meta-ki-creator --resume --yes
+        newsletter send 2024-07-meta-ki-creator --segment aktive --yes
     """
     from newsletter.errors import SendError
+    from newsletter.segments.sends import latest_send_id
+    from newsletter.segments.sends import record as record_segment
     from newsletter.sending.execute import execute
     from newsletter.sending.plan import SendRequest, plan_send
     from newsletter.sending.schedule import parse_when
@@ -83,6 +90,7 @@ def send(
     project = get_project()
     if include_uncertain and not resume:
         raise click.UsageError("--include-uncertain goes with --resume")
+    chosen = chosen_segment(segment, where)
     request = SendRequest(
         tags=tags,
         dry_run=dry_run,
@@ -91,6 +99,7 @@ def send(
         send_at=parse_when(when) if when else None,
         outbox_dir=outbox,
         test_copy=bool(test_addresses),
+        segment=chosen,
     )
     plan = plan_send(project, issue, request)
     if plan.chosen.note:
@@ -107,7 +116,9 @@ def send(
 
     transport = plan.transport
     config = project.config
-    segment = f" tagged {', '.join(tags)}" if tags else ""
+    segment_text = f" tagged {', '.join(tags)}" if tags else ""
+    if chosen is not None:
+        segment_text += f" in {_segment_shown(chosen)}"
     what = "resume" if resume else ("dry run" if dry_run else "send")
     click.echo(f"Subject:    {plan.prepared.rendered.subject}")
     click.echo(f"From:       {config.from_name} <{config.from_email}>")
@@ -116,7 +127,7 @@ def send(
         f"reply+TOKEN@{domain} (a signed token per reader)" if domain else plan.reply_to
     )
     click.echo(f"Reply-To:   {shown_reply_to}")
-    click.echo(f"Recipients: {plan.recipients} subscribed{segment}")
+    click.echo(f"Recipients: {plan.recipients} subscribed{segment_text}")
     click.echo(f"Transport:  {transport.kind} ({transport.where}){' [dry run]' if dry_run else ''}")
     if plan.send_at:
         click.echo(f"Scheduled:  {plan.send_at.isoformat()}")
@@ -138,7 +149,13 @@ def send(
         if show:
             click.echo(f"\r{report.total}/{count} handed over", nl=False, err=True)
 
-    report = execute(plan, progress)  # Ctrl-C / SIGTERM: it stops cleanly, see below
+    before = latest_send_id(plan.engine)
+    try:
+        report = execute(plan, progress)  # Ctrl-C / SIGTERM: it stops cleanly, see below
+    finally:
+        if chosen is not None:
+            # What the author chose, as defined now (the recipients are frozen in the plan).
+            record_segment(plan.engine, plan.slug, before, chosen.name, chosen.definition)
     if show:
         click.echo(err=True)
     resume_command = f"newsletter send {issue} --resume"
@@ -240,6 +257,8 @@ def sends(issue: str | None, fmt: str) -> None:
         )
         if r.error:
             click.echo(f"      {r.error}")
+        if r.segment_shown:
+            click.echo(f"      to {r.segment_shown}")
         if r.publish is not None:
             shown = "published" if r.publish.public else "not published"
             click.echo(f"      web archive: {shown} ({r.publish.reason})")
@@ -312,6 +331,12 @@ def cancel(issue: str, wait_seconds: float) -> None:
         f"Cancelled send {done.send_id} of {slug} ({plural(done.recipients, 'recipient')})"
         f"{stopped}; it can be sent again."
     )
+
+
+def _segment_shown(chosen: Any) -> str:
+    if chosen.name:
+        return f"segment {chosen.name} ({chosen.definition})"
+    return f"--where {chosen.definition}"
 
 
 def _interactive() -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from newsletter.cli import get_project, sigterm_like_ctrl_c
+from newsletter.cli.segments import segment_options, segment_where
 from newsletter.wording import plural
 
 
@@ -327,14 +328,23 @@ def rename(name: str, old: str, new: str) -> None:
     help="Start at a --now more than a day ahead of the system clock (refused without it).",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@segment_options
 def start(
-    name: str, existing: bool, tags: tuple[str, ...], now: str | None, force: bool, yes: bool
+    name: str,
+    existing: bool,
+    tags: tuple[str, ...],
+    now: str | None,
+    force: bool,
+    yes: bool,
+    segment: str | None,
+    where: str | None,
 ) -> None:
     """Start a sequence for people already on the list (new subscribers start by themselves).
 
     \b
     Example:
         newsletter sequences start welcome --existing --tag leser --yes
+        newsletter sequences start welcome --existing --segment aktive --yes
     """
     from newsletter.errors import NewsletterError
     from newsletter.sequences.clock import SYSTEM, refuse_far_ahead
@@ -350,7 +360,8 @@ def start(
         refuse_far_ahead(_clock(now).now(), SYSTEM.now())
     project = get_project()
     engine = project_engine(project)
-    count = count_existing(project, engine, name, tags)
+    conditions = segment_where(engine, segment, where)
+    count = count_existing(project, engine, name, tags, conditions)
     if count == 0:
         click.echo(f"Nobody to start {name} for: every subscriber has been in it.")
         return
@@ -363,7 +374,7 @@ def start(
         click.confirm(
             f"Start {name} for {plural(count, 'subscriber')} already on the list?", abort=True
         )
-    started = start_existing(project, engine, name, tags, clock=_clock(now))
+    started = start_existing(project, engine, name, tags, clock=_clock(now), where=conditions)
     click.echo(
         f"Started {name} for {plural(started, 'subscriber')}; `newsletter sequences run` sends it."
     )

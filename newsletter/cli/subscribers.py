@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project
+from newsletter.cli.segments import segment_options
 from newsletter.wording import noun, plural
 
 STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
@@ -46,6 +47,12 @@ def _mapping(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
             )
         mapping.append((column.strip(), target.strip()))
     return mapping
+
+
+def _segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:
+    from newsletter.cli.segments import segment_where
+
+    return segment_where(engine, segment, where)
 
 
 @contextmanager
@@ -272,7 +279,15 @@ def _table_line(subscriber: Any) -> str:
     help="Only people whose consent you cannot prove (no confirmed double opt-in, no "
     "consent text, no opt-in data from an import).",
 )
-def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool) -> None:
+@segment_options
+def list_(
+    status: str | None,
+    tags: tuple[str, ...],
+    fmt: str,
+    no_evidence: bool,
+    segment: str | None,
+    where: str | None,
+) -> None:
     """List subscribers in id order, streamed (a table, CSV or JSON).
 
     With several --tag options, a subscriber matches when they have ANY of them.
@@ -282,6 +297,7 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool
         newsletter subscribers list --status subscribed --tag leser | head
         newsletter subscribers list --format json > list.json
         newsletter subscribers list --status subscribed --no-consent-evidence
+        newsletter subscribers list --where 'tag:leser -clicked:ever'
     """
     import csv
 
@@ -290,15 +306,20 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool
 
     engine = _engine()
     out = sys.stdout
+    conditions = _segment_where(engine, segment, where)
 
     def matching() -> Iterator[Any]:
         return iter_subscribers(
-            engine, status=status, tags=tags, without_consent_evidence=no_evidence
+            engine,
+            status=status,
+            tags=tags,
+            without_consent_evidence=no_evidence,
+            where=conditions,
         )
 
     with _quiet_broken_pipe():
         if fmt == "csv" and not no_evidence:
-            write_csv(out, engine, status=status, tags=tags)
+            write_csv(out, engine, status=status, tags=tags, where=conditions)
         elif fmt == "csv":
             fields = sorted({name for subscriber in matching() for name in subscriber.fields})
             writer = csv.writer(out, lineterminator="\n")
@@ -317,16 +338,22 @@ def list_(status: str | None, tags: tuple[str, ...], fmt: str, no_evidence: bool
 @subscribers.command("count")
 @click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only this status.")
 @click.option("--tag", "tags", multiple=True, help="Only people with this tag (any of several).")
-def count(status: str | None, tags: tuple[str, ...]) -> None:
+@segment_options
+def count(
+    status: str | None, tags: tuple[str, ...], segment: str | None, where: str | None
+) -> None:
     """Print how many subscribers match.
 
     \b
     Example:
         newsletter subscribers count --status subscribed --tag leser
+        newsletter subscribers count --where "status:subscribed clicked:last-5"
     """
     from newsletter.store.subscribers import count_subscribers
 
-    click.echo(count_subscribers(_engine(), status=status, tags=tags))
+    engine = _engine()
+    conditions = _segment_where(engine, segment, where)
+    click.echo(count_subscribers(engine, status=status, tags=tags, where=conditions))
 
 
 @subscribers.command("show")
@@ -645,6 +672,7 @@ def _remove_quietly(path: Path) -> None:
     is_flag=True,
     help="CSV for Excel (German and other locales): UTF-8 with BOM, semicolons.",
 )
+@segment_options
 def export(
     output: Path | None,
     fmt: str,
@@ -652,6 +680,8 @@ def export(
     tags: tuple[str, ...],
     delimiter: str | None,
     excel: bool,
+    segment: str | None,
+    where: str | None,
 ) -> None:
     """Export the whole list with every field, as CSV or JSON (streamed).
 
@@ -663,6 +693,7 @@ def export(
         newsletter subscribers export -o list.csv
         newsletter subscribers export --excel -o liste.csv
         newsletter subscribers export --format json > list.json
+        newsletter subscribers export --segment aktive -o aktive.csv
     """
     import functools
 
@@ -673,6 +704,7 @@ def export(
             "--delimiter and --excel are for CSV; leave them out with --format json"
         )
     engine = _engine()
+    conditions = _segment_where(engine, segment, where)
     if delimiter is None:
         delimiter = EXCEL_DELIMITER if excel else ","
     write: Any = (
@@ -683,7 +715,7 @@ def export(
     if output is None:
         try:
             with _quiet_broken_pipe():
-                write(sys.stdout, engine, status=status, tags=tags)
+                write(sys.stdout, engine, status=status, tags=tags, where=conditions)
         except KeyboardInterrupt:
             click.echo("export interrupted; the output is incomplete; export again", err=True)
             raise SystemExit(INTERRUPTED_EXIT_CODE) from None
@@ -692,7 +724,7 @@ def export(
     partial = output.with_name(output.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8", newline="") as handle:
-            written = write(handle, engine, status=status, tags=tags)
+            written = write(handle, engine, status=status, tags=tags, where=conditions)
         partial.replace(output)
     except OSError as exc:
         _remove_quietly(partial)
@@ -705,6 +737,126 @@ def export(
         _remove_quietly(partial)
         raise
     click.echo(f"exported {plural(written, 'subscriber')} to {output}", err=True)
+
+
+def _days(value: str) -> int:
+    match = re.fullmatch(r"\s*(\d{1,4})\s*d?\s*", value)
+    if match is None:
+        raise click.BadParameter(
+            f"{value!r} is not a number of days, e.g. 14d", param_hint="--grace"
+        )
+    return int(match.group(1))
+
+
+@subscribers.command("sunset")
+@click.option(
+    "--issues",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="Cold: no click, reply or human open in this many of their last issues.",
+)
+@click.option(
+    "--min-days",
+    type=click.IntRange(0, 36500),
+    default=30,
+    show_default=True,
+    help="Cold: on the list for at least this many days.",
+)
+@click.option("--ask", is_flag=True, help='Mail the cold readers a one-click "keep sending" link.')
+@click.option(
+    "--apply",
+    "apply_",
+    is_flag=True,
+    help="Unsubscribe (reason inactive) those asked at least --grace ago who stayed silent.",
+)
+@click.option(
+    "--grace",
+    default="14d",
+    show_default=True,
+    metavar="DAYS",
+    help="How long an asked reader has to answer.",
+)
+@click.option("--dry-run", is_flag=True, help="Only show who it would be; send and change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before --ask or --apply.")
+def sunset(
+    issues: int, min_days: int, ask: bool, apply_: bool, grace: str, dry_run: bool, yes: bool
+) -> None:
+    """List cold readers; --ask mails them a "keep sending" link; --apply removes the silent.
+
+    Cold means: subscribed, no click, no reply and no human open in their last --issues
+    issues, on the list for at least --min-days days, and at least 3 issues received (the
+    segment is printed). Clicking the keep link, or any click or reply, makes a reader
+    active again. The mail is templates/web/keep_email.html and .txt (override them in
+    your project's templates/web/).
+
+    \b
+    Example:
+        newsletter subscribers sunset
+        newsletter subscribers sunset --ask --yes
+        newsletter subscribers sunset --apply --grace 14d
+    """
+    from datetime import timedelta
+
+    from newsletter.segments import sunset as core
+
+    if ask and apply_:
+        raise click.UsageError("--ask and --apply are two steps; run them separately")
+    grace_days = _days(grace)
+    project = get_project()
+    engine = _engine()
+    if apply_:
+        due = core.due(engine, grace=timedelta(days=grace_days))
+        if not due:
+            click.echo(
+                f"Nobody to remove: nobody was asked {grace_days}+ days ago and stayed silent."
+            )
+            return
+        click.echo(f"Asked at least {grace_days} days ago and silent since ({len(due)}):")
+        for person in due:
+            click.echo(f"  {person.email}  (asked {person.asked_at:%Y-%m-%d})")
+        if dry_run:
+            click.echo(
+                f"Dry run: would unsubscribe {plural(len(due), 'reader')} (reason inactive)."
+            )
+            return
+        _confirm(yes, f"Unsubscribe {plural(len(due), 'reader')} as inactive?", "--apply")
+        removed = core.remove(engine, due)
+        click.echo(f"Unsubscribed {plural(removed, 'reader')} (reason inactive).")
+        return
+    cold = core.cold_readers(project, engine, issues=issues, min_days=min_days)
+    click.echo(f"Cold readers: {len(cold)} ({core.cold_definition(issues, min_days)})")
+    asked = core.pending(engine, [r.id for r in cold])
+    for reader in cold:
+        note = "  (asked, no answer yet)" if reader.id in asked else ""
+        click.echo(f"  {reader.email}  (joined {reader.created_at:%Y-%m-%d}){note}")
+    if not ask:
+        if cold:
+            click.echo("Ask them whether they still want it: newsletter subscribers sunset --ask")
+        return
+    to_ask = [r for r in cold if r.id not in asked]
+    if not to_ask:
+        click.echo("Nobody to ask.")
+        return
+    if dry_run:
+        click.echo(f"Dry run: would mail {plural(len(to_ask), 'reader')} a keep link.")
+        return
+    _confirm(yes, f"Mail {plural(len(to_ask), 'reader')} a keep link?", "--ask")
+    for line in core.ask(project, engine, to_ask, grace_days=grace_days):
+        click.echo(f"Asked: {line}")
+    click.echo(
+        f"Those who do not answer within {grace_days} days: newsletter subscribers sunset --apply"
+    )
+
+
+def _confirm(yes: bool, question: str, flag: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.ClickException(
+            f"not going on without confirmation: no terminal to ask on; add --yes to {flag}"
+        )
+    click.confirm(question, abort=True)
 
 
 COMMANDS: list[click.Command] = [subscribers]

@@ -328,11 +328,15 @@ class GrowthPeriod:
     #: bot, domain, network, address (only those that occurred).
     blocked: int = 0
     blocked_by: dict[str, int] = field(default_factory=dict)
+    #: Of `unsubscribed`, those `subscribers sunset --apply` removed as inactive (shown apart:
+    #: `newsletter.segments.sunset.split_inactive` fills it).
+    inactive: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "period": self.start.isoformat(),
             **self.counts,
+            "inactive": self.inactive,
             "net_size": self.net_size,
             "blocked": self.blocked,
             "blocked_by": dict(sorted(self.blocked_by.items())),

@@ -249,11 +249,12 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
         )
     if fmt == "csv":
         return _csv(
-            ["period", *GROWTH_METRICS, "blocked", "net_size"],
+            ["period", *GROWTH_METRICS, "inactive", "blocked", "net_size"],
             [
                 [
                     p.start.isoformat(),
                     *(p.counts[c] for c in GROWTH_METRICS),
+                    p.inactive,
                     p.blocked,
                     p.net_size,
                 ]
@@ -262,11 +263,18 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
         )
     if not rows:
         return "No subscribers yet."
-    header = [by.upper(), *(GROWTH_HEADERS[c] for c in GROWTH_METRICS), "BLOCKED", "NET SIZE"]
+    header = [
+        by.upper(),
+        *(GROWTH_HEADERS[c] for c in GROWTH_METRICS),
+        "INACTIVE",
+        "BLOCKED",
+        "NET SIZE",
+    ]
     body = [
         [
             p.start.isoformat(),
             *(str(p.counts[c]) for c in GROWTH_METRICS),
+            str(p.inactive),
             str(p.blocked),
             str(p.net_size),
         ]
@@ -274,6 +282,7 @@ def growth(rows: list[GrowthPeriod], by: str, tz: ZoneInfo, fmt: str) -> str:
     ]
     return (
         _table(header, body)
-        + f"\n\nPeriods start in {tz.key}; weeks start on Monday. BLOCKED: sign-ups the form"
+        + f"\n\nPeriods start in {tz.key}; weeks start on Monday. INACTIVE: removed by"
+        " `subscribers sunset --apply` (not in UNSUBSCRIBED). BLOCKED: sign-ups the form"
         " turned away (bots, throwaway domains, too many from one network or to one address)."
     )

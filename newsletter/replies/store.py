@@ -238,6 +238,11 @@ def _store_new(
             .where(schema.replies.c.id == reply_id)
             .values(thread_id=thread_id)
         )
+        if subscriber_id is not None and not inbound.automatic:
+            # A reply is the most honest sign of a reader (segments' `replied:` term).
+            from newsletter.segments.activity import Activity, note
+
+            note(conn, [Activity(subscriber_id, "replied", now, issue_id)])
         if unsubscribe_request == "verified" and subscriber_id is not None:
             from newsletter.events import apply_status, record
 

@@ -88,6 +88,8 @@ class SendRequest:
     outbox_dir: Path | None = None
     #: `--test ADDRESS`: no check, no counting, no refusal; only the message is needed.
     test_copy: bool = False
+    #: `--segment NAME` / `--where EXPR` (`newsletter.segments.Segment`), besides any --tag.
+    segment: Any = None
 
 
 @dataclass
@@ -115,6 +117,8 @@ class SendPlan:
     #: The subscriber ids the send goes to, ascending, read once at planning time: the set is
     #: fixed here, not by an id bound (people resubscribed since have ids below any bound).
     planned: Sequence[int] = field(default_factory=lambda: array("q"))
+    #: The segment's condition on `subscribers`, evaluated when planned (see `planned`).
+    segment_where: Sequence[Any] = ()
 
     @property
     def transport(self) -> Any:
@@ -235,16 +239,25 @@ def max_subscriber_id(engine: Engine) -> int:
 
 
 def _recipient_conditions(
-    tags: Sequence[str], up_to_id: int, issue_id: int | None, again: Sequence[str]
+    tags: Sequence[str],
+    up_to_id: int,
+    issue_id: int | None,
+    again: Sequence[str],
+    where: Sequence[Any] = (),
 ) -> list[Any]:
-    """Subscribed people (of the segment, id <= up_to_id); with `issue_id`, only those with
-    no ledger row for it or one in an `again` state (who a --resume reaches)."""
+    """Subscribed people (of the tags and the segment's `where`, id <= up_to_id); with
+    `issue_id`, only those with no ledger row for it or one in an `again` state (who a
+    --resume reaches)."""
     from sqlalchemy import exists
 
     from newsletter.store.schema import deliveries, subscribers
     from newsletter.store.subscribers import segment_filters
 
-    conditions = [*segment_filters(SubscriberStatus.SUBSCRIBED, tags), subscribers.c.id <= up_to_id]
+    conditions = [
+        *segment_filters(SubscriberStatus.SUBSCRIBED, tags),
+        *where,
+        subscribers.c.id <= up_to_id,
+    ]
     if issue_id is not None:
         done = exists().where(
             deliveries.c.issue_id == issue_id,
@@ -261,13 +274,14 @@ def count_recipients(
     up_to_id: int,
     issue_id: int | None = None,
     again: Sequence[str] = (),
+    where: Sequence[Any] = (),
 ) -> int:
     """How many people `planned_recipients` would fix (without reading their ids)."""
     from sqlalchemy import func, select
 
     from newsletter.store.schema import subscribers
 
-    conditions = _recipient_conditions(tags, up_to_id, issue_id, again)
+    conditions = _recipient_conditions(tags, up_to_id, issue_id, again, where)
     with engine.connect() as conn:
         return int(
             conn.execute(
@@ -282,6 +296,7 @@ def planned_recipients(
     up_to_id: int,
     issue_id: int | None = None,
     again: Sequence[str] = (),
+    where: Sequence[Any] = (),
 ) -> array[int]:
     """The ids of the people a send goes to, ascending (see `_recipient_conditions`), as a
     compact array: 100,000 readers take 800 kB."""
@@ -290,7 +305,7 @@ def planned_recipients(
     from newsletter.store.raw import driver_rows
     from newsletter.store.schema import subscribers
 
-    conditions = _recipient_conditions(tags, up_to_id, issue_id, again)
+    conditions = _recipient_conditions(tags, up_to_id, issue_id, again, where)
     statement = select(subscribers.c.id).where(*conditions).order_by(subscribers.c.id)
     with engine.connect() as conn:
         # The driver's own rows: SQLAlchemy's result objects cost more than the query.
@@ -298,7 +313,12 @@ def planned_recipients(
 
 
 def already_sent_refusal(
-    ledger: Ledger, issue_id: int, slug: str, request: SendRequest, up_to_id: int
+    ledger: Ledger,
+    issue_id: int,
+    slug: str,
+    request: SendRequest,
+    up_to_id: int,
+    where: Sequence[Any] = (),
 ) -> tuple[str | None, bool]:
     """(refusal, resume): a plain send of an issue that someone has (or may have) refuses,
     saying how to reach the rest. If every earlier attempt failed (a wrong key, the network
@@ -309,7 +329,7 @@ def already_sent_refusal(
     had = sum(n for s, n in counts.items() if s not in RETRYABLE)
     if had == 0:
         return None, True
-    todo = count_recipients(ledger.engine, request.tags, up_to_id, issue_id, RETRYABLE)
+    todo = count_recipients(ledger.engine, request.tags, up_to_id, issue_id, RETRYABLE, where)
     hint = (
         f"use --resume to reach the {plural(todo, 'person', 'people')} who have not had it"
         if todo
@@ -352,6 +372,12 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
             language=rendered.issue.language,
         )
     up_to_id = max_subscriber_id(engine)
+    segment_where: list[Any] = []
+    if request.segment is not None and not request.test_copy:
+        from newsletter.segments import project_timezone
+
+        with engine.connect() as conn:
+            segment_where.append(request.segment.condition(conn, project_timezone(project)))
     plan = SendPlan(
         project=project,
         engine=engine,
@@ -364,6 +390,7 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         issue_id=issue_id,
         warnings=warnings,
         send_at=request.send_at,
+        segment_where=segment_where,
     )
     if request.test_copy:
         return plan
@@ -381,7 +408,7 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
             )
             return plan
         plan.refusal, resume = already_sent_refusal(
-            ledger, issue_id, prepared.slug, request, up_to_id
+            ledger, issue_id, prepared.slug, request, up_to_id, segment_where
         )
         if plan.refusal:
             return plan
@@ -399,13 +426,15 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
             plan.schedule_id = earlier.batch_id
     if plan.uses_ledger and resume and issue_id is not None:
         again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
-        plan.planned = planned_recipients(engine, request.tags, up_to_id, issue_id, again)
+        plan.planned = planned_recipients(
+            engine, request.tags, up_to_id, issue_id, again, segment_where
+        )
         plan.recipients = len(plan.planned)
         plan.stranded = (
             plan.recipients == 0 and ledger.issue_counts(issue_id).get("in_flight", 0) > 0
         )
     else:
-        plan.planned = planned_recipients(engine, request.tags, up_to_id)
+        plan.planned = planned_recipients(engine, request.tags, up_to_id, where=segment_where)
         plan.recipients = len(plan.planned)
     plan.request = _with_resume(request, resume)
     return plan

@@ -58,6 +58,18 @@ class SendSummary:
     publish: PublishRule | None = None
     #: `cancel` asked it to stop and has not finished cancelling it (yet)
     cancel_requested: bool = False
+    #: the segment it went to (`--segment`/`--where`) as defined when it was planned
+    segment_name: str | None = None
+    segment_definition: str | None = None
+
+    @property
+    def segment_shown(self) -> str | None:
+        """`segment aktive (clicked:last-5)`, `--where tag:x`, or None."""
+        if self.segment_definition is None:
+            return None
+        if self.segment_name:
+            return f"segment {self.segment_name} ({self.segment_definition})"
+        return f"--where {self.segment_definition}"
 
     @property
     def shown_status(self) -> str:
@@ -110,6 +122,8 @@ class SendSummary:
             "transport": self.transport,
             "dry_run": self.dry_run,
             "segment": self.segment,
+            "segment_name": self.segment_name,
+            "segment_where": self.segment_definition,
             "send_at": self.send_at.isoformat() if self.send_at else None,
             "counts": self.counts,
             "recipients": self.recipients,
@@ -122,7 +136,7 @@ class SendSummary:
         }
 
 
-def _joined_since(engine: Engine, row: Any) -> int:
+def _joined_since(engine: Engine, row: Any, chosen: Any = None) -> int:
     """Subscribed (of the segment) and without the issue, after a send that ended without an
     error: it reached everyone it planned who was still subscribed, so these became
     subscribed after it was planned, whatever their id (a resubscribe keeps the old one)."""
@@ -132,12 +146,21 @@ def _joined_since(engine: Engine, row: Any) -> int:
         deliveries.c.issue_id == row.issue_id, deliveries.c.subscriber_id == subscribers.c.id
     )
     with engine.connect() as conn:
+        where = []
+        if chosen is not None:  # in its segment as defined then, by today's data
+            from newsletter.segments import Segment, SegmentError
+
+            try:
+                where.append(Segment.parse(chosen.definition, chosen.name).condition(conn))
+            except SegmentError:
+                return 0
         return int(
             conn.execute(
                 select(func.count())
                 .select_from(subscribers)
                 .where(
                     *segment_filters(SubscriberStatus.SUBSCRIBED, row.segment or []),
+                    *where,
                     ~reached,
                 )
             ).scalar_one()
@@ -165,6 +188,9 @@ def send_summaries(
 
     live = ledger.live_sends() | sequence_sends_running(engine)  # a sequence run reaps itself
     last_of_issue = {r.issue_id: r.id for r in rows}
+    from newsletter.segments.sends import for_sends
+
+    chosen = for_sends(engine, (r.id for r in rows))
     out = []
     for r in rows:
         caps = capabilities_of(r.transport)
@@ -176,7 +202,7 @@ def send_summaries(
             r.status == "scheduled" and r.finished_at is not None and r.error is None
         )
         if keeps and last_of_issue[r.issue_id] == r.id and ended_well:
-            joined = _joined_since(engine, r)
+            joined = _joined_since(engine, r, chosen.get(r.id))
         out.append(
             SendSummary(
                 id=r.id,
@@ -208,8 +234,11 @@ def send_summaries(
                     status=r.status,
                     sequence_step=r.issue_id in steps,
                     front_matter_public=flags.get(r.slug),
+                    segment_shown=chosen[r.id].shown if r.id in chosen else None,
                 ),
                 cancel_requested=r.cancel_requested_at is not None,
+                segment_name=chosen[r.id].name if r.id in chosen else None,
+                segment_definition=chosen[r.id].definition if r.id in chosen else None,
             )
         )
     return out

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select
 
@@ -19,8 +19,14 @@ if TYPE_CHECKING:
     from newsletter.project import Project
 
 
-def count_existing(project: Project, engine: Engine, name: str, tags: Iterable[str]) -> int:
-    """Subscribed people (with any of `tags`) who were never in the sequence."""
+def count_existing(
+    project: Project,
+    engine: Engine,
+    name: str,
+    tags: Iterable[str],
+    where: Sequence[Any] = (),
+) -> int:
+    """Subscribed people (with any of `tags`, matching `where`) never in the sequence."""
     get_sequence(project, name)
     e = sequence_enrollments
     ever = (
@@ -31,7 +37,7 @@ def count_existing(project: Project, engine: Engine, name: str, tags: Iterable[s
             conn.execute(
                 select(func.count())
                 .select_from(subscribers)
-                .where(*segment_filters("subscribed", tags), ~ever)
+                .where(*segment_filters("subscribed", tags), *where, ~ever)
             ).scalar_one()
         )
 
@@ -43,6 +49,7 @@ def start_existing(
     tags: Iterable[str],
     *,
     clock: Clock = SYSTEM,
+    where: Sequence[Any] = (),
 ) -> int:
     get_sequence(project, name)
     steps = load_sequence(project, name)
@@ -51,4 +58,6 @@ def start_existing(
             f"sequence {name} has no steps; add sequences/{name}/01-willkommen.md first"
         )
     timezone = project.config.section("newsletter")["timezone"]
-    return state.enroll_existing(engine, name, steps, timezone, tags=tags, at=clock.now())
+    return state.enroll_existing(
+        engine, name, steps, timezone, tags=tags, at=clock.now(), where=where
+    )

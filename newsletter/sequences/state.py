@@ -87,9 +87,11 @@ def enroll_existing(
     *,
     tags: Iterable[str],
     at: datetime,
+    where: Sequence[Any] = (),
 ) -> int:
-    """`sequences start NAME --existing`: everyone subscribed now (with any of `tags`) who was
-    never in the sequence starts it at `at`. One INSERT ... SELECT; returns how many."""
+    """`sequences start NAME --existing`: everyone subscribed now (with any of `tags`, and
+    matching `where`: a segment's conditions) who was never in the sequence starts it at
+    `at`. One INSERT ... SELECT; returns how many."""
     from newsletter.store.subscribers import segment_filters
 
     next_step, next_due = first_schedule(steps, at, timezone)
@@ -107,7 +109,7 @@ def enroll_existing(
         literal(next_step, enrollments.c.next_step.type).label("next_step"),
         literal(next_due, enrollments.c.next_due_at.type).label("next_due_at"),
         literal(at, enrollments.c.updated_at.type).label("updated_at"),
-    ).where(*segment_filters("subscribed", tags), ~ever)
+    ).where(*segment_filters("subscribed", tags), *where, ~ever)
     with engine.begin() as conn:
         stmt = (
             dialect_insert(conn, enrollments)

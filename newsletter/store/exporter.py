@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 from sqlalchemy import Engine, select
@@ -30,18 +30,22 @@ def neutralize(value: str) -> str:
 
 
 def field_names(
-    engine: Engine, *, status: str | None = None, tags: Iterable[str] = ()
+    engine: Engine,
+    *,
+    status: str | None = None,
+    tags: Iterable[str] = (),
+    where: Sequence[Any] = (),
 ) -> list[str]:
     """Every custom field name in use, sorted (a streaming pass over the fields column)."""
     names: set[str] = set()
-    if status is None and not tuple(tags):
+    if status is None and not tuple(tags) and not where:
         with engine.connect() as conn:
             result = conn.execution_options(yield_per=2000).execute(select(subscribers.c.fields))
             for (fields,) in result:
                 if fields:
                     names.update(fields)
         return sorted(names)
-    for subscriber in iter_subscribers(engine, status=status, tags=tags):
+    for subscriber in iter_subscribers(engine, status=status, tags=tags, where=where):
         names.update(subscriber.fields)
     return sorted(names)
 
@@ -80,16 +84,18 @@ def write_csv(
     tags: Iterable[str] = (),
     delimiter: str = ",",
     bom: bool = False,
+    where: Sequence[Any] = (),
 ) -> int:
-    """Write the (filtered) list as CSV; returns the number of subscribers written."""
+    """Write the (filtered) list as CSV; returns the number of subscribers written.
+    `where`: more conditions on `subscribers` (a segment's)."""
     tags = tuple(tags)
-    fields = field_names(engine, status=status, tags=tags)
+    fields = field_names(engine, status=status, tags=tags, where=where)
     if bom:
         out.write(BOM)
     writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
     writer.writerow(csv_header(fields))
     count = 0
-    for subscriber in iter_subscribers(engine, status=status, tags=tags):
+    for subscriber in iter_subscribers(engine, status=status, tags=tags, where=where):
         writer.writerow(csv_row(subscriber, fields))
         count += 1
     return count
@@ -111,12 +117,13 @@ def write_json(
     *,
     status: str | None = None,
     tags: Iterable[str] = (),
+    where: Sequence[Any] = (),
 ) -> int:
     count = 0
 
     def counted() -> Iterator[Subscriber]:
         nonlocal count
-        for subscriber in iter_subscribers(engine, status=status, tags=tags):
+        for subscriber in iter_subscribers(engine, status=status, tags=tags, where=where):
             count += 1
             yield subscriber
 

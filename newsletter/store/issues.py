@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import NewsletterError, StoreError
@@ -127,8 +127,13 @@ class PublishedIssue:
 
 
 def _whole_list() -> Any:
-    """A condition on `sends`: it went to the whole list (no --tag)."""
-    return func.coalesce(func.json_array_length(sends.c.segment), 0) == 0
+    """A condition on `sends`: it went to the whole list (no --tag, no segment)."""
+    from newsletter.store.schema import send_segments
+
+    return and_(
+        func.coalesce(func.json_array_length(sends.c.segment), 0) == 0,
+        ~exists().where(send_segments.c.send_id == sends.c.id),
+    )
 
 
 def _published_query(now: datetime):  # type: ignore[no-untyped-def]
@@ -200,6 +205,7 @@ def publish_rule(
     status: str,
     sequence_step: bool,
     front_matter_public: bool | None,
+    segment_shown: str | None = None,
 ) -> PublishRule:
     """The rule that applies to a send: only a send to the whole list publishes, unless the
     issue's front matter says `public: true` (or `public: false`: never)."""
@@ -210,6 +216,15 @@ def publish_rule(
         return PublishRule(False, "a sequence step is personal mail")
     if front_matter_public is False:
         return PublishRule(False, "its front matter says `public: false`")
+    if segment_shown:
+        if front_matter_public:
+            return PublishRule(
+                True, f"sent to {segment_shown}; its front matter says `public: true`"
+            )
+        return PublishRule(
+            False,
+            f"sent to {segment_shown} only; add `public: true` to its front matter to publish it",
+        )
     if not segment:
         return PublishRule(True, "sent to the whole list")
     tags = ", ".join(segment)

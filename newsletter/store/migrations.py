@@ -275,6 +275,23 @@ def m016_message_id_lookups(conn: Connection) -> None:
                 index.create(conn)
 
 
+def m019_segments(conn: Connection) -> None:
+    """Segments and sunsetting: `reader_activity` (each reader's latest click, human open and
+    reply, filled here from the events and replies already stored), `send_segments` (the
+    segment a send went to, as defined then), `sunset_asks`, and the ledger's index by
+    reader (`ix_deliveries_subscriber`: a reader's last issues in a few index steps)."""
+    from newsletter.segments.activity import backfill
+
+    schema.metadata.create_all(
+        conn, tables=[schema.reader_activity, schema.send_segments, schema.sunset_asks]
+    )
+    present = {index["name"] for index in inspect(conn).get_indexes("deliveries")}
+    for index in schema.deliveries.indexes:
+        if index.name == "ix_deliveries_subscriber" and index.name not in present:
+            index.create(conn)
+    backfill(conn)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -293,6 +310,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m014_signup_attempts", m014_signup_attempts),
     ("m015_public_ids", m015_public_ids),
     ("m016_message_id_lookups", m016_message_id_lookups),
+    ("m019_segments", m019_segments),
 ]
 
 

@@ -176,6 +176,10 @@ deliveries = Table(
     UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
 )
 Index("ix_deliveries_send_state", deliveries.c.send_id, deliveries.c.state)
+# A reader's issues, newest first (m019): what segments' `received:` and `clicked:last-5`
+# walk, a few entries per reader. Two integers a row: a third column (the state) made each
+# walk half again as slow (benchmarks/segments.py).
+Index("ix_deliveries_subscriber", deliveries.c.subscriber_id, deliveries.c.issue_id)
 # The RFC Message-IDs SMTP sends record ("<...>"), which a reply's In-Reply-To names
 # (`replies fetch`); SendGrid's X-Message-Ids are left out, so a bulk send's ledger writes
 # do not pay for it (m016; m010 dropped the index over all of them).
@@ -500,3 +504,50 @@ Index(
     signup_attempts.c.attempted_at,
 )
 Index("ix_signup_attempts_time", signup_attempts.c.attempted_at)
+
+# --- segments and sunsetting (m019) ----------------------------------------------------------
+# Per reader, their latest click, human open (no `sg_machine_open`) and reply: when, and the
+# newest issue (by id) it was about. Kept up to date at ingest (events.py, replies) so a
+# segment's engagement terms read one row per reader instead of millions of events. Owned by
+# `newsletter.segments.activity`.
+reader_activity = Table(
+    "reader_activity",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("clicked_at", DateTime(timezone=True)),
+    Column("clicked_issue", Integer),
+    Column("opened_at", DateTime(timezone=True)),
+    Column("opened_issue", Integer),
+    Column("replied_at", DateTime(timezone=True)),
+    Column("replied_issue", Integer),
+)
+
+# Which segment a send went to and its definition when it was planned (`sends` keeps the --tag
+# values in `segment`). Owned by `newsletter.segments.sends`.
+send_segments = Table(
+    "send_segments",
+    metadata,
+    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(100)),  # null: an ad-hoc --where
+    Column("definition", Text, nullable=False),
+)
+
+# `subscribers sunset --ask`: who was asked whether they still want the newsletter, and when
+# they answered "keep sending" (null: not yet). Owned by `newsletter.segments.sunset`.
+sunset_asks = Table(
+    "sunset_asks",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("asked_at", DateTime(timezone=True), nullable=False),
+    Column("kept_at", DateTime(timezone=True)),
+)

@@ -437,18 +437,46 @@ def iter_subscribers(
     after_id: int = 0,
     page_size: int = PAGE_SIZE,
     without_consent_evidence: bool = False,
+    where: Sequence[Any] = (),
 ) -> Iterator[Subscriber]:
     """Subscribers in id order, streamed page by page (keyset pagination, constant memory).
 
     `tags`: subscribers who have ANY of them. `after_id`: start after this id (resume).
     `without_consent_evidence`: only people with no consent record that proves consent.
+    `where`: more conditions on `subscribers` (a segment's, `newsletter.segments`); they are
+    evaluated once, for the matching ids (8 bytes a person), then people are read by id.
     Each page is its own short read, so a long consumer never holds a transaction open.
     """
-    conditions = segment_filters(status, tags)
+    conditions = [*segment_filters(status, tags), *where]
     if without_consent_evidence:
         from newsletter.store.consent import has_evidence
 
         conditions.append(~has_evidence())
+    if where:
+        # A segment's condition may read engagement across the list: evaluate it once for
+        # the ids, then read the people page by page by id.
+        with engine.connect() as conn:
+            ids = (
+                conn.execute(
+                    select(subscribers.c.id)
+                    .where(subscribers.c.id > after_id, *conditions)
+                    .order_by(subscribers.c.id)
+                )
+                .scalars()
+                .all()
+            )
+        for start in range(0, len(ids), page_size):
+            chunk = ids[start : start + page_size]
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(subscribers)
+                    .where(subscribers.c.id.in_(chunk))
+                    .order_by(subscribers.c.id)
+                ).all()
+                tag_map = _tags_for(conn, [r.id for r in rows])
+            for row in rows:
+                yield _from_row(row, tag_map[row.id])
+        return
     last = after_id
     while True:
         with engine.connect() as conn:
@@ -469,11 +497,23 @@ def iter_subscribers(
 
 
 def count_subscribers(
-    engine: Engine | Connection, *, status: str | None = None, tags: Iterable[str] = ()
+    engine: Engine | Connection,
+    *,
+    status: str | None = None,
+    tags: Iterable[str] = (),
+    where: Sequence[Any] = (),
 ) -> int:
     """How many subscribers match (same filters as `iter_subscribers`)."""
     tag_list = normalize_tags(tags)
     with _connect(engine) as conn:
+        if where:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(subscribers)
+                    .where(*segment_filters(status, tag_list), *where)
+                ).scalar_one()
+            )
         if tag_list:
             # Count distinct ids from the tag index; join subscribers only to check status.
             query = select(func.count(func.distinct(subscriber_tags.c.subscriber_id))).where(

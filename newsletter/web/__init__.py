@@ -3,7 +3,7 @@
 `create_app(project)` builds the Starlette app (the Flask-tutorial factory pattern): tests
 run it in-process or under uvicorn, and `newsletter.web.asgi:app` builds it for gunicorn.
 Database work is synchronous SQLAlchemy, so handlers run it in Starlette's thread pool.
-Each area's module (`unsubscribe`, `subscribe`, `webhooks`, `issue_page`, `archive`) exposes
+Each area's module (`unsubscribe`, `keep`, `subscribe`, `webhooks`, `issue_page`, `archive`) exposes
 `routes(ctx)`, taking the shared `Context` (project, database, page helpers).
 """
 
@@ -18,7 +18,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from newsletter.project import Project
-from newsletter.web import archive, housekeeping, issue_page, subscribe, unsubscribe, webhooks
+from newsletter.web import (
+    archive,
+    housekeeping,
+    issue_page,
+    keep,
+    subscribe,
+    unsubscribe,
+    webhooks,
+)
 from newsletter.web.busy import EXCEPTION_HANDLERS
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
@@ -39,6 +47,7 @@ def create_app(
     serve_config = project.config.section("serve")
     routes = [
         *unsubscribe.routes(ctx),
+        *keep.routes(ctx),
         *subscribe.routes(ctx),
         *webhooks.routes(ctx),
         *issue_page.routes(ctx),

@@ -1,0 +1,105 @@
+"""`newsletter segments ...` and the `--segment NAME` / `--where EXPR` options other commands
+share. The work lives in `newsletter.segments`; this only parses options."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from newsletter.cli import get_project
+
+
+def segment_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--segment NAME` and `--where EXPR` (see docs/segments.md)."""
+    command = click.option(
+        "--where",
+        metavar="EXPR",
+        help='Only people matching this condition, e.g. --where "tag:leser clicked:last-5".',
+    )(command)
+    return click.option(
+        "--segment", metavar="NAME", help="Only people in this [segments.NAME] of newsletter.toml."
+    )(command)
+
+
+def chosen_segment(segment: str | None, where: str | None) -> Any:
+    """The `Segment` of --segment/--where (None for neither); exit 2 for both."""
+    from newsletter.segments import resolve
+
+    if segment is not None and where is not None:
+        raise click.UsageError("use --segment NAME or --where EXPR, not both")
+    chosen = resolve(get_project(), segment=segment, where=where)
+    for warning in chosen.warnings(get_project()) if chosen is not None else []:
+        click.echo(f"Warning: {warning}", err=True)
+    return chosen
+
+
+def segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:
+    """The WHERE conditions on `subscribers` of --segment/--where (none for neither)."""
+    from newsletter.segments import project_timezone
+
+    chosen = chosen_segment(segment, where)
+    if chosen is None:
+        return []
+    with engine.connect() as conn:
+        return [chosen.condition(conn, project_timezone(get_project()))]
+
+
+@click.group("segments")
+def segments() -> None:
+    """Saved segments: [segments.<name>] where = "…" in newsletter.toml.
+
+    \b
+    Example:
+        newsletter segments list
+        newsletter subscribers list --segment aktive
+    """
+
+
+@segments.command("list")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def list_(fmt: str) -> None:
+    """Show each segment, its definition and how many people are in it now.
+
+    The size counts subscribed people only (those an issue would reach).
+
+    \b
+    Example:
+        newsletter segments list
+    """
+    from newsletter.segments import defined, project_timezone
+    from newsletter.store.engine import project_engine
+    from newsletter.store.schema import subscribers
+
+    project = get_project()
+    found = defined(project)
+    if not found:
+        if fmt == "json":
+            click.echo("[]")
+            return
+        click.echo(
+            "No segments yet; add one to newsletter.toml, e.g. [segments.aktive] with "
+            'where = "status:subscribed clicked:last-5"'
+        )
+        return
+    engine = project_engine(project)
+    tz = project_timezone(project)
+    rows = [
+        (name, seg.definition, seg.count(engine, tz, extra=[subscribers.c.status == "subscribed"]))
+        for name, seg in sorted(found.items())
+    ]
+    if fmt == "json":
+        data = [{"name": n, "where": d, "subscribed": c} for n, d, c in rows]
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    width = max(len("SEGMENT"), *(len(name) for name, _, _ in rows))
+    click.echo(f"{'SEGMENT':<{width}}  {'SUBSCRIBED':>10}  WHERE")
+    for name, definition, size in rows:
+        click.echo(f"{name:<{width}}  {size:>10}  {definition}")
+
+
+COMMANDS: list[click.Command] = [segments]

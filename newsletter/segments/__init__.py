@@ -1,0 +1,116 @@
+"""Segments: named, saved conditions on the list (`[segments.<name>] where = "…"` in
+newsletter.toml) and ad-hoc ones (`--where "…"`), in one search-box syntax (`syntax.py`),
+compiled to one SQL condition on `subscribers` (`query.py`).
+
+    seg = resolve(project, segment="aktive")           # or where="tag:leser clicked:30d"
+    with engine.connect() as conn:
+        cond = seg.condition(conn, tz)                 # a WHERE condition on subscribers
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from newsletter.segments import syntax
+from newsletter.segments.syntax import SegmentError, where_label
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+    from newsletter.project import Project
+
+# No SQLAlchemy at import time: loading the config parses segments (`syntax`), and commands
+# that find nothing to do must start without it.
+
+__all__ = ["Segment", "SegmentError", "resolve", "defined", "where_label"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A parsed condition: a named segment (`name`) or an ad-hoc --where (`name` None)."""
+
+    name: str | None
+    definition: str
+    tree: syntax.Node
+
+    @classmethod
+    def parse(cls, definition: str, name: str | None = None) -> Segment:
+        return cls(name, definition, syntax.parse(definition, where_label(name)))
+
+    def warnings(self, project: Project) -> list[str]:
+        """What the author should know about the condition (one line each)."""
+        tracking = project.config.sections.get("tracking", {})
+        if "opened" in syntax.engagement_kinds(self.tree) and not tracking.get("opens"):
+            return [
+                f"{where_label(self.name)} uses opened:, but [tracking] opens is off: only opens "
+                "recorded while it was on count (clicks and replies are the surer signals)"
+            ]
+        return []
+
+    def condition(
+        self, conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None
+    ) -> Any:
+        """The WHERE condition on `subscribers` (reads which issues went out, once)."""
+        from newsletter.segments import query
+
+        return query.condition(self.tree, query.context(conn, tz, now))
+
+    def count(
+        self,
+        engine: Engine,
+        tz: ZoneInfo | None = None,
+        *,
+        extra: Sequence[Any] = (),
+        now: datetime | None = None,
+    ) -> int:
+        """How many subscribers (any status, unless the definition or `extra` says) match."""
+        from sqlalchemy import func, select
+
+        from newsletter.store.schema import subscribers
+
+        with engine.connect() as conn:
+            where = self.condition(conn, tz, now)
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(subscribers).where(where, *extra)
+                ).scalar_one()
+            )
+
+
+def defined(project: Project) -> dict[str, Segment]:
+    """The `[segments.<name>]` of newsletter.toml, parsed (the config load checked them)."""
+    tables = project.config.sections.get("segments", {})
+    return {name: Segment.parse(table["where"], name) for name, table in tables.items()}
+
+
+def resolve(
+    project: Project, *, segment: str | None = None, where: str | None = None
+) -> Segment | None:
+    """The segment a command was given (`--segment NAME` or `--where EXPR`), or None."""
+    if segment is not None and where is not None:
+        raise SegmentError("use --segment NAME or --where EXPR, not both")
+    if where is not None:
+        return Segment.parse(where)
+    if segment is None:
+        return None
+    known = defined(project)
+    if segment not in known:
+        names = ", ".join(sorted(known)) or "none yet"
+        raise SegmentError(
+            f'{project.config.path}: no segment "{segment}" (defined: {names}); add '
+            f'[segments.{segment}] with where = "…"'
+        )
+    return known[segment]
+
+
+def project_timezone(project: Project) -> ZoneInfo:
+    """`[newsletter] timezone`: the days of `joined:>2026-01-01` start at midnight there."""
+    name = project.config.section("newsletter").get("timezone") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):  # the config load checked it; be safe anyway
+        return ZoneInfo("UTC")

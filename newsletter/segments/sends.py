@@ -1,0 +1,79 @@
+"""Which segment a send went to, and its definition when the send was planned
+(`send_segments`, one row per send; `sends.segment` keeps the --tag values as before).
+
+The send's membership itself is frozen in the plan (`SendPlan.planned`); this is the record
+of what the author chose, for `sends` and `stats ISSUE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, select
+
+from newsletter.store import schema
+
+
+@dataclass(frozen=True)
+class SendSegment:
+    send_id: int
+    name: str | None  # None: an ad-hoc --where
+    definition: str
+
+    @property
+    def shown(self) -> str:
+        """`segment aktive (status:subscribed clicked:last-5)` or `--where tag:x`."""
+        if self.name:
+            return f"segment {self.name} ({self.definition})"
+        return f"--where {self.definition}"
+
+
+def latest_send_id(engine: Engine) -> int:
+    """The newest send's id (0 for none): a send made after this has a larger id."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.max(schema.sends.c.id))).scalar() or 0)
+
+
+def record(
+    engine: Engine, slug: str, after_send_id: int, name: str | None, definition: str
+) -> int | None:
+    """Record the segment on the first send of the issue `slug` made after `after_send_id`
+    (the one this process just made); returns its id, or None when no send was made."""
+    s, t, i = schema.sends, schema.send_segments, schema.issues
+    with engine.begin() as conn:
+        send_id = conn.execute(
+            select(func.min(s.c.id))
+            .join(i, i.c.id == s.c.issue_id)
+            .where(s.c.id > after_send_id, i.c.slug == slug)
+        ).scalar()
+        if send_id is None:
+            return None
+        if conn.execute(select(t.c.send_id).where(t.c.send_id == send_id)).first() is None:
+            conn.execute(t.insert().values(send_id=send_id, name=name, definition=definition))
+    return int(send_id)
+
+
+def for_sends(engine: Engine, send_ids: Iterable[int]) -> dict[int, SendSegment]:
+    ids = sorted(set(send_ids))
+    if not ids:
+        return {}
+    t = schema.send_segments
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.send_id, t.c.name, t.c.definition).where(t.c.send_id.in_(ids))
+        )
+        return {row.send_id: SendSegment(row.send_id, row.name, row.definition) for row in rows}
+
+
+def for_issue(engine: Engine, issue_id: int) -> list[SendSegment]:
+    """The segments of an issue's sends, oldest send first."""
+    s, t = schema.sends, schema.send_segments
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.send_id, t.c.name, t.c.definition)
+            .join(s, s.c.id == t.c.send_id)
+            .where(s.c.issue_id == issue_id)
+            .order_by(t.c.send_id)
+        )
+        return [SendSegment(row.send_id, row.name, row.definition) for row in rows]

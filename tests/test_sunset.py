@@ -1,0 +1,202 @@
+"""Sunsetting end to end: cold readers listed as a segment, asked by mail (the outbox), one
+keeps clicking the link through a live `serve`, one replies through Inbound Parse, and
+`--apply` removes only the silent one, with the reason "inactive", which `stats --list`
+counts apart from unsubscribes; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from newsletter.project import Project
+from newsletter.store import schema
+from newsletter.store.engine import open_engine
+from newsletter.store.subscribers import add_subscriber, find_subscriber
+from newsletter.web import create_app
+from tests.conftest import CONFIG
+from tests.support.stats import INBOUND_SECRET, post_events, post_reply
+from tests.support.web import event, live_server, record_sent
+
+EN_CONFIG = CONFIG.replace('language = "de"', 'language = "en"')
+
+
+@pytest.fixture
+def readers(make_project, database_url, monkeypatch, signer):
+    """Six readers and four issues (two months ago to last week); returns a builder taking
+    the config."""
+
+    def build(config: str = CONFIG):
+        monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+        monkeypatch.setenv("NEWSLETTER_INBOUND_SECRET", INBOUND_SECRET)
+        root = make_project(config + "\n[tracking]\nclicks = true\nopens = true\n")
+        project = Project.load(root)
+        engine = open_engine(project.database_url)
+        now = datetime.now(UTC)
+        people = {}
+        for name, joined in [
+            ("aktiv", 90),  # clicked the latest issue: not cold
+            ("bleibt", 90),  # cold; will click the keep link
+            ("antwortet", 90),  # cold; will reply
+            ("still", 90),  # cold; stays silent
+            ("neu", 5),  # too new to be cold
+            ("wenig", 90),  # received only two issues
+        ]:
+            person = add_subscriber(engine, f"{name}@example.de", first_name=name.title())
+            with engine.begin() as conn:
+                conn.execute(
+                    update(schema.subscribers)
+                    .where(schema.subscribers.c.id == person.id)
+                    .values(created_at=now - timedelta(days=joined))
+                )
+            people[name] = person
+        issues = []
+        with engine.begin() as conn:
+            for n in range(4):
+                got = [p.id for k, p in people.items() if k != "wenig" or n >= 2]
+                issues.append(
+                    record_sent(
+                        conn,
+                        got,
+                        slug=f"ausgabe-{n}",
+                        title=f"Ausgabe {n}",
+                        subject=f"Ausgabe {n}: Grüße aus Köln",
+                        when=now - timedelta(days=60 - 15 * n),
+                    )
+                )
+        app = create_app(project, engine)
+        return root, engine, people, issues, app
+
+    return build
+
+
+def test_ask_keep_reply_apply(readers, cli, signer):
+    root, engine, people, issues, app = readers()
+    with live_server(app) as base:
+        # A machine open (Apple's prefetch) is nobody reading: `bleibt` stays cold.
+        post_events(
+            base,
+            signer,
+            [
+                event(
+                    "click",
+                    "aktiv@example.de",
+                    issue_id=issues[-1],
+                    subscriber_id=people["aktiv"].id,
+                    url="https://example.com/",
+                ),
+                event(
+                    "open",
+                    "bleibt@example.de",
+                    issue_id=issues[-1],
+                    subscriber_id=people["bleibt"].id,
+                    sg_machine_open=True,
+                ),
+            ],
+        )
+        listed = cli(root, "subscribers", "sunset")
+        assert listed.exit_code == 0, listed.output
+        assert listed.output.splitlines()[0] == (
+            "Cold readers: 3 (status:subscribed -clicked:last-10 -replied:last-10 "
+            "-opened:last-10 -joined:30d received:>=3)"
+        )
+        for name in ("bleibt", "antwortet", "still"):
+            assert f"  {name}@example.de  (joined" in listed.output
+        for name in ("aktiv", "neu", "wenig"):
+            assert f"{name}@example.de" not in listed.output
+
+        dry = cli(root, "subscribers", "sunset", "--ask", "--dry-run")
+        assert "Dry run: would mail 3 readers a keep link." in dry.output
+        assert not (root / "outbox").exists()
+
+        asked = cli(root, "subscribers", "sunset", "--ask", "--yes")
+        assert asked.exit_code == 0, asked.output
+        mails = sorted((root / "outbox").glob("*.eml"))
+        assert len(mails) == 3
+        again = cli(root, "subscribers", "sunset", "--ask", "--yes")
+        assert "Nobody to ask." in again.output  # each is asked once
+        assert len(sorted((root / "outbox").glob("*.eml"))) == 3
+
+        mail = next(m for m in mails if "bleibt" in m.name)
+        message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+        assert message["Subject"] == "Möchtest du „Jens' Briefing“ weiter bekommen?"
+        text = message.get_body(("plain",)).get_content()
+        assert "Hallo Bleibt," in text and "in 14 Tagen aus" in text
+        link = re.search(r"https://news\.example\.com/keep/\S+", text).group(0)
+        page = httpx.get(base + link.removeprefix("https://news.example.com"))
+        assert page.status_code == 200
+        assert "Danke!" in page.text and "Du bekommst „Jens&#39; Briefing“ weiterhin" in page.text
+        forged = httpx.get(base + "/keep/" + link.rsplit("/", 1)[1][:-2] + "xx")
+        assert forged.status_code == 400
+
+        post_reply(base, "antwortet@example.de", "Re: Ausgabe 3: Grüße aus Köln", "Ja, gern!")
+
+    # Two weeks later (the asks are moved back instead of the clock forward).
+    with engine.begin() as conn:
+        conn.execute(
+            update(schema.sunset_asks).values(asked_at=datetime.now(UTC) - timedelta(days=15))
+        )
+    early = cli(root, "subscribers", "sunset", "--apply", "--grace", "20d")
+    assert "Nobody to remove" in early.output
+    dry = cli(root, "subscribers", "sunset", "--apply", "--dry-run")
+    assert "  still@example.de  (asked" in dry.output
+    assert "bleibt@" not in dry.output and "antwortet@" not in dry.output
+    assert "Dry run: would unsubscribe 1 reader (reason inactive)." in dry.output
+    unasked = cli(root, "subscribers", "sunset", "--apply")  # no terminal, no --yes
+    assert unasked.exit_code == 1
+    assert "add --yes to --apply" in unasked.output
+    applied = cli(root, "subscribers", "sunset", "--apply", "--yes")
+    assert applied.exit_code == 0, applied.output
+    assert "Unsubscribed 1 reader (reason inactive)." in applied.output
+
+    states = {
+        name: (s.status, s.unsubscribe_reason)
+        for name in people
+        if (s := find_subscriber(engine, f"{name}@example.de")) is not None
+    }
+    assert states["still"] == ("unsubscribed", "inactive")
+    assert all(states[n] == ("subscribed", None) for n in people if n != "still")
+    # Those who answered are active again: no longer cold.
+    assert "Cold readers: 0" in cli(root, "subscribers", "sunset").output
+
+    growth = json.loads(cli(root, "stats", "--list", "--format", "json").output)
+    (period,) = growth["periods"][-1:]
+    assert period["inactive"] == 1 and period["unsubscribed"] == 0
+    assert "INACTIVE" in cli(root, "stats", "--list").output
+
+
+def test_the_keep_page_speaks_english_and_brings_back_a_reader_removed_as_inactive(readers, cli):
+    root, engine, people, _, app = readers(EN_CONFIG)
+    assert cli(root, "subscribers", "sunset", "--ask", "--yes").exit_code == 0
+    mail = next(m for m in (root / "outbox").glob("*.eml") if "still" in m.name)
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert message["Subject"] == "Do you still want to receive “Jens' Briefing”?"
+    link = re.search(r"/keep/\S+", message.get_body(("plain",)).get_content()).group(0)
+    with engine.begin() as conn:
+        conn.execute(
+            update(schema.sunset_asks).values(asked_at=datetime.now(UTC) - timedelta(days=30))
+        )
+    assert cli(root, "subscribers", "sunset", "--apply", "--yes").exit_code == 0
+    assert find_subscriber(engine, "still@example.de").status == "unsubscribed"
+    with live_server(app) as base:
+        page = httpx.post(base + link)
+    assert page.status_code == 200
+    assert "Thank you!" in page.text
+    assert find_subscriber(engine, "still@example.de").status == "subscribed"
+    with engine.connect() as conn:
+        kept = conn.execute(select(schema.reader_activity.c.clicked_at)).scalars().all()
+    assert kept and all(abs(time.time() - k.timestamp()) < 600 for k in kept if k)
+
+
+def test_sunset_options(project, cli):
+    both = cli(project, "subscribers", "sunset", "--ask", "--apply")
+    assert both.exit_code == 2
+    bad = cli(project, "subscribers", "sunset", "--grace", "zwei Wochen")
+    assert bad.exit_code == 2 and "is not a number of days" in bad.output
