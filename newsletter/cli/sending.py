@@ -51,6 +51,14 @@ from newsletter.wording import plural
     is_flag=True,
     help="With --resume: also re-send to recipients whose delivery is uncertain.",
 )
+@click.option(
+    "--resend",
+    type=click.Choice(["non-clickers", "non-openers", "new"]),
+    help="Send the issue again: to readers who got it and neither clicked nor replied, who "
+    "did not open it either, or who joined after the first send. Once per kind, at least "
+    "[sending] resend_after (24h) after the first send.",
+)
+@click.option("--subject", metavar="TEXT", help="This send's subject instead of the issue's.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def send(
     issue: str,
@@ -62,6 +70,8 @@ def send(
     yes: bool,
     resume: bool,
     include_uncertain: bool,
+    resend: str | None,
+    subject: str | None,
     quiet: bool,
 ) -> None:
     """Send an issue to the subscribers (through [sending] transport: SendGrid, SMTP, or
@@ -73,6 +83,7 @@ def send(
         newsletter send 2024-07-meta-ki-creator --dry-run --yes
         newsletter send 2024-07-meta-ki-creator --yes
         newsletter send 2024-07-meta-ki-creator --resume --yes
+        newsletter send 2024-07-meta-ki-creator --resend non-clickers --subject "Falls Sie es verpasst haben" --yes
     """
     from newsletter.errors import SendError
     from newsletter.sending.execute import execute
@@ -83,6 +94,10 @@ def send(
     project = get_project()
     if include_uncertain and not resume:
         raise click.UsageError("--include-uncertain goes with --resume")
+    if resend and tags:
+        raise click.UsageError("--tag does not go with --resend (a resend keeps the first send's)")
+    if subject is not None and not subject.strip():
+        raise click.UsageError("--subject needs a text")
     request = SendRequest(
         tags=tags,
         dry_run=dry_run,
@@ -91,6 +106,8 @@ def send(
         send_at=parse_when(when) if when else None,
         outbox_dir=outbox,
         test_copy=bool(test_addresses),
+        resend=resend,
+        subject=subject.strip() if subject else None,
     )
     plan = plan_send(project, issue, request)
     if plan.chosen.note:
@@ -107,9 +124,14 @@ def send(
 
     transport = plan.transport
     config = project.config
+    tags = tuple(plan.request.tags)  # (a resend's: the first send's)
     segment = f" tagged {', '.join(tags)}" if tags else ""
-    what = "resume" if resume else ("dry run" if dry_run else "send")
-    click.echo(f"Subject:    {plan.prepared.rendered.subject}")
+    if plan.resend:
+        segment += f" ({plan.resend}: resend)"
+    what = "resume" if plan.request.resume else ("dry run" if dry_run else "send")
+    if plan.resend and what == "send":
+        what = "resend"
+    click.echo(f"Subject:    {plan.subject or plan.prepared.rendered.subject}")
     click.echo(f"From:       {config.from_name} <{config.from_email}>")
     domain = config.section("replies")["domain"]
     shown_reply_to = (
@@ -142,6 +164,8 @@ def send(
     if show:
         click.echo(err=True)
     resume_command = f"newsletter send {issue} --resume"
+    if plan.resend:
+        resume_command = f"newsletter send {issue} --resend {plan.resend} --resume"
     if report.cancelled:
         raise SendError(
             f"send {report.send_id} stopped: `newsletter cancel` stopped it after "
@@ -182,7 +206,7 @@ def send(
         click.echo(
             f"{report.uncertain} uncertain: the answer was lost; they may have it. "
             f"See `newsletter sends {issue}`; to send to them anyway: "
-            f"newsletter send {issue} --resume --include-uncertain"
+            f"{resume_command} --include-uncertain"
         )
     if report.error:
         raise SendError(f"send stopped: {report.error}; fix it, then run `{resume_command}`")
@@ -238,6 +262,11 @@ def sends(issue: str | None, fmt: str) -> None:
             f"{r.id:>4}  {r.issue[:28]:<28} {r.started_at:%Y-%m-%d %H:%M} "
             f"{r.shown_status:<10} {transport:<16} {r.shown_counts()}"
         )
+        if r.resend:
+            about = f' (subject "{r.subject}")' if r.subject else ""
+            click.echo(f"      resend to {r.resend}{about}")
+        elif r.subject:
+            click.echo(f'      subject "{r.subject}"')
         if r.error:
             click.echo(f"      {r.error}")
         if r.publish is not None:
@@ -246,7 +275,10 @@ def sends(issue: str | None, fmt: str) -> None:
         if r.shown_status == "cancelling":
             click.echo(f"      being cancelled; finish with `newsletter cancel {r.issue}`")
         elif r.process_gone:
-            click.echo(f"      its process is gone; run `newsletter send {r.issue} --resume`")
+            again = f" --resend {r.resend}" if r.resend else ""
+            click.echo(
+                f"      its process is gone; run `newsletter send {r.issue}{again} --resume`"
+            )
         if r.joined_since:
             click.echo(
                 f"      {r.joined_since} subscribed after this send was planned and have not had "
@@ -254,6 +286,13 @@ def sends(issue: str | None, fmt: str) -> None:
             )
     if issue_id is None:
         return
+    if any(r.resend for r in summaries):
+        from newsletter.sending.resend import resend_counts
+
+        rounds = resend_counts(engine, issue_id)
+        parts = [f"{kind} {n['sent']}" for kind, n in rounds.items()]
+        total = sum(n["sent"] for n in rounds.values())
+        click.echo(f"\nCopies handed over: {total} together ({', '.join(parts)})")
     click.echo()
     click.echo(f"{'SUBSCRIBER':>10}  {'STATE':<10} {'SEND':>4}  EMAIL")
     uncertain = 0
@@ -262,6 +301,7 @@ def sends(issue: str | None, fmt: str) -> None:
         click.echo(
             f"{d.subscriber_id:>10}  {d.state:<10} {d.send_id:>4}  {d.email}"
             + (f"  ({d.error})" if d.error and d.state in ("failed",) else "")
+            + (f"  (resend {d.send_round})" if d.send_round != "first" else "")
         )
     if uncertain:
         click.echo(

@@ -26,7 +26,7 @@ from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
 from newsletter.sending.transports import kinds_that
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
-from newsletter.store.schema import DeliveryState, SubscriberStatus
+from newsletter.store.schema import FIRST_ROUND, DeliveryState, SubscriberStatus
 from newsletter.store.times import as_utc
 from newsletter.wording import plural
 
@@ -88,6 +88,12 @@ class SendRequest:
     outbox_dir: Path | None = None
     #: `--test ADDRESS`: no check, no counting, no refusal; only the message is needed.
     test_copy: bool = False
+    #: `--resend KIND`: "non-clickers", "non-openers" or "new" (see `resend.py`).
+    resend: str | None = None
+    #: `--subject TEXT`: this send's subject instead of the issue's.
+    subject: str | None = None
+    #: The time the resend_after wait is measured at (tests; default: now).
+    now: datetime | None = None
 
 
 @dataclass
@@ -115,6 +121,19 @@ class SendPlan:
     #: The subscriber ids the send goes to, ascending, read once at planning time: the set is
     #: fixed here, not by an id bound (people resubscribed since have ids below any bound).
     planned: Sequence[int] = field(default_factory=lambda: array("q"))
+    #: A resend's kind (see `resend.py`), else None.
+    resend: str | None = None
+    #: The subject instead of the issue's (`--subject`, or the resend being resumed had one).
+    subject: str | None = None
+
+    @property
+    def send_round(self) -> str:
+        """The ledger round this send's rows are in (`deliveries.send_round`)."""
+        if self.resend is None:
+            return FIRST_ROUND
+        from newsletter.sending.resend import ResendKind
+
+        return ResendKind(self.resend).send_round
 
     @property
     def transport(self) -> Any:
@@ -141,7 +160,7 @@ class SendPlan:
             self.project,
             self.prepared,
             reply_to=per_reader_reply_to(self.project) or self.reply_to,
-            subject=subject,
+            subject=subject or self.subject,
             categories=categories or (self.slug, "newsletter"),
             sandbox=self.sandbox,
             send_at=self.send_at,
@@ -235,7 +254,11 @@ def max_subscriber_id(engine: Engine) -> int:
 
 
 def _recipient_conditions(
-    tags: Sequence[str], up_to_id: int, issue_id: int | None, again: Sequence[str]
+    tags: Sequence[str],
+    up_to_id: int,
+    issue_id: int | None,
+    again: Sequence[str],
+    extra: Sequence[Any] = (),
 ) -> list[Any]:
     """Subscribed people (of the segment, id <= up_to_id); with `issue_id`, only those with
     no ledger row for it or one in an `again` state (who a --resume reaches)."""
@@ -244,7 +267,11 @@ def _recipient_conditions(
     from newsletter.store.schema import deliveries, subscribers
     from newsletter.store.subscribers import segment_filters
 
-    conditions = [*segment_filters(SubscriberStatus.SUBSCRIBED, tags), subscribers.c.id <= up_to_id]
+    conditions = [
+        *segment_filters(SubscriberStatus.SUBSCRIBED, tags),
+        subscribers.c.id <= up_to_id,
+        *extra,
+    ]
     if issue_id is not None:
         done = exists().where(
             deliveries.c.issue_id == issue_id,
@@ -282,15 +309,18 @@ def planned_recipients(
     up_to_id: int,
     issue_id: int | None = None,
     again: Sequence[str] = (),
+    *,
+    extra: Sequence[Any] = (),
 ) -> array[int]:
     """The ids of the people a send goes to, ascending (see `_recipient_conditions`), as a
-    compact array: 100,000 readers take 800 kB."""
+    compact array: 100,000 readers take 800 kB. `extra`: more conditions on `subscribers`
+    (a resend to the new readers: joined after the first send)."""
     from sqlalchemy import select
 
     from newsletter.store.raw import driver_rows
     from newsletter.store.schema import subscribers
 
-    conditions = _recipient_conditions(tags, up_to_id, issue_id, again)
+    conditions = _recipient_conditions(tags, up_to_id, issue_id, again, extra)
     statement = select(subscribers.c.id).where(*conditions).order_by(subscribers.c.id)
     with engine.connect() as conn:
         # The driver's own rows: SQLAlchemy's result objects cost more than the query.
@@ -364,12 +394,15 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         issue_id=issue_id,
         warnings=warnings,
         send_at=request.send_at,
+        subject=request.subject,
     )
     if request.test_copy:
         return plan
     plan.refusal = _refusal(plan)
     if plan.refusal:
         return plan
+    if request.resend is not None:
+        return _plan_resend(plan, ledger)
     resume = request.resume
     if plan.uses_ledger and issue_id is not None:
         running = ledger.running(issue_id)
@@ -408,6 +441,61 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         plan.planned = planned_recipients(engine, request.tags, up_to_id)
         plan.recipients = len(plan.planned)
     plan.request = _with_resume(request, resume)
+    return plan
+
+
+def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
+    """A resend (`resend.py`): refused too soon, twice, or without the opens it needs; else
+    its recipients, fixed now. It goes to the first send's segment, and a resend being
+    resumed keeps its subject unless another is given."""
+    from dataclasses import replace
+    from datetime import UTC
+
+    from newsletter.sending.resend import (
+        ResendKind,
+        resend_after,
+        resend_recipients,
+        resend_refusal,
+    )
+
+    request, issue_id = plan.request, plan.issue_id
+    kind = ResendKind(str(request.resend))
+    if request.send_at is not None:
+        plan.refusal = "--schedule does not go with --resend; resend when the time has come"
+        return plan
+    if issue_id is not None and plan.uses_ledger:
+        running = ledger.running(issue_id)
+        if running is not None:
+            plan.refusal = (
+                f"another send of {plan.slug} is running (send {running.send_id}, pid "
+                f"{running.pid} on {running.host}); wait for it to finish, or check "
+                f"`newsletter sends {plan.slug}`"
+            )
+            return plan
+    plan.refusal, first, earlier = resend_refusal(
+        plan.engine,
+        plan.slug,
+        issue_id,
+        kind,
+        after=resend_after(plan.project),
+        now=request.now or datetime.now(UTC),
+        resume=request.resume,
+    )
+    if plan.refusal:
+        return plan
+    assert first is not None and issue_id is not None
+    plan.resend = str(kind)
+    if plan.subject is None and earlier is not None:
+        plan.subject = earlier.subject
+    again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
+    plan.planned = resend_recipients(plan.engine, issue_id, kind, first, again)
+    plan.recipients = len(plan.planned)
+    plan.stranded = (
+        plan.recipients == 0
+        and earlier is not None
+        and ledger.issue_counts(issue_id, kind.send_round).get("in_flight", 0) > 0
+    )
+    plan.request = replace(request, tags=tuple(first.segment), resume=earlier is not None)
     return plan
 
 
