@@ -89,7 +89,21 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     from newsletter.replies.threads import answered_count
 
     answered = answered_count(engine, ref.id)
-    click.echo(stats_text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered))
+    text = stats_text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered)
+    from newsletter.sending.resend import rounds_table, send_rounds
+    from newsletter.store.issues import find_issue
+
+    rounds = send_rounds(engine, ref.id)
+    if len(rounds) > 1:  # resent: the first send and the resends, apart and together
+        if fmt == "json":
+            import json
+
+            data = json.loads(text)
+            data["sends"] = [r.as_dict() for r in rounds]
+            text = json.dumps(data, ensure_ascii=False, indent=2)
+        elif fmt == "table":
+            text += "\n\n" + rounds_table(rounds, find_issue(engine, ref.slug).subject)
+    click.echo(text)
 
 
 @click.command()

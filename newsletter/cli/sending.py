@@ -287,11 +287,11 @@ def sends(issue: str | None, fmt: str) -> None:
     if issue_id is None:
         return
     if any(r.resend for r in summaries):
-        from newsletter.sending.resend import resend_counts
+        from newsletter.sending.resend import send_rounds
 
-        rounds = resend_counts(engine, issue_id)
-        parts = [f"{kind} {n['sent']}" for kind, n in rounds.items()]
-        total = sum(n["sent"] for n in rounds.values())
+        rounds = send_rounds(engine, issue_id)
+        parts = [f"{r.kind} {r.copies}" for r in rounds]
+        total = sum(r.copies for r in rounds)
         click.echo(f"\nCopies handed over: {total} together ({', '.join(parts)})")
     click.echo()
     click.echo(f"{'SUBSCRIBER':>10}  {'STATE':<10} {'SEND':>4}  EMAIL")

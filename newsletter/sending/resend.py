@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 DEFAULT_RESEND_AFTER = "24h"
 #: A first copy that reached the reader, as far as the ledger knows.
 GOT_IT = (DeliveryState.ACCEPTED, DeliveryState.DELIVERED)
+#: A copy the provider took (what came of it aside).
+HANDED_OVER = (*GOT_IT, DeliveryState.BOUNCED, DeliveryState.DROPPED)
 
 
 class ResendKind(StrEnum):
@@ -80,7 +82,7 @@ def resend_after(project: Project) -> timedelta:
     delay = parse_delay(value)
     if delay is None:
         raise ConfigError(
-            f'{project.config.path}: [sending] resend_after {value!r} is not a time span; '
+            f"{project.config.path}: [sending] resend_after {value!r} is not a time span; "
             'write it as "24h", "2d" or "90m"'
         )
     return delay
@@ -311,9 +313,28 @@ def resend_refusal(
     )
 
 
-def resend_counts(engine: Engine, issue_id: int) -> dict[str, dict[str, int]]:
-    """For `stats ISSUE`: per round ("first" and each resend kind) the copies the ledger shows
-    handed over (accepted or delivered) and the people among them who clicked since."""
+@dataclass(frozen=True)
+class SendRound:
+    """One copy of an issue as `stats ISSUE` shows it: the first send, or a resend."""
+
+    kind: str  # "first", or the resend's kind
+    subject: str | None  # its own subject (`--subject`), or None: the issue's
+    copies: int  # copies the provider took (accepted, delivered, bounced, dropped)
+    clicked: int  # readers among them who clicked the issue (at any time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "subject": self.subject,
+            "copies": self.copies,
+            "clicked": self.clicked,
+        }
+
+
+def send_rounds(engine: Engine, issue_id: int) -> list[SendRound]:
+    """For `sends` and `stats ISSUE`: per round (the first send, then each resend kind) the
+    copies handed over and the readers among them who clicked: after a resend to the
+    non-clickers, its clickers are the ones the resend won back."""
     d = deliveries.c
     me = d.subscriber_id
     clicked = exists().where(
@@ -322,9 +343,25 @@ def resend_counts(engine: Engine, issue_id: int) -> dict[str, dict[str, int]]:
     kind = func.coalesce(sends.c.resend, FIRST_ROUND)
     with engine.connect() as conn:
         rows = conn.execute(
-            select(kind, func.count(), func.count().filter(clicked))
-            .select_from(deliveries.join(sends, and_(sends.c.id == d.send_id)))
-            .where(d.issue_id == issue_id, d.state.in_([str(s) for s in GOT_IT]))
+            select(kind, func.max(sends.c.subject), func.count(), func.count().filter(clicked))
+            .select_from(deliveries.join(sends, sends.c.id == d.send_id))
+            .where(d.issue_id == issue_id, d.state.in_([str(s) for s in HANDED_OVER]))
             .group_by(kind)
         ).all()
-    return {str(k): {"sent": int(n), "clicked": int(c)} for k, n, c in rows}
+    order = [FIRST_ROUND, *(str(k) for k in ResendKind)]
+    found = [SendRound(str(k), subject, int(n), int(c)) for k, subject, n, c in rows]
+    return sorted(found, key=lambda r: order.index(r.kind) if r.kind in order else len(order))
+
+
+def rounds_table(rounds: Sequence[SendRound], issue_subject: str) -> str:
+    """The first send and the resends, apart and together, as `stats ISSUE` shows them."""
+    lines = ["First send and resends:"]
+    for r in rounds:
+        name = "first send" if r.kind == FIRST_ROUND else f"resend {r.kind}"
+        lines.append(
+            f"  {name:<22} {r.copies:>7} copies {r.clicked:>7} clicked   "
+            f'subject "{r.subject or issue_subject}"'
+        )
+    total = sum(r.copies for r in rounds)
+    lines.append(f"  {'together':<22} {total:>7} copies")
+    return "\n".join(lines)

@@ -185,7 +185,9 @@ deliveries = Table(
     # Which copy of the issue the row is about (m020): "first" (the first send, its --resume,
     # and a resend to the "new", who never had it), or a resend's kind ("non-clickers",
     # "non-openers"), each at most once per person.
-    Column("send_round", String(16), nullable=False, default=FIRST_ROUND, server_default=FIRST_ROUND),
+    Column(
+        "send_round", String(16), nullable=False, default=FIRST_ROUND, server_default=FIRST_ROUND
+    ),
     # One row per person per issue and round, across all sends of it: the guard against
     # sending twice (a resend is its own round, so it cannot clash with the first copy, and
     # nobody gets a second copy of either).
