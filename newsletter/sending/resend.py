@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, func, literal_column, or_, select
+from sqlalchemy import exists, func, literal_column, or_, select
 
 from newsletter.errors import ConfigError
 from newsletter.store.raw import driver_rows
