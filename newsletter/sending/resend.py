@@ -288,7 +288,7 @@ def resend_refusal(
     if kind is ResendKind.NON_OPENERS and not opens_were_tracked(engine, issue_id, first):
         return (
             f"cannot resend {slug} to non-openers: open tracking was off for its first send "
-            f"(send {first.id}), so nobody's opens are known; use --resend non-clickers",
+            f"(send {first.id}), so nobody's opens are known; use --resend {ResendKind.NON_CLICKERS}",
             first,
             None,
         )
