@@ -307,7 +307,10 @@ def m020_resend_rounds(conn: Connection) -> None:
     # Nothing refers to `deliveries`, but its own foreign keys are checked on the copy:
     # off, as in m004 (the rows are copied as they are).
     conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-    rebuilt = schema.deliveries.to_metadata(MetaData(), name="deliveries_rebuilt")
+    copy = MetaData()
+    for referred in (schema.issues, schema.subscribers, schema.sends):
+        referred.to_metadata(copy)  # (so the copy's foreign keys find their tables)
+    rebuilt = schema.deliveries.to_metadata(copy, name="deliveries_rebuilt")
     columns = ", ".join(c.name for c in schema.deliveries.columns if c.name in present)
     conn.exec_driver_sql("DROP TABLE IF EXISTS deliveries_rebuilt")  # left by a crash
     conn.execute(CreateTable(rebuilt))
