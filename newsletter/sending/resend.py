@@ -255,6 +255,15 @@ def resend_recipients(
         return array("q", (row[0] for row in driver_rows(conn, statement)))
 
 
+def _span(wait: timedelta) -> str:
+    """A wait as people say it: 24h (not 1d) up to two days, then days."""
+    seconds = int(wait.total_seconds())
+    for unit, size, least in (("d", 86400, 2 * 86400), ("h", 3600, 3600), ("m", 60, 0)):
+        if seconds % size == 0 and seconds >= least:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def resend_refusal(
     engine: Engine,
     slug: str,
@@ -276,11 +285,9 @@ def resend_refusal(
         )
     possible = first.went_out + after
     if now < possible:
-        from newsletter.sequences.steps import format_delay
-
         return (
             f"too soon to resend {slug} to {kind}: possible from {possible:%Y-%m-%d %H:%M} UTC "
-            f"({format_delay(after)} after the first send; [sending] resend_after)",
+            f"({_span(after)} after the first send; [sending] resend_after)",
             first,
             None,
         )
