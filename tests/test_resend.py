@@ -204,6 +204,8 @@ def test_each_resend_kind_through_sendgrid_with_events_through_the_webhook(
     assert "together 18 copies" in lines
     assert 'subject "Falls Sie es verpasst haben"' in stats.output
     as_json = json.loads(cli(root, "stats", ISSUE, "--format", "json").output)
+    # Rates stay over readers: the 9 first copies and the 2 new readers', not the 18 copies.
+    assert as_json["counts"]["recipients"] == 11
     assert [(r["kind"], r["copies"]) for r in as_json["sends"]] == [
         ("first", 9),
         ("non-clickers", 4),
