@@ -91,18 +91,26 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     answered = answered_count(engine, ref.id)
     text = stats_text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered)
     from newsletter.sending.resend import rounds_table, send_rounds
+    from newsletter.sending.subject_test import summary_table, test_summary
     from newsletter.store.issues import find_issue
 
     rounds = send_rounds(engine, ref.id)
-    if len(rounds) > 1:  # resent: the first send and the resends, apart and together
-        if fmt == "json":
-            import json
+    resent = len(rounds) > 1  # the first send and the resends, apart and together
+    tested = test_summary(engine, ref.id)  # a subject-line test: both subjects, the winner
+    if fmt == "json" and (resent or tested):
+        import json
 
-            data = json.loads(text)
+        data = json.loads(text)
+        if resent:
             data["sends"] = [r.as_dict() for r in rounds]
-            text = json.dumps(data, ensure_ascii=False, indent=2)
-        elif fmt == "table":
+        if tested:
+            data["subject_test"] = tested
+        text = json.dumps(data, ensure_ascii=False, indent=2)
+    elif fmt == "table":
+        if resent:
             text += "\n\n" + rounds_table(rounds, find_issue(engine, ref.slug).subject)
+        if tested:
+            text += "\n\n" + summary_table(tested)
     click.echo(text)
 
 

@@ -59,6 +59,28 @@ from newsletter.wording import plural
     "[sending] resend_after (24h) after the first send.",
 )
 @click.option("--subject", metavar="TEXT", help="This send's subject instead of the issue's.")
+@click.option(
+    "--subject-b",
+    metavar="TEXT",
+    help="Test a second subject: A and B each to half of a sample, then the winner to the rest "
+    "(`newsletter run-due` sends it after the decision).",
+)
+@click.option(
+    "--sample",
+    metavar="PERCENT",
+    help="With --subject-b: the sample's share of the recipients, e.g. 20% (default).",
+)
+@click.option(
+    "--decide-after",
+    metavar="WAIT",
+    help="With --subject-b: when to decide, e.g. 4h (default), 90m, 1d.",
+)
+@click.option(
+    "--by",
+    "metric",
+    type=click.Choice(["clicks", "replies", "opens"]),
+    help="With --subject-b: the rate that decides (default: clicks).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def send(
     issue: str,
@@ -72,6 +94,10 @@ def send(
     include_uncertain: bool,
     resend: str | None,
     subject: str | None,
+    subject_b: str | None,
+    sample: str | None,
+    decide_after: str | None,
+    metric: str | None,
     quiet: bool,
 ) -> None:
     """Send an issue to the subscribers (through [sending] transport: SendGrid, SMTP, or
@@ -84,6 +110,7 @@ def send(
         newsletter send 2024-07-meta-ki-creator --yes
         newsletter send 2024-07-meta-ki-creator --resume --yes
         newsletter send 2024-07-meta-ki-creator --resend non-clickers --subject "Falls Sie es verpasst haben" --yes
+        newsletter send 2024-07-meta-ki-creator --subject-b "Was Meta mit Creatorn vorhat" --sample 20% --decide-after 4h --yes
     """
     from newsletter.errors import SendError
     from newsletter.sending.execute import execute
@@ -98,6 +125,22 @@ def send(
         raise click.UsageError("--tag does not go with --resend (a resend keeps the first send's)")
     if subject is not None and not subject.strip():
         raise click.UsageError("--subject needs a text")
+    setup = _subject_test_setup(subject_b, sample, decide_after, metric)
+    if setup is not None:
+        clash = [
+            flag
+            for flag, given in (
+                ("--resend", resend),
+                ("--resume", resume),
+                ("--dry-run", dry_run),
+                ("--outbox", outbox),
+                ("--schedule", when),
+                ("--test", test_addresses),
+            )
+            if given
+        ]
+        if clash:
+            raise click.UsageError(f"--subject-b does not go with {clash[0]}")
     request = SendRequest(
         tags=tags,
         dry_run=dry_run,
@@ -121,6 +164,9 @@ def send(
         return
     if plan.refusal:
         raise SendError(plan.refusal)
+    if setup is not None:
+        _subject_test(project, issue, plan, setup, yes, quiet)
+        return
 
     transport = plan.transport
     config = project.config
@@ -354,9 +400,163 @@ def cancel(issue: str, wait_seconds: float) -> None:
     )
 
 
+def _subject_test_setup(
+    subject_b: str | None, sample: str | None, decide_after: str | None, metric: str | None
+) -> Any:
+    """The subject-line test asked for, or None; bad values are bad usage."""
+    from newsletter.sending.subject_test import (
+        DEFAULT_SAMPLE,
+        DEFAULT_WAIT,
+        TestSetup,
+        parse_sample,
+        parse_wait,
+    )
+
+    if subject_b is None:
+        for flag, given in (
+            ("--sample", sample),
+            ("--decide-after", decide_after),
+            ("--by", metric),
+        ):
+            if given is not None:
+                raise click.UsageError(f"{flag} goes with --subject-b")
+        return None
+    if not subject_b.strip():
+        raise click.UsageError("--subject-b needs a text")
+    try:
+        percent = parse_sample(sample) if sample is not None else DEFAULT_SAMPLE
+    except ValueError:
+        raise click.UsageError(
+            f"--sample {sample!r}: write a share of 1% to 100%, e.g. 20%"
+        ) from None
+    try:
+        wait = parse_wait(decide_after or DEFAULT_WAIT)
+    except ValueError:
+        raise click.UsageError(
+            f"--decide-after {decide_after!r}: write a wait such as 4h, 90m or 1d"
+        ) from None
+    return TestSetup(subject_b.strip(), percent, wait, metric or "clicks")
+
+
+def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, quiet: bool) -> None:
+    """`send --subject-b`: fix the sample and the rest, send A and B, leave the rest to run-due."""
+    from datetime import UTC, datetime
+
+    from newsletter.errors import SendError
+    from newsletter.sending.subject_test import create_test, send_arm, setup_refusal, split
+    from newsletter.store.issues import ensure_issue
+
+    refusal = setup_refusal(project, setup)
+    if refusal is None and not plan.uses_ledger:
+        refusal = "a subject-line test needs a transport that keeps the ledger (SendGrid or SMTP)"
+    if refusal is not None:
+        raise SendError(refusal)
+    subject_a = plan.subject or plan.prepared.rendered.subject
+    arms = split(plan.planned, setup.sample_percent)
+    sample = len(arms["a"]) + len(arms["b"])
+    click.echo(f"Subject A:  {subject_a}")
+    click.echo(f"Subject B:  {setup.subject_b}")
+    click.echo(f"Recipients: {plan.recipients} subscribed")
+    click.echo(
+        f"Sample:     {sample} ({setup.sample_percent}%): A {len(arms['a'])}, B {len(arms['b'])}; "
+        f"decided by {setup.metric} after {_wait_text(setup.decide_after)}"
+    )
+    click.echo(f"The rest:   {len(arms['rest'])} get the winner from `newsletter run-due`")
+    click.echo(f"Transport:  {plan.transport.kind} ({plan.transport.where})")
+    if plan.nobody:
+        click.echo("Nobody to send to.")
+        return
+    if not yes:
+        if not _interactive():
+            raise SendError(
+                "not sending without confirmation: no terminal to ask on; add --yes to send "
+                f"the sample to {plural(sample, 'recipient')}"
+            )
+        click.confirm(f"Send the sample to {plural(sample, 'recipient')}?", abort=True)
+    rendered = plan.prepared.rendered
+    issue_id = plan.issue_id or ensure_issue(
+        plan.engine,
+        slug=plan.slug,
+        title=rendered.issue.title,
+        subject=rendered.subject,
+        language=rendered.issue.language,
+    )
+    now = datetime.now(UTC)
+    create_test(plan.engine, issue_id, subject_a, setup, plan.request.tags, arms, now)
+    show = not quiet and sys.stderr.isatty()
+    for arm in ("a", "b"):
+        _, report = send_arm(project, plan.slug, arm, now)
+        if show:
+            click.echo(err=True)
+        if report is None:
+            continue
+        click.echo(
+            f"Subject {arm.upper()}: send {report.send_id}, {report.accepted} {report.accepted_label}"
+        )
+        if report.interrupted:
+            click.echo(
+                f"Interrupted: the sample of {issue} is not all sent; `newsletter run-due` "
+                "carries it on",
+                err=True,
+            )
+            sys.exit(130)
+        if report.error:
+            raise SendError(
+                f"send stopped: {report.error}; fix it, then `newsletter run-due` carries it on"
+            )
+    decide_at = now + setup.decide_after
+    click.echo(
+        f"Decision due at {decide_at:%Y-%m-%d %H:%M} UTC: `newsletter run-due` (from cron) "
+        "decides and sends the winner to the rest."
+    )
+
+
+def _wait_text(wait: Any) -> str:
+    from newsletter.sequences.steps import format_delay
+
+    return format_delay(wait)
+
+
+@click.command("run-due")
+@click.option("--now", metavar="ISO", help="Act as if it were this time (ISO 8601; tests).")
+def run_due(now: str | None) -> None:
+    """Do what is due: a subject-line test's sample that a crash left unfinished, its decision
+    when the time has come, and the winner to the rest. Safe to run from cron on several
+    machines at once: one sender per issue, nobody gets a second copy.
+
+    \b
+    Example:
+        newsletter run-due
+        */10 * * * * cd /srv/newsletter && newsletter run-due
+    """
+    from datetime import UTC, datetime
+
+    from newsletter.errors import SendError
+    from newsletter.sending.subject_test import run_due as carry_on
+    from newsletter.sequences.clock import parse_now
+
+    project = get_project()
+    at = parse_now(now) if now else datetime.now(UTC)
+    outcomes = carry_on(project, at)
+    if not outcomes:
+        click.echo("Nothing is due.")
+        return
+    for outcome in outcomes:
+        for line in outcome.lines:
+            click.echo(line)
+    if any(o.interrupted for o in outcomes):
+        click.echo("Interrupted: `newsletter run-due` carries on where this stopped.", err=True)
+        sys.exit(130)
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        raise SendError(
+            f"{failed[0].slug}: {failed[0].error}; fix it, then run `newsletter run-due` again"
+        )
+
+
 def _interactive() -> bool:
     """Is there a person at a terminal to answer the confirmation?"""
     return sys.stdin.isatty()
 
 
-COMMANDS: list[click.Command] = [send, sends, cancel]
+COMMANDS: list[click.Command] = [send, sends, cancel, run_due]

@@ -94,6 +94,8 @@ class SendRequest:
     subject: str | None = None
     #: The time the resend_after wait is measured at (tests; default: now).
     now: datetime | None = None
+    #: One arm of the issue's subject-line test ("a", "b" or "rest"; `subject_test.py`).
+    subject_test_arm: str | None = None
 
 
 @dataclass
@@ -401,6 +403,19 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
     plan.refusal = _refusal(plan)
     if plan.refusal:
         return plan
+    if request.subject_test_arm is not None:
+        return _plan_subject_test_arm(plan, ledger)
+    if issue_id is not None and plan.uses_ledger:
+        from newsletter.sending.subject_test import find_test
+
+        test = find_test(engine, issue_id)
+        if test is not None and test.finished_at is None:
+            # A plain --resume would send the rest the issue's subject before the decision.
+            plan.refusal = (
+                f"{prepared.slug} is in a subject-line test; `newsletter run-due` sends what is "
+                f"due (the sample, then the winner to the rest after the decision)"
+            )
+            return plan
     if request.resend is not None:
         return _plan_resend(plan, ledger)
     resume = request.resume
@@ -496,6 +511,44 @@ def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
         and ledger.issue_counts(issue_id, kind.send_round).get("in_flight", 0) > 0
     )
     plan.request = replace(request, tags=tuple(first.segment), resume=earlier is not None)
+    return plan
+
+
+def _plan_subject_test_arm(plan: SendPlan, ledger: Ledger) -> SendPlan:
+    """One arm of the issue's subject-line test: its members who have no copy yet, fixed
+    when the test was planned, with the arm's subject (the rest: the winner's)."""
+    from dataclasses import replace
+
+    from newsletter.sending.subject_test import find_test, pending, subject_of
+
+    request, issue_id, arm = plan.request, plan.issue_id, str(plan.request.subject_test_arm)
+    test = find_test(plan.engine, issue_id) if issue_id is not None else None
+    if test is None or issue_id is None:
+        plan.refusal = f"{plan.slug} has no subject-line test"
+        return plan
+    if not plan.uses_ledger:
+        plan.refusal = (
+            "a subject-line test needs a transport that keeps the ledger, and no --dry-run"
+        )
+        return plan
+    subject = subject_of(test, arm)
+    if subject is None:
+        plan.refusal = f"the subject-line test of {plan.slug} is not decided yet"
+        return plan
+    running = ledger.running(issue_id)
+    if running is not None:
+        plan.refusal = (
+            f"another send of {plan.slug} is running (send {running.send_id}, pid "
+            f"{running.pid} on {running.host})"
+        )
+        return plan
+    plan.subject = subject
+    plan.planned = pending(plan.engine, test, arm, RETRYABLE)
+    plan.recipients = len(plan.planned)
+    plan.stranded = (
+        plan.recipients == 0 and ledger.issue_counts(issue_id, FIRST_ROUND).get("in_flight", 0) > 0
+    )
+    plan.request = replace(request, tags=tuple(test.segment or ()), resume=True)
     return plan
 
 

@@ -277,10 +277,11 @@ def m016_message_id_lookups(conn: Connection) -> None:
 
 def m020_resend_rounds(conn: Connection) -> None:
     """Resends (issue 24): `deliveries.send_round` joins the unique key, which becomes
-    UNIQUE(issue_id, subscriber_id, send_round): one first copy per person and issue, and at
-    most one copy per resend kind. Existing rows are first copies. `sends` gains `resend` (the
-    kind), `subject` (a resend's own subject) and `track_opens`. On SQLite a unique constraint
-    cannot change in place: the table is rebuilt as m004 rebuilds `subscribers`."""
+        UNIQUE(issue_id, subscriber_id, send_round): one first copy per person and issue, and at
+        most one copy per resend kind. Existing rows are first copies. `sends` gains `resend` (the
+        kind), `subject` (a resend's own subject) and `track_opens`; subject-line tests get
+    `subject_tests` and `subject_test_members`. On SQLite a unique constraint
+        cannot change in place: the table is rebuilt as m004 rebuilds `subscribers`."""
     from sqlalchemy import MetaData
     from sqlalchemy.schema import CreateColumn, CreateTable
 
@@ -289,6 +290,7 @@ def m020_resend_rounds(conn: Connection) -> None:
         if name not in present:
             column_ddl = CreateColumn(schema.sends.c[name]).compile(dialect=conn.dialect)
             conn.exec_driver_sql(f"ALTER TABLE sends ADD COLUMN {column_ddl}")
+    schema.metadata.create_all(conn, tables=[schema.subject_tests, schema.subject_test_members])
     present = {c["name"] for c in inspect(conn).get_columns("deliveries")}
     if "send_round" in present:
         return  # created from today's schema (m001)

@@ -519,3 +519,44 @@ Index(
     signup_attempts.c.attempted_at,
 )
 Index("ix_signup_attempts_time", signup_attempts.c.attempted_at)
+
+# --- subject-line tests (m020; written by sending/subject_test.py only) -----------------------
+# `send ISSUE --subject-b TEXT`: subject A and B each to a random half of a sample, then the
+# winner to the rest. Each reader's copy is an ordinary first-round ledger row, so the unique
+# key (issue, subscriber, round) is what makes "both subjects" impossible.
+subject_tests = Table(
+    "subject_tests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), nullable=False),
+    Column("subject_a", Text, nullable=False),
+    Column("subject_b", Text, nullable=False),
+    Column("sample_percent", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),  # clicks | replies | opens
+    Column("segment", JSON, nullable=False, default=list),  # --tag values
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decide_at", DateTime(timezone=True), nullable=False),
+    # null until decided: "a" or "b"; set once (compare-and-set), by whichever runner is first
+    Column("winner", String(1)),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decision", JSON),  # sizes, counts, rates, z, and the sentence saying why
+    Column("finished_at", DateTime(timezone=True)),  # the rest was sent
+)
+Index("uq_subject_tests_issue", subject_tests.c.issue_id, unique=True)
+
+#: Who is in which arm ("a", "b", or "rest"), fixed when the test was planned.
+subject_test_members = Table(
+    "subject_test_members",
+    metadata,
+    Column(
+        "test_id", Integer, ForeignKey("subject_tests.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("arm", String(4), nullable=False),
+)
+Index("ix_subject_test_members_arm", subject_test_members.c.test_id, subject_test_members.c.arm)
