@@ -345,7 +345,8 @@ def run_due(project: Project, now: datetime) -> list[DueOutcome]:
 
 
 def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> DueOutcome:
-    out = DueOutcome(test.slug)
+    slug = test.slug
+    out = DueOutcome(slug)
     arms: list[str] = [arm for arm in ARMS]
     if test.winner is None and as_utc(test.decide_at) <= now:  # type: ignore[operator]
         arms.append("decide")
@@ -355,21 +356,21 @@ def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> Due
         if step == "decide":
             fresh = find_test(engine, test.issue_id)
             if any(len(pending(engine, fresh, arm, ())) for arm in ARMS):
-                out.lines.append(f"{test.slug}: the sample is not all sent yet; not deciding")
+                out.lines.append(f"{slug}: the sample is not all sent yet; not deciding")
                 return out
             test = decide(engine, fresh, now)
-            out.lines.append(f"{test.slug}: {test.decision['why']}")
+            out.lines.append(f"{slug}: {test.decision['why']}")
             step = "rest"
-        plan, report = send_arm(project, test.slug, step, now)
+        plan, report = send_arm(project, slug, step, now)
         if plan.refusal:
-            out.lines.append(f"{test.slug}: {plan.refusal}")
+            out.lines.append(f"{slug}: {plan.refusal}")
             out.error = plan.refusal if "is running" not in plan.refusal else None
             return out
         if report is None:
             continue
         label = f"subject {step.upper()}" if step in ARMS else "the rest (winner)"
         out.lines.append(
-            f"{test.slug}: {label}: send {report.send_id}, {report.accepted} accepted"
+            f"{slug}: {label}: send {report.send_id}, {report.accepted} accepted"
             + (f", {report.failed} failed" if report.failed else "")
             + (f", {report.uncertain} uncertain" if report.uncertain else "")
         )
@@ -381,10 +382,10 @@ def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> Due
             return out
     if test.winner is not None and not len(pending(engine, test, "rest", ())):
         _finish(engine, test, now)
-        out.lines.append(f"{test.slug}: subject-line test done")
+        out.lines.append(f"{slug}: subject-line test done")
     elif test.winner is None:
         at = as_utc(test.decide_at)
-        out.lines.append(f"{test.slug}: the decision is due at {at:%Y-%m-%d %H:%M} UTC")
+        out.lines.append(f"{slug}: the decision is due at {at:%Y-%m-%d %H:%M} UTC")
     return out
 
 
