@@ -361,7 +361,16 @@ def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> Due
             test = decide(engine, fresh, now)
             out.lines.append(f"{slug}: {test.decision['why']}")
             step = "rest"
-        plan, report = send_arm(project, slug, step, now)
+        try:
+            plan, report = send_arm(project, slug, step, now)
+        except SendError as exc:
+            from newsletter.sending.ledger import Ledger
+
+            if Ledger(engine).running(test.issue_id) is None:
+                raise
+            # Another runner took the issue's lease first: it sends; this one has nothing to do.
+            out.lines.append(f"{slug}: {exc}")
+            return out
         if plan.refusal:
             out.lines.append(f"{slug}: {plan.refusal}")
             out.error = plan.refusal if "is running" not in plan.refusal else None
