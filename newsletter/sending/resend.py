@@ -209,26 +209,28 @@ def resend_recipients(
         )
     d = deliveries.c
     me = subscribers.c.id
-    signals = [
-        # A click or a reply says they read it (also with the pixel blocked).
-        exists().where(
-            events.c.issue_id == issue_id, events.c.subscriber_id == me, events.c.event == "click"
-        ),
-        exists().where(
-            replies.c.issue_id == issue_id,
-            replies.c.subscriber_id == me,
-            replies.c.automatic.is_(False),
-        ),
-    ]
+    # Uncorrelated `NOT IN` sets, each read once (a correlated EXISTS per reader scanned the
+    # replies, which have no index by reader, once for each of them).
+    clickers = select(events.c.subscriber_id).where(
+        events.c.issue_id == issue_id,
+        events.c.event == "click",
+        events.c.subscriber_id.is_not(None),
+    )
+    repliers = select(replies.c.subscriber_id).where(
+        replies.c.issue_id == issue_id,
+        replies.c.subscriber_id.is_not(None),
+        replies.c.automatic.is_(False),
+    )
+    # A click or a reply says they read it (also with the pixel blocked).
+    signals = [me.in_(clickers), me.in_(repliers)]
     if kind is ResendKind.NON_OPENERS:
-        signals.append(
-            exists().where(
-                events.c.issue_id == issue_id,
-                events.c.subscriber_id == me,
-                events.c.event == "open",
-                _human_open(engine.dialect.name),
-            )
+        openers = select(events.c.subscriber_id).where(
+            events.c.issue_id == issue_id,
+            events.c.event == "open",
+            events.c.subscriber_id.is_not(None),
+            _human_open(engine.dialect.name),
         )
+        signals.append(me.in_(openers))
     # This round's copy: 'deliveries' again, under another name (the join's is the first copy).
     mine = deliveries.alias("this_round")
     had = [mine.c.state.not_in(list(again))] if again else []
