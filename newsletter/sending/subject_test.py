@@ -87,6 +87,8 @@ def parse_wait(text: str) -> timedelta:
 
 def setup_refusal(project: Project, setup: TestSetup) -> str | None:
     """A rate that cannot be measured is refused before anything is sent."""
+    if setup.metric not in METRICS:
+        return f"--by {setup.metric}: the rate is one of {', '.join(METRICS)}"
     tracking = project.config.section("tracking")
     if setup.metric == "clicks" and not tracking["clicks"]:
         return "--by clicks needs click tracking: set [tracking] clicks = true, or use --by replies"
