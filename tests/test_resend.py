@@ -163,6 +163,8 @@ def test_each_resend_kind_through_sendgrid_with_events_through_the_webhook(
     sg.messages.clear()
     resumed = _send(cli, root, "--resume")
     assert "Nobody to send to." in resumed.output and sg.messages == []
+    plain = cli(root, "send", ISSUE, "--yes")  # counts readers' first copies, not resends
+    assert plain.exit_code == 1 and "was already sent (11 recorded)" in plain.output
     for kind in ("non-openers", "new"):
         twice = cli(root, "send", ISSUE, "--resend", kind, "--yes")
         assert twice.exit_code == 1 and f"already resent to {kind}" in twice.output

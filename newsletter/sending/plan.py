@@ -337,7 +337,7 @@ def already_sent_refusal(
     down), nobody has it, so the send goes on as a --resume would."""
     if request.resume or not ledger.has_rows(issue_id):
         return None, request.resume
-    counts = ledger.issue_counts(issue_id)
+    counts = ledger.issue_counts(issue_id, FIRST_ROUND)  # (first copies; resends apart)
     had = sum(n for s, n in counts.items() if s not in RETRYABLE)
     if had == 0:
         return None, True
