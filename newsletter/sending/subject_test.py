@@ -455,3 +455,49 @@ def summary_table(summary: dict[str, Any]) -> str:
             f"{rest['planned']} wait for the winner (`newsletter run-due`)"
         )
     return "\n".join(lines)
+
+
+class DueRunner:
+    """`serve --run-due`: `run_due` every `interval` seconds in a thread, until `stop()`.
+    A failing run is logged in one line (addresses masked) and tried again at the next tick.
+    A send it is in the middle of when `serve` stops is settled by the next run (its batch in
+    flight becomes uncertain, never sent twice)."""
+
+    def __init__(self, project: Project, *, interval: float = 60.0) -> None:
+        import threading
+
+        self.project = project
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="run-due", daemon=True)
+
+    def start(self) -> DueRunner:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        import logging
+        from datetime import UTC
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from newsletter.errors import NewsletterError
+        from newsletter.masking import mask_addresses
+
+        log = logging.getLogger("newsletter.run_due")
+        while not self._stop.is_set():
+            try:
+                for outcome in run_due(self.project, datetime.now(UTC)):
+                    for line in outcome.lines:
+                        log.info("run-due: %s", mask_addresses(line))
+                    if outcome.error:
+                        log.warning("run-due: %s", mask_addresses(outcome.error))
+            except NewsletterError as exc:
+                log.error("run-due failed: %s", mask_addresses(str(exc)))
+            except SQLAlchemyError as exc:
+                log.error("run-due failed: database error (%s)", type(exc).__name__)
+            self._stop.wait(self.interval)
