@@ -91,12 +91,12 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     answered = answered_count(engine, ref.id)
     text = stats_text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered)
     from newsletter.sending.resend import rounds_table, send_rounds
-    from newsletter.sending.subject_test import summary_table, test_summary
+    from newsletter.sending.subject_test import subject_test_summary, summary_table
     from newsletter.store.issues import find_issue
 
     rounds = send_rounds(engine, ref.id)
     resent = len(rounds) > 1  # the first send and the resends, apart and together
-    tested = test_summary(engine, ref.id)  # a subject-line test: both subjects, the winner
+    tested = subject_test_summary(engine, ref.id)  # a subject-line test: both subjects, the winner
     if fmt == "json" and (resent or tested):
         import json
 

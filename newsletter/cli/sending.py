@@ -407,7 +407,7 @@ def _subject_test_setup(
     from newsletter.sending.subject_test import (
         DEFAULT_SAMPLE,
         DEFAULT_WAIT,
-        TestSetup,
+        SubjectTestSetup,
         parse_sample,
         parse_wait,
     )
@@ -435,7 +435,7 @@ def _subject_test_setup(
         raise click.UsageError(
             f"--decide-after {decide_after!r}: write a wait such as 4h, 90m or 1d"
         ) from None
-    return TestSetup(subject_b.strip(), percent, wait, metric or "clicks")
+    return SubjectTestSetup(subject_b.strip(), percent, wait, metric or "clicks")
 
 
 def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, quiet: bool) -> None:

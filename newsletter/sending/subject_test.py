@@ -59,7 +59,7 @@ GOT_IT = (DeliveryState.ACCEPTED, DeliveryState.DELIVERED)
 
 
 @dataclass(frozen=True)
-class TestSetup:
+class SubjectTestSetup:
     """What the author asked for."""
 
     subject_b: str
@@ -85,7 +85,7 @@ def parse_wait(text: str) -> timedelta:
     return wait
 
 
-def setup_refusal(project: Project, setup: TestSetup) -> str | None:
+def setup_refusal(project: Project, setup: SubjectTestSetup) -> str | None:
     """A rate that cannot be measured is refused before anything is sent."""
     if setup.metric not in METRICS:
         return f"--by {setup.metric}: the rate is one of {', '.join(METRICS)}"
@@ -113,7 +113,7 @@ def create_test(
     engine: Engine,
     issue_id: int,
     subject_a: str,
-    setup: TestSetup,
+    setup: SubjectTestSetup,
     segment: Sequence[str],
     arms: dict[str, list[int]],
     now: datetime,
@@ -399,7 +399,7 @@ def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> Due
     return out
 
 
-def test_summary(engine: Engine, issue_id: int) -> dict[str, Any] | None:
+def subject_test_summary(engine: Engine, issue_id: int) -> dict[str, Any] | None:
     """For `stats ISSUE`: both subjects, their samples and rates, the winner and why."""
     test = find_test(engine, issue_id)
     if test is None:
