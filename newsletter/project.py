@@ -57,6 +57,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "batch_size": (int, 1000),  # recipients per request (capped by the transport)
         "concurrency": (int, 4),  # requests (SMTP: connections) at once
         "max_retries": (int, 5),
+        # `send --resend` is refused sooner than this after the first send ("24h", "2d", "0")
+        "resend_after": ((str, int), "24h"),
     },
     "smtp": {
         "host": (str, None),
@@ -337,6 +339,14 @@ def parse_config(path: Path) -> Config:
             )
         if imap["port"] is not None and not 1 <= imap["port"] <= 65535:
             raise ConfigError(f"{path}: [replies.imap] port {imap['port']} must be 1 to 65535")
+    wait = sections["sending"]["resend_after"]
+    if wait is not None:
+        from newsletter.sequences.steps import parse_delay
+
+        if parse_delay(wait) is None:
+            raise ConfigError(
+                f'{path}: [sending] resend_after {wait!r} is not a time span; write it as "24h", "2d" or "90m" (0: no wait)'
+            )
     every = sections["serve"]["fetch_replies"]
     if every is not None:
         from newsletter.sequences.steps import parse_delay

@@ -40,7 +40,8 @@ def test_an_older_database_loses_the_index_and_keeps_its_deliveries(database_url
     engine = open_engine(database_url)
     indexes = delivery_indexes(engine)
     assert "ix_deliveries_message_id" not in indexes
-    assert {"ix_deliveries_send_state", "uq_deliveries_issue_subscriber"} <= indexes | {
+    # (m020 made the unique key per round: issue, subscriber, round.)
+    assert {"ix_deliveries_send_state", "uq_deliveries_issue_subscriber_round"} <= indexes | {
         c["name"] for c in inspect(engine).get_unique_constraints("deliveries")
     }
     with engine.connect() as conn:

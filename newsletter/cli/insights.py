@@ -94,7 +94,29 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
 
     answered = answered_count(engine, ref.id)
     shown = text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered)
-    click.echo(_with_segments(engine, ref.id, shown, fmt))
+    shown = _with_segments(engine, ref.id, shown, fmt)
+    from newsletter.sending.resend import rounds_table, send_rounds
+    from newsletter.sending.subject_test import subject_test_summary, summary_table
+    from newsletter.store.issues import find_issue
+
+    rounds = send_rounds(engine, ref.id)
+    resent = len(rounds) > 1  # the first send and the resends, apart and together
+    tested = subject_test_summary(engine, ref.id)  # a subject-line test: both subjects, the winner
+    if fmt == "json" and (resent or tested):
+        import json
+
+        data = json.loads(shown)
+        if resent:
+            data["sends"] = [r.as_dict() for r in rounds]
+        if tested:
+            data["subject_test"] = tested
+        shown = json.dumps(data, ensure_ascii=False, indent=2)
+    elif fmt == "table":
+        if resent:
+            shown += "\n\n" + rounds_table(rounds, find_issue(engine, ref.slug).subject)
+        if tested:
+            shown += "\n\n" + summary_table(tested)
+    click.echo(shown)
 
 
 def _with_segments(engine: Any, issue_id: int, text: str, fmt: str) -> str:

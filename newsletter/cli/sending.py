@@ -52,6 +52,36 @@ from newsletter.wording import plural
     is_flag=True,
     help="With --resume: also re-send to recipients whose delivery is uncertain.",
 )
+@click.option(
+    "--resend",
+    type=click.Choice(["non-clickers", "non-openers", "new"]),
+    help="Send the issue again: to readers who got it and neither clicked nor replied, who "
+    "did not open it either, or who joined after the first send. Once per kind, at least "
+    "[sending] resend_after (24h) after the first send.",
+)
+@click.option("--subject", metavar="TEXT", help="This send's subject instead of the issue's.")
+@click.option(
+    "--subject-b",
+    metavar="TEXT",
+    help="Test a second subject: A and B each to half of a sample, then the winner to the rest "
+    "(`newsletter run-due` sends it after the decision).",
+)
+@click.option(
+    "--sample",
+    metavar="PERCENT",
+    help="With --subject-b: the sample's share of the recipients, e.g. 20% (default).",
+)
+@click.option(
+    "--decide-after",
+    metavar="WAIT",
+    help="With --subject-b: when to decide, e.g. 4h (default), 90m, 1d.",
+)
+@click.option(
+    "--by",
+    "metric",
+    type=click.Choice(["clicks", "replies", "opens"]),
+    help="With --subject-b: the rate that decides (default: clicks).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @segment_options
 def send(
@@ -64,6 +94,12 @@ def send(
     yes: bool,
     resume: bool,
     include_uncertain: bool,
+    resend: str | None,
+    subject: str | None,
+    subject_b: str | None,
+    sample: str | None,
+    decide_after: str | None,
+    metric: str | None,
     quiet: bool,
     segment: str | None,
     where: str | None,
@@ -78,6 +114,8 @@ def send(
         newsletter send 2024-07-meta-ki-creator --yes
         newsletter send 2024-07-meta-ki-creator --resume --yes
         newsletter send 2024-07-meta-ki-creator --segment aktive --yes
+        newsletter send 2024-07-meta-ki-creator --resend non-clickers --subject "Falls Sie es verpasst haben" --yes
+        newsletter send 2024-07-meta-ki-creator --subject-b "Was Meta mit Creatorn vorhat" --sample 20% --decide-after 4h --yes
     """
     from newsletter.errors import SendError
     from newsletter.segments.sends import latest_send_id
@@ -91,6 +129,29 @@ def send(
     if include_uncertain and not resume:
         raise click.UsageError("--include-uncertain goes with --resume")
     chosen = chosen_segment(segment, where)
+    for flag, given in (("--tag", tags), ("--segment", segment), ("--where", where)):
+        if resend and given:
+            raise click.UsageError(
+                f"{flag} does not go with --resend (a resend keeps the first send's)"
+            )
+    if subject is not None and not subject.strip():
+        raise click.UsageError("--subject needs a text")
+    setup = _subject_test_setup(subject_b, sample, decide_after, metric)
+    if setup is not None:
+        clash = [
+            flag
+            for flag, given in (
+                ("--resend", resend),
+                ("--resume", resume),
+                ("--dry-run", dry_run),
+                ("--outbox", outbox),
+                ("--schedule", when),
+                ("--test", test_addresses),
+            )
+            if given
+        ]
+        if clash:
+            raise click.UsageError(f"--subject-b does not go with {clash[0]}")
     request = SendRequest(
         tags=tags,
         dry_run=dry_run,
@@ -100,6 +161,8 @@ def send(
         outbox_dir=outbox,
         test_copy=bool(test_addresses),
         segment=chosen,
+        resend=resend,
+        subject=subject.strip() if subject else None,
     )
     plan = plan_send(project, issue, request)
     if plan.chosen.note:
@@ -113,14 +176,22 @@ def send(
         return
     if plan.refusal:
         raise SendError(plan.refusal)
+    if setup is not None:
+        _subject_test(project, issue, plan, setup, yes, quiet)
+        return
 
     transport = plan.transport
     config = project.config
+    tags = tuple(plan.request.tags)  # (a resend's: the first send's)
     segment_text = f" tagged {', '.join(tags)}" if tags else ""
     if chosen is not None:
         segment_text += f" in {_segment_shown(chosen)}"
-    what = "resume" if resume else ("dry run" if dry_run else "send")
-    click.echo(f"Subject:    {plan.prepared.rendered.subject}")
+    if plan.resend:
+        segment_text += f" ({plan.resend}: resend)"
+    what = "resume" if plan.request.resume else ("dry run" if dry_run else "send")
+    if plan.resend and what == "send":
+        what = "resend"
+    click.echo(f"Subject:    {plan.subject or plan.prepared.rendered.subject}")
     click.echo(f"From:       {config.from_name} <{config.from_email}>")
     domain = config.section("replies")["domain"]
     shown_reply_to = (
@@ -159,6 +230,8 @@ def send(
     if show:
         click.echo(err=True)
     resume_command = f"newsletter send {issue} --resume"
+    if plan.resend:
+        resume_command = f"newsletter send {issue} --resend {plan.resend} --resume"
     if report.cancelled:
         raise SendError(
             f"send {report.send_id} stopped: `newsletter cancel` stopped it after "
@@ -199,7 +272,7 @@ def send(
         click.echo(
             f"{report.uncertain} uncertain: the answer was lost; they may have it. "
             f"See `newsletter sends {issue}`; to send to them anyway: "
-            f"newsletter send {issue} --resume --include-uncertain"
+            f"{resume_command} --include-uncertain"
         )
     if report.error:
         raise SendError(f"send stopped: {report.error}; fix it, then run `{resume_command}`")
@@ -255,6 +328,11 @@ def sends(issue: str | None, fmt: str) -> None:
             f"{r.id:>4}  {r.issue[:28]:<28} {r.started_at:%Y-%m-%d %H:%M} "
             f"{r.shown_status:<10} {transport:<16} {r.shown_counts()}"
         )
+        if r.resend:
+            about = f' (subject "{r.subject}")' if r.subject else ""
+            click.echo(f"      resend to {r.resend}{about}")
+        elif r.subject:
+            click.echo(f'      subject "{r.subject}"')
         if r.error:
             click.echo(f"      {r.error}")
         if r.segment_shown:
@@ -265,7 +343,10 @@ def sends(issue: str | None, fmt: str) -> None:
         if r.shown_status == "cancelling":
             click.echo(f"      being cancelled; finish with `newsletter cancel {r.issue}`")
         elif r.process_gone:
-            click.echo(f"      its process is gone; run `newsletter send {r.issue} --resume`")
+            again = f" --resend {r.resend}" if r.resend else ""
+            click.echo(
+                f"      its process is gone; run `newsletter send {r.issue}{again} --resume`"
+            )
         if r.joined_since:
             click.echo(
                 f"      {r.joined_since} subscribed after this send was planned and have not had "
@@ -273,6 +354,13 @@ def sends(issue: str | None, fmt: str) -> None:
             )
     if issue_id is None:
         return
+    if any(r.resend for r in summaries):
+        from newsletter.sending.resend import send_rounds
+
+        rounds = send_rounds(engine, issue_id)
+        parts = [f"{r.kind} {r.copies}" for r in rounds]
+        total = sum(r.copies for r in rounds)
+        click.echo(f"\nCopies handed over: {total} together ({', '.join(parts)})")
     click.echo()
     click.echo(f"{'SUBSCRIBER':>10}  {'STATE':<10} {'SEND':>4}  EMAIL")
     uncertain = 0
@@ -281,6 +369,7 @@ def sends(issue: str | None, fmt: str) -> None:
         click.echo(
             f"{d.subscriber_id:>10}  {d.state:<10} {d.send_id:>4}  {d.email}"
             + (f"  ({d.error})" if d.error and d.state in ("failed",) else "")
+            + (f"  (resend {d.send_round})" if d.send_round != "first" else "")
         )
     if uncertain:
         click.echo(
@@ -339,9 +428,163 @@ def _segment_shown(chosen: Any) -> str:
     return f"--where {chosen.definition}"
 
 
+def _subject_test_setup(
+    subject_b: str | None, sample: str | None, decide_after: str | None, metric: str | None
+) -> Any:
+    """The subject-line test asked for, or None; bad values are bad usage."""
+    from newsletter.sending.subject_test import (
+        DEFAULT_SAMPLE,
+        DEFAULT_WAIT,
+        SubjectTestSetup,
+        parse_sample,
+        parse_wait,
+    )
+
+    if subject_b is None:
+        for flag, given in (
+            ("--sample", sample),
+            ("--decide-after", decide_after),
+            ("--by", metric),
+        ):
+            if given is not None:
+                raise click.UsageError(f"{flag} goes with --subject-b")
+        return None
+    if not subject_b.strip():
+        raise click.UsageError("--subject-b needs a text")
+    try:
+        percent = parse_sample(sample) if sample is not None else DEFAULT_SAMPLE
+    except ValueError:
+        raise click.UsageError(
+            f"--sample {sample!r}: write a share of 1% to 100%, e.g. 20%"
+        ) from None
+    try:
+        wait = parse_wait(decide_after or DEFAULT_WAIT)
+    except ValueError:
+        raise click.UsageError(
+            f"--decide-after {decide_after!r}: write a wait such as 4h, 90m or 1d"
+        ) from None
+    return SubjectTestSetup(subject_b.strip(), percent, wait, metric or "clicks")
+
+
+def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, quiet: bool) -> None:
+    """`send --subject-b`: fix the sample and the rest, send A and B, leave the rest to run-due."""
+    from datetime import UTC, datetime
+
+    from newsletter.errors import SendError
+    from newsletter.sending.subject_test import create_test, send_arm, setup_refusal, split
+    from newsletter.store.issues import ensure_issue
+
+    refusal = setup_refusal(project, setup)
+    if refusal is None and not plan.uses_ledger:
+        refusal = "a subject-line test needs a transport that keeps the ledger (SendGrid or SMTP)"
+    if refusal is not None:
+        raise SendError(refusal)
+    subject_a = plan.subject or plan.prepared.rendered.subject
+    arms = split(plan.planned, setup.sample_percent)
+    sample = len(arms["a"]) + len(arms["b"])
+    click.echo(f"Subject A:  {subject_a}")
+    click.echo(f"Subject B:  {setup.subject_b}")
+    click.echo(f"Recipients: {plan.recipients} subscribed")
+    click.echo(
+        f"Sample:     {sample} ({setup.sample_percent}%): A {len(arms['a'])}, B {len(arms['b'])}; "
+        f"decided by {setup.metric} after {_wait_text(setup.decide_after)}"
+    )
+    click.echo(f"The rest:   {len(arms['rest'])} get the winner from `newsletter run-due`")
+    click.echo(f"Transport:  {plan.transport.kind} ({plan.transport.where})")
+    if plan.nobody:
+        click.echo("Nobody to send to.")
+        return
+    if not yes:
+        if not _interactive():
+            raise SendError(
+                "not sending without confirmation: no terminal to ask on; add --yes to send "
+                f"the sample to {plural(sample, 'recipient')}"
+            )
+        click.confirm(f"Send the sample to {plural(sample, 'recipient')}?", abort=True)
+    rendered = plan.prepared.rendered
+    issue_id = plan.issue_id or ensure_issue(
+        plan.engine,
+        slug=plan.slug,
+        title=rendered.issue.title,
+        subject=rendered.subject,
+        language=rendered.issue.language,
+    )
+    now = datetime.now(UTC)
+    create_test(plan.engine, issue_id, subject_a, setup, plan.request.tags, arms, now)
+    show = not quiet and sys.stderr.isatty()
+    for arm in ("a", "b"):
+        _, report = send_arm(project, plan.slug, arm, now)
+        if show:
+            click.echo(err=True)
+        if report is None:
+            continue
+        click.echo(
+            f"Subject {arm.upper()}: send {report.send_id}, {report.accepted} {report.accepted_label}"
+        )
+        if report.interrupted:
+            click.echo(
+                f"Interrupted: the sample of {issue} is not all sent; `newsletter run-due` "
+                "carries it on",
+                err=True,
+            )
+            sys.exit(130)
+        if report.error:
+            raise SendError(
+                f"send stopped: {report.error}; fix it, then `newsletter run-due` carries it on"
+            )
+    decide_at = now + setup.decide_after
+    click.echo(
+        f"Decision due at {decide_at:%Y-%m-%d %H:%M} UTC: `newsletter run-due` (from cron) "
+        "decides and sends the winner to the rest."
+    )
+
+
+def _wait_text(wait: Any) -> str:
+    from newsletter.sequences.steps import format_delay
+
+    return format_delay(wait)
+
+
+@click.command("run-due")
+@click.option("--now", metavar="ISO", help="Act as if it were this time (ISO 8601; tests).")
+def run_due(now: str | None) -> None:
+    """Do what is due: a subject-line test's sample that a crash left unfinished, its decision
+    when the time has come, and the winner to the rest. Safe to run from cron on several
+    machines at once: one sender per issue, nobody gets a second copy.
+
+    \b
+    Example:
+        newsletter run-due
+        */10 * * * * cd /srv/newsletter && newsletter run-due
+    """
+    from datetime import UTC, datetime
+
+    from newsletter.errors import SendError
+    from newsletter.sending.subject_test import run_due as carry_on
+    from newsletter.sequences.clock import parse_now
+
+    project = get_project()
+    at = parse_now(now) if now else datetime.now(UTC)
+    outcomes = carry_on(project, at)
+    if not outcomes:
+        click.echo("Nothing is due.")
+        return
+    for outcome in outcomes:
+        for line in outcome.lines:
+            click.echo(line)
+    if any(o.interrupted for o in outcomes):
+        click.echo("Interrupted: `newsletter run-due` carries on where this stopped.", err=True)
+        sys.exit(130)
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        raise SendError(
+            f"{failed[0].slug}: {failed[0].error}; fix it, then run `newsletter run-due` again"
+        )
+
+
 def _interactive() -> bool:
     """Is there a person at a terminal to answer the confirmation?"""
     return sys.stdin.isatty()
 
 
-COMMANDS: list[click.Command] = [send, sends, cancel]
+COMMANDS: list[click.Command] = [send, sends, cancel, run_due]

@@ -26,13 +26,22 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     help="Also send due welcome-sequence steps every minute (default: [serve] run_sequences).",
 )
 @click.option(
+    "--run-due",
+    "run_due",
+    is_flag=True,
+    help="Also do what `newsletter run-due` does, every minute: subject-line tests' "
+    "decisions and the winner to the rest.",
+)
+@click.option(
     "--fetch-replies",
     "fetch_every",
     metavar="INTERVAL",
     help="Also read replies from the [replies.imap] mailbox this often, e.g. 5m "
     "(default: [serve] fetch_replies).",
 )
-def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | None) -> None:
+def serve(
+    host: str, port: int, run_sequences: bool | None, run_due: bool, fetch_every: str | None
+) -> None:
     """Run the web endpoints: unsubscribe, subscribe/confirm, SendGrid webhooks.
 
     Binds 127.0.0.1 by default; put it behind an HTTPS reverse proxy (README: "Deploying behind HTTPS").
@@ -43,6 +52,7 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
         newsletter serve --port 8000
         newsletter serve --sequences       # and send welcome sequences
         newsletter serve --fetch-replies 5m   # and read replies from the mailbox
+        newsletter serve --run-due         # and decide subject-line tests, send the rest
     """
     import logging
 
@@ -112,6 +122,7 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]
     runner = None
+    due_runner = None
     try:
         # Server.run, not uvicorn.run: after a graceful shutdown it raises Ctrl-C (or SIGTERM)
         # again, which becomes exit 130 (uvicorn.run would swallow it and exit 0);
@@ -119,6 +130,11 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
         with sigterm_like_ctrl_c():
             # Started here, where SIGTERM already settles it instead of killing a claim.
             runner = _start_sequences(project, run_sequences)
+            if run_due:
+                from newsletter.sending.subject_test import DueRunner
+
+                due_runner = DueRunner(project).start()
+                click.echo("Doing what is due (subject-line tests) every minute.", err=True)
             server.run()
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM as `Terminated`
         if not announced:
@@ -127,6 +143,8 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
     finally:
         if runner is not None:
             runner.stop()  # the run in progress settles what it has in flight, then ends
+        if due_runner is not None:
+            due_runner.stop()
 
 
 def _start_sequences(project: Any, run_sequences: bool | None) -> Any:

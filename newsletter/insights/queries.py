@@ -107,7 +107,12 @@ def _recipients(engine: Engine, issue_ids: list[int]) -> dict[int, int]:
         rows = conn.execute(
             select(s.c.issue_id, func.sum(t.c.accepted + t.c.uncertain))
             .select_from(s.join(t, t.c.send_id == s.c.id))
-            .where(s.c.issue_id.in_(issue_ids), metrics.reached_readers())
+            .where(
+                s.c.issue_id.in_(issue_ids),
+                metrics.reached_readers(),
+                # Readers, not copies: a resend's second copies are `stats ISSUE`'s own table.
+                s.c.resend.is_(None) | (s.c.resend == "new"),
+            )
             .group_by(s.c.issue_id)
         )
         found = {issue_id: int(n or 0) for issue_id, n in rows}

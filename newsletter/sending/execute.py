@@ -404,6 +404,7 @@ def _rows(
                         select(deliveries.c.subscriber_id, deliveries.c.state).where(
                             deliveries.c.issue_id == issue_id,
                             deliveries.c.subscriber_id.between(rows[0][0], rows[-1][0]),
+                            deliveries.c.send_round == plan.send_round,  # (a resend's own)
                         )
                     ).all()
                 )
@@ -456,6 +457,9 @@ def execute(
         batch_id=plan.schedule_id,
         send_at=plan.send_at,
         up_to_subscriber=plan.up_to_id,
+        resend=plan.resend,
+        subject=plan.subject,
+        track_opens=bool(project.config.section("tracking")["opens"]),
     )
     report = SendReport(
         send_id, transport.kind, transport.where, use_ledger, transport.accepted_label
@@ -625,7 +629,16 @@ def _send_batches(
             new = [sid for sid in ids if sid not in with_rows]
             retry = [sid for sid in ids if sid in with_rows]
             try:
-                kept = ledger.claim(issue_id, send_id, number, new, retry, owner=owner, slug=slug)
+                kept = ledger.claim(
+                    issue_id,
+                    send_id,
+                    number,
+                    new,
+                    retry,
+                    owner=owner,
+                    slug=slug,
+                    send_round=plan.send_round,
+                )
             except SendCancelled:
                 # `cancel` asked: claim and send nothing more, settle what is in flight.
                 report.cancelled = True
@@ -703,7 +716,7 @@ def _send_batches(
         *RETRYABLE,
         *([DeliveryState.UNCERTAIN] if plan.request.include_uncertain else []),
     }
-    check_rows = use_ledger and ledger.has_rows(issue_id)
+    check_rows = use_ledger and ledger.has_rows(issue_id, plan.send_round)
     batches = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
     # Batches in the worker processes, oldest first: bounded, so memory stays flat.
     waiting: deque[tuple[Page, Any]] = deque()

@@ -3,7 +3,8 @@
 The rules that make a send crash-safe:
 - A batch's rows are committed as `in_flight` BEFORE its request goes out, then become
   `accepted` (with the X-Message-Id), `failed` (SendGrid said no) or `uncertain` (the answer
-  was lost). UNIQUE(issue_id, subscriber_id) means a person can never get a second row.
+  was lost). UNIQUE(issue_id, subscriber_id, send_round) means a person can never get a
+  second row for the same copy: one first copy, and at most one per resend kind.
 - Only the process holding the issue's lease sends it. A lease whose process is gone (same host
   and pid dead, or no heartbeat for LEASE_STALE_SECONDS) may be taken over; its leftover
   `in_flight` rows then become `uncertain`, because nobody knows whether SendGrid took them.
@@ -40,6 +41,7 @@ from newsletter.sending.transports import outcome_runs
 from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
 from newsletter.store.raw import binder, placeholder
 from newsletter.store.schema import (
+    FIRST_ROUND,
     DeliveryState,
     SubscriberStatus,
     deliveries,
@@ -215,6 +217,9 @@ class Ledger:
         batch_id: str | None = None,
         send_at: datetime | None = None,
         up_to_subscriber: int | None = None,
+        resend: str | None = None,
+        subject: str | None = None,
+        track_opens: bool | None = None,
     ) -> int:
         with self.engine.begin() as conn:
             result = conn.execute(
@@ -227,6 +232,9 @@ class Ledger:
                     batch_id=batch_id,
                     send_at=send_at,
                     up_to_subscriber=up_to_subscriber,
+                    resend=resend,
+                    subject=subject,
+                    track_opens=track_opens,
                     started_at=now(),
                 )
             )
@@ -346,14 +354,13 @@ class Ledger:
             )
             return int(result.rowcount or 0)
 
-    def has_rows(self, issue_id: int) -> bool:
+    def has_rows(self, issue_id: int, send_round: str | None = None) -> bool:
+        """Does the issue have ledger rows (of this round)?"""
+        query = select(deliveries.c.id).where(deliveries.c.issue_id == issue_id)
+        if send_round is not None:
+            query = query.where(deliveries.c.send_round == send_round)
         with self.engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(deliveries.c.id).where(deliveries.c.issue_id == issue_id).limit(1)
-                ).first()
-                is not None
-            )
+            return conn.execute(query.limit(1)).first() is not None
 
     def claim(
         self,
@@ -365,6 +372,7 @@ class Ledger:
         *,
         owner: str | None = None,
         slug: str = "the issue",
+        send_round: str = FIRST_ROUND,
     ) -> set[int]:
         """Record a batch as in flight, in one transaction, before its request goes out.
         Returns the ids claimed: those still subscribed (people read ahead of their batch may
@@ -373,7 +381,8 @@ class Ledger:
         `new_ids` get new rows; `again_ids` (failed, or uncertain on --include-uncertain) are moved
         to this send. With `owner`, the lease is checked (and its row locked) in the same
         transaction: a sender that stalled and was taken over must not send alongside the new
-        owner. A unique-key clash means someone else recorded the person: stop."""
+        owner. A unique-key clash means someone else recorded the person: stop.
+        `send_round`: the copy the rows are about (a resend's kind; see `deliveries`)."""
         stamp = now()
         with self.engine.begin() as conn:
             if owner is not None:
@@ -412,9 +421,19 @@ class Ledger:
                     # (No savepoint: a clash ends the whole transaction, rolled back below.)
                     inserted = conn.exec_driver_sql(
                         "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
-                        f"batch_no, updated_at) SELECT {mark}, id, {mark}, {mark}, {mark}, "
-                        f"{mark} FROM subscribers WHERE status = {mark} AND id IN ({listed})",
-                        (issue_id, send_id, flying, batch_no, when, subscribed, *new_ids),
+                        f"batch_no, updated_at, send_round) SELECT {mark}, id, {mark}, {mark}, "
+                        f"{mark}, {mark}, {mark} FROM subscribers WHERE status = {mark} AND id "
+                        f"IN ({listed})",
+                        (
+                            issue_id,
+                            send_id,
+                            flying,
+                            batch_no,
+                            when,
+                            send_round,
+                            subscribed,
+                            *new_ids,
+                        ),
                     ).rowcount
                 except IntegrityError:
                     raise SendError(
@@ -449,6 +468,7 @@ class Ledger:
                     .where(
                         deliveries.c.issue_id == issue_id,
                         deliveries.c.subscriber_id.in_(list(again_ids)),
+                        deliveries.c.send_round == send_round,
                     )
                     .values(
                         state=DeliveryState.IN_FLIGHT,
@@ -549,13 +569,13 @@ class Ledger:
                 result.setdefault(send_id, {})[state] = n
         return result
 
-    def issue_counts(self, issue_id: int) -> dict[str, int]:
+    def issue_counts(self, issue_id: int, send_round: str | None = None) -> dict[str, int]:
+        """state -> rows of the issue (of this round)."""
+        query = select(deliveries.c.state, func.count()).where(deliveries.c.issue_id == issue_id)
+        if send_round is not None:
+            query = query.where(deliveries.c.send_round == send_round)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(deliveries.c.state, func.count())
-                .where(deliveries.c.issue_id == issue_id)
-                .group_by(deliveries.c.state)
-            ).all()
+            rows = conn.execute(query.group_by(deliveries.c.state)).all()
         return {state: n for state, n in rows}
 
     def list_sends(self, issue_id: int | None = None) -> list[Any]:
@@ -578,31 +598,39 @@ class Ledger:
             ).first()
 
     def iter_deliveries(self, issue_id: int, page_size: int = 1000) -> Iterator[Any]:
-        """Every ledger row of an issue with the address, by subscriber id (keyset, streamed)."""
-        last = 0
+        """Every ledger row of an issue with the address, by subscriber id, then row id (a
+        reader resent to has a row per round): keyset, streamed."""
+        last, last_row = 0, 0
+        d = deliveries.c
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     select(
-                        deliveries.c.subscriber_id,
+                        d.subscriber_id,
                         subscribers.c.email,
-                        deliveries.c.state,
-                        deliveries.c.send_id,
-                        deliveries.c.message_id,
-                        deliveries.c.error,
-                        deliveries.c.updated_at,
+                        d.state,
+                        d.send_id,
+                        d.message_id,
+                        d.error,
+                        d.updated_at,
+                        d.send_round,
+                        d.id,
                     )
-                    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                    .join(subscribers, subscribers.c.id == d.subscriber_id)
                     .where(
-                        and_(deliveries.c.issue_id == issue_id, deliveries.c.subscriber_id > last)
+                        d.issue_id == issue_id,
+                        or_(
+                            d.subscriber_id > last,
+                            and_(d.subscriber_id == last, d.id > last_row),
+                        ),
                     )
-                    .order_by(deliveries.c.subscriber_id)
+                    .order_by(d.subscriber_id, d.id)
                     .limit(page_size)
                 ).all()
             if not rows:
                 return
             yield from rows
-            last = rows[-1].subscriber_id
+            last, last_row = rows[-1].subscriber_id, rows[-1].id
 
     # --- erasure (GDPR Art. 17): an error may name the recipient it stopped at ----------
 

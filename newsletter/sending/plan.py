@@ -26,7 +26,7 @@ from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
 from newsletter.sending.transports import kinds_that
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
-from newsletter.store.schema import DeliveryState, SubscriberStatus
+from newsletter.store.schema import FIRST_ROUND, DeliveryState, SubscriberStatus
 from newsletter.store.times import as_utc
 from newsletter.wording import plural
 
@@ -90,6 +90,14 @@ class SendRequest:
     test_copy: bool = False
     #: `--segment NAME` / `--where EXPR` (`newsletter.segments.Segment`), besides any --tag.
     segment: Any = None
+    #: `--resend KIND`: "non-clickers", "non-openers" or "new" (see `resend.py`).
+    resend: str | None = None
+    #: `--subject TEXT`: this send's subject instead of the issue's.
+    subject: str | None = None
+    #: The time the resend_after wait is measured at (tests; default: now).
+    now: datetime | None = None
+    #: One arm of the issue's subject-line test ("a", "b" or "rest"; `subject_test.py`).
+    subject_test_arm: str | None = None
 
 
 @dataclass
@@ -119,6 +127,19 @@ class SendPlan:
     planned: Sequence[int] = field(default_factory=lambda: array("q"))
     #: The segment's condition on `subscribers`, evaluated when planned (see `planned`).
     segment_where: Sequence[Any] = ()
+    #: A resend's kind (see `resend.py`), else None.
+    resend: str | None = None
+    #: The subject instead of the issue's (`--subject`, or the resend being resumed had one).
+    subject: str | None = None
+
+    @property
+    def send_round(self) -> str:
+        """The ledger round this send's rows are in (`deliveries.send_round`)."""
+        if self.resend is None:
+            return FIRST_ROUND
+        from newsletter.sending.resend import ResendKind
+
+        return ResendKind(self.resend).send_round
 
     @property
     def transport(self) -> Any:
@@ -145,7 +166,7 @@ class SendPlan:
             self.project,
             self.prepared,
             reply_to=per_reader_reply_to(self.project) or self.reply_to,
-            subject=subject,
+            subject=subject or self.subject,
             categories=categories or (self.slug, "newsletter"),
             sandbox=self.sandbox,
             send_at=self.send_at,
@@ -299,7 +320,8 @@ def planned_recipients(
     where: Sequence[Any] = (),
 ) -> array[int]:
     """The ids of the people a send goes to, ascending (see `_recipient_conditions`), as a
-    compact array: 100,000 readers take 800 kB."""
+    compact array: 100,000 readers take 800 kB. `where`: more conditions on `subscribers`
+    (a resend to the new readers: joined after the first send)."""
     from sqlalchemy import select
 
     from newsletter.store.raw import driver_rows
@@ -325,7 +347,7 @@ def already_sent_refusal(
     down), nobody has it, so the send goes on as a --resume would."""
     if request.resume or not ledger.has_rows(issue_id):
         return None, request.resume
-    counts = ledger.issue_counts(issue_id)
+    counts = ledger.issue_counts(issue_id, FIRST_ROUND)  # (first copies; resends apart)
     had = sum(n for s, n in counts.items() if s not in RETRYABLE)
     if had == 0:
         return None, True
@@ -391,12 +413,28 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         warnings=warnings,
         send_at=request.send_at,
         segment_where=segment_where,
+        subject=request.subject,
     )
     if request.test_copy:
         return plan
     plan.refusal = _refusal(plan)
     if plan.refusal:
         return plan
+    if request.subject_test_arm is not None:
+        return _plan_subject_test_arm(plan, ledger)
+    if issue_id is not None and plan.uses_ledger:
+        from newsletter.sending.subject_test import find_test
+
+        test = find_test(engine, issue_id)
+        if test is not None and test.finished_at is None:
+            # A plain --resume would send the rest the issue's subject before the decision.
+            plan.refusal = (
+                f"{prepared.slug} is in a subject-line test; `newsletter run-due` sends what is "
+                f"due (the sample, then the winner to the rest after the decision)"
+            )
+            return plan
+    if request.resend is not None:
+        return _plan_resend(plan, ledger)
     resume = request.resume
     if plan.uses_ledger and issue_id is not None:
         running = ledger.running(issue_id)
@@ -437,6 +475,99 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         plan.planned = planned_recipients(engine, request.tags, up_to_id, where=segment_where)
         plan.recipients = len(plan.planned)
     plan.request = _with_resume(request, resume)
+    return plan
+
+
+def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
+    """A resend (`resend.py`): refused too soon, twice, or without the opens it needs; else
+    its recipients, fixed now. It goes to the first send's segment, and a resend being
+    resumed keeps its subject unless another is given."""
+    from dataclasses import replace
+    from datetime import UTC
+
+    from newsletter.sending.resend import (
+        ResendKind,
+        resend_after,
+        resend_recipients,
+        resend_refusal,
+    )
+
+    request, issue_id = plan.request, plan.issue_id
+    kind = ResendKind(str(request.resend))
+    if request.send_at is not None:
+        plan.refusal = "--schedule does not go with --resend; resend when the time has come"
+        return plan
+    if issue_id is not None and plan.uses_ledger:
+        running = ledger.running(issue_id)
+        if running is not None:
+            plan.refusal = (
+                f"another send of {plan.slug} is running (send {running.send_id}, pid "
+                f"{running.pid} on {running.host}); wait for it to finish, or check "
+                f"`newsletter sends {plan.slug}`"
+            )
+            return plan
+    plan.refusal, first, earlier = resend_refusal(
+        plan.engine,
+        plan.slug,
+        issue_id,
+        kind,
+        after=resend_after(plan.project),
+        now=request.now or datetime.now(UTC),
+        resume=request.resume,
+    )
+    if plan.refusal:
+        return plan
+    assert first is not None and issue_id is not None
+    plan.resend = str(kind)
+    if plan.subject is None and earlier is not None:
+        plan.subject = earlier.subject
+    again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
+    plan.planned = resend_recipients(plan.engine, issue_id, kind, first, again)
+    plan.recipients = len(plan.planned)
+    plan.stranded = (
+        plan.recipients == 0
+        and earlier is not None
+        and ledger.issue_counts(issue_id, kind.send_round).get("in_flight", 0) > 0
+    )
+    plan.request = replace(request, tags=tuple(first.segment), resume=earlier is not None)
+    return plan
+
+
+def _plan_subject_test_arm(plan: SendPlan, ledger: Ledger) -> SendPlan:
+    """One arm of the issue's subject-line test: its members who have no copy yet, fixed
+    when the test was planned, with the arm's subject (the rest: the winner's)."""
+    from dataclasses import replace
+
+    from newsletter.sending.subject_test import find_test, pending, subject_of
+
+    request, issue_id, arm = plan.request, plan.issue_id, str(plan.request.subject_test_arm)
+    test = find_test(plan.engine, issue_id) if issue_id is not None else None
+    if test is None or issue_id is None:
+        plan.refusal = f"{plan.slug} has no subject-line test"
+        return plan
+    if not plan.uses_ledger:
+        plan.refusal = (
+            "a subject-line test needs a transport that keeps the ledger, and no --dry-run"
+        )
+        return plan
+    subject = subject_of(test, arm)
+    if subject is None:
+        plan.refusal = f"the subject-line test of {plan.slug} is not decided yet"
+        return plan
+    running = ledger.running(issue_id)
+    if running is not None:
+        plan.refusal = (
+            f"another send of {plan.slug} is running (send {running.send_id}, pid "
+            f"{running.pid} on {running.host})"
+        )
+        return plan
+    plan.subject = subject
+    plan.planned = pending(plan.engine, test, arm, RETRYABLE)
+    plan.recipients = len(plan.planned)
+    plan.stranded = (
+        plan.recipients == 0 and ledger.issue_counts(issue_id, FIRST_ROUND).get("in_flight", 0) > 0
+    )
+    plan.request = replace(request, tags=tuple(test.segment or ()), resume=True)
     return plan
 
 

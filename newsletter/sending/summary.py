@@ -71,6 +71,11 @@ class SendSummary:
             return f"segment {self.segment_name} ({self.segment_definition})"
         return f"--where {self.segment_definition}"
 
+    #: a resend's kind ("non-clickers", "non-openers", "new"); None for the first send
+    resend: str | None = None
+    #: the subject it used instead of the issue's (`send --subject`), if any
+    subject: str | None = None
+
     @property
     def shown_status(self) -> str:
         """The status as it reads. A scheduled send that ended with every recipient failed
@@ -130,6 +135,8 @@ class SendSummary:
             "handed_over": self.handed_over,
             "joined_since": self.joined_since,
             "process_gone": self.process_gone,
+            "resend": self.resend,
+            "subject": self.subject,
             "error": self.error,
             "published": self.publish.public if self.publish else None,
             "publish_rule": self.publish.reason if self.publish else None,
@@ -187,7 +194,8 @@ def send_summaries(
     from newsletter.sequences.runner import sequence_sends_running
 
     live = ledger.live_sends() | sequence_sends_running(engine)  # a sequence run reaps itself
-    last_of_issue = {r.issue_id: r.id for r in rows}
+    # (People who joined later wait for a --resume of the first send, not of a resend.)
+    last_of_issue = {r.issue_id: r.id for r in rows if r.resend is None}
     from newsletter.segments.sends import for_sends
 
     chosen = for_sends(engine, (r.id for r in rows))
@@ -201,7 +209,7 @@ def send_summaries(
         ended_well = r.status == "done" or (
             r.status == "scheduled" and r.finished_at is not None and r.error is None
         )
-        if keeps and last_of_issue[r.issue_id] == r.id and ended_well:
+        if keeps and last_of_issue.get(r.issue_id) == r.id and ended_well:
             joined = _joined_since(engine, r, chosen.get(r.id))
         out.append(
             SendSummary(
@@ -239,6 +247,8 @@ def send_summaries(
                 cancel_requested=r.cancel_requested_at is not None,
                 segment_name=chosen[r.id].name if r.id in chosen else None,
                 segment_definition=chosen[r.id].definition if r.id in chosen else None,
+                resend=r.resend,
+                subject=r.subject,
             )
         )
     return out
@@ -252,8 +262,12 @@ class RecipientState:
     send_id: int
     message_id: str | None
     error: str | None
+    #: which copy: "first", or a resend's kind (see `deliveries.send_round`)
+    send_round: str = "first"
 
 
 def recipients(engine: Engine, issue_id: int) -> Iterator[RecipientState]:
     for d in Ledger(engine).iter_deliveries(issue_id):
-        yield RecipientState(d.subscriber_id, d.email, d.state, d.send_id, d.message_id, d.error)
+        yield RecipientState(
+            d.subscriber_id, d.email, d.state, d.send_id, d.message_id, d.error, d.send_round
+        )

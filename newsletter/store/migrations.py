@@ -292,6 +292,59 @@ def m019_segments(conn: Connection) -> None:
     backfill(conn)
 
 
+def m020_resend_rounds(conn: Connection) -> None:
+    """Resends (issue 24): `deliveries.send_round` joins the unique key, which becomes
+        UNIQUE(issue_id, subscriber_id, send_round): one first copy per person and issue, and at
+        most one copy per resend kind. Existing rows are first copies. `sends` gains `resend` (the
+        kind), `subject` (a resend's own subject) and `track_opens`; subject-line tests get
+    `subject_tests` and `subject_test_members`. On SQLite a unique constraint
+        cannot change in place: the table is rebuilt as m004 rebuilds `subscribers`."""
+    from sqlalchemy import MetaData
+    from sqlalchemy.schema import CreateColumn, CreateTable
+
+    present = {c["name"] for c in inspect(conn).get_columns("sends")}
+    for name in ("resend", "subject", "track_opens"):
+        if name not in present:
+            column_ddl = CreateColumn(schema.sends.c[name]).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE sends ADD COLUMN {column_ddl}")
+    schema.metadata.create_all(conn, tables=[schema.subject_tests, schema.subject_test_members])
+    present = {c["name"] for c in inspect(conn).get_columns("deliveries")}
+    if "send_round" in present:
+        return  # created from today's schema (m001)
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql(
+            "ALTER TABLE deliveries ADD COLUMN send_round VARCHAR(16) DEFAULT 'first' NOT NULL"
+        )
+        conn.exec_driver_sql(
+            "ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS uq_deliveries_issue_subscriber"
+        )
+        conn.exec_driver_sql(
+            "ALTER TABLE deliveries ADD CONSTRAINT uq_deliveries_issue_subscriber_round "
+            "UNIQUE (issue_id, subscriber_id, send_round)"
+        )
+        return
+    # Nothing refers to `deliveries`, but its own foreign keys are checked on the copy:
+    # off, as in m004 (the rows are copied as they are).
+    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    copy = MetaData()
+    for referred in (schema.issues, schema.subscribers, schema.sends):
+        referred.to_metadata(copy)  # (so the copy's foreign keys find their tables)
+    rebuilt = schema.deliveries.to_metadata(copy, name="deliveries_rebuilt")
+    columns = ", ".join(c.name for c in schema.deliveries.columns if c.name in present)
+    conn.exec_driver_sql("DROP TABLE IF EXISTS deliveries_rebuilt")  # left by a crash
+    conn.execute(CreateTable(rebuilt))
+    conn.exec_driver_sql(
+        f"INSERT INTO deliveries_rebuilt ({columns}) SELECT {columns} FROM deliveries"
+    )
+    conn.exec_driver_sql("DROP TABLE deliveries")
+    conn.exec_driver_sql("ALTER TABLE deliveries_rebuilt RENAME TO deliveries")
+    for index in schema.deliveries.indexes:
+        index.create(conn)
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check(deliveries)").all()
+    if broken:
+        raise RuntimeError(f"rebuilding deliveries broke {len(broken)} references")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -311,6 +364,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m015_public_ids", m015_public_ids),
     ("m016_message_id_lookups", m016_message_id_lookups),
     ("m019_segments", m019_segments),
+    ("m020_resend_rounds", m020_resend_rounds),
 ]
 
 

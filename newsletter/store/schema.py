@@ -68,6 +68,9 @@ class DeliveryState(StrEnum):
 
 STATUSES = tuple(s.value for s in SubscriberStatus)
 
+#: `deliveries.send_round` of a first copy of an issue (see `deliveries`).
+FIRST_ROUND = "first"
+
 
 def new_public_id() -> str:
     """A random, opaque identifier (72 bits, 12 URL-safe characters) for links and reply
@@ -152,6 +155,13 @@ sends = Table(
     Column("up_to_subscriber", Integer),
     # `newsletter cancel` asked the send to stop (m012): its sender claims no further batch.
     Column("cancel_requested_at", DateTime(timezone=True)),
+    # A resend (m020): "non-clickers", "non-openers" or "new"; null for the first send.
+    Column("resend", String(16)),
+    # The subject this send used instead of the issue's (`--subject`; m020), so --resume keeps it.
+    Column("subject", Text),
+    # Whether the provider's open pixel was on (m020): a non-openers resend needs it; null for
+    # sends older than m020 (then the issue's open events tell).
+    Column("track_opens", Boolean),
 )
 
 
@@ -172,8 +182,18 @@ deliveries = Table(
     Column("message_id", String(200)),  # SendGrid's X-Message-Id
     Column("error", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    # One row per person per issue, across all sends of it: the guard against sending twice.
-    UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
+    # Which copy of the issue the row is about (m020): "first" (the first send, its --resume,
+    # and a resend to the "new", who never had it), or a resend's kind ("non-clickers",
+    # "non-openers"), each at most once per person.
+    Column(
+        "send_round", String(16), nullable=False, default=FIRST_ROUND, server_default=FIRST_ROUND
+    ),
+    # One row per person per issue and round, across all sends of it: the guard against
+    # sending twice (a resend is its own round, so it cannot clash with the first copy, and
+    # nobody gets a second copy of either).
+    UniqueConstraint(
+        "issue_id", "subscriber_id", "send_round", name="uq_deliveries_issue_subscriber_round"
+    ),
 )
 Index("ix_deliveries_send_state", deliveries.c.send_id, deliveries.c.state)
 # A reader's issues, newest first (m019): what segments' `received:` and `clicked:last-5`
@@ -551,3 +571,44 @@ sunset_asks = Table(
     Column("asked_at", DateTime(timezone=True), nullable=False),
     Column("kept_at", DateTime(timezone=True)),
 )
+
+# --- subject-line tests (m020; written by sending/subject_test.py only) -----------------------
+# `send ISSUE --subject-b TEXT`: subject A and B each to a random half of a sample, then the
+# winner to the rest. Each reader's copy is an ordinary first-round ledger row, so the unique
+# key (issue, subscriber, round) is what makes "both subjects" impossible.
+subject_tests = Table(
+    "subject_tests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), nullable=False),
+    Column("subject_a", Text, nullable=False),
+    Column("subject_b", Text, nullable=False),
+    Column("sample_percent", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),  # clicks | replies | opens
+    Column("segment", JSON, nullable=False, default=list),  # --tag values
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decide_at", DateTime(timezone=True), nullable=False),
+    # null until decided: "a" or "b"; set once (compare-and-set), by whichever runner is first
+    Column("winner", String(1)),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decision", JSON),  # sizes, counts, rates, z, and the sentence saying why
+    Column("finished_at", DateTime(timezone=True)),  # the rest was sent
+)
+Index("uq_subject_tests_issue", subject_tests.c.issue_id, unique=True)
+
+#: Who is in which arm ("a", "b", or "rest"), fixed when the test was planned.
+subject_test_members = Table(
+    "subject_test_members",
+    metadata,
+    Column(
+        "test_id", Integer, ForeignKey("subject_tests.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("arm", String(4), nullable=False),
+)
+Index("ix_subject_test_members_arm", subject_test_members.c.test_id, subject_test_members.c.arm)

@@ -1,0 +1,503 @@
+"""Subject-line tests (issue 24, item 4): `send ISSUE --subject-b TEXT [--sample 20%]
+[--decide-after 4h] [--by clicks|replies|opens]`.
+
+A random sample of the planned recipients is split in two halves; half A gets the issue's
+subject, half B the other one. After the wait, the subject with the better rate wins (by a
+two-proportion z-test at 95 %; within noise, A wins) and goes to everyone else. The members
+of each arm are fixed when the test is planned (`subject_test_members`); every copy is an
+ordinary first-round ledger row, so the ledger's unique key (issue, reader, round) makes a
+second copy, and so "both subjects", impossible, and the lease and claim of the one send
+engine keep runners from sending the rest twice.
+
+The decision and the rest need no laptop: `newsletter run-due` (cron) does what is due:
+it finishes an arm a crash interrupted, decides when the time has come (compare-and-set, so
+of several runners one decides), and sends the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import exists, func, insert, literal_column, select, update
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.errors import SendError
+from newsletter.store.raw import driver_rows
+from newsletter.store.schema import (
+    FIRST_ROUND,
+    DeliveryState,
+    SubscriberStatus,
+    deliveries,
+    events,
+    replies,
+    subject_test_members,
+    subject_tests,
+    subscribers,
+)
+from newsletter.store.times import as_utc
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from newsletter.project import Project
+    from newsletter.sending.execute import SendReport
+
+METRICS = ("clicks", "replies", "opens")
+ARMS = ("a", "b")
+#: |z| at or above this: the difference is not noise (two-sided, 95 %).
+Z_CRITICAL = 1.96
+DEFAULT_SAMPLE = 20
+DEFAULT_WAIT = "4h"
+#: A copy that reached the reader, as far as the ledger knows: the rate's denominator.
+GOT_IT = (DeliveryState.ACCEPTED, DeliveryState.DELIVERED)
+
+
+@dataclass(frozen=True)
+class SubjectTestSetup:
+    """What the author asked for."""
+
+    subject_b: str
+    sample_percent: int = DEFAULT_SAMPLE
+    decide_after: timedelta = timedelta(hours=4)
+    metric: str = "clicks"
+
+
+def parse_sample(text: str) -> int:
+    """`20%` or `20` -> 20 (1 to 100); ValueError otherwise."""
+    value = int(text.strip().removesuffix("%").strip())
+    if not 1 <= value <= 100:
+        raise ValueError(text)
+    return value
+
+
+def parse_wait(text: str) -> timedelta:
+    from newsletter.sequences.steps import parse_delay
+
+    wait = parse_delay(text)
+    if wait is None:
+        raise ValueError(text)
+    return wait
+
+
+def setup_refusal(project: Project, setup: SubjectTestSetup) -> str | None:
+    """A rate that cannot be measured is refused before anything is sent."""
+    if setup.metric not in METRICS:
+        return f"--by {setup.metric}: the rate is one of {', '.join(METRICS)}"
+    tracking = project.config.section("tracking")
+    if setup.metric == "clicks" and not tracking["clicks"]:
+        return "--by clicks needs click tracking: set [tracking] clicks = true, or use --by replies"
+    if setup.metric == "opens" and not tracking["opens"]:
+        return "--by opens needs open tracking: set [tracking] opens = true, or use --by clicks"
+    return None
+
+
+def split(
+    planned: Sequence[int], percent: int, rng: random.Random | None = None
+) -> dict[str, list[int]]:
+    """A random sample of `percent` % (at least one reader per arm when there are two), in
+    two halves, and the rest; each ascending."""
+    ids = list(planned)
+    (rng or random.SystemRandom()).shuffle(ids)
+    size = min(len(ids), max(2, round(len(ids) * percent / 100)))
+    half = size // 2
+    return {"a": sorted(ids[:half]), "b": sorted(ids[half:size]), "rest": sorted(ids[size:])}
+
+
+def create_test(
+    engine: Engine,
+    issue_id: int,
+    subject_a: str,
+    setup: SubjectTestSetup,
+    segment: Sequence[str],
+    arms: dict[str, list[int]],
+    now: datetime,
+) -> int:
+    """The test and its members, in one transaction, before anything is sent."""
+    try:
+        with engine.begin() as conn:
+            test_id = int(
+                conn.execute(
+                    insert(subject_tests).values(
+                        issue_id=issue_id,
+                        subject_a=subject_a,
+                        subject_b=setup.subject_b,
+                        sample_percent=setup.sample_percent,
+                        metric=setup.metric,
+                        segment=list(segment),
+                        created_at=now,
+                        decide_at=now + setup.decide_after,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+            )
+            rows = [
+                {"test_id": test_id, "subscriber_id": sid, "arm": arm}
+                for arm, ids in arms.items()
+                for sid in ids
+            ]
+            for start in range(0, len(rows), 5000):
+                conn.execute(insert(subject_test_members), rows[start : start + 5000])
+    except IntegrityError:
+        raise SendError(
+            "this issue has a subject-line test already; `newsletter run-due` carries it on"
+        ) from None
+    return test_id
+
+
+def find_test(engine: Engine, issue_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(subject_tests).where(subject_tests.c.issue_id == issue_id)
+        ).first()
+
+
+def subject_of(test: Any, arm: str) -> str | None:
+    """The subject an arm gets (the rest: the winner's; None before the decision)."""
+    if arm == "rest":
+        arm = test.winner or ""
+    return {"a": test.subject_a, "b": test.subject_b}.get(arm)
+
+
+def pending(engine: Engine, test: Any, arm: str, again: Sequence[str]) -> array[int]:
+    """The arm's members still subscribed who have no first copy (or one in an `again`
+    state): who its send goes to, ascending."""
+    m = subject_test_members.c
+    had = exists().where(
+        deliveries.c.issue_id == test.issue_id,
+        deliveries.c.subscriber_id == m.subscriber_id,
+        deliveries.c.send_round == FIRST_ROUND,
+        deliveries.c.state.not_in(list(again)),
+    )
+    statement = (
+        select(m.subscriber_id)
+        .join(subscribers, subscribers.c.id == m.subscriber_id)
+        .where(
+            m.test_id == test.id,
+            m.arm == arm,
+            subscribers.c.status == SubscriberStatus.SUBSCRIBED,
+            ~had,
+        )
+        .order_by(m.subscriber_id)
+    )
+    with engine.connect() as conn:
+        return array("q", (row[0] for row in driver_rows(conn, statement)))
+
+
+def _signal(engine: Engine, metric: str, issue_id: int) -> Any:
+    """SQL: the reader (subject_test_members.subscriber_id) did what the metric counts. An
+    uncorrelated IN set, read once (replies have no index by reader)."""
+    me = subject_test_members.c.subscriber_id
+    if metric == "replies":
+        return me.in_(
+            select(replies.c.subscriber_id).where(
+                replies.c.issue_id == issue_id,
+                replies.c.subscriber_id.is_not(None),
+                replies.c.automatic.is_(False),
+            )
+        )
+    conditions = [events.c.issue_id == issue_id, events.c.subscriber_id.is_not(None)]
+    if metric == "clicks":
+        conditions.append(events.c.event == "click")
+    else:
+        human = (
+            "coalesce(json_extract(events.detail, '$.sg_machine_open') IN (1, 'true', '1'), 0) = 0"
+            if engine.dialect.name == "sqlite"
+            else "NOT coalesce((events.detail->>'sg_machine_open') IN ('true', '1'), false)"
+        )
+        conditions += [events.c.event == "open", literal_column(human)]
+    return me.in_(select(events.c.subscriber_id).where(*conditions))
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    arm: str
+    subject: str
+    size: int  # members of the arm who got their copy (accepted or delivered)
+    hits: int  # of them, those who clicked / replied / opened
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.size if self.size else 0.0
+
+
+def arm_results(engine: Engine, test: Any) -> dict[str, ArmResult]:
+    """Per arm (a, b and rest): who got it, and who of them did what the test counts."""
+    m = subject_test_members.c
+    got = exists().where(
+        deliveries.c.issue_id == test.issue_id,
+        deliveries.c.subscriber_id == m.subscriber_id,
+        deliveries.c.send_round == FIRST_ROUND,
+        deliveries.c.state.in_([str(s) for s in GOT_IT]),
+    )
+    hit = _signal(engine, test.metric, test.issue_id)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(m.arm, func.count(), func.count().filter(hit))
+            .where(m.test_id == test.id, got)
+            .group_by(m.arm)
+        ).all()
+    found = {arm: (int(n), int(h)) for arm, n, h in rows}
+    out = {}
+    for arm in (*ARMS, "rest"):
+        n, h = found.get(arm, (0, 0))
+        out[arm] = ArmResult(arm, subject_of(test, arm) or "", n, h)
+    return out
+
+
+def z_score(a: ArmResult, b: ArmResult) -> float:
+    """Two-proportion z-test (pooled): how many standard errors B's rate is above A's."""
+    if not a.size or not b.size:
+        return 0.0
+    pooled = (a.hits + b.hits) / (a.size + b.size)
+    error = math.sqrt(pooled * (1 - pooled) * (1 / a.size + 1 / b.size))
+    return 0.0 if error == 0 else (b.rate - a.rate) / error
+
+
+def judge(a: ArmResult, b: ArmResult, metric: str) -> tuple[str, str, float]:
+    """(winner, the sentence saying why, z): the better rate if the difference is beyond
+    noise, else A."""
+    z = z_score(a, b)
+    shown = (
+        f"A {a.rate:.1%} ({a.hits} of {a.size}) vs B {b.rate:.1%} ({b.hits} of {b.size}) by "
+        f"{metric}; two-proportion z-test: z = {z:.2f}"
+    )
+    if abs(z) < Z_CRITICAL:
+        return "a", f"A wins: the difference is within noise ({shown}, |z| < {Z_CRITICAL})", z
+    winner = "b" if z > 0 else "a"
+    return winner, f"{winner.upper()} wins ({shown}, |z| >= {Z_CRITICAL}, 95 %)", z
+
+
+def decide(engine: Engine, test: Any, now: datetime) -> Any:
+    """Decide once: of several runners, the first to set the winner wins the race
+    (compare-and-set on `winner IS NULL`); returns the test as stored afterwards."""
+    results = arm_results(engine, test)
+    winner, why, z = judge(results["a"], results["b"], test.metric)
+    decision = {
+        "why": why,
+        "z": round(z, 4),
+        "test": "two-proportion z-test (pooled), 95 %, two-sided",
+        **{arm: {"size": results[arm].size, "hits": results[arm].hits} for arm in ARMS},
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            update(subject_tests)
+            .where(subject_tests.c.id == test.id, subject_tests.c.winner.is_(None))
+            .values(winner=winner, decided_at=now, decision=decision)
+        )
+    return find_test(engine, test.issue_id)
+
+
+def _finish(engine: Engine, test: Any, now: datetime) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(subject_tests)
+            .where(subject_tests.c.id == test.id, subject_tests.c.finished_at.is_(None))
+            .values(finished_at=now)
+        )
+
+
+@dataclass
+class DueOutcome:
+    """What `run-due` did for one test: lines to show, and whether something went wrong."""
+
+    slug: str
+    lines: list[str] = field(default_factory=list)
+    error: str | None = None
+    interrupted: bool = False
+
+
+def send_arm(
+    project: Project,
+    slug: str,
+    arm: str,
+    now: datetime,
+    progress: Callable[[SendReport], None] | None = None,
+) -> tuple[Any, Any]:
+    """Plan and carry out one arm's send (the arm's pending members, its subject); returns
+    (plan, report), report None when there was nobody (or the plan was refused)."""
+    from newsletter.sending.execute import execute
+    from newsletter.sending.plan import SendRequest, plan_send
+
+    plan = plan_send(project, slug, SendRequest(subject_test_arm=arm, now=now))
+    if plan.refusal or plan.nobody:
+        return plan, None
+    return plan, execute(plan, progress)
+
+
+def run_due(project: Project, now: datetime) -> list[DueOutcome]:
+    """Every unfinished subject-line test: finish its arms, decide when due, send the rest."""
+    from newsletter.store.engine import project_engine
+    from newsletter.store.schema import issues
+
+    engine = project_engine(project)
+    with engine.connect() as conn:
+        tests = conn.execute(
+            select(subject_tests, issues.c.slug)
+            .join(issues, issues.c.id == subject_tests.c.issue_id)
+            .where(subject_tests.c.finished_at.is_(None))
+            .order_by(subject_tests.c.id)
+        ).all()
+    return [_carry_on(project, engine, test, now) for test in tests]
+
+
+def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> DueOutcome:
+    slug = test.slug
+    out = DueOutcome(slug)
+    arms: list[str] = [arm for arm in ARMS]
+    if test.winner is None and as_utc(test.decide_at) <= now:  # type: ignore[operator]
+        arms.append("decide")
+    elif test.winner is not None:
+        arms.append("rest")
+    for step in arms:
+        if step == "decide":
+            fresh = find_test(engine, test.issue_id)
+            if any(len(pending(engine, fresh, arm, ())) for arm in ARMS):
+                out.lines.append(f"{slug}: the sample is not all sent yet; not deciding")
+                return out
+            test = decide(engine, fresh, now)
+            out.lines.append(f"{slug}: {test.decision['why']}")
+            step = "rest"
+        try:
+            plan, report = send_arm(project, slug, step, now)
+        except SendError as exc:
+            from newsletter.sending.ledger import Ledger
+
+            if Ledger(engine).running(test.issue_id) is None:
+                raise
+            # Another runner took the issue's lease first: it sends; this one has nothing to do.
+            out.lines.append(f"{slug}: {exc}")
+            return out
+        if plan.refusal:
+            out.lines.append(f"{slug}: {plan.refusal}")
+            out.error = plan.refusal if "is running" not in plan.refusal else None
+            return out
+        if report is None:
+            continue
+        label = f"subject {step.upper()}" if step in ARMS else "the rest (winner)"
+        out.lines.append(
+            f"{slug}: {label}: send {report.send_id}, {report.accepted} accepted"
+            + (f", {report.failed} failed" if report.failed else "")
+            + (f", {report.uncertain} uncertain" if report.uncertain else "")
+        )
+        if report.interrupted:
+            out.interrupted = True
+            return out
+        if report.error:
+            out.error = report.error
+            return out
+    if test.winner is not None and not len(pending(engine, test, "rest", ())):
+        _finish(engine, test, now)
+        out.lines.append(f"{slug}: subject-line test done")
+    elif test.winner is None:
+        at = as_utc(test.decide_at)
+        out.lines.append(f"{slug}: the decision is due at {at:%Y-%m-%d %H:%M} UTC")
+    return out
+
+
+def subject_test_summary(engine: Engine, issue_id: int) -> dict[str, Any] | None:
+    """For `stats ISSUE`: both subjects, their samples and rates, the winner and why."""
+    test = find_test(engine, issue_id)
+    if test is None:
+        return None
+    results = arm_results(engine, test)
+    with engine.connect() as conn:
+        planned: dict[str, int] = dict(
+            conn.execute(  # type: ignore[arg-type]
+                select(subject_test_members.c.arm, func.count())
+                .where(subject_test_members.c.test_id == test.id)
+                .group_by(subject_test_members.c.arm)
+            ).all()
+        )
+    return {
+        "metric": test.metric,
+        "sample_percent": test.sample_percent,
+        "decide_at": as_utc(test.decide_at).isoformat(),  # type: ignore[union-attr]
+        "arms": {
+            arm: {
+                "subject": subject_of(test, arm) if arm in ARMS else None,
+                "planned": int(planned.get(arm, 0)),
+                "got_it": results[arm].size,
+                "hits": results[arm].hits,
+                "rate": round(results[arm].rate, 4),
+            }
+            for arm in (*ARMS, "rest")
+        },
+        "winner": test.winner,
+        "decision": test.decision,
+        "finished": test.finished_at is not None,
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    lines = [f"Subject-line test (by {summary['metric']}, sample {summary['sample_percent']} %):"]
+    for arm in ARMS:
+        a = summary["arms"][arm]
+        lines.append(
+            f"  {arm.upper()}  {a['got_it']:>6} got it {a['hits']:>6} {summary['metric']:<8}"
+            f' {a["rate"]:>7.1%}   subject "{a["subject"]}"'
+        )
+    rest = summary["arms"]["rest"]
+    if summary["winner"]:
+        lines.append(f"  {summary['decision']['why']}")
+        lines.append(
+            f"  the rest: {rest['got_it']} of {rest['planned']} got subject "
+            f"{summary['winner'].upper()}"
+            + ("" if summary["finished"] else " (still sending: `newsletter run-due`)")
+        )
+    else:
+        lines.append(
+            f"  not decided yet: due at {summary['decide_at'][:16].replace('T', ' ')} UTC; "
+            f"{rest['planned']} wait for the winner (`newsletter run-due`)"
+        )
+    return "\n".join(lines)
+
+
+class DueRunner:
+    """`serve --run-due`: `run_due` every `interval` seconds in a thread, until `stop()`.
+    A failing run is logged in one line (addresses masked) and tried again at the next tick.
+    A send it is in the middle of when `serve` stops is settled by the next run (its batch in
+    flight becomes uncertain, never sent twice)."""
+
+    def __init__(self, project: Project, *, interval: float = 60.0) -> None:
+        import threading
+
+        self.project = project
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="run-due", daemon=True)
+
+    def start(self) -> DueRunner:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        import logging
+        from datetime import UTC
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from newsletter.errors import NewsletterError
+        from newsletter.masking import mask_addresses
+
+        log = logging.getLogger("newsletter.run_due")
+        while not self._stop.is_set():
+            try:
+                for outcome in run_due(self.project, datetime.now(UTC)):
+                    for line in outcome.lines:
+                        log.info("run-due: %s", mask_addresses(line))
+                    if outcome.error:
+                        log.warning("run-due: %s", mask_addresses(outcome.error))
+            except NewsletterError as exc:
+                log.error("run-due failed: %s", mask_addresses(str(exc)))
+            except SQLAlchemyError as exc:
+                log.error("run-due failed: database error (%s)", type(exc).__name__)
+            self._stop.wait(self.interval)

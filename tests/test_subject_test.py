@@ -1,0 +1,130 @@
+"""Subject-line tests (issue 24, item 4), end to end: `send --subject-b` sends subjects A and B
+to random halves of a sample through the local SendGrid server; clicks come in through the
+real Event Webhook; `newsletter run-due` at an injected time (--now) decides and sends the
+winner to everyone else. Nobody gets two copies or both subjects; stats shows it all."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from newsletter.project import Project
+from newsletter.sending.subject_test import ArmResult, judge, split
+from newsletter.store import schema
+from newsletter.store.engine import open_engine
+from newsletter.web import create_app
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
+from tests.sendgrid_server import FakeSendGrid, copies
+from tests.support.stats import post_events
+from tests.support.web import event, live_server
+
+KEY = "SG.subject-test-key"
+ISSUE = EXAMPLE_ISSUE.stem
+SUBJECT_A = "Meta, KI und das Ende der Creator?"
+SUBJECT_B = "Was Meta mit Creatorn vorhat"
+
+
+@pytest.fixture
+def sg(monkeypatch):
+    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
+        yield server
+
+
+def _copies(sg) -> list[tuple[str, str]]:
+    return [(c["to"][0]["email"], c["subject"]) for m in sg.messages for c in copies(m)]
+
+
+def test_judge_uses_a_two_proportion_z_test_and_a_wins_within_noise():
+    a, b = ArmResult("a", SUBJECT_A, 100, 10), ArmResult("b", SUBJECT_B, 100, 14)
+    winner, why, z = judge(a, b, "clicks")
+    assert winner == "a" and abs(z - 0.8704) < 0.001
+    assert why.startswith("A wins: the difference is within noise")
+    assert "A 10.0% (10 of 100) vs B 14.0% (14 of 100)" in why
+    winner, why, z = judge(a, ArmResult("b", SUBJECT_B, 100, 25), "clicks")
+    assert winner == "b" and z > 1.96 and why.startswith("B wins")
+    assert judge(ArmResult("a", "x", 50, 20), ArmResult("b", "y", 50, 5), "replies")[0] == "a"
+
+
+def test_split_is_a_random_sample_in_halves_and_the_rest():
+    arms = split(range(1, 101), 20)
+    assert len(arms["a"]) == 10 and len(arms["b"]) == 10 and len(arms["rest"]) == 80
+    assert sorted(arms["a"] + arms["b"] + arms["rest"]) == list(range(1, 101))
+    assert split([7], 20) == {"a": [], "b": [7], "rest": []}
+
+
+@pytest.mark.slow
+def test_sample_decision_at_an_injected_time_then_the_rest(
+    make_project, database_url, monkeypatch, sg, signer, cli
+):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=CONFIG + "\n[tracking]\nclicks = true\n")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    readers = [f"leser{i:02}@example.de" for i in range(40)]
+    for address in readers:
+        assert cli(root, "subscribers", "add", address).exit_code == 0
+
+    bad = cli(root, "send", ISSUE, "--subject-b", SUBJECT_B, "--by", "opens", "--yes")
+    assert bad.exit_code == 1 and "--by opens needs open tracking" in bad.output
+    assert cli(root, "send", ISSUE, "--sample", "20%", "--yes").exit_code == 2
+    assert cli(root, "send", ISSUE, "--subject-b", "B", "--sample", "0%", "--yes").exit_code == 2
+
+    started = datetime.now(UTC)
+    result = cli(
+        root, "send", ISSUE, "--subject-b", SUBJECT_B, "--sample", "50%", "--decide-after", "4h",
+        "--by", "clicks", "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Sample:     20 (50%): A 10, B 10; decided by clicks after 4h" in result.output
+    assert "The rest:   20 get the winner from `newsletter run-due`" in result.output
+    sample = _copies(sg)
+    assert Counter(subject for _, subject in sample) == {SUBJECT_A: 10, SUBJECT_B: 10}
+    group_b = [address for address, subject in sample if subject == SUBJECT_B]
+
+    # A plain send or --resume would send the rest the issue's subject: refused.
+    plain = cli(root, "send", ISSUE, "--resume", "--yes")
+    assert plain.exit_code == 1 and "is in a subject-line test" in plain.output
+
+    early = cli(root, "run-due", "--now", (started + timedelta(hours=1)).isoformat())
+    assert early.exit_code == 0, early.output
+    assert "the decision is due at" in early.output
+    assert len(sg.messages) == 2  # nothing more went out
+
+    proj = Project.load(root)
+    engine = open_engine(proj.database_url)
+    with engine.connect() as conn:
+        issue_id = conn.execute(select(schema.issues.c.id)).scalar_one()
+        ids = dict(conn.execute(select(schema.subscribers.c.email, schema.subscribers.c.id)).all())
+    with live_server(create_app(proj, engine)) as base:
+        post_events(
+            base,
+            signer,
+            [
+                event("click", a, issue_id=issue_id, subscriber_id=ids[a], url="https://x.de/")
+                for a in group_b[:8]
+            ],
+        )
+
+    due = cli(root, "run-due", "--now", (started + timedelta(hours=4, minutes=1)).isoformat())
+    assert due.exit_code == 0, due.output
+    assert "B wins (A 0.0% (0 of 10) vs B 80.0% (8 of 10) by clicks" in due.output
+    assert "subject-line test done" in due.output
+    everything = _copies(sg)
+    got = Counter(address for address, _ in everything)
+    assert set(got) == set(readers) and max(got.values()) == 1, "twice, or somebody missed"
+    rest = everything[len(sample) :]
+    assert len(rest) == 20 and {subject for _, subject in rest} == {SUBJECT_B}
+
+    assert cli(root, "run-due").output.strip() == "Nothing is due."
+    stats = cli(root, "stats", ISSUE)
+    assert "Subject-line test (by clicks, sample 50 %):" in stats.output
+    assert f'subject "{SUBJECT_B}"' in stats.output and "B wins" in stats.output
+    data = json.loads(cli(root, "stats", ISSUE, "--format", "json").output)["subject_test"]
+    assert data["winner"] == "b" and data["arms"]["b"]["hits"] == 8
+    assert data["arms"]["a"]["planned"] == 10 and data["arms"]["rest"]["got_it"] == 20
+    assert data["decision"]["test"].startswith("two-proportion z-test")
