@@ -41,7 +41,7 @@ from newsletter.store.importer.model import (
     simple_tuple,
 )
 from newsletter.store.raw import placeholder
-from newsletter.store.schema import new_public_id, subscribers
+from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import STOPPED
 
 
@@ -77,8 +77,7 @@ class Writer:
         self.conn = conn
         self.dialect = conn.dialect.name
         mark = placeholder(conn)
-        # Each row gets its random public_id here (see `insert`), last.
-        full = [*self.COLUMNS, "public_id"]
+        full = list(self.COLUMNS)
         self.full_columns = full
         self.insert_subscribers = (
             f"INSERT INTO subscribers ({', '.join(full)}) VALUES ({', '.join([mark] * len(full))})"
@@ -134,9 +133,7 @@ class Writer:
         tags: list[tuple[int, str]],
         short_rows: list[tuple[Any, ...]] | None = None,
     ) -> None:
-        # Each new subscriber gets a random public id (what their links name).
-        rows = [(*row, new_public_id()) for row in rows]
-        short_rows = [(*row, new_public_id()) for row in short_rows or []]
+        short_rows = short_rows or []
         if self.dialect == "postgresql":
             self._copy("subscribers", self.full_columns, rows)
             self._copy("subscribers", self.short_columns, short_rows)
