@@ -63,7 +63,9 @@ def test_m018_keeps_the_random_public_ids_already_sent_and_stores_none_for_new_r
         migrations.migrate(old)
     with old.begin() as conn:
         conn.execute(text("DROP INDEX uq_subscribers_public_id"))
-        conn.execute(text("CREATE UNIQUE INDEX uq_subscribers_public_id ON subscribers (public_id)"))
+        conn.execute(
+            text("CREATE UNIQUE INDEX uq_subscribers_public_id ON subscribers (public_id)")
+        )
         conn.execute(
             text(
                 "INSERT INTO subscribers (email, email_key, status, fields, created_at, updated_at,"
