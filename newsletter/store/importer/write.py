@@ -180,7 +180,7 @@ def _write_chunk_once(
             writer.lock()
             lookup = list(chunk)
             if skip_lookups:
-                lookup = [k for k in lookup if k in new_keys]
+                lookup = new_keys.among(lookup)
             if dry_run:
                 # Nothing of this run is in the database; repeats of new rows are duplicates.
                 repeats = {k for k in lookup if k in new_keys}
