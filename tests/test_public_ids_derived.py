@@ -96,3 +96,56 @@ def test_m018_keeps_the_random_public_ids_already_sent_and_stores_none_for_new_r
         )
     assert statuses == {"alt@example.de": "unsubscribed", "neu@example.de": "unsubscribed"}
     assert get_subscriber(engine, new.id).status == "unsubscribed"
+
+
+def test_m018_rebuilds_sqlite_tags_without_rowid_keeping_every_tag(tmp_path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_engine(url)
+    with monkeypatch.context() as patch:  # a database as it was before m018
+        patch.setattr(
+            migrations, "STEPS", [s for s in migrations.STEPS if s[0] != "m018_derived_public_ids"]
+        )
+        migrations.migrate(old)
+    with old.begin() as conn:
+        conn.execute(text("DROP TABLE subscriber_tags"))
+        conn.execute(
+            text(
+                "CREATE TABLE subscriber_tags (subscriber_id INTEGER NOT NULL REFERENCES "
+                "subscribers (id) ON DELETE CASCADE, tag VARCHAR(100) NOT NULL, "
+                "PRIMARY KEY (subscriber_id, tag))"
+            )
+        )
+        conn.execute(
+            text("CREATE INDEX ix_subscriber_tags_tag ON subscriber_tags (tag, subscriber_id)")
+        )
+        for sid, email in ((1, "anna@example.de"), (2, "ben@example.de")):
+            conn.execute(
+                text(
+                    "INSERT INTO subscribers (id, email, email_key, status, fields, created_at,"
+                    " updated_at) VALUES (:id, :email, :email, 'subscribed', '{}',"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"id": sid, "email": email},
+            )
+        conn.execute(
+            text("INSERT INTO subscriber_tags VALUES (1, 'vip'), (1, 'leser'), (2, 'leser')")
+        )
+    old.dispose()
+
+    engine = open_engine(url)
+    with engine.connect() as conn:
+        table_sql = conn.execute(
+            text("SELECT sql FROM sqlite_master WHERE name = 'subscriber_tags'")
+        ).scalar_one()
+        tags = conn.execute(text("SELECT subscriber_id, tag FROM subscriber_tags")).all()
+        index = conn.execute(
+            text("SELECT name FROM sqlite_master WHERE name = 'ix_subscriber_tags_tag'")
+        ).scalar()
+    assert "WITHOUT ROWID" in table_sql.upper() and index == "ix_subscriber_tags_tag"
+    assert sorted(tuple(t) for t in tags) == [(1, "leser"), (1, "vip"), (2, "leser")]
+    assert get_subscriber(engine, 1).tags == ("leser", "vip")
+    # The foreign key still holds: erasing a reader takes their tags along.
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM subscribers WHERE id = 1"))
+        left = conn.execute(text("SELECT subscriber_id, tag FROM subscriber_tags")).all()
+    assert [tuple(t) for t in left] == [(2, "leser")]

@@ -124,6 +124,9 @@ subscriber_tags = Table(
         primary_key=True,
     ),
     Column("tag", String(100), primary_key=True),
+    # SQLite: the rows live in the primary key's B-tree, not in a second one beside it
+    # (m018): one B-tree fewer to write per tag of a million imported readers.
+    sqlite_with_rowid=False,
 )
 # Tag-filtered lists and counts walk this index, not the whole tags table.
 Index("ix_subscriber_tags_tag", subscriber_tags.c.tag, subscriber_tags.c.subscriber_id)
