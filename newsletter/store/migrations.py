@@ -299,8 +299,7 @@ def _tags_without_rowid(conn: Connection) -> None:
     ).scalar_one()
     if "WITHOUT ROWID" in current.upper():
         return
-    table = schema.subscriber_tags
-    create = str(CreateTable(table).compile(dialect=conn.dialect))
+    create = str(CreateTable(schema.subscriber_tags).compile(dialect=conn.dialect))
     conn.exec_driver_sql(create.replace("subscriber_tags", "subscriber_tags_m018", 1))
     conn.exec_driver_sql(
         "INSERT INTO subscriber_tags_m018 (subscriber_id, tag) "
@@ -308,7 +307,7 @@ def _tags_without_rowid(conn: Connection) -> None:
     )
     conn.exec_driver_sql("DROP TABLE subscriber_tags")  # its index goes with it
     conn.exec_driver_sql("ALTER TABLE subscriber_tags_m018 RENAME TO subscriber_tags")
-    for index in table.indexes:
+    for index in schema.subscriber_tags.indexes:
         conn.exec_driver_sql(str(CreateIndex(index).compile(dialect=conn.dialect)))
 
 
