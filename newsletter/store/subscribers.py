@@ -85,7 +85,8 @@ class Subscriber:
     unsubscribed_at: datetime | None
     unsubscribe_reason: str | None
     updated_at: datetime | None = None
-    #: The random identifier links and reply addresses carry (never the sequential id).
+    #: The random public id m015 stored, which links sent before still carry; None for
+    #: readers added since m018, whose links carry one derived from `id` (`tokens.public_id`).
     public_id: str | None = None
 
     def template_context(self) -> dict[str, Any]:
