@@ -97,7 +97,7 @@ def reset_postgres(url: str) -> None:
 
 def ours(
     source: Path, work: Path, url: str | None, checkout: Path = REPO
-) -> tuple[float, float, str]:
+) -> tuple[float, float, float, str]:
     project = work / "project"
     shutil.rmtree(project, ignore_errors=True)
     (project / "issues").mkdir(parents=True)
@@ -107,8 +107,8 @@ def ours(
     cmd = [sys.executable, "-m", "newsletter", "--project", str(project)]
     cmd += ["subscribers", "import", str(source), "--quiet"]
     os.environ["PYTHONPATH"] = str(checkout)
-    took, rss, _, out = timed_child(cmd, project)
-    return took, rss, out.strip().splitlines()[-1] if out.strip() else ""
+    took, rss, pss, out = timed_child(cmd, project)
+    return took, rss, pss, out.strip().splitlines()[-1] if out.strip() else ""
 
 
 def main() -> None:
@@ -139,7 +139,7 @@ def main() -> None:
     floor_cpu: list[float] = []
     base: list[float] = []
     base_cpu: list[float] = []
-    peak = 0.0
+    peak = peak_pss = 0.0
     loads = []
     try:
         for run in range(args.runs):
@@ -149,9 +149,9 @@ def main() -> None:
             for step in steps:
                 cpu = children_cpu()
                 if step == "ours":
-                    took, rss, out = ours(source, work, args.postgres)
+                    took, rss, pss, out = ours(source, work, args.postgres)
                     mine.append(took)
-                    peak = max(peak, rss)
+                    peak, peak_pss = max(peak, rss), max(peak_pss, pss)
                 elif step == "baseline":
                     base.append(ours(source, work, args.postgres, args.baseline)[0])
                 else:
@@ -177,7 +177,11 @@ def main() -> None:
         f"  newsletter subscribers import: {ours_med:6.2f} s  ({args.rows / ours_med:,.0f} rows/s)"
     )
     print(f"  floor, {floor_name}: {floor_med:6.2f} s  ({args.rows / floor_med:,.0f} rows/s)")
-    print(f"  ratio import/floor: {ours_med / floor_med:.2f}x   peak RSS {peak:.0f} MB")
+    print(
+        f"  ratio import/floor: {ours_med / floor_med:.2f}x   peak RSS {peak:.0f} MB "
+        f"(PSS {peak_pss:.0f} MB; both summed over the import and its reader process, RSS "
+        "counting the pages they share since the fork twice)"
+    )
     cpu_ours, cpu_floor = statistics.median(mine_cpu), statistics.median(floor_cpu)
     print(
         f"  CPU seconds: import {cpu_ours:.2f}, floor {cpu_floor:.2f} "

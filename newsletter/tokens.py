@@ -6,8 +6,10 @@ Each purpose has its own salt, so a token made for one cannot be used for anothe
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
+import hmac
 import os
 import re
 import sys
@@ -70,14 +72,98 @@ def secret_key(required: bool = True) -> str:
     return _DEVELOPMENT_KEY
 
 
-#: What a token names a subscriber or an issue by: a random public id (tokens made since
-#: m015), or a sequential row id (older tokens, still honoured: links in old issues must keep
-#: working), or None (nobody, e.g. the issue-only reply address).
+#: What a token names a subscriber or an issue by. In the API: a row id (an int), which the
+#: token carries as its public id (`public_id`) and `read_token` turns back into the row id;
+#: or a random public id (a str, stored by m015 for rows made before m018); or None (nobody,
+#: e.g. the issue-only reply address). Tokens made before m015 carry row ids as such and
+#: are still honoured: links in old issues must keep working.
 Ref = int | str | None
 
-#: A public id as `store.schema.new_public_id` makes them (URL-safe base64).
+#: A public id: 12 URL-safe base64 characters (72 bits).
 _PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{8,32}")
 PUBLIC_ID_LENGTH = 12
+
+# A row id's public id is a keyed, reversible encoding of it (a synthetic-IV construction:
+# a 32-bit tag = PRF(id), then id XOR PRF(tag), 40 + 32 bits), so it needs no column, no
+# index and no work per inserted row, tells a reader nothing about the list's size or
+# growth, and only the key's holder can turn it back. The tag also tells a public id made
+# here from a random one that m015 stored (a random one passes its check once in 2**32).
+_ID_BYTES = 5
+_TAG_BYTES = 4
+_MAX_DERIVED_ID = (1 << (8 * _ID_BYTES)) - 1
+_id_keys: dict[str, tuple[Any, Any]] = {}
+# The last id derived: a send asks for each reader's twice in a row (unsubscribe, reply).
+_last_derived: tuple[int, str, str | None] = (0, "", None)
+
+
+def _id_hashers(key: str) -> tuple[Any, Any]:
+    """The two keyed BLAKE2b states (tag, pad) for `key`, made once per key."""
+    found = _id_keys.get(key)
+    if found is None:
+        derived = hmac.new(key.encode(), b"newsletter public id", hashlib.sha256).digest()
+        found = (
+            hashlib.blake2b(key=derived, digest_size=_TAG_BYTES, person=b"public-id-tag"),
+            hashlib.blake2b(key=derived, digest_size=_ID_BYTES, person=b"public-id-pad"),
+        )
+        _id_keys[key] = found
+    return found
+
+
+def public_id(row_id: int, *, key: str) -> str | None:
+    """The public id links carry for `row_id` (12 characters); None for ids beyond 2**40."""
+    global _last_derived
+    if not 0 < row_id <= _MAX_DERIVED_ID:
+        return None
+    last_id, last_key, last_public = _last_derived
+    if row_id == last_id and key == last_key:
+        return last_public
+    tagger, padder = _id_hashers(key)
+    plain = row_id.to_bytes(_ID_BYTES, "big")
+    mac = tagger.copy()
+    mac.update(plain)
+    tag = mac.digest()
+    pad = padder.copy()
+    pad.update(tag)
+    hidden = (row_id ^ int.from_bytes(pad.digest(), "big")).to_bytes(_ID_BYTES, "big")
+    public = base64.urlsafe_b64encode(hidden + tag).decode()
+    _last_derived = (row_id, key, public)
+    return public
+
+
+def row_id_of(public: str, *, key: str) -> int | None:
+    """The row id a public id made by `public_id` stands for; None for any other string
+    (a random public id stored by m015, or garbage)."""
+    if len(public) != PUBLIC_ID_LENGTH or not _PUBLIC_ID.fullmatch(public):
+        return None
+    raw = base64.urlsafe_b64decode(public)
+    hidden, tag = raw[:_ID_BYTES], raw[_ID_BYTES:]
+    tagger, padder = _id_hashers(key)
+    pad = padder.copy()
+    pad.update(tag)
+    row_id = int.from_bytes(hidden, "big") ^ int.from_bytes(pad.digest(), "big")
+    mac = tagger.copy()
+    mac.update(row_id.to_bytes(_ID_BYTES, "big"))
+    if not hmac.compare_digest(mac.digest(), tag) or row_id == 0:
+        return None
+    return row_id
+
+
+def _carried(ref: Ref, key: str) -> Ref:
+    """What a token carries for `ref`: a row id's public id (the row id itself only beyond
+    the 2**40 that public ids cover)."""
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return public_id(ref, key=key) or ref
+    return ref
+
+
+def _read_back(ref: Ref, key: str) -> Ref:
+    """`_carried` undone: a public id made here becomes its row id again."""
+    if isinstance(ref, str):
+        found = row_id_of(ref, key=key)
+        if found is not None:
+            return found
+    return ref
+
 
 # Compact tokens (public ids only): one character saying which ids follow, then the issue's
 # and the subscriber's public ids (12 characters each), then "." and the signature. No JSON
@@ -126,9 +212,10 @@ def _from_compact(value: str) -> SubscriberToken | None:
 
 
 def make_token(purpose: str, subscriber: Ref, issue: Ref = None, *, key: str) -> str:
-    """A token naming `subscriber` and `issue` (pass public ids; row ids make the older
-    JSON form, still read, which tells every reader the list's size)."""
+    """A token naming `subscriber` and `issue` (row ids or public ids; a row id goes in as
+    its public id, see `public_id`)."""
     serializer = URLSafeSerializer(key, salt=purpose)
+    subscriber, issue = _carried(subscriber, key), _carried(issue, key)
     compact = _compact(subscriber, issue)
     if compact is None:
         return serializer.dumps([subscriber, issue])
@@ -158,7 +245,10 @@ def read_token(
             signed = serializer.make_signer(purpose).unsign(token).decode()
             compact = _from_compact(signed)
             if compact is not None:
-                return compact
+                return SubscriberToken(
+                    subscriber=_read_back(compact.subscriber, key),
+                    issue=_read_back(compact.issue, key),
+                )
             value = serializer.loads(token)
         else:
             value = URLSafeTimedSerializer(key, salt=purpose).loads(token, max_age=max_age)
@@ -174,7 +264,11 @@ def read_token(
     ):
         raise TokenError("this link is not valid")
     confirmations = value[2] if len(value) == 3 else None
-    return SubscriberToken(subscriber=value[0], issue=value[1], confirmations=confirmations)
+    return SubscriberToken(
+        subscriber=_read_back(value[0], key),
+        issue=_read_back(value[1], key),
+        confirmations=confirmations,
+    )
 
 
 def make_timed_token(
@@ -188,7 +282,7 @@ def make_timed_token(
     """For confirmations, which should expire (checked with `read_token(..., max_age=...)`).
     `confirmations` (how many the person has had) makes the link single-use at any speed:
     token times have whole seconds, a count does not."""
-    payload: list[Ref | int] = [subscriber, issue]
+    payload: list[Ref | int] = [_carried(subscriber, key), _carried(issue, key)]
     if confirmations is not None:
         payload.append(confirmations)
     return URLSafeTimedSerializer(key, salt=purpose).dumps(payload)
@@ -221,8 +315,7 @@ def form_stamp_age(stamp: str, *, key: str, now: float | None = None) -> float:
 
 def unsubscribe_url(base_url: str | None, subscriber: Ref, issue: Ref, *, key: str) -> str:
     """`base_url/unsubscribe/TOKEN`; without a base_url, a placeholder host that says so.
-    Pass public ids (`Subscriber.public_id`, the issue's): row ids would tell every reader
-    the list's size."""
+    A row id goes into the token as its public id (`public_id`), never as such."""
     base = (base_url or "https://set-base_url-in-newsletter.toml.invalid").rstrip("/")
     return f"{base}/unsubscribe/{make_token(UNSUBSCRIBE, subscriber, issue, key=key)}"
 
@@ -239,10 +332,11 @@ def unsubscribe_url_maker(
 
 
 def token_maker(purpose: str, issue: Ref, *, key: str) -> Callable[[int | str | None], str]:
-    """`make_token(purpose, subscriber, issue)` for many subscribers (their public ids), fast
+    """`make_token(purpose, subscriber, issue)` for many subscribers (row or public ids), fast
     (see `unsubscribe_url_maker`): the same tokens, `read_token` reads them alike."""
     serializer = URLSafeSerializer(key, salt=purpose)
     signer = serializer.make_signer(purpose)
+    issue = _carried(issue, key)
 
     def slow(subscriber: Ref) -> str:
         return make_token(purpose, subscriber, issue, key=key)
@@ -254,13 +348,15 @@ def token_maker(purpose: str, issue: Ref, *, key: str) -> Callable[[int | str | 
     issue_part = issue if isinstance(issue, str) else ""  # _compact checked: public or None
     with_subscriber = (_COMPACT_CODES[(issue is not None, True)] + issue_part).encode()
     length = PUBLIC_ID_LENGTH
-    public_id = _PUBLIC_ID.fullmatch
+    is_public = _PUBLIC_ID.fullmatch
 
     def token(subscriber: Ref) -> str:
         # The signature as itsdangerous writes it: URL-safe base64 without padding (binascii
         # and one translate: a bulk send makes one token per reader).
+        if type(subscriber) is int:
+            subscriber = public_id(subscriber, key=key) or subscriber
         if not (
-            isinstance(subscriber, str) and len(subscriber) == length and public_id(subscriber)
+            isinstance(subscriber, str) and len(subscriber) == length and is_public(subscriber)
         ):
             return slow(subscriber)
         value = with_subscriber + subscriber.encode()

@@ -15,8 +15,8 @@ from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
 from newsletter.store.importer import process as import_process
-from newsletter.store.importer import write as import_write
 from newsletter.store.subscribers import (
+    BulkWriter,
     add_subscriber,
     count_subscribers,
     find_subscriber,
@@ -504,7 +504,7 @@ def test_a_crash_leaves_whole_chunks_and_a_rerun_finishes(engine, tmp_path, monk
         tmp_path / "x.csv",
         "email,tags\n" + "".join(f"p{i}@example.com,t{i % 2}\n" for i in range(10)),
     )
-    real_insert = import_write.Writer.insert
+    real_insert = BulkWriter.insert
     calls = {"n": 0}
 
     def crashing_insert(self, *args):
@@ -513,10 +513,10 @@ def test_a_crash_leaves_whole_chunks_and_a_rerun_finishes(engine, tmp_path, monk
         if calls["n"] == 2:
             raise KeyboardInterrupt  # Ctrl-C after the second chunk's rows went in
 
-    monkeypatch.setattr(import_write.Writer, "insert", crashing_insert)
+    monkeypatch.setattr(BulkWriter, "insert", crashing_insert)
     with pytest.raises(KeyboardInterrupt):
         import_file(engine, source, chunk_rows=4)
-    monkeypatch.setattr(import_write.Writer, "insert", real_insert)
+    monkeypatch.setattr(BulkWriter, "insert", real_insert)
 
     # The first chunk is there, whole; the second was rolled back.
     assert [s.email for s in iter_subscribers(engine)] == [f"p{i}@example.com" for i in range(4)]
@@ -647,7 +647,7 @@ def test_an_import_that_must_stop_says_what_it_wrote_and_where(
     if parallel:
         monkeypatch.setattr(import_process, "pack", failing)
     else:
-        real_write = import_write.Writer.insert
+        real_write = BulkWriter.insert
 
         def failing_insert(self, *args):  # the disk fails under the third chunk
             calls["n"] += 1
@@ -655,7 +655,7 @@ def test_an_import_that_must_stop_says_what_it_wrote_and_where(
                 raise OSError(5, "Input/output error")
             real_write(self, *args)
 
-        monkeypatch.setattr(import_write.Writer, "insert", failing_insert)
+        monkeypatch.setattr(BulkWriter, "insert", failing_insert)
     with pytest.raises(StoreError) as caught:
         import_file(engine, source, chunk_rows=4, parallel=parallel)
     message = str(caught.value)
@@ -673,7 +673,7 @@ def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_pat
     import threading
 
     source = write(tmp_path / "x.csv", "email,first name\na@example.com,A\nb@example.com,Bea\n")
-    real_allocate = import_write.Writer.allocate_ids
+    real_allocate = BulkWriter.allocate_ids
     outcome: list[str] = []
 
     def sign_up() -> None:
@@ -693,7 +693,7 @@ def test_a_subscriber_added_by_someone_else_mid_import_is_merged(engine, tmp_pat
             assert form.is_alive()
         return ids
 
-    monkeypatch.setattr(import_write.Writer, "allocate_ids", allocate_then_race)
+    monkeypatch.setattr(BulkWriter, "allocate_ids", allocate_then_race)
     result = import_file(engine, source)
     form.join(30)
     assert (result.new, result.updated, result.rejected) == (2, 0, 0)
@@ -711,7 +711,7 @@ def test_a_first_import_merges_what_others_added_before_its_lookups(engine, tmp_
         tmp_path / "x.csv",
         "email,first name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(8)),
     )
-    real_lock = import_write.Writer.lock
+    real_lock = BulkWriter.lock
     signed_up: list[str] = []
 
     def sign_up_then_lock(self):
@@ -721,7 +721,7 @@ def test_a_first_import_merges_what_others_added_before_its_lookups(engine, tmp_
             signed_up.append(address)
         real_lock(self)
 
-    monkeypatch.setattr(import_write.Writer, "lock", sign_up_then_lock)
+    monkeypatch.setattr(BulkWriter, "lock", sign_up_then_lock)
     result = import_file(engine, source, chunk_rows=2)
     assert (result.new, result.updated, result.rejected) == (4, 4, 0)
     assert count_subscribers(engine) == 8

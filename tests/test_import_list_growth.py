@@ -20,8 +20,7 @@ from sqlalchemy import text
 
 from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
-from newsletter.store.importer import write as import_write
-from newsletter.store.subscribers import add_subscriber, count_subscribers
+from newsletter.store.subscribers import BulkWriter, add_subscriber, count_subscribers
 
 from .conftest import CONFIG, REPO
 
@@ -116,7 +115,7 @@ def test_a_rolled_back_chunk_counts_nothing_and_keeps_the_triggers(
 ) -> None:
     source = tmp_path / "x.csv"
     source.write_text("email\n" + "".join(f"p{i}@example.de\n" for i in range(10)), "utf-8")
-    real_insert = import_write.Writer.insert
+    real_insert = BulkWriter.insert
     calls = {"n": 0}
 
     def crashing_insert(self, *args):
@@ -125,10 +124,10 @@ def test_a_rolled_back_chunk_counts_nothing_and_keeps_the_triggers(
         if calls["n"] == 2:
             raise KeyboardInterrupt  # Ctrl-C after the second chunk's rows went in
 
-    monkeypatch.setattr(import_write.Writer, "insert", crashing_insert)
+    monkeypatch.setattr(BulkWriter, "insert", crashing_insert)
     with pytest.raises(KeyboardInterrupt):
         import_file(engine, source, chunk_rows=4)
-    monkeypatch.setattr(import_write.Writer, "insert", real_insert)
+    monkeypatch.setattr(BulkWriter, "insert", real_insert)
     assert growth(engine) == {"new_import": 4}  # the first chunk, committed
     assert triggers(engine) == ALL_TRIGGERS[engine.dialect.name]
     add_subscriber(engine, "danach@example.de")

@@ -1,6 +1,9 @@
 """Tokens without internal ids (issue 26 item 5): unsubscribe, confirmation and reply tokens
-carry a random public id per subscriber and per issue, never the sequential row ids that let
-every reader estimate the list's size and growth. Tokens already sent keep working."""
+carry a public id per subscriber and per issue, never the sequential row ids that let every
+reader estimate the list's size and growth. Tokens already sent keep working.
+
+Since m018 a subscriber's public id is derived from the row id with the secret key
+(`tokens.public_id`); the random ones m015 stored are still honoured."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, find_subscriber, get_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
+from tests.support.tokens import carried, row_id_timed_token, row_id_token
 
 REPLIES = '\n[replies]\ndomain = "replies.example.com"\nforward = false\n'
 
@@ -33,6 +37,11 @@ def messages(folder: Path) -> dict[str, email.message.EmailMessage]:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         out[str(message["To"])] = message
     return out
+
+
+def public(person) -> str:
+    """The public id a person's links carry: stored by m015, else derived from the row id."""
+    return person.public_id or tokens.public_id(person.id, key=TEST_SECRET)
 
 
 def signed_value(token: str) -> bytes:
@@ -71,10 +80,10 @@ def test_sent_links_and_reply_addresses_carry_no_row_ids(sent):
         reply_token = reply[len("reply+") : reply.index("@")]
         for each in (token, reply_token):
             # A format mark, then the issue's and the reader's public ids: nothing else.
-            assert signed_value(each) == f"1{issue.public_id}{person.public_id}".encode()
+            assert signed_value(each) == f"1{issue.public_id}{public(person)}".encode()
         assert len(reply.partition("@")[0]) <= 64  # RFC 5321's limit for the local part
     # Two readers' tokens share nothing that counts up.
-    assert len({p.public_id for p in people}) == 3
+    assert len({public(p) for p in people}) == 3
 
 
 def test_a_new_unsubscribe_link_unsubscribes_its_reader(sent):
@@ -104,12 +113,12 @@ def test_links_sent_before_keep_working(sent):
     with engine.connect() as conn:
         issue_id = conn.execute(select(schema.issues.c.id)).scalar_one()
     client = TestClient(create_app(project, engine))
-    old = tokens.make_token(tokens.UNSUBSCRIBE, people[2].id, issue_id, key=TEST_SECRET)
+    old = row_id_token(tokens.UNSUBSCRIBE, people[2].id, issue_id, key=TEST_SECRET)
     assert old.startswith("W")  # the older form
     assert client.post(f"/unsubscribe/{old}").status_code == 200
     assert get_subscriber(engine, people[2].id).status == "unsubscribed"
     person = add_subscriber(engine, "spaet@example.de", status="unconfirmed", source="form")
-    old_confirm = tokens.make_timed_token(tokens.CONFIRM, person.id, key=TEST_SECRET)
+    old_confirm = row_id_timed_token(tokens.CONFIRM, person.id, key=TEST_SECRET)
     assert client.post(f"/confirm/{old_confirm}").status_code == 200
     assert get_subscriber(engine, person.id).status == "subscribed"
 
@@ -131,7 +140,7 @@ def test_confirmation_links_name_the_public_id(make_project, database_url, monke
     payload = link.group(1).rsplit("/", 1)[1].split(".")[0]
     said = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     # The public id, no issue, and how many confirmations they had (single use, issue 28).
-    assert said == f'["{person.public_id}",null,0]'.encode() and person.id == 6
+    assert said == f'["{public(person)}",null,0]'.encode() and person.id == 6
     assert client.post(link.group(1)).status_code == 200
     assert find_subscriber(engine, "neu@example.de").status == "subscribed"
 
@@ -219,12 +228,14 @@ def test_m012_gives_existing_rows_public_ids_and_old_links_still_work(
         )
     project = Project.load(make_project())
     client = TestClient(create_app(project, engine))
-    link_sent_before = tokens.make_token(tokens.UNSUBSCRIBE, 2, 1, key=TEST_SECRET)
+    link_sent_before = row_id_token(tokens.UNSUBSCRIBE, 2, 1, key=TEST_SECRET)
     assert client.post(f"/unsubscribe/{link_sent_before}").status_code == 200
     assert get_subscriber(engine, 2).status == "unsubscribed"
 
 
 def test_imported_readers_get_their_own_public_ids(project: Path, database_url, monkeypatch, cli):
+    """Derived from the row id (m018): nothing is stored per imported row, yet each reader's
+    public id is their own, and it names them again when read back."""
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
     rows = "email,first_name\n" + "".join(f"imp{i}@example.de,Imp{i}\n" for i in range(50))
     (project / "list.csv").write_text(rows, "utf-8")
@@ -232,5 +243,12 @@ def test_imported_readers_get_their_own_public_ids(project: Path, database_url, 
     assert result.exit_code == 0, result.output
     engine = open_engine(Project.load(project).database_url)
     with engine.connect() as conn:
-        ids = conn.execute(select(schema.subscribers.c.public_id)).scalars().all()
-    assert len(ids) == 50 and len(set(ids)) == 50 and all(len(i) == 12 for i in ids)
+        rows_read = conn.execute(select(schema.subscribers.c.id, schema.subscribers.c.public_id))
+        stored = {row.id: row.public_id for row in rows_read}
+    ids = {tokens.public_id(row_id, key=TEST_SECRET) for row_id in stored}
+    assert len(stored) == 50 and set(stored.values()) == {None}
+    assert len(ids) == 50 and all(len(i) == 12 for i in ids)
+    for row_id in stored:
+        token = tokens.make_token(tokens.UNSUBSCRIBE, row_id, None, key=TEST_SECRET)
+        assert carried(token) == (tokens.public_id(row_id, key=TEST_SECRET), None)
+        assert tokens.read_token(tokens.UNSUBSCRIBE, token, key=TEST_SECRET).subscriber == row_id

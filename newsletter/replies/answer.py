@@ -90,7 +90,11 @@ def compose(project: Project, thread: Thread, text: str) -> Draft:
     domain = config.section("replies")["domain"]
     if domain and thread.subscriber_id is not None:
         reply_to = tokens.reply_address_for(
-            domain, thread.issue_public_id, thread.subscriber_public_id, tokens.secret_key()
+            domain,
+            thread.issue_public_id,
+            # Readers added since m018 have no stored public id: the token derives one.
+            thread.subscriber_public_id or thread.subscriber_id,
+            tokens.secret_key(),
         )
     message = Message(
         from_email=config.from_email,

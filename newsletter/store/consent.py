@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, select
+from sqlalchemy import Connection, and_, exists, func, insert, literal, select
 
 from newsletter.store.schema import consent_records, consent_texts, subscribers
 from newsletter.store.times import as_utc
@@ -128,6 +128,41 @@ def record_values(
         "proves_consent": proves_consent,
         "details": dict(details or {}),
     }
+
+
+def record_imported(
+    conn: Connection,
+    ids: list[int],
+    with_evidence: list[dict[str, Any]],
+    details: dict[str, Any],
+    source: str,
+    stamp: datetime,
+) -> None:
+    """`import` records for one chunk of new subscribers (`ids`, inserted at `stamp`): the
+    given ones (`record_values`, with the export's opt-in data), and "imported, no
+    evidence" with `details` for the rest, in one INSERT ... SELECT (a big plain import
+    pays little for them)."""
+    if not ids:
+        return
+    if with_evidence:
+        conn.execute(insert(consent_records), with_evidence)
+    conditions = [
+        subscribers.c.id.between(min(ids), max(ids)),
+        # This chunk's rows only: another writer's rows in the id range have other times.
+        subscribers.c.updated_at == stamp,
+    ]
+    if with_evidence:
+        conditions.append(~exists().where(consent_records.c.subscriber_id == subscribers.c.id))
+    columns = ["subscriber_id", "kind", "occurred_at", "source", "proves_consent", "details"]
+    query = select(
+        subscribers.c.id,
+        literal(IMPORT, consent_records.c.kind.type),
+        literal(stamp, consent_records.c.occurred_at.type),
+        literal(source[:200], consent_records.c.source.type),
+        literal(False, consent_records.c.proves_consent.type),
+        literal({**details, "evidence": NO_EVIDENCE}, consent_records.c.details.type),
+    ).where(and_(*conditions))
+    conn.execute(insert(consent_records).from_select(columns, query))
 
 
 def count(conn: Connection, subscriber_id: int, kind: str) -> int:

@@ -275,6 +275,42 @@ def m016_message_id_lookups(conn: Connection) -> None:
                 index.create(conn)
 
 
+def m018_derived_public_ids(conn: Connection) -> None:
+    """Subscribers made from now on store no public id: tokens carry one derived from the row
+    id (`tokens.public_id`). The random ones m015 stored stay, so links already sent keep
+    working, and their unique index becomes partial, so that rows without one (a million
+    imported ones, say) cost it nothing; it was a third of an import's time. On SQLite,
+    `subscriber_tags` becomes a WITHOUT ROWID table (one B-tree fewer per tag)."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS uq_subscribers_public_id")
+    for index in schema.subscribers.indexes:
+        if index.name == "uq_subscribers_public_id":
+            index.create(conn)
+    if conn.dialect.name == "sqlite":
+        _tags_without_rowid(conn)
+
+
+def _tags_without_rowid(conn: Connection) -> None:
+    """SQLite: rebuild `subscriber_tags` as a WITHOUT ROWID table (its rows in the primary
+    key's B-tree), the schema's current shape, keeping every tag."""
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    current = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscriber_tags'"
+    ).scalar_one()
+    if "WITHOUT ROWID" in current.upper():
+        return
+    create = str(CreateTable(schema.subscriber_tags).compile(dialect=conn.dialect))
+    conn.exec_driver_sql(create.replace("subscriber_tags", "subscriber_tags_m018", 1))
+    conn.exec_driver_sql(
+        "INSERT INTO subscriber_tags_m018 (subscriber_id, tag) "
+        "SELECT subscriber_id, tag FROM subscriber_tags"
+    )
+    conn.exec_driver_sql("DROP TABLE subscriber_tags")  # its index goes with it
+    conn.exec_driver_sql("ALTER TABLE subscriber_tags_m018 RENAME TO subscriber_tags")
+    for index in schema.subscriber_tags.indexes:
+        conn.exec_driver_sql(str(CreateIndex(index).compile(dialect=conn.dialect)))
+
+
 def m019_segments(conn: Connection) -> None:
     """Segments and sunsetting: `reader_activity` (each reader's latest click, human open and
     reply, filled here from the events and replies already stored), `send_segments` (the
@@ -363,6 +399,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m014_signup_attempts", m014_signup_attempts),
     ("m015_public_ids", m015_public_ids),
     ("m016_message_id_lookups", m016_message_id_lookups),
+    ("m018_derived_public_ids", m018_derived_public_ids),
     ("m019_segments", m019_segments),
     ("m020_resend_rounds", m020_resend_rounds),
 ]

@@ -1,5 +1,7 @@
-"""From what a token names to row ids: a public id (tokens made since m015) is looked up,
-a row id (older tokens: links in old issues keep working) is taken as it is.
+"""From what a token names to row ids. `tokens.read_token` already turned the public ids it
+derives from row ids (every subscriber's since m018) back into row ids; a row id (those,
+and tokens made before m015: links in old issues keep working) is taken as it is; a random
+public id that m015 stored is looked up.
 
 The lookups read `subscribers` and `issues` by their `public_id` column and write nothing.
 """

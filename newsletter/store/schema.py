@@ -99,14 +99,23 @@ subscribers = Table(
     Column("confirmed_at", DateTime(timezone=True)),
     Column("unsubscribed_at", DateTime(timezone=True)),
     Column("unsubscribe_reason", String(200)),
-    # What tokens carry instead of `id` (m015; random, see `new_public_id`).
-    Column("public_id", String(32), default=new_public_id),
+    # The random public id m015 gave the rows it found, still honoured in links already sent.
+    # Rows made since m018 have none: tokens carry a public id derived from `id` with the
+    # secret key (`tokens.public_id`), which costs no column, no index, no work per insert.
+    Column("public_id", String(32)),
     # SQLite would otherwise give the newest subscriber's id to the next one after
     # `remove --forget`, and the forgotten person's links and late events would reach them.
     sqlite_autoincrement=True,
 )
 Index("ix_subscribers_status", subscribers.c.status)
-Index("uq_subscribers_public_id", subscribers.c.public_id, unique=True)
+# Partial: a row without a stored public id (all since m018) costs the index nothing.
+Index(
+    "uq_subscribers_public_id",
+    subscribers.c.public_id,
+    unique=True,
+    sqlite_where=subscribers.c.public_id.isnot(None),
+    postgresql_where=subscribers.c.public_id.isnot(None),
+)
 
 subscriber_tags = Table(
     "subscriber_tags",
@@ -118,6 +127,9 @@ subscriber_tags = Table(
         primary_key=True,
     ),
     Column("tag", String(100), primary_key=True),
+    # SQLite: the rows live in the primary key's B-tree, not in a second one beside it
+    # (m018): one B-tree fewer to write per tag of a million imported readers.
+    sqlite_with_rowid=False,
 )
 # Tag-filtered lists and counts walk this index, not the whole tags table.
 Index("ix_subscriber_tags_tag", subscriber_tags.c.tag, subscriber_tags.c.subscriber_id)

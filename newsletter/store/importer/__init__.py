@@ -19,8 +19,9 @@ The package's modules use each other's public names only, in one direction:
 `formats` (which service's export) and `model` (`Incoming`, `Reject`, `ImportResult`) at
 the bottom; `lines` decodes the file line by line, `read` turns the lines into rows,
 `process` runs the reading in a child process for big files, `decide` works out what the
-rows change in the list, `write` writes each chunk; `run` drives them. Callers import
-from the package.
+rows change in the list, `write` writes each chunk through the tables' owners
+(`store.subscribers.BulkWriter`, `store.consent.record_imported`); `run` drives them.
+Callers import from the package.
 """
 
 from newsletter.store.importer.decide import LOOKUP_BATCH

@@ -6,8 +6,7 @@
   else it says "imported, no evidence".
 - Addresses erased on request (the suppression list) are not imported; they are counted.
 
-Rows without evidence get their records with one INSERT ... SELECT per chunk, so a big
-plain import pays little for them.
+The records are written by the consent store (`consent.record_imported`), which owns them.
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, insert, literal, select
+from sqlalchemy import Connection
 
 from newsletter.store import consent, suppressions
 from newsletter.store.importer.model import ImportResult, Incoming
-from newsletter.store.schema import consent_records, subscribers
 
 
 @dataclass(frozen=True)
@@ -112,26 +110,5 @@ def write_records(
     stamp: datetime,
 ) -> None:
     """Consent records for a chunk's new subscribers (`ids`): the given ones with evidence,
-    and "imported, no evidence" for the rest, in one INSERT ... SELECT."""
-    if not ids:
-        return
-    if with_evidence:
-        conn.execute(insert(consent_records), with_evidence)
-    details = {**policy.details(), "evidence": consent.NO_EVIDENCE}
-    conditions = [
-        subscribers.c.id.between(min(ids), max(ids)),
-        # This chunk's rows only: another writer's rows in the id range have other times.
-        subscribers.c.updated_at == stamp,
-    ]
-    if with_evidence:
-        conditions.append(~exists().where(consent_records.c.subscriber_id == subscribers.c.id))
-    columns = ["subscriber_id", "kind", "occurred_at", "source", "proves_consent", "details"]
-    query = select(
-        subscribers.c.id,
-        literal(consent.IMPORT, consent_records.c.kind.type),
-        literal(stamp, consent_records.c.occurred_at.type),
-        literal(source[:200], consent_records.c.source.type),
-        literal(False, consent_records.c.proves_consent.type),
-        literal(details, consent_records.c.details.type),
-    ).where(and_(*conditions))
-    conn.execute(insert(consent_records).from_select(columns, query))
+    and "imported, no evidence" for the rest (written by the consent store)."""
+    consent.record_imported(conn, ids, with_evidence, policy.details(), source, stamp)

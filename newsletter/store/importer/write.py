@@ -1,7 +1,9 @@
 """`subscribers import`, writing: one chunk into the database, fast, in one transaction.
 
-New rows go in with driver-level executemany and ids allocated up front; a clash with
-another writer rolls the chunk back and counts it again. `Pacer` cuts chunks into
+New rows go in through the subscriber store's `BulkWriter` (driver-level executemany, or
+COPY on PostgreSQL, with ids allocated up front) and their consent records through the
+consent store: this module decides what to write, the tables' owners write it. A clash
+with another writer rolls the chunk back and counts it again. `Pacer` cuts chunks into
 transactions short enough that other writers (unsubscribes, sign-ups) get their turn.
 """
 
@@ -9,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.insights.counters import BulkInsertTally
@@ -40,134 +42,7 @@ from newsletter.store.importer.model import (
     is_simple,
     simple_tuple,
 )
-from newsletter.store.raw import placeholder
-from newsletter.store.schema import new_public_id, subscribers
-from newsletter.store.subscribers import STOPPED
-
-
-def _sqlite_time(value: datetime | None) -> str | None:
-    # The text format SQLAlchemy's SQLite DateTime reads back (naive UTC).
-    if value is None:
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-class Writer:
-    """Dialect-aware bulk writes on one connection."""
-
-    COLUMNS = (
-        "id",
-        "email",
-        "email_key",
-        "name",
-        "first_name",
-        "last_name",
-        "status",
-        "fields",
-        "source",
-        "created_at",
-        "updated_at",
-        "confirmed_at",
-        "unsubscribed_at",
-        "unsubscribe_reason",
-    )
-    OPTIONAL = ("name", "unsubscribed_at", "unsubscribe_reason")
-
-    def __init__(self, conn: Connection):
-        self.conn = conn
-        self.dialect = conn.dialect.name
-        mark = placeholder(conn)
-        # Each row gets its random public_id here (see `insert`), last.
-        full = [*self.COLUMNS, "public_id"]
-        self.full_columns = full
-        self.insert_subscribers = (
-            f"INSERT INTO subscribers ({', '.join(full)}) VALUES ({', '.join([mark] * len(full))})"
-        )
-        # Most imported rows have no full name and no unsubscribe: a shorter INSERT
-        # without those three columns saves SQLite work on every row.
-        short = [c for c in full if c not in self.OPTIONAL]
-        self.short_columns = short  # PostgreSQL's COPY takes the same two column lists
-        self.insert_short = (
-            f"INSERT INTO subscribers ({', '.join(short)}) "
-            f"VALUES ({', '.join([mark] * len(short))})"
-        )
-        self.insert_tags = (
-            f"INSERT INTO subscriber_tags (subscriber_id, tag) VALUES ({mark}, {mark})"
-        )
-
-    def time(self, value: datetime | None) -> Any:
-        return _sqlite_time(value) if self.dialect == "sqlite" else value
-
-    def allocate_ids(self, n: int) -> list[int]:
-        if self.dialect == "postgresql":
-            rows = self.conn.execute(
-                text(
-                    "SELECT nextval(pg_get_serial_sequence('subscribers', 'id')) "
-                    "FROM generate_series(1, :n)"
-                ),
-                {"n": n},
-            ).scalars()
-            return sorted(rows)
-        # SQLite (and others): ids follow the largest one ever given (AUTOINCREMENT keeps it in
-        # sqlite_sequence, so a forgotten person's id never comes back); the chunk's
-        # transaction holds the write lock (see `lock`), so nobody takes one meanwhile.
-        start = self.conn.execute(select(func.coalesce(func.max(subscribers.c.id), 0))).scalar_one()
-        if self.dialect == "sqlite":
-            used = self.conn.exec_driver_sql(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'subscribers'"
-            ).scalar()
-            start = max(start, used or 0)
-        return list(range(start + 1, start + 1 + n))
-
-    def lock(self) -> None:
-        """Take the table's write lock now, for the rest of the transaction."""
-        if self.dialect == "sqlite":
-            # pysqlite begins a deferred transaction only at the first INSERT or UPDATE.
-            self.conn.exec_driver_sql("BEGIN IMMEDIATE")
-        elif self.dialect == "postgresql":
-            # Blocks other INSERT/UPDATE/DELETE (briefly: transactions are short), not reads.
-            self.conn.exec_driver_sql("LOCK TABLE subscribers IN SHARE ROW EXCLUSIVE MODE")
-
-    def insert(
-        self,
-        rows: list[tuple[Any, ...]],
-        tags: list[tuple[int, str]],
-        short_rows: list[tuple[Any, ...]] | None = None,
-    ) -> None:
-        # Each new subscriber gets a random public id (what their links name).
-        rows = [(*row, new_public_id()) for row in rows]
-        short_rows = [(*row, new_public_id()) for row in short_rows or []]
-        if self.dialect == "postgresql":
-            self._copy("subscribers", self.full_columns, rows)
-            self._copy("subscribers", self.short_columns, short_rows)
-            self._copy("subscriber_tags", ("subscriber_id", "tag"), tags)
-            return
-        if rows:
-            self.conn.exec_driver_sql(self.insert_subscribers, rows)  # type: ignore[arg-type]
-        if short_rows:
-            self.conn.exec_driver_sql(self.insert_short, short_rows)  # type: ignore[arg-type]
-        if tags:
-            self.conn.exec_driver_sql(self.insert_tags, tags)  # type: ignore[arg-type]
-
-    def _copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        """PostgreSQL: the rows through COPY, several times faster than an executemany of
-        INSERTs. COPY fires the statement triggers (list growth) and checks the unique key
-        like an INSERT; its errors are raised as SQLAlchemy's, as an INSERT's would be."""
-        if not rows:
-            return
-        import psycopg  # the PostgreSQL driver: only here when the database is PostgreSQL
-
-        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-        driver = self.conn.connection.driver_connection
-        assert isinstance(driver, psycopg.Connection)
-        try:
-            with driver.cursor() as cursor, cursor.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        except psycopg.Error as exc:
-            raise DBAPIError.instance(
-                statement, None, exc, psycopg.Error, dialect=self.conn.dialect
-            ) from exc
+from newsletter.store.subscribers import STOPPED, BulkWriter
 
 
 class Pacer:
@@ -299,13 +174,13 @@ def _write_chunk_once(
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
-            writer = Writer(conn)
+            writer = BulkWriter(conn)
             # Holding the write lock from the lookups to the commit, no other writer can
             # add one of these addresses (or take an id) in between.
             writer.lock()
             lookup = list(chunk)
             if skip_lookups:
-                lookup = [k for k in lookup if k in new_keys]
+                lookup = new_keys.among(lookup)
             if dry_run:
                 # Nothing of this run is in the database; repeats of new rows are duplicates.
                 repeats = {k for k in lookup if k in new_keys}
@@ -337,7 +212,7 @@ def _write_chunk_once(
 
 
 def _insert_fresh(
-    writer: Writer,
+    writer: BulkWriter,
     fresh: list[Any],
     result: ImportResult,
     added: list[str],
@@ -461,7 +336,7 @@ def _insert_fresh(
 
 def _update_existing(
     conn: Connection,
-    writer: Writer,
+    writer: BulkWriter,
     chunk: dict[str, Incoming],
     current: dict[str, dict[str, Any]],
     result: ImportResult,
@@ -485,6 +360,6 @@ def _update_existing(
         if result.dry_run or not (values or more_tags):
             continue
         values["updated_at"] = stamp
-        conn.execute(update(subscribers).where(subscribers.c.id == record["id"]).values(**values))
+        writer.update(record["id"], values)
         if more_tags:
             writer.insert([], [(record["id"], tag) for tag in sorted(more_tags)])
