@@ -9,7 +9,8 @@ from newsletter.replies import decode, mailbox
 from newsletter.sending import ledger
 from newsletter.sending.transports import PreparingTransport
 from newsletter.sending.transports.sendgrid import body
-from newsletter.sequences import runner, steps
+from newsletter.sequences import runner
+from newsletter import step
 from newsletter.store import engine, issues, schema
 from newsletter import markdown, masking, report, tokens
 from newsletter.doctor import records
@@ -86,5 +87,5 @@ body.mail_json  # benchmarks/send_throughput.py and the fake server's tests
 server.start_in_thread  # the preview in a thread: browser tests and benchmarks/preview_reload.py
 engine.dispose_all  # tests and benchmarks close pools before forking or between processes
 issues.is_published  # the publish rule for one slug: tests/test_archive_publish.py's oracle
-steps.step_issue_slug  # tests/test_sequences.py: a step's issues row by its path
+step.step_issue_slug  # tests/test_sequences.py: a step's issues row by its path
 tokens.reply_address_for  # tests/test_replies.py makes the reply address a send would carry

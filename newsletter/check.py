@@ -187,7 +187,7 @@ def _front_matter(issue: Issue) -> list[Finding]:
             )
         )
     from newsletter.issue import KNOWN_KEYS
-    from newsletter.sequences.steps import STEP_KEYS, is_step_path
+    from newsletter.step import STEP_KEYS, is_step_path
 
     known = KNOWN_KEYS + (STEP_KEYS if is_step_path(issue.path) else ())
     for key in issue.meta:

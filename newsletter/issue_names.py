@@ -82,7 +82,7 @@ def resolve_issue(
     the slug of an issue the database knows whose file is gone."""
     text = str(name)
     _refuse_special_files(project, text)
-    from newsletter.sequences.steps import resolve_step_issue
+    from newsletter.step import resolve_step_issue
 
     step = resolve_step_issue(project, text)  # sequences/welcome/01: a welcome-sequence step
     if step is not None:

@@ -333,7 +333,7 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: [replies.imap] port {imap['port']} must be 1 to 65535")
     every = sections["serve"]["fetch_replies"]
     if every is not None:
-        from newsletter.sequences.steps import parse_delay
+        from newsletter.step import parse_delay
 
         interval = parse_delay(every)
         if interval is None or interval.total_seconds() < 60:

@@ -55,7 +55,7 @@ def list_() -> None:
         newsletter sequences list
     """
     from newsletter.sequences.status import describe
-    from newsletter.sequences.steps import format_delay
+    from newsletter.step import format_delay
 
     infos = describe(get_project())
     if not infos:

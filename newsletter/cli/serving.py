@@ -68,7 +68,7 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
     fetch_replies = None
     if fetch_every is not None:
         from newsletter.replies.mailbox import imap_settings
-        from newsletter.sequences.steps import parse_delay
+        from newsletter.step import parse_delay
 
         interval = parse_delay(fetch_every)
         if interval is None or interval.total_seconds() < 60:

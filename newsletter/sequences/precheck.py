@@ -50,7 +50,7 @@ def _shapes(project: Project, reference: datetime) -> dict[str, tuple[str, datet
     """Enabled sequence -> (the shape of its steps, the latest a next step can be due at
     `reference`); None if one does not load or has no steps (the full run reports that)."""
     from newsletter.sequences.config import configured
-    from newsletter.sequences.steps import fingerprint, latest_due, load_sequence
+    from newsletter.step import fingerprint, latest_due, load_sequence
 
     out = {}
     for sequence in configured(project):
