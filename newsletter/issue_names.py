@@ -1,8 +1,9 @@
 """Resolving an ISSUE argument (a path, a file name in issues/ with or without `.md`, a slug,
 or a welcome-sequence step such as `sequences/welcome/01`) the same way in every command.
 
-Kept apart from `newsletter.store.issues` (which re-exports it) so that commands that never
-touch the database, `build` and `check`, do not import SQLAlchemy to find a file.
+Kept apart from `newsletter.store.issues` (whose `resolve_issue` also finds an issue only the
+database knows) so that commands that never touch the database, `build` and `check`, do not
+import SQLAlchemy to find a file.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from typing import TYPE_CHECKING
 from newsletter.errors import ConfigError, NewsletterError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from newsletter.project import Project
 
 
@@ -75,11 +74,13 @@ def _refuse_special_files(project: Project, text: str) -> None:
         return
 
 
-def resolve_issue(
-    project: Project, name: str | Path, engine: Engine | None = None
-) -> ResolvedIssue:
-    """A path, a file name in issues/ (with or without `.md`), or a slug; with `engine`, also
-    the slug of an issue the database knows whose file is gone."""
+class NoSuchIssue(ConfigError):
+    """No file, file name or slug of an issue in the project is called that (the database may
+    still know it: `newsletter.store.issues.resolve_issue` asks)."""
+
+
+def resolve_issue(project: Project, name: str | Path) -> ResolvedIssue:
+    """A path, a file name in issues/ (with or without `.md`), or a slug."""
     text = str(name)
     _refuse_special_files(project, text)
     from newsletter.step import resolve_step_issue
@@ -103,12 +104,7 @@ def resolve_issue(
         for candidate in sorted(project.issues_dir.glob("*.md")):
             if _slug_of(project, candidate) == text:
                 return ResolvedIssue(text, text, candidate.resolve())
-    if engine is not None:
-        from newsletter.store.issues import find_issue_id
-
-        if find_issue_id(engine, text) is not None:  # sent once; its file is gone
-            return ResolvedIssue(text, text, None)
-    raise ConfigError(
+    raise NoSuchIssue(
         f"{text}: no such issue; give a file path, a name in {project.issues_dir} "
         "(with or without .md), or an issue's slug"
     )

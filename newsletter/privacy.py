@@ -17,19 +17,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, select
 
 from newsletter.errors import StoreError
+from newsletter.replies.store import forget_replies, purge_automatic_replies, replies_written_by
 from newsletter.replies.threads import forget_threads
 from newsletter.store import consent, suppressions
 from newsletter.store.emails import normalize_email
-from newsletter.store.schema import events, replies
+from newsletter.store.schema import events
 from newsletter.store.subscribers import (
     STOPPED,
     Subscriber,
     add_subscriber,
     find_subscriber,
     forget_subscriber,
+    lookup_key,
 )
 
 if TYPE_CHECKING:
@@ -79,16 +81,25 @@ class Erasure:
     compacted: bool | None = None
 
 
+def forget_person(conn: Connection, email: str) -> bool:
+    """Delete the person's row with every row that references it (`forget_subscriber`), and
+    the replies from their address that no row links to them (sent before they subscribed,
+    or after they left). True if anything was deleted."""
+    removed = forget_subscriber(conn, email)
+    written = replies_written_by(conn, lookup_key(email), email)
+    return forget_replies(conn, written) > 0 or removed
+
+
 def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
     """Delete the person and everything linked to them, rewrite the rows that name them
-    without a key (a send's error, a clicked link's URL: `store.person.rows_naming`), and
+    without a key (a send's error, a clicked link's URL: `person.rows_naming`), and
     suppress the address (its keyed hash, the date and "erased on request"), all in one
     transaction. Then, on SQLite, checkpoint and vacuum the file, and delete the `.eml`
     files in `outbox` written to or about the address. A ConfigError before anything is
     deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
     from newsletter.counters import scrub_links
+    from newsletter.person import PersonalData, rows_naming
     from newsletter.sending.ledger import Ledger
-    from newsletter.store.person import PersonalData, rows_naming
 
     suppressions.hashing_key(erasing=True)
     try:
@@ -102,13 +113,8 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
         subscriber = find_subscriber(conn, email)
         person = PersonalData.of(email, subscriber)
         named = rows_naming(conn, person)
-        removed = forget_subscriber(conn, email)
-        written = [row.id for row in named.get("replies", [])]
-        if written:
-            removed = (
-                conn.execute(delete(replies).where(replies.c.id.in_(written))).rowcount > 0
-                or removed
-            )
+        removed = forget_person(conn, email)
+        removed = forget_replies(conn, [row.id for row in named.get("replies", [])]) > 0 or removed
         forget_threads(conn, named)
         Ledger.scrub_errors(conn, person.spellings, person.names_text, person.redact_text)
         scrub_links(conn, person.names_url, person.redact_url)
@@ -221,19 +227,7 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
         raise StoreError("[privacy] keep_events_days must be at least 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
     removed_events = _delete_older(engine, events, events.c.received_at < cutoff)
-    removed_replies = 0
-    automatic = replies.c.get("automatic")
-    touched: set[int | None] = set()
-    if automatic is not None:  # the column arrives with the replies work (m008)
-        old = automatic.is_(True) & (replies.c.received_at < cutoff)
-        with engine.connect() as conn:
-            touched = set(conn.execute(select(replies.c.thread_id).where(old)).scalars())
-        removed_replies = _delete_older(engine, replies, old)
-    if removed_replies:
-        from newsletter.replies.threads import settle_threads
-
-        with engine.begin() as conn:
-            settle_threads(conn, touched)  # no empty thread keeps a robot's address
+    removed_replies = purge_automatic_replies(engine, cutoff)
     return PurgeResult(events=removed_events, automatic_replies=removed_replies, cutoff=cutoff)
 
 
@@ -241,7 +235,6 @@ PURGE_CHUNK = 5000
 
 
 def _delete_older(engine: Engine, table: Any, condition: Any) -> int:
-    from sqlalchemy import select
 
     total = 0
     while True:

@@ -7,6 +7,7 @@ unknown key is a one-line `ConfigError` naming the key and the file.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,12 @@ SUBTABLES: dict[str, dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]] 
     },
 }
 
+#: A `[sequences.<name>]` table's trigger: on subscribing, on a first reply, or on a tag.
+SUBSCRIBED = "subscribed"
+TAGGED_PREFIX = "tagged:"
+#: The trigger of a sequence that starts when a reader first replies to any email.
+REPLIED = "replied"
+NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 #: The keys of each `[sequences.<name>]` table (`trigger = "subscribed"` or "tagged:<tag>").
 SEQUENCE_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "trigger": (str, REQUIRED),
@@ -333,7 +340,7 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: [replies.imap] port {imap['port']} must be 1 to 65535")
     every = sections["serve"]["fetch_replies"]
     if every is not None:
-        from newsletter.step import parse_delay
+        from newsletter.durations import parse_delay
 
         interval = parse_delay(every)
         if interval is None or interval.total_seconds() < 60:
@@ -417,8 +424,6 @@ def _move_deprecated_sending_keys(
 
 def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`[sequences.<name>]` tables, each checked against SEQUENCE_SCHEMA."""
-    from newsletter.sequences.config import check_sequence_table
-
     tables: dict[str, dict[str, Any]] = {}
     for name, table in given.items():
         label = f"sequences.{name}"
@@ -450,6 +455,27 @@ def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, A
             raise ConfigError(f"{path}: [{label}] {problem}")
         tables[name] = values
     return tables
+
+
+def check_sequence_table(name: str, values: dict[str, Any]) -> str | None:
+    """Why a `[sequences.<name>]` table is unusable (for ConfigError), or None."""
+    if not NAME_RE.match(name):
+        return (
+            f"{name!r} is not a usable sequence name; use lowercase letters, digits and "
+            "hyphens, the same as its folder in sequences/"
+        )
+    trigger = values["trigger"]
+    if trigger in (SUBSCRIBED, REPLIED):
+        if values["tag"] is not None and not values["tag"].strip():
+            return 'tag is empty; remove it or give a tag, e.g. tag = "kunden"'
+        return None
+    if trigger.startswith(TAGGED_PREFIX):
+        if not trigger[len(TAGGED_PREFIX) :].strip():
+            return 'trigger "tagged:" needs a tag, e.g. trigger = "tagged:kunden"'
+        if values["tag"] is not None:
+            return 'tag goes with trigger = "subscribed"; with "tagged:<tag>" the tag is in the trigger'
+        return None
+    return f'unknown trigger {trigger!r}; use "subscribed", "replied" or "tagged:<tag>"'
 
 
 def _check_ranges(path: Path, sections: dict[str, dict[str, Any]]) -> None:

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from newsletter.durations import parse_delay
 from newsletter.project import Project
 from newsletter.sequences import hooks
 from newsletter.sequences.clock import FixedClock
-from newsletter.step import due_at, load_sequence, parse_delay
+from newsletter.step import due_at, load_sequence
 from newsletter.store.engine import open_engine
 from newsletter.store.schema import deliveries, sequence_enrollments
 from newsletter.store.subscribers import add_subscriber, set_status

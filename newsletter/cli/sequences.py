@@ -54,8 +54,8 @@ def list_() -> None:
     Example:
         newsletter sequences list
     """
+    from newsletter.durations import format_delay
     from newsletter.sequences.status import describe
-    from newsletter.step import format_delay
 
     infos = describe(get_project())
     if not infos:

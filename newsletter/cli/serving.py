@@ -67,8 +67,8 @@ def serve(host: str, port: int, run_sequences: bool | None, fetch_every: str | N
     mask_log_addresses()  # no log line keeps a reader's address
     fetch_replies = None
     if fetch_every is not None:
+        from newsletter.durations import parse_delay
         from newsletter.replies.mailbox import imap_settings
-        from newsletter.step import parse_delay
 
         interval = parse_delay(fetch_every)
         if interval is None or interval.total_seconds() < 60:

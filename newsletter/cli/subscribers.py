@@ -417,7 +417,7 @@ def export_person(email: str, output: Path | None) -> None:
     """
     import json
 
-    from newsletter.store.person import export_person as collect
+    from newsletter.person import export_person as collect
 
     document = json.dumps(collect(_engine(), email), ensure_ascii=False, indent=2) + "\n"
     if output is None:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from newsletter.doctor import Check, Status
+from newsletter.doctor.checks import Check, Status
 from newsletter.doctor.records import Lookup, LookupFailed
 from newsletter.doctor.sendgrid_domains import Cname, DomainAuthentication, authentication_for
 from newsletter.project import Project

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from newsletter.doctor import Check, Status
+from newsletter.doctor.checks import Check, Status
 from newsletter.project import Project
 
 DAYS = 30

@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from newsletter.doctor import Check, Status
+from newsletter.doctor.checks import Check, Status
 from newsletter.project import Project
 
 HEALTH_TIMEOUT = 5.0

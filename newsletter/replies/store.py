@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
@@ -339,3 +340,54 @@ def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
             # The reply is stored; a failed copy must not make SendGrid post it again.
             log.warning("could not forward reply %s to reply_to: %s", stored.id, type(exc).__name__)
     return stored
+
+
+# --- erasure and clean-up: the other writes of `replies`, kept here with their table -----------
+
+
+def replies_written_by(conn: Connection, key: str, given: str = "") -> list[int]:
+    """Ids of the replies whose From is this address (`email_key`) in any spelling: punycode
+    or Unicode domain, NFC or NFD, any case. Compared in Python, in the store's one form
+    (`address_key`): SQL's lower() differs between SQLite and PostgreSQL and knows no IDNA."""
+    given = given.strip()
+    found = []
+    for reply_id, sender in conn.execute(select(schema.replies.c.id, schema.replies.c.from_email)):
+        if sender == given or sender.lower() == key or address_key(sender) == key:
+            found.append(reply_id)
+    return found
+
+
+def forget_replies(conn: Connection, reply_ids: Iterable[int]) -> int:
+    """Delete these replies (erasure); how many went."""
+    ids = sorted(set(reply_ids))
+    if not ids:
+        return 0
+    return conn.execute(delete(schema.replies).where(schema.replies.c.id.in_(ids))).rowcount
+
+
+#: Rows deleted per transaction by `purge_automatic_replies`, so a running server is never held up.
+PURGE_CHUNK = 5000
+
+
+def purge_automatic_replies(engine: Engine, before: datetime) -> int:
+    """Delete automatic replies (out-of-office notes, bounces) received before `before`, in
+    short transactions, and settle their threads; how many went."""
+    automatic = schema.replies.c.get("automatic")
+    if automatic is None:  # the column arrives with the replies work (m008)
+        return 0
+    old = automatic.is_(True) & (schema.replies.c.received_at < before)
+    with engine.connect() as conn:
+        touched = set(conn.execute(select(schema.replies.c.thread_id).where(old)).scalars())
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids = list(
+                conn.execute(select(schema.replies.c.id).where(old).limit(PURGE_CHUNK)).scalars()
+            )
+            if not ids:
+                break
+            total += forget_replies(conn, ids)
+    if total:
+        with engine.begin() as conn:
+            threads.settle_threads(conn, touched)  # no empty thread keeps a robot's address
+    return total

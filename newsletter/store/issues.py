@@ -21,23 +21,42 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from newsletter import issue_names
 from newsletter.errors import NewsletterError, StoreError
+from newsletter.issue_names import ResolvedIssue
 
-# --- core: resolving and the rows (owned by the sending core) ---------------------------------
-# Resolving an ISSUE name needs no database (and so no SQLAlchemy import, which `build` would
-# pay for): it lives in newsletter.issue_names, re-exported here.
-from newsletter.issue_names import ResolvedIssue as ResolvedIssue  # noqa: E402
-from newsletter.issue_names import resolve_issue as resolve_issue  # noqa: E402
+# upward: the publish rule below asks the transports' capabilities; it moves to the stats
+# package with the one rule for "a send that reached readers" (issue 23)
+from newsletter.sending.transports import kinds_that
 from newsletter.store.schema import deliveries, issues, sends, sequence_steps
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
+
+
+# --- core: resolving and the rows (owned by the sending core) ---------------------------------
+
+
+def resolve_issue(
+    project: Project, name: str | Path, engine: Engine | None = None
+) -> ResolvedIssue:
+    """An ISSUE argument as `newsletter.issue_names.resolve_issue` finds it (a path, a file
+    name, a slug: no database needed); with `engine`, also the slug of an issue the database
+    knows whose file is gone."""
+    try:
+        return issue_names.resolve_issue(project, name)
+    except issue_names.NoSuchIssue:
+        text = str(name)
+        if engine is not None and find_issue_id(engine, text) is not None:
+            return ResolvedIssue(text, text, None)  # sent once; its file is gone
+        raise
 
 
 def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:
@@ -116,7 +135,6 @@ ACCEPTED_STATES = ("accepted", "delivered", "bounced", "dropped")
 def delivering_transports() -> list[str]:
     """Transports whose sends reach readers (the outbox only writes .eml files here): asked
     of the transports' capabilities, never by name."""
-    from newsletter.sending.transports import kinds_that
 
     return kinds_that(lambda capabilities: capabilities.delivers)
 

@@ -72,7 +72,7 @@ def _fetch_interval(project: Project) -> float | None:
     every = project.config.section("serve")["fetch_replies"]
     if every is None:
         return None
-    from newsletter.step import parse_delay
+    from newsletter.durations import parse_delay
 
     interval = parse_delay(every)
     return interval.total_seconds() if interval else None

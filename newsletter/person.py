@@ -25,12 +25,12 @@ from sqlalchemy import Connection, Engine, select
 
 from newsletter.errors import StoreError
 from newsletter.masking import addresses_in, replace_addresses
+from newsletter.replies.store import replies_written_by
 from newsletter.store.emails import address_key
 from newsletter.store.schema import consent_texts, replies, subscribers
 from newsletter.store.subscribers import (
     Subscriber,
     find_subscriber,
-    replies_written_by,
     tables_referencing_subscribers,
 )
 
