@@ -8,11 +8,15 @@ import SQLAlchemy to find a file.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.errors import ConfigError, NewsletterError
+from newsletter.errors import ConfigError, IssueError, NewsletterError
+from newsletter.files import NotARegularFile, regular_file
+from newsletter.issue import load_issue
+from newsletter.step import resolve_step_issue
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -36,8 +40,6 @@ class ResolvedIssue:
 
 
 def _slug_of(project: Project, path: Path) -> str | None:
-    from newsletter.issue import load_issue
-
     try:
         return load_issue(project, path).slug
     except NewsletterError:
@@ -48,10 +50,6 @@ def _refuse_special_files(project: Project, text: str) -> None:
     """An ISSUE naming something that is there but no file (a FIFO, a device such as
     /dev/zero, a symlink loop, or a folder named like an issue file) is an IssueError that
     says what it is; such a thing is never opened."""
-    import os
-
-    from newsletter.errors import IssueError
-    from newsletter.files import NotARegularFile, regular_file
 
     given = Path(text)
     candidates = [given, project.root / given]
@@ -83,7 +81,6 @@ def resolve_issue(project: Project, name: str | Path) -> ResolvedIssue:
     """A path, a file name in issues/ (with or without `.md`), or a slug."""
     text = str(name)
     _refuse_special_files(project, text)
-    from newsletter.step import resolve_step_issue
 
     step = resolve_step_issue(project, text)  # sequences/welcome/01: a welcome-sequence step
     if step is not None:
@@ -93,8 +90,6 @@ def resolve_issue(project: Project, name: str | Path) -> ResolvedIssue:
     except ConfigError:
         path = None
     if path is not None:
-        from newsletter.issue import load_issue
-
         # A broken file is still the issue meant: `check` must be able to report on it.
         try:
             return ResolvedIssue(text, load_issue(project, path).slug, path)

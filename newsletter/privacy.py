@@ -12,18 +12,27 @@ data kept no longer than needed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.parser import HeaderParser
+from email.policy import default
+from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy.exc import OperationalError
 
+from newsletter import tokens
+from newsletter.counters import scrub_links
 from newsletter.errors import StoreError
+from newsletter.person import PersonalData, rows_naming
 from newsletter.replies.store import forget_replies, purge_automatic_replies, replies_written_by
 from newsletter.replies.threads import forget_threads
-from newsletter.store import consent, suppressions
-from newsletter.store.emails import normalize_email
+from newsletter.sending.ledger import Ledger
+from newsletter.store import consent, signup_limits, suppressions
+from newsletter.store.emails import address_key, normalize_email
 from newsletter.store.schema import events
 from newsletter.store.subscribers import (
     STOPPED,
@@ -97,9 +106,6 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
     transaction. Then, on SQLite, checkpoint and vacuum the file, and delete the `.eml`
     files in `outbox` written to or about the address. A ConfigError before anything is
     deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
-    from newsletter.counters import scrub_links
-    from newsletter.person import PersonalData, rows_naming
-    from newsletter.sending.ledger import Ledger
 
     suppressions.hashing_key(erasing=True)
     try:
@@ -124,8 +130,6 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
             reason += f" (address had {status})"
         suppressions.suppress(conn, address, reason)
         # The sign-up limit's keyed hash of the address goes too (it names them, a day long).
-        from newsletter import tokens
-        from newsletter.store import signup_limits
 
         signup_limits.forget(
             conn, signup_limits.Scope.ADDRESS, person.key, secret=tokens.secret_key()
@@ -158,7 +162,6 @@ def compact_sqlite(engine: Engine) -> bool:
     """Move the WAL into the file and truncate it, then VACUUM (which rebuilds the file
     without free pages) and truncate the WAL it wrote: no copy of a deleted row is left in
     `newsletter.db`, `-wal` or `-shm`. False if another process kept the WAL busy."""
-    from sqlalchemy.exc import OperationalError
 
     engine.dispose()  # our own pooled connections would hold the WAL open
     try:
@@ -187,12 +190,6 @@ def files_about(directory: Path, key: str) -> list[Path]:
     Cc (`transactional-<address>.eml`, `test-<address>.eml`, a send's `<id>-<address>.eml`)
     or Reply-To (the author's copy of their reply). Read from the headers, not the file
     name: a name keeps only the ASCII of an address, so it cannot tell `jörg@` from `jürg@`."""
-    import re
-    from email.parser import HeaderParser
-    from email.policy import default
-    from email.utils import getaddresses
-
-    from newsletter.store.emails import address_key
 
     if not directory.is_dir():
         return []
@@ -235,7 +232,6 @@ PURGE_CHUNK = 5000
 
 
 def _delete_older(engine: Engine, table: Any, condition: Any) -> int:
-
     total = 0
     while True:
         with engine.begin() as conn:

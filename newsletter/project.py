@@ -12,8 +12,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from newsletter.colors import THEME_COLORS, parse_color
+from newsletter.durations import parse_delay
 from newsletter.errors import ConfigError
+from newsletter.files import NotARegularFile, read_regular
 
 CONFIG_NAME = "newsletter.toml"
 
@@ -256,7 +260,6 @@ def _matches(value: Any, expected: type | tuple[type, ...]) -> bool:
 
 def parse_config(path: Path) -> Config:
     """Read and validate a `newsletter.toml`."""
-    from newsletter.files import NotARegularFile, read_regular
 
     try:
         data = read_regular(path, MAX_CONFIG_BYTES, "config file")
@@ -340,8 +343,6 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: [replies.imap] port {imap['port']} must be 1 to 65535")
     every = sections["serve"]["fetch_replies"]
     if every is not None:
-        from newsletter.durations import parse_delay
-
         interval = parse_delay(every)
         if interval is None or interval.total_seconds() < 60:
             raise ConfigError(
@@ -356,7 +357,6 @@ def parse_config(path: Path) -> Config:
         raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
     _check_ranges(path, sections)
     _check_timezone(path, newsletter["timezone"])
-    from newsletter.colors import THEME_COLORS, parse_color
 
     for key in THEME_COLORS:
         color = sections["theme"][key]
@@ -489,8 +489,6 @@ def _check_ranges(path: Path, sections: dict[str, dict[str, Any]]) -> None:
 
 
 def _check_timezone(path: Path, name: str) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

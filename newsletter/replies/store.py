@@ -10,6 +10,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, delete, select
@@ -17,12 +18,17 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError
+from newsletter.events import apply_status, record
 from newsletter.replies import threads
 from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
+from newsletter.sending.single import send_transactional
+from newsletter.sequences import hooks
+from newsletter.sequences.config import configured
 from newsletter.store import schema
-from newsletter.store.emails import address_key
+from newsletter.store.emails import address_key, normalize_email
 from newsletter.store.public_ids import TokenIds, resolve
+from newsletter.store.subscribers import add_tags, get_subscriber
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -240,8 +246,6 @@ def _store_new(
             .values(thread_id=thread_id)
         )
         if unsubscribe_request == "verified" and subscriber_id is not None:
-            from newsletter.events import apply_status, record
-
             unsubscribed = apply_status(conn, [subscriber_id], "unsubscribed", "reply", now) > 0
             if unsubscribed:
                 record(
@@ -263,9 +267,6 @@ def _store_new(
 
 def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None:
     """Send the author a copy at `reply_to` (as plain text; the reader's HTML is never relayed)."""
-    from html import escape
-
-    from newsletter.sending.single import send_transactional
 
     sender = (
         f"{inbound.from_name} <{inbound.from_email}>" if inbound.from_name else inbound.from_email
@@ -277,7 +278,6 @@ def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None
     )
     text = f"{intro}\n\n{inbound.text}{attachments}\n"
     html = f'<p>{escape(intro)}</p><pre style="white-space:pre-wrap">{escape(inbound.text + attachments)}</pre>'
-    from newsletter.store.emails import normalize_email
 
     try:
         # Answering the copy should reach the reader, not the author's own address.
@@ -299,9 +299,6 @@ def after_reply(project: Project, engine: Engine, stored: StoredReply, inbound: 
     sequences triggered by "replied" (or by that tag) start. Never fails the reply itself."""
     if stored.duplicate or inbound.automatic or stored.subscriber_id is None or stored.unsubscribed:
         return
-    from newsletter.sequences import hooks
-    from newsletter.sequences.config import configured
-    from newsletter.store.subscribers import add_tags, get_subscriber
 
     tag = project.config.section("replies")["tag"]
     if not tag and not any(s.on_reply for s in configured(hooks.current_project(project))):

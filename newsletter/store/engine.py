@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from newsletter.errors import StoreError
@@ -29,8 +30,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def redact(url: str) -> str:
     """The URL without its password, for error messages."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<invalid database URL>"

@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import StoreError
+from newsletter.store import suppressions
+from newsletter.store.consent import has_evidence
 from newsletter.store.emails import email_key, normalize_email
 from newsletter.store.names import clean_name
 from newsletter.store.schema import (
@@ -241,7 +243,6 @@ def add_subscriber(
     """Add a new subscriber. StoreError if the address is invalid or already on the list;
     SuppressedError if it was erased on request (unless `allow_suppressed`: the form's
     double opt-in, whose confirmation lifts the suppression)."""
-    from newsletter.store import suppressions
 
     check_status(status)
     name, first_name, last_name = clean_name(name), clean_name(first_name), clean_name(last_name)
@@ -445,8 +446,6 @@ def iter_subscribers(
     """
     conditions = segment_filters(status, tags)
     if without_consent_evidence:
-        from newsletter.store.consent import has_evidence
-
         conditions.append(~has_evidence())
     last = after_id
     while True:
