@@ -114,7 +114,6 @@ def expression_environment() -> jinja2.Environment:
     # Values are escaped per part afterwards (HTML-escaped in the HTML, raw in the text),
     # so the expressions themselves render without autoescape. The sandbox keeps an issue
     # file from reaching Python internals (`subscriber.__class__`).
-
     return SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
 
 

@@ -130,7 +130,6 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
             reason += f" (address had {status})"
         suppressions.suppress(conn, address, reason)
         # The sign-up limit's keyed hash of the address goes too (it names them, a day long).
-
         signup_limits.forget(
             conn, signup_limits.Scope.ADDRESS, person.key, secret=tokens.secret_key()
         )

@@ -227,15 +227,19 @@ MODULES = {_dotted(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def _comment(lines: list[str], node: ast.stmt) -> str:
-    """The comment on an import's first line, or the comment lines just above it."""
+    """The comment on an import's first line, or the comment lines just above it (or above
+    the run of import lines it is part of: one comment may speak for a group)."""
     own = lines[node.lineno - 1].partition("#")[2]
     if own:
         return "#" + own
     above: list[str] = []
     for line in reversed(lines[: node.lineno - 1]):
-        if not line.strip().startswith("#"):
+        text = line.strip()
+        if not above and text.startswith(("from ", "import ")):
+            continue
+        if not text.startswith("#"):
             break
-        above.insert(0, line.strip().removeprefix("#").strip())
+        above.insert(0, text.removeprefix("#").strip())
     return "# " + " ".join(above) if above else ""
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import webbrowser
 from pathlib import Path
 
 import click
 
-from newsletter.cli import get_project
+from newsletter import engagement, stats_text
+from newsletter.cli.context import get_project
+from newsletter.counters import complete_since
+from newsletter.counters import rebuild as rebuild_counters
+from newsletter.replies.threads import answered_count
+from newsletter.report import write_report
+from newsletter.store.engine import project_engine
+from newsletter.store.issues import find_sent_issue
 
 FORMATS = click.Choice(["table", "json", "csv"])
 
@@ -41,16 +49,11 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
         newsletter stats --list --by week
         newsletter stats --rebuild
     """
-    from newsletter import engagement, stats_text
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     engine = project_engine(project)
     tz = engagement.timezone(project)
     if rebuild:
-        from newsletter.counters import complete_since
-        from newsletter.counters import rebuild as rebuild_counters
-
         keep = project.config.sections.get("privacy", {}).get("keep_events_days")
         try:
             done = rebuild_counters(engine, complete_since(keep))
@@ -76,7 +79,6 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     if issue is None:
         click.echo(stats_text.overview(engagement.sent_issues(engine), tz, opens, fmt))
         return
-    from newsletter.store.issues import find_sent_issue
 
     ref = find_sent_issue(project, engine, issue)
     summary = engagement.issue_summary(engine, ref.id)
@@ -86,7 +88,6 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     unsubscribes = engagement.per_day(engine, ref.id, "unsubscribed")
     # Opens show when tracked, or when some were counted while tracking was on.
     show_opens = opens or summary.counts["opened"] > 0
-    from newsletter.replies.threads import answered_count
 
     answered = answered_count(engine, ref.id)
     click.echo(stats_text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered))
@@ -112,15 +113,11 @@ def report(output: Path, open_it: bool) -> None:
     Example:
         newsletter report -o report.html --open
     """
-    from newsletter.report import write_report
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     written = write_report(project, project_engine(project), output)
     click.echo(f"Wrote {written}")
     if open_it:
-        import webbrowser
-
         webbrowser.open(written.resolve().as_uri())
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.archive.catalog import front_matter_public
+from newsletter.cli.context import get_project
+from newsletter.errors import SendError
+from newsletter.sending.execute import execute
+from newsletter.sending.plan import SendRequest, plan_send
+from newsletter.sending.schedule import cancel_scheduled, parse_when
+from newsletter.sending.single import send_test
+from newsletter.sending.summary import recipients, send_summaries
+from newsletter.store.engine import project_engine
+from newsletter.store.issues import find_issue_id, resolve_issue
 from newsletter.wording import plural
 
 
@@ -74,11 +84,6 @@ def send(
         newsletter send 2024-07-meta-ki-creator --yes
         newsletter send 2024-07-meta-ki-creator --resume --yes
     """
-    from newsletter.errors import SendError
-    from newsletter.sending.execute import execute
-    from newsletter.sending.plan import SendRequest, plan_send
-    from newsletter.sending.schedule import parse_when
-    from newsletter.sending.single import send_test
 
     project = get_project()
     if include_uncertain and not resume:
@@ -201,12 +206,6 @@ def sends(issue: str | None, fmt: str) -> None:
         newsletter sends
         newsletter sends 2024-07-meta-ki-creator
     """
-    import json
-
-    from newsletter.archive.catalog import front_matter_public
-    from newsletter.sending.summary import recipients, send_summaries
-    from newsletter.store.engine import project_engine
-    from newsletter.store.issues import find_issue_id, resolve_issue
 
     project = get_project()
     engine = project_engine(project)
@@ -292,9 +291,6 @@ def cancel(issue: str, wait_seconds: float) -> None:
         newsletter send 2024-07-meta-ki-creator --schedule "in 2h" --yes
         newsletter cancel 2024-07-meta-ki-creator
     """
-    from newsletter.sending.schedule import cancel_scheduled
-    from newsletter.store.engine import project_engine
-    from newsletter.store.issues import resolve_issue
 
     project = get_project()
     slug = resolve_issue(project, issue, project_engine(project)).slug

@@ -8,7 +8,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_error
 from newsletter.store.migrations import migrate
 
 if TYPE_CHECKING:
@@ -33,11 +33,6 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<invalid database URL>"
-
-
-def database_error(exc: DBAPIError) -> str:
-    """A driver's error as one line, without the SQL statement or its parameters."""
-    return " ".join(str(exc.orig).split())
 
 
 #: Databases SQLAlchemy knows but the store does not support, by URL scheme.
