@@ -1,6 +1,7 @@
 """The architecture page (docs/development/architecture.md) says what the code does: every
-module of the package is in its table, and its table of who writes which database table is
-what a scan of the code finds."""
+module of the package is in its table, its table of who writes which database table is what
+a scan of the code finds, and its layer table is what the import graph keeps to (no
+circles, no import up a layer but a few that say why, no imports hidden in functions)."""
 
 from __future__ import annotations
 
