@@ -3,6 +3,7 @@
 # reports is dead code: remove it (and any docstring or doc page that describes it).
 # ruff: noqa
 from newsletter.cli import doctor as cli_doctor, sequences as cli_sequences, serving, subscribers
+from newsletter.cli import NewsletterGroup
 from newsletter.insights.queries import _LinkCollector
 from newsletter.insights import report
 from newsletter.preview import server, state
@@ -10,12 +11,14 @@ from newsletter.replies import decode, mailbox
 from newsletter.sending import ledger
 from newsletter.sending.transports import PreparingTransport
 from newsletter.sending.transports.sendgrid import body
-from newsletter.sequences import runner, steps
+from newsletter.sequences import runner
+from newsletter import step
 from newsletter.store import engine, issues, schema
 from newsletter import markdown, masking, tokens
 from newsletter.doctor import records
 
 # click registers commands by decorator; nothing calls them by name.
+NewsletterGroup.format_commands  # click calls it for the command list of `newsletter --help`
 cli_sequences.list_
 cli_doctor.secrets_init
 cli_sequences.rename
@@ -87,5 +90,5 @@ body.mail_json  # benchmarks/send_throughput.py and the fake server's tests
 server.start_in_thread  # the preview in a thread: browser tests and benchmarks/preview_reload.py
 engine.dispose_all  # tests and benchmarks close pools before forking or between processes
 issues.is_published  # the publish rule for one slug: tests/test_archive_publish.py's oracle
-steps.step_issue_slug  # tests/test_sequences.py: a step's issues row by its path
+step.step_issue_slug  # tests/test_sequences.py: a step's issues row by its path
 tokens.reply_address_for  # tests/test_replies.py makes the reply address a send would carry

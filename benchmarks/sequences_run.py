@@ -63,7 +63,7 @@ def make_project(root: Path, url: str, total: int, due: int) -> None:
 
     from newsletter.project import Project
     from newsletter.sequences.state import ensure_step_issue
-    from newsletter.sequences.steps import fingerprint, load_sequence
+    from newsletter.step import fingerprint, load_sequence
     from newsletter.store.engine import dispose_all, open_engine
     from newsletter.store.schema import sequence_enrollments, sequence_state, subscribers
 

@@ -6,6 +6,7 @@ is reported as an error finding with its file and line.
 
 from __future__ import annotations
 
+import html as html_lib
 import ipaddress
 import os
 import re
@@ -15,7 +16,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from newsletter.errors import IssueError
+from newsletter.colors import theme_contrast_problems
+from newsletter.errors import IssueError, NewsletterError
+from newsletter.issue import KNOWN_KEYS, load_issue
+from newsletter.markdown import COLUMN_WIDTH, image_size, iter_inline, parse
+from newsletter.personalize import (
+    BUILTIN_FIELDS,
+    TOKEN_RE,
+    UNSUBSCRIBE_HTML_KEY,
+    UNSUBSCRIBE_TEXT_KEY,
+    extract_expressions,
+    subscriber_view,
+)
+from newsletter.project import builtin_templates_dir
+from newsletter.render import (
+    HTML_TEMPLATE,
+    SAMPLE_SUBSCRIBER,
+    TEXT_TEMPLATE,
+    render_issue,
+    sample_unsubscribe_url,
+)
+from newsletter.scaffold import PLACEHOLDER_ADDRESS, PLACEHOLDER_EMAIL
+from newsletter.step import STEP_KEYS, is_step_path
 
 if TYPE_CHECKING:
     from markdown_it.token import Token
@@ -55,8 +77,6 @@ def check_issue(project: Project, path: Path) -> list[Finding]:
 def check_and_render(project: Project, path: Path) -> tuple[list[Finding], RenderedIssue | None]:
     """`check_issue`, and the rendered issue it looked at (None if it could not render): a
     send checks and renders once."""
-    from newsletter.issue import load_issue
-    from newsletter.render import render_issue
 
     path = Path(path)
     findings: list[Finding] = []
@@ -86,7 +106,6 @@ def check_and_render(project: Project, path: Path) -> tuple[list[Finding], Rende
 
 def _config(project: Project) -> list[Finding]:
     """The example values `init` wrote must not reach readers."""
-    from newsletter.scaffold import PLACEHOLDER_ADDRESS, PLACEHOLDER_EMAIL
 
     config = project.config
     found = []
@@ -109,7 +128,6 @@ def _config(project: Project) -> list[Finding]:
                 None,
             )
         )
-    from newsletter.colors import theme_contrast_problems
 
     for key, problem in theme_contrast_problems(config.theme):
         found.append(
@@ -186,8 +204,6 @@ def _front_matter(issue: Issue) -> list[Finding]:
                 subject_line,
             )
         )
-    from newsletter.issue import KNOWN_KEYS
-    from newsletter.sequences.steps import STEP_KEYS, is_step_path
 
     known = KNOWN_KEYS + (STEP_KEYS if is_step_path(issue.path) else ())
     for key in issue.meta:
@@ -214,8 +230,6 @@ def _front_matter(issue: Issue) -> list[Finding]:
 
 
 def _url_problem(url: str, kind: str) -> tuple[Literal["error", "warning"], str] | None:
-    from newsletter.personalize import TOKEN_RE
-
     if url.startswith(("mailto:", "tel:")):
         return None
     if url.startswith("#"):
@@ -240,9 +254,6 @@ def _url_problem(url: str, kind: str) -> tuple[Literal["error", "warning"], str]
 
 
 def _links_and_images(issue: Issue, image_width: int | None = None) -> list[Finding]:
-    from newsletter.markdown import COLUMN_WIDTH, image_size, iter_inline, parse
-    from newsletter.personalize import extract_expressions
-
     try:
         body, _ = extract_expressions(issue.path, issue.body, issue.body_line)
     except IssueError:
@@ -406,7 +417,6 @@ def _nobody_finding(
 def _fields_nobody_has(project: Project, rendered: RenderedIssue) -> list[tuple[Expression, str]]:
     """(expression, field) for a custom field that no subscriber in the database has: a
     typo, or an import that named the column differently. Nothing while the list is empty."""
-    from newsletter.personalize import BUILTIN_FIELDS
 
     wanted = {
         field
@@ -429,7 +439,8 @@ def _fields_nobody_has(project: Project, rendered: RenderedIssue) -> list[tuple[
 
 def _custom_fields_in_use(project: Project, names: set[str]) -> set[str] | None:
     """The names some subscriber has; None when there is no list to ask."""
-    from newsletter.errors import NewsletterError
+    # deferred: the store brings SQLAlchemy (250 ms); `build` and `check` need it only for
+    # an issue with custom fields, and a list to ask
     from newsletter.store.engine import open_engine
     from newsletter.store.subscribers import count_subscribers, custom_fields_in_use
 
@@ -447,8 +458,6 @@ def _custom_fields_in_use(project: Project, names: set[str]) -> set[str] | None:
 
 def _duplicate_slugs(project: Project, issue: Issue) -> list[Finding]:
     """Two files in issues/ with one slug share one web page, one ledger and one `stats`."""
-    from newsletter.errors import NewsletterError
-    from newsletter.issue import load_issue
 
     found = []
     for other in sorted(project.issues_dir.glob("*.md")):
@@ -483,10 +492,8 @@ def _missing_field(expression: Expression, message: str) -> str:
 def _expressions(rendered: RenderedIssue, skip: Collection[int] = ()) -> list[Finding]:
     """Evaluate each field for the sample subscriber (must work) and for one with no
     fields at all (should still read well: needs a default)."""
+    # deferred: jinja2 costs 35 ms at start-up
     from jinja2 import UndefinedError
-
-    from newsletter.personalize import subscriber_view
-    from newsletter.render import SAMPLE_SUBSCRIBER
 
     found = []
     path = rendered.issue.path
@@ -547,16 +554,6 @@ def _expressions(rendered: RenderedIssue, skip: Collection[int] = ()) -> list[Fi
 
 
 def _template_and_size(project: Project, rendered: RenderedIssue) -> list[Finding]:
-    import html as html_lib
-
-    from newsletter.personalize import UNSUBSCRIBE_HTML_KEY, UNSUBSCRIBE_TEXT_KEY
-    from newsletter.render import (
-        HTML_TEMPLATE,
-        SAMPLE_SUBSCRIBER,
-        TEXT_TEMPLATE,
-        sample_unsubscribe_url,
-    )
-
     found: list[Finding] = []
     html_where = _template_path(project, ("footer.mjml.j2", HTML_TEMPLATE))
     text_where = _template_path(project, ("footer.txt.j2", TEXT_TEMPLATE))
@@ -629,7 +626,6 @@ def _template_and_size(project: Project, rendered: RenderedIssue) -> list[Findin
 
 def _template_path(project: Project, names: tuple[str, ...]) -> Path:
     """The project's template to blame: its footer, else its layout, else the built-in one."""
-    from newsletter.project import builtin_templates_dir
 
     for name in names:
         if (project.templates_dir / name).is_file():

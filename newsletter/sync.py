@@ -15,6 +15,8 @@ from sqlalchemy import Engine, select
 
 from newsletter.errors import ConfigError
 from newsletter.events import apply_status
+from newsletter.sending.factory import choose_transport
+from newsletter.sending.transports import SuppressionListTransport, kinds_that
 from newsletter.store import schema
 from newsletter.store.emails import address_key
 
@@ -39,9 +41,6 @@ class SyncResult:
 
 
 def sync(project: Project, engine: Engine, *, page_size: int = PAGE_SIZE) -> SyncResult:
-    from newsletter.sending.factory import choose_transport
-    from newsletter.sending.transports import SuppressionListTransport, kinds_that
-
     chosen = choose_transport(project)
     transport = chosen.transport
     if not transport.capabilities.suppression_lists:

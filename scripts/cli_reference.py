@@ -31,8 +31,10 @@ used. Exit codes: 0 done, 1 a user error (one line, no traceback), 2 bad usage, 
 
 def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
     found: list[tuple[str, click.Command]] = []
-    for name in sorted(group.commands):
-        command = group.commands[name]
+    context = click.Context(group)
+    for name in sorted(group.list_commands(context)):
+        command = group.get_command(context, name)  # the main group loads commands lazily
+        assert command is not None
         if command.hidden:
             continue
         path = f"{prefix} {name}"

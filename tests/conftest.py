@@ -165,3 +165,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A browser test starts chromium: it is slow, as the `slow` marker says, wherever it
+    is, so `pytest -m "not slow"` leaves every one out."""
+    for item in items:
+        if item.get_closest_marker("browser") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

@@ -1,6 +1,7 @@
 """The architecture page (docs/development/architecture.md) says what the code does: every
-module of the package is in its table, and its table of who writes which database table is
-what a scan of the code finds."""
+module of the package is in its table, its table of who writes which database table is what
+a scan of the code finds, and its layer table is what the import graph keeps to (no
+circles, no import up a layer but a few that say why, no imports hidden in functions)."""
 
 from __future__ import annotations
 
@@ -163,3 +164,282 @@ def test_no_test_module_imports_another() -> None:
                 if module.split(".")[-1].startswith("test_"):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno} imports {module}")
     assert offenders == []
+
+
+# --- the import graph: no circles, layers, no hidden imports -----------------------------------
+
+#: Circles still open, each a set of modules importing each other. Remove an entry once its
+#: work has merged; nothing may be added.
+KNOWN_CYCLES = [
+    {"newsletter.sequences.batches", "newsletter.sequences.runner"},  # open: issue 23 engine
+]
+
+#: Files whose imports inside functions are not yet moved to the top or commented, left alone
+#: to keep clear of parallel work on them (issue 23's engine, insights, wording and import
+#: work). Shrink this list as that work merges; nothing may be added.
+TODO_FUNCTION_IMPORTS_NOT_YET_CHECKED = (
+    "newsletter/sending/",
+    "newsletter/sequences/",
+    "newsletter/insights/",
+    "newsletter/render.py",
+    "newsletter/transactional.py",
+    "newsletter/optin.py",
+    "newsletter/web/pages.py",
+    "newsletter/store/importer/",
+)
+#: The files of newsletter/sequences/ that are checked after all.
+CHECKED_IN_SEQUENCES = ("newsletter/sequences/config.py",)
+
+#: The package's own modules that may still be imported inside a function (with a `# deferred:`
+#: comment), because importing them at the top would load SQLAlchemy into `build`.
+DEFERRED_OWN_IMPORTS = {
+    ("newsletter/check.py", "newsletter.store.engine"),
+    ("newsletter/check.py", "newsletter.store.subscribers"),
+}
+
+#: Most imports that may run from a lower layer up into a higher one (each says why).
+MAX_UPWARD_IMPORTS = 3
+UPWARD = "# upward:"
+DEFERRED = "# deferred:"
+
+
+class Import:
+    """One import statement's arrow to a module of the package (or a third-party one)."""
+
+    def __init__(self, path: Path, line: int, target: str, in_function: bool, comment: str):
+        self.path, self.line, self.target = path, line, target
+        self.in_function, self.comment = in_function, comment
+
+    def __repr__(self) -> str:
+        return f"{self.path.relative_to(REPO)}:{self.line} imports {self.target}"
+
+
+def _dotted(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_dotted(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _comment(lines: list[str], node: ast.stmt) -> str:
+    """The comment on an import's first line, or the comment lines just above it (or above
+    the run of import lines it is part of: one comment may speak for a group)."""
+    own = lines[node.lineno - 1].partition("#")[2]
+    if own:
+        return "#" + own
+    above: list[str] = []
+    for line in reversed(lines[: node.lineno - 1]):
+        text = line.strip()
+        if not above and text.startswith(("from ", "import ")):
+            continue
+        if not text.startswith("#"):
+            break
+        above.insert(0, text.removeprefix("#").strip())
+    return "# " + " ".join(above) if above else ""
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports_of(path: Path) -> list[Import]:
+    """Every import a file runs (at module level or inside a function), resolved to the most
+    specific module: `from newsletter.store import schema` is an arrow to
+    `newsletter.store.schema`, `from newsletter.cli import get_project` one to `newsletter.cli`.
+    Imports under `if TYPE_CHECKING:` never run, so they are no arrows."""
+    text = path.read_text("utf-8")
+    lines = text.splitlines()
+    module = _dotted(path) if path.is_relative_to(REPO) else path.stem
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[Import] = []
+
+    def resolve(name: str) -> str:
+        if not name.startswith("newsletter"):
+            return name
+        while name and name not in MODULES:
+            name = name.rpartition(".")[0]
+        return name
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for other in child.orelse:
+                    visit_statement(other, in_function)
+                continue
+            visit_statement(child, in_function)
+
+    def visit_statement(child: ast.AST, in_function: bool) -> None:
+        targets: list[str] = []
+        if isinstance(child, ast.Import):
+            targets = [resolve(alias.name) for alias in child.names]
+        elif isinstance(child, ast.ImportFrom):
+            base = child.module or ""
+            if child.level:
+                anchor = package
+                for _ in range(child.level - 1):
+                    anchor = anchor.rpartition(".")[0]
+                base = f"{anchor}.{base}" if base else anchor
+            targets = [resolve(f"{base}.{alias.name}") for alias in child.names]
+            if not base.startswith("newsletter"):
+                targets = [base]
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            for target in dict.fromkeys(targets):
+                if target and target != module:
+                    found.append(
+                        Import(path, child.lineno, target, in_function, _comment(lines, child))
+                    )
+        visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    visit(ast.parse(text), False)
+    return found
+
+
+def import_graph() -> dict[str, list[Import]]:
+    return {
+        name: [i for i in imports_of(path) if i.target in MODULES] for name, path in MODULES.items()
+    }
+
+
+def circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm):
+    each is a set of modules that import each other, directly or round about."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+
+    def strong(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                strong(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            strong(node)
+    return found
+
+
+def test_no_import_circles() -> None:
+    graph = {name: {i.target for i in found} for name, found in import_graph().items()}
+    assert len(graph) > 100 and "newsletter.project" in graph["newsletter.issue"] | {
+        "newsletter.project"
+    }
+    found = [sorted(c) for c in circles(graph) if c not in KNOWN_CYCLES]
+    assert found == [], "these modules import each other; move what they share down a layer"
+
+
+def test_the_circle_finder_finds_a_circle_round_about() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert circles(graph) == [{"a", "b", "c"}]
+
+
+def layers() -> list[tuple[int, str, list[str]]]:
+    """(number, name, module prefixes) from the page's layer table; 1 is the bottom."""
+    found = []
+    for number, name, modules in _section("Layers: which way imports may go"):
+        found.append((int(number), name, [m.removesuffix("/") for m in _names(modules)]))
+    return found
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """The layer whose longest listed name is `module` or a package holding it."""
+    name = module.removeprefix("newsletter.") if module != "newsletter" else "__init__"
+    best: tuple[int, int, str] | None = None
+    for number, layer, prefixes in layers():
+        for prefix in prefixes:
+            matches = name == prefix or name.startswith(prefix + ".")
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), number, layer)
+    assert best is not None, f"{module} is in no layer on docs/development/architecture.md"
+    return best[1], best[2]
+
+
+def test_every_module_is_in_a_layer() -> None:
+    unplaced = []
+    for module in MODULES:
+        try:
+            layer_of(module)
+        except AssertionError:
+            unplaced.append(module)
+    assert unplaced == [], "add these to the layer table of docs/development/architecture.md"
+
+
+def test_imports_go_down_the_layers_but_for_a_few_that_say_why() -> None:
+    upward = [
+        found
+        for module, imports in import_graph().items()
+        for found in imports
+        if layer_of(found.target)[0] > layer_of(module)[0]
+    ]
+    unexplained = [i for i in upward if not i.comment.startswith(UPWARD)]
+    assert unexplained == [], (
+        f"these import a higher layer; move what they need down, or (at most "
+        f"{MAX_UPWARD_IMPORTS} in all) say why with a `{UPWARD} ...` comment at the import"
+    )
+    assert len(upward) <= MAX_UPWARD_IMPORTS, upward
+
+
+def _checked_for_function_imports(path: Path) -> bool:
+    relative = path.relative_to(REPO).as_posix()
+    if relative in CHECKED_IN_SEQUENCES:
+        return True
+    return not relative.startswith(TODO_FUNCTION_IMPORTS_NOT_YET_CHECKED)
+
+
+def test_imports_inside_functions_only_defer_a_costly_library_and_say_so() -> None:
+    """An import inside a function hides an arrow from the layer check and the reader; it
+    may only put off a slow third-party import until it is needed, with a comment saying
+    what it costs (`# deferred: premailer costs 80 ms at start-up`)."""
+    ours, silent = [], []
+    for path in MODULES.values():
+        if not _checked_for_function_imports(path):
+            continue
+        for found in imports_of(path):
+            if not found.in_function:
+                continue
+            relative = (path.relative_to(REPO).as_posix(), found.target)
+            if found.target.startswith("newsletter") and relative not in DEFERRED_OWN_IMPORTS:
+                ours.append(found)
+            elif not found.comment.startswith(DEFERRED):
+                silent.append(found)
+    assert ours == [], "import the package's own modules at the top of the module"
+    assert silent == [], f"import at the top, or say why not with `{DEFERRED} ...`"
+
+
+def test_the_import_reader_sees_what_runs_and_skips_what_does_not(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from newsletter.store import schema\n"
+        "from newsletter.cli import get_project\n"
+        "if TYPE_CHECKING:\n"
+        "    from newsletter.project import Project\n"
+        "def f():\n"
+        "    import premailer  # deferred: 80 ms\n"
+        "    # upward: a reason\n"
+        "    from newsletter.web import pages\n",
+        "utf-8",
+    )
+    found = {(i.target, i.in_function, i.comment) for i in imports_of(sample)}
+    assert found == {
+        ("typing", False, ""),
+        ("newsletter.store.schema", False, ""),
+        ("newsletter.cli", False, ""),
+        ("premailer", True, "# deferred: 80 ms"),
+        ("newsletter.web.pages", True, "# upward: a reason"),
+    }

@@ -12,7 +12,10 @@ from tests.conftest import EXAMPLE_ISSUE
 
 def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     paths = []
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in sorted(group.list_commands(context)):
+        command = group.get_command(context, name)  # the main group loads commands lazily
+        assert command is not None
         path = (*prefix, name)
         paths.append(path)
         if isinstance(command, click.Group):

@@ -29,7 +29,10 @@ def all_commands(
     group: click.Group = main, prefix: str = "newsletter"
 ) -> list[tuple[str, click.Command]]:
     found = []
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in sorted(group.list_commands(context)):
+        command = group.get_command(context, name)  # the main group loads commands lazily
+        assert command is not None
         path = f"{prefix} {name}"
         found.append((path, command))
         if isinstance(command, click.Group):

@@ -313,6 +313,7 @@ def running_serve(project: Path):
         yield url
 
 
+@pytest.mark.slow  # starts a real server process
 def test_healthz_of_the_real_serve(cli, project: Path, running_serve: str, secrets):
     config = (project / "newsletter.toml").read_text("utf-8")
     (project / "newsletter.toml").write_text(

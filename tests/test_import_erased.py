@@ -46,6 +46,7 @@ def test_a_file_holding_only_an_erased_address(proj, cli, tmp_path: Path, dry_ru
     assert subscriber_count(proj) == 0
 
 
+@pytest.mark.slow  # erases 2,100 people first
 def test_erased_rows_before_new_ones_are_skipped_and_the_new_ones_imported(
     proj, cli, tmp_path: Path
 ) -> None:

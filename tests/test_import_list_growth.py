@@ -134,6 +134,7 @@ def test_a_rolled_back_chunk_counts_nothing_and_keeps_the_triggers(
     assert growth(engine) == {"new_import": 4, "new_added": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses kill -9")
 def test_kill_9_mid_import_then_rerun_counts_everyone_once(
     make_project, database_url, tmp_path

@@ -124,7 +124,7 @@ def test_cancel_stops_the_live_sender_first_then_cancels_at_sendgrid(
     assert cancelled.exit_code == 0, cancelled.output
     got = handed_over(log)
     child.wait(timeout=60)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the window in which a late request would still reach the server
     assert handed_over(log) == got, "the sender went on after `cancel` said it was done"
     assert 30 <= len(got) < PEOPLE
     assert f"Cancelled send 1 of meta-ki-creator ({len(got)} recipients)" in cancelled.output

@@ -4,6 +4,7 @@ must stop before its next batch, not keep sending alongside the new owner."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -19,6 +20,7 @@ from newsletter.store.schema import deliveries, send_leases, sends
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
 from tests.sendgrid_server import FakeSendGrid, copies
+from tests.support.waiting import wait_until
 
 KEY = "SG.lease-test-key"
 
@@ -99,7 +101,6 @@ def test_heartbeat_survives_a_dropped_database_connection(database_url):
     """A PostgreSQL restart (or a killed connection) must not kill the heartbeat thread: else
     a long send looks dead after LEASE_STALE_SECONDS and a --resume may take it over."""
     import threading
-    import time
 
     from sqlalchemy import text
 
@@ -110,12 +111,18 @@ def test_heartbeat_survives_a_dropped_database_connection(database_url):
     issue_id = ensure_issue(engine, slug="hb", title="t", subject="s", language="de")
     send_id = ledger.create_send(issue_id, transport="sendgrid", segment=[], dry_run=False)
     lease = ledger.acquire_lease(issue_id, send_id, "hb")
+
+    def heartbeat_at() -> Any:
+        with engine.connect() as conn:
+            return conn.execute(select(send_leases.c.heartbeat_at)).scalar_one()
+
     crashed: list[BaseException] = []
     previous_hook = threading.excepthook
     threading.excepthook = lambda args: crashed.append(args.exc_value)  # type: ignore[assignment]
     try:
         lease.start_heartbeat(interval=0.05)
-        time.sleep(0.2)
+        started = heartbeat_at()
+        wait_until(lambda: heartbeat_at() > started, "a first heartbeat")
         # Kill every other connection to the database, as a server restart would.
         with open_engine(database_url).connect() as conn:
             conn.execute(
@@ -124,15 +131,11 @@ def test_heartbeat_survives_a_dropped_database_connection(database_url):
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
-        time.sleep(0.5)
         engine.pool.dispose()  # this thread's pooled connections were killed too
-        with engine.connect() as conn:
-            before = conn.execute(select(send_leases.c.heartbeat_at)).scalar_one()
-        time.sleep(0.3)
-        with engine.connect() as conn:
-            after = conn.execute(select(send_leases.c.heartbeat_at)).scalar_one()
+        before = heartbeat_at()
+        # The heartbeat meets its dead connection, then beats on with a new one.
+        wait_until(lambda: heartbeat_at() > before, "a heartbeat after the restart")
         assert lease._thread is not None and lease._thread.is_alive(), crashed
-        assert after > before
     finally:
         threading.excepthook = previous_hook
         lease.release()

@@ -71,6 +71,7 @@ def test_readers_resubscribed_between_confirmation_and_send_are_not_added(
     assert sorted(sg.recipients()) == sorted(f"leser{i}@example.org" for i in range(7))
 
 
+@pytest.mark.slow  # imports 1,200 people and sends to 1,000
 def test_import_resubscribe_during_a_send_does_not_widen_it(
     make_project, database_url, monkeypatch, sg, cli
 ):

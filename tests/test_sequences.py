@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from newsletter.durations import parse_delay
 from newsletter.project import Project
 from newsletter.sequences import hooks
 from newsletter.sequences.clock import FixedClock
-from newsletter.sequences.steps import due_at, load_sequence, parse_delay
+from newsletter.step import due_at, load_sequence
 from newsletter.store.engine import open_engine
 from newsletter.store.schema import deliveries, sequence_enrollments
 from newsletter.store.subscribers import add_subscriber, set_status
@@ -401,7 +402,7 @@ def test_serve_loop_sends_due_steps_in_the_background(seq_project):
 
 
 def test_preview_resolves_name_slash_step(seq_project):
-    from newsletter.sequences.steps import resolve_step, step_issue_slug
+    from newsletter.step import resolve_step, step_issue_slug
 
     project = Project.load(seq_project)
     assert resolve_step(project, "welcome/01").key == "willkommen"

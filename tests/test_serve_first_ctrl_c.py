@@ -36,7 +36,7 @@ def test_first_ctrl_c_prints_the_line_while_a_request_is_open(project: Path):
             b"POST /subscribe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nemail="
         )
-        time.sleep(0.5)
+        time.sleep(0.5)  # the behaviour under test: a request held open when Ctrl-C comes
         process.send_signal(signal.SIGINT)
         # Raw reads from the pipe's descriptor: a text-mode readline would buffer the line
         # after the one it returns, where select() can no longer see it.

@@ -82,6 +82,7 @@ def test_serve_refuses_without_secret_key(project: Path, cli, monkeypatch):
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # starts a real server process
 def test_serve_warns_when_not_on_loopback(project: Path):
     port = free_port()
     process = subprocess.Popen(

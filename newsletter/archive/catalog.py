@@ -16,7 +16,10 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from newsletter.errors import NewsletterError
+from newsletter.issue import load_issue
 from newsletter.project import Project
+from newsletter.render import issue_preheader
+from newsletter.store.issues import published_issues
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,6 @@ def _summary(project: Project, location: str, stamp: tuple[int, int]) -> IssueFi
         return _summaries[key]  # a dict read is atomic: no lock on the hot path
     except KeyError:
         pass
-    from newsletter.issue import load_issue
-    from newsletter.render import issue_preheader
 
     path = Path(location)
     try:
@@ -120,7 +121,6 @@ def archive_entries(
     project: Project, engine: Engine, now: datetime.datetime | None = None
 ) -> list[ArchiveEntry]:
     """The published issues that have a file, newest first."""
-    from newsletter.store.issues import published_issues
 
     files = issue_files(project)
     public = {slug: file.public for slug, file in files.items()}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
+from newsletter.sending.summary import send_summaries
 from newsletter.wording import plural
 
 
 def why_empty(engine: Engine) -> str:
     """One sentence on why no issue is published yet, from the sends made so far."""
-    from newsletter.sending.summary import send_summaries
 
     sends = send_summaries(engine, None)
     if not sends:

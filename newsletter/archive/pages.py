@@ -24,6 +24,7 @@ from newsletter.archive.links import Site
 from newsletter.i18n import LANGUAGES, N_, format_date, install, texts
 from newsletter.optin import consent_text
 from newsletter.project import Project, builtin_templates_dir
+from newsletter.render import render_file
 
 #: The unsubscribe link of the web version: a marker, removed with the footer.
 UNSUBSCRIBE_MARKER = "#nl-web-unsubscribe"
@@ -146,7 +147,6 @@ def _remember(cache: dict[tuple[object, ...], Any], key: tuple[object, ...], val
 
 def web_version(project: Project, file: IssueFile) -> tuple[str, str]:
     """(the whole email as an anonymous reader's HTML, the issue's content HTML)."""
-    from newsletter.render import render_file
 
     key = (str(file.path), file.stamp, templates_fingerprint(project), config_fingerprint(project))
     with _lock:
@@ -166,6 +166,7 @@ def _without_reply_prompt(html: str) -> str:
     """The email's "just reply to this email" line means nothing on the web or in a feed."""
     if "nl-reply-prompt" not in html:
         return html
+    # deferred: lxml.html costs 20 ms at start-up
     import lxml.html
 
     doc = lxml.html.document_fromstring(html)
@@ -176,6 +177,7 @@ def _without_reply_prompt(html: str) -> str:
 
 def _content_of(html: str) -> str:
     """The issue's own content (the `nl-content` cell), for feeds."""
+    # deferred: lxml.html costs 20 ms at start-up
     import lxml.html
 
     doc = lxml.html.document_fromstring(html)
@@ -245,6 +247,7 @@ def _dress(html: str, *, head: str, top: str, footer: str, own_url: str) -> str:
     """Put the archive's parts into the email's HTML: `head` into <head>, `top` first in
     the body, `footer` where the email's footer was (which goes, with its unsubscribe link
     and "you receive this email because…" line)."""
+    # deferred: lxml.html costs 20 ms at start-up
     import lxml.html
 
     doc = lxml.html.document_fromstring(html)

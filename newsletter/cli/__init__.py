@@ -1,124 +1,107 @@
 """The `newsletter` command: a thin layer over the core modules.
 
-Only click and the standard library are imported at module level here and in the
-`cli.*` modules, so `newsletter --help` stays fast; commands import the core lazily.
+Each command lives in a `cli.*` module that imports the core it needs at its top. This
+module imports only click, the standard library and the few light modules of the
+foundation, and loads a command's module when that command runs (click's lazy group), so
+`newsletter --help` and `newsletter build` never load the core behind `send` or `serve`.
 A `NewsletterError` from the core becomes a one-line message and exit code 1.
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
+import importlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from newsletter import __version__
+from newsletter.cli.context import (
+    INTERRUPTED,
+    INTERRUPTED_EXIT_CODE,
+    ON_INTERRUPT_KEY,
+    PROJECT_HELP,
+    accept_project_option,
+    stopped_by,
+)
+from newsletter.errors import NewsletterError, database_error
+from newsletter.secrets_file import load_secrets, loose_permissions, secrets_path
 
-if TYPE_CHECKING:
-    from newsletter.project import Project
-
-
-#: The shell's convention for a command stopped by SIGINT.
-INTERRUPTED_EXIT_CODE = 130
-INTERRUPTED = "Stopped (Ctrl-C)."
-_ON_INTERRUPT = "newsletter.on_interrupt"
-
-
-def on_interrupt(message: str) -> None:
-    """What the running command prints if Ctrl-C stops it from now on: one line saying what
-    is kept and how to go on. It exits 130 either way."""
-    click.get_current_context().meta[_ON_INTERRUPT] = message
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (systemd's stop and restart, docker stop, `kill`), raised where Ctrl-C would be."""
-
-
-@contextlib.contextmanager
-def sigterm_like_ctrl_c() -> Iterator[None]:
-    """Within: SIGTERM stops the command the way Ctrl-C does (one line, exit 130, the same
-    cleanup) instead of killing the process on the spot. Code that settles work in flight
-    (`send`, `sequences run`) installs its own handler for both signals meanwhile."""
-    import signal
-
-    def terminate(_signum: int, _frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _stopped_by(message: str, exc: KeyboardInterrupt) -> str:
-    """The command's interrupt line, naming SIGTERM when that is what stopped it."""
-    return message.replace("(Ctrl-C)", "(SIGTERM)") if isinstance(exc, Terminated) else message
-
-
-PROJECT_HELP = "The project folder (default: the nearest folder holding newsletter.toml)."
-
-
-def _remember_project(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
-    """`--project` given after a subcommand: it wins over one given before, and over
-    NEWSLETTER_PROJECT (the project is loaded only when the command body asks for it)."""
-    if value is None:
-        return
-    root = ctx.find_root()
-    obj = root.obj if isinstance(root.obj, dict) else {}
-    obj["project_dir"] = value
-    obj.pop("project", None)
-    root.obj = obj
-
-
-def accept_project_option(command: click.Command, top_level: bool = True) -> None:
-    """Give `command` (and a group's subcommands) its own `--project DIR`, as the README
-    promises: `newsletter build --project DIR x.md` works like `newsletter --project DIR build x.md`.
-    `newsletter init` makes a project, so it takes none (`secrets init` does)."""
-    if command.name == "init" and top_level:
-        return
-    if not any(p.name == "project_dir" for p in command.params):
-        command.params.append(
-            click.Option(
-                ["--project", "project_dir"],
-                type=click.Path(file_okay=False, path_type=Path),
-                expose_value=False,
-                callback=_remember_project,
-                help=PROJECT_HELP,
-            )
-        )
-    if isinstance(command, click.Group):
-        for subcommand in command.commands.values():
-            accept_project_option(subcommand, top_level=False)
+#: Every command: the `newsletter.cli` module that defines it (in its COMMANDS list), and the
+#: summary `newsletter --help` lists without importing that module. tests/test_cli_lazy.py
+#: checks both against the commands themselves, so a new command fails there until it is here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "archive": ("archive", "The public archive of sent issues (also served by `newsletter serve` at /)."),
+    "build": ("authoring", "Render ISSUE to an HTML and a text file, as a reader sees it."),
+    "cancel": ("sending", "Cancel a scheduled send before it goes out (at least 10 minutes before)."),
+    "check": ("authoring", "List problems in ISSUE before you send it."),
+    "doctor": ("doctor", "Check what decides whether mail arrives: DNS, setup and the list; exit 1 on any ✗."),
+    "init": ("authoring", "Create a project with a sample issue; never overwrites."),
+    "new": ("authoring", "Create issues/<date>-<slug>.md from TITLE; never overwrites."),
+    "preview": ("preview", "Serve a live preview of ISSUE that reloads whenever you save."),
+    "privacy": ("privacy", "Keep only what the list needs."),
+    "replies": ("serving", "List conversations with readers: their replies and your answers, newest activity first."),
+    "report": ("insights", "Write one self-contained HTML page: charts, top links, last replies, all issues."),
+    "run-due": ("sending", "Do what is due: a subject-line test's sample that a crash left unfinished, its decision when the time has come, and the winner to the rest. Safe to run from cron on several machines at once: one sender per issue, nobody gets a second copy."),
+    "screenshot": ("preview", "Save desktop and phone PNGs of ISSUE's email, taken in headless chromium."),
+    "secrets": ("doctor", "Keep the keys out of the project: a 0600 file every command reads."),
+    "segments": ("segments", "Saved segments: [segments.<name>] where = \"…\" in newsletter.toml."),
+    "send": ("sending", "Send an issue to the subscribers (through [sending] transport: SendGrid, SMTP, or the outbox)."),
+    "sends": ("sending", "Show each send's progress; with ISSUE, each recipient's state."),
+    "sequences": ("sequences", "Welcome sequences: emails that go out by themselves after someone subscribes."),
+    "serve": ("serving", "Run the web endpoints: unsubscribe, subscribe/confirm, SendGrid webhooks."),
+    "stats": ("insights", "Show how issues did (newest first), one issue in detail, or list growth."),
+    "subscribers": ("subscribers", "Keep the subscriber list: add, import, list, tag, export, remove."),
+    "sync": ("serving", "Pull SendGrid's unsubscribes, bounces, spam reports and invalid emails into the list."),
+}  # fmt: skip
 
 
 class NewsletterGroup(click.Group):
     """Turns domain errors into one-line click errors; never shows a traceback for them.
-    Every command added to it accepts `--project DIR` after its name too."""
+    Every command added to it accepts `--project DIR` after its name too. Commands listed in
+    COMMANDS are loaded from their module when first asked for."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         super().add_command(cmd, name)
         accept_project_option(cmd)
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"newsletter.cli.{COMMANDS[cmd_name][0]}")
+            for command in module.COMMANDS:
+                if command.name not in self.commands:
+                    self.add_command(command)
         command = super().get_command(ctx, cmd_name)
         if command is not None:
             accept_project_option(command)  # subcommands added to a group after it was added
         return command
 
-    def invoke(self, ctx: click.Context) -> Any:
-        from newsletter.errors import NewsletterError
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's command list, with the summaries of commands not loaded from COMMANDS."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            # a stand-in with the command's summary, shortened the way click shortens
+            command = self.commands.get(name) or click.Command(name, help=COMMANDS[name][1])
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt as exc:
             # One line saying what is kept and how to go on (set by the command), no traceback.
-            click.echo(_stopped_by(ctx.meta.get(_ON_INTERRUPT, INTERRUPTED), exc), err=True)
+            click.echo(stopped_by(ctx.meta.get(ON_INTERRUPT_KEY, INTERRUPTED), exc), err=True)
             ctx.exit(INTERRUPTED_EXIT_CODE)
         except Exception as exc:
             message = _database_error(exc)
@@ -132,12 +115,11 @@ def _database_error(exc: Exception) -> str | None:
     a traceback would show SQL and subscribers' addresses."""
     if "sqlalchemy" not in sys.modules:
         return None
+    # deferred: SQLAlchemy costs 250 ms; a command that failed without it has no such error
     from sqlalchemy.exc import DBAPIError
 
     if not isinstance(exc, DBAPIError):
         return None
-    from newsletter.store.engine import database_error
-
     return (
         f"database error: {database_error(exc)}; if another program is using the database, "
         "retry when it is done, else check [database] url or NEWSLETTER_DATABASE_URL"
@@ -168,9 +150,6 @@ def main(ctx: click.Context, project_dir: Path | None) -> None:
 
 def _load_secrets_file() -> None:
     """Variables of ~/.config/newsletter/env that the environment does not set (it wins)."""
-    from newsletter.errors import NewsletterError
-    from newsletter.secrets_file import load_secrets, loose_permissions, secrets_path
-
     try:
         added = load_secrets()
     except NewsletterError as exc:
@@ -179,57 +158,8 @@ def _load_secrets_file() -> None:
         click.echo(f"Warning: {secrets_path()} can be read by others; chmod 600 it", err=True)
 
 
-def get_project(ctx: click.Context | None = None) -> Project:
-    """The current project, loaded once per invocation."""
-    from newsletter.project import Project
-
-    ctx = (ctx or click.get_current_context()).find_root()
-    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
-    if "project" not in obj:
-        obj["project"] = Project.find(explicit=obj.get("project_dir"))
-        ctx.obj = obj
-    return obj["project"]
-
-
-def _register() -> None:
-    from newsletter.cli import (
-        archive,
-        authoring,
-        doctor,
-        insights,
-        preview,
-        privacy,
-        segments,
-        sending,
-        sequences,
-        serving,
-        subscribers,
-    )
-
-    for module in (
-        authoring,
-        preview,
-        subscribers,
-        segments,
-        sending,
-        serving,
-        archive,
-        insights,
-        sequences,
-        privacy,
-        doctor,
-    ):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()
-
-
 def run() -> None:
     """The `newsletter` command (console script and `python -m newsletter`)."""
-    import gc
-
     try:
         main(prog_name="newsletter")
     finally:

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import click
 
+from newsletter.archive.empty import why_empty
+from newsletter.archive.site import build_site
+from newsletter.cli.context import get_project
+from newsletter.errors import ConfigError
+from newsletter.store.engine import project_engine
 from newsletter.wording import plural
 
 
@@ -41,10 +46,6 @@ def build(output: Path | None, quiet: bool) -> None:
     Example:
         newsletter archive build -o site
     """
-    from newsletter.archive.site import build_site
-    from newsletter.cli import get_project
-    from newsletter.errors import ConfigError
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     if not project.config.section("archive")["enabled"]:
@@ -73,8 +74,6 @@ def build(output: Path | None, quiet: bool) -> None:
         f"{report.unchanged} unchanged{removed}"
     )
     if report.issues == 0:
-        from newsletter.archive.empty import why_empty
-
         click.echo(f"The archive is empty: {why_empty(project_engine(project))}.")
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 
 import click
 
-from newsletter.i18n import LANGUAGES
+from newsletter.check import check_issue, fields_nobody_has
+from newsletter.cli.context import get_project
+from newsletter.i18n import LANGUAGES, display_name
+from newsletter.issue_names import resolve_issue
+from newsletter.render import SAMPLE_SUBSCRIBER, render_file, sample_unsubscribe_url
+from newsletter.scaffold import init_project, new_issue, write_file_atomic
+from newsletter.secrets_file import secrets_hint
 from newsletter.wording import plural
 
 
@@ -41,10 +48,6 @@ def init(directory: Path, name: str, language: str | None) -> None:
     Example:
         newsletter init my-letter --name "Jens' Briefing" --language de
     """
-    import sys
-
-    from newsletter.i18n import display_name
-    from newsletter.scaffold import init_project
 
     if language is None:
         # Ask only a person at a terminal; a script or CI gets English, as before.
@@ -66,7 +69,6 @@ def init(directory: Path, name: str, language: str | None) -> None:
     click.echo(
         f"Next: edit {_shown(directory / 'newsletter.toml')}, then `newsletter build ISSUE`."
     )
-    from newsletter.secrets_file import secrets_hint
 
     click.echo(secrets_hint())
 
@@ -90,8 +92,6 @@ def new(title: str, date: datetime.datetime | None, language: str | None) -> Non
     Example:
         newsletter new "Grüße aus Köln"     # issues/2024-07-02-gruesse-aus-koeln.md
     """
-    from newsletter.cli import get_project
-    from newsletter.scaffold import new_issue
 
     project = get_project()
     path = new_issue(
@@ -123,10 +123,6 @@ def build(issue: str, output: Path | None) -> None:
     Example:
         newsletter build issues/2024-07-meta-ki-creator.md -o build
     """
-    from newsletter.cli import get_project
-    from newsletter.issue_names import resolve_issue
-    from newsletter.render import SAMPLE_SUBSCRIBER, render_file, sample_unsubscribe_url
-    from newsletter.scaffold import write_file_atomic
 
     project = get_project()
     rendered = render_file(project, resolve_issue(project, issue).require_path())
@@ -143,7 +139,6 @@ def build(issue: str, output: Path | None) -> None:
         ) from None
     click.echo(_shown(html_path))
     click.echo(_shown(text_path))
-    from newsletter.check import fields_nobody_has
 
     for finding in fields_nobody_has(project, rendered):
         click.echo(str(finding), err=True)
@@ -163,9 +158,6 @@ def check(issue: str, strict: bool) -> None:
     Example:
         newsletter check issues/2024-07-meta-ki-creator.md --strict
     """
-    from newsletter.check import check_issue
-    from newsletter.cli import get_project
-    from newsletter.issue_names import resolve_issue
 
     project = get_project()
     path = resolve_issue(project, issue).require_path()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import click
 
+from newsletter.cli.context import get_project
+from newsletter.doctor import DoctorOptions, as_json, as_text, failed, run_doctor
+from newsletter.doctor.records import parse_nameserver
+from newsletter.secrets_file import init_secrets
+
 
 def _nameserver(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from newsletter.doctor.records import parse_nameserver
 
     try:
         parse_nameserver(value)
@@ -36,8 +40,6 @@ def doctor(nameserver: str | None, offline: bool, fmt: str) -> None:
         newsletter doctor
         newsletter doctor --offline --format json
     """
-    from newsletter.cli import get_project
-    from newsletter.doctor import DoctorOptions, as_json, as_text, failed, run_doctor
 
     checks = run_doctor(get_project(), DoctorOptions(nameserver=nameserver, offline=offline))
     click.echo(as_json(checks) if fmt == "json" else as_text(checks))
@@ -63,7 +65,6 @@ def secrets_init() -> None:
     Example:
         newsletter secrets init
     """
-    from newsletter.secrets_file import init_secrets
 
     path = init_secrets()
     click.echo(f"wrote {path} (readable only by you) with a new NEWSLETTER_SECRET_KEY and")

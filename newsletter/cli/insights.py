@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import webbrowser
 from pathlib import Path
 from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli.context import get_project
+from newsletter.insights import queries, text
+from newsletter.insights.counters import complete_since
+from newsletter.insights.counters import rebuild as rebuild_counters
+from newsletter.insights.report import write_report
+from newsletter.replies.threads import answered_count
+from newsletter.store.engine import project_engine
+from newsletter.store.issues import find_sent_issue
 
 FORMATS = click.Choice(["table", "json", "csv"])
 
@@ -42,16 +50,11 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
         newsletter stats --list --by week
         newsletter stats --rebuild
     """
-    from newsletter.insights import queries, text
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     engine = project_engine(project)
     tz = queries.timezone(project)
     if rebuild:
-        from newsletter.insights.counters import complete_since
-        from newsletter.insights.counters import rebuild as rebuild_counters
-
         keep = project.config.sections.get("privacy", {}).get("keep_events_days")
         try:
             done = rebuild_counters(engine, complete_since(keep))
@@ -80,7 +83,6 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     if issue is None:
         click.echo(text.overview(queries.sent_issues(engine), tz, opens, fmt))
         return
-    from newsletter.store.issues import find_sent_issue
 
     ref = find_sent_issue(project, engine, issue)
     summary = queries.issue_summary(engine, ref.id)
@@ -90,7 +92,6 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     unsubscribes = queries.per_day(engine, ref.id, "unsubscribed")
     # Opens show when tracked, or when some were counted while tracking was on.
     show_opens = opens or summary.counts["opened"] > 0
-    from newsletter.replies.threads import answered_count
 
     answered = answered_count(engine, ref.id)
     shown = text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered)
@@ -159,15 +160,11 @@ def report(output: Path, open_it: bool) -> None:
     Example:
         newsletter report -o report.html --open
     """
-    from newsletter.insights.report import write_report
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     written = write_report(project, project_engine(project), output)
     click.echo(f"Wrote {written}")
     if open_it:
-        import webbrowser
-
         webbrowser.open(written.resolve().as_uri())
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import webbrowser
 from pathlib import Path
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli.context import get_project
+from newsletter.preview.app import LOOPBACK_HOSTS, create_preview_app
+from newsletter.preview.screenshot import screenshot_issue
+from newsletter.preview.server import PreviewServer, bind, is_loopback, url_of
+from newsletter.preview.state import resolve_subscriber
+from newsletter.store.issues import resolve_issue
 
 
 @click.command()
@@ -43,14 +51,6 @@ def preview(issue: str, port: int, host: str, no_open: bool, as_email: str | Non
         newsletter preview issues/2024-07-meta-ki-creator.md
         newsletter preview meta-ki-creator --port 9000 --no-open --as anna.schmidt@example.com
     """
-    import contextlib
-    import threading
-    import webbrowser
-
-    from newsletter.preview.app import LOOPBACK_HOSTS, create_preview_app
-    from newsletter.preview.server import PreviewServer, bind, is_loopback, url_of
-    from newsletter.preview.state import resolve_subscriber
-    from newsletter.store.issues import resolve_issue
 
     project = get_project()
     issue_path = resolve_issue(project, issue).require_path()
@@ -118,9 +118,6 @@ def screenshot(issue: str, out_dir: Path, as_email: str | None, dark: bool, offl
     Example:
         newsletter screenshot issues/2024-07-meta-ki-creator.md -o shots
     """
-    from newsletter.preview.screenshot import screenshot_issue
-    from newsletter.preview.state import resolve_subscriber
-    from newsletter.store.issues import resolve_issue
 
     project = get_project()
     issue_path = resolve_issue(project, issue).require_path()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli.context import get_project
+from newsletter.privacy import purge as run_purge
+from newsletter.replies.threads import purge_closed
+from newsletter.store.engine import project_engine
 from newsletter.wording import noun, plural
 
 
@@ -30,8 +33,6 @@ def purge() -> None:
     Example:
         newsletter privacy purge
     """
-    from newsletter.privacy import purge as run_purge
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     engine = project_engine(project)
@@ -44,8 +45,6 @@ def purge() -> None:
     )
     keep_replies = project.config.section("privacy")["keep_replies_days"]
     if keep_replies is not None:
-        from newsletter.replies.threads import purge_closed
-
         closed = purge_closed(engine, keep_replies)
         click.echo(
             f"purged {closed:,} closed {noun(closed, 'conversation')} with readers "

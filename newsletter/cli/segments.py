@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.cli.context import get_project
 
 
 def segment_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from newsletter.cli import get_project
+from newsletter.archive.catalog import front_matter_public
+from newsletter.cli.context import get_project
 from newsletter.cli.segments import chosen_segment, segment_options
+from newsletter.errors import SendError
+from newsletter.segments.sends import latest_send_id
+from newsletter.segments.sends import record as record_segment
+from newsletter.sending.execute import execute
+from newsletter.sending.plan import SendRequest, plan_send
+from newsletter.sending.schedule import cancel_scheduled, parse_when
+from newsletter.sending.single import send_test
+from newsletter.sending.summary import recipients, send_summaries
+from newsletter.store.engine import project_engine
+from newsletter.store.issues import find_issue_id, resolve_issue
 from newsletter.wording import plural
 
 
@@ -117,13 +129,6 @@ def send(
         newsletter send 2024-07-meta-ki-creator --resend non-clickers --subject "Falls Sie es verpasst haben" --yes
         newsletter send 2024-07-meta-ki-creator --subject-b "Was Meta mit Creatorn vorhat" --sample 20% --decide-after 4h --yes
     """
-    from newsletter.errors import SendError
-    from newsletter.segments.sends import latest_send_id
-    from newsletter.segments.sends import record as record_segment
-    from newsletter.sending.execute import execute
-    from newsletter.sending.plan import SendRequest, plan_send
-    from newsletter.sending.schedule import parse_when
-    from newsletter.sending.single import send_test
 
     project = get_project()
     if include_uncertain and not resume:
@@ -291,12 +296,6 @@ def sends(issue: str | None, fmt: str) -> None:
         newsletter sends
         newsletter sends 2024-07-meta-ki-creator
     """
-    import json
-
-    from newsletter.archive.catalog import front_matter_public
-    from newsletter.sending.summary import recipients, send_summaries
-    from newsletter.store.engine import project_engine
-    from newsletter.store.issues import find_issue_id, resolve_issue
 
     project = get_project()
     engine = project_engine(project)
@@ -400,9 +399,6 @@ def cancel(issue: str, wait_seconds: float) -> None:
         newsletter send 2024-07-meta-ki-creator --schedule "in 2h" --yes
         newsletter cancel 2024-07-meta-ki-creator
     """
-    from newsletter.sending.schedule import cancel_scheduled
-    from newsletter.store.engine import project_engine
-    from newsletter.store.issues import resolve_issue
 
     project = get_project()
     slug = resolve_issue(project, issue, project_engine(project)).slug
@@ -540,7 +536,7 @@ def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, qu
 
 
 def _wait_text(wait: Any) -> str:
-    from newsletter.sequences.steps import format_delay
+    from newsletter.durations import format_delay
 
     return format_delay(wait)
 

@@ -8,23 +8,35 @@ import json
 import sys
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 
-from newsletter.cli import get_project, sigterm_like_ctrl_c
+from newsletter.cli.context import get_project, sigterm_like_ctrl_c
+from newsletter.cli.preview import preview as preview_command
 from newsletter.cli.segments import segment_options, segment_where
+from newsletter.durations import format_delay
+from newsletter.errors import NewsletterError, SendError
+from newsletter.sequences.clock import SYSTEM, FixedClock, parse_now, refuse_far_ahead
+from newsletter.sequences.renames import rename_step
+from newsletter.sequences.runner import run_due, summary
+from newsletter.sequences.start import count_existing, start_existing
+from newsletter.sequences.status import (
+    check_sequences,
+    describe,
+    sequence_status,
+    step_path_for_preview,
+)
+from newsletter.store.engine import project_engine
 from newsletter.wording import plural
 
 
 def _clock(now: str | None) -> Any:
-    from newsletter.sequences.clock import SYSTEM, FixedClock, parse_now
-
     return FixedClock(parse_now(now)) if now else SYSTEM
 
 
 def _when(value: datetime | None, timezone: str = "UTC") -> str:
     """A time in the newsletter's timezone ([newsletter] timezone)."""
-    from zoneinfo import ZoneInfo
 
     return value.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M %Z") if value else "-"
 
@@ -55,8 +67,6 @@ def list_() -> None:
     Example:
         newsletter sequences list
     """
-    from newsletter.sequences.status import describe
-    from newsletter.sequences.steps import format_delay
 
     infos = describe(get_project())
     if not infos:
@@ -89,7 +99,6 @@ def check(name: str | None, strict: bool) -> None:
         newsletter sequences check
         newsletter sequences check welcome --strict
     """
-    from newsletter.sequences.status import check_sequences
 
     project = get_project()
     findings = check_sequences(project, name)
@@ -124,8 +133,6 @@ def status(name: str | None, fmt: str, now: str | None) -> None:
         newsletter sequences status
         newsletter sequences status welcome --format json
     """
-    from newsletter.sequences.status import sequence_status
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     at = _clock(now).now()
@@ -186,8 +193,6 @@ def preview(
         newsletter sequences preview welcome/01
         newsletter sequences preview welcome/tipps --no-open
     """
-    from newsletter.cli.preview import preview as preview_command
-    from newsletter.sequences.status import step_path_for_preview
 
     path = step_path_for_preview(get_project(), step)
     ctx.invoke(
@@ -216,8 +221,6 @@ def run(now: str | None, quiet: bool, include_uncertain: bool, force: bool) -> N
         newsletter sequences run
         * * * * *  cd /srv/letter && newsletter sequences run --quiet   # crontab
     """
-    from newsletter.errors import NewsletterError, SendError
-    from newsletter.sequences.runner import run_due, summary
 
     project = get_project()
     show = not quiet and sys.stderr.isatty()
@@ -300,8 +303,6 @@ def rename(name: str, old: str, new: str) -> None:
     Example:
         newsletter sequences rename welcome hello hallo
     """
-    from newsletter.sequences.renames import rename_step
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     had = rename_step(project, project_engine(project), name, old, new)
@@ -346,10 +347,6 @@ def start(
         newsletter sequences start welcome --existing --tag leser --yes
         newsletter sequences start welcome --existing --segment aktive --yes
     """
-    from newsletter.errors import NewsletterError
-    from newsletter.sequences.clock import SYSTEM, refuse_far_ahead
-    from newsletter.sequences.start import count_existing, start_existing
-    from newsletter.store.engine import project_engine
 
     if not existing:
         raise click.UsageError(

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project, on_interrupt, sigterm_like_ctrl_c
+from newsletter import tokens
+from newsletter.cli.context import (
+    INTERRUPTED_EXIT_CODE,
+    get_project,
+    on_interrupt,
+    sigterm_like_ctrl_c,
+)
+from newsletter.durations import parse_delay
+from newsletter.masking import mask_log_addresses
+from newsletter.replies import strip_terminal_controls
+from newsletter.replies.answer import answer, compose, editor_template
+from newsletter.replies.mailbox import fetch_replies, imap_settings
+from newsletter.replies.store import new_text
+from newsletter.replies.threads import close, get_thread, list_threads
+from newsletter.sequences.runner import BackgroundRunner
+from newsletter.store.engine import project_engine
+from newsletter.store.issues import find_sent_issue
+from newsletter.store.subscribers import find_subscriber
+from newsletter.sync import LISTS
+from newsletter.sync import sync as run_sync
+from newsletter.web import create_app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -54,12 +76,9 @@ def serve(
         newsletter serve --fetch-replies 5m   # and read replies from the mailbox
         newsletter serve --run-due         # and decide subject-line tests, send the rest
     """
-    import logging
 
+    # deferred: uvicorn costs 68 ms at start-up
     import uvicorn
-
-    from newsletter import tokens
-    from newsletter.web import create_app
 
     tokens.secret_key(required=True)  # refuse to start without it
     project = get_project()
@@ -72,14 +91,10 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from newsletter.masking import mask_log_addresses
 
     mask_log_addresses()  # no log line keeps a reader's address
     fetch_replies = None
     if fetch_every is not None:
-        from newsletter.replies.mailbox import imap_settings
-        from newsletter.sequences.steps import parse_delay
-
         interval = parse_delay(fetch_every)
         if interval is None or interval.total_seconds() < 60:
             raise click.BadParameter(
@@ -154,7 +169,6 @@ def _start_sequences(project: Any, run_sequences: bool | None) -> Any:
         or (run_sequences is None and project.config.section("serve")["run_sequences"])
     ):
         return None
-    from newsletter.sequences.runner import BackgroundRunner
 
     runner = BackgroundRunner(project).start()
     click.echo("Sending due sequence steps every minute.", err=True)
@@ -162,8 +176,6 @@ def _start_sequences(project: Any, run_sequences: bool | None) -> Any:
 
 
 def _when(value: object) -> str:
-    from datetime import datetime
-
     return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else str(value)
 
 
@@ -214,11 +226,6 @@ def replies(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from newsletter.replies import strip_terminal_controls
-    from newsletter.replies.threads import list_threads
-    from newsletter.store.engine import project_engine
-    from newsletter.store.issues import find_sent_issue
-    from newsletter.store.subscribers import find_subscriber
 
     on_interrupt("Stopped (Ctrl-C). Listing replies changes nothing.")
     project = get_project()
@@ -292,8 +299,6 @@ def replies_fetch(dry_run: bool) -> None:
         export NEWSLETTER_IMAP_PASSWORD=...
         newsletter replies fetch
     """
-    from newsletter.replies.mailbox import fetch_replies
-    from newsletter.store.engine import project_engine
 
     on_interrupt(
         "Stopped (Ctrl-C). What was stored is stored; `newsletter replies fetch` again goes on."
@@ -332,9 +337,6 @@ def replies_show(reply_id: int, fmt: str) -> None:
     Example:
         newsletter replies show 3
     """
-    from newsletter.replies import strip_terminal_controls
-    from newsletter.replies.threads import get_thread
-    from newsletter.store.engine import project_engine
 
     thread = get_thread(project_engine(get_project()), reply_id)
     if fmt == "json":
@@ -384,7 +386,6 @@ def replies_show(reply_id: int, fmt: str) -> None:
 
 def _fold_quotes(text: str) -> str:
     """Quoted history ("> ..." lines, and what follows "Am ... schrieb ...:") as one line."""
-    from newsletter.replies.store import new_text
 
     own = new_text(text)
     lines = [line for line in text.splitlines() if line.strip()]
@@ -401,8 +402,6 @@ def replies_done(reply_id: int) -> None:
     Example:
         newsletter replies done 3
     """
-    from newsletter.replies.threads import close
-    from newsletter.store.engine import project_engine
 
     thread = close(project_engine(get_project()), reply_id)
     click.echo(f"Thread {thread.id} with {thread.reader_email}: done")
@@ -434,9 +433,6 @@ def replies_answer(
         newsletter replies answer 3 --file antwort.txt --dry-run
         newsletter replies answer 3            # write it in $EDITOR
     """
-    from newsletter.replies.answer import answer, compose, editor_template
-    from newsletter.replies.threads import get_thread
-    from newsletter.store.engine import project_engine
 
     project = get_project()
     engine = project_engine(project)
@@ -477,9 +473,6 @@ def sync() -> None:
     Example:
         SENDGRID_API_KEY=... newsletter sync
     """
-    from newsletter.store.engine import project_engine
-    from newsletter.sync import LISTS
-    from newsletter.sync import sync as run_sync
 
     on_interrupt(
         "Stopped (Ctrl-C) before anything was changed: sync changes the list only once it "

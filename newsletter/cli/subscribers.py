@@ -3,6 +3,9 @@ untag, import, export). The work lives in `newsletter.store`; this only parses o
 
 from __future__ import annotations
 
+import csv
+import functools
+import json
 import os
 import re
 import sys
@@ -13,16 +16,40 @@ from typing import Any
 
 import click
 
-from newsletter.cli import INTERRUPTED_EXIT_CODE, get_project
+from newsletter.cli.context import INTERRUPTED_EXIT_CODE, get_project
 from newsletter.cli.segments import segment_options
+from newsletter.errors import StoreError
+from newsletter.optin import send_confirmation
+from newsletter.person import export_person as collect
+from newsletter.privacy import add_by_author, erase, store_full_ip
+from newsletter.sequences.hooks import joined, tagged
+from newsletter.store.consent import records_for
+from newsletter.store.engine import project_engine
+from newsletter.store.exporter import (
+    EXCEL_DELIMITER,
+    csv_header,
+    csv_row,
+    json_chunks,
+    write_csv,
+    write_json,
+)
+from newsletter.store.importer import ImportInterrupted, import_file
+from newsletter.store.subscribers import (
+    add_tags,
+    count_subscribers,
+    find_subscriber,
+    forget_subscriber,
+    iter_subscribers,
+    remove_tags,
+    set_status,
+)
+from newsletter.store.suppressions import hashing_key
 from newsletter.wording import noun, plural
 
 STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
 
 
 def _engine() -> Any:
-    from newsletter.store.engine import project_engine
-
     return project_engine(get_project())
 
 
@@ -131,7 +158,6 @@ def add(
         newsletter subscribers add jörg@example.de --first-name Jörg --tag vip \\
             --field stadt=Köln --source "Messe 2024" --consent "Ja, bitte."
     """
-    from newsletter.privacy import add_by_author
 
     engine = _engine()
     subscriber = add_by_author(
@@ -147,9 +173,6 @@ def add(
         status="unconfirmed" if confirm else status,
     )
     if confirm:
-        from newsletter.optin import send_confirmation
-        from newsletter.store.subscribers import forget_subscriber
-
         try:
             send_confirmation(get_project(), engine, subscriber)
         except BaseException:
@@ -158,7 +181,6 @@ def add(
             raise
         click.echo(f"added {subscriber.email} (unconfirmed); confirmation email sent")
         return
-    from newsletter.sequences.hooks import joined
 
     started = joined(get_project(), engine, subscriber.id)
     click.echo(f"added {subscriber.email} ({subscriber.status})" + _started(started))
@@ -188,14 +210,9 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
         newsletter subscribers remove tom@example.org --reason "asked by email"
         newsletter subscribers remove tom@example.org --forget --yes
     """
-    from newsletter.errors import StoreError
-    from newsletter.store.subscribers import find_subscriber, set_status
 
     engine = _engine()
     if forget:
-        from newsletter.privacy import erase
-        from newsletter.store.suppressions import hashing_key
-
         hashing_key(erasing=True)  # before asking: without the key nothing can be erased
         if not yes:
             if not sys.stdin.isatty():
@@ -299,10 +316,6 @@ def list_(
         newsletter subscribers list --status subscribed --no-consent-evidence
         newsletter subscribers list --where 'tag:leser -clicked:ever'
     """
-    import csv
-
-    from newsletter.store.exporter import csv_header, csv_row, json_chunks, write_csv
-    from newsletter.store.subscribers import iter_subscribers
 
     engine = _engine()
     out = sys.stdout
@@ -349,7 +362,6 @@ def count(
         newsletter subscribers count --status subscribed --tag leser
         newsletter subscribers count --where "status:subscribed clicked:last-5"
     """
-    from newsletter.store.subscribers import count_subscribers
 
     engine = _engine()
     conditions = _segment_where(engine, segment, where)
@@ -368,11 +380,6 @@ def show(email: str, fmt: str) -> None:
     Example:
         newsletter subscribers show anna.schmidt@example.com
     """
-    import json
-
-    from newsletter.errors import StoreError
-    from newsletter.store.consent import records_for
-    from newsletter.store.subscribers import find_subscriber
 
     engine = _engine()
     subscriber = find_subscriber(engine, email)
@@ -442,9 +449,6 @@ def export_person(email: str, output: Path | None) -> None:
     Example:
         newsletter subscribers export-person anna.schmidt@example.com -o anna.json
     """
-    import json
-
-    from newsletter.store.person import export_person as collect
 
     document = json.dumps(collect(_engine(), email), ensure_ascii=False, indent=2) + "\n"
     if output is None:
@@ -471,8 +475,6 @@ def tag(email: str, tags: tuple[str, ...]) -> None:
     Example:
         newsletter subscribers tag anna.schmidt@example.com vip leser
     """
-    from newsletter.sequences.hooks import tagged
-    from newsletter.store.subscribers import add_tags
 
     engine = _engine()
     subscriber = add_tags(engine, email, tags)
@@ -497,7 +499,6 @@ def untag(email: str, tags: tuple[str, ...]) -> None:
     Example:
         newsletter subscribers untag anna.schmidt@example.com vip
     """
-    from newsletter.store.subscribers import remove_tags
 
     subscriber = remove_tags(_engine(), email, tags)
     click.echo(f"{subscriber.email}: {', '.join(subscriber.tags) or '(no tags)'}")
@@ -549,8 +550,6 @@ def import_(
         newsletter subscribers import members.csv --tag mailchimp --rejects rejects.csv
         newsletter subscribers import liste.csv --map "Anrede=salutation"
     """
-    from newsletter.privacy import store_full_ip
-    from newsletter.store.importer import ImportInterrupted, import_file
 
     engine = _engine()
     show_bar = not quiet and sys.stderr.isatty()
@@ -695,9 +694,6 @@ def export(
         newsletter subscribers export --format json > list.json
         newsletter subscribers export --segment aktive -o aktive.csv
     """
-    import functools
-
-    from newsletter.store.exporter import EXCEL_DELIMITER, write_csv, write_json
 
     if fmt == "json" and (delimiter or excel):
         raise click.UsageError(

@@ -10,33 +10,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from newsletter.project import Project
-
-
-class Status(StrEnum):
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
-    SKIP = "skip"
-
-
-SYMBOL = {Status.OK: "✓", Status.WARN: "!", Status.FAIL: "✗", Status.SKIP: "-"}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One row of the doctor's table."""
-
-    area: str  # "dns", "setup" or "list"
-    name: str
-    status: Status
-    found: str
-    #: The exact fix (the record to add, the key to set); None when nothing is to do.
-    fix: str | None = None
+from newsletter.doctor.checks import SYMBOL, Check, Status
+from newsletter.doctor.dns_checks import dns_checks
+from newsletter.doctor.list_checks import list_checks
+from newsletter.doctor.records import Lookup
+from newsletter.doctor.setup_checks import setup_checks
+from newsletter.project import Project
 
 
 @dataclass(frozen=True)
@@ -49,11 +29,6 @@ class DoctorOptions:
 
 def run_doctor(project: Project, options: DoctorOptions) -> list[Check]:
     """Every check, in the order the table shows them."""
-    from newsletter.doctor.dns_checks import dns_checks
-    from newsletter.doctor.list_checks import list_checks
-    from newsletter.doctor.records import Lookup
-    from newsletter.doctor.setup_checks import setup_checks
-
     lookup = Lookup(options.nameserver)
     return [
         *dns_checks(project, lookup, offline=options.offline),

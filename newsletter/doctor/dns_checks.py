@@ -14,10 +14,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from newsletter.doctor import Check, Status
+from newsletter.doctor.checks import Check, Status
 from newsletter.doctor.records import Lookup, LookupFailed
 from newsletter.doctor.sendgrid_domains import Cname, DomainAuthentication, authentication_for
 from newsletter.project import Project
+from newsletter.sending.factory import DEFAULT_KIND
+from newsletter.sending.transports import transport_class
+from newsletter.sending.transports.sendgrid import API_KEY_ENV
 
 SENDGRID_SPF = "sendgrid.net"
 SENDGRID_MX = "mx.sendgrid.net"
@@ -46,8 +49,6 @@ class Context:
 
 
 def transport_kind(project: Project) -> str:
-    from newsletter.sending.factory import DEFAULT_KIND
-
     return project.config.section("sending")["transport"] or DEFAULT_KIND
 
 
@@ -69,8 +70,6 @@ def provider_for(kind: str) -> Provider | None:
 
 
 def dns_checks(project: Project, lookup: Lookup, *, offline: bool) -> list[Check]:
-    from newsletter.sending.transports import transport_class
-
     domain = project.config.from_email.rpartition("@")[2].strip().lower()
     ctx = Context(project, lookup, domain, transport_kind(project))
     if not transport_class(ctx.transport).capabilities.delivers:
@@ -120,7 +119,6 @@ def _guarded(run: Callable[[Context], list[Check]], ctx: Context) -> list[Check]
 
 def _learn_from_sendgrid(ctx: Context, offline: bool) -> Check | None:
     """SendGrid's records for the From domain, when a key is set and the network may be used."""
-    from newsletter.sending.transports.sendgrid import API_KEY_ENV
 
     api_key = os.environ.get(API_KEY_ENV)
     if offline or not api_key:

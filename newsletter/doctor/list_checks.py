@@ -6,9 +6,15 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
 
-from newsletter.doctor import Check, Status
+from newsletter.doctor.checks import Check, Status
+from newsletter.errors import NewsletterError
 from newsletter.project import Project
+from newsletter.store.consent import has_evidence
+from newsletter.store.engine import database_error, project_engine
+from newsletter.store.schema import issue_day_counters as c
+from newsletter.store.schema import subscribers
 
 DAYS = 30
 #: Gmail's limits for the spam-complaint rate: keep it under 0.1 %, never reach 0.3 %.
@@ -24,11 +30,6 @@ def _check(name: str, status: Status, found: str, fix: str | None = None) -> Che
 
 
 def list_checks(project: Project, now: datetime | None = None) -> list[Check]:
-    from sqlalchemy.exc import DBAPIError
-
-    from newsletter.errors import NewsletterError
-    from newsletter.store.engine import database_error, project_engine
-
     since = ((now or datetime.now(UTC)) - timedelta(days=DAYS)).date()
     try:
         engine = project_engine(project)
@@ -49,8 +50,6 @@ def list_checks(project: Project, now: datetime | None = None) -> list[Check]:
 
 
 def _totals(engine: Engine, since: date) -> dict[str, int]:
-    from newsletter.store.schema import issue_day_counters as c
-
     with engine.connect() as conn:
         rows = conn.execute(
             select(c.c.metric, func.coalesce(func.sum(c.c.readers), 0))
@@ -107,9 +106,6 @@ def _rates(totals: dict[str, int]) -> list[Check]:
 
 
 def _consent(engine: Engine) -> Check:
-    from newsletter.store.consent import has_evidence
-    from newsletter.store.schema import subscribers
-
     with engine.connect() as conn:
         readers = conn.execute(
             select(func.count()).where(subscribers.c.status == "subscribed")

@@ -9,8 +9,11 @@ import time
 import urllib.error
 import urllib.request
 
-from newsletter.doctor import Check, Status
+from newsletter.doctor.checks import Check, Status
+from newsletter.doctor.dns_checks import transport_kind
 from newsletter.project import Project
+from newsletter.secrets_file import secrets_path
+from newsletter.sending.transports import transport_class
 
 HEALTH_TIMEOUT = 5.0
 
@@ -83,8 +86,6 @@ EVENT_SECRETS = {
 
 
 def _secrets_path() -> str:
-    from newsletter.secrets_file import secrets_path
-
     return str(secrets_path())
 
 
@@ -101,9 +102,6 @@ def _secret(name: str, variable: str, why: str) -> Check:
 
 
 def _secrets(project: Project) -> list[Check]:
-    from newsletter.doctor.dns_checks import transport_kind
-    from newsletter.sending.transports import transport_class
-
     checks = [
         _secret(
             "secret key",

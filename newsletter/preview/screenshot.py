@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.errors import NewsletterError
+from newsletter.issue import load_issue
 from newsletter.preview.browser import launch_chromium, sync_playwright
 from newsletter.preview.state import problem_from, render_snapshot
 from newsletter.project import Project
@@ -39,7 +40,6 @@ def render_html(
     except OSError as exc:
         problem = problem_from(exc, project.root, issue_path)
         raise NewsletterError(f"{problem.where}: {problem.reason}") from None
-    from newsletter.issue import load_issue
 
     return snapshot.html, load_issue(project, issue_path).slug
 

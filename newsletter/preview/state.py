@@ -14,8 +14,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from newsletter import tokens
+from newsletter.check import check_issue
 from newsletter.errors import ConfigError, IssueError, NewsletterError
+from newsletter.issue import load_issue
 from newsletter.project import CONFIG_NAME, Project
+from newsletter.render import SAMPLE_SUBSCRIBER, render_issue
+from newsletter.store.engine import project_engine
+from newsletter.store.subscribers import find_subscriber
 
 # tomllib says "(at line 3, column 7)"; the page shows that line like any other.
 _TOML_LINE = re.compile(r"\(at line (\d+)")
@@ -96,8 +102,6 @@ def problem_from(exc: Exception, project_root: Path, issue_path: Path) -> Proble
 
 def resolve_subscriber(project: Project, email: str) -> dict[str, Any]:
     """The template context of the subscriber `--as` names; a one-line error if unknown."""
-    from newsletter.store.engine import project_engine
-    from newsletter.store.subscribers import find_subscriber
 
     found = find_subscriber(project_engine(project), email)
     if found is None:
@@ -116,9 +120,6 @@ def render_snapshot(
     Reloads newsletter.toml every time, because the author may be editing it too.
     Raises `NewsletterError` (or OSError for a vanished file) when the issue is broken.
     """
-    from newsletter import tokens
-    from newsletter.issue import load_issue
-    from newsletter.render import SAMPLE_SUBSCRIBER, render_issue
 
     started = time.perf_counter()
     project = Project.load(project_root)
@@ -146,7 +147,6 @@ def render_snapshot(
 
 def check_findings(project_root: Path, issue_path: Path) -> list[Finding]:
     """`newsletter check`'s findings for the issue, for the list beside the email."""
-    from newsletter.check import check_issue
 
     project = Project.load(project_root)
     findings = []

@@ -20,6 +20,8 @@ from sqlalchemy import Engine
 from newsletter import tokens
 from newsletter.replies.threads import Thread, record_answer
 from newsletter.sending.message import Message, Recipient
+from newsletter.sending.mime import copy_for
+from newsletter.sending.single import send_one
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -35,7 +37,6 @@ class Draft:
 
     def preview(self) -> str:
         """The message as it would leave (headers and the text part), for --dry-run."""
-        from newsletter.sending.mime import copy_for
 
         raw, _, _ = copy_for(self.message, self.recipient)
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
@@ -111,7 +112,6 @@ def compose(project: Project, thread: Thread, text: str) -> Draft:
 
 def answer(project: Project, engine: Engine, thread: Thread, draft: Draft) -> str:
     """Send the answer and record it in the thread; where it went, as one line."""
-    from newsletter.sending.single import send_one
 
     outcome, where = send_one(project, draft.message, draft.recipient)
     record_answer(

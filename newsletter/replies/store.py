@@ -7,21 +7,28 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError
+from newsletter.events import apply_status, record
 from newsletter.replies import threads
 from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
+from newsletter.sending.single import send_transactional
+from newsletter.sequences import hooks
+from newsletter.sequences.config import configured
 from newsletter.store import schema
-from newsletter.store.emails import address_key
+from newsletter.store.emails import address_key, normalize_email
 from newsletter.store.public_ids import TokenIds, resolve
+from newsletter.store.subscribers import add_tags, get_subscriber
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -244,8 +251,6 @@ def _store_new(
 
             note(conn, [Activity(subscriber_id, "replied", now, issue_id)])
         if unsubscribe_request == "verified" and subscriber_id is not None:
-            from newsletter.events import apply_status, record
-
             unsubscribed = apply_status(conn, [subscriber_id], "unsubscribed", "reply", now) > 0
             if unsubscribed:
                 record(
@@ -267,9 +272,6 @@ def _store_new(
 
 def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None:
     """Send the author a copy at `reply_to` (as plain text; the reader's HTML is never relayed)."""
-    from html import escape
-
-    from newsletter.sending.single import send_transactional
 
     sender = (
         f"{inbound.from_name} <{inbound.from_email}>" if inbound.from_name else inbound.from_email
@@ -281,7 +283,6 @@ def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None
     )
     text = f"{intro}\n\n{inbound.text}{attachments}\n"
     html = f'<p>{escape(intro)}</p><pre style="white-space:pre-wrap">{escape(inbound.text + attachments)}</pre>'
-    from newsletter.store.emails import normalize_email
 
     try:
         # Answering the copy should reach the reader, not the author's own address.
@@ -303,9 +304,6 @@ def after_reply(project: Project, engine: Engine, stored: StoredReply, inbound: 
     sequences triggered by "replied" (or by that tag) start. Never fails the reply itself."""
     if stored.duplicate or inbound.automatic or stored.subscriber_id is None or stored.unsubscribed:
         return
-    from newsletter.sequences import hooks
-    from newsletter.sequences.config import configured
-    from newsletter.store.subscribers import add_tags, get_subscriber
 
     tag = project.config.section("replies")["tag"]
     if not tag and not any(s.on_reply for s in configured(hooks.current_project(project))):
@@ -344,3 +342,54 @@ def receive(project: Project, engine: Engine, raw: RawInbound) -> StoredReply:
             # The reply is stored; a failed copy must not make SendGrid post it again.
             log.warning("could not forward reply %s to reply_to: %s", stored.id, type(exc).__name__)
     return stored
+
+
+# --- erasure and clean-up: the other writes of `replies`, kept here with their table -----------
+
+
+def replies_written_by(conn: Connection, key: str, given: str = "") -> list[int]:
+    """Ids of the replies whose From is this address (`email_key`) in any spelling: punycode
+    or Unicode domain, NFC or NFD, any case. Compared in Python, in the store's one form
+    (`address_key`): SQL's lower() differs between SQLite and PostgreSQL and knows no IDNA."""
+    given = given.strip()
+    found = []
+    for reply_id, sender in conn.execute(select(schema.replies.c.id, schema.replies.c.from_email)):
+        if sender == given or sender.lower() == key or address_key(sender) == key:
+            found.append(reply_id)
+    return found
+
+
+def forget_replies(conn: Connection, reply_ids: Iterable[int]) -> int:
+    """Delete these replies (erasure); how many went."""
+    ids = sorted(set(reply_ids))
+    if not ids:
+        return 0
+    return conn.execute(delete(schema.replies).where(schema.replies.c.id.in_(ids))).rowcount
+
+
+#: Rows deleted per transaction by `purge_automatic_replies`, so a running server is never held up.
+PURGE_CHUNK = 5000
+
+
+def purge_automatic_replies(engine: Engine, before: datetime) -> int:
+    """Delete automatic replies (out-of-office notes, bounces) received before `before`, in
+    short transactions, and settle their threads; how many went."""
+    automatic = schema.replies.c.get("automatic")
+    if automatic is None:  # the column arrives with the replies work (m008)
+        return 0
+    old = automatic.is_(True) & (schema.replies.c.received_at < before)
+    with engine.connect() as conn:
+        touched = set(conn.execute(select(schema.replies.c.thread_id).where(old)).scalars())
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids = list(
+                conn.execute(select(schema.replies.c.id).where(old).limit(PURGE_CHUNK)).scalars()
+            )
+            if not ids:
+                break
+            total += forget_replies(conn, ids)
+    if total:
+        with engine.begin() as conn:
+            threads.settle_threads(conn, touched)  # no empty thread keeps a robot's address
+    return total

@@ -10,13 +10,14 @@ thread as it stores it (`file_reply`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from newsletter.errors import StoreError
 from newsletter.store import schema
+from newsletter.store.emails import address_key
 from newsletter.store.times import as_utc
 
 NEW, ANSWERED, DONE = "new", "answered", "done"
@@ -438,7 +439,6 @@ def answered_count(engine: Engine, issue_id: int) -> int:
 def purge_closed(engine: Engine, keep_days: int, *, now: datetime | None = None) -> int:
     """`privacy purge` with `[privacy] keep_replies_days`: delete the conversations closed
     (`done`) whose last message is older than that, replies and answers with them."""
-    from datetime import timedelta
 
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
     removed = 0
@@ -461,7 +461,6 @@ def threads_naming(conn: Connection, key: str, reply_ids: list[int]) -> dict[str
     id), found by their address (`key`) or their replies (`reply_ids`), and the answers
     written to them. A reply of theirs in another reader's thread (they wrote to a signed
     address that was forwarded to them) is theirs, the thread is not."""
-    from newsletter.store.emails import address_key
 
     own = and_(t.c.subscriber_id.is_(None))
     threads_of = set(

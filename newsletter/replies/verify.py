@@ -11,6 +11,7 @@ import re
 from newsletter import tokens
 from newsletter.errors import TokenError
 from newsletter.replies.decode import Inbound
+from newsletter.store.emails import address_key
 
 _REPLY_ADDRESS = re.compile(r"reply\+([A-Za-z0-9_.\-]+)@", re.IGNORECASE)
 
@@ -57,7 +58,6 @@ def sender_is_authenticated(inbound: Inbound) -> bool:
     of its users, so `someone.else@gmail.com` could write `From: victim@gmail.com`. DKIM of
     gmail.com alone does not prove which gmail user wrote either; the provider does enforce
     the envelope sender of its own users, so both together name the person."""
-    from newsletter.store.emails import address_key
 
     sender = address_key(inbound.from_email)
     if sender is None or address_key(inbound.envelope_from) != sender:

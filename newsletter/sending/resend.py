@@ -76,7 +76,7 @@ class FirstSend:
 
 def resend_after(project: Project) -> timedelta:
     """`[sending] resend_after` ("24h", "2d", "90m", "0") as a timedelta."""
-    from newsletter.sequences.steps import parse_delay
+    from newsletter.durations import parse_delay
 
     value = project.config.section("sending").get("resend_after") or DEFAULT_RESEND_AFTER
     delay = parse_delay(value)

@@ -77,7 +77,7 @@ def parse_sample(text: str) -> int:
 
 
 def parse_wait(text: str) -> timedelta:
-    from newsletter.sequences.steps import parse_delay
+    from newsletter.durations import parse_delay
 
     wait = parse_delay(text)
     if wait is None:

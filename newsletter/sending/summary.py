@@ -191,6 +191,7 @@ def send_summaries(
     rows = ledger.list_sends(issue_id)
     counts = ledger.counts_by_state(issue_id=issue_id)
     sums = ledger.totals()
+    # upward: a sequence run's sends are live too; open until sequences send through the one engine (issue 23)
     from newsletter.sequences.runner import sequence_sends_running
 
     live = ledger.live_sends() | sequence_sends_running(engine)  # a sequence run reaps itself

@@ -2,7 +2,7 @@
 
 - `config`: the `[sequences.<name>]` tables (trigger, tag).
 - `clock`: the one place that reads the wall clock; tests and `--now` pass their own.
-- `steps`: step files `sequences/<name>/NN-<title>.md`, their delay and send hour.
+- step files `sequences/<name>/NN-<title>.md` are an authoring format: `newsletter.step`.
 - `state`: enrollments (who is in which sequence, what is next, when) and the step rows.
 - `hooks`: the one call each place where people join makes (`enroll_joined`, `enroll_tagged`).
 - `delivery`: hands a batch of one step to the configured transport (the adapter to sending).

@@ -28,7 +28,7 @@ from newsletter.sequences.clock import Clock
 from newsletter.sequences.config import SequenceConfig, configured
 from newsletter.sequences.renames import suspected_renames
 from newsletter.sequences.runner import RunReport
-from newsletter.sequences.steps import FOLDER, Step, due_at, load_sequence
+from newsletter.step import FOLDER, Step, due_at, load_sequence
 from newsletter.store.schema import (
     DeliveryState,
     deliveries,

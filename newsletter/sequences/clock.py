@@ -6,10 +6,13 @@ Everything takes a `Clock`; `sequences run --now ISO` and the tests pass a `Fixe
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from newsletter.errors import NewsletterError
 from newsletter.store.times import as_utc
+
+if TYPE_CHECKING:
+    from newsletter.step import Step
 
 
 class Clock(Protocol):
@@ -62,3 +65,16 @@ def parse_now(text: str) -> datetime:
             f"--now {text!r} is not an ISO time; write e.g. 2026-03-01T09:00:00+01:00"
         ) from None
     return as_utc(value)
+
+
+#: The most `send_at_hour` moves a step later: to that hour the next day, an hour more across
+#: a change to or from summer time.
+SEND_HOUR_SLACK = timedelta(days=1, hours=1)
+
+
+def latest_due(steps: list[Step], now: datetime) -> datetime:
+    """The latest time a next step can be due when the previous one was sent by `now` (or by
+    a run up to MAX_AHEAD ahead of it). A next step due later than this was scheduled by a
+    run whose clock was far ahead: a forced `--now`, or a system clock that was wrong."""
+    longest = max((s.delay for s in steps), default=timedelta(0))
+    return now + MAX_AHEAD + longest + SEND_HOUR_SLACK

@@ -1,21 +1,12 @@
-"""The `[sequences.<name>]` tables of newsletter.toml: when a sequence starts."""
+"""The `[sequences.<name>]` tables of newsletter.toml: when a sequence starts. (Their keys
+are checked where the rest of newsletter.toml is, in `newsletter.project`.)"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from newsletter.errors import ConfigError
-
-if TYPE_CHECKING:
-    from newsletter.project import Project
-
-SUBSCRIBED = "subscribed"
-TAGGED_PREFIX = "tagged:"
-#: The trigger of a sequence that starts when a reader first replies to any email.
-REPLIED = "replied"
-NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
+from newsletter.project import REPLIED, SUBSCRIBED, TAGGED_PREFIX, Project
 
 
 @dataclass(frozen=True)
@@ -48,27 +39,6 @@ class SequenceConfig:
         if self.on_reply:
             return "when they reply" + (f" (tag {self.tag})" if self.tag else "")
         return f"when tagged {self.trigger_tag}"
-
-
-def check_sequence_table(name: str, values: dict[str, Any]) -> str | None:
-    """Why a `[sequences.<name>]` table is unusable (for ConfigError), or None."""
-    if not NAME_RE.match(name):
-        return (
-            f"{name!r} is not a usable sequence name; use lowercase letters, digits and "
-            "hyphens, the same as its folder in sequences/"
-        )
-    trigger = values["trigger"]
-    if trigger in (SUBSCRIBED, REPLIED):
-        if values["tag"] is not None and not values["tag"].strip():
-            return 'tag is empty; remove it or give a tag, e.g. tag = "kunden"'
-        return None
-    if trigger.startswith(TAGGED_PREFIX):
-        if not trigger[len(TAGGED_PREFIX) :].strip():
-            return 'trigger "tagged:" needs a tag, e.g. trigger = "tagged:kunden"'
-        if values["tag"] is not None:
-            return 'tag goes with trigger = "subscribed"; with "tagged:<tag>" the tag is in the trigger'
-        return None
-    return f'unknown trigger {trigger!r}; use "subscribed", "replied" or "tagged:<tag>"'
 
 
 def configured(project: Project) -> list[SequenceConfig]:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from newsletter.project import Project
     from newsletter.render import RenderedIssue
     from newsletter.sending.execute import Personalizer
-    from newsletter.sequences.steps import Step
+    from newsletter.step import Step
 
 #: Person = (subscriber id, public id, address, name, template context)
 Person = tuple[int, "str | None", str, "str | None", "dict[str, Any]"]

@@ -21,7 +21,7 @@ from newsletter.masking import mask_addresses
 from newsletter.sequences import state
 from newsletter.sequences.clock import SYSTEM, Clock
 from newsletter.sequences.config import SequenceConfig, configured
-from newsletter.sequences.steps import Step, load_sequence
+from newsletter.step import Step, load_sequence
 from newsletter.store.schema import subscriber_tags, subscribers
 
 if TYPE_CHECKING:

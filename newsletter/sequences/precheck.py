@@ -49,8 +49,9 @@ def nothing_to_do(project: Project, now: datetime, wall_now: datetime | None = N
 def _shapes(project: Project, reference: datetime) -> dict[str, tuple[str, datetime]] | None:
     """Enabled sequence -> (the shape of its steps, the latest a next step can be due at
     `reference`); None if one does not load or has no steps (the full run reports that)."""
+    from newsletter.sequences.clock import latest_due
     from newsletter.sequences.config import configured
-    from newsletter.sequences.steps import fingerprint, latest_due, load_sequence
+    from newsletter.step import fingerprint, load_sequence
 
     out = {}
     for sequence in configured(project):

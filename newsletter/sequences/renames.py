@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.errors import NewsletterError
 from newsletter.sequences import state
-from newsletter.sequences.steps import FOLDER, Step, load_sequence, step_slug
+from newsletter.step import FOLDER, Step, load_sequence, step_slug
 from newsletter.store.schema import DeliveryState
 from newsletter.wording import plural
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from newsletter.project import Project
     from newsletter.sequences.delivery import Transport
-    from newsletter.sequences.steps import Step
+    from newsletter.step import Step
 
 log = logging.getLogger("newsletter.sequences")
 

@@ -11,7 +11,7 @@ from newsletter.errors import NewsletterError
 from newsletter.sequences import state
 from newsletter.sequences.clock import SYSTEM, Clock
 from newsletter.sequences.config import get_sequence
-from newsletter.sequences.steps import load_sequence
+from newsletter.step import load_sequence
 from newsletter.store.schema import sequence_enrollments, subscribers
 from newsletter.store.subscribers import segment_filters
 

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from newsletter.sequences.steps import Step, due_at, fingerprint, latest_due
+from newsletter.sequences.clock import latest_due
+from newsletter.step import Step, due_at, fingerprint
 from newsletter.store.schema import (
     DeliveryState,
     deliveries,

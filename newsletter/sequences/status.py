@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from newsletter.errors import IssueError, NewsletterError
 from newsletter.sequences import state
 from newsletter.sequences.config import SequenceConfig, configured
-from newsletter.sequences.steps import (
+from newsletter.step import (
     Step,
     format_delay,
     load_sequence,
@@ -263,6 +263,6 @@ def _held_back(engine: Engine, info: SequenceInfo) -> str | None:
 
 
 def step_path_for_preview(project: Project, name: str) -> Path:
-    from newsletter.sequences.steps import resolve_step
+    from newsletter.step import resolve_step
 
     return resolve_step(project, name).path

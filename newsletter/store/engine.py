@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_error
 from newsletter.store.migrations import migrate
 
 if TYPE_CHECKING:
@@ -29,16 +30,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def redact(url: str) -> str:
     """The URL without its password, for error messages."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<invalid database URL>"
-
-
-def database_error(exc: DBAPIError) -> str:
-    """A driver's error as one line, without the SQL statement or its parameters."""
-    return " ".join(str(exc.orig).split())
 
 
 #: Databases SQLAlchemy knows but the store does not support, by URL scheme.

@@ -23,28 +23,42 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from newsletter import issue_names
 from newsletter.errors import NewsletterError, StoreError
 
-# The one rule for "a send that reached readers" lives with the metrics that count by it; the
-# archive publishes by the same rule (an import up from the store into a feature package, of a
-# module that itself needs only the schema).
+# upward: the one rule for "a send that reached readers" lives with the metrics that count by
+# it (insights); the archive publishes by the same rule, and metrics needs only the schema
 from newsletter.insights import metrics
-
-# --- core: resolving and the rows (owned by the sending core) ---------------------------------
-# Resolving an ISSUE name needs no database (and so no SQLAlchemy import, which `build` would
-# pay for): it lives in newsletter.issue_names, re-exported here.
-from newsletter.issue_names import ResolvedIssue as ResolvedIssue  # noqa: E402
-from newsletter.issue_names import resolve_issue as resolve_issue  # noqa: E402
+from newsletter.issue_names import ResolvedIssue
 from newsletter.store.schema import issues, sends
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
+
+
+# --- core: resolving and the rows (owned by the sending core) ---------------------------------
+
+
+def resolve_issue(
+    project: Project, name: str | Path, engine: Engine | None = None
+) -> ResolvedIssue:
+    """An ISSUE argument as `newsletter.issue_names.resolve_issue` finds it (a path, a file
+    name, a slug: no database needed); with `engine`, also the slug of an issue the database
+    knows whose file is gone."""
+    try:
+        return issue_names.resolve_issue(project, name)
+    except issue_names.NoSuchIssue:
+        text = str(name)
+        if engine is not None and find_issue_id(engine, text) is not None:
+            return ResolvedIssue(text, text, None)  # sent once; its file is gone
+        raise
 
 
 def ensure_issue(engine: Engine, *, slug: str, title: str, subject: str, language: str) -> int:

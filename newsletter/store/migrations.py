@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, MetaData, bindparam, inspect, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.schema import CreateColumn, CreateTable
 
+from newsletter.insights import counters
 from newsletter.store import schema
 
 Step = Callable[[Connection], None]
@@ -61,8 +63,6 @@ def m004_store_ids_never_reused(conn: Connection) -> None:
     conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
     if conn.exec_driver_sql("PRAGMA foreign_keys").scalar() != 0:
         raise RuntimeError("could not turn off foreign keys to rebuild the subscribers table")
-    from sqlalchemy import MetaData
-    from sqlalchemy.schema import CreateTable
 
     rebuilt = schema.subscribers.to_metadata(MetaData(), name="subscribers_rebuilt")
     # Only the columns the old table has: later steps add theirs (m015: public_id).
@@ -103,7 +103,6 @@ def m007_stats_counters(conn: Connection) -> None:
     """Counters for `stats` and `report`: per issue/day/metric, per link, and list growth
     (kept by triggers on `subscribers`), filled from the events and subscribers already here.
     The events index gains subscriber_id, so ingest finds a reader's earlier events."""
-    from newsletter.insights import counters
 
     for table in (schema.issue_day_counters, schema.link_day_counters, schema.list_counters):
         table.create(conn, checkfirst=True)
@@ -121,7 +120,6 @@ def m008_reply_flags(conn: Connection) -> None:
     """Replies: `automatic` (auto-replies), `unsubscribe_request` ("verified" | "unverified")
     and `message_id` (unique when set, so a replayed Inbound Parse post is stored once).
     Databases whose m001 already made the columns (created from today's schema) skip them."""
-    from sqlalchemy.schema import CreateColumn
 
     present = {column["name"] for column in inspect(conn).get_columns("replies")}
     for name in ("automatic", "unsubscribe_request", "message_id"):
@@ -159,7 +157,6 @@ def m011_sequence_step_numbers(conn: Connection) -> None:
     """Sequence steps: the number (NN) each step had when a run last saw its file, so a step
     whose file was renamed is recognised before it goes out again. Databases whose m009
     already made the column (created from today's schema) skip it."""
-    from sqlalchemy.schema import CreateColumn
 
     present = {column["name"] for column in inspect(conn).get_columns("sequence_steps")}
     if "step_number" not in present:
@@ -171,7 +168,6 @@ def m012_send_cancel_requested(conn: Connection) -> None:
     """`sends.cancel_requested_at`: `newsletter cancel` marks a send it cancels, and the
     process sending it (which checks with every batch it claims) stops before the next one,
     so nothing goes out under a schedule that is being cancelled."""
-    from sqlalchemy.schema import CreateColumn
 
     if "cancel_requested_at" not in {c["name"] for c in inspect(conn).get_columns("sends")}:
         column_ddl = CreateColumn(schema.sends.c.cancel_requested_at).compile(dialect=conn.dialect)
@@ -181,7 +177,6 @@ def m012_send_cancel_requested(conn: Connection) -> None:
 def m013_reply_threads(conn: Connection) -> None:
     """Conversations: `reply_threads`, `reply_answers` and `replies.thread_id`; the replies
     already stored are put into threads (one per reader and issue, answered by nobody yet)."""
-    from sqlalchemy.schema import CreateColumn
 
     present = {column["name"] for column in inspect(conn).get_columns("replies")}
     if "thread_id" not in present:
@@ -238,8 +233,6 @@ def m015_public_ids(conn: Connection) -> None:
     confirmation and reply tokens carry instead of the sequential ids (which told every
     reader the list's size and growth). Existing rows get one each; old tokens keep working
     (they are read by row id)."""
-    from sqlalchemy import bindparam, update
-    from sqlalchemy.schema import CreateColumn
 
     for table in (schema.subscribers, schema.issues):
         present = {column["name"] for column in inspect(conn).get_columns(table.name)}

@@ -31,13 +31,14 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.errors import StoreError
-from newsletter.store.emails import address_key, email_key, normalize_email
+from newsletter.store import suppressions
+from newsletter.store.consent import has_evidence
+from newsletter.store.emails import email_key, normalize_email
 from newsletter.store.names import clean_name
 from newsletter.store.raw import placeholder
 from newsletter.store.schema import (
     STATUSES,
     metadata,
-    replies,
     subscriber_tags,
     subscribers,
 )
@@ -246,7 +247,6 @@ def add_subscriber(
     """Add a new subscriber. StoreError if the address is invalid or already on the list;
     SuppressedError if it was erased on request (unless `allow_suppressed`: the form's
     double opt-in, whose confirmation lifts the suppression)."""
-    from newsletter.store import suppressions
 
     check_status(status)
     name, first_name, last_name = clean_name(name), clean_name(first_name), clean_name(last_name)
@@ -453,8 +453,6 @@ def iter_subscribers(
     """
     conditions = [*segment_filters(status, tags), *where]
     if without_consent_evidence:
-        from newsletter.store.consent import has_evidence
-
         conditions.append(~has_evidence())
     if where:
         # A segment's condition may read engagement across the list: evaluate it once for
@@ -689,38 +687,28 @@ def tables_referencing_subscribers() -> list[tuple[Table, Column[Any]]]:
 
 
 def forget_subscriber(engine: Engine | Connection, email: str) -> bool:
-    """Erase the person (GDPR): their row and every row that references it (tags,
-    deliveries, events, replies, consent records...), plus replies matched only by
-    address. True if anything was deleted. (`newsletter.privacy.erase` also suppresses
-    the address; this alone is for taking back a row that was just added.)"""
+    """Delete the person's row and every row that references it (tags, deliveries, events,
+    replies, consent records...). True if anything was deleted. Replies matched only by
+    address are the reply store's: `newsletter.privacy.forget_person` deletes those too, and
+    `newsletter.privacy.erase` also suppresses the address; this alone is for taking back a
+    row that was just added."""
     key = _key_of(email)
     with _connect(engine) as conn:
         sid = conn.execute(
             select(subscribers.c.id).where(subscribers.c.email_key == key)
         ).scalar_one_or_none()
-        removed = 0
+        if sid is None:
+            return False
         # Delete explicitly rather than trusting ON DELETE CASCADE alone: a SQLite
         # connection opened without foreign_keys=ON would otherwise leave rows behind.
-        if sid is not None:
-            for table, column in tables_referencing_subscribers():
-                conn.execute(delete(table).where(column == sid))
-            removed += conn.execute(delete(subscribers).where(subscribers.c.id == sid)).rowcount
-        written = replies_written_by(conn, key, email)
-        if written:
-            removed += conn.execute(delete(replies).where(replies.c.id.in_(written))).rowcount
-    return removed > 0
+        for table, column in tables_referencing_subscribers():
+            conn.execute(delete(table).where(column == sid))
+        return conn.execute(delete(subscribers).where(subscribers.c.id == sid)).rowcount > 0
 
 
-def replies_written_by(conn: Connection, key: str, given: str = "") -> list[int]:
-    """Ids of the replies whose From is this address (`email_key`) in any spelling: punycode
-    or Unicode domain, NFC or NFD, any case. Compared in Python, in the store's one form
-    (`address_key`): SQL's lower() differs between SQLite and PostgreSQL and knows no IDNA."""
-    given = given.strip()
-    found = []
-    for reply_id, sender in conn.execute(select(replies.c.id, replies.c.from_email)):
-        if sender == given or sender.lower() == key or address_key(sender) == key:
-            found.append(reply_id)
-    return found
+def lookup_key(email: str) -> str:
+    """The lookup key of a user-given address (`email_key`), also for one that is invalid."""
+    return _key_of(email)
 
 
 def custom_fields_in_use(engine: Engine | Connection, names: Iterable[str]) -> set[str]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
 
 from newsletter import tokens
 from newsletter.errors import ConfigError, NewsletterError, StoreError
@@ -166,6 +166,4 @@ def lift(conn: Connection, address: str) -> bool:
 
 
 def count(conn: Connection) -> int:
-    from sqlalchemy import func
-
     return int(conn.execute(select(func.count()).select_from(suppressions)).scalar_one())

@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 
+from newsletter.durations import parse_delay
 from newsletter.project import Project
+from newsletter.store.engine import project_engine
 from newsletter.web import (
     archive,
     housekeeping,
@@ -41,7 +43,6 @@ def create_app(
     """The web app for `project`; `engine` defaults to the project's database. Replies are
     fetched from the IMAP mailbox every `fetch_replies` seconds (default: `[serve]
     fetch_replies`, else never)."""
-    from newsletter.store.engine import project_engine
 
     ctx = Context(project, engine or project_engine(project))
     serve_config = project.config.section("serve")
@@ -81,7 +82,6 @@ def _fetch_interval(project: Project) -> float | None:
     every = project.config.section("serve")["fetch_replies"]
     if every is None:
         return None
-    from newsletter.sequences.steps import parse_delay
 
     interval = parse_delay(every)
     return interval.total_seconds() if interval else None

@@ -14,6 +14,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from newsletter.archive import Site, archive_entries, served_site
+from newsletter.archive.feeds import atom_feed
+from newsletter.archive.feeds import json_feed as json_feed_body
+from newsletter.archive.pages import index_page, not_found_page
 from newsletter.web.context import Context
 
 #: Public pages: a proxy may keep them briefly (a new issue shows within a minute).
@@ -40,8 +43,6 @@ def routes(ctx: Context) -> list[Route]:
 
 
 def not_found_response(ctx: Context, request: Request) -> HTMLResponse:
-    from newsletter.archive.pages import not_found_page
-
     html = not_found_page(ctx.project, site_for(ctx, request), "/")
     return HTMLResponse(html, status_code=404, headers={"X-Content-Type-Options": "nosniff"})
 
@@ -56,8 +57,6 @@ def exception_handlers(ctx: Context) -> dict[int, object]:
 
 
 def _index(ctx: Context, site: Site) -> str:
-    from newsletter.archive.pages import index_page
-
     return index_page(ctx.project, site, archive_entries(ctx.project, ctx.engine), "/")
 
 
@@ -67,15 +66,11 @@ async def index(ctx: Context, request: Request) -> Response:
 
 
 def _atom(ctx: Context, site: Site) -> bytes:
-    from newsletter.archive.feeds import atom_feed
-
     return atom_feed(ctx.project, site, archive_entries(ctx.project, ctx.engine))
 
 
 def _json(ctx: Context, site: Site) -> bytes:
-    from newsletter.archive.feeds import json_feed
-
-    return json_feed(ctx.project, site, archive_entries(ctx.project, ctx.engine))
+    return json_feed_body(ctx.project, site, archive_entries(ctx.project, ctx.engine))
 
 
 async def atom(ctx: Context, request: Request) -> Response:

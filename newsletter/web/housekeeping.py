@@ -18,6 +18,9 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from newsletter.errors import NewsletterError
+from newsletter.privacy import purge
+from newsletter.replies.mailbox import fetch_replies
+from newsletter.replies.threads import purge_closed
 from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
@@ -26,8 +29,6 @@ DAY = 86400.0
 
 
 def purge_job(ctx: Context) -> None:
-    from newsletter.privacy import purge
-
     days = ctx.config.section("privacy")["keep_events_days"]
     result = purge(ctx.engine, days)
     log.info(
@@ -38,8 +39,6 @@ def purge_job(ctx: Context) -> None:
     )
     keep_replies = ctx.config.section("privacy")["keep_replies_days"]
     if keep_replies is not None:
-        from newsletter.replies.threads import purge_closed
-
         closed = purge_closed(ctx.engine, keep_replies)
         log.info(
             "privacy purge: %d closed conversations older than %d days deleted",
@@ -49,8 +48,6 @@ def purge_job(ctx: Context) -> None:
 
 
 def fetch_replies_job(ctx: Context) -> None:
-    from newsletter.replies.mailbox import fetch_replies
-
     report = fetch_replies(ctx.project, ctx.engine)
     if report.stored or report.bounces:
         # Counts only: a reply's words and its sender never go to the log.

@@ -18,6 +18,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from newsletter.archive import Site, archive_entries, neighbours
+from newsletter.archive.catalog import issue_files
+from newsletter.archive.pages import issue_page as render_page
 from newsletter.errors import NewsletterError
 from newsletter.project import Project
 from newsletter.web.archive import PUBLIC, enabled, not_found_response, site_for
@@ -43,7 +45,6 @@ async def without_slash(request: Request) -> Response:
 
 def find_issue_file(project: Project, slug: str) -> Path | None:
     """The issue in issues/ whose slug (front matter, else file name) is `slug`."""
-    from newsletter.archive.catalog import issue_files
 
     if not slug or "/" in slug or slug.startswith("."):
         return None
@@ -52,8 +53,6 @@ def find_issue_file(project: Project, slug: str) -> Path | None:
 
 
 def _render_slug(ctx: Context, site: Site, slug: str) -> str | None:
-    from newsletter.archive.pages import issue_page as render_page
-
     entries = archive_entries(ctx.project, ctx.engine)
     entry, older, newer = neighbours(entries, slug)
     if entry is None:

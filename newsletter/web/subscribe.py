@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError, StoreError, TokenError
-from newsletter.optin import SignupOutcome, Visit
+from newsletter.optin import SignupOutcome, Visit, consent_text, link_state, signup
+from newsletter.optin import confirm as confirm_token
 from newsletter.project import LANGUAGES
 from newsletter.signup_guard import (
     BlockReason,
@@ -26,6 +27,7 @@ from newsletter.signup_guard import (
     is_disposable,
     record_blocked,
 )
+from newsletter.store.subscribers import normalize_email
 from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
@@ -75,8 +77,6 @@ def _form_page(
     email: str = "",
     name: str = "",
 ) -> Response:
-    from newsletter.optin import consent_text
-
     t = ctx.text(language)
     return ctx.page(
         "subscribe.html",
@@ -121,7 +121,6 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
     the very answer a real sign-up gets, after about as long, and are counted in
     `stats --list`; only a person's own mistakes (no address, the box not ticked) are
     answered as such."""
-    from newsletter.optin import signup
 
     started = time.perf_counter()
     settings = ctx.config.section("subscribe")
@@ -160,7 +159,6 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
         return _form_page(
             ctx, language, 400, error=t["signup_checkbox_required"], email=email, name=name
         )
-    from newsletter.store.subscribers import normalize_email
 
     try:
         email = normalize_email(email)
@@ -201,7 +199,6 @@ def _text(value: object) -> str | None:
 
 def _answer(ctx: Context, token: str, outcome: str) -> Response:
     """The page for a confirmation link's state (see `optin.Confirmation`)."""
-    from newsletter.optin import consent_text
 
     t = ctx.text(None)
     name = ctx.config.name
@@ -233,7 +230,6 @@ def _bad_link(ctx: Context, exc: TokenError) -> Response:
 async def confirm_page(ctx: Context, request: Request) -> Response:
     """GET of the link in the confirmation email: a page with the button, changing
     nothing (mail scanners prefetch links; they must confirm nobody)."""
-    from newsletter.optin import link_state
 
     token = request.path_params["token"]
     try:
@@ -245,7 +241,6 @@ async def confirm_page(ctx: Context, request: Request) -> Response:
 
 async def confirm(ctx: Context, request: Request) -> Response:
     """POST from the confirmation page: subscribed from now on."""
-    from newsletter.optin import confirm as confirm_token
 
     token = request.path_params["token"]
     try:

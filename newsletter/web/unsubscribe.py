@@ -16,6 +16,8 @@ from starlette.routing import Route
 
 from newsletter import events, tokens
 from newsletter.errors import TokenError
+from newsletter.store.public_ids import resolve
+from newsletter.store.subscribers import get_subscriber, set_status
 from newsletter.web.context import Context
 
 if TYPE_CHECKING:
@@ -37,8 +39,6 @@ def routes(ctx: Context) -> list[Route]:
 
 def _for_token(ctx: Context, token: str, action: Action[T]) -> tuple[T | None, str | None]:
     """(`action`'s result, or None if the subscriber is no longer stored; the issue's language)."""
-    from newsletter.store.public_ids import resolve
-    from newsletter.store.subscribers import get_subscriber
 
     found = tokens.read_token(tokens.UNSUBSCRIBE, token, key=tokens.secret_key())
     with ctx.engine.connect() as conn:
@@ -135,7 +135,6 @@ async def unsubscribe(ctx: Context, request: Request) -> Response:
 
 def _resubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> str:
     """The subscriber's status afterwards."""
-    from newsletter.store.subscribers import set_status
 
     # The token proves the address, so no second opt-in; a dead address stays bounced.
     if subscriber.status in ("unsubscribed", "unconfirmed", "complained"):

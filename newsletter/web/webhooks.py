@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from newsletter import events
+from newsletter import events, replies
 from newsletter.web.context import Context
+from newsletter.web.inbound import InboundFormError, parse_inbound
 
 log = logging.getLogger("newsletter.web")
 
@@ -60,8 +61,6 @@ async def event_webhook(ctx: Context, request: Request) -> Response:
 
 async def inbound(ctx: Context, request: Request) -> Response:
     """A reader's reply, posted by Inbound Parse to the secret URL."""
-    from newsletter import replies
-    from newsletter.web.inbound import InboundFormError, parse_inbound
 
     secret = os.environ.get(INBOUND_SECRET_ENV, "")
     given = request.path_params["secret"]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from newsletter.durations import MAX_DELAY, format_delay, parse_delay
 from newsletter.errors import IssueError, NewsletterError
 from newsletter.issue import Issue, load_issue, slugify
-from newsletter.sequences.clock import MAX_AHEAD
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -28,10 +28,6 @@ FOLDER = "sequences"
 #: Front matter keys a step has besides an issue's.
 STEP_KEYS = ("delay", "send_at_hour")
 FILE_RE = re.compile(r"^(\d{1,4})-(.+)\.md$")
-DELAY_RE = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
-UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-#: The longest delay a step may have: ten years (a larger one overflows the date arithmetic).
-MAX_DELAY = timedelta(weeks=520)
 
 
 @dataclass(frozen=True)
@@ -75,34 +71,6 @@ def step_slug(sequence: str, key: str) -> str:
 def is_step_path(path: Path) -> bool:
     """Is this file a sequence step (`.../sequences/<name>/NN-x.md`)?"""
     return path.parent.parent.name == FOLDER and FILE_RE.match(path.name) is not None
-
-
-def parse_delay(value: object) -> timedelta | None:
-    """`0`, `30m`, `2h`, `3d`, `1w` -> timedelta; None if not understood."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return timedelta(0) if value == 0 else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip().lower()
-    if text == "0":
-        return timedelta(0)
-    found = DELAY_RE.match(text)
-    if found is None or len(found.group(1)) > 9:
-        return None
-    delay = timedelta(**{UNITS[found.group(2)]: int(found.group(1))})
-    return delay if delay <= MAX_DELAY else None
-
-
-def format_delay(delay: timedelta) -> str:
-    seconds = int(delay.total_seconds())
-    if seconds == 0:
-        return "0"
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def load_step(project: Project, sequence: str, path: Path) -> Step:
@@ -200,19 +168,6 @@ def due_at(base: datetime, step: Step, timezone: str) -> datetime:
             return candidate.astimezone(due.tzinfo)
         day += timedelta(days=1)
     raise AssertionError("unreachable")
-
-
-#: The most `send_at_hour` moves a step later: to that hour the next day, an hour more across
-#: a change to or from summer time.
-SEND_HOUR_SLACK = timedelta(days=1, hours=1)
-
-
-def latest_due(steps: list[Step], now: datetime) -> datetime:
-    """The latest time a next step can be due when the previous one was sent by `now` (or by
-    a run up to MAX_AHEAD ahead of it). A next step due later than this was scheduled by a
-    run whose clock was far ahead: a forced `--now`, or a system clock that was wrong."""
-    longest = max((s.delay for s in steps), default=timedelta(0))
-    return now + MAX_AHEAD + longest + SEND_HOUR_SLACK
 
 
 def resolve_step(project: Project, name: str) -> Step:

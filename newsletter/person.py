@@ -24,13 +24,16 @@ from urllib.parse import unquote_plus
 from sqlalchemy import Connection, Engine, select
 
 from newsletter.errors import StoreError
+from newsletter.insights.counters import links_naming
 from newsletter.masking import addresses_in, replace_addresses
+from newsletter.replies.store import replies_written_by
+from newsletter.replies.threads import threads_naming
+from newsletter.sending.ledger import Ledger
 from newsletter.store.emails import address_key
 from newsletter.store.schema import consent_texts, replies, subscribers
 from newsletter.store.subscribers import (
     Subscriber,
     find_subscriber,
-    replies_written_by,
     tables_referencing_subscribers,
 )
 
@@ -113,8 +116,6 @@ def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
     """The rows that name the person without a foreign key to them, by table: replies from
     their address, sends and other readers' deliveries whose error names them (a batch
     stopped at them), link counters whose URL does."""
-    from newsletter.insights.counters import links_naming
-    from newsletter.sending.ledger import Ledger
 
     written = replies_written_by(conn, person.key)
     found: dict[str, list[Any]] = {}
@@ -122,7 +123,6 @@ def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
         found["replies"] = list(
             conn.execute(select(replies).where(replies.c.id.in_(written)).order_by(replies.c.id))
         )
-    from newsletter.replies.threads import threads_naming
 
     found.update(threads_naming(conn, person.key, written))
     found.update(Ledger.errors_naming(conn, person.spellings, person.names_text))
