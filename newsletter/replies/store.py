@@ -239,7 +239,8 @@ def _store_new(
             .values(thread_id=thread_id)
         )
         if unsubscribe_request == "verified" and subscriber_id is not None:
-            from newsletter.events import apply_status, record
+            from newsletter.events import record
+            from newsletter.store.subscribers import apply_status
 
             unsubscribed = apply_status(conn, [subscriber_id], "unsubscribed", "reply", now) > 0
             if unsubscribed:
