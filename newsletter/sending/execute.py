@@ -29,6 +29,7 @@ from newsletter.personalize import (
     UNSUBSCRIBE_TEXT_KEY,
     html_value,
 )
+from newsletter.sending.factory import batch_limits
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import (
@@ -50,6 +51,7 @@ from newsletter.tokens import REPLY_TOKEN_TAG
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from newsletter.project import Project
     from newsletter.render import RenderedIssue
     from newsletter.sending.plan import SendPlan
 
@@ -216,6 +218,8 @@ class Builder:
     send_id: int
     #: With `[replies] domain`: each reader's signed reply token (`REPLY_TOKEN_TAG` in Reply-To).
     reply_token: Callable[[int | str], str] | None = None
+    #: Ids every recipient carries besides issue, subscriber and send (a sequence's step).
+    extra_ids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.personalize = Personalizer(self.rendered)
@@ -227,6 +231,7 @@ class Builder:
         reply_token = self.reply_token
         personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
         make = Recipient._make
+        extra = self.extra_ids
         for sid, address, name, first, last, fields, public_id in page[0]:
             # A row without a public id (none should be left after m015) gets a token with
             # its row id: a working unsubscribe link matters more than a hidden count.
@@ -236,8 +241,39 @@ class Builder:
             if reply_token is not None:
                 substitutions[REPLY_TOKEN_TAG] = reply_token(ref)
             ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
+            if extra:
+                ids.update(extra)
             out.append(make((address, name, substitutions, url, ids, _NO_HEADERS)))
         return out
+
+
+def recipient_builder(
+    project: Project,
+    engine: Engine,
+    rendered: RenderedIssue,
+    issue_id: int,
+    send_id: int,
+    *,
+    key: str,
+    extra_ids: dict[str, str] | None = None,
+) -> Builder:
+    """The one recipient builder of every send (an issue, a sequence step): ids, the
+    reader's unsubscribe URL and, with `[replies] domain`, their signed reply token, all
+    tokens made with the public ids (never the row ids)."""
+    from newsletter.store.public_ids import issue_public_id
+    from newsletter.tokens import REPLY, token_maker, unsubscribe_url_maker
+
+    with engine.connect() as conn:
+        issue_public = issue_public_id(conn, issue_id)
+    replies = bool(project.config.section("replies")["domain"])
+    return Builder(
+        rendered,
+        unsubscribe_url_maker(project.config.base_url, issue_public, key=key),
+        issue_id,
+        send_id,
+        token_maker(REPLY, issue_public, key=key) if replies else None,
+        dict(extra_ids or {}),
+    )
 
 
 _NO_HEADERS = Recipient._field_defaults["headers"]
@@ -424,8 +460,7 @@ def execute(
 ) -> SendReport:
     """Carry out the plan. Raises SendError for a refusal or a lost lease; a stop midway
     (bad key, retries exhausted) is in `report.error`, with what was settled."""
-    from newsletter.store.public_ids import issue_public_id
-    from newsletter.tokens import REPLY, secret_key, token_maker, unsubscribe_url_maker
+    from newsletter.tokens import secret_key
 
     if plan.refusal:
         raise SendError(plan.refusal)
@@ -468,17 +503,7 @@ def execute(
         except SendError as exc:
             ledger.finish_send(send_id, "failed", str(exc))
             raise
-    with engine.connect() as conn:
-        issue_public = issue_public_id(conn, issue_id)
-    builder = Builder(
-        rendered,
-        unsubscribe_url_maker(project.config.base_url, issue_public, key=key),
-        issue_id,
-        send_id,
-        token_maker(REPLY, issue_public, key=key)
-        if project.config.section("replies")["domain"]
-        else None,
-    )
+    builder = recipient_builder(project, engine, rendered, issue_id, send_id, key=key)
     preparer = Preparer(builder, transport, marked_if_development_key(plan.message()))
     pool = None
     stop = threading.Event()
@@ -600,12 +625,10 @@ def _send_batches(
     progress: Callable[[SendReport], None] | None,
     stop: threading.Event,
 ) -> None:
-    from newsletter.sending.answers import apply_answers
+    from newsletter.sending.answers import record_answers
 
     transport = plan.transport
-    section = plan.project.config.section("sending")
-    batch_size = max(1, min(section["batch_size"], transport.capabilities.max_batch))
-    concurrency = max(1, section["concurrency"])
+    batch_size, concurrency = batch_limits(plan.project, transport)
     use_ledger = report.ledger
     send_id = report.send_id
     owner = lease.owner if lease is not None else None
@@ -654,9 +677,10 @@ def _send_batches(
         # What came back, and the send's totals, in one transaction here: `sends` and
         # `stats` agree with the ledger whenever and however the send stops.
         if use_ledger:
-            ledger.record_outcomes(issue_id, send_id, ids, outcomes, count=True)
-            # SMTP's 250s and refused addresses, as a provider's events would be.
-            apply_answers(ledger.engine, transport.capabilities, issue_id, send_id, ids, outcomes)
+            # (With SMTP's 250s and refused addresses, as a provider's events would be.)
+            record_answers(
+                ledger.engine, transport.capabilities, issue_id, send_id, ids, outcomes, count=True
+            )
         else:
             ledger.count_outcomes(send_id, outcomes)
         return outcomes

@@ -49,6 +49,14 @@ def settings_for(project: Project, **overrides: object) -> TransportSettings:
     return TransportSettings(**values)  # type: ignore[arg-type]
 
 
+def batch_limits(project: Project, transport: Transport) -> tuple[int, int]:
+    """(recipients per batch, batches in flight at once) for a send through `transport`:
+    `[sending]`'s, the batch clamped to what the transport takes in one request."""
+    section = project.config.section("sending")
+    batch_size = max(1, min(int(section["batch_size"]), transport.capabilities.max_batch))
+    return batch_size, max(1, int(section["concurrency"]))
+
+
 def choose_transport(
     project: Project,
     *,

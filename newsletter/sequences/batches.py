@@ -17,12 +17,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Text, insert, literal, select, type_coerce, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, Text, insert, select, type_coerce, update
 
 from newsletter.errors import NewsletterError
-from newsletter.sending.execute import custom_fields, stop_on_signals
-from newsletter.sending.ledger import process_alive
+from newsletter.sending.answers import record_answers
+from newsletter.sending.execute import Row, stop_on_signals
+from newsletter.sending.factory import Chosen, batch_limits
+from newsletter.sending.ledger import (
+    Heartbeat,
+    claim_on,
+    create_send_on,
+    finish_sends_on,
+    holder_gone,
+    reap_sends_on,
+)
+from newsletter.sending.message import Batch
+from newsletter.sending.transports import Outcome, Transport
 from newsletter.sequences import delivery, state
 from newsletter.sequences.clock import Clock
 from newsletter.sequences.config import SequenceConfig, configured
@@ -31,7 +41,6 @@ from newsletter.sequences.runner import RunReport
 from newsletter.sequences.steps import FOLDER, Step, due_at, load_sequence
 from newsletter.store.schema import (
     DeliveryState,
-    deliveries,
     sends,
     sequence_enrollments,
     sequence_runs,
@@ -43,34 +52,24 @@ from newsletter.store.times import as_utc
 if TYPE_CHECKING:
     from newsletter.project import Project
 
-#: A run whose heartbeat is older than this is gone (another host cannot check its pid).
-RUN_STALE_SECONDS = 120
-HEARTBEAT_SECONDS = 10
 #: A batch the transport refused is tried again this much later.
 RETRY_AFTER = timedelta(minutes=10)
 
 e = sequence_enrollments
 
 
-# --- runs and their liveness -------------------------------------------------------------------
-
-
-def _gone(row: Any, host: str, wall_now: datetime) -> bool:
-    if wall_now - as_utc(row.heartbeat_at) > timedelta(seconds=RUN_STALE_SECONDS):
-        return True
-    return bool(row.host == host and row.pid != os.getpid() and not process_alive(row.pid))
+# --- runs and their liveness (the ledger's rules: `holder_gone`, `Heartbeat`) --------------------
 
 
 def reap_dead_runs(engine: Engine, wall_now: datetime) -> int:
     """In-flight deliveries of runs whose process is gone become `uncertain`; returns how many."""
-    host = socket.gethostname()
     with engine.connect() as conn:
         rows = conn.execute(
             select(sequence_runs).where(sequence_runs.c.finished_at.is_(None))
         ).all()
     reaped = 0
     for row in rows:
-        if not _gone(row, host, wall_now):
+        if not holder_gone(row.heartbeat_at, row.host, row.pid):
             continue
         with engine.begin() as conn:
             # Compare-and-set: of two reapers, one does it.
@@ -81,30 +80,12 @@ def reap_dead_runs(engine: Engine, wall_now: datetime) -> int:
             ).rowcount
             if not claimed:
                 continue
-            send_ids = select(sequence_sends.c.send_id).where(sequence_sends.c.run_id == row.id)
-            reaped += int(
-                conn.execute(
-                    update(deliveries)
-                    .where(
-                        deliveries.c.send_id.in_(send_ids),
-                        deliveries.c.state == DeliveryState.IN_FLIGHT,
-                    )
-                    .values(
-                        state=DeliveryState.UNCERTAIN,
-                        error="the sequence run stopped while this email was in flight",
-                        updated_at=wall_now,
-                    )
-                ).rowcount
-                or 0
-            )
-            conn.execute(
-                update(sends)
-                .where(sends.c.id.in_(send_ids), sends.c.status == "sending")
-                .values(
-                    status="stopped",
-                    error="the sequence run's process died; its in-flight emails are uncertain",
-                    finished_at=wall_now,
-                )
+            reaped += reap_sends_on(
+                conn,
+                select(sequence_sends.c.send_id).where(sequence_sends.c.run_id == row.id),
+                row_error="the sequence run stopped while this email was in flight",
+                send_error="the sequence run's process died; its in-flight emails are uncertain",
+                at=wall_now,
             )
     return reaped
 
@@ -129,17 +110,7 @@ class Run:
             )
             self.id = int(result.inserted_primary_key[0])  # type: ignore[index]
         self.sends: dict[int, int] = {}  # issue id -> this run's send id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="sequence-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                with self.engine.begin() as conn:
-                    self.touch(conn)
-            except SQLAlchemyError:
-                continue  # a busy or dropped database: beat again next time
+        self._heartbeat = Heartbeat(engine, self.touch, "sequence-heartbeat").start()
 
     def touch(self, conn: Connection) -> None:
         conn.execute(
@@ -151,32 +122,19 @@ class Run:
     def send_for(self, conn: Connection, issue_id: int, transport: str) -> int:
         """This run's send of a step (created on its first batch)."""
         if issue_id not in self.sends:
-            result = conn.execute(
-                insert(sends).values(
-                    issue_id=issue_id,
-                    status="sending",
-                    transport=transport,
-                    segment=[],
-                    dry_run=False,
-                    started_at=self.wall.now(),
-                )
+            send_id = create_send_on(
+                conn, issue_id, transport=transport, started_at=self.wall.now()
             )
-            send_id = int(result.inserted_primary_key[0])  # type: ignore[index]
             conn.execute(insert(sequence_sends).values(send_id=send_id, run_id=self.id))
             self.sends[issue_id] = send_id
         return self.sends[issue_id]
 
     def finish(self, error: str | None) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._heartbeat.stop()
         stamp = self.wall.now()
         with self.engine.begin() as conn:
-            if self.sends:
-                conn.execute(
-                    update(sends)
-                    .where(sends.c.id.in_(list(self.sends.values())))
-                    .values(status="stopped" if error else "done", error=error, finished_at=stamp)
-                )
+            status = "stopped" if error else "done"
+            finish_sends_on(conn, list(self.sends.values()), status, error, stamp)
             conn.execute(
                 update(sequence_runs).where(sequence_runs.c.id == self.id).values(finished_at=stamp)
             )
@@ -252,7 +210,7 @@ def send_due(
     now: datetime,
     *,
     wall: Clock,
-    transport: delivery.Transport | None,
+    transport: Chosen | None,
     progress: Callable[[RunReport], None] | None,
     include_uncertain: bool,
     stop: threading.Event,
@@ -272,9 +230,10 @@ def send_due(
             report.retried += state.retry_uncertain(engine, item.config.name, now)
     if not anything_due(engine, [s.config.name for s in loaded], now):
         return report
-    transport = transport or delivery.open_transport(project)
-    delivery.check_can_send(project, transport)
-    report.transport, report.where, report.note = transport.name, transport.where, transport.note
+    chosen = transport or delivery.open_transport(project)
+    delivery.check_can_send(project, chosen.transport)
+    report.transport, report.where = chosen.transport.kind, chosen.transport.where
+    report.note = chosen.note
     for item in loaded:
         for step in item.steps:
             item.issue_ids[step.key] = state.ensure_step_issue(engine, step, step.issue.subject)
@@ -282,14 +241,16 @@ def send_due(
     try:
         with stop_on_signals(stop):
             for item in loaded:
-                _send_sequence(project, engine, run, transport, item, now, report, progress, stop)
+                _send_sequence(
+                    project, engine, run, chosen.transport, item, now, report, progress, stop
+                )
                 if report.error or stop.is_set():
                     break
     except BaseException as exc:
         run.finish(report.error or f"interrupted ({type(exc).__name__})")
         raise
     finally:
-        delivery.close(transport)
+        chosen.transport.close()
         gc.unfreeze()  # `serve` runs on: its loop collects what this run left as usual
     report.interrupted = stop.is_set()
     run.finish(report.error or ("interrupted" if report.interrupted else None))
@@ -299,7 +260,7 @@ def send_due(
 @dataclass
 class _Claimed:
     step: Step
-    people: list[delivery.Person]
+    rows: list[Row]
     send_id: int
     following: dict[int, str | None]  # subscriber id -> the step key they moved on to
 
@@ -308,16 +269,20 @@ def _send_sequence(
     project: Project,
     engine: Engine,
     run: Run,
-    transport: delivery.Transport,
+    transport: Transport,
     item: _Loaded,
     now: datetime,
     report: RunReport,
     progress: Callable[[RunReport], None] | None,
     stop: threading.Event,
 ) -> None:
+    batch_size, concurrency = batch_limits(project, transport)
     mails: dict[str, delivery.StepMail] = {}
     pending: dict[Future[Any], tuple[delivery.StepMail, list[int], dict[int, str | None]]] = {}
     batch_no = 0
+
+    def post(mail: delivery.StepMail, recipients: list[Any]) -> list[Outcome]:
+        return list(transport.send(Batch(mail.message, recipients)))
 
     def settle(done: set[Future[Any]]) -> None:
         for future in done:
@@ -325,16 +290,19 @@ def _send_sequence(
             try:
                 outcomes = future.result()
             except Exception as exc:  # a bug or an unexpected library error: not known sent
-                outcomes = delivery.uncertain(f"unexpected error: {exc}", len(ids))
+                error = f"unexpected error: {exc}"
+                outcomes = [Outcome(DeliveryState.UNCERTAIN, error=error) for _ in ids]
             _record(engine, mail, ids, following, outcomes, now, report)
             if progress:
                 progress(report)
 
-    with ThreadPoolExecutor(transport.concurrency, thread_name_prefix="sequence") as executor:
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="sequence") as executor:
         try:
             while not report.error and not stop.is_set():
                 batch_no += 1
-                claimed = _claim(engine, run, transport, item, now, report, batch_no)
+                claimed = _claim(
+                    engine, run, transport.kind, batch_size, item, now, report, batch_no
+                )
                 if claimed is None:
                     break
                 for group in claimed:
@@ -342,6 +310,7 @@ def _send_sequence(
                     if mail is None:
                         mail = delivery.prepare_step(
                             project,
+                            engine,
                             group.step,
                             item.issue_ids[group.step.key],
                             group.send_id,
@@ -352,17 +321,15 @@ def _send_sequence(
                         # garbage collector need not walk their ~80,000 objects again at every
                         # full collection while batches come and go (`send_due` undoes it).
                         gc.freeze()
-                    built, refused = mail.build(group.people)
+                    built, refused = mail.build(group.rows)
                     if refused:
                         _refused(engine, mail, refused, report)
-                    for start in range(0, len(built), transport.batch_size):
-                        chunk = built[start : start + transport.batch_size]
+                    for start in range(0, len(built), batch_size):
+                        chunk = built[start : start + batch_size]
                         ids = [sid for sid, _ in chunk]
-                        future = executor.submit(
-                            delivery.post, transport, mail, [p for _, p in chunk]
-                        )
+                        future = executor.submit(post, mail, [p for _, p in chunk])
                         pending[future] = (mail, ids, group.following)
-                        while len(pending) >= transport.concurrency:
+                        while len(pending) >= concurrency:
                             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                             settle(finished)
         finally:
@@ -375,14 +342,17 @@ def _send_sequence(
 def _claim(
     engine: Engine,
     run: Run,
-    transport: delivery.Transport,
+    transport: str,
+    batch_size: int,
     item: _Loaded,
     now: datetime,
     report: RunReport,
     batch_no: int,
 ) -> list[_Claimed] | None:
-    """Claim the next batch of due people in one transaction (see the module docstring).
-    None when nobody is due any more."""
+    """Claim the next batch of due people in one transaction (see the module docstring): the
+    enrollments locked, each person's step claimed in the ledger (`claim_on`, on this
+    transaction's connection) and their enrollment moved on (`state.apply_moves`). None when
+    nobody is due any more."""
     steps = item.steps
     by_key = {s.key: s for s in steps}
     issue_to_key = {i: k for k, i in item.issue_ids.items()}
@@ -402,9 +372,9 @@ def _claim(
                 s.c.name,
                 s.c.first_name,
                 s.c.last_name,
-                s.c.public_id,
                 # As text: parsed only when a person has custom fields (most have none).
                 type_coerce(s.c.fields, Text).label("fields"),
+                s.c.public_id,
             )
             .join(s, s.c.id == e.c.subscriber_id)
             .where(
@@ -413,22 +383,23 @@ def _claim(
                 e.c.state == state.ACTIVE,
             )
             .order_by(e.c.next_due_at, e.c.id)
-            .limit(transport.batch_size)
+            .limit(batch_size)
             .with_for_update(of=e, skip_locked=True)
         ).all()
         if not rows:
             return None
         had, failed = state.had_and_failed(conn, issue_to_key, [r.subscriber_id for r in rows])
-        moves: list[dict[str, Any]] = []
+        moves: dict[int, state.Move] = {}
         groups: dict[str, _Claimed] = {}
         new_rows: dict[str, list[int]] = {}
         retry: dict[str, list[int]] = {}
+        enrollment_of: dict[int, Any] = {}
         upcoming: dict[frozenset[str], tuple[Step | None, datetime | None]] = {}
         stamp = run.wall.now()
         for row in rows:
             sid = row.subscriber_id
             if row.status != "subscribed":
-                moves.append(_move(row.id, None, None, state.STOPPED, row.last_sent_at))
+                moves[row.id] = state.Move(None, None, state.STOPPED, row.last_sent_at)
                 report.stopped += 1
                 continue
             planned = by_key.get(row.next_step) if row.next_step else None
@@ -436,12 +407,12 @@ def _claim(
             if step is None:
                 step = state.next_after(steps, had[sid])
                 if step is None:
-                    moves.append(_move(row.id, None, None, state.DONE, row.last_sent_at))
+                    moves[row.id] = state.Move(None, None, state.DONE, row.last_sent_at)
                     report.finished += 1
                     continue
                 due = due_at(as_utc(row.last_sent_at or row.started_at), step, timezone_name)
                 if due > now:  # the steps changed under this person: not due after all
-                    moves.append(_move(row.id, step.key, due, state.ACTIVE, row.last_sent_at))
+                    moves[row.id] = state.Move(step.key, due, state.ACTIVE, row.last_sent_at)
                     continue
             # Most people of a batch had the same steps: work their next one out once.
             seen = frozenset(had[sid] | {step.key})
@@ -450,101 +421,39 @@ def _claim(
                 upcoming[seen] = (nxt, due_at(now, nxt, timezone_name) if nxt else None)
             following, following_due = upcoming[seen]
             if following is None:
-                moves.append(_move(row.id, None, None, state.DONE, now))
+                moves[row.id] = state.Move(None, None, state.DONE, now)
             else:
-                moves.append(
-                    _move(
-                        row.id,
-                        following.key,
-                        following_due,
-                        state.ACTIVE,
-                        now,
-                    )
-                )
+                moves[row.id] = state.Move(following.key, following_due, state.ACTIVE, now)
             issue_id = item.issue_ids[step.key]
             group = groups.get(step.key)
             if group is None:
                 group = groups[step.key] = _Claimed(
-                    step, [], run.send_for(conn, issue_id, transport.name), {}
+                    step, [], run.send_for(conn, issue_id, transport), {}
                 )
-            context = {
-                "id": sid,
-                "email": row.email,
-                "name": row.name,
-                "first_name": row.first_name,
-                "last_name": row.last_name,
-                "fields": custom_fields(row.fields),
-            }
-            group.people.append((sid, row.public_id, row.email, row.name, context))
+            enrollment_of[sid] = row
+            group.rows.append(
+                (sid, row.email, row.name, row.first_name, row.last_name, row.fields, row.public_id)
+            )
             group.following[sid] = following.key if following else None
             if step.key in failed[sid]:
                 retry.setdefault(step.key, []).append(sid)
             else:
                 new_rows.setdefault(step.key, []).append(sid)
-        for key, sids in new_rows.items():
-            # INSERT .. SELECT: only the subscriber differs from row to row, so one statement
-            # with an id list (SQLAlchemy builds the parameters of an executemany row by row).
-            for start in range(0, len(sids), 900):
-                conn.execute(
-                    insert(deliveries).from_select(
-                        ["issue_id", "subscriber_id", "send_id", "state", "batch_no", "updated_at"],
-                        select(
-                            literal(item.issue_ids[key]),
-                            s.c.id,
-                            literal(groups[key].send_id),
-                            literal(str(DeliveryState.IN_FLIGHT)),
-                            literal(batch_no),
-                            literal(stamp, deliveries.c.updated_at.type),
-                        ).where(s.c.id.in_(sids[start : start + 900])),
-                    )
-                )
-        for key, ids in retry.items():
-            conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.issue_id == item.issue_ids[key],
-                    deliveries.c.subscriber_id.in_(ids),
-                    deliveries.c.state == DeliveryState.FAILED,
-                )
-                .values(
-                    state=DeliveryState.IN_FLIGHT,
-                    send_id=groups[key].send_id,
-                    batch_no=batch_no,
-                    error=None,
-                    message_id=None,
-                    updated_at=stamp,
-                )
-            )
-        _apply_moves(conn, moves, stamp)
-    return list(groups.values())
-
-
-def _apply_moves(conn: Connection, moves: list[dict[str, Any]], stamp: datetime) -> None:
-    """One UPDATE per distinct new schedule: in one run, everyone sent the same step moves on
-    to the same next step at the same time, so a batch is typically one statement."""
-    same: dict[tuple[Any, ...], list[int]] = {}
-    for m in moves:
-        same.setdefault((m["s"], m["d"], m["st"], m["sent"]), []).append(m["eid"])
-    for (step, due, new_state, sent), ids in same.items():
-        for start in range(0, len(ids), 900):
-            conn.execute(
-                update(e)
-                .where(e.c.id.in_(ids[start : start + 900]))
-                .values(
-                    next_step=step,
-                    next_due_at=due,
-                    state=new_state,
-                    last_sent_at=sent,
-                    updated_at=stamp,
-                )
-            )
-
-
-def _move(
-    eid: int, step: str | None, due: datetime | None, new_state: str, sent: datetime | None
-) -> dict[str, Any]:
-    """One enrollment's new schedule (`sent`: when its last step went out)."""
-    return {"eid": eid, "s": step, "d": due, "st": new_state, "sent": sent}
+        for key, group in groups.items():
+            new, again = new_rows.get(key, []), retry.get(key, [])
+            issue_id = item.issue_ids[key]
+            slug = group.step.slug
+            kept = claim_on(conn, issue_id, group.send_id, batch_no, new, again, stamp, slug)
+            if len(kept) < len(new) + len(again):
+                # Left the list since the rows were read (another transaction): no mail, and
+                # their sequence ends.
+                for sid in {*new, *again} - kept:
+                    row = enrollment_of[sid]
+                    moves[row.id] = state.Move(None, None, state.STOPPED, row.last_sent_at)
+                    report.stopped += 1
+                group.rows = [r for r in group.rows if r[0] in kept]
+        state.apply_moves(conn, moves, stamp)
+    return [group for group in groups.values() if group.rows]
 
 
 def _record(
@@ -556,7 +465,8 @@ def _record(
     now: datetime,
     report: RunReport,
 ) -> None:
-    delivery.record(engine, mail, ids, outcomes)
+    capabilities = mail.transport.capabilities
+    record_answers(engine, capabilities, mail.issue_id, mail.send_id, ids, outcomes)
     counts = report.step(mail.step)
     failed = []
     for sid, outcome in zip(ids, outcomes, strict=True):
@@ -572,7 +482,8 @@ def _record(
         if outcome.fatal and not report.error:
             report.error = outcome.error
     if failed:
-        _due_again(engine, mail.step, failed, following, now + RETRY_AFTER)
+        # Nothing went out: these people wait for this step again (if they have not moved on).
+        state.due_again(engine, mail.step, failed, following, now + RETRY_AFTER)
 
 
 def _refused(
@@ -580,34 +491,14 @@ def _refused(
 ) -> None:
     """People the transport would refuse (e.g. fields over its size limit): failed, with why.
     They are not due again: the same fields would be refused again."""
-    delivery.record_refused(engine, mail, refused)
+    from newsletter.sending.ledger import Ledger
+
+    outcomes = [Outcome(DeliveryState.FAILED, error=error) for error in refused.values()]
+    Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, list(refused), outcomes)
     for error in refused.values():
         if error not in report.errors:
             report.errors.append(error)
     report.step(mail.step).failed += len(refused)
-
-
-def _due_again(
-    engine: Engine,
-    step: Step,
-    ids: list[int],
-    following: dict[int, str | None],
-    when: datetime,
-) -> None:
-    """Nothing went out: these people wait for this step again (if they have not moved on)."""
-    with engine.begin() as conn:
-        for sid in ids:
-            conn.execute(
-                update(e)
-                .where(
-                    e.c.sequence == step.sequence,
-                    e.c.subscriber_id == sid,
-                    e.c.next_step == following.get(sid)
-                    if following.get(sid) is not None
-                    else e.c.next_step.is_(None),
-                )
-                .values(next_step=step.key, next_due_at=when, state=state.ACTIVE)
-            )
 
 
 def sequence_sends_running(engine: Engine) -> set[int]:

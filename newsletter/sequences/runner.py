@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter.project import Project
-    from newsletter.sequences.delivery import Transport
+    from newsletter.sending.factory import Chosen
     from newsletter.sequences.steps import Step
 
 log = logging.getLogger("newsletter.sequences")
@@ -103,7 +103,7 @@ def run_due(
     *,
     clock: Clock = SYSTEM,
     wall: Clock = SYSTEM,
-    transport: Transport | None = None,
+    transport: Chosen | None = None,
     progress: Callable[[RunReport], None] | None = None,
     include_uncertain: bool = False,
     stop: threading.Event | None = None,
