@@ -81,14 +81,20 @@ def prepare_step(
 ) -> StepMail:
     """Render the step (once per run) and the message every recipient shares."""
     from newsletter.render import render_issue
-    from newsletter.sending.plan import Prepared, bulk_message, reply_to_for
+    from newsletter.sending.plan import (
+        Prepared,
+        bulk_message,
+        per_reader_reply_to,
+        reply_to_for,
+    )
     from newsletter.tokens import secret_key
 
     rendered = render_issue(project, step.issue)
     message = bulk_message(
         project,
         Prepared(step.path, rendered),
-        reply_to=reply_to_for(project, engine, issue_id),
+        # As for an issue: with `[replies] domain`, each reader's own signed address.
+        reply_to=per_reader_reply_to(project) or reply_to_for(project, engine, issue_id),
         categories=(step.slug, "sequence", step.sequence),
     )
     key = secret_key(required=transport.capabilities.delivers)
