@@ -16,13 +16,13 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from newsletter.errors import SendCancelled, SendError
+from newsletter.errors import SendError
 from newsletter.personalize import (
     MAX_URL_CHARS,
     UNSUBSCRIBE_HTML_KEY,
@@ -31,6 +31,7 @@ from newsletter.personalize import (
 )
 from newsletter.sending.factory import batch_limits
 from newsletter.sending.ledger import RETRYABLE, Ledger
+from newsletter.sending.loop import Loop, Work
 from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import (
     Outcome,
@@ -306,7 +307,10 @@ class Preparer:
         self.prepares = self.transport.capabilities.prepares
 
     def __call__(self, batch: Page) -> Any:
-        recipients = self.builder.build(batch)
+        return self.prepare(self.builder.build(batch))
+
+    def prepare(self, recipients: list[Recipient]) -> Any:
+        """Recipients built already, made ready for `send`."""
         if self.prepares:
             return cast("PreparingTransport", self.transport).prepare(
                 Batch(self.message, recipients)
@@ -625,161 +629,92 @@ def _send_batches(
     progress: Callable[[SendReport], None] | None,
     stop: threading.Event,
 ) -> None:
-    from newsletter.sending.answers import record_answers
+    """The planned recipients, a batch at a time, through the one sending loop."""
 
-    transport = plan.transport
-    batch_size, concurrency = batch_limits(plan.project, transport)
-    use_ledger = report.ledger
+    batch_size, concurrency = batch_limits(plan.project, plan.transport)
     send_id = report.send_id
-    owner = lease.owner if lease is not None else None
-    slug = plan.slug
-    pending: dict[Future[list[Outcome]], int] = {}
 
-    def deliver(number: int, batch: Page, prepared: Any) -> list[Outcome]:
-        """In a sender thread: prepare the batch (unless a worker did), claim it, send it,
-        record what came back. The ledger's database work runs here, beside the other
-        threads (SQLite and PostgreSQL's drivers let go of the GIL while they work). A claim
-        that fails (the lease was lost) raises: nothing of this batch was recorded or sent."""
-        rows, with_rows = batch
-        if prepared is None:
-            prepared = preparer(batch)  # (raises before anything is claimed: the send stops)
-        ids = [row[0] for row in rows]
-        if use_ledger:
-            new = [sid for sid in ids if sid not in with_rows]
-            retry = [sid for sid in ids if sid in with_rows]
-            try:
-                kept = ledger.claim(issue_id, send_id, number, new, retry, owner=owner, slug=slug)
-            except SendCancelled:
-                # `cancel` asked: claim and send nothing more, settle what is in flight.
-                report.cancelled = True
-                stop.set()
-                return []
-            if len(kept) < len(ids):
-                # Unsubscribed or forgotten since they were read: they get nothing.
-                rows = [row for row in rows if row[0] in kept]
-                ids = [row[0] for row in rows]
-                prepared = None
-        if not ids:
-            return []
-        try:
-            if prepared is None:
-                prepared = preparer((rows, with_rows))
-        except Exception as exc:  # claimed, but nothing went out: failed, sent on --resume
-            outcomes = [
-                Outcome(DeliveryState.FAILED, error=f"could not prepare a batch: {exc}", fatal=True)
-            ] * len(ids)
-        else:
-            try:
-                outcomes = preparer.send(prepared)
-            except Exception as exc:  # a bug or an unexpected library error: not known sent
-                error = f"unexpected error: {exc}"
-                outcomes = [Outcome(DeliveryState.UNCERTAIN, error=error)] * len(ids)
-        # What came back, and the send's totals, in one transaction here: `sends` and
-        # `stats` agree with the ledger whenever and however the send stops.
-        if use_ledger:
-            # (With SMTP's 250s and refused addresses, as a provider's events would be.)
-            record_answers(
-                ledger.engine, transport.capabilities, issue_id, send_id, ids, outcomes, count=True
-            )
-        else:
-            ledger.count_outcomes(send_id, outcomes)
-        return outcomes
-
-    def settle(done: set[Future[list[Outcome]]]) -> None:
+    def settled(_work: Work, outcomes: list[Outcome]) -> None:
         """Count what the sender threads did, for the report (the database has it already)."""
-        for future in done:
-            pending.pop(future)
-            # A refused claim (the lease was lost) raises SendError here: the send stops.
-            outcomes = future.result()
-            for outcome, times in outcome_runs(outcomes):
-                if outcome.state == DeliveryState.ACCEPTED:
-                    report.accepted += times
-                    report.replaced += times if outcome.replaced else 0
-                elif outcome.state == DeliveryState.FAILED:
-                    report.failed += times
-                else:
-                    report.uncertain += times
-                known = outcome.error in report.errors
-                if outcome.error and not known and len(report.errors) < 100:
-                    report.errors.append(outcome.error)
-                if outcome.fatal and not report.error:
-                    report.error = outcome.error
-            if progress:
-                progress(report)
+        for outcome, times in outcome_runs(outcomes):
+            if outcome.state == DeliveryState.ACCEPTED:
+                report.accepted += times
+                report.replaced += times if outcome.replaced else 0
+            elif outcome.state == DeliveryState.FAILED:
+                report.failed += times
+            else:
+                report.uncertain += times
+            known = outcome.error in report.errors
+            if outcome.error and not known and len(report.errors) < 100:
+                report.errors.append(outcome.error)
+            if outcome.fatal and not report.error:
+                report.error = outcome.error
+        if progress:
+            progress(report)
 
-    batch_no = 0
+    def fail(error: str) -> None:
+        report.error = report.error or error
 
-    def halted() -> bool:
-        return report.error is not None or stop.is_set()
-
-    def submit(executor: ThreadPoolExecutor, batch: Page, prepared: Any) -> None:
-        nonlocal batch_no
-        if stop.is_set():
-            # Asked to stop: claim nothing more; these people are simply not sent to yet.
-            return
-        batch_no += 1
-        pending[executor.submit(deliver, batch_no, batch, prepared)] = batch_no
-        while len(pending) >= concurrency:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            settle(done)
-
+    loop = Loop(
+        ledger,
+        concurrency,
+        settled,
+        stop=stop,
+        halted=lambda: report.error is not None,
+        owner=lease.owner if lease is not None else None,
+        slug=plan.slug,
+        uses_ledger=report.ledger,
+    )
     again: set[str] = {
         *RETRYABLE,
         *([DeliveryState.UNCERTAIN] if plan.request.include_uncertain else []),
     }
-    check_rows = use_ledger and ledger.has_rows(issue_id)
-    batches = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
-    # Batches in the worker processes, oldest first: bounded, so memory stays flat.
-    waiting: deque[tuple[Page, Any]] = deque()
+    check_rows = report.ledger and ledger.has_rows(issue_id)
+    pages = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
+    works = (
+        Work(preparer, issue_id, send_id, number, rows, with_rows)
+        for number, (rows, with_rows) in enumerate(pages, start=1)
+    )
+    try:
+        loop.run(works if pool is None else _prepared_ahead(works, pool, loop.is_halted, fail))
+    finally:
+        report.cancelled = report.cancelled or loop.cancelled
 
-    def take_oldest() -> None:
-        """Hand the oldest prepared batch to a sender. Waits in short steps, so that a stop
-        asked for meanwhile is seen at once; a worker that died (the OOM killer) breaks the
-        pool, which stops the send."""
-        ready, result = waiting[0]
+
+def _prepared_ahead(
+    works: Iterator[Work], pool: Any, halted: Callable[[], bool], fail: Callable[[str], None]
+) -> Iterator[Work]:
+    """`works` with their requests made by the worker processes, a few batches ahead of the
+    senders, oldest first: bounded, so memory stays flat. Waits in short steps, so that a
+    stop asked for meanwhile is seen at once; a worker that died (the OOM killer) breaks the
+    pool, which stops the send."""
+    waiting: deque[tuple[Work, Any]] = deque()
+
+    def oldest() -> Work | None:
+        work, result = waiting[0]
         while not result.done():
             wait([result], timeout=0.1)
             if halted():
-                return
+                return None
         waiting.popleft()
         try:
-            prepared = result.result()
+            work.prepared = result.result()
         except BrokenProcessPool:
-            report.error = report.error or WORKER_DIED
-        else:
-            submit(executor, ready, prepared)
+            fail(WORKER_DIED)
+            return None
+        return work
 
-    def prepare_ahead(batch: Page) -> None:
+    for work in works:
+        if halted():
+            return
         try:
-            waiting.append((batch, pool.submit(_prepare_in_worker, batch)))
+            waiting.append((work, pool.submit(_prepare_in_worker, (work.rows, work.with_rows))))
         except BrokenProcessPool:  # a worker died since the last batch was taken
-            report.error = report.error or WORKER_DIED
-
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
-        try:
-            for batch in batches:
-                if halted():
-                    break
-                if pool is None:
-                    submit(executor, batch, None)
-                    continue
-                prepare_ahead(batch)
-                while len(waiting) > PREPARE_AHEAD and not halted():
-                    take_oldest()
-            while waiting and not halted():
-                take_oldest()
-        finally:
-            # Whatever happened (Ctrl-C, a lost lease), wait for what is in flight: each
-            # sender thread records its own batch. The first error is raised after all.
-            failure: BaseException | None = None
-            while pending:
-                try:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                except KeyboardInterrupt:
-                    continue  # a second Ctrl-C: still settle, the answers are on their way
-                try:
-                    settle(done)
-                except Exception as exc:
-                    failure = failure or exc
-            if failure is not None:
-                raise failure
+            fail(WORKER_DIED)
+            return
+        while len(waiting) > PREPARE_AHEAD and not halted():
+            if (ready := oldest()) is not None:
+                yield ready
+    while waiting and not halted():
+        if (ready := oldest()) is not None:
+            yield ready

@@ -11,8 +11,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -20,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, Text, insert, select, type_coerce, update
 
 from newsletter.errors import NewsletterError
-from newsletter.sending.answers import record_answers
 from newsletter.sending.execute import Row, stop_on_signals
 from newsletter.sending.factory import Chosen, batch_limits
 from newsletter.sending.ledger import (
     Heartbeat,
+    Ledger,
     claim_on,
     create_send_on,
     finish_sends_on,
     holder_gone,
     reap_sends_on,
 )
-from newsletter.sending.message import Batch
+from newsletter.sending.loop import Loop, Work
 from newsletter.sending.transports import Outcome, Transport
 from newsletter.sequences import delivery, state
 from newsletter.sequences.clock import Clock
@@ -276,67 +275,66 @@ def _send_sequence(
     progress: Callable[[RunReport], None] | None,
     stop: threading.Event,
 ) -> None:
+    """The sequence's due people, a claimed batch at a time, through the one sending loop."""
     batch_size, concurrency = batch_limits(project, transport)
     mails: dict[str, delivery.StepMail] = {}
-    pending: dict[Future[Any], tuple[delivery.StepMail, list[int], dict[int, str | None]]] = {}
-    batch_no = 0
 
-    def post(mail: delivery.StepMail, recipients: list[Any]) -> list[Outcome]:
-        return list(transport.send(Batch(mail.message, recipients)))
+    def due_batches() -> Iterator[Work]:
+        """The source: claim the next batch of due people (only when the loop asks for
+        it, so never far ahead of what is sent), build their emails, hand them over."""
+        batch_no = 0
+        while not report.error and not stop.is_set():
+            batch_no += 1
+            claimed = _claim(engine, run, transport.kind, batch_size, item, now, report, batch_no)
+            if claimed is None:
+                return
+            for group in claimed:
+                mail = mails.get(group.step.key)
+                if mail is None:
+                    mail = delivery.prepare_step(
+                        project,
+                        engine,
+                        group.step,
+                        item.issue_ids[group.step.key],
+                        group.send_id,
+                        transport,
+                    )
+                    mails[group.step.key] = mail
+                    # SQLAlchemy, the renderer and the transport are loaded now: the cyclic
+                    # garbage collector need not walk their ~80,000 objects again at every
+                    # full collection while batches come and go (`send_due` undoes it).
+                    gc.freeze()
+                built, refused = mail.build(group.rows)
+                if refused:
+                    _refused(engine, mail, refused, report)
+                for start in range(0, len(built), batch_size):
+                    chunk = built[start : start + batch_size]
+                    yield Work(
+                        mail.preparer,
+                        mail.issue_id,
+                        mail.send_id,
+                        batch_no,
+                        [row for row, _ in chunk],
+                        claim=False,
+                        recipients=[recipient for _, recipient in chunk],
+                        note=(mail, group.following),
+                    )
 
-    def settle(done: set[Future[Any]]) -> None:
-        for future in done:
-            mail, ids, following = pending.pop(future)
-            try:
-                outcomes = future.result()
-            except Exception as exc:  # a bug or an unexpected library error: not known sent
-                error = f"unexpected error: {exc}"
-                outcomes = [Outcome(DeliveryState.UNCERTAIN, error=error) for _ in ids]
-            _record(engine, mail, ids, following, outcomes, now, report)
-            if progress:
-                progress(report)
+    def settled(work: Work, outcomes: list[Outcome]) -> None:
+        mail, following = work.note
+        _count(mail, [row[0] for row in work.rows], following, outcomes, now, report)
+        if progress:
+            progress(report)
 
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="sequence") as executor:
-        try:
-            while not report.error and not stop.is_set():
-                batch_no += 1
-                claimed = _claim(
-                    engine, run, transport.kind, batch_size, item, now, report, batch_no
-                )
-                if claimed is None:
-                    break
-                for group in claimed:
-                    mail = mails.get(group.step.key)
-                    if mail is None:
-                        mail = delivery.prepare_step(
-                            project,
-                            engine,
-                            group.step,
-                            item.issue_ids[group.step.key],
-                            group.send_id,
-                            transport,
-                        )
-                        mails[group.step.key] = mail
-                        # SQLAlchemy, the renderer and the transport are loaded now: the cyclic
-                        # garbage collector need not walk their ~80,000 objects again at every
-                        # full collection while batches come and go (`send_due` undoes it).
-                        gc.freeze()
-                    built, refused = mail.build(group.rows)
-                    if refused:
-                        _refused(engine, mail, refused, report)
-                    for start in range(0, len(built), batch_size):
-                        chunk = built[start : start + batch_size]
-                        ids = [sid for sid, _ in chunk]
-                        future = executor.submit(post, mail, [p for _, p in chunk])
-                        pending[future] = (mail, ids, group.following)
-                        while len(pending) >= concurrency:
-                            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                            settle(finished)
-        finally:
-            # Whatever happened, settle what is in flight so the ledger says what we know.
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                settle(finished)
+    loop = Loop(
+        Ledger(engine),
+        concurrency,
+        settled,
+        stop=stop,
+        halted=lambda: report.error is not None,
+        count=False,  # (a step's sends keep no totals: `sequences status` reads the rows)
+    )
+    loop.run(due_batches())
 
 
 def _claim(
@@ -456,17 +454,16 @@ def _claim(
     return [group for group in groups.values() if group.rows]
 
 
-def _record(
-    engine: Engine,
+def _count(
     mail: delivery.StepMail,
     ids: list[int],
     following: dict[int, str | None],
-    outcomes: list[Any],
+    outcomes: list[Outcome],
     now: datetime,
     report: RunReport,
 ) -> None:
-    capabilities = mail.transport.capabilities
-    record_answers(engine, capabilities, mail.issue_id, mail.send_id, ids, outcomes)
+    """A settled batch (its answers are in the ledger) in the run's report; those the
+    transport refused are due again later."""
     counts = report.step(mail.step)
     failed = []
     for sid, outcome in zip(ids, outcomes, strict=True):
@@ -483,7 +480,7 @@ def _record(
             report.error = outcome.error
     if failed:
         # Nothing went out: these people wait for this step again (if they have not moved on).
-        state.due_again(engine, mail.step, failed, following, now + RETRY_AFTER)
+        state.due_again(mail.engine, mail.step, failed, following, now + RETRY_AFTER)
 
 
 def _refused(
@@ -491,8 +488,6 @@ def _refused(
 ) -> None:
     """People the transport would refuse (e.g. fields over its size limit): failed, with why.
     They are not due again: the same fields would be refused again."""
-    from newsletter.sending.ledger import Ledger
-
     outcomes = [Outcome(DeliveryState.FAILED, error=error) for error in refused.values()]
     Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, list(refused), outcomes)
     for error in refused.values():

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from newsletter.sending.execute import Builder, Row, recipient_builder
+from newsletter.sending.execute import Preparer, Row, recipient_builder
 from newsletter.sending.factory import Chosen, choose_transport
-from newsletter.sending.message import Message, Recipient
+from newsletter.sending.message import Recipient
 from newsletter.sending.transports import Transport
 
 if TYPE_CHECKING:
@@ -48,26 +48,26 @@ def check_can_send(project: Project, transport: Transport) -> None:
 class StepMail:
     """One step rendered for one run, ready to personalize."""
 
+    engine: Engine
     step: Step
     issue_id: int
     send_id: int
-    message: Message
     transport: Transport
-    builder: Builder
+    preparer: Preparer
 
-    def build(self, rows: Sequence[Row]) -> tuple[list[tuple[int, Recipient]], dict[int, str]]:
-        """(subscriber id, recipient) for each reader, and why the transport would refuse
-        the others (a field over its size limit, say)."""
-        built: list[tuple[int, Recipient]] = []
+    def build(self, rows: Sequence[Row]) -> tuple[list[tuple[Row, Recipient]], dict[int, str]]:
+        """(row, recipient) for each reader, and why the transport would refuse the others
+        (a field over its size limit, say), by subscriber id."""
+        built: list[tuple[Row, Recipient]] = []
         refused: dict[int, str] = {}
         refuse = self.transport.refuse
-        recipients = self.builder.build((list(rows), frozenset()))
+        recipients = self.preparer.builder.build((list(rows), frozenset()))
         for row, recipient in zip(rows, recipients, strict=True):
             problem = refuse(recipient)
             if problem:
                 refused[row[0]] = problem
             else:
-                built.append((row[0], recipient))
+                built.append((row, recipient))
         return built, refused
 
 
@@ -107,4 +107,5 @@ def prepare_step(
         key=key,
         extra_ids={CUSTOM_ARG_STEP: step.slug},
     )
-    return StepMail(step, issue_id, send_id, message, transport, builder)
+    preparer = Preparer(builder, transport, message)
+    return StepMail(engine, step, issue_id, send_id, transport, preparer)
