@@ -134,7 +134,7 @@ def test_the_scan_sees_each_way_of_writing(tmp_path: Path) -> None:
         "b = update(schema.subscribers).values(status='x')\n"
         "c = replies.delete()\n"
         "d = 'UPDATE \"sends\" SET state = 1'\n"
-        "short = sequence_runs\n"
+        "short = sequence_state\n"
         "e = update(short)\n",
         "utf-8",
     )
@@ -143,7 +143,7 @@ def test_the_scan_sees_each_way_of_writing(tmp_path: Path) -> None:
         "subscribers",
         "replies",
         "sends",
-        "sequence_runs",
+        "sequence_state",
     }
 
 

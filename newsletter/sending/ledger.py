@@ -154,6 +154,56 @@ class Lease:
             conn.execute(delete(send_leases).where(send_leases.c.owner == self.owner))
 
 
+class RunLease:
+    """The lease of a run of due work (a sequence run): a `send_leases` row without an issue
+    for each send the run makes (one per sequence step it sends), all with this run's owner,
+    with the same heartbeat and the same rule for "gone" as a send of an issue. Runs may go
+    side by side (each claims other people). A run whose process died is reaped by the next
+    (`Ledger.reap_gone_runs`): its in-flight rows become uncertain."""
+
+    def __init__(self, engine: Engine, source: str, clock: Callable[[], datetime] = now) -> None:
+        self.engine = engine
+        self.source = source
+        self.clock = clock  # (the run's own clock, for its sends' times; liveness is `now`)
+        self.owner = uuid.uuid4().hex
+        self.sends: dict[int, int] = {}  # issue id -> this run's send of it
+        self._heartbeat = Heartbeat(engine, self.touch, f"{source}-heartbeat").start()
+
+    def touch(self, conn: Connection) -> None:
+        """A heartbeat, on the caller's connection: a claim's first statement, so that on
+        SQLite it takes the write lock before the claim reads."""
+        conn.execute(
+            update(send_leases).where(send_leases.c.owner == self.owner).values(heartbeat_at=now())
+        )
+
+    def send_for(self, conn: Connection, issue_id: int, transport: str) -> int:
+        """This run's send of `issue_id` and its lease row, made on its first claim (in the
+        claim's transaction)."""
+        if issue_id not in self.sends:
+            send_id = create_send_on(conn, issue_id, transport=transport, started_at=self.clock())
+            conn.execute(
+                insert(send_leases).values(
+                    send_id=send_id,
+                    issue_id=None,
+                    owner=self.owner,
+                    source=self.source,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    heartbeat_at=now(),
+                )
+            )
+            self.sends[issue_id] = send_id
+        return self.sends[issue_id]
+
+    def finish(self, error: str | None) -> None:
+        """The run's end: its sends are done (or stopped, with `error`), the lease let go."""
+        self._heartbeat.stop()
+        with self.engine.begin() as conn:
+            status = "stopped" if error else "done"
+            finish_sends_on(conn, list(self.sends.values()), status, error, self.clock())
+            conn.execute(delete(send_leases).where(send_leases.c.owner == self.owner))
+
+
 def _stale(row: Any) -> bool:
     """A lease row whose holder is gone (see `holder_gone`)."""
     return holder_gone(row.heartbeat_at, row.host, row.pid)
@@ -556,6 +606,57 @@ class Ledger:
         with self.engine.connect() as conn:
             rows = conn.execute(select(send_leases)).all()
         return {r.send_id for r in rows if not _stale(r)}
+
+    def run_sends_unfinished(self) -> set[int]:
+        """Sends of runs of due work (sequence runs) still `sending`, alive or not: `sends`
+        must not call them dead and suggest `send --resume`; the next run reaps a dead one."""
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    select(sends.c.id)
+                    .join(send_leases, send_leases.c.send_id == sends.c.id)
+                    .where(send_leases.c.issue_id.is_(None), sends.c.status == "sending")
+                ).scalars()
+            )
+
+    def start_run(self, source: str, clock: Callable[[], datetime] = now) -> RunLease:
+        """A lease for a run of due work (see `RunLease`)."""
+        return RunLease(self.engine, source, clock)
+
+    def reap_gone_runs(self, source: str, at: datetime, *, row_error: str, send_error: str) -> int:
+        """The leases of runs of `source` whose process is gone (see `holder_gone`): their
+        in-flight rows become `uncertain`, their sends `stopped`, the lease rows go. How
+        many rows became uncertain. Of two reapers, one reaps each run."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(send_leases).where(
+                    send_leases.c.issue_id.is_(None), send_leases.c.source == source
+                )
+            ).all()
+        runs: dict[str, list[Any]] = {}
+        for row in rows:
+            runs.setdefault(row.owner, []).append(row)
+        reaped = 0
+        for owner, held in runs.items():
+            if not _stale(held[0]):
+                continue
+            send_ids = [row.send_id for row in held]
+            with self.engine.begin() as conn:
+                # Compare-and-delete on the heartbeat read: a second reaper, or a run that
+                # beat meanwhile (alive after all), deletes nothing.
+                taken = conn.execute(
+                    delete(send_leases).where(
+                        send_leases.c.owner == owner,
+                        send_leases.c.send_id.in_(send_ids),
+                        send_leases.c.heartbeat_at == held[0].heartbeat_at,
+                    )
+                ).rowcount
+                if not taken:
+                    continue
+                reaped += reap_sends_on(
+                    conn, send_ids, row_error=row_error, send_error=send_error, at=at
+                )
+        return reaped
 
     def in_flight_to_uncertain(self, issue_id: int) -> int:
         """After taking over from a dead sender: its in-flight rows may or may not have gone out."""

@@ -161,9 +161,8 @@ def send_summaries(
     rows = ledger.list_sends(issue_id)
     counts = ledger.counts_by_state(issue_id=issue_id)
     sums = ledger.totals()
-    from newsletter.sequences.runner import sequence_sends_running
-
-    live = ledger.live_sends() | sequence_sends_running(engine)  # a sequence run reaps itself
+    # A sequence run's sends are never dead for `--resume`: the next run reaps them itself.
+    live = ledger.live_sends() | ledger.run_sends_unfinished()
     last_of_issue = {r.issue_id: r.id for r in rows}
     out = []
     for r in rows:

@@ -7,29 +7,18 @@ transport and recording the answers. `runner.run_due` comes here only when its c
 from __future__ import annotations
 
 import gc
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Text, insert, select, type_coerce, update
+from sqlalchemy import Engine, Text, select, type_coerce
 
 from newsletter.errors import NewsletterError
 from newsletter.sending.execute import Row, stop_on_signals
 from newsletter.sending.factory import Chosen, batch_limits
-from newsletter.sending.ledger import (
-    Heartbeat,
-    Ledger,
-    claim_on,
-    create_send_on,
-    finish_sends_on,
-    holder_gone,
-    reap_sends_on,
-)
+from newsletter.sending.ledger import Ledger, RunLease, claim_on
 from newsletter.sending.loop import Loop, Work
 from newsletter.sending.transports import Outcome, Transport
 from newsletter.sequences import delivery, state
@@ -38,14 +27,7 @@ from newsletter.sequences.config import SequenceConfig, configured
 from newsletter.sequences.renames import suspected_renames
 from newsletter.sequences.runner import RunReport
 from newsletter.sequences.steps import FOLDER, Step, due_at, load_sequence
-from newsletter.store.schema import (
-    DeliveryState,
-    sends,
-    sequence_enrollments,
-    sequence_runs,
-    sequence_sends,
-    subscribers,
-)
+from newsletter.store.schema import DeliveryState, sequence_enrollments, subscribers
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
@@ -57,86 +39,19 @@ RETRY_AFTER = timedelta(minutes=10)
 e = sequence_enrollments
 
 
-# --- runs and their liveness (the ledger's rules: `holder_gone`, `Heartbeat`) --------------------
+#: The lease source of a sequence run (`send_leases.source`).
+SOURCE = "sequences"
 
 
 def reap_dead_runs(engine: Engine, wall_now: datetime) -> int:
-    """In-flight deliveries of runs whose process is gone become `uncertain`; returns how many."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(sequence_runs).where(sequence_runs.c.finished_at.is_(None))
-        ).all()
-    reaped = 0
-    for row in rows:
-        if not holder_gone(row.heartbeat_at, row.host, row.pid):
-            continue
-        with engine.begin() as conn:
-            # Compare-and-set: of two reapers, one does it.
-            claimed = conn.execute(
-                update(sequence_runs)
-                .where(sequence_runs.c.id == row.id, sequence_runs.c.finished_at.is_(None))
-                .values(finished_at=wall_now)
-            ).rowcount
-            if not claimed:
-                continue
-            reaped += reap_sends_on(
-                conn,
-                select(sequence_sends.c.send_id).where(sequence_sends.c.run_id == row.id),
-                row_error="the sequence run stopped while this email was in flight",
-                send_error="the sequence run's process died; its in-flight emails are uncertain",
-                at=wall_now,
-            )
-    return reaped
-
-
-class Run:
-    """This process's run: a row with a heartbeat, so others can tell it is alive."""
-
-    def __init__(self, engine: Engine, wall: Clock) -> None:
-        self.engine = engine
-        self.wall = wall
-        self.owner = uuid.uuid4().hex
-        stamp = wall.now()
-        with engine.begin() as conn:
-            result = conn.execute(
-                insert(sequence_runs).values(
-                    owner=self.owner,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    started_at=stamp,
-                    heartbeat_at=stamp,
-                )
-            )
-            self.id = int(result.inserted_primary_key[0])  # type: ignore[index]
-        self.sends: dict[int, int] = {}  # issue id -> this run's send id
-        self._heartbeat = Heartbeat(engine, self.touch, "sequence-heartbeat").start()
-
-    def touch(self, conn: Connection) -> None:
-        conn.execute(
-            update(sequence_runs)
-            .where(sequence_runs.c.id == self.id)
-            .values(heartbeat_at=self.wall.now())
-        )
-
-    def send_for(self, conn: Connection, issue_id: int, transport: str) -> int:
-        """This run's send of a step (created on its first batch)."""
-        if issue_id not in self.sends:
-            send_id = create_send_on(
-                conn, issue_id, transport=transport, started_at=self.wall.now()
-            )
-            conn.execute(insert(sequence_sends).values(send_id=send_id, run_id=self.id))
-            self.sends[issue_id] = send_id
-        return self.sends[issue_id]
-
-    def finish(self, error: str | None) -> None:
-        self._heartbeat.stop()
-        stamp = self.wall.now()
-        with self.engine.begin() as conn:
-            status = "stopped" if error else "done"
-            finish_sends_on(conn, list(self.sends.values()), status, error, stamp)
-            conn.execute(
-                update(sequence_runs).where(sequence_runs.c.id == self.id).values(finished_at=stamp)
-            )
+    """In-flight deliveries of runs whose process is gone become `uncertain`; returns how many
+    (the ledger's reaper, for sequence runs)."""
+    return Ledger(engine).reap_gone_runs(
+        SOURCE,
+        wall_now,
+        row_error="the sequence run stopped while this email was in flight",
+        send_error="the sequence run's process died; its in-flight emails are uncertain",
+    )
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -236,7 +151,7 @@ def send_due(
     for item in loaded:
         for step in item.steps:
             item.issue_ids[step.key] = state.ensure_step_issue(engine, step, step.issue.subject)
-    run = Run(engine, wall)
+    run = Ledger(engine).start_run(SOURCE, wall.now)
     try:
         with stop_on_signals(stop):
             for item in loaded:
@@ -267,7 +182,7 @@ class _Claimed:
 def _send_sequence(
     project: Project,
     engine: Engine,
-    run: Run,
+    run: RunLease,
     transport: Transport,
     item: _Loaded,
     now: datetime,
@@ -339,7 +254,7 @@ def _send_sequence(
 
 def _claim(
     engine: Engine,
-    run: Run,
+    run: RunLease,
     transport: str,
     batch_size: int,
     item: _Loaded,
@@ -393,7 +308,7 @@ def _claim(
         retry: dict[str, list[int]] = {}
         enrollment_of: dict[int, Any] = {}
         upcoming: dict[frozenset[str], tuple[Step | None, datetime | None]] = {}
-        stamp = run.wall.now()
+        stamp = run.clock()
         for row in rows:
             sid = row.subscriber_id
             if row.status != "subscribed":
@@ -494,16 +409,3 @@ def _refused(
         if error not in report.errors:
             report.errors.append(error)
     report.step(mail.step).failed += len(refused)
-
-
-def sequence_sends_running(engine: Engine) -> set[int]:
-    """Sends of sequence runs not finished yet. `newsletter sends` must not call them dead
-    and suggest `send --resume`: the next `sequences run` reaps a dead one by itself."""
-    with engine.connect() as conn:
-        return set(
-            conn.execute(
-                select(sequence_sends.c.send_id)
-                .join(sends, sends.c.id == sequence_sends.c.send_id)
-                .where(sends.c.status == "sending")
-            ).scalars()
-        )

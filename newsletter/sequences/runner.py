@@ -40,8 +40,6 @@ from newsletter.sequences.clock import SYSTEM, Clock, refuse_far_ahead
 from newsletter.sequences.precheck import nothing_to_do
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from newsletter.project import Project
     from newsletter.sending.factory import Chosen
     from newsletter.sequences.steps import Step
@@ -194,10 +192,3 @@ def summary(report: RunReport) -> str:
         for key, s in sorted(report.steps.items())
     ]
     return f"{'; '.join(parts)} ({report.transport}, {report.where})"
-
-
-def sequence_sends_running(engine: Engine) -> set[int]:
-    """Sends of sequence runs not finished yet (see `batches.sequence_sends_running`)."""
-    from newsletter.sequences.batches import sequence_sends_running as running
-
-    return running(engine)
