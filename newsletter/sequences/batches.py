@@ -1,7 +1,9 @@
-"""The sequence run itself (see `runner.py` for what one run does and guarantees): reaping dead
-runs, claiming due people a batch at a time under a row lock, handing each batch to the
-transport and recording the answers. `runner.run_due` comes here only when its cheap
-`precheck` did not rule out that anything is due.
+"""The sequence run itself (see `runner.py` for what one run does and guarantees): the people
+due now as a source of batches for the one sending loop (`sending.loop`). Each batch is
+claimed under a row lock, in one transaction with the move of each reader to their next step
+(`ledger.claim_on`, `state.apply_moves`); the lease, the reaping of dead runs, the sending and
+the recording are `sending`'s. `runner.run_due` comes here only when its cheap `precheck` did
+not rule out that anything is due.
 """
 
 from __future__ import annotations
