@@ -19,7 +19,7 @@ from sqlalchemy import Engine, Text, select, type_coerce
 
 from newsletter.errors import NewsletterError
 from newsletter.sending.execute import Row, stop_on_signals
-from newsletter.sending.factory import Chosen, batch_limits
+from newsletter.sending.factory import Chosen, batch_limits, choose_transport
 from newsletter.sending.ledger import Ledger, RunLease, claim_on
 from newsletter.sending.loop import Loop, Work
 from newsletter.sending.transports import Outcome, Transport
@@ -146,7 +146,7 @@ def send_due(
             report.retried += state.retry_uncertain(engine, item.config.name, now)
     if not anything_due(engine, [s.config.name for s in loaded], now):
         return report
-    chosen = transport or delivery.open_transport(project)
+    chosen = transport or choose_transport(project)  # (the one factory, as for `send`)
     delivery.check_can_send(project, chosen.transport)
     report.transport, report.where = chosen.transport.kind, chosen.transport.where
     report.note = chosen.note

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from newsletter.errors import SendError
 from newsletter.sending.execute import Preparer, Row, recipient_builder
-from newsletter.sending.factory import Chosen, choose_transport
+from newsletter.sending.factory import dead_links_refusal
 from newsletter.sending.message import Recipient
 from newsletter.sending.transports import Transport
 
@@ -28,20 +29,10 @@ if TYPE_CHECKING:
 CUSTOM_ARG_STEP = "newsletter_sequence_step"
 
 
-def open_transport(project: Project) -> Chosen:
-    """The project's transport, chosen as for `newsletter send` (the one factory)."""
-    return choose_transport(project)
-
-
 def check_can_send(project: Project, transport: Transport) -> None:
-    """Readers must be able to leave: no delivering send without base_url (unsubscribe links)."""
-    if transport.capabilities.delivers and project.config.base_url is None:
-        from newsletter.errors import SendError
-
-        raise SendError(
-            f"{project.config.path}: [newsletter] base_url is not set, so the unsubscribe links "
-            "would lead nowhere; set base_url to where `newsletter serve` is reachable"
-        )
+    """A step that reaches readers needs working unsubscribe links (`base_url`)."""
+    if transport.capabilities.delivers and (refusal := dead_links_refusal(project)):
+        raise SendError(refusal)
 
 
 @dataclass
