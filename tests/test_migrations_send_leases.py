@@ -96,3 +96,28 @@ def test_an_older_database_keeps_its_leases_and_its_dead_run_is_still_reaped(
         assert {r.owner for r in conn.execute(select(schema.send_leases)).all()} == {
             "a-live-sender"
         }
+
+
+def test_the_sequences_precheck_leaves_a_database_before_m017_to_the_full_run(
+    make_project, database_url, monkeypatch
+):
+    """Before m017 a dead run sat in `sequence_runs`, which the precheck no longer reads: it
+    must not call such a database idle, or cron's runs would never migrate and reap it."""
+    from newsletter.project import Project
+    from newsletter.sequences.precheck import nothing_to_do
+    from tests.conftest import CONFIG
+    from tests.support.sequences import SEQUENCE, STEP1, T0, run, write_steps
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(CONFIG + SEQUENCE)
+    write_steps(root, {"01-willkommen.md": STEP1})
+    run(root, T0)
+    assert nothing_to_do(Project.load(root), T0)
+    engine = open_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            schema.schema_migrations.delete().where(
+                schema.schema_migrations.c.name == "m017_one_send_lease"
+            )
+        )
+    assert not nothing_to_do(Project.load(root), T0)

@@ -7,7 +7,7 @@
 - `hooks`: the one call each place where people join makes (`enroll_joined`, `enroll_tagged`).
 - `delivery`: a step's email for the sending engine: rendered once, recipients by sending's builder.
 - `runner`: `run_due` sends every due step exactly once; `BackgroundRunner` for `serve`.
-- `precheck`: "nothing to do" from three plain queries, before SQLAlchemy is even loaded.
+- `precheck`: "nothing to do" from a few plain queries, before SQLAlchemy is even loaded.
 - `batches`: the run: the source of due people for `sending.loop`, claimed with their next step.
 - `status`: what `sequences status` shows.
 

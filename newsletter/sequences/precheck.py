@@ -2,8 +2,9 @@
 transport or the renderer: run from cron every minute, it nearly always finds nothing due, and
 importing SQLAlchemy alone takes longer than the rest of such a run.
 
-Plain DB-API (sqlite3; psycopg for PostgreSQL) and three small read-only queries. It answers
+Plain DB-API (sqlite3; psycopg for PostgreSQL) and a few small read-only queries. It answers
 "nothing to do" only when it is sure of all of:
+- the database has migration m017 (runs hold send leases since),
 - no run holds a lease (a dead one must be reaped; a live one may be sending),
 - every enabled sequence's steps load and have the shape its schedule was worked out for
   (else waiting people must be rescheduled),
@@ -96,6 +97,10 @@ def _database_says_nothing(
     conn, mark, when = connected
     try:
         cur = conn.cursor()
+        # Runs hold `send_leases` rows since m017: before it, the full run migrates first.
+        cur.execute("SELECT 1 FROM schema_migrations WHERE name = 'm017_one_send_lease'")
+        if cur.fetchone() is None:
+            return False
         # A run's lease (an issue-less `send_leases` row): a live run, or a dead one to reap.
         cur.execute("SELECT 1 FROM send_leases WHERE issue_id IS NULL LIMIT 1")
         if cur.fetchone() is not None:

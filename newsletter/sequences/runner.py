@@ -17,11 +17,12 @@ One run, per configured sequence:
    that, the batches in flight are settled (their answers recorded), and the run ends with
    `interrupted` set. Nothing it handed over is left `in_flight` for the next run to reap.
 
-The schedule clock (`clock`, i.e. `--now`) decides what is due; the wall clock (`wall`) only
-says whether another runner's process is alive.
+The schedule clock (`clock`, i.e. `--now`) decides what is due; the wall clock (`wall`) stamps
+the run's sends and guards against a clock far ahead. Whether another runner's process is
+alive is the send lease's question (`sending.ledger`, the system clock), as for `send`.
 
 This module is the entry point (the CLI, `serve`): before the run loads SQLAlchemy, the
-transport or the renderer, `precheck` asks the database with three plain queries whether there
+transport or the renderer, `precheck` asks the database with a few plain queries whether there
 is anything to do at all (from cron every minute, there rarely is); the run itself is in
 `batches.py`.
 """
