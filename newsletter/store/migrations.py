@@ -343,8 +343,10 @@ def m017_one_send_lease(conn: Connection) -> None:
     # (A database whose m002 made today's lease table made the run tables after it, in
     # m009: no run of it can be unfinished under the old scheme.)
     if runs:
-        conn.exec_driver_sql("DROP TABLE sequence_sends")
-        conn.exec_driver_sql("DROP TABLE sequence_runs")
+        # (IF EXISTS: of processes opening a new database at once, one may find them gone
+        # after waiting for another's lock; its step then rolls back as a lost race.)
+        conn.exec_driver_sql("DROP TABLE IF EXISTS sequence_sends")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS sequence_runs")
 
 
 #: In order. A step runs once per database, inside the same transaction as its record.
