@@ -7,6 +7,11 @@ The rules that make a send crash-safe:
 - Only the process holding the issue's lease sends it. A lease whose process is gone (same host
   and pid dead, or no heartbeat for LEASE_STALE_SECONDS) may be taken over; its leftover
   `in_flight` rows then become `uncertain`, because nobody knows whether SendGrid took them.
+- A run of due work (a sequence run) holds the same kind of lease, one row per send it makes
+  and no issue (`RunLease`), so runs may go side by side; the next run reaps a dead one's
+  sends the same way (`Ledger.reap_gone_runs`).
+- Writes others need in their own transaction are offered on the caller's connection
+  (`claim_on`, `create_send_on`, ...; event ingest's `apply_event_states`): the SQL stays here.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class Heartbeat:
     ) -> None:
         self.engine = engine
         self.beat = beat
+        self.interval: float = HEARTBEAT_SECONDS
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
