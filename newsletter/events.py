@@ -24,8 +24,10 @@ from newsletter.insights import counters
 from newsletter.masking import mask_addresses
 from newsletter.segments import activity
 from newsletter.segments.activity import Activity
+from newsletter.sending.ledger import EVENT_REPLACEABLE, apply_event_states
 from newsletter.store import raw, schema
 from newsletter.store.emails import address_key
+from newsletter.store.subscribers import REPLACEABLE, apply_status
 
 PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -41,18 +43,9 @@ STATUS_FOR_EVENT = {
     "bounce": "bounced",
     "spamreport": "complained",
 }
-REPLACEABLE = {
-    "unsubscribed": ("subscribed", "unconfirmed"),
-    "bounced": ("subscribed", "unconfirmed", "unsubscribed"),
-    "complained": ("subscribed", "unconfirmed", "unsubscribed", "bounced"),
-}
-#: Ledger state an event leads to, and the states it may replace.
+#: (Which statuses each may replace: `store.subscribers.REPLACEABLE`.)
+#: Ledger state an event leads to (which states it may replace: `ledger.EVENT_REPLACEABLE`).
 LEDGER_FOR_EVENT = {"delivered": "delivered", "bounce": "bounced", "dropped": "dropped"}
-LEDGER_REPLACEABLE = {
-    "delivered": ("pending", "in_flight", "accepted", "uncertain", "failed"),
-    "bounced": ("pending", "in_flight", "accepted", "uncertain", "failed", "delivered"),
-    "dropped": ("pending", "in_flight", "accepted", "uncertain", "failed"),
-}
 
 # Event fields worth keeping. Never the address, IP or user agent (personal data).
 DETAIL_KEYS = (
@@ -252,48 +245,6 @@ def _insert_ignoring_duplicates(
     return len(inserted)
 
 
-def apply_status(
-    conn: Connection, subscriber_ids: Iterable[int], status: str, reason: str, now: datetime
-) -> int:
-    """Move subscribers to `status` unless they already have it or a stronger one."""
-    bind_time = raw.binder(conn, schema.subscribers.c.updated_at)(now)
-    replaceable = REPLACEABLE[status]
-    return raw.execute_in(
-        conn,
-        "UPDATE subscribers SET status = {m}, updated_at = {m}, unsubscribed_at = {m}, "
-        "unsubscribe_reason = {m} WHERE id IN ({{}}) AND status IN ({s})".format(
-            m=raw.placeholder(conn), s=raw.marks(conn, len(replaceable))
-        ),
-        sorted(set(subscriber_ids)),
-        before=(status, bind_time, bind_time, reason[:200]),
-        after=replaceable,
-    )
-
-
-def _update_ledger(
-    conn: Connection, state: str, pairs: set[tuple[int, int]], now: datetime
-) -> None:
-    by_issue: dict[int, list[int]] = {}
-    for issue_id, subscriber_id in pairs:
-        by_issue.setdefault(issue_id, []).append(subscriber_id)
-    replaceable = LEDGER_REPLACEABLE[state]
-    mark = raw.placeholder(conn)
-    sql = (
-        f"UPDATE deliveries SET state = {mark}, updated_at = {mark} "
-        f"WHERE issue_id = {mark} AND subscriber_id IN ({{}}) "
-        f"AND state IN ({raw.marks(conn, len(replaceable))})"
-    )
-    bound_now = raw.binder(conn, schema.deliveries.c.updated_at)(now)
-    for issue_id, subscriber_ids in sorted(by_issue.items()):
-        raw.execute_in(
-            conn,
-            sql,
-            sorted(subscriber_ids),
-            before=(state, bound_now, issue_id),
-            after=replaceable,
-        )
-
-
 def ingest(
     engine: Engine, events: list[dict[str, Any]], *, update_ledger: bool = True
 ) -> IngestResult:
@@ -353,7 +304,7 @@ def ingest(
         countable: dict[str, Countable] = {}
         engaged: dict[str, Activity] = {}
         to_status: dict[str, set[int]] = {status: set() for status in REPLACEABLE}
-        ledger: dict[str, set[tuple[int, int]]] = {state: set() for state in LEDGER_REPLACEABLE}
+        ledger: dict[str, set[tuple[int, int]]] = {state: set() for state in EVENT_REPLACEABLE}
         for event, subscriber_id, issue_id in zip(new, subscriber_of, issue_of, strict=True):
             if subscriber_id not in live_subscribers:
                 subscriber_id = None
@@ -406,7 +357,7 @@ def ingest(
                 )
         for state in ("delivered", "dropped", "bounced"):
             if ledger[state]:
-                _update_ledger(conn, state, ledger[state], now)
+                apply_event_states(conn, state, ledger[state], now)
     return result
 
 

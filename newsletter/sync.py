@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, cast
 from sqlalchemy import Engine, select
 
 from newsletter.errors import ConfigError
-from newsletter.events import apply_status
 from newsletter.sending.factory import choose_transport
 from newsletter.sending.transports import SuppressionListTransport, kinds_that
 from newsletter.store import schema
 from newsletter.store.emails import address_key
+from newsletter.store.subscribers import apply_status
 
 if TYPE_CHECKING:
     from newsletter.project import Project

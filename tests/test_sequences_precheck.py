@@ -15,9 +15,11 @@ import pytest
 from sqlalchemy import insert, select
 
 from newsletter.project import Project
+from newsletter.sending.ledger import Ledger
 from newsletter.sequences.precheck import nothing_to_do
 from newsletter.store.engine import open_engine
-from newsletter.store.schema import sequence_runs
+from newsletter.store.issues import ensure_issue
+from newsletter.store.schema import send_leases
 from tests.conftest import CONFIG, REPO
 from tests.support.sequences import SEQUENCE, STEP1, STEP2, T0, join, received, run, write_steps
 
@@ -63,16 +65,23 @@ def test_an_unfinished_run_is_left_to_the_full_run(project):
     run(project, T0)
     assert idle(project, T0)
     engine = open_engine(Project.load(project).database_url)
-    with engine.begin() as conn:  # a run that died (or is still sending)
+    issue_id = ensure_issue(engine, slug="gone", title="t", subject="s", language="de")
+    send_id = Ledger(engine).create_send(issue_id, transport="outbox", segment=[], dry_run=False)
+    with engine.begin() as conn:  # a run that died (or is still sending): its lease
         conn.execute(
-            insert(sequence_runs).values(
-                owner="x" * 32, host="elsewhere", pid=1, started_at=T0, heartbeat_at=T0
+            insert(send_leases).values(
+                send_id=send_id,
+                owner="x" * 32,
+                source="sequences",
+                host="elsewhere",
+                pid=1,
+                heartbeat_at=T0,
             )
         )
     assert not idle(project, T0)
     run(project, T0)  # its heartbeat is old: reaped
     with engine.connect() as conn:
-        assert conn.execute(select(sequence_runs.c.finished_at)).scalar() is not None
+        assert conn.execute(select(send_leases.c.owner)).first() is None
     assert idle(project, T0)
 
 

@@ -13,21 +13,11 @@ from zoneinfo import ZoneInfo
 import click
 
 from newsletter.cli.context import get_project, sigterm_like_ctrl_c
-from newsletter.cli.preview import preview as preview_command
 from newsletter.cli.segments import segment_options, segment_where
 from newsletter.durations import format_delay
 from newsletter.errors import NewsletterError, SendError
 from newsletter.sequences.clock import SYSTEM, FixedClock, parse_now, refuse_far_ahead
-from newsletter.sequences.renames import rename_step
 from newsletter.sequences.runner import run_due, summary
-from newsletter.sequences.start import count_existing, start_existing
-from newsletter.sequences.status import (
-    check_sequences,
-    describe,
-    sequence_status,
-    step_path_for_preview,
-)
-from newsletter.store.engine import project_engine
 from newsletter.wording import plural
 
 
@@ -67,6 +57,8 @@ def list_() -> None:
     Example:
         newsletter sequences list
     """
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.sequences.status import describe
 
     infos = describe(get_project())
     if not infos:
@@ -99,6 +91,8 @@ def check(name: str | None, strict: bool) -> None:
         newsletter sequences check
         newsletter sequences check welcome --strict
     """
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.sequences.status import check_sequences
 
     project = get_project()
     findings = check_sequences(project, name)
@@ -133,6 +127,11 @@ def status(name: str | None, fmt: str, now: str | None) -> None:
         newsletter sequences status
         newsletter sequences status welcome --format json
     """
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.sequences.status import sequence_status
+
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.store.engine import project_engine
 
     project = get_project()
     at = _clock(now).now()
@@ -193,8 +192,16 @@ def preview(
         newsletter sequences preview welcome/01
         newsletter sequences preview welcome/tipps --no-open
     """
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.sequences.status import step_path_for_preview
 
     path = step_path_for_preview(get_project(), step)
+    # `newsletter preview` itself, asked of the root group by name: importing its module here
+    # would load the preview server (and SQLAlchemy) into every `sequences` command.
+    root = ctx.find_root().command
+    assert isinstance(root, click.Group)
+    preview_command = root.get_command(ctx, "preview")
+    assert preview_command is not None
     ctx.invoke(
         preview_command, issue=str(path), port=port, host=host, no_open=no_open, as_email=as_email
     )
@@ -303,6 +310,11 @@ def rename(name: str, old: str, new: str) -> None:
     Example:
         newsletter sequences rename welcome hello hallo
     """
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.sequences.renames import rename_step
+
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.store.engine import project_engine
 
     project = get_project()
     had = rename_step(project, project_engine(project), name, old, new)
@@ -347,6 +359,11 @@ def start(
         newsletter sequences start welcome --existing --tag leser --yes
         newsletter sequences start welcome --existing --segment aktive --yes
     """
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.sequences.start import count_existing, start_existing
+
+    # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.store.engine import project_engine
 
     if not existing:
         raise click.UsageError(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
 from newsletter.errors import NewsletterError
-from newsletter.events import apply_status, record
+from newsletter.events import record
 from newsletter.replies import threads
 from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
@@ -28,7 +28,7 @@ from newsletter.sequences.config import configured
 from newsletter.store import schema
 from newsletter.store.emails import address_key, normalize_email
 from newsletter.store.public_ids import TokenIds, resolve
-from newsletter.store.subscribers import add_tags, get_subscriber
+from newsletter.store.subscribers import add_tags, apply_status, get_subscriber
 
 if TYPE_CHECKING:
     from newsletter.project import Project

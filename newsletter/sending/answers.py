@@ -92,3 +92,22 @@ def apply_answers(
         ingest(engine, delivered, update_ledger=False)
     if bounces:
         ingest(engine, bounces)
+
+
+def record_answers(
+    engine: Engine,
+    capabilities: Capabilities,
+    issue_id: int,
+    send_id: int,
+    ids: Sequence[int],
+    outcomes: Sequence[Outcome],
+    *,
+    count: bool = False,
+) -> None:
+    """What the transport answered for a claimed batch: into the ledger (with `count`, the
+    send's totals too, in the same transaction), then what the answers mean for the readers
+    (`apply_answers`). Every send's batches, an issue's or a sequence step's, end here."""
+    from newsletter.sending.ledger import Ledger
+
+    Ledger(engine).record_outcomes(issue_id, send_id, ids, outcomes, count=count)
+    apply_answers(engine, capabilities, issue_id, send_id, ids, outcomes)

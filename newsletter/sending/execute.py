@@ -16,20 +16,22 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from newsletter.errors import SendCancelled, SendError
+from newsletter.errors import SendError
 from newsletter.personalize import (
     MAX_URL_CHARS,
     UNSUBSCRIBE_HTML_KEY,
     UNSUBSCRIBE_TEXT_KEY,
     html_value,
 )
+from newsletter.sending.factory import batch_limits
 from newsletter.sending.ledger import RETRYABLE, Ledger
+from newsletter.sending.loop import Loop, Work
 from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import (
     Outcome,
@@ -50,6 +52,7 @@ from newsletter.tokens import REPLY_TOKEN_TAG
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from newsletter.project import Project
     from newsletter.render import RenderedIssue
     from newsletter.sending.plan import SendPlan
 
@@ -216,6 +219,8 @@ class Builder:
     send_id: int
     #: With `[replies] domain`: each reader's signed reply token (`REPLY_TOKEN_TAG` in Reply-To).
     reply_token: Callable[[int | str], str] | None = None
+    #: Ids every recipient carries besides issue, subscriber and send (a sequence's step).
+    extra_ids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.personalize = Personalizer(self.rendered)
@@ -227,6 +232,7 @@ class Builder:
         reply_token = self.reply_token
         personalize, unsubscribe_url = self.personalize.for_row, self.unsubscribe_url
         make = Recipient._make
+        extra = self.extra_ids
         for sid, address, name, first, last, fields, public_id in page[0]:
             # A row without a public id (none should be left after m015) gets a token with
             # its row id: a working unsubscribe link matters more than a hidden count.
@@ -236,8 +242,39 @@ class Builder:
             if reply_token is not None:
                 substitutions[REPLY_TOKEN_TAG] = reply_token(ref)
             ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
+            if extra:
+                ids.update(extra)
             out.append(make((address, name, substitutions, url, ids, _NO_HEADERS)))
         return out
+
+
+def recipient_builder(
+    project: Project,
+    engine: Engine,
+    rendered: RenderedIssue,
+    issue_id: int,
+    send_id: int,
+    *,
+    key: str,
+    extra_ids: dict[str, str] | None = None,
+) -> Builder:
+    """The one recipient builder of every send (an issue, a sequence step): ids, the
+    reader's unsubscribe URL and, with `[replies] domain`, their signed reply token, all
+    tokens made with the public ids (never the row ids)."""
+    from newsletter.store.public_ids import issue_public_id
+    from newsletter.tokens import REPLY, token_maker, unsubscribe_url_maker
+
+    with engine.connect() as conn:
+        issue_public = issue_public_id(conn, issue_id)
+    replies = bool(project.config.section("replies")["domain"])
+    return Builder(
+        rendered,
+        unsubscribe_url_maker(project.config.base_url, issue_public, key=key),
+        issue_id,
+        send_id,
+        token_maker(REPLY, issue_public, key=key) if replies else None,
+        dict(extra_ids or {}),
+    )
 
 
 _NO_HEADERS = Recipient._field_defaults["headers"]
@@ -270,7 +307,10 @@ class Preparer:
         self.prepares = self.transport.capabilities.prepares
 
     def __call__(self, batch: Page) -> Any:
-        recipients = self.builder.build(batch)
+        return self.prepare(self.builder.build(batch))
+
+    def prepare(self, recipients: list[Recipient]) -> Any:
+        """Recipients built already, made ready for `send`."""
         if self.prepares:
             return cast("PreparingTransport", self.transport).prepare(
                 Batch(self.message, recipients)
@@ -425,8 +465,7 @@ def execute(
 ) -> SendReport:
     """Carry out the plan. Raises SendError for a refusal or a lost lease; a stop midway
     (bad key, retries exhausted) is in `report.error`, with what was settled."""
-    from newsletter.store.public_ids import issue_public_id
-    from newsletter.tokens import REPLY, secret_key, token_maker, unsubscribe_url_maker
+    from newsletter.tokens import secret_key
 
     if plan.refusal:
         raise SendError(plan.refusal)
@@ -472,17 +511,7 @@ def execute(
         except SendError as exc:
             ledger.finish_send(send_id, "failed", str(exc))
             raise
-    with engine.connect() as conn:
-        issue_public = issue_public_id(conn, issue_id)
-    builder = Builder(
-        rendered,
-        unsubscribe_url_maker(project.config.base_url, issue_public, key=key),
-        issue_id,
-        send_id,
-        token_maker(REPLY, issue_public, key=key)
-        if project.config.section("replies")["domain"]
-        else None,
-    )
+    builder = recipient_builder(project, engine, rendered, issue_id, send_id, key=key)
     preparer = Preparer(builder, transport, marked_if_development_key(plan.message()))
     pool = None
     stop = threading.Event()
@@ -604,171 +633,93 @@ def _send_batches(
     progress: Callable[[SendReport], None] | None,
     stop: threading.Event,
 ) -> None:
-    from newsletter.sending.answers import apply_answers
+    """The planned recipients, a batch at a time, through the one sending loop."""
 
-    transport = plan.transport
-    section = plan.project.config.section("sending")
-    batch_size = max(1, min(section["batch_size"], transport.capabilities.max_batch))
-    concurrency = max(1, section["concurrency"])
-    use_ledger = report.ledger
+    batch_size, concurrency = batch_limits(plan.project, plan.transport)
     send_id = report.send_id
-    owner = lease.owner if lease is not None else None
-    slug = plan.slug
-    pending: dict[Future[list[Outcome]], int] = {}
 
-    def deliver(number: int, batch: Page, prepared: Any) -> list[Outcome]:
-        """In a sender thread: prepare the batch (unless a worker did), claim it, send it,
-        record what came back. The ledger's database work runs here, beside the other
-        threads (SQLite and PostgreSQL's drivers let go of the GIL while they work). A claim
-        that fails (the lease was lost) raises: nothing of this batch was recorded or sent."""
-        rows, with_rows = batch
-        if prepared is None:
-            prepared = preparer(batch)  # (raises before anything is claimed: the send stops)
-        ids = [row[0] for row in rows]
-        if use_ledger:
-            new = [sid for sid in ids if sid not in with_rows]
-            retry = [sid for sid in ids if sid in with_rows]
-            try:
-                kept = ledger.claim(
-                    issue_id,
-                    send_id,
-                    number,
-                    new,
-                    retry,
-                    owner=owner,
-                    slug=slug,
-                    send_round=plan.send_round,
-                )
-            except SendCancelled:
-                # `cancel` asked: claim and send nothing more, settle what is in flight.
-                report.cancelled = True
-                stop.set()
-                return []
-            if len(kept) < len(ids):
-                # Unsubscribed or forgotten since they were read: they get nothing.
-                rows = [row for row in rows if row[0] in kept]
-                ids = [row[0] for row in rows]
-                prepared = None
-        if not ids:
-            return []
-        try:
-            if prepared is None:
-                prepared = preparer((rows, with_rows))
-        except Exception as exc:  # claimed, but nothing went out: failed, sent on --resume
-            outcomes = [
-                Outcome(DeliveryState.FAILED, error=f"could not prepare a batch: {exc}", fatal=True)
-            ] * len(ids)
-        else:
-            try:
-                outcomes = preparer.send(prepared)
-            except Exception as exc:  # a bug or an unexpected library error: not known sent
-                error = f"unexpected error: {exc}"
-                outcomes = [Outcome(DeliveryState.UNCERTAIN, error=error)] * len(ids)
-        # What came back, and the send's totals, in one transaction here: `sends` and
-        # `stats` agree with the ledger whenever and however the send stops.
-        if use_ledger:
-            ledger.record_outcomes(issue_id, send_id, ids, outcomes, count=True)
-            # SMTP's 250s and refused addresses, as a provider's events would be.
-            apply_answers(ledger.engine, transport.capabilities, issue_id, send_id, ids, outcomes)
-        else:
-            ledger.count_outcomes(send_id, outcomes)
-        return outcomes
-
-    def settle(done: set[Future[list[Outcome]]]) -> None:
+    def settled(_work: Work, outcomes: list[Outcome]) -> None:
         """Count what the sender threads did, for the report (the database has it already)."""
-        for future in done:
-            pending.pop(future)
-            # A refused claim (the lease was lost) raises SendError here: the send stops.
-            outcomes = future.result()
-            for outcome, times in outcome_runs(outcomes):
-                if outcome.state == DeliveryState.ACCEPTED:
-                    report.accepted += times
-                    report.replaced += times if outcome.replaced else 0
-                elif outcome.state == DeliveryState.FAILED:
-                    report.failed += times
-                else:
-                    report.uncertain += times
-                known = outcome.error in report.errors
-                if outcome.error and not known and len(report.errors) < 100:
-                    report.errors.append(outcome.error)
-                if outcome.fatal and not report.error:
-                    report.error = outcome.error
-            if progress:
-                progress(report)
+        for outcome, times in outcome_runs(outcomes):
+            if outcome.state == DeliveryState.ACCEPTED:
+                report.accepted += times
+                report.replaced += times if outcome.replaced else 0
+            elif outcome.state == DeliveryState.FAILED:
+                report.failed += times
+            else:
+                report.uncertain += times
+            known = outcome.error in report.errors
+            if outcome.error and not known and len(report.errors) < 100:
+                report.errors.append(outcome.error)
+            if outcome.fatal and not report.error:
+                report.error = outcome.error
+        if progress:
+            progress(report)
 
-    batch_no = 0
+    def fail(error: str) -> None:
+        report.error = report.error or error
 
-    def halted() -> bool:
-        return report.error is not None or stop.is_set()
-
-    def submit(executor: ThreadPoolExecutor, batch: Page, prepared: Any) -> None:
-        nonlocal batch_no
-        if stop.is_set():
-            # Asked to stop: claim nothing more; these people are simply not sent to yet.
-            return
-        batch_no += 1
-        pending[executor.submit(deliver, batch_no, batch, prepared)] = batch_no
-        while len(pending) >= concurrency:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            settle(done)
-
+    loop = Loop(
+        ledger,
+        concurrency,
+        settled,
+        stop=stop,
+        halted=lambda: report.error is not None,
+        owner=lease.owner if lease is not None else None,
+        slug=plan.slug,
+        uses_ledger=report.ledger,
+        send_round=plan.send_round,
+    )
     again: set[str] = {
         *RETRYABLE,
         *([DeliveryState.UNCERTAIN] if plan.request.include_uncertain else []),
     }
-    check_rows = use_ledger and ledger.has_rows(issue_id, plan.send_round)
-    batches = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
-    # Batches in the worker processes, oldest first: bounded, so memory stays flat.
-    waiting: deque[tuple[Page, Any]] = deque()
+    check_rows = report.ledger and ledger.has_rows(issue_id, plan.send_round)
+    pages = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
+    works = (
+        Work(preparer, issue_id, send_id, number, rows, with_rows)
+        for number, (rows, with_rows) in enumerate(pages, start=1)
+    )
+    try:
+        loop.run(works if pool is None else _prepared_ahead(works, pool, loop.is_halted, fail))
+    finally:
+        report.cancelled = report.cancelled or loop.cancelled
 
-    def take_oldest() -> None:
-        """Hand the oldest prepared batch to a sender. Waits in short steps, so that a stop
-        asked for meanwhile is seen at once; a worker that died (the OOM killer) breaks the
-        pool, which stops the send."""
-        ready, result = waiting[0]
+
+def _prepared_ahead(
+    works: Iterator[Work], pool: Any, halted: Callable[[], bool], fail: Callable[[str], None]
+) -> Iterator[Work]:
+    """`works` with their requests made by the worker processes, a few batches ahead of the
+    senders, oldest first: bounded, so memory stays flat. Waits in short steps, so that a
+    stop asked for meanwhile is seen at once; a worker that died (the OOM killer) breaks the
+    pool, which stops the send."""
+    waiting: deque[tuple[Work, Any]] = deque()
+
+    def oldest() -> Work | None:
+        work, result = waiting[0]
         while not result.done():
             wait([result], timeout=0.1)
             if halted():
-                return
+                return None
         waiting.popleft()
         try:
-            prepared = result.result()
+            work.prepared = result.result()
         except BrokenProcessPool:
-            report.error = report.error or WORKER_DIED
-        else:
-            submit(executor, ready, prepared)
+            fail(WORKER_DIED)
+            return None
+        return work
 
-    def prepare_ahead(batch: Page) -> None:
+    for work in works:
+        if halted():
+            return
         try:
-            waiting.append((batch, pool.submit(_prepare_in_worker, batch)))
+            waiting.append((work, pool.submit(_prepare_in_worker, (work.rows, work.with_rows))))
         except BrokenProcessPool:  # a worker died since the last batch was taken
-            report.error = report.error or WORKER_DIED
-
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as executor:
-        try:
-            for batch in batches:
-                if halted():
-                    break
-                if pool is None:
-                    submit(executor, batch, None)
-                    continue
-                prepare_ahead(batch)
-                while len(waiting) > PREPARE_AHEAD and not halted():
-                    take_oldest()
-            while waiting and not halted():
-                take_oldest()
-        finally:
-            # Whatever happened (Ctrl-C, a lost lease), wait for what is in flight: each
-            # sender thread records its own batch. The first error is raised after all.
-            failure: BaseException | None = None
-            while pending:
-                try:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                except KeyboardInterrupt:
-                    continue  # a second Ctrl-C: still settle, the answers are on their way
-                try:
-                    settle(done)
-                except Exception as exc:
-                    failure = failure or exc
-            if failure is not None:
-                raise failure
+            fail(WORKER_DIED)
+            return
+        while len(waiting) > PREPARE_AHEAD and not halted():
+            if (ready := oldest()) is not None:
+                yield ready
+    while waiting and not halted():
+        if (ready := oldest()) is not None:
+            yield ready

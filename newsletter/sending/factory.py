@@ -49,6 +49,25 @@ def settings_for(project: Project, **overrides: object) -> TransportSettings:
     return TransportSettings(**values)  # type: ignore[arg-type]
 
 
+def dead_links_refusal(project: Project) -> str | None:
+    """Why no mail may reach readers yet, or None: readers must be able to leave (RFC 8058,
+    CAN-SPAM), and without `base_url` their unsubscribe links would lead nowhere."""
+    if project.config.base_url is not None:
+        return None
+    return (
+        f"{project.config.path}: [newsletter] base_url is not set, so the unsubscribe links "
+        "would lead nowhere; set base_url to where `newsletter serve` is reachable"
+    )
+
+
+def batch_limits(project: Project, transport: Transport) -> tuple[int, int]:
+    """(recipients per batch, batches in flight at once) for a send through `transport`:
+    `[sending]`'s, the batch clamped to what the transport takes in one request."""
+    section = project.config.section("sending")
+    batch_size = max(1, min(int(section["batch_size"]), transport.capabilities.max_batch))
+    return batch_size, max(1, int(section["concurrency"]))
+
+
 def choose_transport(
     project: Project,
     *,

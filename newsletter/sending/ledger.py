@@ -8,6 +8,11 @@ The rules that make a send crash-safe:
 - Only the process holding the issue's lease sends it. A lease whose process is gone (same host
   and pid dead, or no heartbeat for LEASE_STALE_SECONDS) may be taken over; its leftover
   `in_flight` rows then become `uncertain`, because nobody knows whether SendGrid took them.
+- A run of due work (a sequence run) holds the same kind of lease, one row per send it makes
+  and no issue (`RunLease`), so runs may go side by side; the next run reaps a dead one's
+  sends the same way (`Ledger.reap_gone_runs`).
+- Writes others need in their own transaction are offered on the caller's connection
+  (`claim_on`, `create_send_on`, ...; event ingest's `apply_event_states`): the SQL stays here.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from newsletter.errors import SendCancelled, SendError
 from newsletter.sending.transports import outcome_runs
 from newsletter.store.issues import ensure_issue, find_issue_id  # noqa: F401  (moved there)
-from newsletter.store.raw import binder, placeholder
+from newsletter.store.raw import binder, execute_in, marks, placeholder
 from newsletter.store.schema import (
     FIRST_ROUND,
     DeliveryState,
@@ -77,6 +82,53 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def holder_gone(heartbeat_at: datetime | None, holder_host: str, holder_pid: int) -> bool:
+    """Is the process behind a lease (or a sequence run) gone? No heartbeat for
+    LEASE_STALE_SECONDS (another host's pid cannot be checked), or the same host and its pid
+    dead. This process is never gone to itself."""
+    heartbeat = as_utc(heartbeat_at)
+    if heartbeat is None or now() - heartbeat > timedelta(seconds=LEASE_STALE_SECONDS):
+        return True
+    if holder_host != socket.gethostname() or holder_pid == os.getpid():
+        return False
+    return not process_alive(holder_pid)
+
+
+class Heartbeat:
+    """A daemon thread that runs `beat` (one small UPDATE in its own transaction) every
+    HEARTBEAT_SECONDS until `stop()`: what keeps a lease, or a sequence run, from looking
+    gone while its process works."""
+
+    def __init__(
+        self, engine: Engine, beat: Callable[[Connection], Any], name: str = "send-heartbeat"
+    ) -> None:
+        self.engine = engine
+        self.beat = beat
+        self.interval: float = HEARTBEAT_SECONDS
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self, interval: float = HEARTBEAT_SECONDS) -> Heartbeat:
+        self.interval = interval
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.engine.begin() as conn:
+                    self.beat(conn)
+            except SQLAlchemyError:
+                # A dropped connection or a busy database: beat again next time rather
+                # than die silently and let the lease go stale mid-send.
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
 @dataclass
 class Lease:
     """This process's right to send an issue; keeps itself alive with a heartbeat thread."""
@@ -86,44 +138,83 @@ class Lease:
     send_id: int
     owner: str
     taken_over_send: int | None = None  # the dead sender's send id, if any
-    _stop: threading.Event | None = None
-    _thread: threading.Thread | None = None
+    _heartbeat: Heartbeat | None = None
 
     def start_heartbeat(self, interval: float = HEARTBEAT_SECONDS) -> None:
-        self._stop = threading.Event()
+        def beat(conn: Connection) -> None:
+            conn.execute(
+                update(send_leases)
+                .where(send_leases.c.owner == self.owner)
+                .values(heartbeat_at=now())
+            )
 
-        def beat() -> None:
-            assert self._stop is not None
-            while not self._stop.wait(interval):
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(
-                            update(send_leases)
-                            .where(send_leases.c.owner == self.owner)
-                            .values(heartbeat_at=now())
-                        )
-                except SQLAlchemyError:
-                    # A dropped connection or a busy database: beat again next time rather
-                    # than die silently and let the lease go stale mid-send.
-                    continue
+        self._heartbeat = Heartbeat(self.engine, beat, "send-lease-heartbeat").start(interval)
 
-        self._thread = threading.Thread(target=beat, name="send-lease-heartbeat", daemon=True)
-        self._thread.start()
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """The heartbeat's thread (a test checks it outlives a dropped connection)."""
+        return self._heartbeat.thread if self._heartbeat is not None else None
 
     def release(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         with self.engine.begin() as conn:
             conn.execute(delete(send_leases).where(send_leases.c.owner == self.owner))
 
 
-def _stale(row: Any, host: str) -> bool:
-    heartbeat = as_utc(row.heartbeat_at)
-    if heartbeat is None or now() - heartbeat > timedelta(seconds=LEASE_STALE_SECONDS):
-        return True
-    return row.host == host and not process_alive(row.pid)
+class RunLease:
+    """The lease of a run of due work (a sequence run): a `send_leases` row without an issue
+    for each send the run makes (one per sequence step it sends), all with this run's owner,
+    with the same heartbeat and the same rule for "gone" as a send of an issue. Runs may go
+    side by side (each claims other people). A run whose process died is reaped by the next
+    (`Ledger.reap_gone_runs`): its in-flight rows become uncertain."""
+
+    def __init__(self, engine: Engine, source: str, clock: Callable[[], datetime] = now) -> None:
+        self.engine = engine
+        self.source = source
+        self.clock = clock  # (the run's own clock, for its sends' times; liveness is `now`)
+        self.owner = uuid.uuid4().hex
+        self.sends: dict[int, int] = {}  # issue id -> this run's send of it
+        self._heartbeat = Heartbeat(engine, self.touch, f"{source}-heartbeat").start()
+
+    def touch(self, conn: Connection) -> None:
+        """A heartbeat, on the caller's connection: a claim's first statement, so that on
+        SQLite it takes the write lock before the claim reads."""
+        conn.execute(
+            update(send_leases).where(send_leases.c.owner == self.owner).values(heartbeat_at=now())
+        )
+
+    def send_for(self, conn: Connection, issue_id: int, transport: str) -> int:
+        """This run's send of `issue_id` and its lease row, made on its first claim (in the
+        claim's transaction)."""
+        if issue_id not in self.sends:
+            send_id = create_send_on(conn, issue_id, transport=transport, started_at=self.clock())
+            conn.execute(
+                insert(send_leases).values(
+                    send_id=send_id,
+                    issue_id=None,
+                    owner=self.owner,
+                    source=self.source,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    heartbeat_at=now(),
+                )
+            )
+            self.sends[issue_id] = send_id
+        return self.sends[issue_id]
+
+    def finish(self, error: str | None) -> None:
+        """The run's end: its sends are done (or stopped, with `error`), the lease let go."""
+        self._heartbeat.stop()
+        with self.engine.begin() as conn:
+            status = "stopped" if error else "done"
+            finish_sends_on(conn, list(self.sends.values()), status, error, self.clock())
+            conn.execute(delete(send_leases).where(send_leases.c.owner == self.owner))
+
+
+def _stale(row: Any) -> bool:
+    """A lease row whose holder is gone (see `holder_gone`)."""
+    return holder_gone(row.heartbeat_at, row.host, row.pid)
 
 
 def _bound_time(conn: Any, stamp: datetime) -> Any:
@@ -199,6 +290,210 @@ def _record(
     )
 
 
+#: The ledger states a provider's event (delivered, bounced, dropped) may replace.
+EVENT_REPLACEABLE = {
+    "delivered": ("pending", "in_flight", "accepted", "uncertain", "failed"),
+    "bounced": ("pending", "in_flight", "accepted", "uncertain", "failed", "delivered"),
+    "dropped": ("pending", "in_flight", "accepted", "uncertain", "failed"),
+}
+
+
+def apply_event_states(
+    conn: Connection, state: str, pairs: set[tuple[int, int]], now: datetime
+) -> None:
+    """Event ingest: (issue id, subscriber id) rows move to `state` unless they hold a state
+    it may not replace (see `EVENT_REPLACEABLE`). On the caller's connection, in its
+    transaction; plain driver SQL, one statement per issue and chunk of ids."""
+    by_issue: dict[int, list[int]] = {}
+    for issue_id, subscriber_id in pairs:
+        by_issue.setdefault(issue_id, []).append(subscriber_id)
+    replaceable = EVENT_REPLACEABLE[state]
+    mark = placeholder(conn)
+    sql = (
+        f"UPDATE deliveries SET state = {mark}, updated_at = {mark} "
+        f"WHERE issue_id = {mark} AND subscriber_id IN ({{}}) "
+        f"AND state IN ({marks(conn, len(replaceable))})"
+    )
+    bound_now = _bound_time(conn, now)
+    for issue_id, subscriber_ids in sorted(by_issue.items()):
+        execute_in(
+            conn,
+            sql,
+            sorted(subscriber_ids),
+            before=(state, bound_now, issue_id),
+            after=replaceable,
+        )
+
+
+def claim_on(
+    conn: Connection,
+    issue_id: int,
+    send_id: int,
+    batch_no: int,
+    new_ids: Sequence[int],
+    again_ids: Sequence[int],
+    stamp: datetime,
+    slug: str = "the issue",
+    send_round: str = FIRST_ROUND,
+) -> set[int]:
+    """The claim itself, on the caller's connection and in its transaction (`Ledger.claim`
+    adds the lease and cancel checks; a sequence run adds the move of each reader to their
+    next step, under its row lock). Returns the ids claimed: those still subscribed.
+    `new_ids` get new `in_flight` rows; `again_ids` (failed before, or uncertain on request)
+    are moved to this send. A unique-key clash means someone else recorded the person: stop."""
+    mark = placeholder(conn)
+    subscribed = str(SubscriberStatus.SUBSCRIBED)
+    kept: set[int] = set()
+    if new_ids:
+        # One statement checks who is still subscribed and records them.
+        when = _bound_time(conn, stamp)
+        flying = str(DeliveryState.IN_FLIGHT)
+        listed = ", ".join([mark] * len(new_ids))
+        try:
+            # (No savepoint: a clash ends the whole transaction, rolled back below.)
+            inserted = conn.exec_driver_sql(
+                "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
+                f"batch_no, updated_at, send_round) SELECT {mark}, id, {mark}, {mark}, {mark}, "
+                f"{mark}, {mark} FROM subscribers WHERE status = {mark} AND id IN ({listed})",
+                (issue_id, send_id, flying, batch_no, when, send_round, subscribed, *new_ids),
+            ).rowcount
+        except IntegrityError:
+            raise SendError(
+                f"another send of {slug} recorded some of this batch's recipients first; "
+                f"this one stops, see `newsletter sends {slug}`"
+            ) from None
+        if inserted == len(new_ids):
+            kept.update(new_ids)
+        else:  # some left since they were read: ours are the rows this batch made
+            kept.update(
+                row[0]
+                for row in conn.exec_driver_sql(
+                    f"SELECT subscriber_id FROM deliveries WHERE issue_id = {mark} AND "
+                    f"subscriber_id IN ({listed}) AND send_id + 0 = {mark} AND "
+                    f"batch_no + 0 = {mark}",
+                    (issue_id, *new_ids, send_id, batch_no),
+                )
+            )
+    if again_ids:
+        kept.update(
+            row[0]
+            for row in conn.exec_driver_sql(
+                f"SELECT id FROM subscribers WHERE status = {mark} AND id IN "
+                f"({', '.join([mark] * len(again_ids))})",
+                (subscribed, *again_ids),
+            )
+        )
+        again_ids = [sid for sid in again_ids if sid in kept]
+    if again_ids:
+        conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.issue_id == issue_id,
+                deliveries.c.subscriber_id.in_(list(again_ids)),
+                deliveries.c.send_round == send_round,
+            )
+            .values(
+                state=DeliveryState.IN_FLIGHT,
+                send_id=send_id,
+                batch_no=batch_no,
+                error=None,
+                message_id=None,
+                updated_at=stamp,
+            )
+        )
+    return kept
+
+
+def create_send_on(
+    conn: Connection,
+    issue_id: int,
+    *,
+    transport: str,
+    segment: Sequence[str] = (),
+    dry_run: bool = False,
+    status: str = "sending",
+    batch_id: str | None = None,
+    send_at: datetime | None = None,
+    up_to_subscriber: int | None = None,
+    started_at: datetime | None = None,
+    resend: str | None = None,
+    subject: str | None = None,
+    track_opens: bool | None = None,
+) -> int:
+    """A new `sends` row on the caller's connection (a sequence run makes one per step on its
+    first claim of it); its id."""
+    result = conn.execute(
+        insert(sends).values(
+            issue_id=issue_id,
+            status=status,
+            transport=transport,
+            segment=list(segment),
+            dry_run=dry_run,
+            batch_id=batch_id,
+            send_at=send_at,
+            up_to_subscriber=up_to_subscriber,
+            resend=resend,
+            subject=subject,
+            track_opens=track_opens,
+            started_at=started_at or now(),
+        )
+    )
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def finish_sends_on(
+    conn: Connection, send_ids: Sequence[int], status: str, error: str | None, at: datetime
+) -> None:
+    """Several sends end at once (a sequence run's, one per step it sent)."""
+    if send_ids:
+        conn.execute(
+            update(sends)
+            .where(sends.c.id.in_(list(send_ids)))
+            .values(status=status, error=error, finished_at=at)
+        )
+
+
+def reap_sends_on(
+    conn: Connection, send_ids: Any, *, row_error: str, send_error: str, at: datetime
+) -> int:
+    """The sends of a process that is gone (`send_ids`: ids, or a subquery of them): their
+    in-flight rows become `uncertain` (nobody knows whether the transport took them), the
+    sends still `sending` are `stopped`. How many rows became uncertain."""
+    reaped = conn.execute(
+        update(deliveries)
+        .where(deliveries.c.send_id.in_(send_ids), deliveries.c.state == DeliveryState.IN_FLIGHT)
+        .values(state=DeliveryState.UNCERTAIN, error=row_error, updated_at=at)
+    ).rowcount
+    conn.execute(
+        update(sends)
+        .where(sends.c.id.in_(send_ids), sends.c.status == "sending")
+        .values(status="stopped", error=send_error, finished_at=at)
+    )
+    return int(reaped or 0)
+
+
+def uncertain_to_failed_on(
+    conn: Connection,
+    issue_ids: Sequence[int],
+    subscriber_ids: Sequence[int],
+    *,
+    error: str,
+    at: datetime,
+) -> None:
+    """Uncertain rows to send again on purpose (`--include-uncertain`): `failed`, i.e. known
+    not sent, so the next claim takes them again. Chunked: SQLite's limit on bound values."""
+    for start in range(0, len(subscriber_ids), 900):
+        conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.issue_id.in_(list(issue_ids)),
+                deliveries.c.subscriber_id.in_(list(subscriber_ids[start : start + 900])),
+                deliveries.c.state == DeliveryState.UNCERTAIN,
+            )
+            .values(state=DeliveryState.FAILED, error=error, updated_at=at)
+        )
+
+
 class Ledger:
     """Owns `sends`, `send_totals`, `send_leases` and `deliveries`: every read and write of them
     goes through here. `Ledger(engine)`; cheap to create."""
@@ -222,23 +517,20 @@ class Ledger:
         track_opens: bool | None = None,
     ) -> int:
         with self.engine.begin() as conn:
-            result = conn.execute(
-                insert(sends).values(
-                    issue_id=issue_id,
-                    status=status,
-                    transport=transport,
-                    segment=list(segment),
-                    dry_run=dry_run,
-                    batch_id=batch_id,
-                    send_at=send_at,
-                    up_to_subscriber=up_to_subscriber,
-                    resend=resend,
-                    subject=subject,
-                    track_opens=track_opens,
-                    started_at=now(),
-                )
+            return create_send_on(
+                conn,
+                issue_id,
+                transport=transport,
+                segment=segment,
+                dry_run=dry_run,
+                status=status,
+                batch_id=batch_id,
+                send_at=send_at,
+                up_to_subscriber=up_to_subscriber,
+                resend=resend,
+                subject=subject,
+                track_opens=track_opens,
             )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def finish_send(self, send_id: int, status: str, error: str | None = None) -> None:
         """The send's end. A cancelled send stays cancelled: its sender, stopped by `cancel`,
@@ -297,7 +589,7 @@ class Ledger:
                         return Lease(self.engine, issue_id, send_id, owner)
                     except IntegrityError:
                         continue  # someone else just took it: look again
-                if not _stale(row, host):
+                if not _stale(row):
                     seen = int((now() - as_utc(row.heartbeat_at)).total_seconds())  # type: ignore[operator]
                     raise SendError(
                         f"another send of {slug} is running (send {row.send_id}, pid {row.pid} on "
@@ -327,16 +619,66 @@ class Ledger:
             row = conn.execute(
                 select(send_leases).where(send_leases.c.issue_id == issue_id)
             ).first()
-        if row is None or _stale(row, socket.gethostname()):
+        if row is None or _stale(row):
             return None
         return row
 
     def live_sends(self) -> set[int]:
         """Ids of sends whose process still holds its lease (alive, heartbeat fresh)."""
-        host = socket.gethostname()
         with self.engine.connect() as conn:
             rows = conn.execute(select(send_leases)).all()
-        return {r.send_id for r in rows if not _stale(r, host)}
+        return {r.send_id for r in rows if not _stale(r)}
+
+    def run_sends_unfinished(self) -> set[int]:
+        """Sends of runs of due work (sequence runs) still `sending`, alive or not: `sends`
+        must not call them dead and suggest `send --resume`; the next run reaps a dead one."""
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    select(sends.c.id)
+                    .join(send_leases, send_leases.c.send_id == sends.c.id)
+                    .where(send_leases.c.issue_id.is_(None), sends.c.status == "sending")
+                ).scalars()
+            )
+
+    def start_run(self, source: str, clock: Callable[[], datetime] = now) -> RunLease:
+        """A lease for a run of due work (see `RunLease`)."""
+        return RunLease(self.engine, source, clock)
+
+    def reap_gone_runs(self, source: str, at: datetime, *, row_error: str, send_error: str) -> int:
+        """The leases of runs of `source` whose process is gone (see `holder_gone`): their
+        in-flight rows become `uncertain`, their sends `stopped`, the lease rows go. How
+        many rows became uncertain. Of two reapers, one reaps each run."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(send_leases).where(
+                    send_leases.c.issue_id.is_(None), send_leases.c.source == source
+                )
+            ).all()
+        runs: dict[str, list[Any]] = {}
+        for row in rows:
+            runs.setdefault(row.owner, []).append(row)
+        reaped = 0
+        for owner, held in runs.items():
+            if not _stale(held[0]):
+                continue
+            send_ids = [row.send_id for row in held]
+            with self.engine.begin() as conn:
+                # Compare-and-delete on the heartbeat read: a second reaper, or a run that
+                # beat meanwhile (alive after all), deletes nothing.
+                taken = conn.execute(
+                    delete(send_leases).where(
+                        send_leases.c.owner == owner,
+                        send_leases.c.send_id.in_(send_ids),
+                        send_leases.c.heartbeat_at == held[0].heartbeat_at,
+                    )
+                ).rowcount
+                if not taken:
+                    continue
+                reaped += reap_sends_on(
+                    conn, send_ids, row_error=row_error, send_error=send_error, at=at
+                )
+        return reaped
 
     def in_flight_to_uncertain(self, issue_id: int) -> int:
         """After taking over from a dead sender: its in-flight rows may or may not have gone out."""
@@ -410,76 +752,9 @@ class Ledger:
                     f"send {send_id} of {slug} was cancelled (`newsletter cancel`); nothing more "
                     f"goes out, see `newsletter sends {slug}`"
                 )
-            subscribed = str(SubscriberStatus.SUBSCRIBED)
-            kept: set[int] = set()
-            if new_ids:
-                # One statement checks who is still subscribed and records them.
-                when = _bound_time(conn, stamp)
-                flying = str(DeliveryState.IN_FLIGHT)
-                listed = ", ".join([mark] * len(new_ids))
-                try:
-                    # (No savepoint: a clash ends the whole transaction, rolled back below.)
-                    inserted = conn.exec_driver_sql(
-                        "INSERT INTO deliveries (issue_id, subscriber_id, send_id, state, "
-                        f"batch_no, updated_at, send_round) SELECT {mark}, id, {mark}, {mark}, "
-                        f"{mark}, {mark}, {mark} FROM subscribers WHERE status = {mark} AND id "
-                        f"IN ({listed})",
-                        (
-                            issue_id,
-                            send_id,
-                            flying,
-                            batch_no,
-                            when,
-                            send_round,
-                            subscribed,
-                            *new_ids,
-                        ),
-                    ).rowcount
-                except IntegrityError:
-                    raise SendError(
-                        f"another send of {slug} recorded some of this batch's recipients first; "
-                        f"this one stops, see `newsletter sends {slug}`"
-                    ) from None
-                if inserted == len(new_ids):
-                    kept.update(new_ids)
-                else:  # some left since they were read: ours are the rows this batch made
-                    kept.update(
-                        row[0]
-                        for row in conn.exec_driver_sql(
-                            f"SELECT subscriber_id FROM deliveries WHERE issue_id = {mark} AND "
-                            f"subscriber_id IN ({listed}) AND send_id + 0 = {mark} AND "
-                            f"batch_no + 0 = {mark}",
-                            (issue_id, *new_ids, send_id, batch_no),
-                        )
-                    )
-            if again_ids:
-                kept.update(
-                    row[0]
-                    for row in conn.exec_driver_sql(
-                        f"SELECT id FROM subscribers WHERE status = {mark} AND id IN "
-                        f"({', '.join([mark] * len(again_ids))})",
-                        (subscribed, *again_ids),
-                    )
-                )
-                again_ids = [sid for sid in again_ids if sid in kept]
-            if again_ids:
-                conn.execute(
-                    update(deliveries)
-                    .where(
-                        deliveries.c.issue_id == issue_id,
-                        deliveries.c.subscriber_id.in_(list(again_ids)),
-                        deliveries.c.send_round == send_round,
-                    )
-                    .values(
-                        state=DeliveryState.IN_FLIGHT,
-                        send_id=send_id,
-                        batch_no=batch_no,
-                        error=None,
-                        message_id=None,
-                        updated_at=stamp,
-                    )
-                )
-        return kept
+            return claim_on(
+                conn, issue_id, send_id, batch_no, new_ids, again_ids, stamp, slug, send_round
+            )
 
     def record(
         self,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from newsletter.errors import SendError
-from newsletter.sending.factory import Chosen, choose_transport
+from newsletter.sending.factory import Chosen, choose_transport, dead_links_refusal
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
 from newsletter.sending.transports import kinds_that
@@ -600,10 +600,6 @@ def _refusal(plan: SendPlan) -> str | None:
         # Links signed with the development key would be dead: `serve` checks them with the
         # real key. The outbox and --dry-run may use it (nothing reaches a reader).
         return secret_key_missing(f"a real send through {kind}")
-    if plan.uses_ledger and project.config.base_url is None:
-        # Readers must be able to leave (RFC 8058, CAN-SPAM): no real send with dead links.
-        return (
-            f"{project.config.path}: [newsletter] base_url is not set, so the unsubscribe links "
-            "would lead nowhere; set base_url to where `newsletter serve` is reachable"
-        )
+    if plan.uses_ledger and (refusal := dead_links_refusal(project)):
+        return refusal
     return None

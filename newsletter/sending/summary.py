@@ -191,10 +191,8 @@ def send_summaries(
     rows = ledger.list_sends(issue_id)
     counts = ledger.counts_by_state(issue_id=issue_id)
     sums = ledger.totals()
-    # upward: a sequence run's sends are live too; open until sequences send through the one engine (issue 23)
-    from newsletter.sequences.runner import sequence_sends_running
-
-    live = ledger.live_sends() | sequence_sends_running(engine)  # a sequence run reaps itself
+    # A sequence run's sends are never dead for `--resume`: the next run reaps them itself.
+    live = ledger.live_sends() | ledger.run_sends_unfinished()
     # (People who joined later wait for a --resume of the first send, not of a resend.)
     last_of_issue = {r.issue_id: r.id for r in rows if r.resend is None}
     from newsletter.segments.sends import for_sends

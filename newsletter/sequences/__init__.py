@@ -5,10 +5,10 @@
 - step files `sequences/<name>/NN-<title>.md` are an authoring format: `newsletter.step`.
 - `state`: enrollments (who is in which sequence, what is next, when) and the step rows.
 - `hooks`: the one call each place where people join makes (`enroll_joined`, `enroll_tagged`).
-- `delivery`: hands a batch of one step to the configured transport (the adapter to sending).
+- `delivery`: a step's email for the sending engine: rendered once, recipients by sending's builder.
 - `runner`: `run_due` sends every due step exactly once; `BackgroundRunner` for `serve`.
-- `precheck`: "nothing to do" from three plain queries, before SQLAlchemy is even loaded.
-- `batches`: the run itself: reaping dead runs, claiming due people, sending, recording.
+- `precheck`: "nothing to do" from a few plain queries, before SQLAlchemy is even loaded.
+- `batches`: the run: the source of due people for `sending.loop`, claimed with their next step.
 - `status`: what `sequences status` shows.
 
 A step is sent through the ledger like an issue: each step has an `issues` row (slug

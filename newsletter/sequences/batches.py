@@ -1,185 +1,59 @@
-"""The sequence run itself (see `runner.py` for what one run does and guarantees): reaping dead
-runs, claiming due people a batch at a time under a row lock, handing each batch to the
-transport and recording the answers. `runner.run_due` comes here only when its cheap
-`precheck` did not rule out that anything is due.
+"""The sequence run itself (see `runner.py` for what one run does and guarantees): the people
+due now as a source of batches for the one sending loop (`sending.loop`). Each batch is
+claimed under a row lock, in one transaction with the move of each reader to their next step
+(`ledger.claim_on`, `state.apply_moves`); the lease, the reaping of dead runs, the sending and
+the recording are `sending`'s. `runner.run_due` comes here only when its cheap `precheck` did
+not rule out that anything is due.
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import socket
 import threading
-import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Text, insert, literal, select, type_coerce, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, Text, select, type_coerce
 
 from newsletter.errors import NewsletterError
-from newsletter.sending.execute import custom_fields, stop_on_signals
-from newsletter.sending.ledger import process_alive
+from newsletter.sending.execute import Row, stop_on_signals
+from newsletter.sending.factory import Chosen, batch_limits, choose_transport
+from newsletter.sending.ledger import Ledger, RunLease, claim_on
+from newsletter.sending.loop import Loop, Work
+from newsletter.sending.transports import Outcome, Transport
 from newsletter.sequences import delivery, state
 from newsletter.sequences.clock import Clock
 from newsletter.sequences.config import SequenceConfig, configured
 from newsletter.sequences.renames import suspected_renames
 from newsletter.sequences.runner import RunReport
 from newsletter.step import FOLDER, Step, due_at, load_sequence
-from newsletter.store.schema import (
-    DeliveryState,
-    deliveries,
-    sends,
-    sequence_enrollments,
-    sequence_runs,
-    sequence_sends,
-    subscribers,
-)
+from newsletter.store.schema import DeliveryState, sequence_enrollments, subscribers
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
 
-#: A run whose heartbeat is older than this is gone (another host cannot check its pid).
-RUN_STALE_SECONDS = 120
-HEARTBEAT_SECONDS = 10
 #: A batch the transport refused is tried again this much later.
 RETRY_AFTER = timedelta(minutes=10)
 
 e = sequence_enrollments
 
 
-# --- runs and their liveness -------------------------------------------------------------------
-
-
-def _gone(row: Any, host: str, wall_now: datetime) -> bool:
-    if wall_now - as_utc(row.heartbeat_at) > timedelta(seconds=RUN_STALE_SECONDS):
-        return True
-    return bool(row.host == host and row.pid != os.getpid() and not process_alive(row.pid))
+#: The lease source of a sequence run (`send_leases.source`).
+SOURCE = "sequences"
 
 
 def reap_dead_runs(engine: Engine, wall_now: datetime) -> int:
-    """In-flight deliveries of runs whose process is gone become `uncertain`; returns how many."""
-    host = socket.gethostname()
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(sequence_runs).where(sequence_runs.c.finished_at.is_(None))
-        ).all()
-    reaped = 0
-    for row in rows:
-        if not _gone(row, host, wall_now):
-            continue
-        with engine.begin() as conn:
-            # Compare-and-set: of two reapers, one does it.
-            claimed = conn.execute(
-                update(sequence_runs)
-                .where(sequence_runs.c.id == row.id, sequence_runs.c.finished_at.is_(None))
-                .values(finished_at=wall_now)
-            ).rowcount
-            if not claimed:
-                continue
-            send_ids = select(sequence_sends.c.send_id).where(sequence_sends.c.run_id == row.id)
-            reaped += int(
-                conn.execute(
-                    update(deliveries)
-                    .where(
-                        deliveries.c.send_id.in_(send_ids),
-                        deliveries.c.state == DeliveryState.IN_FLIGHT,
-                    )
-                    .values(
-                        state=DeliveryState.UNCERTAIN,
-                        error="the sequence run stopped while this email was in flight",
-                        updated_at=wall_now,
-                    )
-                ).rowcount
-                or 0
-            )
-            conn.execute(
-                update(sends)
-                .where(sends.c.id.in_(send_ids), sends.c.status == "sending")
-                .values(
-                    status="stopped",
-                    error="the sequence run's process died; its in-flight emails are uncertain",
-                    finished_at=wall_now,
-                )
-            )
-    return reaped
-
-
-class Run:
-    """This process's run: a row with a heartbeat, so others can tell it is alive."""
-
-    def __init__(self, engine: Engine, wall: Clock) -> None:
-        self.engine = engine
-        self.wall = wall
-        self.owner = uuid.uuid4().hex
-        stamp = wall.now()
-        with engine.begin() as conn:
-            result = conn.execute(
-                insert(sequence_runs).values(
-                    owner=self.owner,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    started_at=stamp,
-                    heartbeat_at=stamp,
-                )
-            )
-            self.id = int(result.inserted_primary_key[0])  # type: ignore[index]
-        self.sends: dict[int, int] = {}  # issue id -> this run's send id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="sequence-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                with self.engine.begin() as conn:
-                    self.touch(conn)
-            except SQLAlchemyError:
-                continue  # a busy or dropped database: beat again next time
-
-    def touch(self, conn: Connection) -> None:
-        conn.execute(
-            update(sequence_runs)
-            .where(sequence_runs.c.id == self.id)
-            .values(heartbeat_at=self.wall.now())
-        )
-
-    def send_for(self, conn: Connection, issue_id: int, transport: str) -> int:
-        """This run's send of a step (created on its first batch)."""
-        if issue_id not in self.sends:
-            result = conn.execute(
-                insert(sends).values(
-                    issue_id=issue_id,
-                    status="sending",
-                    transport=transport,
-                    segment=[],
-                    dry_run=False,
-                    started_at=self.wall.now(),
-                )
-            )
-            send_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            conn.execute(insert(sequence_sends).values(send_id=send_id, run_id=self.id))
-            self.sends[issue_id] = send_id
-        return self.sends[issue_id]
-
-    def finish(self, error: str | None) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        stamp = self.wall.now()
-        with self.engine.begin() as conn:
-            if self.sends:
-                conn.execute(
-                    update(sends)
-                    .where(sends.c.id.in_(list(self.sends.values())))
-                    .values(status="stopped" if error else "done", error=error, finished_at=stamp)
-                )
-            conn.execute(
-                update(sequence_runs).where(sequence_runs.c.id == self.id).values(finished_at=stamp)
-            )
+    """In-flight deliveries of runs whose process is gone become `uncertain`; returns how many
+    (the ledger's reaper, for sequence runs)."""
+    return Ledger(engine).reap_gone_runs(
+        SOURCE,
+        wall_now,
+        row_error="the sequence run stopped while this email was in flight",
+        send_error="the sequence run's process died; its in-flight emails are uncertain",
+    )
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -252,7 +126,7 @@ def send_due(
     now: datetime,
     *,
     wall: Clock,
-    transport: delivery.Transport | None,
+    transport: Chosen | None,
     progress: Callable[[RunReport], None] | None,
     include_uncertain: bool,
     stop: threading.Event,
@@ -272,24 +146,27 @@ def send_due(
             report.retried += state.retry_uncertain(engine, item.config.name, now)
     if not anything_due(engine, [s.config.name for s in loaded], now):
         return report
-    transport = transport or delivery.open_transport(project)
-    delivery.check_can_send(project, transport)
-    report.transport, report.where, report.note = transport.name, transport.where, transport.note
+    chosen = transport or choose_transport(project)  # (the one factory, as for `send`)
+    delivery.check_can_send(project, chosen.transport)
+    report.transport, report.where = chosen.transport.kind, chosen.transport.where
+    report.note = chosen.note
     for item in loaded:
         for step in item.steps:
             item.issue_ids[step.key] = state.ensure_step_issue(engine, step, step.issue.subject)
-    run = Run(engine, wall)
+    run = Ledger(engine).start_run(SOURCE, wall.now)
     try:
         with stop_on_signals(stop):
             for item in loaded:
-                _send_sequence(project, engine, run, transport, item, now, report, progress, stop)
+                _send_sequence(
+                    project, engine, run, chosen.transport, item, now, report, progress, stop
+                )
                 if report.error or stop.is_set():
                     break
     except BaseException as exc:
         run.finish(report.error or f"interrupted ({type(exc).__name__})")
         raise
     finally:
-        delivery.close(transport)
+        chosen.transport.close()
         gc.unfreeze()  # `serve` runs on: its loop collects what this run left as usual
     report.interrupted = stop.is_set()
     run.finish(report.error or ("interrupted" if report.interrupted else None))
@@ -299,7 +176,7 @@ def send_due(
 @dataclass
 class _Claimed:
     step: Step
-    people: list[delivery.Person]
+    rows: list[Row]
     send_id: int
     following: dict[int, str | None]  # subscriber id -> the step key they moved on to
 
@@ -307,82 +184,90 @@ class _Claimed:
 def _send_sequence(
     project: Project,
     engine: Engine,
-    run: Run,
-    transport: delivery.Transport,
+    run: RunLease,
+    transport: Transport,
     item: _Loaded,
     now: datetime,
     report: RunReport,
     progress: Callable[[RunReport], None] | None,
     stop: threading.Event,
 ) -> None:
+    """The sequence's due people, a claimed batch at a time, through the one sending loop."""
+    batch_size, concurrency = batch_limits(project, transport)
     mails: dict[str, delivery.StepMail] = {}
-    pending: dict[Future[Any], tuple[delivery.StepMail, list[int], dict[int, str | None]]] = {}
-    batch_no = 0
 
-    def settle(done: set[Future[Any]]) -> None:
-        for future in done:
-            mail, ids, following = pending.pop(future)
-            try:
-                outcomes = future.result()
-            except Exception as exc:  # a bug or an unexpected library error: not known sent
-                outcomes = delivery.uncertain(f"unexpected error: {exc}", len(ids))
-            _record(engine, mail, ids, following, outcomes, now, report)
-            if progress:
-                progress(report)
+    def due_batches() -> Iterator[Work]:
+        """The source: claim the next batch of due people (only when the loop asks for
+        it, so never far ahead of what is sent), build their emails, hand them over."""
+        batch_no = 0
+        while not report.error and not stop.is_set():
+            batch_no += 1
+            claimed = _claim(engine, run, transport.kind, batch_size, item, now, report, batch_no)
+            if claimed is None:
+                return
+            for group in claimed:
+                mail = mails.get(group.step.key)
+                if mail is None:
+                    mail = delivery.prepare_step(
+                        project,
+                        engine,
+                        group.step,
+                        item.issue_ids[group.step.key],
+                        group.send_id,
+                        transport,
+                    )
+                    mails[group.step.key] = mail
+                    # SQLAlchemy, the renderer and the transport are loaded now: the cyclic
+                    # garbage collector need not walk their ~80,000 objects again at every
+                    # full collection while batches come and go (`send_due` undoes it).
+                    gc.freeze()
+                built, refused = mail.build(group.rows)
+                if refused:
+                    _refused(engine, mail, refused, report)
+                for start in range(0, len(built), batch_size):
+                    chunk = built[start : start + batch_size]
+                    yield Work(
+                        mail.preparer,
+                        mail.issue_id,
+                        mail.send_id,
+                        batch_no,
+                        [row for row, _ in chunk],
+                        claim=False,
+                        recipients=[recipient for _, recipient in chunk],
+                        note=(mail, group.following),
+                    )
 
-    with ThreadPoolExecutor(transport.concurrency, thread_name_prefix="sequence") as executor:
-        try:
-            while not report.error and not stop.is_set():
-                batch_no += 1
-                claimed = _claim(engine, run, transport, item, now, report, batch_no)
-                if claimed is None:
-                    break
-                for group in claimed:
-                    mail = mails.get(group.step.key)
-                    if mail is None:
-                        mail = delivery.prepare_step(
-                            project,
-                            group.step,
-                            item.issue_ids[group.step.key],
-                            group.send_id,
-                            transport,
-                        )
-                        mails[group.step.key] = mail
-                        # SQLAlchemy, the renderer and the transport are loaded now: the cyclic
-                        # garbage collector need not walk their ~80,000 objects again at every
-                        # full collection while batches come and go (`send_due` undoes it).
-                        gc.freeze()
-                    built, refused = mail.build(group.people)
-                    if refused:
-                        _refused(engine, mail, refused, report)
-                    for start in range(0, len(built), transport.batch_size):
-                        chunk = built[start : start + transport.batch_size]
-                        ids = [sid for sid, _ in chunk]
-                        future = executor.submit(
-                            delivery.post, transport, mail, [p for _, p in chunk]
-                        )
-                        pending[future] = (mail, ids, group.following)
-                        while len(pending) >= transport.concurrency:
-                            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                            settle(finished)
-        finally:
-            # Whatever happened, settle what is in flight so the ledger says what we know.
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                settle(finished)
+    def settled(work: Work, outcomes: list[Outcome]) -> None:
+        mail, following = work.note
+        _count(mail, [row[0] for row in work.rows], following, outcomes, now, report)
+        if progress:
+            progress(report)
+
+    loop = Loop(
+        Ledger(engine),
+        concurrency,
+        settled,
+        stop=stop,
+        halted=lambda: report.error is not None,
+        count=False,  # (a step's sends keep no totals: `sequences status` reads the rows)
+    )
+    loop.run(due_batches())
 
 
 def _claim(
     engine: Engine,
-    run: Run,
-    transport: delivery.Transport,
+    run: RunLease,
+    transport: str,
+    batch_size: int,
     item: _Loaded,
     now: datetime,
     report: RunReport,
     batch_no: int,
 ) -> list[_Claimed] | None:
-    """Claim the next batch of due people in one transaction (see the module docstring).
-    None when nobody is due any more."""
+    """Claim the next batch of due people in one transaction (see the module docstring): the
+    enrollments locked, each person's step claimed in the ledger (`claim_on`, on this
+    transaction's connection) and their enrollment moved on (`state.apply_moves`). None when
+    nobody is due any more."""
     steps = item.steps
     by_key = {s.key: s for s in steps}
     issue_to_key = {i: k for k, i in item.issue_ids.items()}
@@ -402,9 +287,9 @@ def _claim(
                 s.c.name,
                 s.c.first_name,
                 s.c.last_name,
-                s.c.public_id,
                 # As text: parsed only when a person has custom fields (most have none).
                 type_coerce(s.c.fields, Text).label("fields"),
+                s.c.public_id,
             )
             .join(s, s.c.id == e.c.subscriber_id)
             .where(
@@ -413,22 +298,23 @@ def _claim(
                 e.c.state == state.ACTIVE,
             )
             .order_by(e.c.next_due_at, e.c.id)
-            .limit(transport.batch_size)
+            .limit(batch_size)
             .with_for_update(of=e, skip_locked=True)
         ).all()
         if not rows:
             return None
         had, failed = state.had_and_failed(conn, issue_to_key, [r.subscriber_id for r in rows])
-        moves: list[dict[str, Any]] = []
+        moves: dict[int, state.Move] = {}
         groups: dict[str, _Claimed] = {}
         new_rows: dict[str, list[int]] = {}
         retry: dict[str, list[int]] = {}
+        enrollment_of: dict[int, Any] = {}
         upcoming: dict[frozenset[str], tuple[Step | None, datetime | None]] = {}
-        stamp = run.wall.now()
+        stamp = run.clock()
         for row in rows:
             sid = row.subscriber_id
             if row.status != "subscribed":
-                moves.append(_move(row.id, None, None, state.STOPPED, row.last_sent_at))
+                moves[row.id] = state.Move(None, None, state.STOPPED, row.last_sent_at)
                 report.stopped += 1
                 continue
             planned = by_key.get(row.next_step) if row.next_step else None
@@ -436,12 +322,12 @@ def _claim(
             if step is None:
                 step = state.next_after(steps, had[sid])
                 if step is None:
-                    moves.append(_move(row.id, None, None, state.DONE, row.last_sent_at))
+                    moves[row.id] = state.Move(None, None, state.DONE, row.last_sent_at)
                     report.finished += 1
                     continue
                 due = due_at(as_utc(row.last_sent_at or row.started_at), step, timezone_name)
                 if due > now:  # the steps changed under this person: not due after all
-                    moves.append(_move(row.id, step.key, due, state.ACTIVE, row.last_sent_at))
+                    moves[row.id] = state.Move(step.key, due, state.ACTIVE, row.last_sent_at)
                     continue
             # Most people of a batch had the same steps: work their next one out once.
             seen = frozenset(had[sid] | {step.key})
@@ -450,113 +336,51 @@ def _claim(
                 upcoming[seen] = (nxt, due_at(now, nxt, timezone_name) if nxt else None)
             following, following_due = upcoming[seen]
             if following is None:
-                moves.append(_move(row.id, None, None, state.DONE, now))
+                moves[row.id] = state.Move(None, None, state.DONE, now)
             else:
-                moves.append(
-                    _move(
-                        row.id,
-                        following.key,
-                        following_due,
-                        state.ACTIVE,
-                        now,
-                    )
-                )
+                moves[row.id] = state.Move(following.key, following_due, state.ACTIVE, now)
             issue_id = item.issue_ids[step.key]
             group = groups.get(step.key)
             if group is None:
                 group = groups[step.key] = _Claimed(
-                    step, [], run.send_for(conn, issue_id, transport.name), {}
+                    step, [], run.send_for(conn, issue_id, transport), {}
                 )
-            context = {
-                "id": sid,
-                "email": row.email,
-                "name": row.name,
-                "first_name": row.first_name,
-                "last_name": row.last_name,
-                "fields": custom_fields(row.fields),
-            }
-            group.people.append((sid, row.public_id, row.email, row.name, context))
+            enrollment_of[sid] = row
+            group.rows.append(
+                (sid, row.email, row.name, row.first_name, row.last_name, row.fields, row.public_id)
+            )
             group.following[sid] = following.key if following else None
             if step.key in failed[sid]:
                 retry.setdefault(step.key, []).append(sid)
             else:
                 new_rows.setdefault(step.key, []).append(sid)
-        for key, sids in new_rows.items():
-            # INSERT .. SELECT: only the subscriber differs from row to row, so one statement
-            # with an id list (SQLAlchemy builds the parameters of an executemany row by row).
-            for start in range(0, len(sids), 900):
-                conn.execute(
-                    insert(deliveries).from_select(
-                        ["issue_id", "subscriber_id", "send_id", "state", "batch_no", "updated_at"],
-                        select(
-                            literal(item.issue_ids[key]),
-                            s.c.id,
-                            literal(groups[key].send_id),
-                            literal(str(DeliveryState.IN_FLIGHT)),
-                            literal(batch_no),
-                            literal(stamp, deliveries.c.updated_at.type),
-                        ).where(s.c.id.in_(sids[start : start + 900])),
-                    )
-                )
-        for key, ids in retry.items():
-            conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.issue_id == item.issue_ids[key],
-                    deliveries.c.subscriber_id.in_(ids),
-                    deliveries.c.state == DeliveryState.FAILED,
-                )
-                .values(
-                    state=DeliveryState.IN_FLIGHT,
-                    send_id=groups[key].send_id,
-                    batch_no=batch_no,
-                    error=None,
-                    message_id=None,
-                    updated_at=stamp,
-                )
-            )
-        _apply_moves(conn, moves, stamp)
-    return list(groups.values())
+        for key, group in groups.items():
+            new, again = new_rows.get(key, []), retry.get(key, [])
+            issue_id = item.issue_ids[key]
+            slug = group.step.slug
+            kept = claim_on(conn, issue_id, group.send_id, batch_no, new, again, stamp, slug)
+            if len(kept) < len(new) + len(again):
+                # Left the list since the rows were read (another transaction): no mail, and
+                # their sequence ends.
+                for sid in {*new, *again} - kept:
+                    row = enrollment_of[sid]
+                    moves[row.id] = state.Move(None, None, state.STOPPED, row.last_sent_at)
+                    report.stopped += 1
+                group.rows = [r for r in group.rows if r[0] in kept]
+        state.apply_moves(conn, moves, stamp)
+    return [group for group in groups.values() if group.rows]
 
 
-def _apply_moves(conn: Connection, moves: list[dict[str, Any]], stamp: datetime) -> None:
-    """One UPDATE per distinct new schedule: in one run, everyone sent the same step moves on
-    to the same next step at the same time, so a batch is typically one statement."""
-    same: dict[tuple[Any, ...], list[int]] = {}
-    for m in moves:
-        same.setdefault((m["s"], m["d"], m["st"], m["sent"]), []).append(m["eid"])
-    for (step, due, new_state, sent), ids in same.items():
-        for start in range(0, len(ids), 900):
-            conn.execute(
-                update(e)
-                .where(e.c.id.in_(ids[start : start + 900]))
-                .values(
-                    next_step=step,
-                    next_due_at=due,
-                    state=new_state,
-                    last_sent_at=sent,
-                    updated_at=stamp,
-                )
-            )
-
-
-def _move(
-    eid: int, step: str | None, due: datetime | None, new_state: str, sent: datetime | None
-) -> dict[str, Any]:
-    """One enrollment's new schedule (`sent`: when its last step went out)."""
-    return {"eid": eid, "s": step, "d": due, "st": new_state, "sent": sent}
-
-
-def _record(
-    engine: Engine,
+def _count(
     mail: delivery.StepMail,
     ids: list[int],
     following: dict[int, str | None],
-    outcomes: list[Any],
+    outcomes: list[Outcome],
     now: datetime,
     report: RunReport,
 ) -> None:
-    delivery.record(engine, mail, ids, outcomes)
+    """A settled batch (its answers are in the ledger) in the run's report; those the
+    transport refused are due again later."""
     counts = report.step(mail.step)
     failed = []
     for sid, outcome in zip(ids, outcomes, strict=True):
@@ -572,7 +396,8 @@ def _record(
         if outcome.fatal and not report.error:
             report.error = outcome.error
     if failed:
-        _due_again(engine, mail.step, failed, following, now + RETRY_AFTER)
+        # Nothing went out: these people wait for this step again (if they have not moved on).
+        state.due_again(mail.engine, mail.step, failed, following, now + RETRY_AFTER)
 
 
 def _refused(
@@ -580,44 +405,9 @@ def _refused(
 ) -> None:
     """People the transport would refuse (e.g. fields over its size limit): failed, with why.
     They are not due again: the same fields would be refused again."""
-    delivery.record_refused(engine, mail, refused)
+    outcomes = [Outcome(DeliveryState.FAILED, error=error) for error in refused.values()]
+    Ledger(engine).record_outcomes(mail.issue_id, mail.send_id, list(refused), outcomes)
     for error in refused.values():
         if error not in report.errors:
             report.errors.append(error)
     report.step(mail.step).failed += len(refused)
-
-
-def _due_again(
-    engine: Engine,
-    step: Step,
-    ids: list[int],
-    following: dict[int, str | None],
-    when: datetime,
-) -> None:
-    """Nothing went out: these people wait for this step again (if they have not moved on)."""
-    with engine.begin() as conn:
-        for sid in ids:
-            conn.execute(
-                update(e)
-                .where(
-                    e.c.sequence == step.sequence,
-                    e.c.subscriber_id == sid,
-                    e.c.next_step == following.get(sid)
-                    if following.get(sid) is not None
-                    else e.c.next_step.is_(None),
-                )
-                .values(next_step=step.key, next_due_at=when, state=state.ACTIVE)
-            )
-
-
-def sequence_sends_running(engine: Engine) -> set[int]:
-    """Sends of sequence runs not finished yet. `newsletter sends` must not call them dead
-    and suggest `send --resume`: the next `sequences run` reaps a dead one by itself."""
-    with engine.connect() as conn:
-        return set(
-            conn.execute(
-                select(sequence_sends.c.send_id)
-                .join(sends, sends.c.id == sequence_sends.c.send_id)
-                .where(sends.c.status == "sending")
-            ).scalars()
-        )

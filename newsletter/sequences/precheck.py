@@ -2,9 +2,10 @@
 transport or the renderer: run from cron every minute, it nearly always finds nothing due, and
 importing SQLAlchemy alone takes longer than the rest of such a run.
 
-Plain DB-API (sqlite3; psycopg for PostgreSQL) and three small read-only queries. It answers
+Plain DB-API (sqlite3; psycopg for PostgreSQL) and a few small read-only queries. It answers
 "nothing to do" only when it is sure of all of:
-- no run is unfinished (a dead one must be reaped; a live one may be sending),
+- the database has migration m017 (runs hold send leases since),
+- no run holds a lease (a dead one must be reaped; a live one may be sending),
 - every enabled sequence's steps load and have the shape its schedule was worked out for
   (else waiting people must be rescheduled),
 - nobody's next step is due later than the steps allow (else a run whose clock was far ahead
@@ -13,7 +14,7 @@ Plain DB-API (sqlite3; psycopg for PostgreSQL) and three small read-only queries
 Anything else, an error included (no database yet, one not migrated, a URL it does not
 know), means "look properly": the full run decides, with SQLAlchemy, as before.
 
-The queries mirror `batches.anything_due`, `batches.reap_dead_runs`,
+The queries mirror `batches.anything_due`, `Ledger.reap_gone_runs`,
 `state.reschedule_if_changed` and `state.reschedule_from_the_future` (tables in `store/schema.py`); a test keeps them in step.
 """
 
@@ -97,7 +98,12 @@ def _database_says_nothing(
     conn, mark, when = connected
     try:
         cur = conn.cursor()
-        cur.execute("SELECT 1 FROM sequence_runs WHERE finished_at IS NULL LIMIT 1")
+        # Runs hold `send_leases` rows since m017: before it, the full run migrates first.
+        cur.execute("SELECT 1 FROM schema_migrations WHERE name = 'm017_one_send_lease'")
+        if cur.fetchone() is None:
+            return False
+        # A run's lease (an issue-less `send_leases` row): a live run, or a dead one to reap.
+        cur.execute("SELECT 1 FROM send_leases WHERE issue_id IS NULL LIMIT 1")
         if cur.fetchone() is not None:
             return False
         cur.execute("SELECT sequence, fingerprint FROM sequence_state")

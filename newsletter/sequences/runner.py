@@ -17,11 +17,12 @@ One run, per configured sequence:
    that, the batches in flight are settled (their answers recorded), and the run ends with
    `interrupted` set. Nothing it handed over is left `in_flight` for the next run to reap.
 
-The schedule clock (`clock`, i.e. `--now`) decides what is due; the wall clock (`wall`) only
-says whether another runner's process is alive.
+The schedule clock (`clock`, i.e. `--now`) decides what is due; the wall clock (`wall`) stamps
+the run's sends and guards against a clock far ahead. Whether another runner's process is
+alive is the send lease's question (`sending.ledger`, the system clock), as for `send`.
 
 This module is the entry point (the CLI, `serve`): before the run loads SQLAlchemy, the
-transport or the renderer, `precheck` asks the database with three plain queries whether there
+transport or the renderer, `precheck` asks the database with a few plain queries whether there
 is anything to do at all (from cron every minute, there rarely is); the run itself is in
 `batches.py`.
 """
@@ -40,10 +41,8 @@ from newsletter.sequences.clock import SYSTEM, Clock, refuse_far_ahead
 from newsletter.sequences.precheck import nothing_to_do
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from newsletter.project import Project
-    from newsletter.sequences.delivery import Transport
+    from newsletter.sending.factory import Chosen
     from newsletter.step import Step
 
 log = logging.getLogger("newsletter.sequences")
@@ -103,7 +102,7 @@ def run_due(
     *,
     clock: Clock = SYSTEM,
     wall: Clock = SYSTEM,
-    transport: Transport | None = None,
+    transport: Chosen | None = None,
     progress: Callable[[RunReport], None] | None = None,
     include_uncertain: bool = False,
     stop: threading.Event | None = None,
@@ -194,10 +193,3 @@ def summary(report: RunReport) -> str:
         for key, s in sorted(report.steps.items())
     ]
     return f"{'; '.join(parts)} ({report.transport}, {report.where})"
-
-
-def sequence_sends_running(engine: Engine) -> set[int]:
-    """Sends of sequence runs not finished yet (see `batches.sequence_sends_running`)."""
-    from newsletter.sequences.batches import sequence_sends_running as running
-
-    return running(engine)

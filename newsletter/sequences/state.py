@@ -6,14 +6,15 @@ schedule that did not change leaves the rows as they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
+from newsletter.sending.ledger import uncertain_to_failed_on
 from newsletter.sequences.clock import latest_due
 from newsletter.step import Step, due_at, fingerprint
 from newsletter.store.schema import (
@@ -268,6 +269,62 @@ def next_after(steps: Sequence[Step], had: AbstractSet[str]) -> Step | None:
     return None
 
 
+class Move(NamedTuple):
+    """An enrollment's new schedule, decided as its person is claimed: the next step and when
+    it is due, its state, and when its last step went out."""
+
+    next_step: str | None
+    next_due_at: datetime | None
+    state: str
+    last_sent_at: datetime | None
+
+
+def apply_moves(conn: Connection, moves: Mapping[int, Move], stamp: datetime) -> None:
+    """Enrollment id -> its `Move`, in the claim's transaction. One UPDATE per distinct new
+    schedule: in one run, everyone sent the same step moves on to the same next step at the
+    same time, so a batch is typically one statement."""
+    same: dict[Move, list[int]] = {}
+    for enrollment_id, move in moves.items():
+        same.setdefault(move, []).append(enrollment_id)
+    for move, ids in same.items():
+        for start in range(0, len(ids), 900):
+            conn.execute(
+                update(enrollments)
+                .where(enrollments.c.id.in_(ids[start : start + 900]))
+                .values(
+                    next_step=move.next_step,
+                    next_due_at=move.next_due_at,
+                    state=move.state,
+                    last_sent_at=move.last_sent_at,
+                    updated_at=stamp,
+                )
+            )
+
+
+def due_again(
+    engine: Engine,
+    step: Step,
+    subscriber_ids: Sequence[int],
+    following: Mapping[int, str | None],
+    when: datetime,
+) -> None:
+    """Nothing went out to these people: they wait for `step` again, at `when`, unless they
+    have moved on since (`following`: the step each was moved on to when claimed)."""
+    e = enrollments
+    with engine.begin() as conn:
+        for sid in subscriber_ids:
+            moved_to = following.get(sid)
+            conn.execute(
+                update(e)
+                .where(
+                    e.c.sequence == step.sequence,
+                    e.c.subscriber_id == sid,
+                    e.c.next_step == moved_to if moved_to is not None else e.c.next_step.is_(None),
+                )
+                .values(next_step=step.key, next_due_at=when, state=ACTIVE)
+            )
+
+
 # --- schedule shape ---------------------------------------------------------------------------
 
 
@@ -516,21 +573,11 @@ def retry_uncertain(engine: Engine, sequence: str, at: datetime) -> int:
                 )
             ).scalars()
         )
+        uncertain_to_failed_on(
+            conn, issue_ids, people, error="uncertain, sent again on request", at=at
+        )
         for start in range(0, len(people), 900):
             chunk = people[start : start + 900]
-            conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.issue_id.in_(issue_ids),
-                    deliveries.c.subscriber_id.in_(chunk),
-                    deliveries.c.state == DeliveryState.UNCERTAIN,
-                )
-                .values(
-                    state=DeliveryState.FAILED,
-                    error="uncertain, sent again on request",
-                    updated_at=at,
-                )
-            )
             conn.execute(
                 update(enrollments)
                 .where(enrollments.c.sequence == sequence, enrollments.c.subscriber_id.in_(chunk))

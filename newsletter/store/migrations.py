@@ -10,7 +10,21 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, MetaData, bindparam, inspect, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.schema import CreateColumn, CreateTable
 
@@ -132,18 +146,41 @@ def m008_reply_flags(conn: Connection) -> None:
             index.create(conn)
 
 
+def _m009_run_tables() -> tuple[Table, Table]:
+    """`sequence_runs` and `sequence_sends` as m009 made them (m017 drops them: a sequence
+    run holds a `send_leases` row now)."""
+    frozen = MetaData()
+    Table("sends", frozen, Column("id", Integer, primary_key=True))
+    runs = Table(
+        "sequence_runs",
+        frozen,
+        Column("id", Integer, primary_key=True),
+        Column("owner", String(36), nullable=False, unique=True),
+        Column("host", String(255), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("started_at", DateTime(timezone=True), nullable=False),
+        Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+        Column("finished_at", DateTime(timezone=True)),
+    )
+    run_sends = Table(
+        "sequence_sends",
+        frozen,
+        Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
+        Column(
+            "run_id", Integer, ForeignKey("sequence_runs.id", ondelete="CASCADE"), nullable=False
+        ),
+    )
+    return runs, run_sends
+
+
 def m009_sequences(conn: Connection) -> None:
     """Welcome sequences: step rows, enrollments, schedule fingerprints, runs."""
     schema.metadata.create_all(
         conn,
-        tables=[
-            schema.sequence_steps,
-            schema.sequence_enrollments,
-            schema.sequence_state,
-            schema.sequence_runs,
-            schema.sequence_sends,
-        ],
+        tables=[schema.sequence_steps, schema.sequence_enrollments, schema.sequence_state],
     )
+    for table in _m009_run_tables():
+        table.create(conn, checkfirst=True)
 
 
 def m010_no_delivery_message_id_index(conn: Connection) -> None:
@@ -266,6 +303,45 @@ def m016_message_id_lookups(conn: Connection) -> None:
         for index in table.indexes:
             if index.name == name and name not in present:
                 index.create(conn)
+
+
+def m017_one_send_lease(conn: Connection) -> None:
+    """One lease for every send: `send_leases` gets a row per send (keyed by `send_id`);
+    `issue_id` (unique) is set for a send of an issue and empty for a sequence run's sends.
+    `sequence_runs` and `sequence_sends` go: an unfinished run's sends become lease rows of
+    its owner, so the next run reaps it as before. A lease lives as long as its send: the
+    table is rebuilt (SQLite cannot change a primary key in place) with its rows."""
+    from sqlalchemy.schema import CreateTable
+
+    runs = inspect(conn).has_table("sequence_runs")
+    if "source" not in {c["name"] for c in inspect(conn).get_columns("send_leases")}:
+        meta = MetaData()  # (with the tables its foreign keys name)
+        for table in (schema.issues, schema.sends):
+            Table(table.name, meta, Column("id", Integer, primary_key=True))
+        rebuilt = schema.send_leases.to_metadata(meta, name="send_leases_rebuilt")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS send_leases_rebuilt")
+        conn.execute(CreateTable(rebuilt))
+        columns = "send_id, issue_id, owner, source, host, pid, heartbeat_at"
+        conn.exec_driver_sql(
+            f"INSERT INTO send_leases_rebuilt ({columns}) "
+            "SELECT send_id, issue_id, owner, 'issue', host, pid, heartbeat_at FROM send_leases"
+        )
+        if runs:
+            conn.exec_driver_sql(
+                f"INSERT INTO send_leases_rebuilt ({columns}) "
+                "SELECT s.send_id, NULL, r.owner, 'sequences', r.host, r.pid, r.heartbeat_at "
+                "FROM sequence_runs r JOIN sequence_sends s ON s.run_id = r.id "
+                "WHERE r.finished_at IS NULL"
+            )
+        conn.exec_driver_sql("DROP TABLE send_leases")
+        conn.exec_driver_sql("ALTER TABLE send_leases_rebuilt RENAME TO send_leases")
+    # (A database whose m002 made today's lease table made the run tables after it, in
+    # m009: no run of it can be unfinished under the old scheme.)
+    if runs:
+        # (IF EXISTS: of processes opening a new database at once, one may find them gone
+        # after waiting for another's lock; its step then rolls back as a lost race.)
+        conn.exec_driver_sql("DROP TABLE IF EXISTS sequence_sends")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS sequence_runs")
 
 
 def m018_derived_public_ids(conn: Connection) -> None:
@@ -392,6 +468,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m014_signup_attempts", m014_signup_attempts),
     ("m015_public_ids", m015_public_ids),
     ("m016_message_id_lookups", m016_message_id_lookups),
+    ("m017_one_send_lease", m017_one_send_lease),
     ("m018_derived_public_ids", m018_derived_public_ids),
     ("m019_segments", m019_segments),
     ("m020_resend_rounds", m020_resend_rounds),

@@ -318,14 +318,19 @@ CUSTOM_ARG_ISSUE = "newsletter_issue_id"
 CUSTOM_ARG_SUBSCRIBER = "newsletter_subscriber_id"
 CUSTOM_ARG_SEND = "newsletter_send_id"
 
-# One row per issue while a real send of it runs: the guard against two sends of one issue at
-# once, and how `--resume` knows the previous sender is gone (pid + host + heartbeat).
+# The one lease of every send (m017): a row per send while its process runs it. A send of an
+# issue holds its issue's row (`issue_id`, unique: the guard against two sends of one issue at
+# once, and how `--resume` knows the previous sender is gone). A run of due work (a sequence
+# run, one send per step) holds a row without an issue for each of its sends, all with its
+# `owner`. Who holds it: pid + host + heartbeat; a holder that is gone is taken over (`send
+# --resume`) or reaped (the next run), see `sending.ledger`.
 send_leases = Table(
     "send_leases",
     metadata,
-    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
-    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), nullable=False),
+    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), unique=True),
     Column("owner", String(36), nullable=False),  # random per process: compare-and-swap key
+    Column("source", String(16), nullable=False, default="issue"),  # issue | sequences
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
@@ -444,28 +449,6 @@ sequence_state = Table(
     Column("sequence", String(100), primary_key=True),
     Column("fingerprint", String(64), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-# Each `sequences run` (or serve's loop) that sent something: who, where, last heartbeat. A run
-# whose process is gone leaves its in-flight deliveries to become `uncertain`.
-sequence_runs = Table(
-    "sequence_runs",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("owner", String(36), nullable=False, unique=True),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
-)
-
-# Which run made which send (one send per run and step).
-sequence_sends = Table(
-    "sequence_sends",
-    metadata,
-    Column("send_id", Integer, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
-    Column("run_id", Integer, ForeignKey("sequence_runs.id", ondelete="CASCADE"), nullable=False),
 )
 
 # How each person came onto the list (GDPR Art. 7(1): the author must be able to prove consent).

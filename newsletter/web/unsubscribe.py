@@ -17,7 +17,7 @@ from starlette.routing import Route
 from newsletter import events, tokens
 from newsletter.errors import TokenError
 from newsletter.store.public_ids import resolve
-from newsletter.store.subscribers import get_subscriber, set_status
+from newsletter.store.subscribers import apply_status, get_subscriber, set_status
 from newsletter.web.context import Context
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ async def unsubscribe_page(ctx: Context, request: Request) -> Response:
 
 def _unsubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> bool:
     """Idempotent: a second POST changes nothing."""
-    if events.apply_status(conn, [subscriber.id], "unsubscribed", "link", datetime.now(UTC)):
+    if apply_status(conn, [subscriber.id], "unsubscribed", "link", datetime.now(UTC)):
         # Counted in `stats` like SendGrid's unsubscribe events.
         events.record(
             conn,
