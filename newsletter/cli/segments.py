@@ -10,6 +10,11 @@ from typing import Any
 import click
 
 from newsletter.cli.context import get_project
+from newsletter.project import project_timezone
+from newsletter.segments import defined, resolve
+from newsletter.segments.query import count_matching, segment_condition
+from newsletter.store.engine import project_engine
+from newsletter.store.schema import subscribers
 
 
 def segment_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,8 +31,6 @@ def segment_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def chosen_segment(segment: str | None, where: str | None) -> Any:
     """The `Segment` of --segment/--where (None for neither); exit 2 for both."""
-    from newsletter.segments import resolve
-
     if segment is not None and where is not None:
         raise click.UsageError("use --segment NAME or --where EXPR, not both")
     chosen = resolve(get_project(), segment=segment, where=where)
@@ -38,13 +41,11 @@ def chosen_segment(segment: str | None, where: str | None) -> Any:
 
 def segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:
     """The WHERE conditions on `subscribers` of --segment/--where (none for neither)."""
-    from newsletter.segments import project_timezone
-
     chosen = chosen_segment(segment, where)
     if chosen is None:
         return []
     with engine.connect() as conn:
-        return [chosen.condition(conn, project_timezone(get_project()))]
+        return [segment_condition(conn, chosen.tree, project_timezone(get_project()))]
 
 
 @click.group("segments")
@@ -71,10 +72,6 @@ def list_(fmt: str) -> None:
     Example:
         newsletter segments list
     """
-    from newsletter.segments import defined, project_timezone
-    from newsletter.store.engine import project_engine
-    from newsletter.store.schema import subscribers
-
     project = get_project()
     found = defined(project)
     if not found:
@@ -89,7 +86,11 @@ def list_(fmt: str) -> None:
     engine = project_engine(project)
     tz = project_timezone(project)
     rows = [
-        (name, seg.definition, seg.count(engine, tz, extra=[subscribers.c.status == "subscribed"]))
+        (
+            name,
+            seg.definition,
+            count_matching(engine, seg.tree, tz, extra=[subscribers.c.status == "subscribed"]),
+        )
         for name, seg in sorted(found.items())
     ]
     if fmt == "json":
