@@ -9,9 +9,9 @@ ordinary first-round ledger row, so the ledger's unique key (issue, reader, roun
 second copy, and so "both subjects", impossible, and the lease and claim of the one send
 engine keep runners from sending the rest twice.
 
-The decision and the rest need no laptop: `newsletter run-due` (cron) does what is due:
-it finishes an arm a crash interrupted, decides when the time has come (compare-and-set, so
-of several runners one decides), and sends the rest.
+The decision and the rest need no laptop: `newsletter run-due` (cron; `run_due.py`) does
+what is due: it finishes an arm a crash interrupted, decides when the time has come
+(compare-and-set, so of several runners one decides), and sends the rest.
 """
 
 from __future__ import annotations
