@@ -111,6 +111,7 @@ def _write_quietly(path: Path, data: bytes) -> None:
 def compile_catalogue(po: Path) -> bytes:
     """The `.mo` bytes of a `.po` file, as `pybabel compile` writes them (fuzzy entries left
     out)."""
+    # deferred: babel.messages costs 22 ms at start-up; only a changed .po file needs it
     from babel.messages.mofile import write_mo
     from babel.messages.pofile import read_po
 
@@ -152,7 +153,7 @@ def install(env: jinja2.Environment, language: str) -> None:
 
 def display_name(language: str) -> str:
     """The language's name in itself: `Deutsch`, `English` (Babel's locale data)."""
-    from babel import Locale  # costs 15 ms: only when asked
+    from babel import Locale  # deferred: babel costs 16 ms at start-up; only when asked
 
     return str(Locale.parse(language).display_name)
 
@@ -167,7 +168,8 @@ def format_date(day: datetime.date, language: str) -> str:
     path = folder / f"{_babel_stamp()}-{language}-{day.isoformat()}.txt" if folder else None
     if path is not None and (cached := read_entry(path)):
         return cached
-    from babel.dates import format_date as babel_format_date  # costs 10 ms: only when asked
+    # deferred: babel.dates costs 17 ms at start-up; only when the cache has no text
+    from babel.dates import format_date as babel_format_date
 
     text = str(babel_format_date(day, format="long", locale=language))
     if folder is not None and path is not None:

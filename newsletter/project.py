@@ -16,8 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter import i18n
 from newsletter.colors import THEME_COLORS, parse_color
+from newsletter.durations import parse_delay
 from newsletter.errors import ConfigError
 from newsletter.files import NotARegularFile, read_regular
+from newsletter.segments.syntax import check_config_segment
 
 CONFIG_NAME = "newsletter.toml"
 
@@ -349,13 +351,10 @@ def parse_config(path: Path) -> Config:
         if imap["port"] is not None and not 1 <= imap["port"] <= 65535:
             raise ConfigError(f"{path}: [replies.imap] port {imap['port']} must be 1 to 65535")
     wait = sections["sending"]["resend_after"]
-    if wait is not None:
-        from newsletter.durations import parse_delay
-
-        if parse_delay(wait) is None:
-            raise ConfigError(
-                f'{path}: [sending] resend_after {wait!r} is not a time span; write it as "24h", "2d" or "90m" (0: no wait)'
-            )
+    if wait is not None and parse_delay(wait) is None:
+        raise ConfigError(
+            f'{path}: [sending] resend_after {wait!r} is not a time span; write it as "24h", "2d" or "90m" (0: no wait)'
+        )
     every = sections["serve"]["fetch_replies"]
     if every is not None:
         interval = parse_delay(every)
@@ -475,8 +474,6 @@ def _sequence_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, A
 def _segment_tables(path: Path, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`[segments.<name>]` tables, each with a `where` in the segment syntax (parsed here, so
     a mistake shows when any command loads the config)."""
-    from newsletter.segments.syntax import check_config_segment
-
     tables: dict[str, dict[str, Any]] = {}
     for name, table in given.items():
         label = f"segments.{name}"
@@ -601,6 +598,15 @@ class Project:
             if candidate.is_file():
                 return candidate.resolve()
         raise ConfigError(f"{name}: no such issue; give a file path or a name in {self.issues_dir}")
+
+
+def project_timezone(project: Project) -> ZoneInfo:
+    """`[newsletter] timezone`: the days of `joined:>2026-01-01` start at midnight there."""
+    name = project.config.section("newsletter").get("timezone") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):  # the config load checked it; be safe anyway
+        return ZoneInfo("UTC")
 
 
 def builtin_templates_dir() -> Path:

@@ -207,6 +207,7 @@ DEFERRED_OWN_IMPORTS = {
     ("newsletter/cli/sequences.py", "newsletter.sequences.renames"),
     ("newsletter/cli/sequences.py", "newsletter.sequences.start"),
     ("newsletter/cli/sequences.py", "newsletter.store.engine"),
+    ("newsletter/cli/sequences.py", "newsletter.cli.segments"),
 }
 
 #: Most imports that may run from a lower layer up into a higher one (each says why).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import webbrowser
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,12 @@ from newsletter.insights.counters import complete_since
 from newsletter.insights.counters import rebuild as rebuild_counters
 from newsletter.insights.report import write_report
 from newsletter.replies.threads import answered_count
+from newsletter.segments.sends import for_issue
+from newsletter.segments.sunset import split_inactive
+from newsletter.sending.resend import rounds_table, send_rounds
+from newsletter.sending.subject_test import subject_test_summary, summary_table
 from newsletter.store.engine import project_engine
-from newsletter.store.issues import find_sent_issue
+from newsletter.store.issues import find_issue, find_sent_issue
 
 FORMATS = click.Choice(["table", "json", "csv"])
 
@@ -75,7 +80,6 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
         if issue:
             raise click.UsageError("--list shows the whole list; leave out ISSUE")
         periods = queries.list_growth(engine, tz, by)
-        from newsletter.segments.sunset import split_inactive
 
         split_inactive(engine, periods, tz)
         click.echo(text.growth(periods, by, tz, fmt))
@@ -96,16 +100,11 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
     answered = answered_count(engine, ref.id)
     shown = text.issue_detail(summary, links, unsubscribes, show_opens, fmt, answered)
     shown = _with_segments(engine, ref.id, shown, fmt)
-    from newsletter.sending.resend import rounds_table, send_rounds
-    from newsletter.sending.subject_test import subject_test_summary, summary_table
-    from newsletter.store.issues import find_issue
 
     rounds = send_rounds(engine, ref.id)
     resent = len(rounds) > 1  # the first send and the resends, apart and together
     tested = subject_test_summary(engine, ref.id)  # a subject-line test: both subjects, the winner
     if fmt == "json" and (resent or tested):
-        import json
-
         data = json.loads(shown)
         if resent:
             data["sends"] = [r.as_dict() for r in rounds]
@@ -122,10 +121,6 @@ def stats(issue: str | None, growth: bool, by: str, fmt: str, rebuild: bool) -> 
 
 def _with_segments(engine: Any, issue_id: int, text: str, fmt: str) -> str:
     """The segments the issue's sends went to, as defined when each was planned."""
-    import json
-
-    from newsletter.segments.sends import for_issue
-
     chosen = for_issue(engine, issue_id)
     if not chosen or fmt == "csv":
         return text

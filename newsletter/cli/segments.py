@@ -4,47 +4,26 @@ share. The work lives in `newsletter.segments`; this only parses options."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from newsletter.cli.context import get_project
-
-
-def segment_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`--segment NAME` and `--where EXPR` (see docs/segments.md)."""
-    command = click.option(
-        "--where",
-        metavar="EXPR",
-        help='Only people matching this condition, e.g. --where "tag:leser clicked:last-5".',
-    )(command)
-    return click.option(
-        "--segment", metavar="NAME", help="Only people in this [segments.NAME] of newsletter.toml."
-    )(command)
-
-
-def chosen_segment(segment: str | None, where: str | None) -> Any:
-    """The `Segment` of --segment/--where (None for neither); exit 2 for both."""
-    from newsletter.segments import resolve
-
-    if segment is not None and where is not None:
-        raise click.UsageError("use --segment NAME or --where EXPR, not both")
-    chosen = resolve(get_project(), segment=segment, where=where)
-    for warning in chosen.warnings(get_project()) if chosen is not None else []:
-        click.echo(f"Warning: {warning}", err=True)
-    return chosen
+from newsletter.cli.segment_options import chosen_segment
+from newsletter.project import project_timezone
+from newsletter.segments import defined
+from newsletter.segments.query import count_matching, segment_condition
+from newsletter.store.engine import project_engine
+from newsletter.store.schema import subscribers
 
 
 def segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:
     """The WHERE conditions on `subscribers` of --segment/--where (none for neither)."""
-    from newsletter.segments import project_timezone
-
     chosen = chosen_segment(segment, where)
     if chosen is None:
         return []
     with engine.connect() as conn:
-        return [chosen.condition(conn, project_timezone(get_project()))]
+        return [segment_condition(conn, chosen.tree, project_timezone(get_project()))]
 
 
 @click.group("segments")
@@ -71,10 +50,6 @@ def list_(fmt: str) -> None:
     Example:
         newsletter segments list
     """
-    from newsletter.segments import defined, project_timezone
-    from newsletter.store.engine import project_engine
-    from newsletter.store.schema import subscribers
-
     project = get_project()
     found = defined(project)
     if not found:
@@ -89,7 +64,11 @@ def list_(fmt: str) -> None:
     engine = project_engine(project)
     tz = project_timezone(project)
     rows = [
-        (name, seg.definition, seg.count(engine, tz, extra=[subscribers.c.status == "subscribed"]))
+        (
+            name,
+            seg.definition,
+            count_matching(engine, seg.tree, tz, extra=[subscribers.c.status == "subscribed"]),
+        )
         for name, seg in sorted(found.items())
     ]
     if fmt == "json":

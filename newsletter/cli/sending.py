@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +12,32 @@ import click
 
 from newsletter.archive.catalog import front_matter_public
 from newsletter.cli.context import get_project
-from newsletter.cli.segments import chosen_segment, segment_options
+from newsletter.cli.segment_options import chosen_segment, segment_options
+from newsletter.durations import format_delay
 from newsletter.errors import SendError
 from newsletter.segments.sends import latest_send_id
 from newsletter.segments.sends import record as record_segment
 from newsletter.sending.execute import execute
 from newsletter.sending.plan import SendRequest, plan_send
+from newsletter.sending.resend import send_rounds
+from newsletter.sending.run_due import run_due as carry_on
+from newsletter.sending.run_due import send_arm
 from newsletter.sending.schedule import cancel_scheduled, parse_when
 from newsletter.sending.single import send_test
+from newsletter.sending.subject_test import (
+    DEFAULT_SAMPLE,
+    DEFAULT_WAIT,
+    SubjectTestSetup,
+    create_test,
+    parse_sample,
+    parse_wait,
+    setup_refusal,
+    split,
+)
 from newsletter.sending.summary import recipients, send_summaries
+from newsletter.sequences.clock import parse_now
 from newsletter.store.engine import project_engine
-from newsletter.store.issues import find_issue_id, resolve_issue
+from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
 from newsletter.wording import plural
 
 
@@ -354,8 +370,6 @@ def sends(issue: str | None, fmt: str) -> None:
     if issue_id is None:
         return
     if any(r.resend for r in summaries):
-        from newsletter.sending.resend import send_rounds
-
         rounds = send_rounds(engine, issue_id)
         parts = [f"{r.kind} {r.copies}" for r in rounds]
         total = sum(r.copies for r in rounds)
@@ -428,14 +442,6 @@ def _subject_test_setup(
     subject_b: str | None, sample: str | None, decide_after: str | None, metric: str | None
 ) -> Any:
     """The subject-line test asked for, or None; bad values are bad usage."""
-    from newsletter.sending.subject_test import (
-        DEFAULT_SAMPLE,
-        DEFAULT_WAIT,
-        SubjectTestSetup,
-        parse_sample,
-        parse_wait,
-    )
-
     if subject_b is None:
         for flag, given in (
             ("--sample", sample),
@@ -464,12 +470,6 @@ def _subject_test_setup(
 
 def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, quiet: bool) -> None:
     """`send --subject-b`: fix the sample and the rest, send A and B, leave the rest to run-due."""
-    from datetime import UTC, datetime
-
-    from newsletter.errors import SendError
-    from newsletter.sending.subject_test import create_test, send_arm, setup_refusal, split
-    from newsletter.store.issues import ensure_issue
-
     refusal = setup_refusal(project, setup)
     if refusal is None and not plan.uses_ledger:
         refusal = "a subject-line test needs a transport that keeps the ledger (SendGrid or SMTP)"
@@ -536,8 +536,6 @@ def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, qu
 
 
 def _wait_text(wait: Any) -> str:
-    from newsletter.durations import format_delay
-
     return format_delay(wait)
 
 
@@ -553,12 +551,6 @@ def run_due(now: str | None) -> None:
         newsletter run-due
         */10 * * * * cd /srv/newsletter && newsletter run-due
     """
-    from datetime import UTC, datetime
-
-    from newsletter.errors import SendError
-    from newsletter.sending.subject_test import run_due as carry_on
-    from newsletter.sequences.clock import parse_now
-
     project = get_project()
     at = parse_now(now) if now else datetime.now(UTC)
     outcomes = carry_on(project, at)

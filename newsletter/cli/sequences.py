@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from newsletter.cli.context import get_project, sigterm_like_ctrl_c
-from newsletter.cli.segments import segment_options, segment_where
+from newsletter.cli.segment_options import segment_options
 from newsletter.durations import format_delay
 from newsletter.errors import NewsletterError, SendError
 from newsletter.sequences.clock import SYSTEM, FixedClock, parse_now, refuse_far_ahead
@@ -360,6 +360,7 @@ def start(
         newsletter sequences start welcome --existing --segment aktive --yes
     """
     # deferred: SQLAlchemy, which `sequences run` with nothing due never loads
+    from newsletter.cli.segments import segment_where
     from newsletter.sequences.start import count_existing, start_existing
 
     # deferred: SQLAlchemy, which `sequences run` with nothing due never loads

@@ -26,6 +26,7 @@ from newsletter.replies.answer import answer, compose, editor_template
 from newsletter.replies.mailbox import fetch_replies, imap_settings
 from newsletter.replies.store import new_text
 from newsletter.replies.threads import close, get_thread, list_threads
+from newsletter.sending.run_due import DueRunner
 from newsletter.sequences.runner import BackgroundRunner
 from newsletter.store.engine import project_engine
 from newsletter.store.issues import find_sent_issue
@@ -146,8 +147,6 @@ def serve(
             # Started here, where SIGTERM already settles it instead of killing a claim.
             runner = _start_sequences(project, run_sequences)
             if run_due:
-                from newsletter.sending.subject_test import DueRunner
-
                 due_runner = DueRunner(project).start()
                 click.echo("Doing what is due (subject-line tests) every minute.", err=True)
             server.run()

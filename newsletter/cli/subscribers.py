@@ -11,17 +11,20 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
 from newsletter.cli.context import INTERRUPTED_EXIT_CODE, get_project
-from newsletter.cli.segments import segment_options
+from newsletter.cli.segment_options import segment_options
+from newsletter.cli.segments import segment_where
 from newsletter.errors import StoreError
 from newsletter.optin import send_confirmation
 from newsletter.person import export_person as collect
 from newsletter.privacy import add_by_author, erase, store_full_ip
+from newsletter.segments import sunset as core
 from newsletter.sequences.hooks import joined, tagged
 from newsletter.store.consent import records_for
 from newsletter.store.engine import project_engine
@@ -77,8 +80,6 @@ def _mapping(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def _segment_where(engine: Any, segment: str | None, where: str | None) -> list[Any]:
-    from newsletter.cli.segments import segment_where
-
     return segment_where(engine, segment, where)
 
 
@@ -792,10 +793,6 @@ def sunset(
         newsletter subscribers sunset --ask --yes
         newsletter subscribers sunset --apply --grace 14d
     """
-    from datetime import timedelta
-
-    from newsletter.segments import sunset as core
-
     if ask and apply_:
         raise click.UsageError("--ask and --apply are two steps; run them separately")
     grace_days = _days(grace)

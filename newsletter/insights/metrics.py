@@ -99,6 +99,7 @@ HANDED_OVER_STATES = (*ACCEPTED_STATES, "uncertain")
 def delivering_transports() -> list[str]:
     """Transports whose sends reach readers (the outbox only writes .eml files here): asked
     of the transports' capabilities, never by name."""
+    # upward: only the transports know which of them deliver; each declares it beside its code
     from newsletter.sending.transports import kinds_that
 
     return kinds_that(lambda capabilities: capabilities.delivers)

@@ -22,6 +22,7 @@ from newsletter.events import record
 from newsletter.replies import threads
 from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
+from newsletter.segments.activity import Activity, note
 from newsletter.sending.single import send_transactional
 from newsletter.sequences import hooks
 from newsletter.sequences.config import configured
@@ -247,8 +248,6 @@ def _store_new(
         )
         if subscriber_id is not None and not inbound.automatic:
             # A reply is the most honest sign of a reader (segments' `replied:` term).
-            from newsletter.segments.activity import Activity, note
-
             note(conn, [Activity(subscriber_id, "replied", now, issue_id)])
         if unsubscribe_request == "verified" and subscriber_id is not None:
             unsubscribed = apply_status(conn, [subscriber_id], "unsubscribed", "reply", now) > 0

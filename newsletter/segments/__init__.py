@@ -4,33 +4,27 @@ compiled to one SQL condition on `subscribers` (`query.py`).
 
     seg = resolve(project, segment="aktive")           # or where="tag:leser clicked:30d"
     with engine.connect() as conn:
-        cond = seg.condition(conn, tz)                 # a WHERE condition on subscribers
+        cond = query.segment_condition(conn, seg.tree, project_timezone(project))
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, NamedTuple
 
 from newsletter.segments import syntax
 from newsletter.segments.syntax import SegmentError, where_label
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
-
     from newsletter.project import Project
 
-# No SQLAlchemy at import time: loading the config parses segments (`syntax`), and commands
-# that find nothing to do must start without it.
+# No SQLAlchemy at import time: loading the config parses segments (`syntax`, and so this
+# package), and commands that find nothing to do must start without it. What asks the
+# database is in `query` (the store layer: it only reads tables).
 
 __all__ = ["Segment", "SegmentError", "resolve", "defined", "where_label"]
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """A parsed condition: a named segment (`name`) or an ad-hoc --where (`name` None)."""
 
     name: str | None
@@ -50,35 +44,6 @@ class Segment:
                 "recorded while it was on count (clicks and replies are the surer signals)"
             ]
         return []
-
-    def condition(
-        self, conn: Connection, tz: ZoneInfo | None = None, now: datetime | None = None
-    ) -> Any:
-        """The WHERE condition on `subscribers` (reads which issues went out, once)."""
-        from newsletter.segments import query
-
-        return query.condition(self.tree, query.context(conn, tz, now))
-
-    def count(
-        self,
-        engine: Engine,
-        tz: ZoneInfo | None = None,
-        *,
-        extra: Sequence[Any] = (),
-        now: datetime | None = None,
-    ) -> int:
-        """How many subscribers (any status, unless the definition or `extra` says) match."""
-        from sqlalchemy import func, select
-
-        from newsletter.store.schema import subscribers
-
-        with engine.connect() as conn:
-            where = self.condition(conn, tz, now)
-            return int(
-                conn.execute(
-                    select(func.count()).select_from(subscribers).where(where, *extra)
-                ).scalar_one()
-            )
 
 
 def defined(project: Project) -> dict[str, Segment]:
@@ -105,12 +70,3 @@ def resolve(
             f'[segments.{segment}] with where = "…"'
         )
     return known[segment]
-
-
-def project_timezone(project: Project) -> ZoneInfo:
-    """`[newsletter] timezone`: the days of `joined:>2026-01-01` start at midnight there."""
-    name = project.config.section("newsletter").get("timezone") or "UTC"
-    try:
-        return ZoneInfo(name)
-    except (KeyError, ValueError):  # the config load checked it; be safe anyway
-        return ZoneInfo("UTC")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 
 from newsletter.store import raw, schema
 from newsletter.store.times import as_utc
@@ -127,8 +127,6 @@ def backfill(conn: Connection) -> None:
 
 def _human_open(conn: Connection) -> Any:
     """A condition on `events`: SendGrid did not flag the open as a machine's."""
-    from sqlalchemy import text
-
     if conn.dialect.name == "sqlite":
         flag = "json_extract(events.detail, '$.sg_machine_open') IN (1, 'true', '1')"
         return text(f"NOT coalesce({flag}, 0)")

@@ -11,6 +11,7 @@ outbox keep no ledger rows, so they never count; a cancelled send's rows are del
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     Connection,
+    Engine,
     String,
     and_,
     exists,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     true,
 )
 
+from newsletter.insights.metrics import reached_readers, sequence_step
 from newsletter.segments import syntax
 from newsletter.store import schema
 from newsletter.store.consent import has_evidence
@@ -51,8 +54,6 @@ class Context:
 def sent_issue_ids(conn: Connection) -> tuple[int, ...]:
     """Issues with a send that reached readers (the one rule, `insights.metrics`), welcome
     steps left out; ascending."""
-    from newsletter.insights.metrics import reached_readers, sequence_step
-
     s = schema.sends
     query = (
         select(s.c.issue_id)
@@ -72,6 +73,34 @@ def context(conn: Connection, tz: ZoneInfo | None = None, now: datetime | None =
         conn.dialect.name,
         steps,
     )
+
+
+def segment_condition(
+    conn: Connection,
+    tree: syntax.Node,
+    tz: ZoneInfo | None = None,
+    now: datetime | None = None,
+) -> Any:
+    """A segment's WHERE condition on `subscribers` (reads which issues went out, once)."""
+    return condition(tree, context(conn, tz, now))
+
+
+def count_matching(
+    engine: Engine,
+    tree: syntax.Node,
+    tz: ZoneInfo | None = None,
+    *,
+    extra: Sequence[Any] = (),
+    now: datetime | None = None,
+) -> int:
+    """How many subscribers (any status, unless the tree or `extra` says) match a segment."""
+    with engine.connect() as conn:
+        where = segment_condition(conn, tree, tz, now)
+        return int(
+            conn.execute(
+                select(func.count()).select_from(schema.subscribers).where(where, *extra)
+            ).scalar_one()
+        )
 
 
 def _field_text(name: str, dialect: str) -> Any:
@@ -122,7 +151,7 @@ def condition(node: syntax.Node, ctx: Context) -> Any:
     if isinstance(node, syntax.Engaged):
         return engaged(node.kind, ctx, last_issues=node.last_issues, days=node.days)
     if isinstance(node, syntax.Received):
-        return _received(node.op, node.count, ctx)
+        return _received(node.op, node.issues, ctx)
     raise TypeError(f"not a segment term: {node!r}")
 
 

@@ -23,10 +23,16 @@ from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 
 from newsletter import tokens
 from newsletter.errors import ConfigError
-from newsletter.segments import Segment, project_timezone
+from newsletter.i18n import gettext_for
+from newsletter.project import project_timezone
+from newsletter.segments import Segment
 from newsletter.segments.activity import Activity, latest_issue_sent_to, note
+from newsletter.segments.query import segment_condition
+from newsletter.sending.single import send_transactional
 from newsletter.store import schema
+from newsletter.store.subscribers import iter_subscribers, set_status
 from newsletter.store.times import as_utc
+from newsletter.transactional import MAIL_TEXT, render_mail
 
 if TYPE_CHECKING:
     from newsletter.insights.queries import GrowthPeriod
@@ -50,11 +56,9 @@ def cold_readers(
     project: Project, engine: Engine, *, issues: int = 10, min_days: int = 30
 ) -> list[Subscriber]:
     """The cold readers now, in id order."""
-    from newsletter.store.subscribers import iter_subscribers
-
     segment = Segment.parse(cold_definition(issues, min_days), "sunset")
     with engine.connect() as conn:
-        where = segment.condition(conn, project_timezone(project))
+        where = segment_condition(conn, segment.tree, project_timezone(project))
     return list(iter_subscribers(engine, where=[where]))
 
 
@@ -89,10 +93,6 @@ def ask(
     """Mail each reader the re-engagement message (through the project's transport) and
     note when; readers asked before who have not answered are not asked again. Returns one
     line per message (where it went)."""
-    from newsletter.i18n import gettext_for
-    from newsletter.sending.single import send_transactional
-    from newsletter.transactional import MAIL_TEXT, render_mail
-
     language = project.config.language
     already = pending(engine, [r.id for r in readers])
     lines = []
@@ -133,8 +133,6 @@ def keep(conn: Connection, subscriber: Subscriber, now: datetime | None = None) 
     """The reader clicked "Yes, keep sending": they count as having clicked their latest
     issue (active again), and someone already removed as inactive is subscribed again (the
     signed link proves the address). Returns their status afterwards."""
-    from newsletter.store.subscribers import set_status
-
     moment = now or datetime.now(UTC)
     a = schema.sunset_asks
     conn.execute(update(a).where(a.c.subscriber_id == subscriber.id).values(kept_at=moment))
@@ -182,8 +180,6 @@ def due(engine: Engine, *, grace: timedelta, now: datetime | None = None) -> lis
 
 def remove(engine: Engine, people: Sequence[Due]) -> int:
     """Unsubscribe them with the reason "inactive" (through the subscriber store)."""
-    from newsletter.store.subscribers import set_status
-
     a = schema.sunset_asks
     with engine.begin() as conn:
         for person in people:

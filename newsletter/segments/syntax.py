@@ -5,7 +5,8 @@
 Terms separated by spaces must all hold, `OR` joins alternatives (it binds weaker than the
 space), parentheses group, and a leading `-` (or `NOT`) negates a term or a group. A quoted
 part of a term may hold spaces and parentheses. `parse` turns the text into a small tree of
-frozen dataclasses; `newsletter.segments.query` turns the tree into SQL. A mistake is a
+named tuples (immutable; cheaper to define than dataclasses, and the config load defines
+them for every command); `newsletter.segments.query` turns the tree into SQL. A mistake is a
 `SegmentError` naming where it is (column, counted from 1) and what the terms are.
 
 It imports no SQLAlchemy (the config load checks segments, and commands such as `sequences
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 from newsletter.errors import NewsletterError
+from newsletter.subscriber_status import STATUSES
 
 #: What an error about an unknown term lists.
 TERM_HINT = (
@@ -38,71 +40,59 @@ class SegmentError(NewsletterError):
 # --- the tree ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Tag:
+class Tag(NamedTuple):
     name: str
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     name: str
     op: str  # "=" equals (an empty value: the field is empty), "~" contains
     value: str
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(NamedTuple):
     status: str
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     source: str  # form | import | added
 
 
-@dataclass(frozen=True)
-class Joined:
+class Joined(NamedTuple):
     op: str  # ">", ">=", "<", "<=" with `day`; "within" with `days`
     day: date | None = None
     days: int | None = None
 
 
-@dataclass(frozen=True)
-class Consent:
+class Consent(NamedTuple):
     proven: bool
 
 
-@dataclass(frozen=True)
-class Engaged:
+class Engaged(NamedTuple):
     kind: str  # clicked | replied | opened
     last_issues: int | None = None  # last-N
     days: int | None = None  # Nd
     # neither: ever
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(NamedTuple):
     op: str  # >=, >, <=, <, =
-    count: int
+    issues: int  # (not `count`: a tuple's method)
 
 
-@dataclass(frozen=True)
-class Not:
+class Not(NamedTuple):
     term: Node
 
 
-@dataclass(frozen=True)
-class And:
+class And(NamedTuple):
     terms: tuple[Node, ...]
 
 
-@dataclass(frozen=True)
-class Or:
+class Or(NamedTuple):
     terms: tuple[Node, ...]
 
 
-@dataclass(frozen=True)
-class Everyone:
+class Everyone(NamedTuple):
     """The empty expression: no condition."""
 
 
@@ -125,8 +115,7 @@ Node = (
 # --- tokens ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     kind: str  # "(", ")", "-", "OR", "NOT", "AND", "term"
     column: int  # 1-based
     text: str  # as written
@@ -277,8 +266,6 @@ def _term(token: Token, fail: Callable[[str, Token | None], SegmentError]) -> No
             raise bad("nothing to look for after ~ (field:NAME~TEXT)")
         return Field(name, op, text)
     if key == "status":
-        from newsletter.store.schema import STATUSES
-
         if value not in STATUSES:
             raise bad(f"unknown status, use one of {', '.join(STATUSES)}")
         return Status(value)

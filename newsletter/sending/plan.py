@@ -21,12 +21,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from newsletter.errors import SendError
+from newsletter.project import project_timezone
+from newsletter.segments.query import segment_condition
 from newsletter.sending.factory import Chosen, choose_transport, dead_links_refusal
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
+from newsletter.sending.recipients import count_recipients, max_subscriber_id, planned_recipients
+from newsletter.sending.resend import ResendKind, resend_after, resend_recipients, resend_refusal
+from newsletter.sending.subject_test import find_test, pending, subject_of
 from newsletter.sending.transports import kinds_that
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
-from newsletter.store.schema import FIRST_ROUND, DeliveryState, SubscriberStatus
+from newsletter.store.schema import FIRST_ROUND, DeliveryState
 from newsletter.store.times import as_utc
 from newsletter.wording import plural
 
@@ -137,8 +142,6 @@ class SendPlan:
         """The ledger round this send's rows are in (`deliveries.send_round`)."""
         if self.resend is None:
             return FIRST_ROUND
-        from newsletter.sending.resend import ResendKind
-
         return ResendKind(self.resend).send_round
 
     @property
@@ -250,90 +253,6 @@ def bulk_message(
     )
 
 
-def max_subscriber_id(engine: Engine) -> int:
-    from sqlalchemy import func, select
-
-    from newsletter.store.schema import subscribers
-
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.max(subscribers.c.id))).scalar() or 0)
-
-
-def _recipient_conditions(
-    tags: Sequence[str],
-    up_to_id: int,
-    issue_id: int | None,
-    again: Sequence[str],
-    where: Sequence[Any] = (),
-) -> list[Any]:
-    """Subscribed people (of the tags and the segment's `where`, id <= up_to_id); with
-    `issue_id`, only those with no ledger row for it or one in an `again` state (who a
-    --resume reaches)."""
-    from sqlalchemy import exists
-
-    from newsletter.store.schema import deliveries, subscribers
-    from newsletter.store.subscribers import segment_filters
-
-    conditions = [
-        *segment_filters(SubscriberStatus.SUBSCRIBED, tags),
-        *where,
-        subscribers.c.id <= up_to_id,
-    ]
-    if issue_id is not None:
-        done = exists().where(
-            deliveries.c.issue_id == issue_id,
-            deliveries.c.subscriber_id == subscribers.c.id,
-            deliveries.c.state.not_in(list(again)),
-        )
-        conditions.append(~done)
-    return conditions
-
-
-def count_recipients(
-    engine: Engine,
-    tags: Sequence[str],
-    up_to_id: int,
-    issue_id: int | None = None,
-    again: Sequence[str] = (),
-    where: Sequence[Any] = (),
-) -> int:
-    """How many people `planned_recipients` would fix (without reading their ids)."""
-    from sqlalchemy import func, select
-
-    from newsletter.store.schema import subscribers
-
-    conditions = _recipient_conditions(tags, up_to_id, issue_id, again, where)
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count()).select_from(subscribers).where(*conditions)
-            ).scalar_one()
-        )
-
-
-def planned_recipients(
-    engine: Engine,
-    tags: Sequence[str],
-    up_to_id: int,
-    issue_id: int | None = None,
-    again: Sequence[str] = (),
-    where: Sequence[Any] = (),
-) -> array[int]:
-    """The ids of the people a send goes to, ascending (see `_recipient_conditions`), as a
-    compact array: 100,000 readers take 800 kB. `where`: more conditions on `subscribers`
-    (a resend to the new readers: joined after the first send)."""
-    from sqlalchemy import select
-
-    from newsletter.store.raw import driver_rows
-    from newsletter.store.schema import subscribers
-
-    conditions = _recipient_conditions(tags, up_to_id, issue_id, again, where)
-    statement = select(subscribers.c.id).where(*conditions).order_by(subscribers.c.id)
-    with engine.connect() as conn:
-        # The driver's own rows: SQLAlchemy's result objects cost more than the query.
-        return array("q", (row[0] for row in driver_rows(conn, statement)))
-
-
 def already_sent_refusal(
     ledger: Ledger,
     issue_id: int,
@@ -396,10 +315,9 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
     up_to_id = max_subscriber_id(engine)
     segment_where: list[Any] = []
     if request.segment is not None and not request.test_copy:
-        from newsletter.segments import project_timezone
-
         with engine.connect() as conn:
-            segment_where.append(request.segment.condition(conn, project_timezone(project)))
+            tz = project_timezone(project)
+            segment_where.append(segment_condition(conn, request.segment.tree, tz))
     plan = SendPlan(
         project=project,
         engine=engine,
@@ -423,8 +341,6 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
     if request.subject_test_arm is not None:
         return _plan_subject_test_arm(plan, ledger)
     if issue_id is not None and plan.uses_ledger:
-        from newsletter.sending.subject_test import find_test
-
         test = find_test(engine, issue_id)
         if test is not None and test.finished_at is None:
             # A plain --resume would send the rest the issue's subject before the decision.
@@ -485,13 +401,6 @@ def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
     from dataclasses import replace
     from datetime import UTC
 
-    from newsletter.sending.resend import (
-        ResendKind,
-        resend_after,
-        resend_recipients,
-        resend_refusal,
-    )
-
     request, issue_id = plan.request, plan.issue_id
     kind = ResendKind(str(request.resend))
     if request.send_at is not None:
@@ -537,8 +446,6 @@ def _plan_subject_test_arm(plan: SendPlan, ledger: Ledger) -> SendPlan:
     """One arm of the issue's subject-line test: its members who have no copy yet, fixed
     when the test was planned, with the arm's subject (the rest: the winner's)."""
     from dataclasses import replace
-
-    from newsletter.sending.subject_test import find_test, pending, subject_of
 
     request, issue_id, arm = plan.request, plan.issue_id, str(plan.request.subject_test_arm)
     test = find_test(plan.engine, issue_id) if issue_id is not None else None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import exists, func, literal_column, or_, select
 
 from newsletter.errors import ConfigError
+from newsletter.sending.recipients import max_subscriber_id, planned_recipients
 from newsletter.store.raw import driver_rows
 from newsletter.store.schema import (
     FIRST_ROUND,
@@ -199,8 +200,6 @@ def resend_recipients(
 ) -> array[int]:
     """The ids a resend of this kind goes to, ascending: read once, at planning time.
     `again`: states of this round's own rows that may be sent to again (a --resume)."""
-    from newsletter.sending.plan import max_subscriber_id, planned_recipients
-
     if kind is ResendKind.NEW:
         joined = func.coalesce(subscribers.c.confirmed_at, subscribers.c.created_at)
         up_to_id = max_subscriber_id(engine)

@@ -9,9 +9,9 @@ ordinary first-round ledger row, so the ledger's unique key (issue, reader, roun
 second copy, and so "both subjects", impossible, and the lease and claim of the one send
 engine keep runners from sending the rest twice.
 
-The decision and the rest need no laptop: `newsletter run-due` (cron) does what is due:
-it finishes an arm a crash interrupted, decides when the time has come (compare-and-set, so
-of several runners one decides), and sends the rest.
+The decision and the rest need no laptop: `newsletter run-due` (cron; `run_due.py`) does
+what is due: it finishes an arm a crash interrupted, decides when the time has come
+(compare-and-set, so of several runners one decides), and sends the rest.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter.project import Project
-    from newsletter.sending.execute import SendReport
 
 METRICS = ("clicks", "replies", "opens")
 ARMS = ("a", "b")
@@ -292,111 +291,14 @@ def decide(engine: Engine, test: Any, now: datetime) -> Any:
     return find_test(engine, test.issue_id)
 
 
-def _finish(engine: Engine, test: Any, now: datetime) -> None:
+def finish(engine: Engine, test: Any, now: datetime) -> None:
+    """Mark the test done: its rest has the winner."""
     with engine.begin() as conn:
         conn.execute(
             update(subject_tests)
             .where(subject_tests.c.id == test.id, subject_tests.c.finished_at.is_(None))
             .values(finished_at=now)
         )
-
-
-@dataclass
-class DueOutcome:
-    """What `run-due` did for one test: lines to show, and whether something went wrong."""
-
-    slug: str
-    lines: list[str] = field(default_factory=list)
-    error: str | None = None
-    interrupted: bool = False
-
-
-def send_arm(
-    project: Project,
-    slug: str,
-    arm: str,
-    now: datetime,
-    progress: Callable[[SendReport], None] | None = None,
-) -> tuple[Any, Any]:
-    """Plan and carry out one arm's send (the arm's pending members, its subject); returns
-    (plan, report), report None when there was nobody (or the plan was refused)."""
-    from newsletter.sending.execute import execute
-    from newsletter.sending.plan import SendRequest, plan_send
-
-    plan = plan_send(project, slug, SendRequest(subject_test_arm=arm, now=now))
-    if plan.refusal or plan.nobody:
-        return plan, None
-    return plan, execute(plan, progress)
-
-
-def run_due(project: Project, now: datetime) -> list[DueOutcome]:
-    """Every unfinished subject-line test: finish its arms, decide when due, send the rest."""
-    from newsletter.store.engine import project_engine
-    from newsletter.store.schema import issues
-
-    engine = project_engine(project)
-    with engine.connect() as conn:
-        tests = conn.execute(
-            select(subject_tests, issues.c.slug)
-            .join(issues, issues.c.id == subject_tests.c.issue_id)
-            .where(subject_tests.c.finished_at.is_(None))
-            .order_by(subject_tests.c.id)
-        ).all()
-    return [_carry_on(project, engine, test, now) for test in tests]
-
-
-def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> DueOutcome:
-    slug = test.slug
-    out = DueOutcome(slug)
-    arms: list[str] = [arm for arm in ARMS]
-    if test.winner is None and as_utc(test.decide_at) <= now:  # type: ignore[operator]
-        arms.append("decide")
-    elif test.winner is not None:
-        arms.append("rest")
-    for step in arms:
-        if step == "decide":
-            fresh = find_test(engine, test.issue_id)
-            if any(len(pending(engine, fresh, arm, ())) for arm in ARMS):
-                out.lines.append(f"{slug}: the sample is not all sent yet; not deciding")
-                return out
-            test = decide(engine, fresh, now)
-            out.lines.append(f"{slug}: {test.decision['why']}")
-            step = "rest"
-        try:
-            plan, report = send_arm(project, slug, step, now)
-        except SendError as exc:
-            from newsletter.sending.ledger import Ledger
-
-            if Ledger(engine).running(test.issue_id) is None:
-                raise
-            # Another runner took the issue's lease first: it sends; this one has nothing to do.
-            out.lines.append(f"{slug}: {exc}")
-            return out
-        if plan.refusal:
-            out.lines.append(f"{slug}: {plan.refusal}")
-            out.error = plan.refusal if "is running" not in plan.refusal else None
-            return out
-        if report is None:
-            continue
-        label = f"subject {step.upper()}" if step in ARMS else "the rest (winner)"
-        out.lines.append(
-            f"{slug}: {label}: send {report.send_id}, {report.accepted} accepted"
-            + (f", {report.failed} failed" if report.failed else "")
-            + (f", {report.uncertain} uncertain" if report.uncertain else "")
-        )
-        if report.interrupted:
-            out.interrupted = True
-            return out
-        if report.error:
-            out.error = report.error
-            return out
-    if test.winner is not None and not len(pending(engine, test, "rest", ())):
-        _finish(engine, test, now)
-        out.lines.append(f"{slug}: subject-line test done")
-    elif test.winner is None:
-        at = as_utc(test.decide_at)
-        out.lines.append(f"{slug}: the decision is due at {at:%Y-%m-%d %H:%M} UTC")
-    return out
 
 
 def subject_test_summary(engine: Engine, issue_id: int) -> dict[str, Any] | None:
@@ -455,49 +357,3 @@ def summary_table(summary: dict[str, Any]) -> str:
             f"{rest['planned']} wait for the winner (`newsletter run-due`)"
         )
     return "\n".join(lines)
-
-
-class DueRunner:
-    """`serve --run-due`: `run_due` every `interval` seconds in a thread, until `stop()`.
-    A failing run is logged in one line (addresses masked) and tried again at the next tick.
-    A send it is in the middle of when `serve` stops is settled by the next run (its batch in
-    flight becomes uncertain, never sent twice)."""
-
-    def __init__(self, project: Project, *, interval: float = 60.0) -> None:
-        import threading
-
-        self.project = project
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="run-due", daemon=True)
-
-    def start(self) -> DueRunner:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        import logging
-        from datetime import UTC
-
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from newsletter.errors import NewsletterError
-        from newsletter.masking import mask_addresses
-
-        log = logging.getLogger("newsletter.run_due")
-        while not self._stop.is_set():
-            try:
-                for outcome in run_due(self.project, datetime.now(UTC)):
-                    for line in outcome.lines:
-                        log.info("run-due: %s", mask_addresses(line))
-                    if outcome.error:
-                        log.warning("run-due: %s", mask_addresses(outcome.error))
-            except NewsletterError as exc:
-                log.error("run-due failed: %s", mask_addresses(str(exc)))
-            except SQLAlchemyError as exc:
-                log.error("run-due failed: database error (%s)", type(exc).__name__)
-            self._stop.wait(self.interval)

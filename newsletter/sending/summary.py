@@ -15,6 +15,9 @@ from typing import Any
 
 from sqlalchemy import Engine, exists, func, select
 
+from newsletter.segments.query import segment_condition
+from newsletter.segments.sends import for_sends
+from newsletter.segments.syntax import SegmentError, parse, where_label
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.transports import capabilities_of
 from newsletter.store.issues import PublishRule, publish_rule
@@ -155,10 +158,9 @@ def _joined_since(engine: Engine, row: Any, chosen: Any = None) -> int:
     with engine.connect() as conn:
         where = []
         if chosen is not None:  # in its segment as defined then, by today's data
-            from newsletter.segments import Segment, SegmentError
-
             try:
-                where.append(Segment.parse(chosen.definition, chosen.name).condition(conn))
+                tree = parse(chosen.definition, where_label(chosen.name))
+                where.append(segment_condition(conn, tree))
             except SegmentError:
                 return 0
         return int(
@@ -195,8 +197,6 @@ def send_summaries(
     live = ledger.live_sends() | ledger.run_sends_unfinished()
     # (People who joined later wait for a --resume of the first send, not of a resend.)
     last_of_issue = {r.issue_id: r.id for r in rows if r.resend is None}
-    from newsletter.segments.sends import for_sends
-
     chosen = for_sends(engine, (r.id for r in rows))
     out = []
     for r in rows:

@@ -36,7 +36,7 @@ from newsletter.errors import NewsletterError, StoreError
 # it (insights); the archive publishes by the same rule, and metrics needs only the schema
 from newsletter.insights import metrics
 from newsletter.issue_names import ResolvedIssue
-from newsletter.store.schema import issues, sends
+from newsletter.store.schema import issues, send_segments, sends
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
@@ -142,8 +142,6 @@ class PublishedIssue:
 
 def _whole_list() -> Any:
     """A condition on `sends`: it went to the whole list (no --tag, no segment)."""
-    from newsletter.store.schema import send_segments
-
     return and_(
         func.coalesce(func.json_array_length(sends.c.segment), 0) == 0,
         ~exists().where(send_segments.c.send_id == sends.c.id),

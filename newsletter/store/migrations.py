@@ -26,9 +26,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.schema import CreateColumn, CreateTable
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from newsletter.insights import counters
+from newsletter.segments.activity import backfill
 from newsletter.store import schema
 
 Step = Callable[[Connection], None]
@@ -311,8 +312,6 @@ def m017_one_send_lease(conn: Connection) -> None:
     `sequence_runs` and `sequence_sends` go: an unfinished run's sends become lease rows of
     its owner, so the next run reaps it as before. A lease lives as long as its send: the
     table is rebuilt (SQLite cannot change a primary key in place) with its rows."""
-    from sqlalchemy.schema import CreateTable
-
     runs = inspect(conn).has_table("sequence_runs")
     if "source" not in {c["name"] for c in inspect(conn).get_columns("send_leases")}:
         meta = MetaData()  # (with the tables its foreign keys name)
@@ -361,8 +360,6 @@ def m018_derived_public_ids(conn: Connection) -> None:
 def _tags_without_rowid(conn: Connection) -> None:
     """SQLite: rebuild `subscriber_tags` as a WITHOUT ROWID table (its rows in the primary
     key's B-tree), the schema's current shape, keeping every tag."""
-    from sqlalchemy.schema import CreateIndex, CreateTable
-
     current = conn.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscriber_tags'"
     ).scalar_one()
@@ -385,8 +382,6 @@ def m019_segments(conn: Connection) -> None:
     reply, filled here from the events and replies already stored), `send_segments` (the
     segment a send went to, as defined then), `sunset_asks`, and the ledger's index by
     reader (`ix_deliveries_subscriber`: a reader's last issues in a few index steps)."""
-    from newsletter.segments.activity import backfill
-
     schema.metadata.create_all(
         conn, tables=[schema.reader_activity, schema.send_segments, schema.sunset_asks]
     )
@@ -404,9 +399,6 @@ def m020_resend_rounds(conn: Connection) -> None:
         kind), `subject` (a resend's own subject) and `track_opens`; subject-line tests get
     `subject_tests` and `subject_test_members`. On SQLite a unique constraint
         cannot change in place: the table is rebuilt as m004 rebuilds `subscribers`."""
-    from sqlalchemy import MetaData
-    from sqlalchemy.schema import CreateColumn, CreateTable
-
     present = {c["name"] for c in inspect(conn).get_columns("sends")}
     for name in ("resend", "subject", "track_opens"):
         if name not in present:

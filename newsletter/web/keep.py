@@ -12,6 +12,10 @@ from starlette.routing import Route
 
 from newsletter import tokens
 from newsletter.errors import TokenError
+from newsletter.segments.sunset import KEEP
+from newsletter.segments.sunset import keep as keep_reader
+from newsletter.store.public_ids import resolve
+from newsletter.store.subscribers import get_subscriber
 from newsletter.web.context import Context
 
 
@@ -22,11 +26,6 @@ def routes(ctx: Context) -> list[Route]:
 
 def _keep(ctx: Context, token: str) -> str | None:
     """The reader's status afterwards, or None when they are no longer stored."""
-    from newsletter.segments.sunset import KEEP
-    from newsletter.segments.sunset import keep as keep_reader
-    from newsletter.store.public_ids import resolve
-    from newsletter.store.subscribers import get_subscriber
-
     found = tokens.read_token(KEEP, token, key=tokens.secret_key())
     with ctx.engine.begin() as conn:
         ids = resolve(conn, found)
