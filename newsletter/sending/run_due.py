@@ -93,9 +93,11 @@ def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> Due
         try:
             plan, report = send_arm(project, slug, step, now)
         except SendError as exc:
-            if Ledger(engine).running(test.issue_id) is None:
+            # Another runner took the issue's lease (or recorded the batch) first: it sends,
+            # or has sent already; this one has nothing to do. Anything else is an error.
+            others = Ledger(engine).running(test.issue_id) is not None
+            if not others and len(pending(engine, find_test(engine, test.issue_id), step, ())):
                 raise
-            # Another runner took the issue's lease first: it sends; this one has nothing to do.
             out.lines.append(f"{slug}: {exc}")
             return out
         if plan.refusal:
