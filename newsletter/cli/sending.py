@@ -15,8 +15,6 @@ from newsletter.cli.context import get_project
 from newsletter.cli.segment_options import chosen_segment, segment_options
 from newsletter.durations import format_delay
 from newsletter.errors import SendError
-from newsletter.segments.sends import latest_send_id
-from newsletter.segments.sends import record as record_segment
 from newsletter.sending.execute import execute
 from newsletter.sending.plan import SendRequest, plan_send
 from newsletter.sending.resend import send_rounds
@@ -241,13 +239,7 @@ def send(
         if show:
             click.echo(f"\r{report.total}/{count} handed over", nl=False, err=True)
 
-    before = latest_send_id(plan.engine)
-    try:
-        report = execute(plan, progress)  # Ctrl-C / SIGTERM: it stops cleanly, see below
-    finally:
-        if chosen is not None:
-            # What the author chose, as defined now (the recipients are frozen in the plan).
-            record_segment(plan.engine, plan.slug, before, chosen.name, chosen.definition)
+    report = execute(plan, progress)  # Ctrl-C / SIGTERM: it stops cleanly, see below
     if show:
         click.echo(err=True)
     resume_command = f"newsletter send {issue} --resume"

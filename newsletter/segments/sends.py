@@ -7,10 +7,10 @@ of what the author chose, for `sends` and `stats ISSUE`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, select
 
 from newsletter.store import schema
 
@@ -29,29 +29,16 @@ class SendSegment:
         return f"--where {self.definition}"
 
 
-def latest_send_id(engine: Engine) -> int:
-    """The newest send's id (0 for none): a send made after this has a larger id."""
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.max(schema.sends.c.id))).scalar() or 0)
+def recorder(name: str | None, definition: str) -> Callable[[Connection, int], None]:
+    """What a send records about its segment, on the connection that creates the send (the
+    ledger calls it in the same transaction: a send is never without its segment)."""
 
+    def record(conn: Connection, send_id: int) -> None:
+        conn.execute(
+            schema.send_segments.insert().values(send_id=send_id, name=name, definition=definition)
+        )
 
-def record(
-    engine: Engine, slug: str, after_send_id: int, name: str | None, definition: str
-) -> int | None:
-    """Record the segment on the first send of the issue `slug` made after `after_send_id`
-    (the one this process just made); returns its id, or None when no send was made."""
-    s, t, i = schema.sends, schema.send_segments, schema.issues
-    with engine.begin() as conn:
-        send_id = conn.execute(
-            select(func.min(s.c.id))
-            .join(i, i.c.id == s.c.issue_id)
-            .where(s.c.id > after_send_id, i.c.slug == slug)
-        ).scalar()
-        if send_id is None:
-            return None
-        if conn.execute(select(t.c.send_id).where(t.c.send_id == send_id)).first() is None:
-            conn.execute(t.insert().values(send_id=send_id, name=name, definition=definition))
-    return int(send_id)
+    return record
 
 
 def for_sends(engine: Engine, send_ids: Iterable[int]) -> dict[int, SendSegment]:

@@ -29,6 +29,7 @@ from newsletter.personalize import (
     UNSUBSCRIBE_TEXT_KEY,
     html_value,
 )
+from newsletter.segments.sends import recorder
 from newsletter.sending.factory import batch_limits
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.loop import Loop, Work
@@ -487,6 +488,7 @@ def execute(
     scheduled = plan.send_at is not None and use_ledger
     # The schedule and its id are on the send before the first request: a killed scheduled
     # send stays scheduled (and cancellable), and --resume keeps them.
+    chosen = plan.request.segment  # what the author chose, as defined now (members are frozen)
     send_id = ledger.create_send(
         issue_id,
         transport=transport.kind,
@@ -499,6 +501,7 @@ def execute(
         resend=plan.resend,
         subject=plan.subject,
         track_opens=bool(project.config.section("tracking")["opens"]),
+        also=None if chosen is None else recorder(chosen.name, chosen.definition),
     )
     report = SendReport(
         send_id, transport.kind, transport.where, use_ledger, transport.accepted_label

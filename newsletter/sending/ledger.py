@@ -515,9 +515,12 @@ class Ledger:
         resend: str | None = None,
         subject: str | None = None,
         track_opens: bool | None = None,
+        also: Callable[[Connection, int], None] | None = None,
     ) -> int:
+        """A new `sends` row; its id. `also(conn, send_id)` runs in the same transaction, for
+        what other owners keep about the send (the segment it went to)."""
         with self.engine.begin() as conn:
-            return create_send_on(
+            send_id = create_send_on(
                 conn,
                 issue_id,
                 transport=transport,
@@ -531,6 +534,9 @@ class Ledger:
                 subject=subject,
                 track_opens=track_opens,
             )
+            if also is not None:
+                also(conn, send_id)
+            return send_id
 
     def finish_send(self, send_id: int, status: str, error: str | None = None) -> None:
         """The send's end. A cancelled send stays cancelled: its sender, stopped by `cancel`,
