@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from newsletter.errors import SendError
 from newsletter.project import project_timezone
 from newsletter.segments.query import segment_condition
+from newsletter.segments.sends import for_sends
+from newsletter.segments.syntax import parse, where_label
 from newsletter.sending.factory import Chosen, choose_transport, dead_links_refusal
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
@@ -431,7 +433,16 @@ def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
     if plan.subject is None and earlier is not None:
         plan.subject = earlier.subject
     again = [*RETRYABLE, *([DeliveryState.UNCERTAIN] if request.include_uncertain else [])]
-    plan.planned = resend_recipients(plan.engine, issue_id, kind, first, again)
+    # `new` readers: of the first send's segment too, as it is defined now.
+    first_segment = for_sends(plan.engine, [first.id]).get(first.id)
+    segment_where: list[Any] = []
+    if first_segment is not None:
+        with plan.engine.connect() as conn:
+            tree = parse(first_segment.definition, where_label(first_segment.name))
+            segment_where.append(segment_condition(conn, tree, project_timezone(plan.project)))
+    plan.planned = resend_recipients(
+        plan.engine, issue_id, kind, first, again, segment_where=segment_where
+    )
     plan.recipients = len(plan.planned)
     plan.stranded = (
         plan.recipients == 0

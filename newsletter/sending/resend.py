@@ -79,7 +79,9 @@ def resend_after(project: Project) -> timedelta:
     """`[sending] resend_after` ("24h", "2d", "90m", "0") as a timedelta."""
     from newsletter.durations import parse_delay
 
-    value = project.config.section("sending").get("resend_after") or DEFAULT_RESEND_AFTER
+    value = project.config.section("sending").get("resend_after")
+    if value is None:
+        value = DEFAULT_RESEND_AFTER  # (0 is a value: no wait)
     delay = parse_delay(value)
     if delay is None:
         raise ConfigError(
@@ -197,14 +199,22 @@ def resend_recipients(
     kind: ResendKind,
     first: FirstSend,
     again: Sequence[str] = (),
+    segment_where: Sequence[Any] = (),
 ) -> array[int]:
     """The ids a resend of this kind goes to, ascending: read once, at planning time.
-    `again`: states of this round's own rows that may be sent to again (a --resume)."""
+    `again`: states of this round's own rows that may be sent to again (a --resume).
+    `segment_where`: the condition of the segment the first send went to (for `new`: who
+    joined it since; the others got the first send or not)."""
     if kind is ResendKind.NEW:
         joined = func.coalesce(subscribers.c.confirmed_at, subscribers.c.created_at)
         up_to_id = max_subscriber_id(engine)
         return planned_recipients(
-            engine, first.segment, up_to_id, issue_id, again, where=[joined > first.went_out]
+            engine,
+            first.segment,
+            up_to_id,
+            issue_id,
+            again,
+            where=[joined > first.went_out, *segment_where],
         )
     d = deliveries.c
     me = subscribers.c.id
