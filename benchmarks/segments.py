@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -27,21 +26,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from seeding import CONFIG as BASE_CONFIG
+from seeding import REPO, migrated_project, stamp
 
-CONFIG = """\
-[newsletter]
-name = "Jens' Briefing"
-from_email = "jens@example.com"
-postal_address = "Musterstraße 1, 10115 Berlin"
-base_url = "https://news.example.com"
-language = "de"
-
-[tracking]
-opens = true
-clicks = true
-"""
+CONFIG = BASE_CONFIG + "\n[tracking]\nopens = true\nclicks = true\n"
 EXPRESSIONS = [
     "clicked:last-5",
     "status:subscribed (clicked:last-5 OR replied:30d)",
@@ -54,24 +42,11 @@ EXPRESSIONS = [
 MIX = [("delivered", 0.35), ("open", 0.35), ("click", 0.2), ("processed", 0.1)]
 
 
-def stamp(value: datetime) -> str:
-    """A datetime as SQLAlchemy stores it in SQLite."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
 def generate(root: Path, subscribers: int, issues: int, events: int) -> None:
-    from newsletter.project import Project
-    from newsletter.store.engine import open_engine
-
-    (root / "issues").mkdir(parents=True)
-    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
-    engine = open_engine(Project.load(root).database_url)  # runs the migrations
-    engine.dispose()
+    db = migrated_project(root, CONFIG)
     rng = random.Random(24)
     now = datetime.now(UTC)
     start = now - timedelta(days=7 * issues + 60)
-    db = sqlite3.connect(root / "newsletter.db")
-    db.execute("PRAGMA synchronous = OFF")
     for trigger in ("list_counters_insert", "list_counters_update"):
         db.execute(f"DROP TRIGGER IF EXISTS {trigger}")  # growth is not what is measured here
     # The ledger's secondary indexes are built once at the end (sorted: much faster than

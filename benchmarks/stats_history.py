@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from seeding import REPO, migrated_project, stamp
 
 CONFIG = """\
 [newsletter]
@@ -54,25 +52,15 @@ MIX = [
 ]
 
 
-def stamp(value: datetime) -> str:
-    """A datetime as SQLAlchemy stores it in SQLite."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
 def generate(root: Path, issues: int, subscribers: int, events: int) -> None:
     from newsletter.insights import counters
     from newsletter.project import Project
     from newsletter.store.engine import open_engine
 
-    (root / "issues").mkdir(parents=True)
-    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
+    db = migrated_project(root, CONFIG)
     rng = random.Random(14)
     now = datetime.now(UTC)
     start = now - timedelta(days=7 * issues + 30)
-    engine = open_engine(Project.load(root).database_url)  # runs the migrations
-    engine.dispose()
-    db = sqlite3.connect(root / "newsletter.db")
-    db.execute("PRAGMA synchronous = OFF")
     # Back-dated growth: the insert trigger would count every row "now"; the subscriber rows
     # are seeded into the counters instead, as m007 does for an existing database.
     db.execute("DROP TRIGGER list_counters_insert")
