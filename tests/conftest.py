@@ -113,6 +113,13 @@ def project(make_project: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture
+def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's database, made the project's (NEWSLETTER_DATABASE_URL); its URL."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    return database_url
+
+
+@pytest.fixture
 def issue_project(
     make_project: Callable[..., Path], database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[..., Path]:
