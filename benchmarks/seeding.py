@@ -4,8 +4,11 @@ config is the tests' one (tests/conftest.py), as in the other benchmarks."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +17,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import CONFIG  # noqa: E402
 
-__all__ = ["CONFIG", "REPO", "migrated_project", "stamp"]
+__all__ = ["CONFIG", "REPO", "migrated_project", "stamp", "timed"]
 
 
 def stamp(value: datetime) -> str:
@@ -35,3 +38,25 @@ def migrated_project(root: Path, config: str) -> sqlite3.Connection:
     db = sqlite3.connect(root / "newsletter.db")
     db.execute("PRAGMA synchronous = OFF")
     return db
+
+
+def timed(root: Path, *args: str) -> tuple[float, float, str]:
+    """Wall seconds and CPU seconds (user + system) of one `newsletter --project ROOT ARGS`
+    process, and its output. On a shared, busy machine the CPU time is the steadier figure;
+    wall time includes waiting for a core."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    process = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--project", str(root), *args],
+        capture_output=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if process.returncode != 0:
+        raise SystemExit(f"newsletter {' '.join(args)} failed: {process.stderr.decode()}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return took, cpu, process.stdout.decode().strip()

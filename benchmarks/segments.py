@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from seeding import CONFIG as BASE_CONFIG
-from seeding import REPO, migrated_project, stamp
+from seeding import migrated_project, stamp, timed
 
 CONFIG = BASE_CONFIG + "\n[tracking]\nopens = true\nclicks = true\n"
 EXPRESSIONS = [
@@ -166,34 +163,9 @@ def backfill(root: Path) -> float:
 
 
 def count(root: Path, where: str) -> tuple[float, float, str]:
-    """Wall and CPU seconds (user + system) of one `newsletter subscribers count --where`
-    process, and its answer. On a shared, busy machine the CPU time is the steadier figure;
-    wall time includes waiting for a core."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "newsletter",
-            "--project",
-            str(root),
-            "subscribers",
-            "count",
-            *(["--where", where] if where else []),
-        ],
-        capture_output=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    took = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if process.returncode != 0:
-        raise SystemExit(f"count --where {where!r} failed: {process.stderr.decode()}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return took, cpu, process.stdout.decode().strip()
+    """Wall and CPU seconds of one `newsletter subscribers count --where` process, and its
+    answer."""
+    return timed(root, "subscribers", "count", *(["--where", where] if where else []))
 
 
 def main() -> None:

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from seeding import REPO, migrated_project, stamp
+from seeding import migrated_project, stamp, timed
 
 CONFIG = """\
 [newsletter]
@@ -197,27 +194,6 @@ def generate(root: Path, issues: int, subscribers: int, events: int) -> None:
     db.close()
 
 
-def timed(root: Path, *args: str) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user + system) of one `newsletter` process. On a shared,
-    busy machine the CPU time is the steadier figure; wall time includes waiting for a core."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    process = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--project", str(root), *args],
-        capture_output=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    took = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if process.returncode != 0:
-        raise SystemExit(f"newsletter {' '.join(args)} failed: {process.stderr.decode()}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return took, cpu
-
-
 def _peak_rss() -> float:
     import resource
 
@@ -261,7 +237,7 @@ def main() -> None:
         for label, argv, target in commands:
             walls, cpus = [], []
             for _ in range(args.runs):
-                wall, cpu = timed(root, *argv)
+                wall, cpu, _ = timed(root, *argv)
                 walls.append(wall)
                 cpus.append(cpu)
             goal = f"  (target <= {target} s)" if target else ""
