@@ -4,11 +4,15 @@ config is the tests' one (tests/conftest.py), as in the other benchmarks."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +21,15 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import CONFIG  # noqa: E402
 
-__all__ = ["CONFIG", "REPO", "migrated_project", "stamp", "timed"]
+__all__ = [
+    "CONFIG",
+    "REPO",
+    "arguments",
+    "migrated_project",
+    "seeded_project",
+    "stamp",
+    "timed",
+]
 
 
 def stamp(value: datetime) -> str:
@@ -60,3 +72,35 @@ def timed(root: Path, *args: str) -> tuple[float, float, str]:
         raise SystemExit(f"newsletter {' '.join(args)} failed: {process.stderr.decode()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return took, cpu, process.stdout.decode().strip()
+
+
+def arguments(runs: int) -> argparse.ArgumentParser:
+    """The options every seeding benchmark takes: the size of the list it seeds, how many
+    runs of each measured command, and --keep to reuse a seeded project."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subscribers", type=int, default=200_000)
+    parser.add_argument("--issues", type=int, default=100)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
+    return parser
+
+
+@contextmanager
+def seeded_project(
+    args: argparse.Namespace, generate: Callable[[Path], None], label: str = "generated:"
+) -> Iterator[tuple[Path, bool]]:
+    """--keep's project folder, or a temporary one; seeded by `generate` unless it already
+    has a database (then the bool is False), which is timed and said."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp) / "project"
+        seeded = not (root / "newsletter.db").exists()
+        if seeded:
+            start = time.perf_counter()
+            generate(root)
+            print(
+                f"{label} {args.subscribers:,} subscribers, {args.issues} issues, "
+                f"{args.events:,} events in {time.perf_counter() - start:.0f} s "
+                f"({(root / 'newsletter.db').stat().st_size / 1e6:,.0f} MB SQLite)"
+            )
+        yield root, seeded

@@ -13,18 +13,16 @@ and times `newsletter subscribers count --where EXPR` for a few expressions: the
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from seeding import CONFIG as BASE_CONFIG
-from seeding import migrated_project, stamp, timed
+from seeding import arguments, migrated_project, seeded_project, stamp, timed
 
 CONFIG = BASE_CONFIG + "\n[tracking]\nopens = true\nclicks = true\n"
 EXPRESSIONS = [
@@ -172,23 +170,13 @@ def main() -> None:
     from as_installed import compile_package
 
     compile_package()
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--subscribers", type=int, default=200_000)
-    parser.add_argument("--issues", type=int, default=100)
-    parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp) / "project"
-        if not (root / "newsletter.db").exists():
-            t0 = time.perf_counter()
-            generate(root, args.subscribers, args.issues, args.events)
-            print(
-                f"generated: {args.subscribers:,} subscribers, {args.issues} issues, "
-                f"{args.events:,} events in {time.perf_counter() - t0:.0f} s "
-                f"({(root / 'newsletter.db').stat().st_size / 1e6:,.0f} MB SQLite)"
-            )
+    args = arguments(runs=5).parse_args()
+
+    def seed(root: Path) -> None:
+        generate(root, args.subscribers, args.issues, args.events)
+
+    with seeded_project(args, seed) as (root, seeded):
+        if seeded:
             print(f"reader_activity filled (as m019 does) in {backfill(root):.1f} s")
         count(root, "tag:leser")  # warm the page cache
         print(f"  wall     cpu     count  (medians of {args.runs} processes)")

@@ -11,16 +11,13 @@ Targets: `stats` <= 0.5 s, `report` <= 2 s.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
-import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from seeding import migrated_project, stamp, timed
+from seeding import arguments, migrated_project, seeded_project, stamp, timed
 
 CONFIG = """\
 [newsletter]
@@ -204,25 +201,14 @@ def main() -> None:
     from as_installed import compile_package
 
     compile_package()
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--issues", type=int, default=100)
-    parser.add_argument("--subscribers", type=int, default=200_000)
-    parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
+    parser = arguments(runs=3)
     parser.add_argument("--skip-rebuild", action="store_true", help="reuse --keep's counters")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp) / "project"
-        if not (root / "newsletter.db").exists():
-            t0 = time.perf_counter()
-            generate(root, args.issues, args.subscribers, args.events)
-            print(
-                f"generated:        {args.issues} issues, {args.subscribers:,} subscribers, "
-                f"{args.events:,} events in {time.perf_counter() - t0:.0f} s "
-                f"({(root / 'newsletter.db').stat().st_size / 1e6:,.0f} MB SQLite)"
-            )
+    def seed(root: Path) -> None:
+        generate(root, args.issues, args.subscribers, args.events)
+
+    with seeded_project(args, seed, label="generated:       ") as (root, _):
         commands = [
             ("stats --rebuild", ["stats", "--rebuild", "--format", "csv"], None),
             ("stats", ["stats"], 0.5),
