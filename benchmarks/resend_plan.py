@@ -21,27 +21,14 @@ import os
 import random
 import sqlite3
 import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-DATA = HERE / "data"
+from seeding import CONFIG as PROJECT  # its [database] url gives way to the env's (below)
+from seeding import REPO
 
-
-PROJECT = """\
-[newsletter]
-name = "Jens' Briefing"
-from_email = "jens@example.com"
-from_name = "Jens"
-reply_to = "jens@example.com"
-postal_address = "Musterstraße 1, 10115 Berlin, Germany"
-base_url = "https://news.example.com"
-language = "de"
-imprint_url = "https://news.example.com/impressum"
-"""
+DATA = REPO / "benchmarks" / "data"
 
 
 def build(db: Path, subscribers: int, issues: int, events: int) -> None:

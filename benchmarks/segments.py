@@ -13,35 +13,18 @@ and times `newsletter subscribers count --where EXPR` for a few expressions: the
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
-import sqlite3
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from seeding import CONFIG as BASE_CONFIG
+from seeding import arguments, migrated_project, seeded_project, stamp, timed
 
-CONFIG = """\
-[newsletter]
-name = "Jens' Briefing"
-from_email = "jens@example.com"
-postal_address = "Musterstraße 1, 10115 Berlin"
-base_url = "https://news.example.com"
-language = "de"
-
-[tracking]
-opens = true
-clicks = true
-"""
+CONFIG = BASE_CONFIG + "\n[tracking]\nopens = true\nclicks = true\n"
 EXPRESSIONS = [
     "clicked:last-5",
     "status:subscribed (clicked:last-5 OR replied:30d)",
@@ -54,24 +37,11 @@ EXPRESSIONS = [
 MIX = [("delivered", 0.35), ("open", 0.35), ("click", 0.2), ("processed", 0.1)]
 
 
-def stamp(value: datetime) -> str:
-    """A datetime as SQLAlchemy stores it in SQLite."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
 def generate(root: Path, subscribers: int, issues: int, events: int) -> None:
-    from newsletter.project import Project
-    from newsletter.store.engine import open_engine
-
-    (root / "issues").mkdir(parents=True)
-    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
-    engine = open_engine(Project.load(root).database_url)  # runs the migrations
-    engine.dispose()
+    db = migrated_project(root, CONFIG)
     rng = random.Random(24)
     now = datetime.now(UTC)
     start = now - timedelta(days=7 * issues + 60)
-    db = sqlite3.connect(root / "newsletter.db")
-    db.execute("PRAGMA synchronous = OFF")
     for trigger in ("list_counters_insert", "list_counters_update"):
         db.execute(f"DROP TRIGGER IF EXISTS {trigger}")  # growth is not what is measured here
     # The ledger's secondary indexes are built once at the end (sorted: much faster than
@@ -191,57 +161,22 @@ def backfill(root: Path) -> float:
 
 
 def count(root: Path, where: str) -> tuple[float, float, str]:
-    """Wall and CPU seconds (user + system) of one `newsletter subscribers count --where`
-    process, and its answer. On a shared, busy machine the CPU time is the steadier figure;
-    wall time includes waiting for a core."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "newsletter",
-            "--project",
-            str(root),
-            "subscribers",
-            "count",
-            *(["--where", where] if where else []),
-        ],
-        capture_output=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    took = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if process.returncode != 0:
-        raise SystemExit(f"count --where {where!r} failed: {process.stderr.decode()}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return took, cpu, process.stdout.decode().strip()
+    """Wall and CPU seconds of one `newsletter subscribers count --where` process, and its
+    answer."""
+    return timed(root, "subscribers", "count", *(["--where", where] if where else []))
 
 
 def main() -> None:
     from as_installed import compile_package
 
     compile_package()
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--subscribers", type=int, default=200_000)
-    parser.add_argument("--issues", type=int, default=100)
-    parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp) / "project"
-        if not (root / "newsletter.db").exists():
-            t0 = time.perf_counter()
-            generate(root, args.subscribers, args.issues, args.events)
-            print(
-                f"generated: {args.subscribers:,} subscribers, {args.issues} issues, "
-                f"{args.events:,} events in {time.perf_counter() - t0:.0f} s "
-                f"({(root / 'newsletter.db').stat().st_size / 1e6:,.0f} MB SQLite)"
-            )
+    args = arguments(runs=5).parse_args()
+
+    def seed(root: Path) -> None:
+        generate(root, args.subscribers, args.issues, args.events)
+
+    with seeded_project(args, seed) as (root, seeded):
+        if seeded:
             print(f"reader_activity filled (as m019 does) in {backfill(root):.1f} s")
         count(root, "tag:leser")  # warm the page cache
         print(f"  wall     cpu     count  (medians of {args.runs} processes)")

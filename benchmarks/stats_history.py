@@ -11,21 +11,13 @@ Targets: `stats` <= 0.5 s, `report` <= 2 s.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
-import sqlite3
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from seeding import arguments, migrated_project, seeded_project, stamp, timed
 
 CONFIG = """\
 [newsletter]
@@ -54,25 +46,15 @@ MIX = [
 ]
 
 
-def stamp(value: datetime) -> str:
-    """A datetime as SQLAlchemy stores it in SQLite."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
 def generate(root: Path, issues: int, subscribers: int, events: int) -> None:
     from newsletter.insights import counters
     from newsletter.project import Project
     from newsletter.store.engine import open_engine
 
-    (root / "issues").mkdir(parents=True)
-    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
+    db = migrated_project(root, CONFIG)
     rng = random.Random(14)
     now = datetime.now(UTC)
     start = now - timedelta(days=7 * issues + 30)
-    engine = open_engine(Project.load(root).database_url)  # runs the migrations
-    engine.dispose()
-    db = sqlite3.connect(root / "newsletter.db")
-    db.execute("PRAGMA synchronous = OFF")
     # Back-dated growth: the insert trigger would count every row "now"; the subscriber rows
     # are seeded into the counters instead, as m007 does for an existing database.
     db.execute("DROP TRIGGER list_counters_insert")
@@ -209,27 +191,6 @@ def generate(root: Path, issues: int, subscribers: int, events: int) -> None:
     db.close()
 
 
-def timed(root: Path, *args: str) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user + system) of one `newsletter` process. On a shared,
-    busy machine the CPU time is the steadier figure; wall time includes waiting for a core."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    process = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--project", str(root), *args],
-        capture_output=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    took = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if process.returncode != 0:
-        raise SystemExit(f"newsletter {' '.join(args)} failed: {process.stderr.decode()}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return took, cpu
-
-
 def _peak_rss() -> float:
     import resource
 
@@ -240,25 +201,14 @@ def main() -> None:
     from as_installed import compile_package
 
     compile_package()
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--issues", type=int, default=100)
-    parser.add_argument("--subscribers", type=int, default=200_000)
-    parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
+    parser = arguments(runs=3)
     parser.add_argument("--skip-rebuild", action="store_true", help="reuse --keep's counters")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp) / "project"
-        if not (root / "newsletter.db").exists():
-            t0 = time.perf_counter()
-            generate(root, args.issues, args.subscribers, args.events)
-            print(
-                f"generated:        {args.issues} issues, {args.subscribers:,} subscribers, "
-                f"{args.events:,} events in {time.perf_counter() - t0:.0f} s "
-                f"({(root / 'newsletter.db').stat().st_size / 1e6:,.0f} MB SQLite)"
-            )
+    def seed(root: Path) -> None:
+        generate(root, args.issues, args.subscribers, args.events)
+
+    with seeded_project(args, seed, label="generated:       ") as (root, _):
         commands = [
             ("stats --rebuild", ["stats", "--rebuild", "--format", "csv"], None),
             ("stats", ["stats"], 0.5),
@@ -273,7 +223,7 @@ def main() -> None:
         for label, argv, target in commands:
             walls, cpus = [], []
             for _ in range(args.runs):
-                wall, cpu = timed(root, *argv)
+                wall, cpu, _ = timed(root, *argv)
                 walls.append(wall)
                 cpus.append(cpu)
             goal = f"  (target <= {target} s)" if target else ""

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from newsletter.cli import main
+from tests.sendgrid_server import FakeSendGrid
 from tests.skip_summary import pytest_terminal_summary  # noqa: F401  (a pytest hook)
 
 # Fixtures shared by several test modules, without one test module importing another.
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_ISSUE = REPO / "issues" / "2024-07-meta-ki-creator.md"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TEST_SECRET = "test-secret-key-0123456789abcdef"
+SENDGRID_KEY = "SG.test-key"
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +110,39 @@ def project(make_project: Callable[..., Path]) -> Path:
         EXAMPLE_ISSUE.read_text(encoding="utf-8"), encoding="utf-8"
     )
     return root
+
+
+@pytest.fixture
+def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's database, made the project's (NEWSLETTER_DATABASE_URL); its URL."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    return database_url
+
+
+@pytest.fixture
+def issue_project(
+    make_project: Callable[..., Path], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Path]:
+    """`issue_project(config)`: a project holding the example issue, on this test's
+    database (NEWSLETTER_DATABASE_URL is set to `database_url`)."""
+
+    def make(config: str = CONFIG) -> Path:
+        monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+        root = make_project(config=config)
+        (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def sg(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSendGrid]:
+    """The fake SendGrid on loopback (the project's sender verified), and the environment
+    that points the CLI at it."""
+    with FakeSendGrid(api_key=SENDGRID_KEY, verified_senders=["jens@example.com"]) as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", SENDGRID_KEY)
+        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
+        yield server
 
 
 @pytest.fixture

@@ -24,12 +24,6 @@ SLUG = "meta-ki-creator"
 sg = support.sg  # the fake SendGrid fixture
 
 
-@pytest.fixture
-def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
-    return database_url
-
-
 def status_of(project: Path, path: str) -> int:
     proj = Project.load(project)
     with live_server(create_app(proj)) as base:

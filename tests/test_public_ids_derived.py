@@ -12,11 +12,12 @@ from starlette.testclient import TestClient
 
 from newsletter import tokens
 from newsletter.project import Project
-from newsletter.store import migrations, schema
+from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, get_subscriber
 from newsletter.web import create_app
 from tests.conftest import TEST_SECRET
+from tests.support.migrations import migrate_without, raw_engine
 from tests.support.tokens import carried
 
 
@@ -38,12 +39,6 @@ def test_a_public_id_names_its_row_and_only_the_key_reads_it() -> None:
     assert carried(tokens.make_token(tokens.UNSUBSCRIBE, 2**40, None, key=TEST_SECRET))[0] == 2**40
 
 
-def _raw_engine(url: str):
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url)
-
-
 def _index_sql(conn, dialect: str) -> str:
     if dialect == "sqlite":
         query = "SELECT sql FROM sqlite_master WHERE name = 'uq_subscribers_public_id'"
@@ -55,12 +50,8 @@ def _index_sql(conn, dialect: str) -> str:
 def test_m018_keeps_the_random_public_ids_already_sent_and_stores_none_for_new_readers(
     database_url, monkeypatch, make_project
 ) -> None:
-    old = _raw_engine(database_url)
-    with monkeypatch.context() as patch:  # a database as it was before m018
-        patch.setattr(
-            migrations, "STEPS", [s for s in migrations.STEPS if s[0] != "m018_derived_public_ids"]
-        )
-        migrations.migrate(old)
+    old = raw_engine(database_url)
+    migrate_without(old, "m018_derived_public_ids")  # a database as it was before m018
     with old.begin() as conn:
         conn.execute(text("DROP INDEX uq_subscribers_public_id"))
         conn.execute(
@@ -98,14 +89,10 @@ def test_m018_keeps_the_random_public_ids_already_sent_and_stores_none_for_new_r
     assert get_subscriber(engine, new.id).status == "unsubscribed"
 
 
-def test_m018_rebuilds_sqlite_tags_without_rowid_keeping_every_tag(tmp_path, monkeypatch) -> None:
+def test_m018_rebuilds_sqlite_tags_without_rowid_keeping_every_tag(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = create_engine(url)
-    with monkeypatch.context() as patch:  # a database as it was before m018
-        patch.setattr(
-            migrations, "STEPS", [s for s in migrations.STEPS if s[0] != "m018_derived_public_ids"]
-        )
-        migrations.migrate(old)
+    migrate_without(old, "m018_derived_public_ids")  # a database as it was before m018
     with old.begin() as conn:
         conn.execute(text("DROP TABLE subscriber_tags"))
         conn.execute(

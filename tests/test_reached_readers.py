@@ -26,12 +26,6 @@ SLUG = "meta-ki-creator"
 sg = support.sg  # the fake SendGrid fixture
 
 
-@pytest.fixture
-def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
-    return database_url
-
-
 def what_readers_see(project: Path, cli) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Where the issue shows as sent: `stats` (table and JSON), the report, the archive."""
     table = cli(project, "stats")

@@ -22,31 +22,19 @@ from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.web import create_app
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid, copies
+from tests.sendgrid_server import copies
 from tests.support.smtp import smtp_config
 from tests.support.stats import INBOUND_SECRET, post_events, post_reply
 from tests.support.web import event, live_server
 
-KEY = "SG.resend-key"
 ISSUE = EXAMPLE_ISSUE.stem
 SUBJECT = "Meta, KI und das Ende der Creator?"
 TRACKING = "\n[tracking]\nopens = true\nclicks = true\n"
 
 
-@pytest.fixture
-def sg(monkeypatch):
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
-        yield server
-
-
-def _project(make_project, database_url, monkeypatch, config: str) -> Path:
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+def _project(issue_project, monkeypatch, config: str) -> Path:
     monkeypatch.setenv("NEWSLETTER_INBOUND_SECRET", INBOUND_SECRET)
-    root = make_project(config=config)
-    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
-    return root
+    return issue_project(config)
 
 
 def _add(cli, root: Path, *addresses: str, status: str = "subscribed") -> None:
@@ -85,9 +73,9 @@ READERS = [f"leser{i}@example.de" for i in range(9)]
 
 @pytest.mark.slow
 def test_each_resend_kind_through_sendgrid_with_events_through_the_webhook(
-    make_project, database_url, monkeypatch, sg, signer, cli
+    issue_project, monkeypatch, sg, signer, cli
 ):
-    root = _project(make_project, database_url, monkeypatch, CONFIG + TRACKING)
+    root = _project(issue_project, monkeypatch, CONFIG + TRACKING)
     _add(cli, root, *READERS)
     _send(cli, root)
     assert Counter(sg.recipients()) == Counter(READERS)
@@ -218,7 +206,7 @@ def test_each_resend_kind_through_sendgrid_with_events_through_the_webhook(
 
 @pytest.mark.slow
 def test_resends_through_smtp_never_reach_who_unsubscribed_through_the_link(
-    make_project, database_url, monkeypatch, cli, tmp_path
+    issue_project, monkeypatch, cli, tmp_path
 ):
     """SMTP: no opens are tracked, so non-openers is refused; a reader who used the
     unsubscribe link of their copy, and one who replied, get no resend; `new` reaches only
@@ -226,7 +214,7 @@ def test_resends_through_smtp_never_reach_who_unsubscribed_through_the_link(
     from tests.smtp_server import FakeSmtp
 
     with FakeSmtp() as smtp:
-        root = _project(make_project, database_url, monkeypatch, smtp_config(smtp, security="none"))
+        root = _project(issue_project, monkeypatch, smtp_config(smtp, security="none"))
         _add(cli, root, *READERS[:5])
         _send(cli, root)
         assert sorted(smtp.recipients()) == READERS[:5]

@@ -5,12 +5,8 @@ the resend twice, nobody who qualifies is skipped, the batch in flight at the ki
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -22,8 +18,13 @@ from newsletter.project import Project
 from newsletter.store import schema
 from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.subscribers import add_subscriber
-from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
-from tests.support.sendgrid_process import slow_sendgrid
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
+from tests.support.sendgrid_process import (
+    kill_when_in_flight,
+    sender_env,
+    set_delay,
+    slow_sendgrid,
+)
 
 KEY = "SG.resend-crash-key"
 PEOPLE = 80
@@ -35,12 +36,6 @@ def received(log: Path) -> list[str]:
         return []
     with open(log, encoding="utf-8") as f:
         return [p["to"][0]["email"] for line in f for p in json.loads(line)["personalizations"]]
-
-
-def _set_delay(url: str, seconds: float) -> None:
-    body = json.dumps({"seconds": seconds}).encode()
-    request = urllib.request.Request(f"{url}/__fake__/delay", data=body, method="POST")
-    urllib.request.urlopen(request, timeout=5).read()
 
 
 def _resend_in_flight(engine) -> bool:
@@ -90,30 +85,21 @@ def test_kill_9_mid_resend_then_resume(make_project, database_url, monkeypatch, 
         qualifying = set(everyone) - {"leser00@example.org"}
         dispose_all()
 
-        _set_delay(url, 0.3)
-        env = {
-            **os.environ,
-            "SENDGRID_API_KEY": KEY,
-            "SENDGRID_API_HOST": url,
-            "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-            "NEWSLETTER_DATABASE_URL": database_url,
-        }
+        set_delay(url, 0.3)
+        env = sender_env(url, KEY, database_url)
         child = subprocess.Popen(
             [sys.executable, "-m", "newsletter", "--project", str(root), "send", ISSUE,
              "--resend", "non-clickers", "--subject", "Nochmal: Meta und KI", "--yes"],
             env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while len(received(log)) < PEOPLE + 30 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        _set_delay(url, 10)  # hold the next requests: the batch seen in flight stays so
-        time.sleep(0.5)
-        while not _resend_in_flight(engine) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert child.poll() is None, "the resend finished before it could be killed"
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-        _set_delay(url, 0)
+        kill_when_in_flight(
+            child,
+            url,
+            sent_enough=lambda: len(received(log)) >= PEOPLE + 30,
+            in_flight=lambda: _resend_in_flight(engine),
+            settle=0.5,
+            what="the resend",
+        )
         before = received(log)[PEOPLE:]
         assert 30 <= len(before) < len(qualifying)
 

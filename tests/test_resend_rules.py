@@ -16,24 +16,12 @@ from newsletter.sending.resend import first_send
 from newsletter.store.engine import open_engine
 from newsletter.store.issues import find_issue_id
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid
 
-KEY = "SG.resend-rules-key"
 ISSUE = EXAMPLE_ISSUE.stem
 
 
-@pytest.fixture
-def sg(monkeypatch):
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
-        yield server
-
-
-def _sent(make_project, database_url, monkeypatch, cli, extra: str = "") -> Path:
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
-    root = make_project(config=CONFIG + extra)
-    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+def _sent(issue_project, cli, extra: str = "") -> Path:
+    root = issue_project(CONFIG + extra)
     for i in range(3):
         assert cli(root, "subscribers", "add", f"leser{i}@example.de").exit_code == 0
     result = cli(root, "send", ISSUE, "--yes")
@@ -50,10 +38,8 @@ def _plan(root: Path, kind: str, at_hours: float, **request):
     return plan_send(project, ISSUE, SendRequest(resend=kind, now=when, **request)), first
 
 
-def test_a_resend_waits_resend_after_and_says_from_when(
-    make_project, database_url, monkeypatch, sg, cli
-):
-    root = _sent(make_project, database_url, monkeypatch, cli, "\n[tracking]\nclicks = true\n")
+def test_a_resend_waits_resend_after_and_says_from_when(issue_project, sg, cli):
+    root = _sent(issue_project, cli, "\n[tracking]\nclicks = true\n")
     plan, first = _plan(root, "non-clickers", 24 - 1 / 60)
     possible = first.went_out + timedelta(hours=24)
     assert plan.refusal == (
@@ -65,8 +51,8 @@ def test_a_resend_waits_resend_after_and_says_from_when(
     assert plan.send_round == "non-clickers"
 
 
-def test_resend_after_from_the_config(make_project, database_url, monkeypatch, sg, cli):
-    root = _sent(make_project, database_url, monkeypatch, cli, '\n[sending]\nresend_after = "2d"\n')
+def test_resend_after_from_the_config(issue_project, sg, cli):
+    root = _sent(issue_project, cli, '\n[sending]\nresend_after = "2d"\n')
     plan, _ = _plan(root, "new", 47)
     assert plan.refusal and "48h" not in plan.refusal and "2d after the first send" in plan.refusal
     plan, _ = _plan(root, "new", 48)

@@ -18,9 +18,7 @@ from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid
 
-KEY = "SG.test-key-segments"
 ISSUE = EXAMPLE_ISSUE.stem
 
 
@@ -88,14 +86,6 @@ def test_segments_list_without_segments(project, cli):
 
 
 @pytest.fixture
-def sendgrid(monkeypatch):
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
-        yield server
-
-
-@pytest.fixture
 def koeln(make_project, database_url, monkeypatch) -> Path:
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
     root = make_project(with_segments('field:stadt="Köln" -tag:test', name="köln"))
@@ -109,13 +99,13 @@ def koeln(make_project, database_url, monkeypatch) -> Path:
     return root
 
 
-def test_send_to_a_segment_reaches_its_subscribed_members_and_says_so(koeln, cli, sendgrid):
+def test_send_to_a_segment_reaches_its_subscribed_members_and_says_so(koeln, cli, sg):
     result = cli(koeln, "send", ISSUE, "--segment", "köln", "--yes")
     assert result.exit_code == 0, result.output
     assert (
         'Recipients: 2 subscribed in segment köln (field:stadt="Köln" -tag:test)' in result.output
     )
-    assert sorted(sendgrid.recipients()) == ["anna@example.de", "jörg@example.de"]
+    assert sorted(sg.recipients()) == ["anna@example.de", "jörg@example.de"]
     sends = cli(koeln, "sends")
     assert 'to segment köln (field:stadt="Köln" -tag:test)' in sends.output
     assert "web archive: not published (sent to segment köln" in sends.output
@@ -131,7 +121,7 @@ def test_send_to_a_segment_reaches_its_subscribed_members_and_says_so(koeln, cli
     ]
 
 
-def test_the_definition_shown_is_the_one_the_send_used(koeln, cli, sendgrid):
+def test_the_definition_shown_is_the_one_the_send_used(koeln, cli, sg):
     assert (
         cli(koeln, "send", ISSUE, "--where", "tag:nobody OR field:stadt~tölz", "--yes").exit_code
         == 0
@@ -140,10 +130,10 @@ def test_the_definition_shown_is_the_one_the_send_used(koeln, cli, sendgrid):
     config.write_text(config.read_text("utf-8").replace("-tag:test", ""), "utf-8")
     sends = cli(koeln, "sends")
     assert "to --where tag:nobody OR field:stadt~tölz" in sends.output
-    assert sendgrid.recipients() == ["bert@example.de"]
+    assert sg.recipients() == ["bert@example.de"]
 
 
-def test_the_plan_freezes_who_is_in_the_segment(koeln, sendgrid):
+def test_the_plan_freezes_who_is_in_the_segment(koeln, sg):
     """Someone who joins the segment between counting and sending waits for the next send."""
     project = Project.load(koeln)
     segment = Segment.parse('field:stadt="Köln" -tag:test', "köln")
@@ -153,7 +143,7 @@ def test_the_plan_freezes_who_is_in_the_segment(koeln, sendgrid):
     add_subscriber(engine, "neu@example.de", fields={"stadt": "Köln"})
     report = execute(plan)
     assert report.accepted == 2
-    assert sorted(sendgrid.recipients()) == ["anna@example.de", "jörg@example.de"]
+    assert sorted(sg.recipients()) == ["anna@example.de", "jörg@example.de"]
     with engine.connect() as conn:
         assert conn.execute(select(schema.deliveries.c.subscriber_id)).scalars().all() != []
 

@@ -21,27 +21,14 @@ from newsletter.sending.plan import SendRequest, plan_send
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid
 from tests.smtp_server import FakeSmtp
 
-KEY = "SG.core-test-key"
 REPLIES = '\n[replies]\ndomain = "reply.example.com"\n'
 
 
 @pytest.fixture
-def root(make_project, database_url, monkeypatch) -> Path:
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
-    root = make_project(config=CONFIG + "\n[sending]\nbatch_size = 2\nconcurrency = 1\n" + REPLIES)
-    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
-    return root
-
-
-@pytest.fixture
-def sg(monkeypatch):
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
-        yield server
+def root(issue_project) -> Path:
+    return issue_project(CONFIG + "\n[sending]\nbatch_size = 2\nconcurrency = 1\n" + REPLIES)
 
 
 def add_people(root: Path, n: int, start: int = 0) -> None:

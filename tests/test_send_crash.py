@@ -21,6 +21,7 @@ from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.schema import deliveries, sends, subscribers
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO, TEST_SECRET
+from tests.support.sendgrid_process import sender_env, set_delay, slow_sendgrid
 
 KEY = "SG.crash-test-key"
 PEOPLE = 120
@@ -68,16 +69,8 @@ def smtp_process(tmp_path: Path):
 @pytest.fixture
 def server_process(tmp_path: Path):
     log = tmp_path / "sendgrid.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sendgrid_server", "--port", "0", "--log", str(log),
-         "--key", KEY, "--delay", "0.3"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    assert line.startswith("PORT "), line
-    yield f"http://127.0.0.1:{int(line.split()[1])}", log
-    proc.kill()
-    proc.wait()
+    with slow_sendgrid(log, KEY, delay=0.3, recipients_only=False) as url:
+        yield url, log
 
 
 @pytest.mark.slow
@@ -101,13 +94,6 @@ def test_kill_9_mid_smtp_send_then_resume(
         + f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
     )
     _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel=False, url=None)
-
-
-def _set_delay(url: str, seconds: float) -> None:
-    """Make the running fake SendGrid pause this long before answering each mail request."""
-    body = json.dumps({"seconds": seconds}).encode()
-    request = urllib.request.Request(f"{url}/__fake__/delay", data=body, method="POST")
-    urllib.request.urlopen(request, timeout=5).read()
 
 
 def _start_send(root, database_url, monkeypatch, parallel, url, output=subprocess.DEVNULL):
@@ -145,7 +131,7 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
         # Hold the next requests at the server, so that the batch seen in flight is still in
         # flight when the kill comes (a 0.3 s answer could arrive in between on a busy
         # machine, leaving nothing in flight, which is not the case this test is about).
-        _set_delay(url, 10)
+        set_delay(url, 10)
         time.sleep(0.5)  # the requests already at the server get their 0.3 s answers
     # Kill while a request is in flight (on a loaded machine the sender may sit between
     # batches for a while): that is the case this test is about.
@@ -158,7 +144,7 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
     assert 30 <= len(before) < PEOPLE
 
     if url:
-        _set_delay(url, 0)  # answer quickly from now on
+        set_delay(url, 0)  # answer quickly from now on
         monkeypatch.setenv("SENDGRID_API_KEY", KEY)
         monkeypatch.setenv("SENDGRID_API_HOST", url)
 
@@ -225,11 +211,7 @@ def test_ctrl_c_and_sigterm_settle_what_was_handed_over(
         add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
     dispose_all()
     env = {
-        **os.environ,
-        "SENDGRID_API_KEY": KEY,
-        "SENDGRID_API_HOST": url,
-        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-        "NEWSLETTER_DATABASE_URL": database_url,
+        **sender_env(url, KEY, database_url),
         "NEWSLETTER_SEND_PARALLEL_FROM": "1" if parallel else "1000000000",
     }
     child = subprocess.Popen(
@@ -284,13 +266,7 @@ def test_killed_scheduled_send_stays_scheduled_and_cancellable(
     for i in range(PEOPLE):
         add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
     dispose_all()
-    env = {
-        **os.environ,
-        "SENDGRID_API_KEY": KEY,
-        "SENDGRID_API_HOST": url,
-        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-        "NEWSLETTER_DATABASE_URL": database_url,
-    }
+    env = sender_env(url, KEY, database_url)
     child = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--project", str(root), "send", EXAMPLE_ISSUE.stem,
          "--schedule", "in 2h", "--yes"],

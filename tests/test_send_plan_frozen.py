@@ -13,26 +13,10 @@ from newsletter.project import Project
 from newsletter.sending.execute import execute
 from newsletter.sending.plan import SendRequest, plan_send
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid
-
-KEY = "SG.plan-frozen-key"
 
 
-@pytest.fixture
-def sg(monkeypatch):
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
-        yield server
-
-
-def _project(make_project, database_url, monkeypatch, batch_size: int) -> Path:
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
-    root = make_project(
-        config=CONFIG + f"\n[sending]\nbatch_size = {batch_size}\nconcurrency = 1\n"
-    )
-    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
-    return root
+def _project(issue_project, batch_size: int) -> Path:
+    return issue_project(CONFIG + f"\n[sending]\nbatch_size = {batch_size}\nconcurrency = 1\n")
 
 
 def _import(cli, root: Path, name: str, lines: list[str], *flags: str) -> None:
@@ -42,12 +26,10 @@ def _import(cli, root: Path, name: str, lines: list[str], *flags: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_readers_resubscribed_between_confirmation_and_send_are_not_added(
-    make_project, database_url, monkeypatch, sg, cli
-):
+def test_readers_resubscribed_between_confirmation_and_send_are_not_added(issue_project, sg, cli):
     """The count shown at the confirmation is the set sent to: people resubscribed while
     the author reads the prompt (ids among the planned ones) wait for --resume."""
-    root = _project(make_project, database_url, monkeypatch, batch_size=2)
+    root = _project(issue_project, batch_size=2)
     # Interleaved: the ones who left sit between (and below) those who are subscribed.
     lines = []
     for i in range(7):
@@ -72,13 +54,11 @@ def test_readers_resubscribed_between_confirmation_and_send_are_not_added(
 
 
 @pytest.mark.slow  # imports 1,200 people and sends to 1,000
-def test_import_resubscribe_during_a_send_does_not_widen_it(
-    make_project, database_url, monkeypatch, sg, cli
-):
+def test_import_resubscribe_during_a_send_does_not_widen_it(issue_project, sg, cli):
     """The issue's repro, scaled: 1,000 subscribed and 200 who left (their ids below the
     highest); during the send, `subscribers import --resubscribe` brings the 200 back. The
     send confirmed for 1,000 reaches exactly those 1,000."""
-    root = _project(make_project, database_url, monkeypatch, batch_size=100)
+    root = _project(issue_project, batch_size=100)
     lines = [f"leser{i}@example.org,subscribed" for i in range(1000)]
     lines += [f"weg{i}@example.org,unsubscribed" for i in range(200)]
     _import(cli, root, "list.csv", lines)

@@ -18,22 +18,13 @@ from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.web import create_app
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid, copies
+from tests.sendgrid_server import copies
 from tests.support.stats import post_events
 from tests.support.web import event, live_server
 
-KEY = "SG.subject-test-key"
 ISSUE = EXAMPLE_ISSUE.stem
 SUBJECT_A = "Meta, KI und das Ende der Creator?"
 SUBJECT_B = "Was Meta mit Creatorn vorhat"
-
-
-@pytest.fixture
-def sg(monkeypatch):
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as server:
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        monkeypatch.setenv("SENDGRID_API_HOST", server.url)
-        yield server
 
 
 def _copies(sg) -> list[tuple[str, str]]:

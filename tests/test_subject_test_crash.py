@@ -5,12 +5,8 @@ with both subjects; and two `run-due` runners at once send the rest once."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +18,13 @@ from newsletter.project import Project
 from newsletter.store import schema
 from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.subscribers import add_subscriber
-from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO, TEST_SECRET
+from tests.conftest import CONFIG, EXAMPLE_ISSUE
+from tests.support.sendgrid_process import (
+    kill_when_in_flight,
+    sender_env,
+    set_delay,
+    slow_sendgrid,
+)
 
 KEY = "SG.subject-crash-key"
 PEOPLE = 100
@@ -35,16 +37,8 @@ def sendgrid(tmp_path: Path):
     """The fake SendGrid in its own process, logging every accepted request whole (the
     subject included), slow enough to be killed in the middle."""
     log = tmp_path / "sendgrid.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sendgrid_server", "--port", "0", "--log", str(log),
-         "--key", KEY, "--delay", "0.2"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    assert line.startswith("PORT "), line
-    yield f"http://127.0.0.1:{int(line.split()[1])}", log
-    proc.kill()
-    proc.wait()
+    with slow_sendgrid(log, KEY, delay=0.2, recipients_only=False) as url:
+        yield url, log
 
 
 def received(log: Path) -> list[tuple[str, str]]:
@@ -60,12 +54,6 @@ def received(log: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _set_delay(url: str, seconds: float) -> None:
-    body = json.dumps({"seconds": seconds}).encode()
-    request = urllib.request.Request(f"{url}/__fake__/delay", data=body, method="POST")
-    urllib.request.urlopen(request, timeout=5).read()
-
-
 def _in_flight(engine) -> bool:
     with engine.connect() as conn:
         return (
@@ -77,17 +65,14 @@ def _in_flight(engine) -> bool:
 
 
 def _kill_when_in_flight(child, engine, log: Path, url: str, at_least: int) -> None:
-    deadline = time.monotonic() + 30
-    while len(received(log)) < at_least and time.monotonic() < deadline:
-        time.sleep(0.02)
-    _set_delay(url, 10)  # hold the next requests: the batch seen in flight stays in flight
-    time.sleep(0.4)
-    while not _in_flight(engine) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert child.poll() is None, "it finished before it could be killed"
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    _set_delay(url, 0)
+    kill_when_in_flight(
+        child,
+        url,
+        sent_enough=lambda: len(received(log)) >= at_least,
+        in_flight=lambda: _in_flight(engine),
+        settle=0.4,
+        what="it",
+    )
 
 
 def _uncertain(engine) -> set[str]:
@@ -117,13 +102,7 @@ def test_kill_9_at_each_step_then_rerun(make_project, database_url, monkeypatch,
     for address in sorted(everyone):
         add_subscriber(engine, address)
     dispose_all()
-    env = {
-        **os.environ,
-        "SENDGRID_API_KEY": KEY,
-        "SENDGRID_API_HOST": url,
-        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-        "NEWSLETTER_DATABASE_URL": database_url,
-    }
+    env = sender_env(url, KEY, database_url)
 
     def newsletter(*args: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -149,7 +128,7 @@ def test_kill_9_at_each_step_then_rerun(make_project, database_url, monkeypatch,
     assert len(sample) + len(lost) >= 40 and len({a for a, _ in sample} | lost) == 40
 
     # Step 2: killed while the rest goes out, after the decision.
-    _set_delay(url, 0.2)
+    set_delay(url, 0.2)
     due = (started + timedelta(hours=1, minutes=1)).isoformat()
     child = newsletter("run-due", "--now", due)
     _kill_when_in_flight(child, engine, log, url, at_least=len(sample) + 10)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from starlette.testclient import TestClient
 
@@ -26,6 +26,7 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, find_subscriber, get_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
+from tests.support.migrations import raw_engine
 from tests.support.tokens import carried, row_id_timed_token, row_id_token
 
 REPLIES = '\n[replies]\ndomain = "replies.example.com"\nforward = false\n'
@@ -173,16 +174,10 @@ def test_forged_or_garbled_tokens_are_refused() -> None:
     assert (found.subscriber, found.issue) == ("A" * 12, "B" * 12)
 
 
-def _raw_engine(url: str):
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url)
-
-
 def test_m012_gives_existing_rows_public_ids_and_old_links_still_work(
     database_url, monkeypatch, make_project
 ) -> None:
-    old = _raw_engine(database_url)
+    old = raw_engine(database_url)
     with monkeypatch.context() as patch:
         patch.setattr(migrations, "STEPS", migrations.STEPS[:11])
         migrations.migrate(old)

@@ -3,22 +3,31 @@ mid-send (kill -9, cancel): the sender is a real process and so is its server.""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_SECRET
 
 
 @contextmanager
-def slow_sendgrid(log: Path, key: str, delay: float = 0.3) -> Iterator[str]:
+def slow_sendgrid(
+    log: Path, key: str, delay: float = 0.3, recipients_only: bool = True
+) -> Iterator[str]:
     """`python -m tests.sendgrid_server`, answering each mail request after `delay` seconds
-    and logging its recipients to `log`; yield its URL."""
+    and logging it to `log` (its recipients only, or the whole request with the subject);
+    yield its URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.sendgrid_server", "--port", "0", "--log", str(log),
-         "--key", key, "--delay", str(delay), "--log-recipients-only"],
+         "--key", key, "--delay", str(delay),
+         *(["--log-recipients-only"] if recipients_only else [])],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -28,3 +37,48 @@ def slow_sendgrid(log: Path, key: str, delay: float = 0.3) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait()
+
+
+def set_delay(url: str, seconds: float) -> None:
+    """Make the running fake SendGrid pause this long before answering each mail request."""
+    body = json.dumps({"seconds": seconds}).encode()
+    request = urllib.request.Request(f"{url}/__fake__/delay", data=body, method="POST")
+    urllib.request.urlopen(request, timeout=5).read()
+
+
+def sender_env(url: str, key: str, database_url: str) -> dict[str, str]:
+    """The environment of a `newsletter` child process that sends to the fake SendGrid at
+    `url` from the project's database at `database_url`."""
+    return {
+        **os.environ,
+        "SENDGRID_API_KEY": key,
+        "SENDGRID_API_HOST": url,
+        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
+        "NEWSLETTER_DATABASE_URL": database_url,
+    }
+
+
+def kill_when_in_flight(
+    child: subprocess.Popen[str],
+    url: str,
+    *,
+    sent_enough: Callable[[], bool],
+    in_flight: Callable[[], bool],
+    settle: float,
+    what: str,
+) -> None:
+    """kill -9 `child` once the server has accepted enough (`sent_enough`) and a batch is in
+    flight: the server holds the next requests (10 s) so that the batch seen in flight is
+    still in flight when the kill comes; `settle` seconds let the requests already at the
+    server get their answers. Then the server answers at once again."""
+    deadline = time.monotonic() + 30
+    while not sent_enough() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    set_delay(url, 10)
+    time.sleep(settle)
+    while not in_flight() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert child.poll() is None, f"{what} finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    set_delay(url, 0)
