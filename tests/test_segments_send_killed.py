@@ -6,7 +6,6 @@ against a slow fake SendGrid, killed for real."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +15,8 @@ import pytest
 
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
-from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO, TEST_SECRET
-from tests.support.sendgrid_process import slow_sendgrid
+from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO
+from tests.support.sendgrid_process import sender_env, slow_sendgrid
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +37,7 @@ def test_a_killed_send_still_names_its_segment(
     add_subscriber(engine, "bert@example.de", fields={"stadt": "Bad Tölz"})
     log = tmp_path / "sendgrid.log"
     with slow_sendgrid(log, KEY) as url:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "NEWSLETTER_DATABASE_URL": database_url,
-            "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-            "SENDGRID_API_KEY": KEY,
-            "SENDGRID_API_HOST": url,
-        }
+        env = {**sender_env(url, KEY, database_url), "PYTHONPATH": str(REPO)}
         sender = subprocess.Popen(
             [sys.executable, "-m", "newsletter", "--project", str(root), "send",
              EXAMPLE_ISSUE.stem, "--segment", "köln", "--yes", "--quiet"],
