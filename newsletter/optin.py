@@ -16,14 +16,23 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from newsletter import tokens
 from newsletter.errors import ConfigError, StoreError
 from newsletter.i18n import LANGUAGES, N_, gettext_for
+from newsletter.privacy import store_full_ip
 from newsletter.sequences import hooks as sequences
-from newsletter.store import consent, suppressions
+from newsletter.signup_guard import ADDRESS_LIMITS
+from newsletter.store import consent, signup_limits, suppressions
+from newsletter.store.emails import email_key
+from newsletter.store.engine import open_engine
+from newsletter.store.public_ids import resolve
+from newsletter.store.schema import consent_records
+from newsletter.store.signup_limits import Scope, allow
+from newsletter.store.subscribers import add_subscriber, find_subscriber, get_subscriber, set_status
 from newsletter.store.times import as_utc
+from newsletter.transactional import send_confirmation as send_mail
 
 if TYPE_CHECKING:
     from newsletter.project import Config, Project
@@ -60,8 +69,6 @@ def confirm_url(project: Project, subscriber: Subscriber, engine: Engine | None 
     """The person's confirmation link. It names them by their public id (not the row id) and
     carries how many confirmations they have had, so that it stops working once they
     confirm (with `engine`, the project's database)."""
-    from newsletter.store.engine import open_engine
-
     base = project.config.base_url
     if not base:
         raise ConfigError(
@@ -82,8 +89,6 @@ def confirm_url(project: Project, subscriber: Subscriber, engine: Engine | None 
 def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) -> str:
     """Mail `subscriber` a link that confirms the subscription; return where it went
     (the mail itself is `newsletter.transactional`'s, through the project's transport)."""
-    from newsletter.transactional import send_confirmation as send_mail
-
     text = consent_text(project.config, project.config.language)
     return send_mail(project, subscriber, confirm_url(project, subscriber, engine), text)
 
@@ -99,8 +104,6 @@ def _record_visit(
     proves: bool,
     details: dict[str, object],
 ) -> None:
-    from newsletter.privacy import store_full_ip
-
     consent.record(
         conn,
         subscriber_id,
@@ -147,11 +150,6 @@ def signup(
     (`signup_guard.ADDRESS_LIMITS`): beyond that nothing changes and nothing is sent, so
     the form cannot be used to flood someone's mailbox.
     """
-    from newsletter.signup_guard import ADDRESS_LIMITS
-    from newsletter.store.emails import email_key
-    from newsletter.store.signup_limits import Scope, allow
-    from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
-
     config = project.config
     double = config.section("subscribe")["double_opt_in"]
     text = consent_text(config, language)
@@ -219,18 +217,11 @@ def check_link(project: Project, token: str) -> tokens.SubscriberToken:
 
 
 def _linked_subscriber(conn: Connection, found: tokens.SubscriberToken) -> Subscriber | None:
-    from newsletter.store.public_ids import resolve
-    from newsletter.store.subscribers import get_subscriber
-
     subscriber_id = resolve(conn, found).subscriber_id
     return None if subscriber_id is None else get_subscriber(conn, subscriber_id)
 
 
 def _last_confirmation(conn: Connection, subscriber_id: int) -> datetime | None:
-    from sqlalchemy import func
-
-    from newsletter.store.schema import consent_records
-
     value = conn.execute(
         select(func.max(consent_records.c.occurred_at)).where(
             consent_records.c.subscriber_id == subscriber_id,
@@ -261,10 +252,6 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
     A link works once and only while the person is unconfirmed: a link older than their
     last confirmation never confirms again, so an old mail cannot bring back someone who
     unsubscribed, bounced or complained since."""
-    from newsletter.store import signup_limits
-    from newsletter.store.emails import email_key
-    from newsletter.store.subscribers import set_status
-
     key = tokens.secret_key()
     found = check_link(project, token)
     issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=key)

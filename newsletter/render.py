@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import os
 import re
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import mjml
 from markupsafe import Markup
 
 from newsletter.errors import RenderError
 from newsletter.i18n import N_, format_date, install, texts
 from newsletter.inline_css import with_inlined_css
 from newsletter.issue import Issue, load_issue
+from newsletter.markdown import parse, render_html
 from newsletter.personalize import (
     MAX_URL_CHARS,
     TOKEN_RE,
@@ -34,6 +37,9 @@ from newsletter.personalize import (
     strip_tokens,
     subscriber_view,
 )
+from newsletter.plaintext import render_text
+from newsletter.project import builtin_templates_dir
+from newsletter.step import sequences_dir
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -130,8 +136,6 @@ def view_url(project: Project, issue: Issue) -> str | None:
 def is_sequence_step_file(project: Project, path: Path) -> bool:
     """Whether `path` is a step in the project's `sequences/` folder: `preview` and `build`
     load it as a plain file (slug `01-willkommen`), but it is sent as a step."""
-    from newsletter.step import sequences_dir
-
     try:
         path.resolve().relative_to(sequences_dir(project).resolve())
     except ValueError:
@@ -149,8 +153,6 @@ def _autoescape(name: str | None) -> bool:
 def template_environment(project: Project, language: str) -> jinja2.Environment:
     """The project's templates first, then the built-in ones, speaking `language` (`_()`);
     cached (Jinja reloads on change)."""
-    from newsletter.project import builtin_templates_dir
-
     try:
         overrides = tuple(sorted(os.listdir(project.templates_dir)))
     except OSError:
@@ -178,8 +180,6 @@ def template_environment(project: Project, language: str) -> jinja2.Environment:
 
 def _template_error(exc: Exception, fallback: str) -> RenderError:
     """A RenderError naming the template file and line."""
-    import traceback
-
     if isinstance(exc, jinja2.TemplateSyntaxError):
         where = exc.filename or exc.name or fallback
         return RenderError(where, exc.lineno, f"template error: {exc.message}; fix the template")
@@ -198,8 +198,6 @@ def _template_error(exc: Exception, fallback: str) -> RenderError:
 
 def _mjml_source_name(project: Project) -> Path:
     """The template to blame for invalid MJML: the project's own, else the built-in layout."""
-    from newsletter.project import builtin_templates_dir
-
     for name in (HTML_TEMPLATE, "footer.mjml.j2"):
         if (project.templates_dir / name).is_file():
             return project.templates_dir / name
@@ -244,11 +242,6 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
 
     `inline_css=False` skips premailer (three quarters of the time): a browser applies the
     <style> rules itself, so the web archive renders without it."""
-    import mjml
-
-    from newsletter.markdown import parse, render_html
-    from newsletter.plaintext import render_text
-
     config = project.config
     body, expressions = extract_expressions(issue.path, issue.body, issue.body_line)
     tokens, md_env = parse(body)
@@ -349,8 +342,6 @@ def render_file(project: Project, path: Path, *, inline_css: bool = True) -> Ren
 
 def issue_preheader(issue: Issue) -> str:
     """The preheader `render_issue` would use, without rendering (for archive listings)."""
-    from newsletter.markdown import parse
-
     if issue.preheader:
         return _shorten(strip_tokens(re.sub(r"\{\{.*?\}\}", "", issue.preheader)))
     body, _expressions = extract_expressions(issue.path, issue.body, issue.body_line)

@@ -19,6 +19,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined,
 
 from newsletter.i18n import LANGUAGES, N_, gettext_for, install, texts
 from newsletter.project import builtin_templates_dir
+from newsletter.sending.single import send_transactional
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -100,8 +101,6 @@ def send_confirmation(
 ) -> str:
     """Mail `subscriber` the link that confirms the subscription, with the consent text they
     agree to by confirming; return where it went."""
-    from newsletter.sending.single import send_transactional
-
     language = project.config.language
     person = subscriber.first_name or subscriber.name or ""
     subject = (

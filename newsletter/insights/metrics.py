@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func
 
+from newsletter.sending.transports import kinds_that
 from newsletter.store import schema
 
 # --- one issue's metrics -------------------------------------------------------------------
@@ -99,9 +100,6 @@ HANDED_OVER_STATES = (*ACCEPTED_STATES, "uncertain")
 def delivering_transports() -> list[str]:
     """Transports whose sends reach readers (the outbox only writes .eml files here): asked
     of the transports' capabilities, never by name."""
-    # upward: only the transports know which of them deliver; each declares it beside its code
-    from newsletter.sending.transports import kinds_that
-
     return kinds_that(lambda capabilities: capabilities.delivers)
 
 

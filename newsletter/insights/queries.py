@@ -20,8 +20,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, distinct, func, select, text
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, NewsletterError
 from newsletter.insights import metrics
+from newsletter.issue import load_issue
+from newsletter.markdown import parse, render_html
+from newsletter.personalize import extract_expressions
+from newsletter.sending.answers import ACCEPTED_LABEL
+from newsletter.sending.transports import capabilities_of
 from newsletter.store import schema
 from newsletter.store.times import as_utc
 
@@ -45,8 +50,6 @@ class IssueSummary:
 
     @property
     def delivered_means(self) -> str:
-        from newsletter.sending.answers import ACCEPTED_LABEL
-
         return ACCEPTED_LABEL if self.delivered_means_accepted else "delivered"
 
     def as_dict(self, opens: bool) -> dict[str, Any]:
@@ -68,8 +71,6 @@ class IssueSummary:
 def _accepted_is_delivered(engine: Engine, issue_ids: list[int]) -> set[int]:
     """Issues with a real send through a transport that reports no deliveries (SMTP), whose
     acceptance counts as delivered (asked of the transports' capabilities)."""
-    from newsletter.sending.transports import capabilities_of
-
     s = schema.sends
     with engine.connect() as conn:
         rows = conn.execute(
@@ -272,9 +273,6 @@ class _LinkCollector(html.parser.HTMLParser):
 
 def issue_files(project: Project) -> dict[str, Path]:
     """slug -> issue file, for the files in issues/ that load."""
-    from newsletter.errors import NewsletterError
-    from newsletter.issue import load_issue
-
     found: dict[str, Path] = {}
     for path in sorted(project.issues_dir.glob("*.md")):
         try:
@@ -286,11 +284,6 @@ def issue_files(project: Project) -> dict[str, Path]:
 
 def link_texts(project: Project, path: Path) -> dict[str, str]:
     """URL -> the link's text, from the issue's body as rendered into the email."""
-    from newsletter.errors import NewsletterError
-    from newsletter.issue import load_issue
-    from newsletter.markdown import parse, render_html
-    from newsletter.personalize import extract_expressions
-
     try:
         issue = load_issue(project, path)
         body, _ = extract_expressions(issue.path, issue.body, issue.body_line)

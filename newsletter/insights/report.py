@@ -23,6 +23,7 @@ from newsletter import i18n
 from newsletter.errors import NewsletterError
 from newsletter.i18n import LANGUAGES, N_, install
 from newsletter.insights import metrics, queries
+from newsletter.project import builtin_templates_dir
 from newsletter.store import schema
 from newsletter.store.times import as_utc
 
@@ -98,6 +99,7 @@ CHART_WIDTH, CHART_HEIGHT = 380, 290
 
 
 def _style() -> Any:
+    # deferred: pygal costs 60 ms at start-up; `stats` shares this command module and draws nothing
     from pygal.style import Style
 
     # Transparent, mid-grey text: readable on the light and the dark page alike.
@@ -148,7 +150,7 @@ def period_label(period: queries.GrowthPeriod, by: str) -> str:
 def growth_charts(
     periods: list[queries.GrowthPeriod], by: str, words: dict[str, str]
 ) -> list[Markup]:
-    import pygal
+    import pygal  # deferred: pygal costs 60 ms at start-up (see `_style`)
 
     if not periods:
         return []
@@ -174,7 +176,7 @@ def growth_charts(
 def rates_chart(
     issues: list[queries.IssueSummary], tz: ZoneInfo, words: dict[str, str]
 ) -> Markup | None:
-    import pygal
+    import pygal  # deferred: pygal costs 60 ms at start-up (see `_style`)
 
     if not any(i.rates["clicked"] is not None or i.rates["replied"] is not None for i in issues):
         return None  # nothing delivered yet: the page says so in its language
@@ -280,8 +282,6 @@ def last_replies(engine: Engine, limit: int = LAST_REPLIES) -> list[ReplyLine]:
 
 def build_report(project: Project, engine: Engine, now: datetime | None = None) -> str:
     """The report page as HTML."""
-    from newsletter.project import builtin_templates_dir
-
     language = project.config.language if project.config.language in LANGUAGES else "en"
     words = i18n.texts(language, STRINGS)
     tz = queries.timezone(project)

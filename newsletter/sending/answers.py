@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from newsletter.events import ingest
+from newsletter.sending.ledger import Ledger
 from newsletter.sending.transports import Capabilities, Outcome
 from newsletter.store.schema import (
     CUSTOM_ARG_ISSUE,
@@ -83,8 +85,6 @@ def apply_answers(
     """Apply the events the answers stand for; call it after the ledger recorded them. A
     bounce moves the ledger's row to bounced, as SendGrid's does; a 250 leaves it `accepted`
     (what the server said) and counts as delivered."""
-    from newsletter.events import ingest
-
     found = answer_events(capabilities, issue_id, send_id, ids, outcomes)
     bounces = [event for event in found if event["event"] == "bounce"]
     delivered = [event for event in found if event["event"] != "bounce"]
@@ -107,7 +107,5 @@ def record_answers(
     """What the transport answered for a claimed batch: into the ledger (with `count`, the
     send's totals too, in the same transaction), then what the answers mean for the readers
     (`apply_answers`). Every send's batches, an issue's or a sequence step's, end here."""
-    from newsletter.sending.ledger import Ledger
-
     Ledger(engine).record_outcomes(issue_id, send_id, ids, outcomes, count=count)
     apply_answers(engine, capabilities, issue_id, send_id, ids, outcomes)

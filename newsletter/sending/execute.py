@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
 import os
+import signal
+import sys
 import threading
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import wait
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
+
+from jinja2 import nodes
+from sqlalchemy import Integer, Text, bindparam, select, type_coerce
 
 from newsletter.errors import SendError
 from newsletter.personalize import (
     MAX_URL_CHARS,
     UNSUBSCRIBE_HTML_KEY,
     UNSUBSCRIBE_TEXT_KEY,
+    expression_environment,
     html_value,
 )
 from newsletter.segments.sends import recorder
@@ -41,14 +49,19 @@ from newsletter.sending.transports import (
     outcome_runs,
 )
 from newsletter.store.issues import ensure_issue
+from newsletter.store.public_ids import issue_public_id
+from newsletter.store.raw import CompiledQuery
 from newsletter.store.schema import (
     CUSTOM_ARG_ISSUE,
     CUSTOM_ARG_SEND,
     CUSTOM_ARG_SUBSCRIBER,
     DeliveryState,
     SubscriberStatus,
+    deliveries,
+    subscribers,
 )
-from newsletter.tokens import REPLY_TOKEN_TAG
+from newsletter.store.subscribers import segment_filters
+from newsletter.tokens import REPLY, REPLY_TOKEN_TAG, secret_key, token_maker, unsubscribe_url_maker
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -105,10 +118,6 @@ def subscriber_keys_used(expressions: list[Any]) -> tuple[str, ...] | None:
     `subscriber["stadt"]`, `subscriber.fields.x` -> "fields"), or None when an expression
     uses `subscriber` in any other way, or calls something (a `random` filter): then its
     value may depend on more than those fields and must be computed per recipient."""
-    from jinja2 import nodes
-
-    from newsletter.personalize import expression_environment
-
     env = expression_environment()
     used: set[str] = set()
     for expression in expressions:
@@ -262,9 +271,6 @@ def recipient_builder(
     """The one recipient builder of every send (an issue, a sequence step): ids, the
     reader's unsubscribe URL and, with `[replies] domain`, their signed reply token, all
     tokens made with the public ids (never the row ids)."""
-    from newsletter.store.public_ids import issue_public_id
-    from newsletter.tokens import REPLY, token_maker, unsubscribe_url_maker
-
     with engine.connect() as conn:
         issue_public = issue_public_id(conn, issue_id)
     replies = bool(project.config.section("replies")["domain"])
@@ -349,14 +355,10 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
         # Memoized personalization is cheaper than pickling recipients back from workers;
         # a prepared request (bytes) is cheap to pass back.
         return None
-    import multiprocessing
-
     _PREPARER = preparer
     # Move what is loaded so far out of the collector's reach: the workers' GC then does not
     # write to (and so copy) every inherited page.
     gc.freeze()
-    from concurrent.futures import ProcessPoolExecutor
-
     # (Not multiprocessing.Pool: it replaces a worker that died, say killed by the OOM killer,
     # and waits for that worker's batch for good; this executor says the pool is broken.)
     # One core stays the sending process's own: it reads, claims, posts and records about as
@@ -382,8 +384,6 @@ def _worker_init() -> None:
     # workers down after their current batch. A worker killed midway could leave half a
     # result in the pipe, and the pool would wait for the rest for good. (When the parent
     # dies, its pipes close and the workers end.)
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -399,14 +399,6 @@ def _rows(
     id: plain rows, not objects. Read as a keyset scan of those subscribed (of the segment),
     then kept only if planned: people who became subscribed since are not sent to, those who
     left since are not read, and those who already have the issue are left out."""
-    from bisect import bisect_left, bisect_right
-
-    from sqlalchemy import Integer, Text, bindparam, select, type_coerce
-
-    from newsletter.store.raw import CompiledQuery
-    from newsletter.store.schema import deliveries, subscribers
-    from newsletter.store.subscribers import segment_filters
-
     planned = plan.planned
     if not planned:
         return
@@ -466,8 +458,6 @@ def execute(
 ) -> SendReport:
     """Carry out the plan. Raises SendError for a refusal or a lost lease; a stop midway
     (bad key, retries exhausted) is in `report.error`, with what was settled."""
-    from newsletter.tokens import secret_key
-
     if plan.refusal:
         raise SendError(plan.refusal)
     project, engine, transport = plan.project, plan.engine, plan.transport
@@ -568,8 +558,6 @@ def _longer_gil_slices() -> Iterator[None]:
     a busy machine takes long. Longer slices mean fewer handovers (senders still release it at
     once while they wait on I/O):
     measured 1.7x the throughput on the loaded 2-core machine (benchmarks/send_throughput.py)."""
-    import sys
-
     previous = sys.getswitchinterval()
     sys.setswitchinterval(GIL_SLICE)
     try:
@@ -584,8 +572,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     the next safe point instead of raising wherever the main thread happens to be: no batch is
     claimed after that, the requests in flight are settled, so nothing delivered is left
     `in_flight`. Only in the main thread (signal handlers live there)."""
-    import signal
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

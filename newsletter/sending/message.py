@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import NamedTuple
+
+from newsletter.tokens import secret_key_is_set
 
 #: RFC 8058 one-click unsubscribe.
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -66,10 +68,6 @@ DEVELOPMENT_KEY_HEADER = "X-Newsletter-Development-Key"
 
 def marked_if_development_key(message: Message) -> Message:
     """`message`, with DEVELOPMENT_KEY_HEADER when NEWSLETTER_SECRET_KEY is not set."""
-    from dataclasses import replace
-
-    from newsletter.tokens import secret_key_is_set
-
     if secret_key_is_set():
         return message
     note = "links are signed with a development key and will not work on a real server"

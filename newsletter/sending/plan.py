@@ -14,14 +14,18 @@ from __future__ import annotations
 import re
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.header import Header
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from newsletter.check import check_and_render
 from newsletter.errors import SendError
+from newsletter.issue import load_issue
 from newsletter.project import project_timezone
+from newsletter.render import render_issue
 from newsletter.segments.query import segment_condition
 from newsletter.segments.sends import for_sends
 from newsletter.segments.syntax import parse, where_label
@@ -32,9 +36,18 @@ from newsletter.sending.recipients import count_recipients, max_subscriber_id, p
 from newsletter.sending.resend import ResendKind, resend_after, resend_recipients, resend_refusal
 from newsletter.sending.subject_test import find_test, pending, subject_of
 from newsletter.sending.transports import kinds_that
+from newsletter.store.engine import project_engine
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
+from newsletter.store.public_ids import issue_public_id
 from newsletter.store.schema import FIRST_ROUND, DeliveryState
 from newsletter.store.times import as_utc
+from newsletter.tokens import (
+    REPLY_TOKEN_TAG,
+    reply_address,
+    secret_key,
+    secret_key_is_set,
+    secret_key_missing,
+)
 from newsletter.wording import plural
 
 if TYPE_CHECKING:
@@ -65,11 +78,7 @@ def _finding(f: Any) -> str:
 def prepare(project: Project, path: Path, *, run_check: bool = True) -> Prepared:
     """Load, check (errors stop the send) and render the issue, once."""
     if not run_check:
-        from newsletter.issue import load_issue
-        from newsletter.render import render_issue
-
         return Prepared(path, render_issue(project, load_issue(project, path)))
-    from newsletter.check import check_and_render
 
     findings, rendered = check_and_render(project, path)
     errors = [f for f in findings if f.severity == "error"]
@@ -182,8 +191,6 @@ class SendPlan:
 def reply_to_for(project: Project, engine: Engine, issue_id: int | None) -> str:
     """`[replies] domain` routes replies through a signed address naming the issue (by its
     public id: the row id would tell readers how many issues there were)."""
-    from newsletter.store.public_ids import issue_public_id
-    from newsletter.tokens import reply_address, secret_key
 
     domain = project.config.section("replies")["domain"]
     if domain and issue_id is not None:
@@ -196,7 +203,6 @@ def reply_to_for(project: Project, engine: Engine, issue_id: int | None) -> str:
 def per_reader_reply_to(project: Project) -> str | None:
     """With `[replies] domain`: Reply-To `reply+TAG@domain`, TAG substituted per reader by a
     token naming the issue and the reader (`tokens.reply_address_for`); else None."""
-    from newsletter.tokens import REPLY_TOKEN_TAG
 
     domain = project.config.section("replies")["domain"]
     return f"reply+{REPLY_TOKEN_TAG}@{domain}" if domain else None
@@ -206,7 +212,6 @@ def bulk_headers(project: Project, slug: str) -> dict[str, str]:
     """The bulk-mail headers every transport sets: List-Id (RFC 2919, from the name and
     base_url's host), Precedence: bulk (out-of-office robots stay quiet), Feedback-ID
     (Gmail's feedback loop: campaign:list:type:sender)."""
-    from email.header import Header
 
     config = project.config
     host = urlsplit(config.base_url or "").hostname or config.from_email.rpartition("@")[2]
@@ -286,7 +291,6 @@ def already_sent_refusal(
 def plan_send(project: Project, issue: str | Path, request: SendRequest) -> SendPlan:
     """Decide everything about a send; raises SendError only when there is nothing to plan
     (the issue is broken), else puts the reason into `refusal`."""
-    from newsletter.store.engine import project_engine
 
     resolved = resolve_issue(project, issue)
     if resolved.slug.startswith("sequences/") and not request.test_copy:
@@ -400,8 +404,6 @@ def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
     """A resend (`resend.py`): refused too soon, twice, or without the opens it needs; else
     its recipients, fixed now. It goes to the first send's segment, and a resend being
     resumed keeps its subject unless another is given."""
-    from dataclasses import replace
-    from datetime import UTC
 
     request, issue_id = plan.request, plan.issue_id
     kind = ResendKind(str(request.resend))
@@ -456,7 +458,6 @@ def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
 def _plan_subject_test_arm(plan: SendPlan, ledger: Ledger) -> SendPlan:
     """One arm of the issue's subject-line test: its members who have no copy yet, fixed
     when the test was planned, with the arm's subject (the rest: the winner's)."""
-    from dataclasses import replace
 
     request, issue_id, arm = plan.request, plan.issue_id, str(plan.request.subject_test_arm)
     test = find_test(plan.engine, issue_id) if issue_id is not None else None
@@ -490,13 +491,11 @@ def _plan_subject_test_arm(plan: SendPlan, ledger: Ledger) -> SendPlan:
 
 
 def _with_resume(request: SendRequest, resume: bool) -> SendRequest:
-    from dataclasses import replace
 
     return request if request.resume == resume else replace(request, resume=resume)
 
 
 def _refusal(plan: SendPlan) -> str | None:
-    from newsletter.tokens import secret_key_is_set, secret_key_missing
 
     project, request = plan.project, plan.request
     caps = plan.transport.capabilities

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exists, func, literal_column, or_, select
 
+from newsletter.durations import parse_delay
 from newsletter.errors import ConfigError
 from newsletter.sending.recipients import max_subscriber_id, planned_recipients
 from newsletter.store.raw import driver_rows
@@ -77,7 +78,6 @@ class FirstSend:
 
 def resend_after(project: Project) -> timedelta:
     """`[sending] resend_after` ("24h", "2d", "90m", "0") as a timedelta."""
-    from newsletter.durations import parse_delay
 
     value = project.config.section("sending").get("resend_after")
     if value is None:

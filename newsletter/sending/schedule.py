@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from sqlalchemy import select
+
 from newsletter.errors import SendError
+from newsletter.sending.factory import choose_transport
+from newsletter.sending.ledger import Ledger
+from newsletter.sending.transports import SchedulingTransport
+from newsletter.store.engine import project_engine
+from newsletter.store.issues import find_issue_id
+from newsletter.store.schema import sends
 from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
@@ -101,15 +109,6 @@ def cancel_scheduled(
     and the ledger, `sends` and the provider agree. `waiting(lease_row)` is called once while
     waiting; if the sender has not stopped within `wait` seconds, SendError, and nothing is
     cancelled yet (the sender still stops at its next batch; run `cancel` again)."""
-    from sqlalchemy import select
-
-    from newsletter.sending.factory import choose_transport
-    from newsletter.sending.ledger import Ledger
-    from newsletter.sending.transports import SchedulingTransport
-    from newsletter.store.engine import project_engine
-    from newsletter.store.issues import find_issue_id
-    from newsletter.store.schema import sends
-
     engine = project_engine(project)
     ledger = Ledger(engine)
     issue_id = find_issue_id(engine, slug)

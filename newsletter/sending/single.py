@@ -10,10 +10,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from newsletter.errors import SendError, TransportError
+from newsletter.render import SAMPLE_SUBSCRIBER
 from newsletter.sending.factory import choose_transport
 from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
 from newsletter.sending.transports import Outcome, Transport
+from newsletter.store.public_ids import issue_public_id
 from newsletter.store.schema import DeliveryState
+from newsletter.store.subscribers import find_subscriber
+from newsletter.tokens import REPLY_TOKEN_TAG, reply_token_for, secret_key, unsubscribe_url
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -73,11 +77,6 @@ def describe(transport: Transport, outcome: Outcome) -> str:
 def send_test(plan: SendPlan, addresses: Sequence[str]) -> list[str]:
     """`--test ADDR...`: "[Test] " + subject, personalized as that subscriber if known, else
     as the sample; records nothing. Returns one line per address."""
-    from newsletter.render import SAMPLE_SUBSCRIBER
-    from newsletter.store.public_ids import issue_public_id
-    from newsletter.store.subscribers import find_subscriber
-    from newsletter.tokens import REPLY_TOKEN_TAG, reply_token_for, secret_key, unsubscribe_url
-
     project, engine = plan.project, plan.engine
     prepared = plan.prepared
     chosen = choose_transport(project, outbox_dir=plan.request.outbox_dir, prefix="test-")

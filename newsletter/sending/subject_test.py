@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import exists, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
+from newsletter.durations import parse_delay
 from newsletter.errors import SendError
 from newsletter.store.raw import driver_rows
 from newsletter.store.schema import (
@@ -76,7 +77,6 @@ def parse_sample(text: str) -> int:
 
 
 def parse_wait(text: str) -> timedelta:
-    from newsletter.durations import parse_delay
 
     wait = parse_delay(text)
     if wait is None:

@@ -27,8 +27,9 @@ from newsletter.sequences import delivery, state
 from newsletter.sequences.clock import Clock
 from newsletter.sequences.config import SequenceConfig, configured
 from newsletter.sequences.renames import suspected_renames
-from newsletter.sequences.runner import RunReport
+from newsletter.sequences.report import RunReport
 from newsletter.step import FOLDER, Step, due_at, load_sequence
+from newsletter.store.engine import project_engine
 from newsletter.store.schema import DeliveryState, sequence_enrollments, subscribers
 from newsletter.store.times import as_utc
 
@@ -134,8 +135,6 @@ def send_due(
     """`runner.run_due`'s work, at the schedule time `now`. From the first claim on, Ctrl-C
     and SIGTERM (in the main thread) set `stop` instead of raising: the run ends once what
     is in flight is settled."""
-    from newsletter.store.engine import project_engine
-
     engine = project_engine(project)
     report = RunReport()
     wall_now = wall.now()

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from newsletter.errors import SendError
+from newsletter.render import render_issue
 from newsletter.sending.execute import Preparer, Row, recipient_builder
 from newsletter.sending.factory import dead_links_refusal
 from newsletter.sending.message import Recipient
+from newsletter.sending.plan import Prepared, bulk_message, per_reader_reply_to, reply_to_for
 from newsletter.sending.transports import Transport
+from newsletter.tokens import secret_key
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -71,15 +74,6 @@ def prepare_step(
     transport: Transport,
 ) -> StepMail:
     """Render the step (once per run) and the message every recipient shares."""
-    from newsletter.render import render_issue
-    from newsletter.sending.plan import (
-        Prepared,
-        bulk_message,
-        per_reader_reply_to,
-        reply_to_for,
-    )
-    from newsletter.tokens import secret_key
-
     rendered = render_issue(project, step.issue)
     message = bulk_message(
         project,

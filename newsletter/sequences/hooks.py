@@ -12,20 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 
 from newsletter.errors import NewsletterError
 from newsletter.masking import mask_addresses
+from newsletter.project import Project
 from newsletter.sequences import state
 from newsletter.sequences.clock import SYSTEM, Clock
 from newsletter.sequences.config import SequenceConfig, configured
 from newsletter.step import Step, load_sequence
 from newsletter.store.schema import subscriber_tags, subscribers
-
-if TYPE_CHECKING:
-    from newsletter.project import Project
 
 log = logging.getLogger("newsletter.sequences")
 
@@ -35,8 +32,6 @@ _fresh: dict[Path, tuple[int, Project]] = {}
 def current_project(project: Project) -> Project:
     """`project` with newsletter.toml as it is on disk now (a long-running server otherwise
     keeps the sequences of when it started). A file broken mid-edit: the one we have."""
-    from newsletter.project import Project as ProjectClass
-
     path = project.config.path
     try:
         mtime = path.stat().st_mtime_ns
@@ -46,7 +41,7 @@ def current_project(project: Project) -> Project:
     if cached is not None and cached[0] == mtime:
         return cached[1]
     try:
-        loaded = ProjectClass.load(project.root)
+        loaded = Project.load(project.root)
     except NewsletterError:
         return project
     _fresh[path] = (mtime, loaded)

@@ -21,8 +21,14 @@ The queries mirror `batches.anything_due`, `Ledger.reap_gone_runs`,
 from __future__ import annotations
 
 import logging
+import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.request import pathname2url
+
+from newsletter.sequences.clock import latest_due
+from newsletter.sequences.config import configured
+from newsletter.step import fingerprint, load_sequence
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -50,10 +56,6 @@ def nothing_to_do(project: Project, now: datetime, wall_now: datetime | None = N
 def _shapes(project: Project, reference: datetime) -> dict[str, tuple[str, datetime]] | None:
     """Enabled sequence -> (the shape of its steps, the latest a next step can be due at
     `reference`); None if one does not load or has no steps (the full run reports that)."""
-    from newsletter.sequences.clock import latest_due
-    from newsletter.sequences.config import configured
-    from newsletter.step import fingerprint, load_sequence
-
     out = {}
     for sequence in configured(project):
         steps = load_sequence(project, sequence.name)
@@ -67,9 +69,6 @@ def _connect(url: str) -> tuple[Any, str, Any] | None:
     """(DB-API connection, its parameter marker, `now` converter), or None for a URL left to
     SQLAlchemy."""
     if url.startswith("sqlite:///") and "?" not in url and url != "sqlite:///:memory:":
-        import sqlite3
-        from urllib.request import pathname2url
-
         # Read-only: never creates the file (the full run creates and migrates it).
         uri = f"file:{pathname2url(url[len('sqlite:///') :])}?mode=ro"
         return (
@@ -79,7 +78,7 @@ def _connect(url: str) -> tuple[Any, str, Any] | None:
         )
     for scheme in ("postgresql://", "postgres://", "postgresql+psycopg://"):
         if url.startswith(scheme):
-            import psycopg
+            import psycopg  # deferred: psycopg costs 110 ms at start-up, and only PostgreSQL needs it
 
             return (
                 psycopg.connect("postgresql://" + url[len(scheme) :], autocommit=True),

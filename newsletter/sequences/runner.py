@@ -32,69 +32,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from newsletter.errors import NewsletterError
 from newsletter.masking import mask_addresses
 from newsletter.sequences.clock import SYSTEM, Clock, refuse_far_ahead
 from newsletter.sequences.precheck import nothing_to_do
+from newsletter.sequences.report import RunReport, summary
 
 if TYPE_CHECKING:
     from newsletter.project import Project
     from newsletter.sending.factory import Chosen
-    from newsletter.step import Step
 
 log = logging.getLogger("newsletter.sequences")
-
-
-@dataclass
-class StepReport:
-    sequence: str
-    step: str
-    accepted: int = 0
-    failed: int = 0
-    uncertain: int = 0
-
-
-@dataclass
-class RunReport:
-    transport: str = ""
-    where: str = ""
-    steps: dict[str, StepReport] = field(default_factory=dict)
-    stopped: int = 0  # people who left the list since they joined: their sequence ends
-    finished: int = 0  # people who had every step
-    rescheduled: int = 0
-    from_the_future: int = 0  # of those: scheduled by a run whose clock was far ahead
-    reaped: int = 0  # in-flight deliveries of a dead run, now uncertain
-    retried: int = 0  # uncertain ones sent again (--include-uncertain)
-    errors: list[str] = field(default_factory=list)
-    held_back: list[str] = field(default_factory=list)  # sequences not run: a step was renamed?
-    error: str | None = None  # the run had to stop (e.g. the transport refused the key)
-    note: str | None = None
-    interrupted: bool = False  # stopped early on request (a signal, `serve` stopping)
-
-    @property
-    def accepted(self) -> int:
-        return sum(s.accepted for s in self.steps.values())
-
-    @property
-    def failed(self) -> int:
-        return sum(s.failed for s in self.steps.values())
-
-    @property
-    def uncertain(self) -> int:
-        return sum(s.uncertain for s in self.steps.values())
-
-    @property
-    def total(self) -> int:
-        return self.accepted + self.failed + self.uncertain
-
-    def step(self, step: Step) -> StepReport:
-        key = f"{step.sequence}/{step.key}"
-        if key not in self.steps:
-            self.steps[key] = StepReport(step.sequence, step.key)
-        return self.steps[key]
 
 
 def run_due(
@@ -117,6 +67,8 @@ def run_due(
         refuse_far_ahead(now, wall.now())
     if not include_uncertain and nothing_to_do(project, now, wall.now()):
         return RunReport()
+    # deferred: batches loads SQLAlchemy (190 ms at start-up), which a run with nothing due
+    # (cron, every minute) never needs
     from newsletter.sequences.batches import send_due
 
     return send_due(
@@ -164,7 +116,7 @@ class BackgroundRunner:
             )
 
     def _loop(self) -> None:
-        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.exc import SQLAlchemyError  # deferred: SQLAlchemy costs 190 ms at start-up
 
         while not self._stop.is_set():
             try:
@@ -180,16 +132,3 @@ class BackgroundRunner:
                 log.error("sequences run failed: database error (%s)", type(exc).__name__)
             self.runs += 1
             self._stop.wait(self.interval)
-
-
-def summary(report: RunReport) -> str:
-    """One line: what a run did."""
-    if not report.steps:
-        return "nothing was due"
-    parts = [
-        f"{key}: {s.accepted} sent"
-        + (f", {s.failed} failed" if s.failed else "")
-        + (f", {s.uncertain} uncertain" if s.uncertain else "")
-        for key, s in sorted(report.steps.items())
-    ]
-    return f"{'; '.join(parts)} ({report.transport}, {report.where})"

@@ -7,24 +7,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from newsletter.check import Finding, check_issue
 from newsletter.errors import IssueError, NewsletterError
 from newsletter.sequences import state
 from newsletter.sequences.config import SequenceConfig, configured
+from newsletter.sequences.renames import SuspectedRename, suspected_renames
 from newsletter.step import (
     Step,
     format_delay,
     load_sequence,
     load_step,
+    resolve_step,
     sequences_dir,
     step_files,
 )
+from newsletter.store.engine import project_engine
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from newsletter.check import Finding
     from newsletter.project import Project
-    from newsletter.sequences.renames import SuspectedRename
 
 #: Ledger states counted as "got it" (handed over; `uncertain` is listed on its own).
 GOT_STATES = ("accepted", "delivered", "bounced", "dropped")
@@ -73,8 +77,6 @@ def describe(project: Project, name: str | None = None) -> list[SequenceInfo]:
 def check_sequences(project: Project, name: str | None = None) -> list[Finding]:
     """`newsletter check` on every step, plus what only a step can get wrong (delay, send hour,
     numbering, keys) and sequences configured without steps or steps without configuration."""
-    from newsletter.check import Finding, check_issue
-
     findings: list[Finding] = []
     for info in describe(project, name):
         files = step_files(project, info.name)
@@ -121,11 +123,6 @@ def check_sequences(project: Project, name: str | None = None) -> list[Finding]:
 def _suspected_renames(project: Project, name: str, steps: list[Step]) -> list[SuspectedRename]:
     """Renamed step files, judged against what the database says was sent (`renames.py`).
     `check` never creates a database: without one there is nothing a rename could repeat."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from newsletter.sequences.renames import suspected_renames
-    from newsletter.store.engine import project_engine
-
     url = project.database_url
     sqlite_file = url[len("sqlite:///") :].split("?")[0] if url.startswith("sqlite:///") else None
     if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists():
@@ -256,13 +253,9 @@ def sequence_status(
 
 def _held_back(engine: Engine, info: SequenceInfo) -> str | None:
     """Why `sequences run` holds this sequence back (a step file seems renamed), if it does."""
-    from newsletter.sequences.renames import suspected_renames
-
     suspects = suspected_renames(engine, info.name, info.steps) if info.steps else []
     return "; ".join(f"{s.step.path.name}: {s.message()}" for s in suspects) or None
 
 
 def step_path_for_preview(project: Project, name: str) -> Path:
-    from newsletter.step import resolve_step
-
     return resolve_step(project, name).path

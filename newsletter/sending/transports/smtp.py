@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.errors import ConfigError
+from newsletter.files import NotARegularFile, read_regular
 from newsletter.sending.message import Batch, Recipient
 from newsletter.sending.mime import copy_for, date_header, message_id
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
@@ -440,8 +441,6 @@ def _read_ca_file(project: Project, ca_file: str) -> str:
     """The PEM text of `[smtp] ca_file`, read once; a ConfigError naming it when it is
     missing, not a file or not PEM (not a traceback from the ssl module, nor a wait on a
     named pipe)."""
-    from newsletter.files import NotARegularFile, read_regular
-
     where = f"{project.config.path}: [smtp] ca_file {ca_file!r}"
     try:
         pem = read_regular(ca_file, _MAX_CA_BYTES, "CA certificate")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import ImportFileError
+from newsletter.files import NotARegularFile, regular_file
 
 SAMPLE_BYTES = 64 * 1024
 DELIMITERS = (",", ";", "\t")
@@ -334,8 +335,6 @@ def apply_map(fmt: Format, mapping: list[tuple[str, str]], path: Path) -> None:
 
 def detect_encoding(path: Path) -> str:
     """utf-8-sig (BOM) or utf-8; ImportFileError for what is not text (ZIP, UTF-16, binary)."""
-    from newsletter.files import NotARegularFile, regular_file
-
     try:
         # Looked at before it is opened: a named pipe would wait for a writer forever, and
         # /dev/zero never ends.

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from newsletter import __version__
 from newsletter.errors import TransportError
+from newsletter.project import sendgrid_host as host_for
 from newsletter.sending.message import Batch, Message, Recipient
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.sending.transports.sendgrid.body import (
@@ -111,8 +112,6 @@ def _field_errors(body: bytes | str | None) -> str:
 
 def sendgrid_host(project: Project) -> str:
     """`SENDGRID_API_HOST` (tests point it at a local server), else the region's host."""
-    from newsletter.project import sendgrid_host as host_for
-
     return host_for(project.config)
 
 
@@ -159,7 +158,7 @@ class SendGridTransport:
     def _client(self) -> Any:
         """The `sendgrid` package's client, for every call but the mail sends (importing the
         package, with the cryptography it loads for event webhooks, took 40-50 ms of each send)."""
-        import sendgrid
+        import sendgrid  # deferred: sendgrid costs 90 ms at start-up (see above)
 
         return sendgrid.SendGridAPIClient(self._api_key, host=self.host)
 
@@ -292,6 +291,7 @@ class SendGridTransport:
     ) -> Any:
         """One API call with retries; returns the response or an `Outcome` for a failure.
         A `bytes` body is JSON already (a mail send): it is posted as it is."""
+        # deferred: python_http_client costs 40 ms at start-up; only an API call needs it
         from python_http_client.exceptions import HTTPError
 
         node: Any = None
@@ -368,6 +368,7 @@ class SendGridTransport:
         Not through the client's fluent call: it formats the whole payload into a debug log
         line on every request, logging on or off (4 ms for a 1000-reader request, a tenth of
         a big send's time)."""
+        # deferred: python_http_client costs 40 ms at start-up; only an API call needs it
         from python_http_client.client import Response
         from python_http_client.exceptions import handle_error
 
@@ -418,6 +419,7 @@ class SendGridTransport:
 
     def suppressions(self, name: str, page_size: int) -> list[str]:
         """Every address on one of SendGrid's suppression lists, page by page."""
+        # deferred: python_http_client costs 40 ms at start-up; only an API call needs it
         from python_http_client.exceptions import HTTPError
 
         endpoint = getattr(self._client.client.suppression, name)
