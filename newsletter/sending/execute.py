@@ -305,7 +305,7 @@ class Preparer:
     that `prepares`, its request made (JSON for SendGrid). In a sender thread, or in a forked
     worker process for a big list."""
 
-    builder: Builder
+    builder: Builder | None  # None: the source builds the recipients (a test copy, a step)
     transport: Transport
     message: Message
 
@@ -314,6 +314,7 @@ class Preparer:
         self.prepares = self.transport.capabilities.prepares
 
     def __call__(self, batch: Page) -> Any:
+        assert self.builder is not None, "the source built these recipients"
         return self.prepare(self.builder.build(batch))
 
     def prepare(self, recipients: list[Recipient]) -> Any:
@@ -350,6 +351,7 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
         return None
     prepares = preparer.prepares
+    assert preparer.builder is not None  # (a list's send builds its recipients here)
     memoized = preparer.builder.personalize.keys is not None
     if memoized and not prepares and PARALLEL_ENV not in os.environ:
         # Memoized personalization is cheaper than pickling recipients back from workers;

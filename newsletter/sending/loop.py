@@ -73,7 +73,8 @@ class Loop:
     slug: str = "the issue"
     #: Keep ledger rows (False: the outbox or a dry run, which only count).
     uses_ledger: bool = True
-    #: Add the outcomes to the send's totals in the same transaction as the rows.
+    #: Add the outcomes to the send's totals (in the same transaction as the rows). False: a
+    #: test copy, which records no send.
     count: bool = True
     #: `newsletter cancel` asked the send to stop.
     cancelled: bool = False
@@ -186,6 +187,6 @@ class Loop:
                 outcomes,
                 count=self.count,
             )
-        else:
+        elif self.count:
             self.ledger.count_outcomes(work.send_id, outcomes)
         return outcomes

@@ -55,6 +55,7 @@ class StepMail:
         built: list[tuple[Row, Recipient]] = []
         refused: dict[int, str] = {}
         refuse = self.transport.refuse
+        assert self.preparer.builder is not None
         recipients = self.preparer.builder.build((list(rows), frozenset()))
         for row, recipient in zip(rows, recipients, strict=True):
             problem = refuse(recipient)
