@@ -19,7 +19,7 @@ PLACEHOLDER_ADDRESS = "Street 1, 12345 City, Country"
 PLACEHOLDER_EMAIL = "you@example.com"
 
 CONFIG_TEMPLATE = """\
-# The newsletter's settings. Every key is described in the README of newsletter (Writing and rendering issues).
+# The newsletter's settings. Every key is described in newsletter's docs: docs/reference/configuration.md.
 [newsletter]
 name = {name}
 from_email = "{email}"          # a sender verified in SendGrid
@@ -41,7 +41,7 @@ brand_color = "#1a56db"
 # logo_url = "https://news.example.com/logo.png"
 
 # A welcome sequence: sequences/welcome/*.md go to every new subscriber, one after another.
-# Uncomment to enable it, then run `newsletter sequences run` from cron (README: Welcome sequences).
+# Uncomment to enable it, then run `newsletter sequences run` from cron (docs/sequences.md).
 # [sequences.welcome]
 # trigger = "subscribed"
 """

@@ -96,6 +96,19 @@ def test_kill_9_mid_smtp_send_then_resume(
     _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel=False, url=None)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def _start_send(root, database_url, monkeypatch, parallel, url, output=subprocess.DEVNULL):
     """PEOPLE subscribers, then `newsletter send --yes` in its own process: (the process,
     the engine, everyone's address)."""
@@ -138,8 +151,15 @@ def _kill_and_resume(root, database_url, log, cli, monkeypatch, parallel, url):
     while not in_flight(engine) and time.monotonic() < deadline:
         time.sleep(0.005)
     assert child.poll() is None, "the send finished before it could be killed"
+    workers = _children(child.pid)
+    assert bool(workers) == parallel, workers
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
+    # Its forked workers end with it (they held the pool's pipes open and waited for good).
+    until = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < until:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived it"
     before = received(log)
     assert 30 <= len(before) < PEOPLE
 

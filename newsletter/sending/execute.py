@@ -37,6 +37,7 @@ from newsletter.personalize import (
     expression_environment,
     html_value,
 )
+from newsletter.processes import die_with_parent
 from newsletter.segments.sends import recorder
 from newsletter.sending.factory import batch_limits
 from newsletter.sending.ledger import RETRYABLE, Ledger
@@ -367,7 +368,10 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
     # much CPU as the workers spend. On 2 cores, 1 worker sent 100,000 readers 8-15 % faster
     # than 2 (interleaved runs), which fought the sender (and a local server) for the cores.
     return ProcessPoolExecutor(
-        min(cpus - 1, 4), mp_context=multiprocessing.get_context("fork"), initializer=_worker_init
+        min(cpus - 1, 4),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
     )
 
 
@@ -380,14 +384,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     # Ctrl-C and SIGTERM are the parent's to handle, also when they reach the whole process
     # group (a terminal's Ctrl-C, systemd's stop): the parent stops the send and shuts the
     # workers down after their current batch. A worker killed midway could leave half a
-    # result in the pipe, and the pool would wait for the rest for good. (When the parent
-    # dies, its pipes close and the workers end.)
+    # result in the pipe, and the pool would wait for the rest for good. When the parent
+    # dies (kill -9 too), the kernel ends the workers: they held the pool's pipes open and
+    # waited on them for good.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent)
 
 
 def _rows(

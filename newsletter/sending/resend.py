@@ -275,6 +275,14 @@ def _span(wait: timedelta) -> str:
     return f"{seconds}s"
 
 
+def _sent_without_ledger(engine: Engine, issue_id: int) -> bool:
+    """The issue has sends, none of which left ledger rows (outbox, dry run)."""
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(sends.c.id).where(sends.c.issue_id == issue_id)).first() is not None
+        )
+
+
 def resend_refusal(
     engine: Engine,
     slug: str,
@@ -287,6 +295,13 @@ def resend_refusal(
 ) -> tuple[str | None, FirstSend | None, Any]:
     """(why not, the first send, the earlier resend of this kind being resumed)."""
     first = first_send(engine, issue_id) if issue_id is not None else None
+    if first is None and issue_id is not None and _sent_without_ledger(engine, issue_id):
+        return (
+            f"{slug} went only to the outbox or as a dry run, which keep no record of who got "
+            f"it; a resend follows a send through SendGrid or SMTP ([sending] transport)",
+            None,
+            None,
+        )
     if first is None:
         return (
             f"{slug} has not been sent yet; a resend follows a send: "

@@ -9,32 +9,15 @@ reading end, so that a send to a dead parent fails instead of blocking forever.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from newsletter.errors import StoreError
+from newsletter.processes import die_with_parent
 from newsletter.store.importer.model import Incoming, ReadSummary, pack, unpack
-
-#: prctl(2) option: the signal this process gets when its parent thread exits.
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux; elsewhere the closed
-    pipe ends a blocked send instead)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def can_fork() -> bool:
