@@ -94,37 +94,26 @@ def resend_after(project: Project) -> timedelta:
 def first_send(engine: Engine, issue_id: int) -> FirstSend | None:
     """The earliest send of the issue that is no resend, no dry run, not cancelled, and left
     ledger rows (it handed mail over); None if there is none."""
-    rows_exist = exists().where(deliveries.c.send_id == sends.c.id)
+
+    def earliest(handed_over: Any) -> Any:
+        first_sends = select(sends).where(
+            sends.c.issue_id == issue_id,
+            sends.c.resend.is_(None),
+            sends.c.dry_run.is_(False),
+            sends.c.status != "cancelled",
+            handed_over,
+        )
+        return conn.execute(first_sends.order_by(sends.c.id).limit(1)).first()
+
     with engine.connect() as conn:
-        row = conn.execute(
-            select(sends)
-            .where(
-                sends.c.issue_id == issue_id,
-                sends.c.resend.is_(None),
-                sends.c.dry_run.is_(False),
-                sends.c.status != "cancelled",
-                rows_exist,
-            )
-            .order_by(sends.c.id)
-            .limit(1)
-        ).first()
+        row = earliest(exists().where(deliveries.c.send_id == sends.c.id))
         if row is None:
             # Its rows may all have moved to a --resume's send: the earliest such send.
-            row = conn.execute(
-                select(sends)
-                .where(
-                    sends.c.issue_id == issue_id,
-                    sends.c.resend.is_(None),
-                    sends.c.dry_run.is_(False),
-                    sends.c.status != "cancelled",
-                    exists().where(
-                        deliveries.c.issue_id == issue_id,
-                        deliveries.c.send_round == FIRST_ROUND,
-                    ),
+            row = earliest(
+                exists().where(
+                    deliveries.c.issue_id == issue_id, deliveries.c.send_round == FIRST_ROUND
                 )
-                .order_by(sends.c.id)
-                .limit(1)
-            ).first()
+            )
     if row is None:
         return None
     started = as_utc(row.started_at)
