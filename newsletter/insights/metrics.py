@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func
+from sqlalchemy import ColumnElement, and_, exists, func, literal_column
 
 from newsletter.sending.transports import kinds_that
 from newsletter.store import schema
@@ -64,10 +64,26 @@ EVENTS_FOR_METRIC[MACHINE_OPENED] = ("open",)
 MACHINE_OPEN_VALUES = (True, 1, "true", "1")
 
 
+def is_machine_open(detail: Mapping[str, Any]) -> bool:
+    """An open event's detail says a machine opened it (Apple Mail's prefetch, a scanner)."""
+    return detail.get("sg_machine_open") in MACHINE_OPEN_VALUES
+
+
+def human_open(dialect: str) -> ColumnElement[bool]:
+    """SQL, a condition on `events`: SendGrid did not flag this open as a machine's (the same
+    test as `is_machine_open`, for resends, subject tests and segments' engagement)."""
+    if dialect == "sqlite":
+        flag = "json_extract(events.detail, '$.sg_machine_open') IN (1, 'true', '1')"
+        return literal_column(f"NOT coalesce({flag}, 0)")
+    return literal_column(
+        "NOT coalesce((events.detail->>'sg_machine_open') IN ('true', '1'), false)"
+    )
+
+
 def metric_of(event: str, detail: Mapping[str, Any]) -> str | None:
     """The metric an event counts for, or None."""
     metric = METRIC_FOR_EVENT.get(event)
-    if metric == "opened" and detail.get("sg_machine_open") in MACHINE_OPEN_VALUES:
+    if metric == "opened" and is_machine_open(detail):
         return MACHINE_OPENED
     return metric
 

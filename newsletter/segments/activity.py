@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select
 
+from newsletter.insights.metrics import human_open, is_machine_open
 from newsletter.store import raw, schema
 from newsletter.store.times import as_utc
 
@@ -37,7 +38,7 @@ class Activity:
 def kind_of_event(event: str, detail: dict[str, Any]) -> str | None:
     """`clicked`, `opened` (a human's open only) or None for any other event."""
     kind = EVENT_KIND.get(event)
-    if kind == "opened" and detail.get("sg_machine_open") in (True, 1, "true", "1"):
+    if kind == "opened" and is_machine_open(detail):
         return None
     return kind
 
@@ -104,7 +105,7 @@ def backfill(conn: Connection) -> None:
     """Fill `reader_activity` from the events and replies already stored (migration m019)."""
     e, r = schema.events, schema.replies
     found: list[Activity] = []
-    machine = _human_open(conn)
+    machine = human_open(conn.dialect.name)
     for event, kind in EVENT_KIND.items():
         query = (
             select(e.c.subscriber_id, func.max(e.c.occurred_at), func.max(e.c.issue_id))
@@ -123,11 +124,3 @@ def backfill(conn: Connection) -> None:
     for sid, at, issue in conn.execute(replies):
         found.append(Activity(sid, "replied", at, issue))
     note(conn, found)
-
-
-def _human_open(conn: Connection) -> Any:
-    """A condition on `events`: SendGrid did not flag the open as a machine's."""
-    if conn.dialect.name == "sqlite":
-        flag = "json_extract(events.detail, '$.sg_machine_open') IN (1, 'true', '1')"
-        return text(f"NOT coalesce({flag}, 0)")
-    return text("NOT coalesce((events.detail->>'sg_machine_open') IN ('true', '1'), false)")

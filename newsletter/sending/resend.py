@@ -23,10 +23,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, func, literal_column, or_, select
+from sqlalchemy import exists, func, or_, select
 
 from newsletter.durations import parse_delay
 from newsletter.errors import ConfigError
+from newsletter.insights.metrics import human_open
 from newsletter.sending.recipients import max_subscriber_id, planned_recipients
 from newsletter.store.raw import driver_rows
 from newsletter.store.schema import (
@@ -170,18 +171,6 @@ def opens_were_tracked(engine: Engine, issue_id: int, first: FirstSend) -> bool:
         )
 
 
-def _human_open(dialect: str) -> Any:
-    """SQL: this open event was a person's, not a machine's (SendGrid's `sg_machine_open`:
-    Apple Mail's prefetch, a security scanner), as `stats` tells them apart."""
-    if dialect == "sqlite":
-        return literal_column(
-            "coalesce(json_extract(events.detail, '$.sg_machine_open') IN (1, 'true', '1'), 0) = 0"
-        )
-    return literal_column(
-        "NOT coalesce((events.detail->>'sg_machine_open') IN ('true', '1'), false)"
-    )
-
-
 def resend_recipients(
     engine: Engine,
     issue_id: int,
@@ -226,7 +215,7 @@ def resend_recipients(
             events.c.issue_id == issue_id,
             events.c.event == "open",
             events.c.subscriber_id.is_not(None),
-            _human_open(engine.dialect.name),
+            human_open(engine.dialect.name),
         )
         signals.append(me.in_(openers))
     # This round's copy: 'deliveries' again, under another name (the join's is the first copy).

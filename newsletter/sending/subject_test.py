@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, func, insert, literal_column, select, update
+from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.durations import parse_delay
 from newsletter.errors import SendError
+from newsletter.insights.metrics import human_open
 from newsletter.store.raw import driver_rows
 from newsletter.store.schema import (
     FIRST_ROUND,
@@ -203,12 +204,7 @@ def _signal(engine: Engine, metric: str, issue_id: int) -> Any:
     if metric == "clicks":
         conditions.append(events.c.event == "click")
     else:
-        human = (
-            "coalesce(json_extract(events.detail, '$.sg_machine_open') IN (1, 'true', '1'), 0) = 0"
-            if engine.dialect.name == "sqlite"
-            else "NOT coalesce((events.detail->>'sg_machine_open') IN ('true', '1'), false)"
-        )
-        conditions += [events.c.event == "open", literal_column(human)]
+        conditions += [events.c.event == "open", human_open(engine.dialect.name)]
     return me.in_(select(events.c.subscriber_id).where(*conditions))
 
 
