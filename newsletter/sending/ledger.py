@@ -505,35 +505,14 @@ class Ledger:
         self,
         issue_id: int,
         *,
-        transport: str,
-        segment: Sequence[str],
-        dry_run: bool,
-        status: str = "sending",
-        batch_id: str | None = None,
-        send_at: datetime | None = None,
-        up_to_subscriber: int | None = None,
-        resend: str | None = None,
-        subject: str | None = None,
-        track_opens: bool | None = None,
         also: Callable[[Connection, int], None] | None = None,
+        **fields: Any,
     ) -> int:
-        """A new `sends` row; its id. `also(conn, send_id)` runs in the same transaction, for
-        what other owners keep about the send (the segment it went to)."""
+        """A new `sends` row (`fields` as `create_send_on` takes them); its id.
+        `also(conn, send_id)` runs in the same transaction, for what other owners keep about
+        the send (the segment it went to)."""
         with self.engine.begin() as conn:
-            send_id = create_send_on(
-                conn,
-                issue_id,
-                transport=transport,
-                segment=segment,
-                dry_run=dry_run,
-                status=status,
-                batch_id=batch_id,
-                send_at=send_at,
-                up_to_subscriber=up_to_subscriber,
-                resend=resend,
-                subject=subject,
-                track_opens=track_opens,
-            )
+            send_id = create_send_on(conn, issue_id, **fields)
             if also is not None:
                 also(conn, send_id)
             return send_id
