@@ -4,7 +4,6 @@ the resend twice, nobody who qualifies is skipped, the batch in flight at the ki
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
 from tests.support.sendgrid_process import (
     kill_when_in_flight,
+    logged_recipients,
     sender_env,
     set_delay,
     slow_sendgrid,
@@ -32,10 +32,7 @@ ISSUE = EXAMPLE_ISSUE.stem
 
 
 def received(log: Path) -> list[str]:
-    if not log.exists():
-        return []
-    with open(log, encoding="utf-8") as f:
-        return [p["to"][0]["email"] for line in f for p in json.loads(line)["personalizations"]]
+    return logged_recipients(log)
 
 
 def _resend_in_flight(engine) -> bool:

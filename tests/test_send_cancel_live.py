@@ -20,7 +20,7 @@ from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.schema import deliveries, sends
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, TEST_SECRET
-from tests.support.sendgrid_process import slow_sendgrid
+from tests.support.sendgrid_process import logged_recipients, slow_sendgrid
 
 KEY = "SG.cancel-live-key"
 PEOPLE = 120
@@ -37,10 +37,7 @@ def sendgrid_process(tmp_path: Path):
 
 def handed_over(log: Path) -> list[str]:
     """Every address SendGrid accepted, in order."""
-    if not log.exists():
-        return []
-    with open(log, encoding="utf-8") as f:
-        return [p["to"][0]["email"] for line in f for p in json.loads(line)["personalizations"]]
+    return logged_recipients(log)
 
 
 def fake_state(url: str) -> dict:

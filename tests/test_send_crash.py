@@ -21,21 +21,15 @@ from newsletter.store.engine import dispose_all, open_engine
 from newsletter.store.schema import deliveries, sends, subscribers
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO, TEST_SECRET
-from tests.support.sendgrid_process import sender_env, set_delay, slow_sendgrid
+from tests.support.sendgrid_process import logged, sender_env, set_delay, slow_sendgrid
 
 KEY = "SG.crash-test-key"
 PEOPLE = 120
 
 
 def received(log: Path) -> list[str]:
-    if not log.exists():
-        return []
     out = []
-    # (Lines as the file has them: splitlines would also split at a U+2028 inside a name.)
-    with open(log, encoding="utf-8") as f:
-        lines = list(f)
-    for line in lines:
-        entry = json.loads(line)
+    for entry in logged(log):
         if "to" in entry:  # the SMTP server's log: one message per line
             out.extend(entry["to"])
         else:

@@ -19,7 +19,12 @@ from newsletter.project import Project
 from newsletter.store.engine import open_engine
 from newsletter.store.schema import deliveries, subscribers
 from tests.conftest import CONFIG, REPO, TEST_SECRET
-from tests.support.sendgrid_process import kill_when_in_flight, set_delay, slow_sendgrid
+from tests.support.sendgrid_process import (
+    kill_when_in_flight,
+    logged_recipients,
+    set_delay,
+    slow_sendgrid,
+)
 from tests.support.sequences import SEQUENCE, STEP1, add_people_due, write_steps
 
 KEY = "SG.sequence-crash-key"
@@ -28,14 +33,7 @@ BATCHES = 'region = "global"\n\n[sending]\nbatch_size = 100\nconcurrency = 2\n'
 
 
 def received(log: Path) -> list[str]:
-    if not log.exists():
-        return []
-    out = []
-    text = log.read_text("utf-8")
-    # The server may be writing a line right now: only complete lines count.
-    for line in text[: text.rfind("\n") + 1].splitlines():
-        out.extend(p["to"][0]["email"] for p in json.loads(line)["personalizations"])
-    return out
+    return logged_recipients(log)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ with both subjects; and two `run-due` runners at once send the rest once."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
 from tests.support.sendgrid_process import (
     kill_when_in_flight,
+    logged,
     sender_env,
     set_delay,
     slow_sendgrid,
@@ -43,15 +43,11 @@ def sendgrid(tmp_path: Path):
 
 def received(log: Path) -> list[tuple[str, str]]:
     """(address, subject) of every copy the server accepted."""
-    if not log.exists():
-        return []
-    out = []
-    with open(log, encoding="utf-8") as f:
-        for line in f:
-            body = json.loads(line)
-            for p in body["personalizations"]:
-                out.append((p["to"][0]["email"], p.get("subject") or body["subject"]))
-    return out
+    return [
+        (p["to"][0]["email"], p.get("subject") or body["subject"])
+        for body in logged(log)
+        for p in body["personalizations"]
+    ]
 
 
 def _in_flight(engine) -> bool:

@@ -13,8 +13,25 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import REPO, TEST_SECRET
+
+
+def logged(log: Path) -> list[dict[str, Any]]:
+    """The requests (or messages) the server logged, one JSON object a line. Only complete
+    lines: a test polls while the server may be writing one, and a long line reaches the file
+    in more than one write. (Lines as the file has them: splitlines would also split at a
+    U+2028 inside a name.)"""
+    if not log.exists():
+        return []
+    with open(log, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def logged_recipients(log: Path) -> list[str]:
+    """Every address the fake SendGrid accepted, in order."""
+    return [p["to"][0]["email"] for entry in logged(log) for p in entry["personalizations"]]
 
 
 @contextmanager
