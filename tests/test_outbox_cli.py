@@ -95,3 +95,23 @@ def test_a_test_copy_again_replaces_the_last_one_but_single_mails_pile_up(
         "transactional-anna@example.org-2.eml",
         "transactional-anna@example.org.eml",
     ]
+
+
+def test_a_file_where_the_outbox_folder_belongs_stops_the_send_before_anyone_is_claimed(
+    cli, make_project
+):
+    root = _project(make_project)
+    (root / "outbox").write_text("not a folder", encoding="utf-8")
+    result = cli(root, "send", "ausgabe", "--yes")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()[-1:]
+    assert f"{root / 'outbox'}: is a file, not a folder" in line
+    assert "--outbox DIR" in line
+    sends = cli(root, "sends", "ausgabe")
+    assert "uncertain" not in sends.output
+    assert (root / "outbox").read_text(encoding="utf-8") == "not a folder"
+    # Moved away, the same send goes out to both, nobody left "uncertain".
+    (root / "outbox").unlink()
+    again = cli(root, "send", "ausgabe", "--yes")
+    assert again.exit_code == 0, again.output
+    assert len(list((root / "outbox").iterdir())) == 2

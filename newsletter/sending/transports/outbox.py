@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from newsletter.errors import SendError
 from newsletter.sending.message import Batch, Recipient
 from newsletter.sending.mime import copy_for, date_header
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
@@ -66,6 +67,19 @@ def write_replacing(
         temporary.unlink(missing_ok=True)
 
 
+def _refuse_file_in_the_way(directory: Path) -> None:
+    """Before anything is claimed: a file where the folder (or one of its parents) would be
+    makes every write fail, and each recipient would end up "uncertain"."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SendError(
+                    f"{path}: is a file, not a folder, so the outbox {directory} cannot be "
+                    "written; move the file away or pass another folder with --outbox DIR"
+                )
+            return
+
+
 @register
 class OutboxTransport:
     """Writes each recipient's complete message as an .eml file; sends nothing."""
@@ -90,8 +104,10 @@ class OutboxTransport:
 
     @classmethod
     def from_project(cls, project: Project, settings: TransportSettings) -> OutboxTransport:
+        directory = settings.directory or project.root / "outbox"
+        _refuse_file_in_the_way(directory)
         return cls(
-            settings.directory or project.root / "outbox",
+            directory,
             settings.prefix,
             keep_each=settings.transactional,
         )
