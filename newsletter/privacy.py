@@ -13,6 +13,7 @@ data kept no longer than needed.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.parser import HeaderParser
@@ -99,12 +100,12 @@ def forget_person(conn: Connection, email: str) -> bool:
     return forget_replies(conn, written) > 0 or removed
 
 
-def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
+def erase(engine: Engine, email: str, *, outboxes: Sequence[Path] = ()) -> Erasure:
     """Delete the person and everything linked to them, rewrite the rows that name them
     without a key (a send's error, a clicked link's URL: `person.rows_naming`), and
     suppress the address (its keyed hash, the date and "erased on request"), all in one
     transaction. Then, on SQLite, checkpoint and vacuum the file, and delete the `.eml`
-    files in `outbox` written to or about the address. A ConfigError before anything is
+    files in each of `outboxes` written to or about the address. A ConfigError before anything is
     deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
 
     suppressions.hashing_key(erasing=True)
@@ -136,7 +137,7 @@ def erase(engine: Engine, email: str, *, outbox: Path | None = None) -> Erasure:
     compacted = compact_sqlite(engine) if engine.dialect.name == "sqlite" else None
     deleted: list[Path] = []
     kept: list[Path] = []
-    if outbox is not None:
+    for outbox in dict.fromkeys(outboxes):  # a folder named twice is searched once
         for path in files_about(outbox, person.key):
             try:
                 path.unlink()

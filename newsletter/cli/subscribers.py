@@ -196,22 +196,35 @@ def add(
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before --forget (for scripts).")
 @click.option("--reason", help="Why they left (kept with the unsubscribe).")
-def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
+@click.option(
+    "--outbox",
+    "outboxes",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --forget: also delete their messages in this folder (one that `send --outbox "
+    "DIR` wrote to); the project's outbox/ is always searched. Repeatable.",
+)
+def remove(
+    email: str, forget: bool, yes: bool, reason: str | None, outboxes: tuple[Path, ...]
+) -> None:
     """Unsubscribe someone; with --forget, erase them and every row about them.
 
     --forget keeps only a keyed hash of the address (suppression list), so `add` and
     imports refuse it later; a new double opt-in through the sign-up form lifts that.
     It also blanks the address in send errors and clicked links (their counts stay),
     deletes the replies from the address in any spelling and the outbox files addressed
-    to it (and names them), and compacts a SQLite file so no copy is left in it or its
+    to it (in outbox/ and each --outbox DIR; it names them), and compacts a SQLite file so no copy is left in it or its
     -wal. It asks first; without a terminal it needs --yes.
 
     \b
     Example:
         newsletter subscribers remove tom@example.org --reason "asked by email"
         newsletter subscribers remove tom@example.org --forget --yes
+        newsletter subscribers remove tom@example.org --forget --outbox /tmp/try --yes
     """
 
+    if outboxes and not forget:
+        raise click.UsageError("--outbox only goes with --forget (it deletes their messages there)")
     engine = _engine()
     if forget:
         hashing_key(erasing=True)  # before asking: without the key nothing can be erased
@@ -225,7 +238,7 @@ def remove(email: str, forget: bool, yes: bool, reason: str | None) -> None:
                 f"Erase {email} and everything stored about them? This cannot be undone.",
                 abort=True,
             )
-        erased = erase(engine, email, outbox=get_project().root / "outbox")
+        erased = erase(engine, email, outboxes=(get_project().root / "outbox", *outboxes))
         if erased.was_stored:
             click.echo(
                 f"erased {erased.email} and all data about them; a keyed hash of the address "
