@@ -25,6 +25,7 @@ import gettext
 import importlib.util
 import io
 import os
+import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -175,6 +176,24 @@ def format_date(day: datetime.date, language: str) -> str:
     if folder is not None and path is not None:
         write_entry(folder, path, text)
     return text
+
+
+def format_number(value: int, language: str) -> str:
+    """A whole number with the language's grouping: `1.234.567`, `1,234,567`."""
+    from babel.numbers import format_decimal  # deferred: as babel.dates; only the report
+
+    return str(format_decimal(value, locale=language))
+
+
+def format_percent(rate: float, language: str) -> str:
+    """A rate as a percentage with one decimal, in the language's own pattern: `12,3 %`
+    (with a no-break space), `12.3%`."""
+    from babel import Locale  # deferred: as babel.dates; only the report
+    from babel.numbers import format_percent as babel_format_percent  # deferred: as above
+
+    pattern = Locale.parse(language).percent_formats[None].pattern
+    one_decimal = re.sub(r"0(?=[^0#,.]*%)", "0.0", pattern, count=1)
+    return str(babel_format_percent(rate, format=one_decimal, locale=language))
 
 
 @cache

@@ -242,3 +242,13 @@ def test_templates_a_project_copied_before_the_catalogues_still_read_their_wordi
 
     page = pages.render(project, "page.html", "de")
     assert page == "Newsletter abbestellen · Impressum · Anmelden"
+
+
+def test_report_numbers_follow_the_language_through_babel():
+    from newsletter.i18n import format_number, format_percent
+
+    assert format_number(1234567, "de") == "1.234.567"
+    assert format_number(1234567, "en") == "1,234,567"
+    assert format_percent(0.1234, "de") == "12,3\xa0%"  # no break between number and sign
+    assert format_percent(0.1234, "en") == "12.3%"
+    assert format_percent(0.5, "de") == "50,0\xa0%"

@@ -229,7 +229,7 @@ def test_report_opens_with_the_headline_figures(report):
     assert reply.contents[0].strip() == last_reply
 
     def number(text: str) -> float:
-        return float(text.rsplit(": ", 1)[-1].replace(" %", "").replace(",", "."))
+        return float(text.rsplit(": ", 1)[-1].replace("\xa0%", "").replace(",", "."))
 
     for shown, column in ((click, 0), (reply, 1)):
         assert shown.small.get_text().startswith("Median der letzten 2: ")

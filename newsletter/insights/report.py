@@ -69,18 +69,6 @@ _HEADING_BREAKS = {
 }
 
 
-def _number(value: int, language: str) -> str:
-    text = f"{value:,}"
-    return text.replace(",", ".") if language == "de" else text
-
-
-def _percent(rate: float | None, language: str) -> str:
-    if rate is None:
-        return "–"
-    text = f"{rate * 100:.1f}"
-    return (text.replace(".", ",") + " %") if language == "de" else text + "%"
-
-
 _SCRIPT = re.compile(r"<script\b.*?</script>", re.S)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 
@@ -308,12 +296,12 @@ def build_report(project: Project, engine: Engine, now: datetime | None = None) 
         extensions=["jinja2.ext.i18n"],
     )
     install(env, language)
-    env.filters["number"] = lambda v: _number(int(v), language)
-    env.filters["percent"] = lambda v: _percent(v, language)
+    env.filters["number"] = lambda v: i18n.format_number(int(v), language)
+    env.filters["percent"] = lambda v: "–" if v is None else i18n.format_percent(v, language)
     env.filters["day"] = lambda v: v.astimezone(tz).strftime("%Y-%m-%d") if v else "–"
     env.filters["heading"] = lambda v: _HEADING_BREAKS.get(v, v)
     env.filters["signed"] = lambda v: (
-        ("+" if v > 0 else "−" if v < 0 else "±") + _number(abs(int(v)), language)
+        ("+" if v > 0 else "−" if v < 0 else "±") + i18n.format_number(abs(int(v)), language)
     )
     now = now or datetime.now(UTC)
     return env.get_template(TEMPLATE).render(
