@@ -9,6 +9,11 @@ PostgreSQL really is set-based.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +24,8 @@ from newsletter.store import schema
 from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
 from newsletter.store.subscribers import add_subscriber, find_subscriber, set_status
+
+from .conftest import CONFIG, REPO
 
 
 @pytest.fixture
@@ -166,3 +173,82 @@ def test_a_postgres_import_keeps_durable_commits_for_everyone_else(engine, tmp_p
     import_file(engine, source)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "on"
+
+
+def tagged(engine, tag: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM subscriber_tags WHERE tag = :tag"), {"tag": tag}
+            ).scalar_one()
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses kill -9")
+def test_kill_9_mid_merge_then_rerun_changes_everyone_once(
+    make_project, database_url, tmp_path
+) -> None:
+    """A re-import that changes everyone, killed mid-way: the rerun finishes the merge, and
+    nobody ends up with a tag twice, a second consent record or a double count."""
+    project = make_project(
+        config=CONFIG.replace('url = "sqlite:///newsletter.db"', f'url = "{database_url}"')
+    )
+    engine = open_engine(database_url)
+    rows = 120_000
+    first, again = tmp_path / "first.csv", tmp_path / "again.csv"
+    with first.open("w", encoding="utf-8") as old, again.open("w", encoding="utf-8") as new:
+        old.write("email,first name,last name,tags\n")
+        new.write("email,first name,last name,tags\n")
+        for i in range(rows):
+            old.write(f"p{i}.leserin@example.com,Jörg,Müller,leser\n")
+            new.write(f"p{i}.leserin@example.com,Jörg,Weiß,leser\n")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "newsletter", "--project", str(project)]
+    command += ["subscribers", "import", "--quiet", "--tag", "neu"]
+    done = subprocess.run([*command[:-2], str(first)], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before = growth(engine)
+
+    merging = subprocess.Popen(
+        [*command, str(again)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Killed once some chunks are in, so that it dies in the middle of another.
+        while tagged(engine, "neu") < 10_000 and merging.poll() is None:
+            assert time.monotonic() < deadline, "the merge wrote nothing in 60 s"
+            time.sleep(0.02)
+        os.kill(merging.pid, signal.SIGKILL)
+    finally:
+        merging.wait(timeout=30)
+    halfway = tagged(engine, "neu")
+    assert 0 < halfway < rows, "killed too late to test anything"
+    with engine.connect() as conn:
+        # Whole chunks only: whoever has the new tag has the new name too, and nobody else.
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM subscribers WHERE last_name = 'Weiß'")
+            ).scalar_one()
+            == halfway
+        )
+
+    done = subprocess.run([*command, str(again)], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as conn:
+        names = dict(
+            conn.execute(
+                text("SELECT last_name, count(*) FROM subscribers GROUP BY last_name")
+            ).all()
+        )
+        per_person = conn.execute(
+            text(
+                "SELECT count(*) FROM (SELECT subscriber_id FROM consent_records "
+                "GROUP BY subscriber_id HAVING count(*) = 1) once"
+            )
+        ).scalar_one()
+    assert names == {"Weiß": rows}
+    assert tagged(engine, "neu") == tagged(engine, "leser") == rows
+    assert per_person == rows  # the import's consent record, once each
+    assert growth(engine) == before == {"new_import": rows}  # a merge adds no one
+    engine.dispose()
