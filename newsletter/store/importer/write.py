@@ -344,6 +344,8 @@ def _update_existing(
     resubscribe: bool,
     stamp: datetime,
 ) -> None:
+    updates: list[tuple[int, dict[str, Any]]] = []
+    more: list[tuple[int, str]] = []
     for key, record in current.items():
         inc = as_incoming(chunk[key])
         values, more_tags, kept_stop = changes(record, inc, resubscribe, stamp)
@@ -360,6 +362,9 @@ def _update_existing(
         if result.dry_run or not (values or more_tags):
             continue
         values["updated_at"] = stamp
-        writer.update(record["id"], values)
-        if more_tags:
-            writer.insert([], [(record["id"], tag) for tag in sorted(more_tags)])
+        updates.append((record["id"], values))
+        more.extend((record["id"], tag) for tag in sorted(more_tags))
+    # The batch's changes at once (the writer makes them set-based where it can).
+    writer.update_many(updates)
+    if more:
+        writer.insert([], more)
