@@ -1,0 +1,258 @@
+"""premailer's inlining of an email, replayed from a table of what premailer made of its CSS.
+
+premailer spends most of its time (and 0.2 s importing cssutils and requests) turning CSS text
+into declarations: the <style> blocks, which come from the templates and are the same for
+every issue, and the elements' `style` attributes, which MJML writes from the templates too.
+The rest, matching selectors and merging, is cheap lxml work. So the table keeps, per <style>
+text, the rules premailer extracts (selector, specificity, declarations) and the CSS it leaves
+in the <style> (media queries), and per `style` attribute premailer's (name, value) pairs;
+`replay` then does premailer's document work with lxml exactly as `Premailer.transform` does
+for the options in `newsletter.inline_css`. Anything not in the table (a new template, theme
+or library version; a `style=` in an issue's own HTML) is a `Miss`: premailer runs, and
+`learn` adds what it made of that email's CSS to the table.
+
+The table is filled by premailer itself (`learn`), never written by hand: the one shipped
+beside this module covers the built-in templates with the default theme for the installed
+premailer and cssutils versions (scripts/inline_table.py writes it; tests/test_inline_table.py
+checks that it is current and that the replay gives premailer's bytes).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+#: premailer's options in `newsletter.inline_css._premailer`, as the replay implements them.
+OPTIONS = "no-network no-style-tags leftover-css keep-classes keep-important no-validation -hw"
+SHIPPED = Path(__file__).with_name("inline_table.json")
+#: premailer's FILTER_PSEUDOSELECTORS: selectors with these are matched, not left over.
+_FILTER_PSEUDOSELECTORS = (":last-child", ":first-child", ":nth-child")
+_SHORT_COLOR = re.compile(r"^#([0-9a-f])([0-9a-f])([0-9a-f])$", re.I)
+
+Pairs = list[tuple[str, str]]
+
+
+class Miss(Exception):
+    """The email needs CSS the table does not know: premailer has to run."""
+
+
+class Table:
+    """premailer's results by input: `blocks` per <style> text, `styles` per style attribute."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        data = data or {}
+        self.blocks: dict[str, dict[str, Any]] = data.get("blocks", {})
+        self.styles: dict[str, Pairs] = data.get("styles", {})
+
+    def as_json(self, stamp: str) -> str:
+        return json.dumps(
+            {"stamp": stamp, "blocks": self.blocks, "styles": self.styles},
+            ensure_ascii=False,
+            sort_keys=True,
+            indent=0,
+        )
+
+    def update(self, other: Table) -> None:
+        self.blocks.update(other.blocks)
+        self.styles.update(other.styles)
+
+
+def parse_table(text: str, stamp: str) -> Table | None:
+    """A table read back; None when it is for other libraries or options, or not a table."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("stamp") != stamp:
+        return None
+    return Table(data)
+
+
+@functools.cache
+def version_stamp() -> str | None:
+    """The options and the installed premailer and cssutils versions (from their dist-info
+    folders, found without importing them); None when they cannot be told."""
+    parts = [OPTIONS]
+    for package in ("premailer", "cssutils"):
+        version = _installed_version(package)
+        if version is None:
+            return None
+        parts.append(f"{package} {version}")
+    return "\n".join(parts)
+
+
+def _installed_version(package: str) -> str | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        return None
+    site = os.path.dirname(os.path.dirname(spec.origin))
+    prefix = f"{package}-"
+    try:
+        names = os.listdir(site)
+    except OSError:
+        return None
+    found = [
+        name[len(prefix) : -len(".dist-info")]
+        for name in names
+        if name.lower().startswith(prefix) and name.endswith(".dist-info")
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+@functools.cache
+def shipped_table() -> Table:
+    """The table that comes with the package, when it is for the installed libraries."""
+    stamp = version_stamp()
+    try:
+        text = SHIPPED.read_text(encoding="utf-8")
+    except OSError:
+        return Table()
+    return (parse_table(text, stamp) if stamp else None) or Table()
+
+
+def replay(html: str, tables: list[Table]) -> str:
+    """What `Premailer(...).transform()` returns for `html`, from the tables; `Miss` when they
+    lack a <style> text or style attribute of it (or it uses something premailer's options
+    handle that this replay does not)."""
+    from lxml import etree
+    from lxml.cssselect import CSSSelector
+
+    def block(css: str) -> dict[str, Any]:
+        for table in tables:
+            found = table.blocks.get(css)
+            if found is not None:
+                return found
+        raise Miss
+
+    def pairs_of(style: str) -> Pairs:
+        for table in tables:
+            found = table.styles.get(style)
+            if found is not None:
+                return found
+        raise Miss
+
+    stripped = html.strip()
+    try:
+        tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
+    except (etree.LxmlError, ValueError):
+        raise Miss from None
+    page = tree.getroot()
+    if page is None:
+        raise Miss
+    # lxml adds a doctype; premailer keeps one only when the input had it (same test).
+    root = tree if stripped.startswith(tree.docinfo.doctype) else page
+    if not CSSSelector("head")(tree):  # premailer's get_or_create_head
+        bodies = CSSSelector("body")(tree)
+        if not bodies:
+            raise Miss
+        bodies[0].getparent().insert(0, etree.Element("head"))
+
+    rules: list[tuple[tuple[int, ...], str, Pairs]] = []
+    index = 0
+    for element in CSSSelector("style")(page):
+        media = element.attrib.get("media")
+        if media and media not in ("all", "screen"):
+            continue
+        if element.attrib.get("data-premailer"):
+            raise Miss  # premailer's own directive: let premailer read it
+        css = element.text
+        leftover = None
+        if css:
+            found = block(css)
+            for important, ids, classes, elements, number, selector, declarations in found["rules"]:
+                specificity = (important, ids, classes, elements, index, number)
+                rules.append((specificity, selector, declarations))
+            leftover = found["leftover"]
+        index += 1
+        if leftover is not None:
+            element.text = leftover
+        else:
+            element.getparent().remove(element)
+
+    rules.sort(key=lambda rule: rule[0])
+    matched: dict[int, tuple[Any, list[Pairs]]] = {}
+    for _specificity, selector, declarations in rules:
+        if ":" in selector:
+            pseudo = ":" + selector.split(":", 1)[1]
+            if not (pseudo in _FILTER_PSEUDOSELECTORS or pseudo.startswith(":nth-child")):
+                raise Miss  # premailer leaves these over; a table never holds one
+        for item in CSSSelector(selector)(page):
+            matched.setdefault(id(item), (item, []))[1].append(declarations)
+
+    for item, styles in matched.values():
+        merged: dict[str, str] = {}
+        for declarations in styles:
+            for name, value in declarations:
+                merged[name] = value
+        inline = item.attrib.get("style", "")
+        if inline:  # the element's own style wins, as in premailer's merge_styles
+            for name, value in pairs_of(inline):
+                merged[name] = value
+        final = "; ".join(
+            f"{name}:{value}" for name, value in merged.items() if value.lower() != "unset"
+        ).strip()
+        if final:
+            item.attrib["style"] = final
+        _basic_html_attributes(item, final)
+
+    for image in page.xpath("//img[@style]"):
+        style = image.attrib["style"]
+        if "float" in style.lower() or "\\" in style:
+            raise Miss  # premailer adds align= for a floating image (align_floating_images)
+
+    out = etree.tostring(root, method="html", pretty_print=True, encoding="utf-8")
+    return str(out.decode("utf-8"))
+
+
+def _basic_html_attributes(element: Any, style: str) -> None:
+    """premailer's `_style_to_basic_html_attributes(force=True)`: align, valign and bgcolor
+    from the style, for clients that read only those."""
+    if style.count("}") and style.count("{") == style.count("}"):
+        style = style.split("}")[0][1:]
+    attributes: dict[str, str] = {}
+    for part in style.split(";"):
+        pieces = part.split(":")
+        if len(pieces) != 2:
+            continue
+        key, value = pieces[0].strip(), pieces[1]
+        if key == "text-align":
+            attributes["align"] = value.strip()
+        elif key == "vertical-align":
+            attributes["valign"] = value.strip()
+        elif key == "background-color" and "transparent" not in value.lower():
+            attributes["bgcolor"] = _SHORT_COLOR.sub(r"#\1\1\2\2\3\3", value.strip())
+        # width and height: premailer's disable_basic_attributes leaves them to the CSS
+    for key, value in attributes.items():
+        element.attrib[key] = value
+
+
+def learn(html: str, premailer: Any) -> Table:
+    """What `premailer` (a Premailer with the options of `newsletter.inline_css`) makes of the
+    CSS in `html`: the table entries that let `replay` do this email without it."""
+    from lxml import etree
+    from premailer.merge_style import csstext_to_pairs
+
+    table = Table()
+    tree = etree.fromstring(html.strip(), etree.HTMLParser())
+    for element in tree.iter("style"):
+        css = element.text
+        if not css or css in table.blocks:
+            continue
+        rules, leftover = premailer._parse_style_rules(css, 0)
+        table.blocks[css] = {
+            "rules": [
+                [*specificity[:4], specificity[5], selector, csstext_to_pairs(bulk, validate=False)]
+                for specificity, selector, bulk in rules
+            ],
+            "leftover": premailer._css_rules_to_string(leftover) if leftover else None,
+        }
+    for style in tree.xpath("//@style"):
+        if style and str(style) not in table.styles:
+            table.styles[str(style)] = csstext_to_pairs(str(style))
+    # JSON round trip: pairs as lists, exactly what a table read back holds.
+    return Table(json.loads(table.as_json("")))
