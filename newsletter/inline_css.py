@@ -77,7 +77,7 @@ def _inline(html: str) -> str:
         pass
     premailer = _premailer(html)
     inlined = premailer.transform()
-    _remember(learn(html, premailer), learned)
+    _remember(learn(html, premailer, inlined), learned)
     return inlined
 
 
@@ -103,7 +103,7 @@ def _remember(new: Table, learned: Table) -> None:
     if path is None or stamp is None:
         return
     if len(learned.blocks) + len(new.blocks) > MAX_BLOCKS or (
-        len(learned.styles) + len(new.styles) > MAX_STYLES
+        len(learned.styles) + len(learned.floats) + len(new.styles) + len(new.floats) > MAX_STYLES
     ):
         learned = Table()  # bounded: start again from this email's CSS
     learned.update(new)

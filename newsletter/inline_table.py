@@ -42,16 +42,18 @@ class Miss(Exception):
 
 
 class Table:
-    """premailer's results by input: `blocks` per <style> text, `styles` per style attribute."""
+    """premailer's results by input: `blocks` per <style> text, `styles` per style attribute,
+    `floats` per inlined style of an image that may float (cssutils' `float` of it)."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         data = data or {}
         self.blocks: dict[str, dict[str, Any]] = data.get("blocks", {})
         self.styles: dict[str, Pairs] = data.get("styles", {})
+        self.floats: dict[str, str] = data.get("floats", {})
 
     def as_json(self, stamp: str) -> str:
         return json.dumps(
-            {"stamp": stamp, "blocks": self.blocks, "styles": self.styles},
+            {"stamp": stamp, "blocks": self.blocks, "styles": self.styles, "floats": self.floats},
             ensure_ascii=False,
             sort_keys=True,
             indent=0,
@@ -60,6 +62,7 @@ class Table:
     def update(self, other: Table) -> None:
         self.blocks.update(other.blocks)
         self.styles.update(other.styles)
+        self.floats.update(other.floats)
 
 
 def parse_table(text: str, stamp: str) -> Table | None:
@@ -200,10 +203,16 @@ def replay(html: str, tables: list[Table]) -> str:
             item.attrib["style"] = final
         _basic_html_attributes(item, final)
 
+    # premailer gives a floating image align= (align_floating_images), from cssutils' reading
+    # of its style; a style that cannot hold `float` needs no reading.
     for image in page.xpath("//img[@style]"):
         style = image.attrib["style"]
         if "float" in style.lower() or "\\" in style:
-            raise Miss  # premailer adds align= for a floating image (align_floating_images)
+            side = next((t.floats[style] for t in tables if style in t.floats), None)
+            if side is None:
+                raise Miss
+            if side in ("right", "left"):
+                image.attrib["align"] = side
 
     out = etree.tostring(root, method="html", pretty_print=True, encoding="utf-8")
     return str(out.decode("utf-8"))
@@ -231,9 +240,11 @@ def _basic_html_attributes(element: Any, style: str) -> None:
         element.attrib[key] = value
 
 
-def learn(html: str, premailer: Any) -> Table:
+def learn(html: str, premailer: Any, inlined: str) -> Table:
     """What `premailer` (a Premailer with the options of `newsletter.inline_css`) makes of the
-    CSS in `html`: the table entries that let `replay` do this email without it."""
+    CSS in `html`, which it turned into `inlined`: the table entries that let `replay` do this
+    email without it."""
+    import cssutils
     from lxml import etree
     from premailer.merge_style import csstext_to_pairs
 
@@ -254,5 +265,8 @@ def learn(html: str, premailer: Any) -> Table:
     for style in tree.xpath("//@style"):
         if style and str(style) not in table.styles:
             table.styles[str(style)] = csstext_to_pairs(str(style))
+    for style in etree.fromstring(inlined.strip(), etree.HTMLParser()).xpath("//img/@style"):
+        if "float" in style.lower() or "\\" in style:
+            table.floats[str(style)] = str(cssutils.parseStyle(str(style)).float)
     # JSON round trip: pairs as lists, exactly what a table read back holds.
     return Table(json.loads(table.as_json("")))
