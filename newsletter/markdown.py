@@ -80,9 +80,10 @@ def _render_image(self: Any, tokens: list[Token], idx: int, options: Any, env: A
 class ExplicitLinkify(LinkifyIt):
     """linkify-it with fuzzy matches dropped, except `www.` hosts (linked as https)."""
 
-    # Only explicit links are kept (see `match`): a text without a scheme's ":" or "//" and
-    # without "www." holds none, so linkify-it's tests, whose fuzzy patterns take 40-60 ms to
-    # compile in each process, need not run for it (a text that passes finds nothing more).
+    # Only explicit links are kept (see `match`): a text without a scheme's ":" or "//",
+    # without "www." and without an entity that could spell them holds none, so linkify-it's
+    # tests, whose fuzzy patterns take 40-60 ms to compile in each process, need not run for
+    # it (a text that passes gets linkify-it's own answer).
     def pretest(self, text: str) -> bool:
         return _may_hold_explicit_link(text) and bool(super().pretest(text))
 
@@ -104,7 +105,8 @@ class ExplicitLinkify(LinkifyIt):
 
 
 def _may_hold_explicit_link(text: str) -> bool:
-    return ":" in text or "/" in text or "www." in text.lower()
+    # "&": an entity (`&#58;`, `&#119;`) may become ":", "/" or "w" in the text tokens.
+    return ":" in text or "/" in text or "&" in text or "www." in text.lower()
 
 
 @lru_cache(maxsize=1)

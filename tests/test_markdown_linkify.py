@@ -21,6 +21,7 @@ SAMPLES = [
     "http\\://example.com/ bleibt Text; <a href='https://x.example'>schon ein Link</a> www.x.de",
     "[ein Link](https://example.com) und danach www.example.org",
     "Grüße aus Köln – ohne jeden Link, nur Umlaute: äöüß ÄÖÜ.",
+    "Entities: &#119;ww.example.com, &#47;&#47;example.net, https&#58;//example.org &amp; mehr",
 ]
 
 
