@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,10 +40,18 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+#: CPU seconds (user + system) of each timed process, by the order they ran.
+cpu_seconds: list[float] = []
+
+
 def timed(command: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, capture_output=True, cwd=cwd)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return wall
 
 
 def main() -> None:
@@ -107,6 +116,7 @@ def main() -> None:
             if "cold" not in name:
                 steps[name]()
         times: dict[str, list[float]] = {name: [] for name in steps}
+        cpu: dict[str, list[float]] = {name: [] for name in steps}
         loads = []
         for run in range(args.runs):
             loads.append(load())
@@ -114,9 +124,11 @@ def main() -> None:
             names = names[run % len(names) :] + names[: run % len(names)]
             for name in names:
                 times[name].append(steps[name]())
+                cpu[name].append(cpu_seconds[-1])
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"whole processes, medians of {args.runs} runs in rotating order:")
-    print(f"  floor, {floor_name}: {medians['floor']:.3f} s")
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
+    print(f"whole processes, medians of {args.runs} runs in rotating order (wall; CPU):")
+    print(f"  floor, {floor_name}: {medians['floor']:.3f} s; {cpu_medians['floor']:.3f} CPU s")
     labels = {"warm": "CSS cache warm", "cold": "CSS cache cold"}
     labels.update({f"baseline {k}": f"{v}, baseline {args.baseline}" for k, v in labels.items()})
     for name in steps:
@@ -124,7 +136,8 @@ def main() -> None:
             continue
         print(
             f"  newsletter build, {labels[name]}: {medians[name]:.3f} s = "
-            f"{medians[name] / medians['floor']:.2f}x the floor   (target <= 1.5x)"
+            f"{medians[name] / medians['floor']:.2f}x the floor   (target <= 1.5x); "
+            f"{cpu_medians[name]:.3f} CPU s = {cpu_medians[name] / cpu_medians['floor']:.2f}x"
         )
     print(f"  load average at each run: {'; '.join(loads)}")
 
