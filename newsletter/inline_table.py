@@ -43,17 +43,25 @@ class Miss(Exception):
 
 class Table:
     """premailer's results by input: `blocks` per <style> text, `styles` per style attribute,
-    `floats` per inlined style of an image that may float (cssutils' `float` of it)."""
+    `floats` per inlined style of an image that may float (cssutils' `float` of it), and
+    `xpaths` per CSS selector (lxml's CSSSelector translation, which premailer matches with)."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         data = data or {}
         self.blocks: dict[str, dict[str, Any]] = data.get("blocks", {})
         self.styles: dict[str, Pairs] = data.get("styles", {})
         self.floats: dict[str, str] = data.get("floats", {})
+        self.xpaths: dict[str, str] = data.get("xpaths", {})
 
     def as_json(self, stamp: str) -> str:
         return json.dumps(
-            {"stamp": stamp, "blocks": self.blocks, "styles": self.styles, "floats": self.floats},
+            {
+                "stamp": stamp,
+                "blocks": self.blocks,
+                "styles": self.styles,
+                "floats": self.floats,
+                "xpaths": self.xpaths,
+            },
             ensure_ascii=False,
             sort_keys=True,
             indent=0,
@@ -63,6 +71,7 @@ class Table:
         self.blocks.update(other.blocks)
         self.styles.update(other.styles)
         self.floats.update(other.floats)
+        self.xpaths.update(other.xpaths)
 
 
 def parse_table(text: str, stamp: str) -> Table | None:
@@ -78,10 +87,10 @@ def parse_table(text: str, stamp: str) -> Table | None:
 
 @functools.cache
 def version_stamp() -> str | None:
-    """The options and the installed premailer and cssutils versions (from their dist-info
-    folders, found without importing them); None when they cannot be told."""
+    """The options and the installed premailer, cssutils, cssselect and lxml versions (from
+    their dist-info folders, found without importing them); None when they cannot be told."""
     parts = [OPTIONS]
-    for package in ("premailer", "cssutils"):
+    for package in ("premailer", "cssutils", "cssselect", "lxml"):
         version = _installed_version(package)
         if version is None:
             return None
@@ -123,7 +132,15 @@ def replay(html: str, tables: list[Table]) -> str:
     lack a <style> text or style attribute of it (or it uses something premailer's options
     handle that this replay does not)."""
     from lxml import etree
-    from lxml.cssselect import CSSSelector
+
+    def select(selector: str, where: Any) -> list[Any]:
+        for table in tables:
+            path = table.xpaths.get(selector)
+            if path is not None:
+                if "__lxml_internal_css" in path:
+                    import lxml.cssselect  # noqa: F401 (registers the functions such paths call)
+                return list(etree.XPath(path)(where))
+        raise Miss
 
     def block(css: str) -> dict[str, Any]:
         for table in tables:
@@ -149,15 +166,15 @@ def replay(html: str, tables: list[Table]) -> str:
         raise Miss
     # lxml adds a doctype; premailer keeps one only when the input had it (same test).
     root = tree if stripped.startswith(tree.docinfo.doctype) else page
-    if not CSSSelector("head")(tree):  # premailer's get_or_create_head
-        bodies = CSSSelector("body")(tree)
+    if not select("head", tree):  # premailer's get_or_create_head
+        bodies = select("body", tree)
         if not bodies:
             raise Miss
         bodies[0].getparent().insert(0, etree.Element("head"))
 
     rules: list[tuple[tuple[int, ...], str, Pairs]] = []
     index = 0
-    for element in CSSSelector("style")(page):
+    for element in select("style", page):
         media = element.attrib.get("media")
         if media and media not in ("all", "screen"):
             continue
@@ -184,7 +201,7 @@ def replay(html: str, tables: list[Table]) -> str:
             pseudo = ":" + selector.split(":", 1)[1]
             if not (pseudo in _FILTER_PSEUDOSELECTORS or pseudo.startswith(":nth-child")):
                 raise Miss  # premailer leaves these over; a table never holds one
-        for item in CSSSelector(selector)(page):
+        for item in select(selector, page):
             matched.setdefault(id(item), (item, []))[1].append(declarations)
 
     for item, styles in matched.values():
@@ -246,15 +263,20 @@ def learn(html: str, premailer: Any, inlined: str) -> Table:
     email without it."""
     import cssutils
     from lxml import etree
+    from lxml.cssselect import CSSSelector
     from premailer.merge_style import csstext_to_pairs
 
     table = Table()
+    for selector in ("head", "body", "style"):
+        table.xpaths[selector] = CSSSelector(selector).path
     tree = etree.fromstring(html.strip(), etree.HTMLParser())
     for element in tree.iter("style"):
         css = element.text
         if not css or css in table.blocks:
             continue
         rules, leftover = premailer._parse_style_rules(css, 0)
+        for _specificity, selector, _bulk in rules:
+            table.xpaths[selector] = CSSSelector(selector).path
         table.blocks[css] = {
             "rules": [
                 [*specificity[:4], specificity[5], selector, csstext_to_pairs(bulk, validate=False)]
