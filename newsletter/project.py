@@ -530,7 +530,7 @@ def _check_ranges(path: Path, sections: dict[str, dict[str, Any]]) -> None:
 
 
 def _check_timezone(path: Path, name: str) -> None:
-    # deferred: zoneinfo costs 10+ ms at start-up (sysconfig), and most projects set no zone
+    # deferred: zoneinfo costs 2 ms at start-up (sysconfig); most projects keep UTC
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -608,7 +608,7 @@ class Project:
 
 def project_timezone(project: Project) -> ZoneInfo:
     """`[newsletter] timezone`: the days of `joined:>2026-01-01` start at midnight there."""
-    from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo  # deferred: zoneinfo costs 2 ms at start-up (sysconfig)
 
     name = project.config.section("newsletter").get("timezone") or "UTC"
     try:
