@@ -20,12 +20,12 @@ checks that it is current and that the replay gives premailer's bytes).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from newsletter.installed import installed_version
 
 #: premailer's options in `newsletter.inline_css._premailer`, as the replay implements them.
 OPTIONS = "no-network no-style-tags leftover-css keep-classes keep-important no-validation -hw"
@@ -91,29 +91,11 @@ def version_stamp() -> str | None:
     their dist-info folders, found without importing them); None when they cannot be told."""
     parts = [OPTIONS]
     for package in ("premailer", "cssutils", "cssselect", "lxml"):
-        version = _installed_version(package)
+        version = installed_version(package)
         if version is None:
             return None
         parts.append(f"{package} {version}")
     return "\n".join(parts)
-
-
-def _installed_version(package: str) -> str | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.origin:
-        return None
-    site = os.path.dirname(os.path.dirname(spec.origin))
-    prefix = f"{package}-"
-    try:
-        names = os.listdir(site)
-    except OSError:
-        return None
-    found = [
-        name[len(prefix) : -len(".dist-info")]
-        for name in names
-        if name.lower().startswith(prefix) and name.endswith(".dist-info")
-    ]
-    return found[0] if len(found) == 1 else None
 
 
 @functools.cache
