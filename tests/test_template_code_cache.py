@@ -1,7 +1,7 @@
-"""Compiled templates are kept in the user's cache (newsletter/render.py, TemplateCodeCache):
-a later process loads them instead of compiling the email's eight templates again, an edited
-template is compiled afresh, a damaged entry is a miss, and errors still name the template
-file and line."""
+"""Compiled templates (newsletter/render.py, TemplateCodeCache): the built-in ones' code ships
+(template_code.json), so a first build compiles none; a project's own are kept in the user's
+cache, so a later process loads them; an edited template is compiled afresh, a damaged entry
+is a miss, and errors still name the template file and line."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ import sys
 from pathlib import Path
 
 import jinja2
+import pytest
 
 from newsletter import render
 from newsletter.project import Project
 from newsletter.render import render_file
-from tests.conftest import EXAMPLE_ISSUE, REPO
+from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO
 
 FOOTER = "<mj-section><mj-column><mj-text>Fußzeile {{ newsletter.name }}</mj-text></mj-column></mj-section>\n"
 
 
 def _fresh_render(root: Path, issue: Path, monkeypatch) -> tuple[str, int]:
-    """The email's HTML and how many template files were compiled, as in a new process (the
+    """The email's HTML and text, and how many template files were compiled, as in a new process (the
     environments of earlier renders are forgotten; expressions of the issue's own text are
     compiled from strings, and not counted)."""
     monkeypatch.setattr(render, "_environments", {})
@@ -35,18 +36,56 @@ def _fresh_render(root: Path, issue: Path, monkeypatch) -> tuple[str, int]:
 
     with monkeypatch.context() as patched:
         patched.setattr(jinja2.Environment, "compile", counting)
-        html = render_file(Project.load(root), issue).html
-    return html, len(compiled)
+        rendered = render_file(Project.load(root), issue)
+    return rendered.html + rendered.text, len(compiled)
 
 
-def test_a_later_process_loads_the_compiled_templates(make_project, tmp_path, monkeypatch):
+def test_a_first_build_compiles_no_built_in_template(make_project, tmp_path, monkeypatch):
+    """The built-in templates' code ships (template_code.json): an empty cache compiles none
+    of them, and the email is the one compiled templates make, in German and English."""
+    for language in ("de", "en"):
+        monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / f"cache-{language}"))
+        root = make_project(
+            config=CONFIG.replace('language = "de"', f'language = "{language}"'),
+            issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")},
+            name=f"project-{language}",
+        )
+        issue = root / "issues" / EXAMPLE_ISSUE.name
+        shipped, compiled = _fresh_render(root, issue, monkeypatch)
+        assert compiled == 0
+        # without the shipped code and without a cache: Jinja compiles all eight
+        blocked = tmp_path / "a-file"
+        blocked.write_text("no cache here", "utf-8")
+        with monkeypatch.context() as patched:
+            patched.setattr(render, "SHIPPED_TEMPLATE_CODE", tmp_path / "none.json")
+            patched.setenv("NEWSLETTER_CACHE_DIR", str(blocked))
+            render.shipped_template_code.cache_clear()
+            compiled_html, compiled = _fresh_render(root, issue, monkeypatch)
+        render.shipped_template_code.cache_clear()
+        assert compiled == 8 and compiled_html == shipped
+
+
+@pytest.mark.slow
+def test_the_shipped_code_is_current():
+    checked = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "template_code.py"), "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, "run: python scripts/template_code.py\n" + checked.stderr
+
+
+def test_a_projects_own_template_is_compiled_once_then_loaded(make_project, tmp_path, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "cache"))
-    root = make_project(issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")})
-    issue = root / "issues" / EXAMPLE_ISSUE.name
+    root = make_project(
+        issues={"x.md": "---\ntitle: X\n---\nHallo\n"}, templates={"footer.mjml.j2": FOOTER}
+    )
+    issue = root / "issues" / "x.md"
     first, compiled = _fresh_render(root, issue, monkeypatch)
-    assert compiled == 8 and len(list((tmp_path / "cache" / "templates").iterdir())) == 8
+    assert compiled == 1 and len(list((tmp_path / "cache" / "templates").iterdir())) == 1
     again, compiled = _fresh_render(root, issue, monkeypatch)
-    assert compiled == 0 and again == first
+    assert compiled == 0 and again == first and "Fußzeile" in first
 
 
 def test_an_edited_template_is_compiled_afresh(make_project, tmp_path, monkeypatch):
@@ -64,7 +103,11 @@ def test_an_edited_template_is_compiled_afresh(make_project, tmp_path, monkeypat
 
 def test_a_damaged_entry_is_compiled_afresh(make_project, tmp_path, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path / "cache"))
-    root = make_project(issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")})
+    masthead = (REPO / "templates" / "masthead.mjml.j2").read_text("utf-8")
+    root = make_project(
+        issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")},
+        templates={"footer.mjml.j2": FOOTER, "masthead.mjml.j2": masthead + "\n"},
+    )
     issue = root / "issues" / EXAMPLE_ISSUE.name
     expected, _ = _fresh_render(root, issue, monkeypatch)
     entries = sorted((tmp_path / "cache" / "templates").iterdir())
