@@ -4,10 +4,12 @@
 
 inkletter (Markdown -> MJML -> HTML, `pip install inkletter`, best in its own virtualenv) is
 the closest tool that does a part of what `build` does. Each run times, in an order that
-rotates: `inkletter md2html ISSUE -o OUT`; `newsletter build ISSUE` with the inlined-CSS cache
-warm (a user's second build of an issue); and `newsletter build` with that cache cold (an
-empty NEWSLETTER_CACHE_DIR: premailer runs). Prints the medians, each build's ratio to the
-floor, and the load average. Target (issue 27): <= 1.5x inkletter, cold and warm.
+rotates: `inkletter md2html ISSUE -o OUT`; `newsletter build ISSUE` with the cache warm (a
+user's second build of an issue); and `newsletter build` with the cache cold (an empty
+NEWSLETTER_CACHE_DIR: nothing inlined, compiled or learned before, as on a fresh install).
+Prints the medians of wall and CPU seconds, each build's ratio to the floor, and the load
+average. Target (issue 27): <= 1.5x inkletter, cold and warm. (benchmarks/README.md says what
+inkletter does and does not do.)
 
 Without inkletter, the floor is a bare `python -c` that renders the same file with
 markdown-it-py (which `build` uses as well) and says so.
