@@ -266,13 +266,14 @@ def test_a_damaged_or_foreign_learned_table_is_not_used(make_project, monkeypatc
     project, issue = Project.load(root), root / "issues/erste.md"
     html = email_before_inlining(monkeypatch, project, issue)
     expected = premailer(html)
-    assert inline_css._inline(html) == expected  # premailer ran and taught the table
+    assert inline_css._inline(html) == (expected, False)  # premailer ran, taught the table
+    assert inline_css._inline(html) == (expected, True)  # replayed from what it learned
     path = inline_css._learned_path()
     assert path is not None and read_entry(path)
-    # A table whose entries were changed (its checksum made to match) for other libraries
-    # is ignored; so is one cut short.
+    # A table (its checksum made to match) for other libraries is ignored: premailer runs;
+    # so does it for a table cut short.
     other = Table(__import__("json").loads(read_entry(path)))
     write_entry(path.parent, path, other.as_json("premailer 0.0 cssutils 0.0"))
-    assert inline_css._inline(html) == expected
+    assert inline_css._inline(html) == (expected, False)
     path.write_text(path.read_text("utf-8")[:100], "utf-8")
-    assert inline_css._inline(html) == expected
+    assert inline_css._inline(html) == (expected, False)
