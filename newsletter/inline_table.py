@@ -12,9 +12,10 @@ or library version; a `style=` in an issue's own HTML) is a `Miss`: premailer ru
 `learn` adds what it made of that email's CSS to the table.
 
 The table is filled by premailer itself (`learn`), never written by hand: the one shipped
-beside this module covers the built-in templates with the default theme for the installed
-premailer and cssutils versions (scripts/inline_table.py writes it; tests/test_inline_table.py
-checks that it is current and that the replay gives premailer's bytes).
+beside this module covers the built-in templates with the default theme, for the premailer,
+cssutils, cssselect and lxml versions named in its stamp (it is not used with others;
+scripts/inline_table.py writes it; tests/test_inline_table.py checks that it is current and
+that the replay gives premailer's bytes).
 """
 
 from __future__ import annotations

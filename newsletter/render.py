@@ -1,5 +1,7 @@
 """Render an issue: Markdown -> Jinja2 MJML template -> mjml-python -> premailer -> HTML,
-plus a plain-text part from the same Markdown tokens.
+plus a plain-text part from the same Markdown tokens. (premailer's result, that is: where its
+CSS is known it is replayed without premailer, see `newsletter.inline_css`; the built-in
+templates' compiled code ships, see `TemplateCodeCache`.)
 
 The render runs once per issue. Per-recipient fields stay as substitution keys in
 `RenderedIssue.html` / `.text`; `substitutions()` gives one recipient's values (what
