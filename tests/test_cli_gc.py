@@ -49,3 +49,15 @@ def test_a_usage_error_and_help_still_work(tmp_path):
     assert helped.returncode == 0 and "build" in helped.stdout
     wrong = subprocess.run([*command, "nope"], env=env, capture_output=True, text=True)
     assert wrong.returncode == 2 and "No such command" in wrong.stderr
+
+
+def test_the_collector_is_on_again_after_run_without_a_command():
+    """`run()` called in a process that goes on (a usage error, `--help`) leaves the
+    collector as it found it."""
+    script = (
+        "import gc, sys; from newsletter.cli import run; sys.argv = ['newsletter', '--help']\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\nprint(gc.isenabled())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.strip().splitlines()[-1] == "True", done.stderr

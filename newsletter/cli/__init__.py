@@ -185,6 +185,7 @@ def run() -> None:
     try:
         main(prog_name="newsletter")
     finally:
+        _resume_gc()  # no command was resolved (--help, a usage error): on again all the same
         # The process ends here: leave what is left to the operating system. Without this,
         # the interpreter's last collections walk every object of SQLAlchemy, Jinja and the
         # rest (0.1-0.15 s of every command). atexit handlers still run; objects freed by
