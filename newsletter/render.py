@@ -167,9 +167,10 @@ class TemplateCodeCache(jinja2.BytecodeCache):
 
     A template not in the cache whose name and source are a built-in one's gets the Python
     code Jinja generated for it from `template_code.json` (for the same stamp), so even a
-    first build compiles no template: Python compiles that code (a tenth of the time)."""
+    first build compiles no template: Python compiles that code (a tenth of the time). That
+    holds without a usable cache folder (`folder` None) too."""
 
-    def __init__(self, folder: Path, stamp: str) -> None:
+    def __init__(self, folder: Path | None, stamp: str) -> None:
         self.folder, self.stamp = folder, stamp
 
     def get_bucket(
@@ -182,18 +183,20 @@ class TemplateCodeCache(jinja2.BytecodeCache):
                 bucket.code = compile(python, filename or "<template>", "exec")
         return bucket
 
-    def _path(self, bucket: jinja2.bccache.Bucket) -> Path:
-        return self.folder / f"{bucket.key}-{self.stamp}.code"
-
     def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        if self.folder is None:
+            return
         # The code travels as text: each byte as one latin-1 character (an exact round trip).
-        text = read_entry(self._path(bucket))
+        text = read_entry(self.folder / f"{bucket.key}-{self.stamp}.code")
         if text:
             bucket.bytecode_from_string(text.encode("latin-1"))
 
     def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        if self.folder is None:
+            return
         text = bucket.bytecode_to_string().decode("latin-1")
-        write_entry(self.folder, self._path(bucket), text, durable=False)
+        path = self.folder / f"{bucket.key}-{self.stamp}.code"
+        write_entry(self.folder, path, text, durable=False)
 
 
 @functools.cache
@@ -220,9 +223,8 @@ def code_stamp(settings: Mapping[str, Any]) -> str:
     return stamp.hexdigest()[:16]
 
 
-def _code_cache(settings: Mapping[str, Any]) -> TemplateCodeCache | None:
-    folder = private_folder("templates")
-    return TemplateCodeCache(folder, code_stamp(settings)) if folder is not None else None
+def _code_cache(settings: Mapping[str, Any]) -> TemplateCodeCache:
+    return TemplateCodeCache(private_folder("templates"), code_stamp(settings))
 
 
 def _autoescape(name: str | None) -> bool:

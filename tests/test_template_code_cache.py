@@ -74,6 +74,16 @@ def test_a_first_build_compiles_no_built_in_template(make_project, tmp_path, mon
         assert compiled == 8 and compiled_html == shipped
 
 
+@SHIPPED_FOR_THIS_JINJA
+def test_without_a_usable_cache_the_shipped_code_is_used_still(make_project, tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("no cache here", "utf-8")
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(blocked))
+    root = make_project(issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")})
+    html, compiled = _fresh_render(root, root / "issues" / EXAMPLE_ISSUE.name, monkeypatch)
+    assert compiled == 0 and "verdrängen könnte" in html
+
+
 @pytest.mark.slow
 @SHIPPED_FOR_THIS_JINJA
 def test_the_shipped_code_is_current():
