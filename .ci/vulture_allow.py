@@ -14,7 +14,7 @@ from newsletter.sending.transports.sendgrid import body
 from newsletter.sequences import runner
 from newsletter import step
 from newsletter.store import engine, issues, schema
-from newsletter import markdown, masking, tokens
+from newsletter import markdown, masking, render, tokens
 from newsletter.doctor import records
 
 # click registers commands by decorator; nothing calls them by name.
@@ -92,3 +92,5 @@ engine.dispose_all  # tests and benchmarks close pools before forking or between
 issues.is_published  # the publish rule for one slug: tests/test_archive_publish.py's oracle
 step.step_issue_slug  # tests/test_sequences.py: a step's issues row by its path
 tokens.reply_address_for  # tests/test_replies.py makes the reply address a send would carry
+render.TemplateCodeCache.load_bytecode  # Jinja's BytecodeCache calls both for each template
+render.TemplateCodeCache.dump_bytecode

@@ -22,8 +22,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 
 
-def compile_package() -> None:
-    compileall.compile_dir(PACKAGE, quiet=1)
+def compile_package(package: Path = PACKAGE) -> None:
+    compileall.compile_dir(package, quiet=1)
     os.environ.setdefault("NEWSLETTER_CACHE_DIR", tempfile.mkdtemp(prefix="newsletter-bench-"))
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         print(

@@ -24,6 +24,7 @@ import datetime
 import gettext
 import importlib.util
 import io
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -33,12 +34,15 @@ from typing import TYPE_CHECKING
 
 from newsletter.cache import private_folder, read_entry, write_entry
 from newsletter.errors import NewsletterError
+from newsletter.installed import installed_version
 
 if TYPE_CHECKING:
     import jinja2
 
 DOMAIN = "newsletter"
 LOCALE_DIR = Path(__file__).parent / "locale"
+#: What Babel's long date is made of, per language (scripts/dates_table.py writes it).
+DATES_TABLE = Path(__file__).with_name("dates_table.json")
 #: What a missing or unknown language falls back to: the msgids are English.
 SOURCE_LANGUAGE = "en"
 
@@ -163,8 +167,14 @@ def format_date(day: datetime.date, language: str) -> str:
     """Babel's long date in `language`: `7. Dezember 2026`, `December 7, 2026`.
 
     Babel loads its whole locale data for it (25 ms, a sixth of a `build` whose CSS is
-    cached), so the text is kept in the user's cache, keyed by the installed Babel: the next
-    build of the issue reads it back."""
+    cached). For the catalogues' languages the package ships what Babel's long date is made
+    of (`dates_table.json`: its pattern compiled by Babel, and the month names), so the text
+    is put together without Babel; other languages (or another Babel) use Babel, and the text
+    is kept in the user's cache, keyed by the installed Babel: the next build reads it back."""
+    shipped = _shipped_long_date(language)
+    if shipped is not None:
+        pattern, months = shipped
+        return pattern % {"d": day.day, "MMMM": months[day.month - 1], "y": day.year}
     folder = private_folder("dates")
     path = folder / f"{_babel_stamp()}-{language}-{day.isoformat()}.txt" if folder else None
     if path is not None and (cached := read_entry(path)):
@@ -194,6 +204,22 @@ def format_percent(rate: float, language: str) -> str:
     pattern = Locale.parse(language).percent_formats[None].pattern
     one_decimal = re.sub(r"0(?=[^0#,.]*%)", "0.0", pattern, count=1)
     return str(babel_format_percent(rate, format=one_decimal, locale=language))
+
+
+@cache
+def _shipped_long_date(language: str) -> tuple[str, list[str]] | None:
+    """Babel's long-date pattern (as a %-format of the fields d, MMMM and y) and wide month
+    names for `language`, from `dates_table.json` when it was written by the installed Babel
+    (scripts/dates_table.py; tests/test_dates_table.py checks it against Babel, day by day)."""
+    version = installed_version("babel")
+    try:
+        table = json.loads(DATES_TABLE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = table.get("languages", {}).get(language)
+    if version is None or table.get("babel") != version or not entry:
+        return None
+    return str(entry["pattern"]), [str(month) for month in entry["months"]]
 
 
 @cache

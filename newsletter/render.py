@@ -1,5 +1,7 @@
 """Render an issue: Markdown -> Jinja2 MJML template -> mjml-python -> premailer -> HTML,
-plus a plain-text part from the same Markdown tokens.
+plus a plain-text part from the same Markdown tokens. (premailer's result, that is: where its
+CSS is known it is replayed without premailer, see `newsletter.inline_css`; the built-in
+templates' compiled code ships, see `TemplateCodeCache`.)
 
 The render runs once per issue. Per-recipient fields stay as substitution keys in
 `RenderedIssue.html` / `.text`; `substitutions()` gives one recipient's values (what
@@ -8,6 +10,9 @@ SendGrid's `substitutions` needs) and `personalize()` applies them locally.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import re
 import traceback
@@ -20,6 +25,8 @@ import jinja2
 import mjml
 from markupsafe import Markup
 
+from newsletter import __version__
+from newsletter.cache import private_folder, read_entry, write_entry
 from newsletter.errors import RenderError
 from newsletter.i18n import N_, format_date, install, texts
 from newsletter.inline_css import with_inlined_css
@@ -146,8 +153,91 @@ def is_sequence_step_file(project: Project, path: Path) -> bool:
 _environments: dict[tuple[str, str, tuple[str, ...], str], jinja2.Environment] = {}
 
 
+#: Jinja's Python code for the built-in email templates (scripts/template_code.py writes it).
+SHIPPED_TEMPLATE_CODE = Path(__file__).with_name("template_code.json")
+
+
+class TemplateCodeCache(jinja2.BytecodeCache):
+    """Compiled templates kept in the user's cache (`templates/`): each process would compile
+    the email's eight templates again (15 ms of a `build`). Jinja keys an entry by the
+    template's name and file and checks it against a hash of the template's source, so an
+    edited template is compiled afresh; `stamp` adds what else the code depends on (Jinja's
+    and this package's versions, the environment's settings). Entries are checksummed and
+    only this user's own (`newsletter.cache`), so a damaged one is a miss.
+
+    A template not in the cache whose name and source are a built-in one's gets the Python
+    code Jinja generated for it from `template_code.json` (for the same stamp), so even a
+    first build compiles no template: Python compiles that code (a tenth of the time). That
+    holds without a usable cache folder (`folder` None) too."""
+
+    def __init__(self, folder: Path | None, stamp: str) -> None:
+        self.folder, self.stamp = folder, stamp
+
+    def get_bucket(
+        self, environment: jinja2.Environment, name: str, filename: str | None, source: str
+    ) -> jinja2.bccache.Bucket:
+        bucket = super().get_bucket(environment, name, filename, source)
+        if bucket.code is None:
+            python = shipped_template_code(self.stamp).get(f"{name}\n{bucket.checksum}")
+            if python is not None:
+                bucket.code = compile(python, filename or "<template>", "exec")
+        return bucket
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        if self.folder is None:
+            return
+        # The code travels as text: each byte as one latin-1 character (an exact round trip).
+        text = read_entry(self.folder / f"{bucket.key}-{self.stamp}.code")
+        if text:
+            bucket.bytecode_from_string(text.encode("latin-1"))
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        if self.folder is None:
+            return
+        text = bucket.bytecode_to_string().decode("latin-1")
+        path = self.folder / f"{bucket.key}-{self.stamp}.code"
+        write_entry(self.folder, path, text, durable=False)
+
+
+@functools.cache
+def shipped_template_code(stamp: str) -> dict[str, str]:
+    """`name\nsha1 of its source` -> Jinja's Python code, when written for `stamp`."""
+    try:
+        shipped = json.loads(SHIPPED_TEMPLATE_CODE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return dict(shipped["code"]) if shipped.get("stamp") == stamp else {}
+
+
+def code_stamp(settings: Mapping[str, Any]) -> str:
+    """What compiled template code depends on besides its source: Jinja's and this package's
+    versions and the environment's settings."""
+    described = repr(
+        sorted(
+            # functions and classes by name (their repr holds a per-process address)
+            (name, getattr(value, "__qualname__", None) or repr(value))
+            for name, value in settings.items()
+        )
+    )
+    stamp = hashlib.sha256(f"{jinja2.__version__}|{__version__}|{described}".encode())
+    return stamp.hexdigest()[:16]
+
+
+def _code_cache(settings: Mapping[str, Any]) -> TemplateCodeCache:
+    return TemplateCodeCache(private_folder("templates"), code_stamp(settings))
+
+
 def _autoescape(name: str | None) -> bool:
     return name is None or not name.endswith(".txt.j2")
+
+
+#: The settings of `template_environment`'s environments.
+ENVIRONMENT_SETTINGS: dict[str, Any] = {
+    "autoescape": _autoescape,
+    "undefined": jinja2.StrictUndefined,
+    "keep_trailing_newline": True,
+    "extensions": ["jinja2.ext.i18n"],
+}
 
 
 def template_environment(project: Project, language: str) -> jinja2.Environment:
@@ -168,10 +258,8 @@ def template_environment(project: Project, language: str) -> jinja2.Environment:
             loader=jinja2.ChoiceLoader(
                 [jinja2.FileSystemLoader(key[0]), jinja2.FileSystemLoader(key[1])]
             ),
-            autoescape=_autoescape,
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-            extensions=["jinja2.ext.i18n"],
+            bytecode_cache=_code_cache(ENVIRONMENT_SETTINGS),
+            **ENVIRONMENT_SETTINGS,
         )
         install(env, language)
         _environments[key] = env

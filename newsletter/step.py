@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from newsletter.durations import MAX_DELAY, format_delay, parse_delay
 from newsletter.errors import IssueError, NewsletterError
@@ -159,6 +158,8 @@ def due_at(base: datetime, step: Step, timezone: str) -> datetime:
     due = base + step.delay
     if step.send_at_hour is None:
         return due
+    from zoneinfo import ZoneInfo  # deferred: zoneinfo costs 2 ms at start-up (sysconfig)
+
     zone = ZoneInfo(timezone)
     local = due.astimezone(zone)
     day = local.date()
