@@ -233,15 +233,13 @@ def _insert_ignoring_duplicates(
             conn.exec_driver_sql(
                 f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
                 f"{', '.join([row_marks] * len(chunk))} "
-                "ON CONFLICT (sg_event_id) DO NOTHING RETURNING id, sg_event_id",
+                "ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id",
                 tuple([value for row in chunk for value in row]),
             ).all()
         )
-    counters.count_events(
-        conn, (counters.CountedEvent(id_, *countable[key]) for id_, key in inserted)
-    )
+    counters.count_events(conn, (counters.CountedEvent(*countable[key]) for (key,) in inserted))
     if engaged:
-        activity.note(conn, (engaged[key] for _, key in inserted if key in engaged))
+        activity.note(conn, (engaged[key] for (key,) in inserted if key in engaged))
     return len(inserted)
 
 

@@ -7,7 +7,8 @@ data kept no longer than needed.
   outbox files about them; keeps only a keyed hash of the address in the suppression list,
   so no import brings the person back.
 - `purge`: `newsletter privacy purge` and `serve`'s daily run: webhook events and
-  automatic replies older than `[privacy] keep_events_days`.
+  automatic replies older than `[privacy] keep_events_days` (and whom the purged events
+  counted in `issue_readers`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from newsletter import tokens
 from newsletter.errors import StoreError
-from newsletter.insights.counters import scrub_links
+from newsletter.insights.counters import forget_purged_readers, scrub_links
 from newsletter.person import PersonalData, rows_naming
 from newsletter.replies.store import forget_replies, purge_automatic_replies, replies_written_by
 from newsletter.replies.threads import forget_threads
@@ -222,7 +223,20 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
     if keep_days < 1:
         raise StoreError("[privacy] keep_events_days must be at least 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
-    removed_events = _delete_older(engine, events, events.c.received_at < cutoff)
+    old_events = events.c.received_at < cutoff
+    with engine.connect() as conn:
+        touched = list(
+            conn.execute(
+                select(events.c.issue_id)
+                .where(old_events, events.c.issue_id.is_not(None))
+                .distinct()
+            ).scalars()
+        )
+    removed_events = _delete_older(engine, events, old_events)
+    if touched:
+        # Whom those events counted goes with them (the counts themselves stay).
+        with engine.begin() as conn:
+            forget_purged_readers(conn, touched)
     removed_replies = purge_automatic_replies(engine, cutoff)
     return PurgeResult(events=removed_events, automatic_replies=removed_replies, cutoff=cutoff)
 
