@@ -223,16 +223,7 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
     if keep_days < 1:
         raise StoreError("[privacy] keep_events_days must be at least 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
-    old_events = events.c.received_at < cutoff
-    with engine.connect() as conn:
-        touched = list(
-            conn.execute(
-                select(events.c.issue_id)
-                .where(old_events, events.c.issue_id.is_not(None))
-                .distinct()
-            ).scalars()
-        )
-    removed_events = _delete_older(engine, events, old_events)
+    removed_events, touched = _delete_older_events(engine, events.c.received_at < cutoff)
     if touched:
         # Whom those events counted goes with them (the counts themselves stay).
         with engine.begin() as conn:
@@ -244,13 +235,16 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
 PURGE_CHUNK = 5000
 
 
-def _delete_older(engine: Engine, table: Any, condition: Any) -> int:
-    total = 0
+def _delete_older_events(engine: Engine, condition: Any) -> tuple[int, set[int]]:
+    """Delete the events matching `condition`; how many, and the issues they were about."""
+    total, issues = 0, set[int]()
     while True:
         with engine.begin() as conn:
-            ids = list(
-                conn.execute(select(table.c.id).where(condition).limit(PURGE_CHUNK)).scalars()
-            )
-            if not ids:
-                return total
-            total += conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
+            rows = conn.execute(
+                select(events.c.id, events.c.issue_id).where(condition).limit(PURGE_CHUNK)
+            ).all()
+            if not rows:
+                return total, issues
+            issues.update(issue_id for _, issue_id in rows if issue_id is not None)
+            ids = [id_ for id_, _ in rows]
+            total += conn.execute(delete(events).where(events.c.id.in_(ids))).rowcount
