@@ -18,7 +18,7 @@ from json.encoder import encode_basestring_ascii as _encode_string  # json.dumps
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, delete, select
 
 from newsletter.errors import NewsletterError
 from newsletter.insights import counters
@@ -386,3 +386,23 @@ def record(
         [(key, event, subscriber_id, issue_id, None, bound_now, bound_now, json.dumps(detail))],
         {key: (event, issue_id, subscriber_id, now.date(), detail)},
     )
+
+
+PURGE_CHUNK = 5000
+
+
+def delete_received_before(engine: Engine, cutoff: datetime) -> tuple[int, set[int]]:
+    """Delete the events received before `cutoff` (`privacy purge`), in chunks that keep each
+    transaction short next to a running server; how many, and the issues they were about."""
+    e = schema.events
+    total, issues = 0, set[int]()
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(
+                select(e.c.id, e.c.issue_id).where(e.c.received_at < cutoff).limit(PURGE_CHUNK)
+            ).all()
+            if not rows:
+                return total, issues
+            issues.update(issue_id for _, issue_id in rows if issue_id is not None)
+            ids = [id_ for id_, _ in rows]
+            total += conn.execute(delete(e).where(e.c.id.in_(ids))).rowcount

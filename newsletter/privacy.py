@@ -22,11 +22,12 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from newsletter import tokens
 from newsletter.errors import StoreError
+from newsletter.events import delete_received_before
 from newsletter.insights.counters import forget_purged_readers, scrub_links
 from newsletter.person import PersonalData, rows_naming
 from newsletter.replies.store import forget_replies, purge_automatic_replies, replies_written_by
@@ -34,7 +35,6 @@ from newsletter.replies.threads import forget_threads
 from newsletter.sending.ledger import Ledger
 from newsletter.store import consent, signup_limits, suppressions
 from newsletter.store.emails import address_key, normalize_email
-from newsletter.store.schema import events
 from newsletter.store.subscribers import (
     STOPPED,
     Subscriber,
@@ -223,28 +223,10 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
     if keep_days < 1:
         raise StoreError("[privacy] keep_events_days must be at least 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
-    removed_events, touched = _delete_older_events(engine, events.c.received_at < cutoff)
+    removed_events, touched = delete_received_before(engine, cutoff)
     if touched:
         # Whom those events counted goes with them (the counts themselves stay).
         with engine.begin() as conn:
             forget_purged_readers(conn, touched)
     removed_replies = purge_automatic_replies(engine, cutoff)
     return PurgeResult(events=removed_events, automatic_replies=removed_replies, cutoff=cutoff)
-
-
-PURGE_CHUNK = 5000
-
-
-def _delete_older_events(engine: Engine, condition: Any) -> tuple[int, set[int]]:
-    """Delete the events matching `condition`; how many, and the issues they were about."""
-    total, issues = 0, set[int]()
-    while True:
-        with engine.begin() as conn:
-            rows = conn.execute(
-                select(events.c.id, events.c.issue_id).where(condition).limit(PURGE_CHUNK)
-            ).all()
-            if not rows:
-                return total, issues
-            issues.update(issue_id for _, issue_id in rows if issue_id is not None)
-            ids = [id_ for id_, _ in rows]
-            total += conn.execute(delete(events).where(events.c.id.in_(ids))).rowcount
