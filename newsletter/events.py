@@ -17,7 +17,8 @@ from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _encode_string  # json.dumps's own
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+import orjson
+from sqlalchemy import Connection, Engine, delete, select
 
 from newsletter.errors import NewsletterError
 from newsletter.insights import counters
@@ -119,9 +120,13 @@ def verify(
 def parse(body: bytes) -> list[dict[str, Any]]:
     """The events of a webhook body; PayloadError for anything but a list of event objects."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise PayloadError("body is not JSON") from None
+        data = orjson.loads(body)  # a 1,000-event post: about a fifth of json.loads's time
+    except orjson.JSONDecodeError:
+        # What orjson refuses and json reads (NaN, integers beyond 64 bits, UTF-16): as before.
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise PayloadError("body is not JSON") from None
     if not isinstance(data, list):
         raise PayloadError("body is not a JSON array of events")
     for item in data:
@@ -233,15 +238,13 @@ def _insert_ignoring_duplicates(
             conn.exec_driver_sql(
                 f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
                 f"{', '.join([row_marks] * len(chunk))} "
-                "ON CONFLICT (sg_event_id) DO NOTHING RETURNING id, sg_event_id",
+                "ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id",
                 tuple([value for row in chunk for value in row]),
             ).all()
         )
-    counters.count_events(
-        conn, (counters.CountedEvent(id_, *countable[key]) for id_, key in inserted)
-    )
+    counters.count_events(conn, (counters.CountedEvent(*countable[key]) for (key,) in inserted))
     if engaged:
-        activity.note(conn, (engaged[key] for _, key in inserted if key in engaged))
+        activity.note(conn, (engaged[key] for (key,) in inserted if key in engaged))
     return len(inserted)
 
 
@@ -383,3 +386,23 @@ def record(
         [(key, event, subscriber_id, issue_id, None, bound_now, bound_now, json.dumps(detail))],
         {key: (event, issue_id, subscriber_id, now.date(), detail)},
     )
+
+
+PURGE_CHUNK = 5000
+
+
+def delete_received_before(engine: Engine, cutoff: datetime) -> tuple[int, set[int]]:
+    """Delete the events received before `cutoff` (`privacy purge`), in chunks that keep each
+    transaction short next to a running server; how many, and the issues they were about."""
+    e = schema.events
+    total, issues = 0, set[int]()
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(
+                select(e.c.id, e.c.issue_id).where(e.c.received_at < cutoff).limit(PURGE_CHUNK)
+            ).all()
+            if not rows:
+                return total, issues
+            issues.update(issue_id for _, issue_id in rows if issue_id is not None)
+            ids = [id_ for id_, _ in rows]
+            total += conn.execute(delete(e).where(e.c.id.in_(ids))).rowcount

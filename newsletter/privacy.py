@@ -7,7 +7,8 @@ data kept no longer than needed.
   outbox files about them; keeps only a keyed hash of the address in the suppression list,
   so no import brings the person back.
 - `purge`: `newsletter privacy purge` and `serve`'s daily run: webhook events and
-  automatic replies older than `[privacy] keep_events_days`.
+  automatic replies older than `[privacy] keep_events_days` (and whom the purged events
+  counted in `issue_readers`).
 """
 
 from __future__ import annotations
@@ -22,19 +23,19 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from newsletter import tokens
 from newsletter.errors import StoreError
-from newsletter.insights.counters import scrub_links
+from newsletter.events import delete_received_before
+from newsletter.insights.counters import forget_purged_readers, scrub_links
 from newsletter.person import PersonalData, rows_naming
 from newsletter.replies.store import forget_replies, purge_automatic_replies, replies_written_by
 from newsletter.replies.threads import forget_threads
 from newsletter.sending.ledger import Ledger
 from newsletter.store import consent, signup_limits, suppressions
 from newsletter.store.emails import address_key, normalize_email
-from newsletter.store.schema import events
 from newsletter.store.subscribers import (
     STOPPED,
     Subscriber,
@@ -223,21 +224,10 @@ def purge(engine: Engine, keep_days: int, *, now: datetime | None = None) -> Pur
     if keep_days < 1:
         raise StoreError("[privacy] keep_events_days must be at least 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
-    removed_events = _delete_older(engine, events, events.c.received_at < cutoff)
+    removed_events, touched = delete_received_before(engine, cutoff)
+    if touched:
+        # Whom those events counted goes with them (the counts themselves stay).
+        with engine.begin() as conn:
+            forget_purged_readers(conn, touched)
     removed_replies = purge_automatic_replies(engine, cutoff)
     return PurgeResult(events=removed_events, automatic_replies=removed_replies, cutoff=cutoff)
-
-
-PURGE_CHUNK = 5000
-
-
-def _delete_older(engine: Engine, table: Any, condition: Any) -> int:
-    total = 0
-    while True:
-        with engine.begin() as conn:
-            ids = list(
-                conn.execute(select(table.c.id).where(condition).limit(PURGE_CHUNK)).scalars()
-            )
-            if not ids:
-                return total
-            total += conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount

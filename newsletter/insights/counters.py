@@ -27,7 +27,6 @@ from sqlalchemy import Connection, Engine, delete, select, text
 
 from newsletter.insights.metrics import (
     BLOCKED_METRICS,
-    EVENTS_FOR_METRIC,
     MACHINE_OPENED,
     METRIC_FOR_EVENT,
     metric_of,
@@ -65,7 +64,6 @@ def serialize_ingest(conn: Connection) -> None:
 class CountedEvent(NamedTuple):
     """An event just inserted, as the counters need it."""
 
-    id: int
     event: str
     issue_id: int | None
     subscriber_id: int | None
@@ -92,12 +90,11 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
     """Bump the issue counters for events just inserted in this transaction.
 
     Work is per post, not per event: the deltas are summed here and each counter row gets
-    one upsert; one query finds which readers count for the first time.
+    one upsert; one statement finds (and records) which readers count for the first time.
     """
     per_day: Counter[tuple[int, date, str]] = Counter()
     clicks: Counter[tuple[int, date, str]] = Counter()
     first: dict[tuple[int, int, str], date] = {}
-    first_own_id: int | None = None
     for row in inserted:
         issue_id = row.issue_id
         if issue_id is None:
@@ -105,8 +102,6 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
         metric = metric_of(row.event, row.detail)
         if metric is None:
             continue
-        if first_own_id is None or row.id < first_own_id:
-            first_own_id = row.id
         day = row.day
         per_day[(issue_id, day, metric)] += 1
         if metric == "clicked":
@@ -118,11 +113,10 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
             earlier = first.get(key)
             if earlier is None or day < earlier:
                 first[key] = day
-    if first_own_id is None:
+    if not per_day:
         return
-    new_readers = _first_time(conn, first, first_own_id)
     readers: Counter[tuple[int, date, str]] = Counter()
-    for key in new_readers:
+    for key in _newly_counted(conn, first):
         issue_id, _, metric = key
         readers[(issue_id, first[key], metric)] += 1
     _upsert(
@@ -149,6 +143,37 @@ def count_events(conn: Connection, inserted: Iterable[CountedEvent]) -> None:
         ],
         ["issue_id", "day", "url"],
     )
+
+
+def _newly_counted(
+    conn: Connection, candidates: Iterable[tuple[int, int, str]]
+) -> set[tuple[int, int, str]]:
+    """Record the (issue, subscriber, metric) candidates in `issue_readers` and return those
+    that were not there yet: the readers counted for the first time.
+
+    One key lookup per candidate, and a write only for a new reader: most readers of a post
+    were counted before. (Looking for a reader's earlier events instead needed the events
+    indexed by reader, and that index took a random page write per stored event: half of
+    the ingest's database time with a million events stored.) Event inserts are serialized
+    (SQLite's write lock, INGEST_LOCK on PostgreSQL), so two posts cannot both count one
+    reader; ON CONFLICT DO NOTHING RETURNING names exactly the rows this one added.
+    """
+    rows = sorted((sid, issue_id, metric) for issue_id, sid, metric in candidates)
+    if not rows:
+        return set()
+    row_marks = f"({raw.marks(conn, 3)})"
+    per_statement = max(min(raw.max_parameters(conn) // 3, 1000), 1)
+    new: set[tuple[int, int, str]] = set()
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        added = conn.exec_driver_sql(
+            "INSERT INTO issue_readers (subscriber_id, issue_id, metric) VALUES "
+            f"{', '.join([row_marks] * len(chunk))} ON CONFLICT DO NOTHING "
+            "RETURNING subscriber_id, issue_id, metric",
+            tuple(value for row in chunk for value in row),
+        )
+        new.update((issue_id, sid, metric) for sid, issue_id, metric in added)
+    return new
 
 
 def links_naming(conn: Connection, names: Callable[[str], bool]) -> list[Any]:
@@ -183,60 +208,6 @@ def scrub_links(
         ["issue_id", "day", "url"],
     )
     return len(rows)
-
-
-def _machine_open_sql(dialect: str, detail: str = "detail") -> str:
-    """SQL for "this open was a machine's", true or false (read in the database: no JSON
-    decoding here)."""
-    if dialect == "sqlite":
-        return f"coalesce(json_extract({detail}, '$.sg_machine_open') IN (1, 'true', '1'), 0)"
-    return f"coalesce(({detail}->>'sg_machine_open') IN ('true', '1'), false)"
-
-
-def _first_time(
-    conn: Connection, candidates: Mapping[tuple[int, int, str], date], first_own_id: int
-) -> set[tuple[int, int, str]]:
-    """The (issue, subscriber, metric) candidates that had no such event stored before.
-
-    One NOT EXISTS per candidate and event name: an index seek that stops at the first earlier
-    event, so the cost does not grow with how many events a reader already has (a reader
-    with fifty stored events for an issue was read fifty times over by a scan of them all).
-    Only the rows without an earlier event come back: a few per post, where most readers of
-    a post were counted before (asking for those instead fetched hundreds of rows per post,
-    an eighth of the counters' time).
-    """
-    # Event inserts are serialized (SQLite's write lock, INGEST_LOCK on PostgreSQL), so every
-    # event stored before this transaction's has a smaller id.
-    wanted: list[tuple[int, int, str, str]] = []
-    for issue_id, subscriber_id, metric in candidates:
-        for name in EVENTS_FOR_METRIC[metric]:
-            wanted.append((issue_id, subscriber_id, name, metric))
-    if not wanted:
-        return set()
-    mark = raw.placeholder(conn)
-    # An open counts as "opened" or "machine_opened" by its flag: only opens' rows are read
-    # for it (for other events the index answers).
-    machine = _machine_open_sql(conn.dialect.name, "e.detail")
-    per_row = 4
-    limit = max(1, raw.max_parameters(conn) // per_row - 1)
-    # A metric of several events (unsubscribed) is new only when none of them came before:
-    # each of its names must come back.
-    missing: Counter[tuple[int, int, str]] = Counter()
-    for start in range(0, len(wanted), limit):
-        part = wanted[start : start + limit]
-        values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(part))
-        sql = (
-            f"WITH c (issue_id, subscriber_id, event, metric) AS (VALUES {values}) "
-            "SELECT c.issue_id, c.subscriber_id, c.metric FROM c WHERE NOT EXISTS ("
-            "SELECT 1 FROM events e WHERE e.issue_id = c.issue_id "
-            "AND e.subscriber_id = c.subscriber_id AND e.event = c.event "
-            f"AND e.id < {mark} "
-            f"AND (c.event <> 'open' OR (c.metric = '{MACHINE_OPENED}') = {machine}))"
-        )
-        params = tuple(value for row in part for value in row) + (first_own_id,)
-        for issue_id, subscriber_id, metric in conn.exec_driver_sql(sql, params):
-            missing[(issue_id, subscriber_id, metric)] += 1
-    return {key for key, n in missing.items() if n == len(EVENTS_FOR_METRIC[key[2]])}
 
 
 # --- rebuilding from the events ------------------------------------------------------------
@@ -286,8 +257,11 @@ def rebuild(engine: Engine, since: date | None = None) -> RebuildResult:
         return rebuild_in(conn, since)
 
 
-def rebuild_in(conn: Connection, since: date | None = None) -> RebuildResult:
-    """`rebuild` inside the caller's transaction (the migration's)."""
+def rebuild_in(
+    conn: Connection, since: date | None = None, *, readers_table: bool = True
+) -> RebuildResult:
+    """`rebuild` inside the caller's transaction (the migration's). `readers_table=False` leaves
+    `issue_readers` alone (migration m007 ran before it existed; m023 fills it)."""
     serialize_ingest(conn)
     dialect = conn.dialect.name
     day, metric = _day_sql(dialect), _metric_case(dialect)
@@ -365,7 +339,50 @@ def rebuild_in(conn: Connection, since: date | None = None) -> RebuildResult:
     ]
     if link_rows:
         conn.execute(schema.link_day_counters.insert(), link_rows)
+    if readers_table:
+        fill_readers(conn, keep=spanning)
     return RebuildResult(since=since, issue_rows=len(rows), link_rows=len(link_rows))
+
+
+def fill_readers(conn: Connection, keep: Iterable[int] = ()) -> None:
+    """Make `issue_readers` the readers the stored events count: the rows of the issues in
+    `keep` (whose reader counts a rebuild keeps, their early events maybe purged) stay and
+    gain any reader their events name; every other issue's rows are recomputed."""
+    kept = sorted(set(keep))
+    r = schema.issue_readers
+    stmt = delete(r)
+    if kept:
+        stmt = stmt.where(r.c.issue_id.not_in(kept))
+    conn.execute(stmt)
+    metric = _metric_case(conn.dialect.name)
+    # (The WHERE also keeps SQLite from reading ON CONFLICT as a join's ON.)
+    conn.exec_driver_sql(
+        "INSERT INTO issue_readers (subscriber_id, issue_id, metric) "
+        f"SELECT DISTINCT subscriber_id, issue_id, metric FROM (SELECT subscriber_id, issue_id,"
+        f" {metric} AS metric FROM events WHERE issue_id IS NOT NULL"
+        " AND subscriber_id IS NOT NULL) m WHERE metric IS NOT NULL ON CONFLICT DO NOTHING"
+    )
+
+
+def forget_purged_readers(conn: Connection, issue_ids: Iterable[int]) -> int:
+    """After `privacy purge` deleted events of these issues: drop the `issue_readers` rows
+    whose reader has no event of that metric left, so whom an issue counted goes with the
+    events (such a reader counts again if they come back to that old issue). How many went."""
+    metric = _metric_case(conn.dialect.name)
+    mark = raw.placeholder(conn)
+    gone = 0
+    for issue_id in sorted(set(issue_ids)):
+        gone += (
+            conn.exec_driver_sql(
+                f"DELETE FROM issue_readers WHERE issue_id = {mark} AND (subscriber_id, metric)"
+                f" NOT IN (SELECT subscriber_id, metric FROM (SELECT subscriber_id, {metric}"
+                f" AS metric FROM events WHERE issue_id = {mark} AND subscriber_id IS NOT NULL)"
+                " m WHERE metric IS NOT NULL)",
+                (issue_id, issue_id),
+            ).rowcount
+            or 0
+        )
+    return gone
 
 
 def complete_since(keep_events_days: int | None, today: date | None = None) -> date | None:

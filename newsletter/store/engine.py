@@ -27,6 +27,37 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+
+def defer_checkpoints(engine: Engine) -> None:
+    """SQLite: commits on `engine` no longer copy the write-ahead log back into the database
+    file themselves (SQLite's automatic checkpoint: whichever commit takes the log past
+    1,000 pages writes them all again and waits for two fsyncs, half of a webhook post's
+    answer time with a million events stored). The caller runs `checkpoint(engine)` when
+    nobody waits on it (`serve`: after answering, and every few seconds). Nothing changes
+    for a kill -9: committed transactions are in the log, and the next open replays it.
+    A no-op on PostgreSQL."""
+    in_memory = engine.url.database in (None, "", ":memory:")  # no log; dispose would lose it
+    if (
+        engine.dialect.name != "sqlite"
+        or in_memory
+        or event.contains(engine, "connect", _no_automatic_checkpoint)
+    ):
+        return
+    event.listen(engine, "connect", _no_automatic_checkpoint)
+    engine.dispose()  # pooled connections made before would still checkpoint
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy the write-ahead log's committed pages into the database file without waiting
+    for readers (SQLite's PASSIVE checkpoint); a no-op on PostgreSQL."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 def redact(url: str) -> str:
     """The URL without its password, for error messages."""
     try:

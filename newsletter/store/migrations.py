@@ -128,7 +128,7 @@ def m007_stats_counters(conn: Connection) -> None:
     )
     counters.seed_list_counters(conn)
     counters.install_list_triggers(conn)
-    counters.rebuild_in(conn)
+    counters.rebuild_in(conn, readers_table=False)  # (m023 adds and fills it)
 
 
 def m008_reply_flags(conn: Connection) -> None:
@@ -442,6 +442,20 @@ def m020_resend_rounds(conn: Connection) -> None:
         raise RuntimeError(f"rebuilding deliveries broke {len(broken)} references")
 
 
+def m023_issue_readers(conn: Connection) -> None:
+    """Ingest (issue 27): `issue_readers`, whom the issue counters counted, filled from the
+    stored events; it answers "counted before?" by key, so the events' index by reader
+    (issue, subscriber, event), a random page write per stored event, gives way to
+    (issue, event) again, which new events append to, and one by reader for clicks only."""
+    schema.issue_readers.create(conn, checkfirst=True)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_issue_subscriber_event")
+    present = {index["name"] for index in inspect(conn).get_indexes("events")}
+    for index in schema.events.indexes:
+        if index.name not in present:
+            index.create(conn)
+    counters.fill_readers(conn)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -464,6 +478,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m018_derived_public_ids", m018_derived_public_ids),
     ("m019_segments", m019_segments),
     ("m020_resend_rounds", m020_resend_rounds),
+    ("m023_issue_readers", m023_issue_readers),
 ]
 
 

@@ -226,13 +226,19 @@ events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("detail", JSON, nullable=False, default=dict),  # type, reason, url...: no address
 )
-# (issue, subscriber, event): ingest finding a reader's earlier events for an issue, and
-# anything that reads one issue's events.
+# (issue, event): anything that reads one issue's events of a kind (resends, subject tests,
+# `stats ISSUE`). Ingest appends to it: a new event's entry goes to the end of its (issue,
+# event) run, where an index by reader took a random page per event (m023; who was counted
+# before is `issue_readers`).
+Index("ix_events_issue_event", events.c.issue_id, events.c.event)
+# Who clicked an issue, by reader (`sends`' and `stats ISSUE`'s clickers per send round): only
+# clicks, a few in a hundred events, pay for an entry by reader.
 Index(
-    "ix_events_issue_subscriber_event",
+    "ix_events_issue_clickers",
     events.c.issue_id,
     events.c.subscriber_id,
-    events.c.event,
+    sqlite_where=events.c.event == "click",
+    postgresql_where=events.c.event == "click",
 )
 
 replies = Table(
@@ -341,8 +347,9 @@ send_totals = Table(
 )
 
 # --- counters for `stats` and `report` (m007; written by newsletter/insights/counters.py only)
-# Aggregates only, never a subscriber id: they outlive the events that `[privacy]
-# keep_events_days` purges, and `stats` reads them instead of millions of event rows.
+# Aggregates only, never a subscriber id (except `issue_readers`, which says whom they
+# counted): they outlive the events that `[privacy] keep_events_days` purges, and `stats`
+# reads them instead of millions of event rows.
 
 #: Per issue, UTC day and metric (delivered, bounced, dropped, opened, machine_opened, clicked,
 #: unsubscribed, complained): `readers` counts people whose first such event for the issue fell
@@ -355,6 +362,24 @@ issue_day_counters = Table(
     Column("metric", String(16), primary_key=True),
     Column("readers", Integer, nullable=False, default=0),
     Column("events", Integer, nullable=False, default=0),
+)
+
+#: Who `issue_day_counters.readers` counted (m023): one row per reader, issue and metric, so
+#: ingest tells a reader's first event of a kind from the others by one key lookup per
+#: candidate. Personal data, unlike the counters: erasure deletes a person's rows, and
+#: `privacy purge` those whose events it purged.
+issue_readers = Table(
+    "issue_readers",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("issue_id", Integer, ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True),
+    Column("metric", String(16), primary_key=True),
+    sqlite_with_rowid=False,
 )
 
 #: Clicks per issue, UTC day and link (the URL as SendGrid reports it, at most 1000 chars).

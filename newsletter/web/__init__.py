@@ -19,7 +19,7 @@ from starlette.routing import Route, Router
 
 from newsletter.durations import parse_delay
 from newsletter.project import Project
-from newsletter.store.engine import project_engine
+from newsletter.store.engine import defer_checkpoints, project_engine
 from newsletter.web import (
     archive,
     housekeeping,
@@ -45,6 +45,8 @@ def create_app(
     fetch_replies`, else never)."""
 
     ctx = Context(project, engine or project_engine(project))
+    # Commits do not wait for SQLite's checkpoint; housekeeping and the webhook run it.
+    defer_checkpoints(ctx.engine)
     serve_config = project.config.section("serve")
     routes = [
         *unsubscribe.routes(ctx),

@@ -1,5 +1,6 @@
 """Work `newsletter serve` does on its own, in the background: the daily privacy purge
-(webhook events and automatic replies older than `[privacy] keep_events_days`), and, with
+(webhook events and automatic replies older than `[privacy] keep_events_days`), SQLite's
+checkpoint every few seconds (the app's commits leave it to this), and, with
 `--fetch-replies` or `[serve] fetch_replies`, reading replies from the IMAP mailbox.
 
 Runs in the app's lifespan, so it happens under uvicorn and gunicorn alike (with several
@@ -21,11 +22,15 @@ from newsletter.errors import NewsletterError
 from newsletter.privacy import purge
 from newsletter.replies.mailbox import fetch_replies
 from newsletter.replies.threads import purge_closed
+from newsletter.store.engine import checkpoint
 from newsletter.web.context import Context
 
 log = logging.getLogger("newsletter.web")
 
 DAY = 86400.0
+#: How often the SQLite write-ahead log is checkpointed besides after each webhook post (the
+#: app's commits leave that to it: `store.engine.defer_checkpoints`).
+CHECKPOINT_EVERY = 5.0
 
 
 def purge_job(ctx: Context) -> None:
@@ -79,7 +84,12 @@ def lifespan(
 
     @asynccontextmanager
     async def run(app: Any) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_every(interval, lambda: purge_job(ctx), "privacy purge"))]
+        tasks = [
+            asyncio.create_task(_every(interval, lambda: purge_job(ctx), "privacy purge")),
+            asyncio.create_task(
+                _every(CHECKPOINT_EVERY, lambda: checkpoint(ctx.engine), "checkpoint")
+            ),
+        ]
         if fetch_replies:
             job = _every(fetch_replies, lambda: fetch_replies_job(ctx), "replies fetch")
             tasks.append(asyncio.create_task(job))
