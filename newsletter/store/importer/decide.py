@@ -41,12 +41,15 @@ class KeyFilter:
         bits = min(self.BITS, max(self.MIN_BITS, (wanted - 1).bit_length()))
         self.bits = bytearray(0 if exact else 1 << (bits - 3))
         self.mask = (1 << bits) - 1
+        self.fixed = False
 
     @classmethod
     def of(cls, keys: Iterable[str]) -> KeyFilter:
-        """An exact filter holding these keys."""
+        """An exact filter holding these keys, and only these: `update` leaves it alone
+        (one chunk's keys seen before; hashing what the chunk adds would be wasted)."""
         found = cls(exact=True)
         found.update(keys)
+        found.fixed = True
         return found
 
     def add(self, key: str) -> None:
@@ -57,6 +60,8 @@ class KeyFilter:
             self.bits[h >> 3] |= 1 << (h & 7)
 
     def update(self, keys: Iterable[str]) -> None:
+        if self.fixed:
+            return
         if self.exact is not None:
             self.exact.update(map(hash, keys))
             return
