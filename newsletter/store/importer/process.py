@@ -63,6 +63,8 @@ class ReaderStream:
                     rows = marshal.dumps(simple)  # before the header: both or neither go
                     send.send(("chunk", others, position(), line, seen))
                     send.send_bytes(rows)
+                    # Not kept alive while the next chunk is read: one chunk at a time.
+                    del chunk, simple, others, rows
                 send.send(("done", finish()))
             except BaseException as exc:  # handed to the parent, which raises it
                 with contextlib.suppress(Exception):
@@ -88,7 +90,10 @@ class ReaderStream:
                         "run the same import again (it continues where it stopped)"
                     ) from None
                 if kind == "chunk":
-                    yield unpack((simple, payload)), rest[0], rest[1], rest[2]
+                    chunk = unpack((simple, payload))
+                    del simple, payload
+                    yield chunk, rest[0], rest[1], rest[2]
+                    del chunk  # the caller is done with it: gone before the next arrives
                 elif kind == "done":
                     self.summary = payload
                     return
