@@ -20,6 +20,7 @@ benchmarks/import_1m.py's generator and kept in benchmarks/data/ (gitignored).
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import resource
 import shutil
@@ -126,6 +127,9 @@ def main() -> None:
         help="another checkout (e.g. `git archive main | tar -x -C DIR`), timed in the same runs",
     )
     args = parser.parse_args()
+    if args.baseline:
+        # As the package itself (see as_installed): compiled once, not on every run.
+        compileall.compile_dir(args.baseline / "newsletter", quiet=1)
 
     source = DATA / f"subscribers_{args.rows}.csv"
     if not source.exists():
@@ -139,7 +143,7 @@ def main() -> None:
     floor_cpu: list[float] = []
     base: list[float] = []
     base_cpu: list[float] = []
-    peak = peak_pss = 0.0
+    peak = peak_pss = base_peak = base_pss = 0.0
     loads = []
     try:
         for run in range(args.runs):
@@ -153,7 +157,9 @@ def main() -> None:
                     mine.append(took)
                     peak, peak_pss = max(peak, rss), max(peak_pss, pss)
                 elif step == "baseline":
-                    base.append(ours(source, work, args.postgres, args.baseline)[0])
+                    took, rss, pss, _ = ours(source, work, args.postgres, args.baseline)
+                    base.append(took)
+                    base_peak, base_pss = max(base_peak, rss), max(base_pss, pss)
                 else:
                     if args.postgres:
                         floor.append(floor_postgres(source, args.postgres))
@@ -195,7 +201,8 @@ def main() -> None:
         base_med, base_cpu_med = statistics.median(base), statistics.median(base_cpu)
         print(
             f"  baseline {args.baseline}: {base_med:.2f} s ({base_med / floor_med:.2f}x the "
-            f"floor), {base_cpu_med:.2f} CPU seconds ({base_cpu_med / cpu_floor:.2f}x)"
+            f"floor), {base_cpu_med:.2f} CPU seconds ({base_cpu_med / cpu_floor:.2f}x), "
+            f"peak RSS {base_peak:.0f} MB (PSS {base_pss:.0f} MB)"
         )
     print(f"  load average during the runs: {'; '.join(loads)}")
 

@@ -24,18 +24,33 @@ LOOKUP_BATCH = 500
 class KeyFilter:
     """The addresses this run added, by hash: a set of hashes (exact), or a bit set.
 
-    The bit set (2**27 bits, 16 MB) answers "maybe" for about 1 in 130 unknown keys at a
-    million entries; a "maybe" only costs a database lookup, which gives the truth. It is
-    used for a first import into an empty list, where every key found in the database
-    was added by this run; dry runs and merges into a full list use the exact set.
+    The bit set has at least 16 bits for each of the `rows` expected (at most 2**27 bits,
+    16 MB), so it answers "maybe" for at most about 1 in 16 unknown keys; a "maybe" only
+    costs a database lookup (500 in one query), which gives the truth. It is used for a
+    first import into an empty list, where every key found in the database was added by
+    this run; dry runs and merges into a full list use the exact set.
     """
 
     BITS = 27
+    MIN_BITS = 20
+    BITS_PER_ROW = 16
 
-    def __init__(self, exact: bool):
+    def __init__(self, exact: bool, rows: int = 1 << (BITS - 4)):
         self.exact: set[int] | None = set() if exact else None
-        self.bits = bytearray(0 if exact else 1 << (self.BITS - 3))
-        self.mask = (1 << self.BITS) - 1
+        wanted = max(rows, 1) * self.BITS_PER_ROW
+        bits = min(self.BITS, max(self.MIN_BITS, (wanted - 1).bit_length()))
+        self.bits = bytearray(0 if exact else 1 << (bits - 3))
+        self.mask = (1 << bits) - 1
+        self.fixed = False
+
+    @classmethod
+    def of(cls, keys: Iterable[str]) -> KeyFilter:
+        """An exact filter holding these keys, and only these: `update` leaves it alone
+        (one chunk's keys seen before; hashing what the chunk adds would be wasted)."""
+        found = cls(exact=True)
+        found.update(keys)
+        found.fixed = True
+        return found
 
     def add(self, key: str) -> None:
         if self.exact is not None:
@@ -45,6 +60,8 @@ class KeyFilter:
             self.bits[h >> 3] |= 1 << (h & 7)
 
     def update(self, keys: Iterable[str]) -> None:
+        if self.fixed:
+            return
         if self.exact is not None:
             self.exact.update(map(hash, keys))
             return

@@ -9,6 +9,7 @@ reading end, so that a send to a dead parent fails instead of blocking forever.
 from __future__ import annotations
 
 import contextlib
+import marshal
 import multiprocessing
 import os
 import signal
@@ -28,12 +29,16 @@ class ReaderStream:
     """Chunks parsed by a forked child process, sent through a pipe.
 
     The pipe holds at most about one chunk, so memory stays bounded. The child inherits
-    the open file and the parser by fork, and sends back compact tuples, not objects.
+    the open file and the parser by fork, and sends back compact tuples, not objects: the
+    simple rows (`pack`) as one `marshal` buffer, several times cheaper to write than a
+    pickle (both ends are this program, so nothing foreign is ever loaded), the few
+    other rows pickled. Each chunk comes with the keys that an earlier chunk may have
+    had (`KeyFilter`, kept here, so the writing process does not hash every address).
     """
 
     def __init__(
         self,
-        chunks: Callable[[], Iterator[tuple[dict[str, Incoming], int]]],
+        chunks: Callable[[], Iterator[tuple[dict[str, Incoming], int, list[str] | None]]],
         position: Callable[[], int],
         finish: Callable[[], ReadSummary],
         path: Path,
@@ -53,8 +58,13 @@ class ReaderStream:
             # dead parent would wait for a reader forever.
             self.receive.close()
             try:
-                for chunk, line in chunks():
-                    send.send(("chunk", pack(chunk), position(), line))
+                for chunk, line, seen in chunks():
+                    simple, others = pack(chunk)
+                    rows = marshal.dumps(simple)  # before the header: both or neither go
+                    send.send(("chunk", others, position(), line, seen))
+                    send.send_bytes(rows)
+                    # Not kept alive while the next chunk is read: one chunk at a time.
+                    del chunk, simple, others, rows
                 send.send(("done", finish()))
             except BaseException as exc:  # handed to the parent, which raises it
                 with contextlib.suppress(Exception):
@@ -66,19 +76,24 @@ class ReaderStream:
         self.process.start()
         send.close()
 
-    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int, int]]:
-        """(chunk, bytes read, last line read) for each chunk, then `summary` is set."""
+    def __iter__(self) -> Iterator[tuple[dict[str, Incoming], int, int, list[str] | None]]:
+        """(chunk, bytes read, last line read, keys maybe seen before) for each chunk, then
+        `summary` is set."""
         try:
             while True:
                 try:
                     kind, payload, *rest = self.receive.recv()
+                    simple = marshal.loads(self.receive.recv_bytes()) if kind == "chunk" else []
                 except EOFError:
                     raise StoreError(
                         f"{self.path}: the import's reader process stopped unexpectedly; "
                         "run the same import again (it continues where it stopped)"
                     ) from None
                 if kind == "chunk":
-                    yield unpack(payload), rest[0], rest[1]
+                    chunk = unpack((simple, payload))
+                    del simple, payload
+                    yield chunk, rest[0], rest[1], rest[2]
+                    del chunk  # the caller is done with it: gone before the next arrives
                 elif kind == "done":
                     self.summary = payload
                     return

@@ -40,8 +40,10 @@ from newsletter.store.subscribers import normalize_tags
 from newsletter.wording import plural
 
 #: Rows per chunk (and at most per transaction; `Pacer` makes slow ones smaller): big
-#: enough for executemany to pay off, small enough to bound memory.
-CHUNK_ROWS = 20_000
+#: enough for executemany to pay off, small enough to bound memory. Both processes hold
+#: about one chunk; at 20,000 they took 35 MB more than at 10,000 (at a million rows,
+#: where `Pacer` cut most chunks into two transactions of about 10,000 anyway).
+CHUNK_ROWS = 10_000
 
 
 #: Files at least this big are parsed in a forked reader process while this one writes.
@@ -170,14 +172,20 @@ def _import_file(
             reject_writer = csv.writer(reject_file, delimiter=result.delimiter or ",")
             reject_writer.writerow([*headings, "line", "reason"])
 
-        # Exact where counts depend on it; a 16 MB bit set for a first big import.
-        new_keys = KeyFilter(exact=dry_run or not initially_empty)
+        # Exact where counts depend on it; a bit set for a first big import, sized for
+        # the rows the file can hold (the shortest row worth reading is ~20 bytes: `a@b.de`,
+        # a line break, a few empty cells), up to 16 MB.
+        new_keys = KeyFilter(exact=dry_run or not initially_empty, rows=total // 20)
+        # The bit set is kept by the reading side (the reader process, if any), which has
+        # time to spare, not by the writing one: each chunk comes with its keys that an
+        # earlier chunk may have had, and only those are looked up.
+        read_keys = new_keys if new_keys.exact is None else None
 
         merged = 0
 
-        def chunks() -> Iterator[tuple[dict[str, Incoming], int]]:
+        def chunks() -> Iterator[tuple[dict[str, Incoming], int, list[str] | None]]:
             # Parse, reject, merge duplicates within a chunk (in the reader process, if any).
-            # Each chunk comes with the last line read for it.
+            # Each chunk comes with the last line read for it, and its keys seen before.
             nonlocal merged
             chunk: dict[str, Incoming] = {}
             line = 1
@@ -197,10 +205,19 @@ def _import_file(
                 else:
                     chunk[item.key] = item
                 if len(chunk) >= chunk_rows:
-                    yield chunk, line
+                    yield chunk, line, seen_before(chunk)
                     chunk = {}
             if chunk:
-                yield chunk, line
+                yield chunk, line, seen_before(chunk)
+
+        def seen_before(chunk: dict[str, Incoming]) -> list[str] | None:
+            """The chunk's keys that an earlier chunk may have had (None: ask `new_keys`)."""
+            if read_keys is None:
+                return None
+            keys = list(chunk)
+            maybe = read_keys.among(keys)
+            read_keys.update(keys)
+            return maybe
 
         def finish() -> ReadSummary:
             if reject_file is not None:
@@ -223,22 +240,25 @@ def _import_file(
             if reject_file is not None:
                 reject_file.flush()  # the reader process writes the rest
             reader = ReaderStream(chunks, lambda: lines.bytes_read, finish, path)
-            stream: Iterator[tuple[dict[str, Incoming], int, int]] = iter(reader)
+            stream: Iterator[tuple[dict[str, Incoming], int, int, list[str] | None]] = iter(reader)
         else:
-            stream = ((chunk, lines.bytes_read, line) for chunk, line in chunks())
+            stream = ((chunk, lines.bytes_read, line, seen) for chunk, line, seen in chunks())
         # Every row up to this line is written. Within a chunk, the rows' first lines
         # rise, so a written part of it covers the lines up to its last row's.
         written_line = 1
         pacer = Pacer(engine, chunk_rows)
         try:
-            for number, (chunk, done, line) in enumerate(stream, start=1):
+            for number, (chunk, done, line, seen) in enumerate(stream, start=1):
+                # A first import into an empty list: the keys that may be repeats, from
+                # the reader; the database tells which are (see `write_chunk`).
+                chunk_keys = new_keys if seen is None else KeyFilter.of(seen)
                 for part in pacer.parts(chunk):
                     started = time.perf_counter()
                     # Taken first: write_chunk drops erased addresses, which may be all of them.
                     part_line, part_rows = line_of(next(reversed(part.values()))), len(part)
                     with interrupt_deferred():  # counted as written exactly when committed
                         write_chunk(
-                            engine, part, result, new_keys, initially_empty, resubscribe,
+                            engine, part, result, chunk_keys, initially_empty, resubscribe,
                             source_name, fmt, policy,
                         )  # fmt: skip
                         written_line = part_line

@@ -108,10 +108,12 @@ def write_chunk(
     With a consent `policy`, suppressed addresses are dropped (and counted) first, and each
     new subscriber gets its `import` consent record.
 
-    `new_keys` knows (by hash) every address this run added. It is only a
-    hint: a hit is checked against the database (a real run), so a hash collision can
-    cost a lookup but never a wrong merge. With a list that was empty at the start,
-    misses need no lookup at all, which is what makes a first big import fast.
+    `new_keys` knows (by hash) every address this run added; for a list that was empty
+    at the start, the chunk's addresses that an earlier chunk may have had (the reading
+    side keeps the bit set of all of them). It is only a hint: a hit is checked against
+    the database (a real run), so a hash collision can cost a lookup but never a wrong
+    merge. With a list that was empty at the start, misses need no lookup at all, which
+    is what makes a first big import fast.
     """
     literal_times = fmt.name.startswith("newsletter")
     if policy is not None and policy.check_suppressed:
