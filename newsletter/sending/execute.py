@@ -14,6 +14,7 @@ import gc
 import json
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -42,7 +43,14 @@ from newsletter.segments.sends import recorder
 from newsletter.sending.factory import batch_limits
 from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.loop import Loop, Work
-from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
+from newsletter.sending.message import (
+    Batch,
+    Message,
+    Reader,
+    Readers,
+    Recipient,
+    marked_if_development_key,
+)
 from newsletter.sending.transports import (
     Outcome,
     PreparingTransport,
@@ -258,6 +266,52 @@ class Builder:
             out.append(make((address, name, substitutions, url, ids, _NO_HEADERS)))
         return out
 
+    def readers(self, page: Page, message: Message) -> Readers | None:
+        """The page as `Readers` (what `build` makes, without a dict per reader), or None
+        where that does not fit: a reply token or other ids of their own, expressions that
+        are evaluated per reader, an unsubscribe URL that is not plain."""
+        personalize = self.personalize
+        if personalize.keys is None or self.reply_token is not None or self.extra_ids:
+            return None
+        cache, key_of, for_row = personalize.cache, personalize._key, personalize.for_row
+        unsubscribe_url, reader = self.unsubscribe_url, Reader._make
+        out: list[Reader] = []
+        for sid, address, name, first, last, fields, public_id in page[0]:
+            url = unsubscribe_url(public_id or sid)
+            row = (sid, address, name, first, last)
+            known = cache.get(key_of(row, fields))
+            if (
+                known is not None
+                and UNSUBSCRIBE_TEXT_KEY in known
+                and UNSUBSCRIBE_HTML_KEY in known
+            ):
+                out.append(reader((address, name, url, sid, known, True)))
+            else:  # (the first reader of their kind: their own, as `build` makes it)
+                out.append(reader((address, name, url, sid, for_row(row, fields, url), False)))
+        urls = [reader.unsubscribe_url for reader in out]
+        if (
+            _NOT_PLAIN.search("".join(urls))
+            or max(map(len, urls), default=0) >= MAX_URL_CHARS
+            or any(type(reader.subscriber_id) is not int for reader in out)
+        ):
+            return None
+        issue, send = str(self.issue_id), str(self.send_id)
+
+        def recipient(index: int) -> Recipient:
+            email, name, url, sid, subs, alike = out[index]
+            if alike:
+                subs = {**subs, UNSUBSCRIBE_HTML_KEY: url, UNSUBSCRIBE_TEXT_KEY: url}
+            ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
+            return Recipient(email, name, subs, url, ids, _NO_HEADERS)
+
+        ids = ((CUSTOM_ARG_ISSUE, issue), (CUSTOM_ARG_SEND, send))
+        return Readers(message, out, ids, CUSTOM_ARG_SUBSCRIBER, recipient)
+
+
+#: Characters of a URL that HTML or JSON would escape, or `_clean_value` change (`%%`):
+#: an unsubscribe URL without them is its own HTML and JSON text (see `Readers`).
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9._~:/?#\[\]@!$()*+,;=-]")
+
 
 def recipient_builder(
     project: Project,
@@ -311,11 +365,17 @@ class Preparer:
     message: Message
 
     def __post_init__(self) -> None:
-        # Asked once: does the transport prepare (its CPU work apart from its I/O)?
+        # Asked once: does the transport prepare (its CPU work apart from its I/O)? Does it
+        # write a bulk send's readers without a Recipient each (SendGrid)?
         self.prepares = self.transport.capabilities.prepares
+        self.prepare_readers = getattr(self.transport, "prepare_readers", None)
 
     def __call__(self, batch: Page) -> Any:
         assert self.builder is not None, "the source built these recipients"
+        if self.prepare_readers is not None:
+            readers = self.builder.readers(batch, self.message)
+            if readers is not None and (prepared := self.prepare_readers(readers)) is not None:
+                return prepared
         return self.prepare(self.builder.build(batch))
 
     def prepare(self, recipients: list[Recipient]) -> Any:
