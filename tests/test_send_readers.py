@@ -139,3 +139,16 @@ def test_an_unsubscribe_url_html_would_escape_goes_the_general_way(project: Path
     general, made, fast = _both(preparer, _rows(random.Random(2), 1, 10))
     assert not fast
     assert made == general
+
+
+def test_unsubscribe_urls_with_the_public_id_derived_inline_are_make_tokens():
+    """`token_maker` derives each row id's public id itself (`public_id`, written in); at
+    the edges of the derived range and beyond it the URLs are still `unsubscribe_url`'s."""
+    from newsletter.tokens import unsubscribe_url, unsubscribe_url_maker
+
+    for issue in (None, 7, "AbCdEfGhIjKl"):
+        fast = unsubscribe_url_maker("https://news.example.com", issue, key=TEST_SECRET)
+        for sid in (0, 1, 2, 255, 256, 2**32, 2**40 - 1, 2**40, 2**41, "AbCdEfGhIjKl"):
+            assert fast(sid) == unsubscribe_url(
+                "https://news.example.com", sid, issue, key=TEST_SECRET
+            )
