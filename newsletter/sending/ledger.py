@@ -21,7 +21,9 @@ import os
 import socket
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -210,6 +212,30 @@ class RunLease:
             status = "stopped" if error else "done"
             finish_sends_on(conn, list(self.sends.values()), status, error, self.clock())
             conn.execute(delete(send_leases).where(send_leases.c.owner == self.owner))
+
+
+#: Per SQLite database, the lock this process's sender threads take in turn (`_writing`).
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_writers_made = threading.Lock()
+
+
+@contextmanager
+def _writing(engine: Engine) -> Iterator[Connection]:
+    """`engine.begin()` for a batch's claim and its answers. SQLite lets one writer in at a
+    time, and a thread that finds the database locked sleeps and polls (`busy_timeout`: 1,
+    2, 5, 10 ms ...) while the holder needs a millisecond or two: the sender threads of this
+    process take turns on a lock instead, which hands over at once (a send of 100,000 took
+    10-25 % less time, interleaved runs). Other processes still meet SQLite's own lock."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with _writers_made:
+        lock = _sqlite_writers.get(engine)
+        if lock is None:
+            lock = _sqlite_writers[engine] = threading.Lock()
+    with lock, engine.begin() as conn:
+        yield conn
 
 
 def _stale(row: Any) -> bool:
@@ -711,7 +737,7 @@ class Ledger:
         owner. A unique-key clash means someone else recorded the person: stop.
         `send_round`: the copy the rows are about (a resend's kind; see `deliveries`)."""
         stamp = now()
-        with self.engine.begin() as conn:
+        with _writing(self.engine) as conn:
             if owner is not None:
                 held = conn.execute(
                     update(send_leases)
@@ -775,7 +801,7 @@ class Ledger:
             key = (outcome.state, outcome.message_id, outcome.error)
             groups.setdefault(key, []).extend(ids[start : start + times])
             start += times
-        with self.engine.begin() as conn:
+        with _writing(self.engine) as conn:
             if count:
                 counts: dict[str, int] = {}
                 for (state, _, _), group in groups.items():
