@@ -171,6 +171,7 @@ def run(count: int, sample_memory: bool = False, checkout: Path = REPO) -> dict[
                 [sys.executable, "-m", "newsletter", "--project", str(tmp / "project"), "send",
                  EXAMPLE_ISSUE.stem, "--yes", "--quiet"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cwd=tmp,  # (not a checkout: `-m newsletter` would import from the folder)
             )  # fmt: skip
             sampler = MemorySampler(child.pid)
             if sample_memory:
