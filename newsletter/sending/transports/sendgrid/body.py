@@ -340,6 +340,8 @@ def shared_by_readers(readers: Readers) -> Shared | None:
         ):
             html_keys.append(key)
     shared = Shared(ids, one_click, tuple(html_keys))
+    if len(_INTERNED) > 64:  # (each send has its own ids)
+        _INTERNED.clear()
     return _INTERNED.setdefault(shared, shared)
 
 
