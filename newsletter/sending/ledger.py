@@ -262,16 +262,13 @@ def _add_to_totals(conn: Any, send_id: int, counts: dict[str, int]) -> None:
     accepted = counts.get(DeliveryState.ACCEPTED, 0)
     failed = counts.get(DeliveryState.FAILED, 0)
     uncertain = sum(counts.values()) - accepted - failed
-    t = send_totals.c
-    conn.execute(
-        update(send_totals)
-        .where(t.send_id == send_id)
-        .values(
-            accepted=t.accepted + accepted,
-            failed=t.failed + failed,
-            uncertain=t.uncertain + uncertain,
-            updated_at=now(),
-        )
+    # Plain driver SQL: once per batch, where SQLAlchemy's building and compiling of the
+    # statement cost five times the database's work.
+    mark = placeholder(conn)
+    conn.exec_driver_sql(
+        f"UPDATE send_totals SET accepted = accepted + {mark}, failed = failed + {mark}, "
+        f"uncertain = uncertain + {mark}, updated_at = {mark} WHERE send_id = {mark}",
+        (accepted, failed, uncertain, binder(conn, send_totals.c.updated_at)(now()), send_id),
     )
 
 
@@ -738,20 +735,20 @@ class Ledger:
         `send_round`: the copy the rows are about (a resend's kind; see `deliveries`)."""
         stamp = now()
         with _writing(self.engine) as conn:
+            # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
+            # and its per-row parameter processing cost more than the database work.
+            mark = placeholder(conn)
             if owner is not None:
-                held = conn.execute(
-                    update(send_leases)
-                    .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == owner)
-                    .values(heartbeat_at=stamp)
+                held = conn.exec_driver_sql(
+                    f"UPDATE send_leases SET heartbeat_at = {mark} "
+                    f"WHERE issue_id = {mark} AND owner = {mark}",
+                    (binder(conn, send_leases.c.heartbeat_at)(stamp), issue_id, owner),
                 )
                 if held.rowcount != 1:
                     raise SendError(
                         f"another process took over the send of {slug} (this one stalled for over "
                         f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
                     )
-            # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
-            # and its per-row parameter processing cost more than the database work.
-            mark = placeholder(conn)
             # In the same transaction as the claim: once `cancel` has asked, no batch of this
             # send goes out (one that was claimed before is settled; `cancel` waits for it).
             if conn.exec_driver_sql(
