@@ -14,9 +14,12 @@ import gc
 import json
 import multiprocessing
 import os
+import pickle
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -395,18 +398,48 @@ class Preparer:
 
 # Set before the worker pool forks, so workers inherit the rendered issue without pickling it.
 _PREPARER: Preparer | None = None
+#: The folder through which workers hand back what they made (see `_prepare_in_worker`).
+_HANDOFF: str | None = None
 
 
-def _prepare_in_worker(batch: Page) -> Any:
-    assert _PREPARER is not None
-    return _PREPARER(batch)
+def _prepare_in_worker(batch: Page) -> str:
+    """In a worker: the batch made ready, handed back as a file in `_HANDOFF` (its path is
+    the result). A result of more than a pipe's atomic write (a request is 400 kB) is
+    written into the pool's result pipe in pieces; a worker killed midway (the OOM killer)
+    left half a message there, and the pool waited for the rest for good: the send hung. A
+    path is written at once, and a worker killed while writing its file sends nothing, so
+    the pool sees it die and says it is broken (`WORKER_DIED`)."""
+    assert _PREPARER is not None and _HANDOFF is not None
+    prepared = _PREPARER(batch)
+    handle, path = tempfile.mkstemp(dir=_HANDOFF)
+    with os.fdopen(handle, "wb") as file:
+        pickle.dump(prepared, file, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _taken(path: str) -> Any:
+    """What a worker handed back in the file at `path` (which goes)."""
+    with open(path, "rb") as file:
+        prepared = pickle.load(file)
+    os.unlink(path)
+    return prepared
+
+
+def stop_pool(pool: Any) -> None:
+    """The workers stopped (after their current batch) and their hand-back folder gone."""
+    global _HANDOFF
+    pool.shutdown(wait=True, cancel_futures=True)
+    gc.unfreeze()  # (frozen for the fork: collectable again in a longer-lived process)
+    if _HANDOFF is not None:
+        shutil.rmtree(_HANDOFF, ignore_errors=True)
+        _HANDOFF = None
 
 
 def start_pool(preparer: Preparer, expected: int) -> Any:
     """Worker processes for a big list on a multi-core machine, else None (prepare in the
     sender threads). Forked before any sending thread starts; workers only compute, never
     touch the database or the network."""
-    global _PREPARER
+    global _PREPARER, _HANDOFF
     cpus = usable_cpus()
     threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
@@ -419,6 +452,7 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
         # a prepared request (bytes) is cheap to pass back.
         return None
     _PREPARER = preparer
+    _HANDOFF = tempfile.mkdtemp(prefix="newsletter-send-")
     # Move what is loaded so far out of the collector's reach: the workers' GC then does not
     # write to (and so copy) every inherited page.
     gc.freeze()
@@ -601,8 +635,7 @@ def execute(
         raise
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-            gc.unfreeze()  # (frozen for the fork: collectable again in a longer-lived process)
+            stop_pool(pool)
         transport.close()
         if lease is not None:
             lease.release()
@@ -760,7 +793,7 @@ def _prepared_ahead(
                 return None
         waiting.popleft()
         try:
-            work.prepared = result.result()
+            work.prepared = _taken(result.result())
         except BrokenProcessPool:
             fail(WORKER_DIED)
             return None
