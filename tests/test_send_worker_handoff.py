@@ -6,9 +6,11 @@ short enough to be written at once (`_prepare_in_worker`)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -80,3 +82,23 @@ def test_a_worker_killed_while_handing_back_a_batch_never_hangs_the_send(
     with open_engine(database_url).connect() as conn:
         states = Counter(conn.execute(select(deliveries.c.state)).scalars())
     assert states == {"accepted": 30}
+
+
+def test_the_hand_back_files_of_a_killed_send_are_removed_by_the_next(tmp_path, monkeypatch):
+    """A send killed with -9 cannot remove its workers' hand-back folder (prepared requests,
+    readers' addresses in them): the next send with workers removes it; a live one's stays."""
+    import tempfile
+
+    from newsletter.sending.execute import _handoff_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"newsletter-send-{gone.pid}-abc"
+    (stale / "batch").mkdir(parents=True)
+    alive = tmp_path / f"newsletter-send-{os.getppid()}-def"
+    alive.mkdir()
+    made = Path(_handoff_folder())
+    assert not stale.exists() and alive.exists()
+    assert made.parent == tmp_path and made.name.startswith(f"newsletter-send-{os.getpid()}-")
+    assert made.stat().st_mode & 0o777 == 0o700

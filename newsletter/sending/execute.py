@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from jinja2 import nodes
@@ -44,7 +45,7 @@ from newsletter.personalize import (
 from newsletter.processes import die_with_parent
 from newsletter.segments.sends import recorder
 from newsletter.sending.factory import batch_limits
-from newsletter.sending.ledger import RETRYABLE, Ledger
+from newsletter.sending.ledger import RETRYABLE, Ledger, process_alive
 from newsletter.sending.loop import Loop, Work
 from newsletter.sending.message import (
     Batch,
@@ -417,6 +418,18 @@ def _prepare_in_worker(batch: Page) -> str:
     return path
 
 
+def _handoff_folder() -> str:
+    """A new folder (0700) for the workers' hand-back files, named for this process. Those of
+    sends killed before they could remove theirs (kill -9) go first: each holds a few
+    prepared requests, readers' addresses in them."""
+    prefix = "newsletter-send-"
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
 def _taken(path: str) -> Any:
     """What a worker handed back in the file at `path` (which goes)."""
     with open(path, "rb") as file:
@@ -452,7 +465,7 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
         # a prepared request (bytes) is cheap to pass back.
         return None
     _PREPARER = preparer
-    _HANDOFF = tempfile.mkdtemp(prefix="newsletter-send-")
+    _HANDOFF = _handoff_folder()
     # Move what is loaded so far out of the collector's reach: the workers' GC then does not
     # write to (and so copy) every inherited page.
     gc.freeze()
