@@ -11,6 +11,8 @@ server running as a separate process on 127.0.0.1.
     python benchmarks/send_throughput.py --runs 1         # one run per figure instead of 3
     python benchmarks/send_throughput.py --versus-bare --runs 5   # send and bare interleaved:
                                                           # medians and their ratio (issue 27)
+    python benchmarks/send_throughput.py --versus-bare --baseline /tmp/base  # and another
+                                                          # checkout's send in the same runs
 
 Prints, per run: recipients, wall time of the whole `newsletter send --yes` process (start-up,
 check, render, streaming, HTTP, ledger), recipients/s, CPU seconds (with its worker processes)
@@ -27,6 +29,7 @@ Targets (issue 9): >= 30,000 recipients/s for 100,000 recipients, peak RSS <= 12
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -144,7 +147,9 @@ def count_logged(log: Path) -> tuple[int, int]:
     return people, requests
 
 
-def run(count: int, sample_memory: bool = False) -> dict[str, float]:
+def run(count: int, sample_memory: bool = False, checkout: Path = REPO) -> dict[str, float]:
+    """One whole `newsletter send --yes` of `count` recipients, of the package in `checkout`
+    (another one, say main's, to compare side by side); the fake server is always this one."""
     tmp = Path(tempfile.mkdtemp(prefix="send-bench-"))
     try:
         t = time.perf_counter()
@@ -158,6 +163,7 @@ def run(count: int, sample_memory: bool = False) -> dict[str, float]:
             "SENDGRID_API_HOST": host,
             "NEWSLETTER_SECRET_KEY": "benchmark-secret",
             "NEWSLETTER_DATABASE_URL": url,
+            "PYTHONPATH": str(checkout),
         }
         try:
             t = time.perf_counter()
@@ -165,6 +171,7 @@ def run(count: int, sample_memory: bool = False) -> dict[str, float]:
                 [sys.executable, "-m", "newsletter", "--project", str(tmp / "project"), "send",
                  EXAMPLE_ISSUE.stem, "--yes", "--quiet"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cwd=tmp,  # (not a checkout: `-m newsletter` would import from the folder)
             )  # fmt: skip
             sampler = MemorySampler(child.pid)
             if sample_memory:
@@ -339,31 +346,55 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return ordered[len(ordered) // 2]
 
 
-def versus_bare(count: int, runs: int) -> None:
+def versus_bare(count: int, runs: int, baseline: Path | None = None) -> None:
     """`newsletter send` against the bare client's ceiling, measured in the same runs: each
-    run is one send and one bare post of `count` recipients, which goes first alternating.
+    run is one send and one bare post of `count` recipients (and with `baseline`, a send by
+    that checkout), in an order that rotates from run to run.
     Target (issue 27): the ratio of the medians >= 0.40, median of 5."""
     sends: list[float] = []
     floors: list[float] = []
+    bases: list[float] = []
+    cpu: dict[str, list[float]] = {"send": [], "baseline": []}
+    server: dict[str, list[float]] = {"send": [], "baseline": []}
     loads: list[str] = []
+    steps = ["send", "bare"] + (["baseline"] if baseline else [])
     for n in range(runs):
         loads.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
-        for step in ("send", "bare") if n % 2 == 0 else ("bare", "send"):
-            if step == "send":
-                sends.append(run(count)["per_second"])
-            else:
+        for step in steps[n % len(steps) :] + steps[: n % len(steps)]:
+            if step == "bare":
                 floors.append(bare(count)["per_second"])
+                continue
+            figures = run(count, checkout=baseline if step == "baseline" and baseline else REPO)
+            (sends if step == "send" else bases).append(figures["per_second"])
+            cpu[step].append(figures["cpu_s"])
+            server[step].append(figures["server_cpu_s"])
         print(
-            f"run {n + 1}: send {sends[-1]:,.0f}/s, bare client {floors[-1]:,.0f}/s, "
-            f"ratio {sends[-1] / floors[-1]:.2f}, load {loads[-1]}",
+            f"run {n + 1}: send {sends[-1]:,.0f}/s ({cpu['send'][-1]:.2f} CPU s, server "
+            f"{server['send'][-1]:.2f}), bare client {floors[-1]:,.0f}/s, "
+            f"ratio {sends[-1] / floors[-1]:.2f}"
+            + (
+                f"; baseline {bases[-1]:,.0f}/s ({cpu['baseline'][-1]:.2f} CPU s), "
+                f"ratio {bases[-1] / floors[-1]:.2f}"
+                if bases
+                else ""
+            )
+            + f"; load {loads[-1]}",
             flush=True,
         )
     send_median, floor_median = statistics.median(sends), statistics.median(floors)
     print(
-        f"medians of {runs}: send {send_median:,.0f} recipients/s; floor (bare client posting "
-        f"pre-encoded payloads) {floor_median:,.0f}/s; ratio {send_median / floor_median:.2f} "
-        "(target >= 0.40)"
+        f"medians of {runs}: send {send_median:,.0f} recipients/s (min {min(sends):,.0f}); "
+        f"floor (bare client posting pre-encoded payloads) {floor_median:,.0f}/s; "
+        f"ratio {send_median / floor_median:.2f} (target >= 0.40)"
     )
+    if bases:
+        base_median = statistics.median(bases)
+        print(
+            f"baseline {baseline}: {base_median:,.0f} recipients/s (min {min(bases):,.0f}), "
+            f"ratio {base_median / floor_median:.2f}; CPU s (send and its workers) median "
+            f"{statistics.median(cpu['send']):.2f} here, {statistics.median(cpu['baseline']):.2f} "
+            "there"
+        )
 
 
 def main() -> None:
@@ -381,9 +412,18 @@ def main() -> None:
         action="store_true",
         help="send and the bare client alternately, --runs pairs: medians and their ratio",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=Path,
+        help="with --versus-bare: another checkout (e.g. `git archive main | tar -x -C DIR`) "
+        "whose send is timed in the same runs",
+    )
     args = parser.parse_args()
     if args.versus_bare:
-        versus_bare(args.count or 100_000, args.runs)
+        if args.baseline:
+            compileall.compile_dir(args.baseline / "newsletter", quiet=1)
+        versus_bare(args.count or 100_000, args.runs, args.baseline)
         return
     if args.bare or args.smtp:
         figures = (

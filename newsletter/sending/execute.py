@@ -14,8 +14,12 @@ import gc
 import json
 import multiprocessing
 import os
+import pickle
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -24,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from jinja2 import nodes
@@ -40,9 +45,16 @@ from newsletter.personalize import (
 from newsletter.processes import die_with_parent
 from newsletter.segments.sends import recorder
 from newsletter.sending.factory import batch_limits
-from newsletter.sending.ledger import RETRYABLE, Ledger
+from newsletter.sending.ledger import RETRYABLE, Ledger, process_alive
 from newsletter.sending.loop import Loop, Work
-from newsletter.sending.message import Batch, Message, Recipient, marked_if_development_key
+from newsletter.sending.message import (
+    Batch,
+    Message,
+    Reader,
+    Readers,
+    Recipient,
+    marked_if_development_key,
+)
 from newsletter.sending.transports import (
     Outcome,
     PreparingTransport,
@@ -258,6 +270,52 @@ class Builder:
             out.append(make((address, name, substitutions, url, ids, _NO_HEADERS)))
         return out
 
+    def readers(self, page: Page, message: Message) -> Readers | None:
+        """The page as `Readers` (what `build` makes, without a dict per reader), or None
+        where that does not fit: a reply token or other ids of their own, expressions that
+        are evaluated per reader, an unsubscribe URL that is not plain."""
+        personalize = self.personalize
+        if personalize.keys is None or self.reply_token is not None or self.extra_ids:
+            return None
+        cache, key_of, for_row = personalize.cache, personalize._key, personalize.for_row
+        unsubscribe_url, reader = self.unsubscribe_url, Reader._make
+        out: list[Reader] = []
+        for sid, address, name, first, last, fields, public_id in page[0]:
+            url = unsubscribe_url(public_id or sid)
+            row = (sid, address, name, first, last)
+            known = cache.get(key_of(row, fields))
+            if (
+                known is not None
+                and UNSUBSCRIBE_TEXT_KEY in known
+                and UNSUBSCRIBE_HTML_KEY in known
+            ):
+                out.append(reader((address, name, url, sid, known, True)))
+            else:  # (the first reader of their kind: their own, as `build` makes it)
+                out.append(reader((address, name, url, sid, for_row(row, fields, url), False)))
+        urls = [reader.unsubscribe_url for reader in out]
+        if (
+            _NOT_PLAIN.search("".join(urls))
+            or max(map(len, urls), default=0) >= MAX_URL_CHARS
+            or any(type(reader.subscriber_id) is not int for reader in out)
+        ):
+            return None
+        issue, send = str(self.issue_id), str(self.send_id)
+
+        def recipient(index: int) -> Recipient:
+            email, name, url, sid, subs, alike = out[index]
+            if alike:
+                subs = {**subs, UNSUBSCRIBE_HTML_KEY: url, UNSUBSCRIBE_TEXT_KEY: url}
+            ids = {CUSTOM_ARG_ISSUE: issue, CUSTOM_ARG_SUBSCRIBER: str(sid), CUSTOM_ARG_SEND: send}
+            return Recipient(email, name, subs, url, ids, _NO_HEADERS)
+
+        ids = ((CUSTOM_ARG_ISSUE, issue), (CUSTOM_ARG_SEND, send))
+        return Readers(message, out, ids, CUSTOM_ARG_SUBSCRIBER, recipient)
+
+
+#: Characters of a URL that HTML or JSON would escape, or `_clean_value` change (`%%`):
+#: an unsubscribe URL without them is its own HTML and JSON text (see `Readers`).
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9._~:/?#\[\]@!$()*+,;=-]")
+
 
 def recipient_builder(
     project: Project,
@@ -311,11 +369,17 @@ class Preparer:
     message: Message
 
     def __post_init__(self) -> None:
-        # Asked once: does the transport prepare (its CPU work apart from its I/O)?
+        # Asked once: does the transport prepare (its CPU work apart from its I/O)? Does it
+        # write a bulk send's readers without a Recipient each (SendGrid)?
         self.prepares = self.transport.capabilities.prepares
+        self.prepare_readers = getattr(self.transport, "prepare_readers", None)
 
     def __call__(self, batch: Page) -> Any:
         assert self.builder is not None, "the source built these recipients"
+        if self.prepare_readers is not None:
+            readers = self.builder.readers(batch, self.message)
+            if readers is not None and (prepared := self.prepare_readers(readers)) is not None:
+                return prepared
         return self.prepare(self.builder.build(batch))
 
     def prepare(self, recipients: list[Recipient]) -> Any:
@@ -335,18 +399,60 @@ class Preparer:
 
 # Set before the worker pool forks, so workers inherit the rendered issue without pickling it.
 _PREPARER: Preparer | None = None
+#: The folder through which workers hand back what they made (see `_prepare_in_worker`).
+_HANDOFF: str | None = None
 
 
-def _prepare_in_worker(batch: Page) -> Any:
-    assert _PREPARER is not None
-    return _PREPARER(batch)
+def _prepare_in_worker(batch: Page) -> str:
+    """In a worker: the batch made ready, handed back as a file in `_HANDOFF` (its path is
+    the result). A result of more than a pipe's atomic write (a request is 400 kB) is
+    written into the pool's result pipe in pieces; a worker killed midway (the OOM killer)
+    left half a message there, and the pool waited for the rest for good: the send hung. A
+    path is written at once, and a worker killed while writing its file sends nothing, so
+    the pool sees it die and says it is broken (`WORKER_DIED`)."""
+    assert _PREPARER is not None and _HANDOFF is not None
+    prepared = _PREPARER(batch)
+    handle, path = tempfile.mkstemp(dir=_HANDOFF)
+    with os.fdopen(handle, "wb") as file:
+        pickle.dump(prepared, file, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _handoff_folder() -> str:
+    """A new folder (0700) for the workers' hand-back files, named for this process. Those of
+    sends killed before they could remove theirs (kill -9) go first: each holds a few
+    prepared requests, readers' addresses in them."""
+    prefix = "newsletter-send-"
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _taken(path: str) -> Any:
+    """What a worker handed back in the file at `path` (which goes)."""
+    with open(path, "rb") as file:
+        prepared = pickle.load(file)
+    os.unlink(path)
+    return prepared
+
+
+def stop_pool(pool: Any) -> None:
+    """The workers stopped (after their current batch) and their hand-back folder gone."""
+    global _HANDOFF
+    pool.shutdown(wait=True, cancel_futures=True)
+    gc.unfreeze()  # (frozen for the fork: collectable again in a longer-lived process)
+    if _HANDOFF is not None:
+        shutil.rmtree(_HANDOFF, ignore_errors=True)
+        _HANDOFF = None
 
 
 def start_pool(preparer: Preparer, expected: int) -> Any:
     """Worker processes for a big list on a multi-core machine, else None (prepare in the
     sender threads). Forked before any sending thread starts; workers only compute, never
     touch the database or the network."""
-    global _PREPARER
+    global _PREPARER, _HANDOFF
     cpus = usable_cpus()
     threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
@@ -359,6 +465,7 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
         # a prepared request (bytes) is cheap to pass back.
         return None
     _PREPARER = preparer
+    _HANDOFF = _handoff_folder()
     # Move what is loaded so far out of the collector's reach: the workers' GC then does not
     # write to (and so copy) every inherited page.
     gc.freeze()
@@ -541,8 +648,7 @@ def execute(
         raise
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-            gc.unfreeze()  # (frozen for the fork: collectable again in a longer-lived process)
+            stop_pool(pool)
         transport.close()
         if lease is not None:
             lease.release()
@@ -700,7 +806,7 @@ def _prepared_ahead(
                 return None
         waiting.popleft()
         try:
-            work.prepared = result.result()
+            work.prepared = _taken(result.result())
         except BrokenProcessPool:
             fail(WORKER_DIED)
             return None

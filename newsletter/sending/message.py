@@ -14,7 +14,7 @@ sequence step. They are never put into a message's headers.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
@@ -96,6 +96,41 @@ class Recipient(NamedTuple):
 class Batch:
     message: Message
     recipients: list[Recipient]
+
+
+class Reader(NamedTuple):
+    """One reader of a bulk send in `Readers`: what is theirs alone, and substitutions that
+    may be shared by everyone with the same personal fields."""
+
+    email: str
+    name: str | None
+    #: Their unsubscribe URL: plain (see `Readers`), so it is also its own HTML and JSON text.
+    unsubscribe_url: str
+    subscriber_id: int
+    #: With `shared`, the substitutions of everyone whose fields read alike, the same dict
+    #: for all of them: its unsubscribe keys hold another reader's URL, which this reader's
+    #: replaces. Without, this reader's own, complete.
+    substitutions: Mapping[str, str]
+    shared: bool
+
+
+@dataclass(frozen=True)
+class Readers:
+    """A batch of a bulk send as a transport that writes its requests itself takes it
+    (`Builder.readers`, `SendGridTransport.prepare_readers`): the same recipients as
+    `Batch`, without a dict of substitutions and ids built per reader. Every reader's
+    unsubscribe URL is plain: no character that HTML or JSON would escape, no `%%`, and
+    shorter than `MAX_URL_CHARS`."""
+
+    message: Message
+    readers: list[Reader]
+    #: The ids every reader carries alike, in their order: the issue's and the send's.
+    ids: tuple[tuple[str, str], ...]
+    #: The name of each reader's own id (their subscriber id as text).
+    own_id: str
+    #: The full `Recipient` of the reader at an index, as `Batch` would have it (for the
+    #: rare reader the fast path leaves to the general one).
+    recipient: Callable[[int], Recipient]
 
 
 @lru_cache(maxsize=64)

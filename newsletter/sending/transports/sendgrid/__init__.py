@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from newsletter import __version__
 from newsletter.errors import TransportError
 from newsletter.project import sendgrid_host as host_for
-from newsletter.sending.message import Batch, Message, Recipient
+from newsletter.sending.message import Batch, Message, Readers, Recipient
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.sending.transports.sendgrid.body import (
     MAX_PERSONALIZATIONS,
@@ -37,8 +37,10 @@ from newsletter.sending.transports.sendgrid.body import (
     Shared,
     joined_request,
     personalization_json,
+    readers_json,
     recipient_problem,
     shared_by_all,
+    shared_by_readers,
     shared_json,
 )
 from newsletter.store.schema import DeliveryState
@@ -218,20 +220,7 @@ class SendGridTransport:
         processes (`capabilities.prepares`)."""
         message = batch.message
         shared = shared_by_all(message, batch.recipients)
-        tops = self._tops  # (one read: sender threads prepare side by side)
-        if tops[0] is not message:
-            tops = self._tops = (message, {})
-        top = tops[1].get(shared)
-        if top is None:
-            # Every batch of a send shares its message (and mostly what its readers share):
-            # encode that part once.
-            if len(tops[1]) > 8:
-                tops[1].clear()
-            top = tops[1][shared] = shared_json(
-                message, asm_group_id=self.asm_group_id, shared=shared
-            )
-        # The ids lifted to the top still count towards each reader's custom_args limit.
-        lifted = len(json.dumps(dict(shared.ids))) if shared.ids else 0
+        top, lifted = self._top(message, shared)
         parts: list[str] = []
         refused: dict[int, Outcome] = {}
         for index, recipient in enumerate(batch.recipients):
@@ -251,6 +240,42 @@ class SendGridTransport:
             parts.append(part)
         body = joined_request(top, parts) if parts else None
         return PreparedMail(len(batch.recipients), message.from_email, body, refused)
+
+    def prepare_readers(self, readers: Readers) -> PreparedMail | None:
+        """`prepare` of the same readers as a `Batch` (a bulk send's, see `Readers`), the
+        same bytes written faster (`readers_json`); None when they need the general way."""
+        message = readers.message
+        shared = shared_by_readers(readers)
+        if shared is None:
+            return None
+        top, lifted = self._top(message, shared)
+        written = readers_json(readers, shared, lifted)
+        if written is None:
+            return None
+        parts, problems = written
+        refused = {
+            index: Outcome(DeliveryState.FAILED, error=problem)
+            for index, problem in problems.items()
+        }
+        body = joined_request(top, parts) if parts else None
+        return PreparedMail(len(readers.readers), message.from_email, body, refused)
+
+    def _top(self, message: Message, shared: Shared) -> tuple[str, int]:
+        """The request's JSON up to its personalizations, and how long the JSON of the ids
+        lifted into it is (they still count towards each reader's custom_args limit)."""
+        tops = self._tops  # (one read: sender threads prepare side by side)
+        if tops[0] is not message:
+            tops = self._tops = (message, {})
+        top = tops[1].get(shared)
+        if top is None:
+            # Every batch of a send shares its message (and mostly what its readers share):
+            # encode that part once.
+            if len(tops[1]) > 8:
+                tops[1].clear()
+            top = tops[1][shared] = shared_json(
+                message, asm_group_id=self.asm_group_id, shared=shared
+            )
+        return top, len(json.dumps(dict(shared.ids))) if shared.ids else 0
 
     def send_prepared(self, prepared: PreparedMail) -> list[Outcome]:
         """Post a prepared request: one outcome per reader of its batch, in order."""

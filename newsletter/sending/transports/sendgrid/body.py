@@ -11,11 +11,12 @@ from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _string  # json.dumps's own
 from typing import Any, NamedTuple, cast
 
-from newsletter.personalize import text_twin
+from newsletter.personalize import UNSUBSCRIBE_HTML_KEY, UNSUBSCRIBE_TEXT_KEY, text_twin
 from newsletter.sending.message import (
     ONE_CLICK,
     Batch,
     Message,
+    Readers,
     Recipient,
     clean_header,
     unsubscribe_headers,
@@ -296,3 +297,108 @@ def recipient_problem(recipient: Recipient) -> str | None:
     if not _surely_small(args, MAX_CUSTOM_ARGS_BYTES) and _size(args) >= MAX_CUSTOM_ARGS_BYTES:
         return f"custom_args for {recipient.email} exceed {MAX_CUSTOM_ARGS_BYTES} bytes"
     return None
+
+
+# --- a bulk send's readers, written without a Recipient each ----------------------------------
+# A send of an issue to a list builds nearly the same personalization for everyone: the
+# substitutions of all who share a first name are one dict (`Reader.shared`), and only the
+# address, name, unsubscribe URL and subscriber id are a reader's own. Their template is
+# written once with the shared values in it, each reader's part is one % formatting. The
+# bytes equal what `SendGridTransport.prepare` writes for the same readers as `Recipient`s
+# (a test compares them); anything out of the ordinary goes the general way.
+
+_URL_KEYS = frozenset((UNSUBSCRIBE_HTML_KEY, UNSUBSCRIBE_TEXT_KEY))
+#: Each `Shared` once, so that a template made for it is found again by identity.
+_INTERNED: dict[Shared, Shared] = {}
+#: (id of a shared substitutions dict, named) -> (that dict, the Shared, template, URL slots).
+_BAKED: dict[tuple[int, bool], tuple[Mapping[str, str], Shared, str, int]] = {}
+_MAX_BAKED = 20000
+
+
+def shared_by_readers(readers: Readers) -> Shared | None:
+    """`shared_by_all` of the readers as recipients (each has an unsubscribe URL and no
+    headers of their own, its subscriber id and the batch's `ids`), or None when there is
+    nothing to gain (one reader) or the readers are unusual (the same subscriber twice)."""
+    people, message = readers.readers, readers.message
+    if len(people) < 2:
+        return None
+    first_id = people[0].subscriber_id
+    if all(reader.subscriber_id == first_id for reader in people):
+        return None
+    one_click = not any(name.lower() == _POST_HEADER.lower() for name in message.headers)
+    ids = tuple((key, value) for key, value in readers.ids if type(value) is str)
+    if len(ids) != len(readers.ids):
+        return None
+    # Each distinct substitutions dict once: a shared one stands for all its readers (their
+    # unsubscribe URLs are plain, so equal to their HTML twin, as in the shared dict).
+    distinct = list({id(reader.substitutions): reader.substitutions for reader in people}.values())
+    html_keys = []
+    for key in people[0].substitutions:
+        twin = text_twin(key) if type(key) is str else None
+        if twin is not None and all(
+            subs.get(key, _ABSENT) == subs.get(twin, _ALSO_ABSENT) for subs in distinct
+        ):
+            html_keys.append(key)
+    shared = Shared(ids, one_click, tuple(html_keys))
+    if len(_INTERNED) > 64:  # (each send has its own ids)
+        _INTERNED.clear()
+    return _INTERNED.setdefault(shared, shared)
+
+
+def readers_json(
+    readers: Readers, shared: Shared, lifted: int
+) -> tuple[list[str], dict[int, str]] | None:
+    """Each reader's personalization (`personalization_json` of their recipient), but those
+    SendGrid would refuse, with why (`recipient_problem`) by index; None when a value is
+    not text (the general path says which reader)."""
+    message = readers.message
+    if message.unsubscribe_mailto:
+        return None  # (a List-Unsubscribe of two targets: the general path)
+    string, clean = _string, clean_header
+    parts: list[str] = []
+    problems: dict[int, str] = {}
+    try:
+        for index, (email, name, url, sid, subs, alike) in enumerate(readers.readers):
+            if name and not (
+                name.isprintable() and not name[0].isspace() and not name[-1].isspace()
+            ):
+                name = clean(name)
+            if not alike:
+                part = personalization_json(message, readers.recipient(index), shared)
+            else:
+                named = bool(name)  # (and so text: `name` is a str or None)
+                baked = _BAKED.get((id(subs), named))
+                if baked is None or baked[0] is not subs or baked[1] is not shared:
+                    baked = _bake(subs, named, shared, readers.own_id)
+                quoted = f'"{url}"'
+                own = (string(email), string(cast(str, name))) if named else (string(email),)
+                part = baked[2] % (*own, *(quoted,) * baked[3], f'"<{url}>"', f'"{sid:d}"')
+            if len(part) + lifted >= SMALLEST_LIMIT:
+                problem = recipient_problem(readers.recipient(index))
+                if problem:
+                    problems[index] = problem
+                    continue
+            parts.append(part)
+    except (TypeError, ValueError):
+        return None
+    return parts, problems
+
+
+def _bake(
+    subs: Mapping[str, str], named: bool, shared: Shared, own_id: str
+) -> tuple[Mapping[str, str], Shared, str, int]:
+    """`_template` for readers of the shared `subs`, with its values written in: what is
+    left to fill is the address, name, unsubscribe URL (once per URL key the request does not
+    lift), List-Unsubscribe and subscriber id."""
+    template, own_subs, _ = _template(named, tuple(subs), (own_id, *shared.id_keys), shared)
+    slot = "\x00"  # (never in JSON text: escaped as \\u0000)
+    values = [slot, slot] if named else [slot]
+    values += [slot if key in _URL_KEYS else _string(subs[key]) for key in own_subs]
+    values += [slot, slot]
+    text = template % tuple(values)
+    baked = "%s".join(chunk.replace("%", "%%") for chunk in text.split(slot))
+    if len(_BAKED) >= _MAX_BAKED:
+        _BAKED.clear()
+    entry = (subs, shared, baked, sum(key in _URL_KEYS for key in own_subs))
+    _BAKED[(id(subs), named)] = entry
+    return entry
