@@ -33,6 +33,7 @@ from newsletter.insights.counters import forget_purged_readers, scrub_links
 from newsletter.person import PersonalData, rows_naming
 from newsletter.replies.store import forget_replies, purge_automatic_replies, replies_written_by
 from newsletter.replies.threads import forget_threads
+from newsletter.sending.execute import remove_dead_handoffs
 from newsletter.sending.ledger import Ledger
 from newsletter.store import consent, signup_limits, suppressions
 from newsletter.store.emails import address_key, normalize_email
@@ -136,6 +137,7 @@ def erase(engine: Engine, email: str, *, outboxes: Sequence[Path] = ()) -> Erasu
             conn, signup_limits.Scope.ADDRESS, person.key, secret=tokens.secret_key()
         )
     compacted = compact_sqlite(engine) if engine.dialect.name == "sqlite" else None
+    remove_dead_handoffs()  # a killed send's prepared requests may name them
     deleted: list[Path] = []
     kept: list[Path] = []
     for outbox in dict.fromkeys(outboxes):  # a folder named twice is searched once

@@ -418,16 +418,23 @@ def _prepare_in_worker(batch: Page) -> str:
     return path
 
 
-def _handoff_folder() -> str:
-    """A new folder (0700) for the workers' hand-back files, named for this process. Those of
-    sends killed before they could remove theirs (kill -9) go first: each holds a few
-    prepared requests, readers' addresses in them."""
-    prefix = "newsletter-send-"
-    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
-        pid = folder.name[len(prefix) :].split("-", 1)[0]
+_HANDOFF_PREFIX = "newsletter-send-"
+
+
+def remove_dead_handoffs() -> None:
+    """Remove the hand-back folders of sends killed before they could remove their own
+    (kill -9): each holds a few prepared requests, readers' addresses in them. Called by the
+    next send with workers, and by an erasure."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_HANDOFF_PREFIX}*-*"):
+        pid = folder.name[len(_HANDOFF_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _handoff_folder() -> str:
+    """A new folder (0700) for the workers' hand-back files, named for this process."""
+    remove_dead_handoffs()
+    return tempfile.mkdtemp(prefix=f"{_HANDOFF_PREFIX}{os.getpid()}-")
 
 
 def _taken(path: str) -> Any:
