@@ -66,8 +66,8 @@ __all__ = [
     "update_subscriber",
 ]
 
-#: Statuses that an import or a form must never turn back into `subscribed` on its own.
-STOPPED = ("unsubscribed", "bounced", "complained")
+# Here too (callers import it from here); defined apart from SQLAlchemy for the import's reader.
+from newsletter.subscriber_status import STOPPED as STOPPED  # noqa: E402
 
 #: Rows fetched per round trip when streaming; keeps memory flat for any list size.
 PAGE_SIZE = 1000
