@@ -72,7 +72,7 @@ def _quoted_tags(value: str) -> list[str]:
 
 
 def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    from newsletter.store.subscribers import normalize_tags
+    from newsletter.store.subscribers import normalize_tags  # deferred: SQLAlchemy, 30 MB
 
     return normalize_tags(tags)
 
@@ -196,7 +196,7 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
         value = clean_name(value) or ""
         if not value:
             return  # nothing but control characters
-        from newsletter.store.subscribers import check_name_lengths  # the columns' lengths
+        from newsletter.store.subscribers import check_name_lengths  # deferred: SQLAlchemy
 
         check_name_lengths(**{target: value})
     if target == "first_name":
@@ -229,7 +229,7 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
     elif target == "unsubscribed_at":
         inc.unsubscribed_at = parse_time(value)
     elif target == "unsubscribe_reason":
-        from newsletter.store.subscribers import REASON_CHARS
+        from newsletter.store.subscribers import REASON_CHARS  # deferred: SQLAlchemy
 
         inc.reason = value[:REASON_CHARS]
     elif target == "source":

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
+from newsletter.processes import die_with_parent
 from newsletter.store.importer.keys import KeyFilter
 from newsletter.store.importer.lines import FALLBACK, LineDecoder
 from newsletter.store.importer.model import (
@@ -181,8 +182,6 @@ def main(argv: list[str]) -> None:
     input_fd, pipe_fd = int(argv[0]), int(argv[1])
     # Both ends are this program (the plan comes from the process that started this one).
     plan: ReaderPlan = pickle.loads(sys.stdin.buffer.read())
-    from newsletter.processes import die_with_parent
-
     die_with_parent(plan.parent)
     send = Connection(pipe_fd, readable=False)
     try:
