@@ -130,3 +130,20 @@ def test_an_error_in_the_reader_process_stops_the_import_with_what_was_written(
     assert "8 rows written (lines 2-9)" in message and "stopped at line 10" in message
     assert "run the same import again" in message
     assert count_subscribers(engine) == 8
+
+
+def test_a_json_export_asked_to_use_the_reader_process_is_read_here(
+    database_url: str, tmp_path: Path
+) -> None:
+    """JSON has no lines to stream; the reader process reads CSV only, so a JSON export is
+    read in the importing process even when a reader process is asked for."""
+    source = tmp_path / "export.json"
+    source.write_text(
+        '[{"email": "jörg@example.de", "first_name": "Jörg", "tags": ["leser"]},'
+        ' {"email": "anna@example.de", "status": "unsubscribed"}]',
+        encoding="utf-8",
+    )
+    engine = open_engine(database_url)
+    result = import_file(engine, source, parallel=True)
+    assert (result.new, result.rejected) == (2, 0)
+    assert count_subscribers(engine) == 2

@@ -193,8 +193,9 @@ def _import_file(
         )
 
         if parallel is None:
-            parallel = not is_json and total >= PARALLEL_BYTES and can_fork()
-        if parallel:
+            parallel = total >= PARALLEL_BYTES and can_fork()
+        # JSON is read whole (it has no lines to stream): the reader process reads CSV only.
+        if parallel and not is_json:
             if reject_file is not None:
                 reject_file.flush()  # the reader process writes the rest
             plan = ReaderPlan(
