@@ -18,7 +18,8 @@ ids allocated up front, and addresses take the fast path of `normalize_email`.
 The package's modules use each other's public names only, in one direction:
 `formats` (which service's export) and `model` (`Incoming`, `Reject`, `ImportResult`) at
 the bottom; `lines` decodes the file line by line, `read` turns the lines into rows,
-`process` runs the reading in a child process for big files, `decide` works out what the
+`reader` makes chunks of them (in a reader process of its own for big files, started and
+heard by `process`), `keys` remembers the addresses read so far, `decide` works out what the
 rows change in the list, `write` writes each chunk through the tables' owners
 (`store.subscribers.BulkWriter`, `store.consent.record_imported`); `run` drives them.
 Callers import from the package.
