@@ -147,3 +147,30 @@ def test_a_json_export_asked_to_use_the_reader_process_is_read_here(
     result = import_file(engine, source, parallel=True)
     assert (result.new, result.rejected) == (2, 0)
     assert count_subscribers(engine) == 2
+
+
+def test_the_reader_process_appends_to_a_bom_reject_file_as_one_process_would(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Excel's CSV UTF-8 (with a BOM): the reader process appends its rejects after the
+    header the importer wrote, with no second BOM, the same bytes as without it."""
+    lines = ["E-Mail;Vorname;Stadt"]
+    for i in range(12):
+        lines.append(f"p{i}@example.de;Jörg{i};Köln")
+    lines += ["kaputt;Änne;„Zitat“", "auch-kaputt@;Ü;Düsseldorf"]
+    source = tmp_path / "excel.csv"
+    source.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    here, there = tmp_path / "r-here.csv", tmp_path / "r-reader.csv"
+    serial = import_file(
+        open_engine(f"sqlite:///{tmp_path / 'serial.db'}"),
+        source,
+        chunk_rows=5,
+        parallel=False,
+        rejects_path=here,
+    )
+    engine = open_engine(database_url)
+    parallel = import_file(engine, source, chunk_rows=5, parallel=True, rejects_path=there)
+    assert (parallel.new, parallel.rejected) == (serial.new, serial.rejected) == (12, 2)
+    assert there.read_bytes() == here.read_bytes()
+    assert there.read_bytes().count(b"\xef\xbb\xbf") == 1
+    assert "„Zitat“" in there.read_text(encoding="utf-8-sig")
