@@ -69,7 +69,7 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def _tree(pid: int) -> list[int]:
-    """pid and all its descendants (the import forks a reader process for big files)."""
+    """pid and all its descendants (the import starts a reader process for big files)."""
     pids, todo = [], [pid]
     while todo:
         current = todo.pop()

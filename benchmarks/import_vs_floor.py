@@ -186,7 +186,7 @@ def main() -> None:
     print(
         f"  ratio import/floor: {ours_med / floor_med:.2f}x   peak RSS {peak:.0f} MB "
         f"(PSS {peak_pss:.0f} MB; both summed over the import and its reader process, RSS "
-        "counting the pages they share since the fork twice)"
+        "counting pages they share, such as the interpreter's, twice)"
     )
     cpu_ours, cpu_floor = statistics.median(mine_cpu), statistics.median(floor_cpu)
     print(

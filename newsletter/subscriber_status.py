@@ -19,3 +19,6 @@ class SubscriberStatus(StrEnum):
 
 
 STATUSES = tuple(s.value for s in SubscriberStatus)
+
+#: Statuses that an import or a form must never turn back into `subscribed` on its own.
+STOPPED = ("unsubscribed", "bounced", "complained")

@@ -199,6 +199,9 @@ DEFERRED_OWN_IMPORTS = {
     ("newsletter/cli/sequences.py", "newsletter.cli.segments"),
     # ... and so must its entry point: the run itself (batches) loads SQLAlchemy.
     ("newsletter/sequences/runner.py", "newsletter.sequences.batches"),
+    # The import's reader process must not load SQLAlchemy (issue 27.1): the rules of
+    # store.subscribers are loaded only by a cell that needs them.
+    ("newsletter/store/importer/read.py", "newsletter.store.subscribers"),
 }
 
 #: Most imports that may run from a lower layer up into a higher one (each says why).

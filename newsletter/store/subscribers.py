@@ -47,6 +47,10 @@ from newsletter.store.schema import (
 )
 from newsletter.store.times import as_utc
 
+# Statuses that an import or a form must never turn back into `subscribed` on its own;
+# defined apart from SQLAlchemy (the import's reader process needs them), offered here too.
+from newsletter.subscriber_status import STOPPED as STOPPED
+
 __all__ = [
     "STATUSES",
     "BulkWriter",
@@ -66,8 +70,6 @@ __all__ = [
     "update_subscriber",
 ]
 
-#: Statuses that an import or a form must never turn back into `subscribed` on its own.
-STOPPED = ("unsubscribed", "bounced", "complained")
 
 #: Rows fetched per round trip when streaming; keeps memory flat for any list size.
 PAGE_SIZE = 1000

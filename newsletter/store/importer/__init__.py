@@ -18,23 +18,54 @@ ids allocated up front, and addresses take the fast path of `normalize_email`.
 The package's modules use each other's public names only, in one direction:
 `formats` (which service's export) and `model` (`Incoming`, `Reject`, `ImportResult`) at
 the bottom; `lines` decodes the file line by line, `read` turns the lines into rows,
-`process` runs the reading in a child process for big files, `decide` works out what the
+`reader` makes chunks of them (in a reader process of its own for big files, started and
+heard by `process`), `keys` remembers the addresses read so far, `decide` works out what the
 rows change in the list, `write` writes each chunk through the tables' owners
 (`store.subscribers.BulkWriter`, `store.consent.record_imported`); `run` drives them.
 Callers import from the package.
 """
 
-from newsletter.store.importer.decide import LOOKUP_BATCH
-from newsletter.store.importer.model import (
-    REPORT_REJECTS,
-    ImportInterrupted,
-    ImportResult,
-    ImportStopped,
-    Incoming,
-    Reject,
-)
-from newsletter.store.importer.read import parse_time
-from newsletter.store.importer.run import CHUNK_ROWS, PARALLEL_BYTES, import_file
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from newsletter.store.importer.decide import LOOKUP_BATCH
+    from newsletter.store.importer.model import (
+        REPORT_REJECTS,
+        ImportInterrupted,
+        ImportResult,
+        ImportStopped,
+        Incoming,
+        Reject,
+    )
+    from newsletter.store.importer.read import parse_time
+    from newsletter.store.importer.run import CHUNK_ROWS, PARALLEL_BYTES, import_file
+
+# Loaded when first asked for: the reader process imports this package's `reader` module
+# and must not load `run` (and SQLAlchemy with it) on the way.
+_HOMES = {
+    "LOOKUP_BATCH": "decide",
+    "REPORT_REJECTS": "model",
+    "ImportInterrupted": "model",
+    "ImportResult": "model",
+    "ImportStopped": "model",
+    "Incoming": "model",
+    "Reject": "model",
+    "parse_time": "read",
+    "CHUNK_ROWS": "run",
+    "PARALLEL_BYTES": "run",
+    "import_file": "run",
+}
+
+
+def __getattr__(name: str) -> Any:  # noqa: V103 (Python calls it for a missing name)
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "CHUNK_ROWS",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.errors import StoreError
-from newsletter.store.subscribers import STOPPED
+from newsletter.subscriber_status import STOPPED
 
 #: Rejects kept in memory for the report; all of them go to the rejects file.
 REPORT_REJECTS = 1000

@@ -2,7 +2,8 @@
 
 CSV with any delimiter and another service's columns (see `formats`), or our own JSON
 export; tag, time and status cells. The lines come decoded from `lines`; big files are
-read in a forked process (see `process`).
+read in a reader process (see `process`), which must not load SQLAlchemy: the rules of
+`store.subscribers` are imported where a cell needs them, not at the top.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import csv
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,13 +36,7 @@ from newsletter.store.importer.model import (
     Reject,
 )
 from newsletter.store.names import clean_name
-from newsletter.store.schema import STATUSES
-from newsletter.store.subscribers import (
-    REASON_CHARS,
-    STOPPED,
-    check_name_lengths,
-    normalize_tags,
-)
+from newsletter.subscriber_status import STATUSES, STOPPED
 from newsletter.wording import plural
 
 #: csv's own limit on one cell; a longer cell is a rejected row.
@@ -74,6 +69,12 @@ def _quoted_tags(value: str) -> list[str]:
     # Mailchimp writes TAGS as `"Tag A","Tag B"` inside one cell.
     row = next(csv.reader([value]), [])
     return [t.strip() for t in row if t.strip()]
+
+
+def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    from newsletter.store.subscribers import normalize_tags  # deferred: SQLAlchemy, 30 MB
+
+    return normalize_tags(tags)
 
 
 def _list_tags(value: str) -> list[str]:
@@ -195,6 +196,8 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
         value = clean_name(value) or ""
         if not value:
             return  # nothing but control characters
+        from newsletter.store.subscribers import check_name_lengths  # deferred: SQLAlchemy
+
         check_name_lengths(**{target: value})
     if target == "first_name":
         inc.first_name = value
@@ -226,6 +229,8 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
     elif target == "unsubscribed_at":
         inc.unsubscribed_at = parse_time(value)
     elif target == "unsubscribe_reason":
+        from newsletter.store.subscribers import REASON_CHARS  # deferred: SQLAlchemy
+
         inc.reason = value[:REASON_CHARS]
     elif target == "source":
         inc.source = value[:SOURCE_CHARS]

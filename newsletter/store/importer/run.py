@@ -17,23 +17,22 @@ from sqlalchemy.exc import DBAPIError
 
 from newsletter.errors import ImportFileError, NewsletterError
 from newsletter.store.engine import database_error
-from newsletter.store.importer.decide import KeyFilter, existing_field_names
+from newsletter.store.importer.decide import existing_field_names
 from newsletter.store.importer.evidence import consent_policy
 from newsletter.store.importer.formats import detect_encoding
-from newsletter.store.importer.lines import FALLBACK, LineDecoder
+from newsletter.store.importer.keys import KeyFilter
+from newsletter.store.importer.lines import LineDecoder
 from newsletter.store.importer.model import (
     FieldNames,
     ImportInterrupted,
     ImportResult,
     ImportStopped,
     Incoming,
-    ReadSummary,
-    Reject,
     line_of,
-    merge,
 )
 from newsletter.store.importer.process import ReaderStream, can_fork
 from newsletter.store.importer.read import csv_rows, json_rows
+from newsletter.store.importer.reader import Chunks, ReaderPlan
 from newsletter.store.importer.write import Pacer, write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
@@ -46,7 +45,7 @@ from newsletter.wording import plural
 CHUNK_ROWS = 10_000
 
 
-#: Files at least this big are parsed in a forked reader process while this one writes.
+#: Files at least this big are parsed in a reader process while this one writes.
 PARALLEL_BYTES = 8 << 20
 
 
@@ -159,12 +158,12 @@ def _import_file(
             initially_empty = probe.execute(select(subscribers.c.id).limit(1)).first() is None
             policy = consent_policy(probe, path.name, fmt.name, keep_full_ip)
         reject_writer = None
+        # As the input was written (its delimiter, a BOM if it had one), so the same
+        # spreadsheet opens the rejects, fixed rows can be pasted back, and re-imported.
+        rejects_encoding = "utf-8-sig" if result.encoding == "utf-8-sig" else "utf-8"
         if rejects_path is not None:
             try:
-                # As the input was written (its delimiter, a BOM if it had one), so the same
-                # spreadsheet opens the rejects, fixed rows can be pasted back, and re-imported.
-                encoding = "utf-8-sig" if result.encoding == "utf-8-sig" else "utf-8"
-                reject_file = Path(rejects_path).open("w", encoding=encoding, newline="")  # noqa: SIM115
+                reject_file = Path(rejects_path).open("w", encoding=rejects_encoding, newline="")  # noqa: SIM115
             except OSError as exc:
                 raise ImportFileError(
                     f"{rejects_path}: cannot write ({exc.strerror}); choose another --rejects FILE"
@@ -181,68 +180,39 @@ def _import_file(
         # earlier chunk may have had, and only those are looked up.
         read_keys = new_keys if new_keys.exact is None else None
 
-        merged = 0
-
-        def chunks() -> Iterator[tuple[dict[str, Incoming], int, list[str] | None]]:
-            # Parse, reject, merge duplicates within a chunk (in the reader process, if any).
-            # Each chunk comes with the last line read for it, and its keys seen before.
-            nonlocal merged
-            chunk: dict[str, Incoming] = {}
-            line = 1
-            for line, item, row in rows:
-                result.rows += 1
-                if isinstance(item, Reject):
-                    result.reject(item.line, item.email, item.reason)
-                    if reject_writer is not None:
-                        reject_writer.writerow([*row, line, item.reason])
-                    continue
-                if extra_tags:
-                    item.tags |= extra_tags
-                earlier = chunk.get(item.key)
-                if earlier is not None:
-                    merge(earlier, item)
-                    merged += 1
-                else:
-                    chunk[item.key] = item
-                if len(chunk) >= chunk_rows:
-                    yield chunk, line, seen_before(chunk)
-                    chunk = {}
-            if chunk:
-                yield chunk, line, seen_before(chunk)
-
-        def seen_before(chunk: dict[str, Incoming]) -> list[str] | None:
-            """The chunk's keys that an earlier chunk may have had (None: ask `new_keys`)."""
-            if read_keys is None:
-                return None
-            keys = list(chunk)
-            maybe = read_keys.among(keys)
-            read_keys.update(keys)
-            return maybe
-
-        def finish() -> ReadSummary:
-            if reject_file is not None:
-                reject_file.flush()
-            encoding = result.encoding if is_json else lines.encoding()
-            mixed = encoding != FALLBACK
-            return ReadSummary(
-                rows=result.rows,
-                rejected=result.rejected,
-                rejects=result.rejects,
-                merged=merged,
-                encoding=encoding,
-                fallback_lines=lines.fallback_lines if mixed else [],
-                fallback_count=lines.fallback_count if mixed else 0,
-            )
+        chunks = Chunks(
+            rows,
+            result,
+            lines,
+            chunk_rows=chunk_rows,
+            extra_tags=extra_tags,
+            read_keys=read_keys,
+            reject_writer=reject_writer,
+            reject_file=reject_file,
+            is_json=is_json,
+        )
 
         if parallel is None:
-            parallel = not is_json and total >= PARALLEL_BYTES and can_fork()
-        if parallel:
+            parallel = total >= PARALLEL_BYTES and can_fork()
+        # JSON is read whole (it has no lines to stream): the reader process reads CSV only.
+        if parallel and not is_json:
             if reject_file is not None:
                 reject_file.flush()  # the reader process writes the rest
-            reader = ReaderStream(chunks, lambda: lines.bytes_read, finish, path)
+            plan = ReaderPlan(
+                path=path,
+                encoding=result.encoding,
+                mapping=mapping,
+                chunk_rows=chunk_rows,
+                extra_tags=extra_tags,
+                field_spellings=dict(names.spelling),
+                key_bits=None if read_keys is None else read_keys.mask.bit_length(),
+                rejects_path=None if rejects_path is None else Path(rejects_path),
+                rejects_encoding=rejects_encoding,
+            )
+            reader = ReaderStream(plan, raw)
             stream: Iterator[tuple[dict[str, Incoming], int, int, list[str] | None]] = iter(reader)
         else:
-            stream = ((chunk, lines.bytes_read, line, seen) for chunk, line, seen in chunks())
+            stream = ((chunk, lines.bytes_read, line, seen) for chunk, line, seen in chunks)
         # Every row up to this line is written. Within a chunk, the rows' first lines
         # rise, so a written part of it covers the lines up to its last row's.
         written_line = 1
@@ -274,7 +244,7 @@ def _import_file(
             raise ImportStopped(_stop_message(path, exc, result, written_line)) from None
         except KeyboardInterrupt:
             raise ImportInterrupted(_interrupted_message(path, result, written_line)) from None
-        summary = reader.summary if reader is not None else finish()
+        summary = reader.summary if reader is not None else chunks.finish()
         assert summary is not None
         result.rows, result.rejected, result.rejects = (
             summary.rows,
