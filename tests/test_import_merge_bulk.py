@@ -121,11 +121,10 @@ def test_a_merge_changes_each_person_by_the_rules(engine, tmp_path: Path) -> Non
     }
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_postgres_re_import_updates_in_one_statement_per_kind_of_change(
     engine, tmp_path: Path
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the set-based merge is PostgreSQL's")
     people = [f"p{i}@example.de" for i in range(300)]
     first = tmp_path / "first.csv"
     first.write_text("email,first name\n" + "".join(f"{p},P\n" for p in people), encoding="utf-8")
@@ -163,11 +162,10 @@ def test_a_postgres_re_import_updates_in_one_statement_per_kind_of_change(
     assert tagged == 300
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_postgres_import_keeps_durable_commits_for_everyone_else(engine, tmp_path) -> None:
     """The import's own commits need not wait for the disk (a rerun writes what a crash of
     the server lost); the pooled connection it used must not keep that for other writes."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("synchronous_commit is PostgreSQL's")
     source = tmp_path / "list.csv"
     source.write_text("email\na@example.de\nb@example.de\n", encoding="utf-8")
     import_file(engine, source)

@@ -186,6 +186,7 @@ def _imported_rows(engine, kind: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_serve_answers_503_with_retry_after_when_the_database_stays_locked(served) -> None:
     """What still cannot be stored gets 503 + Retry-After (a retry), never a 500."""
     import sqlite3
@@ -198,8 +199,6 @@ def test_serve_answers_503_with_retry_after_when_the_database_stays_locked(serve
     from .conftest import TEST_SECRET
 
     project, engine, ids, base = served
-    if engine.dialect.name != "sqlite":
-        pytest.skip("a held write lock is SQLite's")
     token = tokens.make_token(tokens.UNSUBSCRIBE, ids[0], None, key=TEST_SECRET)
     holder = sqlite3.connect(engine.url.database, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another program holds the write lock, for too long

@@ -97,6 +97,7 @@ def test_totals_after_a_lost_lease_count_what_was_accepted(root, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_heartbeat_survives_a_dropped_database_connection(database_url):
     """A PostgreSQL restart (or a killed connection) must not kill the heartbeat thread: else
     a long send looks dead after LEASE_STALE_SECONDS and a --resume may take it over."""
@@ -104,8 +105,6 @@ def test_heartbeat_survives_a_dropped_database_connection(database_url):
 
     from sqlalchemy import text
 
-    if not database_url.startswith("postgresql"):
-        pytest.skip("needs a server whose connections can be killed")
     engine = open_engine(database_url)
     ledger = Ledger(engine)
     issue_id = ensure_issue(engine, slug="hb", title="t", subject="s", language="de")
