@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from _generated import write_or_check  # (beside this script: scripts/ is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "newsletter" / "dates_table.json"
 FIELDS = {"d", "MMMM", "y"}
@@ -45,15 +47,7 @@ def generate() -> str:
 
 
 def main() -> None:
-    text = generate()
-    if "--check" in sys.argv[1:]:
-        current = TABLE.read_text("utf-8") if TABLE.exists() else ""
-        if current != text:
-            print(f"{TABLE} is out of date: run python scripts/dates_table.py", file=sys.stderr)
-            raise SystemExit(1)
-        return
-    TABLE.write_text(text, encoding="utf-8")
-    print(f"wrote {TABLE}")
+    write_or_check(TABLE, generate(), "dates_table.py")
 
 
 if __name__ == "__main__":

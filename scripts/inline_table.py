@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _generated import write_or_check  # (beside this script: scripts/ is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "newsletter" / "inline_table.json"
 
@@ -33,53 +35,7 @@ imprint_url = "https://news.example.com/impressum"
 privacy_url = "https://news.example.com/datenschutz"
 """
 
-EVERY_ELEMENT = """\
----
-title: Alle Elemente – „Überschriften“ und Größen
-date: 2024-07-09
----
-
-# Eine Überschrift
-
-Hallo {{ subscriber.first_name | default("zusammen") }}, ein Absatz mit **fett**, *kursiv*,
-~~durchgestrichen~~, `Code`, einem [Link](https://example.com/ä) und https://example.com/x.[^1]
-
-## Zweite Ebene
-
-### Dritte Ebene
-
-#### Vierte Ebene
-
-##### Fünfte Ebene
-
-###### Sechste Ebene
-
-> Ein Zitat über Größe.
->
-> Noch ein Absatz im Zitat.
-
-- eins
-- zwei
-  1. verschachtelt
-  2. nummeriert
-
-1. erstens
-2. zweitens
-
-```python
-print("Grüße")
-```
-
-| Plattform | Nutzer |
-|:----------|-------:|
-| Instagram | 2 Mrd. |
-
-![Ein Bild](https://example.com/bild.png){width=1200 height=600}
-
----
-
-[^1]: Eine Fußnote.
-"""
+EVERY_ELEMENT = (REPO / "tests" / "fixtures" / "every_element.md").read_text(encoding="utf-8")
 
 
 def generate() -> str:
@@ -122,15 +78,7 @@ def generate() -> str:
 
 
 def main() -> None:
-    text = generate()
-    if "--check" in sys.argv[1:]:
-        current = TABLE.read_text("utf-8") if TABLE.exists() else ""
-        if current != text:
-            print(f"{TABLE} is out of date: run python scripts/inline_table.py", file=sys.stderr)
-            raise SystemExit(1)
-        return
-    TABLE.write_text(text, encoding="utf-8")
-    print(f"wrote {TABLE}")
+    write_or_check(TABLE, generate(), "inline_table.py")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from _generated import write_or_check  # (beside this script: scripts/ is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "newsletter" / "template_code.json"
 #: The email's templates (the archive's and the report's have environments of their own).
@@ -53,15 +55,7 @@ def generate() -> str:
 
 
 def main() -> None:
-    text = generate()
-    if "--check" in sys.argv[1:]:
-        current = TABLE.read_text("utf-8") if TABLE.exists() else ""
-        if current != text:
-            print(f"{TABLE} is out of date: run python scripts/template_code.py", file=sys.stderr)
-            raise SystemExit(1)
-        return
-    TABLE.write_text(text, encoding="utf-8")
-    print(f"wrote {TABLE}")
+    write_or_check(TABLE, generate(), "template_code.py")
 
 
 if __name__ == "__main__":

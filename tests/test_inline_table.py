@@ -19,50 +19,8 @@ from newsletter.render import render_file
 from newsletter.scaffold import init_project
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO
 
-EVERY_ELEMENT = """\
----
-title: Alle Elemente – „Überschriften“ und Größen
-date: 2024-07-09
----
-
-# Eine Überschrift
-
-Hallo {{ subscriber.first_name | default("zusammen") }}, ein Absatz mit **fett**, *kursiv*,
-~~durchgestrichen~~, `Code`, einem [Link](https://example.com/ä) und https://example.com/x.[^1]
-
-## Zweite Ebene
-
-### Dritte Ebene
-
-#### Vierte Ebene
-
-##### Fünfte Ebene
-
-###### Sechste Ebene
-
-> Ein Zitat über Größe.
->
-> Noch ein Absatz im Zitat.
-
-- eins
-- zwei
-  1. verschachtelt
-  2. nummeriert
-
-```python
-print("Grüße")
-```
-
-| Plattform | Nutzer |
-|:----------|-------:|
-| Instagram | 2 Mrd. |
-
-![Ein Bild](https://example.com/bild.png){width=1200 height=600}
-
----
-
-[^1]: Eine Fußnote.
-"""
+#: Every Markdown element the templates style (the sample `scripts/inline_table.py` learns from).
+EVERY_ELEMENT = (REPO / "tests" / "fixtures" / "every_element.md").read_text(encoding="utf-8")
 
 #: The issue's own HTML: style attributes, classes, an id, a floating image, a <style> block.
 RAW_HTML = """\

@@ -24,6 +24,7 @@ from newsletter import events, privacy
 from newsletter.insights import counters, queries
 from newsletter.store import migrations, schema
 from newsletter.store.engine import open_engine
+from newsletter.store.issues import ensure_issue
 from newsletter.store.subscribers import add_subscriber, forget_subscriber
 
 
@@ -35,18 +36,13 @@ def engine(database_url: str):
 
 
 def new_issue(engine, slug: str = "fruehjahr") -> int:
-    with engine.begin() as conn:
-        return int(
-            conn.execute(
-                schema.issues.insert().values(
-                    slug=slug,
-                    title="Warum Metas KI Creator verdrängen könnte",
-                    subject="Meta, KI und das Ende der Creator?",
-                    language="de",
-                    created_at=datetime.now(UTC),
-                )
-            ).inserted_primary_key[0]
-        )
+    return ensure_issue(
+        engine,
+        slug=slug,
+        title="Warum Metas KI Creator verdrängen könnte",
+        subject="Meta, KI und das Ende der Creator?",
+        language="de",
+    )
 
 
 def event(kind: str, issue_id: int, subscriber_id: int, **extra: Any) -> dict[str, Any]:

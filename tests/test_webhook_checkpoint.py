@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +19,8 @@ from newsletter.project import Project
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
 from newsletter.web import create_app
-from tests.support.web import Signer, body_of, event, free_port, sent_issue
+from tests.support.serve_processes import start_serve
+from tests.support.web import Signer, body_of, event, sent_issue
 
 URL = "/webhooks/sendgrid/events"
 
@@ -67,30 +65,6 @@ def test_a_post_is_checkpointed_after_the_answer_not_in_the_commit(project: Path
     engine.dispose()
 
 
-def _serve(project: Path, port: int, public_key: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "SENDGRID_WEBHOOK_PUBLIC_KEY": public_key,
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-    }
-    env.pop("NEWSLETTER_DATABASE_URL", None)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "newsletter",
-            "--project",
-            str(project),
-            "serve",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.slow
 def test_kill_9_after_the_answer_loses_no_event(project: Path, signer):
     proj = Project.load(project)
@@ -98,20 +72,10 @@ def test_kill_9_after_the_answer_loses_no_event(project: Path, signer):
     people = [add_subscriber(engine, f"leser{i}@example.de") for i in range(20)]
     issue_id = sent_issue(engine, [p.id for p in people])
     engine.dispose()
-    port = free_port()
-    process = _serve(project, port, signer.public_key)
-    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SENDGRID_WEBHOOK_PUBLIC_KEY": signer.public_key}
+    env.pop("NEWSLETTER_DATABASE_URL", None)
+    process, base = start_serve(project, env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, "serve stopped"
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
         stored = 0
         for round_ in range(5):
             batch = [
@@ -128,7 +92,7 @@ def test_kill_9_after_the_answer_loses_no_event(project: Path, signer):
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(timeout=10)
+        process.communicate(timeout=10)
     db = sqlite3.connect(project / "newsletter.db")
     try:
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == stored
