@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,6 +41,13 @@ EXAMPLE_ISSUE = REPO / "issues" / "2024-07-meta-ki-creator.md"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TEST_SECRET = "test-secret-key-0123456789abcdef"
 SENDGRID_KEY = "SG.test-key"
+
+
+# A run started with Ctrl-C ignored (`pytest &` from a script: the shell ignores SIGINT for
+# background jobs) would pass that on to every CLI process the Ctrl-C tests interrupt; they
+# must get Ctrl-C as a terminal sends it. (A Python handler becomes the default on exec.)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
