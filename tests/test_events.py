@@ -24,13 +24,6 @@ URL = "/webhooks/sendgrid/events"
 
 
 @pytest.fixture
-def signer(monkeypatch: pytest.MonkeyPatch) -> Signer:
-    s = Signer()
-    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", s.public_key)
-    return s
-
-
-@pytest.fixture
 def setup(project: Path, database_url: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
     proj = Project.load(project)

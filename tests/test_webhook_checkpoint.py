@@ -20,16 +20,9 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
 from newsletter.web import create_app
 from tests.support.serve_processes import start_serve
-from tests.support.web import Signer, body_of, event, sent_issue
+from tests.support.web import body_of, event, sent_issue
 
 URL = "/webhooks/sendgrid/events"
-
-
-@pytest.fixture
-def signer(monkeypatch: pytest.MonkeyPatch) -> Signer:
-    s = Signer()
-    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", s.public_key)
-    return s
 
 
 def _events_in_database_file(path: Path) -> int:
