@@ -664,8 +664,14 @@ class BulkWriter:
         return list(range(start + 1, start + 1 + n))
 
     def lock(self) -> None:
-        """Take the table's write lock now, for the rest of the transaction."""
+        """Take the table's write lock now, for the rest of the transaction; call `unlock`
+        once it has ended."""
         if self.dialect == "sqlite":
+            # Every row this writer adds points at a subscriber it has just added or looked
+            # up holding the lock, so SQLite need not look each parent up again (a tenth of
+            # a big import's time). The setting cannot change inside a transaction: it is
+            # off from here to `unlock`, on this connection only.
+            self.conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
             # pysqlite begins a deferred transaction only at the first INSERT or UPDATE.
             self.conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif self.dialect == "postgresql":
@@ -676,6 +682,23 @@ class BulkWriter:
             # the machine itself can lose the last few commits (never half of one), and
             # running the same import again writes them (it skips what is done).
             self.conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+    def unlock(self) -> None:
+        """After the transaction `lock` began has ended: the connection as it was."""
+        if self.dialect == "sqlite":
+            self.conn.exec_driver_sql("PRAGMA foreign_keys = ON")
+
+    # A savepoint lets one part of a long transaction be rolled back alone (an import's
+    # chunk that clashed with another writer) and written again.
+    def savepoint(self) -> None:
+        self.conn.exec_driver_sql("SAVEPOINT bulk_part")
+
+    def release_savepoint(self) -> None:
+        self.conn.exec_driver_sql("RELEASE SAVEPOINT bulk_part")
+
+    def rollback_savepoint(self) -> None:
+        self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT bulk_part")
+        self.release_savepoint()
 
     def insert(
         self,

@@ -33,12 +33,12 @@ from newsletter.store.importer.model import (
 from newsletter.store.importer.process import ReaderStream, can_fork
 from newsletter.store.importer.read import csv_rows, json_rows
 from newsletter.store.importer.reader import Chunks, ReaderPlan
-from newsletter.store.importer.write import Pacer, write_chunk
+from newsletter.store.importer.write import ImportTransaction, Pacer, write_chunk
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import normalize_tags
 from newsletter.wording import plural
 
-#: Rows per chunk (and at most per transaction; `Pacer` makes slow ones smaller): big
+#: Rows per chunk (a transaction holds one or more; `Pacer` cuts slow ones smaller): big
 #: enough for executemany to pay off, small enough to bound memory. Both processes hold
 #: about one chunk; at 20,000 they took 35 MB more than at 10,000 (at a million rows,
 #: where `Pacer` cut most chunks into two transactions of about 10,000 anyway).
@@ -213,9 +213,11 @@ def _import_file(
             stream: Iterator[tuple[dict[str, Incoming], int, int, list[str] | None]] = iter(reader)
         else:
             stream = ((chunk, lines.bytes_read, line, seen) for chunk, line, seen in chunks)
-        # Every row up to this line is written. Within a chunk, the rows' first lines
-        # rise, so a written part of it covers the lines up to its last row's.
-        written_line = 1
+        # Rows are written in a transaction that spans chunks while they are quick (see
+        # `Pacer`); its `committed_line` is the line up to which every row is written. Within
+        # a chunk, the rows' first lines rise, so a written part of it covers the lines up to
+        # its last row's.
+        transaction = ImportTransaction(engine, result)
         pacer = Pacer(engine, chunk_rows)
         try:
             for number, (chunk, done, line, seen) in enumerate(stream, start=1):
@@ -226,24 +228,40 @@ def _import_file(
                     started = time.perf_counter()
                     # Taken first: write_chunk drops erased addresses, which may be all of them.
                     part_line, part_rows = line_of(next(reversed(part.values()))), len(part)
-                    with interrupt_deferred():  # counted as written exactly when committed
+                    with interrupt_deferred():  # a part is written whole or not at all
                         write_chunk(
-                            engine, part, result, chunk_keys, initially_empty, resubscribe,
-                            source_name, fmt, policy,
+                            transaction, part, result, chunk_keys, initially_empty,
+                            resubscribe, source_name, fmt, policy,
                         )  # fmt: skip
-                        written_line = part_line
+                        transaction.line = part_line
                     pacer.wrote(part_rows, time.perf_counter() - started)
                     del part
-                written_line = line
+                transaction.line = line
+                if pacer.commit_due(transaction):
+                    with interrupt_deferred():  # counted as written exactly when committed
+                        pacer.committed(transaction.commit())
                 del chunk
                 if number % 10 == 0:
                     gc.collect()
                 if progress is not None:
                     progress(done if not is_json else total, total)
+            with interrupt_deferred():
+                transaction.commit()
         except (NewsletterError, OSError, DBAPIError) as exc:
-            raise ImportStopped(_stop_message(path, exc, result, written_line)) from None
+            # The part that failed is rolled back; the whole ones before it are kept.
+            with interrupt_deferred():
+                transaction.keep()
+            raise ImportStopped(
+                _stop_message(path, exc, result, transaction.committed_line)
+            ) from None
         except KeyboardInterrupt:
-            raise ImportInterrupted(_interrupted_message(path, result, written_line)) from None
+            with interrupt_deferred():
+                transaction.keep()
+            raise ImportInterrupted(
+                _interrupted_message(path, result, transaction.committed_line)
+            ) from None
+        finally:
+            transaction.rollback()  # nothing open is left behind (a no-op once committed)
         summary = reader.summary if reader is not None else chunks.finish()
         assert summary is not None
         result.rows, result.rejected, result.rejects = (

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.insights.counters import BulkInsertTally
@@ -51,10 +52,15 @@ class Pacer:
     A one-click unsubscribe or a sign-up must be stored during a big import. SQLite has
     one write lock and no queue: a waiting writer sleeps up to 100 ms between tries, for
     up to its busy timeout (10 s), and a writer that commits and begins again at once
-    can keep it out until it gives up. So each transaction is sized (from the rows per
-    second so far) to hold the lock about TARGET seconds, and on SQLite the import
-    pauses PAUSE seconds (longer than a waiter's longest sleep) after every SHARE
-    seconds of writing. On PostgreSQL short transactions keep row locks short.
+    can keep it out until it gives up. So a transaction is committed once it has held the
+    lock about TARGET seconds (a chunk that alone would take longer is cut into parts sized
+    from the rows per second so far), and on SQLite the import pauses PAUSE seconds (longer
+    than a waiter's longest sleep) after every SHARE seconds of writing. On PostgreSQL short
+    transactions keep row locks short.
+
+    A transaction holds several chunks when they are quick: each commit writes every page
+    the chunk touched in the address index (spread all over it) to SQLite's log again, so at
+    a million rows ten thousand rows a commit spent a sixth of the import committing.
     """
 
     TARGET = 0.5
@@ -70,7 +76,7 @@ class Pacer:
         self.writing = 0.0  # seconds written since the last pause
 
     def parts(self, chunk: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """The chunk in pieces of one transaction each (sized anew before each piece)."""
+        """The chunk in pieces of at most one transaction each (sized anew before each)."""
         if len(chunk) <= self.rows:
             yield chunk
             return
@@ -82,18 +88,141 @@ class Pacer:
             start = end
 
     def wrote(self, rows: int, seconds: float) -> None:
-        """One transaction of `rows` took `seconds`: size the next, and pause if due."""
+        """A part of `rows` took `seconds` to write: size the next one."""
         if seconds > 0:
             fitting = int(rows / seconds * self.TARGET)
             self.rows = max(self.MIN_ROWS, min(self.max_rows, fitting))
+
+    def commit_due(self, transaction: ImportTransaction) -> bool:
+        """Whether the open transaction has held the lock long enough."""
+        return transaction.open and transaction.age() >= self.TARGET
+
+    def committed(self, seconds: float) -> None:
+        """A transaction held the lock `seconds`: pause if others are due a turn."""
         self.writing += seconds
         if self.pauses and self.writing >= self.SHARE:
             time.sleep(self.PAUSE)
             self.writing = 0.0
 
 
+class ImportTransaction:
+    """The import's open write transaction: one connection holding the write lock across
+    several chunks, each written inside a savepoint of it (`chunk`), so that a chunk that
+    clashes with another writer is rolled back alone and written again.
+
+    `line` is the last line of the file whose rows are all written in it; `committed_line`
+    what the database keeps for sure. The result's counters are taken back to what they
+    were at `begin` by `rollback`: only committed rows count as written.
+    """
+
+    COUNTERS = ("new", "updated", "unchanged", "duplicates", "kept_stopped", "suppressed")
+
+    def __init__(self, engine: Engine, result: ImportResult):
+        self.engine = engine
+        self.result = result
+        self.conn: Connection | None = None
+        self.writer: BulkWriter | None = None
+        self.line = 1
+        self.committed_line = 1
+        self.started = 0.0
+        self.broken = False
+        self._counted: list[int] = []
+
+    @property
+    def open(self) -> bool:
+        return self.conn is not None
+
+    def age(self) -> float:
+        return time.perf_counter() - self.started if self.open else 0.0
+
+    def begin(self) -> BulkWriter:
+        """The open transaction's writer, beginning one (and taking the lock) if none is."""
+        if self.writer is not None:
+            return self.writer
+        self.started = time.perf_counter()
+        self._counted = [getattr(self.result, name) for name in self.COUNTERS]
+        conn = self.engine.connect()
+        try:
+            conn.begin()
+            writer = BulkWriter(conn)
+            # Holding the write lock from the lookups to the commit, no other writer can
+            # add one of these addresses (or take an id) in between.
+            writer.lock()
+        except BaseException:
+            conn.close()
+            raise
+        self.conn, self.writer, self.broken = conn, writer, False
+        return writer
+
+    @contextmanager
+    def chunk(self) -> Iterator[BulkWriter]:
+        """A savepoint for one chunk: rolled back to (alone) if the block raises."""
+        writer = self.begin()
+        writer.savepoint()
+        try:
+            yield writer
+        except BaseException:
+            try:
+                writer.rollback_savepoint()
+            except BaseException:
+                self.broken = True  # what the transaction holds is unknown now
+                raise
+            raise
+        writer.release_savepoint()
+
+    def keep(self) -> None:
+        """After a failure or Ctrl-C between parts: commit the whole parts written so far,
+        or, if even that fails, roll back (`committed_line` says which it was)."""
+        if self.broken:
+            self.rollback()
+            return
+        with suppress(OSError, DBAPIError):  # then it rolled back
+            self.commit()
+
+    def commit(self) -> float:
+        """Commit (a dry run: roll back) what is written; the seconds the lock was held."""
+        if self.conn is None:
+            return 0.0
+        held = self.age()
+        try:
+            if self.result.dry_run:
+                self.conn.rollback()
+            else:
+                self.conn.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        self.committed_line = self.line
+        self._close()
+        return held
+
+    def rollback(self) -> None:
+        """Forget what the open transaction wrote, counters included."""
+        if self.conn is None:
+            return
+        for name, value in zip(self.COUNTERS, self._counted, strict=True):
+            setattr(self.result, name, value)
+        self.line = self.committed_line
+        try:
+            self.conn.rollback()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        conn, writer = self.conn, self.writer
+        self.conn = self.writer = None
+        assert conn is not None and writer is not None
+        try:
+            writer.unlock()
+        except BaseException:
+            conn.invalidate()  # a connection whose settings could not be put back
+            raise
+        finally:
+            conn.close()
+
+
 def write_chunk(
-    engine: Engine,
+    transaction: ImportTransaction,
     chunk: dict[str, Incoming],
     result: ImportResult,
     new_keys: KeyFilter,
@@ -103,7 +232,8 @@ def write_chunk(
     fmt: Format,
     policy: ImportConsent | None = None,
 ) -> None:
-    """Merge one chunk into the database in one transaction (or only count it: dry run).
+    """Merge one chunk into the database within the open import transaction (a savepoint of
+    it), or only count it (dry run).
 
     With a consent `policy`, suppressed addresses are dropped (and counted) first, and each
     new subscriber gets its `import` consent record.
@@ -117,7 +247,7 @@ def write_chunk(
     """
     literal_times = fmt.name.startswith("newsletter")
     if policy is not None and policy.check_suppressed:
-        with engine.connect() as conn:
+        with transaction.engine.connect() as conn:
             drop_suppressed(conn, chunk, result, policy)
     counters = ("new", "updated", "unchanged", "duplicates", "kept_stopped")
     before = [getattr(result, name) for name in counters]
@@ -128,11 +258,13 @@ def write_chunk(
         added: list[str] = []
         found: list[int] = []  # how many of the chunk's addresses the lookups found
         try:
-            # After a clash, look every key up: someone else added some meanwhile.
-            _write_chunk_once(
-                engine, chunk, result, new_keys, added, found,
-                initially_empty and attempt == 1, resubscribe, source_name, literal_times, policy,
-            )  # fmt: skip
+            with transaction.chunk() as writer:
+                # After a clash, look every key up: someone else added some meanwhile.
+                _write_chunk_once(
+                    writer, chunk, result, new_keys, added, found,
+                    initially_empty and attempt == 1, resubscribe, source_name, literal_times,
+                    policy,
+                )  # fmt: skip
         except IntegrityError:
             # Another program (the subscribe form, say) added one of these addresses
             # before this transaction took the write lock, and the lookups were skipped
@@ -159,7 +291,7 @@ def write_chunk(
 
 
 def _write_chunk_once(
-    engine: Engine,
+    writer: BulkWriter,
     chunk: dict[str, Any],
     result: ImportResult,
     new_keys: KeyFilter,
@@ -173,44 +305,30 @@ def _write_chunk_once(
 ) -> None:
     stamp = datetime.now(UTC)
     dry_run = result.dry_run
-    with engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            writer = BulkWriter(conn)
-            # Holding the write lock from the lookups to the commit, no other writer can
-            # add one of these addresses (or take an id) in between.
-            writer.lock()
-            lookup = list(chunk)
-            if skip_lookups:
-                lookup = new_keys.among(lookup)
-            if dry_run:
-                # Nothing of this run is in the database; repeats of new rows are duplicates.
-                repeats = {k for k in lookup if k in new_keys}
-                result.duplicates += len(repeats)
-                lookup = [k for k in lookup if k not in repeats]
-            else:
-                repeats = set()
-            found: set[str] = set()
-            for start in range(0, len(lookup), LOOKUP_BATCH):
-                current = fetch_current(conn, lookup[start : start + LOOKUP_BATCH])
-                found.update(current)
-                _update_existing(conn, writer, chunk, current, result, new_keys, resubscribe, stamp)
+    conn = writer.conn
+    lookup = list(chunk)
+    if skip_lookups:
+        lookup = new_keys.among(lookup)
+    if dry_run:
+        # Nothing of this run is in the database; repeats of new rows are duplicates.
+        repeats = {k for k in lookup if k in new_keys}
+        result.duplicates += len(repeats)
+        lookup = [k for k in lookup if k not in repeats]
+    else:
+        repeats = set()
+    found: set[str] = set()
+    for start in range(0, len(lookup), LOOKUP_BATCH):
+        current = fetch_current(conn, lookup[start : start + LOOKUP_BATCH])
+        found.update(current)
+        _update_existing(conn, writer, chunk, current, result, new_keys, resubscribe, stamp)
 
-            found_count.append(len(found))
-            fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
-            if fresh:
-                _insert_fresh(
-                    writer, fresh, result, added, resubscribe, source_name, stamp, literal_times,
-                    policy,
-                )  # fmt: skip
-            if dry_run:
-                transaction.rollback()
-            else:
-                transaction.commit()
-        except BaseException:
-            if transaction.is_active:
-                transaction.rollback()
-            raise
+    found_count.append(len(found))
+    fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
+    if fresh:
+        _insert_fresh(
+            writer, fresh, result, added, resubscribe, source_name, stamp, literal_times,
+            policy,
+        )  # fmt: skip
 
 
 def _insert_fresh(
