@@ -1,0 +1,86 @@
+"""`subscribers import`'s write transactions: quick chunks share one, a chunk that clashes
+with another writer is rolled back alone, and the connection is left as it was found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.errors import StoreError
+from newsletter.store import schema
+from newsletter.store.engine import open_engine
+from newsletter.store.importer import import_file
+from newsletter.store.subscribers import (
+    BulkWriter,
+    add_subscriber,
+    count_subscribers,
+    find_subscriber,
+)
+
+
+@pytest.fixture
+def engine(database_url: str):
+    return open_engine(database_url)
+
+
+def people_csv(path: Path, rows: int) -> Path:
+    path.write_text(
+        "email,first name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(rows)),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_clash_in_the_third_chunk_of_a_transaction_keeps_the_two_before(
+    engine, tmp_path, monkeypatch
+) -> None:
+    """A sign-up committed before the import took the lock: the chunk holding that address
+    clashes, is rolled back alone and merged; the chunks before it in the same transaction
+    stay, and the whole file took one transaction."""
+    source = people_csv(tmp_path / "x.csv", 8)
+    real_lock = BulkWriter.lock
+    locks: list[int] = []
+
+    def sign_up_then_lock(self):
+        if not locks:
+            add_subscriber(engine, "P5@example.com", status="unconfirmed", source="form")
+        locks.append(1)
+        real_lock(self)
+
+    monkeypatch.setattr(BulkWriter, "lock", sign_up_then_lock)
+    result = import_file(engine, source, chunk_rows=2, parallel=False)
+    assert (result.new, result.updated, result.rejected) == (7, 1, 0)
+    assert count_subscribers(engine) == 8
+    assert find_subscriber(engine, "p5@example.com").first_name == "P5"
+    assert find_subscriber(engine, "p5@example.com").source == "form"
+    assert len(locks) == 1
+
+
+def test_the_connection_checks_foreign_keys_again_after_an_import(engine, tmp_path) -> None:
+    """SQLite skips the foreign-key lookups while the import writes rows whose subscribers it
+    has just written; every connection it used checks them again afterwards."""
+    import_file(engine, people_csv(tmp_path / "x.csv", 5), chunk_rows=2, parallel=False)
+    for _ in range(3):  # the pool's connections, the import's among them
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert(schema.subscriber_tags).values(subscriber_id=10_000, tag="x"))
+
+
+def test_foreign_keys_are_checked_again_after_an_import_that_failed(
+    engine, tmp_path, monkeypatch
+) -> None:
+    real_insert = BulkWriter.insert
+
+    def failing_insert(self, rows, tags, short_rows=None):
+        if any(row[1] == "p3@example.com" for row in (short_rows or [])):
+            raise OSError(28, "No space left on device")
+        real_insert(self, rows, tags, short_rows)
+
+    monkeypatch.setattr(BulkWriter, "insert", failing_insert)
+    with pytest.raises(StoreError, match=r"2 rows written \(lines 2-3\)"):
+        import_file(engine, people_csv(tmp_path / "x.csv", 6), chunk_rows=2, parallel=False)
+    assert count_subscribers(engine) == 2
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert(schema.subscriber_tags).values(subscriber_id=10_000, tag="x"))
