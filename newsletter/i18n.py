@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gettext
-import importlib.util
+import hashlib
 import io
 import json
 import os
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.cache import private_folder, read_entry, write_entry
 from newsletter.errors import NewsletterError
-from newsletter.installed import installed_version
+from newsletter.installed import file_stamp, installed_version
 
 if TYPE_CHECKING:
     import jinja2
@@ -224,8 +224,7 @@ def _shipped_long_date(language: str) -> tuple[str, list[str]] | None:
 
 @cache
 def _babel_stamp() -> str:
-    """The installed Babel (size and mtime of its package file: an upgrade changes them),
-    found without importing it."""
-    spec = importlib.util.find_spec("babel")
-    info = os.stat(spec.origin) if spec and spec.origin else None
-    return f"{info.st_size}-{info.st_mtime_ns}" if info else "babel"
+    """The installed Babel (its package file's path, size and mtime: an upgrade changes
+    them), found without importing it; short enough for a file name."""
+    stamp = file_stamp("babel")
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16] if stamp else "babel"

@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.machinery
-import importlib.util
 import logging
 import os
 import time
@@ -44,6 +42,7 @@ from newsletter.inline_table import (
     shipped_table,
     version_stamp,
 )
+from newsletter.installed import file_stamp
 
 MAX_ENTRIES = 400
 #: The learned table's bounds (<style> texts, style attributes); beyond them it starts afresh.
@@ -127,30 +126,10 @@ def _library_stamp() -> str:
     main files: a reinstall or upgrade changes them), found without importing them."""
     parts = [OPTIONS]
     for package, module in (("premailer", "premailer"), ("cssutils", None), ("lxml", "etree")):
-        path = _installed_file(package, module)
-        if path:
-            stat = os.stat(path)
-            parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+        stamp = file_stamp(package, module)
+        if stamp:
+            parts.append(stamp)
     return "\n".join(parts)
-
-
-def _installed_file(package: str, module: str | None) -> str | None:
-    """The file of `package.module` (or of the package itself), found without importing.
-
-    Only top-level names go to `find_spec`: for "premailer.premailer" it would import the
-    package, whose `__init__` imports premailer, cssutils and lxml (0.27 s), which is what
-    the cache is there to avoid."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.origin:
-        return None
-    if module is None:
-        return spec.origin
-    folder = os.path.dirname(spec.origin)
-    for suffix in (*importlib.machinery.EXTENSION_SUFFIXES, ".py"):
-        path = os.path.join(folder, module + suffix)
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def _store(folder: Path, path: Path, inlined: str, *, durable: bool = True) -> None:
