@@ -58,10 +58,27 @@ def fetch_current(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]
             tag_rows = conn.exec_driver_sql(
                 f"SELECT subscriber_id, tag FROM subscriber_tags WHERE subscriber_id IN ({marks})",
                 tuple(by_id),
-            )
+            ).all()  # at once: fetching row by row cost a re-import a tenth of its time
             for sid, tag in tag_rows:
                 by_id[sid]["tags"].add(tag)
     return found
+
+
+def packed_changes(
+    current: dict[str, Any], item: tuple[Any, ...]
+) -> tuple[dict[str, Any], set[str], bool]:
+    """`changes` for a row the reader packed as (line, email, key, first, last, tags): no
+    status (the current one stays), no fields, no full name, and not `--resubscribe`. A
+    re-import of a big list compares every row, and making an `Incoming` of each to ask
+    `changes` took a sixth of its time. tests/test_import_decide.py checks both agree."""
+    first, last, tags = item[3], item[4], item[5]
+    values: dict[str, Any] = {}
+    if first and first != current["first_name"]:
+        values["first_name"] = first
+    if last and last != current["last_name"]:
+        values["last_name"] = last
+    new_tags = set(tags).difference(current["tags"]) if tags else set()
+    return values, new_tags, current["status"] in STOPPED
 
 
 def existing_field_names(conn: Connection) -> list[str]:

@@ -27,6 +27,7 @@ from newsletter.store.importer.decide import (
     KeyFilter,
     changes,
     fetch_current,
+    packed_changes,
     resolve_status,
 )
 from newsletter.store.importer.evidence import (
@@ -467,8 +468,11 @@ def _update_existing(
     updates: list[tuple[int, dict[str, Any]]] = []
     more: list[tuple[int, str]] = []
     for key, record in current.items():
-        inc = as_incoming(chunk[key])
-        values, more_tags, kept_stop = changes(record, inc, resubscribe, stamp)
+        item = chunk[key]
+        if type(item) is tuple and not resubscribe:
+            values, more_tags, kept_stop = packed_changes(record, item)
+        else:
+            values, more_tags, kept_stop = changes(record, as_incoming(item), resubscribe, stamp)
         # An address this run added earlier (a duplicate further down the file).
         repeat = key in new_keys
         if repeat:
