@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from newsletter.events import ingest
 from newsletter.sending.ledger import Ledger
-from newsletter.sending.transports import Capabilities, Outcome
+from newsletter.sending.transports import Capabilities, Outcome, outcome_runs
 from newsletter.store.schema import (
     CUSTOM_ARG_ISSUE,
     CUSTOM_ARG_SEND,
@@ -43,6 +43,10 @@ def answer_events(
     """The provider-style events (`delivered`, `bounce`) the answers stand for."""
     if not capabilities.delivers:
         return []
+    if capabilities.reports_delivery and not any(
+        outcome.hard_bounce for outcome, _ in outcome_runs(outcomes)
+    ):
+        return []  # (SendGrid's answers: its own events say what became of each message)
     now = time.time()
     found: list[dict[str, Any]] = []
     for subscriber_id, outcome in zip(ids, outcomes, strict=True):

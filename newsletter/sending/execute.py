@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import threading
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -445,9 +446,74 @@ def _taken(path: str) -> Any:
     return prepared
 
 
+@dataclass
+class ListReader:
+    """A batch's readers read by the worker that prepares it (a fresh send to a big list):
+    the sending process then only cuts the planned ids into batches, claims, posts and
+    records, and no rows go through the pool's pipe. Per 100,000 readers that took about
+    0.15 CPU s of reading and 0.08 s of pickling rows out of the sending process, which
+    shares the machine's cores with its worker (and a local server)."""
+
+    engine: Engine
+    tags: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        s = subscribers.c
+        columns = (
+            s.id,
+            s.email,
+            s.name,
+            s.first_name,
+            s.last_name,
+            type_coerce(s.fields, Text),
+            s.public_id,
+        )
+        first = bindparam("first", 0, type_=Integer)
+        last = bindparam("last", 0, type_=Integer)
+        conditions = segment_filters(SubscriberStatus.SUBSCRIBED, list(self.tags))
+        # Those still subscribed (of the segment), as `_rows` reads them.
+        self.in_range = select(*columns).where(s.id >= first, s.id <= last, *conditions)
+        # A claimed batch's rows again (`Work.reread`): the claim checked who is subscribed.
+        self.by_range = select(*columns).where(s.id >= first, s.id <= last)
+        self._queries: dict[str, CompiledQuery] = {}
+
+    def _read(self, which: str, ids: Any) -> list[Row]:
+        wanted = set(ids)
+        with self.engine.connect() as conn:
+            query = self._queries.get(which)
+            if query is None:
+                statement = self.in_range if which == "in_range" else self.by_range
+                query = self._queries[which] = CompiledQuery(conn, statement, "first")
+            read = query.rows_with(conn, {"first": ids[0], "last": ids[-1]})
+        return [cast(Row, row) for row in read if row[0] in wanted]
+
+    def planned(self, ids: Any) -> list[Row]:
+        """The rows of `ids` (ascending), of those still subscribed (of the segment)."""
+        return self._read("in_range", ids)
+
+    def again(self, ids: list[int]) -> list[Row]:
+        """The rows of `ids` (ascending, claimed), whatever their status now."""
+        return self._read("by_range", ids)
+
+
+#: Set before the worker pool forks: the workers read their batches' readers themselves.
+_READER: ListReader | None = None
+
+
+def _read_and_prepare_in_worker(ids: array[int]) -> tuple[str | None, array[int]]:
+    """In a worker: the planned readers of `ids` read and their batch made ready (see
+    `_prepare_in_worker`); the path of the hand-back file (None when nobody of them is still
+    subscribed) and the ids of the readers in it."""
+    assert _READER is not None
+    rows = _READER.planned(ids)
+    found = array("q", [row[0] for row in rows])
+    return (_prepare_in_worker((rows, _NONE)) if rows else None), found
+
+
 def stop_pool(pool: Any) -> None:
     """The workers stopped (after their current batch) and their hand-back folder gone."""
-    global _HANDOFF
+    global _HANDOFF, _READER
+    _READER = None
     pool.shutdown(wait=True, cancel_futures=True)
     gc.unfreeze()  # (frozen for the fork: collectable again in a longer-lived process)
     if _HANDOFF is not None:
@@ -455,11 +521,12 @@ def stop_pool(pool: Any) -> None:
         _HANDOFF = None
 
 
-def start_pool(preparer: Preparer, expected: int) -> Any:
+def start_pool(preparer: Preparer, expected: int, reader: ListReader | None = None) -> Any:
     """Worker processes for a big list on a multi-core machine, else None (prepare in the
-    sender threads). Forked before any sending thread starts; workers only compute, never
-    touch the database or the network."""
-    global _PREPARER, _HANDOFF
+    sender threads). Forked before any sending thread starts; workers compute and, with a
+    `reader`, read their batches' readers (their own connections), never write to the
+    database or touch the network."""
+    global _PREPARER, _HANDOFF, _READER
     cpus = usable_cpus()
     threshold = int(os.environ.get(PARALLEL_ENV) or PARALLEL_FROM)
     if expected < threshold or cpus < 2 or not hasattr(os, "fork"):
@@ -472,6 +539,7 @@ def start_pool(preparer: Preparer, expected: int) -> Any:
         # a prepared request (bytes) is cheap to pass back.
         return None
     _PREPARER = preparer
+    _READER = reader
     _HANDOFF = _handoff_folder()
     # Move what is loaded so far out of the collector's reach: the workers' GC then does not
     # write to (and so copy) every inherited page.
@@ -508,6 +576,9 @@ def _worker_init(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(parent)
+    if _READER is not None:
+        # The parent's pooled connections are the parent's: this process opens its own.
+        _READER.engine.dispose(close=False)
 
 
 def _rows(
@@ -632,7 +703,9 @@ def execute(
     stop = threading.Event()
     try:
         # Fork the workers (if any) before the heartbeat thread starts.
-        pool = start_pool(preparer, plan.recipients)
+        fresh = not (use_ledger and ledger.has_rows(issue_id, plan.send_round))
+        reader = ListReader(engine, tuple(plan.request.tags)) if fresh else None
+        pool = start_pool(preparer, plan.recipients, reader)
         if lease is not None:
             lease.start_heartbeat()
             report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
@@ -728,6 +801,11 @@ def _batches(pages: Iterator[Page], size: int) -> Iterator[Page]:
         yield _page(rows, with_rows)
 
 
+def _ids_only(ids: Any) -> list[Row]:
+    """Rows of the ids alone (`Work.reread` reads the rest when it is needed)."""
+    return [cast(Row, (sid,)) for sid in ids]
+
+
 def _page(rows: list[Row], with_rows: frozenset[int]) -> Page:
     return rows, frozenset(row[0] for row in rows if row[0] in with_rows) if with_rows else _NONE
 
@@ -784,12 +862,29 @@ def _send_batches(
         *RETRYABLE,
         *([DeliveryState.UNCERTAIN] if plan.request.include_uncertain else []),
     }
-    check_rows = report.ledger and ledger.has_rows(issue_id, plan.send_round)
-    pages = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
-    works = (
-        Work(preparer, issue_id, send_id, number, rows, with_rows)
-        for number, (rows, with_rows) in enumerate(pages, start=1)
-    )
+    reader = _READER if pool is not None else None
+    works: Iterator[Work]
+    if reader is not None:
+        # A fresh send's workers read their batches' readers: here only the planned ids.
+        planned = plan.planned
+        works = (
+            Work(
+                preparer,
+                issue_id,
+                send_id,
+                number,
+                _ids_only(planned[start : start + batch_size]),
+                reread=reader.again,
+            )
+            for number, start in enumerate(range(0, len(planned), batch_size), start=1)
+        )
+    else:
+        check_rows = report.ledger and ledger.has_rows(issue_id, plan.send_round)
+        pages = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
+        works = (
+            Work(preparer, issue_id, send_id, number, rows, with_rows)
+            for number, (rows, with_rows) in enumerate(pages, start=1)
+        )
     try:
         loop.run(works if pool is None else _prepared_ahead(works, pool, loop.is_halted, fail))
     finally:
@@ -813,17 +908,28 @@ def _prepared_ahead(
                 return None
         waiting.popleft()
         try:
-            work.prepared = _taken(result.result())
+            if work.reread is None:
+                work.prepared = _taken(result.result())
+                return work
+            path, found = result.result()
         except BrokenProcessPool:
             fail(WORKER_DIED)
             return None
+        if path is None:  # (nobody of this batch is subscribed any more)
+            return None
+        work.prepared, work.rows = _taken(path), _ids_only(found)
         return work
 
     for work in works:
         if halted():
             return
         try:
-            waiting.append((work, pool.submit(_prepare_in_worker, (work.rows, work.with_rows))))
+            if work.reread is None:
+                job = pool.submit(_prepare_in_worker, (work.rows, work.with_rows))
+            else:
+                ids = array("q", [row[0] for row in work.rows])
+                job = pool.submit(_read_and_prepare_in_worker, ids)
+            waiting.append((work, job))
         except BrokenProcessPool:  # a worker died since the last batch was taken
             fail(WORKER_DIED)
             return

@@ -54,6 +54,9 @@ class Work:
     prepared: Any = None
     #: The source's own, for its `settled` callback (a sequence's step and moves).
     note: Any = None
+    #: Set when `rows` hold only the ids (a worker read the rest and prepared the request):
+    #: reads the full rows of these ids again, for a batch to prepare anew.
+    reread: Callable[[list[int]], list[Row]] | None = None
 
 
 @dataclass
@@ -156,6 +159,9 @@ class Loop:
                 # Unsubscribed or forgotten since they were read: they get nothing.
                 rows = [row for row in rows if row[0] in kept]
                 ids = [row[0] for row in rows]
+                if work.reread is not None and ids:
+                    rows = work.reread(ids)
+                    ids = [row[0] for row in rows]
                 prepared = recipients = None
         if not ids:
             return []

@@ -516,6 +516,8 @@ def migrate(engine: Engine, attempts: int = 10) -> list[str]:
 
 def _migrate(engine: Engine) -> list[str]:
     ran: list[str] = []
+    if engine.dialect.name == "postgresql":
+        schema.for_postgresql()  # (its partial indexes' conditions)
     with engine.begin() as conn:
         schema.schema_migrations.create(conn, checkfirst=True)
         done = applied(conn)

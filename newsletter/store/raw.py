@@ -110,7 +110,11 @@ class CompiledQuery:
         self._order = compiled.positiontup  # positional drivers (sqlite3): in this order
 
     def rows(self, conn: Connection, value: Any) -> list[tuple[Any, ...]]:
-        params: Any = {**self._params, self.changing: value}
+        return self.rows_with(conn, {self.changing: value})
+
+    def rows_with(self, conn: Connection, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows with these bound values changed (any of the statement's)."""
+        params: Any = {**self._params, **values}
         if self._order is not None:
             params = tuple(params[name] for name in self._order)
         cursor = conn.connection.cursor()
