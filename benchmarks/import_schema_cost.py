@@ -27,13 +27,13 @@ import os
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from import_1m import DATA, generate
+from import_vs_floor import floor_sqlite
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -113,22 +113,6 @@ def load(path: Path, rows: list[list[str]], *, per_transaction: int, cache_mb: i
     return took
 
 
-def floor(source: Path, work: Path) -> float:
-    db = work / "floor.db"
-    db.unlink(missing_ok=True)
-    sqlite3_cli = shutil.which("sqlite3")
-    if sqlite3_cli is None:
-        sys.exit("sqlite3 is not installed: apt-get install -y sqlite3")
-    schema = (
-        "CREATE TABLE plain (email TEXT PRIMARY KEY COLLATE NOCASE, first TEXT, last TEXT, "
-        "tags TEXT) WITHOUT ROWID"
-    )
-    started = time.perf_counter()
-    subprocess.run([sqlite3_cli, str(db), schema, ".mode csv", f".import --skip 1 {source} plain"],
-                   check=True, stdin=subprocess.DEVNULL)  # fmt: skip
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -155,7 +139,7 @@ def main() -> None:
             for name, options in variants.items():
                 fresh_schema(work / "schema.db")
                 times[name].append(load(work / "schema.db", rows, **options))  # type: ignore[arg-type]
-            times["floor"].append(floor(source, work))
+            times["floor"].append(floor_sqlite(source, work))
             loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
             print(f"run {run}: " + ", ".join(f"{t[-1]:.2f} s" for t in times.values())
                   + f"; load {loadavg}")  # fmt: skip

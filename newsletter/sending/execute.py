@@ -446,6 +446,20 @@ def _taken(path: str) -> Any:
     return prepared
 
 
+def _reader_columns() -> tuple[Any, ...]:
+    """What a reader's row holds, in the order the preparers read it (`_rows`, `ListReader`)."""
+    s = subscribers.c
+    return (
+        s.id,
+        s.email,
+        s.name,
+        s.first_name,
+        s.last_name,
+        type_coerce(s.fields, Text),
+        s.public_id,
+    )
+
+
 @dataclass
 class ListReader:
     """A batch's readers read by the worker that prepares it (a fresh send to a big list):
@@ -459,15 +473,7 @@ class ListReader:
 
     def __post_init__(self) -> None:
         s = subscribers.c
-        columns = (
-            s.id,
-            s.email,
-            s.name,
-            s.first_name,
-            s.last_name,
-            type_coerce(s.fields, Text),
-            s.public_id,
-        )
+        columns = _reader_columns()
         first = bindparam("first", 0, type_=Integer)
         last = bindparam("last", 0, type_=Integer)
         conditions = segment_filters(SubscriberStatus.SUBSCRIBED, list(self.tags))
@@ -598,15 +604,7 @@ def _rows(
     s = subscribers.c
     conditions = segment_filters(SubscriberStatus.SUBSCRIBED, plan.request.tags)
     statement = (
-        select(
-            s.id,
-            s.email,
-            s.name,
-            s.first_name,
-            s.last_name,
-            type_coerce(s.fields, Text),
-            s.public_id,
-        )
+        select(*_reader_columns())
         .where(s.id > bindparam("after", 0, type_=Integer), s.id <= planned[-1], *conditions)
         .order_by(s.id)
         .limit(PAGE)
