@@ -3,6 +3,7 @@ with another writer is rolled back alone, and the connection is left as it was f
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,76 @@ def test_foreign_keys_are_checked_again_after_an_import_that_failed(
     assert count_subscribers(engine) == 2
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(insert(schema.subscriber_tags).values(subscriber_id=10_000, tag="x"))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_foreign_keys_come_back_when_the_write_lock_is_not_had_in_time(engine, tmp_path) -> None:
+    """Another writer holds SQLite's lock past the import's wait: the import stops, and the
+    connection it took goes back to the pool checking foreign keys (found in review)."""
+    import sqlite3
+
+    from newsletter.store.importer.model import ImportStopped
+
+    with engine.connect() as conn:  # the pooled connection waits 50 ms instead of 10 s
+        conn.exec_driver_sql("PRAGMA busy_timeout=50")
+    other = sqlite3.connect(engine.url.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a send or the subscribe form, mid-write
+    try:
+        with pytest.raises(ImportStopped, match="database is locked"):
+            import_file(engine, people_csv(tmp_path / "x.csv", 1), parallel=False)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_the_parts_of_a_slow_chunk_are_committed_each(engine, tmp_path, monkeypatch) -> None:
+    """A chunk the pacer cuts into parts (each as long as a transaction may hold the lock)
+    is not written in one transaction: other writers get their turn between the parts."""
+    from newsletter.store.importer import run as run_module
+    from newsletter.store.importer.write import ImportTransaction, Pacer
+
+    monkeypatch.setattr(Pacer, "TARGET", 0.05)
+    monkeypatch.setattr(Pacer, "FIRST_ROWS", 10)
+    monkeypatch.setattr(Pacer, "PAUSE", 0.0)
+    real_write, real_commit = run_module.write_chunk, ImportTransaction.commit
+    parts: list[int] = []
+    commits: list[int] = []
+
+    def slow_write(transaction, part, *args, **kwargs):  # a slow disk: longer than TARGET
+        real_write(transaction, part, *args, **kwargs)
+        parts.append(len(part))
+        time.sleep(0.06)
+
+    def counted_commit(self):
+        if self.open:
+            commits.append(len(parts))
+        return real_commit(self)
+
+    monkeypatch.setattr(run_module, "write_chunk", slow_write)
+    monkeypatch.setattr(ImportTransaction, "commit", counted_commit)
+    result = import_file(engine, people_csv(tmp_path / "x.csv", 40), chunk_rows=40, parallel=False)
+    assert result.new == 40 and count_subscribers(engine) == 40
+    assert len(parts) > 1
+    assert commits == list(range(1, len(parts) + 1))  # one transaction per part
+
+
+def test_people_without_consent_evidence_are_counted_once_after_a_clash(
+    engine, tmp_path, monkeypatch
+) -> None:
+    """The chunk that clashed is rolled back and written again: its new people are counted
+    once in "came without consent evidence" (found in review; older than the savepoints)."""
+    real_lock = BulkWriter.lock
+    locks: list[int] = []
+
+    def sign_up_then_lock(self):
+        if not locks:
+            add_subscriber(engine, "P5@example.com", status="unconfirmed", source="form")
+        locks.append(1)
+        real_lock(self)
+
+    monkeypatch.setattr(BulkWriter, "lock", sign_up_then_lock)
+    result = import_file(engine, people_csv(tmp_path / "x.csv", 8), chunk_rows=2, parallel=False)
+    assert (result.new, result.updated) == (7, 1)
+    assert result.without_evidence == 7

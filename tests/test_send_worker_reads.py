@@ -149,3 +149,29 @@ def test_a_resume_reads_the_list_in_the_sending_process(root, monkeypatch):
         assert again.error is None and again.accepted == 3
         assert read, "a resume's list was not read by the sending process"
         assert sorted(sg.recipients()) == sorted(f"leser{i}@example.org" for i in range(7))
+
+
+def test_the_workers_are_forked_while_the_send_has_no_other_thread(root, monkeypatch):
+    """The workers open database connections, so they must not inherit a lock that another
+    thread of the send (the lease's heartbeat, a sender) held at the fork: they are forked
+    before the send starts any thread (found in review: the pool forked at its first job,
+    after the heartbeat had started)."""
+    import os
+    import threading
+
+    real_fork = os.fork
+    before_send: set[threading.Thread] = set()
+    started_at_fork: list[list[str]] = []
+
+    def fork() -> int:
+        started = set(threading.enumerate()) - before_send
+        started_at_fork.append(sorted(thread.name for thread in started))
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    # (The fake SendGrid server's threads were there before the send.)
+    report, recipients, _, _ = _send(
+        root, monkeypatch, 4, before=lambda engine: before_send.update(threading.enumerate())
+    )
+    assert report.error is None and len(recipients) == 4
+    assert started_at_fork and all(names == [] for names in started_at_fork), started_at_fork

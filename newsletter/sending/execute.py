@@ -555,12 +555,18 @@ def start_pool(preparer: Preparer, expected: int, reader: ListReader | None = No
     # One core stays the sending process's own: it reads, claims, posts and records about as
     # much CPU as the workers spend. On 2 cores, 1 worker sent 100,000 readers 8-15 % faster
     # than 2 (interleaved runs), which fought the sender (and a local server) for the cores.
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         min(cpus - 1, 4),
         mp_context=multiprocessing.get_context("fork"),
         initializer=_worker_init,
         initargs=(os.getpid(),),
     )
+    # The executor forks its workers at the first job, not here: by then the heartbeat and
+    # sender threads run, and a lock one of them held at that moment (SQLite's, the
+    # connection pool's) would stay locked in the child, whose reader opens connections.
+    # A first job now forks them while this is the only thread.
+    pool.submit(os.getpid).result()
+    return pool
 
 
 def usable_cpus() -> int:

@@ -672,8 +672,12 @@ class BulkWriter:
             # a big import's time). The setting cannot change inside a transaction: it is
             # off from here to `unlock`, on this connection only.
             self.conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
-            # pysqlite begins a deferred transaction only at the first INSERT or UPDATE.
-            self.conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                # pysqlite begins a deferred transaction only at the first INSERT or UPDATE.
+                self.conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:  # (the lock not had in time, Ctrl-C): no transaction began
+                self.unlock()
+                raise
         elif self.dialect == "postgresql":
             # Blocks other INSERT/UPDATE/DELETE (briefly: transactions are short), not reads.
             self.conn.exec_driver_sql("LOCK TABLE subscribers IN SHARE ROW EXCLUSIVE MODE")

@@ -116,7 +116,15 @@ class ImportTransaction:
     were at `begin` by `rollback`: only committed rows count as written.
     """
 
-    COUNTERS = ("new", "updated", "unchanged", "duplicates", "kept_stopped", "suppressed")
+    COUNTERS = (
+        "new",
+        "updated",
+        "unchanged",
+        "duplicates",
+        "kept_stopped",
+        "suppressed",
+        "without_evidence",
+    )
 
     def __init__(self, engine: Engine, result: ImportResult):
         self.engine = engine
@@ -150,7 +158,7 @@ class ImportTransaction:
             # add one of these addresses (or take an id) in between.
             writer.lock()
         except BaseException:
-            conn.close()
+            conn.close()  # (`lock` put the connection's settings back)
             raise
         self.conn, self.writer, self.broken = conn, writer, False
         return writer
@@ -182,7 +190,8 @@ class ImportTransaction:
 
     def commit(self) -> float:
         """Commit (a dry run: roll back) what is written; the seconds the lock was held."""
-        if self.conn is None:
+        if self.conn is None:  # nothing is waiting: every line read so far is done
+            self.committed_line = self.line
             return 0.0
         held = self.age()
         try:
@@ -250,7 +259,7 @@ def write_chunk(
     if policy is not None and policy.check_suppressed:
         with transaction.engine.connect() as conn:
             drop_suppressed(conn, chunk, result, policy)
-    counters = ("new", "updated", "unchanged", "duplicates", "kept_stopped")
+    counters = ("new", "updated", "unchanged", "duplicates", "kept_stopped", "without_evidence")
     before = [getattr(result, name) for name in counters]
     found_before = -1
     attempt = 0
