@@ -35,13 +35,9 @@ def people_csv(path: Path, rows: int) -> Path:
     return path
 
 
-def test_a_clash_in_the_third_chunk_of_a_transaction_keeps_the_two_before(
-    engine, tmp_path, monkeypatch
-) -> None:
-    """A sign-up committed before the import took the lock: the chunk holding that address
-    clashes, is rolled back alone and merged; the chunks before it in the same transaction
-    stay, and the whole file took one transaction."""
-    source = people_csv(tmp_path / "x.csv", 8)
+def sign_up_p5_before_the_first_lock(engine, monkeypatch) -> list[int]:
+    """A sign-up of P5 committed just before the import first takes the write lock; the
+    list this returns grows by one for every time the import takes it."""
     real_lock = BulkWriter.lock
     locks: list[int] = []
 
@@ -52,6 +48,17 @@ def test_a_clash_in_the_third_chunk_of_a_transaction_keeps_the_two_before(
         real_lock(self)
 
     monkeypatch.setattr(BulkWriter, "lock", sign_up_then_lock)
+    return locks
+
+
+def test_a_clash_in_the_third_chunk_of_a_transaction_keeps_the_two_before(
+    engine, tmp_path, monkeypatch
+) -> None:
+    """A sign-up committed before the import took the lock: the chunk holding that address
+    clashes, is rolled back alone and merged; the chunks before it in the same transaction
+    stay, and the whole file took one transaction."""
+    source = people_csv(tmp_path / "x.csv", 8)
+    locks = sign_up_p5_before_the_first_lock(engine, monkeypatch)
     result = import_file(engine, source, chunk_rows=2, parallel=False)
     assert (result.new, result.updated, result.rejected) == (7, 1, 0)
     assert count_subscribers(engine) == 8
@@ -145,16 +152,7 @@ def test_people_without_consent_evidence_are_counted_once_after_a_clash(
 ) -> None:
     """The chunk that clashed is rolled back and written again: its new people are counted
     once in "came without consent evidence" (found in review; older than the savepoints)."""
-    real_lock = BulkWriter.lock
-    locks: list[int] = []
-
-    def sign_up_then_lock(self):
-        if not locks:
-            add_subscriber(engine, "P5@example.com", status="unconfirmed", source="form")
-        locks.append(1)
-        real_lock(self)
-
-    monkeypatch.setattr(BulkWriter, "lock", sign_up_then_lock)
+    sign_up_p5_before_the_first_lock(engine, monkeypatch)
     result = import_file(engine, people_csv(tmp_path / "x.csv", 8), chunk_rows=2, parallel=False)
     assert (result.new, result.updated) == (7, 1)
     assert result.without_evidence == 7
