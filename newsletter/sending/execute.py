@@ -707,14 +707,21 @@ def execute(
     stop = threading.Event()
     try:
         # Fork the workers (if any) before the heartbeat thread starts.
-        fresh = not (use_ledger and ledger.has_rows(issue_id, plan.send_round))
-        reader = ListReader(engine, tuple(plan.request.tags)) if fresh else None
+        # A send with ledger rows already (a resume) reads the list here, leaving out those
+        # who have the issue; a fresh one lets its workers read their batches' readers.
+        check_rows = use_ledger and ledger.has_rows(issue_id, plan.send_round)
+        reader = None if check_rows else ListReader(engine, tuple(plan.request.tags))
         pool = start_pool(preparer, plan.recipients, reader)
+        if pool is None:
+            reader = None
         if lease is not None:
             lease.start_heartbeat()
             report.marked_uncertain = ledger.in_flight_to_uncertain(issue_id)
         with stop_on_signals(stop), _longer_gil_slices():
-            _send_batches(plan, ledger, report, issue_id, preparer, pool, lease, progress, stop)
+            _send_batches(
+                plan, ledger, report, issue_id, preparer, pool, lease, progress, stop,
+                reader, check_rows,
+            )  # fmt: skip
         if report.cancelled:
             report.error = report.error or "stopped for `newsletter cancel`"
         elif stop.is_set():
@@ -824,8 +831,12 @@ def _send_batches(
     lease: Any,
     progress: Callable[[SendReport], None] | None,
     stop: threading.Event,
+    reader: ListReader | None,
+    check_rows: bool,
 ) -> None:
-    """The planned recipients, a batch at a time, through the one sending loop."""
+    """The planned recipients, a batch at a time, through the one sending loop: read by the
+    workers (`reader`, a fresh send with workers) or here, leaving out those who have the
+    issue (`check_rows`, a resume)."""
 
     batch_size, concurrency = batch_limits(plan.project, plan.transport)
     send_id = report.send_id
@@ -866,7 +877,6 @@ def _send_batches(
         *RETRYABLE,
         *([DeliveryState.UNCERTAIN] if plan.request.include_uncertain else []),
     }
-    reader = _READER if pool is not None else None
     works: Iterator[Work]
     if reader is not None:
         # A fresh send's workers read their batches' readers: here only the planned ids.
@@ -883,7 +893,6 @@ def _send_batches(
             for number, start in enumerate(range(0, len(planned), batch_size), start=1)
         )
     else:
-        check_rows = report.ledger and ledger.has_rows(issue_id, plan.send_round)
         pages = _batches(_rows(plan.engine, plan, issue_id, check_rows, again), batch_size)
         works = (
             Work(preparer, issue_id, send_id, number, rows, with_rows)

@@ -236,15 +236,12 @@ def _import_file(
                         transaction.line = part_line
                     pacer.wrote(part_rows, time.perf_counter() - started)
                     del part
-                    # (Also between the parts of a slow chunk: each holds the lock about
-                    # as long as a transaction may.)
+                    # (After each part: one of a slow chunk holds the lock about as long as
+                    # a transaction may.)
                     if pacer.commit_due(transaction):
                         with interrupt_deferred():  # counted as written exactly when committed
                             pacer.committed(transaction.commit())
-                transaction.line = line
-                if pacer.commit_due(transaction):
-                    with interrupt_deferred():
-                        pacer.committed(transaction.commit())
+                transaction.line = line  # (the next commit covers the chunk's last lines)
                 del chunk
                 if number % 10 == 0:
                     gc.collect()

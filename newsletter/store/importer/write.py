@@ -129,8 +129,7 @@ class ImportTransaction:
     def __init__(self, engine: Engine, result: ImportResult):
         self.engine = engine
         self.result = result
-        self.conn: Connection | None = None
-        self.writer: BulkWriter | None = None
+        self.writer: BulkWriter | None = None  # (its connection holds the transaction)
         self.line = 1
         self.committed_line = 1
         self.started = 0.0
@@ -139,7 +138,7 @@ class ImportTransaction:
 
     @property
     def open(self) -> bool:
-        return self.conn is not None
+        return self.writer is not None
 
     def age(self) -> float:
         return time.perf_counter() - self.started if self.open else 0.0
@@ -160,7 +159,7 @@ class ImportTransaction:
         except BaseException:
             conn.close()  # (`lock` put the connection's settings back)
             raise
-        self.conn, self.writer, self.broken = conn, writer, False
+        self.writer, self.broken = writer, False
         return writer
 
     @contextmanager
@@ -190,15 +189,15 @@ class ImportTransaction:
 
     def commit(self) -> float:
         """Commit (a dry run: roll back) what is written; the seconds the lock was held."""
-        if self.conn is None:  # nothing is waiting: every line read so far is done
+        if self.writer is None:  # nothing is waiting: every line read so far is done
             self.committed_line = self.line
             return 0.0
         held = self.age()
         try:
             if self.result.dry_run:
-                self.conn.rollback()
+                self.writer.conn.rollback()
             else:
-                self.conn.commit()
+                self.writer.conn.commit()
         except BaseException:
             self.rollback()
             raise
@@ -208,20 +207,20 @@ class ImportTransaction:
 
     def rollback(self) -> None:
         """Forget what the open transaction wrote, counters included."""
-        if self.conn is None:
+        if self.writer is None:
             return
         for name, value in zip(self.COUNTERS, self._counted, strict=True):
             setattr(self.result, name, value)
         self.line = self.committed_line
         try:
-            self.conn.rollback()
+            self.writer.conn.rollback()
         finally:
             self._close()
 
     def _close(self) -> None:
-        conn, writer = self.conn, self.writer
-        self.conn = self.writer = None
-        assert conn is not None and writer is not None
+        writer, self.writer = self.writer, None
+        assert writer is not None
+        conn = writer.conn
         try:
             writer.unlock()
         except BaseException:
@@ -259,7 +258,7 @@ def write_chunk(
     if policy is not None and policy.check_suppressed:
         with transaction.engine.connect() as conn:
             drop_suppressed(conn, chunk, result, policy)
-    counters = ("new", "updated", "unchanged", "duplicates", "kept_stopped", "without_evidence")
+    counters = ImportTransaction.COUNTERS
     before = [getattr(result, name) for name in counters]
     found_before = -1
     attempt = 0
