@@ -81,10 +81,10 @@ def test_foreign_keys_are_checked_again_after_an_import_that_failed(
 ) -> None:
     real_insert = BulkWriter.insert
 
-    def failing_insert(self, rows, tags, short_rows=None):
-        if any(row[1] == "p3@example.com" for row in (short_rows or [])):
+    def failing_insert(self, rows, tags, short_rows=None, plain=None):
+        if any(row[1] == "p3@example.com" for row in (plain.rows if plain else [])):
             raise OSError(28, "No space left on device")
-        real_insert(self, rows, tags, short_rows)
+        real_insert(self, rows, tags, short_rows, plain)
 
     monkeypatch.setattr(BulkWriter, "insert", failing_insert)
     with pytest.raises(StoreError, match=r"2 rows written \(lines 2-3\)"):

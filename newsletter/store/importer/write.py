@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from itertools import repeat
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -44,7 +43,7 @@ from newsletter.store.importer.model import (
     is_simple,
     simple_tuple,
 )
-from newsletter.store.subscribers import STOPPED, BulkWriter
+from newsletter.store.subscribers import STOPPED, BulkWriter, PlainRows
 
 
 class Pacer:
@@ -375,22 +374,21 @@ def _insert_fresh(
     else:
         simple_ids = [sid for sid, inc in zip(ids, fresh, strict=True) if is_simple(inc)]
         rest = [(sid, inc) for sid, inc in zip(ids, fresh, strict=True) if not is_simple(inc)]
+    plain = None
     if packed:
-        short_rows = list(
-            zip(
-                simple_ids,
-                [item[1] for item in packed],
-                [item[2] for item in packed],
-                [item[3] for item in packed],
-                [item[4] for item in packed],
-                repeat("subscribed"),
-                repeat("{}"),
-                repeat(source_name),
-                repeat(stamp_db),
-                repeat(stamp_db),
-                repeat(stamp_db),
-                strict=False,
-            )
+        plain = PlainRows(
+            list(
+                zip(
+                    simple_ids,
+                    [item[1] for item in packed],
+                    [item[2] for item in packed],
+                    [item[3] for item in packed],
+                    [item[4] for item in packed],
+                    strict=True,
+                )
+            ),
+            source_name,
+            stamp_db,
         )
         tag_rows = [
             (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
@@ -457,7 +455,7 @@ def _insert_fresh(
     if policy is not None:
         result.without_evidence += len(fresh) - len(with_evidence)
     if not result.dry_run:
-        writer.insert(rows, tag_rows, short_rows)
+        writer.insert(rows, tag_rows, short_rows, plain)
         tally.finish()
         if policy is not None:
             write_records(writer.conn, ids, with_evidence, policy, source_name, stamp)
