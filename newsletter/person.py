@@ -29,6 +29,7 @@ from newsletter.masking import addresses_in, replace_addresses
 from newsletter.replies.store import replies_written_by
 from newsletter.replies.threads import threads_naming
 from newsletter.sending.ledger import Ledger
+from newsletter.store.consent import IMPORT, import_run_of
 from newsletter.store.emails import address_key
 from newsletter.store.schema import consent_texts, replies, subscribers
 from newsletter.store.subscribers import (
@@ -146,6 +147,24 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _import_run_row(run: Any, subscriber_id: int) -> dict[str, Any]:
+    """The import run's record, shaped as the person's own consent records are."""
+    return {
+        "id": None,
+        "subscriber_id": subscriber_id,
+        "kind": IMPORT,
+        "occurred_at": _json_value(run.occurred_at),
+        "ip": None,
+        "user_agent": None,
+        "page_url": None,
+        "consent_text_hash": None,
+        "source": run.source,
+        "proves_consent": False,
+        "details": dict(run.details or {}),
+        "import_run_id": run.id,
+    }
+
+
 def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
     return [
         {key: _json_value(value) for key, value in row._mapping.items()}
@@ -173,6 +192,11 @@ def export_person(engine: Engine, email: str) -> dict[str, Any]:
                 tables.setdefault(table.name, []).extend(
                     _rows(conn, select(table).where(column == subscriber.id).order_by(*order))
                 )
+        run = import_run_of(conn, subscriber.id) if subscriber is not None else None
+        if subscriber is not None and run is not None:
+            # the import's record, which the person shares with the others it added
+            record = _import_run_row(run, subscriber.id)
+            tables.setdefault("consent_records", []).insert(0, record)
         named = rows_naming(conn, person)
         if subscriber is None and not named:
             raise StoreError(

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from newsletter.project import Project
 from newsletter.store import schema
+from newsletter.store.consent import NO_EVIDENCE, ConsentRecord, records_for
 from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
 from newsletter.store.subscribers import add_subscriber, find_subscriber
@@ -38,15 +39,12 @@ def proj(make_project, database_url: str) -> Project:
     return Project.load(make_project(config))
 
 
-def records(engine: Any, email: str) -> list[Any]:
+def records(engine: Any, email: str) -> list[ConsentRecord]:
+    """The person's consent records, as `subscribers show` and their export list them."""
     person = find_subscriber(engine, email)
     assert person is not None, email
     with engine.connect() as conn:
-        return conn.execute(
-            select(schema.consent_records)
-            .where(schema.consent_records.c.subscriber_id == person.id)
-            .order_by(schema.consent_records.c.id)
-        ).all()
+        return records_for(conn, person.id)
 
 
 def test_a_mailchimp_export_keeps_optin_and_confirm_time_and_ip(proj, cli, tmp_path) -> None:
@@ -127,16 +125,17 @@ def test_each_new_row_gets_exactly_one_record_across_chunks(
             pytest.skip("no fork here")
     result = import_file(engine, path, chunk_rows=2, parallel=parallel)
     assert (result.new, result.updated) == (8, 1)
-    with engine.connect() as conn:
-        counts = dict(
-            conn.execute(
-                select(schema.subscribers.c.email, func.count(schema.consent_records.c.id))
-                .select_from(schema.subscribers.outerjoin(schema.consent_records))
-                .group_by(schema.subscribers.c.email)
-            ).all()
-        )
-    assert counts == {f"p{i}@example.de": (0 if i == 3 else 1) for i in range(9)}
-    assert [r.kind for r in records(engine, "p3@example.de")] == []
+    kept = {f"p{i}@example.de": records(engine, f"p{i}@example.de") for i in range(9)}
+    assert {email: len(found) for email, found in kept.items()} == {
+        f"p{i}@example.de": (0 if i == 3 else 1) for i in range(9)
+    }
+    [first] = kept["p0@example.de"]
+    assert (first.kind, first.proves_consent, first.source) == ("import", False, "import:generic")
+    assert first.details == {"file": "plain.csv", "format": "generic", "evidence": NO_EVIDENCE}
+    assert all(found == [first] for email, found in kept.items() if email != "p3@example.de")
+    with engine.connect() as conn:  # stored once for the run, not once a person
+        assert conn.execute(select(func.count()).select_from(schema.import_runs)).scalar() == 1
+        assert conn.execute(select(func.count()).select_from(schema.consent_records)).scalar() == 0
 
 
 def test_forget_then_reimport_keeps_the_person_out_until_a_new_opt_in(proj, cli, tmp_path) -> None:

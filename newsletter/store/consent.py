@@ -1,5 +1,5 @@
-"""Consent evidence: how each person came onto the list (owns `consent_records` and
-`consent_texts`).
+"""Consent evidence: how each person came onto the list (owns `consent_records`,
+`consent_texts` and `import_runs`).
 
 A record is one event: a form signup, its confirmation, an `add` by the author, an
 import. `proves_consent` marks the records that prove consent on their own (GDPR Art.
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, literal, select
+from sqlalchemy import Connection, exists, func, insert, select
 
-from newsletter.store.schema import consent_records, consent_texts, subscribers
+from newsletter.store.schema import consent_records, consent_texts, import_runs, subscribers
 from newsletter.store.times import as_utc
 
 #: Kinds of record.
@@ -130,39 +130,53 @@ def record_values(
     }
 
 
-def record_imported(
-    conn: Connection,
-    ids: list[int],
-    with_evidence: list[dict[str, Any]],
-    details: dict[str, Any],
-    source: str,
-    stamp: datetime,
-) -> None:
-    """`import` records for one chunk of new subscribers (`ids`, inserted at `stamp`): the
-    given ones (`record_values`, with the export's opt-in data), and "imported, no
-    evidence" with `details` for the rest, in one INSERT ... SELECT (a big plain import
-    pays little for them)."""
-    if not ids:
-        return
+def record_imported(conn: Connection, with_evidence: list[dict[str, Any]]) -> None:
+    """`import` records for the new subscribers of one chunk whose rows carried the export's
+    opt-in data (`record_values`). The others point at their import's run (`import_run`)."""
     if with_evidence:
         conn.execute(insert(consent_records), with_evidence)
-    conditions = [
-        subscribers.c.id.between(min(ids), max(ids)),
-        # This chunk's rows only: another writer's rows in the id range have other times.
-        subscribers.c.updated_at == stamp,
-    ]
-    if with_evidence:
-        conditions.append(~exists().where(consent_records.c.subscriber_id == subscribers.c.id))
-    columns = ["subscriber_id", "kind", "occurred_at", "source", "proves_consent", "details"]
-    query = select(
-        subscribers.c.id,
-        literal(IMPORT, consent_records.c.kind.type),
-        literal(stamp, consent_records.c.occurred_at.type),
-        literal(source[:200], consent_records.c.source.type),
-        literal(False, consent_records.c.proves_consent.type),
-        literal({**details, "evidence": NO_EVIDENCE}, consent_records.c.details.type),
-    ).where(and_(*conditions))
-    conn.execute(insert(consent_records).from_select(columns, query))
+
+
+def import_run(
+    conn: Connection, token: str, details: dict[str, Any], source: str, stamp: datetime
+) -> int:
+    """The id of the `import_runs` row of the import run `token` ("imported, no evidence",
+    with `details`), made at its first call in the import's write transaction at `stamp`.
+    Asked again for every chunk: a chunk that is rolled back takes a run it made with it."""
+    found = conn.execute(select(import_runs.c.id).where(import_runs.c.token == token)).scalar()
+    if found is not None:
+        return int(found)
+    values = {
+        "token": token,
+        "occurred_at": stamp,
+        "source": source[:200],
+        "details": {**details, "evidence": NO_EVIDENCE},
+    }
+    made = conn.execute(insert(import_runs).values(**values).returning(import_runs.c.id))
+    return int(made.scalar_one())
+
+
+def _run_record(run: Any) -> ConsentRecord:
+    return ConsentRecord(
+        kind=IMPORT,
+        occurred_at=as_utc(run.occurred_at),
+        ip=None,
+        user_agent=None,
+        page_url=None,
+        consent_text_hash=None,
+        source=run.source,
+        proves_consent=False,
+        details=dict(run.details or {}),
+    )
+
+
+def import_run_of(conn: Connection, subscriber_id: int) -> Any:
+    """The `import_runs` row that is the subscriber's import record, or None."""
+    return conn.execute(
+        select(import_runs)
+        .join(subscribers, subscribers.c.import_run_id == import_runs.c.id)
+        .where(subscribers.c.id == subscriber_id)
+    ).first()
 
 
 def count(conn: Connection, subscriber_id: int, kind: str) -> int:
@@ -188,7 +202,9 @@ def records_for(conn: Connection, subscriber_id: int) -> list[ConsentRecord]:
         .where(consent_records.c.subscriber_id == subscriber_id)
         .order_by(consent_records.c.occurred_at, consent_records.c.id)
     ).all()
-    return [
+    run = import_run_of(conn, subscriber_id)
+    records = [] if run is None else [_run_record(run)]
+    records += [
         ConsentRecord(
             kind=row.kind,
             occurred_at=as_utc(row.occurred_at),
@@ -203,6 +219,8 @@ def records_for(conn: Connection, subscriber_id: int) -> list[ConsentRecord]:
         )
         for row in rows
     ]
+    # (sorted is stable: the import's record stays first among those of its time)
+    return sorted(records, key=lambda record: record.occurred_at)
 
 
 def has_evidence() -> Any:

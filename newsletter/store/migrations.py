@@ -456,6 +456,17 @@ def m023_issue_readers(conn: Connection) -> None:
     counters.fill_readers(conn)
 
 
+def m025_import_runs(conn: Connection) -> None:
+    """Import (issue 27): an import's "imported, no evidence" consent record is stored once,
+    in `import_runs`, and the people it added point at it (`subscribers.import_run_id`).
+    The records made per person before stay as they are and are read as before."""
+    schema.import_runs.create(conn, checkfirst=True)
+    present = {c["name"] for c in inspect(conn).get_columns("subscribers")}
+    if "import_run_id" not in present:
+        column_ddl = CreateColumn(schema.subscribers.c.import_run_id).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE subscribers ADD COLUMN {column_ddl}")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -479,6 +490,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m019_segments", m019_segments),
     ("m020_resend_rounds", m020_resend_rounds),
     ("m023_issue_readers", m023_issue_readers),
+    ("m025_import_runs", m025_import_runs),
 ]
 
 

@@ -115,6 +115,10 @@ subscribers = Table(
     # Rows made since m018 have none: tokens carry a public id derived from `id` with the
     # secret key (`tokens.public_id`), which costs no column, no index, no work per insert.
     Column("public_id", String(32)),
+    # The import that added this person without evidence of their opt-in: its one
+    # `import_runs` row is their consent record (m025). No foreign key: the runs are never
+    # deleted, and PostgreSQL would check one for every row an import copies in.
+    Column("import_run_id", Integer),
     # SQLite would otherwise give the newest subscriber's id to the next one after
     # `remove --forget`, and the forgotten person's links and late events would reach them.
     sqlite_autoincrement=True,
@@ -507,6 +511,20 @@ consent_records = Table(
     Column("details", JSON, nullable=False, default=dict),
 )
 Index("ix_consent_records_subscriber", consent_records.c.subscriber_id)
+
+# An import's consent record, once for all the people it added without evidence of their
+# opt-in (`subscribers.import_run_id`): a record per person said the same for each, and made a
+# third of a big list's database (m025). Owned by `newsletter.store.consent`. It holds no
+# personal data (the file's name and format, the source, when), so erasure leaves it.
+import_runs = Table(
+    "import_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token", String(32), nullable=False, unique=True),  # one import run's own
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("source", String(200)),
+    Column("details", JSON, nullable=False, default=dict),
+)
 
 # Every consent text ever shown, by its hash, so a hash in a record can be shown as the words.
 consent_texts = Table(

@@ -3,7 +3,8 @@
 - Every new subscriber gets an `import` consent record naming the file and its format,
   with the export's own opt-in data where it has any (Mailchimp's OPTIN_TIME, OPTIN_IP,
   CONFIRM_TIME, CONFIRM_IP; Substack's created_at), which makes it proof of consent;
-  else it says "imported, no evidence".
+  else it says "imported, no evidence": that record is the import run's, stored once
+  (`import_runs`), and the people it added point at it.
 - Addresses erased on request (the suppression list) are not imported; they are counted.
 
 The records are written by the consent store (`consent.record_imported`), which owns them.
@@ -11,7 +12,8 @@ The records are written by the consent store (`consent.record_imported`), which 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +32,8 @@ class ImportConsent:
     format: str
     keep_full_ip: bool = False
     check_suppressed: bool = False
+    #: This run's own, for its `import_runs` row.
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def details(self) -> dict[str, Any]:
         return {"file": self.file_name, "format": self.format}
@@ -101,14 +105,12 @@ def record_with_evidence(
     )
 
 
-def write_records(
-    conn: Connection,
-    ids: list[int],
-    with_evidence: list[dict[str, Any]],
-    policy: ImportConsent,
-    source: str,
-    stamp: datetime,
-) -> None:
-    """Consent records for a chunk's new subscribers (`ids`): the given ones with evidence,
-    and "imported, no evidence" for the rest (written by the consent store)."""
-    consent.record_imported(conn, ids, with_evidence, policy.details(), source, stamp)
+def write_records(conn: Connection, with_evidence: list[dict[str, Any]]) -> None:
+    """Consent records for a chunk's new subscribers that came with evidence (written by the
+    consent store); the others point at the run's record (`run_record`)."""
+    consent.record_imported(conn, with_evidence)
+
+
+def run_record(conn: Connection, policy: ImportConsent, source: str, stamp: datetime) -> int:
+    """The id of this import's "imported, no evidence" record (`import_runs`)."""
+    return consent.import_run(conn, policy.token, policy.details(), source, stamp)

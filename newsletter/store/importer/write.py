@@ -33,6 +33,7 @@ from newsletter.store.importer.evidence import (
     ImportConsent,
     drop_suppressed,
     record_with_evidence,
+    run_record,
     write_records,
 )
 from newsletter.store.importer.formats import Format
@@ -357,6 +358,10 @@ def _insert_fresh(
         tally.pause()
     stamp_db = writer.time(stamp)
     time = writer.time
+    # "Imported, no evidence" is one record for the whole run, made when first needed.
+    no_evidence_run: int | None = None
+    if policy is not None and not result.dry_run:
+        no_evidence_run = run_record(writer.conn, policy, source_name, stamp)
     rows: list[tuple[Any, ...]] = []
     tag_rows: list[tuple[int, str]] = []
     short_rows: list[tuple[Any, ...]] = []
@@ -389,6 +394,7 @@ def _insert_fresh(
             ),
             source_name,
             stamp_db,
+            no_evidence_run,
         )
         tag_rows = [
             (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
@@ -397,10 +403,12 @@ def _insert_fresh(
         tally.add(source_name, "subscribed", len(packed))
     with_evidence: list[dict[str, Any]] = []
     for sid, inc in rest:
+        run_id = no_evidence_run
         if policy is not None:
             record = record_with_evidence(sid, inc, policy, inc.source or source_name, stamp)
             if record is not None:
                 with_evidence.append(record)
+                run_id = None
         status = resolve_status(None, inc.status, resubscribe)
         tally.add(inc.source or source_name, status)
         stopped = status in STOPPED
@@ -427,6 +435,7 @@ def _insert_fresh(
                     created_db,
                     stamp_db,
                     confirmed_db,
+                    run_id,
                 )
             )
         else:
@@ -446,6 +455,7 @@ def _insert_fresh(
                     confirmed_db,
                     stamp_db if unsubscribed is stamp else time(unsubscribed),
                     inc.reason if stopped else None,
+                    run_id,
                 )
             )
         for tag in inc.tags:
@@ -458,7 +468,7 @@ def _insert_fresh(
         writer.insert(rows, tag_rows, short_rows, plain)
         tally.finish()
         if policy is not None:
-            write_records(writer.conn, ids, with_evidence, policy, source_name, stamp)
+            write_records(writer.conn, with_evidence)
 
 
 def _update_existing(
