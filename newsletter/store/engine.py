@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -48,6 +50,30 @@ def defer_checkpoints(engine: Engine) -> None:
         return
     event.listen(engine, "connect", _no_automatic_checkpoint)
     engine.dispose()  # pooled connections made before would still checkpoint
+
+
+def others_have_it_open(engine: Engine) -> bool:
+    """Whether another process has this SQLite database open, so that a long writer should
+    give it turns at the write lock. SQLite keeps a shared lock on its `-shm` file for as
+    long as a connection is open; Linux lists every such lock in /proc/locks. True wherever
+    that cannot be told (another system, another database, no lock of this process's own
+    found there): then the writer behaves as if someone were waiting."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return True
+    try:
+        shm = os.stat(f"{database}-shm")
+        locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True
+    file = f"{os.major(shm.st_dev):02x}:{os.minor(shm.st_dev):02x}:{shm.st_ino}"
+    holders = set()
+    for line in locks.splitlines():
+        fields = line.split()  # "1: POSIX  ADVISORY  READ  4242 fe:00:3809373 128 128"
+        if file in fields[1:]:
+            holders.add(fields[fields.index(file) - 1])
+    me = str(os.getpid())
+    return me not in holders or len(holders) > 1
 
 
 def checkpoint(engine: Engine) -> None:

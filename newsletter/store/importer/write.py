@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.insights.counters import BulkInsertTally
+from newsletter.store.engine import others_have_it_open
 from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
     KeyFilter,
@@ -56,7 +57,8 @@ class Pacer:
     can keep it out until it gives up. So a transaction is committed once it has held the
     lock about TARGET seconds (a chunk that alone would take longer is cut into parts sized
     from the rows per second so far), and on SQLite the import pauses PAUSE seconds (longer
-    than a waiter's longest sleep) after every SHARE seconds of writing. On PostgreSQL short
+    than a waiter's longest sleep) after every SHARE seconds of writing, when another process
+    has the database open (alone, nobody could be waiting). On PostgreSQL short
     transactions keep row locks short.
 
     A transaction holds several chunks when they are quick: each commit writes every page
@@ -71,6 +73,7 @@ class Pacer:
     MIN_ROWS = 100
 
     def __init__(self, engine: Engine, max_rows: int):
+        self.engine = engine
         self.max_rows = max_rows
         self.rows = min(self.FIRST_ROWS, max_rows)
         self.pauses = engine.dialect.name == "sqlite"
@@ -102,7 +105,10 @@ class Pacer:
         """A transaction held the lock `seconds`: pause if others are due a turn."""
         self.writing += seconds
         if self.pauses and self.writing >= self.SHARE:
-            time.sleep(self.PAUSE)
+            # Nobody to give a turn to (no other process has the database open: a sign-up
+            # or a send would): the pause would only make the import longer.
+            if others_have_it_open(self.engine):
+                time.sleep(self.PAUSE)
             self.writing = 0.0
 
 
