@@ -17,9 +17,7 @@ from newsletter.processes import die_with_parent
 
 PR_GET_PDEATHSIG = 2
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="prctl(2) is Linux's"
-)
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(2) is Linux's")
 
 
 def _child(parent: int, answers: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
