@@ -21,7 +21,16 @@ def die_with_parent(parent: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _libc() -> ctypes.CDLL:
+    """The C library's functions: those the interpreter itself is linked with (`CDLL(None)`).
+    `find_library("c")` ran `ldconfig -p` in a subprocess, in every forked send worker while
+    its parent waited: a fork and an exec on the way to a send's first request."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "prctl"):
+        return libc
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

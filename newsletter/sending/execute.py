@@ -564,8 +564,10 @@ def start_pool(preparer: Preparer, expected: int, reader: ListReader | None = No
     # The executor forks its workers at the first job, not here: by then the heartbeat and
     # sender threads run, and a lock one of them held at that moment (SQLite's, the
     # connection pool's) would stay locked in the child, whose reader opens connections.
-    # A first job now forks them while this is the only thread.
-    pool.submit(os.getpid).result()
+    # A first job now forks them while this is the only thread (`submit` forks before it
+    # starts the executor's thread; its answer is not waited for: the workers start up
+    # while this process takes the lease and starts its threads).
+    pool.submit(os.getpid)
     return pool
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,8 @@ class Loop:
                 # A refused claim (the lease was lost) raises SendError here: the send stops.
                 self.settled(work, future.result())
 
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="send") as executor:
+        writing = self.ledger.writing() if self.uses_ledger else nullcontext()
+        with writing, ThreadPoolExecutor(self.concurrency, thread_name_prefix="send") as executor:
             try:
                 for work in source:
                     if self.is_halted() and work.claim:
