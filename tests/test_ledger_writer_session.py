@@ -48,10 +48,9 @@ def _rows_of(engine: Any, subscriber_id: int) -> int:
         )
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQLite's setting
 def test_a_sending_loop_writes_without_foreign_key_lookups_and_gives_them_back(setup) -> None:
     engine, people, issue = setup
-    if engine.dialect.name != "sqlite":
-        pytest.skip("foreign-key lookups are SQLite's setting")
     ledger = Ledger(engine)
     send = ledger.create_send(issue, transport="sendgrid")
     ledger.start_totals(send, len(people))
