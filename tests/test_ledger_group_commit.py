@@ -16,17 +16,13 @@ from newsletter.sending import ledger as ledger_module
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.transports import Outcome
 from newsletter.store.engine import dispose_all, open_engine
-from newsletter.store.issues import ensure_issue
 from newsletter.store.schema import deliveries, send_totals, sends
-from newsletter.store.subscribers import add_subscriber
+from tests.support.ledger import readers_and_issue
 
 
 @pytest.fixture
 def setup(database_url: str) -> Any:
-    engine = open_engine(database_url)
-    people = [add_subscriber(engine, f"leser{i}@example.org").id for i in range(12)]
-    issue = ensure_issue(engine, slug="gruppe", title="Gruppe", subject="Gruppe", language="de")
-    yield engine, people, issue
+    yield readers_and_issue(database_url, 12, "gruppe")
     dispose_all()
 
 
@@ -105,9 +101,7 @@ def test_a_clashing_claim_in_a_group_fails_alone(tmp_path) -> None:
     """Three claims committed as one group, one of them for a reader another send recorded
     first: that one stops with the clash error and records nothing, the other two are
     committed as they would be alone."""
-    engine = open_engine(f"sqlite:///{tmp_path / 'group.db'}")
-    people = [add_subscriber(engine, f"leser{i}@example.org").id for i in range(6)]
-    issue = ensure_issue(engine, slug="gruppe", title="Gruppe", subject="Gruppe", language="de")
+    engine, people, issue = readers_and_issue(f"sqlite:///{tmp_path / 'group.db'}", 6, "gruppe")
     ledger = Ledger(engine)
     first = ledger.create_send(issue, transport="sendgrid", segment=[], dry_run=False)
     second = ledger.create_send(issue, transport="sendgrid", segment=[], dry_run=False)
@@ -151,9 +145,7 @@ def test_a_clashing_claim_in_a_group_fails_alone(tmp_path) -> None:
 def test_a_cancel_stops_the_claims_of_a_group_but_keeps_its_answers(tmp_path) -> None:
     """A claim and an answer queued together after `cancel` asked: the claim raises
     SendCancelled (nothing claimed), the answer is recorded."""
-    engine = open_engine(f"sqlite:///{tmp_path / 'cancel.db'}")
-    people = [add_subscriber(engine, f"leser{i}@example.org").id for i in range(4)]
-    issue = ensure_issue(engine, slug="gruppe", title="Gruppe", subject="Gruppe", language="de")
+    engine, people, issue = readers_and_issue(f"sqlite:///{tmp_path / 'cancel.db'}", 4, "gruppe")
     ledger = Ledger(engine)
     send = ledger.create_send(issue, transport="sendgrid", segment=[], dry_run=False)
     ledger.start_totals(send, len(people))

@@ -14,18 +14,15 @@ from newsletter.errors import SendError
 from newsletter.sending import ledger as ledger_module
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.transports import Outcome
-from newsletter.store.engine import dispose_all, open_engine
-from newsletter.store.issues import ensure_issue
+from newsletter.store.engine import dispose_all
 from newsletter.store.schema import deliveries
-from newsletter.store.subscribers import add_subscriber, forget_subscriber
+from newsletter.store.subscribers import forget_subscriber
+from tests.support.ledger import readers_and_issue
 
 
 @pytest.fixture
 def setup(database_url: str) -> Any:
-    engine = open_engine(database_url)
-    people = [add_subscriber(engine, f"leser{i}@example.org").id for i in range(4)]
-    issue = ensure_issue(engine, slug="sitzung", title="Sitzung", subject="Sitzung", language="de")
-    yield engine, people, issue
+    yield readers_and_issue(database_url, 4, "sitzung")
     dispose_all()
 
 
