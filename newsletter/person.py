@@ -29,7 +29,7 @@ from newsletter.masking import addresses_in, replace_addresses
 from newsletter.replies.store import replies_written_by
 from newsletter.replies.threads import threads_naming
 from newsletter.sending.ledger import Ledger
-from newsletter.store.consent import IMPORT, import_run_of
+from newsletter.store.consent import IMPORT, import_run_of, runs_naming
 from newsletter.store.emails import address_key
 from newsletter.store.schema import consent_texts, replies, subscribers
 from newsletter.store.subscribers import (
@@ -116,7 +116,7 @@ def _values(found: Iterable[Any]) -> Iterable[str]:
 def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
     """The rows that name the person without a foreign key to them, by table: replies from
     their address, sends and other readers' deliveries whose error names them (a batch
-    stopped at them), link counters whose URL does."""
+    stopped at them), link counters whose URL does, import runs whose source or file does."""
 
     written = replies_written_by(conn, person.key)
     found: dict[str, list[Any]] = {}
@@ -130,6 +130,9 @@ def rows_naming(conn: Connection, person: PersonalData) -> dict[str, list[Any]]:
     links = links_naming(conn, person.names_url)
     if links:
         found["link_day_counters"] = links
+    runs = runs_naming(conn, person.names_text)
+    if runs:
+        found["import_runs"] = runs
     return found
 
 

@@ -127,6 +127,8 @@ def erase(engine: Engine, email: str, *, outboxes: Sequence[Path] = ()) -> Erasu
         forget_threads(conn, named)
         Ledger.scrub_errors(conn, person.spellings, person.names_text, person.redact_text)
         scrub_links(conn, person.names_url, person.redact_url)
+        # An import's record stays for the others it added; their address leaves it.
+        consent.scrub_runs(conn, person.names_text, person.redact_text)
         status = subscriber.status if subscriber else None
         reason = suppressions.ERASED
         if status in STOPPED and status != "unsubscribed":

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, select
+from sqlalchemy import Connection, exists, func, insert, select, update
 
 from newsletter.store.schema import consent_records, consent_texts, import_runs, subscribers
 from newsletter.store.times import as_utc
@@ -177,6 +178,45 @@ def import_run_of(conn: Connection, subscriber_id: int) -> Any:
         .join(subscribers, subscribers.c.import_run_id == import_runs.c.id)
         .where(subscribers.c.id == subscriber_id)
     ).first()
+
+
+def _file_and_stem(name: str) -> list[str]:
+    # "anna@example.com.csv" holds the address only without its extension.
+    stem, dot, _suffix = name.rpartition(".")
+    return [name, stem] if dot else [name]
+
+
+def runs_naming(conn: Connection, names: Callable[[str], bool]) -> list[Any]:
+    """The `import_runs` rows whose source or file name names a person (`names(text)`), for
+    export-person and erasure: a run outlives the people it added, so an address in it (a
+    file named after the one person it held, say) is found as in a send's error."""
+    rows = conn.execute(select(import_runs).order_by(import_runs.c.id)).all()
+    named = []
+    for row in rows:
+        file = (row.details or {}).get("file")
+        texts = [row.source or "", *(_file_and_stem(file) if isinstance(file, str) else [])]
+        if any(names(text) for text in texts):
+            named.append(row)
+    return named
+
+
+def scrub_runs(conn: Connection, names: Callable[[str], bool], redact: Callable[[str], str]) -> int:
+    """Rewrite the source and file name of each import run that names the person with
+    `redact(text)`, keeping the record for the others it added; how many runs."""
+    rows = runs_naming(conn, names)
+    for row in rows:
+        details = dict(row.details or {})
+        file = details.get("file")
+        if isinstance(file, str):
+            stem, dot, suffix = redact(file).rpartition(".")
+            details["file"] = f"{redact(stem)}{dot}{suffix}" if dot else redact(file)
+        source = redact(row.source) if row.source else row.source
+        conn.execute(
+            update(import_runs)
+            .where(import_runs.c.id == row.id)
+            .values(source=source, details=details)
+        )
+    return len(rows)
 
 
 def count(conn: Connection, subscriber_id: int, kind: str) -> int:

@@ -15,7 +15,7 @@ from typing import IO
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
-from newsletter.errors import ImportFileError, NewsletterError
+from newsletter.errors import ImportFileError, NewsletterError, StoreError
 from newsletter.store.engine import database_error
 from newsletter.store.importer.decide import existing_field_names
 from newsletter.store.importer.evidence import consent_policy
@@ -111,6 +111,23 @@ def import_file(
             gc.enable()
 
 
+def _check_source(source: str) -> None:
+    """Refuse, before anything is written, a source no database takes: NUL (PostgreSQL never,
+    SQLite not in the statement's text, where a plain row's source goes) or what is not
+    UTF-8 (an argument from a terminal that is not set to UTF-8)."""
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        unstorable = True
+    else:
+        unstorable = "\x00" in source
+    if unstorable:
+        raise StoreError(
+            f"--source {source!r} holds a character that cannot be stored (a NUL, or bytes "
+            "that are not UTF-8: is the terminal set to UTF-8?); give the source as plain text"
+        )
+
+
 def _import_file(
     engine: Engine,
     path: Path,
@@ -127,6 +144,8 @@ def _import_file(
     keep_full_ip: bool = False,
 ) -> ImportResult:
     extra_tags = set(normalize_tags(tags))
+    if source is not None:
+        _check_source(source)
     result = ImportResult(path=path, dry_run=dry_run)
     result.encoding = detect_encoding(path)
     total = path.stat().st_size

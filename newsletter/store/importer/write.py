@@ -364,10 +364,16 @@ def _insert_fresh(
         tally.pause()
     stamp_db = writer.time(stamp)
     time = writer.time
-    # "Imported, no evidence" is one record for the whole run, made when first needed.
+    # "Imported, no evidence" is one record for the whole run, made when first needed (not
+    # for a file whose new rows all carry their opt-in).
     no_evidence_run: int | None = None
-    if policy is not None and not result.dry_run:
-        no_evidence_run = run_record(writer.conn, policy, source_name, stamp)
+
+    def no_evidence() -> int | None:
+        nonlocal no_evidence_run
+        if no_evidence_run is None and policy is not None and not result.dry_run:
+            no_evidence_run = run_record(writer.conn, policy, source_name, stamp)
+        return no_evidence_run
+
     rows: list[tuple[Any, ...]] = []
     tag_rows: list[tuple[int, str]] = []
     short_rows: list[tuple[Any, ...]] = []
@@ -400,7 +406,7 @@ def _insert_fresh(
             ),
             source_name,
             stamp_db,
-            no_evidence_run,
+            no_evidence(),
         )
         tag_rows = [
             (sid, tag) for sid, item in zip(simple_ids, packed, strict=True) for tag in item[5]
@@ -409,12 +415,14 @@ def _insert_fresh(
         tally.add(source_name, "subscribed", len(packed))
     with_evidence: list[dict[str, Any]] = []
     for sid, inc in rest:
-        run_id = no_evidence_run
+        record = None
         if policy is not None:
             record = record_with_evidence(sid, inc, policy, inc.source or source_name, stamp)
             if record is not None:
                 with_evidence.append(record)
-                run_id = None
+        run_id = None
+        if record is None:  # (the call only until the run's record is made)
+            run_id = no_evidence_run if no_evidence_run is not None else no_evidence()
         status = resolve_status(None, inc.status, resubscribe)
         tally.add(inc.source or source_name, status)
         stopped = status in STOPPED
