@@ -36,6 +36,15 @@ def test_one_chunks_filter_holds_only_its_keys() -> None:
     assert chunk.among(["a@example.de", "b@example.de"]) == ["a@example.de"]
 
 
+def test_a_chunks_filter_asked_about_a_part_of_the_chunk_names_only_that_parts_keys() -> None:
+    """The writer asks with the part it writes (a dict): only the keys seen before that the
+    part holds, once each."""
+    seen = KeyFilter.of(["c@example.de", "a@example.de", "c@example.de", "z@example.de"])
+    part = {"a@example.de": 1, "b@example.de": 2, "c@example.de": 3}
+    assert seen.among(part) == ["c@example.de", "a@example.de"]
+    assert seen.among({"b@example.de": 2}) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", [False, True])
 def test_a_bit_set_that_always_says_maybe_changes_nothing(

@@ -321,9 +321,7 @@ def _write_chunk_once(
     stamp = datetime.now(UTC)
     dry_run = result.dry_run
     conn = writer.conn
-    lookup = list(chunk)
-    if skip_lookups:
-        lookup = new_keys.among(lookup)
+    lookup = new_keys.among(chunk) if skip_lookups else list(chunk)
     if dry_run:
         # Nothing of this run is in the database; repeats of new rows are duplicates.
         repeats = {k for k in lookup if k in new_keys}
@@ -338,7 +336,10 @@ def _write_chunk_once(
         _update_existing(conn, writer, chunk, current, result, new_keys, resubscribe, stamp)
 
     found_count.append(len(found))
-    fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
+    if found or repeats:
+        fresh = [inc for key, inc in chunk.items() if key not in found and key not in repeats]
+    else:  # (a first import's usual chunk)
+        fresh = list(chunk.values())
     if fresh:
         _insert_fresh(
             writer, fresh, result, added, resubscribe, source_name, stamp, literal_times,
