@@ -421,9 +421,7 @@ def _insert_fresh(
             record = record_with_evidence(sid, inc, policy, inc.source or source_name, stamp)
             if record is not None:
                 with_evidence.append(record)
-        run_id = None
-        if record is None:  # (the call only until the run's record is made)
-            run_id = no_evidence_run if no_evidence_run is not None else no_evidence()
+        run_id = no_evidence() if record is None else None
         status = resolve_status(None, inc.status, resubscribe)
         tally.add(inc.source or source_name, status)
         stopped = status in STOPPED
