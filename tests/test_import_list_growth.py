@@ -8,11 +8,8 @@ are always back afterwards: after an import, a dry run, a rolled-back chunk and 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,8 @@ from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
 from newsletter.store.subscribers import BulkWriter, add_subscriber, count_subscribers
 
-from .conftest import CONFIG, REPO
+from .conftest import CONFIG
+from .support.imports import kill_import_after
 
 ALL_TRIGGERS = {
     "sqlite": {
@@ -149,21 +147,7 @@ def test_kill_9_mid_import_then_rerun_counts_everyone_once(
         handle.write("email,first name,last name,tags\n")
         for i in range(rows):
             handle.write(f"p{i}.leserin@example.com,Jörg{i},Müller,leser\n")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    command = [sys.executable, "-m", "newsletter", "--project", str(project)]
-    command += ["subscribers", "import", str(source), "--quiet"]
-    importing = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 60
-        # Killed once some chunks are in, so that it dies in the middle of another.
-        while count_subscribers(engine) < 10_000 and importing.poll() is None:
-            assert time.monotonic() < deadline, "the import wrote nothing in 60 s"
-            time.sleep(0.02)
-        os.kill(importing.pid, signal.SIGKILL)
-    finally:
-        importing.wait(timeout=30)
+    command, env = kill_import_after(project, source, lambda: count_subscribers(engine))
     written = count_subscribers(engine)
     assert written > 0
     assert triggers(engine) == ALL_TRIGGERS[engine.dialect.name]

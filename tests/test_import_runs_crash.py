@@ -6,11 +6,8 @@ import record, and no run may be left that nobody points at. SQLite and PostgreS
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +19,8 @@ from newsletter.store.engine import open_engine
 from newsletter.store.importer import import_file
 from newsletter.store.subscribers import BulkWriter, add_subscriber, count_subscribers
 from tests.conftest import CONFIG
+from tests.support.imports import kill_import_after
 
-REPO = Path(__file__).resolve().parent.parent
 s, runs, records = schema.subscribers, schema.import_runs, schema.consent_records
 
 
@@ -147,20 +144,7 @@ def test_kill_9_mid_import_then_rerun_leaves_everyone_one_record(
     engine = open_engine(database_url)
     rows = 120_000
     source = people_csv(tmp_path / "list.csv", rows, every_custom=7)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    command = [sys.executable, "-m", "newsletter", "--project", str(project)]
-    command += ["subscribers", "import", "--quiet", str(source)]
-    importing = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while count_subscribers(engine) < 10_000 and importing.poll() is None:
-            assert time.monotonic() < deadline, "the import wrote nothing in 120 s"
-            time.sleep(0.02)
-        os.kill(importing.pid, signal.SIGKILL)
-    finally:
-        importing.wait(timeout=30)
+    command, env = kill_import_after(project, source, lambda: count_subscribers(engine))
     halfway = count_subscribers(engine)
     assert 0 < halfway < rows, "killed too late to test anything"
     assert import_records(engine) == {"dangling": 0, "without": 0, "unused": 0, "runs": 1}
