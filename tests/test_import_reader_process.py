@@ -99,8 +99,10 @@ def test_a_big_import_s_reader_process_stays_small(make_project, tmp_path: Path)
     assert len(reader_sizes) > 10, "no reader process was seen"
     # The importer alone holds SQLAlchemy and the CLI (over 50 MB); a forked reader
     # started with all of it. (The median: a sample may catch the child before its exec.)
+    # The reader is about 42 MB, up to 47 MB while it waits for a busy writer with a
+    # chunk in hand (the whole suite on two cores): a fork would be the importer's 77 MB.
     reader, importer = statistics.median(reader_sizes), statistics.median(importer_sizes)
-    assert reader < 45 and reader < importer / 1.5, (reader, importer)
+    assert reader < 50 and reader < importer / 1.5, (reader, importer)
 
 
 @pytest.mark.slow
