@@ -53,3 +53,24 @@ def test_quotes_backslashes_emoji_and_line_breaks_in_a_source_come_back_as_given
         stored = conn.execute(select(schema.subscribers.c.source)).scalar_one()
         run = conn.execute(select(schema.import_runs.c.source)).scalar_one()
     assert stored == run == source
+
+
+def test_a_source_longer_than_its_column_is_one_line_on_both_databases(proj, cli, tmp_path) -> None:
+    """PostgreSQL stopped such an import at its first row ("database error ... run the same
+    import again", which failed again every time); SQLite kept it. Both refuse it now, and
+    `subscribers add --source` the same way."""
+    sheet = tmp_path / "liste.csv"
+    sheet.write_text("email\nanna@example.de\n", "utf-8")
+    long = "Messe „Übergangslösung“ 2024, " * 4  # 120 characters
+    imported = cli(proj.root, "subscribers", "import", str(sheet), "--source", long)
+    assert (imported.exit_code, imported.output) == (
+        1,
+        "Error: --source is longer than 100 characters; shorten it\n",
+    )
+    added = cli(proj.root, "subscribers", "add", "ben@example.de", "--source", long)
+    assert added.exit_code == 1
+    assert added.output == "Error: source is longer than 100 characters; shorten it\n"
+    just = long[:100]
+    assert cli(proj.root, "subscribers", "import", str(sheet), "--source", just).exit_code == 0
+    with open_engine(proj.database_url).connect() as conn:
+        assert conn.execute(select(schema.subscribers.c.source)).scalars().all() == [just]

@@ -231,8 +231,8 @@ class _connect:
 
 
 def check_name_lengths(**names: str | None) -> None:
-    """StoreError for a name longer than its column (PostgreSQL enforces the length,
-    SQLite would keep it: refuse it the same way on both)."""
+    """StoreError for a name (or a source) longer than its column (PostgreSQL enforces the
+    length, SQLite would keep it: refuse it the same way on both)."""
     for column, value in names.items():
         limit = getattr(subscribers.c[column].type, "length", None)
         if value and limit and len(value) > limit:
@@ -258,7 +258,7 @@ def add_subscriber(
 
     check_status(status)
     name, first_name, last_name = clean_name(name), clean_name(first_name), clean_name(last_name)
-    check_name_lengths(name=name, first_name=first_name, last_name=last_name)
+    check_name_lengths(name=name, first_name=first_name, last_name=last_name, source=source)
     address = normalize_email(email)
     key = email_key(address)
     tag_list = normalize_tags(tags)

@@ -113,8 +113,9 @@ def import_file(
 
 def _check_source(source: str) -> None:
     """Refuse, before anything is written, a source no database takes: NUL (PostgreSQL never,
-    SQLite not in the statement's text, where a plain row's source goes) or what is not
-    UTF-8 (an argument from a terminal that is not set to UTF-8)."""
+    SQLite not in the statement's text, where a plain row's source goes), what is not
+    UTF-8 (an argument from a terminal that is not set to UTF-8), or one longer than its
+    column (PostgreSQL stopped at the first row, and so again at every rerun)."""
     try:
         source.encode("utf-8")
     except UnicodeEncodeError:
@@ -126,6 +127,9 @@ def _check_source(source: str) -> None:
             f"--source {source!r} holds a character that cannot be stored (a NUL, or bytes "
             "that are not UTF-8: is the terminal set to UTF-8?); give the source as plain text"
         )
+    limit = getattr(subscribers.c.source.type, "length", None)  # PostgreSQL's, SQLite's too
+    if limit and len(source) > limit:
+        raise StoreError(f"--source is longer than {limit} characters; shorten it")
 
 
 def _import_file(
