@@ -39,13 +39,13 @@ def main() -> None:
             for i in range(args.rows):
                 f.write(f"leser{i}@example.de,Anna,Müller,leser\n")
 
-    real = (write_module.write_records, write_module.run_record)
+    real = (write_module.record_imported, write_module.run_record)
     nothing = (lambda *a, **k: None, lambda *a, **k: None)  # no record, nobody points at one
     variants = {"with records": real, "without": nothing}
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for _ in range(args.runs):
         for name, (writer, run) in variants.items():
-            write_module.write_records = writer  # type: ignore[assignment]
+            write_module.record_imported = writer  # type: ignore[assignment]
             write_module.run_record = run  # type: ignore[assignment]
             with tempfile.TemporaryDirectory() as folder:
                 engine = open_engine(f"sqlite:///{folder}/bench.db")
@@ -54,7 +54,7 @@ def main() -> None:
                 figures[name].append((time.process_time() - cpu, time.perf_counter() - wall))
                 assert result.new == args.rows
                 dispose_all()
-    write_module.write_records, write_module.run_record = real
+    write_module.record_imported, write_module.run_record = real
     print(f"{args.rows:,} rows, median of {args.runs}, load average {os.getloadavg()[0]:.1f}")
     for name, values in figures.items():
         cpu = statistics.median(v[0] for v in values)

@@ -24,9 +24,6 @@ from newsletter.store.subscribers import (
     set_status,
 )
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
-from tests.sendgrid_server import FakeSendGrid
-
-KEY = "SG.worker-reads-key"
 
 
 @pytest.fixture
@@ -45,35 +42,33 @@ def _no_reading_here(*_args: Any, **_kwargs: Any) -> Any:
     raise AssertionError("the sending process read the list itself")
 
 
-def _send(root: Path, monkeypatch: pytest.MonkeyPatch, readers: int, **hooks: Any) -> Any:
-    """Send to `readers` people (`before`: called after planning; `progress`: after each
-    batch). Returns (report, addresses SendGrid accepted, ledger states, engine)."""
+def _send(root: Path, monkeypatch: pytest.MonkeyPatch, sg: Any, readers: int, **hooks: Any) -> Any:
+    """Send to `readers` people through the fake SendGrid `sg` (`before`: called after
+    planning; `progress`: after each batch). Returns (report, addresses SendGrid accepted,
+    ledger states, engine)."""
     project = Project.load(root)
     engine = open_engine(project.database_url)
     for i in range(readers):
         add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
     monkeypatch.setattr(execute_module, "_rows", _no_reading_here)
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
-        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        plan = plan_send(project, EXAMPLE_ISSUE.stem, SendRequest())
-        if "before" in hooks:
-            hooks["before"](engine)
-        report = execute(plan, hooks.get("progress"))
-        recipients = sg.recipients()
+    plan = plan_send(project, EXAMPLE_ISSUE.stem, SendRequest())
+    if "before" in hooks:
+        hooks["before"](engine)
+    report = execute(plan, hooks.get("progress"))
+    recipients = sg.recipients()
     with engine.connect() as conn:
         states = sorted(conn.execute(select(deliveries.c.state)).scalars())
     return report, recipients, states, engine
 
 
-def test_the_workers_read_the_list_and_everyone_gets_one_copy(root, monkeypatch):
-    report, recipients, states, _ = _send(root, monkeypatch, 9)
+def test_the_workers_read_the_list_and_everyone_gets_one_copy(root, monkeypatch, sg):
+    report, recipients, states, _ = _send(root, monkeypatch, sg, 9)
     assert report.error is None and report.accepted == 9
     assert sorted(recipients) == sorted(f"leser{i}@example.org" for i in range(9))
     assert states == ["accepted"] * 9
 
 
-def test_people_who_leave_after_their_batch_was_read_get_nothing(root, monkeypatch):
+def test_people_who_leave_after_their_batch_was_read_get_nothing(root, monkeypatch, sg):
     """A worker read and prepared the third batch (leser4, leser5) before its claim; leser5
     unsubscribes and leser6 is forgotten just before that claim: the claim leaves leser5
     out, the batch's request is made again from leser4's row read anew, and leser6 gets
@@ -99,7 +94,7 @@ def test_people_who_leave_after_their_batch_was_read_get_nothing(root, monkeypat
 
     monkeypatch.setattr(Ledger, "claim", leave_first)
     monkeypatch.setattr(execute_module.ListReader, "again", counted)
-    report, recipients, states, engine = _send(root, monkeypatch, 10)
+    report, recipients, states, engine = _send(root, monkeypatch, sg, 10)
     assert report.error is None
     wanted = [f"leser{i}@example.org" for i in range(10) if i not in (5, 6)]
     assert sorted(recipients) == sorted(wanted)  # (each once)
@@ -107,7 +102,7 @@ def test_people_who_leave_after_their_batch_was_read_get_nothing(root, monkeypat
     assert [find_subscriber(engine, "leser4@example.org").id] in reread
 
 
-def test_a_batch_whose_readers_all_left_before_it_was_read_is_skipped(root, monkeypatch):
+def test_a_batch_whose_readers_all_left_before_it_was_read_is_skipped(root, monkeypatch, sg):
     """Both readers of the third batch unsubscribe after planning, before any worker reads:
     that batch sends nothing and claims nobody; the others go out."""
 
@@ -115,7 +110,7 @@ def test_a_batch_whose_readers_all_left_before_it_was_read_is_skipped(root, monk
         for address in ("leser4@example.org", "leser5@example.org"):
             set_status(engine, find_subscriber(engine, address).id, "unsubscribed")
 
-    report, recipients, states, _ = _send(root, monkeypatch, 8, before=leave)
+    report, recipients, states, _ = _send(root, monkeypatch, sg, 8, before=leave)
     assert report.error is None and report.accepted == 6
     assert sorted(recipients) == sorted(
         f"leser{i}@example.org" for i in range(8) if i not in (4, 5)
@@ -123,35 +118,32 @@ def test_a_batch_whose_readers_all_left_before_it_was_read_is_skipped(root, monk
     assert states == ["accepted"] * 6
 
 
-def test_a_resume_reads_the_list_in_the_sending_process(root, monkeypatch):
+def test_a_resume_reads_the_list_in_the_sending_process(root, monkeypatch, sg):
     """A send whose issue has ledger rows already (a --resume) leaves out those who have it:
     the sending process reads the list as before, not the workers."""
     project = Project.load(root)
     engine = open_engine(project.database_url)
     for i in range(4):
         add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
-    with FakeSendGrid(api_key=KEY, verified_senders=["jens@example.com"]) as sg:
-        monkeypatch.setenv("SENDGRID_API_HOST", sg.url)
-        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
-        first = execute(plan_send(project, EXAMPLE_ISSUE.stem, SendRequest()))
-        assert first.accepted == 4
-        for i in range(4, 7):
-            add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
-        read: list[int] = []
-        rows = execute_module._rows
+    first = execute(plan_send(project, EXAMPLE_ISSUE.stem, SendRequest()))
+    assert first.accepted == 4
+    for i in range(4, 7):
+        add_subscriber(engine, f"leser{i}@example.org", first_name="Leser")
+    read: list[int] = []
+    rows = execute_module._rows
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            read.append(1)
-            return rows(*args, **kwargs)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        read.append(1)
+        return rows(*args, **kwargs)
 
-        monkeypatch.setattr(execute_module, "_rows", counted)
-        again = execute(plan_send(project, EXAMPLE_ISSUE.stem, SendRequest(resume=True)))
-        assert again.error is None and again.accepted == 3
-        assert read, "a resume's list was not read by the sending process"
-        assert sorted(sg.recipients()) == sorted(f"leser{i}@example.org" for i in range(7))
+    monkeypatch.setattr(execute_module, "_rows", counted)
+    again = execute(plan_send(project, EXAMPLE_ISSUE.stem, SendRequest(resume=True)))
+    assert again.error is None and again.accepted == 3
+    assert read, "a resume's list was not read by the sending process"
+    assert sorted(sg.recipients()) == sorted(f"leser{i}@example.org" for i in range(7))
 
 
-def test_the_workers_are_forked_while_the_send_has_no_other_thread(root, monkeypatch):
+def test_the_workers_are_forked_while_the_send_has_no_other_thread(root, monkeypatch, sg):
     """The workers open database connections, so they must not inherit a lock that another
     thread of the send (the lease's heartbeat, a sender) held at the fork: they are forked
     before the send starts any thread (found in review: the pool forked at its first job,
@@ -171,7 +163,7 @@ def test_the_workers_are_forked_while_the_send_has_no_other_thread(root, monkeyp
     monkeypatch.setattr(os, "fork", fork)
     # (The fake SendGrid server's threads were there before the send.)
     report, recipients, _, _ = _send(
-        root, monkeypatch, 4, before=lambda engine: before_send.update(threading.enumerate())
+        root, monkeypatch, sg, 4, before=lambda engine: before_send.update(threading.enumerate())
     )
     assert report.error is None and len(recipients) == 4
     assert started_at_fork and all(names == [] for names in started_at_fork), started_at_fork

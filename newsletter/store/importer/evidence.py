@@ -105,12 +105,6 @@ def record_with_evidence(
     )
 
 
-def write_records(conn: Connection, with_evidence: list[dict[str, Any]]) -> None:
-    """Consent records for a chunk's new subscribers that came with evidence (written by the
-    consent store); the others point at the run's record (`run_record`)."""
-    consent.record_imported(conn, with_evidence)
-
-
 def run_record(conn: Connection, policy: ImportConsent, source: str, stamp: datetime) -> int:
     """The id of this import's "imported, no evidence" record (`import_runs`)."""
     return consent.import_run(conn, policy.token, policy.details(), source, stamp)

@@ -37,7 +37,7 @@ class KeyFilter:
         """An exact filter holding these keys, and only these: `update` leaves it alone
         (one chunk's keys seen before; hashing what the chunk adds would be wasted)."""
         found = cls(exact=True)
-        found.seen = list(keys)
+        found.seen = list(dict.fromkeys(keys))  # (in order, once each)
         found.update(found.seen)
         found.fixed = True
         return found
@@ -66,7 +66,7 @@ class KeyFilter:
         if self.fixed and isinstance(keys, dict):
             # A chunk's few keys seen before: those of them the chunk holds (in the order
             # they were seen), instead of asking for each of the chunk's ten thousand.
-            return [key for key in dict.fromkeys(self.seen) if key in keys]
+            return [key for key in self.seen if key in keys]
         if self.exact is not None:
             exact = self.exact
             return [key for key in keys if hash(key) in exact]

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.insights.counters import BulkInsertTally
+from newsletter.store.consent import record_imported
 from newsletter.store.engine import others_have_it_open
 from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
@@ -35,7 +36,6 @@ from newsletter.store.importer.evidence import (
     drop_suppressed,
     record_with_evidence,
     run_record,
-    write_records,
 )
 from newsletter.store.importer.formats import Format
 from newsletter.store.importer.model import (
@@ -481,7 +481,8 @@ def _insert_fresh(
         writer.insert(rows, tag_rows, short_rows, plain)
         tally.finish()
         if policy is not None:
-            write_records(writer.conn, with_evidence)
+            # (the others point at the run's record)
+            record_imported(writer.conn, with_evidence)
 
 
 def _update_existing(
