@@ -230,11 +230,16 @@ class _connect:
             self._ctx.__exit__(*exc)
 
 
+def column_length(column: str) -> int | None:
+    """The most characters `subscribers.<column>` holds (PostgreSQL enforces it, SQLite
+    would keep more: callers refuse longer values the same way on both)."""
+    return getattr(subscribers.c[column].type, "length", None)
+
+
 def check_name_lengths(**names: str | None) -> None:
-    """StoreError for a name (or a source) longer than its column (PostgreSQL enforces the
-    length, SQLite would keep it: refuse it the same way on both)."""
+    """StoreError for a name (or a source) longer than its column (`column_length`)."""
     for column, value in names.items():
-        limit = getattr(subscribers.c[column].type, "length", None)
+        limit = column_length(column)
         if value and limit and len(value) > limit:
             raise StoreError(f"{column} is longer than {limit} characters; shorten it")
 

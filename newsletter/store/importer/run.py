@@ -35,7 +35,7 @@ from newsletter.store.importer.read import csv_rows, json_rows
 from newsletter.store.importer.reader import Chunks, ReaderPlan
 from newsletter.store.importer.write import ImportTransaction, Pacer, write_chunk
 from newsletter.store.schema import subscribers
-from newsletter.store.subscribers import normalize_tags
+from newsletter.store.subscribers import column_length, normalize_tags
 from newsletter.wording import plural
 
 #: Rows per chunk (a transaction holds one or more; `Pacer` cuts slow ones smaller): big
@@ -127,7 +127,7 @@ def _check_source(source: str) -> None:
             f"--source {source!r} holds a character that cannot be stored (a NUL, or bytes "
             "that are not UTF-8: is the terminal set to UTF-8?); give the source as plain text"
         )
-    limit = getattr(subscribers.c.source.type, "length", None)  # PostgreSQL's, SQLite's too
+    limit = column_length("source")
     if limit and len(source) > limit:
         raise StoreError(f"--source is longer than {limit} characters; shorten it")
 
