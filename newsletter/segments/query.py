@@ -136,7 +136,7 @@ def condition(node: syntax.Node, ctx: Context) -> Any:
             return or_(value.is_(None), value == "")
         return value == node.value
     if isinstance(node, syntax.Status):
-        return s.c.status == node.status
+        return schema.status_is(node.status)
     if isinstance(node, syntax.Source):
         is_import = func.substr(s.c.source, 1, 6) == "import"
         if node.source == "form":

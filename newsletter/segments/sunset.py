@@ -198,7 +198,7 @@ def split_inactive(engine: Engine, periods: Sequence[GrowthPeriod], tz: ZoneInfo
     with engine.connect() as conn:
         times = conn.execute(
             select(s.c.unsubscribed_at).where(
-                s.c.status == "unsubscribed", s.c.unsubscribe_reason == INACTIVE
+                schema.status_is("unsubscribed"), s.c.unsubscribe_reason == INACTIVE
             )
         ).scalars()
         days = sorted(as_utc(t).astimezone(tz).date() for t in times if t is not None)  # type: ignore[union-attr]

@@ -467,6 +467,14 @@ def m025_import_runs(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE subscribers ADD COLUMN {column_ddl}")
 
 
+def m026_status_index_partial(conn: Connection) -> None:
+    """Import (issue 27): `ix_subscribers_status` leaves out the subscribed (most of a list),
+    whose entries no query used and which cost a big import a tenth of its inserts."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_subscribers_status")
+    index = next(i for i in schema.subscribers.indexes if i.name == "ix_subscribers_status")
+    index.create(conn)
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -491,6 +499,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m020_resend_rounds", m020_resend_rounds),
     ("m023_issue_readers", m023_issue_readers),
     ("m025_import_runs", m025_import_runs),
+    ("m026_status_index_partial", m026_status_index_partial),
 ]
 
 

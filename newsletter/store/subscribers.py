@@ -45,6 +45,7 @@ from newsletter.store.raw import placeholder
 from newsletter.store.schema import (
     STATUSES,
     metadata,
+    status_is,
     subscriber_tags,
     subscribers,
 )
@@ -462,7 +463,7 @@ def segment_filters(status: str | None, tags: Iterable[str]) -> list[Any]:
     """WHERE conditions on `subscribers` for a status and ANY of the tags (list, count, send)."""
     conditions: list[Any] = []
     if status is not None:
-        conditions.append(subscribers.c.status == check_status(status))
+        conditions.append(status_is(check_status(status)))
     tag_list = normalize_tags(tags)
     if tag_list:
         # ANY of the tags; EXISTS walks the (tag, subscriber_id) index per row.
@@ -568,11 +569,11 @@ def count_subscribers(
                     subscriber_tags,
                     subscribers,
                     subscribers.c.id == subscriber_tags.c.subscriber_id,
-                ).where(subscribers.c.status == check_status(status))
+                ).where(status_is(check_status(status)))
             return int(conn.execute(query).scalar_one())
         query = select(func.count()).select_from(subscribers)
         if status is not None:
-            query = query.where(subscribers.c.status == check_status(status))
+            query = query.where(status_is(check_status(status)))
         return int(conn.execute(query).scalar_one())
 
 
