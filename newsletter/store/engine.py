@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +21,33 @@ if TYPE_CHECKING:
 _engines: dict[str, Engine] = {}
 
 
+#: How often a connection asks again for WAL mode that was refused as locked, 20 ms apart.
+WAL_SWITCH_TRIES = 100
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     # WAL makes NORMAL safe against corruption; a crash may lose only the last commit.
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    # Processes opening a new database at once (two commands started together, say): the
+    # switch of one of them can be refused as locked at once, without the busy wait, while
+    # another is making the file; it goes through once that one is done (1 in about 160
+    # such openings failed with "database is locked").
+    for attempt in range(1, WAL_SWITCH_TRIES + 1):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_SWITCH_TRIES:
+                raise
+            time.sleep(0.02)
 
 
 def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
