@@ -38,8 +38,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _switch_to_wal(cursor: Any) -> None:
     # Processes opening a new database at once (two commands started together, say): the
     # switch of one of them can be refused as locked at once, without the busy wait, while
-    # another is making the file; it goes through once that one is done (1 in about 160
-    # such openings failed with "database is locked").
+    # another is making the file; it goes through once that one is done (2 in 560 such
+    # openings failed with "database is locked" before).
     for attempt in range(1, WAL_SWITCH_TRIES + 1):
         try:
             cursor.execute("PRAGMA journal_mode=WAL")

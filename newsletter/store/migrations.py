@@ -469,7 +469,8 @@ def m025_import_runs(conn: Connection) -> None:
 
 def m026_status_index_partial(conn: Connection) -> None:
     """Import (issue 27): `ix_subscribers_status` leaves out the subscribed (most of a list),
-    whose entries no query used and which cost a big import a tenth of its inserts."""
+    whose entries no query needs (they are most of the table, which is read instead) and
+    which cost a big import a tenth of its inserts."""
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_subscribers_status")
     index = next(i for i in schema.subscribers.indexes if i.name == "ix_subscribers_status")
     index.create(conn)

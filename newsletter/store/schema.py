@@ -125,8 +125,8 @@ subscribers = Table(
     # `remove --forget`, and the forgotten person's links and late events would reach them.
     sqlite_autoincrement=True,
 )
-# Partial: most of a list is subscribed, and an entry for each of them in an index no query
-# of the subscribed uses (it is most of the table) cost a big import a tenth of its inserts.
+# Partial: most of a list is subscribed, and an entry for each of them, which no query needs
+# (they are most of the table, which is read instead), cost a big import a tenth of its inserts.
 # The rare statuses (unconfirmed, bounced, ...) are found by it through `status_is`.
 _NOT_SUBSCRIBED = subscribers.c.status != literal_column("'subscribed'")
 _partial_index(Index("ix_subscribers_status", subscribers.c.status), _NOT_SUBSCRIBED)
