@@ -41,12 +41,15 @@ from newsletter.wording import plural
 
 @click.command()
 @click.argument("issue")
+# `--test a@x.de b@y.de`: the addresses after the first come as arguments of their own.
+@click.argument("more_test_addresses", nargs=-1, metavar="[ADDRESS]...")
 @click.option(
     "--test",
     "test_addresses",
     multiple=True,
     metavar="ADDRESS",
-    help="Send a test copy ([Test] subject) to ADDRESS; records nothing. Repeatable.",
+    help="Send a test copy ([Test] subject) to ADDRESS, and to the addresses after it; "
+    "records nothing. Repeatable.",
 )
 @click.option(
     "--tag", "tags", multiple=True, help="Only subscribers with this tag (any of several)."
@@ -112,6 +115,7 @@ from newsletter.wording import plural
 @segment_options
 def send(
     issue: str,
+    more_test_addresses: tuple[str, ...],
     test_addresses: tuple[str, ...],
     tags: tuple[str, ...],
     dry_run: bool,
@@ -136,6 +140,7 @@ def send(
     \b
     Example:
         newsletter send 2024-07-meta-ki-creator --test me@example.com
+        newsletter send 2024-07-meta-ki-creator --test me@example.com kollegin@example.de
         newsletter send 2024-07-meta-ki-creator --dry-run --yes
         newsletter send 2024-07-meta-ki-creator --yes
         newsletter send 2024-07-meta-ki-creator --resume --yes
@@ -144,6 +149,11 @@ def send(
         newsletter send 2024-07-meta-ki-creator --subject-b "Was Meta mit Creatorn vorhat" --sample 20% --decide-after 4h --yes
     """
 
+    if more_test_addresses and not test_addresses:
+        raise click.UsageError(
+            f"unexpected argument {more_test_addresses[0]!r}: addresses go after --test"
+        )
+    test_addresses = (*test_addresses, *more_test_addresses)
     project = get_project()
     if include_uncertain and not resume:
         raise click.UsageError("--include-uncertain goes with --resume")
