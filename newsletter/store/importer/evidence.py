@@ -70,7 +70,9 @@ def _iso(value: datetime | None) -> str | None:
 
 def opt_in_data(inc: Incoming, fmt: str) -> dict[str, Any]:
     """The export's own opt-in data for this row (empty if it has none)."""
-    if fmt == "mailchimp":
+    # (Mailchimp's unsubscribed and cleaned exports carry the same opt-in columns: a person
+    # who left or bounced since had opted in all the same, and the proof of it is kept.)
+    if fmt in ("mailchimp", "mailchimp-unsubscribed", "mailchimp-cleaned"):
         found = {
             "optin_time": _iso(inc.created_at),
             "optin_ip": inc.optin_ip,
