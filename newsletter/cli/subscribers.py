@@ -175,12 +175,14 @@ def add(
     )
     if confirm:
         try:
-            send_confirmation(get_project(), engine, subscriber)
+            where = send_confirmation(get_project(), engine, subscriber)
         except BaseException:
             # No confirmation went out: take the new row back, so a retry can add it again.
             forget_subscriber(engine, subscriber.email)
             raise
-        click.echo(f"added {subscriber.email} (unconfirmed); confirmation email sent")
+        # Where it went, as `send --test` says it: "accepted by SendGrid (...)", or "written
+        # to outbox/..." with why (no key), so nobody waits for a mail that was never sent.
+        click.echo(f"added {subscriber.email} (unconfirmed); confirmation email to {where}")
         return
 
     started = joined(get_project(), engine, subscriber.id)
