@@ -472,9 +472,12 @@ def _subject_test_setup(
 
 def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, quiet: bool) -> None:
     """`send --subject-b`: fix the sample and the rest, send A and B, leave the rest to run-due."""
-    refusal = setup_refusal(project, setup)
-    if refusal is None and not plan.uses_ledger:
-        refusal = "a subject-line test needs a transport that keeps the ledger (SendGrid or SMTP)"
+    if not plan.uses_ledger:
+        refusal: str | None = (
+            "a subject-line test needs a transport that keeps the ledger (SendGrid or SMTP)"
+        )
+    else:
+        refusal = setup_refusal(project, setup, plan.transport)
     if refusal is not None:
         raise SendError(refusal)
     subject_a = plan.subject or plan.prepared.rendered.subject

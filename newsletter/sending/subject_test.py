@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter.project import Project
+    from newsletter.sending.transports import Transport
 
 METRICS = ("clicks", "replies", "opens")
 ARMS = ("a", "b")
@@ -85,10 +86,20 @@ def parse_wait(text: str) -> timedelta:
     return wait
 
 
-def setup_refusal(project: Project, setup: SubjectTestSetup) -> str | None:
-    """A rate that cannot be measured is refused before anything is sent."""
+def setup_refusal(
+    project: Project, setup: SubjectTestSetup, transport: Transport | None = None
+) -> str | None:
+    """A rate that cannot be measured is refused before anything is sent: clicks and opens
+    come from a provider that reports them (SendGrid's events), not over SMTP."""
     if setup.metric not in METRICS:
         return f"--by {setup.metric}: the rate is one of {', '.join(METRICS)}"
+    reports = transport is None or transport.capabilities.reports_delivery
+    if setup.metric in ("clicks", "opens") and not reports:
+        assert transport is not None
+        return (
+            f"--by {setup.metric} cannot be measured over {transport.kind}: only SendGrid "
+            f"reports {setup.metric}; use --by replies"
+        )
     tracking = project.config.section("tracking")
     if setup.metric == "clicks" and not tracking["clicks"]:
         return "--by clicks needs click tracking: set [tracking] clicks = true, or use --by replies"
