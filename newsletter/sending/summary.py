@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, exists, func, select
 
+from newsletter.insights.metrics import ACCEPTED_STATES
 from newsletter.segments.query import segment_condition
 from newsletter.segments.sends import for_sends
 from newsletter.segments.syntax import SegmentError, parse, where_label
@@ -29,6 +30,7 @@ from newsletter.store.schema import (
     subscribers,
 )
 from newsletter.store.subscribers import segment_filters
+from newsletter.store.times import as_utc
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,26 @@ def _sequence_step_issues(engine: Engine) -> set[int]:
         return set(conn.execute(select(sequence_steps.c.issue_id).distinct()).scalars())
 
 
+def as_it_stands(
+    rule: PublishRule,
+    accepted: int,
+    unfinished: bool,
+    send_at: datetime | None,
+    now: datetime,
+) -> PublishRule:
+    """A send's publish rule as the archive applies it now: a send the provider accepted
+    nobody of reached no reader (`metrics.reached_readers`), and a scheduled one is public
+    from its time on (`metrics.goes_out_at`)."""
+    if not rule.public:
+        return rule
+    if not accepted:
+        why = "no recipient accepted so far" if unfinished else "no recipient was accepted"
+        return PublishRule(False, f"{why}; it is published once a send reached readers")
+    if send_at is not None and as_utc(send_at) > now:
+        return PublishRule(True, f"from {send_at:%Y-%m-%d %H:%M}, when it goes out; {rule.reason}")
+    return rule
+
+
 def send_summaries(
     engine: Engine,
     issue_id: int | None = None,
@@ -198,6 +220,7 @@ def send_summaries(
     # (People who joined later wait for a --resume of the first send, not of a resend.)
     last_of_issue = {r.issue_id: r.id for r in rows if r.resend is None}
     chosen = for_sends(engine, (r.id for r in rows))
+    now = datetime.now(UTC)
     out = []
     for r in rows:
         caps = capabilities_of(r.transport)
@@ -234,14 +257,23 @@ def send_summaries(
                 joined_since=joined,
                 sandbox=bool(r.dry_run and caps and caps.has_sandbox),
                 finished_at=r.finished_at,
-                publish=publish_rule(
-                    segment=list(r.segment or []),
-                    dry_run=r.dry_run,
-                    transport=r.transport,
-                    status=r.status,
-                    sequence_step=r.issue_id in steps,
-                    front_matter_public=flags.get(r.slug),
-                    segment_shown=chosen[r.id].shown if r.id in chosen else None,
+                publish=as_it_stands(
+                    publish_rule(
+                        segment=list(r.segment or []),
+                        dry_run=r.dry_run,
+                        transport=r.transport,
+                        status=r.status,
+                        sequence_step=r.issue_id in steps,
+                        front_matter_public=flags.get(r.slug),
+                        segment_shown=chosen[r.id].shown if r.id in chosen else None,
+                    ),
+                    # (the totals outlive the ledger's rows, which a purge removes)
+                    t.accepted
+                    if t is not None
+                    else sum(counts.get(r.id, {}).get(state, 0) for state in ACCEPTED_STATES),
+                    unfinished,
+                    r.send_at,
+                    now,
                 ),
                 cancel_requested=r.cancel_requested_at is not None,
                 segment_name=chosen[r.id].name if r.id in chosen else None,
