@@ -272,8 +272,22 @@ def _generic_target(heading: str) -> str:
     return "field:" + heading.strip()
 
 
+#: The columns `subscribers import --rejects FILE` adds after the file's own.
+REJECT_COLUMNS = ("line", "reason")
+
+
 def detect_format(headings: list[str]) -> Format:
     """Which export this header belongs to (see the module docstring)."""
+    fmt = _detect_format(headings)
+    # A rejects file, fixed and imported again: its last two columns are the import's notes,
+    # not the readers' custom fields.
+    if tuple(headings[-2:]) == REJECT_COLUMNS:
+        for heading in REJECT_COLUMNS:
+            fmt.targets[heading] = "ignore"
+    return fmt
+
+
+def _detect_format(headings: list[str]) -> Format:
     lower = {h.strip().lower() for h in headings}
     if "email address" in lower and lower & {"member_rating", "leid", "euid", "optin_time"}:
         fmt = Format("mailchimp", _known(headings, MAILCHIMP_SYSTEM))

@@ -19,7 +19,7 @@ from newsletter.errors import ImportFileError, NewsletterError, StoreError
 from newsletter.store.engine import database_error
 from newsletter.store.importer.decide import existing_field_names
 from newsletter.store.importer.evidence import consent_policy
-from newsletter.store.importer.formats import detect_encoding
+from newsletter.store.importer.formats import REJECT_COLUMNS, detect_encoding
 from newsletter.store.importer.keys import KeyFilter
 from newsletter.store.importer.lines import LineDecoder
 from newsletter.store.importer.model import (
@@ -192,7 +192,7 @@ def _import_file(
                     f"{rejects_path}: cannot write ({exc.strerror}); choose another --rejects FILE"
                 ) from None
             reject_writer = csv.writer(reject_file, delimiter=result.delimiter or ",")
-            reject_writer.writerow([*headings, "line", "reason"])
+            reject_writer.writerow([*headings, *REJECT_COLUMNS])
 
         # Exact where counts depend on it; a bit set for a first big import, sized for
         # the rows the file can hold (the shortest row worth reading is ~20 bytes: `a@b.de`,
