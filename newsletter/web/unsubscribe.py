@@ -33,6 +33,7 @@ def routes(ctx: Context) -> list[Route]:
     return [
         Route("/unsubscribe/{token}", partial(unsubscribe_page, ctx), methods=["GET"]),
         Route("/unsubscribe/{token}", partial(unsubscribe, ctx), methods=["POST"]),
+        Route("/resubscribe/{token}", partial(resubscribe_page, ctx), methods=["GET"]),
         Route("/resubscribe/{token}", partial(resubscribe, ctx), methods=["POST"]),
     ]
 
@@ -143,15 +144,33 @@ def _resubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> s
     return subscriber.status
 
 
+def _status_page(ctx: Context, status: str, language: str | None) -> Response:
+    """What a resubscribe shows for someone now `status`: back on the list, or not (bounced)."""
+    t = ctx.text(language)
+    if status == "bounced":
+        return ctx.message(language, "unsubscribed_title", t["bounced_lead"], 200)
+    return ctx.message(
+        language, "resubscribed_title", t["resubscribed_lead"].format(name=ctx.config.name), 200
+    )
+
+
+async def resubscribe_page(ctx: Context, request: Request) -> Response:
+    """GET (the link opened, or a mail scanner following it): the page with the button that
+    subscribes again; changes nothing, as GET /unsubscribe does not."""
+
+    def respond(token: str, subscriber: Subscriber, language: str | None) -> Response:
+        if subscriber.status in ("unsubscribed", "unconfirmed", "complained"):
+            return _unsubscribed_page(ctx, token, language)
+        return _status_page(ctx, subscriber.status, language)
+
+    return await _with_subscriber(ctx, request, _current, respond)
+
+
 async def resubscribe(ctx: Context, request: Request) -> Response:
     """POST from the unsubscribed page: subscribe again."""
-
-    def respond(token: str, status: str, language: str | None) -> Response:
-        t = ctx.text(language)
-        if status == "bounced":
-            return ctx.message(language, "unsubscribed_title", t["bounced_lead"], 200)
-        return ctx.message(
-            language, "resubscribed_title", t["resubscribed_lead"].format(name=ctx.config.name), 200
-        )
-
-    return await _with_subscriber(ctx, request, _resubscribe, respond)
+    return await _with_subscriber(
+        ctx,
+        request,
+        _resubscribe,
+        lambda _token, status, language: _status_page(ctx, status, language),
+    )
