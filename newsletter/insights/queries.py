@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, distinct, func, select, text
+from sqlalchemy import Engine, String, cast, distinct, func, select, text
 
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.insights import metrics
@@ -135,11 +135,12 @@ def _replies(engine: Engine, issue_ids: list[int]) -> dict[int, int]:
     where = [r.c.issue_id.in_(issue_ids)]
     if "automatic" in r.c:  # the replies table's auto-reply flag (m008)
         where.append(r.c.automatic.is_not(True))
+    # Readers, not addresses: a reply stored on a subscriber (from another address of theirs,
+    # to their signed reply address) is theirs; one from an unknown address counts by it.
+    reader = func.coalesce(cast(r.c.subscriber_id, String), func.lower(r.c.from_email))
     with engine.connect() as conn:
         rows = conn.execute(
-            select(r.c.issue_id, func.count(distinct(func.lower(r.c.from_email))))
-            .where(*where)
-            .group_by(r.c.issue_id)
+            select(r.c.issue_id, func.count(distinct(reader))).where(*where).group_by(r.c.issue_id)
         )
         return {issue_id: int(n) for issue_id, n in rows}
 
