@@ -140,6 +140,7 @@ def send_due(
     wall_now = wall.now()
     report.reaped = reap_dead_runs(engine, wall_now)
     loaded = _load(project, engine, report, now, wall_now)
+    report.stopped += state.stop_departed(engine, [s.config.name for s in loaded], wall_now)
     if include_uncertain:
         for item in loaded:
             report.retried += state.retry_uncertain(engine, item.config.name, now)

@@ -21,6 +21,7 @@ from newsletter.store.issues import ensure_issue, rename_issue
 from newsletter.store.schema import (
     DeliveryState,
     deliveries,
+    not_subscribed,
     sequence_enrollments,
     sequence_state,
     sequence_steps,
@@ -476,13 +477,26 @@ def _apply(conn: Connection, updates: list[dict[str, Any]], at: datetime) -> Non
 
 
 def enrollment_counts(engine: Engine, sequence: str) -> dict[str, int]:
+    """state -> people, as it stands: someone who left the list is stopped already, though
+    their row says so only after the next run (`stop_departed`)."""
+    e = enrollments
+    shown = case(
+        (and_(e.c.state == ACTIVE, subscribers.c.status != "subscribed"), STOPPED),
+        else_=e.c.state,
+    )
     with engine.connect() as conn:
         rows = conn.execute(
-            select(enrollments.c.state, func.count())
-            .where(enrollments.c.sequence == sequence)
-            .group_by(enrollments.c.state)
+            select(shown, func.count())
+            .select_from(e.join(subscribers, subscribers.c.id == e.c.subscriber_id))
+            .where(e.c.sequence == sequence)
+            .group_by(shown)
         ).all()
     return {state: int(n) for state, n in rows}
+
+
+def _still_subscribed() -> Any:
+    # Who left the list waits for nothing (`stop_departed` ends their row at the next run).
+    return subscribers.c.status == "subscribed"
 
 
 def waiting_by_step(
@@ -499,7 +513,8 @@ def waiting_by_step(
                 due.label("due"),
                 func.min(e.c.next_due_at).label("first_due"),
             )
-            .where(e.c.sequence == sequence, e.c.state == ACTIVE)
+            .join(subscribers, subscribers.c.id == e.c.subscriber_id)
+            .where(e.c.sequence == sequence, e.c.state == ACTIVE, _still_subscribed())
             .group_by(e.c.next_step)
         ).all()
     out: dict[str | None, dict[str, Any]] = {}
@@ -520,7 +535,12 @@ def waiting_people(
     query = (
         select(s.c.email, e.c.next_due_at)
         .join(s, s.c.id == e.c.subscriber_id)
-        .where(e.c.sequence == sequence, e.c.state == ACTIVE, e.c.next_step == step_key)
+        .where(
+            e.c.sequence == sequence,
+            e.c.state == ACTIVE,
+            e.c.next_step == step_key,
+            _still_subscribed(),
+        )
         .order_by(e.c.next_due_at, e.c.id)
     )
     if limit is not None:
@@ -546,6 +566,26 @@ def sent_counts(engine: Engine, issue_ids: Iterable[int]) -> dict[int, dict[str,
         ):
             out[issue_id][state] = int(n)
     return out
+
+
+def stop_departed(engine: Engine, sequences: Sequence[str], stamp: datetime) -> int:
+    """End the sequences of people who are no longer subscribed (unsubscribed, bounced,
+    complained) at the start of a run, not only once their next step falls due: nothing more
+    would go to them either way, and `sequences status` no longer shows them waiting. How
+    many enrollments ended."""
+    if not sequences:
+        return 0
+    e = enrollments
+    departed = select(subscribers.c.id).where(not_subscribed())
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(e)
+            .where(
+                e.c.sequence.in_(sequences), e.c.state == ACTIVE, e.c.subscriber_id.in_(departed)
+            )
+            .values(next_step=None, next_due_at=None, state=STOPPED, updated_at=stamp)
+        )
+    return int(result.rowcount or 0)
 
 
 def retry_uncertain(engine: Engine, sequence: str, at: datetime) -> int:

@@ -132,6 +132,11 @@ _NOT_SUBSCRIBED = subscribers.c.status != literal_column("'subscribed'")
 _partial_index(Index("ix_subscribers_status", subscribers.c.status), _NOT_SUBSCRIBED)
 
 
+def not_subscribed() -> ColumnElement[bool]:
+    """`subscribers.status != 'subscribed'`, as `ix_subscribers_status` is written (its rows)."""
+    return _NOT_SUBSCRIBED
+
+
 def status_is(status: str) -> ColumnElement[bool]:
     """`subscribers.status = status`, written so that a status other than subscribed is
     looked up in `ix_subscribers_status`: SQLite uses a partial index only for a query that
