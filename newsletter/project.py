@@ -382,6 +382,15 @@ def parse_config(path: Path) -> Config:
                 f"{path}: [theme] {key} {color!r} is not a CSS colour; "
                 'write it as hex, e.g. "#1a56db", or as a CSS colour name such as "teal"'
             )
+    font_name, font_url = sections["theme"]["web_font_name"], sections["theme"]["web_font_url"]
+    if bool(font_name) != bool(font_url):
+        given, missing = (
+            ("web_font_name", "web_font_url") if font_name else ("web_font_url", "web_font_name")
+        )
+        raise ConfigError(
+            f"{path}: [theme] {given} needs {missing} too (the font's name and where its CSS "
+            "is go together); set both, or neither"
+        )
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")
