@@ -31,19 +31,20 @@ _fresh: dict[Path, tuple[int, Project]] = {}
 
 def current_project(project: Project) -> Project:
     """`project` with newsletter.toml as it is on disk now (a long-running server otherwise
-    keeps the sequences of when it started). A file broken mid-edit: the one we have."""
+    keeps the config of when it started). A file broken mid-edit: the last good one."""
     path = project.config.path
+    cached = _fresh.get(path)
+    last_good = cached[1] if cached is not None else project
     try:
         mtime = path.stat().st_mtime_ns
     except OSError:
-        return project
-    cached = _fresh.get(path)
+        return last_good
     if cached is not None and cached[0] == mtime:
         return cached[1]
     try:
         loaded = Project.load(project.root)
     except NewsletterError:
-        return project
+        return last_good
     _fresh[path] = (mtime, loaded)
     return loaded
 

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,24 +20,25 @@ from newsletter.archive import Site, archive_entries, served_site
 from newsletter.archive.feeds import atom_feed
 from newsletter.archive.feeds import json_feed as json_feed_body
 from newsletter.archive.pages import index_page, not_found_page
+from newsletter.project import Project
 from newsletter.web.context import Context
 
 #: Public pages: a proxy may keep them briefly (a new issue shows within a minute).
 PUBLIC = {"Cache-Control": "public, max-age=60", "X-Content-Type-Options": "nosniff"}
 
 
-def enabled(ctx: Context) -> bool:
-    return bool(ctx.config.section("archive")["enabled"])
+def enabled(project: Project) -> bool:
+    return bool(project.config.section("archive")["enabled"])
 
 
-def site_for(ctx: Context, request: Request) -> Site:
+def site_for(project: Project, request: Request) -> Site:
     """Links and ids from base_url; without one, from the address the request came to."""
-    return served_site(ctx.config.base_url or str(request.base_url))
+    return served_site(project.config.base_url or str(request.base_url))
 
 
 def routes(ctx: Context) -> list[Route]:
-    if not enabled(ctx):
-        return []
+    # Always routed: `[archive] enabled` is read at each request, so switching the archive off
+    # (or on) in newsletter.toml needs no restart.
     return [
         Route("/", partial(index, ctx), methods=["GET", "HEAD"]),
         Route("/feed.xml", partial(atom, ctx), methods=["GET", "HEAD"]),
@@ -43,7 +47,8 @@ def routes(ctx: Context) -> list[Route]:
 
 
 def not_found_response(ctx: Context, request: Request) -> HTMLResponse:
-    html = not_found_page(ctx.project, site_for(ctx, request), "/")
+    project = ctx.project
+    html = not_found_page(project, site_for(project, request), "/")
     return HTMLResponse(html, status_code=404, headers={"X-Content-Type-Options": "nosniff"})
 
 
@@ -56,28 +61,44 @@ def exception_handlers(ctx: Context) -> dict[int, object]:
     return {404: not_found}
 
 
-def _index(ctx: Context, site: Site) -> str:
-    return index_page(ctx.project, site, archive_entries(ctx.project, ctx.engine), "/")
+def _index(project: Project, engine: Engine, site: Site) -> str:
+    return index_page(project, site, archive_entries(project, engine), "/")
+
+
+def _atom(project: Project, engine: Engine, site: Site) -> bytes:
+    return atom_feed(project, site, archive_entries(project, engine))
+
+
+def _json(project: Project, engine: Engine, site: Site) -> bytes:
+    return json_feed_body(project, site, archive_entries(project, engine))
+
+
+async def _archive_page(
+    ctx: Context, request: Request, make: Callable[[Project, Engine, Site], Any]
+) -> Any:
+    """What `make` makes of the project as it is now, or None: the archive is switched off."""
+    project = ctx.project  # (once per request: one config for the whole page)
+    if not enabled(project):
+        return None
+    return await run_in_threadpool(make, project, ctx.engine, site_for(project, request))
 
 
 async def index(ctx: Context, request: Request) -> Response:
-    html = await run_in_threadpool(_index, ctx, site_for(ctx, request))
+    html = await _archive_page(ctx, request, _index)
+    if html is None:
+        return await run_in_threadpool(not_found_response, ctx, request)
     return HTMLResponse(html, headers=PUBLIC)
 
 
-def _atom(ctx: Context, site: Site) -> bytes:
-    return atom_feed(ctx.project, site, archive_entries(ctx.project, ctx.engine))
-
-
-def _json(ctx: Context, site: Site) -> bytes:
-    return json_feed_body(ctx.project, site, archive_entries(ctx.project, ctx.engine))
-
-
 async def atom(ctx: Context, request: Request) -> Response:
-    body = await run_in_threadpool(_atom, ctx, site_for(ctx, request))
+    body = await _archive_page(ctx, request, _atom)
+    if body is None:
+        return await run_in_threadpool(not_found_response, ctx, request)
     return Response(body, media_type="application/atom+xml; charset=utf-8", headers=PUBLIC)
 
 
 async def json_feed(ctx: Context, request: Request) -> Response:
-    body = await run_in_threadpool(_json, ctx, site_for(ctx, request))
+    body = await _archive_page(ctx, request, _json)
+    if body is None:
+        return await run_in_threadpool(not_found_response, ctx, request)
     return Response(body, media_type="application/feed+json; charset=utf-8", headers=PUBLIC)

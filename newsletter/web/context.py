@@ -10,6 +10,7 @@ from sqlalchemy import Engine, select
 from starlette.responses import HTMLResponse
 
 from newsletter.project import Config, Project
+from newsletter.sequences.hooks import current_project
 from newsletter.store import schema
 from newsletter.web import pages
 
@@ -21,8 +22,15 @@ NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 class Context:
     """The app's project and database, handed to each module's `routes(ctx)`."""
 
-    project: Project
+    started: Project  # the project as it was when serve started
     engine: Engine
+
+    @property
+    def project(self) -> Project:
+        """The project with newsletter.toml as it is on disk now: an edit (a colour, the
+        archive switched off) shows on the next page without a restart, as it does for the
+        sequences; a file broken mid-edit keeps the last good one."""
+        return current_project(self.started)
 
     @property
     def config(self) -> Config:

@@ -12,6 +12,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -52,21 +53,27 @@ def find_issue_file(project: Project, slug: str) -> Path | None:
     return found.path if found else None
 
 
-def _render_slug(ctx: Context, site: Site, slug: str) -> str | None:
-    entries = archive_entries(ctx.project, ctx.engine)
+def _render_slug(project: Project, engine: Engine, site: Site, slug: str) -> str | None:
+    entries = archive_entries(project, engine)
     entry, older, newer = neighbours(entries, slug)
     if entry is None:
         return None
-    if not enabled(ctx):  # no archive to link to: no previous/next
+    archive = enabled(project)
+    if not archive:  # no archive to link to: no previous/next
         older = newer = None
-    return render_page(ctx.project, site, entry, older, newer, "/", archive=enabled(ctx))
+    return render_page(project, site, entry, older, newer, "/", archive=archive)
 
 
 async def issue_page(ctx: Context, request: Request) -> Response:
     """GET /issues/{slug}: the issue as a web page, or the 404 page."""
+    project = ctx.project  # (once per request: one config for the whole page)
     try:
         html = await run_in_threadpool(
-            _render_slug, ctx, site_for(ctx, request), request.path_params["slug"]
+            _render_slug,
+            project,
+            ctx.engine,
+            site_for(project, request),
+            request.path_params["slug"],
         )
     except NewsletterError as exc:
         log.error("issue page failed: %s", type(exc).__name__)
