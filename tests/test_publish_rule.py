@@ -137,3 +137,26 @@ def test_public_false_leaves_out_the_view_in_browser_link(project) -> None:
     assert run(project, "build", str(issue), "-o", str(out)).exit_code == 0
     for name in ("fuer-alle.txt", "fuer-alle.html"):
         assert "/issues/fuer-alle" not in (out / name).read_text("utf-8"), name
+
+
+# `sends` says what the archive does with each send now (found by a walk through the docs):
+# before, a send refused for everyone and a scheduled one both read "published".
+def test_a_send_refused_for_everyone_is_not_published(project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.wrong-key")
+    refused = run(project, "send", "2024-07-02-fuer-alle", "--yes")
+    assert refused.exit_code == 1
+    listing = run(project, "sends").output
+    assert "web archive: not published (no recipient was accepted" in listing, listing
+    assert "web archive: published" not in listing
+    client = TestClient(create_app(Project.load(project)))
+    assert client.get("/issues/fuer-alle").status_code == 404  # what the archive does too
+
+
+def test_a_scheduled_send_is_published_from_its_time(project) -> None:  # type: ignore[no-untyped-def]
+    scheduled = run(project, "send", "2024-07-02-fuer-alle", "--schedule", "in 2h", "--yes")
+    assert scheduled.exit_code == 0, scheduled.output
+    listing = run(project, "sends").output
+    assert "web archive: published (from " in listing, listing
+    assert ", when it goes out; sent to the whole list)" in listing
+    client = TestClient(create_app(Project.load(project)))
+    assert client.get("/issues/fuer-alle").status_code == 404  # not before its time
