@@ -30,6 +30,7 @@ from newsletter.store.consent import text_hash, truncate_ip
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import find_subscriber, tables_referencing_subscribers
 from tests.conftest import TEST_SECRET
+from tests.support.terminal import in_terminal
 
 
 @pytest.fixture
@@ -244,50 +245,16 @@ def test_ip_addresses_lose_their_last_octet_or_80_bits() -> None:
     assert truncate_ip("testclient") is None and truncate_ip(None) is None
 
 
-def _in_terminal(project: Path, answer: str, *args: str) -> tuple[int, str]:
-    """Run the real CLI on a pseudo-terminal (as a person at a shell) and answer its question."""
-    import os
-    import pty
-    import subprocess
-    import sys
-    import time
-
-    controller, terminal = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--project", str(project), *args],
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        env=env,
-        close_fds=True,
-    )
-    os.close(terminal)
-    output = b""
-    deadline = time.monotonic() + 30
-    while b"[y/N]" not in output and time.monotonic() < deadline:
-        output += os.read(controller, 4096)
-    os.write(controller, answer.encode() + b"\n")
-    code = process.wait(timeout=30)
-    try:
-        while chunk := os.read(controller, 4096):
-            output += chunk
-    except OSError:  # the terminal closed with the process
-        pass
-    os.close(controller)
-    return code, output.decode("utf-8", "replace")
-
-
 @pytest.mark.slow
 def test_forget_in_a_terminal_asks_and_no_keeps_everything(cli, proj) -> None:
     cli(proj, "subscribers", "add", "anna@example.com")
-    code, output = _in_terminal(proj, "n", "subscribers", "remove", "anna@example.com", "--forget")
+    code, output = in_terminal(proj, "n", "subscribers", "remove", "anna@example.com", "--forget")
     assert (
         "Erase anna@example.com and everything stored about them? This cannot be undone." in output
     )
     assert code == 1 and "Aborted" in output
     assert find_subscriber(engine_of(proj), "anna@example.com") is not None
-    code, output = _in_terminal(proj, "y", "subscribers", "remove", "anna@example.com", "--forget")
+    code, output = in_terminal(proj, "y", "subscribers", "remove", "anna@example.com", "--forget")
     assert code == 0 and "erased anna@example.com" in output
     assert find_subscriber(engine_of(proj), "anna@example.com") is None
 

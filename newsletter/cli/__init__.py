@@ -104,6 +104,18 @@ class NewsletterGroup(click.Group):
             # One line saying what is kept and how to go on (set by the command), no traceback.
             click.echo(stopped_by(ctx.meta.get(ON_INTERRUPT_KEY, INTERRUPTED), exc), err=True)
             ctx.exit(INTERRUPTED_EXIT_CODE)
+        except click.Abort as exc:
+            # Ctrl-C at a question ("Send to 3 subscribers? [y/N]"): click's prompt turns it
+            # into Abort ("Aborted!", exit 1); it is an interrupt like any other. (End of input
+            # at a question stays click's Abort.)
+            if not isinstance(exc.__context__, KeyboardInterrupt):
+                raise
+            click.echo(err=True)  # (after the question's line)
+            interrupted = exc.__context__
+            click.echo(
+                stopped_by(ctx.meta.get(ON_INTERRUPT_KEY, INTERRUPTED), interrupted), err=True
+            )
+            ctx.exit(INTERRUPTED_EXIT_CODE)
         except Exception as exc:
             message = _database_error(exc)
             if message is None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
+import sys
 import threading
 import webbrowser
 from pathlib import Path
 
 import click
 
-from newsletter.cli.context import get_project
+from newsletter.cli.context import INTERRUPTED_EXIT_CODE, get_project
 from newsletter.preview.app import LOOPBACK_HOSTS, create_preview_app
 from newsletter.preview.screenshot import screenshot_issue
 from newsletter.preview.server import PreviewServer, bind, is_loopback, url_of
@@ -77,9 +77,12 @@ def preview(issue: str, port: int, host: str, no_open: bool, as_email: str | Non
     if not no_open:
         # A console browser may block; never let that hold up the server.
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-    # uvicorn re-raises the Ctrl-C it handled; stopping is what the user asked for.
-    with contextlib.suppress(KeyboardInterrupt):
+    # uvicorn re-raises the Ctrl-C it handled: one line and exit 130, as every command.
+    try:
         PreviewServer(app).run(sockets=[sock])
+    except KeyboardInterrupt:
+        click.echo("Preview stopped.", err=True)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     click.echo("Preview stopped.")
 
 
