@@ -50,3 +50,16 @@ def test_replies_decide_a_test_over_smtp(smtp_project, cli) -> None:  # type: ig
     assert result.exit_code == 0, result.output
     assert "decided by replies" in result.output
     assert len(smtp.messages) == 3
+
+
+def test_without_by_a_test_over_smtp_is_decided_by_replies(smtp_project, cli) -> None:  # type: ignore[no-untyped-def]
+    root, smtp = smtp_project
+    for n in range(6):
+        assert cli(root, "subscribers", "add", f"leser{n}@example.de").exit_code == 0
+    result = cli(
+        root, "send", EXAMPLE_ISSUE.stem, "--subject-b", "Was Meta mit Creatorn vorhat",
+        "--sample", "50%", "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "decided by replies after 4h" in result.output
+    assert len(smtp.messages) == 3

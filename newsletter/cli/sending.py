@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from newsletter.sending.subject_test import (
     DEFAULT_WAIT,
     SubjectTestSetup,
     create_test,
+    default_metric,
     parse_sample,
     parse_wait,
     setup_refusal,
@@ -109,7 +111,8 @@ from newsletter.wording import plural
     "--by",
     "metric",
     type=click.Choice(["clicks", "replies", "opens"]),
-    help="With --subject-b: the rate that decides (default: clicks).",
+    help="With --subject-b: the rate that decides (default: clicks where click tracking is on "
+    "and SendGrid reports them, else replies).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @segment_options
@@ -467,11 +470,14 @@ def _subject_test_setup(
         raise click.UsageError(
             f"--decide-after {decide_after!r}: write a wait such as 4h, 90m or 1d"
         ) from None
-    return SubjectTestSetup(subject_b.strip(), percent, wait, metric or "clicks")
+    # (without --by: chosen once the transport is known, `default_metric`)
+    return SubjectTestSetup(subject_b.strip(), percent, wait, metric or "")
 
 
 def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, quiet: bool) -> None:
     """`send --subject-b`: fix the sample and the rest, send A and B, leave the rest to run-due."""
+    if not setup.metric:
+        setup = dataclasses.replace(setup, metric=default_metric(project, plan.transport))
     if not plan.uses_ledger:
         refusal: str | None = (
             "a subject-line test needs a transport that keeps the ledger (SendGrid or SMTP)"

@@ -70,6 +70,13 @@ class SubjectTestSetup:
     metric: str = "clicks"
 
 
+def default_metric(project: Project, transport: Transport) -> str:
+    """`--by` when not given: clicks where they are tracked and reported (click tracking on,
+    through SendGrid), else replies, which every transport brings back."""
+    tracked = project.config.section("tracking")["clicks"]
+    return "clicks" if tracked and transport.capabilities.reports_delivery else "replies"
+
+
 def parse_sample(text: str) -> int:
     """`20%` or `20` -> 20 (1 to 100); ValueError otherwise."""
     value = int(text.strip().removesuffix("%").strip())
