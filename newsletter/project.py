@@ -35,6 +35,10 @@ SENDGRID_HOSTS = {
 
 # section -> key -> (type, default). A default of REQUIRED makes the key mandatory.
 REQUIRED = object()
+#: `[sending] transport`'s values: the transports in newsletter/sending/transports (a test
+#: keeps the two the same; the config is checked without loading them).
+TRANSPORT_KINDS = ("outbox", "sendgrid", "smtp")
+
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "newsletter": {
         "name": (str, REQUIRED),
@@ -325,6 +329,12 @@ def parse_config(path: Path) -> Config:
             f"use one of: {', '.join(SENDGRID_HOSTS)}"
         )
     warnings = _move_deprecated_sending_keys(path, raw, sections)
+    transport = sections["sending"]["transport"]
+    if transport is not None and transport not in TRANSPORT_KINDS:
+        raise ConfigError(
+            f"{path}: [sending] transport {transport!r} is not known; "
+            f"use one of: {', '.join(TRANSPORT_KINDS)}"
+        )
     if not 1 <= sections["sending"]["batch_size"] <= 1000:
         raise ConfigError(f"{path}: [sending] batch_size must be between 1 and 1000")
     if sections["sending"]["concurrency"] < 1:
