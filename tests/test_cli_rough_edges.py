@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.terminal import in_terminal
+
 
 @pytest.mark.parametrize(
     ("url", "name"),
@@ -50,61 +52,10 @@ def test_screenshot_without_playwright_names_the_install_command_of_a_clone(
     assert "'newsletter[browser]'" not in result.output  # not on PyPI: that installs nothing
 
 
-def _run_in_terminal(args: list[str], answer: str, cwd) -> str:
-    """Run the real CLI with a terminal (pty) as stdin/stdout, answer its prompt, return
-    everything it printed."""
-    import os
-    import pty
-    import select
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import REPO
-
-    main_fd, terminal = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", *args],
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        cwd=cwd,
-        env=env,
-        close_fds=True,
-    )
-    os.close(terminal)
-    output = b""
-    answered = False
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main_fd], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(main_fd, 4096)
-                except OSError:  # the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            if not answered and b"]: " in output:
-                os.write(main_fd, answer.encode() + b"\n")
-                answered = True
-            if process.poll() is not None and not ready:
-                break
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        os.close(main_fd)
-    return output.decode("utf-8", "replace")
-
-
 def test_init_asks_for_the_language_offering_german(tmp_path):
     from newsletter.project import Project
 
-    output = _run_in_terminal(["init", "mein-brief"], "de", tmp_path)
+    _code, output = in_terminal(["init", "mein-brief"], "de", tmp_path)
     assert "de = Deutsch" in output and "en = English" in output
     project = Project.load(tmp_path / "mein-brief")
     assert project.config.language == "de"

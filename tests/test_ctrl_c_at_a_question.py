@@ -13,7 +13,9 @@ from tests.support.terminal import in_terminal
 def test_ctrl_c_at_the_erasure_question_exits_130_and_erases_nothing(cli, make_project) -> None:  # type: ignore[no-untyped-def]
     root = make_project()
     assert cli(root, "subscribers", "add", "jörg@example.de").exit_code == 0
-    code, output = in_terminal(root, None, "subscribers", "remove", "jörg@example.de", "--forget")
+    code, output = in_terminal(
+        ["--project", str(root), "subscribers", "remove", "jörg@example.de", "--forget"], None
+    )
     assert code == 130, output
     assert "Aborted" not in output and "Traceback" not in output
     assert output.rstrip().endswith("Stopped (Ctrl-C).")
@@ -24,5 +26,7 @@ def test_ctrl_c_at_the_erasure_question_exits_130_and_erases_nothing(cli, make_p
 def test_no_at_the_question_is_still_aborted(cli, make_project) -> None:  # type: ignore[no-untyped-def]
     root = make_project()
     assert cli(root, "subscribers", "add", "jörg@example.de").exit_code == 0
-    code, output = in_terminal(root, "n", "subscribers", "remove", "jörg@example.de", "--forget")
+    code, output = in_terminal(
+        ["--project", str(root), "subscribers", "remove", "jörg@example.de", "--forget"], "n"
+    )
     assert code == 1 and "Aborted" in output

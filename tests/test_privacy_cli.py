@@ -248,13 +248,17 @@ def test_ip_addresses_lose_their_last_octet_or_80_bits() -> None:
 @pytest.mark.slow
 def test_forget_in_a_terminal_asks_and_no_keeps_everything(cli, proj) -> None:
     cli(proj, "subscribers", "add", "anna@example.com")
-    code, output = in_terminal(proj, "n", "subscribers", "remove", "anna@example.com", "--forget")
+    code, output = in_terminal(
+        ["--project", str(proj), "subscribers", "remove", "anna@example.com", "--forget"], "n"
+    )
     assert (
         "Erase anna@example.com and everything stored about them? This cannot be undone." in output
     )
     assert code == 1 and "Aborted" in output
     assert find_subscriber(engine_of(proj), "anna@example.com") is not None
-    code, output = in_terminal(proj, "y", "subscribers", "remove", "anna@example.com", "--forget")
+    code, output = in_terminal(
+        ["--project", str(proj), "subscribers", "remove", "anna@example.com", "--forget"], "y"
+    )
     assert code == 0 and "erased anna@example.com" in output
     assert find_subscriber(engine_of(proj), "anna@example.com") is None
 

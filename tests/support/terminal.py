@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
@@ -13,33 +14,47 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def in_terminal(project: Path, answer: str | None, *args: str) -> tuple[int, str]:
-    """(exit code, what the terminal showed) of `newsletter --project PROJECT ARGS`, given
-    `answer` at its first [y/N] question, or Ctrl-C there (SIGINT) when `answer` is None."""
-    controller, terminal = pty.openpty()
+def in_terminal(args: list[str], answer: str | None, cwd: Path | None = None) -> tuple[int, str]:
+    """(exit code, everything the terminal showed) of `newsletter ARGS`, given `answer` at
+    its first question (a prompt ending in "]: "), or Ctrl-C there (SIGINT) when `answer`
+    is None."""
+    main_fd, terminal = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--project", str(project), *args],
+        [sys.executable, "-m", "newsletter", *args],
         stdin=terminal,
         stdout=terminal,
         stderr=terminal,
+        cwd=cwd,
         env=env,
         close_fds=True,
     )
     os.close(terminal)
     output = b""
+    answered = False
     deadline = time.monotonic() + 30
-    while b"[y/N]" not in output and time.monotonic() < deadline:
-        output += os.read(controller, 4096)
-    if answer is None:
-        process.send_signal(signal.SIGINT)
-    else:
-        os.write(controller, answer.encode() + b"\n")
-    code = process.wait(timeout=30)
     try:
-        while chunk := os.read(controller, 4096):
-            output += chunk
-    except OSError:  # the terminal closed with the process
-        pass
-    os.close(controller)
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(main_fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not answered and b"]: " in output:
+                if answer is None:
+                    process.send_signal(signal.SIGINT)
+                else:
+                    os.write(main_fd, answer.encode() + b"\n")
+                answered = True
+            if process.poll() is not None and not ready:
+                break
+        code = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(main_fd)
     return code, output.decode("utf-8", "replace")
