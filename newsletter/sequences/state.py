@@ -19,12 +19,13 @@ from newsletter.sequences.clock import latest_due
 from newsletter.step import Step, due_at, fingerprint
 from newsletter.store.issues import ensure_issue, rename_issue
 from newsletter.store.schema import (
+    NOT_SUBSCRIBED,
     DeliveryState,
     deliveries,
-    not_subscribed,
     sequence_enrollments,
     sequence_state,
     sequence_steps,
+    status_is,
     subscribers,
 )
 from newsletter.store.subscribers import segment_filters
@@ -481,7 +482,7 @@ def enrollment_counts(engine: Engine, sequence: str) -> dict[str, int]:
     their row says so only after the next run (`stop_departed`)."""
     e = enrollments
     shown = case(
-        (and_(e.c.state == ACTIVE, subscribers.c.status != "subscribed"), STOPPED),
+        (and_(e.c.state == ACTIVE, NOT_SUBSCRIBED), STOPPED),
         else_=e.c.state,
     )
     with engine.connect() as conn:
@@ -492,11 +493,6 @@ def enrollment_counts(engine: Engine, sequence: str) -> dict[str, int]:
             .group_by(shown)
         ).all()
     return {state: int(n) for state, n in rows}
-
-
-def _still_subscribed() -> Any:
-    # Who left the list waits for nothing (`stop_departed` ends their row at the next run).
-    return subscribers.c.status == "subscribed"
 
 
 def waiting_by_step(
@@ -514,7 +510,8 @@ def waiting_by_step(
                 func.min(e.c.next_due_at).label("first_due"),
             )
             .join(subscribers, subscribers.c.id == e.c.subscriber_id)
-            .where(e.c.sequence == sequence, e.c.state == ACTIVE, _still_subscribed())
+            # (who left the list waits for nothing: `stop_departed` ends their row)
+            .where(e.c.sequence == sequence, e.c.state == ACTIVE, status_is("subscribed"))
             .group_by(e.c.next_step)
         ).all()
     out: dict[str | None, dict[str, Any]] = {}
@@ -539,7 +536,7 @@ def waiting_people(
             e.c.sequence == sequence,
             e.c.state == ACTIVE,
             e.c.next_step == step_key,
-            _still_subscribed(),
+            status_is("subscribed"),
         )
         .order_by(e.c.next_due_at, e.c.id)
     )
@@ -576,7 +573,7 @@ def stop_departed(engine: Engine, sequences: Sequence[str], stamp: datetime) -> 
     if not sequences:
         return 0
     e = enrollments
-    departed = select(subscribers.c.id).where(not_subscribed())
+    departed = select(subscribers.c.id).where(NOT_SUBSCRIBED)
     with engine.begin() as conn:
         result = conn.execute(
             update(e)

@@ -128,13 +128,9 @@ subscribers = Table(
 # Partial: most of a list is subscribed, and an entry for each of them, which no query needs
 # (they are most of the table, which is read instead), cost a big import a tenth of its inserts.
 # The rare statuses (unconfirmed, bounced, ...) are found by it through `status_is`.
-_NOT_SUBSCRIBED = subscribers.c.status != literal_column("'subscribed'")
-_partial_index(Index("ix_subscribers_status", subscribers.c.status), _NOT_SUBSCRIBED)
-
-
-def not_subscribed() -> ColumnElement[bool]:
-    """`subscribers.status != 'subscribed'`, as `ix_subscribers_status` is written (its rows)."""
-    return _NOT_SUBSCRIBED
+#: Not subscribed, written as the index's condition (a query repeating it can use the index).
+NOT_SUBSCRIBED = subscribers.c.status != literal_column("'subscribed'")
+_partial_index(Index("ix_subscribers_status", subscribers.c.status), NOT_SUBSCRIBED)
 
 
 def status_is(status: str) -> ColumnElement[bool]:
@@ -143,7 +139,7 @@ def status_is(status: str) -> ColumnElement[bool]:
     repeats its condition (PostgreSQL would infer it)."""
     if status == SubscriberStatus.SUBSCRIBED:
         return subscribers.c.status == status
-    return and_(subscribers.c.status == status, _NOT_SUBSCRIBED)
+    return and_(subscribers.c.status == status, NOT_SUBSCRIBED)
 
 
 # Partial: a row without a stored public id (all since m018) costs the index nothing.
