@@ -73,32 +73,44 @@ def _json(project: Project, engine: Engine, site: Site) -> bytes:
     return json_feed_body(project, site, archive_entries(project, engine))
 
 
-async def _archive_page(
-    ctx: Context, request: Request, make: Callable[[Project, Engine, Site], Any]
-) -> Any:
-    """What `make` makes of the project as it is now, or None: the archive is switched off."""
+async def _archive_response(
+    ctx: Context,
+    request: Request,
+    make: Callable[[Project, Engine, Site], Any],
+    respond: Callable[[Any], Response],
+) -> Response:
+    """`respond` to what `make` makes of the project as it is now; the 404 page while the
+    archive is switched off."""
     project = ctx.project  # (once per request: one config for the whole page)
     if not enabled(project):
-        return None
-    return await run_in_threadpool(make, project, ctx.engine, site_for(project, request))
+        return await run_in_threadpool(not_found_response, ctx, request)
+    body = await run_in_threadpool(make, project, ctx.engine, site_for(project, request))
+    return respond(body)
 
 
 async def index(ctx: Context, request: Request) -> Response:
-    html = await _archive_page(ctx, request, _index)
-    if html is None:
-        return await run_in_threadpool(not_found_response, ctx, request)
-    return HTMLResponse(html, headers=PUBLIC)
+    return await _archive_response(
+        ctx, request, _index, lambda html: HTMLResponse(html, headers=PUBLIC)
+    )
 
 
 async def atom(ctx: Context, request: Request) -> Response:
-    body = await _archive_page(ctx, request, _atom)
-    if body is None:
-        return await run_in_threadpool(not_found_response, ctx, request)
-    return Response(body, media_type="application/atom+xml; charset=utf-8", headers=PUBLIC)
+    return await _archive_response(
+        ctx,
+        request,
+        _atom,
+        lambda body: Response(
+            body, media_type="application/atom+xml; charset=utf-8", headers=PUBLIC
+        ),
+    )
 
 
 async def json_feed(ctx: Context, request: Request) -> Response:
-    body = await _archive_page(ctx, request, _json)
-    if body is None:
-        return await run_in_threadpool(not_found_response, ctx, request)
-    return Response(body, media_type="application/feed+json; charset=utf-8", headers=PUBLIC)
+    return await _archive_response(
+        ctx,
+        request,
+        _json,
+        lambda body: Response(
+            body, media_type="application/feed+json; charset=utf-8", headers=PUBLIC
+        ),
+    )
