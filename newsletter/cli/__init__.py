@@ -13,7 +13,7 @@ import gc
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -101,9 +101,7 @@ class NewsletterGroup(click.Group):
         except NewsletterError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt as exc:
-            # One line saying what is kept and how to go on (set by the command), no traceback.
-            click.echo(stopped_by(ctx.meta.get(ON_INTERRUPT_KEY, INTERRUPTED), exc), err=True)
-            ctx.exit(INTERRUPTED_EXIT_CODE)
+            _interrupted(ctx, exc)
         except click.Abort as exc:
             # Ctrl-C at a question ("Send to 3 subscribers? [y/N]"): click's prompt turns it
             # into Abort ("Aborted!", exit 1); it is an interrupt like any other. (End of input
@@ -111,16 +109,18 @@ class NewsletterGroup(click.Group):
             if not isinstance(exc.__context__, KeyboardInterrupt):
                 raise
             click.echo(err=True)  # (after the question's line)
-            interrupted = exc.__context__
-            click.echo(
-                stopped_by(ctx.meta.get(ON_INTERRUPT_KEY, INTERRUPTED), interrupted), err=True
-            )
-            ctx.exit(INTERRUPTED_EXIT_CODE)
+            _interrupted(ctx, exc.__context__)
         except Exception as exc:
             message = _database_error(exc)
             if message is None:
                 raise
             raise click.ClickException(message) from None
+
+
+def _interrupted(ctx: click.Context, exc: KeyboardInterrupt) -> NoReturn:
+    """One line saying what is kept and how to go on (set by the command), no traceback."""
+    click.echo(stopped_by(ctx.meta.get(ON_INTERRUPT_KEY, INTERRUPTED), exc), err=True)
+    ctx.exit(INTERRUPTED_EXIT_CODE)
 
 
 def _database_error(exc: Exception) -> str | None:

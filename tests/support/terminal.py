@@ -46,6 +46,9 @@ def in_terminal(args: list[str], answer: str | None, cwd: Path | None = None) ->
                 output += chunk
             if not answered and b"]: " in output:
                 if answer is None:
+                    # As a person would: a moment after the question shows. (A signal that
+                    # lands before Python is in its read of the terminal waits for that read.)
+                    time.sleep(0.3)
                     process.send_signal(signal.SIGINT)
                 else:
                     os.write(main_fd, answer.encode() + b"\n")
