@@ -102,8 +102,9 @@ def serve(
                 f"{fetch_every!r} is not an interval of a minute or more; e.g. 5m or 1h",
                 param_hint="--fetch-replies",
             )
-        imap_settings(project)  # refuse to start without [replies.imap]
         fetch_replies = interval.total_seconds()
+    if fetch_replies or project.config.section("serve")["fetch_replies"]:
+        imap_settings(project)  # refuse to start without [replies.imap], or with a bad ca_file
     app = create_app(project, fetch_replies=fetch_replies)
     stopped = (
         "Stopped (Ctrl-C). Everything received so far is stored; "

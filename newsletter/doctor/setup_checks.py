@@ -11,9 +11,12 @@ import urllib.request
 
 from newsletter.doctor.checks import Check, Status
 from newsletter.doctor.dns_checks import transport_kind
+from newsletter.errors import ConfigError
 from newsletter.project import Project
+from newsletter.replies.mailbox import PASSWORD_ENV as MAILBOX_PASSWORD
 from newsletter.secrets_file import secrets_path
 from newsletter.sending.transports import transport_class
+from newsletter.tls import ca_certificate
 
 HEALTH_TIMEOUT = 5.0
 
@@ -121,6 +124,10 @@ def _secrets(project: Project) -> list[Check]:
                 f"{_secrets_path()} (`newsletter secrets init` creates that file)",
             )
         )
+    elif kind == "smtp" and (
+        bad_ca := _bad_ca_file(project, "smtp", project.config.section("smtp")["ca_file"])
+    ):
+        checks.append(_check("transport", Status.FAIL, f"the smtp transport cannot send: {bad_ca}"))
     else:
         checks.append(_check("transport", Status.OK, f"the {kind} transport has what it needs"))
     for name, variable, why in EVENT_SECRETS.get(kind, ()):
@@ -133,4 +140,24 @@ def _secrets(project: Project) -> list[Check]:
                 "`serve` cannot take replies from Inbound Parse",
             )
         )
+    mailbox = project.config.section("replies")["imap"]
+    if mailbox is not None:
+        checks.append(
+            _secret("mailbox password", MAILBOX_PASSWORD, "`replies fetch` cannot log in")
+        )
+        if bad_ca := _bad_ca_file(project, "replies.imap", mailbox["ca_file"]):
+            checks.append(
+                _check("mailbox", Status.FAIL, f"`replies fetch` cannot connect: {bad_ca}")
+            )
     return checks
+
+
+def _bad_ca_file(project: Project, table: str, ca_file: str | None) -> str | None:
+    """What is wrong with `[table] ca_file` (the error names the fix), or None."""
+    if not ca_file:
+        return None
+    try:
+        ca_certificate(project, table, ca_file)
+    except ConfigError as exc:
+        return str(exc)
+    return None

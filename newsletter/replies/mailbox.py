@@ -48,6 +48,7 @@ from newsletter.replies.verify import reply_token
 from newsletter.store import schema
 from newsletter.store.emails import address_key
 from newsletter.store.public_ids import resolve
+from newsletter.tls import ca_certificate
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -84,13 +85,19 @@ class _Fetched:
 
 
 def imap_settings(project: Project) -> dict[str, Any]:
+    """`[replies.imap]`, with its CA certificate read (`ca_data`): a ConfigError names a
+    missing table or a bad `ca_file` before anything connects."""
     settings = project.config.section("replies")["imap"]
     if settings is None:
         raise ConfigError(
             f"{project.config.path}: no [replies.imap] table; add one with host and username "
             "(see docs/replies.md) to read replies from a mailbox"
         )
-    return settings
+    ca_file = settings["ca_file"]
+    return {
+        **settings,
+        "ca_data": ca_certificate(project, "replies.imap", ca_file) if ca_file else None,
+    }
 
 
 @contextmanager
@@ -100,7 +107,7 @@ def open_mailbox(settings: dict[str, Any], password: str) -> Iterator[Any]:
     # deferred: imap_tools costs 48 ms at start-up
     from imap_tools import MailBox, MailBoxStartTls
 
-    context = ssl.create_default_context(cafile=settings["ca_file"])
+    context = ssl.create_default_context(cadata=settings["ca_data"])
     host, security, timeout = settings["host"], settings["security"], settings["timeout"]
     port = settings["port"] or (993 if security == "tls" else 143)
     where = f"[replies.imap] {host}:{port}"
@@ -110,10 +117,6 @@ def open_mailbox(settings: dict[str, Any], password: str) -> Iterator[Any]:
             if security == "tls"
             else MailBoxStartTls(host, port, timeout=timeout, ssl_context=context)
         )
-    except FileNotFoundError:
-        raise ConfigError(
-            f"[replies.imap] ca_file {settings['ca_file']!r} does not exist"
-        ) from None
     except ssl.SSLError as exc:
         raise NewsletterError(
             f"{where}: TLS failed ({exc.reason or exc}); check security and ca_file"

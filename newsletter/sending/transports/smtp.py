@@ -34,11 +34,11 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.errors import ConfigError
-from newsletter.files import NotARegularFile, read_regular
 from newsletter.sending.message import Batch, Recipient
 from newsletter.sending.mime import copy_for, date_header, message_id
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.store.schema import DeliveryState
+from newsletter.tls import ca_certificate
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -170,7 +170,7 @@ class SmtpTransport:
             max_retries=min(settings.max_retries, 2)
             if settings.transactional
             else settings.max_retries,
-            ca_data=_read_ca_file(project, ca_file) if ca_file else None,
+            ca_data=ca_certificate(project, "smtp", ca_file) if ca_file else None,
         )
 
     @property
@@ -431,32 +431,3 @@ class SmtpTransport:
             if conn is not None:
                 self._give_back(conn, used)
         return outcomes
-
-
-#: A CA bundle is a few hundred kilobytes at most.
-_MAX_CA_BYTES = 10 << 20
-
-
-def _read_ca_file(project: Project, ca_file: str) -> str:
-    """The PEM text of `[smtp] ca_file`, read once; a ConfigError naming it when it is
-    missing, not a file or not PEM (not a traceback from the ssl module, nor a wait on a
-    named pipe)."""
-    where = f"{project.config.path}: [smtp] ca_file {ca_file!r}"
-    try:
-        pem = read_regular(ca_file, _MAX_CA_BYTES, "CA certificate")
-    except NotARegularFile as exc:
-        if exc.missing:
-            raise ConfigError(
-                f"{where}: no such file; give the path of the server's CA certificate (PEM) "
-                "or remove the key"
-            ) from None
-        raise ConfigError(f"{where}: {exc.reason}") from None
-    try:
-        text = pem.decode("ascii")
-        ssl.create_default_context(cadata=text)
-    except (ssl.SSLError, UnicodeDecodeError, ValueError):
-        raise ConfigError(
-            f"{where}: is not a PEM certificate (-----BEGIN CERTIFICATE-----); "
-            "convert it with `openssl x509 -in FILE -out ca.pem`"
-        ) from None
-    return text
