@@ -665,3 +665,66 @@ def test_a_forged_list_unsubscribe_mailto_changes_nothing(inbox):
         assert post(base, unproven("", to=address, subject="unsubscribe")).status_code == 200
     assert get_subscriber(engine, anna.id).status == "subscribed"
     assert stored(engine)[0].unsubscribe_request == "unverified"
+
+
+# Readers' replies labelled ISO-8859-1 or US-ASCII: Outlook and other Windows mail programs say
+# ISO-8859-1 and write „ “ – € as Windows-1252's bytes 0x84 0x93 0x96 0x80, which ISO-8859-1
+# reads as invisible control characters. Before, `replies show` printed "Übergangslösung ist gut
+# ich grüße" with the quotes and the dash gone, in the database and in the copy forwarded to the
+# author. Now these labels read as browsers read them (Windows-1252; UTF-8 when the bytes are
+# that), in Inbound Parse's parsed and raw modes, in bodies and in RFC 2047 subjects.
+GERMAN = "„Übergangslösung“ ist gut gesagt – ich grüße dich aus Köln, für 5 € im Monat."
+WINDOWS_SUBJECT = "AW: „Warum Metas KI-Creator“ – Grüße"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", ["iso-8859-1", "ISO_8859-1", "latin1", "us-ascii"])
+def test_a_windows_reply_labelled_latin_1_keeps_its_quotes_and_dashes(inbox, cli, label):
+    proj, engine, _anna, issue_id = inbox()
+    data = fields(GERMAN, charset="windows-1252")
+    data["charsets"] = json.dumps({"text": label, "subject": "UTF-8", "from": "UTF-8"})
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.text == GERMAN and row.issue_id == issue_id
+    shown = cli(proj.root, "replies", "show", str(row.id))
+    assert shown.exit_code == 0 and GERMAN in shown.output
+
+
+@pytest.mark.slow
+def test_utf_8_mislabelled_as_latin_1_is_read_as_utf_8(inbox):
+    proj, engine, _anna, _issue = inbox()
+    data = fields(GERMAN, charset="utf-8")
+    data["charsets"] = json.dumps({"text": "iso-8859-1", "subject": "UTF-8", "from": "UTF-8"})
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.text == GERMAN
+
+
+@pytest.mark.slow
+def test_raw_mode_body_and_encoded_subject_labelled_latin_1(inbox):
+    proj, engine, anna, _issue = inbox()
+    # As Outlook writes it: ISO-8859-1 labels around Windows-1252 bytes, in the encoded-word
+    # subject and in the body (raw bytes: `EmailMessage` would decode and re-encode them).
+    quoted = "".join(f"={byte:02X}" if byte > 127 or byte in b" =?_" else chr(byte)
+                     for byte in WINDOWS_SUBJECT.encode("cp1252"))  # fmt: skip
+    raw = (
+        (
+            "From: Anna =?iso-8859-1?Q?M=FCller?= <anna.mueller@example.de>\r\n"
+            "To: jens@example.com\r\n"
+            f"Subject: =?iso-8859-1?Q?{quoted}?=\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: text/plain; charset="iso-8859-1"\r\n'
+            "Content-Transfer-Encoding: 8bit\r\n\r\n"
+        ).encode("ascii")
+        + GERMAN.encode("cp1252")
+        + b"\r\n"
+    )
+    data = {"email": raw, "envelope": json.dumps({"to": ["jens@example.com"]})}
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.subscriber_id == anna.id
+    assert row.text.strip() == GERMAN and row.subject == WINDOWS_SUBJECT
+    assert row.from_name == "Anna Müller"

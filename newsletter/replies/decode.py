@@ -106,30 +106,78 @@ def html_to_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+#: Labels that mail programs put on Windows-1252 text: Outlook and other Windows programs
+#: say ISO-8859-1 (or US-ASCII) and write „ “ – € as the bytes 0x84 0x93 0x96 0x80, which
+#: ISO-8859-1 reads as invisible control characters. Browsers read these labels as
+#: Windows-1252 for that reason (the WHATWG Encoding Standard), and so does this.
+_WINDOWS_1252_LABELS = frozenset(("iso8859-1", "ascii"))
+
+
 def _decode(raw: bytes, charset: str | None) -> str:
     try:
-        return raw.decode(codecs.lookup(charset or "utf-8").name, errors="replace")
+        codec = codecs.lookup(charset or "utf-8").name
     except LookupError:
-        # Unknown, or a bytes-to-bytes codec (rot13, base64, hex) that a sender may declare.
+        codec = "utf-8"  # (unknown: see below)
+    if codec in _WINDOWS_1252_LABELS and not raw.isascii():
+        return _windows_1252(raw)
+    try:
+        return raw.decode(codec, errors="replace")
+    except LookupError:
+        # A bytes-to-bytes codec (rot13, base64, hex) that a sender may declare.
         return raw.decode("utf-8", errors="replace")
 
 
-def _header_text(value: str) -> str:
-    """Decode RFC 2047 words (=?UTF-8?Q?...?=) if a header still has them."""
+def _windows_1252(raw: bytes) -> str:
+    """Text labelled ISO-8859-1 or US-ASCII: UTF-8 if it is that (a common mislabel too,
+    and never valid by chance in Latin text), else Windows-1252; its five unassigned bytes
+    stay what ISO-8859-1 makes of them, as in browsers."""
     try:
-        return str(make_header(decode_header(value)))
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors=_LATIN_1_FOR_UNASSIGNED)
+
+
+def _latin_1(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeDecodeError)
+    return error.object[error.start : error.end].decode("latin-1"), error.end
+
+
+_LATIN_1_FOR_UNASSIGNED = "newsletter-latin-1-for-unassigned"
+codecs.register_error(_LATIN_1_FOR_UNASSIGNED, _latin_1)
+
+
+def _header_text(value: str) -> str:
+    """Decode RFC 2047 words (=?UTF-8?Q?...?=) if a header still has them; a word labelled
+    ISO-8859-1 or US-ASCII is read as the body's text is (`_windows_1252`)."""
+    try:
+        words = [
+            (word, _header_charset(word, charset) if isinstance(word, bytes) else charset)
+            for word, charset in decode_header(value)
+        ]
+        return str(make_header(words))
     except (ValueError, LookupError, UnicodeDecodeError):
         return value
+
+
+def _header_charset(word: bytes, charset: str | None) -> str | None:
+    if charset is None or word.isascii():
+        return charset
+    try:
+        if codecs.lookup(charset).name not in _WINDOWS_1252_LABELS:
+            return charset
+        word.decode("utf-8")
+    except LookupError:
+        return charset
+    except UnicodeDecodeError:
+        return "windows-1252"
+    return "utf-8"
 
 
 def _part_text(part: Any) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    try:
-        return payload.decode(part.get_content_charset() or "utf-8", "replace")
-    except LookupError:  # a charset Python does not know
-        return payload.decode("utf-8", "replace")
+    return _decode(payload, part.get_content_charset())
 
 
 def _from_mime(raw: RawInbound) -> RawInbound:
