@@ -150,26 +150,37 @@ def _config(project: Project) -> list[Finding]:
     return found
 
 
+def imprint_missing(project: Project, language: str) -> str | None:
+    """Why an email in `language` lacks its imprint link (None: it has one). German law
+    (§ 5 DDG) asks every commercial email for an Impressum, so `send`, `sequences run` and
+    `check` refuse a German one without it; elsewhere it is good practice (a warning)."""
+    if project.config.section("newsletter")["imprint_url"]:
+        return None
+    return (
+        "[newsletter] imprint_url is not set"
+        + (
+            ", and a German newsletter must link its Impressum in every email"
+            if language == "de"
+            else "; readers expect an imprint (legal notice) link in the footer"
+        )
+        + ': add imprint_url = "https://example.com/impressum"'
+    )
+
+
 def _imprint(project: Project, issue: Issue) -> list[Finding]:
-    """German law (§ 5 DDG) asks every commercial email for an imprint; elsewhere it is good
-    practice. The privacy policy link is checked only when given."""
+    """The imprint (`imprint_missing`); the privacy policy link is checked only when given."""
     config = project.config
     found = []
-    imprint = config.section("newsletter")["imprint_url"]
-    if not imprint:
+    missing = imprint_missing(project, issue.language)
+    if missing:
+        german = issue.language == "de"
         found.append(
             Finding(
-                "error" if issue.language == "de" else "warning",
-                "[newsletter] imprint_url is not set"
-                + (
-                    ", and a German newsletter must link its Impressum in every email"
-                    if issue.language == "de"
-                    else "; readers expect an imprint (legal notice) link in the footer"
-                )
-                + ': add imprint_url = "https://example.com/impressum"',
+                "error" if german else "warning",
+                missing,
                 config.path,
                 None,
-                before_sending=issue.language == "de",
+                before_sending=german,
             )
         )
     for key in ("imprint_url", "privacy_url"):

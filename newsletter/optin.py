@@ -134,6 +134,7 @@ def signup(
     name: str | None,
     visit: Visit,
     *,
+    first_name: str | None = None,
     language: str | None = None,
     checkbox: bool = False,
 ) -> SignupOutcome:
@@ -174,6 +175,7 @@ def signup(
                     conn,
                     email,
                     name=name or None,
+                    first_name=first_name or None,
                     status="unconfirmed" if double else "subscribed",
                     source="form",
                     allow_suppressed=double,

@@ -137,6 +137,24 @@ def test_subscribe_form_on_an_issue_page_starts_the_double_opt_in(archive):
     assert find_subscriber(engine, "neu.leserin@example.de").status == "unconfirmed"
 
 
+def test_the_archive_forms_first_name_is_the_readers_first_name(archive):
+    """What a browser sends from the form as shown: its "Vorname" box fills `first_name`,
+    which issues greet with (before, it went into `name` and the greeting found nothing)."""
+    root, base = archive
+    form = soup_of(httpx.get(f"{base}/issues/erste-ausgabe")).find("form")
+    label = form.find("label", attrs={"for": "nl-name"}).get_text(strip=True)
+    typed = {"nl-email": "vorname@example.de", "nl-name": "Zoë"}  # by the boxes' ids
+    data = {
+        field["name"]: typed.get(field.get("id"), field.get("value", ""))
+        for field in form.find_all("input")
+        if field.get("name")
+    }
+    assert httpx.post(base + form["action"], data=data).status_code == 200
+    engine = open_engine(Project.load(root).database_url)
+    assert label.startswith("Vorname")
+    assert find_subscriber(engine, "vorname@example.de").first_name == "Zoë"
+
+
 def test_atom_feed_parses_cleanly_with_umlauts_dates_and_links(archive):
     root, base = archive
     response = httpx.get(base + "/feed.xml")

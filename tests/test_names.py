@@ -41,6 +41,22 @@ def test_the_subscribe_form_stores_a_name_without_cr_lf(project) -> None:
     assert find_subscriber(engine, "anna@example.de").name == "Anna Bcc: x@y.z"
 
 
+@pytest.mark.slow
+def test_the_subscribe_form_stores_a_first_name_apart_from_the_name(project) -> None:
+    """A form's `first_name` field is what issues greet with (`subscriber.first_name`);
+    before, the form had only `name`, and "Hallo {{ subscriber.first_name }}" found nothing."""
+    proj = Project.load(project)
+    engine = open_engine(proj.database_url)
+    client = TestClient(create_app(proj, engine))
+    answer = client.post(
+        "/subscribe",
+        data={"email": "kaethe@example.de", "name": "Käthe Strauß", "first_name": "Käthe\r\n"},
+    )
+    assert answer.status_code == 200
+    stored = find_subscriber(engine, "kaethe@example.de")
+    assert (stored.first_name, stored.name) == ("Käthe", "Käthe Strauß")
+
+
 def test_subscribers_add_and_update_clean_names(cli, project) -> None:
     result = cli(
         project, "subscribers", "add", "jens@example.de", "--first-name", "Jens\nBcc: x@y.z",

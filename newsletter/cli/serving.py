@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from newsletter import tokens
+from newsletter.check import imprint_missing
 from newsletter.cli.context import (
     INTERRUPTED_EXIT_CODE,
     get_project,
@@ -83,6 +84,9 @@ def serve(
 
     tokens.secret_key(required=True)  # refuse to start without it
     project = get_project()
+    if project.config.language == "de" and (missing := imprint_missing(project, "de")):
+        # (Not a refusal: the unsubscribe links readers already have must keep working.)
+        click.echo(f"Warning: {missing}; until then confirmation mails lack it.", err=True)
     if host not in LOOPBACK:
         click.echo(
             f"Warning: binding {host} makes the server reachable from other machines; "

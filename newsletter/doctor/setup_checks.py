@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
+from newsletter.check import imprint_missing
 from newsletter.doctor.checks import Check, Status
 from newsletter.doctor.dns_checks import transport_kind
 from newsletter.errors import ConfigError
@@ -26,7 +27,18 @@ def _check(name: str, status: Status, found: str, fix: str | None = None) -> Che
 
 
 def setup_checks(project: Project, *, offline: bool) -> list[Check]:
-    return [*_base_url(project, offline), *_secrets(project)]
+    return [*_base_url(project, offline), _imprint(project), *_secrets(project)]
+
+
+def _imprint(project: Project) -> Check:
+    language = project.config.language
+    missing = imprint_missing(project, language)
+    if missing is None:
+        return _check("imprint", Status.OK, project.config.section("newsletter")["imprint_url"])
+    found, fix = missing.split(": add ", 1)
+    # A German newsletter may not send without it (`send` and `sequences run` refuse).
+    status = Status.FAIL if language == "de" else Status.WARN
+    return _check("imprint", status, found, f"add {fix} to [newsletter] in {project.config.path}")
 
 
 def _base_url(project: Project, offline: bool) -> list[Check]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Text, select, type_coerce
 
+from newsletter.check import imprint_missing
 from newsletter.errors import NewsletterError
 from newsletter.sending.execute import Row, stop_on_signals
 from newsletter.sending.factory import Chosen, batch_limits, choose_transport
@@ -85,6 +86,10 @@ def _load(
                 f"sequences/{sequence.name}/01-willkommen.md"
             )
             continue
+        refusal = _legal_refusal(project, steps)
+        if refusal:  # (as `send` refuses an issue; `sequences check` says so too)
+            report.errors.append(f"sequence {sequence.name} skipped: {refusal}")
+            continue
         suspects = suspected_renames(engine, sequence.name, steps)
         if suspects:  # nothing is sent, rescheduled or recorded until the author says
             report.held_back += [
@@ -106,6 +111,14 @@ def _load(
         report.rescheduled += from_the_future
         loaded.append(_Loaded(sequence, steps, timezone, {}))
     return loaded
+
+
+def _legal_refusal(project: Project, steps: list[Step]) -> str | None:
+    """Why the law forbids sending these steps (a German step without an Impressum), or None."""
+    for step in steps:
+        if step.issue.language == "de" and (missing := imprint_missing(project, "de")):
+            return missing
+    return None
 
 
 def anything_due(engine: Engine, names: Sequence[str], now: datetime) -> bool:

@@ -132,6 +132,9 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
     t = ctx.text(language)
     email = str(form.get("email") or "").strip()
     name = str(form.get("name") or "").strip()[:200]
+    # (The archive's form asks for the first name, which issues greet with; a form of
+    # one's own may ask for either or both.)
+    first_name = str(form.get("first_name") or "").strip()[:100]
     ticked = str(form.get("consent") or "") != ""
     done = (
         RedirectResponse(settings["redirect_url"], status_code=303)
@@ -178,6 +181,7 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
             email,
             name,
             visit,
+            first_name=first_name,
             language=language,
             checkbox=ticked,
         )
