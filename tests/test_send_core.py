@@ -11,13 +11,14 @@ import re
 import subprocess
 import sys
 from email import policy
+from email.header import decode_header, make_header
 from pathlib import Path
 
 import pytest
 
 from newsletter.project import Project
 from newsletter.sending.execute import execute
-from newsletter.sending.plan import SendRequest, plan_send
+from newsletter.sending.plan import SendRequest, bulk_headers, plan_send
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
@@ -388,3 +389,16 @@ def test_what_was_frozen_for_the_workers_is_collectable_after_the_send(root, sg,
     ]
     assert frozen and min(frozen) > 0  # during the send, with its workers
     assert gc.get_freeze_count() == 0
+
+
+def test_list_id_spells_umlauts_and_sharp_s_as_a_german_writes_them_in_ascii(make_project):
+    """The List-Id and Feedback-ID labels of "Jens' Briefing – KI & Straße" were
+    "jens-briefing-ki-stra-e": ß and umlauts fell out of the label."""
+    name = "Jens’ Briefing – KI & Straße für Größen"
+    root = make_project(config=CONFIG.replace('name = "Jens\' Briefing"', f'name = "{name}"'))
+    headers = bulk_headers(Project.load(root), "meta-ki-creator")
+    label = "jens-briefing-ki-strasse-fuer-groessen"
+    assert headers["List-Id"].endswith(f" <{label}.news.example.com>")
+    assert headers["Feedback-ID"] == f"meta-ki-creator:{label}:newsletter:news.example.com"
+    # The phrase keeps the name itself, RFC 2047-encoded.
+    assert str(make_header(decode_header(headers["List-Id"].rsplit(" <", 1)[0]))) == name

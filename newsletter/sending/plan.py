@@ -11,7 +11,6 @@ the plan, asks, and shows progress.
 
 from __future__ import annotations
 
-import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 from newsletter.check import check_and_render
 from newsletter.errors import SendError
-from newsletter.issue import load_issue
+from newsletter.issue import load_issue, slugify
 from newsletter.project import project_timezone
 from newsletter.render import render_issue
 from newsletter.segments.query import segment_condition
@@ -215,7 +214,8 @@ def bulk_headers(project: Project, slug: str) -> dict[str, str]:
 
     config = project.config
     host = urlsplit(config.base_url or "").hostname or config.from_email.rpartition("@")[2]
-    label = re.sub(r"[^a-z0-9]+", "-", config.name.lower()).strip("-") or "newsletter"
+    # (Umlauts and ß as a German writes them in ASCII: "Straße" is strasse, not stra-e.)
+    label = slugify(config.name) or "newsletter"
     name = config.name.replace("\\", "").replace('"', "")
     phrase = f'"{name}"' if name.isascii() else Header(name, "utf-8").encode()
     return {
