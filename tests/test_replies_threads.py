@@ -112,6 +112,10 @@ def test_a_conversation_answered_closed_and_reopened(sent, smtp, cli):
         assert answer[bulk] is None, bulk
     body = answer.get_body(("plain",)).get_content().replace("\r\n", "\n")
     assert body.startswith("Ja, Teil 2 kommt im August.") and "\n-- \nJens" in body
+    # As every mail of a German newsletter: the postal address and the Impressum.
+    assert body.rstrip().endswith(
+        "\nMusterstraße 1, 10115 Berlin, Germany\nImpressum: https://news.example.com/impressum"
+    )
     assert "jens@example.com" in str(answer["From"])
     assert str(answer["Reply-To"]).startswith("reply+")  # their next reply finds the thread
     assert [m["kind"] for m in thread["messages"]] == ["reply", "answer"]

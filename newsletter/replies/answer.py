@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from newsletter import tokens
+from newsletter.i18n import texts
 from newsletter.replies.threads import Thread, record_answer
 from newsletter.sending.message import Message, Recipient
 from newsletter.sending.mime import copy_for
 from newsletter.sending.single import send_one
+from newsletter.transactional import MAIL_TEXT
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -68,6 +70,18 @@ def editor_template(thread: Thread) -> str:
     )
 
 
+def _signature(project: Project) -> str:
+    """The sender, then the postal address and the imprint link as the newsletter's own
+    footer gives them: German law asks every business email for its Impressum."""
+    config = project.config
+    lines = [config.from_name, config.postal_address]
+    imprint = config.section("newsletter")["imprint_url"]
+    if imprint:
+        label = texts(config.language, {"imprint": MAIL_TEXT["imprint"]})["imprint"]
+        lines.append(f"{label}: {imprint}")
+    return "\n\n-- \n" + "\n".join(line for line in lines if line)
+
+
 def compose(project: Project, thread: Thread, text: str) -> Draft:
     config = project.config
     warnings = []
@@ -83,8 +97,7 @@ def compose(project: Project, thread: Thread, text: str) -> Draft:
         headers["In-Reply-To"] = last
     if ids:
         headers["References"] = " ".join(ids[-20:])  # the newest, as mail programs trim them
-    signature = f"\n\n-- \n{config.from_name}"
-    body = text.rstrip() + signature
+    body = text.rstrip() + _signature(project)
     html = "<div>" + "<br>\n".join(escape(line) for line in body.splitlines()) + "</div>"
     # The reader's next reply finds this thread by the signed address, as for an issue.
     reply_to = config.reply_to
