@@ -424,6 +424,25 @@ def test_extra_tags_and_source(engine, tmp_path) -> None:
     assert (a.tags, a.source) == (("2024", "messe"), "messe-stand")
 
 
+@pytest.mark.slow
+def test_a_tags_cell_in_mailchimps_quoted_form_gives_the_tags_without_quotes(
+    engine, tmp_path
+) -> None:
+    """A file of one's own with Mailchimp's TAGS cell copied in (`"KI","Straßenfoto"`): the
+    tags were `"KI"` and `"Straßenfoto"`, quotes and all."""
+    source = write(
+        tmp_path / "x.csv",
+        'email,tags\n'
+        'a@example.de,"""KI"",""Straßenfoto"""\n'
+        'b@example.de,"""Fotografie"", ""Köln"""\n'
+        'c@example.de,"KI, Köln"\n',
+    )
+    import_file(engine, source)
+    assert find_subscriber(engine, "a@example.de").tags == ("KI", "Straßenfoto")
+    assert find_subscriber(engine, "b@example.de").tags == ("Fotografie", "Köln")
+    assert find_subscriber(engine, "c@example.de").tags == ("KI", "Köln")
+
+
 # --- custom field names ------------------------------------------------------------------
 
 

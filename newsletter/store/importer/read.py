@@ -62,12 +62,16 @@ def parse_time(value: str) -> datetime | None:
 
 
 def _split_tags(value: str) -> list[str]:
+    if '"' in value:
+        # Mailchimp's quoted form in a file of one's own (a column copied over): the tags,
+        # not `"KI"` with its quotes.
+        return _quoted_tags(value)
     return [t for t in (part.strip() for part in value.split(",")) if t]
 
 
 def _quoted_tags(value: str) -> list[str]:
     # Mailchimp writes TAGS as `"Tag A","Tag B"` inside one cell.
-    row = next(csv.reader([value]), [])
+    row = next(csv.reader([value], skipinitialspace=True), [])
     return [t.strip() for t in row if t.strip()]
 
 
