@@ -432,7 +432,7 @@ def test_a_tags_cell_in_mailchimps_quoted_form_gives_the_tags_without_quotes(
     tags were `"KI"` and `"Straßenfoto"`, quotes and all."""
     source = write(
         tmp_path / "x.csv",
-        'email,tags\n'
+        "email,tags\n"
         'a@example.de,"""KI"",""Straßenfoto"""\n'
         'b@example.de,"""Fotografie"", ""Köln"""\n'
         'c@example.de,"KI, Köln"\n',
