@@ -9,19 +9,21 @@ import email.policy
 import json
 import stat
 import sys
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import DateTime, bindparam, select, text
 
 from newsletter.project import Project
 from newsletter.replies import RawInbound, receive
 from newsletter.store.engine import open_engine
-from newsletter.store.schema import reply_answers
+from newsletter.store.schema import replies, reply_answers
 from newsletter.store.subscribers import add_subscriber, set_status
 from tests.conftest import CONFIG, EXAMPLE_ISSUE
 from tests.smtp_server import FakeSmtp
+from tests.support.migrations import migrate_without, raw_engine
 
 ISSUE = EXAMPLE_ISSUE.stem
 EXAMPLE = {EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text(encoding="utf-8")}
@@ -514,3 +516,40 @@ def test_a_punycode_sender_is_matched_by_subject_over_imap(sent, cli):
     inbound = decode(RawInbound(fields={"email": raw}))
     found = _match(engine, inbound, email.message_from_bytes(raw), {})
     assert found is not None and found.subscriber_id == reader.id
+
+
+@pytest.mark.slow
+def test_an_answers_references_reach_back_to_the_issue(sent, smtp, cli):
+    """RFC 5322: References are the parent's References and then the parent's Message-ID.
+    Before, an answer named only the thread's own messages, not the issue the reader
+    answered, so mail programs that thread by References kept it apart from the issue."""
+    root, engine, _joerg, copy = sent
+    issue_id = str(copy["Message-ID"])
+    project = Project.load(root)
+    reply = reader_writes(
+        project, engine, "jens@example.com", f"Re: {copy['Subject']}", "Danke!",
+        In_Reply_To=issue_id, References=issue_id,
+    )  # fmt: skip
+    assert cli(root, "replies", "answer", str(reply), "-m", "Gern!").exit_code == 0
+    [answer] = [parsed(m.data) for m in smtp.messages]
+    with engine.connect() as conn:
+        theirs = conn.execute(select(replies.c.message_id)).scalar_one()
+    assert str(answer["In-Reply-To"]) == theirs
+    assert str(answer["References"]).split() == [issue_id, theirs]
+
+
+def test_m027_adds_refers_to_and_keeps_the_replies_stored_before(database_url):
+    old = raw_engine(database_url)
+    migrate_without(old, "m027_reply_refers_to")
+    stored_before = text(
+        "INSERT INTO replies (from_email, subject, text, attachments, received_at, automatic, "
+        "message_id) VALUES (:sender, 'Re: Hallo', 'Grüße', '[]', :at, false, '<alt@leser.example>')"
+    ).bindparams(bindparam("at", type_=DateTime(timezone=True)))
+    with old.begin() as conn:  # the table as it was before m027
+        conn.exec_driver_sql("ALTER TABLE replies DROP COLUMN refers_to")
+        conn.execute(stored_before, {"sender": JOERG, "at": datetime.now(UTC)})
+    old.dispose()
+    engine = open_engine(database_url)  # runs m027
+    with engine.connect() as conn:
+        rows = conn.execute(select(replies.c.message_id, replies.c.refers_to)).all()
+    assert [tuple(row) for row in rows] == [("<alt@leser.example>", None)]

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from newsletter import tokens
 from newsletter.i18n import texts
+from newsletter.replies.decode import MAX_REFERENCES
 from newsletter.replies.threads import Thread, record_answer
 from newsletter.sending.message import Message, Recipient
 from newsletter.sending.mime import copy_for
@@ -70,6 +71,18 @@ def editor_template(thread: Thread) -> str:
     )
 
 
+def _references(thread: Thread) -> str:
+    """RFC 5322's References: what the first reply referred to (the issue it answered),
+    then the thread's messages in order; with more than `MAX_REFERENCES`, the first and
+    the newest, as mail programs trim them."""
+    earlier = next((e.refers_to for e in thread.entries if e.refers_to), None) or ""
+    own = [e.message_id for e in thread.entries if e.message_id]
+    chain = list(dict.fromkeys([*earlier.split(), *own]))
+    if len(chain) > MAX_REFERENCES:
+        chain = chain[:1] + chain[-(MAX_REFERENCES - 1) :]
+    return " ".join(chain)
+
+
 def _signature(project: Project) -> str:
     """The sender, then the postal address and the imprint link as the newsletter's own
     footer gives them: German law asks every business email for its Impressum."""
@@ -90,13 +103,13 @@ def compose(project: Project, thread: Thread, text: str) -> Draft:
             f"{thread.reader_email} is {thread.reader_status}: this is a personal answer, "
             "not the newsletter, so it may go all the same"
         )
-    ids = [e.message_id for e in thread.entries if e.message_id]
     last = thread.last_reply.message_id
     headers: dict[str, str] = {}
     if last:
         headers["In-Reply-To"] = last
-    if ids:
-        headers["References"] = " ".join(ids[-20:])  # the newest, as mail programs trim them
+    references = _references(thread)
+    if references:
+        headers["References"] = references
     body = text.rstrip() + _signature(project)
     html = "<div>" + "<br>\n".join(escape(line) for line in body.splitlines()) + "</div>"
     # The reader's next reply finds this thread by the signed address, as for an issue.

@@ -68,6 +68,8 @@ class Inbound:
     automatic: bool = False
     #: The Message-ID header: a replayed post of the same message is stored once.
     message_id: str | None = None
+    #: The Message-IDs it answers (References, else In-Reply-To), space-separated.
+    refers_to: str | None = None
 
 
 class _TextExtractor(HTMLParser):
@@ -260,6 +262,7 @@ def decode(raw: RawInbound) -> Inbound:
     headers = HeaderParser().parsestr(get("headers"))
     subject = one_line(_header_text(get("subject")))
     message_id = one_line(str(headers.get("Message-ID", "")))[:998] or None
+    refers_to = _message_ids(headers.get("References") or headers.get("In-Reply-To"))
     text = get("text")
     if not text.strip() and get("html").strip():
         text = html_to_text(get("html"))
@@ -291,7 +294,22 @@ def decode(raw: RawInbound) -> Inbound:
         # A mailbox provider's unsubscribe button is machine-made, but the reader's own request.
         automatic=is_auto_reply(headers, subject) and not is_list_unsubscribe_mail(subject),
         message_id=message_id,
+        refers_to=refers_to,
     )
+
+
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
+#: RFC 5322 lets mail programs leave out the middle of a long chain: the first (the issue)
+#: and the newest are kept.
+MAX_REFERENCES = 20
+
+
+def _message_ids(value: object) -> str | None:
+    """The Message-IDs in a References or In-Reply-To header, at most `MAX_REFERENCES`."""
+    found = _MESSAGE_ID.findall(str(value or ""))
+    if len(found) > MAX_REFERENCES:
+        found = found[:1] + found[-(MAX_REFERENCES - 1) :]
+    return " ".join(found) or None
 
 
 #: The subject of the `mailto:` in our List-Unsubscribe header (`?subject=unsubscribe`).

@@ -230,6 +230,7 @@ def _store_new(
                 unsubscribe_request=unsubscribe_request,
                 automatic=inbound.automatic,
                 message_id=inbound.message_id,
+                refers_to=inbound.refers_to,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
         thread_id = threads.file_reply(

@@ -229,6 +229,8 @@ class Entry:
     attachments: list[dict[str, Any]] = field(default_factory=list)
     automatic: bool = False
     unsubscribe_request: str | None = None
+    #: A reply's: the Message-IDs it answered (its References), back to the issue.
+    refers_to: str | None = None
 
 
 @dataclass
@@ -337,6 +339,7 @@ def get_thread(engine: Engine, any_id: int) -> Thread:
             attachments=list(row.attachments or []),
             automatic=bool(row.automatic),
             unsubscribe_request=row.unsubscribe_request,
+            refers_to=row.refers_to,
         )
         for row in replies
     ] + [

@@ -476,6 +476,16 @@ def m026_status_index_partial(conn: Connection) -> None:
     index.create(conn)
 
 
+def m027_reply_refers_to(conn: Connection) -> None:
+    """Replies keep the Message-IDs they answered (`replies.refers_to`), so that an answer's
+    References reach back to the issue, as RFC 5322 asks; replies stored before have none,
+    and their answers refer to the replies alone, as before."""
+    present = {c["name"] for c in inspect(conn).get_columns("replies")}
+    if "refers_to" not in present:
+        column_ddl = CreateColumn(schema.replies.c.refers_to).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE replies ADD COLUMN {column_ddl}")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -501,6 +511,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m023_issue_readers", m023_issue_readers),
     ("m025_import_runs", m025_import_runs),
     ("m026_status_index_partial", m026_status_index_partial),
+    ("m027_reply_refers_to", m027_reply_refers_to),
 ]
 
 

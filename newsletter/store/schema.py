@@ -299,6 +299,9 @@ replies = Table(
     Column("message_id", Text),
     # The conversation it belongs to: `reply_threads.id` (m013).
     Column("thread_id", Integer),
+    # The Message-IDs the reply answered, as its References header names them (else its
+    # In-Reply-To): an answer's References go on from them, back to the issue (m027).
+    Column("refers_to", Text),
 )
 Index("ix_replies_issue", replies.c.issue_id)
 Index("ix_replies_from_email", replies.c.from_email)
