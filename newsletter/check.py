@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
+import jinja2
+
 from newsletter.colors import theme_contrast_problems
 from newsletter.errors import IssueError, NewsletterError
 from newsletter.issue import KNOWN_KEYS, load_issue
@@ -87,6 +89,7 @@ def check_and_render(project: Project, path: Path) -> tuple[list[Finding], Rende
 
     findings += _config(project)
     findings += _imprint(project, issue)
+    findings += _web_templates(project)
     findings += _front_matter(issue)
     findings += _links_and_images(issue, project.config.theme.get("image_width"))
     rendered: RenderedIssue | None = None
@@ -147,6 +150,28 @@ def _config(project: Project) -> list[Finding]:
                 None,
             )
         )
+    return found
+
+
+def _web_templates(project: Project) -> list[Finding]:
+    """The project's own web templates (`templates/web/`: the archive's pages, the sign-up
+    pages and their mails) parse. A broken one showed only when a page or a confirmation
+    mail needed it: a 500 to the reader, or an archive build stopped halfway."""
+    folder = project.templates_dir / "web"
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if not path.is_file():
+            continue
+        try:
+            jinja2.Environment(extensions=["jinja2.ext.i18n"]).parse(path.read_text("utf-8"))
+        except UnicodeDecodeError:
+            found.append(Finding("error", "is not UTF-8 text; save it as UTF-8", path, None))
+        except jinja2.TemplateSyntaxError as exc:
+            found.append(
+                Finding(
+                    "error", f"template error: {exc.message}; fix the template", path, exc.lineno
+                )
+            )
     return found
 
 

@@ -266,14 +266,18 @@ def template_environment(project: Project, language: str) -> jinja2.Environment:
     return env
 
 
-def _template_error(exc: Exception, fallback: str) -> RenderError:
-    """A RenderError naming the template file and line."""
+#: What template files end in: the email's (.j2) and the web pages' and mails' (templates/web).
+TEMPLATE_SUFFIXES = (".j2", ".html", ".txt", ".xml")
+
+
+def template_error(exc: Exception, fallback: str) -> RenderError:
+    """A RenderError naming the template file and line (an email's or a web page's)."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
         where = exc.filename or exc.name or fallback
         return RenderError(where, exc.lineno, f"template error: {exc.message}; fix the template")
     where, line = fallback, None
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if frame.filename.endswith(".j2"):
+        if frame.filename.endswith(TEMPLATE_SUFFIXES):
             where, line = frame.filename, frame.lineno
             break
     if isinstance(exc, jinja2.TemplateNotFound):
@@ -296,7 +300,7 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
     try:
         return env.get_template(name).render(context)
     except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
-        raise _template_error(exc, name) from None
+        raise template_error(exc, name) from None
 
 
 def _first_paragraph(tokens: list[Any]) -> str:

@@ -112,3 +112,28 @@ def test_an_older_builds_manifest_is_removed_from_the_site(project, tmp_path) ->
     assert not (out / ".newsletter-archive.json").exists()
     assert not (out / "issues/gone").exists()  # its list of pages was still honoured
     assert (out / "mine.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("archive_index.html", "{% if %}", "archive_index.html:1: template error"),
+        ("archive_404.html", "{{ nope.x }}", "template error"),
+        ("archive_base.html", "{% for %}", "archive_base.html:1: template error"),
+    ],
+)
+def test_a_broken_web_template_of_ones_own_stops_the_build_before_it_writes(
+    project, tmp_path, name, text, needle
+) -> None:
+    """Before: a traceback from Jinja, after the issue pages and feeds were written."""
+    (project / "templates" / "web").mkdir(parents=True)
+    (project / "templates" / "web" / name).write_text(text, "utf-8")
+    out = tmp_path / "site"
+    result = run(project, "archive", "build", "-o", str(out))
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert needle in line and "fix the template" in line
+    assert not out.exists() or published_bytes(out) == {}
+    if "{%" in text:  # (a syntax error: `check` finds it before any page needs the file)
+        checked = run(project, "check", "2024-07-01-erste")
+        assert checked.exit_code == 1 and f"{name}:1: error: template error" in checked.output

@@ -17,14 +17,21 @@ from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    select_autoescape,
+)
 
 from newsletter.archive.catalog import ArchiveEntry, IssueFile
 from newsletter.archive.links import Site
 from newsletter.i18n import LANGUAGES, N_, format_date, install, texts
 from newsletter.optin import consent_text
 from newsletter.project import Project, builtin_templates_dir
-from newsletter.render import render_file
+from newsletter.render import render_file, template_error
 
 #: The unsubscribe link of the web version: a marker, removed with the footer.
 UNSUBSCRIBE_MARKER = "#nl-web-unsubscribe"
@@ -118,6 +125,15 @@ def _environment(project_templates: str, builtin: str, language: str) -> Environ
 
 
 def _render(project: Project, name: str, language: str, **context: Any) -> str:
+    """`templates/web/NAME` rendered; a broken override of the project's own is a
+    RenderError naming its file and line (not a traceback, not a half-built site)."""
+    try:
+        return _render_unchecked(project, name, language, **context)
+    except (TemplateError, TypeError, ValueError, AttributeError) as exc:
+        raise template_error(exc, f"templates/web/{name}") from None
+
+
+def _render_unchecked(project: Project, name: str, language: str, **context: Any) -> str:
     env = _environment(str(project.templates_dir), str(builtin_templates_dir()), language)
     config = project.config
     return env.get_template(f"web/{name}").render(

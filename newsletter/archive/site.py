@@ -216,6 +216,11 @@ def _build(
 
     finished = False
     try:
+        # The index and the 404 page first, in memory: a broken template of the project's own
+        # (they share the layout with the issue pages) stops the build before anything is
+        # written, rather than after the issue pages.
+        index_html = index_page(project, site, entries, "").encode("utf-8")
+        not_found_html = _not_found(project, site)
         jobs: list[tuple[str, str, PageJob]] = []
         for index, entry in enumerate(entries):
             older = entries[index + 1] if index + 1 < len(entries) else None
@@ -243,8 +248,8 @@ def _build(
         emit("feed.xml", feed_inputs, lambda: atom_feed(project, site, entries))
         emit("feed.json", feed_inputs, lambda: json_feed(project, site, entries))
         # Cheap to render: compared byte for byte every time.
-        emit("index.html", None, lambda: index_page(project, site, entries, "").encode("utf-8"))
-        emit("404.html", None, lambda: _not_found(project, site))
+        emit("index.html", None, lambda: index_html)
+        emit("404.html", None, lambda: not_found_html)
         emit("sitemap.xml", None, lambda: _sitemap(site, entries))
         _remove_stale(folder, old, new, report)
         finished = True
