@@ -443,6 +443,28 @@ def test_a_tags_cell_in_mailchimps_quoted_form_gives_the_tags_without_quotes(
     assert find_subscriber(engine, "c@example.de").tags == ("KI", "Köln")
 
 
+@pytest.mark.slow
+def test_a_time_before_1900_rejects_the_row_and_the_list_stays_readable(engine, tmp_path):
+    """`0202-05-01` (a typo for 2020) was stored as "202-05-01 …", which SQLite's reader
+    could not read back: list, show, export and even erasure of that reader crashed."""
+    source = write(
+        tmp_path / "x.csv",
+        "email,created_at\n"
+        "tippfehler@example.org,0202-05-01\n"
+        "frueh@example.org,0999-06-01T10:00:00Z\n"
+        "richtig@example.org,2020-05-01\n",
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.rejected) == (1, 2)
+    assert [(r.line, r.email) for r in result.rejects] == [
+        (2, "tippfehler@example.org"),
+        (3, "frueh@example.org"),
+    ]
+    assert "'0202-05-01' is before 1900: a typo in the year?" in result.rejects[0].reason
+    assert [p.email for p in iter_subscribers(engine)] == ["richtig@example.org"]
+    assert find_subscriber(engine, "richtig@example.org").created_at.year == 2020
+
+
 # --- custom field names ------------------------------------------------------------------
 
 

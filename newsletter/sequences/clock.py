@@ -64,6 +64,8 @@ def parse_now(text: str) -> datetime:
         raise NewsletterError(
             f"--now {text!r} is not an ISO time; write e.g. 2026-03-01T09:00:00+01:00"
         ) from None
+    if value.year < 2000:  # (a year of fewer than four digits is stored so, and unreadable)
+        raise NewsletterError(f"--now {text!r} is before 2000: a typo in the year?")
     return as_utc(value)
 
 

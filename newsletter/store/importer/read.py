@@ -47,8 +47,15 @@ MAX_COLUMNS = 1000
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
+#: The earliest time a subscriber's dates may hold: before it is a typo (0202 for 2020).
+#: Years of fewer than four digits were stored as such, and the row could then be read,
+#: exported or erased no more.
+EARLIEST_YEAR = 1900
+
+
 def parse_time(value: str) -> datetime | None:
-    """ISO 8601 or `YYYY-MM-DD HH:MM:SS` (naive means UTC); None if it is not a time."""
+    """ISO 8601 or `YYYY-MM-DD HH:MM:SS` (naive means UTC); None if it is not a time;
+    ValueError (the row is rejected, saying why) for a time before `EARLIEST_YEAR`."""
     value = value.strip()
     if not value:
         return None
@@ -56,6 +63,8 @@ def parse_time(value: str) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
+    if parsed.year < EARLIEST_YEAR:
+        raise ValueError(f"{value[:40]!r} is before {EARLIEST_YEAR}: a typo in the year?")
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
