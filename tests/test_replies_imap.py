@@ -304,6 +304,25 @@ def test_a_wrong_password_is_one_line_and_changes_nothing(sent, dovecot, cli, mo
     assert len(dovecot.messages("INBOX")) == 6
 
 
+class GermanDovecot(Dovecot):
+    password = "Pässwört-mit-ß-geheim"
+
+
+def test_a_password_with_umlauts_logs_in(make_project, smtp, cli, monkeypatch):
+    """IMAP's LOGIN takes ASCII only: "Pässwört" ended in a UnicodeEncodeError traceback.
+    SASL PLAIN carries UTF-8 (RFC 4616), which Dovecot takes."""
+    with GermanDovecot() as dovecot:
+        monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", GermanDovecot.password)
+        root = make_project(config=config(smtp, dovecot))
+        result = cli(root, "replies", "fetch")
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("0 messages looked at")
+        monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", "Pässwört-falsch")
+        wrong = cli(root, "replies", "fetch")
+        assert wrong.exit_code == 1 and "login as 'leserpost@example.com' refused" in wrong.output
+        assert "Pässwört" not in wrong.output
+
+
 def test_without_the_imap_table_fetch_says_what_to_add(project, cli):
     result = cli(project, "replies", "fetch")
     assert result.exit_code == 1

@@ -23,7 +23,6 @@ import email
 import email.policy
 import imaplib
 import logging
-import os
 import re
 import ssl
 from collections.abc import Iterator, Sequence
@@ -45,6 +44,7 @@ from newsletter.replies.bounces import Bounce, is_delivery_report, read_delivery
 from newsletter.replies.decode import Inbound, RawInbound, decode
 from newsletter.replies.store import Match, after_reply, normalize_subject, store
 from newsletter.replies.verify import reply_token
+from newsletter.secrets_file import secret_from_environment
 from newsletter.store import schema
 from newsletter.store.emails import address_key
 from newsletter.store.public_ids import resolve
@@ -124,13 +124,20 @@ def open_mailbox(settings: dict[str, Any], password: str) -> Iterator[Any]:
     except (TimeoutError, OSError, imaplib.IMAP4.error) as exc:
         raise NewsletterError(f"{where}: cannot connect ({exc}); check host and port") from None
     try:
+        refused = NewsletterError(
+            f"{where}: login as {settings['username']!r} refused; check username and {PASSWORD_ENV}"
+        )
         try:
             box.login(settings["username"], password, initial_folder=None)
         except MailboxLoginError:
-            raise NewsletterError(
-                f"{where}: login as {settings['username']!r} refused; check username and "
-                f"{PASSWORD_ENV}"
-            ) from None
+            raise refused from None
+        except UnicodeEncodeError:
+            # LOGIN takes ASCII only; SASL PLAIN carries UTF-8 (RFC 4616): "jörg", "pässwört".
+            plain = b"\0".join((b"", settings["username"].encode(), password.encode()))
+            try:
+                box.client.authenticate("PLAIN", lambda _challenge: plain)
+            except imaplib.IMAP4.error:
+                raise refused from None
         try:
             box.folder.set(settings["folder"])
         except MailboxFolderSelectError:
@@ -146,7 +153,7 @@ def open_mailbox(settings: dict[str, Any], password: str) -> Iterator[Any]:
 def fetch_replies(project: Project, engine: Engine, *, dry_run: bool = False) -> FetchReport:
     """Read new messages from the mailbox, store the replies, apply the bounces."""
     settings = imap_settings(project)
-    password = os.environ.get(PASSWORD_ENV)
+    password = secret_from_environment(PASSWORD_ENV)
     if not password:
         raise ConfigError(f"{PASSWORD_ENV} is not set; export the mailbox password")
     # deferred: imap_tools costs 48 ms at start-up
