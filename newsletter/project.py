@@ -6,12 +6,15 @@ unknown key is a one-line `ConfigError` naming the key and the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from newsletter import i18n
 from newsletter.colors import THEME_COLORS, parse_color
@@ -162,6 +165,7 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("theme", "logo_width"): (1, 2000),
     ("theme", "image_width"): (1, 2000),
     ("subscribe", "rate_limit_per_hour"): (1, 100_000),
+    ("subscribe", "min_fill_seconds"): (0, 3600),
     ("serve", "max_body_bytes"): (1, 1 << 30),
     ("serve", "max_inbound_bytes"): (1, 1 << 31),
     ("serve", "confirm_max_age_days"): (1, 365),
@@ -404,7 +408,110 @@ def parse_config(path: Path) -> Config:
     base_url = newsletter["base_url"]
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{path}: [newsletter] base_url {base_url!r} must start with https://")
+    _check_text(path, sections)
     return Config(path=path, sections=sections, warnings=tuple(warnings))
+
+
+#: Keys holding a web address: each must at least parse. An unclosed `[` of an IPv6 host,
+#: say, passed the load and made `send`, `archive build` and `doctor` crash halfway.
+URL_KEYS = (
+    ("newsletter", "base_url"),
+    ("newsletter", "imprint_url"),
+    ("newsletter", "privacy_url"),
+    ("theme", "logo_url"),
+    ("theme", "web_font_url"),
+    ("subscribe", "redirect_url"),
+    ("archive", "site_url"),
+)
+#: A host name (or a domain): letters, digits, hyphens (and, as container names have them,
+#: underscores) in dot-separated labels.
+HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+#: An IMAP keyword (RFC 3501's atom, with `$` as the system keywords have it).
+IMAP_KEYWORD = re.compile(r"\$?[A-Za-z0-9_.:+-]{1,64}")
+#: C0 and C1 control characters but tab and line breaks: a value holding one made MJML fail
+#: and the error blame the built-in template instead of the key.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _check_text(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    """What the types and ranges do not catch in text values."""
+    for label, table in _tables(sections):
+        for key, value in table.items():
+            if isinstance(value, str) and (found := _CONTROL.search(value)):
+                raise ConfigError(
+                    f"{path}: [{label}] {key} holds the control character "
+                    f"U+{ord(found.group()):04X}; remove it"
+                )
+    if not sections["newsletter"]["name"].strip():
+        raise ConfigError(
+            f'{path}: [newsletter] name is empty; name the newsletter, e.g. name = "Jens\' Briefing"'
+        )
+    for section, key in URL_KEYS:
+        url = sections[section][key]
+        if url is not None and (why := _url_error(url)):
+            raise ConfigError(f"{path}: [{section}] {key} {url!r} is not a valid URL ({why})")
+    domain = sections["replies"]["domain"]
+    if domain is not None and not HOST_NAME.fullmatch(domain):
+        raise ConfigError(
+            f"{path}: [replies] domain {domain!r} is not a domain name; write it as "
+            '"reply.example.com" (an internationalised name in its xn-- form)'
+        )
+    imap = sections["replies"]["imap"]
+    if imap is not None:
+        if not HOST_NAME.fullmatch(imap["host"]) and not _is_ip_address(imap["host"]):
+            raise ConfigError(
+                f"{path}: [replies.imap] host {imap['host']!r} is not a host name; "
+                'write it as "imap.example.com"'
+            )
+        if not 0.1 <= imap["timeout"] <= 600:  # (NaN fails too)
+            raise ConfigError(
+                f"{path}: [replies.imap] timeout = {imap['timeout']!r} is out of range; "
+                "use a value from 0.1 to 600"
+            )
+        if not IMAP_KEYWORD.fullmatch(imap["flag"]):
+            raise ConfigError(
+                f"{path}: [replies.imap] flag {imap['flag']!r} is not an IMAP keyword; use "
+                'letters, digits and _ . : + - (e.g. "$NewsletterFetched")'
+            )
+    host = sections["smtp"]["host"]
+    if host is not None and not HOST_NAME.fullmatch(host) and not _is_ip_address(host):
+        raise ConfigError(
+            f'{path}: [smtp] host {host!r} is not a host name; write it as "smtp.example.com"'
+        )
+
+
+def _tables(sections: dict[str, dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every table of the config with its label: sections, `[replies.imap]`, and the
+    `[sequences.<name>]` and `[segments.<name>]` tables."""
+    for section, values in sections.items():
+        if section in ("sequences", "segments"):
+            for name, table in values.items():
+                yield f"{section}.{name}", table
+            continue
+        yield section, {k: v for k, v in values.items() if not isinstance(v, dict)}
+        for name, table in values.items():
+            if isinstance(table, dict):
+                yield f"{section}.{name}", table
+
+
+def _url_error(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _table_values(
@@ -554,7 +661,7 @@ def _check_timezone(path: Path, name: str) -> None:
 
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, "Europe"
         raise ConfigError(
             f"{path}: [newsletter] timezone {name!r} is not a known time zone; "
             'use an IANA name such as "Europe/Berlin" or "UTC"'
@@ -646,6 +753,16 @@ def builtin_templates_dir() -> Path:
 
 def sendgrid_host(config: Config) -> str:
     """`SENDGRID_API_HOST` (tests point it at a local server), else the region's host."""
-    return (
-        os.environ.get("SENDGRID_API_HOST") or SENDGRID_HOSTS[config.section("sendgrid")["region"]]
-    )
+    given = os.environ.get("SENDGRID_API_HOST")
+    if not given:
+        return SENDGRID_HOSTS[config.section("sendgrid")["region"]]
+    why = _url_error(given)
+    if why is None and (not given.startswith(("https://", "http://")) or given[-3:] == "://"):
+        why = "it must start with https://"
+    if why:
+        # (Else a request to nowhere counted as "may have been delivered".)
+        raise ConfigError(
+            f"SENDGRID_API_HOST {given!r} is not a URL ({why}); unset it to use SendGrid's "
+            "own host, or give one such as https://api.sendgrid.com"
+        )
+    return given

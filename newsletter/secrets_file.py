@@ -30,6 +30,22 @@ FROM_PROVIDERS = (
 )
 
 
+def secret_from_environment(name: str, *, spaces: bool = True) -> str | None:
+    """The secret `name` from the environment (None when unset or empty). A ConfigError when
+    it holds a line break or another control character (or, with `spaces` False, a space):
+    no key or password has one, but a value copied with the end of its line does, and an
+    HTTP library then quoted the whole key in its error. The value itself is never shown."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    if not value.isprintable() or (not spaces and any(c.isspace() for c in value)):
+        what = "a line break or a space" if not spaces else "a line break or control character"
+        raise ConfigError(
+            f"{name} holds {what} (copied with the end of its line?); set it again without"
+        )
+    return value
+
+
 def secrets_path(environ: MutableMapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")

@@ -104,6 +104,101 @@ def schedule_far(root: Path) -> list[str]:
     return ["send", ISSUE, "--schedule", "in 99999999999999d", "--yes"]
 
 
+def newsletter_key(root: Path, old: str, new: str) -> None:
+    """Change a line of the [newsletter] table (`old` "" adds `new` to it)."""
+    path = root / "newsletter.toml"
+    text = path.read_text("utf-8")
+    if old:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    else:
+        text = text.replace("[newsletter]\n", f"[newsletter]\n{new}\n", 1)
+    path.write_text(text, "utf-8")
+
+
+def timezone_folder(root: Path) -> list[str]:
+    newsletter_key(root, "", 'timezone = "Europe"')
+    return ["check", ISSUE]
+
+
+def base_url_ipv6(root: Path) -> list[str]:
+    newsletter_key(
+        root, 'base_url = "https://news.example.com"', 'base_url = "https://[news.example.net"'
+    )
+    return ["send", ISSUE, "--test", "jens@example.com"]
+
+
+def empty_name(root: Path) -> list[str]:
+    newsletter_key(root, 'name = "Jens\' Briefing"', 'name = ""')
+    return ["archive", "build", "-o", str(root / "site")]
+
+
+def control_character_in_name(root: Path) -> list[str]:
+    newsletter_key(root, 'name = "Jens\' Briefing"', 'name = "Jens\\u0001 Briefing"')
+    return ["check", ISSUE]
+
+
+def web_font_ipv6(root: Path) -> list[str]:
+    config(root, '\n[theme]\nweb_font_name = "Foo"\nweb_font_url = "http://[::1"\n')
+    return ["build", f"issues/{EXAMPLE_ISSUE.name}"]
+
+
+def site_url_ipv6(root: Path) -> list[str]:
+    config(root, '\n[archive]\nsite_url = "http://[::1"\n')
+    return ["archive", "build", "-o", str(root / "site")]
+
+
+IMAP = '\n[replies.imap]\nhost = "127.0.0.1"\nusername = "jens"\n'
+
+
+def imap_timeout_zero(root: Path) -> list[str]:
+    config(root, IMAP + "timeout = 0\n")
+    return ["replies", "fetch"]
+
+
+def imap_host_empty(root: Path) -> list[str]:
+    config(root, IMAP.replace('"127.0.0.1"', '""'))
+    return ["replies", "fetch"]
+
+
+def imap_flag_with_space(root: Path) -> list[str]:
+    config(root, IMAP + 'flag = "a b"\n')
+    return ["replies", "fetch"]
+
+
+def reply_domain_with_space(root: Path) -> list[str]:
+    config(root, '\n[replies]\ndomain = "a b"\n')
+    return ["check", ISSUE]
+
+
+def smtp_host_too_long(root: Path) -> list[str]:
+    config(root, SMTP.replace('"127.0.0.1"', '"' + "a" * 300 + '"') + "port = 2525\n")
+    return ["send", ISSUE, "--test", "jens@example.com"]
+
+
+def empty_segment(root: Path) -> list[str]:
+    config(root, '\n[segments.aktive]\nwhere = ""\n')
+    return ["send", ISSUE, "--segment", "aktive", "--outbox", str(root / "ob"), "--yes"]
+
+
+def empty_where(root: Path) -> list[str]:
+    return ["send", ISSUE, "--where", " ", "--outbox", str(root / "ob"), "--yes"]
+
+
+def segment_nested_400_deep(root: Path) -> list[str]:
+    config(root, f'\n[segments.tief]\nwhere = "{"(" * 400}tag:a{")" * 400}"\n')
+    return ["subscribers", "count"]
+
+
+def min_fill_seconds_negative(root: Path) -> list[str]:
+    config(root, "\n[subscribe]\nmin_fill_seconds = -5\n")
+    return ["check", ISSUE]
+
+
+def now_year_200(root: Path) -> list[str]:
+    return ["sequences", "run", "--now", "0200-01-01T00:00:00"]
+
+
 CASES: dict[str, tuple[Setup, list[str]]] = {
     # id: (setup returning the arguments, what the one error line must say)
     "step delay 99999999999w": (step_delay, ["01-hallo.md:3", "bad delay", "at most 520w"]),
@@ -125,11 +220,39 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "import from a FIFO": (import_fifo, ["liste.csv", "named pipe", "CSV file itself"]),
     "replies show a huge id": (reply_id, ["no reply with id 99999999999999999999999", "replies"]),
     "schedule in 99999999999999d": (schedule_far, ["in 99999999999999d", "more than 72 hours"]),
+    # Found by a hostile-configuration walk (each ended in a traceback, or did harm quietly).
+    "timezone is a folder": (timezone_folder, ["timezone 'Europe'", "not a known time zone"]),
+    "base_url with an open [": (base_url_ipv6, ["[newsletter] base_url", "not a valid URL"]),
+    "empty name": (empty_name, ["[newsletter] name is empty", "name the newsletter"]),
+    "control character in name": (
+        control_character_in_name,
+        ["[newsletter] name", "control character U+0001", "remove it"],
+    ),
+    "web_font_url with an open [": (web_font_ipv6, ["[theme] web_font_url", "not a valid URL"]),
+    "site_url with an open [": (site_url_ipv6, ["[archive] site_url", "not a valid URL"]),
+    "imap timeout 0": (imap_timeout_zero, ["[replies.imap] timeout = 0", "0.1 to 600"]),
+    "imap host empty": (imap_host_empty, ["[replies.imap] host ''", "not a host name"]),
+    "imap flag with a space": (imap_flag_with_space, ["[replies.imap] flag 'a b'", "keyword"]),
+    "reply domain with a space": (
+        reply_domain_with_space,
+        ["[replies] domain 'a b'", "not a domain name", "xn--"],
+    ),
+    "smtp host of 300 characters": (smtp_host_too_long, ["[smtp] host", "not a host name"]),
+    "empty saved segment": (empty_segment, ["[segments.aktive] where is empty", "whole list"]),
+    "empty --where": (empty_where, ["--where is empty", "leave it out"]),
+    "segment nested 400 deep": (segment_nested_400_deep, ["nested more than 100 levels"]),
+    "min_fill_seconds -5": (
+        min_fill_seconds_negative,
+        ["[subscribe] min_fill_seconds = -5", "out of range"],
+    ),
+    "--now in the year 200": (now_year_200, ["--now '0200-01-01T00:00:00'", "before 2000"]),
 }
 
 
-def run_cli(root: Path, args: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_cli(
+    root: Path, args: list[str], **extra_env: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra_env}
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "newsletter", "--project", str(root), *args],
@@ -195,3 +318,66 @@ def test_values_at_the_ends_of_the_ranges_are_accepted(make_project) -> None:
     config(root, "\n[privacy]\nkeep_events_days = 36500\n\n[smtp]\nport = 65535\n")
     done, _seconds = run_cli(root, ["subscribers", "count"])
     assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+SENDGRID = '\n[sending]\ntransport = "sendgrid"\n'
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["send", ISSUE, "--test", "jens@example.com", "--yes"],
+        ["send", ISSUE, "--dry-run", "--yes"],
+        ["doctor", "--offline"],
+    ],
+    ids=["send --test", "send --dry-run", "doctor"],
+)
+def test_an_api_key_with_a_line_break_is_refused_and_never_shown(make_project, args) -> None:
+    """Copied with the end of its line, the key went into an HTTP header, and the HTTP
+    library's error quoted it whole: on the screen and in the ledger's error column."""
+    root = make_project(issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")})
+    config(root, SENDGRID)
+    key = "SG.geheimer-schluessel-0123456789"
+    done, _seconds = run_cli(root, args, SENDGRID_API_KEY=key + "\n")
+    assert key not in done.stdout + done.stderr
+    if args[0] == "doctor":  # (a table, exit 1 for its ✗ rows)
+        assert "SENDGRID_API_KEY holds a line break or a space" in done.stdout
+        return
+    assert "SENDGRID_API_KEY holds a line break or a space" in one_line(done)
+    assert (
+        not (root / "newsletter.db").exists()
+        or key.encode() not in (root / "newsletter.db").read_bytes()
+    )
+
+
+def test_a_sendgrid_api_host_that_is_no_url_is_refused(make_project) -> None:
+    root = make_project(issues={EXAMPLE_ISSUE.name: EXAMPLE_ISSUE.read_text("utf-8")})
+    config(root, SENDGRID)
+    for host in ("http://[::1", "127.0.0.1:35009"):
+        done, _seconds = run_cli(
+            root,
+            ["send", ISSUE, "--dry-run", "--yes"],
+            SENDGRID_API_KEY="SG.x",
+            SENDGRID_API_HOST=host,
+        )
+        line = one_line(done)
+        assert f"SENDGRID_API_HOST {host!r} is not a URL" in line, line
+
+
+def test_a_database_password_with_an_at_sign_is_hidden_whole(make_project) -> None:
+    """`postgres:PgGe@heim99@host`: the URL parser took "heim99@127.0.0.1" for the host,
+    and the error showed that half of the password."""
+    root = make_project()
+    url = "postgresql://postgres:PgGe@heim99@127.0.0.1:1/nt_7"
+    done, _seconds = run_cli(root, ["stats"], NEWSLETTER_DATABASE_URL=url)
+    line = one_line(done)
+    assert "heim99" not in line and "PgGe" not in line
+    assert "write each @ in the password as %40" in line

@@ -10,17 +10,17 @@ configured host's addresses; DKIM is `[doctor] dkim_selectors`.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from newsletter.doctor.checks import Check, Status
 from newsletter.doctor.records import Lookup, LookupFailed
 from newsletter.doctor.sendgrid_domains import Cname, DomainAuthentication, authentication_for
+from newsletter.errors import ConfigError
 from newsletter.project import Project
 from newsletter.sending.factory import DEFAULT_KIND
 from newsletter.sending.transports import transport_class
-from newsletter.sending.transports.sendgrid import API_KEY_ENV
+from newsletter.sending.transports.sendgrid import api_key as sendgrid_api_key
 
 SENDGRID_SPF = "sendgrid.net"
 SENDGRID_MX = "mx.sendgrid.net"
@@ -120,8 +120,13 @@ def _guarded(run: Callable[[Context], list[Check]], ctx: Context) -> list[Check]
 def _learn_from_sendgrid(ctx: Context, offline: bool) -> Check | None:
     """SendGrid's records for the From domain, when a key is set and the network may be used."""
 
-    api_key = os.environ.get(API_KEY_ENV)
-    if offline or not api_key:
+    if offline:
+        return None
+    try:
+        api_key = sendgrid_api_key()
+    except ConfigError as exc:  # (the setup checks say so too)
+        return _check("SendGrid domain", Status.FAIL, str(exc))
+    if not api_key:
         return None
     result = authentication_for(ctx.project, ctx.domain, api_key)
     name = "SendGrid domain"

@@ -59,6 +59,11 @@ def resolve(
     if segment is not None and where is not None:
         raise SegmentError("use --segment NAME or --where EXPR, not both")
     if where is not None:
+        if not where.strip():
+            raise SegmentError(
+                "--where is empty, which would be everyone; leave it out to mean the whole "
+                'list, or give conditions, e.g. --where "tag:leser"'
+            )
         return Segment.parse(where)
     if segment is None:
         return None

@@ -167,12 +167,18 @@ def tokenize(source: str, where: str) -> list[Token]:
 # --- parser ------------------------------------------------------------------------------
 
 
+#: Parentheses and negations nest at most this deep (a person writes a handful; the parser
+#: recurses once per level, and Python's stack ends near a thousand).
+MAX_DEPTH = 100
+
+
 class _Parser:
     def __init__(self, source: str, where: str) -> None:
         self.source = source
         self.where = where
         self.tokens = tokenize(source, where)
         self.at = 0
+        self.depth = 0
 
     def fail(self, message: str, token: Token | None = None) -> SegmentError:
         column = token.column if token is not None else len(self.source) + 1
@@ -215,22 +221,35 @@ class _Parser:
         token = self.peek()
         if token is None:
             raise self.fail("the condition ends too early; put a term there")
+        if token.kind in ("-", "NOT", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.fail(
+                    f"nested more than {MAX_DEPTH} levels deep; write it more simply", token
+                )
+            try:
+                return self._nested(token)
+            finally:
+                self.depth -= 1
+        self.at += 1
+        if token.kind == ")":
+            raise self.fail("unmatched )", token)
+        return _term(token, self.fail)
+
+    def _nested(self, token: Token) -> Node:
+        """A negation or a parenthesised condition, starting at `token`."""
         self.at += 1
         if token.kind in ("-", "NOT"):
             following = self.peek()
             if following is None or following.kind in ("OR", ")"):
                 raise self.fail(f"nothing to negate after {token.text}", following or token)
             return Not(self.one())
-        if token.kind == "(":
-            inner = self.either()
-            closing = self.peek()
-            if closing is None or closing.kind != ")":
-                raise self.fail("unclosed (; close it with )", token)
-            self.at += 1
-            return inner
-        if token.kind == ")":
-            raise self.fail("unmatched )", token)
-        return _term(token, self.fail)
+        inner = self.either()  # (token is "(")
+        closing = self.peek()
+        if closing is None or closing.kind != ")":
+            raise self.fail("unclosed (; close it with )", token)
+        self.at += 1
+        return inner
 
 
 _DAYS = re.compile(r"(\d{1,5})d")
@@ -336,6 +355,11 @@ def check_config_segment(name: str, where: object) -> str | None:
     """What is wrong with one `[segments.<name>]` table's `where`, or None."""
     if not isinstance(where, str):
         return f'[segments.{name}] where must be a string, e.g. where = "tag:leser clicked:last-5"'
+    if not where.strip():
+        return (
+            f"[segments.{name}] where is empty, which would be everyone: a send to this segment "
+            'would reach the whole list; write its conditions, e.g. where = "tag:leser"'
+        )
     try:
         parse(where, where_label(name))
     except SegmentError as exc:

@@ -106,11 +106,24 @@ def checkpoint(engine: Engine) -> None:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for error messages."""
+    """The URL without its password, for error messages; a password holding an unescaped
+    "@" is hidden whole (the URL parser would take its end for the host)."""
+    if _password_holds_at(url):
+        scheme, _, rest = url.partition("://")
+        at = rest.partition("?")[0].rfind("@")
+        return f"{scheme}://{rest[:at].partition(':')[0]}:***@{rest[at + 1 :]}"
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<invalid database URL>"
+
+
+def _password_holds_at(url: str) -> bool:
+    """Whether the part before the host (user:password) holds a second "@"."""
+    _, sep, rest = url.partition("://")
+    rest = rest.partition("?")[0]  # (a query may hold an @: a certificate's path)
+    userinfo = rest[: rest.rfind("@")] if sep and "@" in rest else ""
+    return "@" in userinfo and ":" in userinfo
 
 
 #: Databases SQLAlchemy knows but the store does not support, by URL scheme.
@@ -147,6 +160,11 @@ def open_engine(url: str) -> Engine:
     if url in _engines:
         return _engines[url]
     _refuse_unsupported(url)
+    if _password_holds_at(url):
+        raise StoreError(
+            f"database URL {redact(url)!r}: its password holds an @, which a URL reads as "
+            "the start of the host; write each @ in the password as %40"
+        )
     try:
         # A server-side database may have restarted since a pooled connection was made:
         # check each one before use, so one-click unsubscribes never meet a dead connection.

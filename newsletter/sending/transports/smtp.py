@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from newsletter.errors import ConfigError
+from newsletter.secrets_file import secret_from_environment
 from newsletter.sending.message import Batch, Recipient
 from newsletter.sending.mime import copy_for, date_header, message_id
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
@@ -145,7 +146,11 @@ class SmtpTransport:
         section = project.config.section("smtp")
         if not section["host"]:
             return f'[smtp] host is not set in {project.config.path}; add host = "smtp.example.com"'
-        if section["username"] and not os.environ.get(PASSWORD_ENV):
+        try:
+            password = secret_from_environment(PASSWORD_ENV)
+        except ConfigError as exc:
+            return str(exc)
+        if section["username"] and not password:
             return f"{PASSWORD_ENV} is not set (the password for [smtp] username)"
         return None
 
@@ -163,7 +168,7 @@ class SmtpTransport:
             int(port),
             security=security,
             username=section["username"],
-            password=os.environ.get(PASSWORD_ENV) if section["username"] else None,
+            password=secret_from_environment(PASSWORD_ENV) if section["username"] else None,
             timeout=float(section["timeout"]),
             rate=section["rate"],
             max_per_connection=section["max_per_connection"],

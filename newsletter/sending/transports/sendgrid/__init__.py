@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 from newsletter import __version__
-from newsletter.errors import TransportError
+from newsletter.errors import ConfigError, TransportError
 from newsletter.project import sendgrid_host as host_for
+from newsletter.secrets_file import secret_from_environment
 from newsletter.sending.message import Batch, Message, Readers, Recipient
 from newsletter.sending.transports import Capabilities, Outcome, TransportSettings, register
 from newsletter.sending.transports.sendgrid.body import (
@@ -112,6 +113,12 @@ def _field_errors(body: bytes | str | None) -> str:
     return text[:300] or "no details"
 
 
+def api_key() -> str | None:
+    """`SENDGRID_API_KEY` (None when unset); a ConfigError, never showing it, when it holds
+    a space or a line break."""
+    return secret_from_environment(API_KEY_ENV, spaces=False)
+
+
 def sendgrid_host(project: Project) -> str:
     """`SENDGRID_API_HOST` (tests point it at a local server), else the region's host."""
     return host_for(project.config)
@@ -177,13 +184,15 @@ class SendGridTransport:
 
     @classmethod
     def unavailable(cls, project: Project) -> str | None:
-        if os.environ.get(API_KEY_ENV):
-            return None
-        return f"{API_KEY_ENV} is not set"
+        try:
+            key = api_key()
+        except ConfigError as exc:
+            return str(exc)
+        return None if key else f"{API_KEY_ENV} is not set"
 
     @classmethod
     def from_project(cls, project: Project, settings: TransportSettings) -> SendGridTransport:
-        key = os.environ.get(API_KEY_ENV)
+        key = api_key()
         if not key:
             raise TransportError(f"{API_KEY_ENV} is not set; export your SendGrid API key")
         section = project.config.section("sendgrid")
