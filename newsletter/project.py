@@ -461,7 +461,7 @@ def _check_text(path: Path, sections: dict[str, dict[str, Any]]) -> None:
         )
     imap = sections["replies"]["imap"]
     if imap is not None:
-        if not HOST_NAME.fullmatch(imap["host"]) and not _is_ip_address(imap["host"]):
+        if not _is_host(imap["host"]):
             raise ConfigError(
                 f"{path}: [replies.imap] host {imap['host']!r} is not a host name; "
                 'write it as "imap.example.com"'
@@ -477,7 +477,7 @@ def _check_text(path: Path, sections: dict[str, dict[str, Any]]) -> None:
                 'letters, digits and _ . : + - (e.g. "$NewsletterFetched")'
             )
     host = sections["smtp"]["host"]
-    if host is not None and not HOST_NAME.fullmatch(host) and not _is_ip_address(host):
+    if host is not None and not _is_host(host):
         raise ConfigError(
             f'{path}: [smtp] host {host!r} is not a host name; write it as "smtp.example.com"'
         )
@@ -506,12 +506,18 @@ def _url_error(url: str) -> str | None:
     return None
 
 
-def _is_ip_address(host: str) -> bool:
+def _is_host(host: str) -> bool:
+    """A host name (an internationalised one too: the socket layer encodes it) or an IP
+    address."""
     try:
         ipaddress.ip_address(host)
+        return True
     except ValueError:
+        pass
+    try:
+        return HOST_NAME.fullmatch(host.encode("idna").decode("ascii")) is not None
+    except UnicodeError:  # (a label over 63 characters, say)
         return False
-    return True
 
 
 def _table_values(
