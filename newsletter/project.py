@@ -689,15 +689,16 @@ class Project:
     @classmethod
     def find(cls, explicit: Path | None = None, start: Path | None = None) -> Project:
         """`--project DIR`, else the nearest folder upwards holding newsletter.toml."""
+        # (Not is_file: a folder or a pipe of that name gets its own error from the load.)
         if explicit is not None:
-            if not (explicit / CONFIG_NAME).is_file():
+            if not (explicit / CONFIG_NAME).exists():
                 raise ConfigError(
                     f"{explicit}: no {CONFIG_NAME} here; run `newsletter init {explicit}` first"
                 )
             return cls.load(explicit)
         here = (start or Path.cwd()).resolve()
         for folder in (here, *here.parents):
-            if (folder / CONFIG_NAME).is_file():
+            if (folder / CONFIG_NAME).exists():
                 return cls.load(folder)
         raise ConfigError(
             f"{here}: no {CONFIG_NAME} in this folder or above; "

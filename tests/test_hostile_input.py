@@ -381,3 +381,35 @@ def test_a_database_password_with_an_at_sign_is_hidden_whole(make_project) -> No
     line = one_line(done)
     assert "heim99" not in line and "PgGe" not in line
     assert "write each @ in the password as %40" in line
+
+
+def test_a_secrets_file_that_is_a_pipe_or_has_a_bom(make_project) -> None:
+    """Every command reads ~/.config/newsletter/env at start: a named pipe there made every
+    command wait for good, and a BOM (which newsletter.toml may have) failed line 1."""
+    root = make_project()
+    home = root / "konfiguration"
+    (home / "newsletter").mkdir(parents=True)
+    secrets = home / "newsletter" / "env"
+    os.mkfifo(secrets)
+    try:
+        done, _seconds = run_cli(root, ["subscribers", "count"], XDG_CONFIG_HOME=str(home))
+    except subprocess.TimeoutExpired:
+        pytest.fail("a named pipe as the secrets file still hangs every command")
+    line = one_line(done)
+    assert str(secrets) in line and "named pipe" in line and "NAME=value" in line
+    secrets.unlink()
+    secrets.write_bytes("\ufeffNEWSLETTER_SECRET_KEY=ein-schluessel-mit-bom\n".encode())
+    counted, _seconds = run_cli(root, ["subscribers", "count"], XDG_CONFIG_HOME=str(home))
+    assert counted.returncode == 0 and counted.stdout.strip() == "0", counted.stderr
+
+
+def test_a_newsletter_toml_that_is_a_folder_is_named_so(make_project, tmp_path) -> None:
+    root = tmp_path / "projekt"
+    (root / "newsletter.toml").mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "newsletter", "subscribers", "count"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    line = one_line(done)
+    assert "newsletter.toml" in line and "is a folder" in line, line
