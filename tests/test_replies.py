@@ -143,7 +143,9 @@ def test_reply_address_token_matches_issue_and_author_gets_a_copy(inbox):
     assert mail["To"] == "jens@example.com"
     body = mail.get_body(("plain",)).get_content()
     assert "anna.mueller@example.de" in body and "“sozialen”" in body
-    assert "Bild – Köln.jpg" in body
+    # In the newsletter's language (German here), as every mail it writes.
+    assert body.startswith("Antwort von Anna Müller <anna.mueller@example.de> (")
+    assert "[Anhang: Bild – Köln.jpg, 5000 Bytes]" in body
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from newsletter import tokens
 from newsletter.errors import NewsletterError
 from newsletter.events import record
+from newsletter.i18n import N_, texts
 from newsletter.replies import threads
 from newsletter.replies.decode import Inbound, RawInbound, decode, is_list_unsubscribe_mail
 from newsletter.replies.verify import reply_token, sender_is_authenticated
@@ -270,16 +271,29 @@ def _store_new(
     )
 
 
+#: The author's copy of a reply, in the newsletter's language.
+FORWARD_TEXT = {
+    "intro": N_("Reply from {sender}:"),
+    "intro_about": N_("Reply from {sender} ({issue}):"),
+    "attachment": N_("[attachment: {name}, {size} bytes]"),
+    "no_subject": N_("(no subject)"),
+}
+
+
 def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None:
     """Send the author a copy at `reply_to` (as plain text; the reader's HTML is never relayed)."""
 
     sender = (
         f"{inbound.from_name} <{inbound.from_email}>" if inbound.from_name else inbound.from_email
     )
-    about = f" ({issue_title})" if issue_title else ""
-    intro = f"Reply from {sender}{about}:"
+    t = texts(project.config.language, FORWARD_TEXT)
+    intro = (
+        t["intro_about"].format(sender=sender, issue=issue_title)
+        if issue_title
+        else t["intro"].format(sender=sender)
+    )
     attachments = "".join(
-        f"\n[attachment: {a['name']}, {a['size']} bytes]" for a in inbound.attachments
+        "\n" + t["attachment"].format(name=a["name"], size=a["size"]) for a in inbound.attachments
     )
     text = f"{intro}\n\n{inbound.text}{attachments}\n"
     html = f'<p>{escape(intro)}</p><pre style="white-space:pre-wrap">{escape(inbound.text + attachments)}</pre>'
@@ -292,7 +306,7 @@ def forward(project: Project, inbound: Inbound, issue_title: str | None) -> None
     send_transactional(
         project,
         project.config.reply_to,
-        f"Fwd: {inbound.subject or '(no subject)'}",
+        f"Fwd: {inbound.subject or t['no_subject']}",
         html,
         text,
         reply_to=reader,
