@@ -572,6 +572,42 @@ def test_live_lease_refuses_a_second_sender(project, db, sg, cli):
     assert sg.requests == []
 
 
+@pytest.mark.slow
+def test_a_send_that_loses_the_race_for_the_lease_leaves_no_send_behind(project, db, sg, cli):
+    """Two sends started at the same moment both pass the planning check; the one that
+    loses the lease used to stay in `sends` as a failed send of the issue (with "web
+    archive: not published"), under the one that really ran."""
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    from newsletter.errors import SendError
+    from newsletter.sending.execute import execute
+    from newsletter.sending.ledger import Ledger
+    from newsletter.sending.plan import SendRequest, plan_send
+    from newsletter.store.issues import ensure_issue
+    from newsletter.store.schema import send_leases, sends
+
+    add_people(project, 2)
+    proj = Project.load(project)
+    plan = plan_send(proj, ISSUE, SendRequest())  # (nobody holds the lease yet)
+    engine = open_engine(proj.database_url)
+    issue_id = ensure_issue(engine, slug=SLUG, title="t", subject="s", language="de")
+    winner = Ledger(engine).create_send(issue_id, transport="sendgrid", segment=[], dry_run=False)
+    with engine.begin() as conn:  # the other send took the lease meanwhile
+        conn.execute(
+            send_leases.insert().values(
+                issue_id=issue_id, send_id=winner, owner="other",
+                host=socket.gethostname(), pid=os.getpid(), heartbeat_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    with pytest.raises(SendError, match="another send of meta-ki-creator is running"):
+        execute(plan)
+    with engine.connect() as conn:
+        assert conn.execute(select(sends.c.id)).scalars().all() == [winner]
+    assert sg.requests == []
+
+
 # --- scheduling --------------------------------------------------------------------------------
 
 
@@ -788,6 +824,59 @@ def sends_rows(project: Path, cli) -> list[tuple[str, str, str]]:
         rest = line[4 + 2 + 29 + 17 :]  # after ID, ISSUE and STARTED
         rows.append((rest[:10].strip(), rest[11:27].strip(), rest[28:].strip()))
     return rows
+
+
+@pytest.mark.slow
+def test_readers_who_left_while_it_was_sent_are_counted_as_skipped(project, db, sg, cli):
+    """Readers who unsubscribed (or were erased) after the send was planned get nothing, as
+    they should; `sends` said only "accepted 2" of 3 planned, and nowhere why."""
+    from newsletter.sending.execute import execute
+    from newsletter.sending.plan import SendRequest, plan_send
+
+    people = add_people(project, 3)
+    proj = Project.load(project)
+    plan = plan_send(proj, ISSUE, SendRequest())
+    assert plan.recipients == 3
+    engine = open_engine(proj.database_url)
+    set_status(engine, find_subscriber(engine, people[1]).id, "unsubscribed")
+    report = execute(plan)
+    assert (report.accepted, report.total) == (2, 2)
+    assert sends_rows(project, cli) == [
+        ("done", "sendgrid", "accepted 2, skipped 1 (left the list)")
+    ]
+    [shown] = json.loads(cli(project, "sends", "--format", "json").output)
+    assert (shown["recipients"], shown["left_the_list"]) == (3, 1)
+
+
+@pytest.mark.slow
+def test_the_send_says_who_left_the_list_while_it_ran(make_project, db, sg):
+    """One reader a request, a slow provider, and an unsubscribe arriving after the first
+    request: the last line says why fewer were accepted than were planned."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    root = make_project(config=with_config("batch_size = 1\nconcurrency = 1\n"))
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    people = add_people(root, 3)
+    sg.delay = 0.5
+    send = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--project", str(root), "send", ISSUE, "--yes"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not sg.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    engine = open_engine(Project.load(root).database_url)
+    set_status(engine, find_subscriber(engine, people[2]).id, "unsubscribed")
+    out, err = send.communicate(timeout=60)
+    assert send.returncode == 0, err
+    assert "Send 1: 2 accepted" in out
+    assert "1 reader left the list after the send was planned (unsubscribed or erased)" in out
 
 
 @pytest.mark.slow

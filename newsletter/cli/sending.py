@@ -287,6 +287,12 @@ def send(
         f"Send {report.send_id}: {report.accepted} {verb}"
         + ("" if transport.capabilities.delivers else f" ({report.where})")
     )
+    left = plan.recipients - report.total
+    if left > 0 and not report.error and not plan.send_at:
+        click.echo(
+            f"{plural(left, 'reader')} left the list after the send was planned "
+            "(unsubscribed or erased): they got nothing."
+        )
     if report.replaced:
         click.echo(
             f"{plural(report.replaced, 'file')} of an earlier send of this issue "

@@ -700,8 +700,9 @@ def execute(
     if use_ledger:
         try:
             lease = ledger.acquire_lease(issue_id, send_id, issue.slug)
-        except SendError as exc:
-            ledger.finish_send(send_id, "failed", str(exc))
+        except SendError:
+            # Another send started at the same moment and won: nothing of this one began.
+            ledger.discard_send(send_id)
             raise
     builder = recipient_builder(project, engine, rendered, issue_id, send_id, key=key)
     preparer = Preparer(builder, transport, marked_if_development_key(plan.message()))

@@ -35,6 +35,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -693,6 +694,18 @@ class Ledger:
                 update(sends)
                 .where(sends.c.id == send_id, sends.c.status != "cancelled")
                 .values(status=status, error=error, finished_at=now())
+            )
+
+    def discard_send(self, send_id: int) -> None:
+        """A send that never began (another send of the issue took the lease first): its
+        row goes, with its totals and segment record (ON DELETE CASCADE), so `sends` lists
+        only what ran; the refusal is the command's one line."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(sends).where(
+                    sends.c.id == send_id,
+                    ~exists().where(deliveries.c.send_id == send_id),  # (never claimed)
+                )
             )
 
     def request_cancel(self, send_ids: Sequence[int]) -> None:

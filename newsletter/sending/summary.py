@@ -121,7 +121,19 @@ class SendSummary:
             text = "-"
         if self.recipients is not None and self.status == "sending":
             text += f" (of {self.recipients})"
+        if self.left_the_list:
+            text += f", skipped {self.left_the_list} (left the list)"
         return text
+
+    @property
+    def left_the_list(self) -> int:
+        """Planned readers who unsubscribed or were erased before their batch went out, and
+        so got nothing (as they should): what a finished send handed over falls short of
+        what it planned by these. Counted from the send's totals, which later resends and
+        erasures leave as they are."""
+        if self.status != "done" or self.recipients is None or self.handed_over is None:
+            return 0
+        return max(0, self.recipients - sum(self.handed_over.values()))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +151,7 @@ class SendSummary:
             "recipients": self.recipients,
             "handed_over": self.handed_over,
             "joined_since": self.joined_since,
+            "left_the_list": self.left_the_list,
             "process_gone": self.process_gone,
             "resend": self.resend,
             "subject": self.subject,
