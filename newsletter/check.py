@@ -34,6 +34,7 @@ from newsletter.project import builtin_templates_dir
 from newsletter.render import (
     HTML_TEMPLATE,
     SAMPLE_SUBSCRIBER,
+    TEMPLATE_SUFFIXES,
     TEXT_TEMPLATE,
     render_issue,
     sample_unsubscribe_url,
@@ -160,7 +161,12 @@ def _web_templates(project: Project) -> list[Finding]:
     folder = project.templates_dir / "web"
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if not path.is_file():
+        # (Not an editor's swap file or a backup: only what a page could load.)
+        if (
+            not path.is_file()
+            or path.name.startswith(".")
+            or not path.name.endswith(TEMPLATE_SUFFIXES)
+        ):
             continue
         try:
             jinja2.Environment(extensions=["jinja2.ext.i18n"]).parse(path.read_text("utf-8"))
@@ -188,8 +194,12 @@ def imprint_missing(project: Project, language: str) -> str | None:
             if language == "de"
             else "; readers expect an imprint (legal notice) link in the footer"
         )
-        + ': add imprint_url = "https://example.com/impressum"'
+        + f": {IMPRINT_FIX}"
     )
+
+
+#: How `imprint_missing` says to fix it.
+IMPRINT_FIX = 'add imprint_url = "https://example.com/impressum"'
 
 
 def _imprint(project: Project, issue: Issue) -> list[Finding]:

@@ -472,9 +472,11 @@ def _check_text(path: Path, sections: dict[str, dict[str, Any]]) -> None:
                 "use a value from 0.1 to 600"
             )
         if not IMAP_KEYWORD.fullmatch(imap["flag"]):
+            system = " (system flags such as \\Seen cannot mark them; or set move_to)"
             raise ConfigError(
                 f"{path}: [replies.imap] flag {imap['flag']!r} is not an IMAP keyword; use "
                 'letters, digits and _ . : + - (e.g. "$NewsletterFetched")'
+                + (system if imap["flag"].startswith("\\") else "")
             )
     host = sections["smtp"]["host"]
     if host is not None and not _is_host(host):

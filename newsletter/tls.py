@@ -8,6 +8,7 @@ the ssl module halfway through a send or a fetch.
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,12 +43,20 @@ def ca_certificate(project: Project, table: str, ca_file: str) -> str:
                 "or remove the key"
             ) from None
         raise ConfigError(f"{where}: {exc.reason}") from None
+    # The certificates alone: a bundle may say whose they are in a comment (in German too),
+    # which the ssl module, reading cadata, refuses.
+    blocks = _PEM_BLOCK.findall(pem.decode("utf-8", "replace"))
+    text = "\n".join(blocks)
     try:
-        text = pem.decode("ascii")
+        if not blocks:
+            raise ValueError("no certificate")
         ssl.create_default_context(cadata=text)
-    except (ssl.SSLError, UnicodeDecodeError, ValueError):
+    except (ssl.SSLError, ValueError):
         raise ConfigError(
             f"{where}: is not a PEM certificate (-----BEGIN CERTIFICATE-----); "
             "convert it with `openssl x509 -in FILE -out ca.pem`"
         ) from None
     return text
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")

@@ -137,3 +137,14 @@ def test_a_broken_web_template_of_ones_own_stops_the_build_before_it_writes(
     if "{%" in text:  # (a syntax error: `check` finds it before any page needs the file)
         checked = run(project, "check", "2024-07-01-erste")
         assert checked.exit_code == 1 and f"{name}:1: error: template error" in checked.output
+
+
+def test_check_leaves_an_editors_swap_file_and_a_backup_alone(project) -> None:
+    """Only what a page could load is a template: a stray file beside them (Vim's swap
+    file, a .bak) must not stop `check`, which `send` asks before anything goes out."""
+    web = project / "templates" / "web"
+    web.mkdir(parents=True)
+    (web / ".archive_index.html.swp").write_bytes(b"b0VIM 9.0\x00\xff\xfe")
+    (web / "archive_index.html.bak").write_text("{% if %}", "utf-8")
+    checked = run(project, "check", "2024-07-01-erste")
+    assert checked.exit_code == 0, checked.output

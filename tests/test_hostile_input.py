@@ -190,6 +190,16 @@ def segment_nested_400_deep(root: Path) -> list[str]:
     return ["subscribers", "count"]
 
 
+def segment_negated_40_deep(root: Path) -> list[str]:
+    # (SQLite's own parser overflows near 40 nested NOTs: refused before it gets there)
+    return ["subscribers", "count", "--where", "NOT " * 40 + "tag:a"]
+
+
+def imap_system_flag(root: Path) -> list[str]:
+    config(root, IMAP + 'flag = "\\\\Seen"\n')
+    return ["replies", "fetch"]
+
+
 def min_fill_seconds_negative(root: Path) -> list[str]:
     config(root, "\n[subscribe]\nmin_fill_seconds = -5\n")
     return ["check", ISSUE]
@@ -240,7 +250,9 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "smtp host of 300 characters": (smtp_host_too_long, ["[smtp] host", "not a host name"]),
     "empty saved segment": (empty_segment, ["[segments.aktive] where is empty", "whole list"]),
     "empty --where": (empty_where, ["--where is empty", "leave it out"]),
-    "segment nested 400 deep": (segment_nested_400_deep, ["nested more than 100 levels"]),
+    "segment nested 400 deep": (segment_nested_400_deep, ["nested more than 32 levels"]),
+    "segment negated 40 deep": (segment_negated_40_deep, ["nested more than 32 levels"]),
+    "imap system flag": (imap_system_flag, ["flag '\\\\Seen'", "system flags", "move_to"]),
     "min_fill_seconds -5": (
         min_fill_seconds_negative,
         ["[subscribe] min_fill_seconds = -5", "out of range"],
@@ -413,3 +425,34 @@ def test_a_newsletter_toml_that_is_a_folder_is_named_so(make_project, tmp_path) 
     )  # fmt: skip
     line = one_line(done)
     assert "newsletter.toml" in line and "is a folder" in line, line
+
+
+def test_the_deepest_segment_allowed_runs_on_the_database(make_project) -> None:
+    root = make_project()
+    for where in ("NOT " * 32 + "tag:a", "-(tag:a OR " * 16 + "tag:b" + ")" * 16):
+        done, _seconds = run_cli(root, ["subscribers", "count", "--where", where])
+        assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+
+
+def test_a_sqlite_path_may_hold_at_signs_and_colons(make_project, tmp_path) -> None:
+    """Only a server's URL has a password to hide; a file's path may hold any "@"."""
+    folder = tmp_path / "a@b:c" / "@d"
+    folder.mkdir(parents=True)
+    root = make_project()
+    url = f"sqlite:///{folder / 'news.db'}"
+    done, _seconds = run_cli(root, ["subscribers", "count"], NEWSLETTER_DATABASE_URL=url)
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+
+
+def test_doctor_names_a_bad_sendgrid_host_and_a_password_with_a_line_break(make_project) -> None:
+    root = make_project()
+    config(root, SENDGRID + '\n[replies.imap]\nhost = "127.0.0.1"\nusername = "jens"\n')
+    done, _seconds = run_cli(
+        root, ["doctor"], SENDGRID_API_KEY="SG.x", SENDGRID_API_HOST="http://[::1",
+        NEWSLETTER_IMAP_PASSWORD="postfach\n",
+    )  # fmt: skip
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr[-2000:]
+    assert done.returncode == 1  # (its ✗ rows)
+    assert "SENDGRID_API_HOST 'http://[::1' is not a URL" in done.stdout
+    assert "NEWSLETTER_IMAP_PASSWORD holds a line break" in done.stdout
+    assert "postfach" not in done.stdout

@@ -730,3 +730,25 @@ def test_raw_mode_body_and_encoded_subject_labelled_latin_1(inbox):
     assert row.subscriber_id == anna.id
     assert row.text.strip() == GERMAN and row.subject == WINDOWS_SUBJECT
     assert row.from_name == "Anna Müller"
+
+
+@pytest.mark.slow
+def test_a_charset_with_a_nul_or_unassigned_bytes_still_stores_the_reply(inbox):
+    """`charset*=utf-8''%00` made the decoder raise ValueError (a fetch then failed on that
+    message every time); a subject labelled ISO-8859-1 with a byte Windows-1252 leaves
+    unassigned (0x81) is read as ISO-8859-1 reads it, not kept as the raw encoded word."""
+    proj, engine, anna, _issue = inbox()
+    raw = (
+        "From: Anna Müller <anna.mueller@example.de>\r\n"
+        "To: jens@example.com\r\n"
+        "Subject: =?ISO-8859-1?Q?Gr=FC=DFe_=81_aus_K=F6ln?=\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset*=utf-8''%00\r\n\r\n"
+        "Hallo Jens\r\n"
+    ).encode("latin-1")
+    data = {"email": raw, "envelope": json.dumps({"to": ["jens@example.com"]})}
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.subscriber_id == anna.id and row.text.strip() == "Hallo Jens"
+    assert row.subject.startswith("Grüße") and row.subject.endswith("aus Köln")

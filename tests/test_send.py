@@ -586,7 +586,7 @@ def test_a_send_that_loses_the_race_for_the_lease_leaves_no_send_behind(project,
     from newsletter.sending.ledger import Ledger
     from newsletter.sending.plan import SendRequest, plan_send
     from newsletter.store.issues import ensure_issue
-    from newsletter.store.schema import send_leases, sends
+    from newsletter.store.schema import send_leases, send_totals, sends
 
     add_people(project, 2)
     proj = Project.load(project)
@@ -605,6 +605,8 @@ def test_a_send_that_loses_the_race_for_the_lease_leaves_no_send_behind(project,
         execute(plan)
     with engine.connect() as conn:
         assert conn.execute(select(sends.c.id)).scalars().all() == [winner]
+        # (and what other owners kept about it: its totals)
+        assert conn.execute(select(send_totals.c.send_id)).scalars().all() == []
     assert sg.requests == []
 
 
@@ -842,7 +844,7 @@ def test_readers_who_left_while_it_was_sent_are_counted_as_skipped(project, db, 
     report = execute(plan)
     assert (report.accepted, report.total) == (2, 2)
     assert sends_rows(project, cli) == [
-        ("done", "sendgrid", "accepted 2, skipped 1 (left the list)")
+        ("done", "sendgrid", "accepted 2, skipped 1 (no longer subscribed)")
     ]
     [shown] = json.loads(cli(project, "sends", "--format", "json").output)
     assert (shown["recipients"], shown["left_the_list"]) == (3, 1)
@@ -876,7 +878,7 @@ def test_the_send_says_who_left_the_list_while_it_ran(make_project, db, sg):
     out, err = send.communicate(timeout=60)
     assert send.returncode == 0, err
     assert "Send 1: 2 accepted" in out
-    assert "1 reader left the list after the send was planned (unsubscribed or erased)" in out
+    assert "1 planned reader was no longer subscribed when their turn came" in out
 
 
 @pytest.mark.slow

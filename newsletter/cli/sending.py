@@ -290,8 +290,8 @@ def send(
     left = plan.recipients - report.total
     if left > 0 and not report.error and not plan.send_at:
         click.echo(
-            f"{plural(left, 'reader')} left the list after the send was planned "
-            "(unsubscribed or erased): they got nothing."
+            f"{plural(left, 'planned reader')} {'was' if left == 1 else 'were'} no longer "
+            "subscribed when their turn came (unsubscribed, bounced or erased): they got nothing."
         )
     if report.replaced:
         click.echo(

@@ -128,8 +128,11 @@ def _learn_from_sendgrid(ctx: Context, offline: bool) -> Check | None:
         return _check("SendGrid domain", Status.FAIL, str(exc))
     if not api_key:
         return None
-    result = authentication_for(ctx.project, ctx.domain, api_key)
     name = "SendGrid domain"
+    try:
+        result = authentication_for(ctx.project, ctx.domain, api_key)
+    except ConfigError as exc:  # (SENDGRID_API_HOST that is no URL: the transport row says so)
+        return _check(name, Status.FAIL, str(exc))
     if isinstance(result, str):
         return _check(
             name,

@@ -9,13 +9,13 @@ import time
 import urllib.error
 import urllib.request
 
-from newsletter.check import imprint_missing
+from newsletter.check import IMPRINT_FIX, imprint_missing
 from newsletter.doctor.checks import Check, Status
 from newsletter.doctor.dns_checks import transport_kind
 from newsletter.errors import ConfigError
 from newsletter.project import Project
 from newsletter.replies.mailbox import PASSWORD_ENV as MAILBOX_PASSWORD
-from newsletter.secrets_file import secrets_path
+from newsletter.secrets_file import secret_from_environment, secrets_path
 from newsletter.sending.transports import transport_class
 from newsletter.tls import ca_certificate
 
@@ -35,10 +35,12 @@ def _imprint(project: Project) -> Check:
     missing = imprint_missing(project, language)
     if missing is None:
         return _check("imprint", Status.OK, project.config.section("newsletter")["imprint_url"])
-    found, fix = missing.split(": add ", 1)
+    found = missing.removesuffix(f": {IMPRINT_FIX}")
     # A German newsletter may not send without it (`send` and `sequences run` refuse).
     status = Status.FAIL if language == "de" else Status.WARN
-    return _check("imprint", status, found, f"add {fix} to [newsletter] in {project.config.path}")
+    return _check(
+        "imprint", status, found, f"{IMPRINT_FIX} to [newsletter] in {project.config.path}"
+    )
 
 
 def _base_url(project: Project, offline: bool) -> list[Check]:
@@ -104,7 +106,13 @@ def _secrets_path() -> str:
     return str(secrets_path())
 
 
-def _secret(name: str, variable: str, why: str) -> Check:
+def _secret(name: str, variable: str, why: str, *, one_line: bool = False) -> Check:
+    """Is `variable` set (and, `one_line`, without a line break, as a password must be)?"""
+    if one_line:
+        try:
+            secret_from_environment(variable)
+        except ConfigError as exc:
+            return _check(name, Status.FAIL, str(exc))
     if os.environ.get(variable):
         return _check(name, Status.OK, f"{variable} is set")
     return _check(
@@ -155,7 +163,9 @@ def _secrets(project: Project) -> list[Check]:
     mailbox = project.config.section("replies")["imap"]
     if mailbox is not None:
         checks.append(
-            _secret("mailbox password", MAILBOX_PASSWORD, "`replies fetch` cannot log in")
+            _secret(
+                "mailbox password", MAILBOX_PASSWORD, "`replies fetch` cannot log in", one_line=True
+            )
         )
         if bad_ca := _bad_ca_file(project, "replies.imap", mailbox["ca_file"]):
             checks.append(

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from newsletter import tokens
 from newsletter.i18n import texts
-from newsletter.replies.decode import MAX_REFERENCES
+from newsletter.replies.decode import trim_references
 from newsletter.replies.threads import Thread, record_answer
 from newsletter.sending.message import Message, Recipient
 from newsletter.sending.mime import copy_for
@@ -73,14 +73,10 @@ def editor_template(thread: Thread) -> str:
 
 def _references(thread: Thread) -> str:
     """RFC 5322's References: what the first reply referred to (the issue it answered),
-    then the thread's messages in order; with more than `MAX_REFERENCES`, the first and
-    the newest, as mail programs trim them."""
+    then the thread's messages in order; a long chain trimmed as mail programs trim it."""
     earlier = next((e.refers_to for e in thread.entries if e.refers_to), None) or ""
     own = [e.message_id for e in thread.entries if e.message_id]
-    chain = list(dict.fromkeys([*earlier.split(), *own]))
-    if len(chain) > MAX_REFERENCES:
-        chain = chain[:1] + chain[-(MAX_REFERENCES - 1) :]
-    return " ".join(chain)
+    return " ".join(trim_references(list(dict.fromkeys([*earlier.split(), *own]))))
 
 
 def _signature(project: Project) -> str:

@@ -118,8 +118,8 @@ _WINDOWS_1252_LABELS = frozenset(("iso8859-1", "ascii"))
 def _decode(raw: bytes, charset: str | None) -> str:
     try:
         codec = codecs.lookup(charset or "utf-8").name
-    except LookupError:
-        codec = "utf-8"  # (unknown: see below)
+    except (LookupError, ValueError):  # (ValueError: a name with a NUL in it)
+        codec = "utf-8"
     if codec in _WINDOWS_1252_LABELS and not raw.isascii():
         return _windows_1252(raw)
     try:
@@ -162,17 +162,22 @@ def _header_text(value: str) -> str:
 
 
 def _header_charset(word: bytes, charset: str | None) -> str | None:
+    """The charset to read an encoded word with: a label `_windows_1252` reads otherwise
+    becomes UTF-8 or Windows-1252 as the bytes say (the label itself when neither fits)."""
     if charset is None or word.isascii():
         return charset
     try:
         if codecs.lookup(charset).name not in _WINDOWS_1252_LABELS:
             return charset
-        word.decode("utf-8")
-    except LookupError:
+    except (LookupError, ValueError):
         return charset
-    except UnicodeDecodeError:
-        return "windows-1252"
-    return "utf-8"
+    for codec in ("utf-8", "windows-1252"):
+        try:
+            word.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        return codec
+    return charset
 
 
 def _part_text(part: Any) -> str:
@@ -306,10 +311,14 @@ MAX_REFERENCES = 20
 
 def _message_ids(value: object) -> str | None:
     """The Message-IDs in a References or In-Reply-To header, at most `MAX_REFERENCES`."""
-    found = _MESSAGE_ID.findall(str(value or ""))
-    if len(found) > MAX_REFERENCES:
-        found = found[:1] + found[-(MAX_REFERENCES - 1) :]
-    return " ".join(found) or None
+    return " ".join(trim_references(_MESSAGE_ID.findall(str(value or "")))) or None
+
+
+def trim_references(ids: list[str]) -> list[str]:
+    """At most `MAX_REFERENCES` Message-IDs: the first (the issue) and the newest."""
+    if len(ids) > MAX_REFERENCES:
+        return ids[:1] + ids[-(MAX_REFERENCES - 1) :]
+    return ids
 
 
 #: The subject of the `mailto:` in our List-Unsubscribe header (`?subject=unsubscribe`).

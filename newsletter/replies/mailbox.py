@@ -127,17 +127,13 @@ def open_mailbox(settings: dict[str, Any], password: str) -> Iterator[Any]:
         refused = NewsletterError(
             f"{where}: login as {settings['username']!r} refused; check username and {PASSWORD_ENV}"
         )
+        # LOGIN takes ASCII only; SASL PLAIN carries UTF-8 (RFC 4616): "jörg", "pässwört".
+        ascii_only = (settings["username"] + password).isascii()
+        login = box.login if ascii_only else box.login_utf8
         try:
-            box.login(settings["username"], password, initial_folder=None)
-        except MailboxLoginError:
+            login(settings["username"], password, initial_folder=None)
+        except (MailboxLoginError, imaplib.IMAP4.error):
             raise refused from None
-        except UnicodeEncodeError:
-            # LOGIN takes ASCII only; SASL PLAIN carries UTF-8 (RFC 4616): "jörg", "pässwört".
-            plain = b"\0".join((b"", settings["username"].encode(), password.encode()))
-            try:
-                box.client.authenticate("PLAIN", lambda _challenge: plain)
-            except imaplib.IMAP4.error:
-                raise refused from None
         try:
             box.folder.set(settings["folder"])
         except MailboxFolderSelectError:

@@ -167,9 +167,9 @@ def tokenize(source: str, where: str) -> list[Token]:
 # --- parser ------------------------------------------------------------------------------
 
 
-#: Parentheses and negations nest at most this deep (a person writes a handful; the parser
-#: recurses once per level, and Python's stack ends near a thousand).
-MAX_DEPTH = 100
+#: Parentheses and negations nest at most this deep: a person writes a handful, and
+#: SQLite's parser overflows at about 40 nested NOTs (Python's stack near a thousand).
+MAX_DEPTH = 32
 
 
 class _Parser:

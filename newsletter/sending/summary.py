@@ -122,15 +122,15 @@ class SendSummary:
         if self.recipients is not None and self.status == "sending":
             text += f" (of {self.recipients})"
         if self.left_the_list:
-            text += f", skipped {self.left_the_list} (left the list)"
+            text += f", skipped {self.left_the_list} (no longer subscribed)"
         return text
 
     @property
     def left_the_list(self) -> int:
-        """Planned readers who unsubscribed or were erased before their batch went out, and
-        so got nothing (as they should): what a finished send handed over falls short of
-        what it planned by these. Counted from the send's totals, which later resends and
-        erasures leave as they are."""
+        """Planned readers no longer subscribed when their batch went out (unsubscribed,
+        bounced, complained or erased meanwhile), who so got nothing, as they should: what a
+        finished send handed over falls short of what it planned by these. Counted from the
+        send's totals, which later resends and erasures leave as they are."""
         if self.status != "done" or self.recipients is None or self.handed_over is None:
             return 0
         return max(0, self.recipients - sum(self.handed_over.values()))

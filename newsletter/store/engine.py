@@ -108,9 +108,11 @@ def checkpoint(engine: Engine) -> None:
 def redact(url: str) -> str:
     """The URL without its password, for error messages; a password holding an unescaped
     "@" is hidden whole (the URL parser would take its end for the host)."""
+    if url.startswith("sqlite"):
+        return url  # (a file's path, as given: no password)
     if _password_holds_at(url):
         scheme, _, rest = url.partition("://")
-        at = rest.partition("?")[0].rfind("@")
+        at = _authority(rest).rfind("@")
         return f"{scheme}://{rest[:at].partition(':')[0]}:***@{rest[at + 1 :]}"
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -119,11 +121,20 @@ def redact(url: str) -> str:
 
 
 def _password_holds_at(url: str) -> bool:
-    """Whether the part before the host (user:password) holds a second "@"."""
-    _, sep, rest = url.partition("://")
-    rest = rest.partition("?")[0]  # (a query may hold an @: a certificate's path)
-    userinfo = rest[: rest.rfind("@")] if sep and "@" in rest else ""
+    """Whether the part before the host (user:password) holds a second "@". A file URL
+    (SQLite) has no host, and its path may hold any "@"."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.startswith("sqlite"):
+        return False
+    authority = _authority(rest)
+    userinfo = authority[: authority.rfind("@")] if "@" in authority else ""
     return "@" in userinfo and ":" in userinfo
+
+
+def _authority(rest: str) -> str:
+    """user:password@host:port of a URL after its "://": up to the first "/" (RFC 3986:
+    userinfo holds no "/"; a query, which may hold an "@", comes after it)."""
+    return rest.partition("/")[0]
 
 
 #: Databases SQLAlchemy knows but the store does not support, by URL scheme.

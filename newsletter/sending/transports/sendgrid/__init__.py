@@ -186,6 +186,7 @@ class SendGridTransport:
     def unavailable(cls, project: Project) -> str | None:
         try:
             key = api_key()
+            sendgrid_host(project)
         except ConfigError as exc:
             return str(exc)
         return None if key else f"{API_KEY_ENV} is not set"
