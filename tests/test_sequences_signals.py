@@ -38,7 +38,10 @@ def wait_for(condition: Callable[[], bool], what: str, process: subprocess.Popen
     while not condition():
         if process.poll() is not None:
             pytest.fail(f"the process ended before {what}: {process.communicate()}")
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        if time.monotonic() >= deadline:
+            process.kill()  # (a failed test leaves no `serve` running behind it)
+            process.communicate()
+            pytest.fail(f"timed out waiting until {what}")
         time.sleep(0.02)
 
 
