@@ -629,6 +629,10 @@ def test_schedule_and_cancel(project, db, sg, cli):
     engine = open_engine(Project.load(project).database_url)
     with engine.connect() as conn:
         assert conn.execute(select(sends.c.status)).scalars().all() == ["cancelled"]
+    # `--resume` has nothing to resume: it does not send to everyone at once, unscheduled.
+    resumed = cli(project, "send", ISSUE, "--resume", "--yes")
+    assert resumed.exit_code == 1 and len(sg.messages) == 1
+    assert "was cancelled; there is nothing to resume: send it again with" in resumed.output
     # A cancelled send can go out later.
     assert cli(project, "send", ISSUE, "--yes").exit_code == 0
     assert ledger_states(project) == {"accepted": 2}

@@ -372,6 +372,17 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         )
         if plan.refusal:
             return plan
+        if request.resume and not ledger.has_rows(issue_id):
+            last = (ledger.list_sends(issue_id) or [None])[-1]
+            if last is not None and last.status == "cancelled":
+                # Nothing is left to resume: going on would send to the whole list at once,
+                # without the schedule the author had just cancelled.
+                plan.refusal = (
+                    f"send {last.id} of {prepared.slug} was cancelled; there is nothing to "
+                    f"resume: send it again with `newsletter send {prepared.slug}` (add "
+                    "--schedule to schedule it)"
+                )
+                return plan
         earlier = ledger.latest_scheduled(issue_id) if request.resume else None
         if earlier is not None and earlier.cancel_requested_at is not None:
             # `cancel` stopped its sender but could not finish: carrying on would send
