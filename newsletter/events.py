@@ -121,14 +121,22 @@ def parse(body: bytes) -> list[dict[str, Any]]:
     """The events of a webhook body; PayloadError for anything but a list of event objects."""
     try:
         data = orjson.loads(body)  # a 1,000-event post: about a fifth of json.loads's time
+        suspect = b"\\u0000" in body  # (a NUL, which PostgreSQL's text refuses)
     except orjson.JSONDecodeError:
-        # What orjson refuses and json reads (NaN, integers beyond 64 bits, UTF-16): as before.
+        # What orjson refuses and json reads (NaN, integers beyond 64 bits, UTF-16, lone
+        # surrogates, nesting past 1024): read, then cleaned below. NaN reads as null.
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(body, parse_constant=lambda _constant: None)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise PayloadError("body is not JSON") from None
+        suspect = True
     if not isinstance(data, list):
         raise PayloadError("body is not a JSON array of events")
+    if suspect:
+        try:
+            data = _storable(data)
+        except RecursionError:
+            raise PayloadError("an event is nested too deeply") from None
     for item in data:
         if not isinstance(item, dict):
             raise PayloadError("an event is not a JSON object")
@@ -137,6 +145,23 @@ def parse(body: bytes) -> list[dict[str, Any]]:
         if not item["sg_event_id"] or len(item["sg_event_id"]) > 100:
             raise PayloadError("an event has an unusable `sg_event_id`")
     return data
+
+
+def _storable(value: Any) -> Any:
+    """`value` with every string storable in the database: NULs dropped, lone surrogates
+    (which JSON can carry and UTF-8 cannot) replaced. One such field answered the whole
+    batch with a 500, and SendGrid retried it a day and then dropped its good events."""
+    if isinstance(value, str):
+        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
+
+
+#: The largest id a database integer column holds (SQLite's and PostgreSQL's bigint).
+_MAX_ID = (1 << 63) - 1
 
 
 @dataclass
@@ -151,7 +176,7 @@ def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if 0 < value <= _MAX_ID else None  # (beyond: no row has it)
     if isinstance(value, str) and value.isdigit() and len(value) < 12:
         return int(value)
     return None

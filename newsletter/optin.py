@@ -197,7 +197,18 @@ def signup(
     except StoreError:
         return SignupOutcome.UNCHANGED  # added by a concurrent request: treat as existing
     if mail_to is not None:
-        send_confirmation(project, engine, mail_to)
+        try:
+            send_confirmation(project, engine, mail_to)
+        except BaseException:
+            # Not sent (the transport is down, say): the address's mail allowance is given
+            # back, so that the next try mails them; until then they wait unconfirmed, as
+            # any sign-up does for its mail. (Before, the retry was answered "we sent you a
+            # mail" and nothing was sent for ten minutes.)
+            with engine.begin() as conn:
+                signup_limits.give_back(
+                    conn, Scope.ADDRESS, email_key(email), secret=tokens.secret_key()
+                )
+            raise
         return SignupOutcome.MAILED
     sequences.joined(project, engine, subscriber.id)  # no opt-in step: they joined now
     return SignupOutcome.JOINED

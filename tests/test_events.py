@@ -253,6 +253,40 @@ def test_malformed_signed_bodies_get_400_never_500(setup, signer, body):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"sg_event_id": "\ud800-surrogate", "reason": "ein \ud83d Ende"},  # lone surrogates
+        {"sg_event_id": "nul-\u0000-id", "event": "bounce", "reason": "Post\u0000fach"},
+        {"sg_event_id": "zu-gross", "newsletter_subscriber_id": 2**63},
+        {"sg_event_id": "nan", "event": "bounce", "reason": float("nan")},
+    ],
+    ids=["lone surrogate", "NUL", "id beyond 2**63", "NaN"],
+)
+def test_one_odd_event_does_not_lose_the_batch(setup, signer, odd):
+    """One such event answered the whole batch with a 500: SendGrid retries that for a day
+    and then drops it, the good bounce beside it included."""
+    proj, engine, people, issue_id = setup
+    good = event("bounce", people[1].email, issue_id=issue_id, subscriber_id=people[1].id)
+    strange = {**event("open", people[0].email, issue_id=issue_id), **odd}
+    body = json.dumps([strange, good]).encode()  # (json writes NaN and \ud800 as they came)
+    with live_server(create_app(proj, engine)) as base:
+        response = httpx.post(base + URL, content=body, headers=signer.headers(body))
+    assert response.status_code == 200, response.text
+    assert get_subscriber(engine, people[1].id).status == "bounced"
+    assert _count(engine, schema.events) == 2
+
+
+@pytest.mark.slow
+def test_a_body_nested_past_what_json_reads_is_a_400(setup, signer):
+    proj, engine, _, _ = setup
+    body = b'[{"event": "open", "sg_event_id": "tief", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}]"
+    with live_server(create_app(proj, engine)) as base:
+        response = httpx.post(base + URL, content=body, headers=signer.headers(body))
+    assert response.status_code == 400 and _count(engine, schema.events) == 0
+
+
+@pytest.mark.slow
 def test_sql_like_values_are_stored_as_text(setup, signer):
     proj, engine, people, issue_id = setup
     a = people[0]

@@ -752,3 +752,18 @@ def test_a_charset_with_a_nul_or_unassigned_bytes_still_stores_the_reply(inbox):
     [row] = stored(engine)
     assert row.subscriber_id == anna.id and row.text.strip() == "Hallo Jens"
     assert row.subject.startswith("Grüße") and row.subject.endswith("aus Köln")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("charset", ["utf-7", "idna", "unicode_escape", "raw_unicode_escape"])
+def test_a_charset_that_makes_surrogates_or_raises_still_stores_the_reply(inbox, charset):
+    """UTF-7 decodes "+2AA-" to a lone surrogate, which no database stores; idna raises
+    whatever `errors` says: both answered 500, and the reply was never stored."""
+    proj, engine, _anna, _issue = inbox()
+    data = fields("Hallo +2AA- Welt \\ud800 Grüße", charset="utf-8")
+    data["charsets"] = json.dumps({"text": charset, "subject": charset, "from": "UTF-8"})
+    data["subject"] = "=?utf-7?q?+2AA-?= Re: Frage"
+    with live_server(create_app(proj, engine)) as base:
+        assert post(base, data).status_code == 200
+    [row] = stored(engine)
+    assert row.text.startswith("Hallo") and row.subject.endswith("Re: Frage")

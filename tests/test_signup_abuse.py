@@ -29,6 +29,7 @@ from newsletter.store.subscribers import find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG
 from tests.support.serve_processes import serve_processes
+from tests.support.web import live_server
 
 SUBSCRIBED_PAGE = "Bitte bestätige"  # what a real sign-up's answer says (German project)
 
@@ -266,3 +267,86 @@ def test_limits_hold_across_two_serve_processes_on_postgres(
     assert {"nachbar@example.de", "v4-0@example.de", "v4-2@example.de"} <= emails
     assert len(mails(project)) == 10 + 1 + 3 + 1
     assert blocked_counts(cli, project) == {"blocked": 190 + 5, "network": 190, "address": 5}
+
+
+# --- what a form post may carry (a hostile walk through `serve`) -----------------------------
+
+
+def test_raw_utf8_in_a_urlencoded_form_is_read_as_utf8(signup_project):
+    """Browsers percent-encode; `curl -d 'name=Jörg'` and many a server's form post do not.
+    Starlette read those bytes as Latin-1: "JÃ¶rg", and the confirmation went to a wrong
+    address."""
+    project, client = signup_project("min_fill_seconds = 0")
+    body = "email=jörg@example.de&name=Jörg Weiß".encode()
+    answer = client.post(
+        "/subscribe",
+        content=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+    )
+    assert answer.status_code == 200
+    engine = open_engine(project.database_url)
+    stored = find_subscriber(engine, "jörg@example.de")
+    assert stored is not None and stored.name == "Jörg Weiß"
+    assert mails(project) and "jörg@example.de" in mails(project)[0]
+
+
+def test_an_address_with_bytes_that_are_no_text_is_refused(signup_project):
+    project, client = signup_project("min_fill_seconds = 0")
+    answer = client.post("/subscribe", content=b"email=%ff%fe@example.com",
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert answer.status_code == 400
+    with open_engine(project.database_url).connect() as conn:
+        assert conn.execute(select(schema.subscribers.c.email)).all() == []
+    assert mails(project) == []
+
+
+def test_a_page_field_with_a_nul_is_left_out_of_the_evidence(signup_project):
+    """PostgreSQL's text refuses a NUL: the sign-up answered 500."""
+    project, client = signup_project("min_fill_seconds = 0")
+    answer = client.post(
+        "/subscribe", data={"email": "seite@example.de", "page": "https://x.example/\x00a"}
+    )
+    assert answer.status_code == 200
+    with open_engine(project.database_url).connect() as conn:
+        pages = conn.execute(select(schema.consent_records.c.page_url)).scalars().all()
+    assert pages == [None]
+
+
+def test_an_oversized_chunked_form_gets_413(signup_project):
+    """The form parser's `except Exception` answered the body limit with 400 "Bad form"."""
+    project, _client = signup_project()
+
+    def chunks():
+        for _ in range(12):
+            yield b"x" * 100_000
+
+    with live_server(create_app(project, open_engine(project.database_url))) as base:
+        answer = httpx.post(
+            base + "/subscribe",
+            content=chunks(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    assert answer.status_code == 413
+
+
+def test_a_confirmation_that_could_not_be_sent_leaves_the_next_try_free(
+    make_project, database_url, tmp_path
+):
+    """The SMTP server was down: 503, but the address's one mail per ten minutes was spent,
+    and the retry once it was up said "we sent you a mail" and sent nothing."""
+    from tests.smtp_server import FakeSmtp, free_port
+
+    port = free_port()
+    config = CONFIG.replace('url = "sqlite:///newsletter.db"', f'url = "{database_url}"')
+    config += (
+        '\n[subscribe]\nmin_fill_seconds = 0\n\n[sending]\ntransport = "smtp"\nmax_retries = 0\n'
+        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+    )
+    project = Project.load(make_project(config))
+    client = TestClient(create_app(project, open_engine(project.database_url)))
+    down = client.post("/subscribe", data={"email": "geduld@example.de"})
+    assert down.status_code == 503
+    with FakeSmtp(port=port) as smtp:
+        again = client.post("/subscribe", data={"email": "geduld@example.de"})
+        assert again.status_code == 200
+        assert smtp.recipients() == ["geduld@example.de"]

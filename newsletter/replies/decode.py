@@ -123,10 +123,20 @@ def _decode(raw: bytes, charset: str | None) -> str:
     if codec in _WINDOWS_1252_LABELS and not raw.isascii():
         return _windows_1252(raw)
     try:
-        return raw.decode(codec, errors="replace")
-    except LookupError:
-        # A bytes-to-bytes codec (rot13, base64, hex) that a sender may declare.
-        return raw.decode("utf-8", errors="replace")
+        text = raw.decode(codec, errors="replace")
+    except (LookupError, UnicodeError, ValueError):
+        # A bytes-to-bytes codec (rot13, base64, hex) that a sender may declare, or one that
+        # raises whatever `errors` says (idna).
+        text = raw.decode("utf-8", errors="replace")
+    return _storable(text)
+
+
+def _storable(text: str) -> str:
+    """`text` without lone surrogates (UTF-7 and the escape codecs make them; no database
+    stores them): each becomes "?"."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _windows_1252(raw: bytes) -> str:
@@ -156,8 +166,8 @@ def _header_text(value: str) -> str:
             (word, _header_charset(word, charset) if isinstance(word, bytes) else charset)
             for word, charset in decode_header(value)
         ]
-        return str(make_header(words))
-    except (ValueError, LookupError, UnicodeDecodeError):
+        return _storable(str(make_header(words)))
+    except (ValueError, LookupError, UnicodeError):
         return value
 
 

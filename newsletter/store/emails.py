@@ -54,6 +54,11 @@ def normalize_email(address: str) -> str:
         return fast
     if not address:
         raise StoreError("empty email address; give an address like name@example.com")
+    if "\ufffd" in address:  # (email-validator takes it: any symbol may be in a local part)
+        raise StoreError(
+            f"{address!r} is not a valid email address: U+FFFD marks bytes that were no "
+            "text (a wrong encoding); give the address as it is written"
+        )
     return normalize_email_slow(address)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Connection, delete, insert, select, text
+from sqlalchemy import Connection, delete, func, insert, select, text
 
 from newsletter.store.schema import signup_attempts
 
@@ -96,3 +96,13 @@ def forget(conn: Connection, scope: Scope, value: str, *, secret: str) -> None:
     hashed = key_hash(scope, value, secret)
     table = signup_attempts
     conn.execute(delete(table).where(table.c.scope == scope.value, table.c.key_hash == hashed))
+
+
+def give_back(conn: Connection, scope: Scope, value: str, *, secret: str) -> None:
+    """Take back the newest attempt on `value`: what it was counted for did not happen (the
+    confirmation mail could not be sent), so the person's next try may mail them."""
+    hashed = key_hash(scope, value, secret)
+    table = signup_attempts
+    mine = (table.c.scope == scope.value, table.c.key_hash == hashed)
+    newest = select(func.max(table.c.attempted_at)).where(*mine).scalar_subquery()
+    conn.execute(delete(table).where(*mine, table.c.attempted_at == newest))

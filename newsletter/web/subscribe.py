@@ -9,6 +9,7 @@ import logging
 import random
 import time
 from functools import partial
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,6 +30,7 @@ from newsletter.signup_guard import (
 )
 from newsletter.store.subscribers import normalize_email
 from newsletter.web.context import Context
+from newsletter.web.middleware import BodyTooLarge
 
 log = logging.getLogger("newsletter.web")
 
@@ -101,7 +103,8 @@ async def signup_form(ctx: Context, request: Request) -> Response:
 def _page_url(form_value: object, referer: str | None) -> str | None:
     """Where the form was: the form's hidden `page` field, else the Referer."""
     for candidate in (str(form_value or "").strip(), (referer or "").strip()):
-        if candidate.startswith(("https://", "http://")):
+        # (A control character, a NUL say, makes no URL, and PostgreSQL's text refuses it.)
+        if candidate.startswith(("https://", "http://")) and candidate.isprintable():
             return candidate[:PAGE_URL_CHARS]
     return None
 
@@ -126,15 +129,17 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
     settings = ctx.config.section("subscribe")
     try:
         form = await request.form(max_files=0, max_fields=20)
+    except BodyTooLarge:
+        raise  # (the middleware answers 413, as for every other route)
     except Exception:  # malformed form bodies of every kind are the client's fault
         return PlainTextResponse("Bad form\n", status_code=400)
     language = _language(ctx, form.get("lang"))
     t = ctx.text(language)
-    email = str(form.get("email") or "").strip()
-    name = str(form.get("name") or "").strip()[:200]
+    email = _field(form, "email").strip()
+    name = _field(form, "name").strip()[:200]
     # (The archive's form asks for the first name, which issues greet with; a form of
     # one's own may ask for either or both.)
-    first_name = str(form.get("first_name") or "").strip()[:100]
+    first_name = _field(form, "first_name").strip()[:100]
     ticked = str(form.get("consent") or "") != ""
     done = (
         RedirectResponse(settings["redirect_url"], status_code=303)
@@ -172,7 +177,7 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
     client = request.client.host if request.client else None
     if not await run_in_threadpool(allow_network, ctx.engine, ctx.config, client):
         return await blocked(BlockReason.NETWORK)
-    visit = _visit(request, _page_url(form.get("page"), request.headers.get("referer")))
+    visit = _visit(request, _page_url(_field(form, "page"), request.headers.get("referer")))
     try:
         outcome = await run_in_threadpool(
             signup,
@@ -195,6 +200,22 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
     else:
         await pace.match(started)  # nothing mailed: as slow as if it had been
     return done
+
+
+def _field(form: Any, name: str) -> str:
+    """A form field's text. Starlette reads the raw bytes of a urlencoded body as Latin-1:
+    browsers percent-encode, but `curl -d 'name=Jörg'` and many a server's form post send
+    UTF-8 as it is, which came out as "JÃ¶rg" (and a confirmation to a wrong address).
+    Text that is UTF-8 read as Latin-1 is turned back; real Latin-1 text never is UTF-8."""
+    value = form.get(name)
+    if not isinstance(value, str):
+        return ""
+    if not value.isascii():
+        try:
+            return value.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return value
 
 
 def _text(value: object) -> str | None:
