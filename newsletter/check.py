@@ -160,6 +160,7 @@ def _web_templates(project: Project) -> list[Finding]:
     mail needed it: a 500 to the reader, or an archive build stopped halfway."""
     folder = project.templates_dir / "web"
     found = []
+    parser = jinja2.Environment(extensions=["jinja2.ext.i18n"])
     for path in sorted(folder.iterdir()) if folder.is_dir() else ():
         # (Not an editor's swap file or a backup: only what a page could load.)
         if (
@@ -169,7 +170,7 @@ def _web_templates(project: Project) -> list[Finding]:
         ):
             continue
         try:
-            jinja2.Environment(extensions=["jinja2.ext.i18n"]).parse(path.read_text("utf-8"))
+            parser.parse(path.read_text("utf-8"))
         except UnicodeDecodeError:
             found.append(Finding("error", "is not UTF-8 text; save it as UTF-8", path, None))
         except jinja2.TemplateSyntaxError as exc:

@@ -152,7 +152,7 @@ def _storable(value: Any) -> Any:
     (which JSON can carry and UTF-8 cannot) replaced. One such field answered the whole
     batch with a 500, and SendGrid retried it a day and then dropped its good events."""
     if isinstance(value, str):
-        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+        return raw.storable_text(value)
     if isinstance(value, list):
         return [_storable(item) for item in value]
     if isinstance(value, dict):

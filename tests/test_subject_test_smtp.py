@@ -39,27 +39,20 @@ def test_clicks_and_opens_are_refused_over_smtp(smtp_project, cli, metric) -> No
     assert smtp.messages == []
 
 
-def test_replies_decide_a_test_over_smtp(smtp_project, cli) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("by", "said"),
+    [(["--by", "replies"], "decided by replies"), ([], "decided by replies after 4h")],
+    ids=["--by replies", "without --by"],
+)
+def test_replies_decide_a_test_over_smtp(smtp_project, cli, by, said) -> None:  # type: ignore[no-untyped-def]
+    """Over SMTP only replies can be measured: `--by replies`, and the default without --by."""
     root, smtp = smtp_project
     for n in range(6):
         assert cli(root, "subscribers", "add", f"leser{n}@example.de").exit_code == 0
     result = cli(
         root, "send", EXAMPLE_ISSUE.stem, "--subject-b", "Was Meta mit Creatorn vorhat",
-        "--sample", "50%", "--by", "replies", "--yes",
+        "--sample", "50%", *by, "--yes",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "decided by replies" in result.output
-    assert len(smtp.messages) == 3
-
-
-def test_without_by_a_test_over_smtp_is_decided_by_replies(smtp_project, cli) -> None:  # type: ignore[no-untyped-def]
-    root, smtp = smtp_project
-    for n in range(6):
-        assert cli(root, "subscribers", "add", f"leser{n}@example.de").exit_code == 0
-    result = cli(
-        root, "send", EXAMPLE_ISSUE.stem, "--subject-b", "Was Meta mit Creatorn vorhat",
-        "--sample", "50%", "--yes",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "decided by replies after 4h" in result.output
+    assert said in result.output
     assert len(smtp.messages) == 3

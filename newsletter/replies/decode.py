@@ -17,6 +17,8 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import Any
 
+from newsletter.store.raw import storable_text
+
 # Subjects that out-of-office robots write (German and English mail servers and clients).
 _AUTO_REPLY_SUBJECT = re.compile(
     r"\b(automatische antwort|abwesenheitsnotiz|abwesenheitsmeldung|automatic reply"
@@ -128,15 +130,7 @@ def _decode(raw: bytes, charset: str | None) -> str:
         # A bytes-to-bytes codec (rot13, base64, hex) that a sender may declare, or one that
         # raises whatever `errors` says (idna).
         text = raw.decode("utf-8", errors="replace")
-    return _storable(text)
-
-
-def _storable(text: str) -> str:
-    """`text` without lone surrogates (UTF-7 and the escape codecs make them; no database
-    stores them): each becomes "?"."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return storable_text(text)
 
 
 def _windows_1252(raw: bytes) -> str:
@@ -166,7 +160,7 @@ def _header_text(value: str) -> str:
             (word, _header_charset(word, charset) if isinstance(word, bytes) else charset)
             for word, charset in decode_header(value)
         ]
-        return _storable(str(make_header(words)))
+        return storable_text(str(make_header(words)))
     except (ValueError, LookupError, UnicodeError):
         return value
 

@@ -115,9 +115,8 @@ def _load(
 
 def _legal_refusal(project: Project, steps: list[Step]) -> str | None:
     """Why the law forbids sending these steps (a German step without an Impressum), or None."""
-    for step in steps:
-        if step.issue.language == "de" and (missing := imprint_missing(project, "de")):
-            return missing
+    if any(step.issue.language == "de" for step in steps):
+        return imprint_missing(project, "de")
     return None
 
 

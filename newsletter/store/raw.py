@@ -16,6 +16,16 @@ from sqlalchemy import Column, Connection
 from sqlalchemy.sql.expression import Select
 
 
+def storable_text(text: str) -> str:
+    """`text` as every database stores it: without NUL (PostgreSQL's text refuses it) and
+    without lone surrogates (UTF-8 cannot carry one; JSON, UTF-7 and the escape codecs make
+    them), each of those a "?"."""
+    text = text.replace("\x00", "")
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def placeholder(conn: Connection) -> str:
     """The driver's parameter marker: `?` (sqlite3) or `%s` (psycopg)."""
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"

@@ -94,23 +94,18 @@ async def index(ctx: Context, request: Request) -> Response:
     )
 
 
+def _public(media_type: str) -> Callable[[Any], Response]:
+    """The answer of a feed: its body, public for a minute."""
+    return lambda body: Response(body, media_type=media_type, headers=PUBLIC)
+
+
 async def atom(ctx: Context, request: Request) -> Response:
     return await _archive_response(
-        ctx,
-        request,
-        _atom,
-        lambda body: Response(
-            body, media_type="application/atom+xml; charset=utf-8", headers=PUBLIC
-        ),
+        ctx, request, _atom, _public("application/atom+xml; charset=utf-8")
     )
 
 
 async def json_feed(ctx: Context, request: Request) -> Response:
     return await _archive_response(
-        ctx,
-        request,
-        _json,
-        lambda body: Response(
-            body, media_type="application/feed+json; charset=utf-8", headers=PUBLIC
-        ),
+        ctx, request, _json, _public("application/feed+json; charset=utf-8")
     )

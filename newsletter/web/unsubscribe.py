@@ -134,11 +134,15 @@ async def unsubscribe(ctx: Context, request: Request) -> Response:
     )
 
 
+#: Who may subscribe again by the link alone (the token proves the address, so no second
+#: opt-in); a dead address stays bounced.
+_MAY_RESUBSCRIBE = ("unsubscribed", "unconfirmed", "complained")
+
+
 def _resubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> str:
     """The subscriber's status afterwards."""
 
-    # The token proves the address, so no second opt-in; a dead address stays bounced.
-    if subscriber.status in ("unsubscribed", "unconfirmed", "complained"):
+    if subscriber.status in _MAY_RESUBSCRIBE:
         set_status(conn, subscriber.id, "subscribed")
         return "subscribed"
     return subscriber.status
@@ -159,7 +163,7 @@ async def resubscribe_page(ctx: Context, request: Request) -> Response:
     subscribes again; changes nothing, as GET /unsubscribe does not."""
 
     def respond(token: str, subscriber: Subscriber, language: str | None) -> Response:
-        if subscriber.status in ("unsubscribed", "unconfirmed", "complained"):
+        if subscriber.status in _MAY_RESUBSCRIBE:
             return _unsubscribed_page(ctx, token, language)
         return _status_page(ctx, subscriber.status, language)
 
