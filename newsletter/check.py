@@ -41,6 +41,7 @@ from newsletter.render import (
 )
 from newsletter.scaffold import PLACEHOLDER_ADDRESS, PLACEHOLDER_EMAIL
 from newsletter.step import STEP_KEYS, is_step_path
+from newsletter.transactional import mail_template_problems
 
 if TYPE_CHECKING:
     from markdown_it.token import Token
@@ -179,6 +180,15 @@ def _web_templates(project: Project) -> list[Finding]:
                     "error", f"template error: {exc.message}; fix the template", path, exc.lineno
                 )
             )
+    if folder.is_dir():
+        # The mails a reader is sent on their own, rendered: an undefined name in one of
+        # one's own shows only then (a sign-up stored, its confirmation never sent).
+        reported = {f.path for f in found}
+        found += [
+            Finding("error", problem.reason, problem.path, problem.line)
+            for problem in mail_template_problems(project)
+            if problem.path not in reported
+        ]
     return found
 
 

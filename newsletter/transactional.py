@@ -6,17 +6,28 @@ imports neither.
   the catalogue's (`newsletter.i18n`).
 - `render_mail(project, name, language, **context)`: renders `templates/web/NAME` (a project
   may override it in its own `templates/web/`) with autoescaping and StrictUndefined.
+- `mail_template_problems(project)`: those mails rendered with a stand-in reader (`check`,
+  `serve` and `subscribers sunset --ask` look before a reader meets a broken one).
 - `send_confirmation(project, subscriber)`: the confirmation mail, through the project's
   transport (`newsletter.sending.single.send_transactional`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    select_autoescape,
+)
 
+from newsletter.errors import RenderError
 from newsletter.i18n import LANGUAGES, N_, gettext_for, install, texts
 from newsletter.project import builtin_templates_dir
 from newsletter.sending.single import send_transactional
@@ -78,22 +89,64 @@ def _environment(project_templates: str, builtin: str, language: str) -> Environ
 
 
 def render_mail(project: Project, name: str, language: str | None, **context: Any) -> str:
-    """Render templates/web/NAME with the mail wording `t` of `language` (else the config's)."""
+    """Render templates/web/NAME with the mail wording `t` of `language` (else the config's).
+    A RenderError naming the template's file and line if it cannot be rendered."""
     lang = language if language in LANGUAGES else project.config.language
-    return (
-        page_environment(project, lang)
-        .get_template(f"web/{name}")
-        .render(
-            t=texts(lang, MAIL_TEXT),
-            lang=lang,
-            newsletter_name=project.config.name,
-            postal_address=project.config.postal_address,
-            theme=project.config.theme,
-            imprint_url=project.config.section("newsletter")["imprint_url"],
-            privacy_url=project.config.section("newsletter")["privacy_url"],
-            **context,
+    try:
+        return (
+            page_environment(project, lang)
+            .get_template(f"web/{name}")
+            .render(
+                t=texts(lang, MAIL_TEXT),
+                lang=lang,
+                newsletter_name=project.config.name,
+                postal_address=project.config.postal_address,
+                theme=project.config.theme,
+                imprint_url=project.config.section("newsletter")["imprint_url"],
+                privacy_url=project.config.section("newsletter")["privacy_url"],
+                **context,
+            )
         )
-    )
+    except (TemplateError, TypeError, ValueError, AttributeError) as exc:
+        # deferred: the issue renderer (MJML, Markdown) is not needed to send these mails
+        from newsletter.render import template_error
+
+        raise template_error(exc, f"templates/web/{name}") from None
+
+
+#: Each mail of templates/web/ with a stand-in for what its caller passes (`send_confirmation`,
+#: `segments.sunset.ask`), for `mail_template_problems`.
+_STAND_INS: dict[str, dict[str, Any]] = {
+    "confirm_email": {
+        "confirm_url": "https://news.example.com/confirm/stand-in",
+        "subject": "Stand-in",
+        "consent_text": "Stand-in",
+    },
+    "keep_email": {
+        "keep_url": "https://news.example.com/keep/stand-in",
+        "subject": "Stand-in",
+        "grace_days": 14,
+    },
+}
+
+
+def mail_template_problems(
+    project: Project, mails: Iterable[str] = tuple(_STAND_INS)
+) -> list[RenderError]:
+    """The mails readers are sent on their own (confirmation, "still reading?") rendered once
+    for a reader with a first name and once for one without, as the project's templates make
+    them: an undefined variable or a bad filter in a template of one's own shows here, before
+    a reader signs up, rather than as a sign-up that fails after storing them."""
+    problems = []
+    for mail in mails:
+        context = _STAND_INS[mail]
+        for name in (f"{mail}.html", f"{mail}.txt"):
+            try:
+                for person in ("Jörg", ""):
+                    render_mail(project, name, None, person=person, **context)
+            except RenderError as exc:
+                problems.append(exc)
+    return problems
 
 
 def send_confirmation(

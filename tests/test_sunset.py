@@ -200,3 +200,31 @@ def test_sunset_options(project, cli):
     assert both.exit_code == 2
     bad = cli(project, "subscribers", "sunset", "--grace", "zwei Wochen")
     assert bad.exit_code == 2 and "is not a number of days" in bad.output
+
+
+def test_a_keep_mail_of_ones_own_that_fails_for_some_readers_stops_before_the_first(readers, cli):
+    """The project's keep_email.txt fails only for a reader without a first name. Before,
+    the readers with one were mailed and marked asked, then the command died with a
+    traceback; now nobody is mailed and the error names the file and line."""
+    root, engine, people, _issues, _app = readers()
+    with engine.begin() as conn:
+        conn.execute(
+            update(schema.subscribers)
+            .where(schema.subscribers.c.id == people["still"].id)
+            .values(first_name=None)
+        )
+    own = root / "templates" / "web"
+    own.mkdir(parents=True)
+    (own / "keep_email.txt").write_text(
+        "Hallo {{ person }},\n{% if not person %}{{ anrede }}{% endif %}\n{{ keep_url }}\n",
+        "utf-8",
+    )
+    asked = cli(root, "subscribers", "sunset", "--ask", "--yes")
+    assert asked.exit_code == 1
+    line = asked.output.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and line.endswith(
+        "templates/web/keep_email.txt:2: template error: 'anrede' is undefined; fix the template"
+    ), line
+    assert not (root / "outbox").exists()
+    retried = cli(root, "subscribers", "sunset", "--ask", "--dry-run")
+    assert "would mail 4 readers" in retried.output  # nobody was marked asked

@@ -34,6 +34,7 @@ from newsletter.store.issues import find_sent_issue
 from newsletter.store.subscribers import find_subscriber
 from newsletter.sync import LISTS
 from newsletter.sync import sync as run_sync
+from newsletter.transactional import mail_template_problems
 from newsletter.web import create_app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -87,6 +88,9 @@ def serve(
     if project.config.language == "de" and (missing := imprint_missing(project, "de")):
         # (Not a refusal: the unsubscribe links readers already have must keep working.)
         click.echo(f"Warning: {missing}; until then confirmation mails lack it.", err=True)
+    for problem in mail_template_problems(project):
+        # (Not a refusal either: a sign-up then fails, the pages and unsubscribes work.)
+        click.echo(f"Warning: {problem}; until then readers do not get that mail.", err=True)
     if host not in LOOPBACK:
         click.echo(
             f"Warning: binding {host} makes the server reachable from other machines; "

@@ -32,7 +32,7 @@ from newsletter.sending.single import send_transactional
 from newsletter.store import schema
 from newsletter.store.subscribers import iter_subscribers, set_status
 from newsletter.store.times import as_utc
-from newsletter.transactional import MAIL_TEXT, render_mail
+from newsletter.transactional import MAIL_TEXT, mail_template_problems, render_mail
 
 if TYPE_CHECKING:
     from newsletter.insights.queries import GrowthPeriod
@@ -92,8 +92,11 @@ def ask(
 ) -> list[str]:
     """Mail each reader the re-engagement message (through the project's transport) and
     note when; readers asked before who have not answered are not asked again. Returns one
-    line per message (where it went)."""
+    line per message (where it went). A RenderError before the first mail if the project's
+    own keep_email template cannot be rendered (not one halfway through the readers)."""
     language = project.config.language
+    for problem in mail_template_problems(project, ["keep_email"]):
+        raise problem
     already = pending(engine, [r.id for r in readers])
     lines = []
     for reader in readers:
