@@ -6,22 +6,25 @@ with the consent evidence the law asks for (UWG §7, GDPR Art. 7(1)).
   the form was on and the hash of the consent text shown.
 - `confirm`: the POST from the confirmation page. Works once, and only for an unconfirmed
   person with a link newer than their last confirmation; stores a `confirmation` record
-  (which proves consent) and lifts a suppression from an earlier erasure.
+  (which proves consent), lifts a suppression from an earlier erasure and tells a provider
+  that keeps a bounce list (SendGrid) to forget the address's old bounces.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Connection, Engine, func, select
 
 from newsletter import tokens
-from newsletter.errors import ConfigError, StoreError
+from newsletter.errors import ConfigError, NewsletterError, StoreError
 from newsletter.i18n import LANGUAGES, N_, gettext_for
 from newsletter.privacy import store_full_ip
+from newsletter.sending.factory import choose_transport
 from newsletter.sequences import hooks as sequences
 from newsletter.signup_guard import ADDRESS_LIMITS
 from newsletter.store import consent, signup_limits, suppressions
@@ -36,7 +39,10 @@ from newsletter.transactional import send_confirmation as send_mail
 
 if TYPE_CHECKING:
     from newsletter.project import Config, Project
+    from newsletter.sending.transports import SuppressionListTransport
     from newsletter.store.subscribers import Subscriber
+
+log = logging.getLogger(__name__)
 
 #: The consent text when `[subscribe] consent_text` is not set: what the reader agrees
 #: to, naming the newsletter and how to leave (the msgid; the catalogue has each language's).
@@ -118,12 +124,16 @@ def _record_visit(
     )
 
 
+#: Who the form may bring back (a bounced address only through the confirmation mail).
+_MAY_SIGN_UP_AGAIN = ("unconfirmed", "unsubscribed", "bounced")
+
+
 class SignupOutcome(StrEnum):
     """What `signup` did; the form answers the same to all of them."""
 
     MAILED = "mailed"  # a confirmation mail went out
     JOINED = "joined"  # single opt-in: subscribed at once
-    UNCHANGED = "unchanged"  # already subscribed, bounced, complained or erased: left alone
+    UNCHANGED = "unchanged"  # already subscribed, complained or erased: left alone
     LIMITED = "limited"  # the address had its confirmation mails for now (ADDRESS_LIMITS)
 
 
@@ -142,10 +152,11 @@ def signup(
     the caller answers the same whatever happens here.
 
     A new person is added (unconfirmed with double opt-in) and mailed a link; an
-    unconfirmed or unsubscribed one becomes unconfirmed and gets a new link; a
-    subscribed, bounced or complained one is left alone (the latter two come back only
-    through their own "subscribe again" link). A suppressed address may sign up again
-    only with double opt-in: its confirmation lifts the suppression.
+    unconfirmed or unsubscribed one becomes unconfirmed and gets a new link; a bounced
+    one too, even with single opt-in (their click proves the address takes mail again);
+    a subscribed or complained one is left alone (the latter comes back only through
+    their own "subscribe again" link). A suppressed address may sign up again only with
+    double opt-in: its confirmation lifts the suppression.
 
     One address gets at most one confirmation mail per 10 minutes and three a day
     (`signup_guard.ADDRESS_LIMITS`): beyond that nothing changes and nothing is sent, so
@@ -164,8 +175,10 @@ def signup(
             if existing is None:
                 if not double and suppressions.find(conn, email) is not None:
                     return SignupOutcome.UNCHANGED  # erased on request: only a double opt-in
-            elif existing.status not in ("unconfirmed", "unsubscribed"):
+            elif existing.status not in _MAY_SIGN_UP_AGAIN:
                 return SignupOutcome.UNCHANGED
+            elif existing.status == "bounced":
+                double = details["double_opt_in"] = True
             if double and not allow(
                 conn, Scope.ADDRESS, email_key(email), ADDRESS_LIMITS, secret=tokens.secret_key()
             ):
@@ -292,8 +305,27 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
         signup_limits.forget(
             conn, signup_limits.Scope.ADDRESS, email_key(subscriber.email), secret=key
         )
+    _lift_provider_bounce(project, subscriber.email)
     sequences.joined(project, engine, subscriber.id)  # welcome sequences start here
     return Confirmation("confirmed", subscriber)
+
+
+def _lift_provider_bounce(project: Project, email: str) -> None:
+    """The click shows the address takes mail: a provider that keeps a bounce list
+    (SendGrid) is told to forget an old bounce of it, or it would drop every issue to them
+    unsent. A failure is logged, not shown: the confirmation itself is done."""
+    try:
+        transport = choose_transport(project, transactional=True).transport
+    except NewsletterError as exc:
+        log.warning("not asking the provider about old bounces: %s", exc)
+        return
+    try:
+        if transport.capabilities.suppression_lists:
+            cast("SuppressionListTransport", transport).lift_bounce(email)
+    except NewsletterError as exc:
+        log.warning("could not take a confirmed address off the bounce list: %s", exc)
+    finally:
+        transport.close()
 
 
 def link_state(project: Project, engine: Engine, token: str) -> Confirmation:

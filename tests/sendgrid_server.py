@@ -53,6 +53,8 @@ Endpoints:
 - `GET /v3/whitelabel/domains`: `server.whitelabel_domains` (see `authenticated_domain`).
 - `GET /v3/suppression/{unsubscribes,bounces,spam_reports,invalid_emails}?limit=&offset=`:
   a JSON array page of `suppressions[name]` (SendGrid's shapes: `{"email", "created", ...}`).
+- `DELETE /v3/suppression/{list}/{email}`: takes the address off `suppressions[name]`: 204,
+  or 404 if it was not on it; noted in `suppression_requests` as `DELETE <path>`.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from json.encoder import encode_basestring as _string  # json.dumps's own
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 MAX_BYTES = 30 * 1024 * 1024
 RESERVED_HEADERS = {
@@ -570,6 +572,24 @@ def _handler_for(server: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
             offset = int(query.get("offset", ["0"])[0])
             server.suppression_requests.append(self.path)
             self._send(200, server.suppressions[name][offset : offset + limit])
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            # DELETE /v3/suppression/<list>/<email>: 204, or 404 if the address is not on it.
+            path = unquote(urlsplit(self.path).path)
+            name, _, address = path.removeprefix("/v3/suppression/").partition("/")
+            if not path.startswith("/v3/suppression/") or name not in SUPPRESSION_LISTS:
+                self._send(404, {"errors": [_error("not found")]})
+                return
+            if not self._authorized():
+                return
+            server.suppression_requests.append(f"DELETE {path}")
+            kept = [e for e in server.suppressions[name] if e.get("email") != address]
+            if len(kept) == len(server.suppressions[name]):
+                self._send(404, {"errors": [_error("not found")]})
+                return
+            server.suppressions[name] = kept
+            self.send_response(204)
+            self.end_headers()
 
         def do_POST(self) -> None:  # noqa: N802
             path = urlsplit(self.path).path

@@ -59,6 +59,9 @@ class Message:
     #: Settings the provider may apply to links and opens; both off unless asked.
     track_opens: bool = False
     track_clicks: bool = False
+    #: Deliver even to an address the provider keeps on its bounce list: a confirmation
+    #: the reader asked for, whose click then shows the address takes mail again.
+    even_if_bounced: bool = False
 
 
 #: Marks a message whose links are signed with the development key (outbox, dry run), so

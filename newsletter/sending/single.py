@@ -37,9 +37,11 @@ def send_transactional(
     headers: Mapping[str, str] | None = None,
     reply_to: str | None = None,
     categories: Sequence[str] = ("transactional",),
+    even_if_bounced: bool = False,
 ) -> str:
     """Send one message to `to` through the project's transport; return where it went (for a
-    log line or a page). `reply_to` defaults to the configured one."""
+    log line or a page). `reply_to` defaults to the configured one; `even_if_bounced` see
+    `Message`."""
     config = project.config
     message = Message(
         from_email=config.from_email,
@@ -49,6 +51,7 @@ def send_transactional(
         html=html,
         text=text,
         categories=tuple(categories),
+        even_if_bounced=even_if_bounced,
     )
     _, where = send_one(project, message, Recipient(to, headers=dict(headers or {})))
     return where

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from newsletter.i18n import LANGUAGES, N_, NC_, texts
+from newsletter.mail_templates import MAIL_TEXT, page_environment
 from newsletter.project import Project
-from newsletter.transactional import MAIL_TEXT, page_environment
 
 #: The pages' texts by name (placeholders unfilled): what the routes show, and `t.<name>` for
 #: templates that a project copied before the built-in ones said `{{ _("Imprint") }}`.
@@ -24,7 +24,11 @@ TEXT: dict[str, str | tuple[str, str]] = {
     "resubscribe_button": N_("Subscribe again"),
     "resubscribed_title": N_("Subscribed again"),
     "resubscribed_lead": N_("Welcome back! You will receive “{name}” again."),
-    "bounced_lead": N_("Mail to this address bounced. Please sign up again."),
+    "bounced_lead": N_(
+        "Mail to this address bounced. If it works again, we send you a link to confirm it,"
+        " and you receive “{name}” again."
+    ),
+    "bounced_button": N_("Send me the link"),
     "invalid_title": N_("Invalid link"),
     "invalid_lead": N_(
         "This link is not valid. It may have been cut short when copied – please use the link from the email."

@@ -109,7 +109,8 @@ def _page_url(form_value: object, referer: str | None) -> str | None:
     return None
 
 
-def _visit(request: Request, page_url: str | None = None) -> Visit:
+def visit_of(request: Request, page_url: str | None = None) -> Visit:
+    """Who sent `request` (for the consent record), as far as it tells."""
     return Visit(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
@@ -177,7 +178,7 @@ async def subscribe(ctx: Context, pace: Pace, request: Request) -> Response:
     client = request.client.host if request.client else None
     if not await run_in_threadpool(allow_network, ctx.engine, ctx.config, client):
         return await blocked(BlockReason.NETWORK)
-    visit = _visit(request, _page_url(_field(form, "page"), request.headers.get("referer")))
+    visit = visit_of(request, _page_url(_field(form, "page"), request.headers.get("referer")))
     try:
         outcome = await run_in_threadpool(
             signup,
@@ -274,7 +275,7 @@ async def confirm(ctx: Context, request: Request) -> Response:
             ctx.project,
             ctx.engine,
             token,
-            _visit(request),  # the page is this link: its token is not evidence worth keeping
+            visit_of(request),  # the page is this link: its token is not evidence worth keeping
         )
     except TokenError as exc:
         return _bad_link(ctx, exc)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -11,19 +14,22 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from newsletter import events, tokens
-from newsletter.errors import TokenError
+from newsletter.errors import NewsletterError, TokenError
+from newsletter.optin import signup
 from newsletter.store.public_ids import resolve
 from newsletter.store.subscribers import apply_status, get_subscriber, set_status
 from newsletter.web.context import Context
+from newsletter.web.subscribe import visit_of
 
 if TYPE_CHECKING:
     from newsletter.store.public_ids import TokenIds
     from newsletter.store.subscribers import Subscriber
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Runs in the token's transaction with its subscriber; must not return None (that means "gone").
 Action = Callable[[Connection, "Subscriber", "TokenIds"], T]
@@ -56,7 +62,7 @@ async def _with_subscriber(
     ctx: Context,
     request: Request,
     action: Action[T],
-    respond: Callable[[str, T, str | None], Response],
+    respond: Callable[[str, T, str | None], Response | Awaitable[Response]],
 ) -> Response:
     """Run `action` for the path's token off the event loop, then `respond(token, result, language)`;
     a bad token gets the invalid-link page, a deleted subscriber the gone page."""
@@ -67,7 +73,8 @@ async def _with_subscriber(
         return ctx.invalid_link()
     if result is None:
         return ctx.gone(language)
-    return respond(token, result, language)
+    response = respond(token, result, language)
+    return await response if inspect.isawaitable(response) else response
 
 
 def _unsubscribed_page(ctx: Context, token: str, language: str | None) -> Response:
@@ -135,24 +142,33 @@ async def unsubscribe(ctx: Context, request: Request) -> Response:
 
 
 #: Who may subscribe again by the link alone (the token proves the address, so no second
-#: opt-in); a dead address stays bounced.
+#: opt-in); a bounced address is mailed a confirmation link first (`resubscribe`).
 _MAY_RESUBSCRIBE = ("unsubscribed", "unconfirmed", "complained")
 
 
-def _resubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> str:
-    """The subscriber's status afterwards."""
+def _resubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> Subscriber:
+    """The subscriber afterwards."""
 
     if subscriber.status in _MAY_RESUBSCRIBE:
         set_status(conn, subscriber.id, "subscribed")
-        return "subscribed"
-    return subscriber.status
+        return replace(subscriber, status="subscribed")
+    return subscriber
 
 
-def _status_page(ctx: Context, status: str, language: str | None) -> Response:
-    """What a resubscribe shows for someone now `status`: back on the list, or not (bounced)."""
+def _status_page(ctx: Context, token: str, status: str, language: str | None) -> Response:
+    """What a resubscribe shows for someone now `status`: back on the list, or (bounced) the
+    button that mails them a confirmation link."""
     t = ctx.text(language)
     if status == "bounced":
-        return ctx.message(language, "unsubscribed_title", t["bounced_lead"], 200)
+        return ctx.page(
+            "page.html",
+            language,
+            title=t["unsubscribed_title"],
+            lead=t["bounced_lead"].format(name=ctx.config.name),
+            form_action=f"/resubscribe/{token}",
+            button=t["bounced_button"],
+            secondary_action=None,
+        )
     return ctx.message(
         language, "resubscribed_title", t["resubscribed_lead"].format(name=ctx.config.name), 200
     )
@@ -165,16 +181,34 @@ async def resubscribe_page(ctx: Context, request: Request) -> Response:
     def respond(token: str, subscriber: Subscriber, language: str | None) -> Response:
         if subscriber.status in _MAY_RESUBSCRIBE:
             return _unsubscribed_page(ctx, token, language)
-        return _status_page(ctx, subscriber.status, language)
+        return _status_page(ctx, token, subscriber.status, language)
 
     return await _with_subscriber(ctx, request, _current, respond)
 
 
 async def resubscribe(ctx: Context, request: Request) -> Response:
-    """POST from the unsubscribed page: subscribe again."""
-    return await _with_subscriber(
-        ctx,
-        request,
-        _resubscribe,
-        lambda _token, status, language: _status_page(ctx, status, language),
-    )
+    """POST from the unsubscribed page: subscribe again. Mail to a bounced address failed,
+    so it comes back as a sign-up does with double opt-in: a confirmation link, whose click
+    shows the address takes mail again (before, the page said "sign up again", and the
+    form left a bounced address alone)."""
+
+    async def respond(token: str, subscriber: Subscriber, language: str | None) -> Response:
+        if subscriber.status != "bounced":
+            return _status_page(ctx, token, subscriber.status, language)
+        try:
+            await run_in_threadpool(
+                signup,
+                ctx.project,
+                ctx.engine,
+                subscriber.email,
+                None,
+                visit_of(request),
+                language=language,
+            )
+        except NewsletterError as exc:  # (the transport is down, say)
+            log.error("resubscribe failed: %s", type(exc).__name__)
+            return PlainTextResponse("Please try again later\n", status_code=503)
+        t = ctx.text(language)
+        return ctx.message(language, "subscribe_title", t["subscribe_lead"], 200)
+
+    return await _with_subscriber(ctx, request, _resubscribe, respond)

@@ -142,6 +142,10 @@ class SuppressionListTransport(Transport, Protocol):
 
     def suppressions(self, name: str, page_size: int) -> list[str]: ...
 
+    def lift_bounce(self, email: str) -> None:
+        """Take `email` off the provider's bounce list (it took mail again)."""
+        ...
+
 
 class TransportClass(Protocol):
     kind: ClassVar[str]

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from newsletter import __version__
 from newsletter.errors import ConfigError, TransportError
@@ -451,6 +451,30 @@ class SendGridTransport:
             raise TransportError(f"SendGrid did not cancel batch {schedule_id}: {result.error}")
 
     # --- suppression lists (capabilities.suppression_lists) ---
+
+    def lift_bounce(self, email: str) -> None:
+        """Take `email` off SendGrid's bounce list, which drops every later mail to it
+        (DELETE /v3/suppression/bounces/{email}); an address not on it is fine."""
+        # deferred: python_http_client costs 40 ms at start-up; only an API call needs it
+        from python_http_client.exceptions import HTTPError
+
+        endpoint = self._client.client.suppression.bounces._(quote(email, safe="@"))
+        try:
+            endpoint.delete(timeout=self.timeout)
+        except HTTPError as exc:
+            if exc.status_code == 404:
+                return
+            if exc.status_code == 403:
+                raise TransportError(
+                    "SendGrid refused to change its bounce list (403); give the API key the "
+                    "Suppressions permission"
+                ) from None
+            raise TransportError(
+                f"SendGrid answered {exc.status_code} when asked to drop a bounce"
+            ) from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TransportError(f"cannot reach SendGrid ({reason})") from None
 
     def suppressions(self, name: str, page_size: int) -> list[str]:
         """Every address on one of SendGrid's suppression lists, page by page."""

@@ -139,8 +139,13 @@ def message_body(
         body["custom_args"] = {**message.ids, **dict(shared.ids)}
     if asm_group_id is not None:
         body["asm"] = {"group_id": asm_group_id}
+    settings: dict[str, Any] = {}
     if message.sandbox:
-        body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+        settings["sandbox_mode"] = {"enable": True}
+    if message.even_if_bounced:
+        settings["bypass_bounce_management"] = {"enable": True}
+    if settings:
+        body["mail_settings"] = settings
     if message.send_at is not None:
         body["send_at"] = int(message.send_at.timestamp())
     if message.schedule_id is not None:

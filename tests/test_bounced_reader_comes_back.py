@@ -1,0 +1,128 @@
+"""A reader whose address bounced (a full mailbox, a server down for a day) had no way back:
+the "subscribe again" page said "please sign up again", and the sign-up form left a bounced
+address alone. Now both mail them a confirmation link, even with single opt-in: their click
+shows the address takes mail again, and the consent record has it. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from bs4 import BeautifulSoup
+from starlette.testclient import TestClient
+
+from newsletter import tokens
+from newsletter.project import Project
+from newsletter.store import consent
+from newsletter.store.engine import open_engine
+from newsletter.store.subscribers import add_subscriber, get_subscriber, set_status
+from newsletter.web import create_app
+from tests.conftest import CONFIG, TEST_SECRET
+from tests.support.mail import outbox_messages, text_of
+from tests.support.web import sent_issue
+
+
+@pytest.fixture
+def bounced(make_project, database_url, monkeypatch):
+    def build(config: str = CONFIG):
+        monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+        proj = Project.load(make_project(config))
+        engine = open_engine(proj.database_url)
+        anna = add_subscriber(engine, "anna.müller@example.de", first_name="Anna")
+        issue_id = sent_issue(engine, [anna.id])
+        set_status(engine, anna.id, "bounced", reason="552 Postfach voll")
+        token = tokens.make_token(tokens.UNSUBSCRIBE, anna.id, issue_id, key=TEST_SECRET)
+        return proj, engine, anna, token
+
+    return build
+
+
+def confirm_path(mail) -> str:
+    text = mail.get_body(("plain",)).get_content()
+    return re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
+
+
+def test_the_subscribe_again_link_mails_a_bounced_reader_a_confirmation(bounced):
+    proj, engine, anna, token = bounced()
+    client = TestClient(create_app(proj, engine))
+
+    page = client.get(f"/resubscribe/{token}")  # (a mail scanner's GET changes nothing)
+    assert page.status_code == 200
+    assert "An diese Adresse ließ sich nicht zustellen" in text_of(page.text)
+    form = BeautifulSoup(page.text, "html.parser").find("form")
+    assert form["action"] == f"/resubscribe/{token}" and "Link schicken" in form.text
+    assert get_subscriber(engine, anna.id).status == "bounced"
+    assert outbox_messages(proj.root) == []
+
+    sent = client.post(form["action"])
+    assert sent.status_code == 200
+    assert "Bitte bestätige" in text_of(sent.text)
+    assert get_subscriber(engine, anna.id).status == "unconfirmed"
+    [mail] = outbox_messages(proj.root)
+    assert mail["To"] == "anna.müller@example.de"
+    assert "Hallo Anna," in mail.get_body(("plain",)).get_content()
+
+    confirmed = client.post(confirm_path(mail))
+    assert confirmed.status_code == 200 and "Anmeldung bestätigt" in confirmed.text
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    with engine.connect() as conn:
+        assert consent.count(conn, anna.id, consent.CONFIRMATION) == 1
+
+
+@pytest.mark.parametrize("double_opt_in", ["true", "false"])
+def test_the_sign_up_form_mails_a_bounced_address_a_confirmation(bounced, double_opt_in):
+    """Even with single opt-in: a bounced address is not put back on the list unseen."""
+    proj, engine, anna, _ = bounced(CONFIG + f"\n[subscribe]\ndouble_opt_in = {double_opt_in}\n")
+    client = TestClient(create_app(proj, engine))
+    answer = client.post("/subscribe", data={"email": "Anna.Müller@example.de"})
+    assert answer.status_code == 200
+    assert get_subscriber(engine, anna.id).status == "unconfirmed"
+    [mail] = outbox_messages(proj.root)
+    assert client.post(confirm_path(mail)).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+
+
+def test_a_complained_reader_is_still_left_alone_by_the_form(bounced):
+    proj, engine, anna, _ = bounced()
+    set_status(engine, anna.id, "complained")
+    client = TestClient(create_app(proj, engine))
+    assert client.post("/subscribe", data={"email": anna.email}).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "complained"
+    assert outbox_messages(proj.root) == []
+
+
+def test_through_sendgrid_the_link_passes_its_bounce_list_and_the_click_clears_it(bounced, sg):
+    """SendGrid drops every mail to an address on its bounce list: the confirmation goes
+    with `bypass_bounce_management`, and the confirmation takes the address off the list
+    (DELETE /v3/suppression/bounces/...), so the next issue reaches them and `sync` does
+    not bounce them again."""
+    proj, engine, anna, token = bounced()
+    sg.suppressions["bounces"] = [
+        {"email": "anna.müller@example.de", "created": 1700000000, "reason": "552 Postfach voll"},
+        {"email": "other@example.de", "created": 1700000000, "reason": "550"},
+    ]
+    client = TestClient(create_app(proj, engine))
+    assert client.post(f"/resubscribe/{token}").status_code == 200
+    [mail] = sg.messages
+    assert mail["mail_settings"] == {"bypass_bounce_management": {"enable": True}}
+    assert mail["personalizations"][0]["to"][0]["email"] == "anna.müller@example.de"
+    text = next(c["value"] for c in mail["content"] if c["type"] == "text/plain")
+    link = re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
+
+    assert client.post(link).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert sg.suppressions["bounces"] == [
+        {"email": "other@example.de", "created": 1700000000, "reason": "550"}
+    ]
+    assert "DELETE /v3/suppression/bounces/anna.müller@example.de" in sg.suppression_requests
+
+
+def test_a_confirmation_is_not_held_up_by_sendgrid_refusing_the_bounce_list(bounced, sg):
+    proj, engine, anna, token = bounced()
+    client = TestClient(create_app(proj, engine))
+    assert client.post(f"/resubscribe/{token}").status_code == 200
+    text = next(c["value"] for c in sg.messages[0]["content"] if c["type"] == "text/plain")
+    link = re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
+    sg.api_key = "SG.another-key"  # (the bounce list answers 401 now)
+    assert client.post(link).status_code == 200
+    assert get_subscriber(engine, anna.id).status == "subscribed"
