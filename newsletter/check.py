@@ -21,6 +21,7 @@ import jinja2
 from newsletter.colors import theme_contrast_problems
 from newsletter.errors import IssueError, NewsletterError
 from newsletter.issue import KNOWN_KEYS, load_issue
+from newsletter.mail_templates import mail_template_problems
 from newsletter.markdown import COLUMN_WIDTH, image_size, iter_inline, parse
 from newsletter.personalize import (
     BUILTIN_FIELDS,
@@ -41,7 +42,6 @@ from newsletter.render import (
 )
 from newsletter.scaffold import PLACEHOLDER_ADDRESS, PLACEHOLDER_EMAIL
 from newsletter.step import STEP_KEYS, is_step_path
-from newsletter.transactional import mail_template_problems
 
 if TYPE_CHECKING:
     from markdown_it.token import Token

@@ -21,6 +21,7 @@ from newsletter.cli.context import (
     sigterm_like_ctrl_c,
 )
 from newsletter.durations import parse_delay
+from newsletter.mail_templates import mail_template_problems
 from newsletter.masking import mask_log_addresses
 from newsletter.replies import strip_terminal_controls
 from newsletter.replies.answer import answer, compose, editor_template
@@ -34,7 +35,6 @@ from newsletter.store.issues import find_sent_issue
 from newsletter.store.subscribers import find_subscriber
 from newsletter.sync import LISTS
 from newsletter.sync import sync as run_sync
-from newsletter.transactional import mail_template_problems
 from newsletter.web import create_app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -19,12 +19,12 @@ from sqlalchemy import Engine
 
 from newsletter import tokens
 from newsletter.i18n import texts
+from newsletter.mail_templates import MAIL_TEXT
 from newsletter.replies.decode import trim_references
 from newsletter.replies.threads import Thread, record_answer
 from newsletter.sending.message import Message, Recipient
 from newsletter.sending.mime import copy_for
 from newsletter.sending.single import send_one
-from newsletter.transactional import MAIL_TEXT
 
 if TYPE_CHECKING:
     from newsletter.project import Project

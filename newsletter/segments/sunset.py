@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 from newsletter import tokens
 from newsletter.errors import ConfigError
 from newsletter.i18n import gettext_for
+from newsletter.mail_templates import MAIL_TEXT, mail_template_problems, render_mail
 from newsletter.project import project_timezone
 from newsletter.segments import Segment
 from newsletter.segments.activity import Activity, latest_issue_sent_to, note
@@ -32,7 +33,6 @@ from newsletter.sending.single import send_transactional
 from newsletter.store import schema
 from newsletter.store.subscribers import iter_subscribers, set_status
 from newsletter.store.times import as_utc
-from newsletter.transactional import MAIL_TEXT, mail_template_problems, render_mail
 
 if TYPE_CHECKING:
     from newsletter.insights.queries import GrowthPeriod
