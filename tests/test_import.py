@@ -465,6 +465,51 @@ def test_a_time_before_1900_rejects_the_row_and_the_list_stays_readable(engine, 
     assert find_subscriber(engine, "richtig@example.org").created_at.year == 2020
 
 
+def test_a_mailchimp_export_re_saved_by_german_excel_keeps_its_opt_in_times(engine, tmp_path):
+    """Excel in German writes `05.01.2023 10:11`. Such times were dropped without a word and
+    the import wrote its own time in their place: the opt-in time, evidence the law asks
+    for, was lost. Now they are read; a time in no form the import knows rejects its row,
+    naming it; a zero date is no time."""
+    source = tmp_path / "members.csv"
+    source.write_bytes(
+        (
+            "Email Address;First Name;MEMBER_RATING;OPTIN_TIME;OPTIN_IP;CONFIRM_TIME;CONFIRM_IP;"
+            "LEID;EUID;TAGS\r\n"
+            "jörg@example.de;Jörg;2;05.01.2023 10:11;203.0.113.5;5.1.2023 10:15:30;203.0.113.5;"
+            "1;a;\r\n"
+            "us@example.de;Ann;2;1/5/2023 10:11 AM;203.0.113.5;;;2;b;\r\n"
+            "null@example.de;Null;2;0000-00-00 00:00:00;;;;3;c;\r\n"
+        ).encode("cp1252")
+    )
+    result = import_file(engine, source)
+    assert (result.new, result.rejected) == (2, 1)
+    [reject] = result.rejects
+    assert (reject.line, reject.email) == (3, "us@example.de")
+    assert reject.reason.startswith("'1/5/2023 10:11 AM' is not a time this import reads")
+    joerg = find_subscriber(engine, "jörg@example.de")
+    assert joerg.created_at.isoformat() == "2023-01-05T10:11:00+00:00"
+    assert joerg.confirmed_at.isoformat() == "2023-01-05T10:15:30+00:00"
+
+
+def test_rejects_written_over_the_file_being_imported_are_refused(engine, tmp_path):
+    """`--rejects members.csv` for `import members.csv` emptied the list being imported
+    (even with --dry-run) before a row was read."""
+    source = write(tmp_path / "members.csv", "email\nbad@\nanna@example.de\n")
+    for dry_run in (True, False):
+        with pytest.raises(ImportFileError, match="is the file being imported"):
+            import_file(engine, source, rejects_path=tmp_path / "." / "members.csv", dry_run=dry_run)
+    assert source.read_text("utf-8") == "email\nbad@\nanna@example.de\n"
+    assert find_subscriber(engine, "anna@example.de") is None
+
+
+def test_an_import_may_not_call_itself_the_sign_up_form(engine, tmp_path):
+    """`--source form` made imported people count as the form's sign-ups in `stats --list`."""
+    source = write(tmp_path / "x.csv", "email\nanna@example.de\n")
+    with pytest.raises(StoreError, match='--source "form" is kept for sign-ups through the form'):
+        import_file(engine, source, source="Form")
+    assert find_subscriber(engine, "anna@example.de") is None
+
+
 # --- custom field names ------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from newsletter.errors import ImportFileError, StoreError
@@ -53,21 +54,53 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 EARLIEST_YEAR = 1900
 
 
+#: `31.12.2023`, `5.1.2023 10:11` or `05.01.2023 10:11:00`: how Excel in German (and most of
+#: Europe) writes a date and time it re-saves, Mailchimp's OPTIN_TIME included.
+_DOTTED = re.compile(
+    r"(?P<d>\d{1,2})\.(?P<m>\d{1,2})\.(?P<y>\d{4})"
+    r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2}))?)?"
+)
+#: What a database or a service writes for "no time" (MySQL's zero date, say).
+_NO_TIME = re.compile(r"0{4}-0{2}-0{2}([ T]0{2}:0{2}(:0{2})?)?|-|n/?a|null|none", re.IGNORECASE)
+
+
 def parse_time(value: str) -> datetime | None:
-    """ISO 8601 or `YYYY-MM-DD HH:MM:SS` (naive means UTC); None if it is not a time;
-    ValueError (the row is rejected, saying why) for a time before `EARLIEST_YEAR`."""
+    """ISO 8601 (`YYYY-MM-DD HH:MM:SS`, naive means UTC), `DD.MM.YYYY [HH:MM[:SS]]` or an
+    email's date (`Thu, 05 Jan 2023 10:11:00 +0000`); None for an empty cell or a "no time"
+    one. ValueError (the row is rejected, saying why) for anything else, since an import
+    must not drop an opt-in time and write its own in its place, and for a time before
+    `EARLIEST_YEAR`."""
     value = value.strip()
-    if not value:
+    if not value or _NO_TIME.fullmatch(value):
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        return None
+        parsed = _other_time(value)
     if parsed.year < EARLIEST_YEAR:
         raise ValueError(f"{value[:40]!r} is before {EARLIEST_YEAR}: a typo in the year?")
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+def _other_time(value: str) -> datetime:
+    dotted = _DOTTED.fullmatch(value)
+    try:
+        if dotted:
+            parts = {k: int(v) for k, v in dotted.groupdict().items() if v is not None}
+            return datetime(
+                parts["y"], parts["m"], parts["d"], parts.get("H", 0), parts.get("M", 0),
+                parts.get("S", 0),
+            )  # fmt: skip
+        if value[:1].isalpha():
+            return parsedate_to_datetime(value)
+    except (ValueError, TypeError, IndexError):
+        pass
+    raise ValueError(
+        f"{value[:40]!r} is not a time this import reads; write it as 2023-01-31 10:15 "
+        "(or 31.01.2023 10:15), or leave the cell empty"
+    )
 
 
 def _split_tags(value: str) -> list[str]:
@@ -255,7 +288,9 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
             inc.status = "unsubscribed"
     elif target == "stopped_if_set":
         inc.status = "unsubscribed"
-        inc.unsubscribed_at = inc.unsubscribed_at or parse_time(value)
+        # (Ghost's deleted_at; a cell that says "yes" still stops them, at the import's time.)
+        with contextlib.suppress(ValueError):
+            inc.unsubscribed_at = inc.unsubscribed_at or parse_time(value)
     elif target == "fields_json":
         try:
             parsed = json.loads(value)

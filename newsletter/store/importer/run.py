@@ -130,6 +130,29 @@ def _check_source(source: str) -> None:
     limit = column_length("source")
     if limit and len(source) > limit:
         raise StoreError(f"--source is longer than {limit} characters; shorten it")
+    if source.strip().lower() == "form":
+        # "form" means signed up through `serve`'s form: `stats --list` counts those as
+        # the form's sign-ups and `--where source:form` finds them; an import is not one.
+        raise StoreError(
+            '--source "form" is kept for sign-ups through the form; name where the list came '
+            'from instead, e.g. --source "form on my old blog"'
+        )
+
+
+def _check_rejects_path(path: Path, rejects_path: Path | str | None) -> None:
+    """Refuse a rejects file that is the file being imported: opening it for the rejects
+    would empty the list before a row of it was read."""
+    if rejects_path is None:
+        return
+    try:
+        same = Path(rejects_path).exists() and Path(rejects_path).samefile(path)
+    except OSError:
+        return  # (not one we can compare: opening it for writing says what is wrong)
+    if same:
+        raise ImportFileError(
+            f"--rejects {rejects_path} is the file being imported; writing the rejects there "
+            "would overwrite it: choose another file, e.g. --rejects rejects.csv"
+        )
 
 
 def _import_file(
@@ -150,6 +173,7 @@ def _import_file(
     extra_tags = set(normalize_tags(tags))
     if source is not None:
         _check_source(source)
+    _check_rejects_path(path, rejects_path)
     result = ImportResult(path=path, dry_run=dry_run)
     result.encoding = detect_encoding(path)
     total = path.stat().st_size
