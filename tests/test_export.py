@@ -147,3 +147,29 @@ def test_json_is_a_streamed_array(engine) -> None:
     assert data[0]["fields"]["kunde"] is True
     created = datetime.fromisoformat(data[0]["created_at"])
     assert created.tzinfo is not None and created <= datetime.now(UTC)
+
+
+@pytest.mark.parametrize("excel", [False, True])
+def test_tags_holding_a_comma_or_a_quote_come_back_as_they_were(database_url, tmp_path, excel):
+    """A Mailchimp tag "Köln, Innenstadt" was exported as `Köln, Innenstadt, Messe` and came
+    back from the re-import as two tags."""
+    engine = open_engine(database_url)
+    tags = ["Köln, Innenstadt", 'Messe "2024"', "früh dabei"]
+    add_subscriber(engine, "anna@example.de", tags=tags)
+    add_subscriber(engine, "ben@example.de", tags=["schlicht", "zwei"])
+    out = io.StringIO()
+    write_csv(out, engine, delimiter=";" if excel else ",", bom=excel)
+    cells = [
+        row["tags"]
+        for row in csv.DictReader(
+            io.StringIO(out.getvalue().lstrip("\ufeff")), delimiter=";" if excel else ","
+        )
+    ]
+    assert "schlicht, zwei" in cells  # plain tags stay as people write them
+
+    path = tmp_path / "export.csv"
+    path.write_text(out.getvalue(), "utf-8")
+    other = open_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    assert import_file(other, path).new == 2
+    assert sorted(find_subscriber(other, "anna@example.de").tags) == sorted(tags)
+    assert sorted(find_subscriber(other, "ben@example.de").tags) == ["schlicht", "zwei"]

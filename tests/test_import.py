@@ -497,7 +497,9 @@ def test_rejects_written_over_the_file_being_imported_are_refused(engine, tmp_pa
     source = write(tmp_path / "members.csv", "email\nbad@\nanna@example.de\n")
     for dry_run in (True, False):
         with pytest.raises(ImportFileError, match="is the file being imported"):
-            import_file(engine, source, rejects_path=tmp_path / "." / "members.csv", dry_run=dry_run)
+            import_file(
+                engine, source, rejects_path=tmp_path / "." / "members.csv", dry_run=dry_run
+            )
     assert source.read_text("utf-8") == "email\nbad@\nanna@example.de\n"
     assert find_subscriber(engine, "anna@example.de") is None
 

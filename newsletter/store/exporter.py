@@ -9,6 +9,7 @@ gets a leading apostrophe, and so does a cell that starts with an apostrophe, so
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
@@ -62,10 +63,21 @@ def csv_header(fields: list[str]) -> list[str]:
     return [*OWN_COLUMNS, *(FIELD_PREFIX + name for name in fields)]
 
 
+def _tags_cell(tags: Sequence[str]) -> str:
+    """Comma-separated, as people write them; in CSV's quoted form (`"Köln, Innenstadt",
+    Messe`) when a tag holds a comma or a quote, which `subscribers import` reads back as
+    the same tags. (Joined plainly, "Köln, Innenstadt" came back as two tags.)"""
+    if not any("," in tag or '"' in tag for tag in tags):
+        return ", ".join(tags)
+    cell = io.StringIO()
+    csv.writer(cell, lineterminator="").writerow(tags)
+    return cell.getvalue()
+
+
 def csv_row(subscriber: Subscriber, fields: list[str]) -> list[str]:
     data = subscriber.to_dict()
     row = [_cell(data[column]) for column in OWN_COLUMNS if column != "tags"]
-    row.insert(OWN_COLUMNS.index("tags"), ", ".join(subscriber.tags))
+    row.insert(OWN_COLUMNS.index("tags"), _tags_cell(subscriber.tags))
     row += [_cell(subscriber.fields.get(name)) for name in fields]
     return [neutralize(cell) for cell in row]
 
