@@ -844,3 +844,33 @@ def test_the_importer_modules_use_each_others_public_names_only() -> None:
     assert [name for name in graph if reaches(name, name, set())] == []
     # Callers outside the package use its public face.
     assert {"import_file", "ImportResult", "Reject"} <= set(importer_package.__all__)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Brevo (German account): EMAIL_BLACKLISTED had become a custom field, and the next
+        # send mailed her.
+        (
+            "EMAIL;VORNAME;NACHNAME;EMAIL_BLACKLISTED\n"
+            "aenne@example.de;Änne;Fuß;true\nbert@example.de;Bert;Groß;false\n",
+            {"aenne@example.de": "unsubscribed", "bert@example.de": "subscribed"},
+        ),
+        # Kit (ConvertKit): "cancelled" and "cold" rejected the rows ("unknown status").
+        (
+            "first_name,email_address,state\n"
+            "Jörg,joerg@example.de,cancelled\nKalt,kalt@example.de,cold\nAktiv,a@example.de,active\n",
+            {
+                "joerg@example.de": "unsubscribed",
+                "kalt@example.de": "subscribed",
+                "a@example.de": "subscribed",
+            },
+        ),
+    ],
+    ids=["brevo", "kit"],
+)
+def test_other_services_opt_outs_and_states(engine, tmp_path, text, expected):
+    result = import_file(engine, write(tmp_path / "x.csv", text))
+    assert result.rejected == 0, result.rejects
+    assert {p.email: p.status for p in iter_subscribers(engine)} == expected
+    assert all(not p.fields for p in iter_subscribers(engine))

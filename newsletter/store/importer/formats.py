@@ -57,6 +57,19 @@ LAST_HEADINGS = {"lastname", "last", "surname", "familyname", "nachname", "lname
 TAG_HEADINGS = {"tags", "tag", "labels", "label", "groups", "gruppen", "segments"}
 STATUS_HEADINGS = {"status", "state", "subscriberstatus"}
 CREATED_HEADINGS = {"createdat", "created", "signupdate", "subscribedat", "creationdate", "datum"}
+#: A yes/no column saying the person must not be mailed (Brevo's EMAIL_BLACKLISTED, a CRM's
+#: "Do not email"): true means unsubscribed. (As a custom field, the next send mailed them.)
+OPT_OUT_HEADINGS = {
+    "emailblacklisted",
+    "blacklisted",
+    "emailblocklisted",
+    "blocklisted",
+    "optedout",
+    "optout",
+    "emailoptout",
+    "donotemail",
+    "donotcontact",
+}
 
 #: Status words of all supported services, lower-cased.
 STATUS_WORDS: dict[str, str] = {
@@ -109,6 +122,10 @@ STATUS_WORDS: dict[str, str] = {
     "free": "subscribed",
     "paid": "subscribed",
     "comped": "subscribed",
+    # Kit (ConvertKit) state column: "cold" readers are subscribed, just not reading
+    "cancelled": "unsubscribed",
+    "canceled": "unsubscribed",
+    "cold": "subscribed",
 }
 
 
@@ -266,6 +283,7 @@ def _generic_target(heading: str) -> str:
         (TAG_HEADINGS, "tags"),
         (STATUS_HEADINGS, "status"),
         (CREATED_HEADINGS, "created_at"),
+        (OPT_OUT_HEADINGS, "stopped_if_true"),
     ):
         if squashed in names:
             return target
