@@ -108,9 +108,11 @@ def erase(engine: Engine, email: str, *, outboxes: Sequence[Path] = ()) -> Erasu
     suppress the address (its keyed hash, the date and "erased on request"), all in one
     transaction. Then, on SQLite, checkpoint and vacuum the file, and delete the `.eml`
     files in each of `outboxes` written to or about the address. A ConfigError before anything is
-    deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set."""
+    deleted if NEWSLETTER_SECRET_KEY (for the hash) is not set, or is not the key of the
+    erasures before."""
 
-    suppressions.hashing_key(erasing=True)
+    with engine.connect() as conn:
+        suppressions.checked_key(conn, erasing=True)  # (the same key as earlier erasures)
     try:
         address = normalize_email(email)
     except StoreError:

@@ -29,6 +29,7 @@ from newsletter.store import schema
 from newsletter.store.consent import text_hash, truncate_ip
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import find_subscriber, tables_referencing_subscribers
+from newsletter.store.suppressions import KEY_CHECK
 from tests.conftest import TEST_SECRET
 from tests.support.terminal import in_terminal
 
@@ -101,7 +102,9 @@ def test_forget_keeps_only_a_keyed_hash_and_add_refuses_the_address(cli, proj) -
 
     engine = engine_of(proj)
     with engine.connect() as conn:
-        [row] = conn.execute(select(schema.suppressions)).all()
+        [row] = conn.execute(
+            select(schema.suppressions).where(schema.suppressions.c.reason != KEY_CHECK)
+        ).all()
         assert row.reason == "erased on request"
         assert row.created_at.date() == datetime.now(UTC).date()
         for table in schema.metadata.sorted_tables:  # the address is nowhere any more
@@ -120,13 +123,57 @@ def test_forget_keeps_only_a_keyed_hash_and_add_refuses_the_address(cli, proj) -
 
 
 @pytest.mark.slow
+def test_another_secret_key_cannot_bring_erased_addresses_back(cli, proj, monkeypatch, tmp_path):
+    """With a new NEWSLETTER_SECRET_KEY (`secrets init` on a new machine, say) the erased
+    addresses' hashes matched nothing: `add` and imports took them back without a word (an
+    Art. 17 breach). Now every command that checks them refuses another key, in one line."""
+    cli(proj, "subscribers", "add", "anna@example.com")
+    cli(proj, "subscribers", "add", "ben@example.com")
+    assert (
+        cli(proj, "subscribers", "remove", "anna@example.com", "--forget", "--yes").exit_code == 0
+    )
+    members = tmp_path / "members.csv"
+    members.write_text("email\nanna@example.com\ncarla@example.com\n", "utf-8")
+
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "a-new-key-on-a-new-machine")
+    refusal = (
+        "Error: NEWSLETTER_SECRET_KEY is not the key the erased addresses on this list were "
+        "hashed with, so they would not be recognized and could come back: set the key that "
+        "was in use when they were erased (docs/privacy.md)\n"
+    )
+    for args in (
+        ("subscribers", "add", "anna@example.com"),
+        ("subscribers", "import", str(members)),
+        ("subscribers", "remove", "ben@example.com", "--forget", "--yes"),
+    ):
+        result = cli(proj, *args)
+        assert (result.exit_code, result.output) == (1, refusal), args
+    engine = engine_of(proj)
+    assert find_subscriber(engine, "anna@example.com") is None
+    assert find_subscriber(engine, "carla@example.com") is None
+    assert find_subscriber(engine, "ben@example.com") is not None  # not erased either
+
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", TEST_SECRET)
+    imported = cli(proj, "subscribers", "import", str(members))
+    assert imported.exit_code == 0, imported.output
+    assert find_subscriber(engine, "anna@example.com") is None  # still suppressed
+    assert find_subscriber(engine, "carla@example.com") is not None
+
+
+@pytest.mark.slow
 def test_forgetting_a_bounced_or_unknown_address_suppresses_it_too(cli, proj) -> None:
     cli(proj, "subscribers", "add", "tot@example.de", "--status", "bounced")
     assert cli(proj, "subscribers", "remove", "tot@example.de", "--forget", "--yes").exit_code == 0
     unknown = cli(proj, "subscribers", "remove", "nie@example.de", "--forget", "--yes")
     assert unknown.output.startswith("nothing was stored about nie@example.de; suppressed")
     with engine_of(proj).connect() as conn:
-        reasons = sorted(conn.execute(select(schema.suppressions.c.reason)).scalars())
+        reasons = sorted(
+            conn.execute(
+                select(schema.suppressions.c.reason).where(
+                    schema.suppressions.c.reason != KEY_CHECK
+                )
+            ).scalars()
+        )
     assert reasons == ["erased on request", "erased on request (address had bounced)"]
     for address in ("tot@example.de", "nie@example.de"):
         assert "is suppressed" in cli(proj, "subscribers", "add", address).output
@@ -141,7 +188,11 @@ def test_the_hash_is_keyed(cli, proj, monkeypatch) -> None:
 
     cli(proj, "subscribers", "remove", "anna@example.com", "--forget", "--yes")
     with engine_of(proj).connect() as conn:
-        stored = conn.execute(select(schema.suppressions.c.email_hash)).scalar_one()
+        stored = conn.execute(
+            select(schema.suppressions.c.email_hash).where(
+                schema.suppressions.c.reason != KEY_CHECK
+            )
+        ).scalar_one()
     assert stored == address_hash("anna@example.com", key=TEST_SECRET)
     assert stored != hashlib.sha256(b"anna@example.com").hexdigest()
     assert stored != address_hash("anna@example.com", key="another key")

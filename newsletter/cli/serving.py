@@ -33,6 +33,7 @@ from newsletter.sequences.runner import BackgroundRunner
 from newsletter.store.engine import project_engine
 from newsletter.store.issues import find_sent_issue
 from newsletter.store.subscribers import find_subscriber
+from newsletter.store.suppressions import any_suppressed, checked_key
 from newsletter.sync import LISTS
 from newsletter.sync import sync as run_sync
 from newsletter.web import create_app
@@ -85,6 +86,9 @@ def serve(
 
     tokens.secret_key(required=True)  # refuse to start without it
     project = get_project()
+    with project_engine(project).connect() as conn:
+        if any_suppressed(conn):
+            checked_key(conn)  # another key than the erasures' lets erased addresses sign up
     if project.config.language == "de" and (missing := imprint_missing(project, "de")):
         # (Not a refusal: the unsubscribe links readers already have must keep working.)
         click.echo(f"Warning: {missing}; until then confirmation mails lack it.", err=True)

@@ -46,7 +46,7 @@ from newsletter.store.subscribers import (
     remove_tags,
     set_status,
 )
-from newsletter.store.suppressions import hashing_key
+from newsletter.store.suppressions import checked_key
 from newsletter.wording import noun, plural
 
 STATUS_CHOICES = ["subscribed", "unconfirmed", "unsubscribed", "bounced", "complained"]
@@ -229,7 +229,8 @@ def remove(
         raise click.UsageError("--outbox only goes with --forget (it deletes their messages there)")
     engine = _engine()
     if forget:
-        hashing_key(erasing=True)  # before asking: without the key nothing can be erased
+        with engine.connect() as conn:  # before asking: without the key nothing can be erased
+            checked_key(conn, erasing=True)
         if not yes:
             if not sys.stdin.isatty():
                 raise click.ClickException(

@@ -5,7 +5,9 @@ Only a keyed hash of the normalized address is kept (HMAC-SHA256 with
 NEWSLETTER_SECRET_KEY), so the list cannot be read back as addresses, not even by
 guessing common ones without the key. `subscribers add` and imports refuse a suppressed
 address; only a new double opt-in through the form lifts it. A new secret key makes the
-old hashes unmatchable: keep the key when you rotate nothing else.
+old hashes unmatchable, so a row of its own (`KEY_CHECK`, the key's own keyed hash, no
+address) records which key they were made with, and a command run with another key is
+refused instead of letting erased addresses back in.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from newsletter.store.schema import suppressions
 from newsletter.store.times import as_utc
 
 ERASED = "erased on request"
+#: The reason of the row that records which key the hashes were made with (not an address).
+KEY_CHECK = "key check: the key the other rows were hashed with"
 
 #: Hashes looked up per query when checking many addresses (an import chunk).
 LOOKUP_CHUNK = 500
@@ -69,6 +73,29 @@ def hashing_key(*, erasing: bool = False) -> str:
         raise ConfigError(f"{tokens.SECRET_ENV} is not set; {why}") from None
 
 
+def _key_check_hash(key: str) -> str:
+    return hmac.new(key.encode("utf-8"), b"suppression key check", hashlib.sha256).hexdigest()
+
+
+def checked_key(conn: Connection, *, erasing: bool = False) -> str:
+    """The hashing key (see `hashing_key`), once it is known to be the one the stored hashes
+    were made with; a ConfigError if it is not (with another key no erased address would
+    be recognized: imports and `add` would bring them all back)."""
+    key = hashing_key(erasing=erasing)
+    checks = set(
+        conn.execute(
+            select(suppressions.c.email_hash).where(suppressions.c.reason == KEY_CHECK)
+        ).scalars()
+    )
+    if checks and _key_check_hash(key) not in checks:
+        raise ConfigError(
+            f"{tokens.SECRET_ENV} is not the key the erased addresses on this list were hashed "
+            "with, so they would not be recognized and could come back: set the key that was "
+            "in use when they were erased (docs/privacy.md)"
+        )
+    return key
+
+
 def _lookup_key(address: str) -> str:
     try:
         return email_key(normalize_email(address))
@@ -91,7 +118,20 @@ def key_hash(email_key: str, *, key: str | None = None) -> str:
 
 def suppress(conn: Connection, address: str, reason: str = ERASED) -> None:
     """Add the address (as its hash); one already there keeps its first date and reason."""
-    digest = address_hash(address, key=hashing_key(erasing=True))
+    key = checked_key(conn, erasing=True)
+    check = _key_check_hash(key)
+    if (
+        conn.execute(
+            select(suppressions.c.email_hash).where(suppressions.c.email_hash == check)
+        ).first()
+        is None
+    ):
+        conn.execute(
+            insert(suppressions).values(
+                email_hash=check, reason=KEY_CHECK, created_at=datetime.now(UTC)
+            )
+        )
+    digest = address_hash(address, key=key)
     if conn.execute(
         select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
     ).first():
@@ -105,7 +145,12 @@ def suppress(conn: Connection, address: str, reason: str = ERASED) -> None:
 
 def _empty(conn: Connection) -> bool:
     # Checked first so that a list nobody was ever erased from needs no secret key.
-    return conn.execute(select(suppressions.c.email_hash).limit(1)).first() is None
+    return (
+        conn.execute(
+            select(suppressions.c.email_hash).where(suppressions.c.reason != KEY_CHECK).limit(1)
+        ).first()
+        is None
+    )
 
 
 def find(conn: Connection, address: str) -> Suppression | None:
@@ -113,7 +158,7 @@ def find(conn: Connection, address: str) -> Suppression | None:
         return None
     row = conn.execute(
         select(suppressions.c.reason, suppressions.c.created_at).where(
-            suppressions.c.email_hash == address_hash(address)
+            suppressions.c.email_hash == address_hash(address, key=checked_key(conn))
         )
     ).first()
     if row is None:
@@ -139,7 +184,7 @@ def suppressed_among(
     `normalized`: they are `email_key`s already (skips normalizing each again)."""
     if _empty(conn):
         return set()
-    key = hashing_key()
+    key = checked_key(conn)
     by_hash: dict[str, list[str]] = {}
     for address in addresses:
         digest = key_hash(address, key=key) if normalized else address_hash(address, key=key)
@@ -159,11 +204,14 @@ def lift(conn: Connection, address: str) -> bool:
     """Remove the address from the list (after a new double opt-in); True if it was there."""
     if _empty(conn):
         return False
-    removed = conn.execute(
-        delete(suppressions).where(suppressions.c.email_hash == address_hash(address))
-    ).rowcount
+    digest = address_hash(address, key=checked_key(conn))
+    removed = conn.execute(delete(suppressions).where(suppressions.c.email_hash == digest)).rowcount
     return bool(removed)
 
 
 def count(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(suppressions)).scalar_one())
+    return int(
+        conn.execute(
+            select(func.count()).select_from(suppressions).where(suppressions.c.reason != KEY_CHECK)
+        ).scalar_one()
+    )

@@ -44,7 +44,7 @@ def consent_policy(conn: Connection, file_name: str, fmt: str, keep_full_ip: boo
     set: before the first row, since running the import again would not help."""
     check_suppressed = suppressions.any_suppressed(conn)
     if check_suppressed:
-        suppressions.hashing_key()
+        suppressions.checked_key(conn)
     return ImportConsent(
         file_name=file_name,
         format=fmt,
