@@ -85,6 +85,7 @@ def test_csv_has_every_field_and_no_live_formulas(engine) -> None:
         "confirmed_at",
         "unsubscribed_at",
         "unsubscribe_reason",
+        "consent",
         "fields.formel",
         "fields.stadt",
         "fields.zitat",
@@ -173,3 +174,74 @@ def test_tags_holding_a_comma_or_a_quote_come_back_as_they_were(database_url, tm
     assert import_file(other, path).new == 2
     assert sorted(find_subscriber(other, "anna@example.de").tags) == sorted(tags)
     assert sorted(find_subscriber(other, "ben@example.de").tags) == ["schlicht", "zwei"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_the_proof_of_opt_in_moves_with_an_export_to_another_database(database_url, tmp_path, fmt):
+    """Moving the list (say from SQLite to PostgreSQL) by export and import lost every
+    consent record: everyone came back "without consent evidence", the proof the law asks a
+    German sender to keep. The export now carries each person's records, and the import
+    keeps them."""
+    from datetime import timedelta
+
+    from newsletter.store import consent
+    from newsletter.store.subscribers import add_subscriber as add
+
+    engine = open_engine(database_url)
+    signed_up = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
+    text = "Ja, ich möchte „Jens' Briefing“ per E-Mail erhalten."
+    lea = add(engine, "lea@example.de", first_name="Lea")
+    with engine.begin() as conn:
+        for kind, when, proves in (
+            (consent.SIGNUP, signed_up, False),
+            (consent.CONFIRMATION, signed_up + timedelta(minutes=4), True),
+        ):
+            consent.record(
+                conn, lea.id, kind, occurred_at=when, ip="203.0.113.0",
+                user_agent="Mozilla/5.0 (Jörgs Rechner)", page_url="https://jens.example.com/",
+                consent_text_hash=consent.remember_text(conn, text), source="form",
+                proves_consent=proves, details={"double_opt_in": True},
+            )  # fmt: skip
+    add(engine, "ohne@example.de")
+
+    path = tmp_path / f"export.{fmt}"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        (write_csv if fmt == "csv" else write_json)(out, engine)
+    other = open_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    result = import_file(other, path)
+    assert (result.new, result.rejected, result.without_evidence) == (2, 0, 1)
+
+    moved = find_subscriber(other, "lea@example.de")
+    with other.connect() as conn:
+        records = [r for r in consent.records_for(conn, moved.id) if r.kind != consent.IMPORT]
+    assert [(r.kind, r.occurred_at, r.proves_consent) for r in records] == [
+        ("signup", signed_up, False),
+        ("confirmation", signed_up + timedelta(minutes=4), True),
+    ]
+    assert {r.ip for r in records} == {"203.0.113.0"}
+    assert {r.consent_text for r in records} == {text}
+    assert {r.user_agent for r in records} == {"Mozilla/5.0 (Jörgs Rechner)"}
+    assert records[0].details == {"double_opt_in": True}
+    with other.connect() as conn:
+        assert [p.email for p in iter_subscribers(other, without_consent_evidence=True)] == [
+            "ohne@example.de"
+        ]
+
+
+def test_a_consent_cell_that_is_not_an_exports_rejects_its_row(database_url, tmp_path):
+    engine = open_engine(database_url)
+    path = tmp_path / "x.csv"
+    path.write_text(
+        "email,status,tags,source,created_at,consent\n"
+        'a@example.de,subscribed,,import,2024-01-01,"[{""kind"": ""gefälscht"", '
+        '""occurred_at"": ""2024-01-01""}]"\n'
+        "b@example.de,subscribed,,import,2024-01-01,kein json\n"
+        "c@example.de,subscribed,,import,2024-01-01,\n",
+        "utf-8",
+    )
+    result = import_file(engine, path)
+    assert (result.new, result.rejected) == (1, 2)
+    assert [r.reason for r in result.rejects] == [
+        "its consent cell holds an unknown kind 'gefälscht'",
+        "its consent cell is not the JSON `subscribers export` writes",
+    ]

@@ -353,11 +353,11 @@ def list_(
         elif fmt == "csv":
             fields = sorted({name for subscriber in matching() for name in subscriber.fields})
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(csv_header(fields))
+            writer.writerow(csv_header(fields, consent=False))
             for subscriber in matching():
                 writer.writerow(csv_row(subscriber, fields))
         elif fmt == "json":
-            for chunk in json_chunks(matching()):
+            for chunk in json_chunks(subscriber.to_dict() for subscriber in matching()):
                 out.write(chunk)
         else:
             click.echo(f"{'ID':>7}  {'EMAIL':<40}  {'STATUS':<12}  {'NAME':<30}  TAGS")

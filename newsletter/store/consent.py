@@ -263,6 +263,86 @@ def records_for(conn: Connection, subscriber_id: int) -> list[ConsentRecord]:
     return sorted(records, key=lambda record: record.occurred_at)
 
 
+#: The keys of a consent record in an export (`exported_records`), as import reads them back.
+EXPORTED_KEYS = (
+    "kind",
+    "occurred_at",
+    "ip",
+    "user_agent",
+    "page_url",
+    "consent_text",
+    "source",
+    "proves_consent",
+    "details",
+)
+
+
+def exported_records(
+    conn: Connection, subscriber_ids: list[int]
+) -> dict[int, list[dict[str, Any]]]:
+    """Each subscriber's own consent records (not an import run's shared "no evidence"),
+    oldest first, with the consent text's words instead of its hash: what `subscribers
+    export` writes, so that an import of it into another database keeps the proof."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not subscriber_ids:
+        return found
+    rows = conn.execute(
+        select(consent_records, consent_texts.c.text)
+        .select_from(
+            consent_records.outerjoin(
+                consent_texts, consent_texts.c.text_hash == consent_records.c.consent_text_hash
+            )
+        )
+        .where(consent_records.c.subscriber_id.in_(subscriber_ids))
+        .order_by(
+            consent_records.c.subscriber_id, consent_records.c.occurred_at, consent_records.c.id
+        )
+    ).all()
+    for row in rows:
+        record = {
+            "kind": row.kind,
+            "occurred_at": as_utc(row.occurred_at).isoformat(),
+            "ip": row.ip,
+            "user_agent": row.user_agent,
+            "page_url": row.page_url,
+            "consent_text": row.text,
+            "source": row.source,
+            "proves_consent": bool(row.proves_consent),
+            "details": dict(row.details or {}),
+        }
+        found.setdefault(row.subscriber_id, []).append(
+            {key: value for key, value in record.items() if value not in (None, {})}
+        )
+    return found
+
+
+def carried_records(
+    conn: Connection | None, subscriber_id: int, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Rows for `record_imported` from an export's records (`exported_records`, checked by
+    the importer's reader); `conn` None in a dry run (no consent text is stored then)."""
+    rows = []
+    for record in records:
+        text = record.get("consent_text")
+        rows.append(
+            record_values(
+                subscriber_id,
+                record["kind"],
+                occurred_at=record["occurred_at"],
+                ip=record.get("ip"),
+                user_agent=record.get("user_agent"),
+                page_url=record.get("page_url"),
+                consent_text_hash=(
+                    remember_text(conn, text) if text and conn is not None else None
+                ),
+                source=record.get("source"),
+                proves_consent=bool(record.get("proves_consent")),
+                details=record.get("details") or {},
+            )
+        )
+    return rows
+
+
 def has_evidence() -> Any:
     """A condition on `subscribers`: the person has a record that proves consent."""
     return exists().where(

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine, select
 
+from newsletter.store import consent
 from newsletter.store.importer.formats import FIELD_PREFIX, OWN_COLUMNS
 from newsletter.store.schema import subscribers
 from newsletter.store.subscribers import Subscriber, iter_subscribers
@@ -59,8 +60,36 @@ def _cell(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def csv_header(fields: list[str]) -> list[str]:
-    return [*OWN_COLUMNS, *(FIELD_PREFIX + name for name in fields)]
+#: People whose consent records are read at once (`_with_consent`).
+CONSENT_BATCH = 500
+
+
+def csv_header(fields: list[str], *, consent: bool = True) -> list[str]:
+    """The columns; `consent`: with the consent records (an export, not `list`)."""
+    own = OWN_COLUMNS if consent else tuple(c for c in OWN_COLUMNS if c != "consent")
+    return [*own, *(FIELD_PREFIX + name for name in fields)]
+
+
+def _with_consent(
+    engine: Engine, people: Iterable[Subscriber]
+) -> Iterator[tuple[Subscriber, list[dict[str, Any]]]]:
+    """Each person with their own consent records (read for CONSENT_BATCH people at once),
+    so that an import of the export keeps the proof of their opt-in."""
+    batch: list[Subscriber] = []
+
+    def flush() -> Iterator[tuple[Subscriber, list[dict[str, Any]]]]:
+        with engine.connect() as conn:
+            records = consent.exported_records(conn, [person.id for person in batch])
+        for person in batch:
+            yield person, records.get(person.id, [])
+
+    for person in people:
+        batch.append(person)
+        if len(batch) == CONSENT_BATCH:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
 
 
 def _tags_cell(tags: Sequence[str]) -> str:
@@ -74,10 +103,16 @@ def _tags_cell(tags: Sequence[str]) -> str:
     return cell.getvalue()
 
 
-def csv_row(subscriber: Subscriber, fields: list[str]) -> list[str]:
+def csv_row(
+    subscriber: Subscriber, fields: list[str], consent: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """One person's cells (`csv_header`'s order); `consent`: their consent records, for an
+    export (None: no such column)."""
     data = subscriber.to_dict()
-    row = [_cell(data[column]) for column in OWN_COLUMNS if column != "tags"]
+    row = [_cell(data[column]) for column in OWN_COLUMNS if column not in ("tags", "consent")]
     row.insert(OWN_COLUMNS.index("tags"), _tags_cell(subscriber.tags))
+    if consent is not None:
+        row.append(json.dumps(consent, ensure_ascii=False) if consent else "")
     row += [_cell(subscriber.fields.get(name)) for name in fields]
     return [neutralize(cell) for cell in row]
 
@@ -107,18 +142,20 @@ def write_csv(
     writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
     writer.writerow(csv_header(fields))
     count = 0
-    for subscriber in iter_subscribers(engine, status=status, tags=tags, where=where):
-        writer.writerow(csv_row(subscriber, fields))
+    people = iter_subscribers(engine, status=status, tags=tags, where=where)
+    for subscriber, records in _with_consent(engine, people):
+        writer.writerow(csv_row(subscriber, fields, records))
         count += 1
     return count
 
 
-def json_chunks(subscribers_: Iterator[Subscriber]) -> Iterator[str]:
-    """A JSON array, one object per line, produced lazily."""
+def json_chunks(people: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """A JSON array of `people` (each `Subscriber.to_dict()`, perhaps with more), one object
+    per line, produced lazily."""
     yield "["
     first = True
-    for subscriber in subscribers_:
-        yield ("\n" if first else ",\n") + json.dumps(subscriber.to_dict(), ensure_ascii=False)
+    for person in people:
+        yield ("\n" if first else ",\n") + json.dumps(person, ensure_ascii=False)
         first = False
     yield "\n]\n" if not first else "]\n"
 
@@ -133,11 +170,12 @@ def write_json(
 ) -> int:
     count = 0
 
-    def counted() -> Iterator[Subscriber]:
+    def counted() -> Iterator[dict[str, Any]]:
         nonlocal count
-        for subscriber in iter_subscribers(engine, status=status, tags=tags, where=where):
+        people = iter_subscribers(engine, status=status, tags=tags, where=where)
+        for subscriber, records in _with_consent(engine, people):
             count += 1
-            yield subscriber
+            yield {**subscriber.to_dict(), "consent": records}
 
     for chunk in json_chunks(counted()):
         out.write(chunk)

@@ -251,6 +251,8 @@ OWN_COLUMNS = (
     "confirmed_at",
     "unsubscribed_at",
     "unsubscribe_reason",
+    # The person's consent records as JSON (an export's proof of opt-in, kept on import).
+    "consent",
 )
 FIELD_PREFIX = "fields."
 

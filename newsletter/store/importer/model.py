@@ -45,6 +45,7 @@ class Incoming:
         "source",
         "optin_ip",
         "confirm_ip",
+        "consent",
         "simple",
     )
 
@@ -65,6 +66,8 @@ class Incoming:
         self.source: str | None = None
         self.optin_ip: str | None = None  # the export's own opt-in data (consent evidence)
         self.confirm_ip: str | None = None
+        #: Consent records our own export carried (`consent.exported_records`), checked.
+        self.consent: list[dict[str, Any]] | None = None
         #: Only address, first/last name and tags: the bulk path can insert it column-wise.
         self.simple = status is None
 
@@ -169,6 +172,7 @@ def merge(into: Incoming, other: Incoming) -> None:
     if other.status is not None and into.status not in STOPPED:
         into.status = other.status
     into.created_at = into.created_at or other.created_at
+    into.consent = into.consent or other.consent
     into.confirmed_at = into.confirmed_at or other.confirmed_at
     into.unsubscribed_at = other.unsubscribed_at or into.unsubscribed_at
 

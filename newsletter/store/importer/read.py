@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 from newsletter.errors import ImportFileError, StoreError
 from newsletter.store.emails import _fast as _fast_email
@@ -291,6 +292,8 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
         # (Ghost's deleted_at; a cell that says "yes" still stops them, at the import's time.)
         with contextlib.suppress(ValueError):
             inc.unsubscribed_at = inc.unsubscribed_at or parse_time(value)
+    elif target == "consent":
+        inc.consent = _consent_records(value)
     elif target == "fields_json":
         try:
             parsed = json.loads(value)
@@ -301,6 +304,48 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
     if target in ("tags", "tags_quoted", "tags_list") and inc.tags:
         # Validate lengths once the cell is read.
         normalize_tags(inc.tags)
+
+
+#: `store.consent`'s kinds of record (not imported: the reader process has no SQLAlchemy).
+_CONSENT_KINDS = ("signup", "confirmation", "added", "import")
+
+
+def _consent_records(value: str) -> list[dict[str, Any]]:
+    """The consent records of our own export's `consent` cell, checked (ValueError: the row
+    is rejected, saying why): the proof of opt-in moves with the person."""
+    try:
+        records = json.loads(value)
+    except (ValueError, RecursionError):
+        raise ValueError("its consent cell is not the JSON `subscribers export` writes") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(
+            "its consent cell is not a list of records, as `subscribers export` writes"
+        )
+    checked = []
+    for record in records:
+        if record.get("kind") not in _CONSENT_KINDS:
+            raise ValueError(f"its consent cell holds an unknown kind {record.get('kind')!r}")
+        occurred = parse_time(str(record.get("occurred_at") or ""))
+        if occurred is None:
+            raise ValueError("a consent record in its consent cell has no time (occurred_at)")
+        texts = {
+            k: record.get(k) for k in ("ip", "user_agent", "page_url", "consent_text", "source")
+        }
+        if not all(v is None or isinstance(v, str) for v in texts.values()):
+            raise ValueError("a consent record in its consent cell has a value that is no text")
+        details = record.get("details") or {}
+        if not isinstance(details, dict):
+            raise ValueError("a consent record's details in its consent cell are no object")
+        checked.append(
+            {
+                "kind": record["kind"],
+                "occurred_at": occurred,
+                **{k: v for k, v in texts.items() if v},
+                "proves_consent": record.get("proves_consent") is True,
+                "details": details,
+            }
+        )
+    return checked
 
 
 def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
@@ -472,6 +517,8 @@ def json_rows(
                 value = item.get(column)
                 if value is None or column == "tags":
                     continue
+                if column == "consent":  # (a list in JSON, a JSON cell in CSV)
+                    value = json.dumps(value, ensure_ascii=False)
                 values.append((column, str(value)))
             result = _incoming_from_values(number, values, fmt, names)
             if isinstance(result, Incoming):

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.insights.counters import BulkInsertTally
-from newsletter.store.consent import record_imported
+from newsletter.store.consent import carried_records, record_imported
 from newsletter.store.engine import others_have_it_open
 from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
@@ -415,13 +415,20 @@ def _insert_fresh(
         added.extend([item[2] for item in packed])
         tally.add(source_name, "subscribed", len(packed))
     with_evidence: list[dict[str, Any]] = []
+    proven = 0  # new people whose rows carried proof of their opt-in
     for sid, inc in rest:
         record = None
+        carried: list[dict[str, Any]] = []
         if policy is not None:
             record = record_with_evidence(sid, inc, policy, inc.source or source_name, stamp)
             if record is not None:
                 with_evidence.append(record)
-        run_id = no_evidence() if record is None else None
+            if inc.consent:  # our own export's records: the proof moves with the person
+                carried = carried_records(None if result.dry_run else writer.conn, sid, inc.consent)
+                with_evidence += carried
+        has_proof = record is not None or any(r["proves_consent"] for r in carried)
+        proven += has_proof
+        run_id = None if has_proof else no_evidence()
         status = resolve_status(None, inc.status, resubscribe)
         tally.add(inc.source or source_name, status)
         stopped = status in STOPPED
@@ -476,7 +483,7 @@ def _insert_fresh(
         added.append(inc.key)
     result.new += len(fresh)
     if policy is not None:
-        result.without_evidence += len(fresh) - len(with_evidence)
+        result.without_evidence += len(fresh) - proven
     if not result.dry_run:
         writer.insert(rows, tag_rows, short_rows, plain)
         tally.finish()
