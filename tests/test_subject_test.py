@@ -119,3 +119,65 @@ def test_sample_decision_at_an_injected_time_then_the_rest(
     assert data["winner"] == "b" and data["arms"]["b"]["hits"] == 8
     assert data["arms"]["a"]["planned"] == 10 and data["arms"]["rest"]["got_it"] == 20
     assert data["decision"]["test"].startswith("two-proportion z-test")
+
+
+def test_a_test_of_a_segment_is_recorded_with_it_and_resumes_within_it(
+    make_project, database_url, monkeypatch, sg, cli
+):
+    """A subject-line test of `--where` went to the right readers but was recorded as one to
+    the whole list: `sends` said "published (sent to the whole list)" (and `archive build`
+    published it), and `send --resume` after it planned the whole list."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=CONFIG)
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    for i in range(6):
+        stadt = "Passau" if i < 4 else "Köln"
+        add = cli(root, "subscribers", "add", f"leser{i}@example.de", "--field", f"stadt={stadt}")
+        assert add.exit_code == 0
+    started = datetime.now(UTC)
+    result = cli(
+        root, "send", ISSUE, "--where", "field:stadt=Passau", "--subject-b", SUBJECT_B,
+        "--sample", "50%", "--decide-after", "1h", "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    due = cli(root, "run-due", "--now", (started + timedelta(hours=1, minutes=1)).isoformat())
+    assert due.exit_code == 0, due.output
+    assert {address for address, _ in _copies(sg)} == {f"leser{i}@example.de" for i in range(4)}
+
+    shown = cli(root, "sends", ISSUE).output
+    assert "sent to the whole list" not in shown, shown
+    assert "to --where field:stadt=Passau" in shown, shown
+    before = len(_copies(sg))
+    add = cli(root, "subscribers", "add", "neu@example.de", "--field", "stadt=Köln")
+    assert add.exit_code == 0
+    resumed = cli(root, "send", ISSUE, "--resume", "--yes")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(_copies(sg)) == before, resumed.output  # nobody outside the segment
+
+
+def test_m028_adds_the_segment_columns_and_keeps_tests_made_before(database_url):
+    from sqlalchemy import insert
+
+    from tests.support.migrations import migrate_without, raw_engine
+
+    old = raw_engine(database_url)
+    migrate_without(old, "m028_subject_test_segment")
+    now = datetime.now(UTC)
+    with old.begin() as conn:  # the table as it was before m028
+        for column in ("segment_name", "segment_definition"):
+            conn.exec_driver_sql(f"ALTER TABLE subject_tests DROP COLUMN {column}")
+        issue_id = conn.execute(
+            insert(schema.issues).values(
+                slug="alt", title="Alt", subject="Alt", language="de", created_at=now
+            )
+        ).inserted_primary_key[0]
+        conn.exec_driver_sql(
+            "INSERT INTO subject_tests (issue_id, subject_a, subject_b, sample_percent, metric, "
+            f"segment, created_at, decide_at) VALUES ({issue_id}, 'A', 'B', 20, 'clicks', "
+            "'[\"leser\"]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        )
+    old.dispose()
+    engine = open_engine(database_url)  # runs m028
+    with engine.connect() as conn:
+        row = conn.execute(select(schema.subject_tests)).one()
+    assert (row.segment, row.segment_name, row.segment_definition) == (["leser"], None, None)

@@ -523,7 +523,9 @@ def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, qu
         language=rendered.issue.language,
     )
     now = datetime.now(UTC)
-    create_test(plan.engine, issue_id, subject_a, setup, plan.request.tags, arms, now)
+    create_test(
+        plan.engine, issue_id, subject_a, setup, plan.request.tags, arms, now, plan.request.segment
+    )
     show = not quiet and sys.stderr.isatty()
     for arm in ("a", "b"):
         _, report = send_arm(project, plan.slug, arm, now)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, select
 
+from newsletter.segments.syntax import Node, parse, where_label
 from newsletter.store import schema
 
 
@@ -20,6 +21,12 @@ class SendSegment:
     send_id: int
     name: str | None  # None: an ad-hoc --where
     definition: str
+
+    @property
+    def tree(self) -> Node:
+        """The definition parsed (as `Segment.tree`): a resume or a resend of the send goes
+        to the same segment."""
+        return parse(self.definition, where_label(self.name))
 
     @property
     def shown(self) -> str:

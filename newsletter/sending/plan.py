@@ -26,7 +26,7 @@ from newsletter.issue import load_issue, slugify
 from newsletter.project import project_timezone
 from newsletter.render import render_issue
 from newsletter.segments.query import segment_condition
-from newsletter.segments.sends import for_sends
+from newsletter.segments.sends import SendSegment, for_sends
 from newsletter.segments.syntax import parse, where_label
 from newsletter.sending.factory import Chosen, choose_transport, dead_links_refusal
 from newsletter.sending.ledger import RETRYABLE, Ledger
@@ -319,6 +319,10 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
             language=rendered.issue.language,
         )
     up_to_id = max_subscriber_id(engine)
+    if request.resume and request.resend is None and issue_id is not None:
+        request, refusal = _with_first_audience(engine, issue_id, request)
+        if refusal:
+            raise SendError(refusal)
     segment_where: list[Any] = []
     if request.segment is not None and not request.test_copy:
         with engine.connect() as conn:
@@ -411,6 +415,40 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
     return plan
 
 
+def _with_first_audience(
+    engine: Any, issue_id: int, request: SendRequest
+) -> tuple[SendRequest, str | None]:
+    """A --resume goes to the rest of the audience of the issue's first send (its --tag
+    values and segment), not to the whole list; (the request so, a refusal if it names
+    another audience). Before, the printed `send ISSUE --resume` of an interrupted segment
+    send mailed everyone outside the segment too."""
+    first = next(
+        (s for s in Ledger(engine).list_sends(issue_id) if s.resend is None and not s.dry_run),
+        None,
+    )
+    if first is None:
+        return request, None
+    tags = tuple(first.segment or ())
+    segment = for_sends(engine, [first.id]).get(first.id)
+    if not request.tags and request.segment is None:
+        return replace(request, tags=tags, segment=segment), None
+    same_segment = (request.segment is None and segment is None) or (
+        request.segment is not None
+        and segment is not None
+        and request.segment.definition == segment.definition
+    )
+    if sorted(request.tags) == sorted(tags) and same_segment:
+        return request, None
+    audience = (
+        " ".join([*(f"--tag {tag}" for tag in tags), *([segment.shown] if segment else [])])
+        or "the whole list"
+    )
+    return request, (
+        f"--resume goes on with the audience of send {first.id} ({audience}); leave out "
+        "--tag, --segment and --where, or send it to another audience as a new issue"
+    )
+
+
 def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
     """A resend (`resend.py`): refused too soon, twice, or without the opens it needs; else
     its recipients, fixed now. It goes to the first send's segment, and a resend being
@@ -462,7 +500,9 @@ def _plan_resend(plan: SendPlan, ledger: Ledger) -> SendPlan:
         and earlier is not None
         and ledger.issue_counts(issue_id, kind.send_round).get("in_flight", 0) > 0
     )
-    plan.request = replace(request, tags=tuple(first.segment), resume=earlier is not None)
+    plan.request = replace(
+        request, tags=tuple(first.segment), segment=first_segment, resume=earlier is not None
+    )
     return plan
 
 
@@ -497,7 +537,10 @@ def _plan_subject_test_arm(plan: SendPlan, ledger: Ledger) -> SendPlan:
     plan.stranded = (
         plan.recipients == 0 and ledger.issue_counts(issue_id, FIRST_ROUND).get("in_flight", 0) > 0
     )
-    plan.request = replace(request, tags=tuple(test.segment or ()), resume=True)
+    segment = None
+    if test.segment_definition is not None:  # (each arm's send records the test's segment)
+        segment = SendSegment(0, test.segment_name, test.segment_definition)
+    plan.request = replace(request, tags=tuple(test.segment or ()), segment=segment, resume=True)
     return plan
 
 

@@ -135,8 +135,10 @@ def create_test(
     segment: Sequence[str],
     arms: dict[str, list[int]],
     now: datetime,
+    chosen: Any = None,
 ) -> int:
-    """The test and its members, in one transaction, before anything is sent."""
+    """The test and its members, in one transaction, before anything is sent; `segment`
+    its --tag values, `chosen` its --segment / --where (a `Segment`), if any."""
     try:
         with engine.begin() as conn:
             test_id = int(
@@ -148,6 +150,8 @@ def create_test(
                         sample_percent=setup.sample_percent,
                         metric=setup.metric,
                         segment=list(segment),
+                        segment_name=None if chosen is None else chosen.name,
+                        segment_definition=None if chosen is None else chosen.definition,
                         created_at=now,
                         decide_at=now + setup.decide_after,
                     )

@@ -486,6 +486,19 @@ def m027_reply_refers_to(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE replies ADD COLUMN {column_ddl}")
 
 
+def m028_subject_test_segment(conn: Connection) -> None:
+    """A subject-line test keeps its --segment / --where (`subject_tests.segment_name`,
+    `segment_definition`), which its arms' sends record; tests made before have none, as
+    they were recorded."""
+    if not inspect(conn).has_table("subject_tests"):
+        return  # (m020, not run yet, makes it from today's schema)
+    present = {c["name"] for c in inspect(conn).get_columns("subject_tests")}
+    for column in (schema.subject_tests.c.segment_name, schema.subject_tests.c.segment_definition):
+        if column.name not in present:
+            column_ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE subject_tests ADD COLUMN {column_ddl}")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -512,6 +525,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m025_import_runs", m025_import_runs),
     ("m026_status_index_partial", m026_status_index_partial),
     ("m027_reply_refers_to", m027_reply_refers_to),
+    ("m028_subject_test_segment", m028_subject_test_segment),
 ]
 
 

@@ -649,6 +649,11 @@ subject_tests = Table(
     Column("sample_percent", Integer, nullable=False),
     Column("metric", String(16), nullable=False),  # clicks | replies | opens
     Column("segment", JSON, nullable=False, default=list),  # --tag values
+    # Its --segment / --where (m028), which every arm's send records as the send's segment
+    # (`send_segments`); null: none. (Before, a test of a segment was recorded as one to the
+    # whole list, and the archive published the issue.)
+    Column("segment_name", String(100)),
+    Column("segment_definition", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("decide_at", DateTime(timezone=True), nullable=False),
     # null until decided: "a" or "b"; set once (compare-and-set), by whichever runner is first
