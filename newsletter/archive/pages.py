@@ -3,9 +3,9 @@
 An issue's web version is the email as rendered for sending (the project's templates
 included), for an anonymous reader: personal fields show their defaults, and the email's
 footer ("you receive this email because…", the unsubscribe link) is replaced by the
-archive's: how to subscribe, previous/next links, the postal address and the imprint.
-Rendering costs tens of milliseconds, so each version is cached until the issue file, a
-template or the config changes.
+archive's: how to subscribe, previous/next links, the postal address, the imprint and the
+privacy policy. Rendering costs tens of milliseconds, so each version is cached until the
+issue file, a template or the config changes.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def _render_unchecked(project: Project, name: str, language: str, **context: Any
         newsletter_name=config.name,
         postal_address=config.postal_address,
         imprint_url=config.section("newsletter").get("imprint_url"),
+        privacy_url=config.section("newsletter").get("privacy_url"),
         theme=config.theme,
         # The sign-up form shows the consent text whose hash the sign-up records.
         consent_text=consent_text(config, language),
@@ -231,6 +232,7 @@ def issue_page(
         newer.title if newer else None,
         archive,
         templates_fingerprint(project),
+        config_fingerprint(project),  # the footer's links (imprint, privacy) are config
     )
     with _lock:
         cached = _pages.get(key)
@@ -332,9 +334,16 @@ def _item(site: Site, entry: ArchiveEntry, prefix: str, language: str) -> dict[s
 def index_page(project: Project, site: Site, entries: list[ArchiveEntry], prefix: str) -> str:
     """The list of published issues, newest first."""
     language = project.config.language
-    key = ("index", site, prefix, tuple((e.file, e.published_at) for e in entries))
+    key = (
+        "index",
+        site,
+        prefix,
+        tuple((e.file, e.published_at) for e in entries),
+        templates_fingerprint(project),
+        config_fingerprint(project),  # serve reads an edited config (privacy_url, consent)
+    )
     with _lock:
-        cached = _pages.get(key + (templates_fingerprint(project),))
+        cached = _pages.get(key)
     if cached is not None:
         return cached
     page = _render(
@@ -348,7 +357,7 @@ def index_page(project: Project, site: Site, entries: list[ArchiveEntry], prefix
         subscribe_action=site.subscribe_action,
         items=[_item(site, e, prefix, language) for e in entries],
     )
-    _remember(_pages, key + (templates_fingerprint(project),), page)
+    _remember(_pages, key, page)
     return page
 
 
