@@ -118,9 +118,10 @@ def _sitemap(site: Site, entries: list[ArchiveEntry]) -> bytes:
         if day is not None:
             ElementTree.SubElement(url, "lastmod").text = day.isoformat()
 
-    add(f"{site.public_url}/", entries[0].day if entries else None)
+    # lastmod says when a page appeared (it was published), not the date an issue names.
+    add(f"{site.public_url}/", max(e.published_at for e in entries).date() if entries else None)
     for entry in entries:
-        add(site.issue_url(entry.slug), entry.day)
+        add(site.issue_url(entry.slug), entry.published_at.date())
     ElementTree.indent(root)
     body = ElementTree.tostring(root, encoding="unicode")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n").encode("utf-8")
