@@ -29,6 +29,7 @@ from jinja2 import (
 from newsletter.archive.catalog import ArchiveEntry, IssueFile
 from newsletter.archive.links import Site
 from newsletter.i18n import LANGUAGES, N_, format_date, install, texts
+from newsletter.mail_templates import web_template_overrides
 from newsletter.optin import consent_text
 from newsletter.project import Project, builtin_templates_dir
 from newsletter.render import render_file, template_error
@@ -112,7 +113,10 @@ def config_fingerprint(project: Project) -> str:
 
 
 @lru_cache(maxsize=16)
-def _environment(project_templates: str, builtin: str, language: str) -> Environment:
+def _environment(
+    project_templates: str, builtin: str, language: str, _overrides: tuple[str, ...]
+) -> Environment:
+    """`_overrides` (the names in the project's templates/web/) is only part of the key."""
     env = Environment(
         loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
         autoescape=select_autoescape(["html", "xml"], default_for_string=True),
@@ -134,7 +138,12 @@ def _render(project: Project, name: str, language: str, **context: Any) -> str:
 
 
 def _render_unchecked(project: Project, name: str, language: str, **context: Any) -> str:
-    env = _environment(str(project.templates_dir), str(builtin_templates_dir()), language)
+    env = _environment(
+        str(project.templates_dir),
+        str(builtin_templates_dir()),
+        language,
+        web_template_overrides(project),
+    )
     config = project.config
     return env.get_template(f"web/{name}").render(
         t=archive_text(language, config.name),
