@@ -13,6 +13,7 @@ project's own templates before a reader meets a broken one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -71,11 +72,28 @@ MAIL_TEXT: dict[str, str] = {
 def page_environment(project: Project, language: str) -> Environment:
     """Jinja2 for templates/web/NAME in `language`: a project may override any page or mail by
     placing templates/web/NAME in its own folder (shared with the web pages)."""
-    return _environment(str(project.templates_dir), str(builtin_templates_dir()), language)
+    return _environment(
+        str(project.templates_dir),
+        str(builtin_templates_dir()),
+        language,
+        web_template_overrides(project),
+    )
+
+
+def web_template_overrides(project: Project) -> tuple[str, ...]:
+    """The file names in the project's templates/web/, for the key of a cached environment:
+    Jinja notices an edit of a template it has loaded, but not a new override of a built-in
+    one (`serve` would keep the built-in page until a restart)."""
+    try:
+        return tuple(sorted(os.listdir(project.templates_dir / "web")))
+    except OSError:
+        return ()
 
 
 @lru_cache(maxsize=16)
-def _environment(project_templates: str, builtin: str, language: str) -> Environment:
+def _environment(
+    project_templates: str, builtin: str, language: str, _overrides: tuple[str, ...]
+) -> Environment:
     env = Environment(
         loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
         autoescape=select_autoescape(["html"], default_for_string=True),

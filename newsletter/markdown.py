@@ -4,6 +4,11 @@ plus an image's size: `![Alt](https://…/a.png){width=600 height=400}` or the t
 
 Linkify only turns explicit URLs (`https://…`, `mailto:…`, `www.…`) into links: an article
 that says "Meta.ai" or "jens@example.com" as plain text must not grow links.
+
+HTML comments (`<!-- Notiz an mich: Honorar offen -->`) are the author's private notes:
+`parse` drops them, so neither the email, its text part, the web archive nor the feeds
+carry them. Outlook's conditional comments (`<!--[if mso]>…<![endif]-->`) are markup and
+stay, as does all other raw HTML.
 """
 
 from __future__ import annotations
@@ -126,10 +131,38 @@ def markdown() -> MarkdownIt:
 
 
 def parse(body: str) -> tuple[list[Token], dict[str, Any]]:
-    """Tokens plus the environment (footnotes live there)."""
+    """Tokens plus the environment (footnotes live there); HTML comments left out."""
     env: dict[str, Any] = {}
     tokens = markdown().parse(body, env)
-    return tokens, env
+    return _without_comments(tokens), env
+
+
+#: An HTML comment as a browser ends it: at `-->` (or `--!>`), at once for `<!-->` and
+#: `<!--->`, or, never closed, at the end of its HTML block.
+_COMMENT_RE = re.compile(r"<!--(?:-?>|(?P<inside>[\s\S]*?)(?:--!?>|\Z))")
+
+
+def _drop_comment(match: re.Match[str]) -> str:
+    inside = match.group("inside") or ""
+    # Outlook's conditional comments (`<!--[if mso]>`, `<!--<![endif]-->`) are markup.
+    return match.group(0) if inside.startswith(("[if", "<![endif]")) else ""
+
+
+def _without_comments(tokens: list[Token]) -> list[Token]:
+    kept = []
+    for token in tokens:
+        if token.type == "html_block" and "<!--" in token.content:
+            token.content = _COMMENT_RE.sub(_drop_comment, token.content)
+            if not token.content.strip():
+                continue  # a block that was only a note: gone (it must not count as content)
+        elif token.type == "inline" and token.children:
+            token.children = [
+                child
+                for child in token.children
+                if child.type != "html_inline" or _COMMENT_RE.sub(_drop_comment, child.content)
+            ]
+        kept.append(token)
+    return kept
 
 
 # Footnotes for mail clients: Gmail, Outlook and Yahoo ignore `id` targets (so anchors

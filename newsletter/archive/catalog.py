@@ -1,6 +1,10 @@
 """Which issues the archive shows: the published ones (see `store.issues`) that still have
 their file in issues/, with what a listing needs (title, date, preheader, language).
 
+An issue's date in the archive is the one rule of `ArchiveEntry.day`: the `date:` of its
+front matter, which the author wrote and the email's masthead showed, else the day it was
+published. The index, the issue page and both feeds show it, and the archive lists by it.
+
 Reading an issue file and finding its preheader costs milliseconds; with hundreds of issues
 that adds up, so each file's summary is cached until the file changes (path, mtime, size).
 """
@@ -33,6 +37,7 @@ class IssueFile:
     preheader: str
     language: str
     public: bool | None = None  # the front matter's `public:` (see store.issues.publish_rule)
+    date: datetime.date | None = None  # the front matter's `date:`
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,14 @@ class ArchiveEntry:
 
     @property
     def day(self) -> datetime.date:
-        return self.published_at.date()
+        """The issue's date wherever the archive shows one: its own `date:` (what the email
+        said), else the day it was published."""
+        return self.file.date or self.published_at.date()
+
+    @property
+    def moment(self) -> datetime.datetime:
+        """`day` at the time of day it was published (UTC), for the feeds' timestamps."""
+        return datetime.datetime.combine(self.day, self.published_at.timetz())
 
 
 _summaries: dict[tuple[str, tuple[int, int]], IssueFile | None] = {}
@@ -85,6 +97,7 @@ def _summary(project: Project, location: str, stamp: tuple[int, int]) -> IssueFi
             preheader=issue_preheader(issue),
             language=issue.language,
             public=issue.public,
+            date=issue.date,
         )
     except NewsletterError:
         found = None  # a broken file is not listed; `newsletter check` names the problem
@@ -120,15 +133,19 @@ def issue_files(project: Project) -> dict[str, IssueFile]:
 def archive_entries(
     project: Project, engine: Engine, now: datetime.datetime | None = None
 ) -> list[ArchiveEntry]:
-    """The published issues that have a file, newest first."""
+    """The published issues that have a file, newest first: by `ArchiveEntry.day`, then by
+    when they were published."""
 
     files = issue_files(project)
     public = {slug: file.public for slug, file in files.items()}
-    return [
+    entries = [
         ArchiveEntry(files[p.slug], p.published_at)
         for p in published_issues(engine, now=now, public=public)
         if p.slug in files
     ]
+    # Stable: on the same day (and moment) the store's order (by slug) stays.
+    entries.sort(key=lambda e: (e.day, e.published_at), reverse=True)
+    return entries
 
 
 def front_matter_public(project: Project) -> dict[str, bool | None]:
@@ -152,7 +169,16 @@ def export_summaries(files: dict[str, IssueFile]) -> list[list[object]]:
     """The summaries as JSON-able rows, for `remember_summaries` in a later process (the
     static build keeps them in its build state, so an unchanged archive reads no issue file)."""
     return [
-        [str(f.path), list(f.stamp), f.slug, f.title, f.preheader, f.language, f.public]
+        [
+            str(f.path),
+            list(f.stamp),
+            f.slug,
+            f.title,
+            f.preheader,
+            f.language,
+            f.public,
+            f.date.isoformat() if f.date else None,
+        ]
         for f in files.values()
     ]
 
@@ -163,7 +189,8 @@ def remember_summaries(rows: list[list[object]]) -> None:
     with _lock:
         for row in rows:
             try:
-                location, stamp, slug, title, preheader, language, public = row
+                # (A row of an older version, without the date, is not used: re-read.)
+                location, stamp, slug, title, preheader, language, public, date = row
                 key = (str(location), (int(stamp[0]), int(stamp[1])))  # type: ignore[index]
                 _summaries.setdefault(
                     key,
@@ -175,6 +202,7 @@ def remember_summaries(rows: list[list[object]]) -> None:
                         str(preheader),
                         str(language),
                         public if isinstance(public, bool) else None,
+                        datetime.date.fromisoformat(str(date)) if date else None,
                     ),
                 )
             except (TypeError, ValueError, IndexError):

@@ -2,6 +2,8 @@
 
 Entries carry the issue's full content as HTML, as an anonymous reader sees it; ids are
 tag URIs (`tag:news.example.com,2024:meta-ki-creator`) that never change once published.
+Their dates are the archive's (`ArchiveEntry.day`: the issue's own `date:`, else the day
+it was published), as the pages show them.
 """
 
 from __future__ import annotations
@@ -96,15 +98,15 @@ def _atom_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> byt
     feed.link(href=f"{site.public_url}/feed.xml", rel="self", type="application/atom+xml")
     feed.generator("newsletter")
     # The newest issue's date, not "now": an unchanged archive gives the same bytes.
-    feed.updated(shown[0].published_at if shown else _EPOCH)
+    feed.updated(shown[0].moment if shown else _EPOCH)
     for entry in reversed(shown):  # feedgen prepends: add oldest first
         content = _feed_content(project, site, entry)
         item = feed.add_entry()
         item.id(tag_uri(site.id_host, entry.published_at.year, entry.slug))
         item.title(entry.title)
         item.link(href=site.issue_url(entry.slug), rel="alternate", type="text/html")
-        item.published(entry.published_at)
-        item.updated(entry.published_at)
+        item.published(entry.moment)
+        item.updated(entry.moment)
         if entry.preheader:
             item.summary(entry.preheader)
         item.content(content, type="html")
@@ -121,7 +123,7 @@ def _json_feed(project: Project, site: Site, entries: list[ArchiveEntry]) -> byt
             "url": site.issue_url(entry.slug),
             "title": entry.title,
             "content_html": content,
-            "date_published": entry.published_at.isoformat(),
+            "date_published": entry.moment.isoformat(),
             "language": entry.language,
         }
         if entry.preheader:

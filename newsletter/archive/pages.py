@@ -3,9 +3,9 @@
 An issue's web version is the email as rendered for sending (the project's templates
 included), for an anonymous reader: personal fields show their defaults, and the email's
 footer ("you receive this email because…", the unsubscribe link) is replaced by the
-archive's: how to subscribe, previous/next links, the postal address and the imprint.
-Rendering costs tens of milliseconds, so each version is cached until the issue file, a
-template or the config changes.
+archive's: how to subscribe, previous/next links, the postal address, the imprint and the
+privacy policy. Rendering costs tens of milliseconds, so each version is cached until the
+issue file, a template or the config changes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from jinja2 import (
 from newsletter.archive.catalog import ArchiveEntry, IssueFile
 from newsletter.archive.links import Site
 from newsletter.i18n import LANGUAGES, N_, format_date, install, texts
+from newsletter.mail_templates import web_template_overrides
 from newsletter.optin import consent_text
 from newsletter.project import Project, builtin_templates_dir
 from newsletter.render import render_file, template_error
@@ -112,7 +113,10 @@ def config_fingerprint(project: Project) -> str:
 
 
 @lru_cache(maxsize=16)
-def _environment(project_templates: str, builtin: str, language: str) -> Environment:
+def _environment(
+    project_templates: str, builtin: str, language: str, _overrides: tuple[str, ...]
+) -> Environment:
+    """`_overrides` (the names in the project's templates/web/) is only part of the key."""
     env = Environment(
         loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
         autoescape=select_autoescape(["html", "xml"], default_for_string=True),
@@ -134,7 +138,12 @@ def _render(project: Project, name: str, language: str, **context: Any) -> str:
 
 
 def _render_unchecked(project: Project, name: str, language: str, **context: Any) -> str:
-    env = _environment(str(project.templates_dir), str(builtin_templates_dir()), language)
+    env = _environment(
+        str(project.templates_dir),
+        str(builtin_templates_dir()),
+        language,
+        web_template_overrides(project),
+    )
     config = project.config
     return env.get_template(f"web/{name}").render(
         t=archive_text(language, config.name),
@@ -142,6 +151,7 @@ def _render_unchecked(project: Project, name: str, language: str, **context: Any
         newsletter_name=config.name,
         postal_address=config.postal_address,
         imprint_url=config.section("newsletter").get("imprint_url"),
+        privacy_url=config.section("newsletter").get("privacy_url"),
         theme=config.theme,
         # The sign-up form shows the consent text whose hash the sign-up records.
         consent_text=consent_text(config, language),
@@ -231,6 +241,7 @@ def issue_page(
         newer.title if newer else None,
         archive,
         templates_fingerprint(project),
+        config_fingerprint(project),  # the footer's links (imprint, privacy) are config
     )
     with _lock:
         cached = _pages.get(key)
@@ -332,9 +343,16 @@ def _item(site: Site, entry: ArchiveEntry, prefix: str, language: str) -> dict[s
 def index_page(project: Project, site: Site, entries: list[ArchiveEntry], prefix: str) -> str:
     """The list of published issues, newest first."""
     language = project.config.language
-    key = ("index", site, prefix, tuple((e.file, e.published_at) for e in entries))
+    key = (
+        "index",
+        site,
+        prefix,
+        tuple((e.file, e.published_at) for e in entries),
+        templates_fingerprint(project),
+        config_fingerprint(project),  # serve reads an edited config (privacy_url, consent)
+    )
     with _lock:
-        cached = _pages.get(key + (templates_fingerprint(project),))
+        cached = _pages.get(key)
     if cached is not None:
         return cached
     page = _render(
@@ -348,7 +366,7 @@ def index_page(project: Project, site: Site, entries: list[ArchiveEntry], prefix
         subscribe_action=site.subscribe_action,
         items=[_item(site, e, prefix, language) for e in entries],
     )
-    _remember(_pages, key + (templates_fingerprint(project),), page)
+    _remember(_pages, key, page)
     return page
 
 

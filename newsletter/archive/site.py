@@ -2,7 +2,8 @@
 
 index.html, issues/<slug>/index.html, feed.xml, feed.json, 404.html and sitemap.xml; links
 inside the site are relative, the sign-up form posts to base_url/subscribe, and nothing is
-fetched from the network.
+fetched from the network. The output folder is published as a whole, so it is never the
+project, a folder holding it, or one in its issues/ or templates/ (`_refuse_project_folder`).
 
 Idempotent: a file is written only when its bytes change, so an unchanged archive leaves
 every file (and its mtime) alone, and a new issue touches only the pages it affects (itself,
@@ -118,9 +119,10 @@ def _sitemap(site: Site, entries: list[ArchiveEntry]) -> bytes:
         if day is not None:
             ElementTree.SubElement(url, "lastmod").text = day.isoformat()
 
-    add(f"{site.public_url}/", entries[0].day if entries else None)
+    # lastmod says when a page appeared (it was published), not the date an issue names.
+    add(f"{site.public_url}/", max(e.published_at for e in entries).date() if entries else None)
     for entry in entries:
-        add(site.issue_url(entry.slug), entry.day)
+        add(site.issue_url(entry.slug), entry.published_at.date())
     ElementTree.indent(root)
     body = ElementTree.tostring(root, encoding="unicode")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n").encode("utf-8")
@@ -135,6 +137,7 @@ def build_site(
     progress: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Write the static archive into `folder`; see the module docstring."""
+    _refuse_project_folder(project, folder)
     config = project.config
     if not config.base_url:
         raise ConfigError(
@@ -172,6 +175,27 @@ def build_site(
         where = exc.filename or folder
         raise SiteError(f"{where}: cannot write ({exc.strerror}); choose another -o DIR") from None
     return report
+
+
+def _refuse_project_folder(project: Project, folder: Path) -> None:
+    """A SiteError when `folder` is the project, holds it, or lies in its issues/ or
+    templates/: the whole folder is what gets published, and the site's issues/<slug>/ pages
+    must not mix with the issue files (nor newsletter.toml and the database be published)."""
+    out, root = folder.resolve(), project.root.resolve()
+    if out == root:
+        why = "is the project folder (the site would publish newsletter.toml and the database)"
+    elif root.is_relative_to(out):
+        why = f"holds the project {root} (the site would publish it)"
+    elif out.is_relative_to(project.issues_dir.resolve()):
+        why = "is in the project's issues/ (the pages would mix with the issue files)"
+    elif out.is_relative_to(project.templates_dir.resolve()):
+        why = "is in the project's templates/ (the pages would mix with the templates)"
+    else:
+        return
+    raise SiteError(
+        f"{folder}: the output folder {why}; write the site to a folder of its own, "
+        f"e.g. -o site (without -o: {root / 'site'})"
+    )
 
 
 def _build(
