@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.preview.server import bind, is_loopback, url_of
+from newsletter.listen import bind, is_loopback, url_of
 from tests.conftest import EXAMPLE_ISSUE
 
 
