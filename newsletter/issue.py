@@ -55,6 +55,12 @@ def slugify(text: str, max_length: int = 60) -> str:
     return slug
 
 
+def file_name_slug(path: Path) -> str:
+    """The slug an issue without `slug:` gets from its file name ("" if the name gives
+    none, when the title's is used): `2024-07-02-meta-ki.md` -> `meta-ki`."""
+    return slugify(DATE_PREFIX_RE.sub("", path.stem))
+
+
 @dataclass(frozen=True)
 class Issue:
     """A validated issue file."""
@@ -251,7 +257,7 @@ def load_issue(project: Project, path: Path) -> Issue:
 
     slug = _text(path, data, "slug")
     if slug is None:
-        slug = slugify(DATE_PREFIX_RE.sub("", path.stem)) or slugify(title)
+        slug = file_name_slug(path) or slugify(title)
     elif len(slug) > MAX_SLUG_CHARS:
         raise IssueError(
             path,

@@ -194,6 +194,38 @@ def test_missing_issue_file(project: Path, cli) -> None:
     assert result.exit_code == 1 and "no such issue" in result.output
 
 
+BAD_DATE = "---\ntitle: Datum\ndate: 2026-13-01\n---\nText.\n"
+
+
+def test_a_broken_issue_named_by_its_slug_shows_its_real_error(
+    make_project: Callable[..., Path], cli
+) -> None:
+    root = make_project(issues={"2026-12-08-datum.md": BAD_DATE})
+    path = root / "issues" / "2026-12-08-datum.md"
+    error = f"{path}:3: bad date '2026-13-01'; write it as YYYY-MM-DD, e.g. 2024-07-02"
+    # Before: "Error: datum: no such issue; …", hiding the bad date that the path showed.
+    checked = cli(root, "check", "datum")
+    assert checked.exit_code == 1
+    assert checked.output.splitlines()[0] == error.replace(": bad date", ": error: bad date")
+    built = cli(root, "build", "datum")
+    assert built.exit_code == 1
+    assert built.output == f"Error: {error}\n"
+
+
+def test_a_readable_issue_wins_a_slug_over_a_broken_files_name(
+    make_project: Callable[..., Path], cli
+) -> None:
+    root = make_project(
+        issues={
+            "2026-12-08-datum.md": BAD_DATE,  # its name says "datum", its front matter nothing
+            "zweite.md": "---\ntitle: Zweite\nslug: datum\npreheader: p\n---\nText.\n",
+        }
+    )
+    checked = cli(root, "check", "datum")
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.strip() == f"{root / 'issues' / 'zweite.md'}: no problems found"
+
+
 def test_broken_custom_template_is_located(make_project: Callable[..., Path], cli) -> None:
     root = make_project(
         issues={"x.md": "---\ntitle: X\n---\nHi\n"},
