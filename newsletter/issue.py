@@ -170,17 +170,43 @@ def _text(path: Path, data: dict[str, Any], key: str) -> str | None:
     return str(value).strip()
 
 
-def _reject_control(path: Path, line: int | None, text: str) -> None:
-    found = CONTROL_RE.search(text)
-    if found:
-        if line is not None:
-            line += text.count("\n", 0, found.start())
-        raise IssueError(
-            path,
-            line,
-            f"control character U+{ord(found.group()):04X} in the text; delete it "
-            "(pasted text brings them along)",
+def one_line_problem(key: str, value: str) -> str | None:
+    """Why `value` cannot be an issue's `key` (title, subject or preheader), or None: each
+    becomes a one-line mail header, so no control character, no line break, and at most
+    `MAX_LINE_CHARS`. `load_issue` refuses such a file, and `newsletter new` such a title,
+    by this one rule."""
+    if control := _control_problem(value):
+        return control
+    if LINE_BREAK_RE.search(value.strip()):
+        return (
+            f"`{key}` holds a line break; it becomes a one-line mail header: write it on one line"
         )
+    if len(value.strip()) > MAX_LINE_CHARS:
+        return (
+            f"`{key}` has {len(value.strip()):,} characters; shorten it to at most "
+            f"{MAX_LINE_CHARS:,}"
+        )
+    return None
+
+
+def _control_problem(text: str) -> str | None:
+    found = CONTROL_RE.search(text)
+    if found is None:
+        return None
+    return (
+        f"control character U+{ord(found.group()):04X} in the text; delete it "
+        "(pasted text brings them along)"
+    )
+
+
+def _reject_control(path: Path, line: int | None, text: str) -> None:
+    problem = _control_problem(text)
+    if problem:
+        if line is not None:
+            found = CONTROL_RE.search(text)
+            assert found is not None
+            line += text.count("\n", 0, found.start())
+        raise IssueError(path, line, problem)
 
 
 def load_issue(project: Project, path: Path) -> Issue:
@@ -207,20 +233,8 @@ def load_issue(project: Project, path: Path) -> Issue:
         value = data.get(key)
         if isinstance(value, str) and CONTROL_RE.search(value):  # an escape such as "\v"
             _reject_control(path, front_matter_key_line(path, key), value)
-        if isinstance(value, str) and LINE_BREAK_RE.search(value.strip()):
-            raise IssueError(
-                path,
-                front_matter_key_line(path, key),
-                f"`{key}` holds a line break; it becomes a one-line mail header: "
-                "write it on one line",
-            )
-        if isinstance(value, str) and len(value.strip()) > MAX_LINE_CHARS:
-            raise IssueError(
-                path,
-                front_matter_key_line(path, key),
-                f"`{key}` has {len(value.strip()):,} characters; shorten it to at most "
-                f"{MAX_LINE_CHARS:,}",
-            )
+        if isinstance(value, str) and (problem := one_line_problem(key, value)):
+            raise IssueError(path, front_matter_key_line(path, key), problem)
 
     def line(key: str) -> int | None:
         return front_matter_key_line(path, key) or 1

@@ -76,6 +76,29 @@ def test_new_creates_dated_slugged_issue_and_never_overwrites(project: Path, cli
     assert cli(project, "check", str(path)).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("title", "error"),
+    [
+        (
+            "Zeile1\nZeile2",
+            "`title` holds a line break; it becomes a one-line mail header: write it on one line",
+        ),
+        ("Wort " * 250, "`title` has 1,249 characters; shorten it to at most 1,000"),
+        (
+            "Tab\vStopp",
+            "control character U+000B in the text; delete it (pasted text brings them along)",
+        ),
+    ],
+)
+def test_new_refuses_a_title_build_would_refuse(project: Path, cli, title: str, error: str) -> None:
+    before = sorted((project / "issues").iterdir())
+    result = cli(project, "new", title, "--date", "2024-08-01")
+    # Before: it wrote the file, and `build` refused it with this very line.
+    assert result.exit_code == 1
+    assert result.output == f"Error: {error}\n"
+    assert sorted((project / "issues").iterdir()) == before  # nothing half-written
+
+
 def test_new_when_issues_is_not_a_folder(make_project: Callable[..., Path], cli) -> None:
     root = make_project()
     (root / "issues").rmdir()
