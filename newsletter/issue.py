@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
 DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
+# `2026-12-01.md`: named by its date alone, which is then the whole slug.
+DATE_ONLY_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$")
 KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language", "number", "public")
 # Characters MJML's XML parser rejects; a word processor's paste brings e.g. U+000B.
 # (NUL is not among them: markdown-it already turns it into U+FFFD.)
@@ -57,7 +59,10 @@ def slugify(text: str, max_length: int = 60) -> str:
 
 def file_name_slug(path: Path) -> str:
     """The slug an issue without `slug:` gets from its file name ("" if the name gives
-    none, when the title's is used): `2024-07-02-meta-ki.md` -> `meta-ki`."""
+    none, when the title's is used): `2024-07-02-meta-ki.md` -> `meta-ki`, and
+    `2026-12-01.md` -> `2026-12-01` (not `01`, which the first of every month would share)."""
+    if DATE_ONLY_RE.match(path.stem):
+        return path.stem
     return slugify(DATE_PREFIX_RE.sub("", path.stem))
 
 

@@ -99,6 +99,24 @@ def test_new_refuses_a_title_build_would_refuse(project: Path, cli, title: str, 
     assert sorted((project / "issues").iterdir()) == before  # nothing half-written
 
 
+def test_a_file_named_by_its_date_alone_has_that_date_as_slug(
+    make_project: Callable[..., Path], cli
+) -> None:
+    front = "---\ntitle: Monatsbrief\npreheader: Was diesen Monat geschah\n---\nText.\n"
+    root = make_project(
+        issues={"2026-11-01.md": front, "2026-12-01.md": front, "2026-07-hallo.md": front}
+    )
+    built = cli(root, "build", "issues/2026-12-01.md")
+    assert built.exit_code == 0, built.output
+    # Before: build/01.html, the slug of the first of every month.
+    assert (root / "build" / "2026-12-01.html").is_file()
+    assert cli(root, "build", "2026-07-hallo").output.splitlines()[0].endswith("hallo.html")
+    # Named by its slug, and no "same slug" mix-up with November's.
+    checked = cli(root, "check", "2026-12-01", "--strict")
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.strip() == f"{root / 'issues' / '2026-12-01.md'}: no problems found"
+
+
 def test_new_when_issues_is_not_a_folder(make_project: Callable[..., Path], cli) -> None:
     root = make_project()
     (root / "issues").rmdir()
