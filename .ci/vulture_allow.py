@@ -14,7 +14,7 @@ from newsletter.sending.transports.sendgrid import body
 from newsletter.sequences import runner
 from newsletter import step
 from newsletter.store import engine, issues, schema
-from newsletter import markdown, masking, render, tokens
+from newsletter import markdown, masking, plaintext, render, tokens
 from newsletter.doctor import records
 
 # click registers commands by decorator; nothing calls them by name.
@@ -39,6 +39,7 @@ _LinkCollector.handle_endtag
 decode._TextExtractor.handle_starttag
 decode._TextExtractor.handle_endtag
 decode._TextExtractor.handle_data
+plaintext._HtmlText.handle_startendtag
 
 # imap-tools builds each fetched message with the mailbox's email_message_class.
 mailbox._.email_message_class

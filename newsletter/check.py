@@ -34,11 +34,13 @@ from newsletter.personalize import (
 from newsletter.project import builtin_templates_dir
 from newsletter.render import (
     HTML_TEMPLATE,
+    PREHEADER_CHARS,
     SAMPLE_SUBSCRIBER,
     TEMPLATE_SUFFIXES,
     TEXT_TEMPLATE,
     render_issue,
     sample_unsubscribe_url,
+    written_preheader,
 )
 from newsletter.scaffold import PLACEHOLDER_ADDRESS, PLACEHOLDER_EMAIL
 from newsletter.step import STEP_KEYS, is_step_path
@@ -281,6 +283,36 @@ def _front_matter(issue: Issue) -> list[Finding]:
                 "the first paragraph is used meanwhile)",
                 issue.path,
                 issue.key_line("preheader") or 1,  # an empty `preheader:` line, else the top
+            )
+        )
+    else:
+        found += _preheader(issue, issue.preheader)
+    return found
+
+
+def _preheader(issue: Issue, preheader: str) -> list[Finding]:
+    """What the mail would drop or cut of the preheader the author wrote, without a word."""
+    found = []
+    line = issue.key_line("preheader")
+    if "{{" in preheader:
+        # One preheader for all readers: the fields are left out ("Hallo, neu!").
+        found.append(
+            Finding(
+                "error",
+                "the preheader cannot hold {{ ... }} fields; write it without them",
+                issue.path,
+                line,
+            )
+        )
+    shown = written_preheader(preheader)
+    if len(shown) > PREHEADER_CHARS:
+        found.append(
+            Finding(
+                "warning",
+                f"the preheader has {len(shown)} characters; it is cut after "
+                f"{PREHEADER_CHARS} (with …): shorten it",
+                issue.path,
+                line,
             )
         )
     return found

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # `2024-07-02-title.md` or `2024-07-title.md`: the date prefix is not part of the slug.
 DATE_PREFIX_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?-")
+# `2026-12-01.md`: named by its date alone, which is then the whole slug.
+DATE_ONLY_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$")
 KNOWN_KEYS = ("title", "subject", "preheader", "date", "slug", "language", "number", "public")
 # Characters MJML's XML parser rejects; a word processor's paste brings e.g. U+000B.
 # (NUL is not among them: markdown-it already turns it into U+FFFD.)
@@ -53,6 +55,15 @@ def slugify(text: str, max_length: int = 60) -> str:
     if len(slug) > max_length:
         slug = slug[:max_length].rsplit("-", 1)[0] or slug[:max_length]
     return slug
+
+
+def file_name_slug(path: Path) -> str:
+    """The slug an issue without `slug:` gets from its file name ("" if the name gives
+    none, when the title's is used): `2024-07-02-meta-ki.md` -> `meta-ki`, and
+    `2026-12-01.md` -> `2026-12-01` (not `01`, which the first of every month would share)."""
+    if DATE_ONLY_RE.match(path.stem):
+        return path.stem
+    return slugify(DATE_PREFIX_RE.sub("", path.stem))
 
 
 @dataclass(frozen=True)
@@ -164,17 +175,43 @@ def _text(path: Path, data: dict[str, Any], key: str) -> str | None:
     return str(value).strip()
 
 
-def _reject_control(path: Path, line: int | None, text: str) -> None:
-    found = CONTROL_RE.search(text)
-    if found:
-        if line is not None:
-            line += text.count("\n", 0, found.start())
-        raise IssueError(
-            path,
-            line,
-            f"control character U+{ord(found.group()):04X} in the text; delete it "
-            "(pasted text brings them along)",
+def one_line_problem(key: str, value: str) -> str | None:
+    """Why `value` cannot be an issue's `key` (title, subject or preheader), or None: each
+    becomes a one-line mail header, so no control character, no line break, and at most
+    `MAX_LINE_CHARS`. `load_issue` refuses such a file, and `newsletter new` such a title,
+    by this one rule."""
+    if control := _control_problem(value):
+        return control
+    if LINE_BREAK_RE.search(value.strip()):
+        return (
+            f"`{key}` holds a line break; it becomes a one-line mail header: write it on one line"
         )
+    if len(value.strip()) > MAX_LINE_CHARS:
+        return (
+            f"`{key}` has {len(value.strip()):,} characters; shorten it to at most "
+            f"{MAX_LINE_CHARS:,}"
+        )
+    return None
+
+
+def _control_problem(text: str) -> str | None:
+    found = CONTROL_RE.search(text)
+    if found is None:
+        return None
+    return (
+        f"control character U+{ord(found.group()):04X} in the text; delete it "
+        "(pasted text brings them along)"
+    )
+
+
+def _reject_control(path: Path, line: int | None, text: str) -> None:
+    problem = _control_problem(text)
+    if problem:
+        if line is not None:
+            found = CONTROL_RE.search(text)
+            assert found is not None
+            line += text.count("\n", 0, found.start())
+        raise IssueError(path, line, problem)
 
 
 def load_issue(project: Project, path: Path) -> Issue:
@@ -201,20 +238,8 @@ def load_issue(project: Project, path: Path) -> Issue:
         value = data.get(key)
         if isinstance(value, str) and CONTROL_RE.search(value):  # an escape such as "\v"
             _reject_control(path, front_matter_key_line(path, key), value)
-        if isinstance(value, str) and LINE_BREAK_RE.search(value.strip()):
-            raise IssueError(
-                path,
-                front_matter_key_line(path, key),
-                f"`{key}` holds a line break; it becomes a one-line mail header: "
-                "write it on one line",
-            )
-        if isinstance(value, str) and len(value.strip()) > MAX_LINE_CHARS:
-            raise IssueError(
-                path,
-                front_matter_key_line(path, key),
-                f"`{key}` has {len(value.strip()):,} characters; shorten it to at most "
-                f"{MAX_LINE_CHARS:,}",
-            )
+        if isinstance(value, str) and (problem := one_line_problem(key, value)):
+            raise IssueError(path, front_matter_key_line(path, key), problem)
 
     def line(key: str) -> int | None:
         return front_matter_key_line(path, key) or 1
@@ -251,7 +276,7 @@ def load_issue(project: Project, path: Path) -> Issue:
 
     slug = _text(path, data, "slug")
     if slug is None:
-        slug = slugify(DATE_PREFIX_RE.sub("", path.stem)) or slugify(title)
+        slug = file_name_slug(path) or slugify(title)
     elif len(slug) > MAX_SLUG_CHARS:
         raise IssueError(
             path,

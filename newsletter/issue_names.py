@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.errors import ConfigError, IssueError, NewsletterError
 from newsletter.files import NotARegularFile, regular_file
-from newsletter.issue import load_issue
+from newsletter.issue import file_name_slug, load_issue
 from newsletter.step import resolve_step_issue
 
 if TYPE_CHECKING:
@@ -39,11 +39,15 @@ class ResolvedIssue:
         return self.path
 
 
-def _slug_of(project: Project, path: Path) -> str | None:
+def _slug_of(project: Project, path: Path) -> tuple[str, bool]:
+    """The issue's slug, and whether its front matter could be read. A file whose front
+    matter cannot be read still answers to its file name's slug, so that the command
+    named by it shows the real error (the bad date, with file and line), not "no such
+    issue"."""
     try:
-        return load_issue(project, path).slug
+        return load_issue(project, path).slug, True
     except NewsletterError:
-        return None
+        return file_name_slug(path), False
 
 
 def _refuse_special_files(project: Project, text: str) -> None:
@@ -96,9 +100,16 @@ def resolve_issue(project: Project, name: str | Path) -> ResolvedIssue:
         except NewsletterError:
             return ResolvedIssue(text, Path(path).stem, path)
     if project.issues_dir.is_dir():
+        broken: list[Path] = []
         for candidate in sorted(project.issues_dir.glob("*.md")):
-            if _slug_of(project, candidate) == text:
+            slug, readable = _slug_of(project, candidate)
+            if slug == text and readable:
                 return ResolvedIssue(text, text, candidate.resolve())
+            if slug == text:
+                broken.append(candidate)
+        if broken:
+            # A readable file's slug is certain; a broken one's is a guess from its name.
+            return ResolvedIssue(text, text, broken[0].resolve())
     raise NoSuchIssue(
         f"{text}: no such issue; give a file path, a name in {project.issues_dir} "
         "(with or without .md), or an issue's slug"

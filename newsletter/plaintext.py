@@ -4,7 +4,8 @@ Headings are underlined (`=` for h1, `-` for h2, `~` for h3; h4 to h6 stand on t
 line), lists keep their markers, quotes get `> `, tables are aligned columns, code is
 indented, and links become numbered references `[1]` listed at the end. Footnotes are
 numbered apart from them, as superscripts (`Text¹`, then `¹ The note.` below a rule). Paragraphs wrap at 72 columns; URLs and other
-long words are never broken.
+long words are never broken. Raw HTML gives the text a browser would show: `<br>` and block
+elements break the line, script and style contents are left out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 import textwrap
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 
 from markdown_it.token import Token
 
@@ -24,7 +26,59 @@ def footnote_mark(number: int) -> str:
     return str(number).translate(_SUPERSCRIPT)
 
 
-_TAG_RE = re.compile(r"<[^>]+>")
+#: Elements whose content is code or styling, never text for a reader.
+_DROPPED = frozenset({"script", "style", "template", "head", "title"})
+#: Elements a browser shows on a line of their own: their text starts and ends a line.
+# fmt: off
+_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "caption", "center", "dd", "details",
+    "dialog", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1",
+    "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre",
+    "section", "summary", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul",
+})
+# fmt: on
+_BR_RE = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_DROPPED_TAG_RE = re.compile(r"<(/?)(" + "|".join(sorted(_DROPPED)) + r")\b", re.IGNORECASE)
+
+
+class _HtmlText(HTMLParser):
+    """The text a reader sees of raw HTML in an issue: `<br>` and block elements break the
+    line, script and style contents are dropped, entities are decoded, other tags vanish."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._dropping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _DROPPED:
+            self._dropping += 1
+        elif tag == "br" or tag in _BLOCKS:
+            self.parts.append("\n")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "br" or tag in _BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _DROPPED:
+            self._dropping = max(0, self._dropping - 1)
+        elif tag in _BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._dropping:
+            self.parts.append(data)
+
+
+def _html_lines(markup: str) -> list[str]:
+    """The lines of text in a block of raw HTML; spaces and line breaks of the source
+    collapse as a browser collapses them."""
+    parser = _HtmlText()
+    parser.feed(markup)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).split("\n"))
+    return [line for line in lines if line]
 
 
 @dataclass
@@ -111,8 +165,11 @@ class TextRenderer:
     def inline(self, children: list[Token] | None) -> str:
         out: list[str] = []
         link_stack: list[tuple[str, int]] = []
+        dropping = 0  # inside an inline <script> or <style>: its content is no text
         for token in children or []:
             kind = token.type
+            if dropping and kind != "html_inline":
+                continue
             if kind == "text" or kind == "code_inline":
                 out.append(token.content)
             elif kind == "softbreak":
@@ -136,7 +193,10 @@ class TextRenderer:
             elif kind == "footnote_ref":
                 out.append(footnote_mark(token.meta["id"] + 1))
             elif kind == "html_inline":
-                continue
+                if _BR_RE.fullmatch(token.content.strip()):
+                    out.append("\n")  # as a Markdown hard break
+                elif tag := _DROPPED_TAG_RE.match(token.content):
+                    dropping = max(0, dropping + (-1 if tag.group(1) else 1))
         return "".join(out)
 
     # --- blocks -----------------------------------------------------------------
@@ -200,9 +260,9 @@ class TextRenderer:
             elif kind == "hr":
                 self._emit(["-" * 24], wrap=False)
             elif kind == "html_block":
-                text = _TAG_RE.sub("", token.content).strip()
-                if text:
-                    self._emit(text.split("\n"))
+                lines = _html_lines(token.content)
+                if lines:
+                    self._emit(lines)
             elif kind == "table_open":
                 i = self._table(tokens, i)
                 continue

@@ -323,6 +323,12 @@ def _first_paragraph(tokens: list[Any]) -> str:
     return fallback
 
 
+def written_preheader(preheader: str) -> str:
+    """The author's `preheader:` as every reader gets it, before it is shortened: one line
+    for all readers, so its {{ ... }} fields are left out (`check` says so)."""
+    return strip_tokens(re.sub(r"\{\{.*?\}\}", "", preheader))
+
+
 def _shorten(text: str, limit: int = PREHEADER_CHARS) -> str:
     if len(text) <= limit:
         return text
@@ -339,9 +345,7 @@ def render_issue(project: Project, issue: Issue, *, inline_css: bool = True) -> 
     tokens, md_env = parse(body)
     content = render_html(tokens, md_env, config.theme.get("image_width"))
     preheader = _shorten(
-        strip_tokens(re.sub(r"\{\{.*?\}\}", "", issue.preheader))
-        if issue.preheader
-        else _first_paragraph(tokens)
+        written_preheader(issue.preheader) if issue.preheader else _first_paragraph(tokens)
     )
     strings = texts(issue.language, STRINGS, name=config.name, number=issue.number)
     theme = dict(config.theme)
@@ -435,7 +439,7 @@ def render_file(project: Project, path: Path, *, inline_css: bool = True) -> Ren
 def issue_preheader(issue: Issue) -> str:
     """The preheader `render_issue` would use, without rendering (for archive listings)."""
     if issue.preheader:
-        return _shorten(strip_tokens(re.sub(r"\{\{.*?\}\}", "", issue.preheader)))
+        return _shorten(written_preheader(issue.preheader))
     body, _expressions = extract_expressions(issue.path, issue.body, issue.body_line)
     tokens, _env = parse(body)
     return _shorten(_first_paragraph(tokens))

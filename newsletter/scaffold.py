@@ -11,7 +11,7 @@ from pathlib import Path
 
 from newsletter.errors import ConfigError, IssueError, NewsletterError
 from newsletter.i18n import N_, gettext_for, texts
-from newsletter.issue import slugify
+from newsletter.issue import one_line_problem, slugify
 from newsletter.project import CONFIG_NAME, LANGUAGES
 
 #: What `init` writes until the author puts in their own; `check` warns about them.
@@ -225,8 +225,11 @@ def init_project(directory: Path, name: str, language: str) -> tuple[list[Path],
 def new_issue(
     issues_dir: Path, title: str, language: str, date: datetime.date | None = None
 ) -> Path:
-    """Create `issues/<date>-<slug>.md`; never overwrite."""
+    """Create `issues/<date>-<slug>.md`; never overwrite. A title `build` would refuse
+    (`one_line_problem`) is refused before anything is written."""
     date = date or datetime.date.today()
+    if problem := one_line_problem("title", title):
+        raise NewsletterError(problem)
     slug = slugify(title)
     if not slug:
         raise IssueError(

@@ -1,7 +1,8 @@
 """The user's secrets file, `~/.config/newsletter/env` (`$XDG_CONFIG_HOME/newsletter/env`).
 
-`newsletter secrets init` writes it once (mode 0600, never overwritten) with new random keys
-and commented lines for the provider's keys. Every command reads it at start for the
+`newsletter secrets init` writes it once (mode 0600, never overwritten) with the keys the
+environment already sets, new random ones for the rest, and commented lines for the provider's
+keys. Every command reads it at start for the
 variables the environment does not set: the environment always wins. The format is the
 shell's `NAME=value`, so `set -a; . ~/.config/newsletter/env` works too.
 """
@@ -53,16 +54,26 @@ def secrets_path(environ: MutableMapping[str, str] | None = None) -> Path:
     return Path(base) / "newsletter" / "env"
 
 
-def init_secrets(path: Path | None = None) -> Path:
-    """Write a new secrets file; ConfigError if one exists (it is never overwritten)."""
+def init_secrets(path: Path | None = None) -> tuple[Path, list[str]]:
+    """Write a new secrets file; ConfigError if one exists (it is never overwritten).
+    Returns its path and the names of the keys taken from the environment: a key already in
+    use is written as it is, since a new one would void every link it signed (unsubscribe
+    links in mails already sent, the Inbound Parse URL set up at SendGrid)."""
     path = path or secrets_path()
     lines = [
         "# newsletter's secrets: read by every `newsletter` command for variables the",
         "# environment does not set (the environment wins). Keep this file to yourself.",
         "",
     ]
+    kept: list[str] = []
     for name, meaning in GENERATED:
-        lines += [f"# {meaning}", f"{name}={secrets.token_urlsafe(32)}", ""]
+        value = secret_from_environment(name)
+        if value is None:
+            value = secrets.token_urlsafe(32)
+        else:
+            kept.append(name)
+        # Quoted as the shell would need it: read_secrets and `. env` both unquote it.
+        lines += [f"# {meaning}", f"{name}={shlex.quote(value)}", ""]
     for name, meaning in FROM_PROVIDERS:
         lines += [f"# {meaning}", f"# {name}=", ""]
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -76,7 +87,7 @@ def init_secrets(path: Path | None = None) -> Path:
         ) from None
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write("\n".join(lines))
-    return path
+    return path, kept
 
 
 def secrets_hint() -> str:

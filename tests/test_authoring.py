@@ -76,6 +76,47 @@ def test_new_creates_dated_slugged_issue_and_never_overwrites(project: Path, cli
     assert cli(project, "check", str(path)).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("title", "error"),
+    [
+        (
+            "Zeile1\nZeile2",
+            "`title` holds a line break; it becomes a one-line mail header: write it on one line",
+        ),
+        ("Wort " * 250, "`title` has 1,249 characters; shorten it to at most 1,000"),
+        (
+            "Tab\vStopp",
+            "control character U+000B in the text; delete it (pasted text brings them along)",
+        ),
+    ],
+)
+def test_new_refuses_a_title_build_would_refuse(project: Path, cli, title: str, error: str) -> None:
+    before = sorted((project / "issues").iterdir())
+    result = cli(project, "new", title, "--date", "2024-08-01")
+    # Before: it wrote the file, and `build` refused it with this very line.
+    assert result.exit_code == 1
+    assert result.output == f"Error: {error}\n"
+    assert sorted((project / "issues").iterdir()) == before  # nothing half-written
+
+
+def test_a_file_named_by_its_date_alone_has_that_date_as_slug(
+    make_project: Callable[..., Path], cli
+) -> None:
+    front = "---\ntitle: Monatsbrief\npreheader: Was diesen Monat geschah\n---\nText.\n"
+    root = make_project(
+        issues={"2026-11-01.md": front, "2026-12-01.md": front, "2026-07-hallo.md": front}
+    )
+    built = cli(root, "build", "issues/2026-12-01.md")
+    assert built.exit_code == 0, built.output
+    # Before: build/01.html, the slug of the first of every month.
+    assert (root / "build" / "2026-12-01.html").is_file()
+    assert cli(root, "build", "2026-07-hallo").output.splitlines()[0].endswith("hallo.html")
+    # Named by its slug, and no "same slug" mix-up with November's.
+    checked = cli(root, "check", "2026-12-01", "--strict")
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.strip() == f"{root / 'issues' / '2026-12-01.md'}: no problems found"
+
+
 def test_new_when_issues_is_not_a_folder(make_project: Callable[..., Path], cli) -> None:
     root = make_project()
     (root / "issues").rmdir()
@@ -192,6 +233,38 @@ def test_not_utf8_issue(make_project: Callable[..., Path], cli) -> None:
 def test_missing_issue_file(project: Path, cli) -> None:
     result = cli(project, "build", "nope")
     assert result.exit_code == 1 and "no such issue" in result.output
+
+
+BAD_DATE = "---\ntitle: Datum\ndate: 2026-13-01\n---\nText.\n"
+
+
+def test_a_broken_issue_named_by_its_slug_shows_its_real_error(
+    make_project: Callable[..., Path], cli
+) -> None:
+    root = make_project(issues={"2026-12-08-datum.md": BAD_DATE})
+    path = root / "issues" / "2026-12-08-datum.md"
+    error = f"{path}:3: bad date '2026-13-01'; write it as YYYY-MM-DD, e.g. 2024-07-02"
+    # Before: "Error: datum: no such issue; …", hiding the bad date that the path showed.
+    checked = cli(root, "check", "datum")
+    assert checked.exit_code == 1
+    assert checked.output.splitlines()[0] == error.replace(": bad date", ": error: bad date")
+    built = cli(root, "build", "datum")
+    assert built.exit_code == 1
+    assert built.output == f"Error: {error}\n"
+
+
+def test_a_readable_issue_wins_a_slug_over_a_broken_files_name(
+    make_project: Callable[..., Path], cli
+) -> None:
+    root = make_project(
+        issues={
+            "2026-12-08-datum.md": BAD_DATE,  # its name says "datum", its front matter nothing
+            "zweite.md": "---\ntitle: Zweite\nslug: datum\npreheader: p\n---\nText.\n",
+        }
+    )
+    checked = cli(root, "check", "datum")
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.strip() == f"{root / 'issues' / 'zweite.md'}: no problems found"
 
 
 def test_broken_custom_template_is_located(make_project: Callable[..., Path], cli) -> None:

@@ -72,6 +72,35 @@ def test_subject_empty_and_long(make_project: Callable[..., Path]) -> None:
     assert f"{len(long)} characters" in found[0].message
 
 
+def test_a_field_in_the_preheader_is_an_error_as_in_the_subject(
+    make_project: Callable[..., Path], cli
+) -> None:
+    # One preheader for all readers: the field was left out ("Hallo, neu!") without a word.
+    front = '---\ntitle: T\npreheader: "Hallo {{ subscriber.first_name }}, neu!"\n---\nx\n'
+    root = make_project(issues={"x.md": front})
+    result = cli(root, "check", "x")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        f"{root / 'issues' / 'x.md'}:3: error: the preheader cannot hold {{{{ ... }}}} fields; "
+        "write it without them"
+    )
+
+
+def test_a_preheader_too_long_to_show_warns_with_its_length(
+    make_project: Callable[..., Path], cli
+) -> None:
+    long = "Warum Metas KI Creator verdrängen könnte, was das für Influencer bedeutet " * 2
+    assert len(long.strip()) == 147
+    root = make_project(issues={"x.md": f"---\ntitle: T\npreheader: {long}\n---\nx\n"})
+    result = cli(root, "check", "x")
+    assert result.exit_code == 0, result.output  # a warning: cut, not lost
+    assert result.output.splitlines()[0] == (
+        f"{root / 'issues' / 'x.md'}:3: warning: the preheader has 147 characters; it is cut "
+        "after 140 (with …): shorten it"
+    )
+    assert cli(root, "check", "x", "--strict").exit_code == 1
+
+
 def test_fields_without_default_warn_and_unknown_names_error(
     make_project: Callable[..., Path],
 ) -> None:

@@ -9,11 +9,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from newsletter.preview.server import bind, is_loopback, url_of
+from newsletter.listen import bind, is_loopback, url_of
 from tests.conftest import EXAMPLE_ISSUE
 
 
@@ -96,3 +97,34 @@ def test_preview_serves_on_a_free_port_and_stops_cleanly_on_ctrl_c(project: Path
     assert "Traceback" not in err
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+
+
+@pytest.mark.slow  # a real preview process
+def test_preview_of_a_broken_issue_named_by_its_slug_shows_the_error(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project(issues={"2026-12-08-datum.md": "---\ntitle: D\ndate: 2026-13-01\n---\n"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--project", str(root), "preview", "datum"]
+        + ["--no-open", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Before: "Error: datum: no such issue; …" and exit 1, no preview to fix it in.
+        first = process.stdout.readline()
+        assert first.startswith("Previewing 2026-12-08-datum.md at http://127.0.0.1:"), (
+            first + process.stderr.read()
+        )
+        url = first.split(" at ", 1)[1].strip()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            page = response.read().decode("utf-8")
+        assert "issues/2026-12-08-datum.md, line 3" in page
+        assert "bad date &#39;2026-13-01&#39;" in page
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

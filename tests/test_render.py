@@ -212,6 +212,40 @@ def test_headings_lists_quotes_in_text(make_project: Callable[..., Path]) -> Non
     assert "> quoted line" in text
 
 
+RAW_HTML_BODY = """\
+Zeile eins<br>Zeile zwei<br/>Zeile drei
+
+<style>p { color: #333 }</style>
+
+<script>alert("weg")</script>
+
+<details><summary>Mehr</summary>Versteckt</details>
+
+Inline <script>var geheim = 1;</script>Ende &amp; <b>fett</b>.
+
+<div>
+  <p>Größe &amp; Maß</p>
+  <p>Zweiter „Absatz“</p>
+</div>
+"""
+
+
+def test_raw_html_in_the_text_part(make_project: Callable[..., Path], cli) -> None:
+    root = make_project(issues={"roh.md": f"---\ntitle: Roh\npreheader: p\n---\n{RAW_HTML_BODY}"})
+    result = cli(root, "build", "roh")
+    assert result.exit_code == 0, result.output
+    text = (root / "build" / "roh.txt").read_text("utf-8")
+    body = text.split("Roh\n===\n\n", 1)[1].split("\n\nFragen, Ideen", 1)[0]
+    # Before: "Zeile einsZeile zwei", the CSS and the script in the text, "MehrVersteckt",
+    # "&amp;" and the <div>'s indentation.
+    assert body == (
+        "Zeile eins\nZeile zwei\nZeile drei\n\n"
+        "Mehr\nVersteckt\n\n"
+        "Inline Ende & fett.\n\n"
+        "Größe & Maß\nZweiter „Absatz“"
+    )
+
+
 def test_english_footer(make_project: Callable[..., Path]) -> None:
     rendered = render_body(make_project, "Hello.\n", front="language: en\n")
     soup = BeautifulSoup(rendered.html, "html.parser")

@@ -144,6 +144,31 @@ def test_secrets_init_writes_a_private_file_once(cli, config_home):
     assert path.read_text("utf-8") == text
 
 
+def test_secrets_init_keeps_the_key_already_in_use(cli, config_home, monkeypatch):
+    # A new key in the file would void every unsubscribe link already sent once the
+    # server reads the file; so the key the environment sets is the one written.
+    in_use = "hunt-secret with 'quotes' and $dollar"
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", in_use)
+    result = cli(None, "secrets", "init")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "with NEWSLETTER_SECRET_KEY as your environment sets it and a new " in said
+    assert "NEWSLETTER_INBOUND_SECRET." in said
+    assert in_use not in result.output and "hunt-secret" not in result.output
+    values = read_secrets(config_home / "newsletter" / "env")
+    assert values["NEWSLETTER_SECRET_KEY"] == in_use
+    assert len(values["NEWSLETTER_INBOUND_SECRET"]) >= 40  # none was set: a new one
+
+    # The server reading the file alone (no environment) checks the links signed before.
+    token = tokens.make_token(tokens.UNSUBSCRIBE, 7, key=in_use)
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY")
+    environ = {"XDG_CONFIG_HOME": str(config_home)}
+    load_secrets(environ)
+    assert tokens.read_token(
+        tokens.UNSUBSCRIBE, token, key=environ["NEWSLETTER_SECRET_KEY"]
+    ).subscriber
+
+
 def test_secrets_file_honours_home_without_xdg(tmp_path, monkeypatch):
     from newsletter.secrets_file import secrets_path
 

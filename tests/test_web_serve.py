@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,59 @@ def test_serve_warns_when_not_on_loopback(project: Path):
         process.terminate()
         _, stderr = process.communicate(timeout=20)
     assert "Warning: binding 0.0.0.0" in stderr
+
+
+def _serve(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`newsletter serve ARGS` as a user runs it, expected to stop by itself."""
+    command = [sys.executable, "-m", "newsletter", "--project", str(project), "serve", *args]
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow  # a real process
+def test_serve_on_a_taken_port_is_one_line_naming_it(project: Path):
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        result = _serve(project, "--port", str(port))
+    # Before: "Serving ... on http://127.0.0.1:N", then uvicorn's [Errno 98] and exit 3.
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"Error: cannot listen on 127.0.0.1:{port}: another program listens there; "
+        "stop it, or pass another --port\n"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.slow  # a real process
+def test_serve_on_an_unknown_host_is_one_line_naming_it(project: Path):
+    result = _serve(project, "--host", "nonsense.invalid", "--port", str(free_port()))
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()  # (no "reachable from other machines" warning either)
+    assert line.startswith("Error: cannot listen on nonsense.invalid:")
+    assert line.endswith("; pass another --host, e.g. 127.0.0.1")
+    assert "nonsense.invalid is not an address of this machine" in line
+
+
+@pytest.mark.slow  # starts a real server process
+def test_serve_on_port_0_prints_the_port_it_got(project: Path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--project", str(project), "serve", "--port", "0"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        assert line.startswith("Serving Jens' Briefing on http://127.0.0.1:"), line
+        url = line.split(" on ", 1)[1].split(" ", 1)[0]
+        assert not url.endswith(":0/")  # before: http://127.0.0.1:0
+        # The printed URL answers (the socket is bound before the line is printed).
+        assert httpx.get(url + "healthz", timeout=10).status_code == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
 
 
 def test_serve_help_is_documented(cli):

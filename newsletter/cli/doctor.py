@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import click
 
 from newsletter.cli.context import get_project
 from newsletter.doctor import DoctorOptions, as_json, as_text, failed, run_doctor
 from newsletter.doctor.records import parse_nameserver
-from newsletter.secrets_file import init_secrets
+from newsletter.secrets_file import GENERATED, init_secrets
 
 
 def _nameserver(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -59,19 +61,29 @@ def secrets() -> None:
 
 @secrets.command("init")
 def secrets_init() -> None:
-    """Write ~/.config/newsletter/env with new keys (mode 0600; never overwritten).
+    """Write ~/.config/newsletter/env with your keys (mode 0600; never overwritten).
+
+    A key the environment already sets is written as it is (links signed with it keep
+    working); only a missing one is made new.
 
     \b
     Example:
         newsletter secrets init
     """
 
-    path = init_secrets()
-    click.echo(f"wrote {path} (readable only by you) with a new NEWSLETTER_SECRET_KEY and")
-    click.echo("NEWSLETTER_INBOUND_SECRET. Every newsletter command reads it for variables the")
-    click.echo("environment does not set. Add your SENDGRID_API_KEY (or NEWSLETTER_SMTP_PASSWORD)")
-    click.echo("there; copy the file to the server that runs `newsletter serve`, as the same key")
-    click.echo("must sign and check the links.")
+    path, kept = init_secrets()
+    keys = " and ".join(
+        f"{name} as your environment sets it" if name in kept else f"a new {name}"
+        for name, _ in GENERATED
+    )
+    text = (
+        f"wrote {path} (readable only by you) with {keys}. Every newsletter command reads it "
+        "for variables the environment does not set. Add your SENDGRID_API_KEY (or "
+        "NEWSLETTER_SMTP_PASSWORD) there; copy the file to the server that runs `newsletter "
+        "serve`, as the same key must sign and check the links."
+    )
+    # Paths are not broken across lines, so that one can be copied.
+    click.echo(textwrap.fill(text, width=88, break_long_words=False, break_on_hyphens=False))
 
 
 COMMANDS = [doctor, secrets]

@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from newsletter.cli.context import INTERRUPTED_EXIT_CODE, get_project
+from newsletter.listen import bind, is_loopback, url_of
 from newsletter.preview.app import LOOPBACK_HOSTS, create_preview_app
 from newsletter.preview.screenshot import screenshot_issue
-from newsletter.preview.server import PreviewServer, bind, is_loopback, url_of
+from newsletter.preview.server import PreviewServer
 from newsletter.preview.state import resolve_subscriber
 from newsletter.store.issues import resolve_issue
 

@@ -21,6 +21,7 @@ from newsletter.cli.context import (
     sigterm_like_ctrl_c,
 )
 from newsletter.durations import parse_delay
+from newsletter.listen import bind, url_of
 from newsletter.mail_templates import mail_template_problems
 from newsletter.masking import mask_log_addresses
 from newsletter.replies import strip_terminal_controls
@@ -95,12 +96,6 @@ def serve(
     for problem in mail_template_problems(project):
         # (Not a refusal either: a sign-up then fails, the pages and unsubscribes work.)
         click.echo(f"Warning: {problem}; until then readers do not get that mail.", err=True)
-    if host not in LOOPBACK:
-        click.echo(
-            f"Warning: binding {host} makes the server reachable from other machines; "
-            "serve it behind an HTTPS reverse proxy.",
-            err=True,
-        )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -123,11 +118,19 @@ def serve(
         "start `newsletter serve` again to go on."
     )
     on_interrupt(stopped)
-    click.echo(f"Serving {project.config.name} on http://{host}:{port} (Ctrl+C to stop)", err=True)
+    # Bound before the announcement: a taken port or a wrong --host is one line (exit 1),
+    # and the URL printed is the one that answers (--port 0 names the port it got). No
+    # other port instead: the reverse proxy and SendGrid's webhooks point at this one.
+    sock, _moved = bind(host, port, take_free_port=False)
+    if host not in LOOPBACK:
+        click.echo(
+            f"Warning: binding {host} makes the server reachable from other machines; "
+            "serve it behind an HTTPS reverse proxy.",
+            err=True,
+        )
+    click.echo(f"Serving {project.config.name} on {url_of(sock)} (Ctrl+C to stop)", err=True)
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         access_log=False,  # uvicorn's access log prints full paths, i.e. tokens and secrets
         log_level="warning",  # its start/stop chatter; our own line per request stays
         server_header=False,
@@ -162,7 +165,7 @@ def serve(
             if run_due:
                 due_runner = DueRunner(project).start()
                 click.echo("Doing what is due (subject-line tests) every minute.", err=True)
-            server.run()
+            server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM as `Terminated`
         if not announced:
             raise  # before the server took over the signal: the group prints the line

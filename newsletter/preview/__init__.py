@@ -1,7 +1,8 @@
 """Live preview in the browser and screenshots, through the real rendering pipeline.
 
 - `create_preview_app(project, issue_path, ...)`: the Starlette app (`app.py`)
-- `start_in_thread`, `PreviewServer`, `bind`: running it with uvicorn (`server.py`)
+- `start_in_thread`, `PreviewServer`: running it with uvicorn (`server.py`), on a socket
+  bound first (`newsletter.listen`)
 - `screenshot_issue(project, issue_path, out_dir)`: PNGs in headless chromium (`screenshot.py`)
 - `launch_chromium(playwright)`: Debian's chromium through Playwright (`browser.py`)
 """

@@ -1,15 +1,13 @@
 """Run the preview app with uvicorn: on a port we bound ourselves, stopping cleanly.
 
-We bind the socket before uvicorn starts, so "port taken, pick another" has no race and the
-printed URL is the one that answers. An open event stream would make uvicorn wait for it on
-Ctrl-C; `PreviewServer` ends the streams first so the server stops at once.
+We bind the socket before uvicorn starts (`newsletter.listen`), so "port taken, pick another"
+has no race and the printed URL is the one that answers. An open event stream would make
+uvicorn wait for it on Ctrl-C; `PreviewServer` ends the streams first so the server stops at
+once.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -18,52 +16,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from newsletter.errors import NewsletterError
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def bind(host: str, port: int) -> tuple[socket.socket, bool]:
-    """A listening socket on `host:port`, or on a free port if that one is taken.
-
-    Returns the socket and whether it had to fall back to another port.
-    """
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for candidate in (port, 0):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, candidate))
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE and candidate != 0:
-                continue
-            if exc.errno == errno.EACCES and candidate != 0:
-                continue  # a privileged port: take a free one instead
-            raise NewsletterError(
-                f"cannot listen on {host}:{candidate}: {exc.strerror}; "
-                "pass another --host or --port"
-            ) from None
-        sock.listen(128)
-        sock.set_inheritable(True)
-        return sock, candidate != port
-    raise AssertionError("unreachable")
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/"
+from newsletter.listen import bind, url_of
 
 
 class PreviewServer(uvicorn.Server):
