@@ -263,20 +263,6 @@ def records_for(conn: Connection, subscriber_id: int) -> list[ConsentRecord]:
     return sorted(records, key=lambda record: record.occurred_at)
 
 
-#: The keys of a consent record in an export (`exported_records`), as import reads them back.
-EXPORTED_KEYS = (
-    "kind",
-    "occurred_at",
-    "ip",
-    "user_agent",
-    "page_url",
-    "consent_text",
-    "source",
-    "proves_consent",
-    "details",
-)
-
-
 def exported_records(
     conn: Connection, subscriber_ids: list[int]
 ) -> dict[int, list[dict[str, Any]]]:
