@@ -874,3 +874,21 @@ def test_other_services_opt_outs_and_states(engine, tmp_path, text, expected):
     assert result.rejected == 0, result.rejects
     assert {p.email: p.status for p in iter_subscribers(engine)} == expected
     assert all(not p.fields for p in iter_subscribers(engine))
+
+
+def test_resubscribe_leaves_a_consent_record_of_the_renewed_consent(engine, tmp_path):
+    """`--resubscribe` (for people who gave their consent again) made an unsubscribed person
+    subscribed, and their consent history showed only the old record."""
+    from newsletter.store import consent
+
+    person = add_subscriber(engine, "weg@example.de")
+    set_status(engine, person.id, "unsubscribed")
+    source = write(tmp_path / "wieder-da.csv", "email\nweg@example.de\n")
+    import_file(engine, source, resubscribe=True)
+    assert find_subscriber(engine, "weg@example.de").status == "subscribed"
+    with engine.connect() as conn:
+        records = consent.records_for(conn, person.id)
+    [renewed] = [r for r in records if r.kind == "import"]
+    assert renewed.details["file"] == "wieder-da.csv"
+    assert renewed.details["resubscribed_from"] == "unsubscribed"
+    assert not renewed.proves_consent  # (the author's word, not a proof)

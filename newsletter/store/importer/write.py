@@ -21,7 +21,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.errors import StoreError
 from newsletter.insights.counters import BulkInsertTally
-from newsletter.store.consent import carried_records, record_imported
+from newsletter.store.consent import IMPORT, carried_records, record_imported
+from newsletter.store.consent import record_values as consent_values
 from newsletter.store.engine import others_have_it_open
 from newsletter.store.importer.decide import (
     LOOKUP_BATCH,
@@ -333,7 +334,10 @@ def _write_chunk_once(
     for start in range(0, len(lookup), LOOKUP_BATCH):
         current = fetch_current(conn, lookup[start : start + LOOKUP_BATCH])
         found.update(current)
-        _update_existing(conn, writer, chunk, current, result, new_keys, resubscribe, stamp)
+        _update_existing(
+            conn, writer, chunk, current, result, new_keys, resubscribe, stamp,
+            None if policy is None else (policy, source_name),
+        )  # fmt: skip
 
     found_count.append(len(found))
     if found or repeats:
@@ -501,9 +505,14 @@ def _update_existing(
     new_keys: KeyFilter,
     resubscribe: bool,
     stamp: datetime,
+    consent_of: tuple[ImportConsent, str] | None = None,
 ) -> None:
+    """Merge the chunk into the people already on the list. `consent_of` (the run's consent
+    policy and source): a person `--resubscribe` brings back gets an `import` consent record
+    of it, so the renewed consent the author vouches for leaves a trace."""
     updates: list[tuple[int, dict[str, Any]]] = []
     more: list[tuple[int, str]] = []
+    renewed: list[dict[str, Any]] = []
     for key, record in current.items():
         item = chunk[key]
         if type(item) is tuple and not resubscribe:
@@ -525,7 +534,19 @@ def _update_existing(
         values["updated_at"] = stamp
         updates.append((record["id"], values))
         more.extend((record["id"], tag) for tag in sorted(more_tags))
+        if consent_of is not None and record["status"] in STOPPED and "status" in values:
+            policy, source = consent_of
+            renewed.append(
+                consent_values(
+                    record["id"],
+                    IMPORT,
+                    occurred_at=stamp,
+                    source=source,
+                    details={**policy.details(), "resubscribed_from": record["status"]},
+                )
+            )
     # The batch's changes at once (the writer makes them set-based where it can).
     writer.update_many(updates)
     if more:
         writer.insert([], more)
+    record_imported(conn, renewed)
