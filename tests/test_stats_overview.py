@@ -8,7 +8,7 @@ import csv
 import io
 import json
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -163,9 +163,43 @@ def test_counters_survive_the_event_purge_and_a_rebuild_keeps_purged_days(newsle
         )
     assert queries.issue_summary(engine, issue_id).counts["clicked"] == 6
     result = counters.rebuild(engine, counters.complete_since(365))
-    assert result.since == date.today() - timedelta(days=364)
+    # (The days before the oldest stored event's, and that day, which the purge may have
+    # cut into, keep their counters.)
+    assert result.since == datetime.now(UTC).date() + timedelta(days=1)
     assert queries.issue_summary(engine, issue_id).counts["clicked"] == 6
     assert dict(queries.link_clicks(engine, issue_id)) == {"https://example.com/studie": 7}
+
+
+@pytest.mark.slow
+def test_a_rebuild_keeps_purged_days_after_keep_events_days_was_raised(newsletter, signer, cli):
+    """Purged with `keep_events_days = 5`, then the setting removed: `stats --rebuild`
+    counted the purged days again from nothing, and the issue's delivered, clicks and opens
+    went to 0 (docs/stats.md promises that older days keep their counters)."""
+    proj, engine, people, issues = newsletter
+    issue_id = issues["fruehjahr"]
+    nine_days_ago = int((datetime.now(UTC) - timedelta(days=9)).timestamp())
+    clicks = [
+        event("click", p.email, issue_id=issue_id, subscriber_id=p.id, timestamp=nine_days_ago,
+              url="https://example.com/studie")
+        for p in people[:4]
+    ]  # fmt: skip
+    recent = [
+        event("click", people[5].email, issue_id=issue_id, subscriber_id=people[5].id,
+              url="https://example.com/studie")
+    ]  # fmt: skip
+    with live_server(create_app(proj, engine)) as base:
+        post_events(base, signer, clicks + recent)
+    assert queries.issue_summary(engine, issue_id).counts["clicked"] == 5
+    with engine.begin() as conn:  # what `privacy purge` with keep_events_days = 5 deletes
+        conn.execute(
+            delete(schema.events).where(
+                schema.events.c.occurred_at < datetime.now(UTC) - timedelta(days=5)
+            )
+        )
+    rebuilt = cli(proj.root, "stats", "--rebuild")  # no [privacy] setting any more
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert queries.issue_summary(engine, issue_id).counts["clicked"] == 5
+    assert dict(queries.link_clicks(engine, issue_id)) == {"https://example.com/studie": 5}
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, delete, select, text
+from sqlalchemy import Connection, Engine, delete, func, select, text
 
 from newsletter.insights.metrics import (
     BLOCKED_METRICS,
@@ -257,6 +257,28 @@ def rebuild(engine: Engine, since: date | None = None) -> RebuildResult:
         return rebuild_in(conn, since)
 
 
+def _first_whole_day(conn: Connection, day: str) -> date | None:
+    """The first day whose events are all still stored, when counters show that events of
+    earlier days were purged (days counted before the oldest stored event): a rebuild must
+    not count those days again from nothing. None: nothing was purged. (The setting
+    `keep_events_days` alone does not tell: it may have been raised since the purge.)"""
+    first_counted = conn.execute(
+        select(func.min(schema.issue_day_counters.c.day)).where(
+            schema.issue_day_counters.c.events > 0
+        )
+    ).scalar()
+    if first_counted is None:
+        return None
+    oldest = conn.execute(
+        text(f"SELECT min({day}) FROM events WHERE issue_id IS NOT NULL")
+    ).scalar()
+    if oldest is None:  # every counted event is gone: every counted day stays as it is
+        return datetime.now(UTC).date() + timedelta(days=1)
+    if _as_date(first_counted) < _as_date(oldest):
+        return _as_date(oldest) + timedelta(days=1)  # (that day may have lost a part)
+    return None
+
+
 def rebuild_in(
     conn: Connection, since: date | None = None, *, readers_table: bool = True
 ) -> RebuildResult:
@@ -265,6 +287,9 @@ def rebuild_in(
     serialize_ingest(conn)
     dialect = conn.dialect.name
     day, metric = _day_sql(dialect), _metric_case(dialect)
+    whole = _first_whole_day(conn, day)
+    if whole is not None and (since is None or whole > since):
+        since = whole
     scoped = f"""
         SELECT issue_id, subscriber_id, {day} AS day, {metric} AS metric
         FROM events WHERE issue_id IS NOT NULL
