@@ -130,7 +130,10 @@ def test_ask_keep_reply_apply(readers, cli, signer):
         text = message.get_body(("plain",)).get_content()
         assert "Hallo Bleibt," in text and "in 14 Tagen aus" in text
         link = re.search(r"https://news\.example\.com/keep/\S+", text).group(0)
-        page = httpx.get(base + link.removeprefix("https://news.example.com"))
+        path = link.removeprefix("https://news.example.com")
+        page = httpx.get(base + path)  # the page with the button
+        assert page.status_code == 200 and f'action="{path}"' in page.text
+        page = httpx.post(base + path)
         assert page.status_code == 200
         assert "Danke!" in page.text and "Du bekommst „Jens&#39; Briefing“ weiterhin" in page.text
         forged = httpx.get(base + "/keep/" + link.rsplit("/", 1)[1][:-2] + "xx")
@@ -193,6 +196,46 @@ def test_the_keep_page_speaks_english_and_brings_back_a_reader_removed_as_inacti
     with engine.connect() as conn:
         kept = conn.execute(select(schema.reader_activity.c.clicked_at)).scalars().all()
     assert kept and all(abs(time.time() - k.timestamp()) < 600 for k in kept if k)
+
+
+def _keep_path(root, name: str) -> str:
+    mail = next(m for m in (root / "outbox").glob("*.eml") if name in m.name)
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    return re.search(r"/keep/\S+", message.get_body(("plain",)).get_content()).group(0)
+
+
+def test_opening_the_keep_link_keeps_nobody(readers, cli):
+    """Link scanners and mail prefetchers open every link of a mail. Before, opening the
+    keep link (a GET) kept a cold reader, and brought back one removed as inactive; now it
+    shows the page with the button, and only the button (a POST) keeps."""
+    root, engine, people, _, app = readers()
+    assert cli(root, "subscribers", "sunset", "--ask", "--yes").exit_code == 0
+    path = _keep_path(root, "bleibt")
+    with live_server(app) as base:
+        page = httpx.get(base + path)  # a scanner
+        assert page.status_code == 200
+        assert "Möchtest du „Jens&#39; Briefing“ weiter bekommen?" in page.text
+        assert "Noch ein Klick: Bestätige bitte, dass du „Jens&#39; Briefing“ weiter" in page.text
+        assert f'<form method="post" action="{path}">' in page.text
+        assert "Ja, bitte weiter senden</button>" in page.text
+        assert "Danke!" not in page.text
+
+        with engine.begin() as conn:
+            conn.execute(
+                update(schema.sunset_asks).values(asked_at=datetime.now(UTC) - timedelta(days=15))
+            )
+        dry = cli(root, "subscribers", "sunset", "--apply", "--dry-run")
+        assert "  bleibt@example.de  (asked" in dry.output  # still silent: the GET kept nobody
+        assert cli(root, "subscribers", "sunset", "--apply", "--yes").exit_code == 0
+        assert find_subscriber(engine, "bleibt@example.de").unsubscribe_reason == "inactive"
+
+        page = httpx.get(base + path)  # a scanner again, after the removal
+        assert page.status_code == 200 and "Ja, bitte weiter senden</button>" in page.text
+        assert find_subscriber(engine, "bleibt@example.de").status == "unsubscribed"
+
+        page = httpx.post(base + path)  # the reader's click on the button
+        assert page.status_code == 200 and "Danke!" in page.text
+        assert find_subscriber(engine, "bleibt@example.de").status == "subscribed"
 
 
 def test_sunset_options(project, cli):

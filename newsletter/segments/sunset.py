@@ -5,9 +5,10 @@ Cold is a segment (`cold_definition`): subscribed, no click, no reply and no hum
 their last N issues, on the list for at least M days, and at least 3 issues received.
 `ask` mails each a re-engagement message (templates/web/keep_email.html and .txt, which a
 project may override) with a signed "Yes, keep sending" link; `keep` is what `serve` does
-when it is clicked: the reader counts as having clicked (active again). `due` lists who was
-asked at least `grace` ago and has not clicked, opened or replied since; `remove` takes them
-off through the subscriber store. `sunset_asks` is this module's table.
+when the button on the link's page is pressed (opening the link changes nothing: mail
+scanners open every link): the reader counts as having clicked (active again). `due` lists
+who was asked at least `grace` ago and has not clicked, opened or replied since; `remove`
+takes them off through the subscriber store. `sunset_asks` is this module's table.
 """
 
 from __future__ import annotations
@@ -132,10 +133,21 @@ def _asked(engine: Engine, subscriber_id: int) -> None:
         conn.execute(a.insert().values(subscriber_id=subscriber_id, asked_at=now))
 
 
+def removed_as_inactive(subscriber: Subscriber) -> bool:
+    return subscriber.status == "unsubscribed" and subscriber.unsubscribe_reason == INACTIVE
+
+
+def keeps(subscriber: Subscriber) -> bool:
+    """Whether `keep` leaves the reader subscribed: still on the list, or taken off as
+    inactive (the keep link brings them back). What the keep page offers before the click."""
+    return subscriber.status == "subscribed" or removed_as_inactive(subscriber)
+
+
 def keep(conn: Connection, subscriber: Subscriber, now: datetime | None = None) -> str:
-    """The reader clicked "Yes, keep sending": they count as having clicked their latest
-    issue (active again), and someone already removed as inactive is subscribed again (the
-    signed link proves the address). Returns their status afterwards."""
+    """The reader pressed "Yes, keep sending" on the keep page (a POST; opening the link
+    changes nothing): they count as having clicked their latest issue (active again), and
+    someone already removed as inactive is subscribed again (the signed link proves the
+    address). Returns their status afterwards."""
     moment = now or datetime.now(UTC)
     a = schema.sunset_asks
     conn.execute(update(a).where(a.c.subscriber_id == subscriber.id).values(kept_at=moment))
@@ -143,7 +155,7 @@ def keep(conn: Connection, subscriber: Subscriber, now: datetime | None = None) 
         conn,
         [Activity(subscriber.id, "clicked", moment, latest_issue_sent_to(conn, subscriber.id))],
     )
-    if subscriber.status == "unsubscribed" and subscriber.unsubscribe_reason == INACTIVE:
+    if removed_as_inactive(subscriber):
         set_status(conn, subscriber.id, "subscribed")
         return "subscribed"
     return subscriber.status
