@@ -851,6 +851,7 @@ def sunset(
     if not to_ask:
         click.echo("Nobody to ask.")
         return
+    core.refuse_unlawful(project)  # (before the dry run's "would mail")
     if dry_run:
         click.echo(f"Dry run: would mail {plural(len(to_ask), 'reader')} a keep link.")
         return

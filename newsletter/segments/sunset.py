@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 
 from newsletter import tokens
+from newsletter.check import imprint_missing
 from newsletter.errors import ConfigError
 from newsletter.i18n import gettext_for
 from newsletter.mail_templates import MAIL_TEXT, mail_template_problems, render_mail
@@ -75,6 +76,14 @@ def keep_url(project: Project, subscriber: Subscriber) -> str:
     return f"{base.rstrip('/')}/keep/{token}"
 
 
+def refuse_unlawful(project: Project) -> None:
+    """A ConfigError if the law forbids the mail: a German one without an Impressum (§ 5 DDG),
+    as `send` and `sequences run` refuse it."""
+    language = project.config.language
+    if language == "de" and (missing := imprint_missing(project, language)):
+        raise ConfigError(f"{project.config.path}: {missing}")
+
+
 def pending(engine: Engine, subscriber_ids: Sequence[int]) -> set[int]:
     """Which of these were asked and have not answered yet."""
     a = schema.sunset_asks
@@ -93,12 +102,17 @@ def ask(
 ) -> list[str]:
     """Mail each reader the re-engagement message (through the project's transport) and
     note when; readers asked before who have not answered are not asked again. Returns one
-    line per message (where it went). A RenderError before the first mail if the project's
-    own keep_email template cannot be rendered (not one halfway through the readers)."""
+    line per message (where it went). Before the first mail, a ConfigError for a German
+    newsletter without an Impressum (`refuse_unlawful`), and a RenderError if the project's
+    own keep_email template cannot be rendered (not one halfway through the readers). Each
+    mail carries the reader's one-click unsubscribe (List-Unsubscribe), as issues do: it is
+    mail to many readers at once."""
     language = project.config.language
+    refuse_unlawful(project)
     for problem in mail_template_problems(project, ["keep_email"]):
         raise problem
     already = pending(engine, [r.id for r in readers])
+    key = tokens.secret_key()
     lines = []
     for reader in readers:
         if reader.id in already:
@@ -117,8 +131,17 @@ def ask(
         }
         html = render_mail(project, "keep_email.html", language, **context)
         text = render_mail(project, "keep_email.txt", language, **context)
+        unsubscribe = tokens.unsubscribe_url(
+            project.config.base_url, reader.public_id or reader.id, None, key=key
+        )
         where = send_transactional(
-            project, reader.email, subject, html, text, categories=("sunset",)
+            project,
+            reader.email,
+            subject,
+            html,
+            text,
+            categories=("sunset",),
+            unsubscribe_url=unsubscribe,
         )
         _asked(engine, reader.id)
         lines.append(where)
