@@ -4,6 +4,8 @@ with the consent evidence the law asks for (UWG §7, GDPR Art. 7(1)).
 - `signup`: the form's POST. Adds the person as unconfirmed (or subscribed with single
   opt-in) and stores a `signup` consent record: time, truncated IP, user agent, the page
   the form was on and the hash of the consent text shown.
+- `record_resubscribe`: the `resubscribe` record of someone back through their signed
+  unsubscribe link (the token proves the address: no second opt-in).
 - `confirm`: the POST from the confirmation page. Works once, and only for an unconfirmed
   person with a link newer than their last confirmation; stores a `confirmation` record
   (which proves consent), lifts a suppression from an earlier erasure and tells a provider
@@ -121,6 +123,25 @@ def _record_visit(
         source="form",
         proves_consent=proves,
         details=details,
+    )
+
+
+def record_resubscribe(
+    conn: Connection, config: Config, subscriber: Subscriber, visit: Visit
+) -> None:
+    """The consent record of someone who pressed "subscribe again" on the page of their
+    signed unsubscribe link (`POST /resubscribe/TOKEN`), in the caller's transaction. It
+    proves consent as a confirmation does: the token proves the address, the press the
+    wish; it keeps when, the truncated IP and user agent, and the status they came back from."""
+    consent.record(
+        conn,
+        subscriber.id,
+        consent.RESUBSCRIBE,
+        ip=consent.truncate_ip(visit.ip, keep_full=store_full_ip(config)),
+        user_agent=visit.user_agent,
+        source="link",
+        proves_consent=True,
+        details={"status_before": subscriber.status},
     )
 
 

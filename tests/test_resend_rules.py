@@ -89,3 +89,23 @@ def test_refusals(make_project, database_url, monkeypatch, sg, cli):
     unknown = cli(root, "send", ISSUE, "--resend", "everyone", "--yes")
     assert unknown.exit_code == 2
     assert sg.recipients() == ["leser@example.de"]
+
+
+def test_a_resend_after_a_cancelled_schedule_says_it_was_cancelled(issue_project, sg, cli):
+    """Before, it said the issue "went only to the outbox or as a dry run", which was not
+    what happened; now it names the cancelled send and says to send the issue again."""
+    root = issue_project()
+    for tag in ("x", "y"):
+        assert (
+            cli(root, "subscribers", "add", f"leser-{tag}@example.de", "--tag", tag).exit_code == 0
+        )
+    scheduled = cli(root, "send", ISSUE, "--tag", "x", "--schedule", "in 2h", "--yes")
+    assert scheduled.exit_code == 0, scheduled.output
+    assert cli(root, "cancel", ISSUE).exit_code == 0
+    resent = cli(root, "send", ISSUE, "--resend", "non-clickers", "--yes")
+    assert resent.exit_code == 1
+    assert resent.output == (
+        "Error: meta-ki-creator has not gone out: its send 1 was cancelled, so nobody got it "
+        "and there is nobody to resend to; send it again with `newsletter send meta-ki-creator`\n"
+    )
+    assert len(sg.messages) == 1  # the scheduled one; nothing since

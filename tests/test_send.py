@@ -638,6 +638,24 @@ def test_schedule_and_cancel(project, db, sg, cli):
     assert ledger_states(project) == {"accepted": 2}
 
 
+def test_a_scheduled_dry_run_says_it_scheduled_nothing(project, db, sg, cli):
+    """Before, `--schedule … --dry-run` ended "Send 1: 2 scheduled for … (cancel with
+    `newsletter cancel …`)", and `cancel` then found nothing scheduled; now it says it is a
+    dry run, as a dry run without --schedule does."""
+    add_people(project, 2)
+    result = cli(project, "send", ISSUE, "--schedule", "in 2h", "--dry-run", "--yes")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "scheduled for" not in result.output and "newsletter cancel" not in result.output
+    assert re.fullmatch(r"Scheduled:  \S+ \[dry run: nothing is scheduled\]", lines[-3])
+    assert lines[-2] == "Send 1: 2 validated by the sandbox (nothing delivered)"
+    assert re.fullmatch(
+        r"Dry run: nothing was scheduled; without --dry-run it would go out at \S+\.", lines[-1]
+    )
+    assert sg.batches == [] and sg.messages == []
+    assert cli(project, "cancel", ISSUE).exit_code == 1  # indeed nothing to cancel
+
+
 def test_cancel_too_close_to_send_at_refuses(project, db, sg, cli):
     add_people(project, 1)
     assert cli(project, "send", ISSUE, "--schedule", "in 5m", "--yes").exit_code == 0

@@ -22,6 +22,7 @@ from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, find_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG
+from tests.sendgrid_server import copies
 from tests.support.stats import INBOUND_SECRET, post_events, post_reply
 from tests.support.web import event, live_server, record_sent
 
@@ -130,7 +131,10 @@ def test_ask_keep_reply_apply(readers, cli, signer):
         text = message.get_body(("plain",)).get_content()
         assert "Hallo Bleibt," in text and "in 14 Tagen aus" in text
         link = re.search(r"https://news\.example\.com/keep/\S+", text).group(0)
-        page = httpx.get(base + link.removeprefix("https://news.example.com"))
+        path = link.removeprefix("https://news.example.com")
+        page = httpx.get(base + path)  # the page with the button
+        assert page.status_code == 200 and f'action="{path}"' in page.text
+        page = httpx.post(base + path)
         assert page.status_code == 200
         assert "Danke!" in page.text and "Du bekommst „Jens&#39; Briefing“ weiterhin" in page.text
         forged = httpx.get(base + "/keep/" + link.rsplit("/", 1)[1][:-2] + "xx")
@@ -195,6 +199,46 @@ def test_the_keep_page_speaks_english_and_brings_back_a_reader_removed_as_inacti
     assert kept and all(abs(time.time() - k.timestamp()) < 600 for k in kept if k)
 
 
+def _keep_path(root, name: str) -> str:
+    mail = next(m for m in (root / "outbox").glob("*.eml") if name in m.name)
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    return re.search(r"/keep/\S+", message.get_body(("plain",)).get_content()).group(0)
+
+
+def test_opening_the_keep_link_keeps_nobody(readers, cli):
+    """Link scanners and mail prefetchers open every link of a mail. Before, opening the
+    keep link (a GET) kept a cold reader, and brought back one removed as inactive; now it
+    shows the page with the button, and only the button (a POST) keeps."""
+    root, engine, people, _, app = readers()
+    assert cli(root, "subscribers", "sunset", "--ask", "--yes").exit_code == 0
+    path = _keep_path(root, "bleibt")
+    with live_server(app) as base:
+        page = httpx.get(base + path)  # a scanner
+        assert page.status_code == 200
+        assert "Möchtest du „Jens&#39; Briefing“ weiter bekommen?" in page.text
+        assert "Noch ein Klick: Bestätige bitte, dass du „Jens&#39; Briefing“ weiter" in page.text
+        assert f'<form method="post" action="{path}">' in page.text
+        assert "Ja, bitte weiter senden</button>" in page.text
+        assert "Danke!" not in page.text
+
+        with engine.begin() as conn:
+            conn.execute(
+                update(schema.sunset_asks).values(asked_at=datetime.now(UTC) - timedelta(days=15))
+            )
+        dry = cli(root, "subscribers", "sunset", "--apply", "--dry-run")
+        assert "  bleibt@example.de  (asked" in dry.output  # still silent: the GET kept nobody
+        assert cli(root, "subscribers", "sunset", "--apply", "--yes").exit_code == 0
+        assert find_subscriber(engine, "bleibt@example.de").unsubscribe_reason == "inactive"
+
+        page = httpx.get(base + path)  # a scanner again, after the removal
+        assert page.status_code == 200 and "Ja, bitte weiter senden</button>" in page.text
+        assert find_subscriber(engine, "bleibt@example.de").status == "unsubscribed"
+
+        page = httpx.post(base + path)  # the reader's click on the button
+        assert page.status_code == 200 and "Danke!" in page.text
+        assert find_subscriber(engine, "bleibt@example.de").status == "subscribed"
+
+
 def test_sunset_options(project, cli):
     both = cli(project, "subscribers", "sunset", "--ask", "--apply")
     assert both.exit_code == 2
@@ -228,3 +272,74 @@ def test_a_keep_mail_of_ones_own_that_fails_for_some_readers_stops_before_the_fi
     assert not (root / "outbox").exists()
     retried = cli(root, "subscribers", "sunset", "--ask", "--dry-run")
     assert "would mail 4 readers" in retried.output  # nobody was marked asked
+
+
+def test_a_german_sunset_mail_without_an_impressum_is_refused_before_anyone_is_mailed(readers, cli):
+    """Before, `--ask` mailed German readers without an Impressum, which `send`, `check`
+    and `sequences run` refuse; now it stops in one line, before the first mail."""
+    root, engine, *_ = readers(
+        CONFIG.replace('imprint_url = "https://news.example.com/impressum"\n', "")
+    )
+    for flags in (["--yes"], ["--dry-run"]):
+        asked = cli(root, "subscribers", "sunset", "--ask", *flags)
+        assert asked.exit_code == 1, asked.output
+        last = asked.output.strip().splitlines()[-1]
+        assert last == (
+            f"Error: {root / 'newsletter.toml'}: [newsletter] imprint_url is not set, and a "
+            "German newsletter must link its Impressum in every email: add imprint_url = "
+            '"https://example.com/impressum"'
+        )
+        assert "Traceback" not in asked.output
+    assert not (root / "outbox").exists()
+    with engine.connect() as conn:
+        assert conn.execute(select(schema.sunset_asks)).first() is None  # nobody marked asked
+
+
+def test_an_english_sunset_mail_needs_no_impressum(readers, cli):
+    """§ 5 DDG binds German mail; an English newsletter is asked as before."""
+    root, *_ = readers(
+        EN_CONFIG.replace('imprint_url = "https://news.example.com/impressum"\n', "")
+    )
+    asked = cli(root, "subscribers", "sunset", "--ask", "--yes")
+    assert asked.exit_code == 0, asked.output
+    assert len(list((root / "outbox").glob("*.eml"))) == 4
+
+
+def test_the_sunset_mail_carries_the_readers_one_click_unsubscribe(readers, cli):
+    """It goes to many readers at once, so it has List-Unsubscribe and List-Unsubscribe-Post
+    as issues do (before, neither), with the reader's own unsubscribe link, which unsubscribes
+    that reader with one POST (RFC 8058)."""
+    root, engine, people, _, app = readers()
+    assert cli(root, "subscribers", "sunset", "--ask", "--yes").exit_code == 0
+    mail = next(m for m in (root / "outbox").glob("*.eml") if "still" in m.name)
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    match = re.fullmatch(
+        r"<https://news\.example\.com(/unsubscribe/\S+)>", message["List-Unsubscribe"]
+    )
+    assert match, message["List-Unsubscribe"]
+    with live_server(app) as base:
+        answer = httpx.post(base + match.group(1), data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    assert find_subscriber(engine, "still@example.de").status == "unsubscribed"
+    assert find_subscriber(engine, "bleibt@example.de").status == "subscribed"
+
+
+def test_the_sunset_mail_through_sendgrid_carries_the_one_click_unsubscribe(readers, cli, sg):
+    root, _engine, _people, _, _app = readers()
+    assert cli(root, "subscribers", "sunset", "--ask", "--yes").exit_code == 0
+    sent = [copy for body in sg.messages for copy in copies(body)]
+    assert sorted(c["to"][0]["email"] for c in sent) == [
+        "aktiv@example.de",  # (no click in this test: cold too)
+        "antwortet@example.de",
+        "bleibt@example.de",
+        "still@example.de",
+    ]
+    links = set()
+    for copy in sent:
+        assert copy["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        links.add(copy["headers"]["List-Unsubscribe"])
+        assert copy["headers"]["List-Unsubscribe"].startswith(
+            "<https://news.example.com/unsubscribe/"
+        )
+    assert len(links) == 4  # each reader's own

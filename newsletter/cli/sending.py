@@ -233,7 +233,8 @@ def send(
     click.echo(f"Recipients: {plan.recipients} subscribed{segment_text}")
     click.echo(f"Transport:  {transport.kind} ({transport.where}){' [dry run]' if dry_run else ''}")
     if plan.send_at:
-        click.echo(f"Scheduled:  {plan.send_at.isoformat()}")
+        nothing = " [dry run: nothing is scheduled]" if dry_run else ""
+        click.echo(f"Scheduled:  {plan.send_at.isoformat()}{nothing}")
     if plan.nobody:
         click.echo("Nobody to send to.")
         return
@@ -281,12 +282,17 @@ def send(
     verb = report.accepted_label
     if plan.sandbox:
         verb = "validated by the sandbox (nothing delivered)"
-    if plan.send_at:
+    if plan.send_at and not dry_run:  # (a dry run schedules nothing: nothing to cancel)
         verb = f"scheduled for {plan.send_at.isoformat()} (cancel with `newsletter cancel {issue}`)"
     click.echo(
         f"Send {report.send_id}: {report.accepted} {verb}"
         + ("" if transport.capabilities.delivers else f" ({report.where})")
     )
+    if plan.send_at and dry_run:
+        click.echo(
+            f"Dry run: nothing was scheduled; without --dry-run it would go out at "
+            f"{plan.send_at.isoformat()}."
+        )
     left = plan.recipients - report.total
     if left > 0 and not report.error and not plan.send_at:
         click.echo(

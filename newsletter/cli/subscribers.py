@@ -776,7 +776,11 @@ def _days(value: str) -> int:
     show_default=True,
     help="Cold: on the list for at least this many days.",
 )
-@click.option("--ask", is_flag=True, help='Mail the cold readers a one-click "keep sending" link.')
+@click.option(
+    "--ask",
+    is_flag=True,
+    help='Mail the cold readers a "keep sending" link (it opens a page with the button).',
+)
 @click.option(
     "--apply",
     "apply_",
@@ -799,9 +803,9 @@ def sunset(
 
     Cold means: subscribed, no click, no reply and no human open in their last --issues
     issues, on the list for at least --min-days days, and at least 3 issues received (the
-    segment is printed). Clicking the keep link, or any click or reply, makes a reader
-    active again. The mail is templates/web/keep_email.html and .txt (override them in
-    your project's templates/web/).
+    segment is printed). Pressing the button on the keep link's page, or any click or
+    reply, makes a reader active again. The mail is templates/web/keep_email.html and .txt
+    (override them in your project's templates/web/).
 
     \b
     Example:
@@ -847,6 +851,7 @@ def sunset(
     if not to_ask:
         click.echo("Nobody to ask.")
         return
+    core.refuse_unlawful(project)  # (before the dry run's "would mail")
     if dry_run:
         click.echo(f"Dry run: would mail {plural(len(to_ask), 'reader')} a keep link.")
         return

@@ -5,9 +5,10 @@ Cold is a segment (`cold_definition`): subscribed, no click, no reply and no hum
 their last N issues, on the list for at least M days, and at least 3 issues received.
 `ask` mails each a re-engagement message (templates/web/keep_email.html and .txt, which a
 project may override) with a signed "Yes, keep sending" link; `keep` is what `serve` does
-when it is clicked: the reader counts as having clicked (active again). `due` lists who was
-asked at least `grace` ago and has not clicked, opened or replied since; `remove` takes them
-off through the subscriber store. `sunset_asks` is this module's table.
+when the button on the link's page is pressed (opening the link changes nothing: mail
+scanners open every link): the reader counts as having clicked (active again). `due` lists
+who was asked at least `grace` ago and has not clicked, opened or replied since; `remove`
+takes them off through the subscriber store. `sunset_asks` is this module's table.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 
 from newsletter import tokens
+from newsletter.check import imprint_missing
 from newsletter.errors import ConfigError
 from newsletter.i18n import gettext_for
 from newsletter.mail_templates import MAIL_TEXT, mail_template_problems, render_mail
@@ -74,6 +76,14 @@ def keep_url(project: Project, subscriber: Subscriber) -> str:
     return f"{base.rstrip('/')}/keep/{token}"
 
 
+def refuse_unlawful(project: Project) -> None:
+    """A ConfigError if the law forbids the mail: a German one without an Impressum (§ 5 DDG),
+    as `send` and `sequences run` refuse it."""
+    language = project.config.language
+    if language == "de" and (missing := imprint_missing(project, language)):
+        raise ConfigError(f"{project.config.path}: {missing}")
+
+
 def pending(engine: Engine, subscriber_ids: Sequence[int]) -> set[int]:
     """Which of these were asked and have not answered yet."""
     a = schema.sunset_asks
@@ -92,12 +102,17 @@ def ask(
 ) -> list[str]:
     """Mail each reader the re-engagement message (through the project's transport) and
     note when; readers asked before who have not answered are not asked again. Returns one
-    line per message (where it went). A RenderError before the first mail if the project's
-    own keep_email template cannot be rendered (not one halfway through the readers)."""
+    line per message (where it went). Before the first mail, a ConfigError for a German
+    newsletter without an Impressum (`refuse_unlawful`), and a RenderError if the project's
+    own keep_email template cannot be rendered (not one halfway through the readers). Each
+    mail carries the reader's one-click unsubscribe (List-Unsubscribe), as issues do: it is
+    mail to many readers at once."""
     language = project.config.language
+    refuse_unlawful(project)
     for problem in mail_template_problems(project, ["keep_email"]):
         raise problem
     already = pending(engine, [r.id for r in readers])
+    key = tokens.secret_key()
     lines = []
     for reader in readers:
         if reader.id in already:
@@ -116,8 +131,17 @@ def ask(
         }
         html = render_mail(project, "keep_email.html", language, **context)
         text = render_mail(project, "keep_email.txt", language, **context)
+        unsubscribe = tokens.unsubscribe_url(
+            project.config.base_url, reader.public_id or reader.id, None, key=key
+        )
         where = send_transactional(
-            project, reader.email, subject, html, text, categories=("sunset",)
+            project,
+            reader.email,
+            subject,
+            html,
+            text,
+            categories=("sunset",),
+            unsubscribe_url=unsubscribe,
         )
         _asked(engine, reader.id)
         lines.append(where)
@@ -132,10 +156,21 @@ def _asked(engine: Engine, subscriber_id: int) -> None:
         conn.execute(a.insert().values(subscriber_id=subscriber_id, asked_at=now))
 
 
+def removed_as_inactive(subscriber: Subscriber) -> bool:
+    return subscriber.status == "unsubscribed" and subscriber.unsubscribe_reason == INACTIVE
+
+
+def keeps(subscriber: Subscriber) -> bool:
+    """Whether `keep` leaves the reader subscribed: still on the list, or taken off as
+    inactive (the keep link brings them back). What the keep page offers before the click."""
+    return subscriber.status == "subscribed" or removed_as_inactive(subscriber)
+
+
 def keep(conn: Connection, subscriber: Subscriber, now: datetime | None = None) -> str:
-    """The reader clicked "Yes, keep sending": they count as having clicked their latest
-    issue (active again), and someone already removed as inactive is subscribed again (the
-    signed link proves the address). Returns their status afterwards."""
+    """The reader pressed "Yes, keep sending" on the keep page (a POST; opening the link
+    changes nothing): they count as having clicked their latest issue (active again), and
+    someone already removed as inactive is subscribed again (the signed link proves the
+    address). Returns their status afterwards."""
     moment = now or datetime.now(UTC)
     a = schema.sunset_asks
     conn.execute(update(a).where(a.c.subscriber_id == subscriber.id).values(kept_at=moment))
@@ -143,7 +178,7 @@ def keep(conn: Connection, subscriber: Subscriber, now: datetime | None = None) 
         conn,
         [Activity(subscriber.id, "clicked", moment, latest_issue_sent_to(conn, subscriber.id))],
     )
-    if subscriber.status == "unsubscribed" and subscriber.unsubscribe_reason == INACTIVE:
+    if removed_as_inactive(subscriber):
         set_status(conn, subscriber.id, "subscribed")
         return "subscribed"
     return subscriber.status

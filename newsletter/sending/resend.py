@@ -253,6 +253,22 @@ def _span(wait: timedelta) -> str:
     return f"{seconds}s"
 
 
+def _cancelled_send(engine: Engine, issue_id: int) -> int | None:
+    """The latest real send of the issue that was cancelled (`newsletter cancel`: its schedule
+    cancelled at the provider and its ledger rows gone, so nothing of it went out), or None."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(sends.c.id)
+            .where(
+                sends.c.issue_id == issue_id,
+                sends.c.dry_run.is_(False),
+                sends.c.status == "cancelled",
+            )
+            .order_by(sends.c.id.desc())
+            .limit(1)
+        ).scalar()
+
+
 def _sent_without_ledger(engine: Engine, issue_id: int) -> bool:
     """The issue has sends, none of which left ledger rows (outbox, dry run)."""
     with engine.connect() as conn:
@@ -273,6 +289,16 @@ def resend_refusal(
 ) -> tuple[str | None, FirstSend | None, Any]:
     """(why not, the first send, the earlier resend of this kind being resumed)."""
     first = first_send(engine, issue_id) if issue_id is not None else None
+    cancelled = None
+    if first is None and issue_id is not None:
+        cancelled = _cancelled_send(engine, issue_id)
+    if cancelled is not None:
+        return (
+            f"{slug} has not gone out: its send {cancelled} was cancelled, so nobody got it "
+            f"and there is nobody to resend to; send it again with `newsletter send {slug}`",
+            None,
+            None,
+        )
     if first is None and issue_id is not None and _sent_without_ledger(engine, issue_id):
         return (
             f"{slug} went only to the outbox or as a dry run, which keep no record of who got "

@@ -38,10 +38,12 @@ def send_transactional(
     reply_to: str | None = None,
     categories: Sequence[str] = ("transactional",),
     even_if_bounced: bool = False,
+    unsubscribe_url: str | None = None,
 ) -> str:
     """Send one message to `to` through the project's transport; return where it went (for a
     log line or a page). `reply_to` defaults to the configured one; `even_if_bounced` see
-    `Message`."""
+    `Message`. `unsubscribe_url`, the reader's own, goes into List-Unsubscribe with RFC 8058's
+    List-Unsubscribe-Post as in every issue: for mail that goes to many readers at once."""
     config = project.config
     message = Message(
         from_email=config.from_email,
@@ -53,7 +55,8 @@ def send_transactional(
         categories=tuple(categories),
         even_if_bounced=even_if_bounced,
     )
-    _, where = send_one(project, message, Recipient(to, headers=dict(headers or {})))
+    recipient = Recipient(to, headers=dict(headers or {}), unsubscribe_url=unsubscribe_url)
+    _, where = send_one(project, message, recipient)
     return where
 
 

@@ -2,7 +2,7 @@
 `consent_texts` and `import_runs`).
 
 A record is one event: a form signup, its confirmation, an `add` by the author, an
-import. `proves_consent` marks the records that prove consent on their own (GDPR Art.
+import, a resubscribe through the signed link. `proves_consent` marks the records that prove consent on their own (GDPR Art.
 7(1)); `subscribers list --no-consent-evidence` lists everyone who has none of them.
 """
 
@@ -25,6 +25,9 @@ SIGNUP = "signup"  # the form was submitted (unconfirmed yet, unless single opt-
 CONFIRMATION = "confirmation"  # the confirmation button was pressed
 ADDED = "added"  # `subscribers add` by the author
 IMPORT = "import"  # `subscribers import`
+#: The "subscribe again" button of the page a signed unsubscribe link leads to was pressed:
+#: the token proves the address (only mail to it carried the link), the press the wish.
+RESUBSCRIBE = "resubscribe"
 
 #: What an import record without the export's own opt-in data says.
 NO_EVIDENCE = "imported, no evidence"

@@ -1,10 +1,14 @@
-"""The sunset's "Yes, keep sending" link (`subscribers sunset --ask`): one click keeps the
-reader on the list (`newsletter.segments.sunset.keep`) and shows a thank-you page."""
+"""The sunset's "Yes, keep sending" link (`subscribers sunset --ask`): opening it shows a page
+with the button, and the button's POST keeps the reader on the list
+(`newsletter.segments.sunset.keep`) and shows a thank-you page."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,39 +16,83 @@ from starlette.routing import Route
 
 from newsletter import tokens
 from newsletter.errors import TokenError
-from newsletter.segments.sunset import KEEP
+from newsletter.segments.sunset import KEEP, keeps
 from newsletter.segments.sunset import keep as keep_reader
 from newsletter.store.public_ids import resolve
 from newsletter.store.subscribers import get_subscriber
 from newsletter.web.context import Context
 
+if TYPE_CHECKING:
+    from newsletter.store.subscribers import Subscriber
+
 
 def routes(ctx: Context) -> list[Route]:
-    # GET keeps at once (the mail promises one click); POST does the same for a form.
-    return [Route("/keep/{token}", partial(keep, ctx), methods=["GET", "POST"])]
+    # GET only shows the button: link scanners and mail prefetchers open every link, and
+    # must keep nobody (nor bring back someone removed as inactive). POST keeps.
+    return [
+        Route("/keep/{token}", partial(keep_page, ctx), methods=["GET"]),
+        Route("/keep/{token}", partial(keep, ctx), methods=["POST"]),
+    ]
 
 
-def _keep(ctx: Context, token: str) -> str | None:
-    """The reader's status afterwards, or None when they are no longer stored."""
+def _for_token(
+    ctx: Context, token: str, action: Callable[[Connection, Subscriber], str]
+) -> str | None:
+    """`action`'s answer for the token's reader (in one transaction), or None when they are
+    no longer stored."""
     found = tokens.read_token(KEEP, token, key=tokens.secret_key())
     with ctx.engine.begin() as conn:
         ids = resolve(conn, found)
         subscriber = None if ids.subscriber_id is None else get_subscriber(conn, ids.subscriber_id)
         if subscriber is None:
             return None
-        return keep_reader(conn, subscriber)
+        return action(conn, subscriber)
+
+
+def _offer(conn: Connection, subscriber: Subscriber) -> str:
+    """What the button would do: "keep", or the reader's status when it would not keep them."""
+    return "keep" if keeps(subscriber) else subscriber.status
+
+
+async def keep_page(ctx: Context, request: Request) -> Response:
+    """GET: the page with the "Yes, keep sending" button; changes nothing."""
+    token = request.path_params["token"]
+    try:
+        offer = await run_in_threadpool(_for_token, ctx, token, _offer)
+    except TokenError:
+        return ctx.invalid_link()
+    if offer is None:
+        return ctx.gone(None)
+    if offer != "keep":
+        return _left(ctx)
+    t = ctx.text(None)
+    name = ctx.config.name
+    return ctx.page(
+        "page.html",
+        None,
+        title=t["keep_subject"].format(name=name),
+        lead=t["keep_page_lead"].format(name=name),
+        form_action=f"/keep/{token}",
+        button=t["keep_button"],
+        secondary_action=None,
+    )
 
 
 async def keep(ctx: Context, request: Request) -> Response:
+    """POST from the keep page: the reader stays (or comes back), then the thank-you page."""
     try:
-        status = await run_in_threadpool(_keep, ctx, request.path_params["token"])
+        status = await run_in_threadpool(_for_token, ctx, request.path_params["token"], keep_reader)
     except TokenError:
         return ctx.invalid_link()
     if status is None:
         return ctx.gone(None)
-    t = ctx.text(None)
     if status != "subscribed":
-        return ctx.message(
-            None, "unsubscribed_title", t["keep_left_lead"].format(name=ctx.config.name), 200
-        )
+        return _left(ctx)
+    t = ctx.text(None)
     return ctx.message(None, "keep_title", t["keep_lead"].format(name=ctx.config.name), 200)
+
+
+def _left(ctx: Context) -> Response:
+    """For a reader who left on their own: the link does not bring them back."""
+    lead = ctx.text(None)["keep_left_lead"].format(name=ctx.config.name)
+    return ctx.message(None, "unsubscribed_title", lead, 200)

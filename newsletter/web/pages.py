@@ -29,6 +29,9 @@ TEXT: dict[str, str | tuple[str, str]] = {
         " and you receive “{name}” again."
     ),
     "bounced_button": N_("Send me the link"),
+    "keep_page_lead": N_(
+        "One more click: please confirm that you want to keep receiving “{name}”."
+    ),
     "invalid_title": N_("Invalid link"),
     "invalid_lead": N_(
         "This link is not valid. It may have been cut short when copied – please use the link from the email."

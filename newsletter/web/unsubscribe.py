@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from newsletter import events, tokens
 from newsletter.errors import NewsletterError, TokenError
-from newsletter.optin import signup
+from newsletter.optin import Visit, record_resubscribe, signup
 from newsletter.store.public_ids import resolve
 from newsletter.store.subscribers import apply_status, get_subscriber, set_status
 from newsletter.web.context import Context
@@ -146,11 +146,15 @@ async def unsubscribe(ctx: Context, request: Request) -> Response:
 _MAY_RESUBSCRIBE = ("unsubscribed", "unconfirmed", "complained")
 
 
-def _resubscribe(conn: Connection, subscriber: Subscriber, found: TokenIds) -> Subscriber:
-    """The subscriber afterwards."""
+def _resubscribe(
+    ctx: Context, visit: Visit, conn: Connection, subscriber: Subscriber, found: TokenIds
+) -> Subscriber:
+    """The subscriber afterwards; one who comes back gets a consent record of it (the law
+    asks the sender to prove each consent)."""
 
     if subscriber.status in _MAY_RESUBSCRIBE:
         set_status(conn, subscriber.id, "subscribed")
+        record_resubscribe(conn, ctx.config, subscriber, visit)
         return replace(subscriber, status="subscribed")
     return subscriber
 
@@ -211,4 +215,6 @@ async def resubscribe(ctx: Context, request: Request) -> Response:
         t = ctx.text(language)
         return ctx.message(language, "subscribe_title", t["subscribe_lead"], 200)
 
-    return await _with_subscriber(ctx, request, _resubscribe, respond)
+    return await _with_subscriber(
+        ctx, request, partial(_resubscribe, ctx, visit_of(request)), respond
+    )
