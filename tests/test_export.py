@@ -245,3 +245,13 @@ def test_a_consent_cell_that_is_not_an_exports_rejects_its_row(database_url, tmp
         "its consent cell holds an unknown kind 'gefälscht'",
         "its consent cell is not the JSON `subscribers export` writes",
     ]
+
+
+def test_the_importer_reads_every_kind_of_consent_record_the_store_writes():
+    """An export's consent cell is checked in the reader process, which has no SQLAlchemy
+    and so keeps its own list of kinds: a new kind (`resubscribe`) missing there rejected
+    every reader who had one."""
+    from newsletter.store import consent
+    from newsletter.store.importer.read import CONSENT_KINDS
+
+    assert set(CONSENT_KINDS) == set(consent.KINDS)

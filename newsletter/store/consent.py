@@ -28,6 +28,8 @@ IMPORT = "import"  # `subscribers import`
 #: The "subscribe again" button of the page a signed unsubscribe link leads to was pressed:
 #: the token proves the address (only mail to it carried the link), the press the wish.
 RESUBSCRIBE = "resubscribe"
+#: Every kind (an export's consent records are checked against them on import).
+KINDS = (SIGNUP, CONFIRMATION, ADDED, IMPORT, RESUBSCRIBE)
 
 #: What an import record without the export's own opt-in data says.
 NO_EVIDENCE = "imported, no evidence"

@@ -306,8 +306,9 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
         normalize_tags(inc.tags)
 
 
-#: `store.consent`'s kinds of record (not imported: the reader process has no SQLAlchemy).
-_CONSENT_KINDS = ("signup", "confirmation", "added", "import")
+#: `store.consent.KINDS` (not imported: the reader process has no SQLAlchemy; a test keeps
+#: the two the same).
+CONSENT_KINDS = ("signup", "confirmation", "added", "import", "resubscribe")
 
 
 def _consent_records(value: str) -> list[dict[str, Any]]:
@@ -323,7 +324,7 @@ def _consent_records(value: str) -> list[dict[str, Any]]:
         )
     checked = []
     for record in records:
-        if record.get("kind") not in _CONSENT_KINDS:
+        if record.get("kind") not in CONSENT_KINDS:
             raise ValueError(f"its consent cell holds an unknown kind {record.get('kind')!r}")
         occurred = parse_time(str(record.get("occurred_at") or ""))
         if occurred is None:
