@@ -72,7 +72,7 @@ def test_resume_goes_on_with_the_first_sends_segment(issue_project, database_url
     other = cli(root, "send", ISSUE, "--resume", "--tag", "leser", "--yes")
     assert other.exit_code == 1
     assert other.output.startswith(
-        "Error: --resume goes on with the audience of send 1 (segment köln "
+        "Error: --resume goes on with the audience of send 2 (segment köln "
         '(field:stadt="Köln")); leave out --tag, --segment and --where'
     ), other.output
     assert sg.recipients() == ["jörg@example.de", "neu-köln@example.de"]

@@ -418,12 +418,17 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
 def _with_first_audience(
     engine: Any, issue_id: int, request: SendRequest
 ) -> tuple[SendRequest, str | None]:
-    """A --resume goes to the rest of the audience of the issue's first send (its --tag
-    values and segment), not to the whole list; (the request so, a refusal if it names
-    another audience). Before, the printed `send ISSUE --resume` of an interrupted segment
-    send mailed everyone outside the segment too."""
+    """A --resume goes to the rest of the audience of the issue's send (its --tag values
+    and segment: the latest send of its first copies that was neither a dry run nor
+    cancelled), not to the whole list; (the request so, a refusal if it names another
+    audience). Before, the printed `send ISSUE --resume` of an interrupted segment send
+    mailed everyone outside the segment too."""
     first = next(
-        (s for s in Ledger(engine).list_sends(issue_id) if s.resend is None and not s.dry_run),
+        (
+            s
+            for s in reversed(Ledger(engine).list_sends(issue_id))
+            if s.resend is None and not s.dry_run and s.status != "cancelled"
+        ),
         None,
     )
     if first is None:
