@@ -177,3 +177,22 @@ def test_every_config_key_is_in_the_configuration_reference() -> None:
         if key not in SUBTABLES.get(section, {}) and f"| `{key}` |" not in sections.get(section, "")
     ]
     assert missing == [], "document these in docs/reference/configuration.md"
+
+
+def test_every_sequence_trigger_is_in_the_sequences_guide() -> None:
+    """docs/sequences.md shows each trigger a `[sequences.<name>]` table accepts (the config
+    error names them all); `replied` was missing."""
+    from newsletter.project import check_sequence_table
+
+    problem = check_sequence_table("x", {"trigger": "no-such-trigger", "tag": None})
+    assert problem is not None
+    triggers = re.findall(r'"([^"]+)"', problem.split(";", 1)[1])
+    assert "replied" in triggers and len(triggers) >= 3, problem
+    page = (REPO / "docs" / "sequences.md").read_text(encoding="utf-8")
+    for trigger in triggers:
+        assert (
+            check_sequence_table("x", {"trigger": trigger.replace("<tag>", "kunde"), "tag": None})
+            is None
+        )
+        shown = trigger.replace("<tag>", "")
+        assert f'trigger = "{shown}' in page, f"document trigger = {trigger!r} in docs/sequences.md"

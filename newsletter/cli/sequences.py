@@ -376,10 +376,13 @@ def start(
     project = get_project()
     engine = project_engine(project)
     conditions = segment_where(engine, segment, where)
-    count = count_existing(project, engine, name, tags, conditions)
-    if count == 0:
-        click.echo(f"Nobody to start {name} for: every subscriber has been in it.")
+    label = f"segment {segment}" if segment else (f"--where {where}" if where else None)
+    who = count_existing(project, engine, name, tags, conditions, where_label=label)
+    nobody = who.nobody()
+    if nobody:
+        click.echo(nobody)
         return
+    count = who.count
     if not yes:
         if not sys.stdin.isatty():
             raise NewsletterError(

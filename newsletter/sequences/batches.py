@@ -32,7 +32,6 @@ from newsletter.sequences.report import RunReport
 from newsletter.step import FOLDER, Step, due_at, load_sequence
 from newsletter.store.engine import project_engine
 from newsletter.store.schema import DeliveryState, sequence_enrollments, subscribers
-from newsletter.store.times import as_utc
 
 if TYPE_CHECKING:
     from newsletter.project import Project
@@ -281,7 +280,6 @@ def _claim(
     transaction's connection) and their enrollment moved on (`state.apply_moves`). None when
     nobody is due any more."""
     steps = item.steps
-    by_key = {s.key: s for s in steps}
     issue_to_key = {i: k for k, i in item.issue_ids.items()}
     timezone_name = item.timezone
     s = subscribers
@@ -292,6 +290,7 @@ def _claim(
                 e.c.id,
                 e.c.subscriber_id,
                 e.c.next_step,
+                e.c.next_due_at,
                 e.c.started_at,
                 e.c.last_sent_at,
                 s.c.status,
@@ -329,18 +328,22 @@ def _claim(
                 moves[row.id] = state.Move(None, None, state.STOPPED, row.last_sent_at)
                 report.stopped += 1
                 continue
-            planned = by_key.get(row.next_step) if row.next_step else None
-            step = planned if planned is not None and planned.key not in had[sid] else None
+            step, due = state.next_step_for(
+                steps,
+                had[sid],
+                started_at=row.started_at,
+                last_sent_at=row.last_sent_at,
+                timezone=timezone_name,
+                planned=row.next_step,
+                planned_due=row.next_due_at,
+            )
             if step is None:
-                step = state.next_after(steps, had[sid])
-                if step is None:
-                    moves[row.id] = state.Move(None, None, state.DONE, row.last_sent_at)
-                    report.finished += 1
-                    continue
-                due = due_at(as_utc(row.last_sent_at or row.started_at), step, timezone_name)
-                if due > now:  # the steps changed under this person: not due after all
-                    moves[row.id] = state.Move(step.key, due, state.ACTIVE, row.last_sent_at)
-                    continue
+                moves[row.id] = state.Move(None, None, state.DONE, row.last_sent_at)
+                report.finished += 1
+                continue
+            if due is not None and due > now:  # the steps changed under them: not due after all
+                moves[row.id] = state.Move(step.key, due, state.ACTIVE, row.last_sent_at)
+                continue
             # Most people of a batch had the same steps: work their next one out once.
             seen = frozenset(had[sid] | {step.key})
             if seen not in upcoming:

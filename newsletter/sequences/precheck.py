@@ -10,12 +10,14 @@ Plain DB-API (sqlite3; psycopg for PostgreSQL) and a few small read-only queries
   (else waiting people must be rescheduled),
 - nobody's next step is due later than the steps allow (else a run whose clock was far ahead
   scheduled it, and it must be rescheduled),
-- nobody is due.
+- nobody is due,
+- nobody still in a sequence has left the list (else the run ends their sequence and says so).
 Anything else, an error included (no database yet, one not migrated, a URL it does not
 know), means "look properly": the full run decides, with SQLAlchemy, as before.
 
 The queries mirror `batches.anything_due`, `Ledger.reap_gone_runs`,
-`state.reschedule_if_changed` and `state.reschedule_from_the_future` (tables in `store/schema.py`); a test keeps them in step.
+`state.reschedule_if_changed`, `state.reschedule_from_the_future` and `state.stop_departed`
+(tables in `store/schema.py`); `tests/test_sequences_precheck.py` keeps them in step.
 """
 
 from __future__ import annotations
@@ -121,11 +123,23 @@ def _database_says_nothing(
         names = list(shapes)
         if not names:
             return True
+        marks = ", ".join([mark] * len(names))
         cur.execute(
             "SELECT 1 FROM sequence_enrollments WHERE state = 'active' "  # state.ACTIVE
-            f"AND next_due_at <= {mark} AND sequence IN ({', '.join([mark] * len(names))}) "
-            "LIMIT 1",
+            f"AND next_due_at <= {mark} AND sequence IN ({marks}) LIMIT 1",
             [when(now), *names],
+        )
+        if cur.fetchone() is not None:
+            return False
+        # Someone who left the list while in a sequence. Asked from the side of those who
+        # left (the partial index of the statuses other than subscribed, which this
+        # condition repeats), one index seek each: the people in a sequence may be the whole
+        # list, after `sequences start --existing`.
+        cur.execute(
+            "SELECT 1 FROM subscribers WHERE status != 'subscribed' AND EXISTS ("
+            "SELECT 1 FROM sequence_enrollments e WHERE e.subscriber_id = subscribers.id "
+            f"AND e.state = 'active' AND e.sequence IN ({marks})) LIMIT 1",
+            names,
         )
         return cur.fetchone() is None
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -269,6 +270,43 @@ def next_after(steps: Sequence[Step], had: AbstractSet[str]) -> Step | None:
     return None
 
 
+class Next(NamedTuple):
+    """The step a run sends a reader next and when it is due; (None, None) when they have
+    had every step (the run ends their sequence)."""
+
+    step: Step | None
+    due: datetime | None
+
+
+def next_step_for(
+    steps: Sequence[Step],
+    had: AbstractSet[str],
+    *,
+    started_at: datetime,
+    last_sent_at: datetime | None,
+    timezone: str,
+    planned: str | None = None,
+    planned_due: datetime | None = None,
+) -> Next:
+    """The one rule for what a run sends a reader next: the claim, the rescheduling after the
+    steps changed and `sequences status` all ask it. The step their enrollment names
+    (`planned`, due at `planned_due`) while it is in the folder and they have not had it;
+    else (it was removed or renamed, or they joined while a step did not load) the first step
+    they have not had, `delay` after their last one (or after joining), but not before
+    `planned_due`, since a run looks at them only from then on."""
+    if planned is not None and planned not in had:
+        for step in steps:
+            if step.key == planned:
+                return Next(step, as_utc(planned_due))
+    first_not_had = next_after(steps, had)
+    if first_not_had is None:
+        return Next(None, None)
+    due = due_at(as_utc(last_sent_at or started_at), first_not_had, timezone)
+    if planned_due is not None:
+        due = max(due, as_utc(planned_due))
+    return Next(first_not_had, due)
+
+
 class Move(NamedTuple):
     """An enrollment's new schedule, decided as its person is claimed: the next step and when
     it is due, its state, and when its last step went out."""
@@ -328,6 +366,14 @@ def due_again(
 # --- schedule shape ---------------------------------------------------------------------------
 
 
+def stored_shape(engine: Engine, sequence: str) -> str | None:
+    """The shape (`step.fingerprint`) of the steps the schedule was last worked out for."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(sequence_state.c.fingerprint).where(sequence_state.c.sequence == sequence)
+        ).scalar()
+
+
 def reschedule_if_changed(
     engine: Engine, sequence: str, steps: Sequence[Step], timezone: str, at: datetime
 ) -> int:
@@ -337,10 +383,7 @@ def reschedule_if_changed(
     A removed step is skipped, a moved one is not sent twice (who had a key keeps it), an edited
     delay counts from the person's previous step."""
     shape = fingerprint(list(steps))
-    with engine.connect() as conn:
-        stored = conn.execute(
-            select(sequence_state.c.fingerprint).where(sequence_state.c.sequence == sequence)
-        ).scalar()
+    stored = stored_shape(engine, sequence)
     if stored == shape:
         return 0
     changed = 0
@@ -368,7 +411,6 @@ def reschedule_if_changed(
 def _reschedule(
     engine: Engine, sequence: str, steps: Sequence[Step], timezone: str, at: datetime
 ) -> int:
-    by_key = {s.key: s for s in steps}
     issue_to_key = {i: k for k, i in step_issue_ids(engine, sequence).items()}
     changed = 0
     last = 0
@@ -397,12 +439,17 @@ def _reschedule(
             had = had_steps(conn, issue_to_key, [r.subscriber_id for r in rows])
             updates = []
             for row in rows:
-                step = next_after(steps, had[row.subscriber_id])
+                # (Their next step as if nothing had been planned: the plan is what changed.)
+                step, due = next_step_for(
+                    steps,
+                    had[row.subscriber_id],
+                    started_at=row.started_at,
+                    last_sent_at=row.last_sent_at,
+                    timezone=timezone,
+                )
                 if step is None:
                     updates.append({"eid": row.id, "s": None, "d": None, "st": DONE})
                     continue
-                base = as_utc(row.last_sent_at or row.started_at)
-                due = due_at(base, by_key[step.key], timezone)
                 old_due = as_utc(row.next_due_at) if row.next_due_at else None
                 if step.key != row.next_step or due != old_due:
                     updates.append({"eid": row.id, "s": step.key, "d": due, "st": ACTIVE})
@@ -495,58 +542,73 @@ def enrollment_counts(engine: Engine, sequence: str) -> dict[str, int]:
     return {state: int(n) for state, n in rows}
 
 
+@dataclass
+class Waiting:
+    """Who waits for one step: how many, how many of them are due, when the first is due,
+    and each of them (soonest first)."""
+
+    waiting: int = 0
+    due: int = 0
+    first_due: datetime | None = None
+    people: list[tuple[str, datetime | None]] = field(default_factory=list)  # (email, due)
+
+
 def waiting_by_step(
-    engine: Engine, sequence: str, now: datetime
-) -> dict[str | None, dict[str, Any]]:
-    """next step key -> {"waiting", "due", "next_due"} for active enrollments."""
-    e = enrollments
-    due = func.sum(case((and_(e.c.next_due_at.is_not(None), e.c.next_due_at <= now), 1), else_=0))
+    engine: Engine, sequence: str, steps: Sequence[Step], timezone: str, now: datetime
+) -> dict[str, Waiting]:
+    """step key -> who waits for it, for `sequences status`. Each active reader counts under
+    the step the run would send them next (`next_step_for`, the run's own rule), not under
+    the step their row names: that is empty for someone who joined while a step did not
+    load, and an old key after a step was removed or renamed, and the run sends them the
+    first step they have not had."""
+    if not steps:
+        return {}
+    # Steps changed since the schedule was worked out: the run reschedules everyone first,
+    # from what they had, whatever their row planned (`reschedule_if_changed`).
+    planned_holds = stored_shape(engine, sequence) in (None, fingerprint(list(steps)))
+    issue_to_key = {i: k for k, i in step_issue_ids(engine, sequence).items()}
+    e, s = enrollments, subscribers
+    found: dict[str, list[tuple[datetime | None, int, str]]] = {}
     with engine.connect() as conn:
-        rows = conn.execute(
+        result = conn.execution_options(yield_per=1000).execute(
             select(
+                e.c.id,
+                e.c.subscriber_id,
+                e.c.started_at,
+                e.c.last_sent_at,
                 e.c.next_step,
-                func.count().label("waiting"),
-                due.label("due"),
-                func.min(e.c.next_due_at).label("first_due"),
+                e.c.next_due_at,
+                s.c.email,
             )
-            .join(subscribers, subscribers.c.id == e.c.subscriber_id)
+            .join(s, s.c.id == e.c.subscriber_id)
             # (who left the list waits for nothing: `stop_departed` ends their row)
             .where(e.c.sequence == sequence, e.c.state == ACTIVE, status_is("subscribed"))
-            .group_by(e.c.next_step)
-        ).all()
-    out: dict[str | None, dict[str, Any]] = {}
-    for row in rows:
-        out[row.next_step] = {
-            "waiting": int(row.waiting),
-            "due": int(row.due or 0),
-            "first_due": as_utc(row.first_due) if row.first_due else None,
-        }
-    return out
-
-
-def waiting_people(
-    engine: Engine, sequence: str, step_key: str | None, limit: int | None
-) -> list[dict[str, Any]]:
-    """Who waits for `step_key`, soonest first: address and when it is due."""
-    e, s = enrollments, subscribers
-    query = (
-        select(s.c.email, e.c.next_due_at)
-        .join(s, s.c.id == e.c.subscriber_id)
-        .where(
-            e.c.sequence == sequence,
-            e.c.state == ACTIVE,
-            e.c.next_step == step_key,
-            status_is("subscribed"),
         )
-        .order_by(e.c.next_due_at, e.c.id)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    with engine.connect() as conn:
-        return [
-            {"email": r.email, "due_at": as_utc(r.next_due_at) if r.next_due_at else None}
-            for r in conn.execute(query)
-        ]
+        for rows in result.partitions():
+            had = had_steps(conn, issue_to_key, [r.subscriber_id for r in rows])
+            for row in rows:
+                step, due = next_step_for(
+                    steps,
+                    had[row.subscriber_id],
+                    started_at=row.started_at,
+                    last_sent_at=row.last_sent_at,
+                    timezone=timezone,
+                    planned=row.next_step if planned_holds else None,
+                    planned_due=row.next_due_at if planned_holds else None,
+                )
+                if step is not None:
+                    found.setdefault(step.key, []).append((due, row.id, row.email))
+    out = {}
+    for key, people in found.items():
+        people.sort(key=lambda p: (p[0] is None, p[0] or now, p[1]))
+        dues = [due for due, _, _ in people if due is not None]
+        out[key] = Waiting(
+            waiting=len(people),
+            due=sum(1 for due in dues if due <= now),
+            first_due=min(dues, default=None),
+            people=[(email, due) for due, _, email in people],
+        )
+    return out
 
 
 def sent_counts(engine: Engine, issue_ids: Iterable[int]) -> dict[int, dict[str, int]]:

@@ -200,16 +200,18 @@ def sequence_status(
     *,
     people_limit: int | None = 20,
 ) -> list[SequenceStatus]:
-    """Per sequence and step: who got it, who waits for it, how many are due, when the next is."""
+    """Per sequence and step: who got it, who waits for it (under the step the run would send
+    them next), how many are due, when the next is."""
+    timezone = project.config.section("newsletter")["timezone"]
     out = []
     for info in describe(project, name):
         issue_ids = state.step_issue_ids(engine, info.name)
         counts = state.sent_counts(engine, issue_ids.values())
-        waiting = state.waiting_by_step(engine, info.name, now)
+        waiting = state.waiting_by_step(engine, info.name, info.steps, timezone, now)
         steps = []
         for step in info.steps:
             c = counts.get(issue_ids.get(step.key, -1), {})
-            w = waiting.get(step.key, {"waiting": 0, "due": 0, "first_due": None})
+            w = waiting.get(step.key, state.Waiting())
             steps.append(
                 StepStatus(
                     number=step.number,
@@ -221,14 +223,12 @@ def sequence_status(
                     uncertain=c.get("uncertain", 0),
                     failed=c.get("failed", 0),
                     in_flight=c.get("in_flight", 0),
-                    waiting=w["waiting"],
-                    due=w["due"],
-                    next_due=w["first_due"],
-                    waiting_people=(
-                        state.waiting_people(engine, info.name, step.key, people_limit)
-                        if w["waiting"]
-                        else []
-                    ),
+                    waiting=w.waiting,
+                    due=w.due,
+                    next_due=w.first_due,
+                    waiting_people=[
+                        {"email": email, "due_at": due} for email, due in w.people[:people_limit]
+                    ],
                 )
             )
         current = {s.key for s in info.steps}
