@@ -32,7 +32,8 @@ def enabled(project: Project) -> bool:
 
 
 def site_for(project: Project, request: Request) -> Site:
-    """Links and ids from base_url; without one, from the address the request came to."""
+    """Links and ids from base_url (its path too: serve behind a proxy at /newsletter); without
+    one, from the address the request came to."""
     return served_site(project.config.base_url or str(request.base_url))
 
 
@@ -48,7 +49,8 @@ def routes(ctx: Context) -> list[Route]:
 
 def not_found_response(ctx: Context, request: Request) -> HTMLResponse:
     project = ctx.project
-    html = not_found_page(project, site_for(project, request), "/")
+    site = site_for(project, request)
+    html = not_found_page(project, site, site.root)
     return HTMLResponse(html, status_code=404, headers={"X-Content-Type-Options": "nosniff"})
 
 
@@ -62,7 +64,7 @@ def exception_handlers(ctx: Context) -> dict[int, object]:
 
 
 def _index(project: Project, engine: Engine, site: Site) -> str:
-    return index_page(project, site, archive_entries(project, engine), "/")
+    return index_page(project, site, archive_entries(project, engine), site.root)
 
 
 def _atom(project: Project, engine: Engine, site: Site) -> bytes:
