@@ -1,6 +1,7 @@
 """`newsletter serve` behind a reverse proxy at a path (`base_url =
 "https://jens.example.com/newsletter"`): every link and form action of its pages, and of
-`archive build`'s static site, carries that path. Before, serve's pages linked and posted
+`archive build`'s static site, carries that path, and serve answers under it too (for a
+proxy that passes the path on as it came). Before, serve's pages linked and posted
 to /unsubscribe/TOKEN, /subscribe, /feed.xml, /issues/x: behind the proxy those went to the
 blog's root, so an unsubscribe confirmation and every sign-up failed. Without a path (or
 without a base_url) the links stay as they were. SQLite and PostgreSQL."""
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from bs4 import BeautifulSoup
 from starlette.testclient import TestClient
@@ -19,10 +21,10 @@ from newsletter import tokens
 from newsletter.project import Project
 from newsletter.segments.sunset import KEEP
 from newsletter.store.engine import open_engine
-from newsletter.store.subscribers import add_subscriber
+from newsletter.store.subscribers import add_subscriber, find_subscriber, get_subscriber
 from newsletter.web import create_app
 from tests.conftest import CONFIG, TEST_SECRET
-from tests.support.web import sent_issue
+from tests.support.web import live_server, sent_issue
 
 SLUG = "meta-ki-creator"
 
@@ -195,3 +197,63 @@ def test_the_static_site_posts_to_base_urls_path(
     not_found = BeautifulSoup((site / "404.html").read_text("utf-8"), "html.parser")
     assert not_found.find("a", string="Alle Ausgaben")["href"] == f"{base}/"
     assert not_found.find("a", string="Abonnieren")["href"] == f"{base}/subscribe"
+
+
+@pytest.fixture
+def behind_proxy(
+    make_project: Callable[..., Path], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any, Any]:
+    """serve with base_url at /newsletter, run under uvicorn on loopback, asked the way a
+    proxy that passes the path on as it came asks it."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=config_with("https://jens.example.com/newsletter"))
+    example = Path(__file__).resolve().parent.parent / "issues" / "2024-07-meta-ki-creator.md"
+    (root / "issues" / example.name).write_text(example.read_text("utf-8"), "utf-8")
+    project = Project.load(root)
+    engine = open_engine(project.database_url)
+    return project, engine, add_subscriber(engine, "jörg.weiß@example.de", name="Jörg Weiß")
+
+
+def test_a_proxy_that_passes_the_path_on_reaches_every_page(
+    behind_proxy: tuple[Any, Any, Any],
+) -> None:
+    """A reader follows the pages' own links and forms: each reaches serve through the
+    /newsletter path, and the forms do what they say."""
+    project, engine, jörg = behind_proxy
+    issue_id = sent_issue(engine, [jörg.id], slug=SLUG)
+    out = tokens.make_token(
+        tokens.UNSUBSCRIBE, jörg.public_id or jörg.id, issue_id, key=TEST_SECRET
+    )
+    with live_server(create_app(project, engine)) as server:
+        client = httpx.Client(base_url=server)
+
+        asked = client.get(f"/newsletter/unsubscribe/{out}")
+        assert asked.status_code == 200
+        done = client.post(action_of(asked.text))
+        assert done.status_code == 200 and "Abgemeldet" in done.text
+        assert get_subscriber(engine, jörg.id).status == "unsubscribed"
+        back = client.post(action_of(done.text))
+        assert back.status_code == 200 and "Willkommen zurück" in back.text
+        assert get_subscriber(engine, jörg.id).status == "subscribed"
+
+        form = client.get("/newsletter/subscribe")
+        assert form.status_code == 200
+        signed_up = client.post(
+            action_of(form.text), data={"email": "grüße@example.de", "consent": "yes"}
+        )
+        assert signed_up.status_code == 200 and "Fast geschafft" in signed_up.text
+        assert find_subscriber(engine, "grüße@example.de") is not None
+
+        for start in ("/newsletter", "/newsletter/", f"/newsletter/issues/{SLUG}"):
+            page = client.get(start)
+            assert page.status_code == 200, start
+            for link in links_of(page.text):
+                if link.startswith("/"):
+                    assert client.get(link).status_code == 200, (start, link)
+        moved = client.get(f"/newsletter/issues/{SLUG}/")
+        assert moved.status_code == 308
+        assert moved.headers["location"] == f"/newsletter/issues/{SLUG}"
+        assert client.get("/newsletter/healthz").text == "ok\n"
+        # A proxy that takes the prefix off reaches the same pages.
+        assert client.get("/subscribe").status_code == 200
+        assert client.get("/newsletter-alt/subscribe").status_code == 404

@@ -32,7 +32,11 @@ from newsletter.web import (
 from newsletter.web.busy import EXCEPTION_HANDLERS
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
-from newsletter.web.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from newsletter.web.middleware import (
+    BasePathMiddleware,
+    BodyLimitMiddleware,
+    RequestLogMiddleware,
+)
 
 __all__ = ["create_app", "find_issue_file"]
 
@@ -72,9 +76,11 @@ def create_app(
             return int(serve_config["max_inbound_bytes"])
         return int(serve_config["max_body_bytes"])
 
-    # Log outermost, so a 413 from the limit is logged too.
+    # Log outside the limit, so a 413 from the limit is logged too; base_url's path goes
+    # first, so that both see the path as the routes know it.
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(RequestLogMiddleware, router=router)
+    app.add_middleware(BasePathMiddleware, base_path=lambda: ctx.link("").rstrip("/"))
     app.state.project = project
     app.state.engine = ctx.engine
     return app
