@@ -257,3 +257,21 @@ def test_a_proxy_that_passes_the_path_on_reaches_every_page(
         # A proxy that takes the prefix off reaches the same pages.
         assert client.get("/subscribe").status_code == 200
         assert client.get("/newsletter-alt/subscribe").status_code == 404
+
+
+def test_a_trailing_slash_is_redirected_under_base_urls_path(served: dict[str, Any]) -> None:
+    """/subscribe/ (typed, or linked from elsewhere) goes to /newsletter/subscribe; Starlette's
+    own redirect went to /subscribe, the blog's root behind the proxy."""
+    client, prefix, token = served["client"], served["prefix"], served["token"]
+    out = token(tokens.UNSUBSCRIBE, "subscribed")
+    for path, target in [
+        ("/subscribe/?lang=en", "subscribe?lang=en"),
+        ("/feed.xml/", "feed.xml"),
+        (f"/unsubscribe/{out}/", f"unsubscribe/{out}"),
+    ]:
+        moved = client.get(path, follow_redirects=False)
+        assert moved.status_code == 307, path
+        # (Where the browser goes: without a path, the same place as before.)
+        where = moved.request.url.join(moved.headers["location"])
+        assert where.raw_path.decode() == f"{prefix}/{target}"
+    assert client.get("/gibt-es-nicht/", follow_redirects=False).status_code == 404

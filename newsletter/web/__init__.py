@@ -61,7 +61,7 @@ def create_app(
         *archive.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
-    handlers: dict[Any, Any] = {**archive.exception_handlers(ctx), **EXCEPTION_HANDLERS}
+    handlers: dict[Any, Any] = {**archive.exception_handlers(ctx, routes), **EXCEPTION_HANDLERS}
     app = Starlette(
         routes=routes,
         exception_handlers=handlers,
@@ -69,6 +69,7 @@ def create_app(
             ctx, fetch_replies=fetch_replies or _fetch_interval(project)
         ),
     )
+    app.router.redirect_slashes = False  # the 404 handler redirects, under base_url's path
     router = Router(routes=routes)
 
     def limit_for(path: str) -> int:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Match, Route
 
 from newsletter.archive import Site, archive_entries, served_site
 from newsletter.archive.feeds import atom_feed
@@ -54,13 +54,32 @@ def not_found_response(ctx: Context, request: Request) -> HTMLResponse:
     return HTMLResponse(html, status_code=404, headers={"X-Content-Type-Options": "nosniff"})
 
 
-def exception_handlers(ctx: Context) -> dict[int, object]:
-    """A styled 404 page for any unknown path (Starlette's default is plain text)."""
+def exception_handlers(ctx: Context, routes: Sequence[BaseRoute]) -> dict[int, object]:
+    """A styled 404 page for any unknown path (Starlette's default is plain text). A path
+    that one of `routes` knows with (or without) a trailing slash is redirected there,
+    under base_url's path: Starlette's own redirect (switched off) would leave that out."""
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
+        twin = _slash_twin(request, routes)
+        if twin is not None:
+            query = request.url.query
+            target = ctx.link(twin.lstrip("/")) + (f"?{query}" if query else "")
+            return RedirectResponse(target, status_code=307)
         return await run_in_threadpool(not_found_response, ctx, request)
 
     return {404: not_found}
+
+
+def _slash_twin(request: Request, routes: Sequence[BaseRoute]) -> str | None:
+    """The request's path with its trailing slash added or taken off, if a route has it."""
+    path = request.scope["path"]
+    if path == "/":
+        return None
+    twin = path.rstrip("/") if path.endswith("/") else f"{path}/"
+    scope = {**request.scope, "path": twin}
+    if any(route.matches(scope)[0] is not Match.NONE for route in routes):
+        return twin
+    return None
 
 
 def _index(project: Project, engine: Engine, site: Site) -> str:
