@@ -49,6 +49,7 @@ mailbox._.email_message_class
 masking._.msg
 records._.nameservers  # dnspython's resolver reads them
 records._.lifetime
+_.redirect_slashes  # Starlette's router reads it (serve's 404 handler redirects instead)
 masking._.exc_text
 markdown._.linkify
 server._.should_exit

@@ -245,6 +245,10 @@ class Config:
         url = self.sections["newsletter"]["base_url"]
         return url.rstrip("/") if url else None
 
+    def serve_link(self, path: str, *, full_url: bool = False) -> str:
+        """`path` of `newsletter serve` as a browser must ask for it; see `serve_link`."""
+        return serve_link(self.base_url, path, full_url=full_url)
+
     @property
     def language(self) -> str:
         return self.sections["newsletter"]["language"]
@@ -252,6 +256,18 @@ class Config:
     @property
     def theme(self) -> dict[str, Any]:
         return self.sections["theme"]
+
+
+def serve_link(base_url: str | None, path: str, *, full_url: bool = False) -> str:
+    """Where a browser finds `path` of `newsletter serve` ("subscribe", "unsubscribe/TOKEN",
+    "" for its root): the absolute path under base_url's own path, or with `full_url` the
+    whole URL (for pages hosted elsewhere, as the static archive is). Serve behind a reverse
+    proxy at https://jens.example.com/newsletter answers /newsletter/subscribe; a link to
+    /subscribe would lead to the blog's root. Without a base_url, from the root."""
+    base = (base_url or "").rstrip("/")
+    if full_url:
+        return f"{base}/{path}"
+    return f"{urlsplit(base).path}/{path}"
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:

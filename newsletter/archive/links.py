@@ -1,11 +1,14 @@
-"""Where the archive's pages point. Under `newsletter serve` links are absolute paths
-(`/issues/<slug>`); in the static site they are relative to the page (`../../feed.xml`),
-so the folder works wherever it is hosted. Feeds and the sitemap need absolute URLs."""
+"""Where the archive's pages point. Under `newsletter serve` links are absolute paths under
+base_url's path (`/issues/<slug>`, or `/newsletter/issues/<slug>` behind a reverse proxy at
+/newsletter); in the static site they are relative to the page (`../../feed.xml`), so the
+folder works wherever it is hosted. Feeds and the sitemap need absolute URLs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from newsletter.project import serve_link
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,7 @@ class Site:
     static: bool
     public_url: str  # absolute, no trailing slash: where the archive is reachable
     subscribe_action: str  # where the sign-up form posts
+    root: str  # how a page at the top links to the top: "" (static), "/" or "/newsletter/"
     id_host: str  # the host in the feed's tag: URIs (from base_url, so ids never change)
 
     def issue_url(self, slug: str) -> str:
@@ -42,7 +46,13 @@ def host_of(url: str) -> str:
 
 def served_site(base_url: str) -> Site:
     base = base_url.rstrip("/")
-    return Site(static=False, public_url=base, subscribe_action="/subscribe", id_host=host_of(base))
+    return Site(
+        static=False,
+        public_url=base,
+        subscribe_action=serve_link(base, "subscribe"),
+        root=serve_link(base, ""),
+        id_host=host_of(base),
+    )
 
 
 def static_site(base_url: str, site_url: str | None) -> Site:
@@ -50,6 +60,7 @@ def static_site(base_url: str, site_url: str | None) -> Site:
     return Site(
         static=True,
         public_url=(site_url or base).rstrip("/"),
-        subscribe_action=f"{base}/subscribe",
+        subscribe_action=serve_link(base, "subscribe", full_url=True),
+        root="",
         id_host=host_of(base),
     )

@@ -243,7 +243,7 @@ def _build(
         # The index and the 404 page first, in memory: a broken template of the project's own
         # (they share the layout with the issue pages) stops the build before anything is
         # written, rather than after the issue pages.
-        index_html = index_page(project, site, entries, "").encode("utf-8")
+        index_html = index_page(project, site, entries, site.root).encode("utf-8")
         not_found_html = _not_found(project, site)
         jobs: list[tuple[str, str, PageJob]] = []
         for index, entry in enumerate(entries):

@@ -32,7 +32,11 @@ from newsletter.web import (
 from newsletter.web.busy import EXCEPTION_HANDLERS
 from newsletter.web.context import Context
 from newsletter.web.issue_page import find_issue_file
-from newsletter.web.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from newsletter.web.middleware import (
+    BasePathMiddleware,
+    BodyLimitMiddleware,
+    RequestLogMiddleware,
+)
 
 __all__ = ["create_app", "find_issue_file"]
 
@@ -57,7 +61,7 @@ def create_app(
         *archive.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
-    handlers: dict[Any, Any] = {**archive.exception_handlers(ctx), **EXCEPTION_HANDLERS}
+    handlers: dict[Any, Any] = {**archive.exception_handlers(ctx, routes), **EXCEPTION_HANDLERS}
     app = Starlette(
         routes=routes,
         exception_handlers=handlers,
@@ -65,6 +69,7 @@ def create_app(
             ctx, fetch_replies=fetch_replies or _fetch_interval(project)
         ),
     )
+    app.router.redirect_slashes = False  # the 404 handler redirects, under base_url's path
     router = Router(routes=routes)
 
     def limit_for(path: str) -> int:
@@ -72,9 +77,11 @@ def create_app(
             return int(serve_config["max_inbound_bytes"])
         return int(serve_config["max_body_bytes"])
 
-    # Log outermost, so a 413 from the limit is logged too.
+    # Log outside the limit, so a 413 from the limit is logged too; base_url's path goes
+    # first, so that both see the path as the routes know it.
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(RequestLogMiddleware, router=router)
+    app.add_middleware(BasePathMiddleware, base_path=lambda: ctx.link("").rstrip("/"))
     app.state.project = project
     app.state.engine = ctx.engine
     return app

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Match, Route
 
 from newsletter.archive import Site, archive_entries, served_site
 from newsletter.archive.feeds import atom_feed
@@ -32,7 +32,8 @@ def enabled(project: Project) -> bool:
 
 
 def site_for(project: Project, request: Request) -> Site:
-    """Links and ids from base_url; without one, from the address the request came to."""
+    """Links and ids from base_url (its path too: serve behind a proxy at /newsletter); without
+    one, from the address the request came to."""
     return served_site(project.config.base_url or str(request.base_url))
 
 
@@ -48,21 +49,41 @@ def routes(ctx: Context) -> list[Route]:
 
 def not_found_response(ctx: Context, request: Request) -> HTMLResponse:
     project = ctx.project
-    html = not_found_page(project, site_for(project, request), "/")
+    site = site_for(project, request)
+    html = not_found_page(project, site, site.root)
     return HTMLResponse(html, status_code=404, headers={"X-Content-Type-Options": "nosniff"})
 
 
-def exception_handlers(ctx: Context) -> dict[int, object]:
-    """A styled 404 page for any unknown path (Starlette's default is plain text)."""
+def exception_handlers(ctx: Context, routes: Sequence[BaseRoute]) -> dict[int, object]:
+    """A styled 404 page for any unknown path (Starlette's default is plain text). A path
+    that one of `routes` knows with (or without) a trailing slash is redirected there,
+    under base_url's path: Starlette's own redirect (switched off) would leave that out."""
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
+        twin = _slash_twin(request, routes)
+        if twin is not None:
+            query = request.url.query
+            target = ctx.link(twin.lstrip("/")) + (f"?{query}" if query else "")
+            return RedirectResponse(target, status_code=307)
         return await run_in_threadpool(not_found_response, ctx, request)
 
     return {404: not_found}
 
 
+def _slash_twin(request: Request, routes: Sequence[BaseRoute]) -> str | None:
+    """The request's path with its trailing slash added or taken off, if a route has it."""
+    path = request.scope["path"]
+    if path == "/":
+        return None
+    twin = path.rstrip("/") if path.endswith("/") else f"{path}/"
+    scope = {**request.scope, "path": twin}
+    if any(route.matches(scope)[0] is not Match.NONE for route in routes):
+        return twin
+    return None
+
+
 def _index(project: Project, engine: Engine, site: Site) -> str:
-    return index_page(project, site, archive_entries(project, engine), "/")
+    return index_page(project, site, archive_entries(project, engine), site.root)
 
 
 def _atom(project: Project, engine: Engine, site: Site) -> bytes:

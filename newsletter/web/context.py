@@ -36,6 +36,11 @@ class Context:
     def config(self) -> Config:
         return self.project.config
 
+    def link(self, path: str) -> str:
+        """`path` of this app ("unsubscribe/TOKEN") as a page must link to it: under
+        base_url's path when serve runs behind a reverse proxy at one."""
+        return self.config.serve_link(path)
+
     def page(
         self, name: str, language: str | None, status: int = 200, **context: Any
     ) -> HTMLResponse:

@@ -32,15 +32,18 @@ log = logging.getLogger("newsletter.web")
 def routes(ctx: Context) -> list[Route]:
     return [
         Route("/issues/{slug}", partial(issue_page, ctx), methods=["GET", "HEAD"]),
-        Route("/issues/{slug}/", without_slash, methods=["GET", "HEAD"]),
+        Route("/issues/{slug}/", partial(without_slash, ctx), methods=["GET", "HEAD"]),
     ]
 
 
-async def without_slash(request: Request) -> Response:
+async def without_slash(ctx: Context, request: Request) -> Response:
     """/issues/<slug>/ (the static site's form of the link): a permanent redirect, 308,
-    which search engines and caches keep (Starlette's own slash redirect is a 307)."""
+    which search engines and caches keep (Starlette's own slash redirect is a 307). To
+    base_url's path, which a reverse proxy may have taken off the request's."""
     query = request.url.query
-    target = request.url.path.rstrip("/") + (f"?{query}" if query else "")
+    site = site_for(ctx.project, request)
+    target = site.issue_path(request.path_params["slug"], site.root)
+    target += f"?{query}" if query else ""
     return RedirectResponse(target, status_code=308)
 
 
@@ -61,7 +64,7 @@ def _render_slug(project: Project, engine: Engine, site: Site, slug: str) -> str
     archive = enabled(project)
     if not archive:  # no archive to link to: no previous/next
         older = newer = None
-    return render_page(project, site, entry, older, newer, "/", archive=archive)
+    return render_page(project, site, entry, older, newer, site.root, archive=archive)
 
 
 async def issue_page(ctx: Context, request: Request) -> Response:

@@ -72,7 +72,7 @@ async def keep_page(ctx: Context, request: Request) -> Response:
         None,
         title=t["keep_subject"].format(name=name),
         lead=t["keep_page_lead"].format(name=name),
-        form_action=f"/keep/{token}",
+        form_action=ctx.link(f"keep/{token}"),
         button=t["keep_button"],
         secondary_action=None,
     )

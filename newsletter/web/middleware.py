@@ -81,6 +81,26 @@ async def _too_large(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class BasePathMiddleware:
+    """Answer under base_url's path too. A reverse proxy at /newsletter that passes the path
+    on as it came (nginx `proxy_pass http://127.0.0.1:8000;`, Caddy `handle`) asks for
+    /newsletter/subscribe; the app sees /subscribe, as behind a proxy that strips the prefix.
+    `base_path()` is read per request (newsletter.toml may be edited while serve runs)."""
+
+    def __init__(self, app: ASGIApp, base_path: Callable[[], str]) -> None:
+        self.app = app
+        self.base_path = base_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            prefix = self.base_path()
+            path = scope["path"]
+            if prefix and (path == prefix or path.startswith(f"{prefix}/")):
+                root_path = scope.get("root_path", "") + prefix
+                scope = {**scope, "path": path[len(prefix) :] or "/", "root_path": root_path}
+        await self.app(scope, receive, send)
+
+
 class RequestLogMiddleware:
     """One line per request: method, route template (never the token or secret in the path),
     status and duration. Uvicorn's own access log is switched off because it prints paths."""

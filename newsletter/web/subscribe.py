@@ -85,6 +85,7 @@ def _form_page(
         language,
         status,
         title=t["signup_title"],
+        subscribe_action=ctx.link("subscribe"),
         consent_text=consent_text(ctx.config, language),
         require_checkbox=ctx.config.section("subscribe")["require_checkbox"],
         error=error,
@@ -237,7 +238,7 @@ def _answer(ctx: Context, token: str, outcome: str) -> Response:
             title=t["confirm_button"],
             lead=t["confirm_page_lead"].format(name=name),
             consent_text=consent_text(ctx.config),
-            form_action=f"/confirm/{token}",
+            form_action=ctx.link(f"confirm/{token}"),
             button=t["confirm_button"],
             secondary_action=None,
         )

@@ -85,7 +85,7 @@ def _unsubscribed_page(ctx: Context, token: str, language: str | None) -> Respon
         title=t["unsubscribed_title"],
         lead=t["unsubscribed_lead"].format(name=ctx.config.name),
         form_action=None,
-        secondary_action=f"/resubscribe/{token}",
+        secondary_action=ctx.link(f"resubscribe/{token}"),
         secondary_hint=t["resubscribe_hint"],
         secondary_button=t["resubscribe_button"],
     )
@@ -107,7 +107,7 @@ async def unsubscribe_page(ctx: Context, request: Request) -> Response:
             language,
             title=t["unsubscribe_title"],
             lead=t["unsubscribe_lead"].format(name=ctx.config.name),
-            form_action=f"/unsubscribe/{token}",
+            form_action=ctx.link(f"unsubscribe/{token}"),
             button=t["unsubscribe_button"],
             secondary_action=None,
         )
@@ -169,7 +169,7 @@ def _status_page(ctx: Context, token: str, status: str, language: str | None) ->
             language,
             title=t["unsubscribed_title"],
             lead=t["bounced_lead"].format(name=ctx.config.name),
-            form_action=f"/resubscribe/{token}",
+            form_action=ctx.link(f"resubscribe/{token}"),
             button=t["bounced_button"],
             secondary_action=None,
         )
