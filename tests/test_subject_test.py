@@ -256,3 +256,41 @@ def test_m029_adds_cancelled_at_and_keeps_tests_made_before(database_url):
     with engine.connect() as conn:
         row = conn.execute(select(schema.subject_tests)).one()
     assert (row.subject_a, row.finished_at, row.cancelled_at) == ("A", None, None)
+
+
+@pytest.mark.slow
+def test_a_rest_planned_before_cancel_sends_nothing_after_it(
+    make_project, database_url, monkeypatch, sg, cli
+):
+    """`cancel` between run-due's plan of the rest and its first batch: no sender to stop yet,
+    so the send sees the cancelled test when it takes the lease, and stops."""
+    from newsletter.sending.execute import execute
+    from newsletter.sending.plan import SendRequest, plan_send
+    from newsletter.sending.schedule import cancel_subject_test
+    from newsletter.sending.subject_test import decide, find_test
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=CONFIG + "\n[tracking]\nclicks = true\n")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    for i in range(10):
+        assert cli(root, "subscribers", "add", f"leser{i:02}@example.de").exit_code == 0
+    result = cli(
+        root, "send", ISSUE, "--subject-b", SUBJECT_B, "--sample", "40%", "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    proj = Project.load(root)
+    engine = open_engine(proj.database_url)
+    now = datetime.now(UTC) + timedelta(hours=5)
+    with engine.connect() as conn:
+        issue_id = conn.execute(select(schema.issues.c.id)).scalar_one()
+    decide(engine, find_test(engine, issue_id), now)
+    plan = plan_send(proj, "meta-ki-creator", SendRequest(subject_test_arm="rest", now=now))
+    assert plan.recipients == 6 and not plan.refusal
+
+    done = cancel_subject_test(proj, "meta-ki-creator")
+    assert done is not None and (done.sample, done.rest_sent, done.rest_left) == (4, 0, 6)
+    report = execute(plan)
+    assert report.cancelled and report.accepted == 0
+    assert len(_copies(sg)) == 4
+    later = cli(root, "run-due", "--now", (now + timedelta(hours=1)).isoformat())
+    assert later.output.strip() == "Nothing is due." and len(_copies(sg)) == 4
