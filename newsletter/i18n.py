@@ -188,8 +188,8 @@ def format_date(day: datetime.date, language: str) -> str:
     return text
 
 
-def format_number(value: int, language: str) -> str:
-    """A whole number with the language's grouping: `1.234.567`, `1,234,567`."""
+def format_number(value: float, language: str) -> str:
+    """A number with the language's grouping and decimal sign: `1.234.567`, `2,5`."""
     from babel.numbers import format_decimal  # deferred: as babel.dates; only the report
 
     return str(format_decimal(value, locale=language))

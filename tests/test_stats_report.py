@@ -5,6 +5,7 @@ Set NEWSLETTER_REPORT_SCREENSHOT=docs/report.png to refresh the README's screens
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from tests.browser import chromium
 from tests.conftest import CONFIG
 from tests.sendgrid_server import FakeSendGrid
 from tests.support.stats import ISSUE_A, post_events, post_reply, synthetic_events
-from tests.support.web import live_server, sent_issue
+from tests.support.web import event, live_server, sent_issue
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +310,51 @@ def test_report_charts_share_one_font_size_and_tables_fit_or_scroll_in_a_labelle
         assert serious_violations(page) == []
     finally:
         context.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_german_report_writes_rates_and_links_as_its_text_and_keeps_the_legend_whole(
+    newsletter, signer, cli, browser, tmp_path
+):
+    proj, engine, people, issues = newsletter
+    encoded = "https://example.org/podcast-%C3%B6ffi"
+    clicks = [
+        event("click", p.email, issue_id=issues["sommer"], subscriber_id=p.id, url=encoded)
+        for p in people[:9]
+    ]
+    with live_server(create_app(proj, engine)) as base:
+        post_events(base, signer, synthetic_events(people, issues) + clicks)
+    out = tmp_path / "report.html"
+    assert cli(proj.root, "report", "-o", str(out)).exit_code == 0
+    page_text = out.read_text(encoding="utf-8")
+    # The links as a reader reads them; the stored URL stays as it came.
+    assert "https://example.org/podcast-öffi" in page_text and "%C3%B6" not in page_text
+    stats = cli(proj.root, "stats", "sommer")
+    assert "https://example.org/podcast-öffi" in stats.output and "%C3" not in stats.output
+    data = json.loads(cli(proj.root, "stats", "sommer", "--format", "json").output)
+    assert encoded in [link["url"] for link in data["links"]]
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(out.as_uri())
+        charts = page.evaluate(
+            """() => [...document.querySelectorAll('figure svg')].map(svg => ({
+                y: [...svg.querySelectorAll('.axis.y text')]
+                    .filter(t => t.textContent.trim() && t.getBoundingClientRect().height > 0)
+                    .map(t => { const r = t.getBoundingClientRect();
+                                return [t.textContent, r.top, r.bottom]; }),
+                legend: [...svg.querySelectorAll('.legends text')].map(t => t.textContent),
+            }))"""
+        )
+    finally:
+        context.close()
+    assert len(charts) == 3
+    rate_labels = [text for text, _, _ in charts[2]["y"]]
+    assert rate_labels and all(re.fullmatch(r"\d+,\d\xa0%", t) for t in rate_labels), rate_labels
+    assert charts[1]["legend"] == ["Neu", "Abgemeldet, unzustellbar, beschwert"]
+    for chart in charts:
+        boxes = sorted((top, bottom) for _, top, bottom in chart["y"])
+        for (_, above), (below, _) in itertools.pairwise(boxes):
+            assert above <= below + 0.5, chart["y"]  # no label runs into the next

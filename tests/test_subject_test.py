@@ -181,3 +181,116 @@ def test_m028_adds_the_segment_columns_and_keeps_tests_made_before(database_url)
     with engine.connect() as conn:
         row = conn.execute(select(schema.subject_tests)).one()
     assert (row.segment, row.segment_name, row.segment_definition) == (["leser"], None, None)
+
+
+@pytest.mark.slow
+def test_cancel_stops_an_undecided_test_the_sample_keeps_its_copies_the_rest_gets_nothing(
+    make_project, database_url, monkeypatch, sg, cli
+):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=CONFIG + "\n[tracking]\nclicks = true\n")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    readers = [f"leser{i:02}@example.de" for i in range(20)]
+    for address in readers:
+        assert cli(root, "subscribers", "add", address).exit_code == 0
+    started = datetime.now(UTC)
+    result = cli(
+        root, "send", ISSUE, "--subject-b", SUBJECT_B, "--sample", "50%", "--decide-after", "1h",
+        "--by", "clicks", "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(_copies(sg)) == 10
+
+    cancelled = cli(root, "cancel", ISSUE)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "Cancelled the subject-line test of meta-ki-creator" in cancelled.output
+    assert "10 readers of the sample got it (that stays sent)" in cancelled.output
+    assert "10 readers of the rest get nothing" in cancelled.output
+    assert "newsletter send meta-ki-creator --resume" in cancelled.output
+
+    # run-due (cron) no longer decides nor mails the rest, however late it runs.
+    later = cli(root, "run-due", "--now", (started + timedelta(hours=5)).isoformat())
+    assert later.exit_code == 0 and later.output.strip() == "Nothing is due.", later.output
+    assert len(_copies(sg)) == 10
+
+    shown = cli(root, "sends", ISSUE)
+    assert "Subject-line test: cancelled" in shown.output, shown.output
+    assert "10 of the sample got it, 0 of the rest (10) got the issue" in shown.output
+    stats = cli(root, "stats", ISSUE)
+    assert "cancelled" in stats.output and "0 of the rest (10) got the issue" in stats.output
+    data = json.loads(cli(root, "stats", ISSUE, "--format", "json").output)["subject_test"]
+    assert data["cancelled_at"] and data["winner"] is None
+
+    again = cli(root, "cancel", ISSUE)
+    assert again.exit_code == 1 and "no scheduled send to cancel" in again.output
+
+    # The author may still send it to the rest deliberately: each reader has one copy.
+    rest = cli(root, "send", ISSUE, "--resume", "--yes")
+    assert rest.exit_code == 0, rest.output
+    got = Counter(address for address, _ in _copies(sg))
+    assert set(got) == set(readers) and max(got.values()) == 1
+
+
+def test_m029_adds_cancelled_at_and_keeps_tests_made_before(database_url):
+    from sqlalchemy import insert
+
+    from tests.support.migrations import migrate_without, raw_engine
+
+    old = raw_engine(database_url)
+    migrate_without(old, "m029_subject_test_cancelled")
+    now = datetime.now(UTC)
+    with old.begin() as conn:  # the table as it was before m029
+        conn.exec_driver_sql("ALTER TABLE subject_tests DROP COLUMN cancelled_at")
+        issue_id = conn.execute(
+            insert(schema.issues).values(
+                slug="alt", title="Alt", subject="Alt", language="de", created_at=now
+            )
+        ).inserted_primary_key[0]
+        conn.exec_driver_sql(
+            "INSERT INTO subject_tests (issue_id, subject_a, subject_b, sample_percent, metric, "
+            f"segment, created_at, decide_at) VALUES ({issue_id}, 'A', 'B', 20, 'clicks', "
+            "'[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        )
+    old.dispose()
+    engine = open_engine(database_url)  # runs m029
+    with engine.connect() as conn:
+        row = conn.execute(select(schema.subject_tests)).one()
+    assert (row.subject_a, row.finished_at, row.cancelled_at) == ("A", None, None)
+
+
+@pytest.mark.slow
+def test_a_rest_planned_before_cancel_sends_nothing_after_it(
+    make_project, database_url, monkeypatch, sg, cli
+):
+    """`cancel` between run-due's plan of the rest and its first batch: no sender to stop yet,
+    so the send sees the cancelled test when it takes the lease, and stops."""
+    from newsletter.sending.execute import execute
+    from newsletter.sending.plan import SendRequest, plan_send
+    from newsletter.sending.schedule import cancel_subject_test
+    from newsletter.sending.subject_test import decide, find_test
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=CONFIG + "\n[tracking]\nclicks = true\n")
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    for i in range(10):
+        assert cli(root, "subscribers", "add", f"leser{i:02}@example.de").exit_code == 0
+    result = cli(
+        root, "send", ISSUE, "--subject-b", SUBJECT_B, "--sample", "40%", "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    proj = Project.load(root)
+    engine = open_engine(proj.database_url)
+    now = datetime.now(UTC) + timedelta(hours=5)
+    with engine.connect() as conn:
+        issue_id = conn.execute(select(schema.issues.c.id)).scalar_one()
+    decide(engine, find_test(engine, issue_id), now)
+    plan = plan_send(proj, "meta-ki-creator", SendRequest(subject_test_arm="rest", now=now))
+    assert plan.recipients == 6 and not plan.refusal
+
+    done = cancel_subject_test(proj, "meta-ki-creator")
+    assert done is not None and (done.sample, done.rest_sent, done.rest_left) == (4, 0, 6)
+    report = execute(plan)
+    assert report.cancelled and report.accepted == 0
+    assert len(_copies(sg)) == 4
+    later = cli(root, "run-due", "--now", (now + timedelta(hours=1)).isoformat())
+    assert later.output.strip() == "Nothing is due." and len(_copies(sg)) == 4

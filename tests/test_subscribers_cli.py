@@ -287,3 +287,59 @@ def test_export_and_rejects_into_an_unusable_folder_are_one_line_errors(
     line = _one_line_error(imported)
     assert line.startswith(f"Error: {blocker / 'r.csv'}: cannot write")
     assert rows(project) == [("a@example.com", "subscribed", None)]  # nothing imported
+
+
+def test_json_import_names_the_keys_it_leaves_out_and_reads_them_with_map(cli, project) -> None:
+    people = [
+        {"email": "j2@example.de", "Vorname": "Änne", "attribs": {"x": 1}},
+        {"email": "k3@example.de", "Vorname": "Jörg", "fields": {"stadt": "Köln"}},
+        {"email": "u@example.de", "status": "unsubscribed", "id": 7},
+    ]
+    path = project / "a.json"
+    path.write_text(json.dumps(people, ensure_ascii=False), encoding="utf-8")
+    result = cli(project, "subscribers", "import", str(path))
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if "left out keys" in line]
+    assert warning == [
+        f'{path}: left out keys this import does not read: "Vorname" (2 rows), "attribs" (1 row);'
+        ' put them under "fields" (custom fields) or read them with --map, e.g. --map '
+        '"Vorname=first_name" or --map "Vorname=Vorname" (a custom field)'
+    ]
+    exported = {
+        p["email"]: p
+        for p in json.loads(cli(project, "subscribers", "export", "--format", "json").output)
+    }
+    # A stopped person without a time of it stopped at the import, as from a CSV file.
+    assert exported["u@example.de"]["unsubscribed_at"] is not None
+
+    mapped = cli(
+        project, "subscribers", "import", str(path), "--map", "Vorname=first_name",
+        "--map", "attribs=attribs",
+    )  # fmt: skip
+    assert mapped.exit_code == 0, mapped.output
+    assert "left out keys" not in mapped.output
+    exported = {
+        p["email"]: p
+        for p in json.loads(cli(project, "subscribers", "export", "--format", "json").output)
+    }
+    assert exported["j2@example.de"]["first_name"] == "Änne"
+    assert exported["j2@example.de"]["fields"] == {"attribs": {"x": 1}}
+    assert exported["k3@example.de"]["fields"] == {"stadt": "Köln"}
+
+    wrong = cli(project, "subscribers", "import", str(path), "--map", "Nachname=last_name")
+    assert wrong.exit_code == 1 and "the file has no column 'Nachname'" in wrong.output
+
+
+def test_json_and_csv_imports_stamp_an_unsubscribe_without_a_time_alike(cli, project) -> None:
+    (project / "a.json").write_text(
+        '[{"email": "j@example.de", "status": "unsubscribed", "fields": {"stadt": "Köln"}}]',
+        encoding="utf-8",
+    )
+    (project / "b.csv").write_text("email,status\nc@example.de,unsubscribed\n", encoding="utf-8")
+    for name in ("a.json", "b.csv"):
+        assert cli(project, "subscribers", "import", str(project / name)).exit_code == 0
+    with sqlite3.connect(project / "newsletter.db") as conn:
+        stamped = conn.execute(
+            "SELECT email, unsubscribed_at IS NOT NULL FROM subscribers ORDER BY email"
+        ).fetchall()
+    assert stamped == [("c@example.de", 1), ("j@example.de", 1)]

@@ -35,7 +35,7 @@ from newsletter.secrets_file import load_secrets, loose_permissions, secrets_pat
 COMMANDS: dict[str, tuple[str, str]] = {
     "archive": ("archive", "The public archive of sent issues (also served by `newsletter serve` at /)."),
     "build": ("authoring", "Render ISSUE to an HTML and a text file, as a reader sees it."),
-    "cancel": ("sending", "Cancel a scheduled send before it goes out (at least 10 minutes before)."),
+    "cancel": ("sending", "Cancel a scheduled send before it goes out (at least 10 minutes before), or a subject-line test under way."),
     "check": ("authoring", "List problems in ISSUE before you send it."),
     "doctor": ("doctor", "Check what decides whether mail arrives: DNS, setup and the list; exit 1 on any ✗."),
     "init": ("authoring", "Create a project with a sample issue; never overwrites."),

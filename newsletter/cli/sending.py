@@ -21,7 +21,7 @@ from newsletter.sending.plan import SendRequest, plan_send
 from newsletter.sending.resend import send_rounds
 from newsletter.sending.run_due import run_due as carry_on
 from newsletter.sending.run_due import send_arm
-from newsletter.sending.schedule import cancel_scheduled, parse_when
+from newsletter.sending.schedule import cancel_scheduled, cancel_subject_test, parse_when
 from newsletter.sending.single import send_test
 from newsletter.sending.subject_test import (
     DEFAULT_SAMPLE,
@@ -33,6 +33,8 @@ from newsletter.sending.subject_test import (
     parse_wait,
     setup_refusal,
     split,
+    state_line,
+    subject_test_summary,
 )
 from newsletter.sending.summary import recipients, send_summaries
 from newsletter.sequences.clock import parse_now
@@ -344,9 +346,11 @@ def sends(issue: str | None, fmt: str) -> None:
         out = [s.to_json() for s in summaries]
         if issue_id is not None:
             people = [r.__dict__ for r in recipients(engine, issue_id)]
-            click.echo(
-                json.dumps({"sends": out, "recipients": people}, ensure_ascii=False, indent=2)
-            )
+            data: dict[str, Any] = {"sends": out, "recipients": people}
+            tested = subject_test_summary(engine, issue_id)
+            if tested is not None:
+                data["subject_test"] = tested
+            click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         else:
             click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
@@ -386,6 +390,9 @@ def sends(issue: str | None, fmt: str) -> None:
             )
     if issue_id is None:
         return
+    tested = subject_test_summary(engine, issue_id)
+    if tested is not None:
+        click.echo(state_line(tested))
     if any(r.resend for r in summaries):
         rounds = send_rounds(engine, issue_id)
         parts = [f"{r.kind} {r.copies}" for r in rounds]
@@ -420,10 +427,13 @@ def sends(issue: str | None, fmt: str) -> None:
     help="How long to wait for a process still sending the issue to stop.",
 )
 def cancel(issue: str, wait_seconds: float) -> None:
-    """Cancel a scheduled send before it goes out (at least 10 minutes before).
+    """Cancel a scheduled send before it goes out (at least 10 minutes before), or a
+    subject-line test under way.
 
     A `send --schedule` still handing the issue over is stopped first (after its current
-    batch); then the schedule is cancelled at the provider.
+    batch); then the schedule is cancelled at the provider. A subject-line test
+    (`send --subject-b`) is stopped where it is: the sample keeps its copies, the rest gets
+    nothing, and `run-due` leaves it alone.
 
     \b
     Example:
@@ -441,6 +451,21 @@ def cancel(issue: str, wait_seconds: float) -> None:
             err=True,
         )
 
+    tested = cancel_subject_test(project, slug, wait=wait_seconds, waiting=waiting)
+    if tested is not None:
+        stopped = f"; its sender (pid {tested.stopped_pid}) stopped" if tested.stopped_pid else ""
+        reached = f"; {tested.rest_sent} of the rest had the winner" if tested.rest_sent else ""
+        click.echo(
+            f"Cancelled the subject-line test of {slug}{stopped}: "
+            f"{plural(tested.sample, 'reader')} of the sample got it (that stays sent){reached}; "
+            f"{plural(tested.rest_left, 'reader')} of the rest get nothing, and "
+            "`newsletter run-due` leaves it alone."
+        )
+        if tested.rest_left:
+            click.echo(
+                f"To send it to them after all (the issue's subject): newsletter send {slug} --resume"
+            )
+        return
     done = cancel_scheduled(project, slug, wait=wait_seconds, waiting=waiting)
     stopped = f"; its sender (pid {done.stopped_pid}) stopped" if done.stopped_pid else ""
     click.echo(

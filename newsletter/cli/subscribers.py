@@ -530,8 +530,8 @@ def untag(email: str, tags: tuple[str, ...]) -> None:
     "mapping",
     multiple=True,
     metavar="COLUMN=FIELD",
-    help="Read COLUMN as FIELD (email, name, first_name, last_name, tags, status, "
-    "created_at, ignore, or a custom field name).",
+    help="Read COLUMN (a CSV column or a JSON key) as FIELD (email, name, first_name, "
+    "last_name, tags, status, created_at, ignore, or a custom field name).",
 )
 @click.option(
     "--rejects",
@@ -616,6 +616,19 @@ def import_(
     if result.fallback_count > len(result.fallback_lines):
         more = result.fallback_count - len(result.fallback_lines)
         click.echo(f"... and {more} more {noun(more, 'line')} read as Windows-1252", err=True)
+    if result.unread_keys:
+        shown = ", ".join(
+            f'"{key}" ({plural(n, "row")})' for key, n in list(result.unread_keys.items())[:10]
+        )
+        more = len(result.unread_keys) - 10
+        shown += f" and {more} more" if more > 0 else ""
+        first = next(iter(result.unread_keys))
+        click.echo(
+            f"{file}: left out keys this import does not read: {shown}; put them under "
+            f'"fields" (custom fields) or read them with --map, e.g. --map "{first}=first_name" '
+            f'or --map "{first}={first}" (a custom field)',
+            err=True,
+        )
     delimiter = {",": "comma", ";": "semicolon", "\t": "tab", "": "JSON"}[result.delimiter]
     click.echo(
         f"{file}: {result.format} format, {result.encoding}, {delimiter}; "

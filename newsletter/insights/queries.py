@@ -11,6 +11,8 @@ machine opens (`sg_machine_open`) are left out, and opens are shown only when
 from __future__ import annotations
 
 import html.parser
+import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -215,6 +217,32 @@ class LinkClicks:
     text: str | None  # the link's text in the issue, when the issue file is at hand
     clicks: int
 
+    @property
+    def shown_url(self) -> str:
+        """The URL as a person reads it (`…/podcast-öffi`); `url` stays as stored."""
+        return readable_url(self.url)
+
+
+#: A run of percent-escapes of bytes above ASCII: where a UTF-8 character may be encoded.
+_HIGH_ESCAPES = re.compile(r"(?:%[89a-fA-F][0-9a-fA-F])+")
+
+
+def readable_url(url: str) -> str:
+    """The URL with its percent-encoded UTF-8 letters decoded, for display only, as a
+    browser's address bar shows it: escapes of ASCII (`%20`, `%2F`) stay, and so does a run
+    that is not UTF-8 or holds an invisible character (a control, a bidi mark, a space)."""
+
+    def letters(match: re.Match[str]) -> str:
+        try:
+            text = bytes.fromhex(match.group().replace("%", "")).decode("utf-8")
+        except UnicodeDecodeError:
+            return match.group()
+        if any(unicodedata.category(c)[0] in "CZ" for c in text):
+            return match.group()
+        return text
+
+    return _HIGH_ESCAPES.sub(letters, url)
+
 
 def link_clicks(engine: Engine, issue_id: int, limit: int | None = None) -> list[tuple[str, int]]:
     """(URL, clicks) for an issue, most clicked first."""
@@ -297,8 +325,14 @@ def link_texts(project: Project, path: Path) -> dict[str, str]:
 
 
 def with_texts(clicks: Iterable[tuple[str, int]], texts: dict[str, str]) -> list[LinkClicks]:
+    # The issue's href and the clicked URL may differ in their encoding (`ö`, `%C3%B6`).
+    readable = {readable_url(href): text for href, text in texts.items()}
+
     def text_for(url: str) -> str | None:
-        return texts.get(url) or texts.get(url.rstrip("/")) or texts.get(url + "/")
+        for key in (url, url.rstrip("/"), url + "/"):
+            if found := texts.get(key) or readable.get(readable_url(key)):
+                return found
+        return None
 
     return [LinkClicks(url, text_for(url), n) for url, n in clicks]
 

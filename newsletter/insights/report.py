@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,8 @@ def _style() -> Any:
 
 def _chart_options(words: dict[str, str]) -> dict[str, Any]:
     # The SVG scales to its box (every chart's box is as wide: see CHART_FONT_PX).
+    # The legend below the chart, one series a line and never cut ("Abgemeldet, ..."); at
+    # most 6 steps on the y-axis, so its labels do not run into each other.
     return {
         "js": [],
         "disable_xml_declaration": True,
@@ -119,6 +122,9 @@ def _chart_options(words: dict[str, str]) -> dict[str, Any]:
         "width": CHART_WIDTH,
         "height": CHART_HEIGHT,
         "legend_at_bottom": True,
+        "legend_at_bottom_columns": 1,
+        "truncate_legend": -1,
+        "max_scale": 6,
         "x_label_rotation": 30,
         "show_minor_x_labels": False,
         "truncate_label": 12,
@@ -136,18 +142,20 @@ def period_label(period: queries.GrowthPeriod, by: str) -> str:
 
 
 def growth_charts(
-    periods: list[queries.GrowthPeriod], by: str, words: dict[str, str]
+    periods: list[queries.GrowthPeriod], by: str, words: dict[str, str], language: str
 ) -> list[Markup]:
     import pygal  # deferred: pygal costs 60 ms at start-up (see `_style`)
 
     if not periods:
         return []
     labels = [period_label(p, by) for p in periods]
-    size = pygal.Line(title=words["size"], show_dots=len(periods) <= 60, **_chart_options(words))
+    # Numbers as the page's text writes them (1.234 in German).
+    options = {**_chart_options(words), "value_formatter": _number_formatter(language)}
+    size = pygal.Line(title=words["size"], show_dots=len(periods) <= 60, **options)
     size.x_labels = labels
     size.x_labels_major = _sparse_labels(labels)
     size.add(words["size"], [p.net_size for p in periods])
-    moves = pygal.Bar(title=words["growth"], **_chart_options(words))
+    moves = pygal.Bar(title=words["growth"], **options)
     moves.x_labels = labels
     moves.x_labels_major = _sparse_labels(labels)
     moves.add(
@@ -161,8 +169,15 @@ def growth_charts(
     return [_svg(size), _svg(moves)]
 
 
+def _number_formatter(language: str) -> Callable[[float], str]:
+    def shown(value: float) -> str:
+        return i18n.format_number(int(value) if float(value).is_integer() else value, language)
+
+    return shown
+
+
 def rates_chart(
-    issues: list[queries.IssueSummary], tz: ZoneInfo, words: dict[str, str]
+    issues: list[queries.IssueSummary], tz: ZoneInfo, words: dict[str, str], language: str
 ) -> Markup | None:
     import pygal  # deferred: pygal costs 60 ms at start-up (see `_style`)
 
@@ -171,7 +186,8 @@ def rates_chart(
     oldest_first = list(reversed(issues))
     chart = pygal.Line(
         title=words["rates"],
-        value_formatter=lambda v: f"{v:.1f} %",
+        # "42,9 %" in German, as the page's text: the chart's values are percentage points.
+        value_formatter=lambda v: i18n.format_percent(v / 100, language),
         **_chart_options(words),
     )
     labels = [
@@ -313,9 +329,9 @@ def build_report(project: Project, engine: Engine, now: datetime | None = None) 
         opens=opens,
         issues=issues,
         growth=periods,
-        growth_charts=growth_charts(periods, by, words),
+        growth_charts=growth_charts(periods, by, words, language),
         growth_rows=[(period_label(p, by), p) for p in reversed(periods)][:12],
-        rates_chart=rates_chart(issues, tz, words),
+        rates_chart=rates_chart(issues, tz, words, language),
         top_links=top_links,
         replies=last_replies(engine),
     )

@@ -212,7 +212,7 @@ def issue_detail(
         out.append(
             _table(
                 ["CLICKS", "LINK", "URL"],
-                [[str(x.clicks), (x.text or "-")[:40], x.url] for x in links],
+                [[str(x.clicks), (x.text or "-")[:40], x.shown_url] for x in links],
                 left=0,
             )
         )

@@ -56,6 +56,7 @@ from newsletter.sending.message import (
     Recipient,
     marked_if_development_key,
 )
+from newsletter.sending.subject_test import was_cancelled
 from newsletter.sending.transports import (
     Outcome,
     PreparingTransport,
@@ -704,6 +705,10 @@ def execute(
             # Another send started at the same moment and won: nothing of this one began.
             ledger.discard_send(send_id)
             raise
+        if plan.request.subject_test_arm is not None and was_cancelled(engine, issue_id):
+            # `cancel` came between the plan and the lease: it found no sender to stop, so
+            # this one stops itself before its first batch.
+            ledger.request_cancel([send_id])
     builder = recipient_builder(project, engine, rendered, issue_id, send_id, key=key)
     preparer = Preparer(builder, transport, marked_if_development_key(plan.message()))
     pool = None

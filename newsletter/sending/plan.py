@@ -33,7 +33,7 @@ from newsletter.sending.ledger import RETRYABLE, Ledger
 from newsletter.sending.message import Message
 from newsletter.sending.recipients import count_recipients, max_subscriber_id, planned_recipients
 from newsletter.sending.resend import ResendKind, resend_after, resend_recipients, resend_refusal
-from newsletter.sending.subject_test import find_test, pending, subject_of
+from newsletter.sending.subject_test import find_test, is_open, pending, subject_of
 from newsletter.sending.transports import kinds_that
 from newsletter.store.engine import project_engine
 from newsletter.store.issues import ensure_issue, find_issue_id, resolve_issue
@@ -352,7 +352,7 @@ def plan_send(project: Project, issue: str | Path, request: SendRequest) -> Send
         return _plan_subject_test_arm(plan, ledger)
     if issue_id is not None and plan.uses_ledger:
         test = find_test(engine, issue_id)
-        if test is not None and test.finished_at is None:
+        if is_open(test):
             # A plain --resume would send the rest the issue's subject before the decision.
             plan.refusal = (
                 f"{prepared.slug} is in a subject-line test; `newsletter run-due` sends what is "
@@ -524,6 +524,9 @@ def _plan_subject_test_arm(plan: SendPlan, ledger: Ledger) -> SendPlan:
         plan.refusal = (
             "a subject-line test needs a transport that keeps the ledger, and no --dry-run"
         )
+        return plan
+    if test.cancelled_at is not None:
+        plan.refusal = f"the subject-line test of {plan.slug} was cancelled (`newsletter cancel`)"
         return plan
     subject = subject_of(test, arm)
     if subject is None:

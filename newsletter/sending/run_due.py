@@ -24,7 +24,14 @@ from newsletter.masking import mask_addresses
 from newsletter.sending.execute import SendReport, execute
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.plan import SendRequest, plan_send
-from newsletter.sending.subject_test import ARMS, decide, find_test, finish, pending
+from newsletter.sending.subject_test import (
+    ARMS,
+    decide,
+    find_test,
+    finish,
+    pending,
+    was_cancelled,
+)
 from newsletter.store.engine import project_engine
 from newsletter.store.schema import issues, subject_tests
 from newsletter.store.times import as_utc
@@ -67,7 +74,7 @@ def run_due(project: Project, now: datetime) -> list[DueOutcome]:
         tests = conn.execute(
             select(subject_tests, issues.c.slug)
             .join(issues, issues.c.id == subject_tests.c.issue_id)
-            .where(subject_tests.c.finished_at.is_(None))
+            .where(subject_tests.c.finished_at.is_(None), subject_tests.c.cancelled_at.is_(None))
             .order_by(subject_tests.c.id)
         ).all()
     return [_carry_on(project, engine, test, now) for test in tests]
@@ -88,6 +95,11 @@ def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> Due
                 out.lines.append(f"{slug}: the sample is not all sent yet; not deciding")
                 return out
             test = decide(engine, fresh, now)
+            if test.winner is None:  # (`newsletter cancel` came first)
+                out.lines.append(
+                    f"{slug}: the subject-line test was cancelled; nothing more goes out"
+                )
+                return out
             out.lines.append(f"{slug}: {test.decision['why']}")
             step = "rest"
         try:
@@ -99,6 +111,10 @@ def _carry_on(project: Project, engine: Engine, test: Any, now: datetime) -> Due
             if not others and len(pending(engine, find_test(engine, test.issue_id), step, ())):
                 raise
             out.lines.append(f"{slug}: {exc}")
+            return out
+        stopped = plan.refusal or (report is not None and report.cancelled)
+        if stopped and was_cancelled(engine, test.issue_id):  # (`newsletter cancel`, just now)
+            out.lines.append(f"{slug}: the subject-line test was cancelled; nothing more goes out")
             return out
         if plan.refusal:
             out.lines.append(f"{slug}: {plan.refusal}")

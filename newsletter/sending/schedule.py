@@ -1,5 +1,5 @@
 """Scheduled sends: `--schedule WHEN` (an ISO 8601 time with a timezone, or "in 2h" / "in 30m" /
-"in 1d") and `newsletter cancel`.
+"in 1d") and `newsletter cancel`, which also cancels a subject-line test under way.
 
 The schedule (send_at) and the provider's schedule id are stored on the send before its first
 request, so a killed scheduled send stays scheduled: `--resume` keeps both, and `cancel`
@@ -20,6 +20,14 @@ from sqlalchemy import select
 from newsletter.errors import SendError
 from newsletter.sending.factory import choose_transport
 from newsletter.sending.ledger import Ledger
+from newsletter.sending.subject_test import (
+    ARMS,
+    arm_results,
+    find_test,
+    is_open,
+    mark_cancelled,
+    planned_sizes,
+)
 from newsletter.sending.transports import SchedulingTransport
 from newsletter.store.engine import project_engine
 from newsletter.store.issues import find_issue_id
@@ -172,6 +180,59 @@ def cancel_scheduled(
         ledger.finish_send(send_id, "cancelled")
     return Cancelled(
         send_id=row.id, recipients=removed, stopped_pid=running.pid if running else None
+    )
+
+
+@dataclass(frozen=True)
+class CancelledTest:
+    """A subject-line test `cancel` stopped: who had a copy by then, who gets none."""
+
+    sample: int  # readers of the sample (A and B) who got their copy
+    rest_sent: int  # of the rest, those the winner reached before the cancel
+    rest_left: int  # of the rest, those who get nothing now
+    #: A live sender of it (an arm, or the rest) was stopped first (its pid), or None.
+    stopped_pid: int | None = None
+
+
+def cancel_subject_test(
+    project: Project,
+    slug: str,
+    *,
+    now: datetime | None = None,
+    wait: float = STOP_WAIT_SECONDS,
+    waiting: Callable[[Any], None] | None = None,
+) -> CancelledTest | None:
+    """Cancel the issue's subject-line test if it is under way (None if there is none): no
+    decision and no arm is sent from now on (`run-due` leaves it alone); a process sending
+    an arm or the rest is stopped after its current batch. What went out stays sent."""
+    engine = project_engine(project)
+    ledger = Ledger(engine)
+    issue_id = find_issue_id(engine, slug)
+    test = find_test(engine, issue_id) if issue_id is not None else None
+    if issue_id is None or not is_open(test):
+        return None
+    # Marked before looking for a sender: one that takes the lease from now on sees the mark
+    # and stops before its first batch (`execute`).
+    mark_cancelled(engine, test, now or datetime.now(UTC))
+    running = ledger.running(issue_id)
+    if running is not None:
+        ledger.request_cancel([running.send_id])
+        if waiting is not None:
+            waiting(running)
+        if not _stopped(ledger, issue_id, wait):
+            raise SendError(
+                f"the subject-line test of {slug} is cancelled, but send {running.send_id} "
+                f"(pid {running.pid} on {running.host}) is still sending after {wait:g}s; it "
+                f"stops after its current batch: see `newsletter sends {slug}`"
+            )
+    results = arm_results(engine, test)
+    rest = planned_sizes(engine, test).get("rest", 0)
+    sent = results["rest"].size
+    return CancelledTest(
+        sample=sum(results[arm].size for arm in ARMS),
+        rest_sent=sent,
+        rest_left=int(rest) - sent,
+        stopped_pid=running.pid if running else None,
     )
 
 

@@ -303,7 +303,11 @@ def decide(engine: Engine, test: Any, now: datetime) -> Any:
     with engine.begin() as conn:
         conn.execute(
             update(subject_tests)
-            .where(subject_tests.c.id == test.id, subject_tests.c.winner.is_(None))
+            .where(
+                subject_tests.c.id == test.id,
+                subject_tests.c.winner.is_(None),
+                subject_tests.c.cancelled_at.is_(None),  # (`cancel` came first: no decision)
+            )
             .values(winner=winner, decided_at=now, decision=decision)
         )
     return find_test(engine, test.issue_id)
@@ -319,20 +323,51 @@ def finish(engine: Engine, test: Any, now: datetime) -> None:
         )
 
 
-def subject_test_summary(engine: Engine, issue_id: int) -> dict[str, Any] | None:
-    """For `stats ISSUE`: both subjects, their samples and rates, the winner and why."""
+def is_open(test: Any) -> bool:
+    """Still under way: neither done (the rest has the winner) nor cancelled."""
+    return test is not None and test.finished_at is None and test.cancelled_at is None
+
+
+def mark_cancelled(engine: Engine, test: Any, now: datetime) -> bool:
+    """Cancel the test unless it is done or cancelled already (compare-and-set); from now on
+    no decision is made and no arm is planned. Whether this call cancelled it."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(subject_tests)
+            .where(
+                subject_tests.c.id == test.id,
+                subject_tests.c.finished_at.is_(None),
+                subject_tests.c.cancelled_at.is_(None),
+            )
+            .values(cancelled_at=now)
+        )
+    return result.rowcount == 1
+
+
+def was_cancelled(engine: Engine, issue_id: int) -> bool:
     test = find_test(engine, issue_id)
-    if test is None:
-        return None
-    results = arm_results(engine, test)
+    return test is not None and test.cancelled_at is not None
+
+
+def planned_sizes(engine: Engine, test: Any) -> dict[str, int]:
+    """Per arm (a, b and rest): how many readers it was planned for."""
     with engine.connect() as conn:
-        planned: dict[str, int] = dict(
+        return dict(
             conn.execute(  # type: ignore[arg-type]
                 select(subject_test_members.c.arm, func.count())
                 .where(subject_test_members.c.test_id == test.id)
                 .group_by(subject_test_members.c.arm)
             ).all()
         )
+
+
+def subject_test_summary(engine: Engine, issue_id: int) -> dict[str, Any] | None:
+    """For `stats ISSUE`: both subjects, their samples and rates, the winner and why."""
+    test = find_test(engine, issue_id)
+    if test is None:
+        return None
+    results = arm_results(engine, test)
+    planned = planned_sizes(engine, test)
     return {
         "metric": test.metric,
         "sample_percent": test.sample_percent,
@@ -350,7 +385,28 @@ def subject_test_summary(engine: Engine, issue_id: int) -> dict[str, Any] | None
         "winner": test.winner,
         "decision": test.decision,
         "finished": test.finished_at is not None,
+        "cancelled_at": (
+            None if test.cancelled_at is None else as_utc(test.cancelled_at).isoformat()  # type: ignore[union-attr]
+        ),
     }
+
+
+def state_line(summary: dict[str, Any]) -> str:
+    """One line: where the test stands (for `sends ISSUE`)."""
+    rest = summary["arms"]["rest"]
+    sample = sum(summary["arms"][arm]["got_it"] for arm in ARMS)
+    if summary["cancelled_at"]:
+        when = summary["cancelled_at"][:16].replace("T", " ")
+        return (
+            f"Subject-line test: cancelled {when} UTC; {sample} of the sample got it, "
+            f"{rest['got_it']} of the rest ({rest['planned']}) got the issue"
+        )
+    if summary["finished"]:
+        return f"Subject-line test: done; subject {summary['winner'].upper()} won"
+    if summary["winner"]:
+        return f"Subject-line test: subject {summary['winner'].upper()} won; the rest is being sent"
+    due = summary["decide_at"][:16].replace("T", " ")
+    return f"Subject-line test: {sample} of the sample got it; the decision is due at {due} UTC"
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -362,7 +418,15 @@ def summary_table(summary: dict[str, Any]) -> str:
             f' {a["rate"]:>7.1%}   subject "{a["subject"]}"'
         )
     rest = summary["arms"]["rest"]
-    if summary["winner"]:
+    if summary["cancelled_at"]:
+        if summary["winner"]:
+            lines.append(f"  {summary['decision']['why']}")
+        when = summary["cancelled_at"][:16].replace("T", " ")
+        lines.append(
+            f"  cancelled {when} UTC (`newsletter cancel`): {rest['got_it']} of the rest "
+            f"({rest['planned']}) got the issue, the others nothing"
+        )
+    elif summary["winner"]:
         lines.append(f"  {summary['decision']['why']}")
         lines.append(
             f"  the rest: {rest['got_it']} of {rest['planned']} got subject "

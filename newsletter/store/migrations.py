@@ -499,6 +499,17 @@ def m028_subject_test_segment(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE subject_tests ADD COLUMN {column_ddl}")
 
 
+def m029_subject_test_cancelled(conn: Connection) -> None:
+    """A subject-line test can be cancelled (`subject_tests.cancelled_at`); tests made before
+    were not."""
+    if not inspect(conn).has_table("subject_tests"):
+        return  # (m020, not run yet, makes it from today's schema)
+    present = {c["name"] for c in inspect(conn).get_columns("subject_tests")}
+    if "cancelled_at" not in present:
+        column_ddl = CreateColumn(schema.subject_tests.c.cancelled_at).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE subject_tests ADD COLUMN {column_ddl}")
+
+
 #: In order. A step runs once per database, inside the same transaction as its record.
 STEPS: list[tuple[str, Step]] = [
     ("m001_initial", m001_initial),
@@ -526,6 +537,7 @@ STEPS: list[tuple[str, Step]] = [
     ("m026_status_index_partial", m026_status_index_partial),
     ("m027_reply_refers_to", m027_reply_refers_to),
     ("m028_subject_test_segment", m028_subject_test_segment),
+    ("m029_subject_test_cancelled", m029_subject_test_cancelled),
 ]
 
 

@@ -661,6 +661,9 @@ subject_tests = Table(
     Column("decided_at", DateTime(timezone=True)),
     Column("decision", JSON),  # sizes, counts, rates, z, and the sentence saying why
     Column("finished_at", DateTime(timezone=True)),  # the rest was sent
+    # `newsletter cancel` stopped it (m029): the sample keeps its copies, the rest gets none,
+    # and `run-due` leaves it alone.
+    Column("cancelled_at", DateTime(timezone=True)),
 )
 Index("uq_subject_tests_issue", subject_tests.c.issue_id, unique=True)
 

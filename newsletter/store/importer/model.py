@@ -98,6 +98,8 @@ class ImportResult:
     #: Lines read as Windows-1252 in a UTF-8 file (the first REPORT_LINES of them).
     fallback_lines: list[int] = field(default_factory=list)
     fallback_count: int = 0
+    #: JSON keys left out (neither the export's nor --map'ped): key -> how many rows have it.
+    unread_keys: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
 
     def reject(self, line: int, email: str, reason: str) -> Reject:

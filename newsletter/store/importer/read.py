@@ -482,10 +482,18 @@ def csv_rows(
     return headings, fmt, rows()
 
 
+#: Keys of our own JSON export that are not columns: `id` is the exporting list's own (a new
+#: list numbers people itself), `fields` holds the custom fields.
+JSON_OWN_KEYS = frozenset({*OWN_COLUMNS, "id", "fields"})
+
+
 def json_rows(
-    path: Path, names: FieldNames
+    path: Path, names: FieldNames, result: ImportResult, mapping: list[tuple[str, str]]
 ) -> tuple[list[str], Format, Iterator[tuple[int, Incoming | Reject, list[str]]]]:
-    """Our own JSON export (an array of objects). Read whole: JSON has no line structure."""
+    """Our own JSON export (an array of objects). Read whole: JSON has no line structure.
+
+    A key that is neither the export's nor `--map`ped is left out, and named in
+    `result.unread_keys` (with how many rows have it) so the author can map it."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -510,6 +518,17 @@ def json_rows(
         )
     fmt = Format("newsletter-json", {})
     headings = ["email", "reason"]
+    # The keys beyond the export's, in the order they first come, with how many rows have
+    # each; --map reads them like a CSV column (the same spellings: `first_name`, a field).
+    others: dict[str, int] = {}
+    for item in data:
+        for key in item:
+            if key not in JSON_OWN_KEYS:
+                others[key] = others.get(key, 0) + 1
+    mapped = Format("newsletter-json", {key: "" for key in others})
+    apply_map(mapped, mapping, path)
+    read_as = {key: target for key, target in mapped.targets.items() if target}
+    result.unread_keys = {key: n for key, n in others.items() if key not in read_as}
 
     def rows() -> Iterator[tuple[int, Incoming | Reject, list[str]]]:
         for number, item in enumerate(data, start=1):
@@ -521,16 +540,31 @@ def json_rows(
                 if column == "consent":  # (a list in JSON, a JSON cell in CSV)
                     value = json.dumps(value, ensure_ascii=False)
                 values.append((column, str(value)))
-            result = _incoming_from_values(number, values, fmt, names)
-            if isinstance(result, Incoming):
+            given = item.get("fields")
+            fields = dict(given) if isinstance(given, dict) else {}
+            for key, target in read_as.items():
+                value = item.get(key)
+                if value is None or target == "ignore":
+                    continue
+                if target.startswith("field:"):  # (as it is, like the values under "fields")
+                    fields[target[6:]] = value
+                    continue
+                if isinstance(value, list) and target == "tags":
+                    value = ",".join(str(v) for v in value)
+                elif isinstance(value, dict | list):
+                    value = json.dumps(value, ensure_ascii=False)
+                values.append((target, str(value)))
+            result_row = _incoming_from_values(number, values, fmt, names)
+            if isinstance(result_row, Incoming):
                 tags = item.get("tags") or []
                 if isinstance(tags, str):
                     tags = _split_tags(tags)
-                result.tags.update(normalize_tags(str(t) for t in tags))
-                fields = item.get("fields") or {}
-                if isinstance(fields, dict) and fields:
-                    result.fields.update((names.canonical(str(k)), v) for k, v in fields.items())
-                    result.simple = False
-            yield number, result, [str(item.get("email") or "")]
+                result_row.tags.update(normalize_tags(str(t) for t in tags))
+                if fields:
+                    result_row.fields.update(
+                        (names.canonical(str(k)), v) for k, v in fields.items()
+                    )
+                    result_row.simple = False
+            yield number, result_row, [str(item.get("email") or "")]
 
     return headings, fmt, rows()

@@ -193,7 +193,7 @@ def _import_file(
 
         names = FieldNames(list_field_names)
         if is_json:
-            headings, fmt, rows = json_rows(path, names)
+            headings, fmt, rows = json_rows(path, names, result, mapping)
             result.delimiter = ""
         else:
             headings, fmt, rows = csv_rows(lines, path, result, mapping, names)

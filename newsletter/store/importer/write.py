@@ -437,11 +437,13 @@ def _insert_fresh(
         tally.add(inc.source or source_name, status)
         stopped = status in STOPPED
         created = inc.created_at or stamp
-        if literal_times:
-            confirmed, unsubscribed = inc.confirmed_at, inc.unsubscribed_at
+        if literal_times:  # (our export: an unconfirmed person has no confirmed_at)
+            confirmed = inc.confirmed_at
         else:
             confirmed = inc.confirmed_at or (created if status == "subscribed" else None)
-            unsubscribed = inc.unsubscribed_at or (stamp if stopped else None)
+        # Whoever comes in stopped without a time of it stopped now, as far as the list knows
+        # (as `remove`, and as an existing subscriber's row the import stops).
+        unsubscribed = inc.unsubscribed_at or (stamp if stopped else None)
         created_db = stamp_db if created is stamp else time(created)
         fields = json.dumps(inc.fields, ensure_ascii=False) if inc.fields else "{}"
         confirmed_db = created_db if confirmed is created else time(confirmed)
