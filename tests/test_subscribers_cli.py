@@ -60,7 +60,10 @@ def test_list_formats_stream_csv_and_json(cli, project) -> None:
     out = cli(project, "subscribers", "list", "--tag", "t", "--format", "csv").output
     parsed = list(csv.DictReader(io.StringIO(out)))
     assert [r["email"] for r in parsed] == ["r1@example.com", "r2@example.com"]
+    # (The people, not their consent records: truncated IPs and user agents are for export.)
+    assert "consent" not in parsed[0]
     data = json.loads(cli(project, "subscribers", "list", "--format", "json").output)
+    assert "consent" not in data[0]
     assert [d["email"] for d in data] == ["r0@example.com", "r1@example.com", "r2@example.com"]
     assert (
         json.loads(cli(project, "subscribers", "list", "--tag", "none", "--format", "json").output)

@@ -349,7 +349,7 @@ def list_(
 
     with _quiet_broken_pipe():
         if fmt == "csv" and not no_evidence:
-            write_csv(out, engine, status=status, tags=tags, where=conditions)
+            write_csv(out, engine, status=status, tags=tags, where=conditions, consent=False)
         elif fmt == "csv":
             fields = sorted({name for subscriber in matching() for name in subscriber.fields})
             writer = csv.writer(out, lineterminator="\n")

@@ -132,17 +132,24 @@ def write_csv(
     delimiter: str = ",",
     bom: bool = False,
     where: Sequence[Any] = (),
+    consent: bool = True,
 ) -> int:
     """Write the (filtered) list as CSV; returns the number of subscribers written.
-    `where`: more conditions on `subscribers` (a segment's)."""
+    `where`: more conditions on `subscribers` (a segment's); `consent`: with each person's
+    consent records (an export; `list` shows the people only)."""
     tags = tuple(tags)
     fields = field_names(engine, status=status, tags=tags, where=where)
     if bom:
         out.write(BOM)
     writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
-    writer.writerow(csv_header(fields))
+    writer.writerow(csv_header(fields, consent=consent))
     count = 0
     people = iter_subscribers(engine, status=status, tags=tags, where=where)
+    if not consent:
+        for subscriber in people:
+            writer.writerow(csv_row(subscriber, fields))
+            count += 1
+        return count
     for subscriber, records in _with_consent(engine, people):
         writer.writerow(csv_row(subscriber, fields, records))
         count += 1
