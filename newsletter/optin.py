@@ -96,9 +96,16 @@ def confirm_url(project: Project, subscriber: Subscriber, engine: Engine | None 
 
 def send_confirmation(project: Project, engine: Engine, subscriber: Subscriber) -> str:
     """Mail `subscriber` a link that confirms the subscription; return where it went
-    (the mail itself is `newsletter.transactional`'s, through the project's transport)."""
+    (the mail itself is `newsletter.transactional`'s, through the project's transport).
+    To a bounced reader it goes past the provider's bounce list: they asked for it."""
     text = consent_text(project.config, project.config.language)
-    return send_mail(project, subscriber, confirm_url(project, subscriber, engine), text)
+    return send_mail(
+        project,
+        subscriber,
+        confirm_url(project, subscriber, engine),
+        text,
+        even_if_bounced=subscriber.status == "bounced",
+    )
 
 
 def _record_visit(
@@ -147,6 +154,8 @@ def record_resubscribe(
 
 #: Who the form may bring back (a bounced address only through the confirmation mail).
 _MAY_SIGN_UP_AGAIN = ("unconfirmed", "unsubscribed", "bounced")
+#: Whom a confirmation link (newer than their last confirmation) subscribes.
+_MAY_CONFIRM = ("unconfirmed", "bounced")
 
 
 class SignupOutcome(StrEnum):
@@ -173,9 +182,10 @@ def signup(
     the caller answers the same whatever happens here.
 
     A new person is added (unconfirmed with double opt-in) and mailed a link; an
-    unconfirmed or unsubscribed one becomes unconfirmed and gets a new link; a bounced
-    one too, even with single opt-in (their click proves the address takes mail again);
-    a subscribed or complained one is left alone (the latter comes back only through
+    unconfirmed or unsubscribed one becomes unconfirmed and gets a new link; a bounced one
+    gets a link too, even with single opt-in, and stays bounced until they click it (their
+    click proves the address takes mail again; a stranger's sign-up of a dead address
+    changes nothing); a subscribed or complained one is left alone (the latter comes back only through
     their own "subscribe again" link). A suppressed address may sign up again only with
     double opt-in: its confirmation lifts the suppression.
 
@@ -216,7 +226,8 @@ def signup(
                 )
             else:
                 subscriber = existing
-                set_status(conn, existing.id, "unconfirmed" if double else "subscribed")
+                if existing.status != "bounced":  # (bounced until their click: `confirm`)
+                    set_status(conn, existing.id, "unconfirmed" if double else "subscribed")
             _record_visit(
                 conn,
                 config,
@@ -296,9 +307,10 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
     """Subscribe the person a confirmation token names (POST only: mail scanners fetch
     links with GET and must confirm nobody). Raises TokenError for a bad or expired token.
 
-    A link works once and only while the person is unconfirmed: a link older than their
-    last confirmation never confirms again, so an old mail cannot bring back someone who
-    unsubscribed, bounced or complained since."""
+    A link works once and only while the person is unconfirmed (or bounced: a link mailed
+    after the bounce brings them back, and the provider is told to forget the bounce): a
+    link older than their last confirmation never confirms again, so an old mail cannot
+    bring back someone who unsubscribed, bounced or complained since."""
     key = tokens.secret_key()
     found = check_link(project, token)
     issued = tokens.timed_token_issued_at(tokens.CONFIRM, token, key=key)
@@ -308,7 +320,7 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
             return Confirmation("gone")
         if subscriber.status == "subscribed":
             return Confirmation("confirmed", subscriber)
-        if subscriber.status != "unconfirmed" or _superseded(conn, subscriber.id, found, issued):
+        if subscriber.status not in _MAY_CONFIRM or _superseded(conn, subscriber.id, found, issued):
             return Confirmation("spent", subscriber)
         set_status(conn, subscriber.id, "subscribed", reason=None)
         _record_visit(
@@ -326,7 +338,8 @@ def confirm(project: Project, engine: Engine, token: str, visit: Visit) -> Confi
         signup_limits.forget(
             conn, signup_limits.Scope.ADDRESS, email_key(subscriber.email), secret=key
         )
-    _lift_provider_bounce(project, subscriber.email)
+    if subscriber.status == "bounced":
+        _lift_provider_bounce(project, subscriber.email)
     sequences.joined(project, engine, subscriber.id)  # welcome sequences start here
     return Confirmation("confirmed", subscriber)
 
@@ -359,7 +372,7 @@ def link_state(project: Project, engine: Engine, token: str) -> Confirmation:
             return Confirmation("gone")
         if subscriber.status == "subscribed":
             return Confirmation("confirmed", subscriber)
-        if subscriber.status == "unconfirmed" and not _superseded(
+        if subscriber.status in _MAY_CONFIRM and not _superseded(
             conn, subscriber.id, found, issued
         ):
             return Confirmation("pending", subscriber)

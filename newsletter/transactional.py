@@ -21,10 +21,16 @@ if TYPE_CHECKING:
 
 
 def send_confirmation(
-    project: Project, subscriber: Subscriber, confirm_url: str, consent_text: str
+    project: Project,
+    subscriber: Subscriber,
+    confirm_url: str,
+    consent_text: str,
+    *,
+    even_if_bounced: bool = False,
 ) -> str:
     """Mail `subscriber` the link that confirms the subscription, with the consent text they
-    agree to by confirming; return where it went."""
+    agree to by confirming; return where it went. `even_if_bounced`: past the provider's
+    bounce list (a bounced reader asked for it; see `Message`)."""
     language = project.config.language
     person = subscriber.first_name or subscriber.name or ""
     subject = (
@@ -38,6 +44,6 @@ def send_confirmation(
     }
     html = render_mail(project, "confirm_email.html", language, **context)
     text = render_mail(project, "confirm_email.txt", language, **context)
-    # (A confirmation goes even to an address the provider keeps as bounced: the person asked
-    # for it, and `optin.confirm` takes the address off that list once they click.)
-    return send_transactional(project, subscriber.email, subject, html, text, even_if_bounced=True)
+    return send_transactional(
+        project, subscriber.email, subject, html, text, even_if_bounced=even_if_bounced
+    )

@@ -57,7 +57,7 @@ def test_the_subscribe_again_link_mails_a_bounced_reader_a_confirmation(bounced)
     sent = client.post(form["action"])
     assert sent.status_code == 200
     assert "Bitte bestätige" in text_of(sent.text)
-    assert get_subscriber(engine, anna.id).status == "unconfirmed"
+    assert get_subscriber(engine, anna.id).status == "bounced"  # until the click
     [mail] = outbox_messages(proj.root)
     assert mail["To"] == "anna.müller@example.de"
     assert "Hallo Anna," in mail.get_body(("plain",)).get_content()
@@ -76,7 +76,8 @@ def test_the_sign_up_form_mails_a_bounced_address_a_confirmation(bounced, double
     client = TestClient(create_app(proj, engine))
     answer = client.post("/subscribe", data={"email": "Anna.Müller@example.de"})
     assert answer.status_code == 200
-    assert get_subscriber(engine, anna.id).status == "unconfirmed"
+    # (Anyone may type an address into the form: a dead one stays bounced unless clicked.)
+    assert get_subscriber(engine, anna.id).status == "bounced"
     [mail] = outbox_messages(proj.root)
     assert client.post(confirm_path(mail)).status_code == 200
     assert get_subscriber(engine, anna.id).status == "subscribed"
@@ -126,3 +127,22 @@ def test_a_confirmation_is_not_held_up_by_sendgrid_refusing_the_bounce_list(boun
     sg.api_key = "SG.another-key"  # (the bounce list answers 401 now)
     assert client.post(link).status_code == 200
     assert get_subscriber(engine, anna.id).status == "subscribed"
+
+
+def test_a_new_readers_confirmation_keeps_to_sendgrids_bounce_list(
+    make_project, database_url, monkeypatch, sg
+):
+    """Only a reader who bounced gets their confirmation past SendGrid's bounce list, and
+    only their click asks SendGrid to forget a bounce: a bot typing dead addresses into
+    the form must not make us mail them."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    proj = Project.load(make_project(CONFIG))
+    engine = open_engine(proj.database_url)
+    client = TestClient(create_app(proj, engine))
+    assert client.post("/subscribe", data={"email": "neu@example.de"}).status_code == 200
+    [mail] = sg.messages
+    assert "bypass_bounce_management" not in str(mail.get("mail_settings"))
+    text = next(c["value"] for c in mail["content"] if c["type"] == "text/plain")
+    link = re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
+    assert client.post(link).status_code == 200
+    assert not [r for r in sg.suppression_requests if r.startswith("DELETE")]
