@@ -116,6 +116,9 @@ def test_through_sendgrid_the_link_passes_its_bounce_list_and_the_click_clears_i
         {"email": "other@example.de", "created": 1700000000, "reason": "550"}
     ]
     assert "DELETE /v3/suppression/bounces/anna.müller@example.de" in sg.suppression_requests
+    assert "DELETE /v3/suppression/invalid_emails/anna.müller@example.de" in (
+        sg.suppression_requests
+    )
 
 
 def test_a_confirmation_is_not_held_up_by_sendgrid_refusing_the_bounce_list(bounced, sg):

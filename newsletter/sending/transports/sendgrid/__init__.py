@@ -453,12 +453,17 @@ class SendGridTransport:
     # --- suppression lists (capabilities.suppression_lists) ---
 
     def lift_bounce(self, email: str) -> None:
-        """Take `email` off SendGrid's bounce list, which drops every later mail to it
-        (DELETE /v3/suppression/bounces/{email}); an address not on it is fine."""
+        """Take `email` off SendGrid's bounce and invalid-address lists, which drop every
+        later mail to it (DELETE /v3/suppression/{bounces,invalid_emails}/{email}); an
+        address not on them is fine."""
+        for name in ("bounces", "invalid_emails"):
+            self._lift(name, email)
+
+    def _lift(self, name: str, email: str) -> None:
         # deferred: python_http_client costs 40 ms at start-up; only an API call needs it
         from python_http_client.exceptions import HTTPError
 
-        endpoint = self._client.client.suppression.bounces._(quote(email, safe="@"))
+        endpoint = getattr(self._client.client.suppression, name)._(quote(email, safe="@"))
         try:
             endpoint.delete(timeout=self.timeout)
         except HTTPError as exc:
