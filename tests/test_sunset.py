@@ -197,6 +197,10 @@ def test_the_keep_page_speaks_english_and_brings_back_a_reader_removed_as_inacti
     with engine.connect() as conn:
         kept = conn.execute(select(schema.reader_activity.c.clicked_at)).scalars().all()
     assert kept and all(abs(time.time() - k.timestamp()) < 600 for k in kept if k)
+    # Back on the list by the button: a consent record says so, as "subscribe again" does.
+    shown = cli(root, "subscribers", "show", "still@example.de", "--format", "json").output
+    [back] = [r for r in json.loads(shown)["consent"] if r["kind"] == "resubscribe"]
+    assert back["proves_consent"] and back["details"]["status_before"] == "unsubscribed"
 
 
 def _keep_path(root, name: str) -> str:

@@ -16,11 +16,13 @@ from starlette.routing import Route
 
 from newsletter import tokens
 from newsletter.errors import TokenError
+from newsletter.optin import record_resubscribe
 from newsletter.segments.sunset import KEEP, keeps
 from newsletter.segments.sunset import keep as keep_reader
 from newsletter.store.public_ids import resolve
 from newsletter.store.subscribers import get_subscriber
 from newsletter.web.context import Context
+from newsletter.web.subscribe import visit_of
 
 if TYPE_CHECKING:
     from newsletter.store.subscribers import Subscriber
@@ -79,9 +81,21 @@ async def keep_page(ctx: Context, request: Request) -> Response:
 
 
 async def keep(ctx: Context, request: Request) -> Response:
-    """POST from the keep page: the reader stays (or comes back), then the thank-you page."""
+    """POST from the keep page: the reader stays (or comes back), then the thank-you page.
+    Someone removed as inactive who comes back gets a consent record of it, as a press of
+    "subscribe again" does (`optin.record_resubscribe`)."""
+    visit = visit_of(request)
+
+    def keep_and_record(conn: Connection, subscriber: Subscriber) -> str:
+        status = keep_reader(conn, subscriber)
+        if status == "subscribed" and subscriber.status != "subscribed":
+            record_resubscribe(conn, ctx.config, subscriber, visit)
+        return status
+
     try:
-        status = await run_in_threadpool(_for_token, ctx, request.path_params["token"], keep_reader)
+        status = await run_in_threadpool(
+            _for_token, ctx, request.path_params["token"], keep_and_record
+        )
     except TokenError:
         return ctx.invalid_link()
     if status is None:
