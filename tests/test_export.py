@@ -235,7 +235,7 @@ def test_a_consent_cell_that_is_not_an_exports_rejects_its_row(database_url, tmp
         "email,status,tags,source,created_at,consent\n"
         'a@example.de,subscribed,,import,2024-01-01,"[{""kind"": ""gefälscht"", '
         '""occurred_at"": ""2024-01-01""}]"\n'
-        "b@example.de,subscribed,,import,2024-01-01,kein json\n"
+        'b@example.de,subscribed,,import,2024-01-01,"[kein json"\n'
         "c@example.de,subscribed,,import,2024-01-01,\n",
         "utf-8",
     )
@@ -255,3 +255,17 @@ def test_the_importer_reads_every_kind_of_consent_record_the_store_writes():
     from newsletter.store.importer.read import CONSENT_KINDS
 
     assert set(CONSENT_KINDS) == set(consent.KINDS)
+
+
+def test_another_tools_consent_column_is_a_custom_field(database_url, tmp_path):
+    """A CRM file with our columns and a yes/no `consent` column of its own had every row
+    rejected ("its consent cell is not the JSON `subscribers export` writes")."""
+    engine = open_engine(database_url)
+    path = tmp_path / "crm.csv"
+    path.write_text(
+        "email,status,tags,source,created_at,consent\na@example.de,subscribed,,crm,2024-01-01,ja\n",
+        "utf-8",
+    )
+    result = import_file(engine, path)
+    assert (result.new, result.rejected) == (1, 0)
+    assert find_subscriber(engine, "a@example.de").fields == {"consent": "ja"}

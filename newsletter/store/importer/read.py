@@ -293,7 +293,10 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
         with contextlib.suppress(ValueError):
             inc.unsubscribed_at = inc.unsubscribed_at or parse_time(value)
     elif target == "consent":
-        inc.consent = _consent_records(value)
+        if value.startswith("["):  # our export's records
+            inc.consent = _consent_records(value)
+        else:  # another tool's own "consent" column (yes/no, a date): a custom field
+            inc.fields[names.canonical("consent")] = value
     elif target == "fields_json":
         try:
             parsed = json.loads(value)
