@@ -18,6 +18,7 @@ from bs4 import BeautifulSoup
 from starlette.testclient import TestClient
 
 from newsletter import tokens
+from newsletter.errors import ConfigError
 from newsletter.project import Project
 from newsletter.segments.sunset import KEEP
 from newsletter.store.engine import open_engine
@@ -275,3 +276,21 @@ def test_a_trailing_slash_is_redirected_under_base_urls_path(served: dict[str, A
         where = moved.request.url.join(moved.headers["location"])
         assert where.raw_path.decode() == f"{prefix}/{target}"
     assert client.get("/gibt-es-nicht/", follow_redirects=False).status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/issues", "/subscribe/neu", "/webhooks"])
+def test_a_base_path_that_begins_like_one_of_serves_own_pages_is_refused(
+    make_project, tmp_path, monkeypatch, cli, path
+):
+    """Behind a proxy at /issues, a request for /issues/x could be the archive's page or
+    the proxy's path, and was taken apart twice (a 404): serve refuses such a base_url."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    config = CONFIG.replace(
+        'base_url = "https://news.example.com"', f'base_url = "https://jens.example.com{path}"'
+    )
+    root = make_project(config)
+    with pytest.raises(ConfigError, match=r"begins like one of serve's own pages"):
+        create_app(Project.load(root))
+    create_app(Project.load(make_project(CONFIG.replace(
+        'base_url = "https://news.example.com"', 'base_url = "https://jens.example.com/newsletter"'
+    ), name="fine")))  # fmt: skip

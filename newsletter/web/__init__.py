@@ -10,6 +10,7 @@ Each area's module (`unsubscribe`, `keep`, `subscribe`, `webhooks`, `issue_page`
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -18,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from newsletter.durations import parse_delay
+from newsletter.errors import ConfigError
 from newsletter.project import Project
 from newsletter.store.engine import defer_checkpoints, project_engine
 from newsletter.web import (
@@ -41,6 +43,19 @@ from newsletter.web.middleware import (
 __all__ = ["create_app", "find_issue_file"]
 
 
+def _refuse_a_base_path_of_our_own(project: Project, routes: list[Any]) -> None:
+    """base_url's path must not begin like one of the app's own pages: a request for
+    /issues/x behind a proxy at /issues could mean either (and was taken apart twice)."""
+    base_path = urlsplit(project.config.base_url or "").path.strip("/")
+    first = base_path.split("/", 1)[0]
+    ours = {str(getattr(route, "path", "")).strip("/").split("/", 1)[0] for route in routes}
+    if first and first in ours:
+        raise ConfigError(
+            f"{project.config.path}: [newsletter] base_url's path /{base_path} begins like one "
+            f"of serve's own pages (/{first}/...); put serve under another path, e.g. /newsletter"
+        )
+
+
 def create_app(
     project: Project, engine: Engine | None = None, *, fetch_replies: float | None = None
 ) -> Starlette:
@@ -61,6 +76,7 @@ def create_app(
         *archive.routes(ctx),
         Route("/healthz", health, methods=["GET"]),
     ]
+    _refuse_a_base_path_of_our_own(project, routes)
     handlers: dict[Any, Any] = {**archive.exception_handlers(ctx, routes), **EXCEPTION_HANDLERS}
     app = Starlette(
         routes=routes,
