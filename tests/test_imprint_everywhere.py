@@ -8,15 +8,13 @@ keep working), and `doctor` fails the check for German and warns for other langu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
 from tests.conftest import CONFIG, REPO, TEST_SECRET
 from tests.support.dns_server import ZoneServer
 from tests.support.sequences import SEQUENCE, STEP1, T0, join, received, write_steps
-from tests.support.serve_processes import start_serve
+from tests.support.serve_processes import start_up_messages
 
 IMPRINT = 'imprint_url = "https://news.example.com/impressum"\n'
 WITHOUT_IMPRINT = CONFIG.replace(IMPRINT, "")
@@ -51,19 +49,8 @@ def test_sequences_run_skips_german_steps_without_an_impressum(
 
 def test_serve_warns_that_confirmation_mails_lack_the_impressum(make_project, tmp_path) -> None:
     root = make_project(WITHOUT_IMPRINT)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")},
-        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "PYTHONPATH": str(REPO),
-    }
-    process, _base = start_serve(root, env)  # (it starts: unsubscribes must keep working)
-    process.terminate()
-    try:
-        _, stderr = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
+    stderr = start_up_messages(root, tmp_path / "serve.db", TEST_SECRET, REPO)
+    # (it starts: unsubscribes must keep working)
     assert (
         "Warning: [newsletter] imprint_url is not set, and a German newsletter must link its "
         "Impressum in every email" in stderr

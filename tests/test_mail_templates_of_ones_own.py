@@ -5,11 +5,8 @@ the file and line, and `serve` says so when it starts."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 from tests.conftest import CONFIG, EXAMPLE_ISSUE, REPO, TEST_SECRET
-from tests.support.serve_processes import start_serve
+from tests.support.serve_processes import start_up_messages
 
 BROKEN = "Hallo {{ person }},\n\nbitte bestätige: {{ confirm_link }}\n"
 
@@ -46,19 +43,8 @@ def test_a_syntax_error_in_ones_own_mail_is_reported_once(make_project, cli):
 def test_serve_warns_about_ones_own_broken_confirmation_mail(make_project, tmp_path):
     root = make_project(CONFIG)
     own_confirm_mail(root)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")},
-        "NEWSLETTER_SECRET_KEY": TEST_SECRET,
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "PYTHONPATH": str(REPO),
-    }
-    process, _base = start_serve(root, env)  # (it starts: unsubscribes must keep working)
-    process.terminate()
-    try:
-        _, stderr = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
+    stderr = start_up_messages(root, tmp_path / "serve.db", TEST_SECRET, REPO)
+    # (it starts: unsubscribes must keep working)
     assert (
         "templates/web/confirm_email.txt:3: template error: 'confirm_link' is undefined; fix the "
         "template; until then readers do not get that mail." in stderr

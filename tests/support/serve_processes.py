@@ -86,3 +86,22 @@ def serve_processes(project: Path, count: int, **extra_env: str) -> Iterator[lis
     env = {**os.environ, **extra_env}
     with ExitStack() as stack:
         yield [stack.enter_context(serve_process(project, env)) for _ in range(count)]
+
+
+def start_up_messages(project: Path, database: Path, secret: str, repo: Path) -> str:
+    """What `newsletter serve` prints on stderr from its start until it is stopped, once
+    it answers (a real process, the test's secret key and a database of its own)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")},
+        "NEWSLETTER_SECRET_KEY": secret,
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{database}",
+        "PYTHONPATH": str(repo),
+    }
+    process, _base = start_serve(project, env)
+    process.terminate()
+    try:
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+    return str(stderr)
