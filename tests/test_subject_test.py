@@ -294,3 +294,16 @@ def test_a_rest_planned_before_cancel_sends_nothing_after_it(
     assert len(_copies(sg)) == 4
     later = cli(root, "run-due", "--now", (now + timedelta(hours=1)).isoformat())
     assert later.output.strip() == "Nothing is due." and len(_copies(sg)) == 4
+
+
+def test_subject_b_that_is_the_issues_own_subject_is_refused(
+    make_project, database_url, monkeypatch, sg, cli
+):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    root = make_project(config=CONFIG)
+    (root / "issues" / EXAMPLE_ISSUE.name).write_text(EXAMPLE_ISSUE.read_text("utf-8"), "utf-8")
+    assert cli(root, "subscribers", "add", "leser@example.de").exit_code == 0
+    same = cli(root, "send", ISSUE, "--subject-b", f" {SUBJECT_A} ", "--yes")
+    assert same.exit_code == 1
+    assert same.output.startswith("Error: --subject-b is the issue's own subject"), same.output
+    assert sg.messages == []

@@ -524,6 +524,12 @@ def _subject_test(project: Any, issue: str, plan: Any, setup: Any, yes: bool, qu
     if refusal is not None:
         raise SendError(refusal)
     subject_a = plan.subject or plan.prepared.rendered.subject
+    if " ".join(setup.subject_b.split()) == " ".join(subject_a.split()):
+        # (Half the sample would get the same mail, and the "winner" would be chance.)
+        raise SendError(
+            f"--subject-b is the issue's own subject ({subject_a!r}); give the other subject "
+            "to test it against"
+        )
     arms = split(plan.planned, setup.sample_percent)
     sample = len(arms["a"]) + len(arms["b"])
     click.echo(f"Subject A:  {subject_a}")
