@@ -6,6 +6,7 @@ shows the address takes mail again, and the consent record has it. On SQLite and
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 from bs4 import BeautifulSoup
@@ -17,7 +18,7 @@ from newsletter.store import consent
 from newsletter.store.engine import open_engine
 from newsletter.store.subscribers import add_subscriber, get_subscriber, set_status
 from newsletter.web import create_app
-from tests.conftest import CONFIG, TEST_SECRET
+from tests.conftest import CONFIG, SENDGRID_KEY, TEST_SECRET
 from tests.support.mail import outbox_messages, text_of
 from tests.support.web import sent_issue
 
@@ -127,9 +128,42 @@ def test_a_confirmation_is_not_held_up_by_sendgrid_refusing_the_bounce_list(boun
     assert client.post(f"/resubscribe/{token}").status_code == 200
     text = next(c["value"] for c in sg.messages[0]["content"] if c["type"] == "text/plain")
     link = re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
+    sg.suppressions["bounces"] = [
+        {"email": "anna.müller@example.de", "created": 1700000000, "reason": "552 Postfach voll"}
+    ]
     sg.api_key = "SG.another-key"  # (the bounce list answers 401 now)
     assert client.post(link).status_code == 200
     assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert len(sg.suppressions["bounces"]) == 1  # (not lifted)
+
+
+def test_sync_leaves_alone_a_reader_who_confirmed_after_the_bounce(bounced, sg, cli):
+    """SendGrid kept the old bounce (the key could not lift it): `sync` set the reader, who
+    had just confirmed their address, back to bounced. A bounce listed after someone's last
+    confirmation still counts."""
+    proj, engine, anna, token = bounced()
+    client = TestClient(create_app(proj, engine))
+    assert client.post(f"/resubscribe/{token}").status_code == 200
+    text = next(c["value"] for c in sg.messages[0]["content"] if c["type"] == "text/plain")
+    link = re.search(r"https://news\.example\.com(/confirm/\S+)", text).group(1)
+    sg.api_key = "SG.another-key"
+    assert client.post(link).status_code == 200
+    sg.api_key = SENDGRID_KEY
+
+    alt = add_subscriber(engine, "alt@example.de")
+    with engine.begin() as conn:  # confirmed long before their address bounced
+        consent.record(
+            conn, alt.id, consent.CONFIRMATION, occurred_at=datetime(2023, 1, 1, tzinfo=UTC)
+        )
+    sg.suppressions["bounces"] = [
+        {"email": "anna.müller@example.de", "created": 1700000000, "reason": "552"},
+        {"email": "alt@example.de", "created": 1700000000, "reason": "550 unknown"},
+    ]
+    synced = cli(proj.root, "sync")
+    assert synced.exit_code == 0, synced.output
+    assert "1 now bounced, 1 left alone (they confirmed their address since)" in synced.output
+    assert get_subscriber(engine, anna.id).status == "subscribed"
+    assert get_subscriber(engine, alt.id).status == "bounced"
 
 
 def test_a_new_readers_confirmation_keeps_to_sendgrids_bounce_list(

@@ -497,9 +497,11 @@ def sync() -> None:
     result = run_sync(project, project_engine(project))
     on_interrupt("Stopped (Ctrl-C). The list is up to date; only this summary is missing.")
     for name, status in LISTS.items():
+        back = result.came_back.get(name, 0)
         click.echo(
             f"{name:15} {result.fetched[name]:>6} at SendGrid, {result.matched[name]:>6} on the list, "
             f"{result.changed[name]:>6} now {status}"
+            + (f", {back} left alone (they confirmed their address since)" if back else "")
         )
     sys.stdout.flush()
 

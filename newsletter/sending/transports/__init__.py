@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from newsletter.errors import ConfigError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from newsletter.project import Project
     from newsletter.sending.message import Batch, Recipient
 
@@ -140,7 +142,9 @@ class PreparingTransport(Transport, Protocol):
 class SuppressionListTransport(Transport, Protocol):
     """What a transport whose `capabilities.suppression_lists` is true also has."""
 
-    def suppressions(self, name: str, page_size: int) -> list[str]: ...
+    def suppressions(self, name: str, page_size: int) -> dict[str, datetime | None]:
+        """Every address on the provider's list `name`, with when it was put there."""
+        ...
 
     def lift_bounce(self, email: str) -> None:
         """Take `email` off the provider's bounce list (it took mail again)."""

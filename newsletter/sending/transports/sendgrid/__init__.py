@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -87,6 +88,16 @@ class PreparedMail(NamedTuple):
 
 
 # --- the client -----------------------------------------------------------------------------
+
+
+def _created(value: object) -> datetime | None:
+    """A suppression entry's `created` (Unix seconds) as a time; None if it is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _not_sent(reason: object) -> bool:
@@ -481,13 +492,14 @@ class SendGridTransport:
             reason = getattr(exc, "reason", exc)
             raise TransportError(f"cannot reach SendGrid ({reason})") from None
 
-    def suppressions(self, name: str, page_size: int) -> list[str]:
-        """Every address on one of SendGrid's suppression lists, page by page."""
+    def suppressions(self, name: str, page_size: int) -> dict[str, datetime | None]:
+        """Every address on one of SendGrid's suppression lists, page by page, with when
+        SendGrid put it there (its `created`, None if it says none)."""
         # deferred: python_http_client costs 40 ms at start-up; only an API call needs it
         from python_http_client.exceptions import HTTPError
 
         endpoint = getattr(self._client.client.suppression, name)
-        addresses: list[str] = []
+        addresses: dict[str, datetime | None] = {}
         offset = 0
         while True:
             try:
@@ -518,11 +530,9 @@ class SendGridTransport:
                 raise TransportError(f"SendGrid sent a {name} page that is not JSON") from None
             if not isinstance(page, list):
                 raise TransportError(f"SendGrid sent a {name} page that is not a list")
-            addresses += [
-                item["email"]
-                for item in page
-                if isinstance(item, dict) and isinstance(item.get("email"), str)
-            ]
+            for item in page:
+                if isinstance(item, dict) and isinstance(item.get("email"), str):
+                    addresses[item["email"]] = _created(item.get("created"))
             if len(page) < page_size:
                 return addresses
             offset += page_size
