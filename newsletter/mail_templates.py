@@ -14,7 +14,7 @@ project's own templates before a reader meets a broken one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -69,14 +69,16 @@ MAIL_TEXT: dict[str, str] = {
 }
 
 
-def page_environment(project: Project, language: str) -> Environment:
+def page_environment(project: Project, language: str, *, archive: bool = False) -> Environment:
     """Jinja2 for templates/web/NAME in `language`: a project may override any page or mail by
-    placing templates/web/NAME in its own folder (shared with the web pages)."""
+    placing templates/web/NAME in its own folder (shared with the web pages). `archive`: the
+    archive's pages and feeds (XML escaped too, trailing newlines kept)."""
     return _environment(
         str(project.templates_dir),
         str(builtin_templates_dir()),
         language,
         web_template_overrides(project),
+        archive,
     )
 
 
@@ -90,26 +92,44 @@ def web_template_overrides(project: Project) -> tuple[str, ...]:
         return ()
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=32)
 def _environment(
-    project_templates: str, builtin: str, language: str, _overrides: tuple[str, ...]
+    project_templates: str,
+    builtin: str,
+    language: str,
+    _overrides: tuple[str, ...],
+    archive: bool,
 ) -> Environment:
+    """`_overrides` (the names in the project's templates/web/) is only part of the key."""
     env = Environment(
         loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
-        autoescape=select_autoescape(["html"], default_for_string=True),
+        autoescape=select_autoescape(
+            ["html", "xml"] if archive else ["html"], default_for_string=True
+        ),
         undefined=StrictUndefined,
+        keep_trailing_newline=archive,
         extensions=["jinja2.ext.i18n"],
     )
     install(env, language)
     return env
 
 
+def rendered(name: str, render: Callable[[], str]) -> str:
+    """`render()` of templates/web/NAME; a RenderError naming the template's file and line
+    (a project's own, else the built-in one) if it cannot be rendered."""
+    try:
+        return render()
+    except (TemplateError, TypeError, ValueError, AttributeError) as exc:
+        raise template_error(exc, f"templates/web/{name}") from None
+
+
 def render_mail(project: Project, name: str, language: str | None, **context: Any) -> str:
     """Render templates/web/NAME with the mail wording `t` of `language` (else the config's).
     A RenderError naming the template's file and line if it cannot be rendered."""
     lang = language if language in LANGUAGES else project.config.language
-    try:
-        return (
+    return rendered(
+        name,
+        lambda: (
             page_environment(project, lang)
             .get_template(f"web/{name}")
             .render(
@@ -122,9 +142,8 @@ def render_mail(project: Project, name: str, language: str | None, **context: An
                 privacy_url=project.config.section("newsletter")["privacy_url"],
                 **context,
             )
-        )
-    except (TemplateError, TypeError, ValueError, AttributeError) as exc:
-        raise template_error(exc, f"templates/web/{name}") from None
+        ),
+    )
 
 
 #: Each mail of templates/web/ with a stand-in for what its caller passes (`send_confirmation`,

@@ -155,16 +155,18 @@ def test_a_test_of_a_segment_is_recorded_with_it_and_resumes_within_it(
     assert len(_copies(sg)) == before, resumed.output  # nobody outside the segment
 
 
-def test_m028_adds_the_segment_columns_and_keeps_tests_made_before(database_url):
+def _a_test_stored_before(database_url, step: str, columns: tuple[str, ...], segment: str):
+    """The database as it was before migration `step` (its `columns` of `subject_tests`
+    not there yet) holding one subject-line test; then opened, which runs `step`: the row."""
     from sqlalchemy import insert
 
     from tests.support.migrations import migrate_without, raw_engine
 
     old = raw_engine(database_url)
-    migrate_without(old, "m028_subject_test_segment")
+    migrate_without(old, step)
     now = datetime.now(UTC)
-    with old.begin() as conn:  # the table as it was before m028
-        for column in ("segment_name", "segment_definition"):
+    with old.begin() as conn:  # the table as it was before `step`
+        for column in columns:
             conn.exec_driver_sql(f"ALTER TABLE subject_tests DROP COLUMN {column}")
         issue_id = conn.execute(
             insert(schema.issues).values(
@@ -174,12 +176,21 @@ def test_m028_adds_the_segment_columns_and_keeps_tests_made_before(database_url)
         conn.exec_driver_sql(
             "INSERT INTO subject_tests (issue_id, subject_a, subject_b, sample_percent, metric, "
             f"segment, created_at, decide_at) VALUES ({issue_id}, 'A', 'B', 20, 'clicks', "
-            "'[\"leser\"]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            f"'{segment}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
         )
     old.dispose()
-    engine = open_engine(database_url)  # runs m028
+    engine = open_engine(database_url)  # runs `step`
     with engine.connect() as conn:
-        row = conn.execute(select(schema.subject_tests)).one()
+        return conn.execute(select(schema.subject_tests)).one()
+
+
+def test_m028_adds_the_segment_columns_and_keeps_tests_made_before(database_url):
+    row = _a_test_stored_before(
+        database_url,
+        "m028_subject_test_segment",
+        ("segment_name", "segment_definition"),
+        '["leser"]',
+    )
     assert (row.segment, row.segment_name, row.segment_definition) == (["leser"], None, None)
 
 
@@ -232,29 +243,9 @@ def test_cancel_stops_an_undecided_test_the_sample_keeps_its_copies_the_rest_get
 
 
 def test_m029_adds_cancelled_at_and_keeps_tests_made_before(database_url):
-    from sqlalchemy import insert
-
-    from tests.support.migrations import migrate_without, raw_engine
-
-    old = raw_engine(database_url)
-    migrate_without(old, "m029_subject_test_cancelled")
-    now = datetime.now(UTC)
-    with old.begin() as conn:  # the table as it was before m029
-        conn.exec_driver_sql("ALTER TABLE subject_tests DROP COLUMN cancelled_at")
-        issue_id = conn.execute(
-            insert(schema.issues).values(
-                slug="alt", title="Alt", subject="Alt", language="de", created_at=now
-            )
-        ).inserted_primary_key[0]
-        conn.exec_driver_sql(
-            "INSERT INTO subject_tests (issue_id, subject_a, subject_b, sample_percent, metric, "
-            f"segment, created_at, decide_at) VALUES ({issue_id}, 'A', 'B', 20, 'clicks', "
-            "'[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-        )
-    old.dispose()
-    engine = open_engine(database_url)  # runs m029
-    with engine.connect() as conn:
-        row = conn.execute(select(schema.subject_tests)).one()
+    row = _a_test_stored_before(
+        database_url, "m029_subject_test_cancelled", ("cancelled_at",), "[]"
+    )
     assert (row.subject_a, row.finished_at, row.cancelled_at) == ("A", None, None)
 
 

@@ -14,25 +14,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import lru_cache
 from typing import Any
-
-from jinja2 import (
-    ChoiceLoader,
-    Environment,
-    FileSystemLoader,
-    StrictUndefined,
-    TemplateError,
-    select_autoescape,
-)
 
 from newsletter.archive.catalog import ArchiveEntry, IssueFile
 from newsletter.archive.links import Site
-from newsletter.i18n import LANGUAGES, N_, format_date, install, texts
-from newsletter.mail_templates import web_template_overrides
+from newsletter.i18n import LANGUAGES, N_, format_date, texts
+from newsletter.mail_templates import page_environment, rendered
 from newsletter.optin import consent_text
 from newsletter.project import Project, builtin_templates_dir
-from newsletter.render import render_file, template_error
+from newsletter.render import render_file
 
 #: The unsubscribe link of the web version: a marker, removed with the footer.
 UNSUBSCRIBE_MARKER = "#nl-web-unsubscribe"
@@ -112,38 +102,14 @@ def config_fingerprint(project: Project) -> str:
     return repr(sorted(project.config.sections.items()))
 
 
-@lru_cache(maxsize=16)
-def _environment(
-    project_templates: str, builtin: str, language: str, _overrides: tuple[str, ...]
-) -> Environment:
-    """`_overrides` (the names in the project's templates/web/) is only part of the key."""
-    env = Environment(
-        loader=ChoiceLoader([FileSystemLoader(project_templates), FileSystemLoader(builtin)]),
-        autoescape=select_autoescape(["html", "xml"], default_for_string=True),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        extensions=["jinja2.ext.i18n"],
-    )
-    install(env, language)
-    return env
-
-
 def _render(project: Project, name: str, language: str, **context: Any) -> str:
     """`templates/web/NAME` rendered; a broken override of the project's own is a
     RenderError naming its file and line (not a traceback, not a half-built site)."""
-    try:
-        return _render_unchecked(project, name, language, **context)
-    except (TemplateError, TypeError, ValueError, AttributeError) as exc:
-        raise template_error(exc, f"templates/web/{name}") from None
+    return rendered(name, lambda: _render_unchecked(project, name, language, **context))
 
 
 def _render_unchecked(project: Project, name: str, language: str, **context: Any) -> str:
-    env = _environment(
-        str(project.templates_dir),
-        str(builtin_templates_dir()),
-        language,
-        web_template_overrides(project),
-    )
+    env = page_environment(project, language, archive=True)
     config = project.config
     return env.get_template(f"web/{name}").render(
         t=archive_text(language, config.name),

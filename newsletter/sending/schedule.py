@@ -163,15 +163,12 @@ def cancel_scheduled(
         )
     # Asked before looking for a sender: one that starts claiming a moment from now stops too.
     ledger.request_cancel(same)
-    if running is not None:
-        if waiting is not None:
-            waiting(running)
-        if not _stopped(ledger, issue_id, wait):
-            raise SendError(
-                f"send {running.send_id} of {slug} is still sending (pid {running.pid} on "
-                f"{running.host}) after {wait:g}s; it stops after its current batch, then run "
-                f"`newsletter cancel {slug}` again to cancel it at the provider"
-            )
+    if running is not None and not _stopped(ledger, issue_id, running, wait, waiting):
+        raise SendError(
+            f"send {running.send_id} of {slug} is still sending (pid {running.pid} on "
+            f"{running.host}) after {wait:g}s; it stops after its current batch, then run "
+            f"`newsletter cancel {slug}` again to cancel it at the provider"
+        )
     if transport is not None and row.batch_id:
         cast(SchedulingTransport, transport).cancel_schedule(row.batch_id)
     removed = 0
@@ -217,9 +214,7 @@ def cancel_subject_test(
     running = ledger.running(issue_id)
     if running is not None:
         ledger.request_cancel([running.send_id])
-        if waiting is not None:
-            waiting(running)
-        if not _stopped(ledger, issue_id, wait):
+        if not _stopped(ledger, issue_id, running, wait, waiting):
             raise SendError(
                 f"the subject-line test of {slug} is cancelled, but send {running.send_id} "
                 f"(pid {running.pid} on {running.host}) is still sending after {wait:g}s; it "
@@ -236,8 +231,17 @@ def cancel_subject_test(
     )
 
 
-def _stopped(ledger: Any, issue_id: int, wait: float) -> bool:
-    """Whether the issue's sender let go of its lease (or died) within `wait` seconds."""
+def _stopped(
+    ledger: Any,
+    issue_id: int,
+    running: Any,
+    wait: float,
+    waiting: Callable[[Any], None] | None,
+) -> bool:
+    """Whether the issue's sender (`running`, asked to stop; `waiting` is told of it) let go
+    of its lease (or died) within `wait` seconds."""
+    if waiting is not None:
+        waiting(running)
     deadline = time.monotonic() + wait
     while ledger.running(issue_id) is not None:
         if time.monotonic() >= deadline:

@@ -17,19 +17,15 @@ from typing import Any
 
 from sqlalchemy import Connection, exists, func, insert, select, update
 
+# The kinds of record live where the import's reader process (no SQLAlchemy) reads them too.
+from newsletter.consent_kinds import ADDED as ADDED
+from newsletter.consent_kinds import CONFIRMATION as CONFIRMATION
+from newsletter.consent_kinds import IMPORT as IMPORT
+from newsletter.consent_kinds import KINDS as KINDS
+from newsletter.consent_kinds import RESUBSCRIBE as RESUBSCRIBE
+from newsletter.consent_kinds import SIGNUP as SIGNUP
 from newsletter.store.schema import consent_records, consent_texts, import_runs, subscribers
 from newsletter.store.times import as_utc
-
-#: Kinds of record.
-SIGNUP = "signup"  # the form was submitted (unconfirmed yet, unless single opt-in)
-CONFIRMATION = "confirmation"  # the confirmation button was pressed
-ADDED = "added"  # `subscribers add` by the author
-IMPORT = "import"  # `subscribers import`
-#: The "subscribe again" button of the page a signed unsubscribe link leads to was pressed:
-#: the token proves the address (only mail to it carried the link), the press the wish.
-RESUBSCRIBE = "resubscribe"
-#: Every kind (an export's consent records are checked against them on import).
-KINDS = (SIGNUP, CONFIRMATION, ADDED, IMPORT, RESUBSCRIBE)
 
 #: What an import record without the export's own opt-in data says.
 NO_EVIDENCE = "imported, no evidence"

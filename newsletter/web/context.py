@@ -62,6 +62,22 @@ class Context:
             secondary_action=None,
         )
 
+    def button_page(
+        self, language: str | None, title: str, lead: str, action: str, button: str, **more: Any
+    ) -> HTMLResponse:
+        """page.html with one button that POSTs to `action` (this app's path, `link`): what a
+        link from a mail shows before it changes anything."""
+        return self.page(
+            "page.html",
+            language,
+            title=title,
+            lead=lead,
+            form_action=self.link(action),
+            button=button,
+            secondary_action=None,
+            **more,
+        )
+
     def text(self, language: str | None) -> dict[str, str]:
         """The wording for `language`, else the config's language."""
         return pages.text(language, self.config.language)

@@ -69,14 +69,12 @@ async def keep_page(ctx: Context, request: Request) -> Response:
         return _left(ctx)
     t = ctx.text(None)
     name = ctx.config.name
-    return ctx.page(
-        "page.html",
+    return ctx.button_page(
         None,
-        title=t["keep_subject"].format(name=name),
-        lead=t["keep_page_lead"].format(name=name),
-        form_action=ctx.link(f"keep/{token}"),
-        button=t["keep_button"],
-        secondary_action=None,
+        t["keep_subject"].format(name=name),
+        t["keep_page_lead"].format(name=name),
+        f"keep/{token}",
+        t["keep_button"],
     )
 
 

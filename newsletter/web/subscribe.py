@@ -232,15 +232,13 @@ def _answer(ctx: Context, token: str, outcome: str) -> Response:
     if outcome == "gone":
         return ctx.gone(None)
     if outcome == "pending":
-        return ctx.page(
-            "page.html",
+        return ctx.button_page(
             None,
-            title=t["confirm_button"],
-            lead=t["confirm_page_lead"].format(name=name),
+            t["confirm_button"],
+            t["confirm_page_lead"].format(name=name),
+            f"confirm/{token}",
+            t["confirm_button"],
             consent_text=consent_text(ctx.config),
-            form_action=ctx.link(f"confirm/{token}"),
-            button=t["confirm_button"],
-            secondary_action=None,
         )
     if outcome == "spent":
         return ctx.message(None, "invalid_title", t["confirm_spent_lead"].format(name=name), 410)

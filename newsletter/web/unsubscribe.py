@@ -102,14 +102,12 @@ async def unsubscribe_page(ctx: Context, request: Request) -> Response:
         if subscriber.status in ("unsubscribed", "bounced", "complained"):
             return _unsubscribed_page(ctx, token, language)
         t = ctx.text(language)
-        return ctx.page(
-            "page.html",
+        return ctx.button_page(
             language,
-            title=t["unsubscribe_title"],
-            lead=t["unsubscribe_lead"].format(name=ctx.config.name),
-            form_action=ctx.link(f"unsubscribe/{token}"),
-            button=t["unsubscribe_button"],
-            secondary_action=None,
+            t["unsubscribe_title"],
+            t["unsubscribe_lead"].format(name=ctx.config.name),
+            f"unsubscribe/{token}",
+            t["unsubscribe_button"],
         )
 
     return await _with_subscriber(ctx, request, _current, respond)
@@ -164,14 +162,12 @@ def _status_page(ctx: Context, token: str, status: str, language: str | None) ->
     button that mails them a confirmation link."""
     t = ctx.text(language)
     if status == "bounced":
-        return ctx.page(
-            "page.html",
+        return ctx.button_page(
             language,
-            title=t["unsubscribed_title"],
-            lead=t["bounced_lead"].format(name=ctx.config.name),
-            form_action=ctx.link(f"resubscribe/{token}"),
-            button=t["bounced_button"],
-            secondary_action=None,
+            t["unsubscribed_title"],
+            t["bounced_lead"].format(name=ctx.config.name),
+            f"resubscribe/{token}",
+            t["bounced_button"],
         )
     return ctx.message(
         language, "resubscribed_title", t["resubscribed_lead"].format(name=ctx.config.name), 200

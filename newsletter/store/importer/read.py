@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from newsletter.consent_kinds import KINDS
 from newsletter.errors import ImportFileError, StoreError
 from newsletter.store.emails import _fast as _fast_email
 from newsletter.store.emails import normalize_email
@@ -309,9 +310,8 @@ def _apply(inc: Incoming, target: str, value: str, names: FieldNames) -> None:
         normalize_tags(inc.tags)
 
 
-#: `store.consent.KINDS` (not imported: the reader process has no SQLAlchemy; a test keeps
-#: the two the same).
-CONSENT_KINDS = ("signup", "confirmation", "added", "import", "resubscribe")
+#: What a record of an export's consent cell may be (`store.consent` writes them).
+CONSENT_KINDS = KINDS
 
 
 def _consent_records(value: str) -> list[dict[str, Any]]:
